@@ -1,0 +1,89 @@
+// Paged KV store for one shard of one (request, layer, KV head): bf16 K and V rows grouped
+// in pages of `page_size_tokens`, plus per-page key summaries (element-wise min and max,
+// Quest) kept up to date on every append, the last partial page included.
+//
+// A shard may hold any increasing set of global pages (a contiguous range or an
+// interleave class); local page i holds global page global_page(i). Storage is allocated
+// once for `capacity_tokens_max` and committed by the OS as it is written, so a 1M-token
+// store costs only what it holds.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/bf16.hpp"
+#include "core/status.hpp"
+
+namespace pnmkv {
+
+enum class summary_precision { bf16, fp32 };
+const char* to_string(summary_precision p);
+
+struct kv_head_shape {
+  uint32_t head_dim = 128;         // allowed: 16..512, multiple of 16
+  uint32_t page_size_tokens = 16;  // allowed: 1..1024
+  summary_precision summaries = summary_precision::bf16;
+};
+
+// Validates a shape; the message names the field and the allowed range.
+status validate(const kv_head_shape& shape);
+
+class kv_head_store {
+ public:
+  // capacity_tokens_max bounds what the store may ever hold (limit on everything).
+  static result<kv_head_store> create(kv_head_shape shape, uint64_t capacity_tokens_max);
+
+  kv_head_store(kv_head_store&&) noexcept;
+  kv_head_store& operator=(kv_head_store&&) noexcept;
+  ~kv_head_store();
+
+  // Appends n_tokens rows starting at global token `position`. The position must either
+  // continue the last page (position == end of held tokens, last page not full) or start
+  // a new page at a page boundary beyond every held page. A bulk append may span pages.
+  // k and v are n_tokens × head_dim row-major.
+  status append(uint64_t position, const bf16* k, const bf16* v, uint64_t n_tokens);
+  status append(uint64_t position, const float* k, const float* v, uint64_t n_tokens);
+
+  const kv_head_shape& shape() const { return shape_; }
+  uint32_t page_count() const { return static_cast<uint32_t>(global_page_.size()); }
+  uint64_t token_count() const { return tokens_; }
+  uint64_t capacity_tokens_max() const { return capacity_tokens_; }
+
+  // Local page index -> global page index (= first token position / page size).
+  uint64_t global_page(uint32_t local_page) const { return global_page_[local_page]; }
+  const std::vector<uint64_t>& global_pages() const { return global_page_; }
+  // Local index of a global page, or -1 when this shard does not hold it.
+  int64_t local_page_of(uint64_t global_page) const;
+  // Tokens held in a local page (page_size_tokens except possibly the last page).
+  uint32_t page_tokens(uint32_t local_page) const;
+
+  // page_size_tokens × head_dim rows; rows at and past page_tokens() are zero.
+  const bf16* page_keys(uint32_t local_page) const;
+  const bf16* page_values(uint32_t local_page) const;
+
+  // Summaries of all pages, contiguous: per page [max(0..d-1), min(0..d-1)], in
+  // shape().summaries precision (bf16 or float). summary_bytes_per_page() = 2·d·elem.
+  const void* summaries() const { return summaries_.get(); }
+  size_t summary_bytes_per_page() const;
+
+  // Bytes of K, V and summaries actually held (pages × page size, not capacity).
+  uint64_t bytes_held() const;
+
+ private:
+  kv_head_store() = default;
+  void update_summary(uint32_t local_page, uint32_t first_row, uint32_t n_rows);
+
+  kv_head_shape shape_{};
+  uint64_t capacity_tokens_ = 0;
+  uint32_t capacity_pages_ = 0;
+  uint64_t tokens_ = 0;
+  std::vector<uint64_t> global_page_;
+  std::vector<uint32_t> page_tokens_;
+  std::unique_ptr<bf16[]> keys_;        // capacity_pages × page_size × head_dim
+  std::unique_ptr<bf16[]> values_;      // same
+  std::unique_ptr<uint8_t[]> summaries_;  // capacity_pages × summary_bytes_per_page
+};
+
+}  // namespace pnmkv

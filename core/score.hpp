@@ -1,0 +1,28 @@
+// Quest page scores: an upper bound of q·k inside a page, from the page's key summaries:
+//   score_h(page) = Σ_d max(q_hd · min_d, q_hd · max_d).
+// The query heads sharing one KV head (GQA group) are turned into one score per page by
+// a policy. `sum` is linear in the per-dimension split q = q⁺ + q⁻, so it collapses to one
+// pass; `max` needs every head's bound.
+#pragma once
+
+#include <cstdint>
+
+#include "core/kv_store.hpp"
+#include "core/status.hpp"
+
+namespace pnmkv {
+
+enum class gqa_aggregation { max, sum };
+const char* to_string(gqa_aggregation a);
+result<gqa_aggregation> parse_gqa_aggregation(const char* text);
+
+// q_group: group × head_dim floats (row per query head). scores_out: page_count() floats,
+// indexed by local page. Vectorised (Highway, runtime dispatch).
+status score_pages(const kv_head_store& store, const float* q_group, uint32_t group,
+                   gqa_aggregation aggregation, float* scores_out);
+
+// The same bound computed by a plain scalar loop: the reference for tests and benches.
+status score_pages_scalar(const kv_head_store& store, const float* q_group, uint32_t group,
+                          gqa_aggregation aggregation, float* scores_out);
+
+}  // namespace pnmkv

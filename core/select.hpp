@@ -1,0 +1,34 @@
+// Top-k page selection under a token budget (DESIGN.md glossary): the budget counts
+// pages × page_size and *includes* the always-kept pages (first page as attention sink,
+// last page as the local window). Ties break towards the lower page index, so a
+// selection is deterministic and selections for growing budgets nest.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/status.hpp"
+
+namespace pnmkv {
+
+struct selection_budget {
+  uint64_t budget_tokens = 2048;
+  uint32_t page_size_tokens = 16;
+};
+
+// Pages that budget_tokens buys: floor(budget_tokens / page_size_tokens).
+uint64_t budget_pages(const selection_budget& b);
+
+// scores: page_count scores (NaN ranks lowest). forced: local pages always kept (must be
+// < page_count, duplicates allowed). Returns ascending local page indices: every forced
+// page, then the best-scoring others until budget_pages() pages are chosen or all are.
+// Error (invalid_argument) when the forced pages alone exceed the budget; out_of_range
+// for a forced index past page_count.
+result<std::vector<uint32_t>> select_top_pages(const float* scores, uint32_t page_count,
+                                               const std::vector<uint32_t>& forced,
+                                               uint64_t budget_pages);
+
+// The always-kept pages of a whole (unsharded) sequence of page_count pages: {0, last}.
+std::vector<uint32_t> always_kept_pages(uint32_t page_count);
+
+}  // namespace pnmkv

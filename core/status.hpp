@@ -1,0 +1,71 @@
+// Errors as values at module boundaries. A `status` is ok or carries an error code and a
+// human message that names what was wrong and what is allowed; `result<T>` is a value or
+// a status. Pure code in core/, model/, schedulers/ returns these; CAF-facing code converts.
+#pragma once
+
+#include <cassert>
+#include <string>
+#include <utility>
+#include <variant>
+
+namespace pnmkv {
+
+enum class errc {
+  ok = 0,
+  invalid_argument,  // a value outside its allowed range or set
+  out_of_range,      // an index (page id, head, layer, position) past its bound
+  shape_mismatch,    // dimensions that do not agree
+  capacity,          // a limit (memory, queue, tokens) would be exceeded
+  parse,             // malformed text or bytes
+  io,                // file or socket trouble
+  unsupported,       // a feature not built in or not available here
+  timeout,           // a deadline passed
+  peer_down,         // the other side is gone
+  internal,          // a broken invariant we could still report
+};
+
+const char* to_string(errc code);
+
+class [[nodiscard]] status {
+ public:
+  status() = default;
+  status(errc code, std::string message) : code_(code), message_(std::move(message)) {
+    assert(code != errc::ok);
+  }
+  static status ok() { return {}; }
+
+  bool is_ok() const { return code_ == errc::ok; }
+  explicit operator bool() const { return is_ok(); }
+  errc code() const { return code_; }
+  const std::string& message() const { return message_; }
+  // "invalid_argument: selection.budget_tokens = 8 is below ..."
+  std::string to_string() const;
+
+ private:
+  errc code_ = errc::ok;
+  std::string message_;
+};
+
+template <class T>
+class [[nodiscard]] result {
+ public:
+  result(T value) : v_(std::move(value)) {}  // NOLINT: implicit by design
+  result(status err) : v_(std::move(err)) { assert(!std::get<status>(v_).is_ok()); }
+  result(errc code, std::string message) : v_(status{code, std::move(message)}) {}
+
+  bool is_ok() const { return std::holds_alternative<T>(v_); }
+  explicit operator bool() const { return is_ok(); }
+  T& value() & { assert(is_ok()); return std::get<T>(v_); }
+  const T& value() const& { assert(is_ok()); return std::get<T>(v_); }
+  T&& value() && { assert(is_ok()); return std::get<T>(std::move(v_)); }
+  T& operator*() & { return value(); }
+  const T& operator*() const& { return value(); }
+  T* operator->() { return &value(); }
+  const T* operator->() const { return &value(); }
+  const status& error() const { assert(!is_ok()); return std::get<status>(v_); }
+
+ private:
+  std::variant<T, status> v_;
+};
+
+}  // namespace pnmkv
