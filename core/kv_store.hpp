@@ -30,6 +30,10 @@ struct kv_head_shape {
 // Validates a shape; the message names the field and the allowed range.
 status validate(const kv_head_shape& shape);
 
+// Limits on what one store may reserve (STYLE.md: a limit on everything). 2^24 tokens is
+// 16× the longest context we model; a shard never needs more.
+constexpr uint64_t kv_capacity_tokens_limit = uint64_t{1} << 24;
+
 class kv_head_store {
  public:
   // capacity_tokens_max bounds what the store may ever hold (limit on everything).
@@ -42,7 +46,11 @@ class kv_head_store {
   // Appends n_tokens rows starting at global token `position`. The position must either
   // continue the last page (position == end of held tokens, last page not full) or start
   // a new page at a page boundary beyond every held page. A bulk append may span pages.
-  // k and v are n_tokens × head_dim row-major.
+  // k and v are n_tokens × head_dim row-major. Only the last page may be partial, so a new
+  // page may start only once the last one is full (otherwise: invalid_argument naming the
+  // position to continue at). Past capacity_tokens_max: errc::capacity. On any error the
+  // store is unchanged. The float overload rounds to bf16 (to_bf16) first; n_tokens = 0
+  // is a no-op.
   status append(uint64_t position, const bf16* k, const bf16* v, uint64_t n_tokens);
   status append(uint64_t position, const float* k, const float* v, uint64_t n_tokens);
 

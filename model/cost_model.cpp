@@ -1,0 +1,118 @@
+// Cost model implementation. Conventions: GB/s = 1e9 bytes/s, so bytes / gbps = ns.
+// pJ/bit × 8 × bytes × 1e-12 = joules. TFLOP/s × 1e3 = FLOP/ns.
+#include "model/cost_model.hpp"
+
+#include <algorithm>
+#include <cassert>
+
+namespace pnmkv {
+
+namespace {
+constexpr double joules_per_pj = 1e-12;
+double bits(double bytes) { return bytes * 8.0; }
+}  // namespace
+
+op_cost cost_model::pnm_compute(double bytes, double flops) const {
+  assert(bytes >= 0 && flops >= 0);
+  const auto& p = hw_.pnm;
+  double mem_ns = bytes / (p.internal_bw_gbps * p.internal_bw_efficiency);
+  double cmp_ns = flops / (p.compute_tflops * 1e3);
+  return {std::max(mem_ns, cmp_ns),
+          (bits(bytes) * p.memory_pj_per_bit + flops * p.pj_per_flop) * joules_per_pj};
+}
+
+op_cost cost_model::expander_read(double bytes) const {
+  assert(bytes >= 0);
+  const auto& e = hw_.expander;
+  return {bytes / e.internal_bw_gbps, bits(bytes) * e.memory_pj_per_bit * joules_per_pj};
+}
+
+double cost_model::link_latency_ns() const {
+  return hw_.cxl.memory_latency_ns + hw_.cxl.switch_hops * hw_.cxl.switch_hop_ns;
+}
+
+double cost_model::link_serialisation_ns(double bytes) const {
+  return bytes / (hw_.cxl.link_bw_gbps_per_direction * hw_.cxl.link_efficiency);
+}
+
+op_cost cost_model::link_transfer(double bytes) const {
+  assert(bytes >= 0);
+  // A transfer crosses the host's link and the device's link (two SerDes pairs) when a
+  // switch sits between them, one link otherwise.
+  double links_crossed = hw_.cxl.switch_hops > 0 ? 2.0 : 1.0;
+  return {link_latency_ns() + link_serialisation_ns(bytes),
+          links_crossed * bits(bytes) * hw_.cxl.link_pj_per_bit * joules_per_pj};
+}
+
+op_cost cost_model::gpu_dense_layer(uint32_t batch, uint32_t tp) const {
+  assert(tp >= 1);
+  const auto& m = model_;
+  const double h = m.hidden, qd = double(m.q_heads) * m.head_dim,
+               kvd = double(m.kv_heads) * m.head_dim;
+  const double params = h * qd + 2.0 * h * kvd + qd * h + 3.0 * h * m.ffn + 2.0 * h;
+  const double weight_bytes = params * 2.0 / tp;  // bf16
+  const double flops = 2.0 * params * batch / tp;
+  // Activations in and out are tiny next to weights at decode; they ride in the roofline.
+  const double act_bytes = double(batch) * (h * 6.0 + m.ffn * 4.0) * 2.0 / tp;
+  const auto& g = hw_.gpu;
+  double mem_ns = (weight_bytes + act_bytes) / (g.memory_bw_gbps * g.memory_bw_efficiency);
+  double cmp_ns = flops / (g.bf16_tflops * 1e3 * g.compute_efficiency);
+  return {std::max(mem_ns, cmp_ns),
+          (bits(weight_bytes + act_bytes) * hw_.energy.hbm_pj_per_bit +
+           flops * hw_.energy.gpu_pj_per_flop) * joules_per_pj * tp};
+}
+
+op_cost cost_model::gpu_lm_head(uint32_t batch, uint32_t tp) const {
+  assert(tp >= 1);
+  const double params = double(model_.vocab) * model_.hidden;
+  const double weight_bytes = params * 2.0 / tp;
+  const double flops = 2.0 * params * batch / tp;
+  const auto& g = hw_.gpu;
+  double mem_ns = weight_bytes / (g.memory_bw_gbps * g.memory_bw_efficiency);
+  double cmp_ns = flops / (g.bf16_tflops * 1e3 * g.compute_efficiency);
+  return {std::max(mem_ns, cmp_ns),
+          (bits(weight_bytes) * hw_.energy.hbm_pj_per_bit + flops * hw_.energy.gpu_pj_per_flop) *
+              joules_per_pj * tp};
+}
+
+op_cost cost_model::gpu_attention(double kv_bytes, double flops) const {
+  const auto& g = hw_.gpu;
+  double mem_ns = kv_bytes / (g.memory_bw_gbps * g.memory_bw_efficiency);
+  double cmp_ns = flops / (g.bf16_tflops * 1e3 * g.compute_efficiency);
+  return {std::max(mem_ns, cmp_ns),
+          (bits(kv_bytes) * hw_.energy.hbm_pj_per_bit + flops * hw_.energy.gpu_pj_per_flop) *
+              joules_per_pj};
+}
+
+op_cost cost_model::gpu_merge(uint32_t n_partials, uint32_t group) const {
+  // Read every partial (o and lse, fp32), write one; ~4 FLOPs per element.
+  const double elems = double(n_partials) * group * (model_.head_dim + 1);
+  return gpu_attention(elems * 4.0 * 2.0, elems * 4.0);
+}
+
+op_cost cost_model::gpu_hbm_write(double bytes) const {
+  const auto& g = hw_.gpu;
+  return {bytes / (g.memory_bw_gbps * g.memory_bw_efficiency),
+          bits(bytes) * hw_.energy.hbm_pj_per_bit * joules_per_pj};
+}
+
+double cost_model::static_power_w(uint32_t gpus, uint32_t pnm_devices, uint32_t expanders) const {
+  return gpus * hw_.energy.gpu_idle_power_w + pnm_devices * hw_.pnm.idle_power_w +
+         expanders * hw_.expander.idle_power_w;
+}
+
+double cost_model::capital_usd(uint32_t gpus, uint32_t pnm_devices, uint32_t expanders) const {
+  return gpus * (hw_.gpu.price_usd + hw_.gpu.host_server_usd) + pnm_devices * hw_.pnm.price_usd +
+         expanders * hw_.expander.price_usd;
+}
+
+double cost_model::tokens_per_dollar(double tokens_per_s, double average_power_w,
+                                     double capital) const {
+  const double seconds = hw_.cost.amortisation_years * 365.25 * 24 * 3600;
+  const double kwh = average_power_w * hw_.cost.pue * seconds / 3.6e6;
+  const double dollars = capital + kwh * hw_.cost.electricity_usd_per_kwh;
+  if (dollars <= 0) return 0;
+  return tokens_per_s * seconds / dollars;
+}
+
+}  // namespace pnmkv

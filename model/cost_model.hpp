@@ -1,0 +1,98 @@
+// The one cost model (DESIGN.md §5). Every modelled figure — in the live emulator and in
+// the simulator — comes from these calls on a hardware_spec (YAML with sources) and a
+// model_shape. Each call returns the time the operation takes on the modelled hardware and
+// its dynamic energy; static power is charged per elapsed time by static_power_w().
+// Pure functions: no clocks, no I/O.
+#pragma once
+
+#include <cstdint>
+
+#include "model/hardware.hpp"
+#include "model/model_shape.hpp"
+
+namespace pnmkv {
+
+struct op_cost {
+  double time_ns = 0;
+  double energy_j = 0;
+
+  op_cost& operator+=(const op_cost& o) {
+    time_ns += o.time_ns;
+    energy_j += o.energy_j;
+    return *this;
+  }
+};
+
+// Where a device's memory traffic goes.
+enum class memory_kind { hbm, pnm_lpddr, expander_ddr };
+
+class cost_model {
+ public:
+  cost_model(hardware_spec hw, model_shape model) : hw_(std::move(hw)), model_(std::move(model)) {}
+
+  const hardware_spec& hardware() const { return hw_; }
+  const model_shape& model() const { return model_; }
+
+  // --- PNM device -------------------------------------------------------------------
+  // Streams `bytes` through the device's memory and does `flops`: roofline, the larger
+  // of bytes / (internal bw · efficiency) and flops / compute. Dynamic energy of both.
+  op_cost pnm_compute(double bytes, double flops) const;
+
+  // --- passive expander (baseline) ---------------------------------------------------
+  // Reads `bytes` from the expander's DDR (served to the link). Time is the DDR time; the
+  // link transfer is charged separately by link_transfer().
+  op_cost expander_read(double bytes) const;
+
+  // --- CXL link ----------------------------------------------------------------------
+  // One transfer between the host and a device through the switch: memory latency +
+  // switch hops + bytes / (link bw · efficiency); energy for every link crossed (host
+  // link and device link: 1 + switch_hops... see cost_model.cpp).
+  op_cost link_transfer(double bytes) const;
+  // The serialisation part alone (bytes / effective bandwidth), for occupancy tracking.
+  double link_serialisation_ns(double bytes) const;
+  double link_latency_ns() const;
+
+  // --- GPU ---------------------------------------------------------------------------
+  // Dense part (projections, MLP, norms) of one layer for `batch` tokens, tensor-parallel
+  // over `tp` GPUs: roofline on weight bytes (read once per step) and FLOPs.
+  op_cost gpu_dense_layer(uint32_t batch, uint32_t tp = 1) const;
+  // Embedding lookup and LM head for `batch` tokens.
+  op_cost gpu_lm_head(uint32_t batch, uint32_t tp = 1) const;
+  // Attention on the GPU over `kv_bytes` of KV held in HBM, with `flops`.
+  op_cost gpu_attention(double kv_bytes, double flops) const;
+  // Merging `n_partials` partials of `group` query heads × head_dim.
+  op_cost gpu_merge(uint32_t n_partials, uint32_t group) const;
+  // Moving `bytes` into HBM from the host link side (steady-page copies, recalls land).
+  op_cost gpu_hbm_write(double bytes) const;
+
+  // --- work sizes (shared by live emulator and simulator) ---------------------------
+  // Bytes of one page's summary (min and max keys) at the given element size.
+  double summary_bytes_per_page(uint32_t summary_elem_bytes) const {
+    return 2.0 * model_.head_dim * summary_elem_bytes;
+  }
+  // K+V bytes of `tokens` tokens of one (layer, KV head).
+  double kv_bytes(double tokens) const { return tokens * model_.kv_bytes_per_token_per_head(); }
+  // FLOPs of scoring `pages` pages for a group (max aggregation: every head; sum: one).
+  double score_flops(double pages, uint32_t heads_scored) const {
+    return pages * heads_scored * 4.0 * model_.head_dim;
+  }
+  // FLOPs of attending `tokens` tokens for a group of query heads (q·k and p·v).
+  double attend_flops(double tokens, uint32_t group) const {
+    return tokens * group * 4.0 * model_.head_dim;
+  }
+
+  // --- power and money ----------------------------------------------------------------
+  // Idle (static) power of the parts, charged for elapsed time.
+  double static_power_w(uint32_t gpus, uint32_t pnm_devices, uint32_t expanders) const;
+  // Capital of the parts in USD (GPUs with their host share, devices, expanders).
+  double capital_usd(uint32_t gpus, uint32_t pnm_devices, uint32_t expanders) const;
+  // Tokens per dollar over the amortisation period: tokens produced over it divided by
+  // capital plus electricity (average power × PUE × price).
+  double tokens_per_dollar(double tokens_per_s, double average_power_w, double capital) const;
+
+ private:
+  hardware_spec hw_;
+  model_shape model_;
+};
+
+}  // namespace pnmkv

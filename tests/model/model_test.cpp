@@ -1,0 +1,118 @@
+// Model shapes and hardware files: the published figures follow from the files, and bad
+// files are errors naming file, key and allowed values.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "model/hardware.hpp"
+#include "model/model_shape.hpp"
+
+namespace pnmkv {
+namespace {
+
+const std::string configs = std::string(PNMKV_SOURCE_DIR) + "/cluster_configs/";
+
+std::string write_temp(const std::string& name, const std::string& text) {
+  auto dir = std::filesystem::temp_directory_path() / "pnmkv_model_test";
+  std::filesystem::create_directories(dir);
+  auto p = dir / name;
+  std::ofstream(p) << text;
+  return p.string();
+}
+
+TEST(model_shape, kv_bytes_per_token_match_hardware_md) {
+  // HARDWARE.md: 128 KiB (8B), 320 KiB (70B), 504 KiB (405B) per token in bf16.
+  struct {
+    const char* file;
+    uint64_t kib;
+    double params;
+  } cases[] = {{"llama-3.1-8b.yaml", 128, 8.0e9},
+               {"llama-3.1-70b.yaml", 320, 70.6e9},
+               {"llama-3.1-405b.yaml", 504, 405.9e9}};
+  for (const auto& c : cases) {
+    auto m = load_model_shape(configs + "models/" + c.file);
+    ASSERT_TRUE(m) << m.error().to_string();
+    EXPECT_EQ(m->kv_bytes_per_token(), c.kib * 1024);
+    // 1M tokens: 128 / 320 / 504 GiB.
+    EXPECT_EQ(m->kv_bytes_per_token() * (1ull << 20), c.kib * (1ull << 30));
+    // Parameters computed from the shape agree with the published count within 1.5%.
+    EXPECT_NEAR(m->params_from_shape() / c.params, 1.0, 0.015) << c.file;
+    EXPECT_EQ(m->gqa_group(), m->q_heads / m->kv_heads);
+  }
+}
+
+TEST(model_shape, any_gqa_decoder_from_its_shape) {
+  auto f = write_temp("mistral.yaml",
+                      "name: Mistral-7B\nlayers: 32\nhidden: 4096\nq_heads: 32\nkv_heads: 8\n"
+                      "head_dim: 128\nffn: 14336\nvocab: 32000\n");
+  auto m = load_model_shape(f);
+  ASSERT_TRUE(m) << m.error().to_string();
+  EXPECT_NEAR(m->params_from_shape(), 7.24e9, 0.05e9);
+}
+
+TEST(model_shape, bad_files_are_clear_errors) {
+  struct {
+    const char* text;
+    const char* expect;
+  } cases[] = {
+      {"layers: 32\n", "missing required key 'hidden'"},
+      {"layers: 0\nhidden: 64\nq_heads: 4\nkv_heads: 2\nhead_dim: 64\nffn: 1\nvocab: 1\n",
+       "layers = 0"},
+      {"layers: 1\nhidden: 64\nq_heads: 6\nkv_heads: 4\nhead_dim: 64\nffn: 1\nvocab: 1\n",
+       "multiple of kv_heads"},
+      {"layers: 1\nhidden: 64\nq_heads: 4\nkv_heads: 4\nhead_dim: 60\nffn: 1\nvocab: 1\n",
+       "multiple of 16"},
+      {"layerz: 1\n", "unknown key 'layerz'"},
+      {"[1, 2]", "must be a map"},
+  };
+  for (const auto& c : cases) {
+    auto m = load_model_shape(write_temp("bad_model.yaml", c.text));
+    ASSERT_FALSE(m) << c.text;
+    EXPECT_NE(m.error().message().find(c.expect), std::string::npos) << m.error().message();
+  }
+}
+
+TEST(hardware, default_file_loads_with_a_source_for_every_figure) {
+  auto hw = load_hardware(configs + "hardware/h100-cxl-pnm.yaml");
+  ASSERT_TRUE(hw) << hw.error().to_string();
+  EXPECT_DOUBLE_EQ(hw->gpu.memory_bw_gbps, 3350);
+  EXPECT_DOUBLE_EQ(hw->pnm.capacity_bytes, 512e9);
+  EXPECT_DOUBLE_EQ(hw->pnm.internal_bw_gbps, 1100);
+  EXPECT_DOUBLE_EQ(hw->cxl.link_bw_gbps_per_direction, 64);
+  EXPECT_EQ(hw->gpu.model, "H100 SXM5 80GB");
+  for (const auto& [key, f] : hw->figures) EXPECT_FALSE(f.source.empty()) << key;
+}
+
+TEST(hardware, bad_files_are_clear_errors) {
+  auto good = configs + "hardware/h100-cxl-pnm.yaml";
+  std::ifstream in(good);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto replace = [&](const std::string& from, const std::string& to) {
+    std::string t = text;
+    auto pos = t.find(from);
+    EXPECT_NE(pos, std::string::npos) << from;
+    return t.replace(pos, from.size(), to);
+  };
+  struct {
+    std::string text;
+    const char* expect;
+  } cases[] = {
+      {replace("tdp_w: {value: 700, source: \"NVIDIA H100 datasheet\"}", "tdp_w: {value: 700}"),
+       "has no source"},
+      {replace("tdp_w: {value: 700,", "tdp_w: {value: -1,"), "outside the allowed range"},
+      {replace("tdp_w: {value: 700,", "tdp_w: {value: lots,"), "is not a number"},
+      {replace("tdp_w:", "tdp_watts:"), "unknown key 'gpu.tdp_watts'"},
+      {replace("  pue: {value: 1.3, source: \"HARDWARE.md\", assumed: true}\n", ""),
+       "missing figure 'cost.pue'"},
+  };
+  for (const auto& c : cases) {
+    auto hw = load_hardware(write_temp("bad_hw.yaml", c.text));
+    ASSERT_FALSE(hw);
+    EXPECT_NE(hw.error().message().find(c.expect), std::string::npos) << hw.error().message();
+  }
+}
+
+}  // namespace
+}  // namespace pnmkv
