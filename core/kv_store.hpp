@@ -82,6 +82,8 @@ class kv_head_store {
  private:
   kv_head_store() = default;
   void update_summary(uint32_t local_page, uint32_t first_row, uint32_t n_rows);
+  template <class Src>
+  status append_rows(uint64_t position, const Src* k, const Src* v, uint64_t n_tokens);
 
   kv_head_shape shape_{};
   uint64_t capacity_tokens_ = 0;
