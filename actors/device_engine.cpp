@@ -1,0 +1,185 @@
+#include "actors/device_engine.hpp"
+
+#include <algorithm>
+#include <cassert>
+#include <cmath>
+
+#include "core/select.hpp"
+
+namespace pnmkv {
+
+device_engine::device_engine(device_engine_config cfg) : cfg_(cfg) {}
+
+namespace {
+uint64_t store_bytes(const kv_head_shape& s, uint64_t pages) {
+  const uint64_t elem = s.summaries == summary_precision::bf16 ? 2 : 4;
+  return pages * (uint64_t(s.page_size_tokens) * s.head_dim * 4ull + 2ull * s.head_dim * elem);
+}
+}  // namespace
+
+status device_engine::add_shard(uint64_t request_id, const shard_placement& shard) {
+  if (shards_.count(request_id))
+    return {errc::invalid_argument, "device " + std::to_string(cfg_.device_id) +
+                                        " already holds a shard of request " +
+                                        std::to_string(request_id)};
+  if (shard.kv_head_end <= shard.kv_head_begin)
+    return {errc::invalid_argument, "shard holds no KV head"};
+  const uint64_t heads = shard.kv_head_end - shard.kv_head_begin;
+  const uint64_t need = store_bytes(cfg_.shape, shard.pages_held) * heads * cfg_.live_layers;
+  if (reserved_bytes_ + need > cfg_.memory_bytes_max)
+    return {errc::capacity, "device " + std::to_string(cfg_.device_id) + " cannot hold request " +
+                                std::to_string(request_id) + ": needs " + std::to_string(need) +
+                                " bytes, " + std::to_string(cfg_.memory_bytes_max - reserved_bytes_) +
+                                " of its emulator memory limit left"};
+  const uint64_t capacity_tokens = shard.pages_held * cfg_.shape.page_size_tokens;
+  for (uint32_t layer = 0; layer < cfg_.live_layers; ++layer) {
+    for (uint32_t h = shard.kv_head_begin; h < shard.kv_head_end; ++h) {
+      auto store = kv_head_store::create(cfg_.shape, capacity_tokens);
+      if (!store) {
+        release(request_id);
+        return store.error();
+      }
+      stores_.emplace(key{request_id, layer, h}, std::move(store).value());
+    }
+  }
+  shards_.emplace(request_id, shard);
+  reserved_bytes_ += need;
+  return {};
+}
+
+void device_engine::release(uint64_t request_id) {
+  auto it = shards_.find(request_id);
+  if (it != shards_.end()) {
+    const auto& s = it->second;
+    reserved_bytes_ -= store_bytes(cfg_.shape, s.pages_held) * (s.kv_head_end - s.kv_head_begin) *
+                       cfg_.live_layers;
+    shards_.erase(it);
+  }
+  for (auto st = stores_.lower_bound(key{request_id, 0, 0});
+       st != stores_.end() && std::get<0>(st->first) == request_id;)
+    st = stores_.erase(st);
+}
+
+kv_head_store* device_engine::find_mut(uint64_t request_id, uint32_t layer, uint32_t kv_head) {
+  auto it = stores_.find(key{request_id, layer, kv_head});
+  return it == stores_.end() ? nullptr : &it->second;
+}
+
+const kv_head_store* device_engine::find(uint64_t request_id, uint32_t layer,
+                                         uint32_t kv_head) const {
+  auto it = stores_.find(key{request_id, layer, kv_head});
+  return it == stores_.end() ? nullptr : &it->second;
+}
+
+status device_engine::write(uint64_t request_id, uint32_t layer, uint32_t kv_head,
+                            uint64_t position, const bf16* k, const bf16* v, uint64_t n_tokens) {
+  kv_head_store* s = find_mut(request_id, layer, kv_head);
+  if (!s)
+    return {errc::out_of_range, "device " + std::to_string(cfg_.device_id) +
+                                    " holds no shard of (request " + std::to_string(request_id) +
+                                    ", layer " + std::to_string(layer) + ", KV head " +
+                                    std::to_string(kv_head) + ")"};
+  return s->append(position, k, v, n_tokens);
+}
+
+double device_engine::charge(double arrival_ns, double cost_ns) {
+  assert(cost_ns >= 0);
+  const double before = clock_ns_;
+  clock_ns_ = std::max(clock_ns_, arrival_ns) + cost_ns;
+  assert(clock_ns_ >= before);
+  (void)before;
+  return clock_ns_;
+}
+
+uint64_t device_engine::bytes_held() const {
+  uint64_t total = 0;
+  for (const auto& [k, s] : stores_) total += s.bytes_held();
+  return total;
+}
+
+status device_engine::query(const device_query& q, device_answer& out) {
+  out.pages.clear();
+  out.candidate_scores.clear();
+  out.candidate_forced.clear();
+  out.bytes_scanned = 0;
+  out.flops = 0;
+  const kv_head_store* s = find(q.request_id, q.layer, q.kv_head);
+  if (!s)
+    return {errc::out_of_range, "device " + std::to_string(cfg_.device_id) +
+                                    " holds no shard of (request " + std::to_string(q.request_id) +
+                                    ", layer " + std::to_string(q.layer) + ", KV head " +
+                                    std::to_string(q.kv_head) + ")"};
+  if (q.group == 0 || q.group > 256 || !q.q)
+    return {errc::invalid_argument, "query group must be in [1, 256] with a query vector"};
+  const uint32_t d = s->shape().head_dim;
+  const float scale = q.scale > 0 ? q.scale : 1.0f / std::sqrt(float(d));
+  const uint32_t pages = s->page_count();
+  const uint64_t row_bytes = uint64_t(d) * 2 * 2;  // K and V, bf16
+
+  std::vector<uint32_t> local;
+  auto attend = [&](const std::vector<uint32_t>& list) -> status {
+    auto st = attend_pages(*s, q.q, q.group, list.data(), list.size(), scale, out.part);
+    if (!st) return st;
+    uint64_t tokens = 0;
+    for (uint32_t p : list) tokens += s->page_tokens(p);
+    out.bytes_scanned += tokens * row_bytes;
+    out.flops += double(tokens) * q.group * 4.0 * d;
+    out.pages.reserve(list.size());
+    for (uint32_t p : list) out.pages.push_back(s->global_page(p));
+    return {};
+  };
+
+  if (q.round == query_round::dense || q.round == query_round::attend_listed) {
+    if (q.round == query_round::dense) {
+      local.resize(pages);
+      for (uint32_t i = 0; i < pages; ++i) local[i] = i;
+    } else {
+      if (q.n_listed > pages)
+        return {errc::invalid_argument, "more listed pages than the shard holds"};
+      local.reserve(q.n_listed);
+      for (size_t i = 0; i < q.n_listed; ++i) {
+        int64_t l = s->local_page_of(q.listed_pages[i]);
+        if (l < 0)
+          return {errc::out_of_range, "page " + std::to_string(q.listed_pages[i]) +
+                                          " is not held by device " +
+                                          std::to_string(cfg_.device_id)};
+        local.push_back(static_cast<uint32_t>(l));
+      }
+    }
+    return attend(local);
+  }
+
+  // Score every held page.
+  scores_.resize(pages);
+  auto st = score_pages(*s, q.q, q.group, cfg_.aggregation, scores_.data());
+  if (!st) return st;
+  out.bytes_scanned += uint64_t(pages) * s->summary_bytes_per_page();
+  const uint32_t heads_scored = cfg_.aggregation == gqa_aggregation::max ? q.group : 1;
+  out.flops += double(pages) * heads_scored * 4.0 * d;
+
+  // Always-kept pages this shard holds: the first page (sink) and the sequence's last page.
+  std::vector<uint32_t> forced;
+  if (pages > 0) {
+    if (int64_t l = s->local_page_of(0); l >= 0) forced.push_back(uint32_t(l));
+    if (q.sequence_tokens > 0) {
+      uint64_t last = (q.sequence_tokens - 1) / s->shape().page_size_tokens;
+      if (int64_t l = s->local_page_of(last); l >= 0) forced.push_back(uint32_t(l));
+    }
+  }
+  auto sel = select_top_pages(scores_.data(), pages, forced, q.budget_pages);
+  if (!sel) return sel.error();
+  if (q.round == query_round::candidates) {
+    for (uint32_t p : *sel) {
+      out.pages.push_back(s->global_page(p));
+      out.candidate_scores.push_back(scores_[p]);
+      bool f = false;
+      for (uint32_t x : forced) f = f || x == p;
+      out.candidate_forced.push_back(f ? 1 : 0);
+    }
+    out.part.reset(q.group, d);
+    return {};
+  }
+  return attend(*sel);
+}
+
+}  // namespace pnmkv

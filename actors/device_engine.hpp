@@ -1,0 +1,100 @@
+// What a PNM device does, free of CAF and of the wire: holds the shards placed on it (one
+// kv_head_store per (request, layer, KV head) it holds), takes page writes and token
+// appends, and answers queries — score its pages, select, attend, return a partial — while
+// counting the bytes it scans and the FLOPs it does so the cost model can price the work.
+// The pnm_device actor decodes messages and calls this; tests call it directly.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <tuple>
+#include <vector>
+
+#include "core/attention.hpp"
+#include "core/kv_store.hpp"
+#include "core/score.hpp"
+#include "core/status.hpp"
+#include "schedulers/placement.hpp"
+
+namespace pnmkv {
+
+struct device_engine_config {
+  uint32_t device_id = 0;
+  kv_head_shape shape{};
+  gqa_aggregation aggregation = gqa_aggregation::max;
+  uint32_t live_layers = 1;
+  uint64_t memory_bytes_max = 16ull << 30;  // emulator bytes this device may hold
+};
+
+// How a query selects pages on this shard.
+enum class query_round : uint8_t {
+  select_attend,  // score, take the shard's top budget_pages (forced pages in), attend
+  candidates,     // exact round 1: score, return the shard's best budget_pages candidates
+  attend_listed,  // exact round 2: attend exactly the listed global pages
+  dense,          // attend every held page (verification; not charged as device work)
+};
+
+struct device_query {
+  uint64_t request_id = 0;
+  uint32_t step = 0;
+  uint32_t layer = 0;
+  uint32_t kv_head = 0;
+  uint32_t group = 0;             // query heads sharing the KV head
+  const float* q = nullptr;       // group × head_dim
+  uint64_t sequence_tokens = 0;   // tokens in the whole sequence now (for the last page)
+  uint64_t budget_pages = 0;      // this shard's page budget (select_attend, candidates)
+  query_round round = query_round::select_attend;
+  const uint64_t* listed_pages = nullptr;  // attend_listed: global page ids
+  size_t n_listed = 0;
+  float scale = 0;                // softmax scale; 0 means 1/sqrt(head_dim)
+};
+
+struct device_answer {
+  partial part;                            // select_attend, attend_listed, dense
+  std::vector<uint64_t> pages;             // global ids: selected, or candidates
+  std::vector<float> candidate_scores;     // candidates round, parallel to pages
+  std::vector<uint8_t> candidate_forced;   // candidates round: 1 for always-kept pages
+  uint64_t bytes_scanned = 0;              // summaries + K/V rows read
+  double flops = 0;
+};
+
+class device_engine {
+ public:
+  explicit device_engine(device_engine_config cfg);
+
+  const device_engine_config& config() const { return cfg_; }
+
+  // Creates the stores of a shard placed here: for each live layer and each held KV head.
+  // capacity is the shard's pages at the request's final length.
+  status add_shard(uint64_t request_id, const shard_placement& shard);
+  // Drops every store of a request.
+  void release(uint64_t request_id);
+
+  // Writes n_tokens K/V rows of (request, layer, kv_head) at global token `position`.
+  status write(uint64_t request_id, uint32_t layer, uint32_t kv_head, uint64_t position,
+               const bf16* k, const bf16* v, uint64_t n_tokens);
+
+  status query(const device_query& q, device_answer& out);
+
+  uint64_t bytes_held() const;
+  size_t stores() const { return stores_.size(); }
+
+  // Virtual clock (DESIGN.md §5): work that arrives at arrival_ns starts when the device is
+  // free and takes cost.time_ns. Returns the time the work is done. Monotone.
+  double charge(double arrival_ns, double cost_ns);
+  double clock_ns() const { return clock_ns_; }
+  const kv_head_store* find(uint64_t request_id, uint32_t layer, uint32_t kv_head) const;
+
+ private:
+  using key = std::tuple<uint64_t, uint32_t, uint32_t>;
+  kv_head_store* find_mut(uint64_t request_id, uint32_t layer, uint32_t kv_head);
+
+  device_engine_config cfg_;
+  std::map<key, kv_head_store> stores_;
+  std::map<uint64_t, shard_placement> shards_;  // by request
+  uint64_t reserved_bytes_ = 0;
+  double clock_ns_ = 0;
+  std::vector<float> scores_;  // scratch
+};
+
+}  // namespace pnmkv

@@ -1,0 +1,78 @@
+// Hybrid head/sequence placement of a request's KV on a pool of PNM devices (DESIGN.md §3).
+// A pool of P devices is cut into h head groups × s sequence shards (h·s = P, h divides
+// the KV head count). Shard (g, j) holds KV heads [g·H/h, (g+1)·H/h) and, of every layer,
+// the pages of sequence class j: a contiguous range of pages, or every s-th page
+// (interleave). Pure logic: the live system and the simulator share it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/status.hpp"
+
+namespace pnmkv {
+
+enum class sequence_split { contiguous, interleave };
+const char* to_string(sequence_split s);
+result<sequence_split> parse_sequence_split(const std::string& text);
+
+struct shard_placement {
+  uint32_t shard_id = 0;         // g · s + j; fixed merge order
+  uint32_t device_id = 0;        // primary
+  std::vector<uint32_t> replica_device_ids;  // r - 1 others, distinct devices
+  uint32_t kv_head_begin = 0;    // [begin, end)
+  uint32_t kv_head_end = 0;
+  uint32_t sequence_index = 0;   // j in [0, s)
+  uint32_t sequence_shards = 1;  // s
+  sequence_split split = sequence_split::contiguous;
+  uint64_t page_begin = 0;       // contiguous: [page_begin, page_end); the last shard is
+  uint64_t page_end = 0;         // open-ended (decode appends land there)
+  uint64_t pages_held = 0;       // pages of one (layer, KV head) at the final length
+  uint64_t bytes_modelled = 0;   // K, V and summaries of every layer and head it holds
+
+  bool holds_head(uint32_t kv_head) const { return kv_head >= kv_head_begin && kv_head < kv_head_end; }
+  // Whether this shard holds global page `page` (of a held head).
+  bool holds_page(uint64_t page) const;
+};
+
+struct request_placement {
+  uint64_t request_id = 0;
+  uint32_t head_groups = 1;      // h
+  uint32_t sequence_shards = 1;  // s
+  std::vector<shard_placement> shards;  // ordered by shard_id
+  // The shard (index into shards) holding (kv_head, page), or -1.
+  int shard_of(uint32_t kv_head, uint64_t page) const;
+};
+
+struct placement_request {
+  uint64_t request_id = 0;
+  uint64_t context_tokens = 0;     // prompt
+  uint64_t decode_tokens = 0;      // tokens appended during decoding
+  uint32_t page_size_tokens = 16;
+  uint32_t layers = 1;
+  uint32_t kv_heads = 8;
+  uint32_t head_dim = 128;
+  uint32_t summary_elem_bytes = 2;
+  uint32_t head_groups = 0;        // 0: the largest h dividing both kv_heads and the pool
+  sequence_split split = sequence_split::contiguous;
+  uint32_t replication = 1;        // r
+};
+
+// Devices of one pool and the bytes each still has free.
+struct pool_state {
+  std::vector<uint32_t> device_ids;
+  std::vector<uint64_t> free_bytes;  // parallel to device_ids
+  std::vector<uint32_t> failure_domain;  // parallel; replicas go to distinct domains when possible
+};
+
+// Bytes one (layer, KV head) of `pages` pages takes: K, V (bf16) and summaries.
+uint64_t shard_bytes_per_layer_head(const placement_request& r, uint64_t pages);
+
+// Places one request on a pool and debits the pool's free bytes. Errors (nothing debited):
+// invalid_argument for h not dividing kv_heads or the pool, replication > pool size;
+// capacity when a device cannot hold its shard — the message says which device, how many
+// bytes it needed and had.
+result<request_placement> place_request(const placement_request& r, pool_state& pool);
+
+}  // namespace pnmkv
