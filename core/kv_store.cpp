@@ -226,7 +226,7 @@ status kv_head_store::append_rows(uint64_t position, const Src* k, const Src* v,
   const uint64_t new_pages =
       n_tokens > first_fill ? (n_tokens - first_fill + page_size - 1) / page_size : 0;
   assert(page_count() + new_pages <= capacity_pages_);
-  (void)capacity_pages_;
+  (void)new_pages;
 
   uint64_t done = 0;
   uint64_t pos = position;

@@ -16,13 +16,21 @@ enum class gqa_aggregation { max, sum };
 const char* to_string(gqa_aggregation a);
 result<gqa_aggregation> parse_gqa_aggregation(const char* text);
 
+// Query heads per KV head a kernel accepts (Llama-3.1-405B needs 16).
+constexpr uint32_t kernel_group_limit = 64;
+
 // q_group: group × head_dim floats (row per query head). scores_out: page_count() floats,
-// indexed by local page. Vectorised (Highway, runtime dispatch).
+// indexed by local page. Vectorised (Highway, runtime dispatch). Errors: group outside
+// 1..kernel_group_limit or a null pointer (invalid_argument).
 status score_pages(const kv_head_store& store, const float* q_group, uint32_t group,
                    gqa_aggregation aggregation, float* scores_out);
 
 // The same bound computed by a plain scalar loop: the reference for tests and benches.
 status score_pages_scalar(const kv_head_store& store, const float* q_group, uint32_t group,
                           gqa_aggregation aggregation, float* scores_out);
+
+// Name of the Highway target the vectorised kernels (score_pages, attend_pages) dispatch
+// to on this CPU, e.g. "AVX2" or "AVX3" (hwy::TargetName); benches print it.
+const char* kernel_target_name();
 
 }  // namespace pnmkv

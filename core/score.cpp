@@ -1,0 +1,248 @@
+// Quest page scores over the per-page key summaries, vectorised with Highway (runtime
+// dispatch over every compiled target), plus the plain scalar loop they are checked and
+// benchmarked against.
+//
+// The bound per head and dimension, max(q·mn, q·mx), equals q⁺·mx + q⁻·mn exactly
+// (q⁺ = max(q, 0), q⁻ = min(q, 0), mn ≤ mx), so a head's page score is one dot product
+// of length 2·d between the weight row [q⁺, q⁻] and the page summary [mx, mn] as stored.
+// For the `sum` aggregation the weight rows of the group add up to one row
+// [Σ_h q⁺_h, Σ_h q⁻_h] (one pass whatever the group size); `max` needs one row per head,
+// computed in blocks of 4 heads × several pages so every loaded summary vector feeds
+// several FMAs. Scoring streams the summaries once; it is memory-bound when the FMA
+// units keep up (GQA ≤ 4 on AVX2 at ~24 GB/s).
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "core/score.cpp"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+
+#include "hwy/highway.h"
+#include "hwy/aligned_allocator.h"
+
+#include "core/score.hpp"
+#include "core/simd_internal.hpp"
+
+#include <algorithm>
+#include <cassert>
+#include <cmath>
+#include <limits>
+
+HWY_BEFORE_NAMESPACE();
+namespace pnmkv {
+namespace HWY_NAMESPACE {
+namespace {
+
+namespace hn = hwy::HWY_NAMESPACE;
+
+#if HWY_TARGET <= HWY_AVX3
+// 32 vector registers: 4 heads × 4 pages of accumulators.
+constexpr size_t score_pages_per_block = 4;
+constexpr size_t single_row_pages_per_block = 8;
+#else
+// 16 vector registers: 4 heads × 2 pages (8 accumulators, 4 data vectors).
+constexpr size_t score_pages_per_block = 2;
+constexpr size_t single_row_pages_per_block = 4;
+#endif
+constexpr size_t score_heads_per_block = 4;
+
+inline float max_ignoring_nan(float best, float v) { return v > best ? v : best; }
+
+// One weight row (sum aggregation, or max over a single head): scores = W · S per page.
+template <class Src>
+void score_single_row(const Src* summaries, size_t len, uint32_t n_pages, const float* w,
+                      float* out) {
+  constexpr size_t pb = single_row_pages_per_block;
+  uint32_t p = 0;
+  for (; p + pb <= n_pages; p += pb) {
+    simd::dot_block<1, pb>(w, len, summaries + static_cast<size_t>(p) * len, len, len,
+                           out + p);
+  }
+  for (; p < n_pages; ++p) {
+    simd::dot_block<1, 1>(w, len, summaries + static_cast<size_t>(p) * len, len, len, out + p);
+  }
+}
+
+// Max over `group` weight rows of the per-row dot products with each page summary.
+template <size_t PB, class Src>
+HWY_INLINE void score_max_pages(const Src* x, size_t len, const float* w, uint32_t group,
+                                float* out) {
+  constexpr size_t hb = score_heads_per_block;
+  float tmp[hb * PB];
+  float best[PB];
+  std::fill(best, best + PB, -std::numeric_limits<float>::infinity());
+  uint32_t h = 0;
+  for (; h + hb <= group; h += hb) {
+    simd::dot_block<hb, PB>(w + static_cast<size_t>(h) * len, len, x, len, len, tmp);
+    for (size_t i = 0; i < hb; ++i) {
+      for (size_t p = 0; p < PB; ++p) best[p] = max_ignoring_nan(best[p], tmp[i * PB + p]);
+    }
+  }
+  for (; h < group; ++h) {
+    simd::dot_block<1, PB>(w + static_cast<size_t>(h) * len, len, x, len, len, tmp);
+    for (size_t p = 0; p < PB; ++p) best[p] = max_ignoring_nan(best[p], tmp[p]);
+  }
+  for (size_t p = 0; p < PB; ++p) out[p] = best[p];
+}
+
+template <class Src>
+void score_max_rows(const Src* summaries, size_t len, uint32_t n_pages, const float* w,
+                    uint32_t group, float* out) {
+  constexpr size_t pb = score_pages_per_block;
+  uint32_t p = 0;
+  for (; p + pb <= n_pages; p += pb) {
+    score_max_pages<pb>(summaries + static_cast<size_t>(p) * len, len, w, group, out + p);
+  }
+  for (; p < n_pages; ++p) {
+    score_max_pages<1>(summaries + static_cast<size_t>(p) * len, len, w, group, out + p);
+  }
+}
+
+}  // namespace
+
+// Builds the weight rows in this target's widened order and scores every page.
+void score_pages_simd(const kv_head_store& store, const float* q_group, uint32_t group,
+                      bool aggregate_max, float* scores_out) {
+  const uint32_t d = store.shape().head_dim;
+  const size_t len = 2 * static_cast<size_t>(d);
+  const uint32_t n_pages = store.page_count();
+  const uint32_t rows = aggregate_max ? group : 1;
+  const bool bf = store.shape().summaries == summary_precision::bf16;
+  assert(len % simd::step_elems(simd::df_t()) == 0);
+
+  auto natural = hwy::AllocateAligned<float>(len * rows);
+  auto weights = hwy::AllocateAligned<float>(len * rows);
+  std::fill(natural.get(), natural.get() + len * rows, 0.0f);
+  for (uint32_t h = 0; h < group; ++h) {
+    float* row = natural.get() + (aggregate_max ? h : 0) * len;
+    const float* q = q_group + static_cast<size_t>(h) * d;
+    for (uint32_t j = 0; j < d; ++j) {
+      row[j] += std::max(q[j], 0.0f);      // pairs with max_j
+      row[d + j] += std::min(q[j], 0.0f);  // pairs with min_j
+    }
+  }
+  if (bf) {
+    uint32_t map[2 * hn::MaxLanes(simd::df_t())];
+    simd::widened_order_map(map);
+    for (uint32_t r = 0; r < rows; ++r) {
+      simd::to_widened_order(natural.get() + r * len, len, map, weights.get() + r * len);
+    }
+  } else {
+    std::copy(natural.get(), natural.get() + len * rows, weights.get());
+  }
+
+  if (bf) {
+    const bf16* s = static_cast<const bf16*>(store.summaries());
+    if (rows == 1) {
+      score_single_row(s, len, n_pages, weights.get(), scores_out);
+    } else {
+      score_max_rows(s, len, n_pages, weights.get(), rows, scores_out);
+    }
+  } else {
+    const float* s = static_cast<const float*>(store.summaries());
+    if (rows == 1) {
+      score_single_row(s, len, n_pages, weights.get(), scores_out);
+    } else {
+      score_max_rows(s, len, n_pages, weights.get(), rows, scores_out);
+    }
+  }
+}
+
+int64_t dispatched_target() { return HWY_TARGET; }
+
+}  // namespace HWY_NAMESPACE
+}  // namespace pnmkv
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace pnmkv {
+
+HWY_EXPORT(score_pages_simd);
+HWY_EXPORT(dispatched_target);
+
+const char* to_string(gqa_aggregation a) {
+  switch (a) {
+    case gqa_aggregation::max: return "max";
+    case gqa_aggregation::sum: return "sum";
+  }
+  return "unknown";
+}
+
+result<gqa_aggregation> parse_gqa_aggregation(const char* text) {
+  const std::string t = text == nullptr ? std::string() : std::string(text);
+  if (t == "max") return gqa_aggregation::max;
+  if (t == "sum") return gqa_aggregation::sum;
+  return result<gqa_aggregation>{errc::parse,
+                                 "gqa aggregation '" + t + "' is not allowed: max or sum"};
+}
+
+const char* kernel_target_name() {
+  return hwy::TargetName(HWY_DYNAMIC_DISPATCH(dispatched_target)());
+}
+
+namespace {
+
+status check_score_args(const kv_head_store& store, const float* q_group, uint32_t group,
+                        gqa_aggregation aggregation, const float* scores_out) {
+  if (group < 1 || group > kernel_group_limit) {
+    return {errc::invalid_argument, "score_pages: group = " + std::to_string(group) +
+                                        " query heads is not allowed: 1.." +
+                                        std::to_string(kernel_group_limit)};
+  }
+  if (aggregation != gqa_aggregation::max && aggregation != gqa_aggregation::sum) {
+    return {errc::invalid_argument, "score_pages: unknown gqa aggregation " +
+                                        std::to_string(static_cast<int>(aggregation))};
+  }
+  if (q_group == nullptr || (scores_out == nullptr && store.page_count() > 0)) {
+    return {errc::invalid_argument, "score_pages: q_group and scores_out must not be null"};
+  }
+  return status::ok();
+}
+
+}  // namespace
+
+status score_pages(const kv_head_store& store, const float* q_group, uint32_t group,
+                   gqa_aggregation aggregation, float* scores_out) {
+  if (status s = check_score_args(store, q_group, group, aggregation, scores_out); !s) return s;
+  if (store.page_count() == 0) return status::ok();
+  HWY_DYNAMIC_DISPATCH(score_pages_simd)(store, q_group, group,
+                                         aggregation == gqa_aggregation::max, scores_out);
+  return status::ok();
+}
+
+status score_pages_scalar(const kv_head_store& store, const float* q_group, uint32_t group,
+                          gqa_aggregation aggregation, float* scores_out) {
+  if (status s = check_score_args(store, q_group, group, aggregation, scores_out); !s) return s;
+  const uint32_t d = store.shape().head_dim;
+  const bool bf = store.shape().summaries == summary_precision::bf16;
+  const size_t len = 2 * static_cast<size_t>(d);
+  for (uint32_t p = 0; p < store.page_count(); ++p) {
+    float total = aggregation == gqa_aggregation::max ? -std::numeric_limits<float>::infinity()
+                                                      : 0.0f;
+    for (uint32_t h = 0; h < group; ++h) {
+      const float* q = q_group + static_cast<size_t>(h) * d;
+      float s = 0.0f;
+      for (uint32_t j = 0; j < d; ++j) {
+        float mx;
+        float mn;
+        if (bf) {
+          const bf16* sp = static_cast<const bf16*>(store.summaries()) + p * len;
+          mx = to_float(sp[j]);
+          mn = to_float(sp[d + j]);
+        } else {
+          const float* sp = static_cast<const float*>(store.summaries()) + p * len;
+          mx = sp[j];
+          mn = sp[d + j];
+        }
+        s += std::max(q[j] * mn, q[j] * mx);
+      }
+      if (aggregation == gqa_aggregation::max) {
+        total = s > total ? s : total;
+      } else {
+        total += s;
+      }
+    }
+    scores_out[p] = total;
+  }
+  return status::ok();
+}
+
+}  // namespace pnmkv
+#endif  // HWY_ONCE
