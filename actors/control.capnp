@@ -1,0 +1,61 @@
+# pnmkv control plane between the driver, the coordinator and the GPU host: requests,
+# their admission, the start of a run and its result. Carried as bytes in CAF messages
+# (the middleman in cluster mode), so every message that crosses a process is Cap'n Proto.
+# Join and membership use transport/wire.capnp. Field numbers are never reused.
+
+@0xc2b1d0a4e6f35a17;
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("pnmkv::control::wire");
+
+struct RequestSpec {
+  requestId @0 :UInt64;
+  contextTokens @1 :UInt64;
+  steps @2 :UInt32;
+}
+
+struct Hello {           # node -> coordinator: asks for a join challenge
+  nodeId @0 :UInt32;
+  role @1 :UInt8;        # transport::node_role
+}
+
+struct Submit {          # driver -> coordinator
+  request @0 :RequestSpec;
+}
+
+struct Admission {       # coordinator -> driver
+  requestId @0 :UInt64;
+  accepted @1 :Bool;
+  reason @2 :Text;
+}
+
+struct PlacementAck {    # device -> coordinator
+  nodeId @0 :UInt32;
+  requestId @1 :UInt64;
+  ok @2 :Bool;
+  reason @3 :Text;
+}
+
+struct RunStart {        # coordinator -> gpu host: decode these (placed) requests
+  requests @0 :List(RequestSpec);
+}
+
+struct RunResult {       # gpu host -> driver
+  reportJson @0 :Text;   # actors/run_report.hpp fields as JSON
+  ok @1 :Bool;
+  reason @2 :Text;
+}
+
+struct Control {
+  version @0 :UInt16;
+  sender @1 :UInt32;
+  body :union {
+    hello @2 :Hello;
+    submit @3 :Submit;
+    admission @4 :Admission;
+    placementAck @5 :PlacementAck;
+    runStart @6 :RunStart;
+    runResult @7 :RunResult;
+    shutdown @8 :Void;
+  }
+}

@@ -1,0 +1,159 @@
+#include "actors/run_report.hpp"
+
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+namespace pnmkv {
+
+std::string run_report::output_digest_hex() const {
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "%016" PRIx64, output_digest);
+  return buf;
+}
+
+namespace {
+nlohmann::ordered_json num(double v) {
+  if (!std::isfinite(v)) return nullptr;
+  return v;
+}
+}  // namespace
+
+std::string run_report::to_json() const {
+  nlohmann::ordered_json j;
+  j["mode"] = mode;
+  j["multiprocess"] = multiprocess;
+  j["config"] = config_json.empty() ? nlohmann::ordered_json::object()
+                                    : nlohmann::ordered_json::parse(config_json);
+  j["model"] = {{"name", model_name}, {"file", model_file}, {"layers", layers},
+                {"live_layers", live_layers},
+                {"note", "layers past live_layers are charged by the cost model only"}};
+  j["hardware"] = {{"name", hardware_name}, {"file", hardware_file}};
+  j["cluster"] = {{"pnm_devices", pnm_devices}, {"batch", batch}, {"steps", steps},
+                  {"context_tokens", context_tokens}, {"head_groups", head_groups},
+                  {"sequence_shards", sequence_shards}};
+  j["accuracy"] = {{"output_rel_err_mean", num(output_rel_err_mean)},
+                   {"output_rel_err_p99", num(output_rel_err_p99)},
+                   {"output_rel_err_max", num(output_rel_err_max)},
+                   {"attention_mass_recall_mean", num(attention_mass_recall_mean)},
+                   {"attention_mass_recall_min", num(attention_mass_recall_min)},
+                   {"needle_hit_rate", num(needle_hit_rate)},
+                   {"needles_asked", needles_asked},
+                   {"samples", accuracy_samples}};
+  j["wall"] = {{"prefill_s", num(prefill_wall_s)},
+               {"step_ms_p50", num(step_wall_ms_p50)},
+               {"step_ms_mean", num(step_wall_ms_mean)},
+               {"step_ms_max", num(step_wall_ms_max)},
+               {"read_gbps_measured", num(read_gbps_measured)},
+               {"step_bound_ms", num(step_bound_ms)},
+               {"step_overhead_ratio", num(step_overhead_ratio)}};
+  j["virtual"] = {{"step_ms_mean", num(virtual_step_ms_mean)},
+                  {"tokens_per_s", num(virtual_tokens_per_s)},
+                  {"energy_j_per_token", num(virtual_energy_j_per_token)},
+                  {"tokens_per_dollar", num(virtual_tokens_per_dollar)},
+                  {"power_w", num(virtual_power_w)},
+                  {"link_bytes_per_step", virtual_link_bytes_per_step},
+                  {"device_bytes_per_step", virtual_device_bytes_per_step},
+                  {"prefill_link_ms", num(prefill_link_ms)},
+                  {"breakdown_ms",
+                   {{"gpu_dense", num(breakdown_dense_ms)},
+                    {"link", num(breakdown_link_ms)},
+                    {"device", num(breakdown_device_ms)},
+                    {"merge", num(breakdown_merge_ms)},
+                    {"lm_head", num(breakdown_lm_head_ms)}}}};
+  j["requests"] = {{"submitted", submitted}, {"completed", completed}, {"failed", failed},
+                   {"failures", failures}};
+  nlohmann::ordered_json devs = nlohmann::ordered_json::array();
+  for (size_t i = 0; i < device_ids.size(); ++i)
+    devs.push_back({{"id", device_ids[i]},
+                    {"bytes_held", i < device_bytes_held.size() ? device_bytes_held[i] : 0},
+                    {"bytes_modelled",
+                     i < device_bytes_modelled.size() ? device_bytes_modelled[i] : 0}});
+  j["devices"] = devs;
+  j["output_digest"] = output_digest_hex();
+  return j.dump(2);
+}
+
+namespace {
+std::string bytes_h(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024 && u < 4) b /= 1024, ++u;
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f %s", b, units[u]);
+  return buf;
+}
+}  // namespace
+
+std::string run_report::to_table() const {
+  std::ostringstream os;
+  char line[256];
+  auto row = [&](const char* name, const std::string& value) {
+    std::snprintf(line, sizeof line, "  %-34s %s\n", name, value.c_str());
+    os << line;
+  };
+  auto f = [](const char* fmt, double v) {
+    char b[64];
+    if (!std::isfinite(v)) return std::string("n/a");
+    std::snprintf(b, sizeof b, fmt, v);
+    return std::string(b);
+  };
+  os << "pnmkv run — " << mode << (multiprocess ? " (multi-process, UCX data plane)" : " (embedded)")
+     << "\n";
+  row("model", model_name + " (" + model_file + ")");
+  row("hardware", hardware_name + " (" + hardware_file + ")");
+  row("context / batch / steps", std::to_string(context_tokens) + " tokens / " +
+                                     std::to_string(batch) + " / " + std::to_string(steps));
+  row("devices, placement", std::to_string(pnm_devices) + " devices, h=" +
+                                std::to_string(head_groups) + " head groups x s=" +
+                                std::to_string(sequence_shards) + " sequence shards");
+  row("live layers", std::to_string(live_layers) + " of " + std::to_string(layers) +
+                         " computed; the other " + std::to_string(layers - live_layers) +
+                         " are charged by the cost model only");
+  os << "accuracy vs dense attention (" << accuracy_samples << " head-steps)\n";
+  row("output rel. error mean / p99 / max",
+      f("%.2e", output_rel_err_mean) + " / " + f("%.2e", output_rel_err_p99) + " / " +
+          f("%.2e", output_rel_err_max));
+  row("attention mass captured mean / min",
+      f("%.4f", attention_mass_recall_mean) + " / " + f("%.4f", attention_mass_recall_min));
+  row("needle hit rate", needles_asked ? f("%.3f", needle_hit_rate) + " (" +
+                                             std::to_string(needles_asked) + " asked)"
+                                       : std::string("no needle asked"));
+  os << "wall time (this machine)\n";
+  row("prefill", f("%.2f s", prefill_wall_s));
+  row("decode step p50 / mean / max", f("%.2f", step_wall_ms_p50) + " / " +
+                                          f("%.2f", step_wall_ms_mean) + " / " +
+                                          f("%.2f ms", step_wall_ms_max));
+  row("memory-traffic bound per step", f("%.2f ms", step_bound_ms) + " (device bytes at " +
+                                           f("%.1f GB/s", read_gbps_measured) + " measured)");
+  row("step / bound", f("%.2fx", step_overhead_ratio));
+  os << "virtual time (modelled hardware, all " << layers << " layers)\n";
+  row("step time", f("%.3f ms", virtual_step_ms_mean));
+  row("  gpu dense / link / device", f("%.3f", breakdown_dense_ms) + " / " +
+                                         f("%.3f", breakdown_link_ms) + " / " +
+                                         f("%.3f ms", breakdown_device_ms));
+  row("  merge / lm head", f("%.3f", breakdown_merge_ms) + " / " + f("%.3f ms", breakdown_lm_head_ms));
+  row("throughput", f("%.1f tokens/s", virtual_tokens_per_s));
+  row("energy", f("%.4f J/token", virtual_energy_j_per_token) + f(" (%.0f W average)", virtual_power_w));
+  row("cost efficiency", f("%.3e tokens/$", virtual_tokens_per_dollar));
+  row("link bytes per step", bytes_h(double(virtual_link_bytes_per_step)));
+  row("device bytes scanned per step", bytes_h(double(virtual_device_bytes_per_step)));
+  os << "requests\n";
+  row("submitted / completed / failed", std::to_string(submitted) + " / " +
+                                            std::to_string(completed) + " / " +
+                                            std::to_string(failed));
+  for (const auto& fl : failures) row("  failed", fl);
+  os << "devices (bytes held: emulator, live layers | modelled, all layers)\n";
+  for (size_t i = 0; i < device_ids.size(); ++i) {
+    std::snprintf(line, sizeof line, "  device %-4u %14s | %s\n", device_ids[i],
+                  bytes_h(double(i < device_bytes_held.size() ? device_bytes_held[i] : 0)).c_str(),
+                  bytes_h(double(i < device_bytes_modelled.size() ? device_bytes_modelled[i] : 0)).c_str());
+    os << line;
+  }
+  row("output digest", output_digest_hex());
+  return os.str();
+}
+
+}  // namespace pnmkv

@@ -1,0 +1,63 @@
+// The result of a cluster run (embedded or multi-process): what `pnmkv run` prints as a
+// table and writes as JSON. The JSON keys are a contract (README, issue 4): tests and
+// experiment scripts read them.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace pnmkv {
+
+struct run_report {
+  std::string mode;
+  std::string config_json;     // resolved configuration
+  std::string model_name, model_file, hardware_name, hardware_file;
+  bool multiprocess = false;
+  uint32_t layers = 0, live_layers = 0, pnm_devices = 0, batch = 0, steps = 0;
+  uint64_t context_tokens = 0;
+  uint32_t head_groups = 0, sequence_shards = 0;
+
+  // accuracy vs dense (verification queries)
+  double output_rel_err_mean = 0, output_rel_err_p99 = 0, output_rel_err_max = 0;
+  double attention_mass_recall_mean = 0, attention_mass_recall_min = 0;
+  double needle_hit_rate = 0;  // NaN when no needle was asked
+  uint64_t needles_asked = 0;
+  uint64_t accuracy_samples = 0;
+
+  // wall time
+  double prefill_wall_s = 0;
+  double step_wall_ms_p50 = 0, step_wall_ms_mean = 0, step_wall_ms_max = 0;
+  double read_gbps_measured = 0;    // this machine, same run
+  double step_bound_ms = 0;         // live device bytes per step / read_gbps_measured
+  double step_overhead_ratio = 0;   // step_wall_ms_p50 / step_bound_ms
+
+  // virtual (modelled hardware)
+  double virtual_step_ms_mean = 0;
+  double virtual_tokens_per_s = 0;
+  double virtual_energy_j_per_token = 0;
+  double virtual_tokens_per_dollar = 0;
+  double virtual_power_w = 0;
+  uint64_t virtual_link_bytes_per_step = 0;
+  uint64_t virtual_device_bytes_per_step = 0;
+  double breakdown_dense_ms = 0, breakdown_link_ms = 0, breakdown_device_ms = 0,
+         breakdown_merge_ms = 0, breakdown_lm_head_ms = 0;
+  double prefill_link_ms = 0;
+
+  // requests
+  uint64_t submitted = 0, completed = 0, failed = 0;
+  std::vector<std::string> failures;  // one line per failed request
+
+  // devices
+  std::vector<uint32_t> device_ids;
+  std::vector<uint64_t> device_bytes_held;      // emulator (live layers)
+  std::vector<uint64_t> device_bytes_modelled;  // all layers
+
+  uint64_t output_digest = 0;
+  std::string output_digest_hex() const;
+
+  std::string to_json() const;
+  std::string to_table() const;
+};
+
+}  // namespace pnmkv
