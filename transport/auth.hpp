@@ -1,0 +1,36 @@
+// Cluster-secret proof for joins (DESIGN.md §7): the coordinator sends a fresh nonce
+// (challenge), the joining node answers with HMAC-SHA256(secret, transcript) where the
+// transcript binds the nonce to the node id, role and worker address it claims, so a proof
+// cannot be replayed for another identity. OpenSSL does the cryptography.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/status.hpp"
+#include "transport/messages.hpp"
+
+namespace pnmkv::transport {
+
+inline constexpr size_t join_nonce_bytes = 32;
+inline constexpr size_t join_proof_bytes = 32;
+
+// 32 bytes from OpenSSL's CSPRNG.
+std::vector<uint8_t> make_nonce();
+
+// HMAC-SHA256(secret, "pnmkv-join-v1" | nonce | node (LE32) | role | worker_address).
+std::vector<uint8_t> join_proof(const std::string& secret, const std::vector<uint8_t>& nonce,
+                                node_id node, node_role role,
+                                const std::vector<uint8_t>& worker_address);
+
+// Fills join.proof (and echoes the nonce) for `join`'s identity.
+void sign_join(const std::string& secret, const std::vector<uint8_t>& nonce, join_msg& join);
+
+// ok when `join` echoes `nonce_sent` and carries a valid proof; otherwise
+// errc::invalid_argument saying which check failed (never which bytes were expected).
+// Comparison is constant time.
+status verify_join(const std::string& secret, const std::vector<uint8_t>& nonce_sent,
+                   const join_msg& join);
+
+}  // namespace pnmkv::transport

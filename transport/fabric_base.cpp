@@ -1,0 +1,562 @@
+// Framing, fault points, back-pressure, sequence tracking, timers and the inbox shared by
+// both fabrics; plus the blocking conveniences of `fabric`.
+#include "transport/fabric_base.hpp"
+
+#include <cstring>
+#include <set>
+#include <thread>
+
+#include "transport/crc32c.hpp"
+#include "transport/log.hpp"
+
+namespace pnmkv::transport {
+
+std::string fabric_stats::to_json() const {
+  std::string s = "{";
+  auto add = [&](const char* k, uint64_t v) {
+    if (s.size() > 1) s += ",";
+    s += "\"";
+    s += k;
+    s += "\":" + std::to_string(v);
+  };
+  add("sent_msgs", sent_msgs);
+  add("sent_bytes", sent_bytes);
+  add("recv_msgs", recv_msgs);
+  add("recv_bytes", recv_bytes);
+  add("puts", puts);
+  add("put_bytes", put_bytes);
+  add("gets", gets);
+  add("get_bytes", get_bytes);
+  add("capacity_rejects", capacity_rejects);
+  add("timeouts", timeouts);
+  add("op_errors", op_errors);
+  add("peer_down_events", peer_down_events);
+  add("frame_crc_errors", frame_crc_errors);
+  add("bad_frames", bad_frames);
+  add("duplicates", duplicates);
+  add("reordered", reordered);
+  add("gaps", gaps);
+  add("inbox_overflows", inbox_overflows);
+  add("stalled_frames", stalled_frames);
+  add("delayed_frames", delayed_frames);
+  for (int pt = 0; pt < 2; ++pt) {
+    s += pt ? ",\"injected_recv\":{" : ",\"injected_send\":{";
+    for (size_t k = 0; k < fault_kind_count; ++k) {
+      if (k) s += ",";
+      s += "\"" + std::string(to_string(static_cast<fault_kind>(k))) + "\":" +
+           std::to_string(pt ? injected_recv[k] : injected_send[k]);
+    }
+    s += "}";
+  }
+  return s + "}";
+}
+
+namespace {
+
+// Shared state of a blocking convenience call.
+struct waiter {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  status result;
+  void set(status s) {
+    std::lock_guard<std::mutex> lock(mu);
+    result = std::move(s);
+    done = true;
+    cv.notify_all();
+  }
+};
+
+}  // namespace
+
+// Defined here so that fabric.hpp needs no <mutex>: the three conveniences share this.
+struct fabric_wait_access {
+  static status wait(fabric& f, const std::shared_ptr<waiter>& w,
+                     std::chrono::nanoseconds timeout) {
+    // The operation's own deadline completes it; the extra margin only guards against a
+    // broken implementation hanging the caller forever.
+    auto until = fabric_clock::now() + timeout + std::chrono::seconds(5);
+    std::unique_lock<std::mutex> lock(w->mu);
+    while (!w->done) {
+      if (fabric_clock::now() > until)
+        return {errc::timeout, "operation did not complete (fabric deadline not honoured)"};
+      lock.unlock();
+      f.progress_for(std::chrono::microseconds(200));
+      lock.lock();
+      if (!w->done) w->cv.wait_for(lock, std::chrono::microseconds(200));
+    }
+    return w->result;
+  }
+};
+
+namespace {
+std::chrono::nanoseconds effective(std::chrono::nanoseconds t) {
+  return t.count() > 0 ? t : std::chrono::nanoseconds(std::chrono::hours(1));
+}
+}  // namespace
+
+status fabric::send_wait(node_id dest, std::vector<uint8_t> bytes, std::chrono::nanoseconds timeout) {
+  auto w = std::make_shared<waiter>();
+  op_options o;
+  o.timeout = timeout;
+  o.on_done = [w](status s) { w->set(std::move(s)); };
+  status s = send(dest, std::move(bytes), std::move(o));
+  if (!s) return s;
+  return fabric_wait_access::wait(*this, w, effective(timeout));
+}
+
+status fabric::put_wait(const remote_region& dst, uint64_t offset, const void* src, size_t length,
+                        std::chrono::nanoseconds timeout) {
+  auto w = std::make_shared<waiter>();
+  op_options o;
+  o.timeout = timeout;
+  o.on_done = [w](status s) { w->set(std::move(s)); };
+  status s = put(dst, offset, src, length, std::move(o));
+  if (!s) return s;
+  return fabric_wait_access::wait(*this, w, effective(timeout));
+}
+
+status fabric::get_wait(const remote_region& src, uint64_t offset, void* dst, size_t length,
+                        std::chrono::nanoseconds timeout) {
+  auto w = std::make_shared<waiter>();
+  op_options o;
+  o.timeout = timeout;
+  o.on_done = [w](status s) { w->set(std::move(s)); };
+  status s = get(src, offset, dst, length, std::move(o));
+  if (!s) return s;
+  return fabric_wait_access::wait(*this, w, effective(timeout));
+}
+
+namespace detail {
+
+void warn_once(const char* key, const std::string& what) {
+  static std::mutex mu;
+  static std::set<std::string> seen;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!seen.insert(key).second) return;
+  }
+  log().warn("{} (logged once; later occurrences are only counted)", what);
+}
+
+namespace {
+int64_t to_ns(fabric_clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+}
+}  // namespace
+
+fabric_base::fabric_base(const fabric_options& opts, std::shared_ptr<fault_injector> faults)
+    : opts_(opts), faults_(std::move(faults)), pacing_origin_(fabric_clock::now()) {}
+
+fabric_base::~fabric_base() = default;
+
+fabric_clock::time_point fabric_base::deadline_of(const op_options& o) const {
+  auto t = o.timeout.count() > 0 ? o.timeout
+                                 : std::chrono::nanoseconds(opts_.op_timeout);
+  return fabric_clock::now() + t;
+}
+
+void fabric_base::add_peer(node_id peer) {
+  std::lock_guard<std::mutex> lock(peers_mu_);
+  auto& p = peers_[peer];
+  p.link = link_occupancy(opts_.link);
+}
+
+void fabric_base::remove_peer(node_id peer) {
+  std::lock_guard<std::mutex> lock(peers_mu_);
+  peers_.erase(peer);
+}
+
+status fabric_base::acquire_slot(node_id peer) {
+  std::lock_guard<std::mutex> lock(peers_mu_);
+  auto it = peers_.find(peer);
+  if (it == peers_.end())
+    return {errc::invalid_argument, "node " + std::to_string(peer) + " is not connected"};
+  if (it->second.inflight >= opts_.send_queue_depth) {
+    c_.capacity_rejects++;
+    return {errc::capacity, "node " + std::to_string(peer) + ": " +
+                                std::to_string(opts_.send_queue_depth) +
+                                " operations in flight (fabric.send_queue_depth)"};
+  }
+  it->second.inflight++;
+  return status::ok();
+}
+
+void fabric_base::release_slot(node_id peer) {
+  std::lock_guard<std::mutex> lock(peers_mu_);
+  auto it = peers_.find(peer);
+  if (it != peers_.end() && it->second.inflight) it->second.inflight--;
+}
+
+completion fabric_base::wrap(node_id peer, completion user) {
+  return [this, peer, user = std::move(user)](status s) {
+    release_slot(peer);
+    if (!s) {
+      if (s.code() == errc::timeout)
+        c_.timeouts++;
+      else
+        c_.op_errors++;
+    }
+    if (user) user(std::move(s));
+  };
+}
+
+fault_message fabric_base::describe(const std::vector<uint8_t>& bytes, node_id from,
+                                    node_id to) const {
+  fault_message m;
+  m.from = from;
+  m.to = to;
+  auto p = peek_envelope(bytes.data(), bytes.size());
+  if (p) {
+    m.kind_known = true;
+    m.kind = p->kind;
+    m.seq = p->env.seq;
+    m.step = p->step;
+    m.vtime_ns = p->env.vtime_ns;
+  }
+  return m;
+}
+
+void fabric_base::start_stall(uint32_t ms) {
+  int64_t until = to_ns(fabric_clock::now()) + int64_t{ms} * 1000000;
+  int64_t cur = stall_until_ns_.load();
+  while (cur < until && !stall_until_ns_.compare_exchange_weak(cur, until)) {
+  }
+  log().info("fault stall node={} ms={}", opts_.self, ms);
+}
+
+fabric_clock::time_point fabric_base::stalled_until() const {
+  return fabric_clock::time_point(std::chrono::nanoseconds(stall_until_ns_.load()));
+}
+
+fabric_clock::time_point fabric_base::pacing_due(node_id dest, size_t bytes) {
+  auto now = fabric_clock::now();
+  uint64_t now_v = static_cast<uint64_t>(
+      static_cast<double>((now - pacing_origin_).count()) / opts_.pacing_scale);
+  uint64_t arrive;
+  {
+    std::lock_guard<std::mutex> lock(peers_mu_);
+    auto it = peers_.find(dest);
+    if (it == peers_.end()) return now;
+    arrive = it->second.link.reserve(now_v, bytes, link_direction::host_to_device);
+  }
+  return pacing_origin_ + std::chrono::nanoseconds(static_cast<int64_t>(
+                              static_cast<double>(arrive) * opts_.pacing_scale));
+}
+
+status fabric_base::send(node_id dest, std::vector<uint8_t> bytes, op_options opts) {
+  if (bytes.size() > opts_.max_message_bytes)
+    return {errc::invalid_argument, std::to_string(bytes.size()) +
+                                        "-byte message exceeds fabric.max_message_bytes = " +
+                                        std::to_string(opts_.max_message_bytes) +
+                                        " (use put/get for bulk data)"};
+  if (status s = peer_status(dest); !s) return s;
+  if (status s = acquire_slot(dest); !s) return s;
+  const auto deadline = deadline_of(opts);
+  completion done = wrap(dest, std::move(opts.on_done));
+
+  fault_decision d;
+  if (faults_) {
+    d = faults_->decide(fault_point::send, describe(bytes, opts_.self, dest));
+    if (d.stall_ms) start_stall(d.stall_ms);
+    if (d.drop) {  // gone on the wire: the sender cannot tell
+      done(status::ok());
+      return status::ok();
+    }
+  }
+  frame_header h;
+  h.src = opts_.self;
+  {
+    std::lock_guard<std::mutex> lock(peers_mu_);
+    auto it = peers_.find(dest);
+    if (it == peers_.end()) {
+      done(status{errc::peer_down, "node " + std::to_string(dest) + " disconnected"});
+      return status::ok();
+    }
+    h.link_seq = it->second.next_link_seq++;
+  }
+  if (opts_.frame_crc) {
+    h.flags |= frame_header::flag_crc;
+    h.crc = crc32c(bytes.data(), bytes.size());
+  }
+  if (d.corrupt_bits) fault_injector::corrupt(bytes, d.corrupt_bits, d.corrupt_salt);
+  c_.sent_msgs++;
+  c_.sent_bytes += bytes.size();
+
+  auto now = fabric_clock::now();
+  auto due = now;
+  if (d.delay_ms) due += std::chrono::milliseconds(d.delay_ms);
+  if (opts_.pacing) due = std::max(due, pacing_due(dest, bytes.size()));
+  auto stall = stalled_until();
+  if (stall > now) {
+    due = std::max(due, stall);
+    c_.stalled_frames++;
+  }
+  if (d.duplicate) {
+    auto copy = bytes;
+    auto fire = [this, dest, h, copy = std::move(copy), deadline]() mutable {
+      (void)transmit(dest, h, std::move(copy), deadline, [](status) {});
+    };
+    if (due > now)
+      schedule(due, std::move(fire));
+    else
+      fire();
+  }
+  if (due > now) {
+    if (d.delay_ms || opts_.pacing) c_.delayed_frames++;
+    schedule(due, [this, dest, h, b = std::move(bytes), deadline, done]() mutable {
+      status s = transmit(dest, h, std::move(b), deadline, done);
+      if (!s) done(std::move(s));
+    });
+    return status::ok();
+  }
+  status s = transmit(dest, h, std::move(bytes), deadline, done);
+  if (!s) {
+    release_slot(dest);
+    if (s.code() == errc::capacity) c_.capacity_rejects++;
+    c_.sent_msgs--;
+  }
+  return s;
+}
+
+status fabric_base::on_frame(const frame_header& h, std::vector<uint8_t>&& bytes) {
+  if (h.magic != frame_header::magic_value || h.version != 1) {
+    c_.bad_frames++;
+    warn_once("bad_frame", "dropped frame with bad header magic/version");
+    return status::ok();
+  }
+  fault_decision d;
+  if (faults_) {
+    d = faults_->decide(fault_point::recv, describe(bytes, h.src, opts_.self));
+    if (d.stall_ms) start_stall(d.stall_ms);
+    if (d.drop) return status::ok();
+    if (d.corrupt_bits) fault_injector::corrupt(bytes, d.corrupt_bits, d.corrupt_salt);
+  }
+  auto now = fabric_clock::now();
+  auto due = now;
+  if (d.delay_ms) due += std::chrono::milliseconds(d.delay_ms);
+  auto stall = stalled_until();
+  if (stall > now) {
+    due = std::max(due, stall);
+    c_.stalled_frames++;
+  }
+  if (d.duplicate) {
+    auto copy = bytes;
+    if (due > now)
+      schedule(due, [this, h, copy = std::move(copy)]() mutable {
+        (void)deliver(h, std::move(copy));
+      });
+    else
+      (void)deliver(h, std::move(copy));
+  }
+  if (due > now) {
+    if (d.delay_ms) c_.delayed_frames++;
+    schedule(due, [this, h, b = std::move(bytes)]() mutable { (void)deliver(h, std::move(b)); });
+    return status::ok();
+  }
+  return deliver(h, std::move(bytes));
+}
+
+status fabric_base::deliver(const frame_header& h, std::vector<uint8_t>&& bytes) {
+  if ((h.flags & frame_header::flag_crc) && crc32c(bytes.data(), bytes.size()) != h.crc) {
+    c_.frame_crc_errors++;
+    warn_once("frame_crc", "dropped frame whose CRC32C does not match (corrupted in flight) "
+                           "from=" + std::to_string(h.src));
+    return status::ok();
+  }
+  {
+    std::lock_guard<std::mutex> lock(peers_mu_);
+    auto& t = tracks_[h.src];
+    uint64_t s = h.link_seq;
+    bool dup = false;
+    if (s > t.highest) {
+      uint64_t shift = s - t.highest;
+      // Slide the 1024-bit window: bit i means (highest - i) was seen.
+      if (shift >= 1024) {
+        std::fill(t.window.begin(), t.window.end(), 0);
+      } else {
+        const size_t q = shift / 64, r = shift % 64, n = t.window.size();
+        for (size_t w = n; w-- > 0;) {
+          uint64_t hi = w >= q ? t.window[w - q] : 0;
+          uint64_t lo = (r && w >= q + 1) ? t.window[w - q - 1] : 0;
+          t.window[w] = r ? (hi << r) | (lo >> (64 - r)) : hi;
+        }
+      }
+      t.window[0] |= 1;
+      t.highest = s;
+    } else {
+      uint64_t back = t.highest - s;
+      if (back >= 1024) {
+        dup = true;  // too old to tell: treat as a replay
+      } else if (t.window[back / 64] & (1ull << (back % 64))) {
+        dup = true;
+      } else {
+        t.window[back / 64] |= 1ull << (back % 64);
+        c_.reordered++;
+      }
+    }
+    if (dup) {
+      c_.duplicates++;
+      if (opts_.drop_duplicates) return status::ok();
+    } else {
+      t.unique++;
+    }
+  }
+  c_.recv_msgs++;
+  c_.recv_bytes += bytes.size();
+  fabric_event e;
+  e.kind = fabric_event_kind::message;
+  e.peer = h.src;
+  e.bytes = std::move(bytes);
+  return push_event(std::move(e), true);
+}
+
+status fabric_base::push_event(fabric_event&& e, bool bounded) {
+  {
+    std::lock_guard<std::mutex> lock(inbox_mu_);
+    if (bounded && inbox_messages_ >= opts_.inbox_depth) {
+      c_.inbox_overflows++;
+      if (e.kind == fabric_event_kind::message) {
+        c_.recv_msgs--;
+        c_.recv_bytes -= e.bytes.size();
+      }
+      warn_once("inbox_full", "inbox full (fabric.inbox_depth = " +
+                                  std::to_string(opts_.inbox_depth) + "): refusing messages");
+      return {errc::capacity, "receiver inbox full"};
+    }
+    if (e.kind == fabric_event_kind::message) inbox_messages_++;
+    inbox_.push_back(std::move(e));
+  }
+  inbox_cv_.notify_one();
+  if (has_handler()) wake();
+  return status::ok();
+}
+
+void fabric_base::emit_peer_down(node_id peer, status why) {
+  c_.peer_down_events++;
+  log().info("peer down node={} peer={} reason=\"{}\"", opts_.self, peer, why.to_string());
+  fabric_event e;
+  e.kind = fabric_event_kind::peer_down;
+  e.peer = peer;
+  e.reason = std::move(why);
+  (void)push_event(std::move(e), false);
+}
+
+void fabric_base::set_handler(std::function<void(fabric_event&&)> handler) {
+  {
+    std::lock_guard<std::mutex> lock(inbox_mu_);
+    handler_ = std::move(handler);
+    has_handler_.store(static_cast<bool>(handler_), std::memory_order_release);
+  }
+  if (has_handler()) wake();
+}
+
+size_t fabric_base::drain_to_handler() {
+  if (!has_handler()) return 0;
+  std::lock_guard<std::mutex> run(handler_run_mu_);
+  size_t n = 0;
+  for (;;) {
+    fabric_event e;
+    std::function<void(fabric_event&&)> h;
+    {
+      std::lock_guard<std::mutex> lock(inbox_mu_);
+      if (inbox_.empty() || !handler_) break;
+      e = std::move(inbox_.front());
+      inbox_.pop_front();
+      if (e.kind == fabric_event_kind::message) inbox_messages_--;
+      h = handler_;
+    }
+    h(std::move(e));
+    ++n;
+  }
+  return n;
+}
+
+bool fabric_base::inbox_empty() const {
+  std::lock_guard<std::mutex> lock(inbox_mu_);
+  return inbox_.empty();
+}
+
+void fabric_base::wait_inbox(fabric_clock::time_point until) {
+  std::unique_lock<std::mutex> lock(inbox_mu_);
+  inbox_cv_.wait_until(lock, until, [&] { return !inbox_.empty(); });
+}
+
+size_t fabric_base::poll(std::vector<fabric_event>& out, std::chrono::nanoseconds timeout,
+                         size_t max_events) {
+  std::unique_lock<std::mutex> lock(inbox_mu_);
+  if (inbox_.empty() && timeout.count() > 0)
+    inbox_cv_.wait_for(lock, timeout, [&] { return !inbox_.empty(); });
+  size_t n = 0;
+  while (!inbox_.empty() && n < max_events) {
+    if (inbox_.front().kind == fabric_event_kind::message) inbox_messages_--;
+    out.push_back(std::move(inbox_.front()));
+    inbox_.pop_front();
+    ++n;
+  }
+  return n;
+}
+
+void fabric_base::schedule(fabric_clock::time_point due, std::function<void()> fn) {
+  bool earliest;
+  {
+    std::lock_guard<std::mutex> lock(timers_mu_);
+    earliest = timers_.empty() || due < timers_.top().due;
+    timers_.push({due, timer_order_++, std::move(fn)});
+  }
+  if (earliest) wake();
+}
+
+fabric_clock::time_point fabric_base::next_timer() const {
+  std::lock_guard<std::mutex> lock(timers_mu_);
+  return timers_.empty() ? fabric_clock::time_point::max() : timers_.top().due;
+}
+
+void fabric_base::run_timers(fabric_clock::time_point now) {
+  for (;;) {
+    std::function<void()> fn;
+    {
+      std::lock_guard<std::mutex> lock(timers_mu_);
+      if (timers_.empty() || timers_.top().due > now) return;
+      fn = std::move(const_cast<timer_item&>(timers_.top()).fn);
+      timers_.pop();
+    }
+    fn();
+  }
+}
+
+fabric_stats fabric_base::stats() const {
+  fabric_stats s;
+  s.sent_msgs = c_.sent_msgs;
+  s.sent_bytes = c_.sent_bytes;
+  s.recv_msgs = c_.recv_msgs;
+  s.recv_bytes = c_.recv_bytes;
+  s.puts = c_.puts;
+  s.put_bytes = c_.put_bytes;
+  s.gets = c_.gets;
+  s.get_bytes = c_.get_bytes;
+  s.capacity_rejects = c_.capacity_rejects;
+  s.timeouts = c_.timeouts;
+  s.op_errors = c_.op_errors;
+  s.peer_down_events = c_.peer_down_events;
+  s.frame_crc_errors = c_.frame_crc_errors;
+  s.bad_frames = c_.bad_frames;
+  s.duplicates = c_.duplicates;
+  s.reordered = c_.reordered;
+  s.inbox_overflows = c_.inbox_overflows;
+  s.stalled_frames = c_.stalled_frames;
+  s.delayed_frames = c_.delayed_frames;
+  {
+    std::lock_guard<std::mutex> lock(peers_mu_);
+    for (auto& [src, t] : tracks_) s.gaps += t.highest - t.unique;
+  }
+  if (faults_)
+    for (size_t k = 0; k < fault_kind_count; ++k) {
+      s.injected_send[k] = faults_->injected(fault_point::send, static_cast<fault_kind>(k));
+      s.injected_recv[k] = faults_->injected(fault_point::recv, static_cast<fault_kind>(k));
+    }
+  return s;
+}
+
+}  // namespace detail
+}  // namespace pnmkv::transport

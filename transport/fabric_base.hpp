@@ -1,0 +1,146 @@
+// Shared machinery of the fabric implementations (internal to transport/): framing, fault
+// points, per-peer back-pressure, sequence tracking, stall and delay timers, the bounded
+// inbox and statistics. An implementation supplies transmit() (move one frame to a peer),
+// the RMA operations and a progress loop that calls run_timers() and drain_to_handler().
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <queue>
+
+#include "transport/fabric.hpp"
+
+namespace pnmkv::transport::detail {
+
+// Travels in front of every small message (the UCX active-message header; a struct field
+// in-process). Little-endian, 32 bytes.
+struct frame_header {
+  static constexpr uint32_t magic_value = 0x4b4d4e50;  // "PNMK"
+  static constexpr uint16_t flag_crc = 1;
+  uint32_t magic = magic_value;
+  uint16_t version = 1;
+  uint16_t flags = 0;
+  uint32_t src = 0;
+  uint32_t crc = 0;
+  uint64_t link_seq = 0;  // per (src, dst), from 1
+  uint64_t reserved = 0;
+};
+static_assert(sizeof(frame_header) == 32);
+
+// Logs `what` once per process and key (warn), then stays quiet.
+void warn_once(const char* key, const std::string& what);
+
+class fabric_base : public fabric {
+ public:
+  fabric_base(const fabric_options& opts, std::shared_ptr<fault_injector> faults);
+  ~fabric_base() override;
+
+  node_id self() const override { return opts_.self; }
+  status send(node_id dest, std::vector<uint8_t> bytes, op_options opts = {}) override;
+  void set_handler(std::function<void(fabric_event&&)> handler) override;
+  size_t poll(std::vector<fabric_event>& out, std::chrono::nanoseconds timeout,
+              size_t max_events = SIZE_MAX) override;
+  fabric_stats stats() const override;
+  std::shared_ptr<fault_injector> faults() const override { return faults_; }
+
+ protected:
+  // Implementation hooks -------------------------------------------------------------
+  // Is `dest` connected and up? ok, peer_down or invalid_argument (unknown).
+  virtual status peer_status(node_id dest) const = 0;
+  // Moves one frame to `dest` now. On ok, `done` is called exactly once later (or inline);
+  // on error it is not called. May run on any thread that calls send() or run_timers().
+  virtual status transmit(node_id dest, const frame_header& h, std::vector<uint8_t>&& bytes,
+                          fabric_clock::time_point deadline, completion done) = 0;
+  // Something needs the progress loop: a timer was scheduled, or an event waits for the
+  // handler.
+  virtual void wake() = 0;
+
+  // Provided ------------------------------------------------------------------------
+  // Receive path for a frame from the wire. Applies receive faults, CRC, duplicate
+  // suppression, stall/delay holds, then queues the message. Returns capacity when the
+  // inbox is full (the in-process fabric hands that back to the sender).
+  status on_frame(const frame_header& h, std::vector<uint8_t>&& bytes);
+  void emit_peer_down(node_id peer, status why);
+
+  void add_peer(node_id peer);
+  void remove_peer(node_id peer);
+  // Back-pressure slots: acquire before starting an operation on `peer`, the completion
+  // wrapper from wrap() releases. acquire fails with capacity.
+  status acquire_slot(node_id peer);
+  void release_slot(node_id peer);
+  // Wraps a user completion: releases the slot, counts the outcome, calls on_done.
+  completion wrap(node_id peer, completion user);
+  fabric_clock::time_point deadline_of(const op_options& o) const;
+
+  void schedule(fabric_clock::time_point due, std::function<void()> fn);
+  fabric_clock::time_point next_timer() const;  // max() when none
+  void run_timers(fabric_clock::time_point now);
+  // Hands queued events to the handler if one is set; returns how many.
+  size_t drain_to_handler();
+  bool has_handler() const { return has_handler_.load(std::memory_order_acquire); }
+  bool inbox_empty() const;
+  // Waits on the inbox until non-empty or `until`.
+  void wait_inbox(fabric_clock::time_point until);
+
+  fabric_options opts_;
+  std::shared_ptr<fault_injector> faults_;
+
+  struct counters {
+    std::atomic<uint64_t> sent_msgs{0}, sent_bytes{0}, recv_msgs{0}, recv_bytes{0};
+    std::atomic<uint64_t> puts{0}, put_bytes{0}, gets{0}, get_bytes{0};
+    std::atomic<uint64_t> capacity_rejects{0}, timeouts{0}, op_errors{0}, peer_down_events{0};
+    std::atomic<uint64_t> frame_crc_errors{0}, bad_frames{0}, duplicates{0}, reordered{0};
+    std::atomic<uint64_t> inbox_overflows{0}, stalled_frames{0}, delayed_frames{0};
+  };
+  mutable counters c_;
+
+ private:
+  status deliver(const frame_header& h, std::vector<uint8_t>&& bytes);
+  fault_message describe(const std::vector<uint8_t>& bytes, node_id from, node_id to) const;
+  void start_stall(uint32_t ms);
+  fabric_clock::time_point stalled_until() const;
+  fabric_clock::time_point pacing_due(node_id dest, size_t bytes);
+  status push_event(fabric_event&& e, bool bounded);
+
+  struct peer_state {
+    size_t inflight = 0;
+    uint64_t next_link_seq = 1;
+    link_occupancy link;
+  };
+  struct seq_track {
+    uint64_t highest = 0;
+    uint64_t unique = 0;
+    std::vector<uint64_t> window = std::vector<uint64_t>(16, 0);  // 1024 bits below highest
+  };
+  mutable std::mutex peers_mu_;
+  std::map<node_id, peer_state> peers_;
+  std::map<node_id, seq_track> tracks_;  // by sender, guarded by peers_mu_
+
+  mutable std::mutex inbox_mu_;
+  std::condition_variable inbox_cv_;
+  std::deque<fabric_event> inbox_;
+  size_t inbox_messages_ = 0;
+  std::function<void(fabric_event&&)> handler_;
+  std::atomic<bool> has_handler_{false};
+  std::mutex handler_run_mu_;  // one handler invocation at a time
+
+  struct timer_item {
+    fabric_clock::time_point due;
+    uint64_t order;
+    std::function<void()> fn;
+    bool operator>(const timer_item& o) const {
+      return due != o.due ? due > o.due : order > o.order;
+    }
+  };
+  mutable std::mutex timers_mu_;
+  std::priority_queue<timer_item, std::vector<timer_item>, std::greater<timer_item>> timers_;
+  uint64_t timer_order_ = 0;
+
+  std::atomic<int64_t> stall_until_ns_{0};
+  fabric_clock::time_point pacing_origin_;
+};
+
+}  // namespace pnmkv::transport::detail
