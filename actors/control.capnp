@@ -46,6 +46,12 @@ struct RunResult {       # gpu host -> driver
   reason @2 :Text;
 }
 
+struct Progress {        # gpu host -> driver -> whoever launched the run
+  phase @0 :Text;        # "prefill" or "decode"
+  done @1 :UInt64;
+  total @2 :UInt64;
+}
+
 struct Control {
   version @0 :UInt16;
   sender @1 :UInt32;
@@ -57,5 +63,6 @@ struct Control {
     runStart @6 :RunStart;
     runResult @7 :RunResult;
     shutdown @8 :Void;
+    progress @9 :Progress;
   }
 }

@@ -64,6 +64,12 @@ std::string encode(const control_message& m) {
                    b.setReason(x.reason);
                  },
                  [&](const shutdown_msg&) { body.setShutdown(); },
+                 [&](const progress_msg& x) {
+                   auto b = body.initProgress();
+                   b.setPhase(x.phase);
+                   b.setDone(x.done);
+                   b.setTotal(x.total);
+                 },
              },
              m.body);
   auto words = capnp::messageToFlatArray(mb);
@@ -130,6 +136,11 @@ result<control_message> decode(const std::string& bytes) {
       case wire::Control::Body::SHUTDOWN:
         m.body = shutdown_msg{};
         break;
+      case wire::Control::Body::PROGRESS: {
+        auto p = body.getProgress();
+        m.body = progress_msg{p.getPhase(), p.getDone(), p.getTotal()};
+        break;
+      }
       default:
         return status{errc::parse, "control message of unknown kind"};
     }

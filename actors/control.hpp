@@ -47,9 +47,14 @@ struct run_result_msg {
   std::string reason;
 };
 struct shutdown_msg {};
+struct progress_msg {
+  std::string phase;
+  uint64_t done = 0;
+  uint64_t total = 0;
+};
 
 using control_body = std::variant<hello_msg, submit_msg, admission_msg, placement_ack_msg,
-                                  run_start_msg, run_result_msg, shutdown_msg>;
+                                  run_start_msg, run_result_msg, shutdown_msg, progress_msg>;
 
 struct control_message {
   uint32_t sender = 0;

@@ -112,11 +112,12 @@ double host_engine::link_in(double sent_ns, uint64_t bytes) {
 }
 
 std::vector<device_work> host_engine::begin_step(uint32_t step) {
-  assert(step_done_ && "a step is already running");
+  assert(phase_ == phase::done && "a step is already running");
   assert(pending_.empty());
   step_ = step;
   layer_ = 0;
-  step_done_ = false;
+  phase_ = phase::sparse;
+  heads_.clear();
   cur_ = step_report{};
   cur_.step = step;
   step_start_ns_ = clock_ns_;
@@ -135,7 +136,6 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
   cur_.energy_j += dense.energy_j;
   layer_start_ns_ = clock_ns_;
   last_arrival_ns_ = clock_ns_;
-  heads_.clear();
 
   const uint64_t budget_pages = cfg_.budget_tokens / ps;
   for (const request_spec& r : requests_) {
@@ -169,7 +169,7 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
         work.push_back(std::move(a));
       }
 
-      head_state& hs = heads_[{r.request_id, h}];
+      head_state& hs = heads_[{layer, r.request_id, h}];
       std::vector<float> q(size_t(group) * d);
       wl_.queries(r.request_id, layer, h, step_, r.context_tokens, q.data());
       std::vector<uint32_t> shards;
@@ -177,41 +177,79 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
         if (pl.shards[i].holds_head(h)) shards.push_back(i);
       const uint64_t s = shards.size();
       hs.parts.resize(s);
-      hs.dense_parts.resize(s);
       for (uint64_t j = 0; j < s; ++j) {
-        for (int pass = 0; pass < (cfg_.verify ? 2 : 1); ++pass) {
-          const bool verification = pass == 1;
-          device_work w;
-          w.what = device_work::kind::query;
-          w.device_id = pl.shards[shards[j]].device_id;
-          w.tag = next_tag_++;
-          w.verification = verification;
-          w.q_storage = q;
-          w.query.request_id = r.request_id;
-          w.query.step = step_;
-          w.query.layer = layer;
-          w.query.kv_head = h;
-          w.query.group = group;
-          w.query.sequence_tokens = position + 1;
-          // Local selection: each of the s shards takes its share of the budget.
-          w.query.budget_pages = budget_pages / s + (j < budget_pages % s ? 1 : 0);
-          w.query.round = verification ? query_round::dense : query_round::select_attend;
-          w.wire_bytes = header_bytes + 4ull * group * d;
-          if (!verification) {
-            w.vt_arrival_ns = link_out(clock_ns_, w.wire_bytes);
-            cur_.link_bytes += w.wire_bytes;
-            ++hs.expected;
-          } else {
-            ++hs.dense_expected;
-          }
-          pending_.emplace(w.tag, pending_query{r.request_id, layer, h, uint32_t(j), verification});
-          work.push_back(std::move(w));
-        }
+        device_work w;
+        w.what = device_work::kind::query;
+        w.device_id = pl.shards[shards[j]].device_id;
+        w.tag = next_tag_++;
+        w.q_storage = q;
+        w.query.request_id = r.request_id;
+        w.query.step = step_;
+        w.query.layer = layer;
+        w.query.kv_head = h;
+        w.query.group = group;
+        w.query.sequence_tokens = position + 1;
+        // Local selection: each of the s shards takes its share of the budget.
+        w.query.budget_pages = budget_pages / s + (j < budget_pages % s ? 1 : 0);
+        w.query.round = query_round::select_attend;
+        w.wire_bytes = header_bytes + 4ull * group * d;
+        w.vt_arrival_ns = link_out(clock_ns_, w.wire_bytes);
+        cur_.link_bytes += w.wire_bytes;
+        ++hs.expected;
+        pending_.emplace(w.tag, pending_query{r.request_id, layer, h, uint32_t(j), false});
+        work.push_back(std::move(w));
       }
     }
   }
   for (auto& w : work)
     if (w.what == device_work::kind::query) w.query.q = w.q_storage.data();
+  return work;
+}
+
+const request_spec& host_engine::spec(uint64_t request_id) const {
+  for (const auto& r : requests_)
+    if (r.request_id == request_id) return r;
+  assert(false && "unknown request");
+  return requests_.front();
+}
+
+// Dense queries of every (live layer, request, KV head, shard): the ground truth the step's
+// outputs are checked against. Not charged, not timed, and they do not touch any clock.
+std::vector<device_work> host_engine::verify_work() {
+  const auto& m = costs_.model();
+  const uint32_t d = m.head_dim, group = m.gqa_group();
+  std::vector<device_work> work;
+  for (auto& [key, hs] : heads_) {
+    const auto [layer, request_id, h] = key;
+    const request_spec& r = spec(request_id);
+    const request_placement& pl = placements_.at(request_id);
+    std::vector<float> q(size_t(group) * d);
+    wl_.queries(request_id, layer, h, step_, r.context_tokens, q.data());
+    std::vector<uint32_t> shards;
+    for (uint32_t i = 0; i < pl.shards.size(); ++i)
+      if (pl.shards[i].holds_head(h)) shards.push_back(i);
+    hs.dense_parts.resize(shards.size());
+    for (uint32_t j = 0; j < shards.size(); ++j) {
+      device_work w;
+      w.what = device_work::kind::query;
+      w.device_id = pl.shards[shards[j]].device_id;
+      w.tag = next_tag_++;
+      w.verification = true;
+      w.q_storage = q;
+      w.query.request_id = request_id;
+      w.query.step = step_;
+      w.query.layer = layer;
+      w.query.kv_head = h;
+      w.query.group = group;
+      w.query.sequence_tokens = r.context_tokens + step_ + 1;
+      w.query.round = query_round::dense;
+      w.wire_bytes = header_bytes + 4ull * group * d;
+      ++hs.dense_expected;
+      pending_.emplace(w.tag, pending_query{request_id, layer, h, j, true});
+      work.push_back(std::move(w));
+    }
+  }
+  for (auto& w : work) w.query.q = w.q_storage.data();
   return work;
 }
 
@@ -222,30 +260,44 @@ result<std::vector<device_work>> host_engine::on_reply(const device_reply& r) {
                                               " from device " + std::to_string(r.device_id)};
   const pending_query pq = it->second;
   pending_.erase(it);
-  head_state& hs = heads_.at({pq.request_id, pq.kv_head});
+  head_state& hs = heads_.at({pq.layer, pq.request_id, pq.kv_head});
   if (pq.verification) {
     hs.dense_parts[pq.shard_index] = r.answer.part;
     ++hs.dense_got;
-  } else {
-    hs.parts[pq.shard_index] = r.answer.part;
-    hs.pages.insert(hs.pages.end(), r.answer.pages.begin(), r.answer.pages.end());
-    ++hs.got;
-    const uint64_t bytes = header_bytes + 4ull * r.answer.part.o.size() + 4ull * r.answer.part.lse.size() +
-                           8ull * r.answer.pages.size();
-    cur_.link_bytes += bytes;
-    cur_.device_bytes_scanned += r.answer.bytes_scanned;
-    op_cost dc = costs_.pnm_compute(double(r.answer.bytes_scanned), r.answer.flops);
-    cur_.energy_j += dc.energy_j;
-    double& busy = device_busy_ns_[r.device_id];
-    busy += dc.time_ns;
-    layer_device_ns_ = std::max(layer_device_ns_, busy);
-    last_arrival_ns_ = std::max(last_arrival_ns_, link_in(r.vt_done_ns, bytes));
+    if (!pending_.empty()) return std::vector<device_work>{};
+    auto st = finish_verification();
+    if (!st) return st;
+    phase_ = phase::done;
+    return std::vector<device_work>{};
   }
+  hs.parts[pq.shard_index] = r.answer.part;
+  hs.pages.insert(hs.pages.end(), r.answer.pages.begin(), r.answer.pages.end());
+  ++hs.got;
+  const uint64_t bytes = header_bytes + 4ull * r.answer.part.o.size() +
+                         4ull * r.answer.part.lse.size() + 4ull * r.answer.pages.size();
+  cur_.link_bytes += bytes;
+  cur_.device_bytes_scanned += r.answer.bytes_scanned;
+  op_cost dc = costs_.pnm_compute(double(r.answer.bytes_scanned), r.answer.flops);
+  cur_.energy_j += dc.energy_j;
+  double& busy = device_busy_ns_[r.device_id];
+  busy += dc.time_ns;
+  layer_device_ns_ = std::max(layer_device_ns_, busy);
+  last_arrival_ns_ = std::max(last_arrival_ns_, link_in(r.vt_done_ns, bytes));
   if (!pending_.empty()) return std::vector<device_work>{};
   auto st = finish_layer();
   if (!st) return st;
   if (++layer_ < cfg_.live_layers) return layer_work(layer_);
-  // Step complete: charge the layers that are not live as copies of the mean live layer.
+  finish_timed_phase();
+  if (cfg_.verify) {
+    phase_ = phase::verify;
+    return verify_work();
+  }
+  phase_ = phase::done;
+  return std::vector<device_work>{};
+}
+
+void host_engine::finish_timed_phase() {
+  // Charge the layers that are not live as copies of the mean live layer.
   const auto& m = costs_.model();
   const double live_ns = clock_ns_ - step_start_ns_;
   cur_.live_layers_ns = live_ns;
@@ -264,57 +316,59 @@ result<std::vector<device_work>> host_engine::on_reply(const device_reply& r) {
   cur_.tokens = requests_.size();
   clock_ns_ += lm.time_ns;
   last_step_ = cur_;
-  step_done_ = true;
-  return std::vector<device_work>{};
+}
+
+status host_engine::finish_verification() {
+  const uint32_t group = costs_.model().gqa_group();
+  for (auto& [key, hs] : heads_) {
+    const auto [layer, request_id, kv_head] = key;
+    assert(hs.dense_got == hs.dense_expected);
+    std::vector<const partial*> dptrs;
+    for (const auto& p : hs.dense_parts) dptrs.push_back(&p);
+    partial dense;
+    auto st = merge_partials(dptrs.data(), dptrs.size(), dense);
+    if (!st) return st;
+    std::optional<uint64_t> needle = wl_.asked_needle_position(
+        request_id, layer, kv_head, step_, spec(request_id).context_tokens);
+    if (needle) {
+      const uint64_t page = *needle / cfg_.page_size_tokens;
+      accuracy_.add_needle(std::find(hs.pages.begin(), hs.pages.end(), page) != hs.pages.end());
+    }
+    auto errs = output_relative_errors(hs.merged, dense);
+    if (!errs) return errs.error();
+    accuracy_.add_rel_errors(*errs);
+    // Mass captured by the selected pages = Σ_selected exp(logit) / Σ_all exp(logit)
+    // = exp(lse_sparse − lse_dense), exact from the two merged partials.
+    std::vector<double> mass(group);
+    for (uint32_t g = 0; g < group; ++g)
+      mass[g] = std::isinf(hs.merged.lse[g]) ? 0.0
+                                             : std::exp(double(hs.merged.lse[g]) - double(dense.lse[g]));
+    accuracy_.add_mass(mass);
+    accuracy_.add_pages_selected(hs.pages.size());
+  }
+  return {};
 }
 
 status host_engine::finish_layer() {
-  const auto& m = costs_.model();
-  const uint32_t group = m.gqa_group();
+  const uint32_t group = costs_.model().gqa_group();
   // Devices and links up to the last partial.
   const double wait_ns = last_arrival_ns_ - layer_start_ns_;
   clock_ns_ = std::max(clock_ns_, last_arrival_ns_);
   double merge_ns = 0;
-  for (auto& [key, hs] : heads_) {
+  for (auto it = heads_.lower_bound({layer_, 0, 0});
+       it != heads_.end() && std::get<0>(it->first) == layer_; ++it) {
+    head_state& hs = it->second;
     assert(hs.got == hs.expected);
     std::vector<const partial*> ptrs;
     for (const auto& p : hs.parts) ptrs.push_back(&p);
-    partial out;
-    auto st = merge_partials(ptrs.data(), ptrs.size(), out);
+    auto st = merge_partials(ptrs.data(), ptrs.size(), hs.merged);
     if (!st) return st;
     op_cost mc = costs_.gpu_merge(static_cast<uint32_t>(ptrs.size()), group);
     merge_ns += mc.time_ns;
     cur_.energy_j += mc.energy_j;
-    const auto [request_id, kv_head] = key;
-    fnv1a(digest_, out.o.data(), out.o.size() * sizeof(float));
-    fnv1a(digest_, out.lse.data(), out.lse.size() * sizeof(float));
-    if (hs.dense_expected > 0) {
-      assert(hs.dense_got == hs.dense_expected);
-      std::vector<const partial*> dptrs;
-      for (const auto& p : hs.dense_parts) dptrs.push_back(&p);
-      partial dense;
-      st = merge_partials(dptrs.data(), dptrs.size(), dense);
-      if (!st) return st;
-      const request_spec* spec = nullptr;
-      for (const auto& r : requests_)
-        if (r.request_id == request_id) spec = &r;
-      std::optional<uint64_t> needle = wl_.asked_needle_position(
-          request_id, layer_, kv_head, step_, spec->context_tokens);
-      if (needle) {
-        const uint64_t page = *needle / cfg_.page_size_tokens;
-        accuracy_.add_needle(std::find(hs.pages.begin(), hs.pages.end(), page) != hs.pages.end());
-      }
-      auto errs = output_relative_errors(out, dense);
-      if (!errs) return errs.error();
-      accuracy_.add_rel_errors(*errs);
-      // Mass captured by the selected pages = Σ_selected exp(logit) / Σ_all exp(logit)
-      // = exp(lse_sparse − lse_dense), exact from the two merged partials.
-      std::vector<double> mass(group);
-      for (uint32_t g = 0; g < group; ++g)
-        mass[g] = std::isinf(out.lse[g]) ? 0.0 : std::exp(double(out.lse[g]) - double(dense.lse[g]));
-      accuracy_.add_mass(mass);
-      accuracy_.add_pages_selected(hs.pages.size());
-    }
+    fnv1a(digest_, hs.merged.o.data(), hs.merged.o.size() * sizeof(float));
+    fnv1a(digest_, hs.merged.lse.data(), hs.merged.lse.size() * sizeof(float));
+    hs.parts.clear();
   }
   clock_ns_ += merge_ns;
   cur_.merge_ns += merge_ns;

@@ -95,9 +95,12 @@ class host_engine {
   // Decode: start a step; returns the work of its first live layer.
   std::vector<device_work> begin_step(uint32_t step);
   // Feed one answer; when every answer of the current layer is in, merges and returns
-  // the next layer's work (empty when the step is complete: then step_done() is true).
+  // the next layer's work. After the last live layer the timed part of the step is over
+  // (timed_phase_done()); with verification on, the dense queries of every live layer follow
+  // (untimed, uncharged), then step_done() is true.
   result<std::vector<device_work>> on_reply(const device_reply& r);
-  bool step_done() const { return step_done_; }
+  bool timed_phase_done() const { return phase_ != phase::sparse; }
+  bool step_done() const { return phase_ == phase::done; }
   const step_report& last_step() const { return last_step_; }
 
   // Everything measured so far.
@@ -111,14 +114,20 @@ class host_engine {
     uint32_t layer, kv_head, shard_index;
     bool verification;
   };
-  struct head_state {  // answers of one (request, layer, kv_head) in this step
+  struct head_state {  // answers of one (layer, request, kv_head) in this step
     std::vector<partial> parts;        // by shard order
     std::vector<partial> dense_parts;  // verification
     std::vector<uint64_t> pages;       // every selected global page
+    partial merged;                    // the output
     uint32_t expected = 0, got = 0, dense_expected = 0, dense_got = 0;
   };
+  enum class phase { sparse, verify, done };
   std::vector<device_work> layer_work(uint32_t layer);
+  std::vector<device_work> verify_work();
   status finish_layer();
+  void finish_timed_phase();
+  status finish_verification();
+  const request_spec& spec(uint64_t request_id) const;
   double link_out(double now_ns, uint64_t bytes);  // host -> switch, returns arrival
   double link_in(double sent_ns, uint64_t bytes);  // switch -> host, returns arrival
 
@@ -137,10 +146,10 @@ class host_engine {
   // step state
   uint32_t step_ = 0;
   uint32_t layer_ = 0;
-  bool step_done_ = true;
+  phase phase_ = phase::done;
   uint64_t next_tag_ = 1;
   std::map<uint64_t, pending_query> pending_;
-  std::map<std::tuple<uint64_t, uint32_t>, head_state> heads_;  // (request, kv_head)
+  std::map<std::tuple<uint32_t, uint64_t, uint32_t>, head_state> heads_;  // (layer, request, kv_head)
   double clock_ns_ = 0;          // GPU virtual clock
   double host_out_free_ns_ = 0;  // host link, outbound, busy until
   double host_in_free_ns_ = 0;   // inbound

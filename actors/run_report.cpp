@@ -47,6 +47,7 @@ std::string run_report::to_json() const {
                {"step_ms_mean", num(step_wall_ms_mean)},
                {"step_ms_max", num(step_wall_ms_max)},
                {"read_gbps_measured", num(read_gbps_measured)},
+               {"live_device_bytes_per_step", live_device_bytes_per_step},
                {"step_bound_ms", num(step_bound_ms)},
                {"step_overhead_ratio", num(step_overhead_ratio)}};
   j["virtual"] = {{"step_ms_mean", num(virtual_step_ms_mean)},
@@ -74,6 +75,93 @@ std::string run_report::to_json() const {
   j["devices"] = devs;
   j["output_digest"] = output_digest_hex();
   return j.dump(2);
+}
+
+namespace {
+double get_num(const nlohmann::json& j, const char* a, const char* b) {
+  if (!j.contains(a) || !j[a].contains(b) || j[a][b].is_null()) return std::nan("");
+  return j[a][b].get<double>();
+}
+}  // namespace
+
+run_report run_report::from_json(const std::string& text) {
+  auto j = nlohmann::json::parse(text);
+  run_report r;
+  r.mode = j.value("mode", "");
+  r.multiprocess = j.value("multiprocess", false);
+  r.config_json = j.contains("config") ? j["config"].dump() : "{}";
+  if (j.contains("model")) {
+    r.model_name = j["model"].value("name", "");
+    r.model_file = j["model"].value("file", "");
+    r.layers = j["model"].value("layers", 0u);
+    r.live_layers = j["model"].value("live_layers", 0u);
+  }
+  if (j.contains("hardware")) {
+    r.hardware_name = j["hardware"].value("name", "");
+    r.hardware_file = j["hardware"].value("file", "");
+  }
+  if (j.contains("cluster")) {
+    const auto& c = j["cluster"];
+    r.pnm_devices = c.value("pnm_devices", 0u);
+    r.batch = c.value("batch", 0u);
+    r.steps = c.value("steps", 0u);
+    r.context_tokens = c.value("context_tokens", uint64_t(0));
+    r.head_groups = c.value("head_groups", 0u);
+    r.sequence_shards = c.value("sequence_shards", 0u);
+  }
+  r.output_rel_err_mean = get_num(j, "accuracy", "output_rel_err_mean");
+  r.output_rel_err_p99 = get_num(j, "accuracy", "output_rel_err_p99");
+  r.output_rel_err_max = get_num(j, "accuracy", "output_rel_err_max");
+  r.attention_mass_recall_mean = get_num(j, "accuracy", "attention_mass_recall_mean");
+  r.attention_mass_recall_min = get_num(j, "accuracy", "attention_mass_recall_min");
+  r.needle_hit_rate = get_num(j, "accuracy", "needle_hit_rate");
+  if (j.contains("accuracy")) {
+    r.needles_asked = j["accuracy"].value("needles_asked", uint64_t(0));
+    r.accuracy_samples = j["accuracy"].value("samples", uint64_t(0));
+  }
+  r.prefill_wall_s = get_num(j, "wall", "prefill_s");
+  r.step_wall_ms_p50 = get_num(j, "wall", "step_ms_p50");
+  r.step_wall_ms_mean = get_num(j, "wall", "step_ms_mean");
+  r.step_wall_ms_max = get_num(j, "wall", "step_ms_max");
+  r.read_gbps_measured = get_num(j, "wall", "read_gbps_measured");
+  r.step_bound_ms = get_num(j, "wall", "step_bound_ms");
+  r.step_overhead_ratio = get_num(j, "wall", "step_overhead_ratio");
+  if (j.contains("wall")) r.live_device_bytes_per_step = j["wall"].value("live_device_bytes_per_step", uint64_t(0));
+  r.virtual_step_ms_mean = get_num(j, "virtual", "step_ms_mean");
+  r.virtual_tokens_per_s = get_num(j, "virtual", "tokens_per_s");
+  r.virtual_energy_j_per_token = get_num(j, "virtual", "energy_j_per_token");
+  r.virtual_tokens_per_dollar = get_num(j, "virtual", "tokens_per_dollar");
+  r.virtual_power_w = get_num(j, "virtual", "power_w");
+  r.prefill_link_ms = get_num(j, "virtual", "prefill_link_ms");
+  if (j.contains("virtual")) {
+    const auto& v = j["virtual"];
+    r.virtual_link_bytes_per_step = v.value("link_bytes_per_step", uint64_t(0));
+    r.virtual_device_bytes_per_step = v.value("device_bytes_per_step", uint64_t(0));
+    if (v.contains("breakdown_ms")) {
+      const auto& b = v["breakdown_ms"];
+      r.breakdown_dense_ms = b.value("gpu_dense", 0.0);
+      r.breakdown_link_ms = b.value("link", 0.0);
+      r.breakdown_device_ms = b.value("device", 0.0);
+      r.breakdown_merge_ms = b.value("merge", 0.0);
+      r.breakdown_lm_head_ms = b.value("lm_head", 0.0);
+    }
+  }
+  if (j.contains("requests")) {
+    const auto& q = j["requests"];
+    r.submitted = q.value("submitted", uint64_t(0));
+    r.completed = q.value("completed", uint64_t(0));
+    r.failed = q.value("failed", uint64_t(0));
+    if (q.contains("failures")) r.failures = q["failures"].get<std::vector<std::string>>();
+  }
+  if (j.contains("devices"))
+    for (const auto& d : j["devices"]) {
+      r.device_ids.push_back(d.value("id", 0u));
+      r.device_bytes_held.push_back(d.value("bytes_held", uint64_t(0)));
+      r.device_bytes_modelled.push_back(d.value("bytes_modelled", uint64_t(0)));
+    }
+  if (j.contains("output_digest"))
+    r.output_digest = std::stoull(j["output_digest"].get<std::string>(), nullptr, 16);
+  return r;
 }
 
 namespace {

@@ -29,7 +29,8 @@ struct run_report {
   double prefill_wall_s = 0;
   double step_wall_ms_p50 = 0, step_wall_ms_mean = 0, step_wall_ms_max = 0;
   double read_gbps_measured = 0;    // this machine, same run
-  double step_bound_ms = 0;         // live device bytes per step / read_gbps_measured
+  uint64_t live_device_bytes_per_step = 0;  // bytes the live layers' device work reads
+  double step_bound_ms = 0;         // live_device_bytes_per_step / read_gbps_measured
   double step_overhead_ratio = 0;   // step_wall_ms_p50 / step_bound_ms
 
   // virtual (modelled hardware)
@@ -57,6 +58,7 @@ struct run_report {
   std::string output_digest_hex() const;
 
   std::string to_json() const;
+  static run_report from_json(const std::string& json);  // inverse of to_json (throws on bad JSON)
   std::string to_table() const;
 };
 

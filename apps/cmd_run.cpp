@@ -1,7 +1,79 @@
-// Placeholder until the command lands.
+// `pnmkv run`: the main job. Runs the cluster (embedded by default) on the configuration,
+// shows a progress bar, prints the report table and optionally writes it as JSON. Also
+// measures this machine's memory read bandwidth in the same run, so the step wall time can
+// be compared with the time the devices' memory traffic needs here.
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <fstream>
+#include <thread>
+#include <unistd.h>
+
+#include "actors/cluster.hpp"
 #include "apps/commands.hpp"
-#include "apps/pending.hpp"
+#include "core/membw.hpp"
 
 namespace pnmkv::apps {
-void register_run(CLI::App& app) { register_pending(app.add_subcommand("run", "Run the embedded cluster"), "run"); }
+
+namespace {
+struct run_options {
+  config_options cfg;
+  std::string json_out;
+  bool quiet = false;
+};
+
+void draw_progress(const std::string& phase, uint64_t done, uint64_t total) {
+  if (!isatty(STDERR_FILENO)) {
+    if (done == total || done == 0) std::fprintf(stderr, "%s: %llu/%llu\n", phase.c_str(),
+                                                 (unsigned long long)done, (unsigned long long)total);
+    return;
+  }
+  const int width = 40;
+  int filled = total ? int(double(done) / double(total) * width) : width;
+  filled = std::min(filled, width);
+  std::fprintf(stderr, "\r%-8s [%.*s%*s] %llu/%llu", phase.c_str(), filled,
+               "########################################", width - filled, "",
+               (unsigned long long)done, (unsigned long long)total);
+  if (done >= total) std::fprintf(stderr, "\n");
+  std::fflush(stderr);
+}
+}  // namespace
+
+void register_run(CLI::App& app) {
+  auto* cmd = app.add_subcommand(
+      "run", "Run the cluster on the configuration (embedded: every node in this process) and "
+             "print the report");
+  static run_options opts;
+  add_config_options(cmd, opts.cfg);
+  cmd->add_option("--json", opts.json_out, "Also write the report as JSON to FILE");
+  cmd->add_flag("--quiet", opts.quiet, "No progress bar");
+  cmd->callback([] {
+    config cfg = load_config_or_exit(opts.cfg);
+    cluster_run_options ro;
+    if (!opts.quiet) ro.on_progress = draw_progress;
+    auto rep = run_embedded(cfg, ro);
+    if (!rep) {
+      std::fprintf(stderr, "pnmkv run: %s\n", rep.error().to_string().c_str());
+      throw CLI::RuntimeError(1);
+    }
+    run_report r = std::move(rep).value();
+    // Same run: this machine's read bandwidth with as many threads as the actor system has.
+    const unsigned threads = std::max(2u, std::thread::hardware_concurrency());
+    read_bandwidth bw = measure_read_gbps(size_t(1) << 30, threads, 3);
+    r.read_gbps_measured = bw.gbps;
+    r.step_bound_ms = double(r.live_device_bytes_per_step) / bw.gbps / 1e6;
+    r.step_overhead_ratio = r.step_bound_ms > 0 ? r.step_wall_ms_p50 / r.step_bound_ms : 0;
+    std::printf("%s", r.to_table().c_str());
+    if (!opts.json_out.empty()) {
+      std::ofstream out(opts.json_out);
+      out << r.to_json() << "\n";
+      if (!out) {
+        std::fprintf(stderr, "pnmkv run: cannot write %s\n", opts.json_out.c_str());
+        throw CLI::RuntimeError(1);
+      }
+    }
+    if (r.completed == 0) throw CLI::RuntimeError(1);
+  });
+}
+
 }  // namespace pnmkv::apps

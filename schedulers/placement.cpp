@@ -1,5 +1,6 @@
 #include "schedulers/placement.hpp"
 
+#include <algorithm>
 #include <cassert>
 #include <numeric>
 
@@ -19,6 +20,22 @@ result<sequence_split> parse_sequence_split(const std::string& text) {
 bool shard_placement::holds_page(uint64_t page) const {
   if (split == sequence_split::interleave) return page % sequence_shards == sequence_index;
   return page >= page_begin && (page < page_end || sequence_index + 1 == sequence_shards);
+}
+
+uint64_t shard_placement::tokens_held_at(uint64_t sequence_tokens, uint32_t ps) const {
+  if (split == sequence_split::interleave) {
+    const uint64_t full_pages = sequence_tokens / ps;
+    const uint64_t rest = sequence_tokens % ps;
+    uint64_t pages_mine = full_pages / sequence_shards +
+                          (full_pages % sequence_shards > sequence_index ? 1 : 0);
+    uint64_t tokens = pages_mine * ps;
+    if (rest > 0 && full_pages % sequence_shards == sequence_index) tokens += rest;
+    return tokens;
+  }
+  const uint64_t begin = page_begin * ps;
+  const bool last = sequence_index + 1 == sequence_shards;
+  const uint64_t end = last ? sequence_tokens : std::min<uint64_t>(page_end * ps, sequence_tokens);
+  return end > begin ? end - begin : 0;
 }
 
 int request_placement::shard_of(uint32_t kv_head, uint64_t page) const {

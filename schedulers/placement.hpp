@@ -34,6 +34,9 @@ struct shard_placement {
   bool holds_head(uint32_t kv_head) const { return kv_head >= kv_head_begin && kv_head < kv_head_end; }
   // Whether this shard holds global page `page` (of a held head).
   bool holds_page(uint64_t page) const;
+  // Tokens of one held (layer, KV head) this shard holds when the sequence has
+  // `sequence_tokens` tokens.
+  uint64_t tokens_held_at(uint64_t sequence_tokens, uint32_t page_size_tokens) const;
 };
 
 struct request_placement {

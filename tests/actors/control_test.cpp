@@ -17,6 +17,7 @@ TEST(control, every_kind_round_trips) {
       {0, run_start_msg{{{1, 100, 2}, {2, 200, 3}}}},
       {1, run_result_msg{"{\"a\":1}", true, ""}},
       {0, shutdown_msg{}},
+      {1, progress_msg{"decode", 3, 16}},
   };
   for (const auto& m : msgs) {
     auto d = decode(encode(m));

@@ -172,7 +172,7 @@ TEST(engines, virtual_time_is_the_hand_composed_critical_path) {
   const double bytes = pages * 2 * 64 * 2 + tokens * 64 * 4;
   const double flops = pages * 4 * 4.0 * 64 + tokens * 4 * 4.0 * 64;
   const double device_done = query_arrival + c.pnm_compute(bytes, flops).time_ns;
-  const double partial_bytes = header + 4.0 * 4 * 64 + 4.0 * 4 + 8.0 * 4;
+  const double partial_bytes = header + 4.0 * 4 * 64 + 4.0 * 4 + 4.0 * 4;  // o, lse, 4 page ids
   const double partial_in = device_done + c.link_latency_ns() + c.link_serialisation_ns(partial_bytes);
   const double layer = partial_in + c.gpu_merge(1, 4).time_ns;
   const double expect = 2 * layer + c.gpu_lm_head(1).time_ns;

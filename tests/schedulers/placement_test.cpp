@@ -57,6 +57,17 @@ TEST(placement, every_page_held_exactly_once_for_every_h_s) {
         for (size_t i = 0; i < pool.free_bytes.size(); ++i) debited += before[i] - pool.free_bytes[i];
         EXPECT_EQ(debited, bytes_sum) << "bytes per device add up";
         EXPECT_EQ(bytes_sum, shard_bytes_per_layer_head(r, pages) * r.kv_heads * r.layers);
+        // tokens_held_at agrees with counting tokens of held pages, at every length.
+        for (uint64_t len : {uint64_t(0), uint64_t(1), r.context_tokens, r.context_tokens + r.decode_tokens}) {
+          uint64_t total = 0;
+          for (const auto& s : pl->shards) {
+            uint64_t counted = 0;
+            for (uint64_t t = 0; t < len; ++t) counted += s.holds_page(t / 16);
+            ASSERT_EQ(s.tokens_held_at(len, 16), counted) << "len " << len;
+            if (s.holds_head(0)) total += counted;
+          }
+          EXPECT_EQ(total, len);
+        }
         for (uint32_t head = 0; head < r.kv_heads; ++head) {
           for (uint64_t p = 0; p < pages; ++p) {
             int holders = 0;

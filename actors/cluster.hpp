@@ -1,0 +1,24 @@
+// Running a whole cluster: the embedded mode (every actor in one process over the
+// in-process fabric — the main job) and the multi-process mode (one `pnmkv node` process
+// per node over UCX, spawned and reaped here). Both return the same report. No CAF here.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "actors/run_report.hpp"
+#include "config/config.hpp"
+#include "core/status.hpp"
+
+namespace pnmkv {
+
+struct cluster_run_options {
+  // Called with ("prefill"|"decode", done, total) as the run advances.
+  std::function<void(const std::string&, uint64_t, uint64_t)> on_progress;
+  // Wall-clock limit of the whole run (a run past it fails, never hangs).
+  uint64_t run_timeout_ms = 30 * 60 * 1000;
+};
+
+result<run_report> run_embedded(const config& cfg, const cluster_run_options& opts);
+
+}  // namespace pnmkv

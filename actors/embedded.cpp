@@ -1,0 +1,87 @@
+// The embedded cluster: coordinator, GPU host, PNM devices and driver as actors of one CAF
+// actor system, the data plane over the in-process fabric (the same Cap'n Proto bytes the
+// UCX fabric carries between processes).
+#include <caf/all.hpp>
+
+#include <thread>
+
+#include "actors/cluster.hpp"
+#include "actors/control.hpp"
+#include "actors/nodes.hpp"
+#include "transport/inproc_fabric.hpp"
+
+namespace pnmkv {
+
+result<run_report> run_embedded(const config& cfg, const cluster_run_options& opts) {
+  auto setup = make_run_setup(cfg);
+  if (!setup) return setup.error();
+  const auto& su = *setup;
+
+  caf::actor_system_config acfg;
+  acfg.set("scheduler.max-threads", std::max(2u, std::thread::hardware_concurrency()));
+  acfg.set("logger.console", caf::atom("none"));
+  caf::actor_system sys{acfg};
+
+  auto hub = transport::make_inproc_hub();
+  auto make_fabric = [&](uint32_t node) -> result<std::shared_ptr<transport::fabric>> {
+    transport::fabric_options fo;
+    fo.self = node;
+    fo.inbox_depth = 1 << 16;
+    fo.send_queue_depth = 1 << 14;
+    auto f = transport::make_inproc_fabric(hub, fo);
+    if (!f) return f.error();
+    return std::shared_ptr<transport::fabric>(std::move(f).value());
+  };
+
+  caf::scoped_actor self{sys};
+  std::vector<caf::actor> actors;
+  std::vector<std::shared_ptr<transport::fabric>> fabrics;
+  auto coordinator = sys.spawn(actors::coordinator_actor, su);
+  actors.push_back(coordinator);
+  auto driver = sys.spawn(actors::driver_actor, su, coordinator, caf::actor{self});
+  actors.push_back(driver);
+  for (uint32_t id : su->device_ids()) {
+    auto fab = make_fabric(id);
+    if (!fab) return fab.error();
+    auto dev = sys.spawn(actors::pnm_device_actor, su, id, coordinator, *fab);
+    actors::bridge_fabric(**fab, dev);
+    actors.push_back(dev);
+    fabrics.push_back(*fab);
+  }
+  auto host_fab = make_fabric(gpu_host_node);
+  if (!host_fab) return host_fab.error();
+  auto host = sys.spawn(actors::gpu_host_actor, su, coordinator, driver, *host_fab);
+  actors::bridge_fabric(**host_fab, host);
+  actors.push_back(host);
+  fabrics.push_back(*host_fab);
+
+  result<run_report> out = status{errc::timeout, "the run did not finish within " +
+                                                     std::to_string(opts.run_timeout_ms) + " ms"};
+  bool done = false;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(opts.run_timeout_ms);
+  while (!done) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) break;
+    self->receive(
+        [&](actors::done_atom, bool ok, const std::string& json) {
+          done = true;
+          run_report rep = run_report::from_json(json);
+          if (!ok && rep.completed == 0 && rep.failures.empty())
+            out = status{errc::internal, "the run failed"};
+          else
+            out = rep;
+        },
+        [&](actors::ctl_atom, const std::string& bytes) {
+          auto m = control::decode(bytes);
+          if (!m) return;
+          if (auto* p = std::get_if<control::progress_msg>(&m->body))
+            if (opts.on_progress) opts.on_progress(p->phase, p->done, p->total);
+        },
+        caf::after(left) >> [&] {});
+  }
+  for (auto& a : actors) self->send_exit(a, caf::exit_reason::user_shutdown);
+  for (auto& f : fabrics) f->set_handler({});
+  return out;
+}
+
+}  // namespace pnmkv

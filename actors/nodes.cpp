@@ -1,0 +1,930 @@
+// The CAF actors of a cluster (see nodes.hpp). Control plane: CAF messages whose payload is
+// Cap'n Proto bytes (control.capnp, wire.capnp join/membership). Data plane: the fabric
+// (in-process or UCX) carrying wire.capnp bytes; its events arrive in the mailbox through
+// bridge_fabric(). The engines (device_engine, host_engine) do the work; the actors move
+// bytes, keep virtual clocks, and enforce deadlines and limits.
+#include "actors/nodes.hpp"
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <deque>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "actors/control.hpp"
+#include "actors/run_report.hpp"
+#include "transport/auth.hpp"
+#include "transport/messages.hpp"
+
+namespace pnmkv::actors {
+
+namespace tp = pnmkv::transport;
+using steady = std::chrono::steady_clock;
+
+namespace {
+
+spdlog::logger& log() {
+  static std::shared_ptr<spdlog::logger> l = [] {
+    auto existing = spdlog::get("cluster");
+    if (existing) return existing;
+    auto made = spdlog::stderr_color_mt("cluster");
+    made->set_level(spdlog::level::warn);
+    return made;
+  }();
+  return *l;
+}
+
+std::string to_str(const std::vector<uint8_t>& b) { return std::string(b.begin(), b.end()); }
+
+template <class Body>
+std::string wire_bytes(uint32_t sender, Body body) {
+  tp::envelope env;
+  env.sender = sender;
+  return to_str(tp::encode(env, std::move(body)));
+}
+
+std::string ctl(uint32_t sender, control::control_body body) {
+  return control::encode(control::control_message{sender, std::move(body)});
+}
+
+tp::shard_info to_wire(const shard_placement& s) {
+  tp::shard_info w;
+  w.shard_id = s.shard_id;
+  w.device = s.device_id;
+  w.kv_head0 = s.kv_head_begin;
+  w.kv_head1 = s.kv_head_end;
+  if (s.split == sequence_split::interleave) {
+    w.split = tp::split_kind::interleave;
+    w.stride = s.sequence_shards;
+    w.cls = s.sequence_index;
+  } else {
+    w.split = tp::split_kind::pages;
+    w.page0 = static_cast<uint32_t>(s.page_begin);
+    w.page1 = static_cast<uint32_t>(s.page_end);
+  }
+  w.replicas = s.replica_device_ids;
+  w.pages_held = s.pages_held;
+  w.sequence_index = s.sequence_index;
+  w.sequence_shards = s.sequence_shards;
+  w.bytes_modelled = s.bytes_modelled;
+  return w;
+}
+
+shard_placement from_wire(const tp::shard_info& w) {
+  shard_placement s;
+  s.shard_id = w.shard_id;
+  s.device_id = w.device;
+  s.kv_head_begin = w.kv_head0;
+  s.kv_head_end = w.kv_head1;
+  s.split = w.split == tp::split_kind::interleave ? sequence_split::interleave
+                                                  : sequence_split::contiguous;
+  s.page_begin = w.split == tp::split_kind::pages ? w.page0 : 0;
+  s.page_end = w.split == tp::split_kind::pages ? w.page1 : 0;
+  s.sequence_index = w.sequence_index;
+  s.sequence_shards = std::max<uint32_t>(1, w.sequence_shards);
+  s.pages_held = w.pages_held;
+  s.bytes_modelled = w.bytes_modelled;
+  s.replica_device_ids = w.replicas;
+  return s;
+}
+
+request_placement placement_from_wire(const tp::placement_info& p) {
+  request_placement r;
+  r.request_id = p.request_id;
+  for (const auto& s : p.shards) r.shards.push_back(from_wire(s));
+  std::sort(r.shards.begin(), r.shards.end(),
+            [](const auto& a, const auto& b) { return a.shard_id < b.shard_id; });
+  uint32_t groups = 0;
+  for (const auto& s : r.shards) groups = std::max(groups, s.kv_head_end);
+  r.sequence_shards = r.shards.empty() ? 1 : r.shards.front().sequence_shards;
+  r.head_groups = r.shards.empty() ? 1 : uint32_t(r.shards.size()) / r.sequence_shards;
+  return r;
+}
+
+tp::placement_info placement_to_wire(const request_placement& p) {
+  tp::placement_info w;
+  w.request_id = p.request_id;
+  for (const auto& s : p.shards) w.shards.push_back(to_wire(s));
+  return w;
+}
+
+// Join protocol shared by devices and the GPU host: hello -> challenge -> signed join -> ack.
+void start_join(caf::event_based_actor* self, const caf::actor& coordinator, uint32_t node,
+                tp::node_role role) {
+  self->send(coordinator, ctl_atom::value,
+             ctl(node, control::hello_msg{node, static_cast<uint8_t>(role)}));
+}
+
+// Handles a join-protocol message addressed to a member; true when it was one.
+bool on_join_bytes(caf::event_based_actor* self, const run_setup& setup,
+                   const caf::actor& coordinator, uint32_t node, tp::node_role role,
+                   const std::vector<uint8_t>& address, const std::string& bytes) {
+  tp::wire_limits limits;
+  auto m = tp::decode(bytes.data(), bytes.size(), limits);
+  if (!m) {
+    log().warn("node={} event=bad_join_message reason=\"{}\"", node, m.error().to_string());
+    return true;
+  }
+  if (auto* ch = std::get_if<tp::challenge_msg>(&m->body)) {
+    tp::join_msg j;
+    j.node = node;
+    j.role = role;
+    j.worker_address = address;
+    tp::sign_join(setup.secret, ch->nonce, j);
+    self->send(coordinator, join_atom::value, wire_bytes(node, std::move(j)));
+    return true;
+  }
+  if (auto* ack = std::get_if<tp::join_ack_msg>(&m->body)) {
+    if (!ack->accepted) {
+      log().error("node={} event=join_refused reason=\"{}\"", node, ack->reason);
+      self->quit();
+    }
+    return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+void bridge_fabric(tp::fabric& fab, const caf::actor& target) {
+  caf::weak_actor_ptr weak = caf::actor_cast<caf::weak_actor_ptr>(target);
+  fab.set_handler([weak](tp::fabric_event&& ev) {
+    auto hdl = caf::actor_cast<caf::actor>(weak);
+    if (!hdl) return;
+    if (ev.kind == tp::fabric_event_kind::message)
+      caf::anon_send(hdl, wire_atom::value, std::move(ev.bytes));
+    else
+      caf::anon_send(hdl, peer_down_atom::value, ev.peer);
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// coordinator
+
+namespace {
+struct member {
+  tp::node_role role;
+  caf::actor hdl;
+  std::vector<uint8_t> address;
+};
+
+struct coordinator_state {
+  std::map<uint32_t, std::vector<uint8_t>> nonces;
+  std::map<uint32_t, member> members;
+  bool ready = false;
+  caf::actor driver;
+  std::deque<control::request_spec_msg> queue;
+  pool_state pool;               // modelled capacity (512 GB devices)
+  std::map<uint32_t, uint64_t> emulator_free;  // live-layer bytes a device may still take
+  std::map<uint64_t, request_placement> placed;
+  std::map<uint64_t, control::request_spec_msg> specs;
+  std::map<uint64_t, std::set<uint32_t>> awaiting_acks;
+  std::vector<uint64_t> ready_requests;
+  uint32_t decided = 0;
+  bool started = false;
+};
+}  // namespace
+
+caf::behavior coordinator_actor(caf::event_based_actor* self,
+                                std::shared_ptr<const run_setup> setup) {
+  auto st = std::make_shared<coordinator_state>();
+  for (uint32_t id : setup->device_ids()) {
+    st->pool.device_ids.push_back(id);
+    st->pool.free_bytes.push_back(static_cast<uint64_t>(setup->hw.pnm.capacity_bytes));
+    st->pool.failure_domain.push_back(id);
+    st->emulator_free[id] = setup->device.memory_bytes_max;
+  }
+  const uint32_t self_id = coordinator_node;
+
+  auto membership_bytes = [=](const std::vector<uint64_t>& requests) {
+    tp::membership_msg mm;
+    mm.epoch = 1;
+    for (const auto& [id, m] : st->members)
+      mm.members.push_back(tp::member_info{id, m.role, true, m.address});
+    for (uint64_t r : requests) mm.placements.push_back(placement_to_wire(st->placed.at(r)));
+    return wire_bytes(self_id, std::move(mm));
+  };
+
+  auto decide = [=](uint64_t request_id, bool accepted, const std::string& reason) {
+    ++st->decided;
+    if (accepted) st->ready_requests.push_back(request_id);
+    if (!accepted)
+      log().warn("event=request_refused request={} reason=\"{}\"", request_id, reason);
+    self->send(st->driver, ctl_atom::value,
+               ctl(self_id, control::admission_msg{request_id, accepted, reason}));
+    if (st->decided == setup->batch && !st->started) {
+      st->started = true;
+      control::run_start_msg rs;
+      for (uint64_t r : st->ready_requests) rs.requests.push_back(st->specs.at(r));
+      auto host = st->members.find(gpu_host_node);
+      if (host == st->members.end()) return;
+      self->send(host->second.hdl, member_atom::value, membership_bytes(st->ready_requests));
+      self->send(host->second.hdl, ctl_atom::value, ctl(self_id, std::move(rs)));
+    }
+  };
+
+  auto try_admit = [=] {
+    if (!st->ready || !st->driver) return;
+    while (!st->queue.empty()) {
+      control::request_spec_msg spec = st->queue.front();
+      st->queue.pop_front();
+      st->specs[spec.request_id] = spec;
+      placement_request pr = setup->placement;
+      pr.request_id = spec.request_id;
+      pr.context_tokens = spec.context_tokens;
+      pr.decode_tokens = spec.steps;
+      pool_state trial = st->pool;
+      auto pl = place_request(pr, trial);
+      if (!pl) {
+        decide(spec.request_id, false, pl.error().message());
+        continue;
+      }
+      // The emulator holds the live layers for real: check that too before committing.
+      std::map<uint32_t, uint64_t> live_need;
+      for (const auto& s : pl->shards) {
+        uint64_t live = s.bytes_modelled / setup->model.layers * setup->device.live_layers;
+        live_need[s.device_id] += live;
+        for (uint32_t r : s.replica_device_ids) live_need[r] += live;
+      }
+      std::string too_big;
+      for (const auto& [dev, need] : live_need)
+        if (need > st->emulator_free[dev])
+          too_big = "request " + std::to_string(spec.request_id) + " does not fit the emulator: device " +
+                    std::to_string(dev) + " would hold " + std::to_string(need) +
+                    " bytes of live layers, " + std::to_string(st->emulator_free[dev]) +
+                    " left of cluster.device_memory_bytes_max";
+      if (!too_big.empty()) {
+        decide(spec.request_id, false, too_big);
+        continue;
+      }
+      st->pool = trial;
+      for (const auto& [dev, need] : live_need) st->emulator_free[dev] -= need;
+      st->placed.emplace(spec.request_id, *pl);
+      auto& waiting = st->awaiting_acks[spec.request_id];
+      for (const auto& s : pl->shards) {
+        waiting.insert(s.device_id);
+        for (uint32_t r : s.replica_device_ids) waiting.insert(r);
+      }
+      auto bytes = membership_bytes({spec.request_id});
+      for (uint32_t dev : waiting) self->send(st->members.at(dev).hdl, member_atom::value, bytes);
+    }
+  };
+
+  self->set_down_handler([=](caf::down_msg& dm) {
+    for (auto& [id, m] : st->members)
+      if (m.hdl && m.hdl.address() == dm.source)
+        log().warn("event=member_down node={} reason={}", id, caf::to_string(dm.reason));
+  });
+
+  return {
+      [=](ctl_atom, const std::string& bytes) {
+        auto m = control::decode(bytes);
+        if (!m) {
+          log().warn("event=bad_control_message reason=\"{}\"", m.error().to_string());
+          return;
+        }
+        auto sender = caf::actor_cast<caf::actor>(self->current_sender());
+        if (auto* h = std::get_if<control::hello_msg>(&m->body)) {
+          auto nonce = tp::make_nonce();
+          st->nonces[h->node] = nonce;
+          self->send(sender, join_atom::value, wire_bytes(self_id, tp::challenge_msg{nonce}));
+        } else if (auto* s = std::get_if<control::submit_msg>(&m->body)) {
+          st->driver = sender;
+          st->queue.push_back(s->request);
+          try_admit();
+        } else if (auto* a = std::get_if<control::placement_ack_msg>(&m->body)) {
+          auto it = st->awaiting_acks.find(a->request_id);
+          if (it == st->awaiting_acks.end()) return;
+          if (!a->ok) {
+            st->awaiting_acks.erase(it);
+            decide(a->request_id, false, a->reason);
+            return;
+          }
+          it->second.erase(a->node);
+          if (it->second.empty()) {
+            st->awaiting_acks.erase(it);
+            decide(a->request_id, true, "");
+          }
+        }
+      },
+      [=](join_atom, const std::string& bytes) {
+        tp::wire_limits limits;
+        auto m = tp::decode(bytes.data(), bytes.size(), limits);
+        auto sender = caf::actor_cast<caf::actor>(self->current_sender());
+        if (!m || !std::holds_alternative<tp::join_msg>(m->body)) {
+          log().warn("event=join_refused reason=\"{}\"",
+                     m ? "not a join message" : m.error().to_string());
+          return;
+        }
+        const auto& j = std::get<tp::join_msg>(m->body);
+        auto nonce = st->nonces.find(j.node);
+        status ok = nonce == st->nonces.end()
+                        ? status{errc::invalid_argument, "no challenge was issued to this node"}
+                        : tp::verify_join(setup->secret, nonce->second, j);
+        if (!ok) {
+          log().warn("event=join_refused node={} reason=\"{}\"", j.node, ok.message());
+          self->send(sender, join_atom::value,
+                     wire_bytes(self_id, tp::join_ack_msg{false, j.node, 0, ok.message()}));
+          return;
+        }
+        st->nonces.erase(nonce);
+        st->members[j.node] = member{j.role, sender, j.worker_address};
+        self->monitor(sender);
+        self->send(sender, join_atom::value, wire_bytes(self_id, tp::join_ack_msg{true, j.node, 1, ""}));
+        uint32_t devices = 0;
+        bool host = false;
+        for (const auto& [id, mem] : st->members) {
+          devices += mem.role == tp::node_role::pnm_device;
+          host = host || mem.role == tp::node_role::gpu_host;
+        }
+        if (!st->ready && host && devices == setup->devices) {
+          st->ready = true;
+          log().info("event=cluster_ready devices={}", devices);
+          auto bytes2 = membership_bytes({});
+          for (const auto& [id, mem] : st->members) self->send(mem.hdl, member_atom::value, bytes2);
+          try_admit();
+        }
+      },
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+// pnm_device
+
+namespace {
+struct device_state {
+  std::unique_ptr<device_engine> engine;
+  caf::actor coordinator;
+  std::shared_ptr<tp::fabric> fab;
+  uint64_t seq = 0;
+  std::map<uint64_t, shard_placement> shards;  // by request
+  // Queries that arrived before the append they must see (a reordering fabric).
+  std::deque<std::pair<tp::envelope, tp::query_msg>> deferred;
+  uint64_t rejected = 0;
+};
+}  // namespace
+
+caf::behavior pnm_device_actor(caf::event_based_actor* self, std::shared_ptr<const run_setup> setup,
+                               uint32_t node, caf::actor coordinator,
+                               std::shared_ptr<tp::fabric> fab) {
+  auto st = std::make_shared<device_state>();
+  device_engine_config dc = setup->device;
+  dc.device_id = node;
+  st->engine = std::make_unique<device_engine>(dc);
+  st->coordinator = coordinator;
+  st->fab = fab;
+  const cost_model& costs = *setup->costs;
+  tp::wire_limits limits;
+
+  auto send_to = [=](uint32_t dest, double vt_ns, auto body) {
+    tp::envelope env;
+    env.sender = node;
+    env.seq = ++st->seq;
+    env.vtime_ns = static_cast<uint64_t>(vt_ns);
+    auto bytes = tp::encode(env, std::move(body));
+    auto s = st->fab->send(dest, std::move(bytes));
+    if (!s) log().warn("node={} event=send_failed dest={} reason=\"{}\"", node, dest, s.to_string());
+  };
+
+  // A query is ready when this device holds every token of the sequence that falls in its
+  // pages: prefill writes and the new token's append may still be on their way over a
+  // fabric that does not order messages, and a query must never see partial data.
+  auto ready = [=](const tp::query_msg& q) {
+    auto sh = st->shards.find(q.request_id);
+    if (sh == st->shards.end()) return true;  // the engine will refuse it with a clear error
+    const uint32_t ps = setup->device.shape.page_size_tokens;
+    const uint64_t want = sh->second.tokens_held_at(q.sequence_tokens, ps);
+    for (uint32_t h = q.kv_head0; h < q.kv_head1; ++h) {
+      const kv_head_store* s = st->engine->find(q.request_id, q.layer, h);
+      if (s && s->token_count() < want) return false;
+    }
+    return true;
+  };
+
+  auto serve = [=](const tp::envelope& env, const tp::query_msg& q) {
+    const uint32_t d = setup->model.head_dim;
+    for (uint32_t h = q.kv_head0; h < q.kv_head1; ++h) {
+      device_query dq;
+      dq.request_id = q.request_id;
+      dq.step = q.step;
+      dq.layer = q.layer;
+      dq.kv_head = h;
+      dq.group = q.group;
+      dq.q = q.q.data() + size_t(h - q.kv_head0) * q.group * d;
+      dq.sequence_tokens = q.sequence_tokens;
+      dq.budget_pages = q.budget_pages;
+      dq.round = q.round == tp::selection_round::dense ? query_round::dense
+                                                       : query_round::select_attend;
+      device_answer ans;
+      auto s = st->engine->query(dq, ans);
+      if (!s) {
+        log().warn("node={} event=query_failed request={} reason=\"{}\"", node, q.request_id,
+                   s.to_string());
+        send_to(env.sender, st->engine->clock_ns(), tp::error_msg{s.code(), s.message(), env.seq});
+        continue;
+      }
+      double done = st->engine->clock_ns();
+      if (q.round != tp::selection_round::dense) {
+        const double arrival = double(env.vtime_ns) + costs.link_latency_ns();
+        done = st->engine->charge(arrival, costs.pnm_compute(double(ans.bytes_scanned), ans.flops).time_ns);
+      }
+      tp::partial_msg p;
+      p.request_id = q.request_id;
+      p.step = q.step;
+      p.layer = q.layer;
+      p.kv_head = h;
+      p.shard_id = q.shard_id;
+      p.group = q.group;
+      p.head_dim = d;
+      p.o = std::move(ans.part.o);
+      p.lse = std::move(ans.part.lse);
+      p.pages_selected = static_cast<uint32_t>(ans.pages.size());
+      p.bytes_scanned = ans.bytes_scanned;
+      p.round = q.round;
+      p.flops = ans.flops;
+      p.device_bytes_held = st->engine->bytes_held();
+      p.page_ids.reserve(ans.pages.size());
+      for (uint64_t g : ans.pages) p.page_ids.push_back(static_cast<uint32_t>(g));
+      send_to(env.sender, done, std::move(p));
+    }
+  };
+
+  auto drain_deferred = [=] {
+    for (size_t n = st->deferred.size(); n > 0; --n) {
+      auto item = std::move(st->deferred.front());
+      st->deferred.pop_front();
+      if (ready(item.second))
+        serve(item.first, item.second);
+      else
+        st->deferred.push_back(std::move(item));
+    }
+  };
+
+  start_join(self, coordinator, node, tp::node_role::pnm_device);
+
+  return {
+      [=](join_atom, const std::string& bytes) {
+        on_join_bytes(self, *setup, st->coordinator, node, tp::node_role::pnm_device,
+                      st->fab->address(), bytes);
+      },
+      [=](member_atom, const std::string& bytes) {
+        auto m = tp::decode(bytes.data(), bytes.size(), limits);
+        if (!m || !std::holds_alternative<tp::membership_msg>(m->body)) {
+          log().warn("node={} event=bad_membership", node);
+          return;
+        }
+        const auto& mm = std::get<tp::membership_msg>(m->body);
+        for (const auto& mem : mm.members)
+          if (mem.role == tp::node_role::gpu_host && !mem.worker_address.empty()) {
+            auto s = st->fab->connect(mem.node, mem.worker_address);
+            if (!s) log().warn("node={} event=connect_failed peer={} reason=\"{}\"", node, mem.node, s.to_string());
+          }
+        for (const auto& pl : mm.placements) {
+          request_placement rp = placement_from_wire(pl);
+          for (const auto& s : rp.shards) {
+            bool mine = s.device_id == node;
+            for (uint32_t r : s.replica_device_ids) mine = mine || r == node;
+            if (!mine) continue;
+            auto added = st->engine->add_shard(rp.request_id, s);
+            if (added) st->shards[rp.request_id] = s;
+            self->send(st->coordinator, ctl_atom::value,
+                       ctl(node, control::placement_ack_msg{node, rp.request_id, bool(added),
+                                                            added ? "" : added.message()}));
+          }
+        }
+      },
+      [=](wire_atom, std::vector<uint8_t>& bytes) {
+        auto m = tp::decode(bytes.data(), bytes.size(), limits);
+        if (!m) {
+          ++st->rejected;  // counted and logged once per reason by the decoder
+          return;
+        }
+        const tp::envelope env = m->env;
+        if (auto* w = std::get_if<tp::prefill_write_msg>(&m->body)) {
+          auto s = st->engine->write(w->request_id, w->layer, w->kv_head, w->position0,
+                                     w->k.data(), w->v.data(), w->n_tokens);
+          if (!s) {
+            log().warn("node={} event=write_failed reason=\"{}\"", node, s.to_string());
+            send_to(env.sender, st->engine->clock_ns(), tp::error_msg{s.code(), s.message(), env.seq});
+            return;
+          }
+          drain_deferred();
+        } else if (auto* a = std::get_if<tp::token_append_msg>(&m->body)) {
+          for (uint32_t h = 0; h < a->n_heads; ++h) {
+            const size_t off = size_t(h) * a->head_dim;
+            auto s = st->engine->write(a->request_id, a->layer, a->kv_head0 + h, a->position,
+                                       a->k.data() + off, a->v.data() + off, 1);
+            if (!s) log().warn("node={} event=append_failed reason=\"{}\"", node, s.to_string());
+          }
+          drain_deferred();
+        } else if (auto* q = std::get_if<tp::query_msg>(&m->body)) {
+          if (ready(*q))
+            serve(env, *q);
+          else if (st->deferred.size() < 4096)
+            st->deferred.emplace_back(env, std::move(*q));
+          else
+            log().warn("node={} event=query_dropped reason=\"deferred queue full\"", node);
+        }
+      },
+      [=](peer_down_atom, uint32_t peer) {
+        log().warn("node={} event=peer_down peer={}", node, peer);
+      },
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+// gpu_host
+
+namespace {
+struct host_state {
+  caf::actor coordinator, driver;
+  std::shared_ptr<tp::fabric> fab;
+  std::unique_ptr<host_engine> engine;
+  std::map<uint64_t, request_placement> placements;
+  std::vector<control::request_spec_msg> requests;
+  uint64_t seq = 0;
+  // prefill
+  uint64_t writes_in_flight = 0;
+  uint64_t prefill_chunks_sent = 0, prefill_chunks_total = 0;
+  bool prefill_exhausted = false;
+  steady::time_point prefill_start;
+  double prefill_wall_s = 0;
+  // decode
+  uint32_t step = 0;
+  bool step_timed = false;  // the step's timed (sparse) phase is over and recorded
+  uint64_t step_epoch = 0;  // bumps per step; stale deadline ticks are ignored
+  steady::time_point step_start;
+  std::vector<double> step_wall_ms;
+  std::vector<step_report> steps;
+  std::map<uint64_t, uint64_t> tags;  // (request, layer, kv_head, shard, round) key -> tag
+  std::map<uint32_t, uint64_t> device_bytes_held;
+  bool finished = false;
+};
+
+uint64_t tag_key(uint64_t request, uint32_t layer, uint32_t kv_head, uint32_t shard, bool dense) {
+  return (request << 40) ^ (uint64_t(layer) << 28) ^ (uint64_t(kv_head) << 18) ^
+         (uint64_t(shard) << 1) ^ (dense ? 1 : 0);
+}
+}  // namespace
+
+caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const run_setup> setup,
+                             caf::actor coordinator, caf::actor driver,
+                             std::shared_ptr<tp::fabric> fab) {
+  auto st = std::make_shared<host_state>();
+  st->coordinator = coordinator;
+  st->driver = driver;
+  st->fab = fab;
+  const uint32_t node = gpu_host_node;
+  tp::wire_limits limits;
+  const cost_model& costs = *setup->costs;
+
+  auto send_work = [=](device_work& w) -> status {
+    tp::envelope env;
+    env.sender = node;
+    env.seq = ++st->seq;
+    // vtime: when the message has left the host link (arrival minus link latency).
+    env.vtime_ns = static_cast<uint64_t>(std::max(0.0, w.vt_arrival_ns - costs.link_latency_ns()));
+    std::vector<uint8_t> bytes;
+    if (w.what == device_work::kind::write && w.n_tokens > 1) {
+      tp::prefill_write_msg pw;
+      pw.request_id = w.request_id;
+      pw.layer = w.layer;
+      pw.kv_head = w.kv_head;
+      pw.position0 = w.position;
+      pw.n_tokens = static_cast<uint32_t>(w.n_tokens);
+      pw.head_dim = setup->model.head_dim;
+      pw.k = std::move(w.k);
+      pw.v = std::move(w.v);
+      bytes = tp::encode(env, std::move(pw));
+    } else if (w.what == device_work::kind::write) {
+      tp::token_append_msg ta;
+      ta.request_id = w.request_id;
+      ta.layer = w.layer;
+      ta.kv_head0 = w.kv_head;
+      ta.n_heads = 1;
+      ta.position = w.position;
+      ta.head_dim = setup->model.head_dim;
+      ta.k = std::move(w.k);
+      ta.v = std::move(w.v);
+      bytes = tp::encode(env, std::move(ta));
+    } else {
+      const auto& q = w.query;
+      tp::query_msg qm;
+      qm.request_id = q.request_id;
+      qm.step = q.step;
+      qm.layer = q.layer;
+      qm.kv_head0 = q.kv_head;
+      qm.kv_head1 = q.kv_head + 1;
+      qm.group = q.group;
+      qm.head_dim = setup->model.head_dim;
+      qm.q = std::move(w.q_storage);
+      qm.budget_pages = static_cast<uint32_t>(q.budget_pages);
+      qm.round = w.verification ? tp::selection_round::dense : tp::selection_round::local;
+      qm.sequence_tokens = q.sequence_tokens;
+      // Which shard of the request this device serves for the head.
+      const auto& pl = st->placements.at(q.request_id);
+      for (const auto& s : pl.shards)
+        if (s.device_id == w.device_id && s.holds_head(q.kv_head)) qm.shard_id = s.shard_id;
+      st->tags[tag_key(q.request_id, q.layer, q.kv_head, qm.shard_id, w.verification)] = w.tag;
+      bytes = tp::encode(env, std::move(qm));
+    }
+    tp::op_options opts;
+    if (w.what == device_work::kind::write && w.n_tokens > 1) {
+      // Prefill flow control: a chunk leaves the window when the fabric completes it.
+      caf::weak_actor_ptr weak = caf::actor_cast<caf::weak_actor_ptr>(caf::actor{self});
+      opts.on_done = [weak](status s) {
+        if (auto hdl = caf::actor_cast<caf::actor>(weak))
+          caf::anon_send(hdl, sent_atom::value, s.is_ok(), s.is_ok() ? std::string() : s.to_string());
+      };
+    }
+    return st->fab->send(w.device_id, std::move(bytes), std::move(opts));
+  };
+
+  auto fail_run = [=](const std::string& reason) {
+    if (st->finished) return;
+    st->finished = true;
+    log().error("event=run_failed reason=\"{}\"", reason);
+    self->send(st->driver, ctl_atom::value, ctl(node, control::run_result_msg{"", false, reason}));
+  };
+
+  auto send_all = [=](std::vector<device_work>& work) {
+    for (auto& w : work) {
+      auto s = send_work(w);
+      if (!s) {
+        fail_run("send to device " + std::to_string(w.device_id) + " failed: " + s.to_string());
+        return;
+      }
+    }
+  };
+
+  auto finish = [=] {
+    if (st->finished) return;
+    st->finished = true;
+    run_report rep;
+    rep.mode = setup->mode;
+    rep.steps = setup->steps;
+    rep.config_json = setup->cfg.to_json();
+    rep.model_name = setup->model.name;
+    rep.model_file = setup->model.file;
+    rep.hardware_name = setup->hw.name;
+    rep.hardware_file = setup->hw.file;
+    rep.layers = setup->model.layers;
+    rep.live_layers = setup->host.live_layers;
+    rep.pnm_devices = setup->devices;
+    rep.batch = setup->batch;
+    rep.context_tokens = setup->context_tokens;
+    std::vector<double> wall = st->step_wall_ms;
+    std::sort(wall.begin(), wall.end());
+    if (!wall.empty()) {
+      rep.step_wall_ms_p50 = wall[wall.size() / 2];
+      rep.step_wall_ms_max = wall.back();
+      double sum = 0;
+      for (double x : wall) sum += x;
+      rep.step_wall_ms_mean = sum / wall.size();
+    }
+    rep.prefill_wall_s = st->prefill_wall_s;
+    double vt = 0, energy = 0, tokens = 0;
+    uint64_t link = 0, dev = 0;
+    double dense = 0, lnk = 0, devns = 0, merge = 0, lm = 0, live_bytes = 0;
+    for (const auto& s : st->steps) {
+      vt += s.virtual_ns;
+      energy += s.energy_j;
+      tokens += double(s.tokens);
+      link += s.link_bytes;
+      dev += s.device_bytes_scanned;
+      dense += s.dense_ns, lnk += s.link_ns, devns += s.device_ns, merge += s.merge_ns, lm += s.lm_head_ns;
+      live_bytes += double(s.device_bytes_scanned) * setup->device.live_layers / setup->model.layers;
+    }
+    const double n = std::max<size_t>(1, st->steps.size());
+    rep.virtual_step_ms_mean = vt / n / 1e6;
+    rep.virtual_tokens_per_s = vt > 0 ? tokens / (vt / 1e9) : 0;
+    const double static_w = costs.static_power_w(1, setup->devices, 0);
+    const double total_energy = energy + static_w * vt / 1e9;
+    rep.virtual_energy_j_per_token = tokens > 0 ? total_energy / tokens : 0;
+    rep.virtual_power_w = vt > 0 ? total_energy / (vt / 1e9) : 0;
+    rep.virtual_tokens_per_dollar = costs.tokens_per_dollar(
+        rep.virtual_tokens_per_s, rep.virtual_power_w, costs.capital_usd(1, setup->devices, 0));
+    rep.virtual_link_bytes_per_step = uint64_t(double(link) / n);
+    rep.virtual_device_bytes_per_step = uint64_t(double(dev) / n);
+    rep.breakdown_dense_ms = dense / n / 1e6;
+    rep.breakdown_link_ms = lnk / n / 1e6;
+    rep.breakdown_device_ms = devns / n / 1e6;
+    rep.breakdown_merge_ms = merge / n / 1e6;
+    rep.breakdown_lm_head_ms = lm / n / 1e6;
+    rep.prefill_link_ms = costs.link_serialisation_ns(double(st->engine->prefill_bytes())) / 1e6;
+    // The live bytes the devices scanned per step: what the wall-time bound is made of.
+    rep.live_device_bytes_per_step = uint64_t(live_bytes / n);
+    auto acc = st->engine->accuracy().summary();
+    rep.accuracy_samples = acc.samples;
+    rep.output_rel_err_mean = acc.rel_err_mean;
+    rep.output_rel_err_p99 = acc.rel_err_p99;
+    rep.output_rel_err_max = acc.rel_err_max;
+    rep.attention_mass_recall_mean = acc.mass_mean;
+    rep.attention_mass_recall_min = acc.mass_min;
+    rep.needle_hit_rate = acc.needle_hit_rate;
+    rep.needles_asked = acc.needle_asks;
+    rep.output_digest = st->engine->output_digest();
+    for (const auto& [dev_id, held] : st->device_bytes_held) {
+      rep.device_ids.push_back(dev_id);
+      rep.device_bytes_held.push_back(held);
+      uint64_t modelled = 0;
+      for (const auto& [rid, pl] : st->placements)
+        for (const auto& s : pl.shards) {
+          if (s.device_id == dev_id) modelled += s.bytes_modelled;
+          for (uint32_t r : s.replica_device_ids)
+            if (r == dev_id) modelled += s.bytes_modelled;
+        }
+      rep.device_bytes_modelled.push_back(modelled);
+    }
+    if (!st->placements.empty()) {
+      rep.head_groups = st->placements.begin()->second.head_groups;
+      rep.sequence_shards = st->placements.begin()->second.sequence_shards;
+    }
+    rep.completed = st->requests.size();
+    self->send(st->driver, ctl_atom::value, ctl(node, control::run_result_msg{rep.to_json(), true, ""}));
+  };
+
+  auto progress = [=](const char* phase, uint64_t done, uint64_t total) {
+    self->send(st->driver, ctl_atom::value, ctl(node, control::progress_msg{phase, done, total}));
+  };
+
+  auto start_step = [=](uint32_t step) {
+    progress("decode", step, setup->steps);
+    st->step = step;
+    st->step_timed = false;
+    ++st->step_epoch;
+    st->step_start = steady::now();
+    auto work = st->engine->begin_step(step);
+    send_all(work);
+    self->delayed_send(self, std::chrono::milliseconds(setup->step_timeout_ms), tick_atom::value,
+                       st->step_epoch);
+  };
+
+  auto pump_prefill = [=] {
+    std::vector<device_work> work;
+    while (!st->prefill_exhausted && st->writes_in_flight < setup->prefill_window_chunks) {
+      if (!st->engine->next_prefill_chunk(work)) {
+        st->prefill_exhausted = true;
+        break;
+      }
+      st->writes_in_flight += work.size();
+      st->prefill_chunks_sent += work.size();
+      if (st->prefill_chunks_sent % 256 == 0) progress("prefill", st->prefill_chunks_sent, st->prefill_chunks_total);
+      send_all(work);
+    }
+    if (st->prefill_exhausted && st->writes_in_flight == 0 && !st->finished) {
+      st->prefill_wall_s = std::chrono::duration<double>(steady::now() - st->prefill_start).count();
+      if (setup->steps == 0) return finish();
+      start_step(0);
+    }
+  };
+
+  start_join(self, coordinator, node, tp::node_role::gpu_host);
+
+  return {
+      [=](join_atom, const std::string& bytes) {
+        on_join_bytes(self, *setup, st->coordinator, node, tp::node_role::gpu_host,
+                      st->fab->address(), bytes);
+      },
+      [=](member_atom, const std::string& bytes) {
+        auto m = tp::decode(bytes.data(), bytes.size(), limits);
+        if (!m || !std::holds_alternative<tp::membership_msg>(m->body)) return;
+        const auto& mm = std::get<tp::membership_msg>(m->body);
+        for (const auto& mem : mm.members)
+          if (mem.role == tp::node_role::pnm_device && !mem.worker_address.empty()) {
+            auto s = st->fab->connect(mem.node, mem.worker_address);
+            if (!s) log().warn("event=connect_failed peer={} reason=\"{}\"", mem.node, s.to_string());
+          }
+        for (const auto& pl : mm.placements) st->placements[pl.request_id] = placement_from_wire(pl);
+      },
+      [=](ctl_atom, const std::string& bytes) {
+        auto m = control::decode(bytes);
+        if (!m) return;
+        if (auto* rs = std::get_if<control::run_start_msg>(&m->body)) {
+          st->requests = rs->requests;
+          st->engine = std::make_unique<host_engine>(setup->host, costs, *setup->workload);
+          for (const auto& r : rs->requests) {
+            auto pl = st->placements.find(r.request_id);
+            if (pl == st->placements.end()) return fail_run("no placement for request " + std::to_string(r.request_id));
+            auto s = st->engine->add_request({r.request_id, r.context_tokens, r.steps}, pl->second);
+            if (!s) return fail_run(s.to_string());
+          }
+          if (rs->requests.empty()) return finish();
+          // Chunks of the prefill (for the progress bar): per live (layer, head), the
+          // context in chunks of prefill_chunk_tokens, times the copies (replication).
+          for (const auto& r : rs->requests)
+            st->prefill_chunks_total += uint64_t(setup->host.live_layers) * setup->model.kv_heads *
+                                        ((r.context_tokens + setup->host.prefill_chunk_tokens - 1) /
+                                         setup->host.prefill_chunk_tokens) * setup->replication;
+          st->prefill_start = steady::now();
+          pump_prefill();
+        }
+      },
+      [=](wire_atom, std::vector<uint8_t>& bytes) {
+        auto m = tp::decode(bytes.data(), bytes.size(), limits);
+        if (!m) return;
+        if (auto* p = std::get_if<tp::partial_msg>(&m->body)) {
+          if (!st->engine || st->finished) return;
+          const bool dense = p->round == tp::selection_round::dense;
+          auto it = st->tags.find(tag_key(p->request_id, p->layer, p->kv_head, p->shard_id, dense));
+          if (it == st->tags.end() || p->step != st->step) return;  // stale or duplicate
+          device_reply r;
+          r.tag = it->second;
+          st->tags.erase(it);
+          r.device_id = m->env.sender;
+          r.vt_done_ns = double(m->env.vtime_ns);
+          r.answer.part.group = p->group;
+          r.answer.part.head_dim = p->head_dim;
+          r.answer.part.o = std::move(p->o);
+          r.answer.part.lse = std::move(p->lse);
+          r.answer.bytes_scanned = p->bytes_scanned;
+          r.answer.flops = p->flops;
+          r.answer.pages.assign(p->page_ids.begin(), p->page_ids.end());
+          st->device_bytes_held[m->env.sender] = p->device_bytes_held;
+          auto next = st->engine->on_reply(r);
+          if (!next) return fail_run(next.error().to_string());
+          send_all(*next);
+          if (st->engine->timed_phase_done() && !st->step_timed) {
+            st->step_timed = true;
+            st->step_wall_ms.push_back(
+                std::chrono::duration<double, std::milli>(steady::now() - st->step_start).count());
+            st->steps.push_back(st->engine->last_step());
+          }
+          if (st->engine->step_done()) {
+            if (st->step + 1 < setup->steps) {
+              start_step(st->step + 1);
+            } else {
+              progress("decode", setup->steps, setup->steps);
+              finish();
+            }
+          }
+        } else if (auto* e = std::get_if<tp::error_msg>(&m->body)) {
+          fail_run("device " + std::to_string(m->env.sender) + " refused work: " + e->message);
+        }
+      },
+      [=](sent_atom, bool ok, const std::string& reason) {
+        if (!ok) return fail_run("a prefill write failed: " + reason);
+        if (st->writes_in_flight > 0) --st->writes_in_flight;
+        pump_prefill();
+      },
+      [=](tick_atom, uint64_t epoch) {
+        if (epoch == st->step_epoch && !st->finished && !st->engine->step_done())
+          fail_run("decode step " + std::to_string(st->step) + " missed its deadline of " +
+                   std::to_string(setup->step_timeout_ms) + " ms (run.step_timeout_ms)");
+      },
+      [=](peer_down_atom, uint32_t peer) {
+        fail_run("device " + std::to_string(peer) + " went down");
+      },
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+// driver
+
+caf::behavior driver_actor(caf::event_based_actor* self, std::shared_ptr<const run_setup> setup,
+                           caf::actor coordinator, caf::actor report_to) {
+  struct driver_state {
+    std::vector<std::string> failures;
+    uint64_t accepted = 0, refused = 0;
+  };
+  auto st = std::make_shared<driver_state>();
+  for (uint32_t i = 0; i < setup->batch; ++i) {
+    control::request_spec_msg r{i + 1, setup->context_tokens, setup->steps};
+    self->send(coordinator, ctl_atom::value, ctl(driver_node, control::submit_msg{r}));
+  }
+  return {
+      [=](ctl_atom, const std::string& bytes) {
+        auto m = control::decode(bytes);
+        if (!m) return;
+        if (auto* a = std::get_if<control::admission_msg>(&m->body)) {
+          if (a->accepted)
+            ++st->accepted;
+          else {
+            ++st->refused;
+            st->failures.push_back("request " + std::to_string(a->request_id) + ": " + a->reason);
+          }
+        } else if (auto* p = std::get_if<control::progress_msg>(&m->body)) {
+          self->send(report_to, ctl_atom::value, bytes);
+          (void)p;
+        } else if (auto* r = std::get_if<control::run_result_msg>(&m->body)) {
+          nlohmann::ordered_json j = nlohmann::ordered_json::object();
+          if (r->ok) j = nlohmann::ordered_json::parse(r->report_json);
+          j["requests"]["submitted"] = setup->batch;
+          j["requests"]["completed"] = r->ok ? st->accepted : 0;
+          j["requests"]["failed"] = st->refused + (r->ok ? 0 : st->accepted);
+          auto failures = st->failures;
+          if (!r->ok) failures.push_back("run: " + r->reason);
+          j["requests"]["failures"] = failures;
+          self->send(report_to, done_atom::value, r->ok, j.dump());
+          self->quit();
+        }
+      },
+  };
+}
+
+}  // namespace pnmkv::actors

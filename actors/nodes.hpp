@@ -1,0 +1,44 @@
+// The CAF actors of a pnmkv cluster: coordinator, gpu_host, pnm_device and driver. Include
+// only from actors/*.cpp and apps/ code that wires a cluster: CAF headers are heavy.
+#pragma once
+
+#include <caf/all.hpp>
+
+#include <memory>
+#include <string>
+
+#include "actors/run_setup.hpp"
+#include "transport/fabric.hpp"
+
+namespace pnmkv::actors {
+
+using wire_atom = caf::atom_constant<caf::atom("wire")>;      // data-plane bytes from a fabric
+using peer_down_atom = caf::atom_constant<caf::atom("peerdown")>;
+using ctl_atom = caf::atom_constant<caf::atom("ctl")>;        // control.capnp bytes
+using join_atom = caf::atom_constant<caf::atom("join")>;      // wire.capnp join bytes
+using member_atom = caf::atom_constant<caf::atom("member")>;  // wire.capnp membership bytes
+using tick_atom = caf::atom_constant<caf::atom("tick")>;
+using done_atom = caf::atom_constant<caf::atom("done")>;
+using sent_atom = caf::atom_constant<caf::atom("sent")>;     // a fabric send completed
+
+// The fabric's events become messages in the actor's mailbox (wire_atom / peer_down_atom).
+void bridge_fabric(transport::fabric& fab, const caf::actor& target);
+
+caf::behavior coordinator_actor(caf::event_based_actor* self,
+                                std::shared_ptr<const run_setup> setup);
+
+// fab: this node's data-plane endpoint (outlives the actor).
+caf::behavior pnm_device_actor(caf::event_based_actor* self,
+                               std::shared_ptr<const run_setup> setup, uint32_t node,
+                               caf::actor coordinator, std::shared_ptr<transport::fabric> fab);
+
+caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const run_setup> setup,
+                             caf::actor coordinator, caf::actor driver,
+                             std::shared_ptr<transport::fabric> fab);
+
+// Submits the configured batch to the coordinator, collects admissions and the run result,
+// and hands the final report (JSON) to `report_to` as (done_atom, ok, json_or_reason).
+caf::behavior driver_actor(caf::event_based_actor* self, std::shared_ptr<const run_setup> setup,
+                           caf::actor coordinator, caf::actor report_to);
+
+}  // namespace pnmkv::actors

@@ -1,0 +1,88 @@
+#include "actors/run_setup.hpp"
+
+namespace pnmkv {
+
+std::vector<uint32_t> run_setup::device_ids() const {
+  std::vector<uint32_t> ids;
+  for (uint32_t i = 0; i < devices; ++i) ids.push_back(device_node_base + i);
+  return ids;
+}
+
+result<std::shared_ptr<const run_setup>> make_run_setup(const config& cfg) {
+  auto s = std::make_shared<run_setup>();
+  s->cfg = cfg;
+  auto model = load_model_shape(cfg.get_string("model.file"));
+  if (!model) return model.error();
+  s->model = *model;
+  auto hw = load_hardware(cfg.get_string("hardware.file"));
+  if (!hw) return hw.error();
+  s->hw = *hw;
+  s->costs = std::make_unique<cost_model>(s->hw, s->model);
+  auto wp = workload_params_from_config(cfg);
+  if (!wp) return wp.error();
+  auto wl = synthetic_workload::create(*wp, static_cast<uint64_t>(cfg.get_int("run.seed")),
+                                       s->model.head_dim, s->model.gqa_group());
+  if (!wl) return wl.error();
+  s->workload = std::make_unique<synthetic_workload>(std::move(wl).value());
+
+  s->mode = cfg.get_string("run.mode");
+  if (s->mode != "pnm-kv")
+    return status{errc::unsupported, "run.mode = " + s->mode +
+                                         " is not implemented in the live cluster yet; allowed "
+                                         "now: pnm-kv"};
+  s->steps = static_cast<uint32_t>(cfg.get_int("run.steps"));
+  s->seed = static_cast<uint64_t>(cfg.get_int("run.seed"));
+  s->context_tokens = static_cast<uint64_t>(cfg.get_int("workload.context_tokens"));
+  s->batch = static_cast<uint32_t>(cfg.get_int("workload.batch"));
+  s->devices = static_cast<uint32_t>(cfg.get_int("cluster.pnm_devices"));
+  s->secret = cfg.get_string("cluster.secret");
+  s->step_timeout_ms = static_cast<uint32_t>(cfg.get_int("run.step_timeout_ms"));
+  s->prefill_window_chunks = static_cast<uint32_t>(cfg.get_int("run.prefill_window_chunks"));
+
+  const uint32_t live = static_cast<uint32_t>(cfg.get_int("cluster.live_layers"));
+  if (live == 0 || live > s->model.layers)
+    return status{errc::invalid_argument,
+                  "cluster.live_layers = " + std::to_string(live) + " must be in [1, " +
+                      std::to_string(s->model.layers) + "] (the model's layers)"};
+  const uint32_t page = static_cast<uint32_t>(cfg.get_int("selection.page_size_tokens"));
+  const uint64_t budget = static_cast<uint64_t>(cfg.get_int("selection.budget_tokens"));
+  if (budget < 2ull * page)
+    return status{errc::invalid_argument,
+                  "selection.budget_tokens = " + std::to_string(budget) +
+                      " is below the two always-kept pages (first and last: " +
+                      std::to_string(2 * page) + " tokens at page size " + std::to_string(page) + ")"};
+  auto agg = parse_gqa_aggregation(cfg.get_string("selection.gqa_aggregation").c_str());
+  if (!agg) return agg.error();
+
+  s->device.shape.head_dim = s->model.head_dim;
+  s->device.shape.page_size_tokens = page;
+  s->device.shape.summaries = cfg.get_string("selection.summary_precision") == "fp32"
+                                  ? summary_precision::fp32
+                                  : summary_precision::bf16;
+  s->device.aggregation = *agg;
+  s->device.live_layers = live;
+  s->device.memory_bytes_max = static_cast<uint64_t>(cfg.get_int("cluster.device_memory_bytes_max"));
+  auto st = validate(s->device.shape);
+  if (!st) return st;
+
+  s->host.live_layers = live;
+  s->host.page_size_tokens = page;
+  s->host.budget_tokens = budget;
+  s->host.verify = cfg.get_bool("run.verify");
+
+  s->replication = static_cast<uint32_t>(cfg.get_int("cluster.replication"));
+  s->placement.decode_tokens = s->steps;
+  s->placement.page_size_tokens = page;
+  s->placement.layers = s->model.layers;
+  s->placement.kv_heads = s->model.kv_heads;
+  s->placement.head_dim = s->model.head_dim;
+  s->placement.summary_elem_bytes = s->device.shape.summaries == summary_precision::bf16 ? 2 : 4;
+  s->placement.head_groups = static_cast<uint32_t>(cfg.get_int("cluster.head_groups"));
+  auto split = parse_sequence_split(cfg.get_string("cluster.sequence_split"));
+  if (!split) return split.error();
+  s->placement.split = *split;
+  s->placement.replication = s->replication;
+  return std::shared_ptr<const run_setup>(std::move(s));
+}
+
+}  // namespace pnmkv

@@ -1,0 +1,53 @@
+// Everything a node needs to know about a run, built once from the resolved configuration:
+// model shape, hardware figures, the cost model, the synthetic workload and the knobs of
+// the decode loop. Immutable and shared by the actors of one process; in cluster mode every
+// process builds the same setup from the same config file.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "actors/device_engine.hpp"
+#include "actors/host_engine.hpp"
+#include "config/config.hpp"
+#include "core/workload.hpp"
+#include "model/cost_model.hpp"
+#include "schedulers/placement.hpp"
+
+namespace pnmkv {
+
+// Node ids of a cluster: fixed roles first, devices from device_node_base.
+inline constexpr uint32_t coordinator_node = 0;
+inline constexpr uint32_t gpu_host_node = 1;
+inline constexpr uint32_t driver_node = 2;
+inline constexpr uint32_t device_node_base = 100;
+
+struct run_setup {
+  config cfg;
+  model_shape model;
+  hardware_spec hw;
+  std::unique_ptr<cost_model> costs;
+  std::unique_ptr<synthetic_workload> workload;
+
+  std::string mode;
+  uint32_t steps = 0;
+  uint64_t seed = 0;
+  uint64_t context_tokens = 0;
+  uint32_t batch = 0;
+  uint32_t devices = 0;
+  std::string secret;
+  uint32_t step_timeout_ms = 0;
+  uint32_t prefill_window_chunks = 0;
+
+  device_engine_config device;   // device_id filled per device
+  host_engine_config host;
+  placement_request placement;   // request_id / context filled per request
+  uint32_t replication = 1;
+
+  std::vector<uint32_t> device_ids() const;
+};
+
+result<std::shared_ptr<const run_setup>> make_run_setup(const config& cfg);
+
+}  // namespace pnmkv
