@@ -255,15 +255,6 @@ status fabric_base::send(node_id dest, std::vector<uint8_t> bytes, op_options op
   const auto deadline = deadline_of(opts);
   completion done = wrap(dest, std::move(opts.on_done));
 
-  fault_decision d;
-  if (faults_) {
-    d = faults_->decide(fault_point::send, describe(bytes, opts_.self, dest));
-    if (d.stall_ms) start_stall(d.stall_ms);
-    if (d.drop) {  // gone on the wire: the sender cannot tell
-      done(status::ok());
-      return status::ok();
-    }
-  }
   frame_header h;
   h.src = opts_.self;
   {
@@ -274,6 +265,15 @@ status fabric_base::send(node_id dest, std::vector<uint8_t> bytes, op_options op
       return status::ok();
     }
     h.link_seq = it->second.next_link_seq++;
+  }
+  fault_decision d;
+  if (faults_) {
+    d = faults_->decide(fault_point::send, describe(bytes, opts_.self, dest));
+    if (d.stall_ms) start_stall(d.stall_ms);
+    if (d.drop) {  // lost on the wire (its link sequence number is spent): the sender cannot tell
+      done(status::ok());
+      return status::ok();
+    }
   }
   if (opts_.frame_crc) {
     h.flags |= frame_header::flag_crc;
@@ -367,33 +367,27 @@ status fabric_base::deliver(const frame_header& h, std::vector<uint8_t>&& bytes)
   {
     std::lock_guard<std::mutex> lock(peers_mu_);
     auto& t = tracks_[h.src];
-    uint64_t s = h.link_seq;
+    if (t.ring.empty()) t.ring.assign(seq_track::window_bits / 64, 0);
+    const uint64_t s = h.link_seq;
+    auto bit = [&](uint64_t x) -> uint64_t& { return t.ring[(x % seq_track::window_bits) / 64]; };
+    auto mask = [](uint64_t x) { return uint64_t{1} << (x % 64); };
     bool dup = false;
     if (s > t.highest) {
-      uint64_t shift = s - t.highest;
-      // Slide the 1024-bit window: bit i means (highest - i) was seen.
-      if (shift >= 1024) {
-        std::fill(t.window.begin(), t.window.end(), 0);
+      // Clear the slots of the sequence numbers skipped over (not seen yet).
+      if (s - t.highest >= seq_track::window_bits) {
+        std::fill(t.ring.begin(), t.ring.end(), 0);
       } else {
-        const size_t q = shift / 64, r = shift % 64, n = t.window.size();
-        for (size_t w = n; w-- > 0;) {
-          uint64_t hi = w >= q ? t.window[w - q] : 0;
-          uint64_t lo = (r && w >= q + 1) ? t.window[w - q - 1] : 0;
-          t.window[w] = r ? (hi << r) | (lo >> (64 - r)) : hi;
-        }
+        for (uint64_t x = t.highest + 1; x < s; ++x) bit(x) &= ~mask(x);
       }
-      t.window[0] |= 1;
+      bit(s) |= mask(s);
       t.highest = s;
+    } else if (t.highest - s >= seq_track::window_bits) {
+      dup = true;  // too old to tell: treat as a replay
+    } else if (bit(s) & mask(s)) {
+      dup = true;
     } else {
-      uint64_t back = t.highest - s;
-      if (back >= 1024) {
-        dup = true;  // too old to tell: treat as a replay
-      } else if (t.window[back / 64] & (1ull << (back % 64))) {
-        dup = true;
-      } else {
-        t.window[back / 64] |= 1ull << (back % 64);
-        c_.reordered++;
-      }
+      bit(s) |= mask(s);
+      c_.reordered++;
     }
     if (dup) {
       c_.duplicates++;

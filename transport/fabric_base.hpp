@@ -111,9 +111,11 @@ class fabric_base : public fabric {
     link_occupancy link;
   };
   struct seq_track {
+    // Ring of seen bits for the last window_bits link sequence numbers (8 KiB per sender).
+    static constexpr uint64_t window_bits = 1u << 16;
     uint64_t highest = 0;
     uint64_t unique = 0;
-    std::vector<uint64_t> window = std::vector<uint64_t>(16, 0);  // 1024 bits below highest
+    std::vector<uint64_t> ring;
   };
   mutable std::mutex peers_mu_;
   std::map<node_id, peer_state> peers_;

@@ -14,6 +14,7 @@
 #include <ucp/api/ucp.h>
 
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <future>
 #include <map>
@@ -112,10 +113,6 @@ class ucx_endpoint final : public detail::fabric_base {
     } else if (u_.transport == ucx_transport::shm) {
       modify("TLS", "sm,self");
     }
-    // Shared-memory lanes are dropped under UCP_ERR_HANDLING_MODE_PEER unless the mm
-    // transports do error handling (DEPENDENCIES.md).
-    modify("POSIX_ERROR_HANDLING", "y");
-    modify("SYSV_ERROR_HANDLING", "y");
     modify("KEEPALIVE_INTERVAL", std::to_string(u_.keepalive.count()) + "ms");
 
     ucp_params_t params{};
@@ -131,8 +128,25 @@ class ucx_endpoint final : public detail::fabric_base {
     ucp_worker_params_t wp{};
     wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
     wp.thread_mode = UCS_THREAD_MODE_SINGLE;
-    if ((st = ucp_worker_create(ctx_, &wp, &worker_)) != UCS_OK)
-      return ucs_error("ucp_worker_create", st);
+    {
+      // Shared-memory lanes are dropped under UCP_ERR_HANDLING_MODE_PEER unless the mm
+      // transports do error handling (DEPENDENCIES.md). ucp_config_modify does not reach
+      // these transport settings in UCX 1.13; they are read from the environment when the
+      // worker opens its interfaces, so they are set around worker creation only (never
+      // overriding a user's value, and not for tcp, where UCX would warn they are unused).
+      static std::mutex env_mu;
+      std::lock_guard<std::mutex> lock(env_mu);
+      std::vector<const char*> set_here;
+      if (u_.transport != ucx_transport::tcp)
+        for (const char* var : {"UCX_POSIX_ERROR_HANDLING", "UCX_SYSV_ERROR_HANDLING"})
+          if (!std::getenv(var)) {
+            setenv(var, "y", 0);
+            set_here.push_back(var);
+          }
+      st = ucp_worker_create(ctx_, &wp, &worker_);
+      for (const char* var : set_here) unsetenv(var);
+    }
+    if (st != UCS_OK) return ucs_error("ucp_worker_create", st);
 
     ucp_address_t* addr = nullptr;
     size_t addr_len = 0;

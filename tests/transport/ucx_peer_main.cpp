@@ -1,1 +1,119 @@
-int main(){return 0;}
+// transport_ucx_peer: the other process of the UCX tests. It prints its worker address,
+// reads the parent's, connects, advertises a registered region filled with a known pattern,
+// then serves until the parent says "exit", goes down, or stdin closes:
+//   - an error message whose text is "crc OFFSET LENGTH" is answered with "crc HEX" over
+//     that range of the region (so the parent can check its puts landed);
+//   - "stop" makes it stop progressing (SIGSTOP itself) -- the parent then kills it;
+//   - anything else is echoed back byte for byte.
+// Usage: transport_ucx_peer tcp|shm NODE REGION_BYTES
+#include <signal.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <string>
+
+#include "transport/crc32c.hpp"
+#include "transport/ucx_fabric.hpp"
+
+using namespace pnmkv;
+using namespace pnmkv::transport;
+
+namespace {
+
+std::string hex(const std::vector<uint8_t>& b) {
+  static const char* d = "0123456789abcdef";
+  std::string s;
+  for (uint8_t x : b) {
+    s += d[x >> 4];
+    s += d[x & 15];
+  }
+  return s;
+}
+
+std::vector<uint8_t> unhex(const std::string& s) {
+  std::vector<uint8_t> b;
+  for (size_t i = 0; i + 1 < s.size(); i += 2) b.push_back(static_cast<uint8_t>(std::stoi(s.substr(i, 2), nullptr, 16)));
+  return b;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive the test
+  if (argc < 4) {
+    std::fprintf(stderr, "usage: %s tcp|shm NODE REGION_BYTES\n", argv[0]);
+    return 2;
+  }
+  ucx_options u;
+  if (!parse_ucx_transport(argv[1], u.transport)) return 2;
+  fabric_options o;
+  o.self = static_cast<node_id>(std::stoul(argv[2]));
+  size_t region_bytes = std::stoull(argv[3]);
+  o.op_timeout = std::chrono::milliseconds(10000);
+  auto f = make_ucx_fabric(o, u);
+  if (!f) {
+    std::fprintf(stderr, "peer: %s\n", f.error().to_string().c_str());
+    return 1;
+  }
+  fabric& fab = **f;
+  std::cout << "ADDR " << hex(fab.address()) << std::endl;
+
+  std::string word;
+  node_id parent;
+  std::string parent_hex;
+  if (!(std::cin >> word >> parent >> parent_hex) || word != "PEER") return 3;
+  if (status s = fab.connect(parent, unhex(parent_hex)); !s) {
+    std::fprintf(stderr, "peer: connect: %s\n", s.to_string().c_str());
+    return 1;
+  }
+  std::vector<uint8_t> region(region_bytes);
+  for (size_t i = 0; i < region.size(); ++i) region[i] = static_cast<uint8_t>(i * 131 + o.self);
+  auto reg = fab.register_region(region.data(), region.size());
+  if (!reg) {
+    std::fprintf(stderr, "peer: register: %s\n", reg.error().to_string().c_str());
+    return 1;
+  }
+  region_advert_msg adv{reg->id, reg->length, reg->remote_key, 0};
+  if (status s = fab.send_wait(parent, encode(envelope{protocol_version, o.self, 0, 0}, adv)); !s) {
+    std::fprintf(stderr, "peer: advert: %s\n", s.to_string().c_str());
+    return 1;
+  }
+  std::cout << "READY" << std::endl;
+
+  wire_limits limits;
+  wire_stats quiet;
+  std::vector<fabric_event> events;
+  uint64_t seq = 1;
+  for (;;) {
+    events.clear();
+    fab.poll(events, std::chrono::milliseconds(200));
+    for (auto& e : events) {
+      if (e.kind == fabric_event_kind::peer_down) return 0;
+      auto m = peek_envelope(e.bytes.data(), e.bytes.size());
+      if (m && m->kind == msg_kind::error) {
+        auto d = decode(e.bytes, limits, &quiet);
+        if (d) {
+          const std::string& text = std::get<error_msg>(d->body).message;
+          if (text == "exit") return 0;
+          if (text == "stop") {
+            raise(SIGSTOP);
+            continue;
+          }
+          size_t off = 0, len = 0;
+          if (std::sscanf(text.c_str(), "crc %zu %zu", &off, &len) == 2 && off <= region.size() &&
+              len <= region.size() - off) {
+            char buf[32];
+            std::snprintf(buf, sizeof buf, "crc %08x", crc32c(region.data() + off, len));
+            error_msg reply{errc::internal, buf, d->env.seq};
+            (void)fab.send(parent, encode(envelope{protocol_version, o.self, seq++, 0}, reply));
+            continue;
+          }
+        }
+      }
+      (void)fab.send(e.peer, std::move(e.bytes));  // echo
+    }
+  }
+}
