@@ -513,6 +513,9 @@ caf::behavior pnm_device_actor(caf::event_based_actor* self, std::shared_ptr<con
             send_to(env.sender, st->engine->clock_ns(), tp::error_msg{s.code(), s.message(), env.seq});
             return;
           }
+          // End-to-end flow control: the host keeps a bounded window of unacknowledged writes.
+          send_to(env.sender, st->engine->clock_ns(),
+                  tp::write_ack_msg{w->request_id, w->layer, w->kv_head, w->position0, w->n_tokens, true});
           drain_deferred();
         } else if (auto* a = std::get_if<tp::token_append_msg>(&m->body)) {
           for (uint32_t h = 0; h < a->n_heads; ++h) {
@@ -633,16 +636,7 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
       st->tags[tag_key(q.request_id, q.layer, q.kv_head, qm.shard_id, w.verification)] = w.tag;
       bytes = tp::encode(env, std::move(qm));
     }
-    tp::op_options opts;
-    if (w.what == device_work::kind::write && w.n_tokens > 1) {
-      // Prefill flow control: a chunk leaves the window when the fabric completes it.
-      caf::weak_actor_ptr weak = caf::actor_cast<caf::weak_actor_ptr>(caf::actor{self});
-      opts.on_done = [weak](status s) {
-        if (auto hdl = caf::actor_cast<caf::actor>(weak))
-          caf::anon_send(hdl, sent_atom::value, s.is_ok(), s.is_ok() ? std::string() : s.to_string());
-      };
-    }
-    return st->fab->send(w.device_id, std::move(bytes), std::move(opts));
+    return st->fab->send(w.device_id, std::move(bytes));
   };
 
   auto fail_run = [=](const std::string& reason) {
@@ -828,7 +822,10 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
       [=](wire_atom, std::vector<uint8_t>& bytes) {
         auto m = tp::decode(bytes.data(), bytes.size(), limits);
         if (!m) return;
-        if (auto* p = std::get_if<tp::partial_msg>(&m->body)) {
+        if (std::holds_alternative<tp::write_ack_msg>(m->body)) {
+          if (st->writes_in_flight > 0) --st->writes_in_flight;
+          pump_prefill();
+        } else if (auto* p = std::get_if<tp::partial_msg>(&m->body)) {
           if (!st->engine || st->finished) return;
           const bool dense = p->round == tp::selection_round::dense;
           auto it = st->tags.find(tag_key(p->request_id, p->layer, p->kv_head, p->shard_id, dense));
@@ -866,11 +863,6 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
         } else if (auto* e = std::get_if<tp::error_msg>(&m->body)) {
           fail_run("device " + std::to_string(m->env.sender) + " refused work: " + e->message);
         }
-      },
-      [=](sent_atom, bool ok, const std::string& reason) {
-        if (!ok) return fail_run("a prefill write failed: " + reason);
-        if (st->writes_in_flight > 0) --st->writes_in_flight;
-        pump_prefill();
       },
       [=](tick_atom, uint64_t epoch) {
         if (epoch == st->step_epoch && !st->finished && !st->engine->step_done())

@@ -19,7 +19,6 @@ using join_atom = caf::atom_constant<caf::atom("join")>;      // wire.capnp join
 using member_atom = caf::atom_constant<caf::atom("member")>;  // wire.capnp membership bytes
 using tick_atom = caf::atom_constant<caf::atom("tick")>;
 using done_atom = caf::atom_constant<caf::atom("done")>;
-using sent_atom = caf::atom_constant<caf::atom("sent")>;     // a fabric send completed
 
 // The fabric's events become messages in the actor's mailbox (wire_atom / peer_down_atom).
 void bridge_fabric(transport::fabric& fab, const caf::actor& target);

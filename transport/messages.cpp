@@ -27,14 +27,15 @@ static_assert(static_cast<int>(W::QUERY) == static_cast<int>(msg_kind::query));
 static_assert(static_cast<int>(W::PARTIAL) == static_cast<int>(msg_kind::partial));
 static_assert(static_cast<int>(W::RECALL_REPLY) == static_cast<int>(msg_kind::recall_reply));
 static_assert(static_cast<int>(W::REGION_ADVERT) == static_cast<int>(msg_kind::region_advert));
-static_assert(static_cast<int>(W::REGION_ADVERT) + 1 == static_cast<int>(msg_kind_count));
+static_assert(static_cast<int>(W::WRITE_ACK) == static_cast<int>(msg_kind::write_ack));
+static_assert(static_cast<int>(W::WRITE_ACK) + 1 == static_cast<int>(msg_kind_count));
 
 namespace {
 
 const char* const kind_names[msg_kind_count] = {
     "challenge",  "join",           "join_ack",     "membership", "prefill_write",
     "token_append", "query",        "partial",      "candidates", "recall_request",
-    "recall_reply", "error",        "heartbeat",    "region_advert"};
+    "recall_reply", "error",        "heartbeat",    "region_advert", "write_ack"};
 
 const char* const reason_names[reject_reason_count] = {
     "bad_version", "oversized", "truncated", "malformed", "unknown_kind", "wrong_kind",
@@ -109,6 +110,7 @@ uint64_t estimate_bytes(const message& m) {
     uint64_t operator()(const error_msg& x) const { return x.message.size(); }
     uint64_t operator()(const heartbeat_msg&) const { return 0; }
     uint64_t operator()(const region_advert_msg& x) const { return x.remote_key.size(); }
+    uint64_t operator()(const write_ack_msg&) const { return 0; }
   };
   return 256 + std::visit(v{}, m.body);
 }
@@ -328,6 +330,17 @@ void build(wire::Envelope::Builder root, const message& m, capnp::Orphanage orph
       b.setLength(x.length);
       PNMKV_PUT_BLOB(bw, b, RemoteKey, x.remote_key);
       b.setPurpose(x.purpose);
+      break;
+    }
+    case msg_kind::write_ack: {
+      auto& x = std::get<write_ack_msg>(m.body);
+      auto b = body.initWriteAck();
+      b.setRequestId(x.request_id);
+      b.setLayer(x.layer);
+      b.setKvHead(x.kv_head);
+      b.setPosition0(x.position0);
+      b.setNTokens(x.n_tokens);
+      b.setOk(x.ok);
       break;
     }
   }
@@ -730,6 +743,21 @@ message_body decode_body(const validator& c, wire::Envelope::Body::Reader body) 
       c.blob_limit("region_advert.remote_key", key, L.max_blob_bytes);
       copy_bytes(key, x.remote_key);
       x.purpose = r.getPurpose();
+      return x;
+    }
+    case W::WRITE_ACK: {
+      auto r = body.getWriteAck();
+      write_ack_msg x;
+      x.request_id = r.getRequestId();
+      x.layer = r.getLayer();
+      x.kv_head = r.getKvHead();
+      x.position0 = r.getPosition0();
+      x.n_tokens = r.getNTokens();
+      x.ok = r.getOk();
+      c.layer(x.layer);
+      c.kv_head(x.kv_head);
+      c.count_limit("write_ack.n_tokens", x.n_tokens, 0, L.max_tokens_per_write);
+      c.index("write_ack.position0", x.position0, L.max_context_tokens);
       return x;
     }
   }

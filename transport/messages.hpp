@@ -45,8 +45,9 @@ enum class msg_kind : uint16_t {
   error,
   heartbeat,
   region_advert,
+  write_ack,
 };
-inline constexpr size_t msg_kind_count = 14;
+inline constexpr size_t msg_kind_count = 15;
 const char* to_string(msg_kind kind);
 // "partial" -> msg_kind::partial; false when unknown.
 bool parse_msg_kind(const std::string& name, msg_kind& out);
@@ -237,10 +238,20 @@ struct region_advert_msg {
   uint32_t purpose = 0;
 };
 
+// A prefill write was applied (ok) or refused (the device also sends an error message).
+struct write_ack_msg {
+  uint64_t request_id = 0;
+  uint32_t layer = 0;
+  uint32_t kv_head = 0;
+  uint64_t position0 = 0;
+  uint32_t n_tokens = 0;
+  bool ok = true;
+};
+
 using message_body =
     std::variant<challenge_msg, join_msg, join_ack_msg, membership_msg, prefill_write_msg,
                  token_append_msg, query_msg, partial_msg, candidates_msg, recall_request_msg,
-                 recall_reply_msg, error_msg, heartbeat_msg, region_advert_msg>;
+                 recall_reply_msg, error_msg, heartbeat_msg, region_advert_msg, write_ack_msg>;
 static_assert(std::variant_size_v<message_body> == msg_kind_count);
 
 struct message {

@@ -183,6 +183,9 @@ message sample_message(msg_kind kind, uint64_t seed, const sample_shape& s) {
     case msg_kind::region_advert:
       m.body = region_advert_msg{rng() % 100, 1ull << 26, bytes(120), 7};
       break;
+    case msg_kind::write_ack:
+      m.body = write_ack_msg{rng() % 100, 3, 5, 4096, 4096, true};
+      break;
   }
   return m;
 }

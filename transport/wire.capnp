@@ -212,6 +212,16 @@ struct RegionAdvert {
   purpose @3 :UInt32;   # application-defined (e.g. which request's pages)
 }
 
+# Device -> GPU host: a prefill write was applied (end-to-end flow control of prefill).
+struct WriteAck {
+  requestId @0 :UInt64;
+  layer @1 :UInt32;
+  kvHead @2 :UInt32;
+  position0 @3 :UInt64;
+  nTokens @4 :UInt32;
+  ok @5 :Bool;
+}
+
 struct Envelope {
   version @0 :UInt16;   # protocol version (transport/messages.hpp: protocol_version)
   sender @1 :UInt32;
@@ -232,5 +242,6 @@ struct Envelope {
     error @15 :Error;
     heartbeat @16 :Heartbeat;
     regionAdvert @17 :RegionAdvert;
+    writeAck @18 :WriteAck;
   }
 }
