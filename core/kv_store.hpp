@@ -91,9 +91,14 @@ class kv_head_store {
   uint64_t tokens_ = 0;
   std::vector<uint64_t> global_page_;
   std::vector<uint32_t> page_tokens_;
-  std::unique_ptr<bf16[]> keys_;        // capacity_pages × page_size × head_dim
-  std::unique_ptr<bf16[]> values_;      // same
-  std::unique_ptr<uint8_t[]> summaries_;  // capacity_pages × summary_bytes_per_page
+  // 64-byte aligned (std::aligned_alloc, uninitialised) so vector loads never split a
+  // cache line; freed with std::free.
+  struct free_deleter {
+    void operator()(void* p) const;
+  };
+  std::unique_ptr<bf16[], free_deleter> keys_;        // capacity_pages × page_size × head_dim
+  std::unique_ptr<bf16[], free_deleter> values_;      // same
+  std::unique_ptr<uint8_t[], free_deleter> summaries_;  // capacity_pages × summary_bytes_per_page
 };
 
 }  // namespace pnmkv

@@ -3,8 +3,8 @@
 // below toggles per target, the Highway "-inl.h" convention).
 //
 // Three ideas carry the speed:
-//  * bf16 -> f32 widening by interleaving a zero below each bf16 (one shuffle per 8
-//    floats, no shift). It leaves the floats in a per-128-bit-block permuted order; the
+//  * bf16 -> f32 widening by a shift (even elements) and a mask (odd elements) of the
+//    32-bit lanes, no shuffle. It leaves the floats in even/odd order; the
 //    fp32 operand of every dot product (queries, query-derived weights) is stored in the
 //    same "widened order" once per call, and accumulators over V stay in that order until
 //    the end, so nothing is ever un-permuted inside a loop.
@@ -35,21 +35,33 @@ namespace hn = hwy::HWY_NAMESPACE;
 using df_t = hn::ScalableTag<float>;
 using vf_t = hn::Vec<df_t>;
 
+// Keeps a vector in a register: without it GCC folds a reused weight load into every
+// FMA as a memory operand, and the load ports, not the FMA units, become the limit.
+#undef PNMKV_KEEP_IN_REGISTER
+#if HWY_TARGET != HWY_SCALAR && HWY_TARGET != HWY_EMU128 && HWY_ARCH_X86 && \
+    (HWY_COMPILER_GCC || HWY_COMPILER_CLANG)
+#define PNMKV_KEEP_IN_REGISTER(v) asm("" : "+v"((v).raw))
+#else
+#define PNMKV_KEEP_IN_REGISTER(v) (void)(v)
+#endif
+
 // Elements consumed per step by the two-vector loads below: 2 × float lanes.
 HWY_INLINE size_t step_elems(df_t df) { return 2 * hn::Lanes(df); }
 
-// Loads 2N consecutive bf16 values and widens them to two float vectors in widened order.
+// Loads 2N consecutive bf16 values and widens them to two float vectors in widened
+// order: lo holds the even elements (shifted up into the high half of each 32-bit lane),
+// hi the odd ones (already there; the even neighbour below is masked off). A shift and an
+// AND, no shuffle, so the shuffle ports stay free and the FMA ports are not disturbed.
 HWY_INLINE void load_widen(df_t df, const bf16* HWY_RESTRICT p, vf_t& lo, vf_t& hi) {
 #if HWY_TARGET == HWY_SCALAR
-  // The single-lane fallback (old CPUs only): natural order.
+  // The single-lane fallback (old CPUs only): 2N = 2 elements.
   lo = hn::Set(df, to_float(p[0]));
   hi = hn::Set(df, to_float(p[1]));
 #else
-  const hn::Repartition<uint16_t, df_t> du16;
-  const auto raw = hn::LoadU(du16, reinterpret_cast<const uint16_t*>(p));
-  const auto zero = hn::Zero(du16);
-  lo = hn::BitCast(df, hn::InterleaveLower(du16, zero, raw));
-  hi = hn::BitCast(df, hn::InterleaveUpper(du16, zero, raw));
+  const hn::RebindToUnsigned<df_t> du32;
+  const auto raw = hn::LoadU(du32, reinterpret_cast<const uint32_t*>(p));
+  lo = hn::BitCast(df, hn::ShiftLeft<16>(raw));
+  hi = hn::BitCast(df, hn::And(raw, hn::Set(du32, 0xffff0000u)));
 #endif
 }
 
@@ -60,24 +72,13 @@ HWY_INLINE void load_widen(df_t df, const float* HWY_RESTRICT p, vf_t& lo, vf_t&
 }
 
 // map[i] (i < 2N): which element of a 2N-element step lands in lane i of (lo, hi) after
-// load_widen of bf16 data. Computed by running the same shuffles on lane indices, so it
-// is right for every target by construction.
+// load_widen of bf16 data: the even elements, then the odd ones (little-endian lanes).
 HWY_INLINE void widened_order_map(uint32_t* map) {
-#if HWY_TARGET == HWY_SCALAR
-  map[0] = 0;
-  map[1] = 1;
-#else
-  const df_t df;
-  const hn::Repartition<uint16_t, df_t> du16;
-  const hn::RebindToUnsigned<df_t> du32;
-  const size_t n = hn::Lanes(df);
-  const auto idx = hn::Iota(du16, 0);
-  const auto zero = hn::Zero(du16);
-  hn::StoreU(hn::ShiftRight<16>(hn::BitCast(du32, hn::InterleaveLower(du16, zero, idx))),
-             du32, map);
-  hn::StoreU(hn::ShiftRight<16>(hn::BitCast(du32, hn::InterleaveUpper(du16, zero, idx))),
-             du32, map + n);
-#endif
+  const size_t n = hn::Lanes(df_t());
+  for (size_t i = 0; i < n; ++i) {
+    map[i] = static_cast<uint32_t>(2 * i);
+    map[n + i] = static_cast<uint32_t>(2 * i + 1);
+  }
 }
 
 // Copies len natural-order floats (len a multiple of step_elems) into widened order.
@@ -152,8 +153,12 @@ HWY_INLINE void dot_block(const float* HWY_RESTRICT w, size_t w_stride,
     vf_t hi[PB];
     for (size_t p = 0; p < PB; ++p) load_widen(df, x + p * x_stride + i, lo[p], hi[p]);
     for (size_t h = 0; h < HB; ++h) {
-      const vf_t wl = hn::Load(df, w + h * w_stride + i);
-      const vf_t wh = hn::Load(df, w + h * w_stride + i + n);
+      vf_t wl = hn::Load(df, w + h * w_stride + i);
+      vf_t wh = hn::Load(df, w + h * w_stride + i + n);
+      if constexpr (PB > 1) {
+        PNMKV_KEEP_IN_REGISTER(wl);
+        PNMKV_KEEP_IN_REGISTER(wh);
+      }
       for (size_t p = 0; p < PB; ++p) {
         acc[h * PB + p] = hn::MulAdd(wl, lo[p], acc[h * PB + p]);
         if constexpr (split) {
