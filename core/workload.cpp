@@ -96,10 +96,10 @@ inline float spread_factor(float f, uint64_t h) {
 
 // bf16 round-to-nearest-even of a finite float: the same bits as to_bf16 (generated values
 // are bounded, never NaN), without its NaN branch so the loop vectorises.
-inline uint16_t bf16_bits_finite(float f) {
+inline bf16 bf16_finite(float f) {
   uint32_t u;
   std::memcpy(&u, &f, sizeof u);
-  return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+  return bf16{static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16)};
 }
 
 // One row: x_d = noise_d · noise_scale + weight · w[d] (+ extra[d]). Every product is of
@@ -113,27 +113,26 @@ void emit_row(uint64_t row_key, float noise_scale, float weight, const float* w,
     noise_pair(wy_stream(row_key, i), n[2 * i], n[2 * i + 1]);
   const double ns = noise_scale;
   const double wt = weight;
-  uint16_t* o = reinterpret_cast<uint16_t*>(out);
-  static_assert(sizeof(bf16) == sizeof(uint16_t), "bf16 is its bits");
+  bf16* o = out;
   if (w && extra) {
     for (uint32_t k = 0; k < head_dim; ++k) {
       double x = static_cast<double>(n[k]) * ns + wt * static_cast<double>(w[k]);
       x += static_cast<double>(extra[k]);
-      o[k] = bf16_bits_finite(static_cast<float>(x));
+      o[k] = bf16_finite(static_cast<float>(x));
     }
   } else if (w) {
     for (uint32_t k = 0; k < head_dim; ++k) {
       const double x = static_cast<double>(n[k]) * ns + wt * static_cast<double>(w[k]);
-      o[k] = bf16_bits_finite(static_cast<float>(x));
+      o[k] = bf16_finite(static_cast<float>(x));
     }
   } else if (extra) {
     for (uint32_t k = 0; k < head_dim; ++k) {
       const double x = static_cast<double>(n[k]) * ns + static_cast<double>(extra[k]);
-      o[k] = bf16_bits_finite(static_cast<float>(x));
+      o[k] = bf16_finite(static_cast<float>(x));
     }
   } else {
     for (uint32_t k = 0; k < head_dim; ++k)
-      o[k] = bf16_bits_finite(static_cast<float>(static_cast<double>(n[k]) * ns));
+      o[k] = bf16_finite(static_cast<float>(static_cast<double>(n[k]) * ns));
   }
 }
 
