@@ -2,10 +2,11 @@
 // attention sinks, a local window, topic clusters that recur and drift slowly across decode
 // steps, and rare needles that a query sometimes asks for. Everything is a pure function of
 // its coordinates — keys and values of (seed, request, layer, kv_head, position), the GQA
-// group of queries of (seed, request, layer, kv_head, step) — computed with a counter-based
-// hash (splitmix64 mixing), never with sequential RNG state. So any page can be regenerated
-// on its own, on any node, bit-identical to the same page from a bulk run: that is what
-// verification and recompute-after-loss rely on.
+// group of queries of (seed, request, layer, kv_head, step) — computed with counter-based
+// hashes (splitmix64 mixing of the coordinates, then a wyrand-style counter stream along a
+// row; noise is a sum of four hashed bytes, near normal), never with sequential RNG state.
+// So any page can be regenerated on its own, on any node, bit-identical to the same page
+// from a bulk run: that is what verification and recompute-after-loss rely on.
 //
 // The model, in logit units (scale · q·k with scale = 1/sqrt(head_dim)):
 //   text (per request, shared by every layer and head, as real text is):
