@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cmath>
 #include <deque>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -448,8 +449,12 @@ caf::behavior pnm_device_actor(caf::event_based_actor* self, std::shared_ptr<con
       p.round = q.round;
       p.flops = ans.flops;
       p.device_bytes_held = st->engine->bytes_held();
-      p.page_ids.reserve(ans.pages.size());
-      for (uint64_t g : ans.pages) p.page_ids.push_back(static_cast<uint32_t>(g));
+      if (q.round == tp::selection_round::dense) {
+        p.pages_selected = 0;  // every page: the list would only repeat the placement
+      } else {
+        p.page_ids.reserve(ans.pages.size());
+        for (uint64_t g : ans.pages) p.page_ids.push_back(static_cast<uint32_t>(g));
+      }
       send_to(env.sender, done, std::move(p));
     }
   };
@@ -639,11 +644,15 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
     return st->fab->send(w.device_id, std::move(bytes));
   };
 
+  std::function<run_report()> build_report;
   auto fail_run = [=](const std::string& reason) {
     if (st->finished) return;
     st->finished = true;
     log().error("event=run_failed reason=\"{}\"", reason);
-    self->send(st->driver, ctl_atom::value, ctl(node, control::run_result_msg{"", false, reason}));
+    run_report rep = build_report();
+    rep.completed = 0;
+    self->send(st->driver, ctl_atom::value,
+               ctl(node, control::run_result_msg{rep.to_json(), false, reason}));
   };
 
   auto send_all = [=](std::vector<device_work>& work) {
@@ -656,9 +665,7 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
     }
   };
 
-  auto finish = [=] {
-    if (st->finished) return;
-    st->finished = true;
+  build_report = [=] {
     run_report rep;
     rep.mode = setup->mode;
     rep.steps = setup->steps;
@@ -710,6 +717,7 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
     rep.breakdown_device_ms = devns / n / 1e6;
     rep.breakdown_merge_ms = merge / n / 1e6;
     rep.breakdown_lm_head_ms = lm / n / 1e6;
+    if (!st->engine) return rep;
     rep.prefill_link_ms = costs.link_serialisation_ns(double(st->engine->prefill_bytes())) / 1e6;
     // The live bytes the devices scanned per step: what the wall-time bound is made of.
     rep.live_device_bytes_per_step = uint64_t(live_bytes / n);
@@ -740,7 +748,14 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
       rep.sequence_shards = st->placements.begin()->second.sequence_shards;
     }
     rep.completed = st->requests.size();
-    self->send(st->driver, ctl_atom::value, ctl(node, control::run_result_msg{rep.to_json(), true, ""}));
+    return rep;
+  };
+
+  auto finish = [=] {
+    if (st->finished) return;
+    st->finished = true;
+    self->send(st->driver, ctl_atom::value,
+               ctl(node, control::run_result_msg{build_report().to_json(), true, ""}));
   };
 
   auto progress = [=](const char* phase, uint64_t done, uint64_t total) {
@@ -905,7 +920,8 @@ caf::behavior driver_actor(caf::event_based_actor* self, std::shared_ptr<const r
           (void)p;
         } else if (auto* r = std::get_if<control::run_result_msg>(&m->body)) {
           nlohmann::ordered_json j = nlohmann::ordered_json::object();
-          if (r->ok) j = nlohmann::ordered_json::parse(r->report_json);
+          if (!r->report_json.empty()) j = nlohmann::ordered_json::parse(r->report_json, nullptr, false);
+          if (j.is_discarded()) j = nlohmann::ordered_json::object();
           j["requests"]["submitted"] = setup->batch;
           j["requests"]["completed"] = r->ok ? st->accepted : 0;
           j["requests"]["failed"] = st->refused + (r->ok ? 0 : st->accepted);

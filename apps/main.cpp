@@ -1,12 +1,20 @@
 // pnmkv: one executable, one subcommand per job (CLI11).
 #include <CLI/CLI.hpp>
 
+#include <malloc.h>
+
 #include <cstdio>
 #include <exception>
 
 #include "apps/commands.hpp"
 
 int main(int argc, char** argv) {
+  // Prefill moves KV in chunks of a few MiB; with glibc's defaults each one is a fresh mmap
+  // whose pages the kernel zeroes on first touch and unmaps on free (a third of prefill
+  // time in a profile). Keep such buffers on the heap and the heap from being trimmed.
+  mallopt(M_MMAP_THRESHOLD, 256 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+
   CLI::App app{"pnmkv -- KV cache of long-context LLM decoding on CXL processing-near-memory "
                "devices: emulator, benchmarks and scale-out simulator"};
   app.require_subcommand(1);
