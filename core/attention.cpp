@@ -86,18 +86,17 @@ HWY_INLINE void gather_tile(const kv_head_store& store, const uint32_t* pages, s
   }
 }
 
-// Asks for rows [t0, t1) of the next tile (K and V) while this tile is computed, so it
+// Asks for K (or V) rows [t0, t1) of the next tile while this tile is computed, so it
 // arrives in time whether pages are adjacent or scattered (hardware prefetchers do not
-// cross pages). Issued row by row from the logits loop: a burst of a whole tile's lines
-// would fill the miss buffers and stall the core.
+// cross pages). K rows are asked for from the logits loop, V rows from the value loop, a
+// few at a time: a burst of a whole tile's lines would fill the miss buffers and stall.
+template <bool Values>
 HWY_INLINE void prefetch_rows(const tile& next, size_t t0, size_t t1, size_t row_bytes) {
   t1 = std::min(t1, next.rows);
   for (size_t t = t0; t < t1; ++t) {
-    const char* k = reinterpret_cast<const char*>(next.k_rows[t]);
-    const char* v = reinterpret_cast<const char*>(next.v_rows[t]);
+    const char* p = reinterpret_cast<const char*>(Values ? next.v_rows[t] : next.k_rows[t]);
     for (size_t off = 0; off < row_bytes; off += 64) {
-      hwy::Prefetch(k + off);
-      hwy::Prefetch(v + off);
+      hwy::Prefetch(p + off);
     }
   }
 }
@@ -107,12 +106,18 @@ HWY_INLINE void prefetch_rows(const tile& next, size_t t0, size_t t1, size_t row
 template <size_t HB>
 HWY_INLINE void accumulate_values(float* HWY_RESTRICT acc, size_t d,
                                   const float* HWY_RESTRICT probs, size_t probs_stride,
-                                  const float* corr, const segment* segs, size_t n_segs) {
+                                  const float* corr, const segment* segs, size_t n_segs,
+                                  const tile* next) {
   const simd::df_t df;
   const size_t n = hn::Lanes(df);
+  const size_t n_chunks = d / (2 * n);
   bool rescale = false;
   for (size_t i = 0; i < HB; ++i) rescale |= corr[i] != 1.0f;
-  for (size_t c = 0; c < d; c += 2 * n) {
+  for (size_t c = 0, ci = 0; c < d; c += 2 * n, ++ci) {
+    if (next != nullptr) {
+      prefetch_rows<true>(*next, ci * tile_rows_max / n_chunks,
+                          (ci + 1) * tile_rows_max / n_chunks, d * sizeof(bf16));
+    }
     simd::vf_t lo[HB];
     simd::vf_t hi[HB];
     for (size_t i = 0; i < HB; ++i) {
@@ -155,14 +160,16 @@ HWY_INLINE void segment_logits(const float* HWY_RESTRICT qw, size_t d,
   float tmp[HB * rb];
   size_t t = 0;
   for (; t + rb <= n_rows; t += rb) {
-    if (next != nullptr) prefetch_rows(*next, tile_row0 + t, tile_row0 + t + rb, d * sizeof(bf16));
+    if (next != nullptr) {
+      prefetch_rows<false>(*next, tile_row0 + t, tile_row0 + t + rb, d * sizeof(bf16));
+    }
     simd::dot_block<HB, rb>(qw, d, k + t * d, d, d, tmp);
     for (size_t i = 0; i < HB; ++i) {
       for (size_t r = 0; r < rb; ++r) logits[i * stride + t + r] = tmp[i * rb + r];
     }
   }
   for (; t < n_rows; ++t) {
-    if (next != nullptr) prefetch_rows(*next, tile_row0 + t, tile_row0 + t + 1, d * sizeof(bf16));
+    if (next != nullptr) prefetch_rows<false>(*next, tile_row0 + t, tile_row0 + t + 1, d * sizeof(bf16));
     simd::dot_block<HB, 1>(qw, d, k + t * d, d, d, tmp);
     for (size_t i = 0; i < HB; ++i) logits[i * stride + t] = tmp[i];
   }
@@ -258,13 +265,16 @@ void attend_pages_simd(const kv_head_store& store, const float* q_group, uint32_
       l[h] = l[h] * corr[h] + hn::GetLane(hn::SumOfLanes(df, vsum));
       m[h] = m_new;
     }
+    to_prefetch = &next;
     for (h = 0; h + heads_per_block <= group; h += heads_per_block) {
       accumulate_values<heads_per_block>(acc.get() + h * d, d, logits.get() + h * stride,
-                                         stride, corr.data() + h, segs, n_segs);
+                                         stride, corr.data() + h, segs, n_segs, to_prefetch);
+      to_prefetch = nullptr;
     }
     for (; h < group; ++h) {
       accumulate_values<1>(acc.get() + h * d, d, logits.get() + h * stride, stride,
-                           corr.data() + h, segs, n_segs);
+                           corr.data() + h, segs, n_segs, to_prefetch);
+      to_prefetch = nullptr;
     }
   }
   for (uint32_t h = 0; h < group; ++h) {
