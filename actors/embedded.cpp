@@ -13,7 +13,8 @@
 namespace pnmkv {
 
 result<run_report> run_embedded(const config& cfg, const cluster_run_options& opts) {
-  auto setup = make_run_setup(cfg);
+  // Every node of an embedded run lives in this process: a fresh secret per run.
+  auto setup = make_run_setup(cfg, make_cluster_secret());
   if (!setup) return setup.error();
   const auto& su = *setup;
 
@@ -24,11 +25,9 @@ result<run_report> run_embedded(const config& cfg, const cluster_run_options& op
 
   auto hub = transport::make_inproc_hub();
   auto make_fabric = [&](uint32_t node) -> result<std::shared_ptr<transport::fabric>> {
-    transport::fabric_options fo;
-    fo.self = node;
-    fo.inbox_depth = 1 << 16;
-    fo.send_queue_depth = 1 << 14;
-    auto f = transport::make_inproc_fabric(hub, fo);
+    auto fo = actors::node_fabric_options(*su, node);
+    if (!fo) return fo.error();
+    auto f = transport::make_inproc_fabric(hub, *fo);
     if (!f) return f.error();
     return std::shared_ptr<transport::fabric>(std::move(f).value());
   };
@@ -50,7 +49,7 @@ result<run_report> run_embedded(const config& cfg, const cluster_run_options& op
   }
   auto host_fab = make_fabric(gpu_host_node);
   if (!host_fab) return host_fab.error();
-  auto host = sys.spawn(actors::gpu_host_actor, su, coordinator, driver, *host_fab);
+  auto host = sys.spawn(actors::gpu_host_actor, su, coordinator, *host_fab);
   actors::bridge_fabric(**host_fab, host);
   actors.push_back(host);
   fabrics.push_back(*host_fab);

@@ -20,6 +20,7 @@
 #include "actors/control.hpp"
 #include "actors/run_report.hpp"
 #include "transport/auth.hpp"
+#include "transport/from_config.hpp"
 #include "transport/messages.hpp"
 
 namespace pnmkv::actors {
@@ -34,7 +35,6 @@ spdlog::logger& log() {
     auto existing = spdlog::get("cluster");
     if (existing) return existing;
     auto made = spdlog::stderr_color_mt("cluster");
-    made->set_level(spdlog::level::warn);
     return made;
   }();
   return *l;
@@ -151,6 +151,20 @@ bool on_join_bytes(caf::event_based_actor* self, const run_setup& setup,
 }
 
 }  // namespace
+
+result<tp::fabric_options> node_fabric_options(const run_setup& setup, uint32_t node) {
+  auto fo = tp::fabric_options_from(setup.cfg, node);
+  if (!fo) return fo.error();
+  // The fabric's link model (pacing, statistics) uses the same hardware figures as the
+  // cost model: effective bandwidth = raw × efficiency.
+  const auto& c = setup.hw.cxl;
+  fo->link.latency_ns = c.memory_latency_ns;
+  fo->link.bw_gbps_h2d = c.link_bw_gbps_per_direction * c.link_efficiency;
+  fo->link.bw_gbps_d2h = c.link_bw_gbps_per_direction * c.link_efficiency;
+  fo->link.switch_hops = static_cast<uint32_t>(c.switch_hops);
+  fo->link.hop_latency_ns = c.switch_hop_ns;
+  return fo;
+}
 
 void bridge_fabric(tp::fabric& fab, const caf::actor& target) {
   caf::weak_actor_ptr weak = caf::actor_cast<caf::weak_actor_ptr>(target);
@@ -298,6 +312,13 @@ caf::behavior coordinator_actor(caf::event_based_actor* self,
           st->driver = sender;
           st->queue.push_back(s->request);
           try_admit();
+        } else if (std::holds_alternative<control::progress_msg>(m->body) ||
+                   std::holds_alternative<control::run_result_msg>(m->body)) {
+          if (st->driver) self->send(st->driver, ctl_atom::value, bytes);
+        } else if (std::holds_alternative<control::shutdown_msg>(m->body)) {
+          // Every member quits, then the coordinator itself.
+          for (const auto& [id, mem] : st->members) self->send(mem.hdl, ctl_atom::value, bytes);
+          self->quit();
         } else if (auto* a = std::get_if<control::placement_ack_msg>(&m->body)) {
           auto it = st->awaiting_acks.find(a->request_id);
           if (it == st->awaiting_acks.end()) return;
@@ -366,6 +387,7 @@ struct device_state {
   std::map<uint64_t, shard_placement> shards;  // by request
   // Queries that arrived before the append they must see (a reordering fabric).
   std::deque<std::pair<tp::envelope, tp::query_msg>> deferred;
+  std::set<uint32_t> connected;  // fabric peers already connected
   uint64_t rejected = 0;
 };
 }  // namespace
@@ -485,7 +507,8 @@ caf::behavior pnm_device_actor(caf::event_based_actor* self, std::shared_ptr<con
         }
         const auto& mm = std::get<tp::membership_msg>(m->body);
         for (const auto& mem : mm.members)
-          if (mem.role == tp::node_role::gpu_host && !mem.worker_address.empty()) {
+          if (mem.role == tp::node_role::gpu_host && !mem.worker_address.empty() &&
+              st->connected.insert(mem.node).second) {
             auto s = st->fab->connect(mem.node, mem.worker_address);
             if (!s) log().warn("node={} event=connect_failed peer={} reason=\"{}\"", node, mem.node, s.to_string());
           }
@@ -542,6 +565,10 @@ caf::behavior pnm_device_actor(caf::event_based_actor* self, std::shared_ptr<con
       [=](peer_down_atom, uint32_t peer) {
         log().warn("node={} event=peer_down peer={}", node, peer);
       },
+      [=](ctl_atom, const std::string& bytes) {
+        auto m = control::decode(bytes);
+        if (m && std::holds_alternative<control::shutdown_msg>(m->body)) self->quit();
+      },
   };
 }
 
@@ -571,6 +598,7 @@ struct host_state {
   std::vector<step_report> steps;
   std::map<uint64_t, uint64_t> tags;  // (request, layer, kv_head, shard, round) key -> tag
   std::map<uint32_t, uint64_t> device_bytes_held;
+  std::set<uint32_t> connected;  // fabric peers already connected
   bool finished = false;
 };
 
@@ -581,11 +609,10 @@ uint64_t tag_key(uint64_t request, uint32_t layer, uint32_t kv_head, uint32_t sh
 }  // namespace
 
 caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const run_setup> setup,
-                             caf::actor coordinator, caf::actor driver,
-                             std::shared_ptr<tp::fabric> fab) {
+                             caf::actor coordinator, std::shared_ptr<tp::fabric> fab) {
   auto st = std::make_shared<host_state>();
   st->coordinator = coordinator;
-  st->driver = driver;
+  st->driver = coordinator;  // results and progress go through the coordinator
   st->fab = fab;
   const uint32_t node = gpu_host_node;
   tp::wire_limits limits;
@@ -805,7 +832,8 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
         if (!m || !std::holds_alternative<tp::membership_msg>(m->body)) return;
         const auto& mm = std::get<tp::membership_msg>(m->body);
         for (const auto& mem : mm.members)
-          if (mem.role == tp::node_role::pnm_device && !mem.worker_address.empty()) {
+          if (mem.role == tp::node_role::pnm_device && !mem.worker_address.empty() &&
+              st->connected.insert(mem.node).second) {
             auto s = st->fab->connect(mem.node, mem.worker_address);
             if (!s) log().warn("event=connect_failed peer={} reason=\"{}\"", mem.node, s.to_string());
           }
@@ -814,6 +842,10 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
       [=](ctl_atom, const std::string& bytes) {
         auto m = control::decode(bytes);
         if (!m) return;
+        if (std::holds_alternative<control::shutdown_msg>(m->body)) {
+          self->quit();
+          return;
+        }
         if (auto* rs = std::get_if<control::run_start_msg>(&m->body)) {
           st->requests = rs->requests;
           st->engine = std::make_unique<host_engine>(setup->host, costs, *setup->workload);
@@ -929,6 +961,7 @@ caf::behavior driver_actor(caf::event_based_actor* self, std::shared_ptr<const r
           if (!r->ok) failures.push_back("run: " + r->reason);
           j["requests"]["failures"] = failures;
           self->send(report_to, done_atom::value, r->ok, j.dump());
+          self->send(coordinator, ctl_atom::value, ctl(driver_node, control::shutdown_msg{}));
           self->quit();
         }
       },

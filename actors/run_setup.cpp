@@ -1,5 +1,8 @@
 #include "actors/run_setup.hpp"
 
+#include "transport/auth.hpp"
+#include "transport/from_config.hpp"
+
 namespace pnmkv {
 
 std::vector<uint32_t> run_setup::device_ids() const {
@@ -8,7 +11,18 @@ std::vector<uint32_t> run_setup::device_ids() const {
   return ids;
 }
 
-result<std::shared_ptr<const run_setup>> make_run_setup(const config& cfg) {
+std::string make_cluster_secret() {
+  static const char* hex = "0123456789abcdef";
+  std::string s;
+  for (uint8_t b : transport::make_nonce()) {
+    s += hex[b >> 4];
+    s += hex[b & 15];
+  }
+  return s;
+}
+
+result<std::shared_ptr<const run_setup>> make_run_setup(const config& cfg,
+                                                         const std::string& secret_override) {
   auto s = std::make_shared<run_setup>();
   s->cfg = cfg;
   auto model = load_model_shape(cfg.get_string("model.file"));
@@ -35,7 +49,17 @@ result<std::shared_ptr<const run_setup>> make_run_setup(const config& cfg) {
   s->context_tokens = static_cast<uint64_t>(cfg.get_int("workload.context_tokens"));
   s->batch = static_cast<uint32_t>(cfg.get_int("workload.batch"));
   s->devices = static_cast<uint32_t>(cfg.get_int("cluster.pnm_devices"));
-  s->secret = cfg.get_string("cluster.secret");
+  if (!secret_override.empty()) {
+    s->secret = secret_override;
+  } else {
+    auto secret = transport::cluster_secret_from(cfg);
+    if (!secret) return secret.error();
+    if (secret->empty())
+      return status{errc::invalid_argument,
+                    "no cluster secret: set fabric.cluster_secret_file to a file holding it "
+                    "(nodes join only with a proof of the secret)"};
+    s->secret = *secret;
+  }
   s->step_timeout_ms = static_cast<uint32_t>(cfg.get_int("run.step_timeout_ms"));
   s->prefill_window_chunks = static_cast<uint32_t>(cfg.get_int("run.prefill_window_chunks"));
 

@@ -48,6 +48,12 @@ struct run_setup {
   std::vector<uint32_t> device_ids() const;
 };
 
-result<std::shared_ptr<const run_setup>> make_run_setup(const config& cfg);
+// The cluster secret comes from fabric.cluster_secret_file; a launcher that made its own
+// (embedded runs, `pnmkv run --multiprocess`) passes it as secret_override.
+result<std::shared_ptr<const run_setup>> make_run_setup(const config& cfg,
+                                                         const std::string& secret_override = "");
+
+// A fresh random secret (hex of 32 random bytes) for a launcher to hand its nodes.
+std::string make_cluster_secret();
 
 }  // namespace pnmkv

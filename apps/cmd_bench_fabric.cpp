@@ -1,7 +1,680 @@
-// Placeholder until the command lands.
+// `pnmkv bench fabric`: the UCX fabric against ucx_perftest, in one run, on the same
+// transport and sizes. Two processes on loopback each time: ucx_perftest's server and
+// client, then this command and a copy of itself (`--serve`, spawned), both owning their
+// UCX worker on the calling thread (caller-driven progress, like ucx_perftest).
+//
+// Measured, per transport (tcp, shm):
+//   small messages: a query encoded to ~1 KiB / ~4 KiB goes out, the peer decodes and
+//     validates it and answers with an encoded partial of the same size; half the round
+//     trip (us) next to ucp_am_lat at the same size. Also the raw fabric (bytes echoed,
+//     no codec) and the message rate of a one-way stream next to ucp_am_bw.
+//   bulk: put and get bandwidth for 1-64 MiB into a registered remote region next to
+//     ucp_put_bw / ucp_get (and ucp_am_bw, the ceiling of the active-message put that the
+//     fabric uses on tcp, where UCX 1.13's native put is slow).
+// Ratios: ours / perftest for bandwidth and rate (goal >= 0.8), ours / perftest for latency
+// (goal <= 2). The run also includes `pnmkv bench wire` (encode/decode vs memcpy).
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
 #include "apps/commands.hpp"
-#include "apps/pending.hpp"
+#include "transport/crc32c.hpp"
+#include "transport/samples.hpp"
+#include "transport/ucx_fabric.hpp"
 
 namespace pnmkv::apps {
-void register_bench_fabric(CLI::App& b) { register_pending(b.add_subcommand("fabric", "Fabric latency and bandwidth vs ucx_perftest"), "bench_fabric"); }
+
+// apps/cmd_bench_wire.cpp
+void register_bench_wire(CLI::App& bench);
+nlohmann::json run_wire_bench(double seconds_per_case);
+
+namespace {
+
+using namespace transport;
+using clk = std::chrono::steady_clock;
+using json = nlohmann::json;
+
+constexpr uint32_t raw_echo_marker = 0xffffffffu;   // first word of a raw echo message
+constexpr uint32_t raw_count_marker = 0xfffffffeu;  // first word of a counted (rate) message
+
+struct fabric_bench_options {
+  std::string json_out;
+  std::string transport = "both";
+  int lat_iters = 20000;
+  double bulk_seconds = 0.4;
+  bool serve = false;
+  bool skip_wire = false;
+};
+
+std::string hex(const std::vector<uint8_t>& b) {
+  static const char* d = "0123456789abcdef";
+  std::string s;
+  for (uint8_t x : b) {
+    s += d[x >> 4];
+    s += d[x & 15];
+  }
+  return s;
+}
+
+std::vector<uint8_t> unhex(const std::string& s) {
+  std::vector<uint8_t> b;
+  for (size_t i = 0; i + 1 < s.size(); i += 2)
+    b.push_back(static_cast<uint8_t>(std::stoi(s.substr(i, 2), nullptr, 16)));
+  return b;
+}
+
+void set_ucx_env(const std::string& transport) {
+  if (transport == "tcp") {
+    setenv("UCX_TLS", "tcp", 1);
+    setenv("UCX_NET_DEVICES", "lo", 1);
+  } else {
+    setenv("UCX_TLS", "sm,self", 1);
+  }
+}
+
+// A child process with pipes to stdin/stdout; killed and reaped on destruction.
+class subprocess {
+ public:
+  subprocess(const std::vector<std::string>& argv, const std::string& ucx_transport,
+             bool quiet_stdout) {
+    int in[2], out[2];
+    if (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC)) throw std::runtime_error("pipe2 failed");
+    pid_ = fork();
+    if (pid_ < 0) throw std::runtime_error("fork failed");
+    if (pid_ == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      dup2(in[0], 0);
+      if (quiet_stdout) {
+        int devnull = open("/dev/null", O_WRONLY);
+        dup2(devnull, 1);
+        dup2(devnull, 2);
+      } else {
+        dup2(out[1], 1);
+      }
+      if (!ucx_transport.empty()) set_ucx_env(ucx_transport);
+      std::vector<char*> args;
+      for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+      args.push_back(nullptr);
+      execvp(args[0], args.data());
+      _exit(127);
+    }
+    close(in[0]);
+    close(out[1]);
+    to_ = in[1];
+    from_ = out[0];
+  }
+  ~subprocess() {
+    stop();
+    close(to_);
+    close(from_);
+  }
+  std::string read_line(std::chrono::milliseconds timeout) {
+    auto until = clk::now() + timeout;
+    for (;;) {
+      auto nl = buf_.find('\n');
+      if (nl != std::string::npos) {
+        std::string line = buf_.substr(0, nl);
+        buf_.erase(0, nl + 1);
+        return line;
+      }
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - clk::now()).count();
+      if (left <= 0) return "";
+      pollfd p{from_, POLLIN, 0};
+      if (::poll(&p, 1, static_cast<int>(left)) <= 0) continue;
+      char tmp[4096];
+      ssize_t n = ::read(from_, tmp, sizeof tmp);
+      if (n <= 0) return "";
+      buf_.append(tmp, static_cast<size_t>(n));
+    }
+  }
+  // Everything the child printed until it exits (or `timeout`).
+  std::string read_all(std::chrono::milliseconds timeout) {
+    auto until = clk::now() + timeout;
+    for (;;) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - clk::now()).count();
+      if (left <= 0) break;
+      pollfd p{from_, POLLIN, 0};
+      if (::poll(&p, 1, static_cast<int>(left)) <= 0) continue;
+      char tmp[4096];
+      ssize_t n = ::read(from_, tmp, sizeof tmp);
+      if (n <= 0) break;
+      buf_.append(tmp, static_cast<size_t>(n));
+    }
+    std::string all;
+    all.swap(buf_);
+    return all;
+  }
+  void write_line(const std::string& s) {
+    std::string l = s + "\n";
+    if (::write(to_, l.data(), l.size()) != static_cast<ssize_t>(l.size()))
+      throw std::runtime_error("write to child failed");
+  }
+  // Waits up to `timeout` for the child to exit by itself; returns its exit status or -1.
+  int wait_exit(std::chrono::milliseconds timeout) {
+    auto until = clk::now() + timeout;
+    while (pid_ > 0 && clk::now() < until) {
+      int st;
+      if (waitpid(pid_, &st, WNOHANG) == pid_) {
+        pid_ = -1;
+        return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return -1;
+  }
+  void stop() {
+    if (pid_ <= 0) return;
+    ::kill(pid_, SIGKILL);
+    int st;
+    waitpid(pid_, &st, 0);
+    pid_ = -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int to_ = -1, from_ = -1;
+  std::string buf_;
+};
+
+// --- ucx_perftest -------------------------------------------------------------------------
+
+struct perftest_result {
+  bool ok = false;
+  double latency_us = 0;  // average, one-way (perftest reports half the round trip)
+  double bw_mbps = 0;     // MB/s (2^20 bytes), overall
+  double msg_rate = 0;    // messages/s, overall
+  std::string error;
+};
+
+int next_port() {
+  static int port = 20000 + static_cast<int>(getpid() % 20000);
+  return ++port;
+}
+
+// Runs one ucx_perftest test between a server and a client on 127.0.0.1.
+perftest_result run_perftest(const std::string& transport, const std::string& test, size_t size,
+                             long iters, long warmup) {
+  perftest_result r;
+  for (int attempt = 0; attempt < 3 && !r.ok; ++attempt) {
+    std::string port = std::to_string(next_port());
+    subprocess server({"ucx_perftest", "-p", port}, transport, true);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    subprocess client({"ucx_perftest", "127.0.0.1", "-p", port, "-t", test, "-s",
+                       std::to_string(size), "-n", std::to_string(iters), "-w",
+                       std::to_string(warmup), "-f"},
+                      transport, false);
+    std::string out = client.read_all(std::chrono::seconds(120));
+    client.wait_exit(std::chrono::seconds(5));
+    // The final line: iterations, 50%ile, average, overall latency; bw avg, overall (MB/s);
+    // msg rate avg, overall.
+    std::istringstream lines(out);
+    std::string line, last;
+    while (std::getline(lines, line)) {
+      std::istringstream w(line);
+      std::vector<double> v;
+      double x;
+      while (w >> x) v.push_back(x);
+      if (v.size() == 8) {
+        r.ok = true;
+        r.latency_us = v[2];
+        r.bw_mbps = v[5];
+        r.msg_rate = v[7];
+      }
+      if (!line.empty()) last = line;
+    }
+    if (!r.ok) r.error = "ucx_perftest " + test + " printed no result (last line: " + last + ")";
+  }
+  return r;
+}
+
+// --- our peer (the `--serve` side) -------------------------------------------------------
+
+const wire_limits bench_limits{};
+
+int serve(const std::string& transport) {
+  ucx_options u;
+  if (!parse_ucx_transport(transport, u.transport)) return 2;
+  u.progress_thread = false;
+  u.spin = std::chrono::milliseconds(300);  // spin while busy, sleep when the client is idle
+  fabric_options o;
+  o.self = 1;
+  o.op_timeout = std::chrono::seconds(30);
+  auto f = make_ucx_fabric(o, u);
+  if (!f) {
+    std::fprintf(stderr, "serve: %s\n", f.error().to_string().c_str());
+    return 1;
+  }
+  fabric& fab = **f;
+  std::cout << "ADDR " << hex(fab.address()) << std::endl;
+  std::string word, peer_hex;
+  node_id client;
+  if (!(std::cin >> word >> client >> peer_hex) || word != "PEER") return 3;
+  if (status s = fab.connect(client, unhex(peer_hex)); !s) {
+    std::fprintf(stderr, "serve: connect: %s\n", s.to_string().c_str());
+    return 1;
+  }
+  std::vector<uint8_t> region((64u << 20) + 4096);
+  auto reg = fab.register_region(region.data(), region.size());
+  if (!reg) return 1;
+  (void)fab.send_wait(client, encode(envelope{protocol_version, 1, 0, 0},
+                                     region_advert_msg{reg->id, reg->length, reg->remote_key, 0}));
+  std::cout << "READY" << std::endl;
+
+  uint64_t counted = 0, seq = 1;
+  std::vector<fabric_event> events;
+  std::vector<uint8_t> out;
+  for (;;) {
+    events.clear();
+    fab.poll(events, std::chrono::seconds(1));
+    for (auto& e : events) {
+      if (e.kind == fabric_event_kind::peer_down) return 0;
+      uint32_t marker = 0;
+      if (e.bytes.size() >= 4) std::memcpy(&marker, e.bytes.data(), 4);
+      if (marker == raw_count_marker) {
+        ++counted;
+        continue;
+      }
+      if (marker == raw_echo_marker) {
+        (void)fab.send(client, std::move(e.bytes));
+        continue;
+      }
+      auto m = decode(e.bytes, bench_limits);
+      if (!m) continue;
+      if (m->kind() == msg_kind::query) {
+        // The device's side of a step, minus the attention: validate the query, answer with
+        // a partial of the same shape.
+        auto& q = std::get<query_msg>(m->body);
+        partial_msg p;
+        p.request_id = q.request_id;
+        p.step = q.step;
+        p.layer = q.layer;
+        p.kv_head = q.kv_head0;
+        p.shard_id = q.shard_id;
+        p.group = q.group * (q.kv_head1 - q.kv_head0);
+        p.head_dim = q.head_dim;
+        p.o.assign(q.q.begin(), q.q.end());
+        p.lse.assign(p.group, 0.f);
+        encode_into(message{envelope{protocol_version, 1, seq++, m->env.vtime_ns}, std::move(p)}, out);
+        (void)fab.send(client, out);
+      } else if (m->kind() == msg_kind::error) {
+        const std::string& cmd = std::get<error_msg>(m->body).message;
+        if (cmd == "exit") return 0;
+        if (cmd == "count?") {
+          error_msg reply{errc::internal, std::to_string(counted), 0};
+          counted = 0;
+          (void)fab.send(client, encode(envelope{protocol_version, 1, seq++, 0}, reply));
+        }
+      }
+    }
+  }
+}
+
+// --- our client ---------------------------------------------------------------------------
+
+struct our_peer {
+  std::unique_ptr<subprocess> proc;
+  std::unique_ptr<fabric> fab;
+  remote_region region;
+};
+
+our_peer start_our_peer(const std::string& transport) {
+  our_peer p;
+  char exe[4096];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n <= 0) throw std::runtime_error("cannot find /proc/self/exe");
+  exe[n] = 0;
+  p.proc = std::make_unique<subprocess>(
+      std::vector<std::string>{exe, "bench", "fabric", "--serve", "--transport", transport}, "",
+      false);
+  std::string line;
+  for (int i = 0; i < 50 && line.rfind("ADDR ", 0) != 0; ++i) line = p.proc->read_line(std::chrono::seconds(10));
+  if (line.rfind("ADDR ", 0) != 0) throw std::runtime_error("bench peer did not start");
+  ucx_options u;
+  parse_ucx_transport(transport, u.transport);
+  u.progress_thread = false;
+  u.spin = std::chrono::milliseconds(300);
+  fabric_options o;
+  o.self = 0;
+  o.op_timeout = std::chrono::seconds(30);
+  auto f = make_ucx_fabric(o, u);
+  if (!f) throw std::runtime_error(f.error().to_string());
+  p.fab = std::move(f).value();
+  p.proc->write_line("PEER 0 " + hex(p.fab->address()));
+  if (status s = p.fab->connect(1, unhex(line.substr(5))); !s) throw std::runtime_error(s.to_string());
+  auto until = clk::now() + std::chrono::seconds(10);
+  std::vector<fabric_event> ev;
+  while (clk::now() < until) {
+    ev.clear();
+    p.fab->poll(ev, std::chrono::milliseconds(50));
+    for (auto& e : ev) {
+      auto m = decode(e.bytes, bench_limits);
+      if (m && m->kind() == msg_kind::region_advert) {
+        auto r = p.fab->import_region(1, std::get<region_advert_msg>(m->body).remote_key);
+        if (!r) throw std::runtime_error(r.error().to_string());
+        p.region = *r;
+        return p;
+      }
+    }
+  }
+  throw std::runtime_error("no region advert from the bench peer");
+}
+
+std::vector<uint8_t> wait_message(fabric& f) {
+  std::vector<fabric_event> ev;
+  auto until = clk::now() + std::chrono::seconds(30);
+  while (clk::now() < until) {
+    if (f.poll(ev, std::chrono::milliseconds(100), 1) && ev[0].kind == fabric_event_kind::message)
+      return std::move(ev[0].bytes);
+    ev.clear();
+  }
+  throw std::runtime_error("no reply from the bench peer within 30 s");
+}
+
+// Half round trip of the codec + fabric (query -> partial). Returns us.
+double small_rtt_codec(fabric& f, const message& query, int iters) {
+  std::vector<uint8_t> out;
+  message q = query;
+  auto one = [&](uint64_t i) {
+    q.env.seq = i;
+    encode_into(q, out);
+    if (status s = f.send(1, out); !s) throw std::runtime_error(s.to_string());
+    auto reply = wait_message(f);
+    auto m = decode(reply, bench_limits);
+    if (!m || m->kind() != msg_kind::partial) throw std::runtime_error("bad reply in latency test");
+  };
+  for (int i = 0; i < iters / 10; ++i) one(static_cast<uint64_t>(i));
+  auto t0 = clk::now();
+  for (int i = 0; i < iters; ++i) one(static_cast<uint64_t>(i));
+  return std::chrono::duration<double, std::micro>(clk::now() - t0).count() / iters / 2;
+}
+
+double small_rtt_raw(fabric& f, size_t bytes, int iters) {
+  std::vector<uint8_t> msg(bytes, 0x5a);
+  std::memcpy(msg.data(), &raw_echo_marker, 4);
+  auto one = [&] {
+    if (status s = f.send(1, msg); !s) throw std::runtime_error(s.to_string());
+    (void)wait_message(f);
+  };
+  for (int i = 0; i < iters / 10; ++i) one();
+  auto t0 = clk::now();
+  for (int i = 0; i < iters; ++i) one();
+  return std::chrono::duration<double, std::micro>(clk::now() - t0).count() / iters / 2;
+}
+
+uint64_t ask_count(fabric& f) {
+  error_msg q{errc::internal, "count?", 0};
+  if (status s = f.send(1, encode(envelope{protocol_version, 0, 0, 0}, q)); !s)
+    throw std::runtime_error(s.to_string());
+  for (;;) {
+    auto m = decode(wait_message(f), bench_limits);
+    if (m && m->kind() == msg_kind::error) return std::stoull(std::get<error_msg>(m->body).message);
+  }
+}
+
+// One-way message rate: `n` messages streamed (bounded in flight), then the peer's count.
+double message_rate(fabric& f, size_t bytes, long n) {
+  std::vector<uint8_t> msg(bytes, 0x33);
+  std::memcpy(msg.data(), &raw_count_marker, 4);
+  auto t0 = clk::now();
+  long sent = 0;
+  while (sent < n) {
+    status s = f.send(1, msg);
+    if (s) {
+      ++sent;
+    } else if (s.code() == errc::capacity) {
+      std::vector<fabric_event> ev;
+      f.poll(ev, std::chrono::microseconds(10));
+    } else {
+      throw std::runtime_error(s.to_string());
+    }
+  }
+  uint64_t got = ask_count(f);
+  double secs = std::chrono::duration<double>(clk::now() - t0).count();
+  if (got != static_cast<uint64_t>(n))
+    throw std::runtime_error("rate test: peer counted " + std::to_string(got) + " of " + std::to_string(n));
+  return static_cast<double>(n) / secs;
+}
+
+// Bulk put or get bandwidth (GB/s, 1e9 bytes) with `window` operations in flight.
+double bulk_gbps(fabric& f, const remote_region& r, bool is_put, size_t size, double seconds) {
+  std::vector<uint8_t> buf(size, 0x77);
+  const int window = size >= (16u << 20) ? 2 : 8;
+  auto run = [&](long ops) {
+    long started = 0, done = 0;
+    status failure;
+    auto t0 = clk::now();
+    while (done < ops) {
+      while (started < ops && started - done < window) {
+        op_options o;
+        o.on_done = [&](status s) {
+          if (!s) failure = s;
+          ++done;
+        };
+        status s = is_put ? f.put(r, 0, buf.data(), size, std::move(o))
+                          : f.get(r, 0, buf.data(), size, std::move(o));
+        if (!s) throw std::runtime_error(s.to_string());
+        ++started;
+      }
+      std::vector<fabric_event> ev;
+      f.poll(ev, std::chrono::microseconds(0));
+    }
+    if (!failure.is_ok()) throw std::runtime_error(failure.to_string());
+    return std::chrono::duration<double>(clk::now() - t0).count();
+  };
+  run(2);  // warm-up (registration cache, rendezvous wire-up)
+  double t = run(4);
+  long ops = std::max<long>(4, static_cast<long>(seconds / (t / 4)));
+  t = run(ops);
+  return static_cast<double>(size) * static_cast<double>(ops) / t / 1e9;
+}
+
+message small_query(size_t target_bytes) {
+  // q bytes = group x 128 x 4; pick the group that lands the encoded size near the target.
+  sample_shape s;
+  s.head_dim = 128;
+  s.kv_heads = 1;
+  s.group = std::max<uint32_t>(1, static_cast<uint32_t>((target_bytes - 160) / 512));
+  return sample_message(msg_kind::query, 1, s);
+}
+
+json bench_transport(const std::string& transport, const fabric_bench_options& bo) {
+  json t;
+  std::fprintf(stderr, "[%s] ucx_perftest ...\n", transport.c_str());
+  // Reference numbers first (our processes do not exist yet, so nothing competes for cores).
+  std::vector<size_t> small_sizes;
+  std::vector<message> queries;
+  for (size_t target : {size_t{1024}, size_t{4096}}) {
+    queries.push_back(small_query(target));
+    small_sizes.push_back(encode(queries.back()).size());
+  }
+  const std::vector<size_t> bulk_sizes = {1u << 20, 4u << 20, 16u << 20, 64u << 20};
+  std::vector<perftest_result> p_lat, p_rate, p_put, p_get, p_ambw;
+  for (size_t sz : small_sizes) {
+    p_lat.push_back(run_perftest(transport, "ucp_am_lat", sz, bo.lat_iters, bo.lat_iters / 10));
+    p_rate.push_back(run_perftest(transport, "ucp_am_bw", sz, 20 * bo.lat_iters, bo.lat_iters));
+  }
+  for (size_t sz : bulk_sizes) {
+    long iters = std::max<long>(8, static_cast<long>((transport == "tcp" ? 256.0 : 2048.0) * (1 << 20) / sz));
+    p_put.push_back(run_perftest(transport, "ucp_put_bw", sz, transport == "tcp" ? 8 : iters, 2));
+    p_get.push_back(run_perftest(transport, "ucp_get", sz, iters, 2));
+    p_ambw.push_back(run_perftest(transport, "ucp_am_bw", sz, iters, 2));
+  }
+
+  std::fprintf(stderr, "[%s] pnmkv fabric ...\n", transport.c_str());
+  our_peer peer = start_our_peer(transport);
+  fabric& f = *peer.fab;
+  json small = json::array();
+  for (size_t i = 0; i < small_sizes.size(); ++i) {
+    json row;
+    row["bytes"] = small_sizes[i];
+    double us = small_rtt_codec(f, queries[i], bo.lat_iters);
+    double raw = small_rtt_raw(f, small_sizes[i], bo.lat_iters);
+    double rate = message_rate(f, small_sizes[i], 20L * bo.lat_iters);
+    row["us"] = us;
+    row["raw_us"] = raw;
+    row["msg_rate"] = rate;
+    if (p_lat[i].ok) {
+      row["perftest_us"] = p_lat[i].latency_us;
+      row["ratio_us"] = us / p_lat[i].latency_us;
+      row["ratio_raw_us"] = raw / p_lat[i].latency_us;
+    } else {
+      row["perftest_error"] = p_lat[i].error;
+    }
+    if (p_rate[i].ok) {
+      row["perftest_msg_rate"] = p_rate[i].msg_rate;
+      row["ratio_msg_rate"] = rate / p_rate[i].msg_rate;
+    }
+    small.push_back(row);
+  }
+  json bulk = json::array();
+  auto gb = [](const perftest_result& r) { return r.bw_mbps * 1048576.0 / 1e9; };
+  for (size_t i = 0; i < bulk_sizes.size(); ++i) {
+    json row;
+    row["bytes"] = bulk_sizes[i];
+    double put = bulk_gbps(f, peer.region, true, bulk_sizes[i], bo.bulk_seconds);
+    double get = bulk_gbps(f, peer.region, false, bulk_sizes[i], bo.bulk_seconds);
+    row["put_gbps"] = put;
+    row["get_gbps"] = get;
+    if (p_put[i].ok) {
+      row["perftest_put_gbps"] = gb(p_put[i]);
+      row["ratio_put"] = put / gb(p_put[i]);
+    }
+    if (p_get[i].ok) {
+      row["perftest_get_gbps"] = gb(p_get[i]);
+      row["ratio_get"] = get / gb(p_get[i]);
+    }
+    if (p_ambw[i].ok) {
+      row["perftest_am_bw_gbps"] = gb(p_ambw[i]);
+      row["ratio_put_vs_am_bw"] = put / gb(p_ambw[i]);
+    }
+    bulk.push_back(row);
+  }
+  (void)f.send(1, encode(envelope{protocol_version, 0, 0, 0}, error_msg{errc::internal, "exit", 0}));
+  std::vector<fabric_event> ev;
+  f.poll(ev, std::chrono::milliseconds(50));
+  peer.proc->wait_exit(std::chrono::seconds(2));
+  t["small_msg"] = small;
+  t["bulk"] = bulk;
+  t["rma_mode"] = transport == "tcp" ? "am (rendezvous active messages)" : "native (ucp_put/get)";
+  return t;
+}
+
+void print_table(const std::string& transport, const json& t) {
+  std::printf("\n%s\n", transport.c_str());
+  std::printf("  %-10s %10s %10s %12s %7s | %12s %12s %7s\n", "msg bytes", "half-RTT", "raw",
+              "perftest", "ratio", "msgs/s", "perftest", "ratio");
+  for (auto& r : t["small_msg"]) {
+    std::printf("  %-10zu %8.2fus %8.2fus %10.2fus %7.2f | %12.0f %12.0f %7.2f\n",
+                r["bytes"].get<size_t>(), r["us"].get<double>(), r["raw_us"].get<double>(),
+                r.value("perftest_us", 0.0), r.value("ratio_us", 0.0), r["msg_rate"].get<double>(),
+                r.value("perftest_msg_rate", 0.0), r.value("ratio_msg_rate", 0.0));
+  }
+  std::printf("  %-10s %9s %9s %7s | %9s %9s %7s | %12s\n", "bulk MiB", "put GB/s", "perftest",
+              "ratio", "get GB/s", "perftest", "ratio", "am_bw GB/s");
+  for (auto& r : t["bulk"]) {
+    std::printf("  %-10zu %9.2f %9.2f %7.2f | %9.2f %9.2f %7.2f | %12.2f\n",
+                r["bytes"].get<size_t>() >> 20, r["put_gbps"].get<double>(),
+                r.value("perftest_put_gbps", 0.0), r.value("ratio_put", 0.0),
+                r["get_gbps"].get<double>(), r.value("perftest_get_gbps", 0.0),
+                r.value("ratio_get", 0.0), r.value("perftest_am_bw_gbps", 0.0));
+  }
+}
+
+void run_client(const fabric_bench_options& bo) {
+  std::vector<std::string> transports;
+  if (bo.transport == "both") transports = {"shm", "tcp"};
+  else transports = {bo.transport};
+  json out;
+  out["tool"] = "pnmkv bench fabric";
+  out["iterations_latency"] = bo.lat_iters;
+  json per;
+  for (auto& t : transports) {
+    try {
+      per[t] = bench_transport(t, bo);
+      print_table(t, per[t]);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "pnmkv bench fabric: %s: %s\n", t.c_str(), e.what());
+      throw CLI::RuntimeError(1);
+    }
+  }
+  out["transports"] = per;
+  // Headline numbers: the primary transport (shared memory when measured: one host), the
+  // 1 KiB-class message and the largest bulk size.
+  const std::string primary = per.contains("shm") ? "shm" : transports.front();
+  const json& p = per[primary];
+  out["primary_transport"] = primary;
+  const json& s0 = p["small_msg"][0];
+  const json& b_last = p["bulk"].back();
+  out["small_msg_bytes"] = s0["bytes"];
+  out["small_msg_us"] = s0["us"];
+  out["perftest_small_msg_us"] = s0.value("perftest_us", 0.0);
+  out["small_msg_ratio"] = s0.value("ratio_us", 0.0);
+  out["bulk_bytes"] = b_last["bytes"];
+  out["bulk_gbps"] = b_last["put_gbps"];
+  out["perftest_bulk_gbps"] = b_last.value("perftest_put_gbps", 0.0);
+  out["bulk_ratio"] = b_last.value("ratio_put", 0.0);
+  if (!bo.skip_wire) {
+    std::fprintf(stderr, "wire encode/decode ...\n");
+    out["wire"] = run_wire_bench(0.05);
+  }
+  std::printf("\nheadline (%s): small_msg %.2f us vs perftest %.2f us (ratio %.2f, goal <= 2); "
+              "bulk put %.2f GB/s vs perftest %.2f GB/s (ratio %.2f, goal >= 0.8)\n",
+              primary.c_str(), out["small_msg_us"].get<double>(),
+              out["perftest_small_msg_us"].get<double>(), out["small_msg_ratio"].get<double>(),
+              out["bulk_gbps"].get<double>(), out["perftest_bulk_gbps"].get<double>(),
+              out["bulk_ratio"].get<double>());
+  if (!bo.json_out.empty()) {
+    std::ofstream f(bo.json_out);
+    f << out.dump(2) << "\n";
+    if (!f) {
+      std::fprintf(stderr, "pnmkv bench fabric: cannot write %s\n", bo.json_out.c_str());
+      throw CLI::RuntimeError(1);
+    }
+  }
+}
+
+}  // namespace
+
+void register_bench_fabric(CLI::App& bench) {
+  auto* cmd = bench.add_subcommand(
+      "fabric", "UCX fabric latency, message rate and put/get bandwidth over tcp and shared "
+                "memory, each next to ucx_perftest in the same run (plus `bench wire`)");
+  static fabric_bench_options bo;
+  cmd->add_option("--json", bo.json_out, "Also write the results as JSON to FILE");
+  cmd->add_option("--transport", bo.transport, "tcp, shm or both")
+      ->check(CLI::IsMember({"tcp", "shm", "both"}));
+  cmd->add_option("--iterations", bo.lat_iters, "Round trips per latency measurement")
+      ->check(CLI::Range(100, 10000000));
+  cmd->add_option("--bulk-seconds", bo.bulk_seconds, "Seconds per bulk measurement")
+      ->check(CLI::Range(0.01, 60.0));
+  cmd->add_flag("--no-wire", bo.skip_wire, "Skip the encode/decode part");
+  cmd->add_flag("--serve", bo.serve, "(internal) be the peer process")->group("");
+  cmd->callback([] {
+    if (bo.serve) {
+      int rc = serve(bo.transport);
+      if (rc) throw CLI::RuntimeError(rc);
+      return;
+    }
+    run_client(bo);
+  });
+  register_bench_wire(bench);
+}
+
 }  // namespace pnmkv::apps

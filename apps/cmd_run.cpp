@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "actors/cluster.hpp"
+#include "actors/node_main.hpp"
 #include "apps/commands.hpp"
 #include "core/membw.hpp"
 
@@ -20,6 +21,8 @@ struct run_options {
   config_options cfg;
   std::string json_out;
   bool quiet = false;
+  bool multiprocess = false;
+  std::string work_dir;
 };
 
 void draw_progress(const std::string& phase, uint64_t done, uint64_t total) {
@@ -47,11 +50,17 @@ void register_run(CLI::App& app) {
   add_config_options(cmd, opts.cfg);
   cmd->add_option("--json", opts.json_out, "Also write the report as JSON to FILE");
   cmd->add_flag("--quiet", opts.quiet, "No progress bar");
+  cmd->add_flag("--multiprocess", opts.multiprocess,
+                "Run every node as its own `pnmkv node` process on loopback (UCX data plane)");
+  cmd->add_option("--work-dir", opts.work_dir,
+                  "--multiprocess: keep the resolved config, secret and node logs here");
   cmd->callback([] {
     config cfg = load_config_or_exit(opts.cfg);
     cluster_run_options ro;
     if (!opts.quiet) ro.on_progress = draw_progress;
-    auto rep = run_embedded(cfg, ro);
+    auto rep = opts.multiprocess
+                   ? run_multiprocess(cfg, ro, multiprocess_options{"", opts.work_dir})
+                   : run_embedded(cfg, ro);
     if (!rep) {
       std::fprintf(stderr, "pnmkv run: %s\n", rep.error().to_string().c_str());
       throw CLI::RuntimeError(1);

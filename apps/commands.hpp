@@ -30,5 +30,6 @@ void register_eval(CLI::App& app);
 void register_bench_kernels(CLI::App& bench);
 void register_bench_fabric(CLI::App& bench);
 void register_config(CLI::App& app);
+void register_node(CLI::App& app);
 
 }  // namespace pnmkv::apps

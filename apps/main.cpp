@@ -2,6 +2,9 @@
 #include <CLI/CLI.hpp>
 
 #include <malloc.h>
+#include <spdlog/spdlog.h>
+
+#include <cstdlib>
 
 #include <cstdio>
 #include <exception>
@@ -15,6 +18,11 @@ int main(int argc, char** argv) {
   mallopt(M_MMAP_THRESHOLD, 256 << 20);
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
 
+  // Info logs tell a user what happens; the default keeps a report readable. PNMKV_LOG_LEVEL
+  // (trace|debug|info|warn|error|off) overrides.
+  spdlog::set_level(spdlog::level::warn);
+  if (const char* lvl = std::getenv("PNMKV_LOG_LEVEL"); lvl && *lvl)
+    spdlog::set_level(spdlog::level::from_str(lvl));
   CLI::App app{"pnmkv -- KV cache of long-context LLM decoding on CXL processing-near-memory "
                "devices: emulator, benchmarks and scale-out simulator"};
   app.require_subcommand(1);
@@ -23,6 +31,7 @@ int main(int argc, char** argv) {
   pnmkv::apps::register_run(app);
   pnmkv::apps::register_eval(app);
   pnmkv::apps::register_config(app);
+  pnmkv::apps::register_node(app);
   auto* bench = app.add_subcommand("bench", "Benchmarks, each reported against a reference "
                                             "measured in the same run");
   bench->require_subcommand(1);

@@ -343,7 +343,22 @@ std::string config::to_yaml() const {
     }
     const config_key* k = find_config_key(key);
     std::string v = value;
-    if (k && k->type == config_type::int_list) v = "[" + v + "]";
+    if (k && k->type == config_type::int_list) {
+      v = "[" + v + "]";
+    } else if (!k || k->type == config_type::string || k->type == config_type::path ||
+               k->type == config_type::choice) {
+      // Double-quoted so any text (';', ':', '#', leading spaces) reads back unchanged.
+      std::string q = "\"";
+      for (char c : value) {
+        if (c == '"' || c == '\\') q += '\\';
+        if (c == '\n') {
+          q += "\\n";
+          continue;
+        }
+        q += c;
+      }
+      v = q + "\"";
+    }
     os << "  " << key.substr(key.find('.') + 1) << ": " << v << "\n";
   }
   return os.str();

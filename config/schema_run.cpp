@@ -30,8 +30,6 @@ std::vector<config_key> schema_keys_run() {
        "Wall-clock deadline of one decode step; a request past it fails with an error"},
       {"run.prefill_window_chunks", t::integer, "16", 1, 4096, {},
        "Prefill chunks in flight from the GPU host (bounds memory and queues)"},
-      {"cluster.secret", t::string, "pnmkv-dev-secret", 0, 0, {},
-       "Shared cluster secret; nodes join only with a valid proof of it"},
       {"cluster.head_groups", t::integer, "0", 0, 1024, {},
        "h of the hybrid head/sequence split (0: the largest dividing KV heads and devices)"},
       {"cluster.sequence_split", t::choice, "contiguous", 0, 0, {"contiguous", "interleave"},

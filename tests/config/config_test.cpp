@@ -85,7 +85,8 @@ TEST(config, malformed_files_are_errors_naming_the_file) {
 }
 
 TEST(config, echo_round_trips_through_yaml) {
-  auto c = load_config(default_file, {"run.steps=5", "selection.gqa_aggregation=sum"});
+  auto c = load_config(default_file, {"run.steps=5", "selection.gqa_aggregation=sum",
+                                      "faults.script=stall node=3 ms=20; drop p=0.5 # \"x\": y"});
   ASSERT_TRUE(c);
   auto f = write_temp("echo.yaml", c->to_yaml());
   auto d = load_config(f, {});

@@ -1,0 +1,305 @@
+// Multi-process cluster: node processes and their launcher (see node_main.hpp).
+#include "actors/node_main.hpp"
+
+#include <caf/all.hpp>
+#include <caf/io/all.hpp>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "actors/control.hpp"
+#include "actors/nodes.hpp"
+#include "transport/from_config.hpp"
+#include "transport/ucx_fabric.hpp"
+
+extern char** environ;
+
+namespace pnmkv {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+result<node_role_arg> parse_node_role(const std::string& text) {
+  if (text == "coordinator") return node_role_arg::coordinator;
+  if (text == "gpu-host") return node_role_arg::gpu_host;
+  if (text == "pnm-device") return node_role_arg::pnm_device;
+  return status{errc::invalid_argument,
+                "--role '" + text + "' is unknown; allowed: coordinator|gpu-host|pnm-device"};
+}
+
+namespace {
+
+void configure_middleman(caf::actor_system_config& acfg, const config& cfg) {
+  acfg.load<caf::io::middleman>();
+  acfg.set("middleman.heartbeat-interval",
+           caf::timespan{std::chrono::milliseconds(cfg.get_int("cluster.heartbeat_interval_ms"))});
+  acfg.set("middleman.connection-timeout",
+           caf::timespan{std::chrono::milliseconds(cfg.get_int("cluster.connection_timeout_ms"))});
+  acfg.set("scheduler.max-threads", std::max(2u, std::thread::hardware_concurrency()));
+  acfg.set("logger.console", caf::atom("none"));
+}
+
+result<caf::actor> connect_coordinator(caf::actor_system& sys, const std::string& host,
+                                       uint16_t port, uint64_t timeout_ms) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  std::string last;
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto a = sys.middleman().remote_actor(host, port);
+    if (a) return *a;
+    last = sys.render(a.error());
+    std::this_thread::sleep_for(50ms);
+  }
+  return status{errc::timeout, "could not reach the coordinator at " + host + ":" +
+                                   std::to_string(port) + " within " + std::to_string(timeout_ms) +
+                                   " ms: " + last};
+}
+
+// Blocks until `a` terminates; the node then exits.
+void await_down(caf::actor_system& sys, const std::vector<caf::actor>& watch) {
+  caf::scoped_actor self{sys};
+  for (const auto& a : watch) self->monitor(a);
+  self->receive([](const caf::down_msg&) {});
+}
+
+}  // namespace
+
+status run_node(const config& cfg, const node_options& opts) {
+  auto setup = make_run_setup(cfg);
+  if (!setup) return setup.error();
+  caf::actor_system_config acfg;
+  configure_middleman(acfg, cfg);
+  caf::actor_system sys{acfg};
+  const std::string host =
+      opts.coordinator_host.empty() ? cfg.get_string("cluster.coordinator_host") : opts.coordinator_host;
+  const uint16_t port = opts.coordinator_port ? opts.coordinator_port
+                                              : static_cast<uint16_t>(cfg.get_int("cluster.coordinator_port"));
+
+  if (opts.role == node_role_arg::coordinator) {
+    auto coord = sys.spawn(actors::coordinator_actor, *setup);
+    auto published = sys.middleman().publish(coord, port, host.c_str(), /*reuse_addr=*/true);
+    if (!published) {
+      caf::anon_send_exit(coord, caf::exit_reason::user_shutdown);
+      return status{errc::io, "cannot publish the coordinator on " + host + ":" +
+                                  std::to_string(port) + ": " + sys.render(published.error())};
+    }
+    if (!opts.port_file.empty()) {
+      std::string tmp = opts.port_file + ".tmp";
+      std::ofstream(tmp) << *published << "\n";
+      fs::rename(tmp, opts.port_file);
+    }
+    std::fprintf(stderr, "pnmkv node: coordinator listening on %s:%u\n", host.c_str(), unsigned(*published));
+    await_down(sys, {coord});
+    return {};
+  }
+
+  auto coord = connect_coordinator(sys, host, port, opts.connect_timeout_ms);
+  if (!coord) return coord.error();
+  const uint32_t id = opts.role == node_role_arg::gpu_host ? gpu_host_node : opts.id;
+  auto fo = actors::node_fabric_options(**setup, id);
+  if (!fo) return fo.error();
+  auto fab = transport::make_ucx_fabric(*fo, transport::ucx_options_from(cfg));
+  if (!fab) return fab.error();
+  std::shared_ptr<transport::fabric> shared(std::move(fab).value());
+  caf::actor node;
+  if (opts.role == node_role_arg::gpu_host)
+    node = sys.spawn(actors::gpu_host_actor, *setup, *coord, shared);
+  else
+    node = sys.spawn(actors::pnm_device_actor, *setup, id, *coord, shared);
+  actors::bridge_fabric(*shared, node);
+  await_down(sys, {node, *coord});
+  caf::anon_send_exit(node, caf::exit_reason::user_shutdown);
+  shared->set_handler({});
+  return {};
+}
+
+// ---------------------------------------------------------------------------------------
+
+namespace {
+
+struct child {
+  pid_t pid = -1;
+  std::string name;
+};
+
+result<child> spawn_child(const std::string& binary, const std::vector<std::string>& args,
+                          const std::string& log_file, const std::string& name) {
+  std::vector<char*> argv;
+  argv.push_back(const_cast<char*>(binary.c_str()));
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+  posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+  pid_t pid = -1;
+  int rc = posix_spawn(&pid, binary.c_str(), &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  if (rc != 0)
+    return status{errc::io, "cannot start " + name + " (" + binary + "): " + std::strerror(rc)};
+  return child{pid, name};
+}
+
+// Waits for every child up to grace; then SIGKILLs the rest. Returns the names of children
+// that had to be killed or exited non-zero.
+std::vector<std::string> reap(std::vector<child>& children, std::chrono::milliseconds grace) {
+  std::vector<std::string> trouble;
+  const auto deadline = std::chrono::steady_clock::now() + grace;
+  for (auto& c : children) {
+    while (c.pid > 0) {
+      int st = 0;
+      pid_t r = waitpid(c.pid, &st, WNOHANG);
+      if (r == c.pid) {
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) trouble.push_back(c.name + " exited badly");
+        c.pid = -1;
+        break;
+      }
+      if (std::chrono::steady_clock::now() > deadline) {
+        kill(c.pid, SIGKILL);
+        waitpid(c.pid, &st, 0);
+        trouble.push_back(c.name + " killed after the grace period");
+        c.pid = -1;
+        break;
+      }
+      std::this_thread::sleep_for(10ms);
+    }
+  }
+  return trouble;
+}
+
+}  // namespace
+
+result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_options& opts,
+                                    const multiprocess_options& mp) {
+  const std::string binary = mp.node_binary.empty() ? fs::read_symlink("/proc/self/exe").string()
+                                                    : mp.node_binary;
+  std::string dir = mp.work_dir;
+  if (dir.empty()) {
+    char tmpl[] = "/tmp/pnmkv-mp-XXXXXX";
+    if (!mkdtemp(tmpl)) return status{errc::io, "cannot create a temporary directory"};
+    dir = tmpl;
+  }
+  fs::create_directories(dir);
+  // A fresh secret for this cluster, readable by this user only.
+  const std::string secret = make_cluster_secret();
+  const std::string secret_file = dir + "/cluster.secret";
+  {
+    int fd = ::open(secret_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0) return status{errc::io, "cannot write " + secret_file};
+    if (::write(fd, secret.data(), secret.size()) != ssize_t(secret.size())) {
+      ::close(fd);
+      return status{errc::io, "cannot write " + secret_file};
+    }
+    ::close(fd);
+  }
+  config cfg = cfg_in;
+  auto st = cfg.set("fabric.cluster_secret_file", secret_file);
+  if (!st) return st;
+  const std::string config_file = dir + "/config.yaml";
+  std::ofstream(config_file) << cfg.to_yaml();
+  auto setup = make_run_setup(cfg);
+  if (!setup) return setup.error();
+
+  std::vector<child> children;
+  auto cleanup = [&](std::chrono::milliseconds grace) { return reap(children, grace); };
+  const std::string port_file = dir + "/coordinator.port";
+  auto coord = spawn_child(binary, {"node", "--role", "coordinator", "--config", config_file,
+                                    "--set", "cluster.coordinator_port=0", "--port-file", port_file},
+                           dir + "/coordinator.log", "coordinator");
+  if (!coord) return coord.error();
+  children.push_back(*coord);
+  // Wait for the coordinator's port.
+  uint16_t port = 0;
+  for (int i = 0; i < 400 && port == 0; ++i) {
+    std::ifstream in(port_file);
+    unsigned p = 0;
+    if (in >> p) port = static_cast<uint16_t>(p);
+    else std::this_thread::sleep_for(25ms);
+  }
+  if (port == 0) {
+    for (auto& c : children) kill(c.pid, SIGKILL);
+    cleanup(1000ms);
+    return status{errc::timeout, "the coordinator did not publish its port (log: " + dir + "/coordinator.log)"};
+  }
+  const std::string coord_arg = "127.0.0.1:" + std::to_string(port);
+  auto host = spawn_child(binary, {"node", "--role", "gpu-host", "--config", config_file,
+                                   "--coordinator", coord_arg},
+                          dir + "/gpu-host.log", "gpu-host");
+  if (!host) return host.error();
+  children.push_back(*host);
+  for (uint32_t id : (*setup)->device_ids()) {
+    auto dev = spawn_child(binary, {"node", "--role", "pnm-device", "--id", std::to_string(id),
+                                    "--config", config_file, "--coordinator", coord_arg},
+                           dir + "/device-" + std::to_string(id) + ".log", "device " + std::to_string(id));
+    if (!dev) {
+      for (auto& c : children) kill(c.pid, SIGKILL);
+      cleanup(1000ms);
+      return dev.error();
+    }
+    children.push_back(*dev);
+  }
+
+  // This process is the driver.
+  result<run_report> out = status{errc::timeout, "the run did not finish within " +
+                                                     std::to_string(opts.run_timeout_ms) + " ms"};
+  {
+    caf::actor_system_config acfg;
+    configure_middleman(acfg, cfg);
+    caf::actor_system sys{acfg};
+    auto coordinator = connect_coordinator(sys, "127.0.0.1", port, 20000);
+    if (!coordinator) {
+      for (auto& c : children) kill(c.pid, SIGKILL);
+      cleanup(1000ms);
+      return coordinator.error();
+    }
+    caf::scoped_actor self{sys};
+    auto driver = sys.spawn(actors::driver_actor, *setup, *coordinator, caf::actor{self});
+    self->monitor(*coordinator);
+    bool done = false;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(opts.run_timeout_ms);
+    while (!done) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) break;
+      self->receive(
+          [&](actors::done_atom, bool, const std::string& json) {
+            done = true;
+            run_report rep = run_report::from_json(json);
+            rep.multiprocess = true;
+            out = rep;
+          },
+          [&](actors::ctl_atom, const std::string& bytes) {
+            auto m = control::decode(bytes);
+            if (!m) return;
+            if (auto* p = std::get_if<control::progress_msg>(&m->body))
+              if (opts.on_progress) opts.on_progress(p->phase, p->done, p->total);
+          },
+          [&](const caf::down_msg&) {
+            if (!done) {
+              done = true;
+              out = status{errc::peer_down, "lost the coordinator before the run finished (logs in " + dir + ")"};
+            }
+          },
+          caf::after(left) >> [&] {});
+    }
+    self->send_exit(driver, caf::exit_reason::user_shutdown);
+    if (!done) caf::anon_send(*coordinator, actors::ctl_atom::value,
+                              control::encode({driver_node, control::shutdown_msg{}}));
+  }
+  auto trouble = cleanup(10000ms);
+  if (out && !trouble.empty()) {
+    for (const auto& t : trouble) out->failures.push_back("shutdown: " + t);
+  }
+  if (mp.work_dir.empty() && out) fs::remove_all(dir);
+  return out;
+}
+
+}  // namespace pnmkv

@@ -1,0 +1,43 @@
+// One node of a multi-process cluster (`pnmkv node`), and the launcher that runs a whole
+// cluster as separate node processes on this machine (`pnmkv run --multiprocess`). The
+// control plane is CAF's middleman with heartbeats; the data plane is the UCX fabric.
+// No CAF here.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "actors/cluster.hpp"
+#include "config/config.hpp"
+#include "core/status.hpp"
+
+namespace pnmkv {
+
+enum class node_role_arg { coordinator, gpu_host, pnm_device };
+result<node_role_arg> parse_node_role(const std::string& text);
+
+struct node_options {
+  node_role_arg role = node_role_arg::pnm_device;
+  uint32_t id = 0;                 // pnm devices: 100 + index; others fixed
+  std::string coordinator_host;    // empty: cluster.coordinator_host
+  uint16_t coordinator_port = 0;   // 0: cluster.coordinator_port
+  std::string port_file;           // coordinator: write the published port here
+  uint64_t connect_timeout_ms = 20000;
+};
+
+// Runs the node until the cluster shuts down or the coordinator is lost. Returns ok on a
+// clean shutdown.
+status run_node(const config& cfg, const node_options& opts);
+
+struct multiprocess_options {
+  std::string node_binary;  // the pnmkv executable to spawn (default: this process's)
+  std::string work_dir;     // where the resolved config, secret and logs go (default: a temp dir)
+};
+
+// Spawns a coordinator, a GPU host and the configured devices as `pnmkv node` processes on
+// loopback, drives the run from this process and reaps every child (SIGKILL past a grace
+// period). The report is the same as the embedded run's.
+result<run_report> run_multiprocess(const config& cfg, const cluster_run_options& opts,
+                                    const multiprocess_options& mp);
+
+}  // namespace pnmkv
