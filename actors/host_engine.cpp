@@ -282,7 +282,9 @@ result<std::vector<device_work>> host_engine::on_reply(const device_reply& r) {
   double& busy = device_busy_ns_[r.device_id];
   busy += dc.time_ns;
   layer_device_ns_ = std::max(layer_device_ns_, busy);
-  last_arrival_ns_ = std::max(last_arrival_ns_, link_in(r.vt_done_ns, bytes));
+  // The shared inbound link is accounted once the layer is complete, in virtual-time order,
+  // so the result does not depend on the order partials happened to arrive in wall time.
+  inbound_.push_back({r.vt_done_ns, r.tag, bytes});
   if (!pending_.empty()) return std::vector<device_work>{};
   auto st = finish_layer();
   if (!st) return st;
@@ -351,6 +353,12 @@ status host_engine::finish_verification() {
 
 status host_engine::finish_layer() {
   const uint32_t group = costs_.model().gqa_group();
+  std::sort(inbound_.begin(), inbound_.end(), [](const inbound& a, const inbound& b) {
+    return a.sent_ns != b.sent_ns ? a.sent_ns < b.sent_ns : a.tag < b.tag;
+  });
+  for (const inbound& in : inbound_)
+    last_arrival_ns_ = std::max(last_arrival_ns_, link_in(in.sent_ns, in.bytes));
+  inbound_.clear();
   // Devices and links up to the last partial.
   const double wait_ns = last_arrival_ns_ - layer_start_ns_;
   clock_ns_ = std::max(clock_ns_, last_arrival_ns_);

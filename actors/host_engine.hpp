@@ -156,6 +156,12 @@ class host_engine {
   double layer_start_ns_ = 0, last_arrival_ns_ = 0, step_start_ns_ = 0;
   double layer_device_ns_ = 0;                 // busiest device's work in this layer
   std::map<uint32_t, double> device_busy_ns_;  // per device, this layer
+  struct inbound {
+    double sent_ns;
+    uint64_t tag;
+    uint64_t bytes;
+  };
+  std::vector<inbound> inbound_;  // partials of this layer, for the inbound link
   step_report cur_{}, last_step_{};
   accuracy_accumulator accuracy_;
   uint64_t digest_ = 1469598103934665603ull;

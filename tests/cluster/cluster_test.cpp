@@ -1,0 +1,123 @@
+// Whole-cluster properties, in one process (embedded) and as separate processes over UCX:
+// the same config and seed give bit-identical outputs in both modes; with a budget covering
+// every page the cluster equals dense attention; bytes held add up to the placement; a
+// request too large for the devices is refused while the others proceed; runs leave no
+// threads or processes behind.
+#include <gtest/gtest.h>
+
+#include <dirent.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+#include "actors/cluster.hpp"
+#include "actors/node_main.hpp"
+
+namespace pnmkv {
+namespace {
+
+const std::string default_file = std::string(PNMKV_SOURCE_DIR) + "/cluster_configs/default.yaml";
+
+config small_config(std::vector<std::string> extra = {}) {
+  std::vector<std::string> sets = {"workload.context_tokens=8192", "run.steps=3",
+                                   "workload.batch=2", "selection.budget_tokens=512",
+                                   "run.step_timeout_ms=30000"};
+  sets.insert(sets.end(), extra.begin(), extra.end());
+  if (const char* seed = std::getenv("PNMKV_TEST_SEED")) sets.push_back(std::string("run.seed=") + seed);
+  auto c = load_config(default_file, sets);
+  EXPECT_TRUE(c) << c.error().to_string();
+  return *c;
+}
+
+size_t thread_count() {
+  size_t n = 0;
+  if (DIR* d = opendir("/proc/self/task")) {
+    while (readdir(d)) ++n;
+    closedir(d);
+  }
+  return n;
+}
+
+TEST(cluster, full_budget_equals_dense_and_bytes_add_up) {
+  for (const char* split : {"contiguous", "interleave"}) {
+    SCOPED_TRACE(split);
+    auto cfg = small_config({"selection.budget_tokens=16384", "cluster.head_groups=2",
+                             std::string("cluster.sequence_split=") + split});
+    auto rep = run_embedded(cfg, {});
+    ASSERT_TRUE(rep) << rep.error().to_string();
+    EXPECT_EQ(rep->completed, 2u);
+    EXPECT_EQ(rep->head_groups, 2u);
+    EXPECT_EQ(rep->sequence_shards, 2u);
+    EXPECT_GT(rep->accuracy_samples, 0u);
+    EXPECT_LT(rep->output_rel_err_max, 1e-5);
+    EXPECT_NEAR(rep->attention_mass_recall_min, 1.0, 1e-5);
+    // Every page held exactly once: the bytes the devices hold are the KV of the live
+    // layer for every token (context + appended), plus one summary per page.
+    const uint64_t tokens = 8192 + 3, pages = (tokens + 15) / 16;
+    uint64_t held = 0;
+    for (uint64_t b : rep->device_bytes_held) held += b;
+    const uint64_t kv_heads = 8, head_dim = 128;
+    // Pages are allocated whole: a shard's partial last page holds page_size rows.
+    const uint64_t batch = 2;
+    EXPECT_GE(held, batch * kv_heads * (tokens * head_dim * 4 + pages * head_dim * 4));
+    EXPECT_LE(held, batch * kv_heads * ((pages + 2) * 16 * head_dim * 4 + (pages + 2) * head_dim * 4));
+    ASSERT_EQ(rep->device_ids.size(), 4u);
+  }
+}
+
+TEST(cluster, too_large_request_is_refused_and_others_proceed) {
+  // Two requests of 8K tokens; each device (2 KV heads of each request) holds 513 pages ×
+  // 8704 bytes × 2 heads = 8.9 MB per request, and may hold 12 MB: one request only.
+  auto cfg = small_config({"cluster.device_memory_bytes_max=12000000"});
+  auto rep = run_embedded(cfg, {});
+  ASSERT_TRUE(rep) << rep.error().to_string();
+  EXPECT_EQ(rep->submitted, 2u);
+  EXPECT_EQ(rep->completed, 1u);
+  EXPECT_EQ(rep->failed, 1u);
+  ASSERT_EQ(rep->failures.size(), 1u);
+  EXPECT_NE(rep->failures[0].find("does not fit"), std::string::npos) << rep->failures[0];
+  EXPECT_GT(rep->accuracy_samples, 0u);
+}
+
+TEST(cluster, runs_are_reproducible_and_leave_no_threads) {
+  const size_t before = thread_count();
+  auto a = run_embedded(small_config(), {});
+  auto b = run_embedded(small_config(), {});
+  ASSERT_TRUE(a && b);
+  EXPECT_EQ(a->output_digest, b->output_digest);
+  EXPECT_EQ(thread_count(), before) << "threads leaked by the embedded cluster";
+  auto c = run_embedded(small_config({"run.seed=99"}), {});
+  ASSERT_TRUE(c);
+  EXPECT_NE(a->output_digest, c->output_digest);
+}
+
+TEST(cluster, embedded_and_multiprocess_give_the_same_outputs) {
+  auto cfg = small_config();
+  auto embedded = run_embedded(cfg, {});
+  ASSERT_TRUE(embedded) << embedded.error().to_string();
+  multiprocess_options mp;
+  mp.node_binary = PNMKV_BINARY;
+  auto multi = run_multiprocess(cfg, {}, mp);
+  ASSERT_TRUE(multi) << multi.error().to_string();
+  EXPECT_TRUE(multi->multiprocess);
+  EXPECT_EQ(multi->completed, 2u);
+  EXPECT_TRUE(multi->failures.empty()) << multi->failures.front();  // includes unclean shutdowns
+  EXPECT_EQ(embedded->output_digest, multi->output_digest);
+  EXPECT_DOUBLE_EQ(embedded->virtual_step_ms_mean, multi->virtual_step_ms_mean);
+  EXPECT_EQ(embedded->virtual_link_bytes_per_step, multi->virtual_link_bytes_per_step);
+}
+
+TEST(cluster, bad_config_is_a_clear_error) {
+  auto cfg = small_config({"cluster.live_layers=99"});
+  auto rep = run_embedded(cfg, {});
+  ASSERT_FALSE(rep);
+  EXPECT_NE(rep.error().message().find("cluster.live_layers"), std::string::npos);
+  auto cfg2 = small_config({"selection.budget_tokens=16"});
+  auto rep2 = run_embedded(cfg2, {});
+  ASSERT_FALSE(rep2);
+  EXPECT_NE(rep2.error().message().find("always-kept"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace pnmkv
