@@ -251,21 +251,28 @@ status fabric_base::send(node_id dest, std::vector<uint8_t> bytes, op_options op
                                         std::to_string(opts_.max_message_bytes) +
                                         " (use put/get for bulk data)"};
   if (status s = peer_status(dest); !s) return s;
-  if (status s = acquire_slot(dest); !s) return s;
-  const auto deadline = deadline_of(opts);
-  completion done = wrap(dest, std::move(opts.on_done));
-
   frame_header h;
   h.src = opts_.self;
   {
+    // One lock for the back-pressure slot and the link sequence number.
     std::lock_guard<std::mutex> lock(peers_mu_);
     auto it = peers_.find(dest);
-    if (it == peers_.end()) {
-      done(status{errc::peer_down, "node " + std::to_string(dest) + " disconnected"});
-      return status::ok();
+    if (it == peers_.end())
+      return {errc::invalid_argument, "node " + std::to_string(dest) + " is not connected"};
+    if (it->second.inflight >= opts_.send_queue_depth) {
+      c_.capacity_rejects++;
+      return {errc::capacity, "node " + std::to_string(dest) + ": " +
+                                  std::to_string(opts_.send_queue_depth) +
+                                  " operations in flight (fabric.send_queue_depth)"};
     }
+    it->second.inflight++;
     h.link_seq = it->second.next_link_seq++;
   }
+  const auto now = fabric_clock::now();
+  const auto deadline =
+      now + (opts.timeout.count() > 0 ? opts.timeout : std::chrono::nanoseconds(opts_.op_timeout));
+  completion done = wrap(dest, std::move(opts.on_done));
+
   fault_decision d;
   if (faults_) {
     d = faults_->decide(fault_point::send, describe(bytes, opts_.self, dest));
@@ -283,14 +290,15 @@ status fabric_base::send(node_id dest, std::vector<uint8_t> bytes, op_options op
   c_.sent_msgs++;
   c_.sent_bytes += bytes.size();
 
-  auto now = fabric_clock::now();
   auto due = now;
-  if (d.delay_ms) due += std::chrono::milliseconds(d.delay_ms);
-  if (opts_.pacing) due = std::max(due, pacing_due(dest, bytes.size()));
-  auto stall = stalled_until();
-  if (stall > now) {
-    due = std::max(due, stall);
-    c_.stalled_frames++;
+  if (faults_ || opts_.pacing) {  // only fault points and pacing hold frames
+    if (d.delay_ms) due += std::chrono::milliseconds(d.delay_ms);
+    if (opts_.pacing) due = std::max(due, pacing_due(dest, bytes.size()));
+    auto stall = stalled_until();
+    if (stall > now) {
+      due = std::max(due, stall);
+      c_.stalled_frames++;
+    }
   }
   if (d.duplicate) {
     auto copy = bytes;
@@ -332,6 +340,7 @@ status fabric_base::on_frame(const frame_header& h, std::vector<uint8_t>&& bytes
     if (d.drop) return status::ok();
     if (d.corrupt_bits) fault_injector::corrupt(bytes, d.corrupt_bits, d.corrupt_salt);
   }
+  if (!faults_) return deliver(h, std::move(bytes));  // no fault point can hold it
   auto now = fabric_clock::now();
   auto due = now;
   if (d.delay_ms) due += std::chrono::milliseconds(d.delay_ms);
@@ -420,6 +429,7 @@ status fabric_base::push_event(fabric_event&& e, bool bounded) {
     }
     if (e.kind == fabric_event_kind::message) inbox_messages_++;
     inbox_.push_back(std::move(e));
+    inbox_size_.store(inbox_.size(), std::memory_order_release);
   }
   inbox_cv_.notify_one();
   if (has_handler()) wake();
@@ -457,6 +467,7 @@ size_t fabric_base::drain_to_handler() {
       if (inbox_.empty() || !handler_) break;
       e = std::move(inbox_.front());
       inbox_.pop_front();
+      inbox_size_.store(inbox_.size(), std::memory_order_release);
       if (e.kind == fabric_event_kind::message) inbox_messages_--;
       h = handler_;
     }
@@ -466,11 +477,6 @@ size_t fabric_base::drain_to_handler() {
   return n;
 }
 
-bool fabric_base::inbox_empty() const {
-  std::lock_guard<std::mutex> lock(inbox_mu_);
-  return inbox_.empty();
-}
-
 void fabric_base::wait_inbox(fabric_clock::time_point until) {
   std::unique_lock<std::mutex> lock(inbox_mu_);
   inbox_cv_.wait_until(lock, until, [&] { return !inbox_.empty(); });
@@ -478,6 +484,7 @@ void fabric_base::wait_inbox(fabric_clock::time_point until) {
 
 size_t fabric_base::poll(std::vector<fabric_event>& out, std::chrono::nanoseconds timeout,
                          size_t max_events) {
+  if (timeout.count() <= 0 && inbox_empty()) return 0;
   std::unique_lock<std::mutex> lock(inbox_mu_);
   if (inbox_.empty() && timeout.count() > 0)
     inbox_cv_.wait_for(lock, timeout, [&] { return !inbox_.empty(); });
@@ -488,6 +495,7 @@ size_t fabric_base::poll(std::vector<fabric_event>& out, std::chrono::nanosecond
     inbox_.pop_front();
     ++n;
   }
+  inbox_size_.store(inbox_.size(), std::memory_order_release);
   return n;
 }
 
@@ -497,16 +505,19 @@ void fabric_base::schedule(fabric_clock::time_point due, std::function<void()> f
     std::lock_guard<std::mutex> lock(timers_mu_);
     earliest = timers_.empty() || due < timers_.top().due;
     timers_.push({due, timer_order_++, std::move(fn)});
+    earliest_timer_ns_.store(to_ns(timers_.top().due), std::memory_order_release);
   }
   if (earliest) wake();
 }
 
 fabric_clock::time_point fabric_base::next_timer() const {
-  std::lock_guard<std::mutex> lock(timers_mu_);
-  return timers_.empty() ? fabric_clock::time_point::max() : timers_.top().due;
+  int64_t ns = earliest_timer_ns_.load(std::memory_order_acquire);
+  return ns == INT64_MAX ? fabric_clock::time_point::max()
+                         : fabric_clock::time_point(std::chrono::nanoseconds(ns));
 }
 
 void fabric_base::run_timers(fabric_clock::time_point now) {
+  if (next_timer() > now) return;
   for (;;) {
     std::function<void()> fn;
     {
@@ -514,6 +525,8 @@ void fabric_base::run_timers(fabric_clock::time_point now) {
       if (timers_.empty() || timers_.top().due > now) return;
       fn = std::move(const_cast<timer_item&>(timers_.top()).fn);
       timers_.pop();
+      earliest_timer_ns_.store(timers_.empty() ? INT64_MAX : to_ns(timers_.top().due),
+                               std::memory_order_release);
     }
     fn();
   }

@@ -81,7 +81,7 @@ class fabric_base : public fabric {
   // Hands queued events to the handler if one is set; returns how many.
   size_t drain_to_handler();
   bool has_handler() const { return has_handler_.load(std::memory_order_acquire); }
-  bool inbox_empty() const;
+  bool inbox_empty() const { return inbox_size_.load(std::memory_order_acquire) == 0; }
   // Waits on the inbox until non-empty or `until`.
   void wait_inbox(fabric_clock::time_point until);
 
@@ -125,6 +125,7 @@ class fabric_base : public fabric {
   std::condition_variable inbox_cv_;
   std::deque<fabric_event> inbox_;
   size_t inbox_messages_ = 0;
+  std::atomic<size_t> inbox_size_{0};  // inbox_.size(), readable without the lock
   std::function<void(fabric_event&&)> handler_;
   std::atomic<bool> has_handler_{false};
   std::mutex handler_run_mu_;  // one handler invocation at a time
@@ -140,6 +141,7 @@ class fabric_base : public fabric {
   mutable std::mutex timers_mu_;
   std::priority_queue<timer_item, std::vector<timer_item>, std::greater<timer_item>> timers_;
   uint64_t timer_order_ = 0;
+  std::atomic<int64_t> earliest_timer_ns_{INT64_MAX};  // due time of timers_.top()
 
   std::atomic<int64_t> stall_until_ns_{0};
   fabric_clock::time_point pacing_origin_;

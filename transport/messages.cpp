@@ -409,8 +409,10 @@ void copy_blob(const char* field, capnp::Data::Reader d, uint64_t elems, std::ve
   if (d.size() != elems * sizeof(T))
     reject(reject_reason::shape, errc::shape_mismatch, "{}: {} bytes, declared shape needs {}",
            field, d.size(), elems * sizeof(T));
-  out.resize(elems);
-  if (elems) std::memcpy(out.data(), d.begin(), d.size());
+  // Range-assign of a trivially copyable type is one memmove, without first zeroing the
+  // vector (resize would initialise element by element). Blobs are word-aligned.
+  const T* src = reinterpret_cast<const T*>(d.begin());
+  out.assign(src, src + elems);
 }
 
 void copy_bytes(capnp::Data::Reader d, std::vector<uint8_t>& out) {
@@ -818,14 +820,14 @@ bool check_segment_table(const uint8_t* p, size_t size, rejection& out) {
 // Aligned view of the input: the input itself when 8-byte aligned, else a copy.
 struct aligned_words {
   kj::ArrayPtr<const capnp::word> words;
-  std::vector<capnp::word> copy;
+  std::vector<uint64_t> copy;  // capnp::word is not copyable under every compiler
   aligned_words(const void* data, size_t size) {
     if ((reinterpret_cast<uintptr_t>(data) & 7) == 0) {
       words = kj::arrayPtr(static_cast<const capnp::word*>(data), size / 8);
     } else {
       copy.resize(size / 8);
       std::memcpy(copy.data(), data, size / 8 * 8);
-      words = kj::arrayPtr(copy.data(), copy.size());
+      words = kj::arrayPtr(reinterpret_cast<const capnp::word*>(copy.data()), copy.size());
     }
   }
 };

@@ -319,13 +319,12 @@ class ucx_endpoint final : public detail::fabric_base {
   size_t poll(std::vector<fabric_event>& out, std::chrono::nanoseconds timeout,
               size_t max_events) override {
     if (u_.progress_thread || !on_owner_thread()) return fabric_base::poll(out, timeout, max_events);
-    auto until = fabric_clock::now() + timeout;
+    const auto until = fabric_clock::now() + timeout;
     for (;;) {
-      size_t n = fabric_base::poll(out, std::chrono::nanoseconds{0}, max_events);
-      if (n) return n;
-      bool more_time = fabric_clock::now() < until;
-      round(more_time, until);
-      if (!more_time) return fabric_base::poll(out, std::chrono::nanoseconds{0}, max_events);
+      if (!inbox_empty())
+        if (size_t n = fabric_base::poll(out, std::chrono::nanoseconds{0}, max_events)) return n;
+      auto now = round(true, until);
+      if (now >= until) return fabric_base::poll(out, std::chrono::nanoseconds{0}, max_events);
     }
   }
 
@@ -443,13 +442,19 @@ class ucx_endpoint final : public detail::fabric_base {
 
   void post_op(std::unique_ptr<op> o) {
     o->self = this;
+    if (on_owner_thread()) {
+      start_op(std::move(o), true);
+      return;
+    }
     op* raw = o.release();
-    on_owner([this, raw] { start_op(std::unique_ptr<op>(raw)); });
+    on_owner([this, raw] { start_op(std::unique_ptr<op>(raw), false); });
   }
 
   // One round of the progress loop. `may_sleep`: block on the event fd (up to `until`)
   // once nothing happened for `spin`.
-  void round(bool may_sleep, fabric_clock::time_point until = fabric_clock::time_point::max()) {
+  // Returns the time it read.
+  fabric_clock::time_point round(bool may_sleep,
+                                 fabric_clock::time_point until = fabric_clock::time_point::max()) {
     unsigned did = 0;
     if (posted_nonempty_.load(std::memory_order_acquire)) {
       std::vector<std::function<void()>> batch;
@@ -476,25 +481,26 @@ class ucx_endpoint final : public detail::fabric_base {
       run_timers(now);
       did++;
     }
-    did += static_cast<unsigned>(drain_to_handler());
+    if (has_handler()) did += static_cast<unsigned>(drain_to_handler());
     if (did) {
       last_activity_ = now;
-      return;
+      return now;
     }
-    if (!may_sleep || now - last_activity_ < u_.spin) return;
+    if (!may_sleep || now - last_activity_ < u_.spin || now >= until) return now;
     // Sleep on the worker's event fd and the post queue's eventfd.
     sleeping_.store(true);
     if (posted_nonempty_.load() || (has_handler() && !inbox_empty())) {
       sleeping_.store(false);
-      return;
+      return now;
     }
     ucs_status_t st = ucp_worker_arm(worker_);
     if (st == UCS_ERR_BUSY) {
       sleeping_.store(false);
-      return;
+      return now;
     }
+    // UCX runs keepalive from progress: never sleep longer than half its interval.
     auto wake_at = std::min({next_timer(), next_deadline_scan_ + std::chrono::milliseconds(9),
-                             until, now + std::chrono::milliseconds(100)});
+                             until, now + std::max(std::chrono::milliseconds(1), u_.keepalive / 2)});
     if (!ops_.empty()) wake_at = std::min(wake_at, now + std::chrono::milliseconds(2));
     int64_t ms = ms_until(wake_at);
     if (ms > 0) {
@@ -506,6 +512,7 @@ class ucx_endpoint final : public detail::fabric_base {
     while (::read(evfd_, &v, sizeof v) > 0) {
     }
     last_activity_ = fabric_clock::now();  // spin briefly after waking
+    return last_activity_;
   }
 
   // operations ---------------------------------------------------------------------
@@ -546,18 +553,31 @@ class ucx_endpoint final : public detail::fabric_base {
     return it != peers_.end() && it->second->up ? it->second->ep : nullptr;
   }
 
-  void start_op(std::unique_ptr<op> up) {
+  // Issues the UCX calls of an operation. The op joins ops_ only if something is still
+  // outstanding afterwards (UCX calls back only from progress, never from inside an nbx
+  // call, so inserting after the calls is safe); immediate completions cost no table entry.
+  void start_op(std::unique_ptr<op> up, bool inline_call) {
     op& o = *up;
-    uint64_t id = adopt(std::move(up));
+    o.id = next_op_id_++;
+    o.self = this;
+    const uint64_t id = o.id;
+    struct insert_if_pending {
+      ucx_endpoint* self;
+      std::unique_ptr<op>& up;
+      ~insert_if_pending() {
+        if (!up->finished || up->pending_requests > 0) {
+          uint64_t key = up->id;
+          self->ops_.emplace(key, std::move(up));
+        }
+      }
+    } guard{this, up};
     ucp_ep_h ep = ep_of(o.peer);
     if (!ep) {
       finish(o, status{errc::peer_down, "node " + std::to_string(o.peer) + " is down"});
-      maybe_free(id);
       return;
     }
-    if (fabric_clock::now() > o.deadline) {
+    if (!inline_call && fabric_clock::now() > o.deadline) {
       finish(o, status{errc::timeout, "deadline passed before the operation started"});
-      maybe_free(id);
       return;
     }
     o.ep = ep;
