@@ -89,11 +89,10 @@ result<kv_head_store> kv_head_store::create(kv_head_shape shape, uint64_t capaci
   const size_t rows = static_cast<size_t>(pages) * shape.page_size_tokens;
   const size_t elems = rows * shape.head_dim;
   // Uninitialised on purpose: the OS commits memory as pages are written.
-  store.keys_.reset(static_cast<bf16*>(allocate_aligned(elems * sizeof(bf16))));
-  store.values_.reset(static_cast<bf16*>(allocate_aligned(elems * sizeof(bf16))));
+  store.kv_.reset(static_cast<bf16*>(allocate_aligned(2 * elems * sizeof(bf16))));
   store.summaries_.reset(
       static_cast<uint8_t*>(allocate_aligned(pages * store.summary_bytes_per_page())));
-  if (!store.keys_ || !store.values_ || !store.summaries_) {
+  if (!store.kv_ || !store.summaries_) {
     return result<kv_head_store>{
         errc::capacity, "kv_head_store: cannot reserve " +
                             std::to_string(2 * elems * sizeof(bf16)) + " bytes of K/V for " +
@@ -130,14 +129,14 @@ uint32_t kv_head_store::page_tokens(uint32_t local_page) const {
 
 const bf16* kv_head_store::page_keys(uint32_t local_page) const {
   assert(local_page < page_count());
-  return keys_.get() +
-         static_cast<size_t>(local_page) * shape_.page_size_tokens * shape_.head_dim;
+  return kv_.get() +
+         static_cast<size_t>(local_page) * 2 * shape_.page_size_tokens * shape_.head_dim;
 }
 
 const bf16* kv_head_store::page_values(uint32_t local_page) const {
   assert(local_page < page_count());
-  return values_.get() +
-         static_cast<size_t>(local_page) * shape_.page_size_tokens * shape_.head_dim;
+  return kv_.get() + (static_cast<size_t>(local_page) * 2 + 1) * shape_.page_size_tokens *
+                        shape_.head_dim;
 }
 
 namespace {
@@ -276,8 +275,8 @@ status kv_head_store::append_rows(uint64_t position, const Src* k, const Src* v,
     }
     const uint32_t rows = static_cast<uint32_t>(std::min<uint64_t>(page_size - first_row,
                                                                    n_tokens - done));
-    bf16* kdst = keys_.get() + (static_cast<size_t>(local) * page_size + first_row) * d;
-    bf16* vdst = values_.get() + (static_cast<size_t>(local) * page_size + first_row) * d;
+    bf16* kdst = kv_.get() + (static_cast<size_t>(local) * 2 * page_size + first_row) * d;
+    bf16* vdst = kdst + page_size * d;
     copy_rows(kdst, k + done * d, static_cast<size_t>(rows) * d);
     copy_rows(vdst, v + done * d, static_cast<size_t>(rows) * d);
     if (first_row == 0 && rows < page_size) {
