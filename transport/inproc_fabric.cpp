@@ -8,6 +8,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <new>
 #include <random>
 #include <set>
 #include <shared_mutex>
@@ -205,12 +206,27 @@ class inproc_endpoint final : public detail::fabric_base {
     return r;
   }
 
+  result<local_region> allocate_region(size_t length) override {
+    if (!length) return status{errc::invalid_argument, "empty region"};
+    std::unique_ptr<uint8_t[]> mem(new (std::nothrow) uint8_t[length]());
+    if (!mem) return status{errc::capacity, "cannot allocate " + std::to_string(length) + " bytes"};
+    auto r = register_region(mem.get(), length);
+    if (!r) return r;
+    std::lock_guard<std::mutex> lock(mu_);
+    owned_[r->id] = std::move(mem);
+    return r;
+  }
+
   status deregister_region(uint64_t id) override {
-    std::unique_lock<std::shared_mutex> lock(hub_->regions_mu);
-    auto it = hub_->regions.find(id);
-    if (it == hub_->regions.end() || it->second.owner != self())
-      return {errc::invalid_argument, "region " + std::to_string(id) + " is not registered here"};
-    hub_->regions.erase(it);
+    {
+      std::unique_lock<std::shared_mutex> lock(hub_->regions_mu);
+      auto it = hub_->regions.find(id);
+      if (it == hub_->regions.end() || it->second.owner != self())
+        return {errc::invalid_argument, "region " + std::to_string(id) + " is not registered here"};
+      hub_->regions.erase(it);
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    owned_.erase(id);
     return status::ok();
   }
 
@@ -325,6 +341,7 @@ class inproc_endpoint final : public detail::fabric_base {
   std::set<node_id> connected_;
   std::map<uint64_t, import_entry> imports_;
   uint64_t next_import_ = 1;
+  std::map<uint64_t, std::unique_ptr<uint8_t[]>> owned_;  // allocate_region()
 
   std::mutex thr_mu_;
   std::condition_variable thr_cv_;

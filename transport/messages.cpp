@@ -49,7 +49,7 @@ constexpr uint64_t align8(uint64_t n) { return (n + 7) & ~uint64_t{7}; }
 // Blobs are referenced (not copied) only when large, aligned and word-sized, and only a
 // bounded number per message: each referenced blob becomes its own segment and readers
 // refuse messages with hundreds of segments.
-constexpr size_t reference_min_bytes = 4096;
+constexpr size_t reference_min_bytes = 512;
 constexpr int reference_max_count = 64;
 
 struct blob_writer {
@@ -75,7 +75,12 @@ struct blob_writer {
            [&](capnp::Data::Reader r) { (builder).set##Field(r); },                    \
            [&](capnp::Orphan<capnp::Data>&& o) { (builder).adopt##Field(kj::mv(o)); })
 
-// Rough encoded size, to size the first segment so most messages are one segment.
+// Bytes a blob adds to the first segment: large ones are referenced, not copied (when
+// aligned, which vectors' storage is).
+constexpr uint64_t inl(uint64_t bytes) { return bytes < reference_min_bytes ? bytes : 16; }
+
+// Rough encoded size of the first segment (everything but referenced blobs), so most
+// messages need one segment and no more is zeroed than will be written.
 uint64_t estimate_bytes(const message& m) {
   struct v {
     uint64_t operator()(const challenge_msg& x) const { return x.nonce.size(); }
@@ -92,19 +97,25 @@ uint64_t estimate_bytes(const message& m) {
       }
       return n;
     }
-    uint64_t operator()(const prefill_write_msg& x) const { return 2 * (x.k.size() + x.v.size()); }
-    uint64_t operator()(const token_append_msg& x) const { return 2 * (x.k.size() + x.v.size()); }
-    uint64_t operator()(const query_msg& x) const { return 4 * x.q.size(); }
+    uint64_t operator()(const prefill_write_msg& x) const {
+      return inl(2 * x.k.size()) + inl(2 * x.v.size());
+    }
+    uint64_t operator()(const token_append_msg& x) const {
+      return inl(2 * x.k.size()) + inl(2 * x.v.size());
+    }
+    uint64_t operator()(const query_msg& x) const {
+      return inl(4 * x.q.size()) + inl(4 * x.excluded_pages.size()) + inl(4 * x.listed_pages.size());
+    }
     uint64_t operator()(const partial_msg& x) const {
-      return 4 * (x.o.size() + x.lse.size() + x.page_ids.size());
+      return inl(4 * x.o.size()) + inl(4 * x.lse.size()) + inl(4 * x.page_ids.size());
     }
     uint64_t operator()(const candidates_msg& x) const {
-      return 4 * (x.page_ids.size() + x.scores.size());
+      return inl(4 * x.page_ids.size()) + inl(4 * x.scores.size());
     }
-    uint64_t operator()(const recall_request_msg& x) const { return 4 * x.page_ids.size(); }
+    uint64_t operator()(const recall_request_msg& x) const { return inl(4 * x.page_ids.size()); }
     uint64_t operator()(const recall_reply_msg& x) const {
       uint64_t n = 0;
-      for (auto& p : x.pages) n += 48 + 2 * (p.k.size() + p.v.size());
+      for (auto& p : x.pages) n += 48 + inl(2 * p.k.size()) + inl(2 * p.v.size());
       return n;
     }
     uint64_t operator()(const error_msg& x) const { return x.message.size(); }
@@ -241,6 +252,8 @@ void build(wire::Envelope::Builder root, const message& m, capnp::Orphanage orph
       b.setDeadlineNs(x.deadline_ns);
       b.setShardId(x.shard_id);
       b.setSequenceTokens(x.sequence_tokens);
+      PNMKV_PUT_BLOB(bw, b, ExcludedPages, x.excluded_pages);
+      PNMKV_PUT_BLOB(bw, b, ListedPages, x.listed_pages);
       break;
     }
     case msg_kind::partial: {
@@ -274,6 +287,8 @@ void build(wire::Envelope::Builder root, const message& m, capnp::Orphanage orph
       b.setNPages(static_cast<uint32_t>(x.page_ids.size()));
       PNMKV_PUT_BLOB(bw, b, PageIds, x.page_ids);
       PNMKV_PUT_BLOB(bw, b, Scores, x.scores);
+      b.setBytesScanned(x.bytes_scanned);
+      b.setFlops(x.flops);
       break;
     }
     case msg_kind::recall_request: {
@@ -615,6 +630,16 @@ message_body decode_body(const validator& c, wire::Envelope::Body::Reader body) 
       x.shard_id = r.getShardId();
       uint64_t elems = uint64_t{x.kv_head1 - x.kv_head0} * x.group * x.head_dim;
       copy_blob("query.q", r.getQ(), elems, x.q);
+      for (auto [name, blob, out] :
+           {std::tuple{"query.excluded_pages", r.getExcludedPages(), &x.excluded_pages},
+            std::tuple{"query.listed_pages", r.getListedPages(), &x.listed_pages}}) {
+        if (blob.size() % 4 != 0)
+          reject(reject_reason::shape, errc::shape_mismatch, "{} is {} bytes, not a multiple of 4",
+                 name, blob.size());
+        c.count_limit(name, blob.size() / 4, 0, L.max_pages_per_message);
+        copy_blob(name, blob, blob.size() / 4, *out);
+        for (uint32_t id : *out) c.index(name, id, L.max_context_tokens);
+      }
       return x;
     }
     case W::PARTIAL: {
@@ -668,6 +693,11 @@ message_body decode_body(const validator& c, wire::Envelope::Body::Reader body) 
       for (float s : x.scores)
         if (std::isnan(s))
           reject(reject_reason::bad_value, errc::invalid_argument, "candidate score is NaN");
+      x.bytes_scanned = r.getBytesScanned();
+      x.flops = r.getFlops();
+      if (!std::isfinite(x.flops) || x.flops < 0)
+        reject(reject_reason::bad_value, errc::invalid_argument, "candidates.flops is not a "
+               "finite non-negative number");
       return x;
     }
     case W::RECALL_REQUEST: {

@@ -163,6 +163,8 @@ struct query_msg {
   uint64_t deadline_ns = 0;   // virtual time
   uint32_t shard_id = 0;
   uint64_t sequence_tokens = 0;  // tokens in the sequence, the new one included
+  std::vector<uint32_t> excluded_pages;  // not to be selected (png-kv steady pages)
+  std::vector<uint32_t> listed_pages;    // exact_attend: the pages to attend
 };
 
 // o is [group][head_dim] fp32, lse is [group] fp32 (-inf for an empty subset).
@@ -191,7 +193,9 @@ struct candidates_msg {
   uint32_t kv_head = 0;
   uint32_t shard_id = 0;
   std::vector<uint32_t> page_ids;  // global page ids
-  std::vector<float> scores;       // same length
+  std::vector<float> scores;       // same length; +inf marks an always-kept page
+  uint64_t bytes_scanned = 0;
+  double flops = 0;
 };
 
 struct recall_request_msg {

@@ -114,6 +114,8 @@ message sample_message(msg_kind kind, uint64_t seed, const sample_shape& s) {
       q.deadline_ns = rng() % (1ull << 40);
       q.shard_id = static_cast<uint32_t>(rng() % 4);
       q.sequence_tokens = rng() % 1000000;
+      for (int i = 0; i < 5; ++i) q.excluded_pages.push_back(static_cast<uint32_t>(rng() % 60000));
+      for (int i = 0; i < 7; ++i) q.listed_pages.push_back(static_cast<uint32_t>(i * 3));
       m.body = q;
       break;
     }

@@ -276,6 +276,16 @@ class ucx_endpoint final : public detail::fabric_base {
     return fut.get();
   }
 
+  result<local_region> allocate_region(size_t length) override {
+    if (!length) return status{errc::invalid_argument, "empty region"};
+    auto p = std::make_shared<std::promise<result<local_region>>>();
+    auto fut = p->get_future();
+    on_owner([this, length, p] { p->set_value(do_register(nullptr, length)); });
+    if (fut.wait_until(fabric_clock::now() + opts_.connect_timeout) != std::future_status::ready)
+      return status{errc::timeout, "allocate_region: owner thread did not respond"};
+    return fut.get();
+  }
+
   status deregister_region(uint64_t id) override {
     auto p = std::make_shared<std::promise<status>>();
     auto fut = p->get_future();
@@ -750,7 +760,7 @@ class ucx_endpoint final : public detail::fabric_base {
     ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
                     UCP_EP_PARAM_FIELD_ERR_HANDLER;
     ep.address = reinterpret_cast<const ucp_address_t*>(address.data());
-    ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+    ep.err_mode = std::getenv("PNMKV_UCX_NO_ERR") ? UCP_ERR_HANDLING_MODE_NONE : UCP_ERR_HANDLING_MODE_PEER;
     ep.err_handler.cb = &ucx_endpoint::on_ep_error;
     ep.err_handler.arg = rec.get();
     ucs_status_t st = ucp_ep_create(worker_, &ep, &rec->ep);
@@ -759,6 +769,7 @@ class ucx_endpoint final : public detail::fabric_base {
       return;
     }
     rec->up = true;
+    if (std::getenv("PNMKV_UCX_EP_INFO")) ucp_ep_print_info(rec->ep, stderr);
     peer_rec* raw = rec.get();
     peers_[peer] = std::move(rec);
     // Flush so that wire-up is complete when connect() returns.
@@ -1078,17 +1089,30 @@ class ucx_endpoint final : public detail::fabric_base {
   }
 
   // regions --------------------------------------------------------------------------
+  // base == nullptr: UCX allocates (shared-memory segment when it can).
   result<local_region> do_register(void* base, size_t length) {
     ucp_mem_map_params_t mp{};
-    mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
+    mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
+                    UCP_MEM_MAP_PARAM_FIELD_FLAGS;
     mp.address = base;
     mp.length = length;
+    mp.flags = base ? 0 : UCP_MEM_MAP_ALLOCATE;
     region_rec rec;
-    rec.base = static_cast<uint8_t*>(base);
-    rec.length = length;
     rec.token = token_rng_();
     if (ucs_status_t st = ucp_mem_map(ctx_, &mp, &rec.memh); st != UCS_OK)
       return ucs_error("ucp_mem_map", st);
+    if (!base) {
+      ucp_mem_attr_t attr{};
+      attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS | UCP_MEM_ATTR_FIELD_LENGTH;
+      if (ucs_status_t st = ucp_mem_query(rec.memh, &attr); st != UCS_OK) {
+        ucp_mem_unmap(ctx_, rec.memh);
+        return ucs_error("ucp_mem_query", st);
+      }
+      base = attr.address;
+      std::memset(base, 0, length);
+    }
+    rec.base = static_cast<uint8_t*>(base);
+    rec.length = length;
     void* rkey_buf = nullptr;
     size_t rkey_len = 0;
     if (ucs_status_t st = ucp_rkey_pack(ctx_, rec.memh, &rkey_buf, &rkey_len); st != UCS_OK) {

@@ -132,6 +132,9 @@ struct Query {
   deadlineNs @11 :UInt64;   # virtual time by which the partial is due
   shardId @12 :UInt32;
   sequenceTokens @13 :UInt64;  # tokens in the sequence now, the new one included
+  excludedPages @14 :Data;     # uint32 global page ids the device must not select (png-kv:
+                               # the GPU holds them as steady pages)
+  listedPages @15 :Data;       # uint32 global page ids to attend (exactAttend), ascending
 }
 
 # o is fp32 [group][headDim], lse fp32 [group] (-inf for an empty subset).
@@ -162,7 +165,9 @@ struct Candidates {
   shardId @4 :UInt32;
   nPages @5 :UInt32;
   pageIds @6 :Data;
-  scores @7 :Data;
+  scores @7 :Data;            # fp32; +inf marks an always-kept page
+  bytesScanned @8 :UInt64;    # summaries read to score
+  flops @9 :Float64;
 }
 
 # Baseline mode: the GPU recalls pages (uint32 global ids) from a memory expander.

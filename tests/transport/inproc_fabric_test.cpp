@@ -112,6 +112,15 @@ TEST(InprocFabric, PutAndGetAreBoundsCheckedCopies) {
   EXPECT_EQ(c[0].put(*rr, ~uint64_t{0}, data.data(), 2).code(), errc::out_of_range);
   ASSERT_TRUE(c[1].deregister_region(reg->id).is_ok());
   EXPECT_FALSE(c[0].put_wait(*rr, 0, data.data(), 10).is_ok());
+  // A region the fabric allocates: zeroed, owned by the fabric.
+  auto owned = c[1].allocate_region(4096);
+  ASSERT_TRUE(owned.is_ok());
+  EXPECT_EQ(static_cast<uint8_t*>(owned->base)[4095], 0);
+  auto ro = c[0].import_region(1, owned->remote_key);
+  ASSERT_TRUE(ro.is_ok());
+  ASSERT_TRUE(c[0].put_wait(*ro, 10, data.data(), 100).is_ok());
+  EXPECT_TRUE(std::equal(data.begin(), data.begin() + 100, static_cast<uint8_t*>(owned->base) + 10));
+  ASSERT_TRUE(c[1].deregister_region(owned->id).is_ok());
 }
 
 TEST(InprocFabric, KilledNodeIsReportedDownAndOthersKeepWorking) {

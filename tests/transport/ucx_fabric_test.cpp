@@ -119,7 +119,8 @@ class child {
 
 struct peer_link {
   std::unique_ptr<child> proc;
-  remote_region region;
+  remote_region region;       // allocated by the peer's fabric
+  remote_region user_region;  // the peer's own memory, registered
   size_t region_bytes = 0;
 };
 
@@ -149,8 +150,9 @@ class UcxFabric : public ::testing::TestWithParam<std::string> {
     p.proc->write_line("PEER 0 " + hex(fab_->address()));
     status s = fab_->connect(node, unhex(line.substr(5)));
     EXPECT_TRUE(s.is_ok()) << s.to_string();
-    // The peer advertises its region.
+    // The peer advertises its two regions.
     auto until = clk::now() + 10s;
+    int adverts = 0;
     while (clk::now() < until) {
       std::vector<fabric_event> ev;
       fab_->poll(ev, 100ms);
@@ -158,9 +160,11 @@ class UcxFabric : public ::testing::TestWithParam<std::string> {
         if (e.kind != fabric_event_kind::message) continue;
         auto m = decode(e.bytes, wire_limits{});
         if (m && m->kind() == msg_kind::region_advert) {
-          auto r = fab_->import_region(node, std::get<region_advert_msg>(m->body).remote_key);
+          auto& adv = std::get<region_advert_msg>(m->body);
+          auto r = fab_->import_region(node, adv.remote_key);
           EXPECT_TRUE(r.is_ok()) << r.error().to_string();
-          if (r) p.region = *r;
+          if (r) (adv.purpose == 0 ? p.region : p.user_region) = *r;
+          if (++adverts < 2) continue;
           std::string ready;
           for (int i = 0; i < 20 && ready != "READY"; ++i) ready = p.proc->read_line(5s);
           EXPECT_EQ(ready, "READY");
@@ -184,8 +188,9 @@ class UcxFabric : public ::testing::TestWithParam<std::string> {
     return {};
   }
 
-  uint32_t remote_crc(node_id peer, size_t off, size_t len) {
-    error_msg cmd{errc::internal, "crc " + std::to_string(off) + " " + std::to_string(len), 0};
+  uint32_t remote_crc(node_id peer, int region, size_t off, size_t len) {
+    error_msg cmd{errc::internal, "crc " + std::to_string(region) + " " + std::to_string(off) + " " +
+                                      std::to_string(len), 0};
     EXPECT_TRUE(fab_->send_wait(peer, encode(envelope{protocol_version, 0, seq_++, 0}, cmd)).is_ok());
     auto reply = decode(next_message(peer), wire_limits{});
     if (!reply || reply->kind() != msg_kind::error) return 0;
@@ -226,31 +231,39 @@ TEST_P(UcxFabric, PutAndGetMoveEveryByteFrom8BTo64MiB) {
   const size_t region = (64u << 20) + 8192;
   auto p = start_peer(1, region);
   ASSERT_GT(p.region.length, 0u);
-  // The peer filled its region with its pattern: get proves bytes come from the peer.
+  ASSERT_GT(p.user_region.length, 0u);
+  // The peer filled its regions with its pattern: get proves bytes come from the peer.
   std::vector<uint8_t> got(4096);
   ASSERT_TRUE(fab_->get_wait(p.region, 100, got.data(), got.size()).is_ok());
   for (size_t i = 0; i < got.size(); ++i)
     ASSERT_EQ(got[i], static_cast<uint8_t>((100 + i) * 131 + 1)) << i;
 
   std::mt19937_64 rng(12);
-  for (size_t n : sizes) {
-    size_t off = n == (64u << 20) ? 0 : 4096 + 13;  // also unaligned offsets
-    std::vector<uint8_t> data(n);
-    for (auto& b : data) b = static_cast<uint8_t>(rng());
-    status s = fab_->put_wait(p.region, off, data.data(), n);
-    ASSERT_TRUE(s.is_ok()) << n << ": " << s.to_string();
-    EXPECT_EQ(remote_crc(1, off, n), crc32c(data.data(), n)) << "put of " << n << " bytes";
-    std::vector<uint8_t> back(n);
-    s = fab_->get_wait(p.region, off, back.data(), n);
-    ASSERT_TRUE(s.is_ok()) << n << ": " << s.to_string();
-    EXPECT_TRUE(back == data) << "get of " << n << " bytes";
+  size_t ops = 1;
+  for (int which = 0; which < 2; ++which) {
+    const remote_region& rr = which == 0 ? p.region : p.user_region;
+    for (size_t n : sizes) {
+      size_t off = n >= (8u << 20) ? 0 : 4096 + 13;  // also unaligned offsets
+      if (off + n > rr.length) continue;              // the registered region is 8 MiB
+      std::vector<uint8_t> data(n);
+      for (auto& b : data) b = static_cast<uint8_t>(rng());
+      status s = fab_->put_wait(rr, off, data.data(), n);
+      ASSERT_TRUE(s.is_ok()) << n << ": " << s.to_string();
+      EXPECT_EQ(remote_crc(1, which, off, n), crc32c(data.data(), n))
+          << "put of " << n << " bytes into region " << which;
+      std::vector<uint8_t> back(n);
+      s = fab_->get_wait(rr, off, back.data(), n);
+      ASSERT_TRUE(s.is_ok()) << n << ": " << s.to_string();
+      EXPECT_TRUE(back == data) << "get of " << n << " bytes from region " << which;
+      ++ops;
+    }
   }
   // Out-of-region accesses are refused locally, before touching the wire.
   std::vector<uint8_t> big(16);
-  EXPECT_EQ(fab_->put(p.region, region - 8, big.data(), 16).code(), errc::out_of_range);
+  EXPECT_EQ(fab_->put(p.region, p.region.length - 8, big.data(), 16).code(), errc::out_of_range);
   auto st = fab_->stats();
-  EXPECT_EQ(st.puts, sizes.size());
-  EXPECT_EQ(st.gets, sizes.size() + 1);
+  EXPECT_EQ(st.puts, ops - 1);
+  EXPECT_EQ(st.gets, ops);
 }
 
 TEST_P(UcxFabric, KilledPeerIsReportedDownWithin100msAndOthersKeepWorking) {

@@ -1,8 +1,9 @@
 // transport_ucx_peer: the other process of the UCX tests. It prints its worker address,
 // reads the parent's, connects, advertises a registered region filled with a known pattern,
-// then serves until the parent says "exit", goes down, or stdin closes:
-//   - an error message whose text is "crc OFFSET LENGTH" is answered with "crc HEX" over
-//     that range of the region (so the parent can check its puts landed);
+// (two, in fact: see below), then serves until the parent says "exit", goes down, or stdin closes:
+//   - an error message whose text is "crc REGION OFFSET LENGTH" is answered with "crc HEX"
+//     over that range of region 0 (allocated by the fabric) or 1 (registered user memory),
+//     so the parent can check its puts landed;
 //   - "stop" makes it stop progressing (SIGSTOP itself) -- the parent then kills it;
 //   - anything else is echoed back byte for byte.
 // Usage: transport_ucx_peer tcp|shm NODE REGION_BYTES
@@ -69,17 +70,26 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "peer: connect: %s\n", s.to_string().c_str());
     return 1;
   }
-  std::vector<uint8_t> region(region_bytes);
-  for (size_t i = 0; i < region.size(); ++i) region[i] = static_cast<uint8_t>(i * 131 + o.self);
-  auto reg = fab.register_region(region.data(), region.size());
-  if (!reg) {
-    std::fprintf(stderr, "peer: register: %s\n", reg.error().to_string().c_str());
+  // Region 0: allocated by the fabric (the fast path); region 1: registered user memory.
+  auto reg = fab.allocate_region(region_bytes);
+  std::vector<uint8_t> user(std::min<size_t>(region_bytes, 8u << 20));
+  auto reg_user = fab.register_region(user.data(), user.size());
+  if (!reg || !reg_user) {
+    std::fprintf(stderr, "peer: region: %s\n",
+                 (!reg ? reg.error() : reg_user.error()).to_string().c_str());
     return 1;
   }
-  region_advert_msg adv{reg->id, reg->length, reg->remote_key, 0};
-  if (status s = fab.send_wait(parent, encode(envelope{protocol_version, o.self, 0, 0}, adv)); !s) {
-    std::fprintf(stderr, "peer: advert: %s\n", s.to_string().c_str());
-    return 1;
+  uint8_t* const bases[2] = {static_cast<uint8_t*>(reg->base), user.data()};
+  const size_t lengths[2] = {reg->length, user.size()};
+  for (int r = 0; r < 2; ++r)
+    for (size_t i = 0; i < lengths[r]; ++i) bases[r][i] = static_cast<uint8_t>(i * 131 + o.self + r);
+  for (uint32_t r = 0; r < 2; ++r) {
+    const local_region& lr = r == 0 ? *reg : *reg_user;
+    region_advert_msg adv{lr.id, lr.length, lr.remote_key, r};
+    if (status s = fab.send_wait(parent, encode(envelope{protocol_version, o.self, r, 0}, adv)); !s) {
+      std::fprintf(stderr, "peer: advert: %s\n", s.to_string().c_str());
+      return 1;
+    }
   }
   std::cout << "READY" << std::endl;
 
@@ -103,10 +113,11 @@ int main(int argc, char** argv) {
             continue;
           }
           size_t off = 0, len = 0;
-          if (std::sscanf(text.c_str(), "crc %zu %zu", &off, &len) == 2 && off <= region.size() &&
-              len <= region.size() - off) {
+          unsigned which = 0;
+          if (std::sscanf(text.c_str(), "crc %u %zu %zu", &which, &off, &len) == 3 && which < 2 &&
+              off <= lengths[which] && len <= lengths[which] - off) {
             char buf[32];
-            std::snprintf(buf, sizeof buf, "crc %08x", crc32c(region.data() + off, len));
+            std::snprintf(buf, sizeof buf, "crc %08x", crc32c(bases[which] + off, len));
             error_msg reply{errc::internal, buf, d->env.seq};
             (void)fab.send(parent, encode(envelope{protocol_version, o.self, seq++, 0}, reply));
             continue;
