@@ -760,7 +760,7 @@ class ucx_endpoint final : public detail::fabric_base {
     ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
                     UCP_EP_PARAM_FIELD_ERR_HANDLER;
     ep.address = reinterpret_cast<const ucp_address_t*>(address.data());
-    ep.err_mode = std::getenv("PNMKV_UCX_NO_ERR") ? UCP_ERR_HANDLING_MODE_NONE : UCP_ERR_HANDLING_MODE_PEER;
+    ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
     ep.err_handler.cb = &ucx_endpoint::on_ep_error;
     ep.err_handler.arg = rec.get();
     ucs_status_t st = ucp_ep_create(worker_, &ep, &rec->ep);
@@ -769,6 +769,7 @@ class ucx_endpoint final : public detail::fabric_base {
       return;
     }
     rec->up = true;
+    // Diagnostics: which UCX lanes and protocols this endpoint uses.
     if (std::getenv("PNMKV_UCX_EP_INFO")) ucp_ep_print_info(rec->ep, stderr);
     peer_rec* raw = rec.get();
     peers_[peer] = std::move(rec);

@@ -16,6 +16,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <fstream>
 #include <mutex>
 #include <random>
 #include <string>
@@ -126,11 +127,14 @@ struct peer_link {
 
 class UcxFabric : public ::testing::TestWithParam<std::string> {
  protected:
-  void SetUp() override {
+  void SetUp() override { make_fabric({}); }
+  void make_fabric(const fault_plan& faults) {
+    fab_.reset();
     ASSERT_TRUE(parse_ucx_transport(GetParam(), u_.transport));
     fabric_options o;
     o.self = 0;
     o.op_timeout = 10s;
+    o.faults = faults;
     auto f = make_ucx_fabric(o, u_);
     ASSERT_TRUE(f.is_ok()) << f.error().to_string();
     fab_ = std::move(f).value();
@@ -323,6 +327,49 @@ TEST_P(UcxFabric, KilledPeerIsReportedDownWithin100msAndOthersKeepWorking) {
   ASSERT_TRUE(fab_->put_wait(b.region, 0, data.data(), data.size()).is_ok());
   ASSERT_TRUE(fab_->get_wait(b.region, 0, back.data(), back.size()).is_ok());
   EXPECT_EQ(back, data);
+}
+
+// Fault points sit in front of UCX too: drops and duplicates injected at the sender show up
+// in the event log and as gaps and duplicates in the other process's counters.
+TEST_P(UcxFabric, InjectedFaultsShowUpInThePeersCounters) {
+  auto rules = parse_fault_script("drop p=0.05 msg=heartbeat; duplicate p=0.05 msg=heartbeat");
+  ASSERT_TRUE(rules.is_ok());
+  const std::string log = std::string(::testing::TempDir()) + "pnmkv_ucx_faults_" + GetParam() + ".jsonl";
+  std::remove(log.c_str());
+  make_fabric(fault_plan{99, rules.value(), log});
+  auto p = start_peer(1, 4096);
+  const int n = 2000;
+  for (int i = 0; i < n; ++i) {
+    message hb{envelope{protocol_version, 0, static_cast<uint64_t>(i), 0}, heartbeat_msg{}};
+    ASSERT_TRUE(fab_->send_wait(1, encode(hb)).is_ok());
+  }
+  error_msg cmd{errc::internal, "stats", 0};  // not a heartbeat: never dropped
+  ASSERT_TRUE(fab_->send_wait(1, encode(envelope{protocol_version, 0, n + 1, 0}, cmd)).is_ok());
+  std::string stats;
+  auto until = clk::now() + 20s;
+  while (stats.empty() && clk::now() < until) {
+    auto m = decode(next_message(1), wire_limits{});
+    if (m && m->kind() == msg_kind::error) stats = std::get<error_msg>(m->body).message;
+  }
+  ASSERT_FALSE(stats.empty());
+  auto field = [&](const std::string& name) {
+    auto at = stats.find("\"" + name + "\":");
+    return at == std::string::npos ? ~0ull : std::stoull(stats.substr(at + name.size() + 3));
+  };
+  auto inj = fab_->faults();
+  ASSERT_TRUE(inj);
+  uint64_t drops = inj->injected(fault_point::send, fault_kind::drop);
+  uint64_t dups = inj->injected(fault_point::send, fault_kind::duplicate);
+  EXPECT_GT(drops, 50u);
+  EXPECT_LT(drops, 160u);
+  EXPECT_GT(dups, 50u);
+  EXPECT_LT(dups, 160u);
+  EXPECT_EQ(field("gaps"), drops) << stats;
+  EXPECT_EQ(field("duplicates"), dups) << stats;
+  std::ifstream in(log);
+  size_t lines = 0;
+  for (std::string l; std::getline(in, l);) ++lines;
+  EXPECT_EQ(lines, drops + dups);
 }
 
 INSTANTIATE_TEST_SUITE_P(Loopback, UcxFabric, ::testing::Values("tcp", "shm"),

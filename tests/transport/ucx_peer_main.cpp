@@ -4,6 +4,7 @@
 //   - an error message whose text is "crc REGION OFFSET LENGTH" is answered with "crc HEX"
 //     over that range of region 0 (allocated by the fabric) or 1 (registered user memory),
 //     so the parent can check its puts landed;
+//   - "stats" is answered with this endpoint's fabric_stats as JSON;
 //   - "stop" makes it stop progressing (SIGSTOP itself) -- the parent then kills it;
 //   - anything else is echoed back byte for byte.
 // Usage: transport_ucx_peer tcp|shm NODE REGION_BYTES
@@ -108,6 +109,11 @@ int main(int argc, char** argv) {
         if (d) {
           const std::string& text = std::get<error_msg>(d->body).message;
           if (text == "exit") return 0;
+          if (text == "stats") {  // this endpoint's counters, as JSON
+            error_msg reply{errc::internal, fab.stats().to_json(), d->env.seq};
+            (void)fab.send(parent, encode(envelope{protocol_version, o.self, seq++, 0}, reply));
+            continue;
+          }
           if (text == "stop") {
             raise(SIGSTOP);
             continue;
