@@ -87,6 +87,39 @@ TEST(attention, full_budget_sparse_equals_dense) {
   }
 }
 
+// Extreme shapes: pages larger than a tile (cut into tiles), one-token pages (many pages
+// per tile), the largest head dimension, group sizes off the 4-head blocks.
+TEST(attention, extreme_shapes_equal_dense) {
+  struct shape_case {
+    uint32_t d;
+    uint32_t page;
+    uint32_t group;
+    uint64_t tokens;
+  };
+  const shape_case cases[] = {{512, 1024, 3, 2500}, {512, 1, 5, 300}, {16, 1024, 1, 1030},
+                              {256, 33, 7, 999},    {128, 64, 16, 700}, {32, 3, 2, 1}};
+  uint64_t seed = base_seed() + 1000;
+  for (const shape_case& c : cases) {
+    ++seed;
+    SCOPED_TRACE(seed_trace(seed));
+    SCOPED_TRACE("d=" + std::to_string(c.d) + " page=" + std::to_string(c.page) +
+                 " group=" + std::to_string(c.group) + " tokens=" + std::to_string(c.tokens));
+    std::mt19937_64 gen(seed);
+    const kv_head_store s = test::make_store(kv_head_shape{c.d, c.page}, c.tokens, gen);
+    const std::vector<float> q = test::normal_floats(gen, c.group * c.d, 2.0f);
+    std::vector<uint32_t> pages(s.page_count());
+    std::iota(pages.begin(), pages.end(), 0u);
+    std::shuffle(pages.begin(), pages.end(), gen);
+    partial sparse;
+    partial dense;
+    ASSERT_TRUE(attend_pages(s, q.data(), c.group, pages.data(), pages.size(), scale_for(c.d),
+                             sparse)
+                    .is_ok());
+    ASSERT_TRUE(dense_attention_reference(s, q.data(), c.group, scale_for(c.d), dense).is_ok());
+    expect_close(sparse, dense, tolerance, "extreme shape");
+  }
+}
+
 // Page order does not matter (beyond rounding).
 TEST(attention, page_order_is_irrelevant) {
   std::mt19937_64 gen(base_seed());
