@@ -31,5 +31,6 @@ void register_bench_kernels(CLI::App& bench);
 void register_bench_fabric(CLI::App& bench);
 void register_config(CLI::App& app);
 void register_node(CLI::App& app);
+void register_sim(CLI::App& app);
 
 }  // namespace pnmkv::apps

@@ -11,7 +11,7 @@ namespace pnmkv {
 const std::vector<config_key>& config_schema() {
   static const std::vector<config_key> all = [] {
     std::vector<config_key> keys;
-    for (auto part : {&schema_keys_run, &schema_keys_workload, &schema_keys_transport}) {
+    for (auto part : {&schema_keys_run, &schema_keys_workload, &schema_keys_transport, &schema_keys_sim}) {
       auto more = (*part)();
       keys.insert(keys.end(), more.begin(), more.end());
     }

@@ -1,0 +1,83 @@
+// sim.* keys: the scale-out simulator (`pnmkv sim`, sim/README.md). The simulator also
+// reads the run, model, hardware, workload, selection and cluster keys, so one config file
+// drives both the live cluster and the simulator and the two can be compared.
+#include "config/schema_parts.hpp"
+
+namespace pnmkv {
+
+std::vector<config_key> schema_keys_sim() {
+  using t = config_type;
+  return {
+      {"sim.workload", t::choice, "closed", 0, 0, {"closed", "poisson", "trace"},
+       "closed: the batch decodes run.steps tokens from prefilled contexts; poisson: "
+       "sim.requests arrive at sim.arrival_rate_per_s; trace: arrivals from sim.trace_file"},
+      {"sim.batch_policy", t::choice, "config", 0, 0, {"config", "max"},
+       "closed workload: workload.batch requests (config) or as many as GPU memory, device "
+       "capacity and the TPOT limit admit (max)"},
+      {"sim.batch_max", t::integer, "0", 0, 1.0e6, {},
+       "Requests decoded together at most (0: no limit beyond memory and capacity)"},
+      {"sim.requests", t::integer, "64", 1, 1.0e7, {}, "poisson workload: requests generated"},
+      {"sim.arrival_rate_per_s", t::number, "0.05", 1e-9, 1e6, {},
+       "poisson workload: mean arrivals per second"},
+      {"sim.prompt_tokens_spread_fraction", t::number, "0", 0, 0.99, {},
+       "poisson workload: prompt tokens uniform in context_tokens * [1-f, 1+f]"},
+      {"sim.trace_file", t::string, "", 0, 0, {},
+       "trace workload: CSV with a header and rows arrival_s,prompt_tokens,output_tokens"},
+      {"sim.duration_s_max", t::number, "1e7", 1e-3, 1e12, {},
+       "Simulated seconds at most (open workloads); requests unfinished then are reported"},
+      {"sim.tp", t::integer, "1", 0, 64, {},
+       "Tensor-parallel GPUs for the dense layers (0: the fewest that hold the weights)"},
+      {"sim.pp", t::integer, "1", 0, 64, {}, "Pipeline stages (0: chosen with sim.tp = 0)"},
+      {"sim.weights_memory_fraction_max", t::number, "0.7", 0.05, 1, {},
+       "sim.tp = 0: weights may take at most this fraction of the GPUs' usable memory"},
+      {"sim.gpu_fabric_file", t::path, "hardware/h100-nvlink-fabric.yaml", 0, 0, {},
+       "NVLink figures with sources (tensor-parallel all-reduce, pipeline hand-off)"},
+      {"sim.pool_devices", t::integer, "0", 0, 4096, {},
+       "Devices per pool; requests of different pools use different devices "
+       "(0: one pool of every device, as the live cluster)"},
+      {"sim.pool_auto", t::boolean, "false", 0, 0, {},
+       "Pick the pool size (a divisor of cluster.pnm_devices) with the cost model: the one "
+       "giving the most tokens/s at the batch the point admits"},
+      {"sim.prefill_chunk_tokens", t::integer, "8192", 16, 1 << 24, {},
+       "Prompt tokens prefilled per step next to the decode batch (chunked prefill)"},
+      {"sim.tpot_ms_max", t::number, "0", 0, 1e9, {},
+       "Admit a request only while the predicted step time stays within this (link and "
+       "device budget; 0: no limit)"},
+      {"sim.baseline_summaries", t::choice, "auto", 0, 0, {"auto", "hbm", "link"},
+       "baseline: page summaries resident in GPU memory (hbm), read over the link each step "
+       "(link), or resident when they fit (auto)"},
+      {"sim.baseline_recall_layers_in_flight", t::integer, "2", 1, 1024, {},
+       "baseline: layers whose recall buffers a request holds at once (2: double-buffered)"},
+      {"sim.baseline_recall_reuse", t::boolean, "false", 0, 0, {},
+       "baseline: keep every layer's recalled pages between steps and recall only the pages "
+       "a step newly selects (1 - selection_overlap); costs a budget of every layer in HBM"},
+      {"sim.calibration_file", t::string, "", 0, 0, {},
+       "JSON from `pnmkv run --calibration-out` (format pnmkv-calibration/1); its values "
+       "replace the sim.* ones below"},
+      {"sim.steady_hit_fraction", t::number, "0.5", 0, 1, {},
+       "png-kv: fraction of the budget served by steady pages on the GPU (assumed until "
+       "calibrated)"},
+      {"sim.steady_set_fraction", t::number, "0.5", 0, 64, {},
+       "png-kv: steady pages held on the GPU per (request, layer, KV head), as a fraction of "
+       "the budget (assumed until calibrated)"},
+      {"sim.steady_churn_fraction", t::number, "0.1", 0, 1, {},
+       "png-kv: fraction of the steady set replaced at each re-evaluation (assumed)"},
+      {"sim.steady_reeval_steps", t::number, "8", 1, 1e6, {},
+       "png-kv: steps between steady-set re-evaluations"},
+      {"sim.selection_overlap", t::number, "0.8", 0, 1, {},
+       "Fraction of a step's selected pages the previous step selected (assumed)"},
+      {"sim.selection_spread", t::number, "1", 1, 1e6, {},
+       "Busiest sequence shard's share of a global selection over the even share (1: even)"},
+      {"sim.price_scale_gpu", t::number, "1", 0, 100, {},
+       "Multiplies the GPU price and host share (price sensitivity)"},
+      {"sim.price_scale_pnm", t::number, "1", 0, 100, {}, "Multiplies the PNM device price"},
+      {"sim.price_scale_expander", t::number, "1", 0, 100, {},
+       "Multiplies the passive expander price"},
+      {"sim.charge_link_energy", t::boolean, "true", 0, 0, {},
+       "Charge link_transfer energy for every byte on the CXL links"},
+      {"sim.batch_series_points_max", t::integer, "2000", 2, 1.0e6, {},
+       "Points kept of the batch-size-over-time series (evenly thinned)"},
+  };
+}
+
+}  // namespace pnmkv

@@ -1,0 +1,130 @@
+// Calibration file reading (format "pnmkv-calibration/1", described in sim/README.md).
+// Strict on the values it knows (type and range), tolerant of extra top-level fields so a
+// newer writer can add context without breaking older readers.
+#include "sim/calibration.hpp"
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+namespace pnmkv {
+
+namespace {
+
+struct field {
+  const char* name;
+  calibrated_value calibration::*member;
+  double lo, hi;
+};
+
+const field fields[] = {
+    {"steady_hit_fraction", &calibration::steady_hit_fraction, 0, 1},
+    {"steady_set_fraction", &calibration::steady_set_fraction, 0, 64},
+    {"steady_churn_fraction", &calibration::steady_churn_fraction, 0, 1},
+    {"steady_reeval_steps", &calibration::steady_reeval_steps, 1, 1e6},
+    {"selection_overlap", &calibration::selection_overlap, 0, 1},
+    {"selection_spread", &calibration::selection_spread, 1, 1e6},
+};
+
+std::string resolve(const std::string& name, const config& cfg) {
+  namespace fs = std::filesystem;
+  if (fs::path(name).is_absolute() || fs::exists(name) || cfg.source_file().empty()) return name;
+  fs::path dir = fs::path(cfg.source_file()).parent_path();
+  if (fs::exists(dir / name)) return (dir / name).lexically_normal().string();
+  if (fs::exists(dir.parent_path() / name)) return (dir.parent_path() / name).lexically_normal().string();
+  return name;
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, const calibrated_value*>> calibration::entries() const {
+  std::vector<std::pair<std::string, const calibrated_value*>> out;
+  for (const auto& f : fields) out.emplace_back(f.name, &(this->*(f.member)));
+  return out;
+}
+
+std::string calibration::describe() const {
+  std::ostringstream os;
+  for (const auto& [name, v] : entries()) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.4g", v->value);
+    os << name << " = " << buf << " (" << v->source << ")\n";
+  }
+  return os.str();
+}
+
+result<calibration> calibration_from_config(const config& cfg) {
+  calibration c;
+  for (const auto& f : fields) {
+    const std::string key = std::string("sim.") + f.name;
+    (c.*(f.member)).value = cfg.get_number(key);
+    (c.*(f.member)).source = "config " + key;
+  }
+  const std::string& file = cfg.get_string("sim.calibration_file");
+  if (file.empty()) return c;
+  return load_calibration(resolve(file, cfg), std::move(c));
+}
+
+result<calibration> load_calibration(const std::string& file, calibration base) {
+  std::ifstream in(file);
+  if (!in) return status{errc::io, "calibration file '" + file + "' cannot be read"};
+  nlohmann::json j;
+  try {
+    in >> j;
+  } catch (const std::exception& e) {
+    return status{errc::parse, "calibration file '" + file + "' is not valid JSON: " + e.what()};
+  }
+  const std::string where = "calibration file '" + file + "'";
+  if (!j.is_object()) return status{errc::parse, where + " must be a JSON object"};
+  if (!j.contains("format") || !j["format"].is_string() ||
+      j["format"].get<std::string>() != "pnmkv-calibration/1")
+    return status{errc::parse, where + ": \"format\" must be \"pnmkv-calibration/1\""};
+  if (!j.contains("values") || !j["values"].is_object())
+    return status{errc::parse, where + ": \"values\" must be an object of named values"};
+  for (const auto& [name, v] : j["values"].items()) {
+    const field* f = nullptr;
+    for (const auto& cand : fields)
+      if (name == cand.name) f = &cand;
+    if (!f) {
+      std::string allowed;
+      for (const auto& cand : fields) allowed += (allowed.empty() ? "" : ", ") + std::string(cand.name);
+      return status{errc::invalid_argument,
+                    where + ": unknown value '" + name + "'; allowed: " + allowed};
+    }
+    double x = 0;
+    uint64_t samples = 0;
+    if (v.is_number()) {
+      x = v.get<double>();
+    } else if (v.is_object() && v.contains("value") && v["value"].is_number()) {
+      x = v["value"].get<double>();
+      if (v.contains("samples") && v["samples"].is_number_unsigned())
+        samples = v["samples"].get<uint64_t>();
+    } else {
+      return status{errc::parse, where + ": values." + name +
+                                     " must be a number or {\"value\": number, \"samples\": n}"};
+    }
+    if (!std::isfinite(x) || x < f->lo || x > f->hi) {
+      char buf[160];
+      std::snprintf(buf, sizeof buf, ": values.%s = %g is outside [%g, %g]", f->name, x, f->lo, f->hi);
+      return status{errc::invalid_argument, where + buf};
+    }
+    calibrated_value& dst = base.*(f->member);
+    dst.value = x;
+    dst.source = "calibration " + file + (samples ? " (" + std::to_string(samples) + " samples)" : "");
+  }
+  base.file = file;
+  if (j.contains("measured") && j["measured"].is_object()) {
+    const auto& m = j["measured"];
+    if (m.contains("model") && m["model"].is_string()) base.measured_model = m["model"].get<std::string>();
+    if (m.contains("context_tokens") && m["context_tokens"].is_number())
+      base.measured_context_tokens = m["context_tokens"].get<double>();
+    if (m.contains("budget_tokens") && m["budget_tokens"].is_number())
+      base.measured_budget_tokens = m["budget_tokens"].get<double>();
+  }
+  return base;
+}
+
+}  // namespace pnmkv

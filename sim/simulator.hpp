@@ -1,0 +1,117 @@
+// The scale-out simulator (DESIGN.md §3, §5): requests arrive (a closed batch, a Poisson
+// generator or a trace file), are admitted at step boundaries while GPU memory, device
+// capacity (schedulers/placement.hpp on 512 GB devices), a batch cap and a TPOT limit
+// allow, prefill in chunks next to the decoding batch (continuous batching), decode one
+// token per step and leave. Each step's time, energy and bytes come from step_model, i.e.
+// from the cost model with the live system's composition. The result has per-request
+// TTFT, TPOT and queueing delay, batch size over time, throughput, energy per token and
+// tokens per dollar, and the step-time and energy breakdowns.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sim/sim_setup.hpp"
+#include "sim/step_model.hpp"
+
+namespace pnmkv {
+
+struct request_outcome {
+  uint64_t id = 0;
+  uint64_t prompt_tokens = 0, output_tokens = 0, generated = 0;
+  double arrival_s = 0, admitted_s = -1, first_token_s = -1, finish_s = -1;
+  bool refused = false;
+  std::string refusal;
+  double queueing_ms() const { return admitted_s >= 0 ? (admitted_s - arrival_s) * 1e3 : 0; }
+  double ttft_ms() const { return first_token_s >= 0 ? (first_token_s - arrival_s) * 1e3 : 0; }
+  double tpot_ms() const {
+    return finish_s >= 0 && generated > 1 ? (finish_s - first_token_s) * 1e3 / double(generated - 1) : 0;
+  }
+};
+
+struct batch_sample {
+  double t_s = 0;
+  uint32_t decode_batch = 0;
+  uint64_t prefill_tokens = 0;
+};
+
+// GPU memory of the serving GPUs (DESIGN.md §2): weights, the prefill working set, and per
+// request activations plus what the mode keeps there — recall buffers and (when resident)
+// page summaries for baseline, steady pages for png-kv, partial buffers for pnm-kv.
+struct gpu_memory_model {
+  double usable_bytes = 0;      // gpus × (memory − reserved)
+  double weight_bytes = 0;
+  double prefill_working_bytes = 0;
+  double free_bytes() const { return usable_bytes - weight_bytes - prefill_working_bytes; }
+};
+gpu_memory_model gpu_memory(const sim_setup& s);
+// Bytes one request holds in GPU memory when its sequence reaches `final_tokens`.
+double gpu_bytes_per_request(const sim_setup& s, uint64_t final_tokens, bool summaries_resident,
+                             uint32_t sequence_shards);
+// Device bytes one request takes over its pool (K, V, summaries, every layer, × replication).
+double device_bytes_per_request(const sim_setup& s, uint64_t final_tokens);
+
+struct sim_result {
+  // What was simulated.
+  std::string mode, model_name, model_file, hardware_name, hardware_file, fabric_file,
+      calibration_file, workload;
+  std::vector<std::pair<std::string, calibrated_value>> calibration;
+  std::string config_json;
+  uint64_t context_tokens = 0, budget_tokens = 0;
+  uint32_t gpus = 0, tp = 0, pp = 0, pnm_devices = 0, expanders = 0, pool_devices = 0, pools = 0,
+           head_groups = 0, sequence_shards = 0;
+
+  // Admission.
+  double batch_mean = 0;           // decoding requests per decode step, mean
+  uint32_t batch_peak = 0;
+  uint32_t batch_limit_gpu_memory = 0;       // analytic, at context + output tokens
+  uint32_t batch_limit_device_capacity = 0;  // by placement on the pools
+  std::string batch_limited_by;    // what stopped admission first (closed workloads)
+  double gpu_free_bytes = 0, gpu_bytes_per_request = 0, device_bytes_per_request = 0;
+  bool summaries_resident = true;  // baseline: of the first request
+
+  // Performance (virtual time).
+  double tokens_per_s = 0;       // output tokens / simulated time
+  double step_ms = 0;            // mean decode step
+  double tpot_ms = 0, ttft_ms = 0, queueing_ms = 0;  // means over requests
+  double tpot_ms_p99 = 0, ttft_ms_p99 = 0;
+  double energy_j_per_token = 0, power_w = 0, capital_usd = 0, tokens_per_dollar = 0;
+  step_breakdown breakdown_ms;   // mean per decode step, in ms
+  step_energy energy_j_per_token_by;  // dynamic, per output token
+  double static_j_per_token = 0;
+  double link_bytes_per_step = 0, device_bytes_per_step = 0;
+  double device_busy_fraction = 0, link_busy_fraction = 0;  // busiest, over decode steps
+  uint64_t decode_steps = 0, tokens_out = 0, completed = 0, refused = 0, unfinished = 0;
+  double simulated_s = 0;
+  double wall_s = 0;              // how long the simulation itself took
+
+  std::vector<request_outcome> requests;
+  std::vector<batch_sample> batch_series;
+
+  // JSON (one object; per-request rows and the batch series only when asked).
+  std::string to_json(bool with_series) const;
+  static std::string csv_header();
+  std::string csv_row() const;
+  std::string to_table() const;
+};
+
+using sim_progress = std::function<void(uint64_t done, uint64_t total)>;
+
+// Runs one point. With sim.pool_auto the pool size is chosen first (the divisor of the
+// device count giving the most tokens/s at the batch the point admits).
+result<sim_result> simulate(std::shared_ptr<const sim_setup> setup, const sim_progress& progress = {});
+
+// The pool size sim.pool_auto picks (exposed for tests and reports).
+result<uint32_t> choose_pool_devices(const sim_setup& setup);
+
+// Reads a trace (CSV: arrival_s,prompt_tokens,output_tokens; an optional header line).
+struct trace_row {
+  double arrival_s = 0;
+  uint64_t prompt_tokens = 0, output_tokens = 0;
+};
+result<std::vector<trace_row>> load_trace(const std::string& file);
+
+}  // namespace pnmkv

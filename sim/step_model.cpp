@@ -1,0 +1,539 @@
+// The per-step composition (see step_model.hpp). Each layer is a small discrete-event
+// pass: messages leave each host link in issue order, devices serve in arrival order,
+// replies return over the inbound links in completion order.
+#include "sim/step_model.hpp"
+
+#include <algorithm>
+#include <cassert>
+#include <cmath>
+
+#include "sim/work_sizes.hpp"
+
+namespace pnmkv {
+
+step_breakdown& step_breakdown::operator+=(const step_breakdown& o) {
+  gpu_dense_ns += o.gpu_dense_ns, allreduce_ns += o.allreduce_ns, gpu_attention_ns += o.gpu_attention_ns;
+  link_ns += o.link_ns, device_scan_ns += o.device_scan_ns, queueing_ns += o.queueing_ns;
+  merge_ns += o.merge_ns, lm_head_ns += o.lm_head_ns;
+  return *this;
+}
+
+step_breakdown step_breakdown::scaled(double f) const {
+  step_breakdown b = *this;
+  for (double* x : {&b.gpu_dense_ns, &b.allreduce_ns, &b.gpu_attention_ns, &b.link_ns,
+                    &b.device_scan_ns, &b.queueing_ns, &b.merge_ns, &b.lm_head_ns})
+    *x *= f;
+  return b;
+}
+
+step_energy& step_energy::operator+=(const step_energy& o) {
+  gpu_dense_j += o.gpu_dense_j, allreduce_j += o.allreduce_j, lm_head_j += o.lm_head_j;
+  gpu_attention_j += o.gpu_attention_j, merge_j += o.merge_j, device_j += o.device_j;
+  link_j += o.link_j, hbm_write_j += o.hbm_write_j;
+  return *this;
+}
+
+step_energy step_energy::scaled(double f) const {
+  step_energy e = *this;
+  for (double* x : {&e.gpu_dense_j, &e.allreduce_j, &e.lm_head_j, &e.gpu_attention_j,
+                    &e.merge_j, &e.device_j, &e.link_j, &e.hbm_write_j})
+    *x *= f;
+  return e;
+}
+
+step_model::step_model(std::shared_ptr<const sim_setup> setup)
+    : s_(std::move(setup)), c_(*s_->costs) {
+  out_free_ns_.assign(s_->host_links, 0);
+  in_free_ns_.assign(s_->host_links, 0);
+  out_ser_ns_.assign(s_->host_links, 0);
+  in_ser_ns_.assign(s_->host_links, 0);
+  device_clock_ns_.assign(s_->devices, 0);
+  device_busy_ns_.assign(s_->devices, 0);
+}
+
+uint32_t step_model::link_of(uint32_t kv_head, uint32_t shard_j, uint32_t shards) const {
+  const uint64_t H = s_->model.kv_heads;
+  return static_cast<uint32_t>((uint64_t(kv_head) * shards + shard_j) * s_->host_links / (H * shards));
+}
+
+void step_model::reset_links(double t_ns) {
+  std::fill(out_free_ns_.begin(), out_free_ns_.end(), t_ns);
+  std::fill(in_free_ns_.begin(), in_free_ns_.end(), 0.0);
+  std::fill(out_ser_ns_.begin(), out_ser_ns_.end(), 0.0);
+  std::fill(in_ser_ns_.begin(), in_ser_ns_.end(), 0.0);
+  for (uint32_t d : touched_) device_clock_ns_[d] = 0, device_busy_ns_[d] = 0;
+  touched_.clear();
+  items_.clear();
+}
+
+double step_model::link_out(uint32_t link, double now_ns, uint64_t bytes, layer_result& lr) {
+  assert(link < out_free_ns_.size());
+  const double ser = c_.link_serialisation_ns(double(bytes));
+  out_free_ns_[link] = std::max(out_free_ns_[link], now_ns) + ser;
+  out_ser_ns_[link] += ser;
+  lr.link_bytes += double(bytes);
+  return out_free_ns_[link] + c_.link_latency_ns();
+}
+
+void step_model::serve_devices(layer_result& lr) {
+  std::sort(items_.begin(), items_.end(), [](const item& a, const item& b) {
+    if (a.device != b.device) return a.device < b.device;
+    return a.arrival_ns != b.arrival_ns ? a.arrival_ns < b.arrival_ns : a.seq < b.seq;
+  });
+  for (item& it : items_) {
+    assert(it.device < device_clock_ns_.size());
+    double& clock = device_clock_ns_[it.device];
+    double& busy = device_busy_ns_[it.device];
+    if (busy == 0 && clock == 0) touched_.push_back(it.device);
+    clock = std::max(clock, it.arrival_ns) + it.cost_ns;
+    busy += it.cost_ns;
+    it.done_ns = clock;
+    lr.device_busy_ns_max = std::max(lr.device_busy_ns_max, busy);
+  }
+}
+
+double step_model::return_replies(layer_result& lr) {
+  std::sort(items_.begin(), items_.end(), [](const item& a, const item& b) {
+    return a.done_ns != b.done_ns ? a.done_ns < b.done_ns : a.seq < b.seq;
+  });
+  const double lat = c_.link_latency_ns();
+  double last = 0;
+  for (item& it : items_) {
+    const double ser = c_.link_serialisation_ns(double(it.reply_bytes));
+    in_free_ns_[it.link] = std::max(in_free_ns_[it.link], it.done_ns + lat) + ser;
+    in_ser_ns_[it.link] += ser;
+    lr.link_bytes += double(it.reply_bytes);
+    it.done_ns = in_free_ns_[it.link];  // now: when the reply is in GPU memory
+    last = std::max(last, it.done_ns);
+  }
+  return last;
+}
+
+void step_model::send_prefill(const std::vector<const prefill_piece*>& prefill, layer_result& lr,
+                              double& last_arrival_ns) {
+  const model_shape& m = s_->model;
+  for (const prefill_piece* p : prefill) {
+    const request_placement& pl = *p->placement;
+    const uint32_t s = pl.sequence_shards;
+    for (uint32_t h = 0; h < m.kv_heads; ++h) {
+      const int idx = pl.shard_of(h, p->position / s_->page_size_tokens);
+      assert(idx >= 0);
+      const shard_placement& sh = pl.shards[size_t(idx)];
+      const uint32_t copies = 1 + uint32_t(sh.replica_device_ids.size());
+      const uint32_t l = link_of(h, sh.sequence_index, s);
+      for (uint32_t k = 0; k < copies; ++k)
+        last_arrival_ns = std::max(
+            last_arrival_ns, link_out(l, out_free_ns_[l], work::prefill_wire_bytes(m, p->tokens), lr));
+      const double kv = c_.kv_bytes(double(p->tokens)) * copies;
+      lr.energy.device_j += s_->mode == sim_mode::baseline ? c_.expander_read(kv).energy_j
+                                                           : c_.pnm_compute(kv, 0).energy_j;
+    }
+  }
+}
+
+void step_model::attribute_wait(double wait_ns, double device_busy_ns, layer_result& lr) const {
+  if (wait_ns <= 0) return;
+  const double dev = std::min(device_busy_ns, wait_ns);
+  double link_ser = 0;
+  for (size_t l = 0; l < out_ser_ns_.size(); ++l)
+    link_ser = std::max(link_ser, std::max(out_ser_ns_[l], in_ser_ns_[l]));
+  const double rest = wait_ns - dev;
+  const double link = std::min(rest, link_ser + 2.0 * c_.link_latency_ns());
+  lr.crit.device_scan_ns += dev;
+  lr.crit.link_ns += link;
+  lr.crit.queueing_ns += rest - link;
+}
+
+step_model::layer_result step_model::layer_pnm(const std::vector<const step_request*>& reqs,
+                                               const std::vector<const prefill_piece*>& prefill) {
+  const sim_setup& S = *s_;
+  const model_shape& m = S.model;
+  const uint32_t H = m.kv_heads, ps = S.page_size_tokens, group = m.gqa_group();
+  const bool png = S.mode == sim_mode::png_kv;
+  layer_result lr;
+
+  uint64_t ntok = reqs.size();
+  for (const prefill_piece* p : prefill) ntok += p->tokens;
+  const op_cost dense = c_.gpu_dense_layer(uint32_t(std::min<uint64_t>(ntok, UINT32_MAX)), S.tp);
+  const op_cost ar = S.fabric.all_reduce(double(ntok) * m.hidden * 2.0, S.tp);
+  const double t0 = dense.time_ns + 2.0 * ar.time_ns;
+  reset_links(t0);
+
+  const uint64_t budget_pages = S.budget_pages();
+  const work::pngkv_split split =
+      png ? work::pngkv_budget_split(budget_pages, S.cal.steady_hit_fraction.value)
+          : work::pngkv_split{0, budget_pages};
+  const uint64_t steady_pages =
+      png ? std::max<uint64_t>(split.gpu_pages,
+                               uint64_t(std::llround(S.cal.steady_set_fraction.value * double(budget_pages))))
+          : 0;
+  const double churn_per_step =
+      png ? S.cal.steady_churn_fraction.value / std::max(1.0, S.cal.steady_reeval_steps.value) : 0;
+
+  // Heads needing a second round (exact selection over s > 1 shards).
+  struct round_b_head {
+    const step_request* r;
+    uint32_t kv_head;
+    uint64_t device_budget;
+    uint64_t steady;
+    uint32_t req_index;
+  };
+  std::vector<round_b_head> round_b;
+
+  double gpu_attn_ns = 0, merge_ns = 0;
+  const uint64_t append_bytes = work::append_wire_bytes(m);
+  for (uint32_t ri = 0; ri < reqs.size(); ++ri) {
+    const step_request* r = reqs[ri];
+    const request_placement& pl = *r->placement;
+    const uint32_t s = pl.sequence_shards;
+    const uint32_t heads_per_group = H / pl.head_groups;
+    const uint64_t seq_after = r->seq_tokens + 1;
+    const uint64_t last_page = (seq_after - 1) / ps;
+    const int idx0 = pl.shard_of(0, last_page);
+    assert(idx0 >= 0);
+    const uint32_t j_last = pl.shards[size_t(idx0)].sequence_index;
+    const uint64_t total_pages = (seq_after + ps - 1) / ps;
+    // png-kv: steady pages are full pages other than the always-kept first and last.
+    const uint64_t steady_r = png ? std::min<uint64_t>(steady_pages, total_pages > 2 ? total_pages - 2 : 0) : 0;
+    const uint64_t gpu_pages_r = std::min<uint64_t>(split.gpu_pages, steady_r);
+    const uint64_t device_budget = budget_pages - gpu_pages_r;
+    const double copy_pages_r = png ? (r->first_decode_step ? double(steady_r) : double(steady_r) * churn_per_step) : 0;
+    const bool two_rounds = s > 1 && S.exact_cross_shard;
+    for (uint32_t h = 0; h < H; ++h) {
+      const uint32_t g = h / heads_per_group;
+      const shard_placement& holder = pl.shards[size_t(g) * s + j_last];
+      const uint32_t l_app = link_of(h, j_last, s);
+      for (size_t k = 0; k < 1 + holder.replica_device_ids.size(); ++k) link_out(l_app, t0, append_bytes, lr);
+      for (uint32_t j = 0; j < s; ++j) {
+        const shard_placement& sh = pl.shards[size_t(g) * s + j];
+        const uint64_t held = sh.tokens_held_at(seq_after, ps);
+        // Local: the shard's share of the budget, selected and attended in one round.
+        // Exact, round a: score every page, offer the best `device_budget` as candidates.
+        const uint64_t bj = two_rounds ? device_budget : work::local_budget_pages(device_budget, s, j);
+        const work::shard_selection sel = work::select_on_shard(held, ps, bj, j == j_last);
+        work::query_work w = work::pnm_query_work(c_, sel, S.heads_scored, S.summary_elem_bytes);
+        uint64_t reply = work::partial_wire_bytes(m, sel.pages_selected);
+        if (two_rounds) {  // scoring only; candidates (page id and score) go back
+          w = {double(sel.pages_held) * c_.summary_bytes_per_page(S.summary_elem_bytes),
+               c_.score_flops(double(sel.pages_held), S.heads_scored)};
+          reply = work::header_bytes + 8ull * sel.pages_selected;
+        }
+        const uint64_t excluded = png ? steady_r / s + (j < steady_r % s ? 1 : 0) : 0;
+        const double copy_pages_j = copy_pages_r / s;
+        const double copy_bytes = c_.kv_bytes(copy_pages_j * ps);
+        const op_cost cost = c_.pnm_compute(w.bytes + copy_bytes, w.flops);
+        lr.energy.device_j += cost.energy_j;
+        lr.device_bytes += w.bytes + copy_bytes;
+        if (copy_pages_j > 0) {
+          reply += uint64_t(std::llround(12.0 * copy_pages_j + 4.0 * copy_pages_j * ps * m.head_dim));
+          lr.energy.hbm_write_j += c_.gpu_hbm_write(copy_bytes).energy_j;
+        }
+        const uint32_t l = link_of(h, j, s);
+        const double arrival = link_out(l, t0, work::query_wire_bytes(m, excluded), lr);
+        items_.push_back({arrival, seq_++, sh.device_id, l, cost.time_ns, reply, 0, 0});
+      }
+      if (two_rounds) round_b.push_back({r, h, device_budget, steady_r, ri});
+      if (png && gpu_pages_r > 0) {
+        const work::query_work gw = work::gpu_attend_work(c_, double(gpu_pages_r * ps));
+        const op_cost ga = c_.gpu_attention(gw.bytes, gw.flops);
+        gpu_attn_ns += ga.time_ns;
+        lr.energy.gpu_attention_j += ga.energy_j;
+      }
+      const op_cost mc = c_.gpu_merge(s + (png ? 1 : 0), group);
+      merge_ns += mc.time_ns;
+      lr.energy.merge_j += mc.energy_j;
+    }
+  }
+  serve_devices(lr);
+  double last_reply = items_.empty() ? t0 : return_replies(lr);
+  // The GPU's attention ranks share the per-head work.
+  const double A = gpu_attn_ns / S.attention_ranks;
+  const double M = merge_ns / S.attention_ranks;
+  double wait = std::max(0.0, last_reply - t0);
+  bool gpu_bound = A >= wait;
+
+  if (!round_b.empty()) {
+    // Exact, round b: the GPU has the global top pages; each shard attends those it holds.
+    // How they fall on the shards: the busiest takes `selection_spread` × the even share.
+    const double tb = t0 + std::max(wait, A);
+    items_.clear();
+    const double spread = S.cal.selection_spread.value;
+    std::vector<uint64_t> pages_on;
+    for (const round_b_head& rb : round_b) {
+      const request_placement& pl = *rb.r->placement;
+      const uint32_t s = pl.sequence_shards, g = rb.kv_head / (H / pl.head_groups);
+      const uint64_t seq_after = rb.r->seq_tokens + 1;
+      const uint64_t candidates_tokens = seq_after > rb.steady * ps ? seq_after - rb.steady * ps : 1;
+      const work::shard_selection sel = work::select_on_shard(candidates_tokens, ps, rb.device_budget, true);
+      if (sel.pages_selected == 0) continue;
+      pages_on.assign(s, 0);
+      const uint32_t hot = (rb.req_index + rb.kv_head) % s;
+      const uint64_t hot_pages =
+          std::min<uint64_t>(sel.pages_selected, uint64_t(std::ceil(double(sel.pages_selected) / s * spread)));
+      pages_on[hot] = hot_pages;
+      for (uint32_t k = 0; k + 1 < s; ++k)
+        pages_on[(hot + 1 + k) % s] = work::local_budget_pages(sel.pages_selected - hot_pages, s - 1, k);
+      const double tokens_per_page = double(sel.tokens_selected) / double(sel.pages_selected);
+      for (uint32_t j = 0; j < s; ++j) {
+        if (pages_on[j] == 0) continue;
+        const shard_placement& sh = pl.shards[size_t(g) * s + j];
+        const double tokens_j = std::round(tokens_per_page * double(pages_on[j]));
+        const double bytes = c_.kv_bytes(tokens_j);
+        const op_cost cost = c_.pnm_compute(bytes, c_.attend_flops(tokens_j, group));
+        lr.energy.device_j += cost.energy_j;
+        lr.device_bytes += bytes;
+        const uint32_t l = link_of(rb.kv_head, j, s);
+        const double arrival = link_out(l, tb, work::query_wire_bytes(m, 0) + 4ull * pages_on[j], lr);
+        items_.push_back({arrival, seq_++, sh.device_id, l, cost.time_ns,
+                          work::partial_wire_bytes(m, pages_on[j]), 0, 0});
+      }
+    }
+    serve_devices(lr);
+    if (!items_.empty()) last_reply = return_replies(lr);
+    wait = std::max(0.0, last_reply - t0);
+    gpu_bound = false;
+  }
+  double prefill_last = t0;
+  send_prefill(prefill, lr, prefill_last);
+
+  const double W = std::max(wait, A);
+  const double prefill_extra = std::max(0.0, prefill_last - (t0 + W));
+  lr.time_ns = t0 + W + prefill_extra + M;
+  lr.crit.gpu_dense_ns = dense.time_ns;
+  lr.crit.allreduce_ns = 2.0 * ar.time_ns;
+  if (gpu_bound) {
+    lr.crit.gpu_attention_ns = A;
+  } else {
+    // The GPU's steady attention overlapped the first round; what it did not cover is wait.
+    attribute_wait(W, lr.device_busy_ns_max, lr);
+  }
+  lr.crit.link_ns += prefill_extra;
+  lr.crit.merge_ns = M;
+  lr.energy.gpu_dense_j = dense.energy_j;
+  lr.energy.allreduce_j = 2.0 * ar.energy_j;
+  if (S.charge_link_energy) lr.energy.link_j = c_.link_transfer(lr.link_bytes).energy_j;
+  for (size_t l = 0; l < out_ser_ns_.size(); ++l)
+    lr.link_busy_ns_max = std::max(lr.link_busy_ns_max, std::max(out_ser_ns_[l], in_ser_ns_[l]));
+  return lr;
+}
+
+step_model::layer_result step_model::layer_baseline(const std::vector<const step_request*>& reqs,
+                                                    const std::vector<const prefill_piece*>& prefill) {
+  const sim_setup& S = *s_;
+  const model_shape& m = S.model;
+  const uint32_t H = m.kv_heads, ps = S.page_size_tokens;
+  layer_result lr;
+
+  uint64_t ntok = reqs.size();
+  for (const prefill_piece* p : prefill) ntok += p->tokens;
+  const op_cost dense = c_.gpu_dense_layer(uint32_t(std::min<uint64_t>(ntok, UINT32_MAX)), S.tp);
+  const op_cost ar = S.fabric.all_reduce(double(ntok) * m.hidden * 2.0, S.tp);
+  const double t0 = dense.time_ns + 2.0 * ar.time_ns;
+  reset_links(t0);
+
+  const uint32_t ranks = S.attention_ranks;
+  std::vector<double> gclk(ranks, t0), gbusy(ranks, 0);
+  struct slot {
+    uint32_t rank;
+    uint32_t req;
+    uint32_t kv_head;
+    double ready_ns;  // summaries in (phase 1), selection done (phase 2), pages in (phase 3)
+    double score_ns;
+    uint64_t sel_tokens;
+  };
+  std::vector<slot> slots;
+  slots.reserve(reqs.size() * H);
+
+  // Appends of the new token, then (non-resident) summary reads.
+  const uint64_t append_bytes = work::append_wire_bytes(m);
+  bool any_link_summaries = false;
+  for (uint32_t ri = 0; ri < reqs.size(); ++ri) {
+    const step_request* r = reqs[ri];
+    const request_placement& pl = *r->placement;
+    const uint32_t s = pl.sequence_shards, heads_per_group = H / pl.head_groups;
+    const uint64_t seq_after = r->seq_tokens + 1;
+    const int idx0 = pl.shard_of(0, (seq_after - 1) / ps);
+    assert(idx0 >= 0);
+    const uint32_t j_last = pl.shards[size_t(idx0)].sequence_index;
+    const uint64_t total_pages = (seq_after + ps - 1) / ps;
+    for (uint32_t h = 0; h < H; ++h) {
+      const uint32_t g = h / heads_per_group;
+      const shard_placement& holder = pl.shards[size_t(g) * s + j_last];
+      for (size_t k = 0; k < 1 + holder.replica_device_ids.size(); ++k)
+        link_out(link_of(h, j_last, s), t0, append_bytes, lr);
+      const work::query_work sw = work::gpu_score_work(c_, total_pages, S.heads_scored, S.summary_elem_bytes);
+      const op_cost sc = c_.gpu_attention(r->summaries_resident ? sw.bytes : 0, sw.flops);
+      lr.energy.gpu_attention_j += sc.energy_j;
+      const uint32_t slot_index = uint32_t(slots.size());
+      slots.push_back({uint32_t(uint64_t(h) * ranks / H), ri, h, t0, sc.time_ns, 0});
+      if (r->summaries_resident) continue;
+      any_link_summaries = true;
+      for (uint32_t j = 0; j < s; ++j) {
+        const shard_placement& sh = pl.shards[size_t(g) * s + j];
+        const uint64_t pages_j = (sh.tokens_held_at(seq_after, ps) + ps - 1) / ps;
+        const double bytes = double(pages_j) * c_.summary_bytes_per_page(S.summary_elem_bytes);
+        const op_cost rd = c_.expander_read(bytes);
+        lr.energy.device_j += rd.energy_j;
+        lr.device_bytes += bytes;
+        lr.energy.hbm_write_j += c_.gpu_hbm_write(bytes).energy_j;
+        const uint32_t l = link_of(h, j, s);
+        const double arrival = link_out(l, t0, work::header_bytes, lr);
+        items_.push_back({arrival, seq_++, sh.device_id, l, rd.time_ns,
+                          work::summary_read_wire_bytes(c_, pages_j, S.summary_elem_bytes), slot_index, 0});
+      }
+    }
+  }
+  if (any_link_summaries) {
+    for (slot& sl : slots) sl.ready_ns = reqs[sl.req]->summaries_resident ? t0 : 0;
+    serve_devices(lr);
+    return_replies(lr);
+    for (const item& it : items_) slots[it.head_slot].ready_ns = std::max(slots[it.head_slot].ready_ns, it.done_ns);
+    items_.clear();
+  }
+  // Scoring on each rank in the order the summaries are ready; then selection is known.
+  std::vector<uint32_t> order(slots.size());
+  for (uint32_t i = 0; i < order.size(); ++i) order[i] = i;
+  auto by_ready = [&](uint32_t a, uint32_t b) {
+    return slots[a].ready_ns != slots[b].ready_ns ? slots[a].ready_ns < slots[b].ready_ns : a < b;
+  };
+  if (any_link_summaries) std::stable_sort(order.begin(), order.end(), by_ready);
+  for (uint32_t i : order) {
+    slot& sl = slots[i];
+    gclk[sl.rank] = std::max(gclk[sl.rank], sl.ready_ns) + sl.score_ns;
+    gbusy[sl.rank] += sl.score_ns;
+    sl.ready_ns = gclk[sl.rank];
+  }
+
+  // Recalls, issued as each head's selection is known.
+  std::stable_sort(order.begin(), order.end(), by_ready);
+  const uint64_t budget_pages = S.budget_pages();
+  const double keep = S.recall_reuse ? S.cal.selection_overlap.value : 0.0;
+  const double spread = S.cal.selection_spread.value;
+  std::vector<uint64_t> pages_on(1);
+  for (uint32_t i : order) {
+    slot& sl = slots[i];
+    const step_request* r = reqs[sl.req];
+    const request_placement& pl = *r->placement;
+    const uint32_t s = pl.sequence_shards, g = sl.kv_head / (H / pl.head_groups);
+    const uint64_t seq_after = r->seq_tokens + 1;
+    const work::shard_selection sel = work::select_on_shard(seq_after, ps, budget_pages, true);
+    sl.sel_tokens = sel.tokens_selected;
+    const uint64_t recall_pages =
+        std::min(sel.pages_selected, uint64_t(std::ceil(double(sel.pages_selected) * (1.0 - keep))));
+    if (recall_pages == 0) continue;
+    // The busiest shard gets `spread` times the even share; the others share the rest.
+    pages_on.assign(s, 0);
+    const uint32_t hot = (sl.req + sl.kv_head) % s;
+    const uint64_t hot_pages =
+        s == 1 ? recall_pages
+               : std::min<uint64_t>(recall_pages, uint64_t(std::ceil(double(recall_pages) / s * spread)));
+    pages_on[hot] = hot_pages;
+    for (uint32_t k = 0, rest = s - 1; k + 1 < s; ++k)
+      pages_on[(hot + 1 + k) % s] = work::local_budget_pages(recall_pages - hot_pages, rest, k);
+    const double tokens_per_page = double(sel.tokens_selected) / double(sel.pages_selected);
+    for (uint32_t j = 0; j < s; ++j) {
+      if (pages_on[j] == 0) continue;
+      const shard_placement& sh = pl.shards[size_t(g) * s + j];
+      const uint64_t tokens_j = uint64_t(std::llround(tokens_per_page * double(pages_on[j])));
+      const double bytes = c_.kv_bytes(double(tokens_j));
+      const op_cost rd = c_.expander_read(bytes);
+      lr.energy.device_j += rd.energy_j;
+      lr.device_bytes += bytes;
+      lr.energy.hbm_write_j += c_.gpu_hbm_write(bytes).energy_j;
+      const uint32_t l = link_of(sl.kv_head, j, s);
+      const double arrival = link_out(l, sl.ready_ns, work::recall_request_wire_bytes(pages_on[j]), lr);
+      items_.push_back({arrival, seq_++, sh.device_id, l, rd.time_ns,
+                        work::recall_reply_wire_bytes(m, pages_on[j], tokens_j), i, 0});
+    }
+  }
+  serve_devices(lr);
+  return_replies(lr);
+  for (const item& it : items_) slots[it.head_slot].ready_ns = std::max(slots[it.head_slot].ready_ns, it.done_ns);
+
+  // Attention on each rank as each head's pages are in.
+  std::stable_sort(order.begin(), order.end(), by_ready);
+  for (uint32_t i : order) {
+    const slot& sl = slots[i];
+    const work::query_work aw = work::gpu_attend_work(c_, double(sl.sel_tokens));
+    const op_cost ga = c_.gpu_attention(aw.bytes, aw.flops);
+    lr.energy.gpu_attention_j += ga.energy_j;
+    gclk[sl.rank] = std::max(gclk[sl.rank], sl.ready_ns) + ga.time_ns;
+    gbusy[sl.rank] += ga.time_ns;
+  }
+  uint32_t crit = 0;
+  for (uint32_t k = 1; k < ranks; ++k)
+    if (gclk[k] > gclk[crit]) crit = k;
+  double end = gclk[crit];
+  double prefill_last = t0;
+  send_prefill(prefill, lr, prefill_last);
+  const double prefill_extra = std::max(0.0, prefill_last - end);
+  lr.time_ns = end + prefill_extra;
+  lr.crit.gpu_dense_ns = dense.time_ns;
+  lr.crit.allreduce_ns = 2.0 * ar.time_ns;
+  lr.crit.gpu_attention_ns = gbusy[crit];
+  attribute_wait(end - t0 - gbusy[crit], lr.device_busy_ns_max, lr);
+  lr.crit.link_ns += prefill_extra;
+  lr.energy.gpu_dense_j = dense.energy_j;
+  lr.energy.allreduce_j = 2.0 * ar.energy_j;
+  if (S.charge_link_energy) lr.energy.link_j = c_.link_transfer(lr.link_bytes).energy_j;
+  for (size_t l = 0; l < out_ser_ns_.size(); ++l)
+    lr.link_busy_ns_max = std::max(lr.link_busy_ns_max, std::max(out_ser_ns_[l], in_ser_ns_[l]));
+  return lr;
+}
+
+step_result step_model::run(const std::vector<step_request>& decode,
+                            const std::vector<prefill_piece>& prefill) {
+  const sim_setup& S = *s_;
+  step_result out;
+  out.decode_tokens = uint32_t(decode.size());
+  for (const auto& p : prefill) out.prefill_tokens += p.tokens;
+  if (decode.empty() && prefill.empty()) return out;
+
+  const uint32_t pp = S.pp;
+  std::vector<std::vector<const step_request*>> mbs(pp);
+  for (size_t i = 0; i < decode.size(); ++i) mbs[i % pp].push_back(&decode[i]);
+  std::vector<const prefill_piece*> pf;
+  for (const auto& p : prefill) pf.push_back(&p);
+  const double L = S.model.layers;
+  const double layers_per_stage = L / pp;
+
+  double round_ns = 0, device_all_stages_ns = 0;
+  for (uint32_t k = 0; k < pp; ++k) {
+    const auto& pk = k == 0 ? pf : std::vector<const prefill_piece*>{};
+    if (mbs[k].empty() && pk.empty()) continue;
+    const layer_result lr = S.mode == sim_mode::baseline ? layer_baseline(mbs[k], pk) : layer_pnm(mbs[k], pk);
+    round_ns += layers_per_stage * lr.time_ns;
+    out.crit += lr.crit.scaled(layers_per_stage);
+    out.energy += lr.energy.scaled(L);
+    out.link_bytes += lr.link_bytes * L;
+    out.device_bytes += lr.device_bytes * L;
+    out.device_busy_ns_max += lr.device_busy_ns_max * L;
+    out.link_busy_ns_max += lr.link_busy_ns_max * layers_per_stage;
+    device_all_stages_ns += lr.device_busy_ns_max * L;
+    // LM head (last stage) for the tokens that come out of this micro-batch.
+    uint32_t lm_tokens = uint32_t(mbs[k].size());
+    for (const prefill_piece* p : pk) lm_tokens += p->completes ? 1 : 0;
+    if (lm_tokens > 0) {
+      const op_cost lm = c_.gpu_lm_head(lm_tokens, S.tp);
+      round_ns += lm.time_ns;
+      out.crit.lm_head_ns += lm.time_ns;
+      out.energy.lm_head_j += lm.energy_j;
+    }
+    if (pp > 1) {  // activations handed from stage to stage
+      const op_cost hand = S.fabric.send(double(mbs[k].size() + (k == 0 ? out.prefill_tokens : 0)) *
+                                         S.model.hidden * 2.0);
+      round_ns += hand.time_ns;
+      out.crit.allreduce_ns += hand.time_ns;
+      out.energy.allreduce_j += hand.energy_j * (pp - 1);
+    }
+  }
+  // Stages share the devices: a round lasts at least the busiest device's work of all.
+  if (pp > 1 && device_all_stages_ns > round_ns) {
+    out.crit.queueing_ns += device_all_stages_ns - round_ns;
+    round_ns = device_all_stages_ns;
+  }
+  out.time_ns = round_ns;
+  return out;
+}
+
+}  // namespace pnmkv

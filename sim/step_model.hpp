@@ -1,0 +1,141 @@
+// Virtual time, energy and bytes of one decode step of a batch, per mode, without numerics
+// (DESIGN.md §2, §5). The composition is the live host engine's (actors/host_engine.cpp),
+// made general to tensor/pipeline-parallel GPUs, several host links and device pools:
+//
+//   per layer: GPU dense layer for the batch (+ prefill chunk) and its tensor-parallel
+//   all-reduces; then, on each host link in order, per (request, KV head): the new token's
+//   append and one query per shard (serialised at link bandwidth, arriving link latency
+//   later); each device serves its work in arrival order (clock = max(clock, arrival) +
+//   cost); replies come back over the shared inbound link in virtual-time order; the GPU
+//   merges (gpu_merge per (request, head)). After all layers, the LM head.
+//
+//   pnm-kv   devices scan every held page's summary and the selected pages' K/V
+//            (pnm_compute), local selection across sequence shards.
+//   png-kv   the GPU attends the steady pages (gpu_attention, in parallel with the
+//            devices); devices select the rest of the budget; steady copies ride back
+//            with the partials (amortised: the set's churn every R steps, the whole set on
+//            a request's first step) and land in HBM (gpu_hbm_write).
+//   baseline passive expanders (expander_read, no compute): the GPU scores the summaries
+//            (gpu_attention; resident in HBM, or read over the link first), recalls the
+//            selected pages over the link and attends each head as its pages arrive.
+//
+// Every layer starts with idle links and devices (the last layer's replies are all in), so
+// one layer is computed per micro-batch and multiplied. With pp > 1 stages the batch is cut
+// into pp micro-batches; a round (one token per request) takes the sum of the micro-batches'
+// stage times, and at least the busiest device's work of all stages (shared devices).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "schedulers/placement.hpp"
+#include "sim/sim_setup.hpp"
+
+namespace pnmkv {
+
+// One decoding request as the step model sees it.
+struct step_request {
+  uint64_t id = 0;
+  uint32_t pool = 0;  // devices pool·pool_devices .. +pool_devices-1
+  const request_placement* placement = nullptr;  // device ids are global
+  uint64_t seq_tokens = 0;         // tokens before this step's new token
+  bool summaries_resident = true;  // baseline
+  bool first_decode_step = false;  // png-kv: the whole steady set is copied
+};
+
+// Prompt tokens of one request prefilled in this step.
+struct prefill_piece {
+  uint64_t request_id = 0;
+  const request_placement* placement = nullptr;
+  uint64_t position = 0;
+  uint64_t tokens = 0;
+  bool completes = false;  // the prompt's last chunk: the request's first token follows
+};
+
+// Step time on the critical path, by what it waits for; sums to the step time.
+struct step_breakdown {
+  double gpu_dense_ns = 0, allreduce_ns = 0, gpu_attention_ns = 0, link_ns = 0,
+         device_scan_ns = 0, queueing_ns = 0, merge_ns = 0, lm_head_ns = 0;
+  double sum() const {
+    return gpu_dense_ns + allreduce_ns + gpu_attention_ns + link_ns + device_scan_ns +
+           queueing_ns + merge_ns + lm_head_ns;
+  }
+  step_breakdown& operator+=(const step_breakdown& o);
+  step_breakdown scaled(double f) const;
+};
+
+// Dynamic energy by where it is spent (static energy is charged per elapsed time).
+struct step_energy {
+  double gpu_dense_j = 0, allreduce_j = 0, lm_head_j = 0, gpu_attention_j = 0, merge_j = 0,
+         device_j = 0, link_j = 0, hbm_write_j = 0;
+  double sum() const {
+    return gpu_dense_j + allreduce_j + lm_head_j + gpu_attention_j + merge_j + device_j +
+           link_j + hbm_write_j;
+  }
+  step_energy& operator+=(const step_energy& o);
+  step_energy scaled(double f) const;
+};
+
+struct step_result {
+  double time_ns = 0;
+  step_breakdown crit;
+  step_energy energy;
+  // Work, every layer: bytes over the CXL links (both directions), bytes the devices or
+  // expanders read, busiest device's and busiest link direction's busy time.
+  double link_bytes = 0, device_bytes = 0;
+  double device_busy_ns_max = 0, link_busy_ns_max = 0;
+  uint32_t decode_tokens = 0;
+  uint64_t prefill_tokens = 0;
+};
+
+class step_model {
+ public:
+  explicit step_model(std::shared_ptr<const sim_setup> setup);
+
+  // One step of `decode` (each produces a token) with `prefill` chunks alongside.
+  step_result run(const std::vector<step_request>& decode, const std::vector<prefill_piece>& prefill);
+
+ private:
+  struct layer_result {
+    double time_ns = 0;
+    step_breakdown crit;
+    step_energy energy;
+    double link_bytes = 0, device_bytes = 0, device_busy_ns_max = 0, link_busy_ns_max = 0;
+  };
+  // One device work item: arrives, is served in arrival order, its reply goes back.
+  struct item {
+    double arrival_ns;
+    uint64_t seq;
+    uint32_t device;
+    uint32_t link;
+    double cost_ns;
+    uint64_t reply_bytes;
+    uint32_t head_slot;  // (request, head) index, for baseline recalls
+    double done_ns;
+  };
+  layer_result layer_pnm(const std::vector<const step_request*>& reqs,
+                         const std::vector<const prefill_piece*>& prefill);
+  layer_result layer_baseline(const std::vector<const step_request*>& reqs,
+                              const std::vector<const prefill_piece*>& prefill);
+  // Shared pieces.
+  void reset_links(double t_ns);
+  double link_out(uint32_t link, double now_ns, uint64_t bytes, layer_result& lr);
+  void serve_devices(layer_result& lr);   // items_ -> done_ns, device busy
+  double return_replies(layer_result& lr);  // items_ over the inbound links; last arrival
+  void send_prefill(const std::vector<const prefill_piece*>& prefill, layer_result& lr,
+                    double& last_arrival_ns);
+  uint32_t link_of(uint32_t kv_head, uint32_t shard_j, uint32_t shards) const;
+  // Splits the part of `wait_ns` the GPU spent waiting into device, link and queueing.
+  void attribute_wait(double wait_ns, double device_busy_ns, layer_result& lr) const;
+
+  std::shared_ptr<const sim_setup> s_;
+  const cost_model& c_;
+  std::vector<double> out_free_ns_, in_free_ns_, out_ser_ns_, in_ser_ns_;
+  std::vector<double> device_clock_ns_, device_busy_ns_;
+  std::vector<uint32_t> touched_;
+  std::vector<item> items_;
+  uint64_t seq_ = 0;
+};
+
+}  // namespace pnmkv

@@ -1,0 +1,136 @@
+// Work sizes of one decode step per execution mode (DESIGN.md §2): bytes on the wire per
+// message, bytes and FLOPs a device or the GPU spends on one (request, layer, KV head,
+// shard) query, and the budget split of png-kv. The live emulator (actors/host_engine,
+// actors/device_engine) and the simulator must price the same work, so these are pure
+// functions of the model shape and the cost model with no state. They live in sim/ for
+// now; they are meant to move to model/work_sizes.hpp so that actors/ can call them too
+// (sim/README.md, "Shared formulas").
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include "model/cost_model.hpp"
+
+namespace pnmkv::work {
+
+// Envelope and fixed fields of a message on top of its tensors (Cap'n Proto framing); the
+// live host engine uses the same figure.
+inline constexpr uint64_t header_bytes = 96;
+
+// --- pnm-kv / png-kv wire ---------------------------------------------------------------
+// The new token's K and V of one (layer, KV head): bf16 each.
+inline uint64_t append_wire_bytes(const model_shape& m) { return header_bytes + 4ull * m.head_dim; }
+// The query of one (layer, KV head, shard): group × head_dim fp32, plus the page ids the
+// shard must not select (png-kv: steady pages held on the GPU; 0 in pnm-kv).
+inline uint64_t query_wire_bytes(const model_shape& m, uint64_t excluded_pages = 0) {
+  return header_bytes + 4ull * m.gqa_group() * m.head_dim + 4ull * excluded_pages;
+}
+// One partial: o (group × head_dim fp32), lse (group fp32), and the selected page ids.
+inline uint64_t partial_wire_bytes(const model_shape& m, uint64_t pages_selected) {
+  return header_bytes + 4ull * m.gqa_group() * m.head_dim + 4ull * m.gqa_group() +
+         4ull * pages_selected;
+}
+// A prefill chunk of n tokens of one (layer, KV head).
+inline uint64_t prefill_wire_bytes(const model_shape& m, uint64_t n_tokens) {
+  return header_bytes + 4ull * n_tokens * m.head_dim;
+}
+
+// --- baseline wire ------------------------------------------------------------------------
+// Asking an expander for pages: their ids.
+inline uint64_t recall_request_wire_bytes(uint64_t pages) { return header_bytes + 4ull * pages; }
+// The recalled pages: per page its id, token count and CRC, then K and V of its tokens.
+inline uint64_t recall_reply_wire_bytes(const model_shape& m, uint64_t pages, uint64_t tokens) {
+  return header_bytes + 12ull * pages + 4ull * tokens * m.head_dim;
+}
+// Page summaries read over the link when they do not stay in GPU memory.
+inline uint64_t summary_read_wire_bytes(const cost_model& c, uint64_t pages,
+                                        uint32_t summary_elem_bytes) {
+  return header_bytes + uint64_t(double(pages) * c.summary_bytes_per_page(summary_elem_bytes));
+}
+
+// --- selection on one shard -------------------------------------------------------------
+// What one shard of one (request, layer, KV head) selects from `tokens_held` tokens when
+// it may take `budget_pages` pages: every page when the budget covers them, else the
+// budget's worth, the always-kept last page included (it may be partial).
+struct shard_selection {
+  uint64_t pages_held = 0;
+  uint64_t pages_selected = 0;
+  uint64_t tokens_selected = 0;
+};
+// holds_last_page: this shard holds the page of the sequence's last token.
+inline shard_selection select_on_shard(uint64_t tokens_held, uint32_t page_size_tokens,
+                                       uint64_t budget_pages, bool holds_last_page) {
+  shard_selection s;
+  s.pages_held = (tokens_held + page_size_tokens - 1) / page_size_tokens;
+  if (budget_pages >= s.pages_held) {
+    s.pages_selected = s.pages_held;
+    s.tokens_selected = tokens_held;
+    return s;
+  }
+  s.pages_selected = budget_pages;
+  s.tokens_selected = budget_pages * page_size_tokens;
+  const uint64_t rest = tokens_held % page_size_tokens;
+  if (holds_last_page && rest != 0 && budget_pages > 0) s.tokens_selected -= page_size_tokens - rest;
+  return s;
+}
+
+// The share of the budget shard j of s takes under local selection (the live host engine's
+// rule: budget / s, the remainder to the first shards).
+inline uint64_t local_budget_pages(uint64_t budget_pages, uint32_t s, uint32_t j) {
+  return budget_pages / s + (j < budget_pages % s ? 1 : 0);
+}
+
+// --- device and GPU work of one query ---------------------------------------------------
+struct query_work {
+  double bytes = 0;  // memory bytes read
+  double flops = 0;
+};
+// A PNM device scoring every held page and attending the selected tokens (device_engine).
+inline query_work pnm_query_work(const cost_model& c, const shard_selection& s,
+                                 uint32_t heads_scored, uint32_t summary_elem_bytes) {
+  return {double(s.pages_held) * c.summary_bytes_per_page(summary_elem_bytes) +
+              c.kv_bytes(double(s.tokens_selected)),
+          c.score_flops(double(s.pages_held), heads_scored) +
+              c.attend_flops(double(s.tokens_selected), c.model().gqa_group())};
+}
+// The GPU scoring `pages` summaries (baseline) — priced as attention over those bytes.
+inline query_work gpu_score_work(const cost_model& c, uint64_t pages, uint32_t heads_scored,
+                                 uint32_t summary_elem_bytes) {
+  return {double(pages) * c.summary_bytes_per_page(summary_elem_bytes),
+          c.score_flops(double(pages), heads_scored)};
+}
+// The GPU attending `tokens` tokens it holds in HBM (baseline recalls, png-kv steady pages).
+inline query_work gpu_attend_work(const cost_model& c, double tokens) {
+  return {c.kv_bytes(tokens), c.attend_flops(tokens, c.model().gqa_group())};
+}
+
+// --- png-kv budget split ----------------------------------------------------------------
+// Of a budget of `budget_pages`, the steady pages the GPU attends (the steady hit rate of
+// the budget) and the pages left for the devices to select among the non-steady ones.
+// The devices keep at least the two always-kept pages.
+struct pngkv_split {
+  uint64_t gpu_pages = 0;
+  uint64_t device_pages = 0;
+};
+inline pngkv_split pngkv_budget_split(uint64_t budget_pages, double steady_hit_fraction) {
+  const uint64_t floor_pages = std::min<uint64_t>(2, budget_pages);
+  uint64_t gpu = uint64_t(double(budget_pages) * std::clamp(steady_hit_fraction, 0.0, 1.0));
+  gpu = std::min(gpu, budget_pages - floor_pages);
+  return {gpu, budget_pages - gpu};
+}
+
+// --- memory footprints --------------------------------------------------------------------
+// Summary bytes of one request over every (layer, KV head) at `tokens` tokens.
+inline double summary_bytes_per_request(const cost_model& c, uint64_t tokens, uint32_t page_size,
+                                        uint32_t summary_elem_bytes) {
+  const auto& m = c.model();
+  const double pages = double((tokens + page_size - 1) / page_size);
+  return double(m.layers) * m.kv_heads * pages * c.summary_bytes_per_page(summary_elem_bytes);
+}
+// K+V bytes of `tokens_per_head` tokens for every (layer, KV head) of `layers` layers.
+inline double kv_bytes_all_heads(const cost_model& c, double tokens_per_head, uint32_t layers) {
+  return double(layers) * c.model().kv_heads * c.kv_bytes(tokens_per_head);
+}
+
+}  // namespace pnmkv::work
