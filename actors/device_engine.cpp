@@ -91,6 +91,33 @@ double device_engine::charge(double arrival_ns, double cost_ns) {
   return clock_ns_;
 }
 
+status device_engine::read_pages(uint64_t request_id, uint32_t layer, uint32_t kv_head,
+                                 const std::vector<uint64_t>& pages,
+                                 std::vector<uint32_t>& rows_per_page, std::vector<bf16>& k,
+                                 std::vector<bf16>& v) const {
+  const kv_head_store* s = find(request_id, layer, kv_head);
+  if (!s)
+    return {errc::out_of_range, "device " + std::to_string(cfg_.device_id) +
+                                    " holds no shard of (request " + std::to_string(request_id) +
+                                    ", layer " + std::to_string(layer) + ", KV head " +
+                                    std::to_string(kv_head) + ")"};
+  const uint32_t d = s->shape().head_dim;
+  rows_per_page.clear();
+  k.clear();
+  v.clear();
+  for (uint64_t g : pages) {
+    int64_t l = s->local_page_of(g);
+    if (l < 0)
+      return {errc::out_of_range, "page " + std::to_string(g) + " is not held by device " +
+                                      std::to_string(cfg_.device_id)};
+    const uint32_t rows = s->page_tokens(uint32_t(l));
+    rows_per_page.push_back(rows);
+    k.insert(k.end(), s->page_keys(uint32_t(l)), s->page_keys(uint32_t(l)) + size_t(rows) * d);
+    v.insert(v.end(), s->page_values(uint32_t(l)), s->page_values(uint32_t(l)) + size_t(rows) * d);
+  }
+  return {};
+}
+
 uint64_t device_engine::bytes_held() const {
   uint64_t total = 0;
   for (const auto& [k, s] : stores_) total += s.bytes_held();
@@ -157,16 +184,30 @@ status device_engine::query(const device_query& q, device_answer& out) {
   const uint32_t heads_scored = cfg_.aggregation == gqa_aggregation::max ? q.group : 1;
   out.flops += double(pages) * heads_scored * 4.0 * d;
 
+  // Pages the GPU already holds (png-kv steady pages) are never selected here.
+  std::vector<uint8_t> excluded(q.n_excluded ? pages : 0, 0);
+  uint32_t n_excluded_held = 0;
+  for (size_t i = 0; i < q.n_excluded; ++i) {
+    int64_t l = s->local_page_of(q.excluded_pages[i]);
+    if (l >= 0 && !excluded[l]) {
+      excluded[l] = 1;
+      scores_[l] = std::nanf("");  // ranks lowest
+      ++n_excluded_held;
+    }
+  }
   // Always-kept pages this shard holds: the first page (sink) and the sequence's last page.
   std::vector<uint32_t> forced;
   if (pages > 0) {
-    if (int64_t l = s->local_page_of(0); l >= 0) forced.push_back(uint32_t(l));
+    if (int64_t l = s->local_page_of(0); l >= 0 && !(q.n_excluded && excluded[l]))
+      forced.push_back(uint32_t(l));
     if (q.sequence_tokens > 0) {
       uint64_t last = (q.sequence_tokens - 1) / s->shape().page_size_tokens;
-      if (int64_t l = s->local_page_of(last); l >= 0) forced.push_back(uint32_t(l));
+      if (int64_t l = s->local_page_of(last); l >= 0 && !(q.n_excluded && excluded[l]))
+        forced.push_back(uint32_t(l));
     }
   }
-  auto sel = select_top_pages(scores_.data(), pages, forced, q.budget_pages);
+  const uint64_t budget = std::min<uint64_t>(q.budget_pages, pages - n_excluded_held);
+  auto sel = select_top_pages(scores_.data(), pages, forced, budget);
   if (!sel) return sel.error();
   if (q.round == query_round::candidates) {
     for (uint32_t p : *sel) {

@@ -46,6 +46,8 @@ struct device_query {
   query_round round = query_round::select_attend;
   const uint64_t* listed_pages = nullptr;  // attend_listed: global page ids
   size_t n_listed = 0;
+  const uint64_t* excluded_pages = nullptr;  // never selected (png-kv: steady on the GPU)
+  size_t n_excluded = 0;
   float scale = 0;                // softmax scale; 0 means 1/sqrt(head_dim)
 };
 
@@ -75,6 +77,13 @@ class device_engine {
                const bf16* k, const bf16* v, uint64_t n_tokens);
 
   status query(const device_query& q, device_answer& out);
+
+  // Copies the K and V rows of the listed global pages (ascending) of (request, layer,
+  // kv_head): what a passive expander serves to a recall. rows_per_page receives each
+  // page's token count; k and v receive the rows back to back. Counts the bytes read.
+  status read_pages(uint64_t request_id, uint32_t layer, uint32_t kv_head,
+                    const std::vector<uint64_t>& pages, std::vector<uint32_t>& rows_per_page,
+                    std::vector<bf16>& k, std::vector<bf16>& v) const;
 
   uint64_t bytes_held() const;
   size_t stores() const { return stores_.size(); }

@@ -4,6 +4,7 @@
 #include <cassert>
 #include <cmath>
 #include <cstring>
+#include <optional>
 
 namespace pnmkv {
 
@@ -111,17 +112,229 @@ double host_engine::link_in(double sent_ns, uint64_t bytes) {
   return host_in_free_ns_;
 }
 
+// The shared inbound link is accounted once a round is complete, in virtual-time order, so
+// the result does not depend on the order replies happened to arrive in wall time.
+void host_engine::account_inbound() {
+  std::sort(inbound_.begin(), inbound_.end(), [](const inbound& a, const inbound& b) {
+    return a.sent_ns != b.sent_ns ? a.sent_ns < b.sent_ns : a.tag < b.tag;
+  });
+  for (const inbound& in : inbound_)
+    last_arrival_ns_ = std::max(last_arrival_ns_, link_in(in.sent_ns, in.bytes));
+  inbound_.clear();
+}
+
+const request_spec& host_engine::spec(uint64_t request_id) const {
+  for (const auto& r : requests_)
+    if (r.request_id == request_id) return r;
+  assert(false && "unknown request");
+  return requests_.front();
+}
+
+uint64_t host_engine::gpu_steady_bytes() const {
+  uint64_t b = 0;
+  for (const auto& [k, ss] : steady_)
+    if (ss.store) b += ss.store->bytes_held();
+  return b;
+}
+
+void host_engine::force_steady(uint64_t request_id, uint32_t layer, uint32_t kv_head,
+                               std::vector<uint64_t> pages) {
+  steady_state& ss = steady_[{layer, request_id, kv_head}];
+  ss.pending_pages = std::move(pages);
+  ss.forced = true;
+}
+
+std::vector<uint64_t> host_engine::last_selection(uint64_t request_id, uint32_t layer,
+                                                  uint32_t kv_head) const {
+  auto it = heads_.find({layer, request_id, kv_head});
+  if (it == heads_.end()) return {};
+  return it->second.pages;
+}
+
+const partial* host_engine::last_output(uint64_t request_id, uint32_t layer,
+                                        uint32_t kv_head) const {
+  auto it = heads_.find({layer, request_id, kv_head});
+  return it == heads_.end() ? nullptr : &it->second.merged;
+}
+
+void host_engine::dispatch(device_work& w, bool charged) {
+  if (!charged) return;
+  w.vt_arrival_ns = link_out(clock_ns_, w.wire_bytes);
+  cur_.link_bytes += w.wire_bytes;
+}
+
+device_work host_engine::make_query(uint64_t request_id, uint32_t layer, uint32_t kv_head,
+                                    uint32_t shard_index, const std::vector<float>& q,
+                                    purpose what) {
+  const auto& m = costs_.model();
+  const request_placement& pl = placements_.at(request_id);
+  const shard_placement& sh = pl.shards[shard_index];
+  device_work w;
+  w.what = device_work::kind::query;
+  w.device_id = sh.device_id;
+  w.shard_id = sh.shard_id;
+  w.tag = next_tag_++;
+  w.q_storage = q;
+  w.query.request_id = request_id;
+  w.query.step = step_;
+  w.query.layer = layer;
+  w.query.kv_head = kv_head;
+  w.query.group = m.gqa_group();
+  w.query.sequence_tokens = spec(request_id).context_tokens + step_ + 1;
+  w.wire_bytes = header_bytes + 4ull * m.gqa_group() * m.head_dim;
+  switch (what) {
+    case purpose::select: w.query.round = query_round::select_attend; break;
+    case purpose::candidates: w.query.round = query_round::candidates; break;
+    case purpose::attend_listed: w.query.round = query_round::attend_listed; break;
+    case purpose::verify:
+      w.query.round = query_round::dense;
+      w.verification = true;
+      w.charge_device = false;
+      break;
+    default: assert(false);
+  }
+  return w;
+}
+
 std::vector<device_work> host_engine::begin_step(uint32_t step) {
   assert(phase_ == phase::done && "a step is already running");
   assert(pending_.empty());
   step_ = step;
   layer_ = 0;
-  phase_ = phase::sparse;
   heads_.clear();
   cur_ = step_report{};
   cur_.step = step;
   step_start_ns_ = clock_ns_;
+  if (cfg_.mode == run_mode::png_kv) {
+    auto work = copy_work();
+    if (!work.empty()) {
+      phase_ = phase::copy;
+      return work;
+    }
+    auto st = finish_copies();
+    assert(st.is_ok());
+    (void)st;
+  }
   return layer_work(0);
+}
+
+// png-kv: re-evaluate steady sets that are due and recall the pages newly steady.
+std::vector<device_work> host_engine::copy_work() {
+  const auto& m = costs_.model();
+  const uint32_t ps = cfg_.page_size_tokens;
+  const uint64_t budget_pages = cfg_.budget_tokens / ps;
+  std::vector<device_work> work;
+  phase_start_ns_ = clock_ns_;
+  last_arrival_ns_ = clock_ns_;
+  for (const request_spec& r : requests_) {
+    const request_placement& pl = placements_.at(r.request_id);
+    // Only full pages can be steady: the page receiving this step's token is not.
+    const uint64_t first_open_page = (r.context_tokens + step_) / ps;
+    for (uint32_t layer = 0; layer < cfg_.live_layers; ++layer) {
+      for (uint32_t h = 0; h < m.kv_heads; ++h) {
+        head_key key{layer, r.request_id, h};
+        steady_state& ss = steady_[key];
+        if (!ss.policy) {
+          steady_params p = cfg_.steady;
+          p.budget_pages = std::min<uint64_t>(p.budget_pages, budget_pages > 2 ? budget_pages - 2 : 0);
+          ss.policy = make_steady_policy(p);
+        }
+        if (!ss.forced && ss.policy->due(step_)) ss.pending_pages = ss.policy->evaluate(step_);
+        else if (!ss.forced) continue;
+        ss.forced = false;
+        std::vector<uint64_t> next;
+        for (uint64_t p : ss.pending_pages)
+          if (p < first_open_page) next.push_back(p);
+        ss.pending_pages = next;
+        // Pages not yet on the GPU are recalled from the shard holding them.
+        std::map<uint32_t, std::vector<uint64_t>> by_shard;
+        for (uint64_t p : next)
+          if (!std::binary_search(ss.pages.begin(), ss.pages.end(), p))
+            by_shard[uint32_t(pl.shard_of(h, p))].push_back(p);
+        if (by_shard.empty()) {
+          auto st = rebuild_steady(ss, key);
+          assert(st.is_ok());
+          (void)st;
+          continue;
+        }
+        for (auto& [shard, pages] : by_shard) {
+          device_work w;
+          w.what = device_work::kind::recall;
+          w.device_id = pl.shards[shard].device_id;
+          w.shard_id = pl.shards[shard].shard_id;
+          w.tag = next_tag_++;
+          w.request_id = r.request_id;
+          w.layer = layer;
+          w.kv_head = h;
+          w.pages = pages;
+          w.wire_bytes = header_bytes + 4ull * pages.size();
+          w.device_cost_ns = costs_.pnm_compute(costs_.kv_bytes(double(pages.size() * ps)), 0).time_ns;
+          dispatch(w, true);
+          pending_.emplace(w.tag, pending_item{r.request_id, layer, h, shard, purpose::steady_copy});
+          work.push_back(std::move(w));
+        }
+      }
+    }
+  }
+  return work;
+}
+
+status host_engine::rebuild_steady(steady_state& ss, const head_key& key) {
+  const auto& m = costs_.model();
+  const uint32_t d = m.head_dim, ps = cfg_.page_size_tokens;
+  kv_head_shape shape;
+  shape.head_dim = d;
+  shape.page_size_tokens = ps;
+  auto fresh = kv_head_store::create(shape, std::max<uint64_t>(1, ss.pending_pages.size()) * ps);
+  if (!fresh) return fresh.error();
+  auto store = std::make_unique<kv_head_store>(std::move(fresh).value());
+  for (uint64_t p : ss.pending_pages) {
+    const bf16 *k = nullptr, *v = nullptr;
+    uint32_t rows = ps;
+    auto arrived = ss.arriving.find(p);
+    if (arrived != ss.arriving.end()) {
+      k = arrived->second.first.data();
+      v = arrived->second.second.data();
+      rows = static_cast<uint32_t>(arrived->second.first.size() / d);
+    } else {
+      assert(ss.store);
+      int64_t l = ss.store->local_page_of(p);
+      if (l < 0) return {errc::internal, "steady page " + std::to_string(p) + " has no copy"};
+      k = ss.store->page_keys(uint32_t(l));
+      v = ss.store->page_values(uint32_t(l));
+      rows = ss.store->page_tokens(uint32_t(l));
+    }
+    auto st = store->append(p * ps, k, v, rows);
+    if (!st) return st;
+  }
+  (void)key;
+  ss.store = std::move(store);
+  ss.pages = ss.pending_pages;
+  ss.arriving.clear();
+  return {};
+}
+
+status host_engine::finish_copies() {
+  account_inbound();
+  uint64_t bytes = 0;
+  for (auto& [key, ss] : steady_) {
+    for (const auto& [p, kv] : ss.arriving) bytes += (kv.first.size() + kv.second.size()) * sizeof(bf16);
+    if (!ss.arriving.empty() || (ss.store == nullptr && !ss.pending_pages.empty())) {
+      auto st = rebuild_steady(ss, key);
+      if (!st) return st;
+    }
+  }
+  if (bytes > 0) {
+    clock_ns_ = std::max(clock_ns_, last_arrival_ns_);
+    op_cost w = costs_.gpu_hbm_write(double(bytes));
+    clock_ns_ += w.time_ns;
+    cur_.copy_ns += clock_ns_ - phase_start_ns_;
+    cur_.energy_j += w.energy_j;
+    cur_.copy_bytes += bytes;
+  }
+  device_busy_ns_.clear();
+  round_device_ns_ = 0;
+  return {};
 }
 
 std::vector<device_work> host_engine::layer_work(uint32_t layer) {
@@ -134,18 +347,21 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
   clock_ns_ += dense.time_ns;
   cur_.dense_ns += dense.time_ns;
   cur_.energy_j += dense.energy_j;
-  layer_start_ns_ = clock_ns_;
+  phase_start_ns_ = clock_ns_;
   last_arrival_ns_ = clock_ns_;
+  gpu_busy_until_ns_ = clock_ns_;
+  phase_ = phase::round_a;
 
   const uint64_t budget_pages = cfg_.budget_tokens / ps;
   for (const request_spec& r : requests_) {
     const request_placement& pl = placements_.at(r.request_id);
     const uint64_t position = r.context_tokens + step_;
     for (uint32_t h = 0; h < m.kv_heads; ++h) {
-      // The new token's K and V go to every device holding its page.
-      const int shard = pl.shard_of(h, position / ps);
-      assert(shard >= 0);
-      const shard_placement& holder = pl.shards[shard];
+      // The new token's K and V go to every device holding its page (over the link in
+      // every mode: in baseline the expander stores it).
+      const int holder_index = pl.shard_of(h, position / ps);
+      assert(holder_index >= 0);
+      const shard_placement& holder = pl.shards[holder_index];
       device_work app;
       app.what = device_work::kind::write;
       app.request_id = r.request_id;
@@ -164,88 +380,209 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
       for (uint32_t dev : holders) {
         device_work a = app;
         a.device_id = dev;
-        a.vt_arrival_ns = link_out(clock_ns_, a.wire_bytes);
-        cur_.link_bytes += a.wire_bytes;
+        a.shard_id = holder.shard_id;
+        dispatch(a, true);
         work.push_back(std::move(a));
       }
 
-      head_state& hs = heads_[{layer, r.request_id, h}];
-      std::vector<float> q(size_t(group) * d);
-      wl_.queries(r.request_id, layer, h, step_, r.context_tokens, q.data());
-      std::vector<uint32_t> shards;
+      head_key key{layer, r.request_id, h};
+      head_state& hs = heads_[key];
+      hs.q.resize(size_t(group) * d);
+      wl_.queries(r.request_id, layer, h, step_, r.context_tokens, hs.q.data());
       for (uint32_t i = 0; i < pl.shards.size(); ++i)
-        if (pl.shards[i].holds_head(h)) shards.push_back(i);
-      const uint64_t s = shards.size();
-      hs.parts.resize(s);
+        if (pl.shards[i].holds_head(h)) hs.shards.push_back(i);
+      const uint64_t s = hs.shards.size();
+      hs.parts.assign(s, partial{});
+      hs.listed.assign(s, {});
+
+      // png-kv: the GPU attends its steady pages now, overlapping the devices.
+      uint64_t device_budget = budget_pages;
+      const std::vector<uint64_t>* excluded = nullptr;
+      if (cfg_.mode == run_mode::png_kv) {
+        steady_state& ss = steady_[key];
+        hs.steady_part.reset(group, d);
+        if (ss.store && ss.store->page_count() > 0) {
+          std::vector<uint32_t> all(ss.store->page_count());
+          for (uint32_t i = 0; i < all.size(); ++i) all[i] = i;
+          const float scale = 1.0f / std::sqrt(float(d));
+          auto st = attend_pages(*ss.store, hs.q.data(), group, all.data(), all.size(), scale,
+                                 hs.steady_part);
+          assert(st.is_ok());
+          (void)st;
+          const double tokens = double(ss.store->token_count());
+          op_cost ga = costs_.gpu_attention(costs_.kv_bytes(tokens), costs_.attend_flops(tokens, group));
+          gpu_busy_until_ns_ += ga.time_ns;
+          cur_.gpu_attention_ns += ga.time_ns;
+          cur_.energy_j += ga.energy_j;
+          device_budget = budget_pages > ss.pages.size() ? budget_pages - ss.pages.size() : 0;
+          excluded = &ss.pages;
+          hs.pages.insert(hs.pages.end(), ss.pages.begin(), ss.pages.end());
+          cur_.steady_pages += ss.pages.size();
+        }
+      }
+
+      const bool two_rounds = cfg_.mode == run_mode::baseline ||
+                              (s > 1 && cfg_.cross_shard == cross_shard_selection::exact);
       for (uint64_t j = 0; j < s; ++j) {
-        device_work w;
-        w.what = device_work::kind::query;
-        w.device_id = pl.shards[shards[j]].device_id;
-        w.tag = next_tag_++;
-        w.q_storage = q;
-        w.query.request_id = r.request_id;
-        w.query.step = step_;
-        w.query.layer = layer;
-        w.query.kv_head = h;
-        w.query.group = group;
-        w.query.sequence_tokens = position + 1;
-        // Local selection: each of the s shards takes its share of the budget.
-        w.query.budget_pages = budget_pages / s + (j < budget_pages % s ? 1 : 0);
-        w.query.round = query_round::select_attend;
-        w.wire_bytes = header_bytes + 4ull * group * d;
-        w.vt_arrival_ns = link_out(clock_ns_, w.wire_bytes);
-        cur_.link_bytes += w.wire_bytes;
-        ++hs.expected;
-        pending_.emplace(w.tag, pending_query{r.request_id, layer, h, uint32_t(j), false});
+        device_work w = make_query(r.request_id, layer, h, hs.shards[j], hs.q,
+                                   two_rounds ? purpose::candidates : purpose::select);
+        // Local selection: each of the s shards takes its share of the budget; exact
+        // candidates: each shard offers its best `budget` pages.
+        w.query.budget_pages = two_rounds ? device_budget
+                                          : device_budget / s + (j < device_budget % s ? 1 : 0);
+        if (excluded) {
+          w.excluded_storage = *excluded;
+          w.wire_bytes += 4ull * excluded->size();
+        }
+        // baseline: the scoring runs on the device actor for the GPU (see the header).
+        w.charge_device = cfg_.mode != run_mode::baseline;
+        dispatch(w, w.charge_device);
+        pending_.emplace(w.tag, pending_item{r.request_id, layer, h, uint32_t(j),
+                                             two_rounds ? purpose::candidates : purpose::select});
         work.push_back(std::move(w));
       }
     }
   }
-  for (auto& w : work)
-    if (w.what == device_work::kind::query) w.query.q = w.q_storage.data();
+  for (auto& w : work) {
+    if (w.what != device_work::kind::query) continue;
+    w.query.q = w.q_storage.data();
+    w.query.excluded_pages = w.excluded_storage.data();
+    w.query.n_excluded = w.excluded_storage.size();
+  }
   return work;
 }
 
-const request_spec& host_engine::spec(uint64_t request_id) const {
-  for (const auto& r : requests_)
-    if (r.request_id == request_id) return r;
-  assert(false && "unknown request");
-  return requests_.front();
+// After round a of exact / baseline selection: the GPU picks the global top pages from the
+// shards' candidates — forced pages first, then by score, ties to the lower page — exactly
+// what one device holding every page would select.
+status host_engine::finish_round_a() {
+  account_inbound();
+  const auto& m = costs_.model();
+  const uint32_t ps = cfg_.page_size_tokens, group = m.gqa_group();
+  const uint64_t budget_pages = cfg_.budget_tokens / ps;
+  double scoring_ns = 0;
+  for (auto& [key, hs] : heads_) {
+    if (std::get<0>(key) != layer_) continue;
+    const auto [layer, request_id, h] = key;
+    const request_placement& pl = placements_.at(request_id);
+    uint64_t take = budget_pages;
+    if (cfg_.mode == run_mode::png_kv) {
+      const steady_state& ss = steady_.at(key);
+      take = budget_pages > ss.pages.size() ? budget_pages - ss.pages.size() : 0;
+    }
+    auto& c = hs.candidates;
+    std::sort(c.begin(), c.end(), [](const head_state::candidate& a, const head_state::candidate& b) {
+      if (a.forced != b.forced) return a.forced;
+      const bool an = std::isnan(a.score), bn = std::isnan(b.score);
+      if (an != bn) return bn;
+      if (!an && a.score != b.score) return a.score > b.score;
+      return a.page < b.page;
+    });
+    if (c.size() > take) c.resize(take);
+    for (const auto& cand : c) {
+      int idx = pl.shard_of(h, cand.page);
+      assert(idx >= 0);
+      for (size_t j = 0; j < hs.shards.size(); ++j)
+        if (hs.shards[j] == uint32_t(idx)) hs.listed[j].push_back(cand.page);
+    }
+    for (auto& l : hs.listed) std::sort(l.begin(), l.end());
+    hs.candidates.clear();
+    if (cfg_.mode == run_mode::baseline) {
+      // The GPU scored every page summary of this head: from HBM when resident, else read
+      // over the link from the expanders.
+      const request_spec& r = spec(request_id);
+      const double pages = double((r.context_tokens + step_ + 1 + ps - 1) / ps);
+      const double bytes = pages * costs_.summary_bytes_per_page(2);
+      const double flops = costs_.score_flops(pages, group);
+      if (cfg_.summaries_resident) {
+        op_cost g = costs_.gpu_attention(bytes, flops);
+        scoring_ns += g.time_ns;
+        cur_.energy_j += g.energy_j;
+      } else {
+        op_cost e = costs_.expander_read(bytes);
+        op_cost g = costs_.gpu_attention(0, flops);
+        last_arrival_ns_ = std::max(last_arrival_ns_, link_in(clock_ns_ + e.time_ns, uint64_t(bytes)));
+        cur_.link_bytes += uint64_t(bytes);
+        cur_.energy_j += e.energy_j + costs_.link_transfer(bytes).energy_j + g.energy_j;
+        scoring_ns += g.time_ns;
+      }
+    }
+  }
+  const double wait_ns = last_arrival_ns_ - phase_start_ns_;
+  // png-kv: the GPU's steady attention ran alongside round a.
+  const double gpu_ns = cfg_.mode == run_mode::png_kv ? gpu_busy_until_ns_ : 0.0;
+  clock_ns_ = std::max({clock_ns_, last_arrival_ns_, gpu_ns}) + scoring_ns;
+  cur_.gpu_attention_ns += scoring_ns;
+  cur_.device_ns += round_device_ns_;
+  cur_.link_ns += std::max(0.0, wait_ns - round_device_ns_);
+  round_device_ns_ = 0;
+  device_busy_ns_.clear();
+  phase_start_ns_ = clock_ns_;
+  last_arrival_ns_ = clock_ns_;
+  return {};
+}
+
+std::vector<device_work> host_engine::round_b_work() {
+  const uint32_t ps = cfg_.page_size_tokens;
+  std::vector<device_work> work;
+  for (auto& [key, hs] : heads_) {
+    if (std::get<0>(key) != layer_) continue;
+    const auto [layer, request_id, h] = key;
+    const request_placement& pl = placements_.at(request_id);
+    for (uint32_t j = 0; j < hs.shards.size(); ++j) {
+      if (hs.listed[j].empty()) {
+        hs.parts[j].reset(costs_.model().gqa_group(), costs_.model().head_dim);
+        continue;
+      }
+      if (cfg_.mode == run_mode::baseline) {
+        device_work w;
+        w.what = device_work::kind::recall;
+        w.device_id = pl.shards[hs.shards[j]].device_id;
+        w.shard_id = pl.shards[hs.shards[j]].shard_id;
+        w.tag = next_tag_++;
+        w.request_id = request_id;
+        w.layer = layer;
+        w.kv_head = h;
+        w.pages = hs.listed[j];
+        w.wire_bytes = header_bytes + 4ull * w.pages.size();
+        uint64_t tokens = 0;
+        for (uint64_t p : w.pages) {
+          const uint64_t end = spec(request_id).context_tokens + step_ + 1;
+          tokens += std::min<uint64_t>(ps, end - p * ps);
+        }
+        w.device_cost_ns = costs_.expander_read(costs_.kv_bytes(double(tokens))).time_ns;
+        dispatch(w, true);
+        pending_.emplace(w.tag, pending_item{request_id, layer, h, j, purpose::recall});
+        work.push_back(std::move(w));
+      } else {
+        device_work w = make_query(request_id, layer, h, hs.shards[j], hs.q, purpose::attend_listed);
+        w.listed_storage = hs.listed[j];
+        w.wire_bytes += 4ull * w.listed_storage.size();
+        dispatch(w, true);
+        pending_.emplace(w.tag, pending_item{request_id, layer, h, j, purpose::attend_listed});
+        work.push_back(std::move(w));
+      }
+    }
+  }
+  for (auto& w : work) {
+    if (w.what != device_work::kind::query) continue;
+    w.query.q = w.q_storage.data();
+    w.query.listed_pages = w.listed_storage.data();
+    w.query.n_listed = w.listed_storage.size();
+  }
+  return work;
 }
 
 // Dense queries of every (live layer, request, KV head, shard): the ground truth the step's
 // outputs are checked against. Not charged, not timed, and they do not touch any clock.
 std::vector<device_work> host_engine::verify_work() {
-  const auto& m = costs_.model();
-  const uint32_t d = m.head_dim, group = m.gqa_group();
   std::vector<device_work> work;
   for (auto& [key, hs] : heads_) {
     const auto [layer, request_id, h] = key;
-    const request_spec& r = spec(request_id);
-    const request_placement& pl = placements_.at(request_id);
-    std::vector<float> q(size_t(group) * d);
-    wl_.queries(request_id, layer, h, step_, r.context_tokens, q.data());
-    std::vector<uint32_t> shards;
-    for (uint32_t i = 0; i < pl.shards.size(); ++i)
-      if (pl.shards[i].holds_head(h)) shards.push_back(i);
-    hs.dense_parts.resize(shards.size());
-    for (uint32_t j = 0; j < shards.size(); ++j) {
-      device_work w;
-      w.what = device_work::kind::query;
-      w.device_id = pl.shards[shards[j]].device_id;
-      w.tag = next_tag_++;
-      w.verification = true;
-      w.q_storage = q;
-      w.query.request_id = request_id;
-      w.query.step = step_;
-      w.query.layer = layer;
-      w.query.kv_head = h;
-      w.query.group = group;
-      w.query.sequence_tokens = r.context_tokens + step_ + 1;
-      w.query.round = query_round::dense;
-      w.wire_bytes = header_bytes + 4ull * group * d;
-      ++hs.dense_expected;
-      pending_.emplace(w.tag, pending_query{request_id, layer, h, j, true});
+    hs.dense_parts.assign(hs.shards.size(), partial{});
+    for (uint32_t j = 0; j < hs.shards.size(); ++j) {
+      device_work w = make_query(request_id, layer, h, hs.shards[j], hs.q, purpose::verify);
+      pending_.emplace(w.tag, pending_item{request_id, layer, h, j, purpose::verify});
       work.push_back(std::move(w));
     }
   }
@@ -258,34 +595,129 @@ result<std::vector<device_work>> host_engine::on_reply(const device_reply& r) {
   if (it == pending_.end())
     return status{errc::invalid_argument, "reply with unknown tag " + std::to_string(r.tag) +
                                               " from device " + std::to_string(r.device_id)};
-  const pending_query pq = it->second;
+  const pending_item pi = it->second;
   pending_.erase(it);
-  head_state& hs = heads_.at({pq.layer, pq.request_id, pq.kv_head});
-  if (pq.verification) {
-    hs.dense_parts[pq.shard_index] = r.answer.part;
-    ++hs.dense_got;
-    if (!pending_.empty()) return std::vector<device_work>{};
-    auto st = finish_verification();
-    if (!st) return st;
-    phase_ = phase::done;
-    return std::vector<device_work>{};
+  const auto& m = costs_.model();
+  const uint32_t d = m.head_dim, group = m.gqa_group(), ps = cfg_.page_size_tokens;
+  head_key key{pi.layer, pi.request_id, pi.kv_head};
+
+  auto device_done = [&](uint64_t bytes_back, double device_ns, double energy_j) {
+    cur_.link_bytes += bytes_back;
+    cur_.energy_j += energy_j;
+    double& busy = device_busy_ns_[r.device_id];
+    busy += device_ns;
+    round_device_ns_ = std::max(round_device_ns_, busy);
+    inbound_.push_back({r.vt_done_ns, r.tag, bytes_back});
+  };
+
+  switch (pi.what) {
+    case purpose::verify: {
+      head_state& hs = heads_.at(key);
+      hs.dense_parts[pi.shard_index] = r.answer.part;
+      if (!pending_.empty()) return std::vector<device_work>{};
+      auto st = finish_verification();
+      if (!st) return st;
+      phase_ = phase::done;
+      return std::vector<device_work>{};
+    }
+    case purpose::steady_copy: {
+      steady_state& ss = steady_.at(key);
+      size_t off = 0;
+      for (size_t i = 0; i < r.rows_per_page.size() && i < r.answer.pages.size(); ++i) {
+        const size_t n = size_t(r.rows_per_page[i]) * d;
+        ss.arriving[r.answer.pages[i]] = {
+            std::vector<bf16>(r.k.begin() + off, r.k.begin() + off + n),
+            std::vector<bf16>(r.v.begin() + off, r.v.begin() + off + n)};
+        off += n;
+      }
+      const uint64_t bytes = header_bytes + (r.k.size() + r.v.size()) * sizeof(bf16);
+      op_cost dc = costs_.pnm_compute(double(bytes - header_bytes), 0);
+      device_done(bytes, dc.time_ns, dc.energy_j + costs_.link_transfer(double(bytes)).energy_j);
+      if (!pending_.empty()) return std::vector<device_work>{};
+      auto st = finish_copies();
+      if (!st) return st;
+      return layer_work(0);
+    }
+    case purpose::select:
+    case purpose::attend_listed: {
+      head_state& hs = heads_.at(key);
+      hs.parts[pi.shard_index] = r.answer.part;
+      hs.pages.insert(hs.pages.end(), r.answer.pages.begin(), r.answer.pages.end());
+      const uint64_t bytes = header_bytes + 4ull * r.answer.part.o.size() +
+                             4ull * r.answer.part.lse.size() + 4ull * r.answer.pages.size();
+      cur_.device_bytes_scanned += r.answer.bytes_scanned;
+      op_cost dc = costs_.pnm_compute(double(r.answer.bytes_scanned), r.answer.flops);
+      device_done(bytes, dc.time_ns, dc.energy_j);
+      break;
+    }
+    case purpose::candidates: {
+      head_state& hs = heads_.at(key);
+      for (size_t i = 0; i < r.answer.pages.size(); ++i)
+        hs.candidates.push_back({r.answer.candidate_scores[i], r.answer.pages[i],
+                                 r.answer.candidate_forced[i] != 0});
+      if (cfg_.mode != run_mode::baseline) {
+        const uint64_t bytes = header_bytes + 8ull * r.answer.pages.size();
+        cur_.device_bytes_scanned += r.answer.bytes_scanned;
+        op_cost dc = costs_.pnm_compute(double(r.answer.bytes_scanned), r.answer.flops);
+        device_done(bytes, dc.time_ns, dc.energy_j);
+      }
+      break;
+    }
+    case purpose::recall: {
+      // baseline: the recalled pages land in a GPU buffer; the GPU attends them.
+      head_state& hs = heads_.at(key);
+      kv_head_shape shape;
+      shape.head_dim = d;
+      shape.page_size_tokens = ps;
+      const auto& pages = hs.listed[pi.shard_index];
+      auto buf = kv_head_store::create(shape, std::max<size_t>(1, pages.size()) * ps);
+      if (!buf) return buf.error();
+      size_t off = 0;
+      uint64_t tokens = 0;
+      if (r.rows_per_page.size() != pages.size())
+        return status{errc::shape_mismatch, "recall reply for request " +
+                                                std::to_string(pi.request_id) + " has " +
+                                                std::to_string(r.rows_per_page.size()) +
+                                                " pages, asked for " + std::to_string(pages.size())};
+      for (size_t i = 0; i < pages.size(); ++i) {
+        const uint32_t rows = r.rows_per_page[i];
+        auto st = buf->append(pages[i] * ps, r.k.data() + off, r.v.data() + off, rows);
+        if (!st) return st;
+        off += size_t(rows) * d;
+        tokens += rows;
+      }
+      std::vector<uint32_t> all(buf->page_count());
+      for (uint32_t i = 0; i < all.size(); ++i) all[i] = i;
+      auto st = attend_pages(*buf, hs.q.data(), group, all.data(), all.size(),
+                             1.0f / std::sqrt(float(d)), hs.parts[pi.shard_index]);
+      if (!st) return st;
+      hs.pages.insert(hs.pages.end(), pages.begin(), pages.end());
+      const uint64_t bytes = header_bytes + (r.k.size() + r.v.size()) * sizeof(bf16);
+      op_cost ex = costs_.expander_read(double(bytes - header_bytes));
+      device_done(bytes, ex.time_ns, ex.energy_j + costs_.link_transfer(double(bytes)).energy_j);
+      op_cost ga = costs_.gpu_attention(costs_.kv_bytes(double(tokens)),
+                                        costs_.attend_flops(double(tokens), group));
+      gpu_busy_until_ns_ += ga.time_ns;  // applied after the last recall arrives
+      cur_.gpu_attention_ns += ga.time_ns;
+      cur_.energy_j += ga.energy_j;
+      break;
+    }
   }
-  hs.parts[pq.shard_index] = r.answer.part;
-  hs.pages.insert(hs.pages.end(), r.answer.pages.begin(), r.answer.pages.end());
-  ++hs.got;
-  const uint64_t bytes = header_bytes + 4ull * r.answer.part.o.size() +
-                         4ull * r.answer.part.lse.size() + 4ull * r.answer.pages.size();
-  cur_.link_bytes += bytes;
-  cur_.device_bytes_scanned += r.answer.bytes_scanned;
-  op_cost dc = costs_.pnm_compute(double(r.answer.bytes_scanned), r.answer.flops);
-  cur_.energy_j += dc.energy_j;
-  double& busy = device_busy_ns_[r.device_id];
-  busy += dc.time_ns;
-  layer_device_ns_ = std::max(layer_device_ns_, busy);
-  // The shared inbound link is accounted once the layer is complete, in virtual-time order,
-  // so the result does not depend on the order partials happened to arrive in wall time.
-  inbound_.push_back({r.vt_done_ns, r.tag, bytes});
   if (!pending_.empty()) return std::vector<device_work>{};
+
+  if (phase_ == phase::round_a &&
+      (cfg_.mode == run_mode::baseline ||
+       std::any_of(heads_.begin(), heads_.end(), [&](const auto& kv) {
+         return std::get<0>(kv.first) == layer_ && kv.second.shards.size() > 1 &&
+                cfg_.cross_shard == cross_shard_selection::exact;
+       }))) {
+    auto st = finish_round_a();
+    if (!st) return st;
+    phase_ = phase::round_b;
+    gpu_busy_until_ns_ = clock_ns_;
+    auto work = round_b_work();
+    if (!work.empty()) return work;
+  }
   auto st = finish_layer();
   if (!st) return st;
   if (++layer_ < cfg_.live_layers) return layer_work(layer_);
@@ -298,6 +730,48 @@ result<std::vector<device_work>> host_engine::on_reply(const device_reply& r) {
   return std::vector<device_work>{};
 }
 
+status host_engine::finish_layer() {
+  const uint32_t group = costs_.model().gqa_group();
+  account_inbound();
+  const double wait_ns = last_arrival_ns_ - phase_start_ns_;
+  // baseline recalls: the GPU attends after the pages are in; png-kv: the GPU's steady
+  // attention ran alongside the devices.
+  double end = std::max(clock_ns_, last_arrival_ns_);
+  if (cfg_.mode == run_mode::baseline) end = std::max(clock_ns_, last_arrival_ns_) + (gpu_busy_until_ns_ - clock_ns_);
+  else end = std::max(end, gpu_busy_until_ns_);
+  clock_ns_ = end;
+  double merge_ns = 0;
+  for (auto it = heads_.lower_bound({layer_, 0, 0});
+       it != heads_.end() && std::get<0>(it->first) == layer_; ++it) {
+    head_state& hs = it->second;
+    std::vector<const partial*> ptrs;
+    if (cfg_.mode == run_mode::png_kv && !hs.steady_part.lse.empty()) ptrs.push_back(&hs.steady_part);
+    for (const auto& p : hs.parts) ptrs.push_back(&p);
+    auto st = merge_partials(ptrs.data(), ptrs.size(), hs.merged);
+    if (!st) return st;
+    op_cost mc = costs_.gpu_merge(static_cast<uint32_t>(ptrs.size()), group);
+    merge_ns += mc.time_ns;
+    cur_.energy_j += mc.energy_j;
+    fnv1a(digest_, hs.merged.o.data(), hs.merged.o.size() * sizeof(float));
+    fnv1a(digest_, hs.merged.lse.data(), hs.merged.lse.size() * sizeof(float));
+    hs.parts.clear();
+    std::sort(hs.pages.begin(), hs.pages.end());
+    cur_.selected_pages += hs.pages.size();
+    if (cfg_.mode == run_mode::png_kv) {
+      steady_state& ss = steady_.at(it->first);
+      cur_.steady_hits += ss.pages.size();
+      ss.policy->record(step_, hs.pages);
+    }
+  }
+  clock_ns_ += merge_ns;
+  cur_.merge_ns += merge_ns;
+  cur_.device_ns += round_device_ns_;
+  cur_.link_ns += std::max(0.0, wait_ns - round_device_ns_);
+  round_device_ns_ = 0;
+  device_busy_ns_.clear();
+  return {};
+}
+
 void host_engine::finish_timed_phase() {
   // Charge the layers that are not live as copies of the mean live layer.
   const auto& m = costs_.model();
@@ -305,13 +779,12 @@ void host_engine::finish_timed_phase() {
   cur_.live_layers_ns = live_ns;
   const double scale = double(m.layers) / double(cfg_.live_layers);
   op_cost lm = costs_.gpu_lm_head(static_cast<uint32_t>(requests_.size()));
-  cur_.dense_ns *= scale;
-  cur_.link_ns *= scale;
-  cur_.device_ns *= scale;
-  cur_.merge_ns *= scale;
-  cur_.energy_j *= scale;
-  cur_.link_bytes = uint64_t(double(cur_.link_bytes) * scale);
-  cur_.device_bytes_scanned = uint64_t(double(cur_.device_bytes_scanned) * scale);
+  for (double* x : {&cur_.dense_ns, &cur_.link_ns, &cur_.device_ns, &cur_.gpu_attention_ns,
+                    &cur_.merge_ns, &cur_.copy_ns, &cur_.energy_j})
+    *x *= scale;
+  for (uint64_t* x : {&cur_.link_bytes, &cur_.device_bytes_scanned, &cur_.steady_pages,
+                      &cur_.steady_hits, &cur_.selected_pages, &cur_.copy_bytes})
+    *x = uint64_t(double(*x) * scale);
   cur_.lm_head_ns = lm.time_ns;
   cur_.energy_j += lm.energy_j;
   cur_.virtual_ns = live_ns * scale + lm.time_ns;
@@ -324,7 +797,6 @@ status host_engine::finish_verification() {
   const uint32_t group = costs_.model().gqa_group();
   for (auto& [key, hs] : heads_) {
     const auto [layer, request_id, kv_head] = key;
-    assert(hs.dense_got == hs.dense_expected);
     std::vector<const partial*> dptrs;
     for (const auto& p : hs.dense_parts) dptrs.push_back(&p);
     partial dense;
@@ -334,7 +806,7 @@ status host_engine::finish_verification() {
         request_id, layer, kv_head, step_, spec(request_id).context_tokens);
     if (needle) {
       const uint64_t page = *needle / cfg_.page_size_tokens;
-      accuracy_.add_needle(std::find(hs.pages.begin(), hs.pages.end(), page) != hs.pages.end());
+      accuracy_.add_needle(std::binary_search(hs.pages.begin(), hs.pages.end(), page));
     }
     auto errs = output_relative_errors(hs.merged, dense);
     if (!errs) return errs.error();
@@ -343,47 +815,12 @@ status host_engine::finish_verification() {
     // = exp(lse_sparse − lse_dense), exact from the two merged partials.
     std::vector<double> mass(group);
     for (uint32_t g = 0; g < group; ++g)
-      mass[g] = std::isinf(hs.merged.lse[g]) ? 0.0
-                                             : std::exp(double(hs.merged.lse[g]) - double(dense.lse[g]));
+      mass[g] = std::isinf(hs.merged.lse[g])
+                    ? 0.0
+                    : std::exp(double(hs.merged.lse[g]) - double(dense.lse[g]));
     accuracy_.add_mass(mass);
     accuracy_.add_pages_selected(hs.pages.size());
   }
-  return {};
-}
-
-status host_engine::finish_layer() {
-  const uint32_t group = costs_.model().gqa_group();
-  std::sort(inbound_.begin(), inbound_.end(), [](const inbound& a, const inbound& b) {
-    return a.sent_ns != b.sent_ns ? a.sent_ns < b.sent_ns : a.tag < b.tag;
-  });
-  for (const inbound& in : inbound_)
-    last_arrival_ns_ = std::max(last_arrival_ns_, link_in(in.sent_ns, in.bytes));
-  inbound_.clear();
-  // Devices and links up to the last partial.
-  const double wait_ns = last_arrival_ns_ - layer_start_ns_;
-  clock_ns_ = std::max(clock_ns_, last_arrival_ns_);
-  double merge_ns = 0;
-  for (auto it = heads_.lower_bound({layer_, 0, 0});
-       it != heads_.end() && std::get<0>(it->first) == layer_; ++it) {
-    head_state& hs = it->second;
-    assert(hs.got == hs.expected);
-    std::vector<const partial*> ptrs;
-    for (const auto& p : hs.parts) ptrs.push_back(&p);
-    auto st = merge_partials(ptrs.data(), ptrs.size(), hs.merged);
-    if (!st) return st;
-    op_cost mc = costs_.gpu_merge(static_cast<uint32_t>(ptrs.size()), group);
-    merge_ns += mc.time_ns;
-    cur_.energy_j += mc.energy_j;
-    fnv1a(digest_, hs.merged.o.data(), hs.merged.o.size() * sizeof(float));
-    fnv1a(digest_, hs.merged.lse.data(), hs.merged.lse.size() * sizeof(float));
-    hs.parts.clear();
-  }
-  clock_ns_ += merge_ns;
-  cur_.merge_ns += merge_ns;
-  cur_.device_ns += layer_device_ns_;
-  cur_.link_ns += std::max(0.0, wait_ns - layer_device_ns_);
-  layer_device_ns_ = 0;
-  device_busy_ns_.clear();
   return {};
 }
 

@@ -1,21 +1,36 @@
-// What the GPU host does in a decode step, free of CAF and of the wire: for each live
-// layer it appends the new token's K/V to the shard holding the last page, sends each
-// shard a query, merges the partials in shard order, checks them against dense attention
-// (verification queries, not charged), and keeps the step's virtual time on the modelled
-// hardware (DESIGN.md §5). The gpu_host actor moves its work items over the fabric and
-// feeds answers back; tests drive it directly with a device_engine per device.
+// What the GPU host does in a decode step, free of CAF and of the wire, in each mode
+// (DESIGN.md §2): for each live layer it appends the new token's K/V to the shard holding
+// the last page, has the pages selected and attended, merges partials in a fixed order,
+// checks them against dense attention (verification queries: not charged, not timed), and
+// keeps the step's virtual time on the modelled hardware (DESIGN.md §5). The gpu_host actor
+// moves its work items over the fabric and feeds the replies back; tests drive it directly
+// with a device_engine per device.
 //
-// Virtual time of one step (pnm-kv):
-//   for each layer: GPU dense layer; queries leave over the host link one after another
-//   (each waits for the link: serialisation at link bandwidth), arrive after the link
-//   latency; each device serves its queries in order (clock = max(clock, arrival) +
-//   pnm_compute); partials come back over the shared host link in the same way; the GPU
-//   merges once the last partial is in. Then the LM head. Layers past live_layers are
-//   charged as copies of the mean live layer — the report says so.
+// Modes, per (request, layer, KV head):
+//   pnm-kv   devices score, select and attend; partials come back. With s > 1 sequence
+//            shards, selection is `local` (each shard takes its share of the budget: one
+//            round) or `exact` (round 1: each shard's best candidates; the GPU picks the
+//            global top; round 2: shards attend exactly those pages).
+//   png-kv   as pnm-kv, but the steady pages (schedulers/steady_pages.hpp) live in GPU
+//            memory: the GPU attends them while the devices select among the other pages
+//            with the remaining budget. Copies of newly steady pages are charged.
+//   baseline devices are passive CXL memory expanders. The GPU scores page summaries
+//            (resident in HBM when they fit, else read over the link), selects, recalls the
+//            selected pages over the link and attends. The scoring arithmetic is run by the
+//            device actor on the host's behalf (same function, same summaries, so the same
+//            selection); it is charged to the GPU, never to the device.
+//
+// Virtual time of one layer: GPU dense layer; messages leave over the shared host link one
+// after another (serialisation at link bandwidth) and arrive after the link latency; each
+// device serves its work in order (clock = max(clock, arrival) + cost); replies come back
+// over the shared inbound link in virtual-time order; rounds are layer-wide; then the GPU
+// attends what it holds and merges. Layers past live_layers are charged as copies of the
+// mean live layer; then the LM head.
 #pragma once
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -23,16 +38,23 @@
 #include "core/accuracy.hpp"
 #include "core/workload.hpp"
 #include "model/cost_model.hpp"
+#include "schedulers/modes.hpp"
 #include "schedulers/placement.hpp"
+#include "schedulers/steady_pages.hpp"
 
 namespace pnmkv {
 
+
 struct host_engine_config {
+  run_mode mode = run_mode::pnm_kv;
+  cross_shard_selection cross_shard = cross_shard_selection::exact;
   uint32_t live_layers = 1;
   uint32_t page_size_tokens = 16;
   uint64_t budget_tokens = 2048;
   bool verify = true;                 // dense verification queries each step
   uint64_t prefill_chunk_tokens = 4096;
+  bool summaries_resident = true;     // baseline: page summaries kept in HBM
+  steady_params steady{};             // png-kv
 };
 
 struct request_spec {
@@ -41,14 +63,18 @@ struct request_spec {
   uint32_t steps = 0;
 };
 
-// One item of work for one device: a K/V write (prefill chunk or decode append) or a query.
+// One item of work for one device: a K/V write (prefill chunk or decode append), a query,
+// or a recall of pages (baseline recalls, png-kv steady copies).
 struct device_work {
-  enum class kind : uint8_t { write, query } what = kind::write;
+  enum class kind : uint8_t { write, query, recall } what = kind::write;
   uint32_t device_id = 0;
-  uint64_t tag = 0;                // identifies the answer (queries)
+  uint32_t shard_id = 0;
+  uint64_t tag = 0;                // identifies the reply (queries, recalls)
   double vt_arrival_ns = 0;        // when it reaches the device, virtual
   uint64_t wire_bytes = 0;         // payload bytes on the link
   bool verification = false;       // dense check: not charged, not timed
+  bool charge_device = true;       // false: the device works on the GPU's behalf (baseline scoring)
+  double device_cost_ns = -1;      // recalls: the expander's time (set by the engine)
   // write
   uint64_t request_id = 0;
   uint32_t layer = 0;
@@ -57,25 +83,36 @@ struct device_work {
   uint64_t n_tokens = 0;
   std::vector<bf16> k, v;
   // query
-  device_query query{};            // q points into q_storage
+  device_query query{};            // q, listed, excluded point into the storage below
   std::vector<float> q_storage;
+  std::vector<uint64_t> listed_storage;
+  std::vector<uint64_t> excluded_storage;
+  // recall
+  std::vector<uint64_t> pages;
 };
 
 struct device_reply {
   uint64_t tag = 0;
   uint32_t device_id = 0;
-  double vt_done_ns = 0;           // device clock when the answer left
-  device_answer answer;
+  double vt_done_ns = 0;           // device clock when the reply left
+  device_answer answer;            // queries
+  std::vector<uint32_t> rows_per_page;  // recalls: rows of each page, in request order
+  std::vector<bf16> k, v;
 };
 
 struct step_report {
   uint32_t step = 0;
   double virtual_ns = 0;           // whole step, every layer, LM head
   double live_layers_ns = 0;       // the live layers as measured in virtual time
-  double dense_ns = 0, link_ns = 0, device_ns = 0, merge_ns = 0, lm_head_ns = 0;
+  double dense_ns = 0, link_ns = 0, device_ns = 0, gpu_attention_ns = 0, merge_ns = 0,
+         lm_head_ns = 0, copy_ns = 0;
   double energy_j = 0;             // dynamic energy of the whole step (all layers)
   uint64_t link_bytes = 0;         // both directions, all layers
   uint64_t device_bytes_scanned = 0;  // all layers
+  uint64_t steady_pages = 0;       // held on the GPU (png-kv), all layers
+  uint64_t steady_hits = 0;        // selected pages served from the steady set, all layers
+  uint64_t selected_pages = 0;     // all layers
+  uint64_t copy_bytes = 0;         // steady copies this step, all layers
   uint64_t tokens = 0;             // tokens produced (one per request)
 };
 
@@ -83,59 +120,99 @@ class host_engine {
  public:
   host_engine(host_engine_config cfg, const cost_model& costs, const synthetic_workload& wl);
 
+  const host_engine_config& config() const { return cfg_; }
   status add_request(const request_spec& r, const request_placement& placement);
   const std::vector<request_spec>& requests() const { return requests_; }
 
   // Prefill: every chunk of every live (layer, KV head) of every request, in a fixed
-  // order. Returns false when done. Chunks go to every device holding the pages
-  // (primary and replicas).
+  // order, to every device holding the pages (primary and replicas). False when done.
   bool next_prefill_chunk(std::vector<device_work>& out);
   uint64_t prefill_bytes() const { return prefill_bytes_; }
 
-  // Decode: start a step; returns the work of its first live layer.
+  // Decode: start a step; returns its first work (steady copies, or the first layer's).
   std::vector<device_work> begin_step(uint32_t step);
-  // Feed one answer; when every answer of the current layer is in, merges and returns
-  // the next layer's work. After the last live layer the timed part of the step is over
-  // (timed_phase_done()); with verification on, the dense queries of every live layer follow
-  // (untimed, uncharged), then step_done() is true.
+  // Feed one reply; returns the next work. After the last live layer the timed part of the
+  // step is over (timed_phase_done()); with verification on, the dense queries of every
+  // live layer follow (untimed, uncharged), then step_done() is true.
   result<std::vector<device_work>> on_reply(const device_reply& r);
-  bool timed_phase_done() const { return phase_ != phase::sparse; }
+  bool timed_phase_done() const { return phase_ == phase::verify || phase_ == phase::done; }
   bool step_done() const { return phase_ == phase::done; }
   const step_report& last_step() const { return last_step_; }
 
-  // Everything measured so far.
+  // png-kv: replaces the steady set of (request, layer, KV head) before the next step
+  // (tests force it; the policy decides otherwise). Pages must be full, ascending.
+  void force_steady(uint64_t request_id, uint32_t layer, uint32_t kv_head,
+                    std::vector<uint64_t> pages);
+  // The selection of (request, layer, KV head) in the last step, ascending global ids
+  // (steady pages included).
+  std::vector<uint64_t> last_selection(uint64_t request_id, uint32_t layer, uint32_t kv_head) const;
+  // The merged output of (request, layer, KV head) in the last step.
+  const partial* last_output(uint64_t request_id, uint32_t layer, uint32_t kv_head) const;
+
   const accuracy_accumulator& accuracy() const { return accuracy_; }
   uint64_t output_digest() const { return digest_; }
   uint64_t answers_pending() const { return pending_.size(); }
+  // Bytes the GPU holds for the KV side now: steady pages (png-kv).
+  uint64_t gpu_steady_bytes() const;
 
  private:
-  struct pending_query {
+  enum class phase { copy, round_a, round_b, verify, done };
+  enum class purpose : uint8_t { select, candidates, attend_listed, recall, steady_copy, verify };
+  struct pending_item {
     uint64_t request_id;
     uint32_t layer, kv_head, shard_index;
-    bool verification;
+    purpose what;
   };
-  struct head_state {  // answers of one (layer, request, kv_head) in this step
+  using head_key = std::tuple<uint32_t, uint64_t, uint32_t>;  // (layer, request, kv_head)
+  struct head_state {
+    std::vector<uint32_t> shards;      // indices into the placement, in shard order
+    std::vector<float> q;              // group × head_dim
     std::vector<partial> parts;        // by shard order
     std::vector<partial> dense_parts;  // verification
-    std::vector<uint64_t> pages;       // every selected global page
-    partial merged;                    // the output
-    uint32_t expected = 0, got = 0, dense_expected = 0, dense_got = 0;
+    std::vector<std::vector<uint64_t>> listed;  // round b: pages per shard
+    struct candidate {
+      float score;
+      uint64_t page;
+      bool forced;
+    };
+    std::vector<candidate> candidates;
+    std::vector<uint64_t> pages;       // selected global pages (device side + steady)
+    partial steady_part;               // png-kv: GPU attention over steady pages
+    partial merged;
   };
-  enum class phase { sparse, verify, done };
+  struct steady_state {                // png-kv, per (layer, request, kv_head)
+    std::unique_ptr<steady_policy> policy;
+    std::vector<uint64_t> pages;       // the steady set, ascending
+    std::unique_ptr<kv_head_store> store;  // their K/V in "GPU memory"
+    std::vector<uint64_t> pending_pages;   // the next set, while copies are in flight
+    std::map<uint64_t, std::pair<std::vector<bf16>, std::vector<bf16>>> arriving;
+    bool forced = false;
+  };
+
+  std::vector<device_work> copy_work();
   std::vector<device_work> layer_work(uint32_t layer);
+  std::vector<device_work> round_b_work();
   std::vector<device_work> verify_work();
+  device_work make_query(uint64_t request_id, uint32_t layer, uint32_t kv_head, uint32_t shard_index,
+                         const std::vector<float>& q, purpose what);
+  void dispatch(device_work& w, bool charged);
+  status finish_round_a();
   status finish_layer();
+  status finish_copies();
   void finish_timed_phase();
   status finish_verification();
+  status rebuild_steady(steady_state& ss, const head_key& key);
   const request_spec& spec(uint64_t request_id) const;
   double link_out(double now_ns, uint64_t bytes);  // host -> switch, returns arrival
   double link_in(double sent_ns, uint64_t bytes);  // switch -> host, returns arrival
+  void account_inbound();
 
   host_engine_config cfg_;
   const cost_model& costs_;
   const synthetic_workload& wl_;
   std::vector<request_spec> requests_;
   std::map<uint64_t, request_placement> placements_;
+  std::map<head_key, steady_state> steady_;
 
   // prefill cursor
   size_t pf_request_ = 0;
@@ -148,20 +225,21 @@ class host_engine {
   uint32_t layer_ = 0;
   phase phase_ = phase::done;
   uint64_t next_tag_ = 1;
-  std::map<uint64_t, pending_query> pending_;
-  std::map<std::tuple<uint32_t, uint64_t, uint32_t>, head_state> heads_;  // (layer, request, kv_head)
+  std::map<uint64_t, pending_item> pending_;
+  std::map<head_key, head_state> heads_;
   double clock_ns_ = 0;          // GPU virtual clock
   double host_out_free_ns_ = 0;  // host link, outbound, busy until
   double host_in_free_ns_ = 0;   // inbound
-  double layer_start_ns_ = 0, last_arrival_ns_ = 0, step_start_ns_ = 0;
-  double layer_device_ns_ = 0;                 // busiest device's work in this layer
-  std::map<uint32_t, double> device_busy_ns_;  // per device, this layer
+  double phase_start_ns_ = 0, last_arrival_ns_ = 0, step_start_ns_ = 0;
+  double gpu_busy_until_ns_ = 0;  // png-kv steady attention, overlapping the devices
+  double round_device_ns_ = 0;    // busiest device's work in this round
+  std::map<uint32_t, double> device_busy_ns_;
   struct inbound {
     double sent_ns;
     uint64_t tag;
     uint64_t bytes;
   };
-  std::vector<inbound> inbound_;  // partials of this layer, for the inbound link
+  std::vector<inbound> inbound_;  // replies of this round, for the inbound link
   step_report cur_{}, last_step_{};
   accuracy_accumulator accuracy_;
   uint64_t digest_ = 1469598103934665603ull;

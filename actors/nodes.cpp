@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cmath>
 #include <deque>
+#include <limits>
 #include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -249,6 +250,25 @@ caf::behavior coordinator_actor(caf::event_based_actor* self,
       control::request_spec_msg spec = st->queue.front();
       st->queue.pop_front();
       st->specs[spec.request_id] = spec;
+      // GPU memory first: weights, activations and the mode's KV-side buffers for the
+      // batch with this request in it (schedulers/gpu_memory.hpp).
+      {
+        gpu_memory_query q = setup->gpu_query;
+        q.batch = static_cast<uint32_t>(st->placed.size() + 1);
+        auto use = gpu_memory(setup->model, setup->hw, q);
+        if (!use.fits()) {
+          char buf[256];
+          std::snprintf(buf, sizeof buf,
+                        "GPU memory: a batch of %u in %s mode needs %.1f GB of %.1f GB "
+                        "(weights %.1f, summaries %.1f, recall buffers %.1f, steady %.1f)",
+                        q.batch, setup->mode.c_str(), use.total_bytes() / 1e9,
+                        use.capacity_bytes / 1e9, use.weights_bytes / 1e9,
+                        use.summaries_bytes / 1e9, use.recall_bytes / 1e9, use.steady_bytes / 1e9);
+          decide(spec.request_id, false, "request " + std::to_string(spec.request_id) +
+                                             " not admitted: " + buf);
+          continue;
+        }
+      }
       placement_request pr = setup->placement;
       pr.request_id = spec.request_id;
       pr.context_tokens = spec.context_tokens;
@@ -429,8 +449,13 @@ caf::behavior pnm_device_actor(caf::event_based_actor* self, std::shared_ptr<con
     return true;
   };
 
+  // baseline: the device is a passive expander; the scoring it runs is the GPU's work.
+  const bool passive = setup->mode == "baseline";
+
   auto serve = [=](const tp::envelope& env, const tp::query_msg& q) {
     const uint32_t d = setup->model.head_dim;
+    std::vector<uint64_t> listed(q.listed_pages.begin(), q.listed_pages.end());
+    std::vector<uint64_t> excluded(q.excluded_pages.begin(), q.excluded_pages.end());
     for (uint32_t h = q.kv_head0; h < q.kv_head1; ++h) {
       device_query dq;
       dq.request_id = q.request_id;
@@ -441,8 +466,16 @@ caf::behavior pnm_device_actor(caf::event_based_actor* self, std::shared_ptr<con
       dq.q = q.q.data() + size_t(h - q.kv_head0) * q.group * d;
       dq.sequence_tokens = q.sequence_tokens;
       dq.budget_pages = q.budget_pages;
-      dq.round = q.round == tp::selection_round::dense ? query_round::dense
-                                                       : query_round::select_attend;
+      dq.listed_pages = listed.data();
+      dq.n_listed = listed.size();
+      dq.excluded_pages = excluded.data();
+      dq.n_excluded = excluded.size();
+      switch (q.round) {
+        case tp::selection_round::local: dq.round = query_round::select_attend; break;
+        case tp::selection_round::exact_candidates: dq.round = query_round::candidates; break;
+        case tp::selection_round::exact_attend: dq.round = query_round::attend_listed; break;
+        case tp::selection_round::dense: dq.round = query_round::dense; break;
+      }
       device_answer ans;
       auto s = st->engine->query(dq, ans);
       if (!s) {
@@ -452,9 +485,26 @@ caf::behavior pnm_device_actor(caf::event_based_actor* self, std::shared_ptr<con
         continue;
       }
       double done = st->engine->clock_ns();
-      if (q.round != tp::selection_round::dense) {
+      if (q.round != tp::selection_round::dense && !passive) {
         const double arrival = double(env.vtime_ns) + costs.link_latency_ns();
         done = st->engine->charge(arrival, costs.pnm_compute(double(ans.bytes_scanned), ans.flops).time_ns);
+      }
+      if (dq.round == query_round::candidates) {
+        tp::candidates_msg c;
+        c.request_id = q.request_id;
+        c.step = q.step;
+        c.layer = q.layer;
+        c.kv_head = h;
+        c.shard_id = q.shard_id;
+        for (size_t i = 0; i < ans.pages.size(); ++i) {
+          c.page_ids.push_back(static_cast<uint32_t>(ans.pages[i]));
+          c.scores.push_back(ans.candidate_forced[i] ? std::numeric_limits<float>::infinity()
+                                                     : ans.candidate_scores[i]);
+        }
+        c.bytes_scanned = ans.bytes_scanned;
+        c.flops = ans.flops;
+        send_to(env.sender, done, std::move(c));
+        continue;
       }
       tp::partial_msg p;
       p.request_id = q.request_id;
@@ -479,6 +529,42 @@ caf::behavior pnm_device_actor(caf::event_based_actor* self, std::shared_ptr<con
       }
       send_to(env.sender, done, std::move(p));
     }
+  };
+
+  // Recalls: baseline pages for the GPU's attention, png-kv copies of steady pages.
+  auto serve_recall = [=](const tp::envelope& env, const tp::recall_request_msg& rr) {
+    std::vector<uint64_t> pages(rr.page_ids.begin(), rr.page_ids.end());
+    std::vector<uint32_t> rows;
+    std::vector<bf16> k, v;
+    auto s = st->engine->read_pages(rr.request_id, rr.layer, rr.kv_head, pages, rows, k, v);
+    if (!s) {
+      log().warn("node={} event=recall_failed reason=\"{}\"", node, s.to_string());
+      send_to(env.sender, st->engine->clock_ns(), tp::error_msg{s.code(), s.message(), env.seq});
+      return;
+    }
+    const double bytes = double(k.size() + v.size()) * sizeof(bf16);
+    const double arrival = double(env.vtime_ns) + costs.link_latency_ns();
+    const double cost = passive ? costs.expander_read(bytes).time_ns : costs.pnm_compute(bytes, 0).time_ns;
+    const double done = st->engine->charge(arrival, cost);
+    tp::recall_reply_msg out;
+    out.request_id = rr.request_id;
+    out.step = rr.step;
+    out.layer = rr.layer;
+    out.kv_head = rr.kv_head;
+    out.page_tokens = setup->device.shape.page_size_tokens;
+    out.head_dim = setup->model.head_dim;
+    const size_t d = setup->model.head_dim;
+    size_t off = 0;
+    for (size_t i = 0; i < pages.size(); ++i) {
+      tp::recalled_page pg;
+      pg.page_id = static_cast<uint32_t>(pages[i]);
+      pg.n_tokens = rows[i];
+      pg.k.assign(k.begin() + off, k.begin() + off + rows[i] * d);
+      pg.v.assign(v.begin() + off, v.begin() + off + rows[i] * d);
+      off += rows[i] * d;
+      out.pages.push_back(std::move(pg));
+    }
+    send_to(env.sender, done, std::move(out));
   };
 
   auto drain_deferred = [=] {
@@ -553,6 +639,8 @@ caf::behavior pnm_device_actor(caf::event_based_actor* self, std::shared_ptr<con
             if (!s) log().warn("node={} event=append_failed reason=\"{}\"", node, s.to_string());
           }
           drain_deferred();
+        } else if (auto* rr = std::get_if<tp::recall_request_msg>(&m->body)) {
+          serve_recall(env, *rr);
         } else if (auto* q = std::get_if<tp::query_msg>(&m->body)) {
           if (ready(*q))
             serve(env, *q);
@@ -576,6 +664,10 @@ caf::behavior pnm_device_actor(caf::event_based_actor* self, std::shared_ptr<con
 // gpu_host
 
 namespace {
+// What a reply answers: (request, layer, KV head, shard, kind). Kinds: 0 partial of a
+// selection, 1 dense (verification) partial, 2 candidates, 3 recalled pages.
+using reply_key = std::tuple<uint64_t, uint32_t, uint32_t, uint32_t, uint8_t>;
+
 struct host_state {
   caf::actor coordinator, driver;
   std::shared_ptr<tp::fabric> fab;
@@ -596,16 +688,13 @@ struct host_state {
   steady::time_point step_start;
   std::vector<double> step_wall_ms;
   std::vector<step_report> steps;
-  std::map<uint64_t, uint64_t> tags;  // (request, layer, kv_head, shard, round) key -> tag
+  std::map<reply_key, uint64_t> tags;  // what a reply answers -> the engine's tag
   std::map<uint32_t, uint64_t> device_bytes_held;
   std::set<uint32_t> connected;  // fabric peers already connected
   bool finished = false;
 };
 
-uint64_t tag_key(uint64_t request, uint32_t layer, uint32_t kv_head, uint32_t shard, bool dense) {
-  return (request << 40) ^ (uint64_t(layer) << 28) ^ (uint64_t(kv_head) << 18) ^
-         (uint64_t(shard) << 1) ^ (dense ? 1 : 0);
-}
+
 }  // namespace
 
 caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const run_setup> setup,
@@ -647,6 +736,15 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
       ta.k = std::move(w.k);
       ta.v = std::move(w.v);
       bytes = tp::encode(env, std::move(ta));
+    } else if (w.what == device_work::kind::recall) {
+      tp::recall_request_msg rr;
+      rr.request_id = w.request_id;
+      rr.step = st->step;
+      rr.layer = w.layer;
+      rr.kv_head = w.kv_head;
+      for (uint64_t p : w.pages) rr.page_ids.push_back(static_cast<uint32_t>(p));
+      st->tags[reply_key{w.request_id, w.layer, w.kv_head, w.shard_id, 3}] = w.tag;
+      bytes = tp::encode(env, std::move(rr));
     } else {
       const auto& q = w.query;
       tp::query_msg qm;
@@ -659,13 +757,24 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
       qm.head_dim = setup->model.head_dim;
       qm.q = std::move(w.q_storage);
       qm.budget_pages = static_cast<uint32_t>(q.budget_pages);
-      qm.round = w.verification ? tp::selection_round::dense : tp::selection_round::local;
+      uint8_t kind = 0;
+      switch (q.round) {
+        case query_round::select_attend: qm.round = tp::selection_round::local; break;
+        case query_round::candidates:
+          qm.round = tp::selection_round::exact_candidates;
+          kind = 2;
+          break;
+        case query_round::attend_listed: qm.round = tp::selection_round::exact_attend; break;
+        case query_round::dense:
+          qm.round = tp::selection_round::dense;
+          kind = 1;
+          break;
+      }
       qm.sequence_tokens = q.sequence_tokens;
-      // Which shard of the request this device serves for the head.
-      const auto& pl = st->placements.at(q.request_id);
-      for (const auto& s : pl.shards)
-        if (s.device_id == w.device_id && s.holds_head(q.kv_head)) qm.shard_id = s.shard_id;
-      st->tags[tag_key(q.request_id, q.layer, q.kv_head, qm.shard_id, w.verification)] = w.tag;
+      qm.shard_id = w.shard_id;
+      for (uint64_t p : w.excluded_storage) qm.excluded_pages.push_back(static_cast<uint32_t>(p));
+      for (uint64_t p : w.listed_storage) qm.listed_pages.push_back(static_cast<uint32_t>(p));
+      st->tags[reply_key{q.request_id, q.layer, q.kv_head, qm.shard_id, kind}] = w.tag;
       bytes = tp::encode(env, std::move(qm));
     }
     return st->fab->send(w.device_id, std::move(bytes));
@@ -718,7 +827,8 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
     rep.prefill_wall_s = st->prefill_wall_s;
     double vt = 0, energy = 0, tokens = 0;
     uint64_t link = 0, dev = 0;
-    double dense = 0, lnk = 0, devns = 0, merge = 0, lm = 0, live_bytes = 0;
+    double dense = 0, lnk = 0, devns = 0, merge = 0, lm = 0, live_bytes = 0, gattn = 0, copy = 0;
+    uint64_t copy_bytes = 0, steady_hits = 0, selected = 0;
     for (const auto& s : st->steps) {
       vt += s.virtual_ns;
       energy += s.energy_j;
@@ -726,6 +836,8 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
       link += s.link_bytes;
       dev += s.device_bytes_scanned;
       dense += s.dense_ns, lnk += s.link_ns, devns += s.device_ns, merge += s.merge_ns, lm += s.lm_head_ns;
+      gattn += s.gpu_attention_ns, copy += s.copy_ns;
+      copy_bytes += s.copy_bytes, steady_hits += s.steady_hits, selected += s.selected_pages;
       live_bytes += double(s.device_bytes_scanned) * setup->device.live_layers / setup->model.layers;
     }
     const double n = std::max<size_t>(1, st->steps.size());
@@ -744,6 +856,20 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
     rep.breakdown_device_ms = devns / n / 1e6;
     rep.breakdown_merge_ms = merge / n / 1e6;
     rep.breakdown_lm_head_ms = lm / n / 1e6;
+    rep.breakdown_gpu_attention_ms = gattn / n / 1e6;
+    rep.breakdown_copy_ms = copy / n / 1e6;
+    rep.copy_bytes_per_step = uint64_t(double(copy_bytes) / n);
+    rep.steady_hit_rate = selected ? double(steady_hits) / double(selected) : 0;
+    rep.cross_shard = to_string(setup->host.cross_shard);
+    rep.summaries_resident = setup->host.summaries_resident;
+    {
+      gpu_memory_query q = setup->gpu_query;
+      q.batch = static_cast<uint32_t>(std::max<size_t>(1, st->requests.size()));
+      auto use = gpu_memory(setup->model, setup->hw, q);
+      rep.gpu_memory_bytes = use.total_bytes();
+      rep.gpu_memory_capacity_bytes = use.capacity_bytes;
+      rep.max_batch = max_batch(setup->model, setup->hw, setup->gpu_query);
+    }
     if (!st->engine) return rep;
     rep.prefill_link_ms = costs.link_serialisation_ns(double(st->engine->prefill_bytes())) / 1e6;
     // The live bytes the devices scanned per step: what the wall-time bound is made of.
@@ -872,24 +998,59 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
         if (std::holds_alternative<tp::write_ack_msg>(m->body)) {
           if (st->writes_in_flight > 0) --st->writes_in_flight;
           pump_prefill();
-        } else if (auto* p = std::get_if<tp::partial_msg>(&m->body)) {
+        } else if (std::holds_alternative<tp::partial_msg>(m->body) ||
+                   std::holds_alternative<tp::candidates_msg>(m->body) ||
+                   std::holds_alternative<tp::recall_reply_msg>(m->body)) {
           if (!st->engine || st->finished) return;
-          const bool dense = p->round == tp::selection_round::dense;
-          auto it = st->tags.find(tag_key(p->request_id, p->layer, p->kv_head, p->shard_id, dense));
-          if (it == st->tags.end() || p->step != st->step) return;  // stale or duplicate
           device_reply r;
-          r.tag = it->second;
-          st->tags.erase(it);
           r.device_id = m->env.sender;
           r.vt_done_ns = double(m->env.vtime_ns);
-          r.answer.part.group = p->group;
-          r.answer.part.head_dim = p->head_dim;
-          r.answer.part.o = std::move(p->o);
-          r.answer.part.lse = std::move(p->lse);
-          r.answer.bytes_scanned = p->bytes_scanned;
-          r.answer.flops = p->flops;
-          r.answer.pages.assign(p->page_ids.begin(), p->page_ids.end());
-          st->device_bytes_held[m->env.sender] = p->device_bytes_held;
+          reply_key key;
+          uint32_t step = 0;
+          if (auto* p = std::get_if<tp::partial_msg>(&m->body)) {
+            key = {p->request_id, p->layer, p->kv_head, p->shard_id,
+                   uint8_t(p->round == tp::selection_round::dense ? 1 : 0)};
+            step = p->step;
+            r.answer.part.group = p->group;
+            r.answer.part.head_dim = p->head_dim;
+            r.answer.part.o = std::move(p->o);
+            r.answer.part.lse = std::move(p->lse);
+            r.answer.bytes_scanned = p->bytes_scanned;
+            r.answer.flops = p->flops;
+            r.answer.pages.assign(p->page_ids.begin(), p->page_ids.end());
+            st->device_bytes_held[m->env.sender] = p->device_bytes_held;
+          } else if (auto* c = std::get_if<tp::candidates_msg>(&m->body)) {
+            key = {c->request_id, c->layer, c->kv_head, c->shard_id, 2};
+            step = c->step;
+            r.answer.pages.assign(c->page_ids.begin(), c->page_ids.end());
+            for (float s : c->scores) {
+              // Always-kept pages travel with score +inf.
+              const bool forced = std::isinf(s) && s > 0;
+              r.answer.candidate_scores.push_back(s);
+              r.answer.candidate_forced.push_back(forced ? 1 : 0);
+            }
+            // Bytes scanned and FLOPs of the scoring: the summaries of the shard's pages.
+            r.answer.bytes_scanned = c->bytes_scanned;
+            r.answer.flops = c->flops;
+          } else {
+            auto& rr = std::get<tp::recall_reply_msg>(m->body);
+            uint32_t shard = 0;
+            const auto& pl = st->placements.at(rr.request_id);
+            for (const auto& s : pl.shards)
+              if (s.device_id == m->env.sender && s.holds_head(rr.kv_head)) shard = s.shard_id;
+            key = {rr.request_id, rr.layer, rr.kv_head, shard, 3};
+            step = rr.step;
+            for (auto& pg : rr.pages) {
+              r.answer.pages.push_back(pg.page_id);
+              r.rows_per_page.push_back(pg.n_tokens);
+              r.k.insert(r.k.end(), pg.k.begin(), pg.k.end());
+              r.v.insert(r.v.end(), pg.v.begin(), pg.v.end());
+            }
+          }
+          auto it = st->tags.find(key);
+          if (it == st->tags.end() || step != st->step) return;  // stale or duplicate
+          r.tag = it->second;
+          st->tags.erase(it);
           auto next = st->engine->on_reply(r);
           if (!next) return fail_run(next.error().to_string());
           send_all(*next);

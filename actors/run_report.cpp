@@ -62,8 +62,16 @@ std::string run_report::to_json() const {
                    {{"gpu_dense", num(breakdown_dense_ms)},
                     {"link", num(breakdown_link_ms)},
                     {"device", num(breakdown_device_ms)},
+                    {"gpu_attention", num(breakdown_gpu_attention_ms)},
                     {"merge", num(breakdown_merge_ms)},
-                    {"lm_head", num(breakdown_lm_head_ms)}}}};
+                    {"copy", num(breakdown_copy_ms)},
+                    {"lm_head", num(breakdown_lm_head_ms)}}},
+                  {"steady_hit_rate", num(steady_hit_rate)},
+                  {"copy_bytes_per_step", copy_bytes_per_step},
+                  {"gpu_memory_bytes", num(gpu_memory_bytes)},
+                  {"gpu_memory_capacity_bytes", num(gpu_memory_capacity_bytes)},
+                  {"max_batch", max_batch}};
+  j["selection"] = {{"cross_shard", cross_shard}, {"summaries_resident", summaries_resident}};
   j["requests"] = {{"submitted", submitted}, {"completed", completed}, {"failed", failed},
                    {"failures", failures}};
   nlohmann::ordered_json devs = nlohmann::ordered_json::array();
@@ -144,7 +152,18 @@ run_report run_report::from_json(const std::string& text) {
       r.breakdown_device_ms = b.value("device", 0.0);
       r.breakdown_merge_ms = b.value("merge", 0.0);
       r.breakdown_lm_head_ms = b.value("lm_head", 0.0);
+      r.breakdown_gpu_attention_ms = b.value("gpu_attention", 0.0);
+      r.breakdown_copy_ms = b.value("copy", 0.0);
     }
+    r.steady_hit_rate = v.contains("steady_hit_rate") && !v["steady_hit_rate"].is_null() ? v["steady_hit_rate"].get<double>() : 0;
+    r.copy_bytes_per_step = v.value("copy_bytes_per_step", uint64_t(0));
+    r.gpu_memory_bytes = v.contains("gpu_memory_bytes") && !v["gpu_memory_bytes"].is_null() ? v["gpu_memory_bytes"].get<double>() : 0;
+    r.gpu_memory_capacity_bytes = v.contains("gpu_memory_capacity_bytes") && !v["gpu_memory_capacity_bytes"].is_null() ? v["gpu_memory_capacity_bytes"].get<double>() : 0;
+    r.max_batch = v.value("max_batch", 0u);
+  }
+  if (j.contains("selection")) {
+    r.cross_shard = j["selection"].value("cross_shard", "");
+    r.summaries_resident = j["selection"].value("summaries_resident", false);
   }
   if (j.contains("requests")) {
     const auto& q = j["requests"];
@@ -196,7 +215,8 @@ std::string run_report::to_table() const {
                                      std::to_string(batch) + " / " + std::to_string(steps));
   row("devices, placement", std::to_string(pnm_devices) + " devices, h=" +
                                 std::to_string(head_groups) + " head groups x s=" +
-                                std::to_string(sequence_shards) + " sequence shards");
+                                std::to_string(sequence_shards) + " sequence shards" +
+                                (sequence_shards > 1 ? ", " + cross_shard + " selection" : ""));
   row("live layers", std::to_string(live_layers) + " of " + std::to_string(layers) +
                          " computed; the other " + std::to_string(layers - live_layers) +
                          " are charged by the cost model only");
@@ -222,11 +242,20 @@ std::string run_report::to_table() const {
   row("  gpu dense / link / device", f("%.3f", breakdown_dense_ms) + " / " +
                                          f("%.3f", breakdown_link_ms) + " / " +
                                          f("%.3f ms", breakdown_device_ms));
-  row("  merge / lm head", f("%.3f", breakdown_merge_ms) + " / " + f("%.3f ms", breakdown_lm_head_ms));
+  row("  gpu attention / merge", f("%.3f", breakdown_gpu_attention_ms) + " / " +
+                                      f("%.3f ms", breakdown_merge_ms));
+  row("  steady copies / lm head", f("%.3f", breakdown_copy_ms) + " / " + f("%.3f ms", breakdown_lm_head_ms));
   row("throughput", f("%.1f tokens/s", virtual_tokens_per_s));
   row("energy", f("%.4f J/token", virtual_energy_j_per_token) + f(" (%.0f W average)", virtual_power_w));
   row("cost efficiency", f("%.3e tokens/$", virtual_tokens_per_dollar));
   row("link bytes per step", bytes_h(double(virtual_link_bytes_per_step)));
+  if (mode == "png-kv")
+    row("steady hit rate / copies per step",
+        f("%.3f", steady_hit_rate) + " / " + bytes_h(double(copy_bytes_per_step)));
+  if (mode == "baseline")
+    row("page summaries", summaries_resident ? "resident in GPU memory" : "read over the link each step");
+  row("GPU memory for the batch", bytes_h(gpu_memory_bytes) + " of " + bytes_h(gpu_memory_capacity_bytes) +
+                                      " (max batch at this context: " + std::to_string(max_batch) + ")");
   row("device bytes scanned per step", bytes_h(double(virtual_device_bytes_per_step)));
   os << "requests\n";
   row("submitted / completed / failed", std::to_string(submitted) + " / " +

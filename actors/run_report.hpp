@@ -42,7 +42,16 @@ struct run_report {
   uint64_t virtual_link_bytes_per_step = 0;
   uint64_t virtual_device_bytes_per_step = 0;
   double breakdown_dense_ms = 0, breakdown_link_ms = 0, breakdown_device_ms = 0,
-         breakdown_merge_ms = 0, breakdown_lm_head_ms = 0;
+         breakdown_merge_ms = 0, breakdown_lm_head_ms = 0, breakdown_gpu_attention_ms = 0,
+         breakdown_copy_ms = 0;
+  // mode-specific
+  std::string cross_shard;            // exact | local
+  bool summaries_resident = false;    // baseline
+  double steady_hit_rate = 0;         // png-kv: selected pages served from the GPU's steady set
+  uint64_t copy_bytes_per_step = 0;   // png-kv: steady copies
+  double gpu_memory_bytes = 0;        // the batch's needs in this mode (schedulers/gpu_memory)
+  double gpu_memory_capacity_bytes = 0;
+  uint32_t max_batch = 0;             // largest batch GPU memory admits at this context
   double prefill_link_ms = 0;
 
   // requests

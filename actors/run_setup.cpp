@@ -40,10 +40,12 @@ result<std::shared_ptr<const run_setup>> make_run_setup(const config& cfg,
   s->workload = std::make_unique<synthetic_workload>(std::move(wl).value());
 
   s->mode = cfg.get_string("run.mode");
-  if (s->mode != "pnm-kv")
-    return status{errc::unsupported, "run.mode = " + s->mode +
-                                         " is not implemented in the live cluster yet; allowed "
-                                         "now: pnm-kv"};
+  auto mode = parse_run_mode(s->mode);
+  if (!mode) return mode.error();
+  s->host.mode = *mode;
+  auto cross = parse_cross_shard(cfg.get_string("selection.cross_shard"));
+  if (!cross) return cross.error();
+  s->host.cross_shard = *cross;
   s->steps = static_cast<uint32_t>(cfg.get_int("run.steps"));
   s->seed = static_cast<uint64_t>(cfg.get_int("run.seed"));
   s->context_tokens = static_cast<uint64_t>(cfg.get_int("workload.context_tokens"));
@@ -93,6 +95,34 @@ result<std::shared_ptr<const run_setup>> make_run_setup(const config& cfg,
   s->host.page_size_tokens = page;
   s->host.budget_tokens = budget;
   s->host.verify = cfg.get_bool("run.verify");
+  s->host.steady.window_steps = static_cast<uint32_t>(cfg.get_int("png.window_steps"));
+  s->host.steady.threshold = cfg.get_number("png.threshold");
+  s->host.steady.budget_pages = static_cast<uint64_t>(cfg.get_int("png.steady_budget_tokens")) / page;
+  s->host.steady.reevaluate_every_steps = static_cast<uint32_t>(cfg.get_int("png.reevaluate_every_steps"));
+  s->host.steady.warmup_steps = static_cast<uint32_t>(cfg.get_int("png.warmup_steps"));
+  if (auto st = validate(s->host.steady); !st) return st;
+  if (s->host.mode == run_mode::png_kv && s->host.steady.budget_pages * page > budget)
+    return status{errc::invalid_argument,
+                  "png.steady_budget_tokens = " + std::to_string(cfg.get_int("png.steady_budget_tokens")) +
+                      " exceeds selection.budget_tokens = " + std::to_string(budget) +
+                      " (steady pages are part of the budget)"};
+  // GPU memory: what a batch of this run needs in this mode (schedulers/gpu_memory.hpp).
+  s->gpu_query.mode = s->host.mode;
+  s->gpu_query.batch = s->batch;
+  s->gpu_query.context_tokens = s->context_tokens + s->steps;
+  s->gpu_query.budget_tokens = budget;
+  s->gpu_query.steady_tokens = s->host.steady.budget_pages * page;
+  s->gpu_query.page_size_tokens = page;
+  s->gpu_query.summary_elem_bytes = s->device.shape.summaries == summary_precision::bf16 ? 2 : 4;
+  const std::string summaries = cfg.get_string("baseline.summaries");
+  if (summaries == "auto") {
+    gpu_memory_query q = s->gpu_query;
+    q.summaries_resident = true;
+    s->host.summaries_resident = gpu_memory(s->model, s->hw, q).fits();
+  } else {
+    s->host.summaries_resident = summaries == "resident";
+  }
+  s->gpu_query.summaries_resident = s->host.summaries_resident;
 
   s->replication = static_cast<uint32_t>(cfg.get_int("cluster.replication"));
   s->placement.decode_tokens = s->steps;

@@ -13,6 +13,7 @@
 #include "config/config.hpp"
 #include "core/workload.hpp"
 #include "model/cost_model.hpp"
+#include "schedulers/gpu_memory.hpp"
 #include "schedulers/placement.hpp"
 
 namespace pnmkv {
@@ -43,6 +44,7 @@ struct run_setup {
   device_engine_config device;   // device_id filled per device
   host_engine_config host;
   placement_request placement;   // request_id / context filled per request
+  gpu_memory_query gpu_query;    // batch filled per admission check
   uint32_t replication = 1;
 
   std::vector<uint32_t> device_ids() const;

@@ -1,0 +1,130 @@
+// Drives a host_engine with one device_engine per device, in one thread, with no CAF and
+// no wire: the engines' contract, tested directly. Recalls are served like the device
+// actor serves them; devices charge their clocks unless the work is on the GPU's behalf.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <string>
+
+#include "actors/device_engine.hpp"
+#include "actors/host_engine.hpp"
+#include "core/workload.hpp"
+
+namespace pnmkv {
+
+inline const std::string configs = std::string(PNMKV_SOURCE_DIR) + "/cluster_configs/";
+
+inline model_shape tiny_model(uint32_t layers, uint32_t kv_heads, uint32_t group, uint32_t head_dim) {
+  model_shape m;
+  m.name = "tiny";
+  m.layers = layers;
+  m.kv_heads = kv_heads;
+  m.q_heads = kv_heads * group;
+  m.head_dim = head_dim;
+  m.hidden = m.q_heads * head_dim;
+  m.ffn = 4 * m.hidden;
+  m.vocab = 1000;
+  return m;
+}
+
+struct harness {
+  cost_model costs;
+  synthetic_workload wl;
+  host_engine host;
+  std::map<uint32_t, device_engine> devices;
+  std::vector<double> device_clocks_seen;
+
+  harness(const model_shape& m, host_engine_config hc, uint32_t n_devices, uint64_t seed)
+      : costs(*load_hardware(configs + "hardware/h100-cxl-pnm.yaml"), m),
+        wl(*synthetic_workload::create(workload_params{}, seed, m.head_dim, m.gqa_group())),
+        host(hc, costs, wl) {
+    for (uint32_t i = 0; i < n_devices; ++i) {
+      device_engine_config dc;
+      dc.device_id = 10 + i;
+      dc.shape.head_dim = m.head_dim;
+      dc.shape.page_size_tokens = hc.page_size_tokens;
+      dc.live_layers = hc.live_layers;
+      devices.emplace(dc.device_id, device_engine(dc));
+    }
+  }
+
+  uint32_t head_groups = 0;
+  sequence_split split = sequence_split::contiguous;
+
+  void add(uint64_t id, uint64_t context, uint32_t steps) {
+    placement_request pr;
+    pr.head_groups = head_groups;
+    pr.split = split;
+    pr.request_id = id;
+    pr.context_tokens = context;
+    pr.decode_tokens = steps;
+    pr.page_size_tokens = 16;
+    pr.layers = costs.model().layers;
+    pr.kv_heads = costs.model().kv_heads;
+    pr.head_dim = costs.model().head_dim;
+    pool_state pool;
+    for (auto& [id_, d] : devices) {
+      pool.device_ids.push_back(id_);
+      pool.free_bytes.push_back(1ull << 40);
+    }
+    auto pl = place_request(pr, pool);
+    ASSERT_TRUE(pl) << pl.error().to_string();
+    for (const auto& s : pl->shards) ASSERT_TRUE(devices.at(s.device_id).add_shard(id, s));
+    ASSERT_TRUE(host.add_request({id, context, steps}, *pl));
+  }
+
+  void prefill() {
+    std::vector<device_work> work;
+    while (host.next_prefill_chunk(work))
+      for (auto& w : work)
+        ASSERT_TRUE(devices.at(w.device_id).write(w.request_id, w.layer, w.kv_head, w.position,
+                                                  w.k.data(), w.v.data(), w.n_tokens));
+  }
+
+  void step(uint32_t s) {
+    std::vector<device_work> work = host.begin_step(s);
+    while (!work.empty()) {
+      std::vector<device_work> next;
+      for (auto& w : work) {
+        device_engine& d = devices.at(w.device_id);
+        if (w.what == device_work::kind::recall) {
+          device_reply r;
+          r.tag = w.tag;
+          r.device_id = w.device_id;
+          r.answer.pages = w.pages;
+          ASSERT_TRUE(d.read_pages(w.request_id, w.layer, w.kv_head, w.pages, r.rows_per_page, r.k, r.v));
+          r.vt_done_ns = d.charge(w.vt_arrival_ns, w.device_cost_ns);
+          auto more = host.on_reply(r);
+          ASSERT_TRUE(more) << more.error().to_string();
+          for (auto& m : *more) next.push_back(std::move(m));
+          continue;
+        }
+        if (w.what == device_work::kind::write) {
+          ASSERT_TRUE(d.write(w.request_id, w.layer, w.kv_head, w.position, w.k.data(),
+                              w.v.data(), w.n_tokens));
+          continue;
+        }
+        device_reply r;
+        r.tag = w.tag;
+        r.device_id = w.device_id;
+        ASSERT_TRUE(d.query(w.query, r.answer));
+        if (w.charge_device) {
+          double before = d.clock_ns();
+          r.vt_done_ns = d.charge(w.vt_arrival_ns,
+                                  costs.pnm_compute(double(r.answer.bytes_scanned), r.answer.flops).time_ns);
+          EXPECT_GE(r.vt_done_ns, before);
+        }
+        auto more = host.on_reply(r);
+        ASSERT_TRUE(more) << more.error().to_string();
+        for (auto& m : *more) next.push_back(std::move(m));
+      }
+      work = std::move(next);
+    }
+    ASSERT_TRUE(host.step_done());
+  }
+};
+
+
+}  // namespace pnmkv
