@@ -113,6 +113,8 @@ struct step_report {
   uint64_t steady_hits = 0;        // selected pages served from the steady set, all layers
   uint64_t selected_pages = 0;     // all layers
   uint64_t copy_bytes = 0;         // steady copies this step, all layers
+  uint64_t emulated_bytes_read = 0;  // bytes the device actors read for the live layers
+                                     // (whoever is charged): the emulator's own work
   uint64_t tokens = 0;             // tokens produced (one per request)
 };
 

@@ -838,7 +838,7 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
       dense += s.dense_ns, lnk += s.link_ns, devns += s.device_ns, merge += s.merge_ns, lm += s.lm_head_ns;
       gattn += s.gpu_attention_ns, copy += s.copy_ns;
       copy_bytes += s.copy_bytes, steady_hits += s.steady_hits, selected += s.selected_pages;
-      live_bytes += double(s.device_bytes_scanned) * setup->device.live_layers / setup->model.layers;
+      live_bytes += double(s.emulated_bytes_read);
     }
     const double n = std::max<size_t>(1, st->steps.size());
     rep.virtual_step_ms_mean = vt / n / 1e6;
@@ -868,7 +868,20 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
       auto use = gpu_memory(setup->model, setup->hw, q);
       rep.gpu_memory_bytes = use.total_bytes();
       rep.gpu_memory_capacity_bytes = use.capacity_bytes;
-      rep.max_batch = max_batch(setup->model, setup->hw, setup->gpu_query);
+      // The batch is bounded by GPU memory and by what the devices (or expanders) can hold.
+      const uint32_t gpu_max = max_batch(setup->model, setup->hw, setup->gpu_query);
+      placement_request pr = setup->placement;
+      pr.context_tokens = setup->context_tokens;
+      const uint64_t pages = (pr.context_tokens + pr.decode_tokens + pr.page_size_tokens - 1) / pr.page_size_tokens;
+      const double request_bytes = double(shard_bytes_per_layer_head(pr, pages)) * pr.kv_heads *
+                                   pr.layers * setup->replication;
+      const double capacity = setup->devices * (setup->host.mode == run_mode::baseline
+                                                    ? setup->hw.expander.capacity_bytes
+                                                    : setup->hw.pnm.capacity_bytes);
+      const uint32_t device_max = static_cast<uint32_t>(std::floor(capacity / request_bytes));
+      rep.max_batch = std::min(gpu_max, device_max);
+      rep.max_batch_gpu_memory = gpu_max;
+      rep.max_batch_device_capacity = device_max;
     }
     if (!st->engine) return rep;
     rep.prefill_link_ms = costs.link_serialisation_ns(double(st->engine->prefill_bytes())) / 1e6;

@@ -70,7 +70,9 @@ std::string run_report::to_json() const {
                   {"copy_bytes_per_step", copy_bytes_per_step},
                   {"gpu_memory_bytes", num(gpu_memory_bytes)},
                   {"gpu_memory_capacity_bytes", num(gpu_memory_capacity_bytes)},
-                  {"max_batch", max_batch}};
+                  {"max_batch", max_batch},
+                  {"max_batch_gpu_memory", max_batch_gpu_memory},
+                  {"max_batch_device_capacity", max_batch_device_capacity}};
   j["selection"] = {{"cross_shard", cross_shard}, {"summaries_resident", summaries_resident}};
   j["requests"] = {{"submitted", submitted}, {"completed", completed}, {"failed", failed},
                    {"failures", failures}};
@@ -160,6 +162,8 @@ run_report run_report::from_json(const std::string& text) {
     r.gpu_memory_bytes = v.contains("gpu_memory_bytes") && !v["gpu_memory_bytes"].is_null() ? v["gpu_memory_bytes"].get<double>() : 0;
     r.gpu_memory_capacity_bytes = v.contains("gpu_memory_capacity_bytes") && !v["gpu_memory_capacity_bytes"].is_null() ? v["gpu_memory_capacity_bytes"].get<double>() : 0;
     r.max_batch = v.value("max_batch", 0u);
+    r.max_batch_gpu_memory = v.value("max_batch_gpu_memory", 0u);
+    r.max_batch_device_capacity = v.value("max_batch_device_capacity", 0u);
   }
   if (j.contains("selection")) {
     r.cross_shard = j["selection"].value("cross_shard", "");
@@ -254,8 +258,10 @@ std::string run_report::to_table() const {
         f("%.3f", steady_hit_rate) + " / " + bytes_h(double(copy_bytes_per_step)));
   if (mode == "baseline")
     row("page summaries", summaries_resident ? "resident in GPU memory" : "read over the link each step");
-  row("GPU memory for the batch", bytes_h(gpu_memory_bytes) + " of " + bytes_h(gpu_memory_capacity_bytes) +
-                                      " (max batch at this context: " + std::to_string(max_batch) + ")");
+  row("GPU memory for the batch", bytes_h(gpu_memory_bytes) + " of " + bytes_h(gpu_memory_capacity_bytes));
+  row("max batch at this context", std::to_string(max_batch) + " (GPU memory " +
+                                       std::to_string(max_batch_gpu_memory) + ", device capacity " +
+                                       std::to_string(max_batch_device_capacity) + ")");
   row("device bytes scanned per step", bytes_h(double(virtual_device_bytes_per_step)));
   os << "requests\n";
   row("submitted / completed / failed", std::to_string(submitted) + " / " +

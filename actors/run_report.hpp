@@ -51,7 +51,9 @@ struct run_report {
   uint64_t copy_bytes_per_step = 0;   // png-kv: steady copies
   double gpu_memory_bytes = 0;        // the batch's needs in this mode (schedulers/gpu_memory)
   double gpu_memory_capacity_bytes = 0;
-  uint32_t max_batch = 0;             // largest batch GPU memory admits at this context
+  uint32_t max_batch = 0;             // largest batch admitted at this context: the min of
+  uint32_t max_batch_gpu_memory = 0;  //   what GPU memory holds (mode's buffers)
+  uint32_t max_batch_device_capacity = 0;  // and what the devices / expanders hold
   double prefill_link_ms = 0;
 
   // requests

@@ -10,48 +10,7 @@
 // both sides of each ratio alike. Sparse attention over a small budget touches too few
 // bytes per call to leave the caches, so it runs a batch of distinct queries (distinct
 // selected pages) per timed run.
-#undef HWY_TARGET_INCLUDE
-#define HWY_TARGET_INCLUDE "apps/cmd_bench_kernels.cpp"
-#include "hwy/foreach_target.h"  // IWYU pragma: keep
 
-#include "hwy/highway.h"
-
-#include <cstddef>
-#include <cstdint>
-
-HWY_BEFORE_NAMESPACE();
-namespace pnmkv::apps {
-namespace HWY_NAMESPACE {
-namespace hn = hwy::HWY_NAMESPACE;
-
-// Sum of the buffer as u32 lanes, four independent accumulators: as little work per byte
-// as a streaming read can do, so its speed is the core's read bandwidth.
-uint64_t read_sum(const uint8_t* data, size_t bytes) {
-  const hn::ScalableTag<uint32_t> d;
-  const size_t n = hn::Lanes(d);
-  const uint32_t* words = reinterpret_cast<const uint32_t*>(data);
-  const size_t n_words = bytes / sizeof(uint32_t);
-  auto a0 = hn::Zero(d);
-  auto a1 = hn::Zero(d);
-  auto a2 = hn::Zero(d);
-  auto a3 = hn::Zero(d);
-  size_t i = 0;
-  for (; i + 4 * n <= n_words; i += 4 * n) {
-    a0 = hn::Add(a0, hn::LoadU(d, words + i));
-    a1 = hn::Add(a1, hn::LoadU(d, words + i + n));
-    a2 = hn::Add(a2, hn::LoadU(d, words + i + 2 * n));
-    a3 = hn::Add(a3, hn::LoadU(d, words + i + 3 * n));
-  }
-  uint64_t total = hn::GetLane(hn::SumOfLanes(d, hn::Add(hn::Add(a0, a1), hn::Add(a2, a3))));
-  for (; i < n_words; ++i) total += words[i];
-  return total;
-}
-
-}  // namespace HWY_NAMESPACE
-}  // namespace pnmkv::apps
-HWY_AFTER_NAMESPACE();
-
-#if HWY_ONCE
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -79,12 +38,12 @@ HWY_AFTER_NAMESPACE();
 #include "apps/commands.hpp"
 #include "core/attention.hpp"
 #include "core/kv_store.hpp"
+#include "core/membw.hpp"
 #include "core/score.hpp"
 #include "core/select.hpp"
 
 namespace pnmkv::apps {
 
-HWY_EXPORT(read_sum);
 
 namespace {
 
@@ -144,7 +103,7 @@ struct big_buffer {
   }
 };
 
-uint64_t read_bytes(const uint8_t* p, size_t n) { return HWY_DYNAMIC_DISPATCH(read_sum)(p, n); }
+uint64_t read_bytes(const uint8_t* p, size_t n) { return read_sum(p, n); }
 
 struct timing {
   double kernel_s = INFINITY;  // best of the repeats (thread CPU time)
@@ -661,4 +620,3 @@ void register_bench_kernels(CLI::App& bench) {
 }
 
 }  // namespace pnmkv::apps
-#endif  // HWY_ONCE

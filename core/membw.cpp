@@ -1,54 +1,85 @@
-#include "core/membw.hpp"
+// The memory-read reference: a Highway-vectorised sum of the buffer (as little work per
+// byte as a streaming read can do, so its speed is the machine's read bandwidth). Shared
+// by `pnmkv bench kernels` and the cluster's step-time bound.
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "core/membw.cpp"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+
+#include "hwy/highway.h"
+
+#include <cstddef>
+#include <cstdint>
+
+HWY_BEFORE_NAMESPACE();
+namespace pnmkv {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// Sum of the buffer as u32 lanes, four independent accumulators.
+uint64_t read_sum_impl(const uint8_t* data, size_t bytes) {
+  const hn::ScalableTag<uint32_t> d;
+  const size_t n = hn::Lanes(d);
+  const uint32_t* words = reinterpret_cast<const uint32_t*>(data);
+  const size_t n_words = bytes / sizeof(uint32_t);
+  auto a0 = hn::Zero(d);
+  auto a1 = hn::Zero(d);
+  auto a2 = hn::Zero(d);
+  auto a3 = hn::Zero(d);
+  size_t i = 0;
+  for (; i + 4 * n <= n_words; i += 4 * n) {
+    a0 = hn::Add(a0, hn::LoadU(d, words + i));
+    a1 = hn::Add(a1, hn::LoadU(d, words + i + n));
+    a2 = hn::Add(a2, hn::LoadU(d, words + i + 2 * n));
+    a3 = hn::Add(a3, hn::LoadU(d, words + i + 3 * n));
+  }
+  uint64_t total = hn::GetLane(hn::SumOfLanes(d, hn::Add(hn::Add(a0, a1), hn::Add(a2, a3))));
+  for (; i < n_words; ++i) total += words[i];
+  return total;
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace pnmkv
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <thread>
 #include <vector>
 
+#include "core/membw.hpp"
+
 namespace pnmkv {
 
-namespace {
-// Sum of 64-bit words with four independent accumulators; the compiler vectorises it and the
-// result is consumed so the loads cannot be elided.
-uint64_t sum_words(const uint64_t* p, size_t n) {
-  uint64_t a = 0, b = 0, c = 0, d = 0;
-  size_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    a += p[i];
-    b += p[i + 1];
-    c += p[i + 2];
-    d += p[i + 3];
-  }
-  for (; i < n; ++i) a += p[i];
-  return a + b + c + d;
+HWY_EXPORT(read_sum_impl);
+
+uint64_t read_sum(const uint8_t* data, size_t bytes) {
+  return HWY_DYNAMIC_DISPATCH(read_sum_impl)(data, bytes);
 }
-}  // namespace
 
 read_bandwidth measure_read_gbps(size_t bytes, unsigned threads, unsigned repeats) {
   threads = std::max(1u, threads);
   repeats = std::max(1u, repeats);
-  const size_t words = std::max<size_t>(bytes / 8 / threads, 1024) * threads;
-  std::unique_ptr<uint64_t[]> buf(new uint64_t[words]);
-  // Touch every page (and give the words values) so the OS has committed the memory.
-  for (size_t i = 0; i < words; ++i) buf[i] = i * 0x9E3779B97F4A7C15ull;
+  const size_t per = std::max<size_t>(bytes / threads, size_t(1) << 20) / 64 * 64;
+  std::unique_ptr<uint8_t[]> buf(new uint8_t[per * threads]);
+  // Touch every page so the OS has committed the memory before timing.
+  std::memset(buf.get(), 1, per * threads);
   std::atomic<uint64_t> sink{0};
   double best_s = 1e30;
   for (unsigned r = 0; r < repeats; ++r) {
     auto t0 = std::chrono::steady_clock::now();
     std::vector<std::thread> pool;
-    const size_t per = words / threads;
     for (unsigned t = 0; t < threads; ++t)
-      pool.emplace_back([&, t] { sink += sum_words(buf.get() + t * per, per); });
+      pool.emplace_back([&, t] { sink += read_sum(buf.get() + t * per, per); });
     for (auto& th : pool) th.join();
-    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    best_s = std::min(best_s, s);
+    best_s = std::min(best_s, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   read_bandwidth out;
-  out.bytes = words * 8;
+  out.bytes = per * threads;
   out.threads = threads;
   out.gbps = double(out.bytes) / best_s / 1e9;
   if (sink.load() == 42) out.gbps += 0;  // keeps the sums alive
@@ -56,3 +87,5 @@ read_bandwidth measure_read_gbps(size_t bytes, unsigned threads, unsigned repeat
 }
 
 }  // namespace pnmkv
+
+#endif  // HWY_ONCE

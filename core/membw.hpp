@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 namespace pnmkv {
 
@@ -14,5 +15,8 @@ struct read_bandwidth {
 };
 
 read_bandwidth measure_read_gbps(size_t bytes, unsigned threads, unsigned repeats);
+
+// The vectorised read itself (runtime-dispatched): sum of the bytes as 32-bit words.
+uint64_t read_sum(const uint8_t* data, size_t bytes);
 
 }  // namespace pnmkv
