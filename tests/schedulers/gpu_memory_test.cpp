@@ -1,0 +1,99 @@
+// GPU memory budget: baseline's maximum batch matches a hand calculation from the hardware
+// and model files; admission never overcommits (the max batch fits, one more does not).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "schedulers/gpu_memory.hpp"
+#include "schedulers/steady_pages.hpp"
+
+namespace pnmkv {
+namespace {
+
+const std::string configs = std::string(PNMKV_SOURCE_DIR) + "/cluster_configs/";
+
+TEST(gpu_memory, baseline_max_batch_by_hand) {
+  auto hw = load_hardware(configs + "hardware/h100-cxl-pnm.yaml");
+  auto m = load_model_shape(configs + "models/llama-3.1-8b.yaml");
+  ASSERT_TRUE(hw && m);
+  gpu_memory_query q;
+  q.mode = run_mode::baseline;
+  q.context_tokens = 1 << 20;
+  q.budget_tokens = 2048;
+  q.page_size_tokens = 16;
+  q.summary_elem_bytes = 2;
+  q.summaries_resident = true;
+  // Hand calculation: HBM minus reservation minus bf16 weights, divided by what one request
+  // needs: every page summary (min and max, 128 dims, bf16) of 8 KV heads × 32 layers, plus
+  // two layers' worth of recalled pages (budget × 512 B per token per head × 8 heads) and
+  // its activations.
+  const double free_bytes = 80e9 - 4e9 - m->params_from_shape() * 2;
+  const double summaries = 65536.0 * 2 * 128 * 2 * 8 * 32;
+  const double recall = 2.0 * 2048 * 512 * 8;
+  const double activations = (4.0 * 4096 + 2.0 * 14336) * 2;
+  const uint32_t expect = static_cast<uint32_t>(std::floor(free_bytes / (summaries + recall + activations)));
+  EXPECT_EQ(expect, 6u);
+  EXPECT_EQ(max_batch(*m, *hw, q), expect);
+  // pnm-kv keeps no summaries or recall buffers on the GPU: far larger batches fit.
+  q.mode = run_mode::pnm_kv;
+  EXPECT_GT(max_batch(*m, *hw, q), 1000u);
+}
+
+TEST(gpu_memory, admission_never_overcommits) {
+  auto hw = load_hardware(configs + "hardware/h100-cxl-pnm.yaml");
+  ASSERT_TRUE(hw);
+  std::mt19937_64 rng(3);
+  for (const char* model : {"llama-3.1-8b.yaml", "llama-3.1-70b.yaml", "llama-3.1-405b.yaml"}) {
+    auto m = load_model_shape(configs + "models/" + model);
+    ASSERT_TRUE(m);
+    for (int i = 0; i < 200; ++i) {
+      gpu_memory_query q;
+      q.mode = static_cast<run_mode>(rng() % 3);
+      q.context_tokens = 1 + rng() % (4u << 20);
+      q.budget_tokens = 16 << (rng() % 10);
+      q.steady_tokens = q.budget_tokens / 4;
+      q.tp = 1u << (rng() % 4);
+      q.summaries_resident = rng() % 2;
+      const uint32_t b = max_batch(*m, *hw, q, 100000);
+      SCOPED_TRACE(std::string(model) + " mode " + to_string(q.mode) + " batch " + std::to_string(b));
+      if (b > 0) {
+        q.batch = b;
+        EXPECT_TRUE(gpu_memory(*m, *hw, q).fits());
+      }
+      if (b < 100000) {
+        q.batch = b + 1;
+        EXPECT_FALSE(gpu_memory(*m, *hw, q).fits());
+      }
+    }
+  }
+}
+
+TEST(steady_pages, frequent_pages_become_steady_within_budget) {
+  steady_params p;
+  p.window_steps = 4;
+  p.threshold = 0.75;
+  p.budget_pages = 2;
+  p.warmup_steps = 4;
+  p.reevaluate_every_steps = 2;
+  auto pol = make_steady_policy(p);
+  EXPECT_FALSE(pol->due(0));
+  // Page 0 every step, 5 in 3 of 4, 9 in 2 of 4, 7 once.
+  pol->record(0, {0, 5, 9});
+  pol->record(1, {0, 5, 7});
+  pol->record(2, {0, 9});
+  pol->record(3, {0, 5});
+  ASSERT_TRUE(pol->due(4));
+  EXPECT_EQ(pol->evaluate(4), (std::vector<uint64_t>{0, 5}));
+  EXPECT_FALSE(pol->due(5));
+  EXPECT_TRUE(pol->due(6));
+  // The window slides: after four steps without page 5 it is no longer steady.
+  for (uint32_t s = 4; s < 8; ++s) pol->record(s, {0, 9});
+  EXPECT_EQ(pol->evaluate(8), (std::vector<uint64_t>{0, 9}));
+  steady_params bad = p;
+  bad.threshold = 0;
+  EXPECT_FALSE(validate(bad));
+}
+
+}  // namespace
+}  // namespace pnmkv
