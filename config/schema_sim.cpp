@@ -27,7 +27,8 @@ std::vector<config_key> schema_keys_sim() {
        "Simulated seconds at most (open workloads); requests unfinished then are reported"},
       {"sim.tp", t::integer, "1", 0, 64, {},
        "Tensor-parallel GPUs for the dense layers (0: the fewest that hold the weights)"},
-      {"sim.pp", t::integer, "1", 0, 64, {}, "Pipeline stages (0: chosen with sim.tp = 0)"},
+      {"sim.pp", t::integer, "1", 0, 64, {},
+       "Pipeline stages (chosen, whatever this says, when sim.tp = 0; 0 means 1 otherwise)"},
       {"sim.weights_memory_fraction_max", t::number, "0.7", 0.05, 1, {},
        "sim.tp = 0: weights may take at most this fraction of the GPUs' usable memory"},
       {"sim.gpu_fabric_file", t::path, "hardware/h100-nvlink-fabric.yaml", 0, 0, {},
@@ -48,16 +49,19 @@ std::vector<config_key> schema_keys_sim() {
        "(link), or resident when they fit (auto)"},
       {"sim.baseline_recall_layers_in_flight", t::integer, "2", 1, 1024, {},
        "baseline: layers whose recall buffers a request holds at once (2: double-buffered)"},
+      {"sim.baseline_overlap", t::boolean, "true", 0, 0, {},
+       "baseline: recall a head's pages as soon as its selection is known and attend them as "
+       "they arrive (double-buffered); false: layer-wide rounds, as the live cluster composes"},
       {"sim.baseline_recall_reuse", t::boolean, "false", 0, 0, {},
        "baseline: keep every layer's recalled pages between steps and recall only the pages "
        "a step newly selects (1 - selection_overlap); costs a budget of every layer in HBM"},
       {"sim.calibration_file", t::string, "", 0, 0, {},
        "JSON from `pnmkv run --calibration-out` (format pnmkv-calibration/1); its values "
        "replace the sim.* ones below"},
-      {"sim.steady_hit_fraction", t::number, "0.5", 0, 1, {},
+      {"sim.steady_hit_fraction", t::number, "0.25", 0, 1, {},
        "png-kv: fraction of the budget served by steady pages on the GPU (assumed until "
-       "calibrated)"},
-      {"sim.steady_set_fraction", t::number, "0.5", 0, 64, {},
+       "calibrated; the live policy keeps at most png.steady_budget_tokens, 512 of 2048)"},
+      {"sim.steady_set_fraction", t::number, "0.25", 0, 64, {},
        "png-kv: steady pages held on the GPU per (request, layer, KV head), as a fraction of "
        "the budget (assumed until calibrated)"},
       {"sim.steady_churn_fraction", t::number, "0.1", 0, 1, {},
@@ -75,6 +79,10 @@ std::vector<config_key> schema_keys_sim() {
        "Multiplies the passive expander price"},
       {"sim.charge_link_energy", t::boolean, "true", 0, 0, {},
        "Charge link_transfer energy for every byte on the CXL links"},
+      {"sim.step_reuse_steps", t::integer, "16", 1, 4096, {},
+       "Reuse a step's time and energy for up to this many steps while the batch is unchanged "
+       "(each step adds a token per request — at most one K/V row and a summary per head: "
+       "relative error below steps / selection.budget_tokens; 1: exact)"},
       {"sim.batch_series_points_max", t::integer, "2000", 2, 1.0e6, {},
        "Points kept of the batch-size-over-time series (evenly thinned)"},
   };

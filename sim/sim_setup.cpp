@@ -8,22 +8,6 @@
 
 namespace pnmkv {
 
-const char* to_string(sim_mode m) {
-  switch (m) {
-    case sim_mode::baseline: return "baseline";
-    case sim_mode::pnm_kv: return "pnm-kv";
-    case sim_mode::png_kv: return "png-kv";
-  }
-  return "?";
-}
-
-result<sim_mode> parse_sim_mode(const std::string& text) {
-  if (text == "baseline") return sim_mode::baseline;
-  if (text == "pnm-kv") return sim_mode::pnm_kv;
-  if (text == "png-kv") return sim_mode::png_kv;
-  return status{errc::invalid_argument, "run.mode = " + text + "; allowed: baseline|pnm-kv|png-kv"};
-}
-
 namespace {
 
 std::string resolve_data_file(const std::string& name, const config& cfg) {
@@ -46,7 +30,7 @@ bool tp_divides(const model_shape& m, uint32_t tp) {
 result<std::shared_ptr<const sim_setup>> make_sim_setup(const config& cfg) {
   auto s = std::make_shared<sim_setup>();
   s->cfg = cfg;
-  auto mode = parse_sim_mode(cfg.get_string("run.mode"));
+  auto mode = parse_run_mode(cfg.get_string("run.mode"));
   if (!mode) return mode.error();
   s->mode = *mode;
   auto model = load_model_shape(cfg.get_string("model.file"));
@@ -79,7 +63,7 @@ result<std::shared_ptr<const sim_setup>> make_sim_setup(const config& cfg) {
     for (uint32_t gpus = 1; gpus <= 512 && tp == 0; gpus = gpus < 8 ? gpus * 2 : gpus + 8) {
       const uint32_t t = std::min<uint32_t>(gpus, 8);
       if (!tp_divides(m, t)) continue;
-      const uint32_t p = pp > 0 ? pp : gpus / t;
+      const uint32_t p = gpus / t;  // sim.tp = 0 chooses the stages too
       if (weights / double(t * p) <= frac * per_gpu_usable) tp = t, pp = p;
     }
     if (tp == 0)
@@ -116,7 +100,7 @@ result<std::shared_ptr<const sim_setup>> make_sim_setup(const config& cfg) {
                                               " must divide cluster.pnm_devices = " +
                                               std::to_string(s->devices)};
   s->device_capacity_bytes =
-      s->mode == sim_mode::baseline ? s->hw.expander.capacity_bytes : s->hw.pnm.capacity_bytes;
+      s->mode == run_mode::baseline ? s->hw.expander.capacity_bytes : s->hw.pnm.capacity_bytes;
 
   // Selection.
   s->page_size_tokens = static_cast<uint32_t>(cfg.get_int("selection.page_size_tokens"));
@@ -172,7 +156,9 @@ result<std::shared_ptr<const sim_setup>> make_sim_setup(const config& cfg) {
   s->recall_layers_in_flight = static_cast<uint32_t>(cfg.get_int("sim.baseline_recall_layers_in_flight"));
   s->recall_reuse = cfg.get_bool("sim.baseline_recall_reuse");
   s->charge_link_energy = cfg.get_bool("sim.charge_link_energy");
+  s->baseline_overlap = cfg.get_bool("sim.baseline_overlap");
   s->batch_series_points_max = static_cast<uint32_t>(cfg.get_int("sim.batch_series_points_max"));
+  s->step_reuse_steps = static_cast<uint32_t>(cfg.get_int("sim.step_reuse_steps"));
   return std::shared_ptr<const sim_setup>(std::move(s));
 }
 

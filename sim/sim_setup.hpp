@@ -11,22 +11,19 @@
 
 #include "config/config.hpp"
 #include "model/cost_model.hpp"
+#include "schedulers/modes.hpp"
 #include "schedulers/placement.hpp"
 #include "sim/calibration.hpp"
 #include "sim/gpu_fabric.hpp"
 
 namespace pnmkv {
 
-enum class sim_mode { baseline, pnm_kv, png_kv };
-const char* to_string(sim_mode m);
-result<sim_mode> parse_sim_mode(const std::string& text);
-
 enum class sim_workload { closed, poisson, trace };
 enum class summary_residence { auto_fit, hbm, link };
 
 struct sim_setup {
   config cfg;
-  sim_mode mode = sim_mode::pnm_kv;
+  run_mode mode = run_mode::pnm_kv;
   model_shape model;
   hardware_spec hw;  // prices scaled by sim.price_scale_*
   gpu_fabric fabric;
@@ -47,8 +44,8 @@ struct sim_setup {
   uint32_t pool_devices = 0;  // resolved: divides devices; 0 until the pool is chosen
   bool pool_auto = false;
   double device_capacity_bytes = 0;
-  uint32_t pnm_devices() const { return mode == sim_mode::baseline ? 0 : devices; }
-  uint32_t expanders() const { return mode == sim_mode::baseline ? devices : 0; }
+  uint32_t pnm_devices() const { return mode == run_mode::baseline ? 0 : devices; }
+  uint32_t expanders() const { return mode == run_mode::baseline ? devices : 0; }
 
   // Selection.
   uint32_t page_size_tokens = 16;
@@ -82,7 +79,9 @@ struct sim_setup {
   uint32_t recall_layers_in_flight = 2;
   bool recall_reuse = false;
   bool charge_link_energy = true;
+  bool baseline_overlap = true;  // recalls and attention pipelined per head (double buffers)
   uint32_t batch_series_points_max = 2000;
+  uint32_t step_reuse_steps = 1;  // sim.step_reuse_steps
 
   // Memory.
   double weight_bytes() const { return model.params_from_shape() * 2.0; }

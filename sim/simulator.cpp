@@ -23,44 +23,47 @@ namespace pnmkv {
 // ---------------------------------------------------------------------------------------
 // Memory
 
-gpu_memory_model gpu_memory(const sim_setup& s) {
-  gpu_memory_model g;
-  g.usable_bytes = s.gpu_usable_bytes();
-  g.weight_bytes = s.weight_bytes();
-  const model_shape& m = s.model;
-  // One layer's activations of a prefill chunk (bf16), spread over the tensor-parallel GPUs.
-  g.prefill_working_bytes = double(s.prefill_chunk_tokens) * (6.0 * m.hidden + 4.0 * m.ffn) * 2.0;
+gpu_memory_query gpu_query(const sim_setup& s, uint64_t final_tokens, bool summaries_resident,
+                           uint32_t batch) {
+  gpu_memory_query q;
+  q.mode = s.mode;
+  q.batch = batch;
+  q.context_tokens = final_tokens;
+  q.budget_tokens = s.budget_tokens;
+  q.steady_tokens = s.mode == run_mode::png_kv ? steady_set_pages(s) * s.page_size_tokens : 0;
+  q.page_size_tokens = s.page_size_tokens;
+  q.summary_elem_bytes = s.summary_elem_bytes;
+  q.tp = s.gpus();  // every GPU of every stage holds its share of weights and buffers
+  q.summaries_resident = summaries_resident;
+  return q;
+}
+
+uint64_t steady_set_pages(const sim_setup& s) {
+  if (s.mode != run_mode::png_kv) return 0;
+  return std::max<uint64_t>(
+      work::pngkv_budget_split(s.budget_pages(), s.cal.steady_hit_fraction.value).gpu_pages,
+      uint64_t(std::llround(s.cal.steady_set_fraction.value * double(s.budget_pages()))));
+}
+
+sim_gpu_memory gpu_memory_of(const sim_setup& s) {
+  sim_gpu_memory g;
+  const gpu_memory_use u = gpu_memory(s.model, s.hw, gpu_query(s, s.context_tokens, true, 0));
+  g.usable_bytes = u.capacity_bytes;
+  g.weight_bytes = u.weights_bytes;
+  // Open workloads prefill next to the batch: one chunk's activations stay reserved.
+  if (s.workload != sim_workload::closed) {
+    gpu_memory_query q = gpu_query(s, s.context_tokens, true, uint32_t(s.prefill_chunk_tokens));
+    q.mode = run_mode::pnm_kv;
+    g.prefill_working_bytes = gpu_memory(s.model, s.hw, q).activations_bytes;
+  }
   return g;
 }
 
-double gpu_bytes_per_request(const sim_setup& s, uint64_t final_tokens, bool summaries_resident,
-                             uint32_t sequence_shards) {
-  const model_shape& m = s.model;
-  const cost_model& c = *s.costs;
-  // Decode activations of one token (as gpu_dense_layer counts them) and its logits.
-  double bytes = (6.0 * m.hidden + 4.0 * m.ffn) * 2.0 + 4.0 * m.vocab;
-  switch (s.mode) {
-    case sim_mode::pnm_kv:
-    case sim_mode::png_kv: {
-      // Partials of two layers in flight (double-buffered), every head and shard.
-      const uint64_t pages = s.budget_pages() / std::max<uint32_t>(1, sequence_shards) + 1;
-      bytes += 2.0 * m.kv_heads * (sequence_shards + 1) * double(work::partial_wire_bytes(m, pages));
-      if (s.mode == sim_mode::png_kv) {
-        const uint64_t steady = std::max<uint64_t>(
-            work::pngkv_budget_split(s.budget_pages(), s.cal.steady_hit_fraction.value).gpu_pages,
-            uint64_t(std::llround(s.cal.steady_set_fraction.value * double(s.budget_pages()))));
-        bytes += work::kv_bytes_all_heads(c, double(steady * s.page_size_tokens), m.layers);
-      }
-      break;
-    }
-    case sim_mode::baseline: {
-      const uint32_t layers = s.recall_reuse ? m.layers : std::min(s.recall_layers_in_flight, m.layers);
-      bytes += work::kv_bytes_all_heads(c, double(s.budget_tokens), layers);
-      if (summaries_resident)
-        bytes += work::summary_bytes_per_request(c, final_tokens, s.page_size_tokens, s.summary_elem_bytes);
-      break;
-    }
-  }
+double gpu_bytes_per_request(const sim_setup& s, uint64_t final_tokens, bool summaries_resident) {
+  const gpu_memory_use u = gpu_memory(s.model, s.hw, gpu_query(s, final_tokens, summaries_resident, 1));
+  double bytes = u.total_bytes() - u.weights_bytes;
+  if (s.mode == run_mode::baseline && s.recall_reuse && s.model.layers > 2)  // every layer's recalls kept
+    bytes += u.recall_bytes / 2.0 * double(s.model.layers - 2);
   return bytes;
 }
 
@@ -128,7 +131,7 @@ struct live_request {
 class admission {
  public:
   explicit admission(const sim_setup& s, bool check_gpu = true) : s_(s), check_gpu_(check_gpu) {
-    free_gpu_ = gpu_memory(s).free_bytes();
+    free_gpu_ = gpu_memory_of(s).free_bytes();
     const uint32_t n = s.devices / s.pool_devices;
     pools_.resize(n);
     for (uint32_t p = 0; p < n; ++p)
@@ -169,11 +172,11 @@ class admission {
     }
     if (chosen < 0) return "device_capacity";
     bool resident = s_.summaries != summary_residence::link;
-    double need = gpu_bytes_per_request(s_, final_tokens, resident, pl->sequence_shards);
-    if (s_.mode == sim_mode::baseline && resident && need > free_gpu_ &&
+    double need = gpu_bytes_per_request(s_, final_tokens, resident);
+    if (s_.mode == run_mode::baseline && resident && need > free_gpu_ &&
         s_.summaries == summary_residence::auto_fit) {
       resident = false;
-      need = gpu_bytes_per_request(s_, final_tokens, false, pl->sequence_shards);
+      need = gpu_bytes_per_request(s_, final_tokens, false);
     }
     if (check_gpu_ && need > free_gpu_) return "gpu_memory";
     pools_[size_t(chosen)] = std::move(trial);
@@ -336,7 +339,7 @@ result<sim_result> simulate(std::shared_ptr<const sim_setup> setup, const sim_pr
 
   step_model sm(setup);
   admission adm(S);
-  const gpu_memory_model gm = gpu_memory(S);
+  const sim_gpu_memory gm = gpu_memory_of(S);
   res.gpu_free_bytes = gm.free_bytes();
   const uint64_t final_tokens = S.context_tokens + std::max<uint32_t>(1, S.steps);  // as placed
   res.device_bytes_per_request = device_bytes_per_request(S, final_tokens);
@@ -355,10 +358,10 @@ result<sim_result> simulate(std::shared_ptr<const sim_setup> setup, const sim_pr
     }
     res.batch_limit_device_capacity = n;
     bool resident = S.summaries != summary_residence::link;
-    double per = gpu_bytes_per_request(S, final_tokens, resident, 1);
-    if (S.mode == sim_mode::baseline && S.summaries == summary_residence::auto_fit && per > res.gpu_free_bytes) {
+    double per = gpu_bytes_per_request(S, final_tokens, resident);
+    if (S.mode == run_mode::baseline && S.summaries == summary_residence::auto_fit && per > res.gpu_free_bytes) {
       resident = false;
-      per = gpu_bytes_per_request(S, final_tokens, false, 1);
+      per = gpu_bytes_per_request(S, final_tokens, false);
     }
     res.gpu_bytes_per_request = per;
     res.summaries_resident = resident;
@@ -370,9 +373,14 @@ result<sim_result> simulate(std::shared_ptr<const sim_setup> setup, const sim_pr
   std::vector<live_request> reqs;
   if (S.workload == sim_workload::closed) {
     uint32_t n = S.batch_max_policy ? (S.batch_cap ? S.batch_cap : 1000000u) : S.batch;
-    if (S.mode == sim_mode::baseline && S.batch_max_policy && S.summaries == summary_residence::auto_fit &&
-        res.summaries_resident)
-      n = std::min(n, std::max<uint32_t>(1, res.batch_limit_gpu_memory));
+    // baseline, summaries resident when they fit: the max batch is the one where they all
+    // still fit (past it every further request would read its summaries over the link).
+    bool resident_cap = false;
+    if (S.mode == run_mode::baseline && S.batch_max_policy && S.summaries == summary_residence::auto_fit &&
+        res.summaries_resident && res.batch_limit_gpu_memory < n) {
+      n = std::max<uint32_t>(1, res.batch_limit_gpu_memory);
+      resident_cap = true;
+    }
     reqs.reserve(std::min<uint32_t>(n, 1u << 20));
     for (uint32_t i = 0; i < n; ++i) {
       live_request r;
@@ -395,11 +403,16 @@ result<sim_result> simulate(std::shared_ptr<const sim_setup> setup, const sim_pr
       r.out.admitted_s = 0;
       r.out.first_token_s = 0;
       r.prefilled = true;
+      // Steady state: png-kv's first steady set was copied with the warm-up, like the prefill.
+      r.first_decode_pending = false;
       r.prefill_done = r.out.prompt_tokens;
       reqs.push_back(std::move(r));
     }
     if (res.batch_limited_by.empty())
-      res.batch_limited_by = S.batch_max_policy ? (S.batch_cap ? "batch_max" : "none") : "config";
+      res.batch_limited_by = !S.batch_max_policy ? "config"
+                             : resident_cap      ? "gpu_memory"
+                             : S.batch_cap       ? "batch_max"
+                                                 : "none";
   } else {
     std::vector<trace_row> rows;
     if (S.workload == sim_workload::trace) {
@@ -455,6 +468,10 @@ result<sim_result> simulate(std::shared_ptr<const sim_setup> setup, const sim_pr
   double batch_sum = 0;
   std::vector<batch_sample> series;
   uint64_t tokens_out = 0;
+
+  step_result last_step;
+  std::vector<uint64_t> reuse_ids;
+  uint32_t reuse_left = 0;
 
   auto finish = [&](live_request* r) {
     r->out.finish_s = t_s;
@@ -512,7 +529,22 @@ result<sim_result> simulate(std::shared_ptr<const sim_setup> setup, const sim_pr
     if (closed && done_work >= total_work) break;
     if (t_s > S.duration_s_max) break;
 
-    const step_result sr = sm.run(dec, pf);
+    // A step's result is reused while the batch is unchanged, for at most step_reuse_steps
+    // steps: each step adds one token per request, i.e. at most one more K/V row attended
+    // and one more summary scanned per head, so the work of a head (at least the budget's
+    // rows) changes by less than step_reuse_steps / budget_tokens.
+    bool reuse = S.step_reuse_steps > 1 && pf.empty() && reuse_left > 0 && dec.size() == reuse_ids.size();
+    for (size_t i = 0; reuse && i < dec.size(); ++i)
+      reuse = dec[i].id == reuse_ids[i] && !dec[i].first_decode_step;
+    if (!reuse) {
+      last_step = sm.run(dec, pf);
+      reuse_ids.clear();
+      for (const auto& q : dec) reuse_ids.push_back(q.id);
+      reuse_left = pf.empty() ? S.step_reuse_steps - 1 : 0;
+    } else {
+      --reuse_left;
+    }
+    const step_result& sr = last_step;
     const double dt = sr.time_ns * 1e-9;
     t_s += dt;
     busy_s += dt;
@@ -659,7 +691,7 @@ nlohmann::ordered_json breakdown_json(const step_breakdown& b) {
   return {{"gpu_dense", num(b.gpu_dense_ns)}, {"allreduce", num(b.allreduce_ns)},
           {"gpu_attention", num(b.gpu_attention_ns)}, {"link", num(b.link_ns)},
           {"device_scan", num(b.device_scan_ns)}, {"queueing", num(b.queueing_ns)},
-          {"merge", num(b.merge_ns)}, {"lm_head", num(b.lm_head_ns)}};
+          {"merge", num(b.merge_ns)}, {"lm_head", num(b.lm_head_ns)}, {"copy", num(b.copy_ns)}};
 }
 nlohmann::ordered_json energy_json(const step_energy& e, double static_j) {
   return {{"gpu_dense", num(e.gpu_dense_j)}, {"allreduce", num(e.allreduce_j)},
@@ -744,7 +776,7 @@ std::string sim_result::csv_header() {
          "pnm_devices,expanders,pool_devices,pools,head_groups,sequence_shards,tokens_per_s,"
          "tpot_ms,ttft_ms,queueing_ms,energy_j_per_token,tokens_per_dollar,power_w,capital_usd,"
          "step_ms,bd_gpu_dense_ms,bd_allreduce_ms,bd_gpu_attention_ms,bd_link_ms,bd_device_scan_ms,"
-         "bd_queueing_ms,bd_merge_ms,bd_lm_head_ms,e_gpu_dense_j,e_allreduce_j,e_lm_head_j,"
+         "bd_queueing_ms,bd_merge_ms,bd_lm_head_ms,bd_copy_ms,e_gpu_dense_j,e_allreduce_j,e_lm_head_j,"
          "e_gpu_attention_j,e_merge_j,e_device_j,e_link_j,e_hbm_write_j,e_static_j,"
          "link_bytes_per_step,device_bytes_per_step,device_busy_fraction,link_busy_fraction,"
          "summaries_resident,decode_steps,wall_s";
@@ -764,7 +796,7 @@ std::string sim_result::csv_row() const {
      << ttft_ms << ',' << queueing_ms << ',' << energy_j_per_token << ',' << tokens_per_dollar << ','
      << power_w << ',' << capital_usd << ',' << step_ms << ',' << b.gpu_dense_ns << ','
      << b.allreduce_ns << ',' << b.gpu_attention_ns << ',' << b.link_ns << ',' << b.device_scan_ns
-     << ',' << b.queueing_ns << ',' << b.merge_ns << ',' << b.lm_head_ns << ',' << e.gpu_dense_j
+     << ',' << b.queueing_ns << ',' << b.merge_ns << ',' << b.lm_head_ns << ',' << b.copy_ns << ',' << e.gpu_dense_j
      << ',' << e.allreduce_j << ',' << e.lm_head_j << ',' << e.gpu_attention_j << ',' << e.merge_j
      << ',' << e.device_j << ',' << e.link_j << ',' << e.hbm_write_j << ',' << static_j_per_token
      << ',' << link_bytes_per_step << ',' << device_bytes_per_step << ',' << device_busy_fraction
@@ -809,7 +841,7 @@ std::string sim_result::to_table() const {
   row("step: gpu attention / merge", f("%.3f", b.gpu_attention_ns) + " / " + f("%.3f ms", b.merge_ns));
   row("step: link / device / queueing", f("%.3f", b.link_ns) + " / " + f("%.3f", b.device_scan_ns) +
                                             " / " + f("%.3f ms", b.queueing_ns));
-  row("step: lm head", f("%.3f ms", b.lm_head_ns));
+  row("step: lm head / steady copies", f("%.3f", b.lm_head_ns) + " / " + f("%.3f ms", b.copy_ns));
   row("energy", f("%.4f J/token", energy_j_per_token) + f(" (%.0f W average)", power_w));
   row("capital / cost efficiency", f("$%.0f", capital_usd) + f(" / %.3e tokens/$", tokens_per_dollar));
   row("link / device bytes per step", f("%.3e", link_bytes_per_step) + " / " + f("%.3e", device_bytes_per_step));

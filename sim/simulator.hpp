@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "schedulers/gpu_memory.hpp"
 #include "sim/sim_setup.hpp"
 #include "sim/step_model.hpp"
 
@@ -38,19 +39,23 @@ struct batch_sample {
   uint64_t prefill_tokens = 0;
 };
 
-// GPU memory of the serving GPUs (DESIGN.md §2): weights, the prefill working set, and per
-// request activations plus what the mode keeps there — recall buffers and (when resident)
-// page summaries for baseline, steady pages for png-kv, partial buffers for pnm-kv.
-struct gpu_memory_model {
-  double usable_bytes = 0;      // gpus × (memory − reserved)
+// GPU memory of the serving GPUs (DESIGN.md §2), on the live cluster's formulas
+// (schedulers/gpu_memory.hpp) over all tp × pp GPUs: weights, then per request the mode's
+// buffers — recall buffers and (when resident) page summaries for baseline, steady pages for
+// png-kv, partials — and, for open workloads, one prefill chunk's activations.
+struct sim_gpu_memory {
+  double usable_bytes = 0;  // gpus × (memory − reserved)
   double weight_bytes = 0;
   double prefill_working_bytes = 0;
   double free_bytes() const { return usable_bytes - weight_bytes - prefill_working_bytes; }
 };
-gpu_memory_model gpu_memory(const sim_setup& s);
+sim_gpu_memory gpu_memory_of(const sim_setup& s);
+gpu_memory_query gpu_query(const sim_setup& s, uint64_t final_tokens, bool summaries_resident,
+                           uint32_t batch);
 // Bytes one request holds in GPU memory when its sequence reaches `final_tokens`.
-double gpu_bytes_per_request(const sim_setup& s, uint64_t final_tokens, bool summaries_resident,
-                             uint32_t sequence_shards);
+double gpu_bytes_per_request(const sim_setup& s, uint64_t final_tokens, bool summaries_resident);
+// png-kv: steady pages per (request, layer, KV head) held on the GPU.
+uint64_t steady_set_pages(const sim_setup& s);
 // Device bytes one request takes over its pool (K, V, summaries, every layer, × replication).
 double device_bytes_per_request(const sim_setup& s, uint64_t final_tokens);
 

@@ -14,14 +14,14 @@ namespace pnmkv {
 step_breakdown& step_breakdown::operator+=(const step_breakdown& o) {
   gpu_dense_ns += o.gpu_dense_ns, allreduce_ns += o.allreduce_ns, gpu_attention_ns += o.gpu_attention_ns;
   link_ns += o.link_ns, device_scan_ns += o.device_scan_ns, queueing_ns += o.queueing_ns;
-  merge_ns += o.merge_ns, lm_head_ns += o.lm_head_ns;
+  merge_ns += o.merge_ns, lm_head_ns += o.lm_head_ns, copy_ns += o.copy_ns;
   return *this;
 }
 
 step_breakdown step_breakdown::scaled(double f) const {
   step_breakdown b = *this;
   for (double* x : {&b.gpu_dense_ns, &b.allreduce_ns, &b.gpu_attention_ns, &b.link_ns,
-                    &b.device_scan_ns, &b.queueing_ns, &b.merge_ns, &b.lm_head_ns})
+                    &b.device_scan_ns, &b.queueing_ns, &b.merge_ns, &b.lm_head_ns, &b.copy_ns})
     *x *= f;
   return b;
 }
@@ -75,36 +75,85 @@ double step_model::link_out(uint32_t link, double now_ns, uint64_t bytes, layer_
   return out_free_ns_[link] + c_.link_latency_ns();
 }
 
+// Items are pushed in issue order (seq). A stable counting sort by device keeps that order
+// within a device, which is arrival order unless the device is fed by several links; only
+// then is a device's run sorted. O(n) in the usual case: sorting dominated a profile.
 void step_model::serve_devices(layer_result& lr) {
-  std::sort(items_.begin(), items_.end(), [](const item& a, const item& b) {
-    if (a.device != b.device) return a.device < b.device;
-    return a.arrival_ns != b.arrival_ns ? a.arrival_ns < b.arrival_ns : a.seq < b.seq;
-  });
-  for (item& it : items_) {
-    assert(it.device < device_clock_ns_.size());
-    double& clock = device_clock_ns_[it.device];
-    double& busy = device_busy_ns_[it.device];
-    if (busy == 0 && clock == 0) touched_.push_back(it.device);
-    clock = std::max(clock, it.arrival_ns) + it.cost_ns;
-    busy += it.cost_ns;
-    it.done_ns = clock;
+  const size_t D = device_clock_ns_.size();
+  bucket_start_.assign(D + 1, 0);
+  for (const item& it : items_) ++bucket_start_[it.device + 1];
+  for (size_t d = 0; d < D; ++d) bucket_start_[d + 1] += bucket_start_[d];
+  scratch_.resize(items_.size());
+  {
+    std::vector<size_t> next(bucket_start_.begin(), bucket_start_.end() - 1);
+    for (const item& it : items_) scratch_[next[it.device]++] = it;
+  }
+  items_.swap(scratch_);
+  for (size_t d = 0; d < D; ++d) {
+    const auto b = items_.begin() + std::ptrdiff_t(bucket_start_[d]);
+    const auto e = items_.begin() + std::ptrdiff_t(bucket_start_[d + 1]);
+    if (b == e) continue;
+    if (!std::is_sorted(b, e, [](const item& x, const item& y) { return x.arrival_ns < y.arrival_ns; }))
+      std::stable_sort(b, e, [](const item& x, const item& y) { return x.arrival_ns < y.arrival_ns; });
+    double& clock = device_clock_ns_[d];
+    double& busy = device_busy_ns_[d];
+    if (busy == 0 && clock == 0) touched_.push_back(uint32_t(d));
+    for (auto it = b; it != e; ++it) {
+      clock = std::max(clock, it->arrival_ns) + it->cost_ns;
+      busy += it->cost_ns;
+      it->done_ns = clock;
+    }
     lr.device_busy_ns_max = std::max(lr.device_busy_ns_max, busy);
   }
 }
 
+// After serve_devices, items_ is device-major and each device's run is in completion order.
+// Per link, the runs of the devices it carries are merged by (done, seq) through a heap.
 double step_model::return_replies(layer_result& lr) {
-  std::sort(items_.begin(), items_.end(), [](const item& a, const item& b) {
-    return a.done_ns != b.done_ns ? a.done_ns < b.done_ns : a.seq < b.seq;
-  });
+  const size_t Lk = in_free_ns_.size();
+  std::vector<size_t> start(Lk + 1, 0);
+  for (const item& it : items_) ++start[it.link + 1];
+  for (size_t l = 0; l < Lk; ++l) start[l + 1] += start[l];
+  scratch_.resize(items_.size());
+  {
+    std::vector<size_t> next(start.begin(), start.end() - 1);
+    for (const item& it : items_) scratch_[next[it.link]++] = it;
+  }
+  items_.swap(scratch_);
   const double lat = c_.link_latency_ns();
   double last = 0;
-  for (item& it : items_) {
-    const double ser = c_.link_serialisation_ns(double(it.reply_bytes));
-    in_free_ns_[it.link] = std::max(in_free_ns_[it.link], it.done_ns + lat) + ser;
-    in_ser_ns_[it.link] += ser;
-    lr.link_bytes += double(it.reply_bytes);
-    it.done_ns = in_free_ns_[it.link];  // now: when the reply is in GPU memory
-    last = std::max(last, it.done_ns);
+  struct head {
+    double done;
+    uint64_t seq;
+    size_t pos, end;
+    bool operator>(const head& o) const { return done != o.done ? done > o.done : seq > o.seq; }
+  };
+  std::vector<head> heap;
+  for (size_t l = 0; l < Lk; ++l) {
+    heap.clear();
+    for (size_t i = start[l]; i < start[l + 1];) {  // runs of one device
+      size_t j = i + 1;
+      while (j < start[l + 1] && items_[j].device == items_[i].device) ++j;
+      heap.push_back({items_[i].done_ns, items_[i].seq, i, j});
+      i = j;
+    }
+    std::make_heap(heap.begin(), heap.end(), std::greater<head>());
+    while (!heap.empty()) {
+      std::pop_heap(heap.begin(), heap.end(), std::greater<head>());
+      head h = heap.back();
+      heap.pop_back();
+      item& it = items_[h.pos];
+      const double ser = c_.link_serialisation_ns(double(it.reply_bytes));
+      in_free_ns_[l] = std::max(in_free_ns_[l], it.done_ns + lat) + ser;
+      in_ser_ns_[l] += ser;
+      lr.link_bytes += double(it.reply_bytes);
+      it.done_ns = in_free_ns_[l];  // now: when the reply is in GPU memory
+      last = std::max(last, it.done_ns);
+      if (++h.pos < h.end) {
+        heap.push_back({items_[h.pos].done_ns, items_[h.pos].seq, h.pos, h.end});
+        std::push_heap(heap.begin(), heap.end(), std::greater<head>());
+      }
+    }
   }
   return last;
 }
@@ -125,7 +174,7 @@ void step_model::send_prefill(const std::vector<const prefill_piece*>& prefill, 
         last_arrival_ns = std::max(
             last_arrival_ns, link_out(l, out_free_ns_[l], work::prefill_wire_bytes(m, p->tokens), lr));
       const double kv = c_.kv_bytes(double(p->tokens)) * copies;
-      lr.energy.device_j += s_->mode == sim_mode::baseline ? c_.expander_read(kv).energy_j
+      lr.energy.device_j += s_->mode == run_mode::baseline ? c_.expander_read(kv).energy_j
                                                            : c_.pnm_compute(kv, 0).energy_j;
     }
   }
@@ -149,7 +198,7 @@ step_model::layer_result step_model::layer_pnm(const std::vector<const step_requ
   const sim_setup& S = *s_;
   const model_shape& m = S.model;
   const uint32_t H = m.kv_heads, ps = S.page_size_tokens, group = m.gqa_group();
-  const bool png = S.mode == sim_mode::png_kv;
+  const bool png = S.mode == run_mode::png_kv;
   layer_result lr;
 
   uint64_t ntok = reqs.size();
@@ -167,9 +216,6 @@ step_model::layer_result step_model::layer_pnm(const std::vector<const step_requ
       png ? std::max<uint64_t>(split.gpu_pages,
                                uint64_t(std::llround(S.cal.steady_set_fraction.value * double(budget_pages))))
           : 0;
-  const double churn_per_step =
-      png ? S.cal.steady_churn_fraction.value / std::max(1.0, S.cal.steady_reeval_steps.value) : 0;
-
   // Heads needing a second round (exact selection over s > 1 shards).
   struct round_b_head {
     const step_request* r;
@@ -197,7 +243,6 @@ step_model::layer_result step_model::layer_pnm(const std::vector<const step_requ
     const uint64_t steady_r = png ? std::min<uint64_t>(steady_pages, total_pages > 2 ? total_pages - 2 : 0) : 0;
     const uint64_t gpu_pages_r = std::min<uint64_t>(split.gpu_pages, steady_r);
     const uint64_t device_budget = budget_pages - gpu_pages_r;
-    const double copy_pages_r = png ? (r->first_decode_step ? double(steady_r) : double(steady_r) * churn_per_step) : 0;
     const bool two_rounds = s > 1 && S.exact_cross_shard;
     for (uint32_t h = 0; h < H; ++h) {
       const uint32_t g = h / heads_per_group;
@@ -219,15 +264,9 @@ step_model::layer_result step_model::layer_pnm(const std::vector<const step_requ
           reply = work::header_bytes + 8ull * sel.pages_selected;
         }
         const uint64_t excluded = png ? steady_r / s + (j < steady_r % s ? 1 : 0) : 0;
-        const double copy_pages_j = copy_pages_r / s;
-        const double copy_bytes = c_.kv_bytes(copy_pages_j * ps);
-        const op_cost cost = c_.pnm_compute(w.bytes + copy_bytes, w.flops);
+        const op_cost cost = c_.pnm_compute(w.bytes, w.flops);
         lr.energy.device_j += cost.energy_j;
-        lr.device_bytes += w.bytes + copy_bytes;
-        if (copy_pages_j > 0) {
-          reply += uint64_t(std::llround(12.0 * copy_pages_j + 4.0 * copy_pages_j * ps * m.head_dim));
-          lr.energy.hbm_write_j += c_.gpu_hbm_write(copy_bytes).energy_j;
-        }
+        lr.device_bytes += w.bytes;
         const uint32_t l = link_of(h, j, s);
         const double arrival = link_out(l, t0, work::query_wire_bytes(m, excluded), lr);
         items_.push_back({arrival, seq_++, sh.device_id, l, cost.time_ns, reply, 0, 0});
@@ -397,11 +436,20 @@ step_model::layer_result step_model::layer_baseline(const std::vector<const step
     return slots[a].ready_ns != slots[b].ready_ns ? slots[a].ready_ns < slots[b].ready_ns : a < b;
   };
   if (any_link_summaries) std::stable_sort(order.begin(), order.end(), by_ready);
-  for (uint32_t i : order) {
-    slot& sl = slots[i];
-    gclk[sl.rank] = std::max(gclk[sl.rank], sl.ready_ns) + sl.score_ns;
-    gbusy[sl.rank] += sl.score_ns;
-    sl.ready_ns = gclk[sl.rank];
+  if (S.baseline_overlap) {
+    for (uint32_t i : order) {
+      slot& sl = slots[i];
+      gclk[sl.rank] = std::max(gclk[sl.rank], sl.ready_ns) + sl.score_ns;
+      gbusy[sl.rank] += sl.score_ns;
+      sl.ready_ns = gclk[sl.rank];
+    }
+  } else {  // layer-wide rounds: every summary in, every head scored, then the recalls
+    double in = t0;
+    for (const slot& sl : slots) in = std::max(in, sl.ready_ns);
+    for (uint32_t k = 0; k < ranks; ++k) gclk[k] = std::max(gclk[k], in);
+    for (const slot& sl : slots) gclk[sl.rank] += sl.score_ns, gbusy[sl.rank] += sl.score_ns;
+    const double t_sel = *std::max_element(gclk.begin(), gclk.end());
+    for (slot& sl : slots) sl.ready_ns = t_sel;
   }
 
   // Recalls, issued as each head's selection is known.
@@ -443,15 +491,22 @@ step_model::layer_result step_model::layer_baseline(const std::vector<const step
       const uint32_t l = link_of(sl.kv_head, j, s);
       const double arrival = link_out(l, sl.ready_ns, work::recall_request_wire_bytes(pages_on[j]), lr);
       items_.push_back({arrival, seq_++, sh.device_id, l, rd.time_ns,
-                        work::recall_reply_wire_bytes(m, pages_on[j], tokens_j), i, 0});
+                        work::recall_reply_wire_bytes(m, tokens_j), i, 0});
     }
   }
   serve_devices(lr);
   return_replies(lr);
   for (const item& it : items_) slots[it.head_slot].ready_ns = std::max(slots[it.head_slot].ready_ns, it.done_ns);
 
-  // Attention on each rank as each head's pages are in.
+  // Attention on each rank as each head's pages are in (overlap), or once all are in; then
+  // the merge of each head's per-shard partials.
   std::stable_sort(order.begin(), order.end(), by_ready);
+  if (!S.baseline_overlap) {
+    double in = 0;
+    for (const slot& sl : slots) in = std::max(in, sl.ready_ns);
+    for (slot& sl : slots) sl.ready_ns = in;
+  }
+  double merge_ns = 0;
   for (uint32_t i : order) {
     const slot& sl = slots[i];
     const work::query_work aw = work::gpu_attend_work(c_, double(sl.sel_tokens));
@@ -459,11 +514,15 @@ step_model::layer_result step_model::layer_baseline(const std::vector<const step
     lr.energy.gpu_attention_j += ga.energy_j;
     gclk[sl.rank] = std::max(gclk[sl.rank], sl.ready_ns) + ga.time_ns;
     gbusy[sl.rank] += ga.time_ns;
+    const op_cost mc = c_.gpu_merge(reqs[sl.req]->placement->sequence_shards, m.gqa_group());
+    merge_ns += mc.time_ns;
+    lr.energy.merge_j += mc.energy_j;
   }
   uint32_t crit = 0;
   for (uint32_t k = 1; k < ranks; ++k)
     if (gclk[k] > gclk[crit]) crit = k;
-  double end = gclk[crit];
+  const double M = merge_ns / ranks;
+  double end = gclk[crit] + M;
   double prefill_last = t0;
   send_prefill(prefill, lr, prefill_last);
   const double prefill_extra = std::max(0.0, prefill_last - end);
@@ -471,10 +530,64 @@ step_model::layer_result step_model::layer_baseline(const std::vector<const step
   lr.crit.gpu_dense_ns = dense.time_ns;
   lr.crit.allreduce_ns = 2.0 * ar.time_ns;
   lr.crit.gpu_attention_ns = gbusy[crit];
-  attribute_wait(end - t0 - gbusy[crit], lr.device_busy_ns_max, lr);
+  lr.crit.merge_ns = M;
+  attribute_wait(end - M - t0 - gbusy[crit], lr.device_busy_ns_max, lr);
   lr.crit.link_ns += prefill_extra;
   lr.energy.gpu_dense_j = dense.energy_j;
   lr.energy.allreduce_j = 2.0 * ar.energy_j;
+  if (S.charge_link_energy) lr.energy.link_j = c_.link_transfer(lr.link_bytes).energy_j;
+  for (size_t l = 0; l < out_ser_ns_.size(); ++l)
+    lr.link_busy_ns_max = std::max(lr.link_busy_ns_max, std::max(out_ser_ns_[l], in_ser_ns_[l]));
+  return lr;
+}
+
+// png-kv: before the first layer, the pages newly steady are recalled from the devices and
+// written to HBM, as the live host engine's copy phase: per (request, KV head, shard) one
+// recall carrying every layer's pages (the live engine sends one per layer: the same bytes
+// and device time, fewer headers). Amortised: the set's churn every R steps, the whole set
+// on a request's first decode step.
+step_model::layer_result step_model::steady_copies(const std::vector<step_request>& decode) {
+  const sim_setup& S = *s_;
+  const model_shape& m = S.model;
+  const uint32_t H = m.kv_heads, ps = S.page_size_tokens;
+  layer_result lr;
+  reset_links(0);
+  const uint64_t budget_pages = S.budget_pages();
+  const uint64_t steady_pages = std::max<uint64_t>(
+      work::pngkv_budget_split(budget_pages, S.cal.steady_hit_fraction.value).gpu_pages,
+      uint64_t(std::llround(S.cal.steady_set_fraction.value * double(budget_pages))));
+  const double churn_per_step = S.cal.steady_churn_fraction.value / std::max(1.0, S.cal.steady_reeval_steps.value);
+  double copied_bytes = 0;
+  for (const step_request& r : decode) {
+    const request_placement& pl = *r.placement;
+    const uint32_t s = pl.sequence_shards, heads_per_group = H / pl.head_groups;
+    const uint64_t total_pages = (r.seq_tokens + 1 + ps - 1) / ps;
+    const uint64_t steady_r = std::min<uint64_t>(steady_pages, total_pages > 2 ? total_pages - 2 : 0);
+    const double pages = r.first_decode_step ? double(steady_r) : double(steady_r) * churn_per_step;
+    if (pages <= 0) continue;
+    for (uint32_t h = 0; h < H; ++h) {
+      const uint32_t g = h / heads_per_group;
+      for (uint32_t j = 0; j < s; ++j) {
+        const double pages_j = pages / s * m.layers;
+        const double bytes = c_.kv_bytes(pages_j * ps);
+        const op_cost rd = c_.pnm_compute(bytes, 0);
+        lr.energy.device_j += rd.energy_j;
+        lr.device_bytes += bytes;
+        copied_bytes += bytes;
+        const uint32_t l = link_of(h, j, s);
+        const double arrival = link_out(l, 0, work::header_bytes * m.layers + uint64_t(4.0 * pages_j), lr);
+        items_.push_back({arrival, seq_++, pl.shards[size_t(g) * s + j].device_id, l, rd.time_ns,
+                          work::header_bytes * m.layers + uint64_t(std::llround(bytes)), 0, 0});
+      }
+    }
+  }
+  if (items_.empty()) return lr;
+  serve_devices(lr);
+  const double last = return_replies(lr);
+  const op_cost w = c_.gpu_hbm_write(copied_bytes);
+  lr.time_ns = last + w.time_ns;
+  lr.energy.hbm_write_j += w.energy_j;
+  lr.crit.copy_ns = lr.time_ns;
   if (S.charge_link_energy) lr.energy.link_j = c_.link_transfer(lr.link_bytes).energy_j;
   for (size_t l = 0; l < out_ser_ns_.size(); ++l)
     lr.link_busy_ns_max = std::max(lr.link_busy_ns_max, std::max(out_ser_ns_[l], in_ser_ns_[l]));
@@ -491,18 +604,28 @@ step_result step_model::run(const std::vector<step_request>& decode,
 
   const uint32_t pp = S.pp;
   std::vector<std::vector<const step_request*>> mbs(pp);
-  for (size_t i = 0; i < decode.size(); ++i) mbs[i % pp].push_back(&decode[i]);
+  // Micro-batches take an even share of every pool's requests, so that each keeps every
+  // device busy (dealing requests in arrival order would give a micro-batch whole pools).
+  {
+    std::vector<size_t> order(decode.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t a, size_t b) { return decode[a].pool < decode[b].pool; });
+    for (size_t k = 0; k < order.size(); ++k) mbs[k % pp].push_back(&decode[order[k]]);
+  }
   std::vector<const prefill_piece*> pf;
   for (const auto& p : prefill) pf.push_back(&p);
   const double L = S.model.layers;
   const double layers_per_stage = L / pp;
 
-  double round_ns = 0, device_all_stages_ns = 0;
+  double round_ns = 0, device_all_stages_ns = 0, decode_latency_ns = 0;
   for (uint32_t k = 0; k < pp; ++k) {
     const auto& pk = k == 0 ? pf : std::vector<const prefill_piece*>{};
     if (mbs[k].empty() && pk.empty()) continue;
-    const layer_result lr = S.mode == sim_mode::baseline ? layer_baseline(mbs[k], pk) : layer_pnm(mbs[k], pk);
+    const layer_result lr = S.mode == run_mode::baseline ? layer_baseline(mbs[k], pk) : layer_pnm(mbs[k], pk);
     round_ns += layers_per_stage * lr.time_ns;
+    // A decoding micro-batch passes every stage within the round (prefill chunks stream).
+    if (!mbs[k].empty()) decode_latency_ns = std::max(decode_latency_ns, L * lr.time_ns);
     out.crit += lr.crit.scaled(layers_per_stage);
     out.energy += lr.energy.scaled(L);
     out.link_bytes += lr.link_bytes * L;
@@ -526,6 +649,19 @@ step_result step_model::run(const std::vector<step_request>& decode,
       out.crit.allreduce_ns += hand.time_ns;
       out.energy.allreduce_j += hand.energy_j * (pp - 1);
     }
+  }
+  if (S.mode == run_mode::png_kv && !decode.empty()) {
+    const layer_result cp = steady_copies(decode);
+    round_ns += cp.time_ns;
+    out.crit += cp.crit;
+    out.energy += cp.energy;
+    out.link_bytes += cp.link_bytes;
+    out.device_bytes += cp.device_bytes;
+    out.link_busy_ns_max += cp.link_busy_ns_max;
+  }
+  if (decode_latency_ns > round_ns) {  // fewer micro-batches than stages: the pipeline idles
+    out.crit.queueing_ns += decode_latency_ns - round_ns;
+    round_ns = decode_latency_ns;
   }
   // Stages share the devices: a round lasts at least the busiest device's work of all.
   if (pp > 1 && device_all_stages_ns > round_ns) {

@@ -12,9 +12,10 @@
 //   pnm-kv   devices scan every held page's summary and the selected pages' K/V
 //            (pnm_compute), local selection across sequence shards.
 //   png-kv   the GPU attends the steady pages (gpu_attention, in parallel with the
-//            devices); devices select the rest of the budget; steady copies ride back
-//            with the partials (amortised: the set's churn every R steps, the whole set on
-//            a request's first step) and land in HBM (gpu_hbm_write).
+//            devices); devices select the rest of the budget; the pages newly steady are
+//            copied before the first layer (recalled from the devices, gpu_hbm_write), as
+//            the live copy phase (amortised: the set's churn every R steps, the whole set
+//            on a request's first step).
 //   baseline passive expanders (expander_read, no compute): the GPU scores the summaries
 //            (gpu_attention; resident in HBM, or read over the link first), recalls the
 //            selected pages over the link and attends each head as its pages arrive.
@@ -56,10 +57,10 @@ struct prefill_piece {
 // Step time on the critical path, by what it waits for; sums to the step time.
 struct step_breakdown {
   double gpu_dense_ns = 0, allreduce_ns = 0, gpu_attention_ns = 0, link_ns = 0,
-         device_scan_ns = 0, queueing_ns = 0, merge_ns = 0, lm_head_ns = 0;
+         device_scan_ns = 0, queueing_ns = 0, merge_ns = 0, lm_head_ns = 0, copy_ns = 0;
   double sum() const {
     return gpu_dense_ns + allreduce_ns + gpu_attention_ns + link_ns + device_scan_ns +
-           queueing_ns + merge_ns + lm_head_ns;
+           queueing_ns + merge_ns + lm_head_ns + copy_ns;
   }
   step_breakdown& operator+=(const step_breakdown& o);
   step_breakdown scaled(double f) const;
@@ -118,6 +119,7 @@ class step_model {
                          const std::vector<const prefill_piece*>& prefill);
   layer_result layer_baseline(const std::vector<const step_request*>& reqs,
                               const std::vector<const prefill_piece*>& prefill);
+  layer_result steady_copies(const std::vector<step_request>& decode);
   // Shared pieces.
   void reset_links(double t_ns);
   double link_out(uint32_t link, double now_ns, uint64_t bytes, layer_result& lr);
@@ -134,7 +136,8 @@ class step_model {
   std::vector<double> out_free_ns_, in_free_ns_, out_ser_ns_, in_ser_ns_;
   std::vector<double> device_clock_ns_, device_busy_ns_;
   std::vector<uint32_t> touched_;
-  std::vector<item> items_;
+  std::vector<item> items_, scratch_;
+  std::vector<size_t> bucket_start_;
   uint64_t seq_ = 0;
 };
 

@@ -39,9 +39,10 @@ inline uint64_t prefill_wire_bytes(const model_shape& m, uint64_t n_tokens) {
 // --- baseline wire ------------------------------------------------------------------------
 // Asking an expander for pages: their ids.
 inline uint64_t recall_request_wire_bytes(uint64_t pages) { return header_bytes + 4ull * pages; }
-// The recalled pages: per page its id, token count and CRC, then K and V of its tokens.
-inline uint64_t recall_reply_wire_bytes(const model_shape& m, uint64_t pages, uint64_t tokens) {
-  return header_bytes + 12ull * pages + 4ull * tokens * m.head_dim;
+// The recalled pages (baseline recalls, png-kv steady copies): K and V of their tokens, as
+// the live host engine counts them (the per-page id, row count and CRC are not counted).
+inline uint64_t recall_reply_wire_bytes(const model_shape& m, uint64_t tokens) {
+  return header_bytes + 4ull * tokens * m.head_dim;
 }
 // Page summaries read over the link when they do not stay in GPU memory.
 inline uint64_t summary_read_wire_bytes(const cost_model& c, uint64_t pages,

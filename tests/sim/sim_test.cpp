@@ -1,0 +1,324 @@
+// Simulator properties (sim/): hand-calculated bytes and limits — KV bytes per token, link
+// bytes per step in each mode, device scan bytes per step, baseline's maximum batch from GPU
+// memory, how many 512 GB devices a 405B 1M-token batch needs — and monotonicity (more
+// devices never lower pnm-kv throughput at a fixed batch; a longer context never raises it),
+// the step-time breakdown adding up, step reuse staying within its bound, open workloads
+// finishing every request, and the calibration, trace and sweep files being read strictly.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "sim/simulator.hpp"
+#include "sim/sweep.hpp"
+#include "sim/work_sizes.hpp"
+
+namespace pnmkv {
+namespace {
+
+const std::string root = PNMKV_SOURCE_DIR;
+const std::string default_file = root + "/cluster_configs/default.yaml";
+const std::string m8 = root + "/cluster_configs/models/llama-3.1-8b.yaml";
+const std::string m405 = root + "/cluster_configs/models/llama-3.1-405b.yaml";
+
+std::shared_ptr<const sim_setup> setup_of(std::vector<std::string> sets) {
+  auto cfg = load_config(default_file, sets);
+  EXPECT_TRUE(cfg) << cfg.error().to_string();
+  if (!cfg) return nullptr;
+  auto s = make_sim_setup(*cfg);
+  EXPECT_TRUE(s) << s.error().to_string();
+  return s ? *s : nullptr;
+}
+
+sim_result sim_of(std::vector<std::string> sets) {
+  auto s = setup_of(std::move(sets));
+  if (!s) return {};
+  auto r = simulate(s);
+  EXPECT_TRUE(r) << r.error().to_string();
+  return r ? *r : sim_result{};
+}
+
+// One 8B request of 32K tokens on one device (h = 1, s = 1), budget 32 pages, one step.
+std::vector<std::string> one_request(const std::string& mode, std::vector<std::string> extra = {}) {
+  std::vector<std::string> s = {"run.mode=" + mode, "workload.context_tokens=32768", "workload.batch=1",
+                                "run.steps=1", "selection.budget_tokens=512", "cluster.pnm_devices=1",
+                                "sim.step_reuse_steps=1", "sim.steady_churn_fraction=0"};
+  s.insert(s.end(), extra.begin(), extra.end());
+  return s;
+}
+
+TEST(sim_hand, kv_bytes_per_token) {
+  auto s8 = load_model_shape(m8);
+  auto s405 = load_model_shape(m405);
+  ASSERT_TRUE(s8 && s405);
+  EXPECT_EQ(s8->kv_bytes_per_token(), 128u * 1024);   // 2 × 32 × 8 × 128 × 2
+  EXPECT_EQ(s405->kv_bytes_per_token(), 504u * 1024);  // 2 × 126 × 8 × 128 × 2
+  // A 405B request of 2^20 + 1 tokens on the devices: pages × (K, V and min/max summary)
+  // per (layer, KV head), over 126 layers × 8 heads.
+  auto s = setup_of({"model.file=" + m405, "sim.tp=0"});
+  ASSERT_TRUE(s);
+  const double pages = 65537, per_page = 16 * 128 * 4 + 2 * 128 * 2;
+  EXPECT_DOUBLE_EQ(device_bytes_per_request(*s, (1u << 20) + 1), pages * per_page * 126 * 8);
+}
+
+TEST(sim_hand, link_and_device_bytes_per_step_in_each_mode) {
+  // Per (layer, KV head), 32 layers × 8 heads. After the append the sequence has 32769
+  // tokens: 2049 pages, the last holding one token; the 32 selected pages (the last one
+  // among them) hold 31 × 16 + 1 = 497 tokens.
+  const double lh = 32 * 8;
+  const double append = 96 + 4 * 128, query = 96 + 4 * 4 * 128;
+  {
+    auto r = sim_of(one_request("pnm-kv"));
+    const double partial = 96 + 4 * 4 * 128 + 4 * 4 + 4 * 32;
+    EXPECT_DOUBLE_EQ(r.link_bytes_per_step, lh * (append + query + partial));
+    EXPECT_DOUBLE_EQ(r.device_bytes_per_step, lh * (2049 * 512.0 + 497 * 512.0));
+  }
+  {
+    // Summaries resident in HBM: the link carries the append, the recall request (page
+    // ids) and the recalled K/V; the expander reads the selected pages only.
+    auto r = sim_of(one_request("baseline"));
+    EXPECT_TRUE(r.summaries_resident);
+    const double recall_request = 96 + 4 * 32, recall_reply = 96 + 4 * 497 * 128.0;
+    EXPECT_DOUBLE_EQ(r.link_bytes_per_step, lh * (append + recall_request + recall_reply));
+    EXPECT_DOUBLE_EQ(r.device_bytes_per_step, lh * 497 * 512.0);
+  }
+  {
+    // Summaries over the link: the expander also streams every summary to the GPU.
+    auto r = sim_of(one_request("baseline", {"sim.baseline_summaries=link"}));
+    EXPECT_FALSE(r.summaries_resident);
+    const double recall_request = 96 + 4 * 32, recall_reply = 96 + 4 * 497 * 128.0;
+    const double summaries_request = 96, summaries_reply = 96 + 2049 * 512.0;
+    EXPECT_DOUBLE_EQ(r.link_bytes_per_step,
+                     lh * (append + recall_request + recall_reply + summaries_request + summaries_reply));
+  }
+  {
+    // png-kv, a quarter of the budget steady (8 pages on the GPU): queries name the 8
+    // excluded pages, devices select 24 pages (23 full + the last), no copies (churn 0).
+    auto r = sim_of(one_request("png-kv", {"sim.steady_hit_fraction=0.25", "sim.steady_set_fraction=0.25"}));
+    const double partial = 96 + 4 * 4 * 128 + 4 * 4 + 4 * 24;
+    EXPECT_DOUBLE_EQ(r.link_bytes_per_step, lh * (append + query + 4 * 8 + partial));
+    EXPECT_DOUBLE_EQ(r.device_bytes_per_step, lh * (2049 * 512.0 + 369 * 512.0));
+    // Replacing half the steady set every step copies 4 pages per (layer, head): a recall
+    // (header and page ids) out, the pages' K/V back (header), read on the device.
+    auto c = sim_of(one_request("png-kv", {"sim.steady_hit_fraction=0.25", "sim.steady_set_fraction=0.25",
+                                           "sim.steady_churn_fraction=0.5", "sim.steady_reeval_steps=1"}));
+    const double copy = 4 * 16 * 128 * 4.0;
+    EXPECT_DOUBLE_EQ(c.link_bytes_per_step, r.link_bytes_per_step + lh * (96 + 4 * 4 + 96 + copy));
+    EXPECT_DOUBLE_EQ(c.device_bytes_per_step, r.device_bytes_per_step + lh * copy);
+  }
+}
+
+TEST(sim_hand, baseline_max_batch_from_gpu_memory) {
+  // 8B on one H100 at 1M tokens: (80 − 4) GB less the weights, over per request: one
+  // token's activations, two layers of recall buffers, every summary of every layer.
+  auto s = setup_of({"run.mode=baseline", "workload.context_tokens=1048576", "run.steps=1",
+                     "cluster.pnm_devices=256", "sim.batch_policy=max"});
+  ASSERT_TRUE(s);
+  const model_shape& m = s->model;
+  const double weights = m.params_from_shape() * 2;
+  const double activations = (4.0 * 4096 + 2.0 * 14336) * 2;
+  const double recall = 2.0 * 2048 * 512 * 8;
+  const double summaries = 65537.0 * 512 * 8 * 32;
+  const double per_request = activations + recall + summaries;
+  const uint32_t expect = uint32_t(std::floor((76e9 - weights) / per_request));
+  auto r = simulate(s);
+  ASSERT_TRUE(r) << r.error().to_string();
+  EXPECT_EQ(r->batch_limit_gpu_memory, expect);
+  EXPECT_EQ(uint32_t(r->batch_mean), expect);
+  EXPECT_EQ(r->batch_limited_by, "gpu_memory");
+  // pnm-kv keeps no summaries or recall buffers: the same GPU takes far more requests.
+  auto p = sim_of({"run.mode=pnm-kv", "workload.context_tokens=1048576", "run.steps=1",
+                   "cluster.pnm_devices=256", "sim.batch_policy=max"});
+  EXPECT_GT(p.batch_limit_gpu_memory, 100 * expect);
+}
+
+TEST(sim_hand, devices_a_405b_1m_batch_needs) {
+  // One request of 2^20 + 1 tokens takes 65537 pages × 8704 B × 1008 (layer, head) pairs =
+  // 575.0 GB: 8 requests need 4600 GB, i.e. 9 devices of 512 GB (each holds a ninth of
+  // every request, 511.1 GB); 8 devices hold 7.
+  for (auto [devices, admitted] : std::vector<std::pair<int, uint32_t>>{{9, 8}, {8, 7}, {2, 1}, {1, 0}}) {
+    SCOPED_TRACE(devices);
+    auto s = setup_of({"model.file=" + m405, "sim.tp=0", "workload.context_tokens=1048576",
+                       "run.steps=1", "workload.batch=8", "cluster.pnm_devices=" + std::to_string(devices)});
+    ASSERT_TRUE(s);
+    auto r = simulate(s);
+    ASSERT_TRUE(r) << r.error().to_string();
+    EXPECT_EQ(r->batch_peak, admitted);
+    EXPECT_EQ(r->batch_limit_device_capacity, admitted);
+    if (admitted < 8) {
+      EXPECT_EQ(r->batch_limited_by, "device_capacity");
+    }
+  }
+}
+
+TEST(sim_property, more_devices_never_lower_pnm_kv_throughput_at_fixed_batch) {
+  for (const std::string& model : {m8, m405}) {
+    double last = 0;
+    for (int devices : {4, 8, 16, 32, 64, 128}) {
+      SCOPED_TRACE(model + " devices " + std::to_string(devices));
+      auto r = sim_of({"model.file=" + model, "sim.tp=0", "workload.context_tokens=262144",
+                       "workload.batch=16", "run.steps=8", "sim.pool_auto=true",
+                       "cluster.pnm_devices=" + std::to_string(devices)});
+      if (r.batch_peak < 16) continue;  // not every device count holds the batch
+      EXPECT_GE(r.tokens_per_s, last * (1 - 1e-9));
+      last = r.tokens_per_s;
+    }
+    EXPECT_GT(last, 0);
+  }
+}
+
+TEST(sim_property, longer_context_never_raises_pnm_kv_throughput) {
+  for (bool pool_auto : {false, true}) {
+    double last = 1e300;
+    for (int ctx : {16384, 65536, 262144, 1048576, 4194304}) {
+      SCOPED_TRACE("context " + std::to_string(ctx));
+      auto r = sim_of({"workload.context_tokens=" + std::to_string(ctx), "workload.batch=4",
+                       "run.steps=8", "cluster.pnm_devices=64",
+                       std::string("sim.pool_auto=") + (pool_auto ? "true" : "false")});
+      ASSERT_EQ(r.batch_peak, 4u);
+      EXPECT_LE(r.tokens_per_s, last * (1 + 1e-9));
+      last = r.tokens_per_s;
+    }
+  }
+}
+
+TEST(sim_property, breakdown_adds_up_to_the_step_in_every_mode_and_topology) {
+  // One GPU (8B), and 8-way tensor x 2-stage pipeline parallel (405B).
+  for (const char* mode : {"baseline", "pnm-kv", "png-kv"})
+    for (const std::string& model : {m8, m405}) {
+      SCOPED_TRACE(std::string(mode) + " " + model);
+      auto r = sim_of({std::string("run.mode=") + mode, "model.file=" + model, "sim.tp=0",
+                       "workload.context_tokens=131072", "sim.batch_policy=max", "sim.batch_max=64",
+                       "run.steps=4", "cluster.pnm_devices=32"});
+      EXPECT_EQ(r.gpus, model == m8 ? 1u : 16u);
+      EXPECT_NEAR(r.breakdown_ms.sum(), r.step_ms, 1e-6 * r.step_ms);
+      EXPECT_GT(r.tokens_per_s, 0);
+      EXPECT_GT(r.energy_j_per_token, r.static_j_per_token);
+    }
+}
+
+TEST(sim_property, step_reuse_stays_within_its_bound) {
+  auto exact = sim_of({"workload.context_tokens=65536", "workload.batch=8", "run.steps=64",
+                       "sim.step_reuse_steps=1"});
+  auto reused = sim_of({"workload.context_tokens=65536", "workload.batch=8", "run.steps=64",
+                        "sim.step_reuse_steps=16"});
+  // Each step adds at most one row and one summary per head: below 16 / budget_tokens.
+  EXPECT_NEAR(reused.step_ms, exact.step_ms, exact.step_ms * 16.0 / 2048);
+  EXPECT_NEAR(reused.energy_j_per_token, exact.energy_j_per_token, exact.energy_j_per_token * 16.0 / 2048);
+  EXPECT_NE(reused.step_ms, exact.step_ms);
+}
+
+TEST(sim_property, poisson_workload_finishes_every_request_with_consistent_latencies) {
+  for (const char* mode : {"baseline", "pnm-kv", "png-kv"}) {
+    SCOPED_TRACE(mode);
+    auto s = setup_of({std::string("run.mode=") + mode, "sim.workload=poisson", "sim.requests=40",
+                       "sim.arrival_rate_per_s=2", "workload.context_tokens=32768", "run.steps=32",
+                       "sim.prompt_tokens_spread_fraction=0.5", "cluster.pnm_devices=8",
+                       "sim.batch_series_points_max=50"});
+    ASSERT_TRUE(s);
+    auto r = simulate(s);
+    ASSERT_TRUE(r) << r.error().to_string();
+    EXPECT_EQ(r->completed, 40u);
+    EXPECT_EQ(r->refused + r->unfinished, 0u);
+    EXPECT_EQ(r->tokens_out, 40u * 32);
+    EXPECT_LE(r->batch_series.size(), 50u);
+    for (const auto& q : r->requests) {
+      EXPECT_GE(q.admitted_s, q.arrival_s);
+      EXPECT_GT(q.first_token_s, q.admitted_s);
+      EXPECT_GE(q.finish_s, q.first_token_s);
+      EXPECT_EQ(q.generated, q.output_tokens);
+    }
+    EXPECT_GT(r->ttft_ms, 0);
+    EXPECT_GT(r->tpot_ms, 0);
+    EXPECT_GE(r->queueing_ms, 0);
+  }
+}
+
+std::string temp_file(const std::string& name, const std::string& text) {
+  auto p = std::filesystem::temp_directory_path() / ("pnmkv_sim_test_" + name);
+  std::ofstream(p) << text;
+  return p.string();
+}
+
+TEST(sim_files, trace_is_read_and_bad_rows_are_refused) {
+  auto good = temp_file("trace.csv", "arrival_s,prompt_tokens,output_tokens\n0.5,4096,8\n0.0,8192,4\n");
+  auto rows = load_trace(good);
+  ASSERT_TRUE(rows) << rows.error().to_string();
+  ASSERT_EQ(rows->size(), 2u);
+  EXPECT_EQ((*rows)[0].prompt_tokens, 8192u);  // sorted by arrival
+  auto r = sim_of({"sim.workload=trace", "sim.trace_file=" + good});
+  EXPECT_EQ(r.completed, 2u);
+  EXPECT_EQ(r.tokens_out, 12u);
+  auto bad = temp_file("bad.csv", "0.5,4096,8\n1.0,-5,3\n");
+  auto e = load_trace(bad);
+  ASSERT_FALSE(e);
+  EXPECT_NE(e.error().message().find("line 2"), std::string::npos) << e.error().message();
+}
+
+TEST(sim_files, calibration_values_replace_config_and_name_their_source) {
+  auto file = temp_file("cal.json", R"({"format": "pnmkv-calibration/1",
+    "measured": {"model": "Llama-3.1-8B", "context_tokens": 32768},
+    "values": {"steady_hit_fraction": {"value": 0.4, "samples": 1024}, "selection_overlap": 0.9}})");
+  auto s = setup_of({"sim.calibration_file=" + file});
+  ASSERT_TRUE(s);
+  EXPECT_DOUBLE_EQ(s->cal.steady_hit_fraction.value, 0.4);
+  EXPECT_NE(s->cal.steady_hit_fraction.source.find("1024 samples"), std::string::npos);
+  EXPECT_DOUBLE_EQ(s->cal.selection_overlap.value, 0.9);
+  EXPECT_EQ(s->cal.steady_churn_fraction.source, "config sim.steady_churn_fraction");
+  EXPECT_EQ(s->cal.measured_model, "Llama-3.1-8B");
+  for (const char* bad : {R"({"format": "pnmkv-calibration/1", "values": {"steady_hit_fraction": 1.5}})",
+                          R"({"format": "pnmkv-calibration/1", "values": {"stedy_hit_fraction": 0.5}})",
+                          R"({"format": "other", "values": {}})", "not json"}) {
+    auto f = temp_file("bad_cal.json", bad);
+    auto c = load_calibration(f, calibration{});
+    EXPECT_FALSE(c) << bad;
+  }
+}
+
+TEST(sim_files, sweep_runs_the_product_of_its_axes) {
+  auto file = temp_file("sweep.yaml", "name: t\nconfig: " + default_file +
+                                          "\nset: [run.steps=2, workload.context_tokens=16384]\naxes:\n"
+                                          "  - key: run.mode\n    values: [baseline, pnm-kv]\n"
+                                          "  - key: cluster.pnm_devices\n    values: [2, 4, 8]\n"
+                                          "    with: [[workload.batch=1], [], [workload.batch=3]]\n");
+  auto spec = load_sweep(file);
+  ASSERT_TRUE(spec) << spec.error().to_string();
+  EXPECT_EQ(spec->points(), 6u);
+  auto points = run_sweep(*spec, "", {}, {});
+  ASSERT_EQ(points.size(), 6u);
+  for (const auto& p : points) EXPECT_TRUE(p.ok) << p.error;
+  EXPECT_EQ(points[0].result.mode, "baseline");
+  EXPECT_EQ(points[0].result.batch_peak, 1u);
+  EXPECT_EQ(points[5].result.mode, "pnm-kv");
+  EXPECT_EQ(points[5].result.batch_peak, 3u);
+  const std::string csv = sweep_csv(points);
+  EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 7);
+  auto unknown = temp_file("bad_sweep.yaml", "axes:\n  - key: run.mood\n    values: [a]\n");
+  EXPECT_FALSE(load_sweep(unknown));
+}
+
+TEST(sim_setup, bad_topologies_are_refused_with_the_key) {
+  auto cfg = load_config(default_file, {"model.file=" + m405, "sim.tp=1"});
+  ASSERT_TRUE(cfg);
+  auto s = make_sim_setup(*cfg);
+  ASSERT_FALSE(s);
+  EXPECT_NE(s.error().message().find("do not fit"), std::string::npos) << s.error().message();
+  cfg = load_config(default_file, {"sim.tp=3"});
+  ASSERT_TRUE(cfg);
+  s = make_sim_setup(*cfg);
+  ASSERT_FALSE(s);
+  EXPECT_NE(s.error().message().find("sim.tp"), std::string::npos);
+  cfg = load_config(default_file, {"cluster.pnm_devices=6", "sim.pool_devices=4"});
+  ASSERT_TRUE(cfg);
+  s = make_sim_setup(*cfg);
+  ASSERT_FALSE(s);
+  EXPECT_NE(s.error().message().find("sim.pool_devices"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace pnmkv
