@@ -20,6 +20,7 @@
 
 #include "actors/control.hpp"
 #include "actors/run_report.hpp"
+#include "schedulers/head_groups.hpp"
 #include "transport/auth.hpp"
 #include "transport/from_config.hpp"
 #include "transport/messages.hpp"
@@ -195,7 +196,7 @@ struct coordinator_state {
   bool ready = false;
   caf::actor driver;
   std::deque<control::request_spec_msg> queue;
-  pool_state pool;               // modelled capacity (512 GB devices)
+  std::vector<pool_state> pools;  // modelled capacity (512 GB devices), data parallel
   std::map<uint32_t, uint64_t> emulator_free;  // live-layer bytes a device may still take
   std::map<uint64_t, request_placement> placed;
   std::map<uint64_t, control::request_spec_msg> specs;
@@ -209,11 +210,17 @@ struct coordinator_state {
 caf::behavior coordinator_actor(caf::event_based_actor* self,
                                 std::shared_ptr<const run_setup> setup) {
   auto st = std::make_shared<coordinator_state>();
-  for (uint32_t id : setup->device_ids()) {
-    st->pool.device_ids.push_back(id);
-    st->pool.free_bytes.push_back(static_cast<uint64_t>(setup->hw.pnm.capacity_bytes));
-    st->pool.failure_domain.push_back(id);
-    st->emulator_free[id] = setup->device.memory_bytes_max;
+  // Pools of cluster.pool_devices devices serve different requests (data parallel).
+  const auto ids = setup->device_ids();
+  const uint32_t per_pool = setup->pool_devices ? setup->pool_devices : uint32_t(ids.size());
+  const double capacity = setup->host.mode == run_mode::baseline ? setup->hw.expander.capacity_bytes
+                                                                   : setup->hw.pnm.capacity_bytes;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (i % per_pool == 0) st->pools.emplace_back();
+    st->pools.back().device_ids.push_back(ids[i]);
+    st->pools.back().free_bytes.push_back(static_cast<uint64_t>(capacity));
+    st->pools.back().failure_domain.push_back(ids[i]);
+    st->emulator_free[ids[i]] = setup->device.memory_bytes_max;
   }
   const uint32_t self_id = coordinator_node;
 
@@ -273,8 +280,37 @@ caf::behavior coordinator_actor(caf::event_based_actor* self,
       pr.request_id = spec.request_id;
       pr.context_tokens = spec.context_tokens;
       pr.decode_tokens = spec.steps;
-      pool_state trial = st->pool;
-      auto pl = place_request(pr, trial);
+      // The pool with the most free capacity first; the first that can hold it takes it.
+      std::vector<size_t> order(st->pools.size());
+      for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+      auto free_of = [&](size_t i) {
+        uint64_t f = 0;
+        for (uint64_t b : st->pools[i].free_bytes) f += b;
+        return f;
+      };
+      std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return free_of(a) > free_of(b); });
+      result<request_placement> pl = status{errc::capacity, "no pool"};
+      pool_state trial;
+      size_t chosen = 0;
+      for (size_t i : order) {
+        trial = st->pools[i];
+        if (setup->placement.head_groups == 0) {
+          // h × s from the cost model for this pool and context.
+          head_group_query hq;
+          hq.pool_devices = static_cast<uint32_t>(trial.device_ids.size() / setup->replication);
+          hq.context_tokens = spec.context_tokens + spec.steps;
+          hq.budget_tokens = setup->host.budget_tokens;
+          hq.page_size_tokens = setup->host.page_size_tokens;
+          hq.summary_elem_bytes = setup->placement.summary_elem_bytes;
+          hq.cross_shard = setup->host.cross_shard;
+          pr.head_groups = choose_head_groups(*setup->costs, hq).head_groups;
+        }
+        pl = place_request(pr, trial);
+        if (pl) {
+          chosen = i;
+          break;
+        }
+      }
       if (!pl) {
         decide(spec.request_id, false, pl.error().message());
         continue;
@@ -297,7 +333,7 @@ caf::behavior coordinator_actor(caf::event_based_actor* self,
         decide(spec.request_id, false, too_big);
         continue;
       }
-      st->pool = trial;
+      st->pools[chosen] = trial;
       for (const auto& [dev, need] : live_need) st->emulator_free[dev] -= need;
       st->placed.emplace(spec.request_id, *pl);
       auto& waiting = st->awaiting_acks[spec.request_id];

@@ -125,6 +125,11 @@ result<std::shared_ptr<const run_setup>> make_run_setup(const config& cfg,
   s->gpu_query.summaries_resident = s->host.summaries_resident;
 
   s->replication = static_cast<uint32_t>(cfg.get_int("cluster.replication"));
+  s->pool_devices = static_cast<uint32_t>(cfg.get_int("cluster.pool_devices"));
+  if (s->pool_devices && s->devices % s->pool_devices)
+    return status{errc::invalid_argument,
+                  "cluster.pool_devices = " + std::to_string(s->pool_devices) +
+                      " must divide cluster.pnm_devices = " + std::to_string(s->devices)};
   s->placement.decode_tokens = s->steps;
   s->placement.page_size_tokens = page;
   s->placement.layers = s->model.layers;

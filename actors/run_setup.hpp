@@ -46,6 +46,7 @@ struct run_setup {
   placement_request placement;   // request_id / context filled per request
   gpu_memory_query gpu_query;    // batch filled per admission check
   uint32_t replication = 1;
+  uint32_t pool_devices = 0;     // devices per pool (0: one pool of every device)
 
   std::vector<uint32_t> device_ids() const;
 };

@@ -6,6 +6,7 @@
 #include <random>
 
 #include "schedulers/gpu_memory.hpp"
+#include "schedulers/head_groups.hpp"
 #include "schedulers/steady_pages.hpp"
 
 namespace pnmkv {
@@ -93,6 +94,35 @@ TEST(steady_pages, frequent_pages_become_steady_within_budget) {
   steady_params bad = p;
   bad.threshold = 0;
   EXPECT_FALSE(validate(bad));
+}
+
+}  // namespace
+}  // namespace pnmkv
+
+namespace pnmkv {
+namespace {
+
+TEST(head_groups, chosen_from_the_cost_model_and_admissible) {
+  auto hw = load_hardware(configs + "hardware/h100-cxl-pnm.yaml");
+  auto m = load_model_shape(configs + "models/llama-3.1-8b.yaml");
+  ASSERT_TRUE(hw && m);
+  cost_model costs(*hw, *m);
+  for (uint32_t pool : {1u, 2u, 4u, 8u, 16u, 32u, 64u}) {
+    head_group_query q;
+    q.pool_devices = pool;
+    q.context_tokens = 1 << 20;
+    auto ranked = rank_head_groups(costs, q);
+    ASSERT_FALSE(ranked.empty());
+    for (size_t i = 1; i < ranked.size(); ++i) EXPECT_LE(ranked[i - 1].layer_ns, ranked[i].layer_ns);
+    for (const auto& c : ranked) {
+      EXPECT_EQ(c.head_groups * c.sequence_shards, pool);
+      EXPECT_EQ(m->kv_heads % c.head_groups, 0u);
+    }
+    // Head parallelism needs no merge and no second round: while the pool is no larger
+    // than the KV head count it should win (every device scans the same bytes either way).
+    if (pool <= m->kv_heads) EXPECT_EQ(choose_head_groups(costs, q).head_groups, pool);
+    else EXPECT_EQ(choose_head_groups(costs, q).head_groups, m->kv_heads);
+  }
 }
 
 }  // namespace
