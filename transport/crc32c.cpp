@@ -1,6 +1,6 @@
-// CRC32C: three interleaved hardware streams for large buffers (the crc32 instruction has a
-// latency of 3 cycles and a throughput of 1), combined with a shift table; a byte table
-// where SSE4.2 is missing.
+// CRC32C: three interleaved hardware streams (the crc32 instruction has a latency of 3
+// cycles and a throughput of 1) over blocks of 8 KiB, 256 B and 64 B, combined with shift
+// tables; a byte table where SSE4.2 is missing.
 #include "transport/crc32c.hpp"
 
 #include <array>
@@ -78,10 +78,60 @@ zeros_op make_zeros_op(size_t len) {
 }
 
 #if defined(__x86_64__)
-constexpr size_t stripe = 8192;  // bytes per stream per round
-const zeros_op& shift_stripe() {
-  static const zeros_op op = make_zeros_op(stripe);
-  return op;
+// Shifting a raw CRC register over a fixed number of zero bytes is linear: four table
+// lookups (one per byte of the register) replace the 32x32 GF(2) matrix product.
+struct shift_table {
+  uint32_t t[4][256];
+  explicit shift_table(size_t zero_bytes) {
+    zeros_op op = make_zeros_op(zero_bytes);
+    for (int k = 0; k < 4; ++k)
+      for (uint32_t b = 0; b < 256; ++b) t[k][b] = gf2_times(op.m, b << (8 * k));
+  }
+  uint32_t operator()(uint32_t crc) const {
+    return t[0][crc & 0xff] ^ t[1][(crc >> 8) & 0xff] ^ t[2][(crc >> 16) & 0xff] ^ t[3][crc >> 24];
+  }
+};
+constexpr size_t long_block = 8192;
+constexpr size_t short_block = 256;
+constexpr size_t tiny_block = 64;
+const shift_table& long_shift() {
+  static const shift_table t(long_block);
+  return t;
+}
+const shift_table& short_shift() {
+  static const shift_table t(short_block);
+  return t;
+}
+const shift_table& tiny_shift() {
+  static const shift_table t(tiny_block);
+  return t;
+}
+
+// Three independent streams over consecutive blocks of `block` bytes hide the crc32
+// instruction's latency; returns the combined raw register.
+__attribute__((target("sse4.2"))) inline uint64_t crc_3way(const uint8_t*& p, size_t& n,
+                                                           uint64_t c0, size_t block,
+                                                           const shift_table& shift) {
+  while (n >= 3 * block) {
+    uint64_t c1 = 0, c2 = 0;
+    const uint8_t* p1 = p + block;
+    const uint8_t* p2 = p + 2 * block;
+    for (size_t i = 0; i < block; i += 8) {
+      uint64_t a, b, d;
+      std::memcpy(&a, p + i, 8);
+      std::memcpy(&b, p1 + i, 8);
+      std::memcpy(&d, p2 + i, 8);
+      c0 = _mm_crc32_u64(c0, a);
+      c1 = _mm_crc32_u64(c1, b);
+      c2 = _mm_crc32_u64(c2, d);
+    }
+    // crc(A B C) = shift(shift(cA) ^ cB) ^ cC for raw registers.
+    uint32_t r = shift(static_cast<uint32_t>(c0)) ^ static_cast<uint32_t>(c1);
+    c0 = shift(r) ^ static_cast<uint32_t>(c2);
+    p += 3 * block;
+    n -= 3 * block;
+  }
+  return c0;
 }
 
 __attribute__((target("sse4.2"))) uint32_t crc_hw(const uint8_t* p, size_t n, uint32_t crc) {
@@ -90,29 +140,9 @@ __attribute__((target("sse4.2"))) uint32_t crc_hw(const uint8_t* p, size_t n, ui
     c0 = _mm_crc32_u8(static_cast<uint32_t>(c0), *p++);
     --n;
   }
-  if (n >= 3 * stripe) {
-    const zeros_op& op = shift_stripe();
-    while (n >= 3 * stripe) {
-      uint64_t c1 = 0, c2 = 0;
-      const uint8_t* p1 = p + stripe;
-      const uint8_t* p2 = p + 2 * stripe;
-      for (size_t i = 0; i < stripe; i += 8) {
-        uint64_t a, b, d;
-        std::memcpy(&a, p + i, 8);
-        std::memcpy(&b, p1 + i, 8);
-        std::memcpy(&d, p2 + i, 8);
-        c0 = _mm_crc32_u64(c0, a);
-        c1 = _mm_crc32_u64(c1, b);
-        c2 = _mm_crc32_u64(c2, d);
-      }
-      // crc(A B C) = shift(shift(cA) ^ cB) ^ cC with raw registers.
-      uint32_t r = gf2_times(op.m, static_cast<uint32_t>(c0)) ^ static_cast<uint32_t>(c1);
-      r = gf2_times(op.m, r) ^ static_cast<uint32_t>(c2);
-      c0 = r;
-      p += 3 * stripe;
-      n -= 3 * stripe;
-    }
-  }
+  if (n >= 3 * long_block) c0 = crc_3way(p, n, c0, long_block, long_shift());
+  if (n >= 3 * short_block) c0 = crc_3way(p, n, c0, short_block, short_shift());
+  if (n >= 3 * tiny_block) c0 = crc_3way(p, n, c0, tiny_block, tiny_shift());
   while (n >= 8) {
     uint64_t a;
     std::memcpy(&a, p, 8);

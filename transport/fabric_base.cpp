@@ -140,6 +140,12 @@ void warn_once(const char* key, const std::string& what) {
 }
 
 namespace {
+// Counter updates made while holding a lock that serialises all writers: a plain load and
+// store (no locked read-modify-write), still atomic for readers.
+void bump(std::atomic<uint64_t>& a, uint64_t v) {
+  a.store(a.load(std::memory_order_relaxed) + v, std::memory_order_relaxed);
+}
+
 int64_t to_ns(fabric_clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
 }
@@ -186,6 +192,20 @@ void fabric_base::release_slot(node_id peer) {
   std::lock_guard<std::mutex> lock(peers_mu_);
   auto it = peers_.find(peer);
   if (it != peers_.end() && it->second.inflight) it->second.inflight--;
+}
+
+void fabric_base::complete(node_id peer, completion& user, status s, bool holds_slot) {
+  if (holds_slot) release_slot(peer);
+  if (!s) {
+    if (s.code() == errc::timeout)
+      c_.timeouts++;
+    else
+      c_.op_errors++;
+  }
+  if (user) {
+    completion u = std::move(user);
+    u(std::move(s));
+  }
 }
 
 completion fabric_base::wrap(node_id peer, completion user) {
@@ -250,15 +270,15 @@ status fabric_base::send(node_id dest, std::vector<uint8_t> bytes, op_options op
                                         "-byte message exceeds fabric.max_message_bytes = " +
                                         std::to_string(opts_.max_message_bytes) +
                                         " (use put/get for bulk data)"};
-  if (status s = peer_status(dest); !s) return s;
   frame_header h;
   h.src = opts_.self;
   {
-    // One lock for the back-pressure slot and the link sequence number.
+    // One lock for the peer's state, the back-pressure slot and the link sequence number.
     std::lock_guard<std::mutex> lock(peers_mu_);
     auto it = peers_.find(dest);
     if (it == peers_.end())
       return {errc::invalid_argument, "node " + std::to_string(dest) + " is not connected"};
+    if (it->second.down) return {errc::peer_down, "node " + std::to_string(dest) + " is down"};
     if (it->second.inflight >= opts_.send_queue_depth) {
       c_.capacity_rejects++;
       return {errc::capacity, "node " + std::to_string(dest) + ": " +
@@ -267,18 +287,21 @@ status fabric_base::send(node_id dest, std::vector<uint8_t> bytes, op_options op
     }
     it->second.inflight++;
     h.link_seq = it->second.next_link_seq++;
+    bump(c_.sent_msgs, 1);
+    bump(c_.sent_bytes, bytes.size());
   }
-  const auto now = fabric_clock::now();
-  const auto deadline =
-      now + (opts.timeout.count() > 0 ? opts.timeout : std::chrono::nanoseconds(opts_.op_timeout));
-  completion done = wrap(dest, std::move(opts.on_done));
+  const auto timeout =
+      opts.timeout.count() > 0 ? opts.timeout : std::chrono::nanoseconds(opts_.op_timeout);
+  completion user = std::move(opts.on_done);
 
   fault_decision d;
   if (faults_) {
     d = faults_->decide(fault_point::send, describe(bytes, opts_.self, dest));
     if (d.stall_ms) start_stall(d.stall_ms);
     if (d.drop) {  // lost on the wire (its link sequence number is spent): the sender cannot tell
-      done(status::ok());
+      c_.sent_msgs--;
+      c_.sent_bytes -= bytes.size();
+      complete(dest, user, status::ok());
       return status::ok();
     }
   }
@@ -287,11 +310,11 @@ status fabric_base::send(node_id dest, std::vector<uint8_t> bytes, op_options op
     h.crc = crc32c(bytes.data(), bytes.size());
   }
   if (d.corrupt_bits) fault_injector::corrupt(bytes, d.corrupt_bits, d.corrupt_salt);
-  c_.sent_msgs++;
-  c_.sent_bytes += bytes.size();
 
+  // Only fault points and pacing hold frames: without them, no clock is read here.
+  const auto now = (faults_ || opts_.pacing) ? fabric_clock::now() : fabric_clock::time_point{};
   auto due = now;
-  if (faults_ || opts_.pacing) {  // only fault points and pacing hold frames
+  if (faults_ || opts_.pacing) {
     if (d.delay_ms) due += std::chrono::milliseconds(d.delay_ms);
     if (opts_.pacing) due = std::max(due, pacing_due(dest, bytes.size()));
     auto stall = stalled_until();
@@ -302,8 +325,8 @@ status fabric_base::send(node_id dest, std::vector<uint8_t> bytes, op_options op
   }
   if (d.duplicate) {
     auto copy = bytes;
-    auto fire = [this, dest, h, copy = std::move(copy), deadline]() mutable {
-      (void)transmit(dest, h, std::move(copy), deadline, [](status) {});
+    auto fire = [this, dest, h, copy = std::move(copy), timeout]() mutable {
+      (void)transmit(dest, h, std::move(copy), timeout, completion{}, false);
     };
     if (due > now)
       schedule(due, std::move(fire));
@@ -312,17 +335,20 @@ status fabric_base::send(node_id dest, std::vector<uint8_t> bytes, op_options op
   }
   if (due > now) {
     if (d.delay_ms || opts_.pacing) c_.delayed_frames++;
-    schedule(due, [this, dest, h, b = std::move(bytes), deadline, done]() mutable {
-      status s = transmit(dest, h, std::move(b), deadline, done);
-      if (!s) done(std::move(s));
+    schedule(due, [this, dest, h, b = std::move(bytes), timeout, user]() mutable {
+      completion keep = user;  // transmit consumes its copy only on success
+      status s = transmit(dest, h, std::move(b), timeout, std::move(user), true);
+      if (!s) complete(dest, keep, std::move(s));
     });
     return status::ok();
   }
-  status s = transmit(dest, h, std::move(bytes), deadline, done);
+  const size_t size = bytes.size();
+  status s = transmit(dest, h, std::move(bytes), timeout, std::move(user), true);
   if (!s) {
     release_slot(dest);
     if (s.code() == errc::capacity) c_.capacity_rejects++;
     c_.sent_msgs--;
+    c_.sent_bytes -= size;
   }
   return s;
 }
@@ -373,8 +399,16 @@ status fabric_base::deliver(const frame_header& h, std::vector<uint8_t>&& bytes)
                            "from=" + std::to_string(h.src));
     return status::ok();
   }
+  const size_t size = bytes.size();
   {
-    std::lock_guard<std::mutex> lock(peers_mu_);
+    // The sequence tracker and the inbox share one lock: one critical section per frame.
+    std::lock_guard<std::mutex> lock(inbox_mu_);
+    if (inbox_messages_ >= opts_.inbox_depth) {  // refused frames are not recorded as seen
+      c_.inbox_overflows++;
+      warn_once("inbox_full", "inbox full (fabric.inbox_depth = " +
+                                  std::to_string(opts_.inbox_depth) + "): refusing messages");
+      return {errc::capacity, "receiver inbox full"};
+    }
     auto& t = tracks_[h.src];
     if (t.ring.empty()) t.ring.assign(seq_track::window_bits / 64, 0);
     const uint64_t s = h.link_seq;
@@ -396,22 +430,27 @@ status fabric_base::deliver(const frame_header& h, std::vector<uint8_t>&& bytes)
       dup = true;
     } else {
       bit(s) |= mask(s);
-      c_.reordered++;
+      bump(c_.reordered, 1);
     }
     if (dup) {
-      c_.duplicates++;
+      bump(c_.duplicates, 1);
       if (opts_.drop_duplicates) return status::ok();
     } else {
       t.unique++;
     }
+    bump(c_.recv_msgs, 1);
+    bump(c_.recv_bytes, size);
+    fabric_event e;
+    e.kind = fabric_event_kind::message;
+    e.peer = h.src;
+    e.bytes = std::move(bytes);
+    inbox_messages_++;
+    inbox_.push_back(std::move(e));
+    inbox_size_.store(inbox_.size(), std::memory_order_release);
   }
-  c_.recv_msgs++;
-  c_.recv_bytes += bytes.size();
-  fabric_event e;
-  e.kind = fabric_event_kind::message;
-  e.peer = h.src;
-  e.bytes = std::move(bytes);
-  return push_event(std::move(e), true);
+  inbox_cv_.notify_one();
+  if (has_handler()) wake();
+  return status::ok();
 }
 
 status fabric_base::push_event(fabric_event&& e, bool bounded) {
@@ -419,10 +458,6 @@ status fabric_base::push_event(fabric_event&& e, bool bounded) {
     std::lock_guard<std::mutex> lock(inbox_mu_);
     if (bounded && inbox_messages_ >= opts_.inbox_depth) {
       c_.inbox_overflows++;
-      if (e.kind == fabric_event_kind::message) {
-        c_.recv_msgs--;
-        c_.recv_bytes -= e.bytes.size();
-      }
       warn_once("inbox_full", "inbox full (fabric.inbox_depth = " +
                                   std::to_string(opts_.inbox_depth) + "): refusing messages");
       return {errc::capacity, "receiver inbox full"};
@@ -438,6 +473,11 @@ status fabric_base::push_event(fabric_event&& e, bool bounded) {
 
 void fabric_base::emit_peer_down(node_id peer, status why) {
   c_.peer_down_events++;
+  {
+    std::lock_guard<std::mutex> lock(peers_mu_);
+    auto it = peers_.find(peer);
+    if (it != peers_.end()) it->second.down = true;
+  }
   log().info("peer down node={} peer={} reason=\"{}\"", opts_.self, peer, why.to_string());
   fabric_event e;
   e.kind = fabric_event_kind::peer_down;
@@ -554,7 +594,7 @@ fabric_stats fabric_base::stats() const {
   s.stalled_frames = c_.stalled_frames;
   s.delayed_frames = c_.delayed_frames;
   {
-    std::lock_guard<std::mutex> lock(peers_mu_);
+    std::lock_guard<std::mutex> lock(inbox_mu_);
     for (auto& [src, t] : tracks_) s.gaps += t.highest - t.unique;
   }
   if (faults_)

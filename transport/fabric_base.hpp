@@ -50,10 +50,12 @@ class fabric_base : public fabric {
   // Implementation hooks -------------------------------------------------------------
   // Is `dest` connected and up? ok, peer_down or invalid_argument (unknown).
   virtual status peer_status(node_id dest) const = 0;
-  // Moves one frame to `dest` now. On ok, `done` is called exactly once later (or inline);
-  // on error it is not called. May run on any thread that calls send() or run_timers().
+  // Moves one frame to `dest` now. On ok, the implementation later (or inline) calls
+  // complete(dest, user, outcome, holds_slot) exactly once; on error it does not. May run on
+  // any thread that calls send() or run_timers().
   virtual status transmit(node_id dest, const frame_header& h, std::vector<uint8_t>&& bytes,
-                          fabric_clock::time_point deadline, completion done) = 0;
+                          std::chrono::nanoseconds timeout, completion user,
+                          bool holds_slot) = 0;
   // Something needs the progress loop: a timer was scheduled, or an event waits for the
   // handler.
   virtual void wake() = 0;
@@ -71,7 +73,10 @@ class fabric_base : public fabric {
   // wrapper from wrap() releases. acquire fails with capacity.
   status acquire_slot(node_id peer);
   void release_slot(node_id peer);
-  // Wraps a user completion: releases the slot, counts the outcome, calls on_done.
+  // Ends an operation: releases its slot (if it holds one), counts the outcome, calls the
+  // user's completion. No allocation: the fast path of every send.
+  void complete(node_id peer, completion& user, status outcome, bool holds_slot = true);
+  // The same as a std::function (for paths that need one; allocates).
   completion wrap(node_id peer, completion user);
   fabric_clock::time_point deadline_of(const op_options& o) const;
 
@@ -106,6 +111,7 @@ class fabric_base : public fabric {
   status push_event(fabric_event&& e, bool bounded);
 
   struct peer_state {
+    bool down = false;  // set by emit_peer_down
     size_t inflight = 0;
     uint64_t next_link_seq = 1;
     link_occupancy link;
@@ -119,7 +125,7 @@ class fabric_base : public fabric {
   };
   mutable std::mutex peers_mu_;
   std::map<node_id, peer_state> peers_;
-  std::map<node_id, seq_track> tracks_;  // by sender, guarded by peers_mu_
+  std::map<node_id, seq_track> tracks_;  // by sender, guarded by inbox_mu_
 
   mutable std::mutex inbox_mu_;
   std::condition_variable inbox_cv_;

@@ -167,7 +167,7 @@ class inproc_endpoint final : public detail::fabric_base {
   }
 
   status transmit(node_id dest, const detail::frame_header& h, std::vector<uint8_t>&& bytes,
-                  fabric_clock::time_point, completion done) override {
+                  std::chrono::nanoseconds, completion user, bool holds_slot) override {
     if (dead_) return {errc::peer_down, "this node is down"};
     inproc_endpoint* target = nullptr;
     {
@@ -181,7 +181,7 @@ class inproc_endpoint final : public detail::fabric_base {
     status s = target->on_frame(h, std::move(bytes));
     target->alive_mu_.unlock_shared();
     if (!s) return s;
-    done(status::ok());
+    complete(dest, user, status::ok(), holds_slot);
     return status::ok();
   }
 

@@ -118,7 +118,8 @@ class ucx_endpoint final : public detail::fabric_base {
     ucp_params_t params{};
     params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED |
                         UCP_PARAM_FIELD_ESTIMATED_NUM_EPS;
-    params.features = UCP_FEATURE_AM | UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP;
+    wakeup_ = true;  // the event fd lets an idle owner sleep instead of spinning
+    params.features = UCP_FEATURE_AM | UCP_FEATURE_RMA | (wakeup_ ? UCP_FEATURE_WAKEUP : 0);
     params.mt_workers_shared = 0;
     params.estimated_num_eps = 16;
     ucs_status_t st = ucp_init(&params, cfg, &ctx_);
@@ -174,7 +175,7 @@ class ucx_endpoint final : public detail::fabric_base {
     }
 
     int ucx_fd = -1;
-    if ((st = ucp_worker_get_efd(worker_, &ucx_fd)) != UCS_OK)
+    if (wakeup_ && (st = ucp_worker_get_efd(worker_, &ucx_fd)) != UCS_OK)
       return ucs_error("ucp_worker_get_efd", st);
     evfd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     epfd_ = epoll_create1(EPOLL_CLOEXEC);
@@ -182,7 +183,7 @@ class ucx_endpoint final : public detail::fabric_base {
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.fd = ucx_fd;
-    epoll_ctl(epfd_, EPOLL_CTL_ADD, ucx_fd, &ev);
+    if (wakeup_) epoll_ctl(epfd_, EPOLL_CTL_ADD, ucx_fd, &ev);
     ev.data.fd = evfd_;
     epoll_ctl(epfd_, EPOLL_CTL_ADD, evfd_, &ev);
 
@@ -254,12 +255,14 @@ class ucx_endpoint final : public detail::fabric_base {
   }
 
   status transmit(node_id dest, const frame_header& h, std::vector<uint8_t>&& bytes,
-                  fabric_clock::time_point deadline, completion done) override {
-    auto o = std::make_unique<op>();
+                  std::chrono::nanoseconds timeout, completion user,
+                  bool holds_slot) override {
+    auto o = make_op();
     o->kind = op_kind::send;
     o->peer = dest;
-    o->deadline = deadline;
-    o->done = std::move(done);
+    o->timeout = timeout;
+    o->done = std::move(user);
+    o->holds_slot = holds_slot;
     o->hdr = h;
     o->bytes = std::move(bytes);
     post_op(std::move(o));
@@ -356,9 +359,11 @@ class ucx_endpoint final : public detail::fabric_base {
     uint64_t id = 0;
     op_kind kind = op_kind::send;
     node_id peer = 0;
-    fabric_clock::time_point deadline;
+    fabric_clock::time_point deadline;  // set when the op is started (or posted)
+    std::chrono::nanoseconds timeout{0};
     completion done;
     bool finished = false;  // user told
+    bool holds_slot = false;  // a back-pressure slot of fabric_base
     bool ucx_busy = false;  // a UCX request still references this op
     int pending_requests = 0;
     frame_header hdr;
@@ -452,10 +457,12 @@ class ucx_endpoint final : public detail::fabric_base {
 
   void post_op(std::unique_ptr<op> o) {
     o->self = this;
+    o->deadline = fabric_clock::time_point::max();
     if (on_owner_thread()) {
       start_op(std::move(o), true);
       return;
     }
+    o->deadline = fabric_clock::now() + o->timeout;  // waiting in the queue counts
     op* raw = o.release();
     on_owner([this, raw] { start_op(std::unique_ptr<op>(raw), false); });
   }
@@ -476,13 +483,16 @@ class ucx_endpoint final : public detail::fabric_base {
       for (auto& fn : batch) fn();
       did += static_cast<unsigned>(batch.size());
     }
-    for (int i = 0; i < 64; ++i) {
-      unsigned n = ucp_worker_progress(worker_);
-      did += n;
-      if (!n) break;
-    }
-    did += static_cast<unsigned>(process_deferred());
+    did += ucp_worker_progress(worker_);
+    if (!deferred_down_.empty() || !deferred_rndv_.empty() || !closing_.empty())
+      did += static_cast<unsigned>(process_deferred());
+    if (has_handler()) did += static_cast<unsigned>(drain_to_handler());
+    // Busy polling: the clock (deadlines, timers, the spin budget) is read on activity and
+    // every 32nd idle round only, which keeps the polling loop short.
+    if (!did && ++idle_rounds_ < 32 && cached_now_ < until) return cached_now_;
+    idle_rounds_ = 0;
     auto now = fabric_clock::now();
+    cached_now_ = now;
     if (now >= next_deadline_scan_) {
       scan_deadlines(now);
       next_deadline_scan_ = now + std::chrono::milliseconds(1);
@@ -491,7 +501,6 @@ class ucx_endpoint final : public detail::fabric_base {
       run_timers(now);
       did++;
     }
-    if (has_handler()) did += static_cast<unsigned>(drain_to_handler());
     if (did) {
       last_activity_ = now;
       return now;
@@ -503,7 +512,7 @@ class ucx_endpoint final : public detail::fabric_base {
       sleeping_.store(false);
       return now;
     }
-    ucs_status_t st = ucp_worker_arm(worker_);
+    ucs_status_t st = wakeup_ ? ucp_worker_arm(worker_) : UCS_OK;
     if (st == UCS_ERR_BUSY) {
       sleeping_.store(false);
       return now;
@@ -521,7 +530,7 @@ class ucx_endpoint final : public detail::fabric_base {
     uint64_t v;
     while (::read(evfd_, &v, sizeof v) > 0) {
     }
-    last_activity_ = fabric_clock::now();  // spin briefly after waking
+    last_activity_ = cached_now_ = fabric_clock::now();  // spin briefly after waking
     return last_activity_;
   }
 
@@ -546,16 +555,45 @@ class ucx_endpoint final : public detail::fabric_base {
         c_.get_bytes += o.length;
       }
     }
-    if (o.done) {
-      auto d = std::move(o.done);
-      d(std::move(s));
+    if (o.kind == op_kind::flush) {  // internal (connect): no slot, no statistics
+      if (o.done) {
+        auto d = std::move(o.done);
+        d(std::move(s));
+      }
+      return;
     }
+    complete(o.peer, o.done, std::move(s), o.holds_slot);
   }
 
   void maybe_free(uint64_t id) {
     auto it = ops_.find(id);
     if (it == ops_.end()) return;
-    if (it->second->finished && it->second->pending_requests == 0) ops_.erase(it);
+    if (it->second->finished && it->second->pending_requests == 0) {
+      recycle(std::move(it->second));
+      ops_.erase(it);
+    }
+  }
+
+  // Op records are reused on the owner thread: a send costs no allocation besides its bytes.
+  std::unique_ptr<op> make_op() {
+    if (on_owner_thread() && !op_pool_.empty()) {
+      auto o = std::move(op_pool_.back());
+      op_pool_.pop_back();
+      return o;
+    }
+    return std::make_unique<op>();
+  }
+  void recycle(std::unique_ptr<op> o) {
+    if (!o || op_pool_.size() >= 256) return;
+    o->done = nullptr;
+    o->bytes = std::vector<uint8_t>();
+    o->finished = false;
+    o->holds_slot = false;
+    o->pending_requests = 0;
+    o->local = nullptr;
+    o->rkey = nullptr;
+    o->ep = nullptr;
+    op_pool_.push_back(std::move(o));
   }
 
   ucp_ep_h ep_of(node_id peer) {
@@ -576,8 +614,13 @@ class ucx_endpoint final : public detail::fabric_base {
       std::unique_ptr<op>& up;
       ~insert_if_pending() {
         if (!up->finished || up->pending_requests > 0) {
+          // Only now does the deadline matter (the clock read by the last round is recent).
+          if (up->deadline == fabric_clock::time_point::max())
+            up->deadline = self->cached_now_ + up->timeout;
           uint64_t key = up->id;
           self->ops_.emplace(key, std::move(up));
+        } else {
+          self->recycle(std::move(up));
         }
       }
     } guard{this, up};
@@ -722,11 +765,12 @@ class ucx_endpoint final : public detail::fabric_base {
                                         std::to_string(it->second.second) + "-byte remote region"};
     }
     if (status s = acquire_slot(r.peer); !s) return s;
-    auto o = std::make_unique<op>();
+    auto o = make_op();
     o->kind = kind;
     o->peer = r.peer;
-    o->deadline = deadline_of(opts);
-    o->done = wrap(r.peer, std::move(opts.on_done));
+    o->timeout = opts.timeout.count() > 0 ? opts.timeout : std::chrono::nanoseconds(opts_.op_timeout);
+    o->done = std::move(opts.on_done);
+    o->holds_slot = true;
     o->local = local;
     o->length = length;
     o->remote_addr = offset;
@@ -1217,6 +1261,7 @@ class ucx_endpoint final : public detail::fabric_base {
  private:
   ucx_options u_;
   bool rma_am_ = false;
+  bool wakeup_ = true;
   ucp_context_h ctx_ = nullptr;
   ucp_worker_h worker_ = nullptr;
   std::vector<uint8_t> address_;
@@ -1233,6 +1278,8 @@ class ucx_endpoint final : public detail::fabric_base {
   std::vector<std::function<void()>> posted_;
   std::atomic<bool> posted_nonempty_{false};
   fabric_clock::time_point last_activity_ = fabric_clock::now();
+  fabric_clock::time_point cached_now_ = fabric_clock::now();
+  unsigned idle_rounds_ = 0;
   fabric_clock::time_point next_deadline_scan_ = fabric_clock::now();
 
   // Thread-safe view of peers for peer_status() and RMA bounds.
@@ -1244,6 +1291,7 @@ class ucx_endpoint final : public detail::fabric_base {
   std::map<node_id, std::unique_ptr<peer_rec>> peers_;
   std::vector<std::unique_ptr<peer_rec>> retired_peers_;
   std::unordered_map<uint64_t, std::unique_ptr<op>> ops_;
+  std::vector<std::unique_ptr<op>> op_pool_;
   uint64_t next_op_id_ = 1;
   std::map<uint64_t, region_rec> regions_;
   uint64_t next_region_ = 1;

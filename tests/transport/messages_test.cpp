@@ -49,6 +49,15 @@ TEST(Crc32c, KnownVectorAndIncremental) {
   for (size_t off = 1; off < big.size(); off += 1000)
     inc = crc32c(big.data() + off, std::min<size_t>(1000, big.size() - off), inc);
   EXPECT_EQ(whole, inc);
+  // Every length and alignment through the block paths equals one byte at a time.
+  for (size_t len : {size_t{0}, size_t{7}, size_t{191}, size_t{192}, size_t{250}, size_t{767}, size_t{768}, size_t{769}, size_t{1024},
+                     size_t{3 * 8192 - 1}, size_t{3 * 8192}, size_t{3 * 8192 + 3 * 256 + 5}}) {
+    for (size_t off = 0; off < 3; ++off) {
+      uint32_t bytewise = 0;
+      for (size_t i = 0; i < len; ++i) bytewise = crc32c(big.data() + off + i, 1, bytewise);
+      EXPECT_EQ(crc32c(big.data() + off, len), bytewise) << len << " at offset " << off;
+    }
+  }
 }
 
 TEST(Messages, EveryKindRoundTripsBitExactly) {
