@@ -49,7 +49,7 @@ constexpr uint64_t align8(uint64_t n) { return (n + 7) & ~uint64_t{7}; }
 // Blobs are referenced (not copied) only when large, aligned and word-sized, and only a
 // bounded number per message: each referenced blob becomes its own segment and readers
 // refuse messages with hundreds of segments.
-constexpr size_t reference_min_bytes = 512;
+constexpr size_t reference_min_bytes = 16384;
 constexpr int reference_max_count = 64;
 
 struct blob_writer {
