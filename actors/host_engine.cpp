@@ -246,6 +246,12 @@ std::vector<device_work> host_engine::copy_work() {
         for (uint64_t p : ss.pending_pages)
           if (p < first_open_page) next.push_back(p);
         ss.pending_pages = next;
+        if (!next.empty()) {
+          size_t kept = 0;
+          for (uint64_t p : next) kept += std::binary_search(ss.pages.begin(), ss.pages.end(), p);
+          cal_churn_sum_ += double(next.size() - kept) / double(next.size());
+          ++cal_churn_samples_;
+        }
         // Pages not yet on the GPU are recalled from the shard holding them.
         std::map<uint32_t, std::vector<uint64_t>> by_shard;
         for (uint64_t p : next)
@@ -764,6 +770,7 @@ status host_engine::finish_layer() {
       cur_.steady_hits += ss.pages.size();
       ss.policy->record(step_, hs.pages);
     }
+    calibrate(it->first, hs);
   }
   clock_ns_ += merge_ns;
   cur_.merge_ns += merge_ns;
@@ -772,6 +779,80 @@ status host_engine::finish_layer() {
   round_device_ns_ = 0;
   device_busy_ns_.clear();
   return {};
+}
+
+void host_engine::calibrate(const head_key& key, const head_state& hs) {
+  const uint64_t budget_pages = std::max<uint64_t>(1, cfg_.budget_tokens / cfg_.page_size_tokens);
+  const std::vector<uint64_t>& sel = hs.pages;  // ascending
+  auto intersect = [](const std::vector<uint64_t>& a, const std::vector<uint64_t>& b) {
+    size_t n = 0;
+    for (size_t i = 0, j = 0; i < a.size() && j < b.size();) {
+      if (a[i] == b[j]) ++n, ++i, ++j;
+      else if (a[i] < b[j]) ++i;
+      else ++j;
+    }
+    return n;
+  };
+  // Steady pages: the real set in png-kv, else a shadow policy on the actual selections.
+  const std::vector<uint64_t>* steady = nullptr;
+  if (cfg_.mode == run_mode::png_kv) {
+    steady = &steady_.at(key).pages;
+  } else {
+    auto& sh = shadow_[key];
+    if (!sh.first) {
+      steady_params p = cfg_.steady;
+      p.budget_pages = std::min<uint64_t>(p.budget_pages, budget_pages > 2 ? budget_pages - 2 : 0);
+      sh.first = make_steady_policy(p);
+    }
+    steady = &sh.second;
+  }
+  cal_hits_ += double(intersect(sel, *steady));
+  cal_selected_ += double(sel.size());
+  cal_set_fraction_sum_ += double(steady->size()) / double(budget_pages);
+  if (cfg_.mode != run_mode::png_kv) {
+    auto& sh = shadow_[key];
+    sh.first->record(step_, sel);
+    if (sh.first->due(step_ + 1)) {
+      auto next = sh.first->evaluate(step_ + 1);
+      if (!next.empty()) {
+        cal_churn_sum_ += double(next.size() - intersect(next, sh.second)) / double(next.size());
+        ++cal_churn_samples_;
+      }
+      sh.second = std::move(next);
+    }
+  }
+  auto prev = previous_selection_.find(key);
+  if (prev != previous_selection_.end() && !sel.empty()) {
+    cal_overlap_sum_ += double(intersect(sel, prev->second)) / double(sel.size());
+    ++cal_overlap_samples_;
+  }
+  previous_selection_[key] = sel;
+  // Spread of the selection over the head's sequence shards.
+  const auto [layer, request_id, h] = key;
+  const request_placement& pl = placements_.at(request_id);
+  if (hs.shards.size() > 1 && !sel.empty()) {
+    std::map<int, size_t> per_shard;
+    for (uint64_t p : sel) ++per_shard[pl.shard_of(h, p)];
+    size_t busiest = 0;
+    for (const auto& [s, n] : per_shard) busiest = std::max(busiest, n);
+    cal_spread_sum_ += double(busiest) * double(hs.shards.size()) / double(sel.size());
+  } else {
+    cal_spread_sum_ += 1.0;
+  }
+  ++cal_samples_;
+}
+
+host_engine::calibration_stats host_engine::calibration() const {
+  calibration_stats c;
+  c.samples = cal_samples_;
+  c.churn_samples = cal_churn_samples_;
+  if (cal_samples_ == 0) return c;
+  c.steady_hit_fraction = cal_selected_ > 0 ? cal_hits_ / cal_selected_ : 0;
+  c.steady_set_fraction = cal_set_fraction_sum_ / double(cal_samples_);
+  c.steady_churn_fraction = cal_churn_samples_ ? cal_churn_sum_ / double(cal_churn_samples_) : 0;
+  c.selection_overlap = cal_overlap_samples_ ? cal_overlap_sum_ / double(cal_overlap_samples_) : 0;
+  c.selection_spread = cal_spread_sum_ / double(cal_samples_);
+  return c;
 }
 
 void host_engine::finish_timed_phase() {

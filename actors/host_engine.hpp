@@ -157,6 +157,20 @@ class host_engine {
   // Bytes the GPU holds for the KV side now: steady pages (png-kv).
   uint64_t gpu_steady_bytes() const;
 
+  // What only the numerics can tell the simulator (sim/calibration.hpp), measured over every
+  // step so far. In modes without steady pages a shadow steady policy runs on the actual
+  // selections, so any run can calibrate png-kv.
+  struct calibration_stats {
+    double steady_hit_fraction = 0;   // selected pages that were steady
+    double steady_set_fraction = 0;   // steady pages / budget pages
+    double steady_churn_fraction = 0; // new pages per re-evaluation / steady set size
+    double selection_overlap = 0;     // selected pages the previous step selected too
+    double selection_spread = 1;      // busiest shard's share of a selection / even share
+    uint64_t samples = 0;             // (step, layer, request, head) selections seen
+    uint64_t churn_samples = 0;
+  };
+  calibration_stats calibration() const;
+
  private:
   enum class phase { copy, round_a, round_b, verify, done };
   enum class purpose : uint8_t { select, candidates, attend_listed, recall, steady_copy, verify };
@@ -215,6 +229,13 @@ class host_engine {
   std::vector<request_spec> requests_;
   std::map<uint64_t, request_placement> placements_;
   std::map<head_key, steady_state> steady_;
+  // Calibration: shadow steady sets (modes without steady pages) and running sums.
+  std::map<head_key, std::pair<std::unique_ptr<steady_policy>, std::vector<uint64_t>>> shadow_;
+  std::map<head_key, std::vector<uint64_t>> previous_selection_;
+  double cal_hits_ = 0, cal_selected_ = 0, cal_set_fraction_sum_ = 0, cal_overlap_sum_ = 0,
+         cal_spread_sum_ = 0, cal_churn_sum_ = 0;
+  uint64_t cal_samples_ = 0, cal_overlap_samples_ = 0, cal_churn_samples_ = 0;
+  void calibrate(const head_key& key, const head_state& hs);
 
   // prefill cursor
   size_t pf_request_ = 0;

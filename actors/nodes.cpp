@@ -851,6 +851,18 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
     rep.pnm_devices = setup->devices;
     rep.batch = setup->batch;
     rep.context_tokens = setup->context_tokens;
+    rep.budget_tokens = setup->host.budget_tokens;
+    rep.cal_steady_reeval_steps = setup->host.steady.reevaluate_every_steps;
+    if (st->engine) {
+      auto c = st->engine->calibration();
+      rep.cal_steady_hit_fraction = c.steady_hit_fraction;
+      rep.cal_steady_set_fraction = c.steady_set_fraction;
+      rep.cal_steady_churn_fraction = c.steady_churn_fraction;
+      rep.cal_selection_overlap = c.selection_overlap;
+      rep.cal_selection_spread = c.selection_spread;
+      rep.cal_samples = c.samples;
+      rep.cal_churn_samples = c.churn_samples;
+    }
     std::vector<double> wall = st->step_wall_ms;
     std::sort(wall.begin(), wall.end());
     if (!wall.empty()) {

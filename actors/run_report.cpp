@@ -83,7 +83,25 @@ std::string run_report::to_json() const {
                     {"bytes_modelled",
                      i < device_bytes_modelled.size() ? device_bytes_modelled[i] : 0}});
   j["devices"] = devs;
+  j["calibration"] = nlohmann::ordered_json::parse(calibration_json());
   j["output_digest"] = output_digest_hex();
+  return j.dump(2);
+}
+
+std::string run_report::calibration_json() const {
+  nlohmann::ordered_json j;
+  j["format"] = "pnmkv-calibration/1";
+  j["measured"] = {{"model", model_name},       {"mode", mode},
+                   {"context_tokens", context_tokens}, {"budget_tokens", budget_tokens},
+                   {"batch", batch},            {"steps", steps},
+                   {"hardware", hardware_name}};
+  auto v = [](double x, uint64_t n) { return nlohmann::ordered_json{{"value", x}, {"samples", n}}; };
+  j["values"] = {{"steady_hit_fraction", v(cal_steady_hit_fraction, cal_samples)},
+                 {"steady_set_fraction", v(cal_steady_set_fraction, cal_samples)},
+                 {"steady_churn_fraction", v(cal_steady_churn_fraction, cal_churn_samples)},
+                 {"steady_reeval_steps", v(std::max<uint32_t>(1, cal_steady_reeval_steps), cal_samples)},
+                 {"selection_overlap", v(cal_selection_overlap, cal_samples)},
+                 {"selection_spread", v(std::max(1.0, cal_selection_spread), cal_samples)}};
   return j.dump(2);
 }
 
@@ -182,6 +200,19 @@ run_report run_report::from_json(const std::string& text) {
       r.device_bytes_held.push_back(d.value("bytes_held", uint64_t(0)));
       r.device_bytes_modelled.push_back(d.value("bytes_modelled", uint64_t(0)));
     }
+  if (j.contains("calibration") && j["calibration"].contains("values")) {
+    const auto& c = j["calibration"]["values"];
+    auto val = [&](const char* k) { return c.contains(k) ? c[k].value("value", 0.0) : 0.0; };
+    r.cal_steady_hit_fraction = val("steady_hit_fraction");
+    r.cal_steady_set_fraction = val("steady_set_fraction");
+    r.cal_steady_churn_fraction = val("steady_churn_fraction");
+    r.cal_steady_reeval_steps = static_cast<uint32_t>(val("steady_reeval_steps"));
+    r.cal_selection_overlap = val("selection_overlap");
+    r.cal_selection_spread = val("selection_spread");
+    if (c.contains("steady_hit_fraction")) r.cal_samples = c["steady_hit_fraction"].value("samples", uint64_t(0));
+    if (c.contains("steady_churn_fraction")) r.cal_churn_samples = c["steady_churn_fraction"].value("samples", uint64_t(0));
+    r.budget_tokens = j["calibration"]["measured"].value("budget_tokens", uint64_t(0));
+  }
   if (j.contains("output_digest"))
     r.output_digest = std::stoull(j["output_digest"].get<std::string>(), nullptr, 16);
   return r;

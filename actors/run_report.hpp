@@ -65,6 +65,15 @@ struct run_report {
   std::vector<uint64_t> device_bytes_held;      // emulator (live layers)
   std::vector<uint64_t> device_bytes_modelled;  // all layers
 
+  // Calibration for the simulator (sim/calibration.hpp), measured by this run.
+  double cal_steady_hit_fraction = 0, cal_steady_set_fraction = 0, cal_steady_churn_fraction = 0,
+         cal_selection_overlap = 0, cal_selection_spread = 1;
+  uint32_t cal_steady_reeval_steps = 0;
+  uint64_t cal_samples = 0, cal_churn_samples = 0;
+  uint64_t budget_tokens = 0;
+  // The calibration as a "pnmkv-calibration/1" file.
+  std::string calibration_json() const;
+
   uint64_t output_digest = 0;
   std::string output_digest_hex() const;
 

@@ -22,6 +22,7 @@ struct run_options {
   std::string json_out;
   bool quiet = false;
   bool multiprocess = false;
+  std::string calibration_out;
   std::string work_dir;
 };
 
@@ -50,6 +51,9 @@ void register_run(CLI::App& app) {
   add_config_options(cmd, opts.cfg);
   cmd->add_option("--json", opts.json_out, "Also write the report as JSON to FILE");
   cmd->add_flag("--quiet", opts.quiet, "No progress bar");
+  cmd->add_option("--calibration-out", opts.calibration_out,
+                  "Write what the run measured for the simulator (steady hit rate, selection "
+                  "overlap and spread) as a pnmkv-calibration/1 file");
   cmd->add_flag("--multiprocess", opts.multiprocess,
                 "Run every node as its own `pnmkv node` process on loopback (UCX data plane)");
   cmd->add_option("--work-dir", opts.work_dir,
@@ -78,6 +82,14 @@ void register_run(CLI::App& app) {
       out << r.to_json() << "\n";
       if (!out) {
         std::fprintf(stderr, "pnmkv run: cannot write %s\n", opts.json_out.c_str());
+        throw CLI::RuntimeError(1);
+      }
+    }
+    if (!opts.calibration_out.empty()) {
+      std::ofstream out(opts.calibration_out);
+      out << r.calibration_json() << "\n";
+      if (!out) {
+        std::fprintf(stderr, "pnmkv run: cannot write %s\n", opts.calibration_out.c_str());
         throw CLI::RuntimeError(1);
       }
     }
