@@ -340,6 +340,40 @@ result<sim_result> simulate(std::shared_ptr<const sim_setup> setup, const sim_pr
   step_model sm(setup);
   admission adm(S);
   const sim_gpu_memory gm = gpu_memory_of(S);
+  // The link and device budget: a request joins only if the predicted decode step with it
+  // stays within sim.tpot_ms_max (one step of the model per admission; off when 0).
+  auto predicted_ok = [&](std::vector<step_request>& dec, const live_request& cand) {
+    step_request q;
+    q.id = cand.out.id;
+    q.pool = cand.pool;
+    q.placement = &cand.placement;
+    q.seq_tokens = cand.out.prompt_tokens;
+    q.summaries_resident = cand.summaries_resident;
+    dec.push_back(q);
+    return sm.run(dec, {}).time_ns * 1e-6 <= S.tpot_ms_max;
+  };
+  auto as_step_request = [](const live_request& r) {
+    step_request q;
+    q.id = r.out.id;
+    q.pool = r.pool;
+    q.placement = &r.placement;
+    q.seq_tokens = r.out.prompt_tokens + r.decode_steps;
+    q.summaries_resident = r.summaries_resident;
+    return q;
+  };
+  auto tpot_ok = [&](const std::vector<live_request>& admitted, const live_request& cand) {
+    if (S.tpot_ms_max <= 0) return true;
+    std::vector<step_request> dec;
+    for (const auto& r : admitted)
+      if (!r.out.refused) dec.push_back(as_step_request(r));
+    return predicted_ok(dec, cand);
+  };
+  auto tpot_ok_active = [&](const std::vector<live_request*>& act, const live_request& cand) {
+    if (S.tpot_ms_max <= 0) return true;
+    std::vector<step_request> dec;
+    for (const live_request* r : act) dec.push_back(as_step_request(*r));
+    return predicted_ok(dec, cand);
+  };
   res.gpu_free_bytes = gm.free_bytes();
   const uint64_t final_tokens = S.context_tokens + std::max<uint32_t>(1, S.steps);  // as placed
   res.device_bytes_per_request = device_bytes_per_request(S, final_tokens);
@@ -381,7 +415,7 @@ result<sim_result> simulate(std::shared_ptr<const sim_setup> setup, const sim_pr
       n = std::max<uint32_t>(1, res.batch_limit_gpu_memory);
       resident_cap = true;
     }
-    reqs.reserve(std::min<uint32_t>(n, 1u << 20));
+    reqs.reserve(std::min<uint32_t>(n, 1u << 16));
     for (uint32_t i = 0; i < n; ++i) {
       live_request r;
       r.out.id = i + 1;
@@ -392,6 +426,10 @@ result<sim_result> simulate(std::shared_ptr<const sim_setup> setup, const sim_pr
       r.out.generated = 1;
       r.out.arrival_s = 0;
       std::string why = adm.try_admit(r, i);
+      if (why.empty() && !tpot_ok(reqs, r)) {
+        adm.release(r);
+        why = "tpot";
+      }
       if (!why.empty()) {
         res.batch_limited_by = why;
         if (S.batch_max_policy) break;
@@ -490,6 +528,10 @@ result<sim_result> simulate(std::shared_ptr<const sim_setup> setup, const sim_pr
       while (!waiting.empty()) {
         live_request& r = reqs[waiting.front()];
         std::string why = adm.try_admit(r, uint32_t(active.size()));
+        if (why.empty() && !tpot_ok_active(active, r)) {
+          adm.release(r);
+          why = "tpot";
+        }
         if (why.empty()) {
           r.out.admitted_s = t_s;
           active.push_back(&r);

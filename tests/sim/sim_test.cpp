@@ -202,6 +202,22 @@ TEST(sim_property, breakdown_adds_up_to_the_step_in_every_mode_and_topology) {
     }
 }
 
+TEST(sim_property, tpot_limit_bounds_the_batch_and_the_step) {
+  // Unlimited, 64 requests take some step time; with a limit of 70% of it, admission stops
+  // earlier, for the TPOT limit, and every step stays within it.
+  auto free = sim_of({"workload.context_tokens=262144", "sim.batch_policy=max", "sim.batch_max=64",
+                      "run.steps=4", "cluster.pnm_devices=16", "sim.step_reuse_steps=1"});
+  ASSERT_EQ(free.batch_peak, 64u);
+  const double limit = 0.7 * free.step_ms;
+  auto capped = sim_of({"workload.context_tokens=262144", "sim.batch_policy=max", "sim.batch_max=64",
+                        "run.steps=4", "cluster.pnm_devices=16", "sim.step_reuse_steps=1",
+                        "sim.tpot_ms_max=" + std::to_string(limit)});
+  EXPECT_EQ(capped.batch_limited_by, "tpot");
+  EXPECT_LT(capped.batch_peak, 64u);
+  EXPECT_GT(capped.batch_peak, 0u);
+  EXPECT_LE(capped.step_ms, limit * (1 + 1e-3));  // the sequences grow by 4 tokens
+}
+
 TEST(sim_property, step_reuse_stays_within_its_bound) {
   auto exact = sim_of({"workload.context_tokens=65536", "workload.batch=8", "run.steps=64",
                        "sim.step_reuse_steps=1"});

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Regenerates every table and figure in experiments/results/ from scratch: builds pnmkv
+# (scripts/build.sh; BUILD_DIR overrides the build folder), runs the sweeps with
+# `pnmkv sim`, then plots (experiments/plot.py, matplotlib). Usage: experiments/run_all.sh
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+build="${BUILD_DIR:-$root/build}"
+BUILD_DIR="$build" "$root/scripts/build.sh" pnmkv
+bin="$build/pnmkv"
+out="$here/results"
+rm -rf "$out"
+mkdir -p "$out"
+cd "$root"  # file names in the results are relative to the repository
+
+for sweep in default price serving; do
+  echo "== sweep $sweep" >&2
+  start=$(date +%s.%N)
+  "$bin" sim --sweep "experiments/sweeps/$sweep.yaml" --csv "$out/$sweep.csv" > "$out/$sweep.txt"
+  echo "   $(echo "$(date +%s.%N) - $start" | bc) s" >&2
+done
+# One serving point with its per-request outcomes and the batch size over time.
+"$bin" sim --quiet --config cluster_configs/experiments/sim-base.yaml --series \
+  --set model.file=cluster_configs/models/llama-3.1-70b.yaml --set workload.context_tokens=131072 \
+  --set run.steps=1024 --set sim.workload=poisson --set sim.requests=100 \
+  --set sim.prompt_tokens_spread_fraction=0.25 --set cluster.pnm_devices=64 \
+  --set run.mode=pnm-kv --set sim.arrival_rate_per_s=0.12 --set sim.batch_series_points_max=500 \
+  --json "$out/batch_over_time.json" > "$out/batch_over_time.txt"
+
+# A plotting Python with matplotlib (the Debian one if a pyenv shim shadows it).
+py=python3
+for cand in python3 /usr/bin/python3; do
+  if "$cand" -c "import matplotlib" 2>/dev/null; then py="$cand"; break; fi
+done
+"$py" "$here/plot.py" "$out"
+echo "results in $out" >&2
