@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "apps/commands.hpp"
+#include "apps/progress.hpp"
 #include "core/accuracy.hpp"
 #include "core/attention.hpp"
 #include "core/kv_store.hpp"
@@ -85,44 +86,6 @@ std::string fmt_bytes(double b) {
   }
   return buf;
 }
-
-// One line of progress on stderr: a bar when stderr is a terminal, otherwise a line per
-// finished context (logs stay readable).
-class progress_bar {
- public:
-  explicit progress_bar(uint64_t total) : total_(std::max<uint64_t>(total, 1)), tty_(isatty(2)) {}
-  void advance(const std::string& what) {
-    std::lock_guard<std::mutex> lock(mu_);
-    ++done_;
-    if (!tty_) return;
-    const double now = seconds_since(start_);
-    if (done_ < total_ && now - last_draw_s_ < 0.2) return;
-    last_draw_s_ = now;
-    const int width = 30;
-    const int filled = static_cast<int>(width * done_ / total_);
-    const double eta = done_ ? now / done_ * (total_ - done_) : 0;
-    std::fprintf(stderr, "\r[%s%s] %3d%% %s  %.0fs elapsed, ~%.0fs left   ",
-                 std::string(filled, '#').c_str(), std::string(width - filled, ' ').c_str(),
-                 static_cast<int>(100 * done_ / total_), what.c_str(), now, eta);
-    std::fflush(stderr);
-  }
-  void note(const std::string& line) {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (tty_) std::fprintf(stderr, "\r%-100s\r", "");
-    std::fprintf(stderr, "pnmkv eval: %s\n", line.c_str());
-  }
-  void finish() {
-    if (tty_) std::fprintf(stderr, "\r%-100s\r", "");
-  }
-
- private:
-  std::mutex mu_;
-  uint64_t total_;
-  uint64_t done_ = 0;
-  bool tty_;
-  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
-  double last_draw_s_ = -1;
-};
 
 struct eval_setup {
   model_shape model;
@@ -447,7 +410,7 @@ void run_eval(const eval_options& opt) {
                                                                  : "");
   std::fflush(stdout);
 
-  progress_bar bar(static_cast<uint64_t>(s.contexts.size()) * s.kv_heads * s.steps);
+  progress_bar bar("pnmkv eval", static_cast<uint64_t>(s.contexts.size()) * s.kv_heads * s.steps);
   std::vector<context_result> results;
   for (uint64_t context : s.contexts) {
     results.push_back(eval_context(s, w, context, threads, bar));

@@ -7,11 +7,12 @@
 #include <cstdio>
 #include <fstream>
 #include <thread>
-#include <unistd.h>
+#include <memory>
 
 #include "actors/cluster.hpp"
 #include "actors/node_main.hpp"
 #include "apps/commands.hpp"
+#include "apps/progress.hpp"
 #include "core/membw.hpp"
 
 namespace pnmkv::apps {
@@ -26,21 +27,6 @@ struct run_options {
   std::string work_dir;
 };
 
-void draw_progress(const std::string& phase, uint64_t done, uint64_t total) {
-  if (!isatty(STDERR_FILENO)) {
-    if (done == total || done == 0) std::fprintf(stderr, "%s: %llu/%llu\n", phase.c_str(),
-                                                 (unsigned long long)done, (unsigned long long)total);
-    return;
-  }
-  const int width = 40;
-  int filled = total ? int(double(done) / double(total) * width) : width;
-  filled = std::min(filled, width);
-  std::fprintf(stderr, "\r%-8s [%.*s%*s] %llu/%llu", phase.c_str(), filled,
-               "########################################", width - filled, "",
-               (unsigned long long)done, (unsigned long long)total);
-  if (done >= total) std::fprintf(stderr, "\n");
-  std::fflush(stderr);
-}
 }  // namespace
 
 void register_run(CLI::App& app) {
@@ -61,7 +47,11 @@ void register_run(CLI::App& app) {
   cmd->callback([] {
     config cfg = load_config_or_exit(opts.cfg);
     cluster_run_options ro;
-    if (!opts.quiet) ro.on_progress = draw_progress;
+    auto bar = std::make_shared<progress_bar>("pnmkv run");
+    if (!opts.quiet)
+      ro.on_progress = [bar](const std::string& phase, uint64_t done, uint64_t total) {
+        bar->set(done, total, phase);
+      };
     auto rep = opts.multiprocess
                    ? run_multiprocess(cfg, ro, multiprocess_options{"", opts.work_dir})
                    : run_embedded(cfg, ro);
@@ -69,6 +59,7 @@ void register_run(CLI::App& app) {
       std::fprintf(stderr, "pnmkv run: %s\n", rep.error().to_string().c_str());
       throw CLI::RuntimeError(1);
     }
+    bar->finish();
     run_report r = std::move(rep).value();
     // Same run: this machine's read bandwidth with as many threads as the actor system has.
     const unsigned threads = std::max(2u, std::thread::hardware_concurrency());
