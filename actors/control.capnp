@@ -52,6 +52,11 @@ struct Progress {        # gpu host -> driver -> whoever launched the run
   total @2 :UInt64;
 }
 
+struct MemberDown {      # coordinator -> gpu host: a member was lost (monitor / heartbeats)
+  nodeId @0 :UInt32;
+  reason @1 :Text;
+}
+
 struct Control {
   version @0 :UInt16;
   sender @1 :UInt32;
@@ -64,5 +69,6 @@ struct Control {
     runResult @7 :RunResult;
     shutdown @8 :Void;
     progress @9 :Progress;
+    memberDown @10 :MemberDown;
   }
 }

@@ -64,6 +64,11 @@ std::string encode(const control_message& m) {
                    b.setReason(x.reason);
                  },
                  [&](const shutdown_msg&) { body.setShutdown(); },
+                 [&](const member_down_msg& x) {
+                   auto b = body.initMemberDown();
+                   b.setNodeId(x.node);
+                   b.setReason(x.reason);
+                 },
                  [&](const progress_msg& x) {
                    auto b = body.initProgress();
                    b.setPhase(x.phase);
@@ -136,6 +141,11 @@ result<control_message> decode(const std::string& bytes) {
       case wire::Control::Body::SHUTDOWN:
         m.body = shutdown_msg{};
         break;
+      case wire::Control::Body::MEMBER_DOWN: {
+        auto d = body.getMemberDown();
+        m.body = member_down_msg{d.getNodeId(), d.getReason()};
+        break;
+      }
       case wire::Control::Body::PROGRESS: {
         auto p = body.getProgress();
         m.body = progress_msg{p.getPhase(), p.getDone(), p.getTotal()};

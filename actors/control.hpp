@@ -47,6 +47,10 @@ struct run_result_msg {
   std::string reason;
 };
 struct shutdown_msg {};
+struct member_down_msg {
+  uint32_t node = 0;
+  std::string reason;
+};
 struct progress_msg {
   std::string phase;
   uint64_t done = 0;
@@ -54,7 +58,8 @@ struct progress_msg {
 };
 
 using control_body = std::variant<hello_msg, submit_msg, admission_msg, placement_ack_msg,
-                                  run_start_msg, run_result_msg, shutdown_msg, progress_msg>;
+                                  run_start_msg, run_result_msg, shutdown_msg, progress_msg,
+                                  member_down_msg>;
 
 struct control_message {
   uint32_t sender = 0;

@@ -346,10 +346,20 @@ caf::behavior coordinator_actor(caf::event_based_actor* self,
     }
   };
 
+  // A member lost (killed, hung past the heartbeat timeout, partitioned): the GPU host
+  // fails the run's requests with the reason instead of waiting on them.
   self->set_down_handler([=](caf::down_msg& dm) {
-    for (auto& [id, m] : st->members)
-      if (m.hdl && m.hdl.address() == dm.source)
-        log().warn("event=member_down node={} reason={}", id, caf::to_string(dm.reason));
+    for (auto& [id, m] : st->members) {
+      if (!m.hdl || m.hdl.address() != dm.source) continue;
+      const std::string reason = caf::to_string(dm.reason);
+      log().warn("event=member_down node={} reason={}", id, reason);
+      auto host = st->members.find(gpu_host_node);
+      if (id != gpu_host_node && host != st->members.end())
+        self->send(host->second.hdl, ctl_atom::value, ctl(self_id, control::member_down_msg{id, reason}));
+      if (id == gpu_host_node && st->driver)
+        self->send(st->driver, ctl_atom::value,
+                   ctl(self_id, control::run_result_msg{"", false, "the GPU host went down: " + reason}));
+    }
   });
 
   return {
@@ -714,7 +724,8 @@ struct host_state {
   // prefill
   uint64_t writes_in_flight = 0;
   uint64_t prefill_chunks_sent = 0, prefill_chunks_total = 0;
-  bool prefill_exhausted = false;
+  bool prefill_exhausted = false;  // every chunk sent
+  bool prefill_done = false;       // and acknowledged
   steady::time_point prefill_start;
   double prefill_wall_s = 0;
   // decode
@@ -816,12 +827,14 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
     return st->fab->send(w.device_id, std::move(bytes));
   };
 
-  std::function<run_report()> build_report;
+  // Defined below (it needs the state the lambdas after it set up); shared so the lambdas
+  // that capture it now see the definition.
+  auto build_report = std::make_shared<std::function<run_report()>>();
   auto fail_run = [=](const std::string& reason) {
     if (st->finished) return;
     st->finished = true;
     log().error("event=run_failed reason=\"{}\"", reason);
-    run_report rep = build_report();
+    run_report rep = (*build_report)();
     rep.completed = 0;
     self->send(st->driver, ctl_atom::value,
                ctl(node, control::run_result_msg{rep.to_json(), false, reason}));
@@ -837,7 +850,7 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
     }
   };
 
-  build_report = [=] {
+  *build_report = [=] {
     run_report rep;
     rep.mode = setup->mode;
     rep.steps = setup->steps;
@@ -969,7 +982,7 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
     if (st->finished) return;
     st->finished = true;
     self->send(st->driver, ctl_atom::value,
-               ctl(node, control::run_result_msg{build_report().to_json(), true, ""}));
+               ctl(node, control::run_result_msg{(*build_report)().to_json(), true, ""}));
   };
 
   auto progress = [=](const char* phase, uint64_t done, uint64_t total) {
@@ -1000,7 +1013,8 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
       if (st->prefill_chunks_sent % 256 == 0) progress("prefill", st->prefill_chunks_sent, st->prefill_chunks_total);
       send_all(work);
     }
-    if (st->prefill_exhausted && st->writes_in_flight == 0 && !st->finished) {
+    if (st->prefill_exhausted && st->writes_in_flight == 0 && !st->finished && !st->prefill_done) {
+      st->prefill_done = true;
       st->prefill_wall_s = std::chrono::duration<double>(steady::now() - st->prefill_start).count();
       if (setup->steps == 0) return finish();
       start_step(0);
@@ -1033,6 +1047,10 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
           self->quit();
           return;
         }
+        if (auto* down = std::get_if<control::member_down_msg>(&m->body)) {
+          fail_run("device " + std::to_string(down->node) + " went down (" + down->reason + ")");
+          return;
+        }
         if (auto* rs = std::get_if<control::run_start_msg>(&m->body)) {
           st->requests = rs->requests;
           st->engine = std::make_unique<host_engine>(setup->host, costs, *setup->workload);
@@ -1050,6 +1068,9 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
                                         ((r.context_tokens + setup->host.prefill_chunk_tokens - 1) /
                                          setup->host.prefill_chunk_tokens) * setup->replication;
           st->prefill_start = steady::now();
+          // Prefill has a deadline too: a lost write ack must not hang the run.
+          self->delayed_send(self, std::chrono::milliseconds(setup->prefill_timeout_ms),
+                             tick_atom::value, uint64_t(0));
           pump_prefill();
         }
       },
@@ -1134,6 +1155,12 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
         }
       },
       [=](tick_atom, uint64_t epoch) {
+        if (epoch == 0) {
+          if (!st->finished && !st->prefill_done)
+            fail_run("prefill missed its deadline of " + std::to_string(setup->prefill_timeout_ms) +
+                     " ms (run.prefill_timeout_ms)");
+          return;
+        }
         if (epoch == st->step_epoch && !st->finished && !st->engine->step_done())
           fail_run("decode step " + std::to_string(st->step) + " missed its deadline of " +
                    std::to_string(setup->step_timeout_ms) + " ms (run.step_timeout_ms)");

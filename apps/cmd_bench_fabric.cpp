@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -527,14 +528,17 @@ json bench_transport(const std::string& transport, const fabric_bench_options& b
     queries.push_back(small_query(target));
     small_sizes.push_back(encode(queries.back()).size());
   }
-  const std::vector<size_t> bulk_sizes = {1u << 20, 4u << 20, 16u << 20, 64u << 20};
-  const size_t ns = small_sizes.size(), nb = bulk_sizes.size();
+  const std::array<size_t, 4> bulk_sizes = {1u << 20, 4u << 20, 16u << 20, 64u << 20};
+  constexpr size_t ns = 2, nb = 4;
   // Best of `repeat` interleaved rounds (perftest, then ours, per measurement), so both see
   // the same background load: min latency, max rate and bandwidth.
-  std::vector<perftest_result> p_lat(ns), p_rate(ns), p_put(nb), p_get(nb), p_ambw(nb);
-  std::vector<latency> o_lat(ns), o_raw(ns);
-  std::vector<double> o_rate(ns, 0), o_put(nb, 0), o_get(nb, 0);
-  std::vector<char> h_lat(ns), h_rate(ns), h_put(nb), h_get(nb), h_ambw(nb), h_olat(ns), h_oraw(ns);
+  std::array<perftest_result, ns> p_lat{}, p_rate{};
+  std::array<perftest_result, nb> p_put{}, p_get{}, p_ambw{};
+  std::array<latency, ns> o_lat{}, o_raw{};
+  std::array<double, ns> o_rate{};
+  std::array<double, nb> o_put{}, o_get{};
+  std::array<char, ns> h_lat{}, h_rate{}, h_olat{}, h_oraw{};
+  std::array<char, nb> h_put{}, h_get{}, h_ambw{};
   auto lower_lat = [](const perftest_result& a, const perftest_result& b) {
     return a.ok && (!b.ok || a.latency_median_us < b.latency_median_us);
   };

@@ -44,6 +44,8 @@ std::vector<config_key> schema_keys_run() {
        "Check every step against dense attention (extra device passes, not charged or timed)"},
       {"run.step_timeout_ms", t::integer, "60000", 1, 3600000, {},
        "Wall-clock deadline of one decode step; a request past it fails with an error"},
+      {"run.prefill_timeout_ms", t::integer, "1200000", 1, 36000000, {},
+       "Wall-clock deadline of the whole prefill; past it the run fails with an error"},
       {"run.prefill_window_chunks", t::integer, "16", 1, 4096, {},
        "Prefill chunks in flight from the GPU host (bounds memory and queues)"},
       {"cluster.head_groups", t::integer, "0", 0, 1024, {},

@@ -18,6 +18,7 @@ TEST(control, every_kind_round_trips) {
       {1, run_result_msg{"{\"a\":1}", true, ""}},
       {0, shutdown_msg{}},
       {1, progress_msg{"decode", 3, 16}},
+      {0, member_down_msg{101, "remote_link_unreachable"}},
   };
   for (const auto& m : msgs) {
     auto d = decode(encode(m));

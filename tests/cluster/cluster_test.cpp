@@ -6,6 +6,14 @@
 #include <gtest/gtest.h>
 
 #include <dirent.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <fstream>
+#include <future>
+#include <sstream>
+#include <thread>
 
 #include <cstdlib>
 #include <filesystem>
@@ -106,6 +114,58 @@ TEST(cluster, embedded_and_multiprocess_give_the_same_outputs) {
   EXPECT_EQ(embedded->output_digest, multi->output_digest);
   EXPECT_DOUBLE_EQ(embedded->virtual_step_ms_mean, multi->virtual_step_ms_mean);
   EXPECT_EQ(embedded->virtual_link_bytes_per_step, multi->virtual_link_bytes_per_step);
+}
+
+// Children of this process whose command line contains `needle`.
+std::vector<pid_t> children_matching(const std::string& needle) {
+  std::vector<pid_t> out;
+  DIR* d = opendir("/proc");
+  if (!d) return out;
+  while (dirent* e = readdir(d)) {
+    pid_t pid = static_cast<pid_t>(std::atoi(e->d_name));
+    if (pid <= 0) continue;
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    std::string line;
+    std::getline(stat, line);
+    auto close = line.rfind(')');
+    if (close == std::string::npos) continue;
+    std::istringstream rest(line.substr(close + 2));
+    char state;
+    pid_t ppid = 0;
+    rest >> state >> ppid;
+    if (ppid != getpid()) continue;
+    std::ifstream cmd("/proc/" + std::to_string(pid) + "/cmdline");
+    std::string args((std::istreambuf_iterator<char>(cmd)), std::istreambuf_iterator<char>());
+    std::replace(args.begin(), args.end(), '\0', ' ');
+    if (args.find(needle) != std::string::npos) out.push_back(pid);
+  }
+  closedir(d);
+  return out;
+}
+
+TEST(cluster, a_killed_device_fails_the_run_with_its_reason_and_leaves_no_process) {
+  auto cfg = small_config({"run.steps=2000", "run.verify=false"});
+  multiprocess_options mp;
+  mp.node_binary = PNMKV_BINARY;
+  auto run = std::async(std::launch::async, [&] { return run_multiprocess(cfg, {}, mp); });
+  // Wait until the devices are up and decoding has begun, then kill one.
+  std::vector<pid_t> victim;
+  for (int i = 0; i < 200 && victim.empty(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    victim = children_matching("--id 101");
+  }
+  ASSERT_EQ(victim.size(), 1u) << "device 101 never started";
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  kill(victim[0], SIGKILL);
+  ASSERT_EQ(run.wait_for(std::chrono::seconds(60)), std::future_status::ready)
+      << "the run hung after a device was killed";
+  auto rep = run.get();
+  ASSERT_TRUE(rep) << rep.error().to_string();
+  EXPECT_EQ(rep->completed, 0u);
+  bool named = false;
+  for (const auto& f : rep->failures) named = named || f.find("device 101 went down") != std::string::npos;
+  EXPECT_TRUE(named) << (rep->failures.empty() ? "no failure" : rep->failures.front());
+  EXPECT_TRUE(children_matching("pnmkv").empty()) << "node processes left behind";
 }
 
 TEST(cluster, bad_config_is_a_clear_error) {

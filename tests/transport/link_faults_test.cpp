@@ -258,6 +258,32 @@ TEST(FaultRates, CorruptShowsInLogAndAsReceiverCrcFailures) {
   EXPECT_EQ(r.delivered, N + 1 - r.injected);
 }
 
+TEST(FaultRates, CorruptionAtTheReceiverIsCaughtEvenIfTheSenderHasNoFaults) {
+  // frame_crc = auto: only the receiver's plan can corrupt, so only it turns the link CRC on;
+  // it computes the CRC of the frame as it arrived, then corrupts, then checks.
+  auto rules = parse_fault_script("corrupt p=0.1 at=recv msg=query");
+  ASSERT_TRUE(rules.is_ok());
+  auto hub = make_inproc_hub();
+  fabric_options so, ro;
+  so.self = 0;
+  ro.self = 1;
+  ro.inbox_depth = 100000;
+  ro.faults = fault_plan{5, rules.value(), ""};
+  auto a = make_inproc_fabric(hub, so).value();
+  auto b = make_inproc_fabric(hub, ro).value();
+  ASSERT_TRUE(a->connect(1, b->address()).is_ok());
+  message q = sample_message(msg_kind::query, 1);
+  for (int i = 0; i < 1000; ++i) {
+    q.env.seq = static_cast<uint64_t>(i);
+    ASSERT_TRUE(a->send(1, encode(q)).is_ok());
+  }
+  auto st = b->stats();
+  uint64_t injected = st.injected_recv[static_cast<size_t>(fault_kind::corrupt)];
+  expect_rate(injected, 1000, 0.1);
+  EXPECT_EQ(st.frame_crc_errors, injected);
+  EXPECT_EQ(st.recv_msgs, 1000 - injected);
+}
+
 TEST(FaultRates, DelayShowsInLogAndAsReceiverReorders) {
   auto r = run_faults("delay p=0.05 ms=5 msg=query", 104, N, tmp_log("delay"));
   expect_rate(r.injected, N, P);
