@@ -152,7 +152,13 @@ int64_t to_ns(fabric_clock::time_point t) {
 }  // namespace
 
 fabric_base::fabric_base(const fabric_options& opts, std::shared_ptr<fault_injector> faults)
-    : opts_(opts), faults_(std::move(faults)), pacing_origin_(fabric_clock::now()) {}
+    : opts_(opts), faults_(std::move(faults)), pacing_origin_(fabric_clock::now()) {
+  bool can_corrupt = false;
+  if (faults_)
+    for (const auto& r : faults_->plan().rules) can_corrupt |= r.kind == fault_kind::corrupt;
+  crc_on_ = opts_.frame_crc == crc_mode::on ||
+            (opts_.frame_crc == crc_mode::automatic && can_corrupt);
+}
 
 fabric_base::~fabric_base() = default;
 
@@ -305,7 +311,7 @@ status fabric_base::send(node_id dest, std::vector<uint8_t> bytes, op_options op
       return status::ok();
     }
   }
-  if (opts_.frame_crc) {
+  if (crc_on_) {
     h.flags |= frame_header::flag_crc;
     h.crc = crc32c(bytes.data(), bytes.size());
   }
@@ -364,8 +370,24 @@ status fabric_base::on_frame(const frame_header& h, std::vector<uint8_t>&& bytes
     d = faults_->decide(fault_point::recv, describe(bytes, h.src, opts_.self));
     if (d.stall_ms) start_stall(d.stall_ms);
     if (d.drop) return status::ok();
-    if (d.corrupt_bits) fault_injector::corrupt(bytes, d.corrupt_bits, d.corrupt_salt);
+    if (d.corrupt_bits) {
+      // The link CRC belongs to the frame before the link corrupts it: a sender that did not
+      // compute one (its own plan cannot corrupt) gets one computed here, as a link would.
+      if (crc_on_ && !(h.flags & frame_header::flag_crc)) {
+        frame_header with_crc = h;
+        with_crc.flags |= frame_header::flag_crc;
+        with_crc.crc = crc32c(bytes.data(), bytes.size());
+        fault_injector::corrupt(bytes, d.corrupt_bits, d.corrupt_salt);
+        return on_frame_held(with_crc, std::move(bytes), d);
+      }
+      fault_injector::corrupt(bytes, d.corrupt_bits, d.corrupt_salt);
+    }
   }
+  return on_frame_held(h, std::move(bytes), d);
+}
+
+status fabric_base::on_frame_held(const frame_header& h, std::vector<uint8_t>&& bytes,
+                                  const fault_decision& d) {
   if (!faults_) return deliver(h, std::move(bytes));  // no fault point can hold it
   auto now = fabric_clock::now();
   auto due = now;

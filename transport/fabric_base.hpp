@@ -92,6 +92,7 @@ class fabric_base : public fabric {
 
   fabric_options opts_;
   std::shared_ptr<fault_injector> faults_;
+  bool crc_on_ = false;  // frame CRC in effect (opts_.frame_crc resolved)
 
   struct counters {
     std::atomic<uint64_t> sent_msgs{0}, sent_bytes{0}, recv_msgs{0}, recv_bytes{0};
@@ -104,6 +105,9 @@ class fabric_base : public fabric {
 
  private:
   status deliver(const frame_header& h, std::vector<uint8_t>&& bytes);
+  // The part of on_frame after the fault decision: delay / stall holds, duplicates, delivery.
+  status on_frame_held(const frame_header& h, std::vector<uint8_t>&& bytes,
+                       const fault_decision& d);
   fault_message describe(const std::vector<uint8_t>& bytes, node_id from, node_id to) const;
   void start_stall(uint32_t ms);
   fabric_clock::time_point stalled_until() const;

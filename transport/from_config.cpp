@@ -83,7 +83,8 @@ result<fabric_options> fabric_options_from(const config& cfg, node_id self) {
   o.op_timeout = std::chrono::milliseconds(cfg.get_int("fabric.op_timeout_ms"));
   o.connect_timeout = std::chrono::milliseconds(cfg.get_int("fabric.connect_timeout_ms"));
   o.max_message_bytes = static_cast<size_t>(cfg.get_int("fabric.max_message_bytes"));
-  o.frame_crc = cfg.get_bool("fabric.frame_crc");
+  const std::string& crc = cfg.get_string("fabric.frame_crc");
+  o.frame_crc = crc == "on" ? crc_mode::on : crc == "off" ? crc_mode::off : crc_mode::automatic;
   o.drop_duplicates = cfg.get_bool("fabric.drop_duplicates");
   o.pacing = cfg.get_bool("fabric.pacing");
   o.pacing_scale = cfg.get_number("fabric.pacing_scale");
