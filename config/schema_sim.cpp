@@ -33,12 +33,9 @@ std::vector<config_key> schema_keys_sim() {
        "sim.tp = 0: weights may take at most this fraction of the GPUs' usable memory"},
       {"sim.gpu_fabric_file", t::path, "hardware/h100-nvlink-fabric.yaml", 0, 0, {},
        "NVLink figures with sources (tensor-parallel all-reduce, pipeline hand-off)"},
-      {"sim.pool_devices", t::integer, "0", 0, 4096, {},
-       "Devices per pool; requests of different pools use different devices "
-       "(0: one pool of every device, as the live cluster)"},
       {"sim.pool_auto", t::boolean, "false", 0, 0, {},
-       "Pick the pool size (a divisor of cluster.pnm_devices) with the cost model: the one "
-       "giving the most tokens/s at the batch the point admits"},
+       "Pick the pool size (a divisor of cluster.pnm_devices; else cluster.pool_devices) with "
+       "the cost model: the one giving the most tokens/s at the batch the point admits"},
       {"sim.prefill_chunk_tokens", t::integer, "8192", 16, 1 << 24, {},
        "Prompt tokens prefilled per step next to the decode batch (chunked prefill)"},
       {"sim.tpot_ms_max", t::number, "0", 0, 1e9, {},

@@ -13,10 +13,19 @@ rm -rf "$out"
 mkdir -p "$out"
 cd "$root"  # file names in the results are relative to the repository
 
+# Calibration measured by the live cluster (emulator, real arithmetic on the synthetic
+# workload): png-kv on Llama-3.1-8B at 128K tokens, 64 steps, 16 devices (h = 8 x s = 2,
+# exact selection, so the cross-shard spread is measured too). About 10 s.
+echo "== calibration (pnmkv run --calibration-out)" >&2
+"$bin" run --set run.mode=png-kv --set workload.context_tokens=131072 --set run.steps=64 \
+  --set workload.batch=2 --set cluster.pnm_devices=16 --set selection.cross_shard=exact \
+  --calibration-out "$out/calibration.json" > "$out/calibration_run.txt"
+cal="sim.calibration_file=experiments/results/calibration.json"
+
 for sweep in default price serving; do
   echo "== sweep $sweep" >&2
   start=$(date +%s.%N)
-  "$bin" sim --sweep "experiments/sweeps/$sweep.yaml" --csv "$out/$sweep.csv" > "$out/$sweep.txt"
+  "$bin" sim --sweep "experiments/sweeps/$sweep.yaml" --set "$cal" --csv "$out/$sweep.csv" > "$out/$sweep.txt"
   echo "   $(echo "$(date +%s.%N) - $start" | bc) s" >&2
 done
 # One serving point with its per-request outcomes and the batch size over time.
@@ -25,6 +34,7 @@ done
   --set run.steps=1024 --set sim.workload=poisson --set sim.requests=100 \
   --set sim.prompt_tokens_spread_fraction=0.25 --set cluster.pnm_devices=64 \
   --set run.mode=pnm-kv --set sim.arrival_rate_per_s=0.12 --set sim.batch_series_points_max=500 \
+  --set "$cal" \
   --json "$out/batch_over_time.json" > "$out/batch_over_time.txt"
 
 # A plotting Python with matplotlib (the Debian one if a pyenv shim shadows it).

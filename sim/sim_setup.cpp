@@ -92,11 +92,11 @@ result<std::shared_ptr<const sim_setup>> make_sim_setup(const config& cfg) {
 
   // Devices and pools.
   s->devices = static_cast<uint32_t>(cfg.get_int("cluster.pnm_devices"));
-  const uint32_t pool = static_cast<uint32_t>(cfg.get_int("sim.pool_devices"));
+  const uint32_t pool = static_cast<uint32_t>(cfg.get_int("cluster.pool_devices"));
   s->pool_auto = cfg.get_bool("sim.pool_auto");
   s->pool_devices = pool == 0 ? s->devices : pool;
   if (s->devices % s->pool_devices != 0)
-    return status{errc::invalid_argument, "sim.pool_devices = " + std::to_string(pool) +
+    return status{errc::invalid_argument, "cluster.pool_devices = " + std::to_string(pool) +
                                               " must divide cluster.pnm_devices = " +
                                               std::to_string(s->devices)};
   s->device_capacity_bytes =

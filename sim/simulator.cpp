@@ -16,6 +16,7 @@
 #include <random>
 #include <sstream>
 
+#include "schedulers/head_groups.hpp"
 #include "sim/work_sizes.hpp"
 
 namespace pnmkv {
@@ -163,6 +164,16 @@ class admission {
     pool_state trial;
     for (uint32_t i : order) {
       trial = pools_[i];
+      if (s_.placement.head_groups == 0) {  // h × s from the cost model, as the live coordinator
+        head_group_query hq;
+        hq.pool_devices = uint32_t(trial.device_ids.size() / std::max<uint32_t>(1, s_.placement.replication));
+        hq.context_tokens = pr.context_tokens + pr.decode_tokens;
+        hq.budget_tokens = s_.budget_tokens;
+        hq.page_size_tokens = s_.page_size_tokens;
+        hq.summary_elem_bytes = s_.summary_elem_bytes;
+        hq.cross_shard = s_.exact_cross_shard ? cross_shard_selection::exact : cross_shard_selection::local;
+        pr.head_groups = choose_head_groups(*s_.costs, hq).head_groups;
+      }
       pl = place_request(pr, trial);
       if (pl) {
         chosen = int(i);

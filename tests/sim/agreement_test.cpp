@@ -8,6 +8,8 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -126,8 +128,8 @@ TEST(sim_agreement, png_kv_without_steady_pages_equals_its_composition) {
 }
 
 TEST(sim_agreement, png_kv_with_the_live_runs_own_calibration) {
-  // A live run with steady pages; its measured steady hit rate and copy traffic are the
-  // simulator's calibration (what `pnmkv run --calibration-out` is to write).
+  // A live run with steady pages writes its calibration (`pnmkv run --calibration-out`:
+  // steady hit rate, set size, churn, ...); the simulator reads that file and agrees.
   const std::vector<std::string> live_sets = small({"run.mode=png-kv", "run.steps=16", "png.warmup_steps=2",
                                                     "png.reevaluate_every_steps=4", "png.window_steps=4",
                                                     "png.threshold=0.5"});
@@ -138,26 +140,23 @@ TEST(sim_agreement, png_kv_with_the_live_runs_own_calibration) {
     GTEST_SKIP() << "run_embedded returns errc::unsupported for run.mode=png-kv";
   ASSERT_TRUE(live) << live.error().to_string();
   ASSERT_GT(live->steady_hit_rate, 0.0) << "the steady policy found no steady pages";
-  // Copies per (request, layer, KV head) per step, as a fraction of the steady set.
-  const double page_bytes = 16.0 * 128 * 4;
-  const double heads = 32.0 * 8 * live->batch;
-  const double steady_pages = live->steady_hit_rate * 512 / 16;
-  const double churn_per_step = double(live->copy_bytes_per_step) / page_bytes / heads / steady_pages;
+  const std::string file =
+      (std::filesystem::temp_directory_path() / "pnmkv_sim_agreement_calibration.json").string();
+  std::ofstream(file) << live->calibration_json();
   auto sets = live_sets;
-  sets.push_back("sim.steady_hit_fraction=" + std::to_string(live->steady_hit_rate));
-  sets.push_back("sim.steady_set_fraction=" + std::to_string(live->steady_hit_rate));
-  sets.push_back("sim.steady_reeval_steps=1");
-  sets.push_back("sim.steady_churn_fraction=" + std::to_string(std::min(1.0, churn_per_step)));
+  sets.push_back("sim.calibration_file=" + file);
   auto scfg = load_config(default_file, sets);
   ASSERT_TRUE(scfg);
   auto setup = make_sim_setup(*scfg);
   ASSERT_TRUE(setup) << setup.error().to_string();
+  EXPECT_EQ((*setup)->cal.file, file);
+  EXPECT_NEAR((*setup)->cal.steady_hit_fraction.value, live->steady_hit_rate, 1e-9);
   auto sim = simulate(*setup);
   ASSERT_TRUE(sim) << sim.error().to_string();
   pair_result r;
   r.live = *live;
   r.sim = *sim;
-  expect_agree(r, "png-kv, calibrated from the live run");
+  expect_agree(r, "png-kv, calibrated by the live run's --calibration-out");
 }
 
 }  // namespace

@@ -329,11 +329,11 @@ TEST(sim_setup, bad_topologies_are_refused_with_the_key) {
   s = make_sim_setup(*cfg);
   ASSERT_FALSE(s);
   EXPECT_NE(s.error().message().find("sim.tp"), std::string::npos);
-  cfg = load_config(default_file, {"cluster.pnm_devices=6", "sim.pool_devices=4"});
+  cfg = load_config(default_file, {"cluster.pnm_devices=6", "cluster.pool_devices=4"});
   ASSERT_TRUE(cfg);
   s = make_sim_setup(*cfg);
   ASSERT_FALSE(s);
-  EXPECT_NE(s.error().message().find("sim.pool_devices"), std::string::npos);
+  EXPECT_NE(s.error().message().find("cluster.pool_devices"), std::string::npos);
 }
 
 }  // namespace
