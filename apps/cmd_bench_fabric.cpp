@@ -314,8 +314,8 @@ int serve(const std::string& transport) {
         p.head_dim = q.head_dim;
         p.o.assign(q.q.begin(), q.q.end());
         p.lse.assign(p.group, 0.f);
-        encode_into(message{envelope{protocol_version, 1, seq++, m->env.vtime_ns}, std::move(p)}, out);
-        (void)fab.send(client, out);
+        (void)fab.send(client, encode(message{envelope{protocol_version, 1, seq++, m->env.vtime_ns},
+                                              std::move(p)}));
       } else if (m->kind() == msg_kind::error) {
         const std::string& cmd = std::get<error_msg>(m->body).message;
         if (cmd == "exit") return 0;
@@ -416,12 +416,10 @@ latency time_round_trips(int iters, F&& one) {
 // Codec + fabric: encode a query, the peer decodes it and answers with an encoded partial,
 // decode that.
 latency small_rtt_codec(fabric& f, const message& query, int iters) {
-  std::vector<uint8_t> out;
   message q = query;
   return time_round_trips(iters, [&](int i) {
     q.env.seq = static_cast<uint64_t>(i);
-    encode_into(q, out);
-    if (status s = f.send(1, out); !s) throw std::runtime_error(s.to_string());
+    if (status s = f.send(1, encode(q)); !s) throw std::runtime_error(s.to_string());
     auto reply = wait_message(f);
     auto m = decode(reply, bench_limits);
     if (!m || m->kind() != msg_kind::partial) throw std::runtime_error("bad reply in latency test");

@@ -487,12 +487,18 @@ class ucx_endpoint final : public detail::fabric_base {
     if (!deferred_down_.empty() || !deferred_rndv_.empty() || !closing_.empty())
       did += static_cast<unsigned>(process_deferred());
     if (has_handler()) did += static_cast<unsigned>(drain_to_handler());
-    // Busy polling: the clock (deadlines, timers, the spin budget) is read on activity and
-    // every 32nd idle round only, which keeps the polling loop short.
-    if (!did && ++idle_rounds_ < 32 && cached_now_ < until) return cached_now_;
-    idle_rounds_ = 0;
+    // Busy polling: the clock (deadlines, timers, the spin budget) is read every 32nd round
+    // only, busy or idle, which keeps both the polling loop and each message short.
+    if (did) active_ = true;
+    if (++rounds_ < 32 && cached_now_ < until) return cached_now_;
+    rounds_ = 0;
     auto now = fabric_clock::now();
     cached_now_ = now;
+    if (active_) {
+      last_activity_ = now;
+      active_ = false;
+      did++;
+    }
     if (now >= next_deadline_scan_) {
       scan_deadlines(now);
       next_deadline_scan_ = now + std::chrono::milliseconds(1);
@@ -614,9 +620,10 @@ class ucx_endpoint final : public detail::fabric_base {
       std::unique_ptr<op>& up;
       ~insert_if_pending() {
         if (!up->finished || up->pending_requests > 0) {
-          // Only now does the deadline matter (the clock read by the last round is recent).
+          // Only now does the deadline matter (read the clock: the owner may have been busy
+          // elsewhere since its last round).
           if (up->deadline == fabric_clock::time_point::max())
-            up->deadline = self->cached_now_ + up->timeout;
+            up->deadline = fabric_clock::now() + up->timeout;
           uint64_t key = up->id;
           self->ops_.emplace(key, std::move(up));
         } else {
@@ -1278,8 +1285,9 @@ class ucx_endpoint final : public detail::fabric_base {
   std::vector<std::function<void()>> posted_;
   std::atomic<bool> posted_nonempty_{false};
   fabric_clock::time_point last_activity_ = fabric_clock::now();
-  fabric_clock::time_point cached_now_ = fabric_clock::now();
-  unsigned idle_rounds_ = 0;
+  fabric_clock::time_point cached_now_ = fabric_clock::now();  // owner's last clock read
+  unsigned rounds_ = 0;
+  bool active_ = false;
   fabric_clock::time_point next_deadline_scan_ = fabric_clock::now();
 
   // Thread-safe view of peers for peer_status() and RMA bounds.
