@@ -509,7 +509,7 @@ status host_engine::finish_round_a() {
         op_cost g = costs_.gpu_attention(0, flops);
         last_arrival_ns_ = std::max(last_arrival_ns_, link_in(clock_ns_ + e.time_ns, uint64_t(bytes)));
         cur_.link_bytes += uint64_t(bytes);
-        cur_.energy_j += e.energy_j + costs_.link_transfer(bytes).energy_j + g.energy_j;
+        cur_.energy_j += e.energy_j + g.energy_j;  // link energy: with every link byte
         scoring_ns += g.time_ns;
       }
     }
@@ -640,7 +640,7 @@ result<std::vector<device_work>> host_engine::on_reply(const device_reply& r) {
       }
       const uint64_t bytes = header_bytes + (r.k.size() + r.v.size()) * sizeof(bf16);
       op_cost dc = costs_.pnm_compute(double(bytes - header_bytes), 0);
-      device_done(bytes, dc.time_ns, dc.energy_j + costs_.link_transfer(double(bytes)).energy_j);
+      device_done(bytes, dc.time_ns, dc.energy_j);
       if (!pending_.empty()) return std::vector<device_work>{};
       auto st = finish_copies();
       if (!st) return st;
@@ -702,7 +702,7 @@ result<std::vector<device_work>> host_engine::on_reply(const device_reply& r) {
       hs.pages.insert(hs.pages.end(), pages.begin(), pages.end());
       const uint64_t bytes = header_bytes + (r.k.size() + r.v.size()) * sizeof(bf16);
       op_cost ex = costs_.expander_read(double(bytes - header_bytes));
-      device_done(bytes, ex.time_ns, ex.energy_j + costs_.link_transfer(double(bytes)).energy_j);
+      device_done(bytes, ex.time_ns, ex.energy_j);
       op_cost ga = costs_.gpu_attention(costs_.kv_bytes(double(tokens)),
                                         costs_.attend_flops(double(tokens), group));
       gpu_busy_until_ns_ += ga.time_ns;  // applied after the last recall arrives
@@ -861,6 +861,8 @@ void host_engine::finish_timed_phase() {
   const double live_ns = clock_ns_ - step_start_ns_;
   cur_.live_layers_ns = live_ns;
   const double scale = double(m.layers) / double(cfg_.live_layers);
+  // Every byte on the CXL links costs SerDes energy, whatever it carries.
+  cur_.energy_j += costs_.link_transfer(double(cur_.link_bytes)).energy_j;
   op_cost lm = costs_.gpu_lm_head(static_cast<uint32_t>(requests_.size()));
   for (double* x : {&cur_.dense_ns, &cur_.link_ns, &cur_.device_ns, &cur_.gpu_attention_ns,
                     &cur_.merge_ns, &cur_.copy_ns, &cur_.energy_j})

@@ -904,12 +904,15 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
     const double n = std::max<size_t>(1, st->steps.size());
     rep.virtual_step_ms_mean = vt / n / 1e6;
     rep.virtual_tokens_per_s = vt > 0 ? tokens / (vt / 1e9) : 0;
-    const double static_w = costs.static_power_w(1, setup->devices, 0);
+    // baseline's memory boxes are passive expanders; the other modes' are PNM devices.
+    const bool passive = setup->host.mode == run_mode::baseline;
+    const uint32_t pnm_boxes = passive ? 0 : setup->devices, expanders = passive ? setup->devices : 0;
+    const double static_w = costs.static_power_w(1, pnm_boxes, expanders);
     const double total_energy = energy + static_w * vt / 1e9;
     rep.virtual_energy_j_per_token = tokens > 0 ? total_energy / tokens : 0;
     rep.virtual_power_w = vt > 0 ? total_energy / (vt / 1e9) : 0;
     rep.virtual_tokens_per_dollar = costs.tokens_per_dollar(
-        rep.virtual_tokens_per_s, rep.virtual_power_w, costs.capital_usd(1, setup->devices, 0));
+        rep.virtual_tokens_per_s, rep.virtual_power_w, costs.capital_usd(1, pnm_boxes, expanders));
     rep.virtual_link_bytes_per_step = uint64_t(double(link) / n);
     rep.virtual_device_bytes_per_step = uint64_t(double(dev) / n);
     rep.breakdown_dense_ms = dense / n / 1e6;
