@@ -41,9 +41,6 @@ std::vector<config_key> schema_keys_sim() {
       {"sim.tpot_ms_max", t::number, "0", 0, 1e9, {},
        "Admit a request only while the predicted step time stays within this (link and "
        "device budget; 0: no limit)"},
-      {"sim.baseline_summaries", t::choice, "auto", 0, 0, {"auto", "hbm", "link"},
-       "baseline: page summaries resident in GPU memory (hbm), read over the link each step "
-       "(link), or resident when they fit (auto)"},
       {"sim.baseline_recall_layers_in_flight", t::integer, "2", 1, 1024, {},
        "baseline: layers whose recall buffers a request holds at once (2: double-buffered)"},
       {"sim.baseline_overlap", t::boolean, "true", 0, 0, {},

@@ -150,8 +150,9 @@ result<std::shared_ptr<const sim_setup>> make_sim_setup(const config& cfg) {
   // Policies.
   s->prefill_chunk_tokens = static_cast<uint64_t>(cfg.get_int("sim.prefill_chunk_tokens"));
   s->tpot_ms_max = cfg.get_number("sim.tpot_ms_max");
-  const std::string sr = cfg.get_string("sim.baseline_summaries");
-  s->summaries = sr == "hbm" ? summary_residence::hbm : sr == "link" ? summary_residence::link
+  // One key for the live cluster and the simulator (baseline.summaries).
+  const std::string sr = cfg.get_string("baseline.summaries");
+  s->summaries = sr == "resident" ? summary_residence::hbm : sr == "link" ? summary_residence::link
                                                                       : summary_residence::auto_fit;
   s->recall_layers_in_flight = static_cast<uint32_t>(cfg.get_int("sim.baseline_recall_layers_in_flight"));
   s->recall_reuse = cfg.get_bool("sim.baseline_recall_reuse");

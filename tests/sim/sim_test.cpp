@@ -89,7 +89,7 @@ TEST(sim_hand, link_and_device_bytes_per_step_in_each_mode) {
   }
   {
     // Summaries over the link: the expander also streams every summary to the GPU.
-    auto r = sim_of(one_request("baseline", {"sim.baseline_summaries=link"}));
+    auto r = sim_of(one_request("baseline", {"baseline.summaries=link"}));
     EXPECT_FALSE(r.summaries_resident);
     const double recall_request = 96 + 4 * 32, recall_reply = 96 + 4 * 497 * 128.0;
     const double summaries_request = 96, summaries_reply = 96 + 2049 * 512.0;
