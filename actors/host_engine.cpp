@@ -1,5 +1,7 @@
 #include "actors/host_engine.hpp"
 
+#include "model/work_sizes.hpp"
+
 #include <algorithm>
 #include <cassert>
 #include <cmath>
@@ -10,7 +12,6 @@ namespace pnmkv {
 
 namespace {
 // Envelope and fixed fields of a message, on top of its tensors (Cap'n Proto framing).
-constexpr uint64_t header_bytes = 96;
 
 void fnv1a(uint64_t& h, const void* data, size_t n) {
   const auto* p = static_cast<const uint8_t*>(data);
@@ -85,7 +86,7 @@ bool host_engine::next_prefill_chunk(std::vector<device_work>& out) {
     w.v.resize(n * d);
     wl_.keys(r.request_id, pf_layer_, pf_head_, pf_position_, n, w.k.data());
     wl_.values(r.request_id, pf_layer_, pf_head_, pf_position_, n, w.v.data());
-    w.wire_bytes = header_bytes + n * d * 4;
+    w.wire_bytes = work::prefill_wire_bytes(costs_.model(), n);
     const shard_placement& sh = pl.shards[shard];
     std::vector<uint32_t> devices{sh.device_id};
     devices.insert(devices.end(), sh.replica_device_ids.begin(), sh.replica_device_ids.end());
@@ -181,7 +182,7 @@ device_work host_engine::make_query(uint64_t request_id, uint32_t layer, uint32_
   w.query.kv_head = kv_head;
   w.query.group = m.gqa_group();
   w.query.sequence_tokens = spec(request_id).context_tokens + step_ + 1;
-  w.wire_bytes = header_bytes + 4ull * m.gqa_group() * m.head_dim;
+  w.wire_bytes = work::query_wire_bytes(m);
   switch (what) {
     case purpose::select: w.query.round = query_round::select_attend; break;
     case purpose::candidates: w.query.round = query_round::candidates; break;
@@ -273,7 +274,7 @@ std::vector<device_work> host_engine::copy_work() {
           w.layer = layer;
           w.kv_head = h;
           w.pages = pages;
-          w.wire_bytes = header_bytes + 4ull * pages.size();
+          w.wire_bytes = work::recall_request_wire_bytes(pages.size());
           w.device_cost_ns = costs_.pnm_compute(costs_.kv_bytes(double(pages.size() * ps)), 0).time_ns;
           dispatch(w, true);
           pending_.emplace(w.tag, pending_item{r.request_id, layer, h, shard, purpose::steady_copy});
@@ -379,7 +380,7 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
       app.v.resize(d);
       wl_.keys(r.request_id, layer, h, position, 1, app.k.data());
       wl_.values(r.request_id, layer, h, position, 1, app.v.data());
-      app.wire_bytes = header_bytes + 4ull * d;
+      app.wire_bytes = work::append_wire_bytes(m);
       std::vector<uint32_t> holders{holder.device_id};
       holders.insert(holders.end(), holder.replica_device_ids.begin(),
                      holder.replica_device_ids.end());
@@ -438,7 +439,7 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
                                           : device_budget / s + (j < device_budget % s ? 1 : 0);
         if (excluded) {
           w.excluded_storage = *excluded;
-          w.wire_bytes += 4ull * excluded->size();
+          w.wire_bytes = work::query_wire_bytes(m, excluded->size());
         }
         // baseline: the scoring runs on the device actor for the GPU (see the header).
         w.charge_device = cfg_.mode != run_mode::baseline;
@@ -550,7 +551,7 @@ std::vector<device_work> host_engine::round_b_work() {
         w.layer = layer;
         w.kv_head = h;
         w.pages = hs.listed[j];
-        w.wire_bytes = header_bytes + 4ull * w.pages.size();
+        w.wire_bytes = work::recall_request_wire_bytes(w.pages.size());
         uint64_t tokens = 0;
         for (uint64_t p : w.pages) {
           const uint64_t end = spec(request_id).context_tokens + step_ + 1;
@@ -563,7 +564,7 @@ std::vector<device_work> host_engine::round_b_work() {
       } else {
         device_work w = make_query(request_id, layer, h, hs.shards[j], hs.q, purpose::attend_listed);
         w.listed_storage = hs.listed[j];
-        w.wire_bytes += 4ull * w.listed_storage.size();
+        w.wire_bytes = work::query_wire_bytes(costs_.model(), w.listed_storage.size());
         dispatch(w, true);
         pending_.emplace(w.tag, pending_item{request_id, layer, h, j, purpose::attend_listed});
         work.push_back(std::move(w));
@@ -638,8 +639,9 @@ result<std::vector<device_work>> host_engine::on_reply(const device_reply& r) {
             std::vector<bf16>(r.v.begin() + off, r.v.begin() + off + n)};
         off += n;
       }
-      const uint64_t bytes = header_bytes + (r.k.size() + r.v.size()) * sizeof(bf16);
-      op_cost dc = costs_.pnm_compute(double(bytes - header_bytes), 0);
+      const uint64_t payload = (r.k.size() + r.v.size()) * sizeof(bf16);
+      const uint64_t bytes = work::recall_reply_wire_bytes(m, payload / (4ull * d));
+      op_cost dc = costs_.pnm_compute(double(payload), 0);
       device_done(bytes, dc.time_ns, dc.energy_j);
       if (!pending_.empty()) return std::vector<device_work>{};
       auto st = finish_copies();
@@ -651,8 +653,7 @@ result<std::vector<device_work>> host_engine::on_reply(const device_reply& r) {
       head_state& hs = heads_.at(key);
       hs.parts[pi.shard_index] = r.answer.part;
       hs.pages.insert(hs.pages.end(), r.answer.pages.begin(), r.answer.pages.end());
-      const uint64_t bytes = header_bytes + 4ull * r.answer.part.o.size() +
-                             4ull * r.answer.part.lse.size() + 4ull * r.answer.pages.size();
+      const uint64_t bytes = work::partial_wire_bytes(m, r.answer.pages.size());
       cur_.device_bytes_scanned += r.answer.bytes_scanned;
       op_cost dc = costs_.pnm_compute(double(r.answer.bytes_scanned), r.answer.flops);
       device_done(bytes, dc.time_ns, dc.energy_j);
@@ -664,7 +665,7 @@ result<std::vector<device_work>> host_engine::on_reply(const device_reply& r) {
         hs.candidates.push_back({r.answer.candidate_scores[i], r.answer.pages[i],
                                  r.answer.candidate_forced[i] != 0});
       if (cfg_.mode != run_mode::baseline) {
-        const uint64_t bytes = header_bytes + 8ull * r.answer.pages.size();
+        const uint64_t bytes = work::candidates_wire_bytes(r.answer.pages.size());
         cur_.device_bytes_scanned += r.answer.bytes_scanned;
         op_cost dc = costs_.pnm_compute(double(r.answer.bytes_scanned), r.answer.flops);
         device_done(bytes, dc.time_ns, dc.energy_j);
@@ -700,8 +701,9 @@ result<std::vector<device_work>> host_engine::on_reply(const device_reply& r) {
                              1.0f / std::sqrt(float(d)), hs.parts[pi.shard_index]);
       if (!st) return st;
       hs.pages.insert(hs.pages.end(), pages.begin(), pages.end());
-      const uint64_t bytes = header_bytes + (r.k.size() + r.v.size()) * sizeof(bf16);
-      op_cost ex = costs_.expander_read(double(bytes - header_bytes));
+      const uint64_t payload = (r.k.size() + r.v.size()) * sizeof(bf16);
+      const uint64_t bytes = work::recall_reply_wire_bytes(m, payload / (4ull * d));
+      op_cost ex = costs_.expander_read(double(payload));
       device_done(bytes, ex.time_ns, ex.energy_j);
       op_cost ga = costs_.gpu_attention(costs_.kv_bytes(double(tokens)),
                                         costs_.attend_flops(double(tokens), group));

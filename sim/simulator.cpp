@@ -17,7 +17,7 @@
 #include <sstream>
 
 #include "schedulers/head_groups.hpp"
-#include "sim/work_sizes.hpp"
+#include "model/work_sizes.hpp"
 
 namespace pnmkv {
 

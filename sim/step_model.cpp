@@ -7,7 +7,7 @@
 #include <cassert>
 #include <cmath>
 
-#include "sim/work_sizes.hpp"
+#include "model/work_sizes.hpp"
 
 namespace pnmkv {
 
@@ -261,7 +261,7 @@ step_model::layer_result step_model::layer_pnm(const std::vector<const step_requ
         if (two_rounds) {  // scoring only; candidates (page id and score) go back
           w = {double(sel.pages_held) * c_.summary_bytes_per_page(S.summary_elem_bytes),
                c_.score_flops(double(sel.pages_held), S.heads_scored)};
-          reply = work::header_bytes + 8ull * sel.pages_selected;
+          reply = work::candidates_wire_bytes(sel.pages_selected);
         }
         const uint64_t excluded = png ? steady_r / s + (j < steady_r % s ? 1 : 0) : 0;
         const op_cost cost = c_.pnm_compute(w.bytes, w.flops);

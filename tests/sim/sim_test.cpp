@@ -16,7 +16,7 @@
 
 #include "sim/simulator.hpp"
 #include "sim/sweep.hpp"
-#include "sim/work_sizes.hpp"
+#include "model/work_sizes.hpp"
 
 namespace pnmkv {
 namespace {

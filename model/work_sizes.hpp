@@ -2,9 +2,7 @@
 // message, bytes and FLOPs a device or the GPU spends on one (request, layer, KV head,
 // shard) query, and the budget split of png-kv. The live emulator (actors/host_engine,
 // actors/device_engine) and the simulator must price the same work, so these are pure
-// functions of the model shape and the cost model with no state. They live in sim/ for
-// now; they are meant to move to model/work_sizes.hpp so that actors/ can call them too
-// (sim/README.md, "Shared formulas").
+// functions of the model shape and the cost model with no state, called by both.
 #pragma once
 
 #include <algorithm>
@@ -31,6 +29,8 @@ inline uint64_t partial_wire_bytes(const model_shape& m, uint64_t pages_selected
   return header_bytes + 4ull * m.gqa_group() * m.head_dim + 4ull * m.gqa_group() +
          4ull * pages_selected;
 }
+// Round 1 of exact selection: a shard's candidate page ids (uint32) and scores (fp32).
+inline uint64_t candidates_wire_bytes(uint64_t pages) { return header_bytes + 8ull * pages; }
 // A prefill chunk of n tokens of one (layer, KV head).
 inline uint64_t prefill_wire_bytes(const model_shape& m, uint64_t n_tokens) {
   return header_bytes + 4ull * n_tokens * m.head_dim;
