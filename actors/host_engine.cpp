@@ -259,7 +259,7 @@ std::vector<device_work> host_engine::copy_work() {
           if (!std::binary_search(ss.pages.begin(), ss.pages.end(), p))
             by_shard[uint32_t(pl.shard_of(h, p))].push_back(p);
         if (by_shard.empty()) {
-          auto st = rebuild_steady(ss, key);
+          auto st = rebuild_steady(ss);
           assert(st.is_ok());
           (void)st;
           continue;
@@ -286,7 +286,7 @@ std::vector<device_work> host_engine::copy_work() {
   return work;
 }
 
-status host_engine::rebuild_steady(steady_state& ss, const head_key& key) {
+status host_engine::rebuild_steady(steady_state& ss) {
   const auto& m = costs_.model();
   const uint32_t d = m.head_dim, ps = cfg_.page_size_tokens;
   kv_head_shape shape;
@@ -314,7 +314,6 @@ status host_engine::rebuild_steady(steady_state& ss, const head_key& key) {
     auto st = store->append(p * ps, k, v, rows);
     if (!st) return st;
   }
-  (void)key;
   ss.store = std::move(store);
   ss.pages = ss.pending_pages;
   ss.arriving.clear();
@@ -327,7 +326,7 @@ status host_engine::finish_copies() {
   for (auto& [key, ss] : steady_) {
     for (const auto& [p, kv] : ss.arriving) bytes += (kv.first.size() + kv.second.size()) * sizeof(bf16);
     if (!ss.arriving.empty() || (ss.store == nullptr && !ss.pending_pages.empty())) {
-      auto st = rebuild_steady(ss, key);
+      auto st = rebuild_steady(ss);
       if (!st) return st;
     }
   }

@@ -217,7 +217,7 @@ class host_engine {
   status finish_copies();
   void finish_timed_phase();
   status finish_verification();
-  status rebuild_steady(steady_state& ss, const head_key& key);
+  status rebuild_steady(steady_state& ss);
   const request_spec& spec(uint64_t request_id) const;
   double link_out(double now_ns, uint64_t bytes);  // host -> switch, returns arrival
   double link_in(double sent_ns, uint64_t bytes);  // switch -> host, returns arrival

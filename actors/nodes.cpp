@@ -1199,9 +1199,8 @@ caf::behavior driver_actor(caf::event_based_actor* self, std::shared_ptr<const r
             ++st->refused;
             st->failures.push_back("request " + std::to_string(a->request_id) + ": " + a->reason);
           }
-        } else if (auto* p = std::get_if<control::progress_msg>(&m->body)) {
+        } else if (std::holds_alternative<control::progress_msg>(m->body)) {
           self->send(report_to, ctl_atom::value, bytes);
-          (void)p;
         } else if (auto* r = std::get_if<control::run_result_msg>(&m->body)) {
           nlohmann::ordered_json j = nlohmann::ordered_json::object();
           if (!r->report_json.empty()) j = nlohmann::ordered_json::parse(r->report_json, nullptr, false);
