@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <thread>
 
 #include "actors/control.hpp"
@@ -186,6 +187,21 @@ std::vector<std::string> reap(std::vector<child>& children, std::chrono::millise
   return trouble;
 }
 
+// The first child that has exited, described ("device 101 went down (killed by signal 9)");
+// it is reaped and marked so reap() skips it.
+std::optional<std::string> exited_child(std::vector<child>& children) {
+  for (auto& c : children) {
+    if (c.pid <= 0) continue;
+    int st = 0;
+    if (waitpid(c.pid, &st, WNOHANG) != c.pid) continue;
+    c.pid = -1;
+    std::string how = WIFSIGNALED(st) ? "killed by signal " + std::to_string(WTERMSIG(st))
+                                      : "exited with status " + std::to_string(WEXITSTATUS(st));
+    return c.name + " went down (" + how + ")";
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_options& opts,
@@ -259,6 +275,8 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
   }
 
   // This process is the driver.
+  bool done = false;
+  std::string lost;  // a node process that exited before the run was over
   result<run_report> out = status{errc::timeout, "the run did not finish within " +
                                                      std::to_string(opts.run_timeout_ms) + " ms"};
   {
@@ -274,11 +292,22 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
     caf::scoped_actor self{sys};
     auto driver = sys.spawn(actors::driver_actor, *setup, *coordinator, caf::actor{self});
     self->monitor(*coordinator);
-    bool done = false;
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(opts.run_timeout_ms);
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(opts.run_timeout_ms);
+    // A node process that exits before the run is over: the cluster should report the loss
+    // itself (the coordinator notices the broken connection); if it has not within the
+    // grace period, the launcher fails the run with what it saw.
+    constexpr auto lost_grace = std::chrono::seconds(3);
     while (!done) {
+      if (lost.empty())
+        if (auto gone = exited_child(children)) {
+          lost = *gone;
+          deadline = std::min(deadline, std::chrono::steady_clock::now() + lost_grace);
+          out = status{errc::peer_down, lost + " and the cluster did not report the loss within " +
+                                            std::to_string(lost_grace.count()) + " s (logs in " + dir + ")"};
+        }
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
       if (left.count() <= 0) break;
+      left = std::min(left, std::chrono::milliseconds(200));
       self->receive(
           [&](actors::done_atom, bool, const std::string& json) {
             done = true;
@@ -304,6 +333,11 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
     if (!done) caf::anon_send(*coordinator, actors::ctl_atom::value,
                               control::encode({driver_node, control::shutdown_msg{}}));
   }
+  // A run the launcher itself failed (a node process died and the cluster did not say so):
+  // the rest may be stuck joining or waiting; stop them instead of waiting out the grace.
+  if (!done && !lost.empty())
+    for (auto& c : children)
+      if (c.pid > 0) kill(c.pid, SIGTERM);
   auto trouble = cleanup(10000ms);
   if (out && !trouble.empty()) {
     for (const auto& t : trouble) out->failures.push_back("shutdown: " + t);

@@ -204,6 +204,8 @@ struct coordinator_state {
   std::vector<uint64_t> ready_requests;
   uint32_t decided = 0;
   bool started = false;
+  // A result for a driver that has not submitted yet (a member went down early).
+  std::string undelivered_result;
 };
 }  // namespace
 
@@ -354,15 +356,44 @@ caf::behavior coordinator_actor(caf::event_based_actor* self,
       const std::string reason = caf::to_string(dm.reason);
       log().warn("event=member_down node={} reason={}", id, reason);
       auto host = st->members.find(gpu_host_node);
-      if (id != gpu_host_node && host != st->members.end())
+      if (id != gpu_host_node && host != st->members.end() && st->ready) {
         self->send(host->second.hdl, ctl_atom::value, ctl(self_id, control::member_down_msg{id, reason}));
-      if (id == gpu_host_node && st->driver)
-        self->send(st->driver, ctl_atom::value,
-                   ctl(self_id, control::run_result_msg{"", false, "the GPU host went down: " + reason}));
+        continue;
+      }
+      // The GPU host itself, or a device lost before the cluster was complete: nobody else
+      // can fail the run, so the coordinator tells the driver (now or when it submits).
+      const std::string what = id == gpu_host_node
+                                   ? "the GPU host went down: " + reason
+                                   : "device " + std::to_string(id) + " went down (" + reason +
+                                         ") before the cluster was complete";
+      auto bytes = ctl(self_id, control::run_result_msg{"", false, what});
+      if (st->driver) self->send(st->driver, ctl_atom::value, bytes);
+      else if (st->undelivered_result.empty()) st->undelivered_result = bytes;
     }
   });
 
+  // Members that never join (not started, crashed while starting) fail the run by name.
+  self->delayed_send(self, std::chrono::milliseconds(setup->join_timeout_ms), tick_atom::value,
+                     uint64_t(0));
+
   return {
+      [=](tick_atom, uint64_t) {
+        if (st->ready) return;
+        std::string missing;
+        auto expect = setup->device_ids();
+        expect.push_back(gpu_host_node);
+        for (uint32_t id : expect)
+          if (!st->members.count(id))
+            missing += (missing.empty() ? "" : ", ") +
+                       (id == gpu_host_node ? std::string("the GPU host") : "device " + std::to_string(id));
+        const std::string what = "the cluster was not complete " + std::to_string(setup->join_timeout_ms) +
+                                 " ms after the coordinator started (cluster.join_timeout_ms): missing " +
+                                 missing;
+        log().error("event=join_timeout missing=\"{}\"", missing);
+        auto bytes = ctl(self_id, control::run_result_msg{"", false, what});
+        if (st->driver) self->send(st->driver, ctl_atom::value, bytes);
+        else if (st->undelivered_result.empty()) st->undelivered_result = bytes;
+      },
       [=](ctl_atom, const std::string& bytes) {
         auto m = control::decode(bytes);
         if (!m) {
@@ -376,11 +407,18 @@ caf::behavior coordinator_actor(caf::event_based_actor* self,
           self->send(sender, join_atom::value, wire_bytes(self_id, tp::challenge_msg{nonce}));
         } else if (auto* s = std::get_if<control::submit_msg>(&m->body)) {
           st->driver = sender;
+          if (!st->undelivered_result.empty()) {
+            self->send(st->driver, ctl_atom::value, std::exchange(st->undelivered_result, {}));
+            return;
+          }
           st->queue.push_back(s->request);
           try_admit();
         } else if (std::holds_alternative<control::progress_msg>(m->body) ||
                    std::holds_alternative<control::run_result_msg>(m->body)) {
           if (st->driver) self->send(st->driver, ctl_atom::value, bytes);
+          else if (std::holds_alternative<control::run_result_msg>(m->body) &&
+                   st->undelivered_result.empty())
+            st->undelivered_result = bytes;
         } else if (std::holds_alternative<control::shutdown_msg>(m->body)) {
           // Every member quits, then the coordinator itself.
           for (const auto& [id, mem] : st->members) self->send(mem.hdl, ctl_atom::value, bytes);

@@ -63,6 +63,7 @@ result<std::shared_ptr<const run_setup>> make_run_setup(const config& cfg,
     s->secret = *secret;
   }
   s->step_timeout_ms = static_cast<uint32_t>(cfg.get_int("run.step_timeout_ms"));
+  s->join_timeout_ms = static_cast<uint32_t>(cfg.get_int("cluster.join_timeout_ms"));
   s->prefill_timeout_ms = static_cast<uint32_t>(cfg.get_int("run.prefill_timeout_ms"));
   s->prefill_window_chunks = static_cast<uint32_t>(cfg.get_int("run.prefill_window_chunks"));
 

@@ -65,6 +65,8 @@ std::vector<config_key> schema_keys_run() {
        "CAF middleman heartbeat interval (cluster mode)"},
       {"cluster.connection_timeout_ms", t::integer, "1000", 50, 600000, {},
        "A peer silent this long is considered down (cluster mode)"},
+      {"cluster.join_timeout_ms", t::integer, "120000", 100, 3600000, {},
+       "The configured members must have joined this long after the coordinator starts, or the run fails naming the missing ones"},
       {"eval.budgets_tokens", t::int_list, "256,512,1024,2048,4096,8192", 1, 1 << 26, {},
        "Budgets swept by `pnmkv eval`"},
       {"eval.contexts_tokens", t::int_list, "32768,131072,524288,1048576", 16, 1 << 24, {},

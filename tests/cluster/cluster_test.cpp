@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <fstream>
 #include <future>
 #include <sstream>
@@ -146,29 +147,54 @@ std::vector<pid_t> children_matching(const std::string& needle) {
   return out;
 }
 
-TEST(cluster, a_killed_device_fails_the_run_with_its_reason_and_leaves_no_process) {
+// Kills device 101 once `phase` has begun (empty: as soon as its process exists) and
+// checks the run ends promptly, names the device, and leaves no process behind.
+void kill_device_during(const std::string& phase) {
   auto cfg = small_config({"run.steps=2000", "run.verify=false"});
   multiprocess_options mp;
   mp.node_binary = PNMKV_BINARY;
-  auto run = std::async(std::launch::async, [&] { return run_multiprocess(cfg, {}, mp); });
-  // Wait until the devices are up and decoding has begun, then kill one.
+  std::promise<void> begun;
+  std::atomic<bool> signalled{false};
+  cluster_run_options opts;
+  opts.on_progress = [&](const std::string& p, uint64_t, uint64_t) {
+    if (p == phase && !signalled.exchange(true)) begun.set_value();
+  };
+  auto run = std::async(std::launch::async, [&] { return run_multiprocess(cfg, opts, mp); });
+  if (!phase.empty()) {
+    ASSERT_EQ(begun.get_future().wait_for(std::chrono::seconds(120)), std::future_status::ready)
+        << "the run never reached " << phase;
+  }
   std::vector<pid_t> victim;
-  for (int i = 0; i < 200 && victim.empty(); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  for (int i = 0; i < 400 && victim.empty(); ++i) {
     victim = children_matching("--id 101");
+    if (victim.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   ASSERT_EQ(victim.size(), 1u) << "device 101 never started";
-  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
   kill(victim[0], SIGKILL);
   ASSERT_EQ(run.wait_for(std::chrono::seconds(60)), std::future_status::ready)
       << "the run hung after a device was killed";
   auto rep = run.get();
-  ASSERT_TRUE(rep) << rep.error().to_string();
-  EXPECT_EQ(rep->completed, 0u);
-  bool named = false;
-  for (const auto& f : rep->failures) named = named || f.find("device 101 went down") != std::string::npos;
-  EXPECT_TRUE(named) << (rep->failures.empty() ? "no failure" : rep->failures.front());
+  // Either the cluster reports the loss (a report with the failure) or the launcher does
+  // (an error); both must name the device.
+  std::string why;
+  if (rep) {
+    EXPECT_EQ(rep->completed, 0u);
+    for (const auto& f : rep->failures)
+      if (f.find("device 101 went down") != std::string::npos) why = f;
+  } else {
+    why = rep.error().message().find("device 101 went down") != std::string::npos ? rep.error().message() : "";
+  }
+  EXPECT_FALSE(why.empty()) << (rep ? (rep->failures.empty() ? "no failure" : rep->failures.front())
+                                    : rep.error().to_string());
   EXPECT_TRUE(children_matching("pnmkv").empty()) << "node processes left behind";
+}
+
+TEST(cluster, a_device_killed_while_decoding_fails_the_run_with_its_reason_and_leaves_no_process) {
+  kill_device_during("decode");
+}
+
+TEST(cluster, a_device_killed_before_the_cluster_is_complete_fails_the_run_promptly) {
+  kill_device_during("");
 }
 
 TEST(cluster, bad_config_is_a_clear_error) {
