@@ -28,7 +28,9 @@ host_engine::host_engine(host_engine_config cfg, const cost_model& costs,
   assert(cfg_.page_size_tokens > 0 && cfg_.prefill_chunk_tokens > 0);
 }
 
-status host_engine::add_request(const request_spec& r, const request_placement& placement) {
+status host_engine::add_request(const request_spec& r, const request_placement& placement,
+                                bool decoding) {
+  assert(phase_ == phase::done && "requests join between steps");
   if (placements_.count(r.request_id))
     return {errc::invalid_argument, "request " + std::to_string(r.request_id) + " already added"};
   if (r.context_tokens == 0)
@@ -40,13 +42,111 @@ status host_engine::add_request(const request_spec& r, const request_placement& 
                                           " leaves KV head " + std::to_string(h) + " unplaced"};
   requests_.push_back(r);
   placements_.emplace(r.request_id, placement);
+  rstate_[r.request_id] = request_state{0, decoding, decoding ? r.context_tokens : 0};
   return {};
+}
+
+status host_engine::remove_request(uint64_t request_id) {
+  assert(phase_ == phase::done && "requests leave between steps");
+  auto it = std::find_if(requests_.begin(), requests_.end(),
+                         [&](const request_spec& r) { return r.request_id == request_id; });
+  if (it == requests_.end())
+    return {errc::invalid_argument, "request " + std::to_string(request_id) + " is not here"};
+  requests_.erase(it);
+  placements_.erase(request_id);
+  rstate_.erase(request_id);
+  auto drop = [&](auto& m) {
+    for (auto i = m.begin(); i != m.end();) {
+      if (std::get<1>(i->first) == request_id) i = m.erase(i);
+      else ++i;
+    }
+  };
+  drop(steady_);
+  drop(shadow_);
+  drop(previous_selection_);
+  drop(heads_);
+  return {};
+}
+
+uint32_t host_engine::decoding_count() const {
+  uint32_t n = 0;
+  for (const auto& [id, s] : rstate_) n += s.decoding;
+  return n;
+}
+
+status host_engine::plan_prefill(std::vector<prefill_chunk> chunks) {
+  assert(phase_ == phase::done && "prefill is planned between steps");
+  std::map<uint64_t, uint64_t> next;  // request -> next prompt token, over the chunks
+  for (const prefill_chunk& c : chunks) {
+    auto rs = rstate_.find(c.request_id);
+    if (rs == rstate_.end())
+      return {errc::invalid_argument, "prefill chunk for unknown request " + std::to_string(c.request_id)};
+    const request_spec& r = spec(c.request_id);
+    uint64_t& at = next.emplace(c.request_id, rs->second.prefilled).first->second;
+    if (rs->second.decoding || c.tokens == 0 || c.position != at ||
+        c.position + c.tokens > r.context_tokens ||
+        c.completes != (c.position + c.tokens == r.context_tokens))
+      return {errc::invalid_argument,
+              "prefill chunk [" + std::to_string(c.position) + ", +" + std::to_string(c.tokens) +
+                  ") of request " + std::to_string(c.request_id) + " does not continue its prompt of " +
+                  std::to_string(r.context_tokens) + " tokens at " + std::to_string(at)};
+    at += c.tokens;
+  }
+  step_prefill_ = std::move(chunks);
+  return {};
+}
+
+// Where a write starting at `from` must end: at `to`, or where the next page belongs to
+// another shard (one message per shard).
+uint64_t host_engine::chunk_end(const request_placement& pl, uint32_t kv_head, uint64_t from,
+                                uint64_t to) const {
+  const uint32_t ps = cfg_.page_size_tokens;
+  const int shard = pl.shard_of(kv_head, from / ps);
+  assert(shard >= 0);
+  for (uint64_t p = from / ps + 1; p * ps < to; ++p)
+    if (pl.shard_of(kv_head, p) != shard) return p * ps;
+  return to;
+}
+
+// The writes of prompt tokens [from, to) of (request, layer, KV head): one per shard run,
+// to the primary and every replica.
+void host_engine::prefill_writes(const request_spec& r, uint32_t layer, uint32_t kv_head,
+                                 uint64_t from, uint64_t to, std::vector<device_work>& out) {
+  const uint32_t d = costs_.model().head_dim, ps = cfg_.page_size_tokens;
+  const request_placement& pl = placements_.at(r.request_id);
+  while (from < to) {
+    const uint64_t end = chunk_end(pl, kv_head, from, to);
+    const uint64_t n = end - from;
+    device_work w;
+    w.what = device_work::kind::write;
+    w.bulk = true;
+    w.request_id = r.request_id;
+    w.layer = layer;
+    w.kv_head = kv_head;
+    w.position = from;
+    w.n_tokens = n;
+    w.k.resize(n * d);
+    w.v.resize(n * d);
+    wl_.keys(r.request_id, layer, kv_head, from, n, w.k.data());
+    wl_.values(r.request_id, layer, kv_head, from, n, w.v.data());
+    w.wire_bytes = work::prefill_wire_bytes(costs_.model(), n);
+    const shard_placement& sh = pl.shards[size_t(pl.shard_of(kv_head, from / ps))];
+    std::vector<uint32_t> devices{sh.device_id};
+    devices.insert(devices.end(), sh.replica_device_ids.begin(), sh.replica_device_ids.end());
+    for (size_t i = 0; i < devices.size(); ++i) {
+      device_work copy = (i + 1 == devices.size()) ? std::move(w) : w;
+      copy.device_id = devices[i];
+      copy.shard_id = sh.shard_id;
+      prefill_bytes_ += copy.wire_bytes;
+      out.push_back(std::move(copy));
+    }
+    from = end;
+  }
 }
 
 bool host_engine::next_prefill_chunk(std::vector<device_work>& out) {
   out.clear();
   const uint32_t kv_heads = costs_.model().kv_heads;
-  const uint32_t d = costs_.model().head_dim;
   const uint32_t ps = cfg_.page_size_tokens;
   while (pf_request_ < requests_.size()) {
     const request_spec& r = requests_[pf_request_];
@@ -61,41 +161,12 @@ bool host_engine::next_prefill_chunk(std::vector<device_work>& out) {
       }
       continue;
     }
-    const request_placement& pl = placements_.at(r.request_id);
     // A chunk ends at prefill_chunk_tokens (page aligned), the context end, or where the
     // next page belongs to another shard.
     const uint64_t chunk = std::max<uint64_t>(ps, cfg_.prefill_chunk_tokens / ps * ps);
-    uint64_t end = std::min(r.context_tokens, pf_position_ + chunk);
-    const int shard = pl.shard_of(pf_head_, pf_position_ / ps);
-    assert(shard >= 0);
-    for (uint64_t p = pf_position_ / ps + 1; p * ps < end; ++p) {
-      if (pl.shard_of(pf_head_, p) != shard) {
-        end = p * ps;
-        break;
-      }
-    }
-    const uint64_t n = end - pf_position_;
-    device_work w;
-    w.what = device_work::kind::write;
-    w.request_id = r.request_id;
-    w.layer = pf_layer_;
-    w.kv_head = pf_head_;
-    w.position = pf_position_;
-    w.n_tokens = n;
-    w.k.resize(n * d);
-    w.v.resize(n * d);
-    wl_.keys(r.request_id, pf_layer_, pf_head_, pf_position_, n, w.k.data());
-    wl_.values(r.request_id, pf_layer_, pf_head_, pf_position_, n, w.v.data());
-    w.wire_bytes = work::prefill_wire_bytes(costs_.model(), n);
-    const shard_placement& sh = pl.shards[shard];
-    std::vector<uint32_t> devices{sh.device_id};
-    devices.insert(devices.end(), sh.replica_device_ids.begin(), sh.replica_device_ids.end());
-    for (size_t i = 0; i < devices.size(); ++i) {
-      device_work copy = (i + 1 == devices.size()) ? std::move(w) : w;
-      copy.device_id = devices[i];
-      prefill_bytes_ += copy.wire_bytes;
-      out.push_back(std::move(copy));
-    }
+    const uint64_t end = chunk_end(placements_.at(r.request_id), pf_head_, pf_position_,
+                                   std::min(r.context_tokens, pf_position_ + chunk));
+    prefill_writes(r, pf_layer_, pf_head_, pf_position_, end, out);
     pf_position_ = end;
     return true;
   }
@@ -181,7 +252,7 @@ device_work host_engine::make_query(uint64_t request_id, uint32_t layer, uint32_
   w.query.layer = layer;
   w.query.kv_head = kv_head;
   w.query.group = m.gqa_group();
-  w.query.sequence_tokens = spec(request_id).context_tokens + step_ + 1;
+  w.query.sequence_tokens = spec(request_id).context_tokens + decoded(request_id) + 1;
   w.wire_bytes = work::query_wire_bytes(m);
   switch (what) {
     case purpose::select: w.query.round = query_round::select_attend; break;
@@ -197,7 +268,7 @@ device_work host_engine::make_query(uint64_t request_id, uint32_t layer, uint32_
   return w;
 }
 
-std::vector<device_work> host_engine::begin_step(uint32_t step) {
+result<std::vector<device_work>> host_engine::begin_step(uint32_t step) {
   assert(phase_ == phase::done && "a step is already running");
   assert(pending_.empty());
   step_ = step;
@@ -206,17 +277,102 @@ std::vector<device_work> host_engine::begin_step(uint32_t step) {
   cur_ = step_report{};
   cur_.step = step;
   step_start_ns_ = clock_ns_;
+  prefill_last_arrival_ns_ = 0;
+  step_decoding_.clear();
+  for (const request_spec& r : requests_)
+    if (is_decoding(r.request_id)) step_decoding_.push_back(r.request_id);
+  std::vector<device_work> work;
   if (cfg_.mode == run_mode::png_kv) {
-    auto work = copy_work();
-    if (!work.empty()) {
-      phase_ = phase::copy;
-      return work;
-    }
-    auto st = finish_copies();
-    assert(st.is_ok());
-    (void)st;
+    phase_ = phase::copy;
+    work = copy_work();
+  } else {
+    work = layer_work(0);
   }
-  return layer_work(0);
+  auto more = advance();
+  if (!more) return more.error();
+  for (auto& w : *more) work.push_back(std::move(w));
+  return work;
+}
+
+// Moves the step on through every phase that has nothing to wait for.
+result<std::vector<device_work>> host_engine::advance() {
+  std::vector<device_work> out;
+  auto finish_layer_and_next = [&]() -> status {
+    auto st = finish_layer();
+    if (!st) return st;
+    std::vector<device_work> work;
+    if (++layer_ < cfg_.live_layers) {
+      work = layer_work(layer_);
+    } else {
+      finish_timed_phase();
+      if (cfg_.verify) {
+        phase_ = phase::verify;
+        work = verify_work();
+      } else {
+        end_step();
+      }
+    }
+    for (auto& w : work) out.push_back(std::move(w));
+    return {};
+  };
+  while (pending_.empty() && phase_ != phase::done) {
+    switch (phase_) {
+      case phase::copy: {
+        auto st = finish_copies();
+        if (!st) return st;
+        auto work = layer_work(0);
+        for (auto& w : work) out.push_back(std::move(w));
+        break;
+      }
+      case phase::round_a: {
+        const bool two_rounds =
+            cfg_.mode == run_mode::baseline ||
+            std::any_of(heads_.begin(), heads_.end(), [&](const auto& kv) {
+              return std::get<0>(kv.first) == layer_ && kv.second.shards.size() > 1 &&
+                     cfg_.cross_shard == cross_shard_selection::exact;
+            });
+        if (two_rounds) {
+          auto st = finish_round_a();
+          if (!st) return st;
+          phase_ = phase::round_b;
+          gpu_busy_until_ns_ = clock_ns_;
+          auto work = round_b_work();
+          if (!work.empty()) {
+            for (auto& w : work) out.push_back(std::move(w));
+            break;
+          }
+        }
+        auto st = finish_layer_and_next();
+        if (!st) return st;
+        break;
+      }
+      case phase::round_b: {
+        auto st = finish_layer_and_next();
+        if (!st) return st;
+        break;
+      }
+      case phase::verify: {
+        auto st = finish_verification();
+        if (!st) return st;
+        end_step();
+        break;
+      }
+      case phase::done: break;
+    }
+  }
+  return out;
+}
+
+// The step is over: decoding requests moved one token on; completed prompts decode next.
+void host_engine::end_step() {
+  phase_ = phase::done;
+  for (uint64_t id : step_decoding_) ++rstate_.at(id).decoded;
+  for (const prefill_chunk& c : step_prefill_) {
+    request_state& rs = rstate_.at(c.request_id);
+    rs.prefilled += c.tokens;
+    if (c.completes) rs.decoding = true;
+  }
+  step_prefill_.clear();
 }
 
 // png-kv: re-evaluate steady sets that are due and recall the pages newly steady.
@@ -228,9 +384,11 @@ std::vector<device_work> host_engine::copy_work() {
   phase_start_ns_ = clock_ns_;
   last_arrival_ns_ = clock_ns_;
   for (const request_spec& r : requests_) {
+    if (!is_decoding(r.request_id)) continue;
+    const uint64_t at = decoded(r.request_id);
     const request_placement& pl = placements_.at(r.request_id);
     // Only full pages can be steady: the page receiving this step's token is not.
-    const uint64_t first_open_page = (r.context_tokens + step_) / ps;
+    const uint64_t first_open_page = (r.context_tokens + at) / ps;
     for (uint32_t layer = 0; layer < cfg_.live_layers; ++layer) {
       for (uint32_t h = 0; h < m.kv_heads; ++h) {
         head_key key{layer, r.request_id, h};
@@ -240,7 +398,7 @@ std::vector<device_work> host_engine::copy_work() {
           p.budget_pages = std::min<uint64_t>(p.budget_pages, budget_pages > 2 ? budget_pages - 2 : 0);
           ss.policy = make_steady_policy(p);
         }
-        if (!ss.forced && ss.policy->due(step_)) ss.pending_pages = ss.policy->evaluate(step_);
+        if (!ss.forced && ss.policy->due(at)) ss.pending_pages = ss.policy->evaluate(at);
         else if (!ss.forced) continue;
         ss.forced = false;
         std::vector<uint64_t> next;
@@ -346,7 +504,10 @@ status host_engine::finish_copies() {
 std::vector<device_work> host_engine::layer_work(uint32_t layer) {
   const auto& m = costs_.model();
   const uint32_t d = m.head_dim, group = m.gqa_group(), ps = cfg_.page_size_tokens;
-  const uint32_t batch = static_cast<uint32_t>(requests_.size());
+  // The dense layers take the decoding tokens and this step's prompt tokens together.
+  uint64_t tokens = step_decoding_.size();
+  for (const prefill_chunk& c : step_prefill_) tokens += c.tokens;
+  const uint32_t batch = static_cast<uint32_t>(std::min<uint64_t>(tokens, UINT32_MAX));
   std::vector<device_work> work;
 
   op_cost dense = costs_.gpu_dense_layer(batch);
@@ -360,8 +521,10 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
 
   const uint64_t budget_pages = cfg_.budget_tokens / ps;
   for (const request_spec& r : requests_) {
+    if (!is_decoding(r.request_id)) continue;
+    const uint64_t at = decoded(r.request_id);
     const request_placement& pl = placements_.at(r.request_id);
-    const uint64_t position = r.context_tokens + step_;
+    const uint64_t position = r.context_tokens + at;
     for (uint32_t h = 0; h < m.kv_heads; ++h) {
       // The new token's K and V go to every device holding its page (over the link in
       // every mode: in baseline the expander stores it).
@@ -394,7 +557,7 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
       head_key key{layer, r.request_id, h};
       head_state& hs = heads_[key];
       hs.q.resize(size_t(group) * d);
-      wl_.queries(r.request_id, layer, h, step_, r.context_tokens, hs.q.data());
+      wl_.queries(r.request_id, layer, h, at, r.context_tokens, hs.q.data());
       for (uint32_t i = 0; i < pl.shards.size(); ++i)
         if (pl.shards[i].holds_head(h)) hs.shards.push_back(i);
       const uint64_t s = hs.shards.size();
@@ -455,6 +618,24 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
     w.query.excluded_pages = w.excluded_storage.data();
     w.query.n_excluded = w.excluded_storage.size();
   }
+  // This step's prompt chunks, after the decode traffic on the link. Devices store them
+  // (energy, no time on their clocks, as decode appends); nothing waits for them but the
+  // end of the layer (finish_layer).
+  for (const prefill_chunk& c : step_prefill_) {
+    const request_spec& r = spec(c.request_id);
+    for (uint32_t h = 0; h < m.kv_heads; ++h) {
+      const size_t first = work.size();
+      prefill_writes(r, layer, h, c.position, c.position + c.tokens, work);
+      for (size_t i = first; i < work.size(); ++i) {
+        dispatch(work[i], true);
+        prefill_last_arrival_ns_ = std::max(prefill_last_arrival_ns_, work[i].vt_arrival_ns);
+        const double kv = costs_.kv_bytes(double(work[i].n_tokens));
+        cur_.energy_j += cfg_.mode == run_mode::baseline ? costs_.expander_read(kv).energy_j
+                                                         : costs_.pnm_compute(kv, 0).energy_j;
+      }
+    }
+    cur_.prefill_tokens += c.tokens;
+  }
   return work;
 }
 
@@ -497,7 +678,7 @@ status host_engine::finish_round_a() {
       // The GPU scored every page summary of this head: from HBM when resident, else read
       // over the link from the expanders.
       const request_spec& r = spec(request_id);
-      const double pages = double((r.context_tokens + step_ + 1 + ps - 1) / ps);
+      const double pages = double((r.context_tokens + decoded(request_id) + 1 + ps - 1) / ps);
       const double bytes = pages * costs_.summary_bytes_per_page(2);
       const double flops = costs_.score_flops(pages, group);
       if (cfg_.summaries_resident) {
@@ -553,7 +734,7 @@ std::vector<device_work> host_engine::round_b_work() {
         w.wire_bytes = work::recall_request_wire_bytes(w.pages.size());
         uint64_t tokens = 0;
         for (uint64_t p : w.pages) {
-          const uint64_t end = spec(request_id).context_tokens + step_ + 1;
+          const uint64_t end = spec(request_id).context_tokens + decoded(request_id) + 1;
           tokens += std::min<uint64_t>(ps, end - p * ps);
         }
         w.device_cost_ns = costs_.expander_read(costs_.kv_bytes(double(tokens))).time_ns;
@@ -622,11 +803,7 @@ result<std::vector<device_work>> host_engine::on_reply(const device_reply& r) {
     case purpose::verify: {
       head_state& hs = heads_.at(key);
       hs.dense_parts[pi.shard_index] = r.answer.part;
-      if (!pending_.empty()) return std::vector<device_work>{};
-      auto st = finish_verification();
-      if (!st) return st;
-      phase_ = phase::done;
-      return std::vector<device_work>{};
+      break;
     }
     case purpose::steady_copy: {
       steady_state& ss = steady_.at(key);
@@ -642,10 +819,7 @@ result<std::vector<device_work>> host_engine::on_reply(const device_reply& r) {
       const uint64_t bytes = work::recall_reply_wire_bytes(m, payload / (4ull * d));
       op_cost dc = costs_.pnm_compute(double(payload), 0);
       device_done(bytes, dc.time_ns, dc.energy_j);
-      if (!pending_.empty()) return std::vector<device_work>{};
-      auto st = finish_copies();
-      if (!st) return st;
-      return layer_work(0);
+      break;
     }
     case purpose::select:
     case purpose::attend_listed: {
@@ -713,30 +887,7 @@ result<std::vector<device_work>> host_engine::on_reply(const device_reply& r) {
     }
   }
   if (!pending_.empty()) return std::vector<device_work>{};
-
-  if (phase_ == phase::round_a &&
-      (cfg_.mode == run_mode::baseline ||
-       std::any_of(heads_.begin(), heads_.end(), [&](const auto& kv) {
-         return std::get<0>(kv.first) == layer_ && kv.second.shards.size() > 1 &&
-                cfg_.cross_shard == cross_shard_selection::exact;
-       }))) {
-    auto st = finish_round_a();
-    if (!st) return st;
-    phase_ = phase::round_b;
-    gpu_busy_until_ns_ = clock_ns_;
-    auto work = round_b_work();
-    if (!work.empty()) return work;
-  }
-  auto st = finish_layer();
-  if (!st) return st;
-  if (++layer_ < cfg_.live_layers) return layer_work(layer_);
-  finish_timed_phase();
-  if (cfg_.verify) {
-    phase_ = phase::verify;
-    return verify_work();
-  }
-  phase_ = phase::done;
-  return std::vector<device_work>{};
+  return advance();
 }
 
 status host_engine::finish_layer() {
@@ -748,6 +899,12 @@ status host_engine::finish_layer() {
   double end = std::max(clock_ns_, last_arrival_ns_);
   if (cfg_.mode == run_mode::baseline) end = std::max(clock_ns_, last_arrival_ns_) + (gpu_busy_until_ns_ - clock_ns_);
   else end = std::max(end, gpu_busy_until_ns_);
+  // Prompt chunks still on the link hold the layer (their wait counts as link time).
+  if (prefill_last_arrival_ns_ > end) {
+    cur_.link_ns += prefill_last_arrival_ns_ - end;
+    end = prefill_last_arrival_ns_;
+  }
+  prefill_last_arrival_ns_ = 0;
   clock_ns_ = end;
   double merge_ns = 0;
   for (auto it = heads_.lower_bound({layer_, 0, 0});
@@ -769,7 +926,7 @@ status host_engine::finish_layer() {
     if (cfg_.mode == run_mode::png_kv) {
       steady_state& ss = steady_.at(it->first);
       cur_.steady_hits += ss.pages.size();
-      ss.policy->record(step_, hs.pages);
+      ss.policy->record(decoded(std::get<1>(it->first)), hs.pages);
     }
     calibrate(it->first, hs);
   }
@@ -812,9 +969,10 @@ void host_engine::calibrate(const head_key& key, const head_state& hs) {
   cal_set_fraction_sum_ += double(steady->size()) / double(budget_pages);
   if (cfg_.mode != run_mode::png_kv) {
     auto& sh = shadow_[key];
-    sh.first->record(step_, sel);
-    if (sh.first->due(step_ + 1)) {
-      auto next = sh.first->evaluate(step_ + 1);
+    const uint64_t at = decoded(std::get<1>(key));
+    sh.first->record(at, sel);
+    if (sh.first->due(at + 1)) {
+      auto next = sh.first->evaluate(at + 1);
       if (!next.empty()) {
         cal_churn_sum_ += double(next.size() - intersect(next, sh.second)) / double(next.size());
         ++cal_churn_samples_;
@@ -864,7 +1022,10 @@ void host_engine::finish_timed_phase() {
   const double scale = double(m.layers) / double(cfg_.live_layers);
   // Every byte on the CXL links costs SerDes energy, whatever it carries.
   cur_.energy_j += costs_.link_transfer(double(cur_.link_bytes)).energy_j;
-  op_cost lm = costs_.gpu_lm_head(static_cast<uint32_t>(requests_.size()));
+  // One output token per decoding request and per completed prompt.
+  uint64_t tokens = step_decoding_.size();
+  for (const prefill_chunk& c : step_prefill_) tokens += c.completes;
+  const op_cost lm = tokens ? costs_.gpu_lm_head(static_cast<uint32_t>(tokens)) : op_cost{};
   for (double* x : {&cur_.dense_ns, &cur_.link_ns, &cur_.device_ns, &cur_.gpu_attention_ns,
                     &cur_.merge_ns, &cur_.copy_ns, &cur_.energy_j})
     *x *= scale;
@@ -874,7 +1035,8 @@ void host_engine::finish_timed_phase() {
   cur_.lm_head_ns = lm.time_ns;
   cur_.energy_j += lm.energy_j;
   cur_.virtual_ns = live_ns * scale + lm.time_ns;
-  cur_.tokens = requests_.size();
+  cur_.tokens = tokens;
+  cur_.decode_batch = static_cast<uint32_t>(step_decoding_.size());
   clock_ns_ += lm.time_ns;
   last_step_ = cur_;
 }
@@ -889,7 +1051,7 @@ status host_engine::finish_verification() {
     auto st = merge_partials(dptrs.data(), dptrs.size(), dense);
     if (!st) return st;
     std::optional<uint64_t> needle = wl_.asked_needle_position(
-        request_id, layer, kv_head, step_, spec(request_id).context_tokens);
+        request_id, layer, kv_head, decoded(request_id), spec(request_id).context_tokens);
     if (needle) {
       const uint64_t page = *needle / cfg_.page_size_tokens;
       accuracy_.add_needle(std::binary_search(hs.pages.begin(), hs.pages.end(), page));

@@ -40,6 +40,7 @@
 #include "model/cost_model.hpp"
 #include "schedulers/modes.hpp"
 #include "schedulers/placement.hpp"
+#include "schedulers/serving.hpp"
 #include "schedulers/steady_pages.hpp"
 
 namespace pnmkv {
@@ -74,6 +75,7 @@ struct device_work {
   uint64_t wire_bytes = 0;         // payload bytes on the link
   bool verification = false;       // dense check: not charged, not timed
   bool charge_device = true;       // false: the device works on the GPU's behalf (baseline scoring)
+  bool bulk = false;               // a write of prompt tokens (acknowledged by the device)
   double device_cost_ns = -1;      // recalls: the expander's time (set by the engine)
   // write
   uint64_t request_id = 0;
@@ -115,7 +117,10 @@ struct step_report {
   uint64_t copy_bytes = 0;         // steady copies this step, all layers
   uint64_t emulated_bytes_read = 0;  // bytes the device actors read for the live layers
                                      // (whoever is charged): the emulator's own work
-  uint64_t tokens = 0;             // tokens produced (one per request)
+  uint64_t tokens = 0;             // tokens produced (one per decoding request, one per
+                                   // completed prompt)
+  uint32_t decode_batch = 0;       // requests that decoded in the step
+  uint64_t prefill_tokens = 0;     // prompt tokens written in the step (open workloads)
 };
 
 class host_engine {
@@ -123,16 +128,28 @@ class host_engine {
   host_engine(host_engine_config cfg, const cost_model& costs, const synthetic_workload& wl);
 
   const host_engine_config& config() const { return cfg_; }
-  status add_request(const request_spec& r, const request_placement& placement);
+  // decoding = false: the prompt is written by prefill chunks inside steps (plan_prefill);
+  // the request decodes from the step after its last chunk. Between steps only.
+  status add_request(const request_spec& r, const request_placement& placement, bool decoding = true);
+  // Forgets a finished request (its steady pages, statistics state). Between steps only.
+  status remove_request(uint64_t request_id);
   const std::vector<request_spec>& requests() const { return requests_; }
+  uint32_t decoding_count() const;
 
   // Prefill: every chunk of every live (layer, KV head) of every request, in a fixed
   // order, to every device holding the pages (primary and replicas). False when done.
   bool next_prefill_chunk(std::vector<device_work>& out);
   uint64_t prefill_bytes() const { return prefill_bytes_; }
 
+  // Open workloads: prompt chunks to write in the next step, next to the decoding batch
+  // (continuous batching). Each chunk continues its request's prompt. Writes go out with
+  // each live layer's work (device_work::bulk); the GPU's dense layers take the chunk's
+  // tokens with the batch; the link carries them after the layer's decode traffic.
+  status plan_prefill(std::vector<prefill_chunk> chunks);
+
   // Decode: start a step; returns its first work (steady copies, or the first layer's).
-  std::vector<device_work> begin_step(uint32_t step);
+  // A step with nothing to wait for (prefill only) runs to its end at once.
+  result<std::vector<device_work>> begin_step(uint32_t step);
   // Feed one reply; returns the next work. After the last live layer the timed part of the
   // step is over (timed_phase_done()); with verification on, the dense queries of every
   // live layer follow (untimed, uncharged), then step_done() is true.
@@ -217,6 +234,13 @@ class host_engine {
   status finish_copies();
   void finish_timed_phase();
   status finish_verification();
+  result<std::vector<device_work>> advance();  // runs the step on while nothing is pending
+  void end_step();
+  void prefill_writes(const request_spec& r, uint32_t layer, uint32_t kv_head, uint64_t from,
+                      uint64_t to, std::vector<device_work>& out);
+  uint64_t chunk_end(const request_placement& pl, uint32_t kv_head, uint64_t from, uint64_t to) const;
+  uint64_t decoded(uint64_t request_id) const { return rstate_.at(request_id).decoded; }
+  bool is_decoding(uint64_t request_id) const { return rstate_.at(request_id).decoding; }
   status rebuild_steady(steady_state& ss);
   const request_spec& spec(uint64_t request_id) const;
   double link_out(double now_ns, uint64_t bytes);  // host -> switch, returns arrival
@@ -228,6 +252,15 @@ class host_engine {
   const synthetic_workload& wl_;
   std::vector<request_spec> requests_;
   std::map<uint64_t, request_placement> placements_;
+  struct request_state {
+    uint64_t decoded = 0;    // decode steps done: the next token's position is context + decoded
+    bool decoding = true;
+    uint64_t prefilled = 0;  // prompt tokens written by in-step prefill
+  };
+  std::map<uint64_t, request_state> rstate_;
+  std::vector<prefill_chunk> step_prefill_;  // this step's prompt chunks
+  std::vector<uint64_t> step_decoding_;      // this step's decoding requests
+  double prefill_last_arrival_ns_ = 0;       // this layer's prompt writes, last arrival
   std::map<head_key, steady_state> steady_;
   // Calibration: shadow steady sets (modes without steady pages) and running sums.
   std::map<head_key, std::pair<std::unique_ptr<steady_policy>, std::vector<uint64_t>>> shadow_;

@@ -799,7 +799,7 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
     // vtime: when the message has left the host link (arrival minus link latency).
     env.vtime_ns = static_cast<uint64_t>(std::max(0.0, w.vt_arrival_ns - costs.link_latency_ns()));
     std::vector<uint8_t> bytes;
-    if (w.what == device_work::kind::write && w.n_tokens > 1) {
+    if (w.what == device_work::kind::write && w.bulk) {
       tp::prefill_write_msg pw;
       pw.request_id = w.request_id;
       pw.layer = w.layer;
@@ -1037,7 +1037,8 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
     ++st->step_epoch;
     st->step_start = steady::now();
     auto work = st->engine->begin_step(step);
-    send_all(work);
+    if (!work) return fail_run(work.error().to_string());
+    send_all(*work);
     self->delayed_send(self, std::chrono::milliseconds(setup->step_timeout_ms), tick_atom::value,
                        st->step_epoch);
   };

@@ -76,43 +76,6 @@ double device_bytes_per_request(const sim_setup& s, uint64_t final_tokens) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Trace
-
-result<std::vector<trace_row>> load_trace(const std::string& file) {
-  std::ifstream in(file);
-  if (!in) return status{errc::io, "trace file '" + file + "' cannot be read"};
-  std::vector<trace_row> rows;
-  std::string line;
-  uint64_t n = 0;
-  constexpr uint64_t rows_max = 10'000'000;
-  while (std::getline(in, line)) {
-    ++n;
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line.empty() || line[0] == '#') continue;
-    double a = 0, p = 0, o = 0;
-    char c1 = 0, c2 = 0;
-    std::istringstream is(line);
-    if (!(is >> a >> c1 >> p >> c2 >> o) || c1 != ',' || c2 != ',') {
-      if (rows.empty() && n == 1) continue;  // header
-      return status{errc::parse, "trace file '" + file + "' line " + std::to_string(n) +
-                                     ": expected arrival_s,prompt_tokens,output_tokens"};
-    }
-    if (!std::isfinite(a) || a < 0 || p < 1 || p > double(1ull << 26) || o < 1 || o > 1e7 ||
-        p != std::floor(p) || o != std::floor(o))
-      return status{errc::invalid_argument,
-                    "trace file '" + file + "' line " + std::to_string(n) +
-                        ": arrival_s must be >= 0, prompt_tokens in [1, 2^26], output_tokens in [1, 1e7] (integers)"};
-    if (rows.size() >= rows_max)
-      return status{errc::capacity, "trace file '" + file + "' has more than 10M rows"};
-    rows.push_back({a, uint64_t(p), uint64_t(o)});
-  }
-  std::stable_sort(rows.begin(), rows.end(),
-                   [](const trace_row& x, const trace_row& y) { return x.arrival_s < y.arrival_s; });
-  if (rows.empty()) return status{errc::invalid_argument, "trace file '" + file + "' has no rows"};
-  return rows;
-}
-
-// ---------------------------------------------------------------------------------------
 // Admission
 
 namespace {
@@ -469,15 +432,8 @@ result<sim_result> simulate(std::shared_ptr<const sim_setup> setup, const sim_pr
       if (!t) return t.error();
       rows = std::move(t).value();
     } else {
-      std::mt19937_64 rng(S.seed);
-      std::exponential_distribution<double> gap(S.arrival_rate_per_s);
-      std::uniform_real_distribution<double> u(1.0 - S.prompt_spread_fraction, 1.0 + S.prompt_spread_fraction);
-      double t = 0;
-      for (uint32_t i = 0; i < S.requests; ++i) {
-        t += gap(rng);
-        const double p = std::max(1.0, std::round(double(S.context_tokens) * u(rng)));
-        rows.push_back({t, uint64_t(p), std::max<uint64_t>(1, S.steps)});
-      }
+      rows = poisson_arrivals(S.seed, S.requests, S.arrival_rate_per_s, S.context_tokens,
+                              S.prompt_spread_fraction, S.steps);
     }
     reqs.resize(rows.size());
     for (size_t i = 0; i < rows.size(); ++i) {

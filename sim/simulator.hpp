@@ -15,29 +15,11 @@
 #include <vector>
 
 #include "schedulers/gpu_memory.hpp"
+#include "schedulers/serving.hpp"  // trace_row, load_trace, request_outcome, batch_sample
 #include "sim/sim_setup.hpp"
 #include "sim/step_model.hpp"
 
 namespace pnmkv {
-
-struct request_outcome {
-  uint64_t id = 0;
-  uint64_t prompt_tokens = 0, output_tokens = 0, generated = 0;
-  double arrival_s = 0, admitted_s = -1, first_token_s = -1, finish_s = -1;
-  bool refused = false;
-  std::string refusal;
-  double queueing_ms() const { return admitted_s >= 0 ? (admitted_s - arrival_s) * 1e3 : 0; }
-  double ttft_ms() const { return first_token_s >= 0 ? (first_token_s - arrival_s) * 1e3 : 0; }
-  double tpot_ms() const {
-    return finish_s >= 0 && generated > 1 ? (finish_s - first_token_s) * 1e3 / double(generated - 1) : 0;
-  }
-};
-
-struct batch_sample {
-  double t_s = 0;
-  uint32_t decode_batch = 0;
-  uint64_t prefill_tokens = 0;
-};
 
 // GPU memory of the serving GPUs (DESIGN.md §2), on the live cluster's formulas
 // (schedulers/gpu_memory.hpp) over all tp × pp GPUs: weights, then per request the mode's
@@ -111,12 +93,5 @@ result<sim_result> simulate(std::shared_ptr<const sim_setup> setup, const sim_pr
 
 // The pool size sim.pool_auto picks (exposed for tests and reports).
 result<uint32_t> choose_pool_devices(const sim_setup& setup);
-
-// Reads a trace (CSV: arrival_s,prompt_tokens,output_tokens; an optional header line).
-struct trace_row {
-  double arrival_s = 0;
-  uint64_t prompt_tokens = 0, output_tokens = 0;
-};
-result<std::vector<trace_row>> load_trace(const std::string& file);
 
 }  // namespace pnmkv

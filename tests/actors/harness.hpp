@@ -84,7 +84,9 @@ struct harness {
   }
 
   void step(uint32_t s) {
-    std::vector<device_work> work = host.begin_step(s);
+    auto first = host.begin_step(s);
+    ASSERT_TRUE(first) << first.error().to_string();
+    std::vector<device_work> work = std::move(first).value();
     while (!work.empty()) {
       std::vector<device_work> next;
       for (auto& w : work) {
