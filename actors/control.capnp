@@ -11,7 +11,8 @@ $Cxx.namespace("pnmkv::control::wire");
 struct RequestSpec {
   requestId @0 :UInt64;
   contextTokens @1 :UInt64;
-  steps @2 :UInt32;
+  steps @2 :UInt32;      # decode steps (tokens appended); open workloads: output tokens - 1
+  arrivalNs @3 :UInt64;  # open workloads: virtual arrival time
 }
 
 struct Hello {           # node -> coordinator: asks for a join challenge
@@ -38,6 +39,16 @@ struct PlacementAck {    # device -> coordinator
 
 struct RunStart {        # coordinator -> gpu host: decode these (placed) requests
   requests @0 :List(RequestSpec);
+  open @1 :Bool;         # an open workload: nothing is placed yet; the host asks (Admit)
+}
+
+struct Admit {           # gpu host -> coordinator: place this request now, or say why not
+  requestId @0 :UInt64;
+  inSystem @1 :UInt32;   # requests the host holds now (the GPU-memory check's batch)
+}
+
+struct Release {         # gpu host -> coordinator -> devices: the request is finished
+  requestId @0 :UInt64;
 }
 
 struct RunResult {       # gpu host -> driver
@@ -70,5 +81,7 @@ struct Control {
     shutdown @8 :Void;
     progress @9 :Progress;
     memberDown @10 :MemberDown;
+    admit @11 :Admit;
+    release @12 :Release;
   }
 }

@@ -15,9 +15,10 @@ void fill_spec(wire::RequestSpec::Builder b, const request_spec_msg& r) {
   b.setRequestId(r.request_id);
   b.setContextTokens(r.context_tokens);
   b.setSteps(r.steps);
+  b.setArrivalNs(r.arrival_ns);
 }
 request_spec_msg read_spec(wire::RequestSpec::Reader r) {
-  return {r.getRequestId(), r.getContextTokens(), r.getSteps()};
+  return {r.getRequestId(), r.getContextTokens(), r.getSteps(), r.getArrivalNs()};
 }
 template <class... Ts>
 struct overloaded : Ts... {
@@ -54,9 +55,17 @@ std::string encode(const control_message& m) {
                    b.setReason(x.reason);
                  },
                  [&](const run_start_msg& x) {
-                   auto l = body.initRunStart().initRequests(static_cast<unsigned>(x.requests.size()));
+                   auto rs = body.initRunStart();
+                   rs.setOpen(x.open);
+                   auto l = rs.initRequests(static_cast<unsigned>(x.requests.size()));
                    for (unsigned i = 0; i < x.requests.size(); ++i) fill_spec(l[i], x.requests[i]);
                  },
+                 [&](const admit_msg& x) {
+                   auto b = body.initAdmit();
+                   b.setRequestId(x.request_id);
+                   b.setInSystem(x.in_system);
+                 },
+                 [&](const release_msg& x) { body.initRelease().setRequestId(x.request_id); },
                  [&](const run_result_msg& x) {
                    auto b = body.initRunResult();
                    b.setReportJson(x.report_json);
@@ -129,6 +138,7 @@ result<control_message> decode(const std::string& bytes) {
                                             " requests; the limit is " +
                                             std::to_string(max_requests_per_run)};
         run_start_msg rs;
+        rs.open = body.getRunStart().getOpen();
         for (auto r : l) rs.requests.push_back(read_spec(r));
         m.body = std::move(rs);
         break;
@@ -151,6 +161,12 @@ result<control_message> decode(const std::string& bytes) {
         m.body = progress_msg{p.getPhase(), p.getDone(), p.getTotal()};
         break;
       }
+      case wire::Control::Body::ADMIT:
+        m.body = admit_msg{body.getAdmit().getRequestId(), body.getAdmit().getInSystem()};
+        break;
+      case wire::Control::Body::RELEASE:
+        m.body = release_msg{body.getRelease().getRequestId()};
+        break;
       default:
         return status{errc::parse, "control message of unknown kind"};
     }

@@ -18,7 +18,8 @@ inline constexpr size_t max_requests_per_run = 4096;
 struct request_spec_msg {
   uint64_t request_id = 0;
   uint64_t context_tokens = 0;
-  uint32_t steps = 0;
+  uint32_t steps = 0;        // decode steps; open workloads: output tokens − 1
+  uint64_t arrival_ns = 0;   // open workloads: virtual arrival
 };
 struct hello_msg {
   uint32_t node = 0;
@@ -40,6 +41,14 @@ struct placement_ack_msg {
 };
 struct run_start_msg {
   std::vector<request_spec_msg> requests;
+  bool open = false;  // open workload: the host admits over time (admit_msg)
+};
+struct admit_msg {
+  uint64_t request_id = 0;
+  uint32_t in_system = 0;
+};
+struct release_msg {
+  uint64_t request_id = 0;
 };
 struct run_result_msg {
   std::string report_json;
@@ -59,7 +68,7 @@ struct progress_msg {
 
 using control_body = std::variant<hello_msg, submit_msg, admission_msg, placement_ack_msg,
                                   run_start_msg, run_result_msg, shutdown_msg, progress_msg,
-                                  member_down_msg>;
+                                  member_down_msg, admit_msg, release_msg>;
 
 struct control_message {
   uint32_t sender = 0;

@@ -206,6 +206,7 @@ struct coordinator_state {
   bool started = false;
   // A result for a driver that has not submitted yet (a member went down early).
   std::string undelivered_result;
+  std::vector<control::request_spec_msg> open_specs;  // open workloads: every submitted request
 };
 }  // namespace
 
@@ -236,6 +237,16 @@ caf::behavior coordinator_actor(caf::event_based_actor* self,
   };
 
   auto decide = [=](uint64_t request_id, bool accepted, const std::string& reason) {
+    if (setup->open_workload()) {
+      // The GPU host asked; it gets the answer (after the placement, on the same channel).
+      auto host = st->members.find(gpu_host_node);
+      if (host == st->members.end()) return;
+      if (accepted) self->send(host->second.hdl, member_atom::value, membership_bytes({request_id}));
+      else log().info("event=not_admitted request={} reason=\"{}\"", request_id, reason);
+      self->send(host->second.hdl, ctl_atom::value,
+                 ctl(self_id, control::admission_msg{request_id, accepted, reason}));
+      return;
+    }
     ++st->decided;
     if (accepted) st->ready_requests.push_back(request_id);
     if (!accepted)
@@ -253,17 +264,23 @@ caf::behavior coordinator_actor(caf::event_based_actor* self,
     }
   };
 
-  auto try_admit = [=] {
-    if (!st->ready || !st->driver) return;
-    while (!st->queue.empty()) {
-      control::request_spec_msg spec = st->queue.front();
-      st->queue.pop_front();
+  // Admission of one request: GPU memory, then a pool that can hold it, then the
+  // emulator's real memory. "" when it is placed (membership sent, acks awaited), else why
+  // it cannot be admitted now.
+  auto admit_one = [=](const control::request_spec_msg& spec) -> std::string {
+    {
       st->specs[spec.request_id] = spec;
       // GPU memory first: weights, activations and the mode's KV-side buffers for the
       // batch with this request in it (schedulers/gpu_memory.hpp).
       {
         gpu_memory_query q = setup->gpu_query;
         q.batch = static_cast<uint32_t>(st->placed.size() + 1);
+        if (setup->open_workload()) q.context_tokens = 0;
+        // Requests of different lengths (open workloads): sized as the longest of them.
+        q.context_tokens = std::max<uint64_t>(q.context_tokens, spec.context_tokens + spec.steps);
+        for (const auto& [id, other] : st->placed)
+          if (st->specs.count(id))
+            q.context_tokens = std::max<uint64_t>(q.context_tokens, st->specs.at(id).context_tokens + st->specs.at(id).steps);
         auto use = gpu_memory(setup->model, setup->hw, q);
         if (!use.fits()) {
           char buf[256];
@@ -273,9 +290,7 @@ caf::behavior coordinator_actor(caf::event_based_actor* self,
                         q.batch, setup->mode.c_str(), use.total_bytes() / 1e9,
                         use.capacity_bytes / 1e9, use.weights_bytes / 1e9,
                         use.summaries_bytes / 1e9, use.recall_bytes / 1e9, use.steady_bytes / 1e9);
-          decide(spec.request_id, false, "request " + std::to_string(spec.request_id) +
-                                             " not admitted: " + buf);
-          continue;
+          return "request " + std::to_string(spec.request_id) + " not admitted: " + buf;
         }
       }
       placement_request pr = setup->placement;
@@ -313,10 +328,7 @@ caf::behavior coordinator_actor(caf::event_based_actor* self,
           break;
         }
       }
-      if (!pl) {
-        decide(spec.request_id, false, pl.error().message());
-        continue;
-      }
+      if (!pl) return pl.error().message();
       // The emulator holds the live layers for real: check that too before committing.
       std::map<uint32_t, uint64_t> live_need;
       for (const auto& s : pl->shards) {
@@ -331,10 +343,7 @@ caf::behavior coordinator_actor(caf::event_based_actor* self,
                     std::to_string(dev) + " would hold " + std::to_string(need) +
                     " bytes of live layers, " + std::to_string(st->emulator_free[dev]) +
                     " left of cluster.device_memory_bytes_max";
-      if (!too_big.empty()) {
-        decide(spec.request_id, false, too_big);
-        continue;
-      }
+      if (!too_big.empty()) return too_big;
       st->pools[chosen] = trial;
       for (const auto& [dev, need] : live_need) st->emulator_free[dev] -= need;
       st->placed.emplace(spec.request_id, *pl);
@@ -345,6 +354,58 @@ caf::behavior coordinator_actor(caf::event_based_actor* self,
       }
       auto bytes = membership_bytes({spec.request_id});
       for (uint32_t dev : waiting) self->send(st->members.at(dev).hdl, member_atom::value, bytes);
+    }
+    return "";
+  };
+
+  // Closed workloads: every submitted request, in order, as soon as the cluster is ready.
+  auto try_admit = [=] {
+    if (!st->ready || !st->driver) return;
+    while (!st->queue.empty()) {
+      control::request_spec_msg spec = st->queue.front();
+      st->queue.pop_front();
+      auto why = admit_one(spec);
+      if (!why.empty()) decide(spec.request_id, false, why);
+    }
+  };
+
+  // Open workloads: once the cluster is ready and every request is submitted, the GPU host
+  // gets them all and asks for each admission at its step boundaries (admit_msg).
+  auto maybe_start_open = [=] {
+    if (!setup->open_workload() || st->started || !st->ready || !st->driver ||
+        st->open_specs.size() < setup->arrivals.size())
+      return;
+    auto host = st->members.find(gpu_host_node);
+    if (host == st->members.end()) return;
+    st->started = true;
+    control::run_start_msg rs;
+    rs.open = true;
+    rs.requests = st->open_specs;
+    self->send(host->second.hdl, ctl_atom::value, ctl(self_id, std::move(rs)));
+  };
+
+  // A finished request: its capacity returns to the pool and the emulator, and the devices
+  // drop its shards.
+  auto release = [=](uint64_t request_id) {
+    auto it = st->placed.find(request_id);
+    if (it == st->placed.end()) return;
+    std::set<uint32_t> holders;
+    for (const auto& s : it->second.shards) {
+      std::vector<uint32_t> devs{s.device_id};
+      devs.insert(devs.end(), s.replica_device_ids.begin(), s.replica_device_ids.end());
+      for (uint32_t dev : devs) {
+        holders.insert(dev);
+        st->emulator_free[dev] += s.bytes_modelled / setup->model.layers * setup->device.live_layers;
+        for (auto& pool : st->pools)
+          for (size_t i = 0; i < pool.device_ids.size(); ++i)
+            if (pool.device_ids[i] == dev) pool.free_bytes[i] += s.bytes_modelled;
+      }
+    }
+    st->placed.erase(it);
+    auto bytes = ctl(self_id, control::release_msg{request_id});
+    for (uint32_t dev : holders) {
+      auto m = st->members.find(dev);
+      if (m != st->members.end()) self->send(m->second.hdl, ctl_atom::value, bytes);
     }
   };
 
@@ -411,6 +472,11 @@ caf::behavior coordinator_actor(caf::event_based_actor* self,
             self->send(st->driver, ctl_atom::value, std::exchange(st->undelivered_result, {}));
             return;
           }
+          if (setup->open_workload()) {
+            st->open_specs.push_back(s->request);
+            maybe_start_open();
+            return;
+          }
           st->queue.push_back(s->request);
           try_admit();
         } else if (std::holds_alternative<control::progress_msg>(m->body) ||
@@ -423,11 +489,27 @@ caf::behavior coordinator_actor(caf::event_based_actor* self,
           // Every member quits, then the coordinator itself.
           for (const auto& [id, mem] : st->members) self->send(mem.hdl, ctl_atom::value, bytes);
           self->quit();
+        } else if (auto* ad = std::get_if<control::admit_msg>(&m->body)) {
+          if (!setup->open_workload() || st->placed.count(ad->request_id) ||
+              st->awaiting_acks.count(ad->request_id))
+            return;
+          const control::request_spec_msg* spec = nullptr;
+          for (const auto& r : st->open_specs)
+            if (r.request_id == ad->request_id) spec = &r;
+          if (!spec) {
+            decide(ad->request_id, false, "request " + std::to_string(ad->request_id) + " was never submitted");
+            return;
+          }
+          auto why = admit_one(*spec);
+          if (!why.empty()) decide(ad->request_id, false, why);
+        } else if (auto* rl = std::get_if<control::release_msg>(&m->body)) {
+          release(rl->request_id);
         } else if (auto* a = std::get_if<control::placement_ack_msg>(&m->body)) {
           auto it = st->awaiting_acks.find(a->request_id);
           if (it == st->awaiting_acks.end()) return;
           if (!a->ok) {
             st->awaiting_acks.erase(it);
+            release(a->request_id);  // what the other devices took, and the pool's capacity
             decide(a->request_id, false, a->reason);
             return;
           }
@@ -474,6 +556,7 @@ caf::behavior coordinator_actor(caf::event_based_actor* self,
           auto bytes2 = membership_bytes({});
           for (const auto& [id, mem] : st->members) self->send(mem.hdl, member_atom::value, bytes2);
           try_admit();
+          maybe_start_open();
         }
       },
   };
@@ -739,7 +822,13 @@ caf::behavior pnm_device_actor(caf::event_based_actor* self, std::shared_ptr<con
       },
       [=](ctl_atom, const std::string& bytes) {
         auto m = control::decode(bytes);
-        if (m && std::holds_alternative<control::shutdown_msg>(m->body)) self->quit();
+        if (!m) return;
+        if (std::holds_alternative<control::shutdown_msg>(m->body)) self->quit();
+        if (auto* rl = std::get_if<control::release_msg>(&m->body)) {
+          // A finished request (open workloads): its memory is free for the next.
+          st->engine->release(rl->request_id);
+          st->shards.erase(rl->request_id);
+        }
       },
   };
 }
@@ -777,6 +866,16 @@ struct host_state {
   std::map<uint32_t, uint64_t> device_bytes_held;
   std::set<uint32_t> connected;  // fabric peers already connected
   bool finished = false;
+  // Open workloads: the serving scheduler decides each step's work; admission is asked of
+  // the coordinator one request at a time at step boundaries.
+  bool open = false;
+  std::unique_ptr<serving_scheduler> sched;
+  std::map<uint64_t, control::request_spec_msg> open_specs;
+  step_plan plan;                  // the running step's
+  uint64_t awaiting_admission = 0; // request asked for, answer pending
+  bool admitting = true;           // false: the head of the queue did not fit this boundary
+  uint64_t step_writes = 0;        // prompt writes of the running step not acknowledged yet
+  bool step_running = false;
 };
 
 
@@ -880,6 +979,7 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
 
   auto send_all = [=](std::vector<device_work>& work) {
     for (auto& w : work) {
+      if (st->open && w.bulk) ++st->step_writes;
       auto s = send_work(w);
       if (!s) {
         fail_run("send to device " + std::to_string(w.device_id) + " failed: " + s.to_string());
@@ -928,10 +1028,17 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
     uint64_t link = 0, dev = 0;
     double dense = 0, lnk = 0, devns = 0, merge = 0, lm = 0, live_bytes = 0, gattn = 0, copy = 0;
     uint64_t copy_bytes = 0, steady_hits = 0, selected = 0;
+    // Per-step figures are over decode steps (open workloads also run prefill-only steps);
+    // tokens, energy and time over every step.
+    double all_vt = 0;
+    size_t decode_steps = 0;
     for (const auto& s : st->steps) {
-      vt += s.virtual_ns;
+      all_vt += s.virtual_ns;
       energy += s.energy_j;
       tokens += double(s.tokens);
+      if (st->open && s.decode_batch == 0) continue;
+      ++decode_steps;
+      vt += s.virtual_ns;
       link += s.link_bytes;
       dev += s.device_bytes_scanned;
       dense += s.dense_ns, lnk += s.link_ns, devns += s.device_ns, merge += s.merge_ns, lm += s.lm_head_ns;
@@ -939,16 +1046,19 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
       copy_bytes += s.copy_bytes, steady_hits += s.steady_hits, selected += s.selected_pages;
       live_bytes += double(s.emulated_bytes_read);
     }
-    const double n = std::max<size_t>(1, st->steps.size());
+    const double n = std::max<size_t>(1, decode_steps);
     rep.virtual_step_ms_mean = vt / n / 1e6;
-    rep.virtual_tokens_per_s = vt > 0 ? tokens / (vt / 1e9) : 0;
+    // Closed runs: decode steps back to back. Open workloads: the whole virtual time the
+    // run covered, idle gaps between arrivals included (as the simulator).
+    const double elapsed_ns = st->open && st->sched ? st->sched->now_s() * 1e9 : all_vt;
+    rep.virtual_tokens_per_s = elapsed_ns > 0 ? tokens / (elapsed_ns / 1e9) : 0;
     // baseline's memory boxes are passive expanders; the other modes' are PNM devices.
     const bool passive = setup->host.mode == run_mode::baseline;
     const uint32_t pnm_boxes = passive ? 0 : setup->devices, expanders = passive ? setup->devices : 0;
     const double static_w = costs.static_power_w(1, pnm_boxes, expanders);
-    const double total_energy = energy + static_w * vt / 1e9;
+    const double total_energy = energy + static_w * elapsed_ns / 1e9;
     rep.virtual_energy_j_per_token = tokens > 0 ? total_energy / tokens : 0;
-    rep.virtual_power_w = vt > 0 ? total_energy / (vt / 1e9) : 0;
+    rep.virtual_power_w = elapsed_ns > 0 ? total_energy / (elapsed_ns / 1e9) : 0;
     rep.virtual_tokens_per_dollar = costs.tokens_per_dollar(
         rep.virtual_tokens_per_s, rep.virtual_power_w, costs.capital_usd(1, pnm_boxes, expanders));
     rep.virtual_link_bytes_per_step = uint64_t(double(link) / n);
@@ -1016,6 +1126,16 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
       rep.sequence_shards = st->placements.begin()->second.sequence_shards;
     }
     rep.completed = st->requests.size();
+    if (st->open && st->sched) {
+      rep.arrivals = setup->cfg.get_string("workload.arrivals");
+      rep.request_outcomes = st->sched->outcomes();
+      rep.batch_series = st->sched->series();
+      rep.serving = summarise(rep.request_outcomes, rep.batch_series);
+      rep.virtual_time_s = st->sched->now_s();
+      rep.tokens_out = uint64_t(tokens);
+      rep.completed = rep.serving.completed;
+      rep.batch = rep.serving.batch_peak;
+    }
     return rep;
   };
 
@@ -1030,10 +1150,17 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
     self->send(st->driver, ctl_atom::value, ctl(node, control::progress_msg{phase, done, total}));
   };
 
+  // Called whenever the running step may have moved on: records its timed phase once and,
+  // when it is over (every reply in, every prompt write acknowledged), goes to the next.
+  auto after_progress = std::make_shared<std::function<void()>>();
+  // Open workloads: admission (one request at a time, head of line), then the next step.
+  auto boundary = std::make_shared<std::function<void()>>();
+
   auto start_step = [=](uint32_t step) {
-    progress("decode", step, setup->steps);
+    if (!st->open) progress("decode", step, setup->steps);
     st->step = step;
     st->step_timed = false;
+    st->step_running = true;
     ++st->step_epoch;
     st->step_start = steady::now();
     auto work = st->engine->begin_step(step);
@@ -1041,6 +1168,56 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
     send_all(*work);
     self->delayed_send(self, std::chrono::milliseconds(setup->step_timeout_ms), tick_atom::value,
                        st->step_epoch);
+    (*after_progress)();  // a step with nothing to wait for is over already
+  };
+
+  *after_progress = [=] {
+    if (st->finished || !st->engine || !st->step_running) return;
+    if (st->engine->timed_phase_done() && !st->step_timed) {
+      st->step_timed = true;
+      st->step_wall_ms.push_back(
+          std::chrono::duration<double, std::milli>(steady::now() - st->step_start).count());
+      st->steps.push_back(st->engine->last_step());
+    }
+    if (!st->engine->step_done() || st->step_writes > 0) return;
+    st->step_running = false;
+    if (!st->open) {
+      if (st->step + 1 < setup->steps) return start_step(st->step + 1);
+      progress("decode", setup->steps, setup->steps);
+      return finish();
+    }
+    auto done = st->sched->complete(st->plan, st->engine->last_step().virtual_ns * 1e-9);
+    for (uint64_t id : done) {
+      auto s = st->engine->remove_request(id);
+      if (!s) return fail_run(s.to_string());
+      self->send(st->coordinator, ctl_atom::value, ctl(node, control::release_msg{id}));
+    }
+    uint64_t over = 0;
+    for (const auto& o : st->sched->outcomes()) over += o.refused || o.finish_s >= 0;
+    progress("serve", over, st->sched->outcomes().size());
+    (*boundary)();
+  };
+
+  *boundary = [=] {
+    if (st->finished) return;
+    serving_scheduler& sc = *st->sched;
+    if (st->admitting) {
+      if (auto c = sc.next_candidate()) {
+        st->awaiting_admission = *c;
+        self->send(st->coordinator, ctl_atom::value, ctl(node, control::admit_msg{*c, sc.in_system()}));
+        return;  // goes on when the answer comes
+      }
+    }
+    st->admitting = true;
+    st->plan = sc.plan();
+    if (st->plan.empty()) {
+      if (sc.done()) return finish();
+      if (sc.idle_until_next_arrival()) return (*boundary)();
+      return fail_run("serving stalled: requests are waiting but none can run");
+    }
+    auto s = st->engine->plan_prefill(st->plan.prefill);
+    if (!s) return fail_run(s.to_string());
+    start_step(st->step_epoch == 0 ? 0 : st->step + 1);
   };
 
   auto pump_prefill = [=] {
@@ -1093,6 +1270,43 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
           fail_run("device " + std::to_string(down->node) + " went down (" + down->reason + ")");
           return;
         }
+        if (auto* a = std::get_if<control::admission_msg>(&m->body)) {
+          // Open workloads: the coordinator's answer to an admit_msg.
+          if (!st->open || st->finished || a->request_id != st->awaiting_admission) return;
+          st->awaiting_admission = 0;
+          if (a->accepted) {
+            auto pl = st->placements.find(a->request_id);
+            if (pl == st->placements.end())
+              return fail_run("request " + std::to_string(a->request_id) + " admitted without a placement");
+            const auto& spec = st->open_specs.at(a->request_id);
+            auto s = st->engine->add_request({spec.request_id, spec.context_tokens, spec.steps},
+                                             pl->second, /*decoding=*/false);
+            if (!s) return fail_run(s.to_string());
+            st->sched->admit(a->request_id);
+          } else if (!st->sched->not_admitted(a->request_id, a->reason)) {
+            st->admitting = false;  // head of line: it waits for the next boundary
+          }
+          return (*boundary)();
+        }
+        if (auto* rs = std::get_if<control::run_start_msg>(&m->body); rs && rs->open) {
+          st->open = true;
+          st->engine = std::make_unique<host_engine>(setup->host, costs, *setup->workload);
+          std::vector<trace_row> rows;
+          for (const auto& r : rs->requests) {
+            st->open_specs[r.request_id] = r;
+            rows.push_back({double(r.arrival_ns) * 1e-9, r.context_tokens, uint64_t(r.steps) + 1});
+          }
+          st->sched = std::make_unique<serving_scheduler>(std::move(rows), setup->serving);
+          // The scheduler numbers requests 1.. in arrival order, as the driver submitted them.
+          for (const auto& o : st->sched->outcomes()) {
+            auto it = st->open_specs.find(o.id);
+            if (it == st->open_specs.end() || it->second.context_tokens != o.prompt_tokens)
+              return fail_run("open workload: request " + std::to_string(o.id) +
+                              " does not match the submitted requests (ids must be 1.. in arrival order)");
+          }
+          st->prefill_start = steady::now();
+          return (*boundary)();
+        }
         if (auto* rs = std::get_if<control::run_start_msg>(&m->body)) {
           st->requests = rs->requests;
           st->engine = std::make_unique<host_engine>(setup->host, costs, *setup->workload);
@@ -1120,6 +1334,10 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
         auto m = tp::decode(bytes.data(), bytes.size(), limits);
         if (!m) return;
         if (std::holds_alternative<tp::write_ack_msg>(m->body)) {
+          if (st->open) {
+            if (st->step_writes > 0) --st->step_writes;
+            return (*after_progress)();
+          }
           if (st->writes_in_flight > 0) --st->writes_in_flight;
           pump_prefill();
         } else if (std::holds_alternative<tp::partial_msg>(m->body) ||
@@ -1178,20 +1396,7 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
           auto next = st->engine->on_reply(r);
           if (!next) return fail_run(next.error().to_string());
           send_all(*next);
-          if (st->engine->timed_phase_done() && !st->step_timed) {
-            st->step_timed = true;
-            st->step_wall_ms.push_back(
-                std::chrono::duration<double, std::milli>(steady::now() - st->step_start).count());
-            st->steps.push_back(st->engine->last_step());
-          }
-          if (st->engine->step_done()) {
-            if (st->step + 1 < setup->steps) {
-              start_step(st->step + 1);
-            } else {
-              progress("decode", setup->steps, setup->steps);
-              finish();
-            }
-          }
+          (*after_progress)();
         } else if (auto* e = std::get_if<tp::error_msg>(&m->body)) {
           fail_run("device " + std::to_string(m->env.sender) + " refused work: " + e->message);
         }
@@ -1203,7 +1408,7 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
                      " ms (run.prefill_timeout_ms)");
           return;
         }
-        if (epoch == st->step_epoch && !st->finished && !st->engine->step_done())
+        if (epoch == st->step_epoch && !st->finished && st->step_running)
           fail_run("decode step " + std::to_string(st->step) + " missed its deadline of " +
                    std::to_string(setup->step_timeout_ms) + " ms (run.step_timeout_ms)");
       },
@@ -1223,9 +1428,20 @@ caf::behavior driver_actor(caf::event_based_actor* self, std::shared_ptr<const r
     uint64_t accepted = 0, refused = 0;
   };
   auto st = std::make_shared<driver_state>();
-  for (uint32_t i = 0; i < setup->batch; ++i) {
-    control::request_spec_msg r{i + 1, setup->context_tokens, setup->steps};
-    self->send(coordinator, ctl_atom::value, ctl(driver_node, control::submit_msg{r}));
+  if (setup->open_workload()) {
+    // Open workloads: every request with its arrival; the GPU host admits them over
+    // virtual time. Ids are 1.. in arrival order.
+    for (size_t i = 0; i < setup->arrivals.size(); ++i) {
+      const trace_row& a = setup->arrivals[i];
+      control::request_spec_msg r{i + 1, a.prompt_tokens, uint32_t(std::max<uint64_t>(1, a.output_tokens) - 1),
+                                  uint64_t(std::llround(a.arrival_s * 1e9))};
+      self->send(coordinator, ctl_atom::value, ctl(driver_node, control::submit_msg{r}));
+    }
+  } else {
+    for (uint32_t i = 0; i < setup->batch; ++i) {
+      control::request_spec_msg r{i + 1, setup->context_tokens, setup->steps};
+      self->send(coordinator, ctl_atom::value, ctl(driver_node, control::submit_msg{r}));
+    }
   }
   return {
       [=](ctl_atom, const std::string& bytes) {
@@ -1244,10 +1460,24 @@ caf::behavior driver_actor(caf::event_based_actor* self, std::shared_ptr<const r
           nlohmann::ordered_json j = nlohmann::ordered_json::object();
           if (!r->report_json.empty()) j = nlohmann::ordered_json::parse(r->report_json, nullptr, false);
           if (j.is_discarded()) j = nlohmann::ordered_json::object();
-          j["requests"]["submitted"] = setup->batch;
-          j["requests"]["completed"] = r->ok ? st->accepted : 0;
-          j["requests"]["failed"] = st->refused + (r->ok ? 0 : st->accepted);
           auto failures = st->failures;
+          if (setup->open_workload()) {
+            // The GPU host's scheduler knows what became of each request.
+            const auto& s = j.contains("serving") ? j["serving"] : nlohmann::ordered_json::object();
+            const uint64_t n = setup->arrivals.size(), completed = r->ok ? s.value("completed", uint64_t(0)) : 0;
+            j["requests"]["submitted"] = n;
+            j["requests"]["completed"] = completed;
+            j["requests"]["failed"] = n - completed;
+            if (s.contains("requests"))
+              for (const auto& q : s["requests"])
+                if (q.value("refused", false))
+                  failures.push_back("request " + std::to_string(q.value("id", uint64_t(0))) +
+                                     " refused: " + q.value("refusal", std::string()));
+          } else {
+            j["requests"]["submitted"] = setup->batch;
+            j["requests"]["completed"] = r->ok ? st->accepted : 0;
+            j["requests"]["failed"] = st->refused + (r->ok ? 0 : st->accepted);
+          }
           if (!r->ok) failures.push_back("run: " + r->reason);
           j["requests"]["failures"] = failures;
           self->send(report_to, done_atom::value, r->ok, j.dump());

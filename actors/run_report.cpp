@@ -76,6 +76,44 @@ std::string run_report::to_json() const {
   j["selection"] = {{"cross_shard", cross_shard}, {"summaries_resident", summaries_resident}};
   j["requests"] = {{"submitted", submitted}, {"completed", completed}, {"failed", failed},
                    {"failures", failures}};
+  if (arrivals != "closed") {
+    nlohmann::ordered_json rows = nlohmann::ordered_json::array();
+    for (const auto& o : request_outcomes)
+      rows.push_back({{"id", o.id},
+                      {"arrival_s", num(o.arrival_s)},
+                      {"prompt_tokens", o.prompt_tokens},
+                      {"output_tokens", o.output_tokens},
+                      {"generated", o.generated},
+                      {"admitted_s", num(o.admitted_s)},
+                      {"first_token_s", num(o.first_token_s)},
+                      {"finish_s", num(o.finish_s)},
+                      {"queueing_ms", num(o.queueing_ms())},
+                      {"ttft_ms", num(o.ttft_ms())},
+                      {"tpot_ms", num(o.tpot_ms())},
+                      {"refused", o.refused},
+                      {"refusal", o.refusal}});
+    nlohmann::ordered_json series = nlohmann::ordered_json::array();
+    for (const auto& b : batch_series)
+      series.push_back({{"t_s", num(b.t_s)}, {"decode_batch", b.decode_batch}, {"prefill_tokens", b.prefill_tokens}});
+    const serving_summary& s = serving;
+    j["serving"] = {{"arrivals", arrivals},
+                    {"virtual_time_s", num(virtual_time_s)},
+                    {"tokens_out", tokens_out},
+                    {"submitted", s.submitted},
+                    {"completed", s.completed},
+                    {"refused", s.refused},
+                    {"unfinished", s.unfinished},
+                    {"ttft_ms_mean", num(s.ttft_ms_mean)},
+                    {"ttft_ms_p99", num(s.ttft_ms_p99)},
+                    {"tpot_ms_mean", num(s.tpot_ms_mean)},
+                    {"tpot_ms_p99", num(s.tpot_ms_p99)},
+                    {"queueing_ms_mean", num(s.queueing_ms_mean)},
+                    {"queueing_ms_p99", num(s.queueing_ms_p99)},
+                    {"batch_mean", num(s.batch_mean)},
+                    {"batch_peak", s.batch_peak},
+                    {"requests", rows},
+                    {"batch_series", series}};
+  }
   nlohmann::ordered_json devs = nlohmann::ordered_json::array();
   for (size_t i = 0; i < device_ids.size(); ++i)
     devs.push_back({{"id", device_ids[i]},
@@ -194,6 +232,45 @@ run_report run_report::from_json(const std::string& text) {
     r.failed = q.value("failed", uint64_t(0));
     if (q.contains("failures")) r.failures = q["failures"].get<std::vector<std::string>>();
   }
+  if (j.contains("serving")) {
+    const auto& s = j["serving"];
+    auto d = [&](const nlohmann::json& o, const char* k) {
+      return o.contains(k) && !o[k].is_null() ? o[k].get<double>() : 0.0;
+    };
+    r.arrivals = s.value("arrivals", "closed");
+    r.virtual_time_s = d(s, "virtual_time_s");
+    r.tokens_out = s.value("tokens_out", uint64_t(0));
+    r.serving.submitted = s.value("submitted", uint64_t(0));
+    r.serving.completed = s.value("completed", uint64_t(0));
+    r.serving.refused = s.value("refused", uint64_t(0));
+    r.serving.unfinished = s.value("unfinished", uint64_t(0));
+    r.serving.ttft_ms_mean = d(s, "ttft_ms_mean");
+    r.serving.ttft_ms_p99 = d(s, "ttft_ms_p99");
+    r.serving.tpot_ms_mean = d(s, "tpot_ms_mean");
+    r.serving.tpot_ms_p99 = d(s, "tpot_ms_p99");
+    r.serving.queueing_ms_mean = d(s, "queueing_ms_mean");
+    r.serving.queueing_ms_p99 = d(s, "queueing_ms_p99");
+    r.serving.batch_mean = d(s, "batch_mean");
+    r.serving.batch_peak = s.value("batch_peak", 0u);
+    if (s.contains("requests"))
+      for (const auto& q : s["requests"]) {
+        request_outcome o;
+        o.id = q.value("id", uint64_t(0));
+        o.arrival_s = d(q, "arrival_s");
+        o.prompt_tokens = q.value("prompt_tokens", uint64_t(0));
+        o.output_tokens = q.value("output_tokens", uint64_t(0));
+        o.generated = q.value("generated", uint64_t(0));
+        o.admitted_s = d(q, "admitted_s");
+        o.first_token_s = d(q, "first_token_s");
+        o.finish_s = d(q, "finish_s");
+        o.refused = q.value("refused", false);
+        o.refusal = q.value("refusal", "");
+        r.request_outcomes.push_back(std::move(o));
+      }
+    if (s.contains("batch_series"))
+      for (const auto& b : s["batch_series"])
+        r.batch_series.push_back({d(b, "t_s"), b.value("decode_batch", 0u), b.value("prefill_tokens", uint64_t(0))});
+  }
   if (j.contains("devices"))
     for (const auto& d : j["devices"]) {
       r.device_ids.push_back(d.value("id", 0u));
@@ -294,6 +371,28 @@ std::string run_report::to_table() const {
                                        std::to_string(max_batch_gpu_memory) + ", device capacity " +
                                        std::to_string(max_batch_device_capacity) + ")");
   row("device bytes scanned per step", bytes_h(double(virtual_device_bytes_per_step)));
+  if (arrivals != "closed") {
+    const serving_summary& s = serving;
+    os << "serving (" << arrivals << " arrivals, continuous batching; virtual time)\n";
+    row("requests completed / refused / unfinished",
+        std::to_string(s.completed) + " / " + std::to_string(s.refused) + " / " + std::to_string(s.unfinished) +
+            " of " + std::to_string(s.submitted));
+    row("output tokens / virtual time", std::to_string(tokens_out) + f(" tokens / %.3f s", virtual_time_s));
+    row("TTFT mean / p99", f("%.2f", s.ttft_ms_mean) + " / " + f("%.2f ms", s.ttft_ms_p99));
+    row("TPOT mean / p99", f("%.3f", s.tpot_ms_mean) + " / " + f("%.3f ms", s.tpot_ms_p99));
+    row("queueing delay mean / p99", f("%.2f", s.queueing_ms_mean) + " / " + f("%.2f ms", s.queueing_ms_p99));
+    row("decode batch mean / peak", f("%.2f", s.batch_mean) + " / " + std::to_string(s.batch_peak));
+    // Batch size over time, coarsely: up to 12 evenly spaced steps.
+    if (!batch_series.empty()) {
+      std::string over;
+      const size_t n = batch_series.size(), k = std::min<size_t>(12, n);
+      for (size_t i = 0; i < k; ++i) {
+        const auto& b = batch_series[(i * (n - 1)) / std::max<size_t>(1, k - 1)];
+        over += (i ? " " : "") + std::to_string(b.decode_batch) + f("@%.2fs", b.t_s);
+      }
+      row("decode batch over time", over);
+    }
+  }
   os << "requests\n";
   row("submitted / completed / failed", std::to_string(submitted) + " / " +
                                             std::to_string(completed) + " / " +

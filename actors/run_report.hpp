@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "schedulers/serving.hpp"
+
 namespace pnmkv {
 
 struct run_report {
@@ -59,6 +61,14 @@ struct run_report {
   // requests
   uint64_t submitted = 0, completed = 0, failed = 0;
   std::vector<std::string> failures;  // one line per failed request
+
+  // open workloads (workload.arrivals poisson|trace): serving over virtual time
+  std::string arrivals = "closed";
+  double virtual_time_s = 0;     // virtual time the run covered (open workloads)
+  uint64_t tokens_out = 0;       // output tokens produced
+  serving_summary serving;       // TTFT, TPOT, queueing, batch over requests and steps
+  std::vector<request_outcome> request_outcomes;
+  std::vector<batch_sample> batch_series;
 
   // devices
   std::vector<uint32_t> device_ids;

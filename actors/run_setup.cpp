@@ -1,5 +1,7 @@
 #include "actors/run_setup.hpp"
 
+#include "actors/control.hpp"
+
 #include "transport/auth.hpp"
 #include "transport/from_config.hpp"
 
@@ -66,6 +68,27 @@ result<std::shared_ptr<const run_setup>> make_run_setup(const config& cfg,
   s->join_timeout_ms = static_cast<uint32_t>(cfg.get_int("cluster.join_timeout_ms"));
   s->prefill_timeout_ms = static_cast<uint32_t>(cfg.get_int("run.prefill_timeout_ms"));
   s->prefill_window_chunks = static_cast<uint32_t>(cfg.get_int("run.prefill_window_chunks"));
+  s->host.prefill_chunk_tokens = static_cast<uint64_t>(cfg.get_int("workload.prefill_chunk_tokens"));
+  const std::string arrivals = cfg.get_string("workload.arrivals");
+  if (arrivals == "poisson") {
+    s->arrivals = poisson_arrivals(s->seed, static_cast<uint32_t>(cfg.get_int("workload.requests")),
+                                   cfg.get_number("workload.arrival_rate_per_s"), s->context_tokens,
+                                   cfg.get_number("workload.prompt_tokens_spread_fraction"),
+                                   static_cast<uint64_t>(cfg.get_int("workload.output_tokens")));
+  } else if (arrivals == "trace") {
+    const std::string file = cfg.get_string("workload.trace_file");
+    if (file.empty())
+      return status{errc::invalid_argument, "workload.arrivals=trace needs workload.trace_file (a CSV of arrival_s,prompt_tokens,output_tokens)"};
+    auto rows = load_trace(file);
+    if (!rows) return rows.error();
+    if (rows->size() > control::max_requests_per_run)
+      return status{errc::invalid_argument, "workload.trace_file '" + file + "' has " +
+                                                std::to_string(rows->size()) + " requests; a live run takes at most " +
+                                                std::to_string(control::max_requests_per_run)};
+    s->arrivals = std::move(rows).value();
+  }
+  s->serving.prefill_chunk_tokens = s->host.prefill_chunk_tokens;
+  s->serving.batch_max = static_cast<uint32_t>(cfg.get_int("workload.batch_max"));
 
   const uint32_t live = static_cast<uint32_t>(cfg.get_int("cluster.live_layers"));
   if (live == 0 || live > s->model.layers)

@@ -15,6 +15,7 @@
 #include "model/cost_model.hpp"
 #include "schedulers/gpu_memory.hpp"
 #include "schedulers/placement.hpp"
+#include "schedulers/serving.hpp"
 
 namespace pnmkv {
 
@@ -42,6 +43,10 @@ struct run_setup {
   uint32_t join_timeout_ms = 0;
   uint32_t prefill_timeout_ms = 0;
   uint32_t prefill_window_chunks = 0;
+  // Open workloads (workload.arrivals poisson|trace); empty for closed runs.
+  std::vector<trace_row> arrivals;
+  serving_params serving;
+  bool open_workload() const { return !arrivals.empty(); }
 
   device_engine_config device;   // device_id filled per device
   host_engine_config host;

@@ -16,7 +16,27 @@ std::vector<config_key> schema_keys_workload() {
        "Where KV and queries come from"},
       {"workload.context_tokens", t::integer, "1048576", 1, 1 << 22, {},
        "Prompt (context) tokens per request before decoding"},
-      {"workload.batch", t::integer, "2", 1, 4096, {}, "Requests decoded together"},
+      {"workload.batch", t::integer, "2", 1, 4096, {}, "Requests decoded together (closed arrivals)"},
+      // Arrivals (DESIGN.md §2): a closed batch, or an open workload served with
+      // continuous batching (schedulers/serving.hpp).
+      {"workload.arrivals", t::choice, "closed", 0, 0, {"closed", "poisson", "trace"},
+       "closed: workload.batch requests prefilled, then run.steps decode steps together; "
+       "poisson/trace: requests arrive over virtual time, are admitted at step boundaries and "
+       "prefill in chunks next to the decoding batch"},
+      {"workload.requests", t::integer, "8", 1, 4096, {}, "poisson: requests generated"},
+      {"workload.arrival_rate_per_s", t::number, "1", 1e-9, 1e9, {},
+       "poisson: mean arrivals per second of virtual time"},
+      {"workload.prompt_tokens_spread_fraction", t::number, "0", 0, 0.99, {},
+       "poisson: prompts are workload.context_tokens × U(1 − f, 1 + f)"},
+      {"workload.output_tokens", t::integer, "16", 1, 1000000, {},
+       "poisson: output tokens per request (the first comes with the prompt's last chunk)"},
+      {"workload.trace_file", t::string, "", 0, 0, {},
+       "trace: CSV of arrival_s,prompt_tokens,output_tokens (header optional, '#' comments); "
+       "relative paths are from the working directory"},
+      {"workload.batch_max", t::integer, "0", 0, 4096, {},
+       "poisson/trace: requests in the system at once (0: only GPU memory and device capacity limit it)"},
+      {"workload.prefill_chunk_tokens", t::integer, "4096", 16, 1 << 24, {},
+       "Prompt tokens written per chunk (closed: per message; open: per step, all requests)"},
       // Text structure.
       {"workload.sink_tokens", t::integer, "4", 0, 1024, {},
        "Initial positions whose keys align with the sink direction (StreamingLLM: 4)"},

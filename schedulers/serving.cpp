@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cassert>
+#include <cctype>
 #include <cmath>
 #include <fstream>
 #include <random>
@@ -15,24 +16,31 @@ result<std::vector<trace_row>> load_trace(const std::string& file) {
   std::vector<trace_row> rows;
   std::string line;
   uint64_t n = 0;
+  bool seen_data = false;  // a line other than a comment or a blank one
   constexpr uint64_t rows_max = 10'000'000;
   while (std::getline(in, line)) {
     ++n;
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.empty() || line[0] == '#') continue;
+    // The first line that is not a comment may be a header: names, no digits.
+    if (!seen_data && std::none_of(line.begin(), line.end(), [](char c) {
+          return std::isdigit(static_cast<unsigned char>(c));
+        })) {
+      seen_data = true;
+      continue;
+    }
+    seen_data = true;
     double a = 0, p = 0, o = 0;
     char c1 = 0, c2 = 0;
     std::istringstream is(line);
-    if (!(is >> a >> c1 >> p >> c2 >> o) || c1 != ',' || c2 != ',') {
-      if (rows.empty() && n == 1) continue;  // header
+    if (!(is >> a >> c1 >> p >> c2 >> o) || c1 != ',' || c2 != ',' || !(is >> std::ws).eof())
       return status{errc::parse, "trace file '" + file + "' line " + std::to_string(n) +
-                                     ": expected arrival_s,prompt_tokens,output_tokens"};
-    }
-    if (!std::isfinite(a) || a < 0 || p < 1 || p > double(1ull << 26) || o < 1 || o > 1e7 ||
+                                     ": expected arrival_s,prompt_tokens,output_tokens (three numbers)"};
+    if (!std::isfinite(a) || a < 0 || a > 1e9 || p < 1 || p > double(1ull << 26) || o < 1 || o > 1e7 ||
         p != std::floor(p) || o != std::floor(o))
       return status{errc::invalid_argument,
                     "trace file '" + file + "' line " + std::to_string(n) +
-                        ": arrival_s must be >= 0, prompt_tokens in [1, 2^26], output_tokens in [1, 1e7] (integers)"};
+                        ": arrival_s must be in [0, 1e9], prompt_tokens in [1, 2^26], output_tokens in [1, 1e7] (integers)"};
     if (rows.size() >= rows_max)
       return status{errc::capacity, "trace file '" + file + "' has more than 10M rows"};
     rows.push_back({a, uint64_t(p), uint64_t(o)});
