@@ -618,9 +618,22 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
     w.query.excluded_pages = w.excluded_storage.data();
     w.query.n_excluded = w.excluded_storage.size();
   }
-  // This step's prompt chunks, after the decode traffic on the link. Devices store them
-  // (energy, no time on their clocks, as decode appends); nothing waits for them but the
-  // end of the layer (finish_layer).
+  // A layer of one round sends this step's prompt chunks now; two-round layers after their
+  // second round (round_b_work).
+  const bool two_rounds = cfg_.mode == run_mode::baseline ||
+                          std::any_of(heads_.begin(), heads_.end(), [&](const auto& kv) {
+                            return std::get<0>(kv.first) == layer && kv.second.shards.size() > 1 &&
+                                   cfg_.cross_shard == cross_shard_selection::exact;
+                          });
+  if (!two_rounds) prompt_work(layer, work);
+  return work;
+}
+
+// This step's prompt chunks of `layer`, after the layer's decode traffic on the link (as
+// the simulator's step model). Devices store them (energy, no time on their clocks, as
+// decode appends); nothing waits for them but the end of the layer (finish_layer).
+void host_engine::prompt_work(uint32_t layer, std::vector<device_work>& work) {
+  const auto& m = costs_.model();
   for (const prefill_chunk& c : step_prefill_) {
     const request_spec& r = spec(c.request_id);
     for (uint32_t h = 0; h < m.kv_heads; ++h) {
@@ -634,9 +647,8 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
                                                          : costs_.pnm_compute(kv, 0).energy_j;
       }
     }
-    cur_.prefill_tokens += c.tokens;
+    if (layer == 0) cur_.prefill_tokens += c.tokens;
   }
-  return work;
 }
 
 // After round a of exact / baseline selection: the GPU picks the global top pages from the
@@ -757,6 +769,7 @@ std::vector<device_work> host_engine::round_b_work() {
     w.query.listed_pages = w.listed_storage.data();
     w.query.n_listed = w.listed_storage.size();
   }
+  prompt_work(layer_, work);
   return work;
 }
 
@@ -899,12 +912,16 @@ status host_engine::finish_layer() {
   double end = std::max(clock_ns_, last_arrival_ns_);
   if (cfg_.mode == run_mode::baseline) end = std::max(clock_ns_, last_arrival_ns_) + (gpu_busy_until_ns_ - clock_ns_);
   else end = std::max(end, gpu_busy_until_ns_);
-  // Prompt chunks still on the link hold the layer (their wait counts as link time).
-  if (prefill_last_arrival_ns_ > end) {
-    cur_.link_ns += prefill_last_arrival_ns_ - end;
-    end = prefill_last_arrival_ns_;
-  }
-  prefill_last_arrival_ns_ = 0;
+  // Prompt chunks still on the link hold the layer (their wait counts as link time):
+  // before the merges, or in baseline after them (the simulator's composition).
+  auto prompt_wait = [&](double& t) {
+    if (prefill_last_arrival_ns_ > t) {
+      cur_.link_ns += prefill_last_arrival_ns_ - t;
+      t = prefill_last_arrival_ns_;
+    }
+    prefill_last_arrival_ns_ = 0;
+  };
+  if (cfg_.mode != run_mode::baseline) prompt_wait(end);
   clock_ns_ = end;
   double merge_ns = 0;
   for (auto it = heads_.lower_bound({layer_, 0, 0});
@@ -932,6 +949,7 @@ status host_engine::finish_layer() {
   }
   clock_ns_ += merge_ns;
   cur_.merge_ns += merge_ns;
+  if (cfg_.mode == run_mode::baseline) prompt_wait(clock_ns_);
   cur_.device_ns += round_device_ns_;
   cur_.link_ns += std::max(0.0, wait_ns - round_device_ns_);
   round_device_ns_ = 0;

@@ -235,6 +235,7 @@ class host_engine {
   void finish_timed_phase();
   status finish_verification();
   result<std::vector<device_work>> advance();  // runs the step on while nothing is pending
+  void prompt_work(uint32_t layer, std::vector<device_work>& work);
   void end_step();
   void prefill_writes(const request_spec& r, uint32_t layer, uint32_t kv_head, uint64_t from,
                       uint64_t to, std::vector<device_work>& out);
