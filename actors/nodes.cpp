@@ -1155,6 +1155,12 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
   auto after_progress = std::make_shared<std::function<void()>>();
   // Open workloads: admission (one request at a time, head of line), then the next step.
   auto boundary = std::make_shared<std::function<void()>>();
+  // The two refer to each other (and to the state, which holds the fabric): break the cycle
+  // when the actor ends, or the fabric and its threads would outlive the run.
+  self->attach_functor([after_progress, boundary] {
+    *after_progress = nullptr;
+    *boundary = nullptr;
+  });
 
   auto start_step = [=](uint32_t step) {
     if (!st->open) progress("decode", step, setup->steps);
