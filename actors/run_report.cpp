@@ -1,6 +1,7 @@
 #include "actors/run_report.hpp"
 
 #include <cinttypes>
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <nlohmann/json.hpp>
@@ -323,8 +324,15 @@ std::string run_report::to_table() const {
      << "\n";
   row("model", model_name + " (" + model_file + ")");
   row("hardware", hardware_name + " (" + hardware_file + ")");
-  row("context / batch / steps", std::to_string(context_tokens) + " tokens / " +
-                                     std::to_string(batch) + " / " + std::to_string(steps));
+  if (arrivals == "closed") {
+    row("context / batch / steps", std::to_string(context_tokens) + " tokens / " +
+                                       std::to_string(batch) + " / " + std::to_string(steps));
+  } else {
+    uint64_t lo = UINT64_MAX, hi = 0;
+    for (const auto& o : request_outcomes) lo = std::min(lo, o.prompt_tokens), hi = std::max(hi, o.prompt_tokens);
+    row("workload", arrivals + " arrivals, " + std::to_string(request_outcomes.size()) + " requests, prompts " +
+                        (hi ? std::to_string(lo) + ".." + std::to_string(hi) : std::string("-")) + " tokens");
+  }
   row("devices, placement", std::to_string(pnm_devices) + " devices, h=" +
                                 std::to_string(head_groups) + " head groups x s=" +
                                 std::to_string(sequence_shards) + " sequence shards" +
@@ -342,7 +350,8 @@ std::string run_report::to_table() const {
                                              std::to_string(needles_asked) + " asked)"
                                        : std::string("no needle asked"));
   os << "wall time (this machine)\n";
-  row("prefill", f("%.2f s", prefill_wall_s));
+  if (arrivals == "closed") row("prefill", f("%.2f s", prefill_wall_s));
+  else row("prefill", "in the steps (chunked, next to decoding)");
   row("decode step p50 / mean / max", f("%.2f", step_wall_ms_p50) + " / " +
                                           f("%.2f", step_wall_ms_mean) + " / " +
                                           f("%.2f ms", step_wall_ms_max));
