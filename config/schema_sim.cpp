@@ -1,6 +1,8 @@
 // sim.* keys: the scale-out simulator (`pnmkv sim`, sim/README.md). The simulator also
 // reads the run, model, hardware, workload, selection and cluster keys, so one config file
-// drives both the live cluster and the simulator and the two can be compared.
+// drives both the live cluster and the simulator and the two can be compared; arrivals,
+// batch cap and prefill chunks are workload.* keys (schema_workload.cpp), shared with the
+// live cluster.
 #include "config/schema_parts.hpp"
 
 namespace pnmkv {
@@ -8,21 +10,9 @@ namespace pnmkv {
 std::vector<config_key> schema_keys_sim() {
   using t = config_type;
   return {
-      {"sim.workload", t::choice, "closed", 0, 0, {"closed", "poisson", "trace"},
-       "closed: the batch decodes run.steps tokens from prefilled contexts; poisson: "
-       "sim.requests arrive at sim.arrival_rate_per_s; trace: arrivals from sim.trace_file"},
       {"sim.batch_policy", t::choice, "config", 0, 0, {"config", "max"},
-       "closed workload: workload.batch requests (config) or as many as GPU memory, device "
-       "capacity and the TPOT limit admit (max)"},
-      {"sim.batch_max", t::integer, "0", 0, 1.0e6, {},
-       "Requests decoded together at most (0: no limit beyond memory and capacity)"},
-      {"sim.requests", t::integer, "64", 1, 1.0e7, {}, "poisson workload: requests generated"},
-      {"sim.arrival_rate_per_s", t::number, "0.05", 1e-9, 1e6, {},
-       "poisson workload: mean arrivals per second"},
-      {"sim.prompt_tokens_spread_fraction", t::number, "0", 0, 0.99, {},
-       "poisson workload: prompt tokens uniform in context_tokens * [1-f, 1+f]"},
-      {"sim.trace_file", t::string, "", 0, 0, {},
-       "trace workload: CSV with a header and rows arrival_s,prompt_tokens,output_tokens"},
+       "workload.arrivals = closed: workload.batch requests (config) or as many as GPU "
+       "memory, device capacity, workload.batch_max and the TPOT limit admit (max)"},
       {"sim.duration_s_max", t::number, "1e7", 1e-3, 1e12, {},
        "Simulated seconds at most (open workloads); requests unfinished then are reported"},
       {"sim.tp", t::integer, "1", 0, 64, {},
@@ -36,8 +26,6 @@ std::vector<config_key> schema_keys_sim() {
       {"sim.pool_auto", t::boolean, "false", 0, 0, {},
        "Pick the pool size (a divisor of cluster.pnm_devices; else cluster.pool_devices) with "
        "the cost model: the one giving the most tokens/s at the batch the point admits"},
-      {"sim.prefill_chunk_tokens", t::integer, "8192", 16, 1 << 24, {},
-       "Prompt tokens prefilled per step next to the decode batch (chunked prefill)"},
       {"sim.tpot_ms_max", t::number, "0", 0, 1e9, {},
        "Admit a request only while the predicted step time stays within this (link and "
        "device budget; 0: no limit)"},

@@ -32,9 +32,11 @@ std::vector<config_key> schema_keys_workload() {
        "poisson: output tokens per request (the first comes with the prompt's last chunk)"},
       {"workload.trace_file", t::string, "", 0, 0, {},
        "trace: CSV of arrival_s,prompt_tokens,output_tokens (header optional, '#' comments); "
-       "relative paths are from the working directory"},
+       "relative paths are from the working directory (pnmkv sim also tries the config "
+       "file's folder and its parent)"},
       {"workload.batch_max", t::integer, "0", 0, 4096, {},
-       "poisson/trace: requests in the system at once (0: only GPU memory and device capacity limit it)"},
+       "poisson/trace: requests in the system at once; pnmkv sim also caps a closed batch "
+       "with it at sim.batch_policy = max (0: only GPU memory and device capacity limit it)"},
       {"workload.prefill_chunk_tokens", t::integer, "4096", 16, 1 << 24, {},
        "Prompt tokens written per chunk (closed: per message; open: per step, all requests)"},
       // Text structure.

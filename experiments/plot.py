@@ -319,7 +319,7 @@ if os.path.exists(series_file):
     j = json.load(open(series_file))
     rows = j["batch_series"]["rows"]
     axes[3].plot([r[0] for r in rows], [r[1] for r in rows], lw=0.8, color=COLORS.get(j["mode"], "k"))
-    axes[3].set_title("decode batch over time (%s, %.2f/s)" % (j["mode"], j["config"]["sim"]["arrival_rate_per_s"]))
+    axes[3].set_title("decode batch over time (%s, %.2f/s)" % (j["mode"], j["config"]["workload"]["arrival_rate_per_s"]))
     axes[3].set_xlabel("simulated seconds")
     axes[3].set_ylabel("requests decoding")
 fig.suptitle("Serving Llama-3.1-70B, 128K-token prompts (+-25%), 1024 output tokens, 4 GPUs, 64 devices, Poisson arrivals")

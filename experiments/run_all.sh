@@ -31,9 +31,10 @@ done
 # One serving point with its per-request outcomes and the batch size over time.
 "$bin" sim --quiet --config cluster_configs/experiments/sim-base.yaml --series \
   --set model.file=cluster_configs/models/llama-3.1-70b.yaml --set workload.context_tokens=131072 \
-  --set run.steps=1024 --set sim.workload=poisson --set sim.requests=100 \
-  --set sim.prompt_tokens_spread_fraction=0.25 --set cluster.pnm_devices=64 \
-  --set run.mode=pnm-kv --set sim.arrival_rate_per_s=0.12 --set sim.batch_series_points_max=500 \
+  --set run.steps=1024 --set workload.arrivals=poisson --set workload.requests=100 \
+  --set workload.output_tokens=1024 --set workload.prefill_chunk_tokens=8192 \
+  --set workload.prompt_tokens_spread_fraction=0.25 --set cluster.pnm_devices=64 \
+  --set run.mode=pnm-kv --set workload.arrival_rate_per_s=0.12 --set sim.batch_series_points_max=500 \
   --set "$cal" \
   --json "$out/batch_over_time.json" > "$out/batch_over_time.txt"
 

@@ -130,25 +130,27 @@ result<std::shared_ptr<const sim_setup>> make_sim_setup(const config& cfg) {
   s->placement.replication = static_cast<uint32_t>(cfg.get_int("cluster.replication"));
 
   // Workload.
-  const std::string wl = cfg.get_string("sim.workload");
+  // One set of workload.* keys for the live cluster and the simulator.
+  const std::string wl = cfg.get_string("workload.arrivals");
   s->workload = wl == "poisson" ? sim_workload::poisson : wl == "trace" ? sim_workload::trace
                                                                           : sim_workload::closed;
   s->batch_max_policy = cfg.get_string("sim.batch_policy") == "max";
   s->batch = static_cast<uint32_t>(cfg.get_int("workload.batch"));
-  s->batch_cap = static_cast<uint32_t>(cfg.get_int("sim.batch_max"));
+  s->batch_cap = static_cast<uint32_t>(cfg.get_int("workload.batch_max"));
   s->context_tokens = static_cast<uint64_t>(cfg.get_int("workload.context_tokens"));
   s->steps = static_cast<uint32_t>(cfg.get_int("run.steps"));
   s->seed = static_cast<uint64_t>(cfg.get_int("run.seed"));
-  s->requests = static_cast<uint32_t>(cfg.get_int("sim.requests"));
-  s->arrival_rate_per_s = cfg.get_number("sim.arrival_rate_per_s");
-  s->prompt_spread_fraction = cfg.get_number("sim.prompt_tokens_spread_fraction");
-  s->trace_file = resolve_data_file(cfg.get_string("sim.trace_file"), cfg);
+  s->requests = static_cast<uint32_t>(cfg.get_int("workload.requests"));
+  s->arrival_rate_per_s = cfg.get_number("workload.arrival_rate_per_s");
+  s->prompt_spread_fraction = cfg.get_number("workload.prompt_tokens_spread_fraction");
+  s->output_tokens = static_cast<uint64_t>(cfg.get_int("workload.output_tokens"));
+  s->trace_file = resolve_data_file(cfg.get_string("workload.trace_file"), cfg);
   if (s->workload == sim_workload::trace && s->trace_file.empty())
-    return status{errc::invalid_argument, "sim.workload = trace needs sim.trace_file"};
+    return status{errc::invalid_argument, "workload.arrivals = trace needs workload.trace_file"};
   s->duration_s_max = cfg.get_number("sim.duration_s_max");
 
   // Policies.
-  s->prefill_chunk_tokens = static_cast<uint64_t>(cfg.get_int("sim.prefill_chunk_tokens"));
+  s->prefill_chunk_tokens = static_cast<uint64_t>(cfg.get_int("workload.prefill_chunk_tokens"));
   s->tpot_ms_max = cfg.get_number("sim.tpot_ms_max");
   // One key for the live cluster and the simulator (baseline.summaries).
   const std::string sr = cfg.get_string("baseline.summaries");

@@ -62,18 +62,21 @@ struct sim_setup {
   sim_workload workload = sim_workload::closed;
   bool batch_max_policy = false;  // closed: admit as many as fit
   uint32_t batch = 1;             // closed, batch_policy=config
-  uint32_t batch_cap = 0;         // sim.batch_max (0: none)
+  uint32_t batch_cap = 0;         // workload.batch_max (0: none)
   uint64_t context_tokens = 0;
-  uint32_t steps = 0;             // closed: decode steps; poisson: output tokens
+  // run.steps: a closed batch's decode steps; also the decode tokens assumed per request
+  // when sizing pools, the idle-system TTFT and the analytic batch limits (any workload).
+  uint32_t steps = 0;
   uint64_t seed = 1;
   uint32_t requests = 0;
   double arrival_rate_per_s = 0;
   double prompt_spread_fraction = 0;
+  uint64_t output_tokens = 0;     // poisson: per request (workload.output_tokens)
   std::string trace_file;
   double duration_s_max = 0;
 
   // Policies.
-  uint64_t prefill_chunk_tokens = 8192;
+  uint64_t prefill_chunk_tokens = 4096;  // workload.prefill_chunk_tokens
   double tpot_ms_max = 0;
   summary_residence summaries = summary_residence::auto_fit;
   uint32_t recall_layers_in_flight = 2;

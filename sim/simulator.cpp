@@ -433,7 +433,7 @@ result<sim_result> simulate(std::shared_ptr<const sim_setup> setup, const sim_pr
       rows = std::move(t).value();
     } else {
       rows = poisson_arrivals(S.seed, S.requests, S.arrival_rate_per_s, S.context_tokens,
-                              S.prompt_spread_fraction, S.steps);
+                              S.prompt_spread_fraction, S.output_tokens);
     }
     reqs.resize(rows.size());
     for (size_t i = 0; i < rows.size(); ++i) {

@@ -193,7 +193,7 @@ TEST(sim_property, breakdown_adds_up_to_the_step_in_every_mode_and_topology) {
     for (const std::string& model : {m8, m405}) {
       SCOPED_TRACE(std::string(mode) + " " + model);
       auto r = sim_of({std::string("run.mode=") + mode, "model.file=" + model, "sim.tp=0",
-                       "workload.context_tokens=131072", "sim.batch_policy=max", "sim.batch_max=64",
+                       "workload.context_tokens=131072", "sim.batch_policy=max", "workload.batch_max=64",
                        "run.steps=4", "cluster.pnm_devices=32"});
       EXPECT_EQ(r.gpus, model == m8 ? 1u : 16u);
       EXPECT_NEAR(r.breakdown_ms.sum(), r.step_ms, 1e-6 * r.step_ms);
@@ -205,11 +205,11 @@ TEST(sim_property, breakdown_adds_up_to_the_step_in_every_mode_and_topology) {
 TEST(sim_property, tpot_limit_bounds_the_batch_and_the_step) {
   // Unlimited, 64 requests take some step time; with a limit of 70% of it, admission stops
   // earlier, for the TPOT limit, and every step stays within it.
-  auto free = sim_of({"workload.context_tokens=262144", "sim.batch_policy=max", "sim.batch_max=64",
+  auto free = sim_of({"workload.context_tokens=262144", "sim.batch_policy=max", "workload.batch_max=64",
                       "run.steps=4", "cluster.pnm_devices=16", "sim.step_reuse_steps=1"});
   ASSERT_EQ(free.batch_peak, 64u);
   const double limit = 0.7 * free.step_ms;
-  auto capped = sim_of({"workload.context_tokens=262144", "sim.batch_policy=max", "sim.batch_max=64",
+  auto capped = sim_of({"workload.context_tokens=262144", "sim.batch_policy=max", "workload.batch_max=64",
                         "run.steps=4", "cluster.pnm_devices=16", "sim.step_reuse_steps=1",
                         "sim.tpot_ms_max=" + std::to_string(limit)});
   EXPECT_EQ(capped.batch_limited_by, "tpot");
@@ -232,9 +232,10 @@ TEST(sim_property, step_reuse_stays_within_its_bound) {
 TEST(sim_property, poisson_workload_finishes_every_request_with_consistent_latencies) {
   for (const char* mode : {"baseline", "pnm-kv", "png-kv"}) {
     SCOPED_TRACE(mode);
-    auto s = setup_of({std::string("run.mode=") + mode, "sim.workload=poisson", "sim.requests=40",
-                       "sim.arrival_rate_per_s=2", "workload.context_tokens=32768", "run.steps=32",
-                       "sim.prompt_tokens_spread_fraction=0.5", "cluster.pnm_devices=8",
+    auto s = setup_of({std::string("run.mode=") + mode, "workload.arrivals=poisson", "workload.requests=40",
+                       "workload.arrival_rate_per_s=2", "workload.context_tokens=32768", "run.steps=32",
+                       "workload.output_tokens=32", "workload.prompt_tokens_spread_fraction=0.5",
+                       "cluster.pnm_devices=8",
                        "sim.batch_series_points_max=50"});
     ASSERT_TRUE(s);
     auto r = simulate(s);
@@ -267,7 +268,7 @@ TEST(sim_files, trace_is_read_and_bad_rows_are_refused) {
   ASSERT_TRUE(rows) << rows.error().to_string();
   ASSERT_EQ(rows->size(), 2u);
   EXPECT_EQ((*rows)[0].prompt_tokens, 8192u);  // sorted by arrival
-  auto r = sim_of({"sim.workload=trace", "sim.trace_file=" + good});
+  auto r = sim_of({"workload.arrivals=trace", "workload.trace_file=" + good});
   EXPECT_EQ(r.completed, 2u);
   EXPECT_EQ(r.tokens_out, 12u);
   auto bad = temp_file("bad.csv", "0.5,4096,8\n1.0,-5,3\n");
@@ -334,6 +335,40 @@ TEST(sim_setup, bad_topologies_are_refused_with_the_key) {
   s = make_sim_setup(*cfg);
   ASSERT_FALSE(s);
   EXPECT_NE(s.error().message().find("cluster.pool_devices"), std::string::npos);
+}
+
+TEST(sim_setup, workload_keys_are_the_live_clusters_and_the_old_sim_ones_are_unknown) {
+  // One set of arrival keys for `pnmkv run` and `pnmkv sim`: the simulator reads workload.*,
+  // and the sim.* keys it used to have are refused by name like any unknown key.
+  auto s = setup_of({"workload.arrivals=poisson", "workload.requests=7", "workload.arrival_rate_per_s=3",
+                     "workload.prompt_tokens_spread_fraction=0.2", "workload.output_tokens=5",
+                     "workload.batch_max=6", "workload.prefill_chunk_tokens=1024", "run.steps=9"});
+  ASSERT_TRUE(s);
+  EXPECT_EQ(s->workload, sim_workload::poisson);
+  EXPECT_EQ(s->requests, 7u);
+  EXPECT_DOUBLE_EQ(s->arrival_rate_per_s, 3);
+  EXPECT_DOUBLE_EQ(s->prompt_spread_fraction, 0.2);
+  EXPECT_EQ(s->output_tokens, 5u);
+  EXPECT_EQ(s->batch_cap, 6u);
+  EXPECT_EQ(s->prefill_chunk_tokens, 1024u);
+  auto r = simulate(s);
+  ASSERT_TRUE(r) << r.error().to_string();
+  EXPECT_EQ(r->completed, 7u);
+  EXPECT_EQ(r->tokens_out, 7u * 5);  // workload.output_tokens, not run.steps
+  for (const char* old : {"sim.workload=poisson", "sim.requests=7", "sim.arrival_rate_per_s=3",
+                          "sim.prompt_tokens_spread_fraction=0.2", "sim.trace_file=t.csv",
+                          "sim.batch_max=6", "sim.prefill_chunk_tokens=1024"}) {
+    auto cfg = load_config(default_file, {old});
+    ASSERT_FALSE(cfg) << old;
+    const std::string key = std::string(old).substr(0, std::string(old).find('='));
+    EXPECT_NE(cfg.error().message().find("unknown key '" + key + "'"), std::string::npos)
+        << cfg.error().message();
+  }
+  auto cfg = load_config(default_file, {"workload.arrivals=trace"});
+  ASSERT_TRUE(cfg);
+  auto t = make_sim_setup(*cfg);
+  ASSERT_FALSE(t);
+  EXPECT_NE(t.error().message().find("workload.trace_file"), std::string::npos) << t.error().message();
 }
 
 }  // namespace
