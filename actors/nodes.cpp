@@ -19,6 +19,7 @@
 #include <set>
 
 #include "actors/control.hpp"
+#include "sim/step_model.hpp"
 #include "actors/run_report.hpp"
 #include "schedulers/head_groups.hpp"
 #include "transport/auth.hpp"
@@ -876,6 +877,7 @@ struct host_state {
   bool admitting = true;           // false: the head of the queue did not fit this boundary
   uint64_t step_writes = 0;        // prompt writes of the running step not acknowledged yet
   bool step_running = false;
+  std::unique_ptr<step_model> predictor;  // workload.tpot_ms_max
 };
 
 
@@ -1150,6 +1152,38 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
     self->send(st->driver, ctl_atom::value, ctl(node, control::progress_msg{phase, done, total}));
   };
 
+  // The decode step of everything in the system plus `candidate`, predicted by the
+  // simulator's step model (the host engine's composition) on this run's hardware.
+  auto predicted_step_ms = [=](uint64_t candidate, const request_placement& cand_pl) {
+    if (!st->predictor) st->predictor = std::make_unique<step_model>(setup->step_predictor);
+    const uint32_t per_pool = std::max<uint32_t>(1, setup->step_predictor->pool_devices);
+    const auto& ids = st->sched->in_system_ids();
+    std::vector<request_placement> pls;
+    pls.reserve(ids.size() + 1);
+    std::vector<step_request> dec;
+    auto add = [&](uint64_t id, const request_placement& pl, uint64_t seq_tokens) {
+      request_placement p = pl;  // the model counts devices from 0
+      for (auto& sh : p.shards) {
+        sh.device_id -= device_node_base;
+        for (uint32_t& r : sh.replica_device_ids) r -= device_node_base;
+      }
+      pls.push_back(std::move(p));
+      step_request q;
+      q.id = id;
+      q.pool = pls.back().shards.front().device_id / per_pool;
+      q.placement = &pls.back();
+      q.seq_tokens = seq_tokens;
+      q.summaries_resident = setup->host.summaries_resident;
+      dec.push_back(q);
+    };
+    for (uint64_t id : ids) {
+      const request_outcome& o = st->sched->outcome(id);
+      add(id, st->placements.at(id), o.prompt_tokens + (o.generated > 0 ? o.generated - 1 : 0));
+    }
+    add(candidate, cand_pl, st->sched->outcome(candidate).prompt_tokens);
+    return st->predictor->run(dec, {}).time_ns * 1e-6;
+  };
+
   // Called whenever the running step may have moved on: records its timed phase once and,
   // when it is over (every reply in, every prompt write acknowledged), goes to the next.
   auto after_progress = std::make_shared<std::function<void()>>();
@@ -1284,6 +1318,22 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
             auto pl = st->placements.find(a->request_id);
             if (pl == st->placements.end())
               return fail_run("request " + std::to_string(a->request_id) + " admitted without a placement");
+            // The link and device budget: placed, but it stays out if the decode step with
+            // it would pass workload.tpot_ms_max (the coordinator takes the room back).
+            if (setup->step_predictor) {
+              const double ms = predicted_step_ms(a->request_id, pl->second);
+              if (ms > setup->tpot_ms_max) {
+                char why[200];
+                std::snprintf(why, sizeof why,
+                              "the predicted decode step with it, %.3f ms, passes workload.tpot_ms_max = %.3f ms "
+                              "(link and device budget)",
+                              ms, setup->tpot_ms_max);
+                self->send(st->coordinator, ctl_atom::value, ctl(node, control::release_msg{a->request_id}));
+                st->placements.erase(pl);
+                if (!st->sched->not_admitted(a->request_id, why)) st->admitting = false;
+                return (*boundary)();
+              }
+            }
             const auto& spec = st->open_specs.at(a->request_id);
             auto s = st->engine->add_request({spec.request_id, spec.context_tokens, spec.steps},
                                              pl->second, /*decoding=*/false);

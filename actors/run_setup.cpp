@@ -75,6 +75,11 @@ result<std::shared_ptr<const run_setup>> make_run_setup(const config& cfg,
                                    cfg.get_number("workload.arrival_rate_per_s"), s->context_tokens,
                                    cfg.get_number("workload.prompt_tokens_spread_fraction"),
                                    static_cast<uint64_t>(cfg.get_int("workload.output_tokens")));
+    if (s->arrivals.size() > control::max_requests_per_run)
+      return status{errc::invalid_argument, "workload.requests = " + std::to_string(s->arrivals.size()) +
+                                                ": a live run takes at most " +
+                                                std::to_string(control::max_requests_per_run) +
+                                                " requests (pnmkv sim takes more)"};
   } else if (arrivals == "trace") {
     const std::string file = cfg.get_string("workload.trace_file");
     if (file.empty())
@@ -86,6 +91,19 @@ result<std::shared_ptr<const run_setup>> make_run_setup(const config& cfg,
                                                 std::to_string(rows->size()) + " requests; a live run takes at most " +
                                                 std::to_string(control::max_requests_per_run)};
     s->arrivals = std::move(rows).value();
+  }
+  s->tpot_ms_max = cfg.get_number("workload.tpot_ms_max");
+  if (s->tpot_ms_max > 0) {
+    config pc = cfg;
+    for (const char* kv : {"sim.baseline_overlap=false", "sim.step_reuse_steps=1", "sim.tp=1", "sim.pp=1"}) {
+      std::string k(kv);
+      auto eq = k.find('=');
+      auto st = pc.set(k.substr(0, eq), k.substr(eq + 1));
+      if (!st) return st;
+    }
+    auto ps = make_sim_setup(pc);
+    if (!ps) return status{ps.error().code(), "workload.tpot_ms_max: " + ps.error().message()};
+    s->step_predictor = std::move(ps).value();
   }
   s->serving.prefill_chunk_tokens = s->host.prefill_chunk_tokens;
   s->serving.batch_max = static_cast<uint32_t>(cfg.get_int("workload.batch_max"));

@@ -16,6 +16,7 @@
 #include "schedulers/gpu_memory.hpp"
 #include "schedulers/placement.hpp"
 #include "schedulers/serving.hpp"
+#include "sim/sim_setup.hpp"
 
 namespace pnmkv {
 
@@ -47,6 +48,11 @@ struct run_setup {
   std::vector<trace_row> arrivals;
   serving_params serving;
   bool open_workload() const { return !arrivals.empty(); }
+  // workload.tpot_ms_max > 0: a request joins only while the predicted decode step with it
+  // stays within the limit. The prediction is the simulator's step model (same
+  // composition as the host engine: layer-wide rounds) on this run's hardware and model.
+  double tpot_ms_max = 0;
+  std::shared_ptr<const sim_setup> step_predictor;
 
   device_engine_config device;   // device_id filled per device
   host_engine_config host;

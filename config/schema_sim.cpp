@@ -26,9 +26,6 @@ std::vector<config_key> schema_keys_sim() {
       {"sim.pool_auto", t::boolean, "false", 0, 0, {},
        "Pick the pool size (a divisor of cluster.pnm_devices; else cluster.pool_devices) with "
        "the cost model: the one giving the most tokens/s at the batch the point admits"},
-      {"sim.tpot_ms_max", t::number, "0", 0, 1e9, {},
-       "Admit a request only while the predicted step time stays within this (link and "
-       "device budget; 0: no limit)"},
       {"sim.baseline_recall_layers_in_flight", t::integer, "2", 1, 1024, {},
        "baseline: layers whose recall buffers a request holds at once (2: double-buffered)"},
       {"sim.baseline_overlap", t::boolean, "true", 0, 0, {},

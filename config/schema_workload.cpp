@@ -23,7 +23,8 @@ std::vector<config_key> schema_keys_workload() {
        "closed: workload.batch requests prefilled, then run.steps decode steps together; "
        "poisson/trace: requests arrive over virtual time, are admitted at step boundaries and "
        "prefill in chunks next to the decoding batch"},
-      {"workload.requests", t::integer, "8", 1, 4096, {}, "poisson: requests generated"},
+      {"workload.requests", t::integer, "8", 1, 1.0e7, {},
+       "poisson: requests generated (the live cluster takes at most 4096 per run)"},
       {"workload.arrival_rate_per_s", t::number, "1", 1e-9, 1e9, {},
        "poisson: mean arrivals per second of virtual time"},
       {"workload.prompt_tokens_spread_fraction", t::number, "0", 0, 0.99, {},
@@ -34,7 +35,11 @@ std::vector<config_key> schema_keys_workload() {
        "trace: CSV of arrival_s,prompt_tokens,output_tokens (header optional, '#' comments); "
        "relative paths are from the working directory (pnmkv sim also tries the config "
        "file's folder and its parent)"},
-      {"workload.batch_max", t::integer, "0", 0, 4096, {},
+      {"workload.tpot_ms_max", t::number, "0", 0, 1e9, {},
+       "Link and device budget: admit a request only while the predicted decode step with it "
+       "(the simulator's step model, same composition as the live engine) stays within this; "
+       "0: no limit"},
+      {"workload.batch_max", t::integer, "0", 0, 1.0e6, {},
        "poisson/trace: requests in the system at once; pnmkv sim also caps a closed batch "
        "with it at sim.batch_policy = max (0: only GPU memory and device capacity limit it)"},
       {"workload.prefill_chunk_tokens", t::integer, "4096", 16, 1 << 24, {},

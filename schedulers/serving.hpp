@@ -101,6 +101,7 @@ class serving_scheduler {
 
   bool done() const;  // every request finished or refused
   uint32_t in_system() const { return uint32_t(active_.size()); }
+  const std::vector<uint64_t>& in_system_ids() const { return active_; }  // admission order
   const std::vector<request_outcome>& outcomes() const { return out_; }
   const std::vector<batch_sample>& series() const { return series_; }
   const request_outcome& outcome(uint64_t id) const { return out_.at(id - 1); }

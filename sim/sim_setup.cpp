@@ -151,7 +151,7 @@ result<std::shared_ptr<const sim_setup>> make_sim_setup(const config& cfg) {
 
   // Policies.
   s->prefill_chunk_tokens = static_cast<uint64_t>(cfg.get_int("workload.prefill_chunk_tokens"));
-  s->tpot_ms_max = cfg.get_number("sim.tpot_ms_max");
+  s->tpot_ms_max = cfg.get_number("workload.tpot_ms_max");
   // One key for the live cluster and the simulator (baseline.summaries).
   const std::string sr = cfg.get_string("baseline.summaries");
   s->summaries = sr == "resident" ? summary_residence::hbm : sr == "link" ? summary_residence::link

@@ -450,7 +450,11 @@ result<sim_result> simulate(std::shared_ptr<const sim_setup> setup, const sim_pr
     double t_s;
     int kind;  // 0 arrival, 1 step end
     size_t index;
-    bool operator>(const event& o) const { return t_s != o.t_s ? t_s > o.t_s : kind > o.kind; }
+    // Ties: arrivals before step ends, then requests in id order (first come, first served
+    // among simultaneous arrivals, as the live GPU host).
+    bool operator>(const event& o) const {
+      return t_s != o.t_s ? t_s > o.t_s : kind != o.kind ? kind > o.kind : index > o.index;
+    }
   };
   std::priority_queue<event, std::vector<event>, std::greater<event>> events;
   std::deque<size_t> waiting;

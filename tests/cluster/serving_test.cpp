@@ -246,6 +246,18 @@ TEST(serving, admission_never_overcommits_gpu_memory_over_random_traces) {
   EXPECT_GE(binding, 1u) << "the GPU-memory limit never bound: the test proves nothing";
 }
 
+TEST(serving, a_tpot_limit_no_request_meets_refuses_each_with_the_reason) {
+  auto r = run_embedded(open_config({"workload.tpot_ms_max=0.001"}), {});
+  ASSERT_TRUE(r) << r.error().to_string();
+  ASSERT_EQ(r->request_outcomes.size(), 6u);
+  for (const auto& o : r->request_outcomes) {
+    EXPECT_TRUE(o.refused);
+    EXPECT_NE(o.refusal.find("workload.tpot_ms_max"), std::string::npos) << o.refusal;
+  }
+  EXPECT_EQ(r->completed, 0u);
+  EXPECT_EQ(r->serving.refused, 6u);
+}
+
 TEST(serving, bad_arrival_settings_are_clear_errors) {
   auto r = run_embedded(open_config({"workload.arrivals=trace"}), {});
   ASSERT_FALSE(r);

@@ -211,7 +211,7 @@ TEST(sim_property, tpot_limit_bounds_the_batch_and_the_step) {
   const double limit = 0.7 * free.step_ms;
   auto capped = sim_of({"workload.context_tokens=262144", "sim.batch_policy=max", "workload.batch_max=64",
                         "run.steps=4", "cluster.pnm_devices=16", "sim.step_reuse_steps=1",
-                        "sim.tpot_ms_max=" + std::to_string(limit)});
+                        "workload.tpot_ms_max=" + std::to_string(limit)});
   EXPECT_EQ(capped.batch_limited_by, "tpot");
   EXPECT_LT(capped.batch_peak, 64u);
   EXPECT_GT(capped.batch_peak, 0u);
