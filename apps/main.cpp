@@ -38,6 +38,7 @@ int main(int argc, char** argv) {
   bench->require_subcommand(1);
   pnmkv::apps::register_bench_kernels(*bench);
   pnmkv::apps::register_bench_fabric(*bench);
+  pnmkv::apps::register_bench_gpu_model(*bench);
 
   try {
     app.parse(argc, argv);

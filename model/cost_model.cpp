@@ -55,7 +55,9 @@ op_cost cost_model::gpu_dense_layer(uint32_t batch, uint32_t tp) const {
   // Activations in and out are tiny next to weights at decode; they ride in the roofline.
   const double act_bytes = double(batch) * (h * 6.0 + m.ffn * 4.0) * 2.0 / tp;
   const auto& g = hw_.gpu;
-  double mem_ns = (weight_bytes + act_bytes) / (g.memory_bw_gbps * g.memory_bw_efficiency);
+  // Decode GEMMs stream the weights at a lower fraction of peak than a plain copy
+  // (weight_stream_efficiency, measured with cuBLAS: bench/gpu/dense_layer_bench.cu).
+  double mem_ns = (weight_bytes + act_bytes) / (g.memory_bw_gbps * g.weight_stream_efficiency);
   double cmp_ns = flops / (g.bf16_tflops * 1e3 * g.compute_efficiency);
   return {std::max(mem_ns, cmp_ns),
           (bits(weight_bytes + act_bytes) * hw_.energy.hbm_pj_per_bit +
@@ -68,7 +70,7 @@ op_cost cost_model::gpu_lm_head(uint32_t batch, uint32_t tp) const {
   const double weight_bytes = params * 2.0 / tp;
   const double flops = 2.0 * params * batch / tp;
   const auto& g = hw_.gpu;
-  double mem_ns = weight_bytes / (g.memory_bw_gbps * g.memory_bw_efficiency);
+  double mem_ns = weight_bytes / (g.memory_bw_gbps * g.weight_stream_efficiency);
   double cmp_ns = flops / (g.bf16_tflops * 1e3 * g.compute_efficiency);
   return {std::max(mem_ns, cmp_ns),
           (bits(weight_bytes) * hw_.energy.hbm_pj_per_bit + flops * hw_.energy.gpu_pj_per_flop) *

@@ -30,6 +30,7 @@ const std::vector<binding>& bindings() {
       PNMKV_FIG("gpu.memory_bytes", gpu.memory_bytes, 1e6, 1e15),
       PNMKV_FIG("gpu.memory_bw_gbps", gpu.memory_bw_gbps, 1, 1e6),
       PNMKV_FIG("gpu.memory_bw_efficiency", gpu.memory_bw_efficiency, 0.01, 1),
+      PNMKV_FIG("gpu.weight_stream_efficiency", gpu.weight_stream_efficiency, 0.01, 1),
       PNMKV_FIG("gpu.bf16_tflops", gpu.bf16_tflops, 0.001, 1e6),
       PNMKV_FIG("gpu.compute_efficiency", gpu.compute_efficiency, 0.01, 1),
       PNMKV_FIG("gpu.tdp_w", gpu.tdp_w, 1, 1e5),

@@ -23,7 +23,7 @@ struct hardware_spec {
 
   struct gpu_t {
     std::string model;
-    double memory_bytes, memory_bw_gbps, memory_bw_efficiency, bf16_tflops,
+    double memory_bytes, memory_bw_gbps, memory_bw_efficiency, weight_stream_efficiency, bf16_tflops,
         compute_efficiency, tdp_w, reserved_bytes, price_usd, host_server_usd;
   } gpu{};
   struct cxl_t {

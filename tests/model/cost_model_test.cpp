@@ -41,7 +41,8 @@ TEST(cost_model, gpu_dense_layer_is_weight_bound_at_small_batch) {
   double per_layer = double(m.hidden) * (32 * 128) * 2 + 2.0 * m.hidden * 8 * 128 +
                      3.0 * m.hidden * m.ffn + 2.0 * m.hidden;
   auto c = cm.gpu_dense_layer(1);
-  double weight_ns = per_layer * 2 / (3350 * 0.9);
+  // Weights stream at gpu.weight_stream_efficiency of peak (measured: experiments/gpu/).
+  double weight_ns = per_layer * 2 / (3350 * 0.79);
   EXPECT_GE(c.time_ns, weight_ns);
   EXPECT_LT(c.time_ns, weight_ns * 1.01);
   // Tensor parallel halves the time.

@@ -237,8 +237,9 @@ TEST(sim_agreement, open_workload_trace_served_alike) {
 
 // The link and device budget (workload.tpot_ms_max): live admission predicts the decode
 // step with the simulator's step model, so both admit the same requests at the same times.
-// Three 4096-token requests and one 2048-token request arrive together; alone a request
-// decodes in ~5.05 ms, two together in ~5.07 ms: a limit of 5.08 ms holds two at a time.
+// Three 4096-token requests and one 2048-token request arrive together. The limit is set
+// between the step of one request alone and that of two together (found by bisection on
+// the simulator), so it holds one request at a time and binds.
 TEST(sim_agreement, tpot_limit_admits_alike) {
   scratch_dir scratch("tpot");
   const std::string trace = scratch.write("trace.csv",
@@ -246,12 +247,36 @@ TEST(sim_agreement, tpot_limit_admits_alike) {
                                           "0,4096,8\n0,4096,8\n0,4096,8\n0,2048,8\n");
   for (const char* mode : {"pnm-kv", "baseline"}) {
     SCOPED_TRACE(mode);
-    auto unlimited = run_both(small({"workload.arrivals=trace", "workload.trace_file=" + trace,
-                                     std::string("run.mode=") + mode}));
-    auto limited = run_both(small({"workload.arrivals=trace", "workload.trace_file=" + trace,
-                                   std::string("run.mode=") + mode,
-                                   std::string("workload.tpot_ms_max=") +
-                                       (std::string(mode) == "baseline" ? "7.1" : "5.08")}));
+    const std::vector<std::string> base = {"workload.arrivals=trace", "workload.trace_file=" + trace,
+                                           std::string("run.mode=") + mode};
+    auto sim_with = [&](double tpot) {
+      auto sets = small(base);
+      sets.push_back("workload.tpot_ms_max=" + std::to_string(tpot));
+      auto cfg = load_config(default_file, sets);
+      EXPECT_TRUE(cfg);
+      auto setup = make_sim_setup(*cfg);
+      EXPECT_TRUE(setup);
+      auto r = simulate(*setup);
+      EXPECT_TRUE(r);
+      return *r;
+    };
+    // Smallest limit that refuses nothing (one request's step) and that holds two at once.
+    auto bisect = [&](auto ok) {
+      double lo = 1e-3, hi = 1e4;
+      for (int i = 0; i < 60; ++i) {
+        const double mid = std::sqrt(lo * hi);
+        (ok(sim_with(mid)) ? hi : lo) = mid;
+      }
+      return hi;
+    };
+    const double one = bisect([](const sim_result& r) { return r.refused == 0; });
+    const double two = bisect([](const sim_result& r) { return r.batch_peak >= 2; });
+    ASSERT_LT(one * 1.001, two) << "one request's step and two's are too close to separate";
+    const double limit = std::sqrt(one * two);
+    auto unlimited = run_both(small(base));
+    auto lim = base;
+    lim.push_back("workload.tpot_ms_max=" + std::to_string(limit));
+    auto limited = run_both(small(lim));
     ASSERT_EQ(limited.live.request_outcomes.size(), 4u);
     ASSERT_EQ(limited.sim.requests.size(), 4u);
     size_t waited = 0;
@@ -266,8 +291,9 @@ TEST(sim_agreement, tpot_limit_admits_alike) {
       waited += l.admitted_s > 0;
       EXPECT_EQ(unlimited.live.request_outcomes[i].admitted_s, 0.0);
     }
-    EXPECT_GE(waited, 1u) << "the limit never bound: pick a lower workload.tpot_ms_max";
-    EXPECT_LT(limited.live.serving.batch_peak, unlimited.live.serving.batch_peak);
+    EXPECT_EQ(waited, 3u) << "a limit below two requests' step holds one request at a time";
+    EXPECT_EQ(limited.live.serving.batch_peak, 1u);
+    EXPECT_GT(unlimited.live.serving.batch_peak, 1u);
   }
 }
 
