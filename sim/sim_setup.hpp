@@ -5,6 +5,7 @@
 // selection/cluster keys as the live cluster, so one config file drives both.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -72,6 +73,12 @@ struct sim_setup {
   double arrival_rate_per_s = 0;
   double prompt_spread_fraction = 0;
   uint64_t output_tokens = 0;     // poisson: per request (workload.output_tokens)
+  // Output tokens assumed per request when sizing pools, the idle-system TTFT and the
+  // analytic batch limits: a poisson request's own, else run.steps + 1 (a closed batch's
+  // decode steps and its first token; trace rows vary, so the configured figure).
+  uint64_t sizing_output_tokens() const {
+    return workload == sim_workload::poisson ? std::max<uint64_t>(1, output_tokens) : uint64_t(steps) + 1;
+  }
   std::string trace_file;
   double duration_s_max = 0;
 

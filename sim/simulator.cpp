@@ -211,7 +211,7 @@ double idle_prefill_s(const std::shared_ptr<const sim_setup>& s, step_model& sm,
   live_request r;
   r.out.id = 1;
   r.out.prompt_tokens = tokens;
-  r.out.output_tokens = uint64_t(s->steps) + 1;
+  r.out.output_tokens = s->sizing_output_tokens();
   if (!adm.try_admit(r, 0).empty()) return 0;
   double t_ns = 0;
   for (uint64_t pos = 0; pos < tokens; pos += s->prefill_chunk_tokens) {
@@ -250,7 +250,7 @@ result<uint32_t> choose_pool_devices(const sim_setup& setup) {
       live_request r;
       r.out.id = i + 1;
       r.out.prompt_tokens = setup.context_tokens;
-      r.out.output_tokens = uint64_t(setup.steps) + 1;
+      r.out.output_tokens = setup.sizing_output_tokens();
       std::string why = adm.try_admit(r, i);
       if (!why.empty()) {
         last_reason = why;
@@ -349,7 +349,7 @@ result<sim_result> simulate(std::shared_ptr<const sim_setup> setup, const sim_pr
     return predicted_ok(dec, cand);
   };
   res.gpu_free_bytes = gm.free_bytes();
-  const uint64_t final_tokens = S.context_tokens + std::max<uint32_t>(1, S.steps);  // as placed
+  const uint64_t final_tokens = S.context_tokens + std::max<uint64_t>(1, S.sizing_output_tokens() - 1);  // as placed
   res.device_bytes_per_request = device_bytes_per_request(S, final_tokens);
 
   // Analytic limits at the configured context (for the max-batch table).
@@ -361,7 +361,7 @@ result<sim_result> simulate(std::shared_ptr<const sim_setup> setup, const sim_pr
       live_request r;
       r.out.id = n + 1;
       r.out.prompt_tokens = S.context_tokens;
-      r.out.output_tokens = uint64_t(S.steps) + 1;
+      r.out.output_tokens = S.sizing_output_tokens();
       if (!cap.try_admit(r, 0).empty()) break;
     }
     res.batch_limit_device_capacity = n;
