@@ -65,6 +65,9 @@ std::vector<config_key> schema_keys_run() {
        "CAF middleman heartbeat interval (cluster mode)"},
       {"cluster.connection_timeout_ms", t::integer, "1000", 50, 600000, {},
        "A peer silent this long is considered down (cluster mode)"},
+      {"cluster.node_scheduler", t::choice, "sharing", 0, 0, {"sharing", "stealing"},
+       "CAF scheduler of a node process (cluster mode): sharing (idle workers sleep on a "
+       "condition variable) or stealing (idle workers poll; CAF's default)"},
       {"cluster.join_timeout_ms", t::integer, "120000", 100, 3600000, {},
        "The configured members must have joined this long after the coordinator starts, or the run fails naming the missing ones"},
       {"eval.budgets_tokens", t::int_list, "256,512,1024,2048,4096,8192", 1, 1 << 26, {},
