@@ -274,6 +274,7 @@ result<std::vector<device_work>> host_engine::begin_step(uint32_t step) {
   step_ = step;
   layer_ = 0;
   heads_.clear();
+  sent_.clear();
   cur_ = step_report{};
   cur_.step = step;
   step_start_ns_ = clock_ns_;
@@ -291,6 +292,7 @@ result<std::vector<device_work>> host_engine::begin_step(uint32_t step) {
   auto more = advance();
   if (!more) return more.error();
   for (auto& w : *more) work.push_back(std::move(w));
+  remember(work);
   return work;
 }
 
@@ -791,6 +793,62 @@ std::vector<device_work> host_engine::verify_work() {
 }
 
 result<std::vector<device_work>> host_engine::on_reply(const device_reply& r) {
+  sent_.erase(r.tag);
+  auto next = on_reply_impl(r);
+  if (next) remember(*next);
+  return next;
+}
+
+void host_engine::remember(const std::vector<device_work>& work) {
+  if (!cfg_.keep_for_retry) return;
+  for (const auto& w : work)
+    if (w.what != device_work::kind::write && pending_.count(w.tag)) sent_[w.tag] = w;
+}
+
+result<std::vector<device_work>> host_engine::fail_over(uint32_t dead) {
+  std::vector<device_work> out;
+  if (!dead_.insert(dead).second) return out;
+  for (auto& [rid, pl] : placements_)
+    for (auto& sh : pl.shards) {
+      auto& reps = sh.replica_device_ids;
+      reps.erase(std::remove(reps.begin(), reps.end(), dead), reps.end());
+      if (sh.device_id != dead) continue;
+      if (reps.empty())
+        return status{errc::peer_down,
+                      "device " + std::to_string(dead) + " held the only copy of shard " +
+                          std::to_string(sh.shard_id) + " of request " + std::to_string(rid) +
+                          " (re-prefill is not implemented; cluster.replication >= 2 survives a device)"};
+      sh.device_id = reps.front();
+      reps.erase(reps.begin());
+    }
+  if (!cfg_.keep_for_retry) {
+    for (const auto& [tag, pi] : pending_)
+      if (placements_.count(pi.request_id))
+        return status{errc::peer_down, "device " + std::to_string(dead) +
+                                           " went down with work in flight and no copy kept to retry it"};
+    return out;
+  }
+  for (auto& [tag, w] : sent_) {
+    if (w.device_id != dead || !pending_.count(tag)) continue;
+    const request_placement& pl = placements_.at(w.request_id ? w.request_id : w.query.request_id);
+    const shard_placement* sh = nullptr;
+    for (const auto& s : pl.shards)
+      if (s.shard_id == w.shard_id) sh = &s;
+    assert(sh);
+    device_work c = w;
+    c.device_id = sh->device_id;
+    c.query.q = c.q_storage.data();
+    c.query.listed_pages = c.listed_storage.data();
+    c.query.excluded_pages = c.excluded_storage.data();
+    // Sent again over the link; verification stays uncharged.
+    if (!c.verification) dispatch(c, c.what == device_work::kind::recall || c.charge_device);
+    w.device_id = c.device_id;
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+result<std::vector<device_work>> host_engine::on_reply_impl(const device_reply& r) {
   auto it = pending_.find(r.tag);
   if (it == pending_.end())
     return status{errc::invalid_argument, "reply with unknown tag " + std::to_string(r.tag) +

@@ -31,6 +31,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -56,6 +57,9 @@ struct host_engine_config {
   uint64_t prefill_chunk_tokens = 4096;
   bool summaries_resident = true;     // baseline: page summaries kept in HBM
   steady_params steady{};             // png-kv
+  // Keep a copy of every query and recall of the running step until it is answered, so
+  // fail_over can send it again to a replica (cluster.replication >= 2).
+  bool keep_for_retry = false;
 };
 
 struct request_spec {
@@ -154,6 +158,18 @@ class host_engine {
   // step is over (timed_phase_done()); with verification on, the dense queries of every
   // live layer follow (untimed, uncharged), then step_done() is true.
   result<std::vector<device_work>> on_reply(const device_reply& r);
+
+  // A device is gone (DESIGN.md §7): every shard it served as primary is served by its
+  // first live replica from now on, and the running step's unanswered queries and recalls
+  // that went to it are sent again to the new primary (returned; charged again on the
+  // link and the device, as a retry is). An error when a shard had no other copy
+  // (re-prefill is not implemented). Idempotent per device.
+  result<std::vector<device_work>> fail_over(uint32_t device_id);
+  const request_placement* placement_of(uint64_t request_id) const {
+    auto it = placements_.find(request_id);
+    return it == placements_.end() ? nullptr : &it->second;
+  }
+  const std::set<uint32_t>& devices_lost() const { return dead_; }
   bool timed_phase_done() const { return phase_ == phase::verify || phase_ == phase::done; }
   bool step_done() const { return phase_ == phase::done; }
   const step_report& last_step() const { return last_step_; }
@@ -235,6 +251,8 @@ class host_engine {
   void finish_timed_phase();
   status finish_verification();
   result<std::vector<device_work>> advance();  // runs the step on while nothing is pending
+  result<std::vector<device_work>> on_reply_impl(const device_reply& r);
+  void remember(const std::vector<device_work>& work);
   void prompt_work(uint32_t layer, std::vector<device_work>& work);
   void end_step();
   void prefill_writes(const request_spec& r, uint32_t layer, uint32_t kv_head, uint64_t from,
@@ -283,6 +301,8 @@ class host_engine {
   phase phase_ = phase::done;
   uint64_t next_tag_ = 1;
   std::map<uint64_t, pending_item> pending_;
+  std::map<uint64_t, device_work> sent_;  // keep_for_retry: pending work by tag
+  std::set<uint32_t> dead_;               // devices failed over
   std::map<head_key, head_state> heads_;
   double clock_ns_ = 0;          // GPU virtual clock
   double host_out_free_ns_ = 0;  // host link, outbound, busy until

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <map>
+#include <set>
 #include <string>
 
 #include "actors/device_engine.hpp"
@@ -52,6 +53,9 @@ struct harness {
 
   uint32_t head_groups = 0;
   sequence_split split = sequence_split::contiguous;
+  uint32_t replication = 1;
+  // A device that has "died": work sent to it is lost (never served, never answered).
+  std::set<uint32_t> dead;
 
   void add(uint64_t id, uint64_t context, uint32_t steps) {
     placement_request pr;
@@ -64,6 +68,7 @@ struct harness {
     pr.layers = costs.model().layers;
     pr.kv_heads = costs.model().kv_heads;
     pr.head_dim = costs.model().head_dim;
+    pr.replication = replication;
     pool_state pool;
     for (auto& [id_, d] : devices) {
       pool.device_ids.push_back(id_);
@@ -71,7 +76,10 @@ struct harness {
     }
     auto pl = place_request(pr, pool);
     ASSERT_TRUE(pl) << pl.error().to_string();
-    for (const auto& s : pl->shards) ASSERT_TRUE(devices.at(s.device_id).add_shard(id, s));
+    for (const auto& s : pl->shards) {
+      ASSERT_TRUE(devices.at(s.device_id).add_shard(id, s));
+      for (uint32_t r : s.replica_device_ids) ASSERT_TRUE(devices.at(r).add_shard(id, s));
+    }
     ASSERT_TRUE(host.add_request({id, context, steps}, *pl));
   }
 
@@ -83,13 +91,31 @@ struct harness {
                                                   w.k.data(), w.v.data(), w.n_tokens));
   }
 
-  void step(uint32_t s) {
+  // kill_after_round: before serving the step's round k (0 = its first work), device
+  // `kill` dies; once the round's other work is served, the host fails over.
+  void step(uint32_t s, int kill_after_round = -1, uint32_t kill = 0) {
     auto first = host.begin_step(s);
     ASSERT_TRUE(first) << first.error().to_string();
     std::vector<device_work> work = std::move(first).value();
-    while (!work.empty()) {
+    int round = 0;
+    bool failed_over = false;
+    while (!work.empty() || (!dead.empty() && !failed_over && !host.step_done())) {
+      if (round == kill_after_round) dead.insert(kill);
       std::vector<device_work> next;
+      if (work.empty() && !dead.empty() && !failed_over) {
+        // Nothing left to serve but answers from the dead device: fail over.
+        failed_over = true;
+        for (uint32_t d : dead) {
+          auto resend = host.fail_over(d);
+          ASSERT_TRUE(resend) << resend.error().to_string();
+          for (auto& m : *resend) next.push_back(std::move(m));
+        }
+        work = std::move(next);
+        continue;
+      }
+      ++round;
       for (auto& w : work) {
+        if (dead.count(w.device_id)) continue;  // lost with the device
         device_engine& d = devices.at(w.device_id);
         if (w.what == device_work::kind::recall) {
           device_reply r;
