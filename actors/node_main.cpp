@@ -300,15 +300,20 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
     auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(opts.run_timeout_ms);
     // A node process that exits before the run is over: the cluster should report the loss
     // itself (the coordinator notices the broken connection); if it has not within the
-    // grace period, the launcher fails the run with what it saw.
+    // grace period, the launcher fails the run with what it saw. With replicas
+    // (cluster.replication >= 2) a lost device is survivable: the run goes on under its own
+    // deadlines (run.step_timeout_ms).
+    const bool survivable = (*setup)->replication >= 2;
     constexpr auto lost_grace = std::chrono::seconds(3);
     while (!done) {
       if (lost.empty())
         if (auto gone = exited_child(children)) {
           lost = *gone;
-          deadline = std::min(deadline, std::chrono::steady_clock::now() + lost_grace);
-          out = status{errc::peer_down, lost + " and the cluster did not report the loss within " +
-                                            std::to_string(lost_grace.count()) + " s (logs in " + dir + ")"};
+          if (!survivable || gone->rfind("device ", 0) != 0) {
+            deadline = std::min(deadline, std::chrono::steady_clock::now() + lost_grace);
+            out = status{errc::peer_down, lost + " and the cluster did not report the loss within " +
+                                              std::to_string(lost_grace.count()) + " s (logs in " + dir + ")"};
+          }
         }
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
       if (left.count() <= 0) break;

@@ -420,6 +420,20 @@ caf::behavior coordinator_actor(caf::event_based_actor* self,
       auto host = st->members.find(gpu_host_node);
       if (id != gpu_host_node && host != st->members.end() && st->ready) {
         self->send(host->second.hdl, ctl_atom::value, ctl(self_id, control::member_down_msg{id, reason}));
+        // Nothing new is placed on it; a placement still waiting for its ack is refused.
+        st->emulator_free[id] = 0;
+        for (auto& pool : st->pools)
+          for (size_t i = 0; i < pool.device_ids.size(); ++i)
+            if (pool.device_ids[i] == id) pool.free_bytes[i] = 0;
+        std::vector<uint64_t> stuck;
+        for (const auto& [rid, waiting] : st->awaiting_acks)
+          if (waiting.count(id)) stuck.push_back(rid);
+        for (uint64_t rid : stuck) {
+          st->awaiting_acks.erase(rid);
+          release(rid);
+          decide(rid, false, "device " + std::to_string(id) + " went down while request " +
+                                 std::to_string(rid) + " was being placed");
+        }
         continue;
       }
       // The GPU host itself, or a device lost before the cluster was complete: nobody else
@@ -878,6 +892,10 @@ struct host_state {
   uint64_t step_writes = 0;        // prompt writes of the running step not acknowledged yet
   bool step_running = false;
   std::unique_ptr<step_model> predictor;  // workload.tpot_ms_max
+  // Failover (cluster.replication >= 2): acknowledged writes still owed, per device, so a
+  // lost device's never block prefill or a step; the devices lost so far.
+  std::map<uint32_t, uint64_t> writes_owed;
+  std::set<uint32_t> lost;
 };
 
 
@@ -979,13 +997,21 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
                ctl(node, control::run_result_msg{rep.to_json(), false, reason}));
   };
 
+  // A device is gone: with replicas the engine moves its shards and resends what it owed;
+  // writes it will never acknowledge stop counting. Without replicas the run fails.
+  auto device_lost = std::make_shared<std::function<void(uint32_t, const std::string&)>>();
   auto send_all = [=](std::vector<device_work>& work) {
     for (auto& w : work) {
-      if (st->open && w.bulk) ++st->step_writes;
+      if (st->lost.count(w.device_id)) continue;  // its replicas got their own copy
       auto s = send_work(w);
       if (!s) {
-        fail_run("send to device " + std::to_string(w.device_id) + " failed: " + s.to_string());
-        return;
+        (*device_lost)(w.device_id, "send failed: " + s.to_string());
+        if (st->finished) return;
+        continue;
+      }
+      if (w.bulk) {
+        ++st->writes_owed[w.device_id];
+        if (st->open) ++st->step_writes;
       }
     }
   };
@@ -1128,6 +1154,7 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
       rep.sequence_shards = st->placements.begin()->second.sequence_shards;
     }
     rep.completed = st->requests.size();
+    rep.devices_lost.assign(st->lost.begin(), st->lost.end());
     if (st->open && st->sched) {
       rep.arrivals = setup->cfg.get_string("workload.arrivals");
       rep.request_outcomes = st->sched->outcomes();
@@ -1191,9 +1218,10 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
   auto boundary = std::make_shared<std::function<void()>>();
   // The two refer to each other (and to the state, which holds the fabric): break the cycle
   // when the actor ends, or the fabric and its threads would outlive the run.
-  self->attach_functor([after_progress, boundary] {
+  self->attach_functor([after_progress, boundary, device_lost] {
     *after_progress = nullptr;
     *boundary = nullptr;
+    *device_lost = nullptr;
   });
 
   auto start_step = [=](uint32_t step) {
@@ -1280,6 +1308,26 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
     }
   };
 
+  *device_lost = [=](uint32_t dev, const std::string& why) {
+    if (st->finished || st->lost.count(dev)) return;
+    const std::string what = "device " + std::to_string(dev) + " went down (" + why + ")";
+    if (setup->replication < 2 || !st->engine) return fail_run(what);
+    auto resend = st->engine->fail_over(dev);
+    if (!resend) return fail_run(what + ": " + resend.error().message());
+    st->lost.insert(dev);
+    log().warn("event=failover device={} reason=\"{}\" resent={}", dev, why, resend->size());
+    for (auto& [rid, pl] : st->placements)
+      if (const request_placement* now = st->engine->placement_of(rid)) pl = *now;
+    // Writes it still owed: its replicas received (and acknowledge) their own copies.
+    const uint64_t owed = st->writes_owed[dev];
+    st->writes_owed.erase(dev);
+    if (st->open) st->step_writes -= std::min(st->step_writes, owed);
+    else st->writes_in_flight -= std::min(st->writes_in_flight, owed);
+    send_all(*resend);
+    if (!st->open && !st->prefill_done) pump_prefill();
+    (*after_progress)();
+  };
+
   start_join(self, coordinator, node, tp::node_role::gpu_host);
 
   return {
@@ -1307,7 +1355,7 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
           return;
         }
         if (auto* down = std::get_if<control::member_down_msg>(&m->body)) {
-          fail_run("device " + std::to_string(down->node) + " went down (" + down->reason + ")");
+          (*device_lost)(down->node, down->reason);
           return;
         }
         if (auto* a = std::get_if<control::admission_msg>(&m->body)) {
@@ -1390,6 +1438,8 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
         auto m = tp::decode(bytes.data(), bytes.size(), limits);
         if (!m) return;
         if (std::holds_alternative<tp::write_ack_msg>(m->body)) {
+          auto owed = st->writes_owed.find(m->env.sender);
+          if (owed != st->writes_owed.end() && owed->second > 0) --owed->second;
           if (st->open) {
             if (st->step_writes > 0) --st->step_writes;
             return (*after_progress)();
@@ -1468,9 +1518,7 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
           fail_run("decode step " + std::to_string(st->step) + " missed its deadline of " +
                    std::to_string(setup->step_timeout_ms) + " ms (run.step_timeout_ms)");
       },
-      [=](peer_down_atom, uint32_t peer) {
-        fail_run("device " + std::to_string(peer) + " went down");
-      },
+      [=](peer_down_atom, uint32_t peer) { (*device_lost)(peer, "the fabric lost it"); },
   };
 }
 

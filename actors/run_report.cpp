@@ -115,6 +115,7 @@ std::string run_report::to_json() const {
                     {"requests", rows},
                     {"batch_series", series}};
   }
+  j["faults"] = {{"devices_lost", devices_lost}};
   nlohmann::ordered_json devs = nlohmann::ordered_json::array();
   for (size_t i = 0; i < device_ids.size(); ++i)
     devs.push_back({{"id", device_ids[i]},
@@ -272,6 +273,8 @@ run_report run_report::from_json(const std::string& text) {
       for (const auto& b : s["batch_series"])
         r.batch_series.push_back({d(b, "t_s"), b.value("decode_batch", 0u), b.value("prefill_tokens", uint64_t(0))});
   }
+  if (j.contains("faults") && j["faults"].contains("devices_lost"))
+    r.devices_lost = j["faults"]["devices_lost"].get<std::vector<uint32_t>>();
   if (j.contains("devices"))
     for (const auto& d : j["devices"]) {
       r.device_ids.push_back(d.value("id", 0u));
@@ -407,6 +410,11 @@ std::string run_report::to_table() const {
                                             std::to_string(completed) + " / " +
                                             std::to_string(failed));
   for (const auto& fl : failures) row("  failed", fl);
+  if (!devices_lost.empty()) {
+    std::string ids;
+    for (uint32_t d : devices_lost) ids += (ids.empty() ? "" : ", ") + std::to_string(d);
+    row("devices lost, failed over", ids + " (their shards served by replicas from then on)");
+  }
   os << "devices (bytes held: emulator, live layers | modelled, all layers)\n";
   for (size_t i = 0; i < device_ids.size(); ++i) {
     std::snprintf(line, sizeof line, "  device %-4u %14s | %s\n", device_ids[i],

@@ -70,6 +70,9 @@ struct run_report {
   std::vector<request_outcome> request_outcomes;
   std::vector<batch_sample> batch_series;
 
+  // devices lost during the run and failed over to replicas (cluster.replication >= 2)
+  std::vector<uint32_t> devices_lost;
+
   // devices
   std::vector<uint32_t> device_ids;
   std::vector<uint64_t> device_bytes_held;      // emulator (live layers)

@@ -197,6 +197,45 @@ TEST(cluster, a_device_killed_before_the_cluster_is_complete_fails_the_run_promp
   kill_device_during("");
 }
 
+// With cluster.replication = 2 a device killed while decoding costs a failover, not the
+// run: every request completes and the outputs are bit-identical to the same run with no
+// failure (the replica holds the same pages; the lost work is sent to it again).
+TEST(cluster, a_device_killed_with_replicas_is_failed_over_and_changes_no_output) {
+  // Long enough that the run outlives the launcher's 3 s grace for unreported losses.
+  auto cfg = small_config({"run.steps=3000", "cluster.replication=2", "run.verify=false"});
+  auto clean = run_embedded(cfg, {});
+  ASSERT_TRUE(clean) << clean.error().to_string();
+  ASSERT_TRUE(clean->failures.empty());
+  for (const char* victim_id : {"100", "101"}) {
+    SCOPED_TRACE(std::string("device ") + victim_id);
+    multiprocess_options mp;
+    mp.node_binary = PNMKV_BINARY;
+    std::promise<void> begun;
+    std::atomic<bool> signalled{false};
+    cluster_run_options opts;
+    opts.on_progress = [&](const std::string& p, uint64_t done, uint64_t) {
+      if (p == "decode" && done >= 3 && !signalled.exchange(true)) begun.set_value();
+    };
+    auto run = std::async(std::launch::async, [&] { return run_multiprocess(cfg, opts, mp); });
+    ASSERT_EQ(begun.get_future().wait_for(std::chrono::seconds(120)), std::future_status::ready);
+    auto victim = children_matching(std::string("--id ") + victim_id);
+    ASSERT_EQ(victim.size(), 1u);
+    kill(victim[0], SIGKILL);
+    ASSERT_EQ(run.wait_for(std::chrono::seconds(120)), std::future_status::ready) << "the run hung";
+    auto rep = run.get();
+    ASSERT_TRUE(rep) << rep.error().to_string();
+    EXPECT_EQ(rep->completed, 2u);
+    // The launcher reports the killed child as a shutdown trouble; nothing else failed.
+    for (const auto& f : rep->failures)
+      EXPECT_NE(f.find(std::string("device ") + victim_id), std::string::npos) << f;
+    ASSERT_EQ(rep->devices_lost.size(), 1u);
+    EXPECT_EQ(rep->devices_lost[0], uint32_t(std::stoul(victim_id)));
+    EXPECT_EQ(rep->output_digest, clean->output_digest);
+    EXPECT_EQ(rep->accuracy_samples, clean->accuracy_samples);
+    EXPECT_TRUE(children_matching("pnmkv").empty()) << "node processes left behind";
+  }
+}
+
 TEST(cluster, bad_config_is_a_clear_error) {
   auto cfg = small_config({"cluster.live_layers=99"});
   auto rep = run_embedded(cfg, {});
