@@ -303,6 +303,7 @@ status fabric_base::send(node_id dest, std::vector<uint8_t> bytes, op_options op
   fault_decision d;
   if (faults_) {
     d = faults_->decide(fault_point::send, describe(bytes, opts_.self, dest));
+    if (d.crash) crash("a crash fault fired sending to node " + std::to_string(dest));
     if (d.stall_ms) start_stall(d.stall_ms);
     if (d.drop) {  // lost on the wire (its link sequence number is spent): the sender cannot tell
       c_.sent_msgs--;
@@ -368,6 +369,7 @@ status fabric_base::on_frame(const frame_header& h, std::vector<uint8_t>&& bytes
   fault_decision d;
   if (faults_) {
     d = faults_->decide(fault_point::recv, describe(bytes, h.src, opts_.self));
+    if (d.crash) crash("a crash fault fired receiving from node " + std::to_string(h.src));
     if (d.stall_ms) start_stall(d.stall_ms);
     if (d.drop) return status::ok();
     if (d.corrupt_bits) {

@@ -59,6 +59,8 @@ class fabric_base : public fabric {
   // Something needs the progress loop: a timer was scheduled, or an event waits for the
   // handler.
   virtual void wake() = 0;
+  // A `crash` fault fired at one of this node's fault points: the node dies here.
+  virtual void crash(const std::string& why) = 0;
 
   // Provided ------------------------------------------------------------------------
   // Receive path for a frame from the wire. Applies receive faults, CRC, duplicate

@@ -13,8 +13,8 @@
 namespace pnmkv::transport {
 namespace {
 
-const char* const fault_names[fault_kind_count] = {"drop",    "delay", "duplicate",
-                                                   "corrupt", "stall", "partition"};
+const char* const fault_names[fault_kind_count] = {"drop",  "delay",     "duplicate", "corrupt",
+                                                   "stall", "partition", "crash"};
 constexpr size_t max_events_kept = 1u << 18;
 
 uint64_t mix(uint64_t x) {  // splitmix64 finaliser
@@ -100,7 +100,7 @@ result<fault_rule> parse_fault_rule(const std::string& text_in) {
     }
   if (!found)
     return bad("starts with \"" + word + "\"; want one of drop, delay, duplicate, corrupt, "
-               "stall, partition");
+               "stall, partition, crash");
   if (r.kind == fault_kind::stall) {
     r.at_send = false;
     r.at_recv = true;
@@ -108,6 +108,11 @@ result<fault_rule> parse_fault_rule(const std::string& text_in) {
     r.duration_ms = 1000;
   }
   if (r.kind == fault_kind::delay) r.duration_ms = 10;
+  if (r.kind == fault_kind::crash) {
+    r.at_send = false;
+    r.at_recv = true;
+    r.max_count = 1;
+  }
   if (r.kind == fault_kind::partition) r.at_send = r.at_recv = true;
   while (in >> word) {
     auto eq = word.find('=');
@@ -318,6 +323,10 @@ fault_decision fault_injector::decide(fault_point point, const fault_message& m)
         d.corrupt_salt = mix(plan_.seed ^ mix(i) ^ mix(pt) ^ mix(m.seq) ^ mix(m.from));
         break;
       case fault_kind::stall: d.stall_ms = std::max(d.stall_ms, r.duration_ms); break;
+      case fault_kind::crash:
+        d.crash = true;
+        d.drop = true;  // the message dies with the node
+        break;
     }
     record(point, r.kind, m, i);
     if (d.drop) break;  // nothing else matters for a message that is gone

@@ -28,8 +28,13 @@
 //                     neither, any link may be cut)
 //   window=64         partition with p<1: fires per window of 64 sender sequence numbers,
 //                     so a partition lasts a while instead of dropping single messages
-//   count=1           fire at most this many times (default: stall 1, others unlimited)
+//   count=1           fire at most this many times (default: stall and crash 1, others
+//                     unlimited)
+// crash: the node whose fault point fires dies there (default at=recv, count=1): in one
+// process its fabric endpoint goes down and its peers get peer-down events; a node process
+// exits at once. "crash node=101 step=40" is device 101 dying when step 40 reaches it.
 // Examples: "stall node=3 step=40 ms=2000", "drop p=0.05 msg=partial from=2",
+//           "crash node=101 step=40",
 //           "partition group=1 step=10..20", "corrupt p=0.01 bits=2 at=recv".
 #pragma once
 
@@ -46,8 +51,8 @@
 
 namespace pnmkv::transport {
 
-enum class fault_kind : uint8_t { drop, delay, duplicate, corrupt, stall, partition };
-inline constexpr size_t fault_kind_count = 6;
+enum class fault_kind : uint8_t { drop, delay, duplicate, corrupt, stall, partition, crash };
+inline constexpr size_t fault_kind_count = 7;
 const char* to_string(fault_kind kind);
 
 enum class fault_point : uint8_t { send, recv };
@@ -106,7 +111,8 @@ struct fault_decision {
   uint32_t corrupt_bits = 0;
   uint64_t corrupt_salt = 0;
   uint32_t stall_ms = 0;
-  bool any() const { return drop || delay_ms || duplicate || corrupt_bits || stall_ms; }
+  bool crash = false;  // this node crashes (and the message is lost with it)
+  bool any() const { return drop || delay_ms || duplicate || corrupt_bits || stall_ms || crash; }
 };
 
 // One logged fault.

@@ -98,6 +98,13 @@ class inproc_endpoint final : public detail::fabric_base {
     if (thr_.joinable()) thr_.join();
   }
 
+  // The node's endpoint goes down as if its process had died: peers get peer-down events,
+  // its own sends fail from now on.
+  void crash(const std::string& why) override {
+    detail::warn_once("fault_crash", "node " + std::to_string(self()) + " crashed: " + why);
+    die(status{errc::peer_down, "node " + std::to_string(self()) + " crashed (" + why + ")"});
+  }
+
   // Marks this endpoint crashed and tells everyone connected to it.
   void die(status why) {
     if (dead_.exchange(true)) return;

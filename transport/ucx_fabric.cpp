@@ -14,6 +14,7 @@
 #include <ucp/api/ucp.h>
 
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <future>
@@ -86,6 +87,13 @@ int64_t ms_until(fabric_clock::time_point t) {
 
 class ucx_endpoint final : public detail::fabric_base {
  public:
+  // A node process with a crash fault dies at once, as a crashed process would: its peers
+  // see the endpoint fail (peer-down) and the cluster's monitors see the process gone.
+  void crash(const std::string& why) override {
+    std::fprintf(stderr, "node %u crashed: %s\n", unsigned(opts_.self), why.c_str());
+    std::fflush(stderr);
+    std::_Exit(70);
+  }
   ucx_endpoint(const fabric_options& opts, const ucx_options& u,
                std::shared_ptr<fault_injector> faults)
       : fabric_base(opts, std::move(faults)), u_(u) {

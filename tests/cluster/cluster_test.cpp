@@ -236,6 +236,28 @@ TEST(cluster, a_device_killed_with_replicas_is_failed_over_and_changes_no_output
   }
 }
 
+// A scripted crash (faults.script "crash node=101 step=5") in the embedded cluster: with
+// replicas the run completes with the outputs of a run without it; without, it fails at
+// once naming the device.
+TEST(cluster, a_scripted_device_crash_is_failed_over_with_replicas_and_fails_the_run_without) {
+  auto clean = run_embedded(small_config({"run.steps=12", "cluster.replication=2"}), {});
+  ASSERT_TRUE(clean) << clean.error().to_string();
+  auto crashed = run_embedded(
+      small_config({"run.steps=12", "cluster.replication=2", "faults.script=crash node=101 step=5"}), {});
+  ASSERT_TRUE(crashed) << crashed.error().to_string();
+  EXPECT_EQ(crashed->completed, 2u);
+  EXPECT_TRUE(crashed->failures.empty()) << crashed->failures.front();
+  ASSERT_EQ(crashed->devices_lost, std::vector<uint32_t>{101});
+  EXPECT_EQ(crashed->output_digest, clean->output_digest);
+  EXPECT_EQ(crashed->accuracy_samples, clean->accuracy_samples);
+  auto unreplicated = run_embedded(small_config({"run.steps=12", "faults.script=crash node=101 step=5"}), {});
+  ASSERT_TRUE(unreplicated) << unreplicated.error().to_string();
+  EXPECT_EQ(unreplicated->completed, 0u);
+  bool named = false;
+  for (const auto& f : unreplicated->failures) named = named || f.find("device 101 went down") != std::string::npos;
+  EXPECT_TRUE(named);
+}
+
 TEST(cluster, bad_config_is_a_clear_error) {
   auto cfg = small_config({"cluster.live_layers=99"});
   auto rep = run_embedded(cfg, {});

@@ -338,5 +338,58 @@ TEST(FaultRates, ScriptedDropTargetsOneSenderAndKind) {
   EXPECT_EQ(r.receiver.gaps, 0u);
 }
 
+// "crash node=1 step=40": node 1 dies when step 40 reaches it. Its peer gets a peer-down
+// event, its own sends fail, the fault is logged once, and messages before the step landed.
+TEST(FaultRates, ScriptedCrashTakesTheNodeDownAtTheStep) {
+  auto rules = parse_fault_script("crash node=1 step=40 msg=query");
+  ASSERT_TRUE(rules.is_ok()) << rules.error().to_string();
+  EXPECT_TRUE(rules.value()[0].at_recv);
+  EXPECT_FALSE(rules.value()[0].at_send);
+  EXPECT_EQ(rules.value()[0].max_count, 1u);
+  const std::string log = tmp_log("crash40");
+  std::remove(log.c_str());
+  fabric_options o;
+  o.faults = fault_plan{1, rules.value(), log};
+  auto hub = make_inproc_hub();
+  o.self = 0;
+  auto a = make_inproc_fabric(hub, o).value();
+  o.self = 1;
+  auto b = make_inproc_fabric(hub, o).value();
+  ASSERT_TRUE(a->connect(1, b->address()).is_ok());
+  ASSERT_TRUE(b->connect(0, a->address()).is_ok());
+  message q = sample_message(msg_kind::query, 1, sample_shape{64, 2, 1, 16, 8});
+  q.env.sender = 0;
+  for (int i = 0; i < 40; ++i) {
+    q.env.seq = static_cast<uint64_t>(i);
+    std::get<query_msg>(q.body).step = static_cast<uint32_t>(i);
+    ASSERT_TRUE(a->send(1, encode(q)).is_ok());
+  }
+  q.env.seq = 40;
+  std::get<query_msg>(q.body).step = 40;
+  (void)a->send(1, encode(q));  // the crash fires on receipt
+  bool down = false;
+  std::vector<fabric_event> ev;
+  for (auto until = std::chrono::steady_clock::now() + 2s; !down && std::chrono::steady_clock::now() < until;) {
+    ev.clear();
+    a->poll(ev, 20ms);
+    for (auto& e : ev) down = down || (e.kind == fabric_event_kind::peer_down && e.peer == 1);
+  }
+  EXPECT_TRUE(down) << "node 0 was not told that node 1 crashed";
+  EXPECT_FALSE(a->send(1, encode(q)).is_ok()) << "sends to a crashed node must fail";
+  message hb{envelope{protocol_version, 1, 99, 0}, heartbeat_msg{}};
+  EXPECT_FALSE(b->send(0, encode(hb)).is_ok()) << "a crashed node cannot send";
+  size_t before = 0;
+  ev.clear();
+  b->poll(ev, 10ms);
+  before = ev.size();
+  EXPECT_EQ(before, 40u) << "the queries before the crash step were delivered";
+  a.reset();
+  b.reset();
+  auto lines = read_log(log);
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_NE(lines[0].find("\"fault\":\"crash\""), std::string::npos) << lines[0];
+  EXPECT_NE(lines[0].find("\"step\":40"), std::string::npos) << lines[0];
+}
+
 }  // namespace
 }  // namespace pnmkv::transport
