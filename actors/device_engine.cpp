@@ -79,6 +79,28 @@ status device_engine::write(uint64_t request_id, uint32_t layer, uint32_t kv_hea
                                     " holds no shard of (request " + std::to_string(request_id) +
                                     ", layer " + std::to_string(layer) + ", KV head " +
                                     std::to_string(kv_head) + ")"};
+  // Repeated and early writes (retries over a lossy fabric): rows the store holds already
+  // are acknowledged without a change; a write that leaves a gap before it is refused
+  // with errc::not_ready so the caller holds it until the gap is filled. A write's rows
+  // are all in this shard (the host cuts writes where pages change shard).
+  auto sh = shards_.find(request_id);
+  if (sh != shards_.end() && n_tokens > 0) {
+    const uint32_t ps = cfg_.shape.page_size_tokens;
+    const uint64_t before = sh->second.tokens_held_at(position, ps);
+    const uint64_t after = sh->second.tokens_held_at(position + n_tokens, ps);
+    const uint64_t held = s->token_count();
+    if (after <= held) return status::ok();  // every row is here already
+    if (before > held)
+      return {errc::not_ready, "write at position " + std::to_string(position) + " of (request " +
+                                     std::to_string(request_id) + ", layer " + std::to_string(layer) +
+                                     ", KV head " + std::to_string(kv_head) + ") arrived before " +
+                                     std::to_string(before - held) + " earlier rows of this shard"};
+    if (before < held) {  // overlaps the end: only the new rows
+      const uint64_t skip = held - before;
+      const size_t off = size_t(skip) * cfg_.shape.head_dim;
+      return s->append(position + skip, k + off, v + off, n_tokens - skip);
+    }
+  }
   return s->append(position, k, v, n_tokens);
 }
 

@@ -73,6 +73,7 @@ class device_engine {
   void release(uint64_t request_id);
 
   // Writes n_tokens K/V rows of (request, layer, kv_head) at global token `position`.
+  // Idempotent: rows already held (a write repeated by a retry) are not written again.
   status write(uint64_t request_id, uint32_t layer, uint32_t kv_head, uint64_t position,
                const bf16* k, const bf16* v, uint64_t n_tokens);
 

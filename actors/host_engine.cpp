@@ -275,6 +275,7 @@ result<std::vector<device_work>> host_engine::begin_step(uint32_t step) {
   layer_ = 0;
   heads_.clear();
   sent_.clear();
+  step_writes_.clear();
   cur_ = step_report{};
   cur_.step = step;
   step_start_ns_ = clock_ns_;
@@ -801,8 +802,28 @@ result<std::vector<device_work>> host_engine::on_reply(const device_reply& r) {
 
 void host_engine::remember(const std::vector<device_work>& work) {
   if (!cfg_.keep_for_retry) return;
-  for (const auto& w : work)
-    if (w.what != device_work::kind::write && pending_.count(w.tag)) sent_[w.tag] = w;
+  for (const auto& w : work) {
+    if (w.what != device_work::kind::write) {
+      if (pending_.count(w.tag)) sent_[w.tag] = w;
+    } else if (cfg_.keep_writes_for_retry) {
+      step_writes_.push_back(w);
+    }
+  }
+}
+
+std::vector<device_work> host_engine::retry_work() const {
+  std::vector<device_work> out;
+  for (const auto& w : step_writes_)
+    if (!dead_.count(w.device_id)) out.push_back(w);
+  for (const auto& [tag, w] : sent_) {
+    if (!pending_.count(tag)) continue;
+    device_work c = w;
+    c.query.q = c.q_storage.data();
+    c.query.listed_pages = c.listed_storage.data();
+    c.query.excluded_pages = c.excluded_storage.data();
+    out.push_back(std::move(c));
+  }
+  return out;
 }
 
 result<std::vector<device_work>> host_engine::fail_over(uint32_t dead) {

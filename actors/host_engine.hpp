@@ -60,6 +60,9 @@ struct host_engine_config {
   // Keep a copy of every query and recall of the running step until it is answered, so
   // fail_over can send it again to a replica (cluster.replication >= 2).
   bool keep_for_retry = false;
+  // Also keep the step's writes (appends, prompt chunks), so retry_work can repeat them
+  // (run.retry_after_ms > 0: messages lost without losing a device).
+  bool keep_writes_for_retry = false;
 };
 
 struct request_spec {
@@ -170,6 +173,10 @@ class host_engine {
     return it == placements_.end() ? nullptr : &it->second;
   }
   const std::set<uint32_t>& devices_lost() const { return dead_; }
+  // The running step again, for messages that may have been lost: its writes (devices
+  // ignore rows they hold) and every query and recall not answered yet, to the devices
+  // serving them now. Not charged: virtual time models the step, not the lost message.
+  std::vector<device_work> retry_work() const;
   bool timed_phase_done() const { return phase_ == phase::verify || phase_ == phase::done; }
   bool step_done() const { return phase_ == phase::done; }
   const step_report& last_step() const { return last_step_; }
@@ -302,6 +309,7 @@ class host_engine {
   uint64_t next_tag_ = 1;
   std::map<uint64_t, pending_item> pending_;
   std::map<uint64_t, device_work> sent_;  // keep_for_retry: pending work by tag
+  std::vector<device_work> step_writes_;  // keep_writes_for_retry: this step's writes
   std::set<uint32_t> dead_;               // devices failed over
   std::map<head_key, head_state> heads_;
   double clock_ns_ = 0;          // GPU virtual clock

@@ -589,6 +589,10 @@ struct device_state {
   std::map<uint64_t, shard_placement> shards;  // by request
   // Queries that arrived before the append they must see (a reordering fabric).
   std::deque<std::pair<tp::envelope, tp::query_msg>> deferred;
+  // Writes that arrived before an earlier write of their shard (a write lost and sent
+  // again): held until the gap is filled.
+  std::deque<std::pair<tp::envelope, tp::prefill_write_msg>> early_writes;
+  std::deque<tp::token_append_msg> early_appends;
   std::set<uint32_t> connected;  // fabric peers already connected
   uint64_t rejected = 0;
 };
@@ -801,25 +805,65 @@ caf::behavior pnm_device_actor(caf::event_based_actor* self, std::shared_ptr<con
           return;
         }
         const tp::envelope env = m->env;
-        if (auto* w = std::get_if<tp::prefill_write_msg>(&m->body)) {
-          auto s = st->engine->write(w->request_id, w->layer, w->kv_head, w->position0,
-                                     w->k.data(), w->v.data(), w->n_tokens);
+        // A write applies now (acknowledged when bulk), or waits for an earlier one.
+        auto try_write = [=](const tp::envelope& e, const tp::prefill_write_msg& w) {
+          auto s = st->engine->write(w.request_id, w.layer, w.kv_head, w.position0, w.k.data(),
+                                     w.v.data(), w.n_tokens);
+          if (!s && s.code() == errc::not_ready) return false;
           if (!s) {
             log().warn("node={} event=write_failed reason=\"{}\"", node, s.to_string());
-            send_to(env.sender, st->engine->clock_ns(), tp::error_msg{s.code(), s.message(), env.seq});
-            return;
+            send_to(e.sender, st->engine->clock_ns(), tp::error_msg{s.code(), s.message(), e.seq});
+            return true;
           }
           // End-to-end flow control: the host keeps a bounded window of unacknowledged writes.
-          send_to(env.sender, st->engine->clock_ns(),
-                  tp::write_ack_msg{w->request_id, w->layer, w->kv_head, w->position0, w->n_tokens, true});
+          send_to(e.sender, st->engine->clock_ns(),
+                  tp::write_ack_msg{w.request_id, w.layer, w.kv_head, w.position0, w.n_tokens, true});
+          return true;
+        };
+        auto try_append = [=](const tp::token_append_msg& a) {
+          bool applied = true;
+          for (uint32_t h = 0; h < a.n_heads; ++h) {
+            const size_t off = size_t(h) * a.head_dim;
+            auto s = st->engine->write(a.request_id, a.layer, a.kv_head0 + h, a.position,
+                                       a.k.data() + off, a.v.data() + off, 1);
+            if (!s && s.code() == errc::not_ready) applied = false;  // heads done are not redone
+            else if (!s) log().warn("node={} event=append_failed reason=\"{}\"", node, s.to_string());
+          }
+          return applied;
+        };
+        auto drain_early = [=] {
+          for (bool moved = true; moved;) {
+            moved = false;
+            for (size_t n = st->early_writes.size(); n > 0; --n) {
+              auto item = std::move(st->early_writes.front());
+              st->early_writes.pop_front();
+              if (try_write(item.first, item.second)) moved = true;
+              else st->early_writes.push_back(std::move(item));
+            }
+            for (size_t n = st->early_appends.size(); n > 0; --n) {
+              auto item = std::move(st->early_appends.front());
+              st->early_appends.pop_front();
+              if (try_append(item)) moved = true;
+              else st->early_appends.push_back(std::move(item));
+            }
+          }
+        };
+        constexpr size_t early_max = 4096;
+        if (auto* w = std::get_if<tp::prefill_write_msg>(&m->body)) {
+          if (!try_write(env, *w)) {
+            if (st->early_writes.size() < early_max) st->early_writes.emplace_back(env, std::move(*w));
+            else log().warn("node={} event=write_dropped reason=\"early-write queue full\"", node);
+            return;
+          }
+          drain_early();
           drain_deferred();
         } else if (auto* a = std::get_if<tp::token_append_msg>(&m->body)) {
-          for (uint32_t h = 0; h < a->n_heads; ++h) {
-            const size_t off = size_t(h) * a->head_dim;
-            auto s = st->engine->write(a->request_id, a->layer, a->kv_head0 + h, a->position,
-                                       a->k.data() + off, a->v.data() + off, 1);
-            if (!s) log().warn("node={} event=append_failed reason=\"{}\"", node, s.to_string());
+          if (!try_append(*a)) {
+            if (st->early_appends.size() < early_max) st->early_appends.push_back(std::move(*a));
+            else log().warn("node={} event=append_dropped reason=\"early-append queue full\"", node);
+            return;
           }
+          drain_early();
           drain_deferred();
         } else if (auto* rr = std::get_if<tp::recall_request_msg>(&m->body)) {
           serve_recall(env, *rr);
@@ -864,7 +908,12 @@ struct host_state {
   std::vector<control::request_spec_msg> requests;
   uint64_t seq = 0;
   // prefill
-  uint64_t writes_in_flight = 0;
+  // Bulk writes (prefill chunks, prompt chunks of open workloads) not acknowledged yet, by
+  // (device, request, layer, KV head, position): a repeated write or ack is counted once.
+  // With retries on, each keeps its copy to send again.
+  using write_key = std::tuple<uint32_t, uint64_t, uint32_t, uint32_t, uint64_t>;
+  std::map<write_key, device_work> writes_out;
+  uint64_t replies_seen = 0, replies_at_last_retry = 0, retries = 0;
   uint64_t prefill_chunks_sent = 0, prefill_chunks_total = 0;
   bool prefill_exhausted = false;  // every chunk sent
   bool prefill_done = false;       // and acknowledged
@@ -889,13 +938,9 @@ struct host_state {
   step_plan plan;                  // the running step's
   uint64_t awaiting_admission = 0; // request asked for, answer pending
   bool admitting = true;           // false: the head of the queue did not fit this boundary
-  uint64_t step_writes = 0;        // prompt writes of the running step not acknowledged yet
   bool step_running = false;
   std::unique_ptr<step_model> predictor;  // workload.tpot_ms_max
-  // Failover (cluster.replication >= 2): acknowledged writes still owed, per device, so a
-  // lost device's never block prefill or a step; the devices lost so far.
-  std::map<uint32_t, uint64_t> writes_owed;
-  std::set<uint32_t> lost;
+  std::set<uint32_t> lost;  // devices failed over (cluster.replication >= 2)
 };
 
 
@@ -1003,15 +1048,15 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
   auto send_all = [=](std::vector<device_work>& work) {
     for (auto& w : work) {
       if (st->lost.count(w.device_id)) continue;  // its replicas got their own copy
+      if (w.bulk) {  // before sending: the send moves the rows out of w
+        host_state::write_key key{w.device_id, w.request_id, w.layer, w.kv_head, w.position};
+        if (!st->writes_out.count(key)) st->writes_out.emplace(key, setup->retry_after_ms ? w : device_work{});
+      }
       auto s = send_work(w);
       if (!s) {
         (*device_lost)(w.device_id, "send failed: " + s.to_string());
         if (st->finished) return;
         continue;
-      }
-      if (w.bulk) {
-        ++st->writes_owed[w.device_id];
-        if (st->open) ++st->step_writes;
       }
     }
   };
@@ -1155,6 +1200,7 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
     }
     rep.completed = st->requests.size();
     rep.devices_lost.assign(st->lost.begin(), st->lost.end());
+    rep.retries = st->retries;
     if (st->open && st->sched) {
       rep.arrivals = setup->cfg.get_string("workload.arrivals");
       rep.request_outcomes = st->sched->outcomes();
@@ -1236,6 +1282,9 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
     send_all(*work);
     self->delayed_send(self, std::chrono::milliseconds(setup->step_timeout_ms), tick_atom::value,
                        st->step_epoch);
+    if (setup->retry_after_ms)
+      self->delayed_send(self, std::chrono::milliseconds(setup->retry_after_ms), retry_atom::value,
+                         st->step_epoch);
     (*after_progress)();  // a step with nothing to wait for is over already
   };
 
@@ -1247,7 +1296,7 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
           std::chrono::duration<double, std::milli>(steady::now() - st->step_start).count());
       st->steps.push_back(st->engine->last_step());
     }
-    if (!st->engine->step_done() || st->step_writes > 0) return;
+    if (!st->engine->step_done() || !st->writes_out.empty()) return;
     st->step_running = false;
     if (!st->open) {
       if (st->step + 1 < setup->steps) return start_step(st->step + 1);
@@ -1290,17 +1339,16 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
 
   auto pump_prefill = [=] {
     std::vector<device_work> work;
-    while (!st->prefill_exhausted && st->writes_in_flight < setup->prefill_window_chunks) {
+    while (!st->prefill_exhausted && st->writes_out.size() < setup->prefill_window_chunks) {
       if (!st->engine->next_prefill_chunk(work)) {
         st->prefill_exhausted = true;
         break;
       }
-      st->writes_in_flight += work.size();
       st->prefill_chunks_sent += work.size();
       if (st->prefill_chunks_sent % 256 == 0) progress("prefill", st->prefill_chunks_sent, st->prefill_chunks_total);
       send_all(work);
     }
-    if (st->prefill_exhausted && st->writes_in_flight == 0 && !st->finished && !st->prefill_done) {
+    if (st->prefill_exhausted && st->writes_out.empty() && !st->finished && !st->prefill_done) {
       st->prefill_done = true;
       st->prefill_wall_s = std::chrono::duration<double>(steady::now() - st->prefill_start).count();
       if (setup->steps == 0) return finish();
@@ -1319,10 +1367,8 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
     for (auto& [rid, pl] : st->placements)
       if (const request_placement* now = st->engine->placement_of(rid)) pl = *now;
     // Writes it still owed: its replicas received (and acknowledge) their own copies.
-    const uint64_t owed = st->writes_owed[dev];
-    st->writes_owed.erase(dev);
-    if (st->open) st->step_writes -= std::min(st->step_writes, owed);
-    else st->writes_in_flight -= std::min(st->writes_in_flight, owed);
+    for (auto it = st->writes_out.begin(); it != st->writes_out.end();)
+      it = std::get<0>(it->first) == dev ? st->writes_out.erase(it) : std::next(it);
     send_all(*resend);
     if (!st->open && !st->prefill_done) pump_prefill();
     (*after_progress)();
@@ -1431,20 +1477,20 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
           // Prefill has a deadline too: a lost write ack must not hang the run.
           self->delayed_send(self, std::chrono::milliseconds(setup->prefill_timeout_ms),
                              tick_atom::value, uint64_t(0));
+          if (setup->retry_after_ms)
+            self->delayed_send(self, std::chrono::milliseconds(setup->retry_after_ms), retry_atom::value,
+                               uint64_t(0));
           pump_prefill();
         }
       },
       [=](wire_atom, std::vector<uint8_t>& bytes) {
         auto m = tp::decode(bytes.data(), bytes.size(), limits);
         if (!m) return;
-        if (std::holds_alternative<tp::write_ack_msg>(m->body)) {
-          auto owed = st->writes_owed.find(m->env.sender);
-          if (owed != st->writes_owed.end() && owed->second > 0) --owed->second;
-          if (st->open) {
-            if (st->step_writes > 0) --st->step_writes;
-            return (*after_progress)();
-          }
-          if (st->writes_in_flight > 0) --st->writes_in_flight;
+        if (auto* ack = std::get_if<tp::write_ack_msg>(&m->body)) {
+          ++st->replies_seen;
+          st->writes_out.erase(host_state::write_key{m->env.sender, ack->request_id, ack->layer,
+                                                     ack->kv_head, ack->position0});
+          if (st->open) return (*after_progress)();
           pump_prefill();
         } else if (std::holds_alternative<tp::partial_msg>(m->body) ||
                    std::holds_alternative<tp::candidates_msg>(m->body) ||
@@ -1495,6 +1541,7 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
               r.v.insert(r.v.end(), pg.v.begin(), pg.v.end());
             }
           }
+          ++st->replies_seen;
           auto it = st->tags.find(key);
           if (it == st->tags.end() || step != st->step) return;  // stale or duplicate
           r.tag = it->second;
@@ -1519,6 +1566,27 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
                    std::to_string(setup->step_timeout_ms) + " ms (run.step_timeout_ms)");
       },
       [=](peer_down_atom, uint32_t peer) { (*device_lost)(peer, "the fabric lost it"); },
+      [=](retry_atom, uint64_t epoch) {
+        // No reply or ack since the last look: something was lost on the way. Send the
+        // unanswered work again (writes are idempotent on the devices; a late original
+        // reply and its repeat are told apart by tag, the first one counts).
+        const bool prefill = epoch == 0 && !st->open;
+        if (st->finished || (prefill ? st->prefill_done : (epoch != st->step_epoch || !st->step_running)))
+          return;
+        if (st->replies_seen == st->replies_at_last_retry) {
+          std::vector<device_work> again;
+          if (prefill) {
+            for (const auto& [key, w] : st->writes_out) again.push_back(w);
+          } else {
+            again = st->engine->retry_work();
+          }
+          ++st->retries;
+          log().warn("event=retry step={} items={} prefill={}", st->step, again.size(), prefill);
+          send_all(again);
+        }
+        st->replies_at_last_retry = st->replies_seen;
+        self->delayed_send(self, std::chrono::milliseconds(setup->retry_after_ms), retry_atom::value, epoch);
+      },
   };
 }
 

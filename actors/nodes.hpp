@@ -18,6 +18,7 @@ using ctl_atom = caf::atom_constant<caf::atom("ctl")>;        // control.capnp b
 using join_atom = caf::atom_constant<caf::atom("join")>;      // wire.capnp join bytes
 using member_atom = caf::atom_constant<caf::atom("member")>;  // wire.capnp membership bytes
 using tick_atom = caf::atom_constant<caf::atom("tick")>;
+using retry_atom = caf::atom_constant<caf::atom("retry")>;  // run.retry_after_ms
 using done_atom = caf::atom_constant<caf::atom("done")>;
 
 // Fabric options for `node` from the configuration (fabric.*, faults.*), with the link

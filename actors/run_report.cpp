@@ -115,7 +115,7 @@ std::string run_report::to_json() const {
                     {"requests", rows},
                     {"batch_series", series}};
   }
-  j["faults"] = {{"devices_lost", devices_lost}};
+  j["faults"] = {{"devices_lost", devices_lost}, {"retries", retries}};
   nlohmann::ordered_json devs = nlohmann::ordered_json::array();
   for (size_t i = 0; i < device_ids.size(); ++i)
     devs.push_back({{"id", device_ids[i]},
@@ -275,6 +275,7 @@ run_report run_report::from_json(const std::string& text) {
   }
   if (j.contains("faults") && j["faults"].contains("devices_lost"))
     r.devices_lost = j["faults"]["devices_lost"].get<std::vector<uint32_t>>();
+  if (j.contains("faults")) r.retries = j["faults"].value("retries", uint64_t(0));
   if (j.contains("devices"))
     for (const auto& d : j["devices"]) {
       r.device_ids.push_back(d.value("id", 0u));
@@ -410,6 +411,7 @@ std::string run_report::to_table() const {
                                             std::to_string(completed) + " / " +
                                             std::to_string(failed));
   for (const auto& fl : failures) row("  failed", fl);
+  if (retries) row("retries (lost messages sent again)", std::to_string(retries));
   if (!devices_lost.empty()) {
     std::string ids;
     for (uint32_t d : devices_lost) ids += (ids.empty() ? "" : ", ") + std::to_string(d);

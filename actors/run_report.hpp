@@ -72,6 +72,7 @@ struct run_report {
 
   // devices lost during the run and failed over to replicas (cluster.replication >= 2)
   std::vector<uint32_t> devices_lost;
+  uint64_t retries = 0;  // times unanswered work was sent again (run.retry_after_ms)
 
   // devices
   std::vector<uint32_t> device_ids;

@@ -168,7 +168,10 @@ result<std::shared_ptr<const run_setup>> make_run_setup(const config& cfg,
   s->gpu_query.summaries_resident = s->host.summaries_resident;
 
   s->replication = static_cast<uint32_t>(cfg.get_int("cluster.replication"));
-  s->host.keep_for_retry = s->replication > 1;  // a lost device's work is sent to a replica
+  s->retry_after_ms = static_cast<uint32_t>(cfg.get_int("run.retry_after_ms"));
+  // A lost device's work is sent to a replica; lost messages are sent again.
+  s->host.keep_for_retry = s->replication > 1 || s->retry_after_ms > 0;
+  s->host.keep_writes_for_retry = s->retry_after_ms > 0;
   s->pool_devices = static_cast<uint32_t>(cfg.get_int("cluster.pool_devices"));
   if (s->pool_devices && s->devices % s->pool_devices)
     return status{errc::invalid_argument,

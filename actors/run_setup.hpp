@@ -41,6 +41,7 @@ struct run_setup {
   uint32_t devices = 0;
   std::string secret;
   uint32_t step_timeout_ms = 0;
+  uint32_t retry_after_ms = 0;  // 0: no retries
   uint32_t join_timeout_ms = 0;
   uint32_t prefill_timeout_ms = 0;
   uint32_t prefill_window_chunks = 0;

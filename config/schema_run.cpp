@@ -42,6 +42,10 @@ std::vector<config_key> schema_keys_run() {
        "Layers computed with real arithmetic; the rest are charged by the cost model only"},
       {"run.verify", t::boolean, "true", 0, 0, {},
        "Check every step against dense attention (extra device passes, not charged or timed)"},
+      {"run.retry_after_ms", t::integer, "0", 0, 3600000, {},
+       "Messages lost without losing a device: a step (or prefill) with no progress for this "
+       "long sends its unanswered work again (devices ignore writes they hold); 0: off, a lost "
+       "message fails the run at run.step_timeout_ms"},
       {"run.step_timeout_ms", t::integer, "60000", 1, 3600000, {},
        "Wall-clock deadline of one decode step; a request past it fails with an error"},
       {"run.prefill_timeout_ms", t::integer, "1200000", 1, 36000000, {},

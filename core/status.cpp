@@ -15,6 +15,7 @@ const char* to_string(errc code) {
     case errc::timeout: return "timeout";
     case errc::peer_down: return "peer_down";
     case errc::internal: return "internal";
+    case errc::not_ready: return "not_ready";
   }
   return "unknown";
 }

@@ -22,6 +22,7 @@ enum class errc {
   timeout,           // a deadline passed
   peer_down,         // the other side is gone
   internal,          // a broken invariant we could still report
+  not_ready,         // depends on something that has not arrived yet: try again later
 };
 
 const char* to_string(errc code);

@@ -750,7 +750,7 @@ message_body decode_body(const validator& c, wire::Envelope::Body::Reader body) 
       auto r = body.getError();
       error_msg x;
       uint16_t code = r.getCode();
-      if (code == 0 || code > static_cast<uint16_t>(errc::internal))
+      if (code == 0 || code > static_cast<uint16_t>(errc::not_ready))
         reject(reject_reason::bad_value, errc::invalid_argument, "error.code = {} unknown", code);
       x.code = static_cast<errc>(code);
       auto text = r.getMessage();

@@ -258,6 +258,34 @@ TEST(cluster, a_scripted_device_crash_is_failed_over_with_replicas_and_fails_the
   EXPECT_TRUE(named);
 }
 
+// A lossy fabric (2% of every kind of data-plane message dropped, prefill writes, acks,
+// appends, queries and replies alike): with run.retry_after_ms the unanswered work is sent
+// again and the outputs equal those of a clean run; without, the run fails at the step
+// deadline naming it.
+TEST(cluster, lost_messages_are_retried_and_change_no_output) {
+  auto clean = run_embedded(small_config({"run.steps=12"}), {});
+  ASSERT_TRUE(clean) << clean.error().to_string();
+  for (const char* drops : {"drop p=0.02", "drop p=0.1 msg=prefill_write,write_ack",
+                            "drop p=0.1 msg=token_append,query,partial"}) {
+    SCOPED_TRACE(drops);
+    auto lossy = run_embedded(small_config({"run.steps=12", "run.retry_after_ms=50",
+                                            std::string("faults.script=") + drops}),
+                              {});
+    ASSERT_TRUE(lossy) << lossy.error().to_string();
+    EXPECT_EQ(lossy->completed, 2u);
+    EXPECT_TRUE(lossy->failures.empty()) << lossy->failures.front();
+    EXPECT_GT(lossy->retries, 0u) << "nothing was lost: the test proves nothing";
+    EXPECT_EQ(lossy->output_digest, clean->output_digest);
+    EXPECT_EQ(lossy->accuracy_samples, clean->accuracy_samples);
+  }
+  auto no_retry = run_embedded(
+      small_config({"run.steps=12", "run.step_timeout_ms=1500", "faults.script=drop p=0.1 msg=partial"}), {});
+  ASSERT_TRUE(no_retry) << no_retry.error().to_string();
+  EXPECT_EQ(no_retry->completed, 0u);
+  ASSERT_FALSE(no_retry->failures.empty());
+  EXPECT_NE(no_retry->failures.back().find("run.step_timeout_ms"), std::string::npos) << no_retry->failures.back();
+}
+
 TEST(cluster, bad_config_is_a_clear_error) {
   auto cfg = small_config({"cluster.live_layers=99"});
   auto rep = run_embedded(cfg, {});
