@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <optional>
 #include <thread>
 
@@ -207,6 +208,82 @@ std::optional<std::string> exited_child(std::vector<child>& children) {
   return std::nullopt;
 }
 
+struct drive_result {
+  result<run_report> out = status{errc::internal, "not run"};
+  bool done = false;          // the cluster answered (a report, or the coordinator lost)
+  bool connect_failed = false;
+  std::string lost;           // a node process seen exiting before the end (launcher only)
+};
+
+// Drives a run on a cluster whose coordinator listens at host:port: submits the requests of
+// `setup`, forwards progress, and returns the report. `exited` (launcher only) names a node
+// process that has exited; an unreported loss fails the run after a grace period unless a
+// replica can take over. `where` goes into error messages (where the logs are).
+drive_result drive(const config& cfg, const std::shared_ptr<const run_setup>& setup, const std::string& host,
+                   uint16_t port, const cluster_run_options& opts,
+                   const std::function<std::optional<std::string>()>& exited, const std::string& where) {
+  drive_result r;
+  r.out = status{errc::timeout, "the run did not finish within " + std::to_string(opts.run_timeout_ms) + " ms"};
+  caf::actor_system_config acfg;
+  configure_middleman(acfg, cfg);
+  caf::actor_system sys{acfg};
+  auto coordinator = connect_coordinator(sys, host, port, 20000);
+  if (!coordinator) {
+    r.connect_failed = true;
+    r.out = coordinator.error();
+    return r;
+  }
+  caf::scoped_actor self{sys};
+  auto driver = sys.spawn(actors::driver_actor, setup, *coordinator, caf::actor{self});
+  self->monitor(*coordinator);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(opts.run_timeout_ms);
+  // A node process that exits before the run is over: the cluster should report the loss
+  // itself (the coordinator notices the broken connection); if it has not within the
+  // grace period, the launcher fails the run with what it saw. With replicas
+  // (cluster.replication >= 2) a lost device is survivable: the run goes on under its own
+  // deadlines (run.step_timeout_ms).
+  const bool survivable = setup->replication >= 2;
+  constexpr auto lost_grace = std::chrono::seconds(3);
+  while (!r.done) {
+    if (r.lost.empty() && exited)
+      if (auto gone = exited()) {
+        r.lost = *gone;
+        if (!survivable || gone->rfind("device ", 0) != 0) {
+          deadline = std::min(deadline, std::chrono::steady_clock::now() + lost_grace);
+          r.out = status{errc::peer_down, r.lost + " and the cluster did not report the loss within " +
+                                              std::to_string(lost_grace.count()) + " s (" + where + ")"};
+        }
+      }
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) break;
+    left = std::min(left, std::chrono::milliseconds(200));
+    self->receive(
+        [&](actors::done_atom, bool, const std::string& json) {
+          r.done = true;
+          run_report rep = run_report::from_json(json);
+          rep.multiprocess = true;
+          r.out = rep;
+        },
+        [&](actors::ctl_atom, const std::string& bytes) {
+          auto m = control::decode(bytes);
+          if (!m) return;
+          if (auto* p = std::get_if<control::progress_msg>(&m->body))
+            if (opts.on_progress) opts.on_progress(p->phase, p->done, p->total);
+        },
+        [&](const caf::down_msg&) {
+          if (!r.done) {
+            r.done = true;
+            r.out = status{errc::peer_down, "lost the coordinator before the run finished (" + where + ")"};
+          }
+        },
+        caf::after(left) >> [&] {});
+  }
+  self->send_exit(driver, caf::exit_reason::user_shutdown);
+  if (!r.done)
+    caf::anon_send(*coordinator, actors::ctl_atom::value, control::encode({driver_node, control::shutdown_msg{}}));
+  return r;
+}
+
 }  // namespace
 
 result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_options& opts,
@@ -280,69 +357,16 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
   }
 
   // This process is the driver.
-  bool done = false;
-  std::string lost;  // a node process that exited before the run was over
-  result<run_report> out = status{errc::timeout, "the run did not finish within " +
-                                                     std::to_string(opts.run_timeout_ms) + " ms"};
-  {
-    caf::actor_system_config acfg;
-    configure_middleman(acfg, cfg);
-    caf::actor_system sys{acfg};
-    auto coordinator = connect_coordinator(sys, "127.0.0.1", port, 20000);
-    if (!coordinator) {
-      for (auto& c : children) kill(c.pid, SIGKILL);
-      cleanup(1000ms);
-      return coordinator.error();
-    }
-    caf::scoped_actor self{sys};
-    auto driver = sys.spawn(actors::driver_actor, *setup, *coordinator, caf::actor{self});
-    self->monitor(*coordinator);
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(opts.run_timeout_ms);
-    // A node process that exits before the run is over: the cluster should report the loss
-    // itself (the coordinator notices the broken connection); if it has not within the
-    // grace period, the launcher fails the run with what it saw. With replicas
-    // (cluster.replication >= 2) a lost device is survivable: the run goes on under its own
-    // deadlines (run.step_timeout_ms).
-    const bool survivable = (*setup)->replication >= 2;
-    constexpr auto lost_grace = std::chrono::seconds(3);
-    while (!done) {
-      if (lost.empty())
-        if (auto gone = exited_child(children)) {
-          lost = *gone;
-          if (!survivable || gone->rfind("device ", 0) != 0) {
-            deadline = std::min(deadline, std::chrono::steady_clock::now() + lost_grace);
-            out = status{errc::peer_down, lost + " and the cluster did not report the loss within " +
-                                              std::to_string(lost_grace.count()) + " s (logs in " + dir + ")"};
-          }
-        }
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-      if (left.count() <= 0) break;
-      left = std::min(left, std::chrono::milliseconds(200));
-      self->receive(
-          [&](actors::done_atom, bool, const std::string& json) {
-            done = true;
-            run_report rep = run_report::from_json(json);
-            rep.multiprocess = true;
-            out = rep;
-          },
-          [&](actors::ctl_atom, const std::string& bytes) {
-            auto m = control::decode(bytes);
-            if (!m) return;
-            if (auto* p = std::get_if<control::progress_msg>(&m->body))
-              if (opts.on_progress) opts.on_progress(p->phase, p->done, p->total);
-          },
-          [&](const caf::down_msg&) {
-            if (!done) {
-              done = true;
-              out = status{errc::peer_down, "lost the coordinator before the run finished (logs in " + dir + ")"};
-            }
-          },
-          caf::after(left) >> [&] {});
-    }
-    self->send_exit(driver, caf::exit_reason::user_shutdown);
-    if (!done) caf::anon_send(*coordinator, actors::ctl_atom::value,
-                              control::encode({driver_node, control::shutdown_msg{}}));
+  drive_result d = drive(cfg, *setup, "127.0.0.1", port, opts,
+                         [&] { return exited_child(children); }, "logs in " + dir);
+  if (d.connect_failed) {
+    for (auto& c : children) kill(c.pid, SIGKILL);
+    cleanup(1000ms);
+    return d.out.error();
   }
+  const bool done = d.done;
+  const std::string lost = d.lost;
+  result<run_report> out = std::move(d.out);
   // A run the launcher itself failed (a node process died and the cluster did not say so):
   // the rest may be stuck joining or waiting; stop them instead of waiting out the grace.
   if (!done && !lost.empty())
@@ -354,6 +378,16 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
   }
   if (mp.work_dir.empty() && out) fs::remove_all(dir);
   return out;
+}
+
+result<run_report> run_attached(const config& cfg, const cluster_run_options& opts, const std::string& host,
+                                uint16_t port) {
+  // The driver needs no secret of its own: it builds the run from the config, and the
+  // nodes it talks to were started (and authenticated) with theirs.
+  auto setup = make_run_setup(cfg, "attached-driver");
+  if (!setup) return setup.error();
+  drive_result d = drive(cfg, *setup, host, port, opts, {}, "coordinator " + host + ":" + std::to_string(port));
+  return std::move(d.out);
 }
 
 }  // namespace pnmkv

@@ -40,4 +40,11 @@ struct multiprocess_options {
 result<run_report> run_multiprocess(const config& cfg, const cluster_run_options& opts,
                                     const multiprocess_options& mp);
 
+// Drives a run on a cluster already up (nodes started by hand, by a script or by a container
+// orchestrator): connects to the coordinator at host:port as the driver, submits the
+// config's requests and returns the report. The driver is not authenticated: the
+// coordinator's port must be reachable only from trusted hosts.
+result<run_report> run_attached(const config& cfg, const cluster_run_options& opts, const std::string& host,
+                                uint16_t port);
+
 }  // namespace pnmkv

@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <thread>
 #include <memory>
@@ -25,6 +26,7 @@ struct run_options {
   bool multiprocess = false;
   std::string calibration_out;
   std::string work_dir;
+  std::string attach;  // HOST:PORT of a running cluster's coordinator
 };
 
 }  // namespace
@@ -44,6 +46,9 @@ void register_run(CLI::App& app) {
                 "Run every node as its own `pnmkv node` process on loopback (UCX data plane)");
   cmd->add_option("--work-dir", opts.work_dir,
                   "--multiprocess: keep the resolved config, secret and node logs here");
+  cmd->add_option("--attach", opts.attach,
+                  "Drive a cluster that is already up (pnmkv node processes started by hand or by "
+                  "a script) through its coordinator at HOST:PORT; use the nodes' config");
   cmd->callback([] {
     config cfg = load_config_or_exit(opts.cfg);
     cluster_run_options ro;
@@ -52,9 +57,25 @@ void register_run(CLI::App& app) {
       ro.on_progress = [bar](const std::string& phase, uint64_t done, uint64_t total) {
         bar->set(done, total, phase);
       };
-    auto rep = opts.multiprocess
-                   ? run_multiprocess(cfg, ro, multiprocess_options{"", opts.work_dir})
-                   : run_embedded(cfg, ro);
+    result<run_report> rep = status{errc::internal, "not run"};
+    if (!opts.attach.empty()) {
+      const auto colon = opts.attach.rfind(':');
+      char* end = nullptr;
+      const unsigned long port =
+          colon == std::string::npos ? 0 : std::strtoul(opts.attach.c_str() + colon + 1, &end, 10);
+      if (colon == std::string::npos || colon == 0 || !end || *end || port == 0 || port > 65535) {
+        std::fprintf(stderr, "pnmkv run: --attach '%s' is not HOST:PORT (port 1-65535)\n", opts.attach.c_str());
+        throw CLI::RuntimeError(2);
+      }
+      if (opts.multiprocess) {
+        std::fprintf(stderr, "pnmkv run: --attach and --multiprocess exclude each other\n");
+        throw CLI::RuntimeError(2);
+      }
+      rep = run_attached(cfg, ro, opts.attach.substr(0, colon), static_cast<uint16_t>(port));
+    } else {
+      rep = opts.multiprocess ? run_multiprocess(cfg, ro, multiprocess_options{"", opts.work_dir})
+                              : run_embedded(cfg, ro);
+    }
     if (!rep) {
       std::fprintf(stderr, "pnmkv run: %s\n", rep.error().to_string().c_str());
       throw CLI::RuntimeError(1);

@@ -6,6 +6,9 @@
 #include <gtest/gtest.h>
 
 #include <dirent.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -284,6 +287,72 @@ TEST(cluster, lost_messages_are_retried_and_change_no_output) {
   EXPECT_EQ(no_retry->completed, 0u);
   ASSERT_FALSE(no_retry->failures.empty());
   EXPECT_NE(no_retry->failures.back().find("run.step_timeout_ms"), std::string::npos) << no_retry->failures.back();
+}
+
+// A cluster started by hand (`pnmkv node` processes with a config file and a secret file,
+// as a script or a container orchestrator would) is driven with `pnmkv run --attach`: same
+// outputs as the embedded run of the same config, and the nodes exit after the run.
+TEST(cluster, a_cluster_started_by_hand_is_driven_by_attach) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("pnmkv-attach-" + std::to_string(getpid()));
+  fs::create_directories(dir);
+  const std::string secret = (dir / "secret").string();
+  std::ofstream(secret) << "0123456789abcdef0123456789abcdef";
+  fs::permissions(secret, fs::perms::owner_read | fs::perms::owner_write);
+  // A free port: bind to 0, read it, release it.
+  auto cfg = small_config({"fabric.cluster_secret_file=" + secret, "cluster.coordinator_port=0"});
+  const std::string cfg_file = (dir / "cluster.yaml").string();
+  std::ofstream(cfg_file) << cfg.to_yaml();
+  const std::string port_file = (dir / "port").string();
+  std::vector<pid_t> nodes;
+  auto spawn = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), PNMKV_BINARY);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+    pid_t pid = 0;
+    EXPECT_EQ(posix_spawn(&pid, PNMKV_BINARY, &fa, nullptr, argv.data(), environ), 0);
+    posix_spawn_file_actions_destroy(&fa);
+    nodes.push_back(pid);
+  };
+  spawn({"node", "--role", "coordinator", "--config", cfg_file, "--port-file", port_file});
+  unsigned port = 0;
+  for (int i = 0; i < 400 && port == 0; ++i) {
+    std::ifstream in(port_file);
+    if (!(in >> port)) std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  ASSERT_NE(port, 0u) << "the coordinator did not publish its port";
+  const std::string at = "127.0.0.1:" + std::to_string(port);
+  spawn({"node", "--role", "gpu-host", "--config", cfg_file, "--coordinator", at});
+  for (const char* id : {"100", "101", "102", "103"})
+    spawn({"node", "--role", "pnm-device", "--id", id, "--config", cfg_file, "--coordinator", at});
+  auto attached = run_attached(cfg, {}, "127.0.0.1", uint16_t(port));
+  auto embedded = run_embedded(small_config(), {});
+  // Every node exits once the run is over (the driver shuts the cluster down).
+  bool all_exited = true;
+  for (pid_t pid : nodes) {
+    int st = 0;
+    bool exited = false;
+    for (int i = 0; i < 500 && !exited; ++i) {
+      exited = waitpid(pid, &st, WNOHANG) == pid;
+      if (!exited) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    if (!exited) {
+      all_exited = false;
+      kill(pid, SIGKILL);
+      waitpid(pid, &st, 0);
+    }
+  }
+  fs::remove_all(dir);
+  ASSERT_TRUE(attached) << attached.error().to_string();
+  ASSERT_TRUE(embedded) << embedded.error().to_string();
+  EXPECT_EQ(attached->completed, 2u);
+  EXPECT_EQ(attached->output_digest, embedded->output_digest);
+  EXPECT_TRUE(all_exited) << "nodes still running after the run";
 }
 
 TEST(cluster, bad_config_is_a_clear_error) {
