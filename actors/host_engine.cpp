@@ -40,8 +40,22 @@ status host_engine::add_request(const request_spec& r, const request_placement& 
     if (placement.shard_of(h, 0) < 0)
       return {errc::invalid_argument, "placement of request " + std::to_string(r.request_id) +
                                           " leaves KV head " + std::to_string(h) + " unplaced"};
+  // A placement made before a device was lost may still name it: its replicas serve.
+  request_placement pl = placement;
+  for (uint32_t dead : dead_)
+    for (auto& sh : pl.shards) {
+      auto& reps = sh.replica_device_ids;
+      reps.erase(std::remove(reps.begin(), reps.end(), dead), reps.end());
+      if (sh.device_id != dead) continue;
+      if (reps.empty())
+        return {errc::peer_down, "request " + std::to_string(r.request_id) + " was placed on device " +
+                                     std::to_string(dead) + ", which is lost, with no replica of shard " +
+                                     std::to_string(sh.shard_id)};
+      sh.device_id = reps.front();
+      reps.erase(reps.begin());
+    }
   requests_.push_back(r);
-  placements_.emplace(r.request_id, placement);
+  placements_.emplace(r.request_id, std::move(pl));
   rstate_[r.request_id] = request_state{0, decoding, decoding ? r.context_tokens : 0};
   return {};
 }

@@ -1432,6 +1432,7 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
             auto s = st->engine->add_request({spec.request_id, spec.context_tokens, spec.steps},
                                              pl->second, /*decoding=*/false);
             if (!s) return fail_run(s.to_string());
+            pl->second = *st->engine->placement_of(a->request_id);  // without lost devices
             st->sched->admit(a->request_id);
           } else if (!st->sched->not_admitted(a->request_id, a->reason)) {
             st->admitting = false;  // head of line: it waits for the next boundary

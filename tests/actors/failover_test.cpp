@@ -106,5 +106,30 @@ TEST(failover, is_idempotent_and_moves_every_shard_off_the_lost_device) {
   }
 }
 
+TEST(failover, a_request_placed_on_a_lost_device_is_served_by_its_replicas) {
+  const model_shape m = tiny_model(4, 4, 4, 64);
+  host_engine_config hc;
+  hc.live_layers = 1;
+  hc.budget_tokens = 256;
+  hc.keep_for_retry = true;
+  harness h(m, hc, 4, 3);
+  h.replication = 2;
+  h.add(1, 2000, 4);
+  h.prefill();
+  h.step(0);
+  ASSERT_TRUE(h.host.fail_over(10));
+  h.dead.insert(10);
+  h.add(2, 1500, 4);  // placed over all four devices, the lost one included
+  h.prefill();
+  const request_placement* pl = h.host.placement_of(2);
+  ASSERT_NE(pl, nullptr);
+  for (const auto& s : pl->shards) {
+    EXPECT_NE(s.device_id, 10u);
+    for (uint32_t r : s.replica_device_ids) EXPECT_NE(r, 10u);
+  }
+  h.step(1);  // nothing goes to device 10, and the step completes
+  EXPECT_TRUE(h.host.step_done());
+}
+
 }  // namespace
 }  // namespace pnmkv
