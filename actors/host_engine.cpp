@@ -42,18 +42,10 @@ status host_engine::add_request(const request_spec& r, const request_placement& 
                                           " leaves KV head " + std::to_string(h) + " unplaced"};
   // A placement made before a device was lost may still name it: its replicas serve.
   request_placement pl = placement;
-  for (uint32_t dead : dead_)
-    for (auto& sh : pl.shards) {
-      auto& reps = sh.replica_device_ids;
-      reps.erase(std::remove(reps.begin(), reps.end(), dead), reps.end());
-      if (sh.device_id != dead) continue;
-      if (reps.empty())
-        return {errc::peer_down, "request " + std::to_string(r.request_id) + " was placed on device " +
-                                     std::to_string(dead) + ", which is lost, with no replica of shard " +
-                                     std::to_string(sh.shard_id)};
-      sh.device_id = reps.front();
-      reps.erase(reps.begin());
-    }
+  for (uint32_t dead : dead_) {
+    auto st = move_off(pl, dead);
+    if (!st) return st;
+  }
   requests_.push_back(r);
   placements_.emplace(r.request_id, std::move(pl));
   rstate_[r.request_id] = request_state{0, decoding, decoding ? r.context_tokens : 0};
@@ -840,22 +832,31 @@ std::vector<device_work> host_engine::retry_work() const {
   return out;
 }
 
+// Takes `dead` out of a placement: its replica slots are dropped and each shard it served
+// as primary is served by its first replica from now on.
+status host_engine::move_off(request_placement& pl, uint32_t dead) {
+  for (auto& sh : pl.shards) {
+    auto& reps = sh.replica_device_ids;
+    reps.erase(std::remove(reps.begin(), reps.end(), dead), reps.end());
+    if (sh.device_id != dead) continue;
+    if (reps.empty())
+      return {errc::peer_down,
+              "device " + std::to_string(dead) + " held the only copy of shard " + std::to_string(sh.shard_id) +
+                  " of request " + std::to_string(pl.request_id) +
+                  " (re-prefill is not implemented; cluster.replication >= 2 survives a device)"};
+    sh.device_id = reps.front();
+    reps.erase(reps.begin());
+  }
+  return {};
+}
+
 result<std::vector<device_work>> host_engine::fail_over(uint32_t dead) {
   std::vector<device_work> out;
   if (!dead_.insert(dead).second) return out;
-  for (auto& [rid, pl] : placements_)
-    for (auto& sh : pl.shards) {
-      auto& reps = sh.replica_device_ids;
-      reps.erase(std::remove(reps.begin(), reps.end(), dead), reps.end());
-      if (sh.device_id != dead) continue;
-      if (reps.empty())
-        return status{errc::peer_down,
-                      "device " + std::to_string(dead) + " held the only copy of shard " +
-                          std::to_string(sh.shard_id) + " of request " + std::to_string(rid) +
-                          " (re-prefill is not implemented; cluster.replication >= 2 survives a device)"};
-      sh.device_id = reps.front();
-      reps.erase(reps.begin());
-    }
+  for (auto& [rid, pl] : placements_) {
+    auto st = move_off(pl, dead);
+    if (!st) return st;
+  }
   if (!cfg_.keep_for_retry) {
     for (const auto& [tag, pi] : pending_)
       if (placements_.count(pi.request_id))

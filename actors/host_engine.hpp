@@ -260,6 +260,7 @@ class host_engine {
   result<std::vector<device_work>> advance();  // runs the step on while nothing is pending
   result<std::vector<device_work>> on_reply_impl(const device_reply& r);
   void remember(const std::vector<device_work>& work);
+  static status move_off(request_placement& pl, uint32_t dead);
   void prompt_work(uint32_t layer, std::vector<device_work>& work);
   void end_step();
   void prefill_writes(const request_spec& r, uint32_t layer, uint32_t kv_head, uint64_t from,

@@ -67,16 +67,27 @@ TEST(failover, a_device_lost_mid_step_changes_no_output_in_any_mode_or_round) {
   }
 }
 
+// One request of 2000 tokens over four devices, prefilled and one step decoded.
+struct one_request {
+  host_engine_config hc = [] {
+    host_engine_config c;
+    c.live_layers = 1;
+    c.budget_tokens = 256;
+    c.keep_for_retry = true;
+    return c;
+  }();
+  harness h{tiny_model(4, 4, 4, 64), hc, 4, 3};
+  explicit one_request(uint32_t replication) {
+    h.replication = replication;
+    h.add(1, 2000, 4);
+    h.prefill();
+    h.step(0);
+  }
+};
+
 TEST(failover, without_a_replica_the_lost_shard_is_named) {
-  const model_shape m = tiny_model(4, 4, 4, 64);
-  host_engine_config hc;
-  hc.live_layers = 1;
-  hc.budget_tokens = 256;
-  hc.keep_for_retry = true;
-  harness h(m, hc, 4, 3);
-  h.add(1, 2000, 4);
-  h.prefill();
-  h.step(0);
+  one_request r1(1);
+  harness& h = r1.h;
   auto r = h.host.fail_over(11);
   ASSERT_FALSE(r);
   EXPECT_NE(r.error().message().find("only copy"), std::string::npos) << r.error().message();
@@ -84,16 +95,8 @@ TEST(failover, without_a_replica_the_lost_shard_is_named) {
 }
 
 TEST(failover, is_idempotent_and_moves_every_shard_off_the_lost_device) {
-  const model_shape m = tiny_model(4, 4, 4, 64);
-  host_engine_config hc;
-  hc.live_layers = 1;
-  hc.budget_tokens = 256;
-  hc.keep_for_retry = true;
-  harness h(m, hc, 4, 3);
-  h.replication = 2;
-  h.add(1, 2000, 4);
-  h.prefill();
-  h.step(0);
+  one_request r2(2);
+  harness& h = r2.h;
   ASSERT_TRUE(h.host.fail_over(12));
   auto again = h.host.fail_over(12);
   ASSERT_TRUE(again);
@@ -107,16 +110,8 @@ TEST(failover, is_idempotent_and_moves_every_shard_off_the_lost_device) {
 }
 
 TEST(failover, a_request_placed_on_a_lost_device_is_served_by_its_replicas) {
-  const model_shape m = tiny_model(4, 4, 4, 64);
-  host_engine_config hc;
-  hc.live_layers = 1;
-  hc.budget_tokens = 256;
-  hc.keep_for_retry = true;
-  harness h(m, hc, 4, 3);
-  h.replication = 2;
-  h.add(1, 2000, 4);
-  h.prefill();
-  h.step(0);
+  one_request r2(2);
+  harness& h = r2.h;
   ASSERT_TRUE(h.host.fail_over(10));
   h.dead.insert(10);
   h.add(2, 1500, 4);  // placed over all four devices, the lost one included
