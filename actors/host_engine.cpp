@@ -621,12 +621,8 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
       }
     }
   }
-  for (auto& w : work) {
-    if (w.what != device_work::kind::query) continue;
-    w.query.q = w.q_storage.data();
-    w.query.excluded_pages = w.excluded_storage.data();
-    w.query.n_excluded = w.excluded_storage.size();
-  }
+  for (auto& w : work)
+    if (w.what == device_work::kind::query) w.bind_query();
   // A layer of one round sends this step's prompt chunks now; two-round layers after their
   // second round (round_b_work).
   const bool two_rounds = cfg_.mode == run_mode::baseline ||
@@ -772,12 +768,8 @@ std::vector<device_work> host_engine::round_b_work() {
       }
     }
   }
-  for (auto& w : work) {
-    if (w.what != device_work::kind::query) continue;
-    w.query.q = w.q_storage.data();
-    w.query.listed_pages = w.listed_storage.data();
-    w.query.n_listed = w.listed_storage.size();
-  }
+  for (auto& w : work)
+    if (w.what == device_work::kind::query) w.bind_query();
   prompt_work(layer_, work);
   return work;
 }
@@ -795,7 +787,7 @@ std::vector<device_work> host_engine::verify_work() {
       work.push_back(std::move(w));
     }
   }
-  for (auto& w : work) w.query.q = w.q_storage.data();
+  for (auto& w : work) w.bind_query();
   return work;
 }
 
@@ -824,9 +816,7 @@ std::vector<device_work> host_engine::retry_work() const {
   for (const auto& [tag, w] : sent_) {
     if (!pending_.count(tag)) continue;
     device_work c = w;
-    c.query.q = c.q_storage.data();
-    c.query.listed_pages = c.listed_storage.data();
-    c.query.excluded_pages = c.excluded_storage.data();
+    c.bind_query();
     out.push_back(std::move(c));
   }
   return out;
@@ -873,9 +863,7 @@ result<std::vector<device_work>> host_engine::fail_over(uint32_t dead) {
     assert(sh);
     device_work c = w;
     c.device_id = sh->device_id;
-    c.query.q = c.q_storage.data();
-    c.query.listed_pages = c.listed_storage.data();
-    c.query.excluded_pages = c.excluded_storage.data();
+    c.bind_query();
     // Sent again over the link; verification stays uncharged.
     if (!c.verification) dispatch(c, c.what == device_work::kind::recall || c.charge_device);
     w.device_id = c.device_id;

@@ -98,6 +98,16 @@ struct device_work {
   std::vector<uint64_t> excluded_storage;
   // recall
   std::vector<uint64_t> pages;
+
+  // Points the query at this item's own q, listed and excluded storage: after it is
+  // built, copied or moved (query holds raw pointers).
+  void bind_query() {
+    query.q = q_storage.data();
+    query.listed_pages = listed_storage.data();
+    query.n_listed = listed_storage.size();
+    query.excluded_pages = excluded_storage.data();
+    query.n_excluded = excluded_storage.size();
+  }
 };
 
 struct device_reply {

@@ -198,13 +198,6 @@ std::vector<step_request> decode_set(std::vector<live_request*>& active) {
   return out;
 }
 
-double percentile(std::vector<double> v, double q) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const size_t i = std::min(v.size() - 1, size_t(std::ceil(q * double(v.size()))) - (q > 0 ? 1 : 0));
-  return v[i];
-}
-
 // Time to prefill one request of `tokens` tokens on an idle system (its TTFT there).
 double idle_prefill_s(const std::shared_ptr<const sim_setup>& s, step_model& sm, uint64_t tokens) {
   admission adm(*s);
@@ -618,36 +611,22 @@ result<sim_result> simulate(std::shared_ptr<const sim_setup> setup, const sim_pr
   res.simulated_s = t_s;
   res.tokens_out = tokens_out;
 
-  // Per request.
-  std::vector<double> ttft, tpot;
-  double queue_sum = 0;
-  uint64_t admitted = 0;
-  for (auto& r : reqs) {
-    if (r.out.refused) {
-      ++res.refused;
-      continue;
-    }
-    if (r.out.admitted_s >= 0) ++admitted, queue_sum += r.out.queueing_ms();
-    if (r.out.first_token_s >= 0 && !closed) ttft.push_back(r.out.ttft_ms());
-    if (r.out.finish_s >= 0 && r.out.generated > 1) tpot.push_back(r.out.tpot_ms());
-  }
+  // Per request: the same summary as the live cluster's (schedulers/serving.hpp).
+  res.requests.reserve(reqs.size());
+  for (auto& r : reqs) res.requests.push_back(r.out);
+  const serving_summary sv = summarise(res.requests, {});
+  res.refused = sv.refused;
   if (closed) {
     // Every request is prefilled at t = 0; TTFT is that of one request on an idle system.
     const double t = idle_prefill_s(setup, sm, S.context_tokens) * 1e3;
     res.ttft_ms = res.ttft_ms_p99 = t;
   } else {
-    double sum = 0;
-    for (double x : ttft) sum += x;
-    res.ttft_ms = ttft.empty() ? 0 : sum / double(ttft.size());
-    res.ttft_ms_p99 = percentile(ttft, 0.99);
+    res.ttft_ms = sv.ttft_ms_mean;
+    res.ttft_ms_p99 = sv.ttft_ms_p99;
   }
-  {
-    double sum = 0;
-    for (double x : tpot) sum += x;
-    res.tpot_ms = tpot.empty() ? 0 : sum / double(tpot.size());
-    res.tpot_ms_p99 = percentile(tpot, 0.99);
-  }
-  res.queueing_ms = admitted ? queue_sum / double(admitted) : 0;
+  res.tpot_ms = sv.tpot_ms_mean;
+  res.tpot_ms_p99 = sv.tpot_ms_p99;
+  res.queueing_ms = sv.queueing_ms_mean;
 
   // Totals.
   const double n_steps = std::max<double>(1, double(res.decode_steps));
@@ -685,8 +664,6 @@ result<sim_result> simulate(std::shared_ptr<const sim_setup> setup, const sim_pr
     series.swap(thin);
   }
   res.batch_series = std::move(series);
-  res.requests.reserve(reqs.size());
-  for (auto& r : reqs) res.requests.push_back(r.out);
   res.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
   if (progress && reported != total_work) progress(total_work, total_work);
   return res;
