@@ -3,6 +3,7 @@
 #include "actors/control.hpp"
 
 #include "transport/auth.hpp"
+#include "transport/hex.hpp"
 #include "transport/from_config.hpp"
 
 namespace pnmkv {
@@ -13,15 +14,7 @@ std::vector<uint32_t> run_setup::device_ids() const {
   return ids;
 }
 
-std::string make_cluster_secret() {
-  static const char* hex = "0123456789abcdef";
-  std::string s;
-  for (uint8_t b : transport::make_nonce()) {
-    s += hex[b >> 4];
-    s += hex[b & 15];
-  }
-  return s;
-}
+std::string make_cluster_secret() { return transport::to_hex(transport::make_nonce()); }
 
 result<std::shared_ptr<const run_setup>> make_run_setup(const config& cfg,
                                                          const std::string& secret_override) {

@@ -21,11 +21,6 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
-#include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -42,6 +37,8 @@
 
 #include "apps/commands.hpp"
 #include "transport/crc32c.hpp"
+#include "transport/hex.hpp"
+#include "transport/piped_child.hpp"
 #include "transport/samples.hpp"
 #include "transport/ucx_fabric.hpp"
 
@@ -70,135 +67,14 @@ struct fabric_bench_options {
   bool skip_wire = false;
 };
 
-std::string hex(const std::vector<uint8_t>& b) {
-  static const char* d = "0123456789abcdef";
-  std::string s;
-  for (uint8_t x : b) {
-    s += d[x >> 4];
-    s += d[x & 15];
-  }
-  return s;
+// ucx_perftest picks its transports from the environment.
+piped_child::options perftest_env(const std::string& transport, bool output_to_null) {
+  piped_child::options o;
+  o.output_to_null = output_to_null;
+  if (transport == "tcp") o.env = {{"UCX_TLS", "tcp"}, {"UCX_NET_DEVICES", "lo"}};
+  else o.env = {{"UCX_TLS", "sm,self"}};
+  return o;
 }
-
-std::vector<uint8_t> unhex(const std::string& s) {
-  std::vector<uint8_t> b;
-  for (size_t i = 0; i + 1 < s.size(); i += 2)
-    b.push_back(static_cast<uint8_t>(std::stoi(s.substr(i, 2), nullptr, 16)));
-  return b;
-}
-
-void set_ucx_env(const std::string& transport) {
-  if (transport == "tcp") {
-    setenv("UCX_TLS", "tcp", 1);
-    setenv("UCX_NET_DEVICES", "lo", 1);
-  } else {
-    setenv("UCX_TLS", "sm,self", 1);
-  }
-}
-
-// A child process with pipes to stdin/stdout; killed and reaped on destruction.
-class subprocess {
- public:
-  subprocess(const std::vector<std::string>& argv, const std::string& ucx_transport,
-             bool quiet_stdout) {
-    int in[2], out[2];
-    if (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC)) throw std::runtime_error("pipe2 failed");
-    pid_ = fork();
-    if (pid_ < 0) throw std::runtime_error("fork failed");
-    if (pid_ == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      dup2(in[0], 0);
-      if (quiet_stdout) {
-        int devnull = open("/dev/null", O_WRONLY);
-        dup2(devnull, 1);
-        dup2(devnull, 2);
-      } else {
-        dup2(out[1], 1);
-      }
-      if (!ucx_transport.empty()) set_ucx_env(ucx_transport);
-      std::vector<char*> args;
-      for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-      args.push_back(nullptr);
-      execvp(args[0], args.data());
-      _exit(127);
-    }
-    close(in[0]);
-    close(out[1]);
-    to_ = in[1];
-    from_ = out[0];
-  }
-  ~subprocess() {
-    stop();
-    close(to_);
-    close(from_);
-  }
-  std::string read_line(std::chrono::milliseconds timeout) {
-    auto until = clk::now() + timeout;
-    for (;;) {
-      auto nl = buf_.find('\n');
-      if (nl != std::string::npos) {
-        std::string line = buf_.substr(0, nl);
-        buf_.erase(0, nl + 1);
-        return line;
-      }
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - clk::now()).count();
-      if (left <= 0) return "";
-      pollfd p{from_, POLLIN, 0};
-      if (::poll(&p, 1, static_cast<int>(left)) <= 0) continue;
-      char tmp[4096];
-      ssize_t n = ::read(from_, tmp, sizeof tmp);
-      if (n <= 0) return "";
-      buf_.append(tmp, static_cast<size_t>(n));
-    }
-  }
-  // Everything the child printed until it exits (or `timeout`).
-  std::string read_all(std::chrono::milliseconds timeout) {
-    auto until = clk::now() + timeout;
-    for (;;) {
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - clk::now()).count();
-      if (left <= 0) break;
-      pollfd p{from_, POLLIN, 0};
-      if (::poll(&p, 1, static_cast<int>(left)) <= 0) continue;
-      char tmp[4096];
-      ssize_t n = ::read(from_, tmp, sizeof tmp);
-      if (n <= 0) break;
-      buf_.append(tmp, static_cast<size_t>(n));
-    }
-    std::string all;
-    all.swap(buf_);
-    return all;
-  }
-  void write_line(const std::string& s) {
-    std::string l = s + "\n";
-    if (::write(to_, l.data(), l.size()) != static_cast<ssize_t>(l.size()))
-      throw std::runtime_error("write to child failed");
-  }
-  // Waits up to `timeout` for the child to exit by itself; returns its exit status or -1.
-  int wait_exit(std::chrono::milliseconds timeout) {
-    auto until = clk::now() + timeout;
-    while (pid_ > 0 && clk::now() < until) {
-      int st;
-      if (waitpid(pid_, &st, WNOHANG) == pid_) {
-        pid_ = -1;
-        return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    return -1;
-  }
-  void stop() {
-    if (pid_ <= 0) return;
-    ::kill(pid_, SIGKILL);
-    int st;
-    waitpid(pid_, &st, 0);
-    pid_ = -1;
-  }
-
- private:
-  pid_t pid_ = -1;
-  int to_ = -1, from_ = -1;
-  std::string buf_;
-};
 
 // --- ucx_perftest -------------------------------------------------------------------------
 
@@ -222,12 +98,12 @@ perftest_result run_perftest(const std::string& transport, const std::string& te
   perftest_result r;
   for (int attempt = 0; attempt < 3 && !r.ok; ++attempt) {
     std::string port = std::to_string(next_port());
-    subprocess server({"ucx_perftest", "-p", port}, transport, true);
+    piped_child server({"ucx_perftest", "-p", port}, perftest_env(transport, true));
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
-    subprocess client({"ucx_perftest", "127.0.0.1", "-p", port, "-t", test, "-s",
-                       std::to_string(size), "-n", std::to_string(iters), "-w",
-                       std::to_string(warmup), "-f"},
-                      transport, false);
+    piped_child client({"ucx_perftest", "127.0.0.1", "-p", port, "-t", test, "-s",
+                        std::to_string(size), "-n", std::to_string(iters), "-w",
+                        std::to_string(warmup), "-f"},
+                       perftest_env(transport, false));
     std::string out = client.read_all(std::chrono::seconds(120));
     client.wait_exit(std::chrono::seconds(5));
     // The final line: iterations, 50%ile, average, overall latency; bw avg, overall (MB/s);
@@ -271,11 +147,16 @@ int serve(const std::string& transport) {
     return 1;
   }
   fabric& fab = **f;
-  std::cout << "ADDR " << hex(fab.address()) << std::endl;
+  std::cout << "ADDR " << to_hex(fab.address()) << std::endl;
   std::string word, peer_hex;
   node_id client;
   if (!(std::cin >> word >> client >> peer_hex) || word != "PEER") return 3;
-  if (status s = fab.connect(client, unhex(peer_hex)); !s) {
+  auto peer_address = from_hex(peer_hex);
+  if (!peer_address) {
+    std::fprintf(stderr, "serve: peer address: %s\n", peer_address.error().to_string().c_str());
+    return 3;
+  }
+  if (status s = fab.connect(client, *peer_address); !s) {
     std::fprintf(stderr, "serve: connect: %s\n", s.to_string().c_str());
     return 1;
   }
@@ -337,7 +218,7 @@ int serve(const std::string& transport) {
 // --- our client ---------------------------------------------------------------------------
 
 struct our_peer {
-  std::unique_ptr<subprocess> proc;
+  std::unique_ptr<piped_child> proc;
   std::unique_ptr<fabric> fab;
   remote_region region;
 };
@@ -348,9 +229,8 @@ our_peer start_our_peer(const std::string& transport) {
   ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
   if (n <= 0) throw std::runtime_error("cannot find /proc/self/exe");
   exe[n] = 0;
-  p.proc = std::make_unique<subprocess>(
-      std::vector<std::string>{exe, "bench", "fabric", "--serve", "--transport", transport}, "",
-      false);
+  p.proc = std::make_unique<piped_child>(
+      std::vector<std::string>{exe, "bench", "fabric", "--serve", "--transport", transport});
   std::string line;
   for (int i = 0; i < 50 && line.rfind("ADDR ", 0) != 0; ++i) line = p.proc->read_line(std::chrono::seconds(10));
   if (line.rfind("ADDR ", 0) != 0) throw std::runtime_error("bench peer did not start");
@@ -364,8 +244,10 @@ our_peer start_our_peer(const std::string& transport) {
   auto f = make_ucx_fabric(o, u);
   if (!f) throw std::runtime_error(f.error().to_string());
   p.fab = std::move(f).value();
-  p.proc->write_line("PEER 0 " + hex(p.fab->address()));
-  if (status s = p.fab->connect(1, unhex(line.substr(5))); !s) throw std::runtime_error(s.to_string());
+  if (!p.proc->write_line("PEER 0 " + to_hex(p.fab->address()))) throw std::runtime_error("bench peer closed its input");
+  auto peer_address = from_hex(line.substr(5));
+  if (!peer_address) throw std::runtime_error("bench peer address: " + peer_address.error().to_string());
+  if (status s = p.fab->connect(1, *peer_address); !s) throw std::runtime_error(s.to_string());
   auto until = clk::now() + std::chrono::seconds(10);
   std::vector<fabric_event> ev;
   while (clk::now() < until) {

@@ -10,6 +10,7 @@
 
 #include "transport/auth.hpp"
 #include "transport/crc32c.hpp"
+#include "transport/hex.hpp"
 #include "transport/messages.hpp"
 #include "transport/samples.hpp"
 
@@ -369,6 +370,25 @@ TEST(Auth, JoinProofVerifiesOnlyWithTheSecretNonceAndIdentity) {
   auto d = decode(encode(envelope{}, j), limits);
   ASSERT_TRUE(d.is_ok());
   EXPECT_TRUE(verify_join(secret, nonce, std::get<join_msg>(d->body)).is_ok());
+}
+
+// Worker addresses travel between processes as hex text.
+TEST(Hex, RoundTripsEveryByteAndNamesBadInput) {
+  std::vector<uint8_t> all(256);
+  for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<uint8_t>(i);
+  const std::string text = to_hex(all);
+  EXPECT_EQ(text.size(), 512u);
+  EXPECT_EQ(text.substr(0, 6), "000102");
+  auto back = from_hex(text);
+  ASSERT_TRUE(back) << back.error().to_string();
+  EXPECT_EQ(*back, all);
+  EXPECT_EQ(from_hex("ABff").value(), (std::vector<uint8_t>{0xab, 0xff}));
+  auto odd = from_hex("abc");
+  ASSERT_FALSE(odd);
+  EXPECT_NE(odd.error().message().find("odd length"), std::string::npos);
+  auto bad = from_hex("0g");
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message().find("offset 1"), std::string::npos) << bad.error().message();
 }
 
 }  // namespace

@@ -1,17 +1,11 @@
 // UCX fabric between two processes on loopback, over tcp and over shared memory. The test
-// process spawns transport_ucx_peer children (fork + exec, parent-death signal, killed and
+// process spawns transport_ucx_peer children (transport/piped_child.hpp: parent-death signal, killed and
 // reaped at the end of every test) and exchanges worker addresses through their pipes.
 // Properties: active messages and RMA put/get carry every byte intact from 8 B to 64 MiB;
 // a SIGKILLed peer is reported down within 100 ms, its operations in flight fail, and the
 // other peer keeps working.
 #include <gtest/gtest.h>
 
-#include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -23,6 +17,8 @@
 #include <thread>
 
 #include "transport/crc32c.hpp"
+#include "transport/hex.hpp"
+#include "transport/piped_child.hpp"
 #include "transport/ucx_fabric.hpp"
 
 namespace pnmkv::transport {
@@ -31,95 +27,8 @@ namespace {
 using namespace std::chrono_literals;
 using clk = std::chrono::steady_clock;
 
-std::string hex(const std::vector<uint8_t>& b) {
-  static const char* d = "0123456789abcdef";
-  std::string s;
-  for (uint8_t x : b) {
-    s += d[x >> 4];
-    s += d[x & 15];
-  }
-  return s;
-}
-
-std::vector<uint8_t> unhex(const std::string& s) {
-  std::vector<uint8_t> b;
-  for (size_t i = 0; i + 1 < s.size(); i += 2)
-    b.push_back(static_cast<uint8_t>(std::stoi(s.substr(i, 2), nullptr, 16)));
-  return b;
-}
-
-// A spawned transport_ucx_peer with pipes to its stdin and stdout.
-class child {
- public:
-  child(const std::string& transport, node_id node, size_t region_bytes) : node_(node) {
-    int in[2], out[2];
-    if (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC)) throw std::runtime_error("pipe");
-    pid_ = fork();
-    if (pid_ == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      dup2(in[0], 0);
-      dup2(out[1], 1);
-      std::string n = std::to_string(node), r = std::to_string(region_bytes);
-      execl(PNMKV_UCX_PEER, PNMKV_UCX_PEER, transport.c_str(), n.c_str(), r.c_str(),
-            static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    close(in[0]);
-    close(out[1]);
-    to_ = in[1];
-    from_ = out[0];
-  }
-  ~child() {
-    kill_now();
-    close(to_);
-    close(from_);
-  }
-  child(const child&) = delete;
-  child& operator=(const child&) = delete;
-
-  // Reads one line within `timeout`; empty string on timeout or EOF.
-  std::string read_line(std::chrono::milliseconds timeout) {
-    auto until = clk::now() + timeout;
-    for (;;) {
-      auto nl = buf_.find('\n');
-      if (nl != std::string::npos) {
-        std::string line = buf_.substr(0, nl);
-        buf_.erase(0, nl + 1);
-        return line;
-      }
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - clk::now()).count();
-      if (left <= 0) return "";
-      pollfd p{from_, POLLIN, 0};
-      if (::poll(&p, 1, static_cast<int>(left)) <= 0) continue;
-      char tmp[4096];
-      ssize_t n = ::read(from_, tmp, sizeof tmp);
-      if (n <= 0) return "";
-      buf_.append(tmp, static_cast<size_t>(n));
-    }
-  }
-  void write_line(const std::string& s) {
-    std::string l = s + "\n";
-    ASSERT_EQ(::write(to_, l.data(), l.size()), static_cast<ssize_t>(l.size()));
-  }
-  void kill_now() {
-    if (pid_ <= 0) return;
-    ::kill(pid_, SIGKILL);
-    int st;
-    waitpid(pid_, &st, 0);
-    pid_ = -1;
-  }
-  pid_t pid() const { return pid_; }
-  node_id node() const { return node_; }
-
- private:
-  node_id node_;
-  pid_t pid_ = -1;
-  int to_ = -1, from_ = -1;
-  std::string buf_;
-};
-
 struct peer_link {
-  std::unique_ptr<child> proc;
+  std::unique_ptr<piped_child> proc;  // a transport_ucx_peer
   remote_region region;       // allocated by the peer's fabric
   remote_region user_region;  // the peer's own memory, registered
   size_t region_bytes = 0;
@@ -144,15 +53,19 @@ class UcxFabric : public ::testing::TestWithParam<std::string> {
   // Spawns a peer, connects both ways and imports its region.
   peer_link start_peer(node_id node, size_t region_bytes) {
     peer_link p;
-    p.proc = std::make_unique<child>(GetParam(), node, region_bytes);
+    p.proc = std::make_unique<piped_child>(std::vector<std::string>{
+        PNMKV_UCX_PEER, GetParam(), std::to_string(node), std::to_string(region_bytes)});
     p.region_bytes = region_bytes;
     std::string line;
     for (int i = 0; i < 20 && line.rfind("ADDR ", 0) != 0; ++i)
       line = p.proc->read_line(10s);  // UCX may print warnings on stdout first
     EXPECT_EQ(line.rfind("ADDR ", 0), 0u) << "peer did not start: '" << line << "'";
     if (line.size() < 6) return p;
-    p.proc->write_line("PEER 0 " + hex(fab_->address()));
-    status s = fab_->connect(node, unhex(line.substr(5)));
+    EXPECT_TRUE(p.proc->write_line("PEER 0 " + to_hex(fab_->address())));
+    auto address = from_hex(line.substr(5));
+    EXPECT_TRUE(address) << address.error().to_string();
+    if (!address) return p;
+    status s = fab_->connect(node, *address);
     EXPECT_TRUE(s.is_ok()) << s.to_string();
     // The peer advertises its two regions.
     auto until = clk::now() + 10s;

@@ -18,30 +18,11 @@
 #include <string>
 
 #include "transport/crc32c.hpp"
+#include "transport/hex.hpp"
 #include "transport/ucx_fabric.hpp"
 
 using namespace pnmkv;
 using namespace pnmkv::transport;
-
-namespace {
-
-std::string hex(const std::vector<uint8_t>& b) {
-  static const char* d = "0123456789abcdef";
-  std::string s;
-  for (uint8_t x : b) {
-    s += d[x >> 4];
-    s += d[x & 15];
-  }
-  return s;
-}
-
-std::vector<uint8_t> unhex(const std::string& s) {
-  std::vector<uint8_t> b;
-  for (size_t i = 0; i + 1 < s.size(); i += 2) b.push_back(static_cast<uint8_t>(std::stoi(s.substr(i, 2), nullptr, 16)));
-  return b;
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive the test
@@ -61,13 +42,18 @@ int main(int argc, char** argv) {
     return 1;
   }
   fabric& fab = **f;
-  std::cout << "ADDR " << hex(fab.address()) << std::endl;
+  std::cout << "ADDR " << to_hex(fab.address()) << std::endl;
 
   std::string word;
   node_id parent;
   std::string parent_hex;
   if (!(std::cin >> word >> parent >> parent_hex) || word != "PEER") return 3;
-  if (status s = fab.connect(parent, unhex(parent_hex)); !s) {
+  auto parent_address = from_hex(parent_hex);
+  if (!parent_address) {
+    std::fprintf(stderr, "peer: parent address: %s\n", parent_address.error().to_string().c_str());
+    return 3;
+  }
+  if (status s = fab.connect(parent, *parent_address); !s) {
     std::fprintf(stderr, "peer: connect: %s\n", s.to_string().c_str());
     return 1;
   }
