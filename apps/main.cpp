@@ -10,6 +10,7 @@
 #include <exception>
 
 #include "apps/commands.hpp"
+#include "core/simd_target.hpp"
 
 int main(int argc, char** argv) {
   // Prefill moves KV in chunks of a few MiB; with glibc's defaults each one is a fresh mmap
@@ -23,6 +24,12 @@ int main(int argc, char** argv) {
   spdlog::set_level(spdlog::level::warn);
   if (const char* lvl = std::getenv("PNMKV_LOG_LEVEL"); lvl && *lvl)
     spdlog::set_level(spdlog::level::from_str(lvl));
+  // PNMKV_SIMD_TARGET (Highway's target names: AVX2, AVX3, ...) restricts the kernels'
+  // SIMD target for the whole run; node processes inherit it. A bad value stops here.
+  if (pnmkv::status s = pnmkv::apply_kernel_target_from_env(); !s) {
+    std::fprintf(stderr, "pnmkv: %s\n", s.message().c_str());
+    return 2;
+  }
   CLI::App app{"pnmkv -- KV cache of long-context LLM decoding on CXL processing-near-memory "
                "devices: emulator, benchmarks and scale-out simulator"};
   app.require_subcommand(1);

@@ -5,7 +5,7 @@
 // pages per tile); per tile it computes the G × T logits with every K vector loaded once
 // for 4 query heads and 2 rows at a time (simd::dot_block), updates the per-head online
 // softmax (running max m, sum l) with a vectorised exp, then accumulates p · V with every
-// V vector loaded once for 4 heads. Accumulators stay in the widened (even/odd) order
+// V vector loaded once for 4 heads. Accumulators stay in the pair (even/odd) layout
 // until the final normalisation. The next tile is prefetched row by row while the
 // current one is computed: selected pages are scattered, hardware prefetchers do not
 // cross pages, and even for adjacent pages this doubled the achieved bandwidth here.
@@ -19,11 +19,11 @@
 #include "hwy/contrib/math/math-inl.h"
 
 #include "core/attention.hpp"
+#include "core/check.hpp"
 #include "core/score.hpp"
 #include "core/simd_internal.hpp"
 
 #include <algorithm>
-#include <cassert>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -103,53 +103,87 @@ HWY_INLINE void prefetch_rows(const tile& next, size_t t0, size_t t1, size_t row
   }
 }
 
-// acc (HB rows of d floats, widened order) = acc · corr + Σ_rows probs · V over every
-// segment of the tile; the accumulators stay in registers across the whole tile.
+// acc (HB rows of d floats, pair layout) = acc · corr + Σ_rows probs · V over every
+// segment of the tile; the accumulators stay in registers across the whole tile. Each
+// output element is its own chain over the rows, so the result does not depend on the
+// vector width. Columns are taken a piece at a time: whole steps of 2·lanes, then (16-lane
+// targets, d ≡ 16 mod 32) a half chunk in 8-lane vectors.
+template <size_t HB, class D>
+HWY_INLINE void accumulate_piece(D d, float* HWY_RESTRICT acc, size_t head_dim, size_t c,
+                                 const float* HWY_RESTRICT probs, size_t probs_stride,
+                                 const float* corr, bool rescale, const segment* segs,
+                                 size_t n_segs) {
+  const size_t n = hn::Lanes(d);
+  hn::Vec<D> lo[HB];
+  hn::Vec<D> hi[HB];
+  for (size_t i = 0; i < HB; ++i) {
+    lo[i] = hn::LoadU(d, acc + i * head_dim + c);
+    hi[i] = hn::LoadU(d, acc + i * head_dim + c + n);
+    if (rescale) {
+      const auto k = hn::Set(d, corr[i]);
+      lo[i] = hn::Mul(lo[i], k);
+      hi[i] = hn::Mul(hi[i], k);
+    }
+  }
+  size_t t = 0;  // row within the tile
+  for (size_t s = 0; s < n_segs; ++s) {
+    const bf16* v = segs[s].v + c;
+    for (size_t r = 0; r < segs[s].rows; ++r, ++t) {
+      hn::Vec<D> vlo;
+      hn::Vec<D> vhi;
+      simd::load_widen(d, v + r * head_dim, vlo, vhi);
+      for (size_t i = 0; i < HB; ++i) {
+        const auto p = hn::Set(d, probs[i * probs_stride + t]);
+        lo[i] = hn::MulAdd(p, vlo, lo[i]);
+        hi[i] = hn::MulAdd(p, vhi, hi[i]);
+      }
+    }
+  }
+  for (size_t i = 0; i < HB; ++i) {
+    hn::StoreU(lo[i], d, acc + i * head_dim + c);
+    hn::StoreU(hi[i], d, acc + i * head_dim + c + n);
+  }
+}
+
 template <size_t HB>
 HWY_INLINE void accumulate_values(float* HWY_RESTRICT acc, size_t d,
                                   const float* HWY_RESTRICT probs, size_t probs_stride,
                                   const float* corr, const segment* segs, size_t n_segs,
                                   const tile* next) {
   const simd::df_t df;
-  const size_t n = hn::Lanes(df);
-  const size_t n_chunks = d / (2 * n);
+  const size_t step = 2 * simd::lanes;
+  const size_t n_pieces = (d + step - 1) / step;  // ≥ 1: d ≥ 16
   bool rescale = false;
   for (size_t i = 0; i < HB; ++i) rescale |= corr[i] != 1.0f;
-  for (size_t c = 0, ci = 0; c < d; c += 2 * n, ++ci) {
+  size_t c = 0;
+  for (size_t ci = 0; ci < n_pieces; ++ci) {
     if (next != nullptr) {
-      prefetch_rows<true>(*next, ci * tile_rows_max / n_chunks,
-                          (ci + 1) * tile_rows_max / n_chunks, d * sizeof(bf16));
+      prefetch_rows<true>(*next, ci * tile_rows_max / n_pieces,
+                          (ci + 1) * tile_rows_max / n_pieces, d * sizeof(bf16));
     }
-    simd::vf_t lo[HB];
-    simd::vf_t hi[HB];
-    for (size_t i = 0; i < HB; ++i) {
-      lo[i] = hn::Load(df, acc + i * d + c);
-      hi[i] = hn::Load(df, acc + i * d + c + n);
-      if (rescale) {
-        const simd::vf_t k = hn::Set(df, corr[i]);
-        lo[i] = hn::Mul(lo[i], k);
-        hi[i] = hn::Mul(hi[i], k);
-      }
+    const size_t piece = simd::pair_piece(c, d);
+    if (piece == step) {
+      accumulate_piece<HB>(df, acc, d, c, probs, probs_stride, corr, rescale, segs, n_segs);
+    } else {
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+      PNMKV_DCHECK(piece == simd::half_chunk_elems);
+      accumulate_piece<HB>(simd::d8_t(), acc, d, c, probs, probs_stride, corr, rescale, segs,
+                           n_segs);
+#else
+      PNMKV_CHECK(false, "piece=", piece, " step=", step);  // pieces are whole steps here
+#endif
     }
-    size_t t = 0;  // row within the tile
-    for (size_t s = 0; s < n_segs; ++s) {
-      const bf16* v = segs[s].v + c;
-      for (size_t r = 0; r < segs[s].rows; ++r, ++t) {
-        simd::vf_t vlo;
-        simd::vf_t vhi;
-        simd::load_widen(df, v + r * d, vlo, vhi);
-        for (size_t i = 0; i < HB; ++i) {
-          const simd::vf_t p = hn::Set(df, probs[i * probs_stride + t]);
-          lo[i] = hn::MulAdd(p, vlo, lo[i]);
-          hi[i] = hn::MulAdd(p, vhi, hi[i]);
-        }
-      }
-    }
-    for (size_t i = 0; i < HB; ++i) {
-      hn::Store(lo[i], df, acc + i * d + c);
-      hn::Store(hi[i], df, acc + i * d + c + n);
-    }
+    c += piece;
   }
+}
+
+// Rows of K per dot_block call: heads × rows × replicas accumulators must fit the
+// registers (32 on AVX-512, 16 on AVX2 where a chain set takes two).
+template <size_t HB>
+constexpr size_t logit_rows_per_block() {
+  if constexpr (simd::replicas == 1) return HB == 1 ? 8 : 2;
+  if constexpr (simd::replicas == 2) return HB == 1 ? 4 : 1;
+  return 1;
 }
 
 // logits[h · stride + t] = qw_h · K_t for HB heads starting at qw, t < n_rows.
@@ -158,7 +192,7 @@ HWY_INLINE void segment_logits(const float* HWY_RESTRICT qw, size_t d,
                                const bf16* HWY_RESTRICT k, size_t n_rows,
                                float* HWY_RESTRICT logits, size_t stride,
                                const tile* next, size_t tile_row0) {
-  constexpr size_t rb = HB == 1 ? 4 : 2;
+  constexpr size_t rb = logit_rows_per_block<HB>();
   float tmp[HB * rb];
   size_t t = 0;
   for (; t + rb <= n_rows; t += rb) {
@@ -187,23 +221,24 @@ void attend_pages_simd(const kv_head_store& store, const float* q_group, uint32_
   const simd::df_t df;
   const size_t n = hn::Lanes(df);
   const size_t d = store.shape().head_dim;
-  assert(d % simd::step_elems(df) == 0);
-  assert(n_pages >= 1);
+  PNMKV_CHECK(d % simd::half_chunk_elems == 0 && d >= simd::half_chunk_elems, "head_dim=", d);
+  PNMKV_CHECK_GE(n_pages, size_t{1});
 
-  uint32_t map[2 * hn::MaxLanes(simd::df_t())];
-  simd::widened_order_map(map);
   auto qw = hwy::AllocateAligned<float>(group * d);
   auto acc = hwy::AllocateAligned<float>(group * d);
   {
     std::vector<float> scaled(d);
     for (uint32_t h = 0; h < group; ++h) {
       for (size_t j = 0; j < d; ++j) scaled[j] = scale * q_group[h * d + j];
-      simd::to_widened_order(scaled.data(), d, map, qw.get() + h * d);
+      simd::to_pair_layout(scaled.data(), d, qw.get() + h * d);
     }
   }
   std::fill(acc.get(), acc.get() + group * d, 0.0f);
-  // Logit rows padded to whole vectors; the pad holds -inf so exp gives 0 there.
-  const size_t stride = (tile_rows_max + n - 1) / n * n;
+  // Logit rows padded to the whole tile; the pad holds -inf so exp gives 0 there and the
+  // tile's sum always adds the same 32 values in the same tree.
+  constexpr size_t stride = tile_rows_max;
+  static_assert(stride % simd::lanes == 0 && stride == 2 * simd::chains,
+                "a logit row is whole vectors and one canonical 32-value sum");
   auto logits = hwy::AllocateAligned<float>(group * stride);
   std::vector<float> m(group, neg_inf);
   std::vector<float> l(group, 0.0f);
@@ -219,7 +254,7 @@ void attend_pages_simd(const kv_head_store& store, const float* q_group, uint32_
     const segment* segs = cur.segs;
     const size_t n_segs = cur.n_segs;
     const size_t tr = cur.rows;
-    assert(tr >= 1 && tr <= tile_rows_max);
+    PNMKV_DCHECK(tr >= 1 && tr <= tile_rows_max);
     // The next tile is prefetched during the first head block's logits only.
     const tile* to_prefetch = &next;
 
@@ -242,13 +277,12 @@ void attend_pages_simd(const kv_head_store& store, const float* q_group, uint32_
       }
       to_prefetch = nullptr;
     }
-    // Online softmax update, vectorised over the tile's rows.
-    const size_t tr_pad = (tr + n - 1) / n * n;
+    // Online softmax update, vectorised over the tile's rows (padded to the whole tile).
     for (h = 0; h < group; ++h) {
       float* row = logits.get() + h * stride;
-      for (size_t t = tr; t < tr_pad; ++t) row[t] = neg_inf;
+      for (size_t t = tr; t < stride; ++t) row[t] = neg_inf;
       auto vmax = hn::Load(df, row);
-      for (size_t t = n; t < tr_pad; t += n) vmax = hn::Max(vmax, hn::Load(df, row + t));
+      for (size_t t = n; t < stride; t += n) vmax = hn::Max(vmax, hn::Load(df, row + t));
       const float tile_max = hn::GetLane(hn::MaxOfLanes(df, vmax));
       const float m_new = std::max(m[h], tile_max);
       if (!(m_new > neg_inf)) {  // nothing finite yet (or NaN): contributes nothing
@@ -258,13 +292,10 @@ void attend_pages_simd(const kv_head_store& store, const float* q_group, uint32_
       }
       corr[h] = m_new == m[h] ? 1.0f : (m[h] == neg_inf ? 0.0f : std::exp(m[h] - m_new));
       const auto vm = hn::Set(df, m_new);
-      auto vsum = hn::Zero(df);
-      for (size_t t = 0; t < tr_pad; t += n) {
-        const auto p = hn::Exp(df, hn::Sub(hn::Load(df, row + t), vm));
-        hn::Store(p, df, row + t);
-        vsum = hn::Add(vsum, p);
+      for (size_t t = 0; t < stride; t += n) {
+        hn::Store(hn::Exp(df, hn::Sub(hn::Load(df, row + t), vm)), df, row + t);
       }
-      l[h] = l[h] * corr[h] + hn::GetLane(hn::SumOfLanes(df, vsum));
+      l[h] = l[h] * corr[h] + simd::canonical_sum32(row);
       m[h] = m_new;
     }
     to_prefetch = &next;
@@ -282,7 +313,7 @@ void attend_pages_simd(const kv_head_store& store, const float* q_group, uint32_
   for (uint32_t h = 0; h < group; ++h) {
     float* o = o_out + h * d;
     if (l[h] > 0.0f) {
-      simd::from_widened_order(acc.get() + h * d, d, map, o);
+      simd::from_pair_layout(acc.get() + h * d, d, o);
       const float inv = 1.0f / l[h];
       for (size_t j = 0; j < d; ++j) o[j] *= inv;
       lse_out[h] = m[h] + std::log(l[h]);
@@ -451,7 +482,7 @@ status dense_attention_reference(const kv_head_store& store, const float* q_grou
         mx = std::max(mx, logits[i]);
       }
     }
-    assert(i == n_tokens);
+    PNMKV_CHECK_EQ(i, n_tokens);
     double sum = 0.0;
     std::fill(o.begin(), o.end(), 0.0);
     i = 0;

@@ -19,11 +19,11 @@
 #include "hwy/aligned_allocator.h"
 #include "hwy/cache_control.h"
 
+#include "core/check.hpp"
 #include "core/score.hpp"
 #include "core/simd_internal.hpp"
 
 #include <algorithm>
-#include <cassert>
 #include <cmath>
 #include <limits>
 
@@ -34,16 +34,20 @@ namespace {
 
 namespace hn = hwy::HWY_NAMESPACE;
 
-#if HWY_TARGET <= HWY_AVX3
-// 32 vector registers: 4 heads × 4 pages of accumulators.
+// Block shapes per target; the arithmetic of each product does not depend on them
+// (core/simd_internal.hpp). Accumulators = heads × pages × replicas.
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+// 32 vector registers, one per chain set: 4 heads × 4 pages = 16 accumulators.
+constexpr size_t score_heads_per_block = 4;
 constexpr size_t score_pages_per_block = 4;
 constexpr size_t single_row_pages_per_block = 8;
 #else
-// 16 vector registers: 4 heads × 2 pages (8 accumulators, 4 data vectors).
-constexpr size_t score_pages_per_block = 2;
-constexpr size_t single_row_pages_per_block = 4;
+// 16 vector registers, a chain set in two (AVX2) or more: 2 heads × 2 pages × 2 = 8
+// accumulators, 4 data and 4 weight vectors per chunk.
+constexpr size_t score_heads_per_block = simd::replicas <= 2 ? 2 : 1;
+constexpr size_t score_pages_per_block = simd::replicas <= 2 ? 2 : 1;
+constexpr size_t single_row_pages_per_block = simd::replicas <= 2 ? 4 : 1;
 #endif
-constexpr size_t score_heads_per_block = 4;
 
 inline float max_ignoring_nan(float best, float v) { return v > best ? v : best; }
 
@@ -118,7 +122,7 @@ void score_max_rows(const Src* summaries, size_t len, uint32_t n_pages, const fl
 
 }  // namespace
 
-// Builds the weight rows in this target's widened order and scores every page.
+// Builds the weight rows in the pair layout and scores every page.
 void score_pages_simd(const kv_head_store& store, const float* q_group, uint32_t group,
                       bool aggregate_max, float* scores_out) {
   const uint32_t d = store.shape().head_dim;
@@ -126,7 +130,7 @@ void score_pages_simd(const kv_head_store& store, const float* q_group, uint32_t
   const uint32_t n_pages = store.page_count();
   const uint32_t rows = aggregate_max ? group : 1;
   const bool bf = store.shape().summaries == summary_precision::bf16;
-  assert(len % simd::step_elems(simd::df_t()) == 0);
+  PNMKV_CHECK(len % simd::chunk_elems == 0, "len=", len);
 
   auto natural = hwy::AllocateAligned<float>(len * rows);
   auto weights = hwy::AllocateAligned<float>(len * rows);
@@ -140,10 +144,8 @@ void score_pages_simd(const kv_head_store& store, const float* q_group, uint32_t
     }
   }
   if (bf) {
-    uint32_t map[2 * hn::MaxLanes(simd::df_t())];
-    simd::widened_order_map(map);
     for (uint32_t r = 0; r < rows; ++r) {
-      simd::to_widened_order(natural.get() + r * len, len, map, weights.get() + r * len);
+      simd::to_pair_layout(natural.get() + r * len, len, weights.get() + r * len);
     }
   } else {
     std::copy(natural.get(), natural.get() + len * rows, weights.get());

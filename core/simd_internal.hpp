@@ -2,17 +2,33 @@
 // compiled once per target through foreach_target.h, hence no #pragma once: the guard
 // below toggles per target, the Highway "-inl.h" convention).
 //
-// Three ideas carry the speed:
+// One result on every CPU. The arithmetic of a dot product is fixed independently of the
+// vector width, so AVX2 (8 float lanes) and AVX-512 (16) give bit-identical scores,
+// logits and outputs, and a run's output digest does not depend on the machine:
+//  * a dot product of length len (a multiple of 16) is accumulated in 16 *chains*; the
+//    elements are taken in chunks of 32, and chain c adds, chunk after chunk, the products
+//    of its two elements of the chunk with one fused multiply-add each:
+//      bf16 data: elements 2c then 2c+1 (the even/odd pairs a shift-and-mask widening gives)
+//      fp32 data: elements c then 16+c
+//    A final half chunk of 16 elements adds the pair to chains 0..7 (bf16) or element c
+//    to every chain (fp32).
+//  * the 16 chains are summed by one fixed tree (canonical_tree16 below).
+//  * a target with 16 lanes holds a chain set in one vector; with 8 lanes in two; with 4
+//    in four (`replicas`). Every target runs the same FMAs in the same order per chain.
+// Targets without fused multiply-add (SSE4, SSSE3, EMU128) round twice per step and so
+// differ in the last bits; they are fallbacks for CPUs older than 2013 and are excluded
+// from the one-digest guarantee (README).
+//
+// Speed comes from:
 //  * bf16 -> f32 widening by a shift (even elements) and a mask (odd elements) of the
-//    32-bit lanes, no shuffle. It leaves the floats in even/odd order; the
-//    fp32 operand of every dot product (queries, query-derived weights) is stored in the
-//    same "widened order" once per call, and accumulators over V stay in that order until
-//    the end, so nothing is ever un-permuted inside a loop.
+//    32-bit lanes, no shuffle. The fp32 operand of every dot product (queries,
+//    query-derived weights) is stored once per call in the matching "pair layout", and
+//    accumulators over V stay in that layout until the end.
 //  * dot_block: HB weight rows × PB data rows per loaded vector, so each loaded data
-//    vector feeds HB FMAs and each weight vector PB FMAs, with HB·PB (or 2·HB·PB)
-//    independent accumulator chains to cover FMA latency.
-//  * sums of 4 accumulators at once by an interleave tree instead of one horizontal
-//    reduction each.
+//    vector feeds HB FMAs and each weight vector PB FMAs, with HB·PB·replicas independent
+//    accumulator chains to cover FMA latency (block shapes are chosen per target by the
+//    callers: the arithmetic per product does not depend on them).
+//  * sums of 4 products' chains at once by an interleave tree.
 #if defined(PNMKV_CORE_SIMD_INTERNAL_HPP_) == defined(HWY_TARGET_TOGGLE)
 #ifdef PNMKV_CORE_SIMD_INTERNAL_HPP_
 #undef PNMKV_CORE_SIMD_INTERNAL_HPP_
@@ -22,8 +38,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "core/bf16.hpp"
+#include "core/check.hpp"
 #include "hwy/highway.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -34,6 +52,17 @@ namespace simd {
 namespace hn = hwy::HWY_NAMESPACE;
 using df_t = hn::ScalableTag<float>;
 using vf_t = hn::Vec<df_t>;
+// At most 8 lanes: the width the chain-sum tree works at on every target.
+using d8_t = hn::CappedTag<float, 8>;
+
+constexpr size_t chains = 16;       // canonical FMA chains per dot product
+constexpr size_t chunk_elems = 32;  // elements per chunk: two per chain
+constexpr size_t half_chunk_elems = 16;
+constexpr size_t lanes = hn::MaxLanes(df_t());
+static_assert(lanes >= 1 && lanes <= chains && chains % lanes == 0,
+              "the canonical chain set must be a whole number of vectors");
+constexpr size_t replicas = chains / lanes;  // vectors per chain set on this target
+constexpr bool wide = lanes == chains;       // one vector per chain set (AVX-512)
 
 // Keeps a vector in a register: without it GCC folds a reused weight load into every
 // FMA as a memory operand, and the load ports, not the FMA units, become the limit.
@@ -45,61 +74,97 @@ using vf_t = hn::Vec<df_t>;
 #define PNMKV_KEEP_IN_REGISTER(v) (void)(v)
 #endif
 
-// Elements consumed per step by the two-vector loads below: 2 × float lanes.
-HWY_INLINE size_t step_elems(df_t df) { return 2 * hn::Lanes(df); }
-
-// Loads 2N consecutive bf16 values and widens them to two float vectors in widened
-// order: lo holds the even elements (shifted up into the high half of each 32-bit lane),
-// hi the odd ones (already there; the even neighbour below is masked off). A shift and an
-// AND, no shuffle, so the shuffle ports stay free and the FMA ports are not disturbed.
-HWY_INLINE void load_widen(df_t df, const bf16* HWY_RESTRICT p, vf_t& lo, vf_t& hi) {
+// Loads 2·Lanes(d) consecutive bf16 values and widens them to two float vectors: lo holds
+// the even elements (shifted up into the high half of each 32-bit lane), hi the odd ones
+// (already there; the even neighbour below is masked off). A shift and an AND.
+template <class D>
+HWY_INLINE void load_widen(D d, const bf16* HWY_RESTRICT p, hn::Vec<D>& lo, hn::Vec<D>& hi) {
 #if HWY_TARGET == HWY_SCALAR
-  // The single-lane fallback (old CPUs only): 2N = 2 elements.
-  lo = hn::Set(df, to_float(p[0]));
-  hi = hn::Set(df, to_float(p[1]));
+  lo = hn::Set(d, to_float(p[0]));
+  hi = hn::Set(d, to_float(p[1]));
 #else
-  const hn::RebindToUnsigned<df_t> du32;
+  const hn::RebindToUnsigned<D> du32;
   const auto raw = hn::LoadU(du32, reinterpret_cast<const uint32_t*>(p));
-  lo = hn::BitCast(df, hn::ShiftLeft<16>(raw));
-  hi = hn::BitCast(df, hn::And(raw, hn::Set(du32, 0xffff0000u)));
+  lo = hn::BitCast(d, hn::ShiftLeft<16>(raw));
+  hi = hn::BitCast(d, hn::And(raw, hn::Set(du32, 0xffff0000u)));
 #endif
 }
 
-// fp32 data in natural order: the "widened order" of floats is the identity.
-HWY_INLINE void load_widen(df_t df, const float* HWY_RESTRICT p, vf_t& lo, vf_t& hi) {
-  lo = hn::LoadU(df, p);
-  hi = hn::LoadU(df, p + hn::Lanes(df));
+// Offsets, inside a chunk, of the two operand vectors of replica r: where the data (and
+// the pair-layout weights) of chains [lanes·r, lanes·(r+1)) start.
+//  bf16: one load of 2·lanes elements at 2·lanes·r, widened into lo (even) and hi (odd);
+//        the weights hold lo's elements then hi's.
+//  fp32: lo at lanes·r (elements c), hi at 16 + lanes·r (elements 16 + c).
+template <class Src>
+constexpr size_t lo_offset(size_t r) {
+  return std::is_same_v<Src, bf16> ? 2 * lanes * r : lanes * r;
+}
+template <class Src>
+constexpr size_t hi_offset(size_t r) {
+  return std::is_same_v<Src, bf16> ? 2 * lanes * r + lanes : half_chunk_elems + lanes * r;
 }
 
-// map[i] (i < 2N): which element of a 2N-element step lands in lane i of (lo, hi) after
-// load_widen of bf16 data: the even elements, then the odd ones (little-endian lanes).
-HWY_INLINE void widened_order_map(uint32_t* map) {
-  const size_t n = hn::Lanes(df_t());
-  for (size_t i = 0; i < n; ++i) {
-    map[i] = static_cast<uint32_t>(2 * i);
-    map[n + i] = static_cast<uint32_t>(2 * i + 1);
+HWY_INLINE void load_pair(df_t df, const bf16* HWY_RESTRICT p, size_t r, vf_t& lo, vf_t& hi) {
+  load_widen(df, p + lo_offset<bf16>(r), lo, hi);
+}
+HWY_INLINE void load_pair(df_t df, const float* HWY_RESTRICT p, size_t r, vf_t& lo, vf_t& hi) {
+  lo = hn::LoadU(df, p + lo_offset<float>(r));
+  hi = hn::LoadU(df, p + hi_offset<float>(r));
+}
+
+// Size of the pair-layout piece that starts at `base` of a len-element bf16 row: whole
+// steps of 2·lanes elements, then (16-lane targets) one half chunk of 16.
+HWY_INLINE size_t pair_piece(size_t base, size_t len) {
+  const size_t step = 2 * lanes;
+  return len - base >= step ? step : len - base;
+}
+
+// Copies len natural-order floats (len a multiple of 16) into the pair layout of bf16
+// operands: per piece, the even elements, then the odd ones.
+HWY_INLINE void to_pair_layout(const float* src, size_t len, float* dst) {
+  for (size_t base = 0; base < len;) {
+    const size_t piece = pair_piece(base, len);
+    for (size_t i = 0; i < piece / 2; ++i) {
+      dst[base + i] = src[base + 2 * i];
+      dst[base + piece / 2 + i] = src[base + 2 * i + 1];
+    }
+    base += piece;
   }
 }
 
-// Copies len natural-order floats (len a multiple of step_elems) into widened order.
-HWY_INLINE void to_widened_order(const float* src, size_t len, const uint32_t* map,
-                                 float* dst) {
-  const size_t step = step_elems(df_t());
-  for (size_t base = 0; base < len; base += step) {
-    for (size_t i = 0; i < step; ++i) dst[base + i] = src[base + map[i]];
+// Inverse of to_pair_layout.
+HWY_INLINE void from_pair_layout(const float* src, size_t len, float* dst) {
+  for (size_t base = 0; base < len;) {
+    const size_t piece = pair_piece(base, len);
+    for (size_t i = 0; i < piece / 2; ++i) {
+      dst[base + 2 * i] = src[base + i];
+      dst[base + 2 * i + 1] = src[base + piece / 2 + i];
+    }
+    base += piece;
   }
 }
 
-// Inverse of to_widened_order.
-HWY_INLINE void from_widened_order(const float* src, size_t len, const uint32_t* map,
-                                   float* dst) {
-  const size_t step = step_elems(df_t());
-  for (size_t base = 0; base < len; base += step) {
-    for (size_t i = 0; i < step; ++i) dst[base + map[i]] = src[base + i];
-  }
+// The fixed tree over 16 chain values: c_i + c_{i+8}, then ((r0+r2)+(r1+r3)) +
+// ((r4+r6)+(r5+r7)). The vector paths below compute exactly this.
+HWY_INLINE float canonical_tree16(const float* c) {
+  float r[8];
+  for (size_t i = 0; i < 8; ++i) r[i] = c[i] + c[i + 8];
+  return ((r[0] + r[2]) + (r[1] + r[3])) + ((r[4] + r[6]) + (r[5] + r[7]));
 }
 
-#if HWY_TARGET != HWY_SCALAR
+// The same tree's second half over 8 values.
+HWY_INLINE float canonical_tree8(const float* r) {
+  return ((r[0] + r[2]) + (r[1] + r[3])) + ((r[4] + r[6]) + (r[5] + r[7]));
+}
+
+// Sum of 32 values by the same tree as a dot product's chains: chain c = x[c] + x[c+16].
+HWY_INLINE float canonical_sum32(const float* HWY_RESTRICT x) {
+  float c[chains];
+  for (size_t i = 0; i < chains; ++i) c[i] = x[i] + x[i + chains];
+  return canonical_tree16(c);
+}
+
+#if HWY_TARGET != HWY_SCALAR && HWY_TARGET != HWY_EMU128
 // Adds the 128-bit blocks of v together and stores the 4 resulting floats.
 template <class D>
 HWY_INLINE void fold_store4(D d, hn::Vec<D> v, float* out) {
@@ -111,70 +176,139 @@ HWY_INLINE void fold_store4(D d, hn::Vec<D> v, float* out) {
   }
 }
 
-// out[0..3] = sum of the lanes of a, b, c, e: interleave tree, 9 ops per block + fold.
-HWY_INLINE void sum4(df_t df, vf_t a, vf_t b, vf_t c, vf_t e, float* out) {
-  const hn::Repartition<uint64_t, df_t> du64;
-  const vf_t ab = hn::Add(hn::InterleaveLower(df, a, b), hn::InterleaveUpper(df, a, b));
-  const vf_t ce = hn::Add(hn::InterleaveLower(df, c, e), hn::InterleaveUpper(df, c, e));
-  // ab = [a02 b02 a13 b13] per block, ce likewise.
+// out[0..3] = canonical_tree8 of each of a, b, c, e (8 lanes): an interleave tree per
+// 128-bit block, ((x0+x2)+(x1+x3)), then the two blocks added.
+HWY_INLINE void sum4(d8_t d, hn::Vec<d8_t> a, hn::Vec<d8_t> b, hn::Vec<d8_t> c,
+                     hn::Vec<d8_t> e, float* out) {
+  const hn::Repartition<uint64_t, d8_t> du64;
+  const auto ab = hn::Add(hn::InterleaveLower(d, a, b), hn::InterleaveUpper(d, a, b));
+  const auto ce = hn::Add(hn::InterleaveLower(d, c, e), hn::InterleaveUpper(d, c, e));
+  // ab = [a0+a2, b0+b2, a1+a3, b1+b3] per block, ce likewise.
   const auto ab64 = hn::BitCast(du64, ab);
   const auto ce64 = hn::BitCast(du64, ce);
-  const vf_t lo = hn::BitCast(df, hn::InterleaveLower(du64, ab64, ce64));
-  const vf_t hi = hn::BitCast(df, hn::InterleaveUpper(du64, ab64, ce64));
-  fold_store4(df, hn::Add(lo, hi), out);
-}
-#else
-HWY_INLINE void sum4(df_t, vf_t a, vf_t b, vf_t c, vf_t e, float* out) {
-  out[0] = hn::GetLane(a);
-  out[1] = hn::GetLane(b);
-  out[2] = hn::GetLane(c);
-  out[3] = hn::GetLane(e);
+  const auto lo = hn::BitCast(d, hn::InterleaveLower(du64, ab64, ce64));
+  const auto hi = hn::BitCast(d, hn::InterleaveUpper(du64, ab64, ce64));
+  fold_store4(d, hn::Add(lo, hi), out);
 }
 #endif
 
-// out[h·PB + p] = Σ_{i<len} w[h·w_stride + i] · x[p·x_stride + i] for h < HB, p < PB.
-// w is fp32 in widened order, x is bf16 (or fp32, natural order), len a multiple of
-// step_elems. With few products in flight (HB·PB ≤ 4) the lo and hi halves accumulate
-// separately so there are enough independent FMA chains.
+// Sums each product's 16 chains (acc[k][0..replicas)) with the canonical tree.
+template <size_t NA>
+HWY_INLINE void reduce_chains(const vf_t (&acc)[NA][replicas], float* HWY_RESTRICT out) {
+#if HWY_TARGET != HWY_SCALAR && HWY_TARGET != HWY_EMU128
+  if constexpr (wide || replicas == 2) {  // 16 or 8 lanes: the 8-lane tree in vectors
+    const d8_t d8;
+    hn::Vec<d8_t> r[NA];
+    for (size_t k = 0; k < NA; ++k) {
+      if constexpr (wide) {
+        r[k] = hn::Add(hn::LowerHalf(d8, acc[k][0]), hn::UpperHalf(d8, acc[k][0]));
+      } else {
+        r[k] = hn::Add(acc[k][0], acc[k][replicas - 1]);
+      }
+    }
+    size_t k = 0;
+    for (; k + 4 <= NA; k += 4) sum4(d8, r[k], r[k + 1], r[k + 2], r[k + 3], out + k);
+    for (; k < NA; ++k) {
+      HWY_ALIGN float t[8];
+      hn::Store(r[k], d8, t);
+      out[k] = canonical_tree8(t);
+    }
+    return;
+  }
+#endif
+  const df_t df;
+  for (size_t k = 0; k < NA; ++k) {
+    HWY_ALIGN float c[chains];
+    for (size_t r = 0; r < replicas; ++r) hn::Store(acc[k][r], df, c + r * lanes);
+    out[k] = canonical_tree16(c);
+  }
+}
+
+// out[h·PB + p] = Σ_{i<len} w[h·w_stride + i] · x[p·x_stride + i] for h < HB, p < PB, in
+// the canonical chain order. w is fp32 in pair layout for bf16 x, natural for fp32 x; len
+// a multiple of 16.
 template <size_t HB, size_t PB, class Src>
 HWY_INLINE void dot_block(const float* HWY_RESTRICT w, size_t w_stride,
                           const Src* HWY_RESTRICT x, size_t x_stride, size_t len,
                           float* HWY_RESTRICT out) {
   const df_t df;
-  const size_t n = hn::Lanes(df);
-  constexpr bool split = HB * PB <= 4;
   constexpr size_t n_acc = HB * PB;
-  vf_t acc[n_acc];
-  vf_t acc2[split ? n_acc : 1];
-  for (size_t k = 0; k < n_acc; ++k) acc[k] = hn::Zero(df);
-  for (size_t k = 0; k < (split ? n_acc : 1); ++k) acc2[k] = hn::Zero(df);
-  for (size_t i = 0; i < len; i += 2 * n) {
-    vf_t lo[PB];
-    vf_t hi[PB];
-    for (size_t p = 0; p < PB; ++p) load_widen(df, x + p * x_stride + i, lo[p], hi[p]);
-    for (size_t h = 0; h < HB; ++h) {
-      vf_t wl = hn::Load(df, w + h * w_stride + i);
-      vf_t wh = hn::Load(df, w + h * w_stride + i + n);
-      if constexpr (PB > 1) {
-        PNMKV_KEEP_IN_REGISTER(wl);
-        PNMKV_KEEP_IN_REGISTER(wh);
-      }
-      for (size_t p = 0; p < PB; ++p) {
-        acc[h * PB + p] = hn::MulAdd(wl, lo[p], acc[h * PB + p]);
-        if constexpr (split) {
-          acc2[h * PB + p] = hn::MulAdd(wh, hi[p], acc2[h * PB + p]);
-        } else {
-          acc[h * PB + p] = hn::MulAdd(wh, hi[p], acc[h * PB + p]);
+  vf_t acc[n_acc][replicas];
+  for (size_t k = 0; k < n_acc; ++k) {
+    for (size_t r = 0; r < replicas; ++r) acc[k][r] = hn::Zero(df);
+  }
+  size_t i = 0;
+  for (; i + chunk_elems <= len; i += chunk_elems) {
+    for (size_t r = 0; r < replicas; ++r) {
+      vf_t lo[PB];
+      vf_t hi[PB];
+      for (size_t p = 0; p < PB; ++p) load_pair(df, x + p * x_stride + i, r, lo[p], hi[p]);
+      for (size_t h = 0; h < HB; ++h) {
+        vf_t wl = hn::LoadU(df, w + h * w_stride + i + lo_offset<Src>(r));
+        vf_t wh = hn::LoadU(df, w + h * w_stride + i + hi_offset<Src>(r));
+        if constexpr (PB > 1) {
+          PNMKV_KEEP_IN_REGISTER(wl);
+          PNMKV_KEEP_IN_REGISTER(wh);
+        }
+        for (size_t p = 0; p < PB; ++p) {
+          acc[h * PB + p][r] = hn::MulAdd(wl, lo[p], acc[h * PB + p][r]);
+          acc[h * PB + p][r] = hn::MulAdd(wh, hi[p], acc[h * PB + p][r]);
         }
       }
     }
   }
-  if constexpr (split) {
-    for (size_t k = 0; k < n_acc; ++k) acc[k] = hn::Add(acc[k], acc2[k]);
+  if (i < len) {  // a half chunk of 16 elements
+    PNMKV_DCHECK(len - i == half_chunk_elems);
+    if constexpr (std::is_same_v<Src, float>) {
+      // fp32: element c to chain c, every chain.
+      for (size_t r = 0; r < replicas; ++r) {
+        for (size_t h = 0; h < HB; ++h) {
+          const vf_t wv = hn::LoadU(df, w + h * w_stride + i + lanes * r);
+          for (size_t p = 0; p < PB; ++p) {
+            const vf_t xv = hn::LoadU(df, x + p * x_stride + i + lanes * r);
+            acc[h * PB + p][r] = hn::MulAdd(wv, xv, acc[h * PB + p][r]);
+          }
+        }
+      }
+    } else if constexpr (!wide) {
+      // bf16: the pairs of chains 0..7, which are whole replicas here.
+      for (size_t r = 0; r < replicas / 2; ++r) {
+        for (size_t h = 0; h < HB; ++h) {
+          const vf_t wl = hn::LoadU(df, w + h * w_stride + i + lo_offset<Src>(r));
+          const vf_t wh = hn::LoadU(df, w + h * w_stride + i + hi_offset<Src>(r));
+          for (size_t p = 0; p < PB; ++p) {
+            vf_t lo;
+            vf_t hi;
+            load_pair(df, x + p * x_stride + i, r, lo, hi);
+            acc[h * PB + p][r] = hn::MulAdd(wl, lo, acc[h * PB + p][r]);
+            acc[h * PB + p][r] = hn::MulAdd(wh, hi, acc[h * PB + p][r]);
+          }
+        }
+      }
+    } else {
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+      // bf16 on 16 lanes: chains 0..7 are the lower half of the vector.
+      const d8_t d8;
+      for (size_t h = 0; h < HB; ++h) {
+        const auto wl = hn::LoadU(d8, w + h * w_stride + i);
+        const auto wh = hn::LoadU(d8, w + h * w_stride + i + 8);
+        for (size_t p = 0; p < PB; ++p) {
+          hn::Vec<d8_t> lo;
+          hn::Vec<d8_t> hi;
+          load_widen(d8, x + p * x_stride + i, lo, hi);
+          vf_t& a = acc[h * PB + p][0];
+          auto low = hn::LowerHalf(d8, a);
+          low = hn::MulAdd(wl, lo, low);
+          low = hn::MulAdd(wh, hi, low);
+          a = hn::Combine(df, hn::UpperHalf(d8, a), low);
+        }
+      }
+#else
+      static_assert(!wide, "16-lane targets are x86 AVX-512 here");
+#endif
+    }
   }
-  size_t k = 0;
-  for (; k + 4 <= n_acc; k += 4) sum4(df, acc[k], acc[k + 1], acc[k + 2], acc[k + 3], out + k);
-  for (; k < n_acc; ++k) out[k] = hn::GetLane(hn::SumOfLanes(df, acc[k]));
+  reduce_chains<n_acc>(acc, out);
 }
 
 }  // namespace simd
