@@ -20,6 +20,9 @@
 namespace pnmkv {
 namespace {
 
+class attention : public test::per_target {};
+PNMKV_INSTANTIATE_PER_TARGET(attention);
+
 using test::base_seed;
 using test::lse_error;
 using test::rel_error;
@@ -44,7 +47,7 @@ float scale_for(uint32_t d) { return 1.0f / std::sqrt(static_cast<float>(d)); }
 // Full budget ⇒ sparse == dense, over context lengths that leave partial pages, GQA
 // ratios of real models, head dims and page sizes. The reference runs on the same
 // bf16-rounded K/V, in double.
-TEST(attention, full_budget_sparse_equals_dense) {
+TEST_P(attention, full_budget_sparse_equals_dense) {
   uint64_t seed = base_seed();
   for (uint64_t tokens : {1ull, 15ull, 17ull, 1000ull, 4099ull}) {
     for (uint32_t group : {1u, 4u, 8u, 16u}) {
@@ -89,7 +92,7 @@ TEST(attention, full_budget_sparse_equals_dense) {
 
 // Extreme shapes: pages larger than a tile (cut into tiles), one-token pages (many pages
 // per tile), the largest head dimension, group sizes off the 4-head blocks.
-TEST(attention, extreme_shapes_equal_dense) {
+TEST_P(attention, extreme_shapes_equal_dense) {
   struct shape_case {
     uint32_t d;
     uint32_t page;
@@ -121,7 +124,7 @@ TEST(attention, extreme_shapes_equal_dense) {
 }
 
 // Page order does not matter (beyond rounding).
-TEST(attention, page_order_is_irrelevant) {
+TEST_P(attention, page_order_is_irrelevant) {
   std::mt19937_64 gen(base_seed());
   const uint32_t d = 128;
   const kv_head_store s = test::make_store(kv_head_shape{d, 16}, 2000, gen);
@@ -138,7 +141,7 @@ TEST(attention, page_order_is_irrelevant) {
 
 // Any partition of the pages, attended part by part and merged, equals the union; the
 // vectorised and scalar kernels agree on every part.
-TEST(attention, merge_of_a_partition_equals_the_union) {
+TEST_P(attention, merge_of_a_partition_equals_the_union) {
   for (uint64_t seed = base_seed(); seed < base_seed() + 30; ++seed) {
     SCOPED_TRACE(seed_trace(seed));
     std::mt19937_64 gen(seed);
@@ -196,7 +199,7 @@ TEST(attention, merge_of_a_partition_equals_the_union) {
   }
 }
 
-TEST(attention, empty_partials_change_nothing) {
+TEST_P(attention, empty_partials_change_nothing) {
   std::mt19937_64 gen(base_seed());
   const uint32_t d = 64;
   const uint32_t group = 4;
@@ -237,7 +240,7 @@ TEST(attention, empty_partials_change_nothing) {
 }
 
 // One token: the output is its value row and lse its scaled logit.
-TEST(attention, single_token_is_its_value) {
+TEST_P(attention, single_token_is_its_value) {
   const uint32_t d = 16;
   auto created = kv_head_store::create(kv_head_shape{d, 4}, 4);
   ASSERT_TRUE(created.is_ok());
@@ -264,7 +267,7 @@ TEST(attention, single_token_is_its_value) {
   }
 }
 
-TEST(attention, bad_input_is_an_error_and_leaves_output_alone) {
+TEST_P(attention, bad_input_is_an_error_and_leaves_output_alone) {
   std::mt19937_64 gen(base_seed());
   const uint32_t d = 32;
   const kv_head_store s = test::make_store(kv_head_shape{d, 8}, 100, gen);  // 13 pages
@@ -313,7 +316,7 @@ TEST(attention, bad_input_is_an_error_and_leaves_output_alone) {
   EXPECT_EQ(out.group, 3u);
 }
 
-TEST(attention, empty_inputs_give_empty_partials) {
+TEST_P(attention, empty_inputs_give_empty_partials) {
   auto created = kv_head_store::create(kv_head_shape{64, 16}, 64);
   ASSERT_TRUE(created.is_ok());
   const std::vector<float> q(4 * 64, 1.0f);

@@ -15,6 +15,9 @@
 namespace pnmkv {
 namespace {
 
+class score : public test::per_target {};
+PNMKV_INSTANTIATE_PER_TARGET(score);
+
 using test::base_seed;
 using test::seed_trace;
 
@@ -37,7 +40,7 @@ double abs_bound(const kv_head_store& s, uint32_t page, const float* q, uint32_t
   return acc;
 }
 
-TEST(score, bounds_every_key_in_the_page) {
+TEST_P(score, bounds_every_key_in_the_page) {
   int checked = 0;
   for (uint64_t seed = base_seed(); seed < base_seed() + 24; ++seed) {
     SCOPED_TRACE(seed_trace(seed));
@@ -80,7 +83,7 @@ TEST(score, bounds_every_key_in_the_page) {
 }
 
 // With one token per page, min = max = k, so the bound is q·k itself.
-TEST(score, is_exact_for_single_token_pages) {
+TEST_P(score, is_exact_for_single_token_pages) {
   for (uint64_t seed = base_seed(); seed < base_seed() + 4; ++seed) {
     SCOPED_TRACE(seed_trace(seed));
     std::mt19937_64 gen(seed);
@@ -108,7 +111,7 @@ TEST(score, is_exact_for_single_token_pages) {
 }
 
 // The vectorised kernel computes the same bound as the scalar loop, up to summation order.
-TEST(score, vectorised_equals_scalar) {
+TEST_P(score, vectorised_equals_scalar) {
   const uint32_t groups[] = {1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 64};
   for (uint64_t seed = base_seed(); seed < base_seed() + 30; ++seed) {
     SCOPED_TRACE(seed_trace(seed));
@@ -149,7 +152,7 @@ TEST(score, vectorised_equals_scalar) {
   }
 }
 
-TEST(score, sum_is_sum_of_single_head_scores) {
+TEST_P(score, sum_is_sum_of_single_head_scores) {
   std::mt19937_64 gen(base_seed());
   const uint32_t d = 128;
   const uint32_t group = 8;
@@ -168,7 +171,7 @@ TEST(score, sum_is_sum_of_single_head_scores) {
   }
 }
 
-TEST(score, bad_input_is_an_error) {
+TEST_P(score, bad_input_is_an_error) {
   std::mt19937_64 gen(base_seed());
   const kv_head_store s = test::make_store(kv_head_shape{64, 16}, 100, gen);
   std::vector<float> q(65 * 64, 1.0f);
@@ -190,7 +193,7 @@ TEST(score, bad_input_is_an_error) {
   EXPECT_TRUE(score_pages(*empty, q.data(), 4, gqa_aggregation::max, nullptr).is_ok());
 }
 
-TEST(score, aggregation_names_round_trip) {
+TEST_P(score, aggregation_names_round_trip) {
   for (gqa_aggregation a : {gqa_aggregation::max, gqa_aggregation::sum}) {
     auto parsed = parse_gqa_aggregation(to_string(a));
     ASSERT_TRUE(parsed.is_ok());

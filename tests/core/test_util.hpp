@@ -13,8 +13,27 @@
 #include <vector>
 
 #include "core/kv_store.hpp"
+#include "hwy/targets.h"
 
 namespace pnmkv::test {
+
+// Kernel properties hold on every SIMD target this CPU runs, not just the one dispatch
+// picks: suites derived from per_target run once per target (SSE4 ... AVX3), each
+// forced in turn, and name it (e.g. targets/attention.merge.../AVX3).
+class per_target : public ::testing::TestWithParam<int64_t> {
+ protected:
+  void SetUp() override { hwy::SetSupportedTargetsForTest(GetParam()); }
+  void TearDown() override { hwy::SetSupportedTargetsForTest(0); }
+};
+
+inline std::string target_param_name(const ::testing::TestParamInfo<int64_t>& info) {
+  return hwy::TargetName(info.param);
+}
+
+#define PNMKV_INSTANTIATE_PER_TARGET(suite)                                                 \
+  INSTANTIATE_TEST_SUITE_P(targets, suite,                                                 \
+                           ::testing::ValuesIn(::hwy::SupportedAndGeneratedTargets()),     \
+                           ::pnmkv::test::target_param_name)
 
 inline uint64_t base_seed() {
   const char* env = std::getenv("PNMKV_TEST_SEED");
