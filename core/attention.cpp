@@ -44,6 +44,10 @@ namespace hn = hwy::HWY_NAMESPACE;
 constexpr size_t tile_rows_max = 32;
 constexpr size_t tile_segments_max = tile_rows_max;  // a segment holds at least one row
 constexpr size_t heads_per_block = 4;
+// How many tiles ahead the rows are asked for: selected pages are scattered, so only
+// software prefetch keeps misses in flight. Two or four tiles ahead measured no faster
+// than one (Zen 5, scattered 8 KiB pages): the miss buffers, not the distance, limit it.
+constexpr size_t prefetch_tiles_ahead = 1;
 constexpr float neg_inf = -std::numeric_limits<float>::infinity();
 
 // A run of consecutive rows of one page inside a tile.
@@ -98,7 +102,8 @@ HWY_INLINE void prefetch_rows(const tile& next, size_t t0, size_t t1, size_t row
   for (size_t t = t0; t < t1; ++t) {
     const char* p = reinterpret_cast<const char*>(Values ? next.v_rows[t] : next.k_rows[t]);
     // Every line: asking for one per 128 bytes (leaving the neighbour to the adjacent-
-    // line prefetcher) was measured slower.
+    // line prefetcher), or one per KiB (leaving the page to the L2 streamer), was
+    // measured slower.
     for (size_t off = 0; off < row_bytes; off += 64) hwy::Prefetch(p + off);
   }
 }
@@ -108,41 +113,55 @@ HWY_INLINE void prefetch_rows(const tile& next, size_t t0, size_t t1, size_t row
 // output element is its own chain over the rows, so the result does not depend on the
 // vector width. Columns are taken a piece at a time: whole steps of 2·lanes, then (16-lane
 // targets, d ≡ 16 mod 32) a half chunk in 8-lane vectors.
-template <size_t HB, class D>
+template <size_t HB, size_t PC, class D>
 HWY_INLINE void accumulate_piece(D d, float* HWY_RESTRICT acc, size_t head_dim, size_t c,
                                  const float* HWY_RESTRICT probs, size_t probs_stride,
                                  const float* corr, bool rescale, const segment* segs,
                                  size_t n_segs) {
   const size_t n = hn::Lanes(d);
-  hn::Vec<D> lo[HB];
-  hn::Vec<D> hi[HB];
+  // PC pieces of 2·n columns side by side: HB·PC·2 accumulator chains.
+  hn::Vec<D> lo[HB][PC];
+  hn::Vec<D> hi[HB][PC];
   for (size_t i = 0; i < HB; ++i) {
-    lo[i] = hn::LoadU(d, acc + i * head_dim + c);
-    hi[i] = hn::LoadU(d, acc + i * head_dim + c + n);
-    if (rescale) {
-      const auto k = hn::Set(d, corr[i]);
-      lo[i] = hn::Mul(lo[i], k);
-      hi[i] = hn::Mul(hi[i], k);
+    for (size_t j = 0; j < PC; ++j) {
+      lo[i][j] = hn::LoadU(d, acc + i * head_dim + c + 2 * n * j);
+      hi[i][j] = hn::LoadU(d, acc + i * head_dim + c + 2 * n * j + n);
+      if (rescale) {
+        const auto k = hn::Set(d, corr[i]);
+        lo[i][j] = hn::Mul(lo[i][j], k);
+        hi[i][j] = hn::Mul(hi[i][j], k);
+      }
     }
   }
   size_t t = 0;  // row within the tile
   for (size_t s = 0; s < n_segs; ++s) {
     const bf16* v = segs[s].v + c;
     for (size_t r = 0; r < segs[s].rows; ++r, ++t) {
-      hn::Vec<D> vlo;
-      hn::Vec<D> vhi;
-      simd::load_widen(d, v + r * head_dim, vlo, vhi);
+      hn::Vec<D> vlo[PC];
+      hn::Vec<D> vhi[PC];
+      for (size_t j = 0; j < PC; ++j) simd::load_widen(d, v + r * head_dim + 2 * n * j, vlo[j], vhi[j]);
       for (size_t i = 0; i < HB; ++i) {
         const auto p = hn::Set(d, probs[i * probs_stride + t]);
-        lo[i] = hn::MulAdd(p, vlo, lo[i]);
-        hi[i] = hn::MulAdd(p, vhi, hi[i]);
+        for (size_t j = 0; j < PC; ++j) {
+          lo[i][j] = hn::MulAdd(p, vlo[j], lo[i][j]);
+          hi[i][j] = hn::MulAdd(p, vhi[j], hi[i][j]);
+        }
       }
     }
   }
   for (size_t i = 0; i < HB; ++i) {
-    hn::StoreU(lo[i], d, acc + i * head_dim + c);
-    hn::StoreU(hi[i], d, acc + i * head_dim + c + n);
+    for (size_t j = 0; j < PC; ++j) {
+      hn::StoreU(lo[i][j], d, acc + i * head_dim + c + 2 * n * j);
+      hn::StoreU(hi[i][j], d, acc + i * head_dim + c + 2 * n * j + n);
+    }
   }
+}
+
+// Pieces of columns per pass: HB·PC·2 accumulators plus 2·PC value vectors must fit the
+// registers; more chains hide the FMA latency (each row adds one FMA per chain).
+template <size_t HB>
+constexpr size_t value_pieces_per_pass() {
+  return simd::replicas == 1 && HB * 4 <= 16 ? 2 : 1;
 }
 
 template <size_t HB>
@@ -153,27 +172,32 @@ HWY_INLINE void accumulate_values(float* HWY_RESTRICT acc, size_t d,
   const simd::df_t df;
   const size_t step = 2 * simd::lanes;
   const size_t n_pieces = (d + step - 1) / step;  // ≥ 1: d ≥ 16
+  constexpr size_t pc = value_pieces_per_pass<HB>();
   bool rescale = false;
   for (size_t i = 0; i < HB; ++i) rescale |= corr[i] != 1.0f;
   size_t c = 0;
-  for (size_t ci = 0; ci < n_pieces; ++ci) {
+  for (size_t ci = 0; ci < n_pieces;) {
+    const size_t piece = simd::pair_piece(c, d);
+    const size_t take = piece == step && c + pc * step <= d ? pc : 1;
     if (next != nullptr) {
       prefetch_rows<true>(*next, ci * tile_rows_max / n_pieces,
-                          (ci + 1) * tile_rows_max / n_pieces, d * sizeof(bf16));
+                          (ci + take) * tile_rows_max / n_pieces, d * sizeof(bf16));
     }
-    const size_t piece = simd::pair_piece(c, d);
-    if (piece == step) {
-      accumulate_piece<HB>(df, acc, d, c, probs, probs_stride, corr, rescale, segs, n_segs);
+    if (take == pc && pc > 1) {
+      accumulate_piece<HB, pc>(df, acc, d, c, probs, probs_stride, corr, rescale, segs, n_segs);
+    } else if (piece == step) {
+      accumulate_piece<HB, 1>(df, acc, d, c, probs, probs_stride, corr, rescale, segs, n_segs);
     } else {
 #if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
       PNMKV_DCHECK(piece == simd::half_chunk_elems);
-      accumulate_piece<HB>(simd::d8_t(), acc, d, c, probs, probs_stride, corr, rescale, segs,
-                           n_segs);
+      accumulate_piece<HB, 1>(simd::d8_t(), acc, d, c, probs, probs_stride, corr, rescale, segs,
+                              n_segs);
 #else
       PNMKV_CHECK(false, "piece=", piece, " step=", step);  // pieces are whole steps here
 #endif
     }
-    c += piece;
+    c += take * piece;
+    ci += take;
   }
 }
 
@@ -181,7 +205,7 @@ HWY_INLINE void accumulate_values(float* HWY_RESTRICT acc, size_t d,
 // registers (32 on AVX-512, 16 on AVX2 where a chain set takes two).
 template <size_t HB>
 constexpr size_t logit_rows_per_block() {
-  if constexpr (simd::replicas == 1) return HB == 1 ? 8 : 2;
+  if constexpr (simd::replicas == 1) return HB == 1 ? 16 : 4;  // 16 products: one vector
   if constexpr (simd::replicas == 2) return HB == 1 ? 4 : 1;
   return 1;
 }
@@ -243,13 +267,21 @@ void attend_pages_simd(const kv_head_store& store, const float* q_group, uint32_
   std::vector<float> m(group, neg_inf);
   std::vector<float> l(group, 0.0f);
   std::vector<float> corr(group, 1.0f);
-  tile tiles[2];
+  // A ring of tiles: the one computed and the ones ahead of it being prefetched.
+  constexpr size_t ring = prefetch_tiles_ahead + 1;
+  tile tiles[ring];
   size_t pi = 0;    // next page to gather
   size_t row0 = 0;  // first ungathered row of page pages[pi]
-  gather_tile(store, pages, n_pages, &pi, &row0, &tiles[0]);
-  for (size_t ti = 0; tiles[ti & 1].rows > 0; ++ti) {
-    const tile& cur = tiles[ti & 1];
-    tile& next = tiles[(ti + 1) & 1];
+  for (size_t a = 0; a < prefetch_tiles_ahead; ++a) {
+    gather_tile(store, pages, n_pages, &pi, &row0, &tiles[a]);
+    if (a > 0) {  // the first tile's rows are asked for by the loop's first step
+      prefetch_rows<false>(tiles[a], 0, tile_rows_max, d * sizeof(bf16));
+      prefetch_rows<true>(tiles[a], 0, tile_rows_max, d * sizeof(bf16));
+    }
+  }
+  for (size_t ti = 0; tiles[ti % ring].rows > 0; ++ti) {
+    const tile& cur = tiles[ti % ring];
+    tile& next = tiles[(ti + prefetch_tiles_ahead) % ring];
     gather_tile(store, pages, n_pages, &pi, &row0, &next);
     const segment* segs = cur.segs;
     const size_t n_segs = cur.n_segs;

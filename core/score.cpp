@@ -37,10 +37,11 @@ namespace hn = hwy::HWY_NAMESPACE;
 // Block shapes per target; the arithmetic of each product does not depend on them
 // (core/simd_internal.hpp). Accumulators = heads × pages × replicas.
 #if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
-// 32 vector registers, one per chain set: 4 heads × 4 pages = 16 accumulators.
+// 32 vector registers, one per chain set: 4 heads × 4 pages = 16 accumulators, whose
+// 16 sums come out as one vector (simd::reduce_chains).
 constexpr size_t score_heads_per_block = 4;
 constexpr size_t score_pages_per_block = 4;
-constexpr size_t single_row_pages_per_block = 8;
+constexpr size_t single_row_pages_per_block = 16;
 #else
 // 16 vector registers, a chain set in two (AVX2) or more: 2 heads × 2 pages × 2 = 8
 // accumulators, 4 data and 4 weight vectors per chunk.

@@ -157,14 +157,24 @@ HWY_INLINE float canonical_tree8(const float* r) {
   return ((r[0] + r[2]) + (r[1] + r[3])) + ((r[4] + r[6]) + (r[5] + r[7]));
 }
 
-// Sum of 32 values by the same tree as a dot product's chains: chain c = x[c] + x[c+16].
-HWY_INLINE float canonical_sum32(const float* HWY_RESTRICT x) {
-  float c[chains];
-  for (size_t i = 0; i < chains; ++i) c[i] = x[i] + x[i + chains];
-  return canonical_tree16(c);
-}
 
 #if HWY_TARGET != HWY_SCALAR && HWY_TARGET != HWY_EMU128
+// The middle of the tree on four vectors at once, per 128-bit block: block j of the
+// result holds, for a, b, c, e in turn, (x0+x2)+(x1+x3) of their block j.
+template <class D>
+HWY_INLINE hn::Vec<D> tree4_blocks(D d, hn::Vec<D> a, hn::Vec<D> b, hn::Vec<D> c,
+                                   hn::Vec<D> e) {
+  const hn::Repartition<uint64_t, D> du64;
+  const auto ab = hn::Add(hn::InterleaveLower(d, a, b), hn::InterleaveUpper(d, a, b));
+  const auto ce = hn::Add(hn::InterleaveLower(d, c, e), hn::InterleaveUpper(d, c, e));
+  // ab = [a0+a2, b0+b2, a1+a3, b1+b3] per block, ce likewise.
+  const auto ab64 = hn::BitCast(du64, ab);
+  const auto ce64 = hn::BitCast(du64, ce);
+  const auto lo = hn::BitCast(d, hn::InterleaveLower(du64, ab64, ce64));
+  const auto hi = hn::BitCast(d, hn::InterleaveUpper(du64, ab64, ce64));
+  return hn::Add(lo, hi);
+}
+
 // Adds the 128-bit blocks of v together and stores the 4 resulting floats.
 template <class D>
 HWY_INLINE void fold_store4(D d, hn::Vec<D> v, float* out) {
@@ -176,37 +186,83 @@ HWY_INLINE void fold_store4(D d, hn::Vec<D> v, float* out) {
   }
 }
 
-// out[0..3] = canonical_tree8 of each of a, b, c, e (8 lanes): an interleave tree per
-// 128-bit block, ((x0+x2)+(x1+x3)), then the two blocks added.
+// out[0..3] = canonical_tree8 of each of a, b, c, e (8 lanes).
 HWY_INLINE void sum4(d8_t d, hn::Vec<d8_t> a, hn::Vec<d8_t> b, hn::Vec<d8_t> c,
                      hn::Vec<d8_t> e, float* out) {
-  const hn::Repartition<uint64_t, d8_t> du64;
-  const auto ab = hn::Add(hn::InterleaveLower(d, a, b), hn::InterleaveUpper(d, a, b));
-  const auto ce = hn::Add(hn::InterleaveLower(d, c, e), hn::InterleaveUpper(d, c, e));
-  // ab = [a0+a2, b0+b2, a1+a3, b1+b3] per block, ce likewise.
-  const auto ab64 = hn::BitCast(du64, ab);
-  const auto ce64 = hn::BitCast(du64, ce);
-  const auto lo = hn::BitCast(d, hn::InterleaveLower(du64, ab64, ce64));
-  const auto hi = hn::BitCast(d, hn::InterleaveUpper(du64, ab64, ce64));
-  fold_store4(d, hn::Add(lo, hi), out);
+  fold_store4(d, tree4_blocks(d, a, b, c, e), out);
 }
 #endif
 
-// Sums each product's 16 chains (acc[k][0..replicas)) with the canonical tree.
+// Sum of 32 values by the same tree as a dot product's chains: chain c = x[c] + x[c+16].
+HWY_INLINE float canonical_sum32(const float* HWY_RESTRICT x) {
+#if HWY_TARGET != HWY_SCALAR && HWY_TARGET != HWY_EMU128
+  if constexpr (lanes >= 8) {
+    const d8_t d8;
+    const auto c0 = hn::Add(hn::LoadU(d8, x), hn::LoadU(d8, x + 16));      // chains 0..7
+    const auto c8 = hn::Add(hn::LoadU(d8, x + 8), hn::LoadU(d8, x + 24));  // chains 8..15
+    const auto r = hn::Add(c0, c8);
+    float out[4];
+    sum4(d8, r, r, r, r, out);
+    return out[0];
+  }
+#endif
+  float c[chains];
+  for (size_t i = 0; i < chains; ++i) c[i] = x[i] + x[i + chains];
+  return canonical_tree16(c);
+}
+
+// Sums each product's 16 chains (acc[k][0..replicas)) with the canonical tree; out[k] for
+// product k. Groups of 16 products on 16-lane targets (8 on 8-lane ones) are reduced as
+// one transposition and stored as one vector; the rest four at a time.
 template <size_t NA>
 HWY_INLINE void reduce_chains(const vf_t (&acc)[NA][replicas], float* HWY_RESTRICT out) {
+  size_t k = 0;
 #if HWY_TARGET != HWY_SCALAR && HWY_TARGET != HWY_EMU128
-  if constexpr (wide || replicas == 2) {  // 16 or 8 lanes: the 8-lane tree in vectors
-    const d8_t d8;
-    hn::Vec<d8_t> r[NA];
-    for (size_t k = 0; k < NA; ++k) {
-      if constexpr (wide) {
-        r[k] = hn::Add(hn::LowerHalf(d8, acc[k][0]), hn::UpperHalf(d8, acc[k][0]));
-      } else {
-        r[k] = hn::Add(acc[k][0], acc[k][replicas - 1]);
+  if constexpr (wide || replicas == 2) {  // 16 or 8 lanes
+    const df_t df;
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+    // 16 products → one vector. z pairs product a's and product b's chains i and i+8:
+    // [a r0-3 | a r4-7 | b r0-3 | b r4-7]; tree4_blocks of four z's leaves per block the
+    // four (x0+x2)+(x1+x3); the last step adds blocks 0+1 and 2+3 of two such results.
+    for (; k + 16 <= NA; k += 16) {
+      vf_t z[8];
+      for (size_t j = 0; j < 4; ++j) {
+        const vf_t& a0 = acc[k + j][0];
+        const vf_t& b0 = acc[k + 4 + j][0];
+        const vf_t& a1 = acc[k + 8 + j][0];
+        const vf_t& b1 = acc[k + 12 + j][0];
+        z[j] = hn::Add(hn::ConcatLowerLower(df, b0, a0), hn::ConcatUpperUpper(df, b0, a0));
+        z[4 + j] = hn::Add(hn::ConcatLowerLower(df, b1, a1), hn::ConcatUpperUpper(df, b1, a1));
+      }
+      const vf_t s1 = tree4_blocks(df, z[0], z[1], z[2], z[3]);
+      const vf_t s2 = tree4_blocks(df, z[4], z[5], z[6], z[7]);
+      const vf_t even{_mm512_shuffle_f32x4(s1.raw, s2.raw, _MM_SHUFFLE(2, 0, 2, 0))};
+      const vf_t odd{_mm512_shuffle_f32x4(s1.raw, s2.raw, _MM_SHUFFLE(3, 1, 3, 1))};
+      hn::StoreU(hn::Add(even, odd), df, out + k);
+    }
+#else
+    if constexpr (replicas == 2) {
+      // 8 products → one vector: r = chains i + i+8, tree4_blocks of four r's, then the
+      // two blocks of two such results added.
+      for (; k + 8 <= NA; k += 8) {
+        vf_t r[8];
+        for (size_t j = 0; j < 8; ++j) r[j] = hn::Add(acc[k + j][0], acc[k + j][replicas - 1]);
+        const vf_t s1 = tree4_blocks(df, r[0], r[1], r[2], r[3]);
+        const vf_t s2 = tree4_blocks(df, r[4], r[5], r[6], r[7]);
+        hn::StoreU(hn::Add(hn::ConcatLowerLower(df, s2, s1), hn::ConcatUpperUpper(df, s2, s1)),
+                   df, out + k);
       }
     }
-    size_t k = 0;
+#endif
+    const d8_t d8;
+    hn::Vec<d8_t> r[NA];
+    for (size_t j = k; j < NA; ++j) {
+      if constexpr (wide) {
+        r[j] = hn::Add(hn::LowerHalf(d8, acc[j][0]), hn::UpperHalf(d8, acc[j][0]));
+      } else {
+        r[j] = hn::Add(acc[j][0], acc[j][replicas - 1]);
+      }
+    }
     for (; k + 4 <= NA; k += 4) sum4(d8, r[k], r[k + 1], r[k + 2], r[k + 3], out + k);
     for (; k < NA; ++k) {
       HWY_ALIGN float t[8];
@@ -217,7 +273,7 @@ HWY_INLINE void reduce_chains(const vf_t (&acc)[NA][replicas], float* HWY_RESTRI
   }
 #endif
   const df_t df;
-  for (size_t k = 0; k < NA; ++k) {
+  for (; k < NA; ++k) {
     HWY_ALIGN float c[chains];
     for (size_t r = 0; r < replicas; ++r) hn::Store(acc[k][r], df, c + r * lanes);
     out[k] = canonical_tree16(c);
