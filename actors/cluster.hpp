@@ -17,6 +17,9 @@ struct cluster_run_options {
   std::function<void(const std::string&, uint64_t, uint64_t)> on_progress;
   // Wall-clock limit of the whole run (a run past it fails, never hangs).
   uint64_t run_timeout_ms = 30 * 60 * 1000;
+  // Bytes this process allocates once the cluster is gone (pnmkv run's read-bandwidth
+  // buffer); the memory check counts them as a later phase.
+  uint64_t after_run_bytes = 0;
 };
 
 result<run_report> run_embedded(const config& cfg, const cluster_run_options& opts);

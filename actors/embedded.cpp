@@ -7,6 +7,7 @@
 
 #include "actors/cluster.hpp"
 #include "actors/control.hpp"
+#include "actors/memory_guard.hpp"
 #include "actors/nodes.hpp"
 #include "transport/inproc_fabric.hpp"
 
@@ -17,6 +18,8 @@ result<run_report> run_embedded(const config& cfg, const cluster_run_options& op
   auto setup = make_run_setup(cfg, make_cluster_secret());
   if (!setup) return setup.error();
   const auto& su = *setup;
+  // Before anything is allocated: refuse a run this machine cannot hold.
+  if (auto st = check_run_memory(*su, run_processes::embedded, opts.after_run_bytes); !st) return st;
 
   caf::actor_system_config acfg;
   acfg.set("scheduler.max-threads", std::max(2u, std::thread::hardware_concurrency()));

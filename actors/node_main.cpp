@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "actors/control.hpp"
+#include "actors/memory_guard.hpp"
 #include "actors/nodes.hpp"
 #include "transport/from_config.hpp"
 #include "transport/ucx_fabric.hpp"
@@ -290,6 +291,24 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
                                     const multiprocess_options& mp) {
   const std::string binary = mp.node_binary.empty() ? fs::read_symlink("/proc/self/exe").string()
                                                     : mp.node_binary;
+  // Before any directory, process or buffer: every node of this run lives on this machine.
+  // A derived cluster.device_memory_bytes_max is derived here once, for these processes,
+  // and written into the nodes' config (each node reading the machine as it fills up
+  // would see less).
+  config cfg = cfg_in;
+  {
+    auto pre = make_run_setup(cfg, "memory-check");
+    if (!pre) return pre.error();
+    if ((*pre)->device_memory_derived) {
+      auto st = cfg.set("cluster.device_memory_bytes_max",
+                        std::to_string(derived_device_memory_bytes(**pre, run_processes::multiprocess)));
+      if (!st) return st;
+      pre = make_run_setup(cfg, "memory-check");
+      if (!pre) return pre.error();
+    }
+    auto st = check_run_memory(**pre, run_processes::multiprocess, opts.after_run_bytes);
+    if (!st) return st;
+  }
   std::string dir = mp.work_dir;
   if (dir.empty()) {
     char tmpl[] = "/tmp/pnmkv-mp-XXXXXX";
@@ -309,7 +328,6 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
     }
     ::close(fd);
   }
-  config cfg = cfg_in;
   auto st = cfg.set("fabric.cluster_secret_file", secret_file);
   if (!st) return st;
   const std::string config_file = dir + "/config.yaml";

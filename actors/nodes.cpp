@@ -331,12 +331,8 @@ caf::behavior coordinator_actor(caf::event_based_actor* self,
       }
       if (!pl) return pl.error().message();
       // The emulator holds the live layers for real: check that too before committing.
-      std::map<uint32_t, uint64_t> live_need;
-      for (const auto& s : pl->shards) {
-        uint64_t live = s.bytes_modelled / setup->model.layers * setup->device.live_layers;
-        live_need[s.device_id] += live;
-        for (uint32_t r : s.replica_device_ids) live_need[r] += live;
-      }
+      const std::map<uint32_t, uint64_t> live_need =
+          live_bytes_by_device(*pl, setup->model.layers, setup->device.live_layers);
       std::string too_big;
       for (const auto& [dev, need] : live_need)
         if (need > st->emulator_free[dev])
@@ -396,7 +392,7 @@ caf::behavior coordinator_actor(caf::event_based_actor* self,
       devs.insert(devs.end(), s.replica_device_ids.begin(), s.replica_device_ids.end());
       for (uint32_t dev : devs) {
         holders.insert(dev);
-        st->emulator_free[dev] += s.bytes_modelled / setup->model.layers * setup->device.live_layers;
+        st->emulator_free[dev] += live_bytes(s, setup->model.layers, setup->device.live_layers);
         for (auto& pool : st->pools)
           for (size_t i = 0; i < pool.device_ids.size(); ++i)
             if (pool.device_ids[i] == dev) pool.free_bytes[i] += s.bytes_modelled;

@@ -1,6 +1,7 @@
 #include "actors/run_setup.hpp"
 
 #include "actors/control.hpp"
+#include "actors/memory_guard.hpp"
 
 #include "transport/auth.hpp"
 #include "transport/hex.hpp"
@@ -181,6 +182,19 @@ result<std::shared_ptr<const run_setup>> make_run_setup(const config& cfg,
   if (!split) return split.error();
   s->placement.split = *split;
   s->placement.replication = s->replication;
+
+  auto mem = read_host_memory();
+  if (!mem) return mem.error();
+  s->host_mem = *mem;
+  if (s->device.memory_bytes_max == 0) {
+    // Derived from this machine as an embedded run sees it; `pnmkv run --multiprocess`
+    // derives it for its processes and writes the figure into the nodes' config. The
+    // report's configuration echoes the figure.
+    s->device.memory_bytes_max = derived_device_memory_bytes(*s, run_processes::embedded);
+    s->device_memory_derived = true;
+    auto set = s->cfg.set("cluster.device_memory_bytes_max", std::to_string(s->device.memory_bytes_max));
+    if (!set) return set;
+  }
   return std::shared_ptr<const run_setup>(std::move(s));
 }
 

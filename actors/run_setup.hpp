@@ -14,6 +14,7 @@
 #include "core/workload.hpp"
 #include "model/cost_model.hpp"
 #include "schedulers/gpu_memory.hpp"
+#include "schedulers/host_memory.hpp"
 #include "schedulers/placement.hpp"
 #include "schedulers/serving.hpp"
 #include "sim/sim_setup.hpp"
@@ -61,6 +62,10 @@ struct run_setup {
   gpu_memory_query gpu_query;    // batch filled per admission check
   uint32_t replication = 1;
   uint32_t pool_devices = 0;     // devices per pool (0: one pool of every device)
+  // This machine's memory when the setup was made (actors/memory_guard.hpp), and whether
+  // device.memory_bytes_max was derived from it (cluster.device_memory_bytes_max = 0).
+  host_memory host_mem;
+  bool device_memory_derived = false;
 
   std::vector<uint32_t> device_ids() const;
 };

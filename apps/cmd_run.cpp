@@ -52,6 +52,8 @@ void register_run(CLI::App& app) {
   cmd->callback([] {
     config cfg = load_config_or_exit(opts.cfg);
     cluster_run_options ro;
+    const size_t bw_buffer_bytes = size_t(1) << 30;  // the read-bandwidth measurement below
+    ro.after_run_bytes = bw_buffer_bytes;
     auto bar = std::make_shared<progress_bar>("pnmkv run");
     if (!opts.quiet)
       ro.on_progress = [bar](const std::string& phase, uint64_t done, uint64_t total) {
@@ -84,7 +86,7 @@ void register_run(CLI::App& app) {
     run_report r = std::move(rep).value();
     // Same run: this machine's read bandwidth with as many threads as the actor system has.
     const unsigned threads = std::max(2u, std::thread::hardware_concurrency());
-    read_bandwidth bw = measure_read_gbps(size_t(1) << 30, threads, 3);
+    read_bandwidth bw = measure_read_gbps(bw_buffer_bytes, threads, 3);
     r.read_gbps_measured = bw.gbps;
     r.step_bound_ms = double(r.live_device_bytes_per_step) / bw.gbps / 1e6;
     r.step_overhead_ratio = r.step_bound_ms > 0 ? r.step_wall_ms_p50 / r.step_bound_ms : 0;

@@ -59,8 +59,10 @@ std::vector<config_key> schema_keys_run() {
       {"cluster.replication", t::integer, "1", 1, 8, {}, "Copies of each shard (r)"},
       {"cluster.pool_devices", t::integer, "0", 0, 4096, {},
        "Devices per pool; pools serve different requests (0: one pool of every device)"},
-      {"cluster.device_memory_bytes_max", t::integer, "12884901888", 1048576, 1.0e15, {},
-       "Emulator memory a device may hold (live layers); a request beyond it is refused"},
+      {"cluster.device_memory_bytes_max", t::integer, "0", 0, 1.0e15, {},
+       "Emulator memory a device may hold (live layers); a request beyond it is refused. 0: "
+       "derived from this machine: (available memory − safety margin − the run's working "
+       "buffers) / cluster.pnm_devices"},
       {"cluster.coordinator_host", t::string, "127.0.0.1", 0, 0, {},
        "Where nodes reach the coordinator (cluster mode)"},
       {"cluster.coordinator_port", t::integer, "0", 0, 65535, {},

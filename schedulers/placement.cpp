@@ -4,6 +4,8 @@
 #include <cassert>
 #include <numeric>
 
+#include "core/check.hpp"
+
 namespace pnmkv {
 
 const char* to_string(sequence_split s) {
@@ -119,6 +121,24 @@ result<request_placement> place_request(const placement_request& r, pool_state& 
                         " free (context " + std::to_string(r.context_tokens) + " tokens)"};
   }
   for (uint32_t i = 0; i < P; ++i) pool.free_bytes[i] -= need[i];
+  return out;
+}
+
+uint64_t live_bytes(const shard_placement& shard, uint32_t layers, uint32_t live_layers) {
+  PNMKV_CHECK(layers > 0 && live_layers <= layers, "live layers within the model's layers");
+  // bytes_modelled is a whole multiple of the layer count (place_request), so this is exact.
+  PNMKV_CHECK_EQ(shard.bytes_modelled % layers, uint64_t{0});
+  return shard.bytes_modelled / layers * live_layers;
+}
+
+std::map<uint32_t, uint64_t> live_bytes_by_device(const request_placement& pl, uint32_t layers,
+                                                  uint32_t live_layers) {
+  std::map<uint32_t, uint64_t> out;
+  for (const auto& s : pl.shards) {
+    const uint64_t b = live_bytes(s, layers, live_layers);
+    out[s.device_id] += b;
+    for (uint32_t r : s.replica_device_ids) out[r] += b;
+  }
   return out;
 }
 

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -77,5 +78,16 @@ uint64_t shard_bytes_per_layer_head(const placement_request& r, uint64_t pages);
 // capacity when a device cannot hold its shard — the message says which device, how many
 // bytes it needed and had.
 result<request_placement> place_request(const placement_request& r, pool_state& pool);
+
+// What the emulator really holds of a shard: K, V and summaries of the live layers only
+// (bytes_modelled covers every layer of the model). One device holds this for each shard
+// it is primary or replica of.
+uint64_t live_bytes(const shard_placement& shard, uint32_t layers, uint32_t live_layers);
+
+// Live-layer bytes per device (primaries and replicas) of one placed request: what
+// coordinator admission debits from cluster.device_memory_bytes_max and what the
+// host-memory check (schedulers/host_memory.hpp) adds up.
+std::map<uint32_t, uint64_t> live_bytes_by_device(const request_placement& pl, uint32_t layers,
+                                                  uint32_t live_layers);
 
 }  // namespace pnmkv
