@@ -98,7 +98,9 @@ void register_run(CLI::App& app) {
     // classes would not).
     r.kernel_threads = std::max(1u, std::thread::hardware_concurrency());
     r.peak_gflops_measured = measure_peak_gflops(1e9, 10).gflops * r.kernel_threads;
-    r.simd_target = kernel_target_name();  // this binary's kernels; the nodes run the same
+    // This binary's kernels: the nodes' too when embedded or --multiprocess (same binary, same
+    // CPU); --attach assumes the nodes run here, as the bandwidth above does.
+    r.simd_target = kernel_target_name();
     const kernel_work step{r.live_device_flops_per_step, double(r.live_device_bytes_per_step)};
     r.step_bound_ms = roofline_seconds(step, bw.gbps, r.peak_gflops_measured) * 1e3;
     r.step_overhead_ratio = r.step_bound_ms > 0 ? r.step_wall_ms_p50 / r.step_bound_ms : 0;
