@@ -4,6 +4,8 @@
 #include <cassert>
 #include <cmath>
 
+#include "core/check.hpp"
+#include "core/roofline.hpp"
 #include "core/select.hpp"
 
 namespace pnmkv {
@@ -171,8 +173,10 @@ status device_engine::query(const device_query& q, device_answer& out) {
     if (!st) return st;
     uint64_t tokens = 0;
     for (uint32_t p : list) tokens += s->page_tokens(p);
+    const kernel_work w = attend_work(d, q.group, tokens);  // what the run's bound counts
+    PNMKV_CHECK_EQ(uint64_t(w.bytes), tokens * row_bytes);
     out.bytes_scanned += tokens * row_bytes;
-    out.flops += double(tokens) * q.group * 4.0 * d;
+    out.flops += w.flops;
     out.pages.reserve(list.size());
     for (uint32_t p : list) out.pages.push_back(s->global_page(p));
     return {};
@@ -202,9 +206,10 @@ status device_engine::query(const device_query& q, device_answer& out) {
   scores_.resize(pages);
   auto st = score_pages(*s, q.q, q.group, cfg_.aggregation, scores_.data());
   if (!st) return st;
+  const kernel_work w = score_work(d, s->shape().summaries, q.group, cfg_.aggregation, pages);
+  PNMKV_CHECK_EQ(uint64_t(w.bytes), uint64_t(pages) * s->summary_bytes_per_page());
   out.bytes_scanned += uint64_t(pages) * s->summary_bytes_per_page();
-  const uint32_t heads_scored = cfg_.aggregation == gqa_aggregation::max ? q.group : 1;
-  out.flops += double(pages) * heads_scored * 4.0 * d;
+  out.flops += w.flops;
 
   // Pages the GPU already holds (png-kv steady pages) are never selected here.
   std::vector<uint8_t> excluded(q.n_excluded ? pages : 0, 0);

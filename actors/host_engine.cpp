@@ -883,8 +883,10 @@ result<std::vector<device_work>> host_engine::on_reply_impl(const device_reply& 
   const uint32_t d = m.head_dim, group = m.gqa_group(), ps = cfg_.page_size_tokens;
   head_key key{pi.layer, pi.request_id, pi.kv_head};
 
-  if (pi.what != purpose::verify)  // verification is not the step's work
+  if (pi.what != purpose::verify) {  // verification is not the step's work
     cur_.emulated_bytes_read += r.answer.bytes_scanned + (r.k.size() + r.v.size()) * sizeof(bf16);
+    cur_.emulated_flops += r.answer.flops;  // recalls (K/V copies) do none
+  }
   auto device_done = [&](uint64_t bytes_back, double device_ns, double energy_j) {
     cur_.link_bytes += bytes_back;
     cur_.energy_j += energy_j;

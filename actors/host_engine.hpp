@@ -134,6 +134,7 @@ struct step_report {
   uint64_t copy_bytes = 0;         // steady copies this step, all layers
   uint64_t emulated_bytes_read = 0;  // bytes the device actors read for the live layers
                                      // (whoever is charged): the emulator's own work
+  double emulated_flops = 0;         // flops of that same work (core/roofline.hpp counts)
   uint64_t tokens = 0;             // tokens produced (one per decoding request, one per
                                    // completed prompt)
   uint32_t decode_batch = 0;       // requests that decoded in the step

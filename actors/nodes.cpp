@@ -1096,6 +1096,7 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
     double vt = 0, energy = 0, tokens = 0;
     uint64_t link = 0, dev = 0;
     double dense = 0, lnk = 0, devns = 0, merge = 0, lm = 0, live_bytes = 0, gattn = 0, copy = 0;
+    double live_flops = 0;
     uint64_t copy_bytes = 0, steady_hits = 0, selected = 0;
     // Per-step figures are over decode steps (open workloads also run prefill-only steps);
     // tokens, energy and time over every step.
@@ -1114,6 +1115,7 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
       gattn += s.gpu_attention_ns, copy += s.copy_ns;
       copy_bytes += s.copy_bytes, steady_hits += s.steady_hits, selected += s.selected_pages;
       live_bytes += double(s.emulated_bytes_read);
+      live_flops += s.emulated_flops;
     }
     const double n = std::max<size_t>(1, decode_steps);
     rep.virtual_step_ms_mean = vt / n / 1e6;
@@ -1168,6 +1170,7 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
     rep.prefill_link_ms = costs.link_serialisation_ns(double(st->engine->prefill_bytes())) / 1e6;
     // The live bytes the devices scanned per step: what the wall-time bound is made of.
     rep.live_device_bytes_per_step = uint64_t(live_bytes / n);
+    rep.live_device_flops_per_step = live_flops / n;
     auto acc = st->engine->accuracy().summary();
     rep.accuracy_samples = acc.samples;
     rep.output_rel_err_mean = acc.rel_err_mean;

@@ -26,6 +26,7 @@ std::string run_report::to_json() const {
   nlohmann::ordered_json j;
   j["mode"] = mode;
   j["multiprocess"] = multiprocess;
+  j["simd_target"] = simd_target;
   j["config"] = config_json.empty() ? nlohmann::ordered_json::object()
                                     : nlohmann::ordered_json::parse(config_json);
   j["model"] = {{"name", model_name}, {"file", model_file}, {"layers", layers},
@@ -48,7 +49,10 @@ std::string run_report::to_json() const {
                {"step_ms_mean", num(step_wall_ms_mean)},
                {"step_ms_max", num(step_wall_ms_max)},
                {"read_gbps_measured", num(read_gbps_measured)},
+               {"peak_gflops_measured", num(peak_gflops_measured)},
+               {"kernel_threads", kernel_threads},
                {"live_device_bytes_per_step", live_device_bytes_per_step},
+               {"live_device_flops_per_step", num(live_device_flops_per_step)},
                {"step_bound_ms", num(step_bound_ms)},
                {"step_overhead_ratio", num(step_overhead_ratio)}};
   j["virtual"] = {{"step_ms_mean", num(virtual_step_ms_mean)},
@@ -157,6 +161,7 @@ run_report run_report::from_json(const std::string& text) {
   run_report r;
   r.mode = j.value("mode", "");
   r.multiprocess = j.value("multiprocess", false);
+  r.simd_target = j.value("simd_target", "");
   r.config_json = j.contains("config") ? j["config"].dump() : "{}";
   if (j.contains("model")) {
     r.model_name = j["model"].value("name", "");
@@ -192,9 +197,14 @@ run_report run_report::from_json(const std::string& text) {
   r.step_wall_ms_mean = get_num(j, "wall", "step_ms_mean");
   r.step_wall_ms_max = get_num(j, "wall", "step_ms_max");
   r.read_gbps_measured = get_num(j, "wall", "read_gbps_measured");
+  r.peak_gflops_measured = get_num(j, "wall", "peak_gflops_measured");
+  r.live_device_flops_per_step = get_num(j, "wall", "live_device_flops_per_step");
   r.step_bound_ms = get_num(j, "wall", "step_bound_ms");
   r.step_overhead_ratio = get_num(j, "wall", "step_overhead_ratio");
-  if (j.contains("wall")) r.live_device_bytes_per_step = j["wall"].value("live_device_bytes_per_step", uint64_t(0));
+  if (j.contains("wall")) {
+    r.live_device_bytes_per_step = j["wall"].value("live_device_bytes_per_step", uint64_t(0));
+    r.kernel_threads = j["wall"].value("kernel_threads", uint32_t(0));
+  }
   r.virtual_step_ms_mean = get_num(j, "virtual", "step_ms_mean");
   r.virtual_tokens_per_s = get_num(j, "virtual", "tokens_per_s");
   r.virtual_energy_j_per_token = get_num(j, "virtual", "energy_j_per_token");
@@ -328,6 +338,7 @@ std::string run_report::to_table() const {
      << "\n";
   row("model", model_name + " (" + model_file + ")");
   row("hardware", hardware_name + " (" + hardware_file + ")");
+  row("SIMD target (device kernels)", simd_target.empty() ? std::string("unknown") : simd_target);
   if (arrivals == "closed") {
     row("context / batch / steps", std::to_string(context_tokens) + " tokens / " +
                                        std::to_string(batch) + " / " + std::to_string(steps));
@@ -359,8 +370,13 @@ std::string run_report::to_table() const {
   row("decode step p50 / mean / max", f("%.2f", step_wall_ms_p50) + " / " +
                                           f("%.2f", step_wall_ms_mean) + " / " +
                                           f("%.2f ms", step_wall_ms_max));
-  row("memory-traffic bound per step", f("%.2f ms", step_bound_ms) + " (device bytes at " +
-                                           f("%.1f GB/s", read_gbps_measured) + " measured)");
+  row("device work per step", f("%.1f MB", double(live_device_bytes_per_step) / 1e6) + ", " +
+                                  f("%.2f Gflop", live_device_flops_per_step / 1e9));
+  row("read bw / compute peak measured",
+      f("%.1f GB/s", read_gbps_measured) + " / " + f("%.1f Gflop/s", peak_gflops_measured) +
+          " (" + std::to_string(kernel_threads) + " kernel threads)");
+  row("roofline bound per step", f("%.2f ms", step_bound_ms) +
+                                     " (max of bytes / bw, flops / peak)");
   row("step / bound", f("%.2fx", step_overhead_ratio));
   os << "virtual time (modelled hardware, all " << layers << " layers)\n";
   row("step time", f("%.3f ms", virtual_step_ms_mean));

@@ -13,6 +13,7 @@ namespace pnmkv {
 
 struct run_report {
   std::string mode;
+  std::string simd_target;     // Highway target the device kernels ran (e.g. "AVX3")
   std::string config_json;     // resolved configuration
   std::string model_name, model_file, hardware_name, hardware_file;
   bool multiprocess = false;
@@ -30,9 +31,14 @@ struct run_report {
   // wall time
   double prefill_wall_s = 0;
   double step_wall_ms_p50 = 0, step_wall_ms_mean = 0, step_wall_ms_max = 0;
-  double read_gbps_measured = 0;    // this machine, same run
+  double read_gbps_measured = 0;    // this machine, same run (all worker threads)
+  double peak_gflops_measured = 0;  // fp32 FMA peak of one core × kernel_threads, same run
+  uint32_t kernel_threads = 0;      // threads that run device kernels (the bound's cores)
   uint64_t live_device_bytes_per_step = 0;  // bytes the live layers' device work reads
-  double step_bound_ms = 0;         // live_device_bytes_per_step / read_gbps_measured
+  double live_device_flops_per_step = 0;    // flops of that work (core/roofline.hpp)
+  // Roofline of the step's device work: max(bytes / read_gbps_measured,
+  // flops / peak_gflops_measured), ms (apps/cmd_run.cpp says why this form).
+  double step_bound_ms = 0;
   double step_overhead_ratio = 0;   // step_wall_ms_p50 / step_bound_ms
 
   // virtual (modelled hardware)

@@ -10,6 +10,13 @@
 // both sides of each ratio alike. Sparse attention over a small budget touches too few
 // bytes per call to leave the caches, so it runs a batch of distinct queries (distinct
 // selected pages) per timed run.
+//
+// Roofline: the GQA 4/16 kernels do 4–16 flops per byte, which on a CPU core can be more
+// than its FMA units finish in the time the bytes take to arrive, so read bandwidth alone
+// is the wrong yardstick. Each measurement is also interleaved with a burst of
+// register-only FMAs (core/peak.hpp, best of --repeats), and each kernel is held to
+// min(read GB/s, peak Gflop/s / arithmetic intensity), its flops and bytes counted by
+// core/roofline.hpp (2 flops per FMA; exp and softmax bookkeeping not counted).
 
 
 #include <CLI/CLI.hpp>
@@ -37,8 +44,11 @@
 
 #include "apps/commands.hpp"
 #include "core/attention.hpp"
+#include "core/check.hpp"
 #include "core/kv_store.hpp"
 #include "core/membw.hpp"
+#include "core/peak.hpp"
+#include "core/roofline.hpp"
 #include "core/score.hpp"
 #include "core/select.hpp"
 
@@ -111,6 +121,7 @@ struct timing {
   double kernel_wall_s = INFINITY;
   double read_wall_s = INFINITY;
   double bytes = 0;            // bytes one timed kernel run reads
+  double peak_gflops = 0;      // best FMA burst interleaved with this measurement
   double kernel_gbps() const { return bytes / kernel_s / 1e9; }
   double read_gbps() const { return bytes / read_s / 1e9; }
   double vs_read() const { return read_s / kernel_s; }
@@ -143,9 +154,13 @@ class bench_context {
       fn();
       t.kernel_s = std::min(t.kernel_s, thread_seconds() - c0);
       t.kernel_wall_s = std::min(t.kernel_wall_s, seconds_now() - w0);
+      t.peak_gflops = std::max(t.peak_gflops, measure_peak_gflops(peak_burst_flops, 1).gflops);
     }
     return t;
   }
+
+  // About 2 ms of FMAs at 200 Gflop/s: long against the clock, short against the run.
+  static constexpr double peak_burst_flops = 4e8;
 
  private:
   big_buffer flush_;
@@ -282,6 +297,14 @@ struct kernel_row {
   timing t;
   double scalar_gbps = 0;      // 0: no scalar counterpart
   double pages_read_gbps = 0;  // 0: not a sparse run
+  kernel_work work;            // flops and bytes of one timed run (core/roofline.hpp)
+
+  // What the kernel could reach here: min(read, peak / AI), from the read and the FMA
+  // bursts interleaved with this very measurement.
+  double roofline_gbps() const {
+    return pnmkv::roofline_gbps(t.read_gbps(), t.peak_gflops, work.flop_per_byte());
+  }
+  double roofline_ratio() const { return t.kernel_gbps() / roofline_gbps(); }
 };
 
 void print_row(const kernel_row& r) {
@@ -295,9 +318,10 @@ void print_row(const kernel_row& r) {
     std::snprintf(pages, sizeof pages, " %8.2f %6.2f", r.pages_read_gbps,
                   r.t.kernel_gbps() / r.pages_read_gbps);
   }
-  std::printf("%-30s %10s %10s %7.2f %7.2f %6.2f %-17s%s\n", r.name.c_str(),
-              fmt_bytes(r.t.bytes).c_str(), fmt_time(r.t.kernel_s).c_str(), r.t.kernel_gbps(),
-              r.t.read_gbps(), r.t.vs_read(), scalar, pages);
+  std::printf("%-30s %10s %10s %7.2f %7.2f %6.2f %6.1f %7.1f %7.2f %6.2f %-17s%s\n",
+              r.name.c_str(), fmt_bytes(r.t.bytes).c_str(), fmt_time(r.t.kernel_s).c_str(),
+              r.t.kernel_gbps(), r.t.read_gbps(), r.t.vs_read(), r.work.flop_per_byte(),
+              r.t.peak_gflops, r.roofline_gbps(), r.roofline_ratio(), scalar, pages);
 }
 
 nlohmann::json row_json(const kernel_row& r) {
@@ -307,7 +331,12 @@ nlohmann::json row_json(const kernel_row& r) {
                       {"read_gbps", r.t.read_gbps()},
                       {"vs_read", r.t.vs_read()},
                       {"wall_gbps", r.t.bytes / r.t.kernel_wall_s / 1e9},
-                      {"read_wall_gbps", r.t.bytes / r.t.read_wall_s / 1e9}};
+                      {"read_wall_gbps", r.t.bytes / r.t.read_wall_s / 1e9},
+                      {"flops", r.work.flops},
+                      {"arithmetic_intensity_flop_per_byte", r.work.flop_per_byte()},
+                      {"peak_gflops", r.t.peak_gflops},
+                      {"roofline_gbps", r.roofline_gbps()},
+                      {"roofline_ratio", r.roofline_ratio()}};
   if (r.scalar_gbps > 0) {
     j["scalar_gbps"] = r.scalar_gbps;
     j["vs_scalar"] = r.t.kernel_gbps() / r.scalar_gbps;
@@ -347,6 +376,12 @@ void run_bench(const bench_options& opt) {
          "the last page) of " + std::to_string(shape.page_size_tokens) + " tokens", 2);
   }
 
+  // The peak bursts and the kernels are dispatched alike; a different target would hold
+  // the kernels to another core's peak.
+  if (std::strcmp(peak_target_name(), kernel_target_name()) != 0) {
+    fail(std::string("the compute-peak probe runs ") + peak_target_name() +
+         " but the kernels run " + kernel_target_name());
+  }
   const double d = shape.head_dim;
   const double kv_bytes_total = double(opt.context_tokens) * d * 2 * sizeof(bf16);
   const size_t flush_bytes = std::max<size_t>(size_t{256} << 20, 8 * llc_bytes());
@@ -380,10 +415,18 @@ void run_bench(const bench_options& opt) {
 
   // (1) the read reference on the largest size any kernel reads.
   progress("read reference");
-  kernel_row read_row{"read reference (K+V bytes)", ctx.measure(kv_bytes_total, opt.repeats, [] {}), 0};
+  kernel_row read_row{"read reference (K+V bytes)", ctx.measure(kv_bytes_total, opt.repeats, [] {}), 0, 0, {}};
   read_row.t.kernel_s = read_row.t.read_s;
   read_row.t.kernel_wall_s = read_row.t.read_wall_s;
+  read_row.work.bytes = kv_bytes_total;  // a read: no flops, roofline = read bandwidth
   rows.push_back(read_row);
+
+  // The rows roofline_ratio_min is taken over: the kernels whose intensity grows with
+  // the group (score max, sparse attention), at GQA 4 and 16.
+  double roofline_ratio_min = INFINITY;
+  auto count_in_roofline = [&](const kernel_row& r) {
+    roofline_ratio_min = std::min(roofline_ratio_min, r.roofline_ratio());
+  };
 
   // (2) scoring, (6) its scalar loop.
   double headline_score = 0;
@@ -392,7 +435,10 @@ void run_bench(const bench_options& opt) {
     const std::vector<float> q = random_queries(gen, size_t{group} * shape.head_dim);
     for (gqa_aggregation agg : {gqa_aggregation::max, gqa_aggregation::sum}) {
       progress(("score GQA " + std::to_string(group) + " " + to_string(agg)).c_str());
-      kernel_row r{"score GQA " + std::to_string(group) + " " + to_string(agg), {}, 0};
+      kernel_row r{"score GQA " + std::to_string(group) + " " + to_string(agg), {}, 0, 0, {}};
+      r.work = score_work(shape.head_dim, shape.summaries, group, agg, pages);
+      PNMKV_CHECK(r.work.bytes == summary_bytes, "work.bytes=", r.work.bytes,
+                  " summary_bytes=", summary_bytes);
       r.t = ctx.measure(summary_bytes, opt.repeats, [&] {
         check(score_pages(store, q.data(), group, agg, scores.data()), "score_pages");
       });
@@ -405,6 +451,7 @@ void run_bench(const bench_options& opt) {
         headline_score = r.t.kernel_gbps();
         headline_scalar_score = r.scalar_gbps;
       }
+      if (agg == gqa_aggregation::max) count_in_roofline(r);
       details["score"]["gqa" + std::to_string(group)][to_string(agg)] = row_json(r);
       rows.push_back(r);
     }
@@ -451,13 +498,17 @@ void run_bench(const bench_options& opt) {
       std::vector<std::vector<float>> qs;
       std::vector<std::vector<uint32_t>> sels;
       double batch_bytes = 0;
+      uint64_t batch_tokens = 0;
       for (size_t i = 0; i < n_queries; ++i) {
         qs.push_back(random_queries(gen, size_t{group} * shape.head_dim));
         check(score_pages(store, qs.back().data(), group, gqa_aggregation::max, scores.data()),
               "score_pages");
         auto sel = select_top_pages(scores.data(), pages, forced, budget);
         if (!sel) fail("select_top_pages: " + sel.error().to_string());
-        for (uint32_t p : *sel) batch_bytes += double(store.page_tokens(p)) * kv_bytes_per_token;
+        for (uint32_t p : *sel) {
+          batch_bytes += double(store.page_tokens(p)) * kv_bytes_per_token;
+          batch_tokens += store.page_tokens(p);
+        }
         sels.push_back(std::move(sel).value());
       }
       partial out;
@@ -470,7 +521,10 @@ void run_bench(const bench_options& opt) {
       };
       kernel_row r{"attend GQA " + std::to_string(group) + " budget " +
                        std::to_string(budget * shape.page_size_tokens),
-                   {}, 0};
+                   {}, 0, 0, {}};
+      r.work = attend_work(shape.head_dim, group, batch_tokens);
+      PNMKV_CHECK(r.work.bytes == batch_bytes, "work.bytes=", r.work.bytes,
+                  " batch_bytes=", batch_bytes);
       r.t = ctx.measure(batch_bytes, opt.repeats, [&] { run(attend_pages, n_queries); });
       // A plain read of exactly the selected pages, in the same order: what the access
       // pattern itself allows (scattered pages read slower than one stream).
@@ -499,6 +553,7 @@ void run_bench(const bench_options& opt) {
         headline_attend = r.t.kernel_gbps();
         headline_scalar_attend = r.scalar_gbps;
       }
+      count_in_roofline(r);
       nlohmann::json j = row_json(r);
       j["queries_per_run"] = n_queries;
       j["budget_tokens"] = budget * shape.page_size_tokens;
@@ -511,7 +566,8 @@ void run_bench(const bench_options& opt) {
     for (uint32_t p = 0; p < pages; ++p) all[p] = p;
     const std::vector<float> q = random_queries(gen, size_t{group} * shape.head_dim);
     partial out;
-    kernel_row r{"dense attention GQA " + std::to_string(group), {}, 0};
+    kernel_row r{"dense attention GQA " + std::to_string(group), {}, 0, 0, {}};
+    r.work = attend_work(shape.head_dim, group, store.token_count());
     r.t = ctx.measure(double(store.token_count()) * kv_bytes_per_token, opt.repeats, [&] {
       check(attend_pages(store, q.data(), group, all.data(), all.size(), scale, out), "attend");
       sink_f32 = out.o[0];
@@ -528,6 +584,11 @@ void run_bench(const bench_options& opt) {
     rows.push_back(r);
   }
 
+  // This core's peak: the best burst of the whole run (each row keeps its own for its
+  // roofline, measured alongside it).
+  double peak_gflops = 0;
+  for (const kernel_row& r : rows) peak_gflops = std::max(peak_gflops, r.t.peak_gflops);
+
   // The table.
   std::printf("\npnmkv bench kernels: %llu tokens, head_dim %u, page %u tokens, %s summaries, "
               "budgets %llu / %llu tokens, best of %u\n",
@@ -541,12 +602,18 @@ void run_bench(const bench_options& opt) {
               fmt_bytes(double(llc_bytes())).c_str(), kernel_target_name());
   std::printf("read = plain vectorised read of as many bytes, one stream, interleaved with the "
               "kernel;\npg-read = the same read over exactly the selected pages; cold caches; "
-              "best of %u by thread CPU time (wall time in the JSON)\n\n",
+              "best of %u by thread CPU time (wall time in the JSON)\n",
               opt.repeats);
-  std::printf("%-30s %10s %10s %7s %7s %6s %8s %8s %8s %6s\n", "kernel", "bytes/run", "time",
-              "GB/s", "read", "/read", "scalar", "speedup", "pg-read", "/pg");
+  std::printf("peak = fp32 FMA bursts of this core, interleaved likewise: best %.1f Gflop/s "
+              "(%s);\nflop/B = arithmetic intensity (2 per FMA, exp not counted); roof = "
+              "min(read, peak / (flop/B)); /roof = GB/s / roof\n\n",
+              peak_gflops, peak_target_name());
+  std::printf("%-30s %10s %10s %7s %7s %6s %6s %7s %7s %6s %8s %8s %8s %6s\n", "kernel",
+              "bytes/run", "time", "GB/s", "read", "/read", "flop/B", "peak", "roof", "/roof",
+              "scalar", "speedup", "pg-read", "/pg");
   for (const kernel_row& r : rows) print_row(r);
-  std::printf("\n");
+  std::printf("\nroofline ratio min (score max and attend, GQA 4 and 16, both budgets): %.2f\n\n",
+              roofline_ratio_min);
   for (const auto& [key, sel] : details["select"].items()) {
     std::printf("select top-k (%s): %s for %u pages = %.1f M pages/s\n", key.c_str(),
                 fmt_time(sel["seconds"].get<double>()).c_str(), pages,
@@ -571,6 +638,11 @@ void run_bench(const bench_options& opt) {
     j["headline"] = "GQA 4, max aggregation, budget " +
                     std::to_string(budget_small * shape.page_size_tokens) + " tokens";
     j["target"] = kernel_target_name();
+    j["simd_target"] = kernel_target_name();
+    j["peak_gflops"] = peak_gflops;
+    j["roofline_ratio_min"] = roofline_ratio_min;
+    j["roofline_ratio_min_over"] = {"score gqa4 max", "score gqa16 max", "attend gqa4 (both budgets)",
+                                    "attend gqa16 (both budgets)"};
     j["cpu"] = {{"model", cpu_model()},
                 {"hardware_threads", std::thread::hardware_concurrency()},
                 {"llc_bytes", llc_bytes()},

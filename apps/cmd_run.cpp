@@ -15,6 +15,9 @@
 #include "apps/commands.hpp"
 #include "apps/progress.hpp"
 #include "core/membw.hpp"
+#include "core/peak.hpp"
+#include "core/roofline.hpp"
+#include "core/score.hpp"
 
 namespace pnmkv::apps {
 
@@ -88,7 +91,20 @@ void register_run(CLI::App& app) {
     const unsigned threads = std::max(2u, std::thread::hardware_concurrency());
     read_bandwidth bw = measure_read_gbps(bw_buffer_bytes, threads, 3);
     r.read_gbps_measured = bw.gbps;
-    r.step_bound_ms = double(r.live_device_bytes_per_step) / bw.gbps / 1e6;
+    // And its compute peak: one core's FMA rate (best of 10 bursts) times the cores the
+    // device kernels can run on at once. Every node's CAF scheduler has max(2, hw) threads
+    // but they share this machine's hw cores (SMT siblings counted as cores: looser bound).
+    // The bound is max(bytes / bw, flops / peak) over the step's device work: each resource
+    // must at least do its total share whatever runs when on which core, so it holds even
+    // when a memory-bound and a compute-bound kernel overlap on two cores (a sum over kernel
+    // classes would not).
+    r.kernel_threads = std::max(1u, std::thread::hardware_concurrency());
+    r.peak_gflops_measured = measure_peak_gflops(1e9, 10).gflops * r.kernel_threads;
+    // This binary's kernels: the nodes' too when embedded or --multiprocess (same binary, same
+    // CPU); --attach assumes the nodes run here, as the bandwidth above does.
+    r.simd_target = kernel_target_name();
+    const kernel_work step{r.live_device_flops_per_step, double(r.live_device_bytes_per_step)};
+    r.step_bound_ms = roofline_seconds(step, bw.gbps, r.peak_gflops_measured) * 1e3;
     r.step_overhead_ratio = r.step_bound_ms > 0 ? r.step_wall_ms_p50 / r.step_bound_ms : 0;
     std::printf("%s", r.to_table().c_str());
     if (!opts.json_out.empty()) {
