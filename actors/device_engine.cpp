@@ -1,7 +1,6 @@
 #include "actors/device_engine.hpp"
 
 #include <algorithm>
-#include <cassert>
 #include <cmath>
 
 #include "core/check.hpp"
@@ -107,11 +106,10 @@ status device_engine::write(uint64_t request_id, uint32_t layer, uint32_t kv_hea
 }
 
 double device_engine::charge(double arrival_ns, double cost_ns) {
-  assert(cost_ns >= 0);
+  PNMKV_CHECK_GE(cost_ns, 0.0);
   const double before = clock_ns_;
   clock_ns_ = std::max(clock_ns_, arrival_ns) + cost_ns;
-  assert(clock_ns_ >= before);
-  (void)before;
+  PNMKV_CHECK_GE(clock_ns_, before);
   return clock_ns_;
 }
 

@@ -1,9 +1,9 @@
 #include "actors/host_engine.hpp"
 
+#include "core/check.hpp"
 #include "model/work_sizes.hpp"
 
 #include <algorithm>
-#include <cassert>
 #include <cmath>
 #include <cstring>
 #include <optional>
@@ -25,12 +25,14 @@ void fnv1a(uint64_t& h, const void* data, size_t n) {
 host_engine::host_engine(host_engine_config cfg, const cost_model& costs,
                          const synthetic_workload& wl)
     : cfg_(cfg), costs_(costs), wl_(wl) {
-  assert(cfg_.page_size_tokens > 0 && cfg_.prefill_chunk_tokens > 0);
+  PNMKV_CHECK(cfg_.page_size_tokens > 0 && cfg_.prefill_chunk_tokens > 0,
+              "page_size_tokens=", cfg_.page_size_tokens,
+              ", prefill_chunk_tokens=", cfg_.prefill_chunk_tokens);
 }
 
 status host_engine::add_request(const request_spec& r, const request_placement& placement,
                                 bool decoding) {
-  assert(phase_ == phase::done && "requests join between steps");
+  PNMKV_CHECK(phase_ == phase::done, "requests join between steps; phase=", int(phase_));
   if (placements_.count(r.request_id))
     return {errc::invalid_argument, "request " + std::to_string(r.request_id) + " already added"};
   if (r.context_tokens == 0)
@@ -53,7 +55,7 @@ status host_engine::add_request(const request_spec& r, const request_placement& 
 }
 
 status host_engine::remove_request(uint64_t request_id) {
-  assert(phase_ == phase::done && "requests leave between steps");
+  PNMKV_CHECK(phase_ == phase::done, "requests leave between steps; phase=", int(phase_));
   auto it = std::find_if(requests_.begin(), requests_.end(),
                          [&](const request_spec& r) { return r.request_id == request_id; });
   if (it == requests_.end())
@@ -81,7 +83,7 @@ uint32_t host_engine::decoding_count() const {
 }
 
 status host_engine::plan_prefill(std::vector<prefill_chunk> chunks) {
-  assert(phase_ == phase::done && "prefill is planned between steps");
+  PNMKV_CHECK(phase_ == phase::done, "prefill is planned between steps; phase=", int(phase_));
   std::map<uint64_t, uint64_t> next;  // request -> next prompt token, over the chunks
   for (const prefill_chunk& c : chunks) {
     auto rs = rstate_.find(c.request_id);
@@ -108,7 +110,7 @@ uint64_t host_engine::chunk_end(const request_placement& pl, uint32_t kv_head, u
                                 uint64_t to) const {
   const uint32_t ps = cfg_.page_size_tokens;
   const int shard = pl.shard_of(kv_head, from / ps);
-  assert(shard >= 0);
+  PNMKV_CHECK(shard >= 0, "no shard holds kv_head=", kv_head, " page=", from / ps);
   for (uint64_t p = from / ps + 1; p * ps < to; ++p)
     if (pl.shard_of(kv_head, p) != shard) return p * ps;
   return to;
@@ -204,7 +206,7 @@ void host_engine::account_inbound() {
 const request_spec& host_engine::spec(uint64_t request_id) const {
   for (const auto& r : requests_)
     if (r.request_id == request_id) return r;
-  assert(false && "unknown request");
+  PNMKV_CHECK(false, "unknown request_id=", request_id);
   return requests_.front();
 }
 
@@ -269,14 +271,14 @@ device_work host_engine::make_query(uint64_t request_id, uint32_t layer, uint32_
       w.verification = true;
       w.charge_device = false;
       break;
-    default: assert(false);
+    default: PNMKV_CHECK(false, "not a query purpose: ", int(what));
   }
   return w;
 }
 
 result<std::vector<device_work>> host_engine::begin_step(uint32_t step) {
-  assert(phase_ == phase::done && "a step is already running");
-  assert(pending_.empty());
+  PNMKV_CHECK(phase_ == phase::done, "a step is already running; phase=", int(phase_));
+  PNMKV_CHECK(pending_.empty(), "pending=", pending_.size());
   step_ = step;
   layer_ = 0;
   heads_.clear();
@@ -427,8 +429,7 @@ std::vector<device_work> host_engine::copy_work() {
             by_shard[uint32_t(pl.shard_of(h, p))].push_back(p);
         if (by_shard.empty()) {
           auto st = rebuild_steady(ss);
-          assert(st.is_ok());
-          (void)st;
+          PNMKV_CHECK(st.is_ok(), st.to_string());
           continue;
         }
         for (auto& [shard, pages] : by_shard) {
@@ -471,7 +472,7 @@ status host_engine::rebuild_steady(steady_state& ss) {
       v = arrived->second.second.data();
       rows = static_cast<uint32_t>(arrived->second.first.size() / d);
     } else {
-      assert(ss.store);
+      PNMKV_CHECK(ss.store != nullptr, "steady page=", p, " neither arriving nor stored");
       int64_t l = ss.store->local_page_of(p);
       if (l < 0) return {errc::internal, "steady page " + std::to_string(p) + " has no copy"};
       k = ss.store->page_keys(uint32_t(l));
@@ -538,7 +539,7 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
       // The new token's K and V go to every device holding its page (over the link in
       // every mode: in baseline the expander stores it).
       const int holder_index = pl.shard_of(h, position / ps);
-      assert(holder_index >= 0);
+      PNMKV_CHECK(holder_index >= 0, "no shard holds kv_head=", h, " position=", position);
       const shard_placement& holder = pl.shards[holder_index];
       device_work app;
       app.what = device_work::kind::write;
@@ -585,8 +586,7 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
           const float scale = 1.0f / std::sqrt(float(d));
           auto st = attend_pages(*ss.store, hs.q.data(), group, all.data(), all.size(), scale,
                                  hs.steady_part);
-          assert(st.is_ok());
-          (void)st;
+          PNMKV_CHECK(st.is_ok(), st.to_string());
           const double tokens = double(ss.store->token_count());
           op_cost ga = costs_.gpu_attention(costs_.kv_bytes(tokens), costs_.attend_flops(tokens, group));
           gpu_busy_until_ns_ += ga.time_ns;
@@ -685,7 +685,7 @@ status host_engine::finish_round_a() {
     if (c.size() > take) c.resize(take);
     for (const auto& cand : c) {
       int idx = pl.shard_of(h, cand.page);
-      assert(idx >= 0);
+      PNMKV_CHECK(idx >= 0, "no shard holds kv_head=", h, " page=", cand.page);
       for (size_t j = 0; j < hs.shards.size(); ++j)
         if (hs.shards[j] == uint32_t(idx)) hs.listed[j].push_back(cand.page);
     }
@@ -860,7 +860,8 @@ result<std::vector<device_work>> host_engine::fail_over(uint32_t dead) {
     const shard_placement* sh = nullptr;
     for (const auto& s : pl.shards)
       if (s.shard_id == w.shard_id) sh = &s;
-    assert(sh);
+    PNMKV_CHECK(sh != nullptr, "shard_id=", w.shard_id, " not in the placement of request ",
+                pl.request_id);
     device_work c = w;
     c.device_id = sh->device_id;
     c.bind_query();

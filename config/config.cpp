@@ -3,7 +3,6 @@
 
 #include <yaml-cpp/yaml.h>
 
-#include <cassert>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -11,6 +10,8 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
+
+#include "core/check.hpp"
 
 namespace pnmkv {
 namespace fs = std::filesystem;
@@ -288,9 +289,9 @@ namespace {
 const config_key& must_find(const std::string& key, config_type t1, config_type t2 = config_type::string,
                             config_type t3 = config_type::string) {
   const config_key* k = find_config_key(key);
-  assert(k && "config key not in schema");
-  assert((k->type == t1 || k->type == t2 || k->type == t3) && "config key has another type");
-  (void)t1, (void)t2, (void)t3;
+  PNMKV_CHECK(k != nullptr, "config key not in schema: ", key);
+  PNMKV_CHECK(k->type == t1 || k->type == t2 || k->type == t3, "config key ", key,
+              " has another type: ", int(k->type), ", asked for ", int(t1));
   return *k;
 }
 }  // namespace
@@ -298,16 +299,16 @@ const config_key& must_find(const std::string& key, config_type t1, config_type 
 int64_t config::get_int(const std::string& key) const {
   must_find(key, config_type::integer);
   int64_t v = 0;
-  [[maybe_unused]] bool ok = parse_int(values_.at(key), v);
-  assert(ok);
+  const bool ok = parse_int(values_.at(key), v);
+  PNMKV_CHECK(ok, key, "=", values_.at(key), " is not an integer");
   return v;
 }
 
 double config::get_number(const std::string& key) const {
   must_find(key, config_type::number, config_type::integer);
   double v = 0;
-  [[maybe_unused]] bool ok = parse_number(values_.at(key), v);
-  assert(ok);
+  const bool ok = parse_number(values_.at(key), v);
+  PNMKV_CHECK(ok, key, "=", values_.at(key), " is not a number");
   return v;
 }
 

@@ -1,10 +1,10 @@
 // The schema: every key pnmkv knows. Each component keeps its keys in its own
 // config/schema_<component>.cpp so parallel work does not collide; this file joins them.
-#include <cassert>
 #include <set>
 
 #include "config/config.hpp"
 #include "config/schema_parts.hpp"
+#include "core/check.hpp"
 
 namespace pnmkv {
 
@@ -17,8 +17,8 @@ const std::vector<config_key>& config_schema() {
     }
     std::set<std::string> seen;
     for (const auto& k : keys) {
-      [[maybe_unused]] bool fresh = seen.insert(k.key).second;
-      assert(fresh && "duplicate config key in schema");
+      const bool fresh = seen.insert(k.key).second;
+      PNMKV_CHECK(fresh, "duplicate config key in schema: ", k.key);
     }
     return keys;
   }();

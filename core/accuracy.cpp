@@ -2,10 +2,11 @@
 #include "core/accuracy.hpp"
 
 #include <algorithm>
-#include <cassert>
 #include <cmath>
 #include <limits>
 #include <string>
+
+#include "core/check.hpp"
 
 namespace pnmkv {
 
@@ -46,7 +47,7 @@ result<std::vector<double>> dense_page_mass(const kv_head_store& store, const fl
   if (!std::isfinite(scale) || scale <= 0)
     return status{errc::invalid_argument, "dense_page_mass: scale must be finite and > 0"};
   const uint32_t d = store.shape().head_dim;
-  assert(d % 8 == 0 && "kv_head_shape keeps head_dim a multiple of 16");
+  PNMKV_CHECK(d % 8 == 0, "kv_head_shape keeps head_dim a multiple of 16; head_dim=", d);
   const uint32_t pages = store.page_count();
   const uint32_t page_size = store.shape().page_size_tokens;
   const double neg_inf = -std::numeric_limits<double>::infinity();

@@ -6,7 +6,6 @@
 #include "core/kv_store.hpp"
 
 #include <algorithm>
-#include <cassert>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -16,6 +15,8 @@
 #include <limits>
 #include <string>
 #include <type_traits>
+
+#include "core/check.hpp"
 
 namespace pnmkv {
 
@@ -84,7 +85,7 @@ result<kv_head_store> kv_head_store::create(kv_head_shape shape, uint64_t capaci
   store.capacity_tokens_ = capacity_tokens_max;
   const uint64_t pages =
       (capacity_tokens_max + shape.page_size_tokens - 1) / shape.page_size_tokens;
-  assert(pages <= std::numeric_limits<uint32_t>::max());
+  PNMKV_CHECK_LE(pages, uint64_t{std::numeric_limits<uint32_t>::max()});
   store.capacity_pages_ = static_cast<uint32_t>(pages);
   const size_t rows = static_cast<size_t>(pages) * shape.page_size_tokens;
   const size_t elems = rows * shape.head_dim;
@@ -123,18 +124,18 @@ int64_t kv_head_store::local_page_of(uint64_t global_page) const {
 }
 
 uint32_t kv_head_store::page_tokens(uint32_t local_page) const {
-  assert(local_page < page_count());
+  PNMKV_CHECK_LT(local_page, page_count());
   return page_tokens_[local_page];
 }
 
 const bf16* kv_head_store::page_keys(uint32_t local_page) const {
-  assert(local_page < page_count());
+  PNMKV_CHECK_LT(local_page, page_count());
   return kv_.get() +
          static_cast<size_t>(local_page) * 2 * shape_.page_size_tokens * shape_.head_dim;
 }
 
 const bf16* kv_head_store::page_values(uint32_t local_page) const {
-  assert(local_page < page_count());
+  PNMKV_CHECK_LT(local_page, page_count());
   return kv_.get() + (static_cast<size_t>(local_page) * 2 + 1) * shape_.page_size_tokens *
                         shape_.head_dim;
 }
@@ -157,9 +158,10 @@ void copy_rows(bf16* dst, const Src* src, size_t elems) {
 
 void kv_head_store::update_summary(uint32_t local_page, uint32_t first_row, uint32_t n_rows) {
   const uint32_t d = shape_.head_dim;
-  assert(local_page < page_count());
-  assert(n_rows > 0 && first_row + n_rows <= shape_.page_size_tokens);
-  assert(d <= 512);
+  PNMKV_CHECK_LT(local_page, page_count());
+  PNMKV_CHECK(n_rows > 0 && first_row + n_rows <= shape_.page_size_tokens, "first_row=", first_row,
+              ", n_rows=", n_rows, ", page_size_tokens=", shape_.page_size_tokens);
+  PNMKV_CHECK_LE(d, 512u);
   float mx[512];
   float mn[512];
   uint8_t* sum_bytes = summaries_.get() + local_page * summary_bytes_per_page();
@@ -253,8 +255,8 @@ status kv_head_store::append_rows(uint64_t position, const Src* k, const Src* v,
   const uint64_t first_fill = continues ? page_size - page_tokens_.back() : 0;
   const uint64_t new_pages =
       n_tokens > first_fill ? (n_tokens - first_fill + page_size - 1) / page_size : 0;
-  assert(page_count() + new_pages <= capacity_pages_);
-  (void)new_pages;
+  PNMKV_CHECK(page_count() + new_pages <= capacity_pages_, "pages=", page_count(),
+              ", new_pages=", new_pages, ", capacity_pages=", capacity_pages_);
 
   uint64_t done = 0;
   uint64_t pos = position;
@@ -266,9 +268,9 @@ status kv_head_store::append_rows(uint64_t position, const Src* k, const Src* v,
       first_row = page_tokens_[local];
       continues = false;
     } else {
-      assert(pos % page_size == 0);
+      PNMKV_CHECK_EQ(pos % page_size, 0u);
       local = page_count();
-      assert(local < capacity_pages_);
+      PNMKV_CHECK_LT(local, capacity_pages_);
       global_page_.push_back(pos / page_size);
       page_tokens_.push_back(0);
       first_row = 0;

@@ -6,11 +6,12 @@
 #include "core/select.hpp"
 
 #include <algorithm>
-#include <cassert>
 #include <cmath>
 #include <cstring>
 #include <functional>
 #include <string>
+
+#include "core/check.hpp"
 
 namespace pnmkv {
 
@@ -36,7 +37,7 @@ inline uint64_t rank_key(float score, uint32_t index) {
     uint32_t bits;
     std::memcpy(&bits, &score, sizeof bits);
     ordered = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
-    assert(ordered != 0);  // only NaN bit patterns (excluded above) would map to 0
+    PNMKV_DCHECK(ordered != 0);  // only NaN bit patterns (excluded above) would map to 0
   }
   return (static_cast<uint64_t>(ordered) << 32) | static_cast<uint64_t>(~index);
 }
@@ -86,7 +87,7 @@ result<std::vector<uint32_t>> select_top_pages(const float* scores, uint32_t pag
     }
     keys.push_back(rank_key(scores[i], i));
   }
-  assert(want_others < keys.size());  // budget_pages < page_count
+  PNMKV_CHECK_LT(want_others, keys.size());  // budget_pages < page_count
   std::nth_element(keys.begin(), keys.begin() + static_cast<std::ptrdiff_t>(want_others) - 1,
                    keys.end(), std::greater<uint64_t>());
   const size_t n_forced = chosen.size();
@@ -96,8 +97,9 @@ result<std::vector<uint32_t>> select_top_pages(const float* scores, uint32_t pag
   std::sort(chosen.begin() + static_cast<std::ptrdiff_t>(n_forced), chosen.end());
   std::inplace_merge(chosen.begin(), chosen.begin() + static_cast<std::ptrdiff_t>(n_forced),
                      chosen.end());
-  assert(std::adjacent_find(chosen.begin(), chosen.end()) == chosen.end());
-  assert(chosen.size() == budget_pages);
+  PNMKV_CHECK(std::adjacent_find(chosen.begin(), chosen.end()) == chosen.end(),
+              "a page chosen twice, n=", chosen.size());
+  PNMKV_CHECK_EQ(chosen.size(), budget_pages);
   return result_t{std::move(chosen)};
 }
 

@@ -3,10 +3,11 @@
 // a status. Pure code in core/, model/, schedulers/ returns these; CAF-facing code converts.
 #pragma once
 
-#include <cassert>
 #include <string>
 #include <utility>
 #include <variant>
+
+#include "core/check.hpp"
 
 namespace pnmkv {
 
@@ -31,7 +32,7 @@ class [[nodiscard]] status {
  public:
   status() = default;
   status(errc code, std::string message) : code_(code), message_(std::move(message)) {
-    assert(code != errc::ok);
+    PNMKV_CHECK(code != errc::ok, "an error status needs an error code; message: ", message_);
   }
   static status ok() { return {}; }
 
@@ -51,21 +52,30 @@ template <class T>
 class [[nodiscard]] result {
  public:
   result(T value) : v_(std::move(value)) {}  // NOLINT: implicit by design
-  result(status err) : v_(std::move(err)) { assert(!std::get<status>(v_).is_ok()); }
+  result(status err) : v_(std::move(err)) {
+    PNMKV_CHECK(!std::get<status>(v_).is_ok(), "a result built from a status needs an error");
+  }
   result(errc code, std::string message) : v_(status{code, std::move(message)}) {}
 
   bool is_ok() const { return std::holds_alternative<T>(v_); }
   explicit operator bool() const { return is_ok(); }
-  T& value() & { assert(is_ok()); return std::get<T>(v_); }
-  const T& value() const& { assert(is_ok()); return std::get<T>(v_); }
-  T&& value() && { assert(is_ok()); return std::get<T>(std::move(v_)); }
+  T& value() & { check_ok(); return std::get<T>(v_); }
+  const T& value() const& { check_ok(); return std::get<T>(v_); }
+  T&& value() && { check_ok(); return std::get<T>(std::move(v_)); }
   T& operator*() & { return value(); }
   const T& operator*() const& { return value(); }
   T* operator->() { return &value(); }
   const T* operator->() const { return &value(); }
-  const status& error() const { assert(!is_ok()); return std::get<status>(v_); }
+  const status& error() const {
+    PNMKV_CHECK(!is_ok(), "error() of a result that holds a value");
+    return std::get<status>(v_);
+  }
 
  private:
+  void check_ok() const {
+    PNMKV_CHECK(is_ok(), "value() of a result that holds an error: ",
+                std::get<status>(v_).to_string());
+  }
   std::variant<T, status> v_;
 };
 

@@ -3,12 +3,12 @@
 #include "core/workload.hpp"
 
 #include <algorithm>
-#include <cassert>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <memory>
 
+#include "core/check.hpp"
 #include "core/kv_store.hpp"
 
 namespace pnmkv {
@@ -280,7 +280,8 @@ workload_segment synthetic_workload::segment_at(uint64_t request_key, uint64_t p
   s.end = segment_boundary(request_key, i + 1);
   s.topic = static_cast<uint32_t>(hash3(request_key, tag_segment_topic, i) %
                                   params_.topic_count);
-  assert(s.begin <= p && p < s.end);
+  PNMKV_CHECK(s.begin <= p && p < s.end, "position=", p, " outside its segment [", s.begin, ", ",
+              s.end, ")");
   return s;
 }
 
@@ -329,7 +330,7 @@ void synthetic_workload::generate(const head_keys& h, bool is_value, uint64_t be
                                   uint64_t n_tokens, bf16* out) const {
   const uint32_t d = head_dim_;
   const uint64_t end = begin + n_tokens;
-  assert(end >= begin && "position range overflows");
+  PNMKV_CHECK(end >= begin, "position range overflows: begin=", begin, ", n_tokens=", n_tokens);
   std::unique_ptr<float[]> scratch(new float[4 * d]);
   float* w = scratch.get();        // structured row of the current segment
   float* tmp = w + d;              // second direction
@@ -428,7 +429,7 @@ void synthetic_workload::values(uint64_t request, uint32_t layer, uint32_t kv_he
 void synthetic_workload::fill_page(uint64_t request, uint32_t layer, uint32_t kv_head,
                                    uint64_t page, uint32_t page_size_tokens, bf16* k_out,
                                    bf16* v_out) const {
-  assert(page_size_tokens >= 1);
+  PNMKV_CHECK_GE(page_size_tokens, 1u);
   const head_keys h = head(request, layer, kv_head);
   generate(h, false, page * page_size_tokens, page_size_tokens, k_out);
   generate(h, true, page * page_size_tokens, page_size_tokens, v_out);

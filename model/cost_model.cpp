@@ -3,7 +3,8 @@
 #include "model/cost_model.hpp"
 
 #include <algorithm>
-#include <cassert>
+
+#include "core/check.hpp"
 
 namespace pnmkv {
 
@@ -13,7 +14,7 @@ double bits(double bytes) { return bytes * 8.0; }
 }  // namespace
 
 op_cost cost_model::pnm_compute(double bytes, double flops) const {
-  assert(bytes >= 0 && flops >= 0);
+  PNMKV_CHECK(bytes >= 0 && flops >= 0, "bytes=", bytes, ", flops=", flops);
   const auto& p = hw_.pnm;
   double mem_ns = bytes / (p.internal_bw_gbps * p.internal_bw_efficiency);
   double cmp_ns = flops / (p.compute_tflops * 1e3);
@@ -22,7 +23,7 @@ op_cost cost_model::pnm_compute(double bytes, double flops) const {
 }
 
 op_cost cost_model::expander_read(double bytes) const {
-  assert(bytes >= 0);
+  PNMKV_CHECK_GE(bytes, 0.0);
   const auto& e = hw_.expander;
   return {bytes / e.internal_bw_gbps, bits(bytes) * e.memory_pj_per_bit * joules_per_pj};
 }
@@ -36,7 +37,7 @@ double cost_model::link_serialisation_ns(double bytes) const {
 }
 
 op_cost cost_model::link_transfer(double bytes) const {
-  assert(bytes >= 0);
+  PNMKV_CHECK_GE(bytes, 0.0);
   // A transfer crosses the host's link and the device's link (two SerDes pairs) when a
   // switch sits between them, one link otherwise.
   double links_crossed = hw_.cxl.switch_hops > 0 ? 2.0 : 1.0;
@@ -45,7 +46,7 @@ op_cost cost_model::link_transfer(double bytes) const {
 }
 
 op_cost cost_model::gpu_dense_layer(uint32_t batch, uint32_t tp) const {
-  assert(tp >= 1);
+  PNMKV_CHECK_GE(tp, 1u);
   const auto& m = model_;
   const double h = m.hidden, qd = double(m.q_heads) * m.head_dim,
                kvd = double(m.kv_heads) * m.head_dim;
@@ -65,7 +66,7 @@ op_cost cost_model::gpu_dense_layer(uint32_t batch, uint32_t tp) const {
 }
 
 op_cost cost_model::gpu_lm_head(uint32_t batch, uint32_t tp) const {
-  assert(tp >= 1);
+  PNMKV_CHECK_GE(tp, 1u);
   const double params = double(model_.vocab) * model_.hidden;
   const double weight_bytes = params * 2.0 / tp;
   const double flops = 2.0 * params * batch / tp;

@@ -1,7 +1,6 @@
 #include "schedulers/placement.hpp"
 
 #include <algorithm>
-#include <cassert>
 #include <numeric>
 
 #include "core/check.hpp"
@@ -54,7 +53,7 @@ uint64_t shard_bytes_per_layer_head(const placement_request& r, uint64_t pages) 
 
 result<request_placement> place_request(const placement_request& r, pool_state& pool) {
   const uint32_t P = static_cast<uint32_t>(pool.device_ids.size());
-  assert(pool.free_bytes.size() == P);
+  PNMKV_CHECK_EQ(pool.free_bytes.size(), pool.device_ids.size());
   if (P == 0) return status{errc::invalid_argument, "the pool has no devices"};
   if (r.kv_heads == 0 || r.page_size_tokens == 0 || r.layers == 0)
     return status{errc::invalid_argument, "request shape has zero kv_heads, layers or page size"};

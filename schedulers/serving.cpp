@@ -1,12 +1,13 @@
 #include "schedulers/serving.hpp"
 
 #include <algorithm>
-#include <cassert>
 #include <cctype>
 #include <cmath>
 #include <fstream>
 #include <random>
 #include <sstream>
+
+#include "core/check.hpp"
 
 namespace pnmkv {
 
@@ -54,7 +55,8 @@ result<std::vector<trace_row>> load_trace(const std::string& file) {
 std::vector<trace_row> poisson_arrivals(uint64_t seed, uint32_t n, double rate_per_s,
                                         uint64_t prompt_tokens, double spread_fraction,
                                         uint64_t output_tokens) {
-  assert(rate_per_s > 0 && spread_fraction >= 0 && spread_fraction < 1);
+  PNMKV_CHECK(rate_per_s > 0 && spread_fraction >= 0 && spread_fraction < 1,
+              "rate_per_s=", rate_per_s, ", spread_fraction=", spread_fraction);
   std::mt19937_64 rng(seed);
   std::exponential_distribution<double> gap(rate_per_s);
   std::uniform_real_distribution<double> u(1.0 - spread_fraction, 1.0 + spread_fraction);
@@ -70,7 +72,7 @@ std::vector<trace_row> poisson_arrivals(uint64_t seed, uint32_t n, double rate_p
 }
 
 serving_scheduler::serving_scheduler(std::vector<trace_row> rows, serving_params p) : p_(p) {
-  assert(p_.prefill_chunk_tokens > 0);
+  PNMKV_CHECK_GT(p_.prefill_chunk_tokens, 0u);
   std::stable_sort(rows.begin(), rows.end(),
                    [](const trace_row& x, const trace_row& y) { return x.arrival_s < y.arrival_s; });
   out_.resize(rows.size());
@@ -96,14 +98,16 @@ std::optional<uint64_t> serving_scheduler::next_candidate() const {
 }
 
 void serving_scheduler::admit(uint64_t id) {
-  assert(!waiting_.empty() && waiting_.front() == id);
+  PNMKV_CHECK(!waiting_.empty() && waiting_.front() == id, "admit request ", id,
+              " not at the head of the queue (", waiting_.size(), " waiting)");
   waiting_.erase(waiting_.begin());
   out_.at(id - 1).admitted_s = now_s_;
   active_.push_back(id);
 }
 
 bool serving_scheduler::not_admitted(uint64_t id, const std::string& why) {
-  assert(!waiting_.empty() && waiting_.front() == id);
+  PNMKV_CHECK(!waiting_.empty() && waiting_.front() == id, "refuse request ", id,
+              " not at the head of the queue (", waiting_.size(), " waiting)");
   if (!active_.empty()) return false;
   waiting_.erase(waiting_.begin());
   request_outcome& o = out_.at(id - 1);
@@ -143,7 +147,7 @@ step_plan serving_scheduler::plan() const {
 }
 
 std::vector<uint64_t> serving_scheduler::complete(const step_plan& plan, double step_s) {
-  assert(step_s >= 0);
+  PNMKV_CHECK_GE(step_s, 0.0);
   now_s_ += step_s;
   std::vector<uint64_t> finished;
   auto finish = [&](uint64_t id) {
@@ -158,7 +162,9 @@ std::vector<uint64_t> serving_scheduler::complete(const step_plan& plan, double 
   uint64_t prefill_tokens = 0;
   for (const prefill_chunk& c : plan.prefill) {
     state& s = st_[c.request_id - 1];
-    assert(!s.decoding && c.position == s.prefilled);
+    PNMKV_CHECK(!s.decoding && c.position == s.prefilled, "request ", c.request_id,
+                " chunk at position=", c.position, " prefilled=", s.prefilled,
+                " decoding=", s.decoding);
     s.prefilled += c.tokens;
     prefill_tokens += c.tokens;
     if (!c.completes) continue;

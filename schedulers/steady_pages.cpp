@@ -1,9 +1,10 @@
 #include "schedulers/steady_pages.hpp"
 
 #include <algorithm>
-#include <cassert>
 #include <cmath>
 #include <string>
+
+#include "core/check.hpp"
 
 namespace pnmkv {
 
@@ -19,13 +20,14 @@ status validate(const steady_params& p) {
 }
 
 void frequency_steady_policy::record(uint32_t, const std::vector<uint64_t>& selected) {
-  assert(std::is_sorted(selected.begin(), selected.end()));
+  PNMKV_CHECK(std::is_sorted(selected.begin(), selected.end()), "selected pages unsorted, n=",
+              selected.size());
   window_.push_back(selected);
   for (uint64_t p : selected) ++counts_[p];
   if (window_.size() > p_.window_steps) {
     for (uint64_t p : window_.front()) {
       auto it = counts_.find(p);
-      assert(it != counts_.end() && it->second > 0);
+      PNMKV_CHECK(it != counts_.end() && it->second > 0, "page=", p, " left the window uncounted");
       if (--it->second == 0) counts_.erase(it);
     }
     window_.pop_front();

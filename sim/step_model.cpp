@@ -4,9 +4,9 @@
 #include "sim/step_model.hpp"
 
 #include <algorithm>
-#include <cassert>
 #include <cmath>
 
+#include "core/check.hpp"
 #include "model/work_sizes.hpp"
 
 namespace pnmkv {
@@ -67,7 +67,7 @@ void step_model::reset_links(double t_ns) {
 }
 
 double step_model::link_out(uint32_t link, double now_ns, uint64_t bytes, layer_result& lr) {
-  assert(link < out_free_ns_.size());
+  PNMKV_CHECK_LT(link, out_free_ns_.size());
   const double ser = c_.link_serialisation_ns(double(bytes));
   out_free_ns_[link] = std::max(out_free_ns_[link], now_ns) + ser;
   out_ser_ns_[link] += ser;
@@ -166,7 +166,7 @@ void step_model::send_prefill(const std::vector<const prefill_piece*>& prefill, 
     const uint32_t s = pl.sequence_shards;
     for (uint32_t h = 0; h < m.kv_heads; ++h) {
       const int idx = pl.shard_of(h, p->position / s_->page_size_tokens);
-      assert(idx >= 0);
+      PNMKV_CHECK(idx >= 0, "no shard holds kv_head=", h, " position=", p->position);
       const shard_placement& sh = pl.shards[size_t(idx)];
       const uint32_t copies = 1 + uint32_t(sh.replica_device_ids.size());
       const uint32_t l = link_of(h, sh.sequence_index, s);
@@ -236,7 +236,7 @@ step_model::layer_result step_model::layer_pnm(const std::vector<const step_requ
     const uint64_t seq_after = r->seq_tokens + 1;
     const uint64_t last_page = (seq_after - 1) / ps;
     const int idx0 = pl.shard_of(0, last_page);
-    assert(idx0 >= 0);
+    PNMKV_CHECK(idx0 >= 0, "no shard holds the last page of request ", r->id);
     const uint32_t j_last = pl.shards[size_t(idx0)].sequence_index;
     const uint64_t total_pages = (seq_after + ps - 1) / ps;
     // png-kv: steady pages are full pages other than the always-kept first and last.
@@ -392,7 +392,7 @@ step_model::layer_result step_model::layer_baseline(const std::vector<const step
     const uint32_t s = pl.sequence_shards, heads_per_group = H / pl.head_groups;
     const uint64_t seq_after = r->seq_tokens + 1;
     const int idx0 = pl.shard_of(0, (seq_after - 1) / ps);
-    assert(idx0 >= 0);
+    PNMKV_CHECK(idx0 >= 0, "no shard holds the last page of request ", r->id);
     const uint32_t j_last = pl.shards[size_t(idx0)].sequence_index;
     const uint64_t total_pages = (seq_after + ps - 1) / ps;
     for (uint32_t h = 0; h < H; ++h) {

@@ -3,11 +3,13 @@
 #include <cmath>
 #include <thread>
 
+#include "core/check.hpp"
+
 namespace pnmkv::transport {
 
 uint64_t serialization_ns(const link_params& p, uint64_t bytes, link_direction dir) {
   double bw = dir == link_direction::host_to_device ? p.bw_gbps_h2d : p.bw_gbps_d2h;
-  assert(bw > 0);
+  PNMKV_CHECK_GT(bw, 0.0);
   return static_cast<uint64_t>(std::ceil(static_cast<double>(bytes) / bw));
 }
 

@@ -9,9 +9,10 @@
 #pragma once
 
 #include <algorithm>
-#include <cassert>
 #include <chrono>
 #include <cstdint>
+
+#include "core/check.hpp"
 
 namespace pnmkv::transport {
 
@@ -53,8 +54,7 @@ class link_occupancy {
 inline uint64_t advance_clock(uint64_t& own_ns, uint64_t message_ns, uint64_t op_cost_ns) {
   uint64_t before = own_ns;
   own_ns = std::max(own_ns, message_ns) + op_cost_ns;
-  assert(own_ns >= before);  // virtual clocks never go back
-  (void)before;
+  PNMKV_CHECK_GE(own_ns, before);  // virtual clocks never go back (no overflow)
   return own_ns;
 }
 
