@@ -12,7 +12,9 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 build="${SANITIZE_BUILD_DIR:-$root/build-asan}"
 suites="core;transport;actors"
-args="-DPNMKV_SANITIZE=ON -DPNMKV_APPS=OFF -DPNMKV_TEST_DIRS=$suites"
+# -O1 without NDEBUG: a third of -O3's compile time with ASan on the CAF files, and
+# PNMKV_DCHECK on as well.
+args="-DPNMKV_SANITIZE=ON -DPNMKV_APPS=OFF -DPNMKV_TEST_DIRS=$suites -DCMAKE_CXX_FLAGS_RELEASE=-O1 -DCMAKE_C_FLAGS_RELEASE=-O1"
 
 # scripts/build.sh configures only once: reconfigure a folder configured otherwise.
 if [ -f "$build/build.ninja" ] && ! grep -q '^PNMKV_SANITIZE:BOOL=ON' "$build/CMakeCache.txt"; then

@@ -135,7 +135,15 @@ TEST(memory_guard, too_large_run_is_refused_at_once_with_nothing_allocated) {
   const uint64_t rss_after = rss_bytes();
   ASSERT_FALSE(rep);
   EXPECT_LT(elapsed_s, 1.0);
-  EXPECT_LT(rss_after, rss_before + (8ull << 20)) << "RSS grew from " << rss_before << " to " << rss_after;
+  // Nothing of the run's size (hundreds of GB) is allocated: a few MiB of bookkeeping at
+  // most, more under AddressSanitizer (its allocator keeps freed blocks in quarantine).
+#if defined(__SANITIZE_ADDRESS__)
+  constexpr uint64_t growth_max_bytes = 64ull << 20;
+#else
+  constexpr uint64_t growth_max_bytes = 8ull << 20;
+#endif
+  EXPECT_LT(rss_after, rss_before + growth_max_bytes)
+      << "RSS grew from " << rss_before << " to " << rss_after;
   expect_refusal(rep.error(), {"needs about", "bytes", "is available", "MemAvailable",
                                "workload.context_tokens (now 4194304)", "workload.batch (now 64)",
                                "cluster.live_layers (now 1)"});

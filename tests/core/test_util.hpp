@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/kv_store.hpp"
+#include "core/simd_target.hpp"
 #include "hwy/targets.h"
 
 namespace pnmkv::test {
@@ -26,13 +27,20 @@ class per_target : public ::testing::TestWithParam<int64_t> {
   void TearDown() override { hwy::SetSupportedTargetsForTest(0); }
 };
 
+// The targets the per-target suites run: every one this CPU supports, or only the one
+// PNMKV_SIMD_TARGET names (applied here too: the list is built before main runs).
+inline std::vector<int64_t> targets_under_test() {
+  (void)apply_kernel_target_from_env();  // a bad value is reported by main
+  return hwy::SupportedAndGeneratedTargets();
+}
+
 inline std::string target_param_name(const ::testing::TestParamInfo<int64_t>& info) {
   return hwy::TargetName(info.param);
 }
 
 #define PNMKV_INSTANTIATE_PER_TARGET(suite)                                                 \
   INSTANTIATE_TEST_SUITE_P(targets, suite,                                                 \
-                           ::testing::ValuesIn(::hwy::SupportedAndGeneratedTargets()),     \
+                           ::testing::ValuesIn(::pnmkv::test::targets_under_test()),       \
                            ::pnmkv::test::target_param_name)
 
 inline uint64_t base_seed() {
