@@ -384,7 +384,8 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
   // later, with nothing said about why).
   const std::chrono::milliseconds startup_timeout(cfg.get_int("cluster.startup_timeout_ms"));
   auto fail_start = [&](status why) {
-    for (auto& c : children) kill(c.pid, SIGKILL);
+    for (auto& c : children)
+      if (c.pid > 0) kill(c.pid, SIGKILL);
     cleanup(1000ms);
     return why;
   };
@@ -422,7 +423,9 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
   drive_result d = drive(cfg, *setup, "127.0.0.1", port, opts,
                          [&] { return exited_child(children); }, "logs in " + dir);
   if (d.connect_failed) {
-    for (auto& c : children) kill(c.pid, SIGKILL);
+    // pid > 0: exited_child() marks a reaped child -1, and kill(-1) signals every process.
+    for (auto& c : children)
+      if (c.pid > 0) kill(c.pid, SIGKILL);
     cleanup(1000ms);
     return d.out.error();
   }
