@@ -180,6 +180,7 @@ result<std::string> piped_child::await_line(const std::string& prefix, std::chro
   for (int i = 0; closed && pid_ > 0 && i < 50; ++i) {  // output closed: it is likely exiting
     if (waitpid(pid_, &st, WNOHANG) == pid_) {
       pid_ = -1;
+      settle_stderr();
       how = WIFSIGNALED(st) ? "killed by signal " + std::to_string(WTERMSIG(st))
                             : "exited with status " + std::to_string(WEXITSTATUS(st));
       break;
@@ -190,10 +191,6 @@ result<std::string> piped_child::await_line(const std::string& prefix, std::chro
     kill_now();
     how = "killed after waiting";
   }
-  // What it wrote on stderr before dying may still be in the pipe: give the drain thread
-  // a moment to reach the end (every writer is gone once its process group is killed).
-  for (int i = 0; i < 40 && !drain_done_.load(); ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
   if (!buf_.empty()) last = buf_;
   std::string msg = name_ + " printed no '" + prefix + "' line" + (closed ? " before closing its output" : "") +
                     " in " + std::to_string(waited_ms) + " ms (start-up deadline " +
@@ -252,6 +249,7 @@ int piped_child::wait_exit(std::chrono::milliseconds timeout) {
     int st = 0;
     if (waitpid(pid_, &st, WNOHANG) == pid_) {
       pid_ = -1;
+      settle_stderr();
       return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
@@ -266,6 +264,15 @@ void piped_child::kill_now() {
   int st = 0;
   waitpid(pid_, &st, 0);
   pid_ = -1;
+  settle_stderr();
+}
+
+void piped_child::settle_stderr() {
+  // What it wrote before it died may still be in the pipe: give the drain thread a moment
+  // to reach the end (every writer is gone once the process group is dead), so that
+  // stderr_tail() has its last words. Bounded: something it started elsewhere may hold on.
+  for (int i = 0; i < 100 && !drain_done_.load(); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
 }
 
 }  // namespace pnmkv::transport

@@ -64,7 +64,8 @@ class piped_child {
   std::string read_all(std::chrono::milliseconds timeout);
   // False when the child's stdin cannot take the whole line.
   bool write_line(const std::string& line);
-  // Waits up to `timeout` for the child to exit; its exit status, or -1.
+  // Waits up to `timeout` for the child to exit; its exit status, or -1. Once it has,
+  // stderr_tail() holds the end of what it wrote.
   int wait_exit(std::chrono::milliseconds timeout);
   void kill_now();  // SIGKILL to the child's process group, and reap (no-op once gone)
   pid_t pid() const { return pid_; }
@@ -73,6 +74,7 @@ class piped_child {
 
  private:
   void drain_stderr();
+  void settle_stderr();  // after the child is reaped: up to 200 ms for the drain to finish
 
   std::string name_;  // argv[0], for error messages
   pid_t pid_ = -1;
