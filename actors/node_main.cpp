@@ -23,6 +23,7 @@
 #include "actors/memory_guard.hpp"
 #include "actors/nodes.hpp"
 #include "transport/from_config.hpp"
+#include "transport/piped_child.hpp"
 #include "transport/ucx_fabric.hpp"
 
 extern char** environ;
@@ -72,6 +73,14 @@ result<caf::actor> connect_coordinator(caf::actor_system& sys, const std::string
                                    " ms: " + last};
 }
 
+// Whoever waits for the file sees all of it or nothing.
+void write_file_atomically(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  std::ofstream(tmp) << text;
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+}
+
 // Blocks until `a` terminates; the node then exits.
 void await_down(caf::actor_system& sys, const std::vector<caf::actor>& watch) {
   caf::scoped_actor self{sys};
@@ -100,11 +109,8 @@ status run_node(const config& cfg, const node_options& opts) {
       return status{errc::io, "cannot publish the coordinator on " + host + ":" +
                                   std::to_string(port) + ": " + sys.render(published.error())};
     }
-    if (!opts.port_file.empty()) {
-      std::string tmp = opts.port_file + ".tmp";
-      std::ofstream(tmp) << *published << "\n";
-      fs::rename(tmp, opts.port_file);
-    }
+    if (!opts.port_file.empty()) write_file_atomically(opts.port_file, std::to_string(*published) + "\n");
+    if (!opts.ready_file.empty()) write_file_atomically(opts.ready_file, "up\n");
     std::fprintf(stderr, "pnmkv node: coordinator listening on %s:%u\n", host.c_str(), unsigned(*published));
     await_down(sys, {coord});
     return {};
@@ -124,6 +130,7 @@ status run_node(const config& cfg, const node_options& opts) {
   else
     node = sys.spawn(actors::pnm_device_actor, *setup, id, *coord, shared);
   actors::bridge_fabric(*shared, node);
+  if (!opts.ready_file.empty()) write_file_atomically(opts.ready_file, "up\n");
   await_down(sys, {node, *coord});
   caf::anon_send_exit(node, caf::exit_reason::user_shutdown);
   shared->set_handler({});
@@ -137,6 +144,7 @@ namespace {
 struct child {
   pid_t pid = -1;
   std::string name;
+  std::string log_file;
 };
 
 result<child> spawn_child(const std::string& binary, const std::vector<std::string>& args,
@@ -164,7 +172,7 @@ result<child> spawn_child(const std::string& binary, const std::vector<std::stri
     _exit(127);
   }
   ::close(log_fd);
-  return child{pid, name};
+  return child{pid, name, log_file};
 }
 
 // Waits for every child up to grace; then SIGKILLs the rest. Returns the names of children
@@ -204,7 +212,8 @@ std::optional<std::string> exited_child(std::vector<child>& children) {
     c.pid = -1;
     std::string how = WIFSIGNALED(st) ? "killed by signal " + std::to_string(WTERMSIG(st))
                                       : "exited with status " + std::to_string(WEXITSTATUS(st));
-    return c.name + " went down (" + how + ")";
+    std::string tail = transport::file_tail(c.log_file, 1024, 5);
+    return c.name + " went down (" + how + ")" + (tail.empty() ? "" : "; the end of its log:\n" + tail);
   }
   return std::nullopt;
 }
@@ -287,6 +296,49 @@ drive_result drive(const config& cfg, const std::shared_ptr<const run_setup>& se
 
 }  // namespace
 
+status await_nodes_up(const std::vector<node_start>& nodes, std::chrono::milliseconds timeout) {
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<bool> up(nodes.size(), false);
+  for (;;) {
+    size_t waiting = 0;
+    for (size_t i = 0; i < nodes.size(); ++i) {
+      if (up[i]) continue;
+      std::error_code ec;
+      if (fs::exists(nodes[i].ready_file, ec)) {
+        up[i] = true;
+        continue;
+      }
+      // Gone before it was up? (WNOWAIT: the caller reaps its own children.)
+      siginfo_t info{};
+      if (nodes[i].pid > 0 && waitid(P_PID, static_cast<id_t>(nodes[i].pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+          info.si_pid == nodes[i].pid && !fs::exists(nodes[i].ready_file, ec)) {
+        const std::string how = info.si_code == CLD_EXITED ? "exited with status " + std::to_string(info.si_status)
+                                                           : "killed by signal " + std::to_string(info.si_status);
+        const std::string tail = transport::file_tail(nodes[i].log_file, 4096, 20);
+        return status{errc::peer_down, nodes[i].name + " went down during start-up (" + how + "; log " + nodes[i].log_file +
+                                           (tail.empty() ? ", empty)" : "):\n" + tail)};
+      }
+      ++waiting;
+    }
+    if (waiting == 0) return status::ok();
+    const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0);
+    if (waited >= timeout) {
+      std::string names, tails;
+      for (size_t i = 0; i < nodes.size(); ++i) {
+        if (up[i]) continue;
+        names += (names.empty() ? "" : ", ") + nodes[i].name + " (pid " + std::to_string(nodes[i].pid) + ")";
+        const std::string tail = transport::file_tail(nodes[i].log_file, 4096, 20);
+        tails += "\n--- the end of " + nodes[i].name + "'s log (" + nodes[i].log_file + ")" +
+                 (tail.empty() ? ": empty" : ":\n" + tail);
+      }
+      return status{errc::timeout, "start-up: " + names + " not up after " + std::to_string(waited.count()) +
+                                       " ms (cluster.startup_timeout_ms = " + std::to_string(timeout.count()) +
+                                       ")" + tails};
+    }
+    std::this_thread::sleep_for(20ms);
+  }
+}
+
 result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_options& opts,
                                     const multiprocess_options& mp) {
   const std::string binary = mp.node_binary.empty() ? fs::read_symlink("/proc/self/exe").string()
@@ -338,47 +390,60 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
   std::vector<child> children;
   auto cleanup = [&](std::chrono::milliseconds grace) { return reap(children, grace); };
   const std::string port_file = dir + "/coordinator.port";
+  std::error_code ec;
+  fs::remove(port_file, ec);  // a work dir used before: its old start-up signals mean nothing now
   auto coord = spawn_child(binary, {"node", "--role", "coordinator", "--config", config_file,
                                     "--set", "cluster.coordinator_port=0", "--port-file", port_file},
                            dir + "/coordinator.log", "coordinator");
   if (!coord) return coord.error();
   children.push_back(*coord);
-  // Wait for the coordinator's port.
+  // Start-up deadline: every node process is up within cluster.startup_timeout_ms, or the
+  // run fails at once naming it, with its log's end (instead of the join deadline, minutes
+  // later, with nothing said about why).
+  const std::chrono::milliseconds startup_timeout(cfg.get_int("cluster.startup_timeout_ms"));
+  auto fail_start = [&](status why) {
+    for (auto& c : children)
+      if (c.pid > 0) kill(c.pid, SIGKILL);
+    cleanup(1000ms);
+    return why;
+  };
+  if (status s = await_nodes_up({{coord->name, coord->pid, port_file, coord->log_file}}, startup_timeout); !s)
+    return fail_start(s);
   uint16_t port = 0;
-  for (int i = 0; i < 400 && port == 0; ++i) {
+  {
     std::ifstream in(port_file);
     unsigned p = 0;
-    if (in >> p) port = static_cast<uint16_t>(p);
-    else std::this_thread::sleep_for(25ms);
+    if (in >> p && p > 0 && p <= 65535) port = static_cast<uint16_t>(p);
   }
-  if (port == 0) {
-    for (auto& c : children) kill(c.pid, SIGKILL);
-    cleanup(1000ms);
-    return status{errc::timeout, "the coordinator did not publish its port (log: " + dir + "/coordinator.log)"};
-  }
+  if (port == 0) return fail_start(status{errc::io, "the coordinator's port file " + port_file + " holds no port"});
   const std::string coord_arg = "127.0.0.1:" + std::to_string(port);
-  auto host = spawn_child(binary, {"node", "--role", "gpu-host", "--config", config_file,
-                                   "--coordinator", coord_arg},
-                          dir + "/gpu-host.log", "gpu-host");
-  if (!host) return host.error();
-  children.push_back(*host);
-  for (uint32_t id : (*setup)->device_ids()) {
-    auto dev = spawn_child(binary, {"node", "--role", "pnm-device", "--id", std::to_string(id),
-                                    "--config", config_file, "--coordinator", coord_arg},
-                           dir + "/device-" + std::to_string(id) + ".log", "device " + std::to_string(id));
-    if (!dev) {
-      for (auto& c : children) kill(c.pid, SIGKILL);
-      cleanup(1000ms);
-      return dev.error();
-    }
-    children.push_back(*dev);
-  }
+  std::vector<node_start> starting;
+  auto start = [&](std::vector<std::string> args, const std::string& file_stem, const std::string& name) -> status {
+    const std::string ready = dir + "/" + file_stem + ".ready", log = dir + "/" + file_stem + ".log";
+    args.insert(args.end(), {"--config", config_file, "--coordinator", coord_arg, "--ready-file", ready});
+    std::error_code ec;
+    fs::remove(ready, ec);
+    auto c = spawn_child(binary, args, log, name);
+    if (!c) return c.error();
+    children.push_back(*c);
+    starting.push_back({name, c->pid, ready, log});
+    return status::ok();
+  };
+  if (status s = start({"node", "--role", "gpu-host"}, "gpu-host", "gpu-host"); !s) return fail_start(s);
+  for (uint32_t id : (*setup)->device_ids())
+    if (status s = start({"node", "--role", "pnm-device", "--id", std::to_string(id)}, "device-" + std::to_string(id),
+                         "device " + std::to_string(id));
+        !s)
+      return fail_start(s);
+  if (status s = await_nodes_up(starting, startup_timeout); !s) return fail_start(s);
 
   // This process is the driver.
   drive_result d = drive(cfg, *setup, "127.0.0.1", port, opts,
                          [&] { return exited_child(children); }, "logs in " + dir);
   if (d.connect_failed) {
-    for (auto& c : children) kill(c.pid, SIGKILL);
+    // pid > 0: exited_child() marks a reaped child -1, and kill(-1) signals every process.
+    for (auto& c : children)
+      if (c.pid > 0) kill(c.pid, SIGKILL);
     cleanup(1000ms);
     return d.out.error();
   }

@@ -4,8 +4,12 @@
 // No CAF here.
 #pragma once
 
+#include <sys/types.h>
+
+#include <chrono>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "actors/cluster.hpp"
 #include "config/config.hpp"
@@ -22,12 +26,27 @@ struct node_options {
   std::string coordinator_host;    // empty: cluster.coordinator_host
   uint16_t coordinator_port = 0;   // 0: cluster.coordinator_port
   std::string port_file;           // coordinator: write the published port here
+  std::string ready_file;          // written once the node is up (its launcher's start-up signal)
   uint64_t connect_timeout_ms = 20000;
 };
 
 // Runs the node until the cluster shuts down or the coordinator is lost. Returns ok on a
 // clean shutdown.
 status run_node(const config& cfg, const node_options& opts);
+
+// A node process being started, as its launcher sees it.
+struct node_start {
+  std::string name;        // "gpu-host", "device 101", ...
+  pid_t pid = -1;
+  std::string ready_file;  // appears once the node is up (the coordinator: its port file)
+  std::string log_file;    // its stdout and stderr
+};
+
+// Waits until every node's ready file exists, `timeout` in all (cluster.startup_timeout_ms).
+// A node that exits first or is not up in time fails it with an error that names the node,
+// how long was waited and the end of its log. Reaps and kills nothing: the caller owns the
+// processes.
+status await_nodes_up(const std::vector<node_start>& nodes, std::chrono::milliseconds timeout);
 
 struct multiprocess_options {
   std::string node_binary;  // the pnmkv executable to spawn (default: this process's)

@@ -71,6 +71,7 @@ struct fabric_bench_options {
 piped_child::options perftest_env(const std::string& transport, bool output_to_null) {
   piped_child::options o;
   o.output_to_null = output_to_null;
+  o.echo_stderr = !output_to_null;  // quiet (the server) stays quiet; errors still quote its stderr
   if (transport == "tcp") o.env = {{"UCX_TLS", "tcp"}, {"UCX_NET_DEVICES", "lo"}};
   else o.env = {{"UCX_TLS", "sm,self"}};
   return o;
@@ -124,7 +125,15 @@ perftest_result run_perftest(const std::string& transport, const std::string& te
       }
       if (!line.empty()) last = line;
     }
-    if (!r.ok) r.error = "ucx_perftest " + test + " printed no result (last line: " + last + ")";
+    if (!r.ok) {
+      // read_all gave up or the client exited: either way say what the two wrote on stderr.
+      client.kill_now();
+      server.kill_now();
+      r.error = "ucx_perftest " + test + " printed no result (last line: " + last + ")";
+      for (auto [who, proc] : {std::pair<const char*, piped_child*>{"client", &client}, {"server", &server}})
+        if (std::string tail = proc->stderr_tail(); !tail.empty())
+          r.error += "; " + std::string(who) + " stderr:\n" + tail;
+    }
   }
   return r;
 }
@@ -231,9 +240,9 @@ our_peer start_our_peer(const std::string& transport) {
   exe[n] = 0;
   p.proc = std::make_unique<piped_child>(
       std::vector<std::string>{exe, "bench", "fabric", "--serve", "--transport", transport});
-  std::string line;
-  for (int i = 0; i < 50 && line.rfind("ADDR ", 0) != 0; ++i) line = p.proc->read_line(std::chrono::seconds(10));
-  if (line.rfind("ADDR ", 0) != 0) throw std::runtime_error("bench peer did not start");
+  auto addr_line = p.proc->await_line("ADDR ", piped_child::startup_timeout_default);
+  if (!addr_line) throw std::runtime_error("bench peer did not start: " + addr_line.error().to_string());
+  const std::string line = *addr_line;
   ucx_options u;
   parse_ucx_transport(transport, u.transport);
   u.progress_thread = false;

@@ -13,13 +13,15 @@ void register_node(CLI::App& app) {
       "node", "Run one node of a multi-process cluster; nodes reach the coordinator at "
               "cluster.coordinator_host:port and join with the cluster secret");
   static config_options cfg_opts;
-  static std::string role, coordinator, port_file;
+  static std::string role, coordinator, port_file, ready_file;
   static uint32_t id = 0;
   add_config_options(cmd, cfg_opts);
   cmd->add_option("--role", role, "coordinator|gpu-host|pnm-device")->required();
   cmd->add_option("--id", id, "Node id (PNM devices: 100, 101, ...)");
   cmd->add_option("--coordinator", coordinator, "HOST:PORT of the coordinator (overrides the config)");
   cmd->add_option("--port-file", port_file, "Coordinator: write the published port to this file");
+  cmd->add_option("--ready-file", ready_file,
+                  "Write this file once the node is up (connected, fabric open): a launcher's start-up signal");
   cmd->callback([] {
     config cfg = load_config_or_exit(cfg_opts);
     auto r = parse_node_role(role);
@@ -31,6 +33,7 @@ void register_node(CLI::App& app) {
     o.role = *r;
     o.id = id;
     o.port_file = port_file;
+    o.ready_file = ready_file;
     if (!coordinator.empty()) {
       auto colon = coordinator.rfind(':');
       unsigned long p = colon == std::string::npos ? 0 : std::strtoul(coordinator.c_str() + colon + 1, nullptr, 10);

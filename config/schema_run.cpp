@@ -74,6 +74,8 @@ std::vector<config_key> schema_keys_run() {
       {"cluster.node_scheduler", t::choice, "sharing", 0, 0, {"sharing", "stealing"},
        "CAF scheduler of a node process (cluster mode): sharing (idle workers sleep on a "
        "condition variable) or stealing (idle workers poll; CAF's default)"},
+      {"cluster.startup_timeout_ms", t::integer, "30000", 100, 3600000, {},
+       "Every node process the launcher starts must be up this long after it is started, or the run fails naming it, with the end of its log"},
       {"cluster.join_timeout_ms", t::integer, "120000", 100, 3600000, {},
        "The configured members must have joined this long after the coordinator starts, or the run fails naming the missing ones"},
       {"eval.budgets_tokens", t::int_list, "256,512,1024,2048,4096,8192", 1, 1 << 26, {},

@@ -198,7 +198,13 @@ class ucx_endpoint final : public detail::fabric_base {
     if (u_.progress_thread) {
       thread_ = std::thread([this] {
         owner_ = std::this_thread::get_id();
-        owner_set_.store(true);
+        {
+          // Set under the waiter's mutex: set between the waiter's check and its sleep, the
+          // flag's notification was lost and the process hung in start-up, silent, for
+          // good (seen under load: a peer that never printed its address).
+          std::lock_guard<std::mutex> lock(posted_mu_);
+          owner_set_.store(true);
+        }
         owner_cv_.notify_all();
         while (!stop_.load(std::memory_order_acquire)) round(true);
         final_cleanup();

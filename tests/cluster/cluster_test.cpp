@@ -305,31 +305,53 @@ TEST(cluster, a_cluster_started_by_hand_is_driven_by_attach) {
   std::ofstream(cfg_file) << cfg.to_yaml();
   const std::string port_file = (dir / "port").string();
   std::vector<pid_t> nodes;
-  auto spawn = [&](std::vector<std::string> args) {
+  std::vector<node_start> starting;
+  // Each node logs to a file and signals when it is up, so a node that does not start fails
+  // the test within the start-up deadline, with its log, instead of the run hanging.
+  auto spawn = [&](std::vector<std::string> args, const std::string& name) {
+    const std::string log = (dir / (name + ".log")).string(), ready = (dir / (name + ".ready")).string();
+    const bool coordinator = args[2] == "coordinator";
+    if (!coordinator) args.insert(args.end(), {"--ready-file", ready});
     args.insert(args.begin(), PNMKV_BINARY);
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-    posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_adddup2(&fa, 1, 2);
     pid_t pid = 0;
     EXPECT_EQ(posix_spawn(&pid, PNMKV_BINARY, &fa, nullptr, argv.data(), environ), 0);
     posix_spawn_file_actions_destroy(&fa);
     nodes.push_back(pid);
+    starting.push_back({name, pid, coordinator ? port_file : ready, log});
   };
-  spawn({"node", "--role", "coordinator", "--config", cfg_file, "--port-file", port_file});
-  unsigned port = 0;
-  for (int i = 0; i < 400 && port == 0; ++i) {
-    std::ifstream in(port_file);
-    if (!(in >> port)) std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  auto kill_nodes = [&] {
+    for (pid_t pid : nodes) {
+      int st = 0;
+      if (pid <= 0) continue;  // posix_spawn failed (already reported); kill(0) is our own group
+      kill(pid, SIGKILL);
+      waitpid(pid, &st, 0);
+    }
+  };
+  const std::chrono::milliseconds startup_timeout(cfg.get_int("cluster.startup_timeout_ms"));
+  spawn({"node", "--role", "coordinator", "--config", cfg_file, "--port-file", port_file}, "coordinator");
+  if (status s = await_nodes_up(starting, startup_timeout); !s) {
+    kill_nodes();
+    FAIL() << s.to_string();
   }
-  ASSERT_NE(port, 0u) << "the coordinator did not publish its port";
+  unsigned port = 0;
+  std::ifstream(port_file) >> port;
+  ASSERT_NE(port, 0u) << "the coordinator's port file holds no port";
   const std::string at = "127.0.0.1:" + std::to_string(port);
-  spawn({"node", "--role", "gpu-host", "--config", cfg_file, "--coordinator", at});
+  spawn({"node", "--role", "gpu-host", "--config", cfg_file, "--coordinator", at}, "gpu-host");
   for (const char* id : {"100", "101", "102", "103"})
-    spawn({"node", "--role", "pnm-device", "--id", id, "--config", cfg_file, "--coordinator", at});
+    spawn({"node", "--role", "pnm-device", "--id", id, "--config", cfg_file, "--coordinator", at},
+          std::string("device-") + id);
+  if (status s = await_nodes_up(starting, startup_timeout); !s) {
+    kill_nodes();
+    FAIL() << s.to_string();
+  }
   auto attached = run_attached(cfg, {}, "127.0.0.1", uint16_t(port));
   auto embedded = run_embedded(small_config(), {});
   // Every node exits once the run is over (the driver shuts the cluster down).
@@ -353,6 +375,35 @@ TEST(cluster, a_cluster_started_by_hand_is_driven_by_attach) {
   EXPECT_EQ(attached->completed, 2u);
   EXPECT_EQ(attached->output_digest, embedded->output_digest);
   EXPECT_TRUE(all_exited) << "nodes still running after the run";
+}
+
+// No silent start-up hangs: a node process that never comes up (here a GPU host that only
+// prints a diagnostic and sleeps) fails the run within cluster.startup_timeout_ms, naming
+// the node and quoting its log, and no process is left behind.
+TEST(cluster, a_node_that_never_starts_fails_the_run_within_the_startup_deadline_with_its_log) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("pnmkv-startup-" + std::to_string(getpid()));
+  fs::create_directories(dir);
+  const std::string wrapper = (dir / "pnmkv-wrapper").string();
+  std::ofstream(wrapper) << "#!/bin/sh\n"
+                            "if [ \"$3\" = gpu-host ]; then echo some diagnostics >&2; exec sleep 60; fi\n"
+                            "exec " PNMKV_BINARY " \"$@\"\n";
+  fs::permissions(wrapper, fs::perms::owner_all);
+  multiprocess_options mp;
+  mp.node_binary = wrapper;
+  mp.work_dir = (dir / "work").string();
+  const auto t0 = std::chrono::steady_clock::now();
+  auto rep = run_multiprocess(small_config({"cluster.startup_timeout_ms=4000"}), {}, mp);
+  const auto waited = std::chrono::steady_clock::now() - t0;
+  fs::remove_all(dir);
+  ASSERT_FALSE(rep) << "the run went ahead without its GPU host";
+  const std::string msg = rep.error().message();
+  EXPECT_EQ(rep.error().code(), errc::timeout) << msg;
+  EXPECT_NE(msg.find("gpu-host"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("some diagnostics"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("cluster.startup_timeout_ms"), std::string::npos) << msg;
+  EXPECT_LT(waited, std::chrono::seconds(20)) << "the start-up deadline was not kept";
+  EXPECT_TRUE(children_matching("pnmkv").empty()) << "node processes left behind";
 }
 
 TEST(cluster, bad_config_is_a_clear_error) {

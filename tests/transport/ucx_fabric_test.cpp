@@ -56,11 +56,12 @@ class UcxFabric : public ::testing::TestWithParam<std::string> {
     p.proc = std::make_unique<piped_child>(std::vector<std::string>{
         PNMKV_UCX_PEER, GetParam(), std::to_string(node), std::to_string(region_bytes)});
     p.region_bytes = region_bytes;
-    std::string line;
-    for (int i = 0; i < 20 && line.rfind("ADDR ", 0) != 0; ++i)
-      line = p.proc->read_line(10s);  // UCX may print warnings on stdout first
-    EXPECT_EQ(line.rfind("ADDR ", 0), 0u) << "peer did not start: '" << line << "'";
-    if (line.size() < 6) return p;
+    // A start-up deadline: a peer that stays silent fails here with its stderr, not after
+    // minutes of nothing.
+    auto addr_line = p.proc->await_line("ADDR ", piped_child::startup_timeout_default);
+    EXPECT_TRUE(addr_line) << "peer did not start: " << addr_line.error().to_string();
+    if (!addr_line) return p;
+    const std::string line = *addr_line;
     EXPECT_TRUE(p.proc->write_line("PEER 0 " + to_hex(fab_->address())));
     auto address = from_hex(line.substr(5));
     EXPECT_TRUE(address) << address.error().to_string();
@@ -82,9 +83,8 @@ class UcxFabric : public ::testing::TestWithParam<std::string> {
           EXPECT_TRUE(r.is_ok()) << r.error().to_string();
           if (r) (adv.purpose == 0 ? p.region : p.user_region) = *r;
           if (++adverts < 2) continue;
-          std::string ready;
-          for (int i = 0; i < 20 && ready != "READY"; ++i) ready = p.proc->read_line(5s);
-          EXPECT_EQ(ready, "READY");
+          auto ready = p.proc->await_line("READY", piped_child::startup_timeout_default);
+          EXPECT_TRUE(ready) << ready.error().to_string();
           return p;
         }
       }
