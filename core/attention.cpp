@@ -96,10 +96,22 @@ HWY_INLINE void gather_tile(const kv_head_store& store, const uint32_t* pages, s
 // arrives in time whether pages are adjacent or scattered (hardware prefetchers do not
 // cross pages). K rows are asked for from the logits loop, V rows from the value loop, a
 // few at a time: a burst of a whole tile's lines would fill the miss buffers and stall.
+// Which rows of the next tile a head block asks for: every `phases`-th, from `phase`, so
+// with several head blocks (GQA 16: four) the prefetches are spread over the whole tile
+// instead of bursting in the first block (a burst fills the miss buffers and stalls).
+struct prefetch_plan {
+  const tile* next = nullptr;
+  size_t phase = 0;
+  size_t phases = 1;
+};
+
 template <bool Values>
-HWY_INLINE void prefetch_rows(const tile& next, size_t t0, size_t t1, size_t row_bytes) {
+HWY_INLINE void prefetch_rows(const prefetch_plan& plan, size_t t0, size_t t1, size_t row_bytes) {
+  if (plan.next == nullptr) return;
+  const tile& next = *plan.next;
   t1 = std::min(t1, next.rows);
   for (size_t t = t0; t < t1; ++t) {
+    if (t % plan.phases != plan.phase) continue;
     const char* p = reinterpret_cast<const char*>(Values ? next.v_rows[t] : next.k_rows[t]);
     // Every line: asking for one per 128 bytes (leaving the neighbour to the adjacent-
     // line prefetcher), or one per KiB (leaving the page to the L2 streamer), was
@@ -168,7 +180,7 @@ template <size_t HB>
 HWY_INLINE void accumulate_values(float* HWY_RESTRICT acc, size_t d,
                                   const float* HWY_RESTRICT probs, size_t probs_stride,
                                   const float* corr, const segment* segs, size_t n_segs,
-                                  const tile* next) {
+                                  const prefetch_plan& plan) {
   const simd::df_t df;
   const size_t step = 2 * simd::lanes;
   const size_t n_pieces = (d + step - 1) / step;  // ≥ 1: d ≥ 16
@@ -179,10 +191,8 @@ HWY_INLINE void accumulate_values(float* HWY_RESTRICT acc, size_t d,
   for (size_t ci = 0; ci < n_pieces;) {
     const size_t piece = simd::pair_piece(c, d);
     const size_t take = piece == step && c + pc * step <= d ? pc : 1;
-    if (next != nullptr) {
-      prefetch_rows<true>(*next, ci * tile_rows_max / n_pieces,
-                          (ci + take) * tile_rows_max / n_pieces, d * sizeof(bf16));
-    }
+    prefetch_rows<true>(plan, ci * tile_rows_max / n_pieces,
+                        (ci + take) * tile_rows_max / n_pieces, d * sizeof(bf16));
     if (take == pc && pc > 1) {
       accumulate_piece<HB, pc>(df, acc, d, c, probs, probs_stride, corr, rescale, segs, n_segs);
     } else if (piece == step) {
@@ -215,21 +225,19 @@ template <size_t HB>
 HWY_INLINE void segment_logits(const float* HWY_RESTRICT qw, size_t d,
                                const bf16* HWY_RESTRICT k, size_t n_rows,
                                float* HWY_RESTRICT logits, size_t stride,
-                               const tile* next, size_t tile_row0) {
+                               const prefetch_plan& plan, size_t tile_row0) {
   constexpr size_t rb = logit_rows_per_block<HB>();
   float tmp[HB * rb];
   size_t t = 0;
   for (; t + rb <= n_rows; t += rb) {
-    if (next != nullptr) {
-      prefetch_rows<false>(*next, tile_row0 + t, tile_row0 + t + rb, d * sizeof(bf16));
-    }
+    prefetch_rows<false>(plan, tile_row0 + t, tile_row0 + t + rb, d * sizeof(bf16));
     simd::dot_block<HB, rb>(qw, d, k + t * d, d, d, tmp);
     for (size_t i = 0; i < HB; ++i) {
       for (size_t r = 0; r < rb; ++r) logits[i * stride + t + r] = tmp[i * rb + r];
     }
   }
   for (; t < n_rows; ++t) {
-    if (next != nullptr) prefetch_rows<false>(*next, tile_row0 + t, tile_row0 + t + 1, d * sizeof(bf16));
+    prefetch_rows<false>(plan, tile_row0 + t, tile_row0 + t + 1, d * sizeof(bf16));
     simd::dot_block<HB, 1>(qw, d, k + t * d, d, d, tmp);
     for (size_t i = 0; i < HB; ++i) logits[i * stride + t] = tmp[i];
   }
@@ -275,10 +283,14 @@ void attend_pages_simd(const kv_head_store& store, const float* q_group, uint32_
   for (size_t a = 0; a < prefetch_tiles_ahead; ++a) {
     gather_tile(store, pages, n_pages, &pi, &row0, &tiles[a]);
     if (a > 0) {  // the first tile's rows are asked for by the loop's first step
-      prefetch_rows<false>(tiles[a], 0, tile_rows_max, d * sizeof(bf16));
-      prefetch_rows<true>(tiles[a], 0, tile_rows_max, d * sizeof(bf16));
+      const prefetch_plan all{&tiles[a], 0, 1};
+      prefetch_rows<false>(all, 0, tile_rows_max, d * sizeof(bf16));
+      prefetch_rows<true>(all, 0, tile_rows_max, d * sizeof(bf16));
     }
   }
+  // Head blocks of a tile (blocks of heads_per_block, then single heads): the next
+  // tile's rows are spread over all of them.
+  const size_t head_units = group / heads_per_block + group % heads_per_block;
   for (size_t ti = 0; tiles[ti % ring].rows > 0; ++ti) {
     const tile& cur = tiles[ti % ring];
     tile& next = tiles[(ti + prefetch_tiles_ahead) % ring];
@@ -287,27 +299,26 @@ void attend_pages_simd(const kv_head_store& store, const float* q_group, uint32_
     const size_t n_segs = cur.n_segs;
     const size_t tr = cur.rows;
     PNMKV_DCHECK(tr >= 1 && tr <= tile_rows_max);
-    // The next tile is prefetched during the first head block's logits only.
-    const tile* to_prefetch = &next;
+    // The next tile's K rows are asked for across the head blocks' logits, its V rows
+    // across their value loops.
+    prefetch_plan plan{&next, 0, head_units};
 
     uint32_t h = 0;
-    for (; h + heads_per_block <= group; h += heads_per_block) {
+    for (; h + heads_per_block <= group; h += heads_per_block, ++plan.phase) {
       size_t t = 0;
       for (size_t s = 0; s < n_segs; ++s) {
         segment_logits<heads_per_block>(qw.get() + h * d, d, segs[s].k, segs[s].rows,
-                                        logits.get() + h * stride + t, stride, to_prefetch, t);
+                                        logits.get() + h * stride + t, stride, plan, t);
         t += segs[s].rows;
       }
-      to_prefetch = nullptr;
     }
-    for (; h < group; ++h) {
+    for (; h < group; ++h, ++plan.phase) {
       size_t t = 0;
       for (size_t s = 0; s < n_segs; ++s) {
         segment_logits<1>(qw.get() + h * d, d, segs[s].k, segs[s].rows,
-                          logits.get() + h * stride + t, stride, to_prefetch, t);
+                          logits.get() + h * stride + t, stride, plan, t);
         t += segs[s].rows;
       }
-      to_prefetch = nullptr;
     }
     // Online softmax update, vectorised over the tile's rows (padded to the whole tile).
     for (h = 0; h < group; ++h) {
@@ -330,16 +341,14 @@ void attend_pages_simd(const kv_head_store& store, const float* q_group, uint32_
       l[h] = l[h] * corr[h] + simd::canonical_sum32(row);
       m[h] = m_new;
     }
-    to_prefetch = &next;
-    for (h = 0; h + heads_per_block <= group; h += heads_per_block) {
+    plan.phase = 0;
+    for (h = 0; h + heads_per_block <= group; h += heads_per_block, ++plan.phase) {
       accumulate_values<heads_per_block>(acc.get() + h * d, d, logits.get() + h * stride,
-                                         stride, corr.data() + h, segs, n_segs, to_prefetch);
-      to_prefetch = nullptr;
+                                         stride, corr.data() + h, segs, n_segs, plan);
     }
-    for (; h < group; ++h) {
+    for (; h < group; ++h, ++plan.phase) {
       accumulate_values<1>(acc.get() + h * d, d, logits.get() + h * stride, stride,
-                           corr.data() + h, segs, n_segs, to_prefetch);
-      to_prefetch = nullptr;
+                           corr.data() + h, segs, n_segs, plan);
     }
   }
   for (uint32_t h = 0; h < group; ++h) {
