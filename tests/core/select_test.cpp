@@ -79,6 +79,22 @@ TEST(select, picks_the_best_pages_under_a_total_order) {
   }
 }
 
+// Small budgets over many pages take the heap path (at most 1/64 of the candidates kept):
+// the same total order decides, ties, NaN and ±0 included.
+TEST(select, a_few_best_of_many_pages_follow_the_same_order) {
+  for (uint64_t seed = base_seed(); seed < base_seed() + 12; ++seed) {
+    SCOPED_TRACE(seed_trace(seed));
+    std::mt19937_64 gen(seed);
+    const uint32_t n = 2000 + static_cast<uint32_t>(gen() % 20000);
+    const std::vector<float> scores = tricky_scores(gen, n);
+    const std::vector<uint32_t> forced = always_kept_pages(n);
+    const uint64_t budget = 2 + gen() % (n / 64);
+    auto sel = select_top_pages(scores.data(), n, forced, budget);
+    ASSERT_TRUE(sel.is_ok()) << sel.error().to_string();
+    check_selection(scores, forced, budget, *sel);
+  }
+}
+
 TEST(select, selections_nest_as_the_budget_grows) {
   for (uint64_t seed = base_seed(); seed < base_seed() + 20; ++seed) {
     SCOPED_TRACE(seed_trace(seed));
