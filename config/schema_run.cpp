@@ -69,8 +69,10 @@ std::vector<config_key> schema_keys_run() {
        "Coordinator's control-plane port (cluster mode; 0: pick a free one)"},
       {"cluster.heartbeat_interval_ms", t::integer, "200", 10, 60000, {},
        "CAF middleman heartbeat interval (cluster mode)"},
-      {"cluster.connection_timeout_ms", t::integer, "1000", 50, 600000, {},
-       "A peer silent this long is considered down (cluster mode)"},
+      {"cluster.connection_timeout_ms", t::integer, "5000", 50, 600000, {},
+       "A peer silent this long is considered down (cluster mode). 5 s: with 1 s a node "
+       "process starved of CPU on a loaded 2-core machine was declared lost while healthy; "
+       "a killed process is noticed at once (its connections close)"},
       {"cluster.node_scheduler", t::choice, "sharing", 0, 0, {"sharing", "stealing"},
        "CAF scheduler of a node process (cluster mode): sharing (idle workers sleep on a "
        "condition variable) or stealing (idle workers poll; CAF's default)"},
