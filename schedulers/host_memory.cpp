@@ -44,34 +44,35 @@ std::string gb(uint64_t bytes) {
 }
 
 // The value of `key` in "key value" lines (memory.stat), or nullopt when absent.
-result<std::optional<uint64_t>> stat_value(std::string_view text, std::string_view key) {
+// The first line of text (trimmed) that starts with `prefix`, or nullopt.
+std::optional<std::string_view> line_starting(std::string_view text, std::string_view prefix) {
   size_t pos = 0;
   while (pos < text.size()) {
     size_t end = text.find('\n', pos);
     if (end == std::string_view::npos) end = text.size();
-    std::string_view line = trim(text.substr(pos, end - pos));
+    const std::string_view line = trim(text.substr(pos, end - pos));
     pos = end + 1;
-    const size_t sp = line.find(' ');
-    if (sp == std::string_view::npos || line.substr(0, sp) != key) continue;
-    auto v = to_u64(trim(line.substr(sp + 1)));
-    if (!v)
-      return status{errc::parse, "memory.stat: line " + quoted(line) + " is not '" +
-                                     std::string(key) + " <bytes>'"};
-    return std::optional<uint64_t>(*v);
+    if (line.substr(0, prefix.size()) == prefix) return line;
   }
-  return std::optional<uint64_t>();
+  return std::nullopt;
+}
+
+result<std::optional<uint64_t>> stat_value(std::string_view text, std::string_view key) {
+  const std::string prefix = std::string(key) + " ";
+  const auto found = line_starting(text, prefix);
+  if (!found) return std::optional<uint64_t>();
+  auto v = to_u64(trim(found->substr(prefix.size())));
+  if (!v)
+    return status{errc::parse, "memory.stat: line " + quoted(*found) + " is not '" +
+                                   std::string(key) + " <bytes>'"};
+  return std::optional<uint64_t>(*v);
 }
 
 }  // namespace
 
 result<uint64_t> parse_meminfo_available_bytes(std::string_view text) {
-  size_t pos = 0;
-  while (pos < text.size()) {
-    size_t end = text.find('\n', pos);
-    if (end == std::string_view::npos) end = text.size();
-    std::string_view line = trim(text.substr(pos, end - pos));
-    pos = end + 1;
-    if (line.substr(0, 13) != "MemAvailable:") continue;
+  if (const auto found = line_starting(text, "MemAvailable:")) {
+    const std::string_view line = *found;
     std::string_view rest = trim(line.substr(13));
     // "22437488 kB": the kernel writes every memory figure of this file in kB.
     const size_t sp = rest.find(' ');

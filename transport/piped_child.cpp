@@ -160,18 +160,12 @@ result<std::string> piped_child::await_line(const std::string& prefix, std::chro
       last = std::move(line);
       continue;
     }
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - clk::now()).count();
-    if (left <= 0) break;
-    pollfd p{from_, POLLIN, 0};
-    if (::poll(&p, 1, static_cast<int>(left)) <= 0) continue;
-    char tmp[4096];
-    const ssize_t n = ::read(from_, tmp, sizeof tmp);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
+    const fill r = fill_until(until);
+    if (r == fill::timed_out) break;
+    if (r == fill::closed) {
       closed = true;
       break;
     }
-    buf_.append(tmp, static_cast<size_t>(n));
   }
   const long long waited_ms = ms_since(t0);
   // Exited on its own, or killed here: either way reaped, and its exit said.
@@ -201,6 +195,22 @@ result<std::string> piped_child::await_line(const std::string& prefix, std::chro
   return status{closed ? errc::peer_down : errc::timeout, msg};
 }
 
+// Waits until `until` for output and appends what comes to buf_.
+piped_child::fill piped_child::fill_until(std::chrono::steady_clock::time_point until) {
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - clk::now()).count();
+    if (left <= 0) return fill::timed_out;
+    pollfd p{from_, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(left)) <= 0) continue;
+    char tmp[4096];
+    const ssize_t n = ::read(from_, tmp, sizeof tmp);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return fill::closed;
+    buf_.append(tmp, static_cast<size_t>(n));
+    return fill::appended;
+  }
+}
+
 std::string piped_child::read_line(std::chrono::milliseconds timeout) {
   const auto until = clk::now() + timeout;
   for (;;) {
@@ -210,28 +220,13 @@ std::string piped_child::read_line(std::chrono::milliseconds timeout) {
       buf_.erase(0, nl + 1);
       return line;
     }
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - clk::now()).count();
-    if (left <= 0) return "";
-    pollfd p{from_, POLLIN, 0};
-    if (::poll(&p, 1, static_cast<int>(left)) <= 0) continue;
-    char tmp[4096];
-    const ssize_t n = ::read(from_, tmp, sizeof tmp);
-    if (n <= 0) return "";
-    buf_.append(tmp, static_cast<size_t>(n));
+    if (fill_until(until) != fill::appended) return "";
   }
 }
 
 std::string piped_child::read_all(std::chrono::milliseconds timeout) {
   const auto until = clk::now() + timeout;
-  for (;;) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - clk::now()).count();
-    if (left <= 0) break;
-    pollfd p{from_, POLLIN, 0};
-    if (::poll(&p, 1, static_cast<int>(left)) <= 0) continue;
-    char tmp[4096];
-    const ssize_t n = ::read(from_, tmp, sizeof tmp);
-    if (n <= 0) break;
-    buf_.append(tmp, static_cast<size_t>(n));
+  while (fill_until(until) == fill::appended) {
   }
   std::string all;
   all.swap(buf_);

@@ -73,6 +73,8 @@ class piped_child {
   std::string stderr_tail() const;
 
  private:
+  enum class fill { appended, timed_out, closed };
+  fill fill_until(std::chrono::steady_clock::time_point until);
   void drain_stderr();
   void settle_stderr();  // after the child is reaped: up to 200 ms for the drain to finish
 
