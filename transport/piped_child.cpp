@@ -198,7 +198,9 @@ result<std::string> piped_child::await_line(const std::string& prefix, std::chro
 // Waits until `until` for output and appends what comes to buf_.
 piped_child::fill piped_child::fill_until(std::chrono::steady_clock::time_point until) {
   for (;;) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - clk::now()).count();
+    // Rounded up: truncated, the last fraction of a millisecond read as 0 and the wait
+    // ended just before its deadline (a test caught 1499.9 ms for a 1500 ms deadline).
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(until - clk::now()).count();
     if (left <= 0) return fill::timed_out;
     pollfd p{from_, POLLIN, 0};
     if (::poll(&p, 1, static_cast<int>(left)) <= 0) continue;
