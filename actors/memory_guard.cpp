@@ -18,9 +18,11 @@ std::optional<std::string> slurp(const std::string& path) {
   std::ifstream in(path);
   if (!in) return std::nullopt;
   constexpr size_t bytes_max = 1 << 20;
-  std::string out(bytes_max, '\0');
-  in.read(out.data(), std::streamsize(bytes_max));
-  out.resize(size_t(in.gcount()));
+  std::string out;
+  char chunk[4096];  // kernel files are a few hundred bytes: no 1 MiB buffer per read
+  while (out.size() < bytes_max && in.read(chunk, sizeof chunk).gcount() > 0) {
+    out.append(chunk, std::min(size_t(in.gcount()), bytes_max - out.size()));
+  }
   return out;
 }
 
