@@ -86,6 +86,20 @@ serving_scheduler::serving_scheduler(std::vector<trace_row> rows, serving_params
   arrive();
 }
 
+uint64_t serving_scheduler::submit(const trace_row& row) {
+  PNMKV_CHECK(out_.empty() || row.arrival_s >= out_.back().arrival_s, "request arriving at ",
+              row.arrival_s, " s submitted after one arriving at ", out_.back().arrival_s, " s");
+  request_outcome o;
+  o.id = out_.size() + 1;
+  o.arrival_s = row.arrival_s;
+  o.prompt_tokens = std::max<uint64_t>(1, row.prompt_tokens);
+  o.output_tokens = std::max<uint64_t>(1, row.output_tokens);
+  out_.push_back(o);
+  st_.emplace_back();
+  arrive();
+  return o.id;
+}
+
 void serving_scheduler::arrive() {
   while (next_arrival_ < out_.size() && out_[next_arrival_].arrival_s <= now_s_)
     waiting_.push_back(out_[next_arrival_++].id);
@@ -105,16 +119,32 @@ void serving_scheduler::admit(uint64_t id) {
   active_.push_back(id);
 }
 
+void serving_scheduler::admit_prefilled(uint64_t id) {
+  admit(id);
+  state& s = st_.at(id - 1);
+  request_outcome& o = out_.at(id - 1);
+  s.prefilled = o.prompt_tokens;
+  s.decoding = true;
+  o.first_token_s = now_s_;
+  o.generated = 1;
+}
+
 bool serving_scheduler::not_admitted(uint64_t id, const std::string& why) {
   PNMKV_CHECK(!waiting_.empty() && waiting_.front() == id, "refuse request ", id,
               " not at the head of the queue (", waiting_.size(), " waiting)");
   if (!active_.empty()) return false;
+  refuse(id, why);
+  return true;
+}
+
+void serving_scheduler::refuse(uint64_t id, const std::string& why) {
+  PNMKV_CHECK(!waiting_.empty() && waiting_.front() == id, "refuse request ", id,
+              " not at the head of the queue (", waiting_.size(), " waiting)");
   waiting_.erase(waiting_.begin());
   request_outcome& o = out_.at(id - 1);
   o.refused = true;
   o.refusal = why;
   ++finished_;
-  return true;
 }
 
 bool serving_scheduler::idle_until_next_arrival() {
@@ -180,7 +210,8 @@ std::vector<uint64_t> serving_scheduler::complete(const step_plan& plan, double 
                                    return std::find(finished.begin(), finished.end(), id) != finished.end();
                                  }),
                   active_.end());
-  series_.push_back({now_s_, uint32_t(plan.decoding.size()), prefill_tokens});
+  if (!p_.series_points_max || series_.size() < p_.series_points_max)
+    series_.push_back({now_s_, uint32_t(plan.decoding.size()), prefill_tokens});
   arrive();
   return finished;
 }

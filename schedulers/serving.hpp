@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <optional>
 #include <string>
 #include <vector>
@@ -75,6 +76,7 @@ struct step_plan {
 struct serving_params {
   uint64_t prefill_chunk_tokens = 4096;  // prompt tokens prefilled per step, all requests
   uint32_t batch_max = 0;                // requests in the system at once (0: no cap)
+  uint64_t series_points_max = 0;        // batch samples kept (0: every step)
 };
 
 class serving_scheduler {
@@ -83,10 +85,18 @@ class serving_scheduler {
   serving_scheduler(std::vector<trace_row> rows, serving_params p);
 
   double now_s() const { return now_s_; }
+  // Appends a request arriving at or after the last one (a workload built as it is
+  // admitted, like the simulator's closed batch); returns its id.
+  uint64_t submit(const trace_row& row);
   // The request to offer for admission now: the oldest arrived one still waiting, unless
   // the batch cap is reached. Head-of-line: callers stop at the first one not admitted.
   std::optional<uint64_t> next_candidate() const;
   void admit(uint64_t id);                                 // at now_s()
+  // Admitted with its prompt already in the cache (a closed batch, prefilled before the
+  // run): its first token is out now and it decodes from the next step.
+  void admit_prefilled(uint64_t id);
+  // Refused for good whatever else is in the system (a closed batch is formed once).
+  void refuse(uint64_t id, const std::string& why);
   // Not admitted now. With nothing in the system the request can never fit: it is
   // refused for good (returns true); otherwise it waits for the next boundary (false).
   bool not_admitted(uint64_t id, const std::string& why);
@@ -115,7 +125,7 @@ class serving_scheduler {
   std::vector<request_outcome> out_;
   std::vector<state> st_;
   size_t next_arrival_ = 0;      // index of the first row not arrived yet
-  std::vector<uint64_t> waiting_;  // arrived, not admitted, in arrival order
+  std::deque<uint64_t> waiting_;   // arrived, not admitted, in arrival order
   std::vector<uint64_t> active_;   // admitted, not finished, in admission order
   std::vector<batch_sample> series_;
   double now_s_ = 0;

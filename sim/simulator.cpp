@@ -1,23 +1,21 @@
-// The discrete-event simulator (see simulator.hpp). Events are arrivals and step ends; the
-// batch changes only at step boundaries (continuous batching). Admission is FIFO with
-// head-of-line blocking: a request that does not fit waits for others to leave, and is
-// refused only when it cannot fit an otherwise empty system.
+// The discrete-event simulator (see simulator.hpp): the live cluster's policy objects
+// (schedulers/serving.hpp for arrivals, batching and chunked prefill; schedulers/admission.hpp
+// for admission) driven on a virtual clock that the step model advances. The batch changes
+// only at step boundaries (continuous batching). Admission is FIFO with head-of-line
+// blocking: a request that does not fit waits for others to leave, and is refused only when
+// it cannot fit an otherwise empty system.
 #include "sim/simulator.hpp"
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <deque>
-#include <fstream>
-#include <limits>
 #include <nlohmann/json.hpp>
-#include <queue>
-#include <random>
 #include <sstream>
 
-#include "schedulers/head_groups.hpp"
+#include "core/check.hpp"
 #include "model/work_sizes.hpp"
+#include "schedulers/admission.hpp"
 
 namespace pnmkv {
 
@@ -60,12 +58,26 @@ sim_gpu_memory gpu_memory_of(const sim_setup& s) {
   return g;
 }
 
+namespace {
+// GPU memory as a ledger of per-request bytes (requests of different lengths), summaries
+// per request with baseline.summaries = auto: resident while they fit, else over the link.
+gpu_memory_params gpu_params(const sim_setup& s) {
+  gpu_memory_params p;
+  p.model = s.model;
+  p.hw = s.hw;
+  p.query = gpu_query(s, s.context_tokens, s.summaries != summary_residence::link, 0);
+  p.sizing = gpu_sizing::per_request;
+  p.summaries = s.summaries == summary_residence::auto_fit ? summary_policy::fit_per_request
+                                                           : summary_policy::fixed;
+  p.free_bytes = gpu_memory_of(s).free_bytes();
+  p.keep_every_layer_recalls = s.recall_reuse;
+  return p;
+}
+
+}  // namespace
+
 double gpu_bytes_per_request(const sim_setup& s, uint64_t final_tokens, bool summaries_resident) {
-  const gpu_memory_use u = gpu_memory(s.model, s.hw, gpu_query(s, final_tokens, summaries_resident, 1));
-  double bytes = u.total_bytes() - u.weights_bytes;
-  if (s.mode == run_mode::baseline && s.recall_reuse && s.model.layers > 2)  // every layer's recalls kept
-    bytes += u.recall_bytes / 2.0 * double(s.model.layers - 2);
-  return bytes;
+  return gpu_memory_constraint(gpu_params(s)).request_bytes(final_tokens, summaries_resident);
 }
 
 double device_bytes_per_request(const sim_setup& s, uint64_t final_tokens) {
@@ -76,143 +88,73 @@ double device_bytes_per_request(const sim_setup& s, uint64_t final_tokens) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Admission
+// Admission: schedulers/admission.hpp with the simulator's sizing (see gpu_params)
 
 namespace {
 
-struct live_request {
-  request_outcome out;
-  bool prefilled = false;       // decoding
-  uint64_t prefill_done = 0;    // prompt tokens prefilled so far
-  uint64_t decode_steps = 0;    // decode steps done
-  bool summaries_resident = true;
-  double gpu_bytes = 0;
-  uint32_t pool = 0;
-  request_placement placement;
-  bool first_decode_pending = true;
-};
+placement_params placement_params_of(const sim_setup& s) {
+  placement_params p;
+  std::vector<uint32_t> ids(s.devices);
+  for (uint32_t i = 0; i < s.devices; ++i) ids[i] = i;  // the step model counts devices from 0
+  p.pools = make_pools(ids, s.pool_devices, uint64_t(s.device_capacity_bytes));
+  p.request = s.placement;
+  p.costs = s.costs;
+  p.budget_tokens = s.budget_tokens;
+  p.cross_shard = s.exact_cross_shard ? cross_shard_selection::exact : cross_shard_selection::local;
+  return p;
+}
 
-class admission {
- public:
-  explicit admission(const sim_setup& s, bool check_gpu = true) : s_(s), check_gpu_(check_gpu) {
-    free_gpu_ = gpu_memory_of(s).free_bytes();
-    const uint32_t n = s.devices / s.pool_devices;
-    pools_.resize(n);
-    for (uint32_t p = 0; p < n; ++p)
-      for (uint32_t i = 0; i < s.pool_devices; ++i) {
-        pools_[p].device_ids.push_back(p * s.pool_devices + i);
-        pools_[p].free_bytes.push_back(uint64_t(s.device_capacity_bytes));
-        pools_[p].failure_domain.push_back(p * s.pool_devices + i);
-      }
+// Batch cap, GPU memory (unless placement_only), placement, and the TPOT budget when a
+// predictor is given and sim.tpot_ms_max is set.
+admission sim_admission(const sim_setup& s, bool placement_only, step_predictor_ms predict = {}) {
+  admission_params p;
+  if (!placement_only) {
+    p.batch_max = s.batch_cap;
+    p.gpu = gpu_params(s);
   }
-
-  // Why a request cannot be admitted now ("" when it was).
-  std::string try_admit(live_request& r, uint32_t active) {
-    if (s_.batch_cap && active >= s_.batch_cap) return "batch_max";
-    const uint64_t final_tokens = r.out.prompt_tokens + std::max<uint64_t>(1, r.out.output_tokens - 1);
-    // Placement first: it fixes the sequence shards the GPU buffers depend on.
-    placement_request pr = s_.placement;
-    pr.request_id = r.out.id;
-    pr.context_tokens = r.out.prompt_tokens;
-    // Tokens appended while decoding: every generated token but the last.
-    pr.decode_tokens = std::max<uint64_t>(1, r.out.output_tokens - 1);
-    std::vector<uint32_t> order(pools_.size());
-    for (uint32_t i = 0; i < order.size(); ++i) order[i] = i;
-    std::vector<double> free_sum(pools_.size(), 0);
-    for (uint32_t i = 0; i < pools_.size(); ++i)
-      for (uint64_t b : pools_[i].free_bytes) free_sum[i] += double(b);
-    std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return free_sum[a] > free_sum[b]; });
-    int chosen = -1;
-    result<request_placement> pl = status{errc::capacity, "no pool"};
-    pool_state trial;
-    for (uint32_t i : order) {
-      trial = pools_[i];
-      if (s_.placement.head_groups == 0) {  // h × s from the cost model, as the live coordinator
-        head_group_query hq;
-        hq.pool_devices = uint32_t(trial.device_ids.size() / std::max<uint32_t>(1, s_.placement.replication));
-        hq.context_tokens = pr.context_tokens + pr.decode_tokens;
-        hq.budget_tokens = s_.budget_tokens;
-        hq.page_size_tokens = s_.page_size_tokens;
-        hq.summary_elem_bytes = s_.summary_elem_bytes;
-        hq.cross_shard = s_.exact_cross_shard ? cross_shard_selection::exact : cross_shard_selection::local;
-        pr.head_groups = choose_head_groups(*s_.costs, hq).head_groups;
-      }
-      pl = place_request(pr, trial);
-      if (pl) {
-        chosen = int(i);
-        break;
-      }
-      if (pl.error().code() != errc::capacity) return "placement: " + pl.error().message();
-    }
-    if (chosen < 0) return "device_capacity";
-    bool resident = s_.summaries != summary_residence::link;
-    double need = gpu_bytes_per_request(s_, final_tokens, resident);
-    if (s_.mode == run_mode::baseline && resident && need > free_gpu_ &&
-        s_.summaries == summary_residence::auto_fit) {
-      resident = false;
-      need = gpu_bytes_per_request(s_, final_tokens, false);
-    }
-    if (check_gpu_ && need > free_gpu_) return "gpu_memory";
-    pools_[size_t(chosen)] = std::move(trial);
-    free_gpu_ -= need;
-    r.gpu_bytes = need;
-    r.summaries_resident = resident;
-    r.pool = uint32_t(chosen);
-    r.placement = std::move(pl).value();
-    return "";
+  p.placement = placement_params_of(s);
+  if (predict && s.tpot_ms_max > 0) {
+    p.tpot_ms_max = s.tpot_ms_max;
+    p.predict_step_ms = std::move(predict);
   }
+  return make_admission(std::move(p));
+}
 
-  void release(const live_request& r) {
-    free_gpu_ += r.gpu_bytes;
-    pool_state& p = pools_[r.pool];
-    for (const auto& sh : r.placement.shards) {
-      std::vector<uint32_t> devs{sh.device_id};
-      devs.insert(devs.end(), sh.replica_device_ids.begin(), sh.replica_device_ids.end());
-      for (uint32_t d : devs) p.free_bytes[d - r.pool * s_.pool_devices] += sh.bytes_modelled;
-    }
-  }
+// The request as placement and GPU memory size it: the prompt, then every generated token
+// but the last appended (at least one).
+admission_candidate candidate_of(uint64_t id, uint64_t prompt_tokens, uint64_t output_tokens) {
+  return {id, prompt_tokens, std::max<uint64_t>(1, output_tokens - 1)};
+}
 
-  double free_gpu_bytes() const { return free_gpu_; }
+// The words the simulator reports (batch_limited_by, a request's refusal).
+std::string reason_text(const admission_verdict& v) {
+  if (v.reason == admission_reason::invalid_placement) return "placement: " + v.detail;
+  return to_string(v.reason);
+}
 
- private:
-  const sim_setup& s_;
-  bool check_gpu_ = true;
-  double free_gpu_ = 0;
-  std::vector<pool_state> pools_;
-};
-
-std::vector<step_request> decode_set(std::vector<live_request*>& active) {
-  std::vector<step_request> out;
-  out.reserve(active.size());
-  for (live_request* r : active) {
-    if (!r->prefilled) continue;
-    step_request q;
-    q.id = r->out.id;
-    q.pool = r->pool;
-    q.placement = &r->placement;
-    q.seq_tokens = r->out.prompt_tokens + r->decode_steps;
-    q.summaries_resident = r->summaries_resident;
-    q.first_decode_step = r->first_decode_pending;
-    out.push_back(q);
-  }
-  return out;
+step_request step_of(uint64_t id, const admission_grant& g, uint64_t seq_tokens, bool first_decode_step) {
+  step_request q;
+  q.id = id;
+  q.pool = g.pool;
+  q.placement = &g.placement;
+  q.seq_tokens = seq_tokens;
+  q.summaries_resident = g.summaries_resident;
+  q.first_decode_step = first_decode_step;
+  return q;
 }
 
 // Time to prefill one request of `tokens` tokens on an idle system (its TTFT there).
-double idle_prefill_s(const std::shared_ptr<const sim_setup>& s, step_model& sm, uint64_t tokens) {
-  admission adm(*s);
-  live_request r;
-  r.out.id = 1;
-  r.out.prompt_tokens = tokens;
-  r.out.output_tokens = s->sizing_output_tokens();
-  if (!adm.try_admit(r, 0).empty()) return 0;
+double idle_prefill_s(const sim_setup& s, step_model& sm, uint64_t tokens) {
+  admission adm = sim_admission(s, false);
+  if (!adm.try_admit(candidate_of(1, tokens, s.sizing_output_tokens())).admitted()) return 0;
+  const admission_grant& g = *adm.grant_of(1);
   double t_ns = 0;
-  for (uint64_t pos = 0; pos < tokens; pos += s->prefill_chunk_tokens) {
+  for (uint64_t pos = 0; pos < tokens; pos += s.prefill_chunk_tokens) {
     prefill_piece p;
     p.request_id = 1;
-    p.placement = &r.placement;
+    p.placement = &g.placement;
     p.position = pos;
-    p.tokens = std::min<uint64_t>(s->prefill_chunk_tokens, tokens - pos);
+    p.tokens = std::min<uint64_t>(s.prefill_chunk_tokens, tokens - pos);
     p.completes = pos + p.tokens >= tokens;
     t_ns += sm.run({}, {p}).time_ns;
   }
@@ -228,38 +170,29 @@ result<uint32_t> choose_pool_devices(const sim_setup& setup) {
   uint32_t best = 0;
   double best_tps = -1;
   std::string last_reason = "no pool size admits a request";
+  const uint32_t target = setup.workload == sim_workload::closed && !setup.batch_max_policy
+                              ? setup.batch
+                              : (setup.batch_cap ? setup.batch_cap : 100000u);
   for (uint32_t d = 1; d <= setup.devices; ++d) {
     if (setup.devices % d) continue;
     auto s = std::make_shared<sim_setup>(setup);
     s->pool_devices = d;
     s->pool_auto = false;
-    admission adm(*s);
-    const uint32_t target = setup.workload == sim_workload::closed && !setup.batch_max_policy
-                                ? setup.batch
-                                : (setup.batch_cap ? setup.batch_cap : 100000u);
-    std::vector<live_request> reqs;
-    reqs.reserve(std::min<uint32_t>(target, 100000u));
+    admission adm = sim_admission(*s, false);
+    std::vector<step_request> dec;
     for (uint32_t i = 0; i < target; ++i) {
-      live_request r;
-      r.out.id = i + 1;
-      r.out.prompt_tokens = setup.context_tokens;
-      r.out.output_tokens = setup.sizing_output_tokens();
-      std::string why = adm.try_admit(r, i);
-      if (!why.empty()) {
-        last_reason = why;
+      const admission_verdict v =
+          adm.try_admit(candidate_of(i + 1, setup.context_tokens, setup.sizing_output_tokens()));
+      if (!v.admitted()) {
+        last_reason = reason_text(v);
         break;
       }
-      r.prefilled = true;
-      reqs.push_back(std::move(r));
+      dec.push_back(step_of(i + 1, *adm.grant_of(i + 1), setup.context_tokens, false));
     }
-    if (reqs.empty()) continue;
-    std::vector<live_request*> act;
-    for (auto& r : reqs) act.push_back(&r);
+    if (dec.empty()) continue;
     step_model sm(s);
-    auto dec = decode_set(act);
-    for (auto& q : dec) q.first_decode_step = false;
     const double t = sm.run(dec, {}).time_ns;
-    const double tps = t > 0 ? double(reqs.size()) / (t * 1e-9) : 0;
+    const double tps = t > 0 ? double(dec.size()) / (t * 1e-9) : 0;
     if (tps > best_tps * (1 + 1e-9)) best_tps = tps, best = d;
   }
   if (best == 0)
@@ -270,7 +203,366 @@ result<uint32_t> choose_pool_devices(const sim_setup& setup) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Simulation
+// Simulation: serving_scheduler and admission driven on a virtual clock
+
+namespace {
+
+class sim_driver {
+ public:
+  sim_driver(std::shared_ptr<const sim_setup> setup, const sim_progress& progress)
+      : setup_(std::move(setup)),
+        S_(*setup_),
+        progress_(progress),
+        closed_(S_.workload == sim_workload::closed),
+        sm_(setup_),
+        sched_({}, serving_params_of(S_)),
+        adm_(sim_admission(S_, false, [this](const admission_candidate& c, const admission_grant& g) {
+          return predicted_step_ms(c, g);
+        })) {}
+
+  result<sim_result> run(std::chrono::steady_clock::time_point wall0);
+
+ private:
+  // The admission's batch cap decides (a closed batch's refusals name it); the scheduler
+  // only keeps the books.
+  static serving_params serving_params_of(const sim_setup& s) {
+    serving_params p;
+    p.prefill_chunk_tokens = s.prefill_chunk_tokens;
+    p.batch_max = 0;
+    p.series_points_max = 4'000'000;
+    return p;
+  }
+  void describe();
+  void analytic_limits();
+  void fill_closed_batch();
+  status load_open_workload();
+  void serve();
+  void admit_waiting();
+  void admitted(uint64_t id, bool prefilled);
+  void step(const step_plan& plan);
+  const step_result& step_result_of(const std::vector<step_request>& dec,
+                                    const std::vector<prefill_piece>& pf);
+  void report_progress(bool last);
+  void totals();
+  double predicted_step_ms(const admission_candidate& c, const admission_grant& g);
+  uint64_t seq_tokens(uint64_t id) const {
+    const request_outcome& o = sched_.outcome(id);
+    return o.prompt_tokens + (o.generated > 0 ? o.generated - 1 : 0);
+  }
+
+  struct request_state {
+    const admission_grant* grant = nullptr;  // while admitted
+    bool first_decode_pending = true;        // png-kv: its whole steady set is copied then
+  };
+
+  std::shared_ptr<const sim_setup> setup_;
+  const sim_setup& S_;
+  sim_progress progress_;
+  bool closed_;
+  step_model sm_;
+  serving_scheduler sched_;
+  admission adm_;
+  std::vector<request_state> req_;  // by id − 1
+  sim_result res_;
+
+  // Sums over the run.
+  double busy_s_ = 0, decode_time_s_ = 0, batch_sum_ = 0;
+  double link_bytes_sum_ = 0, device_bytes_sum_ = 0, dev_busy_ns_ = 0, link_busy_ns_ = 0;
+  step_breakdown crit_sum_;
+  step_energy energy_sum_;
+  uint64_t tokens_out_ = 0;
+  uint64_t total_work_ = 0, done_work_ = 0, reported_ = 0;
+
+  // Step reuse (sim.step_reuse_steps).
+  step_result last_step_;
+  std::vector<uint64_t> reuse_ids_;
+  uint32_t reuse_left_ = 0;
+};
+
+result<sim_result> sim_driver::run(std::chrono::steady_clock::time_point wall0) {
+  describe();
+  analytic_limits();
+  if (closed_) {
+    fill_closed_batch();
+  } else if (status s = load_open_workload(); !s) {
+    return s;
+  }
+  serve();
+  totals();
+  res_.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
+  report_progress(true);
+  return std::move(res_);
+}
+
+void sim_driver::describe() {
+  res_.mode = to_string(S_.mode);
+  res_.model_name = S_.model.name;
+  res_.model_file = S_.model.file;
+  res_.hardware_name = S_.hw.name;
+  res_.hardware_file = S_.hw.file;
+  res_.fabric_file = S_.fabric.file;
+  res_.calibration_file = S_.cal.file;
+  for (const auto& [name, v] : S_.cal.entries()) res_.calibration.emplace_back(name, *v);
+  res_.config_json = S_.cfg.to_json();
+  res_.workload = closed_ ? "closed" : S_.workload == sim_workload::poisson ? "poisson" : "trace";
+  res_.context_tokens = S_.context_tokens;
+  res_.budget_tokens = S_.budget_tokens;
+  res_.gpus = S_.gpus();
+  res_.tp = S_.tp;
+  res_.pp = S_.pp;
+  res_.pnm_devices = S_.pnm_devices();
+  res_.expanders = S_.expanders();
+  res_.pool_devices = S_.pool_devices;
+  res_.pools = S_.devices / S_.pool_devices;
+}
+
+// Analytic limits at the configured context (for the max-batch table): requests placed on
+// empty pools until one does not fit, and free GPU memory over one request's bytes.
+void sim_driver::analytic_limits() {
+  const admission_candidate c = candidate_of(0, S_.context_tokens, S_.sizing_output_tokens());
+  res_.gpu_free_bytes = gpu_memory_of(S_).free_bytes();
+  res_.device_bytes_per_request = device_bytes_per_request(S_, c.final_tokens());
+  admission cap = sim_admission(S_, /*placement_only=*/true);
+  uint32_t n = 0;
+  const uint32_t limit = S_.batch_cap ? S_.batch_cap : 1000000u;
+  for (; n < limit; ++n)
+    if (!cap.try_admit(candidate_of(n + 1, S_.context_tokens, S_.sizing_output_tokens())).admitted()) break;
+  res_.batch_limit_device_capacity = n;
+  const auto size = gpu_memory_constraint(gpu_params(S_)).size_of(c.final_tokens(), res_.gpu_free_bytes);
+  res_.gpu_bytes_per_request = size.bytes;
+  res_.summaries_resident = size.summaries_resident;
+  res_.batch_limit_gpu_memory =
+      res_.gpu_free_bytes > 0 ? uint32_t(std::min(1e9, std::floor(res_.gpu_free_bytes / size.bytes))) : 0;
+}
+
+// A closed batch: every request arrives at t = 0 already prefilled (the first token came out
+// of the prefill; then run.steps decode steps, as the live cluster's run.steps). With
+// sim.batch_policy = max requests are offered until the first refusal; otherwise
+// workload.batch are offered and the ones that do not fit are refused.
+void sim_driver::fill_closed_batch() {
+  uint32_t n = S_.batch_max_policy ? (S_.batch_cap ? S_.batch_cap : 1000000u) : S_.batch;
+  // baseline, summaries resident when they fit: the max batch is the one where they all
+  // still fit (past it every further request would read its summaries over the link).
+  bool resident_cap = false;
+  if (S_.mode == run_mode::baseline && S_.batch_max_policy && S_.summaries == summary_residence::auto_fit &&
+      res_.summaries_resident && res_.batch_limit_gpu_memory < n) {
+    n = std::max<uint32_t>(1, res_.batch_limit_gpu_memory);
+    resident_cap = true;
+  }
+  const trace_row row{0, S_.context_tokens, uint64_t(S_.steps) + 1};
+  req_.reserve(std::min<uint32_t>(n, 1u << 16));
+  for (uint32_t i = 0; i < n; ++i) {
+    // workload.batch_max caps the requests offered: past it a request is refused for the
+    // cap even when fewer were admitted (the admission's own cap counts admitted ones).
+    admission_verdict v{admission_reason::batch_cap, "past workload.batch_max"};
+    if (!S_.batch_cap || i < S_.batch_cap)
+      v = adm_.try_admit(candidate_of(i + 1, row.prompt_tokens, row.output_tokens));
+    if (!v.admitted()) res_.batch_limited_by = reason_text(v);
+    if (!v.admitted() && S_.batch_max_policy) break;
+    const uint64_t id = sched_.submit(row);
+    PNMKV_CHECK_EQ(id, uint64_t(i) + 1);
+    if (!v.admitted()) {
+      sched_.refuse(id, res_.batch_limited_by);
+      continue;
+    }
+    sched_.admit_prefilled(id);
+    // Steady state: png-kv's first steady set was copied with the warm-up, like the prefill.
+    admitted(id, /*prefilled=*/true);
+  }
+  if (res_.batch_limited_by.empty())
+    res_.batch_limited_by = !S_.batch_max_policy ? "config"
+                            : resident_cap       ? "gpu_memory"
+                            : S_.batch_cap       ? "batch_max"
+                                                 : "none";
+  total_work_ = S_.steps;
+}
+
+status sim_driver::load_open_workload() {
+  std::vector<trace_row> rows;
+  if (S_.workload == sim_workload::trace) {
+    auto t = load_trace(S_.trace_file);
+    if (!t) return t.error();
+    rows = std::move(t).value();
+  } else {
+    rows = poisson_arrivals(S_.seed, S_.requests, S_.arrival_rate_per_s, S_.context_tokens,
+                            S_.prompt_spread_fraction, S_.output_tokens);
+  }
+  total_work_ = rows.size();
+  req_.reserve(rows.size());
+  sched_ = serving_scheduler(std::move(rows), serving_params_of(S_));
+  res_.batch_limited_by = "open workload";
+  return {};
+}
+
+void sim_driver::admitted(uint64_t id, bool prefilled) {
+  if (req_.size() < id) req_.resize(id);
+  req_[id - 1].grant = adm_.grant_of(id);
+  req_[id - 1].first_decode_pending = !prefilled;
+  if (res_.head_groups == 0) {  // the point's h × s: the first admitted request's
+    res_.head_groups = req_[id - 1].grant->placement.head_groups;
+    res_.sequence_shards = req_[id - 1].grant->placement.sequence_shards;
+  }
+}
+
+// FIFO at the step boundary, head of line: the first request that does not fit waits for
+// others to leave, and is refused only when it cannot fit an otherwise empty system.
+void sim_driver::admit_waiting() {
+  while (auto id = sched_.next_candidate()) {
+    const request_outcome& o = sched_.outcome(*id);
+    const admission_verdict v = adm_.try_admit(candidate_of(*id, o.prompt_tokens, o.output_tokens));
+    if (v.admitted()) {
+      sched_.admit(*id);
+      admitted(*id, /*prefilled=*/false);
+    } else if (sched_.not_admitted(*id, reason_text(v))) {
+      ++done_work_;
+    } else {
+      break;
+    }
+  }
+}
+
+// The link and device budget: the decode step of the requests in the system with the
+// candidate (one step of the model per admission).
+double sim_driver::predicted_step_ms(const admission_candidate& c, const admission_grant& g) {
+  std::vector<step_request> dec;
+  for (uint64_t id : sched_.in_system_ids()) dec.push_back(step_of(id, *req_[id - 1].grant, seq_tokens(id), false));
+  dec.push_back(step_of(c.request_id, g, c.prompt_tokens, false));
+  return sm_.run(dec, {}).time_ns * 1e-6;
+}
+
+void sim_driver::serve() {
+  while (true) {
+    if (!closed_) admit_waiting();
+    const step_plan plan = sched_.plan();
+    if (plan.empty()) {
+      if (closed_ || !sched_.idle_until_next_arrival()) break;
+      continue;
+    }
+    if (closed_ && res_.decode_steps >= S_.steps) break;
+    if (sched_.now_s() > S_.duration_s_max) break;
+    step(plan);
+    report_progress(false);
+  }
+}
+
+// A step's result is reused while the batch is unchanged, for at most step_reuse_steps
+// steps: each step adds one token per request, i.e. at most one more K/V row attended and
+// one more summary scanned per head, so the work of a head (at least the budget's rows)
+// changes by less than step_reuse_steps / budget_tokens.
+const step_result& sim_driver::step_result_of(const std::vector<step_request>& dec,
+                                              const std::vector<prefill_piece>& pf) {
+  bool reuse = S_.step_reuse_steps > 1 && pf.empty() && reuse_left_ > 0 && dec.size() == reuse_ids_.size();
+  for (size_t i = 0; reuse && i < dec.size(); ++i)
+    reuse = dec[i].id == reuse_ids_[i] && !dec[i].first_decode_step;
+  if (reuse) {
+    --reuse_left_;
+    return last_step_;
+  }
+  last_step_ = sm_.run(dec, pf);
+  reuse_ids_.clear();
+  for (const auto& q : dec) reuse_ids_.push_back(q.id);
+  reuse_left_ = pf.empty() ? S_.step_reuse_steps - 1 : 0;
+  return last_step_;
+}
+
+void sim_driver::step(const step_plan& plan) {
+  std::vector<step_request> dec;
+  dec.reserve(plan.decoding.size());
+  for (uint64_t id : plan.decoding)
+    dec.push_back(step_of(id, *req_[id - 1].grant, seq_tokens(id), req_[id - 1].first_decode_pending));
+  std::vector<prefill_piece> pf;
+  for (const prefill_chunk& c : plan.prefill)
+    pf.push_back({c.request_id, &req_[c.request_id - 1].grant->placement, c.position, c.tokens, c.completes});
+  const step_result& sr = step_result_of(dec, pf);
+  const double dt = sr.time_ns * 1e-9;
+  busy_s_ += dt;
+  energy_sum_ += sr.energy;
+  if (!dec.empty()) {
+    crit_sum_ += sr.crit;
+    decode_time_s_ += dt;
+    ++res_.decode_steps;
+    batch_sum_ += double(dec.size());
+    res_.batch_peak = std::max<uint32_t>(res_.batch_peak, uint32_t(dec.size()));
+    link_bytes_sum_ += sr.link_bytes;
+    device_bytes_sum_ += sr.device_bytes;
+    dev_busy_ns_ += sr.device_busy_ns_max;
+    link_busy_ns_ += sr.link_busy_ns_max;
+  }
+  tokens_out_ += plan.decoding.size();
+  for (uint64_t id : plan.decoding) req_[id - 1].first_decode_pending = false;
+  for (const prefill_chunk& c : plan.prefill) tokens_out_ += c.completes;
+  for (uint64_t id : sched_.complete(plan, dt)) {
+    adm_.release(id);
+    req_[id - 1].grant = nullptr;
+    ++res_.completed;
+    ++done_work_;
+  }
+  if (closed_) done_work_ = res_.decode_steps;
+}
+
+void sim_driver::report_progress(bool last) {
+  if (!progress_) return;
+  if (last) {
+    if (reported_ != total_work_) progress_(total_work_, total_work_);
+    return;
+  }
+  if (done_work_ - reported_ >= std::max<uint64_t>(1, total_work_ / 100) || done_work_ == total_work_) {
+    reported_ = done_work_;
+    progress_(done_work_, total_work_);
+  }
+}
+
+void sim_driver::totals() {
+  res_.unfinished = sched_.in_system();
+  res_.simulated_s = sched_.now_s();
+  res_.tokens_out = tokens_out_;
+  // Per request: the same summary as the live cluster's (schedulers/serving.hpp).
+  res_.requests = sched_.outcomes();
+  const serving_summary sv = summarise(res_.requests, {});
+  res_.refused = sv.refused;
+  if (closed_) {
+    // Every request is prefilled at t = 0; TTFT is that of one request on an idle system.
+    res_.ttft_ms = res_.ttft_ms_p99 = idle_prefill_s(S_, sm_, S_.context_tokens) * 1e3;
+  } else {
+    res_.ttft_ms = sv.ttft_ms_mean;
+    res_.ttft_ms_p99 = sv.ttft_ms_p99;
+  }
+  res_.tpot_ms = sv.tpot_ms_mean;
+  res_.tpot_ms_p99 = sv.tpot_ms_p99;
+  res_.queueing_ms = sv.queueing_ms_mean;
+
+  const double n_steps = std::max<double>(1, double(res_.decode_steps));
+  res_.batch_mean = batch_sum_ / n_steps;
+  res_.step_ms = decode_time_s_ * 1e3 / n_steps;
+  res_.breakdown_ms = crit_sum_.scaled(1e-6 / n_steps);
+  res_.link_bytes_per_step = link_bytes_sum_ / n_steps;
+  res_.device_bytes_per_step = device_bytes_sum_ / n_steps;
+  res_.device_busy_fraction = decode_time_s_ > 0 ? dev_busy_ns_ * 1e-9 / decode_time_s_ : 0;
+  res_.link_busy_fraction = decode_time_s_ > 0 ? link_busy_ns_ * 1e-9 / decode_time_s_ : 0;
+  const double static_w = S_.costs->static_power_w(S_.gpus(), S_.pnm_devices(), S_.expanders());
+  const double elapsed = closed_ ? busy_s_ : sched_.now_s();
+  const double static_j = static_w * elapsed;
+  const double energy = energy_sum_.sum() + static_j;
+  const double tok = std::max<double>(1, double(tokens_out_));
+  res_.tokens_per_s = elapsed > 0 ? double(tokens_out_) / elapsed : 0;
+  res_.energy_j_per_token = tokens_out_ ? energy / tok : 0;
+  res_.energy_j_per_token_by = energy_sum_.scaled(1.0 / tok);
+  res_.static_j_per_token = tokens_out_ ? static_j / tok : 0;
+  res_.power_w = elapsed > 0 ? energy / elapsed : 0;
+  res_.capital_usd = S_.costs->capital_usd(S_.gpus(), S_.pnm_devices(), S_.expanders());
+  res_.tokens_per_dollar = S_.costs->tokens_per_dollar(res_.tokens_per_s, res_.power_w, res_.capital_usd);
+
+  // Batch series, thinned evenly.
+  const std::vector<batch_sample>& series = sched_.series();
+  const size_t keep = S_.batch_series_points_max;
+  if (series.size() <= keep) {
+    res_.batch_series = series;
+  } else {
+    for (size_t i = 0; i < keep; ++i) res_.batch_series.push_back(series[i * (series.size() - 1) / (keep - 1)]);
+  }
+}
+
+}  // namespace
 
 result<sim_result> simulate(std::shared_ptr<const sim_setup> setup, const sim_progress& progress) {
   const auto wall0 = std::chrono::steady_clock::now();
@@ -282,391 +574,7 @@ result<sim_result> simulate(std::shared_ptr<const sim_setup> setup, const sim_pr
     s->pool_auto = false;
     setup = s;
   }
-  const sim_setup& S = *setup;
-  sim_result res;
-  res.mode = to_string(S.mode);
-  res.model_name = S.model.name;
-  res.model_file = S.model.file;
-  res.hardware_name = S.hw.name;
-  res.hardware_file = S.hw.file;
-  res.fabric_file = S.fabric.file;
-  res.calibration_file = S.cal.file;
-  for (const auto& [name, v] : S.cal.entries()) res.calibration.emplace_back(name, *v);
-  res.config_json = S.cfg.to_json();
-  res.workload = S.workload == sim_workload::closed ? "closed" : S.workload == sim_workload::poisson ? "poisson" : "trace";
-  res.context_tokens = S.context_tokens;
-  res.budget_tokens = S.budget_tokens;
-  res.gpus = S.gpus();
-  res.tp = S.tp;
-  res.pp = S.pp;
-  res.pnm_devices = S.pnm_devices();
-  res.expanders = S.expanders();
-  res.pool_devices = S.pool_devices;
-  res.pools = S.devices / S.pool_devices;
-
-  step_model sm(setup);
-  admission adm(S);
-  const sim_gpu_memory gm = gpu_memory_of(S);
-  // The link and device budget: a request joins only if the predicted decode step with it
-  // stays within sim.tpot_ms_max (one step of the model per admission; off when 0).
-  auto predicted_ok = [&](std::vector<step_request>& dec, const live_request& cand) {
-    step_request q;
-    q.id = cand.out.id;
-    q.pool = cand.pool;
-    q.placement = &cand.placement;
-    q.seq_tokens = cand.out.prompt_tokens;
-    q.summaries_resident = cand.summaries_resident;
-    dec.push_back(q);
-    return sm.run(dec, {}).time_ns * 1e-6 <= S.tpot_ms_max;
-  };
-  auto as_step_request = [](const live_request& r) {
-    step_request q;
-    q.id = r.out.id;
-    q.pool = r.pool;
-    q.placement = &r.placement;
-    q.seq_tokens = r.out.prompt_tokens + r.decode_steps;
-    q.summaries_resident = r.summaries_resident;
-    return q;
-  };
-  auto tpot_ok = [&](const std::vector<live_request>& admitted, const live_request& cand) {
-    if (S.tpot_ms_max <= 0) return true;
-    std::vector<step_request> dec;
-    for (const auto& r : admitted)
-      if (!r.out.refused) dec.push_back(as_step_request(r));
-    return predicted_ok(dec, cand);
-  };
-  auto tpot_ok_active = [&](const std::vector<live_request*>& act, const live_request& cand) {
-    if (S.tpot_ms_max <= 0) return true;
-    std::vector<step_request> dec;
-    for (const live_request* r : act) dec.push_back(as_step_request(*r));
-    return predicted_ok(dec, cand);
-  };
-  res.gpu_free_bytes = gm.free_bytes();
-  const uint64_t final_tokens = S.context_tokens + std::max<uint64_t>(1, S.sizing_output_tokens() - 1);  // as placed
-  res.device_bytes_per_request = device_bytes_per_request(S, final_tokens);
-
-  // Analytic limits at the configured context (for the max-batch table).
-  {
-    admission cap(S, /*check_gpu=*/false);
-    uint32_t n = 0;
-    const uint32_t limit = S.batch_cap ? S.batch_cap : 1000000u;
-    for (; n < limit; ++n) {
-      live_request r;
-      r.out.id = n + 1;
-      r.out.prompt_tokens = S.context_tokens;
-      r.out.output_tokens = S.sizing_output_tokens();
-      if (!cap.try_admit(r, 0).empty()) break;
-    }
-    res.batch_limit_device_capacity = n;
-    bool resident = S.summaries != summary_residence::link;
-    double per = gpu_bytes_per_request(S, final_tokens, resident);
-    if (S.mode == run_mode::baseline && S.summaries == summary_residence::auto_fit && per > res.gpu_free_bytes) {
-      resident = false;
-      per = gpu_bytes_per_request(S, final_tokens, false);
-    }
-    res.gpu_bytes_per_request = per;
-    res.summaries_resident = resident;
-    res.batch_limit_gpu_memory =
-        res.gpu_free_bytes > 0 ? uint32_t(std::min(1e9, std::floor(res.gpu_free_bytes / per))) : 0;
-  }
-
-  // Requests.
-  std::vector<live_request> reqs;
-  if (S.workload == sim_workload::closed) {
-    uint32_t n = S.batch_max_policy ? (S.batch_cap ? S.batch_cap : 1000000u) : S.batch;
-    // baseline, summaries resident when they fit: the max batch is the one where they all
-    // still fit (past it every further request would read its summaries over the link).
-    bool resident_cap = false;
-    if (S.mode == run_mode::baseline && S.batch_max_policy && S.summaries == summary_residence::auto_fit &&
-        res.summaries_resident && res.batch_limit_gpu_memory < n) {
-      n = std::max<uint32_t>(1, res.batch_limit_gpu_memory);
-      resident_cap = true;
-    }
-    reqs.reserve(std::min<uint32_t>(n, 1u << 16));
-    for (uint32_t i = 0; i < n; ++i) {
-      live_request r;
-      r.out.id = i + 1;
-      // Prefilled before t = 0: the first token came out of the prefill, then run.steps
-      // decode steps append and produce one token each (as the live cluster's run.steps).
-      r.out.prompt_tokens = S.context_tokens;
-      r.out.output_tokens = uint64_t(S.steps) + 1;
-      r.out.generated = 1;
-      r.out.arrival_s = 0;
-      std::string why = adm.try_admit(r, i);
-      if (why.empty() && !tpot_ok(reqs, r)) {
-        adm.release(r);
-        why = "tpot";
-      }
-      if (!why.empty()) {
-        res.batch_limited_by = why;
-        if (S.batch_max_policy) break;
-        r.out.refused = true;
-        r.out.refusal = why;
-        reqs.push_back(std::move(r));
-        continue;
-      }
-      r.out.admitted_s = 0;
-      r.out.first_token_s = 0;
-      r.prefilled = true;
-      // Steady state: png-kv's first steady set was copied with the warm-up, like the prefill.
-      r.first_decode_pending = false;
-      r.prefill_done = r.out.prompt_tokens;
-      reqs.push_back(std::move(r));
-    }
-    if (res.batch_limited_by.empty())
-      res.batch_limited_by = !S.batch_max_policy ? "config"
-                             : resident_cap      ? "gpu_memory"
-                             : S.batch_cap       ? "batch_max"
-                                                 : "none";
-  } else {
-    std::vector<trace_row> rows;
-    if (S.workload == sim_workload::trace) {
-      auto t = load_trace(S.trace_file);
-      if (!t) return t.error();
-      rows = std::move(t).value();
-    } else {
-      rows = poisson_arrivals(S.seed, S.requests, S.arrival_rate_per_s, S.context_tokens,
-                              S.prompt_spread_fraction, S.output_tokens);
-    }
-    reqs.resize(rows.size());
-    for (size_t i = 0; i < rows.size(); ++i) {
-      reqs[i].out.id = i + 1;
-      reqs[i].out.arrival_s = rows[i].arrival_s;
-      reqs[i].out.prompt_tokens = rows[i].prompt_tokens;
-      reqs[i].out.output_tokens = rows[i].output_tokens;
-    }
-    res.batch_limited_by = "open workload";
-  }
-
-  // Event loop. Arrivals are pre-sorted; the queue holds them and step ends.
-  struct event {
-    double t_s;
-    int kind;  // 0 arrival, 1 step end
-    size_t index;
-    // Ties: arrivals before step ends, then requests in id order (first come, first served
-    // among simultaneous arrivals, as the live GPU host).
-    bool operator>(const event& o) const {
-      return t_s != o.t_s ? t_s > o.t_s : kind != o.kind ? kind > o.kind : index > o.index;
-    }
-  };
-  std::priority_queue<event, std::vector<event>, std::greater<event>> events;
-  std::deque<size_t> waiting;
-  std::vector<live_request*> active;
-  const bool closed = S.workload == sim_workload::closed;
-  if (closed) {
-    for (auto& r : reqs)
-      if (!r.out.refused) active.push_back(&r);
-  } else {
-    for (size_t i = 0; i < reqs.size(); ++i) events.push({reqs[i].out.arrival_s, 0, i});
-  }
-  const uint64_t total_work = closed ? S.steps : reqs.size();
-  uint64_t done_work = 0, reported = 0;
-
-  double t_s = 0;
-  double busy_s = 0;
-  step_breakdown crit_sum;
-  step_energy energy_sum;
-  double decode_time_s = 0, link_bytes_sum = 0, device_bytes_sum = 0, dev_busy_ns = 0, link_busy_ns = 0;
-  double batch_sum = 0;
-  std::vector<batch_sample> series;
-  uint64_t tokens_out = 0;
-
-  step_result last_step;
-  std::vector<uint64_t> reuse_ids;
-  uint32_t reuse_left = 0;
-
-  auto finish = [&](live_request* r) {
-    r->out.finish_s = t_s;
-    adm.release(*r);
-    ++res.completed;
-    ++done_work;
-  };
-
-  while (true) {
-    // Admit at the step boundary.
-    if (!closed) {
-      while (!events.empty() && events.top().kind == 0 && events.top().t_s <= t_s) {
-        waiting.push_back(events.top().index);
-        events.pop();
-      }
-      while (!waiting.empty()) {
-        live_request& r = reqs[waiting.front()];
-        std::string why = adm.try_admit(r, uint32_t(active.size()));
-        if (why.empty() && !tpot_ok_active(active, r)) {
-          adm.release(r);
-          why = "tpot";
-        }
-        if (why.empty()) {
-          r.out.admitted_s = t_s;
-          active.push_back(&r);
-          waiting.pop_front();
-          continue;
-        }
-        if (active.empty()) {  // cannot fit an empty system: refuse for good
-          r.out.refused = true;
-          r.out.refusal = why;
-          ++done_work;
-          waiting.pop_front();
-          continue;
-        }
-        break;
-      }
-    }
-    // Form the step: every decoding request, and prefill chunks up to the chunk size.
-    std::vector<step_request> dec = decode_set(active);
-    std::vector<prefill_piece> pf;
-    uint64_t chunk_left = S.prefill_chunk_tokens;
-    for (live_request* r : active) {
-      if (r->prefilled || chunk_left == 0) continue;
-      prefill_piece p;
-      p.request_id = r->out.id;
-      p.placement = &r->placement;
-      p.position = r->prefill_done;
-      p.tokens = std::min(chunk_left, r->out.prompt_tokens - r->prefill_done);
-      p.completes = r->prefill_done + p.tokens >= r->out.prompt_tokens;
-      chunk_left -= p.tokens;
-      pf.push_back(p);
-    }
-    if (dec.empty() && pf.empty()) {
-      if (closed || events.empty()) break;
-      t_s = std::max(t_s, events.top().t_s);  // idle until the next arrival
-      continue;
-    }
-    if (closed && done_work >= total_work) break;
-    if (t_s > S.duration_s_max) break;
-
-    // A step's result is reused while the batch is unchanged, for at most step_reuse_steps
-    // steps: each step adds one token per request, i.e. at most one more K/V row attended
-    // and one more summary scanned per head, so the work of a head (at least the budget's
-    // rows) changes by less than step_reuse_steps / budget_tokens.
-    bool reuse = S.step_reuse_steps > 1 && pf.empty() && reuse_left > 0 && dec.size() == reuse_ids.size();
-    for (size_t i = 0; reuse && i < dec.size(); ++i)
-      reuse = dec[i].id == reuse_ids[i] && !dec[i].first_decode_step;
-    if (!reuse) {
-      last_step = sm.run(dec, pf);
-      reuse_ids.clear();
-      for (const auto& q : dec) reuse_ids.push_back(q.id);
-      reuse_left = pf.empty() ? S.step_reuse_steps - 1 : 0;
-    } else {
-      --reuse_left;
-    }
-    const step_result& sr = last_step;
-    const double dt = sr.time_ns * 1e-9;
-    t_s += dt;
-    busy_s += dt;
-    energy_sum += sr.energy;
-    if (!dec.empty()) {
-      crit_sum += sr.crit;
-      decode_time_s += dt;
-      ++res.decode_steps;
-      batch_sum += double(dec.size());
-      res.batch_peak = std::max<uint32_t>(res.batch_peak, uint32_t(dec.size()));
-      link_bytes_sum += sr.link_bytes;
-      device_bytes_sum += sr.device_bytes;
-      dev_busy_ns += sr.device_busy_ns_max;
-      link_busy_ns += sr.link_busy_ns_max;
-    }
-    if (series.size() < 4'000'000) series.push_back({t_s, uint32_t(dec.size()), sr.prefill_tokens});
-
-    // Apply the step.
-    std::vector<live_request*> still;
-    still.reserve(active.size());
-    size_t pi = 0;
-    for (live_request* r : active) {
-      if (r->prefilled) {
-        ++r->decode_steps;
-        ++r->out.generated;
-        ++tokens_out;
-        r->first_decode_pending = false;
-        const uint64_t target = closed ? r->out.output_tokens : r->out.output_tokens;
-        if (r->out.generated >= target) {
-          finish(r);
-          continue;
-        }
-      } else if (pi < pf.size() && pf[pi].request_id == r->out.id) {
-        r->prefill_done += pf[pi].tokens;
-        if (pf[pi].completes) {
-          r->prefilled = true;
-          r->out.first_token_s = t_s;
-          r->out.generated = 1;
-          ++tokens_out;
-          if (r->out.generated >= r->out.output_tokens) {
-            ++pi;
-            finish(r);
-            continue;
-          }
-        }
-        ++pi;
-      }
-      still.push_back(r);
-    }
-    active.swap(still);
-    if (closed) done_work = res.decode_steps;
-    if (progress && (done_work - reported >= std::max<uint64_t>(1, total_work / 100) || done_work == total_work)) {
-      reported = done_work;
-      progress(done_work, total_work);
-    }
-  }
-  res.unfinished = active.size();
-  res.simulated_s = t_s;
-  res.tokens_out = tokens_out;
-
-  // Per request: the same summary as the live cluster's (schedulers/serving.hpp).
-  res.requests.reserve(reqs.size());
-  for (auto& r : reqs) res.requests.push_back(r.out);
-  const serving_summary sv = summarise(res.requests, {});
-  res.refused = sv.refused;
-  if (closed) {
-    // Every request is prefilled at t = 0; TTFT is that of one request on an idle system.
-    const double t = idle_prefill_s(setup, sm, S.context_tokens) * 1e3;
-    res.ttft_ms = res.ttft_ms_p99 = t;
-  } else {
-    res.ttft_ms = sv.ttft_ms_mean;
-    res.ttft_ms_p99 = sv.ttft_ms_p99;
-  }
-  res.tpot_ms = sv.tpot_ms_mean;
-  res.tpot_ms_p99 = sv.tpot_ms_p99;
-  res.queueing_ms = sv.queueing_ms_mean;
-
-  // Totals.
-  const double n_steps = std::max<double>(1, double(res.decode_steps));
-  res.batch_mean = batch_sum / n_steps;
-  res.step_ms = decode_time_s * 1e3 / n_steps;
-  res.breakdown_ms = crit_sum.scaled(1e-6 / n_steps);
-  res.link_bytes_per_step = link_bytes_sum / n_steps;
-  res.device_bytes_per_step = device_bytes_sum / n_steps;
-  res.device_busy_fraction = decode_time_s > 0 ? dev_busy_ns * 1e-9 / decode_time_s : 0;
-  res.link_busy_fraction = decode_time_s > 0 ? link_busy_ns * 1e-9 / decode_time_s : 0;
-  const double static_w = S.costs->static_power_w(S.gpus(), S.pnm_devices(), S.expanders());
-  const double elapsed = closed ? busy_s : t_s;
-  const double static_j = static_w * elapsed;
-  const double energy = energy_sum.sum() + static_j;
-  const double tok = std::max<double>(1, double(tokens_out));
-  res.tokens_per_s = elapsed > 0 ? double(tokens_out) / elapsed : 0;
-  res.energy_j_per_token = tokens_out ? energy / tok : 0;
-  res.energy_j_per_token_by = energy_sum.scaled(1.0 / tok);
-  res.static_j_per_token = tokens_out ? static_j / tok : 0;
-  res.power_w = elapsed > 0 ? energy / elapsed : 0;
-  res.capital_usd = S.costs->capital_usd(S.gpus(), S.pnm_devices(), S.expanders());
-  res.tokens_per_dollar = S.costs->tokens_per_dollar(res.tokens_per_s, res.power_w, res.capital_usd);
-  for (auto& r : reqs)
-    if (r.placement.head_groups) {
-      res.head_groups = r.placement.head_groups;
-      res.sequence_shards = r.placement.sequence_shards;
-      break;
-    }
-
-  // Batch series, thinned evenly.
-  const size_t keep = S.batch_series_points_max;
-  if (series.size() > keep) {
-    std::vector<batch_sample> thin;
-    for (size_t i = 0; i < keep; ++i) thin.push_back(series[i * (series.size() - 1) / (keep - 1)]);
-    series.swap(thin);
-  }
-  res.batch_series = std::move(series);
-  res.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
-  if (progress && reported != total_work) progress(total_work, total_work);
-  return res;
+  return sim_driver(std::move(setup), progress).run(wall0);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -398,6 +398,49 @@ TEST(ServingScheduler, head_of_line_refusal_and_cap) {
   EXPECT_EQ(w.next_candidate(), std::optional<uint64_t>(2));
 }
 
+// A closed batch built as it is admitted (the simulator's): submit() appends arrivals,
+// admit_prefilled() starts a request decoding with its first token out now, refuse() is
+// final even with others running, and the batch series keeps at most series_points_max.
+// Equal to the same rows given to the constructor and admitted the ordinary way, but for
+// the prefill steps the prefilled requests skip.
+TEST(ServingScheduler, closed_batch_submitted_prefilled_and_refused) {
+  serving_params p;
+  p.prefill_chunk_tokens = 8;
+  p.series_points_max = 3;
+  serving_scheduler s({}, p);
+  EXPECT_TRUE(s.done()) << "no requests yet";
+  for (uint64_t i = 1; i <= 3; ++i) {
+    ASSERT_EQ(s.submit({0, 100, 5}), i);
+    ASSERT_EQ(s.next_candidate(), std::optional<uint64_t>(i));
+    if (i == 2) {
+      s.refuse(i, "does not fit");  // final though request 1 is in the system
+      continue;
+    }
+    s.admit_prefilled(i);
+    EXPECT_EQ(s.outcome(i).first_token_s, 0.0);
+    EXPECT_EQ(s.outcome(i).generated, 1u);
+  }
+  EXPECT_TRUE(s.outcome(2).refused);
+  EXPECT_EQ(s.outcome(2).refusal, "does not fit");
+  EXPECT_EQ(s.outcome(2).generated, 0u) << "a refused request generated nothing";
+  EXPECT_EQ(s.in_system_ids(), (std::vector<uint64_t>{1, 3}));
+  // Four decode steps finish both (5 output tokens: the first came with the prefill).
+  for (int k = 0; k < 4; ++k) {
+    const step_plan plan = s.plan();
+    EXPECT_TRUE(plan.prefill.empty()) << "prefilled requests need no chunks";
+    EXPECT_EQ(plan.decoding, (std::vector<uint64_t>{1, 3}));
+    const auto done = s.complete(plan, 0.25);
+    EXPECT_EQ(done.size(), k == 3 ? 2u : 0u);
+  }
+  EXPECT_TRUE(s.done());
+  EXPECT_EQ(s.outcome(1).finish_s, 1.0);
+  EXPECT_EQ(s.outcome(3).tpot_ms(), 250.0);
+  EXPECT_EQ(s.series().size(), 3u) << "capped at series_points_max";
+  EXPECT_EQ(s.series().back().t_s, 0.75);
+  // An arrival earlier than the last one submitted is a caller's bug.
+  EXPECT_DEATH(s.submit({-1, 10, 1}), "submitted after");
+}
+
 // ---------------------------------------------------------------------------------------
 // 3. summarise.
 

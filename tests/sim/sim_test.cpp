@@ -256,6 +256,32 @@ TEST(sim_property, poisson_workload_finishes_every_request_with_consistent_laten
   }
 }
 
+TEST(sim_property, closed_batch_refusals_name_the_first_failing_constraint_and_generate_nothing) {
+  // 8 devices hold 7 requests of 4M tokens of the default model (the analytic limit); a
+  // closed batch of 20 with workload.batch_max = 17: requests 8–17 are refused for device
+  // capacity (the first failing constraint), 18–20 for the cap on the offered batch.
+  auto r = sim_of({"workload.context_tokens=4194304", "sim.batch_policy=config", "workload.batch=20",
+                   "workload.batch_max=17", "run.steps=2", "cluster.pnm_devices=8", "cluster.pool_devices=8"});
+  const uint32_t fit = r.batch_limit_device_capacity;
+  ASSERT_GT(fit, 0u);
+  ASSERT_LT(fit, 17u) << "the test needs device capacity to bind before the cap";
+  ASSERT_EQ(r.requests.size(), 20u);
+  EXPECT_EQ(r.batch_peak, fit);
+  EXPECT_EQ(r.completed, fit);
+  EXPECT_EQ(r.refused, 20u - fit);
+  for (const auto& q : r.requests) {
+    if (q.id <= fit) {
+      EXPECT_FALSE(q.refused) << q.id;
+      EXPECT_EQ(q.generated, 3u) << "first token with the prefill, then run.steps";
+      continue;
+    }
+    EXPECT_TRUE(q.refused) << q.id;
+    EXPECT_EQ(q.generated, 0u) << "a refused request generates nothing";
+    EXPECT_EQ(q.refusal, q.id <= 17 ? "device_capacity" : "batch_max") << q.id;
+  }
+  EXPECT_EQ(r.batch_limited_by, "batch_max") << "the last refusal's reason";
+}
+
 std::string temp_file(const std::string& name, const std::string& text) {
   auto p = std::filesystem::temp_directory_path() / ("pnmkv_sim_test_" + name);
   std::ofstream(p) << text;
