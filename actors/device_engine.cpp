@@ -6,6 +6,7 @@
 #include "core/check.hpp"
 #include "core/roofline.hpp"
 #include "core/select.hpp"
+#include "schedulers/step_timeline.hpp"
 
 namespace pnmkv {
 
@@ -108,7 +109,7 @@ status device_engine::write(uint64_t request_id, uint32_t layer, uint32_t kv_hea
 double device_engine::charge(double arrival_ns, double cost_ns) {
   PNMKV_CHECK_GE(cost_ns, 0.0);
   const double before = clock_ns_;
-  clock_ns_ = std::max(clock_ns_, arrival_ns) + cost_ns;
+  clock_ns_ = device_service_done(clock_ns_, arrival_ns, cost_ns);
   PNMKV_CHECK_GE(clock_ns_, before);
   return clock_ns_;
 }

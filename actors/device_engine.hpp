@@ -90,7 +90,9 @@ class device_engine {
   size_t stores() const { return stores_.size(); }
 
   // Virtual clock (DESIGN.md §5): work that arrives at arrival_ns starts when the device is
-  // free and takes cost.time_ns. Returns the time the work is done. Monotone.
+  // free and takes cost_ns (device_service_cost, schedulers/step_timeline.hpp: the step
+  // model prices predicted work with the same function and serves it with the same
+  // device_service_done). Returns the time the work is done. Monotone.
   double charge(double arrival_ns, double cost_ns);
   double clock_ns() const { return clock_ns_; }
   const kv_head_store* find(uint64_t request_id, uint32_t layer, uint32_t kv_head) const;

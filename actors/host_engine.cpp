@@ -24,7 +24,8 @@ void fnv1a(uint64_t& h, const void* data, size_t n) {
 
 host_engine::host_engine(host_engine_config cfg, const cost_model& costs,
                          const synthetic_workload& wl)
-    : cfg_(cfg), costs_(costs), wl_(wl) {
+    : cfg_(cfg), costs_(costs), wl_(wl), tl_(costs_, std::max<uint32_t>(1, cfg.host_links), 0) {
+  if (cfg_.heads_scored == 0) cfg_.heads_scored = costs_.model().gqa_group();
   PNMKV_CHECK(cfg_.page_size_tokens > 0 && cfg_.prefill_chunk_tokens > 0,
               "page_size_tokens=", cfg_.page_size_tokens,
               ", prefill_chunk_tokens=", cfg_.prefill_chunk_tokens);
@@ -108,12 +109,7 @@ status host_engine::plan_prefill(std::vector<prefill_chunk> chunks) {
 // another shard (one message per shard).
 uint64_t host_engine::chunk_end(const request_placement& pl, uint32_t kv_head, uint64_t from,
                                 uint64_t to) const {
-  const uint32_t ps = cfg_.page_size_tokens;
-  const int shard = pl.shard_of(kv_head, from / ps);
-  PNMKV_CHECK(shard >= 0, "no shard holds kv_head=", kv_head, " page=", from / ps);
-  for (uint64_t p = from / ps + 1; p * ps < to; ++p)
-    if (pl.shard_of(kv_head, p) != shard) return p * ps;
-  return to;
+  return write_run_end(pl, kv_head, from, to, cfg_.page_size_tokens);
 }
 
 // The writes of prompt tokens [from, to) of (request, layer, KV head): one per shard run,
@@ -181,26 +177,17 @@ bool host_engine::next_prefill_chunk(std::vector<device_work>& out) {
   return false;
 }
 
-double host_engine::link_out(double now_ns, uint64_t bytes) {
-  host_out_free_ns_ = std::max(host_out_free_ns_, now_ns) + costs_.link_serialisation_ns(bytes);
-  return host_out_free_ns_ + costs_.link_latency_ns();
+uint32_t host_engine::link_of(const request_placement& pl, uint32_t kv_head,
+                              uint32_t shard_index) const {
+  return host_link_of(std::max<uint32_t>(1, cfg_.host_links), costs_.model().kv_heads, kv_head,
+                      pl.shards[shard_index].sequence_index, pl.sequence_shards);
 }
 
-double host_engine::link_in(double sent_ns, uint64_t bytes) {
-  host_in_free_ns_ = std::max(host_in_free_ns_, sent_ns + costs_.link_latency_ns()) +
-                     costs_.link_serialisation_ns(bytes);
-  return host_in_free_ns_;
-}
-
-// The shared inbound link is accounted once a round is complete, in virtual-time order, so
-// the result does not depend on the order replies happened to arrive in wall time.
-void host_engine::account_inbound() {
-  std::sort(inbound_.begin(), inbound_.end(), [](const inbound& a, const inbound& b) {
-    return a.sent_ns != b.sent_ns ? a.sent_ns < b.sent_ns : a.tag < b.tag;
-  });
-  for (const inbound& in : inbound_)
-    last_arrival_ns_ = std::max(last_arrival_ns_, link_in(in.sent_ns, in.bytes));
-  inbound_.clear();
+// Device ids are the cluster's; the timeline counts devices from 0.
+uint32_t host_engine::device_slot(uint32_t device_id) {
+  auto [it, added] = device_slots_.emplace(device_id, uint32_t(device_slots_.size()));
+  if (added) tl_.reserve_devices(uint32_t(device_slots_.size()));
+  return it->second;
 }
 
 const request_spec& host_engine::spec(uint64_t request_id) const {
@@ -237,9 +224,9 @@ const partial* host_engine::last_output(uint64_t request_id, uint32_t layer,
   return it == heads_.end() ? nullptr : &it->second.merged;
 }
 
-void host_engine::dispatch(device_work& w, bool charged) {
+void host_engine::dispatch(device_work& w, bool charged, double now_ns, uint32_t link) {
   if (!charged) return;
-  w.vt_arrival_ns = link_out(clock_ns_, w.wire_bytes);
+  w.vt_arrival_ns = tl_.send(link, now_ns, w.wire_bytes);
   cur_.link_bytes += w.wire_bytes;
 }
 
@@ -346,7 +333,6 @@ result<std::vector<device_work>> host_engine::advance() {
           auto st = finish_round_a();
           if (!st) return st;
           phase_ = phase::round_b;
-          gpu_busy_until_ns_ = clock_ns_;
           auto work = round_b_work();
           if (!work.empty()) {
             for (auto& w : work) out.push_back(std::move(w));
@@ -392,8 +378,8 @@ std::vector<device_work> host_engine::copy_work() {
   const uint32_t ps = cfg_.page_size_tokens;
   const uint64_t budget_pages = cfg_.budget_tokens / ps;
   std::vector<device_work> work;
-  phase_start_ns_ = clock_ns_;
-  last_arrival_ns_ = clock_ns_;
+  tl_.begin(clock_ns_);
+  round_start_ns_ = clock_ns_;
   for (const request_spec& r : requests_) {
     if (!is_decoding(r.request_id)) continue;
     const uint64_t at = decoded(r.request_id);
@@ -443,9 +429,11 @@ std::vector<device_work> host_engine::copy_work() {
           w.kv_head = h;
           w.pages = pages;
           w.wire_bytes = work::recall_request_wire_bytes(pages.size());
-          w.device_cost_ns = costs_.pnm_compute(costs_.kv_bytes(double(pages.size() * ps)), 0).time_ns;
-          dispatch(w, true);
-          pending_.emplace(w.tag, pending_item{r.request_id, layer, h, shard, purpose::steady_copy});
+          w.device_cost_ns =
+              device_service_cost(costs_, device_op::pnm, costs_.kv_bytes(double(pages.size() * ps))).time_ns;
+          const uint32_t link = link_of(pl, h, shard);
+          dispatch(w, true, clock_ns_, link);
+          pending_.emplace(w.tag, pending_item{r.request_id, layer, h, shard, purpose::steady_copy, link});
           work.push_back(std::move(w));
         }
       }
@@ -489,7 +477,7 @@ status host_engine::rebuild_steady(steady_state& ss) {
 }
 
 status host_engine::finish_copies() {
-  account_inbound();
+  const double last_arrival_ns = tl_.receive();
   uint64_t bytes = 0;
   for (auto& [key, ss] : steady_) {
     for (const auto& [p, kv] : ss.arriving) bytes += (kv.first.size() + kv.second.size()) * sizeof(bf16);
@@ -499,10 +487,10 @@ status host_engine::finish_copies() {
     }
   }
   if (bytes > 0) {
-    clock_ns_ = std::max(clock_ns_, last_arrival_ns_);
+    clock_ns_ = std::max(clock_ns_, last_arrival_ns);
     op_cost w = costs_.gpu_hbm_write(double(bytes));
     clock_ns_ += w.time_ns;
-    cur_.copy_ns += clock_ns_ - phase_start_ns_;
+    cur_.copy_ns += clock_ns_ - round_start_ns_;
     cur_.energy_j += w.energy_j;
     cur_.copy_bytes += bytes;
   }
@@ -520,13 +508,17 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
   const uint32_t batch = static_cast<uint32_t>(std::min<uint64_t>(tokens, UINT32_MAX));
   std::vector<device_work> work;
 
+  // One GPU: no tensor-parallel all-reduce.
   op_cost dense = costs_.gpu_dense_layer(batch);
-  clock_ns_ += dense.time_ns;
+  clock_ns_ = layer_t0(clock_ns_, dense, op_cost{});
   cur_.dense_ns += dense.time_ns;
   cur_.energy_j += dense.energy_j;
-  phase_start_ns_ = clock_ns_;
-  last_arrival_ns_ = clock_ns_;
-  gpu_busy_until_ns_ = clock_ns_;
+  tl_.begin(clock_ns_);
+  round_start_ns_ = clock_ns_;
+  last_reply_ns_ = clock_ns_;
+  prefill_last_arrival_ns_ = clock_ns_;
+  overlap_ns_ = 0;
+  layer_slots_.clear();
   phase_ = phase::round_a;
 
   const uint64_t budget_pages = cfg_.budget_tokens / ps;
@@ -556,11 +548,12 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
       std::vector<uint32_t> holders{holder.device_id};
       holders.insert(holders.end(), holder.replica_device_ids.begin(),
                      holder.replica_device_ids.end());
+      const uint32_t append_link = link_of(pl, h, uint32_t(holder_index));
       for (uint32_t dev : holders) {
         device_work a = app;
         a.device_id = dev;
         a.shard_id = holder.shard_id;
-        dispatch(a, true);
+        dispatch(a, true, clock_ns_, append_link);
         work.push_back(std::move(a));
       }
 
@@ -588,8 +581,9 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
                                  hs.steady_part);
           PNMKV_CHECK(st.is_ok(), st.to_string());
           const double tokens = double(ss.store->token_count());
-          op_cost ga = costs_.gpu_attention(costs_.kv_bytes(tokens), costs_.attend_flops(tokens, group));
-          gpu_busy_until_ns_ += ga.time_ns;
+          const work::query_work gw = work::gpu_attend_work(costs_, tokens);
+          op_cost ga = costs_.gpu_attention(gw.bytes, gw.flops);
+          overlap_ns_ += ga.time_ns;
           cur_.gpu_attention_ns += ga.time_ns;
           cur_.energy_j += ga.energy_j;
           device_budget = budget_pages > ss.pages.size() ? budget_pages - ss.pages.size() : 0;
@@ -614,10 +608,18 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
         }
         // baseline: the scoring runs on the device actor for the GPU (see the header).
         w.charge_device = cfg_.mode != run_mode::baseline;
-        dispatch(w, w.charge_device);
+        const uint32_t link = link_of(pl, h, hs.shards[j]);
+        dispatch(w, w.charge_device, clock_ns_, link);
         pending_.emplace(w.tag, pending_item{r.request_id, layer, h, uint32_t(j),
-                                             two_rounds ? purpose::candidates : purpose::select});
+                                             two_rounds ? purpose::candidates : purpose::select, link,
+                                             uint32_t(layer_slots_.size())});
         work.push_back(std::move(w));
+      }
+      if (cfg_.mode == run_mode::baseline) {
+        hs.ready_ns = cfg_.summaries_resident ? clock_ns_ : 0;
+        hs.recalled_tokens = 0;
+        if (!cfg_.summaries_resident) baseline_summary_reads(pl, h, position + 1, uint32_t(layer_slots_.size()));
+        layer_slots_.push_back(key);
       }
     }
   }
@@ -644,12 +646,16 @@ void host_engine::prompt_work(uint32_t layer, std::vector<device_work>& work) {
     for (uint32_t h = 0; h < m.kv_heads; ++h) {
       const size_t first = work.size();
       prefill_writes(r, layer, h, c.position, c.position + c.tokens, work);
+      const request_placement& pl = placements_.at(c.request_id);
       for (size_t i = first; i < work.size(); ++i) {
-        dispatch(work[i], true);
+        const int idx = pl.shard_of(h, work[i].position / cfg_.page_size_tokens);
+        const uint32_t link = link_of(pl, h, uint32_t(idx));
+        dispatch(work[i], true, tl_.out_free_ns(link), link);
         prefill_last_arrival_ns_ = std::max(prefill_last_arrival_ns_, work[i].vt_arrival_ns);
         const double kv = costs_.kv_bytes(double(work[i].n_tokens));
-        cur_.energy_j += cfg_.mode == run_mode::baseline ? costs_.expander_read(kv).energy_j
-                                                         : costs_.pnm_compute(kv, 0).energy_j;
+        cur_.energy_j += device_service_cost(costs_, cfg_.mode == run_mode::baseline ? device_op::expander
+                                                                                     : device_op::pnm,
+                                             kv).energy_j;
       }
     }
     if (layer == 0) cur_.prefill_tokens += c.tokens;
@@ -660,11 +666,7 @@ void host_engine::prompt_work(uint32_t layer, std::vector<device_work>& work) {
 // shards' candidates — forced pages first, then by score, ties to the lower page — exactly
 // what one device holding every page would select.
 status host_engine::finish_round_a() {
-  account_inbound();
-  const auto& m = costs_.model();
-  const uint32_t ps = cfg_.page_size_tokens, group = m.gqa_group();
-  const uint64_t budget_pages = cfg_.budget_tokens / ps;
-  double scoring_ns = 0;
+  const uint64_t budget_pages = cfg_.budget_tokens / cfg_.page_size_tokens;
   for (auto& [key, hs] : heads_) {
     if (std::get<0>(key) != layer_) continue;
     const auto [layer, request_id, h] = key;
@@ -691,38 +693,80 @@ status host_engine::finish_round_a() {
     }
     for (auto& l : hs.listed) std::sort(l.begin(), l.end());
     hs.candidates.clear();
-    if (cfg_.mode == run_mode::baseline) {
-      // The GPU scored every page summary of this head: from HBM when resident, else read
-      // over the link from the expanders.
-      const request_spec& r = spec(request_id);
-      const double pages = double((r.context_tokens + decoded(request_id) + 1 + ps - 1) / ps);
-      const double bytes = pages * costs_.summary_bytes_per_page(2);
-      const double flops = costs_.score_flops(pages, group);
-      if (cfg_.summaries_resident) {
-        op_cost g = costs_.gpu_attention(bytes, flops);
-        scoring_ns += g.time_ns;
-        cur_.energy_j += g.energy_j;
-      } else {
-        op_cost e = costs_.expander_read(bytes);
-        op_cost g = costs_.gpu_attention(0, flops);
-        last_arrival_ns_ = std::max(last_arrival_ns_, link_in(clock_ns_ + e.time_ns, uint64_t(bytes)));
-        cur_.link_bytes += uint64_t(bytes);
-        cur_.energy_j += e.energy_j + g.energy_j;  // link energy: with every link byte
-        scoring_ns += g.time_ns;
-      }
-    }
   }
-  const double wait_ns = last_arrival_ns_ - phase_start_ns_;
-  // png-kv: the GPU's steady attention ran alongside round a.
-  const double gpu_ns = cfg_.mode == run_mode::png_kv ? gpu_busy_until_ns_ : 0.0;
-  clock_ns_ = std::max({clock_ns_, last_arrival_ns_, gpu_ns}) + scoring_ns;
-  cur_.gpu_attention_ns += scoring_ns;
+  if (cfg_.mode == run_mode::baseline) return finish_baseline_scoring();
+  // Exact selection: round b starts once round a's replies are in and the GPU's steady
+  // attention (png-kv) is done.
+  last_reply_ns_ = tl_.receive();
+  const double t0 = tl_.t0();
+  const double wait_ns = std::max(0.0, last_reply_ns_ - t0);
+  clock_ns_ = second_round_start(t0, wait_ns, overlap_ns_);
+  tl_.clear_items();
   cur_.device_ns += round_device_ns_;
   cur_.link_ns += std::max(0.0, wait_ns - round_device_ns_);
   round_device_ns_ = 0;
   device_busy_ns_.clear();
-  phase_start_ns_ = clock_ns_;
-  last_arrival_ns_ = clock_ns_;
+  round_start_ns_ = clock_ns_;
+  return {};
+}
+
+// baseline: every summary not resident in HBM is read from the expander holding it: a
+// request out, the expander's read, the summaries back (layer_work, at t0).
+void host_engine::baseline_summary_reads(const request_placement& pl, uint32_t kv_head,
+                                         uint64_t sequence_tokens, uint32_t slot) {
+  const uint32_t ps = cfg_.page_size_tokens;
+  for (uint32_t i = 0; i < pl.shards.size(); ++i) {
+    const shard_placement& sh = pl.shards[i];
+    if (!sh.holds_head(kv_head)) continue;
+    const uint64_t pages = (sh.tokens_held_at(sequence_tokens, ps) + ps - 1) / ps;
+    const double bytes = double(pages) * costs_.summary_bytes_per_page(cfg_.summary_elem_bytes);
+    const op_cost rd = device_service_cost(costs_, device_op::expander, bytes);
+    cur_.energy_j += rd.energy_j + costs_.gpu_hbm_write(bytes).energy_j;
+    cur_.device_bytes_scanned += uint64_t(bytes);
+    const uint32_t link = link_of(pl, kv_head, i);
+    const double arrival = tl_.send(link, clock_ns_, work::header_bytes);
+    cur_.link_bytes += work::header_bytes;
+    const uint64_t reply = work::summary_read_wire_bytes(costs_, pages, cfg_.summary_elem_bytes);
+    cur_.link_bytes += reply;
+    tl_.expect(arrival, device_slot(sh.device_id), link, rd.time_ns, reply, slot);
+  }
+}
+
+// baseline, after round a: the summaries are in (resident, or read over the link); the
+// GPU scores every head's summaries, layer-wide, then the recalls leave.
+status host_engine::finish_baseline_scoring() {
+  const double t0 = tl_.t0();
+  if (!tl_.items().empty()) {  // summaries over the link
+    tl_.serve();
+    tl_.receive();
+    for (const auto& it : tl_.items()) {
+      head_state& hs = heads_.at(layer_slots_[it.slot]);
+      hs.ready_ns = std::max(hs.ready_ns, it.done_ns);
+    }
+    tl_.clear_items();
+  }
+  const uint32_t ps = cfg_.page_size_tokens;
+  gpu_ = gpu_ranks(1, t0);
+  double in = t0;
+  for (const head_key& key : layer_slots_) in = std::max(in, heads_.at(key).ready_ns);
+  gpu_.hold_until(in);
+  for (const head_key& key : layer_slots_) {
+    const uint64_t request_id = std::get<1>(key);
+    const uint64_t total_pages = (spec(request_id).context_tokens + decoded(request_id) + 1 + ps - 1) / ps;
+    const work::query_work sw = work::gpu_score_work(costs_, total_pages, cfg_.heads_scored, cfg_.summary_elem_bytes);
+    const op_cost sc = costs_.gpu_attention(cfg_.summaries_resident ? sw.bytes : 0, sw.flops);
+    cur_.energy_j += sc.energy_j;
+    cur_.gpu_attention_ns += sc.time_ns;
+    gpu_.run(0, in, sc.time_ns);
+  }
+  const double wait_ns = in - t0;
+  clock_ns_ = gpu_.end();
+  for (const head_key& key : layer_slots_) heads_.at(key).ready_ns = clock_ns_;
+  cur_.device_ns += round_device_ns_;
+  cur_.link_ns += std::max(0.0, wait_ns - round_device_ns_);
+  round_device_ns_ = 0;
+  device_busy_ns_.clear();
+  round_start_ns_ = clock_ns_;
   return {};
 }
 
@@ -754,16 +798,19 @@ std::vector<device_work> host_engine::round_b_work() {
           const uint64_t end = spec(request_id).context_tokens + decoded(request_id) + 1;
           tokens += std::min<uint64_t>(ps, end - p * ps);
         }
-        w.device_cost_ns = costs_.expander_read(costs_.kv_bytes(double(tokens))).time_ns;
-        dispatch(w, true);
-        pending_.emplace(w.tag, pending_item{request_id, layer, h, j, purpose::recall});
+        w.device_cost_ns = device_service_cost(costs_, device_op::expander, costs_.kv_bytes(double(tokens))).time_ns;
+        const uint32_t link = link_of(pl, h, hs.shards[j]);
+        dispatch(w, true, clock_ns_, link);
+        const auto slot = std::find(layer_slots_.begin(), layer_slots_.end(), key) - layer_slots_.begin();
+        pending_.emplace(w.tag, pending_item{request_id, layer, h, j, purpose::recall, link, uint32_t(slot)});
         work.push_back(std::move(w));
       } else {
         device_work w = make_query(request_id, layer, h, hs.shards[j], hs.q, purpose::attend_listed);
         w.listed_storage = hs.listed[j];
         w.wire_bytes = work::query_wire_bytes(costs_.model(), w.listed_storage.size());
-        dispatch(w, true);
-        pending_.emplace(w.tag, pending_item{request_id, layer, h, j, purpose::attend_listed});
+        const uint32_t link = link_of(pl, h, hs.shards[j]);
+        dispatch(w, true, clock_ns_, link);
+        pending_.emplace(w.tag, pending_item{request_id, layer, h, j, purpose::attend_listed, link});
         work.push_back(std::move(w));
       }
     }
@@ -866,7 +913,8 @@ result<std::vector<device_work>> host_engine::fail_over(uint32_t dead) {
     c.device_id = sh->device_id;
     c.bind_query();
     // Sent again over the link; verification stays uncharged.
-    if (!c.verification) dispatch(c, c.what == device_work::kind::recall || c.charge_device);
+    if (!c.verification)
+      dispatch(c, c.what == device_work::kind::recall || c.charge_device, clock_ns_, pending_.at(tag).link);
     w.device_id = c.device_id;
     out.push_back(std::move(c));
   }
@@ -888,13 +936,15 @@ result<std::vector<device_work>> host_engine::on_reply_impl(const device_reply& 
     cur_.emulated_bytes_read += r.answer.bytes_scanned + (r.k.size() + r.v.size()) * sizeof(bf16);
     cur_.emulated_flops += r.answer.flops;  // recalls (K/V copies) do none
   }
-  auto device_done = [&](uint64_t bytes_back, double device_ns, double energy_j) {
+  // The device served the work on its own clock (device_service_done on the same
+  // device_service_cost) and says when it was done; the reply goes back over the inbound link.
+  auto device_done = [&](uint64_t bytes_back, const op_cost& dc) {
     cur_.link_bytes += bytes_back;
-    cur_.energy_j += energy_j;
+    cur_.energy_j += dc.energy_j;
     double& busy = device_busy_ns_[r.device_id];
-    busy += device_ns;
+    busy += dc.time_ns;
     round_device_ns_ = std::max(round_device_ns_, busy);
-    inbound_.push_back({r.vt_done_ns, r.tag, bytes_back});
+    tl_.served(r.tag, device_slot(r.device_id), pi.link, dc.time_ns, r.vt_done_ns, bytes_back, pi.slot);
   };
 
   switch (pi.what) {
@@ -915,8 +965,7 @@ result<std::vector<device_work>> host_engine::on_reply_impl(const device_reply& 
       }
       const uint64_t payload = (r.k.size() + r.v.size()) * sizeof(bf16);
       const uint64_t bytes = work::recall_reply_wire_bytes(m, payload / (4ull * d));
-      op_cost dc = costs_.pnm_compute(double(payload), 0);
-      device_done(bytes, dc.time_ns, dc.energy_j);
+      device_done(bytes, device_service_cost(costs_, device_op::pnm, double(payload)));
       break;
     }
     case purpose::select:
@@ -926,8 +975,8 @@ result<std::vector<device_work>> host_engine::on_reply_impl(const device_reply& 
       hs.pages.insert(hs.pages.end(), r.answer.pages.begin(), r.answer.pages.end());
       const uint64_t bytes = work::partial_wire_bytes(m, r.answer.pages.size());
       cur_.device_bytes_scanned += r.answer.bytes_scanned;
-      op_cost dc = costs_.pnm_compute(double(r.answer.bytes_scanned), r.answer.flops);
-      device_done(bytes, dc.time_ns, dc.energy_j);
+      device_done(bytes, device_service_cost(costs_, device_op::pnm, double(r.answer.bytes_scanned),
+                                             r.answer.flops));
       break;
     }
     case purpose::candidates: {
@@ -938,8 +987,8 @@ result<std::vector<device_work>> host_engine::on_reply_impl(const device_reply& 
       if (cfg_.mode != run_mode::baseline) {
         const uint64_t bytes = work::candidates_wire_bytes(r.answer.pages.size());
         cur_.device_bytes_scanned += r.answer.bytes_scanned;
-        op_cost dc = costs_.pnm_compute(double(r.answer.bytes_scanned), r.answer.flops);
-        device_done(bytes, dc.time_ns, dc.energy_j);
+        device_done(bytes, device_service_cost(costs_, device_op::pnm, double(r.answer.bytes_scanned),
+                                               r.answer.flops));
       }
       break;
     }
@@ -974,13 +1023,12 @@ result<std::vector<device_work>> host_engine::on_reply_impl(const device_reply& 
       hs.pages.insert(hs.pages.end(), pages.begin(), pages.end());
       const uint64_t payload = (r.k.size() + r.v.size()) * sizeof(bf16);
       const uint64_t bytes = work::recall_reply_wire_bytes(m, payload / (4ull * d));
-      op_cost ex = costs_.expander_read(double(payload));
-      device_done(bytes, ex.time_ns, ex.energy_j);
-      op_cost ga = costs_.gpu_attention(costs_.kv_bytes(double(tokens)),
-                                        costs_.attend_flops(double(tokens), group));
-      gpu_busy_until_ns_ += ga.time_ns;  // applied after the last recall arrives
-      cur_.gpu_attention_ns += ga.time_ns;
-      cur_.energy_j += ga.energy_j;
+      device_done(bytes, device_service_cost(costs_, device_op::expander, double(payload)));
+      cur_.device_bytes_scanned += payload;  // what the expander read
+      // The pages land in HBM; the GPU attends the head's pages once every recall is in
+      // (finish_layer).
+      cur_.energy_j += costs_.gpu_hbm_write(costs_.kv_bytes(double(tokens))).energy_j;
+      hs.recalled_tokens += tokens;
       break;
     }
   }
@@ -990,24 +1038,27 @@ result<std::vector<device_work>> host_engine::on_reply_impl(const device_reply& 
 
 status host_engine::finish_layer() {
   const uint32_t group = costs_.model().gqa_group();
-  account_inbound();
-  const double wait_ns = last_arrival_ns_ - phase_start_ns_;
-  // baseline recalls: the GPU attends after the pages are in; png-kv: the GPU's steady
-  // attention ran alongside the devices.
-  double end = std::max(clock_ns_, last_arrival_ns_);
-  if (cfg_.mode == run_mode::baseline) end = std::max(clock_ns_, last_arrival_ns_) + (gpu_busy_until_ns_ - clock_ns_);
-  else end = std::max(end, gpu_busy_until_ns_);
-  // Prompt chunks still on the link hold the layer (their wait counts as link time):
-  // before the merges, or in baseline after them (the simulator's composition).
-  auto prompt_wait = [&](double& t) {
-    if (prefill_last_arrival_ns_ > t) {
-      cur_.link_ns += prefill_last_arrival_ns_ - t;
-      t = prefill_last_arrival_ns_;
+  const double t0 = tl_.t0();
+  // The last round's replies (none in a two-round layer whose round b sent nothing).
+  if (!tl_.items().empty()) last_reply_ns_ = tl_.receive();
+  const double round_wait_ns = std::max(0.0, last_reply_ns_ - round_start_ns_);
+  if (cfg_.mode == run_mode::baseline) {
+    // The GPU attends each head once its pages are in: layer-wide, once every recall is in.
+    for (const auto& it : tl_.items()) {
+      head_state& hs = heads_.at(layer_slots_[it.slot]);
+      hs.ready_ns = std::max(hs.ready_ns, it.done_ns);
     }
-    prefill_last_arrival_ns_ = 0;
-  };
-  if (cfg_.mode != run_mode::baseline) prompt_wait(end);
-  clock_ns_ = end;
+    double in = 0;
+    for (const head_key& key : layer_slots_) in = std::max(in, heads_.at(key).ready_ns);
+    for (const head_key& key : layer_slots_) {
+      const work::query_work aw = work::gpu_attend_work(costs_, double(heads_.at(key).recalled_tokens));
+      const op_cost ga = costs_.gpu_attention(aw.bytes, aw.flops);
+      cur_.energy_j += ga.energy_j;
+      cur_.gpu_attention_ns += ga.time_ns;
+      gpu_.run(0, in, ga.time_ns);
+    }
+  }
+  tl_.clear_items();
   double merge_ns = 0;
   for (auto it = heads_.lower_bound({layer_, 0, 0});
        it != heads_.end() && std::get<0>(it->first) == layer_; ++it) {
@@ -1032,11 +1083,17 @@ status host_engine::finish_layer() {
     }
     calibrate(it->first, hs);
   }
-  clock_ns_ += merge_ns;
+  // The step model's end of a layer: prompt chunks still on the link hold it (their wait
+  // counts as link time), before the merges, or in baseline after them.
+  const layer_end e =
+      cfg_.mode == run_mode::baseline
+          ? end_of_layer_after_gpu(gpu_.end(), prefill_last_arrival_ns_, merge_ns)
+          : end_of_layer(t0, std::max(0.0, last_reply_ns_ - t0), overlap_ns_, prefill_last_arrival_ns_, merge_ns);
+  clock_ns_ = e.time_ns;
+  cur_.link_ns += e.prefill_extra_ns;
   cur_.merge_ns += merge_ns;
-  if (cfg_.mode == run_mode::baseline) prompt_wait(clock_ns_);
   cur_.device_ns += round_device_ns_;
-  cur_.link_ns += std::max(0.0, wait_ns - round_device_ns_);
+  cur_.link_ns += std::max(0.0, round_wait_ns - round_device_ns_);
   round_device_ns_ = 0;
   device_busy_ns_.clear();
   return {};

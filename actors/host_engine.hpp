@@ -20,12 +20,14 @@
 //            device actor on the host's behalf (same function, same summaries, so the same
 //            selection); it is charged to the GPU, never to the device.
 //
-// Virtual time of one layer: GPU dense layer; messages leave over the shared host link one
-// after another (serialisation at link bandwidth) and arrive after the link latency; each
-// device serves its work in order (clock = max(clock, arrival) + cost); replies come back
-// over the shared inbound link in virtual-time order; rounds are layer-wide; then the GPU
-// attends what it holds and merges. Layers past live_layers are charged as copies of the
-// mean live layer; then the LM head.
+// Virtual time of one layer is charged by the step model's arithmetic
+// (schedulers/step_timeline.hpp), fed with what actually happened: the messages this engine
+// sent (bytes, order), the done times the devices report (their clocks run
+// device_service_done on device_service_cost) and the actual replies. GPU dense layer;
+// messages leave over the host links in issue order; replies come back over the inbound
+// links in (done, issue) order; rounds are layer-wide; then the GPU attends what it holds
+// and merges. Layers past live_layers are charged as copies of the mean live layer; then
+// the LM head. schedulers/step_model.hpp predicts the same composition without numerics.
 #pragma once
 
 #include <cstdint>
@@ -43,6 +45,7 @@
 #include "schedulers/placement.hpp"
 #include "schedulers/serving.hpp"
 #include "schedulers/steady_pages.hpp"
+#include "schedulers/step_timeline.hpp"
 
 namespace pnmkv {
 
@@ -56,6 +59,12 @@ struct host_engine_config {
   bool verify = true;                 // dense verification queries each step
   uint64_t prefill_chunk_tokens = 4096;
   bool summaries_resident = true;     // baseline: page summaries kept in HBM
+  // Virtual time (the live step setup's figures, schedulers/step_setup.hpp): host links the
+  // (KV head, shard) pairs are spread over; query heads scored per group (0: all, as
+  // gqa_aggregation max); bytes per summary element.
+  uint32_t host_links = 1;
+  uint32_t heads_scored = 0;
+  uint32_t summary_elem_bytes = 2;
   steady_params steady{};             // png-kv
   // Keep a copy of every query and recall of the running step until it is answered, so
   // fail_over can send it again to a replica (cluster.replication >= 2).
@@ -229,6 +238,8 @@ class host_engine {
     uint64_t request_id;
     uint32_t layer, kv_head, shard_index;
     purpose what;
+    uint32_t link = 0;  // host link the work went out on and its reply comes back on
+    uint32_t slot = 0;  // baseline: the head's index among the layer's heads
   };
   using head_key = std::tuple<uint32_t, uint64_t, uint32_t>;  // (layer, request, kv_head)
   struct head_state {
@@ -246,6 +257,9 @@ class host_engine {
     std::vector<uint64_t> pages;       // selected global pages (device side + steady)
     partial steady_part;               // png-kv: GPU attention over steady pages
     partial merged;
+    // baseline timing: when the head's summaries are scored / pages are in; tokens recalled.
+    double ready_ns = 0;
+    uint64_t recalled_tokens = 0;
   };
   struct steady_state {                // png-kv, per (layer, request, kv_head)
     std::unique_ptr<steady_policy> policy;
@@ -262,7 +276,9 @@ class host_engine {
   std::vector<device_work> verify_work();
   device_work make_query(uint64_t request_id, uint32_t layer, uint32_t kv_head, uint32_t shard_index,
                          const std::vector<float>& q, purpose what);
-  void dispatch(device_work& w, bool charged);
+  void dispatch(device_work& w, bool charged, double now_ns, uint32_t link);
+  uint32_t link_of(const request_placement& pl, uint32_t kv_head, uint32_t shard_index) const;
+  uint32_t device_slot(uint32_t device_id);
   status finish_round_a();
   status finish_layer();
   status finish_copies();
@@ -281,9 +297,9 @@ class host_engine {
   bool is_decoding(uint64_t request_id) const { return rstate_.at(request_id).decoding; }
   status rebuild_steady(steady_state& ss);
   const request_spec& spec(uint64_t request_id) const;
-  double link_out(double now_ns, uint64_t bytes);  // host -> switch, returns arrival
-  double link_in(double sent_ns, uint64_t bytes);  // switch -> host, returns arrival
-  void account_inbound();
+  status finish_baseline_scoring();
+  void baseline_summary_reads(const request_placement& pl, uint32_t kv_head, uint64_t sequence_tokens,
+                              uint32_t slot);
 
   host_engine_config cfg_;
   const cost_model& costs_;
@@ -325,18 +341,18 @@ class host_engine {
   std::set<uint32_t> dead_;               // devices failed over
   std::map<head_key, head_state> heads_;
   double clock_ns_ = 0;          // GPU virtual clock
-  double host_out_free_ns_ = 0;  // host link, outbound, busy until
-  double host_in_free_ns_ = 0;   // inbound
-  double phase_start_ns_ = 0, last_arrival_ns_ = 0, step_start_ns_ = 0;
-  double gpu_busy_until_ns_ = 0;  // png-kv steady attention, overlapping the devices
-  double round_device_ns_ = 0;    // busiest device's work in this round
+  double step_start_ns_ = 0;
+  // The layer's (or copy phase's) links, device replies and inbound order: the step
+  // model's arithmetic on what happened (schedulers/step_timeline.hpp).
+  layer_timeline tl_;
+  std::map<uint32_t, uint32_t> device_slots_;  // device id -> timeline index
+  std::vector<head_key> layer_slots_;          // baseline: the layer's heads, in order
+  gpu_ranks gpu_{1, 0};                        // baseline: the GPU's scoring and attention
+  double round_start_ns_ = 0;     // when this round's traffic started (t0, or round b's)
+  double last_reply_ns_ = 0;      // the layer's last reply in GPU memory so far
+  double overlap_ns_ = 0;         // png-kv steady attention, overlapping the devices
+  double round_device_ns_ = 0;    // busiest device's work in this round (report breakdown)
   std::map<uint32_t, double> device_busy_ns_;
-  struct inbound {
-    double sent_ns;
-    uint64_t tag;
-    uint64_t bytes;
-  };
-  std::vector<inbound> inbound_;  // replies of this round, for the inbound link
   step_report cur_{}, last_step_{};
   accuracy_accumulator accuracy_;
   uint64_t digest_ = 1469598103934665603ull;

@@ -19,7 +19,7 @@
 #include <set>
 
 #include "actors/control.hpp"
-#include "sim/step_model.hpp"
+#include "schedulers/step_model.hpp"
 #include "actors/run_report.hpp"
 #include "schedulers/head_groups.hpp"
 #include "transport/auth.hpp"
@@ -669,7 +669,8 @@ caf::behavior pnm_device_actor(caf::event_based_actor* self, std::shared_ptr<con
       double done = st->engine->clock_ns();
       if (q.round != tp::selection_round::dense && !passive) {
         const double arrival = double(env.vtime_ns) + costs.link_latency_ns();
-        done = st->engine->charge(arrival, costs.pnm_compute(double(ans.bytes_scanned), ans.flops).time_ns);
+        done = st->engine->charge(
+            arrival, device_service_cost(costs, device_op::pnm, double(ans.bytes_scanned), ans.flops).time_ns);
       }
       if (dq.round == query_round::candidates) {
         tp::candidates_msg c;
@@ -726,7 +727,8 @@ caf::behavior pnm_device_actor(caf::event_based_actor* self, std::shared_ptr<con
     }
     const double bytes = double(k.size() + v.size()) * sizeof(bf16);
     const double arrival = double(env.vtime_ns) + costs.link_latency_ns();
-    const double cost = passive ? costs.expander_read(bytes).time_ns : costs.pnm_compute(bytes, 0).time_ns;
+    const double cost =
+        device_service_cost(costs, passive ? device_op::expander : device_op::pnm, bytes).time_ns;
     const double done = st->engine->charge(arrival, cost);
     tp::recall_reply_msg out;
     out.request_id = rr.request_id;
@@ -1224,11 +1226,11 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
     self->send(st->driver, ctl_atom::value, ctl(node, control::progress_msg{phase, done, total}));
   };
 
-  // The decode step of everything in the system plus `candidate`, predicted by the
-  // simulator's step model (the host engine's composition) on this run's hardware.
+  // The decode step of everything in the system plus `candidate`, predicted by the step
+  // model on the composition the host engine charges (run_setup::step).
   auto predicted_step_ms = [=](uint64_t candidate, const request_placement& cand_pl) {
-    if (!st->predictor) st->predictor = std::make_unique<step_model>(setup->step_predictor);
-    const uint32_t per_pool = std::max<uint32_t>(1, setup->step_predictor->pool_devices);
+    if (!st->predictor) st->predictor = std::make_unique<step_model>(setup->step);
+    const uint32_t per_pool = std::max<uint32_t>(1, setup->step->pool_devices);
     const auto& ids = st->sched->in_system_ids();
     std::vector<request_placement> pls;
     pls.reserve(ids.size() + 1);
@@ -1413,7 +1415,7 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
               return fail_run("request " + std::to_string(a->request_id) + " admitted without a placement");
             // The link and device budget: placed, but it stays out if the decode step with
             // it would pass workload.tpot_ms_max (the coordinator takes the room back).
-            if (setup->step_predictor) {
+            if (setup->tpot_ms_max > 0) {
               const double ms = predicted_step_ms(a->request_id, pl->second);
               if (ms > setup->tpot_ms_max) {
                 char why[200];

@@ -3,6 +3,8 @@
 #include "actors/control.hpp"
 #include "actors/memory_guard.hpp"
 
+#include <algorithm>
+
 #include "transport/auth.hpp"
 #include "transport/hex.hpp"
 #include "transport/from_config.hpp"
@@ -87,18 +89,6 @@ result<std::shared_ptr<const run_setup>> make_run_setup(const config& cfg,
     s->arrivals = std::move(rows).value();
   }
   s->tpot_ms_max = cfg.get_number("workload.tpot_ms_max");
-  if (s->tpot_ms_max > 0) {
-    config pc = cfg;
-    for (const char* kv : {"sim.baseline_overlap=false", "sim.step_reuse_steps=1", "sim.tp=1", "sim.pp=1"}) {
-      std::string k(kv);
-      auto eq = k.find('=');
-      auto st = pc.set(k.substr(0, eq), k.substr(eq + 1));
-      if (!st) return st;
-    }
-    auto ps = make_sim_setup(pc);
-    if (!ps) return status{ps.error().code(), "workload.tpot_ms_max: " + ps.error().message()};
-    s->step_predictor = std::move(ps).value();
-  }
   s->serving.prefill_chunk_tokens = s->host.prefill_chunk_tokens;
   s->serving.batch_max = static_cast<uint32_t>(cfg.get_int("workload.batch_max"));
 
@@ -160,6 +150,36 @@ result<std::shared_ptr<const run_setup>> make_run_setup(const config& cfg,
     s->host.summaries_resident = summaries == "resident";
   }
   s->gpu_query.summaries_resident = s->host.summaries_resident;
+
+  // The live cluster's step composition (schedulers/step_setup.hpp): one GPU, its host
+  // links, layer-wide baseline rounds. The host engine charges its steps with it and the
+  // TPOT admission limit predicts with it.
+  {
+    auto st = std::make_shared<step_setup>();
+    st->mode = s->host.mode;
+    st->model = s->model;
+    st->hw = s->hw;
+    // tp = pp = 1: no all-reduce, no stage hand-off, so no NVLink figures are needed.
+    auto cal = calibration_from_config(cfg);
+    if (!cal) return cal.error();
+    st->cal = *cal;
+    st->costs = std::make_shared<cost_model>(s->hw, s->model);
+    st->host_links = static_cast<uint32_t>(std::max(1.0, s->hw.cxl.host_links));
+    st->devices = s->devices;
+    const uint32_t pool = static_cast<uint32_t>(cfg.get_int("cluster.pool_devices"));
+    st->pool_devices = pool == 0 ? s->devices : pool;
+    st->page_size_tokens = page;
+    st->budget_tokens = budget;
+    st->summary_elem_bytes = s->gpu_query.summary_elem_bytes;
+    st->heads_scored = *agg == gqa_aggregation::max ? s->model.gqa_group() : 1;
+    st->exact_cross_shard = s->host.cross_shard == cross_shard_selection::exact;
+    st->summaries = s->host.summaries_resident ? summary_residence::hbm : summary_residence::link;
+    st->recall_reuse = cfg.get_bool("sim.baseline_recall_reuse");
+    st->charge_link_energy = cfg.get_bool("sim.charge_link_energy");
+    st->baseline_overlap = false;
+    s->host.host_links = st->host_links;
+    s->step = std::move(st);
+  }
 
   s->replication = static_cast<uint32_t>(cfg.get_int("cluster.replication"));
   s->retry_after_ms = static_cast<uint32_t>(cfg.get_int("run.retry_after_ms"));

@@ -17,7 +17,7 @@
 #include "schedulers/host_memory.hpp"
 #include "schedulers/placement.hpp"
 #include "schedulers/serving.hpp"
-#include "sim/sim_setup.hpp"
+#include "schedulers/step_setup.hpp"
 
 namespace pnmkv {
 
@@ -51,10 +51,11 @@ struct run_setup {
   serving_params serving;
   bool open_workload() const { return !arrivals.empty(); }
   // workload.tpot_ms_max > 0: a request joins only while the predicted decode step with it
-  // stays within the limit. The prediction is the simulator's step model (same
-  // composition as the host engine: layer-wide rounds) on this run's hardware and model.
+  // stays within the limit, predicted by schedulers/step_model.hpp on `step`.
   double tpot_ms_max = 0;
-  std::shared_ptr<const sim_setup> step_predictor;
+  // The live cluster's step composition: the host engine charges its steps with it and
+  // the TPOT limit predicts with it (schedulers/step_setup.hpp).
+  std::shared_ptr<const step_setup> step;
 
   device_engine_config device;   // device_id filled per device
   host_engine_config host;

@@ -11,52 +11,21 @@
 #include <string>
 
 #include "config/config.hpp"
-#include "model/cost_model.hpp"
-#include "schedulers/modes.hpp"
 #include "schedulers/placement.hpp"
-#include "sim/calibration.hpp"
-#include "sim/gpu_fabric.hpp"
+#include "schedulers/step_setup.hpp"
 
 namespace pnmkv {
 
 enum class sim_workload { closed, poisson, trace };
-enum class summary_residence { auto_fit, hbm, link };
 
-struct sim_setup {
+// The step model's inputs (schedulers/step_setup.hpp: mode, model, hardware, fabric,
+// calibration, cost model, GPU topology, devices and pools, selection, baseline policies)
+// and the simulator's own: the config, pool choice, capacity, placement and workload.
+struct sim_setup : step_setup {
   config cfg;
-  run_mode mode = run_mode::pnm_kv;
-  model_shape model;
-  hardware_spec hw;  // prices scaled by sim.price_scale_*
-  gpu_fabric fabric;
-  calibration cal;
-  std::shared_ptr<const cost_model> costs;
 
-  // GPUs: tp-way tensor parallel × pp pipeline stages; each GPU has cxl.host_links links.
-  uint32_t tp = 1, pp = 1;
-  uint32_t gpus() const { return tp * pp; }
-  // Host links of one pipeline stage (its tp GPUs' links); the KV heads (and shards) of a
-  // layer are spread over them.
-  uint32_t host_links = 1;
-  // Attention ranks: GPUs of a stage sharing the per-head GPU work (merge, attention).
-  uint32_t attention_ranks = 1;
-
-  // Devices: PNM devices (pnm-kv, png-kv) or passive expanders (baseline).
-  uint32_t devices = 0;
-  uint32_t pool_devices = 0;  // resolved: divides devices; 0 until the pool is chosen
   bool pool_auto = false;
   double device_capacity_bytes = 0;
-  uint32_t pnm_devices() const { return mode == run_mode::baseline ? 0 : devices; }
-  uint32_t expanders() const { return mode == run_mode::baseline ? devices : 0; }
-
-  // Selection.
-  uint32_t page_size_tokens = 16;
-  uint64_t budget_tokens = 2048;
-  uint64_t budget_pages() const { return budget_tokens / page_size_tokens; }
-  uint32_t summary_elem_bytes = 2;
-  uint32_t heads_scored = 1;  // per group: all query heads (max) or one (sum)
-  // Across s > 1 sequence shards: exact (two rounds: candidates, then the global top pages
-  // attended where they live) or local (each shard takes budget/s pages, one round).
-  bool exact_cross_shard = false;
   placement_request placement;  // request id, context and decode tokens filled per request
 
   // Workload.
@@ -85,11 +54,6 @@ struct sim_setup {
   // Policies.
   uint64_t prefill_chunk_tokens = 4096;  // workload.prefill_chunk_tokens
   double tpot_ms_max = 0;
-  summary_residence summaries = summary_residence::auto_fit;
-  uint32_t recall_layers_in_flight = 2;
-  bool recall_reuse = false;
-  bool charge_link_energy = true;
-  bool baseline_overlap = true;  // recalls and attention pipelined per head (double buffers)
   uint32_t batch_series_points_max = 2000;
   uint32_t step_reuse_steps = 1;  // sim.step_reuse_steps
 

@@ -17,7 +17,7 @@
 #include "schedulers/gpu_memory.hpp"
 #include "schedulers/serving.hpp"  // trace_row, load_trace, request_outcome, batch_sample
 #include "sim/sim_setup.hpp"
-#include "sim/step_model.hpp"
+#include "schedulers/step_model.hpp"
 
 namespace pnmkv {
 

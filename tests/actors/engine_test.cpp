@@ -9,6 +9,7 @@
 #include "actors/device_engine.hpp"
 #include "actors/host_engine.hpp"
 #include "core/workload.hpp"
+#include "schedulers/step_model.hpp"
 #include "tests/actors/harness.hpp"
 
 namespace pnmkv {
@@ -86,6 +87,82 @@ TEST(engines, virtual_time_is_the_hand_composed_critical_path) {
   EXPECT_NEAR(rep.virtual_ns, expect, 1e-6 * expect);
   EXPECT_NEAR(rep.live_layers_ns, layer, 1e-6 * layer);
   EXPECT_EQ(h.devices.at(10).clock_ns(), device_done);
+}
+
+// The host engine charges its steps with the step model's arithmetic (schedulers/
+// step_timeline.hpp) fed with what happened; the step model predicts the same composition
+// from work sizes. Where the numerics cannot change the work (one shard per head, or local
+// selection: every shard selects its share of the budget, the last page is always kept),
+// the two are equal: the only difference is the order of floating-point sums (the engine
+// adds on its absolute virtual clock, the model from 0 and multiplies one layer by the
+// layers), so 1e-9 relative is rounding, not tolerance. Exact selection over s > 1 shards
+// and png-kv with steady pages are not here: which shard holds the selected pages and
+// which pages are steady come from the numerics, which the model takes from calibration.
+std::shared_ptr<step_setup> step_setup_of(const cost_model& c, const host_engine_config& hc,
+                                          uint32_t devices) {
+  auto s = std::make_shared<step_setup>();
+  s->mode = hc.mode;
+  s->model = c.model();
+  s->costs = std::make_shared<cost_model>(c);
+  s->devices = devices;
+  s->pool_devices = devices;
+  s->page_size_tokens = hc.page_size_tokens;
+  s->budget_tokens = hc.budget_tokens;
+  s->heads_scored = c.model().gqa_group();
+  s->exact_cross_shard = hc.cross_shard == cross_shard_selection::exact;
+  s->baseline_overlap = false;
+  return s;
+}
+
+TEST(engines, charge_what_the_step_model_predicts) {
+  struct point {
+    const char* name;
+    run_mode mode;
+    uint32_t devices;
+    bool resident;
+  };
+  for (const point& p : {point{"pnm-kv, one shard per head", run_mode::pnm_kv, 2, true},
+                         point{"pnm-kv, local selection over 2 shards", run_mode::pnm_kv, 8, true},
+                         point{"png-kv, no steady pages", run_mode::png_kv, 2, true},
+                         point{"baseline, summaries resident", run_mode::baseline, 2, true},
+                         point{"baseline, summaries over the link", run_mode::baseline, 4, false}}) {
+    SCOPED_TRACE(p.name);
+    auto m = tiny_model(3, 4, 4, 64);
+    host_engine_config hc;
+    hc.mode = p.mode;
+    hc.live_layers = m.layers;  // every layer live: no scaling
+    hc.budget_tokens = 256;
+    hc.cross_shard = cross_shard_selection::local;
+    hc.summaries_resident = p.resident;
+    hc.steady.warmup_steps = 1000;  // png-kv: the policy never fires
+    hc.verify = false;
+    harness h(m, hc, p.devices, 11);
+    h.add(1, 3000, 3);
+    h.add(2, 1234, 3);
+    h.prefill();
+    step_model sm(step_setup_of(h.costs, hc, p.devices));
+    for (uint32_t s = 0; s < 3; ++s) {
+      h.step(s);
+      std::vector<request_placement> pls;
+      for (uint64_t id : {1, 2}) {
+        request_placement pl = *h.host.placement_of(id);
+        for (auto& sh : pl.shards) sh.device_id -= 10;  // the model counts devices from 0
+        pls.push_back(pl);
+      }
+      std::vector<step_request> dec(2);
+      for (size_t i = 0; i < 2; ++i) {
+        dec[i].id = i + 1;
+        dec[i].placement = &pls[i];
+        dec[i].seq_tokens = (i == 0 ? 3000 : 1234) + s;
+        dec[i].summaries_resident = p.resident;
+      }
+      const step_result pred = sm.run(dec, {});
+      const step_report& live = h.host.last_step();
+      EXPECT_NEAR(live.virtual_ns, pred.time_ns, 1e-9 * pred.time_ns) << "step " << s;
+      EXPECT_EQ(double(live.link_bytes), pred.link_bytes) << "step " << s;
+      EXPECT_EQ(double(live.device_bytes_scanned), pred.device_bytes) << "step " << s;
+    }
+  }
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 
 #include "actors/device_engine.hpp"
 #include "actors/host_engine.hpp"
+#include "schedulers/step_timeline.hpp"
 #include "core/workload.hpp"
 
 namespace pnmkv {
@@ -141,7 +142,8 @@ struct harness {
         if (w.charge_device) {
           double before = d.clock_ns();
           r.vt_done_ns = d.charge(w.vt_arrival_ns,
-                                  costs.pnm_compute(double(r.answer.bytes_scanned), r.answer.flops).time_ns);
+                                  device_service_cost(costs, device_op::pnm, double(r.answer.bytes_scanned),
+                                                      r.answer.flops).time_ns);
           EXPECT_GE(r.vt_done_ns, before);
         }
         auto more = host.on_reply(r);

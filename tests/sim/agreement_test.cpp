@@ -1,11 +1,23 @@
-// The simulator against the live cluster (DESIGN.md §5: "on the same config the two must
-// agree closely"): the same small config through run_embedded (virtual time) and through
-// the simulator gives step time, tokens/s and energy per token within 2%, in every mode the
-// live cluster implements (a mode it refuses with errc::unsupported is skipped, saying so).
+// The simulator against the live cluster (DESIGN.md §5): the same small config through
+// run_embedded (virtual time) and through the simulator. Both compose a step with the same
+// code (schedulers/step_timeline.hpp: the host engine feeds it the replies and device done
+// times that happened, the step model its predictions), so where the numerics cannot change
+// the work they agree to the one thing the live cluster adds: its wire carries virtual time
+// in whole nanoseconds (transport envelope vtime_ns is an integer). Each message's send
+// time and each reply's done time are truncated on the way, so a reply reaches the GPU up
+// to 2 ns early per round (< 1 ns on the way out, < 1 ns on the way back; a device's own
+// clock is not truncated, so the error does not grow along its queue). wire_bound_ns
+// bounds that per step: 2 rounds × 2 ns × layers. Everything else is equal up to the order
+// of floating-point sums (1e-9 relative). tests/actors/engine_test.cpp checks the host
+// engine against the step model without the wire: equal to 1e-9.
+//
+// Exact selection over s > 1 sequence shards and png-kv with steady pages cannot be equal:
+// which shard holds each globally selected page, and which pages are steady, come from the
+// numerics; the simulator takes them from calibration (selection_spread, steady_*), so
+// those points keep the 2% of a calibrated prediction.
+//
 // The simulator runs exact (sim.step_reuse_steps = 1) and with layer-wide baseline rounds
-// (sim.baseline_overlap = false), which is how the live host engine composes a layer. An
-// open workload (one trace, workload.* keys read by both) gives TTFT, TPOT, tokens/s, energy
-// per token and each request's first-token and finish times within 1%.
+// (sim.baseline_overlap = false), which is how the live host engine composes a layer.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -39,6 +51,7 @@ struct pair_result {
   bool skipped = false;
   run_report live;
   sim_result sim;
+  uint32_t layers = 0;
 };
 
 pair_result run_both(const std::vector<std::string>& sets) {
@@ -58,6 +71,7 @@ pair_result run_both(const std::vector<std::string>& sets) {
   auto setup = make_sim_setup(*cfg);
   EXPECT_TRUE(setup) << setup.error().to_string();
   if (!setup) return out;
+  out.layers = (*setup)->model.layers;
   auto sim = simulate(*setup);
   EXPECT_TRUE(sim) << sim.error().to_string();
   if (sim) out.sim = *sim;
@@ -66,43 +80,69 @@ pair_result run_both(const std::vector<std::string>& sets) {
 
 double rel(double live, double sim) { return std::abs(sim - live) / std::abs(live); }
 
-void expect_agree(const pair_result& r, const char* what, bool energy = true) {
+// Sums taken in another order (absolute clock vs from 0, per layer vs times layers).
+constexpr double rounding = 1e-9;
+// The live wire's whole-nanosecond virtual time, per step (see the top of the file).
+double wire_bound_ns(uint32_t layers) { return 2 * 2.0 * layers; }
+
+// Step time, tokens/s and energy per token equal up to the wire's truncation and rounding.
+// Energy: only static energy depends on time (dynamic energy is the same calls on the same
+// work), and static ≤ total, so its relative error is at most the step time's.
+void expect_equal(const pair_result& r, const char* what) {
+  SCOPED_TRACE(what);
+  const double step_ms = r.sim.step_ms;
+  const double rel_bound = wire_bound_ns(r.layers) * 1e-6 / step_ms + rounding;
+  EXPECT_NEAR(r.live.virtual_step_ms_mean, step_ms, step_ms * rel_bound);
+  EXPECT_NEAR(r.live.virtual_tokens_per_s, r.sim.tokens_per_s, r.sim.tokens_per_s * 1.01 * rel_bound);
+  EXPECT_NEAR(r.live.virtual_energy_j_per_token, r.sim.energy_j_per_token,
+              r.sim.energy_j_per_token * 1.01 * rel_bound);
+  EXPECT_EQ(double(r.live.virtual_link_bytes_per_step), r.sim.link_bytes_per_step);
+  EXPECT_EQ(double(r.live.virtual_device_bytes_per_step), r.sim.device_bytes_per_step);
+}
+
+// A calibrated prediction (exact selection over s > 1 shards, png-kv steady pages).
+void expect_agree(const pair_result& r, const char* what) {
   SCOPED_TRACE(what);
   EXPECT_LT(rel(r.live.virtual_step_ms_mean, r.sim.step_ms), 0.02)
       << "live " << r.live.virtual_step_ms_mean << " ms, sim " << r.sim.step_ms << " ms";
   EXPECT_LT(rel(r.live.virtual_tokens_per_s, r.sim.tokens_per_s), 0.02)
       << "live " << r.live.virtual_tokens_per_s << ", sim " << r.sim.tokens_per_s;
-  if (energy) {
-    EXPECT_LT(rel(r.live.virtual_energy_j_per_token, r.sim.energy_j_per_token), 0.02)
-        << "live " << r.live.virtual_energy_j_per_token << " J, sim " << r.sim.energy_j_per_token << " J";
-  }
+  EXPECT_LT(rel(r.live.virtual_energy_j_per_token, r.sim.energy_j_per_token), 0.02)
+      << "live " << r.live.virtual_energy_j_per_token << " J, sim " << r.sim.energy_j_per_token << " J";
 }
 
-TEST(sim_agreement, pnm_kv_one_shard_and_two_shards_local_and_exact) {
-  // 4 devices: h = 4, s = 1. 16 devices: h = 8, s = 2, both cross-shard rules.
+TEST(sim_agreement, pnm_kv_one_shard_and_two_shards_local) {
+  // 4 devices: h = 4, s = 1. 16 devices: h = 8, s = 2, local selection.
   for (const auto& extra : std::vector<std::vector<std::string>>{
            {"run.mode=pnm-kv", "cluster.pnm_devices=4"},
-           {"run.mode=pnm-kv", "cluster.pnm_devices=16", "selection.cross_shard=local"},
-           {"run.mode=pnm-kv", "cluster.pnm_devices=16", "selection.cross_shard=exact"}}) {
+           {"run.mode=pnm-kv", "cluster.pnm_devices=16", "selection.cross_shard=local"}}) {
     std::string name;
     for (const auto& e : extra) name += e + " ";
     auto r = run_both(small(extra));
     ASSERT_FALSE(r.skipped) << "the live cluster implements pnm-kv";
-    expect_agree(r, name.c_str());
-    // The bytes follow the same formulas: equal, not just close — except where exact
-    // selection puts the pages (the simulator spreads them evenly, 1 row per page apart).
-    EXPECT_EQ(double(r.live.virtual_link_bytes_per_step), r.sim.link_bytes_per_step) << name;
-    EXPECT_NEAR(double(r.live.virtual_device_bytes_per_step), r.sim.device_bytes_per_step,
-                r.sim.device_bytes_per_step * 1e-3) << name;
+    expect_equal(r, name.c_str());
   }
+}
+
+TEST(sim_agreement, pnm_kv_exact_selection_over_two_shards_is_a_calibrated_prediction) {
+  // Round b attends the global top pages where they live: the simulator spreads them by
+  // sim.selection_spread, the live run where the numerics put them.
+  auto r = run_both(small({"run.mode=pnm-kv", "cluster.pnm_devices=16", "selection.cross_shard=exact"}));
+  ASSERT_FALSE(r.skipped) << "the live cluster implements pnm-kv";
+  expect_agree(r, "exact, s = 2");
+  // The same messages carry the same number of pages in all (only which shard lists
+  // which differs), so the link bytes are equal.
+  EXPECT_EQ(double(r.live.virtual_link_bytes_per_step), r.sim.link_bytes_per_step);
+  EXPECT_NEAR(double(r.live.virtual_device_bytes_per_step), r.sim.device_bytes_per_step,
+              r.sim.device_bytes_per_step * 1e-3);
 }
 
 TEST(sim_agreement, baseline) {
   auto r = run_both(small({"run.mode=baseline", "cluster.pnm_devices=4"}));
   if (r.skipped) GTEST_SKIP() << "run_embedded returns errc::unsupported for run.mode=baseline";
-  // Energy too: both charge the passive expanders' static power and prices in baseline.
-  expect_agree(r, "baseline");
-  EXPECT_EQ(double(r.live.virtual_link_bytes_per_step), r.sim.link_bytes_per_step);
+  // Energy too: both charge the passive expanders' static power and prices in baseline,
+  // and the HBM writes of the recalled pages.
+  expect_equal(r, "baseline");
   // Max batch from GPU memory: the same formula (schedulers/gpu_memory.hpp).
   EXPECT_EQ(r.live.max_batch_gpu_memory, r.sim.batch_limit_gpu_memory);
 }
@@ -113,8 +153,7 @@ TEST(sim_agreement, png_kv_without_steady_pages_equals_its_composition) {
   auto r = run_both(small({"run.mode=png-kv", "png.warmup_steps=1000", "sim.steady_hit_fraction=0",
                            "sim.steady_set_fraction=0"}));
   if (r.skipped) GTEST_SKIP() << "run_embedded returns errc::unsupported for run.mode=png-kv";
-  expect_agree(r, "png-kv, no steady pages");
-  EXPECT_EQ(double(r.live.virtual_link_bytes_per_step), r.sim.link_bytes_per_step);
+  expect_equal(r, "png-kv, no steady pages");
 }
 
 TEST(sim_agreement, png_kv_with_the_live_runs_own_calibration) {
@@ -172,7 +211,9 @@ TEST(sim_agreement, open_workload_trace_served_alike) {
   // One trace of five requests (two arrival bursts, prompts of 1-4 chunks, 4-8 output
   // tokens) served by the live cluster and simulated: admission at step boundaries, chunked
   // prefill next to decoding and the step compositions are the same, so TTFT, TPOT, tokens/s,
-  // energy per token and every request's first-token and finish times agree within 1%.
+  // energy per token and every request's first-token and finish times are equal up to the
+  // wire's truncation summed over the steps before them; with exact selection over two
+  // shards, within 1% (a calibrated prediction).
   // png-kv is left out: the simulator takes its steady pages from calibration.
   scratch_dir scratch("trace");
   const std::string trace = scratch.write("trace.csv",
@@ -184,12 +225,13 @@ TEST(sim_agreement, open_workload_trace_served_alike) {
   struct point {
     const char* name;
     std::vector<std::string> sets;
+    bool calibrated;
   };
   for (const point& p : std::vector<point>{
-           {"pnm-kv", {"run.mode=pnm-kv"}},
-           {"pnm-kv_h2_exact", {"run.mode=pnm-kv", "cluster.head_groups=2", "selection.cross_shard=exact"}},
-           {"pnm-kv_h2_local", {"run.mode=pnm-kv", "cluster.head_groups=2", "selection.cross_shard=local"}},
-           {"baseline", {"run.mode=baseline"}}}) {
+           {"pnm-kv", {"run.mode=pnm-kv"}, false},
+           {"pnm-kv_h2_exact", {"run.mode=pnm-kv", "cluster.head_groups=2", "selection.cross_shard=exact"}, true},
+           {"pnm-kv_h2_local", {"run.mode=pnm-kv", "cluster.head_groups=2", "selection.cross_shard=local"}, false},
+           {"baseline", {"run.mode=baseline"}, false}}) {
     SCOPED_TRACE(p.name);
     std::vector<std::string> sets = small(open);
     sets.insert(sets.end(), p.sets.begin(), p.sets.end());
@@ -202,15 +244,24 @@ TEST(sim_agreement, open_workload_trace_served_alike) {
     EXPECT_EQ(live.serving.completed, 5u);
     EXPECT_EQ(sim.completed, 5u);
     EXPECT_EQ(live.tokens_out, sim.tokens_out);
-    auto figure = [&](const std::string& key, double l, double s) {
+    // Steps of the run (decode steps and prompt chunks): the wire's truncation adds up over
+    // them; abs_ms bounds it for any time the run reaches.
+    uint64_t steps = sim.decode_steps;
+    for (const auto& q : sim.requests) steps += (q.prompt_tokens + 1023) / 1024;
+    const double abs_ms = double(steps) * wire_bound_ns(r.layers) * 1e-6;
+    // |live − sim| within `bound` (ms for times, relative for rates); 1% when calibrated.
+    auto figure = [&](const std::string& key, double l, double s, double bound) {
       ::testing::Test::RecordProperty(std::string(p.name) + "." + key,
                                       "live " + std::to_string(l) + " sim " + std::to_string(s));
-      EXPECT_LT(rel(l, s), 0.01) << key << ": live " << l << ", sim " << s;
+      if (p.calibrated) EXPECT_LT(rel(l, s), 0.01) << key << ": live " << l << ", sim " << s;
+      else EXPECT_NEAR(l, s, bound + rounding * std::abs(s)) << key;
     };
-    figure("ttft_ms_mean", live.serving.ttft_ms_mean, sim.ttft_ms);
-    figure("tpot_ms_mean", live.serving.tpot_ms_mean, sim.tpot_ms);
-    figure("tokens_per_s", live.virtual_tokens_per_s, sim.tokens_per_s);
-    figure("energy_j_per_token", live.virtual_energy_j_per_token, sim.energy_j_per_token);
+    const double rate_rel = abs_ms * 1e-3 / sim.simulated_s;
+    figure("ttft_ms_mean", live.serving.ttft_ms_mean, sim.ttft_ms, abs_ms);
+    figure("tpot_ms_mean", live.serving.tpot_ms_mean, sim.tpot_ms, wire_bound_ns(r.layers) * 1e-6);
+    figure("tokens_per_s", live.virtual_tokens_per_s, sim.tokens_per_s, sim.tokens_per_s * rate_rel);
+    figure("energy_j_per_token", live.virtual_energy_j_per_token, sim.energy_j_per_token,
+           sim.energy_j_per_token * rate_rel);
     double first_rel_max = 0, finish_rel_max = 0;
     for (const request_outcome& l : live.request_outcomes) {
       SCOPED_TRACE("request " + std::to_string(l.id));
@@ -221,10 +272,8 @@ TEST(sim_agreement, open_workload_trace_served_alike) {
       EXPECT_EQ(l.prompt_tokens, s->prompt_tokens);
       EXPECT_EQ(l.output_tokens, s->output_tokens);
       ASSERT_FALSE(l.refused || s->refused);
-      EXPECT_LT(rel(l.first_token_s, s->first_token_s), 0.01)
-          << "first token: live " << l.first_token_s << " s, sim " << s->first_token_s << " s";
-      EXPECT_LT(rel(l.finish_s, s->finish_s), 0.01)
-          << "finish: live " << l.finish_s << " s, sim " << s->finish_s << " s";
+      figure("first_token_s", l.first_token_s, s->first_token_s, abs_ms * 1e-3);
+      figure("finish_s", l.finish_s, s->finish_s, abs_ms * 1e-3);
       first_rel_max = std::max(first_rel_max, rel(l.first_token_s, s->first_token_s));
       finish_rel_max = std::max(finish_rel_max, rel(l.finish_s, s->finish_s));
     }
@@ -236,7 +285,8 @@ TEST(sim_agreement, open_workload_trace_served_alike) {
 }
 
 // The link and device budget (workload.tpot_ms_max): live admission predicts the decode
-// step with the simulator's step model, so both admit the same requests at the same times.
+// step with the step model on the live step setup, so both admit the same requests at the
+// same times.
 // Three 4096-token requests and one 2048-token request arrive together. The limit is set
 // between the step of one request alone and that of two together (found by bisection on
 // the simulator), so it holds one request at a time and binds.
@@ -279,6 +329,11 @@ TEST(sim_agreement, tpot_limit_admits_alike) {
     auto limited = run_both(small(lim));
     ASSERT_EQ(limited.live.request_outcomes.size(), 4u);
     ASSERT_EQ(limited.sim.requests.size(), 4u);
+    // The wire's truncation summed over every step of the run (decode steps and prompt
+    // chunks, counted generously at 1024 tokens a chunk).
+    uint64_t steps = limited.sim.decode_steps;
+    for (const auto& q : limited.sim.requests) steps += (q.prompt_tokens + 1023) / 1024;
+    const double abs_s = double(steps) * wire_bound_ns(limited.layers) * 1e-9;
     size_t waited = 0;
     for (size_t i = 0; i < 4; ++i) {
       const auto& l = limited.live.request_outcomes[i];
@@ -286,8 +341,8 @@ TEST(sim_agreement, tpot_limit_admits_alike) {
       SCOPED_TRACE("request " + std::to_string(l.id));
       ASSERT_FALSE(l.refused) << l.refusal;
       ASSERT_FALSE(sm.refused) << sm.refusal;
-      EXPECT_NEAR(l.admitted_s, sm.admitted_s, 1e-6 + 1e-3 * sm.admitted_s);
-      EXPECT_LT(rel(l.finish_s, sm.finish_s), 0.01);
+      EXPECT_NEAR(l.admitted_s, sm.admitted_s, abs_s + rounding * sm.admitted_s);
+      EXPECT_NEAR(l.finish_s, sm.finish_s, abs_s + rounding * sm.finish_s);
       waited += l.admitted_s > 0;
       EXPECT_EQ(unlimited.live.request_outcomes[i].admitted_s, 0.0);
     }

@@ -1,5 +1,5 @@
 // Loading the GPU fabric file and pricing collectives on it (see gpu_fabric.hpp).
-#include "sim/gpu_fabric.hpp"
+#include "model/gpu_fabric.hpp"
 
 #include <yaml-cpp/yaml.h>
 

@@ -31,7 +31,8 @@
 #include <vector>
 
 #include "schedulers/placement.hpp"
-#include "sim/sim_setup.hpp"
+#include "schedulers/step_setup.hpp"
+#include "schedulers/step_timeline.hpp"
 
 namespace pnmkv {
 
@@ -92,7 +93,7 @@ struct step_result {
 
 class step_model {
  public:
-  explicit step_model(std::shared_ptr<const sim_setup> setup);
+  explicit step_model(std::shared_ptr<const step_setup> setup);
 
   // One step of `decode` (each produces a token) with `prefill` chunks alongside.
   step_result run(const std::vector<step_request>& decode, const std::vector<prefill_piece>& prefill);
@@ -104,41 +105,20 @@ class step_model {
     step_energy energy;
     double link_bytes = 0, device_bytes = 0, device_busy_ns_max = 0, link_busy_ns_max = 0;
   };
-  // One device work item: arrives, is served in arrival order, its reply goes back.
-  struct item {
-    double arrival_ns;
-    uint64_t seq;
-    uint32_t device;
-    uint32_t link;
-    double cost_ns;
-    uint64_t reply_bytes;
-    uint32_t head_slot;  // (request, head) index, for baseline recalls
-    double done_ns;
-  };
   layer_result layer_pnm(const std::vector<const step_request*>& reqs,
                          const std::vector<const prefill_piece*>& prefill);
   layer_result layer_baseline(const std::vector<const step_request*>& reqs,
                               const std::vector<const prefill_piece*>& prefill);
   layer_result steady_copies(const std::vector<step_request>& decode);
-  // Shared pieces.
-  void reset_links(double t_ns);
-  double link_out(uint32_t link, double now_ns, uint64_t bytes, layer_result& lr);
-  void serve_devices(layer_result& lr);   // items_ -> done_ns, device busy
-  double return_replies(layer_result& lr);  // items_ over the inbound links; last arrival
   void send_prefill(const std::vector<const prefill_piece*>& prefill, layer_result& lr,
                     double& last_arrival_ns);
   uint32_t link_of(uint32_t kv_head, uint32_t shard_j, uint32_t shards) const;
-  // Splits the part of `wait_ns` the GPU spent waiting into device, link and queueing.
-  void attribute_wait(double wait_ns, double device_busy_ns, layer_result& lr) const;
+  // The layer's bytes, device and link busy times and link energy, from the timeline.
+  void close_layer(layer_result& lr) const;
 
-  std::shared_ptr<const sim_setup> s_;
+  std::shared_ptr<const step_setup> s_;
   const cost_model& c_;
-  std::vector<double> out_free_ns_, in_free_ns_, out_ser_ns_, in_ser_ns_;
-  std::vector<double> device_clock_ns_, device_busy_ns_;
-  std::vector<uint32_t> touched_;
-  std::vector<item> items_, scratch_;
-  std::vector<size_t> bucket_start_;
-  uint64_t seq_ = 0;
+  layer_timeline tl_;
 };
 
 }  // namespace pnmkv

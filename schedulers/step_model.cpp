@@ -1,7 +1,7 @@
 // The per-step composition (see step_model.hpp). Each layer is a small discrete-event
 // pass: messages leave each host link in issue order, devices serve in arrival order,
 // replies return over the inbound links in completion order.
-#include "sim/step_model.hpp"
+#include "schedulers/step_model.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -10,6 +10,14 @@
 #include "model/work_sizes.hpp"
 
 namespace pnmkv {
+
+namespace {
+void add_wait(const layer_timeline::wait_split& w, step_breakdown& crit) {
+  crit.device_scan_ns += w.device_ns;
+  crit.link_ns += w.link_ns;
+  crit.queueing_ns += w.queueing_ns;
+}
+}  // namespace
 
 step_breakdown& step_breakdown::operator+=(const step_breakdown& o) {
   gpu_dense_ns += o.gpu_dense_ns, allreduce_ns += o.allreduce_ns, gpu_attention_ns += o.gpu_attention_ns;
@@ -41,161 +49,51 @@ step_energy step_energy::scaled(double f) const {
   return e;
 }
 
-step_model::step_model(std::shared_ptr<const sim_setup> setup)
-    : s_(std::move(setup)), c_(*s_->costs) {
-  out_free_ns_.assign(s_->host_links, 0);
-  in_free_ns_.assign(s_->host_links, 0);
-  out_ser_ns_.assign(s_->host_links, 0);
-  in_ser_ns_.assign(s_->host_links, 0);
-  device_clock_ns_.assign(s_->devices, 0);
-  device_busy_ns_.assign(s_->devices, 0);
-}
+step_model::step_model(std::shared_ptr<const step_setup> setup)
+    : s_(std::move(setup)), c_(*s_->costs), tl_(c_, s_->host_links, s_->devices) {}
 
 uint32_t step_model::link_of(uint32_t kv_head, uint32_t shard_j, uint32_t shards) const {
-  const uint64_t H = s_->model.kv_heads;
-  return static_cast<uint32_t>((uint64_t(kv_head) * shards + shard_j) * s_->host_links / (H * shards));
+  return host_link_of(s_->host_links, s_->model.kv_heads, kv_head, shard_j, shards);
 }
 
-void step_model::reset_links(double t_ns) {
-  std::fill(out_free_ns_.begin(), out_free_ns_.end(), t_ns);
-  std::fill(in_free_ns_.begin(), in_free_ns_.end(), 0.0);
-  std::fill(out_ser_ns_.begin(), out_ser_ns_.end(), 0.0);
-  std::fill(in_ser_ns_.begin(), in_ser_ns_.end(), 0.0);
-  for (uint32_t d : touched_) device_clock_ns_[d] = 0, device_busy_ns_[d] = 0;
-  touched_.clear();
-  items_.clear();
+void step_model::close_layer(layer_result& lr) const {
+  lr.link_bytes = tl_.link_bytes();
+  lr.device_busy_ns_max = tl_.device_busy_max_ns();
+  if (s_->charge_link_energy) lr.energy.link_j = c_.link_transfer(lr.link_bytes).energy_j;
+  lr.link_busy_ns_max = tl_.link_busy_max_ns();
 }
 
-double step_model::link_out(uint32_t link, double now_ns, uint64_t bytes, layer_result& lr) {
-  PNMKV_CHECK_LT(link, out_free_ns_.size());
-  const double ser = c_.link_serialisation_ns(double(bytes));
-  out_free_ns_[link] = std::max(out_free_ns_[link], now_ns) + ser;
-  out_ser_ns_[link] += ser;
-  lr.link_bytes += double(bytes);
-  return out_free_ns_[link] + c_.link_latency_ns();
-}
-
-// Items are pushed in issue order (seq). A stable counting sort by device keeps that order
-// within a device, which is arrival order unless the device is fed by several links; only
-// then is a device's run sorted. O(n) in the usual case: sorting dominated a profile.
-void step_model::serve_devices(layer_result& lr) {
-  const size_t D = device_clock_ns_.size();
-  bucket_start_.assign(D + 1, 0);
-  for (const item& it : items_) ++bucket_start_[it.device + 1];
-  for (size_t d = 0; d < D; ++d) bucket_start_[d + 1] += bucket_start_[d];
-  scratch_.resize(items_.size());
-  {
-    std::vector<size_t> next(bucket_start_.begin(), bucket_start_.end() - 1);
-    for (const item& it : items_) scratch_[next[it.device]++] = it;
-  }
-  items_.swap(scratch_);
-  for (size_t d = 0; d < D; ++d) {
-    const auto b = items_.begin() + std::ptrdiff_t(bucket_start_[d]);
-    const auto e = items_.begin() + std::ptrdiff_t(bucket_start_[d + 1]);
-    if (b == e) continue;
-    if (!std::is_sorted(b, e, [](const item& x, const item& y) { return x.arrival_ns < y.arrival_ns; }))
-      std::stable_sort(b, e, [](const item& x, const item& y) { return x.arrival_ns < y.arrival_ns; });
-    double& clock = device_clock_ns_[d];
-    double& busy = device_busy_ns_[d];
-    if (busy == 0 && clock == 0) touched_.push_back(uint32_t(d));
-    for (auto it = b; it != e; ++it) {
-      clock = std::max(clock, it->arrival_ns) + it->cost_ns;
-      busy += it->cost_ns;
-      it->done_ns = clock;
-    }
-    lr.device_busy_ns_max = std::max(lr.device_busy_ns_max, busy);
-  }
-}
-
-// After serve_devices, items_ is device-major and each device's run is in completion order.
-// Per link, the runs of the devices it carries are merged by (done, seq) through a heap.
-double step_model::return_replies(layer_result& lr) {
-  const size_t Lk = in_free_ns_.size();
-  std::vector<size_t> start(Lk + 1, 0);
-  for (const item& it : items_) ++start[it.link + 1];
-  for (size_t l = 0; l < Lk; ++l) start[l + 1] += start[l];
-  scratch_.resize(items_.size());
-  {
-    std::vector<size_t> next(start.begin(), start.end() - 1);
-    for (const item& it : items_) scratch_[next[it.link]++] = it;
-  }
-  items_.swap(scratch_);
-  const double lat = c_.link_latency_ns();
-  double last = 0;
-  struct head {
-    double done;
-    uint64_t seq;
-    size_t pos, end;
-    bool operator>(const head& o) const { return done != o.done ? done > o.done : seq > o.seq; }
-  };
-  std::vector<head> heap;
-  for (size_t l = 0; l < Lk; ++l) {
-    heap.clear();
-    for (size_t i = start[l]; i < start[l + 1];) {  // runs of one device
-      size_t j = i + 1;
-      while (j < start[l + 1] && items_[j].device == items_[i].device) ++j;
-      heap.push_back({items_[i].done_ns, items_[i].seq, i, j});
-      i = j;
-    }
-    std::make_heap(heap.begin(), heap.end(), std::greater<head>());
-    while (!heap.empty()) {
-      std::pop_heap(heap.begin(), heap.end(), std::greater<head>());
-      head h = heap.back();
-      heap.pop_back();
-      item& it = items_[h.pos];
-      const double ser = c_.link_serialisation_ns(double(it.reply_bytes));
-      in_free_ns_[l] = std::max(in_free_ns_[l], it.done_ns + lat) + ser;
-      in_ser_ns_[l] += ser;
-      lr.link_bytes += double(it.reply_bytes);
-      it.done_ns = in_free_ns_[l];  // now: when the reply is in GPU memory
-      last = std::max(last, it.done_ns);
-      if (++h.pos < h.end) {
-        heap.push_back({items_[h.pos].done_ns, items_[h.pos].seq, h.pos, h.end});
-        std::push_heap(heap.begin(), heap.end(), std::greater<head>());
-      }
-    }
-  }
-  return last;
-}
-
+// Prompt chunks: per KV head, one write per run of pages on one shard, to the shard and
+// each replica, after the layer's decode traffic on the link (as the host engine sends them).
 void step_model::send_prefill(const std::vector<const prefill_piece*>& prefill, layer_result& lr,
                               double& last_arrival_ns) {
   const model_shape& m = s_->model;
+  const uint32_t ps = s_->page_size_tokens;
+  const device_op op = s_->mode == run_mode::baseline ? device_op::expander : device_op::pnm;
   for (const prefill_piece* p : prefill) {
     const request_placement& pl = *p->placement;
     const uint32_t s = pl.sequence_shards;
+    const uint64_t to = p->position + p->tokens;
     for (uint32_t h = 0; h < m.kv_heads; ++h) {
-      const int idx = pl.shard_of(h, p->position / s_->page_size_tokens);
-      PNMKV_CHECK(idx >= 0, "no shard holds kv_head=", h, " position=", p->position);
-      const shard_placement& sh = pl.shards[size_t(idx)];
-      const uint32_t copies = 1 + uint32_t(sh.replica_device_ids.size());
-      const uint32_t l = link_of(h, sh.sequence_index, s);
-      for (uint32_t k = 0; k < copies; ++k)
-        last_arrival_ns = std::max(
-            last_arrival_ns, link_out(l, out_free_ns_[l], work::prefill_wire_bytes(m, p->tokens), lr));
-      const double kv = c_.kv_bytes(double(p->tokens)) * copies;
-      lr.energy.device_j += s_->mode == run_mode::baseline ? c_.expander_read(kv).energy_j
-                                                           : c_.pnm_compute(kv, 0).energy_j;
+      for (uint64_t from = p->position; from < to;) {
+        const uint64_t end = write_run_end(pl, h, from, to, ps);
+        const shard_placement& sh = pl.shards[size_t(pl.shard_of(h, from / ps))];
+        const uint32_t copies = 1 + uint32_t(sh.replica_device_ids.size());
+        const uint32_t l = link_of(h, sh.sequence_index, s);
+        for (uint32_t k = 0; k < copies; ++k)
+          last_arrival_ns = std::max(last_arrival_ns,
+                                     tl_.send(l, tl_.out_free_ns(l), work::prefill_wire_bytes(m, end - from)));
+        const double kv = c_.kv_bytes(double(end - from)) * copies;
+        lr.energy.device_j += device_service_cost(c_, op, kv).energy_j;
+        from = end;
+      }
     }
   }
-}
-
-void step_model::attribute_wait(double wait_ns, double device_busy_ns, layer_result& lr) const {
-  if (wait_ns <= 0) return;
-  const double dev = std::min(device_busy_ns, wait_ns);
-  double link_ser = 0;
-  for (size_t l = 0; l < out_ser_ns_.size(); ++l)
-    link_ser = std::max(link_ser, std::max(out_ser_ns_[l], in_ser_ns_[l]));
-  const double rest = wait_ns - dev;
-  const double link = std::min(rest, link_ser + 2.0 * c_.link_latency_ns());
-  lr.crit.device_scan_ns += dev;
-  lr.crit.link_ns += link;
-  lr.crit.queueing_ns += rest - link;
 }
 
 step_model::layer_result step_model::layer_pnm(const std::vector<const step_request*>& reqs,
                                                const std::vector<const prefill_piece*>& prefill) {
-  const sim_setup& S = *s_;
+  const step_setup& S = *s_;
   const model_shape& m = S.model;
   const uint32_t H = m.kv_heads, ps = S.page_size_tokens, group = m.gqa_group();
   const bool png = S.mode == run_mode::png_kv;
@@ -205,8 +103,8 @@ step_model::layer_result step_model::layer_pnm(const std::vector<const step_requ
   for (const prefill_piece* p : prefill) ntok += p->tokens;
   const op_cost dense = c_.gpu_dense_layer(uint32_t(std::min<uint64_t>(ntok, UINT32_MAX)), S.tp);
   const op_cost ar = S.fabric.all_reduce(double(ntok) * m.hidden * 2.0, S.tp);
-  const double t0 = dense.time_ns + 2.0 * ar.time_ns;
-  reset_links(t0);
+  const double t0 = layer_t0(0, dense, ar);
+  tl_.begin(t0);
 
   const uint64_t budget_pages = S.budget_pages();
   const work::pngkv_split split =
@@ -248,7 +146,7 @@ step_model::layer_result step_model::layer_pnm(const std::vector<const step_requ
       const uint32_t g = h / heads_per_group;
       const shard_placement& holder = pl.shards[size_t(g) * s + j_last];
       const uint32_t l_app = link_of(h, j_last, s);
-      for (size_t k = 0; k < 1 + holder.replica_device_ids.size(); ++k) link_out(l_app, t0, append_bytes, lr);
+      for (size_t k = 0; k < 1 + holder.replica_device_ids.size(); ++k) tl_.send(l_app, t0, append_bytes);
       for (uint32_t j = 0; j < s; ++j) {
         const shard_placement& sh = pl.shards[size_t(g) * s + j];
         const uint64_t held = sh.tokens_held_at(seq_after, ps);
@@ -264,12 +162,12 @@ step_model::layer_result step_model::layer_pnm(const std::vector<const step_requ
           reply = work::candidates_wire_bytes(sel.pages_selected);
         }
         const uint64_t excluded = png ? steady_r / s + (j < steady_r % s ? 1 : 0) : 0;
-        const op_cost cost = c_.pnm_compute(w.bytes, w.flops);
+        const op_cost cost = device_service_cost(c_, device_op::pnm, w.bytes, w.flops);
         lr.energy.device_j += cost.energy_j;
         lr.device_bytes += w.bytes;
         const uint32_t l = link_of(h, j, s);
-        const double arrival = link_out(l, t0, work::query_wire_bytes(m, excluded), lr);
-        items_.push_back({arrival, seq_++, sh.device_id, l, cost.time_ns, reply, 0, 0});
+        const double arrival = tl_.send(l, t0, work::query_wire_bytes(m, excluded));
+        tl_.expect(arrival, sh.device_id, l, cost.time_ns, reply);
       }
       if (two_rounds) round_b.push_back({r, h, device_budget, steady_r, ri});
       if (png && gpu_pages_r > 0) {
@@ -283,8 +181,8 @@ step_model::layer_result step_model::layer_pnm(const std::vector<const step_requ
       lr.energy.merge_j += mc.energy_j;
     }
   }
-  serve_devices(lr);
-  double last_reply = items_.empty() ? t0 : return_replies(lr);
+  tl_.serve();
+  double last_reply = tl_.receive();
   // The GPU's attention ranks share the per-head work.
   const double A = gpu_attn_ns / S.attention_ranks;
   const double M = merge_ns / S.attention_ranks;
@@ -294,8 +192,8 @@ step_model::layer_result step_model::layer_pnm(const std::vector<const step_requ
   if (!round_b.empty()) {
     // Exact, round b: the GPU has the global top pages; each shard attends those it holds.
     // How they fall on the shards: the busiest takes `selection_spread` × the even share.
-    const double tb = t0 + std::max(wait, A);
-    items_.clear();
+    const double tb = second_round_start(t0, wait, A);
+    tl_.clear_items();
     const double spread = S.cal.selection_spread.value;
     std::vector<uint64_t> pages_on;
     for (const round_b_head& rb : round_b) {
@@ -318,47 +216,45 @@ step_model::layer_result step_model::layer_pnm(const std::vector<const step_requ
         const shard_placement& sh = pl.shards[size_t(g) * s + j];
         const double tokens_j = std::round(tokens_per_page * double(pages_on[j]));
         const double bytes = c_.kv_bytes(tokens_j);
-        const op_cost cost = c_.pnm_compute(bytes, c_.attend_flops(tokens_j, group));
+        const op_cost cost = device_service_cost(c_, device_op::pnm, bytes, c_.attend_flops(tokens_j, group));
         lr.energy.device_j += cost.energy_j;
         lr.device_bytes += bytes;
         const uint32_t l = link_of(rb.kv_head, j, s);
-        const double arrival = link_out(l, tb, work::query_wire_bytes(m, 0) + 4ull * pages_on[j], lr);
-        items_.push_back({arrival, seq_++, sh.device_id, l, cost.time_ns,
-                          work::partial_wire_bytes(m, pages_on[j]), 0, 0});
+        const double arrival = tl_.send(l, tb, work::query_wire_bytes(m, 0) + 4ull * pages_on[j]);
+        tl_.expect(arrival, sh.device_id, l, cost.time_ns, work::partial_wire_bytes(m, pages_on[j]));
       }
     }
-    serve_devices(lr);
-    if (!items_.empty()) last_reply = return_replies(lr);
+    tl_.serve();
+    if (!tl_.items().empty()) last_reply = tl_.receive();
     wait = std::max(0.0, last_reply - t0);
     gpu_bound = false;
   }
   double prefill_last = t0;
   send_prefill(prefill, lr, prefill_last);
 
+  const layer_end e = end_of_layer(t0, wait, A, prefill_last, M);
   const double W = std::max(wait, A);
-  const double prefill_extra = std::max(0.0, prefill_last - (t0 + W));
-  lr.time_ns = t0 + W + prefill_extra + M;
+  const double prefill_extra = e.prefill_extra_ns;
+  lr.time_ns = e.time_ns;
   lr.crit.gpu_dense_ns = dense.time_ns;
   lr.crit.allreduce_ns = 2.0 * ar.time_ns;
   if (gpu_bound) {
     lr.crit.gpu_attention_ns = A;
   } else {
     // The GPU's steady attention overlapped the first round; what it did not cover is wait.
-    attribute_wait(W, lr.device_busy_ns_max, lr);
+    add_wait(tl_.attribute_wait(W), lr.crit);
   }
   lr.crit.link_ns += prefill_extra;
   lr.crit.merge_ns = M;
   lr.energy.gpu_dense_j = dense.energy_j;
   lr.energy.allreduce_j = 2.0 * ar.energy_j;
-  if (S.charge_link_energy) lr.energy.link_j = c_.link_transfer(lr.link_bytes).energy_j;
-  for (size_t l = 0; l < out_ser_ns_.size(); ++l)
-    lr.link_busy_ns_max = std::max(lr.link_busy_ns_max, std::max(out_ser_ns_[l], in_ser_ns_[l]));
+  close_layer(lr);
   return lr;
 }
 
 step_model::layer_result step_model::layer_baseline(const std::vector<const step_request*>& reqs,
                                                     const std::vector<const prefill_piece*>& prefill) {
-  const sim_setup& S = *s_;
+  const step_setup& S = *s_;
   const model_shape& m = S.model;
   const uint32_t H = m.kv_heads, ps = S.page_size_tokens;
   layer_result lr;
@@ -367,11 +263,11 @@ step_model::layer_result step_model::layer_baseline(const std::vector<const step
   for (const prefill_piece* p : prefill) ntok += p->tokens;
   const op_cost dense = c_.gpu_dense_layer(uint32_t(std::min<uint64_t>(ntok, UINT32_MAX)), S.tp);
   const op_cost ar = S.fabric.all_reduce(double(ntok) * m.hidden * 2.0, S.tp);
-  const double t0 = dense.time_ns + 2.0 * ar.time_ns;
-  reset_links(t0);
+  const double t0 = layer_t0(0, dense, ar);
+  tl_.begin(t0);
 
   const uint32_t ranks = S.attention_ranks;
-  std::vector<double> gclk(ranks, t0), gbusy(ranks, 0);
+  gpu_ranks gpu(ranks, t0);
   struct slot {
     uint32_t rank;
     uint32_t req;
@@ -399,7 +295,7 @@ step_model::layer_result step_model::layer_baseline(const std::vector<const step
       const uint32_t g = h / heads_per_group;
       const shard_placement& holder = pl.shards[size_t(g) * s + j_last];
       for (size_t k = 0; k < 1 + holder.replica_device_ids.size(); ++k)
-        link_out(link_of(h, j_last, s), t0, append_bytes, lr);
+        tl_.send(link_of(h, j_last, s), t0, append_bytes);
       const work::query_work sw = work::gpu_score_work(c_, total_pages, S.heads_scored, S.summary_elem_bytes);
       const op_cost sc = c_.gpu_attention(r->summaries_resident ? sw.bytes : 0, sw.flops);
       lr.energy.gpu_attention_j += sc.energy_j;
@@ -411,23 +307,23 @@ step_model::layer_result step_model::layer_baseline(const std::vector<const step
         const shard_placement& sh = pl.shards[size_t(g) * s + j];
         const uint64_t pages_j = (sh.tokens_held_at(seq_after, ps) + ps - 1) / ps;
         const double bytes = double(pages_j) * c_.summary_bytes_per_page(S.summary_elem_bytes);
-        const op_cost rd = c_.expander_read(bytes);
+        const op_cost rd = device_service_cost(c_, device_op::expander, bytes);
         lr.energy.device_j += rd.energy_j;
         lr.device_bytes += bytes;
         lr.energy.hbm_write_j += c_.gpu_hbm_write(bytes).energy_j;
         const uint32_t l = link_of(h, j, s);
-        const double arrival = link_out(l, t0, work::header_bytes, lr);
-        items_.push_back({arrival, seq_++, sh.device_id, l, rd.time_ns,
-                          work::summary_read_wire_bytes(c_, pages_j, S.summary_elem_bytes), slot_index, 0});
+        const double arrival = tl_.send(l, t0, work::header_bytes);
+        tl_.expect(arrival, sh.device_id, l, rd.time_ns,
+                   work::summary_read_wire_bytes(c_, pages_j, S.summary_elem_bytes), slot_index);
       }
     }
   }
   if (any_link_summaries) {
     for (slot& sl : slots) sl.ready_ns = reqs[sl.req]->summaries_resident ? t0 : 0;
-    serve_devices(lr);
-    return_replies(lr);
-    for (const item& it : items_) slots[it.head_slot].ready_ns = std::max(slots[it.head_slot].ready_ns, it.done_ns);
-    items_.clear();
+    tl_.serve();
+    tl_.receive();
+    for (const auto& it : tl_.items()) slots[it.slot].ready_ns = std::max(slots[it.slot].ready_ns, it.done_ns);
+    tl_.clear_items();
   }
   // Scoring on each rank in the order the summaries are ready; then selection is known.
   std::vector<uint32_t> order(slots.size());
@@ -439,16 +335,14 @@ step_model::layer_result step_model::layer_baseline(const std::vector<const step
   if (S.baseline_overlap) {
     for (uint32_t i : order) {
       slot& sl = slots[i];
-      gclk[sl.rank] = std::max(gclk[sl.rank], sl.ready_ns) + sl.score_ns;
-      gbusy[sl.rank] += sl.score_ns;
-      sl.ready_ns = gclk[sl.rank];
+      sl.ready_ns = gpu.run(sl.rank, sl.ready_ns, sl.score_ns);
     }
   } else {  // layer-wide rounds: every summary in, every head scored, then the recalls
     double in = t0;
     for (const slot& sl : slots) in = std::max(in, sl.ready_ns);
-    for (uint32_t k = 0; k < ranks; ++k) gclk[k] = std::max(gclk[k], in);
-    for (const slot& sl : slots) gclk[sl.rank] += sl.score_ns, gbusy[sl.rank] += sl.score_ns;
-    const double t_sel = *std::max_element(gclk.begin(), gclk.end());
+    gpu.hold_until(in);
+    for (const slot& sl : slots) gpu.run(sl.rank, in, sl.score_ns);
+    const double t_sel = gpu.end();
     for (slot& sl : slots) sl.ready_ns = t_sel;
   }
 
@@ -484,19 +378,18 @@ step_model::layer_result step_model::layer_baseline(const std::vector<const step
       const shard_placement& sh = pl.shards[size_t(g) * s + j];
       const uint64_t tokens_j = uint64_t(std::llround(tokens_per_page * double(pages_on[j])));
       const double bytes = c_.kv_bytes(double(tokens_j));
-      const op_cost rd = c_.expander_read(bytes);
+      const op_cost rd = device_service_cost(c_, device_op::expander, bytes);
       lr.energy.device_j += rd.energy_j;
       lr.device_bytes += bytes;
       lr.energy.hbm_write_j += c_.gpu_hbm_write(bytes).energy_j;
       const uint32_t l = link_of(sl.kv_head, j, s);
-      const double arrival = link_out(l, sl.ready_ns, work::recall_request_wire_bytes(pages_on[j]), lr);
-      items_.push_back({arrival, seq_++, sh.device_id, l, rd.time_ns,
-                        work::recall_reply_wire_bytes(m, tokens_j), i, 0});
+      const double arrival = tl_.send(l, sl.ready_ns, work::recall_request_wire_bytes(pages_on[j]));
+      tl_.expect(arrival, sh.device_id, l, rd.time_ns, work::recall_reply_wire_bytes(m, tokens_j), i);
     }
   }
-  serve_devices(lr);
-  return_replies(lr);
-  for (const item& it : items_) slots[it.head_slot].ready_ns = std::max(slots[it.head_slot].ready_ns, it.done_ns);
+  tl_.serve();
+  tl_.receive();
+  for (const auto& it : tl_.items()) slots[it.slot].ready_ns = std::max(slots[it.slot].ready_ns, it.done_ns);
 
   // Attention on each rank as each head's pages are in (overlap), or once all are in; then
   // the merge of each head's per-shard partials.
@@ -512,32 +405,28 @@ step_model::layer_result step_model::layer_baseline(const std::vector<const step
     const work::query_work aw = work::gpu_attend_work(c_, double(sl.sel_tokens));
     const op_cost ga = c_.gpu_attention(aw.bytes, aw.flops);
     lr.energy.gpu_attention_j += ga.energy_j;
-    gclk[sl.rank] = std::max(gclk[sl.rank], sl.ready_ns) + ga.time_ns;
-    gbusy[sl.rank] += ga.time_ns;
+    gpu.run(sl.rank, sl.ready_ns, ga.time_ns);
     const op_cost mc = c_.gpu_merge(reqs[sl.req]->placement->sequence_shards, m.gqa_group());
     merge_ns += mc.time_ns;
     lr.energy.merge_j += mc.energy_j;
   }
-  uint32_t crit = 0;
-  for (uint32_t k = 1; k < ranks; ++k)
-    if (gclk[k] > gclk[crit]) crit = k;
+  const uint32_t crit = gpu.critical();
   const double M = merge_ns / ranks;
-  double end = gclk[crit] + M;
   double prefill_last = t0;
   send_prefill(prefill, lr, prefill_last);
-  const double prefill_extra = std::max(0.0, prefill_last - end);
-  lr.time_ns = end + prefill_extra;
+  const layer_end e = end_of_layer_after_gpu(gpu.end(), prefill_last, M);
+  const double end = gpu.end() + M;
+  const double prefill_extra = e.prefill_extra_ns;
+  lr.time_ns = e.time_ns;
   lr.crit.gpu_dense_ns = dense.time_ns;
   lr.crit.allreduce_ns = 2.0 * ar.time_ns;
-  lr.crit.gpu_attention_ns = gbusy[crit];
+  lr.crit.gpu_attention_ns = gpu.busy(crit);
   lr.crit.merge_ns = M;
-  attribute_wait(end - M - t0 - gbusy[crit], lr.device_busy_ns_max, lr);
+  add_wait(tl_.attribute_wait(end - M - t0 - gpu.busy(crit)), lr.crit);
   lr.crit.link_ns += prefill_extra;
   lr.energy.gpu_dense_j = dense.energy_j;
   lr.energy.allreduce_j = 2.0 * ar.energy_j;
-  if (S.charge_link_energy) lr.energy.link_j = c_.link_transfer(lr.link_bytes).energy_j;
-  for (size_t l = 0; l < out_ser_ns_.size(); ++l)
-    lr.link_busy_ns_max = std::max(lr.link_busy_ns_max, std::max(out_ser_ns_[l], in_ser_ns_[l]));
+  close_layer(lr);
   return lr;
 }
 
@@ -547,11 +436,11 @@ step_model::layer_result step_model::layer_baseline(const std::vector<const step
 // and device time, fewer headers). Amortised: the set's churn every R steps, the whole set
 // on a request's first decode step.
 step_model::layer_result step_model::steady_copies(const std::vector<step_request>& decode) {
-  const sim_setup& S = *s_;
+  const step_setup& S = *s_;
   const model_shape& m = S.model;
   const uint32_t H = m.kv_heads, ps = S.page_size_tokens;
   layer_result lr;
-  reset_links(0);
+  tl_.begin(0);
   const uint64_t budget_pages = S.budget_pages();
   const uint64_t steady_pages = std::max<uint64_t>(
       work::pngkv_budget_split(budget_pages, S.cal.steady_hit_fraction.value).gpu_pages,
@@ -570,33 +459,31 @@ step_model::layer_result step_model::steady_copies(const std::vector<step_reques
       for (uint32_t j = 0; j < s; ++j) {
         const double pages_j = pages / s * m.layers;
         const double bytes = c_.kv_bytes(pages_j * ps);
-        const op_cost rd = c_.pnm_compute(bytes, 0);
+        const op_cost rd = device_service_cost(c_, device_op::pnm, bytes, 0);
         lr.energy.device_j += rd.energy_j;
         lr.device_bytes += bytes;
         copied_bytes += bytes;
         const uint32_t l = link_of(h, j, s);
-        const double arrival = link_out(l, 0, work::header_bytes * m.layers + uint64_t(4.0 * pages_j), lr);
-        items_.push_back({arrival, seq_++, pl.shards[size_t(g) * s + j].device_id, l, rd.time_ns,
-                          work::header_bytes * m.layers + uint64_t(std::llround(bytes)), 0, 0});
+        const double arrival = tl_.send(l, 0, work::header_bytes * m.layers + uint64_t(4.0 * pages_j));
+        tl_.expect(arrival, pl.shards[size_t(g) * s + j].device_id, l, rd.time_ns,
+                   work::header_bytes * m.layers + uint64_t(std::llround(bytes)));
       }
     }
   }
-  if (items_.empty()) return lr;
-  serve_devices(lr);
-  const double last = return_replies(lr);
+  if (tl_.items().empty()) return lr;
+  tl_.serve();
+  const double last = tl_.receive();
   const op_cost w = c_.gpu_hbm_write(copied_bytes);
   lr.time_ns = last + w.time_ns;
   lr.energy.hbm_write_j += w.energy_j;
   lr.crit.copy_ns = lr.time_ns;
-  if (S.charge_link_energy) lr.energy.link_j = c_.link_transfer(lr.link_bytes).energy_j;
-  for (size_t l = 0; l < out_ser_ns_.size(); ++l)
-    lr.link_busy_ns_max = std::max(lr.link_busy_ns_max, std::max(out_ser_ns_[l], in_ser_ns_[l]));
+  close_layer(lr);
   return lr;
 }
 
 step_result step_model::run(const std::vector<step_request>& decode,
                             const std::vector<prefill_piece>& prefill) {
-  const sim_setup& S = *s_;
+  const step_setup& S = *s_;
   step_result out;
   out.decode_tokens = uint32_t(decode.size());
   for (const auto& p : prefill) out.prefill_tokens += p.tokens;

@@ -1,7 +1,7 @@
 // Calibration file reading (format "pnmkv-calibration/1", described in sim/README.md).
 // Strict on the values it knows (type and range), tolerant of extra top-level fields so a
 // newer writer can add context without breaking older readers.
-#include "sim/calibration.hpp"
+#include "model/calibration.hpp"
 
 #include <cmath>
 #include <cstdio>

@@ -1,0 +1,69 @@
+// What the step model (schedulers/step_model.hpp) needs to compose a decode step, and
+// nothing else: the mode, the model shape and hardware figures with the cost model on them,
+// the GPU topology (tensor × pipeline parallel, host links, attention ranks), the devices
+// and their pools, the selection rule and the baseline policies. The simulator's
+// `sim_setup` extends it with the workload and its own policies; the live cluster's run
+// setup holds one describing the live host engine (one GPU, layer-wide baseline rounds),
+// which the host engine charges its steps with and the TPOT admission limit predicts with.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "model/calibration.hpp"
+#include "model/cost_model.hpp"
+#include "model/gpu_fabric.hpp"
+#include "model/hardware.hpp"
+#include "model/model_shape.hpp"
+#include "schedulers/modes.hpp"
+
+namespace pnmkv {
+
+// baseline: where the GPU reads the page summaries it scores (baseline.summaries).
+enum class summary_residence { auto_fit, hbm, link };
+
+struct step_setup {
+  run_mode mode = run_mode::pnm_kv;
+  model_shape model;
+  hardware_spec hw;  // the simulator scales prices by sim.price_scale_*
+  gpu_fabric fabric;
+  // Numerics-only inputs of a prediction (steady pages, selection overlap and spread).
+  calibration cal;
+  std::shared_ptr<const cost_model> costs;
+
+  // GPUs: tp-way tensor parallel × pp pipeline stages; each GPU has cxl.host_links links.
+  uint32_t tp = 1, pp = 1;
+  uint32_t gpus() const { return tp * pp; }
+  // Host links of one pipeline stage (its tp GPUs' links); the KV heads (and shards) of a
+  // layer are spread over them.
+  uint32_t host_links = 1;
+  // Attention ranks: GPUs of a stage sharing the per-head GPU work (merge, attention).
+  uint32_t attention_ranks = 1;
+
+  // Devices: PNM devices (pnm-kv, png-kv) or passive expanders (baseline).
+  uint32_t devices = 0;
+  uint32_t pool_devices = 0;  // resolved: divides devices; 0 until the pool is chosen
+  uint32_t pnm_devices() const { return mode == run_mode::baseline ? 0 : devices; }
+  uint32_t expanders() const { return mode == run_mode::baseline ? devices : 0; }
+
+  // Selection.
+  uint32_t page_size_tokens = 16;
+  uint64_t budget_tokens = 2048;
+  uint64_t budget_pages() const { return budget_tokens / page_size_tokens; }
+  uint32_t summary_elem_bytes = 2;
+  uint32_t heads_scored = 1;  // per group: all query heads (max) or one (sum)
+  // Across s > 1 sequence shards: exact (two rounds: candidates, then the global top pages
+  // attended where they live) or local (each shard takes budget/s pages, one round).
+  bool exact_cross_shard = false;
+
+  // Policies.
+  summary_residence summaries = summary_residence::auto_fit;
+  uint32_t recall_layers_in_flight = 2;
+  bool recall_reuse = false;
+  bool charge_link_energy = true;
+  // baseline: recalls and attention pipelined per head (double buffers), or layer-wide
+  // rounds (false: how the live host engine composes a layer).
+  bool baseline_overlap = true;
+};
+
+}  // namespace pnmkv

@@ -1,0 +1,184 @@
+// The virtual-time arithmetic of one layer of a decode step (DESIGN.md §5), shared by the
+// live host engine (actors/host_engine.cpp), which feeds it what actually happened, and
+// the step model (schedulers/step_model.cpp), which feeds it what it predicts:
+//
+//   send      a message leaves its host link after the ones before it (serialised at link
+//             bandwidth, from max(link free, now)) and reaches the device link latency later;
+//   serve     a device serves its work in arrival order: clock = max(clock, arrival) + cost
+//             (device_service_done; the live devices run the same function on their own
+//             clocks and report the done time: served());
+//   receive   replies come back over the inbound link of their host link in (done, issue)
+//             order: in = max(in free, done + latency) + serialisation;
+//   GPU       the layer starts after the dense layer and its all-reduces (t0); the GPU's own
+//             attention overlaps the devices (gpu_overlap); a second round starts at
+//             t0 + max(wait, overlap); prompt writes still on the link hold the layer; the
+//             merges come last.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/check.hpp"
+#include "model/cost_model.hpp"
+#include "schedulers/placement.hpp"
+
+namespace pnmkv {
+
+// What a device's work costs it, live and predicted alike: a PNM device scanning `bytes` and
+// doing `flops` (queries, steady copies), or a passive expander reading `bytes` (recalls,
+// summary reads).
+enum class device_op : uint8_t { pnm, expander };
+op_cost device_service_cost(const cost_model& c, device_op op, double bytes, double flops = 0);
+// A device's clock after serving work that arrives at arrival_ns and costs cost_ns.
+inline double device_service_done(double clock_ns, double arrival_ns, double cost_ns) {
+  return (clock_ns > arrival_ns ? clock_ns : arrival_ns) + cost_ns;
+}
+
+// Which host link carries (KV head, shard j of s): the (head, shard) pairs of a layer are
+// spread over the links in order.
+uint32_t host_link_of(uint32_t host_links, uint32_t kv_heads, uint32_t kv_head, uint32_t shard_j,
+                      uint32_t shards);
+
+// Prompt tokens [from, to) of one KV head go out as one write per run of pages on one
+// shard: where the run that starts at `from` ends (at `to`, or where the next page belongs
+// to another shard).
+inline uint64_t write_run_end(const request_placement& pl, uint32_t kv_head, uint64_t from, uint64_t to,
+                              uint32_t page_size_tokens) {
+  const uint32_t ps = page_size_tokens;
+  const int shard = pl.shard_of(kv_head, from / ps);
+  PNMKV_CHECK(shard >= 0, "no shard holds kv_head=", kv_head, " page=", from / ps);
+  for (uint64_t p = from / ps + 1; p * ps < to; ++p)
+    if (pl.shard_of(kv_head, p) != shard) return p * ps;
+  return to;
+}
+
+class layer_timeline {
+ public:
+  // One device work item: arrives, is served, its reply goes back.
+  struct item {
+    double arrival_ns;
+    uint64_t seq;         // issue order (ties on the inbound link)
+    uint32_t device;      // 0 .. devices-1
+    uint32_t link;
+    double cost_ns;       // the device's service time
+    uint64_t reply_bytes;
+    uint32_t slot;        // the caller's index (e.g. a baseline head)
+    double done_ns;       // device done; after receive(): the reply is in GPU memory
+  };
+
+  layer_timeline(const cost_model& c, uint32_t host_links, uint32_t devices);
+
+  // Live device ids are mapped to 0 .. n-1 by the caller; more devices may join.
+  void reserve_devices(uint32_t n);
+  uint32_t devices() const { return uint32_t(device_clock_ns_.size()); }
+
+  // A layer (or copy phase) starts: outbound links free from t0_ns, inbound idle, devices
+  // idle, no items, no bytes.
+  void begin(double t0_ns);
+  double t0() const { return t0_ns_; }
+
+  // A message of `bytes` leaves `link` no earlier than now_ns; returns its arrival.
+  double send(uint32_t link, double now_ns, uint64_t bytes);
+  double out_free_ns(uint32_t link) const { return out_free_ns_[link]; }
+
+  // Work for a device that will reply. Predicted: served by serve(). Live: the device
+  // served it on its own clock and reported done_ns (served()).
+  void expect(double arrival_ns, uint32_t device, uint32_t link, double cost_ns,
+              uint64_t reply_bytes, uint32_t slot = 0);
+  void served(uint64_t seq, uint32_t device, uint32_t link, double cost_ns, double done_ns,
+              uint64_t reply_bytes, uint32_t slot = 0);
+  uint64_t next_seq() const { return seq_; }
+  void serve();
+  // Replies over the inbound links; returns the last arrival (t0 when there were none).
+  // Items keep their per-reply arrival in done_ns until clear_items().
+  double receive();
+  const std::vector<item>& items() const { return items_; }
+  void clear_items() { items_.clear(); }
+
+  // Busiest device's service time since begin(), and every link byte since begin().
+  double device_busy_max_ns() const { return device_busy_max_ns_; }
+  double link_bytes() const { return link_bytes_; }
+  // Busiest link direction's serialisation time since begin().
+  double link_busy_max_ns() const;
+
+  // The GPU side of a layer: the part of `wait_ns` it spent waiting, split into device,
+  // link and queueing (device: at most the busiest device's work; link: serialisation of
+  // the busiest direction plus a round trip of latency; the rest queueing).
+  struct wait_split {
+    double device_ns = 0, link_ns = 0, queueing_ns = 0;
+  };
+  wait_split attribute_wait(double wait_ns) const;
+
+ private:
+  void group_by_device(bool sort_runs_by_done);
+
+  const cost_model& c_;
+  double t0_ns_ = 0;
+  std::vector<double> out_free_ns_, in_free_ns_, out_ser_ns_, in_ser_ns_;
+  std::vector<double> device_clock_ns_, device_busy_ns_;
+  std::vector<uint32_t> touched_;
+  std::vector<item> items_, scratch_;
+  std::vector<size_t> bucket_start_;
+  bool grouped_ = false;  // items_ device-major, each run in completion order
+  uint64_t seq_ = 0;
+  double link_bytes_ = 0, device_busy_max_ns_ = 0;
+};
+
+// When a layer's device traffic starts: after the GPU dense layer and the two tensor-parallel
+// all-reduces around its attention, from `origin_ns` (the step model: 0; the host engine:
+// its virtual clock).
+inline double layer_t0(double origin_ns, const op_cost& dense, const op_cost& all_reduce) {
+  return origin_ns + dense.time_ns + 2.0 * all_reduce.time_ns;
+}
+
+// The GPU's attention ranks (the tp GPUs of a stage sharing per-head work; one live GPU):
+// each runs its work in the order given, starting each piece when it is ready.
+class gpu_ranks {
+ public:
+  gpu_ranks(uint32_t ranks, double t0_ns) : clock_(ranks, t0_ns), busy_(ranks, 0) {}
+  // Runs `ns` of work on `rank` once it is free and the work is ready; returns its end.
+  double run(uint32_t rank, double ready_ns, double ns) {
+    clock_[rank] = (clock_[rank] > ready_ns ? clock_[rank] : ready_ns) + ns;
+    busy_[rank] += ns;
+    return clock_[rank];
+  }
+  // Every rank waits for t_ns (layer-wide rounds).
+  void hold_until(double t_ns) {
+    for (double& c : clock_) c = c > t_ns ? c : t_ns;
+  }
+  // The rank that finishes last (the first of equals) and its end.
+  uint32_t critical() const {
+    uint32_t k = 0;
+    for (uint32_t i = 1; i < clock_.size(); ++i)
+      if (clock_[i] > clock_[k]) k = i;
+    return k;
+  }
+  double end() const { return clock_[critical()]; }
+  double busy(uint32_t rank) const { return busy_[rank]; }
+  uint32_t ranks() const { return uint32_t(clock_.size()); }
+
+ private:
+  std::vector<double> clock_, busy_;
+};
+
+// The GPU's end of a layer (both sides): after the first round's replies (wait since t0)
+// and the GPU's overlapping attention, a second round if any, prompt writes that are still
+// arriving, then the merges.
+struct layer_end {
+  double wait_ns = 0;          // last reply − t0 (0 when none)
+  double overlap_ns = 0;       // GPU attention overlapping the devices
+  double prefill_extra_ns = 0; // prompt writes arriving after the GPU is done waiting
+  double time_ns = 0;          // t0 + max(wait, overlap) + prefill_extra + merge
+};
+layer_end end_of_layer(double t0_ns, double wait_ns, double overlap_ns, double prefill_last_ns,
+                       double merge_ns);
+// baseline: the GPU's ranks are done (scoring, attention) at gpu_end_ns; the merges follow;
+// prompt writes still arriving then hold the layer.
+layer_end end_of_layer_after_gpu(double gpu_end_ns, double prefill_last_ns, double merge_ns);
+// When a second round starts: the first round's replies are in and the GPU's overlapping
+// attention is done.
+inline double second_round_start(double t0_ns, double wait_ns, double overlap_ns) {
+  return t0_ns + (wait_ns > overlap_ns ? wait_ns : overlap_ns);
+}
+
+}  // namespace pnmkv
