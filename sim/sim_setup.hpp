@@ -11,6 +11,7 @@
 #include <string>
 
 #include "config/config.hpp"
+#include "config/spec.hpp"
 #include "model/cost_model.hpp"
 #include "schedulers/modes.hpp"
 #include "schedulers/placement.hpp"
@@ -19,8 +20,8 @@
 
 namespace pnmkv {
 
-enum class sim_workload { closed, poisson, trace };
-enum class summary_residence { auto_fit, hbm, link };
+// workload.arrivals (config/enums.hpp); summary_residence (baseline.summaries) is there too.
+using sim_workload = workload_arrivals;
 
 struct sim_setup {
   config cfg;
@@ -100,9 +101,12 @@ struct sim_setup {
   }
 };
 
-// Builds and validates a setup. Errors name the key and the allowed values: a tp that does
-// not divide the heads, weights that do not fit the GPUs, a pool size that does not divide
-// the devices, a budget below the two always-kept pages.
+// Builds and validates a setup from a resolved spec (config/spec.hpp); `cfg` is what the
+// spec was resolved from, echoed in results. Errors name the key and the allowed values:
+// a tp that does not divide the heads, weights that do not fit the GPUs.
+result<std::shared_ptr<const sim_setup>> make_sim_setup(const run_spec& spec, const config& cfg);
+// Resolves `cfg` (resolve_run_spec: a pool size that does not divide the devices, a budget
+// below the two always-kept pages, ...) and builds from it.
 result<std::shared_ptr<const sim_setup>> make_sim_setup(const config& cfg);
 
 }  // namespace pnmkv
