@@ -101,7 +101,8 @@ TEST(FaultScript, ErrorsNameTheRuleAndTheSetting) {
 }
 
 TEST(FaultConfig, KeysBecomeRulesAndBadScriptsNameTheKey) {
-  config cfg = config::defaults();
+  // The default file: its model and hardware paths resolve (resolve_run_spec loads them).
+  config cfg = load_config(default_config_path(), {}).value();
   ASSERT_TRUE(cfg.set("faults.drop_prob=0.25").is_ok());
   ASSERT_TRUE(cfg.set("faults.messages=partial,query").is_ok());
   ASSERT_TRUE(cfg.set("faults.script=stall node=3 step=40 ms=2000").is_ok());
@@ -117,7 +118,7 @@ TEST(FaultConfig, KeysBecomeRulesAndBadScriptsNameTheKey) {
   auto badplan = fault_plan_from(resolve_run_spec(cfg)->faults);
   ASSERT_FALSE(badplan.is_ok());
   EXPECT_NE(badplan.error().message().find("faults.script"), std::string::npos);
-  const run_spec defaults = resolve_run_spec(config::defaults()).value();
+  const run_spec defaults = resolve_run_spec(load_config(default_config_path(), {}).value()).value();
   auto lim = wire_limits_from(defaults.fabric);
   EXPECT_EQ(lim.max_head_dim, 512u);
   EXPECT_EQ(lim.max_group, 64u);
