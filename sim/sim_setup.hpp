@@ -1,8 +1,8 @@
 // Everything one simulated point needs, built once from a resolved configuration: the
 // mode, model shape, hardware figures (prices scaled for sensitivity runs), NVLink fabric,
 // calibration, the cost model, the GPU topology (tensor × pipeline parallel), the device
-// pools and the workload. The simulator reads the same run/model/hardware/workload/
-// selection/cluster keys as the live cluster, so one config file drives both.
+// pools and the workload. The simulator builds from the same resolved spec
+// (config/spec.hpp) as the live cluster, so one config file means the same to both.
 #pragma once
 
 #include <algorithm>
