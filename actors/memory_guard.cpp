@@ -154,16 +154,17 @@ run_memory_query run_memory_query_of(const run_setup& s, run_processes where,
 status check_run_memory(const run_setup& s, run_processes where, uint64_t after_run_bytes) {
   auto need = estimate_run_memory(run_memory_query_of(s, where, after_run_bytes));
   if (!need) return need.error();
-  const auto& c = s.cfg;
-  auto now = [&](const char* key) { return std::string(key) + " (now " + std::to_string(c.get_int(key)) + ")"; };
-  std::string hint = now("workload.context_tokens") + ", ";
+  const run_spec& c = s.spec;
+  auto now = [](const char* key, uint64_t value) { return std::string(key) + " (now " + std::to_string(value) + ")"; };
+  std::string hint = now("workload.context_tokens", c.workload.context_tokens) + ", ";
   if (s.open_workload())
-    hint += now("workload.batch_max") + " (0: every request at once), " +
-            now("cluster.device_memory_bytes_max") + " (0: derived from this machine), ";
+    hint += now("workload.batch_max", c.workload.batch_max) + " (0: every request at once), " +
+            now("cluster.device_memory_bytes_max", c.cluster.device_memory_bytes_max) +
+            " (0: derived from this machine), ";
   else
-    hint += now("workload.batch") + ", ";
-  hint += now("cluster.live_layers");
-  if (s.replication > 1) hint += ", " + now("cluster.replication");
+    hint += now("workload.batch", c.workload.batch) + ", ";
+  hint += now("cluster.live_layers", c.cluster.live_layers);
+  if (s.replication > 1) hint += ", " + now("cluster.replication", c.cluster.replication);
   if (where == run_processes::multiprocess)
     hint += ", or run embedded (without --multiprocess: one process instead of " +
             std::to_string(s.devices + 3) + ")";

@@ -43,17 +43,17 @@ result<node_role_arg> parse_node_role(const std::string& text) {
 
 namespace {
 
-void configure_middleman(caf::actor_system_config& acfg, const config& cfg) {
+void configure_middleman(caf::actor_system_config& acfg, const cluster_section& cluster) {
   acfg.load<caf::io::middleman>();
   acfg.set("middleman.heartbeat-interval",
-           caf::timespan{std::chrono::milliseconds(cfg.get_int("cluster.heartbeat_interval_ms"))});
+           caf::timespan{std::chrono::milliseconds(cluster.heartbeat_interval_ms)});
   acfg.set("middleman.connection-timeout",
-           caf::timespan{std::chrono::milliseconds(cfg.get_int("cluster.connection_timeout_ms"))});
+           caf::timespan{std::chrono::milliseconds(cluster.connection_timeout_ms)});
   acfg.set("scheduler.max-threads", std::max(2u, std::thread::hardware_concurrency()));
   // A node process runs one or two actors; its idle workers should sleep, not poll: with
   // work stealing, the idle workers of six processes on two cores spun for the CPU a
   // device needed to scan (multi-process step 2.1x its memory bound, 1.5x with sharing).
-  if (cfg.get_string("cluster.node_scheduler") == "sharing")
+  if (cluster.node_scheduler == node_scheduler::sharing)
     acfg.set("scheduler.policy", caf::atom("sharing"));
   acfg.set("logger.console", caf::atom("none"));
 }
@@ -91,15 +91,15 @@ void await_down(caf::actor_system& sys, const std::vector<caf::actor>& watch) {
 }  // namespace
 
 status run_node(const config& cfg, const node_options& opts) {
+  // The only resolve of this process: the model and hardware files are read once.
   auto setup = make_run_setup(cfg);
   if (!setup) return setup.error();
+  const cluster_section& cluster = (*setup)->spec.cluster;
   caf::actor_system_config acfg;
-  configure_middleman(acfg, cfg);
+  configure_middleman(acfg, cluster);
   caf::actor_system sys{acfg};
-  const std::string host =
-      opts.coordinator_host.empty() ? cfg.get_string("cluster.coordinator_host") : opts.coordinator_host;
-  const uint16_t port = opts.coordinator_port ? opts.coordinator_port
-                                              : static_cast<uint16_t>(cfg.get_int("cluster.coordinator_port"));
+  const std::string host = opts.coordinator_host.empty() ? cluster.coordinator_host : opts.coordinator_host;
+  const uint16_t port = opts.coordinator_port ? opts.coordinator_port : cluster.coordinator_port;
 
   if (opts.role == node_role_arg::coordinator) {
     auto coord = sys.spawn(actors::coordinator_actor, *setup);
@@ -121,7 +121,7 @@ status run_node(const config& cfg, const node_options& opts) {
   const uint32_t id = opts.role == node_role_arg::gpu_host ? gpu_host_node : opts.id;
   auto fo = actors::node_fabric_options(**setup, id);
   if (!fo) return fo.error();
-  auto fab = transport::make_ucx_fabric(*fo, transport::ucx_options_from(cfg));
+  auto fab = transport::make_ucx_fabric(*fo, transport::ucx_options_from((*setup)->spec.fabric));
   if (!fab) return fab.error();
   std::shared_ptr<transport::fabric> shared(std::move(fab).value());
   caf::actor node;
@@ -229,13 +229,13 @@ struct drive_result {
 // `setup`, forwards progress, and returns the report. `exited` (launcher only) names a node
 // process that has exited; an unreported loss fails the run after a grace period unless a
 // replica can take over. `where` goes into error messages (where the logs are).
-drive_result drive(const config& cfg, const std::shared_ptr<const run_setup>& setup, const std::string& host,
+drive_result drive(const std::shared_ptr<const run_setup>& setup, const std::string& host,
                    uint16_t port, const cluster_run_options& opts,
                    const std::function<std::optional<std::string>()>& exited, const std::string& where) {
   drive_result r;
   r.out = status{errc::timeout, "the run did not finish within " + std::to_string(opts.run_timeout_ms) + " ms"};
   caf::actor_system_config acfg;
-  configure_middleman(acfg, cfg);
+  configure_middleman(acfg, setup->spec.cluster);
   caf::actor_system sys{acfg};
   auto coordinator = connect_coordinator(sys, host, port, 20000);
   if (!coordinator) {
@@ -400,7 +400,7 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
   // Start-up deadline: every node process is up within cluster.startup_timeout_ms, or the
   // run fails at once naming it, with its log's end (instead of the join deadline, minutes
   // later, with nothing said about why).
-  const std::chrono::milliseconds startup_timeout(cfg.get_int("cluster.startup_timeout_ms"));
+  const std::chrono::milliseconds startup_timeout((*setup)->spec.cluster.startup_timeout_ms);
   auto fail_start = [&](status why) {
     for (auto& c : children)
       if (c.pid > 0) kill(c.pid, SIGKILL);
@@ -438,7 +438,7 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
   if (status s = await_nodes_up(starting, startup_timeout); !s) return fail_start(s);
 
   // This process is the driver.
-  drive_result d = drive(cfg, *setup, "127.0.0.1", port, opts,
+  drive_result d = drive(*setup, "127.0.0.1", port, opts,
                          [&] { return exited_child(children); }, "logs in " + dir);
   if (d.connect_failed) {
     // pid > 0: exited_child() marks a reaped child -1, and kill(-1) signals every process.
@@ -469,7 +469,7 @@ result<run_report> run_attached(const config& cfg, const cluster_run_options& op
   // nodes it talks to were started (and authenticated) with theirs.
   auto setup = make_run_setup(cfg, "attached-driver");
   if (!setup) return setup.error();
-  drive_result d = drive(cfg, *setup, host, port, opts, {}, "coordinator " + host + ":" + std::to_string(port));
+  drive_result d = drive(*setup, host, port, opts, {}, "coordinator " + host + ":" + std::to_string(port));
   return std::move(d.out);
 }
 

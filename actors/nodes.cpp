@@ -156,7 +156,7 @@ bool on_join_bytes(caf::event_based_actor* self, const run_setup& setup,
 }  // namespace
 
 result<tp::fabric_options> node_fabric_options(const run_setup& setup, uint32_t node) {
-  auto fo = tp::fabric_options_from(setup.cfg, node);
+  auto fo = tp::fabric_options_from(setup.spec, node);
   if (!fo) return fo.error();
   // The fabric's link model (pacing, statistics) uses the same hardware figures as the
   // cost model: effective bandwidth = raw × efficiency.
@@ -1203,7 +1203,7 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
     rep.devices_lost.assign(st->lost.begin(), st->lost.end());
     rep.retries = st->retries;
     if (st->open && st->sched) {
-      rep.arrivals = setup->cfg.get_string("workload.arrivals");
+      rep.arrivals = to_string(setup->spec.workload.arrivals);
       rep.request_outcomes = st->sched->outcomes();
       rep.batch_series = st->sched->series();
       rep.serving = summarise(rep.request_outcomes, rep.batch_series);

@@ -11,6 +11,7 @@
 #include "actors/device_engine.hpp"
 #include "actors/host_engine.hpp"
 #include "config/config.hpp"
+#include "config/spec.hpp"
 #include "core/workload.hpp"
 #include "model/cost_model.hpp"
 #include "schedulers/gpu_memory.hpp"
@@ -28,7 +29,8 @@ inline constexpr uint32_t driver_node = 2;
 inline constexpr uint32_t device_node_base = 100;
 
 struct run_setup {
-  config cfg;
+  config cfg;     // what the spec was resolved from: echoed in the report
+  run_spec spec;  // every key, typed (cluster.device_memory_bytes_max as derived)
   model_shape model;
   hardware_spec hw;
   std::unique_ptr<cost_model> costs;
@@ -72,7 +74,11 @@ struct run_setup {
 };
 
 // The cluster secret comes from fabric.cluster_secret_file; a launcher that made its own
-// (embedded runs, `pnmkv run --multiprocess`) passes it as secret_override.
+// (embedded runs, `pnmkv run --multiprocess`) passes it as secret_override. `cfg` is what
+// `spec` was resolved from (config/spec.hpp), echoed in the report.
+result<std::shared_ptr<const run_setup>> make_run_setup(const run_spec& spec, const config& cfg,
+                                                         const std::string& secret_override = "");
+// Resolves `cfg` (loading the model and hardware files once) and builds from it.
 result<std::shared_ptr<const run_setup>> make_run_setup(const config& cfg,
                                                          const std::string& secret_override = "");
 

@@ -32,6 +32,7 @@
 
 #include "apps/commands.hpp"
 #include "apps/progress.hpp"
+#include "config/spec.hpp"
 #include "core/accuracy.hpp"
 #include "core/attention.hpp"
 #include "core/kv_store.hpp"
@@ -365,24 +366,20 @@ struct eval_options {
 void run_eval(const eval_options& opt) {
   const auto wall0 = std::chrono::steady_clock::now();
   const config cfg = load_config_or_exit(opt.cfg);
+  auto resolved = resolve_run_spec(cfg);
+  if (!resolved) fail("config: " + resolved.error().to_string());
+  const run_spec& spec = *resolved;
   eval_setup s;
-  auto model = load_model_shape(cfg.get_string("model.file"));
-  if (!model) fail("model: " + model.error().to_string());
-  s.model = *model;
-  auto params = workload_params_from_config(cfg);
-  if (!params) fail("config: " + params.error().to_string());
-  s.params = *params;
-  s.seed = static_cast<uint64_t>(cfg.get_int("run.seed"));
-  s.page_size = static_cast<uint32_t>(cfg.get_int("selection.page_size_tokens"));
-  s.summaries = cfg.get_string("selection.summary_precision") == "fp32" ? summary_precision::fp32
-                                                                        : summary_precision::bf16;
-  auto configured = parse_gqa_aggregation(cfg.get_string("selection.gqa_aggregation").c_str());
-  if (!configured) fail("config: " + configured.error().to_string());
-  s.configured = *configured;
-  for (int64_t b : cfg.get_int_list("eval.budgets_tokens")) s.budgets.push_back(static_cast<uint64_t>(b));
-  for (int64_t c : cfg.get_int_list("eval.contexts_tokens")) s.contexts.push_back(static_cast<uint64_t>(c));
-  s.kv_heads = static_cast<uint32_t>(cfg.get_int("eval.kv_heads"));
-  s.steps = static_cast<uint32_t>(cfg.get_int("eval.steps"));
+  s.model = spec.model;
+  s.params = spec.workload.synthetic;
+  s.seed = spec.run.seed;
+  s.page_size = spec.selection.page_size_tokens;
+  s.summaries = spec.selection.summary_precision;
+  s.configured = spec.selection.gqa_aggregation;
+  s.budgets = spec.eval.budgets_tokens;
+  s.contexts = spec.eval.contexts_tokens;
+  s.kv_heads = spec.eval.kv_heads;
+  s.steps = spec.eval.steps;
   if (s.kv_heads > s.model.kv_heads)
     fail("config: eval.kv_heads = " + std::to_string(s.kv_heads) + " exceeds the " +
          std::to_string(s.model.kv_heads) + " KV heads of " + s.model.name + " (" +

@@ -1,19 +1,6 @@
-// The execution modes (DESIGN.md §2) and the cross-shard selection rules (§3), shared by the
-// live system and the simulator.
+// The execution modes (docs/DESIGN.md §2) and the cross-shard selection rules (§3), shared
+// by the live system and the simulator. Defined in model/modes.hpp, below config/, which
+// parses them once (config/spec.hpp); this header keeps the old include working.
 #pragma once
 
-#include <string>
-
-#include "core/status.hpp"
-
-namespace pnmkv {
-
-enum class run_mode { baseline, pnm_kv, png_kv };
-const char* to_string(run_mode m);
-result<run_mode> parse_run_mode(const std::string& text);
-
-enum class cross_shard_selection { exact, local };
-const char* to_string(cross_shard_selection s);
-result<cross_shard_selection> parse_cross_shard(const std::string& text);
-
-}  // namespace pnmkv
+#include "model/modes.hpp"

@@ -7,17 +7,6 @@
 
 namespace pnmkv {
 
-const char* to_string(sequence_split s) {
-  return s == sequence_split::contiguous ? "contiguous" : "interleave";
-}
-
-result<sequence_split> parse_sequence_split(const std::string& text) {
-  if (text == "contiguous") return sequence_split::contiguous;
-  if (text == "interleave") return sequence_split::interleave;
-  return status{errc::invalid_argument,
-                "sequence split '" + text + "' is unknown; allowed: contiguous|interleave"};
-}
-
 bool shard_placement::holds_page(uint64_t page) const {
   if (split == sequence_split::interleave) return page % sequence_shards == sequence_index;
   return page >= page_begin && (page < page_end || sequence_index + 1 == sequence_shards);

@@ -11,12 +11,9 @@
 #include <vector>
 
 #include "core/status.hpp"
+#include "model/modes.hpp"  // sequence_split
 
 namespace pnmkv {
-
-enum class sequence_split { contiguous, interleave };
-const char* to_string(sequence_split s);
-result<sequence_split> parse_sequence_split(const std::string& text);
 
 struct shard_placement {
   uint32_t shard_id = 0;         // g · s + j; fixed merge order

@@ -10,7 +10,8 @@
 #include <cstdint>
 #include <memory>
 
-#include "model/calibration.hpp"
+#include "config/calibration.hpp"
+#include "config/enums.hpp"  // summary_residence (baseline.summaries)
 #include "model/cost_model.hpp"
 #include "model/gpu_fabric.hpp"
 #include "model/hardware.hpp"
@@ -18,9 +19,6 @@
 #include "schedulers/modes.hpp"
 
 namespace pnmkv {
-
-// baseline: where the GPU reads the page summaries it scores (baseline.summaries).
-enum class summary_residence { auto_fit, hbm, link };
 
 struct step_setup {
   run_mode mode = run_mode::pnm_kv;

@@ -1,8 +1,8 @@
 // Everything one simulated point needs, built once from a resolved configuration: the
 // mode, model shape, hardware figures (prices scaled for sensitivity runs), NVLink fabric,
 // calibration, the cost model, the GPU topology (tensor × pipeline parallel), the device
-// pools and the workload. The simulator reads the same run/model/hardware/workload/
-// selection/cluster keys as the live cluster, so one config file drives both.
+// pools and the workload. The simulator builds from the same resolved spec
+// (config/spec.hpp) as the live cluster, so one config file means the same to both.
 #pragma once
 
 #include <algorithm>
@@ -11,12 +11,14 @@
 #include <string>
 
 #include "config/config.hpp"
+#include "config/spec.hpp"
 #include "schedulers/placement.hpp"
 #include "schedulers/step_setup.hpp"
 
 namespace pnmkv {
 
-enum class sim_workload { closed, poisson, trace };
+// workload.arrivals (config/enums.hpp); summary_residence (baseline.summaries) is there too.
+using sim_workload = workload_arrivals;
 
 // The step model's inputs (schedulers/step_setup.hpp: mode, model, hardware, fabric,
 // calibration, cost model, GPU topology, devices and pools, selection, baseline policies)
@@ -64,9 +66,12 @@ struct sim_setup : step_setup {
   }
 };
 
-// Builds and validates a setup. Errors name the key and the allowed values: a tp that does
-// not divide the heads, weights that do not fit the GPUs, a pool size that does not divide
-// the devices, a budget below the two always-kept pages.
+// Builds and validates a setup from a resolved spec (config/spec.hpp); `cfg` is what the
+// spec was resolved from, echoed in results. Errors name the key and the allowed values:
+// a tp that does not divide the heads, weights that do not fit the GPUs.
+result<std::shared_ptr<const sim_setup>> make_sim_setup(const run_spec& spec, const config& cfg);
+// Resolves `cfg` (resolve_run_spec: a pool size that does not divide the devices, a budget
+// below the two always-kept pages, ...) and builds from it.
 result<std::shared_ptr<const sim_setup>> make_sim_setup(const config& cfg);
 
 }  // namespace pnmkv

@@ -29,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "config/fabric_choices.hpp"
 #include "core/status.hpp"
 #include "transport/faults.hpp"
 #include "transport/link_model.hpp"
@@ -69,11 +70,8 @@ struct remote_region {
   size_t length = 0;
 };
 
-// Frame CRC32C, the emulated link CRC. `automatic`: on exactly when this node's fault plan
-// can corrupt frames -- UCX's transports and the in-process queues never corrupt bytes, so
-// otherwise it would cost two passes over every message for nothing (about 0.2 us per 1 KiB
-// message here). KV payloads carry their own end-to-end CRC32C regardless.
-enum class crc_mode : uint8_t { automatic, on, off };
+// Frame CRC32C (automatic | on | off): defined with the config choice fabric.frame_crc.
+using ::pnmkv::crc_mode;
 
 struct fabric_options {
   node_id self = 0;

@@ -17,19 +17,13 @@
 
 namespace pnmkv::transport {
 
-enum class ucx_transport : uint8_t {
-  any,  // UCX picks (shared memory on one host, tcp across hosts)
-  tcp,  // UCX_TLS=tcp on ucx_options::net_devices
-  shm,  // UCX_TLS=sm,self with peer error handling on the mm transports
-};
+// any | tcp | shm and automatic | native | am: defined with the config choices
+// fabric.ucx_transport and fabric.ucx_rma (config/enums.hpp).
+using ::pnmkv::ucx_transport;
 const char* to_string(ucx_transport t);
 bool parse_ucx_transport(const std::string& name, ucx_transport& out);
 
-enum class ucx_rma_mode : uint8_t {
-  automatic,  // native for shm/any, active messages for tcp
-  native,     // ucp_put_nbx / ucp_get_nbx with packed rkeys
-  am,         // rendezvous active messages into the region (UCX 1.13's tcp put is slow)
-};
+using ::pnmkv::ucx_rma_mode;
 
 struct ucx_options {
   ucx_transport transport = ucx_transport::any;

@@ -101,24 +101,28 @@ TEST(FaultScript, ErrorsNameTheRuleAndTheSetting) {
 }
 
 TEST(FaultConfig, KeysBecomeRulesAndBadScriptsNameTheKey) {
-  config cfg = config::defaults();
+  // The default file: its model and hardware paths resolve (resolve_run_spec loads them).
+  config cfg = load_config(default_config_path(), {}).value();
   ASSERT_TRUE(cfg.set("faults.drop_prob=0.25").is_ok());
   ASSERT_TRUE(cfg.set("faults.messages=partial,query").is_ok());
   ASSERT_TRUE(cfg.set("faults.script=stall node=3 step=40 ms=2000").is_ok());
-  auto plan = fault_plan_from(cfg);
+  auto spec = resolve_run_spec(cfg);
+  ASSERT_TRUE(spec.is_ok()) << spec.error().to_string();
+  auto plan = fault_plan_from(spec->faults);
   ASSERT_TRUE(plan.is_ok()) << plan.error().to_string();
   ASSERT_EQ(plan->rules.size(), 2u);
   EXPECT_EQ(plan->rules[0].kind, fault_kind::drop);
   EXPECT_DOUBLE_EQ(plan->rules[0].probability, 0.25);
   EXPECT_FALSE(plan->rules[0].any_kind);
   ASSERT_TRUE(cfg.set("faults.script=stall nod=3").is_ok());
-  auto badplan = fault_plan_from(cfg);
+  auto badplan = fault_plan_from(resolve_run_spec(cfg)->faults);
   ASSERT_FALSE(badplan.is_ok());
   EXPECT_NE(badplan.error().message().find("faults.script"), std::string::npos);
-  auto lim = wire_limits_from(config::defaults());
+  const run_spec defaults = resolve_run_spec(load_config(default_config_path(), {}).value()).value();
+  auto lim = wire_limits_from(defaults.fabric);
   EXPECT_EQ(lim.max_head_dim, 512u);
   EXPECT_EQ(lim.max_group, 64u);
-  auto fo = fabric_options_from(config::defaults(), 3);
+  auto fo = fabric_options_from(defaults, 3);
   ASSERT_TRUE(fo.is_ok());
   EXPECT_EQ(fo->self, 3u);
   EXPECT_TRUE(fo->faults.empty());

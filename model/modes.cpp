@@ -1,4 +1,4 @@
-#include "schedulers/modes.hpp"
+#include "model/modes.hpp"
 
 namespace pnmkv {
 
@@ -28,6 +28,17 @@ result<cross_shard_selection> parse_cross_shard(const std::string& text) {
   if (text == "local") return cross_shard_selection::local;
   return status{errc::invalid_argument,
                 "selection.cross_shard '" + text + "' is unknown; allowed: exact|local"};
+}
+
+const char* to_string(sequence_split s) {
+  return s == sequence_split::contiguous ? "contiguous" : "interleave";
+}
+
+result<sequence_split> parse_sequence_split(const std::string& text) {
+  if (text == "contiguous") return sequence_split::contiguous;
+  if (text == "interleave") return sequence_split::interleave;
+  return status{errc::invalid_argument,
+                "cluster.sequence_split '" + text + "' is unknown; allowed: contiguous|interleave"};
 }
 
 }  // namespace pnmkv

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "config/config.hpp"
+#include "config/spec.hpp"
 #include "core/status.hpp"
 
 namespace pnmkv {
@@ -46,10 +46,10 @@ struct calibration {
   std::string describe() const;
 };
 
-// Values from the sim.* keys, then, if sim.calibration_file names a file, from it. A
-// relative file name resolves against the working directory, then the config file's
-// directory and its parent.
-result<calibration> calibration_from_config(const config& cfg);
+// Values from the sim.* keys, then, if sim.calibration_file names a file, from it (the
+// spec resolved its name: the working directory, then the config file's directory and its
+// parent).
+result<calibration> calibration_from_spec(const sim_section& sim);
 
 // Reads a calibration file over `base` (values the file lacks keep base's). Errors name the
 // file, the field and the allowed range.

@@ -1,11 +1,10 @@
 // Calibration file reading (format "pnmkv-calibration/1", described in sim/README.md).
 // Strict on the values it knows (type and range), tolerant of extra top-level fields so a
 // newer writer can add context without breaking older readers.
-#include "model/calibration.hpp"
+#include "config/calibration.hpp"
 
 #include <cmath>
 #include <cstdio>
-#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -17,26 +16,18 @@ namespace {
 struct field {
   const char* name;
   calibrated_value calibration::*member;
+  double calibration_keys::*key;  // the sim.<name> value of the spec
   double lo, hi;
 };
 
 const field fields[] = {
-    {"steady_hit_fraction", &calibration::steady_hit_fraction, 0, 1},
-    {"steady_set_fraction", &calibration::steady_set_fraction, 0, 64},
-    {"steady_churn_fraction", &calibration::steady_churn_fraction, 0, 1},
-    {"steady_reeval_steps", &calibration::steady_reeval_steps, 1, 1e6},
-    {"selection_overlap", &calibration::selection_overlap, 0, 1},
-    {"selection_spread", &calibration::selection_spread, 1, 1e6},
+    {"steady_hit_fraction", &calibration::steady_hit_fraction, &calibration_keys::steady_hit_fraction, 0, 1},
+    {"steady_set_fraction", &calibration::steady_set_fraction, &calibration_keys::steady_set_fraction, 0, 64},
+    {"steady_churn_fraction", &calibration::steady_churn_fraction, &calibration_keys::steady_churn_fraction, 0, 1},
+    {"steady_reeval_steps", &calibration::steady_reeval_steps, &calibration_keys::steady_reeval_steps, 1, 1e6},
+    {"selection_overlap", &calibration::selection_overlap, &calibration_keys::selection_overlap, 0, 1},
+    {"selection_spread", &calibration::selection_spread, &calibration_keys::selection_spread, 1, 1e6},
 };
-
-std::string resolve(const std::string& name, const config& cfg) {
-  namespace fs = std::filesystem;
-  if (fs::path(name).is_absolute() || fs::exists(name) || cfg.source_file().empty()) return name;
-  fs::path dir = fs::path(cfg.source_file()).parent_path();
-  if (fs::exists(dir / name)) return (dir / name).lexically_normal().string();
-  if (fs::exists(dir.parent_path() / name)) return (dir.parent_path() / name).lexically_normal().string();
-  return name;
-}
 
 }  // namespace
 
@@ -56,16 +47,14 @@ std::string calibration::describe() const {
   return os.str();
 }
 
-result<calibration> calibration_from_config(const config& cfg) {
+result<calibration> calibration_from_spec(const sim_section& sim) {
   calibration c;
   for (const auto& f : fields) {
-    const std::string key = std::string("sim.") + f.name;
-    (c.*(f.member)).value = cfg.get_number(key);
-    (c.*(f.member)).source = "config " + key;
+    (c.*(f.member)).value = sim.calibration.*(f.key);
+    (c.*(f.member)).source = std::string("config sim.") + f.name;
   }
-  const std::string& file = cfg.get_string("sim.calibration_file");
-  if (file.empty()) return c;
-  return load_calibration(resolve(file, cfg), std::move(c));
+  if (sim.calibration_file.empty()) return c;
+  return load_calibration(sim.calibration_file, std::move(c));
 }
 
 result<calibration> load_calibration(const std::string& file, calibration base) {

@@ -1,0 +1,223 @@
+// Resolving a config into a run_spec (see spec.hpp): the only place that reads keys by name
+// for the programs that run (schema_workload.cpp reads the synthetic workload's keys).
+#include "config/spec.hpp"
+
+#include <filesystem>
+
+namespace pnmkv {
+
+namespace {
+
+// A data file named relative to the working directory, or else to the config file's
+// folder or its parent (cluster_configs/, for files of cluster_configs/experiments/).
+std::string resolve_data_file(const std::string& name, const config& cfg) {
+  namespace fs = std::filesystem;
+  if (name.empty() || fs::path(name).is_absolute() || fs::exists(name) || cfg.source_file().empty())
+    return name;
+  fs::path dir = fs::path(cfg.source_file()).parent_path();
+  if (fs::exists(dir / name)) return (dir / name).lexically_normal().string();
+  if (fs::exists(dir.parent_path() / name)) return (dir.parent_path() / name).lexically_normal().string();
+  return name;
+}
+
+// Typed reads of validated values (config checked type and range when they were set).
+struct reader {
+  const config& cfg;
+  uint32_t u32(const char* key) const { return static_cast<uint32_t>(cfg.get_int(key)); }
+  uint64_t u64(const char* key) const { return static_cast<uint64_t>(cfg.get_int(key)); }
+  double num(const char* key) const { return cfg.get_number(key); }
+  bool flag(const char* key) const { return cfg.get_bool(key); }
+  const std::string& text(const char* key) const { return cfg.get_string(key); }
+  std::vector<uint64_t> u64_list(const char* key) const {
+    std::vector<uint64_t> out;
+    for (int64_t v : cfg.get_int_list(key)) out.push_back(static_cast<uint64_t>(v));
+    return out;
+  }
+};
+
+// Assigns a parsed choice or returns its error from the enclosing function.
+#define PNMKV_PARSE_INTO(dst, expr)        \
+  do {                                     \
+    auto parsed_ = (expr);                 \
+    if (!parsed_) return parsed_.error();  \
+    (dst) = *parsed_;                      \
+  } while (0)
+
+status read_run_and_selection(const reader& r, run_spec& s) {
+  PNMKV_PARSE_INTO(s.run.mode, parse_run_mode(r.text("run.mode")));
+  s.run.steps = r.u32("run.steps");
+  s.run.seed = r.u64("run.seed");
+  s.run.verify = r.flag("run.verify");
+  s.run.retry_after_ms = r.u32("run.retry_after_ms");
+  s.run.step_timeout_ms = r.u32("run.step_timeout_ms");
+  s.run.prefill_timeout_ms = r.u32("run.prefill_timeout_ms");
+  s.run.prefill_window_chunks = r.u32("run.prefill_window_chunks");
+
+  auto& sel = s.selection;
+  sel.page_size_tokens = r.u32("selection.page_size_tokens");
+  sel.budget_tokens = r.u64("selection.budget_tokens");
+  PNMKV_PARSE_INTO(sel.gqa_aggregation, parse_gqa_aggregation_choice(r.text("selection.gqa_aggregation")));
+  PNMKV_PARSE_INTO(sel.summary_precision, parse_summary_precision_choice(r.text("selection.summary_precision")));
+  PNMKV_PARSE_INTO(sel.cross_shard, parse_cross_shard(r.text("selection.cross_shard")));
+  if (sel.budget_tokens < 2ull * sel.page_size_tokens)
+    return status{errc::invalid_argument,
+                  "selection.budget_tokens = " + std::to_string(sel.budget_tokens) +
+                      " is below the two always-kept pages (first and last: " +
+                      std::to_string(2 * sel.page_size_tokens) + " tokens at page size " +
+                      std::to_string(sel.page_size_tokens) + ")"};
+
+  s.png.steady_budget_tokens = r.u64("png.steady_budget_tokens");
+  s.png.window_steps = r.u32("png.window_steps");
+  s.png.threshold = r.num("png.threshold");
+  s.png.reevaluate_every_steps = r.u32("png.reevaluate_every_steps");
+  s.png.warmup_steps = r.u32("png.warmup_steps");
+  PNMKV_PARSE_INTO(s.baseline.summaries, parse_summary_residence(r.text("baseline.summaries")));
+  return status::ok();
+}
+
+status read_cluster(const reader& r, cluster_section& c) {
+  c.pnm_devices = r.u32("cluster.pnm_devices");
+  c.live_layers = r.u32("cluster.live_layers");
+  c.head_groups = r.u32("cluster.head_groups");
+  PNMKV_PARSE_INTO(c.sequence_split, parse_sequence_split(r.text("cluster.sequence_split")));
+  c.replication = r.u32("cluster.replication");
+  c.pool_devices = r.u32("cluster.pool_devices");
+  if (c.pool_devices != 0 && c.pnm_devices % c.pool_devices != 0)
+    return status{errc::invalid_argument, "cluster.pool_devices = " + std::to_string(c.pool_devices) +
+                                              " must divide cluster.pnm_devices = " +
+                                              std::to_string(c.pnm_devices)};
+  c.device_memory_bytes_max = r.u64("cluster.device_memory_bytes_max");
+  c.coordinator_host = r.text("cluster.coordinator_host");
+  c.coordinator_port = static_cast<uint16_t>(r.u32("cluster.coordinator_port"));
+  c.heartbeat_interval_ms = r.u32("cluster.heartbeat_interval_ms");
+  c.connection_timeout_ms = r.u32("cluster.connection_timeout_ms");
+  PNMKV_PARSE_INTO(c.node_scheduler, parse_node_scheduler(r.text("cluster.node_scheduler")));
+  c.startup_timeout_ms = r.u32("cluster.startup_timeout_ms");
+  c.join_timeout_ms = r.u32("cluster.join_timeout_ms");
+  return status::ok();
+}
+
+status read_workload_and_eval(const reader& r, run_spec& s) {
+  auto& w = s.workload;
+  w.context_tokens = r.u64("workload.context_tokens");
+  w.batch = r.u32("workload.batch");
+  PNMKV_PARSE_INTO(w.arrivals, parse_workload_arrivals(r.text("workload.arrivals")));
+  w.requests = r.u32("workload.requests");
+  w.arrival_rate_per_s = r.num("workload.arrival_rate_per_s");
+  w.prompt_tokens_spread_fraction = r.num("workload.prompt_tokens_spread_fraction");
+  w.output_tokens = r.u64("workload.output_tokens");
+  w.trace_file = resolve_data_file(r.text("workload.trace_file"), r.cfg);
+  if (w.arrivals == workload_arrivals::trace && w.trace_file.empty())
+    return status{errc::invalid_argument,
+                  "workload.arrivals = trace needs workload.trace_file (a CSV of "
+                  "arrival_s,prompt_tokens,output_tokens)"};
+  w.tpot_ms_max = r.num("workload.tpot_ms_max");
+  w.batch_max = r.u32("workload.batch_max");
+  w.prefill_chunk_tokens = r.u64("workload.prefill_chunk_tokens");
+  PNMKV_PARSE_INTO(w.synthetic, workload_params_from_config(r.cfg));
+
+  s.eval.budgets_tokens = r.u64_list("eval.budgets_tokens");
+  s.eval.contexts_tokens = r.u64_list("eval.contexts_tokens");
+  s.eval.kv_heads = r.u32("eval.kv_heads");
+  s.eval.steps = r.u32("eval.steps");
+  return status::ok();
+}
+
+status read_sim(const reader& r, sim_section& m) {
+  PNMKV_PARSE_INTO(m.batch_policy, parse_sim_batch_policy(r.text("sim.batch_policy")));
+  m.duration_s_max = r.num("sim.duration_s_max");
+  m.tp = r.u32("sim.tp");
+  m.pp = r.u32("sim.pp");
+  m.weights_memory_fraction_max = r.num("sim.weights_memory_fraction_max");
+  m.gpu_fabric_file = r.text("sim.gpu_fabric_file");
+  m.pool_auto = r.flag("sim.pool_auto");
+  m.baseline_recall_layers_in_flight = r.u32("sim.baseline_recall_layers_in_flight");
+  m.baseline_overlap = r.flag("sim.baseline_overlap");
+  m.baseline_recall_reuse = r.flag("sim.baseline_recall_reuse");
+  m.calibration_file = resolve_data_file(r.text("sim.calibration_file"), r.cfg);
+  m.calibration.steady_hit_fraction = r.num("sim.steady_hit_fraction");
+  m.calibration.steady_set_fraction = r.num("sim.steady_set_fraction");
+  m.calibration.steady_churn_fraction = r.num("sim.steady_churn_fraction");
+  m.calibration.steady_reeval_steps = r.num("sim.steady_reeval_steps");
+  m.calibration.selection_overlap = r.num("sim.selection_overlap");
+  m.calibration.selection_spread = r.num("sim.selection_spread");
+  m.price_scale_gpu = r.num("sim.price_scale_gpu");
+  m.price_scale_pnm = r.num("sim.price_scale_pnm");
+  m.price_scale_expander = r.num("sim.price_scale_expander");
+  m.charge_link_energy = r.flag("sim.charge_link_energy");
+  m.step_reuse_steps = r.u32("sim.step_reuse_steps");
+  m.batch_series_points_max = r.u32("sim.batch_series_points_max");
+  return status::ok();
+}
+
+status read_fabric(const reader& r, fabric_section& f) {
+  PNMKV_PARSE_INTO(f.ucx_transport, parse_ucx_transport_choice(r.text("fabric.ucx_transport")));
+  f.ucx_net_devices = r.text("fabric.ucx_net_devices");
+  PNMKV_PARSE_INTO(f.ucx_rma, parse_ucx_rma(r.text("fabric.ucx_rma")));
+  PNMKV_PARSE_INTO(f.ucx_progress, parse_ucx_progress(r.text("fabric.ucx_progress")));
+  f.ucx_spin_us = r.u32("fabric.ucx_spin_us");
+  f.ucx_keepalive_ms = r.u32("fabric.ucx_keepalive_ms");
+  f.send_queue_depth = r.u64("fabric.send_queue_depth");
+  f.inbox_depth = r.u64("fabric.inbox_depth");
+  f.op_timeout_ms = r.u32("fabric.op_timeout_ms");
+  f.connect_timeout_ms = r.u32("fabric.connect_timeout_ms");
+  f.max_message_bytes = r.u64("fabric.max_message_bytes");
+  PNMKV_PARSE_INTO(f.frame_crc, parse_frame_crc(r.text("fabric.frame_crc")));
+  f.drop_duplicates = r.flag("fabric.drop_duplicates");
+  f.pacing = r.flag("fabric.pacing");
+  f.pacing_scale = r.num("fabric.pacing_scale");
+  f.cluster_secret_file = r.text("fabric.cluster_secret_file");
+  f.max_tokens_per_write = r.u32("fabric.max_tokens_per_write");
+  f.max_head_dim = r.u32("fabric.max_head_dim");
+  f.max_group = r.u32("fabric.max_group");
+  f.max_kv_heads = r.u32("fabric.max_kv_heads");
+  f.max_layers = r.u32("fabric.max_layers");
+  f.max_context_tokens = r.u64("fabric.max_context_tokens");
+  f.max_page_tokens = r.u32("fabric.max_page_tokens");
+  f.max_pages_per_message = r.u32("fabric.max_pages_per_message");
+  f.max_members = r.u32("fabric.max_members");
+  f.max_shards = r.u32("fabric.max_shards");
+  f.max_replicas = r.u32("fabric.max_replicas");
+  return status::ok();
+}
+
+status read_faults(const reader& r, faults_section& f) {
+  f.seed = r.u64("faults.seed");
+  PNMKV_PARSE_INTO(f.at, parse_fault_points(r.text("faults.at")));
+  f.messages = r.text("faults.messages");
+  f.drop_prob = r.num("faults.drop_prob");
+  f.delay_prob = r.num("faults.delay_prob");
+  f.delay_ms = r.u32("faults.delay_ms");
+  f.duplicate_prob = r.num("faults.duplicate_prob");
+  f.corrupt_prob = r.num("faults.corrupt_prob");
+  f.corrupt_bits = r.u32("faults.corrupt_bits");
+  f.stall_prob = r.num("faults.stall_prob");
+  f.stall_ms = r.u32("faults.stall_ms");
+  f.partition_prob = r.num("faults.partition_prob");
+  f.partition_window_msgs = r.u32("faults.partition_window_msgs");
+  f.script = r.text("faults.script");
+  f.script_file = r.text("faults.script_file");
+  f.log = r.text("faults.log");
+  return status::ok();
+}
+
+#undef PNMKV_PARSE_INTO
+
+}  // namespace
+
+result<run_spec> resolve_run_spec(const config& cfg) {
+  run_spec s;
+  const reader r{cfg};
+  auto model = load_model_shape(r.text("model.file"));
+  if (!model) return model.error();
+  s.model = std::move(model).value();
+  auto hw = load_hardware(r.text("hardware.file"));
+  if (!hw) return hw.error();
+  s.hardware = std::move(hw).value();
+  for (status st : {read_run_and_selection(r, s), read_cluster(r, s.cluster), read_workload_and_eval(r, s),
+                    read_sim(r, s.sim), read_fabric(r, s.fabric), read_faults(r, s.faults)})
+    if (!st) return st;
+  return s;
+}
+
+}  // namespace pnmkv
