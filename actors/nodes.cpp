@@ -62,12 +62,11 @@ tp::shard_info to_wire(const shard_placement& s) {
   w.device = s.device_id;
   w.kv_head0 = s.kv_head_begin;
   w.kv_head1 = s.kv_head_end;
+  w.split = s.split;
   if (s.split == sequence_split::interleave) {
-    w.split = tp::split_kind::interleave;
     w.stride = s.sequence_shards;
     w.cls = s.sequence_index;
   } else {
-    w.split = tp::split_kind::pages;
     w.page0 = static_cast<uint32_t>(s.page_begin);
     w.page1 = static_cast<uint32_t>(s.page_end);
   }
@@ -85,10 +84,9 @@ shard_placement from_wire(const tp::shard_info& w) {
   s.device_id = w.device;
   s.kv_head_begin = w.kv_head0;
   s.kv_head_end = w.kv_head1;
-  s.split = w.split == tp::split_kind::interleave ? sequence_split::interleave
-                                                  : sequence_split::contiguous;
-  s.page_begin = w.split == tp::split_kind::pages ? w.page0 : 0;
-  s.page_end = w.split == tp::split_kind::pages ? w.page1 : 0;
+  s.split = w.split;
+  s.page_begin = w.split == sequence_split::contiguous ? w.page0 : 0;
+  s.page_end = w.split == sequence_split::contiguous ? w.page1 : 0;
   s.sequence_index = w.sequence_index;
   s.sequence_shards = std::max<uint32_t>(1, w.sequence_shards);
   s.pages_held = w.pages_held;
@@ -652,12 +650,7 @@ caf::behavior pnm_device_actor(caf::event_based_actor* self, std::shared_ptr<con
       dq.n_listed = listed.size();
       dq.excluded_pages = excluded.data();
       dq.n_excluded = excluded.size();
-      switch (q.round) {
-        case tp::selection_round::local: dq.round = query_round::select_attend; break;
-        case tp::selection_round::exact_candidates: dq.round = query_round::candidates; break;
-        case tp::selection_round::exact_attend: dq.round = query_round::attend_listed; break;
-        case tp::selection_round::dense: dq.round = query_round::dense; break;
-      }
+      dq.round = q.round;
       device_answer ans;
       auto s = st->engine->query(dq, ans);
       if (!s) {
@@ -667,11 +660,11 @@ caf::behavior pnm_device_actor(caf::event_based_actor* self, std::shared_ptr<con
         continue;
       }
       double done = st->engine->clock_ns();
-      if (q.round != tp::selection_round::dense && !passive) {
+      if (q.round != selection_round::dense && !passive) {
         const double arrival = double(env.vtime_ns) + costs.link_latency_ns();
         done = st->engine->charge(arrival, costs.pnm_compute(double(ans.bytes_scanned), ans.flops).time_ns);
       }
-      if (dq.round == query_round::candidates) {
+      if (q.round == selection_round::exact_candidates) {
         tp::candidates_msg c;
         c.request_id = q.request_id;
         c.step = q.step;
@@ -703,7 +696,7 @@ caf::behavior pnm_device_actor(caf::event_based_actor* self, std::shared_ptr<con
       p.round = q.round;
       p.flops = ans.flops;
       p.device_bytes_held = st->engine->bytes_held();
-      if (q.round == tp::selection_round::dense) {
+      if (q.round == selection_round::dense) {
         p.pages_selected = 0;  // every page: the list would only repeat the placement
       } else {
         p.page_ids.reserve(ans.pages.size());
@@ -892,9 +885,25 @@ caf::behavior pnm_device_actor(caf::event_based_actor* self, std::shared_ptr<con
 // gpu_host
 
 namespace {
-// What a reply answers: (request, layer, KV head, shard, kind). Kinds: 0 partial of a
-// selection, 1 dense (verification) partial, 2 candidates, 3 recalled pages.
-using reply_key = std::tuple<uint64_t, uint32_t, uint32_t, uint32_t, uint8_t>;
+// The kinds of reply a piece of device work gets.
+enum class reply_kind : uint8_t {
+  selection,   // a partial of a selection (selection_round local or exact_attend)
+  dense,       // a dense (verification) partial
+  candidates,  // exact round 1's candidate pages
+  recall,      // recalled pages
+};
+reply_kind reply_kind_of(selection_round r) {
+  switch (r) {
+    case selection_round::local:
+    case selection_round::exact_attend: return reply_kind::selection;
+    case selection_round::exact_candidates: return reply_kind::candidates;
+    case selection_round::dense: return reply_kind::dense;
+  }
+  return reply_kind::selection;
+}
+
+// What a reply answers: (request, layer, KV head, shard, kind).
+using reply_key = std::tuple<uint64_t, uint32_t, uint32_t, uint32_t, reply_kind>;
 
 struct host_state {
   caf::actor coordinator, driver;
@@ -988,7 +997,7 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
       rr.layer = w.layer;
       rr.kv_head = w.kv_head;
       for (uint64_t p : w.pages) rr.page_ids.push_back(static_cast<uint32_t>(p));
-      st->tags[reply_key{w.request_id, w.layer, w.kv_head, w.shard_id, 3}] = w.tag;
+      st->tags[reply_key{w.request_id, w.layer, w.kv_head, w.shard_id, reply_kind::recall}] = w.tag;
       bytes = tp::encode(env, std::move(rr));
     } else {
       const auto& q = w.query;
@@ -1002,24 +1011,12 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
       qm.head_dim = setup->model.head_dim;
       qm.q = std::move(w.q_storage);
       qm.budget_pages = static_cast<uint32_t>(q.budget_pages);
-      uint8_t kind = 0;
-      switch (q.round) {
-        case query_round::select_attend: qm.round = tp::selection_round::local; break;
-        case query_round::candidates:
-          qm.round = tp::selection_round::exact_candidates;
-          kind = 2;
-          break;
-        case query_round::attend_listed: qm.round = tp::selection_round::exact_attend; break;
-        case query_round::dense:
-          qm.round = tp::selection_round::dense;
-          kind = 1;
-          break;
-      }
+      qm.round = q.round;
       qm.sequence_tokens = q.sequence_tokens;
       qm.shard_id = w.shard_id;
       for (uint64_t p : w.excluded_storage) qm.excluded_pages.push_back(static_cast<uint32_t>(p));
       for (uint64_t p : w.listed_storage) qm.listed_pages.push_back(static_cast<uint32_t>(p));
-      st->tags[reply_key{q.request_id, q.layer, q.kv_head, qm.shard_id, kind}] = w.tag;
+      st->tags[reply_key{q.request_id, q.layer, q.kv_head, qm.shard_id, reply_kind_of(q.round)}] = w.tag;
       bytes = tp::encode(env, std::move(qm));
     }
     return st->fab->send(w.device_id, std::move(bytes));
@@ -1503,7 +1500,7 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
           uint32_t step = 0;
           if (auto* p = std::get_if<tp::partial_msg>(&m->body)) {
             key = {p->request_id, p->layer, p->kv_head, p->shard_id,
-                   uint8_t(p->round == tp::selection_round::dense ? 1 : 0)};
+                   p->round == selection_round::dense ? reply_kind::dense : reply_kind::selection};
             step = p->step;
             r.answer.part.group = p->group;
             r.answer.part.head_dim = p->head_dim;
@@ -1514,7 +1511,7 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
             r.answer.pages.assign(p->page_ids.begin(), p->page_ids.end());
             st->device_bytes_held[m->env.sender] = p->device_bytes_held;
           } else if (auto* c = std::get_if<tp::candidates_msg>(&m->body)) {
-            key = {c->request_id, c->layer, c->kv_head, c->shard_id, 2};
+            key = {c->request_id, c->layer, c->kv_head, c->shard_id, reply_kind::candidates};
             step = c->step;
             r.answer.pages.assign(c->page_ids.begin(), c->page_ids.end());
             for (float s : c->scores) {
@@ -1532,7 +1529,7 @@ caf::behavior gpu_host_actor(caf::event_based_actor* self, std::shared_ptr<const
             const auto& pl = st->placements.at(rr.request_id);
             for (const auto& s : pl.shards)
               if (s.device_id == m->env.sender && s.holds_head(rr.kv_head)) shard = s.shard_id;
-            key = {rr.request_id, rr.layer, rr.kv_head, shard, 3};
+            key = {rr.request_id, rr.layer, rr.kv_head, shard, reply_kind::recall};
             step = rr.step;
             for (auto& pg : rr.pages) {
               r.answer.pages.push_back(pg.page_id);
