@@ -156,9 +156,10 @@ double get_num(const nlohmann::json& j, const char* a, const char* b) {
 }
 }  // namespace
 
-run_report run_report::from_json(const std::string& text) {
-  auto j = nlohmann::json::parse(text);
-  run_report r;
+namespace {
+
+// What ran: mode, model, hardware, cluster shape.
+void read_setup(const nlohmann::json& j, run_report& r) {
   r.mode = j.value("mode", "");
   r.multiprocess = j.value("multiprocess", false);
   r.simd_target = j.value("simd_target", "");
@@ -182,6 +183,10 @@ run_report run_report::from_json(const std::string& text) {
     r.head_groups = c.value("head_groups", 0u);
     r.sequence_shards = c.value("sequence_shards", 0u);
   }
+}
+
+// Accuracy vs dense attention, and wall time next to its bound.
+void read_accuracy_and_wall(const nlohmann::json& j, run_report& r) {
   r.output_rel_err_mean = get_num(j, "accuracy", "output_rel_err_mean");
   r.output_rel_err_p99 = get_num(j, "accuracy", "output_rel_err_p99");
   r.output_rel_err_max = get_num(j, "accuracy", "output_rel_err_max");
@@ -205,6 +210,10 @@ run_report run_report::from_json(const std::string& text) {
     r.live_device_bytes_per_step = j["wall"].value("live_device_bytes_per_step", uint64_t(0));
     r.kernel_threads = j["wall"].value("kernel_threads", uint32_t(0));
   }
+}
+
+// The modelled hardware (step time, breakdown, memory), the selection rule, requests.
+void read_virtual(const nlohmann::json& j, run_report& r) {
   r.virtual_step_ms_mean = get_num(j, "virtual", "step_ms_mean");
   r.virtual_tokens_per_s = get_num(j, "virtual", "tokens_per_s");
   r.virtual_energy_j_per_token = get_num(j, "virtual", "energy_j_per_token");
@@ -244,6 +253,10 @@ run_report run_report::from_json(const std::string& text) {
     r.failed = q.value("failed", uint64_t(0));
     if (q.contains("failures")) r.failures = q["failures"].get<std::vector<std::string>>();
   }
+}
+
+// Requests and, for open workloads, serving figures per request and step.
+void read_serving(const nlohmann::json& j, run_report& r) {
   if (j.contains("serving")) {
     const auto& s = j["serving"];
     auto d = [&](const nlohmann::json& o, const char* k) {
@@ -283,6 +296,10 @@ run_report run_report::from_json(const std::string& text) {
       for (const auto& b : s["batch_series"])
         r.batch_series.push_back({d(b, "t_s"), b.value("decode_batch", 0u), b.value("prefill_tokens", uint64_t(0))});
   }
+}
+
+// Faults, per-device bytes and what the run measured for the simulator.
+void read_faults_devices_calibration(const nlohmann::json& j, run_report& r) {
   if (j.contains("faults") && j["faults"].contains("devices_lost"))
     r.devices_lost = j["faults"]["devices_lost"].get<std::vector<uint32_t>>();
   if (j.contains("faults")) r.retries = j["faults"].value("retries", uint64_t(0));
@@ -305,6 +322,18 @@ run_report run_report::from_json(const std::string& text) {
     if (c.contains("steady_churn_fraction")) r.cal_churn_samples = c["steady_churn_fraction"].value("samples", uint64_t(0));
     r.budget_tokens = j["calibration"]["measured"].value("budget_tokens", uint64_t(0));
   }
+}
+
+}  // namespace
+
+run_report run_report::from_json(const std::string& text) {
+  auto j = nlohmann::json::parse(text);
+  run_report r;
+  read_setup(j, r);
+  read_accuracy_and_wall(j, r);
+  read_virtual(j, r);
+  read_serving(j, r);
+  read_faults_devices_calibration(j, r);
   if (j.contains("output_digest"))
     r.output_digest = std::stoull(j["output_digest"].get<std::string>(), nullptr, 16);
   return r;
@@ -321,19 +350,26 @@ std::string bytes_h(double b) {
 }
 }  // namespace
 
-std::string run_report::to_table() const {
+// Two-column rows of the readable report.
+struct run_report::table {
   std::ostringstream os;
   char line[256];
-  auto row = [&](const char* name, const std::string& value) {
+  void row(const char* name, const std::string& value) {
     std::snprintf(line, sizeof line, "  %-34s %s\n", name, value.c_str());
     os << line;
-  };
-  auto f = [](const char* fmt, double v) {
+  }
+  static std::string f(const char* fmt, double v) {
     char b[64];
     if (!std::isfinite(v)) return std::string("n/a");
     std::snprintf(b, sizeof b, fmt, v);
     return std::string(b);
-  };
+  }
+};
+
+// What ran.
+void run_report::table_setup(table& t) const {
+  auto& os = t.os;
+  auto row = [&](const char* name, const std::string& value) { t.row(name, value); };
   os << "pnmkv run — " << mode << (multiprocess ? " (multi-process, UCX data plane)" : " (embedded)")
      << "\n";
   row("model", model_name + " (" + model_file + ")");
@@ -355,6 +391,13 @@ std::string run_report::to_table() const {
   row("live layers", std::to_string(live_layers) + " of " + std::to_string(layers) +
                          " computed; the other " + std::to_string(layers - live_layers) +
                          " are charged by the cost model only");
+}
+
+// Accuracy vs dense attention; wall time next to its roofline bound.
+void run_report::table_accuracy_wall(table& t) const {
+  auto& os = t.os;
+  auto row = [&](const char* name, const std::string& value) { t.row(name, value); };
+  auto f = table::f;
   os << "accuracy vs dense attention (" << accuracy_samples << " head-steps)\n";
   row("output rel. error mean / p99 / max",
       f("%.2e", output_rel_err_mean) + " / " + f("%.2e", output_rel_err_p99) + " / " +
@@ -378,6 +421,13 @@ std::string run_report::to_table() const {
   row("roofline bound per step", f("%.2f ms", step_bound_ms) +
                                      " (max of bytes / bw, flops / peak)");
   row("step / bound", f("%.2fx", step_overhead_ratio));
+}
+
+// The modelled hardware.
+void run_report::table_virtual_time(table& t) const {
+  auto& os = t.os;
+  auto row = [&](const char* name, const std::string& value) { t.row(name, value); };
+  auto f = table::f;
   os << "virtual time (modelled hardware, all " << layers << " layers)\n";
   row("step time", f("%.3f ms", virtual_step_ms_mean));
   row("  gpu dense / link / device", f("%.3f", breakdown_dense_ms) + " / " +
@@ -400,6 +450,13 @@ std::string run_report::to_table() const {
                                        std::to_string(max_batch_gpu_memory) + ", device capacity " +
                                        std::to_string(max_batch_device_capacity) + ")");
   row("device bytes scanned per step", bytes_h(double(virtual_device_bytes_per_step)));
+}
+
+// Open workloads: requests over virtual time.
+void run_report::table_serving(table& t) const {
+  auto& os = t.os;
+  auto row = [&](const char* name, const std::string& value) { t.row(name, value); };
+  auto f = table::f;
   if (arrivals != "closed") {
     const serving_summary& s = serving;
     os << "serving (" << arrivals << " arrivals, continuous batching; virtual time)\n";
@@ -422,6 +479,12 @@ std::string run_report::to_table() const {
       row("decode batch over time", over);
     }
   }
+}
+
+// Requests, faults, device bytes.
+void run_report::table_requests_and_devices(table& t) const {
+  auto& os = t.os;
+  auto row = [&](const char* name, const std::string& value) { t.row(name, value); };
   os << "requests\n";
   row("submitted / completed / failed", std::to_string(submitted) + " / " +
                                             std::to_string(completed) + " / " +
@@ -435,13 +498,22 @@ std::string run_report::to_table() const {
   }
   os << "devices (bytes held: emulator, live layers | modelled, all layers)\n";
   for (size_t i = 0; i < device_ids.size(); ++i) {
-    std::snprintf(line, sizeof line, "  device %-4u %14s | %s\n", device_ids[i],
+    std::snprintf(t.line, sizeof t.line, "  device %-4u %14s | %s\n", device_ids[i],
                   bytes_h(double(i < device_bytes_held.size() ? device_bytes_held[i] : 0)).c_str(),
                   bytes_h(double(i < device_bytes_modelled.size() ? device_bytes_modelled[i] : 0)).c_str());
-    os << line;
+    os << t.line;
   }
-  row("output digest", output_digest_hex());
-  return os.str();
+}
+
+std::string run_report::to_table() const {
+  table t;
+  table_setup(t);
+  table_accuracy_wall(t);
+  table_virtual_time(t);
+  table_serving(t);
+  table_requests_and_devices(t);
+  t.row("output digest", output_digest_hex());
+  return t.os.str();
 }
 
 }  // namespace pnmkv

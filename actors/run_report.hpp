@@ -100,6 +100,14 @@ struct run_report {
   std::string to_json() const;
   static run_report from_json(const std::string& json);  // inverse of to_json (throws on bad JSON)
   std::string to_table() const;
+
+ private:
+  struct table;  // the report's rows (run_report.cpp)
+  void table_setup(table& t) const;
+  void table_accuracy_wall(table& t) const;
+  void table_virtual_time(table& t) const;
+  void table_serving(table& t) const;
+  void table_requests_and_devices(table& t) const;
 };
 
 }  // namespace pnmkv

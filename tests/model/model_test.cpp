@@ -104,7 +104,7 @@ TEST(hardware, bad_files_are_clear_errors) {
       {replace("tdp_w: {value: 700,", "tdp_w: {value: -1,"), "outside the allowed range"},
       {replace("tdp_w: {value: 700,", "tdp_w: {value: lots,"), "is not a number"},
       {replace("tdp_w:", "tdp_watts:"), "unknown key 'gpu.tdp_watts'"},
-      {replace("  pue: {value: 1.3, source: \"HARDWARE.md\", assumed: true}\n", ""),
+      {replace("  pue: {value: 1.3, source: \"docs/HARDWARE.md §7\", assumed: true}\n", ""),
        "missing figure 'cost.pue'"},
   };
   for (const auto& c : cases) {
