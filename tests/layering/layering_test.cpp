@@ -32,7 +32,8 @@ const std::map<std::string, std::set<std::string>>& allowed_imports() {
       {"model", {"core"}},
       {"config", {"core", "model"}},
       {"schedulers", {"core", "model", "config"}},
-      {"transport", {"core", "model", "config"}},
+      // transport/ carries schedulers/' enums (selection_round, sequence_split) in its messages.
+      {"transport", {"core", "model", "config", "schedulers"}},
       {"sim", {"core", "model", "config", "schedulers"}},
       {"actors", {"core", "model", "config", "schedulers", "transport"}},
       {"bench", {"core", "model", "config", "schedulers", "transport"}},
