@@ -181,8 +181,8 @@ status device_engine::query(const device_query& q, device_answer& out) {
     return {};
   };
 
-  if (q.round == query_round::dense || q.round == query_round::attend_listed) {
-    if (q.round == query_round::dense) {
+  if (q.round == selection_round::dense || q.round == selection_round::exact_attend) {
+    if (q.round == selection_round::dense) {
       local.resize(pages);
       for (uint32_t i = 0; i < pages; ++i) local[i] = i;
     } else {
@@ -235,7 +235,7 @@ status device_engine::query(const device_query& q, device_answer& out) {
   const uint64_t budget = std::min<uint64_t>(q.budget_pages, pages - n_excluded_held);
   auto sel = select_top_pages(scores_.data(), pages, forced, budget);
   if (!sel) return sel.error();
-  if (q.round == query_round::candidates) {
+  if (q.round == selection_round::exact_candidates) {
     for (uint32_t p : *sel) {
       out.pages.push_back(s->global_page(p));
       out.candidate_scores.push_back(scores_[p]);

@@ -14,6 +14,7 @@
 #include "core/kv_store.hpp"
 #include "core/score.hpp"
 #include "core/status.hpp"
+#include "schedulers/modes.hpp"
 #include "schedulers/placement.hpp"
 
 namespace pnmkv {
@@ -26,14 +27,6 @@ struct device_engine_config {
   uint64_t memory_bytes_max = 16ull << 30;  // emulator bytes this device may hold
 };
 
-// How a query selects pages on this shard.
-enum class query_round : uint8_t {
-  select_attend,  // score, take the shard's top budget_pages (forced pages in), attend
-  candidates,     // exact round 1: score, return the shard's best budget_pages candidates
-  attend_listed,  // exact round 2: attend exactly the listed global pages
-  dense,          // attend every held page (verification; not charged as device work)
-};
-
 struct device_query {
   uint64_t request_id = 0;
   uint32_t step = 0;
@@ -42,9 +35,9 @@ struct device_query {
   uint32_t group = 0;             // query heads sharing the KV head
   const float* q = nullptr;       // group × head_dim
   uint64_t sequence_tokens = 0;   // tokens in the whole sequence now (for the last page)
-  uint64_t budget_pages = 0;      // this shard's page budget (select_attend, candidates)
-  query_round round = query_round::select_attend;
-  const uint64_t* listed_pages = nullptr;  // attend_listed: global page ids
+  uint64_t budget_pages = 0;      // this shard's page budget (local, exact_candidates)
+  selection_round round = selection_round::local;  // schedulers/modes.hpp
+  const uint64_t* listed_pages = nullptr;  // exact_attend: global page ids
   size_t n_listed = 0;
   const uint64_t* excluded_pages = nullptr;  // never selected (png-kv: steady on the GPU)
   size_t n_excluded = 0;
@@ -52,10 +45,10 @@ struct device_query {
 };
 
 struct device_answer {
-  partial part;                            // select_attend, attend_listed, dense
+  partial part;                            // local, exact_attend, dense
   std::vector<uint64_t> pages;             // global ids: selected, or candidates
-  std::vector<float> candidate_scores;     // candidates round, parallel to pages
-  std::vector<uint8_t> candidate_forced;   // candidates round: 1 for always-kept pages
+  std::vector<float> candidate_scores;     // exact_candidates round, parallel to pages
+  std::vector<uint8_t> candidate_forced;   // exact_candidates round: 1 for always-kept pages
   uint64_t bytes_scanned = 0;              // summaries + K/V rows read
   double flops = 0;
 };

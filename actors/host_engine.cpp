@@ -250,11 +250,11 @@ device_work host_engine::make_query(uint64_t request_id, uint32_t layer, uint32_
   w.query.sequence_tokens = spec(request_id).context_tokens + decoded(request_id) + 1;
   w.wire_bytes = work::query_wire_bytes(m);
   switch (what) {
-    case purpose::select: w.query.round = query_round::select_attend; break;
-    case purpose::candidates: w.query.round = query_round::candidates; break;
-    case purpose::attend_listed: w.query.round = query_round::attend_listed; break;
+    case purpose::select: w.query.round = selection_round::local; break;
+    case purpose::candidates: w.query.round = selection_round::exact_candidates; break;
+    case purpose::attend_listed: w.query.round = selection_round::exact_attend; break;
     case purpose::verify:
-      w.query.round = query_round::dense;
+      w.query.round = selection_round::dense;
       w.verification = true;
       w.charge_device = false;
       break;

@@ -233,6 +233,9 @@ class host_engine {
 
  private:
   enum class phase { copy, round_a, round_b, verify, done };
+  // What an outstanding reply is for: the engine's own bookkeeping, not a message field.
+  // The four query purposes become a selection_round on the wire (make_query maps them);
+  // recall and steady_copy are page reads, which no selection round names.
   enum class purpose : uint8_t { select, candidates, attend_listed, recall, steady_copy, verify };
   struct pending_item {
     uint64_t request_id;

@@ -33,10 +33,10 @@ namespace pnmkv {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
-result<node_role_arg> parse_node_role(const std::string& text) {
-  if (text == "coordinator") return node_role_arg::coordinator;
-  if (text == "gpu-host") return node_role_arg::gpu_host;
-  if (text == "pnm-device") return node_role_arg::pnm_device;
+result<transport::node_role> parse_node_role(const std::string& text) {
+  using transport::node_role;
+  for (node_role r : {node_role::coordinator, node_role::gpu_host, node_role::pnm_device})
+    if (text == to_string(r)) return r;
   return status{errc::invalid_argument,
                 "--role '" + text + "' is unknown; allowed: coordinator|gpu-host|pnm-device"};
 }
@@ -101,7 +101,7 @@ status run_node(const config& cfg, const node_options& opts) {
   const std::string host = opts.coordinator_host.empty() ? cluster.coordinator_host : opts.coordinator_host;
   const uint16_t port = opts.coordinator_port ? opts.coordinator_port : cluster.coordinator_port;
 
-  if (opts.role == node_role_arg::coordinator) {
+  if (opts.role == transport::node_role::coordinator) {
     auto coord = sys.spawn(actors::coordinator_actor, *setup);
     auto published = sys.middleman().publish(coord, port, host.c_str(), /*reuse_addr=*/true);
     if (!published) {
@@ -118,14 +118,14 @@ status run_node(const config& cfg, const node_options& opts) {
 
   auto coord = connect_coordinator(sys, host, port, opts.connect_timeout_ms);
   if (!coord) return coord.error();
-  const uint32_t id = opts.role == node_role_arg::gpu_host ? gpu_host_node : opts.id;
+  const uint32_t id = opts.role == transport::node_role::gpu_host ? gpu_host_node : opts.id;
   auto fo = actors::node_fabric_options(**setup, id);
   if (!fo) return fo.error();
   auto fab = transport::make_ucx_fabric(*fo, transport::ucx_options_from((*setup)->spec.fabric));
   if (!fab) return fab.error();
   std::shared_ptr<transport::fabric> shared(std::move(fab).value());
   caf::actor node;
-  if (opts.role == node_role_arg::gpu_host)
+  if (opts.role == transport::node_role::gpu_host)
     node = sys.spawn(actors::gpu_host_actor, *setup, *coord, shared);
   else
     node = sys.spawn(actors::pnm_device_actor, *setup, id, *coord, shared);

@@ -14,14 +14,16 @@
 #include "actors/cluster.hpp"
 #include "config/config.hpp"
 #include "core/status.hpp"
+#include "transport/messages.hpp"  // node_role
 
 namespace pnmkv {
 
-enum class node_role_arg { coordinator, gpu_host, pnm_device };
-result<node_role_arg> parse_node_role(const std::string& text);
+// `--role`: the roles a `pnmkv node` process can take, by their to_string() names (the
+// driver is not one: `pnmkv run` drives).
+result<transport::node_role> parse_node_role(const std::string& text);
 
 struct node_options {
-  node_role_arg role = node_role_arg::pnm_device;
+  transport::node_role role = transport::node_role::pnm_device;
   uint32_t id = 0;                 // pnm devices: 100 + index; others fixed
   std::string coordinator_host;    // empty: cluster.coordinator_host
   uint16_t coordinator_port = 0;   // 0: cluster.coordinator_port

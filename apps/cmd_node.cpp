@@ -45,7 +45,7 @@ void register_node(CLI::App& app) {
       o.coordinator_host = coordinator.substr(0, colon);
       o.coordinator_port = static_cast<uint16_t>(p);
     }
-    if (o.role == node_role_arg::pnm_device && o.id < 100) {
+    if (o.role == transport::node_role::pnm_device && o.id < 100) {
       std::fprintf(stderr, "pnmkv node: a pnm-device needs --id >= 100 (device i is 100 + i)\n");
       throw CLI::RuntimeError(2);
     }

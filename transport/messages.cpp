@@ -32,6 +32,70 @@ static_assert(static_cast<int>(W::WRITE_ACK) + 1 == static_cast<int>(msg_kind_co
 
 namespace {
 
+// ---------------------------------------------------------------------------------------
+// Enum codec: where each C++ enum a message carries meets its wire.capnp counterpart, here
+// and nowhere else. The numbers agree (checked below), so encoding is a cast: a value out of
+// range travels as it is and the receiver refuses it (bad_value) like any malformed field.
+// Decoding names every value it knows; the validator refuses the rest.
+
+#define PNMKV_SAME_VALUE(cpp, capnp) \
+  static_assert(static_cast<int>(cpp) == static_cast<int>(capnp), #cpp " != " #capnp)
+PNMKV_SAME_VALUE(node_role::gpu_host, wire::Role::GPU_HOST);
+PNMKV_SAME_VALUE(node_role::pnm_device, wire::Role::PNM_DEVICE);
+PNMKV_SAME_VALUE(node_role::coordinator, wire::Role::COORDINATOR);
+PNMKV_SAME_VALUE(node_role::driver, wire::Role::DRIVER);
+PNMKV_SAME_VALUE(selection_round::local, wire::SelectionRound::LOCAL);
+PNMKV_SAME_VALUE(selection_round::exact_candidates, wire::SelectionRound::EXACT_CANDIDATES);
+PNMKV_SAME_VALUE(selection_round::exact_attend, wire::SelectionRound::EXACT_ATTEND);
+PNMKV_SAME_VALUE(selection_round::dense, wire::SelectionRound::DENSE);
+#undef PNMKV_SAME_VALUE
+
+wire::Role to_wire(node_role r) { return static_cast<wire::Role>(r); }
+wire::SelectionRound to_wire(selection_round r) { return static_cast<wire::SelectionRound>(r); }
+
+// False for a value this build does not know.
+bool from_wire(wire::Role w, node_role& out) {
+  switch (w) {
+    case wire::Role::GPU_HOST: out = node_role::gpu_host; return true;
+    case wire::Role::PNM_DEVICE: out = node_role::pnm_device; return true;
+    case wire::Role::COORDINATOR: out = node_role::coordinator; return true;
+    case wire::Role::DRIVER: out = node_role::driver; return true;
+  }
+  return false;
+}
+
+bool from_wire(wire::SelectionRound w, selection_round& out) {
+  switch (w) {
+    case wire::SelectionRound::LOCAL: out = selection_round::local; return true;
+    case wire::SelectionRound::EXACT_CANDIDATES: out = selection_round::exact_candidates; return true;
+    case wire::SelectionRound::EXACT_ATTEND: out = selection_round::exact_attend; return true;
+    case wire::SelectionRound::DENSE: out = selection_round::dense; return true;
+  }
+  return false;
+}
+
+// sequence_split is the Shard.split union: contiguous carries its page range, interleave
+// its stride and class.
+void put_split(wire::Shard::Builder sb, const shard_info& s) {
+  if (s.split == sequence_split::contiguous) {
+    auto g = sb.getSplit().initPages();
+    g.setPage0(s.page0);
+    g.setPage1(s.page1);
+  } else {
+    auto g = sb.getSplit().initInterleave();
+    g.setStride(s.stride);
+    g.setClass(s.cls);
+  }
+}
+
+bool from_wire(wire::Shard::Split::Which w, sequence_split& out) {
+  switch (w) {
+    case wire::Shard::Split::PAGES: out = sequence_split::contiguous; return true;
+    case wire::Shard::Split::INTERLEAVE: out = sequence_split::interleave; return true;
+  }
+  return false;
+}
+
 const char* const kind_names[msg_kind_count] = {
     "challenge",  "join",           "join_ack",     "membership", "prefill_write",
     "token_append", "query",        "partial",      "candidates", "recall_request",
@@ -126,8 +190,6 @@ uint64_t estimate_bytes(const message& m) {
   return 256 + std::visit(v{}, m.body);
 }
 
-wire::Role to_wire(node_role r) { return static_cast<wire::Role>(r); }
-
 void build(wire::Envelope::Builder root, const message& m, capnp::Orphanage orphanage) {
   root.setVersion(m.env.version);
   root.setSender(m.env.sender);
@@ -187,15 +249,7 @@ void build(wire::Envelope::Builder root, const message& m, capnp::Orphanage orph
           sb.setDeviceId(s.device);
           sb.setKvHead0(s.kv_head0);
           sb.setKvHead1(s.kv_head1);
-          if (s.split == split_kind::pages) {
-            auto g = sb.getSplit().initPages();
-            g.setPage0(s.page0);
-            g.setPage1(s.page1);
-          } else {
-            auto g = sb.getSplit().initInterleave();
-            g.setStride(s.stride);
-            g.setClass(s.cls);
-          }
+          put_split(sb, s);
           auto reps = sb.initReplicas(static_cast<unsigned>(s.replicas.size()));
           for (size_t r = 0; r < s.replicas.size(); ++r)
             reps.set(static_cast<unsigned>(r), s.replicas[r]);
@@ -247,7 +301,7 @@ void build(wire::Envelope::Builder root, const message& m, capnp::Orphanage orph
       b.setHeadDim(x.head_dim);
       PNMKV_PUT_BLOB(bw, b, Q, x.q);
       b.setBudgetPages(x.budget_pages);
-      b.setRound(static_cast<wire::SelectionRound>(x.round));
+      b.setRound(to_wire(x.round));
       b.setScoreThreshold(x.score_threshold);
       b.setDeadlineNs(x.deadline_ns);
       b.setShardId(x.shard_id);
@@ -272,7 +326,7 @@ void build(wire::Envelope::Builder root, const message& m, capnp::Orphanage orph
       b.setBytesScanned(x.bytes_scanned);
       PNMKV_PUT_BLOB(bw, b, PageIds, x.page_ids);
       b.setFlops(x.flops);
-      b.setRound(static_cast<wire::SelectionRound>(x.round));
+      b.setRound(to_wire(x.round));
       b.setDeviceBytesHeld(x.device_bytes_held);
       break;
     }
@@ -411,10 +465,18 @@ struct validator {
              L.max_text_bytes);
   }
   node_role role(wire::Role r) const {
-    auto v = static_cast<uint16_t>(r);
-    if (v > static_cast<uint16_t>(node_role::driver))
-      reject(reject_reason::bad_value, errc::invalid_argument, "role = {} unknown", v);
-    return static_cast<node_role>(v);
+    node_role out{};
+    if (!from_wire(r, out))
+      reject(reject_reason::bad_value, errc::invalid_argument, "role = {} unknown",
+             static_cast<uint16_t>(r));
+    return out;
+  }
+  selection_round round(wire::SelectionRound r) const {
+    selection_round out{};
+    if (!from_wire(r, out))
+      reject(reject_reason::bad_value, errc::invalid_argument, "round = {} unknown",
+             static_cast<uint16_t>(r));
+    return out;
   }
 };
 
@@ -521,25 +583,18 @@ message_body decode_body(const validator& c, wire::Envelope::Body::Reader body) 
           s.kv_head1 = sr.getKvHead1();
           c.range("shard.kv_heads", s.kv_head0, s.kv_head1, L.max_kv_heads);
           auto split = sr.getSplit();
-          switch (split.which()) {
-            case wire::Shard::Split::PAGES: {
-              s.split = split_kind::pages;
-              s.page0 = split.getPages().getPage0();
-              s.page1 = split.getPages().getPage1();
-              c.range("shard.pages", s.page0, s.page1, L.max_context_tokens);
-              break;
-            }
-            case wire::Shard::Split::INTERLEAVE: {
-              s.split = split_kind::interleave;
-              s.stride = split.getInterleave().getStride();
-              s.cls = split.getInterleave().getClass();
-              c.count_limit("shard.stride", s.stride, 1, L.max_context_tokens);
-              c.index("shard.class", s.cls, s.stride);
-              break;
-            }
-            default:
-              reject(reject_reason::bad_value, errc::invalid_argument, "shard.split: unknown "
-                     "variant {}", static_cast<unsigned>(split.which()));
+          if (!from_wire(split.which(), s.split))
+            reject(reject_reason::bad_value, errc::invalid_argument, "shard.split: unknown "
+                   "variant {}", static_cast<unsigned>(split.which()));
+          if (s.split == sequence_split::contiguous) {
+            s.page0 = split.getPages().getPage0();
+            s.page1 = split.getPages().getPage1();
+            c.range("shard.pages", s.page0, s.page1, L.max_context_tokens);
+          } else {
+            s.stride = split.getInterleave().getStride();
+            s.cls = split.getInterleave().getClass();
+            c.count_limit("shard.stride", s.stride, 1, L.max_context_tokens);
+            c.index("shard.class", s.cls, s.stride);
           }
           auto reps = sr.getReplicas();
           c.count_limit("shard.replicas", reps.size(), 0, L.max_replicas);
@@ -617,10 +672,7 @@ message_body decode_body(const validator& c, wire::Envelope::Body::Reader body) 
       c.head_dim(x.head_dim);
       x.budget_pages = r.getBudgetPages();
       c.count_limit("budget_pages", x.budget_pages, 0, L.max_context_tokens);
-      auto round = static_cast<uint16_t>(r.getRound());
-      if (round > static_cast<uint16_t>(selection_round::dense))
-        reject(reject_reason::bad_value, errc::invalid_argument, "round = {} unknown", round);
-      x.round = static_cast<selection_round>(round);
+      x.round = c.round(r.getRound());
       x.score_threshold = r.getScoreThreshold();
       x.sequence_tokens = r.getSequenceTokens();
       c.count_limit("query.sequence_tokens", x.sequence_tokens, 0, L.max_context_tokens);
@@ -668,10 +720,7 @@ message_body decode_body(const validator& c, wire::Envelope::Body::Reader body) 
       if (!std::isfinite(x.flops) || x.flops < 0)
         reject(reject_reason::bad_value, errc::invalid_argument, "partial.flops is not a finite "
                "non-negative number");
-      auto pround = static_cast<uint16_t>(r.getRound());
-      if (pround > static_cast<uint16_t>(selection_round::dense))
-        reject(reject_reason::bad_value, errc::invalid_argument, "round = {} unknown", pround);
-      x.round = static_cast<selection_round>(pround);
+      x.round = c.round(r.getRound());
       x.device_bytes_held = r.getDeviceBytesHeld();
       return x;
     }

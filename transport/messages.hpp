@@ -20,6 +20,7 @@
 
 #include "core/bf16.hpp"
 #include "core/status.hpp"
+#include "model/modes.hpp"  // selection_round, sequence_split
 
 namespace pnmkv::transport {
 
@@ -52,10 +53,16 @@ const char* to_string(msg_kind kind);
 // "partial" -> msg_kind::partial; false when unknown.
 bool parse_msg_kind(const std::string& name, msg_kind& out);
 
+// The roles of a cluster's nodes (wire.capnp Role; `pnmkv node --role` names the first
+// three by to_string()).
 enum class node_role : uint8_t { gpu_host, pnm_device, coordinator, driver };
 const char* to_string(node_role role);
 
-enum class selection_round : uint8_t { local, exact_candidates, exact_attend, dense };
+// Every C++ enum a message carries is the one its concept has everywhere else
+// (selection_round, sequence_split: model/modes.hpp); transport/messages.cpp maps each to its
+// wire.capnp enum or union in one place.
+using pnmkv::selection_round;
+using pnmkv::sequence_split;
 
 struct envelope {
   uint16_t version = protocol_version;
@@ -90,15 +97,13 @@ struct member_info {
   std::vector<uint8_t> worker_address;
 };
 
-enum class split_kind : uint8_t { pages, interleave };
-
 struct shard_info {
   uint32_t shard_id = 0;
   node_id device = 0;
   uint32_t kv_head0 = 0;  // KV heads [kv_head0, kv_head1)
   uint32_t kv_head1 = 0;
-  split_kind split = split_kind::pages;
-  uint32_t page0 = 0;  // split == pages: pages [page0, page1)
+  sequence_split split = sequence_split::contiguous;
+  uint32_t page0 = 0;  // split == contiguous: pages [page0, page1)
   uint32_t page1 = 0;
   uint32_t stride = 1;  // split == interleave: pages p with p % stride == cls
   uint32_t cls = 0;

@@ -56,11 +56,11 @@ message sample_message(msg_kind kind, uint64_t seed, const sample_shape& s) {
           si.kv_head0 = 2 * (sh % 2);
           si.kv_head1 = si.kv_head0 + 2;
           if (sh % 2) {
-            si.split = split_kind::interleave;
+            si.split = sequence_split::interleave;
             si.stride = 2;
             si.cls = sh / 2;
           } else {
-            si.split = split_kind::pages;
+            si.split = sequence_split::contiguous;
             si.page0 = 100 * sh;
             si.page1 = 100 * sh + 100;
           }

@@ -1,12 +1,14 @@
 // The layering guard (issue 10's guard rails): the folders form one import order,
 //
-//   core ← model ← config ← schedulers ← transport ← actors ← apps
-//                                      ↖ sim ←──────────────── apps
+//   core ← model ← config ← schedulers ← sim ─────┐
+//                        ↖ transport            ├── apps
+//             schedulers, transport ← actors ───┘
 //
-// (sim/ and transport/ sit side by side: the simulator uses no fabric, and actors/ never
-// imports sim/), and no function in the policy and actor floors grows past a limit a
-// reader can hold in their head. Both are read from the sources, so the suite fails the
-// moment an include runs the wrong way, before anyone has to notice it in review.
+// schedulers/ (policy) and transport/ (the wire) sit side by side above config/; actors/
+// builds on both; sim/ on schedulers/ only (the simulator uses no fabric, and actors/ never
+// imports sim/). And no function in the policy and actor floors grows past a limit a reader
+// can hold in their head. Both are read from the sources, so the suite fails the moment an
+// include runs the wrong way, before anyone has to notice it in review.
 #include <gtest/gtest.h>
 
 #include <algorithm>

@@ -1,0 +1,395 @@
+// The coordinator actor (see coordinator.hpp). Control plane only: CAF messages whose payload
+// is Cap'n Proto bytes (control.capnp, wire.capnp join/membership).
+#include "actors/coordinator.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <utility>
+
+#include "schedulers/gpu_memory.hpp"
+#include "schedulers/head_groups.hpp"
+#include "transport/auth.hpp"
+
+namespace pnmkv::actors {
+
+caf::behavior coordinator_actor(coordinator_state::actor_type* self,
+                                std::shared_ptr<const run_setup> setup) {
+  self->state.init(std::move(setup));
+  return {
+      [self](tick_atom, uint64_t) { self->state.on_join_timeout(); },
+      [self](ctl_atom, const std::string& bytes) { self->state.on_control(bytes); },
+      [self](join_atom, const std::string& bytes) { self->state.on_join(bytes); },
+  };
+}
+
+void coordinator_state::init(std::shared_ptr<const run_setup> setup) {
+  setup_ = std::move(setup);
+  // Pools of cluster.pool_devices devices serve different requests (data parallel).
+  const auto ids = setup_->device_ids();
+  const uint32_t per_pool = setup_->pool_devices ? setup_->pool_devices : uint32_t(ids.size());
+  const double capacity = setup_->host.mode == run_mode::baseline ? setup_->hw.expander.capacity_bytes
+                                                                    : setup_->hw.pnm.capacity_bytes;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (i % per_pool == 0) pools_.emplace_back();
+    pools_.back().device_ids.push_back(ids[i]);
+    pools_.back().free_bytes.push_back(static_cast<uint64_t>(capacity));
+    pools_.back().failure_domain.push_back(ids[i]);
+    emulator_free_[ids[i]] = setup_->device.memory_bytes_max;
+  }
+  // A member lost (killed, hung past the heartbeat timeout, partitioned): the GPU host
+  // fails the run's requests with the reason instead of waiting on them.
+  auto* self = self_;
+  self_->set_down_handler([self](caf::down_msg& dm) { self->state.on_member_down(dm); });
+  // Members that never join (not started, crashed while starting) fail the run by name.
+  self_->delayed_send(self_, std::chrono::milliseconds(setup_->join_timeout_ms), tick_atom::value,
+                      uint64_t(0));
+}
+
+const coordinator_state::member* coordinator_state::find_member(uint32_t id) const {
+  auto it = members_.find(id);
+  return it == members_.end() ? nullptr : &it->second;
+}
+
+void coordinator_state::deliver_result(const std::string& bytes) {
+  if (driver_) self_->send(driver_, ctl_atom::value, bytes);
+  else if (undelivered_result_.empty()) undelivered_result_ = bytes;
+}
+
+std::string coordinator_state::membership_bytes(const std::vector<uint64_t>& requests) const {
+  transport::membership_msg mm;
+  mm.epoch = 1;
+  for (const auto& [id, m] : members_)
+    mm.members.push_back(transport::member_info{id, m.role, true, m.address});
+  for (uint64_t r : requests) mm.placements.push_back(placement_to_wire(placed_.at(r)));
+  return wire_bytes(self_id_, std::move(mm));
+}
+
+void coordinator_state::decide(uint64_t request_id, bool accepted, const std::string& reason) {
+  if (setup_->open_workload()) {
+    // The GPU host asked; it gets the answer (after the placement, on the same channel).
+    const member* host = find_member(gpu_host_node);
+    if (!host) return;
+    if (accepted) self_->send(host->hdl, member_atom::value, membership_bytes({request_id}));
+    else cluster_log().info("event=not_admitted request={} reason=\"{}\"", request_id, reason);
+    self_->send(host->hdl, ctl_atom::value,
+                ctl(self_id_, control::admission_msg{request_id, accepted, reason}));
+    return;
+  }
+  ++decided_;
+  if (accepted) ready_requests_.push_back(request_id);
+  if (!accepted)
+    cluster_log().warn("event=request_refused request={} reason=\"{}\"", request_id, reason);
+  self_->send(driver_, ctl_atom::value,
+              ctl(self_id_, control::admission_msg{request_id, accepted, reason}));
+  if (decided_ == setup_->batch && !started_) {
+    started_ = true;
+    control::run_start_msg rs;
+    for (uint64_t r : ready_requests_) rs.requests.push_back(specs_.at(r));
+    const member* host = find_member(gpu_host_node);
+    if (!host) return;
+    self_->send(host->hdl, member_atom::value, membership_bytes(ready_requests_));
+    self_->send(host->hdl, ctl_atom::value, ctl(self_id_, std::move(rs)));
+  }
+}
+
+std::string coordinator_state::admit_one(const control::request_spec_msg& spec) {
+  const run_setup& setup = *setup_;
+  specs_[spec.request_id] = spec;
+  // GPU memory first: weights, activations and the mode's KV-side buffers for the
+  // batch with this request in it (schedulers/gpu_memory.hpp).
+  {
+    gpu_memory_query q = setup.gpu_query;
+    q.batch = static_cast<uint32_t>(placed_.size() + 1);
+    if (setup.open_workload()) q.context_tokens = 0;
+    // Requests of different lengths (open workloads): sized as the longest of them.
+    q.context_tokens = std::max<uint64_t>(q.context_tokens, spec.context_tokens + spec.steps);
+    for (const auto& [id, other] : placed_)
+      if (specs_.count(id))
+        q.context_tokens = std::max<uint64_t>(q.context_tokens, specs_.at(id).context_tokens + specs_.at(id).steps);
+    auto use = gpu_memory(setup.model, setup.hw, q);
+    if (!use.fits()) {
+      char buf[256];
+      std::snprintf(buf, sizeof buf,
+                    "GPU memory: a batch of %u in %s mode needs %.1f GB of %.1f GB "
+                    "(weights %.1f, summaries %.1f, recall buffers %.1f, steady %.1f)",
+                    q.batch, setup.mode.c_str(), use.total_bytes() / 1e9,
+                    use.capacity_bytes / 1e9, use.weights_bytes / 1e9,
+                    use.summaries_bytes / 1e9, use.recall_bytes / 1e9, use.steady_bytes / 1e9);
+      return "request " + std::to_string(spec.request_id) + " not admitted: " + buf;
+    }
+  }
+  placement_request pr = setup.placement;
+  pr.request_id = spec.request_id;
+  pr.context_tokens = spec.context_tokens;
+  pr.decode_tokens = spec.steps;
+  // The pool with the most free capacity first; the first that can hold it takes it.
+  std::vector<size_t> order(pools_.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  auto free_of = [&](size_t i) {
+    uint64_t f = 0;
+    for (uint64_t b : pools_[i].free_bytes) f += b;
+    return f;
+  };
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return free_of(a) > free_of(b); });
+  result<request_placement> pl = status{errc::capacity, "no pool"};
+  pool_state trial;
+  size_t chosen = 0;
+  for (size_t i : order) {
+    trial = pools_[i];
+    if (setup.placement.head_groups == 0) {
+      // h × s from the cost model for this pool and context.
+      head_group_query hq;
+      hq.pool_devices = static_cast<uint32_t>(trial.device_ids.size() / setup.replication);
+      hq.context_tokens = spec.context_tokens + spec.steps;
+      hq.budget_tokens = setup.host.budget_tokens;
+      hq.page_size_tokens = setup.host.page_size_tokens;
+      hq.summary_elem_bytes = setup.placement.summary_elem_bytes;
+      hq.cross_shard = setup.host.cross_shard;
+      pr.head_groups = choose_head_groups(*setup.costs, hq).head_groups;
+    }
+    pl = place_request(pr, trial);
+    if (pl) {
+      chosen = i;
+      break;
+    }
+  }
+  if (!pl) return pl.error().message();
+  // The emulator holds the live layers for real: check that too before committing.
+  const std::map<uint32_t, uint64_t> live_need =
+      live_bytes_by_device(*pl, setup.model.layers, setup.device.live_layers);
+  std::string too_big;
+  for (const auto& [dev, need] : live_need)
+    if (need > emulator_free_[dev])
+      too_big = "request " + std::to_string(spec.request_id) + " does not fit the emulator: device " +
+                std::to_string(dev) + " would hold " + std::to_string(need) +
+                " bytes of live layers, " + std::to_string(emulator_free_[dev]) +
+                " left of cluster.device_memory_bytes_max";
+  if (!too_big.empty()) return too_big;
+  pools_[chosen] = trial;
+  for (const auto& [dev, need] : live_need) emulator_free_[dev] -= need;
+  placed_.emplace(spec.request_id, *pl);
+  auto& waiting = awaiting_acks_[spec.request_id];
+  for (const auto& s : pl->shards) {
+    waiting.insert(s.device_id);
+    for (uint32_t r : s.replica_device_ids) waiting.insert(r);
+  }
+  auto bytes = membership_bytes({spec.request_id});
+  for (uint32_t dev : waiting) self_->send(members_.at(dev).hdl, member_atom::value, bytes);
+  return "";
+}
+
+void coordinator_state::try_admit() {
+  if (!ready_ || !driver_) return;
+  while (!queue_.empty()) {
+    control::request_spec_msg spec = queue_.front();
+    queue_.pop_front();
+    auto why = admit_one(spec);
+    if (!why.empty()) decide(spec.request_id, false, why);
+  }
+}
+
+void coordinator_state::maybe_start_open() {
+  if (!setup_->open_workload() || started_ || !ready_ || !driver_ ||
+      open_specs_.size() < setup_->arrivals.size())
+    return;
+  const member* host = find_member(gpu_host_node);
+  if (!host) return;
+  started_ = true;
+  control::run_start_msg rs;
+  rs.open = true;
+  rs.requests = open_specs_;
+  self_->send(host->hdl, ctl_atom::value, ctl(self_id_, std::move(rs)));
+}
+
+void coordinator_state::release(uint64_t request_id) {
+  auto it = placed_.find(request_id);
+  if (it == placed_.end()) return;
+  std::set<uint32_t> holders;
+  for (const auto& s : it->second.shards) {
+    std::vector<uint32_t> devs{s.device_id};
+    devs.insert(devs.end(), s.replica_device_ids.begin(), s.replica_device_ids.end());
+    for (uint32_t dev : devs) {
+      holders.insert(dev);
+      emulator_free_[dev] += live_bytes(s, setup_->model.layers, setup_->device.live_layers);
+      for (auto& pool : pools_)
+        for (size_t i = 0; i < pool.device_ids.size(); ++i)
+          if (pool.device_ids[i] == dev) pool.free_bytes[i] += s.bytes_modelled;
+    }
+  }
+  placed_.erase(it);
+  auto bytes = ctl(self_id_, control::release_msg{request_id});
+  for (uint32_t dev : holders)
+    if (const member* m = find_member(dev)) self_->send(m->hdl, ctl_atom::value, bytes);
+}
+
+void coordinator_state::on_member_down(const caf::down_msg& dm) {
+  for (auto& [id, m] : members_) {
+    if (!m.hdl || m.hdl.address() != dm.source) continue;
+    const std::string reason = caf::to_string(dm.reason);
+    cluster_log().warn("event=member_down node={} reason={}", id, reason);
+    const member* host = find_member(gpu_host_node);
+    if (id != gpu_host_node && host && ready_) {
+      self_->send(host->hdl, ctl_atom::value, ctl(self_id_, control::member_down_msg{id, reason}));
+      // Nothing new is placed on it; a placement still waiting for its ack is refused.
+      emulator_free_[id] = 0;
+      for (auto& pool : pools_)
+        for (size_t i = 0; i < pool.device_ids.size(); ++i)
+          if (pool.device_ids[i] == id) pool.free_bytes[i] = 0;
+      std::vector<uint64_t> stuck;
+      for (const auto& [rid, waiting] : awaiting_acks_)
+        if (waiting.count(id)) stuck.push_back(rid);
+      for (uint64_t rid : stuck) {
+        awaiting_acks_.erase(rid);
+        release(rid);
+        decide(rid, false, "device " + std::to_string(id) + " went down while request " +
+                               std::to_string(rid) + " was being placed");
+      }
+      continue;
+    }
+    // The GPU host itself, or a device lost before the cluster was complete: nobody else
+    // can fail the run, so the coordinator tells the driver (now or when it submits).
+    const std::string what = id == gpu_host_node
+                                 ? "the GPU host went down: " + reason
+                                 : "device " + std::to_string(id) + " went down (" + reason +
+                                       ") before the cluster was complete";
+    deliver_result(ctl(self_id_, control::run_result_msg{"", false, what}));
+  }
+}
+
+void coordinator_state::on_join_timeout() {
+  if (ready_) return;
+  std::string missing;
+  auto expect = setup_->device_ids();
+  expect.push_back(gpu_host_node);
+  for (uint32_t id : expect)
+    if (!members_.count(id))
+      missing += (missing.empty() ? "" : ", ") +
+                 (id == gpu_host_node ? std::string("the GPU host") : "device " + std::to_string(id));
+  const std::string what = "the cluster was not complete " + std::to_string(setup_->join_timeout_ms) +
+                           " ms after the coordinator started (cluster.join_timeout_ms): missing " +
+                           missing;
+  cluster_log().error("event=join_timeout missing=\"{}\"", missing);
+  deliver_result(ctl(self_id_, control::run_result_msg{"", false, what}));
+}
+
+void coordinator_state::on_control(const std::string& bytes) {
+  auto m = control::decode(bytes);
+  if (!m) {
+    cluster_log().warn("event=bad_control_message reason=\"{}\"", m.error().to_string());
+    return;
+  }
+  auto sender = caf::actor_cast<caf::actor>(self_->current_sender());
+  if (auto* h = std::get_if<control::hello_msg>(&m->body)) {
+    on_hello(*h, sender);
+  } else if (auto* s = std::get_if<control::submit_msg>(&m->body)) {
+    on_submit(*s, sender);
+  } else if (std::holds_alternative<control::progress_msg>(m->body) ||
+             std::holds_alternative<control::run_result_msg>(m->body)) {
+    if (driver_) self_->send(driver_, ctl_atom::value, bytes);
+    else if (std::holds_alternative<control::run_result_msg>(m->body) && undelivered_result_.empty())
+      undelivered_result_ = bytes;
+  } else if (std::holds_alternative<control::shutdown_msg>(m->body)) {
+    // Every member quits, then the coordinator itself.
+    for (const auto& [id, mem] : members_) self_->send(mem.hdl, ctl_atom::value, bytes);
+    self_->quit();
+  } else if (auto* ad = std::get_if<control::admit_msg>(&m->body)) {
+    on_admit(*ad);
+  } else if (auto* rl = std::get_if<control::release_msg>(&m->body)) {
+    release(rl->request_id);
+  } else if (auto* a = std::get_if<control::placement_ack_msg>(&m->body)) {
+    on_placement_ack(*a);
+  }
+}
+
+void coordinator_state::on_hello(const control::hello_msg& h, const caf::actor& sender) {
+  auto nonce = transport::make_nonce();
+  nonces_[h.node] = nonce;
+  self_->send(sender, join_atom::value, wire_bytes(self_id_, transport::challenge_msg{nonce}));
+}
+
+void coordinator_state::on_submit(const control::submit_msg& s, const caf::actor& sender) {
+  driver_ = sender;
+  if (!undelivered_result_.empty()) {
+    self_->send(driver_, ctl_atom::value, std::exchange(undelivered_result_, {}));
+    return;
+  }
+  if (setup_->open_workload()) {
+    open_specs_.push_back(s.request);
+    maybe_start_open();
+    return;
+  }
+  queue_.push_back(s.request);
+  try_admit();
+}
+
+void coordinator_state::on_admit(const control::admit_msg& ad) {
+  if (!setup_->open_workload() || placed_.count(ad.request_id) || awaiting_acks_.count(ad.request_id))
+    return;
+  const control::request_spec_msg* spec = nullptr;
+  for (const auto& r : open_specs_)
+    if (r.request_id == ad.request_id) spec = &r;
+  if (!spec) {
+    decide(ad.request_id, false, "request " + std::to_string(ad.request_id) + " was never submitted");
+    return;
+  }
+  auto why = admit_one(*spec);
+  if (!why.empty()) decide(ad.request_id, false, why);
+}
+
+void coordinator_state::on_placement_ack(const control::placement_ack_msg& a) {
+  auto it = awaiting_acks_.find(a.request_id);
+  if (it == awaiting_acks_.end()) return;
+  if (!a.ok) {
+    awaiting_acks_.erase(it);
+    release(a.request_id);  // what the other devices took, and the pool's capacity
+    decide(a.request_id, false, a.reason);
+    return;
+  }
+  it->second.erase(a.node);
+  if (it->second.empty()) {
+    awaiting_acks_.erase(it);
+    decide(a.request_id, true, "");
+  }
+}
+
+void coordinator_state::on_join(const std::string& bytes) {
+  transport::wire_limits limits;
+  auto m = transport::decode(bytes.data(), bytes.size(), limits);
+  auto sender = caf::actor_cast<caf::actor>(self_->current_sender());
+  if (!m || !std::holds_alternative<transport::join_msg>(m->body)) {
+    cluster_log().warn("event=join_refused reason=\"{}\"", m ? "not a join message" : m.error().to_string());
+    return;
+  }
+  const auto& j = std::get<transport::join_msg>(m->body);
+  auto nonce = nonces_.find(j.node);
+  status ok = nonce == nonces_.end() ? status{errc::invalid_argument, "no challenge was issued to this node"}
+                                     : transport::verify_join(setup_->secret, nonce->second, j);
+  if (!ok) {
+    cluster_log().warn("event=join_refused node={} reason=\"{}\"", j.node, ok.message());
+    self_->send(sender, join_atom::value,
+                wire_bytes(self_id_, transport::join_ack_msg{false, j.node, 0, ok.message()}));
+    return;
+  }
+  nonces_.erase(nonce);
+  members_[j.node] = member{j.role, sender, j.worker_address};
+  self_->monitor(sender);
+  self_->send(sender, join_atom::value, wire_bytes(self_id_, transport::join_ack_msg{true, j.node, 1, ""}));
+  uint32_t devices = 0;
+  bool host = false;
+  for (const auto& [id, mem] : members_) {
+    devices += mem.role == transport::node_role::pnm_device;
+    host = host || mem.role == transport::node_role::gpu_host;
+  }
+  if (!ready_ && host && devices == setup_->devices) {
+    ready_ = true;
+    cluster_log().info("event=cluster_ready devices={}", devices);
+    auto bytes2 = membership_bytes({});
+    for (const auto& [id, mem] : members_) self_->send(mem.hdl, member_atom::value, bytes2);
+    try_admit();
+    maybe_start_open();
+  }
+}
+
+}  // namespace pnmkv::actors

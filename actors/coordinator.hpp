@@ -1,0 +1,98 @@
+// The coordinator: admits members (join protocol), admits requests (GPU memory, a pool that
+// can hold the placement, the emulator's real memory), sends placements to the devices and
+// waits for their acks, starts the run on the GPU host, and relays progress and the result
+// to the driver. Open workloads: the GPU host asks for each admission at its step
+// boundaries. A member lost fails what depended on it, by name.
+#pragma once
+
+#include <caf/all.hpp>
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "actors/control.hpp"
+#include "actors/node_common.hpp"
+#include "actors/run_setup.hpp"
+#include "schedulers/placement.hpp"
+#include "transport/messages.hpp"
+
+namespace pnmkv::actors {
+
+class coordinator_state {
+ public:
+  using actor_type = caf::stateful_actor<coordinator_state>;
+  explicit coordinator_state(actor_type* self) : self_(self) {}
+
+  // Pools, the down handler and the join deadline; before the behavior.
+  void init(std::shared_ptr<const run_setup> setup);
+
+  // Handlers.
+  void on_join_timeout();
+  void on_control(const std::string& bytes);
+  void on_join(const std::string& bytes);
+  void on_member_down(const caf::down_msg& dm);
+
+ private:
+  struct member {
+    transport::node_role role;
+    caf::actor hdl;
+    std::vector<uint8_t> address;
+  };
+
+  // Control messages, one kind each.
+  void on_hello(const control::hello_msg& h, const caf::actor& sender);
+  void on_submit(const control::submit_msg& s, const caf::actor& sender);
+  void on_admit(const control::admit_msg& ad);
+  void on_placement_ack(const control::placement_ack_msg& a);
+
+  std::string membership_bytes(const std::vector<uint64_t>& requests) const;
+  // The answer to one request's admission: to the GPU host (open workloads) or the driver
+  // (closed: the run starts once every request is decided).
+  void decide(uint64_t request_id, bool accepted, const std::string& reason);
+  // Admission of one request: GPU memory, then a pool that can hold it, then the emulator's
+  // real memory. "" when it is placed (membership sent, acks awaited), else why it cannot be
+  // admitted now.
+  std::string admit_one(const control::request_spec_msg& spec);
+  // Closed workloads: every submitted request, in order, as soon as the cluster is ready.
+  void try_admit();
+  // Open workloads: once the cluster is ready and every request is submitted, the GPU host
+  // gets them all and asks for each admission at its step boundaries (admit_msg).
+  void maybe_start_open();
+  // A finished request: its capacity returns to the pool and the emulator, and the devices
+  // drop its shards.
+  void release(uint64_t request_id);
+  // A run result for the driver: now, or kept until it submits.
+  void deliver_result(const std::string& bytes);
+  const member* find_member(uint32_t id) const;
+
+  actor_type* self_;
+  std::shared_ptr<const run_setup> setup_;
+  const uint32_t self_id_ = coordinator_node;
+
+  std::map<uint32_t, std::vector<uint8_t>> nonces_;
+  std::map<uint32_t, member> members_;
+  bool ready_ = false;
+  caf::actor driver_;
+  std::deque<control::request_spec_msg> queue_;
+  std::vector<pool_state> pools_;  // modelled capacity (512 GB devices), data parallel
+  std::map<uint32_t, uint64_t> emulator_free_;  // live-layer bytes a device may still take
+  std::map<uint64_t, request_placement> placed_;
+  std::map<uint64_t, control::request_spec_msg> specs_;
+  std::map<uint64_t, std::set<uint32_t>> awaiting_acks_;
+  std::vector<uint64_t> ready_requests_;
+  uint32_t decided_ = 0;
+  bool started_ = false;
+  // A result for a driver that has not submitted yet (a member went down early).
+  std::string undelivered_result_;
+  std::vector<control::request_spec_msg> open_specs_;  // open workloads: every submitted request
+};
+
+caf::behavior coordinator_actor(coordinator_state::actor_type* self,
+                                std::shared_ptr<const run_setup> setup);
+
+}  // namespace pnmkv::actors

@@ -1,0 +1,87 @@
+// The driver actor (see driver.hpp).
+#include "actors/driver.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+
+namespace pnmkv::actors {
+
+caf::behavior driver_actor(driver_state::actor_type* self, std::shared_ptr<const run_setup> setup,
+                           caf::actor coordinator, caf::actor report_to) {
+  self->state.init(std::move(setup), std::move(coordinator), std::move(report_to));
+  return {
+      [self](ctl_atom, const std::string& bytes) { self->state.on_control(bytes); },
+  };
+}
+
+void driver_state::init(std::shared_ptr<const run_setup> setup, caf::actor coordinator,
+                        caf::actor report_to) {
+  setup_ = std::move(setup);
+  coordinator_ = std::move(coordinator);
+  report_to_ = std::move(report_to);
+  if (setup_->open_workload()) {
+    // Open workloads: every request with its arrival; the GPU host admits them over
+    // virtual time. Ids are 1.. in arrival order.
+    for (size_t i = 0; i < setup_->arrivals.size(); ++i) {
+      const trace_row& a = setup_->arrivals[i];
+      control::request_spec_msg r{i + 1, a.prompt_tokens, uint32_t(std::max<uint64_t>(1, a.output_tokens) - 1),
+                                  uint64_t(std::llround(a.arrival_s * 1e9))};
+      self_->send(coordinator_, ctl_atom::value, ctl(driver_node, control::submit_msg{r}));
+    }
+  } else {
+    for (uint32_t i = 0; i < setup_->batch; ++i) {
+      control::request_spec_msg r{i + 1, setup_->context_tokens, setup_->steps};
+      self_->send(coordinator_, ctl_atom::value, ctl(driver_node, control::submit_msg{r}));
+    }
+  }
+}
+
+void driver_state::on_control(const std::string& bytes) {
+  auto m = control::decode(bytes);
+  if (!m) return;
+  if (auto* a = std::get_if<control::admission_msg>(&m->body)) on_admission(*a);
+  else if (std::holds_alternative<control::progress_msg>(m->body)) self_->send(report_to_, ctl_atom::value, bytes);
+  else if (auto* r = std::get_if<control::run_result_msg>(&m->body)) on_result(*r);
+}
+
+void driver_state::on_admission(const control::admission_msg& a) {
+  if (a.accepted) {
+    ++accepted_;
+  } else {
+    ++refused_;
+    failures_.push_back("request " + std::to_string(a.request_id) + ": " + a.reason);
+  }
+}
+
+void driver_state::on_result(const control::run_result_msg& r) {
+  nlohmann::ordered_json j = nlohmann::ordered_json::object();
+  if (!r.report_json.empty()) j = nlohmann::ordered_json::parse(r.report_json, nullptr, false);
+  if (j.is_discarded()) j = nlohmann::ordered_json::object();
+  auto failures = failures_;
+  if (setup_->open_workload()) {
+    // The GPU host's scheduler knows what became of each request.
+    const auto& s = j.contains("serving") ? j["serving"] : nlohmann::ordered_json::object();
+    const uint64_t n = setup_->arrivals.size(), completed = r.ok ? s.value("completed", uint64_t(0)) : 0;
+    j["requests"]["submitted"] = n;
+    j["requests"]["completed"] = completed;
+    j["requests"]["failed"] = n - completed;
+    if (s.contains("requests"))
+      for (const auto& q : s["requests"])
+        if (q.value("refused", false))
+          failures.push_back("request " + std::to_string(q.value("id", uint64_t(0))) +
+                             " refused: " + q.value("refusal", std::string()));
+  } else {
+    j["requests"]["submitted"] = setup_->batch;
+    j["requests"]["completed"] = r.ok ? accepted_ : 0;
+    j["requests"]["failed"] = refused_ + (r.ok ? 0 : accepted_);
+  }
+  if (!r.ok) failures.push_back("run: " + r.reason);
+  j["requests"]["failures"] = failures;
+  self_->send(report_to_, done_atom::value, r.ok, j.dump());
+  self_->send(coordinator_, ctl_atom::value, ctl(driver_node, control::shutdown_msg{}));
+  self_->quit();
+}
+
+}  // namespace pnmkv::actors

@@ -1,0 +1,46 @@
+// The driver: submits the configured requests to the coordinator (a closed batch, or an
+// open workload's arrivals), collects the admissions and the run's result, and hands the
+// final report (JSON) to `report_to`; then asks the coordinator to shut the cluster down.
+#pragma once
+
+#include <caf/all.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "actors/control.hpp"
+#include "actors/node_common.hpp"
+#include "actors/run_setup.hpp"
+
+namespace pnmkv::actors {
+
+class driver_state {
+ public:
+  using actor_type = caf::stateful_actor<driver_state>;
+  explicit driver_state(actor_type* self) : self_(self) {}
+
+  // Submits every request; before the behavior.
+  void init(std::shared_ptr<const run_setup> setup, caf::actor coordinator, caf::actor report_to);
+
+  // Handlers.
+  void on_control(const std::string& bytes);
+
+ private:
+  void on_admission(const control::admission_msg& a);
+  void on_result(const control::run_result_msg& r);
+
+  actor_type* self_;
+  std::shared_ptr<const run_setup> setup_;
+  caf::actor coordinator_, report_to_;
+  std::vector<std::string> failures_;
+  uint64_t accepted_ = 0, refused_ = 0;
+};
+
+// Hands the final report (JSON) to `report_to` as (done_atom, ok, json); progress goes to
+// `report_to` as (ctl_atom, progress bytes).
+caf::behavior driver_actor(driver_state::actor_type* self, std::shared_ptr<const run_setup> setup,
+                           caf::actor coordinator, caf::actor report_to);
+
+}  // namespace pnmkv::actors

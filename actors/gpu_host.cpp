@@ -1,0 +1,722 @@
+// The GPU host actor (see gpu_host.hpp). The host_engine decides the work and charges
+// virtual time; the actor moves it over the fabric, matches replies to it, keeps deadlines,
+// and reports.
+#include "actors/gpu_host.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+#include "schedulers/gpu_memory.hpp"
+#include "schedulers/step_model.hpp"
+
+namespace pnmkv::actors {
+
+reply_kind reply_kind_of(selection_round round) {
+  switch (round) {
+    case selection_round::local:
+    case selection_round::exact_attend: return reply_kind::selection;
+    case selection_round::exact_candidates: return reply_kind::candidates;
+    case selection_round::dense: return reply_kind::dense;
+  }
+  return reply_kind::selection;
+}
+
+caf::behavior gpu_host_actor(gpu_host_state::actor_type* self, std::shared_ptr<const run_setup> setup,
+                             caf::actor coordinator, std::shared_ptr<transport::fabric> fab) {
+  self->state.init(std::move(setup), std::move(coordinator), std::move(fab));
+  return {
+      [self](join_atom, const std::string& bytes) { self->state.on_join(bytes); },
+      [self](member_atom, const std::string& bytes) { self->state.on_membership(bytes); },
+      [self](ctl_atom, const std::string& bytes) { self->state.on_control(bytes); },
+      [self](wire_atom, std::vector<uint8_t>& bytes) { self->state.on_wire(bytes); },
+      [self](tick_atom, uint64_t epoch) { self->state.on_deadline(epoch); },
+      [self](peer_down_atom, uint32_t peer) { self->state.on_peer_down(peer); },
+      [self](retry_atom, uint64_t epoch) { self->state.on_retry(epoch); },
+  };
+}
+
+gpu_host_state::gpu_host_state(actor_type* self) : self_(self) {}
+gpu_host_state::~gpu_host_state() = default;
+
+void gpu_host_state::init(std::shared_ptr<const run_setup> setup, caf::actor coordinator,
+                          std::shared_ptr<transport::fabric> fab) {
+  setup_ = std::move(setup);
+  costs_ = setup_->costs.get();
+  coordinator_ = coordinator;
+  driver_ = coordinator;  // results and progress go through the coordinator
+  fab_ = std::move(fab);
+  start_join(self_, coordinator_, node_, transport::node_role::gpu_host);
+}
+
+// ---------------------------------------------------------------------------------------
+// Device work on the wire
+
+status gpu_host_state::send_work(device_work& w) {
+  transport::envelope env;
+  env.sender = node_;
+  env.seq = ++seq_;
+  // vtime: when the message has left the host link (arrival minus link latency).
+  env.vtime_ns = static_cast<uint64_t>(std::max(0.0, w.vt_arrival_ns - costs_->link_latency_ns()));
+  std::vector<uint8_t> bytes;
+  if (w.what == device_work::kind::write) bytes = encode_write(env, w);
+  else if (w.what == device_work::kind::recall) bytes = encode_recall(env, w);
+  else bytes = encode_query(env, w);
+  return fab_->send(w.device_id, std::move(bytes));
+}
+
+std::vector<uint8_t> gpu_host_state::encode_write(const transport::envelope& env, device_work& w) {
+  if (w.bulk) {
+    transport::prefill_write_msg pw;
+    pw.request_id = w.request_id;
+    pw.layer = w.layer;
+    pw.kv_head = w.kv_head;
+    pw.position0 = w.position;
+    pw.n_tokens = static_cast<uint32_t>(w.n_tokens);
+    pw.head_dim = setup_->model.head_dim;
+    pw.k = std::move(w.k);
+    pw.v = std::move(w.v);
+    return transport::encode(env, std::move(pw));
+  }
+  transport::token_append_msg ta;
+  ta.request_id = w.request_id;
+  ta.layer = w.layer;
+  ta.kv_head0 = w.kv_head;
+  ta.n_heads = 1;
+  ta.position = w.position;
+  ta.head_dim = setup_->model.head_dim;
+  ta.k = std::move(w.k);
+  ta.v = std::move(w.v);
+  return transport::encode(env, std::move(ta));
+}
+
+std::vector<uint8_t> gpu_host_state::encode_recall(const transport::envelope& env, device_work& w) {
+  transport::recall_request_msg rr;
+  rr.request_id = w.request_id;
+  rr.step = step_;
+  rr.layer = w.layer;
+  rr.kv_head = w.kv_head;
+  for (uint64_t p : w.pages) rr.page_ids.push_back(static_cast<uint32_t>(p));
+  tags_[reply_key{w.request_id, w.layer, w.kv_head, w.shard_id, reply_kind::recall}] = w.tag;
+  return transport::encode(env, std::move(rr));
+}
+
+std::vector<uint8_t> gpu_host_state::encode_query(const transport::envelope& env, device_work& w) {
+  const auto& q = w.query;
+  transport::query_msg qm;
+  qm.request_id = q.request_id;
+  qm.step = q.step;
+  qm.layer = q.layer;
+  qm.kv_head0 = q.kv_head;
+  qm.kv_head1 = q.kv_head + 1;
+  qm.group = q.group;
+  qm.head_dim = setup_->model.head_dim;
+  qm.q = std::move(w.q_storage);
+  qm.budget_pages = static_cast<uint32_t>(q.budget_pages);
+  qm.round = q.round;
+  qm.sequence_tokens = q.sequence_tokens;
+  qm.shard_id = w.shard_id;
+  for (uint64_t p : w.excluded_storage) qm.excluded_pages.push_back(static_cast<uint32_t>(p));
+  for (uint64_t p : w.listed_storage) qm.listed_pages.push_back(static_cast<uint32_t>(p));
+  tags_[reply_key{q.request_id, q.layer, q.kv_head, qm.shard_id, reply_kind_of(q.round)}] = w.tag;
+  return transport::encode(env, std::move(qm));
+}
+
+void gpu_host_state::send_all(std::vector<device_work>& work) {
+  for (auto& w : work) {
+    if (lost_.count(w.device_id)) continue;  // its replicas got their own copy
+    if (w.bulk) {  // before sending: the send moves the rows out of w
+      write_key key{w.device_id, w.request_id, w.layer, w.kv_head, w.position};
+      if (!writes_out_.count(key)) writes_out_.emplace(key, setup_->retry_after_ms ? w : device_work{});
+    }
+    auto s = send_work(w);
+    if (!s) {
+      device_lost(w.device_id, "send failed: " + s.to_string());
+      if (finished_) return;
+      continue;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The run's course
+
+void gpu_host_state::fail_run(const std::string& reason) {
+  if (finished_) return;
+  finished_ = true;
+  cluster_log().error("event=run_failed reason=\"{}\"", reason);
+  run_report rep = build_report();
+  rep.completed = 0;
+  self_->send(driver_, ctl_atom::value, ctl(node_, control::run_result_msg{rep.to_json(), false, reason}));
+}
+
+void gpu_host_state::finish() {
+  if (finished_) return;
+  finished_ = true;
+  self_->send(driver_, ctl_atom::value, ctl(node_, control::run_result_msg{build_report().to_json(), true, ""}));
+}
+
+void gpu_host_state::progress(const char* phase, uint64_t done, uint64_t total) {
+  self_->send(driver_, ctl_atom::value, ctl(node_, control::progress_msg{phase, done, total}));
+}
+
+double gpu_host_state::predicted_step_ms(uint64_t candidate, const request_placement& cand_pl) {
+  if (!predictor_) predictor_ = std::make_unique<step_model>(setup_->step);
+  const uint32_t per_pool = std::max<uint32_t>(1, setup_->step->pool_devices);
+  const auto& ids = sched_->in_system_ids();
+  std::vector<request_placement> pls;
+  pls.reserve(ids.size() + 1);
+  std::vector<step_request> dec;
+  auto add = [&](uint64_t id, const request_placement& pl, uint64_t seq_tokens) {
+    request_placement p = pl;  // the model counts devices from 0
+    for (auto& sh : p.shards) {
+      sh.device_id -= device_node_base;
+      for (uint32_t& r : sh.replica_device_ids) r -= device_node_base;
+    }
+    pls.push_back(std::move(p));
+    step_request q;
+    q.id = id;
+    q.pool = pls.back().shards.front().device_id / per_pool;
+    q.placement = &pls.back();
+    q.seq_tokens = seq_tokens;
+    q.summaries_resident = setup_->host.summaries_resident;
+    dec.push_back(q);
+  };
+  for (uint64_t id : ids) {
+    const request_outcome& o = sched_->outcome(id);
+    add(id, placements_.at(id), o.prompt_tokens + (o.generated > 0 ? o.generated - 1 : 0));
+  }
+  add(candidate, cand_pl, sched_->outcome(candidate).prompt_tokens);
+  return predictor_->run(dec, {}).time_ns * 1e-6;
+}
+
+void gpu_host_state::start_step(uint32_t step) {
+  if (!open_) progress("decode", step, setup_->steps);
+  step_ = step;
+  step_timed_ = false;
+  step_running_ = true;
+  ++step_epoch_;
+  step_start_ = steady::now();
+  auto work = engine_->begin_step(step);
+  if (!work) return fail_run(work.error().to_string());
+  send_all(*work);
+  self_->delayed_send(self_, std::chrono::milliseconds(setup_->step_timeout_ms), tick_atom::value, step_epoch_);
+  if (setup_->retry_after_ms)
+    self_->delayed_send(self_, std::chrono::milliseconds(setup_->retry_after_ms), retry_atom::value,
+                        step_epoch_);
+  after_progress();  // a step with nothing to wait for is over already
+}
+
+void gpu_host_state::after_progress() {
+  if (finished_ || !engine_ || !step_running_) return;
+  if (engine_->timed_phase_done() && !step_timed_) {
+    step_timed_ = true;
+    step_wall_ms_.push_back(std::chrono::duration<double, std::milli>(steady::now() - step_start_).count());
+    steps_.push_back(engine_->last_step());
+  }
+  if (!engine_->step_done() || !writes_out_.empty()) return;
+  step_running_ = false;
+  if (!open_) {
+    if (step_ + 1 < setup_->steps) return start_step(step_ + 1);
+    progress("decode", setup_->steps, setup_->steps);
+    return finish();
+  }
+  auto done = sched_->complete(plan_, engine_->last_step().virtual_ns * 1e-9);
+  for (uint64_t id : done) {
+    auto s = engine_->remove_request(id);
+    if (!s) return fail_run(s.to_string());
+    self_->send(coordinator_, ctl_atom::value, ctl(node_, control::release_msg{id}));
+  }
+  uint64_t over = 0;
+  for (const auto& o : sched_->outcomes()) over += o.refused || o.finish_s >= 0;
+  progress("serve", over, sched_->outcomes().size());
+  boundary();
+}
+
+void gpu_host_state::boundary() {
+  if (finished_) return;
+  serving_scheduler& sc = *sched_;
+  if (admitting_) {
+    if (auto c = sc.next_candidate()) {
+      awaiting_admission_ = *c;
+      self_->send(coordinator_, ctl_atom::value, ctl(node_, control::admit_msg{*c, sc.in_system()}));
+      return;  // goes on when the answer comes
+    }
+  }
+  admitting_ = true;
+  plan_ = sc.plan();
+  if (plan_.empty()) {
+    if (sc.done()) return finish();
+    if (sc.idle_until_next_arrival()) return boundary();
+    return fail_run("serving stalled: requests are waiting but none can run");
+  }
+  auto s = engine_->plan_prefill(plan_.prefill);
+  if (!s) return fail_run(s.to_string());
+  start_step(step_epoch_ == 0 ? 0 : step_ + 1);
+}
+
+void gpu_host_state::pump_prefill() {
+  std::vector<device_work> work;
+  while (!prefill_exhausted_ && writes_out_.size() < setup_->prefill_window_chunks) {
+    if (!engine_->next_prefill_chunk(work)) {
+      prefill_exhausted_ = true;
+      break;
+    }
+    prefill_chunks_sent_ += work.size();
+    if (prefill_chunks_sent_ % 256 == 0) progress("prefill", prefill_chunks_sent_, prefill_chunks_total_);
+    send_all(work);
+  }
+  if (prefill_exhausted_ && writes_out_.empty() && !finished_ && !prefill_done_) {
+    prefill_done_ = true;
+    prefill_wall_s_ = std::chrono::duration<double>(steady::now() - prefill_start_).count();
+    if (setup_->steps == 0) return finish();
+    start_step(0);
+  }
+}
+
+void gpu_host_state::device_lost(uint32_t dev, const std::string& why) {
+  if (finished_ || lost_.count(dev)) return;
+  const std::string what = "device " + std::to_string(dev) + " went down (" + why + ")";
+  if (setup_->replication < 2 || !engine_) return fail_run(what);
+  auto resend = engine_->fail_over(dev);
+  if (!resend) return fail_run(what + ": " + resend.error().message());
+  lost_.insert(dev);
+  cluster_log().warn("event=failover device={} reason=\"{}\" resent={}", dev, why, resend->size());
+  for (auto& [rid, pl] : placements_)
+    if (const request_placement* now = engine_->placement_of(rid)) pl = *now;
+  // Writes it still owed: its replicas received (and acknowledge) their own copies.
+  for (auto it = writes_out_.begin(); it != writes_out_.end();)
+    it = std::get<0>(it->first) == dev ? writes_out_.erase(it) : std::next(it);
+  send_all(*resend);
+  if (!open_ && !prefill_done_) pump_prefill();
+  after_progress();
+}
+
+// ---------------------------------------------------------------------------------------
+// Handlers
+
+void gpu_host_state::on_join(const std::string& bytes) {
+  on_join_bytes(self_, *setup_, coordinator_, node_, transport::node_role::gpu_host, fab_->address(), bytes);
+}
+
+void gpu_host_state::on_membership(const std::string& bytes) {
+  auto m = transport::decode(bytes.data(), bytes.size(), limits_);
+  if (!m || !std::holds_alternative<transport::membership_msg>(m->body)) return;
+  const auto& mm = std::get<transport::membership_msg>(m->body);
+  for (const auto& mem : mm.members)
+    if (mem.role == transport::node_role::pnm_device && !mem.worker_address.empty() &&
+        connected_.insert(mem.node).second) {
+      auto s = fab_->connect(mem.node, mem.worker_address);
+      if (!s) cluster_log().warn("event=connect_failed peer={} reason=\"{}\"", mem.node, s.to_string());
+    }
+  for (const auto& pl : mm.placements) placements_[pl.request_id] = placement_from_wire(pl);
+}
+
+void gpu_host_state::on_control(const std::string& bytes) {
+  auto m = control::decode(bytes);
+  if (!m) return;
+  if (std::holds_alternative<control::shutdown_msg>(m->body)) {
+    self_->quit();
+    return;
+  }
+  if (auto* down = std::get_if<control::member_down_msg>(&m->body)) return device_lost(down->node, down->reason);
+  if (auto* a = std::get_if<control::admission_msg>(&m->body)) return on_admission(*a);
+  if (auto* rs = std::get_if<control::run_start_msg>(&m->body); rs && rs->open) return on_open_start(*rs);
+  if (auto* rs = std::get_if<control::run_start_msg>(&m->body)) on_closed_start(*rs);
+}
+
+// Open workloads: the coordinator's answer to an admit_msg.
+void gpu_host_state::on_admission(const control::admission_msg& a) {
+  if (!open_ || finished_ || a.request_id != awaiting_admission_) return;
+  awaiting_admission_ = 0;
+  if (a.accepted) {
+    auto pl = placements_.find(a.request_id);
+    if (pl == placements_.end())
+      return fail_run("request " + std::to_string(a.request_id) + " admitted without a placement");
+    // The link and device budget: placed, but it stays out if the decode step with
+    // it would pass workload.tpot_ms_max (the coordinator takes the room back).
+    if (setup_->tpot_ms_max > 0) {
+      const double ms = predicted_step_ms(a.request_id, pl->second);
+      if (ms > setup_->tpot_ms_max) {
+        char why[200];
+        std::snprintf(why, sizeof why,
+                      "the predicted decode step with it, %.3f ms, passes workload.tpot_ms_max = %.3f ms "
+                      "(link and device budget)",
+                      ms, setup_->tpot_ms_max);
+        self_->send(coordinator_, ctl_atom::value, ctl(node_, control::release_msg{a.request_id}));
+        placements_.erase(pl);
+        if (!sched_->not_admitted(a.request_id, why)) admitting_ = false;
+        return boundary();
+      }
+    }
+    const auto& spec = open_specs_.at(a.request_id);
+    auto s = engine_->add_request({spec.request_id, spec.context_tokens, spec.steps}, pl->second,
+                                  /*decoding=*/false);
+    if (!s) return fail_run(s.to_string());
+    pl->second = *engine_->placement_of(a.request_id);  // without lost devices
+    sched_->admit(a.request_id);
+  } else if (!sched_->not_admitted(a.request_id, a.reason)) {
+    admitting_ = false;  // head of line: it waits for the next boundary
+  }
+  boundary();
+}
+
+void gpu_host_state::on_open_start(const control::run_start_msg& rs) {
+  open_ = true;
+  engine_ = std::make_unique<host_engine>(setup_->host, *costs_, *setup_->workload);
+  std::vector<trace_row> rows;
+  for (const auto& r : rs.requests) {
+    open_specs_[r.request_id] = r;
+    rows.push_back({double(r.arrival_ns) * 1e-9, r.context_tokens, uint64_t(r.steps) + 1});
+  }
+  sched_ = std::make_unique<serving_scheduler>(std::move(rows), setup_->serving);
+  // The scheduler numbers requests 1.. in arrival order, as the driver submitted them.
+  for (const auto& o : sched_->outcomes()) {
+    auto it = open_specs_.find(o.id);
+    if (it == open_specs_.end() || it->second.context_tokens != o.prompt_tokens)
+      return fail_run("open workload: request " + std::to_string(o.id) +
+                      " does not match the submitted requests (ids must be 1.. in arrival order)");
+  }
+  prefill_start_ = steady::now();
+  boundary();
+}
+
+void gpu_host_state::on_closed_start(const control::run_start_msg& rs) {
+  requests_ = rs.requests;
+  engine_ = std::make_unique<host_engine>(setup_->host, *costs_, *setup_->workload);
+  for (const auto& r : rs.requests) {
+    auto pl = placements_.find(r.request_id);
+    if (pl == placements_.end()) return fail_run("no placement for request " + std::to_string(r.request_id));
+    auto s = engine_->add_request({r.request_id, r.context_tokens, r.steps}, pl->second);
+    if (!s) return fail_run(s.to_string());
+  }
+  if (rs.requests.empty()) return finish();
+  // Chunks of the prefill (for the progress bar): per live (layer, head), the
+  // context in chunks of prefill_chunk_tokens, times the copies (replication).
+  for (const auto& r : rs.requests)
+    prefill_chunks_total_ += uint64_t(setup_->host.live_layers) * setup_->model.kv_heads *
+                             ((r.context_tokens + setup_->host.prefill_chunk_tokens - 1) /
+                              setup_->host.prefill_chunk_tokens) * setup_->replication;
+  prefill_start_ = steady::now();
+  // Prefill has a deadline too: a lost write ack must not hang the run.
+  self_->delayed_send(self_, std::chrono::milliseconds(setup_->prefill_timeout_ms), tick_atom::value,
+                      uint64_t(0));
+  if (setup_->retry_after_ms)
+    self_->delayed_send(self_, std::chrono::milliseconds(setup_->retry_after_ms), retry_atom::value,
+                        uint64_t(0));
+  pump_prefill();
+}
+
+void gpu_host_state::on_wire(std::vector<uint8_t>& bytes) {
+  auto m = transport::decode(bytes.data(), bytes.size(), limits_);
+  if (!m) return;
+  if (auto* ack = std::get_if<transport::write_ack_msg>(&m->body)) {
+    on_write_ack(m->env, *ack);
+  } else if (std::holds_alternative<transport::partial_msg>(m->body) ||
+             std::holds_alternative<transport::candidates_msg>(m->body) ||
+             std::holds_alternative<transport::recall_reply_msg>(m->body)) {
+    on_reply(*m);
+  } else if (auto* e = std::get_if<transport::error_msg>(&m->body)) {
+    fail_run("device " + std::to_string(m->env.sender) + " refused work: " + e->message);
+  }
+}
+
+void gpu_host_state::on_write_ack(const transport::envelope& env, const transport::write_ack_msg& ack) {
+  ++replies_seen_;
+  writes_out_.erase(write_key{env.sender, ack.request_id, ack.layer, ack.kv_head, ack.position0});
+  if (open_) return after_progress();
+  pump_prefill();
+}
+
+void gpu_host_state::on_reply(transport::message& m) {
+  if (!engine_ || finished_) return;
+  device_reply r;
+  r.device_id = m.env.sender;
+  r.vt_done_ns = double(m.env.vtime_ns);
+  reply_key key;
+  uint32_t step = 0;
+  if (auto* p = std::get_if<transport::partial_msg>(&m.body)) {
+    key = read_partial(m.env, *p, r);
+    step = p->step;
+  } else if (auto* c = std::get_if<transport::candidates_msg>(&m.body)) {
+    key = read_candidates(*c, r);
+    step = c->step;
+  } else {
+    auto& rr = std::get<transport::recall_reply_msg>(m.body);
+    key = read_recall(m.env, rr, r);
+    step = rr.step;
+  }
+  ++replies_seen_;
+  auto it = tags_.find(key);
+  if (it == tags_.end() || step != step_) return;  // stale or duplicate
+  r.tag = it->second;
+  tags_.erase(it);
+  auto next = engine_->on_reply(r);
+  if (!next) return fail_run(next.error().to_string());
+  send_all(*next);
+  after_progress();
+}
+
+gpu_host_state::reply_key gpu_host_state::read_partial(const transport::envelope& env,
+                                                       transport::partial_msg& p, device_reply& r) {
+  r.answer.part.group = p.group;
+  r.answer.part.head_dim = p.head_dim;
+  r.answer.part.o = std::move(p.o);
+  r.answer.part.lse = std::move(p.lse);
+  r.answer.bytes_scanned = p.bytes_scanned;
+  r.answer.flops = p.flops;
+  r.answer.pages.assign(p.page_ids.begin(), p.page_ids.end());
+  device_bytes_held_[env.sender] = p.device_bytes_held;
+  return {p.request_id, p.layer, p.kv_head, p.shard_id,
+          p.round == selection_round::dense ? reply_kind::dense : reply_kind::selection};
+}
+
+gpu_host_state::reply_key gpu_host_state::read_candidates(const transport::candidates_msg& c,
+                                                          device_reply& r) {
+  r.answer.pages.assign(c.page_ids.begin(), c.page_ids.end());
+  for (float s : c.scores) {
+    // Always-kept pages travel with score +inf.
+    const bool forced = std::isinf(s) && s > 0;
+    r.answer.candidate_scores.push_back(s);
+    r.answer.candidate_forced.push_back(forced ? 1 : 0);
+  }
+  // Bytes scanned and FLOPs of the scoring: the summaries of the shard's pages.
+  r.answer.bytes_scanned = c.bytes_scanned;
+  r.answer.flops = c.flops;
+  return {c.request_id, c.layer, c.kv_head, c.shard_id, reply_kind::candidates};
+}
+
+gpu_host_state::reply_key gpu_host_state::read_recall(const transport::envelope& env,
+                                                      transport::recall_reply_msg& rr, device_reply& r) {
+  uint32_t shard = 0;
+  const auto& pl = placements_.at(rr.request_id);
+  for (const auto& s : pl.shards)
+    if (s.device_id == env.sender && s.holds_head(rr.kv_head)) shard = s.shard_id;
+  for (auto& pg : rr.pages) {
+    r.answer.pages.push_back(pg.page_id);
+    r.rows_per_page.push_back(pg.n_tokens);
+    r.k.insert(r.k.end(), pg.k.begin(), pg.k.end());
+    r.v.insert(r.v.end(), pg.v.begin(), pg.v.end());
+  }
+  return {rr.request_id, rr.layer, rr.kv_head, shard, reply_kind::recall};
+}
+
+void gpu_host_state::on_deadline(uint64_t epoch) {
+  if (epoch == 0) {
+    if (!finished_ && !prefill_done_)
+      fail_run("prefill missed its deadline of " + std::to_string(setup_->prefill_timeout_ms) +
+               " ms (run.prefill_timeout_ms)");
+    return;
+  }
+  if (epoch == step_epoch_ && !finished_ && step_running_)
+    fail_run("decode step " + std::to_string(step_) + " missed its deadline of " +
+             std::to_string(setup_->step_timeout_ms) + " ms (run.step_timeout_ms)");
+}
+
+void gpu_host_state::on_peer_down(uint32_t peer) { device_lost(peer, "the fabric lost it"); }
+
+void gpu_host_state::on_retry(uint64_t epoch) {
+  // No reply or ack since the last look: something was lost on the way. Send the
+  // unanswered work again (writes are idempotent on the devices; a late original
+  // reply and its repeat are told apart by tag, the first one counts).
+  const bool prefill = epoch == 0 && !open_;
+  if (finished_ || (prefill ? prefill_done_ : (epoch != step_epoch_ || !step_running_))) return;
+  if (replies_seen_ == replies_at_last_retry_) {
+    std::vector<device_work> again;
+    if (prefill) {
+      for (const auto& [key, w] : writes_out_) again.push_back(w);
+    } else {
+      again = engine_->retry_work();
+    }
+    ++retries_;
+    cluster_log().warn("event=retry step={} items={} prefill={}", step_, again.size(), prefill);
+    send_all(again);
+  }
+  replies_at_last_retry_ = replies_seen_;
+  self_->delayed_send(self_, std::chrono::milliseconds(setup_->retry_after_ms), retry_atom::value, epoch);
+}
+
+// ---------------------------------------------------------------------------------------
+// The report
+
+run_report gpu_host_state::build_report() const {
+  run_report rep;
+  report_run(rep);
+  report_steps(rep);
+  report_capacity(rep);
+  if (!engine_) return rep;
+  report_engine(rep);
+  return rep;
+}
+
+// What was run: the configuration, and what the engine measured for the simulator.
+void gpu_host_state::report_run(run_report& rep) const {
+  const run_setup& setup = *setup_;
+  rep.mode = setup.mode;
+  rep.steps = setup.steps;
+  rep.config_json = setup.cfg.to_json();
+  rep.model_name = setup.model.name;
+  rep.model_file = setup.model.file;
+  rep.hardware_name = setup.hw.name;
+  rep.hardware_file = setup.hw.file;
+  rep.layers = setup.model.layers;
+  rep.live_layers = setup.host.live_layers;
+  rep.pnm_devices = setup.devices;
+  rep.batch = setup.batch;
+  rep.context_tokens = setup.context_tokens;
+  rep.budget_tokens = setup.host.budget_tokens;
+  rep.cal_steady_reeval_steps = setup.host.steady.reevaluate_every_steps;
+  if (engine_) {
+    auto c = engine_->calibration();
+    rep.cal_steady_hit_fraction = c.steady_hit_fraction;
+    rep.cal_steady_set_fraction = c.steady_set_fraction;
+    rep.cal_steady_churn_fraction = c.steady_churn_fraction;
+    rep.cal_selection_overlap = c.selection_overlap;
+    rep.cal_selection_spread = c.selection_spread;
+    rep.cal_samples = c.samples;
+    rep.cal_churn_samples = c.churn_samples;
+  }
+  rep.cross_shard = to_string(setup.host.cross_shard);
+  rep.summaries_resident = setup.host.summaries_resident;
+}
+
+// Wall time, and the virtual time, energy and traffic of the steps.
+void gpu_host_state::report_steps(run_report& rep) const {
+  std::vector<double> wall = step_wall_ms_;
+  std::sort(wall.begin(), wall.end());
+  if (!wall.empty()) {
+    rep.step_wall_ms_p50 = wall[wall.size() / 2];
+    rep.step_wall_ms_max = wall.back();
+    double sum = 0;
+    for (double x : wall) sum += x;
+    rep.step_wall_ms_mean = sum / wall.size();
+  }
+  rep.prefill_wall_s = prefill_wall_s_;
+  double vt = 0, energy = 0, tokens = 0;
+  uint64_t link = 0, dev = 0;
+  double dense = 0, lnk = 0, devns = 0, merge = 0, lm = 0, live_bytes = 0, gattn = 0, copy = 0;
+  double live_flops = 0;
+  uint64_t copy_bytes = 0, steady_hits = 0, selected = 0;
+  // Per-step figures are over decode steps (open workloads also run prefill-only steps);
+  // tokens, energy and time over every step.
+  double all_vt = 0;
+  size_t decode_steps = 0;
+  for (const auto& s : steps_) {
+    all_vt += s.virtual_ns;
+    energy += s.energy_j;
+    tokens += double(s.tokens);
+    if (open_ && s.decode_batch == 0) continue;
+    ++decode_steps;
+    vt += s.virtual_ns;
+    link += s.link_bytes;
+    dev += s.device_bytes_scanned;
+    dense += s.dense_ns, lnk += s.link_ns, devns += s.device_ns, merge += s.merge_ns, lm += s.lm_head_ns;
+    gattn += s.gpu_attention_ns, copy += s.copy_ns;
+    copy_bytes += s.copy_bytes, steady_hits += s.steady_hits, selected += s.selected_pages;
+    live_bytes += double(s.emulated_bytes_read);
+    live_flops += s.emulated_flops;
+  }
+  const double n = std::max<size_t>(1, decode_steps);
+  rep.virtual_step_ms_mean = vt / n / 1e6;
+  // Closed runs: decode steps back to back. Open workloads: the whole virtual time the
+  // run covered, idle gaps between arrivals included (as the simulator).
+  const double elapsed_ns = open_ && sched_ ? sched_->now_s() * 1e9 : all_vt;
+  rep.virtual_tokens_per_s = elapsed_ns > 0 ? tokens / (elapsed_ns / 1e9) : 0;
+  // baseline's memory boxes are passive expanders; the other modes' are PNM devices.
+  const bool passive = setup_->host.mode == run_mode::baseline;
+  const uint32_t pnm_boxes = passive ? 0 : setup_->devices, expanders = passive ? setup_->devices : 0;
+  const double static_w = costs_->static_power_w(1, pnm_boxes, expanders);
+  const double total_energy = energy + static_w * elapsed_ns / 1e9;
+  rep.virtual_energy_j_per_token = tokens > 0 ? total_energy / tokens : 0;
+  rep.virtual_power_w = elapsed_ns > 0 ? total_energy / (elapsed_ns / 1e9) : 0;
+  rep.virtual_tokens_per_dollar = costs_->tokens_per_dollar(
+      rep.virtual_tokens_per_s, rep.virtual_power_w, costs_->capital_usd(1, pnm_boxes, expanders));
+  rep.virtual_link_bytes_per_step = uint64_t(double(link) / n);
+  rep.virtual_device_bytes_per_step = uint64_t(double(dev) / n);
+  rep.breakdown_dense_ms = dense / n / 1e6;
+  rep.breakdown_link_ms = lnk / n / 1e6;
+  rep.breakdown_device_ms = devns / n / 1e6;
+  rep.breakdown_merge_ms = merge / n / 1e6;
+  rep.breakdown_lm_head_ms = lm / n / 1e6;
+  rep.breakdown_gpu_attention_ms = gattn / n / 1e6;
+  rep.breakdown_copy_ms = copy / n / 1e6;
+  rep.copy_bytes_per_step = uint64_t(double(copy_bytes) / n);
+  rep.steady_hit_rate = selected ? double(steady_hits) / double(selected) : 0;
+  if (engine_) {
+    // The live bytes the devices scanned per step: what the wall-time bound is made of.
+    rep.live_device_bytes_per_step = uint64_t(live_bytes / n);
+    rep.live_device_flops_per_step = live_flops / n;
+  }
+  if (engine_ && open_ && sched_) rep.tokens_out = uint64_t(tokens);
+}
+
+// GPU memory for the batch, and the largest batch GPU memory and the devices admit.
+void gpu_host_state::report_capacity(run_report& rep) const {
+  const run_setup& setup = *setup_;
+  gpu_memory_query q = setup.gpu_query;
+  q.batch = static_cast<uint32_t>(std::max<size_t>(1, requests_.size()));
+  auto use = gpu_memory(setup.model, setup.hw, q);
+  rep.gpu_memory_bytes = use.total_bytes();
+  rep.gpu_memory_capacity_bytes = use.capacity_bytes;
+  // The batch is bounded by GPU memory and by what the devices (or expanders) can hold.
+  const uint32_t gpu_max = max_batch(setup.model, setup.hw, setup.gpu_query);
+  placement_request pr = setup.placement;
+  pr.context_tokens = setup.context_tokens;
+  const uint64_t pages = (pr.context_tokens + pr.decode_tokens + pr.page_size_tokens - 1) / pr.page_size_tokens;
+  const double request_bytes = double(shard_bytes_per_layer_head(pr, pages)) * pr.kv_heads *
+                               pr.layers * setup.replication;
+  const double capacity = setup.devices * (setup.host.mode == run_mode::baseline
+                                               ? setup.hw.expander.capacity_bytes
+                                               : setup.hw.pnm.capacity_bytes);
+  const uint32_t device_max = static_cast<uint32_t>(std::floor(capacity / request_bytes));
+  rep.max_batch = std::min(gpu_max, device_max);
+  rep.max_batch_gpu_memory = gpu_max;
+  rep.max_batch_device_capacity = device_max;
+}
+
+// Accuracy, the output digest, what the devices hold, and what became of the requests.
+void gpu_host_state::report_engine(run_report& rep) const {
+  rep.prefill_link_ms = costs_->link_serialisation_ns(double(engine_->prefill_bytes())) / 1e6;
+  auto acc = engine_->accuracy().summary();
+  rep.accuracy_samples = acc.samples;
+  rep.output_rel_err_mean = acc.rel_err_mean;
+  rep.output_rel_err_p99 = acc.rel_err_p99;
+  rep.output_rel_err_max = acc.rel_err_max;
+  rep.attention_mass_recall_mean = acc.mass_mean;
+  rep.attention_mass_recall_min = acc.mass_min;
+  rep.needle_hit_rate = acc.needle_hit_rate;
+  rep.needles_asked = acc.needle_asks;
+  rep.output_digest = engine_->output_digest();
+  for (const auto& [dev_id, held] : device_bytes_held_) {
+    rep.device_ids.push_back(dev_id);
+    rep.device_bytes_held.push_back(held);
+    uint64_t modelled = 0;
+    for (const auto& [rid, pl] : placements_)
+      for (const auto& s : pl.shards) {
+        if (s.device_id == dev_id) modelled += s.bytes_modelled;
+        for (uint32_t r : s.replica_device_ids)
+          if (r == dev_id) modelled += s.bytes_modelled;
+      }
+    rep.device_bytes_modelled.push_back(modelled);
+  }
+  if (!placements_.empty()) {
+    rep.head_groups = placements_.begin()->second.head_groups;
+    rep.sequence_shards = placements_.begin()->second.sequence_shards;
+  }
+  rep.completed = requests_.size();
+  rep.devices_lost.assign(lost_.begin(), lost_.end());
+  rep.retries = retries_;
+  if (open_ && sched_) {
+    rep.arrivals = to_string(setup_->spec.workload.arrivals);
+    rep.request_outcomes = sched_->outcomes();
+    rep.batch_series = sched_->series();
+    rep.serving = summarise(rep.request_outcomes, rep.batch_series);
+    rep.virtual_time_s = sched_->now_s();
+    rep.completed = rep.serving.completed;
+    rep.batch = rep.serving.batch_peak;
+  }
+}
+
+}  // namespace pnmkv::actors

@@ -1,0 +1,167 @@
+// The GPU host: joins the cluster, runs the decode loop through its host_engine (prefill
+// writes under a window of unacknowledged chunks, then one decode step after another, or,
+// for open workloads, the serving scheduler's steps with admission asked of the coordinator
+// at each step boundary), sends the engine's device work over the fabric, matches replies to
+// the work they answer, enforces deadlines and retries, fails over to replicas, and reports
+// progress and the run's result to the coordinator, which forwards them to the driver.
+#pragma once
+
+#include <caf/all.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "actors/control.hpp"
+#include "actors/host_engine.hpp"
+#include "actors/node_common.hpp"
+#include "actors/run_report.hpp"
+#include "actors/run_setup.hpp"
+#include "schedulers/serving.hpp"
+#include "transport/fabric.hpp"
+#include "transport/messages.hpp"
+
+namespace pnmkv {
+class step_model;
+}
+
+namespace pnmkv::actors {
+
+// The kinds of reply a piece of device work gets.
+enum class reply_kind : uint8_t {
+  selection,   // a partial of a selection (selection_round local or exact_attend)
+  dense,       // a dense (verification) partial
+  candidates,  // exact round 1's candidate pages
+  recall,      // recalled pages
+};
+reply_kind reply_kind_of(selection_round round);
+
+class gpu_host_state {
+ public:
+  using actor_type = caf::stateful_actor<gpu_host_state>;
+  explicit gpu_host_state(actor_type* self);
+  ~gpu_host_state();  // step_model is complete only in gpu_host.cpp
+
+  // Before the behavior: the join.
+  void init(std::shared_ptr<const run_setup> setup, caf::actor coordinator,
+            std::shared_ptr<transport::fabric> fab);
+
+  // Handlers.
+  void on_join(const std::string& bytes);
+  void on_membership(const std::string& bytes);
+  void on_control(const std::string& bytes);
+  void on_wire(std::vector<uint8_t>& bytes);
+  void on_deadline(uint64_t epoch);
+  void on_peer_down(uint32_t peer);
+  void on_retry(uint64_t epoch);
+
+ private:
+  using steady = std::chrono::steady_clock;
+  // What a reply answers: (request, layer, KV head, shard, kind).
+  using reply_key = std::tuple<uint64_t, uint32_t, uint32_t, uint32_t, reply_kind>;
+  // A bulk write: (device, request, layer, KV head, position).
+  using write_key = std::tuple<uint32_t, uint64_t, uint32_t, uint32_t, uint64_t>;
+
+  // Control messages.
+  void on_admission(const control::admission_msg& a);
+  void on_open_start(const control::run_start_msg& rs);
+  void on_closed_start(const control::run_start_msg& rs);
+  // Wire replies.
+  void on_write_ack(const transport::envelope& env, const transport::write_ack_msg& ack);
+  // A partial, candidates or recalled pages: handed to the engine if it answers work of
+  // this step that is still open.
+  void on_reply(transport::message& m);
+  reply_key read_partial(const transport::envelope& env, transport::partial_msg& p, device_reply& r);
+  reply_key read_candidates(const transport::candidates_msg& c, device_reply& r);
+  reply_key read_recall(const transport::envelope& env, transport::recall_reply_msg& rr,
+                        device_reply& r);
+
+  // Device work on the wire.
+  status send_work(device_work& w);
+  std::vector<uint8_t> encode_write(const transport::envelope& env, device_work& w);
+  std::vector<uint8_t> encode_recall(const transport::envelope& env, device_work& w);
+  std::vector<uint8_t> encode_query(const transport::envelope& env, device_work& w);
+  void send_all(std::vector<device_work>& work);
+
+  // The run's course.
+  void fail_run(const std::string& reason);
+  void finish();
+  void progress(const char* phase, uint64_t done, uint64_t total);
+  void pump_prefill();
+  void start_step(uint32_t step);
+  // Called whenever the running step may have moved on: records its timed phase once and,
+  // when it is over (every reply in, every prompt write acknowledged), goes to the next.
+  void after_progress();
+  // Open workloads: admission (one request at a time, head of line), then the next step.
+  void boundary();
+  // The decode step of everything in the system plus `candidate`, predicted by the
+  // simulator's step model (the host engine's composition) on this run's hardware.
+  double predicted_step_ms(uint64_t candidate, const request_placement& cand_pl);
+  // A device is gone: with replicas the engine moves its shards and resends what it owed;
+  // writes it will never acknowledge stop counting. Without replicas the run fails.
+  void device_lost(uint32_t dev, const std::string& why);
+
+  // The report, in parts.
+  run_report build_report() const;
+  void report_run(run_report& rep) const;
+  void report_steps(run_report& rep) const;
+  void report_capacity(run_report& rep) const;
+  void report_engine(run_report& rep) const;
+
+  actor_type* self_;
+  std::shared_ptr<const run_setup> setup_;
+  const cost_model* costs_ = nullptr;
+  const uint32_t node_ = gpu_host_node;
+  transport::wire_limits limits_;
+
+  caf::actor coordinator_, driver_;
+  std::shared_ptr<transport::fabric> fab_;
+  std::unique_ptr<host_engine> engine_;
+  std::map<uint64_t, request_placement> placements_;
+  std::vector<control::request_spec_msg> requests_;
+  uint64_t seq_ = 0;
+  // prefill
+  // Bulk writes (prefill chunks, prompt chunks of open workloads) not acknowledged yet: a
+  // repeated write or ack is counted once. With retries on, each keeps its copy to send again.
+  std::map<write_key, device_work> writes_out_;
+  uint64_t replies_seen_ = 0, replies_at_last_retry_ = 0, retries_ = 0;
+  uint64_t prefill_chunks_sent_ = 0, prefill_chunks_total_ = 0;
+  bool prefill_exhausted_ = false;  // every chunk sent
+  bool prefill_done_ = false;       // and acknowledged
+  steady::time_point prefill_start_;
+  double prefill_wall_s_ = 0;
+  // decode
+  uint32_t step_ = 0;
+  bool step_timed_ = false;  // the step's timed (sparse) phase is over and recorded
+  uint64_t step_epoch_ = 0;  // bumps per step; stale deadline ticks are ignored
+  steady::time_point step_start_;
+  std::vector<double> step_wall_ms_;
+  std::vector<step_report> steps_;
+  std::map<reply_key, uint64_t> tags_;  // what a reply answers -> the engine's tag
+  std::map<uint32_t, uint64_t> device_bytes_held_;
+  std::set<uint32_t> connected_;  // fabric peers already connected
+  bool finished_ = false;
+  // Open workloads: the serving scheduler decides each step's work; admission is asked of
+  // the coordinator one request at a time at step boundaries.
+  bool open_ = false;
+  std::unique_ptr<serving_scheduler> sched_;
+  std::map<uint64_t, control::request_spec_msg> open_specs_;
+  step_plan plan_;                   // the running step's
+  uint64_t awaiting_admission_ = 0;  // request asked for, answer pending
+  bool admitting_ = true;            // false: the head of the queue did not fit this boundary
+  bool step_running_ = false;
+  std::unique_ptr<step_model> predictor_;  // workload.tpot_ms_max
+  std::set<uint32_t> lost_;  // devices failed over (cluster.replication >= 2)
+};
+
+// Reports progress and the run's result to the coordinator, which forwards them to the
+// driver that submitted the requests.
+caf::behavior gpu_host_actor(gpu_host_state::actor_type* self, std::shared_ptr<const run_setup> setup,
+                             caf::actor coordinator, std::shared_ptr<transport::fabric> fab);
+
+}  // namespace pnmkv::actors

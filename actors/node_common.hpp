@@ -1,0 +1,72 @@
+// What every actor of a cluster shares (actors/coordinator, gpu_host, pnm_device, driver):
+// the mailbox atoms, the bridge from a fabric into a mailbox, the join protocol, the
+// conversion of placements to and from their wire form, and the "cluster" logger. Include
+// only from actors/*.cpp and apps/ code that wires a cluster: CAF headers are heavy.
+#pragma once
+
+#include <caf/all.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "actors/control.hpp"
+#include "actors/run_setup.hpp"
+#include "schedulers/placement.hpp"
+#include "transport/fabric.hpp"
+#include "transport/messages.hpp"
+
+namespace spdlog {
+class logger;
+}
+
+namespace pnmkv::actors {
+
+using wire_atom = caf::atom_constant<caf::atom("wire")>;      // data-plane bytes from a fabric
+using peer_down_atom = caf::atom_constant<caf::atom("peerdown")>;
+using ctl_atom = caf::atom_constant<caf::atom("ctl")>;        // control.capnp bytes
+using join_atom = caf::atom_constant<caf::atom("join")>;      // wire.capnp join bytes
+using member_atom = caf::atom_constant<caf::atom("member")>;  // wire.capnp membership bytes
+using tick_atom = caf::atom_constant<caf::atom("tick")>;
+using retry_atom = caf::atom_constant<caf::atom("retry")>;  // run.retry_after_ms
+using done_atom = caf::atom_constant<caf::atom("done")>;
+
+// Fabric options for `node` from the configuration (fabric.*, faults.*), with the link
+// model from the hardware file.
+result<transport::fabric_options> node_fabric_options(const run_setup& setup, uint32_t node);
+
+// The fabric's events become messages in the actor's mailbox (wire_atom / peer_down_atom).
+void bridge_fabric(transport::fabric& fab, const caf::actor& target);
+
+// ---------------------------------------------------------------------------------------
+// For the actors' own files.
+
+// The "cluster" logger (stderr), made once per process.
+spdlog::logger& cluster_log();
+
+std::string to_str(const std::vector<uint8_t>& b);
+
+// wire.capnp bytes of one message from `sender`, as a CAF message payload.
+template <class Body>
+std::string wire_bytes(uint32_t sender, Body body) {
+  transport::envelope env;
+  env.sender = sender;
+  return to_str(transport::encode(env, std::move(body)));
+}
+
+// control.capnp bytes of one message from `sender`.
+std::string ctl(uint32_t sender, control::control_body body);
+
+transport::placement_info placement_to_wire(const request_placement& p);
+request_placement placement_from_wire(const transport::placement_info& p);
+
+// Join protocol shared by devices and the GPU host: hello -> challenge -> signed join -> ack.
+void start_join(caf::event_based_actor* self, const caf::actor& coordinator, uint32_t node,
+                transport::node_role role);
+
+// Handles a join-protocol message addressed to a member; true when it was one.
+bool on_join_bytes(caf::event_based_actor* self, const run_setup& setup,
+                   const caf::actor& coordinator, uint32_t node, transport::node_role role,
+                   const std::vector<uint8_t>& address, const std::string& bytes);
+
+}  // namespace pnmkv::actors

@@ -1,0 +1,100 @@
+// A PNM device (or, in baseline mode, a passive CXL expander): joins the cluster, takes the
+// shards placed on it, applies the GPU host's page writes and token appends, and answers
+// queries and recalls through its device_engine, charging the work on its virtual clock.
+// Over a fabric that does not order messages, writes and queries that arrive early wait
+// until what they depend on is in.
+#pragma once
+
+#include <caf/all.hpp>
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "actors/device_engine.hpp"
+#include "actors/node_common.hpp"
+#include "actors/run_setup.hpp"
+#include "transport/fabric.hpp"
+#include "transport/messages.hpp"
+
+namespace pnmkv::actors {
+
+class pnm_device_state {
+ public:
+  using actor_type = caf::stateful_actor<pnm_device_state>;
+  explicit pnm_device_state(actor_type* self) : self_(self) {}
+
+  // The engine and the join; before the behavior.
+  void init(std::shared_ptr<const run_setup> setup, uint32_t node, caf::actor coordinator,
+            std::shared_ptr<transport::fabric> fab);
+
+  // Handlers.
+  void on_join(const std::string& bytes);
+  void on_membership(const std::string& bytes);
+  void on_wire(std::vector<uint8_t>& bytes);
+  void on_peer_down(uint32_t peer);
+  void on_control(const std::string& bytes);
+
+ private:
+  template <class Body>
+  void send_to(uint32_t dest, double vt_ns, Body body);
+  void send_error(const transport::envelope& env, const status& s);
+
+  // A query is ready when this device holds every token of the sequence that falls in its
+  // pages: prefill writes and the new token's append may still be on their way over a
+  // fabric that does not order messages, and a query must never see partial data.
+  bool ready(const transport::query_msg& q) const;
+  void serve(const transport::envelope& env, const transport::query_msg& q);
+  // One KV head of a query: its candidates or its partial back to the sender.
+  void serve_head(const transport::envelope& env, const transport::query_msg& q, uint32_t h,
+                  const std::vector<uint64_t>& listed, const std::vector<uint64_t>& excluded);
+  void send_candidates(const transport::envelope& env, const transport::query_msg& q, uint32_t h,
+                       const device_answer& ans, double done_ns);
+  void send_partial(const transport::envelope& env, const transport::query_msg& q, uint32_t h,
+                    device_answer& ans, double done_ns);
+  // Recalls: baseline pages for the GPU's attention, png-kv copies of steady pages.
+  void serve_recall(const transport::envelope& env, const transport::recall_request_msg& rr);
+  void drain_deferred();
+
+  // A write applies now (acknowledged when bulk), or waits for an earlier one: false.
+  bool try_write(const transport::envelope& e, const transport::prefill_write_msg& w);
+  bool try_append(const transport::token_append_msg& a);
+  void drain_early();
+  void on_write(const transport::envelope& env, transport::prefill_write_msg& w);
+  void on_append(transport::token_append_msg& a);
+  void on_query(const transport::envelope& env, transport::query_msg& q);
+
+  actor_type* self_;
+  std::shared_ptr<const run_setup> setup_;
+  uint32_t node_ = 0;
+  const cost_model* costs_ = nullptr;
+  transport::wire_limits limits_;
+  // baseline: the device is a passive expander; the scoring it runs is the GPU's work.
+  bool passive_ = false;
+
+  std::unique_ptr<device_engine> engine_;
+  caf::actor coordinator_;
+  std::shared_ptr<transport::fabric> fab_;
+  uint64_t seq_ = 0;
+  std::map<uint64_t, shard_placement> shards_;  // by request
+  // Queries that arrived before the append they must see (a reordering fabric).
+  std::deque<std::pair<transport::envelope, transport::query_msg>> deferred_;
+  // Writes that arrived before an earlier write of their shard (a write lost and sent
+  // again): held until the gap is filled.
+  std::deque<std::pair<transport::envelope, transport::prefill_write_msg>> early_writes_;
+  std::deque<transport::token_append_msg> early_appends_;
+  std::set<uint32_t> connected_;  // fabric peers already connected
+  uint64_t rejected_ = 0;
+};
+
+// fab: this node's data-plane endpoint (outlives the actor).
+caf::behavior pnm_device_actor(pnm_device_state::actor_type* self,
+                               std::shared_ptr<const run_setup> setup, uint32_t node,
+                               caf::actor coordinator, std::shared_ptr<transport::fabric> fab);
+
+}  // namespace pnmkv::actors
