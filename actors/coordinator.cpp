@@ -24,20 +24,44 @@ caf::behavior coordinator_actor(coordinator_state::actor_type* self,
   };
 }
 
+namespace {
+
+// The live cluster's admission (schedulers/admission.hpp): GPU memory sized as a batch of
+// the longest request (summary residence decided once at setup), pools of
+// cluster.pool_devices devices on the modelled capacity (data parallel), and the live
+// layers a device may still take in this emulator.
+admission_params admission_params_of(const run_setup& setup) {
+  const auto ids = setup.device_ids();
+  admission_params ap;
+  gpu_memory_params gpu;
+  gpu.model = setup.model;
+  gpu.hw = setup.hw;
+  gpu.query = setup.gpu_query;
+  gpu.sizing = gpu_sizing::batch_of_longest;
+  gpu.floor_tokens = setup.open_workload() ? 0 : setup.gpu_query.context_tokens;
+  ap.gpu = std::move(gpu);
+  placement_params pp;
+  const double capacity = setup.host.mode == run_mode::baseline ? setup.hw.expander.capacity_bytes
+                                                                  : setup.hw.pnm.capacity_bytes;
+  pp.pools = make_pools(ids, setup.pool_devices, static_cast<uint64_t>(capacity));
+  pp.request = setup.placement;
+  pp.costs = setup.step->costs;
+  pp.budget_tokens = setup.host.budget_tokens;
+  pp.cross_shard = setup.host.cross_shard;
+  ap.placement = std::move(pp);
+  std::map<uint32_t, uint64_t> emulator;
+  for (uint32_t id : ids) emulator[id] = setup.device.memory_bytes_max;
+  ap.emulator_free_bytes = std::move(emulator);
+  ap.layers = setup.model.layers;
+  ap.live_layers = setup.device.live_layers;
+  return ap;
+}
+
+}  // namespace
+
 void coordinator_state::init(std::shared_ptr<const run_setup> setup) {
   setup_ = std::move(setup);
-  // Pools of cluster.pool_devices devices serve different requests (data parallel).
-  const auto ids = setup_->device_ids();
-  const uint32_t per_pool = setup_->pool_devices ? setup_->pool_devices : uint32_t(ids.size());
-  const double capacity = setup_->host.mode == run_mode::baseline ? setup_->hw.expander.capacity_bytes
-                                                                    : setup_->hw.pnm.capacity_bytes;
-  for (size_t i = 0; i < ids.size(); ++i) {
-    if (i % per_pool == 0) pools_.emplace_back();
-    pools_.back().device_ids.push_back(ids[i]);
-    pools_.back().free_bytes.push_back(static_cast<uint64_t>(capacity));
-    pools_.back().failure_domain.push_back(ids[i]);
-    emulator_free_[ids[i]] = setup_->device.memory_bytes_max;
-  }
+  admission_ = make_admission(admission_params_of(*setup_));
   // A member lost (killed, hung past the heartbeat timeout, partitioned): the GPU host
   // fails the run's requests with the reason instead of waiting on them.
   auto* self = self_;
@@ -94,84 +118,17 @@ void coordinator_state::decide(uint64_t request_id, bool accepted, const std::st
   }
 }
 
+// Admission of one request (schedulers/admission.hpp, the simulator's too: GPU memory, a
+// pool that can hold it, the emulator's real memory). "" when it is placed (membership
+// sent, acks awaited), else why it cannot be admitted now.
 std::string coordinator_state::admit_one(const control::request_spec_msg& spec) {
-  const run_setup& setup = *setup_;
   specs_[spec.request_id] = spec;
-  // GPU memory first: weights, activations and the mode's KV-side buffers for the
-  // batch with this request in it (schedulers/gpu_memory.hpp).
-  {
-    gpu_memory_query q = setup.gpu_query;
-    q.batch = static_cast<uint32_t>(placed_.size() + 1);
-    if (setup.open_workload()) q.context_tokens = 0;
-    // Requests of different lengths (open workloads): sized as the longest of them.
-    q.context_tokens = std::max<uint64_t>(q.context_tokens, spec.context_tokens + spec.steps);
-    for (const auto& [id, other] : placed_)
-      if (specs_.count(id))
-        q.context_tokens = std::max<uint64_t>(q.context_tokens, specs_.at(id).context_tokens + specs_.at(id).steps);
-    auto use = gpu_memory(setup.model, setup.hw, q);
-    if (!use.fits()) {
-      char buf[256];
-      std::snprintf(buf, sizeof buf,
-                    "GPU memory: a batch of %u in %s mode needs %.1f GB of %.1f GB "
-                    "(weights %.1f, summaries %.1f, recall buffers %.1f, steady %.1f)",
-                    q.batch, setup.mode.c_str(), use.total_bytes() / 1e9,
-                    use.capacity_bytes / 1e9, use.weights_bytes / 1e9,
-                    use.summaries_bytes / 1e9, use.recall_bytes / 1e9, use.steady_bytes / 1e9);
-      return "request " + std::to_string(spec.request_id) + " not admitted: " + buf;
-    }
-  }
-  placement_request pr = setup.placement;
-  pr.request_id = spec.request_id;
-  pr.context_tokens = spec.context_tokens;
-  pr.decode_tokens = spec.steps;
-  // The pool with the most free capacity first; the first that can hold it takes it.
-  std::vector<size_t> order(pools_.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  auto free_of = [&](size_t i) {
-    uint64_t f = 0;
-    for (uint64_t b : pools_[i].free_bytes) f += b;
-    return f;
-  };
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return free_of(a) > free_of(b); });
-  result<request_placement> pl = status{errc::capacity, "no pool"};
-  pool_state trial;
-  size_t chosen = 0;
-  for (size_t i : order) {
-    trial = pools_[i];
-    if (setup.placement.head_groups == 0) {
-      // h × s from the cost model for this pool and context.
-      head_group_query hq;
-      hq.pool_devices = static_cast<uint32_t>(trial.device_ids.size() / setup.replication);
-      hq.context_tokens = spec.context_tokens + spec.steps;
-      hq.budget_tokens = setup.host.budget_tokens;
-      hq.page_size_tokens = setup.host.page_size_tokens;
-      hq.summary_elem_bytes = setup.placement.summary_elem_bytes;
-      hq.cross_shard = setup.host.cross_shard;
-      pr.head_groups = choose_head_groups(*setup.costs, hq).head_groups;
-    }
-    pl = place_request(pr, trial);
-    if (pl) {
-      chosen = i;
-      break;
-    }
-  }
-  if (!pl) return pl.error().message();
-  // The emulator holds the live layers for real: check that too before committing.
-  const std::map<uint32_t, uint64_t> live_need =
-      live_bytes_by_device(*pl, setup.model.layers, setup.device.live_layers);
-  std::string too_big;
-  for (const auto& [dev, need] : live_need)
-    if (need > emulator_free_[dev])
-      too_big = "request " + std::to_string(spec.request_id) + " does not fit the emulator: device " +
-                std::to_string(dev) + " would hold " + std::to_string(need) +
-                " bytes of live layers, " + std::to_string(emulator_free_[dev]) +
-                " left of cluster.device_memory_bytes_max";
-  if (!too_big.empty()) return too_big;
-  pools_[chosen] = trial;
-  for (const auto& [dev, need] : live_need) emulator_free_[dev] -= need;
-  placed_.emplace(spec.request_id, *pl);
+  const admission_verdict v = admission_.try_admit({spec.request_id, spec.context_tokens, spec.steps});
+  if (!v.admitted()) return v.detail;
+  const request_placement& pl = admission_.grant_of(spec.request_id)->placement;
+  placed_.emplace(spec.request_id, pl);
   auto& waiting = awaiting_acks_[spec.request_id];
-  for (const auto& s : pl->shards) {
+  for (const auto& s : pl.shards) {
     waiting.insert(s.device_id);
     for (uint32_t r : s.replica_device_ids) waiting.insert(r);
   }
@@ -208,16 +165,10 @@ void coordinator_state::release(uint64_t request_id) {
   if (it == placed_.end()) return;
   std::set<uint32_t> holders;
   for (const auto& s : it->second.shards) {
-    std::vector<uint32_t> devs{s.device_id};
-    devs.insert(devs.end(), s.replica_device_ids.begin(), s.replica_device_ids.end());
-    for (uint32_t dev : devs) {
-      holders.insert(dev);
-      emulator_free_[dev] += live_bytes(s, setup_->model.layers, setup_->device.live_layers);
-      for (auto& pool : pools_)
-        for (size_t i = 0; i < pool.device_ids.size(); ++i)
-          if (pool.device_ids[i] == dev) pool.free_bytes[i] += s.bytes_modelled;
-    }
+    holders.insert(s.device_id);
+    holders.insert(s.replica_device_ids.begin(), s.replica_device_ids.end());
   }
+  admission_.release(request_id);
   placed_.erase(it);
   auto bytes = ctl(self_id_, control::release_msg{request_id});
   for (uint32_t dev : holders)
@@ -233,10 +184,7 @@ void coordinator_state::on_member_down(const caf::down_msg& dm) {
     if (id != gpu_host_node && host && ready_) {
       self_->send(host->hdl, ctl_atom::value, ctl(self_id_, control::member_down_msg{id, reason}));
       // Nothing new is placed on it; a placement still waiting for its ack is refused.
-      emulator_free_[id] = 0;
-      for (auto& pool : pools_)
-        for (size_t i = 0; i < pool.device_ids.size(); ++i)
-          if (pool.device_ids[i] == id) pool.free_bytes[i] = 0;
+      admission_.device_lost(id);
       std::vector<uint64_t> stuck;
       for (const auto& [rid, waiting] : awaiting_acks_)
         if (waiting.count(id)) stuck.push_back(rid);

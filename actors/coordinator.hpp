@@ -18,7 +18,7 @@
 #include "actors/control.hpp"
 #include "actors/node_common.hpp"
 #include "actors/run_setup.hpp"
-#include "schedulers/placement.hpp"
+#include "schedulers/admission.hpp"
 #include "transport/messages.hpp"
 
 namespace pnmkv::actors {
@@ -79,8 +79,9 @@ class coordinator_state {
   bool ready_ = false;
   caf::actor driver_;
   std::deque<control::request_spec_msg> queue_;
-  std::vector<pool_state> pools_;  // modelled capacity (512 GB devices), data parallel
-  std::map<uint32_t, uint64_t> emulator_free_;  // live-layer bytes a device may still take
+  // GPU memory, the pools' modelled capacity (512 GB devices, data parallel) and the live
+  // layers' bytes a device may still take (schedulers/admission.hpp).
+  admission admission_;
   std::map<uint64_t, request_placement> placed_;
   std::map<uint64_t, control::request_spec_msg> specs_;
   std::map<uint64_t, std::set<uint32_t>> awaiting_acks_;

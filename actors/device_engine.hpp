@@ -82,7 +82,7 @@ class device_engine {
   uint64_t bytes_held() const;
   size_t stores() const { return stores_.size(); }
 
-  // Virtual clock (DESIGN.md §5): work that arrives at arrival_ns starts when the device is
+  // Virtual clock (docs/DESIGN.md §5): work that arrives at arrival_ns starts when the device is
   // free and takes cost_ns (device_service_cost, schedulers/step_timeline.hpp: the step
   // model prices predicted work with the same function and serves it with the same
   // device_service_done). Returns the time the work is done. Monotone.

@@ -100,7 +100,7 @@ class gpu_host_state {
   // Open workloads: admission (one request at a time, head of line), then the next step.
   void boundary();
   // The decode step of everything in the system plus `candidate`, predicted by the
-  // simulator's step model (the host engine's composition) on this run's hardware.
+  // step model on the composition the host engine charges (run_setup::step).
   double predicted_step_ms(uint64_t candidate, const request_placement& cand_pl);
   // A device is gone: with replicas the engine moves its shards and resends what it owed;
   // writes it will never acknowledge stop counting. Without replicas the run fails.

@@ -499,6 +499,72 @@ status host_engine::finish_copies() {
   return {};
 }
 
+// The new token's K and V of (request, layer, KV head) to every device holding its page
+// (over the link in every mode: in baseline the expander stores it).
+void host_engine::append_token(const request_spec& r, uint32_t layer, uint32_t h, uint64_t position,
+                               std::vector<device_work>& work) {
+  const auto& m = costs_.model();
+  const uint32_t d = m.head_dim, ps = cfg_.page_size_tokens;
+  const request_placement& pl = placements_.at(r.request_id);
+  const int holder_index = pl.shard_of(h, position / ps);
+  PNMKV_CHECK(holder_index >= 0, "no shard holds kv_head=", h, " position=", position);
+  const shard_placement& holder = pl.shards[holder_index];
+  device_work app;
+  app.what = device_work::kind::write;
+  app.request_id = r.request_id;
+  app.layer = layer;
+  app.kv_head = h;
+  app.position = position;
+  app.n_tokens = 1;
+  app.k.resize(d);
+  app.v.resize(d);
+  wl_.keys(r.request_id, layer, h, position, 1, app.k.data());
+  wl_.values(r.request_id, layer, h, position, 1, app.v.data());
+  app.wire_bytes = work::append_wire_bytes(m);
+  std::vector<uint32_t> holders{holder.device_id};
+  holders.insert(holders.end(), holder.replica_device_ids.begin(),
+                 holder.replica_device_ids.end());
+  const uint32_t append_link = link_of(pl, h, uint32_t(holder_index));
+  for (uint32_t dev : holders) {
+    device_work a = app;
+    a.device_id = dev;
+    a.shard_id = holder.shard_id;
+    dispatch(a, true, clock_ns_, append_link);
+    work.push_back(std::move(a));
+  }
+}
+
+
+// png-kv: the GPU attends the steady pages of (layer, request, KV head) now, overlapping
+// the devices. Returns the budget left to the devices; `excluded` names the steady pages.
+uint64_t host_engine::attend_steady(const head_key& key, head_state& hs, uint64_t budget_pages,
+                                    const std::vector<uint64_t>*& excluded) {
+  const auto& m = costs_.model();
+  const uint32_t d = m.head_dim, group = m.gqa_group();
+  uint64_t device_budget = budget_pages;
+  steady_state& ss = steady_[key];
+  hs.steady_part.reset(group, d);
+  if (ss.store && ss.store->page_count() > 0) {
+    std::vector<uint32_t> all(ss.store->page_count());
+    for (uint32_t i = 0; i < all.size(); ++i) all[i] = i;
+    const float scale = 1.0f / std::sqrt(float(d));
+    auto st = attend_pages(*ss.store, hs.q.data(), group, all.data(), all.size(), scale,
+                           hs.steady_part);
+    PNMKV_CHECK(st.is_ok(), st.to_string());
+    const double tokens = double(ss.store->token_count());
+    const work::query_work gw = work::gpu_attend_work(costs_, tokens);
+    op_cost ga = costs_.gpu_attention(gw.bytes, gw.flops);
+    overlap_ns_ += ga.time_ns;
+    cur_.gpu_attention_ns += ga.time_ns;
+    cur_.energy_j += ga.energy_j;
+    device_budget = budget_pages > ss.pages.size() ? budget_pages - ss.pages.size() : 0;
+    excluded = &ss.pages;
+    hs.pages.insert(hs.pages.end(), ss.pages.begin(), ss.pages.end());
+    cur_.steady_pages += ss.pages.size();
+  }
+  return device_budget;
+}
+
 std::vector<device_work> host_engine::layer_work(uint32_t layer) {
   const auto& m = costs_.model();
   const uint32_t d = m.head_dim, group = m.gqa_group(), ps = cfg_.page_size_tokens;
@@ -528,34 +594,7 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
     const request_placement& pl = placements_.at(r.request_id);
     const uint64_t position = r.context_tokens + at;
     for (uint32_t h = 0; h < m.kv_heads; ++h) {
-      // The new token's K and V go to every device holding its page (over the link in
-      // every mode: in baseline the expander stores it).
-      const int holder_index = pl.shard_of(h, position / ps);
-      PNMKV_CHECK(holder_index >= 0, "no shard holds kv_head=", h, " position=", position);
-      const shard_placement& holder = pl.shards[holder_index];
-      device_work app;
-      app.what = device_work::kind::write;
-      app.request_id = r.request_id;
-      app.layer = layer;
-      app.kv_head = h;
-      app.position = position;
-      app.n_tokens = 1;
-      app.k.resize(d);
-      app.v.resize(d);
-      wl_.keys(r.request_id, layer, h, position, 1, app.k.data());
-      wl_.values(r.request_id, layer, h, position, 1, app.v.data());
-      app.wire_bytes = work::append_wire_bytes(m);
-      std::vector<uint32_t> holders{holder.device_id};
-      holders.insert(holders.end(), holder.replica_device_ids.begin(),
-                     holder.replica_device_ids.end());
-      const uint32_t append_link = link_of(pl, h, uint32_t(holder_index));
-      for (uint32_t dev : holders) {
-        device_work a = app;
-        a.device_id = dev;
-        a.shard_id = holder.shard_id;
-        dispatch(a, true, clock_ns_, append_link);
-        work.push_back(std::move(a));
-      }
+      append_token(r, layer, h, position, work);
 
       head_key key{layer, r.request_id, h};
       head_state& hs = heads_[key];
@@ -570,28 +609,7 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
       // png-kv: the GPU attends its steady pages now, overlapping the devices.
       uint64_t device_budget = budget_pages;
       const std::vector<uint64_t>* excluded = nullptr;
-      if (cfg_.mode == run_mode::png_kv) {
-        steady_state& ss = steady_[key];
-        hs.steady_part.reset(group, d);
-        if (ss.store && ss.store->page_count() > 0) {
-          std::vector<uint32_t> all(ss.store->page_count());
-          for (uint32_t i = 0; i < all.size(); ++i) all[i] = i;
-          const float scale = 1.0f / std::sqrt(float(d));
-          auto st = attend_pages(*ss.store, hs.q.data(), group, all.data(), all.size(), scale,
-                                 hs.steady_part);
-          PNMKV_CHECK(st.is_ok(), st.to_string());
-          const double tokens = double(ss.store->token_count());
-          const work::query_work gw = work::gpu_attend_work(costs_, tokens);
-          op_cost ga = costs_.gpu_attention(gw.bytes, gw.flops);
-          overlap_ns_ += ga.time_ns;
-          cur_.gpu_attention_ns += ga.time_ns;
-          cur_.energy_j += ga.energy_j;
-          device_budget = budget_pages > ss.pages.size() ? budget_pages - ss.pages.size() : 0;
-          excluded = &ss.pages;
-          hs.pages.insert(hs.pages.end(), ss.pages.begin(), ss.pages.end());
-          cur_.steady_pages += ss.pages.size();
-        }
-      }
+      if (cfg_.mode == run_mode::png_kv) device_budget = attend_steady(key, hs, budget_pages, excluded);
 
       const bool two_rounds = cfg_.mode == run_mode::baseline ||
                               (s > 1 && cfg_.cross_shard == cross_shard_selection::exact);

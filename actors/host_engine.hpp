@@ -1,8 +1,8 @@
 // What the GPU host does in a decode step, free of CAF and of the wire, in each mode
-// (DESIGN.md §2): for each live layer it appends the new token's K/V to the shard holding
+// (docs/DESIGN.md §2): for each live layer it appends the new token's K/V to the shard holding
 // the last page, has the pages selected and attended, merges partials in a fixed order,
 // checks them against dense attention (verification queries: not charged, not timed), and
-// keeps the step's virtual time on the modelled hardware (DESIGN.md §5). The gpu_host actor
+// keeps the step's virtual time on the modelled hardware (docs/DESIGN.md §5). The gpu_host actor
 // moves its work items over the fabric and feeds the replies back; tests drive it directly
 // with a device_engine per device.
 //
@@ -182,7 +182,7 @@ class host_engine {
   // live layer follow (untimed, uncharged), then step_done() is true.
   result<std::vector<device_work>> on_reply(const device_reply& r);
 
-  // A device is gone (DESIGN.md §7): every shard it served as primary is served by its
+  // A device is gone (docs/DESIGN.md §7): every shard it served as primary is served by its
   // first live replica from now on, and the running step's unanswered queries and recalls
   // that went to it are sent again to the new primary (returned; charged again on the
   // link and the device, as a retry is). An error when a shard had no other copy
@@ -275,6 +275,10 @@ class host_engine {
 
   std::vector<device_work> copy_work();
   std::vector<device_work> layer_work(uint32_t layer);
+  void append_token(const request_spec& r, uint32_t layer, uint32_t h, uint64_t position,
+                    std::vector<device_work>& work);
+  uint64_t attend_steady(const head_key& key, head_state& hs, uint64_t budget_pages,
+                         const std::vector<uint64_t>*& excluded);
   std::vector<device_work> round_b_work();
   std::vector<device_work> verify_work();
   device_work make_query(uint64_t request_id, uint32_t layer, uint32_t kv_head, uint32_t shard_index,

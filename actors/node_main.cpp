@@ -339,28 +339,46 @@ status await_nodes_up(const std::vector<node_start>& nodes, std::chrono::millise
   }
 }
 
+namespace {
+
+// Before any directory, process or buffer: every node of this run lives on this machine.
+// A derived cluster.device_memory_bytes_max is derived here once, for these processes, and
+// written into the nodes' config (each node reading the machine as it fills up would see
+// less); then the whole run is checked against what the machine has.
+status fit_this_machine(config& cfg, const cluster_run_options& opts) {
+  auto pre = make_run_setup(cfg, "memory-check");
+  if (!pre) return pre.error();
+  if ((*pre)->device_memory_derived) {
+    auto st = cfg.set("cluster.device_memory_bytes_max",
+                      std::to_string(derived_device_memory_bytes(**pre, run_processes::multiprocess)));
+    if (!st) return st;
+    pre = make_run_setup(cfg, "memory-check");
+    if (!pre) return pre.error();
+  }
+  return check_run_memory(**pre, run_processes::multiprocess, opts.after_run_bytes);
+}
+
+// A fresh secret for this cluster, readable by this user only.
+status write_secret_file(const std::string& secret_file) {
+  const std::string secret = make_cluster_secret();
+  int fd = ::open(secret_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  if (fd < 0) return status{errc::io, "cannot write " + secret_file};
+  if (::write(fd, secret.data(), secret.size()) != ssize_t(secret.size())) {
+    ::close(fd);
+    return status{errc::io, "cannot write " + secret_file};
+  }
+  ::close(fd);
+  return status::ok();
+}
+
+}  // namespace
+
 result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_options& opts,
                                     const multiprocess_options& mp) {
   const std::string binary = mp.node_binary.empty() ? fs::read_symlink("/proc/self/exe").string()
                                                     : mp.node_binary;
-  // Before any directory, process or buffer: every node of this run lives on this machine.
-  // A derived cluster.device_memory_bytes_max is derived here once, for these processes,
-  // and written into the nodes' config (each node reading the machine as it fills up
-  // would see less).
   config cfg = cfg_in;
-  {
-    auto pre = make_run_setup(cfg, "memory-check");
-    if (!pre) return pre.error();
-    if ((*pre)->device_memory_derived) {
-      auto st = cfg.set("cluster.device_memory_bytes_max",
-                        std::to_string(derived_device_memory_bytes(**pre, run_processes::multiprocess)));
-      if (!st) return st;
-      pre = make_run_setup(cfg, "memory-check");
-      if (!pre) return pre.error();
-    }
-    auto st = check_run_memory(**pre, run_processes::multiprocess, opts.after_run_bytes);
-    if (!st) return st;
-  }
+  if (status st = fit_this_machine(cfg, opts); !st) return st;
   std::string dir = mp.work_dir;
   if (dir.empty()) {
     char tmpl[] = "/tmp/pnmkv-mp-XXXXXX";
@@ -368,18 +386,8 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
     dir = tmpl;
   }
   fs::create_directories(dir);
-  // A fresh secret for this cluster, readable by this user only.
-  const std::string secret = make_cluster_secret();
   const std::string secret_file = dir + "/cluster.secret";
-  {
-    int fd = ::open(secret_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (fd < 0) return status{errc::io, "cannot write " + secret_file};
-    if (::write(fd, secret.data(), secret.size()) != ssize_t(secret.size())) {
-      ::close(fd);
-      return status{errc::io, "cannot write " + secret_file};
-    }
-    ::close(fd);
-  }
+  if (status st = write_secret_file(secret_file); !st) return st;
   auto st = cfg.set("fabric.cluster_secret_file", secret_file);
   if (!st) return st;
   const std::string config_file = dir + "/config.yaml";

@@ -5,7 +5,7 @@
 // ratio model / measured for each point, and with --json FILE writes them.
 //
 // The hardware file is not changed by this command: a figure changes only with its source
-// (HARDWARE.md), and the table is the evidence for or against it.
+// (docs/HARDWARE.md), and the table is the evidence for or against it.
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 

@@ -1,5 +1,5 @@
 // `pnmkv eval`: the accuracy table of Quest page selection against dense attention on the
-// synthetic workload (DESIGN.md §4). For each context length (as far as memory allows),
+// synthetic workload (docs/DESIGN.md §4). For each context length (as far as memory allows),
 // each of eval.kv_heads KV heads of layer 0 of request 0 and each of eval.steps decode
 // steps it builds the store from the workload, appends the step's token, scores pages
 // under both GQA aggregations (max and sum), selects the top pages for every budget of

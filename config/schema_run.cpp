@@ -7,7 +7,7 @@ std::vector<config_key> schema_keys_run() {
   using t = config_type;
   return {
       {"run.mode", t::choice, "pnm-kv", 0, 0, {"baseline", "pnm-kv", "png-kv"},
-       "Execution mode (DESIGN.md §2)"},
+       "Execution mode (docs/DESIGN.md §2)"},
       {"run.steps", t::integer, "16", 1, 100000, {}, "Decode steps per request"},
       {"run.seed", t::integer, "1", 0, 9.0e15, {}, "Seed of every random choice in the run"},
       {"model.file", t::path, "models/llama-3.1-8b.yaml", 0, 0, {},

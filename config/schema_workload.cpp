@@ -17,7 +17,7 @@ std::vector<config_key> schema_keys_workload() {
       {"workload.context_tokens", t::integer, "1048576", 1, 1 << 22, {},
        "Prompt (context) tokens per request before decoding"},
       {"workload.batch", t::integer, "2", 1, 4096, {}, "Requests decoded together (closed arrivals)"},
-      // Arrivals (DESIGN.md §2): a closed batch, or an open workload served with
+      // Arrivals (docs/DESIGN.md §2): a closed batch, or an open workload served with
       // continuous batching (schedulers/serving.hpp).
       {"workload.arrivals", t::choice, "closed", 0, 0, {"closed", "poisson", "trace"},
        "closed: workload.batch requests prefilled, then run.steps decode steps together; "

@@ -1,5 +1,5 @@
 // Accuracy of sparse (page-selected) attention against dense attention, the three figures
-// DESIGN.md §4 asks for: output relative error ‖o_sparse − o_dense‖₂ / ‖o_dense‖₂ per query
+// docs/DESIGN.md §4 asks for: output relative error ‖o_sparse − o_dense‖₂ / ‖o_dense‖₂ per query
 // head, attention mass captured (Σ dense softmax weight of the selected tokens, per query
 // head) and needle hit rate (the asked needle's page was selected). Pure functions over
 // partials, page lists and one dense pass over a store; an accumulator aggregates them over

@@ -1,6 +1,6 @@
 // Attention of a GQA group of query heads over a subset of one KV head's pages, giving a
 // partial (per query head: normalised output o and log-sum-exp lse, fp32), and the exact
-// merge of partials (DESIGN.md glossary). Accumulation is fp32 with an online softmax;
+// merge of partials (docs/DESIGN.md glossary). Accumulation is fp32 with an online softmax;
 // the dense reference accumulates in double and is the ground truth for tests.
 #pragma once
 

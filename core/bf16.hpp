@@ -1,4 +1,4 @@
-// bfloat16 storage type and conversions. KV is stored as bf16 (DESIGN.md §4); arithmetic
+// bfloat16 storage type and conversions. KV is stored as bf16 (docs/DESIGN.md §4); arithmetic
 // is fp32. Rounding is round-to-nearest-even, the same as hardware converters, so a value
 // written on one node and regenerated on another gives identical bits.
 #pragma once

@@ -30,7 +30,7 @@ struct kv_head_shape {
 // Validates a shape; the message names the field and the allowed range.
 status validate(const kv_head_shape& shape);
 
-// Limits on what one store may reserve (STYLE.md: a limit on everything). 2^24 tokens is
+// Limits on what one store may reserve (a limit on everything). 2^24 tokens is
 // 16× the longest context we model; a shard never needs more.
 constexpr uint64_t kv_capacity_tokens_limit = uint64_t{1} << 24;
 

@@ -1,4 +1,4 @@
-// Top-k page selection under a token budget (DESIGN.md glossary): the budget counts
+// Top-k page selection under a token budget (docs/DESIGN.md glossary): the budget counts
 // pages × page_size and *includes* the always-kept pages (first page as attention sink,
 // last page as the local window). Ties break towards the lower page index, so a
 // selection is deterministic and selections for growing budgets nest.

@@ -1,4 +1,4 @@
-// Synthetic KV and query workload with the structure real attention has (DESIGN.md §4):
+// Synthetic KV and query workload with the structure real attention has (docs/DESIGN.md §4):
 // attention sinks, a local window, topic clusters that recur and drift slowly across decode
 // steps, and rare needles that a query sometimes asks for. Everything is a pure function of
 // its coordinates — keys and values of (seed, request, layer, kv_head, position), the GQA

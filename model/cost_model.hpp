@@ -1,4 +1,4 @@
-// The one cost model (DESIGN.md §5). Every modelled figure — in the live emulator and in
+// The one cost model (docs/DESIGN.md §5). Every modelled figure — in the live emulator and in
 // the simulator — comes from these calls on a hardware_spec (YAML with sources) and a
 // model_shape. Each call returns the time the operation takes on the modelled hardware and
 // its dynamic energy; static power is charged per elapsed time by static_power_w().

@@ -1,4 +1,4 @@
-// Work sizes of one decode step per execution mode (DESIGN.md §2): bytes on the wire per
+// Work sizes of one decode step per execution mode (docs/DESIGN.md §2): bytes on the wire per
 // message, bytes and FLOPs a device or the GPU spends on one (request, layer, KV head,
 // shard) query, and the budget split of png-kv. The live emulator (actors/host_engine,
 // actors/device_engine) and the simulator must price the same work, so these are pure

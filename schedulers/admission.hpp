@@ -1,4 +1,4 @@
-// Admission of one request (DESIGN.md §2–§3), shared by the live coordinator and the
+// Admission of one request (docs/DESIGN.md §2–§3), shared by the live coordinator and the
 // simulator: an ordered list of constraints, each either passing the request or naming why
 // it cannot be admitted now. The order is fixed (make_admission):
 //

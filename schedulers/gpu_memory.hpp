@@ -1,5 +1,5 @@
 // What the GPU must hold for a batch in each mode, against what it has: the budget that
-// admission checks and that caps baseline's batch (DESIGN.md §2). Pure arithmetic on the
+// admission checks and that caps baseline's batch (docs/DESIGN.md §2). Pure arithmetic on the
 // model shape and the hardware file.
 //
 //   weights      params × 2 bytes / tp

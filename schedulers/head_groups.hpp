@@ -1,5 +1,5 @@
 // Choosing h (head groups) × s (sequence shards) for a request on a pool of P devices from
-// the cost model (DESIGN.md §3): for every h dividing both the KV heads and P, the modelled
+// the cost model (docs/DESIGN.md §3): for every h dividing both the KV heads and P, the modelled
 // time of one layer's attention for one request — the busiest device's scan and attention,
 // the messages over the host link, and for exact selection with s > 1 the second round —
 // and the smallest wins (ties: the larger h, which needs no cross-shard merge).

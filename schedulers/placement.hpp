@@ -1,4 +1,4 @@
-// Hybrid head/sequence placement of a request's KV on a pool of PNM devices (DESIGN.md §3).
+// Hybrid head/sequence placement of a request's KV on a pool of PNM devices (docs/DESIGN.md §3).
 // A pool of P devices is cut into h head groups × s sequence shards (h·s = P, h divides
 // the KV head count). Shard (g, j) holds KV heads [g·H/h, (g+1)·H/h) and, of every layer,
 // the pages of sequence class j: a contiguous range of pages, or every s-th page

@@ -1,4 +1,4 @@
-// Serving an open workload (DESIGN.md §2–§3): requests arrive over (virtual) time from a
+// Serving an open workload (docs/DESIGN.md §2–§3): requests arrive over (virtual) time from a
 // trace file or a Poisson generator, wait in arrival order, are admitted at step
 // boundaries while the cluster's admission test holds, prefill in chunks next to the
 // decoding batch (continuous batching) and leave after their last output token.

@@ -1,4 +1,4 @@
-// PnG-KV steady pages (DESIGN.md §2): pages selected in almost every recent step are
+// PnG-KV steady pages (docs/DESIGN.md §2): pages selected in almost every recent step are
 // copied once to GPU memory and attended there while the devices select among the rest.
 // The policy is pluggable; the first one counts how often each page was selected over a
 // sliding window of steps and keeps those at or above a threshold, most frequent first,

@@ -91,139 +91,143 @@ void step_model::send_prefill(const std::vector<const prefill_piece*>& prefill, 
   }
 }
 
+// pnm-kv / png-kv, round one of one request: each KV head's append to the shard holding
+// the last page (and its replicas), one query per shard, the GPU's steady attention and merge.
+void step_model::pnm_round_a(const step_request& r, uint32_t ri, pnm_layer& L, layer_result& lr) {
+  const step_setup& S = *s_;
+  const model_shape& m = S.model;
+  const uint32_t H = m.kv_heads, ps = S.page_size_tokens, group = m.gqa_group();
+  const uint64_t append_bytes = work::append_wire_bytes(m);
+  const request_placement& pl = *r.placement;
+  const uint32_t s = pl.sequence_shards;
+  const uint32_t heads_per_group = H / pl.head_groups;
+  const uint64_t seq_after = r.seq_tokens + 1;
+  const uint64_t last_page = (seq_after - 1) / ps;
+  const int idx0 = pl.shard_of(0, last_page);
+  PNMKV_CHECK(idx0 >= 0, "no shard holds the last page of request ", r.id);
+  const uint32_t j_last = pl.shards[size_t(idx0)].sequence_index;
+  const uint64_t total_pages = (seq_after + ps - 1) / ps;
+  // png-kv: steady pages are full pages other than the always-kept first and last.
+  const uint64_t steady_r = L.png ? std::min<uint64_t>(L.steady_pages, total_pages > 2 ? total_pages - 2 : 0) : 0;
+  const uint64_t gpu_pages_r = std::min<uint64_t>(L.split_gpu_pages, steady_r);
+  const uint64_t device_budget = L.budget_pages - gpu_pages_r;
+  const bool two_rounds = s > 1 && S.exact_cross_shard;
+  for (uint32_t h = 0; h < H; ++h) {
+    const uint32_t g = h / heads_per_group;
+    const shard_placement& holder = pl.shards[size_t(g) * s + j_last];
+    const uint32_t l_app = link_of(h, j_last, s);
+    for (size_t k = 0; k < 1 + holder.replica_device_ids.size(); ++k) tl_.send(l_app, L.t0, append_bytes);
+    for (uint32_t j = 0; j < s; ++j) {
+      const shard_placement& sh = pl.shards[size_t(g) * s + j];
+      const uint64_t held = sh.tokens_held_at(seq_after, ps);
+      // Local: the shard's share of the budget, selected and attended in one round.
+      // Exact, round a: score every page, offer the best `device_budget` as candidates.
+      const uint64_t bj = two_rounds ? device_budget : work::local_budget_pages(device_budget, s, j);
+      const work::shard_selection sel = work::select_on_shard(held, ps, bj, j == j_last);
+      work::query_work w = work::pnm_query_work(c_, sel, S.heads_scored, S.summary_elem_bytes);
+      uint64_t reply = work::partial_wire_bytes(m, sel.pages_selected);
+      if (two_rounds) {  // scoring only; candidates (page id and score) go back
+        w = {double(sel.pages_held) * c_.summary_bytes_per_page(S.summary_elem_bytes),
+             c_.score_flops(double(sel.pages_held), S.heads_scored)};
+        reply = work::candidates_wire_bytes(sel.pages_selected);
+      }
+      const uint64_t excluded = L.png ? steady_r / s + (j < steady_r % s ? 1 : 0) : 0;
+      const op_cost cost = device_service_cost(c_, device_op::pnm, w.bytes, w.flops);
+      lr.energy.device_j += cost.energy_j;
+      lr.device_bytes += w.bytes;
+      const uint32_t l = link_of(h, j, s);
+      const double arrival = tl_.send(l, L.t0, work::query_wire_bytes(m, excluded));
+      tl_.expect(arrival, sh.device_id, l, cost.time_ns, reply);
+    }
+    if (two_rounds) L.round_b.push_back({&r, h, device_budget, steady_r, ri});
+    if (L.png && gpu_pages_r > 0) {
+      const work::query_work gw = work::gpu_attend_work(c_, double(gpu_pages_r * ps));
+      const op_cost ga = c_.gpu_attention(gw.bytes, gw.flops);
+      L.gpu_attn_ns += ga.time_ns;
+      lr.energy.gpu_attention_j += ga.energy_j;
+    }
+    const op_cost mc = c_.gpu_merge(s + (L.png ? 1 : 0), group);
+    L.merge_ns += mc.time_ns;
+    lr.energy.merge_j += mc.energy_j;
+  }
+}
+
+// Exact selection, round two: the GPU has the global top pages; each shard attends those it
+// holds. How they fall on the shards: the busiest takes `selection_spread` × the even share.
+void step_model::pnm_round_b(const pnm_layer& L, double tb, layer_result& lr) {
+  const step_setup& S = *s_;
+  const model_shape& m = S.model;
+  const uint32_t H = m.kv_heads, ps = S.page_size_tokens, group = m.gqa_group();
+  const double spread = S.cal.selection_spread.value;
+  std::vector<uint64_t> pages_on;
+  for (const round_b_head& rb : L.round_b) {
+    const request_placement& pl = *rb.r->placement;
+    const uint32_t s = pl.sequence_shards, g = rb.kv_head / (H / pl.head_groups);
+    const uint64_t seq_after = rb.r->seq_tokens + 1;
+    const uint64_t candidates_tokens = seq_after > rb.steady * ps ? seq_after - rb.steady * ps : 1;
+    const work::shard_selection sel = work::select_on_shard(candidates_tokens, ps, rb.device_budget, true);
+    if (sel.pages_selected == 0) continue;
+    pages_on.assign(s, 0);
+    const uint32_t hot = (rb.req_index + rb.kv_head) % s;
+    const uint64_t hot_pages =
+        std::min<uint64_t>(sel.pages_selected, uint64_t(std::ceil(double(sel.pages_selected) / s * spread)));
+    pages_on[hot] = hot_pages;
+    for (uint32_t k = 0; k + 1 < s; ++k)
+      pages_on[(hot + 1 + k) % s] = work::local_budget_pages(sel.pages_selected - hot_pages, s - 1, k);
+    const double tokens_per_page = double(sel.tokens_selected) / double(sel.pages_selected);
+    for (uint32_t j = 0; j < s; ++j) {
+      if (pages_on[j] == 0) continue;
+      const shard_placement& sh = pl.shards[size_t(g) * s + j];
+      const double tokens_j = std::round(tokens_per_page * double(pages_on[j]));
+      const double bytes = c_.kv_bytes(tokens_j);
+      const op_cost cost = device_service_cost(c_, device_op::pnm, bytes, c_.attend_flops(tokens_j, group));
+      lr.energy.device_j += cost.energy_j;
+      lr.device_bytes += bytes;
+      const uint32_t l = link_of(rb.kv_head, j, s);
+      const double arrival = tl_.send(l, tb, work::query_wire_bytes(m, 0) + 4ull * pages_on[j]);
+      tl_.expect(arrival, sh.device_id, l, cost.time_ns, work::partial_wire_bytes(m, pages_on[j]));
+    }
+  }
+}
+
 step_model::layer_result step_model::layer_pnm(const std::vector<const step_request*>& reqs,
                                                const std::vector<const prefill_piece*>& prefill) {
   const step_setup& S = *s_;
   const model_shape& m = S.model;
-  const uint32_t H = m.kv_heads, ps = S.page_size_tokens, group = m.gqa_group();
-  const bool png = S.mode == run_mode::png_kv;
   layer_result lr;
 
   uint64_t ntok = reqs.size();
   for (const prefill_piece* p : prefill) ntok += p->tokens;
   const op_cost dense = c_.gpu_dense_layer(uint32_t(std::min<uint64_t>(ntok, UINT32_MAX)), S.tp);
   const op_cost ar = S.fabric.all_reduce(double(ntok) * m.hidden * 2.0, S.tp);
-  const double t0 = layer_t0(0, dense, ar);
+  pnm_layer L;
+  L.t0 = layer_t0(0, dense, ar);
+  const double t0 = L.t0;
   tl_.begin(t0);
 
-  const uint64_t budget_pages = S.budget_pages();
+  L.png = S.mode == run_mode::png_kv;
+  L.budget_pages = S.budget_pages();
   const work::pngkv_split split =
-      png ? work::pngkv_budget_split(budget_pages, S.cal.steady_hit_fraction.value)
-          : work::pngkv_split{0, budget_pages};
-  const uint64_t steady_pages =
-      png ? std::max<uint64_t>(split.gpu_pages,
-                               uint64_t(std::llround(S.cal.steady_set_fraction.value * double(budget_pages))))
-          : 0;
-  // Heads needing a second round (exact selection over s > 1 shards).
-  struct round_b_head {
-    const step_request* r;
-    uint32_t kv_head;
-    uint64_t device_budget;
-    uint64_t steady;
-    uint32_t req_index;
-  };
-  std::vector<round_b_head> round_b;
-
-  double gpu_attn_ns = 0, merge_ns = 0;
-  const uint64_t append_bytes = work::append_wire_bytes(m);
-  for (uint32_t ri = 0; ri < reqs.size(); ++ri) {
-    const step_request* r = reqs[ri];
-    const request_placement& pl = *r->placement;
-    const uint32_t s = pl.sequence_shards;
-    const uint32_t heads_per_group = H / pl.head_groups;
-    const uint64_t seq_after = r->seq_tokens + 1;
-    const uint64_t last_page = (seq_after - 1) / ps;
-    const int idx0 = pl.shard_of(0, last_page);
-    PNMKV_CHECK(idx0 >= 0, "no shard holds the last page of request ", r->id);
-    const uint32_t j_last = pl.shards[size_t(idx0)].sequence_index;
-    const uint64_t total_pages = (seq_after + ps - 1) / ps;
-    // png-kv: steady pages are full pages other than the always-kept first and last.
-    const uint64_t steady_r = png ? std::min<uint64_t>(steady_pages, total_pages > 2 ? total_pages - 2 : 0) : 0;
-    const uint64_t gpu_pages_r = std::min<uint64_t>(split.gpu_pages, steady_r);
-    const uint64_t device_budget = budget_pages - gpu_pages_r;
-    const bool two_rounds = s > 1 && S.exact_cross_shard;
-    for (uint32_t h = 0; h < H; ++h) {
-      const uint32_t g = h / heads_per_group;
-      const shard_placement& holder = pl.shards[size_t(g) * s + j_last];
-      const uint32_t l_app = link_of(h, j_last, s);
-      for (size_t k = 0; k < 1 + holder.replica_device_ids.size(); ++k) tl_.send(l_app, t0, append_bytes);
-      for (uint32_t j = 0; j < s; ++j) {
-        const shard_placement& sh = pl.shards[size_t(g) * s + j];
-        const uint64_t held = sh.tokens_held_at(seq_after, ps);
-        // Local: the shard's share of the budget, selected and attended in one round.
-        // Exact, round a: score every page, offer the best `device_budget` as candidates.
-        const uint64_t bj = two_rounds ? device_budget : work::local_budget_pages(device_budget, s, j);
-        const work::shard_selection sel = work::select_on_shard(held, ps, bj, j == j_last);
-        work::query_work w = work::pnm_query_work(c_, sel, S.heads_scored, S.summary_elem_bytes);
-        uint64_t reply = work::partial_wire_bytes(m, sel.pages_selected);
-        if (two_rounds) {  // scoring only; candidates (page id and score) go back
-          w = {double(sel.pages_held) * c_.summary_bytes_per_page(S.summary_elem_bytes),
-               c_.score_flops(double(sel.pages_held), S.heads_scored)};
-          reply = work::candidates_wire_bytes(sel.pages_selected);
-        }
-        const uint64_t excluded = png ? steady_r / s + (j < steady_r % s ? 1 : 0) : 0;
-        const op_cost cost = device_service_cost(c_, device_op::pnm, w.bytes, w.flops);
-        lr.energy.device_j += cost.energy_j;
-        lr.device_bytes += w.bytes;
-        const uint32_t l = link_of(h, j, s);
-        const double arrival = tl_.send(l, t0, work::query_wire_bytes(m, excluded));
-        tl_.expect(arrival, sh.device_id, l, cost.time_ns, reply);
-      }
-      if (two_rounds) round_b.push_back({r, h, device_budget, steady_r, ri});
-      if (png && gpu_pages_r > 0) {
-        const work::query_work gw = work::gpu_attend_work(c_, double(gpu_pages_r * ps));
-        const op_cost ga = c_.gpu_attention(gw.bytes, gw.flops);
-        gpu_attn_ns += ga.time_ns;
-        lr.energy.gpu_attention_j += ga.energy_j;
-      }
-      const op_cost mc = c_.gpu_merge(s + (png ? 1 : 0), group);
-      merge_ns += mc.time_ns;
-      lr.energy.merge_j += mc.energy_j;
-    }
-  }
+      L.png ? work::pngkv_budget_split(L.budget_pages, S.cal.steady_hit_fraction.value)
+            : work::pngkv_split{0, L.budget_pages};
+  L.split_gpu_pages = split.gpu_pages;
+  L.steady_pages =
+      L.png ? std::max<uint64_t>(split.gpu_pages,
+                                 uint64_t(std::llround(S.cal.steady_set_fraction.value * double(L.budget_pages))))
+            : 0;
+  for (uint32_t ri = 0; ri < reqs.size(); ++ri) pnm_round_a(*reqs[ri], ri, L, lr);
   tl_.serve();
   double last_reply = tl_.receive();
   // The GPU's attention ranks share the per-head work.
-  const double A = gpu_attn_ns / S.attention_ranks;
-  const double M = merge_ns / S.attention_ranks;
+  const double A = L.gpu_attn_ns / S.attention_ranks;
+  const double M = L.merge_ns / S.attention_ranks;
   double wait = std::max(0.0, last_reply - t0);
   bool gpu_bound = A >= wait;
 
-  if (!round_b.empty()) {
-    // Exact, round b: the GPU has the global top pages; each shard attends those it holds.
-    // How they fall on the shards: the busiest takes `selection_spread` × the even share.
+  if (!L.round_b.empty()) {
     const double tb = second_round_start(t0, wait, A);
     tl_.clear_items();
-    const double spread = S.cal.selection_spread.value;
-    std::vector<uint64_t> pages_on;
-    for (const round_b_head& rb : round_b) {
-      const request_placement& pl = *rb.r->placement;
-      const uint32_t s = pl.sequence_shards, g = rb.kv_head / (H / pl.head_groups);
-      const uint64_t seq_after = rb.r->seq_tokens + 1;
-      const uint64_t candidates_tokens = seq_after > rb.steady * ps ? seq_after - rb.steady * ps : 1;
-      const work::shard_selection sel = work::select_on_shard(candidates_tokens, ps, rb.device_budget, true);
-      if (sel.pages_selected == 0) continue;
-      pages_on.assign(s, 0);
-      const uint32_t hot = (rb.req_index + rb.kv_head) % s;
-      const uint64_t hot_pages =
-          std::min<uint64_t>(sel.pages_selected, uint64_t(std::ceil(double(sel.pages_selected) / s * spread)));
-      pages_on[hot] = hot_pages;
-      for (uint32_t k = 0; k + 1 < s; ++k)
-        pages_on[(hot + 1 + k) % s] = work::local_budget_pages(sel.pages_selected - hot_pages, s - 1, k);
-      const double tokens_per_page = double(sel.tokens_selected) / double(sel.pages_selected);
-      for (uint32_t j = 0; j < s; ++j) {
-        if (pages_on[j] == 0) continue;
-        const shard_placement& sh = pl.shards[size_t(g) * s + j];
-        const double tokens_j = std::round(tokens_per_page * double(pages_on[j]));
-        const double bytes = c_.kv_bytes(tokens_j);
-        const op_cost cost = device_service_cost(c_, device_op::pnm, bytes, c_.attend_flops(tokens_j, group));
-        lr.energy.device_j += cost.energy_j;
-        lr.device_bytes += bytes;
-        const uint32_t l = link_of(rb.kv_head, j, s);
-        const double arrival = tl_.send(l, tb, work::query_wire_bytes(m, 0) + 4ull * pages_on[j]);
-        tl_.expect(arrival, sh.device_id, l, cost.time_ns, work::partial_wire_bytes(m, pages_on[j]));
-      }
-    }
+    pnm_round_b(L, tb, lr);
     tl_.serve();
     if (!tl_.items().empty()) last_reply = tl_.receive();
     wait = std::max(0.0, last_reply - t0);
@@ -252,36 +256,15 @@ step_model::layer_result step_model::layer_pnm(const std::vector<const step_requ
   return lr;
 }
 
-step_model::layer_result step_model::layer_baseline(const std::vector<const step_request*>& reqs,
-                                                    const std::vector<const prefill_piece*>& prefill) {
+// Baseline, phase one: the new token's appends, then (summaries not resident in HBM) the
+// summary reads. One slot per (request, KV head); true when any summary crosses the link.
+bool step_model::baseline_appends_and_summaries(const std::vector<const step_request*>& reqs, double t0,
+                                                 std::vector<baseline_slot>& slots, layer_result& lr) {
   const step_setup& S = *s_;
   const model_shape& m = S.model;
-  const uint32_t H = m.kv_heads, ps = S.page_size_tokens;
-  layer_result lr;
-
-  uint64_t ntok = reqs.size();
-  for (const prefill_piece* p : prefill) ntok += p->tokens;
-  const op_cost dense = c_.gpu_dense_layer(uint32_t(std::min<uint64_t>(ntok, UINT32_MAX)), S.tp);
-  const op_cost ar = S.fabric.all_reduce(double(ntok) * m.hidden * 2.0, S.tp);
-  const double t0 = layer_t0(0, dense, ar);
-  tl_.begin(t0);
-
-  const uint32_t ranks = S.attention_ranks;
-  gpu_ranks gpu(ranks, t0);
-  struct slot {
-    uint32_t rank;
-    uint32_t req;
-    uint32_t kv_head;
-    double ready_ns;  // summaries in (phase 1), selection done (phase 2), pages in (phase 3)
-    double score_ns;
-    uint64_t sel_tokens;
-  };
-  std::vector<slot> slots;
-  slots.reserve(reqs.size() * H);
-
-  // Appends of the new token, then (non-resident) summary reads.
-  const uint64_t append_bytes = work::append_wire_bytes(m);
+  const uint32_t H = m.kv_heads, ps = S.page_size_tokens, ranks = S.attention_ranks;
   bool any_link_summaries = false;
+  const uint64_t append_bytes = work::append_wire_bytes(m);
   for (uint32_t ri = 0; ri < reqs.size(); ++ri) {
     const step_request* r = reqs[ri];
     const request_placement& pl = *r->placement;
@@ -318,42 +301,24 @@ step_model::layer_result step_model::layer_baseline(const std::vector<const step
       }
     }
   }
-  if (any_link_summaries) {
-    for (slot& sl : slots) sl.ready_ns = reqs[sl.req]->summaries_resident ? t0 : 0;
-    tl_.serve();
-    tl_.receive();
-    for (const auto& it : tl_.items()) slots[it.slot].ready_ns = std::max(slots[it.slot].ready_ns, it.done_ns);
-    tl_.clear_items();
-  }
-  // Scoring on each rank in the order the summaries are ready; then selection is known.
-  std::vector<uint32_t> order(slots.size());
-  for (uint32_t i = 0; i < order.size(); ++i) order[i] = i;
-  auto by_ready = [&](uint32_t a, uint32_t b) {
-    return slots[a].ready_ns != slots[b].ready_ns ? slots[a].ready_ns < slots[b].ready_ns : a < b;
-  };
-  if (any_link_summaries) std::stable_sort(order.begin(), order.end(), by_ready);
-  if (S.baseline_overlap) {
-    for (uint32_t i : order) {
-      slot& sl = slots[i];
-      sl.ready_ns = gpu.run(sl.rank, sl.ready_ns, sl.score_ns);
-    }
-  } else {  // layer-wide rounds: every summary in, every head scored, then the recalls
-    double in = t0;
-    for (const slot& sl : slots) in = std::max(in, sl.ready_ns);
-    gpu.hold_until(in);
-    for (const slot& sl : slots) gpu.run(sl.rank, in, sl.score_ns);
-    const double t_sel = gpu.end();
-    for (slot& sl : slots) sl.ready_ns = t_sel;
-  }
+  return any_link_summaries;
+}
 
-  // Recalls, issued as each head's selection is known.
-  std::stable_sort(order.begin(), order.end(), by_ready);
+// Baseline, the recalls: issued as each head's selection is known (slots in `order`), the
+// busiest shard taking `selection_spread` × the even share; with recall reuse only the pages
+// the previous step did not select.
+void step_model::baseline_recalls(const std::vector<const step_request*>& reqs,
+                                  const std::vector<uint32_t>& order, std::vector<baseline_slot>& slots,
+                                  layer_result& lr) {
+  const step_setup& S = *s_;
+  const model_shape& m = S.model;
+  const uint32_t H = m.kv_heads, ps = S.page_size_tokens;
   const uint64_t budget_pages = S.budget_pages();
   const double keep = S.recall_reuse ? S.cal.selection_overlap.value : 0.0;
   const double spread = S.cal.selection_spread.value;
   std::vector<uint64_t> pages_on(1);
   for (uint32_t i : order) {
-    slot& sl = slots[i];
+    baseline_slot& sl = slots[i];
     const step_request* r = reqs[sl.req];
     const request_placement& pl = *r->placement;
     const uint32_t s = pl.sequence_shards, g = sl.kv_head / (H / pl.head_groups);
@@ -387,6 +352,60 @@ step_model::layer_result step_model::layer_baseline(const std::vector<const step
       tl_.expect(arrival, sh.device_id, l, rd.time_ns, work::recall_reply_wire_bytes(m, tokens_j), i);
     }
   }
+}
+
+step_model::layer_result step_model::layer_baseline(const std::vector<const step_request*>& reqs,
+                                                    const std::vector<const prefill_piece*>& prefill) {
+  const step_setup& S = *s_;
+  const model_shape& m = S.model;
+  const uint32_t H = m.kv_heads;
+  layer_result lr;
+
+  uint64_t ntok = reqs.size();
+  for (const prefill_piece* p : prefill) ntok += p->tokens;
+  const op_cost dense = c_.gpu_dense_layer(uint32_t(std::min<uint64_t>(ntok, UINT32_MAX)), S.tp);
+  const op_cost ar = S.fabric.all_reduce(double(ntok) * m.hidden * 2.0, S.tp);
+  const double t0 = layer_t0(0, dense, ar);
+  tl_.begin(t0);
+
+  const uint32_t ranks = S.attention_ranks;
+  gpu_ranks gpu(ranks, t0);
+  std::vector<baseline_slot> slots;
+  slots.reserve(reqs.size() * H);
+
+  // Appends of the new token, then (non-resident) summary reads.
+  const bool any_link_summaries = baseline_appends_and_summaries(reqs, t0, slots, lr);
+  if (any_link_summaries) {
+    for (baseline_slot& sl : slots) sl.ready_ns = reqs[sl.req]->summaries_resident ? t0 : 0;
+    tl_.serve();
+    tl_.receive();
+    for (const auto& it : tl_.items()) slots[it.slot].ready_ns = std::max(slots[it.slot].ready_ns, it.done_ns);
+    tl_.clear_items();
+  }
+  // Scoring on each rank in the order the summaries are ready; then selection is known.
+  std::vector<uint32_t> order(slots.size());
+  for (uint32_t i = 0; i < order.size(); ++i) order[i] = i;
+  auto by_ready = [&](uint32_t a, uint32_t b) {
+    return slots[a].ready_ns != slots[b].ready_ns ? slots[a].ready_ns < slots[b].ready_ns : a < b;
+  };
+  if (any_link_summaries) std::stable_sort(order.begin(), order.end(), by_ready);
+  if (S.baseline_overlap) {
+    for (uint32_t i : order) {
+      baseline_slot& sl = slots[i];
+      sl.ready_ns = gpu.run(sl.rank, sl.ready_ns, sl.score_ns);
+    }
+  } else {  // layer-wide rounds: every summary in, every head scored, then the recalls
+    double in = t0;
+    for (const baseline_slot& sl : slots) in = std::max(in, sl.ready_ns);
+    gpu.hold_until(in);
+    for (const baseline_slot& sl : slots) gpu.run(sl.rank, in, sl.score_ns);
+    const double t_sel = gpu.end();
+    for (baseline_slot& sl : slots) sl.ready_ns = t_sel;
+  }
+
+  // Recalls, issued as each head's selection is known.
+  std::stable_sort(order.begin(), order.end(), by_ready);
+  baseline_recalls(reqs, order, slots, lr);
   tl_.serve();
   tl_.receive();
   for (const auto& it : tl_.items()) slots[it.slot].ready_ns = std::max(slots[it.slot].ready_ns, it.done_ns);
@@ -396,12 +415,12 @@ step_model::layer_result step_model::layer_baseline(const std::vector<const step
   std::stable_sort(order.begin(), order.end(), by_ready);
   if (!S.baseline_overlap) {
     double in = 0;
-    for (const slot& sl : slots) in = std::max(in, sl.ready_ns);
-    for (slot& sl : slots) sl.ready_ns = in;
+    for (const baseline_slot& sl : slots) in = std::max(in, sl.ready_ns);
+    for (baseline_slot& sl : slots) sl.ready_ns = in;
   }
   double merge_ns = 0;
   for (uint32_t i : order) {
-    const slot& sl = slots[i];
+    const baseline_slot& sl = slots[i];
     const work::query_work aw = work::gpu_attend_work(c_, double(sl.sel_tokens));
     const op_cost ga = c_.gpu_attention(aw.bytes, aw.flops);
     lr.energy.gpu_attention_j += ga.energy_j;

@@ -1,5 +1,5 @@
 // Virtual time, energy and bytes of one decode step of a batch, per mode, without numerics
-// (DESIGN.md §2, §5). The composition is the live host engine's (actors/host_engine.cpp),
+// (docs/DESIGN.md §2, §5). The composition is the live host engine's (actors/host_engine.cpp),
 // made general to tensor/pipeline-parallel GPUs, several host links and device pools:
 //
 //   per layer: GPU dense layer for the batch (+ prefill chunk) and its tensor-parallel
@@ -105,6 +105,37 @@ class step_model {
     step_energy energy;
     double link_bytes = 0, device_bytes = 0, device_busy_ns_max = 0, link_busy_ns_max = 0;
   };
+  // A head that needs exact selection's second round.
+  struct round_b_head {
+    const step_request* r;
+    uint32_t kv_head;
+    uint64_t device_budget;
+    uint64_t steady;
+    uint32_t req_index;
+  };
+  // One pnm-kv / png-kv layer in the making.
+  struct pnm_layer {
+    double t0 = 0;
+    bool png = false;
+    uint64_t budget_pages = 0, split_gpu_pages = 0, steady_pages = 0;
+    std::vector<round_b_head> round_b;
+    double gpu_attn_ns = 0, merge_ns = 0;
+  };
+  // Baseline: one (request, KV head) through the layer's phases.
+  struct baseline_slot {
+    uint32_t rank;
+    uint32_t req;
+    uint32_t kv_head;
+    double ready_ns;  // summaries in (phase 1), selection done (phase 2), pages in (phase 3)
+    double score_ns;
+    uint64_t sel_tokens;
+  };
+  bool baseline_appends_and_summaries(const std::vector<const step_request*>& reqs, double t0,
+                                      std::vector<baseline_slot>& slots, layer_result& lr);
+  void baseline_recalls(const std::vector<const step_request*>& reqs, const std::vector<uint32_t>& order,
+                        std::vector<baseline_slot>& slots, layer_result& lr);
+  void pnm_round_a(const step_request& r, uint32_t ri, pnm_layer& L, layer_result& lr);
+  void pnm_round_b(const pnm_layer& L, double tb, layer_result& lr);
   layer_result layer_pnm(const std::vector<const step_request*>& reqs,
                          const std::vector<const prefill_piece*>& prefill);
   layer_result layer_baseline(const std::vector<const step_request*>& reqs,

@@ -1,4 +1,4 @@
-// The virtual-time arithmetic of one layer of a decode step (DESIGN.md §5), shared by the
+// The virtual-time arithmetic of one layer of a decode step (docs/DESIGN.md §5), shared by the
 // live host engine (actors/host_engine.cpp), which feeds it what actually happened, and
 // the step model (schedulers/step_model.cpp), which feeds it what it predicts:
 //

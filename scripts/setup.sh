@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages pnmkv needs, only those missing; quiet when nothing is.
-# Runs as root (or through sudo when it is there). See ../shared/DEPENDENCIES.md.
+# Runs as root (or through sudo when it is there). The packages are listed below.
 set -euo pipefail
 
 packages=(

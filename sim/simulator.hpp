@@ -1,4 +1,4 @@
-// The scale-out simulator (DESIGN.md §3, §5): requests arrive (a closed batch, a Poisson
+// The scale-out simulator (docs/DESIGN.md §3, §5): requests arrive (a closed batch, a Poisson
 // generator or a trace file), are admitted at step boundaries while GPU memory, device
 // capacity (schedulers/placement.hpp on 512 GB devices), a batch cap and a TPOT limit
 // allow, prefill in chunks next to the decoding batch (continuous batching), decode one
@@ -21,7 +21,7 @@
 
 namespace pnmkv {
 
-// GPU memory of the serving GPUs (DESIGN.md §2), on the live cluster's formulas
+// GPU memory of the serving GPUs (docs/DESIGN.md §2), on the live cluster's formulas
 // (schedulers/gpu_memory.hpp) over all tp × pp GPUs: weights, then per request the mode's
 // buffers — recall buffers and (when resident) page summaries for baseline, steady pages for
 // png-kv, partials — and, for open workloads, one prefill chunk's activations.

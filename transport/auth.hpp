@@ -1,4 +1,4 @@
-// Cluster-secret proof for joins (DESIGN.md §7): the coordinator sends a fresh nonce
+// Cluster-secret proof for joins (docs/DESIGN.md §7): the coordinator sends a fresh nonce
 // (challenge), the joining node answers with HMAC-SHA256(secret, transcript) where the
 // transcript binds the nonce to the node id, role and worker address it claims, so a proof
 // cannot be replayed for another identity. OpenSSL does the cryptography.

@@ -1,4 +1,4 @@
-// The data-plane fabric (DESIGN.md §6): endpoints addressed by node id, small messages
+// The data-plane fabric (docs/DESIGN.md §6): endpoints addressed by node id, small messages
 // (the encoded bytes of transport/messages.hpp), and RMA put/get of bulk bytes into memory
 // regions a peer registered. Two implementations: in-process (transport/inproc_fabric.hpp,
 // the embedded cluster) and UCX (transport/ucx_fabric.hpp, one node per process). Both carry

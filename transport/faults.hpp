@@ -1,4 +1,4 @@
-// Fault points on every fabric send and receive (DESIGN.md §6, §7): drop, delay, duplicate,
+// Fault points on every fabric send and receive (docs/DESIGN.md §6, §7): drop, delay, duplicate,
 // corrupt (bit flips), stall and partition, each by seeded probability or by script
 // ("device 3 stalls at step 40", "drop 5% of partials from node 2").
 //

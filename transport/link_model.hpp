@@ -1,4 +1,4 @@
-// The CXL link model in virtual time (DESIGN.md §5): each logical link host <-> switch <->
+// The CXL link model in virtual time (docs/DESIGN.md §5): each logical link host <-> switch <->
 // device has a memory latency, a bandwidth per direction and switch hops. Pure: no UCX, no
 // clocks, no I/O, so the live emulator, the simulator and tests share it.
 //
@@ -18,7 +18,7 @@ namespace pnmkv::transport {
 
 enum class link_direction : uint8_t { host_to_device, device_to_host };
 
-// Defaults from HARDWARE.md. model/ fills this from the hardware YAML.
+// Defaults from docs/HARDWARE.md. model/ fills this from the hardware YAML.
 struct link_params {
   double latency_ns = 300;         // CXL memory load latency, ~250-350 ns (Micron CZ120)
   double bw_gbps_h2d = 64;         // PCIe 5.0 x16 raw, per direction
@@ -50,7 +50,7 @@ class link_occupancy {
   uint64_t bytes_[2] = {0, 0};
 };
 
-// DESIGN.md §5: a receiver's clock = max(own clock, message time) + its op cost.
+// docs/DESIGN.md §5: a receiver's clock = max(own clock, message time) + its op cost.
 inline uint64_t advance_clock(uint64_t& own_ns, uint64_t message_ns, uint64_t op_cost_ns) {
   uint64_t before = own_ns;
   own_ns = std::max(own_ns, message_ns) + op_cost_ns;

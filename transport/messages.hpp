@@ -68,7 +68,7 @@ struct envelope {
   uint16_t version = protocol_version;
   node_id sender = 0;
   uint64_t seq = 0;
-  uint64_t vtime_ns = 0;  // sender's virtual clock (DESIGN.md §5)
+  uint64_t vtime_ns = 0;  // sender's virtual clock (docs/DESIGN.md §5)
 };
 
 struct challenge_msg {

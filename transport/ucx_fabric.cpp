@@ -139,7 +139,7 @@ class ucx_endpoint final : public detail::fabric_base {
     wp.thread_mode = UCS_THREAD_MODE_SINGLE;
     {
       // Shared-memory lanes are dropped under UCP_ERR_HANDLING_MODE_PEER unless the mm
-      // transports do error handling (DEPENDENCIES.md). ucp_config_modify does not reach
+      // transports do error handling (transport/README.md, "Peer failure"). ucp_config_modify does not reach
       // these transport settings in UCX 1.13; they are read from the environment when the
       // worker opens its interfaces, so they are set around worker creation only (never
       // overriding a user's value, and not for tcp, where UCX would warn they are unused).

@@ -1,4 +1,4 @@
-# pnmkv wire protocol: every message that crosses a node boundary (DESIGN.md §6), in the
+# pnmkv wire protocol: every message that crosses a node boundary (docs/DESIGN.md §6), in the
 # embedded cluster too. One root struct, Envelope, whose union names the message kind.
 #
 # Rules that keep the format safe to evolve and cheap to validate:
@@ -231,7 +231,7 @@ struct Envelope {
   version @0 :UInt16;   # protocol version (transport/messages.hpp: protocol_version)
   sender @1 :UInt32;
   seq @2 :UInt64;       # per-sender sequence number
-  vtimeNs @3 :UInt64;   # sender's virtual clock when the message left (DESIGN.md §5)
+  vtimeNs @3 :UInt64;   # sender's virtual clock when the message left (docs/DESIGN.md §5)
   body :union {
     challenge @4 :Challenge;
     join @5 :Join;

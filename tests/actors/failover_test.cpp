@@ -1,4 +1,4 @@
-// Failover to replicas (DESIGN.md §7) at the engine level: with cluster.replication = 2, a
+// Failover to replicas (docs/DESIGN.md §7) at the engine level: with cluster.replication = 2, a
 // device that dies in the middle of a step costs a retry, never an output: the run's
 // output digest and accuracy equal those of the same run with no failure, whichever round
 // the device dies in, in every mode. With no replica the host says which shard was lost.

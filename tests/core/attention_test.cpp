@@ -1,5 +1,5 @@
 // Properties of attention and merge: sparse attention with a budget covering every page
-// equals dense attention (relative error < 1e-5, DESIGN.md §4); attending any partition
+// equals dense attention (relative error < 1e-5, docs/DESIGN.md §4); attending any partition
 // of the pages separately and merging equals attending the union; empty partials change
 // nothing; the scalar loop agrees; bad input is an error and leaves the output alone.
 #include <gtest/gtest.h>

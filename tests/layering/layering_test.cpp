@@ -205,6 +205,7 @@ TEST(layering, every_cited_document_is_in_the_repository) {
   // (file, what it names): not citations.
   static const std::set<std::pair<std::string, std::string>> not_citations = {
       {"experiments/plot.py", "headline.md"},  // the name of the file it writes
+      {"tests/layering/layering_test.cpp", "headline.md"},  // this list
   };
   const fs::path root(PNMKV_SOURCE_DIR);
   size_t checked = 0;

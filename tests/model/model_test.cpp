@@ -23,7 +23,7 @@ std::string write_temp(const std::string& name, const std::string& text) {
 }
 
 TEST(model_shape, kv_bytes_per_token_match_hardware_md) {
-  // HARDWARE.md: 128 KiB (8B), 320 KiB (70B), 504 KiB (405B) per token in bf16.
+  // docs/HARDWARE.md: 128 KiB (8B), 320 KiB (70B), 504 KiB (405B) per token in bf16.
   struct {
     const char* file;
     uint64_t kib;

@@ -305,7 +305,9 @@ TEST(admission, summaries_fall_back_to_the_link_only_when_fit_per_request) {
       if (!c.check({id, tokens - 1, 1}, gr).admitted()) break;
       EXPECT_EQ(gr.gpu_bytes, gr.summaries_resident ? resident : link);
       // A request reads its summaries over the link only when they no longer fit.
-      if (!gr.summaries_resident) EXPECT_GT(resident, c.free_bytes());
+      if (!gr.summaries_resident) {
+        EXPECT_GT(resident, c.free_bytes());
+      }
       saw_link = saw_link || !gr.summaries_resident;
       c.commit(gr);
     }

@@ -1,4 +1,4 @@
-// The simulator against the live cluster (DESIGN.md §5): the same small config through
+// The simulator against the live cluster (docs/DESIGN.md §5): the same small config through
 // run_embedded (virtual time) and through the simulator. Both compose a step with the same
 // code (schedulers/step_timeline.hpp: the host engine feeds it the replies and device done
 // times that happened, the step model its predictions), so where the numerics cannot change

@@ -1,4 +1,4 @@
-// The workload has the structure real attention has (DESIGN.md §4), checked under dense
+// The workload has the structure real attention has (docs/DESIGN.md §4), checked under dense
 // attention computed straight from generated keys: sinks take a large share, the recent
 // window matters, consecutive steps attend to nearly the same pages while steps far apart
 // do not (drift), an asked needle takes a large share in the heads that respond, and
