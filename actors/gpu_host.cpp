@@ -59,7 +59,7 @@ status gpu_host_state::send_work(device_work& w) {
   env.sender = node_;
   env.seq = ++seq_;
   // vtime: when the message has left the host link (arrival minus link latency).
-  env.vtime_ns = static_cast<uint64_t>(std::max(0.0, w.vt_arrival_ns - costs_->link_latency_ns()));
+  env.vtime_ns = std::max(0.0, w.vt_arrival_ns - costs_->link_latency_ns());
   std::vector<uint8_t> bytes;
   if (w.what == device_work::kind::write) bytes = encode_write(env, w);
   else if (w.what == device_work::kind::recall) bytes = encode_recall(env, w);
@@ -434,7 +434,7 @@ void gpu_host_state::on_reply(transport::message& m) {
   if (!engine_ || finished_) return;
   device_reply r;
   r.device_id = m.env.sender;
-  r.vt_done_ns = double(m.env.vtime_ns);
+  r.vt_done_ns = m.env.vtime_ns;
   reply_key key;
   uint32_t step = 0;
   if (auto* p = std::get_if<transport::partial_msg>(&m.body)) {

@@ -47,7 +47,7 @@ void pnm_device_state::send_to(uint32_t dest, double vt_ns, Body body) {
   transport::envelope env;
   env.sender = node_;
   env.seq = ++seq_;
-  env.vtime_ns = static_cast<uint64_t>(vt_ns);
+  env.vtime_ns = vt_ns;
   auto bytes = transport::encode(env, std::move(body));
   auto s = fab_->send(dest, std::move(bytes));
   if (!s) cluster_log().warn("node={} event=send_failed dest={} reason=\"{}\"", node_, dest, s.to_string());
@@ -103,7 +103,7 @@ void pnm_device_state::serve_head(const transport::envelope& env, const transpor
   }
   double done = engine_->clock_ns();
   if (q.round != selection_round::dense && !passive_) {
-    const double arrival = double(env.vtime_ns) + costs_->link_latency_ns();
+    const double arrival = env.vtime_ns + costs_->link_latency_ns();
     done = engine_->charge(
         arrival, device_service_cost(*costs_, device_op::pnm, double(ans.bytes_scanned), ans.flops).time_ns);
   }
@@ -167,7 +167,7 @@ void pnm_device_state::serve_recall(const transport::envelope& env,
     return;
   }
   const double bytes = double(k.size() + v.size()) * sizeof(bf16);
-  const double arrival = double(env.vtime_ns) + costs_->link_latency_ns();
+  const double arrival = env.vtime_ns + costs_->link_latency_ns();
   const double cost = device_service_cost(*costs_, passive_ ? device_op::expander : device_op::pnm, bytes).time_ns;
   const double done = engine_->charge(arrival, cost);
   transport::recall_reply_msg out;

@@ -101,7 +101,7 @@ struct fault_message {
   msg_kind kind = msg_kind::heartbeat;
   uint64_t seq = 0;
   int64_t step = -1;
-  uint64_t vtime_ns = 0;
+  double vtime_ns = 0;
 };
 
 struct fault_decision {

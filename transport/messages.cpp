@@ -944,6 +944,9 @@ result<message> decode_impl(const msg_kind* expected, const void* data, size_t s
     m.env.sender = root.getSender();
     m.env.seq = root.getSeq();
     m.env.vtime_ns = root.getVtimeNs();
+    if (!std::isfinite(m.env.vtime_ns) || m.env.vtime_ns < 0)
+      return fail({reject_reason::bad_value, errc::invalid_argument,
+                   fmt::format("vtime_ns = {} (must be finite and >= 0)", m.env.vtime_ns)});
     auto body = root.getBody();
     auto which = static_cast<unsigned>(body.which());
     if (which >= msg_kind_count)

@@ -27,7 +27,7 @@ namespace pnmkv::transport {
 using node_id = uint32_t;
 
 // Bumped on any incompatible change to wire.capnp. Receivers refuse other versions.
-inline constexpr uint16_t protocol_version = 1;
+inline constexpr uint16_t protocol_version = 2;  // 2: vtimeNs is Float64
 
 // Order matches the Envelope.body union in wire.capnp (checked in messages.cpp) and the
 // alternatives of message_body below.
@@ -68,7 +68,10 @@ struct envelope {
   uint16_t version = protocol_version;
   node_id sender = 0;
   uint64_t seq = 0;
-  uint64_t vtime_ns = 0;  // sender's virtual clock (docs/DESIGN.md §5)
+  // Sender's virtual clock (docs/DESIGN.md §5), ns with its fraction: whole nanoseconds
+  // would round every message's time and keep the live run from charging exactly what the
+  // step model predicts. Finite and >= 0, or the message is refused.
+  double vtime_ns = 0;
 };
 
 struct challenge_msg {

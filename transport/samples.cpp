@@ -25,7 +25,7 @@ message sample_message(msg_kind kind, uint64_t seed, const sample_shape& s) {
   message m;
   m.env.sender = static_cast<node_id>(rng() % 16);
   m.env.seq = rng() % 100000;
-  m.env.vtime_ns = rng() % (1ull << 40);
+  m.env.vtime_ns = double(rng() % (1ull << 40)) + 0.25;
   const uint32_t layer = static_cast<uint32_t>(rng() % 32);
   const uint64_t request = rng() % 1000;
   switch (kind) {

@@ -231,7 +231,7 @@ struct Envelope {
   version @0 :UInt16;   # protocol version (transport/messages.hpp: protocol_version)
   sender @1 :UInt32;
   seq @2 :UInt64;       # per-sender sequence number
-  vtimeNs @3 :UInt64;   # sender's virtual clock when the message left (docs/DESIGN.md §5)
+  vtimeNs @3 :Float64;  # sender's virtual clock when the message left, ns with its fraction (docs/DESIGN.md §5)
   body :union {
     challenge @4 :Challenge;
     join @5 :Join;
