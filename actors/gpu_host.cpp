@@ -48,6 +48,10 @@ void gpu_host_state::init(std::shared_ptr<const run_setup> setup, caf::actor coo
   coordinator_ = coordinator;
   driver_ = coordinator;  // results and progress go through the coordinator
   fab_ = std::move(fab);
+  if (setup_->tpot_ms_max > 0)
+    tpot_ = std::make_unique<tpot_constraint>(
+        setup_->tpot_ms_max,
+        [this](const admission_candidate& c, const admission_grant& g) { return predicted_step_ms(c.request_id, g.placement); });
   start_join(self_, coordinator_, node_, transport::node_role::gpu_host);
 }
 
@@ -335,23 +339,23 @@ void gpu_host_state::on_admission(const control::admission_msg& a) {
     auto pl = placements_.find(a.request_id);
     if (pl == placements_.end())
       return fail_run("request " + std::to_string(a.request_id) + " admitted without a placement");
-    // The link and device budget: placed, but it stays out if the decode step with
-    // it would pass workload.tpot_ms_max (the coordinator takes the room back).
-    if (setup_->tpot_ms_max > 0) {
-      const double ms = predicted_step_ms(a.request_id, pl->second);
-      if (ms > setup_->tpot_ms_max) {
-        char why[200];
-        std::snprintf(why, sizeof why,
-                      "the predicted decode step with it, %.3f ms, passes workload.tpot_ms_max = %.3f ms "
-                      "(link and device budget)",
-                      ms, setup_->tpot_ms_max);
+    // The link and device budget, the last constraint of the admission order: placed, but
+    // it stays out if the decode step with it would pass workload.tpot_ms_max (the
+    // coordinator takes the room back). Checked here: only the GPU host knows the lengths
+    // of the requests in the system.
+    const auto& spec = open_specs_.at(a.request_id);
+    if (tpot_) {
+      admission_grant g;
+      g.request_id = a.request_id;
+      g.placement = pl->second;
+      const admission_verdict v = tpot_->check({a.request_id, spec.context_tokens, spec.steps}, g);
+      if (!v.admitted()) {
         self_->send(coordinator_, ctl_atom::value, ctl(node_, control::release_msg{a.request_id}));
         placements_.erase(pl);
-        if (!sched_->not_admitted(a.request_id, why)) admitting_ = false;
+        if (!sched_->not_admitted(a.request_id, v.detail)) admitting_ = false;
         return boundary();
       }
     }
-    const auto& spec = open_specs_.at(a.request_id);
     auto s = engine_->add_request({spec.request_id, spec.context_tokens, spec.steps}, pl->second,
                                   /*decoding=*/false);
     if (!s) return fail_run(s.to_string());

@@ -22,6 +22,7 @@
 #include "actors/node_common.hpp"
 #include "actors/run_report.hpp"
 #include "actors/run_setup.hpp"
+#include "schedulers/admission.hpp"
 #include "schedulers/serving.hpp"
 #include "transport/fabric.hpp"
 #include "transport/messages.hpp"
@@ -156,6 +157,9 @@ class gpu_host_state {
   bool admitting_ = true;            // false: the head of the queue did not fit this boundary
   bool step_running_ = false;
   std::unique_ptr<step_model> predictor_;  // workload.tpot_ms_max
+  // The TPOT budget, the admission constraint the simulator checks too
+  // (schedulers/admission.hpp); null when workload.tpot_ms_max = 0.
+  std::unique_ptr<tpot_constraint> tpot_;
   std::set<uint32_t> lost_;  // devices failed over (cluster.replication >= 2)
 };
 

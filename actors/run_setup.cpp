@@ -123,7 +123,9 @@ status set_step(const run_spec& spec, run_setup& s) {
   st->heads_scored = spec.selection.gqa_aggregation == gqa_aggregation::max ? s.model.gqa_group() : 1;
   st->exact_cross_shard = s.host.cross_shard == cross_shard_selection::exact;
   st->summaries = s.host.summaries_resident ? summary_residence::hbm : summary_residence::link;
-  st->recall_reuse = spec.sim.baseline_recall_reuse;
+  // The live host engine recalls every selected page (no reuse across steps), so its
+  // TPOT predictions must not assume sim.baseline_recall_reuse.
+  st->recall_reuse = false;
   st->charge_link_energy = spec.sim.charge_link_energy;
   st->baseline_overlap = false;
   s.host.host_links = st->host_links;
