@@ -41,8 +41,7 @@ admission_params admission_params_of(const run_setup& setup) {
   gpu.floor_tokens = setup.open_workload() ? 0 : setup.gpu_query.context_tokens;
   ap.gpu = std::move(gpu);
   placement_params pp;
-  const double capacity = setup.host.mode == run_mode::baseline ? setup.hw.expander.capacity_bytes
-                                                                  : setup.hw.pnm.capacity_bytes;
+  const double capacity = device_capacity_bytes(setup.hw, setup.host.mode);
   pp.pools = make_pools(ids, setup.pool_devices, static_cast<uint64_t>(capacity));
   pp.request = setup.placement;
   pp.costs = setup.step->costs;

@@ -14,7 +14,7 @@
 #include "core/kv_store.hpp"
 #include "core/score.hpp"
 #include "core/status.hpp"
-#include "schedulers/modes.hpp"
+#include "model/modes.hpp"
 #include "schedulers/placement.hpp"
 
 namespace pnmkv {

@@ -671,9 +671,7 @@ void gpu_host_state::report_capacity(run_report& rep) const {
   const uint64_t pages = (pr.context_tokens + pr.decode_tokens + pr.page_size_tokens - 1) / pr.page_size_tokens;
   const double request_bytes = double(shard_bytes_per_layer_head(pr, pages)) * pr.kv_heads *
                                pr.layers * setup.replication;
-  const double capacity = setup.devices * (setup.host.mode == run_mode::baseline
-                                               ? setup.hw.expander.capacity_bytes
-                                               : setup.hw.pnm.capacity_bytes);
+  const double capacity = setup.devices * device_capacity_bytes(setup.hw, setup.host.mode);
   const uint32_t device_max = static_cast<uint32_t>(std::floor(capacity / request_bytes));
   rep.max_batch = std::min(gpu_max, device_max);
   rep.max_batch_gpu_memory = gpu_max;

@@ -41,7 +41,7 @@
 #include "core/accuracy.hpp"
 #include "core/workload.hpp"
 #include "model/cost_model.hpp"
-#include "schedulers/modes.hpp"
+#include "model/modes.hpp"
 #include "schedulers/placement.hpp"
 #include "schedulers/serving.hpp"
 #include "schedulers/steady_pages.hpp"

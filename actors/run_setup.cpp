@@ -128,7 +128,10 @@ status set_step(const run_spec& spec, run_setup& s) {
   st->recall_reuse = false;
   st->charge_link_energy = spec.sim.charge_link_energy;
   st->baseline_overlap = false;
+  // The host engine charges with the same figures the step model predicts with.
   s.host.host_links = st->host_links;
+  s.host.heads_scored = st->heads_scored;
+  s.host.summary_elem_bytes = st->summary_elem_bytes;
   s.step = std::move(st);
   return status::ok();
 }

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "core/status.hpp"
+#include "model/modes.hpp"
 
 namespace pnmkv {
 
@@ -52,5 +53,12 @@ struct hardware_spec {
 // Reads and validates a hardware file. Errors name the file, the key and what is allowed:
 // unknown keys, missing keys, a figure without a source, non-positive values.
 result<hardware_spec> load_hardware(const std::string& file);
+
+// Bytes one memory device holds in `mode`: a passive expander in baseline, a PNM device
+// otherwise (the modelled capacity placement fills; the emulator's own limit is
+// cluster.device_memory_bytes_max).
+inline double device_capacity_bytes(const hardware_spec& hw, run_mode mode) {
+  return mode == run_mode::baseline ? hw.expander.capacity_bytes : hw.pnm.capacity_bytes;
+}
 
 }  // namespace pnmkv

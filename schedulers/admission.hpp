@@ -27,7 +27,7 @@
 #include "model/hardware.hpp"
 #include "model/model_shape.hpp"
 #include "schedulers/gpu_memory.hpp"
-#include "schedulers/modes.hpp"
+#include "model/modes.hpp"
 #include "schedulers/placement.hpp"
 
 namespace pnmkv {

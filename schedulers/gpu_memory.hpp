@@ -15,7 +15,7 @@
 
 #include "model/hardware.hpp"
 #include "model/model_shape.hpp"
-#include "schedulers/modes.hpp"
+#include "model/modes.hpp"
 
 namespace pnmkv {
 

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "model/cost_model.hpp"
-#include "schedulers/modes.hpp"
+#include "model/modes.hpp"
 
 namespace pnmkv {
 

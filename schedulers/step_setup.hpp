@@ -16,7 +16,7 @@
 #include "model/gpu_fabric.hpp"
 #include "model/hardware.hpp"
 #include "model/model_shape.hpp"
-#include "schedulers/modes.hpp"
+#include "model/modes.hpp"
 
 namespace pnmkv {
 

@@ -60,8 +60,7 @@ void set_devices_and_selection(const run_spec& spec, sim_setup& s) {
   s.devices = c.pnm_devices;
   s.pool_auto = spec.sim.pool_auto;
   s.pool_devices = c.pool_devices == 0 ? s.devices : c.pool_devices;
-  s.device_capacity_bytes =
-      s.mode == run_mode::baseline ? s.hw.expander.capacity_bytes : s.hw.pnm.capacity_bytes;
+  s.device_capacity_bytes = device_capacity_bytes(s.hw, s.mode);
 
   const selection_section& sel = spec.selection;
   s.page_size_tokens = sel.page_size_tokens;

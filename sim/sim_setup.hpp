@@ -17,9 +17,6 @@
 
 namespace pnmkv {
 
-// workload.arrivals (config/enums.hpp); summary_residence (baseline.summaries) is there too.
-using sim_workload = workload_arrivals;
-
 // The step model's inputs (schedulers/step_setup.hpp: mode, model, hardware, fabric,
 // calibration, cost model, GPU topology, devices and pools, selection, baseline policies)
 // and the simulator's own: the config, pool choice, capacity, placement and workload.
@@ -31,7 +28,7 @@ struct sim_setup : step_setup {
   placement_request placement;  // request id, context and decode tokens filled per request
 
   // Workload.
-  sim_workload workload = sim_workload::closed;
+  workload_arrivals workload = workload_arrivals::closed;
   bool batch_max_policy = false;  // closed: admit as many as fit
   uint32_t batch = 1;             // closed, batch_policy=config
   uint32_t batch_cap = 0;         // workload.batch_max (0: none)
@@ -48,7 +45,7 @@ struct sim_setup : step_setup {
   // analytic batch limits: a poisson request's own, else run.steps + 1 (a closed batch's
   // decode steps and its first token; trace rows vary, so the configured figure).
   uint64_t sizing_output_tokens() const {
-    return workload == sim_workload::poisson ? std::max<uint64_t>(1, output_tokens) : uint64_t(steps) + 1;
+    return workload == workload_arrivals::poisson ? std::max<uint64_t>(1, output_tokens) : uint64_t(steps) + 1;
   }
   std::string trace_file;
   double duration_s_max = 0;

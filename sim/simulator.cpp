@@ -50,7 +50,7 @@ sim_gpu_memory gpu_memory_of(const sim_setup& s) {
   g.usable_bytes = u.capacity_bytes;
   g.weight_bytes = u.weights_bytes;
   // Open workloads prefill next to the batch: one chunk's activations stay reserved.
-  if (s.workload != sim_workload::closed) {
+  if (s.workload != workload_arrivals::closed) {
     gpu_memory_query q = gpu_query(s, s.context_tokens, true, uint32_t(s.prefill_chunk_tokens));
     q.mode = run_mode::pnm_kv;
     g.prefill_working_bytes = gpu_memory(s.model, s.hw, q).activations_bytes;
@@ -170,7 +170,7 @@ result<uint32_t> choose_pool_devices(const sim_setup& setup) {
   uint32_t best = 0;
   double best_tps = -1;
   std::string last_reason = "no pool size admits a request";
-  const uint32_t target = setup.workload == sim_workload::closed && !setup.batch_max_policy
+  const uint32_t target = setup.workload == workload_arrivals::closed && !setup.batch_max_policy
                               ? setup.batch
                               : (setup.batch_cap ? setup.batch_cap : 100000u);
   for (uint32_t d = 1; d <= setup.devices; ++d) {
@@ -213,7 +213,7 @@ class sim_driver {
       : setup_(std::move(setup)),
         S_(*setup_),
         progress_(progress),
-        closed_(S_.workload == sim_workload::closed),
+        closed_(S_.workload == workload_arrivals::closed),
         sm_(setup_),
         sched_({}, serving_params_of(S_)),
         adm_(sim_admission(S_, false, [this](const admission_candidate& c, const admission_grant& g) {
@@ -304,7 +304,7 @@ void sim_driver::describe() {
   res_.calibration_file = S_.cal.file;
   for (const auto& [name, v] : S_.cal.entries()) res_.calibration.emplace_back(name, *v);
   res_.config_json = S_.cfg.to_json();
-  res_.workload = closed_ ? "closed" : S_.workload == sim_workload::poisson ? "poisson" : "trace";
+  res_.workload = to_string(S_.workload);
   res_.context_tokens = S_.context_tokens;
   res_.budget_tokens = S_.budget_tokens;
   res_.gpus = S_.gpus();
@@ -379,7 +379,7 @@ void sim_driver::fill_closed_batch() {
 
 status sim_driver::load_open_workload() {
   std::vector<trace_row> rows;
-  if (S_.workload == sim_workload::trace) {
+  if (S_.workload == workload_arrivals::trace) {
     auto t = load_trace(S_.trace_file);
     if (!t) return t.error();
     rows = std::move(t).value();

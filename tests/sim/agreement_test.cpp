@@ -51,7 +51,6 @@ struct pair_result {
   bool skipped = false;
   run_report live;
   sim_result sim;
-  uint32_t layers = 0;
 };
 
 pair_result run_both(const std::vector<std::string>& sets) {
@@ -71,7 +70,6 @@ pair_result run_both(const std::vector<std::string>& sets) {
   auto setup = make_sim_setup(*cfg);
   EXPECT_TRUE(setup) << setup.error().to_string();
   if (!setup) return out;
-  out.layers = (*setup)->model.layers;
   auto sim = simulate(*setup);
   EXPECT_TRUE(sim) << sim.error().to_string();
   if (sim) out.sim = *sim;
@@ -140,6 +138,12 @@ TEST(sim_agreement, baseline) {
   expect_equal(r, "baseline");
   // Max batch from GPU memory: the same formula (schedulers/gpu_memory.hpp).
   EXPECT_EQ(r.live.max_batch_gpu_memory, r.sim.batch_limit_gpu_memory);
+  // The GPU scores the summaries in baseline: one summed query per group (sum) or every
+  // head (max), over bf16 or fp32 summaries, read over the link; live charges what the
+  // step model predicts for each.
+  auto other = run_both(small({"run.mode=baseline", "cluster.pnm_devices=4", "selection.gqa_aggregation=sum",
+                               "selection.summary_precision=fp32", "baseline.summaries=link"}));
+  expect_equal(other, "baseline, sum aggregation, fp32 summaries over the link");
 }
 
 TEST(sim_agreement, png_kv_without_steady_pages_equals_its_composition) {
@@ -206,8 +210,8 @@ TEST(sim_agreement, open_workload_trace_served_alike) {
   // One trace of five requests (two arrival bursts, prompts of 1-4 chunks, 4-8 output
   // tokens) served by the live cluster and simulated: admission at step boundaries, chunked
   // prefill next to decoding and the step compositions are the same, so TTFT, TPOT, tokens/s,
-  // energy per token and every request's first-token and finish times are equal up to the
-  // wire's truncation summed over the steps before them; with exact selection over two
+  // energy per token and every request's first-token and finish times are equal up to
+  // rounding; with exact selection over two
   // shards, within 1% (a calibrated prediction).
   // png-kv is left out: the simulator takes its steady pages from calibration.
   scratch_dir scratch("trace");

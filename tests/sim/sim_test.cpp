@@ -370,7 +370,7 @@ TEST(sim_setup, workload_keys_are_the_live_clusters_and_the_old_sim_ones_are_unk
                      "workload.prompt_tokens_spread_fraction=0.2", "workload.output_tokens=5",
                      "workload.batch_max=6", "workload.prefill_chunk_tokens=1024", "run.steps=9"});
   ASSERT_TRUE(s);
-  EXPECT_EQ(s->workload, sim_workload::poisson);
+  EXPECT_EQ(s->workload, workload_arrivals::poisson);
   EXPECT_EQ(s->requests, 7u);
   EXPECT_DOUBLE_EQ(s->arrival_rate_per_s, 3);
   EXPECT_DOUBLE_EQ(s->prompt_spread_fraction, 0.2);
