@@ -192,8 +192,6 @@ layer_timeline::wait_split layer_timeline::attribute_wait(double wait_ns) const 
 layer_end end_of_layer(double t0_ns, double wait_ns, double overlap_ns, double prefill_last_ns,
                        double merge_ns) {
   layer_end e;
-  e.wait_ns = wait_ns;
-  e.overlap_ns = overlap_ns;
   const double W = std::max(wait_ns, overlap_ns);
   e.prefill_extra_ns = std::max(0.0, prefill_last_ns - (t0_ns + W));
   e.time_ns = t0_ns + W + e.prefill_extra_ns + merge_ns;

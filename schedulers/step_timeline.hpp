@@ -87,7 +87,6 @@ class layer_timeline {
               uint64_t reply_bytes, uint32_t slot = 0);
   void served(uint64_t seq, uint32_t device, uint32_t link, double cost_ns, double done_ns,
               uint64_t reply_bytes, uint32_t slot = 0);
-  uint64_t next_seq() const { return seq_; }
   void serve();
   // Replies over the inbound links; returns the last arrival (t0 when there were none).
   // Items keep their per-reply arrival in done_ns until clear_items().
@@ -155,7 +154,6 @@ class gpu_ranks {
   }
   double end() const { return clock_[critical()]; }
   double busy(uint32_t rank) const { return busy_[rank]; }
-  uint32_t ranks() const { return uint32_t(clock_.size()); }
 
  private:
   std::vector<double> clock_, busy_;
@@ -165,8 +163,6 @@ class gpu_ranks {
 // and the GPU's overlapping attention, a second round if any, prompt writes that are still
 // arriving, then the merges.
 struct layer_end {
-  double wait_ns = 0;          // last reply − t0 (0 when none)
-  double overlap_ns = 0;       // GPU attention overlapping the devices
   double prefill_extra_ns = 0; // prompt writes arriving after the GPU is done waiting
   double time_ns = 0;          // t0 + max(wait, overlap) + prefill_extra + merge
 };

@@ -76,10 +76,6 @@ gpu_memory_params gpu_params(const sim_setup& s) {
 
 }  // namespace
 
-double gpu_bytes_per_request(const sim_setup& s, uint64_t final_tokens, bool summaries_resident) {
-  return gpu_memory_constraint(gpu_params(s)).request_bytes(final_tokens, summaries_resident);
-}
-
 double device_bytes_per_request(const sim_setup& s, uint64_t final_tokens) {
   placement_request pr = s.placement;
   const uint64_t pages = (final_tokens + s.page_size_tokens - 1) / s.page_size_tokens;

@@ -180,6 +180,21 @@ TEST(Validation, RefusesUnknownProtocolVersion) {
   EXPECT_EQ(st.count(reject_reason::bad_version), 1u);
 }
 
+TEST(Validation, RefusesVirtualTimeThatIsNotAFiniteNonNegativeNumber) {
+  for (double bad : {std::nan(""), -1.0, -std::numeric_limits<double>::infinity(),
+                     std::numeric_limits<double>::infinity()}) {
+    SCOPED_TRACE(bad);
+    message m = sample_message(msg_kind::partial, 1);
+    m.env.vtime_ns = bad;
+    expect_rejected(encode(m), reject_reason::bad_value);
+  }
+  message ok = sample_message(msg_kind::partial, 1);
+  ok.env.vtime_ns = 1234.5678;  // the fraction survives
+  auto d = decode(encode(ok), limits);
+  ASSERT_TRUE(d.is_ok()) << d.error().to_string();
+  EXPECT_EQ(d->env.vtime_ns, 1234.5678);
+}
+
 TEST(Validation, RefusesOversizedMessage) {
   wire_limits l;
   l.max_message_bytes = 1 << 16;
