@@ -85,7 +85,11 @@ std::string coordinator_state::membership_bytes(const std::vector<uint64_t>& req
   mm.epoch = 1;
   for (const auto& [id, m] : members_)
     mm.members.push_back(transport::member_info{id, m.role, true, m.address});
-  for (uint64_t r : requests) mm.placements.push_back(placement_to_wire(placed_.at(r)));
+  for (uint64_t r : requests) {
+    const admission_grant* g = admission_.grant_of(r);
+    PNMKV_CHECK(g != nullptr, "membership of request ", r, ", which is not admitted");
+    mm.placements.push_back(placement_to_wire(g->placement));
+  }
   return wire_bytes(self_id_, std::move(mm));
 }
 
@@ -125,7 +129,6 @@ std::string coordinator_state::admit_one(const control::request_spec_msg& spec) 
   const admission_verdict v = admission_.try_admit({spec.request_id, spec.context_tokens, spec.steps});
   if (!v.admitted()) return v.detail;
   const request_placement& pl = admission_.grant_of(spec.request_id)->placement;
-  placed_.emplace(spec.request_id, pl);
   auto& waiting = awaiting_acks_[spec.request_id];
   for (const auto& s : pl.shards) {
     waiting.insert(s.device_id);
@@ -160,15 +163,14 @@ void coordinator_state::maybe_start_open() {
 }
 
 void coordinator_state::release(uint64_t request_id) {
-  auto it = placed_.find(request_id);
-  if (it == placed_.end()) return;
+  const admission_grant* g = admission_.grant_of(request_id);
+  if (!g) return;
   std::set<uint32_t> holders;
-  for (const auto& s : it->second.shards) {
+  for (const auto& s : g->placement.shards) {
     holders.insert(s.device_id);
     holders.insert(s.replica_device_ids.begin(), s.replica_device_ids.end());
   }
   admission_.release(request_id);
-  placed_.erase(it);
   auto bytes = ctl(self_id_, control::release_msg{request_id});
   for (uint32_t dev : holders)
     if (const member* m = find_member(dev)) self_->send(m->hdl, ctl_atom::value, bytes);
@@ -272,7 +274,7 @@ void coordinator_state::on_submit(const control::submit_msg& s, const caf::actor
 }
 
 void coordinator_state::on_admit(const control::admit_msg& ad) {
-  if (!setup_->open_workload() || placed_.count(ad.request_id) || awaiting_acks_.count(ad.request_id))
+  if (!setup_->open_workload() || admission_.grant_of(ad.request_id) || awaiting_acks_.count(ad.request_id))
     return;
   const control::request_spec_msg* spec = nullptr;
   for (const auto& r : open_specs_)

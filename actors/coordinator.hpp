@@ -80,9 +80,9 @@ class coordinator_state {
   caf::actor driver_;
   std::deque<control::request_spec_msg> queue_;
   // GPU memory, the pools' modelled capacity (512 GB devices, data parallel) and the live
-  // layers' bytes a device may still take (schedulers/admission.hpp).
+  // layers' bytes a device may still take, and each admitted request's placement
+  // (schedulers/admission.hpp: grant_of).
   admission admission_;
-  std::map<uint64_t, request_placement> placed_;
   std::map<uint64_t, control::request_spec_msg> specs_;
   std::map<uint64_t, std::set<uint32_t>> awaiting_acks_;
   std::vector<uint64_t> ready_requests_;

@@ -720,10 +720,7 @@ status host_engine::finish_round_a() {
   const double wait_ns = std::max(0.0, last_reply_ns_ - t0);
   clock_ns_ = second_round_start(t0, wait_ns, overlap_ns_);
   tl_.clear_items();
-  cur_.device_ns += round_device_ns_;
-  cur_.link_ns += std::max(0.0, wait_ns - round_device_ns_);
-  round_device_ns_ = 0;
-  device_busy_ns_.clear();
+  close_round(wait_ns);
   round_start_ns_ = clock_ns_;
   return {};
 }
@@ -780,10 +777,7 @@ status host_engine::finish_baseline_scoring() {
   const double wait_ns = in - t0;
   clock_ns_ = gpu_.end();
   for (const head_key& key : layer_slots_) heads_.at(key).ready_ns = clock_ns_;
-  cur_.device_ns += round_device_ns_;
-  cur_.link_ns += std::max(0.0, wait_ns - round_device_ns_);
-  round_device_ns_ = 0;
-  device_busy_ns_.clear();
+  close_round(wait_ns);
   round_start_ns_ = clock_ns_;
   return {};
 }
@@ -1110,11 +1104,17 @@ status host_engine::finish_layer() {
   clock_ns_ = e.time_ns;
   cur_.link_ns += e.prefill_extra_ns;
   cur_.merge_ns += merge_ns;
+  close_round(round_wait_ns);
+  return {};
+}
+
+// A round's wait is charged to the busiest device's work, the rest of it to the link
+// (the report's breakdown); the round's device bookkeeping starts afresh.
+void host_engine::close_round(double wait_ns) {
   cur_.device_ns += round_device_ns_;
-  cur_.link_ns += std::max(0.0, round_wait_ns - round_device_ns_);
+  cur_.link_ns += std::max(0.0, wait_ns - round_device_ns_);
   round_device_ns_ = 0;
   device_busy_ns_.clear();
-  return {};
 }
 
 void host_engine::calibrate(const head_key& key, const head_state& hs) {

@@ -275,6 +275,7 @@ class host_engine {
 
   std::vector<device_work> copy_work();
   std::vector<device_work> layer_work(uint32_t layer);
+  void close_round(double wait_ns);
   void append_token(const request_spec& r, uint32_t layer, uint32_t h, uint64_t position,
                     std::vector<device_work>& work);
   uint64_t attend_steady(const head_key& key, head_state& hs, uint64_t budget_pages,

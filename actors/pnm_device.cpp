@@ -38,7 +38,7 @@ void pnm_device_state::init(std::shared_ptr<const run_setup> setup, uint32_t nod
   coordinator_ = std::move(coordinator);
   fab_ = std::move(fab);
   costs_ = setup_->costs.get();
-  passive_ = setup_->mode == "baseline";
+  passive_ = setup_->host.mode == run_mode::baseline;
   start_join(self_, coordinator_, node_, transport::node_role::pnm_device);
 }
 
@@ -312,10 +312,7 @@ void pnm_device_state::on_membership(const std::string& bytes) {
 
 void pnm_device_state::on_wire(std::vector<uint8_t>& bytes) {
   auto m = transport::decode(bytes.data(), bytes.size(), limits_);
-  if (!m) {
-    ++rejected_;  // counted and logged once per reason by the decoder
-    return;
-  }
+  if (!m) return;  // counted and logged once per reason by the decoder (wire_stats)
   const transport::envelope env = m->env;
   if (auto* w = std::get_if<transport::prefill_write_msg>(&m->body)) on_write(env, *w);
   else if (auto* a = std::get_if<transport::token_append_msg>(&m->body)) on_append(*a);

@@ -89,7 +89,6 @@ class pnm_device_state {
   std::deque<std::pair<transport::envelope, transport::prefill_write_msg>> early_writes_;
   std::deque<transport::token_append_msg> early_appends_;
   std::set<uint32_t> connected_;  // fabric peers already connected
-  uint64_t rejected_ = 0;
 };
 
 // fab: this node's data-plane endpoint (outlives the actor).
