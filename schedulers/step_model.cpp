@@ -11,11 +11,39 @@
 
 namespace pnmkv {
 
+uint64_t steady_set_pages(const step_setup& s) {
+  if (s.mode != run_mode::png_kv) return 0;
+  const uint64_t budget_pages = s.budget_pages();
+  return std::max<uint64_t>(
+      work::pngkv_budget_split(budget_pages, s.cal.steady_hit_fraction.value).gpu_pages,
+      uint64_t(std::llround(s.cal.steady_set_fraction.value * double(budget_pages))));
+}
+
 namespace {
 void add_wait(const layer_timeline::wait_split& w, step_breakdown& crit) {
   crit.device_scan_ns += w.device_ns;
   crit.link_ns += w.link_ns;
   crit.queueing_ns += w.queueing_ns;
+}
+
+// png-kv: a request's steady pages per (layer, KV head) once it holds `total_pages`: the
+// set, but only full pages other than the always-kept first and last.
+uint64_t request_steady_pages(uint64_t set_pages, uint64_t total_pages) {
+  return std::min<uint64_t>(set_pages, total_pages > 2 ? total_pages - 2 : 0);
+}
+
+// How `pages` selected pages fall on `s` shards: the busiest shard takes `spread` (the
+// calibration's selection_spread, >= 1) times the even share, the others share the rest
+// evenly. The busiest rotates with the request and the head so that no device is always it.
+void spread_over_shards(uint64_t pages, uint32_t s, uint32_t req_index, uint32_t kv_head, double spread,
+                        std::vector<uint64_t>& pages_on) {
+  pages_on.assign(s, 0);
+  const uint32_t hot = (req_index + kv_head) % s;
+  const uint64_t hot_pages =
+      s == 1 ? pages : std::min<uint64_t>(pages, uint64_t(std::ceil(double(pages) / s * spread)));
+  pages_on[hot] = hot_pages;
+  for (uint32_t k = 0; k + 1 < s; ++k)
+    pages_on[(hot + 1 + k) % s] = work::local_budget_pages(pages - hot_pages, s - 1, k);
 }
 }  // namespace
 
@@ -107,8 +135,7 @@ void step_model::pnm_round_a(const step_request& r, uint32_t ri, pnm_layer& L, l
   PNMKV_CHECK(idx0 >= 0, "no shard holds the last page of request ", r.id);
   const uint32_t j_last = pl.shards[size_t(idx0)].sequence_index;
   const uint64_t total_pages = (seq_after + ps - 1) / ps;
-  // png-kv: steady pages are full pages other than the always-kept first and last.
-  const uint64_t steady_r = L.png ? std::min<uint64_t>(L.steady_pages, total_pages > 2 ? total_pages - 2 : 0) : 0;
+  const uint64_t steady_r = L.png ? request_steady_pages(L.steady_pages, total_pages) : 0;
   const uint64_t gpu_pages_r = std::min<uint64_t>(L.split_gpu_pages, steady_r);
   const uint64_t device_budget = L.budget_pages - gpu_pages_r;
   const bool two_rounds = s > 1 && S.exact_cross_shard;
@@ -167,13 +194,7 @@ void step_model::pnm_round_b(const pnm_layer& L, double tb, layer_result& lr) {
     const uint64_t candidates_tokens = seq_after > rb.steady * ps ? seq_after - rb.steady * ps : 1;
     const work::shard_selection sel = work::select_on_shard(candidates_tokens, ps, rb.device_budget, true);
     if (sel.pages_selected == 0) continue;
-    pages_on.assign(s, 0);
-    const uint32_t hot = (rb.req_index + rb.kv_head) % s;
-    const uint64_t hot_pages =
-        std::min<uint64_t>(sel.pages_selected, uint64_t(std::ceil(double(sel.pages_selected) / s * spread)));
-    pages_on[hot] = hot_pages;
-    for (uint32_t k = 0; k + 1 < s; ++k)
-      pages_on[(hot + 1 + k) % s] = work::local_budget_pages(sel.pages_selected - hot_pages, s - 1, k);
+    spread_over_shards(sel.pages_selected, s, rb.req_index, rb.kv_head, spread, pages_on);
     const double tokens_per_page = double(sel.tokens_selected) / double(sel.pages_selected);
     for (uint32_t j = 0; j < s; ++j) {
       if (pages_on[j] == 0) continue;
@@ -211,10 +232,7 @@ step_model::layer_result step_model::layer_pnm(const std::vector<const step_requ
       L.png ? work::pngkv_budget_split(L.budget_pages, S.cal.steady_hit_fraction.value)
             : work::pngkv_split{0, L.budget_pages};
   L.split_gpu_pages = split.gpu_pages;
-  L.steady_pages =
-      L.png ? std::max<uint64_t>(split.gpu_pages,
-                                 uint64_t(std::llround(S.cal.steady_set_fraction.value * double(L.budget_pages))))
-            : 0;
+  L.steady_pages = steady_set_pages(S);
   for (uint32_t ri = 0; ri < reqs.size(); ++ri) pnm_round_a(*reqs[ri], ri, L, lr);
   tl_.serve();
   double last_reply = tl_.receive();
@@ -328,15 +346,7 @@ void step_model::baseline_recalls(const std::vector<const step_request*>& reqs,
     const uint64_t recall_pages =
         std::min(sel.pages_selected, uint64_t(std::ceil(double(sel.pages_selected) * (1.0 - keep))));
     if (recall_pages == 0) continue;
-    // The busiest shard gets `spread` times the even share; the others share the rest.
-    pages_on.assign(s, 0);
-    const uint32_t hot = (sl.req + sl.kv_head) % s;
-    const uint64_t hot_pages =
-        s == 1 ? recall_pages
-               : std::min<uint64_t>(recall_pages, uint64_t(std::ceil(double(recall_pages) / s * spread)));
-    pages_on[hot] = hot_pages;
-    for (uint32_t k = 0, rest = s - 1; k + 1 < s; ++k)
-      pages_on[(hot + 1 + k) % s] = work::local_budget_pages(recall_pages - hot_pages, rest, k);
+    spread_over_shards(recall_pages, s, sl.req, sl.kv_head, spread, pages_on);
     const double tokens_per_page = double(sel.tokens_selected) / double(sel.pages_selected);
     for (uint32_t j = 0; j < s; ++j) {
       if (pages_on[j] == 0) continue;
@@ -460,17 +470,14 @@ step_model::layer_result step_model::steady_copies(const std::vector<step_reques
   const uint32_t H = m.kv_heads, ps = S.page_size_tokens;
   layer_result lr;
   tl_.begin(0);
-  const uint64_t budget_pages = S.budget_pages();
-  const uint64_t steady_pages = std::max<uint64_t>(
-      work::pngkv_budget_split(budget_pages, S.cal.steady_hit_fraction.value).gpu_pages,
-      uint64_t(std::llround(S.cal.steady_set_fraction.value * double(budget_pages))));
+  const uint64_t steady_pages = steady_set_pages(S);
   const double churn_per_step = S.cal.steady_churn_fraction.value / std::max(1.0, S.cal.steady_reeval_steps.value);
   double copied_bytes = 0;
   for (const step_request& r : decode) {
     const request_placement& pl = *r.placement;
     const uint32_t s = pl.sequence_shards, heads_per_group = H / pl.head_groups;
     const uint64_t total_pages = (r.seq_tokens + 1 + ps - 1) / ps;
-    const uint64_t steady_r = std::min<uint64_t>(steady_pages, total_pages > 2 ? total_pages - 2 : 0);
+    const uint64_t steady_r = request_steady_pages(steady_pages, total_pages);
     const double pages = r.first_decode_step ? double(steady_r) : double(steady_r) * churn_per_step;
     if (pages <= 0) continue;
     for (uint32_t h = 0; h < H; ++h) {

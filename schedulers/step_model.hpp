@@ -91,6 +91,12 @@ struct step_result {
   uint64_t prefill_tokens = 0;
 };
 
+// png-kv: the steady pages per (request, layer, KV head) the GPU holds, as the calibration
+// predicts them: steady_set_fraction of the budget, and at least the pages the GPU attends
+// (pngkv_budget_split's share); 0 in the other modes. The step model, the simulator's GPU
+// memory and the live TPOT prediction size the steady set with this one figure.
+uint64_t steady_set_pages(const step_setup& s);
+
 class step_model {
  public:
   explicit step_model(std::shared_ptr<const step_setup> setup);

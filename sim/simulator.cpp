@@ -14,7 +14,6 @@
 #include <sstream>
 
 #include "core/check.hpp"
-#include "model/work_sizes.hpp"
 #include "schedulers/admission.hpp"
 
 namespace pnmkv {
@@ -29,19 +28,12 @@ gpu_memory_query gpu_query(const sim_setup& s, uint64_t final_tokens, bool summa
   q.batch = batch;
   q.context_tokens = final_tokens;
   q.budget_tokens = s.budget_tokens;
-  q.steady_tokens = s.mode == run_mode::png_kv ? steady_set_pages(s) * s.page_size_tokens : 0;
+  q.steady_tokens = steady_set_pages(s) * s.page_size_tokens;  // 0 unless png-kv
   q.page_size_tokens = s.page_size_tokens;
   q.summary_elem_bytes = s.summary_elem_bytes;
   q.tp = s.gpus();  // every GPU of every stage holds its share of weights and buffers
   q.summaries_resident = summaries_resident;
   return q;
-}
-
-uint64_t steady_set_pages(const sim_setup& s) {
-  if (s.mode != run_mode::png_kv) return 0;
-  return std::max<uint64_t>(
-      work::pngkv_budget_split(s.budget_pages(), s.cal.steady_hit_fraction.value).gpu_pages,
-      uint64_t(std::llround(s.cal.steady_set_fraction.value * double(s.budget_pages()))));
 }
 
 sim_gpu_memory gpu_memory_of(const sim_setup& s) {

@@ -34,8 +34,6 @@ struct sim_gpu_memory {
 sim_gpu_memory gpu_memory_of(const sim_setup& s);
 gpu_memory_query gpu_query(const sim_setup& s, uint64_t final_tokens, bool summaries_resident,
                            uint32_t batch);
-// png-kv: steady pages per (request, layer, KV head) held on the GPU.
-uint64_t steady_set_pages(const sim_setup& s);
 // Device bytes one request takes over its pool (K, V, summaries, every layer, × replication).
 double device_bytes_per_request(const sim_setup& s, uint64_t final_tokens);
 
