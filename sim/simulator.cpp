@@ -80,6 +80,16 @@ double device_bytes_per_request(const sim_setup& s, uint64_t final_tokens) {
 
 namespace {
 
+// Without workload.batch_max, the loops that offer requests until admission refuses one
+// (a closed batch under sim.batch_policy = max, the device-capacity limit) stop at this
+// many: at the long contexts the simulator is for, the GPU-memory ledger and the pools
+// refuse long before (every request takes HBM and device bytes); it only bounds the loop.
+constexpr uint32_t offered_requests_max = 1'000'000;
+// choose_pool_devices predicts one decode step of the batch it admits for every pool size,
+// which costs O(batch) per layer: without a configured batch or workload.batch_max, that
+// batch is offered at most this many requests.
+constexpr uint32_t pool_probe_requests_max = 100'000;
+
 placement_params placement_params_of(const sim_setup& s) {
   placement_params p;
   std::vector<uint32_t> ids(s.devices);
@@ -160,7 +170,7 @@ result<uint32_t> choose_pool_devices(const sim_setup& setup) {
   std::string last_reason = "no pool size admits a request";
   const uint32_t target = setup.workload == workload_arrivals::closed && !setup.batch_max_policy
                               ? setup.batch
-                              : (setup.batch_cap ? setup.batch_cap : 100000u);
+                              : (setup.batch_cap ? setup.batch_cap : pool_probe_requests_max);
   for (uint32_t d = 1; d <= setup.devices; ++d) {
     if (setup.devices % d) continue;
     auto s = std::make_shared<sim_setup>(setup);
@@ -312,7 +322,7 @@ void sim_driver::analytic_limits() {
   res_.device_bytes_per_request = device_bytes_per_request(S_, c.final_tokens());
   admission cap = sim_admission(S_, /*placement_only=*/true);
   uint32_t n = 0;
-  const uint32_t limit = S_.batch_cap ? S_.batch_cap : 1000000u;
+  const uint32_t limit = S_.batch_cap ? S_.batch_cap : offered_requests_max;
   for (; n < limit; ++n)
     if (!cap.try_admit(candidate_of(n + 1, S_.context_tokens, S_.sizing_output_tokens())).admitted()) break;
   res_.batch_limit_device_capacity = n;
@@ -328,7 +338,7 @@ void sim_driver::analytic_limits() {
 // sim.batch_policy = max requests are offered until the first refusal; otherwise
 // workload.batch are offered and the ones that do not fit are refused.
 void sim_driver::fill_closed_batch() {
-  uint32_t n = S_.batch_max_policy ? (S_.batch_cap ? S_.batch_cap : 1000000u) : S_.batch;
+  uint32_t n = S_.batch_max_policy ? (S_.batch_cap ? S_.batch_cap : offered_requests_max) : S_.batch;
   // baseline, summaries resident when they fit: the max batch is the one where they all
   // still fit (past it every further request would read its summaries over the link).
   bool resident_cap = false;
