@@ -236,6 +236,8 @@ class sim_driver {
   status load_open_workload();
   void serve();
   void admit_waiting();
+  bool still_held(uint64_t id);
+  void hold(uint64_t id, const admission_verdict& v);
   void admitted(uint64_t id, bool prefilled);
   void step(const step_plan& plan);
   const step_result& step_result_of(const std::vector<step_request>& dec,
@@ -275,6 +277,16 @@ class sim_driver {
   step_result last_step_;
   std::vector<uint64_t> reuse_ids_;
   uint32_t reuse_left_ = 0;
+
+  // The head of the queue, not admitted, and the requests in the system when it was
+  // refused (see still_held).
+  struct held_request {
+    uint64_t id = 0;
+    std::vector<uint64_t> in_system;
+    bool by_tpot = false;
+    uint32_t steps_left = 0;  // by_tpot: boundaries the refusal still stands
+  };
+  held_request held_;
 };
 
 result<sim_result> sim_driver::run(std::chrono::steady_clock::time_point wall0) {
@@ -406,6 +418,7 @@ void sim_driver::admitted(uint64_t id, bool prefilled) {
 // others to leave, and is refused only when it cannot fit an otherwise empty system.
 void sim_driver::admit_waiting() {
   while (auto id = sched_.next_candidate()) {
+    if (still_held(*id)) break;
     const request_outcome& o = sched_.outcome(*id);
     const admission_verdict v = adm_.try_admit(candidate_of(*id, o.prompt_tokens, o.output_tokens));
     if (v.admitted()) {
@@ -414,9 +427,33 @@ void sim_driver::admit_waiting() {
     } else if (sched_.not_admitted(*id, reason_text(v))) {
       ++done_work_;
     } else {
+      hold(*id, v);
       break;
     }
   }
+}
+
+// Whether the waiting head `id` is refused again without asking admission. The batch cap,
+// GPU memory and placement change only when a request is admitted or leaves, i.e. with the
+// requests in the system: while those are the ones it was refused with, so is it. The TPOT
+// budget also depends on their lengths, one token longer each step, and not monotonically
+// (the tokens attended drop when a head's last page restarts): its refusal stands for as
+// many boundaries as a step result is reused (sim.step_reuse_steps, the same bound on how
+// much a step's work may change; 1 predicts at every boundary, exactly), then the step is
+// predicted again. Saves predicting a whole step at every boundary while a request waits.
+bool sim_driver::still_held(uint64_t id) {
+  if (held_.id != id || sched_.in_system_ids() != held_.in_system) return false;
+  if (!held_.by_tpot) return true;
+  if (held_.steps_left == 0) return false;
+  --held_.steps_left;
+  return true;
+}
+
+void sim_driver::hold(uint64_t id, const admission_verdict& v) {
+  held_.id = id;
+  held_.in_system = sched_.in_system_ids();
+  held_.by_tpot = v.reason == admission_reason::tpot_budget;
+  held_.steps_left = S_.step_reuse_steps > 0 ? S_.step_reuse_steps - 1 : 0;
 }
 
 // The link and device budget: the decode step of the requests in the system with the
