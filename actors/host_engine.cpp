@@ -785,6 +785,10 @@ status host_engine::finish_baseline_scoring() {
 std::vector<device_work> host_engine::round_b_work() {
   const uint32_t ps = cfg_.page_size_tokens;
   std::vector<device_work> work;
+  // baseline: each head's slot (its index among the layer's heads), looked up per recall.
+  std::map<head_key, uint32_t> slot_of;
+  if (cfg_.mode == run_mode::baseline)
+    for (uint32_t i = 0; i < layer_slots_.size(); ++i) slot_of.emplace(layer_slots_[i], i);
   for (auto& [key, hs] : heads_) {
     if (std::get<0>(key) != layer_) continue;
     const auto [layer, request_id, h] = key;
@@ -813,8 +817,9 @@ std::vector<device_work> host_engine::round_b_work() {
         w.device_cost_ns = device_service_cost(costs_, device_op::expander, costs_.kv_bytes(double(tokens))).time_ns;
         const uint32_t link = link_of(pl, h, hs.shards[j]);
         dispatch(w, true, clock_ns_, link);
-        const auto slot = std::find(layer_slots_.begin(), layer_slots_.end(), key) - layer_slots_.begin();
-        pending_.emplace(w.tag, pending_item{request_id, layer, h, j, purpose::recall, link, uint32_t(slot)});
+        const auto slot = slot_of.find(key);
+        PNMKV_CHECK(slot != slot_of.end(), "recall for request ", request_id, " head ", h, " of no layer slot");
+        pending_.emplace(w.tag, pending_item{request_id, layer, h, j, purpose::recall, link, slot->second});
         work.push_back(std::move(w));
       } else {
         device_work w = make_query(request_id, layer, h, hs.shards[j], hs.q, purpose::attend_listed);
