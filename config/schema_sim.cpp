@@ -26,8 +26,6 @@ std::vector<config_key> schema_keys_sim() {
       {"sim.pool_auto", t::boolean, "false", 0, 0, {},
        "Pick the pool size (a divisor of cluster.pnm_devices; else cluster.pool_devices) with "
        "the cost model: the one giving the most tokens/s at the batch the point admits"},
-      {"sim.baseline_recall_layers_in_flight", t::integer, "2", 1, 1024, {},
-       "baseline: layers whose recall buffers a request holds at once (2: double-buffered)"},
       {"sim.baseline_overlap", t::boolean, "true", 0, 0, {},
        "baseline: recall a head's pages as soon as its selection is known and attend them as "
        "they arrive (double-buffered); false: layer-wide rounds, as the live cluster composes"},

@@ -131,7 +131,6 @@ status read_sim(const reader& r, sim_section& m) {
   m.weights_memory_fraction_max = r.num("sim.weights_memory_fraction_max");
   m.gpu_fabric_file = r.text("sim.gpu_fabric_file");
   m.pool_auto = r.flag("sim.pool_auto");
-  m.baseline_recall_layers_in_flight = r.u32("sim.baseline_recall_layers_in_flight");
   m.baseline_overlap = r.flag("sim.baseline_overlap");
   m.baseline_recall_reuse = r.flag("sim.baseline_recall_reuse");
   m.calibration_file = resolve_data_file(r.text("sim.calibration_file"), r.cfg);

@@ -112,7 +112,6 @@ struct sim_section {
   double weights_memory_fraction_max = 0.7;
   std::string gpu_fabric_file;  // resolved like every path key
   bool pool_auto = false;
-  uint32_t baseline_recall_layers_in_flight = 2;
   bool baseline_overlap = true;
   bool baseline_recall_reuse = false;
   std::string calibration_file;  // resolved like workload.trace_file; empty: none

@@ -56,7 +56,6 @@ struct step_setup {
 
   // Policies.
   summary_residence summaries = summary_residence::auto_fit;
-  uint32_t recall_layers_in_flight = 2;
   bool recall_reuse = false;
   bool charge_link_energy = true;
   // baseline: recalls and attention pipelined per head (double buffers), or layer-wide

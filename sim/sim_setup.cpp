@@ -99,7 +99,6 @@ void set_workload_and_policies(const run_spec& spec, sim_setup& s) {
   s.prefill_chunk_tokens = w.prefill_chunk_tokens;
   s.tpot_ms_max = w.tpot_ms_max;
   s.summaries = spec.baseline.summaries;
-  s.recall_layers_in_flight = k.baseline_recall_layers_in_flight;
   s.recall_reuse = k.baseline_recall_reuse;
   s.charge_link_energy = k.charge_link_energy;
   s.baseline_overlap = k.baseline_overlap;
