@@ -113,6 +113,24 @@ TEST(sim_hand, link_and_device_bytes_per_step_in_each_mode) {
   }
 }
 
+TEST(sim_hand, steady_set_is_one_figure_for_the_step_model_and_gpu_memory) {
+  // Budget 512 tokens = 32 pages. The set is steady_set_fraction of them, but never fewer
+  // than the GPU's share of the budget (steady_hit_fraction); none outside png-kv.
+  auto pages = [](const std::string& mode, const std::string& hit, const std::string& set) {
+    auto s = setup_of(one_request(mode, {"sim.steady_hit_fraction=" + hit, "sim.steady_set_fraction=" + set}));
+    return s ? steady_set_pages(*s) : ~uint64_t(0);
+  };
+  EXPECT_EQ(pages("png-kv", "0.25", "0.5"), 16u);
+  EXPECT_EQ(pages("png-kv", "0.25", "0.1"), 8u);   // 3 set pages, but the GPU attends 8
+  EXPECT_EQ(pages("png-kv", "0.25", "2"), 64u);    // a set larger than the budget
+  EXPECT_EQ(pages("pnm-kv", "0.25", "0.5"), 0u);
+  EXPECT_EQ(pages("baseline", "0.25", "0.5"), 0u);
+  // The simulator's GPU memory holds exactly that set per (request, layer, KV head).
+  auto s = setup_of(one_request("png-kv", {"sim.steady_hit_fraction=0.25", "sim.steady_set_fraction=0.5"}));
+  ASSERT_TRUE(s);
+  EXPECT_EQ(gpu_query(*s, s->context_tokens, true, 1).steady_tokens, 16u * s->page_size_tokens);
+}
+
 TEST(sim_hand, baseline_max_batch_from_gpu_memory) {
   // 8B on one H100 at 1M tokens: (80 − 4) GB less the weights, over per request: one
   // token's activations, two layers of recall buffers, every summary of every layer.
