@@ -3,6 +3,7 @@
 // drives both the live cluster and the simulator and the two can be compared; arrivals,
 // batch cap and prefill chunks are workload.* keys (schema_workload.cpp), shared with the
 // live cluster.
+#include "config/enums.hpp"
 #include "config/schema_parts.hpp"
 
 namespace pnmkv {
@@ -10,7 +11,7 @@ namespace pnmkv {
 std::vector<config_key> schema_keys_sim() {
   using t = config_type;
   return {
-      {"sim.batch_policy", t::choice, "config", 0, 0, {"config", "max"},
+      {"sim.batch_policy", t::choice, "config", 0, 0, names_of(sim_batch_policy_names),
        "workload.arrivals = closed: workload.batch requests (config) or as many as GPU "
        "memory, device capacity, workload.batch_max and the TPOT limit admit (max)"},
       {"sim.duration_s_max", t::number, "1e7", 1e-3, 1e12, {},

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "config/config.hpp"
+#include "config/enums.hpp"
 #include "config/schema_parts.hpp"
 #include "core/workload.hpp"
 
@@ -19,7 +20,7 @@ std::vector<config_key> schema_keys_workload() {
       {"workload.batch", t::integer, "2", 1, 4096, {}, "Requests decoded together (closed arrivals)"},
       // Arrivals (docs/DESIGN.md §2): a closed batch, or an open workload served with
       // continuous batching (schedulers/serving.hpp).
-      {"workload.arrivals", t::choice, "closed", 0, 0, {"closed", "poisson", "trace"},
+      {"workload.arrivals", t::choice, "closed", 0, 0, names_of(workload_arrivals_names),
        "closed: workload.batch requests prefilled, then run.steps decode steps together; "
        "poisson/trace: requests arrive over virtual time, are admitted at step boundaries and "
        "prefill in chunks next to the decoding batch"},
