@@ -35,7 +35,7 @@ std::vector<config_key> schema_keys_sim() {
       {"sim.baseline_recall_reuse", t::boolean, "false", 0, 0, {},
        "baseline: keep every layer's recalled pages between steps and recall only the pages "
        "a step newly selects (1 - selection_overlap); costs a budget of every layer in HBM"},
-      {"sim.calibration_file", t::string, "", 0, 0, {},
+      {"sim.calibration_file", t::path, "", 0, 0, {},
        "JSON from `pnmkv run --calibration-out` (format pnmkv-calibration/1); its values "
        "replace the sim.* ones below"},
       {"sim.steady_hit_fraction", t::number, "0.25", 0, 1, {},

@@ -2,25 +2,11 @@
 // for the programs that run (schema_workload.cpp reads the synthetic workload's keys).
 #include "config/spec.hpp"
 
-#include <filesystem>
-
 #include "core/check.hpp"
 
 namespace pnmkv {
 
 namespace {
-
-// A data file named relative to the working directory, or else to the config file's
-// folder or its parent (cluster_configs/, for files of cluster_configs/experiments/).
-std::string resolve_data_file(const std::string& name, const config& cfg) {
-  namespace fs = std::filesystem;
-  if (name.empty() || fs::path(name).is_absolute() || fs::exists(name) || cfg.source_file().empty())
-    return name;
-  fs::path dir = fs::path(cfg.source_file()).parent_path();
-  if (fs::exists(dir / name)) return (dir / name).lexically_normal().string();
-  if (fs::exists(dir.parent_path() / name)) return (dir.parent_path() / name).lexically_normal().string();
-  return name;
-}
 
 // Typed reads of validated values (config checked type and range when they were set).
 struct reader {
@@ -108,7 +94,7 @@ status read_workload_and_eval(const reader& r, run_spec& s) {
   w.arrival_rate_per_s = r.num("workload.arrival_rate_per_s");
   w.prompt_tokens_spread_fraction = r.num("workload.prompt_tokens_spread_fraction");
   w.output_tokens = r.u64("workload.output_tokens");
-  w.trace_file = resolve_data_file(r.text("workload.trace_file"), r.cfg);
+  w.trace_file = r.text("workload.trace_file");
   if (w.arrivals == workload_arrivals::trace && w.trace_file.empty())
     return status{errc::invalid_argument,
                   "workload.arrivals = trace needs workload.trace_file (a CSV of "
@@ -138,7 +124,7 @@ void read_sim(const reader& r, sim_section& m) {
   m.baseline_recall_layers_in_flight = r.u32("sim.baseline_recall_layers_in_flight");
   m.baseline_overlap = r.flag("sim.baseline_overlap");
   m.baseline_recall_reuse = r.flag("sim.baseline_recall_reuse");
-  m.calibration_file = resolve_data_file(r.text("sim.calibration_file"), r.cfg);
+  m.calibration_file = r.text("sim.calibration_file");
   m.calibration.steady_hit_fraction = r.num("sim.steady_hit_fraction");
   m.calibration.steady_set_fraction = r.num("sim.steady_set_fraction");
   m.calibration.steady_churn_fraction = r.num("sim.steady_churn_fraction");

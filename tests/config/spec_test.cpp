@@ -230,5 +230,32 @@ TEST(run_spec, data_files_resolve_from_the_config_folder_once) {
   EXPECT_TRUE(fs::exists(spec->sim.gpu_fabric_file));
 }
 
+TEST(run_spec, an_echoed_config_names_the_same_data_files_wherever_it_is_loaded_from) {
+  // `pnmkv run --multiprocess` writes the config it resolved (to_yaml) into its work folder
+  // and every node process loads it from there: files named next to the original config
+  // must still be found (they were not when only the spec resolved them, from the folder
+  // of the file it was given).
+  const fs::path dir = fs::temp_directory_path() / "pnmkv_spec_echo_test" / "experiments";
+  const fs::path work = fs::temp_directory_path() / "pnmkv_spec_echo_test_work";
+  fs::create_directories(dir);
+  fs::create_directories(work);
+  std::ofstream(dir / "pnmkv_echo_arrivals.csv") << "0,1024,4\n";
+  std::ofstream(dir.parent_path() / "pnmkv_echo_cal.json") << "{}";
+  const fs::path file = dir / "run.yaml";
+  std::ofstream(file) << "model:\n  file: " << PNMKV_SOURCE_DIR << "/cluster_configs/models/llama-3.1-8b.yaml\n"
+                      << "hardware:\n  file: " << PNMKV_SOURCE_DIR << "/cluster_configs/hardware/h100-cxl-pnm.yaml\n"
+                      << "sim:\n  calibration_file: pnmkv_echo_cal.json\n"
+                      << "workload:\n  arrivals: trace\n  trace_file: pnmkv_echo_arrivals.csv\n";
+  auto cfg = load_config(file.string(), {});
+  ASSERT_TRUE(cfg) << cfg.error().to_string();
+  std::ofstream(work / "config.yaml") << cfg->to_yaml();
+  auto echoed = load_config((work / "config.yaml").string(), {});
+  ASSERT_TRUE(echoed) << echoed.error().to_string();
+  auto spec = resolve_run_spec(*echoed);
+  ASSERT_TRUE(spec) << spec.error().to_string();
+  EXPECT_EQ(fs::path(spec->workload.trace_file), (dir / "pnmkv_echo_arrivals.csv").lexically_normal());
+  EXPECT_EQ(fs::path(spec->sim.calibration_file), (dir.parent_path() / "pnmkv_echo_cal.json").lexically_normal());
+}
+
 }  // namespace
 }  // namespace pnmkv
