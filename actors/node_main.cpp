@@ -343,16 +343,17 @@ namespace {
 
 // Before any directory, process or buffer: every node of this run lives on this machine.
 // A derived cluster.device_memory_bytes_max is derived here once, for these processes, and
-// written into the nodes' config (each node reading the machine as it fills up would see
-// less); then the whole run is checked against what the machine has.
-status fit_this_machine(config& cfg, const cluster_run_options& opts) {
-  auto pre = make_run_setup(cfg, "memory-check");
+// written into the nodes' config and the launcher's spec (each node reading the machine as
+// it fills up would see less); then the whole run is checked against what the machine has.
+status fit_this_machine(config& cfg, run_spec& spec, const cluster_run_options& opts) {
+  auto pre = make_run_setup(spec, cfg, "memory-check");
   if (!pre) return pre.error();
   if ((*pre)->device_memory_derived) {
-    auto st = cfg.set("cluster.device_memory_bytes_max",
-                      std::to_string(derived_device_memory_bytes(**pre, run_processes::multiprocess)));
+    const uint64_t bytes = derived_device_memory_bytes(**pre, run_processes::multiprocess);
+    auto st = cfg.set("cluster.device_memory_bytes_max", std::to_string(bytes));
     if (!st) return st;
-    pre = make_run_setup(cfg, "memory-check");
+    spec.cluster.device_memory_bytes_max = bytes;
+    pre = make_run_setup(spec, cfg, "memory-check");
     if (!pre) return pre.error();
   }
   return check_run_memory(**pre, run_processes::multiprocess, opts.after_run_bytes);
@@ -377,8 +378,13 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
                                     const multiprocess_options& mp) {
   const std::string binary = mp.node_binary.empty() ? fs::read_symlink("/proc/self/exe").string()
                                                     : mp.node_binary;
+  // The launcher's only resolve (the model and hardware files are read once); what it
+  // changes later (derived device memory, the secret file) it sets in both the config the
+  // nodes load and this spec.
+  auto spec = resolve_run_spec(cfg_in);
+  if (!spec) return spec.error();
   config cfg = cfg_in;
-  if (status st = fit_this_machine(cfg, opts); !st) return st;
+  if (status st = fit_this_machine(cfg, *spec, opts); !st) return st;
   std::string dir = mp.work_dir;
   if (dir.empty()) {
     char tmpl[] = "/tmp/pnmkv-mp-XXXXXX";
@@ -390,9 +396,10 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
   if (status st = write_secret_file(secret_file); !st) return st;
   auto st = cfg.set("fabric.cluster_secret_file", secret_file);
   if (!st) return st;
+  spec->fabric.cluster_secret_file = cfg.get_string("fabric.cluster_secret_file");
   const std::string config_file = dir + "/config.yaml";
   std::ofstream(config_file) << cfg.to_yaml();
-  auto setup = make_run_setup(cfg);
+  auto setup = make_run_setup(*spec, cfg);
   if (!setup) return setup.error();
 
   std::vector<child> children;

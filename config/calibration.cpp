@@ -9,24 +9,34 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "core/check.hpp"
+
 namespace pnmkv {
 
 namespace {
 
+// Each value's allowed range is its sim.<name> key's, from the schema (schema_sim.cpp): a
+// file may say what the config may, nothing else.
 struct field {
   const char* name;
   calibrated_value calibration::*member;
   double calibration_keys::*key;  // the sim.<name> value of the spec
-  double lo, hi;
+
+  const config_key& schema_key() const {
+    const config_key* k = find_config_key(std::string("sim.") + name);
+    PNMKV_CHECK(k != nullptr && k->type == config_type::number, "calibration value without a sim.", name,
+                " number key in the schema");
+    return *k;
+  }
 };
 
 const field fields[] = {
-    {"steady_hit_fraction", &calibration::steady_hit_fraction, &calibration_keys::steady_hit_fraction, 0, 1},
-    {"steady_set_fraction", &calibration::steady_set_fraction, &calibration_keys::steady_set_fraction, 0, 64},
-    {"steady_churn_fraction", &calibration::steady_churn_fraction, &calibration_keys::steady_churn_fraction, 0, 1},
-    {"steady_reeval_steps", &calibration::steady_reeval_steps, &calibration_keys::steady_reeval_steps, 1, 1e6},
-    {"selection_overlap", &calibration::selection_overlap, &calibration_keys::selection_overlap, 0, 1},
-    {"selection_spread", &calibration::selection_spread, &calibration_keys::selection_spread, 1, 1e6},
+    {"steady_hit_fraction", &calibration::steady_hit_fraction, &calibration_keys::steady_hit_fraction},
+    {"steady_set_fraction", &calibration::steady_set_fraction, &calibration_keys::steady_set_fraction},
+    {"steady_churn_fraction", &calibration::steady_churn_fraction, &calibration_keys::steady_churn_fraction},
+    {"steady_reeval_steps", &calibration::steady_reeval_steps, &calibration_keys::steady_reeval_steps},
+    {"selection_overlap", &calibration::selection_overlap, &calibration_keys::selection_overlap},
+    {"selection_spread", &calibration::selection_spread, &calibration_keys::selection_spread},
 };
 
 }  // namespace
@@ -95,9 +105,10 @@ result<calibration> load_calibration(const std::string& file, calibration base) 
       return status{errc::parse, where + ": values." + name +
                                      " must be a number or {\"value\": number, \"samples\": n}"};
     }
-    if (!std::isfinite(x) || x < f->lo || x > f->hi) {
+    const config_key& range = f->schema_key();
+    if (!std::isfinite(x) || x < range.min || x > range.max) {
       char buf[160];
-      std::snprintf(buf, sizeof buf, ": values.%s = %g is outside [%g, %g]", f->name, x, f->lo, f->hi);
+      std::snprintf(buf, sizeof buf, ": values.%s = %g is outside [%g, %g]", f->name, x, range.min, range.max);
       return status{errc::invalid_argument, where + buf};
     }
     calibrated_value& dst = base.*(f->member);

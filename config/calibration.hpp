@@ -46,9 +46,8 @@ struct calibration {
   std::string describe() const;
 };
 
-// Values from the sim.* keys, then, if sim.calibration_file names a file, from it (the
-// spec resolved its name: the working directory, then the config file's directory and its
-// parent).
+// Values from the sim.* keys, then, if sim.calibration_file names a file, from it (config
+// resolved its name like every path key: config/config.hpp, resolve_config_path).
 result<calibration> calibration_from_spec(const sim_section& sim);
 
 // Reads a calibration file over `base` (values the file lacks keep base's). Errors name the

@@ -156,7 +156,7 @@ config config::defaults() {
 }
 
 status config::set_value(const std::string& key, const std::string& raw,
-                         const std::string& origin, const std::string& base_dir) {
+                         const std::string& origin, const std::string& config_file) {
   const config_key* k = find_config_key(key);
   if (!k) {
     return {errc::invalid_argument,
@@ -210,11 +210,8 @@ status config::set_value(const std::string& key, const std::string& raw,
       break;
     }
     case config_type::path: {
-      if (value.empty()) return bad("a file path");
-      fs::path p(value);
-      if (p.is_relative() && !fs::exists(p) && !base_dir.empty() && fs::exists(fs::path(base_dir) / p))
-        p = fs::path(base_dir) / p;
-      value = p.lexically_normal().string();
+      if (value.empty() && !k->default_value.empty()) return bad("a file path");
+      value = resolve_config_path(value, config_file);
       break;
     }
     case config_type::string: break;
@@ -245,27 +242,17 @@ result<config> config::load(const std::string& file) {
     }
     if (!st) return status{st.code(), "config file '" + file + "': " + st.message()};
   }
-  // Paths in the file resolve against the file's directory; the directory of the
-  // config and its parent (cluster_configs/) are both tried so that files in
-  // cluster_configs/experiments/ can name models/... too.
-  fs::path dir = fs::path(file).parent_path();
   for (const auto& [key, value] : flat) {
-    std::string base = dir.string();
-    const config_key* k = find_config_key(key);
-    if (k && k->type == config_type::path && !fs::exists(fs::path(value)) &&
-        !fs::exists(dir / value) && fs::exists(dir.parent_path() / value))
-      base = dir.parent_path().string();
-    auto st = c.set_value(key, value, "config file '" + file + "'", base);
+    auto st = c.set_value(key, value, "config file '" + file + "'", file);
     if (!st) return st;
   }
-  // Defaults of path keys are relative to cluster_configs/ (the default file's dir).
+  // Defaults of path keys are written as in the default file (cluster_configs/).
   for (const auto& k : config_schema()) {
     if (k.type != config_type::path) continue;
     bool from_file = false;
     for (const auto& kv : flat) from_file = from_file || kv.first == k.key;
     if (!from_file) {
-      fs::path base = fs::path(default_config_path()).parent_path();
-      auto st = c.set_value(k.key, k.default_value, "default", base.string());
+      auto st = c.set_value(k.key, k.default_value, "default", default_config_path());
       if (!st) return st;
     }
   }
@@ -277,12 +264,11 @@ status config::set(const std::string& assignment) {
   if (eq == std::string::npos || eq == 0)
     return {errc::invalid_argument,
             "--set '" + assignment + "' is not of the form section.key=value"};
-  return set_value(trim(assignment.substr(0, eq)), assignment.substr(eq + 1),
-                   "--set", fs::current_path().string());
+  return set_value(trim(assignment.substr(0, eq)), assignment.substr(eq + 1), "--set", "");
 }
 
 status config::set(const std::string& key, const std::string& value) {
-  return set_value(key, value, "set", fs::current_path().string());
+  return set_value(key, value, "set", "");
 }
 
 namespace {
@@ -392,6 +378,19 @@ result<config> load_config(const std::string& file, const std::vector<std::strin
     if (!st) return st;
   }
   return c;
+}
+
+std::string resolve_config_path(const std::string& name, const std::string& config_file) {
+  fs::path p(name);
+  if (!name.empty() && p.is_relative() && !fs::exists(p) && !config_file.empty()) {
+    const fs::path dir = fs::path(config_file).parent_path();
+    for (const fs::path& base : {dir, dir.parent_path()})
+      if (fs::exists(base / p)) {
+        p = base / p;
+        break;
+      }
+  }
+  return p.lexically_normal().string();
 }
 
 std::string default_config_path() {

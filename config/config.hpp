@@ -14,6 +14,8 @@
 
 namespace pnmkv {
 
+// `path`: a file name, resolved once when it is set (resolve_config_path); empty (no file)
+// only where the key's default is empty.
 enum class config_type { integer, number, boolean, string, path, choice, int_list };
 
 struct config_key {
@@ -34,12 +36,12 @@ class config {
  public:
   // Defaults only.
   static config defaults();
-  // Defaults, then the YAML file (nested maps: section: {key: value}). Relative paths in
-  // `path` keys are resolved against the file's directory when they do not exist
-  // relative to the working directory.
+  // Defaults, then the YAML file (nested maps: section: {key: value}). `path` keys written
+  // in the file resolve against it (resolve_config_path); those it leaves at their
+  // defaults, against default_config_path().
   static result<config> load(const std::string& file);
-  // Applies "section.key=value" (validated like a file value; relative paths resolve
-  // against the working directory).
+  // Applies "section.key=value" (validated like a file value; relative paths are from the
+  // working directory).
   status set(const std::string& assignment);
   // Applies a value to a key directly.
   status set(const std::string& key, const std::string& value);
@@ -59,8 +61,10 @@ class config {
   std::string to_json() const;  // {"section": {"key": value}} with typed JSON values
 
  private:
+  // config_file: where the value was written (its paths resolve against it); empty for
+  // the command line.
   status set_value(const std::string& key, const std::string& value,
-                   const std::string& origin, const std::string& base_dir);
+                   const std::string& origin, const std::string& config_file);
   std::map<std::string, std::string> values_;
   std::string source_file_;
 };
@@ -68,6 +72,13 @@ class config {
 // Loads `file` (or only defaults when file is empty) and applies the overrides in order.
 // This is what every subcommand taking --config / --set calls.
 result<config> load_config(const std::string& file, const std::vector<std::string>& overrides);
+
+// A file named in `config_file`: as written when it is absolute or exists from the working
+// directory, else in the config file's folder, else in that folder's parent
+// (cluster_configs/, for files of cluster_configs/experiments/), else as written. Lexically
+// normal. Every `path` key resolves this way, once, when it is set, so the echo
+// (to_yaml) names the same files wherever it is loaded from.
+std::string resolve_config_path(const std::string& name, const std::string& config_file);
 
 // The default config file path: $PNMKV_HOME/cluster_configs/default.yaml when PNMKV_HOME
 // is set, else cluster_configs/default.yaml relative to the working directory, else next

@@ -1,25 +1,26 @@
-// The fabric.* and faults.* choices (see config/enums.hpp). Defined here, below
-// transport/, which uses them under their old names (transport::crc_mode,
-// transport::ucx_transport, transport::ucx_rma_mode); a small header so that transport's
-// public headers stay light.
+// The fabric.* and faults.* choices (see config/enums.hpp), each with its name table.
+// Defined here, below transport/, which uses them under their old names
+// (transport::crc_mode, transport::ucx_transport, transport::ucx_rma_mode); a small header
+// so that transport's public headers stay light.
 #pragma once
 
 #include <cstdint>
-#include <string>
 
-#include "core/status.hpp"
+#include "core/enum_names.hpp"
 
 namespace pnmkv {
 
 // faults.at: fault point of the *_prob faults (the rule grammar's at=send|recv|both).
 enum class fault_points { send, recv, both };
+inline constexpr enum_name<fault_points> fault_points_names[] = {
+    {"send", fault_points::send}, {"recv", fault_points::recv}, {"both", fault_points::both}};
 const char* to_string(fault_points p);
-result<fault_points> parse_fault_points(const std::string& text);
 
 // fabric.ucx_progress: who owns the UCX worker.
 enum class ucx_progress { thread, caller };
+inline constexpr enum_name<ucx_progress> ucx_progress_names[] = {{"thread", ucx_progress::thread},
+                                                                 {"caller", ucx_progress::caller}};
 const char* to_string(ucx_progress p);
-result<ucx_progress> parse_ucx_progress(const std::string& text);
 
 // fabric.frame_crc. Frame CRC32C, the emulated link CRC. `automatic`: on exactly when this
 // node's fault plan can corrupt frames -- UCX's transports and the in-process queues never
@@ -27,7 +28,8 @@ result<ucx_progress> parse_ucx_progress(const std::string& text);
 // (about 0.2 us per 1 KiB message here). KV payloads carry their own end-to-end CRC32C
 // regardless. transport::crc_mode.
 enum class crc_mode : uint8_t { automatic, on, off };
-result<crc_mode> parse_frame_crc(const std::string& text);  // auto | on | off
+inline constexpr enum_name<crc_mode> crc_mode_names[] = {
+    {"auto", crc_mode::automatic}, {"on", crc_mode::on}, {"off", crc_mode::off}};
 
 // fabric.ucx_transport. transport::ucx_transport (transport/ucx_fabric.hpp names them and
 // parses the command line's aliases).
@@ -36,7 +38,8 @@ enum class ucx_transport : uint8_t {
   tcp,  // UCX_TLS=tcp on ucx_options::net_devices
   shm,  // UCX_TLS=sm,self with peer error handling on the mm transports
 };
-result<ucx_transport> parse_ucx_transport_choice(const std::string& text);  // any | tcp | shm
+inline constexpr enum_name<ucx_transport> ucx_transport_names[] = {
+    {"any", ucx_transport::any}, {"tcp", ucx_transport::tcp}, {"shm", ucx_transport::shm}};
 
 // fabric.ucx_rma. transport::ucx_rma_mode.
 enum class ucx_rma_mode : uint8_t {
@@ -44,6 +47,7 @@ enum class ucx_rma_mode : uint8_t {
   native,     // ucp_put_nbx / ucp_get_nbx with packed rkeys
   am,         // rendezvous active messages into the region (UCX 1.13's tcp put is slow)
 };
-result<ucx_rma_mode> parse_ucx_rma(const std::string& text);  // auto | native | am
+inline constexpr enum_name<ucx_rma_mode> ucx_rma_mode_names[] = {
+    {"auto", ucx_rma_mode::automatic}, {"native", ucx_rma_mode::native}, {"am", ucx_rma_mode::am}};
 
 }  // namespace pnmkv

@@ -1,4 +1,6 @@
-// run.*, model.*, hardware.*, selection.*, cluster.*, eval.* keys.
+// run.*, model.*, hardware.*, selection.*, cluster.*, eval.* keys. A choice key's allowed
+// values are its enum's name table (config/enums.hpp).
+#include "config/enums.hpp"
 #include "config/schema_parts.hpp"
 
 namespace pnmkv {
@@ -6,7 +8,7 @@ namespace pnmkv {
 std::vector<config_key> schema_keys_run() {
   using t = config_type;
   return {
-      {"run.mode", t::choice, "pnm-kv", 0, 0, {"baseline", "pnm-kv", "png-kv"},
+      {"run.mode", t::choice, "pnm-kv", 0, 0, names_of(run_mode_names),
        "Execution mode (docs/DESIGN.md §2)"},
       {"run.steps", t::integer, "16", 1, 100000, {}, "Decode steps per request"},
       {"run.seed", t::integer, "1", 0, 9.0e15, {}, "Seed of every random choice in the run"},
@@ -17,11 +19,11 @@ std::vector<config_key> schema_keys_run() {
       {"selection.page_size_tokens", t::integer, "16", 1, 1024, {}, "Tokens per KV page"},
       {"selection.budget_tokens", t::integer, "2048", 1, 1 << 26, {},
        "Tokens attended per (request, layer, KV head) per step, always-kept pages included"},
-      {"selection.gqa_aggregation", t::choice, "max", 0, 0, {"max", "sum"},
+      {"selection.gqa_aggregation", t::choice, "max", 0, 0, names_of(gqa_aggregation_names),
        "How the query heads of a GQA group combine page scores"},
-      {"selection.summary_precision", t::choice, "bf16", 0, 0, {"bf16", "fp32"},
+      {"selection.summary_precision", t::choice, "bf16", 0, 0, names_of(summary_precision_names),
        "Precision of the per-page min/max key summaries"},
-      {"selection.cross_shard", t::choice, "exact", 0, 0, {"exact", "local"},
+      {"selection.cross_shard", t::choice, "exact", 0, 0, names_of(cross_shard_selection_names),
        "With s > 1 sequence shards: exact (two rounds, equals one-device selection) or local "
        "(each shard selects budget/s pages, one round)"},
       {"png.steady_budget_tokens", t::integer, "512", 0, 1 << 26, {},
@@ -34,7 +36,7 @@ std::vector<config_key> schema_keys_run() {
        "png-kv: steps between re-evaluations of the steady set (copies are charged)"},
       {"png.warmup_steps", t::integer, "4", 0, 100000, {},
        "png-kv: steps seen before the first steady set"},
-      {"baseline.summaries", t::choice, "auto", 0, 0, {"auto", "resident", "link"},
+      {"baseline.summaries", t::choice, "auto", 0, 0, names_of(summary_residence_names),
        "baseline: page summaries resident in HBM, read over the link each step, or resident "
        "when they fit (auto)"},
       {"cluster.pnm_devices", t::integer, "4", 1, 4096, {}, "PNM devices in the cluster"},
@@ -54,7 +56,7 @@ std::vector<config_key> schema_keys_run() {
        "Prefill chunks in flight from the GPU host (bounds memory and queues)"},
       {"cluster.head_groups", t::integer, "0", 0, 1024, {},
        "h of the hybrid head/sequence split (0: chosen per request from the cost model)"},
-      {"cluster.sequence_split", t::choice, "contiguous", 0, 0, {"contiguous", "interleave"},
+      {"cluster.sequence_split", t::choice, "contiguous", 0, 0, names_of(sequence_split_names),
        "How sequence shards cut the pages"},
       {"cluster.replication", t::integer, "1", 1, 8, {}, "Copies of each shard (r)"},
       {"cluster.pool_devices", t::integer, "0", 0, 4096, {},
@@ -73,7 +75,7 @@ std::vector<config_key> schema_keys_run() {
        "A peer silent this long is considered down (cluster mode). 5 s: with 1 s a node "
        "process starved of CPU on a loaded 2-core machine was declared lost while healthy; "
        "a killed process is noticed at once (its connections close)"},
-      {"cluster.node_scheduler", t::choice, "sharing", 0, 0, {"sharing", "stealing"},
+      {"cluster.node_scheduler", t::choice, "sharing", 0, 0, names_of(node_scheduler_names),
        "CAF scheduler of a node process (cluster mode): sharing (idle workers sleep on a "
        "condition variable) or stealing (idle workers poll; CAF's default)"},
       {"cluster.startup_timeout_ms", t::integer, "30000", 100, 3600000, {},

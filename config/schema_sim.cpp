@@ -3,6 +3,7 @@
 // drives both the live cluster and the simulator and the two can be compared; arrivals,
 // batch cap and prefill chunks are workload.* keys (schema_workload.cpp), shared with the
 // live cluster.
+#include "config/enums.hpp"
 #include "config/schema_parts.hpp"
 
 namespace pnmkv {
@@ -10,7 +11,7 @@ namespace pnmkv {
 std::vector<config_key> schema_keys_sim() {
   using t = config_type;
   return {
-      {"sim.batch_policy", t::choice, "config", 0, 0, {"config", "max"},
+      {"sim.batch_policy", t::choice, "config", 0, 0, names_of(sim_batch_policy_names),
        "workload.arrivals = closed: workload.batch requests (config) or as many as GPU "
        "memory, device capacity, workload.batch_max and the TPOT limit admit (max)"},
       {"sim.duration_s_max", t::number, "1e7", 1e-3, 1e12, {},
@@ -32,7 +33,7 @@ std::vector<config_key> schema_keys_sim() {
       {"sim.baseline_recall_reuse", t::boolean, "false", 0, 0, {},
        "baseline: keep every layer's recalled pages between steps and recall only the pages "
        "a step newly selects (1 - selection_overlap); costs a budget of every layer in HBM"},
-      {"sim.calibration_file", t::string, "", 0, 0, {},
+      {"sim.calibration_file", t::path, "", 0, 0, {},
        "JSON from `pnmkv run --calibration-out` (format pnmkv-calibration/1); its values "
        "replace the sim.* ones below"},
       {"sim.steady_hit_fraction", t::number, "0.25", 0, 1, {},

@@ -1,4 +1,5 @@
 // fabric.* and faults.* keys (owned by transport/; read by transport/from_config.cpp).
+#include "config/enums.hpp"
 #include "config/schema_parts.hpp"
 
 namespace pnmkv {
@@ -7,13 +8,13 @@ std::vector<config_key> schema_keys_transport() {
   using t = config_type;
   return {
       // Fabric behaviour.
-      {"fabric.ucx_transport", t::choice, "any", 0, 0, {"any", "tcp", "shm"},
+      {"fabric.ucx_transport", t::choice, "any", 0, 0, names_of(ucx_transport_names),
        "UCX transports in cluster mode: any (UCX picks), tcp (UCX_TLS=tcp), shm (shared memory)"},
       {"fabric.ucx_net_devices", t::string, "lo", 0, 0, {},
        "UCX_NET_DEVICES for tcp (empty: UCX default; `lo` keeps traffic on loopback)"},
-      {"fabric.ucx_rma", t::choice, "auto", 0, 0, {"auto", "native", "am"},
+      {"fabric.ucx_rma", t::choice, "auto", 0, 0, names_of(ucx_rma_mode_names),
        "RMA put/get: native ucp_put/get, or rendezvous active messages (auto: am on tcp)"},
-      {"fabric.ucx_progress", t::choice, "thread", 0, 0, {"thread", "caller"},
+      {"fabric.ucx_progress", t::choice, "thread", 0, 0, names_of(ucx_progress_names),
        "Who owns the UCX worker: an internal progress thread, or the caller inside poll()"},
       {"fabric.ucx_spin_us", t::integer, "50", 0, 1000000, {},
        "Busy-poll this long after the last activity before sleeping on the event fd"},
@@ -29,7 +30,7 @@ std::vector<config_key> schema_keys_transport() {
        "Deadline of connect() (endpoint wire-up)"},
       {"fabric.max_message_bytes", t::integer, "67108864", 4096, 2147483647, {},
        "Largest small message (send); bulk data goes through put/get"},
-      {"fabric.frame_crc", t::choice, "auto", 0, 0, {"auto", "on", "off"},
+      {"fabric.frame_crc", t::choice, "auto", 0, 0, names_of(crc_mode_names),
        "CRC32C per frame, checked before delivery; auto: on when the fault plan can corrupt"},
       {"fabric.drop_duplicates", t::boolean, "true", 0, 0, {},
        "Deliver each (sender, link sequence number) once"},
@@ -58,7 +59,7 @@ std::vector<config_key> schema_keys_transport() {
       // Fault points (transport/faults.hpp).
       {"faults.seed", t::integer, "1", 0, 9.0e15, {},
        "Seed of every fault decision: the same seed and script replay the same faults"},
-      {"faults.at", t::choice, "send", 0, 0, {"send", "recv", "both"},
+      {"faults.at", t::choice, "send", 0, 0, names_of(fault_points_names),
        "Fault point of the *_prob faults below"},
       {"faults.messages", t::string, "", 0, 0, {},
        "Message kinds the *_prob faults apply to, comma-separated (empty: all)"},

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "config/config.hpp"
+#include "config/enums.hpp"
 #include "config/schema_parts.hpp"
 #include "core/workload.hpp"
 
@@ -19,7 +20,7 @@ std::vector<config_key> schema_keys_workload() {
       {"workload.batch", t::integer, "2", 1, 4096, {}, "Requests decoded together (closed arrivals)"},
       // Arrivals (docs/DESIGN.md §2): a closed batch, or an open workload served with
       // continuous batching (schedulers/serving.hpp).
-      {"workload.arrivals", t::choice, "closed", 0, 0, {"closed", "poisson", "trace"},
+      {"workload.arrivals", t::choice, "closed", 0, 0, names_of(workload_arrivals_names),
        "closed: workload.batch requests prefilled, then run.steps decode steps together; "
        "poisson/trace: requests arrive over virtual time, are admitted at step boundaries and "
        "prefill in chunks next to the decoding batch"},
@@ -31,10 +32,10 @@ std::vector<config_key> schema_keys_workload() {
        "poisson: prompts are workload.context_tokens × U(1 − f, 1 + f)"},
       {"workload.output_tokens", t::integer, "16", 1, 1000000, {},
        "poisson: output tokens per request (the first comes with the prompt's last chunk)"},
-      {"workload.trace_file", t::string, "", 0, 0, {},
+      {"workload.trace_file", t::path, "", 0, 0, {},
        "trace: CSV of arrival_s,prompt_tokens,output_tokens (header optional, '#' comments); "
-       "relative paths are from the working directory (pnmkv sim also tries the config "
-       "file's folder and its parent)"},
+       "relative paths are from the working directory, else (in a config file) the file's "
+       "folder or its parent"},
       {"workload.tpot_ms_max", t::number, "0", 0, 1e9, {},
        "Link and device budget: admit a request only while the predicted decode step with it "
        "(the simulator's step model, same composition as the live engine) stays within this; "

@@ -2,23 +2,11 @@
 // for the programs that run (schema_workload.cpp reads the synthetic workload's keys).
 #include "config/spec.hpp"
 
-#include <filesystem>
+#include "core/check.hpp"
 
 namespace pnmkv {
 
 namespace {
-
-// A data file named relative to the working directory, or else to the config file's
-// folder or its parent (cluster_configs/, for files of cluster_configs/experiments/).
-std::string resolve_data_file(const std::string& name, const config& cfg) {
-  namespace fs = std::filesystem;
-  if (name.empty() || fs::path(name).is_absolute() || fs::exists(name) || cfg.source_file().empty())
-    return name;
-  fs::path dir = fs::path(cfg.source_file()).parent_path();
-  if (fs::exists(dir / name)) return (dir / name).lexically_normal().string();
-  if (fs::exists(dir.parent_path() / name)) return (dir.parent_path() / name).lexically_normal().string();
-  return name;
-}
 
 // Typed reads of validated values (config checked type and range when they were set).
 struct reader {
@@ -28,6 +16,14 @@ struct reader {
   double num(const char* key) const { return cfg.get_number(key); }
   bool flag(const char* key) const { return cfg.get_bool(key); }
   const std::string& text(const char* key) const { return cfg.get_string(key); }
+  // A choice key: config admitted only the names of the key's table (the schema lists
+  // them as its allowed values), so the lookup cannot miss.
+  template <class E, size_t N>
+  E choice(const char* key, const enum_name<E> (&names)[N]) const {
+    const std::optional<E> v = value_of(names, text(key));
+    PNMKV_CHECK(v.has_value(), key, " = '", text(key), "' is not in the table its schema entry lists");
+    return *v;
+  }
   std::vector<uint64_t> u64_list(const char* key) const {
     std::vector<uint64_t> out;
     for (int64_t v : cfg.get_int_list(key)) out.push_back(static_cast<uint64_t>(v));
@@ -35,16 +31,8 @@ struct reader {
   }
 };
 
-// Assigns a parsed choice or returns its error from the enclosing function.
-#define PNMKV_PARSE_INTO(dst, expr)        \
-  do {                                     \
-    auto parsed_ = (expr);                 \
-    if (!parsed_) return parsed_.error();  \
-    (dst) = *parsed_;                      \
-  } while (0)
-
 status read_run_and_selection(const reader& r, run_spec& s) {
-  PNMKV_PARSE_INTO(s.run.mode, parse_run_mode(r.text("run.mode")));
+  s.run.mode = r.choice("run.mode", run_mode_names);
   s.run.steps = r.u32("run.steps");
   s.run.seed = r.u64("run.seed");
   s.run.verify = r.flag("run.verify");
@@ -56,9 +44,9 @@ status read_run_and_selection(const reader& r, run_spec& s) {
   auto& sel = s.selection;
   sel.page_size_tokens = r.u32("selection.page_size_tokens");
   sel.budget_tokens = r.u64("selection.budget_tokens");
-  PNMKV_PARSE_INTO(sel.gqa_aggregation, parse_gqa_aggregation_choice(r.text("selection.gqa_aggregation")));
-  PNMKV_PARSE_INTO(sel.summary_precision, parse_summary_precision_choice(r.text("selection.summary_precision")));
-  PNMKV_PARSE_INTO(sel.cross_shard, parse_cross_shard(r.text("selection.cross_shard")));
+  sel.gqa_aggregation = r.choice("selection.gqa_aggregation", gqa_aggregation_names);
+  sel.summary_precision = r.choice("selection.summary_precision", summary_precision_names);
+  sel.cross_shard = r.choice("selection.cross_shard", cross_shard_selection_names);
   if (sel.budget_tokens < 2ull * sel.page_size_tokens)
     return status{errc::invalid_argument,
                   "selection.budget_tokens = " + std::to_string(sel.budget_tokens) +
@@ -71,7 +59,7 @@ status read_run_and_selection(const reader& r, run_spec& s) {
   s.png.threshold = r.num("png.threshold");
   s.png.reevaluate_every_steps = r.u32("png.reevaluate_every_steps");
   s.png.warmup_steps = r.u32("png.warmup_steps");
-  PNMKV_PARSE_INTO(s.baseline.summaries, parse_summary_residence(r.text("baseline.summaries")));
+  s.baseline.summaries = r.choice("baseline.summaries", summary_residence_names);
   return status::ok();
 }
 
@@ -79,7 +67,7 @@ status read_cluster(const reader& r, cluster_section& c) {
   c.pnm_devices = r.u32("cluster.pnm_devices");
   c.live_layers = r.u32("cluster.live_layers");
   c.head_groups = r.u32("cluster.head_groups");
-  PNMKV_PARSE_INTO(c.sequence_split, parse_sequence_split(r.text("cluster.sequence_split")));
+  c.sequence_split = r.choice("cluster.sequence_split", sequence_split_names);
   c.replication = r.u32("cluster.replication");
   c.pool_devices = r.u32("cluster.pool_devices");
   if (c.pool_devices != 0 && c.pnm_devices % c.pool_devices != 0)
@@ -91,7 +79,7 @@ status read_cluster(const reader& r, cluster_section& c) {
   c.coordinator_port = static_cast<uint16_t>(r.u32("cluster.coordinator_port"));
   c.heartbeat_interval_ms = r.u32("cluster.heartbeat_interval_ms");
   c.connection_timeout_ms = r.u32("cluster.connection_timeout_ms");
-  PNMKV_PARSE_INTO(c.node_scheduler, parse_node_scheduler(r.text("cluster.node_scheduler")));
+  c.node_scheduler = r.choice("cluster.node_scheduler", node_scheduler_names);
   c.startup_timeout_ms = r.u32("cluster.startup_timeout_ms");
   c.join_timeout_ms = r.u32("cluster.join_timeout_ms");
   return status::ok();
@@ -101,12 +89,12 @@ status read_workload_and_eval(const reader& r, run_spec& s) {
   auto& w = s.workload;
   w.context_tokens = r.u64("workload.context_tokens");
   w.batch = r.u32("workload.batch");
-  PNMKV_PARSE_INTO(w.arrivals, parse_workload_arrivals(r.text("workload.arrivals")));
+  w.arrivals = r.choice("workload.arrivals", workload_arrivals_names);
   w.requests = r.u32("workload.requests");
   w.arrival_rate_per_s = r.num("workload.arrival_rate_per_s");
   w.prompt_tokens_spread_fraction = r.num("workload.prompt_tokens_spread_fraction");
   w.output_tokens = r.u64("workload.output_tokens");
-  w.trace_file = resolve_data_file(r.text("workload.trace_file"), r.cfg);
+  w.trace_file = r.text("workload.trace_file");
   if (w.arrivals == workload_arrivals::trace && w.trace_file.empty())
     return status{errc::invalid_argument,
                   "workload.arrivals = trace needs workload.trace_file (a CSV of "
@@ -114,7 +102,9 @@ status read_workload_and_eval(const reader& r, run_spec& s) {
   w.tpot_ms_max = r.num("workload.tpot_ms_max");
   w.batch_max = r.u32("workload.batch_max");
   w.prefill_chunk_tokens = r.u64("workload.prefill_chunk_tokens");
-  PNMKV_PARSE_INTO(w.synthetic, workload_params_from_config(r.cfg));
+  auto synthetic = workload_params_from_config(r.cfg);
+  if (!synthetic) return synthetic.error();
+  w.synthetic = std::move(synthetic).value();
 
   s.eval.budgets_tokens = r.u64_list("eval.budgets_tokens");
   s.eval.contexts_tokens = r.u64_list("eval.contexts_tokens");
@@ -123,8 +113,8 @@ status read_workload_and_eval(const reader& r, run_spec& s) {
   return status::ok();
 }
 
-status read_sim(const reader& r, sim_section& m) {
-  PNMKV_PARSE_INTO(m.batch_policy, parse_sim_batch_policy(r.text("sim.batch_policy")));
+void read_sim(const reader& r, sim_section& m) {
+  m.batch_policy = r.choice("sim.batch_policy", sim_batch_policy_names);
   m.duration_s_max = r.num("sim.duration_s_max");
   m.tp = r.u32("sim.tp");
   m.pp = r.u32("sim.pp");
@@ -133,7 +123,7 @@ status read_sim(const reader& r, sim_section& m) {
   m.pool_auto = r.flag("sim.pool_auto");
   m.baseline_overlap = r.flag("sim.baseline_overlap");
   m.baseline_recall_reuse = r.flag("sim.baseline_recall_reuse");
-  m.calibration_file = resolve_data_file(r.text("sim.calibration_file"), r.cfg);
+  m.calibration_file = r.text("sim.calibration_file");
   m.calibration.steady_hit_fraction = r.num("sim.steady_hit_fraction");
   m.calibration.steady_set_fraction = r.num("sim.steady_set_fraction");
   m.calibration.steady_churn_fraction = r.num("sim.steady_churn_fraction");
@@ -146,14 +136,13 @@ status read_sim(const reader& r, sim_section& m) {
   m.charge_link_energy = r.flag("sim.charge_link_energy");
   m.step_reuse_steps = r.u32("sim.step_reuse_steps");
   m.batch_series_points_max = r.u32("sim.batch_series_points_max");
-  return status::ok();
 }
 
-status read_fabric(const reader& r, fabric_section& f) {
-  PNMKV_PARSE_INTO(f.ucx_transport, parse_ucx_transport_choice(r.text("fabric.ucx_transport")));
+void read_fabric(const reader& r, fabric_section& f) {
+  f.ucx_transport = r.choice("fabric.ucx_transport", ucx_transport_names);
   f.ucx_net_devices = r.text("fabric.ucx_net_devices");
-  PNMKV_PARSE_INTO(f.ucx_rma, parse_ucx_rma(r.text("fabric.ucx_rma")));
-  PNMKV_PARSE_INTO(f.ucx_progress, parse_ucx_progress(r.text("fabric.ucx_progress")));
+  f.ucx_rma = r.choice("fabric.ucx_rma", ucx_rma_mode_names);
+  f.ucx_progress = r.choice("fabric.ucx_progress", ucx_progress_names);
   f.ucx_spin_us = r.u32("fabric.ucx_spin_us");
   f.ucx_keepalive_ms = r.u32("fabric.ucx_keepalive_ms");
   f.send_queue_depth = r.u64("fabric.send_queue_depth");
@@ -161,7 +150,7 @@ status read_fabric(const reader& r, fabric_section& f) {
   f.op_timeout_ms = r.u32("fabric.op_timeout_ms");
   f.connect_timeout_ms = r.u32("fabric.connect_timeout_ms");
   f.max_message_bytes = r.u64("fabric.max_message_bytes");
-  PNMKV_PARSE_INTO(f.frame_crc, parse_frame_crc(r.text("fabric.frame_crc")));
+  f.frame_crc = r.choice("fabric.frame_crc", crc_mode_names);
   f.drop_duplicates = r.flag("fabric.drop_duplicates");
   f.pacing = r.flag("fabric.pacing");
   f.pacing_scale = r.num("fabric.pacing_scale");
@@ -177,12 +166,11 @@ status read_fabric(const reader& r, fabric_section& f) {
   f.max_members = r.u32("fabric.max_members");
   f.max_shards = r.u32("fabric.max_shards");
   f.max_replicas = r.u32("fabric.max_replicas");
-  return status::ok();
 }
 
-status read_faults(const reader& r, faults_section& f) {
+void read_faults(const reader& r, faults_section& f) {
   f.seed = r.u64("faults.seed");
-  PNMKV_PARSE_INTO(f.at, parse_fault_points(r.text("faults.at")));
+  f.at = r.choice("faults.at", fault_points_names);
   f.messages = r.text("faults.messages");
   f.drop_prob = r.num("faults.drop_prob");
   f.delay_prob = r.num("faults.delay_prob");
@@ -197,10 +185,7 @@ status read_faults(const reader& r, faults_section& f) {
   f.script = r.text("faults.script");
   f.script_file = r.text("faults.script_file");
   f.log = r.text("faults.log");
-  return status::ok();
 }
-
-#undef PNMKV_PARSE_INTO
 
 }  // namespace
 
@@ -213,9 +198,11 @@ result<run_spec> resolve_run_spec(const config& cfg) {
   auto hw = load_hardware(r.text("hardware.file"));
   if (!hw) return hw.error();
   s.hardware = std::move(hw).value();
-  for (status st : {read_run_and_selection(r, s), read_cluster(r, s.cluster), read_workload_and_eval(r, s),
-                    read_sim(r, s.sim), read_fabric(r, s.fabric), read_faults(r, s.faults)})
+  for (status st : {read_run_and_selection(r, s), read_cluster(r, s.cluster), read_workload_and_eval(r, s)})
     if (!st) return st;
+  read_sim(r, s.sim);
+  read_fabric(r, s.fabric);
+  read_faults(r, s.faults);
   return s;
 }
 

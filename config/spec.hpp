@@ -1,5 +1,5 @@
-// The configuration resolved once: every key of the schema as a typed value, choices parsed
-// into their enums, data-file paths resolved, the model and hardware files loaded, and the
+// The configuration resolved once: every key of the schema as a typed value, choices looked
+// up in their enums' name tables, the model and hardware files loaded, and the
 // rules that hold across keys checked. `config` (config.hpp) stays the YAML / --set layer
 // and what reports echo; everything that runs reads a run_spec, never a key by its string.
 // The live cluster (actors/run_setup) and the simulator (sim/sim_setup) build from the same
@@ -77,8 +77,8 @@ struct workload_section {
   double arrival_rate_per_s = 1;
   double prompt_tokens_spread_fraction = 0;
   uint64_t output_tokens = 16;
-  // Resolved: as written when it exists from the working directory, else from the config
-  // file's folder or its parent. Not empty when arrivals == trace.
+  // Resolved by config like every path key (resolve_config_path). Not empty when
+  // arrivals == trace.
   std::string trace_file;
   double tpot_ms_max = 0;
   uint32_t batch_max = 0;
@@ -114,7 +114,7 @@ struct sim_section {
   bool pool_auto = false;
   bool baseline_overlap = true;
   bool baseline_recall_reuse = false;
-  std::string calibration_file;  // resolved like workload.trace_file; empty: none
+  std::string calibration_file;  // resolved like every path key; empty: none
   calibration_keys calibration;
   double price_scale_gpu = 1;
   double price_scale_pnm = 1;
@@ -189,8 +189,8 @@ struct run_spec {
   faults_section faults;
 };
 
-// Resolves `cfg` into a run_spec: parses every choice, resolves the data files, loads the
-// model and hardware files, and checks the rules across keys both the live cluster and the
+// Resolves `cfg` into a run_spec: reads every key (config validated each value and resolved
+// each path when it was set), loads the model and hardware files, and checks the rules across keys both the live cluster and the
 // simulator rely on (cluster.pool_devices divides cluster.pnm_devices, the budget holds the
 // two always-kept pages, a trace workload names its file, the synthetic workload's
 // parameters). Errors name the key (or file) and what is allowed.

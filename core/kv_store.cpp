@@ -20,13 +20,7 @@
 
 namespace pnmkv {
 
-const char* to_string(summary_precision p) {
-  switch (p) {
-    case summary_precision::bf16: return "bf16";
-    case summary_precision::fp32: return "fp32";
-  }
-  return "unknown";
-}
+const char* to_string(summary_precision p) { return name_of(summary_precision_names, p); }
 
 status validate(const kv_head_shape& shape) {
   if (shape.head_dim < 16 || shape.head_dim > 512 || shape.head_dim % 16 != 0) {

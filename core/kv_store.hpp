@@ -14,11 +14,14 @@
 #include <vector>
 
 #include "core/bf16.hpp"
+#include "core/enum_names.hpp"
 #include "core/status.hpp"
 
 namespace pnmkv {
 
 enum class summary_precision { bf16, fp32 };
+inline constexpr enum_name<summary_precision> summary_precision_names[] = {{"bf16", summary_precision::bf16},
+                                                                           {"fp32", summary_precision::fp32}};
 const char* to_string(summary_precision p);
 
 struct kv_head_shape {

@@ -186,21 +186,7 @@ namespace pnmkv {
 HWY_EXPORT(score_pages_simd);
 HWY_EXPORT(dispatched_target);
 
-const char* to_string(gqa_aggregation a) {
-  switch (a) {
-    case gqa_aggregation::max: return "max";
-    case gqa_aggregation::sum: return "sum";
-  }
-  return "unknown";
-}
-
-result<gqa_aggregation> parse_gqa_aggregation(const char* text) {
-  const std::string t = text == nullptr ? std::string() : std::string(text);
-  if (t == "max") return gqa_aggregation::max;
-  if (t == "sum") return gqa_aggregation::sum;
-  return result<gqa_aggregation>{errc::parse,
-                                 "gqa aggregation '" + t + "' is not allowed: max or sum"};
-}
+const char* to_string(gqa_aggregation a) { return name_of(gqa_aggregation_names, a); }
 
 const char* kernel_target_name() {
   return hwy::TargetName(HWY_DYNAMIC_DISPATCH(dispatched_target)());

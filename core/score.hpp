@@ -7,14 +7,16 @@
 
 #include <cstdint>
 
+#include "core/enum_names.hpp"
 #include "core/kv_store.hpp"
 #include "core/status.hpp"
 
 namespace pnmkv {
 
 enum class gqa_aggregation { max, sum };
+inline constexpr enum_name<gqa_aggregation> gqa_aggregation_names[] = {{"max", gqa_aggregation::max},
+                                                                       {"sum", gqa_aggregation::sum}};
 const char* to_string(gqa_aggregation a);
-result<gqa_aggregation> parse_gqa_aggregation(const char* text);
 
 // Query heads per KV head a kernel accepts (Llama-3.1-405B needs 16).
 constexpr uint32_t kernel_group_limit = 64;

@@ -1,28 +1,33 @@
 // The execution choices of a run that the policies, the step model and the simulator all
 // branch on: the mode (docs/DESIGN.md §2), the cross-shard selection rule, how sequence
-// shards cut the pages and what a query asks of a shard (§3). They live here, below config/ (which parses them once into
-// run_spec) and schedulers/ (which decides with them). The parse functions name the config
-// key and the allowed values.
+// shards cut the pages and what a query asks of a shard (§3). They live here, below config/
+// (whose schema lists these names as the keys' allowed values and which looks them up once
+// into run_spec) and schedulers/ (which decides with them).
 #pragma once
 
 #include <cstdint>
-#include <string>
 
-#include "core/status.hpp"
+#include "core/enum_names.hpp"
 
 namespace pnmkv {
 
+// run.mode
 enum class run_mode { baseline, pnm_kv, png_kv };
+inline constexpr enum_name<run_mode> run_mode_names[] = {
+    {"baseline", run_mode::baseline}, {"pnm-kv", run_mode::pnm_kv}, {"png-kv", run_mode::png_kv}};
 const char* to_string(run_mode m);
-result<run_mode> parse_run_mode(const std::string& text);
 
+// selection.cross_shard
 enum class cross_shard_selection { exact, local };
+inline constexpr enum_name<cross_shard_selection> cross_shard_selection_names[] = {
+    {"exact", cross_shard_selection::exact}, {"local", cross_shard_selection::local}};
 const char* to_string(cross_shard_selection s);
-result<cross_shard_selection> parse_cross_shard(const std::string& text);
 
+// cluster.sequence_split
 enum class sequence_split { contiguous, interleave };
+inline constexpr enum_name<sequence_split> sequence_split_names[] = {
+    {"contiguous", sequence_split::contiguous}, {"interleave", sequence_split::interleave}};
 const char* to_string(sequence_split s);
-result<sequence_split> parse_sequence_split(const std::string& text);
 
 // What one query asks of a shard: the one concept the host engine, the device engine and the
 // wire (transport/messages.hpp, wire.capnp SelectionRound, mapped in transport/messages.cpp)

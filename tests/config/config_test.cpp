@@ -84,6 +84,15 @@ TEST(config, malformed_files_are_errors_naming_the_file) {
   EXPECT_EQ(missing.error().code(), errc::io);
 }
 
+TEST(config, a_path_key_may_be_empty_only_where_its_default_is) {
+  auto no_model = load_config(default_file, {"model.file="});
+  ASSERT_FALSE(no_model);
+  EXPECT_NE(no_model.error().message().find("model.file"), std::string::npos) << no_model.error().message();
+  auto no_trace = load_config(default_file, {"workload.trace_file=", "sim.calibration_file="});
+  ASSERT_TRUE(no_trace) << no_trace.error().to_string();
+  EXPECT_EQ(no_trace->get_string("workload.trace_file"), "");
+}
+
 TEST(config, echo_round_trips_through_yaml) {
   auto c = load_config(default_file, {"run.steps=5", "selection.gqa_aggregation=sum",
                                       "faults.script=stall node=3 ms=20; drop p=0.5 # \"x\": y"});

@@ -1,6 +1,6 @@
 // Properties of the resolved configuration (config/spec.hpp): every choice key of the schema
-// is parsed into its enum, to the value the string compares of the old readers gave (the
-// simulator's and the live cluster's, which are now the same parse); a value outside the
+// is parsed into its enum, to the value written here (what the simulator's and the live
+// cluster's string compares gave before they shared the spec); a value outside the
 // allowed ones is an error naming the key and every allowed value; the rules across keys
 // and the data-file paths resolve once, the same for everyone.
 #include <gtest/gtest.h>
@@ -26,19 +26,14 @@ result<run_spec> resolve_with(const std::vector<std::string>& sets) {
   return resolve_run_spec(*cfg);
 }
 
-// One choice key: the value the old readers derived from its text (written as they wrote
-// it), the value the spec holds, and the parse that gives the error for a bad text.
+// One choice key: every allowed text with the enum value it must resolve to, written here
+// (the values the simulator's and the live cluster's string compares gave before the spec),
+// and the value the spec holds.
 struct choice_case {
-  std::function<int(const std::string&)> old_reader;
+  std::vector<std::pair<std::string, int>> expected;  // text -> enum value, as an integer
   std::function<int(const run_spec&)> spec_value;
-  std::function<status(const std::string&)> parse;
   std::vector<std::string> extra_sets;  // what a value needs to resolve (a trace file)
 };
-
-template <class E>
-status status_of(const result<E>& r) {
-  return r ? status::ok() : r.error();
-}
 
 std::string trace_file() {
   static const std::string path = [] {
@@ -49,93 +44,59 @@ std::string trace_file() {
   return path;
 }
 
-// Old readers, as sim/sim_setup.cpp, actors/run_setup.cpp, transport/from_config.cpp and
-// actors/node_main.cpp wrote them before the spec (integers stand for the enum values).
+template <class E>
+std::pair<std::string, int> gives(const char* text, E value) {
+  return {text, static_cast<int>(value)};
+}
+
 std::map<std::string, choice_case> choice_cases() {
   std::map<std::string, choice_case> c;
-  c["run.mode"] = {[](const std::string& t) { return int(*parse_run_mode(t)); },
-                   [](const run_spec& s) { return int(s.run.mode); },
-                   [](const std::string& t) { return status_of(parse_run_mode(t)); }, {}};
-  // The simulator compared with "exact"; the live cluster used parse_cross_shard.
+  c["run.mode"] = {{gives("baseline", run_mode::baseline), gives("pnm-kv", run_mode::pnm_kv),
+                    gives("png-kv", run_mode::png_kv)},
+                   [](const run_spec& s) { return int(s.run.mode); }, {}};
   c["selection.cross_shard"] = {
-      [](const std::string& t) {
-        const int sim = t == "exact" ? int(cross_shard_selection::exact) : int(cross_shard_selection::local);
-        return sim == int(*parse_cross_shard(t)) ? sim : -1;
-      },
-      [](const run_spec& s) { return int(s.selection.cross_shard); },
-      [](const std::string& t) { return status_of(parse_cross_shard(t)); }, {}};
+      {gives("exact", cross_shard_selection::exact), gives("local", cross_shard_selection::local)},
+      [](const run_spec& s) { return int(s.selection.cross_shard); }, {}};
   c["selection.summary_precision"] = {
-      [](const std::string& t) { return int(t == "fp32" ? summary_precision::fp32 : summary_precision::bf16); },
-      [](const run_spec& s) { return int(s.selection.summary_precision); },
-      [](const std::string& t) { return status_of(parse_summary_precision_choice(t)); }, {}};
+      {gives("bf16", summary_precision::bf16), gives("fp32", summary_precision::fp32)},
+      [](const run_spec& s) { return int(s.selection.summary_precision); }, {}};
   c["selection.gqa_aggregation"] = {
-      [](const std::string& t) { return int(*parse_gqa_aggregation(t.c_str())); },
-      [](const run_spec& s) { return int(s.selection.gqa_aggregation); },
-      [](const std::string& t) { return status_of(parse_gqa_aggregation_choice(t)); }, {}};
-  // The simulator: resident -> HBM, link -> link, else auto; the live cluster: auto, else
-  // resident exactly when "resident".
+      {gives("max", gqa_aggregation::max), gives("sum", gqa_aggregation::sum)},
+      [](const run_spec& s) { return int(s.selection.gqa_aggregation); }, {}};
   c["baseline.summaries"] = {
-      [](const std::string& t) {
-        const auto sim = t == "resident" ? summary_residence::hbm
-                         : t == "link"   ? summary_residence::link
-                                         : summary_residence::auto_fit;
-        const bool live_auto = t == "auto", live_resident = t == "resident";
-        const bool agree = (sim == summary_residence::auto_fit) == live_auto &&
-                           (sim == summary_residence::hbm) == (!live_auto && live_resident);
-        return agree ? int(sim) : -1;
-      },
-      [](const run_spec& s) { return int(s.baseline.summaries); },
-      [](const std::string& t) { return status_of(parse_summary_residence(t)); }, {}};
+      {gives("auto", summary_residence::auto_fit), gives("resident", summary_residence::hbm),
+       gives("link", summary_residence::link)},
+      [](const run_spec& s) { return int(s.baseline.summaries); }, {}};
   c["workload.arrivals"] = {
-      [](const std::string& t) {
-        return int(t == "poisson" ? workload_arrivals::poisson
-                   : t == "trace" ? workload_arrivals::trace
-                                  : workload_arrivals::closed);
-      },
+      {gives("closed", workload_arrivals::closed), gives("poisson", workload_arrivals::poisson),
+       gives("trace", workload_arrivals::trace)},
       [](const run_spec& s) { return int(s.workload.arrivals); },
-      [](const std::string& t) { return status_of(parse_workload_arrivals(t)); },
       {"workload.trace_file=" + trace_file()}};
   c["sim.batch_policy"] = {
-      [](const std::string& t) { return int(t == "max" ? sim_batch_policy::max : sim_batch_policy::configured); },
-      [](const run_spec& s) { return int(s.sim.batch_policy); },
-      [](const std::string& t) { return status_of(parse_sim_batch_policy(t)); }, {}};
-  c["cluster.sequence_split"] = {[](const std::string& t) { return int(*parse_sequence_split(t)); },
-                                 [](const run_spec& s) { return int(s.cluster.sequence_split); },
-                                 [](const std::string& t) { return status_of(parse_sequence_split(t)); }, {}};
+      {gives("config", sim_batch_policy::configured), gives("max", sim_batch_policy::max)},
+      [](const run_spec& s) { return int(s.sim.batch_policy); }, {}};
+  c["cluster.sequence_split"] = {
+      {gives("contiguous", sequence_split::contiguous), gives("interleave", sequence_split::interleave)},
+      [](const run_spec& s) { return int(s.cluster.sequence_split); }, {}};
   c["cluster.node_scheduler"] = {
-      [](const std::string& t) { return int(t == "sharing" ? node_scheduler::sharing : node_scheduler::stealing); },
-      [](const run_spec& s) { return int(s.cluster.node_scheduler); },
-      [](const std::string& t) { return status_of(parse_node_scheduler(t)); }, {}};
+      {gives("sharing", node_scheduler::sharing), gives("stealing", node_scheduler::stealing)},
+      [](const run_spec& s) { return int(s.cluster.node_scheduler); }, {}};
   c["fabric.frame_crc"] = {
-      [](const std::string& t) {
-        return int(t == "on" ? crc_mode::on : t == "off" ? crc_mode::off : crc_mode::automatic);
-      },
-      [](const run_spec& s) { return int(s.fabric.frame_crc); },
-      [](const std::string& t) { return status_of(parse_frame_crc(t)); }, {}};
+      {gives("auto", crc_mode::automatic), gives("on", crc_mode::on), gives("off", crc_mode::off)},
+      [](const run_spec& s) { return int(s.fabric.frame_crc); }, {}};
   c["fabric.ucx_rma"] = {
-      [](const std::string& t) {
-        return int(t == "native" ? ucx_rma_mode::native : t == "am" ? ucx_rma_mode::am : ucx_rma_mode::automatic);
-      },
-      [](const run_spec& s) { return int(s.fabric.ucx_rma); },
-      [](const std::string& t) { return status_of(parse_ucx_rma(t)); }, {}};
+      {gives("auto", ucx_rma_mode::automatic), gives("native", ucx_rma_mode::native),
+       gives("am", ucx_rma_mode::am)},
+      [](const run_spec& s) { return int(s.fabric.ucx_rma); }, {}};
   c["fabric.ucx_progress"] = {
-      [](const std::string& t) { return int(t == "thread" ? ucx_progress::thread : ucx_progress::caller); },
-      [](const run_spec& s) { return int(s.fabric.ucx_progress); },
-      [](const std::string& t) { return status_of(parse_ucx_progress(t)); }, {}};
-  // transport's parse_ucx_transport (any|auto, tcp, shm|sm).
+      {gives("thread", ucx_progress::thread), gives("caller", ucx_progress::caller)},
+      [](const run_spec& s) { return int(s.fabric.ucx_progress); }, {}};
   c["fabric.ucx_transport"] = {
-      [](const std::string& t) {
-        return int(t == "any" ? ucx_transport::any : t == "tcp" ? ucx_transport::tcp : ucx_transport::shm);
-      },
-      [](const run_spec& s) { return int(s.fabric.ucx_transport); },
-      [](const std::string& t) { return status_of(parse_ucx_transport_choice(t)); }, {}};
-  // The text went into the fault rule as at=<text>; the spec's value must print the same.
-  c["faults.at"] = {[](const std::string& t) { return t == "send" ? 0 : t == "recv" ? 1 : 2; },
-                    [](const run_spec& s) {
-                      const std::string t = to_string(s.faults.at);
-                      return t == "send" ? 0 : t == "recv" ? 1 : 2;
-                    },
-                    [](const std::string& t) { return status_of(parse_fault_points(t)); }, {}};
+      {gives("any", ucx_transport::any), gives("tcp", ucx_transport::tcp), gives("shm", ucx_transport::shm)},
+      [](const run_spec& s) { return int(s.fabric.ucx_transport); }, {}};
+  c["faults.at"] = {{gives("send", fault_points::send), gives("recv", fault_points::recv),
+                     gives("both", fault_points::both)},
+                    [](const run_spec& s) { return int(s.faults.at); }, {}};
   return c;
 }
 
@@ -148,59 +109,70 @@ TEST(run_spec, every_choice_key_of_the_schema_has_a_case_here) {
     if (k.type == config_type::choice && k.key != "workload.kind") schema_choices.insert(k.key);
   std::set<std::string> covered;
   for (const auto& [key, c] : cases) covered.insert(key);
-  EXPECT_EQ(schema_choices, covered) << "a choice key was added or removed: parse it in "
-                                        "config/spec.cpp and add its case here";
+  EXPECT_EQ(schema_choices, covered) << "a choice key was added or removed: read it in "
+                                        "config/spec.cpp with its enum's name table and add its case here";
 }
 
-TEST(run_spec, every_allowed_value_parses_to_what_the_old_string_compares_gave) {
+TEST(run_spec, every_allowed_value_resolves_to_its_written_enum_value) {
   for (const auto& [key, c] : choice_cases()) {
     const config_key* k = find_config_key(key);
     ASSERT_NE(k, nullptr) << key;
-    ASSERT_GE(k->choices.size(), 1u) << key;
-    std::set<int> seen;
-    for (const auto& value : k->choices) {
-      SCOPED_TRACE(key + " = " + value);
+    std::set<std::string> texts;
+    std::set<int> values;
+    for (const auto& [text, value] : c.expected) {
+      texts.insert(text);
+      values.insert(value);
+    }
+    // Every allowed value has its expectation here, and nothing else does.
+    EXPECT_EQ(texts, std::set<std::string>(k->choices.begin(), k->choices.end())) << key;
+    // Distinct texts are distinct values: no allowed value silently falls to a default.
+    EXPECT_EQ(values.size(), c.expected.size()) << key;
+    for (const auto& [text, value] : c.expected) {
+      SCOPED_TRACE(key + " = " + text);
       auto sets = c.extra_sets;
-      sets.push_back(key + "=" + value);
+      sets.push_back(key + "=" + text);
       auto spec = resolve_with(sets);
       ASSERT_TRUE(spec) << spec.error().to_string();
-      const int old_value = c.old_reader(value);
-      ASSERT_GE(old_value, 0) << "the old readers disagreed";
-      EXPECT_EQ(c.spec_value(*spec), old_value);
-      EXPECT_TRUE(c.parse(value).is_ok());
-      seen.insert(old_value);
+      EXPECT_EQ(c.spec_value(*spec), value);
     }
-    // Distinct texts are distinct values: no allowed value silently falls to a default.
-    EXPECT_EQ(seen.size(), k->choices.size()) << key;
   }
 }
 
-TEST(run_spec, choice_names_read_back_as_the_key_text) {
-  for (auto a : {workload_arrivals::closed, workload_arrivals::poisson, workload_arrivals::trace})
-    EXPECT_EQ(*parse_workload_arrivals(to_string(a)), a);
-  for (auto r : {summary_residence::auto_fit, summary_residence::hbm, summary_residence::link})
-    EXPECT_EQ(*parse_summary_residence(to_string(r)), r);
+TEST(run_spec, choice_names_are_the_key_texts) {
+  EXPECT_STREQ(to_string(run_mode::baseline), "baseline");
+  EXPECT_STREQ(to_string(run_mode::pnm_kv), "pnm-kv");
+  EXPECT_STREQ(to_string(run_mode::png_kv), "png-kv");
+  EXPECT_STREQ(to_string(cross_shard_selection::exact), "exact");
+  EXPECT_STREQ(to_string(cross_shard_selection::local), "local");
+  EXPECT_STREQ(to_string(sequence_split::contiguous), "contiguous");
+  EXPECT_STREQ(to_string(sequence_split::interleave), "interleave");
+  EXPECT_STREQ(to_string(gqa_aggregation::sum), "sum");
+  EXPECT_STREQ(to_string(summary_precision::fp32), "fp32");
+  EXPECT_STREQ(to_string(workload_arrivals::closed), "closed");
+  EXPECT_STREQ(to_string(workload_arrivals::poisson), "poisson");
+  EXPECT_STREQ(to_string(workload_arrivals::trace), "trace");
+  EXPECT_STREQ(to_string(summary_residence::auto_fit), "auto");
   EXPECT_STREQ(to_string(summary_residence::hbm), "resident");
+  EXPECT_STREQ(to_string(summary_residence::link), "link");
   EXPECT_STREQ(to_string(sim_batch_policy::configured), "config");
-  for (auto m : {run_mode::baseline, run_mode::pnm_kv, run_mode::png_kv}) EXPECT_EQ(*parse_run_mode(to_string(m)), m);
-  for (auto s : {sequence_split::contiguous, sequence_split::interleave})
-    EXPECT_EQ(*parse_sequence_split(to_string(s)), s);
+  EXPECT_STREQ(to_string(sim_batch_policy::max), "max");
+  EXPECT_STREQ(to_string(node_scheduler::stealing), "stealing");
+  EXPECT_STREQ(to_string(fault_points::recv), "recv");
+  EXPECT_STREQ(to_string(ucx_progress::caller), "caller");
 }
 
 TEST(run_spec, a_bad_value_names_the_key_and_every_allowed_value) {
+  // The config layer refuses the value (from a file or --set) before any spec is made.
   for (const auto& [key, c] : choice_cases()) {
     SCOPED_TRACE(key);
-    const status st = c.parse("no-such-choice");
-    ASSERT_FALSE(st.is_ok());
-    EXPECT_NE(st.message().find(key), std::string::npos) << st.message();
-    for (const auto& allowed : find_config_key(key)->choices)
-      EXPECT_NE(st.message().find(allowed), std::string::npos) << st.message() << " lacks " << allowed;
+    auto cfg = load_config(default_file, {key + "=no-such-choice"});
+    ASSERT_FALSE(cfg);
+    const std::string& message = cfg.error().message();
+    EXPECT_NE(message.find(key), std::string::npos) << message;
+    std::string allowed;
+    for (const auto& [text, value] : c.expected) allowed += (allowed.empty() ? "" : "|") + text;
+    EXPECT_NE(message.find("allowed: " + allowed), std::string::npos) << message;
   }
-  // Through the config layer too (it refuses the value before any spec is made).
-  auto cfg = load_config(default_file, {"workload.arrivals=bursty"});
-  ASSERT_FALSE(cfg);
-  EXPECT_NE(cfg.error().message().find("workload.arrivals"), std::string::npos);
-  EXPECT_NE(cfg.error().message().find("closed|poisson|trace"), std::string::npos);
 }
 
 TEST(run_spec, typed_values_follow_the_keys) {
@@ -256,6 +228,33 @@ TEST(run_spec, data_files_resolve_from_the_config_folder_once) {
   EXPECT_EQ(fs::path(spec->workload.trace_file), (dir / "arrivals.csv").lexically_normal());
   EXPECT_EQ(fs::path(spec->sim.calibration_file), (dir.parent_path() / "cal.json").lexically_normal());
   EXPECT_TRUE(fs::exists(spec->sim.gpu_fabric_file));
+}
+
+TEST(run_spec, an_echoed_config_names_the_same_data_files_wherever_it_is_loaded_from) {
+  // `pnmkv run --multiprocess` writes the config it resolved (to_yaml) into its work folder
+  // and every node process loads it from there: files named next to the original config
+  // must still be found (they were not when only the spec resolved them, from the folder
+  // of the file it was given).
+  const fs::path dir = fs::temp_directory_path() / "pnmkv_spec_echo_test" / "experiments";
+  const fs::path work = fs::temp_directory_path() / "pnmkv_spec_echo_test_work";
+  fs::create_directories(dir);
+  fs::create_directories(work);
+  std::ofstream(dir / "pnmkv_echo_arrivals.csv") << "0,1024,4\n";
+  std::ofstream(dir.parent_path() / "pnmkv_echo_cal.json") << "{}";
+  const fs::path file = dir / "run.yaml";
+  std::ofstream(file) << "model:\n  file: " << PNMKV_SOURCE_DIR << "/cluster_configs/models/llama-3.1-8b.yaml\n"
+                      << "hardware:\n  file: " << PNMKV_SOURCE_DIR << "/cluster_configs/hardware/h100-cxl-pnm.yaml\n"
+                      << "sim:\n  calibration_file: pnmkv_echo_cal.json\n"
+                      << "workload:\n  arrivals: trace\n  trace_file: pnmkv_echo_arrivals.csv\n";
+  auto cfg = load_config(file.string(), {});
+  ASSERT_TRUE(cfg) << cfg.error().to_string();
+  std::ofstream(work / "config.yaml") << cfg->to_yaml();
+  auto echoed = load_config((work / "config.yaml").string(), {});
+  ASSERT_TRUE(echoed) << echoed.error().to_string();
+  auto spec = resolve_run_spec(*echoed);
+  ASSERT_TRUE(spec) << spec.error().to_string();
+  EXPECT_EQ(fs::path(spec->workload.trace_file), (dir / "pnmkv_echo_arrivals.csv").lexically_normal());
+  EXPECT_EQ(fs::path(spec->sim.calibration_file), (dir.parent_path() / "pnmkv_echo_cal.json").lexically_normal());
 }
 
 }  // namespace

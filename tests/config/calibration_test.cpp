@@ -1,0 +1,71 @@
+// Properties of the calibration file (config/calibration.hpp): it can replace each sim.*
+// calibration value with exactly what the config key itself admits, no more and no less
+// (one range, the schema's), and a refusal names the value and that range.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "config/calibration.hpp"
+
+namespace pnmkv {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string number_text(double x) {
+  std::ostringstream os;
+  os.precision(17);
+  os << x;
+  return os.str();
+}
+
+result<calibration> load_one(const std::string& name, double x) {
+  const fs::path file = fs::temp_directory_path() / "pnmkv_calibration_test.json";
+  std::ofstream(file) << R"({"format": "pnmkv-calibration/1", "values": {")" << name << "\": " << number_text(x)
+                      << "}}";
+  return load_calibration(file.string(), calibration{});
+}
+
+TEST(calibration, a_file_admits_each_value_in_its_config_keys_range_only) {
+  const auto names = calibration{}.entries();
+  ASSERT_EQ(names.size(), 6u);
+  for (const auto& [name, value] : names) {
+    SCOPED_TRACE(name);
+    const config_key* k = find_config_key("sim." + name);
+    ASSERT_NE(k, nullptr);
+    ASSERT_EQ(k->type, config_type::number);
+    const double below = k->min - std::max(1e-3, std::fabs(k->min) * 1e-3);
+    const double above = k->max + std::max(1e-3, std::fabs(k->max) * 1e-3);
+    for (double x : {k->min, k->max, below, above}) {
+      SCOPED_TRACE(x);
+      const bool config_admits = config::defaults().set(k->key, number_text(x)).is_ok();
+      auto c = load_one(name, x);
+      EXPECT_EQ(c.is_ok(), config_admits) << (c ? "" : c.error().message());
+      if (c) {
+        for (const auto& [n, v] : c->entries())
+          if (n == name) EXPECT_EQ(v->value, x);
+      } else {
+        EXPECT_NE(c.error().message().find("values." + name), std::string::npos) << c.error().message();
+      }
+    }
+    // Both ends of the range are admitted and just past them refused.
+    EXPECT_TRUE(load_one(name, k->min));
+    EXPECT_TRUE(load_one(name, k->max));
+    EXPECT_FALSE(load_one(name, below));
+    EXPECT_FALSE(load_one(name, above));
+  }
+}
+
+TEST(calibration, a_refusal_names_the_value_and_the_schema_range) {
+  // sim.steady_set_fraction admits [0, 64]: a file's 65 is refused with that range.
+  auto c = load_one("steady_set_fraction", 65);
+  ASSERT_FALSE(c);
+  EXPECT_NE(c.error().message().find("values.steady_set_fraction = 65 is outside [0, 64]"), std::string::npos)
+      << c.error().message();
+}
+
+}  // namespace
+}  // namespace pnmkv
