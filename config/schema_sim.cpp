@@ -60,7 +60,8 @@ std::vector<config_key> schema_keys_sim() {
       {"sim.step_reuse_steps", t::integer, "16", 1, 4096, {},
        "Reuse a step's time and energy for up to this many steps while the batch is unchanged "
        "(each step adds a token per request — at most one K/V row and a summary per head: "
-       "relative error below steps / selection.budget_tokens; 1: exact)"},
+       "relative error below steps / selection.budget_tokens; 1: exact). A request held back "
+       "by workload.tpot_ms_max is offered again after as many step boundaries"},
       {"sim.batch_series_points_max", t::integer, "2000", 2, 1.0e6, {},
        "Points kept of the batch-size-over-time series (evenly thinned)"},
   };

@@ -2,6 +2,7 @@
 // calibration value with exactly what the config key itself admits, no more and no less
 // (one range, the schema's), and a refusal names the value and that range.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
@@ -23,10 +24,14 @@ std::string number_text(double x) {
 }
 
 result<calibration> load_one(const std::string& name, double x) {
-  const fs::path file = fs::temp_directory_path() / "pnmkv_calibration_test.json";
+  // One file per process: test binaries of the normal and the sanitizer build may run at once.
+  const fs::path file =
+      fs::temp_directory_path() / ("pnmkv_calibration_test_" + std::to_string(::getpid()) + ".json");
   std::ofstream(file) << R"({"format": "pnmkv-calibration/1", "values": {")" << name << "\": " << number_text(x)
                       << "}}";
-  return load_calibration(file.string(), calibration{});
+  auto c = load_calibration(file.string(), calibration{});
+  fs::remove(file);
+  return c;
 }
 
 TEST(calibration, a_file_admits_each_value_in_its_config_keys_range_only) {
