@@ -171,11 +171,21 @@ status check_run_memory(const run_setup& s, run_processes where, uint64_t after_
   return check_run_memory(*need, s.host_mem, hint);
 }
 
-uint64_t derived_device_memory_bytes(const run_setup& s, run_processes where) {
+result<uint64_t> derived_device_memory_bytes(const run_setup& s, run_processes where) {
   auto e = estimate_run_memory(run_memory_query_of(s, where, 0));
   // A shape the estimate refuses is refused again, with its reason, by check_run_memory.
   const uint64_t working = e ? e->working_bytes() : 0;
-  return default_device_memory_bytes(s.host_mem, working, s.devices);
+  const uint64_t bytes = default_device_memory_bytes(s.host_mem, working, s.devices);
+  if (bytes == 0)
+    return status{errc::capacity,
+                  "not enough memory on this machine for the devices' KV: the run's working "
+                  "memory (" + std::to_string(working) + " bytes: page overhead, prefill chunks "
+                  "in flight, processes) leaves nothing of the " +
+                  std::to_string(s.host_mem.usable_bytes()) + " usable bytes (" +
+                  s.host_mem.describe() + "). Set cluster.device_memory_bytes_max (now 0: derived "
+                  "from this machine), or shrink the run with run.prefill_window_chunks or "
+                  "fewer cluster.pnm_devices"};
+  return bytes;
 }
 
 }  // namespace pnmkv

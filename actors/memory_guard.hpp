@@ -40,7 +40,9 @@ run_memory_query run_memory_query_of(const run_setup& s, run_processes where,
 status check_run_memory(const run_setup& s, run_processes where, uint64_t after_run_bytes);
 
 // cluster.device_memory_bytes_max = 0 (the default) becomes what this machine makes
-// usable, less the working buffers of a run of `where`, over the devices.
-uint64_t derived_device_memory_bytes(const run_setup& s, run_processes where);
+// usable, less the working buffers of a run of `where`, over the devices. errc::capacity
+// when nothing is left for the devices' KV: 0 would read as "derive" to the node processes
+// the figure is written for, and every placement would be refused without saying why.
+result<uint64_t> derived_device_memory_bytes(const run_setup& s, run_processes where);
 
 }  // namespace pnmkv

@@ -349,7 +349,9 @@ status fit_this_machine(config& cfg, run_spec& spec, const cluster_run_options& 
   auto pre = make_run_setup(spec, cfg, "memory-check");
   if (!pre) return pre.error();
   if ((*pre)->device_memory_derived) {
-    const uint64_t bytes = derived_device_memory_bytes(**pre, run_processes::multiprocess);
+    auto derived = derived_device_memory_bytes(**pre, run_processes::multiprocess);
+    if (!derived) return derived.error();
+    const uint64_t bytes = *derived;
     auto st = cfg.set("cluster.device_memory_bytes_max", std::to_string(bytes));
     if (!st) return st;
     spec.cluster.device_memory_bytes_max = bytes;
