@@ -81,16 +81,25 @@ void coordinator_state::deliver_result(const std::string& bytes) {
 }
 
 std::string coordinator_state::membership_bytes(const std::vector<uint64_t>& requests) const {
-  transport::membership_msg mm;
-  mm.epoch = 1;
-  for (const auto& [id, m] : members_)
-    mm.members.push_back(transport::member_info{id, m.role, true, m.address});
-  for (uint64_t r : requests) {
-    const admission_grant* g = admission_.grant_of(r);
-    PNMKV_CHECK(g != nullptr, "membership of request ", r, ", which is not admitted");
-    mm.placements.push_back(placement_to_wire(g->placement));
+  auto out = wire_message(self_id_);
+  auto mm = out.body().initMembership();
+  mm.setEpoch(1);
+  auto members = mm.initMembers(static_cast<unsigned>(members_.size()));
+  unsigned i = 0;
+  for (const auto& [id, m] : members_) {
+    auto w = members[i++];
+    w.setNodeId(id);
+    w.setRole(transport::to_wire(m.role));
+    w.setAlive(true);
+    w.setWorkerAddress(transport::as_data(m.address));
   }
-  return wire_bytes(self_id_, std::move(mm));
+  auto placements = mm.initPlacements(static_cast<unsigned>(requests.size()));
+  for (size_t k = 0; k < requests.size(); ++k) {
+    const admission_grant* g = admission_.grant_of(requests[k]);
+    PNMKV_CHECK(g != nullptr, "membership of request ", requests[k], ", which is not admitted");
+    placement_to_wire(g->placement, placements[static_cast<unsigned>(k)]);
+  }
+  return wire_string(out);
 }
 
 void coordinator_state::decide(uint64_t request_id, bool accepted, const std::string& reason) {
@@ -255,7 +264,9 @@ void coordinator_state::on_control(const std::string& bytes) {
 void coordinator_state::on_hello(const control::hello_msg& h, const caf::actor& sender) {
   auto nonce = transport::make_nonce();
   nonces_[h.node] = nonce;
-  self_->send(sender, join_atom::value, wire_bytes(self_id_, transport::challenge_msg{nonce}));
+  auto out = wire_message(self_id_);
+  out.body().initChallenge().setNonce(transport::as_data(nonce));
+  self_->send(sender, join_atom::value, wire_string(out));
 }
 
 void coordinator_state::on_submit(const control::submit_msg& s, const caf::actor& sender) {
@@ -303,28 +314,39 @@ void coordinator_state::on_placement_ack(const control::placement_ack_msg& a) {
   }
 }
 
+std::string coordinator_state::join_ack(uint32_t node, const status& verdict) const {
+  auto out = wire_message(self_id_);
+  auto ack = out.body().initJoinAck();
+  ack.setAccepted(verdict.is_ok());
+  ack.setNodeId(node);
+  ack.setEpoch(verdict.is_ok() ? 1 : 0);
+  ack.setReason(verdict.is_ok() ? "" : verdict.message());
+  return wire_string(out);
+}
+
 void coordinator_state::on_join(const std::string& bytes) {
-  transport::wire_limits limits;
-  auto m = transport::decode(bytes.data(), bytes.size(), limits);
+  auto m = transport::decode(bytes.data(), bytes.size(), setup_->limits);
   auto sender = caf::actor_cast<caf::actor>(self_->current_sender());
-  if (!m || !std::holds_alternative<transport::join_msg>(m->body)) {
+  if (!m || m->kind() != transport::msg_kind::join) {
     cluster_log().warn("event=join_refused reason=\"{}\"", m ? "not a join message" : m.error().to_string());
     return;
   }
-  const auto& j = std::get<transport::join_msg>(m->body);
-  auto nonce = nonces_.find(j.node);
+  auto j = m->join();
+  const uint32_t node = j.getNodeId();
+  auto nonce = nonces_.find(node);
   status ok = nonce == nonces_.end() ? status{errc::invalid_argument, "no challenge was issued to this node"}
                                      : transport::verify_join(setup_->secret, nonce->second, j);
   if (!ok) {
-    cluster_log().warn("event=join_refused node={} reason=\"{}\"", j.node, ok.message());
-    self_->send(sender, join_atom::value,
-                wire_bytes(self_id_, transport::join_ack_msg{false, j.node, 0, ok.message()}));
+    cluster_log().warn("event=join_refused node={} reason=\"{}\"", node, ok.message());
+    self_->send(sender, join_atom::value, join_ack(node, ok));
     return;
   }
   nonces_.erase(nonce);
-  members_[j.node] = member{j.role, sender, j.worker_address};
+  auto addr = j.getWorkerAddress();
+  members_[node] = member{transport::from_wire(j.getRole()), sender,
+                          std::vector<uint8_t>(addr.begin(), addr.end())};
   self_->monitor(sender);
-  self_->send(sender, join_atom::value, wire_bytes(self_id_, transport::join_ack_msg{true, j.node, 1, ""}));
+  self_->send(sender, join_atom::value, join_ack(node, status::ok()));
   uint32_t devices = 0;
   bool host = false;
   for (const auto& [id, mem] : members_) {

@@ -51,6 +51,8 @@ class coordinator_state {
   void on_placement_ack(const control::placement_ack_msg& a);
 
   std::string membership_bytes(const std::vector<uint64_t>& requests) const;
+  // The join_ack wire bytes for `node`: accepted when `verdict` is ok, else refused with it.
+  std::string join_ack(uint32_t node, const status& verdict) const;
   // The answer to one request's admission: to the GPU host (open workloads) or the driver
   // (closed: the run starts once every request is decided).
   void decide(uint64_t request_id, bool accepted, const std::string& reason);

@@ -19,6 +19,11 @@ uint64_t store_bytes(const kv_head_shape& s, uint64_t pages) {
 }
 }  // namespace
 
+const shard_placement* device_engine::shard_of(uint64_t request_id) const {
+  auto it = shards_.find(request_id);
+  return it == shards_.end() ? nullptr : &it->second;
+}
+
 status device_engine::add_shard(uint64_t request_id, const shard_placement& shard) {
   if (shards_.count(request_id))
     return {errc::invalid_argument, "device " + std::to_string(cfg_.device_id) +

@@ -89,6 +89,8 @@ class device_engine {
   double charge(double arrival_ns, double cost_ns);
   double clock_ns() const { return clock_ns_; }
   const kv_head_store* find(uint64_t request_id, uint32_t layer, uint32_t kv_head) const;
+  // The shard of `request_id` placed here, or null.
+  const shard_placement* shard_of(uint64_t request_id) const;
 
  private:
   using key = std::tuple<uint64_t, uint32_t, uint32_t>;

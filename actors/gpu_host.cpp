@@ -64,74 +64,87 @@ status gpu_host_state::send_work(device_work& w) {
   env.seq = ++seq_;
   // vtime: when the message has left the host link (arrival minus link latency).
   env.vtime_ns = std::max(0.0, w.vt_arrival_ns - costs_->link_latency_ns());
-  std::vector<uint8_t> bytes;
-  if (w.what == device_work::kind::write) bytes = encode_write(env, w);
-  else if (w.what == device_work::kind::recall) bytes = encode_recall(env, w);
-  else bytes = encode_query(env, w);
-  return fab_->send(w.device_id, std::move(bytes));
+  const size_t payload = 2 * sizeof(bf16) * w.k.size() + sizeof(float) * w.q_storage.size() +
+                         4 * (w.pages.size() + w.listed_storage.size() + w.excluded_storage.size());
+  transport::outbound m(env, payload);
+  if (w.what == device_work::kind::write) put_write(w, m.body());
+  else if (w.what == device_work::kind::recall) put_recall(w, m.body());
+  else put_query(w, m.body());
+  return fab_->send(w.device_id, m.finish());
 }
 
-std::vector<uint8_t> gpu_host_state::encode_write(const transport::envelope& env, device_work& w) {
+void gpu_host_state::put_write(const device_work& w, transport::wire::Envelope::Body::Builder body) {
+  const uint32_t d = setup_->model.head_dim;
+  const uint32_t crc = transport::kv_crc32c(w.k.data(), w.v.data(), w.k.size());
   if (w.bulk) {
-    transport::prefill_write_msg pw;
-    pw.request_id = w.request_id;
-    pw.layer = w.layer;
-    pw.kv_head = w.kv_head;
-    pw.position0 = w.position;
-    pw.n_tokens = static_cast<uint32_t>(w.n_tokens);
-    pw.head_dim = setup_->model.head_dim;
-    pw.k = std::move(w.k);
-    pw.v = std::move(w.v);
-    return transport::encode(env, std::move(pw));
+    auto pw = body.initPrefillWrite();
+    pw.setRequestId(w.request_id);
+    pw.setLayer(w.layer);
+    pw.setKvHead(w.kv_head);
+    pw.setPosition0(w.position);
+    pw.setNTokens(static_cast<uint32_t>(w.n_tokens));
+    pw.setHeadDim(d);
+    pw.setK(transport::as_data(w.k));
+    pw.setV(transport::as_data(w.v));
+    pw.setCrc32c(crc);
+    return;
   }
-  transport::token_append_msg ta;
-  ta.request_id = w.request_id;
-  ta.layer = w.layer;
-  ta.kv_head0 = w.kv_head;
-  ta.n_heads = 1;
-  ta.position = w.position;
-  ta.head_dim = setup_->model.head_dim;
-  ta.k = std::move(w.k);
-  ta.v = std::move(w.v);
-  return transport::encode(env, std::move(ta));
+  auto ta = body.initTokenAppend();
+  ta.setRequestId(w.request_id);
+  ta.setLayer(w.layer);
+  ta.setKvHead0(w.kv_head);
+  ta.setNHeads(1);
+  ta.setPosition(w.position);
+  ta.setHeadDim(d);
+  ta.setK(transport::as_data(w.k));
+  ta.setV(transport::as_data(w.v));
+  ta.setCrc32c(crc);
 }
 
-std::vector<uint8_t> gpu_host_state::encode_recall(const transport::envelope& env, device_work& w) {
-  transport::recall_request_msg rr;
-  rr.request_id = w.request_id;
-  rr.step = step_;
-  rr.layer = w.layer;
-  rr.kv_head = w.kv_head;
-  for (uint64_t p : w.pages) rr.page_ids.push_back(static_cast<uint32_t>(p));
+namespace {
+// uint64 page ids as the wire's uint32 blob.
+void put_ids(const std::vector<uint64_t>& ids, capnp::Data::Builder out) {
+  uint32_t* p = transport::fill_as<uint32_t>(out);
+  for (size_t i = 0; i < ids.size(); ++i) p[i] = static_cast<uint32_t>(ids[i]);
+}
+unsigned id_bytes(const std::vector<uint64_t>& ids) { return static_cast<unsigned>(4 * ids.size()); }
+}  // namespace
+
+void gpu_host_state::put_recall(const device_work& w, transport::wire::Envelope::Body::Builder body) {
+  auto rr = body.initRecallRequest();
+  rr.setRequestId(w.request_id);
+  rr.setStep(step_);
+  rr.setLayer(w.layer);
+  rr.setKvHead(w.kv_head);
+  rr.setNPages(static_cast<uint32_t>(w.pages.size()));
+  put_ids(w.pages, rr.initPageIds(id_bytes(w.pages)));
   tags_[reply_key{w.request_id, w.layer, w.kv_head, w.shard_id, reply_kind::recall}] = w.tag;
-  return transport::encode(env, std::move(rr));
 }
 
-std::vector<uint8_t> gpu_host_state::encode_query(const transport::envelope& env, device_work& w) {
+void gpu_host_state::put_query(const device_work& w, transport::wire::Envelope::Body::Builder body) {
   const auto& q = w.query;
-  transport::query_msg qm;
-  qm.request_id = q.request_id;
-  qm.step = q.step;
-  qm.layer = q.layer;
-  qm.kv_head0 = q.kv_head;
-  qm.kv_head1 = q.kv_head + 1;
-  qm.group = q.group;
-  qm.head_dim = setup_->model.head_dim;
-  qm.q = std::move(w.q_storage);
-  qm.budget_pages = static_cast<uint32_t>(q.budget_pages);
-  qm.round = q.round;
-  qm.sequence_tokens = q.sequence_tokens;
-  qm.shard_id = w.shard_id;
-  for (uint64_t p : w.excluded_storage) qm.excluded_pages.push_back(static_cast<uint32_t>(p));
-  for (uint64_t p : w.listed_storage) qm.listed_pages.push_back(static_cast<uint32_t>(p));
-  tags_[reply_key{q.request_id, q.layer, q.kv_head, qm.shard_id, reply_kind_of(q.round)}] = w.tag;
-  return transport::encode(env, std::move(qm));
+  auto qm = body.initQuery();
+  qm.setRequestId(q.request_id);
+  qm.setStep(q.step);
+  qm.setLayer(q.layer);
+  qm.setKvHead0(q.kv_head);
+  qm.setKvHead1(q.kv_head + 1);
+  qm.setGroup(q.group);
+  qm.setHeadDim(setup_->model.head_dim);
+  qm.setQ(transport::as_data(w.q_storage));
+  qm.setBudgetPages(static_cast<uint32_t>(q.budget_pages));
+  qm.setRound(transport::to_wire(q.round));
+  qm.setSequenceTokens(q.sequence_tokens);
+  qm.setShardId(w.shard_id);
+  put_ids(w.excluded_storage, qm.initExcludedPages(id_bytes(w.excluded_storage)));
+  put_ids(w.listed_storage, qm.initListedPages(id_bytes(w.listed_storage)));
+  tags_[reply_key{q.request_id, q.layer, q.kv_head, w.shard_id, reply_kind_of(q.round)}] = w.tag;
 }
 
 void gpu_host_state::send_all(std::vector<device_work>& work) {
   for (auto& w : work) {
     if (lost_.count(w.device_id)) continue;  // its replicas got their own copy
-    if (w.bulk) {  // before sending: the send moves the rows out of w
+    if (w.bulk) {  // kept for a retry when the ack does not come
       write_key key{w.device_id, w.request_id, w.layer, w.kv_head, w.position};
       if (!writes_out_.count(key)) writes_out_.emplace(key, setup_->retry_after_ms ? w : device_work{});
     }
@@ -222,12 +235,12 @@ void gpu_host_state::after_progress() {
   }
   if (!engine_->step_done() || !writes_out_.empty()) return;
   step_running_ = false;
-  if (!open_) {
-    if (step_ + 1 < setup_->steps) return start_step(step_ + 1);
-    progress("decode", setup_->steps, setup_->steps);
-    return finish();
-  }
   auto done = sched_->complete(plan_, engine_->last_step().virtual_ns * 1e-9);
+  if (!open_) {
+    // A closed batch ends together: its requests stay in the engine for the report.
+    if (step_ + 1 == setup_->steps) progress("decode", setup_->steps, setup_->steps);
+    return boundary();
+  }
   for (uint64_t id : done) {
     auto s = engine_->remove_request(id);
     if (!s) return fail_run(s.to_string());
@@ -276,7 +289,7 @@ void gpu_host_state::pump_prefill() {
     prefill_done_ = true;
     prefill_wall_s_ = std::chrono::duration<double>(steady::now() - prefill_start_).count();
     if (setup_->steps == 0) return finish();
-    start_step(0);
+    serve_closed_batch();
   }
 }
 
@@ -306,16 +319,18 @@ void gpu_host_state::on_join(const std::string& bytes) {
 }
 
 void gpu_host_state::on_membership(const std::string& bytes) {
-  auto m = transport::decode(bytes.data(), bytes.size(), limits_);
-  if (!m || !std::holds_alternative<transport::membership_msg>(m->body)) return;
-  const auto& mm = std::get<transport::membership_msg>(m->body);
-  for (const auto& mem : mm.members)
-    if (mem.role == transport::node_role::pnm_device && !mem.worker_address.empty() &&
-        connected_.insert(mem.node).second) {
-      auto s = fab_->connect(mem.node, mem.worker_address);
-      if (!s) cluster_log().warn("event=connect_failed peer={} reason=\"{}\"", mem.node, s.to_string());
+  auto m = transport::decode(bytes.data(), bytes.size(), setup_->limits);
+  if (!m || m->kind() != transport::msg_kind::membership) return;
+  auto mm = m->membership();
+  for (auto mem : mm.getMembers()) {
+    auto addr = mem.getWorkerAddress();
+    if (mem.getRole() == transport::wire::Role::PNM_DEVICE && addr.size() > 0 &&
+        connected_.insert(mem.getNodeId()).second) {
+      auto s = fab_->connect(mem.getNodeId(), std::vector<uint8_t>(addr.begin(), addr.end()));
+      if (!s) cluster_log().warn("event=connect_failed peer={} reason=\"{}\"", mem.getNodeId(), s.to_string());
     }
-  for (const auto& pl : mm.placements) placements_[pl.request_id] = placement_from_wire(pl);
+  }
+  for (auto pl : mm.getPlacements()) placements_[pl.getRequestId()] = placement_from_wire(pl);
 }
 
 void gpu_host_state::on_control(const std::string& bytes) {
@@ -413,44 +428,59 @@ void gpu_host_state::on_closed_start(const control::run_start_msg& rs) {
   pump_prefill();
 }
 
+// The closed batch, prefilled, decodes through the serving scheduler like an open workload
+// (and like the simulator's closed batch): every request arrived at 0 and was admitted with
+// its prompt in the cache; each step's plan decodes all of them, and they finish together
+// after run.steps steps. The scheduler's ids are positions in `requests_`: the engine
+// decodes every request it holds, so nothing maps them back.
+void gpu_host_state::serve_closed_batch() {
+  std::vector<trace_row> rows;
+  for (const auto& r : requests_) rows.push_back({0.0, r.context_tokens, uint64_t(r.steps) + 1});
+  sched_ = std::make_unique<serving_scheduler>(std::move(rows), setup_->serving);
+  for (uint64_t id = 1; id <= requests_.size(); ++id) sched_->admit_prefilled(id);
+  admitting_ = false;  // nothing waits: the batch was formed before the prefill
+  boundary();
+}
+
 void gpu_host_state::on_wire(std::vector<uint8_t>& bytes) {
-  auto m = transport::decode(bytes.data(), bytes.size(), limits_);
+  auto m = transport::decode(std::move(bytes), setup_->limits);
   if (!m) return;
-  if (auto* ack = std::get_if<transport::write_ack_msg>(&m->body)) {
-    on_write_ack(m->env, *ack);
-  } else if (std::holds_alternative<transport::partial_msg>(m->body) ||
-             std::holds_alternative<transport::candidates_msg>(m->body) ||
-             std::holds_alternative<transport::recall_reply_msg>(m->body)) {
-    on_reply(*m);
-  } else if (auto* e = std::get_if<transport::error_msg>(&m->body)) {
-    fail_run("device " + std::to_string(m->env.sender) + " refused work: " + e->message);
+  switch (m->kind()) {
+    case transport::msg_kind::write_ack: return on_write_ack(m->env(), m->write_ack());
+    case transport::msg_kind::partial:
+    case transport::msg_kind::candidates:
+    case transport::msg_kind::recall_reply: return on_reply(*m);
+    case transport::msg_kind::error:
+      return fail_run("device " + std::to_string(m->env().sender) +
+                      " refused work: " + m->error().getMessage().cStr());
+    default: return;
   }
 }
 
-void gpu_host_state::on_write_ack(const transport::envelope& env, const transport::write_ack_msg& ack) {
+void gpu_host_state::on_write_ack(const transport::envelope& env, transport::wire::WriteAck::Reader ack) {
   ++replies_seen_;
-  writes_out_.erase(write_key{env.sender, ack.request_id, ack.layer, ack.kv_head, ack.position0});
+  writes_out_.erase(write_key{env.sender, ack.getRequestId(), ack.getLayer(), ack.getKvHead(),
+                              ack.getPosition0()});
   if (open_) return after_progress();
   pump_prefill();
 }
 
-void gpu_host_state::on_reply(transport::message& m) {
+void gpu_host_state::on_reply(const transport::received& m) {
   if (!engine_ || finished_) return;
   device_reply r;
-  r.device_id = m.env.sender;
-  r.vt_done_ns = m.env.vtime_ns;
+  r.device_id = m.env().sender;
+  r.vt_done_ns = m.env().vtime_ns;
   reply_key key;
   uint32_t step = 0;
-  if (auto* p = std::get_if<transport::partial_msg>(&m.body)) {
-    key = read_partial(m.env, *p, r);
-    step = p->step;
-  } else if (auto* c = std::get_if<transport::candidates_msg>(&m.body)) {
-    key = read_candidates(*c, r);
-    step = c->step;
+  if (m.kind() == transport::msg_kind::partial) {
+    key = read_partial(m.env(), m.partial(), r);
+    step = m.partial().getStep();
+  } else if (m.kind() == transport::msg_kind::candidates) {
+    key = read_candidates(m.candidates(), r);
+    step = m.candidates().getStep();
   } else {
-    auto& rr = std::get<transport::recall_reply_msg>(m.body);
-    key = read_recall(m.env, rr, r);
-    step = rr.step;
+    key = read_recall(m.env(), m.recall_reply(), r);
+    step = m.recall_reply().getStep();
   }
   ++replies_seen_;
   auto it = tags_.find(key);
@@ -464,47 +494,54 @@ void gpu_host_state::on_reply(transport::message& m) {
 }
 
 gpu_host_state::reply_key gpu_host_state::read_partial(const transport::envelope& env,
-                                                       transport::partial_msg& p, device_reply& r) {
-  r.answer.part.group = p.group;
-  r.answer.part.head_dim = p.head_dim;
-  r.answer.part.o = std::move(p.o);
-  r.answer.part.lse = std::move(p.lse);
-  r.answer.bytes_scanned = p.bytes_scanned;
-  r.answer.flops = p.flops;
-  r.answer.pages.assign(p.page_ids.begin(), p.page_ids.end());
-  device_bytes_held_[env.sender] = p.device_bytes_held;
-  return {p.request_id, p.layer, p.kv_head, p.shard_id,
-          p.round == selection_round::dense ? reply_kind::dense : reply_kind::selection};
+                                                       transport::wire::Partial::Reader p,
+                                                       device_reply& r) {
+  r.answer.part.group = p.getGroup();
+  r.answer.part.head_dim = p.getHeadDim();
+  r.answer.part.o = transport::view_as<float>(p.getO()).vec();
+  r.answer.part.lse = transport::view_as<float>(p.getLse()).vec();
+  r.answer.bytes_scanned = p.getBytesScanned();
+  r.answer.flops = p.getFlops();
+  auto ids = transport::view_as<uint32_t>(p.getPageIds());
+  r.answer.pages.assign(ids.begin(), ids.end());
+  device_bytes_held_[env.sender] = p.getDeviceBytesHeld();
+  const bool dense = p.getRound() == transport::wire::SelectionRound::DENSE;
+  return {p.getRequestId(), p.getLayer(), p.getKvHead(), p.getShardId(),
+          dense ? reply_kind::dense : reply_kind::selection};
 }
 
-gpu_host_state::reply_key gpu_host_state::read_candidates(const transport::candidates_msg& c,
+gpu_host_state::reply_key gpu_host_state::read_candidates(transport::wire::Candidates::Reader c,
                                                           device_reply& r) {
-  r.answer.pages.assign(c.page_ids.begin(), c.page_ids.end());
-  for (float s : c.scores) {
+  auto ids = transport::view_as<uint32_t>(c.getPageIds());
+  r.answer.pages.assign(ids.begin(), ids.end());
+  for (float s : transport::view_as<float>(c.getScores())) {
     // Always-kept pages travel with score +inf.
     const bool forced = std::isinf(s) && s > 0;
     r.answer.candidate_scores.push_back(s);
     r.answer.candidate_forced.push_back(forced ? 1 : 0);
   }
   // Bytes scanned and FLOPs of the scoring: the summaries of the shard's pages.
-  r.answer.bytes_scanned = c.bytes_scanned;
-  r.answer.flops = c.flops;
-  return {c.request_id, c.layer, c.kv_head, c.shard_id, reply_kind::candidates};
+  r.answer.bytes_scanned = c.getBytesScanned();
+  r.answer.flops = c.getFlops();
+  return {c.getRequestId(), c.getLayer(), c.getKvHead(), c.getShardId(), reply_kind::candidates};
 }
 
 gpu_host_state::reply_key gpu_host_state::read_recall(const transport::envelope& env,
-                                                      transport::recall_reply_msg& rr, device_reply& r) {
+                                                      transport::wire::RecallReply::Reader rr,
+                                                      device_reply& r) {
   uint32_t shard = 0;
-  const auto& pl = placements_.at(rr.request_id);
+  const auto& pl = placements_.at(rr.getRequestId());
   for (const auto& s : pl.shards)
-    if (s.device_id == env.sender && s.holds_head(rr.kv_head)) shard = s.shard_id;
-  for (auto& pg : rr.pages) {
-    r.answer.pages.push_back(pg.page_id);
-    r.rows_per_page.push_back(pg.n_tokens);
-    r.k.insert(r.k.end(), pg.k.begin(), pg.k.end());
-    r.v.insert(r.v.end(), pg.v.begin(), pg.v.end());
+    if (s.device_id == env.sender && s.holds_head(rr.getKvHead())) shard = s.shard_id;
+  for (auto pg : rr.getPages()) {
+    auto k = transport::view_as<bf16>(pg.getK());
+    auto v = transport::view_as<bf16>(pg.getV());
+    r.answer.pages.push_back(pg.getPageId());
+    r.rows_per_page.push_back(pg.getNTokens());
+    r.k.insert(r.k.end(), k.begin(), k.end());
+    r.v.insert(r.v.end(), v.begin(), v.end());
   }
-  return {rr.request_id, rr.layer, rr.kv_head, shard, reply_kind::recall};
+  return {rr.getRequestId(), rr.getLayer(), rr.getKvHead(), shard, reply_kind::recall};
 }
 
 void gpu_host_state::on_deadline(uint64_t epoch) {

@@ -73,20 +73,21 @@ class gpu_host_state {
   void on_open_start(const control::run_start_msg& rs);
   void on_closed_start(const control::run_start_msg& rs);
   // Wire replies.
-  void on_write_ack(const transport::envelope& env, const transport::write_ack_msg& ack);
+  void on_write_ack(const transport::envelope& env, transport::wire::WriteAck::Reader ack);
   // A partial, candidates or recalled pages: handed to the engine if it answers work of
   // this step that is still open.
-  void on_reply(transport::message& m);
-  reply_key read_partial(const transport::envelope& env, transport::partial_msg& p, device_reply& r);
-  reply_key read_candidates(const transport::candidates_msg& c, device_reply& r);
-  reply_key read_recall(const transport::envelope& env, transport::recall_reply_msg& rr,
+  void on_reply(const transport::received& m);
+  reply_key read_partial(const transport::envelope& env, transport::wire::Partial::Reader p,
+                         device_reply& r);
+  reply_key read_candidates(transport::wire::Candidates::Reader c, device_reply& r);
+  reply_key read_recall(const transport::envelope& env, transport::wire::RecallReply::Reader rr,
                         device_reply& r);
 
   // Device work on the wire.
   status send_work(device_work& w);
-  std::vector<uint8_t> encode_write(const transport::envelope& env, device_work& w);
-  std::vector<uint8_t> encode_recall(const transport::envelope& env, device_work& w);
-  std::vector<uint8_t> encode_query(const transport::envelope& env, device_work& w);
+  void put_write(const device_work& w, transport::wire::Envelope::Body::Builder body);
+  void put_recall(const device_work& w, transport::wire::Envelope::Body::Builder body);
+  void put_query(const device_work& w, transport::wire::Envelope::Body::Builder body);
   void send_all(std::vector<device_work>& work);
 
   // The run's course.
@@ -94,6 +95,7 @@ class gpu_host_state {
   void finish();
   void progress(const char* phase, uint64_t done, uint64_t total);
   void pump_prefill();
+  void serve_closed_batch();
   void start_step(uint32_t step);
   // Called whenever the running step may have moved on: records its timed phase once and,
   // when it is over (every reply in, every prompt write acknowledged), goes to the next.
@@ -118,7 +120,6 @@ class gpu_host_state {
   std::shared_ptr<const run_setup> setup_;
   const cost_model* costs_ = nullptr;
   const uint32_t node_ = gpu_host_node;
-  transport::wire_limits limits_;
 
   caf::actor coordinator_, driver_;
   std::shared_ptr<transport::fabric> fab_;
@@ -147,8 +148,9 @@ class gpu_host_state {
   std::map<uint32_t, uint64_t> device_bytes_held_;
   std::set<uint32_t> connected_;  // fabric peers already connected
   bool finished_ = false;
-  // Open workloads: the serving scheduler decides each step's work; admission is asked of
-  // the coordinator one request at a time at step boundaries.
+  // The serving scheduler decides each step's work. Open workloads: admission is asked of
+  // the coordinator one request at a time at step boundaries; a closed batch is admitted
+  // before its prefill (serve_closed_batch).
   bool open_ = false;
   std::unique_ptr<serving_scheduler> sched_;
   std::map<uint64_t, control::request_spec_msg> open_specs_;

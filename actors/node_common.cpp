@@ -27,65 +27,69 @@ std::string ctl(uint32_t sender, control::control_body body) {
   return control::encode(control::control_message{sender, std::move(body)});
 }
 
-namespace {
+transport::outbound wire_message(uint32_t sender, size_t payload_bytes) {
+  transport::envelope env;
+  env.sender = sender;
+  return transport::outbound(env, payload_bytes);
+}
 
-transport::shard_info to_wire(const shard_placement& s) {
-  transport::shard_info w;
-  w.shard_id = s.shard_id;
-  w.device = s.device_id;
-  w.kv_head0 = s.kv_head_begin;
-  w.kv_head1 = s.kv_head_end;
-  w.split = s.split;
-  if (s.split == sequence_split::interleave) {
-    w.stride = s.sequence_shards;
-    w.cls = s.sequence_index;
-  } else {
-    w.page0 = static_cast<uint32_t>(s.page_begin);
-    w.page1 = static_cast<uint32_t>(s.page_end);
+std::string wire_string(transport::outbound& m) { return to_str(m.finish()); }
+
+void placement_to_wire(const request_placement& p, transport::wire::Placement::Builder out) {
+  out.setRequestId(p.request_id);
+  auto shards = out.initShards(static_cast<unsigned>(p.shards.size()));
+  for (size_t i = 0; i < p.shards.size(); ++i) {
+    const shard_placement& s = p.shards[i];
+    auto w = shards[static_cast<unsigned>(i)];
+    w.setShardId(s.shard_id);
+    w.setDeviceId(s.device_id);
+    w.setKvHead0(s.kv_head_begin);
+    w.setKvHead1(s.kv_head_end);
+    if (s.split == sequence_split::interleave) {
+      auto g = w.getSplit().initInterleave();
+      g.setStride(s.sequence_shards);
+      g.setClass(s.sequence_index);
+    } else {
+      auto g = w.getSplit().initPages();
+      g.setPage0(static_cast<uint32_t>(s.page_begin));
+      g.setPage1(static_cast<uint32_t>(s.page_end));
+    }
+    auto reps = w.initReplicas(static_cast<unsigned>(s.replica_device_ids.size()));
+    for (size_t r = 0; r < s.replica_device_ids.size(); ++r)
+      reps.set(static_cast<unsigned>(r), s.replica_device_ids[r]);
+    w.setPagesHeld(s.pages_held);
+    w.setSequenceIndex(s.sequence_index);
+    w.setSequenceShards(s.sequence_shards);
+    w.setBytesModelled(s.bytes_modelled);
   }
-  w.replicas = s.replica_device_ids;
-  w.pages_held = s.pages_held;
-  w.sequence_index = s.sequence_index;
-  w.sequence_shards = s.sequence_shards;
-  w.bytes_modelled = s.bytes_modelled;
-  return w;
 }
 
-shard_placement from_wire(const transport::shard_info& w) {
-  shard_placement s;
-  s.shard_id = w.shard_id;
-  s.device_id = w.device;
-  s.kv_head_begin = w.kv_head0;
-  s.kv_head_end = w.kv_head1;
-  s.split = w.split;
-  s.page_begin = w.split == sequence_split::contiguous ? w.page0 : 0;
-  s.page_end = w.split == sequence_split::contiguous ? w.page1 : 0;
-  s.sequence_index = w.sequence_index;
-  s.sequence_shards = std::max<uint32_t>(1, w.sequence_shards);
-  s.pages_held = w.pages_held;
-  s.bytes_modelled = w.bytes_modelled;
-  s.replica_device_ids = w.replicas;
-  return s;
-}
-
-}  // namespace
-
-request_placement placement_from_wire(const transport::placement_info& p) {
+request_placement placement_from_wire(transport::wire::Placement::Reader p) {
   request_placement r;
-  r.request_id = p.request_id;
-  for (const auto& s : p.shards) r.shards.push_back(from_wire(s));
+  r.request_id = p.getRequestId();
+  for (auto w : p.getShards()) {
+    shard_placement s;
+    s.shard_id = w.getShardId();
+    s.device_id = w.getDeviceId();
+    s.kv_head_begin = w.getKvHead0();
+    s.kv_head_end = w.getKvHead1();
+    s.split = transport::split_of(w);
+    if (s.split == sequence_split::contiguous) {
+      s.page_begin = w.getSplit().getPages().getPage0();
+      s.page_end = w.getSplit().getPages().getPage1();
+    }
+    s.sequence_index = w.getSequenceIndex();
+    s.sequence_shards = w.getSequenceShards();  // >= 1: decode() refuses 0
+    s.pages_held = w.getPagesHeld();
+    s.bytes_modelled = w.getBytesModelled();
+    for (uint32_t d : w.getReplicas()) s.replica_device_ids.push_back(d);
+    r.shards.push_back(std::move(s));
+  }
   std::sort(r.shards.begin(), r.shards.end(),
             [](const auto& a, const auto& b) { return a.shard_id < b.shard_id; });
   r.sequence_shards = r.shards.empty() ? 1 : r.shards.front().sequence_shards;
   r.head_groups = r.shards.empty() ? 1 : uint32_t(r.shards.size()) / r.sequence_shards;
   return r;
-}
-
-transport::placement_info placement_to_wire(const request_placement& p) {
-  transport::placement_info w;
-  w.request_id = p.request_id;
-  for (const auto& s : p.shards) w.shards.push_back(to_wire(s));
-  return w;
 }
 
 void start_join(caf::event_based_actor* self, const caf::actor& coordinator, uint32_t node,
@@ -97,24 +101,25 @@ void start_join(caf::event_based_actor* self, const caf::actor& coordinator, uin
 bool on_join_bytes(caf::event_based_actor* self, const run_setup& setup,
                    const caf::actor& coordinator, uint32_t node, transport::node_role role,
                    const std::vector<uint8_t>& address, const std::string& bytes) {
-  transport::wire_limits limits;
-  auto m = transport::decode(bytes.data(), bytes.size(), limits);
+  auto m = transport::decode(bytes.data(), bytes.size(), setup.limits);
   if (!m) {
     cluster_log().warn("node={} event=bad_join_message reason=\"{}\"", node, m.error().to_string());
     return true;
   }
-  if (auto* ch = std::get_if<transport::challenge_msg>(&m->body)) {
-    transport::join_msg j;
-    j.node = node;
-    j.role = role;
-    j.worker_address = address;
-    transport::sign_join(setup.secret, ch->nonce, j);
-    self->send(coordinator, join_atom::value, wire_bytes(node, std::move(j)));
+  if (m->kind() == transport::msg_kind::challenge) {
+    auto out = wire_message(node, address.size());
+    auto j = out.body().initJoin();
+    j.setNodeId(node);
+    j.setRole(transport::to_wire(role));
+    j.setWorkerAddress(transport::as_data(address));
+    transport::sign_join(setup.secret, m->challenge().getNonce(), j);
+    self->send(coordinator, join_atom::value, wire_string(out));
     return true;
   }
-  if (auto* ack = std::get_if<transport::join_ack_msg>(&m->body)) {
-    if (!ack->accepted) {
-      cluster_log().error("node={} event=join_refused reason=\"{}\"", node, ack->reason);
+  if (m->kind() == transport::msg_kind::join_ack) {
+    auto ack = m->join_ack();
+    if (!ack.getAccepted()) {
+      cluster_log().error("node={} event=join_refused reason=\"{}\"", node, ack.getReason().cStr());
       self->quit();
     }
     return true;

@@ -46,19 +46,16 @@ spdlog::logger& cluster_log();
 
 std::string to_str(const std::vector<uint8_t>& b);
 
-// wire.capnp bytes of one message from `sender`, as a CAF message payload.
-template <class Body>
-std::string wire_bytes(uint32_t sender, Body body) {
-  transport::envelope env;
-  env.sender = sender;
-  return to_str(transport::encode(env, std::move(body)));
-}
+// A wire.capnp message from `sender` to fill (outbound::body()); wire_string() makes its
+// bytes a CAF message payload.
+transport::outbound wire_message(uint32_t sender, size_t payload_bytes = 0);
+std::string wire_string(transport::outbound& m);
 
 // control.capnp bytes of one message from `sender`.
 std::string ctl(uint32_t sender, control::control_body body);
 
-transport::placement_info placement_to_wire(const request_placement& p);
-request_placement placement_from_wire(const transport::placement_info& p);
+void placement_to_wire(const request_placement& p, transport::wire::Placement::Builder out);
+request_placement placement_from_wire(transport::wire::Placement::Reader p);
 
 // Join protocol shared by devices and the GPU host: hello -> challenge -> signed join -> ack.
 void start_join(caf::event_based_actor* self, const caf::actor& coordinator, uint32_t node,

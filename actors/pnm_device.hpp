@@ -41,39 +41,39 @@ class pnm_device_state {
   void on_control(const std::string& bytes);
 
  private:
-  template <class Body>
-  void send_to(uint32_t dest, double vt_ns, Body body);
+  // A message from this device stamped with its virtual clock `vt_ns`, to fill and send().
+  transport::outbound message(double vt_ns, size_t payload_bytes = 0);
+  void send(uint32_t dest, transport::outbound& m);
   void send_error(const transport::envelope& env, const status& s);
 
   // A query is ready when this device holds every token of the sequence that falls in its
   // pages: prefill writes and the new token's append may still be on their way over a
   // fabric that does not order messages, and a query must never see partial data.
-  bool ready(const transport::query_msg& q) const;
-  void serve(const transport::envelope& env, const transport::query_msg& q);
+  bool ready(transport::wire::Query::Reader q) const;
+  void serve(const transport::received& m);
   // One KV head of a query: its candidates or its partial back to the sender.
-  void serve_head(const transport::envelope& env, const transport::query_msg& q, uint32_t h,
+  void serve_head(const transport::envelope& env, transport::wire::Query::Reader q, uint32_t h,
                   const std::vector<uint64_t>& listed, const std::vector<uint64_t>& excluded);
-  void send_candidates(const transport::envelope& env, const transport::query_msg& q, uint32_t h,
-                       const device_answer& ans, double done_ns);
-  void send_partial(const transport::envelope& env, const transport::query_msg& q, uint32_t h,
-                    device_answer& ans, double done_ns);
+  void send_candidates(const transport::envelope& env, transport::wire::Query::Reader q,
+                       uint32_t h, const device_answer& ans, double done_ns);
+  void send_partial(const transport::envelope& env, transport::wire::Query::Reader q, uint32_t h,
+                    const device_answer& ans, double done_ns);
   // Recalls: baseline pages for the GPU's attention, png-kv copies of steady pages.
-  void serve_recall(const transport::envelope& env, const transport::recall_request_msg& rr);
+  void serve_recall(const transport::received& m);
   void drain_deferred();
 
   // A write applies now (acknowledged when bulk), or waits for an earlier one: false.
-  bool try_write(const transport::envelope& e, const transport::prefill_write_msg& w);
-  bool try_append(const transport::token_append_msg& a);
+  bool try_write(const transport::received& m);
+  bool try_append(const transport::received& m);
   void drain_early();
-  void on_write(const transport::envelope& env, transport::prefill_write_msg& w);
-  void on_append(transport::token_append_msg& a);
-  void on_query(const transport::envelope& env, transport::query_msg& q);
+  // Applies a prefill write or token append, or holds it when it came early.
+  void on_write(transport::received&& m);
+  void on_query(transport::received&& m);
 
   actor_type* self_;
   std::shared_ptr<const run_setup> setup_;
   uint32_t node_ = 0;
   const cost_model* costs_ = nullptr;
-  transport::wire_limits limits_;
   // baseline: the device is a passive expander; the scoring it runs is the GPU's work.
   bool passive_ = false;
 
@@ -81,13 +81,12 @@ class pnm_device_state {
   caf::actor coordinator_;
   std::shared_ptr<transport::fabric> fab_;
   uint64_t seq_ = 0;
-  std::map<uint64_t, shard_placement> shards_;  // by request
   // Queries that arrived before the append they must see (a reordering fabric).
-  std::deque<std::pair<transport::envelope, transport::query_msg>> deferred_;
-  // Writes that arrived before an earlier write of their shard (a write lost and sent
-  // again): held until the gap is filled.
-  std::deque<std::pair<transport::envelope, transport::prefill_write_msg>> early_writes_;
-  std::deque<transport::token_append_msg> early_appends_;
+  std::deque<transport::received> deferred_;
+  // Writes and appends that arrived before an earlier write of their shard (a write lost
+  // and sent again): held until the gap is filled.
+  std::deque<transport::received> early_writes_;
+  std::deque<transport::received> early_appends_;
   std::set<uint32_t> connected_;  // fabric peers already connected
 };
 

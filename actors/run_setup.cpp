@@ -185,6 +185,7 @@ result<std::shared_ptr<const run_setup>> make_run_setup(const run_spec& spec, co
                     "(nodes join only with a proof of the secret)"};
     s->secret = *secret;
   }
+  s->limits = transport::wire_limits_from(spec.fabric);
   s->step_timeout_ms = spec.run.step_timeout_ms;
   s->join_timeout_ms = spec.cluster.join_timeout_ms;
   s->prefill_timeout_ms = spec.run.prefill_timeout_ms;
@@ -204,7 +205,9 @@ result<std::shared_ptr<const run_setup>> make_run_setup(const run_spec& spec, co
     // Derived from this machine as an embedded run sees it; `pnmkv run --multiprocess`
     // derives it for its processes and writes the figure into the nodes' config. The
     // report's configuration echoes the figure.
-    s->device.memory_bytes_max = derived_device_memory_bytes(*s, run_processes::embedded);
+    auto derived = derived_device_memory_bytes(*s, run_processes::embedded);
+    if (!derived) return derived.error();
+    s->device.memory_bytes_max = *derived;
     s->device_memory_derived = true;
     s->spec.cluster.device_memory_bytes_max = s->device.memory_bytes_max;
     auto set = s->cfg.set("cluster.device_memory_bytes_max", std::to_string(s->device.memory_bytes_max));

@@ -19,6 +19,7 @@
 #include "schedulers/placement.hpp"
 #include "schedulers/serving.hpp"
 #include "schedulers/step_setup.hpp"
+#include "transport/messages.hpp"
 
 namespace pnmkv {
 
@@ -43,6 +44,8 @@ struct run_setup {
   uint32_t batch = 0;
   uint32_t devices = 0;
   std::string secret;
+  // fabric.max_*: the bounds every message this node decodes is checked against.
+  transport::wire_limits limits;
   uint32_t step_timeout_ms = 0;
   uint32_t retry_after_ms = 0;  // 0: no retries
   uint32_t join_timeout_ms = 0;

@@ -142,6 +142,36 @@ perftest_result run_perftest(const std::string& transport, const std::string& te
 
 const wire_limits bench_limits{};
 
+// A control message between the two bench processes: an error message whose text is the
+// command ("exit", "count?") or the answer.
+std::vector<uint8_t> control(node_id sender, uint64_t seq, const std::string& text) {
+  outbound out(envelope{protocol_version, sender, seq, 0}, text.size());
+  auto e = out.body().initError();
+  e.setCode(static_cast<uint16_t>(errc::internal));
+  e.setMessage(capnp::Text::Reader(text.data(), text.size()));
+  return out.finish();
+}
+
+// The device's side of a step, minus the attention: answer a (validated) query with a
+// partial of the same shape.
+std::vector<uint8_t> partial_for(wire::Query::Reader q, node_id self, uint64_t seq,
+                                 double vtime_ns) {
+  const uint32_t group = q.getGroup() * (q.getKvHead1() - q.getKvHead0());
+  outbound out(envelope{protocol_version, self, seq, vtime_ns},
+               q.getQ().size() + group * sizeof(float));
+  auto p = out.body().initPartial();
+  p.setRequestId(q.getRequestId());
+  p.setStep(q.getStep());
+  p.setLayer(q.getLayer());
+  p.setKvHead(q.getKvHead0());
+  p.setShardId(q.getShardId());
+  p.setGroup(group);
+  p.setHeadDim(q.getHeadDim());
+  p.setO(q.getQ());  // fp32 [group][head_dim], like q
+  std::fill_n(fill_as<float>(p.initLse(group * sizeof(float))), group, 0.f);
+  return out.finish();
+}
+
 int serve(const std::string& transport) {
   ucx_options u;
   if (!parse_ucx_transport(transport, u.transport)) return 2;
@@ -171,13 +201,18 @@ int serve(const std::string& transport) {
   }
   auto reg = fab.allocate_region((64u << 20) + 4096);  // like perftest's buffers
   if (!reg) return 1;
-  (void)fab.send_wait(client, encode(envelope{protocol_version, 1, 0, 0},
-                                     region_advert_msg{reg->id, reg->length, reg->remote_key, 0}));
+  {
+    outbound advert(envelope{protocol_version, 1, 0, 0}, reg->remote_key.size());
+    auto a = advert.body().initRegionAdvert();
+    a.setRegionId(reg->id);
+    a.setLength(reg->length);
+    a.setRemoteKey(as_data(reg->remote_key));
+    (void)fab.send_wait(client, advert.finish());
+  }
   std::cout << "READY" << std::endl;
 
   uint64_t counted = 0, seq = 1;
   std::vector<fabric_event> events;
-  std::vector<uint8_t> out;
   for (;;) {
     events.clear();
     fab.poll(events, std::chrono::seconds(1));
@@ -193,31 +228,16 @@ int serve(const std::string& transport) {
         (void)fab.send(client, std::move(e.bytes));
         continue;
       }
-      auto m = decode(e.bytes, bench_limits);
+      auto m = decode(std::move(e.bytes), bench_limits);
       if (!m) continue;
       if (m->kind() == msg_kind::query) {
-        // The device's side of a step, minus the attention: validate the query, answer with
-        // a partial of the same shape.
-        auto& q = std::get<query_msg>(m->body);
-        partial_msg p;
-        p.request_id = q.request_id;
-        p.step = q.step;
-        p.layer = q.layer;
-        p.kv_head = q.kv_head0;
-        p.shard_id = q.shard_id;
-        p.group = q.group * (q.kv_head1 - q.kv_head0);
-        p.head_dim = q.head_dim;
-        p.o.assign(q.q.begin(), q.q.end());
-        p.lse.assign(p.group, 0.f);
-        (void)fab.send(client, encode(message{envelope{protocol_version, 1, seq++, m->env.vtime_ns},
-                                              std::move(p)}));
+        (void)fab.send(client, partial_for(m->query(), 1, seq++, m->env().vtime_ns));
       } else if (m->kind() == msg_kind::error) {
-        const std::string& cmd = std::get<error_msg>(m->body).message;
+        const std::string cmd = m->error().getMessage().cStr();
         if (cmd == "exit") return 0;
         if (cmd == "count?") {
-          error_msg reply{errc::internal, std::to_string(counted), 0};
+          (void)fab.send(client, control(1, seq++, std::to_string(counted)));
           counted = 0;
-          (void)fab.send(client, encode(envelope{protocol_version, 1, seq++, 0}, reply));
         }
       }
     }
@@ -265,7 +285,8 @@ our_peer start_our_peer(const std::string& transport) {
     for (auto& e : ev) {
       auto m = decode(e.bytes, bench_limits);
       if (m && m->kind() == msg_kind::region_advert) {
-        auto r = p.fab->import_region(1, std::get<region_advert_msg>(m->body).remote_key);
+        auto key = m->region_advert().getRemoteKey();
+        auto r = p.fab->import_region(1, std::vector<uint8_t>(key.begin(), key.end()));
         if (!r) throw std::runtime_error(r.error().to_string());
         p.region = *r;
         return p;
@@ -309,15 +330,22 @@ latency time_round_trips(int iters, F&& one) {
   return l;
 }
 
-// Codec + fabric: encode a query, the peer decodes it and answers with an encoded partial,
+// A query built from a prepared one: its fields and q copied into an outbound.
+std::vector<uint8_t> build_query(const received& query, uint64_t seq) {
+  envelope env = query.env();
+  env.seq = seq;
+  outbound q(env, query.query().getQ().size() + 256);
+  q.body().setQuery(query.query());
+  return q.finish();
+}
+
+// Codec + fabric: build a query, the peer decodes it and answers with a built partial,
 // decode that.
-latency small_rtt_codec(fabric& f, const message& query, int iters) {
-  message q = query;
+latency small_rtt_codec(fabric& f, const received& query, int iters) {
   return time_round_trips(iters, [&](int i) {
-    q.env.seq = static_cast<uint64_t>(i);
-    if (status s = f.send(1, encode(q)); !s) throw std::runtime_error(s.to_string());
-    auto reply = wait_message(f);
-    auto m = decode(reply, bench_limits);
+    if (status s = f.send(1, build_query(query, static_cast<uint64_t>(i))); !s)
+      throw std::runtime_error(s.to_string());
+    auto m = decode(wait_message(f), bench_limits);
     if (!m || m->kind() != msg_kind::partial) throw std::runtime_error("bad reply in latency test");
   });
 }
@@ -333,12 +361,10 @@ latency small_rtt_raw(fabric& f, size_t bytes, int iters) {
 }
 
 uint64_t ask_count(fabric& f) {
-  error_msg q{errc::internal, "count?", 0};
-  if (status s = f.send(1, encode(envelope{protocol_version, 0, 0, 0}, q)); !s)
-    throw std::runtime_error(s.to_string());
+  if (status s = f.send(1, control(0, 0, "count?")); !s) throw std::runtime_error(s.to_string());
   for (;;) {
     auto m = decode(wait_message(f), bench_limits);
-    if (m && m->kind() == msg_kind::error) return std::stoull(std::get<error_msg>(m->body).message);
+    if (m && m->kind() == msg_kind::error) return std::stoull(m->error().getMessage().cStr());
   }
 }
 
@@ -400,13 +426,14 @@ double bulk_gbps(fabric& f, const remote_region& r, bool is_put, size_t size, do
   return static_cast<double>(size) * static_cast<double>(ops) / t / 1e9;
 }
 
-message small_query(size_t target_bytes) {
+// A query whose encoded size is near `target_bytes`, decoded (the latency test copies it).
+received small_query(size_t target_bytes) {
   // q bytes = group x 128 x 4; pick the group that lands the encoded size near the target.
   sample_shape s;
   s.head_dim = 128;
   s.kv_heads = 1;
   s.group = std::max<uint32_t>(1, static_cast<uint32_t>((target_bytes + 256 - 160) / 512));
-  return sample_message(msg_kind::query, 1, s);
+  return decode(sample_message(msg_kind::query, 1, s).finish(), bench_limits).value();
 }
 
 template <class T, class Better>
@@ -417,10 +444,10 @@ void keep_best(T& best, char& have, const T& x, Better better) {
 
 json bench_transport(const std::string& transport, const fabric_bench_options& bo) {
   std::vector<size_t> small_sizes;
-  std::vector<message> queries;
+  std::vector<received> queries;
   for (size_t target : {size_t{1024}, size_t{4096}}) {
     queries.push_back(small_query(target));
-    small_sizes.push_back(encode(queries.back()).size());
+    small_sizes.push_back(build_query(queries.back(), 0).size());
   }
   const std::array<size_t, 4> bulk_sizes = {1u << 20, 4u << 20, 16u << 20, 64u << 20};
   constexpr size_t ns = 2, nb = 4;
@@ -522,7 +549,7 @@ json bench_transport(const std::string& transport, const fabric_bench_options& b
     }
     bulk.push_back(row);
   }
-  (void)f.send(1, encode(envelope{protocol_version, 0, 0, 0}, error_msg{errc::internal, "exit", 0}));
+  (void)f.send(1, control(0, 0, "exit"));
   std::vector<fabric_event> ev;
   f.poll(ev, std::chrono::milliseconds(50));
   peer.proc->wait_exit(std::chrono::seconds(2));

@@ -25,7 +25,7 @@ int main(int argc, char** argv) {
       s.head_dim = seed % 2 ? 64 : 128;
       s.page_tokens = 4;
       s.pages = 3;
-      auto bytes = encode(sample_message(kind, seed, s));
+      auto bytes = sample_message(kind, seed, s).finish();
       std::string name = "seed" + std::to_string(seed);
       for (auto dir : {root / to_string(kind), root / "any"}) {
         std::ofstream f(dir / (std::string(to_string(kind)) + "_" + name), std::ios::binary);

@@ -17,9 +17,8 @@ std::vector<uint8_t> make_nonce() {
   return nonce;
 }
 
-std::vector<uint8_t> join_proof(const std::string& secret, const std::vector<uint8_t>& nonce,
-                                node_id node, node_role role,
-                                const std::vector<uint8_t>& worker_address) {
+std::vector<uint8_t> join_proof(const std::string& secret, capnp::Data::Reader nonce,
+                                node_id node, node_role role, capnp::Data::Reader worker_address) {
   static const char tag[] = "pnmkv-join-v1";
   std::vector<uint8_t> transcript(tag, tag + sizeof tag - 1);
   transcript.insert(transcript.end(), nonce.begin(), nonce.end());
@@ -34,22 +33,26 @@ std::vector<uint8_t> join_proof(const std::string& secret, const std::vector<uin
   return mac;
 }
 
-void sign_join(const std::string& secret, const std::vector<uint8_t>& nonce, join_msg& join) {
-  join.nonce = nonce;
-  join.proof = join_proof(secret, nonce, join.node, join.role, join.worker_address);
+void sign_join(const std::string& secret, capnp::Data::Reader nonce, wire::Join::Builder join) {
+  join.setNonce(nonce);
+  join.setProof(as_data(join_proof(secret, nonce, join.getNodeId(), from_wire(join.getRole()),
+                                   join.getWorkerAddress().asReader())));
 }
 
 status verify_join(const std::string& secret, const std::vector<uint8_t>& nonce_sent,
-                   const join_msg& join) {
+                   wire::Join::Reader join) {
   if (secret.empty())
     return {errc::invalid_argument, "join refused: this node has no cluster secret configured"};
-  if (join.nonce.size() != nonce_sent.size() ||
-      CRYPTO_memcmp(join.nonce.data(), nonce_sent.data(), nonce_sent.size()) != 0)
+  auto nonce = join.getNonce();
+  if (nonce.size() != nonce_sent.size() ||
+      CRYPTO_memcmp(nonce.begin(), nonce_sent.data(), nonce_sent.size()) != 0)
     return {errc::invalid_argument, "join refused: nonce does not match the challenge (stale "
                                     "or replayed join)"};
-  auto expect = join_proof(secret, nonce_sent, join.node, join.role, join.worker_address);
-  if (join.proof.size() != expect.size() ||
-      CRYPTO_memcmp(join.proof.data(), expect.data(), expect.size()) != 0)
+  auto expect = join_proof(secret, as_data(nonce_sent), join.getNodeId(), from_wire(join.getRole()),
+                           join.getWorkerAddress());
+  auto proof = join.getProof();
+  if (proof.size() != expect.size() ||
+      CRYPTO_memcmp(proof.begin(), expect.data(), expect.size()) != 0)
     return {errc::invalid_argument, "join refused: proof does not match (wrong cluster secret "
                                     "or altered identity)"};
   return status::ok();

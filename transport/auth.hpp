@@ -20,17 +20,17 @@ inline constexpr size_t join_proof_bytes = 32;
 std::vector<uint8_t> make_nonce();
 
 // HMAC-SHA256(secret, "pnmkv-join-v1" | nonce | node (LE32) | role | worker_address).
-std::vector<uint8_t> join_proof(const std::string& secret, const std::vector<uint8_t>& nonce,
-                                node_id node, node_role role,
-                                const std::vector<uint8_t>& worker_address);
+std::vector<uint8_t> join_proof(const std::string& secret, capnp::Data::Reader nonce,
+                                node_id node, node_role role, capnp::Data::Reader worker_address);
 
-// Fills join.proof (and echoes the nonce) for `join`'s identity.
-void sign_join(const std::string& secret, const std::vector<uint8_t>& nonce, join_msg& join);
+// Fills the join's proof (and echoes the nonce) for the identity it already carries: node id,
+// role and worker address.
+void sign_join(const std::string& secret, capnp::Data::Reader nonce, wire::Join::Builder join);
 
 // ok when `join` echoes `nonce_sent` and carries a valid proof; otherwise
 // errc::invalid_argument saying which check failed (never which bytes were expected).
 // Comparison is constant time.
 status verify_join(const std::string& secret, const std::vector<uint8_t>& nonce_sent,
-                   const join_msg& join);
+                   wire::Join::Reader join);
 
 }  // namespace pnmkv::transport

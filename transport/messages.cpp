@@ -1,19 +1,19 @@
-// Cap'n Proto encoders and validating decoders for transport/messages.hpp. The only place
-// (with the fabrics' envelope peek) that sees capnp types.
+// The wire's builder arena, its validating decoder and its enum codec (transport/messages.hpp).
 #include "transport/messages.hpp"
 
-#include <capnp/message.h>
+#include <capnp/any.h>
+#include <capnp/schema.h>
 #include <capnp/serialize.h>
 #include <fmt/format.h>
 #include <kj/exception.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
 
 #include "transport/crc32c.hpp"
 #include "transport/log.hpp"
-#include "transport/wire.capnp.h"
 
 namespace pnmkv::transport {
 
@@ -30,13 +30,9 @@ static_assert(static_cast<int>(W::REGION_ADVERT) == static_cast<int>(msg_kind::r
 static_assert(static_cast<int>(W::WRITE_ACK) == static_cast<int>(msg_kind::write_ack));
 static_assert(static_cast<int>(W::WRITE_ACK) + 1 == static_cast<int>(msg_kind_count));
 
-namespace {
-
 // ---------------------------------------------------------------------------------------
-// Enum codec: where each C++ enum a message carries meets its wire.capnp counterpart, here
-// and nowhere else. The numbers agree (checked below), so encoding is a cast: a value out of
-// range travels as it is and the receiver refuses it (bad_value) like any malformed field.
-// Decoding names every value it knows; the validator refuses the rest.
+// Enum codec. The numbers agree, so encoding is a cast: a value out of range travels as it is
+// and the receiver refuses it (bad_value) like any malformed field.
 
 #define PNMKV_SAME_VALUE(cpp, capnp) \
   static_assert(static_cast<int>(cpp) == static_cast<int>(capnp), #cpp " != " #capnp)
@@ -53,48 +49,54 @@ PNMKV_SAME_VALUE(selection_round::dense, wire::SelectionRound::DENSE);
 wire::Role to_wire(node_role r) { return static_cast<wire::Role>(r); }
 wire::SelectionRound to_wire(selection_round r) { return static_cast<wire::SelectionRound>(r); }
 
+namespace {
+
 // False for a value this build does not know.
-bool from_wire(wire::Role w, node_role& out) {
+bool known(wire::Role w) {
   switch (w) {
-    case wire::Role::GPU_HOST: out = node_role::gpu_host; return true;
-    case wire::Role::PNM_DEVICE: out = node_role::pnm_device; return true;
-    case wire::Role::COORDINATOR: out = node_role::coordinator; return true;
-    case wire::Role::DRIVER: out = node_role::driver; return true;
+    case wire::Role::GPU_HOST:
+    case wire::Role::PNM_DEVICE:
+    case wire::Role::COORDINATOR:
+    case wire::Role::DRIVER: return true;
   }
   return false;
 }
 
-bool from_wire(wire::SelectionRound w, selection_round& out) {
+bool known(wire::SelectionRound w) {
   switch (w) {
-    case wire::SelectionRound::LOCAL: out = selection_round::local; return true;
-    case wire::SelectionRound::EXACT_CANDIDATES: out = selection_round::exact_candidates; return true;
-    case wire::SelectionRound::EXACT_ATTEND: out = selection_round::exact_attend; return true;
-    case wire::SelectionRound::DENSE: out = selection_round::dense; return true;
+    case wire::SelectionRound::LOCAL:
+    case wire::SelectionRound::EXACT_CANDIDATES:
+    case wire::SelectionRound::EXACT_ATTEND:
+    case wire::SelectionRound::DENSE: return true;
   }
   return false;
 }
 
-// sequence_split is the Shard.split union: contiguous carries its page range, interleave
-// its stride and class.
-void put_split(wire::Shard::Builder sb, const shard_info& s) {
-  if (s.split == sequence_split::contiguous) {
-    auto g = sb.getSplit().initPages();
-    g.setPage0(s.page0);
-    g.setPage1(s.page1);
-  } else {
-    auto g = sb.getSplit().initInterleave();
-    g.setStride(s.stride);
-    g.setClass(s.cls);
-  }
+bool known(wire::Shard::Split::Which w) {
+  return w == wire::Shard::Split::PAGES || w == wire::Shard::Split::INTERLEAVE;
 }
 
-bool from_wire(wire::Shard::Split::Which w, sequence_split& out) {
-  switch (w) {
-    case wire::Shard::Split::PAGES: out = sequence_split::contiguous; return true;
-    case wire::Shard::Split::INTERLEAVE: out = sequence_split::interleave; return true;
-  }
-  return false;
+}  // namespace
+
+node_role from_wire(wire::Role r) {
+  PNMKV_CHECK(known(r), "role=", static_cast<int>(r), " (decode() admits known roles only)");
+  return static_cast<node_role>(r);
 }
+
+selection_round from_wire(wire::SelectionRound r) {
+  PNMKV_CHECK(known(r), "round=", static_cast<int>(r), " (decode() admits known rounds only)");
+  return static_cast<selection_round>(r);
+}
+
+// sequence_split is the Shard.split union: contiguous carries its page range, interleave its
+// stride and class.
+sequence_split split_of(wire::Shard::Reader shard) {
+  auto w = shard.getSplit().which();
+  PNMKV_CHECK(known(w), "split=", static_cast<int>(w));
+  return w == wire::Shard::Split::PAGES ? sequence_split::contiguous : sequence_split::interleave;
+}
+
+namespace {
 
 const char* const kind_names[msg_kind_count] = {
     "challenge",  "join",           "join_ack",     "membership", "prefill_write",
@@ -107,316 +109,92 @@ const char* const reason_names[reject_reason_count] = {
 
 constexpr uint64_t align8(uint64_t n) { return (n + 7) & ~uint64_t{7}; }
 
+// Words of a segment table for n segments.
+constexpr size_t table_bytes(size_t n) { return align8(4 + 4 * n); }
+
+}  // namespace
+
 // ---------------------------------------------------------------------------------------
-// Encoding
+// Building
 
-// Blobs are referenced (not copied) only when large, aligned and word-sized, and only a
-// bounded number per message: each referenced blob becomes its own segment and readers
-// refuse messages with hundreds of segments.
-constexpr size_t reference_min_bytes = 16384;
-constexpr int reference_max_count = 64;
+// A MessageBuilder whose first segment lives in the byte vector finish() hands over, after
+// room for a one-segment table. Further segments (a message larger than its hint) are
+// separate, zeroed allocations, each at least as large as everything before it.
+class outbound::arena final : public capnp::MessageBuilder {
+ public:
+  explicit arena(size_t first_words) : bytes_(table_bytes(1) + first_words * 8, 0) {}
 
-struct blob_writer {
-  capnp::Orphanage orphanage;
-  int referenced = 0;
-
-  template <class Setter, class Adopter>
-  void put(const void* p, size_t n, Setter set, Adopter adopt) {
-    auto addr = reinterpret_cast<uintptr_t>(p);
-    if (n >= reference_min_bytes && (addr & 7) == 0 && (n & 7) == 0 &&
-        referenced < reference_max_count) {
-      ++referenced;
-      adopt(orphanage.referenceExternalData(
-          capnp::Data::Reader(static_cast<const kj::byte*>(p), n)));
-    } else {
-      set(capnp::Data::Reader(static_cast<const kj::byte*>(p), n));
+  kj::ArrayPtr<capnp::word> allocateSegment(unsigned minimum_words) override {
+    const size_t first_words = (bytes_.size() - table_bytes(1)) / 8;
+    if (!first_given_ && minimum_words <= first_words) {
+      first_given_ = true;
+      allocated_words_ = first_words;
+      return {reinterpret_cast<capnp::word*>(bytes_.data() + table_bytes(1)), first_words};
     }
+    first_given_ = true;
+    const size_t words = std::max<size_t>({minimum_words, allocated_words_, 1024});
+    more_.emplace_back(new uint64_t[words]());
+    allocated_words_ += words;
+    return {reinterpret_cast<capnp::word*>(more_.back().get()), words};
   }
+
+  std::vector<uint8_t> finish() {
+    auto segments = getSegmentsForOutput();
+    const auto* first = reinterpret_cast<const capnp::word*>(bytes_.data() + table_bytes(1));
+    if (segments.size() == 1 && segments[0].begin() == first) {
+      const uint32_t header[2] = {0, static_cast<uint32_t>(segments[0].size())};
+      std::memcpy(bytes_.data(), header, sizeof header);
+      bytes_.resize(table_bytes(1) + segments[0].size() * 8);
+      return std::move(bytes_);
+    }
+    // Spilled: flatten the segments behind a table of their sizes.
+    std::vector<uint8_t> out(table_bytes(segments.size()), 0);
+    const uint32_t count_minus_one = static_cast<uint32_t>(segments.size() - 1);
+    std::memcpy(out.data(), &count_minus_one, 4);
+    for (size_t i = 0; i < segments.size(); ++i) {
+      const uint32_t words = static_cast<uint32_t>(segments[i].size());
+      std::memcpy(out.data() + 4 + 4 * i, &words, 4);
+    }
+    for (auto s : segments) {
+      const auto* b = reinterpret_cast<const uint8_t*>(s.begin());
+      out.insert(out.end(), b, b + s.size() * sizeof(capnp::word));
+    }
+    return out;
+  }
+
+ private:
+  std::vector<uint8_t> bytes_;
+  std::vector<std::unique_ptr<uint64_t[]>> more_;
+  size_t allocated_words_ = 0;
+  bool first_given_ = false;
 };
 
-#define PNMKV_PUT_BLOB(bw, builder, Field, vec)                                        \
-  (bw).put((vec).data(), (vec).size() * sizeof((vec)[0]),                              \
-           [&](capnp::Data::Reader r) { (builder).set##Field(r); },                    \
-           [&](capnp::Orphan<capnp::Data>&& o) { (builder).adopt##Field(kj::mv(o)); })
-
-// Bytes a blob adds to the first segment: large ones are referenced, not copied (when
-// aligned, which vectors' storage is).
-constexpr uint64_t inl(uint64_t bytes) { return bytes < reference_min_bytes ? bytes : 16; }
-
-// Rough encoded size of the first segment (everything but referenced blobs), so most
-// messages need one segment and no more is zeroed than will be written.
-uint64_t estimate_bytes(const message& m) {
-  struct v {
-    uint64_t operator()(const challenge_msg& x) const { return x.nonce.size(); }
-    uint64_t operator()(const join_msg& x) const {
-      return x.nonce.size() + x.proof.size() + x.worker_address.size();
-    }
-    uint64_t operator()(const join_ack_msg& x) const { return x.reason.size(); }
-    uint64_t operator()(const membership_msg& x) const {
-      uint64_t n = 0;
-      for (auto& mm : x.members) n += 32 + mm.worker_address.size();
-      for (auto& p : x.placements) {
-        n += 32;
-        for (auto& s : p.shards) n += 80 + 4 * s.replicas.size();
-      }
-      return n;
-    }
-    uint64_t operator()(const prefill_write_msg& x) const {
-      return inl(2 * x.k.size()) + inl(2 * x.v.size());
-    }
-    uint64_t operator()(const token_append_msg& x) const {
-      return inl(2 * x.k.size()) + inl(2 * x.v.size());
-    }
-    uint64_t operator()(const query_msg& x) const {
-      return inl(4 * x.q.size()) + inl(4 * x.excluded_pages.size()) + inl(4 * x.listed_pages.size());
-    }
-    uint64_t operator()(const partial_msg& x) const {
-      return inl(4 * x.o.size()) + inl(4 * x.lse.size()) + inl(4 * x.page_ids.size());
-    }
-    uint64_t operator()(const candidates_msg& x) const {
-      return inl(4 * x.page_ids.size()) + inl(4 * x.scores.size());
-    }
-    uint64_t operator()(const recall_request_msg& x) const { return inl(4 * x.page_ids.size()); }
-    uint64_t operator()(const recall_reply_msg& x) const {
-      uint64_t n = 0;
-      for (auto& p : x.pages) n += 48 + inl(2 * p.k.size()) + inl(2 * p.v.size());
-      return n;
-    }
-    uint64_t operator()(const error_msg& x) const { return x.message.size(); }
-    uint64_t operator()(const heartbeat_msg&) const { return 0; }
-    uint64_t operator()(const region_advert_msg& x) const { return x.remote_key.size(); }
-    uint64_t operator()(const write_ack_msg&) const { return 0; }
-  };
-  return 256 + std::visit(v{}, m.body);
+outbound::outbound(const envelope& env, size_t payload_bytes)
+    // Envelope, body struct and a pointer per blob fit in 256 bytes; each blob rounds up to a
+    // word.
+    : arena_(std::make_unique<arena>((256 + payload_bytes) / 8 + 16)),
+      root_(arena_->initRoot<wire::Envelope>()) {
+  root_.setVersion(env.version);
+  root_.setSender(env.sender);
+  root_.setSeq(env.seq);
+  root_.setVtimeNs(env.vtime_ns);
 }
 
-void build(wire::Envelope::Builder root, const message& m, capnp::Orphanage orphanage) {
-  root.setVersion(m.env.version);
-  root.setSender(m.env.sender);
-  root.setSeq(m.env.seq);
-  root.setVtimeNs(m.env.vtime_ns);
-  blob_writer bw{orphanage};
-  auto body = root.getBody();
-  switch (m.kind()) {
-    case msg_kind::challenge: {
-      auto& x = std::get<challenge_msg>(m.body);
-      auto b = body.initChallenge();
-      PNMKV_PUT_BLOB(bw, b, Nonce, x.nonce);
-      break;
-    }
-    case msg_kind::join: {
-      auto& x = std::get<join_msg>(m.body);
-      auto b = body.initJoin();
-      b.setNodeId(x.node);
-      b.setRole(to_wire(x.role));
-      PNMKV_PUT_BLOB(bw, b, Nonce, x.nonce);
-      PNMKV_PUT_BLOB(bw, b, Proof, x.proof);
-      PNMKV_PUT_BLOB(bw, b, WorkerAddress, x.worker_address);
-      break;
-    }
-    case msg_kind::join_ack: {
-      auto& x = std::get<join_ack_msg>(m.body);
-      auto b = body.initJoinAck();
-      b.setAccepted(x.accepted);
-      b.setNodeId(x.node);
-      b.setEpoch(x.epoch);
-      b.setReason(x.reason);
-      break;
-    }
-    case msg_kind::membership: {
-      auto& x = std::get<membership_msg>(m.body);
-      auto b = body.initMembership();
-      b.setEpoch(x.epoch);
-      auto members = b.initMembers(static_cast<unsigned>(x.members.size()));
-      for (size_t i = 0; i < x.members.size(); ++i) {
-        auto mb = members[static_cast<unsigned>(i)];
-        mb.setNodeId(x.members[i].node);
-        mb.setRole(to_wire(x.members[i].role));
-        mb.setAlive(x.members[i].alive);
-        mb.setWorkerAddress(capnp::Data::Reader(x.members[i].worker_address.data(),
-                                                x.members[i].worker_address.size()));
-      }
-      auto pls = b.initPlacements(static_cast<unsigned>(x.placements.size()));
-      for (size_t i = 0; i < x.placements.size(); ++i) {
-        auto pb = pls[static_cast<unsigned>(i)];
-        pb.setRequestId(x.placements[i].request_id);
-        auto& shards = x.placements[i].shards;
-        auto sl = pb.initShards(static_cast<unsigned>(shards.size()));
-        for (size_t j = 0; j < shards.size(); ++j) {
-          auto sb = sl[static_cast<unsigned>(j)];
-          auto& s = shards[j];
-          sb.setShardId(s.shard_id);
-          sb.setDeviceId(s.device);
-          sb.setKvHead0(s.kv_head0);
-          sb.setKvHead1(s.kv_head1);
-          put_split(sb, s);
-          auto reps = sb.initReplicas(static_cast<unsigned>(s.replicas.size()));
-          for (size_t r = 0; r < s.replicas.size(); ++r)
-            reps.set(static_cast<unsigned>(r), s.replicas[r]);
-          sb.setPagesHeld(s.pages_held);
-          sb.setSequenceIndex(s.sequence_index);
-          sb.setSequenceShards(s.sequence_shards);
-          sb.setBytesModelled(s.bytes_modelled);
-        }
-      }
-      break;
-    }
-    case msg_kind::prefill_write: {
-      auto& x = std::get<prefill_write_msg>(m.body);
-      auto b = body.initPrefillWrite();
-      b.setRequestId(x.request_id);
-      b.setLayer(x.layer);
-      b.setKvHead(x.kv_head);
-      b.setPosition0(x.position0);
-      b.setNTokens(x.n_tokens);
-      b.setHeadDim(x.head_dim);
-      PNMKV_PUT_BLOB(bw, b, K, x.k);
-      PNMKV_PUT_BLOB(bw, b, V, x.v);
-      b.setCrc32c(kv_crc32c(x.k, x.v));
-      break;
-    }
-    case msg_kind::token_append: {
-      auto& x = std::get<token_append_msg>(m.body);
-      auto b = body.initTokenAppend();
-      b.setRequestId(x.request_id);
-      b.setLayer(x.layer);
-      b.setKvHead0(x.kv_head0);
-      b.setNHeads(x.n_heads);
-      b.setPosition(x.position);
-      b.setHeadDim(x.head_dim);
-      PNMKV_PUT_BLOB(bw, b, K, x.k);
-      PNMKV_PUT_BLOB(bw, b, V, x.v);
-      b.setCrc32c(kv_crc32c(x.k, x.v));
-      break;
-    }
-    case msg_kind::query: {
-      auto& x = std::get<query_msg>(m.body);
-      auto b = body.initQuery();
-      b.setRequestId(x.request_id);
-      b.setStep(x.step);
-      b.setLayer(x.layer);
-      b.setKvHead0(x.kv_head0);
-      b.setKvHead1(x.kv_head1);
-      b.setGroup(x.group);
-      b.setHeadDim(x.head_dim);
-      PNMKV_PUT_BLOB(bw, b, Q, x.q);
-      b.setBudgetPages(x.budget_pages);
-      b.setRound(to_wire(x.round));
-      b.setScoreThreshold(x.score_threshold);
-      b.setDeadlineNs(x.deadline_ns);
-      b.setShardId(x.shard_id);
-      b.setSequenceTokens(x.sequence_tokens);
-      PNMKV_PUT_BLOB(bw, b, ExcludedPages, x.excluded_pages);
-      PNMKV_PUT_BLOB(bw, b, ListedPages, x.listed_pages);
-      break;
-    }
-    case msg_kind::partial: {
-      auto& x = std::get<partial_msg>(m.body);
-      auto b = body.initPartial();
-      b.setRequestId(x.request_id);
-      b.setStep(x.step);
-      b.setLayer(x.layer);
-      b.setKvHead(x.kv_head);
-      b.setShardId(x.shard_id);
-      b.setGroup(x.group);
-      b.setHeadDim(x.head_dim);
-      PNMKV_PUT_BLOB(bw, b, O, x.o);
-      PNMKV_PUT_BLOB(bw, b, Lse, x.lse);
-      b.setPagesSelected(x.pages_selected);
-      b.setBytesScanned(x.bytes_scanned);
-      PNMKV_PUT_BLOB(bw, b, PageIds, x.page_ids);
-      b.setFlops(x.flops);
-      b.setRound(to_wire(x.round));
-      b.setDeviceBytesHeld(x.device_bytes_held);
-      break;
-    }
-    case msg_kind::candidates: {
-      auto& x = std::get<candidates_msg>(m.body);
-      auto b = body.initCandidates();
-      b.setRequestId(x.request_id);
-      b.setStep(x.step);
-      b.setLayer(x.layer);
-      b.setKvHead(x.kv_head);
-      b.setShardId(x.shard_id);
-      b.setNPages(static_cast<uint32_t>(x.page_ids.size()));
-      PNMKV_PUT_BLOB(bw, b, PageIds, x.page_ids);
-      PNMKV_PUT_BLOB(bw, b, Scores, x.scores);
-      b.setBytesScanned(x.bytes_scanned);
-      b.setFlops(x.flops);
-      break;
-    }
-    case msg_kind::recall_request: {
-      auto& x = std::get<recall_request_msg>(m.body);
-      auto b = body.initRecallRequest();
-      b.setRequestId(x.request_id);
-      b.setStep(x.step);
-      b.setLayer(x.layer);
-      b.setKvHead(x.kv_head);
-      b.setNPages(static_cast<uint32_t>(x.page_ids.size()));
-      PNMKV_PUT_BLOB(bw, b, PageIds, x.page_ids);
-      break;
-    }
-    case msg_kind::recall_reply: {
-      auto& x = std::get<recall_reply_msg>(m.body);
-      auto b = body.initRecallReply();
-      b.setRequestId(x.request_id);
-      b.setStep(x.step);
-      b.setLayer(x.layer);
-      b.setKvHead(x.kv_head);
-      b.setPageTokens(x.page_tokens);
-      b.setHeadDim(x.head_dim);
-      auto pages = b.initPages(static_cast<unsigned>(x.pages.size()));
-      for (size_t i = 0; i < x.pages.size(); ++i) {
-        auto pb = pages[static_cast<unsigned>(i)];
-        auto& p = x.pages[i];
-        pb.setPageId(p.page_id);
-        pb.setNTokens(p.n_tokens);
-        PNMKV_PUT_BLOB(bw, pb, K, p.k);
-        PNMKV_PUT_BLOB(bw, pb, V, p.v);
-        pb.setCrc32c(kv_crc32c(p.k, p.v));
-      }
-      break;
-    }
-    case msg_kind::error: {
-      auto& x = std::get<error_msg>(m.body);
-      auto b = body.initError();
-      b.setCode(static_cast<uint16_t>(x.code));
-      b.setMessage(x.message);
-      b.setRefersToSeq(x.refers_to_seq);
-      break;
-    }
-    case msg_kind::heartbeat: {
-      auto& x = std::get<heartbeat_msg>(m.body);
-      auto b = body.initHeartbeat();
-      b.setIncarnation(x.incarnation);
-      b.setQueueDepth(x.queue_depth);
-      break;
-    }
-    case msg_kind::region_advert: {
-      auto& x = std::get<region_advert_msg>(m.body);
-      auto b = body.initRegionAdvert();
-      b.setRegionId(x.region_id);
-      b.setLength(x.length);
-      PNMKV_PUT_BLOB(bw, b, RemoteKey, x.remote_key);
-      b.setPurpose(x.purpose);
-      break;
-    }
-    case msg_kind::write_ack: {
-      auto& x = std::get<write_ack_msg>(m.body);
-      auto b = body.initWriteAck();
-      b.setRequestId(x.request_id);
-      b.setLayer(x.layer);
-      b.setKvHead(x.kv_head);
-      b.setPosition0(x.position0);
-      b.setNTokens(x.n_tokens);
-      b.setOk(x.ok);
-      break;
-    }
-  }
+outbound::~outbound() = default;
+outbound::outbound(outbound&&) noexcept = default;
+outbound& outbound::operator=(outbound&&) noexcept = default;
+
+std::vector<uint8_t> outbound::finish() {
+  PNMKV_CHECK(arena_ != nullptr, "outbound::finish() called twice");
+  auto out = arena_->finish();
+  arena_.reset();
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------
-// Decoding
+// Validation: the one place that decides whether bytes are a message this node accepts.
+
+namespace {
 
 struct rejection {
   reject_reason reason;
@@ -459,392 +237,273 @@ struct validator {
     if (d.size() > max)
       reject(reject_reason::limit, errc::capacity, "{}: {} bytes, limit {}", field, d.size(), max);
   }
+  void exact_bytes(const char* field, capnp::Data::Reader d, uint64_t want) const {
+    if (d.size() != want)
+      reject(reject_reason::shape, errc::shape_mismatch, "{}: {} bytes, want {}", field,
+             d.size(), want);
+  }
   void text(const char* field, capnp::Text::Reader t) const {
     if (t.size() > L.max_text_bytes)
       reject(reject_reason::limit, errc::capacity, "{}: {} bytes, limit {}", field, t.size(),
              L.max_text_bytes);
   }
-  node_role role(wire::Role r) const {
-    node_role out{};
-    if (!from_wire(r, out))
+  void role(wire::Role r) const {
+    if (!known(r))
       reject(reject_reason::bad_value, errc::invalid_argument, "role = {} unknown",
              static_cast<uint16_t>(r));
-    return out;
   }
-  selection_round round(wire::SelectionRound r) const {
-    selection_round out{};
-    if (!from_wire(r, out))
+  void round(wire::SelectionRound r) const {
+    if (!known(r))
       reject(reject_reason::bad_value, errc::invalid_argument, "round = {} unknown",
              static_cast<uint16_t>(r));
-    return out;
+  }
+  void flops(const char* field, double f) const {
+    if (!std::isfinite(f) || f < 0)
+      reject(reject_reason::bad_value, errc::invalid_argument, "{} is not a finite "
+             "non-negative number", field);
+  }
+  // A blob of `elems` elements of `elem_bytes` each, as its declared shape says.
+  void shape(const char* field, capnp::Data::Reader d, uint64_t elems, size_t elem_bytes) const {
+    if (d.size() != elems * elem_bytes)
+      reject(reject_reason::shape, errc::shape_mismatch, "{}: {} bytes, declared shape needs {}",
+             field, d.size(), elems * elem_bytes);
+  }
+  // A blob of uint32 global page ids, each a valid token-page index.
+  void page_ids(const char* field, capnp::Data::Reader d, uint64_t n) const {
+    shape(field, d, n, 4);
+    for (uint32_t id : view_as<uint32_t>(d)) index(field, id, L.max_context_tokens);
+  }
+  void crc(const char* what, uint32_t declared, capnp::Data::Reader k, capnp::Data::Reader v) const {
+    const uint32_t got = kv_crc32c(k, v);
+    if (got != declared)
+      reject(reject_reason::crc, errc::parse, "{}: CRC32C {:08x} but payload gives {:08x}", what,
+             declared, got);
+  }
+
+  // A struct's pointers beyond those its schema knows are never read here, but a deep copy
+  // of a reader (setX(reader), AnyStruct equality, printing) follows them: refuse any that is
+  // set, or such a copy of an accepted message could throw. A sender of this protocol
+  // version sets none.
+  template <class Reader>
+  void known_pointers_only(Reader r) const {
+    using T = typename Reader::Reads;
+    constexpr unsigned known = T::_capnpPrivate::pointerCount;
+    auto ptrs = capnp::AnyStruct::Reader(r).getPointerSection();
+    for (unsigned i = known; i < ptrs.size(); ++i)
+      if (!ptrs[i].isNull())
+        reject(reject_reason::malformed, errc::parse, "{}: pointer {} set, the schema has {}",
+               capnp::Schema::from<T>().getShortDisplayName().cStr(), i, known);
+  }
+  // A list of zero-sized structs costs nothing to send but one word per element to read:
+  // capnp's traversal limit counts it so, and a copy of such a message can be refused as
+  // oversized. Every element struct of this schema has fields, so no sender makes one.
+  template <class List>
+  void sized_elements(const char* what, List list) const {
+    if (list.size() == 0) return;
+    auto first = capnp::AnyStruct::Reader(list[0]);
+    if (first.getDataSection().size() == 0 && first.getPointerSection().size() == 0)
+      reject(reject_reason::malformed, errc::parse, "{}: {} elements of zero size", what,
+             list.size());
+  }
+  template <class Reader>
+  void checked(Reader r) const {
+    known_pointers_only(r);
+    check(r);
+  }
+
+  void check(wire::Challenge::Reader r) const { exact_bytes("challenge.nonce", r.getNonce(), 32); }
+  void check(wire::Join::Reader r) const {
+    role(r.getRole());
+    exact_bytes("join.nonce", r.getNonce(), 32);
+    exact_bytes("join.proof", r.getProof(), 32);
+    blob_limit("join.worker_address", r.getWorkerAddress(), L.max_blob_bytes);
+  }
+  void check(wire::JoinAck::Reader r) const { text("join_ack.reason", r.getReason()); }
+  void check(wire::Shard::Reader s) const {
+    range("shard.kv_heads", s.getKvHead0(), s.getKvHead1(), L.max_kv_heads);
+    auto split = s.getSplit();
+    if (!known(split.which()))
+      reject(reject_reason::bad_value, errc::invalid_argument, "shard.split: unknown variant {}",
+             static_cast<unsigned>(split.which()));
+    if (split.which() == wire::Shard::Split::PAGES) {
+      range("shard.pages", split.getPages().getPage0(), split.getPages().getPage1(),
+            L.max_context_tokens);
+    } else {
+      const uint32_t stride = split.getInterleave().getStride();
+      count_limit("shard.stride", stride, 1, L.max_context_tokens);
+      index("shard.class", split.getInterleave().getClass(), stride);
+    }
+    // Each get of a list counts its size against the traversal limit again: get it once.
+    auto replicas = s.getReplicas();
+    count_limit("shard.replicas", replicas.size(), 0, L.max_replicas);
+    // A List(UInt32) may arrive as a struct list (capnp reads either); its pointers would be
+    // copied unread.
+    if (replicas.size() > 0 &&
+        capnp::AnyList::Reader(replicas).getElementSize() != capnp::ElementSize::FOUR_BYTES)
+      reject(reject_reason::malformed, errc::parse, "shard.replicas: not a list of UInt32");
+    count_limit("shard.pages_held", s.getPagesHeld(), 0, L.max_context_tokens);
+    count_limit("shard.sequence_shards", s.getSequenceShards(), 1, L.max_shards);
+    index("shard.sequence_index", s.getSequenceIndex(), s.getSequenceShards());
+  }
+  void check(wire::Membership::Reader r) const {
+    auto members = r.getMembers();
+    count_limit("membership.members", members.size(), 0, L.max_members);
+    sized_elements("membership.members", members);
+    for (auto m : members) {
+      known_pointers_only(m);
+      role(m.getRole());
+      blob_limit("member.worker_address", m.getWorkerAddress(), L.max_blob_bytes);
+    }
+    auto placements = r.getPlacements();
+    count_limit("membership.placements", placements.size(), 0, L.max_shards);
+    sized_elements("membership.placements", placements);
+    uint64_t total_shards = 0;
+    for (auto p : placements) {
+      known_pointers_only(p);
+      auto shards = p.getShards();  // once: each get counts against the traversal limit
+      total_shards += shards.size();
+      count_limit("membership shards (all placements)", total_shards, 0, L.max_shards);
+      sized_elements("placement.shards", shards);
+      for (auto s : shards) checked(s);
+    }
+  }
+  void check(wire::PrefillWrite::Reader r) const {
+    layer(r.getLayer());
+    kv_head(r.getKvHead());
+    count_limit("n_tokens", r.getNTokens(), 1, L.max_tokens_per_write);
+    head_dim(r.getHeadDim());
+    const uint64_t p0 = r.getPosition0(), n = r.getNTokens();
+    if (p0 >= L.max_context_tokens || p0 + n > L.max_context_tokens)
+      reject(reject_reason::index, errc::out_of_range, "positions [{}, {}) exceed {}", p0, p0 + n,
+             L.max_context_tokens);
+    const uint64_t elems = n * r.getHeadDim();
+    shape("prefill_write.k", r.getK(), elems, sizeof(bf16));
+    shape("prefill_write.v", r.getV(), elems, sizeof(bf16));
+    crc("prefill_write", r.getCrc32c(), r.getK(), r.getV());
+  }
+  void check(wire::TokenAppend::Reader r) const {
+    layer(r.getLayer());
+    count_limit("n_heads", r.getNHeads(), 1, L.max_kv_heads);
+    range("token_append.kv_heads", r.getKvHead0(), uint64_t{r.getKvHead0()} + r.getNHeads(),
+          L.max_kv_heads);
+    index("position", r.getPosition(), L.max_context_tokens);
+    head_dim(r.getHeadDim());
+    const uint64_t elems = uint64_t{r.getNHeads()} * r.getHeadDim();
+    shape("token_append.k", r.getK(), elems, sizeof(bf16));
+    shape("token_append.v", r.getV(), elems, sizeof(bf16));
+    crc("token_append", r.getCrc32c(), r.getK(), r.getV());
+  }
+  void check(wire::Query::Reader r) const {
+    layer(r.getLayer());
+    range("query.kv_heads", r.getKvHead0(), r.getKvHead1(), L.max_kv_heads);
+    group(r.getGroup());
+    head_dim(r.getHeadDim());
+    count_limit("budget_pages", r.getBudgetPages(), 0, L.max_context_tokens);
+    round(r.getRound());
+    count_limit("query.sequence_tokens", r.getSequenceTokens(), 0, L.max_context_tokens);
+    if (std::isnan(r.getScoreThreshold()))
+      reject(reject_reason::bad_value, errc::invalid_argument, "score_threshold is NaN");
+    const uint64_t elems =
+        uint64_t{r.getKvHead1() - r.getKvHead0()} * r.getGroup() * r.getHeadDim();
+    shape("query.q", r.getQ(), elems, sizeof(float));
+    for (auto [name, blob] : {std::pair{"query.excluded_pages", r.getExcludedPages()},
+                              std::pair{"query.listed_pages", r.getListedPages()}}) {
+      if (blob.size() % 4 != 0)
+        reject(reject_reason::shape, errc::shape_mismatch, "{} is {} bytes, not a multiple of 4",
+               name, blob.size());
+      count_limit(name, blob.size() / 4, 0, L.max_pages_per_message);
+      page_ids(name, blob, blob.size() / 4);
+    }
+  }
+  void check(wire::Partial::Reader r) const {
+    layer(r.getLayer());
+    kv_head(r.getKvHead());
+    group(r.getGroup());
+    head_dim(r.getHeadDim());
+    count_limit("pages_selected", r.getPagesSelected(), 0, L.max_context_tokens);
+    shape("partial.o", r.getO(), uint64_t{r.getGroup()} * r.getHeadDim(), sizeof(float));
+    shape("partial.lse", r.getLse(), r.getGroup(), sizeof(float));
+    count_limit("partial.pages_selected", r.getPagesSelected(), 0, L.max_pages_per_message);
+    page_ids("partial.page_ids", r.getPageIds(), r.getPagesSelected());
+    flops("partial.flops", r.getFlops());
+    round(r.getRound());
+  }
+  void check(wire::Candidates::Reader r) const {
+    layer(r.getLayer());
+    kv_head(r.getKvHead());
+    const uint32_t n = r.getNPages();
+    count_limit("candidates.n_pages", n, 0, L.max_pages_per_message);
+    page_ids("candidates.page_ids", r.getPageIds(), n);
+    shape("candidates.scores", r.getScores(), n, sizeof(float));
+    for (float s : view_as<float>(r.getScores()))
+      if (std::isnan(s))
+        reject(reject_reason::bad_value, errc::invalid_argument, "candidate score is NaN");
+    flops("candidates.flops", r.getFlops());
+  }
+  void check(wire::RecallRequest::Reader r) const {
+    layer(r.getLayer());
+    kv_head(r.getKvHead());
+    count_limit("recall_request.n_pages", r.getNPages(), 0, L.max_pages_per_message);
+    page_ids("recall_request.page_ids", r.getPageIds(), r.getNPages());
+  }
+  void check(wire::RecallReply::Reader r) const {
+    layer(r.getLayer());
+    kv_head(r.getKvHead());
+    count_limit("page_tokens", r.getPageTokens(), 1, L.max_page_tokens);
+    head_dim(r.getHeadDim());
+    auto pages = r.getPages();
+    count_limit("recall_reply.pages", pages.size(), 0, L.max_pages_per_message);
+    sized_elements("recall_reply.pages", pages);
+    for (auto p : pages) {
+      known_pointers_only(p);
+      index("recall_reply.page_id", p.getPageId(), L.max_context_tokens);
+      count_limit("recalled_page.n_tokens", p.getNTokens(), 1, r.getPageTokens());
+      const uint64_t elems = uint64_t{p.getNTokens()} * r.getHeadDim();
+      shape("recalled_page.k", p.getK(), elems, sizeof(bf16));
+      shape("recalled_page.v", p.getV(), elems, sizeof(bf16));
+      crc("recalled_page", p.getCrc32c(), p.getK(), p.getV());
+    }
+  }
+  void check(wire::Error::Reader r) const {
+    const uint16_t code = r.getCode();
+    if (code == 0 || code > static_cast<uint16_t>(errc::not_ready))
+      reject(reject_reason::bad_value, errc::invalid_argument, "error.code = {} unknown", code);
+    text("error.message", r.getMessage());
+  }
+  void check(wire::Heartbeat::Reader) const {}
+  void check(wire::RegionAdvert::Reader r) const {
+    blob_limit("region_advert.remote_key", r.getRemoteKey(), L.max_blob_bytes);
+  }
+  void check(wire::WriteAck::Reader r) const {
+    layer(r.getLayer());
+    kv_head(r.getKvHead());
+    count_limit("write_ack.n_tokens", r.getNTokens(), 0, L.max_tokens_per_write);
+    index("write_ack.position0", r.getPosition0(), L.max_context_tokens);
+  }
+
+  void check(wire::Envelope::Body::Reader body) const {
+    known_pointers_only(capnp::AnyStruct::Reader(body).as<wire::Envelope>());
+    switch (body.which()) {
+      case W::CHALLENGE: return checked(body.getChallenge());
+      case W::JOIN: return checked(body.getJoin());
+      case W::JOIN_ACK: return checked(body.getJoinAck());
+      case W::MEMBERSHIP: return checked(body.getMembership());
+      case W::PREFILL_WRITE: return checked(body.getPrefillWrite());
+      case W::TOKEN_APPEND: return checked(body.getTokenAppend());
+      case W::QUERY: return checked(body.getQuery());
+      case W::PARTIAL: return checked(body.getPartial());
+      case W::CANDIDATES: return checked(body.getCandidates());
+      case W::RECALL_REQUEST: return checked(body.getRecallRequest());
+      case W::RECALL_REPLY: return checked(body.getRecallReply());
+      case W::ERROR: return checked(body.getError());
+      case W::HEARTBEAT: return checked(body.getHeartbeat());
+      case W::REGION_ADVERT: return checked(body.getRegionAdvert());
+      case W::WRITE_ACK: return checked(body.getWriteAck());
+    }
+    reject(reject_reason::unknown_kind, errc::unsupported, "message kind {} unknown",
+           static_cast<unsigned>(body.which()));
   }
 };
-
-template <class T>
-void copy_blob(const char* field, capnp::Data::Reader d, uint64_t elems, std::vector<T>& out) {
-  static_assert(std::is_trivially_copyable_v<T>);
-  if (d.size() != elems * sizeof(T))
-    reject(reject_reason::shape, errc::shape_mismatch, "{}: {} bytes, declared shape needs {}",
-           field, d.size(), elems * sizeof(T));
-  // Range-assign of a trivially copyable type is one memmove, without first zeroing the
-  // vector (resize would initialise element by element). Blobs are word-aligned.
-  const T* src = reinterpret_cast<const T*>(d.begin());
-  out.assign(src, src + elems);
-}
-
-void copy_bytes(capnp::Data::Reader d, std::vector<uint8_t>& out) {
-  out.assign(d.begin(), d.end());
-}
-
-void check_crc(const char* what, uint32_t declared, const std::vector<bf16>& k,
-               const std::vector<bf16>& v) {
-  uint32_t got = kv_crc32c(k, v);
-  if (got != declared)
-    reject(reject_reason::crc, errc::parse, "{}: CRC32C {:08x} but payload gives {:08x}", what,
-           declared, got);
-}
-
-message_body decode_body(const validator& c, wire::Envelope::Body::Reader body) {
-  const wire_limits& L = c.L;
-  switch (body.which()) {
-    case W::CHALLENGE: {
-      auto r = body.getChallenge();
-      challenge_msg x;
-      auto nonce = r.getNonce();
-      if (nonce.size() != 32)
-        reject(reject_reason::shape, errc::shape_mismatch, "challenge.nonce: {} bytes, want 32",
-               nonce.size());
-      copy_bytes(nonce, x.nonce);
-      return x;
-    }
-    case W::JOIN: {
-      auto r = body.getJoin();
-      join_msg x;
-      x.node = r.getNodeId();
-      x.role = c.role(r.getRole());
-      auto nonce = r.getNonce();
-      auto proof = r.getProof();
-      auto addr = r.getWorkerAddress();
-      if (nonce.size() != 32 || proof.size() != 32)
-        reject(reject_reason::shape, errc::shape_mismatch,
-               "join: nonce {} and proof {} bytes, want 32 each", nonce.size(), proof.size());
-      c.blob_limit("join.worker_address", addr, L.max_blob_bytes);
-      copy_bytes(nonce, x.nonce);
-      copy_bytes(proof, x.proof);
-      copy_bytes(addr, x.worker_address);
-      return x;
-    }
-    case W::JOIN_ACK: {
-      auto r = body.getJoinAck();
-      join_ack_msg x;
-      x.accepted = r.getAccepted();
-      x.node = r.getNodeId();
-      x.epoch = r.getEpoch();
-      auto reason = r.getReason();
-      c.text("join_ack.reason", reason);
-      x.reason.assign(reason.cStr(), reason.size());
-      return x;
-    }
-    case W::MEMBERSHIP: {
-      auto r = body.getMembership();
-      membership_msg x;
-      x.epoch = r.getEpoch();
-      auto members = r.getMembers();
-      c.count_limit("membership.members", members.size(), 0, L.max_members);
-      x.members.resize(members.size());
-      for (unsigned i = 0; i < members.size(); ++i) {
-        auto mr = members[i];
-        auto& m = x.members[i];
-        m.node = mr.getNodeId();
-        m.role = c.role(mr.getRole());
-        m.alive = mr.getAlive();
-        auto addr = mr.getWorkerAddress();
-        c.blob_limit("member.worker_address", addr, L.max_blob_bytes);
-        copy_bytes(addr, m.worker_address);
-      }
-      auto pls = r.getPlacements();
-      c.count_limit("membership.placements", pls.size(), 0, L.max_shards);
-      x.placements.resize(pls.size());
-      uint64_t total_shards = 0;
-      for (unsigned i = 0; i < pls.size(); ++i) {
-        auto pr = pls[i];
-        auto& p = x.placements[i];
-        p.request_id = pr.getRequestId();
-        auto shards = pr.getShards();
-        total_shards += shards.size();
-        c.count_limit("membership shards (all placements)", total_shards, 0, L.max_shards);
-        p.shards.resize(shards.size());
-        for (unsigned j = 0; j < shards.size(); ++j) {
-          auto sr = shards[j];
-          auto& s = p.shards[j];
-          s.shard_id = sr.getShardId();
-          s.device = sr.getDeviceId();
-          s.kv_head0 = sr.getKvHead0();
-          s.kv_head1 = sr.getKvHead1();
-          c.range("shard.kv_heads", s.kv_head0, s.kv_head1, L.max_kv_heads);
-          auto split = sr.getSplit();
-          if (!from_wire(split.which(), s.split))
-            reject(reject_reason::bad_value, errc::invalid_argument, "shard.split: unknown "
-                   "variant {}", static_cast<unsigned>(split.which()));
-          if (s.split == sequence_split::contiguous) {
-            s.page0 = split.getPages().getPage0();
-            s.page1 = split.getPages().getPage1();
-            c.range("shard.pages", s.page0, s.page1, L.max_context_tokens);
-          } else {
-            s.stride = split.getInterleave().getStride();
-            s.cls = split.getInterleave().getClass();
-            c.count_limit("shard.stride", s.stride, 1, L.max_context_tokens);
-            c.index("shard.class", s.cls, s.stride);
-          }
-          auto reps = sr.getReplicas();
-          c.count_limit("shard.replicas", reps.size(), 0, L.max_replicas);
-          s.replicas.resize(reps.size());
-          for (unsigned r = 0; r < reps.size(); ++r) s.replicas[r] = reps[r];
-          s.pages_held = sr.getPagesHeld();
-          c.count_limit("shard.pages_held", s.pages_held, 0, L.max_context_tokens);
-          s.sequence_shards = sr.getSequenceShards();
-          c.count_limit("shard.sequence_shards", s.sequence_shards, 1, L.max_shards);
-          s.sequence_index = sr.getSequenceIndex();
-          c.index("shard.sequence_index", s.sequence_index, s.sequence_shards);
-          s.bytes_modelled = sr.getBytesModelled();
-        }
-      }
-      return x;
-    }
-    case W::PREFILL_WRITE: {
-      auto r = body.getPrefillWrite();
-      prefill_write_msg x;
-      x.request_id = r.getRequestId();
-      x.layer = r.getLayer();
-      x.kv_head = r.getKvHead();
-      x.position0 = r.getPosition0();
-      x.n_tokens = r.getNTokens();
-      x.head_dim = r.getHeadDim();
-      c.layer(x.layer);
-      c.kv_head(x.kv_head);
-      c.count_limit("n_tokens", x.n_tokens, 1, L.max_tokens_per_write);
-      c.head_dim(x.head_dim);
-      if (x.position0 >= L.max_context_tokens || x.position0 + x.n_tokens > L.max_context_tokens)
-        reject(reject_reason::index, errc::out_of_range, "positions [{}, {}) exceed {}",
-               x.position0, x.position0 + x.n_tokens, L.max_context_tokens);
-      uint64_t elems = uint64_t{x.n_tokens} * x.head_dim;
-      copy_blob("prefill_write.k", r.getK(), elems, x.k);
-      copy_blob("prefill_write.v", r.getV(), elems, x.v);
-      x.crc32c = r.getCrc32c();
-      check_crc("prefill_write", x.crc32c, x.k, x.v);
-      return x;
-    }
-    case W::TOKEN_APPEND: {
-      auto r = body.getTokenAppend();
-      token_append_msg x;
-      x.request_id = r.getRequestId();
-      x.layer = r.getLayer();
-      x.kv_head0 = r.getKvHead0();
-      x.n_heads = r.getNHeads();
-      x.position = r.getPosition();
-      x.head_dim = r.getHeadDim();
-      c.layer(x.layer);
-      c.count_limit("n_heads", x.n_heads, 1, L.max_kv_heads);
-      c.range("token_append.kv_heads", x.kv_head0, uint64_t{x.kv_head0} + x.n_heads,
-              L.max_kv_heads);
-      c.index("position", x.position, L.max_context_tokens);
-      c.head_dim(x.head_dim);
-      uint64_t elems = uint64_t{x.n_heads} * x.head_dim;
-      copy_blob("token_append.k", r.getK(), elems, x.k);
-      copy_blob("token_append.v", r.getV(), elems, x.v);
-      x.crc32c = r.getCrc32c();
-      check_crc("token_append", x.crc32c, x.k, x.v);
-      return x;
-    }
-    case W::QUERY: {
-      auto r = body.getQuery();
-      query_msg x;
-      x.request_id = r.getRequestId();
-      x.step = r.getStep();
-      x.layer = r.getLayer();
-      x.kv_head0 = r.getKvHead0();
-      x.kv_head1 = r.getKvHead1();
-      x.group = r.getGroup();
-      x.head_dim = r.getHeadDim();
-      c.layer(x.layer);
-      c.range("query.kv_heads", x.kv_head0, x.kv_head1, L.max_kv_heads);
-      c.group(x.group);
-      c.head_dim(x.head_dim);
-      x.budget_pages = r.getBudgetPages();
-      c.count_limit("budget_pages", x.budget_pages, 0, L.max_context_tokens);
-      x.round = c.round(r.getRound());
-      x.score_threshold = r.getScoreThreshold();
-      x.sequence_tokens = r.getSequenceTokens();
-      c.count_limit("query.sequence_tokens", x.sequence_tokens, 0, L.max_context_tokens);
-      if (std::isnan(x.score_threshold))
-        reject(reject_reason::bad_value, errc::invalid_argument, "score_threshold is NaN");
-      x.deadline_ns = r.getDeadlineNs();
-      x.shard_id = r.getShardId();
-      uint64_t elems = uint64_t{x.kv_head1 - x.kv_head0} * x.group * x.head_dim;
-      copy_blob("query.q", r.getQ(), elems, x.q);
-      for (auto [name, blob, out] :
-           {std::tuple{"query.excluded_pages", r.getExcludedPages(), &x.excluded_pages},
-            std::tuple{"query.listed_pages", r.getListedPages(), &x.listed_pages}}) {
-        if (blob.size() % 4 != 0)
-          reject(reject_reason::shape, errc::shape_mismatch, "{} is {} bytes, not a multiple of 4",
-                 name, blob.size());
-        c.count_limit(name, blob.size() / 4, 0, L.max_pages_per_message);
-        copy_blob(name, blob, blob.size() / 4, *out);
-        for (uint32_t id : *out) c.index(name, id, L.max_context_tokens);
-      }
-      return x;
-    }
-    case W::PARTIAL: {
-      auto r = body.getPartial();
-      partial_msg x;
-      x.request_id = r.getRequestId();
-      x.step = r.getStep();
-      x.layer = r.getLayer();
-      x.kv_head = r.getKvHead();
-      x.shard_id = r.getShardId();
-      x.group = r.getGroup();
-      x.head_dim = r.getHeadDim();
-      c.layer(x.layer);
-      c.kv_head(x.kv_head);
-      c.group(x.group);
-      c.head_dim(x.head_dim);
-      x.pages_selected = r.getPagesSelected();
-      c.count_limit("pages_selected", x.pages_selected, 0, L.max_context_tokens);
-      x.bytes_scanned = r.getBytesScanned();
-      copy_blob("partial.o", r.getO(), uint64_t{x.group} * x.head_dim, x.o);
-      copy_blob("partial.lse", r.getLse(), x.group, x.lse);
-      c.count_limit("partial.pages_selected", x.pages_selected, 0, L.max_pages_per_message);
-      copy_blob("partial.page_ids", r.getPageIds(), x.pages_selected, x.page_ids);
-      for (uint32_t id : x.page_ids) c.index("partial.page_id", id, L.max_context_tokens);
-      x.flops = r.getFlops();
-      if (!std::isfinite(x.flops) || x.flops < 0)
-        reject(reject_reason::bad_value, errc::invalid_argument, "partial.flops is not a finite "
-               "non-negative number");
-      x.round = c.round(r.getRound());
-      x.device_bytes_held = r.getDeviceBytesHeld();
-      return x;
-    }
-    case W::CANDIDATES: {
-      auto r = body.getCandidates();
-      candidates_msg x;
-      x.request_id = r.getRequestId();
-      x.step = r.getStep();
-      x.layer = r.getLayer();
-      x.kv_head = r.getKvHead();
-      x.shard_id = r.getShardId();
-      c.layer(x.layer);
-      c.kv_head(x.kv_head);
-      uint32_t n = r.getNPages();
-      c.count_limit("candidates.n_pages", n, 0, L.max_pages_per_message);
-      copy_blob("candidates.page_ids", r.getPageIds(), n, x.page_ids);
-      copy_blob("candidates.scores", r.getScores(), n, x.scores);
-      for (uint32_t id : x.page_ids) c.index("candidates.page_id", id, L.max_context_tokens);
-      for (float s : x.scores)
-        if (std::isnan(s))
-          reject(reject_reason::bad_value, errc::invalid_argument, "candidate score is NaN");
-      x.bytes_scanned = r.getBytesScanned();
-      x.flops = r.getFlops();
-      if (!std::isfinite(x.flops) || x.flops < 0)
-        reject(reject_reason::bad_value, errc::invalid_argument, "candidates.flops is not a "
-               "finite non-negative number");
-      return x;
-    }
-    case W::RECALL_REQUEST: {
-      auto r = body.getRecallRequest();
-      recall_request_msg x;
-      x.request_id = r.getRequestId();
-      x.step = r.getStep();
-      x.layer = r.getLayer();
-      x.kv_head = r.getKvHead();
-      c.layer(x.layer);
-      c.kv_head(x.kv_head);
-      uint32_t n = r.getNPages();
-      c.count_limit("recall_request.n_pages", n, 0, L.max_pages_per_message);
-      copy_blob("recall_request.page_ids", r.getPageIds(), n, x.page_ids);
-      for (uint32_t id : x.page_ids) c.index("recall_request.page_id", id, L.max_context_tokens);
-      return x;
-    }
-    case W::RECALL_REPLY: {
-      auto r = body.getRecallReply();
-      recall_reply_msg x;
-      x.request_id = r.getRequestId();
-      x.step = r.getStep();
-      x.layer = r.getLayer();
-      x.kv_head = r.getKvHead();
-      x.page_tokens = r.getPageTokens();
-      x.head_dim = r.getHeadDim();
-      c.layer(x.layer);
-      c.kv_head(x.kv_head);
-      c.count_limit("page_tokens", x.page_tokens, 1, L.max_page_tokens);
-      c.head_dim(x.head_dim);
-      auto pages = r.getPages();
-      c.count_limit("recall_reply.pages", pages.size(), 0, L.max_pages_per_message);
-      x.pages.resize(pages.size());
-      for (unsigned i = 0; i < pages.size(); ++i) {
-        auto pr = pages[i];
-        auto& p = x.pages[i];
-        p.page_id = pr.getPageId();
-        c.index("recall_reply.page_id", p.page_id, L.max_context_tokens);
-        p.n_tokens = pr.getNTokens();
-        c.count_limit("recalled_page.n_tokens", p.n_tokens, 1, x.page_tokens);
-        uint64_t elems = uint64_t{p.n_tokens} * x.head_dim;
-        copy_blob("recalled_page.k", pr.getK(), elems, p.k);
-        copy_blob("recalled_page.v", pr.getV(), elems, p.v);
-        p.crc32c = pr.getCrc32c();
-        check_crc("recalled_page", p.crc32c, p.k, p.v);
-      }
-      return x;
-    }
-    case W::ERROR: {
-      auto r = body.getError();
-      error_msg x;
-      uint16_t code = r.getCode();
-      if (code == 0 || code > static_cast<uint16_t>(errc::not_ready))
-        reject(reject_reason::bad_value, errc::invalid_argument, "error.code = {} unknown", code);
-      x.code = static_cast<errc>(code);
-      auto text = r.getMessage();
-      c.text("error.message", text);
-      x.message.assign(text.cStr(), text.size());
-      x.refers_to_seq = r.getRefersToSeq();
-      return x;
-    }
-    case W::HEARTBEAT: {
-      auto r = body.getHeartbeat();
-      heartbeat_msg x;
-      x.incarnation = r.getIncarnation();
-      x.queue_depth = r.getQueueDepth();
-      return x;
-    }
-    case W::REGION_ADVERT: {
-      auto r = body.getRegionAdvert();
-      region_advert_msg x;
-      x.region_id = r.getRegionId();
-      x.length = r.getLength();
-      auto key = r.getRemoteKey();
-      c.blob_limit("region_advert.remote_key", key, L.max_blob_bytes);
-      copy_bytes(key, x.remote_key);
-      x.purpose = r.getPurpose();
-      return x;
-    }
-    case W::WRITE_ACK: {
-      auto r = body.getWriteAck();
-      write_ack_msg x;
-      x.request_id = r.getRequestId();
-      x.layer = r.getLayer();
-      x.kv_head = r.getKvHead();
-      x.position0 = r.getPosition0();
-      x.n_tokens = r.getNTokens();
-      x.ok = r.getOk();
-      c.layer(x.layer);
-      c.kv_head(x.kv_head);
-      c.count_limit("write_ack.n_tokens", x.n_tokens, 0, L.max_tokens_per_write);
-      c.index("write_ack.position0", x.position0, L.max_context_tokens);
-      return x;
-    }
-  }
-  reject(reject_reason::unknown_kind, errc::unsupported, "message kind {} unknown",
-         static_cast<unsigned>(body.which()));
-}
 
 void note(wire_stats& st, const rejection& r) {
   auto i = static_cast<size_t>(r.reason);
@@ -855,7 +514,6 @@ void note(wire_stats& st, const rejection& r) {
 }
 
 // Segment-table check done by hand so that truncated input is told apart from garbage.
-// Returns the message's size in words, or a rejection.
 bool check_segment_table(const uint8_t* p, size_t size, rejection& out) {
   if (size < 8) {
     out = {reject_reason::truncated, errc::parse, fmt::format("{} bytes, less than a segment "
@@ -869,11 +527,10 @@ bool check_segment_table(const uint8_t* p, size_t size, rejection& out) {
            fmt::format("segment count {} implausible", uint64_t{count_minus_one} + 1)};
     return false;
   }
-  uint64_t count = uint64_t{count_minus_one} + 1;
-  uint64_t table_bytes = align8(4 + 4 * count);
-  if (size < table_bytes) {
+  const uint64_t count = uint64_t{count_minus_one} + 1;
+  if (size < table_bytes(count)) {
     out = {reject_reason::truncated, errc::parse,
-           fmt::format("{} bytes, segment table alone needs {}", size, table_bytes)};
+           fmt::format("{} bytes, segment table alone needs {}", size, table_bytes(count))};
     return false;
   }
   uint64_t words = 0;
@@ -882,7 +539,7 @@ bool check_segment_table(const uint8_t* p, size_t size, rejection& out) {
     std::memcpy(&w, p + 4 + 4 * i, 4);
     words += w;
   }
-  uint64_t need = table_bytes + 8 * words;
+  const uint64_t need = table_bytes(count) + 8 * words;
   if (size < need) {
     out = {reject_reason::truncated, errc::parse,
            fmt::format("{} bytes, segment table declares {}", size, need)};
@@ -896,82 +553,189 @@ bool check_segment_table(const uint8_t* p, size_t size, rejection& out) {
   return true;
 }
 
-// Aligned view of the input: the input itself when 8-byte aligned, else a copy.
-struct aligned_words {
-  kj::ArrayPtr<const capnp::word> words;
-  std::vector<uint64_t> copy;  // capnp::word is not copyable under every compiler
-  aligned_words(const void* data, size_t size) {
-    if ((reinterpret_cast<uintptr_t>(data) & 7) == 0) {
-      words = kj::arrayPtr(static_cast<const capnp::word*>(data), size / 8);
-    } else {
-      copy.resize(size / 8);
-      std::memcpy(copy.data(), data, size / 8 * 8);
-      words = kj::arrayPtr(reinterpret_cast<const capnp::word*>(copy.data()), copy.size());
-    }
-  }
-};
-
-result<message> decode_impl(const msg_kind* expected, const void* data, size_t size,
-                            const wire_limits& limits, wire_stats* stats) {
-  wire_stats& st = stats ? *stats : global_wire_stats();
-  auto fail = [&](const rejection& r) -> result<message> {
-    note(st, r);
-    return status{r.code, fmt::format("{}: {}", reason_names[static_cast<size_t>(r.reason)],
-                                      r.what)};
-  };
-  const uint64_t max_bytes = max_legit_message_bytes(limits);
-  if (size > max_bytes)
-    return fail({reject_reason::oversized, errc::capacity,
-                 fmt::format("{} bytes, the largest legitimate message is {}", size, max_bytes)});
-  if (data == nullptr && size) return fail({reject_reason::malformed, errc::parse, "null data"});
-  rejection seg;
-  if (!check_segment_table(static_cast<const uint8_t*>(data), size, seg)) return fail(seg);
-  aligned_words in(data, size);
-  try {
-    capnp::ReaderOptions opts;
-    // A legitimate message traverses each of its words about once; the decoder reads each
-    // pointer once. Twice the input size bounds amplification by crafted pointers.
-    opts.traversalLimitInWords = std::min<uint64_t>(2 * (size / 8) + 64, 2 * (max_bytes / 8));
-    opts.nestingLimit = 16;
-    capnp::FlatArrayMessageReader reader(in.words, opts);
-    auto root = reader.getRoot<wire::Envelope>();
-    message m;
-    m.env.version = root.getVersion();
-    if (m.env.version != protocol_version)
-      return fail({reject_reason::bad_version, errc::unsupported,
-                   fmt::format("protocol version {} (this node speaks {})", m.env.version,
-                               protocol_version)});
-    m.env.sender = root.getSender();
-    m.env.seq = root.getSeq();
-    m.env.vtime_ns = root.getVtimeNs();
-    if (!std::isfinite(m.env.vtime_ns) || m.env.vtime_ns < 0)
-      return fail({reject_reason::bad_value, errc::invalid_argument,
-                   fmt::format("vtime_ns = {} (must be finite and >= 0)", m.env.vtime_ns)});
-    auto body = root.getBody();
-    auto which = static_cast<unsigned>(body.which());
-    if (which >= msg_kind_count)
-      return fail({reject_reason::unknown_kind, errc::unsupported,
-                   fmt::format("message kind {} unknown (newer sender?)", which)});
-    if (expected && which != static_cast<unsigned>(*expected))
-      return fail({reject_reason::wrong_kind, errc::invalid_argument,
-                   fmt::format("expected {}, got {}", to_string(*expected), kind_names[which])});
-    validator c{limits};
-    m.body = decode_body(c, body);
-    st.decoded.fetch_add(1, std::memory_order_relaxed);
-    return m;
-  } catch (const reject_exception& e) {
-    return fail(e.r);
-  } catch (const kj::Exception& e) {
-    auto desc = e.getDescription();
-    bool limit = std::strstr(desc.cStr(), "traversal limit") != nullptr;
-    return fail({limit ? reject_reason::oversized : reject_reason::malformed,
-                 limit ? errc::capacity : errc::parse, std::string(desc.cStr())});
-  } catch (const std::exception& e) {
-    return fail({reject_reason::malformed, errc::parse, e.what()});
-  }
+kj::ArrayPtr<const capnp::word> words_of(const std::vector<uint8_t>& bytes) {
+  PNMKV_CHECK(reinterpret_cast<uintptr_t>(bytes.data()) % 8 == 0, "vector storage unaligned");
+  return kj::arrayPtr(reinterpret_cast<const capnp::word*>(bytes.data()), bytes.size() / 8);
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------------------------------
+// Received messages
+
+struct received_access {
+  static received make() { return received(); }
+  static std::vector<uint8_t>& bytes(received& m) { return m.bytes_; }
+  static void open(received& m, msg_kind kind, const envelope& env) {
+    // Reading a validated message cannot fault, and the validator already bounded its
+    // traversal: readers handed out have no traversal limit, so a handler may read a field
+    // twice.
+    capnp::ReaderOptions opts;
+    opts.traversalLimitInWords = std::numeric_limits<uint64_t>::max() / 8;
+    opts.nestingLimit = 16;
+    m.reader_ = std::make_unique<capnp::FlatArrayMessageReader>(words_of(m.bytes_), opts);
+    m.kind_ = kind;
+    m.env_ = env;
+  }
+};
+
+received::received() = default;
+received::~received() = default;
+received::received(received&&) noexcept = default;
+received& received::operator=(received&&) noexcept = default;
+
+wire::Envelope::Body::Reader received::body() const {
+  return reader_->getRoot<wire::Envelope>().getBody();
+}
+
+void received::expect(msg_kind k) const {
+  PNMKV_CHECK(kind_ == k, "reading a ", to_string(kind_), " message as ", to_string(k));
+}
+
+#define PNMKV_BODY_READER(Type, name, kind, getter)  \
+  wire::Type::Reader received::name() const {        \
+    expect(msg_kind::kind);                          \
+    return body().getter();                          \
+  }
+PNMKV_BODY_READER(Challenge, challenge, challenge, getChallenge)
+PNMKV_BODY_READER(Join, join, join, getJoin)
+PNMKV_BODY_READER(JoinAck, join_ack, join_ack, getJoinAck)
+PNMKV_BODY_READER(Membership, membership, membership, getMembership)
+PNMKV_BODY_READER(PrefillWrite, prefill_write, prefill_write, getPrefillWrite)
+PNMKV_BODY_READER(TokenAppend, token_append, token_append, getTokenAppend)
+PNMKV_BODY_READER(Query, query, query, getQuery)
+PNMKV_BODY_READER(Partial, partial, partial, getPartial)
+PNMKV_BODY_READER(Candidates, candidates, candidates, getCandidates)
+PNMKV_BODY_READER(RecallRequest, recall_request, recall_request, getRecallRequest)
+PNMKV_BODY_READER(RecallReply, recall_reply, recall_reply, getRecallReply)
+PNMKV_BODY_READER(Error, error, error, getError)
+PNMKV_BODY_READER(Heartbeat, heartbeat, heartbeat, getHeartbeat)
+PNMKV_BODY_READER(RegionAdvert, region_advert, region_advert, getRegionAdvert)
+PNMKV_BODY_READER(WriteAck, write_ack, write_ack, getWriteAck)
+#undef PNMKV_BODY_READER
+
+namespace {
+
+// Checks the size and segment table of raw bytes before anything is copied.
+bool precheck(const void* data, size_t size, const wire_limits& limits, rejection& out) {
+  const uint64_t max_bytes = max_legit_message_bytes(limits);
+  if (size > max_bytes) {
+    out = {reject_reason::oversized, errc::capacity,
+           fmt::format("{} bytes, the largest legitimate message is {}", size, max_bytes)};
+    return false;
+  }
+  if (data == nullptr && size) {
+    out = {reject_reason::malformed, errc::parse, "null data"};
+    return false;
+  }
+  return check_segment_table(static_cast<const uint8_t*>(data), size, out);
+}
+
+// Validates the message in `bytes` (already prechecked); on success fills kind and env.
+bool validate(const msg_kind* expected, const std::vector<uint8_t>& bytes,
+              const wire_limits& limits, msg_kind& kind, envelope& env, rejection& out) {
+  try {
+    capnp::ReaderOptions opts;
+    // A legitimate message traverses each of its words about once; the validator reads each
+    // pointer once. Twice the input size bounds amplification by crafted pointers.
+    const uint64_t max_bytes = max_legit_message_bytes(limits);
+    opts.traversalLimitInWords = std::min<uint64_t>(2 * (bytes.size() / 8) + 64, 2 * (max_bytes / 8));
+    opts.nestingLimit = 16;
+    capnp::FlatArrayMessageReader reader(words_of(bytes), opts);
+    auto root = reader.getRoot<wire::Envelope>();
+    env.version = root.getVersion();
+    if (env.version != protocol_version) {
+      out = {reject_reason::bad_version, errc::unsupported,
+             fmt::format("protocol version {} (this node speaks {})", env.version, protocol_version)};
+      return false;
+    }
+    env.sender = root.getSender();
+    env.seq = root.getSeq();
+    env.vtime_ns = root.getVtimeNs();
+    if (!std::isfinite(env.vtime_ns) || env.vtime_ns < 0) {
+      out = {reject_reason::bad_value, errc::invalid_argument,
+             fmt::format("vtime_ns = {} (must be finite and >= 0)", env.vtime_ns)};
+      return false;
+    }
+    auto body = root.getBody();
+    const auto which = static_cast<unsigned>(body.which());
+    if (which >= msg_kind_count) {
+      out = {reject_reason::unknown_kind, errc::unsupported,
+             fmt::format("message kind {} unknown (newer sender?)", which)};
+      return false;
+    }
+    if (expected && which != static_cast<unsigned>(*expected)) {
+      out = {reject_reason::wrong_kind, errc::invalid_argument,
+             fmt::format("expected {}, got {}", to_string(*expected), kind_names[which])};
+      return false;
+    }
+    validator{limits}.check(body);
+    kind = static_cast<msg_kind>(which);
+    return true;
+  } catch (const reject_exception& e) {
+    out = e.r;
+  } catch (const kj::Exception& e) {
+    auto desc = e.getDescription();
+    const bool limit = std::strstr(desc.cStr(), "traversal limit") != nullptr;
+    out = {limit ? reject_reason::oversized : reject_reason::malformed,
+           limit ? errc::capacity : errc::parse, std::string(desc.cStr())};
+  } catch (const std::exception& e) {
+    out = {reject_reason::malformed, errc::parse, e.what()};
+  }
+  return false;
+}
+
+result<received> decode_owned(const msg_kind* expected, std::vector<uint8_t>&& bytes,
+                              const wire_limits& limits, wire_stats* stats, bool prechecked) {
+  wire_stats& st = stats ? *stats : global_wire_stats();
+  rejection why;
+  msg_kind kind{};
+  envelope env;
+  if ((prechecked || precheck(bytes.data(), bytes.size(), limits, why)) &&
+      validate(expected, bytes, limits, kind, env, why)) {
+    st.decoded.fetch_add(1, std::memory_order_relaxed);
+    received m = received_access::make();
+    received_access::bytes(m) = std::move(bytes);
+    received_access::open(m, kind, env);
+    return m;
+  }
+  note(st, why);
+  return status{why.code, fmt::format("{}: {}", reason_names[static_cast<size_t>(why.reason)],
+                                      why.what)};
+}
+
+result<received> decode_copy(const msg_kind* expected, const void* data, size_t size,
+                             const wire_limits& limits, wire_stats* stats) {
+  rejection why;
+  if (!precheck(data, size, limits, why)) {
+    wire_stats& st = stats ? *stats : global_wire_stats();
+    note(st, why);
+    return status{why.code, fmt::format("{}: {}", reason_names[static_cast<size_t>(why.reason)],
+                                        why.what)};
+  }
+  const auto* p = static_cast<const uint8_t*>(data);
+  return decode_owned(expected, std::vector<uint8_t>(p, p + size), limits, stats, true);
+}
+
+}  // namespace
+
+result<received> decode(std::vector<uint8_t>&& bytes, const wire_limits& limits,
+                        wire_stats* stats) {
+  return decode_owned(nullptr, std::move(bytes), limits, stats, false);
+}
+
+result<received> decode(const void* data, size_t size, const wire_limits& limits,
+                        wire_stats* stats) {
+  return decode_copy(nullptr, data, size, limits, stats);
+}
+
+result<received> decode_kind(msg_kind expected, const void* data, size_t size,
+                             const wire_limits& limits, wire_stats* stats) {
+  return decode_copy(&expected, data, size, limits, stats);
+}
+
+// ---------------------------------------------------------------------------------------
+// Names, counters, CRCs, limits, peek
 
 const char* to_string(msg_kind kind) {
   auto i = static_cast<size_t>(kind);
@@ -1013,9 +777,12 @@ wire_stats& global_wire_stats() {
   return stats;
 }
 
-uint32_t kv_crc32c(const std::vector<bf16>& k, const std::vector<bf16>& v) {
-  uint32_t c = crc32c(k.data(), k.size() * sizeof(bf16));
-  return crc32c(v.data(), v.size() * sizeof(bf16), c);
+uint32_t kv_crc32c(capnp::Data::Reader k, capnp::Data::Reader v) {
+  return crc32c(v.begin(), v.size(), crc32c(k.begin(), k.size()));
+}
+
+uint32_t kv_crc32c(const bf16* k, const bf16* v, size_t elems) {
+  return crc32c(v, elems * sizeof(bf16), crc32c(k, elems * sizeof(bf16)));
 }
 
 uint64_t max_legit_message_bytes(const wire_limits& L) {
@@ -1039,56 +806,24 @@ uint64_t max_legit_message_bytes(const wire_limits& L) {
   return std::min<uint64_t>(m + overhead, align8(L.max_message_bytes));
 }
 
-void encode_into(const message& m, std::vector<uint8_t>& out) {
-  uint64_t est_words = estimate_bytes(m) / 8 + 16;
-  capnp::MallocMessageBuilder builder(static_cast<unsigned>(std::min<uint64_t>(est_words, 1u << 20)));
-  auto root = builder.initRoot<wire::Envelope>();
-  build(root, m, builder.getOrphanage());
-  auto segments = builder.getSegmentsForOutput();
-  size_t n = segments.size();
-  size_t table_bytes = align8(4 + 4 * n);
-  size_t total = table_bytes;
-  for (auto& s : segments) total += s.size() * sizeof(capnp::word);
-  out.clear();
-  out.reserve(total);
-  out.resize(table_bytes, 0);
-  uint32_t v = static_cast<uint32_t>(n - 1);
-  std::memcpy(out.data(), &v, 4);
-  for (size_t i = 0; i < n; ++i) {
-    v = static_cast<uint32_t>(segments[i].size());
-    std::memcpy(out.data() + 4 + 4 * i, &v, 4);
-  }
-  for (auto& s : segments) {
-    auto* b = reinterpret_cast<const uint8_t*>(s.begin());
-    out.insert(out.end(), b, b + s.size() * sizeof(capnp::word));
-  }
-}
-
-std::vector<uint8_t> encode(const message& m) {
-  std::vector<uint8_t> out;
-  encode_into(m, out);
-  return out;
-}
-
-result<message> decode(const void* data, size_t size, const wire_limits& limits,
-                       wire_stats* stats) {
-  return decode_impl(nullptr, data, size, limits, stats);
-}
-
-result<message> decode_kind(msg_kind expected, const void* data, size_t size,
-                            const wire_limits& limits, wire_stats* stats) {
-  return decode_impl(&expected, data, size, limits, stats);
-}
-
 result<envelope_peek> peek_envelope(const void* data, size_t size) {
   rejection seg;
   if (!check_segment_table(static_cast<const uint8_t*>(data), size, seg))
     return status{seg.code, seg.what};
-  aligned_words in(data, size);
+  // Fabric frames are not always word-aligned: copy the words when they are not.
+  std::vector<uint64_t> copy;
+  kj::ArrayPtr<const capnp::word> words;
+  if (reinterpret_cast<uintptr_t>(data) % 8 == 0) {
+    words = kj::arrayPtr(static_cast<const capnp::word*>(data), size / 8);
+  } else {
+    copy.resize(size / 8);
+    std::memcpy(copy.data(), data, size / 8 * 8);
+    words = kj::arrayPtr(reinterpret_cast<const capnp::word*>(copy.data()), copy.size());
+  }
   try {
     capnp::ReaderOptions opts;
     opts.traversalLimitInWords = 2 * (size / 8) + 64;
-    capnp::FlatArrayMessageReader reader(in.words, opts);
+    capnp::FlatArrayMessageReader reader(words, opts);
     auto root = reader.getRoot<wire::Envelope>();
     envelope_peek p;
     p.env.version = root.getVersion();

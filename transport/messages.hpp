@@ -1,26 +1,37 @@
-// The messages nodes exchange, as plain C++ structs, and their encoders and validating
-// decoders. The wire format is Cap'n Proto (transport/wire.capnp), but no capnp type
-// appears here: actors build a struct, call encode(), hand the bytes to a fabric, and on
-// the other side decode() gives the struct back or says why the bytes were refused.
+// The wire (docs/DESIGN.md §6): every message that crosses a node boundary is a Cap'n Proto
+// Envelope (transport/wire.capnp). There is no hand-written mirror of the schema: senders fill
+// the generated builders through `outbound`, receivers read the generated readers through
+// `received`, which exists only for bytes that passed validation.
 //
-// Every decoded message is validated before it is returned: protocol version, total size
-// and traversal limit, every count against `wire_limits`, every blob's length against its
-// declared shape, every index against its bound, and the CRC32C of KV payloads. A refusal
-// is a value (errc + message naming the field), counted per reason in `wire_stats`, and
-// logged once per reason (spdlog logger "transport"); malformed bytes never crash.
+// Validation happens in one place, decode(): protocol version, total size and traversal
+// limit, every count against `wire_limits`, every blob's length against its declared shape,
+// every index against its bound, every enum against the values this build knows, and the
+// CRC32C of KV payloads. A refusal is a value (errc + message naming the field), counted per
+// reason in `wire_stats` and logged once per reason (spdlog logger "transport"); malformed
+// bytes never crash. What a reader of a `received` sees is therefore safe to use as it is:
+// blob sizes match their shapes, indices are below their limits.
+//
+// Plain C++ stays where it earns its place: the envelope (read by the fabrics' fault points
+// without validating the body), the enums the rest of the code shares (selection_round,
+// sequence_split: model/modes.hpp; node_role), and blob views for tensors.
 #pragma once
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
 
 #include <array>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
-#include <variant>
 #include <vector>
 
 #include "core/bf16.hpp"
+#include "core/check.hpp"
 #include "core/status.hpp"
 #include "model/modes.hpp"  // selection_round, sequence_split
+#include "transport/wire.capnp.h"
 
 namespace pnmkv::transport {
 
@@ -29,8 +40,7 @@ using node_id = uint32_t;
 // Bumped on any incompatible change to wire.capnp. Receivers refuse other versions.
 inline constexpr uint16_t protocol_version = 2;  // 2: vtimeNs is Float64
 
-// Order matches the Envelope.body union in wire.capnp (checked in messages.cpp) and the
-// alternatives of message_body below.
+// The Envelope.body union's alternatives, in its order (wire.capnp; checked in messages.cpp).
 enum class msg_kind : uint16_t {
   challenge,
   join,
@@ -58,11 +68,68 @@ bool parse_msg_kind(const std::string& name, msg_kind& out);
 enum class node_role : uint8_t { gpu_host, pnm_device, coordinator, driver };
 const char* to_string(node_role role);
 
-// Every C++ enum a message carries is the one its concept has everywhere else
-// (selection_round, sequence_split: model/modes.hpp); transport/messages.cpp maps each to its
-// wire.capnp enum or union in one place.
 using pnmkv::selection_round;
 using pnmkv::sequence_split;
+
+// ---------------------------------------------------------------------------------------
+// Enum codec: each C++ enum a message carries meets its wire.capnp counterpart here and
+// nowhere else (the numbers agree, checked in messages.cpp). from_wire is for validated
+// messages, whose enums decode() has already checked.
+wire::Role to_wire(node_role r);
+wire::SelectionRound to_wire(selection_round r);
+node_role from_wire(wire::Role r);
+selection_round from_wire(wire::SelectionRound r);
+sequence_split split_of(wire::Shard::Reader shard);
+
+// ---------------------------------------------------------------------------------------
+// Blobs. Tensors and id lists travel as Data (little-endian, row-major). A message's blobs
+// start on 8-byte boundaries, so a validated blob is viewed in place as its element type.
+
+template <class T>
+struct blob_view {
+  const T* ptr = nullptr;
+  size_t n = 0;
+  const T* begin() const { return ptr; }
+  const T* end() const { return ptr + n; }
+  const T* data() const { return ptr; }
+  size_t size() const { return n; }
+  bool empty() const { return n == 0; }
+  const T& operator[](size_t i) const { return ptr[i]; }
+  std::vector<T> vec() const { return std::vector<T>(begin(), end()); }
+};
+
+template <class T>
+blob_view<T> view_as(capnp::Data::Reader d) {
+  static_assert(std::is_trivially_copyable_v<T>);
+  PNMKV_CHECK(d.size() % sizeof(T) == 0 && reinterpret_cast<uintptr_t>(d.begin()) % alignof(T) == 0);
+  return {reinterpret_cast<const T*>(d.begin()), d.size() / sizeof(T)};
+}
+
+// Where to write n elements of a blob just made with initX(n * sizeof(T)).
+template <class T>
+T* fill_as(capnp::Data::Builder d) {
+  static_assert(std::is_trivially_copyable_v<T>);
+  PNMKV_CHECK(d.size() % sizeof(T) == 0 && reinterpret_cast<uintptr_t>(d.begin()) % alignof(T) == 0);
+  return reinterpret_cast<T*>(d.begin());
+}
+
+// The bytes of n elements, for setX() (which copies them into the message).
+template <class T>
+capnp::Data::Reader as_data(const T* p, size_t n) {
+  static_assert(std::is_trivially_copyable_v<T>);
+  return capnp::Data::Reader(reinterpret_cast<const kj::byte*>(p), n * sizeof(T));
+}
+template <class T>
+capnp::Data::Reader as_data(const std::vector<T>& v) {
+  return as_data(v.data(), v.size());
+}
+
+// CRC32C (Castagnoli) over K bytes then V bytes, as carried by KV messages.
+uint32_t kv_crc32c(capnp::Data::Reader k, capnp::Data::Reader v);
+uint32_t kv_crc32c(const bf16* k, const bf16* v, size_t elems);
+
+// ---------------------------------------------------------------------------------------
+// The envelope every message has: who sent it, its per-sender sequence number, and when.
 
 struct envelope {
   uint16_t version = protocol_version;
@@ -74,203 +141,37 @@ struct envelope {
   double vtime_ns = 0;
 };
 
-struct challenge_msg {
-  std::vector<uint8_t> nonce;  // 32 bytes
+// ---------------------------------------------------------------------------------------
+// Sending: an envelope and a body filled through the generated builders, e.g.
+//   outbound out(env, n * d * 4);
+//   auto q = out.body().initQuery();
+//   q.setLayer(l); ...; std::copy(src, src + n * d, fill_as<float>(q.initQ(n * d * 4)));
+//   fabric.send(dest, out.finish());
+// The message is built in place in the buffer finish() returns: a message that fits the
+// size hint is one segment and leaves without a further copy.
+class outbound {
+ public:
+  // payload_bytes: what the body's blobs and lists will take, roughly (0 is fine for small
+  // messages); a message larger than the hint spills into more segments and is flattened.
+  explicit outbound(const envelope& env, size_t payload_bytes = 0);
+  ~outbound();
+  outbound(outbound&&) noexcept;
+  outbound& operator=(outbound&&) noexcept;
+
+  wire::Envelope::Builder root() { return root_; }
+  wire::Envelope::Body::Builder body() { return root_.getBody(); }
+  wire::Envelope::Reader reader() const { return root_.asReader(); }
+  // The encoded bytes (segment table and segments). The outbound is spent afterwards.
+  std::vector<uint8_t> finish();
+
+ private:
+  class arena;
+  std::unique_ptr<arena> arena_;
+  wire::Envelope::Builder root_;
 };
 
-struct join_msg {
-  node_id node = 0;
-  node_role role = node_role::pnm_device;
-  std::vector<uint8_t> nonce;           // the challenge's nonce, echoed
-  std::vector<uint8_t> proof;           // transport/auth.hpp: join_proof()
-  std::vector<uint8_t> worker_address;  // fabric::address() of the joining node
-};
-
-struct join_ack_msg {
-  bool accepted = false;
-  node_id node = 0;
-  uint64_t epoch = 0;
-  std::string reason;  // why refused
-};
-
-struct member_info {
-  node_id node = 0;
-  node_role role = node_role::pnm_device;
-  bool alive = true;
-  std::vector<uint8_t> worker_address;
-};
-
-struct shard_info {
-  uint32_t shard_id = 0;
-  node_id device = 0;
-  uint32_t kv_head0 = 0;  // KV heads [kv_head0, kv_head1)
-  uint32_t kv_head1 = 0;
-  sequence_split split = sequence_split::contiguous;
-  uint32_t page0 = 0;  // split == contiguous: pages [page0, page1)
-  uint32_t page1 = 0;
-  uint32_t stride = 1;  // split == interleave: pages p with p % stride == cls
-  uint32_t cls = 0;
-  std::vector<node_id> replicas;  // devices holding copies, besides `device`
-  uint64_t pages_held = 0;        // pages of one (layer, KV head) at the final length
-  uint32_t sequence_index = 0;    // j of the s sequence shards
-  uint32_t sequence_shards = 1;   // s
-  uint64_t bytes_modelled = 0;    // all layers and heads it holds
-};
-
-struct placement_info {
-  uint64_t request_id = 0;
-  std::vector<shard_info> shards;
-};
-
-struct membership_msg {
-  uint64_t epoch = 0;
-  std::vector<member_info> members;
-  std::vector<placement_info> placements;
-};
-
-// n_tokens consecutive tokens of one (request, layer, KV head); k, v are [n_tokens][head_dim].
-// encode() computes crc32c over K bytes then V bytes; decode() checks it and returns it.
-struct prefill_write_msg {
-  uint64_t request_id = 0;
-  uint32_t layer = 0;
-  uint32_t kv_head = 0;
-  uint64_t position0 = 0;
-  uint32_t n_tokens = 0;
-  uint32_t head_dim = 0;
-  std::vector<bf16> k;
-  std::vector<bf16> v;
-  uint32_t crc32c = 0;  // output of encode/decode
-};
-
-// One new token for KV heads [kv_head0, kv_head0 + n_heads); k, v are [n_heads][head_dim].
-struct token_append_msg {
-  uint64_t request_id = 0;
-  uint32_t layer = 0;
-  uint32_t kv_head0 = 0;
-  uint32_t n_heads = 0;
-  uint64_t position = 0;
-  uint32_t head_dim = 0;
-  std::vector<bf16> k;
-  std::vector<bf16> v;
-  uint32_t crc32c = 0;  // output of encode/decode
-};
-
-// q is [kv_head1 - kv_head0][group][head_dim] fp32.
-struct query_msg {
-  uint64_t request_id = 0;
-  uint32_t step = 0;
-  uint32_t layer = 0;
-  uint32_t kv_head0 = 0;
-  uint32_t kv_head1 = 0;
-  uint32_t group = 0;
-  uint32_t head_dim = 0;
-  std::vector<float> q;
-  uint32_t budget_pages = 0;
-  selection_round round = selection_round::local;
-  float score_threshold = 0;  // exact_attend: attend pages scoring >= this
-  uint64_t deadline_ns = 0;   // virtual time
-  uint32_t shard_id = 0;
-  uint64_t sequence_tokens = 0;  // tokens in the sequence, the new one included
-  std::vector<uint32_t> excluded_pages;  // not to be selected (png-kv steady pages)
-  std::vector<uint32_t> listed_pages;    // exact_attend: the pages to attend
-};
-
-// o is [group][head_dim] fp32, lse is [group] fp32 (-inf for an empty subset).
-struct partial_msg {
-  uint64_t request_id = 0;
-  uint32_t step = 0;
-  uint32_t layer = 0;
-  uint32_t kv_head = 0;
-  uint32_t shard_id = 0;
-  uint32_t group = 0;
-  uint32_t head_dim = 0;
-  std::vector<float> o;
-  std::vector<float> lse;
-  uint32_t pages_selected = 0;
-  uint64_t bytes_scanned = 0;
-  std::vector<uint32_t> page_ids;  // global ids of the attended pages (pages_selected)
-  double flops = 0;
-  selection_round round = selection_round::local;
-  uint64_t device_bytes_held = 0;
-};
-
-struct candidates_msg {
-  uint64_t request_id = 0;
-  uint32_t step = 0;
-  uint32_t layer = 0;
-  uint32_t kv_head = 0;
-  uint32_t shard_id = 0;
-  std::vector<uint32_t> page_ids;  // global page ids
-  std::vector<float> scores;       // same length; +inf marks an always-kept page
-  uint64_t bytes_scanned = 0;
-  double flops = 0;
-};
-
-struct recall_request_msg {
-  uint64_t request_id = 0;
-  uint32_t step = 0;
-  uint32_t layer = 0;
-  uint32_t kv_head = 0;
-  std::vector<uint32_t> page_ids;
-};
-
-struct recalled_page {
-  uint32_t page_id = 0;
-  uint32_t n_tokens = 0;  // <= page_tokens
-  std::vector<bf16> k;    // [n_tokens][head_dim]
-  std::vector<bf16> v;
-  uint32_t crc32c = 0;  // output of encode/decode
-};
-
-struct recall_reply_msg {
-  uint64_t request_id = 0;
-  uint32_t step = 0;
-  uint32_t layer = 0;
-  uint32_t kv_head = 0;
-  uint32_t page_tokens = 0;
-  uint32_t head_dim = 0;
-  std::vector<recalled_page> pages;
-};
-
-struct error_msg {
-  errc code = errc::internal;
-  std::string message;
-  uint64_t refers_to_seq = 0;
-};
-
-struct heartbeat_msg {
-  uint64_t incarnation = 0;
-  uint32_t queue_depth = 0;
-};
-
-struct region_advert_msg {
-  uint64_t region_id = 0;
-  uint64_t length = 0;
-  std::vector<uint8_t> remote_key;  // fabric::register_region(...).remote_key
-  uint32_t purpose = 0;
-};
-
-// A prefill write was applied (ok) or refused (the device also sends an error message).
-struct write_ack_msg {
-  uint64_t request_id = 0;
-  uint32_t layer = 0;
-  uint32_t kv_head = 0;
-  uint64_t position0 = 0;
-  uint32_t n_tokens = 0;
-  bool ok = true;
-};
-
-using message_body =
-    std::variant<challenge_msg, join_msg, join_ack_msg, membership_msg, prefill_write_msg,
-                 token_append_msg, query_msg, partial_msg, candidates_msg, recall_request_msg,
-                 recall_reply_msg, error_msg, heartbeat_msg, region_advert_msg, write_ack_msg>;
-static_assert(std::variant_size_v<message_body> == msg_kind_count);
-
-struct message {
-  envelope env;
-  message_body body;
-  msg_kind kind() const { return static_cast<msg_kind>(body.index()); }
-};
+// ---------------------------------------------------------------------------------------
+// Receiving.
 
 // Bounds every decoded message is checked against. Defaults fit Llama-3.1 up to 405B at 16M
 // tokens; transport/from_config.hpp fills them from fabric.* keys.
@@ -323,28 +224,57 @@ struct wire_stats {
 // Process-wide counters used when a caller passes no wire_stats.
 wire_stats& global_wire_stats();
 
-// Encoding. KV CRCs are computed here. Blobs whose storage is 8-byte aligned and whose size
-// is a multiple of 8 are referenced, not copied, so encoding costs one copy of the payload.
-// The encoder does not validate: it will happily encode a message the receiver refuses
-// (tests rely on that).
-std::vector<uint8_t> encode(const message& m);
-void encode_into(const message& m, std::vector<uint8_t>& out);  // reuses out's capacity
-template <class Body>
-std::vector<uint8_t> encode(const envelope& env, Body body) {
-  return encode(message{env, message_body{std::move(body)}});
-}
+// A message that passed validation: it owns its bytes, so it can wait in a queue; the
+// readers it hands out stay valid while it lives. Movable, not copyable.
+class received {
+ public:
+  received(received&&) noexcept;
+  received& operator=(received&&) noexcept;
+  ~received();
 
-// Decoding with validation. Unaligned input is copied first (Cap'n Proto reads words).
-result<message> decode(const void* data, size_t size, const wire_limits& limits,
-                       wire_stats* stats = nullptr);
-// The same, but refuses (reason wrong_kind) anything other than `expected` before
-// traversing the body: one decoder per kind, for fuzzing and for typed endpoints.
-result<message> decode_kind(msg_kind expected, const void* data, size_t size,
-                            const wire_limits& limits, wire_stats* stats = nullptr);
-inline result<message> decode(const std::vector<uint8_t>& bytes, const wire_limits& limits,
-                              wire_stats* stats = nullptr) {
+  const envelope& env() const { return env_; }
+  msg_kind kind() const { return kind_; }
+  wire::Envelope::Body::Reader body() const;
+  // The body as its kind's reader; checks the kind (a wrong one is a programming error).
+  wire::Challenge::Reader challenge() const;
+  wire::Join::Reader join() const;
+  wire::JoinAck::Reader join_ack() const;
+  wire::Membership::Reader membership() const;
+  wire::PrefillWrite::Reader prefill_write() const;
+  wire::TokenAppend::Reader token_append() const;
+  wire::Query::Reader query() const;
+  wire::Partial::Reader partial() const;
+  wire::Candidates::Reader candidates() const;
+  wire::RecallRequest::Reader recall_request() const;
+  wire::RecallReply::Reader recall_reply() const;
+  wire::Error::Reader error() const;
+  wire::Heartbeat::Reader heartbeat() const;
+  wire::RegionAdvert::Reader region_advert() const;
+  wire::WriteAck::Reader write_ack() const;
+
+ private:
+  friend struct received_access;
+  received();
+  void expect(msg_kind k) const;
+  std::vector<uint8_t> bytes_;  // the message (operator new aligns it to 16 bytes)
+  std::unique_ptr<capnp::FlatArrayMessageReader> reader_;
+  envelope env_;
+  msg_kind kind_ = msg_kind::heartbeat;
+};
+
+// Validates and, on success, keeps the bytes (moved in, or copied from data/size).
+result<received> decode(std::vector<uint8_t>&& bytes, const wire_limits& limits,
+                        wire_stats* stats = nullptr);
+result<received> decode(const void* data, size_t size, const wire_limits& limits,
+                        wire_stats* stats = nullptr);
+inline result<received> decode(const std::vector<uint8_t>& bytes, const wire_limits& limits,
+                               wire_stats* stats = nullptr) {
   return decode(bytes.data(), bytes.size(), limits, stats);
 }
+// The same, but refuses (reason wrong_kind) anything other than `expected` before
+// traversing the body: one decoder per kind, for fuzzing and for typed endpoints.
+result<received> decode_kind(msg_kind expected, const void* data, size_t size,
+                             const wire_limits& limits, wire_stats* stats = nullptr);
 
 // What the fabric's fault points and statistics need, read without validating the body:
 // envelope, kind, and the decode step where the kind has one (query, partial, candidates,
@@ -355,8 +285,5 @@ struct envelope_peek {
   int64_t step = -1;
 };
 result<envelope_peek> peek_envelope(const void* data, size_t size);
-
-// CRC32C (Castagnoli) over K bytes then V bytes, as carried by KV messages.
-uint32_t kv_crc32c(const std::vector<bf16>& k, const std::vector<bf16>& v);
 
 }  // namespace pnmkv::transport

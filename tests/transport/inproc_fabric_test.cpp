@@ -42,7 +42,7 @@ TEST(InprocFabric, DeliversByteIdenticalMessagesInOrder) {
   std::vector<std::vector<uint8_t>> sent;
   for (int i = 0; i < 200; ++i) {
     auto kind = static_cast<msg_kind>(i % msg_kind_count);
-    auto bytes = encode(sample_message(kind, static_cast<uint64_t>(i)));
+    auto bytes = sample_message(kind, static_cast<uint64_t>(i)).finish();
     if (i % 7 == 0) bytes.assign(1 + rng() % 5000, static_cast<uint8_t>(i));  // not capnp at all
     sent.push_back(bytes);
     ASSERT_TRUE(c[0].send(1, bytes).is_ok());

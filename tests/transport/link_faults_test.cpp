@@ -174,6 +174,21 @@ std::vector<std::string> read_log(const std::string& path) {
   return lines;
 }
 
+// A sample query from `sender` with sequence number `seq` at decode step `step`.
+std::vector<uint8_t> query_bytes(node_id sender, uint64_t seq, uint32_t step) {
+  outbound q = sample_message(msg_kind::query, 1, sample_shape{64, 2, 1, 16, 8});
+  q.root().setSender(sender);
+  q.root().setSeq(seq);
+  q.body().getQuery().setStep(step);
+  return q.finish();
+}
+
+std::vector<uint8_t> heartbeat_bytes(node_id sender, uint64_t seq) {
+  outbound hb(envelope{protocol_version, sender, seq, 0});
+  hb.body().initHeartbeat();
+  return hb.finish();
+}
+
 // Sends n queries 0 -> 1 under `script` (rules should target msg=query), then one heartbeat
 // that no rule touches so the receiver knows the last sequence number.
 run_result run_faults(const std::string& script, uint64_t seed, int n, const std::string& log) {
@@ -191,16 +206,10 @@ run_result run_faults(const std::string& script, uint64_t seed, int n, const std
   auto b = make_inproc_fabric(hub, o).value();
   EXPECT_TRUE(a->connect(1, b->address()).is_ok());
   EXPECT_TRUE(b->connect(0, a->address()).is_ok());
-  message q = sample_message(msg_kind::query, 1, sample_shape{64, 2, 1, 16, 8});
-  q.env.sender = 0;
-  for (int i = 0; i < n; ++i) {
-    q.env.seq = static_cast<uint64_t>(i);
-    std::get<query_msg>(q.body).step = static_cast<uint32_t>(i);
-    EXPECT_TRUE(a->send(1, encode(q)).is_ok());
-  }
-  message hb{envelope{protocol_version, 0, static_cast<uint64_t>(n), 0}, heartbeat_msg{}};
+  for (uint32_t i = 0; i < static_cast<uint32_t>(n); ++i)
+    EXPECT_TRUE(a->send(1, query_bytes(0, i, i)).is_ok());
   std::this_thread::sleep_for(30ms);  // let delayed frames land before the closing heartbeat
-  EXPECT_TRUE(a->send(1, encode(hb)).is_ok());
+  EXPECT_TRUE(a->send(1, heartbeat_bytes(0, static_cast<uint64_t>(n))).is_ok());
   run_result r;
   std::vector<fabric_event> ev;
   auto until = std::chrono::steady_clock::now() + 5s;
@@ -276,10 +285,10 @@ TEST(FaultRates, CorruptionAtTheReceiverIsCaughtEvenIfTheSenderHasNoFaults) {
   auto a = make_inproc_fabric(hub, so).value();
   auto b = make_inproc_fabric(hub, ro).value();
   ASSERT_TRUE(a->connect(1, b->address()).is_ok());
-  message q = sample_message(msg_kind::query, 1);
   for (int i = 0; i < 1000; ++i) {
-    q.env.seq = static_cast<uint64_t>(i);
-    ASSERT_TRUE(a->send(1, encode(q)).is_ok());
+    outbound q = sample_message(msg_kind::query, 1);
+    q.root().setSeq(static_cast<uint64_t>(i));
+    ASSERT_TRUE(a->send(1, q.finish()).is_ok());
   }
   auto st = b->stats();
   uint64_t injected = st.injected_recv[static_cast<size_t>(fault_kind::corrupt)];
@@ -361,16 +370,8 @@ TEST(FaultRates, ScriptedCrashTakesTheNodeDownAtTheStep) {
   auto b = make_inproc_fabric(hub, o).value();
   ASSERT_TRUE(a->connect(1, b->address()).is_ok());
   ASSERT_TRUE(b->connect(0, a->address()).is_ok());
-  message q = sample_message(msg_kind::query, 1, sample_shape{64, 2, 1, 16, 8});
-  q.env.sender = 0;
-  for (int i = 0; i < 40; ++i) {
-    q.env.seq = static_cast<uint64_t>(i);
-    std::get<query_msg>(q.body).step = static_cast<uint32_t>(i);
-    ASSERT_TRUE(a->send(1, encode(q)).is_ok());
-  }
-  q.env.seq = 40;
-  std::get<query_msg>(q.body).step = 40;
-  (void)a->send(1, encode(q));  // the crash fires on receipt
+  for (uint32_t i = 0; i < 40; ++i) ASSERT_TRUE(a->send(1, query_bytes(0, i, i)).is_ok());
+  (void)a->send(1, query_bytes(0, 40, 40));  // the crash fires on receipt
   bool down = false;
   std::vector<fabric_event> ev;
   for (auto until = std::chrono::steady_clock::now() + 2s; !down && std::chrono::steady_clock::now() < until;) {
@@ -379,9 +380,8 @@ TEST(FaultRates, ScriptedCrashTakesTheNodeDownAtTheStep) {
     for (auto& e : ev) down = down || (e.kind == fabric_event_kind::peer_down && e.peer == 1);
   }
   EXPECT_TRUE(down) << "node 0 was not told that node 1 crashed";
-  EXPECT_FALSE(a->send(1, encode(q)).is_ok()) << "sends to a crashed node must fail";
-  message hb{envelope{protocol_version, 1, 99, 0}, heartbeat_msg{}};
-  EXPECT_FALSE(b->send(0, encode(hb)).is_ok()) << "a crashed node cannot send";
+  EXPECT_FALSE(a->send(1, query_bytes(0, 40, 40)).is_ok()) << "sends to a crashed node must fail";
+  EXPECT_FALSE(b->send(0, heartbeat_bytes(1, 99)).is_ok()) << "a crashed node cannot send";
   size_t before = 0;
   ev.clear();
   b->poll(ev, 10ms);

@@ -18,6 +18,7 @@
 
 #include "transport/crc32c.hpp"
 #include "transport/hex.hpp"
+#include "transport/messages.hpp"
 #include "transport/piped_child.hpp"
 #include "transport/ucx_fabric.hpp"
 
@@ -26,6 +27,15 @@ namespace {
 
 using namespace std::chrono_literals;
 using clk = std::chrono::steady_clock;
+
+// A command to a peer (see ucx_peer_main.cpp): an error message whose text is the command.
+std::vector<uint8_t> command(uint64_t seq, const std::string& text) {
+  outbound out(envelope{protocol_version, 0, seq, 0});
+  auto e = out.body().initError();
+  e.setCode(static_cast<uint16_t>(errc::internal));
+  e.setMessage(capnp::Text::Reader(text.data(), text.size()));
+  return out.finish();
+}
 
 struct peer_link {
   std::unique_ptr<piped_child> proc;  // a transport_ucx_peer
@@ -78,10 +88,11 @@ class UcxFabric : public ::testing::TestWithParam<std::string> {
         if (e.kind != fabric_event_kind::message) continue;
         auto m = decode(e.bytes, wire_limits{});
         if (m && m->kind() == msg_kind::region_advert) {
-          auto& adv = std::get<region_advert_msg>(m->body);
-          auto r = fab_->import_region(node, adv.remote_key);
+          auto adv = m->region_advert();
+          auto key = adv.getRemoteKey();
+          auto r = fab_->import_region(node, std::vector<uint8_t>(key.begin(), key.end()));
           EXPECT_TRUE(r.is_ok()) << r.error().to_string();
-          if (r) (adv.purpose == 0 ? p.region : p.user_region) = *r;
+          if (r) (adv.getPurpose() == 0 ? p.region : p.user_region) = *r;
           if (++adverts < 2) continue;
           auto ready = p.proc->await_line("READY", piped_child::startup_timeout_default);
           EXPECT_TRUE(ready) << ready.error().to_string();
@@ -106,13 +117,13 @@ class UcxFabric : public ::testing::TestWithParam<std::string> {
   }
 
   uint32_t remote_crc(node_id peer, int region, size_t off, size_t len) {
-    error_msg cmd{errc::internal, "crc " + std::to_string(region) + " " + std::to_string(off) + " " +
-                                      std::to_string(len), 0};
-    EXPECT_TRUE(fab_->send_wait(peer, encode(envelope{protocol_version, 0, seq_++, 0}, cmd)).is_ok());
+    const std::string cmd = "crc " + std::to_string(region) + " " + std::to_string(off) + " " +
+                            std::to_string(len);
+    EXPECT_TRUE(fab_->send_wait(peer, command(seq_++, cmd)).is_ok());
     auto reply = decode(next_message(peer), wire_limits{});
     if (!reply || reply->kind() != msg_kind::error) return 0;
-    return static_cast<uint32_t>(
-        std::stoul(std::get<error_msg>(reply->body).message.substr(4), nullptr, 16));
+    const std::string text = reply->error().getMessage().cStr();
+    return static_cast<uint32_t>(std::stoul(text.substr(4), nullptr, 16));
   }
 
   ucx_options u_;
@@ -187,8 +198,7 @@ TEST_P(UcxFabric, KilledPeerIsReportedDownWithin100msAndOthersKeepWorking) {
   auto a = start_peer(1, 1 << 20);
   auto b = start_peer(2, 1 << 20);
   // Stop A (it stops progressing), then start operations it will never answer.
-  error_msg stop{errc::internal, "stop", 0};
-  ASSERT_TRUE(fab_->send_wait(1, encode(envelope{protocol_version, 0, seq_++, 0}, stop)).is_ok());
+  ASSERT_TRUE(fab_->send_wait(1, command(seq_++, "stop")).is_ok());
   std::this_thread::sleep_for(100ms);
   std::mutex mu;
   std::vector<status> outcomes;
@@ -253,16 +263,17 @@ TEST_P(UcxFabric, InjectedFaultsShowUpInThePeersCounters) {
   auto p = start_peer(1, 4096);
   const int n = 2000;
   for (int i = 0; i < n; ++i) {
-    message hb{envelope{protocol_version, 0, static_cast<uint64_t>(i), 0}, heartbeat_msg{}};
-    ASSERT_TRUE(fab_->send_wait(1, encode(hb)).is_ok());
+    outbound hb(envelope{protocol_version, 0, static_cast<uint64_t>(i), 0});
+    hb.body().initHeartbeat();
+    ASSERT_TRUE(fab_->send_wait(1, hb.finish()).is_ok());
   }
-  error_msg cmd{errc::internal, "stats", 0};  // not a heartbeat: never dropped
-  ASSERT_TRUE(fab_->send_wait(1, encode(envelope{protocol_version, 0, n + 1, 0}, cmd)).is_ok());
+  // Not a heartbeat: never dropped.
+  ASSERT_TRUE(fab_->send_wait(1, command(n + 1, "stats")).is_ok());
   std::string stats;
   auto until = clk::now() + 20s;
   while (stats.empty() && clk::now() < until) {
     auto m = decode(next_message(1), wire_limits{});
-    if (m && m->kind() == msg_kind::error) stats = std::get<error_msg>(m->body).message;
+    if (m && m->kind() == msg_kind::error) stats = m->error().getMessage().cStr();
   }
   ASSERT_FALSE(stats.empty());
   auto field = [&](const std::string& name) {

@@ -19,10 +19,26 @@
 
 #include "transport/crc32c.hpp"
 #include "transport/hex.hpp"
+#include "transport/messages.hpp"
 #include "transport/ucx_fabric.hpp"
 
 using namespace pnmkv;
 using namespace pnmkv::transport;
+
+namespace {
+
+// An answer to the parent: an error message (code internal) carrying `text`.
+std::vector<uint8_t> reply(node_id self, uint64_t seq, const std::string& text,
+                           uint64_t refers_to) {
+  outbound out(envelope{protocol_version, self, seq, 0}, text.size());
+  auto e = out.body().initError();
+  e.setCode(static_cast<uint16_t>(errc::internal));
+  e.setMessage(capnp::Text::Reader(text.data(), text.size()));
+  e.setRefersToSeq(refers_to);
+  return out.finish();
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive the test
@@ -72,8 +88,13 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < lengths[r]; ++i) bases[r][i] = static_cast<uint8_t>(i * 131 + o.self + r);
   for (uint32_t r = 0; r < 2; ++r) {
     const local_region& lr = r == 0 ? *reg : *reg_user;
-    region_advert_msg adv{lr.id, lr.length, lr.remote_key, r};
-    if (status s = fab.send_wait(parent, encode(envelope{protocol_version, o.self, r, 0}, adv)); !s) {
+    outbound out(envelope{protocol_version, o.self, r, 0}, lr.remote_key.size());
+    auto adv = out.body().initRegionAdvert();
+    adv.setRegionId(lr.id);
+    adv.setLength(lr.length);
+    adv.setRemoteKey(as_data(lr.remote_key));
+    adv.setPurpose(r);
+    if (status s = fab.send_wait(parent, out.finish()); !s) {
       std::fprintf(stderr, "peer: advert: %s\n", s.to_string().c_str());
       return 1;
     }
@@ -93,11 +114,10 @@ int main(int argc, char** argv) {
       if (m && m->kind == msg_kind::error) {
         auto d = decode(e.bytes, limits, &quiet);
         if (d) {
-          const std::string& text = std::get<error_msg>(d->body).message;
+          const std::string text = d->error().getMessage().cStr();
           if (text == "exit") return 0;
           if (text == "stats") {  // this endpoint's counters, as JSON
-            error_msg reply{errc::internal, fab.stats().to_json(), d->env.seq};
-            (void)fab.send(parent, encode(envelope{protocol_version, o.self, seq++, 0}, reply));
+            (void)fab.send(parent, reply(o.self, seq++, fab.stats().to_json(), d->env().seq));
             continue;
           }
           if (text == "stop") {
@@ -110,8 +130,7 @@ int main(int argc, char** argv) {
               off <= lengths[which] && len <= lengths[which] - off) {
             char buf[32];
             std::snprintf(buf, sizeof buf, "crc %08x", crc32c(bases[which] + off, len));
-            error_msg reply{errc::internal, buf, d->env.seq};
-            (void)fab.send(parent, encode(envelope{protocol_version, o.self, seq++, 0}, reply));
+            (void)fab.send(parent, reply(o.self, seq++, buf, d->env().seq));
             continue;
           }
         }
