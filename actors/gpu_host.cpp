@@ -322,14 +322,7 @@ void gpu_host_state::on_membership(const std::string& bytes) {
   auto m = transport::decode(bytes.data(), bytes.size(), setup_->limits);
   if (!m || m->kind() != transport::msg_kind::membership) return;
   auto mm = m->membership();
-  for (auto mem : mm.getMembers()) {
-    auto addr = mem.getWorkerAddress();
-    if (mem.getRole() == transport::wire::Role::PNM_DEVICE && addr.size() > 0 &&
-        connected_.insert(mem.getNodeId()).second) {
-      auto s = fab_->connect(mem.getNodeId(), std::vector<uint8_t>(addr.begin(), addr.end()));
-      if (!s) cluster_log().warn("event=connect_failed peer={} reason=\"{}\"", mem.getNodeId(), s.to_string());
-    }
-  }
+  connect_members(*fab_, mm, transport::node_role::pnm_device, connected_, node_);
   for (auto pl : mm.getPlacements()) placements_[pl.getRequestId()] = placement_from_wire(pl);
 }
 

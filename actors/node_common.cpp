@@ -92,6 +92,20 @@ request_placement placement_from_wire(transport::wire::Placement::Reader p) {
   return r;
 }
 
+void connect_members(transport::fabric& fab, transport::wire::Membership::Reader membership,
+                     transport::node_role role, std::set<uint32_t>& connected, uint32_t self) {
+  for (auto mem : membership.getMembers()) {
+    auto addr = mem.getWorkerAddress();
+    if (transport::from_wire(mem.getRole()) != role || addr.size() == 0 ||
+        !connected.insert(mem.getNodeId()).second)
+      continue;
+    auto s = fab.connect(mem.getNodeId(), std::vector<uint8_t>(addr.begin(), addr.end()));
+    if (!s)
+      cluster_log().warn("node={} event=connect_failed peer={} reason=\"{}\"", self,
+                         mem.getNodeId(), s.to_string());
+  }
+}
+
 void start_join(caf::event_based_actor* self, const caf::actor& coordinator, uint32_t node,
                 transport::node_role role) {
   self->send(coordinator, ctl_atom::value,

@@ -7,6 +7,7 @@
 #include <caf/all.hpp>
 
 #include <cstdint>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -56,6 +57,11 @@ std::string ctl(uint32_t sender, control::control_body body);
 
 void placement_to_wire(const request_placement& p, transport::wire::Placement::Builder out);
 request_placement placement_from_wire(transport::wire::Placement::Reader p);
+
+// Connects the fabric to each member of `role` in a membership that is not in `connected`
+// yet (the GPU host to its devices, a device to the GPU host); failures are logged.
+void connect_members(transport::fabric& fab, transport::wire::Membership::Reader membership,
+                     transport::node_role role, std::set<uint32_t>& connected, uint32_t self);
 
 // Join protocol shared by devices and the GPU host: hello -> challenge -> signed join -> ack.
 void start_join(caf::event_based_actor* self, const caf::actor& coordinator, uint32_t node,

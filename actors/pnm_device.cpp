@@ -310,16 +310,7 @@ void pnm_device_state::on_membership(const std::string& bytes) {
     return;
   }
   auto mm = m->membership();
-  for (auto mem : mm.getMembers()) {
-    auto addr = mem.getWorkerAddress();
-    if (mem.getRole() == transport::wire::Role::GPU_HOST && addr.size() > 0 &&
-        connected_.insert(mem.getNodeId()).second) {
-      auto s = fab_->connect(mem.getNodeId(), std::vector<uint8_t>(addr.begin(), addr.end()));
-      if (!s)
-        cluster_log().warn("node={} event=connect_failed peer={} reason=\"{}\"", node_,
-                           mem.getNodeId(), s.to_string());
-    }
-  }
+  connect_members(*fab_, mm, transport::node_role::gpu_host, connected_, node_);
   for (auto pl : mm.getPlacements()) {
     request_placement rp = placement_from_wire(pl);
     for (const auto& s : rp.shards) {
