@@ -292,6 +292,16 @@ result<std::vector<device_work>> host_engine::begin_step(uint32_t step) {
   return work;
 }
 
+// `layer` has a second round in this step (model/modes.hpp): always in baseline (prompt
+// chunks then leave after it even with no head decoding), else when any head selects in two.
+bool host_engine::layer_has_two_rounds(uint32_t layer) const {
+  if (cfg_.mode == run_mode::baseline) return true;
+  return std::any_of(heads_.begin(), heads_.end(), [&](const auto& kv) {
+    return std::get<0>(kv.first) == layer &&
+           two_round_selection(cfg_.mode, cfg_.cross_shard, uint32_t(kv.second.shards.size()));
+  });
+}
+
 // Moves the step on through every phase that has nothing to wait for.
 result<std::vector<device_work>> host_engine::advance() {
   std::vector<device_work> out;
@@ -323,13 +333,7 @@ result<std::vector<device_work>> host_engine::advance() {
         break;
       }
       case phase::round_a: {
-        const bool two_rounds =
-            cfg_.mode == run_mode::baseline ||
-            std::any_of(heads_.begin(), heads_.end(), [&](const auto& kv) {
-              return std::get<0>(kv.first) == layer_ && kv.second.shards.size() > 1 &&
-                     cfg_.cross_shard == cross_shard_selection::exact;
-            });
-        if (two_rounds) {
+        if (layer_has_two_rounds(layer_)) {
           auto st = finish_round_a();
           if (!st) return st;
           phase_ = phase::round_b;
@@ -611,15 +615,14 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
       const std::vector<uint64_t>* excluded = nullptr;
       if (cfg_.mode == run_mode::png_kv) device_budget = attend_steady(key, hs, budget_pages, excluded);
 
-      const bool two_rounds = cfg_.mode == run_mode::baseline ||
-                              (s > 1 && cfg_.cross_shard == cross_shard_selection::exact);
+      const bool two_rounds = two_round_selection(cfg_.mode, cfg_.cross_shard, uint32_t(s));
       for (uint64_t j = 0; j < s; ++j) {
         device_work w = make_query(r.request_id, layer, h, hs.shards[j], hs.q,
                                    two_rounds ? purpose::candidates : purpose::select);
         // Local selection: each of the s shards takes its share of the budget; exact
         // candidates: each shard offers its best `budget` pages.
-        w.query.budget_pages = two_rounds ? device_budget
-                                          : device_budget / s + (j < device_budget % s ? 1 : 0);
+        w.query.budget_pages =
+            two_rounds ? device_budget : work::local_budget_pages(device_budget, uint32_t(s), uint32_t(j));
         if (excluded) {
           w.excluded_storage = *excluded;
           w.wire_bytes = work::query_wire_bytes(m, excluded->size());
@@ -645,12 +648,7 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
     if (w.what == device_work::kind::query) w.bind_query();
   // A layer of one round sends this step's prompt chunks now; two-round layers after their
   // second round (round_b_work).
-  const bool two_rounds = cfg_.mode == run_mode::baseline ||
-                          std::any_of(heads_.begin(), heads_.end(), [&](const auto& kv) {
-                            return std::get<0>(kv.first) == layer && kv.second.shards.size() > 1 &&
-                                   cfg_.cross_shard == cross_shard_selection::exact;
-                          });
-  if (!two_rounds) prompt_work(layer, work);
+  if (!layer_has_two_rounds(layer)) prompt_work(layer, work);
   return work;
 }
 

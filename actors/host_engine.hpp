@@ -293,6 +293,7 @@ class host_engine {
   void finish_timed_phase();
   status finish_verification();
   result<std::vector<device_work>> advance();  // runs the step on while nothing is pending
+  bool layer_has_two_rounds(uint32_t layer) const;
   result<std::vector<device_work>> on_reply_impl(const device_reply& r);
   void remember(const std::vector<device_work>& work);
   static status move_off(request_placement& pl, uint32_t dead);

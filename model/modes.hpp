@@ -23,6 +23,12 @@ inline constexpr enum_name<cross_shard_selection> cross_shard_selection_names[] 
     {"exact", cross_shard_selection::exact}, {"local", cross_shard_selection::local}};
 const char* to_string(cross_shard_selection s);
 
+// A layer's selection takes two rounds — candidates, then the attend (or recall) round —
+// in baseline (the GPU scores every head, then recalls) and under exact cross-shard
+// selection over more than one sequence shard; otherwise each shard selects and attends in
+// one. The host engine and the step model both ask this.
+bool two_round_selection(run_mode mode, cross_shard_selection cross, uint32_t sequence_shards);
+
 // cluster.sequence_split
 enum class sequence_split { contiguous, interleave };
 inline constexpr enum_name<sequence_split> sequence_split_names[] = {

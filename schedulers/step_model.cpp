@@ -138,7 +138,8 @@ void step_model::pnm_round_a(const step_request& r, uint32_t ri, pnm_layer& L, l
   const uint64_t steady_r = L.png ? request_steady_pages(L.steady_pages, total_pages) : 0;
   const uint64_t gpu_pages_r = std::min<uint64_t>(L.split_gpu_pages, steady_r);
   const uint64_t device_budget = L.budget_pages - gpu_pages_r;
-  const bool two_rounds = s > 1 && S.exact_cross_shard;
+  const bool two_rounds =
+      two_round_selection(S.mode, S.exact_cross_shard ? cross_shard_selection::exact : cross_shard_selection::local, s);
   for (uint32_t h = 0; h < H; ++h) {
     const uint32_t g = h / heads_per_group;
     const shard_placement& holder = pl.shards[size_t(g) * s + j_last];
@@ -158,7 +159,7 @@ void step_model::pnm_round_a(const step_request& r, uint32_t ri, pnm_layer& L, l
              c_.score_flops(double(sel.pages_held), S.heads_scored)};
         reply = work::candidates_wire_bytes(sel.pages_selected);
       }
-      const uint64_t excluded = L.png ? steady_r / s + (j < steady_r % s ? 1 : 0) : 0;
+      const uint64_t excluded = L.png ? work::local_budget_pages(steady_r, s, j) : 0;
       const op_cost cost = device_service_cost(c_, device_op::pnm, w.bytes, w.flops);
       lr.energy.device_j += cost.energy_j;
       lr.device_bytes += w.bytes;
