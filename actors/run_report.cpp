@@ -7,6 +7,8 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "model/modes.hpp"
+
 namespace pnmkv {
 
 std::string run_report::output_digest_hex() const {
@@ -440,10 +442,10 @@ void run_report::table_virtual_time(table& t) const {
   row("energy", f("%.4f J/token", virtual_energy_j_per_token) + f(" (%.0f W average)", virtual_power_w));
   row("cost efficiency", f("%.3e tokens/$", virtual_tokens_per_dollar));
   row("link bytes per step", bytes_h(double(virtual_link_bytes_per_step)));
-  if (mode == "png-kv")
+  if (mode == to_string(run_mode::png_kv))
     row("steady hit rate / copies per step",
         f("%.3f", steady_hit_rate) + " / " + bytes_h(double(copy_bytes_per_step)));
-  if (mode == "baseline")
+  if (mode == to_string(run_mode::baseline))
     row("page summaries", summaries_resident ? "resident in GPU memory" : "read over the link each step");
   row("GPU memory for the batch", bytes_h(gpu_memory_bytes) + " of " + bytes_h(gpu_memory_capacity_bytes));
   row("max batch at this context", std::to_string(max_batch) + " (GPU memory " +

@@ -758,8 +758,8 @@ std::string sim_result::to_table() const {
   for (const auto& [name, v] : calibration) row(("  " + name).c_str(), f("%.4g", v.value) + " (" + v.source + ")");
   row("context / budget", std::to_string(context_tokens) + " / " + std::to_string(budget_tokens) + " tokens");
   row("GPUs (tp x pp)", std::to_string(gpus) + " (" + std::to_string(tp) + " x " + std::to_string(pp) + ")");
-  row(mode == "baseline" ? "expanders / pool" : "PNM devices / pool",
-      std::to_string(mode == "baseline" ? expanders : pnm_devices) + " / " + std::to_string(pool_devices) +
+  row(mode == to_string(run_mode::baseline) ? "expanders / pool" : "PNM devices / pool",
+      std::to_string(mode == to_string(run_mode::baseline) ? expanders : pnm_devices) + " / " + std::to_string(pool_devices) +
           " (" + std::to_string(pools) + " pools, h=" + std::to_string(head_groups) + " x s=" +
           std::to_string(sequence_shards) + ")");
   row("batch mean / peak", f("%.1f", batch_mean) + " / " + std::to_string(batch_peak) +

@@ -40,8 +40,7 @@ std::vector<std::string> resolve_path_overrides(const std::vector<std::string>& 
   for (const auto& o : overrides) {
     const auto eq = o.find('=');
     const config_key* k = eq == std::string::npos ? nullptr : find_config_key(o.substr(0, eq));
-    if (!k || (k->type != config_type::path && k->key != "workload.trace_file" &&
-               k->key != "sim.calibration_file")) {
+    if (!k || k->type != config_type::path) {
       out.push_back(o);
       continue;
     }
