@@ -1,176 +1,228 @@
-// Control-plane encoding (see control.hpp).
+// The control plane's validating decoder, its outbound and its one plain struct (control.hpp).
 #include "actors/control.hpp"
 
-#include <capnp/message.h>
+#include <capnp/schema.h>
 #include <capnp/serialize.h>
+#include <fmt/format.h>
+#include <kj/exception.h>
 
-#include <cstring>
-
-#include "actors/control.capnp.h"
+#include <limits>
 
 namespace pnmkv::control {
 
-namespace {
-void fill_spec(wire::RequestSpec::Builder b, const request_spec_msg& r) {
-  b.setRequestId(r.request_id);
-  b.setContextTokens(r.context_tokens);
-  b.setSteps(r.steps);
-  b.setArrivalNs(r.arrival_ns);
+using W = wire::Control::Body::Which;
+static_assert(static_cast<int>(W::HELLO) == 0 && static_cast<int>(W::RELEASE) == 10,
+              "the union's alternatives in their schema order");
+inline constexpr unsigned msg_kind_count = 11;
+
+const char* to_string(msg_kind kind) {
+  auto fields = capnp::Schema::from<wire::Control::Body>().getUnionFields();
+  const auto i = static_cast<unsigned>(kind);
+  return i < fields.size() ? fields[i].getProto().getName().cStr() : "unknown";
 }
-request_spec_msg read_spec(wire::RequestSpec::Reader r) {
+
+void to_wire(const request_spec& r, wire::RequestSpec::Builder out) {
+  out.setRequestId(r.request_id);
+  out.setContextTokens(r.context_tokens);
+  out.setSteps(r.steps);
+  out.setArrivalNs(r.arrival_ns);
+}
+
+request_spec from_wire(wire::RequestSpec::Reader r) {
   return {r.getRequestId(), r.getContextTokens(), r.getSteps(), r.getArrivalNs()};
 }
-template <class... Ts>
-struct overloaded : Ts... {
-  using Ts::operator()...;
-};
-template <class... Ts>
-overloaded(Ts...) -> overloaded<Ts...>;
+
+namespace {
+constexpr unsigned role_count = static_cast<unsigned>(transport::node_role::driver) + 1;
 }  // namespace
 
-std::string encode(const control_message& m) {
-  capnp::MallocMessageBuilder mb;
-  auto root = mb.initRoot<wire::Control>();
-  root.setVersion(control_version);
-  root.setSender(m.sender);
-  auto body = root.initBody();
-  std::visit(overloaded{
-                 [&](const hello_msg& x) {
-                   auto b = body.initHello();
-                   b.setNodeId(x.node);
-                   b.setRole(x.role);
-                 },
-                 [&](const submit_msg& x) { fill_spec(body.initSubmit().initRequest(), x.request); },
-                 [&](const admission_msg& x) {
-                   auto b = body.initAdmission();
-                   b.setRequestId(x.request_id);
-                   b.setAccepted(x.accepted);
-                   b.setReason(x.reason);
-                 },
-                 [&](const placement_ack_msg& x) {
-                   auto b = body.initPlacementAck();
-                   b.setNodeId(x.node);
-                   b.setRequestId(x.request_id);
-                   b.setOk(x.ok);
-                   b.setReason(x.reason);
-                 },
-                 [&](const run_start_msg& x) {
-                   auto rs = body.initRunStart();
-                   rs.setOpen(x.open);
-                   auto l = rs.initRequests(static_cast<unsigned>(x.requests.size()));
-                   for (unsigned i = 0; i < x.requests.size(); ++i) fill_spec(l[i], x.requests[i]);
-                 },
-                 [&](const admit_msg& x) {
-                   auto b = body.initAdmit();
-                   b.setRequestId(x.request_id);
-                   b.setInSystem(x.in_system);
-                 },
-                 [&](const release_msg& x) { body.initRelease().setRequestId(x.request_id); },
-                 [&](const run_result_msg& x) {
-                   auto b = body.initRunResult();
-                   b.setReportJson(x.report_json);
-                   b.setOk(x.ok);
-                   b.setReason(x.reason);
-                 },
-                 [&](const shutdown_msg&) { body.setShutdown(); },
-                 [&](const member_down_msg& x) {
-                   auto b = body.initMemberDown();
-                   b.setNodeId(x.node);
-                   b.setReason(x.reason);
-                 },
-                 [&](const progress_msg& x) {
-                   auto b = body.initProgress();
-                   b.setPhase(x.phase);
-                   b.setDone(x.done);
-                   b.setTotal(x.total);
-                 },
-             },
-             m.body);
-  auto words = capnp::messageToFlatArray(mb);
-  auto bytes = words.asBytes();
-  return std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+void set_role(wire::Hello::Builder hello, transport::node_role role) {
+  hello.setRole(static_cast<uint8_t>(role));
 }
 
-result<control_message> decode(const std::string& bytes) {
-  if (bytes.size() > max_control_bytes)
-    return status{errc::capacity, "control message of " + std::to_string(bytes.size()) +
-                                      " bytes exceeds the limit of " +
-                                      std::to_string(max_control_bytes)};
-  if (bytes.empty() || bytes.size() % sizeof(capnp::word) != 0)
-    return status{errc::parse, "control message is not a whole number of 8-byte words"};
-  // Copy into aligned words: capnp reads words.
-  kj::Array<capnp::word> words = kj::heapArray<capnp::word>(bytes.size() / sizeof(capnp::word));
-  std::memcpy(words.begin(), bytes.data(), bytes.size());
-  try {
+transport::node_role role_of(wire::Hello::Reader hello) {
+  PNMKV_CHECK(hello.getRole() < role_count, "role=", int(hello.getRole()),
+              " (decode() admits known roles only)");
+  return static_cast<transport::node_role>(hello.getRole());
+}
+
+std::string bounded_text(std::string text) {
+  if (text.size() > max_text_bytes) text.resize(max_text_bytes);
+  return text;
+}
+
+outbound::outbound(uint32_t sender, size_t payload_bytes) : basic_outbound(payload_bytes) {
+  root().setVersion(control_version);
+  root().setSender(sender);
+}
+
+// ---------------------------------------------------------------------------------------
+// Validation: the one place that decides whether bytes are a control message this node
+// accepts. It reads every pointer a handler reads (a far pointer into nowhere is refused
+// here, not thrown at a handler) and checks every value the schema cannot.
+
+namespace {
+
+// Thrown inside the decoder (never escapes it) to unwind out of nested validation.
+struct rejection {
+  errc code;
+  std::string what;
+};
+
+template <class... Args>
+[[noreturn]] void reject(errc code, fmt::format_string<Args...> f, Args&&... args) {
+  throw rejection{code, fmt::format(f, std::forward<Args>(args)...)};
+}
+
+void text(const char* field, capnp::Text::Reader t) {
+  if (t.size() > max_text_bytes)
+    reject(errc::capacity, "{}: {} bytes, limit {} (control::max_text_bytes)", field, t.size(),
+           max_text_bytes);
+}
+
+void request_id(const char* field, uint64_t id) {
+  if (id == 0) reject(errc::invalid_argument, "{} = 0 (request ids are >= 1)", field);
+}
+
+void check(wire::Hello::Reader h) {
+  if (h.getRole() >= role_count)
+    reject(errc::invalid_argument, "hello.role = {} unknown (0 gpu-host, 1 pnm-device, "
+           "2 coordinator, 3 driver)", h.getRole());
+}
+
+void check(wire::RunStart::Reader rs) {
+  // Each get of a list counts its size against the traversal limit again: get it once.
+  auto requests = rs.getRequests();
+  if (requests.size() > max_requests_per_run)
+    reject(errc::capacity, "run_start.requests: {} requests, limit {} (control::"
+           "max_requests_per_run)", requests.size(), max_requests_per_run);
+  for (auto r : requests) request_id("run_start.requests[].request_id", r.getRequestId());
+}
+
+void check(wire::Control::Body::Reader body) {
+  switch (body.which()) {
+    case W::HELLO: return check(body.getHello());
+    case W::SUBMIT: return request_id("submit.request.request_id",
+                                      body.getSubmit().getRequest().getRequestId());
+    case W::ADMISSION:
+      request_id("admission.request_id", body.getAdmission().getRequestId());
+      return text("admission.reason", body.getAdmission().getReason());
+    case W::PLACEMENT_ACK:
+      request_id("placement_ack.request_id", body.getPlacementAck().getRequestId());
+      return text("placement_ack.reason", body.getPlacementAck().getReason());
+    case W::RUN_START: return check(body.getRunStart());
+    case W::RUN_RESULT:
+      // Bounded by the message size; read here so that a bad pointer is refused by the
+      // decoder, not met by a handler.
+      (void)body.getRunResult().getReportJson();
+      return text("run_result.reason", body.getRunResult().getReason());
+    case W::SHUTDOWN: return;
+    case W::PROGRESS: return text("progress.phase", body.getProgress().getPhase());
+    case W::MEMBER_DOWN: return text("member_down.reason", body.getMemberDown().getReason());
+    case W::ADMIT: return request_id("admit.request_id", body.getAdmit().getRequestId());
+    case W::RELEASE: return request_id("release.request_id", body.getRelease().getRequestId());
+  }
+  reject(errc::unsupported, "message kind {} unknown (a newer sender?)",
+         static_cast<unsigned>(body.which()));
+}
+
+kj::ArrayPtr<const capnp::word> words_of(const std::vector<uint8_t>& bytes) {
+  PNMKV_CHECK(reinterpret_cast<uintptr_t>(bytes.data()) % 8 == 0, "vector storage unaligned");
+  return kj::arrayPtr(reinterpret_cast<const capnp::word*>(bytes.data()), bytes.size() / 8);
+}
+
+// Validates a message (whole words, at most max_control_bytes); its sender and kind.
+void validate(const std::vector<uint8_t>& bytes, uint32_t& sender, msg_kind& kind) {
+  capnp::ReaderOptions opts;
+  // The validator reads each pointer once: twice the input's words bounds amplification by
+  // crafted pointers.
+  opts.traversalLimitInWords = 2 * (bytes.size() / 8) + 64;
+  opts.nestingLimit = 16;
+  capnp::FlatArrayMessageReader reader(words_of(bytes), opts);
+  auto root = reader.getRoot<wire::Control>();
+  if (root.getVersion() != control_version)
+    reject(errc::unsupported, "control protocol version {} (this node speaks {})",
+           root.getVersion(), control_version);
+  auto body = root.getBody();
+  if (static_cast<unsigned>(body.which()) >= msg_kind_count)
+    reject(errc::unsupported, "message kind {} unknown (a newer sender?)",
+           static_cast<unsigned>(body.which()));
+  check(body);
+  sender = root.getSender();
+  kind = body.which();
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+// Received messages
+
+struct received_access {
+  static received make(std::vector<uint8_t>&& bytes, uint32_t sender, msg_kind kind) {
+    received m;
+    m.bytes_ = std::move(bytes);
+    // Reading a validated message cannot fault, and the validator already bounded its
+    // traversal: readers handed out have no traversal limit, so a handler may read a field
+    // twice.
     capnp::ReaderOptions opts;
-    opts.traversalLimitInWords = bytes.size() / sizeof(capnp::word) + 64;
+    opts.traversalLimitInWords = std::numeric_limits<uint64_t>::max() / 8;
     opts.nestingLimit = 16;
-    capnp::FlatArrayMessageReader reader(words.asPtr(), opts);
-    auto root = reader.getRoot<wire::Control>();
-    if (root.getVersion() != control_version)
-      return status{errc::parse, "control message version " + std::to_string(root.getVersion()) +
-                                     " is not the supported version " +
-                                     std::to_string(control_version)};
-    control_message m;
-    m.sender = root.getSender();
-    auto body = root.getBody();
-    switch (body.which()) {
-      case wire::Control::Body::HELLO:
-        m.body = hello_msg{body.getHello().getNodeId(), body.getHello().getRole()};
-        break;
-      case wire::Control::Body::SUBMIT:
-        m.body = submit_msg{read_spec(body.getSubmit().getRequest())};
-        break;
-      case wire::Control::Body::ADMISSION: {
-        auto a = body.getAdmission();
-        m.body = admission_msg{a.getRequestId(), a.getAccepted(), a.getReason()};
-        break;
-      }
-      case wire::Control::Body::PLACEMENT_ACK: {
-        auto a = body.getPlacementAck();
-        m.body = placement_ack_msg{a.getNodeId(), a.getRequestId(), a.getOk(), a.getReason()};
-        break;
-      }
-      case wire::Control::Body::RUN_START: {
-        auto l = body.getRunStart().getRequests();
-        if (l.size() > max_requests_per_run)
-          return status{errc::capacity, "run start lists " + std::to_string(l.size()) +
-                                            " requests; the limit is " +
-                                            std::to_string(max_requests_per_run)};
-        run_start_msg rs;
-        rs.open = body.getRunStart().getOpen();
-        for (auto r : l) rs.requests.push_back(read_spec(r));
-        m.body = std::move(rs);
-        break;
-      }
-      case wire::Control::Body::RUN_RESULT: {
-        auto r = body.getRunResult();
-        m.body = run_result_msg{r.getReportJson(), r.getOk(), r.getReason()};
-        break;
-      }
-      case wire::Control::Body::SHUTDOWN:
-        m.body = shutdown_msg{};
-        break;
-      case wire::Control::Body::MEMBER_DOWN: {
-        auto d = body.getMemberDown();
-        m.body = member_down_msg{d.getNodeId(), d.getReason()};
-        break;
-      }
-      case wire::Control::Body::PROGRESS: {
-        auto p = body.getProgress();
-        m.body = progress_msg{p.getPhase(), p.getDone(), p.getTotal()};
-        break;
-      }
-      case wire::Control::Body::ADMIT:
-        m.body = admit_msg{body.getAdmit().getRequestId(), body.getAdmit().getInSystem()};
-        break;
-      case wire::Control::Body::RELEASE:
-        m.body = release_msg{body.getRelease().getRequestId()};
-        break;
-      default:
-        return status{errc::parse, "control message of unknown kind"};
-    }
+    m.reader_ = std::make_unique<capnp::FlatArrayMessageReader>(words_of(m.bytes_), opts);
+    m.sender_ = sender;
+    m.kind_ = kind;
     return m;
+  }
+};
+
+received::received() = default;
+received::~received() = default;
+received::received(received&&) noexcept = default;
+received& received::operator=(received&&) noexcept = default;
+
+wire::Control::Body::Reader received::body() const {
+  return reader_->getRoot<wire::Control>().getBody();
+}
+
+void received::expect(msg_kind k) const {
+  PNMKV_CHECK(kind_ == k, "reading a ", to_string(kind_), " message as ", to_string(k));
+}
+
+#define PNMKV_BODY_READER(Type, name, kind, getter) \
+  wire::Type::Reader received::name() const {       \
+    expect(W::kind);                                \
+    return body().getter();                         \
+  }
+PNMKV_BODY_READER(Hello, hello, HELLO, getHello)
+PNMKV_BODY_READER(Submit, submit, SUBMIT, getSubmit)
+PNMKV_BODY_READER(Admission, admission, ADMISSION, getAdmission)
+PNMKV_BODY_READER(PlacementAck, placement_ack, PLACEMENT_ACK, getPlacementAck)
+PNMKV_BODY_READER(RunStart, run_start, RUN_START, getRunStart)
+PNMKV_BODY_READER(RunResult, run_result, RUN_RESULT, getRunResult)
+PNMKV_BODY_READER(Progress, progress, PROGRESS, getProgress)
+PNMKV_BODY_READER(MemberDown, member_down, MEMBER_DOWN, getMemberDown)
+PNMKV_BODY_READER(Admit, admit, ADMIT, getAdmit)
+PNMKV_BODY_READER(Release, release, RELEASE, getRelease)
+#undef PNMKV_BODY_READER
+
+result<received> decode(const std::string& bytes) {
+  if (bytes.size() > max_control_bytes)
+    return status{errc::capacity, fmt::format("control message of {} bytes exceeds the limit "
+                                              "of {}", bytes.size(), max_control_bytes)};
+  if (bytes.empty() || bytes.size() % sizeof(capnp::word) != 0)
+    return status{errc::parse, fmt::format("control message of {} bytes is not a whole, "
+                                           "non-zero number of 8-byte words", bytes.size())};
+  // Copied into aligned words: capnp reads words, a std::string need not be aligned.
+  std::vector<uint8_t> owned(bytes.begin(), bytes.end());
+  try {
+    uint32_t sender = 0;
+    msg_kind kind = msg_kind::SHUTDOWN;
+    validate(owned, sender, kind);
+    return received_access::make(std::move(owned), sender, kind);
+  } catch (const rejection& r) {
+    return status{r.code, r.what};
+  } catch (const kj::Exception& e) {
+    return status{errc::parse, std::string("malformed control message: ") +
+                                   e.getDescription().cStr()};
   } catch (const std::exception& e) {
     return status{errc::parse, std::string("malformed control message: ") + e.what()};
   }

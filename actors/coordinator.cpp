@@ -109,31 +109,29 @@ void coordinator_state::decide(uint64_t request_id, bool accepted, const std::st
     if (!host) return;
     if (accepted) self_->send(host->hdl, member_atom::value, membership_bytes({request_id}));
     else cluster_log().info("event=not_admitted request={} reason=\"{}\"", request_id, reason);
-    self_->send(host->hdl, ctl_atom::value,
-                ctl(self_id_, control::admission_msg{request_id, accepted, reason}));
+    self_->send(host->hdl, ctl_atom::value, admission_bytes(request_id, accepted, reason));
     return;
   }
   ++decided_;
   if (accepted) ready_requests_.push_back(request_id);
   if (!accepted)
     cluster_log().warn("event=request_refused request={} reason=\"{}\"", request_id, reason);
-  self_->send(driver_, ctl_atom::value,
-              ctl(self_id_, control::admission_msg{request_id, accepted, reason}));
+  self_->send(driver_, ctl_atom::value, admission_bytes(request_id, accepted, reason));
   if (decided_ == setup_->batch && !started_) {
     started_ = true;
-    control::run_start_msg rs;
-    for (uint64_t r : ready_requests_) rs.requests.push_back(specs_.at(r));
+    std::vector<control::request_spec> ready;
+    for (uint64_t r : ready_requests_) ready.push_back(specs_.at(r));
     const member* host = find_member(gpu_host_node);
     if (!host) return;
     self_->send(host->hdl, member_atom::value, membership_bytes(ready_requests_));
-    self_->send(host->hdl, ctl_atom::value, ctl(self_id_, std::move(rs)));
+    self_->send(host->hdl, ctl_atom::value, run_start_bytes(ready, /*open=*/false));
   }
 }
 
 // Admission of one request (schedulers/admission.hpp, the simulator's too: GPU memory, a
 // pool that can hold it, the emulator's real memory). "" when it is placed (membership
 // sent, acks awaited), else why it cannot be admitted now.
-std::string coordinator_state::admit_one(const control::request_spec_msg& spec) {
+std::string coordinator_state::admit_one(const control::request_spec& spec) {
   specs_[spec.request_id] = spec;
   const admission_verdict v = admission_.try_admit({spec.request_id, spec.context_tokens, spec.steps});
   if (!v.admitted()) return v.detail;
@@ -151,7 +149,7 @@ std::string coordinator_state::admit_one(const control::request_spec_msg& spec) 
 void coordinator_state::try_admit() {
   if (!ready_ || !driver_) return;
   while (!queue_.empty()) {
-    control::request_spec_msg spec = queue_.front();
+    control::request_spec spec = queue_.front();
     queue_.pop_front();
     auto why = admit_one(spec);
     if (!why.empty()) decide(spec.request_id, false, why);
@@ -165,10 +163,7 @@ void coordinator_state::maybe_start_open() {
   const member* host = find_member(gpu_host_node);
   if (!host) return;
   started_ = true;
-  control::run_start_msg rs;
-  rs.open = true;
-  rs.requests = open_specs_;
-  self_->send(host->hdl, ctl_atom::value, ctl(self_id_, std::move(rs)));
+  self_->send(host->hdl, ctl_atom::value, run_start_bytes(open_specs_, /*open=*/true));
 }
 
 void coordinator_state::release(uint64_t request_id) {
@@ -180,7 +175,9 @@ void coordinator_state::release(uint64_t request_id) {
     holders.insert(s.replica_device_ids.begin(), s.replica_device_ids.end());
   }
   admission_.release(request_id);
-  auto bytes = ctl(self_id_, control::release_msg{request_id});
+  control::outbound out(self_id_);
+  out.body().initRelease().setRequestId(request_id);
+  auto bytes = wire_string(out);
   for (uint32_t dev : holders)
     if (const member* m = find_member(dev)) self_->send(m->hdl, ctl_atom::value, bytes);
 }
@@ -192,7 +189,11 @@ void coordinator_state::on_member_down(const caf::down_msg& dm) {
     cluster_log().warn("event=member_down node={} reason={}", id, reason);
     const member* host = find_member(gpu_host_node);
     if (id != gpu_host_node && host && ready_) {
-      self_->send(host->hdl, ctl_atom::value, ctl(self_id_, control::member_down_msg{id, reason}));
+      control::outbound out(self_id_, reason.size());
+      auto down = out.body().initMemberDown();
+      down.setNodeId(id);
+      down.setReason(control::bounded_text(reason));
+      self_->send(host->hdl, ctl_atom::value, wire_string(out));
       // Nothing new is placed on it; a placement still waiting for its ack is refused.
       admission_.device_lost(id);
       std::vector<uint64_t> stuck;
@@ -212,7 +213,7 @@ void coordinator_state::on_member_down(const caf::down_msg& dm) {
                                  ? "the GPU host went down: " + reason
                                  : "device " + std::to_string(id) + " went down (" + reason +
                                        ") before the cluster was complete";
-    deliver_result(ctl(self_id_, control::run_result_msg{"", false, what}));
+    deliver_result(failed_run_bytes(what));
   }
 }
 
@@ -229,7 +230,7 @@ void coordinator_state::on_join_timeout() {
                            " ms after the coordinator started (cluster.join_timeout_ms): missing " +
                            missing;
   cluster_log().error("event=join_timeout missing=\"{}\"", missing);
-  deliver_result(ctl(self_id_, control::run_result_msg{"", false, what}));
+  deliver_result(failed_run_bytes(what));
 }
 
 void coordinator_state::on_control(const std::string& bytes) {
@@ -239,79 +240,106 @@ void coordinator_state::on_control(const std::string& bytes) {
     return;
   }
   auto sender = caf::actor_cast<caf::actor>(self_->current_sender());
-  if (auto* h = std::get_if<control::hello_msg>(&m->body)) {
-    on_hello(*h, sender);
-  } else if (auto* s = std::get_if<control::submit_msg>(&m->body)) {
-    on_submit(*s, sender);
-  } else if (std::holds_alternative<control::progress_msg>(m->body) ||
-             std::holds_alternative<control::run_result_msg>(m->body)) {
-    if (driver_) self_->send(driver_, ctl_atom::value, bytes);
-    else if (std::holds_alternative<control::run_result_msg>(m->body) && undelivered_result_.empty())
-      undelivered_result_ = bytes;
-  } else if (std::holds_alternative<control::shutdown_msg>(m->body)) {
-    // Every member quits, then the coordinator itself.
-    for (const auto& [id, mem] : members_) self_->send(mem.hdl, ctl_atom::value, bytes);
-    self_->quit();
-  } else if (auto* ad = std::get_if<control::admit_msg>(&m->body)) {
-    on_admit(*ad);
-  } else if (auto* rl = std::get_if<control::release_msg>(&m->body)) {
-    release(rl->request_id);
-  } else if (auto* a = std::get_if<control::placement_ack_msg>(&m->body)) {
-    on_placement_ack(*a);
+  switch (m->kind()) {
+    case control::msg_kind::HELLO: return on_hello(m->hello(), sender);
+    case control::msg_kind::SUBMIT:
+      return on_submit(control::from_wire(m->submit().getRequest()), sender);
+    case control::msg_kind::PROGRESS:
+      if (driver_) self_->send(driver_, ctl_atom::value, bytes);
+      return;
+    case control::msg_kind::RUN_RESULT: return deliver_result(bytes);
+    case control::msg_kind::SHUTDOWN:
+      // Every member quits, then the coordinator itself.
+      for (const auto& [id, mem] : members_) self_->send(mem.hdl, ctl_atom::value, bytes);
+      return self_->quit();
+    case control::msg_kind::ADMIT: return on_admit(m->admit());
+    case control::msg_kind::RELEASE: return release(m->release().getRequestId());
+    case control::msg_kind::PLACEMENT_ACK: return on_placement_ack(m->placement_ack());
+    default: return;  // the coordinator's own kinds, addressed to others
   }
 }
 
-void coordinator_state::on_hello(const control::hello_msg& h, const caf::actor& sender) {
+void coordinator_state::on_hello(control::wire::Hello::Reader h, const caf::actor& sender) {
   auto nonce = transport::make_nonce();
-  nonces_[h.node] = nonce;
+  nonces_[h.getNodeId()] = nonce;
   auto out = wire_message(self_id_);
   out.body().initChallenge().setNonce(transport::as_data(nonce));
   self_->send(sender, join_atom::value, wire_string(out));
 }
 
-void coordinator_state::on_submit(const control::submit_msg& s, const caf::actor& sender) {
+void coordinator_state::on_submit(const control::request_spec& spec, const caf::actor& sender) {
   driver_ = sender;
   if (!undelivered_result_.empty()) {
     self_->send(driver_, ctl_atom::value, std::exchange(undelivered_result_, {}));
     return;
   }
   if (setup_->open_workload()) {
-    open_specs_.push_back(s.request);
+    open_specs_.push_back(spec);
     maybe_start_open();
     return;
   }
-  queue_.push_back(s.request);
+  queue_.push_back(spec);
   try_admit();
 }
 
-void coordinator_state::on_admit(const control::admit_msg& ad) {
-  if (!setup_->open_workload() || admission_.grant_of(ad.request_id) || awaiting_acks_.count(ad.request_id))
-    return;
-  const control::request_spec_msg* spec = nullptr;
+void coordinator_state::on_admit(control::wire::Admit::Reader ad) {
+  const uint64_t id = ad.getRequestId();
+  if (!setup_->open_workload() || admission_.grant_of(id) || awaiting_acks_.count(id)) return;
+  const control::request_spec* spec = nullptr;
   for (const auto& r : open_specs_)
-    if (r.request_id == ad.request_id) spec = &r;
+    if (r.request_id == id) spec = &r;
   if (!spec) {
-    decide(ad.request_id, false, "request " + std::to_string(ad.request_id) + " was never submitted");
+    decide(id, false, "request " + std::to_string(id) + " was never submitted");
     return;
   }
   auto why = admit_one(*spec);
-  if (!why.empty()) decide(ad.request_id, false, why);
+  if (!why.empty()) decide(id, false, why);
 }
 
-void coordinator_state::on_placement_ack(const control::placement_ack_msg& a) {
-  auto it = awaiting_acks_.find(a.request_id);
+void coordinator_state::on_placement_ack(control::wire::PlacementAck::Reader a) {
+  const uint64_t id = a.getRequestId();
+  auto it = awaiting_acks_.find(id);
   if (it == awaiting_acks_.end()) return;
-  if (!a.ok) {
+  if (!a.getOk()) {
     awaiting_acks_.erase(it);
-    release(a.request_id);  // what the other devices took, and the pool's capacity
-    decide(a.request_id, false, a.reason);
+    release(id);  // what the other devices took, and the pool's capacity
+    decide(id, false, a.getReason());
     return;
   }
-  it->second.erase(a.node);
+  it->second.erase(a.getNodeId());
   if (it->second.empty()) {
     awaiting_acks_.erase(it);
-    decide(a.request_id, true, "");
+    decide(id, true, "");
   }
+}
+
+std::string coordinator_state::admission_bytes(uint64_t request_id, bool accepted,
+                                               const std::string& reason) const {
+  control::outbound out(self_id_, reason.size());
+  auto a = out.body().initAdmission();
+  a.setRequestId(request_id);
+  a.setAccepted(accepted);
+  a.setReason(control::bounded_text(reason));
+  return wire_string(out);
+}
+
+std::string coordinator_state::run_start_bytes(const std::vector<control::request_spec>& requests,
+                                               bool open) const {
+  control::outbound out(self_id_, requests.size() * 32);
+  auto rs = out.body().initRunStart();
+  rs.setOpen(open);
+  auto list = rs.initRequests(static_cast<unsigned>(requests.size()));
+  for (size_t i = 0; i < requests.size(); ++i)
+    control::to_wire(requests[i], list[static_cast<unsigned>(i)]);
+  return wire_string(out);
+}
+
+std::string coordinator_state::failed_run_bytes(const std::string& what) const {
+  control::outbound out(self_id_, what.size());
+  auto r = out.body().initRunResult();
+  r.setOk(false);
+  r.setReason(control::bounded_text(what));
+  return wire_string(out);
 }
 
 std::string coordinator_state::join_ack(uint32_t node, const status& verdict) const {

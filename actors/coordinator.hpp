@@ -45,10 +45,16 @@ class coordinator_state {
   };
 
   // Control messages, one kind each.
-  void on_hello(const control::hello_msg& h, const caf::actor& sender);
-  void on_submit(const control::submit_msg& s, const caf::actor& sender);
-  void on_admit(const control::admit_msg& ad);
-  void on_placement_ack(const control::placement_ack_msg& a);
+  void on_hello(control::wire::Hello::Reader h, const caf::actor& sender);
+  void on_submit(const control::request_spec& spec, const caf::actor& sender);
+  void on_admit(control::wire::Admit::Reader ad);
+  void on_placement_ack(control::wire::PlacementAck::Reader a);
+
+  // Control messages the coordinator sends.
+  std::string admission_bytes(uint64_t request_id, bool accepted, const std::string& reason) const;
+  std::string run_start_bytes(const std::vector<control::request_spec>& requests, bool open) const;
+  // A failed run's result, for the driver.
+  std::string failed_run_bytes(const std::string& what) const;
 
   std::string membership_bytes(const std::vector<uint64_t>& requests) const;
   // The join_ack wire bytes for `node`: accepted when `verdict` is ok, else refused with it.
@@ -59,11 +65,11 @@ class coordinator_state {
   // Admission of one request: GPU memory, then a pool that can hold it, then the emulator's
   // real memory. "" when it is placed (membership sent, acks awaited), else why it cannot be
   // admitted now.
-  std::string admit_one(const control::request_spec_msg& spec);
+  std::string admit_one(const control::request_spec& spec);
   // Closed workloads: every submitted request, in order, as soon as the cluster is ready.
   void try_admit();
   // Open workloads: once the cluster is ready and every request is submitted, the GPU host
-  // gets them all and asks for each admission at its step boundaries (admit_msg).
+  // gets them all and asks for each admission at its step boundaries (Admit).
   void maybe_start_open();
   // A finished request: its capacity returns to the pool and the emulator, and the devices
   // drop its shards.
@@ -80,19 +86,19 @@ class coordinator_state {
   std::map<uint32_t, member> members_;
   bool ready_ = false;
   caf::actor driver_;
-  std::deque<control::request_spec_msg> queue_;
+  std::deque<control::request_spec> queue_;
   // GPU memory, the pools' modelled capacity (512 GB devices, data parallel) and the live
   // layers' bytes a device may still take, and each admitted request's placement
   // (schedulers/admission.hpp: grant_of).
   admission admission_;
-  std::map<uint64_t, control::request_spec_msg> specs_;
+  std::map<uint64_t, control::request_spec> specs_;
   std::map<uint64_t, std::set<uint32_t>> awaiting_acks_;
   std::vector<uint64_t> ready_requests_;
   uint32_t decided_ = 0;
   bool started_ = false;
   // A result for a driver that has not submitted yet (a member went down early).
   std::string undelivered_result_;
-  std::vector<control::request_spec_msg> open_specs_;  // open workloads: every submitted request
+  std::vector<control::request_spec> open_specs_;  // open workloads: every submitted request
 };
 
 caf::behavior coordinator_actor(coordinator_state::actor_type* self,

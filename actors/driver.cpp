@@ -26,44 +26,50 @@ void driver_state::init(std::shared_ptr<const run_setup> setup, caf::actor coord
     // virtual time. Ids are 1.. in arrival order.
     for (size_t i = 0; i < setup_->arrivals.size(); ++i) {
       const trace_row& a = setup_->arrivals[i];
-      control::request_spec_msg r{i + 1, a.prompt_tokens, uint32_t(std::max<uint64_t>(1, a.output_tokens) - 1),
-                                  uint64_t(std::llround(a.arrival_s * 1e9))};
-      self_->send(coordinator_, ctl_atom::value, ctl(driver_node, control::submit_msg{r}));
+      submit({i + 1, a.prompt_tokens, uint32_t(std::max<uint64_t>(1, a.output_tokens) - 1),
+              uint64_t(std::llround(a.arrival_s * 1e9))});
     }
   } else {
-    for (uint32_t i = 0; i < setup_->batch; ++i) {
-      control::request_spec_msg r{i + 1, setup_->context_tokens, setup_->steps};
-      self_->send(coordinator_, ctl_atom::value, ctl(driver_node, control::submit_msg{r}));
-    }
+    for (uint32_t i = 0; i < setup_->batch; ++i) submit({i + 1, setup_->context_tokens, setup_->steps});
   }
+}
+
+void driver_state::submit(const control::request_spec& r) {
+  control::outbound out(driver_node);
+  control::to_wire(r, out.body().initSubmit().initRequest());
+  self_->send(coordinator_, ctl_atom::value, wire_string(out));
 }
 
 void driver_state::on_control(const std::string& bytes) {
   auto m = control::decode(bytes);
   if (!m) return;
-  if (auto* a = std::get_if<control::admission_msg>(&m->body)) on_admission(*a);
-  else if (std::holds_alternative<control::progress_msg>(m->body)) self_->send(report_to_, ctl_atom::value, bytes);
-  else if (auto* r = std::get_if<control::run_result_msg>(&m->body)) on_result(*r);
-}
-
-void driver_state::on_admission(const control::admission_msg& a) {
-  if (a.accepted) {
-    ++accepted_;
-  } else {
-    ++refused_;
-    failures_.push_back("request " + std::to_string(a.request_id) + ": " + a.reason);
+  switch (m->kind()) {
+    case control::msg_kind::ADMISSION: return on_admission(m->admission());
+    case control::msg_kind::PROGRESS: return self_->send(report_to_, ctl_atom::value, bytes);
+    case control::msg_kind::RUN_RESULT: return on_result(m->run_result());
+    default: return;
   }
 }
 
-void driver_state::on_result(const control::run_result_msg& r) {
+void driver_state::on_admission(control::wire::Admission::Reader a) {
+  if (a.getAccepted()) {
+    ++accepted_;
+  } else {
+    ++refused_;
+    failures_.push_back("request " + std::to_string(a.getRequestId()) + ": " + a.getReason().cStr());
+  }
+}
+
+void driver_state::on_result(control::wire::RunResult::Reader r) {
   nlohmann::ordered_json j = nlohmann::ordered_json::object();
-  if (!r.report_json.empty()) j = nlohmann::ordered_json::parse(r.report_json, nullptr, false);
+  const auto report = r.getReportJson();
+  if (report.size() > 0) j = nlohmann::ordered_json::parse(report.begin(), report.end(), nullptr, false);
   if (j.is_discarded()) j = nlohmann::ordered_json::object();
   auto failures = failures_;
   if (setup_->open_workload()) {
     // The GPU host's scheduler knows what became of each request.
     const auto& s = j.contains("serving") ? j["serving"] : nlohmann::ordered_json::object();
-    const uint64_t n = setup_->arrivals.size(), completed = r.ok ? s.value("completed", uint64_t(0)) : 0;
+    const uint64_t n = setup_->arrivals.size(), completed = r.getOk() ? s.value("completed", uint64_t(0)) : 0;
     j["requests"]["submitted"] = n;
     j["requests"]["completed"] = completed;
     j["requests"]["failed"] = n - completed;
@@ -74,13 +80,15 @@ void driver_state::on_result(const control::run_result_msg& r) {
                              " refused: " + q.value("refusal", std::string()));
   } else {
     j["requests"]["submitted"] = setup_->batch;
-    j["requests"]["completed"] = r.ok ? accepted_ : 0;
-    j["requests"]["failed"] = refused_ + (r.ok ? 0 : accepted_);
+    j["requests"]["completed"] = r.getOk() ? accepted_ : 0;
+    j["requests"]["failed"] = refused_ + (r.getOk() ? 0 : accepted_);
   }
-  if (!r.ok) failures.push_back("run: " + r.reason);
+  if (!r.getOk()) failures.push_back(std::string("run: ") + r.getReason().cStr());
   j["requests"]["failures"] = failures;
-  self_->send(report_to_, done_atom::value, r.ok, j.dump());
-  self_->send(coordinator_, ctl_atom::value, ctl(driver_node, control::shutdown_msg{}));
+  self_->send(report_to_, done_atom::value, r.getOk(), j.dump());
+  control::outbound out(driver_node);
+  out.body().setShutdown();
+  self_->send(coordinator_, ctl_atom::value, wire_string(out));
   self_->quit();
 }
 

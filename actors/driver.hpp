@@ -28,8 +28,9 @@ class driver_state {
   void on_control(const std::string& bytes);
 
  private:
-  void on_admission(const control::admission_msg& a);
-  void on_result(const control::run_result_msg& r);
+  void on_admission(control::wire::Admission::Reader a);
+  void on_result(control::wire::RunResult::Reader r);
+  void submit(const control::request_spec& r);
 
   actor_type* self_;
   std::shared_ptr<const run_setup> setup_;

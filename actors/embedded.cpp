@@ -76,8 +76,9 @@ result<run_report> run_embedded(const config& cfg, const cluster_run_options& op
         [&](actors::ctl_atom, const std::string& bytes) {
           auto m = control::decode(bytes);
           if (!m) return;
-          if (auto* p = std::get_if<control::progress_msg>(&m->body))
-            if (opts.on_progress) opts.on_progress(p->phase, p->done, p->total);
+          if (m->kind() != control::msg_kind::PROGRESS || !opts.on_progress) return;
+          auto p = m->progress();
+          opts.on_progress(p.getPhase().cStr(), p.getDone(), p.getTotal());
         },
         caf::after(left) >> [&] {});
   }

@@ -166,17 +166,38 @@ void gpu_host_state::fail_run(const std::string& reason) {
   cluster_log().error("event=run_failed reason=\"{}\"", reason);
   run_report rep = build_report();
   rep.completed = 0;
-  self_->send(driver_, ctl_atom::value, ctl(node_, control::run_result_msg{rep.to_json(), false, reason}));
+  send_result(rep, false, reason);
 }
 
 void gpu_host_state::finish() {
   if (finished_) return;
   finished_ = true;
-  self_->send(driver_, ctl_atom::value, ctl(node_, control::run_result_msg{build_report().to_json(), true, ""}));
+  send_result(build_report(), true, "");
+}
+
+void gpu_host_state::send_result(const run_report& rep, bool ok, const std::string& reason) {
+  const std::string json = rep.to_json();
+  control::outbound out(node_, json.size() + reason.size());
+  auto r = out.body().initRunResult();
+  r.setReportJson(json);
+  r.setOk(ok);
+  r.setReason(control::bounded_text(reason));
+  self_->send(driver_, ctl_atom::value, wire_string(out));
+}
+
+void gpu_host_state::send_release(uint64_t request_id) {
+  control::outbound out(node_);
+  out.body().initRelease().setRequestId(request_id);
+  self_->send(coordinator_, ctl_atom::value, wire_string(out));
 }
 
 void gpu_host_state::progress(const char* phase, uint64_t done, uint64_t total) {
-  self_->send(driver_, ctl_atom::value, ctl(node_, control::progress_msg{phase, done, total}));
+  control::outbound out(node_);
+  auto p = out.body().initProgress();
+  p.setPhase(phase);
+  p.setDone(done);
+  p.setTotal(total);
+  self_->send(driver_, ctl_atom::value, wire_string(out));
 }
 
 double gpu_host_state::predicted_step_ms(uint64_t candidate, const request_placement& cand_pl) {
@@ -244,7 +265,7 @@ void gpu_host_state::after_progress() {
   for (uint64_t id : done) {
     auto s = engine_->remove_request(id);
     if (!s) return fail_run(s.to_string());
-    self_->send(coordinator_, ctl_atom::value, ctl(node_, control::release_msg{id}));
+    send_release(id);
   }
   uint64_t over = 0;
   for (const auto& o : sched_->outcomes()) over += o.refused || o.finish_s >= 0;
@@ -258,7 +279,11 @@ void gpu_host_state::boundary() {
   if (admitting_) {
     if (auto c = sc.next_candidate()) {
       awaiting_admission_ = *c;
-      self_->send(coordinator_, ctl_atom::value, ctl(node_, control::admit_msg{*c, sc.in_system()}));
+      control::outbound out(node_);
+      auto admit = out.body().initAdmit();
+      admit.setRequestId(*c);
+      admit.setInSystem(sc.in_system());
+      self_->send(coordinator_, ctl_atom::value, wire_string(out));
       return;  // goes on when the answer comes
     }
   }
@@ -329,57 +354,65 @@ void gpu_host_state::on_membership(const std::string& bytes) {
 void gpu_host_state::on_control(const std::string& bytes) {
   auto m = control::decode(bytes);
   if (!m) return;
-  if (std::holds_alternative<control::shutdown_msg>(m->body)) {
-    self_->quit();
-    return;
+  switch (m->kind()) {
+    case control::msg_kind::SHUTDOWN: return self_->quit();
+    case control::msg_kind::MEMBER_DOWN: {
+      auto down = m->member_down();
+      return device_lost(down.getNodeId(), down.getReason());
+    }
+    case control::msg_kind::ADMISSION: return on_admission(m->admission());
+    case control::msg_kind::RUN_START: {
+      std::vector<control::request_spec> requests;
+      for (auto r : m->run_start().getRequests()) requests.push_back(control::from_wire(r));
+      if (m->run_start().getOpen()) return on_open_start(requests);
+      return on_closed_start(std::move(requests));
+    }
+    default: return;
   }
-  if (auto* down = std::get_if<control::member_down_msg>(&m->body)) return device_lost(down->node, down->reason);
-  if (auto* a = std::get_if<control::admission_msg>(&m->body)) return on_admission(*a);
-  if (auto* rs = std::get_if<control::run_start_msg>(&m->body); rs && rs->open) return on_open_start(*rs);
-  if (auto* rs = std::get_if<control::run_start_msg>(&m->body)) on_closed_start(*rs);
 }
 
-// Open workloads: the coordinator's answer to an admit_msg.
-void gpu_host_state::on_admission(const control::admission_msg& a) {
-  if (!open_ || finished_ || a.request_id != awaiting_admission_) return;
+// Open workloads: the coordinator's answer to an Admit.
+void gpu_host_state::on_admission(control::wire::Admission::Reader a) {
+  const uint64_t id = a.getRequestId();
+  if (!open_ || finished_ || id != awaiting_admission_) return;
   awaiting_admission_ = 0;
-  if (a.accepted) {
-    auto pl = placements_.find(a.request_id);
+  if (a.getAccepted()) {
+    auto pl = placements_.find(id);
     if (pl == placements_.end())
-      return fail_run("request " + std::to_string(a.request_id) + " admitted without a placement");
+      return fail_run("request " + std::to_string(id) + " admitted without a placement");
     // The link and device budget, the last constraint of the admission order: placed, but
     // it stays out if the decode step with it would pass workload.tpot_ms_max (the
     // coordinator takes the room back). Checked here: only the GPU host knows the lengths
     // of the requests in the system.
-    const auto& spec = open_specs_.at(a.request_id);
+    const auto& spec = open_specs_.at(id);
     if (tpot_) {
       admission_grant g;
-      g.request_id = a.request_id;
+      g.request_id = id;
       g.placement = pl->second;
-      const admission_verdict v = tpot_->check({a.request_id, spec.context_tokens, spec.steps}, g);
+      const admission_verdict v = tpot_->check({id, spec.context_tokens, spec.steps}, g);
       if (!v.admitted()) {
-        self_->send(coordinator_, ctl_atom::value, ctl(node_, control::release_msg{a.request_id}));
+        send_release(id);
         placements_.erase(pl);
-        if (!sched_->not_admitted(a.request_id, v.detail)) admitting_ = false;
+        if (!sched_->not_admitted(id, v.detail)) admitting_ = false;
         return boundary();
       }
     }
     auto s = engine_->add_request({spec.request_id, spec.context_tokens, spec.steps}, pl->second,
                                   /*decoding=*/false);
     if (!s) return fail_run(s.to_string());
-    pl->second = *engine_->placement_of(a.request_id);  // without lost devices
-    sched_->admit(a.request_id);
-  } else if (!sched_->not_admitted(a.request_id, a.reason)) {
+    pl->second = *engine_->placement_of(id);  // without lost devices
+    sched_->admit(id);
+  } else if (!sched_->not_admitted(id, a.getReason())) {
     admitting_ = false;  // head of line: it waits for the next boundary
   }
   boundary();
 }
 
-void gpu_host_state::on_open_start(const control::run_start_msg& rs) {
+void gpu_host_state::on_open_start(const std::vector<control::request_spec>& requests) {
   open_ = true;
   engine_ = std::make_unique<host_engine>(setup_->host, *costs_, *setup_->workload);
   std::vector<trace_row> rows;
-  for (const auto& r : rs.requests) {
+  for (const auto& r : requests) {
     open_specs_[r.request_id] = r;
     rows.push_back({double(r.arrival_ns) * 1e-9, r.context_tokens, uint64_t(r.steps) + 1});
   }
@@ -395,19 +428,19 @@ void gpu_host_state::on_open_start(const control::run_start_msg& rs) {
   boundary();
 }
 
-void gpu_host_state::on_closed_start(const control::run_start_msg& rs) {
-  requests_ = rs.requests;
+void gpu_host_state::on_closed_start(std::vector<control::request_spec> requests) {
+  requests_ = std::move(requests);
   engine_ = std::make_unique<host_engine>(setup_->host, *costs_, *setup_->workload);
-  for (const auto& r : rs.requests) {
+  for (const auto& r : requests_) {
     auto pl = placements_.find(r.request_id);
     if (pl == placements_.end()) return fail_run("no placement for request " + std::to_string(r.request_id));
     auto s = engine_->add_request({r.request_id, r.context_tokens, r.steps}, pl->second);
     if (!s) return fail_run(s.to_string());
   }
-  if (rs.requests.empty()) return finish();
+  if (requests_.empty()) return finish();
   // Chunks of the prefill (for the progress bar): per live (layer, head), the
   // context in chunks of prefill_chunk_tokens, times the copies (replication).
-  for (const auto& r : rs.requests)
+  for (const auto& r : requests_)
     prefill_chunks_total_ += uint64_t(setup_->host.live_layers) * setup_->model.kv_heads *
                              ((r.context_tokens + setup_->host.prefill_chunk_tokens - 1) /
                               setup_->host.prefill_chunk_tokens) * setup_->replication;

@@ -69,9 +69,9 @@ class gpu_host_state {
   using write_key = std::tuple<uint32_t, uint64_t, uint32_t, uint32_t, uint64_t>;
 
   // Control messages.
-  void on_admission(const control::admission_msg& a);
-  void on_open_start(const control::run_start_msg& rs);
-  void on_closed_start(const control::run_start_msg& rs);
+  void on_admission(control::wire::Admission::Reader a);
+  void on_open_start(const std::vector<control::request_spec>& requests);
+  void on_closed_start(std::vector<control::request_spec> requests);
   // Wire replies.
   void on_write_ack(const transport::envelope& env, transport::wire::WriteAck::Reader ack);
   // A partial, candidates or recalled pages: handed to the engine if it answers work of
@@ -93,6 +93,10 @@ class gpu_host_state {
   // The run's course.
   void fail_run(const std::string& reason);
   void finish();
+  // The run's result (its report as JSON) to the driver, through the coordinator.
+  void send_result(const run_report& rep, bool ok, const std::string& reason);
+  // The request is finished or will not be admitted: the coordinator takes its room back.
+  void send_release(uint64_t request_id);
   void progress(const char* phase, uint64_t done, uint64_t total);
   void pump_prefill();
   void serve_closed_batch();
@@ -125,7 +129,7 @@ class gpu_host_state {
   std::shared_ptr<transport::fabric> fab_;
   std::unique_ptr<host_engine> engine_;
   std::map<uint64_t, request_placement> placements_;
-  std::vector<control::request_spec_msg> requests_;
+  std::vector<control::request_spec> requests_;
   uint64_t seq_ = 0;
   // prefill
   // Bulk writes (prefill chunks, prompt chunks of open workloads) not acknowledged yet: a
@@ -153,7 +157,7 @@ class gpu_host_state {
   // before its prefill (serve_closed_batch).
   bool open_ = false;
   std::unique_ptr<serving_scheduler> sched_;
-  std::map<uint64_t, control::request_spec_msg> open_specs_;
+  std::map<uint64_t, control::request_spec> open_specs_;
   step_plan plan_;                   // the running step's
   uint64_t awaiting_admission_ = 0;  // request asked for, answer pending
   bool admitting_ = true;            // false: the head of the queue did not fit this boundary

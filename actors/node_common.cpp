@@ -23,17 +23,11 @@ spdlog::logger& cluster_log() {
 
 std::string to_str(const std::vector<uint8_t>& b) { return std::string(b.begin(), b.end()); }
 
-std::string ctl(uint32_t sender, control::control_body body) {
-  return control::encode(control::control_message{sender, std::move(body)});
-}
-
 transport::outbound wire_message(uint32_t sender, size_t payload_bytes) {
   transport::envelope env;
   env.sender = sender;
   return transport::outbound(env, payload_bytes);
 }
-
-std::string wire_string(transport::outbound& m) { return to_str(m.finish()); }
 
 void placement_to_wire(const request_placement& p, transport::wire::Placement::Builder out) {
   out.setRequestId(p.request_id);
@@ -108,8 +102,11 @@ void connect_members(transport::fabric& fab, transport::wire::Membership::Reader
 
 void start_join(caf::event_based_actor* self, const caf::actor& coordinator, uint32_t node,
                 transport::node_role role) {
-  self->send(coordinator, ctl_atom::value,
-             ctl(node, control::hello_msg{node, static_cast<uint8_t>(role)}));
+  control::outbound out(node);
+  auto hello = out.body().initHello();
+  hello.setNodeId(node);
+  control::set_role(hello, role);
+  self->send(coordinator, ctl_atom::value, wire_string(out));
 }
 
 bool on_join_bytes(caf::event_based_actor* self, const run_setup& setup,

@@ -48,12 +48,12 @@ spdlog::logger& cluster_log();
 std::string to_str(const std::vector<uint8_t>& b);
 
 // A wire.capnp message from `sender` to fill (outbound::body()); wire_string() makes its
-// bytes a CAF message payload.
+// bytes (or a control::outbound's) a CAF message payload.
 transport::outbound wire_message(uint32_t sender, size_t payload_bytes = 0);
-std::string wire_string(transport::outbound& m);
-
-// control.capnp bytes of one message from `sender`.
-std::string ctl(uint32_t sender, control::control_body body);
+template <class Root>
+std::string wire_string(transport::basic_outbound<Root>& m) {
+  return to_str(m.finish());
+}
 
 void placement_to_wire(const request_placement& p, transport::wire::Placement::Builder out);
 request_placement placement_from_wire(transport::wire::Placement::Reader p);

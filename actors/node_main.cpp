@@ -277,8 +277,9 @@ drive_result drive(const std::shared_ptr<const run_setup>& setup, const std::str
         [&](actors::ctl_atom, const std::string& bytes) {
           auto m = control::decode(bytes);
           if (!m) return;
-          if (auto* p = std::get_if<control::progress_msg>(&m->body))
-            if (opts.on_progress) opts.on_progress(p->phase, p->done, p->total);
+          if (m->kind() != control::msg_kind::PROGRESS || !opts.on_progress) return;
+          auto p = m->progress();
+          opts.on_progress(p.getPhase().cStr(), p.getDone(), p.getTotal());
         },
         [&](const caf::down_msg&) {
           if (!r.done) {
@@ -289,8 +290,11 @@ drive_result drive(const std::shared_ptr<const run_setup>& setup, const std::str
         caf::after(left) >> [&] {});
   }
   self->send_exit(driver, caf::exit_reason::user_shutdown);
-  if (!r.done)
-    caf::anon_send(*coordinator, actors::ctl_atom::value, control::encode({driver_node, control::shutdown_msg{}}));
+  if (!r.done) {
+    control::outbound out(driver_node);
+    out.body().setShutdown();
+    caf::anon_send(*coordinator, actors::ctl_atom::value, actors::wire_string(out));
+  }
   return r;
 }
 

@@ -303,6 +303,21 @@ void pnm_device_state::on_join(const std::string& bytes) {
                 bytes);
 }
 
+namespace {
+
+// The answer to a placement: the shard is held, or why not.
+std::string placement_ack_bytes(uint32_t node, uint64_t request_id, const status& added) {
+  control::outbound out(node);
+  auto ack = out.body().initPlacementAck();
+  ack.setNodeId(node);
+  ack.setRequestId(request_id);
+  ack.setOk(added.is_ok());
+  ack.setReason(added ? "" : control::bounded_text(added.message()));
+  return wire_string(out);
+}
+
+}  // namespace
+
 void pnm_device_state::on_membership(const std::string& bytes) {
   auto m = transport::decode(bytes.data(), bytes.size(), setup_->limits);
   if (!m || m->kind() != transport::msg_kind::membership) {
@@ -317,10 +332,8 @@ void pnm_device_state::on_membership(const std::string& bytes) {
       bool mine = s.device_id == node_;
       for (uint32_t r : s.replica_device_ids) mine = mine || r == node_;
       if (!mine) continue;
-      auto added = engine_->add_shard(rp.request_id, s);
-      self_->send(coordinator_, ctl_atom::value,
-                  ctl(node_, control::placement_ack_msg{node_, rp.request_id, bool(added),
-                                                        added ? "" : added.message()}));
+      const status added = engine_->add_shard(rp.request_id, s);
+      self_->send(coordinator_, ctl_atom::value, placement_ack_bytes(node_, rp.request_id, added));
     }
   }
 }
@@ -344,11 +357,9 @@ void pnm_device_state::on_peer_down(uint32_t peer) {
 void pnm_device_state::on_control(const std::string& bytes) {
   auto m = control::decode(bytes);
   if (!m) return;
-  if (std::holds_alternative<control::shutdown_msg>(m->body)) self_->quit();
-  if (auto* rl = std::get_if<control::release_msg>(&m->body)) {
-    // A finished request (open workloads): its memory is free for the next.
-    engine_->release(rl->request_id);
-  }
+  if (m->kind() == control::msg_kind::SHUTDOWN) self_->quit();
+  // A finished request (open workloads): its memory is free for the next.
+  if (m->kind() == control::msg_kind::RELEASE) engine_->release(m->release().getRequestId());
 }
 
 }  // namespace pnmkv::actors

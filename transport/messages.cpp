@@ -120,9 +120,9 @@ constexpr size_t table_bytes(size_t n) { return align8(4 + 4 * n); }
 // A MessageBuilder whose first segment lives in the byte vector finish() hands over, after
 // room for a one-segment table. Further segments (a message larger than its hint) are
 // separate, zeroed allocations, each at least as large as everything before it.
-class outbound::arena final : public capnp::MessageBuilder {
+class flat_arena final : public capnp::MessageBuilder {
  public:
-  explicit arena(size_t first_words) : bytes_(table_bytes(1) + first_words * 8, 0) {}
+  explicit flat_arena(size_t first_words) : bytes_(table_bytes(1) + first_words * 8, 0) {}
 
   kj::ArrayPtr<capnp::word> allocateSegment(unsigned minimum_words) override {
     const size_t first_words = (bytes_.size() - table_bytes(1)) / 8;
@@ -169,26 +169,24 @@ class outbound::arena final : public capnp::MessageBuilder {
   bool first_given_ = false;
 };
 
-outbound::outbound(const envelope& env, size_t payload_bytes)
-    // Envelope, body struct and a pointer per blob fit in 256 bytes; each blob rounds up to a
-    // word.
-    : arena_(std::make_unique<arena>((256 + payload_bytes) / 8 + 16)),
-      root_(arena_->initRoot<wire::Envelope>()) {
-  root_.setVersion(env.version);
-  root_.setSender(env.sender);
-  root_.setSeq(env.seq);
-  root_.setVtimeNs(env.vtime_ns);
+void flat_arena_deleter::operator()(flat_arena* a) const noexcept { delete a; }
+
+flat_arena_ptr make_flat_arena(size_t payload_bytes) {
+  // The root struct, a union's member and a pointer per blob fit in 256 bytes; each blob
+  // rounds up to a word.
+  return flat_arena_ptr(new flat_arena((256 + payload_bytes) / 8 + 16));
 }
 
-outbound::~outbound() = default;
-outbound::outbound(outbound&&) noexcept = default;
-outbound& outbound::operator=(outbound&&) noexcept = default;
+capnp::MessageBuilder& builder_of(flat_arena& a) { return a; }
 
-std::vector<uint8_t> outbound::finish() {
-  PNMKV_CHECK(arena_ != nullptr, "outbound::finish() called twice");
-  auto out = arena_->finish();
-  arena_.reset();
-  return out;
+std::vector<uint8_t> finish_flat(flat_arena& a) { return a.finish(); }
+
+outbound::outbound(const envelope& env, size_t payload_bytes) : basic_outbound(payload_bytes) {
+  auto r = root();
+  r.setVersion(env.version);
+  r.setSender(env.sender);
+  r.setSeq(env.seq);
+  r.setVtimeNs(env.vtime_ns);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -142,32 +142,56 @@ struct envelope {
 };
 
 // ---------------------------------------------------------------------------------------
-// Sending: an envelope and a body filled through the generated builders, e.g.
+// Sending: a root struct filled through the generated builders, e.g.
 //   outbound out(env, n * d * 4);
 //   auto q = out.body().initQuery();
 //   q.setLayer(l); ...; std::copy(src, src + n * d, fill_as<float>(q.initQ(n * d * 4)));
 //   fabric.send(dest, out.finish());
 // The message is built in place in the buffer finish() returns: a message that fits the
-// size hint is one segment and leaves without a further copy.
-class outbound {
- public:
-  // payload_bytes: what the body's blobs and lists will take, roughly (0 is fine for small
-  // messages); a message larger than the hint spills into more segments and is flattened.
-  explicit outbound(const envelope& env, size_t payload_bytes = 0);
-  ~outbound();
-  outbound(outbound&&) noexcept;
-  outbound& operator=(outbound&&) noexcept;
+// size hint is one segment and leaves without a further copy. `basic_outbound<Root>` is that
+// arena for any root struct (the control plane's too: actors/control.hpp); `outbound` is
+// the data plane's, an Envelope.
 
-  wire::Envelope::Builder root() { return root_; }
-  wire::Envelope::Body::Builder body() { return root_.getBody(); }
-  wire::Envelope::Reader reader() const { return root_.asReader(); }
-  // The encoded bytes (segment table and segments). The outbound is spent afterwards.
-  std::vector<uint8_t> finish();
+// The arena (messages.cpp): a capnp MessageBuilder whose first segment lives in the byte
+// vector it finishes into.
+class flat_arena;
+struct flat_arena_deleter {
+  void operator()(flat_arena* a) const noexcept;
+};
+using flat_arena_ptr = std::unique_ptr<flat_arena, flat_arena_deleter>;
+// payload_bytes: what the message's blobs, texts and lists will take, roughly (0 is fine
+// for small messages); a message larger than the hint spills into more segments and is
+// flattened.
+flat_arena_ptr make_flat_arena(size_t payload_bytes);
+capnp::MessageBuilder& builder_of(flat_arena& a);
+// The encoded bytes (segment table and segments).
+std::vector<uint8_t> finish_flat(flat_arena& a);
+
+template <class Root>
+class basic_outbound {
+ public:
+  explicit basic_outbound(size_t payload_bytes = 0)
+      : arena_(make_flat_arena(payload_bytes)), root_(builder_of(*arena_).initRoot<Root>()) {}
+
+  typename Root::Builder root() { return root_; }
+  typename Root::Reader reader() const { return root_.asReader(); }
+  // The encoded bytes. The outbound is spent afterwards.
+  std::vector<uint8_t> finish() {
+    PNMKV_CHECK(arena_ != nullptr, "outbound::finish() called twice");
+    auto out = finish_flat(*arena_);
+    arena_.reset();
+    return out;
+  }
 
  private:
-  class arena;
-  std::unique_ptr<arena> arena_;
-  wire::Envelope::Builder root_;
+  flat_arena_ptr arena_;
+  typename Root::Builder root_;
+};
+
+class outbound : public basic_outbound<wire::Envelope> {
+ public:
+  explicit outbound(const envelope& env, size_t payload_bytes = 0);
+  wire::Envelope::Body::Builder body() { return root().getBody(); }
 };
 
 // ---------------------------------------------------------------------------------------
