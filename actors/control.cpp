@@ -126,11 +126,6 @@ void check(wire::Control::Body::Reader body) {
          static_cast<unsigned>(body.which()));
 }
 
-kj::ArrayPtr<const capnp::word> words_of(const std::vector<uint8_t>& bytes) {
-  PNMKV_CHECK(reinterpret_cast<uintptr_t>(bytes.data()) % 8 == 0, "vector storage unaligned");
-  return kj::arrayPtr(reinterpret_cast<const capnp::word*>(bytes.data()), bytes.size() / 8);
-}
-
 // Validates a message (whole words, at most max_control_bytes); its sender and kind.
 void validate(const std::vector<uint8_t>& bytes, uint32_t& sender, msg_kind& kind) {
   capnp::ReaderOptions opts;
@@ -138,7 +133,7 @@ void validate(const std::vector<uint8_t>& bytes, uint32_t& sender, msg_kind& kin
   // crafted pointers.
   opts.traversalLimitInWords = 2 * (bytes.size() / 8) + 64;
   opts.nestingLimit = 16;
-  capnp::FlatArrayMessageReader reader(words_of(bytes), opts);
+  capnp::FlatArrayMessageReader reader(transport::words_of(bytes), opts);
   auto root = reader.getRoot<wire::Control>();
   if (root.getVersion() != control_version)
     reject(errc::unsupported, "control protocol version {} (this node speaks {})",
@@ -159,29 +154,9 @@ void validate(const std::vector<uint8_t>& bytes, uint32_t& sender, msg_kind& kin
 
 struct received_access {
   static received make(std::vector<uint8_t>&& bytes, uint32_t sender, msg_kind kind) {
-    received m;
-    m.bytes_ = std::move(bytes);
-    // Reading a validated message cannot fault, and the validator already bounded its
-    // traversal: readers handed out have no traversal limit, so a handler may read a field
-    // twice.
-    capnp::ReaderOptions opts;
-    opts.traversalLimitInWords = std::numeric_limits<uint64_t>::max() / 8;
-    opts.nestingLimit = 16;
-    m.reader_ = std::make_unique<capnp::FlatArrayMessageReader>(words_of(m.bytes_), opts);
-    m.sender_ = sender;
-    m.kind_ = kind;
-    return m;
+    return received(std::move(bytes), sender, kind);
   }
 };
-
-received::received() = default;
-received::~received() = default;
-received::received(received&&) noexcept = default;
-received& received::operator=(received&&) noexcept = default;
-
-wire::Control::Body::Reader received::body() const {
-  return reader_->getRoot<wire::Control>().getBody();
-}
 
 void received::expect(msg_kind k) const {
   PNMKV_CHECK(kind_ == k, "reading a ", to_string(kind_), " message as ", to_string(k));

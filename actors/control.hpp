@@ -29,10 +29,6 @@
 #include "core/status.hpp"
 #include "transport/messages.hpp"  // basic_outbound, node_role
 
-namespace capnp {
-class FlatArrayMessageReader;
-}
-
 namespace pnmkv::control {
 
 // Bumped on any incompatible change to control.capnp. Receivers refuse other versions.
@@ -81,17 +77,12 @@ class outbound : public transport::basic_outbound<wire::Control> {
 // ---------------------------------------------------------------------------------------
 // Receiving.
 
-// A message that passed validation: it owns its bytes; the readers it hands out stay valid
-// while it lives. Movable, not copyable.
-class received {
+// A message that passed validation: it owns its bytes (transport::validated_bytes).
+class received : public transport::validated_bytes {
  public:
-  received(received&&) noexcept;
-  received& operator=(received&&) noexcept;
-  ~received();
-
   uint32_t sender() const { return sender_; }
   msg_kind kind() const { return kind_; }
-  wire::Control::Body::Reader body() const;
+  wire::Control::Body::Reader body() const { return root<wire::Control>().getBody(); }
   // The body as its kind's reader; checks the kind (a wrong one is a programming error).
   wire::Hello::Reader hello() const;
   wire::Submit::Reader submit() const;
@@ -106,10 +97,9 @@ class received {
 
  private:
   friend struct received_access;
-  received();
+  received(std::vector<uint8_t>&& bytes, uint32_t sender, msg_kind kind)
+      : transport::validated_bytes(std::move(bytes)), sender_(sender), kind_(kind) {}
   void expect(msg_kind k) const;
-  std::vector<uint8_t> bytes_;  // the message (operator new aligns it to 16 bytes)
-  std::unique_ptr<capnp::FlatArrayMessageReader> reader_;
   uint32_t sender_ = 0;
   msg_kind kind_ = msg_kind::SHUTDOWN;
 };

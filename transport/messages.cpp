@@ -551,40 +551,33 @@ bool check_segment_table(const uint8_t* p, size_t size, rejection& out) {
   return true;
 }
 
+}  // namespace
+
 kj::ArrayPtr<const capnp::word> words_of(const std::vector<uint8_t>& bytes) {
   PNMKV_CHECK(reinterpret_cast<uintptr_t>(bytes.data()) % 8 == 0, "vector storage unaligned");
   return kj::arrayPtr(reinterpret_cast<const capnp::word*>(bytes.data()), bytes.size() / 8);
 }
 
-}  // namespace
-
 // ---------------------------------------------------------------------------------------
 // Received messages
 
+validated_bytes::validated_bytes() = default;
+validated_bytes::~validated_bytes() = default;
+validated_bytes::validated_bytes(validated_bytes&&) noexcept = default;
+validated_bytes& validated_bytes::operator=(validated_bytes&&) noexcept = default;
+
+validated_bytes::validated_bytes(std::vector<uint8_t>&& bytes) : bytes_(std::move(bytes)) {
+  capnp::ReaderOptions opts;
+  opts.traversalLimitInWords = std::numeric_limits<uint64_t>::max() / 8;
+  opts.nestingLimit = 16;
+  reader_ = std::make_unique<capnp::FlatArrayMessageReader>(words_of(bytes_), opts);
+}
+
 struct received_access {
-  static received make() { return received(); }
-  static std::vector<uint8_t>& bytes(received& m) { return m.bytes_; }
-  static void open(received& m, msg_kind kind, const envelope& env) {
-    // Reading a validated message cannot fault, and the validator already bounded its
-    // traversal: readers handed out have no traversal limit, so a handler may read a field
-    // twice.
-    capnp::ReaderOptions opts;
-    opts.traversalLimitInWords = std::numeric_limits<uint64_t>::max() / 8;
-    opts.nestingLimit = 16;
-    m.reader_ = std::make_unique<capnp::FlatArrayMessageReader>(words_of(m.bytes_), opts);
-    m.kind_ = kind;
-    m.env_ = env;
+  static received make(std::vector<uint8_t>&& bytes, msg_kind kind, const envelope& env) {
+    return received(std::move(bytes), kind, env);
   }
 };
-
-received::received() = default;
-received::~received() = default;
-received::received(received&&) noexcept = default;
-received& received::operator=(received&&) noexcept = default;
-
-wire::Envelope::Body::Reader received::body() const {
-  return reader_->getRoot<wire::Envelope>().getBody();
-}
 
 void received::expect(msg_kind k) const {
   PNMKV_CHECK(kind_ == k, "reading a ", to_string(kind_), " message as ", to_string(k));
@@ -692,10 +685,7 @@ result<received> decode_owned(const msg_kind* expected, std::vector<uint8_t>&& b
   if ((prechecked || precheck(bytes.data(), bytes.size(), limits, why)) &&
       validate(expected, bytes, limits, kind, env, why)) {
     st.decoded.fetch_add(1, std::memory_order_relaxed);
-    received m = received_access::make();
-    received_access::bytes(m) = std::move(bytes);
-    received_access::open(m, kind, env);
-    return m;
+    return received_access::make(std::move(bytes), kind, env);
   }
   note(st, why);
   return status{why.code, fmt::format("{}: {}", reason_names[static_cast<size_t>(why.reason)],

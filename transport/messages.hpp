@@ -248,17 +248,39 @@ struct wire_stats {
 // Process-wide counters used when a caller passes no wire_stats.
 wire_stats& global_wire_stats();
 
-// A message that passed validation: it owns its bytes, so it can wait in a queue; the
-// readers it hands out stay valid while it lives. Movable, not copyable.
-class received {
+// Bytes a decoder validated, kept with a reader over them: the base of every received
+// message (this one and control::received). The readers it hands out stay valid while it
+// lives and have no traversal limit (the validator bounded the traversal, and reading a
+// validated message cannot fault), so a handler may read a field twice. Movable.
+class validated_bytes {
  public:
-  received(received&&) noexcept;
-  received& operator=(received&&) noexcept;
-  ~received();
+  validated_bytes(validated_bytes&&) noexcept;
+  validated_bytes& operator=(validated_bytes&&) noexcept;
+  ~validated_bytes();
+  template <class Root>
+  typename Root::Reader root() const {
+    return reader_->getRoot<Root>();
+  }
 
+ protected:
+  validated_bytes();
+  // Takes the bytes (word-aligned: operator new aligns a vector's storage to 16 bytes).
+  explicit validated_bytes(std::vector<uint8_t>&& bytes);
+
+ private:
+  std::vector<uint8_t> bytes_;
+  std::unique_ptr<capnp::FlatArrayMessageReader> reader_;
+};
+
+// The words of bytes held in a vector (checked 8-byte aligned), for a capnp reader.
+kj::ArrayPtr<const capnp::word> words_of(const std::vector<uint8_t>& bytes);
+
+// A message that passed validation: it owns its bytes, so it can wait in a queue.
+class received : public validated_bytes {
+ public:
   const envelope& env() const { return env_; }
   msg_kind kind() const { return kind_; }
-  wire::Envelope::Body::Reader body() const;
+  wire::Envelope::Body::Reader body() const { return root<wire::Envelope>().getBody(); }
   // The body as its kind's reader; checks the kind (a wrong one is a programming error).
   wire::Challenge::Reader challenge() const;
   wire::Join::Reader join() const;
@@ -278,10 +300,9 @@ class received {
 
  private:
   friend struct received_access;
-  received();
+  received(std::vector<uint8_t>&& bytes, msg_kind kind, const envelope& env)
+      : validated_bytes(std::move(bytes)), env_(env), kind_(kind) {}
   void expect(msg_kind k) const;
-  std::vector<uint8_t> bytes_;  // the message (operator new aligns it to 16 bytes)
-  std::unique_ptr<capnp::FlatArrayMessageReader> reader_;
   envelope env_;
   msg_kind kind_ = msg_kind::heartbeat;
 };
