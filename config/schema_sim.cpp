@@ -26,7 +26,8 @@ std::vector<config_key> schema_keys_sim() {
        "NVLink figures with sources (tensor-parallel all-reduce, pipeline hand-off)"},
       {"sim.pool_auto", t::boolean, "false", 0, 0, {},
        "Pick the pool size (a divisor of cluster.pnm_devices; else cluster.pool_devices) with "
-       "the cost model: the one giving the most tokens/s at the batch the point admits"},
+       "the cost model: closed workloads run every one and keep the one reporting the most "
+       "tokens/s (ties: the smaller); open ones rate each at the batch admission saturates at"},
       {"sim.baseline_overlap", t::boolean, "true", 0, 0, {},
        "baseline: recall a head's pages as soon as its selection is known and attend them as "
        "they arrive (double-buffered); false: layer-wide rounds, as the live cluster composes"},

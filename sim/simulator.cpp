@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdio>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
 #include "core/check.hpp"
@@ -85,8 +86,8 @@ namespace {
 // many: at the long contexts the simulator is for, the GPU-memory ledger and the pools
 // refuse long before (every request takes HBM and device bytes); it only bounds the loop.
 constexpr uint32_t offered_requests_max = 1'000'000;
-// choose_pool_devices predicts one decode step of the batch it admits for every pool size,
-// which costs O(batch) per layer: without a configured batch or workload.batch_max, that
+// For an open workload choose_pool_devices predicts one decode step of the batch it admits
+// for every pool size, which costs O(batch) per layer: without workload.batch_max, that
 // batch is offered at most this many requests.
 constexpr uint32_t pool_probe_requests_max = 100'000;
 
@@ -159,46 +160,15 @@ double idle_prefill_s(const sim_setup& s, step_model& sm, uint64_t tokens) {
   return t_ns * 1e-9;
 }
 
-}  // namespace
-
-// ---------------------------------------------------------------------------------------
-// Pool choice
-
-result<uint32_t> choose_pool_devices(const sim_setup& setup) {
-  uint32_t best = 0;
-  double best_tps = -1;
-  std::string last_reason = "no pool size admits a request";
-  const uint32_t target = setup.workload == workload_arrivals::closed && !setup.batch_max_policy
-                              ? setup.batch
-                              : (setup.batch_cap ? setup.batch_cap : pool_probe_requests_max);
-  for (uint32_t d = 1; d <= setup.devices; ++d) {
-    if (setup.devices % d) continue;
-    auto s = std::make_shared<sim_setup>(setup);
-    s->pool_devices = d;
-    s->pool_auto = false;
-    admission adm = sim_admission(*s, false);
-    std::vector<step_request> dec;
-    for (uint32_t i = 0; i < target; ++i) {
-      const admission_verdict v =
-          adm.try_admit(candidate_of(i + 1, setup.context_tokens, setup.sizing_output_tokens()));
-      if (!v.admitted()) {
-        last_reason = reason_text(v);
-        break;
-      }
-      dec.push_back(step_of(i + 1, *adm.grant_of(i + 1), setup.context_tokens, false));
-    }
-    if (dec.empty()) continue;
-    step_model sm(s);
-    const double t = sm.run(dec, {}).time_ns;
-    const double tps = t > 0 ? double(dec.size()) / (t * 1e-9) : 0;
-    if (tps > best_tps * (1 + 1e-9)) best_tps = tps, best = d;
-  }
-  if (best == 0)
-    return status{errc::capacity, "no pool size of the " + std::to_string(setup.devices) +
-                                      " devices admits a request of " +
-                                      std::to_string(setup.context_tokens) + " tokens (" + last_reason + ")"};
-  return best;
+// A closed batch's TTFT: every request is prefilled at t = 0, so it is that of one request
+// on an idle system (a step model of its own: one step's time does not depend on the steps
+// run before it).
+double closed_ttft_ms(const std::shared_ptr<const sim_setup>& s) {
+  step_model sm(s);
+  return idle_prefill_s(*s, sm, s->context_tokens) * 1e3;
 }
+
+}  // namespace
 
 // ---------------------------------------------------------------------------------------
 // Simulation: serving_scheduler and admission driven on a virtual clock
@@ -207,11 +177,14 @@ namespace {
 
 class sim_driver {
  public:
-  sim_driver(std::shared_ptr<const sim_setup> setup, const sim_progress& progress)
+  // closed_ttft: a closed batch's TTFT (one request prefilled on an idle system) is
+  // computed; the pool choice leaves it to the run it keeps (see closed_ttft_ms).
+  sim_driver(std::shared_ptr<const sim_setup> setup, const sim_progress& progress, bool closed_ttft = true)
       : setup_(std::move(setup)),
         S_(*setup_),
         progress_(progress),
         closed_(S_.workload == workload_arrivals::closed),
+        closed_ttft_(closed_ttft),
         sm_(setup_),
         sched_({}, serving_params_of(S_)),
         adm_(sim_admission(S_, false, [this](const admission_candidate& c, const admission_grant& g) {
@@ -259,6 +232,7 @@ class sim_driver {
   const sim_setup& S_;
   sim_progress progress_;
   bool closed_;
+  bool closed_ttft_;
   step_model sm_;
   serving_scheduler sched_;
   admission adm_;
@@ -556,8 +530,7 @@ void sim_driver::totals() {
   const serving_summary sv = summarise(res_.requests, {});
   res_.refused = sv.refused;
   if (closed_) {
-    // Every request is prefilled at t = 0; TTFT is that of one request on an idle system.
-    res_.ttft_ms = res_.ttft_ms_p99 = idle_prefill_s(S_, sm_, S_.context_tokens) * 1e3;
+    if (closed_ttft_) res_.ttft_ms = res_.ttft_ms_p99 = closed_ttft_ms(setup_);
   } else {
     res_.ttft_ms = sv.ttft_ms_mean;
     res_.ttft_ms_p99 = sv.ttft_ms_p99;
@@ -599,15 +572,124 @@ void sim_driver::totals() {
 
 }  // namespace
 
+// ---------------------------------------------------------------------------------------
+// Pool choice: every divisor of the device count, rated at the batch the run admits with it
+
+namespace {
+
+std::shared_ptr<const sim_setup> with_pool_devices(const sim_setup& setup, uint32_t pool_devices) {
+  auto s = std::make_shared<sim_setup>(setup);
+  s->pool_devices = pool_devices;
+  s->pool_auto = false;
+  return s;
+}
+
+status no_pool_admits(const sim_setup& setup, const std::string& last_reason) {
+  return status{errc::capacity, "no pool size of the " + std::to_string(setup.devices) +
+                                    " devices admits a request of " + std::to_string(setup.context_tokens) +
+                                    " tokens (" + last_reason + ")"};
+}
+
+struct pool_choice {
+  uint32_t pool_devices = 0;
+  sim_result run;  // the chosen pool size's run
+};
+
+// A closed batch: every pool size is run exactly as simulate() runs it (the same admission,
+// hence the same batch and summary residence — baseline with summaries resident while they
+// fit stops at the batch where they all still fit — the same steps) and the one reporting
+// the most tokens/s is kept, with its run; on equal tokens/s the smaller pool size. Rating
+// a pool size at any other batch can pick a worse one: the probe this replaces filled the
+// baseline past the GPU-memory limit with summaries read over the link, where splitting
+// the expanders into small pools paid, while the run then stopped at the limit with every
+// summary resident, where it does not.
+// A pool size that admits no request is skipped. Progress goes over all the runs; only the
+// kept run's TTFT is computed (a closed batch's TTFT prefills a whole request: it costs
+// more than the decode steps).
+result<pool_choice> choose_by_closed_runs(const sim_setup& setup, const sim_progress& progress,
+                                          std::chrono::steady_clock::time_point wall0) {
+  std::vector<uint32_t> sizes;
+  for (uint32_t d = 1; d <= setup.devices; ++d)
+    if (setup.devices % d == 0) sizes.push_back(d);
+  std::optional<pool_choice> best;
+  std::string last_reason = "no pool size admits a request";
+  for (size_t k = 0; k < sizes.size(); ++k) {
+    sim_progress part;
+    if (progress)
+      part = [&progress, k, n = uint64_t(sizes.size())](uint64_t done, uint64_t total) {
+        progress(k * total + done, n * total);
+      };
+    auto r = sim_driver(with_pool_devices(setup, sizes[k]), part, /*closed_ttft=*/false).run(wall0);
+    if (!r) return r.error();
+    if (r->batch_peak == 0) {
+      last_reason = r->batch_limited_by;
+      continue;
+    }
+    if (!best || r->tokens_per_s > best->run.tokens_per_s) best = pool_choice{sizes[k], std::move(r).value()};
+  }
+  if (!best) return no_pool_admits(setup, last_reason);
+  best->run.ttft_ms = best->run.ttft_ms_p99 = closed_ttft_ms(with_pool_devices(setup, best->pool_devices));
+  return std::move(*best);
+}
+
+// An open workload has no one batch: every pool size is rated at saturation, the batch
+// the run's admission (batch cap, GPU memory with per-request summary residence,
+// placement, TPOT budget) reaches when requests of the configured context keep arriving,
+// by the tokens/s of one decode step of it.
+result<uint32_t> choose_by_saturated_step(const sim_setup& setup) {
+  uint32_t best = 0;
+  double best_tps = -1;
+  std::string last_reason = "no pool size admits a request";
+  const uint32_t target = setup.batch_cap ? setup.batch_cap : pool_probe_requests_max;
+  for (uint32_t d = 1; d <= setup.devices; ++d) {
+    if (setup.devices % d) continue;
+    auto s = with_pool_devices(setup, d);
+    step_model sm(s);
+    std::vector<step_request> dec;
+    admission adm = sim_admission(*s, false, [&](const admission_candidate& c, const admission_grant& g) {
+      std::vector<step_request> with = dec;
+      with.push_back(step_of(c.request_id, g, c.prompt_tokens, false));
+      return sm.run(with, {}).time_ns * 1e-6;
+    });
+    for (uint32_t i = 0; i < target; ++i) {
+      const admission_verdict v =
+          adm.try_admit(candidate_of(i + 1, setup.context_tokens, setup.sizing_output_tokens()));
+      if (!v.admitted()) {
+        last_reason = reason_text(v);
+        break;
+      }
+      dec.push_back(step_of(i + 1, *adm.grant_of(i + 1), setup.context_tokens, false));
+    }
+    if (dec.empty()) continue;
+    const double t = sm.run(dec, {}).time_ns;
+    const double tps = t > 0 ? double(dec.size()) / (t * 1e-9) : 0;
+    if (tps > best_tps * (1 + 1e-9)) best_tps = tps, best = d;
+  }
+  if (best == 0) return no_pool_admits(setup, last_reason);
+  return best;
+}
+
+}  // namespace
+
+result<uint32_t> choose_pool_devices(const sim_setup& setup) {
+  if (setup.workload != workload_arrivals::closed) return choose_by_saturated_step(setup);
+  auto c = choose_by_closed_runs(setup, {}, std::chrono::steady_clock::now());
+  if (!c) return c.error();
+  return c->pool_devices;
+}
+
 result<sim_result> simulate(std::shared_ptr<const sim_setup> setup, const sim_progress& progress) {
   const auto wall0 = std::chrono::steady_clock::now();
+  if (setup->pool_auto && setup->workload == workload_arrivals::closed) {
+    auto c = choose_by_closed_runs(*setup, progress, wall0);
+    if (!c) return c.error();
+    c->run.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
+    return std::move(c->run);
+  }
   if (setup->pool_auto) {
-    auto d = choose_pool_devices(*setup);
+    auto d = choose_by_saturated_step(*setup);
     if (!d) return d.error();
-    auto s = std::make_shared<sim_setup>(*setup);
-    s->pool_devices = *d;
-    s->pool_auto = false;
-    setup = s;
+    setup = with_pool_devices(*setup, *d);
   }
   return sim_driver(std::move(setup), progress).run(wall0);
 }

@@ -83,8 +83,10 @@ struct sim_result {
 
 using sim_progress = std::function<void(uint64_t done, uint64_t total)>;
 
-// Runs one point. With sim.pool_auto the pool size is chosen first (the divisor of the
-// device count giving the most tokens/s at the batch the point admits).
+// Runs one point. With sim.pool_auto the pool size is chosen first among the divisors of
+// the device count: a closed batch is run with each and the run reporting the most tokens/s
+// is returned (ties: the smaller pool size); an open workload is run with the pool size
+// whose saturated batch (what its admission admits) gives the most tokens/s in one step.
 result<sim_result> simulate(std::shared_ptr<const sim_setup> setup, const sim_progress& progress = {});
 
 // The pool size sim.pool_auto picks (exposed for tests and reports).
