@@ -12,24 +12,13 @@
 #include <vector>
 
 #include "sim/simulator.hpp"
+#include "tests/sim/sim_fixture.hpp"
 
 namespace pnmkv {
 namespace {
 
-const std::string root = PNMKV_SOURCE_DIR;
-const std::string default_file = root + "/cluster_configs/default.yaml";
-const std::string m8 = root + "/cluster_configs/models/llama-3.1-8b.yaml";
-const std::string m405 = root + "/cluster_configs/models/llama-3.1-405b.yaml";
+using namespace sim_fixture;
 constexpr uint32_t devices = 16;
-
-std::shared_ptr<const sim_setup> setup_of(const std::vector<std::string>& sets) {
-  auto cfg = load_config(default_file, sets);
-  EXPECT_TRUE(cfg) << cfg.error().to_string();
-  if (!cfg) return nullptr;
-  auto s = make_sim_setup(*cfg);
-  EXPECT_TRUE(s) << s.error().to_string();
-  return s ? *s : nullptr;
-}
 
 sim_result sim_of(std::vector<std::string> sets, const std::vector<std::string>& extra) {
   sets.insert(sets.end(), extra.begin(), extra.end());

@@ -15,25 +15,14 @@
 #include <vector>
 
 #include "sim/simulator.hpp"
+#include "tests/sim/sim_fixture.hpp"
 #include "sim/sweep.hpp"
 #include "model/work_sizes.hpp"
 
 namespace pnmkv {
 namespace {
 
-const std::string root = PNMKV_SOURCE_DIR;
-const std::string default_file = root + "/cluster_configs/default.yaml";
-const std::string m8 = root + "/cluster_configs/models/llama-3.1-8b.yaml";
-const std::string m405 = root + "/cluster_configs/models/llama-3.1-405b.yaml";
-
-std::shared_ptr<const sim_setup> setup_of(std::vector<std::string> sets) {
-  auto cfg = load_config(default_file, sets);
-  EXPECT_TRUE(cfg) << cfg.error().to_string();
-  if (!cfg) return nullptr;
-  auto s = make_sim_setup(*cfg);
-  EXPECT_TRUE(s) << s.error().to_string();
-  return s ? *s : nullptr;
-}
+using namespace sim_fixture;
 
 sim_result sim_of(std::vector<std::string> sets) {
   auto s = setup_of(std::move(sets));
