@@ -23,7 +23,7 @@ struct selection_budget_policy {
 };
 
 // Pages always kept by every selection (the first and the last page).
-inline constexpr uint64_t always_kept_pages = 2;
+inline constexpr uint64_t always_kept_page_count = 2;
 
 // Budget in pages of a request whose context is `context_tokens`: budget_tokens / page
 // (whole pages, as before), or round(fraction x context) rounded up to whole pages and at
@@ -34,7 +34,7 @@ inline uint64_t selection_budget_pages(const selection_budget_policy& p, uint64_
   PNMKV_CHECK(p.budget_fraction <= 1.0);
   const uint64_t tokens = uint64_t(std::llround(p.budget_fraction * double(context_tokens)));
   const uint64_t pages = (tokens + p.page_size_tokens - 1) / p.page_size_tokens;
-  return std::max(pages, always_kept_pages);
+  return std::max(pages, always_kept_page_count);
 }
 
 // The same budget in tokens: budget_tokens itself under the fixed policy (unchanged
