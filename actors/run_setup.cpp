@@ -58,7 +58,9 @@ status set_engines(const run_spec& spec, run_setup& s) {
                   "cluster.live_layers = " + std::to_string(live) + " must be in [1, " +
                       std::to_string(s.model.layers) + "] (the model's layers)"};
   const uint32_t page = spec.selection.page_size_tokens;
-  const uint64_t budget = spec.selection.budget_tokens;
+  // The budget policy resolved at the workload's context, as sim/sim_setup does
+  // (model/selection_budget.hpp).
+  const uint64_t budget = selection_budget_tokens(spec.selection.budget_policy(), s.context_tokens);
   s.device.shape.head_dim = s.model.head_dim;
   s.device.shape.page_size_tokens = page;
   s.device.shape.summaries = spec.selection.summary_precision;
@@ -80,7 +82,8 @@ status set_engines(const run_spec& spec, run_setup& s) {
   if (s.host.mode == run_mode::png_kv && s.host.steady.budget_pages * page > budget)
     return status{errc::invalid_argument,
                   "png.steady_budget_tokens = " + std::to_string(spec.png.steady_budget_tokens) +
-                      " exceeds selection.budget_tokens = " + std::to_string(budget) +
+                      " exceeds the selection budget of " + std::to_string(budget) + " tokens (" +
+                      spec.selection.budget_policy().name() + ")" +
                       " (steady pages are part of the budget)"};
   // GPU memory: what a batch of this run needs in this mode (schedulers/gpu_memory.hpp).
   s.gpu_query.mode = s.host.mode;
@@ -118,7 +121,8 @@ status set_step(const run_spec& spec, run_setup& s) {
   st->devices = s.devices;
   st->pool_devices = spec.cluster.pool_devices == 0 ? s.devices : spec.cluster.pool_devices;
   st->page_size_tokens = spec.selection.page_size_tokens;
-  st->budget_tokens = spec.selection.budget_tokens;
+  st->budget_policy = spec.selection.budget_policy();
+  st->budget_tokens = s.host.budget_tokens;  // resolved in set_engines
   st->summary_elem_bytes = s.gpu_query.summary_elem_bytes;
   st->heads_scored = spec.selection.gqa_aggregation == gqa_aggregation::max ? s.model.gqa_group() : 1;
   st->exact_cross_shard = s.host.cross_shard == cross_shard_selection::exact;

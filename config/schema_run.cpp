@@ -19,6 +19,12 @@ std::vector<config_key> schema_keys_run() {
       {"selection.page_size_tokens", t::integer, "16", 1, 1024, {}, "Tokens per KV page"},
       {"selection.budget_tokens", t::integer, "2048", 1, 1 << 26, {},
        "Tokens attended per (request, layer, KV head) per step, always-kept pages included"},
+      {"selection.budget_fraction", t::number, "0", 0, 1, {},
+       "0: off (selection.budget_tokens is the budget); in (0, 1]: the budget of a request is "
+       "round(fraction x its context) rounded up to whole pages, at least the two always-kept "
+       "pages, and wins over selection.budget_tokens. Context: a request's prompt tokens at "
+       "admission, taken today as workload.context_tokens (a closed batch's context, an open "
+       "workload's nominal prompt) by the live cluster and the simulator alike"},
       {"selection.gqa_aggregation", t::choice, "max", 0, 0, names_of(gqa_aggregation_names),
        "How the query heads of a GQA group combine page scores"},
       {"selection.summary_precision", t::choice, "bf16", 0, 0, names_of(summary_precision_names),

@@ -44,6 +44,7 @@ status read_run_and_selection(const reader& r, run_spec& s) {
   auto& sel = s.selection;
   sel.page_size_tokens = r.u32("selection.page_size_tokens");
   sel.budget_tokens = r.u64("selection.budget_tokens");
+  sel.budget_fraction = r.num("selection.budget_fraction");
   sel.gqa_aggregation = r.choice("selection.gqa_aggregation", gqa_aggregation_names);
   sel.summary_precision = r.choice("selection.summary_precision", summary_precision_names);
   sel.cross_shard = r.choice("selection.cross_shard", cross_shard_selection_names);
@@ -53,6 +54,10 @@ status read_run_and_selection(const reader& r, run_spec& s) {
                       " is below the two always-kept pages (first and last: " +
                       std::to_string(2 * sel.page_size_tokens) + " tokens at page size " +
                       std::to_string(sel.page_size_tokens) + ")"};
+  if (!(sel.budget_fraction >= 0 && sel.budget_fraction <= 1))
+    return status{errc::invalid_argument,
+                  "selection.budget_fraction = " + std::to_string(sel.budget_fraction) +
+                      " must be 0 (off) or in (0, 1] (a fraction of each request's context)"};
 
   s.png.steady_budget_tokens = r.u64("png.steady_budget_tokens");
   s.png.window_steps = r.u32("png.window_steps");

@@ -16,6 +16,7 @@
 #include "core/workload.hpp"
 #include "model/hardware.hpp"
 #include "model/model_shape.hpp"
+#include "model/selection_budget.hpp"
 
 namespace pnmkv {
 
@@ -33,10 +34,14 @@ struct run_section {
 struct selection_section {
   uint32_t page_size_tokens = 16;
   uint64_t budget_tokens = 2048;  // at least two pages (first and last are always kept)
+  double budget_fraction = 0;     // 0: off; in (0, 1]: a fraction of each request's context
   pnmkv::gqa_aggregation gqa_aggregation = pnmkv::gqa_aggregation::max;
   pnmkv::summary_precision summary_precision = pnmkv::summary_precision::bf16;
   cross_shard_selection cross_shard = cross_shard_selection::exact;
   // Bytes of one summary element (min or max of one dimension).
+  // The budget policy both the live cluster and the simulator resolve a request's budget
+  // with (model/selection_budget.hpp).
+  selection_budget_policy budget_policy() const { return {page_size_tokens, budget_tokens, budget_fraction}; }
   uint32_t summary_elem_bytes() const { return summary_precision == pnmkv::summary_precision::fp32 ? 4 : 2; }
 };
 

@@ -17,6 +17,7 @@
 #include "model/hardware.hpp"
 #include "model/model_shape.hpp"
 #include "model/modes.hpp"
+#include "model/selection_budget.hpp"
 
 namespace pnmkv {
 
@@ -46,6 +47,9 @@ struct step_setup {
 
   // Selection.
   uint32_t page_size_tokens = 16;
+  // Resolved from budget_policy at the workload's context (selection_budget_tokens), by
+  // actors/run_setup and sim/sim_setup alike.
+  selection_budget_policy budget_policy;
   uint64_t budget_tokens = 2048;
   uint64_t budget_pages() const { return budget_tokens / page_size_tokens; }
   uint32_t summary_elem_bytes = 2;

@@ -64,7 +64,10 @@ void set_devices_and_selection(const run_spec& spec, sim_setup& s) {
 
   const selection_section& sel = spec.selection;
   s.page_size_tokens = sel.page_size_tokens;
-  s.budget_tokens = sel.budget_tokens;
+  // The budget at the workload's context: a closed batch's context, or an open workload's
+  // nominal prompt (as actors/run_setup resolves it; model/selection_budget.hpp).
+  s.budget_policy = sel.budget_policy();
+  s.budget_tokens = selection_budget_tokens(s.budget_policy, spec.workload.context_tokens);
   s.summary_elem_bytes = sel.summary_elem_bytes();
   s.heads_scored = sel.gqa_aggregation == gqa_aggregation::max ? m.gqa_group() : 1;
   s.exact_cross_shard = sel.cross_shard == cross_shard_selection::exact;

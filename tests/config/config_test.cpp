@@ -70,6 +70,24 @@ TEST(config, out_of_range_and_wrong_type_name_the_allowed_values) {
   EXPECT_NE(c.error().message().find("baseline|pnm-kv|png-kv"), std::string::npos);
 }
 
+TEST(config, budget_fraction_outside_zero_to_one_names_the_key_and_range) {
+  for (const char* bad : {"selection.budget_fraction=-0.01", "selection.budget_fraction=1.5",
+                          "selection.budget_fraction=abc"}) {
+    SCOPED_TRACE(bad);
+    auto c = load_config(default_file, {bad});
+    ASSERT_FALSE(c);
+    EXPECT_EQ(c.error().code(), errc::invalid_argument);
+    EXPECT_NE(c.error().message().find("selection.budget_fraction"), std::string::npos) << c.error().message();
+    EXPECT_NE(c.error().message().find("[0, 1]"), std::string::npos) << c.error().message();
+  }
+  // 0 (off, the default) and the whole of (0, 1] load.
+  for (const char* good : {"selection.budget_fraction=0", "selection.budget_fraction=0.002",
+                           "selection.budget_fraction=1"}) {
+    SCOPED_TRACE(good);
+    EXPECT_TRUE(load_config(default_file, {good}));
+  }
+}
+
 TEST(config, malformed_files_are_errors_naming_the_file) {
   for (const char* text : {"run: [unclosed", "just a string", "run:\n  steps: 0\n",
                            "run:\n  nosuch: 1\n", "a:\n b:\n  c:\n   d: 1\n"}) {

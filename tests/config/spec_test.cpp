@@ -182,6 +182,7 @@ TEST(run_spec, typed_values_follow_the_keys) {
   ASSERT_TRUE(spec) << spec.error().to_string();
   EXPECT_EQ(spec->run.steps, 7u);
   EXPECT_EQ(spec->selection.budget_tokens, 4096u);
+  EXPECT_DOUBLE_EQ(spec->selection.budget_fraction, 0.0);  // off by default
   EXPECT_EQ(spec->cluster.pnm_devices, 8u);
   EXPECT_EQ(spec->cluster.pool_devices, 4u);
   EXPECT_DOUBLE_EQ(spec->workload.tpot_ms_max, 12.5);

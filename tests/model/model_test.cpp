@@ -5,9 +5,12 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <string>
+#include <vector>
 
 #include "model/hardware.hpp"
 #include "model/model_shape.hpp"
+#include "model/selection_budget.hpp"
 
 namespace pnmkv {
 namespace {
@@ -112,6 +115,43 @@ TEST(hardware, bad_files_are_clear_errors) {
     ASSERT_FALSE(hw);
     EXPECT_NE(hw.error().message().find(c.expect), std::string::npos) << hw.error().message();
   }
+}
+
+// selection.budget_fraction: round(f x context) tokens, up to whole pages, at least the two
+// always-kept pages; worked by hand for each row.
+TEST(selection_budget, fraction_of_the_context_in_whole_pages) {
+  struct row {
+    double fraction;
+    uint64_t context_tokens;
+    uint32_t page_size_tokens;
+    uint64_t pages;
+  };
+  for (const row& r : std::vector<row>{
+           {0.002, 131072, 16, 17},   // 262.144 -> 262 tokens -> 16.4 -> 17 pages
+           {0.01, 131072, 16, 82},    // 1310.72 -> 1311 -> 81.9 -> 82
+           {0.002, 1048576, 16, 132}, // 2097.152 -> 2097 -> 131.06 -> 132
+           {0.01, 1048576, 16, 656},  // 10485.76 -> 10486 -> 655.4 -> 656
+           {0.01, 1048576, 64, 164},  // 10486 / 64 = 163.8 -> 164
+           {0.03, 32768, 16, 62},     // 983.04 -> 983 -> 61.4 -> 62
+           {0.0001, 32768, 16, 2},    // 3.28 -> 3 tokens -> 1 page -> the two kept pages
+           {0.5, 4096, 32, 64},       // 2048 tokens, exactly 64 pages
+           {1.0, 1000, 16, 63},       // the whole context: 62.5 -> 63 pages
+       }) {
+    SCOPED_TRACE(std::to_string(r.fraction) + " of " + std::to_string(r.context_tokens) + " at page " +
+                 std::to_string(r.page_size_tokens));
+    const selection_budget_policy p{r.page_size_tokens, 2048, r.fraction};
+    EXPECT_EQ(selection_budget_pages(p, r.context_tokens), r.pages);
+    EXPECT_EQ(selection_budget_tokens(p, r.context_tokens), r.pages * r.page_size_tokens);
+    EXPECT_STREQ(p.name(), "budget_fraction");
+  }
+  // Off (the default): budget_tokens whatever the context, in whole pages as before.
+  const selection_budget_policy fixed{16, 2048, 0};
+  for (uint64_t ctx : {1024ull, 131072ull, 1048576ull}) {
+    EXPECT_EQ(selection_budget_tokens(fixed, ctx), 2048u);
+    EXPECT_EQ(selection_budget_pages(fixed, ctx), 128u);
+  }
+  EXPECT_EQ(selection_budget_pages(selection_budget_policy{16, 1000, 0}, 131072), 62u);
+  EXPECT_STREQ(fixed.name(), "budget_tokens");
 }
 
 }  // namespace

@@ -130,6 +130,23 @@ TEST(sim_agreement, pnm_kv_exact_selection_over_two_shards_is_a_calibrated_predi
               r.sim.device_bytes_per_step * 1e-3);
 }
 
+// selection.budget_fraction: both resolve the budget with the same function at the
+// workload's context (32768 x 0.03 = 983 tokens -> 62 pages = 992 tokens, over
+// selection.budget_tokens = 512 which it wins over), and agree as the fixed budget does.
+TEST(sim_agreement, budget_fraction) {
+  for (const auto& extra : std::vector<std::vector<std::string>>{
+           {"run.mode=pnm-kv", "cluster.pnm_devices=4", "selection.budget_fraction=0.03"},
+           {"run.mode=baseline", "cluster.pnm_devices=4", "selection.budget_fraction=0.03"}}) {
+    std::string name;
+    for (const auto& e : extra) name += e + " ";
+    auto r = run_both(small(extra));
+    if (r.skipped) continue;
+    EXPECT_EQ(r.live.budget_tokens, 992u) << name;
+    EXPECT_EQ(r.sim.budget_tokens, 992u) << name;
+    expect_equal(r, name.c_str());
+  }
+}
+
 TEST(sim_agreement, baseline) {
   auto r = run_both(small({"run.mode=baseline", "cluster.pnm_devices=4"}));
   if (r.skipped) GTEST_SKIP() << "run_embedded returns errc::unsupported for run.mode=baseline";
