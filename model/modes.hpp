@@ -35,6 +35,13 @@ inline constexpr enum_name<sequence_split> sequence_split_names[] = {
     {"contiguous", sequence_split::contiguous}, {"interleave", sequence_split::interleave}};
 const char* to_string(sequence_split s);
 
+// baseline.recall_cache: what the GPU keeps of the pages it recalled (schedulers/recall_cache.hpp):
+// nothing (every selected page is recalled every step) or the least recently used evicted.
+enum class recall_cache_policy { none, lru };
+inline constexpr enum_name<recall_cache_policy> recall_cache_policy_names[] = {
+    {"none", recall_cache_policy::none}, {"lru", recall_cache_policy::lru}};
+const char* to_string(recall_cache_policy p);
+
 // What one query asks of a shard: the one concept the host engine, the device engine and the
 // wire (transport/messages.hpp, wire.capnp SelectionRound, mapped in transport/messages.cpp)
 // share. Order matches wire.capnp.
