@@ -642,6 +642,14 @@ void gpu_host_state::report_run(run_report& rep) const {
     rep.cal_steady_churn_fraction = c.steady_churn_fraction;
     rep.cal_selection_overlap = c.selection_overlap;
     rep.cal_selection_spread = c.selection_spread;
+    rep.cal_recall_hit_fraction = c.recall_hit_fraction;
+    rep.cal_recall_samples = c.recall_samples;
+    const auto rc = engine_->recall_cache_stats();
+    rep.recall_cache = to_string(rc.policy);
+    rep.recall_cache_tokens = rc.capacity_tokens;
+    rep.recall_hits = rc.hits;
+    rep.recall_misses = rc.misses;
+    rep.recall_cache_shadow = rc.shadow;
     rep.cal_samples = c.samples;
     rep.cal_churn_samples = c.churn_samples;
   }

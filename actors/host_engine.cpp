@@ -73,6 +73,7 @@ status host_engine::remove_request(uint64_t request_id) {
   drop(steady_);
   drop(shadow_);
   drop(previous_selection_);
+  drop(cache_);
   drop(heads_);
   return {};
 }
@@ -338,8 +339,9 @@ result<std::vector<device_work>> host_engine::advance() {
           if (!st) return st;
           phase_ = phase::round_b;
           auto work = round_b_work();
-          if (!work.empty()) {
-            for (auto& w : work) out.push_back(std::move(w));
+          if (!work) return work.error();
+          if (!work->empty()) {
+            for (auto& w : *work) out.push_back(std::move(w));
             break;
           }
         }
@@ -525,6 +527,20 @@ void host_engine::append_token(const request_spec& r, uint32_t layer, uint32_t h
   wl_.keys(r.request_id, layer, h, position, 1, app.k.data());
   wl_.values(r.request_id, layer, h, position, 1, app.v.data());
   app.wire_bytes = work::append_wire_bytes(m);
+  // baseline: the GPU's copy of the last page, when its recall cache holds it, takes the new
+  // row too (the same bytes; see the header).
+  if (cfg_.mode == run_mode::baseline) {
+    auto c = cache_.find(head_key{layer, r.request_id, h});
+    if (c != cache_.end()) {
+      auto pg = c->second.pages.find(position / ps);
+      if (pg != c->second.pages.end()) {
+        PNMKV_CHECK_EQ(uint64_t(pg->second.rows), position % ps);
+        pg->second.k.insert(pg->second.k.end(), app.k.begin(), app.k.end());
+        pg->second.v.insert(pg->second.v.end(), app.v.begin(), app.v.end());
+        ++pg->second.rows;
+      }
+    }
+  }
   std::vector<uint32_t> holders{holder.device_id};
   holders.insert(holders.end(), holder.replica_device_ids.begin(),
                  holder.replica_device_ids.end());
@@ -780,8 +796,7 @@ status host_engine::finish_baseline_scoring() {
   return {};
 }
 
-std::vector<device_work> host_engine::round_b_work() {
-  const uint32_t ps = cfg_.page_size_tokens;
+result<std::vector<device_work>> host_engine::round_b_work() {
   std::vector<device_work> work;
   // baseline: each head's slot (its index among the layer's heads), looked up per recall.
   std::map<head_key, uint32_t> slot_of;
@@ -791,49 +806,171 @@ std::vector<device_work> host_engine::round_b_work() {
     if (std::get<0>(key) != layer_) continue;
     const auto [layer, request_id, h] = key;
     const request_placement& pl = placements_.at(request_id);
+    if (cfg_.mode == run_mode::baseline) {
+      const auto slot = slot_of.find(key);
+      PNMKV_CHECK(slot != slot_of.end(), "recall for request ", request_id, " head ", h, " of no layer slot");
+      auto st = baseline_recalls(key, hs, slot->second, work);
+      if (!st) return st;
+      continue;
+    }
     for (uint32_t j = 0; j < hs.shards.size(); ++j) {
       if (hs.listed[j].empty()) {
         hs.parts[j].reset(costs_.model().gqa_group(), costs_.model().head_dim);
         continue;
       }
-      if (cfg_.mode == run_mode::baseline) {
-        device_work w;
-        w.what = device_work::kind::recall;
-        w.device_id = pl.shards[hs.shards[j]].device_id;
-        w.shard_id = pl.shards[hs.shards[j]].shard_id;
-        w.tag = next_tag_++;
-        w.request_id = request_id;
-        w.layer = layer;
-        w.kv_head = h;
-        w.pages = hs.listed[j];
-        w.wire_bytes = work::recall_request_wire_bytes(w.pages.size());
-        uint64_t tokens = 0;
-        for (uint64_t p : w.pages) {
-          const uint64_t end = spec(request_id).context_tokens + decoded(request_id) + 1;
-          tokens += std::min<uint64_t>(ps, end - p * ps);
-        }
-        w.device_cost_ns = device_service_cost(costs_, device_op::expander, costs_.kv_bytes(double(tokens))).time_ns;
-        const uint32_t link = link_of(pl, h, hs.shards[j]);
-        dispatch(w, true, clock_ns_, link);
-        const auto slot = slot_of.find(key);
-        PNMKV_CHECK(slot != slot_of.end(), "recall for request ", request_id, " head ", h, " of no layer slot");
-        pending_.emplace(w.tag, pending_item{request_id, layer, h, j, purpose::recall, link, slot->second});
-        work.push_back(std::move(w));
-      } else {
-        device_work w = make_query(request_id, layer, h, hs.shards[j], hs.q, purpose::attend_listed);
-        w.listed_storage = hs.listed[j];
-        w.wire_bytes = work::query_wire_bytes(costs_.model(), w.listed_storage.size());
-        const uint32_t link = link_of(pl, h, hs.shards[j]);
-        dispatch(w, true, clock_ns_, link);
-        pending_.emplace(w.tag, pending_item{request_id, layer, h, j, purpose::attend_listed, link});
-        work.push_back(std::move(w));
-      }
+      device_work w = make_query(request_id, layer, h, hs.shards[j], hs.q, purpose::attend_listed);
+      w.listed_storage = hs.listed[j];
+      w.wire_bytes = work::query_wire_bytes(costs_.model(), w.listed_storage.size());
+      const uint32_t link = link_of(pl, h, hs.shards[j]);
+      dispatch(w, true, clock_ns_, link);
+      pending_.emplace(w.tag, pending_item{request_id, layer, h, j, purpose::attend_listed, link});
+      work.push_back(std::move(w));
     }
   }
   for (auto& w : work)
     if (w.what == device_work::kind::query) w.bind_query();
   prompt_work(layer_, work);
   return work;
+}
+
+host_engine::cache_state& host_engine::cache_of(const head_key& key) {
+  auto it = cache_.find(key);
+  if (it == cache_.end()) {
+    const uint64_t capacity_pages = cfg_.recall_cache_tokens / cfg_.page_size_tokens;
+    it = cache_.emplace(key, cache_state{recall_cache(cfg_.recall_cache, capacity_pages), {}}).first;
+  }
+  return it->second;
+}
+
+// baseline, round b of one head: the recall cache looks the head's selected pages up; each
+// shard is asked for the pages it holds that the cache does not (misses); a shard whose
+// pages all hit is attended now, from HBM.
+status host_engine::baseline_recalls(const head_key& key, head_state& hs, uint32_t slot,
+                                     std::vector<device_work>& work) {
+  const auto [layer, request_id, h] = key;
+  const uint32_t ps = cfg_.page_size_tokens;
+  const request_placement& pl = placements_.at(request_id);
+  std::vector<uint64_t> selected;
+  for (const auto& l : hs.listed) selected.insert(selected.end(), l.begin(), l.end());
+  std::sort(selected.begin(), selected.end());
+  cache_state& cache = cache_of(key);
+  const recall_lookup found = cache.policy.lookup(selected);
+  for (uint64_t p : found.evicted) {
+    PNMKV_CHECK(!std::binary_search(selected.begin(), selected.end(), p), "recall cache evicted page ", p,
+                " of its own step: capacity ", cache.policy.capacity_pages(), " < ", selected.size(), " pages");
+    cache.pages.erase(p);
+  }
+  calibrate_recall(key, selected, found.hits);
+  hs.missed.assign(hs.shards.size(), {});
+  const uint64_t end = spec(request_id).context_tokens + decoded(request_id) + 1;
+  for (uint32_t j = 0; j < hs.shards.size(); ++j) {
+    for (uint64_t p : hs.listed[j])
+      if (std::binary_search(found.missed.begin(), found.missed.end(), p)) hs.missed[j].push_back(p);
+    if (hs.missed[j].empty()) {  // every page in HBM (or none selected here)
+      auto st = attend_recalled(key, hs, j, nullptr);
+      if (!st) return st;
+      continue;
+    }
+    device_work w;
+    w.what = device_work::kind::recall;
+    w.device_id = pl.shards[hs.shards[j]].device_id;
+    w.shard_id = pl.shards[hs.shards[j]].shard_id;
+    w.tag = next_tag_++;
+    w.request_id = request_id;
+    w.layer = layer;
+    w.kv_head = h;
+    w.pages = hs.missed[j];
+    w.wire_bytes = work::recall_request_wire_bytes(w.pages.size());
+    uint64_t tokens = 0;
+    for (uint64_t p : w.pages) tokens += std::min<uint64_t>(ps, end - p * ps);
+    w.device_cost_ns = device_service_cost(costs_, device_op::expander, costs_.kv_bytes(double(tokens))).time_ns;
+    const uint32_t link = link_of(pl, h, hs.shards[j]);
+    dispatch(w, true, clock_ns_, link);
+    pending_.emplace(w.tag, pending_item{request_id, layer, h, j, purpose::recall, link, slot});
+    work.push_back(std::move(w));
+  }
+  return {};
+}
+
+// baseline: shard j's selected pages (hs.listed[j]) in one HBM buffer, in page order — the
+// recalled ones from the reply `r` (hs.missed[j], in the same order; none when r is null),
+// the others from the recall cache — attended into shard j's partial: the same pages with
+// the same bytes in the same order whichever way each came, so the same partial. Recalled
+// pages the cache holds are kept.
+status host_engine::attend_recalled(const head_key& key, head_state& hs, uint32_t j, const device_reply* r) {
+  const auto& m = costs_.model();
+  const uint32_t d = m.head_dim, group = m.gqa_group(), ps = cfg_.page_size_tokens;
+  const auto& pages = hs.listed[j];
+  const auto& missed = hs.missed[j];
+  if (pages.empty()) {
+    hs.parts[j].reset(group, d);
+    return {};
+  }
+  const uint64_t request_id = std::get<1>(key);
+  if (r && r->rows_per_page.size() != missed.size())
+    return status{errc::shape_mismatch, "recall reply for request " + std::to_string(request_id) + " has " +
+                                            std::to_string(r->rows_per_page.size()) + " pages, asked for " +
+                                            std::to_string(missed.size())};
+  PNMKV_CHECK(r != nullptr || missed.empty(), "shard ", j, " has pages to recall and no reply");
+  kv_head_shape shape;
+  shape.head_dim = d;
+  shape.page_size_tokens = ps;
+  auto buf = kv_head_store::create(shape, pages.size() * ps);
+  if (!buf) return buf.error();
+  cache_state& cache = cache_of(key);
+  const uint64_t end = spec(request_id).context_tokens + decoded(request_id) + 1;
+  size_t off = 0, next_missed = 0;
+  for (uint64_t p : pages) {
+    const uint32_t rows_now = uint32_t(std::min<uint64_t>(ps, end - p * ps));
+    if (next_missed < missed.size() && missed[next_missed] == p) {
+      const uint32_t rows = r->rows_per_page[next_missed++];
+      if (rows != rows_now || off + size_t(rows) * d > r->k.size() || r->k.size() != r->v.size())
+        return status{errc::shape_mismatch, "recall reply for request " + std::to_string(request_id) + " page " +
+                                                std::to_string(p) + " has " + std::to_string(rows) + " rows, the page " +
+                                                std::to_string(rows_now)};
+      auto st = buf->append(p * ps, r->k.data() + off, r->v.data() + off, rows);
+      if (!st) return st;
+      if (cache.policy.holds(p))
+        cache.pages[p] = cached_page{std::vector<bf16>(r->k.begin() + off, r->k.begin() + off + size_t(rows) * d),
+                                     std::vector<bf16>(r->v.begin() + off, r->v.begin() + off + size_t(rows) * d), rows};
+      off += size_t(rows) * d;
+      hs.recalled_tokens += rows;
+    } else {
+      const auto c = cache.pages.find(p);
+      PNMKV_CHECK(c != cache.pages.end(), "page ", p, " of request ", request_id, " is a hit with no bytes");
+      PNMKV_CHECK_EQ(c->second.rows, rows_now);
+      auto st = buf->append(p * ps, c->second.k.data(), c->second.v.data(), rows_now);
+      if (!st) return st;
+      hs.cached_tokens += rows_now;
+    }
+  }
+  std::vector<uint32_t> all(buf->page_count());
+  for (uint32_t i = 0; i < all.size(); ++i) all[i] = i;
+  auto st = attend_pages(*buf, hs.q.data(), group, all.data(), all.size(), 1.0f / std::sqrt(float(d)), hs.parts[j]);
+  if (!st) return st;
+  hs.pages.insert(hs.pages.end(), pages.begin(), pages.end());
+  return {};
+}
+
+// The recall cache's counts: every lookup for the run's totals, lookups after a head's first
+// (a warm cache) for the calibration.
+void host_engine::calibrate_recall(const head_key& key, const std::vector<uint64_t>& sel, uint64_t hits) {
+  recall_hits_ += hits;
+  recall_misses_ += sel.size() - hits;
+  if (cache_of(key).policy.lookups() <= 1) return;
+  cal_recall_hits_ += hits;
+  cal_recall_selected_ += sel.size();
+  ++cal_recall_samples_;
+}
+
+host_engine::recall_stats host_engine::recall_cache_stats() const {
+  recall_stats s;
+  s.policy = cfg_.recall_cache;
+  s.capacity_tokens = cfg_.recall_cache == recall_cache_policy::none ? 0 : cfg_.recall_cache_tokens;
+  s.hits = recall_hits_;
+  s.misses = recall_misses_;
+  s.shadow = cfg_.mode != run_mode::baseline;
+  return s;
 }
 
 // Dense queries of every (live layer, request, KV head, shard): the ground truth the step's
@@ -944,7 +1081,7 @@ result<std::vector<device_work>> host_engine::on_reply_impl(const device_reply& 
   const pending_item pi = it->second;
   pending_.erase(it);
   const auto& m = costs_.model();
-  const uint32_t d = m.head_dim, group = m.gqa_group(), ps = cfg_.page_size_tokens;
+  const uint32_t d = m.head_dim;
   head_key key{pi.layer, pi.request_id, pi.kv_head};
 
   if (pi.what != purpose::verify) {  // verification is not the step's work
@@ -1008,34 +1145,13 @@ result<std::vector<device_work>> host_engine::on_reply_impl(const device_reply& 
       break;
     }
     case purpose::recall: {
-      // baseline: the recalled pages land in a GPU buffer; the GPU attends them.
+      // baseline: the recalled pages land in HBM (the recall cache, or a buffer); the GPU
+      // attends them with the pages it held.
       head_state& hs = heads_.at(key);
-      kv_head_shape shape;
-      shape.head_dim = d;
-      shape.page_size_tokens = ps;
-      const auto& pages = hs.listed[pi.shard_index];
-      auto buf = kv_head_store::create(shape, std::max<size_t>(1, pages.size()) * ps);
-      if (!buf) return buf.error();
-      size_t off = 0;
-      uint64_t tokens = 0;
-      if (r.rows_per_page.size() != pages.size())
-        return status{errc::shape_mismatch, "recall reply for request " +
-                                                std::to_string(pi.request_id) + " has " +
-                                                std::to_string(r.rows_per_page.size()) +
-                                                " pages, asked for " + std::to_string(pages.size())};
-      for (size_t i = 0; i < pages.size(); ++i) {
-        const uint32_t rows = r.rows_per_page[i];
-        auto st = buf->append(pages[i] * ps, r.k.data() + off, r.v.data() + off, rows);
-        if (!st) return st;
-        off += size_t(rows) * d;
-        tokens += rows;
-      }
-      std::vector<uint32_t> all(buf->page_count());
-      for (uint32_t i = 0; i < all.size(); ++i) all[i] = i;
-      auto st = attend_pages(*buf, hs.q.data(), group, all.data(), all.size(),
-                             1.0f / std::sqrt(float(d)), hs.parts[pi.shard_index]);
+      const uint64_t before = hs.recalled_tokens;
+      auto st = attend_recalled(key, hs, pi.shard_index, &r);
       if (!st) return st;
-      hs.pages.insert(hs.pages.end(), pages.begin(), pages.end());
+      const uint64_t tokens = hs.recalled_tokens - before;
       const uint64_t payload = (r.k.size() + r.v.size()) * sizeof(bf16);
       const uint64_t bytes = work::recall_reply_wire_bytes(m, payload / (4ull * d));
       device_done(bytes, device_service_cost(costs_, device_op::expander, double(payload)));
@@ -1043,7 +1159,6 @@ result<std::vector<device_work>> host_engine::on_reply_impl(const device_reply& 
       // The pages land in HBM; the GPU attends the head's pages once every recall is in
       // (finish_layer).
       cur_.energy_j += costs_.gpu_hbm_write(costs_.kv_bytes(double(tokens))).energy_j;
-      hs.recalled_tokens += tokens;
       break;
     }
   }
@@ -1066,7 +1181,8 @@ status host_engine::finish_layer() {
     double in = 0;
     for (const head_key& key : layer_slots_) in = std::max(in, heads_.at(key).ready_ns);
     for (const head_key& key : layer_slots_) {
-      const work::query_work aw = work::gpu_attend_work(costs_, double(heads_.at(key).recalled_tokens));
+      const head_state& hs = heads_.at(key);
+      const work::query_work aw = work::gpu_attend_work(costs_, double(hs.recalled_tokens + hs.cached_tokens));
       const op_cost ga = costs_.gpu_attention(aw.bytes, aw.flops);
       cur_.energy_j += ga.energy_j;
       cur_.gpu_attention_ns += ga.time_ns;
@@ -1161,6 +1277,10 @@ void host_engine::calibrate(const head_key& key, const head_state& hs) {
       sh.second = std::move(next);
     }
   }
+  // Other modes: the recall cache as a shadow on the actual selections (baseline looks its
+  // cache up in round b).
+  if (cfg_.mode != run_mode::baseline && cfg_.recall_cache != recall_cache_policy::none)
+    calibrate_recall(key, sel, cache_of(key).policy.lookup(sel).hits);
   auto prev = previous_selection_.find(key);
   if (prev != previous_selection_.end() && !sel.empty()) {
     cal_overlap_sum_ += double(intersect(sel, prev->second)) / double(sel.size());
@@ -1192,6 +1312,8 @@ host_engine::calibration_stats host_engine::calibration() const {
   c.steady_churn_fraction = cal_churn_samples_ ? cal_churn_sum_ / double(cal_churn_samples_) : 0;
   c.selection_overlap = cal_overlap_samples_ ? cal_overlap_sum_ / double(cal_overlap_samples_) : 0;
   c.selection_spread = cal_spread_sum_ / double(cal_samples_);
+  c.recall_hit_fraction = cal_recall_selected_ ? double(cal_recall_hits_) / double(cal_recall_selected_) : 0;
+  c.recall_samples = cal_recall_samples_;
   return c;
 }
 

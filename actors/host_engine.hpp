@@ -18,7 +18,13 @@
 //            (resident in HBM when they fit, else read over the link), selects, recalls the
 //            selected pages over the link and attends. The scoring arithmetic is run by the
 //            device actor on the host's behalf (same function, same summaries, so the same
-//            selection); it is charged to the GPU, never to the device.
+//            selection); it is charged to the GPU, never to the device. With a recall cache
+//            (baseline.recall_cache, schedulers/recall_cache.hpp) the GPU keeps recalled
+//            pages in HBM between steps and recalls only the selected pages it does not
+//            hold; it attends all of them alike (the same bytes, so the same outputs). The
+//            new token it appends to the expander it also appends to its copy of the last
+//            page, when it holds that page (it computed those K/V): the growing last page
+//            stays a hit; a page newly started is a miss the first time it is selected.
 //
 // Virtual time of one layer is charged by the step model's arithmetic
 // (schedulers/step_timeline.hpp), fed with what actually happened: the messages this engine
@@ -43,6 +49,7 @@
 #include "model/cost_model.hpp"
 #include "model/modes.hpp"
 #include "schedulers/placement.hpp"
+#include "schedulers/recall_cache.hpp"
 #include "schedulers/serving.hpp"
 #include "schedulers/steady_pages.hpp"
 #include "schedulers/step_timeline.hpp"
@@ -66,6 +73,11 @@ struct host_engine_config {
   uint32_t heads_scored = 0;
   uint32_t summary_elem_bytes = 2;
   steady_params steady{};             // png-kv
+  // baseline: the GPU's cache of recalled pages and its capacity per (request, layer, KV
+  // head) in tokens of whole pages (actors/run_setup resolves baseline.recall_cache_tokens).
+  // Other modes run this policy on their selections as a shadow, for calibration only.
+  recall_cache_policy recall_cache = recall_cache_policy::none;
+  uint64_t recall_cache_tokens = 0;
   // Keep a copy of every query and recall of the running step until it is answered, so
   // fail_over can send it again to a replica (cluster.replication >= 2).
   bool keep_for_retry = false;
@@ -226,10 +238,25 @@ class host_engine {
     double steady_churn_fraction = 0; // new pages per re-evaluation / steady set size
     double selection_overlap = 0;     // selected pages the previous step selected too
     double selection_spread = 1;      // busiest shard's share of a selection / even share
+    // Recall cache (baseline; a shadow in other modes): hits / selected pages over lookups
+    // after each head's first (a cold cache misses every page), and the samples: lookups.
+    double recall_hit_fraction = 0;
+    uint64_t recall_samples = 0;
     uint64_t samples = 0;             // (step, layer, request, head) selections seen
     uint64_t churn_samples = 0;
   };
   calibration_stats calibration() const;
+
+  // The recall cache over the whole run, every live (layer, request, KV head) lookup, the
+  // cold first ones included: in baseline the pages attended from HBM (hits) and recalled
+  // over the link (misses); a shadow in other modes.
+  struct recall_stats {
+    recall_cache_policy policy = recall_cache_policy::none;
+    uint64_t capacity_tokens = 0;
+    uint64_t hits = 0, misses = 0;
+    bool shadow = false;  // not baseline: counted on the selections, nothing recalled
+  };
+  recall_stats recall_cache_stats() const;
 
  private:
   enum class phase { copy, round_a, round_b, verify, done };
@@ -260,9 +287,21 @@ class host_engine {
     std::vector<uint64_t> pages;       // selected global pages (device side + steady)
     partial steady_part;               // png-kv: GPU attention over steady pages
     partial merged;
-    // baseline timing: when the head's summaries are scored / pages are in; tokens recalled.
+    // baseline timing: when the head's summaries are scored / pages are in; tokens recalled
+    // and attended from the recall cache.
     double ready_ns = 0;
-    uint64_t recalled_tokens = 0;
+    uint64_t recalled_tokens = 0, cached_tokens = 0;
+    std::vector<std::vector<uint64_t>> missed;  // baseline: pages recalled, per shard
+  };
+  // The recall cache of (layer, request, KV head): the policy, and in baseline the bytes of
+  // the pages it holds (rows of the page so far, K and V each rows × head_dim).
+  struct cached_page {
+    std::vector<bf16> k, v;
+    uint32_t rows = 0;
+  };
+  struct cache_state {
+    recall_cache policy;
+    std::map<uint64_t, cached_page> pages;
   };
   struct steady_state {                // png-kv, per (layer, request, kv_head)
     std::unique_ptr<steady_policy> policy;
@@ -280,7 +319,11 @@ class host_engine {
                     std::vector<device_work>& work);
   uint64_t attend_steady(const head_key& key, head_state& hs, uint64_t budget_pages,
                          const std::vector<uint64_t>*& excluded);
-  std::vector<device_work> round_b_work();
+  result<std::vector<device_work>> round_b_work();
+  status baseline_recalls(const head_key& key, head_state& hs, uint32_t slot, std::vector<device_work>& work);
+  status attend_recalled(const head_key& key, head_state& hs, uint32_t j, const device_reply* r);
+  cache_state& cache_of(const head_key& key);
+  void calibrate_recall(const head_key& key, const std::vector<uint64_t>& sel, uint64_t hits);
   std::vector<device_work> verify_work();
   device_work make_query(uint64_t request_id, uint32_t layer, uint32_t kv_head, uint32_t shard_index,
                          const std::vector<float>& q, purpose what);
@@ -328,6 +371,9 @@ class host_engine {
   // Calibration: shadow steady sets (modes without steady pages) and running sums.
   std::map<head_key, std::pair<std::unique_ptr<steady_policy>, std::vector<uint64_t>>> shadow_;
   std::map<head_key, std::vector<uint64_t>> previous_selection_;
+  std::map<head_key, cache_state> cache_;  // recall caches (baseline) or their shadows
+  uint64_t recall_hits_ = 0, recall_misses_ = 0, cal_recall_hits_ = 0, cal_recall_selected_ = 0,
+           cal_recall_samples_ = 0;
   double cal_hits_ = 0, cal_selected_ = 0, cal_set_fraction_sum_ = 0, cal_overlap_sum_ = 0,
          cal_spread_sum_ = 0, cal_churn_sum_ = 0;
   uint64_t cal_samples_ = 0, cal_overlap_samples_ = 0, cal_churn_samples_ = 0;

@@ -81,6 +81,12 @@ std::string run_report::to_json() const {
                   {"max_batch_gpu_memory", max_batch_gpu_memory},
                   {"max_batch_device_capacity", max_batch_device_capacity}};
   j["selection"] = {{"cross_shard", cross_shard}, {"summaries_resident", summaries_resident}};
+  j["recall_cache"] = {{"policy", recall_cache},
+                       {"capacity_tokens", recall_cache_tokens},
+                       {"hits", recall_hits},
+                       {"misses", recall_misses},
+                       {"hit_rate", num(recall_hit_rate())},
+                       {"shadow", recall_cache_shadow}};
   j["requests"] = {{"submitted", submitted}, {"completed", completed}, {"failed", failed},
                    {"failures", failures}};
   if (arrivals != "closed") {
@@ -140,13 +146,15 @@ std::string run_report::calibration_json() const {
   j["measured"] = {{"model", model_name},       {"mode", mode},
                    {"context_tokens", context_tokens}, {"budget_tokens", budget_tokens},
                    {"batch", batch},            {"steps", steps},
-                   {"hardware", hardware_name}};
+                   {"hardware", hardware_name},
+                   {"recall_cache", {{"policy", recall_cache}, {"capacity_tokens", recall_cache_tokens}}}};
   auto v = [](double x, uint64_t n) { return nlohmann::ordered_json{{"value", x}, {"samples", n}}; };
   j["values"] = {{"steady_hit_fraction", v(cal_steady_hit_fraction, cal_samples)},
                  {"steady_set_fraction", v(cal_steady_set_fraction, cal_samples)},
                  {"steady_churn_fraction", v(cal_steady_churn_fraction, cal_churn_samples)},
                  {"steady_reeval_steps", v(std::max<uint32_t>(1, cal_steady_reeval_steps), cal_samples)},
                  {"selection_overlap", v(cal_selection_overlap, cal_samples)},
+                 {"recall_hit_fraction", v(cal_recall_hit_fraction, cal_recall_samples)},
                  {"selection_spread", v(std::max(1.0, cal_selection_spread), cal_samples)}};
   return j.dump(2);
 }
@@ -248,6 +256,14 @@ void read_virtual(const nlohmann::json& j, run_report& r) {
     r.cross_shard = j["selection"].value("cross_shard", "");
     r.summaries_resident = j["selection"].value("summaries_resident", false);
   }
+  if (j.contains("recall_cache")) {
+    const auto& c = j["recall_cache"];
+    r.recall_cache = c.value("policy", "none");
+    r.recall_cache_tokens = c.value("capacity_tokens", uint64_t(0));
+    r.recall_hits = c.value("hits", uint64_t(0));
+    r.recall_misses = c.value("misses", uint64_t(0));
+    r.recall_cache_shadow = c.value("shadow", false);
+  }
   if (j.contains("requests")) {
     const auto& q = j["requests"];
     r.submitted = q.value("submitted", uint64_t(0));
@@ -319,6 +335,8 @@ void read_faults_devices_calibration(const nlohmann::json& j, run_report& r) {
     r.cal_steady_churn_fraction = val("steady_churn_fraction");
     r.cal_steady_reeval_steps = static_cast<uint32_t>(val("steady_reeval_steps"));
     r.cal_selection_overlap = val("selection_overlap");
+    r.cal_recall_hit_fraction = val("recall_hit_fraction");
+    if (c.contains("recall_hit_fraction")) r.cal_recall_samples = c["recall_hit_fraction"].value("samples", uint64_t(0));
     r.cal_selection_spread = val("selection_spread");
     if (c.contains("steady_hit_fraction")) r.cal_samples = c["steady_hit_fraction"].value("samples", uint64_t(0));
     if (c.contains("steady_churn_fraction")) r.cal_churn_samples = c["steady_churn_fraction"].value("samples", uint64_t(0));
@@ -447,6 +465,13 @@ void run_report::table_virtual_time(table& t) const {
         f("%.3f", steady_hit_rate) + " / " + bytes_h(double(copy_bytes_per_step)));
   if (mode == to_string(run_mode::baseline))
     row("page summaries", summaries_resident ? "resident in GPU memory" : "read over the link each step");
+  if (mode == to_string(run_mode::baseline))
+    row("recall cache", recall_cache == "none"
+                            ? std::string("none: every selected page recalled every step")
+                            : recall_cache + ", " + std::to_string(recall_cache_tokens) +
+                                  " tokens per head: hits " + std::to_string(recall_hits) + " / misses " +
+                                  std::to_string(recall_misses) + f(" pages (hit rate %.3f", recall_hit_rate()) +
+                                  f(", after the first step %.3f)", cal_recall_hit_fraction));
   row("GPU memory for the batch", bytes_h(gpu_memory_bytes) + " of " + bytes_h(gpu_memory_capacity_bytes));
   row("max batch at this context", std::to_string(max_batch) + " (GPU memory " +
                                        std::to_string(max_batch_gpu_memory) + ", device capacity " +

@@ -57,6 +57,17 @@ struct run_report {
   bool summaries_resident = false;    // baseline
   double steady_hit_rate = 0;         // png-kv: selected pages served from the GPU's steady set
   uint64_t copy_bytes_per_step = 0;   // png-kv: steady copies
+  // baseline: the GPU's cache of recalled pages (schedulers/recall_cache.hpp) over the run,
+  // every live (layer, request, KV head) lookup: pages attended from HBM (hits) and
+  // recalled (misses). Other modes count a shadow cache on their selections (shadow).
+  std::string recall_cache = "none";
+  uint64_t recall_cache_tokens = 0;   // capacity per (request, layer, KV head)
+  uint64_t recall_hits = 0, recall_misses = 0;
+  bool recall_cache_shadow = false;
+  double recall_hit_rate() const {
+    const uint64_t n = recall_hits + recall_misses;
+    return n ? double(recall_hits) / double(n) : 0;
+  }
   double gpu_memory_bytes = 0;        // the batch's needs in this mode (schedulers/gpu_memory)
   double gpu_memory_capacity_bytes = 0;
   uint32_t max_batch = 0;             // largest batch admitted at this context: the min of
@@ -87,9 +98,9 @@ struct run_report {
 
   // Calibration for the simulator (sim/calibration.hpp), measured by this run.
   double cal_steady_hit_fraction = 0, cal_steady_set_fraction = 0, cal_steady_churn_fraction = 0,
-         cal_selection_overlap = 0, cal_selection_spread = 1;
+         cal_selection_overlap = 0, cal_selection_spread = 1, cal_recall_hit_fraction = 0;
   uint32_t cal_steady_reeval_steps = 0;
-  uint64_t cal_samples = 0, cal_churn_samples = 0;
+  uint64_t cal_samples = 0, cal_churn_samples = 0, cal_recall_samples = 0;
   uint64_t budget_tokens = 0;
   // The calibration as a "pnmkv-calibration/1" file.
   std::string calibration_json() const;

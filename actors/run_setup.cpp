@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "schedulers/recall_cache.hpp"
 #include "transport/auth.hpp"
 #include "transport/hex.hpp"
 #include "transport/from_config.hpp"
@@ -93,6 +94,21 @@ status set_engines(const run_spec& spec, run_setup& s) {
   s.gpu_query.steady_tokens = s.host.steady.budget_pages * page;
   s.gpu_query.page_size_tokens = page;
   s.gpu_query.summary_elem_bytes = spec.selection.summary_elem_bytes();
+  // baseline: the GPU's cache of recalled pages (schedulers/recall_cache.hpp), its capacity
+  // counted in GPU memory before summary residence is decided. Other modes run an LRU
+  // cache of the same capacity (the budget when the baseline keys say none) on their
+  // selections as a shadow, so any run calibrates recall_hit_fraction.
+  auto cache = recall_cache_capacity_tokens(spec.baseline.recall_cache, spec.baseline.recall_cache_tokens,
+                                            budget, page);
+  if (s.host.mode == run_mode::baseline) {
+    if (!cache) return cache.error();
+    s.host.recall_cache = spec.baseline.recall_cache;
+    s.host.recall_cache_tokens = *cache;
+    s.gpu_query.recall_cache_tokens = *cache;
+  } else {
+    s.host.recall_cache = recall_cache_policy::lru;
+    s.host.recall_cache_tokens = cache && *cache > 0 ? *cache : budget / page * page;
+  }
   if (spec.baseline.summaries == summary_residence::auto_fit) {
     gpu_memory_query q = s.gpu_query;
     q.summaries_resident = true;
@@ -127,9 +143,11 @@ status set_step(const run_spec& spec, run_setup& s) {
   st->heads_scored = spec.selection.gqa_aggregation == gqa_aggregation::max ? s.model.gqa_group() : 1;
   st->exact_cross_shard = s.host.cross_shard == cross_shard_selection::exact;
   st->summaries = s.host.summaries_resident ? summary_residence::hbm : summary_residence::link;
-  // The live host engine recalls every selected page (no reuse across steps), so its
-  // TPOT predictions must not assume sim.baseline_recall_reuse.
-  st->recall_reuse = false;
+  // The recall cache the host engine runs (set_engines); TPOT predictions take its hit
+  // fraction from the calibration (sim.recall_hit_fraction or sim.calibration_file), as the
+  // simulator does.
+  st->recall_cache = s.host.mode == run_mode::baseline ? s.host.recall_cache : recall_cache_policy::none;
+  st->recall_cache_tokens = s.host.mode == run_mode::baseline ? s.host.recall_cache_tokens : 0;
   st->charge_link_energy = spec.sim.charge_link_energy;
   st->baseline_overlap = false;
   // The host engine charges with the same figures the step model predicts with.

@@ -36,6 +36,7 @@ const field fields[] = {
     {"steady_churn_fraction", &calibration::steady_churn_fraction, &calibration_keys::steady_churn_fraction},
     {"steady_reeval_steps", &calibration::steady_reeval_steps, &calibration_keys::steady_reeval_steps},
     {"selection_overlap", &calibration::selection_overlap, &calibration_keys::selection_overlap},
+    {"recall_hit_fraction", &calibration::recall_hit_fraction, &calibration_keys::recall_hit_fraction},
     {"selection_spread", &calibration::selection_spread, &calibration_keys::selection_spread},
 };
 

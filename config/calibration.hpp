@@ -31,6 +31,9 @@ struct calibration {
   calibrated_value steady_reeval_steps;
   // Fraction of a step's selected pages that the previous step selected too.
   calibrated_value selection_overlap;
+  // baseline, recall cache on: selected pages the GPU's recall cache holds (hits / selected
+  // pages), over every step after a request's first decode step (a cold cache misses all).
+  calibrated_value recall_hit_fraction;
   // Busiest shard's share of a global selection over the even share (1 = even).
   calibrated_value selection_spread;
 

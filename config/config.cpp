@@ -96,6 +96,14 @@ std::vector<std::string> split_list(const std::string& text) {
 }
 
 // Closest known keys, to help with typos.
+// Keys that existed once, with what replaces them: an old config gets told, not just
+// "unknown key".
+const std::pair<const char*, const char*> removed_keys[] = {
+    {"sim.baseline_recall_reuse",
+     "recall reuse is baseline.recall_cache (lru, the default, or none) with "
+     "baseline.recall_cache_tokens, read by the live cluster and the simulator alike"},
+};
+
 std::string suggest(const std::string& key) {
   std::string section = key.substr(0, key.find('.'));
   std::string out;
@@ -158,6 +166,9 @@ config config::defaults() {
 status config::set_value(const std::string& key, const std::string& raw,
                          const std::string& origin, const std::string& config_file) {
   const config_key* k = find_config_key(key);
+  for (const auto& [gone, instead] : removed_keys)
+    if (!k && key == gone)
+      return {errc::invalid_argument, origin + ": key '" + key + "' was removed: " + instead};
   if (!k) {
     return {errc::invalid_argument,
             origin + ": unknown key '" + key + "' (" + suggest(key) + ")"};

@@ -45,6 +45,15 @@ std::vector<config_key> schema_keys_run() {
       {"baseline.summaries", t::choice, "auto", 0, 0, names_of(summary_residence_names),
        "baseline: page summaries resident in HBM, read over the link each step, or resident "
        "when they fit (auto)"},
+      {"baseline.recall_cache", t::choice, "lru", 0, 0, names_of(recall_cache_policy_names),
+       "baseline: recalled pages the GPU keeps in HBM between steps, per (request, layer, KV "
+       "head): lru (a page selected again is attended from HBM, not recalled; the least "
+       "recently used page is evicted past baseline.recall_cache_tokens, ties to the lower "
+       "page) or none (every selected page is recalled every step)"},
+      {"baseline.recall_cache_tokens", t::integer, "0", 0, 1ll << 32, {},
+       "baseline, recall_cache = lru: tokens of recalled pages kept per (request, layer, KV "
+       "head), counted in GPU memory for every layer; 0: the selection budget (one step's "
+       "selection: the smallest cache that holds it); else at least the budget"},
       {"cluster.pnm_devices", t::integer, "4", 1, 4096, {}, "PNM devices in the cluster"},
       {"cluster.live_layers", t::integer, "1", 0, 1024, {},
        "Layers computed with real arithmetic; the rest are charged by the cost model only"},

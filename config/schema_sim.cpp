@@ -31,9 +31,6 @@ std::vector<config_key> schema_keys_sim() {
       {"sim.baseline_overlap", t::boolean, "true", 0, 0, {},
        "baseline: recall a head's pages as soon as its selection is known and attend them as "
        "they arrive (double-buffered); false: layer-wide rounds, as the live cluster composes"},
-      {"sim.baseline_recall_reuse", t::boolean, "false", 0, 0, {},
-       "baseline: keep every layer's recalled pages between steps and recall only the pages "
-       "a step newly selects (1 - selection_overlap); costs a budget of every layer in HBM"},
       {"sim.calibration_file", t::path, "", 0, 0, {},
        "JSON from `pnmkv run --calibration-out` (format pnmkv-calibration/1); its values "
        "replace the sim.* ones below"},
@@ -49,6 +46,10 @@ std::vector<config_key> schema_keys_sim() {
        "png-kv: steps between steady-set re-evaluations"},
       {"sim.selection_overlap", t::number, "0.8", 0, 1, {},
        "Fraction of a step's selected pages the previous step selected (assumed)"},
+      {"sim.recall_hit_fraction", t::number, "0.8", 0, 1, {},
+       "baseline with baseline.recall_cache = lru: selected pages found in the GPU's recall "
+       "cache after a request's first decode step (assumed until calibrated; the live run "
+       "measures it)"},
       {"sim.selection_spread", t::number, "1", 1, 1e6, {},
        "Busiest sequence shard's share of a global selection over the even share (1: even)"},
       {"sim.price_scale_gpu", t::number, "1", 0, 100, {},

@@ -65,6 +65,8 @@ status read_run_and_selection(const reader& r, run_spec& s) {
   s.png.reevaluate_every_steps = r.u32("png.reevaluate_every_steps");
   s.png.warmup_steps = r.u32("png.warmup_steps");
   s.baseline.summaries = r.choice("baseline.summaries", summary_residence_names);
+  s.baseline.recall_cache = r.choice("baseline.recall_cache", recall_cache_policy_names);
+  s.baseline.recall_cache_tokens = r.u64("baseline.recall_cache_tokens");
   return status::ok();
 }
 
@@ -127,13 +129,13 @@ void read_sim(const reader& r, sim_section& m) {
   m.gpu_fabric_file = r.text("sim.gpu_fabric_file");
   m.pool_auto = r.flag("sim.pool_auto");
   m.baseline_overlap = r.flag("sim.baseline_overlap");
-  m.baseline_recall_reuse = r.flag("sim.baseline_recall_reuse");
   m.calibration_file = r.text("sim.calibration_file");
   m.calibration.steady_hit_fraction = r.num("sim.steady_hit_fraction");
   m.calibration.steady_set_fraction = r.num("sim.steady_set_fraction");
   m.calibration.steady_churn_fraction = r.num("sim.steady_churn_fraction");
   m.calibration.steady_reeval_steps = r.num("sim.steady_reeval_steps");
   m.calibration.selection_overlap = r.num("sim.selection_overlap");
+  m.calibration.recall_hit_fraction = r.num("sim.recall_hit_fraction");
   m.calibration.selection_spread = r.num("sim.selection_spread");
   m.price_scale_gpu = r.num("sim.price_scale_gpu");
   m.price_scale_pnm = r.num("sim.price_scale_pnm");

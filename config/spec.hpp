@@ -55,6 +55,8 @@ struct png_section {
 
 struct baseline_section {
   summary_residence summaries = summary_residence::auto_fit;
+  pnmkv::recall_cache_policy recall_cache = pnmkv::recall_cache_policy::lru;
+  uint64_t recall_cache_tokens = 0;  // 0: the selection budget
 };
 
 struct cluster_section {
@@ -106,6 +108,7 @@ struct calibration_keys {
   double steady_churn_fraction = 0.1;
   double steady_reeval_steps = 8;
   double selection_overlap = 0.8;
+  double recall_hit_fraction = 0.8;
   double selection_spread = 1;
 };
 
@@ -118,7 +121,6 @@ struct sim_section {
   std::string gpu_fabric_file;  // resolved like every path key
   bool pool_auto = false;
   bool baseline_overlap = true;
-  bool baseline_recall_reuse = false;
   std::string calibration_file;  // resolved like every path key; empty: none
   calibration_keys calibration;
   double price_scale_gpu = 1;

@@ -52,11 +52,7 @@ double gpu_memory_constraint::request_bytes(uint64_t final_tokens, bool summarie
   q.context_tokens = final_tokens;
   q.summaries_resident = summaries_resident;
   const gpu_memory_use u = gpu_memory(p_.model, p_.hw, q);
-  double bytes = u.total_bytes() - u.weights_bytes;
-  // Recalled pages reused across steps: every layer's recall buffer stays, not two.
-  if (p_.keep_every_layer_recalls && q.mode == run_mode::baseline && p_.model.layers > 2)
-    bytes += u.recall_bytes / 2.0 * double(p_.model.layers - 2);
-  return bytes;
+  return u.total_bytes() - u.weights_bytes;
 }
 
 gpu_memory_constraint::request_size gpu_memory_constraint::size_of(uint64_t final_tokens,
@@ -95,9 +91,9 @@ admission_verdict gpu_memory_constraint::check(const admission_candidate& c, adm
     char buf[256];
     std::snprintf(buf, sizeof buf,
                   "GPU memory: a batch of %u in %s mode needs %.1f GB of %.1f GB "
-                  "(weights %.1f, summaries %.1f, recall buffers %.1f, steady %.1f)",
+                  "(weights %.1f, summaries %.1f, recall buffers %.1f, recall cache %.1f, steady %.1f)",
                   q.batch, to_string(q.mode), use.total_bytes() / 1e9, use.capacity_bytes / 1e9,
-                  use.weights_bytes / 1e9, use.summaries_bytes / 1e9, use.recall_bytes / 1e9,
+                  use.weights_bytes / 1e9, use.summaries_bytes / 1e9, use.recall_bytes / 1e9, use.recall_cache_bytes / 1e9,
                   use.steady_bytes / 1e9);
     return refuse(admission_reason::gpu_memory,
                   "request " + std::to_string(c.request_id) + " not admitted: " + buf);

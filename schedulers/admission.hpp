@@ -96,9 +96,9 @@ enum class gpu_sizing {
   // The batch with the candidate in it, every request sized as the longest final length
   // admitted so far (and at least `floor_tokens`): the live coordinator's check.
   batch_of_longest,
-  // A ledger: each request holds gpu_memory(batch 1) − weights at its own final length (+
-  // every layer's recall buffers with keep_every_layer_recalls) out of `free_bytes`: the
-  // simulator's check, for requests of different lengths.
+  // A ledger: each request holds gpu_memory(batch 1) − weights at its own final length
+  // (its recall cache included) out of `free_bytes`: the simulator's check, for requests of
+  // different lengths.
   per_request,
 };
 
@@ -116,7 +116,6 @@ struct gpu_memory_params {
   summary_policy summaries = summary_policy::fixed;
   uint64_t floor_tokens = 0;              // batch_of_longest
   double free_bytes = 0;                  // per_request: capacity − weights − reservations
-  bool keep_every_layer_recalls = false;  // per_request, baseline (sim.baseline_recall_reuse)
 };
 
 class gpu_memory_constraint final : public admission_constraint {

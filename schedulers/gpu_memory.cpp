@@ -15,7 +15,10 @@ gpu_memory_use gpu_memory(const model_shape& m, const hardware_spec& hw, const g
     case run_mode::baseline:
       if (q.summaries_resident)
         u.summaries_bytes = pages * 2.0 * m.head_dim * q.summary_elem_bytes * heads_all_layers;
-      u.recall_bytes = 2.0 * double(q.budget_tokens) * kv_per_token_head * m.kv_heads * q.batch;
+      if (q.recall_cache_tokens > 0)
+        u.recall_cache_bytes = double(q.recall_cache_tokens) * kv_per_token_head * heads_all_layers;
+      else
+        u.recall_bytes = 2.0 * double(q.budget_tokens) * kv_per_token_head * m.kv_heads * q.batch;
       break;
     case run_mode::png_kv:
       u.steady_bytes = double(q.steady_tokens) * kv_per_token_head * heads_all_layers;

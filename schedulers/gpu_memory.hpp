@@ -6,7 +6,11 @@
 //   activations  one layer's transient activations for the batch (bf16)
 //   summaries    baseline with resident summaries: every page summary of every layer and
 //                KV head of every request
-//   recall       baseline: the recalled pages of one layer for the batch, double-buffered
+//   recall       baseline without a recall cache: the recalled pages of one layer for the
+//                batch, double-buffered
+//   recall_cache baseline with a recall cache (schedulers/recall_cache.hpp): its capacity of
+//                every layer and KV head of every request; recalled pages land in it, so it
+//                replaces the recall buffers (its capacity is at least one selection)
 //   steady       png-kv: the steady pages of every layer and KV head of every request
 //   partials     pnm-kv / png-kv: the partials of one layer (fp32 o and lse)
 #pragma once
@@ -29,15 +33,18 @@ struct gpu_memory_query {
   uint32_t summary_elem_bytes = 2;
   uint32_t tp = 1;                   // GPUs sharing the weights (tensor parallel)
   bool summaries_resident = true;    // baseline
+  // baseline: tokens of recalled pages kept per (request, layer, KV head) between steps
+  // (the resolved baseline.recall_cache_tokens, whole pages); 0: no cache.
+  uint64_t recall_cache_tokens = 0;
 };
 
 struct gpu_memory_use {
   double capacity_bytes = 0;  // memory of the tp GPUs minus their reservations
   double weights_bytes = 0, activations_bytes = 0, summaries_bytes = 0, recall_bytes = 0,
-         steady_bytes = 0, partials_bytes = 0;
+         steady_bytes = 0, partials_bytes = 0, recall_cache_bytes = 0;
   double total_bytes() const {
     return weights_bytes + activations_bytes + summaries_bytes + recall_bytes + steady_bytes +
-           partials_bytes;
+           partials_bytes + recall_cache_bytes;
   }
   bool fits() const { return total_bytes() <= capacity_bytes; }
 };

@@ -324,8 +324,10 @@ bool step_model::baseline_appends_and_summaries(const std::vector<const step_req
 }
 
 // Baseline, the recalls: issued as each head's selection is known (slots in `order`), the
-// busiest shard taking `selection_spread` × the even share; with recall reuse only the pages
-// the previous step did not select.
+// busiest shard taking `selection_spread` × the even share; with the recall cache on only
+// the misses, (1 - recall_hit_fraction) of the pages (every page in a request's first decode
+// step: the cache starts empty). Whole pages per head, the rounding carried from head to head
+// in issue order so a layer recalls the expected misses to within half a page.
 void step_model::baseline_recalls(const std::vector<const step_request*>& reqs,
                                   const std::vector<uint32_t>& order, std::vector<baseline_slot>& slots,
                                   layer_result& lr) {
@@ -333,9 +335,10 @@ void step_model::baseline_recalls(const std::vector<const step_request*>& reqs,
   const model_shape& m = S.model;
   const uint32_t H = m.kv_heads, ps = S.page_size_tokens;
   const uint64_t budget_pages = S.budget_pages();
-  const double keep = S.recall_reuse ? S.cal.selection_overlap.value : 0.0;
+  const bool cache = S.recall_cache != recall_cache_policy::none;
   const double spread = S.cal.selection_spread.value;
   std::vector<uint64_t> pages_on(1);
+  double miss_carry = 0;
   for (uint32_t i : order) {
     baseline_slot& sl = slots[i];
     const step_request* r = reqs[sl.req];
@@ -344,8 +347,12 @@ void step_model::baseline_recalls(const std::vector<const step_request*>& reqs,
     const uint64_t seq_after = r->seq_tokens + 1;
     const work::shard_selection sel = work::select_on_shard(seq_after, ps, budget_pages, true);
     sl.sel_tokens = sel.tokens_selected;
-    const uint64_t recall_pages =
-        std::min(sel.pages_selected, uint64_t(std::ceil(double(sel.pages_selected) * (1.0 - keep))));
+    uint64_t recall_pages = sel.pages_selected;
+    if (cache && !r->recall_cache_cold) {
+      const double want = double(sel.pages_selected) * (1.0 - S.cal.recall_hit_fraction.value) + miss_carry;
+      recall_pages = std::min<uint64_t>(sel.pages_selected, uint64_t(std::max(0.0, std::round(want))));
+      miss_carry = want - double(recall_pages);
+    }
     if (recall_pages == 0) continue;
     spread_over_shards(recall_pages, s, sl.req, sl.kv_head, spread, pages_on);
     const double tokens_per_page = double(sel.tokens_selected) / double(sel.pages_selected);

@@ -44,6 +44,7 @@ struct step_request {
   uint64_t seq_tokens = 0;         // tokens before this step's new token
   bool summaries_resident = true;  // baseline
   bool first_decode_step = false;  // png-kv: the whole steady set is copied
+  bool recall_cache_cold = false;  // baseline: its first decode step, the recall cache empty
 };
 
 // Prompt tokens of one request prefilled in this step.

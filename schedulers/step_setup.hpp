@@ -60,7 +60,12 @@ struct step_setup {
 
   // Policies.
   summary_residence summaries = summary_residence::auto_fit;
-  bool recall_reuse = false;
+  // baseline: the GPU's cache of recalled pages (baseline.recall_cache,
+  // schedulers/recall_cache.hpp) and its resolved capacity per (request, layer, KV head);
+  // with the cache on a step recalls (1 - cal.recall_hit_fraction) of the selected pages,
+  // all of them in a request's first decode step (a cold cache).
+  recall_cache_policy recall_cache = recall_cache_policy::none;
+  uint64_t recall_cache_tokens = 0;
   bool charge_link_energy = true;
   // baseline: recalls and attention pipelined per head (double buffers), or layer-wide
   // rounds (false: how the live host engine composes a layer).

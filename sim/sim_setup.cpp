@@ -3,6 +3,8 @@
 
 #include <algorithm>
 
+#include "schedulers/recall_cache.hpp"
+
 namespace pnmkv {
 
 namespace {
@@ -102,7 +104,7 @@ void set_workload_and_policies(const run_spec& spec, sim_setup& s) {
   s.prefill_chunk_tokens = w.prefill_chunk_tokens;
   s.tpot_ms_max = w.tpot_ms_max;
   s.summaries = spec.baseline.summaries;
-  s.recall_reuse = k.baseline_recall_reuse;
+  s.recall_cache = spec.baseline.recall_cache;
   s.charge_link_energy = k.charge_link_energy;
   s.baseline_overlap = k.baseline_overlap;
   s.batch_series_points_max = k.batch_series_points_max;
@@ -131,6 +133,14 @@ result<std::shared_ptr<const sim_setup>> make_sim_setup(const run_spec& spec, co
   if (auto st = choose_gpus(spec.sim, *s); !st) return st;
   set_devices_and_selection(spec, *s);
   set_workload_and_policies(spec, *s);
+  if (s->mode == run_mode::baseline) {
+    auto cache = recall_cache_capacity_tokens(s->recall_cache, spec.baseline.recall_cache_tokens, s->budget_tokens,
+                                              s->page_size_tokens);
+    if (!cache) return cache.error();
+    s->recall_cache_tokens = *cache;
+  } else {
+    s->recall_cache = recall_cache_policy::none;
+  }
   return std::shared_ptr<const sim_setup>(std::move(s));
 }
 

@@ -34,6 +34,7 @@ gpu_memory_query gpu_query(const sim_setup& s, uint64_t final_tokens, bool summa
   q.summary_elem_bytes = s.summary_elem_bytes;
   q.tp = s.gpus();  // every GPU of every stage holds its share of weights and buffers
   q.summaries_resident = summaries_resident;
+  q.recall_cache_tokens = s.recall_cache_tokens;
   return q;
 }
 
@@ -63,7 +64,6 @@ gpu_memory_params gpu_params(const sim_setup& s) {
   p.summaries = s.summaries == summary_residence::auto_fit ? summary_policy::fit_per_request
                                                            : summary_policy::fixed;
   p.free_bytes = gpu_memory_of(s).free_bytes();
-  p.keep_every_layer_recalls = s.recall_reuse;
   return p;
 }
 
@@ -131,7 +131,8 @@ std::string reason_text(const admission_verdict& v) {
   return to_string(v.reason);
 }
 
-step_request step_of(uint64_t id, const admission_grant& g, uint64_t seq_tokens, bool first_decode_step) {
+step_request step_of(uint64_t id, const admission_grant& g, uint64_t seq_tokens, bool first_decode_step,
+                     bool recall_cache_cold = false) {
   step_request q;
   q.id = id;
   q.pool = g.pool;
@@ -139,6 +140,7 @@ step_request step_of(uint64_t id, const admission_grant& g, uint64_t seq_tokens,
   q.seq_tokens = seq_tokens;
   q.summaries_resident = g.summaries_resident;
   q.first_decode_step = first_decode_step;
+  q.recall_cache_cold = recall_cache_cold;
   return q;
 }
 
@@ -226,6 +228,7 @@ class sim_driver {
   struct request_state {
     const admission_grant* grant = nullptr;  // while admitted
     bool first_decode_pending = true;        // png-kv: its whole steady set is copied then
+    bool recall_cache_cold = true;           // baseline: no decode step yet, its recall cache empty
   };
 
   std::shared_ptr<const sim_setup> setup_;
@@ -383,6 +386,7 @@ void sim_driver::admitted(uint64_t id, bool prefilled) {
   if (req_.size() < id) req_.resize(id);
   req_[id - 1].grant = adm_.grant_of(id);
   req_[id - 1].first_decode_pending = !prefilled;
+  req_[id - 1].recall_cache_cold = true;
   if (res_.head_groups == 0) {  // the point's h × s: the first admitted request's
     res_.head_groups = req_[id - 1].grant->placement.head_groups;
     res_.sequence_shards = req_[id - 1].grant->placement.sequence_shards;
@@ -463,7 +467,7 @@ const step_result& sim_driver::step_result_of(const std::vector<step_request>& d
                                               const std::vector<prefill_piece>& pf) {
   bool reuse = S_.step_reuse_steps > 1 && pf.empty() && reuse_left_ > 0 && dec.size() == reuse_ids_.size();
   for (size_t i = 0; reuse && i < dec.size(); ++i)
-    reuse = dec[i].id == reuse_ids_[i] && !dec[i].first_decode_step;
+    reuse = dec[i].id == reuse_ids_[i] && !dec[i].first_decode_step && !dec[i].recall_cache_cold;
   if (reuse) {
     --reuse_left_;
     return last_step_;
@@ -479,7 +483,8 @@ void sim_driver::step(const step_plan& plan) {
   std::vector<step_request> dec;
   dec.reserve(plan.decoding.size());
   for (uint64_t id : plan.decoding)
-    dec.push_back(step_of(id, *req_[id - 1].grant, seq_tokens(id), req_[id - 1].first_decode_pending));
+    dec.push_back(step_of(id, *req_[id - 1].grant, seq_tokens(id), req_[id - 1].first_decode_pending,
+                          req_[id - 1].recall_cache_cold));
   std::vector<prefill_piece> pf;
   for (const prefill_chunk& c : plan.prefill)
     pf.push_back({c.request_id, &req_[c.request_id - 1].grant->placement, c.position, c.tokens, c.completes});
@@ -499,7 +504,7 @@ void sim_driver::step(const step_plan& plan) {
     link_busy_ns_ += sr.link_busy_ns_max;
   }
   tokens_out_ += plan.decoding.size();
-  for (uint64_t id : plan.decoding) req_[id - 1].first_decode_pending = false;
+  for (uint64_t id : plan.decoding) req_[id - 1].first_decode_pending = req_[id - 1].recall_cache_cold = false;
   for (const prefill_chunk& c : plan.prefill) tokens_out_ += c.completes;
   for (uint64_t id : sched_.complete(plan, dt)) {
     adm_.release(id);

@@ -5,6 +5,8 @@
 
 #include <cmath>
 #include <map>
+#include <tuple>
+#include <vector>
 
 #include "actors/device_engine.hpp"
 #include "actors/host_engine.hpp"
@@ -163,6 +165,69 @@ TEST(engines, charge_what_the_step_model_predicts) {
       EXPECT_EQ(double(live.device_bytes_scanned), pred.device_bytes) << "step " << s;
     }
   }
+}
+
+// baseline with the recall cache (schedulers/recall_cache.hpp) against without: the GPU
+// attends the same pages with the same bytes whether they came from HBM or over the link,
+// so every merged output is bit-identical (the digest too); the first step is cold (every
+// page a miss, the same bytes scanned as without the cache), later steps read only the
+// misses; and the engine's hits are exactly those of the policy replayed on the same
+// selections. Two shards per head (local selection) so hits and misses mix within a
+// recall; 2 live layers.
+TEST(engines, baseline_recall_cache_changes_bytes_not_outputs) {
+  auto m = tiny_model(2, 2, 4, 64);
+  const uint32_t steps = 6;
+  struct run {
+    uint64_t digest = 0;
+    std::vector<uint64_t> device_bytes;
+    std::vector<std::vector<float>> outputs;
+    host_engine::recall_stats stats;
+    uint64_t replay_hits = 0, replay_selected = 0;
+  };
+  auto run_with = [&](recall_cache_policy policy) {
+    host_engine_config hc;
+    hc.mode = run_mode::baseline;
+    hc.live_layers = 2;
+    hc.budget_tokens = 256;  // 16 pages of 16
+    hc.cross_shard = cross_shard_selection::local;
+    hc.recall_cache = policy;
+    hc.recall_cache_tokens = policy == recall_cache_policy::none ? 0 : 256;
+    harness h(m, hc, 4, 5);
+    h.add(1, 3000, steps);
+    h.add(2, 1234, steps);
+    h.prefill();
+    run out;
+    std::map<std::tuple<uint64_t, uint32_t, uint32_t>, recall_cache> replay;
+    for (uint32_t s = 0; s < steps; ++s) {
+      h.step(s);
+      out.device_bytes.push_back(h.host.last_step().device_bytes_scanned);
+      for (uint64_t id : {1, 2})
+        for (uint32_t layer = 0; layer < 2; ++layer)
+          for (uint32_t kh = 0; kh < m.kv_heads; ++kh) {
+            const partial* o = h.host.last_output(id, layer, kh);
+            EXPECT_NE(o, nullptr);
+            if (o) out.outputs.push_back(o->o);
+            auto it = replay.try_emplace({id, layer, kh}, recall_cache_policy::lru, 16).first;
+            const auto sel = h.host.last_selection(id, layer, kh);
+            out.replay_hits += it->second.lookup(sel).hits;
+            out.replay_selected += sel.size();
+          }
+    }
+    out.digest = h.host.output_digest();
+    out.stats = h.host.recall_cache_stats();
+    return out;
+  };
+  const run none = run_with(recall_cache_policy::none), lru = run_with(recall_cache_policy::lru);
+  EXPECT_EQ(none.digest, lru.digest);
+  ASSERT_EQ(none.outputs.size(), lru.outputs.size());
+  for (size_t i = 0; i < none.outputs.size(); ++i) EXPECT_EQ(none.outputs[i], lru.outputs[i]) << "output " << i;
+  EXPECT_EQ(none.stats.hits, 0u);
+  EXPECT_EQ(none.stats.misses, none.replay_selected);
+  EXPECT_EQ(lru.stats.hits, lru.replay_hits);
+  EXPECT_EQ(lru.stats.hits + lru.stats.misses, lru.replay_selected);
+  EXPECT_GT(lru.stats.hits, lru.replay_selected / 2) << "selections of successive steps overlap";
+  EXPECT_EQ(lru.device_bytes[0], none.device_bytes[0]) << "a cold cache recalls every page";
+  for (uint32_t s = 1; s < steps; ++s) EXPECT_LT(lru.device_bytes[s], none.device_bytes[s]) << "step " << s;
 }
 
 }  // namespace

@@ -56,6 +56,19 @@ TEST(config, unknown_key_names_the_known_ones) {
   EXPECT_NE(d.error().message().find("known sections"), std::string::npos);
 }
 
+// A removed key is refused with what replaced it, not just "unknown".
+TEST(config, a_removed_key_names_its_replacement) {
+  auto c = load_config(default_file, {"sim.baseline_recall_reuse=true"});
+  ASSERT_FALSE(c);
+  EXPECT_NE(c.error().message().find("sim.baseline_recall_reuse' was removed"), std::string::npos)
+      << c.error().message();
+  EXPECT_NE(c.error().message().find("baseline.recall_cache"), std::string::npos) << c.error().message();
+  auto bad = load_config(default_file, {"baseline.recall_cache=fifo"});
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message().find("baseline.recall_cache"), std::string::npos);
+  EXPECT_NE(bad.error().message().find("lru"), std::string::npos) << bad.error().message();
+}
+
 TEST(config, out_of_range_and_wrong_type_name_the_allowed_values) {
   for (const char* bad : {"run.steps=0", "run.steps=-3", "run.steps=abc", "run.steps=1.5",
                           "selection.page_size_tokens=4096", "run.mode=turbo",

@@ -67,6 +67,9 @@ std::map<std::string, choice_case> choice_cases() {
       {gives("auto", summary_residence::auto_fit), gives("resident", summary_residence::hbm),
        gives("link", summary_residence::link)},
       [](const run_spec& s) { return int(s.baseline.summaries); }, {}};
+  c["baseline.recall_cache"] = {
+      {gives("none", recall_cache_policy::none), gives("lru", recall_cache_policy::lru)},
+      [](const run_spec& s) { return int(s.baseline.recall_cache); }, {}};
   c["workload.arrivals"] = {
       {gives("closed", workload_arrivals::closed), gives("poisson", workload_arrivals::poisson),
        gives("trace", workload_arrivals::trace)},

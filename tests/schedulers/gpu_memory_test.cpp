@@ -41,6 +41,40 @@ TEST(gpu_memory, baseline_max_batch_by_hand) {
   EXPECT_GT(max_batch(*m, *hw, q), 1000u);
 }
 
+// The recall cache (baseline.recall_cache = lru) holds its capacity of every layer and KV
+// head of every request in HBM, and replaces the two layers of recall buffers (recalled
+// pages land in it). At 128K tokens, capacity = the budget (2048 tokens): per request
+// summaries 8192 pages × 2 × 128 × 2 B × 8 heads × 32 layers = 1,073,741,824 B, cache
+// 2048 × 512 B × 8 × 32 = 268,435,456 B (recall buffers 16,777,216 B without the cache).
+TEST(gpu_memory, recall_cache_counts_every_layer) {
+  auto hw = load_hardware(configs + "hardware/h100-cxl-pnm.yaml");
+  auto m = load_model_shape(configs + "models/llama-3.1-8b.yaml");
+  ASSERT_TRUE(hw && m);
+  gpu_memory_query q;
+  q.mode = run_mode::baseline;
+  q.batch = 3;
+  q.context_tokens = 131072;
+  q.budget_tokens = 2048;
+  q.recall_cache_tokens = 2048;
+  const gpu_memory_use with = gpu_memory(*m, *hw, q);
+  EXPECT_EQ(with.recall_cache_bytes, 3 * 268435456.0);
+  EXPECT_EQ(with.recall_bytes, 0.0);
+  q.recall_cache_tokens = 0;
+  const gpu_memory_use without = gpu_memory(*m, *hw, q);
+  EXPECT_EQ(without.recall_cache_bytes, 0.0);
+  EXPECT_EQ(without.recall_bytes, 3 * 16777216.0);
+  const double free_bytes = 80e9 - 4e9 - m->params_from_shape() * 2;
+  const double per_request = 1073741824.0 + (4.0 * 4096 + 2.0 * 14336) * 2;
+  q.recall_cache_tokens = 2048;
+  EXPECT_EQ(max_batch(*m, *hw, q), uint32_t(std::floor(free_bytes / (per_request + 268435456.0))));
+  q.recall_cache_tokens = 0;
+  EXPECT_EQ(max_batch(*m, *hw, q), uint32_t(std::floor(free_bytes / (per_request + 16777216.0))));
+  // pnm-kv holds no recall cache whatever the query says.
+  q.mode = run_mode::pnm_kv;
+  q.recall_cache_tokens = 2048;
+  EXPECT_EQ(gpu_memory(*m, *hw, q).recall_cache_bytes, 0.0);
+}
+
 TEST(gpu_memory, admission_never_overcommits) {
   auto hw = load_hardware(configs + "hardware/h100-cxl-pnm.yaml");
   ASSERT_TRUE(hw);

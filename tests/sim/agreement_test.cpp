@@ -16,6 +16,13 @@
 // numerics; the simulator takes them from calibration (selection_spread, steady_*), so
 // those points keep the 2% of a calibrated prediction.
 //
+// The baseline's recall cache (baseline.recall_cache = lru, the default) is the same kind of
+// point: which selected pages the GPU still holds comes from the numerics, and the simulator
+// recalls the calibrated fraction of misses (recall_hit_fraction). So the exact baseline
+// points run without it (baseline.recall_cache = none), and
+// baseline_recall_cache_with_the_live_runs_own_calibration runs it on, fed the live run's
+// measured hit fraction, to a calibrated prediction's tolerance.
+//
 // The simulator runs exact (sim.step_reuse_steps = 1) and with layer-wide baseline rounds
 // (sim.baseline_overlap = false), which is how the live host engine composes a layer.
 #include <gtest/gtest.h>
@@ -136,7 +143,8 @@ TEST(sim_agreement, pnm_kv_exact_selection_over_two_shards_is_a_calibrated_predi
 TEST(sim_agreement, budget_fraction) {
   for (const auto& extra : std::vector<std::vector<std::string>>{
            {"run.mode=pnm-kv", "cluster.pnm_devices=4", "selection.budget_fraction=0.03"},
-           {"run.mode=baseline", "cluster.pnm_devices=4", "selection.budget_fraction=0.03"}}) {
+           {"run.mode=baseline", "baseline.recall_cache=none", "cluster.pnm_devices=4",
+            "selection.budget_fraction=0.03"}}) {
     std::string name;
     for (const auto& e : extra) name += e + " ";
     auto r = run_both(small(extra));
@@ -148,7 +156,7 @@ TEST(sim_agreement, budget_fraction) {
 }
 
 TEST(sim_agreement, baseline) {
-  auto r = run_both(small({"run.mode=baseline", "cluster.pnm_devices=4"}));
+  auto r = run_both(small({"run.mode=baseline", "baseline.recall_cache=none", "cluster.pnm_devices=4"}));
   if (r.skipped) GTEST_SKIP() << "run_embedded returns errc::unsupported for run.mode=baseline";
   // Energy too: both charge the passive expanders' static power and prices in baseline,
   // and the HBM writes of the recalled pages.
@@ -158,9 +166,55 @@ TEST(sim_agreement, baseline) {
   // The GPU scores the summaries in baseline: one summed query per group (sum) or every
   // head (max), over bf16 or fp32 summaries, read over the link; live charges what the
   // step model predicts for each.
-  auto other = run_both(small({"run.mode=baseline", "cluster.pnm_devices=4", "selection.gqa_aggregation=sum",
+  auto other = run_both(small({"run.mode=baseline", "baseline.recall_cache=none", "cluster.pnm_devices=4",
+                               "selection.gqa_aggregation=sum",
                                "selection.summary_precision=fp32", "baseline.summaries=link"}));
   expect_equal(other, "baseline, sum aggregation, fp32 summaries over the link");
+}
+
+// The recall cache on (lru, capacity the budget): the live run measures its hit fraction
+// after each head's cold first step and writes it with --calibration-out; the simulator,
+// reading that file, recalls the same share of misses (all pages in each request's first
+// decode step, as the live cache starts empty). The bytes each step recalls follow the
+// numerics, so the two agree as a calibrated prediction does (2%), and the cache must
+// have saved the live run link bytes against the run without it.
+TEST(sim_agreement, baseline_recall_cache_with_the_live_runs_own_calibration) {
+  const std::vector<std::string> live_sets =
+      small({"run.mode=baseline", "cluster.pnm_devices=4", "run.steps=16", "baseline.recall_cache=lru"});
+  auto cfg = load_config(default_file, live_sets);
+  ASSERT_TRUE(cfg);
+  auto live = run_embedded(*cfg, {});
+  if (!live && live.error().code() == errc::unsupported)
+    GTEST_SKIP() << "run_embedded returns errc::unsupported for run.mode=baseline";
+  ASSERT_TRUE(live) << live.error().to_string();
+  ASSERT_GT(live->cal_recall_hit_fraction, 0.0) << "no page was selected twice";
+  EXPECT_EQ(live->recall_cache, "lru");
+  EXPECT_EQ(live->recall_cache_tokens, 512u);
+  EXPECT_GT(live->recall_hits, 0u);
+  const std::string file =
+      (std::filesystem::temp_directory_path() / "pnmkv_sim_agreement_recall_calibration.json").string();
+  std::ofstream(file) << live->calibration_json();
+  auto sets = live_sets;
+  sets.push_back("sim.calibration_file=" + file);
+  auto scfg = load_config(default_file, sets);
+  ASSERT_TRUE(scfg);
+  auto setup = make_sim_setup(*scfg);
+  ASSERT_TRUE(setup) << setup.error().to_string();
+  EXPECT_NEAR((*setup)->cal.recall_hit_fraction.value, live->cal_recall_hit_fraction, 1e-12);
+  auto sim = simulate(*setup);
+  ASSERT_TRUE(sim) << sim.error().to_string();
+  pair_result r;
+  r.live = *live;
+  r.sim = *sim;
+  expect_agree(r, "baseline, recall cache calibrated by the live run's --calibration-out");
+  EXPECT_LT(rel(r.live.virtual_link_bytes_per_step, r.sim.link_bytes_per_step), 0.02)
+      << "live " << r.live.virtual_link_bytes_per_step << ", sim " << r.sim.link_bytes_per_step;
+  // Without the cache, the same run recalls every page every step.
+  auto none = run_both(small({"run.mode=baseline", "cluster.pnm_devices=4", "run.steps=16",
+                              "baseline.recall_cache=none"}));
+  EXPECT_LT(r.live.virtual_link_bytes_per_step, none.live.virtual_link_bytes_per_step);
+  EXPECT_LT(r.live.virtual_step_ms_mean, none.live.virtual_step_ms_mean);
+  EXPECT_EQ(none.live.recall_hits, 0u);
 }
 
 TEST(sim_agreement, png_kv_without_steady_pages_equals_its_composition) {
@@ -247,7 +301,7 @@ TEST(sim_agreement, open_workload_trace_served_alike) {
            {"pnm-kv", {"run.mode=pnm-kv"}, false},
            {"pnm-kv_h2_exact", {"run.mode=pnm-kv", "cluster.head_groups=2", "selection.cross_shard=exact"}, true},
            {"pnm-kv_h2_local", {"run.mode=pnm-kv", "cluster.head_groups=2", "selection.cross_shard=local"}, false},
-           {"baseline", {"run.mode=baseline"}, false}}) {
+           {"baseline", {"run.mode=baseline", "baseline.recall_cache=none"}, false}}) {
     SCOPED_TRACE(p.name);
     std::vector<std::string> sets = small(open);
     sets.insert(sets.end(), p.sets.begin(), p.sets.end());
@@ -307,7 +361,7 @@ TEST(sim_agreement, tpot_limit_admits_alike) {
   for (const char* mode : {"pnm-kv", "baseline"}) {
     SCOPED_TRACE(mode);
     const std::vector<std::string> base = {"workload.arrivals=trace", "workload.trace_file=" + trace,
-                                           std::string("run.mode=") + mode};
+                                           std::string("run.mode=") + mode, "baseline.recall_cache=none"};
     auto sim_with = [&](double tpot) {
       auto sets = small(base);
       sets.push_back("workload.tpot_ms_max=" + std::to_string(tpot));
