@@ -146,6 +146,7 @@ run_memory_query run_memory_query_of(const run_setup& s, run_processes where,
   }
   q.prefill_chunk_tokens = s.host.prefill_chunk_tokens;
   q.prefill_window_chunks = s.prefill_window_chunks;
+  if (s.host.mode == run_mode::baseline) q.recall_cache_tokens = s.host.recall_cache_tokens;
   if (where == run_processes::multiprocess) q.node_processes = s.devices + 2;  // coordinator, GPU host, devices
   q.after_run_bytes = after_run_bytes;
   return q;

@@ -197,6 +197,10 @@ result<run_memory_estimate> estimate_run_memory(const run_memory_query& q) {
   const uint64_t chunk = std::max<uint64_t>(q.shape.page_size_tokens, q.prefill_chunk_tokens);
   e.prefill_bytes = uint64_t(q.prefill_window_chunks) * chunk * 2ull * q.shape.head_dim * 2ull *
                     4ull * q.shape.replication;
+  // baseline: the GPU host keeps its recall cache's K and V (bf16) of every live layer and KV
+  // head of every request it holds at once.
+  e.recall_cache_bytes = uint64_t(q.request_tokens.size()) * q.recall_cache_tokens * 2ull * q.shape.head_dim *
+                         2ull * q.shape.kv_heads * q.live_layers;
   e.process_bytes = process_baseline_bytes + uint64_t(q.node_processes) * node_process_bytes;
   e.after_run_bytes = q.after_run_bytes ? process_baseline_bytes + q.after_run_bytes : 0;
   return e;
@@ -210,7 +214,8 @@ status check_run_memory(const run_memory_estimate& need, const host_memory& have
                 "not enough memory on this machine: the run needs about " + gb(need.total_bytes()) +
                     " (" + std::to_string(need.total_bytes()) + " bytes: KV of the devices " +
                     gb(need.kv_bytes) + ", per-page overhead " + gb(need.page_bytes) +
-                    ", prefill chunks in flight " + gb(need.prefill_bytes) + ", processes " +
+                    ", prefill chunks in flight " + gb(need.prefill_bytes) + ", recall cache " +
+                    gb(need.recall_cache_bytes) + ", processes " +
                     gb(need.process_bytes) + ") but " + gb(usable) + " (" +
                     std::to_string(usable) + " bytes) is available (" + have.describe() +
                     ", less a safety margin of " + gb(have.margin_bytes()) +

@@ -91,6 +91,9 @@ struct run_memory_query {
   uint64_t device_bytes_cap = 0;
   uint64_t prefill_chunk_tokens = 4096;
   uint32_t prefill_window_chunks = 16;
+  // baseline: the GPU host's recall cache, tokens per (request, live layer, KV head)
+  // (schedulers/recall_cache.hpp); 0: none.
+  uint64_t recall_cache_tokens = 0;
   // Multi-process: node processes on this machine besides the launching one
   // (coordinator, GPU host, one per device); 0 embedded.
   uint32_t node_processes = 0;
@@ -103,9 +106,10 @@ struct run_memory_estimate {
   uint64_t kv_bytes = 0;         // devices' live-layer K, V, summaries
   uint64_t page_bytes = 0;       // per page held: page index, scratch, dense-reply page lists, page tables
   uint64_t prefill_bytes = 0;    // prompt chunks in flight
+  uint64_t recall_cache_bytes = 0;  // baseline: the GPU host's cached K/V of recalled pages
   uint64_t process_bytes = 0;    // the launching process and the node processes before any KV
   uint64_t after_run_bytes = 0;  // the later phase (launching process), see the query
-  uint64_t working_bytes() const { return page_bytes + prefill_bytes + process_bytes; }
+  uint64_t working_bytes() const { return page_bytes + prefill_bytes + recall_cache_bytes + process_bytes; }
   uint64_t total_bytes() const {
     const uint64_t during = kv_bytes + working_bytes();
     return during > after_run_bytes ? during : after_run_bytes;

@@ -174,6 +174,16 @@ TEST(host_memory, estimate_counts_the_kv_the_placement_assigns) {
   q = llama8b(1024, 2);
   q.after_run_bytes = 1ull << 30;
   EXPECT_EQ(estimate_run_memory(q)->total_bytes(), process_baseline_bytes + (1ull << 30));
+  // baseline's recall cache on the GPU host: 2048 tokens × (K + V) 128 bf16 × 8 KV heads ×
+  // 2 live layers × 2 requests = 33,554,432 B, part of the working bytes; none without it.
+  EXPECT_EQ(e->recall_cache_bytes, 0u);
+  q = llama8b(tokens, 2);
+  q.live_layers = 2;
+  q.recall_cache_tokens = 2048;
+  const auto c = estimate_run_memory(q);
+  EXPECT_EQ(c->recall_cache_bytes, 33554432u);
+  q.recall_cache_tokens = 0;
+  EXPECT_EQ(c->working_bytes(), estimate_run_memory(q)->working_bytes() + 33554432u);
 }
 
 TEST(host_memory, admission_cap_bounds_an_open_workload) {
