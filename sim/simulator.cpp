@@ -474,8 +474,14 @@ const step_result& sim_driver::step_result_of(const std::vector<step_request>& d
   }
   last_step_ = sm_.run(dec, pf);
   reuse_ids_.clear();
-  for (const auto& q : dec) reuse_ids_.push_back(q.id);
-  reuse_left_ = pf.empty() ? S_.step_reuse_steps - 1 : 0;
+  // A step with a request's first decode step in it (png-kv's whole steady set copied, the
+  // baseline's recall cache cold) is not one the next steps repeat.
+  bool first = false;
+  for (const auto& q : dec) {
+    reuse_ids_.push_back(q.id);
+    first = first || q.first_decode_step || q.recall_cache_cold;
+  }
+  reuse_left_ = pf.empty() && !first ? S_.step_reuse_steps - 1 : 0;
   return last_step_;
 }
 

@@ -236,6 +236,33 @@ TEST(sim_property, step_reuse_stays_within_its_bound) {
   EXPECT_NE(reused.step_ms, exact.step_ms);
 }
 
+// The baseline's first decode step recalls every page (the recall cache starts empty) and
+// the steps after it only the misses: a reused step result must not carry the cold step
+// over (it did, for up to sim.step_reuse_steps steps), so reuse stays within the same bound.
+// Without the cache every step recalls everything, and the cold step is like the others.
+TEST(sim_property, step_reuse_does_not_repeat_the_cold_recall_cache_step) {
+  for (const char* cache : {"lru", "none"}) {
+    SCOPED_TRACE(cache);
+    const std::vector<std::string> base = {"run.mode=baseline", std::string("baseline.recall_cache=") + cache,
+                                           "workload.context_tokens=65536", "workload.batch=8", "run.steps=64",
+                                           "sim.recall_hit_fraction=0.85"};
+    auto with = [&](const char* reuse) {
+      auto sets = base;
+      sets.push_back(std::string("sim.step_reuse_steps=") + reuse);
+      return sim_of(sets);
+    };
+    const sim_result exact = with("1"), reused = with("16");
+    EXPECT_NEAR(reused.step_ms, exact.step_ms, exact.step_ms * 16.0 / 2048);
+    EXPECT_NEAR(reused.link_bytes_per_step, exact.link_bytes_per_step, exact.link_bytes_per_step * 16.0 / 2048);
+  }
+  // And the cache saves link bytes against none.
+  EXPECT_LT(sim_of({"run.mode=baseline", "workload.context_tokens=65536", "workload.batch=8", "run.steps=64"})
+                .link_bytes_per_step,
+            sim_of({"run.mode=baseline", "baseline.recall_cache=none", "workload.context_tokens=65536",
+                    "workload.batch=8", "run.steps=64"})
+                .link_bytes_per_step);
+}
+
 TEST(sim_property, poisson_workload_finishes_every_request_with_consistent_latencies) {
   for (const char* mode : {"baseline", "pnm-kv", "png-kv"}) {
     SCOPED_TRACE(mode);
