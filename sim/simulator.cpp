@@ -283,6 +283,8 @@ result<sim_result> sim_driver::run(std::chrono::steady_clock::time_point wall0) 
 
 void sim_driver::describe() {
   res_.mode = to_string(S_.mode);
+  res_.recall_cache = to_string(S_.recall_cache);
+  res_.recall_cache_tokens = S_.recall_cache_tokens;
   res_.model_name = S_.model.name;
   res_.model_file = S_.model.file;
   res_.hardware_name = S_.hw.name;
@@ -759,6 +761,7 @@ std::string sim_result::to_json(bool with_series) const {
   j["gpu_bytes_per_request"] = num(gpu_bytes_per_request);
   j["device_bytes_per_request"] = num(device_bytes_per_request);
   j["summaries_resident"] = summaries_resident;
+  j["recall_cache"] = {{"policy", recall_cache}, {"capacity_tokens", recall_cache_tokens}};
   j["tokens_per_s"] = num(tokens_per_s);
   j["step_ms"] = num(step_ms);
   j["tpot_ms"] = num(tpot_ms);
@@ -808,7 +811,7 @@ std::string sim_result::csv_header() {
          "bd_queueing_ms,bd_merge_ms,bd_lm_head_ms,bd_copy_ms,e_gpu_dense_j,e_allreduce_j,e_lm_head_j,"
          "e_gpu_attention_j,e_merge_j,e_device_j,e_link_j,e_hbm_write_j,e_static_j,"
          "link_bytes_per_step,device_bytes_per_step,device_busy_fraction,link_busy_fraction,"
-         "summaries_resident,decode_steps,wall_s";
+         "summaries_resident,decode_steps,wall_s,recall_cache,recall_cache_tokens";
 }
 
 std::string sim_result::csv_row() const {
@@ -830,7 +833,7 @@ std::string sim_result::csv_row() const {
      << ',' << e.device_j << ',' << e.link_j << ',' << e.hbm_write_j << ',' << static_j_per_token
      << ',' << link_bytes_per_step << ',' << device_bytes_per_step << ',' << device_busy_fraction
      << ',' << link_busy_fraction << ',' << (summaries_resident ? 1 : 0) << ',' << decode_steps
-     << ',' << wall_s;
+     << ',' << wall_s << ',' << recall_cache << ',' << recall_cache_tokens;
   return os.str();
 }
 
@@ -863,6 +866,10 @@ std::string sim_result::to_table() const {
                                " (limited by " + batch_limited_by + ")");
   row("batch limit: GPU memory / devices", std::to_string(batch_limit_gpu_memory) + " / " +
                                                std::to_string(batch_limit_device_capacity));
+  if (mode == to_string(run_mode::baseline))
+    row("recall cache", recall_cache == "none" ? std::string("none (every selected page recalled every step)")
+                                               : recall_cache + ", " + std::to_string(recall_cache_tokens) +
+                                                     " tokens per (request, layer, KV head)");
   row("throughput", f("%.1f tokens/s", tokens_per_s));
   row("step / TPOT / TTFT", f("%.3f", step_ms) + " / " + f("%.3f", tpot_ms) + " / " + f("%.1f ms", ttft_ms));
   row("queueing delay (mean)", f("%.1f ms", queueing_ms));

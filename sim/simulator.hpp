@@ -56,6 +56,8 @@ struct sim_result {
   std::string batch_limited_by;    // what stopped admission first (closed workloads)
   double gpu_free_bytes = 0, gpu_bytes_per_request = 0, device_bytes_per_request = 0;
   bool summaries_resident = true;  // baseline: of the first request
+  std::string recall_cache = "none";  // baseline: baseline.recall_cache (none in other modes)
+  uint64_t recall_cache_tokens = 0;   // its capacity per (request, layer, KV head)
 
   // Performance (virtual time).
   double tokens_per_s = 0;       // output tokens / simulated time
