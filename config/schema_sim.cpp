@@ -45,7 +45,9 @@ std::vector<config_key> schema_keys_sim() {
       {"sim.steady_reeval_steps", t::number, "8", 1, 1e6, {},
        "png-kv: steps between steady-set re-evaluations"},
       {"sim.selection_overlap", t::number, "0.8", 0, 1, {},
-       "Fraction of a step's selected pages the previous step selected (assumed)"},
+       "Fraction of a step's selected pages the previous step selected (assumed; for "
+       "reference: baseline's recalls use sim.recall_hit_fraction, which equals it for a "
+       "recall cache of one budget)"},
       {"sim.recall_hit_fraction", t::number, "0.8", 0, 1, {},
        "baseline with baseline.recall_cache = lru: selected pages found in the GPU's recall "
        "cache after a request's first decode step (assumed until calibrated; the live run "

@@ -172,8 +172,8 @@ TEST(engines, charge_what_the_step_model_predicts) {
 // so every merged output is bit-identical (the digest too); the first step is cold (every
 // page a miss, the same bytes scanned as without the cache), later steps read only the
 // misses; and the engine's hits are exactly those of the policy replayed on the same
-// selections. Two shards per head (local selection) so hits and misses mix within a
-// recall; 2 live layers.
+// selections. 4 devices for 2 KV heads, so a head's pages may lie on several shards (local
+// selection) and hits and misses mix within one head; 2 live layers.
 TEST(engines, baseline_recall_cache_changes_bytes_not_outputs) {
   auto m = tiny_model(2, 2, 4, 64);
   const uint32_t steps = 6;
