@@ -506,9 +506,11 @@ step_model::layer_result step_model::steady_copies(const std::vector<step_reques
   if (tl_.items().empty()) return lr;
   tl_.serve();
   const double last = tl_.receive();
+  // Each GPU writes the pages of its own heads (attention ranks) and layers (stages) into
+  // its own HBM, all at once: the time of one GPU's share, the energy of every byte.
   const op_cost w = c_.gpu_hbm_write(copied_bytes);
   lr.time_ns = last;
-  lr.hbm_write_ns = w.time_ns;
+  lr.hbm_write_ns = c_.gpu_hbm_write(copied_bytes / (double(S.attention_ranks) * S.pp)).time_ns;
   lr.energy.hbm_write_j += w.energy_j;
   close_layer(lr);
   return lr;
