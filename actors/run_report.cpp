@@ -445,6 +445,8 @@ void run_report::table_virtual_time(table& t) const {
   if (mode == to_string(run_mode::png_kv))
     row("steady hit rate / copies per step",
         f("%.3f", steady_hit_rate) + " / " + bytes_h(double(copy_bytes_per_step)));
+  if (mode == to_string(run_mode::gpu_only))
+    row("KV", "in GPU memory: no device holds, scans or is charged anything");
   if (mode == to_string(run_mode::baseline))
     row("page summaries", summaries_resident ? "resident in GPU memory" : "read over the link each step");
   row("GPU memory for the batch", bytes_h(gpu_memory_bytes) + " of " + bytes_h(gpu_memory_capacity_bytes));

@@ -78,6 +78,39 @@ TEST(cluster, full_budget_equals_dense_and_bytes_add_up) {
   }
 }
 
+// gpu-only in the live cluster (issue 11): the GPU host holds the KV; with a budget covering
+// every page each output is dense attention bit for bit, no device holds a byte, and
+// nothing crosses a link.
+TEST(cluster, gpu_only_full_budget_equals_dense_and_devices_hold_nothing) {
+  auto rep = run_embedded(small_config({"run.mode=gpu-only", "selection.budget_tokens=16384"}), {});
+  ASSERT_TRUE(rep) << rep.error().to_string();
+  EXPECT_EQ(rep->completed, 2u);
+  EXPECT_GT(rep->accuracy_samples, 0u);
+  EXPECT_EQ(rep->output_rel_err_max, 0.0);
+  EXPECT_EQ(rep->attention_mass_recall_min, 1.0);
+  EXPECT_EQ(rep->virtual_link_bytes_per_step, 0u);
+  EXPECT_EQ(rep->virtual_device_bytes_per_step, 0u);
+  for (uint64_t b : rep->device_bytes_held) EXPECT_EQ(b, 0u);
+  // At the normal budget it is the same run as pnm-kv on one device holding one shard.
+  auto gpu = run_embedded(small_config({"run.mode=gpu-only"}), {});
+  auto one = run_embedded(small_config({"run.mode=pnm-kv", "cluster.pnm_devices=1"}), {});
+  ASSERT_TRUE(gpu && one);
+  EXPECT_EQ(gpu->output_digest, one->output_digest);
+  EXPECT_GT(gpu->virtual_tokens_per_s, 0.0);
+}
+
+// gpu-only admission is limited by HBM: an 8B request of 320K tokens holds 42.9 GB of K/V
+// and 2.7 GB of summaries (every layer); next to 16 GB of weights on 76 GB usable one fits,
+// a second is refused for GPU memory (the devices, which would hold both, are not used).
+TEST(cluster, gpu_only_refuses_what_hbm_cannot_hold) {
+  auto rep = run_embedded(small_config({"run.mode=gpu-only", "workload.context_tokens=327680", "run.steps=1"}), {});
+  ASSERT_TRUE(rep) << rep.error().to_string();
+  EXPECT_EQ(rep->completed, 1u);
+  ASSERT_EQ(rep->failures.size(), 1u);
+  EXPECT_NE(rep->failures[0].find("GPU memory"), std::string::npos) << rep->failures[0];
+  EXPECT_NE(rep->failures[0].find("gpu-only"), std::string::npos) << rep->failures[0];
+}
+
 TEST(cluster, too_large_request_is_refused_and_others_proceed) {
   // Two requests of 8K tokens; each device (2 KV heads of each request) holds 513 pages ×
   // 8704 bytes × 2 heads = 8.9 MB per request, and may hold 12 MB: one request only.
