@@ -325,6 +325,12 @@ void gpu_host_state::pump_prefill() {
 void gpu_host_state::device_lost(uint32_t dev, const std::string& why) {
   if (finished_ || lost_.count(dev)) return;
   const std::string what = "device " + std::to_string(dev) + " went down (" + why + ")";
+  // gpu-only: the devices hold nothing and owe nothing; losing one changes nothing.
+  if (setup_->host.mode == run_mode::gpu_only) {
+    lost_.insert(dev);
+    cluster_log().warn("event=device_lost_idle device={} reason=\"{}\"", dev, why);
+    return;
+  }
   if (setup_->replication < 2 || !engine_) return fail_run(what);
   auto resend = engine_->fail_over(dev);
   if (!resend) return fail_run(what + ": " + resend.error().message());

@@ -294,6 +294,36 @@ TEST(cluster, a_scripted_device_crash_is_failed_over_with_replicas_and_fails_the
   EXPECT_TRUE(named);
 }
 
+// gpu-only: the devices hold nothing and are sent nothing, so a device process killed while
+// decoding (no replicas) costs nothing: every request completes with the outputs of a run
+// without the loss. (A scripted fault cannot do it: no data-plane message reaches a device.)
+TEST(cluster, gpu_only_survives_a_killed_device_unchanged) {
+  auto cfg = small_config({"run.mode=gpu-only", "run.steps=3000", "run.verify=false"});
+  auto clean = run_embedded(cfg, {});
+  ASSERT_TRUE(clean) << clean.error().to_string();
+  multiprocess_options mp;
+  mp.node_binary = PNMKV_BINARY;
+  std::promise<void> begun;
+  std::atomic<bool> signalled{false};
+  cluster_run_options opts;
+  opts.on_progress = [&](const std::string& p, uint64_t done, uint64_t) {
+    if (p == "decode" && done >= 3 && !signalled.exchange(true)) begun.set_value();
+  };
+  auto run = std::async(std::launch::async, [&] { return run_multiprocess(cfg, opts, mp); });
+  ASSERT_EQ(begun.get_future().wait_for(std::chrono::seconds(120)), std::future_status::ready);
+  auto victim = children_matching("--id 101");
+  ASSERT_EQ(victim.size(), 1u);
+  kill(victim[0], SIGKILL);
+  ASSERT_EQ(run.wait_for(std::chrono::seconds(120)), std::future_status::ready) << "the run hung";
+  auto rep = run.get();
+  ASSERT_TRUE(rep) << rep.error().to_string();
+  EXPECT_EQ(rep->completed, 2u);
+  // The launcher reports the killed child as a shutdown trouble; nothing else failed.
+  for (const auto& f : rep->failures) EXPECT_NE(f.find("device 101"), std::string::npos) << f;
+  EXPECT_EQ(rep->output_digest, clean->output_digest);
+  EXPECT_TRUE(children_matching("pnmkv").empty()) << "node processes left behind";
+}
+
 // A lossy fabric (2% of every kind of data-plane message dropped, prefill writes, acks,
 // appends, queries and replies alike): with run.retry_after_ms the unanswered work is sent
 // again and the outputs equal those of a clean run; without, the run fails at the step
