@@ -29,6 +29,13 @@ host_engine::host_engine(host_engine_config cfg, const cost_model& costs,
   PNMKV_CHECK(cfg_.page_size_tokens > 0 && cfg_.prefill_chunk_tokens > 0,
               "page_size_tokens=", cfg_.page_size_tokens,
               ", prefill_chunk_tokens=", cfg_.prefill_chunk_tokens);
+  if (cfg_.mode == run_mode::gpu_only) {
+    PNMKV_CHECK(cfg_.hbm.shape.page_size_tokens == cfg_.page_size_tokens &&
+                    cfg_.hbm.shape.head_dim == costs_.model().head_dim && cfg_.hbm.live_layers == cfg_.live_layers,
+                "gpu-only HBM store shape: page ", cfg_.hbm.shape.page_size_tokens, " head_dim ",
+                cfg_.hbm.shape.head_dim, " live_layers ", cfg_.hbm.live_layers);
+    hbm_ = std::make_unique<device_engine>(cfg_.hbm);
+  }
 }
 
 status host_engine::add_request(const request_spec& r, const request_placement& placement,
@@ -43,6 +50,15 @@ status host_engine::add_request(const request_spec& r, const request_placement& 
     if (placement.shard_of(h, 0) < 0)
       return {errc::invalid_argument, "placement of request " + std::to_string(r.request_id) +
                                           " leaves KV head " + std::to_string(h) + " unplaced"};
+  // gpu-only: one shard, every head and page, held in HBM (schedulers/admission.hpp,
+  // gpu_local_placement).
+  if (hbm_) {
+    if (placement.shards.size() != 1)
+      return {errc::invalid_argument, "gpu-only placement of request " + std::to_string(r.request_id) +
+                                          " has " + std::to_string(placement.shards.size()) + " shards, not one"};
+    auto st = hbm_->add_shard(r.request_id, placement.shards.front());
+    if (!st) return st;
+  }
   // A placement made before a device was lost may still name it: its replicas serve.
   request_placement pl = placement;
   for (uint32_t dead : dead_) {
@@ -63,6 +79,7 @@ status host_engine::remove_request(uint64_t request_id) {
     return {errc::invalid_argument, "request " + std::to_string(request_id) + " is not here"};
   requests_.erase(it);
   placements_.erase(request_id);
+  if (hbm_) hbm_->release(request_id);
   rstate_.erase(request_id);
   auto drop = [&](auto& m) {
     for (auto i = m.begin(); i != m.end();) {
@@ -142,7 +159,7 @@ void host_engine::prefill_writes(const request_spec& r, uint32_t layer, uint32_t
       device_work copy = (i + 1 == devices.size()) ? std::move(w) : w;
       copy.device_id = devices[i];
       copy.shard_id = sh.shard_id;
-      prefill_bytes_ += copy.wire_bytes;
+      if (!hbm_) prefill_bytes_ += copy.wire_bytes;  // gpu-only: written to HBM, no link
       out.push_back(std::move(copy));
     }
     from = end;
@@ -173,6 +190,13 @@ bool host_engine::next_prefill_chunk(std::vector<device_work>& out) {
                                    std::min(r.context_tokens, pf_position_ + chunk));
     prefill_writes(r, pf_layer_, pf_head_, pf_position_, end, out);
     pf_position_ = end;
+    if (hbm_) {  // gpu-only: the prompt goes to HBM, nothing to the devices
+      for (const device_work& w : out) {
+        auto st = write_hbm(w);
+        PNMKV_CHECK(st.is_ok(), st.to_string());
+      }
+      out.clear();
+    }
     return true;
   }
   return false;
@@ -280,12 +304,15 @@ result<std::vector<device_work>> host_engine::begin_step(uint32_t step) {
   for (const request_spec& r : requests_)
     if (is_decoding(r.request_id)) step_decoding_.push_back(r.request_id);
   std::vector<device_work> work;
+  copy_engine_ns_ = copy_hbm_write_ns_ = 0;
   if (cfg_.mode == run_mode::png_kv) {
-    phase_ = phase::copy;
+    // Pages copied in the last step become steady now; this step's copies go out beside
+    // the first layer's work and are attended from the next step.
+    auto st = apply_copies();
+    if (!st) return st;
     work = copy_work();
-  } else {
-    work = layer_work(0);
   }
+  for (auto& w : layer_work(0)) work.push_back(std::move(w));
   auto more = advance();
   if (!more) return more.error();
   for (auto& w : *more) work.push_back(std::move(w));
@@ -326,13 +353,6 @@ result<std::vector<device_work>> host_engine::advance() {
   };
   while (pending_.empty() && phase_ != phase::done) {
     switch (phase_) {
-      case phase::copy: {
-        auto st = finish_copies();
-        if (!st) return st;
-        auto work = layer_work(0);
-        for (auto& w : work) out.push_back(std::move(w));
-        break;
-      }
       case phase::round_a: {
         if (layer_has_two_rounds(layer_)) {
           auto st = finish_round_a();
@@ -378,14 +398,18 @@ void host_engine::end_step() {
   step_prefill_.clear();
 }
 
-// png-kv: re-evaluate steady sets that are due and recall the pages newly steady.
+// png-kv: re-evaluate steady sets that are due and recall the pages newly steady. The copy
+// engine's time is composed here, on a timeline of its own from idle links and devices (the
+// step model's steady_copies): the devices serve the copies in the dense-layer windows, off
+// their layer clocks (pnm_device serve_recall), so the copy time is known when they leave;
+// finish_timed_phase charges it against the windows.
 std::vector<device_work> host_engine::copy_work() {
   const auto& m = costs_.model();
   const uint32_t ps = cfg_.page_size_tokens;
   const uint64_t budget_pages = cfg_.budget_tokens / ps;
   std::vector<device_work> work;
   tl_.begin(clock_ns_);
-  round_start_ns_ = clock_ns_;
+  double copied_bytes = 0;
   for (const request_spec& r : requests_) {
     if (!is_decoding(r.request_id)) continue;
     const uint64_t at = decoded(r.request_id);
@@ -419,11 +443,7 @@ std::vector<device_work> host_engine::copy_work() {
         for (uint64_t p : next)
           if (!std::binary_search(ss.pages.begin(), ss.pages.end(), p))
             by_shard[uint32_t(pl.shard_of(h, p))].push_back(p);
-        if (by_shard.empty()) {
-          auto st = rebuild_steady(ss);
-          PNMKV_CHECK(st.is_ok(), st.to_string());
-          continue;
-        }
+        ss.apply_next_step = true;
         for (auto& [shard, pages] : by_shard) {
           device_work w;
           w.what = device_work::kind::recall;
@@ -435,15 +455,31 @@ std::vector<device_work> host_engine::copy_work() {
           w.kv_head = h;
           w.pages = pages;
           w.wire_bytes = work::recall_request_wire_bytes(pages.size());
-          w.device_cost_ns =
-              device_service_cost(costs_, device_op::pnm, costs_.kv_bytes(double(pages.size() * ps))).time_ns;
+          // Steady pages are full pages.
+          const double bytes = costs_.kv_bytes(double(pages.size() * ps));
+          const op_cost dc = device_service_cost(costs_, device_op::pnm, bytes);
+          w.device_cost_ns = dc.time_ns;
+          w.charge_device = false;  // the copy engine's schedule, not the device's clock
           const uint32_t link = link_of(pl, h, shard);
           dispatch(w, true, clock_ns_, link);
+          const uint64_t reply = work::recall_reply_wire_bytes(m, pages.size() * ps);
+          tl_.expect(w.vt_arrival_ns, device_slot(w.device_id), link, dc.time_ns, reply);
+          cur_.link_bytes += reply;
+          cur_.energy_j += dc.energy_j;
+          copied_bytes += bytes;
           pending_.emplace(w.tag, pending_item{r.request_id, layer, h, shard, purpose::steady_copy, link});
           work.push_back(std::move(w));
         }
       }
     }
+  }
+  if (!tl_.items().empty()) {
+    tl_.serve();
+    copy_engine_ns_ = tl_.receive() - clock_ns_;
+    const op_cost hbm = costs_.gpu_hbm_write(copied_bytes);
+    copy_hbm_write_ns_ = hbm.time_ns;
+    cur_.energy_j += hbm.energy_j;
+    cur_.copy_bytes += uint64_t(copied_bytes);
   }
   return work;
 }
@@ -482,26 +518,15 @@ status host_engine::rebuild_steady(steady_state& ss) {
   return {};
 }
 
-status host_engine::finish_copies() {
-  const double last_arrival_ns = tl_.receive();
-  uint64_t bytes = 0;
+// png-kv, at a step's start: the sets re-evaluated in the last step, whose copies are all in
+// (a step ends with nothing pending), become the steady sets.
+status host_engine::apply_copies() {
   for (auto& [key, ss] : steady_) {
-    for (const auto& [p, kv] : ss.arriving) bytes += (kv.first.size() + kv.second.size()) * sizeof(bf16);
-    if (!ss.arriving.empty() || (ss.store == nullptr && !ss.pending_pages.empty())) {
-      auto st = rebuild_steady(ss);
-      if (!st) return st;
-    }
+    if (!ss.apply_next_step) continue;
+    ss.apply_next_step = false;
+    auto st = rebuild_steady(ss);
+    if (!st) return st;
   }
-  if (bytes > 0) {
-    clock_ns_ = std::max(clock_ns_, last_arrival_ns);
-    op_cost w = costs_.gpu_hbm_write(double(bytes));
-    clock_ns_ += w.time_ns;
-    cur_.copy_ns += clock_ns_ - round_start_ns_;
-    cur_.energy_j += w.energy_j;
-    cur_.copy_bytes += bytes;
-  }
-  device_busy_ns_.clear();
-  round_device_ns_ = 0;
   return {};
 }
 
@@ -586,6 +611,11 @@ uint64_t host_engine::attend_steady(const head_key& key, head_state& hs, uint64_
 }
 
 std::vector<device_work> host_engine::layer_work(uint32_t layer) {
+  if (hbm_) {
+    auto st = layer_gpu_only(layer);
+    PNMKV_CHECK(st.is_ok(), st.to_string());
+    return {};
+  }
   const auto& m = costs_.model();
   const uint32_t d = m.head_dim, group = m.gqa_group(), ps = cfg_.page_size_tokens;
   // The dense layers take the decoding tokens and this step's prompt tokens together.
@@ -666,6 +696,117 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
   // second round (round_b_work).
   if (!layer_has_two_rounds(layer)) prompt_work(layer, work);
   return work;
+}
+
+// gpu-only: a write lands in the HBM store (the step's clock charges it, not this).
+status host_engine::write_hbm(const device_work& w) {
+  PNMKV_CHECK(w.what == device_work::kind::write, "not a write: ", int(w.what));
+  return hbm_->write(w.request_id, w.layer, w.kv_head, w.position, w.k.data(), w.v.data(), w.n_tokens);
+}
+
+// gpu-only, one layer (schedulers/step_model.cpp, layer_gpu_only, predicts the same): after
+// the dense layer, per decoding (request, KV head) the new token's K/V is written to HBM and
+// the head is scored, selected and attended there, one after another on the GPU; then this
+// step's prompt chunks are written. Selection is the devices' local round over one shard
+// holding every page, with the whole budget: at a budget covering every page, dense attention.
+status host_engine::layer_gpu_only(uint32_t layer) {
+  const auto& m = costs_.model();
+  const uint32_t d = m.head_dim, group = m.gqa_group(), ps = cfg_.page_size_tokens;
+  uint64_t tokens = step_decoding_.size();
+  for (const prefill_chunk& c : step_prefill_) tokens += c.tokens;
+  const op_cost dense = costs_.gpu_dense_layer(static_cast<uint32_t>(std::min<uint64_t>(tokens, UINT32_MAX)));
+  clock_ns_ = layer_t0(clock_ns_, dense, op_cost{});
+  cur_.dense_ns += dense.time_ns;
+  cur_.energy_j += dense.energy_j;
+  tl_.begin(clock_ns_);
+  round_start_ns_ = last_reply_ns_ = prefill_last_arrival_ns_ = clock_ns_;
+  overlap_ns_ = 0;
+  phase_ = phase::round_a;
+  gpu_ = gpu_ranks(1, clock_ns_);
+  const double t0 = clock_ns_;
+  const op_cost append = costs_.gpu_hbm_write(costs_.kv_bytes(1));
+  for (const request_spec& r : requests_) {
+    if (!is_decoding(r.request_id)) continue;
+    const uint64_t at = decoded(r.request_id);
+    const uint64_t position = r.context_tokens + at;
+    for (uint32_t h = 0; h < m.kv_heads; ++h) {
+      device_work app;
+      app.request_id = r.request_id;
+      app.layer = layer;
+      app.kv_head = h;
+      app.position = position;
+      app.n_tokens = 1;
+      app.k.resize(d);
+      app.v.resize(d);
+      wl_.keys(r.request_id, layer, h, position, 1, app.k.data());
+      wl_.values(r.request_id, layer, h, position, 1, app.v.data());
+      if (auto st = write_hbm(app); !st) return st;
+
+      head_state& hs = heads_[{layer, r.request_id, h}];
+      hs.q.resize(size_t(group) * d);
+      wl_.queries(r.request_id, layer, h, at, r.context_tokens, hs.q.data());
+      hs.shards = {0};
+      hs.parts.assign(1, partial{});
+      hs.listed.assign(1, {});
+      device_query q;
+      q.request_id = r.request_id;
+      q.step = step_;
+      q.layer = layer;
+      q.kv_head = h;
+      q.group = group;
+      q.q = hs.q.data();
+      q.sequence_tokens = position + 1;
+      q.budget_pages = cfg_.budget_tokens / ps;
+      q.round = selection_round::local;
+      device_answer ans;
+      if (auto st = hbm_->query(q, ans); !st) return st;
+      hs.parts[0] = std::move(ans.part);
+      hs.pages = std::move(ans.pages);
+      cur_.emulated_bytes_read += ans.bytes_scanned;
+      cur_.emulated_flops += ans.flops;
+      // Scoring every summary and attending the selected rows, from HBM.
+      const op_cost ga = costs_.gpu_attention(double(ans.bytes_scanned), ans.flops);
+      gpu_.run(0, t0, append.time_ns);
+      gpu_.run(0, t0, ga.time_ns);
+      cur_.energy_j += append.energy_j + ga.energy_j;
+      cur_.gpu_attention_ns += append.time_ns + ga.time_ns;
+    }
+  }
+  for (const prefill_chunk& c : step_prefill_) {
+    const op_cost wr = costs_.gpu_hbm_write(costs_.kv_bytes(double(c.tokens)));
+    for (uint32_t h = 0; h < m.kv_heads; ++h) {
+      std::vector<device_work> writes;
+      prefill_writes(spec(c.request_id), layer, h, c.position, c.position + c.tokens, writes);
+      for (const device_work& w : writes)
+        if (auto st = write_hbm(w); !st) return st;
+      gpu_.run(0, t0, wr.time_ns);
+      cur_.energy_j += wr.energy_j;
+      cur_.gpu_attention_ns += wr.time_ns;
+    }
+    if (layer == 0) cur_.prefill_tokens += c.tokens;
+  }
+  return {};
+}
+
+// gpu-only: dense attention over every page in HBM, the ground truth (not charged, not timed).
+status host_engine::verify_gpu_only() {
+  const uint32_t group = costs_.model().gqa_group();
+  for (auto& [key, hs] : heads_) {
+    const auto [layer, request_id, h] = key;
+    device_query q;
+    q.request_id = request_id;
+    q.step = step_;
+    q.layer = layer;
+    q.kv_head = h;
+    q.group = group;
+    q.q = hs.q.data();
+    q.sequence_tokens = spec(request_id).context_tokens + decoded(request_id) + 1;
+    q.round = selection_round::dense;
+    device_answer ans;
+    if (auto st = hbm_->query(q, ans); !st) return st;
+    hs.dense_parts.assign(1, std::move(ans.part));
+  }
+  return {};
 }
 
 // This step's prompt chunks of `layer`, after the layer's decode traffic on the link (as
@@ -976,6 +1117,11 @@ host_engine::recall_stats host_engine::recall_cache_stats() const {
 // Dense queries of every (live layer, request, KV head, shard): the ground truth the step's
 // outputs are checked against. Not charged, not timed, and they do not touch any clock.
 std::vector<device_work> host_engine::verify_work() {
+  if (hbm_) {
+    auto st = verify_gpu_only();
+    PNMKV_CHECK(st.is_ok(), st.to_string());
+    return {};
+  }
   std::vector<device_work> work;
   for (auto& [key, hs] : heads_) {
     const auto [layer, request_id, h] = key;
@@ -1115,9 +1261,7 @@ result<std::vector<device_work>> host_engine::on_reply_impl(const device_reply& 
             std::vector<bf16>(r.v.begin() + off, r.v.begin() + off + n)};
         off += n;
       }
-      const uint64_t payload = (r.k.size() + r.v.size()) * sizeof(bf16);
-      const uint64_t bytes = work::recall_reply_wire_bytes(m, payload / (4ull * d));
-      device_done(bytes, device_service_cost(costs_, device_op::pnm, double(payload)));
+      // Link bytes, device energy and time were charged when the copy left (copy_work).
       break;
     }
     case purpose::select:
@@ -1199,9 +1343,11 @@ status host_engine::finish_layer() {
     for (const auto& p : hs.parts) ptrs.push_back(&p);
     auto st = merge_partials(ptrs.data(), ptrs.size(), hs.merged);
     if (!st) return st;
-    op_cost mc = costs_.gpu_merge(static_cast<uint32_t>(ptrs.size()), group);
-    merge_ns += mc.time_ns;
-    cur_.energy_j += mc.energy_j;
+    if (!hbm_) {  // gpu-only: one partial, nothing to merge
+      op_cost mc = costs_.gpu_merge(static_cast<uint32_t>(ptrs.size()), group);
+      merge_ns += mc.time_ns;
+      cur_.energy_j += mc.energy_j;
+    }
     fnv1a(digest_, hs.merged.o.data(), hs.merged.o.size() * sizeof(float));
     fnv1a(digest_, hs.merged.lse.data(), hs.merged.lse.size() * sizeof(float));
     hs.parts.clear();
@@ -1216,8 +1362,9 @@ status host_engine::finish_layer() {
   }
   // The step model's end of a layer: prompt chunks still on the link hold it (their wait
   // counts as link time), before the merges, or in baseline after them.
+  // gpu-only: the layer ends when the GPU is done (gpu_ ran its writes and attention).
   const layer_end e =
-      cfg_.mode == run_mode::baseline
+      cfg_.mode == run_mode::baseline || cfg_.mode == run_mode::gpu_only
           ? end_of_layer_after_gpu(gpu_.end(), prefill_last_arrival_ns_, merge_ns)
           : end_of_layer(t0, std::max(0.0, last_reply_ns_ - t0), overlap_ns_, prefill_last_arrival_ns_, merge_ns);
   clock_ns_ = e.time_ns;
@@ -1318,6 +1465,12 @@ host_engine::calibration_stats host_engine::calibration() const {
 }
 
 void host_engine::finish_timed_phase() {
+  // png-kv: the copy engine against the live layers' dense-layer windows (one GPU: the
+  // dense layer, no all-reduce); what does not fit holds the step after its last layer.
+  const steady_copy_charge copies = charge_steady_copies(copy_engine_ns_, cur_.dense_ns, copy_hbm_write_ns_);
+  clock_ns_ += copies.exposed_ns;
+  cur_.copy_ns = copies.exposed_ns;
+  cur_.copy_hidden_ns = copies.hidden_ns;
   // Charge the layers that are not live as copies of the mean live layer.
   const auto& m = costs_.model();
   const double live_ns = clock_ns_ - step_start_ns_;
@@ -1330,7 +1483,7 @@ void host_engine::finish_timed_phase() {
   for (const prefill_chunk& c : step_prefill_) tokens += c.completes;
   const op_cost lm = tokens ? costs_.gpu_lm_head(static_cast<uint32_t>(tokens)) : op_cost{};
   for (double* x : {&cur_.dense_ns, &cur_.link_ns, &cur_.device_ns, &cur_.gpu_attention_ns,
-                    &cur_.merge_ns, &cur_.copy_ns, &cur_.energy_j})
+                    &cur_.merge_ns, &cur_.copy_ns, &cur_.copy_hidden_ns, &cur_.energy_j})
     *x *= scale;
   for (uint64_t* x : {&cur_.link_bytes, &cur_.device_bytes_scanned, &cur_.steady_pages,
                       &cur_.steady_hits, &cur_.selected_pages, &cur_.copy_bytes})

@@ -13,7 +13,16 @@
 //            global top; round 2: shards attend exactly those pages).
 //   png-kv   as pnm-kv, but the steady pages (schedulers/steady_pages.hpp) live in GPU
 //            memory: the GPU attends them while the devices select among the other pages
-//            with the remaining budget. Copies of newly steady pages are charged.
+//            with the remaining budget. Copies of newly steady pages go out at the step's
+//            start and run on the copy engine in the dense-layer windows (charged by
+//            schedulers/step_timeline.hpp, charge_steady_copies); they are attended from the
+//            next step.
+//   gpu-only no devices: the KV of every request it holds lives in "GPU HBM" (a
+//            device_engine owned by this engine: the same stores and kernels, the same
+//            local selection as one pnm-kv device holding one shard). Prefill and appends
+//            are written there; each (request, layer, KV head) is scored, selected and
+//            attended there, charged as GPU attention on the bytes and flops it took, with
+//            HBM writes for appends and prompt chunks. No work item leaves the engine.
 //   baseline devices are passive CXL memory expanders. The GPU scores page summaries
 //            (resident in HBM when they fit, else read over the link), selects, recalls the
 //            selected pages over the link and attends. The scoring arithmetic is run by the
@@ -78,6 +87,9 @@ struct host_engine_config {
   // Other modes run this policy on their selections as a shadow, for calibration only.
   recall_cache_policy recall_cache = recall_cache_policy::none;
   uint64_t recall_cache_tokens = 0;
+  // gpu-only: the HBM store's shape and selection rule (the devices' own) and the emulator
+  // bytes it may hold.
+  device_engine_config hbm{};
   // Keep a copy of every query and recall of the running step until it is answered, so
   // fail_over can send it again to a replica (cluster.replication >= 2).
   bool keep_for_retry = false;
@@ -145,7 +157,8 @@ struct step_report {
   double virtual_ns = 0;           // whole step, every layer, LM head
   double live_layers_ns = 0;       // the live layers as measured in virtual time
   double dense_ns = 0, link_ns = 0, device_ns = 0, gpu_attention_ns = 0, merge_ns = 0,
-         lm_head_ns = 0, copy_ns = 0;
+         lm_head_ns = 0, copy_ns = 0;  // copy_ns: steady copies the windows did not hide
+  double copy_hidden_ns = 0;       // png-kv: steady-copy time hidden in the dense-layer windows
   double energy_j = 0;             // dynamic energy of the whole step (all layers)
   uint64_t link_bytes = 0;         // both directions, all layers
   uint64_t device_bytes_scanned = 0;  // all layers
@@ -213,8 +226,9 @@ class host_engine {
   bool step_done() const { return phase_ == phase::done; }
   const step_report& last_step() const { return last_step_; }
 
-  // png-kv: replaces the steady set of (request, layer, KV head) before the next step
-  // (tests force it; the policy decides otherwise). Pages must be full, ascending.
+  // png-kv: replaces the steady set of (request, layer, KV head): copied in the next step,
+  // attended from the one after (tests force it; the policy decides otherwise). Pages must
+  // be full, ascending.
   void force_steady(uint64_t request_id, uint32_t layer, uint32_t kv_head,
                     std::vector<uint64_t> pages);
   // The selection of (request, layer, KV head) in the last step, ascending global ids
@@ -259,7 +273,7 @@ class host_engine {
   recall_stats recall_cache_stats() const;
 
  private:
-  enum class phase { copy, round_a, round_b, verify, done };
+  enum class phase { round_a, round_b, verify, done };
   // What an outstanding reply is for: the engine's own bookkeeping, not a message field.
   // The four query purposes become a selection_round on the wire (make_query maps them);
   // recall and steady_copy are page reads, which no selection round names.
@@ -307,9 +321,10 @@ class host_engine {
     std::unique_ptr<steady_policy> policy;
     std::vector<uint64_t> pages;       // the steady set, ascending
     std::unique_ptr<kv_head_store> store;  // their K/V in "GPU memory"
-    std::vector<uint64_t> pending_pages;   // the next set, while copies are in flight
+    std::vector<uint64_t> pending_pages;   // the next set, copied this step
     std::map<uint64_t, std::pair<std::vector<bf16>, std::vector<bf16>>> arriving;
     bool forced = false;
+    bool apply_next_step = false;          // pending_pages become the set at the next step
   };
 
   std::vector<device_work> copy_work();
@@ -332,7 +347,7 @@ class host_engine {
   uint32_t device_slot(uint32_t device_id);
   status finish_round_a();
   status finish_layer();
-  status finish_copies();
+  status apply_copies();
   void finish_timed_phase();
   status finish_verification();
   result<std::vector<device_work>> advance();  // runs the step on while nothing is pending
@@ -341,6 +356,11 @@ class host_engine {
   void remember(const std::vector<device_work>& work);
   static status move_off(request_placement& pl, uint32_t dead);
   void prompt_work(uint32_t layer, std::vector<device_work>& work);
+  // gpu-only: one layer on the GPU (appends, selection and attention, prompt chunks) and
+  // the dense checks, all without device work.
+  status layer_gpu_only(uint32_t layer);
+  status verify_gpu_only();
+  status write_hbm(const device_work& w);
   void end_step();
   void prefill_writes(const request_spec& r, uint32_t layer, uint32_t kv_head, uint64_t from,
                       uint64_t to, std::vector<device_work>& out);
@@ -356,6 +376,7 @@ class host_engine {
   host_engine_config cfg_;
   const cost_model& costs_;
   const synthetic_workload& wl_;
+  std::unique_ptr<device_engine> hbm_;  // gpu-only: the KV in GPU memory
   std::vector<request_spec> requests_;
   std::map<uint64_t, request_placement> placements_;
   struct request_state {
@@ -406,6 +427,9 @@ class host_engine {
   double round_start_ns_ = 0;     // when this round's traffic started (t0, or round b's)
   double last_reply_ns_ = 0;      // the layer's last reply in GPU memory so far
   double overlap_ns_ = 0;         // png-kv steady attention, overlapping the devices
+  // png-kv's copy engine this step (live layers): its time from idle links and devices, and
+  // its HBM writes; charged against the dense-layer windows at the step's end.
+  double copy_engine_ns_ = 0, copy_hbm_write_ns_ = 0;
   double round_device_ns_ = 0;    // busiest device's work in this round (report breakdown)
   std::map<uint32_t, double> device_busy_ns_;
   step_report cur_{}, last_step_{};

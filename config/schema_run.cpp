@@ -9,13 +9,17 @@ std::vector<config_key> schema_keys_run() {
   using t = config_type;
   return {
       {"run.mode", t::choice, "pnm-kv", 0, 0, names_of(run_mode_names),
-       "Execution mode (docs/DESIGN.md §2)"},
+       "Execution mode (docs/DESIGN.md §2); gpu-only: the reference without memory devices "
+       "(KV in GPU HBM, selection and attention on the GPU, admission limited by HBM)"},
       {"run.steps", t::integer, "16", 1, 100000, {}, "Decode steps per request"},
       {"run.seed", t::integer, "1", 0, 9.0e15, {}, "Seed of every random choice in the run"},
       {"model.file", t::path, "models/llama-3.1-8b.yaml", 0, 0, {},
        "Model shape file (any GQA decoder)"},
       {"hardware.file", t::path, "hardware/h100-cxl-pnm.yaml", 0, 0, {},
        "Hardware figures with sources"},
+      {"hardware.scale", t::string, "", 0, 0, {},
+       "Sensitivity: multiply hardware-file figures, \"key=factor[,key=factor...]\" (factor in "
+       "(0, 100]), e.g. pnm_device.compute_tflops=0.5; results name every scaled figure"},
       {"selection.page_size_tokens", t::integer, "16", 1, 1024, {}, "Tokens per KV page"},
       {"selection.budget_tokens", t::integer, "2048", 1, 1 << 26, {},
        "Tokens attended per (request, layer, KV head) per step, always-kept pages included"},
@@ -54,7 +58,8 @@ std::vector<config_key> schema_keys_run() {
        "baseline, recall_cache = lru: tokens of recalled pages kept per (request, layer, KV "
        "head), counted in GPU memory for every layer; 0: the selection budget (one step's "
        "selection: the smallest cache that holds it); else at least the budget"},
-      {"cluster.pnm_devices", t::integer, "4", 1, 4096, {}, "PNM devices in the cluster"},
+      {"cluster.pnm_devices", t::integer, "4", 1, 4096, {}, "PNM devices in the cluster (run.mode=gpu-only: the simulator ignores them; the live "
+       "cluster starts them, they join and hold nothing; never charged)"},
       {"cluster.live_layers", t::integer, "1", 0, 1024, {},
        "Layers computed with real arithmetic; the rest are charged by the cost model only"},
       {"run.verify", t::boolean, "true", 0, 0, {},

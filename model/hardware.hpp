@@ -54,11 +54,25 @@ struct hardware_spec {
 // unknown keys, missing keys, a figure without a source, non-positive values.
 result<hardware_spec> load_hardware(const std::string& file);
 
+// Multiplies figures of a loaded hardware spec, for sensitivity studies (config key
+// hardware.scale): `scales` is "key=factor[,key=factor...]" over the file's numeric
+// figures, e.g. "pnm_device.compute_tflops=0.5,cxl.link_bw_gbps_per_direction=2". A
+// scaled figure keeps its range check and its source says it was scaled. Errors name the
+// unknown key (with the allowed ones), a factor that is not a number in (0, 100], or a
+// scaled value outside the figure's range. An empty string changes nothing.
+status scale_hardware(hardware_spec& hw, const std::string& scales);
+
 // Bytes one memory device holds in `mode`: a passive expander in baseline, a PNM device
 // otherwise (the modelled capacity placement fills; the emulator's own limit is
-// cluster.device_memory_bytes_max).
+// cluster.device_memory_bytes_max). gpu-only uses no device: 0.
 inline double device_capacity_bytes(const hardware_spec& hw, run_mode mode) {
-  return mode == run_mode::baseline ? hw.expander.capacity_bytes : hw.pnm.capacity_bytes;
+  switch (mode) {
+    case run_mode::baseline: return hw.expander.capacity_bytes;
+    case run_mode::gpu_only: return 0;
+    case run_mode::pnm_kv:
+    case run_mode::png_kv: break;
+  }
+  return hw.pnm.capacity_bytes;
 }
 
 }  // namespace pnmkv

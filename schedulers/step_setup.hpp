@@ -39,10 +39,13 @@ struct step_setup {
   // Attention ranks: GPUs of a stage sharing the per-head GPU work (merge, attention).
   uint32_t attention_ranks = 1;
 
-  // Devices: PNM devices (pnm-kv, png-kv) or passive expanders (baseline).
+  // Devices: PNM devices (pnm-kv, png-kv) or passive expanders (baseline); gpu-only uses
+  // none (nothing placed, charged or priced on them).
   uint32_t devices = 0;
   uint32_t pool_devices = 0;  // resolved: divides devices; 0 until the pool is chosen
-  uint32_t pnm_devices() const { return mode == run_mode::baseline ? 0 : devices; }
+  uint32_t pnm_devices() const {
+    return mode == run_mode::pnm_kv || mode == run_mode::png_kv ? devices : 0;
+  }
   uint32_t expanders() const { return mode == run_mode::baseline ? devices : 0; }
 
   // Selection.
@@ -57,6 +60,13 @@ struct step_setup {
   // Across s > 1 sequence shards: exact (two rounds: candidates, then the global top pages
   // attended where they live) or local (each shard takes budget/s pages, one round).
   bool exact_cross_shard = false;
+  // png-kv: png.steady_budget_tokens in pages, the most steady pages per (request, layer,
+  // KV head) the GPU keeps (the live policy caps its set there, and at budget − 2 pages).
+  uint64_t steady_budget_pages = UINT64_MAX;
+  uint64_t steady_cap_pages() const {
+    const uint64_t b = budget_pages();
+    return steady_budget_pages < (b > 2 ? b - 2 : 0) ? steady_budget_pages : (b > 2 ? b - 2 : 0);
+  }
 
   // Policies.
   summary_residence summaries = summary_residence::auto_fit;
