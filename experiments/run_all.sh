@@ -35,6 +35,10 @@ for mode in baseline pnm-kv png-kv; do
   "$bin" sim --quiet --config cluster_configs/experiments/sim-base.yaml --set run.mode=$mode --set "$cal" \
     --json "$out/headline_$mode.json" > /dev/null
 done
+# The baseline without its recall cache (every selected page recalled every step): facts
+# h64_baseline_noreuse_* (experiments/facts.py).
+"$bin" sim --quiet --config cluster_configs/experiments/sim-base.yaml --set run.mode=baseline \
+  --set baseline.recall_cache=none --set "$cal" --json "$out/headline_baseline_noreuse.json" > /dev/null
 # Sweeps read as JSON (each point's overrides name it): the "up to" and typical ratios over
 # models x contexts x devices, and the tornado of the headline over the assumptions.
 for sweep in sensitivity tornado; do
