@@ -12,6 +12,7 @@
 #include <cmath>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -201,8 +202,35 @@ TEST(timeline, sim_trace_is_serial_and_sums_to_the_step) {
       link += m * L;
     }
     const double decode_ns = 4 * r->step_ms * 1e6;
+    EXPECT_GT(r->device_busy_fraction, 0.0);
+    EXPECT_GT(r->link_busy_fraction, 0.0);
     EXPECT_NEAR(dev / decode_ns, r->device_busy_fraction, 1e-9);
     EXPECT_NEAR(link / decode_ns, r->link_busy_fraction, 1e-9);
+  }
+}
+
+// png-kv: the step model computes the steady copies after the layers but draws them first,
+// as the live engine runs them: the copies and their HBM write, then the dense layer.
+TEST(timeline, png_kv_copies_are_drawn_before_the_layer) {
+  timeline_trace tr("sim", 2);
+  auto r = sim_traced(small({"run.mode=png-kv"}), &tr);
+  ASSERT_TRUE(r) << r.error().to_string();
+  expect_serial_tracks(tr);
+  for (uint32_t step = 0; step < 2; ++step) {
+    SCOPED_TRACE(step);
+    const trace_span *hbm = nullptr, *dense = nullptr;
+    double copies_end = 0;
+    size_t copies = 0;
+    for (const trace_span& s : tr.spans()) {
+      if (s.step != step) continue;
+      if (s.name == trace_name::hbm_write) hbm = &s;
+      if (s.name == trace_name::dense) dense = &s;
+      if (s.name == trace_name::copy) copies_end = std::max(copies_end, s.start_ns + s.dur_ns), ++copies;
+    }
+    ASSERT_TRUE(hbm && dense);
+    EXPECT_GT(copies, 0u);
+    EXPECT_LE(copies_end, hbm->start_ns);
+    EXPECT_NEAR(dense->start_ns, hbm->start_ns + hbm->dur_ns, 1e-9 * dense->start_ns + 1e-9);
   }
 }
 
@@ -249,6 +277,17 @@ TEST(timeline, live_and_sim_draw_the_same_spans) {
     auto sim = sim_traced(sets, &st);
     ASSERT_TRUE(sim) << sim.error().to_string();
     const auto l = sorted(ro.timeline->spans()), s = sorted(st.spans());
+    // What each mode draws: PNM scans, or the GPU scoring, the expanders' recalls and attention.
+    std::set<trace_name> names;
+    for (const trace_span& sp : s) names.insert(sp.name);
+    const std::vector<trace_name> want =
+        extra[0] == "run.mode=baseline"
+            ? std::vector<trace_name>{trace_name::score, trace_name::recall, trace_name::attention}
+            : std::vector<trace_name>{trace_name::scan};
+    for (trace_name n : want) EXPECT_TRUE(names.count(n)) << to_string(n);
+    for (trace_name n : {trace_name::dense, trace_name::send, trace_name::reply, trace_name::merge,
+                         trace_name::other_layers, trace_name::lm_head})
+      EXPECT_TRUE(names.count(n)) << to_string(n);
     parse_checked(chrome_trace_json(*ro.timeline));
     ASSERT_EQ(l.size(), s.size());
     ASSERT_FALSE(l.empty());
