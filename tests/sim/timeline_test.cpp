@@ -10,12 +10,16 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <set>
 #include <string>
 #include <tuple>
 #include <vector>
+
+#include <unistd.h>
 
 #include "actors/cluster.hpp"
 #include "actors/node_main.hpp"
@@ -256,16 +260,33 @@ std::vector<trace_span> sorted(std::vector<trace_span> v) {
 
 TEST(timeline, live_and_sim_draw_the_same_spans) {
   const std::string default_file = sim_fixture::default_file;
-  for (const auto& extra : std::vector<std::vector<std::string>>{
-           {"run.mode=pnm-kv", "cluster.pnm_devices=4"},
-           {"run.mode=pnm-kv", "cluster.pnm_devices=16", "selection.cross_shard=local"},
-           {"run.mode=baseline", "cluster.pnm_devices=4"}}) {
+  // An open workload too (the agreement test's trace): admissions, prompt writes next to
+  // decoding, steps at their serving times.
+  const std::string trace_file = (std::filesystem::temp_directory_path() /
+                                  ("pnmkv_timeline_trace_" + std::to_string(::getpid()) + ".csv"))
+                                     .string();
+  std::ofstream(trace_file) << "arrival_s,prompt_tokens,output_tokens\n"
+                               "0,3000,6\n0.01,700,5\n0.02,2048,8\n0.5,4000,4\n0.52,1500,7\n";
+  const std::vector<std::string> open = {"workload.arrivals=trace", "workload.trace_file=" + trace_file,
+                                         "workload.prefill_chunk_tokens=1024", "workload.context_tokens=4096"};
+  std::vector<std::vector<std::string>> points = {
+      {"run.mode=pnm-kv", "cluster.pnm_devices=4"},
+      {"run.mode=pnm-kv", "cluster.pnm_devices=16", "selection.cross_shard=local"},
+      {"run.mode=baseline", "cluster.pnm_devices=4"}};
+  for (const char* mode : {"run.mode=pnm-kv", "run.mode=baseline"}) {
+    points.push_back({mode, "(open)"});
+    points.back().insert(points.back().end(), open.begin(), open.end());
+  }
+  for (auto extra : points) {
     SCOPED_TRACE(extra[0] + " " + extra[1]);
+    const bool is_open = extra[1] == "(open)";
+    if (is_open) extra.erase(extra.begin() + 1);
     const auto sets = small(extra);
+    const uint32_t steps = is_open ? 8 : 2;
     auto cfg = load_config(default_file, sets);
     ASSERT_TRUE(cfg) << cfg.error().to_string();
     cluster_run_options ro;
-    ro.timeline = std::make_shared<timeline_trace>("live", 2);
+    ro.timeline = std::make_shared<timeline_trace>("live", steps);
     auto live = run_embedded(*cfg, ro);
     ASSERT_TRUE(live) << live.error().to_string();
     auto plain = run_embedded(*cfg, {});
@@ -273,7 +294,7 @@ TEST(timeline, live_and_sim_draw_the_same_spans) {
     // Tracing on changes no output, digest or step time.
     EXPECT_EQ(live->output_digest, plain->output_digest);
     EXPECT_EQ(live->virtual_step_ms_mean, plain->virtual_step_ms_mean);
-    timeline_trace st("sim", 2);
+    timeline_trace st("sim", steps);
     auto sim = sim_traced(sets, &st);
     ASSERT_TRUE(sim) << sim.error().to_string();
     const auto l = sorted(ro.timeline->spans()), s = sorted(st.spans());
@@ -288,12 +309,15 @@ TEST(timeline, live_and_sim_draw_the_same_spans) {
     for (trace_name n : {trace_name::dense, trace_name::send, trace_name::reply, trace_name::merge,
                          trace_name::other_layers, trace_name::lm_head})
       EXPECT_TRUE(names.count(n)) << to_string(n);
+    if (is_open) EXPECT_TRUE(names.count(trace_name::prefill_write));
     parse_checked(chrome_trace_json(*ro.timeline));
     ASSERT_EQ(l.size(), s.size());
     ASSERT_FALSE(l.empty());
-    const double step_ns = sim->step_ms * 1e6, tol = 1e-6 * step_ns;
+    // Within 1e-6 of a step (of the run's time so far, later in an open run).
+    const double step_ns = sim->step_ms * 1e6;
     size_t differ = 0;
     for (size_t i = 0; i < l.size() && differ < 10; ++i) {
+      const double tol = 1e-6 * std::max(step_ns, std::abs(s[i].start_ns));
       const bool same = l[i].track == s[i].track && l[i].index == s[i].index && l[i].name == s[i].name &&
                         l[i].step == s[i].step && l[i].layer == s[i].layer && l[i].bytes == s[i].bytes &&
                         std::abs(l[i].start_ns - s[i].start_ns) <= tol && std::abs(l[i].dur_ns - s[i].dur_ns) <= tol;
@@ -307,6 +331,7 @@ TEST(timeline, live_and_sim_draw_the_same_spans) {
       }
     }
   }
+  std::filesystem::remove(trace_file);
 }
 
 TEST(timeline, multiprocess_refuses_a_timeline) {
