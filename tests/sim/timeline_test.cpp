@@ -146,11 +146,11 @@ std::vector<event> parse_checked(const std::string& text) {
   return out;
 }
 
-// Spans of one link direction or one device never overlap (the model serialises them).
+// Spans of one link direction, one device or one GPU rank never overlap (the model
+// serialises them).
 void expect_serial_tracks(const timeline_trace& tr) {
   std::map<std::tuple<trace_track, uint32_t, uint32_t>, std::vector<const trace_span*>> by;
-  for (const trace_span& s : tr.spans())
-    if (s.track != trace_track::gpu_rank) by[{s.track, s.index, s.step}].push_back(&s);
+  for (const trace_span& s : tr.spans()) by[{s.track, s.index, s.step}].push_back(&s);
   ASSERT_FALSE(by.empty());
   for (auto& [key, v] : by) {
     std::sort(v.begin(), v.end(), [](auto* a, auto* b) { return a->start_ns < b->start_ns; });
@@ -298,6 +298,7 @@ TEST(timeline, live_and_sim_draw_the_same_spans) {
     auto sim = sim_traced(sets, &st);
     ASSERT_TRUE(sim) << sim.error().to_string();
     const auto l = sorted(ro.timeline->spans()), s = sorted(st.spans());
+    expect_serial_tracks(*ro.timeline);
     // What each mode draws: PNM scans, or the GPU scoring, the expanders' recalls and attention.
     std::set<trace_name> names;
     for (const trace_span& sp : s) names.insert(sp.name);
