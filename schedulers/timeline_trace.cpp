@@ -18,7 +18,7 @@ const char* to_string(trace_name n) {
     case trace_name::score: return "score";
     case trace_name::attention: return "attention";
     case trace_name::merge: return "merge";
-    case trace_name::hbm_write: return "hbm write";
+    case trace_name::copy_exposed: return "copies exposed";
     case trace_name::other_layers: return "other layers";
     case trace_name::lm_head: return "lm_head";
     case trace_name::handoff: return "stage handoff";
@@ -97,11 +97,6 @@ void timeline_trace::device_span(uint32_t slot, double start_ns, double dur_ns) 
 
 void timeline_trace::gpu(trace_name name, double start_ns, double dur_ns) {
   for (uint32_t r = 0; r < gpu_ranks_; ++r) span(trace_track::gpu_rank, r, name, start_ns, dur_ns);
-}
-
-void timeline_trace::shift_step(double delta_ns, size_t until) {
-  if (!active_) return;
-  for (size_t i = step_first_; i < until && i < spans_.size(); ++i) spans_[i].start_ns += delta_ns;
 }
 
 void timeline_trace::repeat_previous_step() {

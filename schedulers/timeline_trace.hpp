@@ -26,7 +26,7 @@ enum class trace_name : uint8_t {
   score,          // GPU (baseline): scoring the page summaries
   attention,      // GPU: attention over pages it holds (baseline recalls, png-kv steady)
   merge,          // GPU: merging the partials of every head
-  hbm_write,      // GPU (png-kv): steady copies written to HBM
+  copy_exposed,   // GPU (png-kv): the copy engine's time the dense-layer windows do not hide
   other_layers,   // GPU: the layers charged as copies of the one(s) drawn
   lm_head,        // GPU
   handoff,        // GPU (pp > 1): activations to the next stage
@@ -89,10 +89,6 @@ class timeline_trace {
   void device_span(uint32_t slot, double start_ns, double dur_ns);
   void gpu(trace_name name, double start_ns, double dur_ns);  // every rank
 
-  // The step model: this step's spans before `until` (a mark()) move by delta_ns (png-kv's
-  // copies, computed last, are drawn first).
-  size_t mark() const { return spans_.size(); }
-  void shift_step(double delta_ns, size_t until);
   // The simulator reused the previous step's result: its spans again for this step.
   void repeat_previous_step();
 
