@@ -40,6 +40,14 @@ admission_params admission_params_of(const run_setup& setup) {
   gpu.sizing = gpu_sizing::batch_of_longest;
   gpu.floor_tokens = setup.open_workload() ? 0 : setup.gpu_query.context_tokens;
   ap.gpu = std::move(gpu);
+  ap.layers = setup.model.layers;
+  ap.live_layers = setup.device.live_layers;
+  if (setup.host.mode == run_mode::gpu_only) {
+    // No device: the KV is one shard held by the GPU host, within its emulator memory.
+    ap.placement = gpu_local_placement(setup.placement, gpu_host_node);
+    ap.emulator_free_bytes = std::map<uint32_t, uint64_t>{{gpu_host_node, setup.host.hbm.memory_bytes_max}};
+    return ap;
+  }
   placement_params pp;
   const double capacity = device_capacity_bytes(setup.hw, setup.host.mode);
   pp.pools = make_pools(ids, setup.pool_devices, static_cast<uint64_t>(capacity));
@@ -51,8 +59,6 @@ admission_params admission_params_of(const run_setup& setup) {
   std::map<uint32_t, uint64_t> emulator;
   for (uint32_t id : ids) emulator[id] = setup.device.memory_bytes_max;
   ap.emulator_free_bytes = std::move(emulator);
-  ap.layers = setup.model.layers;
-  ap.live_layers = setup.device.live_layers;
   return ap;
 }
 
@@ -136,6 +142,11 @@ std::string coordinator_state::admit_one(const control::request_spec& spec) {
   const admission_verdict v = admission_.try_admit({spec.request_id, spec.context_tokens, spec.steps});
   if (!v.admitted()) return v.detail;
   const request_placement& pl = admission_.grant_of(spec.request_id)->placement;
+  // gpu-only: the GPU host holds it; no device acknowledges anything.
+  if (setup_->host.mode == run_mode::gpu_only) {
+    decide(spec.request_id, true, "");
+    return "";
+  }
   auto& waiting = awaiting_acks_[spec.request_id];
   for (const auto& s : pl.shards) {
     waiting.insert(s.device_id);
@@ -174,6 +185,7 @@ void coordinator_state::release(uint64_t request_id) {
     holders.insert(s.device_id);
     holders.insert(s.replica_device_ids.begin(), s.replica_device_ids.end());
   }
+  holders.erase(gpu_host_node);  // gpu-only: the GPU host released it itself
   admission_.release(request_id);
   control::outbound out(self_id_);
   out.body().initRelease().setRequestId(request_id);

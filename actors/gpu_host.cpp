@@ -211,8 +211,12 @@ double gpu_host_state::predicted_step_ms(uint64_t candidate, const request_place
   pls.reserve(ids.size() + 1);
   std::vector<step_request> dec;
   auto add = [&](uint64_t id, const request_placement& pl, uint64_t seq_tokens) {
-    request_placement p = pl;  // the model counts devices from 0
+    request_placement p = pl;  // the model counts devices from 0 (gpu-only: the GPU, 0)
     for (auto& sh : p.shards) {
+      if (setup_->host.mode == run_mode::gpu_only) {
+        sh.device_id = 0;
+        continue;
+      }
       sh.device_id -= device_node_base;
       for (uint32_t& r : sh.replica_device_ids) r -= device_node_base;
     }
@@ -326,6 +330,12 @@ void gpu_host_state::pump_prefill() {
 void gpu_host_state::device_lost(uint32_t dev, const std::string& why) {
   if (finished_ || lost_.count(dev)) return;
   const std::string what = "device " + std::to_string(dev) + " went down (" + why + ")";
+  // gpu-only: the devices hold nothing and owe nothing; losing one changes nothing.
+  if (setup_->host.mode == run_mode::gpu_only) {
+    lost_.insert(dev);
+    cluster_log().warn("event=device_lost_idle device={} reason=\"{}\"", dev, why);
+    return;
+  }
   if (setup_->replication < 2 || !engine_) return fail_run(what);
   auto resend = engine_->fail_over(dev);
   if (!resend) return fail_run(what + ": " + resend.error().message());
@@ -698,9 +708,9 @@ void gpu_host_state::report_steps(run_report& rep) const {
   // run covered, idle gaps between arrivals included (as the simulator).
   const double elapsed_ns = open_ && sched_ ? sched_->now_s() * 1e9 : all_vt;
   rep.virtual_tokens_per_s = elapsed_ns > 0 ? tokens / (elapsed_ns / 1e9) : 0;
-  // baseline's memory boxes are passive expanders; the other modes' are PNM devices.
-  const bool passive = setup_->host.mode == run_mode::baseline;
-  const uint32_t pnm_boxes = passive ? 0 : setup_->devices, expanders = passive ? setup_->devices : 0;
+  // baseline's memory boxes are passive expanders, pnm-kv's and png-kv's PNM devices;
+  // gpu-only uses none, so none is charged power or priced (schedulers/step_setup.hpp).
+  const uint32_t pnm_boxes = setup_->step->pnm_devices(), expanders = setup_->step->expanders();
   const double static_w = costs_->static_power_w(1, pnm_boxes, expanders);
   const double total_energy = energy + static_w * elapsed_ns / 1e9;
   rep.virtual_energy_j_per_token = tokens > 0 ? total_energy / tokens : 0;
@@ -743,7 +753,8 @@ void gpu_host_state::report_capacity(run_report& rep) const {
                                pr.layers * setup.replication;
   const double capacity = setup.devices * device_capacity_bytes(setup.hw, setup.host.mode);
   const uint32_t device_max = static_cast<uint32_t>(std::floor(capacity / request_bytes));
-  rep.max_batch = std::min(gpu_max, device_max);
+  // gpu-only: no device holds KV (device_max is 0); GPU memory alone bounds the batch.
+  rep.max_batch = setup.host.mode == run_mode::gpu_only ? gpu_max : std::min(gpu_max, device_max);
   rep.max_batch_gpu_memory = gpu_max;
   rep.max_batch_device_capacity = device_max;
 }

@@ -29,6 +29,13 @@ host_engine::host_engine(host_engine_config cfg, const cost_model& costs,
   PNMKV_CHECK(cfg_.page_size_tokens > 0 && cfg_.prefill_chunk_tokens > 0,
               "page_size_tokens=", cfg_.page_size_tokens,
               ", prefill_chunk_tokens=", cfg_.prefill_chunk_tokens);
+  if (cfg_.mode == run_mode::gpu_only) {
+    PNMKV_CHECK(cfg_.hbm.shape.page_size_tokens == cfg_.page_size_tokens &&
+                    cfg_.hbm.shape.head_dim == costs_.model().head_dim && cfg_.hbm.live_layers == cfg_.live_layers,
+                "gpu-only HBM store shape: page ", cfg_.hbm.shape.page_size_tokens, " head_dim ",
+                cfg_.hbm.shape.head_dim, " live_layers ", cfg_.hbm.live_layers);
+    hbm_ = std::make_unique<device_engine>(cfg_.hbm);
+  }
 }
 
 status host_engine::add_request(const request_spec& r, const request_placement& placement,
@@ -43,6 +50,15 @@ status host_engine::add_request(const request_spec& r, const request_placement& 
     if (placement.shard_of(h, 0) < 0)
       return {errc::invalid_argument, "placement of request " + std::to_string(r.request_id) +
                                           " leaves KV head " + std::to_string(h) + " unplaced"};
+  // gpu-only: one shard, every head and page, held in HBM (schedulers/admission.hpp,
+  // gpu_local_placement).
+  if (hbm_) {
+    if (placement.shards.size() != 1)
+      return {errc::invalid_argument, "gpu-only placement of request " + std::to_string(r.request_id) +
+                                          " has " + std::to_string(placement.shards.size()) + " shards, not one"};
+    auto st = hbm_->add_shard(r.request_id, placement.shards.front());
+    if (!st) return st;
+  }
   // A placement made before a device was lost may still name it: its replicas serve.
   request_placement pl = placement;
   for (uint32_t dead : dead_) {
@@ -63,6 +79,7 @@ status host_engine::remove_request(uint64_t request_id) {
     return {errc::invalid_argument, "request " + std::to_string(request_id) + " is not here"};
   requests_.erase(it);
   placements_.erase(request_id);
+  if (hbm_) hbm_->release(request_id);
   rstate_.erase(request_id);
   auto drop = [&](auto& m) {
     for (auto i = m.begin(); i != m.end();) {
@@ -141,7 +158,7 @@ void host_engine::prefill_writes(const request_spec& r, uint32_t layer, uint32_t
       device_work copy = (i + 1 == devices.size()) ? std::move(w) : w;
       copy.device_id = devices[i];
       copy.shard_id = sh.shard_id;
-      prefill_bytes_ += copy.wire_bytes;
+      if (!hbm_) prefill_bytes_ += copy.wire_bytes;  // gpu-only: written to HBM, no link
       out.push_back(std::move(copy));
     }
     from = end;
@@ -172,6 +189,13 @@ bool host_engine::next_prefill_chunk(std::vector<device_work>& out) {
                                    std::min(r.context_tokens, pf_position_ + chunk));
     prefill_writes(r, pf_layer_, pf_head_, pf_position_, end, out);
     pf_position_ = end;
+    if (hbm_) {  // gpu-only: the prompt goes to HBM, nothing to the devices
+      for (const device_work& w : out) {
+        auto st = write_hbm(w);
+        PNMKV_CHECK(st.is_ok(), st.to_string());
+      }
+      out.clear();
+    }
     return true;
   }
   return false;
@@ -582,6 +606,11 @@ uint64_t host_engine::attend_steady(const head_key& key, head_state& hs, uint64_
 }
 
 std::vector<device_work> host_engine::layer_work(uint32_t layer) {
+  if (hbm_) {
+    auto st = layer_gpu_only(layer);
+    PNMKV_CHECK(st.is_ok(), st.to_string());
+    return {};
+  }
   const auto& m = costs_.model();
   const uint32_t d = m.head_dim, group = m.gqa_group(), ps = cfg_.page_size_tokens;
   // The dense layers take the decoding tokens and this step's prompt tokens together.
@@ -667,6 +696,119 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
   // second round (round_b_work).
   if (!layer_has_two_rounds(layer)) prompt_work(layer, work);
   return work;
+}
+
+// gpu-only: a write lands in the HBM store (the step's clock charges it, not this).
+status host_engine::write_hbm(const device_work& w) {
+  PNMKV_CHECK(w.what == device_work::kind::write, "not a write: ", int(w.what));
+  return hbm_->write(w.request_id, w.layer, w.kv_head, w.position, w.k.data(), w.v.data(), w.n_tokens);
+}
+
+// gpu-only, one layer (schedulers/step_model.cpp, layer_gpu_only, predicts the same): after
+// the dense layer, per decoding (request, KV head) the new token's K/V is written to HBM and
+// the head is scored, selected and attended there, one after another on the GPU; then this
+// step's prompt chunks are written. Selection is the devices' local round over one shard
+// holding every page, with the whole budget: at a budget covering every page, dense attention.
+status host_engine::layer_gpu_only(uint32_t layer) {
+  const auto& m = costs_.model();
+  const uint32_t d = m.head_dim, group = m.gqa_group(), ps = cfg_.page_size_tokens;
+  uint64_t tokens = step_decoding_.size();
+  for (const prefill_chunk& c : step_prefill_) tokens += c.tokens;
+  const op_cost dense = costs_.gpu_dense_layer(static_cast<uint32_t>(std::min<uint64_t>(tokens, UINT32_MAX)));
+  if (trace_) trace_->set_layer(layer), trace_->gpu(trace_name::dense, clock_ns_, dense.time_ns);
+  clock_ns_ = layer_t0(clock_ns_, dense, op_cost{});
+  cur_.dense_ns += dense.time_ns;
+  cur_.energy_j += dense.energy_j;
+  tl_.begin(clock_ns_);
+  round_start_ns_ = last_reply_ns_ = prefill_last_arrival_ns_ = clock_ns_;
+  overlap_ns_ = 0;
+  phase_ = phase::round_a;
+  gpu_ = gpu_ranks(1, clock_ns_);
+  gpu_.set_trace(trace_, trace_name::attention);  // each head's K/V write and attention
+  const double t0 = clock_ns_;
+  const op_cost append = costs_.gpu_hbm_write(costs_.kv_bytes(1));
+  for (const request_spec& r : requests_) {
+    if (!is_decoding(r.request_id)) continue;
+    const uint64_t at = decoded(r.request_id);
+    const uint64_t position = r.context_tokens + at;
+    for (uint32_t h = 0; h < m.kv_heads; ++h) {
+      device_work app;
+      app.request_id = r.request_id;
+      app.layer = layer;
+      app.kv_head = h;
+      app.position = position;
+      app.n_tokens = 1;
+      app.k.resize(d);
+      app.v.resize(d);
+      wl_.keys(r.request_id, layer, h, position, 1, app.k.data());
+      wl_.values(r.request_id, layer, h, position, 1, app.v.data());
+      if (auto st = write_hbm(app); !st) return st;
+
+      head_state& hs = heads_[{layer, r.request_id, h}];
+      hs.q.resize(size_t(group) * d);
+      wl_.queries(r.request_id, layer, h, at, r.context_tokens, hs.q.data());
+      hs.shards = {0};
+      hs.parts.assign(1, partial{});
+      hs.listed.assign(1, {});
+      device_query q;
+      q.request_id = r.request_id;
+      q.step = step_;
+      q.layer = layer;
+      q.kv_head = h;
+      q.group = group;
+      q.q = hs.q.data();
+      q.sequence_tokens = position + 1;
+      q.budget_pages = cfg_.budget_tokens / ps;
+      q.round = selection_round::local;
+      device_answer ans;
+      if (auto st = hbm_->query(q, ans); !st) return st;
+      hs.parts[0] = std::move(ans.part);
+      hs.pages = std::move(ans.pages);
+      cur_.emulated_bytes_read += ans.bytes_scanned;
+      cur_.emulated_flops += ans.flops;
+      // Scoring every summary and attending the selected rows, from HBM.
+      const op_cost ga = costs_.gpu_attention(double(ans.bytes_scanned), ans.flops);
+      gpu_.run(0, t0, append.time_ns);
+      gpu_.run(0, t0, ga.time_ns);
+      cur_.energy_j += append.energy_j + ga.energy_j;
+      cur_.gpu_attention_ns += append.time_ns + ga.time_ns;
+    }
+  }
+  for (const prefill_chunk& c : step_prefill_) {
+    const op_cost wr = costs_.gpu_hbm_write(costs_.kv_bytes(double(c.tokens)));
+    for (uint32_t h = 0; h < m.kv_heads; ++h) {
+      std::vector<device_work> writes;
+      prefill_writes(spec(c.request_id), layer, h, c.position, c.position + c.tokens, writes);
+      for (const device_work& w : writes)
+        if (auto st = write_hbm(w); !st) return st;
+      gpu_.run(0, t0, wr.time_ns);
+      cur_.energy_j += wr.energy_j;
+      cur_.gpu_attention_ns += wr.time_ns;
+    }
+    if (layer == 0) cur_.prefill_tokens += c.tokens;
+  }
+  return {};
+}
+
+// gpu-only: dense attention over every page in HBM, the ground truth (not charged, not timed).
+status host_engine::verify_gpu_only() {
+  const uint32_t group = costs_.model().gqa_group();
+  for (auto& [key, hs] : heads_) {
+    const auto [layer, request_id, h] = key;
+    device_query q;
+    q.request_id = request_id;
+    q.step = step_;
+    q.layer = layer;
+    q.kv_head = h;
+    q.group = group;
+    q.q = hs.q.data();
+    q.sequence_tokens = spec(request_id).context_tokens + decoded(request_id) + 1;
+    q.round = selection_round::dense;
+    device_answer ans;
+    if (auto st = hbm_->query(q, ans); !st) return st;
+    hs.dense_parts.assign(1, std::move(ans.part));
+  }
+  return {};
 }
 
 // This step's prompt chunks of `layer`, after the layer's decode traffic on the link (as
@@ -860,6 +1002,11 @@ std::vector<device_work> host_engine::round_b_work() {
 // Dense queries of every (live layer, request, KV head, shard): the ground truth the step's
 // outputs are checked against. Not charged, not timed, and they do not touch any clock.
 std::vector<device_work> host_engine::verify_work() {
+  if (hbm_) {
+    auto st = verify_gpu_only();
+    PNMKV_CHECK(st.is_ok(), st.to_string());
+    return {};
+  }
   std::vector<device_work> work;
   for (auto& [key, hs] : heads_) {
     const auto [layer, request_id, h] = key;
@@ -1103,9 +1250,11 @@ status host_engine::finish_layer() {
     for (const auto& p : hs.parts) ptrs.push_back(&p);
     auto st = merge_partials(ptrs.data(), ptrs.size(), hs.merged);
     if (!st) return st;
-    op_cost mc = costs_.gpu_merge(static_cast<uint32_t>(ptrs.size()), group);
-    merge_ns += mc.time_ns;
-    cur_.energy_j += mc.energy_j;
+    if (!hbm_) {  // gpu-only: one partial, nothing to merge
+      op_cost mc = costs_.gpu_merge(static_cast<uint32_t>(ptrs.size()), group);
+      merge_ns += mc.time_ns;
+      cur_.energy_j += mc.energy_j;
+    }
     fnv1a(digest_, hs.merged.o.data(), hs.merged.o.size() * sizeof(float));
     fnv1a(digest_, hs.merged.lse.data(), hs.merged.lse.size() * sizeof(float));
     hs.parts.clear();
@@ -1120,8 +1269,9 @@ status host_engine::finish_layer() {
   }
   // The step model's end of a layer: prompt chunks still on the link hold it (their wait
   // counts as link time), before the merges, or in baseline after them.
+  // gpu-only: the layer ends when the GPU is done (gpu_ ran its writes and attention).
   const layer_end e =
-      cfg_.mode == run_mode::baseline
+      cfg_.mode == run_mode::baseline || cfg_.mode == run_mode::gpu_only
           ? end_of_layer_after_gpu(gpu_.end(), prefill_last_arrival_ns_, merge_ns, trace_)
           : end_of_layer(t0, std::max(0.0, last_reply_ns_ - t0), overlap_ns_, prefill_last_arrival_ns_, merge_ns,
                          trace_);

@@ -17,6 +17,12 @@
 //            start and run on the copy engine in the dense-layer windows (charged by
 //            schedulers/step_timeline.hpp, charge_steady_copies); they are attended from the
 //            next step.
+//   gpu-only no devices: the KV of every request it holds lives in "GPU HBM" (a
+//            device_engine owned by this engine: the same stores and kernels, the same
+//            local selection as one pnm-kv device holding one shard). Prefill and appends
+//            are written there; each (request, layer, KV head) is scored, selected and
+//            attended there, charged as GPU attention on the bytes and flops it took, with
+//            HBM writes for appends and prompt chunks. No work item leaves the engine.
 //   baseline devices are passive CXL memory expanders. The GPU scores page summaries
 //            (resident in HBM when they fit, else read over the link), selects, recalls the
 //            selected pages over the link and attends. The scoring arithmetic is run by the
@@ -69,6 +75,9 @@ struct host_engine_config {
   uint32_t heads_scored = 0;
   uint32_t summary_elem_bytes = 2;
   steady_params steady{};             // png-kv
+  // gpu-only: the HBM store's shape and selection rule (the devices' own) and the emulator
+  // bytes it may hold.
+  device_engine_config hbm{};
   // Keep a copy of every query and recall of the running step until it is answered, so
   // fail_over can send it again to a replica (cluster.replication >= 2).
   bool keep_for_retry = false;
@@ -307,6 +316,11 @@ class host_engine {
   void remember(const std::vector<device_work>& work);
   static status move_off(request_placement& pl, uint32_t dead);
   void prompt_work(uint32_t layer, std::vector<device_work>& work);
+  // gpu-only: one layer on the GPU (appends, selection and attention, prompt chunks) and
+  // the dense checks, all without device work.
+  status layer_gpu_only(uint32_t layer);
+  status verify_gpu_only();
+  status write_hbm(const device_work& w);
   void end_step();
   void prefill_writes(const request_spec& r, uint32_t layer, uint32_t kv_head, uint64_t from,
                       uint64_t to, std::vector<device_work>& out);
@@ -322,6 +336,7 @@ class host_engine {
   host_engine_config cfg_;
   const cost_model& costs_;
   const synthetic_workload& wl_;
+  std::unique_ptr<device_engine> hbm_;  // gpu-only: the KV in GPU memory
   std::vector<request_spec> requests_;
   std::map<uint64_t, request_placement> placements_;
   struct request_state {

@@ -251,8 +251,8 @@ drive_result drive(const std::shared_ptr<const run_setup>& setup, const std::str
   // itself (the coordinator notices the broken connection); if it has not within the
   // grace period, the launcher fails the run with what it saw. With replicas
   // (cluster.replication >= 2) a lost device is survivable: the run goes on under its own
-  // deadlines (run.step_timeout_ms).
-  const bool survivable = setup->replication >= 2;
+  // deadlines (run.step_timeout_ms); in gpu-only the devices hold nothing, so it always is.
+  const bool survivable = setup->replication >= 2 || setup->host.mode == run_mode::gpu_only;
   constexpr auto lost_grace = std::chrono::seconds(3);
   while (!r.done) {
     if (r.lost.empty() && exited)

@@ -386,7 +386,11 @@ void run_report::table_setup(table& t) const {
     row("workload", arrivals + " arrivals, " + std::to_string(request_outcomes.size()) + " requests, prompts " +
                         (hi ? std::to_string(lo) + ".." + std::to_string(hi) : std::string("-")) + " tokens");
   }
-  row("devices, placement", std::to_string(pnm_devices) + " devices, h=" +
+  if (mode == to_string(run_mode::gpu_only))
+    row("devices, placement", "none used: the GPU host holds each request (" + std::to_string(pnm_devices) +
+                                  " devices started, idle, not charged)");
+  else
+    row("devices, placement", std::to_string(pnm_devices) + " devices, h=" +
                                 std::to_string(head_groups) + " head groups x s=" +
                                 std::to_string(sequence_shards) + " sequence shards" +
                                 (sequence_shards > 1 ? ", " + cross_shard + " selection" : ""));
@@ -445,6 +449,8 @@ void run_report::table_virtual_time(table& t) const {
   if (mode == to_string(run_mode::png_kv))
     row("steady hit rate / copies per step",
         f("%.3f", steady_hit_rate) + " / " + bytes_h(double(copy_bytes_per_step)));
+  if (mode == to_string(run_mode::gpu_only))
+    row("KV", "in GPU memory: no device holds, scans or is charged anything");
   if (mode == to_string(run_mode::baseline))
     row("page summaries", summaries_resident ? "resident in GPU memory" : "read over the link each step");
   row("GPU memory for the batch", bytes_h(gpu_memory_bytes) + " of " + bytes_h(gpu_memory_capacity_bytes));

@@ -120,6 +120,10 @@ status set_step(const run_spec& spec, run_setup& s) {
   st->host_links = static_cast<uint32_t>(std::max(1.0, s.hw.cxl.host_links));
   st->devices = s.devices;
   st->pool_devices = spec.cluster.pool_devices == 0 ? s.devices : spec.cluster.pool_devices;
+  if (st->mode == run_mode::gpu_only) {  // no device is used (as sim/sim_setup)
+    st->devices = 0;
+    st->pool_devices = 1;
+  }
   st->page_size_tokens = spec.selection.page_size_tokens;
   st->budget_policy = spec.selection.budget_policy();
   st->budget_tokens = s.host.budget_tokens;  // resolved in set_engines
@@ -218,6 +222,12 @@ result<std::shared_ptr<const run_setup>> make_run_setup(const run_spec& spec, co
     auto set = s->cfg.set("cluster.device_memory_bytes_max", std::to_string(s->device.memory_bytes_max));
     if (!set) return set;
   }
+  // gpu-only: the GPU host holds the live layers of every request in its HBM store, the
+  // devices' shape and selection rule, within the emulator memory the devices would have
+  // had together (cluster.pnm_devices x cluster.device_memory_bytes_max).
+  s->host.hbm = s->device;
+  s->host.hbm.device_id = gpu_host_node;
+  s->host.hbm.memory_bytes_max = s->device.memory_bytes_max * std::max<uint32_t>(1, s->devices);
   return std::shared_ptr<const run_setup>(std::move(s));
 }
 

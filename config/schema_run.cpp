@@ -9,7 +9,8 @@ std::vector<config_key> schema_keys_run() {
   using t = config_type;
   return {
       {"run.mode", t::choice, "pnm-kv", 0, 0, names_of(run_mode_names),
-       "Execution mode (docs/DESIGN.md §2)"},
+       "Execution mode (docs/DESIGN.md §2); gpu-only: the reference without memory devices "
+       "(KV in GPU HBM, selection and attention on the GPU, admission limited by HBM)"},
       {"run.steps", t::integer, "16", 1, 100000, {}, "Decode steps per request"},
       {"run.seed", t::integer, "1", 0, 9.0e15, {}, "Seed of every random choice in the run"},
       {"model.file", t::path, "models/llama-3.1-8b.yaml", 0, 0, {},
@@ -48,7 +49,8 @@ std::vector<config_key> schema_keys_run() {
       {"baseline.summaries", t::choice, "auto", 0, 0, names_of(summary_residence_names),
        "baseline: page summaries resident in HBM, read over the link each step, or resident "
        "when they fit (auto)"},
-      {"cluster.pnm_devices", t::integer, "4", 1, 4096, {}, "PNM devices in the cluster"},
+      {"cluster.pnm_devices", t::integer, "4", 1, 4096, {}, "PNM devices in the cluster (run.mode=gpu-only: the simulator ignores them; the live "
+       "cluster starts them, they join and hold nothing; never charged)"},
       {"cluster.live_layers", t::integer, "1", 0, 1024, {},
        "Layers computed with real arithmetic; the rest are charged by the cost model only"},
       {"run.verify", t::boolean, "true", 0, 0, {},

@@ -64,9 +64,15 @@ status scale_hardware(hardware_spec& hw, const std::string& scales);
 
 // Bytes one memory device holds in `mode`: a passive expander in baseline, a PNM device
 // otherwise (the modelled capacity placement fills; the emulator's own limit is
-// cluster.device_memory_bytes_max).
+// cluster.device_memory_bytes_max). gpu-only uses no device: 0.
 inline double device_capacity_bytes(const hardware_spec& hw, run_mode mode) {
-  return mode == run_mode::baseline ? hw.expander.capacity_bytes : hw.pnm.capacity_bytes;
+  switch (mode) {
+    case run_mode::baseline: return hw.expander.capacity_bytes;
+    case run_mode::gpu_only: return 0;
+    case run_mode::pnm_kv:
+    case run_mode::png_kv: break;
+  }
+  return hw.pnm.capacity_bytes;
 }
 
 }  // namespace pnmkv

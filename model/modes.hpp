@@ -11,10 +11,13 @@
 
 namespace pnmkv {
 
-// run.mode
-enum class run_mode { baseline, pnm_kv, png_kv };
-inline constexpr enum_name<run_mode> run_mode_names[] = {
-    {"baseline", run_mode::baseline}, {"pnm-kv", run_mode::pnm_kv}, {"png-kv", run_mode::png_kv}};
+// run.mode. gpu-only is the reference without memory devices: the KV of every admitted
+// request in GPU HBM, Quest selection and attention on the GPU (docs/DESIGN.md §2).
+enum class run_mode { baseline, pnm_kv, png_kv, gpu_only };
+inline constexpr enum_name<run_mode> run_mode_names[] = {{"baseline", run_mode::baseline},
+                                                         {"pnm-kv", run_mode::pnm_kv},
+                                                         {"png-kv", run_mode::png_kv},
+                                                         {"gpu-only", run_mode::gpu_only}};
 const char* to_string(run_mode m);
 
 // selection.cross_shard

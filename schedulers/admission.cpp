@@ -92,13 +92,13 @@ admission_verdict gpu_memory_constraint::check(const admission_candidate& c, adm
   for (const auto& [id, tokens] : final_tokens_) q.context_tokens = std::max(q.context_tokens, tokens);
   const gpu_memory_use use = gpu_memory(p_.model, p_.hw, q);
   if (!use.fits()) {
-    char buf[256];
+    char buf[300];
     std::snprintf(buf, sizeof buf,
                   "GPU memory: a batch of %u in %s mode needs %.1f GB of %.1f GB "
-                  "(weights %.1f, summaries %.1f, recall buffers %.1f, steady %.1f)",
+                  "(weights %.1f, summaries %.1f, recall buffers %.1f, steady %.1f, KV %.1f)",
                   q.batch, to_string(q.mode), use.total_bytes() / 1e9, use.capacity_bytes / 1e9,
                   use.weights_bytes / 1e9, use.summaries_bytes / 1e9, use.recall_bytes / 1e9,
-                  use.steady_bytes / 1e9);
+                  use.steady_bytes / 1e9, use.kv_bytes / 1e9);
     return refuse(admission_reason::gpu_memory,
                   "request " + std::to_string(c.request_id) + " not admitted: " + buf);
   }
@@ -300,6 +300,17 @@ admission make_admission(admission_params p) {
                                                        p.live_layers));
   if (p.tpot_ms_max > 0) a.add(std::make_unique<tpot_constraint>(p.tpot_ms_max, std::move(p.predict_step_ms)));
   return a;
+}
+
+placement_params gpu_local_placement(placement_request request, uint32_t gpu_id) {
+  placement_params p;
+  // The slot's "capacity" never binds: a quarter of the range leaves room for the sums.
+  p.pools = make_pools({gpu_id}, 1, UINT64_MAX / 4);
+  request.head_groups = 1;
+  request.replication = 1;
+  request.split = sequence_split::contiguous;
+  p.request = request;
+  return p;
 }
 
 std::vector<pool_state> make_pools(const std::vector<uint32_t>& device_ids, uint32_t per_pool,

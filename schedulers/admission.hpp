@@ -229,6 +229,12 @@ struct admission_params {
 };
 admission make_admission(admission_params p);
 
+// gpu-only (docs/DESIGN.md §2): no device holds anything; every request's KV is one shard
+// (every KV head, every page) on `gpu_id`, the GPU, a pool of one slot with no capacity of
+// its own. GPU memory, checked before it, is what limits admission; the placement only
+// gives the host engine and the step model the one shape they share with one-device pnm-kv.
+placement_params gpu_local_placement(placement_request request, uint32_t gpu_id);
+
 // Pools of `per_pool` consecutive devices (the last may be smaller), each device with
 // `capacity_bytes` free and its own failure domain; per_pool 0: one pool of every device.
 std::vector<pool_state> make_pools(const std::vector<uint32_t>& device_ids, uint32_t per_pool,

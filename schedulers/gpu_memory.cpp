@@ -23,6 +23,11 @@ gpu_memory_use gpu_memory(const model_shape& m, const hardware_spec& hw, const g
     case run_mode::pnm_kv:
       u.partials_bytes = double(q.batch) * m.q_heads * (m.head_dim + 1) * 4.0;
       break;
+    case run_mode::gpu_only:
+      // Every request's K/V and summaries, whole pages; the tp GPUs share them (capacity).
+      u.kv_bytes = pages * q.page_size_tokens * kv_per_token_head * heads_all_layers;
+      u.summaries_bytes = pages * 2.0 * m.head_dim * q.summary_elem_bytes * heads_all_layers;
+      break;
   }
   return u;
 }

@@ -9,6 +9,9 @@
 //   recall       baseline: the recalled pages of one layer for the batch, double-buffered
 //   steady       png-kv: the steady pages of every layer and KV head of every request
 //   partials     pnm-kv / png-kv: the partials of one layer (fp32 o and lse)
+//   kv           gpu-only: the whole K/V of every layer and KV head of every request (whole
+//                pages, as the stores allocate them), next to its page summaries (in
+//                `summaries`): the KV lives in HBM, so HBM limits admission
 #pragma once
 
 #include <cstdint>
@@ -34,10 +37,10 @@ struct gpu_memory_query {
 struct gpu_memory_use {
   double capacity_bytes = 0;  // memory of the tp GPUs minus their reservations
   double weights_bytes = 0, activations_bytes = 0, summaries_bytes = 0, recall_bytes = 0,
-         steady_bytes = 0, partials_bytes = 0;
+         steady_bytes = 0, partials_bytes = 0, kv_bytes = 0;
   double total_bytes() const {
     return weights_bytes + activations_bytes + summaries_bytes + recall_bytes + steady_bytes +
-           partials_bytes;
+           partials_bytes + kv_bytes;
   }
   bool fits() const { return total_bytes() <= capacity_bytes; }
 };

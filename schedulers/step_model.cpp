@@ -485,6 +485,52 @@ step_model::layer_result step_model::layer_baseline(const std::vector<const step
   return lr;
 }
 
+// gpu-only: the dense layer, then every (request, KV head) on its attention rank: the new
+// token's K/V into HBM, scoring and attention over HBM (one partial: nothing to merge);
+// prompt chunks are written to HBM after them. Nothing crosses a link or touches a device.
+step_model::layer_result step_model::layer_gpu_only(const std::vector<const step_request*>& reqs,
+                                                    const std::vector<const prefill_piece*>& prefill) {
+  const step_setup& S = *s_;
+  const model_shape& m = S.model;
+  const uint32_t H = m.kv_heads, ps = S.page_size_tokens, ranks = S.attention_ranks;
+  layer_result lr;
+  uint64_t ntok = reqs.size();
+  for (const prefill_piece* p : prefill) ntok += p->tokens;
+  const op_cost dense = c_.gpu_dense_layer(uint32_t(std::min<uint64_t>(ntok, UINT32_MAX)), S.tp);
+  const op_cost ar = S.fabric.all_reduce(double(ntok) * m.hidden * 2.0, S.tp);
+  const double t0 = layer_t0(0, dense, ar);
+  trace_dense(tr_, dense, ar, trace_name::scan);
+  gpu_ranks gpu(ranks, t0);
+  gpu.set_trace(tr_, trace_name::attention);  // each head's K/V write and attention
+  const op_cost append = c_.gpu_hbm_write(c_.kv_bytes(1));
+  for (const step_request* r : reqs) {
+    const work::shard_selection sel = work::select_on_shard(r->seq_tokens + 1, ps, S.budget_pages(), true);
+    const work::query_work w = work::pnm_query_work(c_, sel, S.heads_scored, S.summary_elem_bytes);
+    const op_cost ga = c_.gpu_attention(w.bytes, w.flops);
+    for (uint32_t h = 0; h < H; ++h) {
+      const uint32_t rank = uint32_t(uint64_t(h) * ranks / H);
+      gpu.run(rank, t0, append.time_ns);
+      gpu.run(rank, t0, ga.time_ns);
+      lr.energy.hbm_write_j += append.energy_j;
+      lr.energy.gpu_attention_j += ga.energy_j;
+    }
+  }
+  for (const prefill_piece* p : prefill) {
+    const op_cost wr = c_.gpu_hbm_write(c_.kv_bytes(double(p->tokens)));
+    for (uint32_t h = 0; h < H; ++h) {
+      gpu.run(uint32_t(uint64_t(h) * ranks / H), t0, wr.time_ns);
+      lr.energy.hbm_write_j += wr.energy_j;
+    }
+  }
+  lr.time_ns = gpu.end();
+  lr.crit.gpu_dense_ns = dense.time_ns;
+  lr.crit.allreduce_ns = 2.0 * ar.time_ns;
+  lr.crit.gpu_attention_ns = gpu.end() - t0;
+  lr.energy.gpu_dense_j = dense.energy_j;
+  lr.energy.allreduce_j = 2.0 * ar.energy_j;
+  return lr;
+}
+
 // png-kv's copy engine: the pages newly steady are recalled from the devices and written to
 // HBM, as the live host engine's copies: per (request, KV head, shard) one recall carrying
 // every layer's pages (the live engine sends one per layer: the same bytes and device time,
@@ -567,7 +613,9 @@ step_result step_model::run(const std::vector<step_request>& decode,
     const auto& pk = k == 0 ? pf : std::vector<const prefill_piece*>{};
     if (mbs[k].empty() && pk.empty()) continue;
     if (tr_) tr_->set_offset(round_ns), tr_->set_layer(uint32_t(k * layers_per_stage));
-    const layer_result lr = S.mode == run_mode::baseline ? layer_baseline(mbs[k], pk) : layer_pnm(mbs[k], pk);
+    const layer_result lr = S.mode == run_mode::baseline   ? layer_baseline(mbs[k], pk)
+                            : S.mode == run_mode::gpu_only ? layer_gpu_only(mbs[k], pk)
+                                                           : layer_pnm(mbs[k], pk);
     if (tr_) tr_->gpu(trace_name::other_layers, lr.time_ns, (layers_per_stage - 1) * lr.time_ns);
     round_ns += layers_per_stage * lr.time_ns;
     window_ns += layers_per_stage * lr.window_ns;

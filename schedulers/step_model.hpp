@@ -16,6 +16,12 @@
 //            copied before the first layer (recalled from the devices, gpu_hbm_write), as
 //            the live copy phase (amortised: the set's churn every R steps, the whole set
 //            on a request's first step).
+//   gpu-only no devices, no link: the KV is in HBM. Per (request, KV head) on its attention
+//            rank: the new token's K/V written to HBM (gpu_hbm_write), then scoring every
+//            page summary and attending the selected pages, priced as GPU attention over
+//            the bytes and flops a one-shard PNM query would take (pnm_query_work: the
+//            same selection); one partial, so no merge. Prompt chunks are HBM writes on the
+//            same ranks after the decode heads.
 //   baseline passive expanders (expander_read, no compute): the GPU scores the summaries
 //            (gpu_attention; resident in HBM, or read over the link first), recalls the
 //            selected pages over the link and attends each head as its pages arrive.
@@ -154,6 +160,8 @@ class step_model {
   layer_result layer_pnm(const std::vector<const step_request*>& reqs,
                          const std::vector<const prefill_piece*>& prefill);
   layer_result layer_baseline(const std::vector<const step_request*>& reqs,
+                              const std::vector<const prefill_piece*>& prefill);
+  layer_result layer_gpu_only(const std::vector<const step_request*>& reqs,
                               const std::vector<const prefill_piece*>& prefill);
   layer_result steady_copies(const std::vector<step_request>& decode);
   void send_prefill(const std::vector<const prefill_piece*>& prefill, layer_result& lr,

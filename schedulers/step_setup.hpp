@@ -39,10 +39,13 @@ struct step_setup {
   // Attention ranks: GPUs of a stage sharing the per-head GPU work (merge, attention).
   uint32_t attention_ranks = 1;
 
-  // Devices: PNM devices (pnm-kv, png-kv) or passive expanders (baseline).
+  // Devices: PNM devices (pnm-kv, png-kv) or passive expanders (baseline); gpu-only uses
+  // none (nothing placed, charged or priced on them).
   uint32_t devices = 0;
   uint32_t pool_devices = 0;  // resolved: divides devices; 0 until the pool is chosen
-  uint32_t pnm_devices() const { return mode == run_mode::baseline ? 0 : devices; }
+  uint32_t pnm_devices() const {
+    return mode == run_mode::pnm_kv || mode == run_mode::png_kv ? devices : 0;
+  }
   uint32_t expanders() const { return mode == run_mode::baseline ? devices : 0; }
 
   // Selection.

@@ -61,6 +61,13 @@ void set_devices_and_selection(const run_spec& spec, sim_setup& s) {
   s.pool_auto = spec.sim.pool_auto;
   s.pool_devices = c.pool_devices == 0 ? s.devices : c.pool_devices;
   s.device_capacity_bytes = device_capacity_bytes(s.hw, s.mode);
+  if (s.mode == run_mode::gpu_only) {
+    // No device holds anything (docs/DESIGN.md §2): cluster.pnm_devices and the pool keys
+    // are ignored, and no device is charged power or priced.
+    s.devices = 0;
+    s.pool_auto = false;
+    s.pool_devices = 1;
+  }
 
   const selection_section& sel = spec.selection;
   s.page_size_tokens = sel.page_size_tokens;

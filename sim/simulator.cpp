@@ -70,6 +70,7 @@ gpu_memory_params gpu_params(const sim_setup& s) {
 }  // namespace
 
 double device_bytes_per_request(const sim_setup& s, uint64_t final_tokens) {
+  if (s.mode == run_mode::gpu_only) return 0;  // the KV is in HBM
   placement_request pr = s.placement;
   const uint64_t pages = (final_tokens + s.page_size_tokens - 1) / s.page_size_tokens;
   return double(shard_bytes_per_layer_head(pr, pages)) * s.model.layers * s.model.kv_heads *
@@ -92,6 +93,7 @@ constexpr uint32_t offered_requests_max = 1'000'000;
 constexpr uint32_t pool_probe_requests_max = 100'000;
 
 placement_params placement_params_of(const sim_setup& s) {
+  if (s.mode == run_mode::gpu_only) return gpu_local_placement(s.placement, 0);
   placement_params p;
   std::vector<uint32_t> ids(s.devices);
   for (uint32_t i = 0; i < s.devices; ++i) ids[i] = i;  // the step model counts devices from 0
@@ -315,7 +317,8 @@ void sim_driver::analytic_limits() {
   res_.device_bytes_per_request = device_bytes_per_request(S_, c.final_tokens());
   admission cap = sim_admission(S_, /*placement_only=*/true);
   uint32_t n = 0;
-  const uint32_t limit = S_.batch_cap ? S_.batch_cap : offered_requests_max;
+  // gpu-only has no device capacity (its one slot never binds): reported as 0.
+  const uint32_t limit = S_.mode == run_mode::gpu_only ? 0 : S_.batch_cap ? S_.batch_cap : offered_requests_max;
   for (; n < limit; ++n)
     if (!cap.try_admit(candidate_of(n + 1, S_.context_tokens, S_.sizing_output_tokens())).admitted()) break;
   res_.batch_limit_device_capacity = n;
@@ -865,7 +868,10 @@ std::string sim_result::to_table() const {
   row("context / budget", std::to_string(context_tokens) + " / " + std::to_string(budget_tokens) + " tokens" +
                               (budget_fraction > 0 ? " (selection.budget_fraction = " + f("%g", budget_fraction) + ")" : ""));
   row("GPUs (tp x pp)", std::to_string(gpus) + " (" + std::to_string(tp) + " x " + std::to_string(pp) + ")");
-  row(mode == to_string(run_mode::baseline) ? "expanders / pool" : "PNM devices / pool",
+  if (mode == to_string(run_mode::gpu_only))
+    row("memory devices", "none (the KV is in GPU HBM)");
+  else
+    row(mode == to_string(run_mode::baseline) ? "expanders / pool" : "PNM devices / pool",
       std::to_string(mode == to_string(run_mode::baseline) ? expanders : pnm_devices) + " / " + std::to_string(pool_devices) +
           " (" + std::to_string(pools) + " pools, h=" + std::to_string(head_groups) + " x s=" +
           std::to_string(sequence_shards) + ")");

@@ -1,6 +1,9 @@
 // Policies across modes (issue 5): exact cross-shard selection equals one-device selection
 // for every (h, s) of the pool; with the same selection every mode gives the same outputs;
-// with a budget covering every page every mode equals dense attention.
+// with a budget covering every page every mode equals dense attention. gpu-only (issue 11)
+// selects and attends in GPU memory with the devices' kernels and rule: the same bits as
+// pnm-kv on one device holding one shard, dense attention exactly at a full budget, and
+// not one byte on a link or a device.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -139,6 +142,78 @@ TEST(modes, png_kv_with_steady_pages_from_pnm_kv_selection_gives_the_same_output
     EXPECT_EQ(png.selections.at(key), sel);
     EXPECT_LT(max_rel_diff(png.outputs.at(key), pnm.outputs.at(key)), 1e-6);
   }
+}
+
+// gpu-only's HBM store: the devices' shape (as actors/run_setup sets it).
+host_engine_config gpu_only_config(const model_shape& m, host_engine_config hc) {
+  hc.mode = run_mode::gpu_only;
+  hc.hbm.shape.head_dim = m.head_dim;
+  hc.hbm.shape.page_size_tokens = hc.page_size_tokens;
+  hc.hbm.live_layers = hc.live_layers;
+  return hc;
+}
+
+TEST(modes, gpu_only_equals_pnm_kv_on_one_device_bit_for_bit) {
+  // One device holding one shard (h = 1, s = 1) selects over every page with the whole
+  // budget, as gpu-only does in HBM: same pages, same kernels, same merge of one partial.
+  auto m = tiny_model(2, 4, 4, 64);
+  host_engine_config hc;
+  hc.live_layers = 2;
+  hc.budget_tokens = 384;
+  hc.mode = run_mode::pnm_kv;
+  auto pnm = run(m, hc, 1, 1, sequence_split::contiguous, 3, 5000, 3);
+  auto gpu = run(m, gpu_only_config(m, hc), 1, 1, sequence_split::contiguous, 3, 5000, 3);
+  ASSERT_FALSE(pnm.selections.empty());
+  EXPECT_EQ(pnm.selections, gpu.selections);
+  EXPECT_EQ(pnm.digest, gpu.digest) << "same selection, same partial: same bits";
+  EXPECT_EQ(pnm.accuracy.rel_err_max, gpu.accuracy.rel_err_max);
+  for (const auto& [key, sel] : gpu.selections) EXPECT_EQ(sel.size(), 384u / 16);
+  // Nothing crosses a link or touches a device; the GPU's attention is charged instead.
+  EXPECT_EQ(gpu.last_step.link_bytes, 0u);
+  EXPECT_EQ(gpu.last_step.device_bytes_scanned, 0u);
+  EXPECT_EQ(gpu.last_step.device_ns, 0.0);
+  EXPECT_EQ(gpu.last_step.merge_ns, 0.0);
+  EXPECT_GT(gpu.last_step.gpu_attention_ns, 0.0);
+  EXPECT_GT(pnm.last_step.link_bytes, 0u);
+}
+
+TEST(modes, gpu_only_step_is_charged_by_hand) {
+  // One request, one live layer of 1 KV head: the step is the dense layer, then the new
+  // token's HBM write and GPU attention over the bytes and flops the selection took, then
+  // the LM head; layers past the live one are copies of it.
+  auto m = tiny_model(3, 1, 4, 64);
+  host_engine_config hc = gpu_only_config(m, host_engine_config{});
+  hc.budget_tokens = 256;
+  hc.verify = false;
+  harness h(m, hc, 1, 9);
+  h.head_groups = 1;
+  h.add(1, 1000, 2);
+  h.prefill();
+  h.step(0);
+  const step_report& r = h.host.last_step();
+  const cost_model& c = h.costs;
+  // 1001 tokens = 63 pages held; 16 pages selected, the last (partial, 9 rows) among them.
+  const double sel_tokens = 15 * 16 + 9;
+  const double bytes = 63 * c.summary_bytes_per_page(2) + c.kv_bytes(sel_tokens);
+  const double flops = c.score_flops(63, 4) + c.attend_flops(sel_tokens, 4);
+  const double layer = c.gpu_dense_layer(1).time_ns + c.gpu_hbm_write(c.kv_bytes(1)).time_ns +
+                       c.gpu_attention(bytes, flops).time_ns;
+  EXPECT_NEAR(r.virtual_ns, 3 * layer + c.gpu_lm_head(1).time_ns, 1e-6);
+  const double energy = c.gpu_dense_layer(1).energy_j + c.gpu_hbm_write(c.kv_bytes(1)).energy_j +
+                        c.gpu_attention(bytes, flops).energy_j;
+  EXPECT_NEAR(r.energy_j, 3 * energy + c.gpu_lm_head(1).energy_j, 1e-15);
+  EXPECT_EQ(r.selected_pages, 3u * 16);
+}
+
+TEST(modes, gpu_only_equals_dense_with_a_full_budget) {
+  // Every page selected: the attention is the dense check's, bit for bit.
+  auto m = tiny_model(1, 4, 4, 64);
+  host_engine_config hc;
+  hc.budget_tokens = 1 << 16;
+  auto r = run(m, gpu_only_config(m, hc), 1, 1, sequence_split::contiguous, 4, 3000, 4);
+  EXPECT_GT(r.accuracy.samples, 0u);
+  EXPECT_EQ(r.accuracy.rel_err_max, 0.0);
+  EXPECT_EQ(r.accuracy.mass_min, 1.0);
 }
 
 TEST(modes, every_mode_equals_dense_with_a_full_budget) {

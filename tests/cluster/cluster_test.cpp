@@ -78,6 +78,39 @@ TEST(cluster, full_budget_equals_dense_and_bytes_add_up) {
   }
 }
 
+// gpu-only in the live cluster (issue 11): the GPU host holds the KV; with a budget covering
+// every page each output is dense attention bit for bit, no device holds a byte, and
+// nothing crosses a link.
+TEST(cluster, gpu_only_full_budget_equals_dense_and_devices_hold_nothing) {
+  auto rep = run_embedded(small_config({"run.mode=gpu-only", "selection.budget_tokens=16384"}), {});
+  ASSERT_TRUE(rep) << rep.error().to_string();
+  EXPECT_EQ(rep->completed, 2u);
+  EXPECT_GT(rep->accuracy_samples, 0u);
+  EXPECT_EQ(rep->output_rel_err_max, 0.0);
+  EXPECT_EQ(rep->attention_mass_recall_min, 1.0);
+  EXPECT_EQ(rep->virtual_link_bytes_per_step, 0u);
+  EXPECT_EQ(rep->virtual_device_bytes_per_step, 0u);
+  for (uint64_t b : rep->device_bytes_held) EXPECT_EQ(b, 0u);
+  // At the normal budget it is the same run as pnm-kv on one device holding one shard.
+  auto gpu = run_embedded(small_config({"run.mode=gpu-only"}), {});
+  auto one = run_embedded(small_config({"run.mode=pnm-kv", "cluster.pnm_devices=1"}), {});
+  ASSERT_TRUE(gpu && one);
+  EXPECT_EQ(gpu->output_digest, one->output_digest);
+  EXPECT_GT(gpu->virtual_tokens_per_s, 0.0);
+}
+
+// gpu-only admission is limited by HBM: an 8B request of 320K tokens holds 42.9 GB of K/V
+// and 2.7 GB of summaries (every layer); next to 16 GB of weights on 76 GB usable one fits,
+// a second is refused for GPU memory (the devices, which would hold both, are not used).
+TEST(cluster, gpu_only_refuses_what_hbm_cannot_hold) {
+  auto rep = run_embedded(small_config({"run.mode=gpu-only", "workload.context_tokens=327680", "run.steps=1"}), {});
+  ASSERT_TRUE(rep) << rep.error().to_string();
+  EXPECT_EQ(rep->completed, 1u);
+  ASSERT_EQ(rep->failures.size(), 1u);
+  EXPECT_NE(rep->failures[0].find("GPU memory"), std::string::npos) << rep->failures[0];
+  EXPECT_NE(rep->failures[0].find("gpu-only"), std::string::npos) << rep->failures[0];
+}
+
 TEST(cluster, too_large_request_is_refused_and_others_proceed) {
   // Two requests of 8K tokens; each device (2 KV heads of each request) holds 513 pages ×
   // 8704 bytes × 2 heads = 8.9 MB per request, and may hold 12 MB: one request only.
@@ -259,6 +292,36 @@ TEST(cluster, a_scripted_device_crash_is_failed_over_with_replicas_and_fails_the
   bool named = false;
   for (const auto& f : unreplicated->failures) named = named || f.find("device 101 went down") != std::string::npos;
   EXPECT_TRUE(named);
+}
+
+// gpu-only: the devices hold nothing and are sent nothing, so a device process killed while
+// decoding (no replicas) costs nothing: every request completes with the outputs of a run
+// without the loss. (A scripted fault cannot do it: no data-plane message reaches a device.)
+TEST(cluster, gpu_only_survives_a_killed_device_unchanged) {
+  auto cfg = small_config({"run.mode=gpu-only", "run.steps=3000", "run.verify=false"});
+  auto clean = run_embedded(cfg, {});
+  ASSERT_TRUE(clean) << clean.error().to_string();
+  multiprocess_options mp;
+  mp.node_binary = PNMKV_BINARY;
+  std::promise<void> begun;
+  std::atomic<bool> signalled{false};
+  cluster_run_options opts;
+  opts.on_progress = [&](const std::string& p, uint64_t done, uint64_t) {
+    if (p == "decode" && done >= 3 && !signalled.exchange(true)) begun.set_value();
+  };
+  auto run = std::async(std::launch::async, [&] { return run_multiprocess(cfg, opts, mp); });
+  ASSERT_EQ(begun.get_future().wait_for(std::chrono::seconds(120)), std::future_status::ready);
+  auto victim = children_matching("--id 101");
+  ASSERT_EQ(victim.size(), 1u);
+  kill(victim[0], SIGKILL);
+  ASSERT_EQ(run.wait_for(std::chrono::seconds(120)), std::future_status::ready) << "the run hung";
+  auto rep = run.get();
+  ASSERT_TRUE(rep) << rep.error().to_string();
+  EXPECT_EQ(rep->completed, 2u);
+  // The launcher reports the killed child as a shutdown trouble; nothing else failed.
+  for (const auto& f : rep->failures) EXPECT_NE(f.find("device 101"), std::string::npos) << f;
+  EXPECT_EQ(rep->output_digest, clean->output_digest);
+  EXPECT_TRUE(children_matching("pnmkv").empty()) << "node processes left behind";
 }
 
 // A lossy fabric (2% of every kind of data-plane message dropped, prefill writes, acks,

@@ -52,7 +52,7 @@ std::pair<std::string, int> gives(const char* text, E value) {
 std::map<std::string, choice_case> choice_cases() {
   std::map<std::string, choice_case> c;
   c["run.mode"] = {{gives("baseline", run_mode::baseline), gives("pnm-kv", run_mode::pnm_kv),
-                    gives("png-kv", run_mode::png_kv)},
+                    gives("png-kv", run_mode::png_kv), gives("gpu-only", run_mode::gpu_only)},
                    [](const run_spec& s) { return int(s.run.mode); }, {}};
   c["selection.cross_shard"] = {
       {gives("exact", cross_shard_selection::exact), gives("local", cross_shard_selection::local)},
@@ -142,6 +142,7 @@ TEST(run_spec, choice_names_are_the_key_texts) {
   EXPECT_STREQ(to_string(run_mode::baseline), "baseline");
   EXPECT_STREQ(to_string(run_mode::pnm_kv), "pnm-kv");
   EXPECT_STREQ(to_string(run_mode::png_kv), "png-kv");
+  EXPECT_STREQ(to_string(run_mode::gpu_only), "gpu-only");
   EXPECT_STREQ(to_string(cross_shard_selection::exact), "exact");
   EXPECT_STREQ(to_string(cross_shard_selection::local), "local");
   EXPECT_STREQ(to_string(sequence_split::contiguous), "contiguous");

@@ -253,7 +253,7 @@ TEST(admission_property, refused_by_an_empty_system_means_refused_always) {
 
 TEST(admission_property, live_and_sim_gpu_sizing_admit_the_same_equal_requests) {
   const fixture_parts p = load_parts();
-  for (run_mode mode : {run_mode::baseline, run_mode::pnm_kv, run_mode::png_kv}) {
+  for (run_mode mode : {run_mode::baseline, run_mode::pnm_kv, run_mode::png_kv, run_mode::gpu_only}) {
     for (uint64_t tokens : {8192ull, 131072ull, 1048576ull}) {
       // A GPU with room for 700.5 of these requests next to the weights.
       fixture_parts q = p;

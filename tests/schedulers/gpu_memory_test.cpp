@@ -41,6 +41,37 @@ TEST(gpu_memory, baseline_max_batch_by_hand) {
   EXPECT_GT(max_batch(*m, *hw, q), 1000u);
 }
 
+// gpu-only keeps every request's whole KV (all layers, every KV head, whole pages) and its
+// page summaries in HBM: at 128K tokens an 8B request needs 8192 pages x 16 tokens x 512 B
+// x 8 heads x 32 layers = 17.18 GB of K/V and 8192 x 512 B x 256 = 1.07 GB of summaries.
+TEST(gpu_memory, gpu_only_holds_the_whole_kv_by_hand) {
+  auto hw = load_hardware(configs + "hardware/h100-cxl-pnm.yaml");
+  auto m = load_model_shape(configs + "models/llama-3.1-8b.yaml");
+  ASSERT_TRUE(hw && m);
+  gpu_memory_query q;
+  q.mode = run_mode::gpu_only;
+  q.batch = 1;
+  q.context_tokens = 131072 - 5;  // rounds up to 8192 whole pages
+  q.page_size_tokens = 16;
+  q.summary_elem_bytes = 2;
+  const gpu_memory_use u = gpu_memory(*m, *hw, q);
+  EXPECT_DOUBLE_EQ(u.kv_bytes, 8192.0 * 16 * 512 * 8 * 32);
+  EXPECT_DOUBLE_EQ(u.summaries_bytes, 8192.0 * 2 * 128 * 2 * 8 * 32);
+  EXPECT_EQ(u.recall_bytes + u.steady_bytes + u.partials_bytes, 0.0);
+  // (80 - 4) GB of HBM less 16.06 GB of weights leaves room for 3 such requests, not 4.
+  const double per = u.kv_bytes + u.summaries_bytes + u.activations_bytes;
+  const double free_bytes = 80e9 - 4e9 - m->params_from_shape() * 2;
+  EXPECT_EQ(uint32_t(std::floor(free_bytes / per)), 3u);
+  EXPECT_EQ(max_batch(*m, *hw, q), 3u);
+  // Two GPUs (tp = 2) share the KV: more than twice as many (the weights are paid once).
+  q.tp = 2;
+  EXPECT_EQ(max_batch(*m, *hw, q), uint32_t(std::floor((2 * 76e9 - m->params_from_shape() * 2) / per)));
+  // At 1M tokens not one request fits one GPU (137 GB of K/V).
+  q.tp = 1;
+  q.context_tokens = 1 << 20;
+  EXPECT_EQ(max_batch(*m, *hw, q), 0u);
+}
+
 TEST(gpu_memory, admission_never_overcommits) {
   auto hw = load_hardware(configs + "hardware/h100-cxl-pnm.yaml");
   ASSERT_TRUE(hw);
@@ -50,7 +81,7 @@ TEST(gpu_memory, admission_never_overcommits) {
     ASSERT_TRUE(m);
     for (int i = 0; i < 200; ++i) {
       gpu_memory_query q;
-      q.mode = static_cast<run_mode>(rng() % 3);
+      q.mode = static_cast<run_mode>(rng() % 4);  // gpu-only included
       q.context_tokens = 1 + rng() % (4u << 20);
       q.budget_tokens = 16 << (rng() % 10);
       q.steady_tokens = q.budget_tokens / 4;

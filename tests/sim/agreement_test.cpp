@@ -117,6 +117,22 @@ TEST(sim_agreement, pnm_kv_one_shard_and_two_shards_local) {
   }
 }
 
+// gpu-only: the host engine selects and attends in its HBM store and charges the GPU
+// attention with the bytes and flops it took; the step model prices the same selection
+// (work::pnm_query_work on one shard). No link byte, no device byte, no device power, on
+// either side; both at the normal budget and at one covering every page.
+TEST(sim_agreement, gpu_only) {
+  for (const char* budget : {"selection.budget_tokens=512", "selection.budget_tokens=65536"}) {
+    auto r = run_both(small({"run.mode=gpu-only", "cluster.pnm_devices=4", budget}));
+    ASSERT_FALSE(r.skipped) << "the live cluster implements gpu-only";
+    expect_equal(r, budget);
+    EXPECT_EQ(r.live.virtual_link_bytes_per_step, 0u);
+    EXPECT_EQ(r.sim.link_bytes_per_step, 0.0);
+    EXPECT_EQ(r.sim.pnm_devices + r.sim.expanders, 0u);
+    EXPECT_EQ(r.live.completed, 2u);
+  }
+}
+
 TEST(sim_agreement, pnm_kv_exact_selection_over_two_shards_is_a_calibrated_prediction) {
   // Round b attends the global top pages where they live: the simulator spreads them by
   // sim.selection_spread, the live run where the numerics put them.
@@ -247,7 +263,8 @@ TEST(sim_agreement, open_workload_trace_served_alike) {
            {"pnm-kv", {"run.mode=pnm-kv"}, false},
            {"pnm-kv_h2_exact", {"run.mode=pnm-kv", "cluster.head_groups=2", "selection.cross_shard=exact"}, true},
            {"pnm-kv_h2_local", {"run.mode=pnm-kv", "cluster.head_groups=2", "selection.cross_shard=local"}, false},
-           {"baseline", {"run.mode=baseline"}, false}}) {
+           {"baseline", {"run.mode=baseline"}, false},
+           {"gpu-only", {"run.mode=gpu-only"}, false}}) {
     SCOPED_TRACE(p.name);
     std::vector<std::string> sets = small(open);
     sets.insert(sets.end(), p.sets.begin(), p.sets.end());
