@@ -279,7 +279,8 @@ TEST(timeline, live_and_sim_draw_the_same_spans) {
   std::vector<std::vector<std::string>> points = {
       {"run.mode=pnm-kv", "cluster.pnm_devices=4"},
       {"run.mode=pnm-kv", "cluster.pnm_devices=16", "selection.cross_shard=local"},
-      {"run.mode=baseline", "cluster.pnm_devices=4"}};
+      {"run.mode=baseline", "cluster.pnm_devices=4"},
+      {"run.mode=gpu-only", "cluster.pnm_devices=4"}};
   for (const char* mode : {"run.mode=pnm-kv", "run.mode=baseline"}) {
     points.push_back({mode, "(open)"});
     points.back().insert(points.back().end(), open.begin(), open.end());
@@ -309,14 +310,17 @@ TEST(timeline, live_and_sim_draw_the_same_spans) {
     // What each mode draws: PNM scans, or the GPU scoring, the expanders' recalls and attention.
     std::set<trace_name> names;
     for (const trace_span& sp : s) names.insert(sp.name);
+    const bool gpu_only = extra[0] == "run.mode=gpu-only";
     const std::vector<trace_name> want =
         extra[0] == "run.mode=baseline"
             ? std::vector<trace_name>{trace_name::score, trace_name::recall, trace_name::attention}
-            : std::vector<trace_name>{trace_name::scan};
+        : gpu_only ? std::vector<trace_name>{trace_name::attention}
+                   : std::vector<trace_name>{trace_name::scan};
     for (trace_name n : want) EXPECT_TRUE(names.count(n)) << to_string(n);
-    for (trace_name n : {trace_name::dense, trace_name::send, trace_name::reply, trace_name::merge,
-                         trace_name::other_layers, trace_name::lm_head})
+    for (trace_name n : {trace_name::dense, trace_name::other_layers, trace_name::lm_head})
       EXPECT_TRUE(names.count(n)) << to_string(n);
+    for (trace_name n : {trace_name::send, trace_name::reply, trace_name::merge})
+      EXPECT_EQ(names.count(n), gpu_only ? 0u : 1u) << to_string(n) << ": gpu-only crosses no link";
     if (is_open) {
       EXPECT_TRUE(names.count(trace_name::prefill_write));
     }
