@@ -4,11 +4,13 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <string>
 
 #include "actors/run_report.hpp"
 #include "config/config.hpp"
 #include "core/status.hpp"
+#include "schedulers/timeline_trace.hpp"
 
 namespace pnmkv {
 
@@ -20,6 +22,10 @@ struct cluster_run_options {
   // Bytes this process allocates once the cluster is gone (pnmkv run's read-bandwidth
   // buffer); the memory check counts them as a later phase.
   uint64_t after_run_bytes = 0;
+  // Embedded runs only (`pnmkv run --timeline-out`): the GPU host's engine draws the first
+  // steps' schedule on it. The multi-process runs refuse it (the engine runs in another
+  // process).
+  std::shared_ptr<timeline_trace> timeline;
 };
 
 result<run_report> run_embedded(const config& cfg, const cluster_run_options& opts);

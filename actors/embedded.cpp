@@ -52,7 +52,7 @@ result<run_report> run_embedded(const config& cfg, const cluster_run_options& op
   }
   auto host_fab = make_fabric(gpu_host_node);
   if (!host_fab) return host_fab.error();
-  auto host = sys.spawn(actors::gpu_host_actor, su, coordinator, *host_fab);
+  auto host = sys.spawn(actors::gpu_host_actor, su, coordinator, *host_fab, opts.timeline);
   actors::bridge_fabric(**host_fab, host);
   actors.push_back(host);
   fabrics.push_back(*host_fab);

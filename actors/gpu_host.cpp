@@ -25,8 +25,9 @@ reply_kind reply_kind_of(selection_round round) {
 }
 
 caf::behavior gpu_host_actor(gpu_host_state::actor_type* self, std::shared_ptr<const run_setup> setup,
-                             caf::actor coordinator, std::shared_ptr<transport::fabric> fab) {
-  self->state.init(std::move(setup), std::move(coordinator), std::move(fab));
+                             caf::actor coordinator, std::shared_ptr<transport::fabric> fab,
+                             std::shared_ptr<timeline_trace> timeline) {
+  self->state.init(std::move(setup), std::move(coordinator), std::move(fab), std::move(timeline));
   return {
       [self](join_atom, const std::string& bytes) { self->state.on_join(bytes); },
       [self](member_atom, const std::string& bytes) { self->state.on_membership(bytes); },
@@ -42,8 +43,10 @@ gpu_host_state::gpu_host_state(actor_type* self) : self_(self) {}
 gpu_host_state::~gpu_host_state() = default;
 
 void gpu_host_state::init(std::shared_ptr<const run_setup> setup, caf::actor coordinator,
-                          std::shared_ptr<transport::fabric> fab) {
+                          std::shared_ptr<transport::fabric> fab, std::shared_ptr<timeline_trace> timeline) {
   setup_ = std::move(setup);
+  timeline_ = std::move(timeline);
+  if (timeline_) timeline_->set_device_id_base(device_node_base);  // drawn as device 0, 1, ...
   costs_ = setup_->costs.get();
   coordinator_ = coordinator;
   driver_ = coordinator;  // results and progress go through the coordinator
@@ -241,6 +244,7 @@ void gpu_host_state::start_step(uint32_t step) {
   step_running_ = true;
   ++step_epoch_;
   step_start_ = steady::now();
+  if (timeline_) timeline_->begin_step(step, sched_->now_s() * 1e9);
   auto work = engine_->begin_step(step);
   if (!work) return fail_run(work.error().to_string());
   send_all(*work);
@@ -255,6 +259,7 @@ void gpu_host_state::after_progress() {
   if (finished_ || !engine_ || !step_running_) return;
   if (engine_->timed_phase_done() && !step_timed_) {
     step_timed_ = true;
+    if (timeline_) timeline_->end_step();
     step_wall_ms_.push_back(std::chrono::duration<double, std::milli>(steady::now() - step_start_).count());
     steps_.push_back(engine_->last_step());
   }
@@ -421,6 +426,7 @@ void gpu_host_state::on_admission(control::wire::Admission::Reader a) {
 void gpu_host_state::on_open_start(const std::vector<control::request_spec>& requests) {
   open_ = true;
   engine_ = std::make_unique<host_engine>(setup_->host, *costs_, *setup_->workload);
+  engine_->set_trace(timeline_.get());
   std::vector<trace_row> rows;
   for (const auto& r : requests) {
     open_specs_[r.request_id] = r;
@@ -441,6 +447,7 @@ void gpu_host_state::on_open_start(const std::vector<control::request_spec>& req
 void gpu_host_state::on_closed_start(std::vector<control::request_spec> requests) {
   requests_ = std::move(requests);
   engine_ = std::make_unique<host_engine>(setup_->host, *costs_, *setup_->workload);
+  engine_->set_trace(timeline_.get());
   for (const auto& r : requests_) {
     auto pl = placements_.find(r.request_id);
     if (pl == placements_.end()) return fail_run("no placement for request " + std::to_string(r.request_id));

@@ -49,8 +49,9 @@ class gpu_host_state {
   ~gpu_host_state();  // step_model is complete only in gpu_host.cpp
 
   // Before the behavior: the join.
+  // timeline: the first steps' schedule is drawn on it (embedded runs; null: not traced).
   void init(std::shared_ptr<const run_setup> setup, caf::actor coordinator,
-            std::shared_ptr<transport::fabric> fab);
+            std::shared_ptr<transport::fabric> fab, std::shared_ptr<timeline_trace> timeline);
 
   // Handlers.
   void on_join(const std::string& bytes);
@@ -167,11 +168,13 @@ class gpu_host_state {
   // (schedulers/admission.hpp); null when workload.tpot_ms_max = 0.
   std::unique_ptr<tpot_constraint> tpot_;
   std::set<uint32_t> lost_;  // devices failed over (cluster.replication >= 2)
+  std::shared_ptr<timeline_trace> timeline_;
 };
 
 // Reports progress and the run's result to the coordinator, which forwards them to the
 // driver that submitted the requests.
 caf::behavior gpu_host_actor(gpu_host_state::actor_type* self, std::shared_ptr<const run_setup> setup,
-                             caf::actor coordinator, std::shared_ptr<transport::fabric> fab);
+                             caf::actor coordinator, std::shared_ptr<transport::fabric> fab,
+                             std::shared_ptr<timeline_trace> timeline);
 
 }  // namespace pnmkv::actors

@@ -208,10 +208,19 @@ uint32_t host_engine::link_of(const request_placement& pl, uint32_t kv_head,
                       pl.shards[shard_index].sequence_index, pl.sequence_shards);
 }
 
+void host_engine::set_trace(timeline_trace* trace) {
+  trace_ = trace;
+  tl_.set_trace(trace);
+  if (!trace_) return;
+  trace_->set_gpu_ranks(1);  // one live GPU
+  for (const auto& [id, slot] : device_slots_) trace_->map_device(slot, id);
+}
+
 // Device ids are the cluster's; the timeline counts devices from 0.
 uint32_t host_engine::device_slot(uint32_t device_id) {
   auto [it, added] = device_slots_.emplace(device_id, uint32_t(device_slots_.size()));
   if (added) tl_.reserve_devices(uint32_t(device_slots_.size()));
+  if (added && trace_) trace_->map_device(it->second, device_id);
   return it->second;
 }
 
@@ -299,6 +308,7 @@ result<std::vector<device_work>> host_engine::begin_step(uint32_t step) {
   cur_ = step_report{};
   cur_.step = step;
   step_start_ns_ = clock_ns_;
+  if (trace_) trace_->set_offset(-step_start_ns_);
   prefill_last_arrival_ns_ = 0;
   step_decoding_.clear();
   for (const request_spec& r : requests_)
@@ -410,6 +420,7 @@ std::vector<device_work> host_engine::copy_work() {
   std::vector<device_work> work;
   tl_.begin(clock_ns_);
   double copied_bytes = 0;
+  if (trace_) trace_->set_device_name(trace_name::copy);  // drawn from the step's start
   for (const request_spec& r : requests_) {
     if (!is_decoding(r.request_id)) continue;
     const uint64_t at = decoded(r.request_id);
@@ -626,6 +637,11 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
 
   // One GPU: no tensor-parallel all-reduce.
   op_cost dense = costs_.gpu_dense_layer(batch);
+  if (trace_) {
+    trace_->set_layer(layer);
+    trace_->gpu(trace_name::dense, clock_ns_, dense.time_ns);
+    trace_->set_device_name(cfg_.mode == run_mode::baseline ? trace_name::summary_read : trace_name::scan);
+  }
   clock_ns_ = layer_t0(clock_ns_, dense, op_cost{});
   cur_.dense_ns += dense.time_ns;
   cur_.energy_j += dense.energy_j;
@@ -715,6 +731,7 @@ status host_engine::layer_gpu_only(uint32_t layer) {
   uint64_t tokens = step_decoding_.size();
   for (const prefill_chunk& c : step_prefill_) tokens += c.tokens;
   const op_cost dense = costs_.gpu_dense_layer(static_cast<uint32_t>(std::min<uint64_t>(tokens, UINT32_MAX)));
+  if (trace_) trace_->set_layer(layer), trace_->gpu(trace_name::dense, clock_ns_, dense.time_ns);
   clock_ns_ = layer_t0(clock_ns_, dense, op_cost{});
   cur_.dense_ns += dense.time_ns;
   cur_.energy_j += dense.energy_j;
@@ -723,6 +740,7 @@ status host_engine::layer_gpu_only(uint32_t layer) {
   overlap_ns_ = 0;
   phase_ = phase::round_a;
   gpu_ = gpu_ranks(1, clock_ns_);
+  gpu_.set_trace(trace_, trace_name::attention);  // each head's K/V write and attention
   const double t0 = clock_ns_;
   const op_cost append = costs_.gpu_hbm_write(costs_.kv_bytes(1));
   for (const request_spec& r : requests_) {
@@ -814,6 +832,7 @@ status host_engine::verify_gpu_only() {
 // decode appends); nothing waits for them but the end of the layer (finish_layer).
 void host_engine::prompt_work(uint32_t layer, std::vector<device_work>& work) {
   const auto& m = costs_.model();
+  if (trace_) trace_->set_send_name(trace_name::prefill_write);
   for (const prefill_chunk& c : step_prefill_) {
     const request_spec& r = spec(c.request_id);
     for (uint32_t h = 0; h < m.kv_heads; ++h) {
@@ -833,6 +852,7 @@ void host_engine::prompt_work(uint32_t layer, std::vector<device_work>& work) {
     }
     if (layer == 0) cur_.prefill_tokens += c.tokens;
   }
+  if (trace_) trace_->set_send_name(trace_name::send);
 }
 
 // After round a of exact / baseline selection: the GPU picks the global top pages from the
@@ -917,6 +937,7 @@ status host_engine::finish_baseline_scoring() {
   }
   const uint32_t ps = cfg_.page_size_tokens;
   gpu_ = gpu_ranks(1, t0);
+  gpu_.set_trace(trace_, trace_name::score);
   double in = t0;
   for (const head_key& key : layer_slots_) in = std::max(in, heads_.at(key).ready_ns);
   gpu_.hold_until(in);
@@ -932,6 +953,7 @@ status host_engine::finish_baseline_scoring() {
   const double wait_ns = in - t0;
   clock_ns_ = gpu_.end();
   for (const head_key& key : layer_slots_) heads_.at(key).ready_ns = clock_ns_;
+  if (trace_) trace_->set_device_name(trace_name::recall);
   close_round(wait_ns);
   round_start_ns_ = clock_ns_;
   return {};
@@ -1324,6 +1346,7 @@ status host_engine::finish_layer() {
     }
     double in = 0;
     for (const head_key& key : layer_slots_) in = std::max(in, heads_.at(key).ready_ns);
+    gpu_.set_trace(trace_, trace_name::attention);
     for (const head_key& key : layer_slots_) {
       const head_state& hs = heads_.at(key);
       const work::query_work aw = work::gpu_attend_work(costs_, double(hs.recalled_tokens + hs.cached_tokens));
@@ -1365,8 +1388,9 @@ status host_engine::finish_layer() {
   // gpu-only: the layer ends when the GPU is done (gpu_ ran its writes and attention).
   const layer_end e =
       cfg_.mode == run_mode::baseline || cfg_.mode == run_mode::gpu_only
-          ? end_of_layer_after_gpu(gpu_.end(), prefill_last_arrival_ns_, merge_ns)
-          : end_of_layer(t0, std::max(0.0, last_reply_ns_ - t0), overlap_ns_, prefill_last_arrival_ns_, merge_ns);
+          ? end_of_layer_after_gpu(gpu_.end(), prefill_last_arrival_ns_, merge_ns, trace_)
+          : end_of_layer(t0, std::max(0.0, last_reply_ns_ - t0), overlap_ns_, prefill_last_arrival_ns_, merge_ns,
+                         trace_);
   clock_ns_ = e.time_ns;
   cur_.link_ns += e.prefill_extra_ns;
   cur_.merge_ns += merge_ns;
@@ -1468,6 +1492,7 @@ void host_engine::finish_timed_phase() {
   // png-kv: the copy engine against the live layers' dense-layer windows (one GPU: the
   // dense layer, no all-reduce); what does not fit holds the step after its last layer.
   const steady_copy_charge copies = charge_steady_copies(copy_engine_ns_, cur_.dense_ns, copy_hbm_write_ns_);
+  if (trace_) trace_->gpu(trace_name::copy_exposed, clock_ns_, copies.exposed_ns);
   clock_ns_ += copies.exposed_ns;
   cur_.copy_ns = copies.exposed_ns;
   cur_.copy_hidden_ns = copies.hidden_ns;
@@ -1488,6 +1513,10 @@ void host_engine::finish_timed_phase() {
   for (uint64_t* x : {&cur_.link_bytes, &cur_.device_bytes_scanned, &cur_.steady_pages,
                       &cur_.steady_hits, &cur_.selected_pages, &cur_.copy_bytes})
     *x = uint64_t(double(*x) * scale);
+  if (trace_) {  // drawn as the step model draws them
+    trace_->gpu(trace_name::other_layers, clock_ns_, live_ns * (scale - 1));
+    trace_->gpu(trace_name::lm_head, clock_ns_ + live_ns * (scale - 1), lm.time_ns);
+  }
   cur_.lm_head_ns = lm.time_ns;
   cur_.energy_j += lm.energy_j;
   cur_.virtual_ns = live_ns * scale + lm.time_ns;

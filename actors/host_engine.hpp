@@ -225,6 +225,9 @@ class host_engine {
   bool timed_phase_done() const { return phase_ == phase::verify || phase_ == phase::done; }
   bool step_done() const { return phase_ == phase::done; }
   const step_report& last_step() const { return last_step_; }
+  // The steps' schedule is drawn on `trace` (null: not traced) while the caller has begun
+  // one of its steps there (timeline_trace::begin_step before begin_step here).
+  void set_trace(timeline_trace* trace);
 
   // png-kv: replaces the steady set of (request, layer, KV head): copied in the next step,
   // attended from the one after (tests force it; the policy decides otherwise). Pages must
@@ -433,6 +436,7 @@ class host_engine {
   double round_device_ns_ = 0;    // busiest device's work in this round (report breakdown)
   std::map<uint32_t, double> device_busy_ns_;
   step_report cur_{}, last_step_{};
+  timeline_trace* trace_ = nullptr;
   accuracy_accumulator accuracy_;
   uint64_t digest_ = 1469598103934665603ull;
 };

@@ -126,7 +126,7 @@ status run_node(const config& cfg, const node_options& opts) {
   std::shared_ptr<transport::fabric> shared(std::move(fab).value());
   caf::actor node;
   if (opts.role == transport::node_role::gpu_host)
-    node = sys.spawn(actors::gpu_host_actor, *setup, *coord, shared);
+    node = sys.spawn(actors::gpu_host_actor, *setup, *coord, shared, std::shared_ptr<timeline_trace>{});
   else
     node = sys.spawn(actors::pnm_device_actor, *setup, id, *coord, shared);
   actors::bridge_fabric(*shared, node);
@@ -380,8 +380,14 @@ status write_secret_file(const std::string& secret_file) {
 
 }  // namespace
 
+// The GPU host's engine runs in a node process there: its timeline stays in that process.
+static const char* const timeline_embedded_only =
+    "--timeline-out is for embedded runs only (the GPU host runs in another process with "
+    "--multiprocess / --attach); trace the embedded run, or the same configuration with pnmkv sim";
+
 result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_options& opts,
                                     const multiprocess_options& mp) {
+  if (opts.timeline) return status{errc::unsupported, timeline_embedded_only};
   const std::string binary = mp.node_binary.empty() ? fs::read_symlink("/proc/self/exe").string()
                                                     : mp.node_binary;
   // The launcher's only resolve (the model and hardware files are read once); what it
@@ -486,6 +492,7 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
 
 result<run_report> run_attached(const config& cfg, const cluster_run_options& opts, const std::string& host,
                                 uint16_t port) {
+  if (opts.timeline) return status{errc::unsupported, timeline_embedded_only};
   // The driver needs no secret of its own: it builds the run from the config, and the
   // nodes it talks to were started (and authenticated) with theirs.
   auto setup = make_run_setup(cfg, "attached-driver");

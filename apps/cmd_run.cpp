@@ -30,6 +30,7 @@ struct run_options {
   std::string calibration_out;
   std::string work_dir;
   std::string attach;  // HOST:PORT of a running cluster's coordinator
+  timeline_options timeline;
 };
 
 }  // namespace
@@ -52,11 +53,20 @@ void register_run(CLI::App& app) {
   cmd->add_option("--attach", opts.attach,
                   "Drive a cluster that is already up (pnmkv node processes started by hand or by "
                   "a script) through its coordinator at HOST:PORT; use the nodes' config");
+  add_timeline_options(cmd, opts.timeline);
   cmd->callback([] {
     config cfg = load_config_or_exit(opts.cfg);
+    if (!opts.timeline.file.empty() && (opts.multiprocess || !opts.attach.empty())) {
+      std::fprintf(stderr, "pnmkv run: --timeline-out is for embedded runs only (the GPU host runs in "
+                           "another process with --multiprocess / --attach); trace the embedded run, or "
+                           "the same configuration with pnmkv sim\n");
+      throw CLI::RuntimeError(2);
+    }
+    check_timeline_file_or_exit("pnmkv run", opts.timeline);
     cluster_run_options ro;
     const size_t bw_buffer_bytes = size_t(1) << 30;  // the read-bandwidth measurement below
     ro.after_run_bytes = bw_buffer_bytes;
+    if (!opts.timeline.file.empty()) ro.timeline = std::make_shared<timeline_trace>("live", opts.timeline.steps);
     auto bar = std::make_shared<progress_bar>("pnmkv run");
     if (!opts.quiet)
       ro.on_progress = [bar](const std::string& phase, uint64_t done, uint64_t total) {
@@ -123,6 +133,8 @@ void register_run(CLI::App& app) {
         throw CLI::RuntimeError(1);
       }
     }
+    if (ro.timeline)
+      write_timeline_or_exit("pnmkv run", opts.timeline, chrome_trace_json(*ro.timeline), ro.timeline->spans().size());
     if (r.completed == 0) throw CLI::RuntimeError(1);
   });
 }

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <optional>
 
 #include "apps/commands.hpp"
 #include "sim/simulator.hpp"
@@ -22,6 +23,7 @@ struct sim_options {
   std::string sweep, json, csv;
   bool quiet = false;
   bool series = false;
+  timeline_options timeline;
 };
 
 void draw_bar(const char* phase, uint64_t done, uint64_t total) {
@@ -57,7 +59,10 @@ void run_point(const sim_options& o) {
   }
   sim_progress bar;
   if (!o.quiet) bar = [](uint64_t d, uint64_t t) { draw_bar("simulate", d, t); };
-  auto r = simulate(*setup, bar);
+  check_timeline_file_or_exit("pnmkv sim", o.timeline);
+  std::optional<timeline_trace> trace;
+  if (!o.timeline.file.empty()) trace.emplace("sim", o.timeline.steps);
+  auto r = simulate(*setup, bar, trace ? &*trace : nullptr);
   if (!r) {
     std::fprintf(stderr, "pnmkv sim: %s\n", r.error().to_string().c_str());
     throw CLI::RuntimeError(1);
@@ -65,6 +70,7 @@ void run_point(const sim_options& o) {
   std::printf("%s", r->to_table().c_str());
   if (!o.json.empty()) write_file(o.json, r->to_json(o.series) + "\n");
   if (!o.csv.empty()) write_file(o.csv, sim_result::csv_header() + "\n" + r->csv_row() + "\n");
+  if (trace) write_timeline_or_exit("pnmkv sim", o.timeline, chrome_trace_json(*trace), trace->spans().size());
 }
 
 void run_sweep_file(const sim_options& o) {
@@ -117,7 +123,12 @@ void register_sim(CLI::App& app) {
   cmd->add_flag("--series", opts.series,
                 "One point: include per-request outcomes and the batch-size series in the JSON");
   cmd->add_flag("--quiet", opts.quiet, "No progress bar");
+  add_timeline_options(cmd, opts.timeline);
   cmd->callback([] {
+    if (!opts.sweep.empty() && !opts.timeline.file.empty()) {
+      std::fprintf(stderr, "pnmkv sim: --timeline-out draws one point, not a --sweep\n");
+      throw CLI::RuntimeError(2);
+    }
     if (opts.sweep.empty())
       run_point(opts);
     else

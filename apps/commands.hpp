@@ -3,6 +3,7 @@
 // printing a clear message to stderr.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,20 @@ void add_config_options(CLI::App* cmd, config_options& opts);
 // Loads the config or prints the error (naming file, key, allowed values) and throws
 // CLI::RuntimeError(2).
 config load_config_or_exit(const config_options& opts);
+
+// --timeline-out FILE and --timeline-steps N (pnmkv run, pnmkv sim): the first steps'
+// virtual-time schedule as Chrome / Perfetto trace-event JSON (schedulers/timeline_trace.hpp).
+struct timeline_options {
+  std::string file;
+  uint32_t steps = 4;
+};
+void add_timeline_options(CLI::App* cmd, timeline_options& opts);
+// Before the run: FILE can be written (else prints "<command>: --timeline-out ..." and
+// throws CLI::RuntimeError(2)), so that a bad path fails before minutes of work.
+void check_timeline_file_or_exit(const char* command, const timeline_options& opts);
+// After the run: writes `json` to FILE or prints the error and throws CLI::RuntimeError(1).
+void write_timeline_or_exit(const char* command, const timeline_options& opts, const std::string& json,
+                            size_t spans);
 
 void register_run(CLI::App& app);
 void register_eval(CLI::App& app);

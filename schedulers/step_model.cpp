@@ -81,6 +81,20 @@ step_energy step_energy::scaled(double f) const {
 step_model::step_model(std::shared_ptr<const step_setup> setup)
     : s_(std::move(setup)), c_(*s_->costs), tl_(c_, s_->host_links, s_->devices) {}
 
+void step_model::set_trace(timeline_trace* trace) {
+  tr_ = trace;
+  tl_.set_trace(trace);
+  if (tr_) tr_->set_gpu_ranks(s_->attention_ranks);
+}
+
+// The GPU's dense layer and its all-reduces, before the layer's device traffic (t0).
+static void trace_dense(timeline_trace* tr, const op_cost& dense, const op_cost& ar, trace_name device_work) {
+  if (!tr) return;
+  tr->gpu(trace_name::dense, 0, dense.time_ns);
+  tr->gpu(trace_name::allreduce, dense.time_ns, 2.0 * ar.time_ns);
+  tr->set_device_name(device_work);
+}
+
 uint32_t step_model::link_of(uint32_t kv_head, uint32_t shard_j, uint32_t shards) const {
   return host_link_of(s_->host_links, s_->model.kv_heads, kv_head, shard_j, shards);
 }
@@ -99,6 +113,7 @@ void step_model::send_prefill(const std::vector<const prefill_piece*>& prefill, 
   const model_shape& m = s_->model;
   const uint32_t ps = s_->page_size_tokens;
   const device_op op = s_->mode == run_mode::baseline ? device_op::expander : device_op::pnm;
+  if (tr_) tr_->set_send_name(trace_name::prefill_write);
   for (const prefill_piece* p : prefill) {
     const request_placement& pl = *p->placement;
     const uint32_t s = pl.sequence_shards;
@@ -118,6 +133,7 @@ void step_model::send_prefill(const std::vector<const prefill_piece*>& prefill, 
       }
     }
   }
+  if (tr_) tr_->set_send_name(trace_name::send);
 }
 
 // pnm-kv / png-kv, round one of one request: each KV head's append to the shard holding
@@ -229,6 +245,7 @@ step_model::layer_result step_model::layer_pnm(const std::vector<const step_requ
   L.t0 = layer_t0(0, dense, ar);
   const double t0 = L.t0;
   tl_.begin(t0);
+  trace_dense(tr_, dense, ar, trace_name::scan);
 
   L.png = S.mode == run_mode::png_kv;
   L.budget_pages = S.budget_pages();
@@ -258,7 +275,7 @@ step_model::layer_result step_model::layer_pnm(const std::vector<const step_requ
   double prefill_last = t0;
   send_prefill(prefill, lr, prefill_last);
 
-  const layer_end e = end_of_layer(t0, wait, A, prefill_last, M);
+  const layer_end e = end_of_layer(t0, wait, A, prefill_last, M, tr_);
   const double W = std::max(wait, A);
   const double prefill_extra = e.prefill_extra_ns;
   lr.time_ns = e.time_ns;
@@ -389,9 +406,11 @@ step_model::layer_result step_model::layer_baseline(const std::vector<const step
   const op_cost ar = S.fabric.all_reduce(double(ntok) * m.hidden * 2.0, S.tp);
   const double t0 = layer_t0(0, dense, ar);
   tl_.begin(t0);
+  trace_dense(tr_, dense, ar, trace_name::summary_read);
 
   const uint32_t ranks = S.attention_ranks;
   gpu_ranks gpu(ranks, t0);
+  gpu.set_trace(tr_, trace_name::score);
   std::vector<baseline_slot> slots;
   slots.reserve(reqs.size() * H);
 
@@ -427,6 +446,7 @@ step_model::layer_result step_model::layer_baseline(const std::vector<const step
 
   // Recalls, issued as each head's selection is known.
   std::stable_sort(order.begin(), order.end(), by_ready);
+  if (tr_) tr_->set_device_name(trace_name::recall);
   baseline_recalls(reqs, order, slots, lr);
   tl_.serve();
   tl_.receive();
@@ -441,6 +461,7 @@ step_model::layer_result step_model::layer_baseline(const std::vector<const step
     for (baseline_slot& sl : slots) sl.ready_ns = in;
   }
   double merge_ns = 0;
+  gpu.set_trace(tr_, trace_name::attention);
   for (uint32_t i : order) {
     const baseline_slot& sl = slots[i];
     const work::query_work aw = work::gpu_attend_work(c_, double(sl.sel_tokens));
@@ -455,7 +476,7 @@ step_model::layer_result step_model::layer_baseline(const std::vector<const step
   const double M = merge_ns / ranks;
   double prefill_last = t0;
   send_prefill(prefill, lr, prefill_last);
-  const layer_end e = end_of_layer_after_gpu(gpu.end(), prefill_last, M);
+  const layer_end e = end_of_layer_after_gpu(gpu.end(), prefill_last, M, tr_);
   const double end = gpu.end() + M;
   const double prefill_extra = e.prefill_extra_ns;
   lr.time_ns = e.time_ns;
@@ -485,7 +506,9 @@ step_model::layer_result step_model::layer_gpu_only(const std::vector<const step
   const op_cost dense = c_.gpu_dense_layer(uint32_t(std::min<uint64_t>(ntok, UINT32_MAX)), S.tp);
   const op_cost ar = S.fabric.all_reduce(double(ntok) * m.hidden * 2.0, S.tp);
   const double t0 = layer_t0(0, dense, ar);
+  trace_dense(tr_, dense, ar, trace_name::scan);
   gpu_ranks gpu(ranks, t0);
+  gpu.set_trace(tr_, trace_name::attention);  // each head's K/V write and attention
   const op_cost append = c_.gpu_hbm_write(c_.kv_bytes(1));
   for (const step_request* r : reqs) {
     const work::shard_selection sel = work::select_on_shard(r->seq_tokens + 1, ps, S.budget_pages(), true);
@@ -528,6 +551,7 @@ step_model::layer_result step_model::steady_copies(const std::vector<step_reques
   const uint32_t H = m.kv_heads, ps = S.page_size_tokens;
   layer_result lr;
   tl_.begin(0);
+  if (tr_) tr_->set_device_name(trace_name::copy);
   const uint64_t steady_pages = steady_set_pages(S);
   const double churn_per_step = S.cal.steady_churn_fraction.value / std::max(1.0, S.cal.steady_reeval_steps.value);
   double copied_bytes = 0;
@@ -595,9 +619,11 @@ step_result step_model::run(const std::vector<step_request>& decode,
   for (uint32_t k = 0; k < pp; ++k) {
     const auto& pk = k == 0 ? pf : std::vector<const prefill_piece*>{};
     if (mbs[k].empty() && pk.empty()) continue;
+    if (tr_) tr_->set_offset(round_ns), tr_->set_layer(uint32_t(k * layers_per_stage));
     const layer_result lr = S.mode == run_mode::baseline   ? layer_baseline(mbs[k], pk)
                             : S.mode == run_mode::gpu_only ? layer_gpu_only(mbs[k], pk)
                                                            : layer_pnm(mbs[k], pk);
+    if (tr_) tr_->gpu(trace_name::other_layers, lr.time_ns, (layers_per_stage - 1) * lr.time_ns);
     round_ns += layers_per_stage * lr.time_ns;
     window_ns += layers_per_stage * lr.window_ns;
     // A decoding micro-batch passes every stage within the round (prefill chunks stream).
@@ -612,8 +638,10 @@ step_result step_model::run(const std::vector<step_request>& decode,
     // LM head (last stage) for the tokens that come out of this micro-batch.
     uint32_t lm_tokens = uint32_t(mbs[k].size());
     for (const prefill_piece* p : pk) lm_tokens += p->completes ? 1 : 0;
+    if (tr_) tr_->set_offset(0);
     if (lm_tokens > 0) {
       const op_cost lm = c_.gpu_lm_head(lm_tokens, S.tp);
+      if (tr_) tr_->gpu(trace_name::lm_head, round_ns, lm.time_ns);
       round_ns += lm.time_ns;
       out.crit.lm_head_ns += lm.time_ns;
       out.energy.lm_head_j += lm.energy_j;
@@ -621,6 +649,7 @@ step_result step_model::run(const std::vector<step_request>& decode,
     if (pp > 1) {  // activations handed from stage to stage
       const op_cost hand = S.fabric.send(double(mbs[k].size() + (k == 0 ? out.prefill_tokens : 0)) *
                                          S.model.hidden * 2.0);
+      if (tr_) tr_->gpu(trace_name::handoff, round_ns, hand.time_ns);
       round_ns += hand.time_ns;
       out.crit.allreduce_ns += hand.time_ns;
       out.energy.allreduce_j += hand.energy_j * (pp - 1);
@@ -630,6 +659,7 @@ step_result step_model::run(const std::vector<step_request>& decode,
     // The copy engine runs in the dense-layer windows; the step grows by what does not fit.
     const layer_result cp = steady_copies(decode);
     const steady_copy_charge ch = charge_steady_copies(cp.time_ns, window_ns, cp.hbm_write_ns);
+    if (tr_) tr_->gpu(trace_name::copy_exposed, round_ns, ch.exposed_ns);
     round_ns += ch.exposed_ns;
     out.crit.copy_ns += ch.exposed_ns;
     out.copy_hidden_ns = ch.hidden_ns;

@@ -114,6 +114,9 @@ class step_model {
 
   // One step of `decode` (each produces a token) with `prefill` chunks alongside.
   step_result run(const std::vector<step_request>& decode, const std::vector<prefill_piece>& prefill);
+  // The next runs draw their schedule on `trace` (null: not traced). The step's one computed
+  // layer per micro-batch is drawn once, the layers charged as copies of it as one span.
+  void set_trace(timeline_trace* trace);
 
  private:
   struct layer_result {
@@ -171,6 +174,7 @@ class step_model {
   std::shared_ptr<const step_setup> s_;
   const cost_model& c_;
   layer_timeline tl_;
+  timeline_trace* tr_ = nullptr;
 };
 
 }  // namespace pnmkv

@@ -53,7 +53,9 @@ void layer_timeline::begin(double t0_ns) {
 double layer_timeline::send(uint32_t link, double now_ns, uint64_t bytes) {
   PNMKV_CHECK_LT(link, out_free_ns_.size());
   const double ser = c_.link_serialisation_ns(double(bytes));
-  out_free_ns_[link] = std::max(out_free_ns_[link], now_ns) + ser;
+  const double start = std::max(out_free_ns_[link], now_ns);
+  if (trace_ && trace_->active()) trace_->span(trace_track::link_out, link, trace_->send_name(), start, ser, bytes);
+  out_free_ns_[link] = start + ser;
   out_ser_ns_[link] += ser;
   link_bytes_ += double(bytes);
   return out_free_ns_[link] + c_.link_latency_ns();
@@ -106,11 +108,14 @@ void layer_timeline::group_by_device(bool sort_runs_by_done) {
     }
     double& busy = device_busy_ns_[d];
     if (busy == 0 && device_clock_ns_[d] == 0) touched_.push_back(uint32_t(d));
+    const bool tracing = trace_ && trace_->active();
     for (auto it = b; it != e; ++it) {
       if (!sort_runs_by_done) {
         device_clock_ns_[d] = device_service_done(device_clock_ns_[d], it->arrival_ns, it->cost_ns);
         it->done_ns = device_clock_ns_[d];
       }
+      // Live: the device's own clock said when it was done; it started cost earlier.
+      if (tracing) trace_->device_span(uint32_t(d), it->done_ns - it->cost_ns, it->cost_ns);
       busy += it->cost_ns;
     }
     device_busy_max_ns_ = std::max(device_busy_max_ns_, busy);
@@ -158,7 +163,10 @@ double layer_timeline::receive() {
       heap.pop_back();
       item& it = items_[h.pos];
       const double ser = c_.link_serialisation_ns(double(it.reply_bytes));
-      in_free_ns_[l] = std::max(in_free_ns_[l], it.done_ns + lat) + ser;
+      const double start = std::max(in_free_ns_[l], it.done_ns + lat);
+      if (trace_ && trace_->active())
+        trace_->span(trace_track::link_in, uint32_t(l), trace_name::reply, start, ser, it.reply_bytes);
+      in_free_ns_[l] = start + ser;
       in_ser_ns_[l] += ser;
       link_bytes_ += double(it.reply_bytes);
       it.done_ns = in_free_ns_[l];  // now: when the reply is in GPU memory
@@ -190,19 +198,25 @@ layer_timeline::wait_split layer_timeline::attribute_wait(double wait_ns) const 
 }
 
 layer_end end_of_layer(double t0_ns, double wait_ns, double overlap_ns, double prefill_last_ns,
-                       double merge_ns) {
+                       double merge_ns, timeline_trace* trace) {
   layer_end e;
   const double W = std::max(wait_ns, overlap_ns);
   e.prefill_extra_ns = std::max(0.0, prefill_last_ns - (t0_ns + W));
   e.time_ns = t0_ns + W + e.prefill_extra_ns + merge_ns;
+  if (trace && trace->active()) {
+    trace->gpu(trace_name::attention, t0_ns, overlap_ns);
+    trace->gpu(trace_name::merge, e.time_ns - merge_ns, merge_ns);
+  }
   return e;
 }
 
-layer_end end_of_layer_after_gpu(double gpu_end_ns, double prefill_last_ns, double merge_ns) {
+layer_end end_of_layer_after_gpu(double gpu_end_ns, double prefill_last_ns, double merge_ns,
+                                 timeline_trace* trace) {
   layer_end e;
   const double end = gpu_end_ns + merge_ns;
   e.prefill_extra_ns = std::max(0.0, prefill_last_ns - end);
   e.time_ns = end + e.prefill_extra_ns;
+  if (trace && trace->active()) trace->gpu(trace_name::merge, gpu_end_ns, merge_ns);
   return e;
 }
 

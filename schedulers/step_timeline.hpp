@@ -24,6 +24,7 @@
 #include "core/check.hpp"
 #include "model/cost_model.hpp"
 #include "schedulers/placement.hpp"
+#include "schedulers/timeline_trace.hpp"
 
 namespace pnmkv {
 
@@ -97,6 +98,10 @@ class layer_timeline {
   const std::vector<item>& items() const { return items_; }
   void clear_items() { items_.clear(); }
 
+  // Spans of sends, device service and replies go to `trace` while it is active (null: none).
+  void set_trace(timeline_trace* trace) { trace_ = trace; }
+  timeline_trace* trace() const { return trace_; }
+
   // Busiest device's service time since begin(), and every link byte since begin().
   double device_busy_max_ns() const { return device_busy_max_ns_; }
   double link_bytes() const { return link_bytes_; }
@@ -124,6 +129,7 @@ class layer_timeline {
   bool grouped_ = false;  // items_ device-major, each run in completion order
   uint64_t seq_ = 0;
   double link_bytes_ = 0, device_busy_max_ns_ = 0;
+  timeline_trace* trace_ = nullptr;
 };
 
 // When a layer's device traffic starts: after the GPU dense layer and the two tensor-parallel
@@ -138,9 +144,13 @@ inline double layer_t0(double origin_ns, const op_cost& dense, const op_cost& al
 class gpu_ranks {
  public:
   gpu_ranks(uint32_t ranks, double t0_ns) : clock_(ranks, t0_ns), busy_(ranks, 0) {}
+  // What run() draws on `trace` (null: nothing) while it is active.
+  void set_trace(timeline_trace* trace, trace_name name) { trace_ = trace, name_ = name; }
   // Runs `ns` of work on `rank` once it is free and the work is ready; returns its end.
   double run(uint32_t rank, double ready_ns, double ns) {
-    clock_[rank] = (clock_[rank] > ready_ns ? clock_[rank] : ready_ns) + ns;
+    const double start = clock_[rank] > ready_ns ? clock_[rank] : ready_ns;
+    if (trace_ && trace_->active()) trace_->span(trace_track::gpu_rank, rank, name_, start, ns);
+    clock_[rank] = start + ns;
     busy_[rank] += ns;
     return clock_[rank];
   }
@@ -160,20 +170,24 @@ class gpu_ranks {
 
  private:
   std::vector<double> clock_, busy_;
+  timeline_trace* trace_ = nullptr;
+  trace_name name_ = trace_name::attention;
 };
 
 // The GPU's end of a layer (both sides): after the first round's replies (wait since t0)
 // and the GPU's overlapping attention, a second round if any, prompt writes that are still
-// arriving, then the merges.
+// arriving, then the merges. With a trace: the overlapping attention (from t0) and the
+// merges are drawn.
 struct layer_end {
   double prefill_extra_ns = 0; // prompt writes arriving after the GPU is done waiting
   double time_ns = 0;          // t0 + max(wait, overlap) + prefill_extra + merge
 };
 layer_end end_of_layer(double t0_ns, double wait_ns, double overlap_ns, double prefill_last_ns,
-                       double merge_ns);
+                       double merge_ns, timeline_trace* trace = nullptr);
 // baseline: the GPU's ranks are done (scoring, attention) at gpu_end_ns; the merges follow;
 // prompt writes still arriving then hold the layer.
-layer_end end_of_layer_after_gpu(double gpu_end_ns, double prefill_last_ns, double merge_ns);
+layer_end end_of_layer_after_gpu(double gpu_end_ns, double prefill_last_ns, double merge_ns,
+                                 timeline_trace* trace = nullptr);
 // When a second round starts: the first round's replies are in and the GPU's overlapping
 // attention is done.
 inline double second_round_start(double t0_ns, double wait_ns, double overlap_ns) {

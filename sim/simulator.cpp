@@ -183,7 +183,9 @@ class sim_driver {
  public:
   // closed_ttft: a closed batch's TTFT (one request prefilled on an idle system) is
   // computed; the pool choice leaves it to the run it keeps (see closed_ttft_ms).
-  sim_driver(std::shared_ptr<const sim_setup> setup, const sim_progress& progress, bool closed_ttft = true)
+  // trace: the first steps' schedule is drawn on it (null: not traced).
+  sim_driver(std::shared_ptr<const sim_setup> setup, const sim_progress& progress, bool closed_ttft = true,
+             timeline_trace* trace = nullptr)
       : setup_(std::move(setup)),
         S_(*setup_),
         progress_(progress),
@@ -193,7 +195,8 @@ class sim_driver {
         sched_({}, serving_params_of(S_)),
         adm_(sim_admission(S_, false, [this](const admission_candidate& c, const admission_grant& g) {
           return predicted_step_ms(c, g);
-        })) {}
+        })),
+        trace_(trace) {}
 
   result<sim_result> run(std::chrono::steady_clock::time_point wall0);
 
@@ -251,6 +254,9 @@ class sim_driver {
   step_energy energy_sum_;
   uint64_t tokens_out_ = 0;
   uint64_t total_work_ = 0, done_work_ = 0, reported_ = 0;
+
+  timeline_trace* trace_;
+  uint32_t steps_run_ = 0;
 
   // Step reuse (sim.step_reuse_steps).
   step_result last_step_;
@@ -475,9 +481,12 @@ const step_result& sim_driver::step_result_of(const std::vector<step_request>& d
     reuse = dec[i].id == reuse_ids_[i] && !dec[i].first_decode_step && !dec[i].recall_cache_cold;
   if (reuse) {
     --reuse_left_;
+    if (trace_) trace_->repeat_previous_step();
     return last_step_;
   }
+  sm_.set_trace(trace_ && trace_->active() ? trace_ : nullptr);
   last_step_ = sm_.run(dec, pf);
+  sm_.set_trace(nullptr);
   reuse_ids_.clear();
   // A step with a request's first decode step in it (png-kv's whole steady set copied, the
   // baseline's recall cache cold) is not one the next steps repeat.
@@ -499,7 +508,10 @@ void sim_driver::step(const step_plan& plan) {
   std::vector<prefill_piece> pf;
   for (const prefill_chunk& c : plan.prefill)
     pf.push_back({c.request_id, &req_[c.request_id - 1].grant->placement, c.position, c.tokens, c.completes});
+  if (trace_) trace_->begin_step(steps_run_, sched_.now_s() * 1e9);
+  ++steps_run_;
   const step_result& sr = step_result_of(dec, pf);
+  if (trace_) trace_->end_step();
   const double dt = sr.time_ns * 1e-9;
   busy_s_ += dt;
   energy_sum_ += sr.energy;
@@ -624,7 +636,8 @@ struct pool_choice {
 // kept run's TTFT is computed (a closed batch's TTFT prefills a whole request: it costs
 // more than the decode steps).
 result<pool_choice> choose_by_closed_runs(const sim_setup& setup, const sim_progress& progress,
-                                          std::chrono::steady_clock::time_point wall0) {
+                                          std::chrono::steady_clock::time_point wall0,
+                                          timeline_trace* trace = nullptr) {
   std::vector<uint32_t> sizes;
   for (uint32_t d = 1; d <= setup.devices; ++d)
     if (setup.devices % d == 0) sizes.push_back(d);
@@ -636,13 +649,20 @@ result<pool_choice> choose_by_closed_runs(const sim_setup& setup, const sim_prog
       part = [&progress, k, n = uint64_t(sizes.size())](uint64_t done, uint64_t total) {
         progress(k * total + done, n * total);
       };
-    auto r = sim_driver(with_pool_devices(setup, sizes[k]), part, /*closed_ttft=*/false).run(wall0);
+    // Each pool size draws its own timeline; the kept run's is returned.
+    std::optional<timeline_trace> tk;
+    if (trace) tk.emplace(trace->source(), trace->steps(), trace->spans_max());
+    auto r = sim_driver(with_pool_devices(setup, sizes[k]), part, /*closed_ttft=*/false, tk ? &*tk : nullptr)
+                 .run(wall0);
     if (!r) return r.error();
     if (r->batch_peak == 0) {
       last_reason = r->batch_limited_by;
       continue;
     }
-    if (!best || r->tokens_per_s > best->run.tokens_per_s) best = pool_choice{sizes[k], std::move(r).value()};
+    if (!best || r->tokens_per_s > best->run.tokens_per_s) {
+      best = pool_choice{sizes[k], std::move(r).value()};
+      if (tk) *trace = std::move(*tk);
+    }
   }
   if (!best) return no_pool_admits(setup, last_reason);
   best->run.ttft_ms = best->run.ttft_ms_p99 = closed_ttft_ms(with_pool_devices(setup, best->pool_devices));
@@ -695,10 +715,11 @@ result<uint32_t> choose_pool_devices(const sim_setup& setup) {
   return c->pool_devices;
 }
 
-result<sim_result> simulate(std::shared_ptr<const sim_setup> setup, const sim_progress& progress) {
+result<sim_result> simulate(std::shared_ptr<const sim_setup> setup, const sim_progress& progress,
+                            timeline_trace* trace) {
   const auto wall0 = std::chrono::steady_clock::now();
   if (setup->pool_auto && setup->workload == workload_arrivals::closed) {
-    auto c = choose_by_closed_runs(*setup, progress, wall0);
+    auto c = choose_by_closed_runs(*setup, progress, wall0, trace);
     if (!c) return c.error();
     c->run.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
     return std::move(c->run);
@@ -708,7 +729,7 @@ result<sim_result> simulate(std::shared_ptr<const sim_setup> setup, const sim_pr
     if (!d) return d.error();
     setup = with_pool_devices(*setup, *d);
   }
-  return sim_driver(std::move(setup), progress).run(wall0);
+  return sim_driver(std::move(setup), progress, /*closed_ttft=*/true, trace).run(wall0);
 }
 
 // ---------------------------------------------------------------------------------------

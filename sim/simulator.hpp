@@ -90,7 +90,10 @@ using sim_progress = std::function<void(uint64_t done, uint64_t total)>;
 // the device count: a closed batch is run with each and the run reporting the most tokens/s
 // is returned (ties: the smaller pool size); an open workload is run with the pool size
 // whose saturated batch (what its admission admits) gives the most tokens/s in one step.
-result<sim_result> simulate(std::shared_ptr<const sim_setup> setup, const sim_progress& progress = {});
+// trace (`pnmkv sim --timeline-out`): the first steps' schedule of the run returned (with
+// sim.pool_auto, of the pool size kept); null: not traced.
+result<sim_result> simulate(std::shared_ptr<const sim_setup> setup, const sim_progress& progress = {},
+                            timeline_trace* trace = nullptr);
 
 // The pool size sim.pool_auto picks (exposed for tests and reports).
 result<uint32_t> choose_pool_devices(const sim_setup& setup);
