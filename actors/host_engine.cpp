@@ -495,7 +495,7 @@ status host_engine::finish_copies() {
     op_cost w = costs_.gpu_hbm_write(double(bytes));
     clock_ns_ += w.time_ns;
     cur_.copy_ns += clock_ns_ - round_start_ns_;
-    cur_.energy_j += w.energy_j;
+    charge_gpu(w);
     cur_.copy_bytes += bytes;
   }
   device_busy_ns_.clear();
@@ -560,7 +560,7 @@ uint64_t host_engine::attend_steady(const head_key& key, head_state& hs, uint64_
     op_cost ga = costs_.gpu_attention(gw.bytes, gw.flops);
     overlap_ns_ += ga.time_ns;
     cur_.gpu_attention_ns += ga.time_ns;
-    cur_.energy_j += ga.energy_j;
+    charge_gpu(ga);
     device_budget = budget_pages > ss.pages.size() ? budget_pages - ss.pages.size() : 0;
     excluded = &ss.pages;
     hs.pages.insert(hs.pages.end(), ss.pages.begin(), ss.pages.end());
@@ -582,7 +582,7 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
   op_cost dense = costs_.gpu_dense_layer(batch);
   clock_ns_ = layer_t0(clock_ns_, dense, op_cost{});
   cur_.dense_ns += dense.time_ns;
-  cur_.energy_j += dense.energy_j;
+  charge_gpu(dense);
   tl_.begin(clock_ns_);
   round_start_ns_ = clock_ns_;
   last_reply_ns_ = clock_ns_;
@@ -734,7 +734,8 @@ void host_engine::baseline_summary_reads(const request_placement& pl, uint32_t k
     const uint64_t pages = (sh.tokens_held_at(sequence_tokens, ps) + ps - 1) / ps;
     const double bytes = double(pages) * costs_.summary_bytes_per_page(cfg_.summary_elem_bytes);
     const op_cost rd = device_service_cost(costs_, device_op::expander, bytes);
-    cur_.energy_j += rd.energy_j + costs_.gpu_hbm_write(bytes).energy_j;
+    cur_.energy_j += rd.energy_j;
+    charge_gpu(costs_.gpu_hbm_write(bytes));
     cur_.device_bytes_scanned += uint64_t(bytes);
     const uint32_t link = link_of(pl, kv_head, i);
     const double arrival = tl_.send(link, clock_ns_, work::header_bytes);
@@ -768,7 +769,7 @@ status host_engine::finish_baseline_scoring() {
     const uint64_t total_pages = (spec(request_id).context_tokens + decoded(request_id) + 1 + ps - 1) / ps;
     const work::query_work sw = work::gpu_score_work(costs_, total_pages, cfg_.heads_scored, cfg_.summary_elem_bytes);
     const op_cost sc = costs_.gpu_attention(cfg_.summaries_resident ? sw.bytes : 0, sw.flops);
-    cur_.energy_j += sc.energy_j;
+    charge_gpu(sc);
     cur_.gpu_attention_ns += sc.time_ns;
     gpu_.run(0, in, sc.time_ns);
   }
@@ -1042,7 +1043,7 @@ result<std::vector<device_work>> host_engine::on_reply_impl(const device_reply& 
       cur_.device_bytes_scanned += payload;  // what the expander read
       // The pages land in HBM; the GPU attends the head's pages once every recall is in
       // (finish_layer).
-      cur_.energy_j += costs_.gpu_hbm_write(costs_.kv_bytes(double(tokens))).energy_j;
+      charge_gpu(costs_.gpu_hbm_write(costs_.kv_bytes(double(tokens))));
       hs.recalled_tokens += tokens;
       break;
     }
@@ -1068,7 +1069,7 @@ status host_engine::finish_layer() {
     for (const head_key& key : layer_slots_) {
       const work::query_work aw = work::gpu_attend_work(costs_, double(heads_.at(key).recalled_tokens));
       const op_cost ga = costs_.gpu_attention(aw.bytes, aw.flops);
-      cur_.energy_j += ga.energy_j;
+      charge_gpu(ga);
       cur_.gpu_attention_ns += ga.time_ns;
       gpu_.run(0, in, ga.time_ns);
     }
@@ -1085,7 +1086,7 @@ status host_engine::finish_layer() {
     if (!st) return st;
     op_cost mc = costs_.gpu_merge(static_cast<uint32_t>(ptrs.size()), group);
     merge_ns += mc.time_ns;
-    cur_.energy_j += mc.energy_j;
+    charge_gpu(mc);
     fnv1a(digest_, hs.merged.o.data(), hs.merged.o.size() * sizeof(float));
     fnv1a(digest_, hs.merged.lse.data(), hs.merged.lse.size() * sizeof(float));
     hs.parts.clear();
@@ -1208,13 +1209,13 @@ void host_engine::finish_timed_phase() {
   for (const prefill_chunk& c : step_prefill_) tokens += c.completes;
   const op_cost lm = tokens ? costs_.gpu_lm_head(static_cast<uint32_t>(tokens)) : op_cost{};
   for (double* x : {&cur_.dense_ns, &cur_.link_ns, &cur_.device_ns, &cur_.gpu_attention_ns,
-                    &cur_.merge_ns, &cur_.copy_ns, &cur_.energy_j})
+                    &cur_.merge_ns, &cur_.copy_ns, &cur_.energy_j, &cur_.gpu_energy_j, &cur_.gpu_hbm_bytes})
     *x *= scale;
   for (uint64_t* x : {&cur_.link_bytes, &cur_.device_bytes_scanned, &cur_.steady_pages,
                       &cur_.steady_hits, &cur_.selected_pages, &cur_.copy_bytes})
     *x = uint64_t(double(*x) * scale);
   cur_.lm_head_ns = lm.time_ns;
-  cur_.energy_j += lm.energy_j;
+  charge_gpu(lm);
   cur_.virtual_ns = live_ns * scale + lm.time_ns;
   cur_.tokens = tokens;
   cur_.decode_batch = static_cast<uint32_t>(step_decoding_.size());

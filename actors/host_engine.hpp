@@ -135,6 +135,8 @@ struct step_report {
   double dense_ns = 0, link_ns = 0, device_ns = 0, gpu_attention_ns = 0, merge_ns = 0,
          lm_head_ns = 0, copy_ns = 0;
   double energy_j = 0;             // dynamic energy of the whole step (all layers)
+  double gpu_energy_j = 0;         // the GPU's share of energy_j
+  double gpu_hbm_bytes = 0;        // HBM bytes behind it (the all-in figure's)
   uint64_t link_bytes = 0;         // both directions, all layers
   uint64_t device_bytes_scanned = 0;  // all layers
   uint64_t steady_pages = 0;       // held on the GPU (png-kv), all layers
@@ -291,6 +293,12 @@ class host_engine {
   status finish_layer();
   status finish_copies();
   void finish_timed_phase();
+  // A GPU operation's energy, with its HBM bytes for the all-in figure.
+  void charge_gpu(const op_cost& op) {
+    cur_.energy_j += op.energy_j;
+    cur_.gpu_energy_j += op.energy_j;
+    cur_.gpu_hbm_bytes += op.hbm_bytes;
+  }
   status finish_verification();
   result<std::vector<device_work>> advance();  // runs the step on while nothing is pending
   bool layer_has_two_rounds(uint32_t layer) const;

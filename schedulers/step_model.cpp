@@ -65,14 +65,14 @@ step_breakdown step_breakdown::scaled(double f) const {
 step_energy& step_energy::operator+=(const step_energy& o) {
   gpu_dense_j += o.gpu_dense_j, allreduce_j += o.allreduce_j, lm_head_j += o.lm_head_j;
   gpu_attention_j += o.gpu_attention_j, merge_j += o.merge_j, device_j += o.device_j;
-  link_j += o.link_j, hbm_write_j += o.hbm_write_j;
+  link_j += o.link_j, hbm_write_j += o.hbm_write_j, gpu_hbm_bytes += o.gpu_hbm_bytes;
   return *this;
 }
 
 step_energy step_energy::scaled(double f) const {
   step_energy e = *this;
   for (double* x : {&e.gpu_dense_j, &e.allreduce_j, &e.lm_head_j, &e.gpu_attention_j,
-                    &e.merge_j, &e.device_j, &e.link_j, &e.hbm_write_j})
+                    &e.merge_j, &e.device_j, &e.link_j, &e.hbm_write_j, &e.gpu_hbm_bytes})
     *x *= f;
   return e;
 }
@@ -172,11 +172,11 @@ void step_model::pnm_round_a(const step_request& r, uint32_t ri, pnm_layer& L, l
       const work::query_work gw = work::gpu_attend_work(c_, double(gpu_pages_r * ps));
       const op_cost ga = c_.gpu_attention(gw.bytes, gw.flops);
       L.gpu_attn_ns += ga.time_ns;
-      lr.energy.gpu_attention_j += ga.energy_j;
+      lr.energy.add_gpu(&step_energy::gpu_attention_j, ga);
     }
     const op_cost mc = c_.gpu_merge(s + (L.png ? 1 : 0), group);
     L.merge_ns += mc.time_ns;
-    lr.energy.merge_j += mc.energy_j;
+    lr.energy.add_gpu(&step_energy::merge_j, mc);
   }
 }
 
@@ -269,7 +269,7 @@ step_model::layer_result step_model::layer_pnm(const std::vector<const step_requ
   }
   lr.crit.link_ns += prefill_extra;
   lr.crit.merge_ns = M;
-  lr.energy.gpu_dense_j = dense.energy_j;
+  lr.energy.add_gpu(&step_energy::gpu_dense_j, dense);
   lr.energy.allreduce_j = 2.0 * ar.energy_j;
   close_layer(lr);
   return lr;
@@ -300,7 +300,7 @@ bool step_model::baseline_appends_and_summaries(const std::vector<const step_req
         tl_.send(link_of(h, j_last, s), t0, append_bytes);
       const work::query_work sw = work::gpu_score_work(c_, total_pages, S.heads_scored, S.summary_elem_bytes);
       const op_cost sc = c_.gpu_attention(r->summaries_resident ? sw.bytes : 0, sw.flops);
-      lr.energy.gpu_attention_j += sc.energy_j;
+      lr.energy.add_gpu(&step_energy::gpu_attention_j, sc);
       const uint32_t slot_index = uint32_t(slots.size());
       slots.push_back({uint32_t(uint64_t(h) * ranks / H), ri, h, t0, sc.time_ns, 0});
       if (r->summaries_resident) continue;
@@ -312,7 +312,7 @@ bool step_model::baseline_appends_and_summaries(const std::vector<const step_req
         const op_cost rd = device_service_cost(c_, device_op::expander, bytes);
         lr.energy.device_j += rd.energy_j;
         lr.device_bytes += bytes;
-        lr.energy.hbm_write_j += c_.gpu_hbm_write(bytes).energy_j;
+        lr.energy.add_gpu(&step_energy::hbm_write_j, c_.gpu_hbm_write(bytes));
         const uint32_t l = link_of(h, j, s);
         const double arrival = tl_.send(l, t0, work::header_bytes);
         tl_.expect(arrival, sh.device_id, l, rd.time_ns,
@@ -357,7 +357,7 @@ void step_model::baseline_recalls(const std::vector<const step_request*>& reqs,
       const op_cost rd = device_service_cost(c_, device_op::expander, bytes);
       lr.energy.device_j += rd.energy_j;
       lr.device_bytes += bytes;
-      lr.energy.hbm_write_j += c_.gpu_hbm_write(bytes).energy_j;
+      lr.energy.add_gpu(&step_energy::hbm_write_j, c_.gpu_hbm_write(bytes));
       const uint32_t l = link_of(sl.kv_head, j, s);
       const double arrival = tl_.send(l, sl.ready_ns, work::recall_request_wire_bytes(pages_on[j]));
       tl_.expect(arrival, sh.device_id, l, rd.time_ns, work::recall_reply_wire_bytes(m, tokens_j), i);
@@ -434,11 +434,11 @@ step_model::layer_result step_model::layer_baseline(const std::vector<const step
     const baseline_slot& sl = slots[i];
     const work::query_work aw = work::gpu_attend_work(c_, double(sl.sel_tokens));
     const op_cost ga = c_.gpu_attention(aw.bytes, aw.flops);
-    lr.energy.gpu_attention_j += ga.energy_j;
+    lr.energy.add_gpu(&step_energy::gpu_attention_j, ga);
     gpu.run(sl.rank, sl.ready_ns, ga.time_ns);
     const op_cost mc = c_.gpu_merge(reqs[sl.req]->placement->sequence_shards, m.gqa_group());
     merge_ns += mc.time_ns;
-    lr.energy.merge_j += mc.energy_j;
+    lr.energy.add_gpu(&step_energy::merge_j, mc);
   }
   const uint32_t crit = gpu.critical();
   const double M = merge_ns / ranks;
@@ -454,7 +454,7 @@ step_model::layer_result step_model::layer_baseline(const std::vector<const step
   lr.crit.merge_ns = M;
   add_wait(tl_.attribute_wait(end - M - t0 - gpu.busy(crit)), lr.crit);
   lr.crit.link_ns += prefill_extra;
-  lr.energy.gpu_dense_j = dense.energy_j;
+  lr.energy.add_gpu(&step_energy::gpu_dense_j, dense);
   lr.energy.allreduce_j = 2.0 * ar.energy_j;
   close_layer(lr);
   return lr;
@@ -502,7 +502,7 @@ step_model::layer_result step_model::steady_copies(const std::vector<step_reques
   const double last = tl_.receive();
   const op_cost w = c_.gpu_hbm_write(copied_bytes);
   lr.time_ns = last + w.time_ns;
-  lr.energy.hbm_write_j += w.energy_j;
+  lr.energy.add_gpu(&step_energy::hbm_write_j, w);
   lr.crit.copy_ns = lr.time_ns;
   close_layer(lr);
   return lr;
@@ -554,7 +554,7 @@ step_result step_model::run(const std::vector<step_request>& decode,
       const op_cost lm = c_.gpu_lm_head(lm_tokens, S.tp);
       round_ns += lm.time_ns;
       out.crit.lm_head_ns += lm.time_ns;
-      out.energy.lm_head_j += lm.energy_j;
+      out.energy.add_gpu(&step_energy::lm_head_j, lm);
     }
     if (pp > 1) {  // activations handed from stage to stage
       const op_cost hand = S.fabric.send(double(mbs[k].size() + (k == 0 ? out.prefill_tokens : 0)) *

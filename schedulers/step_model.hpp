@@ -71,9 +71,19 @@ struct step_breakdown {
 struct step_energy {
   double gpu_dense_j = 0, allreduce_j = 0, lm_head_j = 0, gpu_attention_j = 0, merge_j = 0,
          device_j = 0, link_j = 0, hbm_write_j = 0;
+  // Not an energy: the GPU HBM bytes behind the GPU's charges (every GPU), which the all-in
+  // figure charges at energy.gpu_all_in_pj_per_bit (cost_model::gpu_all_in_extra_j).
+  double gpu_hbm_bytes = 0;
   double sum() const {
     return gpu_dense_j + allreduce_j + lm_head_j + gpu_attention_j + merge_j + device_j +
            link_j + hbm_write_j;
+  }
+  // The GPUs' own dynamic energy (the NVLink all-reduces, the CXL links and the devices apart).
+  double gpu_j() const { return gpu_dense_j + lm_head_j + gpu_attention_j + merge_j + hbm_write_j; }
+  // Charges a GPU operation's energy to `field` and its HBM bytes.
+  void add_gpu(double step_energy::*field, const op_cost& op) {
+    this->*field += op.energy_j;
+    gpu_hbm_bytes += op.hbm_bytes;
   }
   step_energy& operator+=(const step_energy& o);
   step_energy scaled(double f) const;
