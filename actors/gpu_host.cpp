@@ -678,8 +678,8 @@ void gpu_host_state::report_steps(run_report& rep) const {
     energy += s.energy_j;
     gpu_hbm_bytes += s.gpu_hbm_bytes;
     tokens += double(s.tokens);
-    // The busiest device's work: the sum of each round's busiest (an upper bound of it).
-    peak.max_with(costs_->power_over_step(s.virtual_ns, s.gpu_energy_j, s.gpu_hbm_bytes, 1, s.device_ns, passive));
+    peak.max_with(costs_->power_over_step(s.virtual_ns, s.gpu_energy_j, s.gpu_hbm_bytes, 1, s.device_energy_j_max,
+                                          passive));
     if (open_ && s.decode_batch == 0) continue;
     ++decode_steps;
     vt += s.virtual_ns;

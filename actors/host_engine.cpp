@@ -272,6 +272,7 @@ result<std::vector<device_work>> host_engine::begin_step(uint32_t step) {
   sent_.clear();
   step_writes_.clear();
   cur_ = step_report{};
+  step_device_energy_j_.clear();
   cur_.step = step;
   step_start_ns_ = clock_ns_;
   prefill_last_arrival_ns_ = 0;
@@ -669,9 +670,11 @@ void host_engine::prompt_work(uint32_t layer, std::vector<device_work>& work) {
         dispatch(work[i], true, tl_.out_free_ns(link), link);
         prefill_last_arrival_ns_ = std::max(prefill_last_arrival_ns_, work[i].vt_arrival_ns);
         const double kv = costs_.kv_bytes(double(work[i].n_tokens));
-        cur_.energy_j += device_service_cost(costs_, cfg_.mode == run_mode::baseline ? device_op::expander
-                                                                                     : device_op::pnm,
-                                             kv).energy_j;
+        const double kv_j = device_service_cost(costs_, cfg_.mode == run_mode::baseline ? device_op::expander
+                                                                                         : device_op::pnm,
+                                                kv).energy_j;
+        cur_.energy_j += kv_j;
+        step_device_energy_j_[work[i].device_id] += kv_j;
       }
     }
     if (layer == 0) cur_.prefill_tokens += c.tokens;
@@ -735,6 +738,7 @@ void host_engine::baseline_summary_reads(const request_placement& pl, uint32_t k
     const double bytes = double(pages) * costs_.summary_bytes_per_page(cfg_.summary_elem_bytes);
     const op_cost rd = device_service_cost(costs_, device_op::expander, bytes);
     cur_.energy_j += rd.energy_j;
+    step_device_energy_j_[sh.device_id] += rd.energy_j;
     charge_gpu(costs_.gpu_hbm_write(bytes));
     cur_.device_bytes_scanned += uint64_t(bytes);
     const uint32_t link = link_of(pl, kv_head, i);
@@ -957,6 +961,7 @@ result<std::vector<device_work>> host_engine::on_reply_impl(const device_reply& 
   auto device_done = [&](uint64_t bytes_back, const op_cost& dc) {
     cur_.link_bytes += bytes_back;
     cur_.energy_j += dc.energy_j;
+    step_device_energy_j_[r.device_id] += dc.energy_j;
     double& busy = device_busy_ns_[r.device_id];
     busy += dc.time_ns;
     round_device_ns_ = std::max(round_device_ns_, busy);
@@ -1214,6 +1219,9 @@ void host_engine::finish_timed_phase() {
   for (uint64_t* x : {&cur_.link_bytes, &cur_.device_bytes_scanned, &cur_.steady_pages,
                       &cur_.steady_hits, &cur_.selected_pages, &cur_.copy_bytes})
     *x = uint64_t(double(*x) * scale);
+  for (const auto& [device, j] : step_device_energy_j_)
+    cur_.device_energy_j_max = std::max(cur_.device_energy_j_max, j * scale);
+  step_device_energy_j_.clear();
   cur_.lm_head_ns = lm.time_ns;
   charge_gpu(lm);
   cur_.virtual_ns = live_ns * scale + lm.time_ns;

@@ -137,6 +137,7 @@ struct step_report {
   double energy_j = 0;             // dynamic energy of the whole step (all layers)
   double gpu_energy_j = 0;         // the GPU's share of energy_j
   double gpu_hbm_bytes = 0;        // HBM bytes behind it (the all-in figure's)
+  double device_energy_j_max = 0;  // dynamic energy of the device that spent the most
   uint64_t link_bytes = 0;         // both directions, all layers
   uint64_t device_bytes_scanned = 0;  // all layers
   uint64_t steady_pages = 0;       // held on the GPU (png-kv), all layers
@@ -370,6 +371,7 @@ class host_engine {
   double overlap_ns_ = 0;         // png-kv steady attention, overlapping the devices
   double round_device_ns_ = 0;    // busiest device's work in this round (report breakdown)
   std::map<uint32_t, double> device_busy_ns_;
+  std::map<uint32_t, double> step_device_energy_j_;  // this step's, per device (power report)
   step_report cur_{}, last_step_{};
   accuracy_accumulator accuracy_;
   uint64_t digest_ = 1469598103934665603ull;

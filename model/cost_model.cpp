@@ -118,16 +118,8 @@ double cost_model::host_switch_power_w(uint32_t gpus, uint32_t devices) const {
   return gpus * hw_.host.power_w + ports * hw_.switch_power_w_per_port;
 }
 
-double cost_model::device_busy_power_w(bool passive_expander) const {
-  // GB/s × 8 bit × pJ/bit = mW; TFLOP/s × pJ/flop = W.
-  if (passive_expander) return hw_.expander.internal_bw_gbps * 8.0 * hw_.expander.memory_pj_per_bit * 1e-3;
-  const auto& p = hw_.pnm;
-  return p.internal_bw_gbps * p.internal_bw_efficiency * 8.0 * p.memory_pj_per_bit * 1e-3 +
-         p.compute_tflops * p.pj_per_flop;
-}
-
 step_power_w cost_model::power_over_step(double step_ns, double gpu_dynamic_j, double gpu_hbm_bytes,
-                                          uint32_t gpus, double device_busy_ns, bool passive_expander) const {
+                                          uint32_t gpus, double device_dynamic_j_max, bool passive_expander) const {
   PNMKV_CHECK_GE(gpus, 1u);
   step_power_w p;
   if (step_ns <= 0) return p;
@@ -135,7 +127,7 @@ step_power_w cost_model::power_over_step(double step_ns, double gpu_dynamic_j, d
   p.gpu = hw_.energy.gpu_idle_power_w + gpu_dynamic_j / gpus / s;
   p.gpu_all_in = p.gpu + gpu_all_in_extra_j(gpu_hbm_bytes) / gpus / s;
   const double idle = passive_expander ? hw_.expander.idle_power_w : hw_.pnm.idle_power_w;
-  p.device = idle + device_busy_power_w(passive_expander) * device_busy_ns / step_ns;
+  p.device = idle + device_dynamic_j_max / s;
   return p;
 }
 
@@ -147,8 +139,7 @@ std::vector<rated_power> cost_model::peak_power_vs_rating(const step_power_w& pe
   if (passive_expander)
     out.push_back({"expander", "expander.power_w", hw_.expander.power_w, peak.device, "busiest expander"});
   else
-    out.push_back({"pnm_device", "pnm_device.power_w", hw_.pnm.power_w, peak.device,
-                   "busiest device, its work at full rate"});
+    out.push_back({"pnm_device", "pnm_device.power_w", hw_.pnm.power_w, peak.device, "busiest device"});
   return out;
 }
 

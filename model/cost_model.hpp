@@ -33,8 +33,8 @@ enum class memory_kind { hbm, pnm_lpddr, expander_ddr };
 
 // Modelled power of each part over one step (docs/HARDWARE.md §6a): a GPU's share of the
 // GPUs' dynamic energy over the step plus its idle power, component-level and all-in; the
-// busiest memory device's work at its busy power (device_busy_power_w) over the step plus
-// its idle power. Peaks are the highest over the steps of a run.
+// dynamic energy of the memory device that spent the most over the step plus its idle
+// power. Peaks are the highest over the steps of a run.
 struct step_power_w {
   double gpu = 0, gpu_all_in = 0, device = 0;
   void max_with(const step_power_w& o) {
@@ -108,12 +108,8 @@ class cost_model {
   // and of the CXL switch (per x16 port in use: each GPU's host links and each device).
   double gpu_all_in_extra_j(double hbm_bytes) const;
   double host_switch_power_w(uint32_t gpus, uint32_t devices) const;
-  // A memory device's dynamic power while it works, at most: a PNM device streaming at its
-  // sustained rate and computing at its peak; an expander reading at its DDR rate (exact:
-  // its energy and time are both per byte).
-  double device_busy_power_w(bool passive_expander) const;
   step_power_w power_over_step(double step_ns, double gpu_dynamic_j, double gpu_hbm_bytes, uint32_t gpus,
-                               double device_busy_ns, bool passive_expander) const;
+                               double device_dynamic_j_max, bool passive_expander) const;
   // The run's peak power of each part next to its rating (rated_power::peak_w is the
   // modelled peak; the all-in GPU row is informative).
   std::vector<rated_power> peak_power_vs_rating(const step_power_w& peak, bool passive_expander) const;

@@ -78,13 +78,17 @@ step_energy step_energy::scaled(double f) const {
 }
 
 step_model::step_model(std::shared_ptr<const step_setup> setup)
-    : s_(std::move(setup)), c_(*s_->costs), tl_(c_, s_->host_links, s_->devices) {}
+    : s_(std::move(setup)), c_(*s_->costs), tl_(c_, s_->host_links, s_->devices), device_energy_j_(s_->devices, 0) {}
 
 uint32_t step_model::link_of(uint32_t kv_head, uint32_t shard_j, uint32_t shards) const {
   return host_link_of(s_->host_links, s_->model.kv_heads, kv_head, shard_j, shards);
 }
 
-void step_model::close_layer(layer_result& lr) const {
+void step_model::close_layer(layer_result& lr) {
+  for (double& e : device_energy_j_) {
+    lr.device_energy_j_max = std::max(lr.device_energy_j_max, e);
+    e = 0;
+  }
   lr.link_bytes = tl_.link_bytes();
   lr.device_busy_ns_max = tl_.device_busy_max_ns();
   if (s_->charge_link_energy) lr.energy.link_j = c_.link_transfer(lr.link_bytes).energy_j;
@@ -111,8 +115,9 @@ void step_model::send_prefill(const std::vector<const prefill_piece*>& prefill, 
         for (uint32_t k = 0; k < copies; ++k)
           last_arrival_ns = std::max(last_arrival_ns,
                                      tl_.send(l, tl_.out_free_ns(l), work::prefill_wire_bytes(m, end - from)));
-        const double kv = c_.kv_bytes(double(end - from)) * copies;
-        lr.energy.device_j += device_service_cost(c_, op, kv).energy_j;
+        const double kv_j = device_service_cost(c_, op, c_.kv_bytes(double(end - from))).energy_j;
+        charge_device(sh.device_id, kv_j, lr);
+        for (uint32_t d : sh.replica_device_ids) charge_device(d, kv_j, lr);
         from = end;
       }
     }
@@ -161,7 +166,7 @@ void step_model::pnm_round_a(const step_request& r, uint32_t ri, pnm_layer& L, l
       }
       const uint64_t excluded = L.png ? work::local_budget_pages(steady_r, s, j) : 0;
       const op_cost cost = device_service_cost(c_, device_op::pnm, w.bytes, w.flops);
-      lr.energy.device_j += cost.energy_j;
+      charge_device(sh.device_id, cost.energy_j, lr);
       lr.device_bytes += w.bytes;
       const uint32_t l = link_of(h, j, s);
       const double arrival = tl_.send(l, L.t0, work::query_wire_bytes(m, excluded));
@@ -203,7 +208,7 @@ void step_model::pnm_round_b(const pnm_layer& L, double tb, layer_result& lr) {
       const double tokens_j = std::round(tokens_per_page * double(pages_on[j]));
       const double bytes = c_.kv_bytes(tokens_j);
       const op_cost cost = device_service_cost(c_, device_op::pnm, bytes, c_.attend_flops(tokens_j, group));
-      lr.energy.device_j += cost.energy_j;
+      charge_device(sh.device_id, cost.energy_j, lr);
       lr.device_bytes += bytes;
       const uint32_t l = link_of(rb.kv_head, j, s);
       const double arrival = tl_.send(l, tb, work::query_wire_bytes(m, 0) + 4ull * pages_on[j]);
@@ -310,7 +315,7 @@ bool step_model::baseline_appends_and_summaries(const std::vector<const step_req
         const uint64_t pages_j = (sh.tokens_held_at(seq_after, ps) + ps - 1) / ps;
         const double bytes = double(pages_j) * c_.summary_bytes_per_page(S.summary_elem_bytes);
         const op_cost rd = device_service_cost(c_, device_op::expander, bytes);
-        lr.energy.device_j += rd.energy_j;
+        charge_device(sh.device_id, rd.energy_j, lr);
         lr.device_bytes += bytes;
         lr.energy.add_gpu(&step_energy::hbm_write_j, c_.gpu_hbm_write(bytes));
         const uint32_t l = link_of(h, j, s);
@@ -355,7 +360,7 @@ void step_model::baseline_recalls(const std::vector<const step_request*>& reqs,
       const uint64_t tokens_j = uint64_t(std::llround(tokens_per_page * double(pages_on[j])));
       const double bytes = c_.kv_bytes(double(tokens_j));
       const op_cost rd = device_service_cost(c_, device_op::expander, bytes);
-      lr.energy.device_j += rd.energy_j;
+      charge_device(sh.device_id, rd.energy_j, lr);
       lr.device_bytes += bytes;
       lr.energy.add_gpu(&step_energy::hbm_write_j, c_.gpu_hbm_write(bytes));
       const uint32_t l = link_of(sl.kv_head, j, s);
@@ -487,7 +492,7 @@ step_model::layer_result step_model::steady_copies(const std::vector<step_reques
         const double pages_j = pages / s * m.layers;
         const double bytes = c_.kv_bytes(pages_j * ps);
         const op_cost rd = device_service_cost(c_, device_op::pnm, bytes, 0);
-        lr.energy.device_j += rd.energy_j;
+        charge_device(pl.shards[size_t(g) * s + j].device_id, rd.energy_j, lr);
         lr.device_bytes += bytes;
         copied_bytes += bytes;
         const uint32_t l = link_of(h, j, s);
@@ -545,6 +550,7 @@ step_result step_model::run(const std::vector<step_request>& decode,
     out.link_bytes += lr.link_bytes * L;
     out.device_bytes += lr.device_bytes * L;
     out.device_busy_ns_max += lr.device_busy_ns_max * L;
+    out.device_energy_j_max += lr.device_energy_j_max * L;
     out.link_busy_ns_max += lr.link_busy_ns_max * layers_per_stage;
     device_all_stages_ns += lr.device_busy_ns_max * L;
     // LM head (last stage) for the tokens that come out of this micro-batch.
@@ -572,6 +578,7 @@ step_result step_model::run(const std::vector<step_request>& decode,
     out.link_bytes += cp.link_bytes;
     out.device_bytes += cp.device_bytes;
     out.link_busy_ns_max += cp.link_busy_ns_max;
+    out.device_energy_j_max += cp.device_energy_j_max;
   }
   if (decode_latency_ns > round_ns) {  // fewer micro-batches than stages: the pipeline idles
     out.crit.queueing_ns += decode_latency_ns - round_ns;

@@ -97,6 +97,9 @@ struct step_result {
   // expanders read, busiest device's and busiest link direction's busy time.
   double link_bytes = 0, device_bytes = 0;
   double device_busy_ns_max = 0, link_busy_ns_max = 0;
+  // The dynamic energy of the device that spends the most in a layer, summed over the layers
+  // (and the steady copies): its power over the step (cost_model::power_over_step).
+  double device_energy_j_max = 0;
   uint32_t decode_tokens = 0;
   uint64_t prefill_tokens = 0;
 };
@@ -120,6 +123,7 @@ class step_model {
     step_breakdown crit;
     step_energy energy;
     double link_bytes = 0, device_bytes = 0, device_busy_ns_max = 0, link_busy_ns_max = 0;
+    double device_energy_j_max = 0;
   };
   // A head that needs exact selection's second round.
   struct round_b_head {
@@ -160,12 +164,19 @@ class step_model {
   void send_prefill(const std::vector<const prefill_piece*>& prefill, layer_result& lr,
                     double& last_arrival_ns);
   uint32_t link_of(uint32_t kv_head, uint32_t shard_j, uint32_t shards) const;
-  // The layer's bytes, device and link busy times and link energy, from the timeline.
-  void close_layer(layer_result& lr) const;
+  // The layer's bytes, device and link busy times and link energy, from the timeline; the
+  // most any device spent.
+  void close_layer(layer_result& lr);
+  // A device's dynamic energy: to the layer's and to the device's own.
+  void charge_device(uint32_t device, double energy_j, layer_result& lr) {
+    lr.energy.device_j += energy_j;
+    device_energy_j_[device] += energy_j;
+  }
 
   std::shared_ptr<const step_setup> s_;
   const cost_model& c_;
   layer_timeline tl_;
+  std::vector<double> device_energy_j_;  // per device, this layer
 };
 
 }  // namespace pnmkv

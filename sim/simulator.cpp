@@ -490,7 +490,7 @@ void sim_driver::step(const step_plan& plan) {
   busy_s_ += dt;
   energy_sum_ += sr.energy;
   power_peak_.max_with(S_.costs->power_over_step(sr.time_ns, sr.energy.gpu_j(), sr.energy.gpu_hbm_bytes, S_.gpus(),
-                                                 sr.device_busy_ns_max, S_.mode == run_mode::baseline));
+                                                 sr.device_energy_j_max, S_.mode == run_mode::baseline));
   if (!dec.empty()) {
     crit_sum_ += sr.crit;
     decode_time_s_ += dt;

@@ -49,16 +49,16 @@ TEST(cost_model, all_in_energy_by_hand) {
 }
 
 // Power over a step (docs/HARDWARE.md §6a), by hand: 1 ms step, 0.2 J of GPU work on one
-// GPU moving 1e9 HBM bytes, the busiest device busy 0.5 ms.
+// GPU moving 1e9 HBM bytes, the busiest device spending 0.03 J.
 TEST(cost_model, power_over_a_step_by_hand) {
   auto cm = make();
-  const step_power_w p = cm.power_over_step(1e6, 0.2, 1e9, 1, 5e5, false);
+  const step_power_w p = cm.power_over_step(1e6, 0.2, 1e9, 1, 0.03, false);
   EXPECT_NEAR(p.gpu, 79 + 200, 1e-9);
-  EXPECT_NEAR(p.gpu_all_in, 279 + 120.4, 1e-9);       // 8e9 bit x 15.05 pJ = 0.1204 J in 1 ms
-  EXPECT_NEAR(p.device, 20 + 0.5 * (31.68 + 4), 1e-9);  // 880 GB/s x 4.5 pJ/bit + 8 TFLOP/s x 0.5 pJ
-  const step_power_w e = cm.power_over_step(1e6, 0.2, 1e9, 2, 5e5, true);
-  EXPECT_NEAR(e.gpu, 79 + 100, 1e-9);                  // each of 2 GPUs takes half
-  EXPECT_NEAR(e.device, 10 + 0.5 * 15.36, 1e-9);       // 153.6 GB/s x 12.5 pJ/bit
+  EXPECT_NEAR(p.gpu_all_in, 279 + 120.4, 1e-9);  // 8e9 bit x 15.05 pJ = 0.1204 J in 1 ms
+  EXPECT_NEAR(p.device, 20 + 30, 1e-9);          // PNM idle + 0.03 J in 1 ms
+  const step_power_w e = cm.power_over_step(1e6, 0.2, 1e9, 2, 0.01, true);
+  EXPECT_NEAR(e.gpu, 79 + 100, 1e-9);            // each of 2 GPUs takes half
+  EXPECT_NEAR(e.device, 10 + 10, 1e-9);          // expander idle + 0.01 J in 1 ms
   // A modelled peak above a rating is an error naming the part and the rating key.
   auto over = cm.check_peak_power({701, 0, 0}, false);
   ASSERT_FALSE(over);

@@ -91,6 +91,11 @@ void expect_equal(const pair_result& r, const char* what) {
               r.sim.energy_j_per_token * rounding);
   EXPECT_NEAR(r.live.virtual_energy_all_in_j_per_token, r.sim.energy_all_in_j_per_token,
               r.sim.energy_all_in_j_per_token * rounding);
+  // Each part's peak power over a step (docs/HARDWARE.md §6a).
+  ASSERT_EQ(r.sim.power_peak.size(), 3u);
+  EXPECT_NEAR(r.live.gpu_power_peak_w, r.sim.power_peak[0].peak_w, r.sim.power_peak[0].peak_w * rounding);
+  EXPECT_NEAR(r.live.gpu_all_in_power_peak_w, r.sim.power_peak[1].peak_w, r.sim.power_peak[1].peak_w * rounding);
+  EXPECT_NEAR(r.live.device_power_peak_w, r.sim.power_peak[2].peak_w, r.sim.power_peak[2].peak_w * rounding);
   EXPECT_EQ(double(r.live.virtual_link_bytes_per_step), r.sim.link_bytes_per_step);
   EXPECT_EQ(double(r.live.virtual_device_bytes_per_step), r.sim.device_bytes_per_step);
 }
