@@ -280,12 +280,15 @@ result<std::vector<device_work>> host_engine::begin_step(uint32_t step) {
   for (const request_spec& r : requests_)
     if (is_decoding(r.request_id)) step_decoding_.push_back(r.request_id);
   std::vector<device_work> work;
+  copy_engine_ns_ = copy_hbm_write_ns_ = 0;
   if (cfg_.mode == run_mode::png_kv) {
-    phase_ = phase::copy;
+    // Pages copied in the last step become steady now; this step's copies go out beside
+    // the first layer's work and are attended from the next step.
+    auto st = apply_copies();
+    if (!st) return st;
     work = copy_work();
-  } else {
-    work = layer_work(0);
   }
+  for (auto& w : layer_work(0)) work.push_back(std::move(w));
   auto more = advance();
   if (!more) return more.error();
   for (auto& w : *more) work.push_back(std::move(w));
@@ -326,13 +329,6 @@ result<std::vector<device_work>> host_engine::advance() {
   };
   while (pending_.empty() && phase_ != phase::done) {
     switch (phase_) {
-      case phase::copy: {
-        auto st = finish_copies();
-        if (!st) return st;
-        auto work = layer_work(0);
-        for (auto& w : work) out.push_back(std::move(w));
-        break;
-      }
       case phase::round_a: {
         if (layer_has_two_rounds(layer_)) {
           auto st = finish_round_a();
@@ -377,14 +373,18 @@ void host_engine::end_step() {
   step_prefill_.clear();
 }
 
-// png-kv: re-evaluate steady sets that are due and recall the pages newly steady.
+// png-kv: re-evaluate steady sets that are due and recall the pages newly steady. The copy
+// engine's time is composed here, on a timeline of its own from idle links and devices (the
+// step model's steady_copies): the devices serve the copies in the dense-layer windows, off
+// their layer clocks (pnm_device serve_recall), so the copy time is known when they leave;
+// finish_timed_phase charges it against the windows.
 std::vector<device_work> host_engine::copy_work() {
   const auto& m = costs_.model();
   const uint32_t ps = cfg_.page_size_tokens;
   const uint64_t budget_pages = cfg_.budget_tokens / ps;
   std::vector<device_work> work;
   tl_.begin(clock_ns_);
-  round_start_ns_ = clock_ns_;
+  double copied_bytes = 0;
   for (const request_spec& r : requests_) {
     if (!is_decoding(r.request_id)) continue;
     const uint64_t at = decoded(r.request_id);
@@ -418,11 +418,7 @@ std::vector<device_work> host_engine::copy_work() {
         for (uint64_t p : next)
           if (!std::binary_search(ss.pages.begin(), ss.pages.end(), p))
             by_shard[uint32_t(pl.shard_of(h, p))].push_back(p);
-        if (by_shard.empty()) {
-          auto st = rebuild_steady(ss);
-          PNMKV_CHECK(st.is_ok(), st.to_string());
-          continue;
-        }
+        ss.apply_next_step = true;
         for (auto& [shard, pages] : by_shard) {
           device_work w;
           w.what = device_work::kind::recall;
@@ -434,15 +430,32 @@ std::vector<device_work> host_engine::copy_work() {
           w.kv_head = h;
           w.pages = pages;
           w.wire_bytes = work::recall_request_wire_bytes(pages.size());
-          w.device_cost_ns =
-              device_service_cost(costs_, device_op::pnm, costs_.kv_bytes(double(pages.size() * ps))).time_ns;
+          // Steady pages are full pages.
+          const double bytes = costs_.kv_bytes(double(pages.size() * ps));
+          const op_cost dc = device_service_cost(costs_, device_op::pnm, bytes);
+          w.device_cost_ns = dc.time_ns;
+          w.charge_device = false;  // the copy engine's schedule, not the device's clock
           const uint32_t link = link_of(pl, h, shard);
           dispatch(w, true, clock_ns_, link);
+          const uint64_t reply = work::recall_reply_wire_bytes(m, pages.size() * ps);
+          tl_.expect(w.vt_arrival_ns, device_slot(w.device_id), link, dc.time_ns, reply);
+          cur_.link_bytes += reply;
+          cur_.energy_j += dc.energy_j;
+          step_device_energy_j_[w.device_id] += dc.energy_j;
+          copied_bytes += bytes;
           pending_.emplace(w.tag, pending_item{r.request_id, layer, h, shard, purpose::steady_copy, link});
           work.push_back(std::move(w));
         }
       }
     }
+  }
+  if (!tl_.items().empty()) {
+    tl_.serve();
+    copy_engine_ns_ = tl_.receive() - clock_ns_;
+    const op_cost hbm = costs_.gpu_hbm_write(copied_bytes);
+    copy_hbm_write_ns_ = hbm.time_ns;
+    charge_gpu(hbm);
+    cur_.copy_bytes += uint64_t(copied_bytes);
   }
   return work;
 }
@@ -481,26 +494,15 @@ status host_engine::rebuild_steady(steady_state& ss) {
   return {};
 }
 
-status host_engine::finish_copies() {
-  const double last_arrival_ns = tl_.receive();
-  uint64_t bytes = 0;
+// png-kv, at a step's start: the sets re-evaluated in the last step, whose copies are all in
+// (a step ends with nothing pending), become the steady sets.
+status host_engine::apply_copies() {
   for (auto& [key, ss] : steady_) {
-    for (const auto& [p, kv] : ss.arriving) bytes += (kv.first.size() + kv.second.size()) * sizeof(bf16);
-    if (!ss.arriving.empty() || (ss.store == nullptr && !ss.pending_pages.empty())) {
-      auto st = rebuild_steady(ss);
-      if (!st) return st;
-    }
+    if (!ss.apply_next_step) continue;
+    ss.apply_next_step = false;
+    auto st = rebuild_steady(ss);
+    if (!st) return st;
   }
-  if (bytes > 0) {
-    clock_ns_ = std::max(clock_ns_, last_arrival_ns);
-    op_cost w = costs_.gpu_hbm_write(double(bytes));
-    clock_ns_ += w.time_ns;
-    cur_.copy_ns += clock_ns_ - round_start_ns_;
-    charge_gpu(w);
-    cur_.copy_bytes += bytes;
-  }
-  device_busy_ns_.clear();
-  round_device_ns_ = 0;
   return {};
 }
 
@@ -984,9 +986,7 @@ result<std::vector<device_work>> host_engine::on_reply_impl(const device_reply& 
             std::vector<bf16>(r.v.begin() + off, r.v.begin() + off + n)};
         off += n;
       }
-      const uint64_t payload = (r.k.size() + r.v.size()) * sizeof(bf16);
-      const uint64_t bytes = work::recall_reply_wire_bytes(m, payload / (4ull * d));
-      device_done(bytes, device_service_cost(costs_, device_op::pnm, double(payload)));
+      // Link bytes, device energy and time were charged when the copy left (copy_work).
       break;
     }
     case purpose::select:
@@ -1202,6 +1202,12 @@ host_engine::calibration_stats host_engine::calibration() const {
 }
 
 void host_engine::finish_timed_phase() {
+  // png-kv: the copy engine against the live layers' dense-layer windows (one GPU: the
+  // dense layer, no all-reduce); what does not fit holds the step after its last layer.
+  const steady_copy_charge copies = charge_steady_copies(copy_engine_ns_, cur_.dense_ns, copy_hbm_write_ns_);
+  clock_ns_ += copies.exposed_ns;
+  cur_.copy_ns = copies.exposed_ns;
+  cur_.copy_hidden_ns = copies.hidden_ns;
   // Charge the layers that are not live as copies of the mean live layer.
   const auto& m = costs_.model();
   const double live_ns = clock_ns_ - step_start_ns_;
@@ -1214,7 +1220,8 @@ void host_engine::finish_timed_phase() {
   for (const prefill_chunk& c : step_prefill_) tokens += c.completes;
   const op_cost lm = tokens ? costs_.gpu_lm_head(static_cast<uint32_t>(tokens)) : op_cost{};
   for (double* x : {&cur_.dense_ns, &cur_.link_ns, &cur_.device_ns, &cur_.gpu_attention_ns,
-                    &cur_.merge_ns, &cur_.copy_ns, &cur_.energy_j, &cur_.gpu_energy_j, &cur_.gpu_hbm_bytes})
+                    &cur_.merge_ns, &cur_.copy_ns, &cur_.copy_hidden_ns, &cur_.energy_j, &cur_.gpu_energy_j,
+                    &cur_.gpu_hbm_bytes})
     *x *= scale;
   for (uint64_t* x : {&cur_.link_bytes, &cur_.device_bytes_scanned, &cur_.steady_pages,
                       &cur_.steady_hits, &cur_.selected_pages, &cur_.copy_bytes})

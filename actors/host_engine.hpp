@@ -13,7 +13,10 @@
 //            global top; round 2: shards attend exactly those pages).
 //   png-kv   as pnm-kv, but the steady pages (schedulers/steady_pages.hpp) live in GPU
 //            memory: the GPU attends them while the devices select among the other pages
-//            with the remaining budget. Copies of newly steady pages are charged.
+//            with the remaining budget. Copies of newly steady pages go out at the step's
+//            start and run on the copy engine in the dense-layer windows (charged by
+//            schedulers/step_timeline.hpp, charge_steady_copies); they are attended from the
+//            next step.
 //   baseline devices are passive CXL memory expanders. The GPU scores page summaries
 //            (resident in HBM when they fit, else read over the link), selects, recalls the
 //            selected pages over the link and attends. The scoring arithmetic is run by the
@@ -133,7 +136,8 @@ struct step_report {
   double virtual_ns = 0;           // whole step, every layer, LM head
   double live_layers_ns = 0;       // the live layers as measured in virtual time
   double dense_ns = 0, link_ns = 0, device_ns = 0, gpu_attention_ns = 0, merge_ns = 0,
-         lm_head_ns = 0, copy_ns = 0;
+         lm_head_ns = 0, copy_ns = 0;  // copy_ns: steady copies the windows did not hide
+  double copy_hidden_ns = 0;       // png-kv: steady-copy time hidden in the dense-layer windows
   double energy_j = 0;             // dynamic energy of the whole step (all layers)
   double gpu_energy_j = 0;         // the GPU's share of energy_j
   double gpu_hbm_bytes = 0;        // HBM bytes behind it (the all-in figure's)
@@ -204,8 +208,9 @@ class host_engine {
   bool step_done() const { return phase_ == phase::done; }
   const step_report& last_step() const { return last_step_; }
 
-  // png-kv: replaces the steady set of (request, layer, KV head) before the next step
-  // (tests force it; the policy decides otherwise). Pages must be full, ascending.
+  // png-kv: replaces the steady set of (request, layer, KV head): copied in the next step,
+  // attended from the one after (tests force it; the policy decides otherwise). Pages must
+  // be full, ascending.
   void force_steady(uint64_t request_id, uint32_t layer, uint32_t kv_head,
                     std::vector<uint64_t> pages);
   // The selection of (request, layer, KV head) in the last step, ascending global ids
@@ -235,7 +240,7 @@ class host_engine {
   calibration_stats calibration() const;
 
  private:
-  enum class phase { copy, round_a, round_b, verify, done };
+  enum class phase { round_a, round_b, verify, done };
   // What an outstanding reply is for: the engine's own bookkeeping, not a message field.
   // The four query purposes become a selection_round on the wire (make_query maps them);
   // recall and steady_copy are page reads, which no selection round names.
@@ -271,9 +276,10 @@ class host_engine {
     std::unique_ptr<steady_policy> policy;
     std::vector<uint64_t> pages;       // the steady set, ascending
     std::unique_ptr<kv_head_store> store;  // their K/V in "GPU memory"
-    std::vector<uint64_t> pending_pages;   // the next set, while copies are in flight
+    std::vector<uint64_t> pending_pages;   // the next set, copied this step
     std::map<uint64_t, std::pair<std::vector<bf16>, std::vector<bf16>>> arriving;
     bool forced = false;
+    bool apply_next_step = false;          // pending_pages become the set at the next step
   };
 
   std::vector<device_work> copy_work();
@@ -292,7 +298,7 @@ class host_engine {
   uint32_t device_slot(uint32_t device_id);
   status finish_round_a();
   status finish_layer();
-  status finish_copies();
+  status apply_copies();
   void finish_timed_phase();
   // A GPU operation's energy, with its HBM bytes for the all-in figure.
   void charge_gpu(const op_cost& op) {
@@ -369,6 +375,9 @@ class host_engine {
   double round_start_ns_ = 0;     // when this round's traffic started (t0, or round b's)
   double last_reply_ns_ = 0;      // the layer's last reply in GPU memory so far
   double overlap_ns_ = 0;         // png-kv steady attention, overlapping the devices
+  // png-kv's copy engine this step (live layers): its time from idle links and devices, and
+  // its HBM writes; charged against the dense-layer windows at the step's end.
+  double copy_engine_ns_ = 0, copy_hbm_write_ns_ = 0;
   double round_device_ns_ = 0;    // busiest device's work in this round (report breakdown)
   std::map<uint32_t, double> device_busy_ns_;
   std::map<uint32_t, double> step_device_energy_j_;  // this step's, per device (power report)

@@ -186,7 +186,11 @@ void pnm_device_state::serve_recall(const transport::received& m) {
   const double bytes = double(k.size() + v.size()) * sizeof(bf16);
   const double arrival = m.env().vtime_ns + costs_->link_latency_ns();
   const double cost = device_service_cost(*costs_, passive_ ? device_op::expander : device_op::pnm, bytes).time_ns;
-  auto out = message(engine_->charge(arrival, cost), size_t(bytes) + 64 * pages.size());
+  // A PNM device serves recalls only as png-kv's steady copies: the copy engine runs them in
+  // the dense-layer windows, a schedule the GPU host composes (schedulers/step_timeline.hpp,
+  // charge_steady_copies), so they do not hold this device's clock for the layers' queries.
+  const double done = passive_ ? engine_->charge(arrival, cost) : arrival + cost;
+  auto out = message(done, size_t(bytes) + 64 * pages.size());
   auto reply = out.body().initRecallReply();
   reply.setRequestId(rr.getRequestId());
   reply.setStep(rr.getStep());

@@ -126,6 +126,7 @@ status set_step(const run_spec& spec, run_setup& s) {
   st->summary_elem_bytes = s.gpu_query.summary_elem_bytes;
   st->heads_scored = spec.selection.gqa_aggregation == gqa_aggregation::max ? s.model.gqa_group() : 1;
   st->exact_cross_shard = s.host.cross_shard == cross_shard_selection::exact;
+  st->steady_budget_pages = s.host.steady.budget_pages;
   st->summaries = s.host.summaries_resident ? summary_residence::hbm : summary_residence::link;
   // The live host engine recalls every selected page (no reuse across steps), so its
   // TPOT predictions must not assume sim.baseline_recall_reuse.

@@ -16,6 +16,9 @@ std::vector<config_key> schema_keys_run() {
        "Model shape file (any GQA decoder)"},
       {"hardware.file", t::path, "hardware/h100-cxl-pnm.yaml", 0, 0, {},
        "Hardware figures with sources"},
+      {"hardware.scale", t::string, "", 0, 0, {},
+       "Sensitivity: multiply hardware-file figures, \"key=factor[,key=factor...]\" (factor in "
+       "(0, 100]), e.g. pnm_device.compute_tflops=0.5; results name every scaled figure"},
       {"selection.page_size_tokens", t::integer, "16", 1, 1024, {}, "Tokens per KV page"},
       {"selection.budget_tokens", t::integer, "2048", 1, 1 << 26, {},
        "Tokens attended per (request, layer, KV head) per step, always-kept pages included"},

@@ -203,6 +203,7 @@ result<run_spec> resolve_run_spec(const config& cfg) {
   auto hw = load_hardware(r.text("hardware.file"));
   if (!hw) return hw.error();
   s.hardware = std::move(hw).value();
+  if (status st = scale_hardware(s.hardware, r.text("hardware.scale")); !st) return st;
   for (status st : {read_run_and_selection(r, s), read_cluster(r, s.cluster), read_workload_and_eval(r, s)})
     if (!st) return st;
   read_sim(r, s.sim);

@@ -22,7 +22,7 @@ echo "== calibration (pnmkv run --calibration-out)" >&2
   --calibration-out "$out/calibration.json" > "$out/calibration_run.txt"
 cal="sim.calibration_file=experiments/results/calibration.json"
 
-for sweep in default price serving budget; do
+for sweep in default price serving budget png; do
   echo "== sweep $sweep" >&2
   start=$(date +%s.%N)
   "$bin" sim --sweep "experiments/sweeps/$sweep.yaml" --set "$cal" --csv "$out/$sweep.csv" > "$out/$sweep.txt"

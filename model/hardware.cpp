@@ -259,4 +259,52 @@ result<hardware_spec> load_hardware(const std::string& file) {
   return hw;
 }
 
+status scale_hardware(hardware_spec& hw, const std::string& scales) {
+  constexpr double factor_max = 100;
+  std::stringstream in(scales);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    const auto where = "hardware.scale item '" + item + "'";
+    const size_t eq = item.find('=');
+    if (eq == std::string::npos)
+      return {errc::invalid_argument, where + " must be key=factor, e.g. pnm_device.compute_tflops=0.5"};
+    const std::string key = item.substr(0, eq), text = item.substr(eq + 1);
+    const binding* b = nullptr;
+    for (const auto& c : bindings())
+      if (key == c.key) b = &c;
+    if (b == nullptr) {
+      std::string allowed;
+      for (const auto& c : bindings()) allowed += (allowed.empty() ? "" : ", ") + std::string(c.key);
+      return {errc::invalid_argument, where + ": unknown figure '" + key + "'; allowed: " + allowed};
+    }
+    double factor = 0;
+    size_t used = 0;
+    try {
+      factor = std::stod(text, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != text.size() || !std::isfinite(factor) || factor <= 0 || factor > factor_max) {
+      std::ostringstream os;
+      os << where << ": factor '" << text << "' must be a number in (0, " << factor_max << "]";
+      return {errc::invalid_argument, os.str()};
+    }
+    double& value = b->ref(hw);
+    const double scaled = value * factor;
+    if (scaled < b->lo || scaled > b->hi) {
+      std::ostringstream os;
+      os << where << ": " << key << " = " << value << " x " << factor << " = " << scaled
+         << " is outside the allowed range [" << b->lo << ", " << b->hi << "]";
+      return {errc::invalid_argument, os.str()};
+    }
+    value = scaled;
+    figure& f = hw.figures[key];
+    f.value = scaled;
+    std::ostringstream note;
+    note << " (scaled x" << factor << " by hardware.scale)";
+    f.source += note.str();
+  }
+  return {};
+}
+
 }  // namespace pnmkv

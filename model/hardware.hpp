@@ -80,6 +80,17 @@ std::vector<rated_power> rated_power_peaks(const hardware_spec& hw);
 // figures).
 result<hardware_spec> load_hardware(const std::string& file);
 
+// Multiplies figures of a loaded hardware spec, for sensitivity studies (config key
+// hardware.scale): `scales` is "key=factor[,key=factor...]" over the file's numeric
+// figures, e.g. "pnm_device.compute_tflops=0.5,cxl.link_bw_gbps_per_direction=2". A
+// scaled figure keeps its range check and its source says it was scaled. Errors name the
+// unknown key (with the allowed ones), a factor that is not a number in (0, 100], or a
+// scaled value outside the figure's range. An empty string changes nothing. The file's
+// full-rate power check (rated_power_peaks) is not repeated on scaled figures — a scale is a
+// what-if on one figure, its rating unchanged — but a simulated run still may not charge a
+// part more than its rating over any step (cost_model::check_peak_power).
+status scale_hardware(hardware_spec& hw, const std::string& scales);
+
 // Bytes one memory device holds in `mode`: a passive expander in baseline, a PNM device
 // otherwise (the modelled capacity placement fills; the emulator's own limit is
 // cluster.device_memory_bytes_max).

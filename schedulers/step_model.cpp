@@ -14,9 +14,10 @@ namespace pnmkv {
 uint64_t steady_set_pages(const step_setup& s) {
   if (s.mode != run_mode::png_kv) return 0;
   const uint64_t budget_pages = s.budget_pages();
-  return std::max<uint64_t>(
-      work::pngkv_budget_split(budget_pages, s.cal.steady_hit_fraction.value).gpu_pages,
-      uint64_t(std::llround(s.cal.steady_set_fraction.value * double(budget_pages))));
+  return std::min<uint64_t>(
+      s.steady_cap_pages(),
+      std::max<uint64_t>(work::pngkv_budget_split(budget_pages, s.cal.steady_hit_fraction.value).gpu_pages,
+                         uint64_t(std::llround(s.cal.steady_set_fraction.value * double(budget_pages)))));
 }
 
 namespace {
@@ -140,7 +141,9 @@ void step_model::pnm_round_a(const step_request& r, uint32_t ri, pnm_layer& L, l
   PNMKV_CHECK(idx0 >= 0, "no shard holds the last page of request ", r.id);
   const uint32_t j_last = pl.shards[size_t(idx0)].sequence_index;
   const uint64_t total_pages = (seq_after + ps - 1) / ps;
-  const uint64_t steady_r = L.png ? request_steady_pages(L.steady_pages, total_pages) : 0;
+  // Pages copied in step t are attended from step t + 1: none yet on the first decode step.
+  const uint64_t steady_r =
+      L.png && !r.first_decode_step ? request_steady_pages(L.steady_pages, total_pages) : 0;
   const uint64_t gpu_pages_r = std::min<uint64_t>(L.split_gpu_pages, steady_r);
   const uint64_t device_budget = L.budget_pages - gpu_pages_r;
   const bool two_rounds =
@@ -237,7 +240,7 @@ step_model::layer_result step_model::layer_pnm(const std::vector<const step_requ
   const work::pngkv_split split =
       L.png ? work::pngkv_budget_split(L.budget_pages, S.cal.steady_hit_fraction.value)
             : work::pngkv_split{0, L.budget_pages};
-  L.split_gpu_pages = split.gpu_pages;
+  L.split_gpu_pages = L.png ? std::min<uint64_t>(split.gpu_pages, S.steady_cap_pages()) : 0;
   L.steady_pages = steady_set_pages(S);
   for (uint32_t ri = 0; ri < reqs.size(); ++ri) pnm_round_a(*reqs[ri], ri, L, lr);
   tl_.serve();
@@ -264,6 +267,7 @@ step_model::layer_result step_model::layer_pnm(const std::vector<const step_requ
   const double W = std::max(wait, A);
   const double prefill_extra = e.prefill_extra_ns;
   lr.time_ns = e.time_ns;
+  lr.window_ns = t0;
   lr.crit.gpu_dense_ns = dense.time_ns;
   lr.crit.allreduce_ns = 2.0 * ar.time_ns;
   if (gpu_bound) {
@@ -465,11 +469,13 @@ step_model::layer_result step_model::layer_baseline(const std::vector<const step
   return lr;
 }
 
-// png-kv: before the first layer, the pages newly steady are recalled from the devices and
-// written to HBM, as the live host engine's copy phase: per (request, KV head, shard) one
-// recall carrying every layer's pages (the live engine sends one per layer: the same bytes
-// and device time, fewer headers). Amortised: the set's churn every R steps, the whole set
-// on a request's first decode step.
+// png-kv's copy engine: the pages newly steady are recalled from the devices and written to
+// HBM, as the live host engine's copies: per (request, KV head, shard) one recall carrying
+// every layer's pages (the live engine sends one per layer: the same bytes and device time,
+// fewer headers). Amortised: the set's churn every R steps, the whole set on a request's
+// first decode step. time_ns is the copies on their own from idle links and devices,
+// hbm_write_ns their HBM writes; run() charges them against the step's dense-layer windows
+// (charge_steady_copies, step_timeline.hpp).
 step_model::layer_result step_model::steady_copies(const std::vector<step_request>& decode) {
   const step_setup& S = *s_;
   const model_shape& m = S.model;
@@ -505,10 +511,12 @@ step_model::layer_result step_model::steady_copies(const std::vector<step_reques
   if (tl_.items().empty()) return lr;
   tl_.serve();
   const double last = tl_.receive();
+  // Each GPU writes the pages of its own heads (attention ranks) and layers (stages) into
+  // its own HBM, all at once: the time of one GPU's share, the energy of every byte.
   const op_cost w = c_.gpu_hbm_write(copied_bytes);
-  lr.time_ns = last + w.time_ns;
+  lr.time_ns = last;
+  lr.hbm_write_ns = c_.gpu_hbm_write(copied_bytes / (double(S.attention_ranks) * S.pp)).time_ns;
   lr.energy.add_gpu(&step_energy::hbm_write_j, w);
-  lr.crit.copy_ns = lr.time_ns;
   close_layer(lr);
   return lr;
 }
@@ -537,12 +545,13 @@ step_result step_model::run(const std::vector<step_request>& decode,
   const double L = S.model.layers;
   const double layers_per_stage = L / pp;
 
-  double round_ns = 0, device_all_stages_ns = 0, decode_latency_ns = 0;
+  double round_ns = 0, device_all_stages_ns = 0, decode_latency_ns = 0, window_ns = 0;
   for (uint32_t k = 0; k < pp; ++k) {
     const auto& pk = k == 0 ? pf : std::vector<const prefill_piece*>{};
     if (mbs[k].empty() && pk.empty()) continue;
     const layer_result lr = S.mode == run_mode::baseline ? layer_baseline(mbs[k], pk) : layer_pnm(mbs[k], pk);
     round_ns += layers_per_stage * lr.time_ns;
+    window_ns += layers_per_stage * lr.window_ns;
     // A decoding micro-batch passes every stage within the round (prefill chunks stream).
     if (!mbs[k].empty()) decode_latency_ns = std::max(decode_latency_ns, L * lr.time_ns);
     out.crit += lr.crit.scaled(layers_per_stage);
@@ -571,9 +580,12 @@ step_result step_model::run(const std::vector<step_request>& decode,
     }
   }
   if (S.mode == run_mode::png_kv && !decode.empty()) {
+    // The copy engine runs in the dense-layer windows; the step grows by what does not fit.
     const layer_result cp = steady_copies(decode);
-    round_ns += cp.time_ns;
-    out.crit += cp.crit;
+    const steady_copy_charge ch = charge_steady_copies(cp.time_ns, window_ns, cp.hbm_write_ns);
+    round_ns += ch.exposed_ns;
+    out.crit.copy_ns += ch.exposed_ns;
+    out.copy_hidden_ns = ch.hidden_ns;
     out.energy += cp.energy;
     out.link_bytes += cp.link_bytes;
     out.device_bytes += cp.device_bytes;

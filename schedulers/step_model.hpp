@@ -43,7 +43,7 @@ struct step_request {
   const request_placement* placement = nullptr;  // device ids are global
   uint64_t seq_tokens = 0;         // tokens before this step's new token
   bool summaries_resident = true;  // baseline
-  bool first_decode_step = false;  // png-kv: the whole steady set is copied
+  bool first_decode_step = false;  // png-kv: the whole steady set is copied (attended from the next step)
 };
 
 // Prompt tokens of one request prefilled in this step.
@@ -102,11 +102,15 @@ struct step_result {
   double device_energy_j_max = 0;
   uint32_t decode_tokens = 0;
   uint64_t prefill_tokens = 0;
+  // png-kv: steady-page copy time hidden in the dense-layer windows (crit.copy_ns is what
+  // the step grew by: step_timeline.hpp, charge_steady_copies).
+  double copy_hidden_ns = 0;
 };
 
 // png-kv: the steady pages per (request, layer, KV head) the GPU holds, as the calibration
 // predicts them: steady_set_fraction of the budget, and at least the pages the GPU attends
-// (pngkv_budget_split's share); 0 in the other modes. The step model, the simulator's GPU
+// (pngkv_budget_split's share), never more than png.steady_budget_tokens holds (the live
+// policy's cap, step_setup::steady_cap_pages); 0 in the other modes. The step model, the simulator's GPU
 // memory and the live TPOT prediction size the steady set with this one figure.
 uint64_t steady_set_pages(const step_setup& s);
 
@@ -124,6 +128,8 @@ class step_model {
     step_energy energy;
     double link_bytes = 0, device_bytes = 0, device_busy_ns_max = 0, link_busy_ns_max = 0;
     double device_energy_j_max = 0;
+    double window_ns = 0;     // a layer: its dense-layer window (start to t0)
+    double hbm_write_ns = 0;  // steady copies: their HBM writes (time_ns: the copy engine's)
   };
   // A head that needs exact selection's second round.
   struct round_b_head {

@@ -57,6 +57,13 @@ struct step_setup {
   // Across s > 1 sequence shards: exact (two rounds: candidates, then the global top pages
   // attended where they live) or local (each shard takes budget/s pages, one round).
   bool exact_cross_shard = false;
+  // png-kv: png.steady_budget_tokens in pages, the most steady pages per (request, layer,
+  // KV head) the GPU keeps (the live policy caps its set there, and at budget − 2 pages).
+  uint64_t steady_budget_pages = UINT64_MAX;
+  uint64_t steady_cap_pages() const {
+    const uint64_t b = budget_pages();
+    return steady_budget_pages < (b > 2 ? b - 2 : 0) ? steady_budget_pages : (b > 2 ? b - 2 : 0);
+  }
 
   // Policies.
   summary_residence summaries = summary_residence::auto_fit;

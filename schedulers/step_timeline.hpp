@@ -12,7 +12,10 @@
 //   GPU       the layer starts after the dense layer and its all-reduces (t0); the GPU's own
 //             attention overlaps the devices (gpu_overlap); a second round starts at
 //             t0 + max(wait, overlap); prompt writes still on the link hold the layer; the
-//             merges come last.
+//             merges come last;
+//   copies    png-kv's copy engine (steady_copy_charge): the step's steady-page copies run on
+//             the host links and the devices in the dense-layer windows and cost the step
+//             only what does not fit in them, plus their HBM writes.
 #pragma once
 
 #include <cstdint>
@@ -175,6 +178,36 @@ layer_end end_of_layer_after_gpu(double gpu_end_ns, double prefill_last_ns, doub
 // attention is done.
 inline double second_round_start(double t0_ns, double wait_ns, double overlap_ns) {
   return t0_ns + (wait_ns > overlap_ns ? wait_ns : overlap_ns);
+}
+
+// png-kv's copy engine (docs/DESIGN.md §5). A step's steady-page copies run beside the GPU's
+// dense compute: on the host links and the devices, but only in the dense-layer windows (from
+// a layer's start to its t0: the dense layer and its all-reduces), when pnm-kv and png-kv put
+// none of the layer's own traffic on either (queries leave at t0; every reply and prompt
+// write is in before the layer ends). So the copies never share the link with a layer's
+// device traffic, and they are charged as
+//
+//   exposed = max(copy, window) − window + hbm_write
+//
+// copy_ns:      the copies on their own, from idle links and devices (send, serve, receive on
+//               a layer_timeline): the copy engine's busy time;
+// window_ns:    the step's dense-layer windows, summed over its layers;
+// hbm_write_ns: the copied bytes written into HBM. Never hidden: the dense layers are bound
+//               by HBM bandwidth, which the writes take from them.
+// What does not fit in the windows runs after the step's last layer (the link and devices
+// are free again then) and holds the next step: pages copied in step t are attended from
+// step t + 1 (schedulers/step_model.cpp, actors/host_engine.cpp).
+struct steady_copy_charge {
+  double hidden_ns = 0;   // copy time inside the dense-layer windows
+  double exposed_ns = 0;  // what the step grows by
+};
+inline steady_copy_charge charge_steady_copies(double copy_ns, double window_ns, double hbm_write_ns) {
+  PNMKV_CHECK(copy_ns >= 0 && window_ns >= 0 && hbm_write_ns >= 0, "copy_ns=", copy_ns,
+              " window_ns=", window_ns, " hbm_write_ns=", hbm_write_ns);
+  steady_copy_charge c;
+  c.hidden_ns = copy_ns < window_ns ? copy_ns : window_ns;
+  c.exposed_ns = (copy_ns - c.hidden_ns) + hbm_write_ns;
+  return c;
 }
 
 }  // namespace pnmkv

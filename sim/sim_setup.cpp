@@ -71,6 +71,7 @@ void set_devices_and_selection(const run_spec& spec, sim_setup& s) {
   s.summary_elem_bytes = sel.summary_elem_bytes();
   s.heads_scored = sel.gqa_aggregation == gqa_aggregation::max ? m.gqa_group() : 1;
   s.exact_cross_shard = sel.cross_shard == cross_shard_selection::exact;
+  s.steady_budget_pages = spec.png.steady_budget_tokens / s.page_size_tokens;
   s.placement.page_size_tokens = s.page_size_tokens;
   s.placement.layers = m.layers;
   s.placement.kv_heads = m.kv_heads;

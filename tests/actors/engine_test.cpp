@@ -165,5 +165,46 @@ TEST(engines, charge_what_the_step_model_predicts) {
   }
 }
 
+// png-kv's copy engine, live (schedulers/step_timeline.hpp, charge_steady_copies): the
+// Llama-3.1-8B shape with one live layer, two requests of 2,000 and 1,500 tokens on 2
+// devices, no policy (warm-up past the run). Before step 1 the test forces a steady set of
+// 4 full pages on every (request, layer 0, KV head): step 1 copies 2 × 8 × 4 = 64 pages =
+// 64 × 16 tokens × 512 B = 512 KiB for the live layer, 16 MiB for all 32 layers, and
+// attends none of them yet (from step 2), so its layers are those of the run without the
+// forced set. 16 recalls of 32 KiB over one 54.4 B/ns link take ~10.5 µs, far less than
+// the dense-layer window (a dense layer of two tokens, ~165 µs, weights read from HBM):
+// hidden. Step 1 grows by the HBM write alone, 16 MiB / 3015 B/ns =
+// 5,564.58 ns, where the serial copy phase this replaced charged the copies' time too.
+TEST(engines, steady_copies_hide_behind_the_dense_layer) {
+  auto m = load_model_shape(configs + "models/llama-3.1-8b.yaml");
+  ASSERT_TRUE(m);
+  host_engine_config hc;
+  hc.mode = run_mode::png_kv;
+  hc.live_layers = 1;
+  hc.budget_tokens = 256;
+  hc.steady.warmup_steps = 1000;
+  hc.verify = false;
+  auto step1 = [&](bool force) {
+    harness h(*m, hc, 2, 5);
+    h.add(1, 2000, 3);
+    h.add(2, 1500, 3);
+    h.prefill();
+    h.step(0);
+    if (force)
+      for (uint64_t r : {1, 2})
+        for (uint32_t kh = 0; kh < m->kv_heads; ++kh) h.host.force_steady(r, 0, kh, {1, 2, 3, 4});
+    h.step(1);
+    return h.host.last_step();
+  };
+  const step_report with = step1(true), without = step1(false);
+  EXPECT_EQ(without.copy_bytes, 0u);
+  EXPECT_EQ(with.copy_bytes, 16u << 20);
+  EXPECT_EQ(with.steady_pages, 0u) << "copied pages are attended from the next step";
+  EXPECT_NEAR(with.copy_ns, 5564.58, 0.01);
+  EXPECT_NEAR(with.virtual_ns - without.virtual_ns, with.copy_ns, 1e-9 * with.virtual_ns);
+  EXPECT_GT(with.copy_hidden_ns, 32 * 5000.0) << "the copies' ~10.5 µs per live layer, hidden";
+  EXPECT_LT(with.copy_hidden_ns, with.dense_ns);
+}
+
 }  // namespace
 }  // namespace pnmkv

@@ -167,6 +167,44 @@ TEST(hardware, bad_files_are_clear_errors) {
   }
 }
 
+// hardware.scale multiplies the named figures (value and the figures table), notes the scale in
+// the source, leaves every other figure alone, and refuses bad items by name.
+TEST(hardware, scale_multiplies_named_figures_only) {
+  auto base = load_hardware(configs + "hardware/h100-cxl-pnm.yaml");
+  ASSERT_TRUE(base) << base.error().to_string();
+  hardware_spec hw = *base;
+  ASSERT_TRUE(scale_hardware(hw, "pnm_device.compute_tflops=0.5,cxl.link_bw_gbps_per_direction=2"));
+  EXPECT_DOUBLE_EQ(hw.pnm.compute_tflops, base->pnm.compute_tflops * 0.5);
+  EXPECT_DOUBLE_EQ(hw.cxl.link_bw_gbps_per_direction, base->cxl.link_bw_gbps_per_direction * 2);
+  EXPECT_DOUBLE_EQ(hw.figures.at("pnm_device.compute_tflops").value, hw.pnm.compute_tflops);
+  EXPECT_NE(hw.figures.at("cxl.link_bw_gbps_per_direction").source.find("scaled x2 by hardware.scale"),
+            std::string::npos);
+  size_t changed = 0;
+  for (const auto& [key, f] : hw.figures) changed += f.value != base->figures.at(key).value;
+  EXPECT_EQ(changed, 2u);
+  hardware_spec same = *base;
+  ASSERT_TRUE(scale_hardware(same, ""));
+  EXPECT_DOUBLE_EQ(same.gpu.memory_bw_gbps, base->gpu.memory_bw_gbps);
+
+  struct {
+    const char* scales;
+    const char* expect;
+  } bad[] = {
+      {"pnm_device.tflops=2", "unknown figure 'pnm_device.tflops'; allowed: gpu.memory_bytes"},
+      {"pnm_device.compute_tflops", "must be key=factor"},
+      {"pnm_device.compute_tflops=0", "must be a number in (0, 100]"},
+      {"pnm_device.compute_tflops=two", "must be a number in (0, 100]"},
+      {"pnm_device.compute_tflops=2x", "must be a number in (0, 100]"},
+      {"cost.pue=10", "outside the allowed range [1, 10]"},
+  };
+  for (const auto& c : bad) {
+    hardware_spec h = *base;
+    const status st = scale_hardware(h, c.scales);
+    ASSERT_FALSE(st) << c.scales;
+    EXPECT_NE(st.message().find(c.expect), std::string::npos) << st.message();
+  }
+}
+
 // selection.budget_fraction: round(f x context) tokens, up to whole pages, at least the two
 // always-kept pages; worked by hand for each row.
 TEST(selection_budget, fraction_of_the_context_in_whole_pages) {

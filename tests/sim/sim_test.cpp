@@ -136,16 +136,100 @@ TEST(sim_hand, energy_per_token_component_and_all_in) {
             std::string::npos);
 }
 
+// png-kv's copy engine (schedulers/step_timeline.hpp, charge_steady_copies): the step's
+// steady-page copies run on the link and the devices in the dense-layer windows, so a step
+// grows by max(copy, window) − window + HBM write, not by copy + HBM write (the serial copy
+// phase before layer 0 this replaced). One 8B request, one device, one host link; the same
+// step with and without copies (sim.steady_churn_fraction = 1 every step vs 0): the layers
+// are the same, so the difference is the copies' charge. Worked by hand from the cost
+// model's figures (cluster_configs/hardware/h100-cxl-pnm.yaml):
+//   link: 64 GB/s × 0.85 = 54.4 B/ns per direction, latency 300 + 1 hop × 100 = 400 ns;
+//   PNM device: 1100 GB/s × 0.8 = 880 B/ns; HBM: 3350 GB/s × 0.9 = 3015 B/ns.
+// Each of the 8 KV heads sends one recall carrying its pages of all 32 layers (P pages):
+//   request 96 × 32 + 4 P bytes, device read P × 16 tokens × 512 B, reply 96 × 32 + that.
+// The 8 requests leave back to back; the device serves each in `dev` (dev > request
+// serialisation, so it never idles after the first), and the replies, each slower on the
+// link than the device (rep > dev), come back back to back:
+//   copy = req + 400 + dev + 400 + 8 rep.
+// window = 32 dense layers of one token (tp = 1: no all-reduce).
+//   8 pages per (layer, head) (budget 512, steady set 1/4): P = 256, 2 MiB per head:
+//     req 75.3 ns, dev 2383.1 ns, rep 38607.1 ns, copy = 312,114.9 ns = 0.312 ms < window
+//     (~4.6 ms): hidden; the step grows by the HBM write only, 16 MiB / 3015 = 5,564.6 ns.
+//   2046 pages (budget = steady budget = 32768 tokens, the whole set, capped at budget − 2):
+//     P = 65472, 536,346,624 B per head: req 4870.6 ns, dev 609,484.8 ns,
+//     rep 9,859,369.4 ns, copy = 79.49 ms > window: the step grows by copy − window
+//     + HBM write 1,423,142.0 ns.
+TEST(sim_hand, steady_copies_overlap_the_dense_layers_as_max_of_copy_and_compute) {
+  struct point {
+    const char* name;
+    std::vector<std::string> sets;
+    double pages;  // steady pages per (layer, KV head), all copied every step
+  };
+  const std::vector<point> points = {
+      {"copy < compute", {"sim.steady_hit_fraction=0.25", "sim.steady_set_fraction=0.25"}, 8},
+      {"copy > compute",
+       {"selection.budget_tokens=32768", "png.steady_budget_tokens=32768", "sim.steady_hit_fraction=0.5",
+        "sim.steady_set_fraction=1"},
+       2046}};
+  for (const point& pt : points) {
+    SCOPED_TRACE(pt.name);
+    auto with_sets = pt.sets;
+    with_sets.insert(with_sets.end(), {"sim.steady_churn_fraction=1", "sim.steady_reeval_steps=1"});
+    auto s = setup_of(one_request("png-kv", with_sets));
+    ASSERT_TRUE(s);
+    ASSERT_EQ(s->tp, 1u);
+    ASSERT_EQ(steady_set_pages(*s), uint64_t(pt.pages));
+    const cost_model& c = *s->costs;
+    const double lat = c.link_latency_ns();
+    EXPECT_DOUBLE_EQ(lat, 400.0);
+    const double P = pt.pages * 32, bytes = P * 16 * 512;
+    const double req = c.link_serialisation_ns(96 * 32 + 4 * P);
+    const double dev = c.pnm_compute(bytes, 0).time_ns;
+    const double rep = c.link_serialisation_ns(96 * 32 + bytes);
+    ASSERT_GT(dev, req);
+    ASSERT_GT(rep, dev);
+    const double copy = req + lat + dev + lat + 8 * rep;
+    const double window = 32 * c.gpu_dense_layer(1, 1).time_ns;
+    const double hbm = c.gpu_hbm_write(8 * bytes).time_ns;
+    const double grows = std::max(copy, window) - window + hbm;
+    if (pt.pages == 8) {
+      EXPECT_NEAR(copy, 312114.89, 0.01);
+      EXPECT_LT(copy, window);
+      EXPECT_NEAR(grows, 5564.58, 0.01);
+    } else {
+      EXPECT_NEAR(copy, 79490110.68, 0.01);
+      EXPECT_GT(copy, window);
+    }
+    auto r = sim_of(one_request("png-kv", with_sets));
+    auto pt_sets = pt.sets;
+    pt_sets.push_back("sim.steady_churn_fraction=0");
+    auto r0 = sim_of(one_request("png-kv", pt_sets));
+    EXPECT_EQ(r0.breakdown_ms.copy_ns, 0.0);
+    EXPECT_NEAR((r.step_ms - r0.step_ms) * 1e6, grows, r.step_ms * 1e6 * 1e-12 + 1e-6);
+    EXPECT_NEAR(r.breakdown_ms.copy_ns * 1e6, grows, grows * 1e-12);
+    // The serial phase it replaced would have charged the whole copy.
+    EXPECT_GT(copy + hbm - grows, pt.pages == 8 ? copy - 1 : window - 1);
+  }
+}
+
 TEST(sim_hand, steady_set_is_one_figure_for_the_step_model_and_gpu_memory) {
   // Budget 512 tokens = 32 pages. The set is steady_set_fraction of them, but never fewer
-  // than the GPU's share of the budget (steady_hit_fraction); none outside png-kv.
+  // than the GPU's share of the budget (steady_hit_fraction), and never more than the live
+  // policy keeps: png.steady_budget_tokens (512 = 32 pages) and budget − 2 = 30 pages;
+  // none outside png-kv.
   auto pages = [](const std::string& mode, const std::string& hit, const std::string& set) {
     auto s = setup_of(one_request(mode, {"sim.steady_hit_fraction=" + hit, "sim.steady_set_fraction=" + set}));
     return s ? steady_set_pages(*s) : ~uint64_t(0);
   };
   EXPECT_EQ(pages("png-kv", "0.25", "0.5"), 16u);
   EXPECT_EQ(pages("png-kv", "0.25", "0.1"), 8u);   // 3 set pages, but the GPU attends 8
-  EXPECT_EQ(pages("png-kv", "0.25", "2"), 64u);    // a set larger than the budget
+  EXPECT_EQ(pages("png-kv", "0.25", "2"), 30u);    // a set larger than the budget: budget − 2
+  {
+    auto s = setup_of(one_request("png-kv", {"sim.steady_hit_fraction=0.25", "sim.steady_set_fraction=0.5",
+                                             "png.steady_budget_tokens=64"}));
+    ASSERT_TRUE(s);
+    EXPECT_EQ(steady_set_pages(*s), 4u);  // png.steady_budget_tokens = 64: 4 pages
+  }
   EXPECT_EQ(pages("pnm-kv", "0.25", "0.5"), 0u);
   EXPECT_EQ(pages("baseline", "0.25", "0.5"), 0u);
   // The simulator's GPU memory holds exactly that set per (request, layer, KV head).
