@@ -686,7 +686,10 @@ void gpu_host_state::report_steps(run_report& rep) const {
     rep.step_wall_ms_mean = sum / wall.size();
   }
   rep.prefill_wall_s = prefill_wall_s_;
-  double vt = 0, energy = 0, tokens = 0;
+  double vt = 0, energy = 0, tokens = 0, gpu_hbm_bytes = 0;
+  step_power_w peak;
+  // baseline's memory boxes are passive expanders; the other modes' are PNM devices.
+  const bool passive = setup_->host.mode == run_mode::baseline;
   uint64_t link = 0, dev = 0;
   double dense = 0, lnk = 0, devns = 0, merge = 0, lm = 0, live_bytes = 0, gattn = 0, copy = 0;
   double live_flops = 0;
@@ -698,7 +701,10 @@ void gpu_host_state::report_steps(run_report& rep) const {
   for (const auto& s : steps_) {
     all_vt += s.virtual_ns;
     energy += s.energy_j;
+    gpu_hbm_bytes += s.gpu_hbm_bytes;
     tokens += double(s.tokens);
+    peak.max_with(costs_->power_over_step(s.virtual_ns, s.gpu_energy_j, s.gpu_hbm_bytes, 1, s.device_energy_j_max,
+                                          passive));
     if (open_ && s.decode_batch == 0) continue;
     ++decode_steps;
     vt += s.virtual_ns;
@@ -725,6 +731,19 @@ void gpu_host_state::report_steps(run_report& rep) const {
   rep.virtual_power_w = elapsed_ns > 0 ? total_energy / (elapsed_ns / 1e9) : 0;
   rep.virtual_tokens_per_dollar = costs_->tokens_per_dollar(
       rep.virtual_tokens_per_s, rep.virtual_power_w, costs_->capital_usd(1, pnm_boxes, expanders));
+  // All-in (docs/HARDWARE.md §6a), and each part's peak power next to its rating.
+  rep.virtual_host_switch_power_w = costs_->host_switch_power_w(1, setup_->devices);
+  const double all_in = total_energy + costs_->gpu_all_in_extra_j(gpu_hbm_bytes) +
+                        rep.virtual_host_switch_power_w * elapsed_ns / 1e9;
+  rep.virtual_energy_all_in_j_per_token = tokens > 0 ? all_in / tokens : 0;
+  rep.virtual_power_all_in_w = elapsed_ns > 0 ? all_in / (elapsed_ns / 1e9) : 0;
+  rep.virtual_tokens_per_dollar_all_in = costs_->tokens_per_dollar(
+      rep.virtual_tokens_per_s, rep.virtual_power_all_in_w, costs_->capital_usd(1, pnm_boxes, expanders));
+  rep.gpu_power_peak_w = peak.gpu;
+  rep.gpu_all_in_power_peak_w = peak.gpu_all_in;
+  rep.device_power_peak_w = peak.device;
+  rep.gpu_tdp_w = costs_->hardware().gpu.tdp_w;
+  rep.device_power_rating_w = passive ? costs_->hardware().expander.power_w : costs_->hardware().pnm.power_w;
   rep.virtual_link_bytes_per_step = uint64_t(double(link) / n);
   rep.virtual_device_bytes_per_step = uint64_t(double(dev) / n);
   rep.breakdown_dense_ms = dense / n / 1e6;

@@ -306,6 +306,7 @@ result<std::vector<device_work>> host_engine::begin_step(uint32_t step) {
   sent_.clear();
   step_writes_.clear();
   cur_ = step_report{};
+  step_device_energy_j_.clear();
   cur_.step = step;
   step_start_ns_ = clock_ns_;
   if (trace_) trace_->set_offset(-step_start_ns_);
@@ -477,6 +478,7 @@ std::vector<device_work> host_engine::copy_work() {
           tl_.expect(w.vt_arrival_ns, device_slot(w.device_id), link, dc.time_ns, reply);
           cur_.link_bytes += reply;
           cur_.energy_j += dc.energy_j;
+          step_device_energy_j_[w.device_id] += dc.energy_j;
           copied_bytes += bytes;
           pending_.emplace(w.tag, pending_item{r.request_id, layer, h, shard, purpose::steady_copy, link});
           work.push_back(std::move(w));
@@ -489,7 +491,7 @@ std::vector<device_work> host_engine::copy_work() {
     copy_engine_ns_ = tl_.receive() - clock_ns_;
     const op_cost hbm = costs_.gpu_hbm_write(copied_bytes);
     copy_hbm_write_ns_ = hbm.time_ns;
-    cur_.energy_j += hbm.energy_j;
+    charge_gpu(hbm);
     cur_.copy_bytes += uint64_t(copied_bytes);
   }
   return work;
@@ -612,7 +614,7 @@ uint64_t host_engine::attend_steady(const head_key& key, head_state& hs, uint64_
     op_cost ga = costs_.gpu_attention(gw.bytes, gw.flops);
     overlap_ns_ += ga.time_ns;
     cur_.gpu_attention_ns += ga.time_ns;
-    cur_.energy_j += ga.energy_j;
+    charge_gpu(ga);
     device_budget = budget_pages > ss.pages.size() ? budget_pages - ss.pages.size() : 0;
     excluded = &ss.pages;
     hs.pages.insert(hs.pages.end(), ss.pages.begin(), ss.pages.end());
@@ -644,7 +646,7 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
   }
   clock_ns_ = layer_t0(clock_ns_, dense, op_cost{});
   cur_.dense_ns += dense.time_ns;
-  cur_.energy_j += dense.energy_j;
+  charge_gpu(dense);
   tl_.begin(clock_ns_);
   round_start_ns_ = clock_ns_;
   last_reply_ns_ = clock_ns_;
@@ -734,7 +736,7 @@ status host_engine::layer_gpu_only(uint32_t layer) {
   if (trace_) trace_->set_layer(layer), trace_->gpu(trace_name::dense, clock_ns_, dense.time_ns);
   clock_ns_ = layer_t0(clock_ns_, dense, op_cost{});
   cur_.dense_ns += dense.time_ns;
-  cur_.energy_j += dense.energy_j;
+  charge_gpu(dense);
   tl_.begin(clock_ns_);
   round_start_ns_ = last_reply_ns_ = prefill_last_arrival_ns_ = clock_ns_;
   overlap_ns_ = 0;
@@ -786,7 +788,8 @@ status host_engine::layer_gpu_only(uint32_t layer) {
       const op_cost ga = costs_.gpu_attention(double(ans.bytes_scanned), ans.flops);
       gpu_.run(0, t0, append.time_ns);
       gpu_.run(0, t0, ga.time_ns);
-      cur_.energy_j += append.energy_j + ga.energy_j;
+      charge_gpu(append);
+      charge_gpu(ga);
       cur_.gpu_attention_ns += append.time_ns + ga.time_ns;
     }
   }
@@ -798,7 +801,7 @@ status host_engine::layer_gpu_only(uint32_t layer) {
       for (const device_work& w : writes)
         if (auto st = write_hbm(w); !st) return st;
       gpu_.run(0, t0, wr.time_ns);
-      cur_.energy_j += wr.energy_j;
+      charge_gpu(wr);
       cur_.gpu_attention_ns += wr.time_ns;
     }
     if (layer == 0) cur_.prefill_tokens += c.tokens;
@@ -845,9 +848,11 @@ void host_engine::prompt_work(uint32_t layer, std::vector<device_work>& work) {
         dispatch(work[i], true, tl_.out_free_ns(link), link);
         prefill_last_arrival_ns_ = std::max(prefill_last_arrival_ns_, work[i].vt_arrival_ns);
         const double kv = costs_.kv_bytes(double(work[i].n_tokens));
-        cur_.energy_j += device_service_cost(costs_, cfg_.mode == run_mode::baseline ? device_op::expander
-                                                                                     : device_op::pnm,
-                                             kv).energy_j;
+        const double kv_j = device_service_cost(costs_, cfg_.mode == run_mode::baseline ? device_op::expander
+                                                                                         : device_op::pnm,
+                                                kv).energy_j;
+        cur_.energy_j += kv_j;
+        step_device_energy_j_[work[i].device_id] += kv_j;
       }
     }
     if (layer == 0) cur_.prefill_tokens += c.tokens;
@@ -911,7 +916,9 @@ void host_engine::baseline_summary_reads(const request_placement& pl, uint32_t k
     const uint64_t pages = (sh.tokens_held_at(sequence_tokens, ps) + ps - 1) / ps;
     const double bytes = double(pages) * costs_.summary_bytes_per_page(cfg_.summary_elem_bytes);
     const op_cost rd = device_service_cost(costs_, device_op::expander, bytes);
-    cur_.energy_j += rd.energy_j + costs_.gpu_hbm_write(bytes).energy_j;
+    cur_.energy_j += rd.energy_j;
+    step_device_energy_j_[sh.device_id] += rd.energy_j;
+    charge_gpu(costs_.gpu_hbm_write(bytes));
     cur_.device_bytes_scanned += uint64_t(bytes);
     const uint32_t link = link_of(pl, kv_head, i);
     const double arrival = tl_.send(link, clock_ns_, work::header_bytes);
@@ -946,7 +953,7 @@ status host_engine::finish_baseline_scoring() {
     const uint64_t total_pages = (spec(request_id).context_tokens + decoded(request_id) + 1 + ps - 1) / ps;
     const work::query_work sw = work::gpu_score_work(costs_, total_pages, cfg_.heads_scored, cfg_.summary_elem_bytes);
     const op_cost sc = costs_.gpu_attention(cfg_.summaries_resident ? sw.bytes : 0, sw.flops);
-    cur_.energy_j += sc.energy_j;
+    charge_gpu(sc);
     cur_.gpu_attention_ns += sc.time_ns;
     gpu_.run(0, in, sc.time_ns);
   }
@@ -1261,6 +1268,7 @@ result<std::vector<device_work>> host_engine::on_reply_impl(const device_reply& 
   auto device_done = [&](uint64_t bytes_back, const op_cost& dc) {
     cur_.link_bytes += bytes_back;
     cur_.energy_j += dc.energy_j;
+    step_device_energy_j_[r.device_id] += dc.energy_j;
     double& busy = device_busy_ns_[r.device_id];
     busy += dc.time_ns;
     round_device_ns_ = std::max(round_device_ns_, busy);
@@ -1324,7 +1332,7 @@ result<std::vector<device_work>> host_engine::on_reply_impl(const device_reply& 
       cur_.device_bytes_scanned += payload;  // what the expander read
       // The pages land in HBM; the GPU attends the head's pages once every recall is in
       // (finish_layer).
-      cur_.energy_j += costs_.gpu_hbm_write(costs_.kv_bytes(double(tokens))).energy_j;
+      charge_gpu(costs_.gpu_hbm_write(costs_.kv_bytes(double(tokens))));
       break;
     }
   }
@@ -1351,7 +1359,7 @@ status host_engine::finish_layer() {
       const head_state& hs = heads_.at(key);
       const work::query_work aw = work::gpu_attend_work(costs_, double(hs.recalled_tokens + hs.cached_tokens));
       const op_cost ga = costs_.gpu_attention(aw.bytes, aw.flops);
-      cur_.energy_j += ga.energy_j;
+      charge_gpu(ga);
       cur_.gpu_attention_ns += ga.time_ns;
       gpu_.run(0, in, ga.time_ns);
     }
@@ -1369,7 +1377,7 @@ status host_engine::finish_layer() {
     if (!hbm_) {  // gpu-only: one partial, nothing to merge
       op_cost mc = costs_.gpu_merge(static_cast<uint32_t>(ptrs.size()), group);
       merge_ns += mc.time_ns;
-      cur_.energy_j += mc.energy_j;
+      charge_gpu(mc);
     }
     fnv1a(digest_, hs.merged.o.data(), hs.merged.o.size() * sizeof(float));
     fnv1a(digest_, hs.merged.lse.data(), hs.merged.lse.size() * sizeof(float));
@@ -1508,7 +1516,8 @@ void host_engine::finish_timed_phase() {
   for (const prefill_chunk& c : step_prefill_) tokens += c.completes;
   const op_cost lm = tokens ? costs_.gpu_lm_head(static_cast<uint32_t>(tokens)) : op_cost{};
   for (double* x : {&cur_.dense_ns, &cur_.link_ns, &cur_.device_ns, &cur_.gpu_attention_ns,
-                    &cur_.merge_ns, &cur_.copy_ns, &cur_.copy_hidden_ns, &cur_.energy_j})
+                    &cur_.merge_ns, &cur_.copy_ns, &cur_.copy_hidden_ns, &cur_.energy_j, &cur_.gpu_energy_j,
+                    &cur_.gpu_hbm_bytes})
     *x *= scale;
   for (uint64_t* x : {&cur_.link_bytes, &cur_.device_bytes_scanned, &cur_.steady_pages,
                       &cur_.steady_hits, &cur_.selected_pages, &cur_.copy_bytes})
@@ -1517,8 +1526,11 @@ void host_engine::finish_timed_phase() {
     trace_->gpu(trace_name::other_layers, clock_ns_, live_ns * (scale - 1));
     trace_->gpu(trace_name::lm_head, clock_ns_ + live_ns * (scale - 1), lm.time_ns);
   }
+  for (const auto& [device, j] : step_device_energy_j_)
+    cur_.device_energy_j_max = std::max(cur_.device_energy_j_max, j * scale);
+  step_device_energy_j_.clear();
   cur_.lm_head_ns = lm.time_ns;
-  cur_.energy_j += lm.energy_j;
+  charge_gpu(lm);
   cur_.virtual_ns = live_ns * scale + lm.time_ns;
   cur_.tokens = tokens;
   cur_.decode_batch = static_cast<uint32_t>(step_decoding_.size());

@@ -160,6 +160,9 @@ struct step_report {
          lm_head_ns = 0, copy_ns = 0;  // copy_ns: steady copies the windows did not hide
   double copy_hidden_ns = 0;       // png-kv: steady-copy time hidden in the dense-layer windows
   double energy_j = 0;             // dynamic energy of the whole step (all layers)
+  double gpu_energy_j = 0;         // the GPU's share of energy_j
+  double gpu_hbm_bytes = 0;        // HBM bytes behind it (the all-in figure's)
+  double device_energy_j_max = 0;  // dynamic energy of the device that spent the most
   uint64_t link_bytes = 0;         // both directions, all layers
   uint64_t device_bytes_scanned = 0;  // all layers
   uint64_t steady_pages = 0;       // held on the GPU (png-kv), all layers
@@ -352,6 +355,12 @@ class host_engine {
   status finish_layer();
   status apply_copies();
   void finish_timed_phase();
+  // A GPU operation's energy, with its HBM bytes for the all-in figure.
+  void charge_gpu(const op_cost& op) {
+    cur_.energy_j += op.energy_j;
+    cur_.gpu_energy_j += op.energy_j;
+    cur_.gpu_hbm_bytes += op.hbm_bytes;
+  }
   status finish_verification();
   result<std::vector<device_work>> advance();  // runs the step on while nothing is pending
   bool layer_has_two_rounds(uint32_t layer) const;
@@ -435,6 +444,7 @@ class host_engine {
   double copy_engine_ns_ = 0, copy_hbm_write_ns_ = 0;
   double round_device_ns_ = 0;    // busiest device's work in this round (report breakdown)
   std::map<uint32_t, double> device_busy_ns_;
+  std::map<uint32_t, double> step_device_energy_j_;  // this step's, per device (power report)
   step_report cur_{}, last_step_{};
   timeline_trace* trace_ = nullptr;
   accuracy_accumulator accuracy_;

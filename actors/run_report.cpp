@@ -62,6 +62,15 @@ std::string run_report::to_json() const {
                   {"energy_j_per_token", num(virtual_energy_j_per_token)},
                   {"tokens_per_dollar", num(virtual_tokens_per_dollar)},
                   {"power_w", num(virtual_power_w)},
+                  {"energy_all_in_j_per_token", num(virtual_energy_all_in_j_per_token)},
+                  {"power_all_in_w", num(virtual_power_all_in_w)},
+                  {"tokens_per_dollar_all_in", num(virtual_tokens_per_dollar_all_in)},
+                  {"host_switch_power_w", num(virtual_host_switch_power_w)},
+                  {"gpu_power_peak_w", num(gpu_power_peak_w)},
+                  {"gpu_all_in_power_peak_w", num(gpu_all_in_power_peak_w)},
+                  {"device_power_peak_w", num(device_power_peak_w)},
+                  {"gpu_tdp_w", num(gpu_tdp_w)},
+                  {"device_power_rating_w", num(device_power_rating_w)},
                   {"link_bytes_per_step", virtual_link_bytes_per_step},
                   {"device_bytes_per_step", virtual_device_bytes_per_step},
                   {"prefill_link_ms", num(prefill_link_ms)},
@@ -229,6 +238,15 @@ void read_virtual(const nlohmann::json& j, run_report& r) {
   r.virtual_energy_j_per_token = get_num(j, "virtual", "energy_j_per_token");
   r.virtual_tokens_per_dollar = get_num(j, "virtual", "tokens_per_dollar");
   r.virtual_power_w = get_num(j, "virtual", "power_w");
+  r.virtual_energy_all_in_j_per_token = get_num(j, "virtual", "energy_all_in_j_per_token");
+  r.virtual_power_all_in_w = get_num(j, "virtual", "power_all_in_w");
+  r.virtual_tokens_per_dollar_all_in = get_num(j, "virtual", "tokens_per_dollar_all_in");
+  r.virtual_host_switch_power_w = get_num(j, "virtual", "host_switch_power_w");
+  r.gpu_power_peak_w = get_num(j, "virtual", "gpu_power_peak_w");
+  r.gpu_all_in_power_peak_w = get_num(j, "virtual", "gpu_all_in_power_peak_w");
+  r.device_power_peak_w = get_num(j, "virtual", "device_power_peak_w");
+  r.gpu_tdp_w = get_num(j, "virtual", "gpu_tdp_w");
+  r.device_power_rating_w = get_num(j, "virtual", "device_power_rating_w");
   r.prefill_link_ms = get_num(j, "virtual", "prefill_link_ms");
   if (j.contains("virtual")) {
     const auto& v = j["virtual"];
@@ -461,8 +479,18 @@ void run_report::table_virtual_time(table& t) const {
                                       f("%.3f ms", breakdown_merge_ms));
   row("  steady copies / lm head", f("%.3f", breakdown_copy_ms) + " / " + f("%.3f ms", breakdown_lm_head_ms));
   row("throughput", f("%.1f tokens/s", virtual_tokens_per_s));
-  row("energy", f("%.4f J/token", virtual_energy_j_per_token) + f(" (%.0f W average)", virtual_power_w));
-  row("cost efficiency", f("%.3e tokens/$", virtual_tokens_per_dollar));
+  row("energy: component-level", f("%.4f J/token", virtual_energy_j_per_token) + f(" (%.0f W average)", virtual_power_w));
+  row("energy: all-in", f("%.4f J/token", virtual_energy_all_in_j_per_token) +
+                            f(" (%.0f W average, ", virtual_power_all_in_w) +
+                            f("host + switch %.0f W)", virtual_host_switch_power_w));
+  row("peak power: gpu / all-in", f("%.1f", gpu_power_peak_w) + " / " + f("%.1f W", gpu_all_in_power_peak_w) +
+                                      f(" of gpu.tdp_w = %.0f W", gpu_tdp_w));
+  row(mode == to_string(run_mode::baseline) ? "peak power: busiest expander" : "peak power: busiest device",
+      f("%.1f W", device_power_peak_w) +
+          f(mode == to_string(run_mode::baseline) ? " of expander.power_w = %.0f W" : " of pnm_device.power_w = %.0f W",
+            device_power_rating_w));
+  row("cost efficiency", f("%.3e tokens/$", virtual_tokens_per_dollar) +
+                             f(" (all-in power: %.3e)", virtual_tokens_per_dollar_all_in));
   row("link bytes per step", bytes_h(double(virtual_link_bytes_per_step)));
   if (mode == to_string(run_mode::png_kv))
     row("steady hit rate / copies per step",

@@ -47,6 +47,13 @@ struct run_report {
   double virtual_energy_j_per_token = 0;
   double virtual_tokens_per_dollar = 0;
   double virtual_power_w = 0;
+  // All-in (docs/HARDWARE.md §6a): GPU HBM at the measured all-in pJ/bit, host server and
+  // CXL switch static power; tokens per dollar at that power too.
+  double virtual_energy_all_in_j_per_token = 0, virtual_power_all_in_w = 0,
+         virtual_tokens_per_dollar_all_in = 0, virtual_host_switch_power_w = 0;
+  // Highest modelled power over a step (GPU, GPU all-in, busiest device) and the ratings.
+  double gpu_power_peak_w = 0, gpu_all_in_power_peak_w = 0, device_power_peak_w = 0, gpu_tdp_w = 0,
+         device_power_rating_w = 0;
   uint64_t virtual_link_bytes_per_step = 0;
   uint64_t virtual_device_bytes_per_step = 0;
   double breakdown_dense_ms = 0, breakdown_link_ms = 0, breakdown_device_ms = 0,

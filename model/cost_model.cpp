@@ -3,6 +3,7 @@
 #include "model/cost_model.hpp"
 
 #include <algorithm>
+#include <cstdio>
 
 #include "core/check.hpp"
 
@@ -62,7 +63,8 @@ op_cost cost_model::gpu_dense_layer(uint32_t batch, uint32_t tp) const {
   double cmp_ns = flops / (g.bf16_tflops * 1e3 * g.compute_efficiency);
   return {std::max(mem_ns, cmp_ns),
           (bits(weight_bytes + act_bytes) * hw_.energy.hbm_pj_per_bit +
-           flops * hw_.energy.gpu_pj_per_flop) * joules_per_pj * tp};
+           flops * hw_.energy.gpu_pj_per_flop) * joules_per_pj * tp,
+          (weight_bytes + act_bytes) * tp};
 }
 
 op_cost cost_model::gpu_lm_head(uint32_t batch, uint32_t tp) const {
@@ -75,7 +77,8 @@ op_cost cost_model::gpu_lm_head(uint32_t batch, uint32_t tp) const {
   double cmp_ns = flops / (g.bf16_tflops * 1e3 * g.compute_efficiency);
   return {std::max(mem_ns, cmp_ns),
           (bits(weight_bytes) * hw_.energy.hbm_pj_per_bit + flops * hw_.energy.gpu_pj_per_flop) *
-              joules_per_pj * tp};
+              joules_per_pj * tp,
+          weight_bytes * tp};
 }
 
 op_cost cost_model::gpu_attention(double kv_bytes, double flops) const {
@@ -84,7 +87,8 @@ op_cost cost_model::gpu_attention(double kv_bytes, double flops) const {
   double cmp_ns = flops / (g.bf16_tflops * 1e3 * g.compute_efficiency);
   return {std::max(mem_ns, cmp_ns),
           (bits(kv_bytes) * hw_.energy.hbm_pj_per_bit + flops * hw_.energy.gpu_pj_per_flop) *
-              joules_per_pj};
+              joules_per_pj,
+          kv_bytes};
 }
 
 op_cost cost_model::gpu_merge(uint32_t n_partials, uint32_t group) const {
@@ -96,12 +100,58 @@ op_cost cost_model::gpu_merge(uint32_t n_partials, uint32_t group) const {
 op_cost cost_model::gpu_hbm_write(double bytes) const {
   const auto& g = hw_.gpu;
   return {bytes / (g.memory_bw_gbps * g.memory_bw_efficiency),
-          bits(bytes) * hw_.energy.hbm_pj_per_bit * joules_per_pj};
+          bits(bytes) * hw_.energy.hbm_pj_per_bit * joules_per_pj, bytes};
 }
 
 double cost_model::static_power_w(uint32_t gpus, uint32_t pnm_devices, uint32_t expanders) const {
   return gpus * hw_.energy.gpu_idle_power_w + pnm_devices * hw_.pnm.idle_power_w +
          expanders * hw_.expander.idle_power_w;
+}
+
+double cost_model::gpu_all_in_extra_j(double hbm_bytes) const {
+  PNMKV_CHECK_GE(hbm_bytes, 0.0);
+  return bits(hbm_bytes) * (hw_.energy.gpu_all_in_pj_per_bit - hw_.energy.hbm_pj_per_bit) * joules_per_pj;
+}
+
+double cost_model::host_switch_power_w(uint32_t gpus, uint32_t devices) const {
+  const double ports = hw_.cxl.switch_hops > 0 ? gpus * hw_.cxl.host_links + devices : 0;
+  return gpus * hw_.host.power_w + ports * hw_.switch_power_w_per_port;
+}
+
+step_power_w cost_model::power_over_step(double step_ns, double gpu_dynamic_j, double gpu_hbm_bytes,
+                                          uint32_t gpus, double device_dynamic_j_max, bool passive_expander) const {
+  PNMKV_CHECK_GE(gpus, 1u);
+  step_power_w p;
+  if (step_ns <= 0) return p;
+  const double s = step_ns * 1e-9;
+  p.gpu = hw_.energy.gpu_idle_power_w + gpu_dynamic_j / gpus / s;
+  p.gpu_all_in = p.gpu + gpu_all_in_extra_j(gpu_hbm_bytes) / gpus / s;
+  const double idle = passive_expander ? hw_.expander.idle_power_w : hw_.pnm.idle_power_w;
+  p.device = idle + device_dynamic_j_max / s;
+  return p;
+}
+
+std::vector<rated_power> cost_model::peak_power_vs_rating(const step_power_w& peak, bool passive_expander) const {
+  std::vector<rated_power> out;
+  out.push_back({"gpu", "gpu.tdp_w", hw_.gpu.tdp_w, peak.gpu, "component-level"});
+  out.push_back({"gpu (all-in)", "gpu.tdp_w", hw_.gpu.tdp_w, peak.gpu_all_in,
+                 "HBM at energy.gpu_all_in_pj_per_bit; informative"});
+  if (passive_expander)
+    out.push_back({"expander", "expander.power_w", hw_.expander.power_w, peak.device, "busiest expander"});
+  else
+    out.push_back({"pnm_device", "pnm_device.power_w", hw_.pnm.power_w, peak.device, "busiest device"});
+  return out;
+}
+
+status cost_model::check_peak_power(const step_power_w& peak, bool passive_expander) const {
+  for (const rated_power& r : peak_power_vs_rating(peak, passive_expander)) {
+    if (r.component == "gpu (all-in)" || r.peak_w <= r.rating_w) continue;
+    char line[256];
+    std::snprintf(line, sizeof line, "%s: modelled power %.1f W (%s) over a step is above its rating %s = %.1f W",
+                  r.component.c_str(), r.peak_w, r.peak_terms.c_str(), r.rating_key.c_str(), r.rating_w);
+    return {errc::invalid_argument, line};
+  }
+  return {};
 }
 
 double cost_model::capital_usd(uint32_t gpus, uint32_t pnm_devices, uint32_t expanders) const {

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "model/hardware.hpp"
 #include "model/model_shape.hpp"
@@ -15,16 +16,33 @@ namespace pnmkv {
 struct op_cost {
   double time_ns = 0;
   double energy_j = 0;
+  // GPU HBM bytes the operation moved (every GPU of a tensor-parallel group; 0 off the GPU):
+  // what the all-in energy figure charges at energy.gpu_all_in_pj_per_bit.
+  double hbm_bytes = 0;
 
   op_cost& operator+=(const op_cost& o) {
     time_ns += o.time_ns;
     energy_j += o.energy_j;
+    hbm_bytes += o.hbm_bytes;
     return *this;
   }
 };
 
 // Where a device's memory traffic goes.
 enum class memory_kind { hbm, pnm_lpddr, expander_ddr };
+
+// Modelled power of each part over one step (docs/HARDWARE.md §6a): a GPU's share of the
+// GPUs' dynamic energy over the step plus its idle power, component-level and all-in; the
+// dynamic energy of the memory device that spent the most over the step plus its idle
+// power. Peaks are the highest over the steps of a run.
+struct step_power_w {
+  double gpu = 0, gpu_all_in = 0, device = 0;
+  void max_with(const step_power_w& o) {
+    gpu = gpu > o.gpu ? gpu : o.gpu;
+    gpu_all_in = gpu_all_in > o.gpu_all_in ? gpu_all_in : o.gpu_all_in;
+    device = device > o.device ? device : o.device;
+  }
+};
 
 class cost_model {
  public:
@@ -84,6 +102,20 @@ class cost_model {
   // --- power and money ----------------------------------------------------------------
   // Idle (static) power of the parts, charged for elapsed time.
   double static_power_w(uint32_t gpus, uint32_t pnm_devices, uint32_t expanders) const;
+  // All-in figure (docs/HARDWARE.md §6a): what the GPU's HBM bytes cost on top of the
+  // component-level charge when streamed at energy.gpu_all_in_pj_per_bit instead of
+  // energy.hbm_pj_per_bit, and the static power of the host server (host.power_w per GPU)
+  // and of the CXL switch (per x16 port in use: each GPU's host links and each device).
+  double gpu_all_in_extra_j(double hbm_bytes) const;
+  double host_switch_power_w(uint32_t gpus, uint32_t devices) const;
+  step_power_w power_over_step(double step_ns, double gpu_dynamic_j, double gpu_hbm_bytes, uint32_t gpus,
+                               double device_dynamic_j_max, bool passive_expander) const;
+  // The run's peak power of each part next to its rating (rated_power::peak_w is the
+  // modelled peak; the all-in GPU row is informative).
+  std::vector<rated_power> peak_power_vs_rating(const step_power_w& peak, bool passive_expander) const;
+  // An error naming the part, its modelled peak and its rating when a component-level peak
+  // is above the rating (the all-in GPU row is not checked: docs/HARDWARE.md §6a).
+  status check_peak_power(const step_power_w& peak, bool passive_expander) const;
   // Capital of the parts in USD (GPUs with their host share, devices, expanders).
   double capital_usd(uint32_t gpus, uint32_t pnm_devices, uint32_t expanders) const;
   // Tokens per dollar over the amortisation period: tokens produced over it divided by

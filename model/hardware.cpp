@@ -5,6 +5,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <set>
@@ -62,6 +63,9 @@ const std::vector<binding>& bindings() {
       PNMKV_FIG("energy.hbm_pj_per_bit", energy.hbm_pj_per_bit, 0, 1e3),
       PNMKV_FIG("energy.gpu_pj_per_flop", energy.gpu_pj_per_flop, 0, 1e3),
       PNMKV_FIG("energy.gpu_idle_power_w", energy.gpu_idle_power_w, 0, 1e5),
+      PNMKV_FIG("energy.gpu_all_in_pj_per_bit", energy.gpu_all_in_pj_per_bit, 0, 1e3),
+      PNMKV_FIG("host.power_w", host.power_w, 0, 1e5),
+      PNMKV_FIG("cxl.switch_power_w_per_port", switch_power_w_per_port, 0, 1e4),
       PNMKV_FIG("cost.electricity_usd_per_kwh", cost.electricity_usd_per_kwh, 0, 100),
       PNMKV_FIG("cost.pue", cost.pue, 1, 10),
       PNMKV_FIG("cost.amortisation_years", cost.amortisation_years, 0.1, 50),
@@ -71,6 +75,45 @@ const std::vector<binding>& bindings() {
 #undef PNMKV_FIG
 
 const char* const textual_keys[] = {"gpu.model"};
+// Figures a file may leave out: 0 then, i.e. not charged (docs/HARDWARE.md §6a).
+const char* const optional_keys[] = {"host.power_w", "cxl.switch_power_w_per_port"};
+
+bool is_optional(const std::string& key) {
+  for (const char* k : optional_keys)
+    if (key == k) return true;
+  return false;
+}
+
+std::string watts(double w) {
+  std::ostringstream os;
+  os.precision(4);
+  os << w << " W";
+  return os.str();
+}
+
+// A figure above its rating is an error naming both keys and values.
+status check_power_ratings(const hardware_spec& hw) {
+  auto where = "hardware file '" + hw.file + "': ";
+  struct idle_rating {
+    const char* idle_key;
+    double idle_w;
+    const char* rating_key;
+    double rating_w;
+  } idles[] = {{"energy.gpu_idle_power_w", hw.energy.gpu_idle_power_w, "gpu.tdp_w", hw.gpu.tdp_w},
+               {"pnm_device.idle_power_w", hw.pnm.idle_power_w, "pnm_device.power_w", hw.pnm.power_w},
+               {"expander.idle_power_w", hw.expander.idle_power_w, "expander.power_w", hw.expander.power_w}};
+  for (const auto& i : idles)
+    if (i.idle_w > i.rating_w)
+      return {errc::invalid_argument, where + i.idle_key + " = " + watts(i.idle_w) +
+                                          " is above the rating " + i.rating_key + " = " + watts(i.rating_w)};
+  for (const rated_power& r : rated_power_peaks(hw))
+    if (r.peak_w > r.rating_w)
+      return {errc::invalid_argument,
+              where + r.component + " at full rate draws " + watts(r.peak_w) + " (" + r.peak_terms +
+                  "), above its rating " + r.rating_key + " = " + watts(r.rating_w) +
+                  "; a figure is wrong: change the one with the weaker source (docs/HARDWARE.md §6a)"};
+  return {};
+}
 
 status parse_figure(const std::string& file, const std::string& key, const YAML::Node& node,
                     bool textual, figure& out) {
@@ -103,6 +146,46 @@ status parse_figure(const std::string& file, const std::string& key, const YAML:
 }
 
 }  // namespace
+
+// GB/s × 8 bit × pJ/bit = mW: × 1e-3 gives W; TFLOP/s × pJ/flop = W.
+std::vector<rated_power> rated_power_peaks(const hardware_spec& hw) {
+  auto mem_w = [](double gbps, double pj_per_bit) { return gbps * 8.0 * pj_per_bit * 1e-3; };
+  auto term = [](const char* what, double w) { return watts(w) + " " + what; };
+  std::vector<rated_power> out;
+  {
+    const double idle = hw.energy.gpu_idle_power_w, m = mem_w(hw.gpu.memory_bw_gbps, hw.energy.hbm_pj_per_bit),
+                 f = hw.gpu.bf16_tflops * hw.energy.gpu_pj_per_flop;
+    out.push_back({"gpu", "gpu.tdp_w", hw.gpu.tdp_w, idle + m + f,
+                   term("idle", idle) + " + " + term("HBM at gpu.memory_bw_gbps", m) + " + " +
+                       term("bf16 at gpu.bf16_tflops", f)});
+    // The measured all-in figure covers streaming (the SMs that stream included), not
+    // arithmetic at full rate: checked streaming alone.
+    const double a = mem_w(hw.gpu.memory_bw_gbps, hw.energy.gpu_all_in_pj_per_bit);
+    out.push_back({"gpu (all-in streaming)", "gpu.tdp_w", hw.gpu.tdp_w, idle + a,
+                   term("idle", idle) + " + " + term("HBM at gpu.memory_bw_gbps x energy.gpu_all_in_pj_per_bit", a)});
+  }
+  {
+    const double idle = hw.pnm.idle_power_w, m = mem_w(hw.pnm.internal_bw_gbps, hw.pnm.memory_pj_per_bit),
+                 f = hw.pnm.compute_tflops * hw.pnm.pj_per_flop;
+    out.push_back({"pnm_device", "pnm_device.power_w", hw.pnm.power_w, idle + m + f,
+                   term("idle", idle) + " + " + term("LPDDR5X at pnm_device.internal_bw_gbps", m) + " + " +
+                       term("compute at pnm_device.compute_tflops", f)});
+  }
+  {
+    // A passive expander reads only what it sends: every byte leaves over its own x16
+    // link, so it sustains at most the link's effective rate.
+    const double link_gbps = hw.cxl.link_bw_gbps_per_direction * hw.cxl.link_efficiency;
+    const double gbps = std::min(hw.expander.internal_bw_gbps, link_gbps);
+    const double idle = hw.expander.idle_power_w, m = mem_w(gbps, hw.expander.memory_pj_per_bit);
+    out.push_back({"expander", "expander.power_w", hw.expander.power_w, idle + m,
+                   term("idle", idle) + " + " +
+                       term(gbps < hw.expander.internal_bw_gbps
+                                ? "DDR at the link's effective rate (cxl.link_bw_gbps_per_direction x cxl.link_efficiency)"
+                                : "DDR at expander.internal_bw_gbps",
+                            m)});
+  }
+  return out;
+}
 
 result<hardware_spec> load_hardware(const std::string& file) {
   hardware_spec hw;
@@ -166,12 +249,13 @@ result<hardware_spec> load_hardware(const std::string& file) {
       }
     }
     for (const auto& k : known)
-      if (!seen.count(k))
+      if (!seen.count(k) && !is_optional(k))
         return status{errc::invalid_argument,
                       "hardware file '" + file + "': missing figure '" + k + "'"};
   } catch (const std::exception& e) {
     return status{errc::parse, "hardware file '" + file + "': " + e.what()};
   }
+  if (auto st = check_power_ratings(hw); !st) return st;
   return hw;
 }
 

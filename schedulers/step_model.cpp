@@ -66,20 +66,20 @@ step_breakdown step_breakdown::scaled(double f) const {
 step_energy& step_energy::operator+=(const step_energy& o) {
   gpu_dense_j += o.gpu_dense_j, allreduce_j += o.allreduce_j, lm_head_j += o.lm_head_j;
   gpu_attention_j += o.gpu_attention_j, merge_j += o.merge_j, device_j += o.device_j;
-  link_j += o.link_j, hbm_write_j += o.hbm_write_j;
+  link_j += o.link_j, hbm_write_j += o.hbm_write_j, gpu_hbm_bytes += o.gpu_hbm_bytes;
   return *this;
 }
 
 step_energy step_energy::scaled(double f) const {
   step_energy e = *this;
   for (double* x : {&e.gpu_dense_j, &e.allreduce_j, &e.lm_head_j, &e.gpu_attention_j,
-                    &e.merge_j, &e.device_j, &e.link_j, &e.hbm_write_j})
+                    &e.merge_j, &e.device_j, &e.link_j, &e.hbm_write_j, &e.gpu_hbm_bytes})
     *x *= f;
   return e;
 }
 
 step_model::step_model(std::shared_ptr<const step_setup> setup)
-    : s_(std::move(setup)), c_(*s_->costs), tl_(c_, s_->host_links, s_->devices) {}
+    : s_(std::move(setup)), c_(*s_->costs), tl_(c_, s_->host_links, s_->devices), device_energy_j_(s_->devices, 0) {}
 
 void step_model::set_trace(timeline_trace* trace) {
   tr_ = trace;
@@ -99,7 +99,11 @@ uint32_t step_model::link_of(uint32_t kv_head, uint32_t shard_j, uint32_t shards
   return host_link_of(s_->host_links, s_->model.kv_heads, kv_head, shard_j, shards);
 }
 
-void step_model::close_layer(layer_result& lr) const {
+void step_model::close_layer(layer_result& lr) {
+  for (double& e : device_energy_j_) {
+    lr.device_energy_j_max = std::max(lr.device_energy_j_max, e);
+    e = 0;
+  }
   lr.link_bytes = tl_.link_bytes();
   lr.device_busy_ns_max = tl_.device_busy_max_ns();
   if (s_->charge_link_energy) lr.energy.link_j = c_.link_transfer(lr.link_bytes).energy_j;
@@ -127,8 +131,9 @@ void step_model::send_prefill(const std::vector<const prefill_piece*>& prefill, 
         for (uint32_t k = 0; k < copies; ++k)
           last_arrival_ns = std::max(last_arrival_ns,
                                      tl_.send(l, tl_.out_free_ns(l), work::prefill_wire_bytes(m, end - from)));
-        const double kv = c_.kv_bytes(double(end - from)) * copies;
-        lr.energy.device_j += device_service_cost(c_, op, kv).energy_j;
+        const double kv_j = device_service_cost(c_, op, c_.kv_bytes(double(end - from))).energy_j;
+        charge_device(sh.device_id, kv_j, lr);
+        for (uint32_t d : sh.replica_device_ids) charge_device(d, kv_j, lr);
         from = end;
       }
     }
@@ -180,7 +185,7 @@ void step_model::pnm_round_a(const step_request& r, uint32_t ri, pnm_layer& L, l
       }
       const uint64_t excluded = L.png ? work::local_budget_pages(steady_r, s, j) : 0;
       const op_cost cost = device_service_cost(c_, device_op::pnm, w.bytes, w.flops);
-      lr.energy.device_j += cost.energy_j;
+      charge_device(sh.device_id, cost.energy_j, lr);
       lr.device_bytes += w.bytes;
       const uint32_t l = link_of(h, j, s);
       const double arrival = tl_.send(l, L.t0, work::query_wire_bytes(m, excluded));
@@ -191,11 +196,11 @@ void step_model::pnm_round_a(const step_request& r, uint32_t ri, pnm_layer& L, l
       const work::query_work gw = work::gpu_attend_work(c_, double(gpu_pages_r * ps));
       const op_cost ga = c_.gpu_attention(gw.bytes, gw.flops);
       L.gpu_attn_ns += ga.time_ns;
-      lr.energy.gpu_attention_j += ga.energy_j;
+      lr.energy.add_gpu(&step_energy::gpu_attention_j, ga);
     }
     const op_cost mc = c_.gpu_merge(s + (L.png ? 1 : 0), group);
     L.merge_ns += mc.time_ns;
-    lr.energy.merge_j += mc.energy_j;
+    lr.energy.add_gpu(&step_energy::merge_j, mc);
   }
 }
 
@@ -222,7 +227,7 @@ void step_model::pnm_round_b(const pnm_layer& L, double tb, layer_result& lr) {
       const double tokens_j = std::round(tokens_per_page * double(pages_on[j]));
       const double bytes = c_.kv_bytes(tokens_j);
       const op_cost cost = device_service_cost(c_, device_op::pnm, bytes, c_.attend_flops(tokens_j, group));
-      lr.energy.device_j += cost.energy_j;
+      charge_device(sh.device_id, cost.energy_j, lr);
       lr.device_bytes += bytes;
       const uint32_t l = link_of(rb.kv_head, j, s);
       const double arrival = tl_.send(l, tb, work::query_wire_bytes(m, 0) + 4ull * pages_on[j]);
@@ -290,7 +295,7 @@ step_model::layer_result step_model::layer_pnm(const std::vector<const step_requ
   }
   lr.crit.link_ns += prefill_extra;
   lr.crit.merge_ns = M;
-  lr.energy.gpu_dense_j = dense.energy_j;
+  lr.energy.add_gpu(&step_energy::gpu_dense_j, dense);
   lr.energy.allreduce_j = 2.0 * ar.energy_j;
   close_layer(lr);
   return lr;
@@ -321,7 +326,7 @@ bool step_model::baseline_appends_and_summaries(const std::vector<const step_req
         tl_.send(link_of(h, j_last, s), t0, append_bytes);
       const work::query_work sw = work::gpu_score_work(c_, total_pages, S.heads_scored, S.summary_elem_bytes);
       const op_cost sc = c_.gpu_attention(r->summaries_resident ? sw.bytes : 0, sw.flops);
-      lr.energy.gpu_attention_j += sc.energy_j;
+      lr.energy.add_gpu(&step_energy::gpu_attention_j, sc);
       const uint32_t slot_index = uint32_t(slots.size());
       slots.push_back({uint32_t(uint64_t(h) * ranks / H), ri, h, t0, sc.time_ns, 0});
       if (r->summaries_resident) continue;
@@ -331,9 +336,9 @@ bool step_model::baseline_appends_and_summaries(const std::vector<const step_req
         const uint64_t pages_j = (sh.tokens_held_at(seq_after, ps) + ps - 1) / ps;
         const double bytes = double(pages_j) * c_.summary_bytes_per_page(S.summary_elem_bytes);
         const op_cost rd = device_service_cost(c_, device_op::expander, bytes);
-        lr.energy.device_j += rd.energy_j;
+        charge_device(sh.device_id, rd.energy_j, lr);
         lr.device_bytes += bytes;
-        lr.energy.hbm_write_j += c_.gpu_hbm_write(bytes).energy_j;
+        lr.energy.add_gpu(&step_energy::hbm_write_j, c_.gpu_hbm_write(bytes));
         const uint32_t l = link_of(h, j, s);
         const double arrival = tl_.send(l, t0, work::header_bytes);
         tl_.expect(arrival, sh.device_id, l, rd.time_ns,
@@ -383,9 +388,9 @@ void step_model::baseline_recalls(const std::vector<const step_request*>& reqs,
       const uint64_t tokens_j = uint64_t(std::llround(tokens_per_page * double(pages_on[j])));
       const double bytes = c_.kv_bytes(double(tokens_j));
       const op_cost rd = device_service_cost(c_, device_op::expander, bytes);
-      lr.energy.device_j += rd.energy_j;
+      charge_device(sh.device_id, rd.energy_j, lr);
       lr.device_bytes += bytes;
-      lr.energy.hbm_write_j += c_.gpu_hbm_write(bytes).energy_j;
+      lr.energy.add_gpu(&step_energy::hbm_write_j, c_.gpu_hbm_write(bytes));
       const uint32_t l = link_of(sl.kv_head, j, s);
       const double arrival = tl_.send(l, sl.ready_ns, work::recall_request_wire_bytes(pages_on[j]));
       tl_.expect(arrival, sh.device_id, l, rd.time_ns, work::recall_reply_wire_bytes(m, tokens_j), i);
@@ -466,11 +471,11 @@ step_model::layer_result step_model::layer_baseline(const std::vector<const step
     const baseline_slot& sl = slots[i];
     const work::query_work aw = work::gpu_attend_work(c_, double(sl.sel_tokens));
     const op_cost ga = c_.gpu_attention(aw.bytes, aw.flops);
-    lr.energy.gpu_attention_j += ga.energy_j;
+    lr.energy.add_gpu(&step_energy::gpu_attention_j, ga);
     gpu.run(sl.rank, sl.ready_ns, ga.time_ns);
     const op_cost mc = c_.gpu_merge(reqs[sl.req]->placement->sequence_shards, m.gqa_group());
     merge_ns += mc.time_ns;
-    lr.energy.merge_j += mc.energy_j;
+    lr.energy.add_gpu(&step_energy::merge_j, mc);
   }
   const uint32_t crit = gpu.critical();
   const double M = merge_ns / ranks;
@@ -486,7 +491,7 @@ step_model::layer_result step_model::layer_baseline(const std::vector<const step
   lr.crit.merge_ns = M;
   add_wait(tl_.attribute_wait(end - M - t0 - gpu.busy(crit)), lr.crit);
   lr.crit.link_ns += prefill_extra;
-  lr.energy.gpu_dense_j = dense.energy_j;
+  lr.energy.add_gpu(&step_energy::gpu_dense_j, dense);
   lr.energy.allreduce_j = 2.0 * ar.energy_j;
   close_layer(lr);
   return lr;
@@ -568,7 +573,7 @@ step_model::layer_result step_model::steady_copies(const std::vector<step_reques
         const double pages_j = pages / s * m.layers;
         const double bytes = c_.kv_bytes(pages_j * ps);
         const op_cost rd = device_service_cost(c_, device_op::pnm, bytes, 0);
-        lr.energy.device_j += rd.energy_j;
+        charge_device(pl.shards[size_t(g) * s + j].device_id, rd.energy_j, lr);
         lr.device_bytes += bytes;
         copied_bytes += bytes;
         const uint32_t l = link_of(h, j, s);
@@ -586,7 +591,7 @@ step_model::layer_result step_model::steady_copies(const std::vector<step_reques
   const op_cost w = c_.gpu_hbm_write(copied_bytes);
   lr.time_ns = last;
   lr.hbm_write_ns = c_.gpu_hbm_write(copied_bytes / (double(S.attention_ranks) * S.pp)).time_ns;
-  lr.energy.hbm_write_j += w.energy_j;
+  lr.energy.add_gpu(&step_energy::hbm_write_j, w);
   close_layer(lr);
   return lr;
 }
@@ -633,6 +638,7 @@ step_result step_model::run(const std::vector<step_request>& decode,
     out.link_bytes += lr.link_bytes * L;
     out.device_bytes += lr.device_bytes * L;
     out.device_busy_ns_max += lr.device_busy_ns_max * L;
+    out.device_energy_j_max += lr.device_energy_j_max * L;
     out.link_busy_ns_max += lr.link_busy_ns_max * layers_per_stage;
     device_all_stages_ns += lr.device_busy_ns_max * L;
     // LM head (last stage) for the tokens that come out of this micro-batch.
@@ -644,7 +650,7 @@ step_result step_model::run(const std::vector<step_request>& decode,
       if (tr_) tr_->gpu(trace_name::lm_head, round_ns, lm.time_ns);
       round_ns += lm.time_ns;
       out.crit.lm_head_ns += lm.time_ns;
-      out.energy.lm_head_j += lm.energy_j;
+      out.energy.add_gpu(&step_energy::lm_head_j, lm);
     }
     if (pp > 1) {  // activations handed from stage to stage
       const op_cost hand = S.fabric.send(double(mbs[k].size() + (k == 0 ? out.prefill_tokens : 0)) *
@@ -667,6 +673,7 @@ step_result step_model::run(const std::vector<step_request>& decode,
     out.link_bytes += cp.link_bytes;
     out.device_bytes += cp.device_bytes;
     out.link_busy_ns_max += cp.link_busy_ns_max;
+    out.device_energy_j_max += cp.device_energy_j_max;
   }
   if (decode_latency_ns > round_ns) {  // fewer micro-batches than stages: the pipeline idles
     out.crit.queueing_ns += decode_latency_ns - round_ns;

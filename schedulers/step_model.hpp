@@ -78,9 +78,19 @@ struct step_breakdown {
 struct step_energy {
   double gpu_dense_j = 0, allreduce_j = 0, lm_head_j = 0, gpu_attention_j = 0, merge_j = 0,
          device_j = 0, link_j = 0, hbm_write_j = 0;
+  // Not an energy: the GPU HBM bytes behind the GPU's charges (every GPU), which the all-in
+  // figure charges at energy.gpu_all_in_pj_per_bit (cost_model::gpu_all_in_extra_j).
+  double gpu_hbm_bytes = 0;
   double sum() const {
     return gpu_dense_j + allreduce_j + lm_head_j + gpu_attention_j + merge_j + device_j +
            link_j + hbm_write_j;
+  }
+  // The GPUs' own dynamic energy (the NVLink all-reduces, the CXL links and the devices apart).
+  double gpu_j() const { return gpu_dense_j + lm_head_j + gpu_attention_j + merge_j + hbm_write_j; }
+  // Charges a GPU operation's energy to `field` and its HBM bytes.
+  void add_gpu(double step_energy::*field, const op_cost& op) {
+    this->*field += op.energy_j;
+    gpu_hbm_bytes += op.hbm_bytes;
   }
   step_energy& operator+=(const step_energy& o);
   step_energy scaled(double f) const;
@@ -94,6 +104,9 @@ struct step_result {
   // expanders read, busiest device's and busiest link direction's busy time.
   double link_bytes = 0, device_bytes = 0;
   double device_busy_ns_max = 0, link_busy_ns_max = 0;
+  // The dynamic energy of the device that spends the most in a layer, summed over the layers
+  // (and the steady copies): its power over the step (cost_model::power_over_step).
+  double device_energy_j_max = 0;
   uint32_t decode_tokens = 0;
   uint64_t prefill_tokens = 0;
   // png-kv: steady-page copy time hidden in the dense-layer windows (crit.copy_ns is what
@@ -124,6 +137,7 @@ class step_model {
     step_breakdown crit;
     step_energy energy;
     double link_bytes = 0, device_bytes = 0, device_busy_ns_max = 0, link_busy_ns_max = 0;
+    double device_energy_j_max = 0;
     double window_ns = 0;     // a layer: its dense-layer window (start to t0)
     double hbm_write_ns = 0;  // steady copies: their HBM writes (time_ns: the copy engine's)
   };
@@ -168,13 +182,20 @@ class step_model {
   void send_prefill(const std::vector<const prefill_piece*>& prefill, layer_result& lr,
                     double& last_arrival_ns);
   uint32_t link_of(uint32_t kv_head, uint32_t shard_j, uint32_t shards) const;
-  // The layer's bytes, device and link busy times and link energy, from the timeline.
-  void close_layer(layer_result& lr) const;
+  // The layer's bytes, device and link busy times and link energy, from the timeline; the
+  // most any device spent.
+  void close_layer(layer_result& lr);
+  // A device's dynamic energy: to the layer's and to the device's own.
+  void charge_device(uint32_t device, double energy_j, layer_result& lr) {
+    lr.energy.device_j += energy_j;
+    device_energy_j_[device] += energy_j;
+  }
 
   std::shared_ptr<const step_setup> s_;
   const cost_model& c_;
   layer_timeline tl_;
   timeline_trace* tr_ = nullptr;
+  std::vector<double> device_energy_j_;  // per device, this layer
 };
 
 }  // namespace pnmkv

@@ -252,6 +252,7 @@ class sim_driver {
   double link_bytes_sum_ = 0, device_bytes_sum_ = 0, dev_busy_ns_ = 0, link_busy_ns_ = 0;
   step_breakdown crit_sum_;
   step_energy energy_sum_;
+  step_power_w power_peak_;
   uint64_t tokens_out_ = 0;
   uint64_t total_work_ = 0, done_work_ = 0, reported_ = 0;
 
@@ -284,6 +285,7 @@ result<sim_result> sim_driver::run(std::chrono::steady_clock::time_point wall0) 
   }
   serve();
   totals();
+  if (status st = S_.costs->check_peak_power(power_peak_, S_.mode == run_mode::baseline); !st) return st;
   res_.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
   report_progress(true);
   return std::move(res_);
@@ -515,6 +517,8 @@ void sim_driver::step(const step_plan& plan) {
   const double dt = sr.time_ns * 1e-9;
   busy_s_ += dt;
   energy_sum_ += sr.energy;
+  power_peak_.max_with(S_.costs->power_over_step(sr.time_ns, sr.energy.gpu_j(), sr.energy.gpu_hbm_bytes, S_.gpus(),
+                                                 sr.device_energy_j_max, S_.mode == run_mode::baseline));
   if (!dec.empty()) {
     crit_sum_ += sr.crit;
     decode_time_s_ += dt;
@@ -588,6 +592,17 @@ void sim_driver::totals() {
   res_.power_w = elapsed > 0 ? energy / elapsed : 0;
   res_.capital_usd = S_.costs->capital_usd(S_.gpus(), S_.pnm_devices(), S_.expanders());
   res_.tokens_per_dollar = S_.costs->tokens_per_dollar(res_.tokens_per_s, res_.power_w, res_.capital_usd);
+  // All-in (docs/HARDWARE.md §6a).
+  const double extra_j = S_.costs->gpu_all_in_extra_j(energy_sum_.gpu_hbm_bytes);
+  res_.host_switch_power_w = S_.costs->host_switch_power_w(S_.gpus(), S_.devices);
+  const double all_in = energy + extra_j + res_.host_switch_power_w * elapsed;
+  res_.energy_all_in_j_per_token = tokens_out_ ? all_in / tok : 0;
+  res_.gpu_all_in_extra_j_per_token = tokens_out_ ? extra_j / tok : 0;
+  res_.host_switch_j_per_token = tokens_out_ ? res_.host_switch_power_w * elapsed / tok : 0;
+  res_.power_all_in_w = elapsed > 0 ? all_in / elapsed : 0;
+  res_.tokens_per_dollar_all_in =
+      S_.costs->tokens_per_dollar(res_.tokens_per_s, res_.power_all_in_w, res_.capital_usd);
+  res_.power_peak = S_.costs->peak_power_vs_rating(power_peak_, S_.mode == run_mode::baseline);
 
   // Batch series, thinned evenly.
   const std::vector<batch_sample>& series = sched_.series();
@@ -754,6 +769,17 @@ nlohmann::ordered_json energy_json(const step_energy& e, double static_j) {
 }
 }  // namespace
 
+namespace {
+nlohmann::ordered_json power_peak_json(const std::vector<rated_power>& rows) {
+  nlohmann::ordered_json out = nlohmann::ordered_json::array();
+  for (const rated_power& r : rows)
+    out.push_back({{"component", r.component}, {"modelled_w", num(r.peak_w)}, {"rating_key", r.rating_key},
+                   {"rating_w", num(r.rating_w)}, {"what", r.peak_terms}});
+  return out;
+}
+double peak_of(const std::vector<rated_power>& rows, size_t i) { return i < rows.size() ? rows[i].peak_w : 0; }
+}  // namespace
+
 std::string sim_result::to_json(bool with_series) const {
   nlohmann::ordered_json j;
   j["mode"] = mode;
@@ -797,6 +823,13 @@ std::string sim_result::to_json(bool with_series) const {
   j["power_w"] = num(power_w);
   j["capital_usd"] = num(capital_usd);
   j["tokens_per_dollar"] = num(tokens_per_dollar);
+  j["energy_all_in_j_per_token"] = num(energy_all_in_j_per_token);
+  j["power_all_in_w"] = num(power_all_in_w);
+  j["tokens_per_dollar_all_in"] = num(tokens_per_dollar_all_in);
+  j["energy_all_in"] = {{"gpu_all_in_extra_j_per_token", num(gpu_all_in_extra_j_per_token)},
+                        {"host_switch_j_per_token", num(host_switch_j_per_token)},
+                        {"host_switch_power_w", num(host_switch_power_w)}};
+  j["power_peak_w"] = power_peak_json(power_peak);
   j["breakdown_ms"] = breakdown_json(breakdown_ms);
   j["energy_j_per_token_by"] = energy_json(energy_j_per_token_by, static_j_per_token);
   j["link_bytes_per_step"] = num(link_bytes_per_step);
@@ -835,7 +868,9 @@ std::string sim_result::csv_header() {
          "bd_queueing_ms,bd_merge_ms,bd_lm_head_ms,bd_copy_ms,e_gpu_dense_j,e_allreduce_j,e_lm_head_j,"
          "e_gpu_attention_j,e_merge_j,e_device_j,e_link_j,e_hbm_write_j,e_static_j,"
          "link_bytes_per_step,device_bytes_per_step,device_busy_fraction,link_busy_fraction,"
-         "summaries_resident,decode_steps,wall_s,recall_cache,recall_cache_tokens";
+         "summaries_resident,decode_steps,wall_s,recall_cache,recall_cache_tokens,"
+         "energy_all_in_j_per_token,power_all_in_w,"
+         "tokens_per_dollar_all_in,gpu_power_peak_w,gpu_all_in_power_peak_w,device_power_peak_w";
 }
 
 std::string sim_result::csv_row() const {
@@ -857,7 +892,10 @@ std::string sim_result::csv_row() const {
      << ',' << e.device_j << ',' << e.link_j << ',' << e.hbm_write_j << ',' << static_j_per_token
      << ',' << link_bytes_per_step << ',' << device_bytes_per_step << ',' << device_busy_fraction
      << ',' << link_busy_fraction << ',' << (summaries_resident ? 1 : 0) << ',' << decode_steps
-     << ',' << wall_s << ',' << recall_cache << ',' << recall_cache_tokens;
+     << ',' << wall_s << ',' << recall_cache << ',' << recall_cache_tokens
+     << ',' << energy_all_in_j_per_token << ',' << power_all_in_w << ','
+     << tokens_per_dollar_all_in << ',' << peak_of(power_peak, 0) << ',' << peak_of(power_peak, 1) << ','
+     << peak_of(power_peak, 2);
   return os.str();
 }
 
@@ -906,8 +944,15 @@ std::string sim_result::to_table() const {
   row("step: link / device / queueing", f("%.3f", b.link_ns) + " / " + f("%.3f", b.device_scan_ns) +
                                             " / " + f("%.3f ms", b.queueing_ns));
   row("step: lm head / steady copies", f("%.3f", b.lm_head_ns) + " / " + f("%.3f ms", b.copy_ns));
-  row("energy", f("%.4f J/token", energy_j_per_token) + f(" (%.0f W average)", power_w));
-  row("capital / cost efficiency", f("$%.0f", capital_usd) + f(" / %.3e tokens/$", tokens_per_dollar));
+  row("energy: component-level", f("%.4f J/token", energy_j_per_token) + f(" (%.0f W average)", power_w));
+  row("energy: all-in", f("%.4f J/token", energy_all_in_j_per_token) + f(" (%.0f W average; ", power_all_in_w) +
+                            f("GPU HBM all-in +%.4f J, ", gpu_all_in_extra_j_per_token) +
+                            f("host + switch %.0f W", host_switch_power_w) + f(" = %.4f J)", host_switch_j_per_token));
+  for (const rated_power& r : power_peak)
+    row(("peak power: " + r.component).c_str(),
+        f("%.1f W", r.peak_w) + " of " + r.rating_key + f(" = %.0f W", r.rating_w) + " (" + r.peak_terms + ")");
+  row("capital / cost efficiency", f("$%.0f", capital_usd) + f(" / %.3e tokens/$", tokens_per_dollar) +
+                                       f(" (all-in power: %.3e)", tokens_per_dollar_all_in));
   row("link / device bytes per step", f("%.3e", link_bytes_per_step) + " / " + f("%.3e", device_bytes_per_step));
   row("busiest device / link busy", f("%.2f", device_busy_fraction) + " / " + f("%.2f", link_busy_fraction));
   row("requests done / refused / unfinished", std::to_string(completed) + " / " + std::to_string(refused) +

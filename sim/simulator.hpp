@@ -64,7 +64,15 @@ struct sim_result {
   double step_ms = 0;            // mean decode step
   double tpot_ms = 0, ttft_ms = 0, queueing_ms = 0;  // means over requests
   double tpot_ms_p99 = 0, ttft_ms_p99 = 0;
+  // Energy per token two ways (docs/HARDWARE.md §6a): component-level (every charged
+  // operation's dynamic energy + the parts' idle power; tokens_per_dollar uses this power)
+  // and all-in (the same, GPU HBM bytes at the measured all-in pJ/bit, plus the host
+  // server's and the CXL switch's static power; tokens_per_dollar_all_in uses this power).
   double energy_j_per_token = 0, power_w = 0, capital_usd = 0, tokens_per_dollar = 0;
+  double energy_all_in_j_per_token = 0, power_all_in_w = 0, tokens_per_dollar_all_in = 0;
+  double gpu_all_in_extra_j_per_token = 0, host_switch_j_per_token = 0, host_switch_power_w = 0;
+  // Each part's highest modelled power over a step next to its rating.
+  std::vector<rated_power> power_peak;
   step_breakdown breakdown_ms;   // mean per decode step, in ms
   step_energy energy_j_per_token_by;  // dynamic, per output token
   double static_j_per_token = 0;

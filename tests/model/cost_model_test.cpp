@@ -27,6 +27,53 @@ TEST(cost_model, pnm_scan_is_bandwidth_bound_by_hand) {
   EXPECT_NEAR(d.time_ns, 1000.0, 1e-9);
 }
 
+// All-in energy (docs/HARDWARE.md §6a): GPU HBM bytes at 18.8 pJ/bit instead of 3.75,
+// host server 575 W per GPU, CXL switch 3 W per x16 port in use.
+TEST(cost_model, all_in_energy_by_hand) {
+  auto cm = make();
+  const op_cost ga = cm.gpu_attention(1e6, 0);
+  EXPECT_DOUBLE_EQ(ga.hbm_bytes, 1e6);
+  EXPECT_NEAR(ga.energy_j, 1e6 * 8 * 3.75e-12, 1e-15);                // 3.0e-5 J
+  EXPECT_NEAR(cm.gpu_all_in_extra_j(ga.hbm_bytes), 1.204e-4, 1e-15);   // 8e6 bit x 15.05 pJ
+  EXPECT_NEAR(ga.energy_j + cm.gpu_all_in_extra_j(ga.hbm_bytes), 1e6 * 8 * 18.8e-12, 1e-15);
+  // 8B dense layer, batch 1, tp 2: both GPUs' bytes. Params 218,112,000 (bf16: 436,224,000
+  // bytes) + activations (4096 x 6 + 14336 x 4) x 2 = 163,840 bytes.
+  EXPECT_DOUBLE_EQ(cm.gpu_dense_layer(1, 2).hbm_bytes, 436387840.0);
+  EXPECT_DOUBLE_EQ(cm.gpu_lm_head(1, 1).hbm_bytes, 128256.0 * 4096 * 2);
+  EXPECT_DOUBLE_EQ(cm.gpu_hbm_write(5e5).hbm_bytes, 5e5);
+  EXPECT_DOUBLE_EQ(cm.pnm_compute(1e6, 1e6).hbm_bytes, 0.0);
+  // 1 GPU and 4 devices: 575 + 3 x (1 host link + 4 devices) = 590 W; 16 GPUs, 64 devices:
+  // 9200 + 3 x 80 = 9440 W.
+  EXPECT_DOUBLE_EQ(cm.host_switch_power_w(1, 4), 590.0);
+  EXPECT_DOUBLE_EQ(cm.host_switch_power_w(16, 64), 9440.0);
+}
+
+// Power over a step (docs/HARDWARE.md §6a), by hand: 1 ms step, 0.2 J of GPU work on one
+// GPU moving 1e9 HBM bytes, the busiest device spending 0.03 J.
+TEST(cost_model, power_over_a_step_by_hand) {
+  auto cm = make();
+  const step_power_w p = cm.power_over_step(1e6, 0.2, 1e9, 1, 0.03, false);
+  EXPECT_NEAR(p.gpu, 79 + 200, 1e-9);
+  EXPECT_NEAR(p.gpu_all_in, 279 + 120.4, 1e-9);  // 8e9 bit x 15.05 pJ = 0.1204 J in 1 ms
+  EXPECT_NEAR(p.device, 20 + 30, 1e-9);          // PNM idle + 0.03 J in 1 ms
+  const step_power_w e = cm.power_over_step(1e6, 0.2, 1e9, 2, 0.01, true);
+  EXPECT_NEAR(e.gpu, 79 + 100, 1e-9);            // each of 2 GPUs takes half
+  EXPECT_NEAR(e.device, 10 + 10, 1e-9);          // expander idle + 0.01 J in 1 ms
+  // A modelled peak above a rating is an error naming the part and the rating key.
+  auto over = cm.check_peak_power({701, 0, 0}, false);
+  ASSERT_FALSE(over);
+  EXPECT_NE(over.message().find("gpu: modelled power 701.0 W"), std::string::npos) << over.message();
+  EXPECT_NE(over.message().find("gpu.tdp_w = 700.0 W"), std::string::npos) << over.message();
+  auto dev = cm.check_peak_power({300, 0, 76}, false);
+  ASSERT_FALSE(dev);
+  EXPECT_NE(dev.message().find("pnm_device.power_w = 75.0 W"), std::string::npos) << dev.message();
+  auto exp = cm.check_peak_power({300, 0, 26}, true);
+  ASSERT_FALSE(exp);
+  EXPECT_NE(exp.message().find("expander.power_w = 25.0 W"), std::string::npos) << exp.message();
+  // The all-in GPU row is reported, not checked.
+  EXPECT_TRUE(cm.check_peak_power({700, 900, 75}, false));
+}
+
 TEST(cost_model, link_transfer_by_hand) {
   auto cm = make();
   // 300 ns latency + 1 hop × 100 ns + bytes / (64 × 0.85) GB/s.

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -88,6 +89,45 @@ TEST(hardware, default_file_loads_with_a_source_for_every_figure) {
   for (const auto& [key, f] : hw->figures) EXPECT_FALSE(f.source.empty()) << key;
 }
 
+// Each part's full-rate power by hand (docs/HARDWARE.md §6a), all within their ratings.
+TEST(hardware, full_rate_power_of_the_default_file_by_hand) {
+  auto hw = load_hardware(configs + "hardware/h100-cxl-pnm.yaml");
+  ASSERT_TRUE(hw) << hw.error().to_string();
+  const auto peaks = rated_power_peaks(*hw);
+  ASSERT_EQ(peaks.size(), 4u);
+  // GPU: 79 + 3350 GB/s x 8 x 3.75 pJ (100.5) + 989 TFLOP/s x 0.5 pJ (494.5).
+  EXPECT_NEAR(peaks[0].peak_w, 674.0, 1e-9);
+  EXPECT_EQ(peaks[0].rating_key, "gpu.tdp_w");
+  // GPU streaming all-in: 79 + 3350 x 8 x 18.8 pJ = 79 + 503.84.
+  EXPECT_NEAR(peaks[1].peak_w, 582.84, 1e-9);
+  // PNM: 20 + 1100 x 8 x 4.5 pJ (39.6) + 8 x 0.5 (4).
+  EXPECT_NEAR(peaks[2].peak_w, 63.6, 1e-9);
+  // Expander: 10 + min(153.6, 64 x 0.85 = 54.4) GB/s x 8 x 12.5 pJ = 10 + 5.44 (at its
+  // DDR rate it would be 25.36 W, above its 25 W: its link never lets it).
+  EXPECT_NEAR(peaks[3].peak_w, 15.44, 1e-9);
+  for (const auto& p : peaks) EXPECT_LE(p.peak_w, p.rating_w) << p.component;
+  EXPECT_DOUBLE_EQ(hw->host.power_w, 575);
+  EXPECT_DOUBLE_EQ(hw->switch_power_w_per_port, 3);
+  EXPECT_DOUBLE_EQ(hw->energy.gpu_all_in_pj_per_bit, 18.8);
+}
+
+// host.power_w and cxl.switch_power_w_per_port are optional: absent, they are 0.
+TEST(hardware, host_and_switch_power_are_optional) {
+  std::ifstream in(configs + "hardware/h100-cxl-pnm.yaml");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::string kept;
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);)
+    if (line.rfind("host:", 0) != 0 && line.find("power_w: {value: 575") == std::string::npos &&
+        line.find("switch_power_w_per_port") == std::string::npos)
+      kept += line + "\n";
+  auto hw = load_hardware(write_temp("no_host.yaml", kept));
+  ASSERT_TRUE(hw) << hw.error().to_string();
+  EXPECT_DOUBLE_EQ(hw->host.power_w, 0);
+  EXPECT_DOUBLE_EQ(hw->switch_power_w_per_port, 0);
+  EXPECT_EQ(hw->figures.count("host.power_w"), 0u);
+}
+
 TEST(hardware, bad_files_are_clear_errors) {
   auto good = configs + "hardware/h100-cxl-pnm.yaml";
   std::ifstream in(good);
@@ -109,6 +149,16 @@ TEST(hardware, bad_files_are_clear_errors) {
       {replace("tdp_w:", "tdp_watts:"), "unknown key 'gpu.tdp_watts'"},
       {replace("  pue: {value: 1.3, source: \"docs/HARDWARE.md §7\", assumed: true}\n", ""),
        "missing figure 'cost.pue'"},
+      // A figure above its rating names the figure and the rating (docs/HARDWARE.md §6a).
+      {replace("idle_power_w: {value: 20,", "idle_power_w: {value: 80,"),
+       "pnm_device.idle_power_w = 80 W is above the rating pnm_device.power_w = 75 W"},
+      {replace("tdp_w: {value: 700,", "tdp_w: {value: 600,"),
+       "gpu at full rate draws 674 W (79 W idle + 100.5 W HBM at gpu.memory_bw_gbps + 494.5 W bf16 at "
+       "gpu.bf16_tflops), above its rating gpu.tdp_w = 600 W"},
+      {replace("memory_pj_per_bit: {value: 12.5,", "memory_pj_per_bit: {value: 40,"),
+       "expander at full rate draws 27.41 W"},
+      {replace("gpu_all_in_pj_per_bit: {value: 18.8,", "gpu_all_in_pj_per_bit: {value: 25,"),
+       "gpu (all-in streaming) at full rate draws 749 W"},
   };
   for (const auto& c : cases) {
     auto hw = load_hardware(write_temp("bad_hw.yaml", c.text));

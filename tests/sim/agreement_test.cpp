@@ -96,6 +96,13 @@ void expect_equal(const pair_result& r, const char* what) {
   EXPECT_NEAR(r.live.virtual_tokens_per_s, r.sim.tokens_per_s, r.sim.tokens_per_s * rounding);
   EXPECT_NEAR(r.live.virtual_energy_j_per_token, r.sim.energy_j_per_token,
               r.sim.energy_j_per_token * rounding);
+  EXPECT_NEAR(r.live.virtual_energy_all_in_j_per_token, r.sim.energy_all_in_j_per_token,
+              r.sim.energy_all_in_j_per_token * rounding);
+  // Each part's peak power over a step (docs/HARDWARE.md §6a).
+  ASSERT_EQ(r.sim.power_peak.size(), 3u);
+  EXPECT_NEAR(r.live.gpu_power_peak_w, r.sim.power_peak[0].peak_w, r.sim.power_peak[0].peak_w * rounding);
+  EXPECT_NEAR(r.live.gpu_all_in_power_peak_w, r.sim.power_peak[1].peak_w, r.sim.power_peak[1].peak_w * rounding);
+  EXPECT_NEAR(r.live.device_power_peak_w, r.sim.power_peak[2].peak_w, r.sim.power_peak[2].peak_w * rounding);
   EXPECT_EQ(double(r.live.virtual_link_bytes_per_step), r.sim.link_bytes_per_step);
   EXPECT_EQ(double(r.live.virtual_device_bytes_per_step), r.sim.device_bytes_per_step);
 }
@@ -109,6 +116,9 @@ void expect_agree(const pair_result& r, const char* what) {
       << "live " << r.live.virtual_tokens_per_s << ", sim " << r.sim.tokens_per_s;
   EXPECT_LT(rel(r.live.virtual_energy_j_per_token, r.sim.energy_j_per_token), 0.02)
       << "live " << r.live.virtual_energy_j_per_token << " J, sim " << r.sim.energy_j_per_token << " J";
+  EXPECT_LT(rel(r.live.virtual_energy_all_in_j_per_token, r.sim.energy_all_in_j_per_token), 0.02)
+      << "live " << r.live.virtual_energy_all_in_j_per_token << " J, sim " << r.sim.energy_all_in_j_per_token
+      << " J";
 }
 
 TEST(sim_agreement, pnm_kv_one_shard_and_two_shards_local) {
@@ -342,6 +352,7 @@ TEST(sim_agreement, open_workload_trace_served_alike) {
     figure("tpot_ms_mean", live.serving.tpot_ms_mean, sim.tpot_ms);
     figure("tokens_per_s", live.virtual_tokens_per_s, sim.tokens_per_s);
     figure("energy_j_per_token", live.virtual_energy_j_per_token, sim.energy_j_per_token);
+    figure("energy_all_in_j_per_token", live.virtual_energy_all_in_j_per_token, sim.energy_all_in_j_per_token);
     double first_rel_max = 0, finish_rel_max = 0;
     for (const request_outcome& l : live.request_outcomes) {
       SCOPED_TRACE("request " + std::to_string(l.id));

@@ -102,6 +102,40 @@ TEST(sim_hand, link_and_device_bytes_per_step_in_each_mode) {
   }
 }
 
+// Energy per token both ways (docs/HARDWARE.md §6a), pnm-kv, one request, one step, one
+// token. The GPU's HBM bytes: 32 layers x (dense layer at batch 1: 436,224,000 weight +
+// 163,840 activation bytes; 8 heads x a merge of one partial, 4 heads x 129 floats read and
+// written = 4,128 bytes) + the LM head (128256 x 4096 x 2 = 1,050,673,152) = 15,016,140,800
+// bytes. All-in charges them 18.8 - 3.75 = 15.05 pJ/bit more (1.807943352 J) and adds the
+// host (575 W) and the switch (3 W x 2 ports: the host link and the one device) over the step.
+TEST(sim_hand, energy_per_token_component_and_all_in) {
+  auto r = sim_of(one_request("pnm-kv"));
+  ASSERT_EQ(r.tokens_out, 1u);
+  const double hbm_bytes = 32 * (436224000.0 + 163840.0 + 8 * 4128.0) + 1050673152.0;
+  EXPECT_DOUBLE_EQ(hbm_bytes, 15016140800.0);
+  const double extra_j = hbm_bytes * 8 * 15.05e-12;
+  EXPECT_NEAR(r.gpu_all_in_extra_j_per_token, extra_j, extra_j * 1e-12);
+  EXPECT_DOUBLE_EQ(r.host_switch_power_w, 581.0);
+  const double step_s = r.step_ms / 1e3;
+  EXPECT_NEAR(r.energy_all_in_j_per_token, r.energy_j_per_token + extra_j + 581.0 * step_s,
+              r.energy_all_in_j_per_token * 1e-12);
+  EXPECT_NEAR(r.power_all_in_w * step_s, r.energy_all_in_j_per_token, r.energy_all_in_j_per_token * 1e-12);
+  EXPECT_LT(r.tokens_per_dollar_all_in, r.tokens_per_dollar);
+  // Peaks: one GPU, its idle 79 W plus its step's work; the device's idle plus its busy part.
+  ASSERT_EQ(r.power_peak.size(), 3u);
+  EXPECT_GT(r.power_peak[0].peak_w, 79.0);
+  EXPECT_LE(r.power_peak[0].peak_w, 700.0);
+  EXPECT_GT(r.power_peak[1].peak_w, r.power_peak[0].peak_w);
+  EXPECT_GE(r.power_peak[2].peak_w, 20.0);
+  EXPECT_LE(r.power_peak[2].peak_w, 75.0);
+  // The CSV keeps its columns and adds the all-in ones at the end.
+  const std::string header = sim_result::csv_header(), row = r.csv_row();
+  EXPECT_EQ(std::count(header.begin(), header.end(), ','), std::count(row.begin(), row.end(), ','));
+  EXPECT_NE(header.find(",energy_j_per_token,tokens_per_dollar,power_w,"), std::string::npos);
+  EXPECT_NE(header.find(",wall_s,energy_all_in_j_per_token,power_all_in_w,tokens_per_dollar_all_in,"),
+            std::string::npos);
+}
+
 // png-kv's copy engine (schedulers/step_timeline.hpp, charge_steady_copies): the step's
 // steady-page copies run on the link and the devices in the dense-layer windows, so a step
 // grows by max(copy, window) − window + HBM write, not by copy + HBM write (the serial copy
