@@ -732,7 +732,7 @@ void gpu_host_state::report_steps(run_report& rep) const {
   rep.virtual_tokens_per_dollar = costs_->tokens_per_dollar(
       rep.virtual_tokens_per_s, rep.virtual_power_w, costs_->capital_usd(1, pnm_boxes, expanders));
   // All-in (docs/HARDWARE.md §6a), and each part's peak power next to its rating.
-  rep.virtual_host_switch_power_w = costs_->host_switch_power_w(1, setup_->devices);
+  rep.virtual_host_switch_power_w = costs_->host_switch_power_w(1, pnm_boxes + expanders);
   const double all_in = total_energy + costs_->gpu_all_in_extra_j(gpu_hbm_bytes) +
                         rep.virtual_host_switch_power_w * elapsed_ns / 1e9;
   rep.virtual_energy_all_in_j_per_token = tokens > 0 ? all_in / tokens : 0;

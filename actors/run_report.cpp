@@ -24,6 +24,48 @@ nlohmann::ordered_json num(double v) {
 }
 }  // namespace
 
+// The serving section of an open workload's report (to_json).
+namespace {
+nlohmann::ordered_json serving_json(const run_report& r) {
+  nlohmann::ordered_json rows = nlohmann::ordered_json::array();
+  for (const auto& o : r.request_outcomes)
+    rows.push_back({{"id", o.id},
+                    {"arrival_s", num(o.arrival_s)},
+                    {"prompt_tokens", o.prompt_tokens},
+                    {"output_tokens", o.output_tokens},
+                    {"generated", o.generated},
+                    {"admitted_s", num(o.admitted_s)},
+                    {"first_token_s", num(o.first_token_s)},
+                    {"finish_s", num(o.finish_s)},
+                    {"queueing_ms", num(o.queueing_ms())},
+                    {"ttft_ms", num(o.ttft_ms())},
+                    {"tpot_ms", num(o.tpot_ms())},
+                    {"refused", o.refused},
+                    {"refusal", o.refusal}});
+  nlohmann::ordered_json series = nlohmann::ordered_json::array();
+  for (const auto& b : r.batch_series)
+    series.push_back({{"t_s", num(b.t_s)}, {"decode_batch", b.decode_batch}, {"prefill_tokens", b.prefill_tokens}});
+  const serving_summary& s = r.serving;
+  return {{"arrivals", r.arrivals},
+                  {"virtual_time_s", num(r.virtual_time_s)},
+                  {"tokens_out", r.tokens_out},
+                  {"submitted", s.submitted},
+                  {"completed", s.completed},
+                  {"refused", s.refused},
+                  {"unfinished", s.unfinished},
+                  {"ttft_ms_mean", num(s.ttft_ms_mean)},
+                  {"ttft_ms_p99", num(s.ttft_ms_p99)},
+                  {"tpot_ms_mean", num(s.tpot_ms_mean)},
+                  {"tpot_ms_p99", num(s.tpot_ms_p99)},
+                  {"queueing_ms_mean", num(s.queueing_ms_mean)},
+                  {"queueing_ms_p99", num(s.queueing_ms_p99)},
+                  {"batch_mean", num(s.batch_mean)},
+                  {"batch_peak", s.batch_peak},
+                  {"requests", rows},
+                  {"batch_series", series}};
+}
+}  // namespace
+
 std::string run_report::to_json() const {
   nlohmann::ordered_json j;
   j["mode"] = mode;
@@ -98,44 +140,7 @@ std::string run_report::to_json() const {
                        {"shadow", recall_cache_shadow}};
   j["requests"] = {{"submitted", submitted}, {"completed", completed}, {"failed", failed},
                    {"failures", failures}};
-  if (arrivals != "closed") {
-    nlohmann::ordered_json rows = nlohmann::ordered_json::array();
-    for (const auto& o : request_outcomes)
-      rows.push_back({{"id", o.id},
-                      {"arrival_s", num(o.arrival_s)},
-                      {"prompt_tokens", o.prompt_tokens},
-                      {"output_tokens", o.output_tokens},
-                      {"generated", o.generated},
-                      {"admitted_s", num(o.admitted_s)},
-                      {"first_token_s", num(o.first_token_s)},
-                      {"finish_s", num(o.finish_s)},
-                      {"queueing_ms", num(o.queueing_ms())},
-                      {"ttft_ms", num(o.ttft_ms())},
-                      {"tpot_ms", num(o.tpot_ms())},
-                      {"refused", o.refused},
-                      {"refusal", o.refusal}});
-    nlohmann::ordered_json series = nlohmann::ordered_json::array();
-    for (const auto& b : batch_series)
-      series.push_back({{"t_s", num(b.t_s)}, {"decode_batch", b.decode_batch}, {"prefill_tokens", b.prefill_tokens}});
-    const serving_summary& s = serving;
-    j["serving"] = {{"arrivals", arrivals},
-                    {"virtual_time_s", num(virtual_time_s)},
-                    {"tokens_out", tokens_out},
-                    {"submitted", s.submitted},
-                    {"completed", s.completed},
-                    {"refused", s.refused},
-                    {"unfinished", s.unfinished},
-                    {"ttft_ms_mean", num(s.ttft_ms_mean)},
-                    {"ttft_ms_p99", num(s.ttft_ms_p99)},
-                    {"tpot_ms_mean", num(s.tpot_ms_mean)},
-                    {"tpot_ms_p99", num(s.tpot_ms_p99)},
-                    {"queueing_ms_mean", num(s.queueing_ms_mean)},
-                    {"queueing_ms_p99", num(s.queueing_ms_p99)},
-                    {"batch_mean", num(s.batch_mean)},
-                    {"batch_peak", s.batch_peak},
-                    {"requests", rows},
-                    {"batch_series", series}};
-  }
+  if (arrivals != "closed") j["serving"] = serving_json(*this);
   j["faults"] = {{"devices_lost", devices_lost}, {"retries", retries}};
   nlohmann::ordered_json devs = nlohmann::ordered_json::array();
   for (size_t i = 0; i < device_ids.size(); ++i)

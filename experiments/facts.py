@@ -13,6 +13,8 @@ import os
 
 def num(x):
     x = float(x)
+    if x == int(x) and abs(x) < 1e6:
+        return "{:,d}".format(int(x))
     if abs(x) >= 1000:
         return "{:,.0f}".format(x)
     if abs(x) >= 100:
@@ -23,7 +25,7 @@ def num(x):
 
 
 def ratio(x):
-    return ("%.1f×" if x < 10 else "%.0f×") % x if x >= 1 else "%.2f×" % x
+    return "%.2f×" % x if x < 2 else ("%.1f×" if x < 10 else "%.0f×") % x
 
 
 def gb(x):
@@ -44,7 +46,7 @@ def compute(out, read_csv, read_json, pick, table_of, _fmt):
     modes = sorted({r["mode"] for r in default})
 
     # Headline tables and the 405B / 1M points.
-    f["headline_table"] = table_of("headline.md")
+    f["headline_table"] = table_of("results/headline.md")
     for name in sorted(os.listdir(out)):
         if not (name.startswith("headline_") and name.endswith(".json")):
             continue
@@ -62,7 +64,9 @@ def compute(out, read_csv, read_json, pick, table_of, _fmt):
             f[s + "_bd_" + k + "_ms"] = num(v)
         for k, v in j["energy_j_per_token_by"].items():
             f[s + "_e_" + k + "_j"] = num(v)
-        f[s + "_static_share"] = pct(j["energy_j_per_token_by"]["static"] / j["energy_j_per_token"])
+        if j["energy_j_per_token"] > 0:
+            f[s + "_static_share"] = pct(j["energy_j_per_token_by"]["static"] / j["energy_j_per_token"])
+        f[s + "_batch_limited_by"] = j["batch_limited_by"].replace("_", " ")
 
     h405 = [r for r in default if r["model"] == "Llama-3.1-405B" and r["context_tokens"] == 1048576]
     best = {}
@@ -188,6 +192,6 @@ def compute(out, read_csv, read_json, pick, table_of, _fmt):
         f["png_over_pnm_best"], f["png_over_pnm_best_at"] = "%.3f" % best_pt[0], best_pt[1]
 
     # Sensitivity and tornado tables.
-    f["sensitivity_table"] = table_of("sensitivity.md")
-    f["tornado_table"] = table_of("tornado.md")
+    f["sensitivity_table"] = table_of("results/sensitivity.md")
+    f["tornado_table"] = table_of("results/tornado.md")
     return f

@@ -331,29 +331,63 @@ write_csv("serving_latency.csv", ["mode", "arrivals_per_s", "batch_mean", "token
                                   "queueing_ms", "energy_j_per_token"], table)
 
 # Headline: 405B at 1M tokens ---------------------------------------------------------------
-h64 = {m: pick(default, model="Llama-3.1-405B", mode=m, context_tokens=1048576.0,
-               **({"expanders": 64.0} if m == "baseline" else {"pnm_devices": 64.0}))[0] for m in MODES}
-best = {}
-for m in MODES:
-    rows = pick(default, model="Llama-3.1-405B", mode=m, context_tokens=1048576.0)
-    best[m] = max(rows, key=lambda r: r["tokens_per_dollar"])
+# The three device modes from the default sweep; the references (baseline without the recall
+# cache, gpu-only) from the sensitivity sweep's points (sensitivity_points.csv, same base
+# config), and gpu-only with the GPUs it needs to hold one request (headline_gpu-only-64gpus.json).
+def label(r):
+    return "baseline (no reuse)" if r["mode"] == "baseline" and r.get("recall_cache") == "none" else r["mode"]
+
+
+sens = [r for r in read("sensitivity_points.csv") if r["model"] == "Llama-3.1-405B" and r["context_tokens"] == 1048576.0]
+HEAD = MODES + ["baseline (no reuse)", "gpu-only"]
+src = {m: [r for r in default if r["model"] == "Llama-3.1-405B" and r["context_tokens"] == 1048576.0 and label(r) == m]
+       for m in MODES}
+for m in HEAD[len(MODES):]:
+    src[m] = [r for r in sens if label(r) == m]
+h64 = {m: next(r for r in src[m] if devices_of(r) == 64 or m == "gpu-only") for m in HEAD}
+best = {m: max(src[m], key=lambda r: r["tokens_per_dollar"]) for m in HEAD}
+g64 = json.load(open(os.path.join(out, "headline_gpu-only-64gpus.json")))
+g64["energy_all_in_j_per_token"] = g64.get("energy_all_in_j_per_token", 0)
+g64_row = {"gpus": g64["gpus"], "expanders": 0, "pnm_devices": 0, "mode": "gpu-only", "batch": g64["batch"],
+           "tokens_per_s": g64["tokens_per_s"], "energy_j_per_token": g64["energy_j_per_token"],
+           "energy_all_in_j_per_token": g64["energy_all_in_j_per_token"],
+           "tokens_per_dollar": g64["tokens_per_dollar"], "step_ms": g64["step_ms"],
+           "batch_limited_by": g64["batch_limited_by"]}
 lines = ["# Headline: Llama-3.1-405B, 1M-token contexts", "",
          provenance(pick(default, model="Llama-3.1-405B")), "",
          "| configuration | mode | GPUs | devices | batch | tokens/s | J/token | J/token all-in | tokens/$ | step ms | batch limited by |",
          "|---|---|---|---|---|---|---|---|---|---|---|"]
-for label, sel in [("same hardware (64 devices)", h64), ("each mode's best tokens/$", best)]:
-    for m in MODES:
-        r = sel[m]
-        lines.append("| %s | %s | %d | %d | %d | %.1f | %.2f | %.2f | %.3g | %.1f | %s |" % (
-            label, m, r["gpus"], devices_of(r), r["batch"], r["tokens_per_s"], r["energy_j_per_token"],
-            r["energy_all_in_j_per_token"], r["tokens_per_dollar"], r["step_ms"], r["batch_limited_by"]))
+
+
+def row(label_, m, r):
+    if r["batch"] <= 0:
+        return "| %s | %s | %d | %d | 0 | - | - | - | - | - | %s (not one request fits) |" % (
+            label_, m, r["gpus"], devices_of(r), r["batch_limited_by"])
+    return "| %s | %s | %d | %d | %d | %.1f | %.2f | %.2f | %.3g | %.1f | %s |" % (
+        label_, m, r["gpus"], devices_of(r), r["batch"], r["tokens_per_s"], r["energy_j_per_token"],
+        r["energy_all_in_j_per_token"], r["tokens_per_dollar"], r["step_ms"], r["batch_limited_by"])
+
+
+for label_, sel in [("same hardware (64 devices)", h64), ("each mode's best tokens/$", best)]:
+    for m in HEAD:
+        lines.append(row(label_, m, sel[m]))
+lines.append(row("gpu-only with the GPUs to hold it (tp 8 x pp %d)" % g64["pp"], "gpu-only", g64_row))
 lines += ["", "J/token: component-level; all-in: GPU HBM at the measured 18.8 pJ/bit, host server and CXL "
-          "switch power (docs/HARDWARE.md §6a). tokens/$ at component-level power.", "",
+          "switch power (docs/HARDWARE.md §6a). tokens/$ at component-level power. baseline: GPU cache of "
+          "recalled pages (baseline.recall_cache=lru); no reuse: every selected page recalled every step. "
+          "gpu-only: the KV in HBM, no devices.", "",
           "| ratio | tokens/s | energy/token | energy/token all-in | tokens/$ |", "|---|---|---|---|---|"]
-for label, sel in [("64 devices", h64), ("best tokens/$", best)]:
-    for a, b in [("pnm-kv", "baseline"), ("png-kv", "baseline"), ("png-kv", "pnm-kv")]:
+pairs = [("pnm-kv", "baseline"), ("pnm-kv", "baseline (no reuse)"), ("png-kv", "baseline"),
+         ("png-kv", "baseline (no reuse)"), ("png-kv", "pnm-kv"), ("pnm-kv", "gpu-only"), ("png-kv", "gpu-only")]
+for label_, sel in [("64 devices", h64), ("best tokens/$", best), ("best tokens/$ vs gpu-only on 64 GPUs", dict(best, **{"gpu-only": g64_row}))]:
+    for a, b in pairs:
+        if label_.endswith("gpu-only on 64 GPUs") and b != "gpu-only":
+            continue
+        if sel[b]["batch"] <= 0:
+            lines.append("| %s / %s (%s) | - | - | - | - |" % (a, b, label_))
+            continue
         lines.append("| %s / %s (%s) | %.2fx | %.2fx | %.2fx | %.2fx |" % (
-            a, b, label, sel[a]["tokens_per_s"] / sel[b]["tokens_per_s"],
+            a, b, label_, sel[a]["tokens_per_s"] / sel[b]["tokens_per_s"],
             sel[a]["energy_j_per_token"] / sel[b]["energy_j_per_token"],
             sel[a]["energy_all_in_j_per_token"] / sel[b]["energy_all_in_j_per_token"],
             sel[a]["tokens_per_dollar"] / sel[b]["tokens_per_dollar"]))

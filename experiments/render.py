@@ -56,7 +56,7 @@ def pick(rows, **kw):
 
 def table_of(md_file):
     """The Markdown tables of a results file: its lines from the first table row on."""
-    lines = open(os.path.join(out, md_file)).read().splitlines()
+    lines = open(os.path.join(out, os.path.basename(md_file))).read().splitlines()
     first = next(i for i, line in enumerate(lines) if line.startswith("|"))
     return "\n".join(lines[first:]).strip()
 

@@ -39,6 +39,12 @@ done
 # h64_baseline_noreuse_* (experiments/facts.py).
 "$bin" sim --quiet --config cluster_configs/experiments/sim-base.yaml --set run.mode=baseline \
   --set baseline.recall_cache=none --set "$cal" --json "$out/headline_baseline_noreuse.json" > /dev/null
+# gpu-only: on the same 16 GPUs (no 1M-token request fits next to the weights), and on the
+# 64 GPUs (tp 8 x pp 8) that hold some.
+"$bin" sim --quiet --config cluster_configs/experiments/sim-base.yaml --set run.mode=gpu-only --set "$cal" \
+  --json "$out/headline_gpu-only.json" > /dev/null
+"$bin" sim --quiet --config cluster_configs/experiments/sim-base.yaml --set run.mode=gpu-only --set sim.tp=8 \
+  --set sim.pp=8 --set "$cal" --json "$out/headline_gpu-only-64gpus.json" > /dev/null
 # Sweeps read as JSON (each point's overrides name it): the "up to" and typical ratios over
 # models x contexts x devices, and the tornado of the headline over the assumptions.
 for sweep in sensitivity tornado; do
@@ -65,6 +71,6 @@ done
 "$py" "$here/sensitivity.py" "$out" > /dev/null
 rm "$out/sensitivity.json" "$out/tornado.json"  # ~1 MB each; *_points.csv keep every point's figures
 # Every figure quoted in experiments/README.md and in the README's "What PNM buys" is rendered
-# from the results (experiments/render.py, templates *.in.md), never copied by hand.
+# from the results (experiments/render.py, templates experiments/README.in.md and experiments/what_pnm_buys.in.md), never copied by hand.
 "$py" "$here/render.py" "$out"
 echo "results in $out" >&2

@@ -6,8 +6,8 @@ Usage: sensitivity.py RESULTS_DIR. Reads the JSON of two sweeps written by `pnmk
 --sweep ... --json` (experiments/run_all.sh):
   sensitivity.json  sweeps/sensitivity.yaml: modes x models x contexts x device counts
   tornado.json      sweeps/tornado.yaml: 405B at 1M on 64 devices, each assumption at 0.5x / 2x
-and writes sensitivity.csv, sensitivity.md, sensitivity.png, tornado.csv, tornado.md and
-tornado.png. Like plot.py it only reads and reshapes simulator output: every ratio is of two
+and writes sensitivity.csv, results/sensitivity.md, sensitivity.png, tornado.csv,
+results/tornado.md and tornado.png. Like plot.py it only reads and reshapes simulator output: every ratio is of two
 simulated points, each named.
 
 Decisions: a mode's "best device count" at a (model, context) is the one with the most
@@ -69,8 +69,8 @@ def load(name):
         return json.load(f)["points"]
 
 
-def write(name, text):
-    with open(os.path.join(out, name), "w") as f:
+def write(name, text):  # name: as in experiments/ (results/...); written into `out`
+    with open(os.path.join(out, os.path.basename(name)), "w") as f:
         f.write(text)
 
 
@@ -80,8 +80,9 @@ best = {}  # (model, context, label) -> result with the most tokens/$
 failed = defaultdict(list)
 for p in points:
     lab = label_of(p) or override(p, "run.mode")
-    if not p["ok"]:
-        failed[lab].append(p)
+    if not p["ok"] or p["result"]["batch"] <= 0:  # nothing admissible (e.g. gpu-only: KV over HBM)
+        if not p["ok"]:
+            failed[lab].append(p)
         continue
     r = p["result"]
     r["model"] = r["model"]["name"] if isinstance(r["model"], dict) else r["model"]
@@ -147,7 +148,7 @@ for (s, ref), where_missing in sorted(missing.items()):
 for lab, ps in sorted(failed.items()):
     md.append("")
     md.append("%d %s points could not run; first reason: %s" % (len(ps), lab, ps[0].get("error", "?")))
-write("sensitivity.md", "\n".join(md) + "\n")
+write("results/sensitivity.md", "\n".join(md) + "\n")
 
 fig, axes = plt.subplots(1, max(1, len(refs)), figsize=(5 * max(1, len(refs)), 4), squeeze=False)
 for ax, ref in zip(axes[0], refs):
@@ -230,7 +231,7 @@ for s, ref in pairs_t:
             lo = next((r[k] for r in sel if r["assumption"] == n and r["factor"] < 1), float("nan"))
             hi = next((r[k] for r in sel if r["assumption"] == n and r["factor"] > 1), float("nan"))
             tmd.append("| %s / %s | %s | %.2fx | %s | %.2fx | %.2fx |" % (s, ref, mname, sel[0]["base_" + k], n, lo, hi))
-write("tornado.md", "\n".join(tmd) + "\n")
+write("results/tornado.md", "\n".join(tmd) + "\n")
 
 if pairs_t:
     fig, axes = plt.subplots(len(pairs_t), len(METRICS), figsize=(5.5 * len(METRICS), 3.2 * len(pairs_t)), squeeze=False)

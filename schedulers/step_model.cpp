@@ -523,22 +523,22 @@ step_model::layer_result step_model::layer_gpu_only(const std::vector<const step
       const uint32_t rank = uint32_t(uint64_t(h) * ranks / H);
       gpu.run(rank, t0, append.time_ns);
       gpu.run(rank, t0, ga.time_ns);
-      lr.energy.hbm_write_j += append.energy_j;
-      lr.energy.gpu_attention_j += ga.energy_j;
+      lr.energy.add_gpu(&step_energy::hbm_write_j, append);
+      lr.energy.add_gpu(&step_energy::gpu_attention_j, ga);
     }
   }
   for (const prefill_piece* p : prefill) {
     const op_cost wr = c_.gpu_hbm_write(c_.kv_bytes(double(p->tokens)));
     for (uint32_t h = 0; h < H; ++h) {
       gpu.run(uint32_t(uint64_t(h) * ranks / H), t0, wr.time_ns);
-      lr.energy.hbm_write_j += wr.energy_j;
+      lr.energy.add_gpu(&step_energy::hbm_write_j, wr);
     }
   }
   lr.time_ns = gpu.end();
   lr.crit.gpu_dense_ns = dense.time_ns;
   lr.crit.allreduce_ns = 2.0 * ar.time_ns;
   lr.crit.gpu_attention_ns = gpu.end() - t0;
-  lr.energy.gpu_dense_j = dense.energy_j;
+  lr.energy.add_gpu(&step_energy::gpu_dense_j, dense);
   lr.energy.allreduce_j = 2.0 * ar.energy_j;
   return lr;
 }

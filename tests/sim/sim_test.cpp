@@ -132,7 +132,7 @@ TEST(sim_hand, energy_per_token_component_and_all_in) {
   const std::string header = sim_result::csv_header(), row = r.csv_row();
   EXPECT_EQ(std::count(header.begin(), header.end(), ','), std::count(row.begin(), row.end(), ','));
   EXPECT_NE(header.find(",energy_j_per_token,tokens_per_dollar,power_w,"), std::string::npos);
-  EXPECT_NE(header.find(",wall_s,energy_all_in_j_per_token,power_all_in_w,tokens_per_dollar_all_in,"),
+  EXPECT_NE(header.find(",energy_all_in_j_per_token,power_all_in_w,tokens_per_dollar_all_in,"),
             std::string::npos);
 }
 

@@ -33,11 +33,13 @@ namespace {
 
 using sim_fixture::setup_of;
 
-// The agreement test's small configuration (live and sim equal up to rounding there).
+// The agreement test's small configuration (live and sim equal up to rounding there; the
+// baseline's recall cache off, since the simulator charges its hits as a calibrated fraction).
 std::vector<std::string> small(std::vector<std::string> extra) {
   std::vector<std::string> sets = {"workload.context_tokens=32768", "run.steps=4",
                                    "selection.budget_tokens=512", "run.step_timeout_ms=60000",
-                                   "sim.step_reuse_steps=1", "sim.baseline_overlap=false"};
+                                   "sim.step_reuse_steps=1", "sim.baseline_overlap=false",
+                                   "baseline.recall_cache=none"};
   sets.insert(sets.end(), extra.begin(), extra.end());
   return sets;
 }
