@@ -543,27 +543,34 @@ status host_engine::apply_copies() {
   return {};
 }
 
-// The new token's K and V of (request, layer, KV head) to every device holding its page
-// (over the link in every mode: in baseline the expander stores it).
-void host_engine::append_token(const request_spec& r, uint32_t layer, uint32_t h, uint64_t position,
-                               std::vector<device_work>& work) {
-  const auto& m = costs_.model();
-  const uint32_t d = m.head_dim, ps = cfg_.page_size_tokens;
-  const request_placement& pl = placements_.at(r.request_id);
-  const int holder_index = pl.shard_of(h, position / ps);
-  PNMKV_CHECK(holder_index >= 0, "no shard holds kv_head=", h, " position=", position);
-  const shard_placement& holder = pl.shards[holder_index];
+// The new token's K and V of (request, layer, KV head) at `position`, as a write.
+device_work host_engine::token_write(uint64_t request_id, uint32_t layer, uint32_t h, uint64_t position) {
+  const uint32_t d = costs_.model().head_dim;
   device_work app;
   app.what = device_work::kind::write;
-  app.request_id = r.request_id;
+  app.request_id = request_id;
   app.layer = layer;
   app.kv_head = h;
   app.position = position;
   app.n_tokens = 1;
   app.k.resize(d);
   app.v.resize(d);
-  wl_.keys(r.request_id, layer, h, position, 1, app.k.data());
-  wl_.values(r.request_id, layer, h, position, 1, app.v.data());
+  wl_.keys(request_id, layer, h, position, 1, app.k.data());
+  wl_.values(request_id, layer, h, position, 1, app.v.data());
+  return app;
+}
+
+// The new token's K and V of (request, layer, KV head) to every device holding its page
+// (over the link in every mode: in baseline the expander stores it).
+void host_engine::append_token(const request_spec& r, uint32_t layer, uint32_t h, uint64_t position,
+                               std::vector<device_work>& work) {
+  const auto& m = costs_.model();
+  const uint32_t ps = cfg_.page_size_tokens;
+  const request_placement& pl = placements_.at(r.request_id);
+  const int holder_index = pl.shard_of(h, position / ps);
+  PNMKV_CHECK(holder_index >= 0, "no shard holds kv_head=", h, " position=", position);
+  const shard_placement& holder = pl.shards[holder_index];
+  device_work app = token_write(r.request_id, layer, h, position);
   app.wire_bytes = work::append_wire_bytes(m);
   // baseline: the GPU's copy of the last page, when its recall cache holds it, takes the new
   // row too (the same bytes; see the header).
@@ -750,16 +757,7 @@ status host_engine::layer_gpu_only(uint32_t layer) {
     const uint64_t at = decoded(r.request_id);
     const uint64_t position = r.context_tokens + at;
     for (uint32_t h = 0; h < m.kv_heads; ++h) {
-      device_work app;
-      app.request_id = r.request_id;
-      app.layer = layer;
-      app.kv_head = h;
-      app.position = position;
-      app.n_tokens = 1;
-      app.k.resize(d);
-      app.v.resize(d);
-      wl_.keys(r.request_id, layer, h, position, 1, app.k.data());
-      wl_.values(r.request_id, layer, h, position, 1, app.v.data());
+      const device_work app = token_write(r.request_id, layer, h, position);
       if (auto st = write_hbm(app); !st) return st;
 
       head_state& hs = heads_[{layer, r.request_id, h}];

@@ -356,6 +356,7 @@ class host_engine {
   status apply_copies();
   void finish_timed_phase();
   // A GPU operation's energy, with its HBM bytes for the all-in figure.
+  device_work token_write(uint64_t request_id, uint32_t layer, uint32_t h, uint64_t position);
   void charge_gpu(const op_cost& op) {
     cur_.energy_j += op.energy_j;
     cur_.gpu_energy_j += op.energy_j;

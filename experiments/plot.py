@@ -14,6 +14,9 @@ import os
 import sys
 from collections import defaultdict
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from results_io import read_csv  # noqa: E402
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -33,15 +36,7 @@ def short(path):
 
 
 def read(name):
-    with open(os.path.join(out, name)) as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        for k, v in list(r.items()):
-            try:
-                r[k] = float(v)
-            except (TypeError, ValueError):
-                pass
-    return rows
+    return read_csv(out, name)
 
 
 def provenance(rows):

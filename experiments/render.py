@@ -12,7 +12,6 @@ nothing is written: the exit status is 1 and a diff is printed when a rendered f
 from the one in the tree (the test `experiments_rendered` runs this on the committed results).
 Needs only the Python standard library.
 """
-import csv
 import difflib
 import json
 import os
@@ -31,15 +30,9 @@ END = "<!-- end generated -->"
 
 
 def read_csv(name):
-    with open(os.path.join(out, name)) as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        for k, v in list(r.items()):
-            try:
-                r[k] = float(v)
-            except (TypeError, ValueError):
-                pass
-    return rows
+    from results_io import read_csv as read
+
+    return read(out, name)
 
 
 def read_json(name):
