@@ -239,13 +239,9 @@ void step_model::pnm_round_b(const pnm_layer& L, double tb, layer_result& lr) {
 step_model::layer_result step_model::layer_pnm(const std::vector<const step_request*>& reqs,
                                                const std::vector<const prefill_piece*>& prefill) {
   const step_setup& S = *s_;
-  const model_shape& m = S.model;
   layer_result lr;
 
-  uint64_t ntok = reqs.size();
-  for (const prefill_piece* p : prefill) ntok += p->tokens;
-  const op_cost dense = c_.gpu_dense_layer(uint32_t(std::min<uint64_t>(ntok, UINT32_MAX)), S.tp);
-  const op_cost ar = S.fabric.all_reduce(double(ntok) * m.hidden * 2.0, S.tp);
+  const auto [dense, ar] = dense_layer(reqs.size(), prefill);
   pnm_layer L;
   L.t0 = layer_t0(0, dense, ar);
   const double t0 = L.t0;
@@ -398,6 +394,16 @@ void step_model::baseline_recalls(const std::vector<const step_request*>& reqs,
   }
 }
 
+// The GPU's dense layer for the decode tokens and this step's prompt tokens, and the
+// tensor-parallel all-reduce around its attention (charged twice by layer_t0).
+std::pair<op_cost, op_cost> step_model::dense_layer(size_t decode_tokens,
+                                                    const std::vector<const prefill_piece*>& prefill) const {
+  uint64_t ntok = decode_tokens;
+  for (const prefill_piece* p : prefill) ntok += p->tokens;
+  return {c_.gpu_dense_layer(uint32_t(std::min<uint64_t>(ntok, UINT32_MAX)), s_->tp),
+          s_->fabric.all_reduce(double(ntok) * s_->model.hidden * 2.0, s_->tp)};
+}
+
 step_model::layer_result step_model::layer_baseline(const std::vector<const step_request*>& reqs,
                                                     const std::vector<const prefill_piece*>& prefill) {
   const step_setup& S = *s_;
@@ -405,10 +411,7 @@ step_model::layer_result step_model::layer_baseline(const std::vector<const step
   const uint32_t H = m.kv_heads;
   layer_result lr;
 
-  uint64_t ntok = reqs.size();
-  for (const prefill_piece* p : prefill) ntok += p->tokens;
-  const op_cost dense = c_.gpu_dense_layer(uint32_t(std::min<uint64_t>(ntok, UINT32_MAX)), S.tp);
-  const op_cost ar = S.fabric.all_reduce(double(ntok) * m.hidden * 2.0, S.tp);
+  const auto [dense, ar] = dense_layer(reqs.size(), prefill);
   const double t0 = layer_t0(0, dense, ar);
   tl_.begin(t0);
   trace_dense(tr_, dense, ar, trace_name::summary_read);
@@ -506,10 +509,7 @@ step_model::layer_result step_model::layer_gpu_only(const std::vector<const step
   const model_shape& m = S.model;
   const uint32_t H = m.kv_heads, ps = S.page_size_tokens, ranks = S.attention_ranks;
   layer_result lr;
-  uint64_t ntok = reqs.size();
-  for (const prefill_piece* p : prefill) ntok += p->tokens;
-  const op_cost dense = c_.gpu_dense_layer(uint32_t(std::min<uint64_t>(ntok, UINT32_MAX)), S.tp);
-  const op_cost ar = S.fabric.all_reduce(double(ntok) * m.hidden * 2.0, S.tp);
+  const auto [dense, ar] = dense_layer(reqs.size(), prefill);
   const double t0 = layer_t0(0, dense, ar);
   trace_dense(tr_, dense, ar, trace_name::scan);
   gpu_ranks gpu(ranks, t0);

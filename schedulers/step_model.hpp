@@ -34,6 +34,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "schedulers/placement.hpp"
@@ -179,6 +180,8 @@ class step_model {
   layer_result layer_gpu_only(const std::vector<const step_request*>& reqs,
                               const std::vector<const prefill_piece*>& prefill);
   layer_result steady_copies(const std::vector<step_request>& decode);
+  std::pair<op_cost, op_cost> dense_layer(size_t decode_tokens,
+                                          const std::vector<const prefill_piece*>& prefill) const;
   void send_prefill(const std::vector<const prefill_piece*>& prefill, layer_result& lr,
                     double& last_arrival_ns);
   uint32_t link_of(uint32_t kv_head, uint32_t shard_j, uint32_t shards) const;
