@@ -198,6 +198,22 @@ TEST(sim_agreement, baseline) {
   expect_equal(other, "baseline, sum aggregation, fp32 summaries over the link");
 }
 
+// The live run's calibration (`--calibration-out`) in a temporary file; returns its path.
+std::string write_calibration(const run_report& live, const char* name) {
+  const std::string file = (std::filesystem::temp_directory_path() / name).string();
+  std::ofstream(file) << live.calibration_json();
+  return file;
+}
+
+// The simulator's setup for `sets` reading the calibration file `file`.
+result<std::shared_ptr<const sim_setup>> sim_setup_with_calibration(std::vector<std::string> sets,
+                                                                     const std::string& file) {
+  sets.push_back("sim.calibration_file=" + file);
+  auto cfg = load_config(default_file, sets);
+  if (!cfg) return cfg.error();
+  return make_sim_setup(*cfg);
+}
+
 // The recall cache on (lru, capacity the budget): the live run measures its hit fraction
 // after each head's cold first step and writes it with --calibration-out; the simulator,
 // reading that file, recalls the same share of misses (all pages in each request's first
@@ -217,14 +233,8 @@ TEST(sim_agreement, baseline_recall_cache_with_the_live_runs_own_calibration) {
   EXPECT_EQ(live->recall_cache, "lru");
   EXPECT_EQ(live->recall_cache_tokens, 512u);
   EXPECT_GT(live->recall_hits, 0u);
-  const std::string file =
-      (std::filesystem::temp_directory_path() / "pnmkv_sim_agreement_recall_calibration.json").string();
-  std::ofstream(file) << live->calibration_json();
-  auto sets = live_sets;
-  sets.push_back("sim.calibration_file=" + file);
-  auto scfg = load_config(default_file, sets);
-  ASSERT_TRUE(scfg);
-  auto setup = make_sim_setup(*scfg);
+  const std::string file = write_calibration(*live, "pnmkv_sim_agreement_recall_calibration.json");
+  auto setup = sim_setup_with_calibration(live_sets, file);
   ASSERT_TRUE(setup) << setup.error().to_string();
   EXPECT_NEAR((*setup)->cal.recall_hit_fraction.value, live->cal_recall_hit_fraction, 1e-12);
   auto sim = simulate(*setup);
@@ -265,14 +275,8 @@ TEST(sim_agreement, png_kv_with_the_live_runs_own_calibration) {
     GTEST_SKIP() << "run_embedded returns errc::unsupported for run.mode=png-kv";
   ASSERT_TRUE(live) << live.error().to_string();
   ASSERT_GT(live->steady_hit_rate, 0.0) << "the steady policy found no steady pages";
-  const std::string file =
-      (std::filesystem::temp_directory_path() / "pnmkv_sim_agreement_calibration.json").string();
-  std::ofstream(file) << live->calibration_json();
-  auto sets = live_sets;
-  sets.push_back("sim.calibration_file=" + file);
-  auto scfg = load_config(default_file, sets);
-  ASSERT_TRUE(scfg);
-  auto setup = make_sim_setup(*scfg);
+  const std::string file = write_calibration(*live, "pnmkv_sim_agreement_calibration.json");
+  auto setup = sim_setup_with_calibration(live_sets, file);
   ASSERT_TRUE(setup) << setup.error().to_string();
   EXPECT_EQ((*setup)->cal.file, file);
   EXPECT_NEAR((*setup)->cal.steady_hit_fraction.value, live->steady_hit_rate, 1e-9);
