@@ -197,8 +197,13 @@ void coordinator_state::release(uint64_t request_id) {
 void coordinator_state::on_member_down(const caf::down_msg& dm) {
   for (auto& [id, m] : members_) {
     if (!m.hdl || m.hdl.address() != dm.source) continue;
-    const std::string reason = caf::to_string(dm.reason);
-    cluster_log().warn("event=member_down node={} reason={}", id, reason);
+    std::string reason = caf::to_string(dm.reason);
+    // CAF's name says nothing of why: its link closed, or was silent past the heartbeat
+    // timeout (a frozen process, a partition).
+    if (dm.reason == caf::exit_reason::remote_link_unreachable)
+      reason = "the coordinator lost its link: closed, or silent past cluster.connection_timeout_ms = " +
+               std::to_string(setup_->spec.cluster.connection_timeout_ms) + " ms";
+    cluster_log().warn("event=member_down node={} reason=\"{}\"", id, reason);
     const member* host = find_member(gpu_host_node);
     if (id != gpu_host_node && host && ready_) {
       control::outbound out(self_id_, reason.size());

@@ -332,14 +332,14 @@ void gpu_host_state::device_lost(uint32_t dev, const std::string& why) {
   const std::string what = "device " + std::to_string(dev) + " went down (" + why + ")";
   // gpu-only: the devices hold nothing and owe nothing; losing one changes nothing.
   if (setup_->host.mode == run_mode::gpu_only) {
-    lost_.insert(dev);
+    record_loss(dev, why);
     cluster_log().warn("event=device_lost_idle device={} reason=\"{}\"", dev, why);
     return;
   }
   if (setup_->replication < 2 || !engine_) return fail_run(what);
   auto resend = engine_->fail_over(dev);
   if (!resend) return fail_run(what + ": " + resend.error().message());
-  lost_.insert(dev);
+  record_loss(dev, why);
   cluster_log().warn("event=failover device={} reason=\"{}\" resent={}", dev, why, resend->size());
   for (auto& [rid, pl] : placements_)
     if (const request_placement* now = engine_->placement_of(rid)) pl = *now;
@@ -349,6 +349,12 @@ void gpu_host_state::device_lost(uint32_t dev, const std::string& why) {
   send_all(*resend);
   if (!open_ && !prefill_done_) pump_prefill();
   after_progress();
+}
+
+void gpu_host_state::record_loss(uint32_t dev, const std::string& why) {
+  lost_.insert(dev);
+  const auto now = std::chrono::system_clock::now().time_since_epoch();
+  losses_.push_back({dev, step_, why, std::chrono::duration_cast<std::chrono::milliseconds>(now).count()});
 }
 
 // ---------------------------------------------------------------------------------------
@@ -817,6 +823,7 @@ void gpu_host_state::report_engine(run_report& rep) const {
   }
   rep.completed = requests_.size();
   rep.devices_lost.assign(lost_.begin(), lost_.end());
+  rep.device_losses = losses_;
   rep.retries = retries_;
   if (open_ && sched_) {
     rep.arrivals = to_string(setup_->spec.workload.arrivals);

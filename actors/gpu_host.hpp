@@ -168,6 +168,8 @@ class gpu_host_state {
   // (schedulers/admission.hpp); null when workload.tpot_ms_max = 0.
   std::unique_ptr<tpot_constraint> tpot_;
   std::set<uint32_t> lost_;  // devices failed over (cluster.replication >= 2)
+  std::vector<device_loss> losses_;  // the same, in the order detected, with when and how
+  void record_loss(uint32_t dev, const std::string& why);
   std::shared_ptr<timeline_trace> timeline_;
 };
 

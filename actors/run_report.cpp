@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <ctime>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -21,6 +22,17 @@ namespace {
 nlohmann::ordered_json num(double v) {
   if (!std::isfinite(v)) return nullptr;
   return v;
+}
+
+// 2026-12-03T05:31:02.123Z
+std::string utc_ms(int64_t unix_ms) {
+  const time_t secs = static_cast<time_t>(unix_ms / 1000);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                tm.tm_hour, tm.tm_min, tm.tm_sec, int(unix_ms % 1000));
+  return buf;
 }
 }  // namespace
 
@@ -141,7 +153,14 @@ std::string run_report::to_json() const {
   j["requests"] = {{"submitted", submitted}, {"completed", completed}, {"failed", failed},
                    {"failures", failures}};
   if (arrivals != "closed") j["serving"] = serving_json(*this);
-  j["faults"] = {{"devices_lost", devices_lost}, {"retries", retries}};
+  nlohmann::ordered_json losses = nlohmann::ordered_json::array();
+  for (const auto& l : device_losses)
+    losses.push_back({{"device", l.device},
+                      {"steps_done", l.steps_done},
+                      {"reason", l.reason},
+                      {"detected_unix_ms", l.detected_unix_ms},
+                      {"detected_utc", utc_ms(l.detected_unix_ms)}});
+  j["faults"] = {{"devices_lost", devices_lost}, {"device_losses", losses}, {"retries", retries}};
   nlohmann::ordered_json devs = nlohmann::ordered_json::array();
   for (size_t i = 0; i < device_ids.size(); ++i)
     devs.push_back({{"id", device_ids[i]},
@@ -344,6 +363,10 @@ void read_faults_devices_calibration(const nlohmann::json& j, run_report& r) {
   if (j.contains("faults") && j["faults"].contains("devices_lost"))
     r.devices_lost = j["faults"]["devices_lost"].get<std::vector<uint32_t>>();
   if (j.contains("faults")) r.retries = j["faults"].value("retries", uint64_t(0));
+  if (j.contains("faults") && j["faults"].contains("device_losses"))
+    for (const auto& l : j["faults"]["device_losses"])
+      r.device_losses.push_back({l.value("device", 0u), l.value("steps_done", 0u), l.value("reason", std::string()),
+                                 l.value("detected_unix_ms", int64_t(0))});
   if (j.contains("devices"))
     for (const auto& d : j["devices"]) {
       r.device_ids.push_back(d.value("id", 0u));
@@ -562,6 +585,9 @@ void run_report::table_requests_and_devices(table& t) const {
     for (uint32_t d : devices_lost) ids += (ids.empty() ? "" : ", ") + std::to_string(d);
     row("devices lost, failed over", ids + " (their shards served by replicas from then on)");
   }
+  for (const auto& l : device_losses)
+    row(("  device " + std::to_string(l.device) + " detected").c_str(),
+        utc_ms(l.detected_unix_ms) + " after " + std::to_string(l.steps_done) + " decode steps: " + l.reason);
   os << "devices (bytes held: emulator, live layers | modelled, all layers)\n";
   for (size_t i = 0; i < device_ids.size(); ++i) {
     std::snprintf(t.line, sizeof t.line, "  device %-4u %14s | %s\n", device_ids[i],

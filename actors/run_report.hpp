@@ -11,6 +11,16 @@
 
 namespace pnmkv {
 
+// A device the GPU host lost and failed over: when it learned of the loss, on the wall
+// clock (UTC), so that whoever injected the fault (a script, `docker kill`) can subtract its
+// own injection time; and how it learned (the fabric, the coordinator's heartbeat, a send).
+struct device_loss {
+  uint32_t device = 0;
+  uint32_t steps_done = 0;        // decode steps completed when it was detected
+  std::string reason;             // how it was detected
+  int64_t detected_unix_ms = 0;   // wall clock, milliseconds since 1970-01-01 UTC
+};
+
 struct run_report {
   std::string mode;
   std::string simd_target;     // Highway target the device kernels ran (e.g. "AVX3")
@@ -96,6 +106,7 @@ struct run_report {
 
   // devices lost during the run and failed over to replicas (cluster.replication >= 2)
   std::vector<uint32_t> devices_lost;
+  std::vector<device_loss> device_losses;  // the same, with when and how each was detected
   uint64_t retries = 0;  // times unanswered work was sent again (run.retry_after_ms)
 
   // devices

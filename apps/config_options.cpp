@@ -33,7 +33,10 @@ void register_config(CLI::App& app) {
   static config_options opts;
   static bool keys = false;
   static bool json = false;
+  static std::string get_key;
   add_config_options(cmd, opts);
+  cmd->add_option("--get", get_key,
+                  "Print one key's resolved value alone (paths resolved), e.g. --get model.file: for scripts");
   cmd->add_flag("--keys", keys, "List every key, its type, default and allowed values");
   cmd->add_flag("--json", json, "Print the resolved configuration as JSON");
   cmd->callback([] {
@@ -62,6 +65,16 @@ void register_config(CLI::App& app) {
       return;
     }
     config cfg = load_config_or_exit(opts);
+    if (!get_key.empty()) {
+      const auto it = cfg.values().find(get_key);
+      if (it == cfg.values().end()) {
+        std::fprintf(stderr, "pnmkv config: --get '%s' is not a key; `pnmkv config --keys` lists them all\n",
+                     get_key.c_str());
+        throw CLI::RuntimeError(2);
+      }
+      std::printf("%s\n", it->second.c_str());
+      return;
+    }
     std::printf("%s\n", json ? cfg.to_json().c_str() : cfg.to_yaml().c_str());
   });
 }

@@ -394,9 +394,13 @@ result<config> load_config(const std::string& file, const std::vector<std::strin
 std::string resolve_config_path(const std::string& name, const std::string& config_file) {
   fs::path p(name);
   if (!name.empty() && p.is_relative() && !fs::exists(p) && !config_file.empty()) {
+    // Then an installed tree's data ($PNMKV_HOME/cluster_configs, as the container image
+    // sets it): a config mounted anywhere still finds models/ and hardware/.
     const fs::path dir = fs::path(config_file).parent_path();
-    for (const fs::path& base : {dir, dir.parent_path()})
-      if (fs::exists(base / p)) {
+    const char* home = std::getenv("PNMKV_HOME");
+    const fs::path installed = home && *home ? fs::path(home) / "cluster_configs" : fs::path();
+    for (const fs::path& base : {dir, dir.parent_path(), installed})
+      if (!base.empty() && fs::exists(base / p)) {
         p = base / p;
         break;
       }

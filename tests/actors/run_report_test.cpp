@@ -42,5 +42,34 @@ TEST(run_report, roofline_fields_and_simd_target_round_trip) {
   EXPECT_NE(r.to_table().find("AVX3"), std::string::npos);
 }
 
+// Device losses carry when they were detected (wall clock, UTC ms) so an outside fault
+// injector can measure detection time: the JSON keeps every field, the table prints the time
+// in ISO 8601 with milliseconds.
+TEST(run_report, device_losses_round_trip_with_their_detection_time) {
+  run_report r;
+  r.devices_lost = {101, 102};
+  // 2026-12-03T05:18:42.928Z and a second, distinct loss.
+  r.device_losses = {{101, 317, "the fabric lost it", 1796275122928},
+                     {102, 1581, "the coordinator lost its link", 1796275154518}};
+  const std::string text = r.to_json();
+  const auto j = nlohmann::json::parse(text);
+  const auto& losses = j.at("faults").at("device_losses");
+  ASSERT_EQ(losses.size(), 2u);
+  EXPECT_EQ(losses[0].at("detected_utc"), "2026-12-03T05:18:42.928Z");
+  EXPECT_EQ(losses[1].at("steps_done").get<uint32_t>(), 1581u);
+
+  const run_report back = run_report::from_json(text);
+  ASSERT_EQ(back.device_losses.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(back.device_losses[i].device, r.device_losses[i].device);
+    EXPECT_EQ(back.device_losses[i].steps_done, r.device_losses[i].steps_done);
+    EXPECT_EQ(back.device_losses[i].reason, r.device_losses[i].reason);
+    EXPECT_EQ(back.device_losses[i].detected_unix_ms, r.device_losses[i].detected_unix_ms);
+  }
+  const std::string table = r.to_table();
+  EXPECT_NE(table.find("2026-12-03T05:18:42.928Z after 317 decode steps: the fabric lost it"), std::string::npos)
+      << table;
+}
+
 }  // namespace
 }  // namespace pnmkv
