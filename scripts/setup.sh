@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages pnmkv needs, only those missing; quiet when nothing is.
 # Runs as root (or through sudo when it is there). The packages are listed below.
+# Usage: scripts/setup.sh [--build-only]
 set -euo pipefail
 
-packages=(
-  build-essential cmake ninja-build pkg-config git
-  libcaf-dev libucx-dev ucx-utils capnproto libcapnp-dev libspdlog-dev libfmt-dev
+# What compiling pnmkv needs (--build-only: all the container image's build stage installs).
+build_packages=(
+  build-essential cmake ninja-build pkg-config
+  libcaf-dev libucx-dev capnproto libcapnp-dev libspdlog-dev libfmt-dev
   libgtest-dev googletest libgmock-dev libbenchmark-dev libyaml-cpp-dev libcli11-dev
-  nlohmann-json3-dev libhwy-dev libssl-dev iproute2 procps
-  gnuplot-nox python3 python3-matplotlib
+  nlohmann-json3-dev libhwy-dev libssl-dev
 )
+# What the tests, benchmarks and experiments use besides.
+tool_packages=(git ucx-utils iproute2 procps gnuplot-nox python3 python3-matplotlib)
+
+case "${1:-}" in
+  --build-only) packages=("${build_packages[@]}") ;;
+  "") packages=("${build_packages[@]}" "${tool_packages[@]}") ;;
+  *) echo "pnmkv setup: unknown argument '$1'; allowed: --build-only" >&2; exit 2 ;;
+esac
 
 missing=()
 for p in "${packages[@]}"; do
