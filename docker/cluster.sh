@@ -2,7 +2,7 @@
 # A pnmkv cluster in containers: a coordinator, a GPU host and N PNM devices, one container
 # each, from one image, on a private bridge network (docker-compose v1 or v2).
 #
-#   docker/cluster.sh up [--devices N] [--config F] [--set K=V]... [--from-source]
+#   docker/cluster.sh up [--devices N] [--config F] [--set K=V]... [--from-source | --no-build]
 #   docker/cluster.sh run [--json F] [--fault KIND:DEVICE[:DELAY_S]]... [--expect-digest HEX] [--from-host]
 #   docker/cluster.sh fault crash|pause|resume|partition|heal|slow|unslow DEVICE [RATE]
 #   docker/cluster.sh status | logs [SERVICE] | down [--keep-daemon] | clean | daemon
@@ -173,6 +173,8 @@ build_image() {
     tail -n 30 "$state/build.log" >&2
     die "image build failed (log: $state/build.log)"
   }
+  # The build stage's untagged images (one per build with the legacy builder) are not kept.
+  docker image prune -f --filter label=org.pnmkv.stage=build >/dev/null 2>&1 || true
   say "image $image built in $(elapsed "$t0") ms"
 }
 
@@ -299,7 +301,7 @@ load_settings() {
 }
 
 cmd_up() {
-  local from_source=0
+  local from_source=0 no_build=0
   user_config="$root/cluster_configs/default.yaml"
   user_sets=()
   devices=""
@@ -311,7 +313,8 @@ cmd_up() {
         user_config="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"; shift 2 ;;
       --set) user_sets+=("${2:?--set needs KEY=VALUE}"); shift 2 ;;
       --from-source) from_source=1; shift ;;
-      *) die "up: unknown argument '$1'; allowed: --devices N, --config F, --set K=V, --from-source" ;;
+      --no-build) no_build=1; shift ;;
+      *) die "up: unknown argument '$1'; allowed: --devices N, --config F, --set K=V, --from-source, --no-build" ;;
     esac
   done
   if [ -n "$devices" ] && { ! [[ "$devices" =~ ^[0-9]+$ ]] || [ "$devices" -lt 1 ] || [ "$devices" -gt 64 ]; }; then
@@ -319,14 +322,19 @@ cmd_up() {
   fi
   local t0 prebuilt=0; t0=$(now_ms)
   mkdir -p "$state"
-  if [ "$from_source" = 0 ] && host_can_prebuild; then prebuilt=1; fi
+  if [ "$from_source" = 0 ] && [ "$no_build" = 0 ] && host_can_prebuild; then prebuilt=1; fi
   # With the host's build, the config is checked before any image work; else the image's
   # pnmkv checks it once built.
   if [ "$prebuilt" = 1 ]; then host_build && write_config; fi
   ensure_tools
   ensure_daemon
-  ensure_base
-  build_image "$prebuilt"
+  if [ "$no_build" = 1 ]; then
+    docker image inspect "$image" >/dev/null 2>&1 || die "--no-build: there is no image $image"
+    say "using the image $image as it is (--no-build)"
+  else
+    ensure_base
+    build_image "$prebuilt"
+  fi
   [ "$prebuilt" = 1 ] || write_config
   start_cluster
   say "up in $(elapsed "$t0") ms (state: $state)"

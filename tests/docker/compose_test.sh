@@ -14,8 +14,11 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "SKIP: not root; a Docker daemon, images and containers need root here"
   exit 77
 fi
-# A project, state folder and coordinator port of its own: a user's cluster is left alone.
-export PNMKV_PROJECT=pnmkvtest
+# A project, image, state folder and coordinator port of its own: a user's cluster and image
+# are left alone. The images (pnmkvtest:local and the base, pnmkv-base:bookworm) stay as a
+# cache for the next run; `PNMKV_PROJECT=pnmkvtest PNMKV_IMAGE=pnmkvtest:local
+# docker/cluster.sh clean` removes them.
+export PNMKV_PROJECT=pnmkvtest PNMKV_IMAGE=pnmkvtest:local
 PNMKV_DOCKER_STATE="$(mktemp -d /var/tmp/pnmkv-compose-test-XXXXXX)"
 export PNMKV_DOCKER_STATE
 export PNMKV_PORT=$((27000 + $$ % 1000))
