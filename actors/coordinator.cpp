@@ -257,6 +257,13 @@ void coordinator_state::on_control(const std::string& bytes) {
     return;
   }
   auto sender = caf::actor_cast<caf::actor>(self_->current_sender());
+  if (m->kind() != control::msg_kind::HELLO && !trusted(sender)) {
+    if (refused_senders_.size() < 1024 && refused_senders_.insert(sender.address()).second)
+      cluster_log().warn("event=untrusted_control_refused kind={} reason=\"the sender has not joined with the "
+                         "cluster secret\"",
+                         control::to_string(m->kind()));
+    return;
+  }
   switch (m->kind()) {
     case control::msg_kind::HELLO: return on_hello(m->hello(), sender);
     case control::msg_kind::SUBMIT:
@@ -274,6 +281,14 @@ void coordinator_state::on_control(const std::string& bytes) {
     case control::msg_kind::PLACEMENT_ACK: return on_placement_ack(m->placement_ack());
     default: return;  // the coordinator's own kinds, addressed to others
   }
+}
+
+bool coordinator_state::trusted(const caf::actor& sender) const {
+  if (!sender) return false;
+  if (drivers_.count(sender.address())) return true;
+  for (const auto& [id, m] : members_)
+    if (m.hdl && m.hdl.address() == sender.address()) return true;
+  return false;
 }
 
 void coordinator_state::on_hello(control::wire::Hello::Reader h, const caf::actor& sender) {
@@ -387,6 +402,13 @@ void coordinator_state::on_join(const std::string& bytes) {
     return;
   }
   nonces_.erase(nonce);
+  if (transport::from_wire(j.getRole()) == transport::node_role::driver) {
+    // A driver is not a member: it submits requests and receives the result.
+    drivers_.insert(sender.address());
+    cluster_log().info("event=driver_joined");
+    self_->send(sender, join_atom::value, join_ack(node, status::ok()));
+    return;
+  }
   auto addr = j.getWorkerAddress();
   members_[node] = member{transport::from_wire(j.getRole()), sender,
                           std::vector<uint8_t>(addr.begin(), addr.end())};

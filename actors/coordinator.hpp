@@ -77,6 +77,9 @@ class coordinator_state {
   // A run result for the driver: now, or kept until it submits.
   void deliver_result(const std::string& bytes);
   const member* find_member(uint32_t id) const;
+  // A member, or a driver that proved the secret: the only senders whose control messages
+  // (requests, shutdown, acks) count. Anyone may say hello.
+  bool trusted(const caf::actor& sender) const;
 
   actor_type* self_;
   std::shared_ptr<const run_setup> setup_;
@@ -86,6 +89,8 @@ class coordinator_state {
   std::map<uint32_t, member> members_;
   bool ready_ = false;
   caf::actor driver_;
+  std::set<caf::actor_addr> drivers_;          // drivers whose join was accepted
+  std::set<caf::actor_addr> refused_senders_;  // untrusted senders already logged (once each)
   std::deque<control::request_spec> queue_;
   // GPU memory, the pools' modelled capacity (512 GB devices, data parallel) and the live
   // layers' bytes a device may still take, and each admitted request's placement

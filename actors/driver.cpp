@@ -2,6 +2,7 @@
 #include "actors/driver.hpp"
 
 #include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <cmath>
@@ -13,7 +14,15 @@ caf::behavior driver_actor(driver_state::actor_type* self, std::shared_ptr<const
   self->state.init(std::move(setup), std::move(coordinator), std::move(report_to));
   return {
       [self](ctl_atom, const std::string& bytes) { self->state.on_control(bytes); },
+      [self](join_atom, const std::string& bytes) { self->state.on_join(bytes); },
+      [self](stop_atom) { self->state.on_stop(); },
   };
+}
+
+std::string driver_refusal(const std::string& report_json) {
+  const auto j = nlohmann::json::parse(report_json, nullptr, false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("refused") || !j["refused"].is_string()) return {};
+  return j["refused"].get<std::string>();
 }
 
 void driver_state::init(std::shared_ptr<const run_setup> setup, caf::actor coordinator,
@@ -21,6 +30,30 @@ void driver_state::init(std::shared_ptr<const run_setup> setup, caf::actor coord
   setup_ = std::move(setup);
   coordinator_ = std::move(coordinator);
   report_to_ = std::move(report_to);
+  start_join(self_, coordinator_, driver_node, transport::node_role::driver);
+}
+
+void driver_state::on_join(const std::string& bytes) {
+  on_join_bytes(self_, *setup_, coordinator_, driver_node, transport::node_role::driver, {}, bytes,
+                [this](bool accepted, const std::string& reason) {
+                  if (accepted) return submit_all();
+                  cluster_log().error("node={} event=driver_refused reason=\"{}\"", driver_node, reason);
+                  nlohmann::ordered_json j;
+                  j["refused"] = "the coordinator refused this driver's join: " + reason +
+                                 " (a driver proves the cluster secret like a node: fabric.cluster_secret_file)";
+                  self_->send(report_to_, done_atom::value, false, j.dump());
+                  self_->quit();
+                });
+}
+
+void driver_state::on_stop() {
+  control::outbound out(driver_node);
+  out.body().setShutdown();
+  self_->send(coordinator_, ctl_atom::value, wire_string(out));
+  self_->quit();
+}
+
+void driver_state::submit_all() {
   if (setup_->open_workload()) {
     // Open workloads: every request with its arrival; the GPU host admits them over
     // virtual time. Ids are 1.. in arrival order.

@@ -1,6 +1,8 @@
-// The driver: submits the configured requests to the coordinator (a closed batch, or an
-// open workload's arrivals), collects the admissions and the run's result, and hands the
-// final report (JSON) to `report_to`; then asks the coordinator to shut the cluster down.
+// The driver: joins the cluster like a node (it proves the cluster secret; the coordinator
+// takes no request or shutdown from anyone who has not), submits the configured requests to
+// the coordinator (a closed batch, or an open workload's arrivals), collects the admissions
+// and the run's result, and hands the final report (JSON) to `report_to`; then asks the
+// coordinator to shut the cluster down.
 #pragma once
 
 #include <caf/all.hpp>
@@ -21,16 +23,20 @@ class driver_state {
   using actor_type = caf::stateful_actor<driver_state>;
   explicit driver_state(actor_type* self) : self_(self) {}
 
-  // Submits every request; before the behavior.
+  // Starts the join; before the behavior. The requests go once the join is accepted.
   void init(std::shared_ptr<const run_setup> setup, caf::actor coordinator, caf::actor report_to);
 
   // Handlers.
   void on_control(const std::string& bytes);
+  void on_join(const std::string& bytes);
+  // The launcher gives up on the run: the cluster is asked to shut down, the driver quits.
+  void on_stop();
 
  private:
   void on_admission(control::wire::Admission::Reader a);
   void on_result(control::wire::RunResult::Reader r);
   void submit(const control::request_spec& r);
+  void submit_all();
 
   actor_type* self_;
   std::shared_ptr<const run_setup> setup_;
@@ -40,8 +46,14 @@ class driver_state {
 };
 
 // Hands the final report (JSON) to `report_to` as (done_atom, ok, json); progress goes to
-// `report_to` as (ctl_atom, progress bytes).
+// `report_to` as (ctl_atom, progress bytes). A refused join is (done_atom, false, json) with
+// the coordinator's reason under "refused" (driver_refusal reads it). (stop_atom) from the
+// launcher shuts the cluster down.
+using stop_atom = caf::atom_constant<caf::atom("stop")>;
 caf::behavior driver_actor(driver_state::actor_type* self, std::shared_ptr<const run_setup> setup,
                            caf::actor coordinator, caf::actor report_to);
+
+// The coordinator's reason when `report_json` is a refused join's; empty otherwise.
+std::string driver_refusal(const std::string& report_json);
 
 }  // namespace pnmkv::actors

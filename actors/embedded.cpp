@@ -67,6 +67,10 @@ result<run_report> run_embedded(const config& cfg, const cluster_run_options& op
     self->receive(
         [&](actors::done_atom, bool ok, const std::string& json) {
           done = true;
+          if (std::string refused = actors::driver_refusal(json); !refused.empty()) {
+            out = status{errc::invalid_argument, refused};
+            return;
+          }
           run_report rep = run_report::from_json(json);
           if (!ok && rep.completed == 0 && rep.failures.empty())
             out = status{errc::internal, "the run failed"};

@@ -111,7 +111,8 @@ void start_join(caf::event_based_actor* self, const caf::actor& coordinator, uin
 
 bool on_join_bytes(caf::event_based_actor* self, const run_setup& setup,
                    const caf::actor& coordinator, uint32_t node, transport::node_role role,
-                   const std::vector<uint8_t>& address, const std::string& bytes) {
+                   const std::vector<uint8_t>& address, const std::string& bytes,
+                   const std::function<void(bool, const std::string&)>& on_ack) {
   auto m = transport::decode(bytes.data(), bytes.size(), setup.limits);
   if (!m) {
     cluster_log().warn("node={} event=bad_join_message reason=\"{}\"", node, m.error().to_string());
@@ -129,6 +130,10 @@ bool on_join_bytes(caf::event_based_actor* self, const run_setup& setup,
   }
   if (m->kind() == transport::msg_kind::join_ack) {
     auto ack = m->join_ack();
+    if (on_ack) {
+      on_ack(ack.getAccepted(), ack.getReason().cStr());
+      return true;
+    }
     if (!ack.getAccepted()) {
       cluster_log().error("node={} event=join_refused reason=\"{}\"", node, ack.getReason().cStr());
       self->quit();

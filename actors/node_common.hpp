@@ -7,6 +7,7 @@
 #include <caf/all.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <set>
 #include <string>
 #include <vector>
@@ -63,13 +64,16 @@ request_placement placement_from_wire(transport::wire::Placement::Reader p);
 void connect_members(transport::fabric& fab, transport::wire::Membership::Reader membership,
                      transport::node_role role, std::set<uint32_t>& connected, uint32_t self);
 
-// Join protocol shared by devices and the GPU host: hello -> challenge -> signed join -> ack.
+// Join protocol shared by devices, the GPU host and the driver: hello -> challenge ->
+// signed join (an HMAC of the cluster secret over the nonce) -> ack.
 void start_join(caf::event_based_actor* self, const caf::actor& coordinator, uint32_t node,
                 transport::node_role role);
 
-// Handles a join-protocol message addressed to a member; true when it was one.
+// Handles a join-protocol message addressed to a joiner; true when it was one. On the ack,
+// `on_ack(accepted, reason)` when given; without it a refused joiner logs and quits.
 bool on_join_bytes(caf::event_based_actor* self, const run_setup& setup,
                    const caf::actor& coordinator, uint32_t node, transport::node_role role,
-                   const std::vector<uint8_t>& address, const std::string& bytes);
+                   const std::vector<uint8_t>& address, const std::string& bytes,
+                   const std::function<void(bool, const std::string&)>& on_ack = {});
 
 }  // namespace pnmkv::actors

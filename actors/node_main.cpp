@@ -270,6 +270,10 @@ drive_result drive(const std::shared_ptr<const run_setup>& setup, const std::str
     self->receive(
         [&](actors::done_atom, bool, const std::string& json) {
           r.done = true;
+          if (std::string refused = actors::driver_refusal(json); !refused.empty()) {
+            r.out = status{errc::invalid_argument, refused};
+            return;
+          }
           run_report rep = run_report::from_json(json);
           rep.multiprocess = true;
           r.out = rep;
@@ -289,12 +293,12 @@ drive_result drive(const std::shared_ptr<const run_setup>& setup, const std::str
         },
         caf::after(left) >> [&] {});
   }
-  self->send_exit(driver, caf::exit_reason::user_shutdown);
-  if (!r.done) {
-    control::outbound out(driver_node);
-    out.body().setShutdown();
-    caf::anon_send(*coordinator, actors::ctl_atom::value, actors::wire_string(out));
-  }
+  // Not done: the driver (the coordinator trusts it: it joined) asks the cluster to shut
+  // down, then quits.
+  if (r.done)
+    self->send_exit(driver, caf::exit_reason::user_shutdown);
+  else
+    self->send(driver, actors::stop_atom::value);
   return r;
 }
 
@@ -493,10 +497,12 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
 result<run_report> run_attached(const config& cfg, const cluster_run_options& opts, const std::string& host,
                                 uint16_t port) {
   if (opts.timeline) return status{errc::unsupported, timeline_embedded_only};
-  // The driver needs no secret of its own: it builds the run from the config, and the
-  // nodes it talks to were started (and authenticated) with theirs.
-  auto setup = make_run_setup(cfg, "attached-driver");
-  if (!setup) return setup.error();
+  // The driver proves the cluster secret like a node (fabric.cluster_secret_file): the
+  // coordinator takes requests and a shutdown only from members and joined drivers.
+  auto setup = make_run_setup(cfg);
+  if (!setup)
+    return status{setup.error().code(), setup.error().message() +
+                                            " (--attach: the driver joins the cluster with its secret, as a node does)"};
   drive_result d = drive(*setup, host, port, opts, {}, "coordinator " + host + ":" + std::to_string(port));
   return std::move(d.out);
 }

@@ -205,6 +205,8 @@ write_config() {
   fi
   host_sets=("${sets[@]}" --set "cluster.pnm_devices=$devices")
   local container_sets=("${host_sets[@]}")
+  # A driver on the host proves the same secret as the containers (root reads it).
+  host_sets+=(--set "fabric.cluster_secret_file=$state/etc/cluster.secret")
   for k in model.file hardware.file sim.gpu_fabric_file sim.calibration_file workload.trace_file faults.script_file; do
     v="$(pnmkv_cli config --config "$user_config" "${sets[@]}" --get "$k")"
     [ -n "$v" ] || continue

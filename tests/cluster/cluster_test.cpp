@@ -23,7 +23,12 @@
 #include <filesystem>
 #include <string>
 
+#include <caf/all.hpp>
+#include <caf/io/all.hpp>
+
 #include "actors/cluster.hpp"
+#include "actors/control.hpp"
+#include "actors/node_common.hpp"
 #include "actors/node_main.hpp"
 
 namespace pnmkv {
@@ -354,7 +359,8 @@ TEST(cluster, lost_messages_are_retried_and_change_no_output) {
 
 // A cluster started by hand (`pnmkv node` processes with a config file and a secret file,
 // as a script or a container orchestrator would) is driven with `pnmkv run --attach`: same
-// outputs as the embedded run of the same config, and the nodes exit after the run.
+// outputs as the embedded run of the same config, and the nodes exit after the run. The
+// driver proves the secret like a node: without it, or with another, nothing is driven.
 TEST(cluster, a_cluster_started_by_hand_is_driven_by_attach) {
   namespace fs = std::filesystem;
   const fs::path dir = fs::temp_directory_path() / ("pnmkv-attach-" + std::to_string(getpid()));
@@ -415,6 +421,36 @@ TEST(cluster, a_cluster_started_by_hand_is_driven_by_attach) {
     kill_nodes();
     FAIL() << s.to_string();
   }
+  // Nobody drives the cluster without the secret. A SHUTDOWN sent straight to the
+  // coordinator by a sender that never joined is ignored (the cluster still serves the run
+  // below)...
+  {
+    caf::actor_system_config acfg;
+    acfg.load<caf::io::middleman>();
+    acfg.set("logger.console", caf::atom("none"));
+    caf::actor_system sys{acfg};
+    auto coord = sys.middleman().remote_actor("127.0.0.1", uint16_t(port));
+    ASSERT_TRUE(coord) << sys.render(coord.error());
+    control::outbound out(driver_node);
+    out.body().setShutdown();
+    caf::anon_send(*coord, actors::ctl_atom::value, actors::wire_string(out));
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  }
+  // ... a driver with another secret is refused, naming why ...
+  const std::string wrong = (dir / "wrong-secret").string();
+  std::ofstream(wrong) << "fedcba9876543210fedcba9876543210";
+  auto wrong_cfg = cfg;
+  ASSERT_TRUE(wrong_cfg.set("fabric.cluster_secret_file", wrong));
+  auto refused = run_attached(wrong_cfg, {}, "127.0.0.1", uint16_t(port));
+  ASSERT_FALSE(refused) << "a driver with the wrong secret drove the cluster";
+  EXPECT_NE(refused.error().message().find("refused this driver's join"), std::string::npos)
+      << refused.error().to_string();
+  // ... and one with no secret at all is stopped before it connects.
+  auto no_secret_cfg = cfg;
+  ASSERT_TRUE(no_secret_cfg.set("fabric.cluster_secret_file", ""));
+  auto no_secret = run_attached(no_secret_cfg, {}, "127.0.0.1", uint16_t(port));
+  ASSERT_FALSE(no_secret);
+  EXPECT_NE(no_secret.error().message().find("--attach"), std::string::npos) << no_secret.error().to_string();
   auto attached = run_attached(cfg, {}, "127.0.0.1", uint16_t(port));
   auto embedded = run_embedded(small_config(), {});
   // Every node exits once the run is over (the driver shuts the cluster down).
