@@ -231,7 +231,7 @@ write_config() {
   mv "$etc" "$state/etc"
   mv "$state/host.yaml.new" "$state/host.yaml"
   { printf 'devices=%q\nuser_config=%q\n' "$devices" "$user_config"
-    printf 'user_sets=('; printf '%q ' "${user_sets[@]}"; printf ')\n'; } >"$state/settings"
+    printf 'user_sets=('; [ ${#user_sets[@]} -eq 0 ] || printf '%q ' "${user_sets[@]}"; printf ')\n'; } >"$state/settings"
 }
 
 # --- cluster ------------------------------------------------------------------------------
