@@ -31,7 +31,6 @@ transport::outbound wire_message(uint32_t sender, size_t payload_bytes) {
 
 void placement_to_wire(const request_placement& p, transport::wire::Placement::Builder out) {
   out.setRequestId(p.request_id);
-  out.setEpoch(p.epoch);
   auto shards = out.initShards(static_cast<unsigned>(p.shards.size()));
   for (size_t i = 0; i < p.shards.size(); ++i) {
     const shard_placement& s = p.shards[i];
@@ -62,7 +61,6 @@ void placement_to_wire(const request_placement& p, transport::wire::Placement::B
 request_placement placement_from_wire(transport::wire::Placement::Reader p) {
   request_placement r;
   r.request_id = p.getRequestId();
-  r.epoch = std::max<uint64_t>(1, p.getEpoch());
   for (auto w : p.getShards()) {
     shard_placement s;
     s.shard_id = w.getShardId();

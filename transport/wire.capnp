@@ -80,7 +80,6 @@ struct Shard {
 struct Placement {
   requestId @0 :UInt64;
   shards @1 :List(Shard);
-  epoch @2 :UInt64;     # the placement's version (schedulers/placement.hpp); 0 from an older sender
 }
 
 struct Membership {
