@@ -63,9 +63,13 @@ struct Progress {        # gpu host -> driver -> whoever launched the run
   total @2 :UInt64;
 }
 
-struct MemberDown {      # coordinator -> gpu host: a member was lost (monitor / heartbeats)
-  nodeId @0 :UInt32;
+struct MemberDown {      # coordinator -> gpu host: a member was lost (monitor / heartbeats);
+  nodeId @0 :UInt32;     # gpu host -> coordinator: it failed a device over (fenced it)
   reason @1 :Text;
+}
+
+struct Stop {            # driver -> coordinator -> gpu host: end the run now (SIGINT or
+  reason @0 :Text;       # SIGTERM to the launcher) and report what finished
 }
 
 struct Control {
@@ -83,5 +87,6 @@ struct Control {
     memberDown @10 :MemberDown;
     admit @11 :Admit;
     release @12 :Release;
+    stop @13 :Stop;
   }
 }

@@ -11,9 +11,9 @@
 namespace pnmkv::control {
 
 using W = wire::Control::Body::Which;
-static_assert(static_cast<int>(W::HELLO) == 0 && static_cast<int>(W::RELEASE) == 10,
+static_assert(static_cast<int>(W::HELLO) == 0 && static_cast<int>(W::STOP) == 11,
               "the union's alternatives in their schema order");
-inline constexpr unsigned msg_kind_count = 11;
+inline constexpr unsigned msg_kind_count = 12;
 
 const char* to_string(msg_kind kind) {
   auto fields = capnp::Schema::from<wire::Control::Body>().getUnionFields();
@@ -121,6 +121,7 @@ void check(wire::Control::Body::Reader body) {
     case W::MEMBER_DOWN: return text("member_down.reason", body.getMemberDown().getReason());
     case W::ADMIT: return request_id("admit.request_id", body.getAdmit().getRequestId());
     case W::RELEASE: return request_id("release.request_id", body.getRelease().getRequestId());
+    case W::STOP: return text("stop.reason", body.getStop().getReason());
   }
   reject(errc::unsupported, "message kind {} unknown (a newer sender?)",
          static_cast<unsigned>(body.which()));
@@ -177,6 +178,7 @@ PNMKV_BODY_READER(Progress, progress, PROGRESS, getProgress)
 PNMKV_BODY_READER(MemberDown, member_down, MEMBER_DOWN, getMemberDown)
 PNMKV_BODY_READER(Admit, admit, ADMIT, getAdmit)
 PNMKV_BODY_READER(Release, release, RELEASE, getRelease)
+PNMKV_BODY_READER(Stop, stop, STOP, getStop)
 #undef PNMKV_BODY_READER
 
 result<received> decode(const std::string& bytes) {

@@ -94,6 +94,7 @@ class received : public transport::validated_bytes {
   wire::MemberDown::Reader member_down() const;
   wire::Admit::Reader admit() const;
   wire::Release::Reader release() const;
+  wire::Stop::Reader stop() const;
 
  private:
   friend struct received_access;

@@ -195,43 +195,63 @@ void coordinator_state::release(uint64_t request_id) {
 }
 
 void coordinator_state::on_member_down(const caf::down_msg& dm) {
-  for (auto& [id, m] : members_) {
-    if (!m.hdl || m.hdl.address() != dm.source) continue;
-    std::string reason = caf::to_string(dm.reason);
-    // CAF's name says nothing of why: its link closed, or was silent past the heartbeat
-    // timeout (a frozen process, a partition).
-    if (dm.reason == caf::exit_reason::remote_link_unreachable)
-      reason = "the coordinator lost its link: closed, or silent past cluster.connection_timeout_ms = " +
-               std::to_string(setup_->spec.cluster.connection_timeout_ms) + " ms";
-    cluster_log().warn("event=member_down node={} reason=\"{}\"", id, reason);
-    const member* host = find_member(gpu_host_node);
-    if (id != gpu_host_node && host && ready_) {
-      control::outbound out(self_id_, reason.size());
-      auto down = out.body().initMemberDown();
-      down.setNodeId(id);
-      down.setReason(control::bounded_text(reason));
-      self_->send(host->hdl, ctl_atom::value, wire_string(out));
-      // Nothing new is placed on it; a placement still waiting for its ack is refused.
-      admission_.device_lost(id);
-      std::vector<uint64_t> stuck;
-      for (const auto& [rid, waiting] : awaiting_acks_)
-        if (waiting.count(id)) stuck.push_back(rid);
-      for (uint64_t rid : stuck) {
-        awaiting_acks_.erase(rid);
-        release(rid);
-        decide(rid, false, "device " + std::to_string(id) + " went down while request " +
-                               std::to_string(rid) + " was being placed");
-      }
-      continue;
-    }
-    // The GPU host itself, or a device lost before the cluster was complete: nobody else
-    // can fail the run, so the coordinator tells the driver (now or when it submits).
-    const std::string what = id == gpu_host_node
-                                 ? "the GPU host went down: " + reason
-                                 : "device " + std::to_string(id) + " went down (" + reason +
-                                       ") before the cluster was complete";
-    deliver_result(failed_run_bytes(what));
+  uint32_t id = 0;
+  bool found = false;
+  for (const auto& [mid, m] : members_)
+    if (m.hdl && m.hdl.address() == dm.source) id = mid, found = true;
+  if (!found) return;  // fenced already, or never a member
+  std::string reason = caf::to_string(dm.reason);
+  // CAF's name says nothing of why: its link closed, or was silent past the heartbeat
+  // timeout (a frozen process, a partition).
+  if (dm.reason == caf::exit_reason::remote_link_unreachable)
+    reason = "the coordinator lost its link: closed, or silent past cluster.connection_timeout_ms = " +
+             std::to_string(setup_->spec.cluster.connection_timeout_ms) + " ms";
+  cluster_log().warn("event=member_down node={} reason=\"{}\"", id, reason);
+  const member* host = find_member(gpu_host_node);
+  if (id != gpu_host_node && host && ready_) {
+    control::outbound out(self_id_, reason.size());
+    auto down = out.body().initMemberDown();
+    down.setNodeId(id);
+    down.setReason(control::bounded_text(reason));
+    self_->send(host->hdl, ctl_atom::value, wire_string(out));
+    fence(id, reason);
+    return;
   }
+  // The GPU host itself, or a device lost before the cluster was complete: nobody else
+  // can fail the run, so the coordinator tells the driver (now or when it submits).
+  const std::string what = id == gpu_host_node
+                               ? "the GPU host went down: " + reason
+                               : "device " + std::to_string(id) + " went down (" + reason +
+                                     ") before the cluster was complete";
+  deliver_result(failed_run_bytes(what));
+}
+
+void coordinator_state::fence(uint32_t id, const std::string& reason) {
+  auto it = members_.find(id);
+  if (id == gpu_host_node || it == members_.end() || it->second.role != transport::node_role::pnm_device) return;
+  cluster_log().warn("event=fenced node={} reason=\"{}\"", id, reason);
+  fenced_[id] = it->second.hdl;
+  members_.erase(it);
+  // Nothing new is placed on it; a placement still waiting for its ack is refused.
+  admission_.device_lost(id);
+  std::vector<uint64_t> stuck;
+  for (const auto& [rid, waiting] : awaiting_acks_)
+    if (waiting.count(id)) stuck.push_back(rid);
+  for (uint64_t rid : stuck) {
+    awaiting_acks_.erase(rid);
+    release(rid);
+    decide(rid, false, "device " + std::to_string(id) + " went down while request " +
+                           std::to_string(rid) + " was being placed");
+  }
+}
+
+void coordinator_state::on_stop(const std::string& bytes, const std::string& reason) {
+  cluster_log().warn("event=stop reason=\"{}\"", reason);
+  if (const member* host = find_member(gpu_host_node); host && started_) {
+    self_->send(host->hdl, ctl_atom::value, bytes);
+    return;
+  }
+  deliver_result(failed_run_bytes("stopped before the run started: " + reason));
 }
 
 void coordinator_state::on_join_timeout() {
@@ -273,9 +293,13 @@ void coordinator_state::on_control(const std::string& bytes) {
       return;
     case control::msg_kind::RUN_RESULT: return deliver_result(bytes);
     case control::msg_kind::SHUTDOWN:
-      // Every member quits, then the coordinator itself.
+      // Every member quits (a fenced one too, if it is still there), then the coordinator.
       for (const auto& [id, mem] : members_) self_->send(mem.hdl, ctl_atom::value, bytes);
+      for (const auto& [id, hdl] : fenced_) self_->send(hdl, ctl_atom::value, bytes);
       return self_->quit();
+    case control::msg_kind::MEMBER_DOWN:  // from the GPU host: it failed a device over
+      return fence(m->member_down().getNodeId(), m->member_down().getReason().cStr());
+    case control::msg_kind::STOP: return on_stop(bytes, m->stop().getReason().cStr());
     case control::msg_kind::ADMIT: return on_admit(m->admit());
     case control::msg_kind::RELEASE: return release(m->release().getRequestId());
     case control::msg_kind::PLACEMENT_ACK: return on_placement_ack(m->placement_ack());
@@ -393,6 +417,13 @@ void coordinator_state::on_join(const std::string& bytes) {
   }
   auto j = m->join();
   const uint32_t node = j.getNodeId();
+  if (fenced_.count(node)) {  // never the owner of its old shards again
+    const status no{errc::invalid_argument, "device " + std::to_string(node) +
+                                                " was failed over in this run (fenced): it may not rejoin"};
+    cluster_log().warn("event=join_refused node={} reason=\"{}\"", node, no.message());
+    self_->send(sender, join_atom::value, join_ack(node, no));
+    return;
+  }
   auto nonce = nonces_.find(node);
   status ok = nonce == nonces_.end() ? status{errc::invalid_argument, "no challenge was issued to this node"}
                                      : transport::verify_join(setup_->secret, nonce->second, j);

@@ -49,6 +49,12 @@ class coordinator_state {
   void on_submit(const control::request_spec& spec, const caf::actor& sender);
   void on_admit(control::wire::Admit::Reader ad);
   void on_placement_ack(control::wire::PlacementAck::Reader a);
+  // The driver asks to end the run now: the GPU host reports what finished.
+  void on_stop(const std::string& bytes, const std::string& reason);
+  // A device lost (the GPU host failed it over, or its connection went down): nothing new
+  // is placed on it, placements waiting for its ack are refused, and it leaves the
+  // membership for good: fenced, it may not join again.
+  void fence(uint32_t id, const std::string& reason);
 
   // Control messages the coordinator sends.
   std::string admission_bytes(uint64_t request_id, bool accepted, const std::string& reason) const;
@@ -87,6 +93,8 @@ class coordinator_state {
 
   std::map<uint32_t, std::vector<uint8_t>> nonces_;
   std::map<uint32_t, member> members_;
+  // Devices fenced (failed over): out of the membership; told to shut down at the end.
+  std::map<uint32_t, caf::actor> fenced_;
   bool ready_ = false;
   caf::actor driver_;
   std::set<caf::actor_addr> drivers_;          // drivers whose join was accepted

@@ -80,6 +80,10 @@ void driver_state::on_control(const std::string& bytes) {
     case control::msg_kind::ADMISSION: return on_admission(m->admission());
     case control::msg_kind::PROGRESS: return self_->send(report_to_, ctl_atom::value, bytes);
     case control::msg_kind::RUN_RESULT: return on_result(m->run_result());
+    case control::msg_kind::STOP:
+      if (!stopping_.empty()) return;
+      stopping_ = m->stop().getReason().cStr();
+      return self_->send(coordinator_, ctl_atom::value, bytes);
     default: return;
   }
 }
@@ -93,31 +97,44 @@ void driver_state::on_admission(control::wire::Admission::Reader a) {
   }
 }
 
+// The GPU host's report, with what the driver knows: the requests refused at admission.
+// The host counts the requests it lost with their devices (requests.failed, one line each
+// in requests.failures) and, in a run stopped early, what finished.
 void driver_state::on_result(control::wire::RunResult::Reader r) {
   nlohmann::ordered_json j = nlohmann::ordered_json::object();
   const auto report = r.getReportJson();
   if (report.size() > 0) j = nlohmann::ordered_json::parse(report.begin(), report.end(), nullptr, false);
-  if (j.is_discarded()) j = nlohmann::ordered_json::object();
+  if (j.is_discarded() || !j.is_object()) j = nlohmann::ordered_json::object();
+  auto& req = j["requests"];
+  if (!req.is_object()) req = nlohmann::ordered_json::object();
+  const bool stopped = !stopping_.empty();
+  if (stopped && !req.contains("stopped")) req["stopped"] = stopping_;
+  const bool ran = r.getOk() || stopped;  // the report says what finished
+  const uint64_t lost = ran ? req.value("failed", uint64_t(0)) : 0;
   auto failures = failures_;
+  if (ran && req.contains("failures") && req["failures"].is_array())
+    for (const auto& f : req["failures"])
+      if (f.is_string()) failures.push_back(f.get<std::string>());
   if (setup_->open_workload()) {
     // The GPU host's scheduler knows what became of each request.
     const auto& s = j.contains("serving") ? j["serving"] : nlohmann::ordered_json::object();
-    const uint64_t n = setup_->arrivals.size(), completed = r.getOk() ? s.value("completed", uint64_t(0)) : 0;
-    j["requests"]["submitted"] = n;
-    j["requests"]["completed"] = completed;
-    j["requests"]["failed"] = n - completed;
+    const uint64_t n = setup_->arrivals.size(), completed = ran ? s.value("completed", uint64_t(0)) : 0;
+    req["submitted"] = n;
+    req["completed"] = completed;
+    req["failed"] = stopped ? s.value("refused", uint64_t(0)) + lost : n - completed;
     if (s.contains("requests"))
       for (const auto& q : s["requests"])
         if (q.value("refused", false))
           failures.push_back("request " + std::to_string(q.value("id", uint64_t(0))) +
                              " refused: " + q.value("refusal", std::string()));
   } else {
-    j["requests"]["submitted"] = setup_->batch;
-    j["requests"]["completed"] = r.getOk() ? accepted_ : 0;
-    j["requests"]["failed"] = refused_ + (r.getOk() ? 0 : accepted_);
+    const uint64_t completed = r.getOk() ? accepted_ - std::min(accepted_, lost) : 0;
+    req["submitted"] = setup_->batch;
+    req["completed"] = completed;
+    req["failed"] = refused_ + (ran ? lost : accepted_);
   }
-  if (!r.getOk()) failures.push_back(std::string("run: ") + r.getReason().cStr());
-  j["requests"]["failures"] = failures;
+  if (!r.getOk() && !stopped) failures.push_back(std::string("run: ") + r.getReason().cStr());
+  req["failures"] = failures;
   self_->send(report_to_, done_atom::value, r.getOk(), j.dump());
   control::outbound out(driver_node);
   out.body().setShutdown();

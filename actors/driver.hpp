@@ -43,12 +43,15 @@ class driver_state {
   caf::actor coordinator_, report_to_;
   std::vector<std::string> failures_;
   uint64_t accepted_ = 0, refused_ = 0;
+  std::string stopping_;  // a Stop was passed on (SIGINT / SIGTERM to its process): why
 };
 
 // Hands the final report (JSON) to `report_to` as (done_atom, ok, json); progress goes to
-// `report_to` as (ctl_atom, progress bytes). A refused join is (done_atom, false, json) with
-// the coordinator's reason under "refused" (driver_refusal reads it). (stop_atom) from the
-// launcher shuts the cluster down.
+// `report_to` as (ctl_atom, progress bytes). A Stop sent to it (ctl_atom, stop bytes) goes
+// on to the coordinator: the run ends early and its report says what finished. A refused
+// join is (done_atom, false, json) with the coordinator's reason under "refused"
+// (driver_refusal reads it). (stop_atom) from the launcher, which gives up on the run,
+// shuts the cluster down.
 using stop_atom = caf::atom_constant<caf::atom("stop")>;
 caf::behavior driver_actor(driver_state::actor_type* self, std::shared_ptr<const run_setup> setup,
                            caf::actor coordinator, caf::actor report_to);

@@ -36,6 +36,7 @@ caf::behavior gpu_host_actor(gpu_host_state::actor_type* self, std::shared_ptr<c
       [self](tick_atom, uint64_t epoch) { self->state.on_deadline(epoch); },
       [self](peer_down_atom, uint32_t peer) { self->state.on_peer_down(peer); },
       [self](retry_atom, uint64_t epoch) { self->state.on_retry(epoch); },
+      [self](silence_atom) { self->state.on_silence(); },
   };
 }
 
@@ -147,6 +148,7 @@ void gpu_host_state::put_query(const device_work& w, transport::wire::Envelope::
 void gpu_host_state::send_all(std::vector<device_work>& work) {
   for (auto& w : work) {
     if (lost_.count(w.device_id)) continue;  // its replicas got their own copy
+    if (failed_.count(w.request_id ? w.request_id : w.query.request_id)) continue;  // lost mid-send
     if (w.bulk) {  // kept for a retry when the ack does not come
       write_key key{w.device_id, w.request_id, w.layer, w.kv_head, w.position};
       if (!writes_out_.count(key)) writes_out_.emplace(key, setup_->retry_after_ms ? w : device_work{});
@@ -176,6 +178,23 @@ void gpu_host_state::finish() {
   if (finished_) return;
   finished_ = true;
   send_result(build_report(), true, "");
+}
+
+void gpu_host_state::stop_run(const std::string& reason) {
+  if (finished_) return;
+  finished_ = true;
+  cluster_log().warn("event=run_stopped reason=\"{}\" steps_done={}", reason, steps_.size());
+  run_report rep = build_report();
+  if (!open_) {  // a closed batch finishes together: nothing did yet
+    rep.completed = 0;
+    rep.request_digests.clear();
+  } else {
+    auto& d = rep.request_digests;
+    d.erase(std::remove_if(d.begin(), d.end(), [&](const auto& x) { return sched_->outcome(x.first).finish_s < 0; }),
+            d.end());
+  }
+  rep.stopped = reason;
+  send_result(rep, false, "stopped: " + reason);
 }
 
 void gpu_host_state::send_result(const run_report& rep, bool ok, const std::string& reason) {
@@ -330,23 +349,36 @@ void gpu_host_state::pump_prefill() {
 void gpu_host_state::device_lost(uint32_t dev, const std::string& why) {
   if (finished_ || lost_.count(dev)) return;
   const std::string what = "device " + std::to_string(dev) + " went down (" + why + ")";
+  record_loss(dev, why);  // fenced from now on
+  {  // the coordinator places nothing more on it and keeps it from rejoining
+    control::outbound out(node_, what.size());
+    auto down = out.body().initMemberDown();
+    down.setNodeId(dev);
+    down.setReason(control::bounded_text(what));
+    self_->send(coordinator_, ctl_atom::value, wire_string(out));
+  }
   // gpu-only: the devices hold nothing and owe nothing; losing one changes nothing.
   if (setup_->host.mode == run_mode::gpu_only) {
-    record_loss(dev, why);
     cluster_log().warn("event=device_lost_idle device={} reason=\"{}\"", dev, why);
     return;
   }
-  if (setup_->replication < 2 || !engine_) return fail_run(what);
-  auto resend = engine_->fail_over(dev);
-  if (!resend) return fail_run(what + ": " + resend.error().message());
-  record_loss(dev, why);
-  cluster_log().warn("event=failover device={} reason=\"{}\" resent={}", dev, why, resend->size());
+  send_fence_notice(dev, what);
+  if (!engine_) {  // before the run: the engine learns it first (on_closed_start, on_open_start)
+    cluster_log().warn("event=device_lost_before_start device={} reason=\"{}\"", dev, why);
+    return;
+  }
+  auto fo = engine_->fail_over(dev);
+  if (!fo) return fail_run(what + ": " + fo.error().message());
+  cluster_log().warn("event=failover device={} reason=\"{}\" resent={} requests_lost={}", dev, why,
+                     fo->resend.size(), fo->lost.size());
+  for (const lost_request& l : fo->lost) fail_request(l.request_id, what + ": " + l.reason);
   for (auto& [rid, pl] : placements_)
     if (const request_placement* now = engine_->placement_of(rid)) pl = *now;
   // Writes it still owed: its replicas received (and acknowledge) their own copies.
   for (auto it = writes_out_.begin(); it != writes_out_.end();)
     it = std::get<0>(it->first) == dev ? writes_out_.erase(it) : std::next(it);
-  send_all(*resend);
+  send_all(fo->resend);
+  if (finished_) return;
   if (!open_ && !prefill_done_) pump_prefill();
   after_progress();
 }
@@ -355,6 +387,77 @@ void gpu_host_state::record_loss(uint32_t dev, const std::string& why) {
   lost_.insert(dev);
   const auto now = std::chrono::system_clock::now().time_since_epoch();
   losses_.push_back({dev, step_, why, std::chrono::duration_cast<std::chrono::milliseconds>(now).count()});
+}
+
+void gpu_host_state::fail_request(uint64_t request_id, const std::string& reason) {
+  if (!failed_.emplace(request_id, reason).second) return;
+  cluster_log().error("event=request_failed request={} reason=\"{}\"", request_id, reason);
+  placements_.erase(request_id);
+  for (auto it = tags_.begin(); it != tags_.end();)
+    it = std::get<0>(it->first) == request_id ? tags_.erase(it) : std::next(it);
+  for (auto it = writes_out_.begin(); it != writes_out_.end();)
+    it = std::get<1>(it->first) == request_id ? writes_out_.erase(it) : std::next(it);
+  if (sched_) {
+    const uint64_t sid = sched_id(request_id);
+    const auto& in = sched_->in_system_ids();
+    if (std::find(in.begin(), in.end(), sid) != in.end()) sched_->fail(sid, reason);
+  }
+  send_release(request_id);
+}
+
+uint64_t gpu_host_state::sched_id(uint64_t request_id) const {
+  if (open_) return request_id;
+  for (size_t i = 0; i < requests_.size(); ++i)
+    if (requests_[i].request_id == request_id) return i + 1;
+  return 0;
+}
+
+void gpu_host_state::send_fence_notice(uint32_t dev, const std::string& why) {
+  transport::envelope env;
+  env.sender = node_;
+  env.seq = ++seq_;
+  const std::string text = "fenced: " + why + "; its shards are served by others now: leave the cluster";
+  transport::outbound m(env, text.size());
+  auto e = m.body().initError();
+  e.setCode(static_cast<uint16_t>(errc::peer_down));
+  e.setMessage(text);
+  auto st = fab_->send(dev, m.finish());  // best effort: a dead device cannot take it
+  if (!st) cluster_log().info("event=fence_notice_not_sent device={} reason=\"{}\"", dev, st.to_string());
+}
+
+bool gpu_host_state::fenced(const transport::envelope& env) {
+  if (!lost_.count(env.sender)) return false;
+  ++fenced_messages_;
+  if (fence_logged_.insert(env.sender).second)
+    cluster_log().warn("event=fenced device={} reason=\"a message from a device already failed over: dropped, "
+                       "as every later one (counted in the report); it was told to leave\"",
+                       env.sender);
+  return true;
+}
+
+void gpu_host_state::on_silence() {
+  if (finished_ || !setup_->device_timeout_ms) return;
+  const auto timeout = std::chrono::milliseconds(setup_->device_timeout_ms);
+  self_->delayed_send(self_, std::max<std::chrono::milliseconds>(timeout / 2, std::chrono::milliseconds(1)),
+                      silence_atom::value);
+  if (!engine_) return;
+  const auto now = steady::now();
+  std::set<uint32_t> owing = engine_->devices_owing();
+  for (const auto& [key, w] : writes_out_) owing.insert(std::get<0>(key));
+  for (auto it = owing_since_.begin(); it != owing_since_.end();)
+    it = owing.count(it->first) ? std::next(it) : owing_since_.erase(it);
+  std::vector<uint32_t> silent;
+  for (uint32_t d : owing) {
+    if (lost_.count(d)) continue;
+    steady::time_point last = owing_since_.try_emplace(d, now).first->second;
+    if (auto h = heard_.find(d); h != heard_.end()) last = std::max(last, h->second);
+    if (now - last >= timeout) silent.push_back(d);
+  }
+  for (uint32_t d : silent) {
+    if (finished_) return;
+    device_lost(d, "silent for " + std::to_string(setup_->device_timeout_ms) +
+                       " ms with work unanswered (cluster.device_timeout_ms)");
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -382,6 +485,7 @@ void gpu_host_state::on_control(const std::string& bytes) {
       return device_lost(down.getNodeId(), down.getReason());
     }
     case control::msg_kind::ADMISSION: return on_admission(m->admission());
+    case control::msg_kind::STOP: return stop_run(m->stop().getReason().cStr());
     case control::msg_kind::RUN_START: {
       std::vector<control::request_spec> requests;
       for (auto r : m->run_start().getRequests()) requests.push_back(control::from_wire(r));
@@ -420,6 +524,14 @@ void gpu_host_state::on_admission(control::wire::Admission::Reader a) {
     }
     auto s = engine_->add_request({spec.request_id, spec.context_tokens, spec.steps}, pl->second,
                                   /*decoding=*/false);
+    if (!s && s.code() == errc::peer_down) {
+      // Placed just before a device it needs was lost: not admitted now (its room goes
+      // back); the next boundary asks again and the coordinator places it elsewhere.
+      send_release(id);
+      placements_.erase(pl);
+      if (!sched_->not_admitted(id, s.message())) admitting_ = false;
+      return boundary();
+    }
     if (!s) return fail_run(s.to_string());
     pl->second = *engine_->placement_of(id);  // without lost devices
     sched_->admit(id);
@@ -433,6 +545,8 @@ void gpu_host_state::on_open_start(const std::vector<control::request_spec>& req
   open_ = true;
   engine_ = std::make_unique<host_engine>(setup_->host, *costs_, *setup_->workload);
   engine_->set_trace(timeline_.get());
+  for (uint32_t d : lost_) (void)engine_->fail_over(d);  // holds nothing yet: marks it dead
+  if (setup_->device_timeout_ms) on_silence();
   std::vector<trace_row> rows;
   for (const auto& r : requests) {
     open_specs_[r.request_id] = r;
@@ -454,12 +568,16 @@ void gpu_host_state::on_closed_start(std::vector<control::request_spec> requests
   requests_ = std::move(requests);
   engine_ = std::make_unique<host_engine>(setup_->host, *costs_, *setup_->workload);
   engine_->set_trace(timeline_.get());
+  for (uint32_t d : lost_) (void)engine_->fail_over(d);  // holds nothing yet: marks it dead
   for (const auto& r : requests_) {
     auto pl = placements_.find(r.request_id);
     if (pl == placements_.end()) return fail_run("no placement for request " + std::to_string(r.request_id));
     auto s = engine_->add_request({r.request_id, r.context_tokens, r.steps}, pl->second);
-    if (!s) return fail_run(s.to_string());
+    // Placed on a device lost before the run with no other copy: it alone fails.
+    if (!s && s.code() == errc::peer_down) fail_request(r.request_id, s.message());
+    else if (!s) return fail_run(s.to_string());
   }
+  if (setup_->device_timeout_ms) on_silence();
   if (requests_.empty()) return finish();
   // Chunks of the prefill (for the progress bar): per live (layer, head), the
   // context in chunks of prefill_chunk_tokens, times the copies (replication).
@@ -487,6 +605,7 @@ void gpu_host_state::serve_closed_batch() {
   for (const auto& r : requests_) rows.push_back({0.0, r.context_tokens, uint64_t(r.steps) + 1});
   sched_ = std::make_unique<serving_scheduler>(std::move(rows), setup_->serving);
   for (uint64_t id = 1; id <= requests_.size(); ++id) sched_->admit_prefilled(id);
+  for (const auto& [rid, why] : failed_) sched_->fail(sched_id(rid), why);  // lost in the prefill
   admitting_ = false;  // nothing waits: the batch was formed before the prefill
   boundary();
 }
@@ -494,6 +613,8 @@ void gpu_host_state::serve_closed_batch() {
 void gpu_host_state::on_wire(std::vector<uint8_t>& bytes) {
   auto m = transport::decode(std::move(bytes), setup_->limits);
   if (!m) return;
+  if (fenced(m->env())) return;
+  if (setup_->device_timeout_ms) heard_[m->env().sender] = steady::now();
   switch (m->kind()) {
     case transport::msg_kind::write_ack: return on_write_ack(m->env(), m->write_ack());
     case transport::msg_kind::partial:
@@ -532,6 +653,7 @@ void gpu_host_state::on_reply(const transport::received& m) {
     step = m.recall_reply().getStep();
   }
   ++replies_seen_;
+  if (failed_.count(std::get<0>(key))) return;  // its request was lost meanwhile
   auto it = tags_.find(key);
   if (it == tags_.end() || step != step_) return;  // stale or duplicate
   r.tag = it->second;
@@ -579,9 +701,9 @@ gpu_host_state::reply_key gpu_host_state::read_recall(const transport::envelope&
                                                       transport::wire::RecallReply::Reader rr,
                                                       device_reply& r) {
   uint32_t shard = 0;
-  const auto& pl = placements_.at(rr.getRequestId());
-  for (const auto& s : pl.shards)
-    if (s.device_id == env.sender && s.holds_head(rr.getKvHead())) shard = s.shard_id;
+  if (auto pl = placements_.find(rr.getRequestId()); pl != placements_.end())  // gone: lost, dropped later
+    for (const auto& s : pl->second.shards)
+      if (s.device_id == env.sender && s.holds_head(rr.getKvHead())) shard = s.shard_id;
   for (auto pg : rr.getPages()) {
     auto k = transport::view_as<bf16>(pg.getK());
     auto v = transport::view_as<bf16>(pg.getV());
@@ -636,9 +758,18 @@ run_report gpu_host_state::build_report() const {
   report_run(rep);
   report_steps(rep);
   report_capacity(rep);
+  report_recovery(rep);
   if (!engine_) return rep;
   report_engine(rep);
   return rep;
+}
+
+// Requests lost with their devices, fencing, the steps done.
+void gpu_host_state::report_recovery(run_report& rep) const {
+  rep.failed = failed_.size();
+  for (const auto& [rid, why] : failed_) rep.failures.push_back("request " + std::to_string(rid) + ": " + why);
+  rep.fenced_messages = fenced_messages_;
+  rep.steps_done = steps_.size();
 }
 
 // What was run: the configuration, and what the engine measured for the simulator.
@@ -821,7 +952,8 @@ void gpu_host_state::report_engine(run_report& rep) const {
     rep.head_groups = placements_.begin()->second.head_groups;
     rep.sequence_shards = placements_.begin()->second.sequence_shards;
   }
-  rep.completed = requests_.size();
+  rep.completed = requests_.size() - failed_.size();
+  for (const auto& [rid, digest] : engine_->request_digests()) rep.request_digests.emplace_back(rid, digest);
   rep.devices_lost.assign(lost_.begin(), lost_.end());
   rep.device_losses = losses_;
   rep.retries = retries_;

@@ -61,6 +61,8 @@ class gpu_host_state {
   void on_deadline(uint64_t epoch);
   void on_peer_down(uint32_t peer);
   void on_retry(uint64_t epoch);
+  // cluster.device_timeout_ms: a device owing work that has been silent that long is lost.
+  void on_silence();
 
  private:
   using steady = std::chrono::steady_clock;
@@ -110,9 +112,24 @@ class gpu_host_state {
   // The decode step of everything in the system plus `candidate`, predicted by the
   // step model on the composition the host engine charges (run_setup::step).
   double predicted_step_ms(uint64_t candidate, const request_placement& cand_pl);
-  // A device is gone: with replicas the engine moves its shards and resends what it owed;
-  // writes it will never acknowledge stop counting. Without replicas the run fails.
+  // A device is gone: the engine moves its shards to replicas and resends what it owed;
+  // writes it will never acknowledge stop counting. A request with no copy left of one of
+  // its shards fails alone (fail_request); the others go on. The device is fenced from now
+  // on: told to leave (fence notice), its late messages dropped (fenced()).
   void device_lost(uint32_t dev, const std::string& why);
+  // A request lost with its devices leaves the run (scheduler, placement, outstanding work);
+  // the coordinator takes its room back and the devices drop its shards.
+  void fail_request(uint64_t request_id, const std::string& reason);
+  // The serving scheduler's id of a request (a closed batch: its position in requests_, 1..).
+  uint64_t sched_id(uint64_t request_id) const;
+  // Fencing: true when `env` comes from a device already failed over; the message is
+  // dropped and counted, and the first from each such device is logged.
+  bool fenced(const transport::envelope& env);
+  // Tells a failed-over device to leave, on the data plane (behind the work it holds).
+  void send_fence_notice(uint32_t dev, const std::string& why);
+  // The run ends now at the driver's request (SIGINT / SIGTERM to the launcher): the
+  // report of what finished goes to the driver.
+  void stop_run(const std::string& reason);
 
   // The report, in parts.
   run_report build_report() const;
@@ -120,6 +137,7 @@ class gpu_host_state {
   void report_steps(run_report& rep) const;
   void report_capacity(run_report& rep) const;
   void report_engine(run_report& rep) const;
+  void report_recovery(run_report& rep) const;
 
   actor_type* self_;
   std::shared_ptr<const run_setup> setup_;
@@ -167,8 +185,14 @@ class gpu_host_state {
   // The TPOT budget, the admission constraint the simulator checks too
   // (schedulers/admission.hpp); null when workload.tpot_ms_max = 0.
   std::unique_ptr<tpot_constraint> tpot_;
-  std::set<uint32_t> lost_;  // devices failed over (cluster.replication >= 2)
-  std::vector<device_loss> losses_;  // the same, in the order detected, with when and how
+  std::set<uint32_t> lost_;  // devices failed over: fenced
+  std::map<uint64_t, std::string> failed_;  // requests lost with their devices -> why
+  uint64_t fenced_messages_ = 0;            // late messages from fenced devices, dropped
+  std::set<uint32_t> fence_logged_;         // fenced devices whose late messages were logged
+  // cluster.device_timeout_ms: when each device was last heard from, and since when (first
+  // look) it has owed work without a break.
+  std::map<uint32_t, steady::time_point> heard_, owing_since_;
+  std::vector<device_loss> losses_;  // devices failed over, in the order detected, with when and how
   void record_loss(uint32_t dev, const std::string& why);
   std::shared_ptr<timeline_trace> timeline_;
 };

@@ -480,7 +480,7 @@ std::vector<device_work> host_engine::copy_work() {
           cur_.energy_j += dc.energy_j;
           step_device_energy_j_[w.device_id] += dc.energy_j;
           copied_bytes += bytes;
-          pending_.emplace(w.tag, pending_item{r.request_id, layer, h, shard, purpose::steady_copy, link});
+          pending_.emplace(w.tag, pending_item{r.request_id, layer, h, shard, purpose::steady_copy, link, 0, w.device_id});
           work.push_back(std::move(w));
         }
       }
@@ -704,7 +704,7 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
         dispatch(w, w.charge_device, clock_ns_, link);
         pending_.emplace(w.tag, pending_item{r.request_id, layer, h, uint32_t(j),
                                              two_rounds ? purpose::candidates : purpose::select, link,
-                                             uint32_t(layer_slots_.size())});
+                                             uint32_t(layer_slots_.size()), w.device_id});
         work.push_back(std::move(w));
       }
       if (cfg_.mode == run_mode::baseline) {
@@ -934,20 +934,21 @@ status host_engine::finish_baseline_scoring() {
   if (!tl_.items().empty()) {  // summaries over the link
     tl_.serve();
     tl_.receive();
-    for (const auto& it : tl_.items()) {
-      head_state& hs = heads_.at(layer_slots_[it.slot]);
-      hs.ready_ns = std::max(hs.ready_ns, it.done_ns);
-    }
+    for (const auto& it : tl_.items())
+      if (head_state* hs = slot_head(it.slot)) hs->ready_ns = std::max(hs->ready_ns, it.done_ns);
     tl_.clear_items();
   }
   const uint32_t ps = cfg_.page_size_tokens;
   gpu_ = gpu_ranks(1, t0);
   gpu_.set_trace(trace_, trace_name::score);
   double in = t0;
-  for (const head_key& key : layer_slots_) in = std::max(in, heads_.at(key).ready_ns);
+  const uint32_t slots = uint32_t(layer_slots_.size());
+  for (uint32_t i = 0; i < slots; ++i)
+    if (const head_state* hs = slot_head(i)) in = std::max(in, hs->ready_ns);
   gpu_.hold_until(in);
-  for (const head_key& key : layer_slots_) {
-    const uint64_t request_id = std::get<1>(key);
+  for (uint32_t i = 0; i < slots; ++i) {
+    if (!slot_head(i)) continue;  // its request was lost with a device
+    const uint64_t request_id = std::get<1>(layer_slots_[i]);
     const uint64_t total_pages = (spec(request_id).context_tokens + decoded(request_id) + 1 + ps - 1) / ps;
     const work::query_work sw = work::gpu_score_work(costs_, total_pages, cfg_.heads_scored, cfg_.summary_elem_bytes);
     const op_cost sc = costs_.gpu_attention(cfg_.summaries_resident ? sw.bytes : 0, sw.flops);
@@ -957,7 +958,8 @@ status host_engine::finish_baseline_scoring() {
   }
   const double wait_ns = in - t0;
   clock_ns_ = gpu_.end();
-  for (const head_key& key : layer_slots_) heads_.at(key).ready_ns = clock_ns_;
+  for (uint32_t i = 0; i < slots; ++i)
+    if (head_state* hs = slot_head(i)) hs->ready_ns = clock_ns_;
   if (trace_) trace_->set_device_name(trace_name::recall);
   close_round(wait_ns);
   round_start_ns_ = clock_ns_;
@@ -991,7 +993,7 @@ result<std::vector<device_work>> host_engine::round_b_work() {
       w.wire_bytes = work::query_wire_bytes(costs_.model(), w.listed_storage.size());
       const uint32_t link = link_of(pl, h, hs.shards[j]);
       dispatch(w, true, clock_ns_, link);
-      pending_.emplace(w.tag, pending_item{request_id, layer, h, j, purpose::attend_listed, link});
+      pending_.emplace(w.tag, pending_item{request_id, layer, h, j, purpose::attend_listed, link, 0, w.device_id});
       work.push_back(std::move(w));
     }
   }
@@ -1054,7 +1056,7 @@ status host_engine::baseline_recalls(const head_key& key, head_state& hs, uint32
     w.device_cost_ns = device_service_cost(costs_, device_op::expander, costs_.kv_bytes(double(tokens))).time_ns;
     const uint32_t link = link_of(pl, h, hs.shards[j]);
     dispatch(w, true, clock_ns_, link);
-    pending_.emplace(w.tag, pending_item{request_id, layer, h, j, purpose::recall, link, slot});
+    pending_.emplace(w.tag, pending_item{request_id, layer, h, j, purpose::recall, link, slot, w.device_id});
     work.push_back(std::move(w));
   }
   return {};
@@ -1155,7 +1157,7 @@ std::vector<device_work> host_engine::verify_work() {
     hs.dense_parts.assign(hs.shards.size(), partial{});
     for (uint32_t j = 0; j < hs.shards.size(); ++j) {
       device_work w = make_query(request_id, layer, h, hs.shards[j], hs.q, purpose::verify);
-      pending_.emplace(w.tag, pending_item{request_id, layer, h, j, purpose::verify});
+      pending_.emplace(w.tag, pending_item{request_id, layer, h, j, purpose::verify, 0, 0, w.device_id});
       work.push_back(std::move(w));
     }
   }
@@ -1195,36 +1197,95 @@ std::vector<device_work> host_engine::retry_work() const {
 }
 
 // Takes `dead` out of a placement: its replica slots are dropped and each shard it served
-// as primary is served by its first replica from now on.
+// as primary is served by its first replica from now on; the epoch moves on when anything
+// changed. An error (and the placement half moved) when a shard had no other copy.
 status host_engine::move_off(request_placement& pl, uint32_t dead) {
+  bool changed = false;
   for (auto& sh : pl.shards) {
     auto& reps = sh.replica_device_ids;
+    const size_t before = reps.size();
     reps.erase(std::remove(reps.begin(), reps.end(), dead), reps.end());
+    changed = changed || reps.size() != before;
     if (sh.device_id != dead) continue;
     if (reps.empty())
       return {errc::peer_down,
-              "device " + std::to_string(dead) + " held the only copy of shard " + std::to_string(sh.shard_id) +
+              "device " + std::to_string(dead) + " held the last copy of shard " + std::to_string(sh.shard_id) +
                   " of request " + std::to_string(pl.request_id) +
                   " (re-prefill is not implemented; cluster.replication >= 2 survives a device)"};
     sh.device_id = reps.front();
     reps.erase(reps.begin());
+    changed = true;
   }
+  if (changed) ++pl.epoch;
   return {};
 }
 
-result<std::vector<device_work>> host_engine::fail_over(uint32_t dead) {
-  std::vector<device_work> out;
-  if (!dead_.insert(dead).second) return out;
+host_engine::head_state* host_engine::slot_head(uint32_t slot) {
+  PNMKV_CHECK_LT(size_t(slot), layer_slots_.size());
+  auto it = heads_.find(layer_slots_[slot]);
+  return it == heads_.end() ? nullptr : &it->second;
+}
+
+void host_engine::drop_request(uint64_t request_id) {
+  auto of = [&](uint64_t id) { return id == request_id; };
+  for (auto it = pending_.begin(); it != pending_.end();)
+    it = of(it->second.request_id) ? pending_.erase(it) : std::next(it);
+  for (auto it = sent_.begin(); it != sent_.end();)
+    it = of(it->second.request_id ? it->second.request_id : it->second.query.request_id) ? sent_.erase(it)
+                                                                                          : std::next(it);
+  step_writes_.erase(std::remove_if(step_writes_.begin(), step_writes_.end(),
+                                    [&](const device_work& w) { return of(w.request_id); }),
+                     step_writes_.end());
+  step_decoding_.erase(std::remove(step_decoding_.begin(), step_decoding_.end(), request_id), step_decoding_.end());
+  step_prefill_.erase(std::remove_if(step_prefill_.begin(), step_prefill_.end(),
+                                     [&](const prefill_chunk& c) { return of(c.request_id); }),
+                      step_prefill_.end());
+  auto drop = [&](auto& m) {
+    for (auto i = m.begin(); i != m.end();) i = of(std::get<1>(i->first)) ? m.erase(i) : std::next(i);
+  };
+  drop(heads_);  // baseline's layer slots keep its keys: slot_head() skips them
+  drop(steady_);
+  drop(shadow_);
+  drop(previous_selection_);
+  drop(cache_);
+  // The closed batch's prefill cursor walks requests_ by index.
+  const auto r = std::find_if(requests_.begin(), requests_.end(), [&](const request_spec& x) { return of(x.request_id); });
+  if (r != requests_.end()) {
+    const size_t i = size_t(r - requests_.begin());
+    if (i < pf_request_) {
+      --pf_request_;
+    } else if (i == pf_request_) {
+      pf_layer_ = pf_head_ = 0;
+      pf_position_ = 0;
+    }
+    requests_.erase(r);
+  }
+  placements_.erase(request_id);
+  rstate_.erase(request_id);
+  request_digest_.erase(request_id);
+  if (hbm_) hbm_->release(request_id);
+}
+
+std::set<uint32_t> host_engine::devices_owing() const {
+  std::set<uint32_t> out;
+  for (const auto& [tag, pi] : pending_) out.insert(pi.device);
+  return out;
+}
+
+result<failover_result> host_engine::fail_over(uint32_t dead) {
+  failover_result fr;
+  if (!dead_.insert(dead).second) return fr;
   for (auto& [rid, pl] : placements_) {
     auto st = move_off(pl, dead);
-    if (!st) return st;
+    if (!st) fr.lost.push_back({rid, st.message()});
   }
+  for (const lost_request& l : fr.lost) drop_request(l.request_id);
+  std::vector<device_work>& out = fr.resend;
   if (!cfg_.keep_for_retry) {
     for (const auto& [tag, pi] : pending_)
-      if (placements_.count(pi.request_id))
+      if (pi.device == dead)
         return status{errc::peer_down, "device " + std::to_string(dead) +
                                            " went down with work in flight and no copy kept to retry it"};
-    return out;
   }
   for (auto& [tag, w] : sent_) {
     if (w.device_id != dead || !pending_.count(tag)) continue;
@@ -1241,9 +1302,17 @@ result<std::vector<device_work>> host_engine::fail_over(uint32_t dead) {
     if (!c.verification)
       dispatch(c, c.what == device_work::kind::recall || c.charge_device, clock_ns_, pending_.at(tag).link);
     w.device_id = c.device_id;
+    pending_.at(tag).device = c.device_id;
     out.push_back(std::move(c));
   }
-  return out;
+  // A request dropped with the last work of a round: the step moves on without it.
+  if (phase_ != phase::done && pending_.empty()) {
+    auto more = advance();
+    if (!more) return more.error();
+    remember(*more);
+    for (auto& w : *more) out.push_back(std::move(w));
+  }
+  return fr;
 }
 
 result<std::vector<device_work>> host_engine::on_reply_impl(const device_reply& r) {
@@ -1346,16 +1415,17 @@ status host_engine::finish_layer() {
   const double round_wait_ns = std::max(0.0, last_reply_ns_ - round_start_ns_);
   if (cfg_.mode == run_mode::baseline) {
     // The GPU attends each head once its pages are in: layer-wide, once every recall is in.
-    for (const auto& it : tl_.items()) {
-      head_state& hs = heads_.at(layer_slots_[it.slot]);
-      hs.ready_ns = std::max(hs.ready_ns, it.done_ns);
-    }
+    for (const auto& it : tl_.items())
+      if (head_state* hs = slot_head(it.slot)) hs->ready_ns = std::max(hs->ready_ns, it.done_ns);
     double in = 0;
-    for (const head_key& key : layer_slots_) in = std::max(in, heads_.at(key).ready_ns);
+    const uint32_t slots = uint32_t(layer_slots_.size());
+    for (uint32_t i = 0; i < slots; ++i)
+      if (const head_state* hs = slot_head(i)) in = std::max(in, hs->ready_ns);
     gpu_.set_trace(trace_, trace_name::attention);
-    for (const head_key& key : layer_slots_) {
-      const head_state& hs = heads_.at(key);
-      const work::query_work aw = work::gpu_attend_work(costs_, double(hs.recalled_tokens + hs.cached_tokens));
+    for (uint32_t i = 0; i < slots; ++i) {
+      const head_state* hs = slot_head(i);
+      if (!hs) continue;  // its request was lost with a device
+      const work::query_work aw = work::gpu_attend_work(costs_, double(hs->recalled_tokens + hs->cached_tokens));
       const op_cost ga = costs_.gpu_attention(aw.bytes, aw.flops);
       charge_gpu(ga);
       cur_.gpu_attention_ns += ga.time_ns;
@@ -1379,6 +1449,9 @@ status host_engine::finish_layer() {
     }
     fnv1a(digest_, hs.merged.o.data(), hs.merged.o.size() * sizeof(float));
     fnv1a(digest_, hs.merged.lse.data(), hs.merged.lse.size() * sizeof(float));
+    uint64_t& own = request_digest_.try_emplace(std::get<1>(it->first), 1469598103934665603ull).first->second;
+    fnv1a(own, hs.merged.o.data(), hs.merged.o.size() * sizeof(float));
+    fnv1a(own, hs.merged.lse.data(), hs.merged.lse.size() * sizeof(float));
     hs.parts.clear();
     std::sort(hs.pages.begin(), hs.pages.end());
     cur_.selected_pages += hs.pages.size();

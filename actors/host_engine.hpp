@@ -152,6 +152,19 @@ struct device_reply {
   std::vector<bf16> k, v;
 };
 
+// A request the engine gave up on: every copy of one of its shards was lost with its
+// devices (re-prefill is not implemented). It was removed, mid-step if need be.
+struct lost_request {
+  uint64_t request_id = 0;
+  std::string reason;  // "device 101 held the last copy of shard 0 of request 1 ..."
+};
+
+// What a device lost changes (host_engine::fail_over).
+struct failover_result {
+  std::vector<device_work> resend;  // the running step's unanswered work, to the new primaries
+  std::vector<lost_request> lost;   // requests removed: no copy of a shard of theirs is left
+};
+
 struct step_report {
   uint32_t step = 0;
   double virtual_ns = 0;           // whole step, every layer, LM head
@@ -211,16 +224,21 @@ class host_engine {
   result<std::vector<device_work>> on_reply(const device_reply& r);
 
   // A device is gone (docs/DESIGN.md §7): every shard it served as primary is served by its
-  // first live replica from now on, and the running step's unanswered queries and recalls
-  // that went to it are sent again to the new primary (returned; charged again on the
-  // link and the device, as a retry is). An error when a shard had no other copy
-  // (re-prefill is not implemented). Idempotent per device.
-  result<std::vector<device_work>> fail_over(uint32_t device_id);
+  // first live replica from now on (the placement's epoch moves on), and the running step's
+  // unanswered queries and recalls that went to it are sent again to the new primary
+  // (resend; charged again on the link and the device, as a retry is). A request that had
+  // no other copy of a shard on it is removed, mid-step if need be, and named in `lost`
+  // (re-prefill is not implemented); the other requests' step goes on, and when nothing is
+  // left to wait for the step moves on (its next work is in resend too). Idempotent per
+  // device.
+  result<failover_result> fail_over(uint32_t device_id);
   const request_placement* placement_of(uint64_t request_id) const {
     auto it = placements_.find(request_id);
     return it == placements_.end() ? nullptr : &it->second;
   }
   const std::set<uint32_t>& devices_lost() const { return dead_; }
+  // Devices that owe a reply to work of the running step (empty between steps).
+  std::set<uint32_t> devices_owing() const;
   // The running step again, for messages that may have been lost: its writes (devices
   // ignore rows they hold) and every query and recall not answered yet, to the devices
   // serving them now. Not charged: virtual time models the step, not the lost message.
@@ -245,6 +263,10 @@ class host_engine {
 
   const accuracy_accumulator& accuracy() const { return accuracy_; }
   uint64_t output_digest() const { return digest_; }
+  // The same digest per request (its merged outputs, in step and layer order): every request
+  // held so far, finished ones included, lost ones not. A request's is the same whatever
+  // else ran beside it.
+  const std::map<uint64_t, uint64_t>& request_digests() const { return request_digest_; }
   uint64_t answers_pending() const { return pending_.size(); }
   // Bytes the GPU holds for the KV side now: steady pages (png-kv).
   uint64_t gpu_steady_bytes() const;
@@ -290,6 +312,7 @@ class host_engine {
     purpose what;
     uint32_t link = 0;  // host link the work went out on and its reply comes back on
     uint32_t slot = 0;  // baseline: the head's index among the layer's heads
+    uint32_t device = 0;  // the device it went to (after a failover: the new primary)
   };
   using head_key = std::tuple<uint32_t, uint64_t, uint32_t>;  // (layer, request, kv_head)
   struct head_state {
@@ -368,6 +391,11 @@ class host_engine {
   result<std::vector<device_work>> on_reply_impl(const device_reply& r);
   void remember(const std::vector<device_work>& work);
   static status move_off(request_placement& pl, uint32_t dead);
+  // Removes a request whose KV is lost, between or during steps: its outstanding work, its
+  // heads, its place in the step and in the prefill.
+  void drop_request(uint64_t request_id);
+  // baseline: the head in layer slot `slot`, or null when its request was dropped.
+  head_state* slot_head(uint32_t slot);
   void prompt_work(uint32_t layer, std::vector<device_work>& work);
   // gpu-only: one layer on the GPU (appends, selection and attention, prompt chunks) and
   // the dense checks, all without device work.
@@ -450,6 +478,7 @@ class host_engine {
   timeline_trace* trace_ = nullptr;
   accuracy_accumulator accuracy_;
   uint64_t digest_ = 1469598103934665603ull;
+  std::map<uint64_t, uint64_t> request_digest_;
 };
 
 }  // namespace pnmkv

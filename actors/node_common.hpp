@@ -31,6 +31,7 @@ using join_atom = caf::atom_constant<caf::atom("join")>;      // wire.capnp join
 using member_atom = caf::atom_constant<caf::atom("member")>;  // wire.capnp membership bytes
 using tick_atom = caf::atom_constant<caf::atom("tick")>;
 using retry_atom = caf::atom_constant<caf::atom("retry")>;  // run.retry_after_ms
+using silence_atom = caf::atom_constant<caf::atom("silence")>;  // cluster.device_timeout_ms
 using done_atom = caf::atom_constant<caf::atom("done")>;
 
 // Fabric options for `node` from the configuration (fabric.*, faults.*), with the link

@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -80,6 +81,40 @@ void write_file_atomically(const std::string& path, const std::string& text) {
   std::error_code ec;
   fs::rename(tmp, path, ec);
 }
+
+// SIGINT and SIGTERM to a driving process (`pnmkv run --multiprocess` or `--attach`): the
+// first stops the run (the GPU host reports what finished, the cluster shuts down), a
+// second stops waiting for that. Installed over an ignored SIGINT too: a launcher started
+// in the background of a script ignores SIGINT from its shell otherwise.
+std::atomic<int> stop_signal{0};
+std::atomic<int> stop_signals_seen{0};
+void on_stop_signal(int sig) {
+  stop_signal.store(sig);
+  stop_signals_seen.fetch_add(1);
+}
+
+class stop_signal_handlers {
+ public:
+  stop_signal_handlers() {
+    stop_signal = 0;
+    stop_signals_seen = 0;
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGINT, &sa, &old_int_);
+    sigaction(SIGTERM, &sa, &old_term_);
+  }
+  ~stop_signal_handlers() {
+    sigaction(SIGINT, &old_int_, nullptr);
+    sigaction(SIGTERM, &old_term_, nullptr);
+  }
+  stop_signal_handlers(const stop_signal_handlers&) = delete;
+  stop_signal_handlers& operator=(const stop_signal_handlers&) = delete;
+
+ private:
+  struct sigaction old_int_ {}, old_term_ {};
+};
 
 // Blocks until `a` terminates; the node then exits.
 void await_down(caf::actor_system& sys, const std::vector<caf::actor>& watch) {
@@ -164,6 +199,9 @@ result<child> spawn_child(const std::string& binary, const std::vector<std::stri
     return status{errc::io, "cannot start " + name + ": fork failed"};
   }
   if (pid == 0) {
+    // Its own process group: a terminal's Ctrl-C reaches the launcher only, which stops the
+    // run cleanly (the GPU host reports what finished) instead of every node dying at once.
+    setpgid(0, 0);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) _exit(127);  // the launcher is already gone
     dup2(log_fd, STDOUT_FILENO);
@@ -223,15 +261,26 @@ struct drive_result {
   bool done = false;          // the cluster answered (a report, or the coordinator lost)
   bool connect_failed = false;
   std::string lost;           // a node process seen exiting before the end (launcher only)
+  bool stop_now = false;      // a second stop signal: do not wait for the cluster
 };
+
+// The run is asked to stop (a stop signal): the driver passes a Stop on; the GPU host
+// reports what finished. Past `grace` without that report the run ends without it.
+constexpr auto stop_grace = std::chrono::seconds(10);
+
+std::string stop_reason(int sig, const std::string& who) {
+  return std::string(sig == SIGINT ? "SIGINT" : "SIGTERM") + " to the " + who;
+}
 
 // Drives a run on a cluster whose coordinator listens at host:port: submits the requests of
 // `setup`, forwards progress, and returns the report. `exited` (launcher only) names a node
 // process that has exited; an unreported loss fails the run after a grace period unless a
-// replica can take over. `where` goes into error messages (where the logs are).
+// replica can take over. `where` goes into error messages (where the logs are); `who` names
+// this process in a stop's reason.
 drive_result drive(const std::shared_ptr<const run_setup>& setup, const std::string& host,
                    uint16_t port, const cluster_run_options& opts,
-                   const std::function<std::optional<std::string>()>& exited, const std::string& where) {
+                   const std::function<std::optional<std::string>()>& exited, const std::string& where,
+                   const std::string& who) {
   drive_result r;
   r.out = status{errc::timeout, "the run did not finish within " + std::to_string(opts.run_timeout_ms) + " ms"};
   caf::actor_system_config acfg;
@@ -249,16 +298,31 @@ drive_result drive(const std::shared_ptr<const run_setup>& setup, const std::str
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(opts.run_timeout_ms);
   // A node process that exits before the run is over: the cluster should report the loss
   // itself (the coordinator notices the broken connection); if it has not within the
-  // grace period, the launcher fails the run with what it saw. With replicas
-  // (cluster.replication >= 2) a lost device is survivable: the run goes on under its own
-  // deadlines (run.step_timeout_ms); in gpu-only the devices hold nothing, so it always is.
-  const bool survivable = setup->replication >= 2 || setup->host.mode == run_mode::gpu_only;
+  // grace period, the launcher fails the run with what it saw. A lost device is survivable:
+  // the GPU host fails it over (to replicas, or fails the requests that lost their only
+  // copy) and the run goes on under its own deadlines (run.step_timeout_ms); the loss of
+  // the coordinator or the GPU host is not.
   constexpr auto lost_grace = std::chrono::seconds(3);
+  bool stop_sent = false;
   while (!r.done) {
+    if (const int sig = stop_signal.load(); sig && !stop_sent) {
+      stop_sent = true;
+      const std::string why = stop_reason(sig, who);
+      control::outbound out(driver_node, why.size());
+      out.body().initStop().setReason(why);
+      self->send(driver, actors::ctl_atom::value, actors::wire_string(out));
+      deadline = std::min(deadline, std::chrono::steady_clock::now() + stop_grace);
+      r.out = status{errc::timeout, "stopped (" + why + "); the cluster did not report what finished within " +
+                                        std::to_string(stop_grace.count()) + " s (" + where + ")"};
+    }
+    if (stop_signals_seen.load() > 1) {
+      r.stop_now = true;
+      break;
+    }
     if (r.lost.empty() && exited)
       if (auto gone = exited()) {
         r.lost = *gone;
-        if (!survivable || gone->rfind("device ", 0) != 0) {
+        if (gone->rfind("device ", 0) != 0) {
           deadline = std::min(deadline, std::chrono::steady_clock::now() + lost_grace);
           r.out = status{errc::peer_down, r.lost + " and the cluster did not report the loss within " +
                                               std::to_string(lost_grace.count()) + " s (" + where + ")"};
@@ -418,6 +482,7 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
   auto setup = make_run_setup(*spec, cfg);
   if (!setup) return setup.error();
 
+  stop_signal_handlers handlers;  // SIGINT / SIGTERM from here on stop the run cleanly
   std::vector<child> children;
   auto cleanup = [&](std::chrono::milliseconds grace) { return reap(children, grace); };
   const std::string port_file = dir + "/coordinator.port";
@@ -470,7 +535,7 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
 
   // This process is the driver.
   drive_result d = drive(*setup, "127.0.0.1", port, opts,
-                         [&] { return exited_child(children); }, "logs in " + dir);
+                         [&] { return exited_child(children); }, "logs in " + dir, "launcher");
   if (d.connect_failed) {
     // pid > 0: exited_child() marks a reaped child -1, and kill(-1) signals every process.
     for (auto& c : children)
@@ -481,18 +546,22 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
   const bool done = d.done;
   const std::string lost = d.lost;
   result<run_report> out = std::move(d.out);
-  // A run the launcher itself failed (a node process died and the cluster did not say so):
-  // the rest may be stuck joining or waiting; stop them instead of waiting out the grace.
-  if (!done && !lost.empty())
+  // A run the launcher itself failed (a node process died and the cluster did not say so),
+  // or stopped without a report: the rest may be stuck joining or waiting; stop them
+  // instead of waiting out the grace. A second stop signal: at once.
+  const bool stopping = stop_signal.load() != 0;
+  if (!done && (!lost.empty() || stopping))
     for (auto& c : children)
-      if (c.pid > 0) kill(c.pid, SIGTERM);
-  auto trouble = cleanup(10000ms);
-  if (out && !trouble.empty()) {
-    for (const auto& t : trouble) out->failures.push_back("shutdown: " + t);
-  }
+      if (c.pid > 0) kill(c.pid, d.stop_now ? SIGKILL : SIGTERM);
+  auto trouble = cleanup(d.stop_now ? 1000ms : 10000ms);
+  // Node processes that had to be killed or exited badly: shutdown events of the cluster,
+  // not failures of a request.
+  if (out) out->shutdown_events = trouble;
   if (mp.work_dir.empty() && out) fs::remove_all(dir);
   return out;
 }
+
+int stop_signal_received() { return stop_signal.load(); }
 
 result<run_report> run_attached(const config& cfg, const cluster_run_options& opts, const std::string& host,
                                 uint16_t port) {
@@ -503,7 +572,8 @@ result<run_report> run_attached(const config& cfg, const cluster_run_options& op
   if (!setup)
     return status{setup.error().code(), setup.error().message() +
                                             " (--attach: the driver joins the cluster with its secret, as a node does)"};
-  drive_result d = drive(*setup, host, port, opts, {}, "coordinator " + host + ":" + std::to_string(port));
+  stop_signal_handlers handlers;
+  drive_result d = drive(*setup, host, port, opts, {}, "coordinator " + host + ":" + std::to_string(port), "driver");
   return std::move(d.out);
 }
 

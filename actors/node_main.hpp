@@ -57,14 +57,23 @@ struct multiprocess_options {
 
 // Spawns a coordinator, a GPU host and the configured devices as `pnmkv node` processes on
 // loopback, drives the run from this process and reaps every child (SIGKILL past a grace
-// period). The report is the same as the embedded run's.
+// period). The report is the same as the embedded run's; node processes that had to be
+// killed or exited badly are its shutdown_events. SIGINT or SIGTERM to this process while
+// it runs (also when SIGINT was ignored, as in a script's background job) stops the run:
+// the GPU host reports what finished (report.stopped, steps_done, completed), the cluster
+// shuts down and every child is reaped; a second signal kills the children at once.
 result<run_report> run_multiprocess(const config& cfg, const cluster_run_options& opts,
                                     const multiprocess_options& mp);
+
+// The stop signal (SIGINT, SIGTERM) the last run_multiprocess / run_attached of this
+// process received, or 0.
+int stop_signal_received();
 
 // Drives a run on a cluster already up (nodes started by hand, by a script or by a container
 // orchestrator): connects to the coordinator at host:port as the driver, submits the
 // config's requests and returns the report. The driver is not authenticated: the
-// coordinator's port must be reachable only from trusted hosts.
+// coordinator's port must be reachable only from trusted hosts. SIGINT / SIGTERM stop the
+// run as with run_multiprocess.
 result<run_report> run_attached(const config& cfg, const cluster_run_options& opts, const std::string& host,
                                 uint16_t port);
 

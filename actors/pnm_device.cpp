@@ -6,6 +6,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <limits>
 
 namespace pnmkv::actors {
@@ -336,15 +337,35 @@ void pnm_device_state::on_membership(const std::string& bytes) {
       bool mine = s.device_id == node_;
       for (uint32_t r : s.replica_device_ids) mine = mine || r == node_;
       if (!mine) continue;
+      released_.erase(rp.request_id);  // placed again (it waited out a TPOT check)
       const status added = engine_->add_shard(rp.request_id, s);
       self_->send(coordinator_, ctl_atom::value, placement_ack_bytes(node_, rp.request_id, added));
     }
   }
 }
 
+uint64_t pnm_device_state::request_of(const transport::received& m) {
+  switch (m.kind()) {
+    case transport::msg_kind::prefill_write: return m.prefill_write().getRequestId();
+    case transport::msg_kind::token_append: return m.token_append().getRequestId();
+    case transport::msg_kind::recall_request: return m.recall_request().getRequestId();
+    case transport::msg_kind::query: return m.query().getRequestId();
+    default: return 0;
+  }
+}
+
 void pnm_device_state::on_wire(std::vector<uint8_t>& bytes) {
   auto m = transport::decode(std::move(bytes), setup_->limits);
   if (!m) return;  // counted and logged once per reason by the decoder (wire_stats)
+  if (m->kind() == transport::msg_kind::error && m->env().sender == gpu_host_node) {
+    // The GPU host failed this device over (it was silent, partitioned or presumed dead):
+    // its shards are served by others now. Fenced: it leaves rather than serve as their
+    // old owner (README, "Losing a device").
+    cluster_log().warn("node={} event=fenced reason=\"{}\"", node_, m->error().getMessage().cStr());
+    self_->quit();
+    return;
+  }
+  if (const uint64_t rid = request_of(*m); rid && released_.count(rid)) return;
   switch (m->kind()) {
     case transport::msg_kind::prefill_write:
     case transport::msg_kind::token_append: on_write(std::move(*m)); break;
@@ -362,8 +383,16 @@ void pnm_device_state::on_control(const std::string& bytes) {
   auto m = control::decode(bytes);
   if (!m) return;
   if (m->kind() == control::msg_kind::SHUTDOWN) self_->quit();
-  // A finished request (open workloads): its memory is free for the next.
-  if (m->kind() == control::msg_kind::RELEASE) engine_->release(m->release().getRequestId());
+  // A finished request (open workloads) or one lost with another device: its memory is
+  // free for the next, and its late messages are dropped.
+  if (m->kind() == control::msg_kind::RELEASE) {
+    const uint64_t rid = m->release().getRequestId();
+    engine_->release(rid);
+    released_.insert(rid);
+    // Held writes and queries of it will never apply.
+    auto of = [&](const transport::received& x) { return request_of(x) == rid; };
+    for (auto* q : {&deferred_, &early_writes_, &early_appends_}) q->erase(std::remove_if(q->begin(), q->end(), of), q->end());
+  }
 }
 
 }  // namespace pnmkv::actors

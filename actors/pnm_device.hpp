@@ -88,6 +88,11 @@ class pnm_device_state {
   std::deque<transport::received> early_writes_;
   std::deque<transport::received> early_appends_;
   std::set<uint32_t> connected_;  // fabric peers already connected
+  // Requests released (finished, or lost with another device): a late write, query or
+  // recall of theirs is dropped, not refused (the GPU host no longer waits for it).
+  std::set<uint64_t> released_;
+  // The data-plane message's request, or 0 for kinds that name none.
+  static uint64_t request_of(const transport::received& m);
 };
 
 // fab: this node's data-plane endpoint (outlives the actor).

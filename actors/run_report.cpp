@@ -53,7 +53,9 @@ nlohmann::ordered_json serving_json(const run_report& r) {
                     {"ttft_ms", num(o.ttft_ms())},
                     {"tpot_ms", num(o.tpot_ms())},
                     {"refused", o.refused},
-                    {"refusal", o.refusal}});
+                    {"refusal", o.refusal},
+                    {"failed", o.failed},
+                    {"failure", o.failure}});
   nlohmann::ordered_json series = nlohmann::ordered_json::array();
   for (const auto& b : r.batch_series)
     series.push_back({{"t_s", num(b.t_s)}, {"decode_batch", b.decode_batch}, {"prefill_tokens", b.prefill_tokens}});
@@ -65,6 +67,7 @@ nlohmann::ordered_json serving_json(const run_report& r) {
                   {"completed", s.completed},
                   {"refused", s.refused},
                   {"unfinished", s.unfinished},
+                  {"failed", s.failed},
                   {"ttft_ms_mean", num(s.ttft_ms_mean)},
                   {"ttft_ms_p99", num(s.ttft_ms_p99)},
                   {"tpot_ms_mean", num(s.tpot_ms_mean)},
@@ -75,6 +78,41 @@ nlohmann::ordered_json serving_json(const run_report& r) {
                   {"batch_peak", s.batch_peak},
                   {"requests", rows},
                   {"batch_series", series}};
+}
+}  // namespace
+
+// Fencing, node shutdowns, an early stop and the per-request digests (to_json).
+namespace {
+std::string hex64(uint64_t v) {
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "%016" PRIx64, v);
+  return buf;
+}
+
+void recovery_json(const run_report& r, nlohmann::ordered_json& j) {
+  j["faults"]["fenced_messages"] = r.fenced_messages;
+  j["faults"]["shutdown_events"] = r.shutdown_events;
+  j["requests"]["steps_done"] = r.steps_done;
+  if (!r.stopped.empty()) j["requests"]["stopped"] = r.stopped;
+  nlohmann::ordered_json digests = nlohmann::ordered_json::array();
+  for (const auto& [id, d] : r.request_digests) digests.push_back({{"id", id}, {"output_digest", hex64(d)}});
+  j["requests"]["output_digests"] = digests;
+}
+
+void read_recovery(const nlohmann::json& j, run_report& r) {
+  if (j.contains("faults")) {
+    const auto& f = j["faults"];
+    r.fenced_messages = f.value("fenced_messages", uint64_t(0));
+    if (f.contains("shutdown_events")) r.shutdown_events = f["shutdown_events"].get<std::vector<std::string>>();
+  }
+  if (!j.contains("requests")) return;
+  const auto& q = j["requests"];
+  r.steps_done = q.value("steps_done", uint64_t(0));
+  r.stopped = q.value("stopped", std::string());
+  if (q.contains("output_digests"))
+    for (const auto& d : q["output_digests"])
+      r.request_digests.emplace_back(d.value("id", uint64_t(0)),
+                                     std::stoull(d.value("output_digest", std::string("0")), nullptr, 16));
 }
 }  // namespace
 
@@ -161,6 +199,7 @@ std::string run_report::to_json() const {
                       {"detected_unix_ms", l.detected_unix_ms},
                       {"detected_utc", utc_ms(l.detected_unix_ms)}});
   j["faults"] = {{"devices_lost", devices_lost}, {"device_losses", losses}, {"retries", retries}};
+  recovery_json(*this, j);
   nlohmann::ordered_json devs = nlohmann::ordered_json::array();
   for (size_t i = 0; i < device_ids.size(); ++i)
     devs.push_back({{"id", device_ids[i]},
@@ -329,6 +368,7 @@ void read_serving(const nlohmann::json& j, run_report& r) {
     r.serving.completed = s.value("completed", uint64_t(0));
     r.serving.refused = s.value("refused", uint64_t(0));
     r.serving.unfinished = s.value("unfinished", uint64_t(0));
+    r.serving.failed = s.value("failed", uint64_t(0));
     r.serving.ttft_ms_mean = d(s, "ttft_ms_mean");
     r.serving.ttft_ms_p99 = d(s, "ttft_ms_p99");
     r.serving.tpot_ms_mean = d(s, "tpot_ms_mean");
@@ -350,6 +390,8 @@ void read_serving(const nlohmann::json& j, run_report& r) {
         o.finish_s = d(q, "finish_s");
         o.refused = q.value("refused", false);
         o.refusal = q.value("refusal", "");
+        o.failed = q.value("failed", false);
+        o.failure = q.value("failure", "");
         r.request_outcomes.push_back(std::move(o));
       }
     if (s.contains("batch_series"))
@@ -400,6 +442,7 @@ run_report run_report::from_json(const std::string& text) {
   read_virtual(j, r);
   read_serving(j, r);
   read_faults_devices_calibration(j, r);
+  read_recovery(j, r);
   if (j.contains("output_digest"))
     r.output_digest = std::stoull(j["output_digest"].get<std::string>(), nullptr, 16);
   return r;
@@ -551,7 +594,8 @@ void run_report::table_serving(table& t) const {
     os << "serving (" << arrivals << " arrivals, continuous batching; virtual time)\n";
     row("requests completed / refused / unfinished",
         std::to_string(s.completed) + " / " + std::to_string(s.refused) + " / " + std::to_string(s.unfinished) +
-            " of " + std::to_string(s.submitted));
+            " of " + std::to_string(s.submitted) +
+            (s.failed ? " (and " + std::to_string(s.failed) + " lost with their devices)" : std::string()));
     row("output tokens / virtual time", std::to_string(tokens_out) + f(" tokens / %.3f s", virtual_time_s));
     row("TTFT mean / p99", f("%.2f", s.ttft_ms_mean) + " / " + f("%.2f ms", s.ttft_ms_p99));
     row("TPOT mean / p99", f("%.3f", s.tpot_ms_mean) + " / " + f("%.3f ms", s.tpot_ms_p99));
@@ -579,11 +623,18 @@ void run_report::table_requests_and_devices(table& t) const {
                                             std::to_string(completed) + " / " +
                                             std::to_string(failed));
   for (const auto& fl : failures) row("  failed", fl);
+  if (!stopped.empty()) {
+    const uint64_t left = submitted > completed + failed ? submitted - completed - failed : 0;
+    row("stopped early", stopped + ": " + std::to_string(steps_done) + " steps done, " + std::to_string(left) +
+                             " requests unfinished");
+  }
   if (retries) row("retries (lost messages sent again)", std::to_string(retries));
+  if (fenced_messages) row("late messages from fenced devices", std::to_string(fenced_messages) + " dropped");
+  for (const auto& ev : shutdown_events) row("  node shutdown", ev);
   if (!devices_lost.empty()) {
     std::string ids;
     for (uint32_t d : devices_lost) ids += (ids.empty() ? "" : ", ") + std::to_string(d);
-    row("devices lost, failed over", ids + " (their shards served by replicas from then on)");
+    row("devices lost, failed over", ids + " (fenced; their shards served by replicas from then on)");
   }
   for (const auto& l : device_losses)
     row(("  device " + std::to_string(l.device) + " detected").c_str(),

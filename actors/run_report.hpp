@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "schedulers/serving.hpp"
@@ -94,7 +95,9 @@ struct run_report {
 
   // requests
   uint64_t submitted = 0, completed = 0, failed = 0;
-  std::vector<std::string> failures;  // one line per failed request
+  // One line per failed request: refused, or lost with its devices (every copy of one of
+  // its shards gone); "run: ..." when the whole run failed.
+  std::vector<std::string> failures;
 
   // open workloads (workload.arrivals poisson|trace): serving over virtual time
   std::string arrivals = "closed";
@@ -108,6 +111,15 @@ struct run_report {
   std::vector<uint32_t> devices_lost;
   std::vector<device_loss> device_losses;  // the same, with when and how each was detected
   uint64_t retries = 0;  // times unanswered work was sent again (run.retry_after_ms)
+
+  // Recovery and stopping (actors/gpu_host.hpp, actors/node_main.hpp).
+  uint64_t fenced_messages = 0;              // late messages from failed-over devices, dropped
+  std::vector<std::string> shutdown_events;  // node processes not stopping cleanly (not requests)
+  std::string stopped;                       // why the run was stopped early; "" when it ran out
+  uint64_t steps_done = 0;                   // steps the GPU host ran
+  // Each completed request's output digest (host_engine::request_digests): equal to the
+  // same request's in a run without failures.
+  std::vector<std::pair<uint64_t, uint64_t>> request_digests;
 
   // devices
   std::vector<uint32_t> device_ids;

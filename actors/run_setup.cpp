@@ -167,6 +167,7 @@ status set_step(const run_spec& spec, run_setup& s) {
 void set_cluster(const run_spec& spec, run_setup& s) {
   s.replication = spec.cluster.replication;
   s.retry_after_ms = spec.run.retry_after_ms;
+  s.device_timeout_ms = spec.cluster.device_timeout_ms;
   // A lost device's work is sent to a replica; lost messages are sent again.
   s.host.keep_for_retry = s.replication > 1 || s.retry_after_ms > 0;
   s.host.keep_writes_for_retry = s.retry_after_ms > 0;

@@ -48,6 +48,7 @@ struct run_setup {
   transport::wire_limits limits;
   uint32_t step_timeout_ms = 0;
   uint32_t retry_after_ms = 0;  // 0: no retries
+  uint32_t device_timeout_ms = 0;  // cluster.device_timeout_ms; 0: off
   uint32_t join_timeout_ms = 0;
   uint32_t prefill_timeout_ms = 0;
   uint32_t prefill_window_chunks = 0;

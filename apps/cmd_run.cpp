@@ -93,10 +93,18 @@ void register_run(CLI::App& app) {
     }
     if (!rep) {
       std::fprintf(stderr, "pnmkv run: %s\n", rep.error().to_string().c_str());
-      throw CLI::RuntimeError(1);
+      const int sig = opts.attach.empty() && !opts.multiprocess ? 0 : stop_signal_received();
+      throw CLI::RuntimeError(sig ? 128 + sig : 1);
     }
     bar->finish();
     run_report r = std::move(rep).value();
+    // Stopped by SIGINT / SIGTERM: what finished, at once, and the signal's exit status.
+    if (const int sig = stop_signal_received(); sig && !r.stopped.empty()) {
+      r.simd_target = kernel_target_name();
+      std::printf("%s", r.to_table().c_str());
+      if (!opts.json_out.empty()) std::ofstream(opts.json_out) << r.to_json() << "\n";
+      throw CLI::RuntimeError(128 + sig);
+    }
     // Same run: this machine's read bandwidth with as many threads as the actor system has.
     const unsigned threads = std::max(2u, std::thread::hardware_concurrency());
     read_bandwidth bw = measure_read_gbps(bw_buffer_bytes, threads, 3);

@@ -95,6 +95,12 @@ std::vector<config_key> schema_keys_run() {
        "A peer silent this long is considered down (cluster mode). 5 s: with 1 s a node "
        "process starved of CPU on a loaded 2-core machine was declared lost while healthy; "
        "a killed process is noticed at once (its connections close)"},
+      {"cluster.device_timeout_ms", t::integer, "0", 0, 3600000, {},
+       "The GPU host declares a device lost (fails it over and fences it) when the device "
+       "has owed a reply or acknowledgement for this long and sent nothing: a hung or "
+       "stalled device. The embedded cluster has no heartbeats, so only this notices a hang "
+       "there; cluster mode has the coordinator's (cluster.connection_timeout_ms) as well. "
+       "0: off"},
       {"cluster.node_scheduler", t::choice, "sharing", 0, 0, names_of(node_scheduler_names),
        "CAF scheduler of a node process (cluster mode): sharing (idle workers sleep on a "
        "condition variable) or stealing (idle workers poll; CAF's default)"},

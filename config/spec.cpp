@@ -86,6 +86,7 @@ status read_cluster(const reader& r, cluster_section& c) {
   c.coordinator_port = static_cast<uint16_t>(r.u32("cluster.coordinator_port"));
   c.heartbeat_interval_ms = r.u32("cluster.heartbeat_interval_ms");
   c.connection_timeout_ms = r.u32("cluster.connection_timeout_ms");
+  c.device_timeout_ms = r.u32("cluster.device_timeout_ms");
   c.node_scheduler = r.choice("cluster.node_scheduler", node_scheduler_names);
   c.startup_timeout_ms = r.u32("cluster.startup_timeout_ms");
   c.join_timeout_ms = r.u32("cluster.join_timeout_ms");

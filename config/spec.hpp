@@ -71,6 +71,7 @@ struct cluster_section {
   uint16_t coordinator_port = 0;
   uint32_t heartbeat_interval_ms = 200;
   uint32_t connection_timeout_ms = 5000;
+  uint32_t device_timeout_ms = 0;  // 0: off
   pnmkv::node_scheduler node_scheduler = pnmkv::node_scheduler::sharing;
   uint32_t startup_timeout_ms = 30000;
   uint32_t join_timeout_ms = 120000;

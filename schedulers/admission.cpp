@@ -170,6 +170,7 @@ void placement_constraint::add(const admission_grant& g, bool take) {
     std::vector<uint32_t> devs{sh.device_id};
     devs.insert(devs.end(), sh.replica_device_ids.begin(), sh.replica_device_ids.end());
     for (uint32_t d : devs) {
+      if (!take && lost_.count(d)) continue;  // a lost device stays empty
       const auto it = where_.find(d);
       PNMKV_CHECK(it != where_.end(), "request ", g.request_id, " placed on device ", d, " of no pool");
       uint64_t& free = p_.pools[it->second.first].free_bytes[it->second.second];
@@ -187,6 +188,7 @@ void placement_constraint::commit(const admission_grant& g) { add(g, true); }
 void placement_constraint::release(const admission_grant& g) { add(g, false); }
 
 void placement_constraint::device_lost(uint32_t device_id) {
+  lost_.insert(device_id);
   const auto it = where_.find(device_id);
   if (it != where_.end()) p_.pools[it->second.first].free_bytes[it->second.second] = 0;
 }
@@ -225,7 +227,13 @@ void emulator_memory_constraint::commit(const admission_grant& g) {
 }
 
 void emulator_memory_constraint::release(const admission_grant& g) {
-  for (const auto& [dev, need] : live_bytes_by_device(g.placement, layers_, live_layers_)) free_[dev] += need;
+  for (const auto& [dev, need] : live_bytes_by_device(g.placement, layers_, live_layers_))
+    if (!lost_.count(dev)) free_[dev] += need;  // a lost device stays empty
+}
+
+void emulator_memory_constraint::device_lost(uint32_t device_id) {
+  lost_.insert(device_id);
+  free_[device_id] = 0;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -163,6 +164,7 @@ class placement_constraint final : public admission_constraint {
  private:
   placement_params p_;
   std::map<uint32_t, std::pair<uint32_t, uint32_t>> where_;  // device → (pool, index)
+  std::set<uint32_t> lost_;  // devices lost: a release gives them nothing back
   void add(const admission_grant& g, bool take);
 };
 
@@ -174,11 +176,12 @@ class emulator_memory_constraint final : public admission_constraint {
   admission_verdict check(const admission_candidate& c, admission_grant& g) override;
   void commit(const admission_grant& g) override;
   void release(const admission_grant& g) override;
-  void device_lost(uint32_t device_id) override { free_[device_id] = 0; }
+  void device_lost(uint32_t device_id) override;
   uint64_t free_bytes(uint32_t device_id) const;
 
  private:
   std::map<uint32_t, uint64_t> free_;
+  std::set<uint32_t> lost_;  // devices lost: a release gives them nothing back
   uint32_t layers_ = 1, live_layers_ = 1;
 };
 

@@ -39,6 +39,10 @@ struct shard_placement {
 
 struct request_placement {
   uint64_t request_id = 0;
+  // The placement's version: 1 when placed, one more each time a lost device is taken out
+  // of it (the GPU host's failover). Whoever held a copy under an older epoch and is no
+  // longer in it is fenced (actors/gpu_host.hpp).
+  uint64_t epoch = 1;
   uint32_t head_groups = 1;      // h
   uint32_t sequence_shards = 1;  // s
   std::vector<shard_placement> shards;  // ordered by shard_id

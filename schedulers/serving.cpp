@@ -147,6 +147,17 @@ void serving_scheduler::refuse(uint64_t id, const std::string& why) {
   ++finished_;
 }
 
+void serving_scheduler::fail(uint64_t id, const std::string& why) {
+  const auto it = std::find(active_.begin(), active_.end(), id);
+  PNMKV_CHECK(it != active_.end(), "fail request ", id, ", which is not in the system (", active_.size(),
+              " are)");
+  active_.erase(it);
+  request_outcome& o = out_.at(id - 1);
+  o.failed = true;
+  o.failure = why;
+  ++finished_;
+}
+
 bool serving_scheduler::idle_until_next_arrival() {
   if (next_arrival_ >= out_.size()) return false;
   now_s_ = std::max(now_s_, out_[next_arrival_].arrival_s);
@@ -185,12 +196,16 @@ std::vector<uint64_t> serving_scheduler::complete(const step_plan& plan, double 
     finished.push_back(id);
     ++finished_;
   };
+  uint32_t decoded = 0;
   for (uint64_t id : plan.decoding) {
     request_outcome& o = out_[id - 1];
+    if (o.failed) continue;  // lost during the step: no token
+    ++decoded;
     if (++o.generated >= o.output_tokens) finish(id);
   }
   uint64_t prefill_tokens = 0;
   for (const prefill_chunk& c : plan.prefill) {
+    if (out_[c.request_id - 1].failed) continue;
     state& s = st_[c.request_id - 1];
     PNMKV_CHECK(!s.decoding && c.position == s.prefilled, "request ", c.request_id,
                 " chunk at position=", c.position, " prefilled=", s.prefilled,
@@ -211,7 +226,7 @@ std::vector<uint64_t> serving_scheduler::complete(const step_plan& plan, double 
                                  }),
                   active_.end());
   if (!p_.series_points_max || series_.size() < p_.series_points_max)
-    series_.push_back({now_s_, uint32_t(plan.decoding.size()), prefill_tokens});
+    series_.push_back({now_s_, decoded, prefill_tokens});
   arrive();
   return finished;
 }
@@ -240,6 +255,11 @@ serving_summary summarise(const std::vector<request_outcome>& outcomes,
   for (const auto& o : outcomes) {
     if (o.refused) {
       ++s.refused;
+      continue;
+    }
+    if (o.failed) {
+      ++s.failed;
+      if (o.admitted_s >= 0) queue.push_back(o.queueing_ms());
       continue;
     }
     if (o.finish_s < 0) ++s.unfinished;

@@ -46,6 +46,10 @@ struct request_outcome {
   double arrival_s = 0, admitted_s = -1, first_token_s = -1, finish_s = -1;
   bool refused = false;
   std::string refusal;
+  // Admitted, then lost (every copy of one of its shards gone with its devices): it
+  // leaves the system unfinished, with the reason.
+  bool failed = false;
+  std::string failure;
   double queueing_ms() const { return admitted_s >= 0 ? (admitted_s - arrival_s) * 1e3 : 0; }
   double ttft_ms() const { return first_token_s >= 0 ? (first_token_s - arrival_s) * 1e3 : 0; }
   double tpot_ms() const {
@@ -100,6 +104,9 @@ class serving_scheduler {
   // Not admitted now. With nothing in the system the request can never fit: it is
   // refused for good (returns true); otherwise it waits for the next boundary (false).
   bool not_admitted(uint64_t id, const std::string& why);
+  // An admitted request is lost (its KV went with its devices): it leaves the system now,
+  // unfinished; a step planned with it skips it in complete(). Between or during steps.
+  void fail(uint64_t id, const std::string& why);
   // Nothing to run: moves the clock to the next arrival. False when none is left.
   bool idle_until_next_arrival();
 
@@ -109,7 +116,7 @@ class serving_scheduler {
   // The step ran for step_s of virtual time; returns the requests that finished with it.
   std::vector<uint64_t> complete(const step_plan& plan, double step_s);
 
-  bool done() const;  // every request finished or refused
+  bool done() const;  // every request finished, refused or failed
   uint32_t in_system() const { return uint32_t(active_.size()); }
   const std::vector<uint64_t>& in_system_ids() const { return active_; }  // admission order
   const std::vector<request_outcome>& outcomes() const { return out_; }
@@ -135,7 +142,7 @@ class serving_scheduler {
 
 // Summary over a run's outcomes (means and p99s over requests that got that far).
 struct serving_summary {
-  uint64_t submitted = 0, completed = 0, refused = 0, unfinished = 0;
+  uint64_t submitted = 0, completed = 0, refused = 0, unfinished = 0, failed = 0;
   double ttft_ms_mean = 0, ttft_ms_p99 = 0, tpot_ms_mean = 0, tpot_ms_p99 = 0,
          queueing_ms_mean = 0, queueing_ms_p99 = 0;
   double batch_mean = 0;  // decoding requests per decode step

@@ -17,7 +17,7 @@
 namespace pnmkv::control {
 namespace {
 
-constexpr unsigned kind_count = 11;  // the Control.body union's alternatives
+constexpr unsigned kind_count = 12;  // the Control.body union's alternatives
 
 std::vector<msg_kind> all_kinds() {
   std::vector<msg_kind> k;
@@ -91,6 +91,7 @@ outbound sample(msg_kind k, uint64_t seed) {
       break;
     }
     case msg_kind::RELEASE: b.initRelease().setRequestId(seed); break;
+    case msg_kind::STOP: b.initStop().setReason(why); break;
   }
   return out;
 }
@@ -130,6 +131,7 @@ uint64_t read_all(const received& m) {
     case msg_kind::MEMBER_DOWN: return sum + m.member_down().getReason().size();
     case msg_kind::ADMIT: return sum + m.admit().getInSystem();
     case msg_kind::RELEASE: return sum + m.release().getRequestId();
+    case msg_kind::STOP: return sum + m.stop().getReason().size();
   }
   ADD_FAILURE() << "an accepted message of unknown kind " << unsigned(m.kind());
   return sum;

@@ -67,6 +67,73 @@ TEST(failover, a_device_lost_mid_step_changes_no_output_in_any_mode_or_round) {
   }
 }
 
+// Two requests on two devices each (request 1 on 10 and 11, request 2 on 12 and 13), five
+// steps; before round `round` of step 2 device `first` dies, and before the same round of
+// step 3 device `second`. Returns request 2's output digest and the requests lost.
+struct two_pools {
+  uint64_t digest_2 = 0;
+  std::vector<lost_request> lost;
+  std::vector<uint64_t> held;  // requests the engine still holds at the end
+};
+
+two_pools run_two_pools(run_mode mode, uint32_t replication, int round, int first, int second) {
+  const model_shape m = tiny_model(4, 4, 4, 64);
+  host_engine_config hc;
+  hc.mode = mode;
+  hc.live_layers = 2;
+  hc.budget_tokens = 256;
+  hc.keep_for_retry = replication > 1;
+  hc.steady.warmup_steps = 1;
+  hc.steady.reevaluate_every_steps = 1;
+  harness h(m, hc, 4, 21);
+  h.replication = replication;
+  h.head_groups = replication == 1 ? 1 : 0;  // r = 1: two sequence shards (two rounds)
+  h.pool_devices = {10, 11};
+  h.add(1, 3000, 6);
+  h.pool_devices = {12, 13};
+  h.add(2, 2000, 6);
+  h.prefill();
+  two_pools out;
+  for (uint32_t s = 0; s < 5; ++s) {
+    const int kill = s == 2 ? first : s == 3 ? second : -1;
+    h.step(s, kill >= 0 ? round : -1, kill >= 0 ? uint32_t(kill) : 0);
+    if (::testing::Test::HasFatalFailure()) return out;
+  }
+  out.lost = h.lost;
+  for (const auto& r : h.host.requests()) out.held.push_back(r.request_id);
+  const auto& d = h.host.request_digests();
+  if (d.count(2)) out.digest_2 = d.at(2);
+  return out;
+}
+
+// Recovery impossible for one request: the devices holding every copy of one of its shards
+// die (with r = 2 the second failure takes the first's replica; with r = 1 one failure is
+// enough). Only that request is lost, mid-step, whichever round it happens in; the other
+// runs on to the end with outputs bit-identical to a run without failures.
+TEST(failover, only_the_request_that_lost_every_copy_of_a_shard_is_lost) {
+  for (run_mode mode : {run_mode::pnm_kv, run_mode::png_kv, run_mode::baseline}) {
+    SCOPED_TRACE(to_string(mode));
+    for (uint32_t r : {1u, 2u}) {
+      SCOPED_TRACE("replication " + std::to_string(r));
+      const two_pools clean = run_two_pools(mode, r, -1, -1, -1);
+      ASSERT_FALSE(::testing::Test::HasFatalFailure());
+      ASSERT_NE(clean.digest_2, 0u);
+      ASSERT_TRUE(clean.lost.empty());
+      for (int round : {0, 1, 2}) {  // rounds every configuration has (the last: verification)
+        SCOPED_TRACE("round " + std::to_string(round));
+        // r = 2: 10 then its replica 11. r = 1: 11 alone (at step 3; step 2 loses nothing).
+        const two_pools f = r == 2 ? run_two_pools(mode, r, round, 10, 11) : run_two_pools(mode, r, round, -1, 11);
+        ASSERT_FALSE(::testing::Test::HasFatalFailure());
+        ASSERT_EQ(f.lost.size(), 1u);
+        EXPECT_EQ(f.lost[0].request_id, 1u);
+        EXPECT_NE(f.lost[0].reason.find("device 11 held the last copy"), std::string::npos) << f.lost[0].reason;
+        EXPECT_EQ(f.held, std::vector<uint64_t>{2});
+        EXPECT_EQ(f.digest_2, clean.digest_2);
+      }
+    }
+  }
+}
+
 // One request of 2000 tokens over four devices, prefilled and one step decoded.
 struct one_request {
   host_engine_config hc = [] {
@@ -85,24 +152,34 @@ struct one_request {
   }
 };
 
-TEST(failover, without_a_replica_the_lost_shard_is_named) {
+TEST(failover, without_a_replica_the_request_is_lost_and_its_shard_named) {
   one_request r1(1);
   harness& h = r1.h;
   auto r = h.host.fail_over(11);
-  ASSERT_FALSE(r);
-  EXPECT_NE(r.error().message().find("only copy"), std::string::npos) << r.error().message();
-  EXPECT_NE(r.error().message().find("device 11"), std::string::npos) << r.error().message();
+  ASSERT_TRUE(r) << r.error().to_string();
+  ASSERT_EQ(r->lost.size(), 1u);
+  EXPECT_EQ(r->lost[0].request_id, 1u);
+  const std::string& why = r->lost[0].reason;
+  EXPECT_NE(why.find("last copy"), std::string::npos) << why;
+  EXPECT_NE(why.find("device 11"), std::string::npos) << why;
+  EXPECT_EQ(h.host.placement_of(1), nullptr);  // gone from the engine
+  EXPECT_TRUE(h.host.requests().empty());
 }
 
 TEST(failover, is_idempotent_and_moves_every_shard_off_the_lost_device) {
   one_request r2(2);
   harness& h = r2.h;
-  ASSERT_TRUE(h.host.fail_over(12));
+  const uint64_t epoch = h.host.placement_of(1)->epoch;
+  auto first = h.host.fail_over(12);
+  ASSERT_TRUE(first);
+  EXPECT_TRUE(first->lost.empty());
   auto again = h.host.fail_over(12);
   ASSERT_TRUE(again);
-  EXPECT_TRUE(again->empty());
+  EXPECT_TRUE(again->resend.empty());
+  EXPECT_TRUE(again->lost.empty());
   const request_placement* pl = h.host.placement_of(1);
   ASSERT_NE(pl, nullptr);
+  EXPECT_EQ(pl->epoch, epoch + 1);  // one new version per failover, none for a repeat
   for (const auto& s : pl->shards) {
     EXPECT_NE(s.device_id, 12u);
     for (uint32_t r : s.replica_device_ids) EXPECT_NE(r, 12u);

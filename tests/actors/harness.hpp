@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 #include <set>
 #include <string>
@@ -55,8 +56,12 @@ struct harness {
   uint32_t head_groups = 0;
   sequence_split split = sequence_split::contiguous;
   uint32_t replication = 1;
+  // The devices the next add() places on (empty: every device).
+  std::vector<uint32_t> pool_devices;
   // A device that has "died": work sent to it is lost (never served, never answered).
   std::set<uint32_t> dead;
+  // Requests the host gave up on when it failed the dead devices over.
+  std::vector<lost_request> lost;
 
   void add(uint64_t id, uint64_t context, uint32_t steps) {
     placement_request pr;
@@ -72,6 +77,8 @@ struct harness {
     pr.replication = replication;
     pool_state pool;
     for (auto& [id_, d] : devices) {
+      if (!pool_devices.empty() && std::find(pool_devices.begin(), pool_devices.end(), id_) == pool_devices.end())
+        continue;
       pool.device_ids.push_back(id_);
       pool.free_bytes.push_back(1ull << 40);
     }
@@ -109,7 +116,8 @@ struct harness {
         for (uint32_t d : dead) {
           auto resend = host.fail_over(d);
           ASSERT_TRUE(resend) << resend.error().to_string();
-          for (auto& m : *resend) next.push_back(std::move(m));
+          for (auto& m : resend->resend) next.push_back(std::move(m));
+          for (const auto& l : resend->lost) lost.push_back(l);
         }
         work = std::move(next);
         continue;

@@ -71,5 +71,52 @@ TEST(run_report, device_losses_round_trip_with_their_detection_time) {
       << table;
 }
 
+// Recovery and stopping: a node shutdown is not a request failure (its own list, under
+// faults), the fenced-message count, an early stop with its steps, and each completed
+// request's digest survive to_json → from_json under the documented keys; the table shows
+// them apart from the failed requests.
+TEST(run_report, recovery_fields_round_trip_and_shutdowns_are_not_failures) {
+  run_report r;
+  r.submitted = 3;
+  r.completed = 1;
+  r.failed = 1;
+  r.failures = {"request 1: device 102 went down (killed): device 102 held the last copy of shard 0"};
+  r.shutdown_events = {"device 101 killed after the grace period"};
+  r.fenced_messages = 7;
+  r.stopped = "SIGINT to the launcher";
+  r.steps_done = 42;
+  r.request_digests = {{2, 0x059b5dd22d809826ull}, {3, 0xfedcba9876543210ull}};
+
+  const std::string text = r.to_json();
+  const auto j = nlohmann::json::parse(text);
+  EXPECT_EQ(j.at("requests").at("failures").size(), 1u);
+  EXPECT_EQ(j.at("faults").at("shutdown_events").at(0), "device 101 killed after the grace period");
+  EXPECT_EQ(j.at("faults").at("fenced_messages").get<uint64_t>(), 7u);
+  EXPECT_EQ(j.at("requests").at("stopped"), "SIGINT to the launcher");
+  EXPECT_EQ(j.at("requests").at("steps_done").get<uint64_t>(), 42u);
+  EXPECT_EQ(j.at("requests").at("output_digests").at(0).at("output_digest"), "059b5dd22d809826");
+
+  const run_report back = run_report::from_json(text);
+  EXPECT_EQ(back.failures, r.failures);
+  EXPECT_EQ(back.shutdown_events, r.shutdown_events);
+  EXPECT_EQ(back.fenced_messages, r.fenced_messages);
+  EXPECT_EQ(back.stopped, r.stopped);
+  EXPECT_EQ(back.steps_done, r.steps_done);
+  EXPECT_EQ(back.request_digests, r.request_digests);
+
+  const std::string table = r.to_table();
+  EXPECT_NE(table.find("node shutdown"), std::string::npos) << table;
+  EXPECT_NE(table.find("stopped early"), std::string::npos) << table;
+  EXPECT_NE(table.find("42 steps done, 1 requests unfinished"), std::string::npos) << table;
+  EXPECT_NE(table.find("7 dropped"), std::string::npos) << table;
+  // The shutdown event is not listed among the failed requests.
+  const size_t failed_rows = [&] {
+    size_t n = 0;
+    for (size_t at = table.find("    failed "); at != std::string::npos; at = table.find("    failed ", at + 1)) ++n;
+    return n;
+  }();
+  EXPECT_EQ(failed_rows, 1u) << table;
+}
+
 }  // namespace
 }  // namespace pnmkv

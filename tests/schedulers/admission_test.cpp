@@ -391,6 +391,44 @@ TEST(admission, emulator_names_the_device_and_device_lost_refuses) {
   EXPECT_EQ(a.try_admit({3, 4096, 16}).reason, admission_reason::device_capacity);
 }
 
+// A request that fails because a device it used was lost is released (the GPU host sends
+// Release, the coordinator gives its room back): every constraint gets back what it took,
+// except on the lost device, which stays at zero whatever is released onto it.
+TEST(admission, release_after_a_device_loss_frees_the_survivors_and_never_the_lost_device) {
+  const fixture_parts p = load_parts();
+  placement_constraint* pc = nullptr;
+  admission a = small_system(p, 4, 20'000'000'000ull, 1'200'000'000ull, 12, &pc);
+  const std::vector<pool_state> before = pc->pools();
+  ASSERT_TRUE(a.try_admit({1, 50'000, 100}).admitted());
+  ASSERT_TRUE(a.try_admit({2, 50'000, 100}).admitted());
+  const uint32_t pool1 = a.grant_of(1)->pool;
+  const uint32_t lost = a.grant_of(1)->placement.shards.front().device_id;
+  a.device_lost(lost);
+  a.release(1);
+  EXPECT_EQ(a.in_system(), 1u);
+  const auto& pool = pc->pools()[pool1];
+  for (size_t k = 0; k < pool.device_ids.size(); ++k) {
+    if (pool.device_ids[k] == lost) {
+      EXPECT_EQ(pool.free_bytes[k], 0u) << "the lost device got room back";
+      continue;
+    }
+    // What request 2 holds there (nothing when it went to the other pool).
+    uint64_t held2 = 0;
+    if (a.grant_of(2)->pool == pool1)
+      for (const auto& sh : a.grant_of(2)->placement.shards) {
+        if (sh.device_id == pool.device_ids[k]) held2 += sh.bytes_modelled;
+        for (uint32_t r : sh.replica_device_ids) held2 += r == pool.device_ids[k] ? sh.bytes_modelled : 0;
+      }
+    EXPECT_EQ(pool.free_bytes[k], before[pool1].free_bytes[k] - held2) << "device " << pool.device_ids[k];
+  }
+  // Releasing the survivor too leaves the lost device at zero; the other pool is whole.
+  a.release(2);
+  EXPECT_EQ(a.in_system(), 0u);
+  for (size_t i = 0; i < before.size(); ++i)
+    for (size_t k = 0; k < before[i].device_ids.size(); ++k)
+      EXPECT_EQ(pc->pools()[i].free_bytes[k], before[i].device_ids[k] == lost ? 0 : before[i].free_bytes[k]);
+}
+
 TEST(admission, batch_cap_counts_admitted_requests) {
   admission a;
   a.add(std::make_unique<batch_cap_constraint>(2));

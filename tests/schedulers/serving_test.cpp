@@ -441,6 +441,43 @@ TEST(ServingScheduler, closed_batch_submitted_prefilled_and_refused) {
   EXPECT_DEATH(s.submit({-1, 10, 1}), "submitted after");
 }
 
+// A request lost with its devices in the middle of a step (fail()): it leaves the system at
+// once, the step planned with it completes without it (no token, no finish), the others go
+// on as before, it is counted failed (not unfinished) and its room lets the next one in.
+TEST(ServingScheduler, a_failed_request_leaves_and_the_others_go_on) {
+  serving_params p;
+  p.prefill_chunk_tokens = 8;
+  p.batch_max = 2;
+  serving_scheduler s({{0, 8, 3}, {0, 16, 3}, {0, 8, 2}}, p);
+  s.admit(1);
+  s.admit(2);
+  EXPECT_EQ(s.next_candidate(), std::nullopt) << "batch cap of 2 reached";
+  step_plan plan = s.plan();  // request 1's whole prompt; nothing of 2 yet (chunk budget 8)
+  s.complete(plan, 1.0);
+  plan = s.plan();  // 1 decodes, 2 prefills its first chunk
+  ASSERT_EQ(plan.decoding, std::vector<uint64_t>{1});
+  ASSERT_EQ(plan.prefill.size(), 1u);
+  s.fail(2, "device 101 held the last copy");
+  EXPECT_EQ(s.in_system_ids(), std::vector<uint64_t>{1});
+  EXPECT_EQ(s.next_candidate(), std::optional<uint64_t>(3)) << "its room is free at once";
+  EXPECT_TRUE(s.complete(plan, 1.0).empty());
+  EXPECT_EQ(s.outcome(2).generated, 0u);
+  EXPECT_LT(s.outcome(2).finish_s, 0.0);
+  EXPECT_EQ(s.series().back().decode_batch, 1u);
+  EXPECT_EQ(s.series().back().prefill_tokens, 0u) << "the lost request's chunk does not count";
+  s.admit(3);
+  while (!s.done()) s.complete(s.plan(), 1.0);
+  EXPECT_GE(s.outcome(1).finish_s, 0.0);
+  EXPECT_GE(s.outcome(3).finish_s, 0.0);
+  const serving_summary sum = summarise(s.outcomes(), s.series());
+  EXPECT_EQ(sum.completed, 2u);
+  EXPECT_EQ(sum.failed, 1u);
+  EXPECT_EQ(sum.unfinished, 0u);
+  EXPECT_TRUE(s.outcome(2).failed);
+  EXPECT_EQ(s.outcome(2).failure, "device 101 held the last copy");
+  EXPECT_DEATH(s.fail(2, "again"), "not in the system");
+}
+
 // ---------------------------------------------------------------------------------------
 // 3. summarise.
 
