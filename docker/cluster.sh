@@ -459,7 +459,8 @@ cmd_run() {
   [ -n "$json" ] && [ -f "$out" ] && cp "$out" "$json"
   [ "$rc" -eq 0 ] || exit "$rc"
   if [ -n "$expect" ]; then
-    local got; got="$(grep -o '"output_digest": *"[0-9a-f]*"' "$out" | grep -o '[0-9a-f]\{16\}')"
+    # The run's digest: the top-level key (two spaces in); per-request ones sit deeper.
+    local got; got="$(grep -o '^  "output_digest": *"[0-9a-f]*"' "$out" | grep -o '[0-9a-f]\{16\}')"
     [ "$got" = "$expect" ] || die "output digest $got, expected $expect"
     say "output digest $got as expected"
   fi
