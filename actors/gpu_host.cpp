@@ -629,6 +629,9 @@ void gpu_host_state::on_wire(std::vector<uint8_t>& bytes) {
 
 void gpu_host_state::on_write_ack(const transport::envelope& env, transport::wire::WriteAck::Reader ack) {
   ++replies_seen_;
+  // A device that only holds replicas answers no query: its acks say what it holds (its
+  // partials do for a device that answers; a device's messages arrive in order).
+  device_bytes_held_[env.sender] = ack.getDeviceBytesHeld();
   writes_out_.erase(write_key{env.sender, ack.getRequestId(), ack.getLayer(), ack.getKvHead(),
                               ack.getPosition0()});
   if (open_) return after_progress();

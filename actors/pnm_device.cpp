@@ -246,6 +246,7 @@ bool pnm_device_state::try_write(const transport::received& m) {
   ack.setPosition0(w.getPosition0());
   ack.setNTokens(w.getNTokens());
   ack.setOk(true);
+  ack.setDeviceBytesHeld(engine_->bytes_held());
   send(m.env().sender, out);
   return true;
 }

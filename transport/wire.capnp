@@ -225,6 +225,7 @@ struct WriteAck {
   position0 @3 :UInt64;
   nTokens @4 :UInt32;
   ok @5 :Bool;
+  deviceBytesHeld @6 :UInt64;  # KV bytes the device holds after the write (replicas answer no query)
 }
 
 struct Envelope {

@@ -260,6 +260,10 @@ TEST(cluster, a_device_killed_with_replicas_is_failed_over_and_changes_no_output
 TEST(cluster, a_scripted_device_crash_is_failed_over_with_replicas_and_fails_the_run_without) {
   auto clean = run_embedded(small_config({"run.steps=12", "cluster.replication=2"}), {});
   ASSERT_TRUE(clean) << clean.error().to_string();
+  // Devices that hold only replicas answer no query; their write acks still put them in
+  // the report's device table, holding bytes.
+  ASSERT_EQ(clean->device_ids.size(), 4u);
+  for (uint64_t held : clean->device_bytes_held) EXPECT_GT(held, 0u);
   auto crashed = run_embedded(
       small_config({"run.steps=12", "cluster.replication=2", "faults.script=crash node=101 step=5"}), {});
   ASSERT_TRUE(crashed) << crashed.error().to_string();
