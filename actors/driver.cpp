@@ -46,6 +46,7 @@ void driver_state::on_join(const std::string& bytes) {
                 });
 }
 
+// Asks the coordinator (which trusts this driver: it joined) to shut the cluster down; quits.
 void driver_state::on_stop() {
   control::outbound out(driver_node);
   out.body().setShutdown();
@@ -136,10 +137,7 @@ void driver_state::on_result(control::wire::RunResult::Reader r) {
   if (!r.getOk() && !stopped) failures.push_back(std::string("run: ") + r.getReason().cStr());
   req["failures"] = failures;
   self_->send(report_to_, done_atom::value, r.getOk(), j.dump());
-  control::outbound out(driver_node);
-  out.body().setShutdown();
-  self_->send(coordinator_, ctl_atom::value, wire_string(out));
-  self_->quit();
+  on_stop();
 }
 
 }  // namespace pnmkv::actors

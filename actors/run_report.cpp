@@ -12,11 +12,16 @@
 
 namespace pnmkv {
 
-std::string run_report::output_digest_hex() const {
+namespace {
+// A 64-bit digest as 16 hex digits: the run's and each request's.
+std::string hex64(uint64_t v) {
   char buf[24];
-  std::snprintf(buf, sizeof buf, "%016" PRIx64, output_digest);
+  std::snprintf(buf, sizeof buf, "%016" PRIx64, v);
   return buf;
 }
+}  // namespace
+
+std::string run_report::output_digest_hex() const { return hex64(output_digest); }
 
 namespace {
 nlohmann::ordered_json num(double v) {
@@ -83,12 +88,6 @@ nlohmann::ordered_json serving_json(const run_report& r) {
 
 // Fencing, node shutdowns, an early stop and the per-request digests (to_json).
 namespace {
-std::string hex64(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "%016" PRIx64, v);
-  return buf;
-}
-
 void recovery_json(const run_report& r, nlohmann::ordered_json& j) {
   j["faults"]["fenced_messages"] = r.fenced_messages;
   j["faults"]["shutdown_events"] = r.shutdown_events;
