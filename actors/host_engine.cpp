@@ -283,6 +283,7 @@ device_work host_engine::make_query(uint64_t request_id, uint32_t layer, uint32_
   w.tag = next_tag_++;
   w.q_storage = q;
   w.query.request_id = request_id;
+  w.query.shard_id = sh.shard_id;
   w.query.step = step_;
   w.query.layer = layer;
   w.query.kv_head = kv_head;

@@ -340,24 +340,27 @@ result<uint32_t> admission::add_copy(uint64_t request_id, uint32_t shard_id) {
     return status{errc::invalid_argument, "request " + std::to_string(request_id) + " is not admitted"};
   admission_grant& g = it->second;
   shard_placement* shard = nullptr;
-  std::set<uint32_t> holders;
+  std::set<uint32_t> of_request;  // devices holding any shard of the request
   for (auto& sh : g.placement.shards) {
     if (sh.shard_id == shard_id) shard = &sh;
-    holders.insert(sh.device_id);
-    holders.insert(sh.replica_device_ids.begin(), sh.replica_device_ids.end());
+    of_request.insert(sh.device_id);
+    of_request.insert(sh.replica_device_ids.begin(), sh.replica_device_ids.end());
   }
   if (!shard)
     return status{errc::invalid_argument, "request " + std::to_string(request_id) + " has no shard " +
                                               std::to_string(shard_id)};
+  std::set<uint32_t> of_shard{shard->device_id};
+  of_shard.insert(shard->replica_device_ids.begin(), shard->replica_device_ids.end());
   std::set<uint32_t> candidates;
   for (const auto& k : constraints_)
     for (uint32_t d : k->devices()) candidates.insert(d);
   std::string passed_over;  // why, for the error (bounded: the first few)
   unsigned reasons = 0, eligible = 0;
+  // Best: a device holding nothing of the request (its load spreads), then the most room.
   std::optional<uint32_t> best;
-  uint64_t best_room = 0;
+  std::pair<bool, uint64_t> best_rank{false, 0};
   for (uint32_t d : candidates) {
-    if (holders.count(d) || lost_.count(d)) continue;
+    if (of_shard.count(d) || lost_.count(d)) continue;
     ++eligible;
     std::optional<uint64_t> room;  // the placement's (modelled) room ranks the devices
     status why = status::ok();
@@ -373,14 +376,14 @@ result<uint32_t> admission::add_copy(uint64_t request_id, uint32_t shard_id) {
       if (reasons++ < 4) passed_over += "; " + why.message();
       continue;
     }
-    const uint64_t have = room.value_or(0);
-    if (!best || have > best_room) best = d, best_room = have;
+    const std::pair<bool, uint64_t> rank{!of_request.count(d), room.value_or(0)};
+    if (!best || rank > best_rank) best = d, best_rank = rank;
   }
   if (!best) {
     std::string what = "no device can take a new copy of shard " + std::to_string(shard_id) + " of request " +
                        std::to_string(request_id) + ": ";
-    what += eligible == 0 ? "every live device holds a shard of it already (a device keeps one shard of a request)"
-                          : "every live device without a shard of it is full" + passed_over;
+    what += eligible == 0 ? "every live device holds that shard already"
+                          : "every live device without that shard is full" + passed_over;
     return status{errc::capacity, what};
   }
   for (const auto& k : constraints_) k->take_copy(*best, *shard, g);

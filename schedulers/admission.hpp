@@ -228,11 +228,11 @@ class admission {
   void release(uint64_t request_id);  // no-op for a request not held
   void device_lost(uint32_t device_id);
   // A new copy of shard `shard_id` of an admitted request, after a loss (docs/DESIGN.md §7):
-  // on the device, not lost, that holds nothing of the request (a device keeps one shard of
-  // a request) and that every constraint lets take it, with the most modelled room left
-  // (ties: the lower id). The room is taken and the grant's placement lists the device as
-  // one more replica of the shard (a release gives it back). An error naming the shard and
-  // why each device was passed over when none can.
+  // on a device, not lost and not holding that shard, that every constraint lets take it;
+  // one holding nothing of the request first (the load spreads), then the most modelled
+  // room left (ties: the lower id). The room is taken and the grant's placement lists the
+  // device as one more replica of the shard (a release gives it back). An error naming the
+  // shard and why devices were passed over when none can.
   result<uint32_t> add_copy(uint64_t request_id, uint32_t shard_id);
 
   const admission_grant* grant_of(uint64_t request_id) const;  // null when not held

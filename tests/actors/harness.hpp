@@ -64,7 +64,8 @@ struct harness {
   std::vector<lost_request> lost;
   // Rebuild what a failover asks for at once (as the GPU host does, with the coordinator's
   // choice made here: the lowest live device holding nothing of the request): recompute a
-  // shard with no copy left, copy a shard below its copies from its primary.
+  // shard with no copy left, copy a shard below its copies from its primary. A device
+  // holding nothing of the request is preferred, then one without that shard.
   bool rebuild = false;
   bool rebuild_copies = true;         // with rebuild: re-replicate too
   std::vector<rebuild_need> rebuilt;  // what was rebuilt, in order
@@ -75,10 +76,12 @@ struct harness {
     const shard_placement shard = *sh;
     uint32_t target = 0;
     for (auto& [id, d] : devices)
-      if (!dead.count(id) && !d.shard_of(n.request_id)) {
+      if (!dead.count(id) && !d.holds(n.request_id)) {
         target = id;
         break;
       }
+    for (auto& [id, d] : devices)
+      if (!target && !dead.count(id) && !d.shard(n.request_id, n.shard_id)) target = id;
     ASSERT_NE(target, 0u) << "no device free for a copy of request " << n.request_id;
     ASSERT_TRUE(devices.at(target).add_shard(n.request_id, shard));
     const uint32_t layers = host.config().live_layers;
