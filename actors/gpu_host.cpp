@@ -752,6 +752,12 @@ gpu_host_state::reply_key gpu_host_state::read_recall(const transport::envelope&
 }
 
 void gpu_host_state::on_deadline(uint64_t epoch) {
+  if (epoch & boundary_deadline_bit) {
+    if (!finished_ && boundary_waiting_ && (epoch & ~boundary_deadline_bit) == step_epoch_)
+      fail_run("the boundary after decode step " + std::to_string(step_) + " waited for rebuilds after a device " +
+               "loss longer than run.step_timeout_ms = " + std::to_string(setup_->step_timeout_ms) + " ms");
+    return;
+  }
   if (epoch == 0) {
     if (!finished_ && !prefill_done_)
       fail_run("prefill missed its deadline of " + std::to_string(setup_->prefill_timeout_ms) +

@@ -180,6 +180,8 @@ class gpu_host_state {
   std::map<job_key, rebuild_job> rebuilds_;
   std::map<reply_key, job_key> copy_tags_;   // copy recalls out -> their job
   bool boundary_waiting_ = false;            // a step boundary waits for rebuilds
+  // Marks a deadline tick as a waiting boundary's (the rest is the step epoch).
+  static constexpr uint64_t boundary_deadline_bit = 1ull << 62;
   std::vector<shard_rebuild> rebuilt_;       // finished (or given up), for the report
 
   // The report, in parts.

@@ -253,6 +253,11 @@ bool gpu_host_state::rebuild_at_boundary() {
     if (!job.chunk_running && job.chunk_epoch != step_epoch_) start_copy_chunk(job);
     wait = wait || job.chunk_running;
   }
+  // A boundary waits for rebuilds at most run.step_timeout_ms (a lost reply must not hang
+  // the run: on_deadline).
+  if (wait && !boundary_waiting_)
+    self_->delayed_send(self_, std::chrono::milliseconds(setup_->step_timeout_ms), tick_atom::value,
+                        boundary_deadline_bit | step_epoch_);
   boundary_waiting_ = wait;
   return !wait;
 }
