@@ -1397,6 +1397,26 @@ void host_engine::charge_recovery(const op_cost& c) {
   recovery_.energy_j += c.energy_j;
 }
 
+device_work host_engine::rebuild_write(uint64_t request_id, uint32_t shard_id, uint32_t device, uint32_t layer,
+                                       uint32_t kv_head, uint64_t position, uint64_t n_tokens) const {
+  const auto& m = costs_.model();
+  device_work w;
+  w.what = device_work::kind::write;
+  w.bulk = true;
+  w.rebuild = true;
+  w.request_id = request_id;
+  w.layer = layer;
+  w.kv_head = kv_head;
+  w.position = position;
+  w.n_tokens = n_tokens;
+  w.k.resize(n_tokens * m.head_dim);
+  w.v.resize(n_tokens * m.head_dim);
+  w.wire_bytes = work::prefill_wire_bytes(m, n_tokens);
+  w.device_id = device;
+  w.shard_id = shard_id;
+  return w;
+}
+
 uint64_t host_engine::shard_writes(uint64_t request_id, uint32_t shard_id, uint32_t device, uint32_t layer,
                                    uint32_t kv_head, uint64_t from, uint64_t to, std::vector<device_work>& out,
                                    uint64_t* tokens) const {
@@ -1414,22 +1434,9 @@ uint64_t host_engine::shard_writes(uint64_t request_id, uint32_t shard_id, uint3
       continue;
     }
     const uint64_t n = end - from;
-    device_work w;
-    w.what = device_work::kind::write;
-    w.bulk = true;
-    w.rebuild = true;
-    w.request_id = request_id;
-    w.layer = layer;
-    w.kv_head = kv_head;
-    w.position = from;
-    w.n_tokens = n;
-    w.k.resize(n * d);
-    w.v.resize(n * d);
+    device_work w = rebuild_write(request_id, shard_id, device, layer, kv_head, from, n);
     wl_.keys(request_id, layer, kv_head, from, n, w.k.data());
     wl_.values(request_id, layer, kv_head, from, n, w.v.data());
-    w.wire_bytes = work::prefill_wire_bytes(m, n);
-    w.device_id = device;
-    w.shard_id = shard_id;
     if (tokens) *tokens += n;
     out.push_back(std::move(w));
     from = end;
@@ -1537,20 +1544,9 @@ std::vector<device_work> host_engine::copy_writes(uint64_t request_id, uint32_t 
       rows += r.rows_per_page[j];
     }
     PNMKV_CHECK_LE((off + rows) * d, r.k.size());
-    device_work w;
-    w.what = device_work::kind::write;
-    w.bulk = true;
-    w.rebuild = true;
-    w.request_id = request_id;
-    w.layer = layer;
-    w.kv_head = kv_head;
-    w.position = r.answer.pages[i] * ps;
-    w.n_tokens = rows;
-    w.k.assign(r.k.begin() + ptrdiff_t(off * d), r.k.begin() + ptrdiff_t((off + rows) * d));
-    w.v.assign(r.v.begin() + ptrdiff_t(off * d), r.v.begin() + ptrdiff_t((off + rows) * d));
-    w.wire_bytes = work::prefill_wire_bytes(m, rows);
-    w.device_id = target;
-    w.shard_id = shard_id;
+    device_work w = rebuild_write(request_id, shard_id, target, layer, kv_head, r.answer.pages[i] * ps, rows);
+    std::copy(r.k.begin() + ptrdiff_t(off * d), r.k.begin() + ptrdiff_t((off + rows) * d), w.k.begin());
+    std::copy(r.v.begin() + ptrdiff_t(off * d), r.v.begin() + ptrdiff_t((off + rows) * d), w.v.begin());
     kv += costs_.kv_bytes(double(rows));
     off += rows;
     out.push_back(std::move(w));

@@ -465,6 +465,9 @@ class host_engine {
   // stopped; adds the tokens written to *tokens when given.
   uint64_t shard_writes(uint64_t request_id, uint32_t shard_id, uint32_t device, uint32_t layer, uint32_t kv_head,
                         uint64_t from, uint64_t to, std::vector<device_work>& out, uint64_t* tokens) const;
+  // A rebuild's bulk write of n_tokens rows at `position` to `device`, K and V sized, unfilled.
+  device_work rebuild_write(uint64_t request_id, uint32_t shard_id, uint32_t device, uint32_t layer,
+                            uint32_t kv_head, uint64_t position, uint64_t n_tokens) const;
   // Removes a request whose KV is lost, between or during steps: its outstanding work, its
   // heads, its place in the step and in the prefill.
   void drop_request(uint64_t request_id);

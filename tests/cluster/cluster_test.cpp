@@ -215,6 +215,32 @@ TEST(cluster, a_device_killed_before_the_cluster_is_complete_fails_the_run_promp
   kill_device_during("");
 }
 
+// Runs `cfg` as one process per node, SIGKILLs device `victim` once 3 decode steps are done,
+// and returns the report (the run must end within 120 s).
+result<run_report> run_killing(const config& cfg, const std::string& victim_id) {
+  multiprocess_options mp;
+  mp.node_binary = PNMKV_BINARY;
+  std::promise<void> begun;
+  std::atomic<bool> signalled{false};
+  cluster_run_options opts;
+  opts.on_progress = [&](const std::string& p, uint64_t done, uint64_t) {
+    if (p == "decode" && done >= 3 && !signalled.exchange(true)) begun.set_value();
+  };
+  auto run = std::async(std::launch::async, [&] { return run_multiprocess(cfg, opts, mp); });
+  if (begun.get_future().wait_for(std::chrono::seconds(120)) != std::future_status::ready) {
+    ADD_FAILURE() << "the run never reached decode step 3";
+    return run.get();
+  }
+  auto victim = children_matching("--id " + victim_id);
+  if (victim.size() != 1) {
+    ADD_FAILURE() << "device " << victim_id << " is not running";
+    return run.get();
+  }
+  kill(victim[0], SIGKILL);
+  if (run.wait_for(std::chrono::seconds(120)) != std::future_status::ready) ADD_FAILURE() << "the run hung";
+  return run.get();
+}
+
 // With cluster.replication = 2 a device killed while decoding costs a failover, not the
 // run: every request completes and the outputs are bit-identical to the same run with no
 // failure (the replica holds the same pages; the lost work is sent to it again).
@@ -226,21 +252,8 @@ TEST(cluster, a_device_killed_with_replicas_is_failed_over_and_changes_no_output
   ASSERT_TRUE(clean->failures.empty());
   for (const char* victim_id : {"100", "101"}) {
     SCOPED_TRACE(std::string("device ") + victim_id);
-    multiprocess_options mp;
-    mp.node_binary = PNMKV_BINARY;
-    std::promise<void> begun;
-    std::atomic<bool> signalled{false};
-    cluster_run_options opts;
-    opts.on_progress = [&](const std::string& p, uint64_t done, uint64_t) {
-      if (p == "decode" && done >= 3 && !signalled.exchange(true)) begun.set_value();
-    };
-    auto run = std::async(std::launch::async, [&] { return run_multiprocess(cfg, opts, mp); });
-    ASSERT_EQ(begun.get_future().wait_for(std::chrono::seconds(120)), std::future_status::ready);
-    auto victim = children_matching(std::string("--id ") + victim_id);
-    ASSERT_EQ(victim.size(), 1u);
-    kill(victim[0], SIGKILL);
-    ASSERT_EQ(run.wait_for(std::chrono::seconds(120)), std::future_status::ready) << "the run hung";
-    auto rep = run.get();
+    auto rep = run_killing(cfg, victim_id);
+    ASSERT_FALSE(::testing::Test::HasFatalFailure());
     ASSERT_TRUE(rep) << rep.error().to_string();
     EXPECT_EQ(rep->completed, 2u);
     EXPECT_TRUE(rep->failures.empty()) << rep->failures.front();
@@ -280,21 +293,8 @@ TEST(cluster, a_device_killed_without_replicas_is_recomputed_and_changes_no_outp
   auto cfg = small_config({"run.steps=3000", "run.verify=false"});
   auto clean = run_embedded(cfg, {});
   ASSERT_TRUE(clean) << clean.error().to_string();
-  multiprocess_options mp;
-  mp.node_binary = PNMKV_BINARY;
-  std::promise<void> begun;
-  std::atomic<bool> signalled{false};
-  cluster_run_options opts;
-  opts.on_progress = [&](const std::string& p, uint64_t done, uint64_t) {
-    if (p == "decode" && done >= 3 && !signalled.exchange(true)) begun.set_value();
-  };
-  auto run = std::async(std::launch::async, [&] { return run_multiprocess(cfg, opts, mp); });
-  ASSERT_EQ(begun.get_future().wait_for(std::chrono::seconds(120)), std::future_status::ready);
-  auto victim = children_matching("--id 101");
-  ASSERT_EQ(victim.size(), 1u);
-  kill(victim[0], SIGKILL);
-  ASSERT_EQ(run.wait_for(std::chrono::seconds(120)), std::future_status::ready) << "the run hung";
-  auto rep = run.get();
+  auto rep = run_killing(cfg, "101");
+  ASSERT_FALSE(::testing::Test::HasFatalFailure());
   ASSERT_TRUE(rep) << rep.error().to_string();
   EXPECT_EQ(rep->completed, 2u);
   EXPECT_TRUE(rep->failures.empty()) << rep->failures.front();
@@ -359,21 +359,8 @@ TEST(cluster, gpu_only_survives_a_killed_device_unchanged) {
   auto cfg = small_config({"run.mode=gpu-only", "run.steps=3000", "run.verify=false"});
   auto clean = run_embedded(cfg, {});
   ASSERT_TRUE(clean) << clean.error().to_string();
-  multiprocess_options mp;
-  mp.node_binary = PNMKV_BINARY;
-  std::promise<void> begun;
-  std::atomic<bool> signalled{false};
-  cluster_run_options opts;
-  opts.on_progress = [&](const std::string& p, uint64_t done, uint64_t) {
-    if (p == "decode" && done >= 3 && !signalled.exchange(true)) begun.set_value();
-  };
-  auto run = std::async(std::launch::async, [&] { return run_multiprocess(cfg, opts, mp); });
-  ASSERT_EQ(begun.get_future().wait_for(std::chrono::seconds(120)), std::future_status::ready);
-  auto victim = children_matching("--id 101");
-  ASSERT_EQ(victim.size(), 1u);
-  kill(victim[0], SIGKILL);
-  ASSERT_EQ(run.wait_for(std::chrono::seconds(120)), std::future_status::ready) << "the run hung";
-  auto rep = run.get();
+  auto rep = run_killing(cfg, "101");
+  ASSERT_FALSE(::testing::Test::HasFatalFailure());
   ASSERT_TRUE(rep) << rep.error().to_string();
   EXPECT_EQ(rep->completed, 2u);
   EXPECT_TRUE(rep->failures.empty()) << rep->failures.front();
