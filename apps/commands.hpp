@@ -48,5 +48,6 @@ void register_bench_gpu_model(CLI::App& bench);
 void register_config(CLI::App& app);
 void register_node(CLI::App& app);
 void register_sim(CLI::App& app);
+void register_detsim(CLI::App& app);
 
 }  // namespace pnmkv::apps
