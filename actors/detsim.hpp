@@ -54,7 +54,9 @@ std::vector<std::string> detsim_base_sets();
 struct detsim_schedule {
   std::vector<std::string> rules;
   std::vector<std::string> sets;
-  std::vector<uint32_t> struck_devices;  // devices a crash, hang or partition targets
+  // Devices a crash, hang or partition targets (run_detsim: of every rule in effect, the
+  // config's own included).
+  std::vector<uint32_t> struck_devices;
   std::string script() const;            // the rules joined with "; "
 };
 // Draws the schedule of `seed` over `devices` (node ids) for a run of `steps` decode steps.
@@ -63,7 +65,11 @@ detsim_schedule detsim_draw_schedule(uint64_t seed, const std::vector<uint32_t>&
 
 struct detsim_options {
   uint64_t seed = 1;
-  bool faults = true;  // false: the clean run (the seed still picks the interleaving)
+  // false: no schedule is drawn; the config's own faults.* apply (none: the clean run). The
+  // seed still picks the interleaving.
+  bool faults = true;
+  // The clean run: no schedule, and the config's own faults.* cleared.
+  bool clean = false;
   uint32_t classes = detsim_default_classes;
   uint64_t max_events = 5'000'000;           // scheduler picks, past which the run is stuck
   uint64_t virtual_limit_ms = 30 * 60 * 1000;  // virtual time, likewise

@@ -23,6 +23,7 @@ struct detsim_cli {
   std::string seeds;
   bool strict = false;
   bool explore = false;
+  bool no_schedule = false;
   std::string json_out;
 };
 
@@ -44,6 +45,7 @@ std::string replay_hint(const detsim_cli& o) {
   std::string s = "pnmkv detsim --seed {}";
   if (o.strict) s += " --strict";
   if (o.explore) s += " --explore";
+  if (o.no_schedule) s += " --no-schedule";
   if (!o.cfg.file.empty()) s += " --config " + o.cfg.file;
   for (const auto& x : o.cfg.overrides) s += " --set '" + x + "'";
   return s;
@@ -84,6 +86,9 @@ void register_detsim(CLI::App& app) {
   cmd->add_flag("--explore", opts.explore,
                 "Also draw the fault kinds with known open bugs: the GPU host's own crash, "
                 "fabric.inbox_depth=8 (back-pressure)");
+  cmd->add_flag("--no-schedule", opts.no_schedule,
+                "--seed only: draw no fault schedule; the config's own faults.* apply (a scripted scenario, "
+                "e.g. --set 'faults.script=crash node=100 step=3')");
   cmd->add_option("--json", opts.json_out, "Also write the sweep's summary (or the seed's report) as JSON to FILE");
   cmd->callback([] {
     if (opts.seed && !opts.seeds.empty()) {
@@ -106,7 +111,7 @@ void register_detsim(CLI::App& app) {
     if (opts.seed) {
       detsim_options clean_o;
       clean_o.seed = opts.seed;
-      clean_o.faults = false;
+      clean_o.clean = true;
       clean_o.quiet = true;  // the seed's run shows the nodes' warnings, not the clean one's
       auto clean = run_detsim(cfg, clean_o);
       if (!clean) {
@@ -116,11 +121,17 @@ void register_detsim(CLI::App& app) {
       detsim_options o;
       o.seed = opts.seed;
       o.classes = classes;
+      o.faults = !opts.no_schedule;
       auto run = run_detsim(cfg, o);
       if (!run) {
         std::fprintf(stderr, "pnmkv detsim: %s\n", run.error().to_string().c_str());
         throw CLI::RuntimeError(1);
       }
+      if (!clean->finished || clean->report.completed != clean->report.submitted)
+        std::fprintf(stderr, "pnmkv detsim: warning: the clean run (no faults) completed %llu of %llu requests: "
+                             "there is no digest to compare with for the others\n",
+                     static_cast<unsigned long long>(clean->report.completed),
+                     static_cast<unsigned long long>(clean->report.submitted));
       const auto v = detsim_violations(*run, *clean, replication, opts.strict);
       print_one(*run, *clean, v);
       if (!opts.json_out.empty()) {
