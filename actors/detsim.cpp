@@ -59,7 +59,10 @@ std::vector<std::string> detsim_base_sets() {
   return {"workload.context_tokens=512",   "workload.batch=2",          "selection.budget_tokens=128",
           "workload.prefill_chunk_tokens=128", "run.steps=6",           "cluster.pnm_devices=4",
           "cluster.replication=2",         "run.retry_after_ms=100",    "run.step_timeout_ms=20000",
-          "run.prefill_timeout_ms=60000",  "cluster.device_timeout_ms=1000"};
+          "run.prefill_timeout_ms=60000",  "cluster.device_timeout_ms=1000",
+          // png-kv (a variant): steady pages within the small budget, chosen within the run.
+          "png.steady_budget_tokens=64",   "png.window_steps=2",        "png.reevaluate_every_steps=2",
+          "png.warmup_steps=1"};
 }
 
 std::string detsim_schedule::script() const {
@@ -123,6 +126,15 @@ detsim_schedule detsim_draw_schedule(uint64_t seed, const std::vector<uint32_t>&
                         std::to_string(rng.in(0, last_step)));
   }
   if ((classes & detsim_backpressure) && rng.chance(0.25)) out.sets.push_back("fabric.inbox_depth=8");
+  return out;
+}
+
+std::vector<std::string> detsim_draw_variant(uint64_t seed) {
+  seeded rng{mix(seed, 0x7a41)};
+  static const char* const modes[] = {"pnm-kv", "png-kv", "baseline"};
+  std::vector<std::string> out;
+  out.push_back(std::string("run.mode=") + modes[rng.below(3)]);
+  out.push_back(std::string("cluster.sequence_split=") + (rng.chance(0.5) ? "interleave" : "contiguous"));
   return out;
 }
 
@@ -246,7 +258,10 @@ status add_schedule(config& cfg, const detsim_schedule& sch, uint64_t seed) {
 result<detsim_run> run_detsim(const config& cfg_in, const detsim_options& opts) {
   detsim_run out;
   out.seed = opts.seed;
+  out.variant = opts.sets;
   config cfg = cfg_in;
+  for (const auto& x : opts.sets)
+    if (auto st = cfg.set(x); !st) return st;
   if (opts.clean) {
     for (const char* k : {"faults.script", "faults.script_file"})
       if (auto st = cfg.set(k, ""); !st) return st;
@@ -436,11 +451,17 @@ std::vector<std::string> detsim_violations(const detsim_run& run, const detsim_r
   return v;
 }
 
-std::string detsim_failure_text(uint64_t seed, const detsim_schedule& schedule, const std::vector<std::string>& violations,
+std::string detsim_failure_text(const detsim_run& run, const std::vector<std::string>& violations,
                                 const std::string& replay_hint) {
+  const uint64_t seed = run.seed;
+  const detsim_schedule& schedule = run.schedule;
   std::string s = "detsim: seed " + std::to_string(seed) + " FAILED\n  schedule: " +
                   (schedule.rules.empty() ? std::string("(no faults)") : schedule.script());
   for (const auto& x : schedule.sets) s += "; --set " + x;
+  if (!run.variant.empty()) {
+    s += "\n  variant:";
+    for (const auto& x : run.variant) s += " " + x;
+  }
   for (const auto& x : violations) s += "\n  violated: " + x;
   if (!replay_hint.empty()) {
     std::string cmd = replay_hint;
@@ -450,32 +471,44 @@ std::string detsim_failure_text(uint64_t seed, const detsim_schedule& schedule, 
   return s;
 }
 
+result<detsim_run> detsim_clean_run(const config& cfg, const detsim_options& seed_opts) {
+  detsim_options co = seed_opts;
+  co.clean = true;
+  auto clean = run_detsim(cfg, co);
+  if (!clean) return clean.error();
+  if (!clean->finished || !clean->ok || clean->report.completed != clean->report.submitted) {
+    std::string why = clean->error;
+    for (const auto& f : clean->report.failures) why += (why.empty() ? "" : "; ") + f;
+    std::string variant;
+    for (const auto& x : co.sets) variant += " " + x;
+    return status{errc::internal, "detsim: the clean run (no faults" + variant +
+                                      ") did not complete every request: " + why};
+  }
+  return clean;
+}
+
 result<detsim_sweep_result> detsim_sweep(const config& cfg, const detsim_sweep_options& opts) {
   const auto start = std::chrono::steady_clock::now();
   detsim_sweep_result res;
-  detsim_options co;
-  co.seed = opts.first_seed;
-  co.clean = true;
-  co.quiet = opts.quiet;
-  auto clean = run_detsim(cfg, co);
-  if (!clean) return clean.error();
   const uint32_t replication = static_cast<uint32_t>(cfg.get_int("cluster.replication"));
   auto say = [&](const std::string& s) {
     if (opts.log) opts.log(s);
     else std::fprintf(stderr, "%s\n", s.c_str());
   };
-  if (!clean->finished || !clean->ok || clean->report.completed != clean->report.submitted) {
-    const auto v = detsim_violations(*clean, *clean, replication, true);
-    std::string why = clean->error;
-    for (const auto& f : clean->report.failures) why += (why.empty() ? "" : "; ") + f;
-    for (const auto& x : v) why += (why.empty() ? "" : "; ") + x;
-    return status{errc::internal, "detsim: the clean run (no faults) did not complete every request: " + why};
-  }
+  std::map<std::vector<std::string>, detsim_run> cleans;  // by variant
   for (uint64_t seed = opts.first_seed; seed <= opts.last_seed; ++seed) {
     detsim_options o;
     o.seed = seed;
     o.classes = opts.classes;
     o.quiet = opts.quiet;
+    if (opts.classes & detsim_variants) o.sets = detsim_draw_variant(seed);
+    auto c = cleans.find(o.sets);
+    if (c == cleans.end()) {
+      auto clean = detsim_clean_run(cfg, o);
+      if (!clean) return clean.error();
+      c = cleans.emplace(o.sets, std::move(clean).value()).first;
+    }
+    const detsim_run& clean = c->second;
     auto run = run_detsim(cfg, o);
     if (!run) return status{run.error().code(), "seed " + std::to_string(seed) + ": " + run.error().message()};
     ++res.seeds;
@@ -483,9 +516,9 @@ result<detsim_sweep_result> detsim_sweep(const config& cfg, const detsim_sweep_o
     res.devices_lost += run->report.device_losses.size();
     res.requests_failed += run->report.failed;
     res.faults_injected += run->schedule.rules.size();
-    auto v = detsim_violations(*run, *clean, replication, opts.strict);
+    auto v = detsim_violations(*run, clean, replication, opts.strict);
     if (!v.empty()) {
-      say(detsim_failure_text(seed, run->schedule, v, opts.replay_hint));
+      say(detsim_failure_text(*run, v, opts.replay_hint));
       res.failed.emplace_back(seed, std::move(v));
       if (opts.stop_at_first) break;
     }

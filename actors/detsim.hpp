@@ -40,8 +40,12 @@ enum detsim_fault_class : uint32_t {
   detsim_append_loss = 1u << 4,   // loss rules may also hit decode appends (msg=token_append, or any kind)
   detsim_host_crash = 1u << 5,    // the GPU host's own endpoint dies
   detsim_backpressure = 1u << 6,  // fabric.inbox_depth = 8: full inboxes refuse sends
+  // Not a fault: the seed also draws the configuration's variant (run.mode pnm-kv, png-kv or
+  // baseline; cluster.sequence_split contiguous or interleave), clean run included.
+  detsim_variants = 1u << 7,
 };
-inline constexpr uint32_t detsim_default_classes = detsim_crash | detsim_hang | detsim_partition | detsim_loss;
+inline constexpr uint32_t detsim_default_classes =
+    detsim_crash | detsim_hang | detsim_partition | detsim_loss | detsim_variants;
 inline constexpr uint32_t detsim_all_classes =
     detsim_default_classes | detsim_append_loss | detsim_host_crash | detsim_backpressure;
 
@@ -63,8 +67,13 @@ struct detsim_schedule {
 detsim_schedule detsim_draw_schedule(uint64_t seed, const std::vector<uint32_t>& devices, uint32_t steps,
                                      uint32_t classes);
 
+// The seed's variant of the configuration (detsim_variants): --set overrides.
+std::vector<std::string> detsim_draw_variant(uint64_t seed);
+
 struct detsim_options {
   uint64_t seed = 1;
+  // Applied to the config first, in the clean run too (detsim_draw_variant's).
+  std::vector<std::string> sets;
   // false: no schedule is drawn; the config's own faults.* apply (none: the clean run). The
   // seed still picks the interleaving.
   bool faults = true;
@@ -83,6 +92,7 @@ struct detsim_options {
 
 struct detsim_run {
   uint64_t seed = 0;
+  std::vector<std::string> variant;  // detsim_options::sets
   detsim_schedule schedule;
   bool finished = false;  // the driver delivered its report
   bool ok = false;        // the run's own verdict
@@ -102,6 +112,10 @@ result<detsim_run> run_detsim(const config& cfg, const detsim_options& opts);
 // The invariants of `run` against `clean` (a run with faults off); empty when all hold.
 std::vector<std::string> detsim_violations(const detsim_run& run, const detsim_run& clean, uint32_t replication,
                                            bool strict);
+
+// The clean run for a seed's options (same variant and interleaving seed, no faults); an
+// error when it does not complete every request (there is nothing to compare with).
+result<detsim_run> detsim_clean_run(const config& cfg, const detsim_options& seed_opts);
 
 struct detsim_sweep_options {
   uint64_t first_seed = 1, last_seed = 1000;  // inclusive
@@ -124,7 +138,7 @@ struct detsim_sweep_result {
 result<detsim_sweep_result> detsim_sweep(const config& cfg, const detsim_sweep_options& opts);
 
 // "seed N: <schedule>" and the replay line, as the sweep prints them.
-std::string detsim_failure_text(uint64_t seed, const detsim_schedule& schedule, const std::vector<std::string>& violations,
+std::string detsim_failure_text(const detsim_run& run, const std::vector<std::string>& violations,
                                 const std::string& replay_hint);
 
 }  // namespace pnmkv

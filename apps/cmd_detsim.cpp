@@ -53,6 +53,9 @@ std::string replay_hint(const detsim_cli& o) {
 
 void print_one(const detsim_run& r, const detsim_run& clean, const std::vector<std::string>& v) {
   std::printf("detsim seed %llu\n", static_cast<unsigned long long>(r.seed));
+  std::string variant;
+  for (const auto& x : r.variant) variant += (variant.empty() ? "" : " ") + x;
+  if (!variant.empty()) std::printf("  variant        %s\n", variant.c_str());
   std::printf("  schedule       %s\n", r.schedule.rules.empty() ? "(no faults)" : r.schedule.script().c_str());
   for (const auto& s : r.schedule.sets) std::printf("  set            %s\n", s.c_str());
   std::printf("  events         %llu picks, %llu timer jumps, %.1f ms virtual, trace %016llx\n",
@@ -105,12 +108,19 @@ void register_detsim(CLI::App& app) {
     auto base = detsim_base_sets();
     co.overrides.insert(co.overrides.begin(), base.begin(), base.end());
     const config cfg = load_config_or_exit(co);
-    const uint32_t classes = opts.explore ? detsim_all_classes : detsim_default_classes;
+    uint32_t classes = opts.explore ? detsim_all_classes : detsim_default_classes;
+    // The seed draws the mode and the sequence split unless the caller fixed either.
+    for (const auto& x : opts.cfg.overrides)
+      if (x.rfind("run.mode=", 0) == 0 || x.rfind("cluster.sequence_split=", 0) == 0) classes &= ~detsim_variants;
     const uint32_t replication = static_cast<uint32_t>(cfg.get_int("cluster.replication"));
 
     if (opts.seed) {
-      detsim_options clean_o;
-      clean_o.seed = opts.seed;
+      detsim_options o;
+      o.seed = opts.seed;
+      o.classes = classes;
+      o.faults = !opts.no_schedule;
+      if (classes & detsim_variants) o.sets = detsim_draw_variant(opts.seed);
+      detsim_options clean_o = o;
       clean_o.clean = true;
       clean_o.quiet = true;  // the seed's run shows the nodes' warnings, not the clean one's
       auto clean = run_detsim(cfg, clean_o);
@@ -118,10 +128,6 @@ void register_detsim(CLI::App& app) {
         std::fprintf(stderr, "pnmkv detsim: %s\n", clean.error().to_string().c_str());
         throw CLI::RuntimeError(1);
       }
-      detsim_options o;
-      o.seed = opts.seed;
-      o.classes = classes;
-      o.faults = !opts.no_schedule;
       auto run = run_detsim(cfg, o);
       if (!run) {
         std::fprintf(stderr, "pnmkv detsim: %s\n", run.error().to_string().c_str());
@@ -138,7 +144,7 @@ void register_detsim(CLI::App& app) {
         std::ofstream(opts.json_out) << run->report.to_json() << "\n";
       }
       if (!v.empty()) {
-        std::fprintf(stderr, "%s\n", detsim_failure_text(opts.seed, run->schedule, v, replay_hint(opts)).c_str());
+        std::fprintf(stderr, "%s\n", detsim_failure_text(*run, v, replay_hint(opts)).c_str());
         throw CLI::RuntimeError(1);
       }
       return;
