@@ -253,12 +253,8 @@ status add_schedule(config& cfg, const detsim_schedule& sch, uint64_t seed) {
   return cfg.set("faults.seed", std::to_string(seed));
 }
 
-}  // namespace
-
-result<detsim_run> run_detsim(const config& cfg_in, const detsim_options& opts) {
-  detsim_run out;
-  out.seed = opts.seed;
-  out.variant = opts.sets;
+// The run's configuration: the variant, then no faults (clean) or the seed's schedule.
+result<config> config_of_run(const config& cfg_in, const detsim_options& opts, detsim_run& out) {
   config cfg = cfg_in;
   for (const auto& x : opts.sets)
     if (auto st = cfg.set(x); !st) return st;
@@ -279,24 +275,55 @@ result<detsim_run> run_detsim(const config& cfg_in, const detsim_options& opts) 
   }
   if (out.schedule.rules.empty() && !cfg.get_string("faults.script").empty())
     out.schedule.rules.push_back(cfg.get_string("faults.script"));  // shown as the run's schedule
-  auto setup = make_run_setup(cfg, detsim_secret);
-  if (!setup) return setup.error();
-  const auto& su = *setup;
-  quiet_logs quiet(opts.quiet);
-  // The devices a crash, hang or partition may strike, from every rule in effect (the
-  // drawn schedule's and the config's own): a rule naming no node may strike any.
-  auto plan = transport::fault_plan_from(su->spec.faults);
+  return cfg;
+}
+
+// The devices a crash, hang or partition may strike, from every rule in effect (the drawn
+// schedule's and the config's own): a rule naming no node may strike any.
+result<std::vector<uint32_t>> struck_devices(const run_setup& su) {
+  auto plan = transport::fault_plan_from(su.spec.faults);
   if (!plan) return plan.error();
   std::set<uint32_t> struck;
   for (const auto& r : plan->rules) {
     using transport::fault_kind;
     if (r.kind != fault_kind::crash && r.kind != fault_kind::stall && r.kind != fault_kind::partition) continue;
     if (r.node < 0 && r.group.empty())
-      for (uint32_t d : su->device_ids()) struck.insert(d);
+      for (uint32_t d : su.device_ids()) struck.insert(d);
     if (r.node >= 0) struck.insert(static_cast<uint32_t>(r.node));
     struck.insert(r.group.begin(), r.group.end());
   }
-  out.schedule.struck_devices.assign(struck.begin(), struck.end());
+  return std::vector<uint32_t>(struck.begin(), struck.end());
+}
+
+// The driver's report, as the run's.
+status read_report(const sink_state& sink, detsim_run& out) {
+  if (!sink.done) return status::ok();
+  out.ok = sink.ok;
+  if (std::string refused = actors::driver_refusal(sink.json); !refused.empty())
+    return status{errc::invalid_argument, refused};
+  try {
+    out.report = run_report::from_json(sink.json);
+  } catch (const std::exception& e) {
+    return status{errc::internal, std::string("detsim: the report does not parse: ") + e.what()};
+  }
+  return status::ok();
+}
+
+}  // namespace
+
+result<detsim_run> run_detsim(const config& cfg_in, const detsim_options& opts) {
+  detsim_run out;
+  out.seed = opts.seed;
+  out.variant = opts.sets;
+  auto cfg = config_of_run(cfg_in, opts, out);
+  if (!cfg) return cfg.error();
+  auto setup = make_run_setup(*cfg, detsim_secret);
+  if (!setup) return setup.error();
+  const auto& su = *setup;
+  quiet_logs quiet(opts.quiet);
+  auto struck = struck_devices(*su);
+  if (!struck) return struck.error();
+  out.schedule.struck_devices = std::move(struck).value();
 
   caf::actor_system_config acfg;
   acfg.set("scheduler.policy", caf::atom("testing"));
@@ -322,6 +349,17 @@ result<detsim_run> run_detsim(const config& cfg_in, const detsim_options& opts) 
 
   auto sink = std::make_shared<sink_state>();
   std::vector<caf::actor> actors;
+  // On every way out: whatever still runs is stopped, so that the actor system can go (its
+  // destructor waits for every actor).
+  struct stop_all {
+    caf::scheduler::test_coordinator& sched;
+    std::vector<caf::actor>& actors;
+    ~stop_all() {
+      for (auto& a : actors) caf::anon_send_exit(a, caf::exit_reason::kill);
+      sched.run();
+      while (sched.trigger_timeouts() > 0) sched.run();
+    }
+  } stopper{sched, actors};
   auto report_to = sys.spawn([sink](caf::event_based_actor* self) -> caf::behavior {
     return {
         [=](actors::done_atom, bool ok, const std::string& json) {
@@ -333,6 +371,7 @@ result<detsim_run> run_detsim(const config& cfg_in, const detsim_options& opts) 
         [](actors::ctl_atom, const std::string&) {},  // progress
     };
   });
+  actors.push_back(report_to);
   auto coordinator = sys.spawn(actors::coordinator_actor, su);
   actors.push_back(coordinator);
   actors.push_back(sys.spawn(actors::driver_actor, su, coordinator, report_to));
@@ -364,27 +403,14 @@ result<detsim_run> run_detsim(const config& cfg_in, const detsim_options& opts) 
   out.finished = sink->done;
   if (!within) out.error = loop.why();
   else if (!sink->done) out.error = "every actor went idle with no timer left and no report";
-  if (sink->done) {
-    out.ok = sink->ok;
-    if (std::string refused = actors::driver_refusal(sink->json); !refused.empty())
-      return status{errc::invalid_argument, refused};
-    try {
-      out.report = run_report::from_json(sink->json);
-    } catch (const std::exception& e) {
-      return status{errc::internal, std::string("detsim: the report does not parse: ") + e.what()};
-    }
-  }
+  const status report_read = read_report(*sink, out);
   // Leaks: after a clean end every node has quit, and with them the last references to
   // the fabric endpoints (the handlers hold none).
   out.actors_left = sys.registry().running();
   for (auto& f : fabrics) f->set_handler({});
   fabrics.clear();
   out.endpoints_left = transport::inproc_endpoints(*hub);
-  // Whatever is left is stopped, so the actor system can go.
-  for (auto& a : actors) caf::anon_send_exit(a, caf::exit_reason::kill);
-  caf::anon_send_exit(report_to, caf::exit_reason::kill);
-  sched.run();
-  while (sched.trigger_timeouts() > 0) sched.run();
+  if (!report_read) return report_read;
   return out;
 }
 
