@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "actors/cluster.hpp"
 #include "actors/detsim.hpp"
 
 namespace pnmkv {
@@ -119,6 +120,23 @@ TEST(detsim, a_seed_replays_event_for_event) {
   EXPECT_NE(x->trace_hash, y->trace_hash);
   EXPECT_EQ(x->report.request_digests, y->report.request_digests);
   EXPECT_EQ(x->report.output_digest, y->report.output_digest);
+}
+
+// One thread and a virtual clock change no output: the clean run's digests are those of
+// the embedded cluster on CAF's threads (pnmkv run) with the same configuration.
+TEST(detsim, the_clean_run_has_the_embedded_runs_digests) {
+  for (const char* mode : {"run.mode=pnm-kv", "run.mode=png-kv"}) {
+    const config cfg = detsim_config({mode});
+    detsim_options co;
+    co.clean = true;
+    auto clean = run_detsim(cfg, co);
+    ASSERT_TRUE(clean) << clean.error().to_string();
+    auto embedded = run_embedded(cfg, {});
+    ASSERT_TRUE(embedded) << embedded.error().to_string();
+    EXPECT_EQ(clean->report.output_digest, embedded->output_digest) << mode;
+    EXPECT_EQ(clean->report.request_digests, embedded->request_digests) << mode;
+    EXPECT_EQ(clean->report.completed, 2u) << mode;
+  }
 }
 
 // Wall-clock timeouts run on the virtual clock: a device hung for 30 s is found by
