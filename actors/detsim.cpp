@@ -107,14 +107,22 @@ detsim_schedule detsim_draw_schedule(uint64_t seed, const std::vector<uint32_t>&
     // Decode appends are not acknowledged: one lost on its way to a replica stays lost
     // until that replica must serve (open bug 1), so they are lost only with
     // detsim_append_loss; the first two entries are drawn only then.
-    static const char* const msgs[] = {"", " msg=token_append", " msg=query", " msg=partial",
-                                       " msg=prefill_write", " msg=write_ack", " msg=candidates"};
+    static const char* const msgs[] = {"",
+                                       " msg=token_append",
+                                       " msg=query",
+                                       " msg=partial",
+                                       " msg=prefill_write",
+                                       " msg=write_ack",
+                                       " msg=candidates",
+                                       " msg=recall_request",
+                                       " msg=recall_reply"};
+    constexpr uint64_t n_msgs = sizeof msgs / sizeof msgs[0];
     const uint64_t first_msg = (classes & detsim_append_loss) ? 0 : 2;
     const uint64_t n_loss = rng.below(4);
     for (uint64_t i = 0; i < n_loss; ++i) {
       std::string r = kinds[rng.below(4)];
       r += " p=" + fmt_p(0.005 + 0.08 * rng.unit());
-      r += msgs[first_msg + rng.below(7 - first_msg)];
+      r += msgs[first_msg + rng.below(n_msgs - first_msg)];
       if (r.rfind("delay", 0) == 0) r += " ms=" + std::to_string(rng.in(1, 400));
       if (r.rfind("corrupt", 0) == 0) r += " bits=" + std::to_string(rng.in(1, 3));
       if (rng.chance(0.5)) r += rng.chance(0.5) ? " at=recv" : " at=both";
