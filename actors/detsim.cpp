@@ -153,6 +153,20 @@ struct sink_state {
   std::string json;
 };
 
+// Where the driver hands its report (as embedded.cpp's launcher). A function with an
+// argument: CAF 0.17 binds a lambda without arguments through a null tuple pointer (UBSan).
+caf::behavior sink_actor(caf::event_based_actor* self, std::shared_ptr<sink_state> sink) {
+  return {
+      [=](actors::done_atom, bool ok, const std::string& json) {
+        sink->done = true;
+        sink->ok = ok;
+        sink->json = json;
+        self->quit();
+      },
+      [](actors::ctl_atom, const std::string&) {},  // progress
+  };
+}
+
 // The loop: one pick at a time among the actors with mail and the fabric endpoints with
 // an event for their handler; when there is none, virtual time jumps to the next timer
 // (CAF's or the fabric's).
@@ -368,17 +382,7 @@ result<detsim_run> run_detsim(const config& cfg_in, const detsim_options& opts) 
       while (sched.trigger_timeouts() > 0) sched.run();
     }
   } stopper{sched, actors};
-  auto report_to = sys.spawn([sink](caf::event_based_actor* self) -> caf::behavior {
-    return {
-        [=](actors::done_atom, bool ok, const std::string& json) {
-          sink->done = true;
-          sink->ok = ok;
-          sink->json = json;
-          self->quit();
-        },
-        [](actors::ctl_atom, const std::string&) {},  // progress
-    };
-  });
+  auto report_to = sys.spawn(sink_actor, sink);
   actors.push_back(report_to);
   auto coordinator = sys.spawn(actors::coordinator_actor, su);
   actors.push_back(coordinator);

@@ -82,13 +82,13 @@ void register_detsim(CLI::App& app) {
                 "a seed fixes every interleaving and fault; invariants checked against the clean run");
   static detsim_cli opts;
   add_config_options(cmd, opts.cfg);
-  cmd->add_option("--seed", opts.seed, "Run this one seed and say what happened (replays a failing seed)");
+  cmd->add_option("--seed", opts.seed, "Run this one seed (>= 1) and say what happened (replays a failing seed)");
   cmd->add_option("--seeds", opts.seeds, "Sweep the seeds A..B (inclusive; default 1..1000 without --seed)");
   cmd->add_flag("--strict", opts.strict,
-                "Also require that no request fails while fewer devices are lost than cluster.replication");
+                "Also require that no request fails while fewer struck devices are lost than cluster.replication");
   cmd->add_flag("--explore", opts.explore,
-                "Also draw the fault kinds with known open bugs: the GPU host's own crash, "
-                "fabric.inbox_depth=8 (back-pressure)");
+                "Also draw the fault kinds that hit known open bugs: lost decode appends, the GPU host's own "
+                "crash, fabric.inbox_depth=8 (back-pressure)");
   cmd->add_flag("--no-schedule", opts.no_schedule,
                 "--seed only: draw no fault schedule; the config's own faults.* apply (a scripted scenario, "
                 "e.g. --set 'faults.script=crash node=100 step=3')");
