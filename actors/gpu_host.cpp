@@ -122,7 +122,7 @@ void gpu_host_state::put_recall(const device_work& w, transport::wire::Envelope:
   rr.setKvHead(w.kv_head);
   rr.setNPages(static_cast<uint32_t>(w.pages.size()));
   put_ids(w.pages, rr.initPageIds(id_bytes(w.pages)));
-  tags_[reply_key{w.request_id, w.layer, w.kv_head, w.shard_id, reply_kind::recall}] = w.tag;
+  if (!w.rebuild) tags_[reply_key{w.request_id, w.layer, w.kv_head, w.shard_id, reply_kind::recall}] = w.tag;
 }
 
 void gpu_host_state::put_query(const device_work& w, transport::wire::Envelope::Body::Builder body) {
@@ -304,6 +304,9 @@ void gpu_host_state::after_progress() {
 void gpu_host_state::boundary() {
   if (finished_) return;
   serving_scheduler& sc = *sched_;
+  // Rebuilds after a loss: a recompute finishes first, a copy moves one chunk (pump_rebuilds
+  // comes back here).
+  if (!sc.done() && !rebuild_at_boundary()) return;
   if (admitting_) {
     if (auto c = sc.next_candidate()) {
       awaiting_admission_ = *c;
@@ -332,6 +335,8 @@ void gpu_host_state::pump_prefill() {
   while (!prefill_exhausted_ && writes_out_.size() < setup_->prefill_window_chunks) {
     if (!engine_->next_prefill_chunk(work)) {
       prefill_exhausted_ = true;
+      if (!rebuilds_.empty()) pump_rebuilds();  // recomputes waited for the whole prompt
+      if (finished_) return;
       break;
     }
     prefill_chunks_sent_ += work.size();
@@ -379,7 +384,26 @@ void gpu_host_state::device_lost(uint32_t dev, const std::string& why) {
     it = std::get<0>(it->first) == dev ? writes_out_.erase(it) : std::next(it);
   send_all(fo->resend);
   if (finished_) return;
+  // Rebuilds that were putting their copy on it start again elsewhere; shards that lost a
+  // copy with it get one (docs/DESIGN.md §7).
+  for (auto& [key, job] : rebuilds_) {
+    if (job.target != dev) continue;
+    for (auto c = copy_tags_.begin(); c != copy_tags_.end();) c = c->second == key ? copy_tags_.erase(c) : std::next(c);
+    job.target = 0;
+    job.recalls_out = 0;
+    job.chunk_running = false;
+    job.chunk_epoch = UINT64_MAX;
+    job.next_page = 0;
+    job.layer = job.head_index = 0;
+    job.position = 0;
+    job.pass_done = false;
+    job.done_to.clear();
+    ask_copy(job);
+  }
+  for (const rebuild_need& n : fo->rebuild) plan_rebuild(n, what);
   if (!open_ && !prefill_done_) pump_prefill();
+  pump_rebuilds();
+  if (finished_) return;
   after_progress();
 }
 
@@ -391,6 +415,8 @@ void gpu_host_state::record_loss(uint32_t dev, const std::string& why) {
 
 void gpu_host_state::fail_request(uint64_t request_id, const std::string& reason) {
   if (!failed_.emplace(request_id, reason).second) return;
+  for (auto it = rebuilds_.lower_bound({request_id, 0}); it != rebuilds_.end() && it->first.first == request_id;)
+    rebuild_done(it++, "its request failed");
   cluster_log().error("event=request_failed request={} reason=\"{}\"", request_id, reason);
   placements_.erase(request_id);
   for (auto it = tags_.begin(); it != tags_.end();)
@@ -486,6 +512,7 @@ void gpu_host_state::on_control(const std::string& bytes) {
     }
     case control::msg_kind::ADMISSION: return on_admission(m->admission());
     case control::msg_kind::STOP: return stop_run(m->stop().getReason().cStr());
+    case control::msg_kind::COPY_GRANT: return on_copy_grant(m->copy_grant());
     case control::msg_kind::RUN_START: {
       std::vector<control::request_spec> requests;
       for (auto r : m->run_start().getRequests()) requests.push_back(control::from_wire(r));
@@ -634,12 +661,18 @@ void gpu_host_state::on_write_ack(const transport::envelope& env, transport::wir
   device_bytes_held_[env.sender] = ack.getDeviceBytesHeld();
   writes_out_.erase(write_key{env.sender, ack.getRequestId(), ack.getLayer(), ack.getKvHead(),
                               ack.getPosition0()});
+  if (!rebuilds_.empty()) pump_rebuilds();
+  if (finished_) return;
   if (open_) return after_progress();
   pump_prefill();
 }
 
 void gpu_host_state::on_reply(const transport::received& m) {
   if (!engine_ || finished_) return;
+  if (m.kind() == transport::msg_kind::recall_reply && on_copy_reply(m)) {
+    ++replies_seen_;
+    return;
+  }
   device_reply r;
   r.device_id = m.env().sender;
   r.vt_done_ns = m.env().vtime_ns;
@@ -719,6 +752,12 @@ gpu_host_state::reply_key gpu_host_state::read_recall(const transport::envelope&
 }
 
 void gpu_host_state::on_deadline(uint64_t epoch) {
+  if (epoch & boundary_deadline_bit) {
+    if (!finished_ && boundary_waiting_ && (epoch & ~boundary_deadline_bit) == step_epoch_)
+      fail_run("the boundary after decode step " + std::to_string(step_) + " waited for rebuilds after a device " +
+               "loss longer than run.step_timeout_ms = " + std::to_string(setup_->step_timeout_ms) + " ms");
+    return;
+  }
   if (epoch == 0) {
     if (!finished_ && !prefill_done_)
       fail_run("prefill missed its deadline of " + std::to_string(setup_->prefill_timeout_ms) +
@@ -773,6 +812,22 @@ void gpu_host_state::report_recovery(run_report& rep) const {
   for (const auto& [rid, why] : failed_) rep.failures.push_back("request " + std::to_string(rid) + ": " + why);
   rep.fenced_messages = fenced_messages_;
   rep.steps_done = steps_.size();
+  rep.rebuilds = rebuilt_;
+  for (const auto& [key, job] : rebuilds_) {  // still under way when the run ended
+    shard_rebuild r;
+    r.request_id = key.first;
+    r.shard_id = key.second;
+    r.kind = job.need.recompute ? "recompute" : "re-replicate";
+    r.source = job.need.recompute ? 0 : job.need.source;
+    r.target = job.target;
+    r.outcome = "unfinished when the run ended";
+    r.bytes = job.bytes;
+    r.tokens = job.tokens;
+    r.wall_ms = std::chrono::duration<double, std::milli>(steady::now() - job.detected).count();
+    r.stall_ms = job.stall_ns * 1e-6;
+    rep.rebuilds.push_back(std::move(r));
+  }
+  if (engine_) rep.recovery_stall_ms = engine_->recovery().stall_ns * 1e-6;
 }
 
 // What was run: the configuration, and what the engine measured for the simulator.

@@ -66,12 +66,12 @@ void pnm_device_state::send_error(const transport::envelope& env, const status& 
 }
 
 bool pnm_device_state::ready(transport::wire::Query::Reader q) const {
-  const shard_placement* shard = engine_->shard_of(q.getRequestId());
+  const shard_placement* shard = engine_->shard(q.getRequestId(), q.getShardId());
   if (!shard) return true;  // the engine will refuse it with a clear error
   const uint32_t ps = setup_->device.shape.page_size_tokens;
   const uint64_t want = shard->tokens_held_at(q.getSequenceTokens(), ps);
   for (uint32_t h = q.getKvHead0(); h < q.getKvHead1(); ++h) {
-    const kv_head_store* s = engine_->find(q.getRequestId(), q.getLayer(), h);
+    const kv_head_store* s = engine_->find(q.getRequestId(), q.getShardId(), q.getLayer(), h);
     if (s && s->token_count() < want) return false;
   }
   return true;
@@ -93,6 +93,7 @@ void pnm_device_state::serve_head(const transport::envelope& env, transport::wir
   const selection_round round = transport::from_wire(q.getRound());
   device_query dq;
   dq.request_id = q.getRequestId();
+  dq.shard_id = q.getShardId();
   dq.step = q.getStep();
   dq.layer = q.getLayer();
   dq.kv_head = h;
@@ -337,7 +338,9 @@ void pnm_device_state::on_membership(const std::string& bytes) {
     for (const auto& s : rp.shards) {
       bool mine = s.device_id == node_;
       for (uint32_t r : s.replica_device_ids) mine = mine || r == node_;
-      if (!mine) continue;
+      // A shard held already: the placement of a new copy elsewhere (or of this one) lists
+      // it again; acknowledged when it was added.
+      if (!mine || engine_->shard(rp.request_id, s.shard_id)) continue;
       released_.erase(rp.request_id);  // placed again (it waited out a TPOT check)
       const status added = engine_->add_shard(rp.request_id, s);
       self_->send(coordinator_, ctl_atom::value, placement_ack_bytes(node_, rp.request_id, added));

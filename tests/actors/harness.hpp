@@ -62,6 +62,59 @@ struct harness {
   std::set<uint32_t> dead;
   // Requests the host gave up on when it failed the dead devices over.
   std::vector<lost_request> lost;
+  // Rebuild what a failover asks for at once (as the GPU host does, with the coordinator's
+  // choice made here: the lowest live device holding nothing of the request): recompute a
+  // shard with no copy left, copy a shard below its copies from its primary. A device
+  // holding nothing of the request is preferred, then one without that shard.
+  bool rebuild = false;
+  bool rebuild_copies = true;         // with rebuild: re-replicate too
+  std::vector<rebuild_need> rebuilt;  // what was rebuilt, in order
+
+  void rebuild_now(const rebuild_need& n, std::vector<device_work>& next) {
+    const shard_placement* sh = host.shard(n.request_id, n.shard_id);
+    ASSERT_NE(sh, nullptr);
+    const shard_placement shard = *sh;
+    uint32_t target = 0;
+    for (auto& [id, d] : devices)
+      if (!dead.count(id) && !d.holds(n.request_id)) {
+        target = id;
+        break;
+      }
+    for (auto& [id, d] : devices)
+      if (!target && !dead.count(id) && !d.shard(n.request_id, n.shard_id)) target = id;
+    ASSERT_NE(target, 0u) << "no device free for a copy of request " << n.request_id;
+    ASSERT_TRUE(devices.at(target).add_shard(n.request_id, shard));
+    const uint32_t layers = host.config().live_layers;
+    for (uint32_t l = 0; l < layers; ++l)
+      for (uint32_t h = shard.kv_head_begin; h < shard.kv_head_end; ++h) {
+        std::vector<device_work> writes;
+        if (n.recompute) {
+          const uint64_t end = host.tokens_written(n.request_id, l, h);
+          for (uint64_t at = 0; at < end;) at = host.recompute_writes(n.request_id, n.shard_id, target, l, h, at, end, writes);
+        } else {
+          const std::vector<uint64_t> pages = host.shard_pages_written(n.request_id, n.shard_id, l, h);
+          if (pages.empty()) continue;
+          const device_work recall = host.copy_recall(n.request_id, n.shard_id, n.source, l, h, pages);
+          device_reply r;
+          r.answer.pages = recall.pages;
+          ASSERT_TRUE(devices.at(n.source).read_pages(n.request_id, l, h, recall.pages, r.rows_per_page, r.k, r.v));
+          writes = host.copy_writes(n.request_id, n.shard_id, target, l, h, r);
+        }
+        for (const auto& w : writes) {
+          ASSERT_EQ(w.device_id, target);
+          ASSERT_TRUE(devices.at(target).write(w.request_id, w.layer, w.kv_head, w.position, w.k.data(), w.v.data(),
+                                               w.n_tokens));
+        }
+      }
+    if (n.recompute) {
+      auto resend = host.shard_recomputed(n.request_id, n.shard_id, target);
+      ASSERT_TRUE(resend) << resend.error().to_string();
+      for (auto& w : *resend) next.push_back(std::move(w));
+    } else {
+      ASSERT_TRUE(host.replica_added(n.request_id, n.shard_id, target));
+    }
+    rebuilt.push_back(n);
+  }
 
   void add(uint64_t id, uint64_t context, uint32_t steps) {
     placement_request pr;
@@ -118,6 +171,12 @@ struct harness {
           ASSERT_TRUE(resend) << resend.error().to_string();
           for (auto& m : resend->resend) next.push_back(std::move(m));
           for (const auto& l : resend->lost) lost.push_back(l);
+          if (rebuild)
+            for (const auto& n : resend->rebuild) {
+              if (!n.recompute && !rebuild_copies) continue;
+              rebuild_now(n, next);
+              if (::testing::Test::HasFatalFailure()) return;
+            }
         }
         work = std::move(next);
         continue;

@@ -165,10 +165,10 @@ TEST(cluster, embedded_and_multiprocess_give_the_same_outputs) {
 
 // Kills device 101 once `phase` has begun (empty: as soon as its process exists) and
 // checks the run ends promptly, names the device, and leaves no process behind. Without
-// replicas every request has a shard on it (one pool of four devices): each fails, naming
-// it; before the cluster is complete the run fails as a whole.
+// replicas or recompute every request has a shard on it (one pool of four devices): each
+// fails, naming it; before the cluster is complete the run fails as a whole.
 void kill_device_during(const std::string& phase) {
-  auto cfg = small_config({"run.steps=2000", "run.verify=false"});
+  auto cfg = small_config({"run.steps=2000", "run.verify=false", "cluster.recompute=false"});
   multiprocess_options mp;
   mp.node_binary = PNMKV_BINARY;
   std::promise<void> begun;
@@ -254,10 +254,48 @@ TEST(cluster, a_device_killed_with_replicas_is_failed_over_and_changes_no_output
   }
 }
 
+// Without replicas, recompute (the default): a device process killed while decoding costs a
+// rebuild of the shards it held, from their prompts, on the survivors (one pool of four
+// devices: each holds another shard of the same request too), not a request: every request
+// completes with the outputs of a run without the loss, and no process is left.
+TEST(cluster, a_device_killed_without_replicas_is_recomputed_and_changes_no_output) {
+  auto cfg = small_config({"run.steps=3000", "run.verify=false"});
+  auto clean = run_embedded(cfg, {});
+  ASSERT_TRUE(clean) << clean.error().to_string();
+  multiprocess_options mp;
+  mp.node_binary = PNMKV_BINARY;
+  std::promise<void> begun;
+  std::atomic<bool> signalled{false};
+  cluster_run_options opts;
+  opts.on_progress = [&](const std::string& p, uint64_t done, uint64_t) {
+    if (p == "decode" && done >= 3 && !signalled.exchange(true)) begun.set_value();
+  };
+  auto run = std::async(std::launch::async, [&] { return run_multiprocess(cfg, opts, mp); });
+  ASSERT_EQ(begun.get_future().wait_for(std::chrono::seconds(120)), std::future_status::ready);
+  auto victim = children_matching("--id 101");
+  ASSERT_EQ(victim.size(), 1u);
+  kill(victim[0], SIGKILL);
+  ASSERT_EQ(run.wait_for(std::chrono::seconds(120)), std::future_status::ready) << "the run hung";
+  auto rep = run.get();
+  ASSERT_TRUE(rep) << rep.error().to_string();
+  EXPECT_EQ(rep->completed, 2u);
+  EXPECT_TRUE(rep->failures.empty()) << rep->failures.front();
+  EXPECT_EQ(rep->devices_lost, std::vector<uint32_t>{101});
+  EXPECT_EQ(rep->output_digest, clean->output_digest);
+  ASSERT_FALSE(rep->rebuilds.empty());
+  for (const auto& b : rep->rebuilds) {
+    EXPECT_EQ(b.kind, "recompute");
+    EXPECT_EQ(b.outcome, "done");
+    EXPECT_GT(b.tokens, 0u);
+    EXPECT_NE(b.target, 101u);
+  }
+  EXPECT_TRUE(children_matching("pnmkv").empty()) << "node processes left behind";
+}
+
 // A scripted crash (faults.script "crash node=101 step=5") in the embedded cluster: with
-// replicas the run completes with the outputs of a run without it; without, it fails at
-// once naming the device.
-TEST(cluster, a_scripted_device_crash_is_failed_over_with_replicas_and_fails_the_run_without) {
+// replicas, or without them by recompute, the run completes with the outputs of a run
+// without it; with neither, it fails at once naming the device.
+TEST(cluster, a_scripted_device_crash_is_failed_over_with_replicas_recomputed_without_and_fails_with_neither) {
   auto clean = run_embedded(small_config({"run.steps=12", "cluster.replication=2"}), {});
   ASSERT_TRUE(clean) << clean.error().to_string();
   // Devices that hold only replicas answer no query; their write acks still put them in
@@ -272,7 +310,23 @@ TEST(cluster, a_scripted_device_crash_is_failed_over_with_replicas_and_fails_the
   ASSERT_EQ(crashed->devices_lost, std::vector<uint32_t>{101});
   EXPECT_EQ(crashed->output_digest, clean->output_digest);
   EXPECT_EQ(crashed->accuracy_samples, clean->accuracy_samples);
-  auto unreplicated = run_embedded(small_config({"run.steps=12", "faults.script=crash node=101 step=5"}), {});
+  // Without replicas the lost shards are recomputed from their prompts (cluster.recompute,
+  // the default) on the survivors, which hold other shards of the same requests: nothing
+  // changes. With recompute off the run fails at once, naming the device.
+  auto clean1 = run_embedded(small_config({"run.steps=12"}), {});
+  ASSERT_TRUE(clean1) << clean1.error().to_string();
+  auto recomputed = run_embedded(small_config({"run.steps=12", "faults.script=crash node=101 step=5"}), {});
+  ASSERT_TRUE(recomputed) << recomputed.error().to_string();
+  EXPECT_EQ(recomputed->completed, 2u);
+  EXPECT_TRUE(recomputed->failures.empty()) << recomputed->failures.front();
+  EXPECT_EQ(recomputed->output_digest, clean1->output_digest);
+  EXPECT_FALSE(recomputed->rebuilds.empty());
+  for (const auto& b : recomputed->rebuilds) {
+    EXPECT_EQ(b.kind, "recompute");
+    EXPECT_EQ(b.outcome, "done");
+  }
+  auto unreplicated = run_embedded(
+      small_config({"run.steps=12", "cluster.recompute=false", "faults.script=crash node=101 step=5"}), {});
   ASSERT_TRUE(unreplicated) << unreplicated.error().to_string();
   EXPECT_EQ(unreplicated->completed, 0u);
   bool named = false;
