@@ -62,7 +62,9 @@ std::vector<std::string> detsim_base_sets() {
           "run.prefill_timeout_ms=60000",  "cluster.device_timeout_ms=1000",
           // png-kv (a variant): steady pages within the small budget, chosen within the run.
           "png.steady_budget_tokens=64",   "png.window_steps=2",        "png.reevaluate_every_steps=2",
-          "png.warmup_steps=1"};
+          "png.warmup_steps=1",
+          // Recovery after a loss is drawn per seed only with detsim_rebuilds (--explore).
+          "cluster.rereplicate=false",     "cluster.recompute=false"};
 }
 
 std::string detsim_schedule::script() const {
@@ -137,12 +139,24 @@ detsim_schedule detsim_draw_schedule(uint64_t seed, const std::vector<uint32_t>&
   return out;
 }
 
-std::vector<std::string> detsim_draw_variant(uint64_t seed) {
+std::vector<std::string> detsim_draw_variant(uint64_t seed, uint32_t classes,
+                                             const std::vector<std::string>& fixed_keys) {
   seeded rng{mix(seed, 0x7a41)};
   static const char* const modes[] = {"pnm-kv", "png-kv", "baseline"};
   std::vector<std::string> out;
-  out.push_back(std::string("run.mode=") + modes[rng.below(3)]);
-  out.push_back(std::string("cluster.sequence_split=") + (rng.chance(0.5) ? "interleave" : "contiguous"));
+  auto add = [&](const std::string& key, const std::string& value) {
+    if (std::find(fixed_keys.begin(), fixed_keys.end(), key) == fixed_keys.end()) out.push_back(key + "=" + value);
+  };
+  // Drawn whatever is kept, so that a seed's variant does not depend on the caller's keys.
+  const std::string mode = modes[rng.below(3)];
+  const std::string split = rng.chance(0.5) ? "interleave" : "contiguous";
+  const bool rereplicate = rng.chance(0.5), recompute = rng.chance(0.5);
+  if (classes & detsim_variants) {
+    add("run.mode", mode);
+    add("cluster.sequence_split", split);
+  }
+  add("cluster.rereplicate", (classes & detsim_rebuilds) && rereplicate ? "true" : "false");
+  add("cluster.recompute", (classes & detsim_rebuilds) && recompute ? "true" : "false");
   return out;
 }
 
@@ -448,14 +462,16 @@ std::vector<std::string> detsim_violations(const detsim_run& run, const detsim_r
   for (const auto& [id, digest] : want) {
     auto g = got.find(id);
     const std::string name = "request " + std::to_string(id);
-    if (g != got.end() && run.ok) {
+    bool reason = run_failed;
+    for (const auto& f : r.failures) reason |= f.rfind(name + ":", 0) == 0 || f.rfind(name + " ", 0) == 0;
+    if (g != got.end() && run.ok && !reason) {
       if (g->second != digest)
         v.push_back(name + ": output digest " + std::to_string(g->second) + " differs from the clean run's " +
                     std::to_string(digest));
       continue;
     }
-    bool reason = run_failed;
-    for (const auto& f : r.failures) reason |= f.rfind(name + ":", 0) == 0 || f.rfind(name + " ", 0) == 0;
+    if (g != got.end() && reason && run.ok)
+      v.push_back(name + " failed, yet its output digest is reported (requests.output_digests lists completed requests)");
     if (!reason) v.push_back(name + ": neither completed nor failed with a reason");
   }
   // A device reported lost must be one the schedule struck (a crash, hang or partition):
@@ -539,7 +555,7 @@ result<detsim_sweep_result> detsim_sweep(const config& cfg, const detsim_sweep_o
     o.seed = seed;
     o.classes = opts.classes;
     o.quiet = opts.quiet;
-    if (opts.classes & detsim_variants) o.sets = detsim_draw_variant(seed);
+    o.sets = detsim_draw_variant(seed, opts.classes, opts.fixed_keys);
     auto c = cleans.find(o.sets);
     if (c == cleans.end()) {
       auto clean = detsim_clean_run(cfg, o);

@@ -43,15 +43,18 @@ enum detsim_fault_class : uint32_t {
   // Not a fault: the seed also draws the configuration's variant (run.mode pnm-kv, png-kv or
   // baseline; cluster.sequence_split contiguous or interleave), clean run included.
   detsim_variants = 1u << 7,
+  // Recovery after a loss (cluster.rereplicate, cluster.recompute) drawn on or off per
+  // seed; without it both are off (open bugs in the rebuilds: README).
+  detsim_rebuilds = 1u << 8,
 };
 inline constexpr uint32_t detsim_default_classes =
     detsim_crash | detsim_hang | detsim_partition | detsim_loss | detsim_variants;
 inline constexpr uint32_t detsim_all_classes =
-    detsim_default_classes | detsim_append_loss | detsim_host_crash | detsim_backpressure;
+    detsim_default_classes | detsim_append_loss | detsim_host_crash | detsim_backpressure | detsim_rebuilds;
 
 // The small configuration the sweep runs (applied before the caller's --set overrides):
 // 2 requests of 512 tokens on 4 devices with replication 2, 6 decode steps, retries and
-// cluster.device_timeout_ms on.
+// cluster.device_timeout_ms on, re-replication and recompute off (detsim_rebuilds draws them).
 std::vector<std::string> detsim_base_sets();
 
 // A seed's fault schedule: faults.script rules and further --set overrides.
@@ -67,8 +70,10 @@ struct detsim_schedule {
 detsim_schedule detsim_draw_schedule(uint64_t seed, const std::vector<uint32_t>& devices, uint32_t steps,
                                      uint32_t classes);
 
-// The seed's variant of the configuration (detsim_variants): --set overrides.
-std::vector<std::string> detsim_draw_variant(uint64_t seed);
+// The seed's variant of the configuration (detsim_variants, detsim_rebuilds): --set
+// overrides, none of a key in `fixed_keys` (the caller chose those).
+std::vector<std::string> detsim_draw_variant(uint64_t seed, uint32_t classes,
+                                             const std::vector<std::string>& fixed_keys = {});
 
 struct detsim_options {
   uint64_t seed = 1;
@@ -126,6 +131,7 @@ struct detsim_sweep_options {
   std::function<void(const std::string&)> log;  // one line per failing seed (stderr if empty)
   bool stop_at_first = false;
   bool quiet = true;  // detsim_options::quiet for every run
+  std::vector<std::string> fixed_keys;  // keys the variant leaves alone (detsim_draw_variant)
 };
 struct detsim_sweep_result {
   uint64_t seeds = 0;

@@ -87,8 +87,8 @@ void register_detsim(CLI::App& app) {
   cmd->add_flag("--strict", opts.strict,
                 "Also require that no request fails while fewer struck devices are lost than cluster.replication");
   cmd->add_flag("--explore", opts.explore,
-                "Also draw the fault kinds that hit known open bugs: lost decode appends, the GPU host's own "
-                "crash, fabric.inbox_depth=8 (back-pressure)");
+                "Also draw what hits known open bugs: lost decode appends, the GPU host's own crash, "
+                "fabric.inbox_depth=8 (back-pressure), and re-replication / recompute after a loss on");
   cmd->add_flag("--no-schedule", opts.no_schedule,
                 "--seed only: draw no fault schedule; the config's own faults.* apply (a scripted scenario, "
                 "e.g. --set 'faults.script=crash node=100 step=3')");
@@ -108,10 +108,10 @@ void register_detsim(CLI::App& app) {
     auto base = detsim_base_sets();
     co.overrides.insert(co.overrides.begin(), base.begin(), base.end());
     const config cfg = load_config_or_exit(co);
-    uint32_t classes = opts.explore ? detsim_all_classes : detsim_default_classes;
-    // The seed draws the mode and the sequence split unless the caller fixed either.
-    for (const auto& x : opts.cfg.overrides)
-      if (x.rfind("run.mode=", 0) == 0 || x.rfind("cluster.sequence_split=", 0) == 0) classes &= ~detsim_variants;
+    const uint32_t classes = opts.explore ? detsim_all_classes : detsim_default_classes;
+    // The seed draws the variant's keys except those the caller set.
+    std::vector<std::string> fixed_keys;
+    for (const auto& x : opts.cfg.overrides) fixed_keys.push_back(x.substr(0, x.find('=')));
     const uint32_t replication = static_cast<uint32_t>(cfg.get_int("cluster.replication"));
 
     if (opts.seed) {
@@ -119,7 +119,7 @@ void register_detsim(CLI::App& app) {
       o.seed = opts.seed;
       o.classes = classes;
       o.faults = !opts.no_schedule;
-      if (classes & detsim_variants) o.sets = detsim_draw_variant(opts.seed);
+      o.sets = detsim_draw_variant(opts.seed, classes, fixed_keys);
       detsim_options clean_o = o;
       clean_o.clean = true;
       clean_o.quiet = true;  // the seed's run shows the nodes' warnings, not the clean one's
@@ -158,6 +158,7 @@ void register_detsim(CLI::App& app) {
     so.strict = opts.strict;
     so.classes = classes;
     so.replay_hint = replay_hint(opts);
+    so.fixed_keys = fixed_keys;
     auto res = detsim_sweep(cfg, so);
     if (!res) {
       std::fprintf(stderr, "pnmkv detsim: %s\n", res.error().to_string().c_str());
