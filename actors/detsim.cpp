@@ -360,6 +360,7 @@ result<detsim_run> run_detsim(const config& cfg_in, const detsim_options& opts) 
   auto struck = struck_devices(*su);
   if (!struck) return struck.error();
   out.schedule.struck_devices = std::move(struck).value();
+  if (opts.on_start) opts.on_start(out);
 
   caf::actor_system_config acfg;
   acfg.set("scheduler.policy", caf::atom("testing"));
@@ -556,6 +557,7 @@ result<detsim_sweep_result> detsim_sweep(const config& cfg, const detsim_sweep_o
     o.classes = opts.classes;
     o.quiet = opts.quiet;
     o.sets = detsim_draw_variant(seed, opts.classes, opts.fixed_keys);
+    o.on_start = opts.on_start;
     auto c = cleans.find(o.sets);
     if (c == cleans.end()) {
       auto clean = detsim_clean_run(cfg, o);

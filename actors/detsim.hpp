@@ -75,6 +75,8 @@ detsim_schedule detsim_draw_schedule(uint64_t seed, const std::vector<uint32_t>&
 std::vector<std::string> detsim_draw_variant(uint64_t seed, uint32_t classes,
                                              const std::vector<std::string>& fixed_keys = {});
 
+struct detsim_run;
+
 struct detsim_options {
   uint64_t seed = 1;
   // Applied to the config first, in the clean run too (detsim_draw_variant's).
@@ -93,6 +95,9 @@ struct detsim_options {
   uint32_t jitter_max_us = 3000;
   // The nodes' own log lines ("cluster" and "transport" loggers) off during the run.
   bool quiet = false;
+  // Called once the run's configuration is known, before anything runs (its seed, variant
+  // and schedule): a run that crashes the process has said what it was.
+  std::function<void(const detsim_run&)> on_start;
 };
 
 struct detsim_run {
@@ -132,6 +137,7 @@ struct detsim_sweep_options {
   bool stop_at_first = false;
   bool quiet = true;  // detsim_options::quiet for every run
   std::vector<std::string> fixed_keys;  // keys the variant leaves alone (detsim_draw_variant)
+  std::function<void(const detsim_run&)> on_start;  // detsim_options::on_start of every seed's run
 };
 struct detsim_sweep_result {
   uint64_t seeds = 0;

@@ -5,7 +5,11 @@
 // printed with the command that replays it alone.
 #include <CLI/CLI.hpp>
 
+#include <signal.h>
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -74,6 +78,32 @@ void print_one(const detsim_run& r, const detsim_run& clean, const std::vector<s
   for (const auto& x : v) std::printf("  VIOLATED       %s\n", x.c_str());
 }
 
+// A seed that crashes the process (a segfault, a failed PNMKV_CHECK) still names itself:
+// the note is written before each seed's run and printed by the signal handler, which
+// then hands the signal to whoever handled it before (UCX prints a backtrace).
+char crash_note[2048];
+struct sigaction previous_segv, previous_abrt;
+
+void on_fatal_signal(int sig) {
+  const ssize_t n = ::write(2, crash_note, std::strlen(crash_note));
+  (void)n;
+  ::sigaction(sig, sig == SIGSEGV ? &previous_segv : &previous_abrt, nullptr);
+  ::raise(sig);
+}
+
+void note_crash_seed(const detsim_run& r, const std::string& hint) {
+  const std::string s = "\n" + detsim_failure_text(r, {"the process crashed (signal) during this seed"}, hint) + "\n";
+  std::snprintf(crash_note, sizeof crash_note, "%s", s.c_str());
+}
+
+void install_crash_note() {
+  struct sigaction sa {};
+  sa.sa_handler = on_fatal_signal;
+  sigemptyset(&sa.sa_mask);
+  ::sigaction(SIGSEGV, &sa, &previous_segv);
+  ::sigaction(SIGABRT, &sa, &previous_abrt);
+}
+
 }  // namespace
 
 void register_detsim(CLI::App& app) {
@@ -109,6 +139,8 @@ void register_detsim(CLI::App& app) {
     co.overrides.insert(co.overrides.begin(), base.begin(), base.end());
     const config cfg = load_config_or_exit(co);
     const uint32_t classes = opts.explore ? detsim_all_classes : detsim_default_classes;
+    install_crash_note();
+    const std::string hint = replay_hint(opts);
     // The seed draws the variant's keys except those the caller set.
     std::vector<std::string> fixed_keys;
     for (const auto& x : opts.cfg.overrides) fixed_keys.push_back(x.substr(0, x.find('=')));
@@ -122,6 +154,15 @@ void register_detsim(CLI::App& app) {
       o.sets = detsim_draw_variant(opts.seed, classes, fixed_keys);
       detsim_options clean_o = o;
       clean_o.clean = true;
+      o.on_start = [&hint](const detsim_run& r) {
+        note_crash_seed(r, hint);
+        std::string v;
+        for (const auto& x : r.variant) v += (v.empty() ? "" : " ") + x;
+        std::printf("detsim seed %llu starting: %s%s%s\n", static_cast<unsigned long long>(r.seed),
+                    r.schedule.rules.empty() ? "(no faults)" : r.schedule.script().c_str(), v.empty() ? "" : "; variant ",
+                    v.c_str());
+        std::fflush(stdout);
+      };
       clean_o.quiet = true;  // the seed's run shows the nodes' warnings, not the clean one's
       auto clean = run_detsim(cfg, clean_o);
       if (!clean) {
@@ -157,8 +198,9 @@ void register_detsim(CLI::App& app) {
     so.last_seed = last;
     so.strict = opts.strict;
     so.classes = classes;
-    so.replay_hint = replay_hint(opts);
+    so.replay_hint = hint;
     so.fixed_keys = fixed_keys;
+    so.on_start = [&hint](const detsim_run& r) { note_crash_seed(r, hint); };
     auto res = detsim_sweep(cfg, so);
     if (!res) {
       std::fprintf(stderr, "pnmkv detsim: %s\n", res.error().to_string().c_str());

@@ -247,5 +247,26 @@ TEST(detsim, DISABLED_sweep_with_rebuilds_holds_every_invariant) {
   EXPECT_TRUE(res->failed.empty()) << res->failed.size() << " seeds failed:\n" << failures;
 }
 
+// Bug 7: a segmentation fault in gpu_host_state::rebuild_at_boundary (called from
+// pump_rebuilds on a control message): the GPU host's own endpoint dies at step 0 (bug 3
+// fails every device over, one of them "node 0", the coordinator), with full inboxes
+// (bug 2) and re-replication and recompute on; a rebuild then targets node 0. Run in a
+// child process, as it takes the process down.
+TEST(detsim, DISABLED_bug7_no_crash_rebuilding_after_the_hosts_own_crash) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        const config cfg = detsim_config({"run.mode=pnm-kv", "cluster.sequence_split=interleave",
+                                          "cluster.rereplicate=true", "cluster.recompute=true", "fabric.inbox_depth=8",
+                                          "faults.script=crash node=1 step=0"});
+        detsim_options o;
+        o.seed = 707;
+        o.faults = false;
+        auto run = run_detsim(cfg, o);
+        std::exit(run ? 0 : 3);
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+
 }  // namespace
 }  // namespace pnmkv
