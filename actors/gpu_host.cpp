@@ -91,6 +91,7 @@ void gpu_host_state::put_write(const device_work& w, transport::wire::Envelope::
     pw.setK(transport::as_data(w.k));
     pw.setV(transport::as_data(w.v));
     pw.setCrc32c(crc);
+    pw.setStep(prefill_done_ || open_ ? step_ : 0);
     return;
   }
   auto ta = body.initTokenAppend();
@@ -103,6 +104,7 @@ void gpu_host_state::put_write(const device_work& w, transport::wire::Envelope::
   ta.setK(transport::as_data(w.k));
   ta.setV(transport::as_data(w.v));
   ta.setCrc32c(crc);
+  ta.setStep(step_);
 }
 
 namespace {

@@ -1301,6 +1301,9 @@ std::set<uint32_t> host_engine::devices_owing() const {
 result<failover_result> host_engine::fail_over(uint32_t dead) {
   failover_result fr;
   if (!dead_.insert(dead).second) return fr;
+  std::map<std::pair<uint64_t, uint32_t>, uint32_t> primary_before;
+  for (const auto& [rid, pl] : placements_)
+    for (const auto& sh : pl.shards) primary_before[{rid, sh.shard_id}] = sh.device_id;
   for (auto& [rid, pl] : placements_) {
     auto st = move_off(pl, dead, cfg_.recompute, &fr.rebuild);
     if (!st) fr.lost.push_back({rid, st.message()});
@@ -1315,6 +1318,22 @@ result<failover_result> host_engine::fail_over(uint32_t dead) {
                    fr.rebuild.end());
   for (const lost_request& l : fr.lost) drop_request(l.request_id);
   std::vector<device_work>& out = fr.resend;
+  // A replica promoted to primary gets the request's decoded tokens again, ahead of the
+  // work resent to it: decode appends are not acknowledged, so one lost on the way to it
+  // (a dropped message) would leave it a row short for good, and the queries it now
+  // serves would wait for that row forever. Rows it holds are acknowledged unchanged.
+  for (const auto& [key, before] : primary_before) {
+    const auto pl = placements_.find(key.first);
+    if (before != dead || pl == placements_.end()) continue;
+    const shard_placement* sh = shard(key.first, key.second);
+    if (!sh || sh->device_id == dead) continue;  // lost, or waiting for a recompute
+    const uint64_t from = spec(key.first).context_tokens;
+    for (uint32_t l = 0; l < cfg_.live_layers; ++l)
+      for (uint32_t h = sh->kv_head_begin; h < sh->kv_head_end; ++h) {
+        const uint64_t to = tokens_written(key.first, l, h);
+        for (uint64_t at = from; at < to;) at = shard_writes(key.first, key.second, sh->device_id, l, h, at, to, out, nullptr);
+      }
+  }
   if (!cfg_.keep_for_retry) {
     for (const auto& [tag, pi] : pending_)
       if (pi.device == dead)
@@ -1378,24 +1397,19 @@ void host_engine::charge_recovery(const op_cost& c) {
   recovery_.energy_j += c.energy_j;
 }
 
-uint64_t host_engine::recompute_writes(uint64_t request_id, uint32_t shard_id, uint32_t target, uint32_t layer,
-                                       uint32_t kv_head, uint64_t from, uint64_t to, std::vector<device_work>& out) {
+uint64_t host_engine::shard_writes(uint64_t request_id, uint32_t shard_id, uint32_t device, uint32_t layer,
+                                   uint32_t kv_head, uint64_t from, uint64_t to, std::vector<device_work>& out,
+                                   uint64_t* tokens) const {
   const shard_placement* sh = shard(request_id, shard_id);
   PNMKV_CHECK(sh != nullptr && sh->holds_head(kv_head), "request ", request_id, " shard ", shard_id, " head ", kv_head);
-  PNMKV_CHECK(recovering_.count({request_id, shard_id}), "shard ", shard_id, " of request ", request_id,
-              " is not waiting for a recompute");
   const auto& m = costs_.model();
   const uint32_t d = m.head_dim, ps = cfg_.page_size_tokens;
   const request_placement& pl = placements_.at(request_id);
-  const uint64_t limit = std::max<uint64_t>(1, cfg_.rebuild_chunk_tokens);
-  const uint64_t stop = std::min(to, from + limit);
-  const double scale = double(m.layers) / double(cfg_.live_layers);
-  // The GPU re-prefills each token once, for every layer and head: charged with the
-  // shard's first live (layer, KV head).
-  const bool charge_gpu_here = layer == 0 && kv_head == sh->kv_head_begin;
+  const int index = int(sh - pl.shards.data());
+  const uint64_t stop = std::min(to, from + std::max<uint64_t>(1, cfg_.rebuild_chunk_tokens));
   while (from < stop) {
     const uint64_t end = chunk_end(pl, kv_head, from, stop);
-    if (pl.shard_of(kv_head, from / ps) != int(&*sh - pl.shards.data())) {
+    if (pl.shard_of(kv_head, from / ps) != index) {
       from = end;  // another shard's pages
       continue;
     }
@@ -1414,18 +1428,36 @@ uint64_t host_engine::recompute_writes(uint64_t request_id, uint32_t shard_id, u
     wl_.keys(request_id, layer, kv_head, from, n, w.k.data());
     wl_.values(request_id, layer, kv_head, from, n, w.v.data());
     w.wire_bytes = work::prefill_wire_bytes(m, n);
-    w.device_id = target;
+    w.device_id = device;
     w.shard_id = shard_id;
-    const double kv = costs_.kv_bytes(double(n));
+    if (tokens) *tokens += n;
+    out.push_back(std::move(w));
+    from = end;
+  }
+  return stop;
+}
+
+uint64_t host_engine::recompute_writes(uint64_t request_id, uint32_t shard_id, uint32_t target, uint32_t layer,
+                                       uint32_t kv_head, uint64_t from, uint64_t to, std::vector<device_work>& out) {
+  PNMKV_CHECK(recovering_.count({request_id, shard_id}), "shard ", shard_id, " of request ", request_id,
+              " is not waiting for a recompute");
+  const auto& m = costs_.model();
+  const size_t first = out.size();
+  const uint64_t stop = shard_writes(request_id, shard_id, target, layer, kv_head, from, to, out, nullptr);
+  const double scale = double(m.layers) / double(cfg_.live_layers);
+  // The GPU re-prefills each token once, for every layer and head: charged with the
+  // shard's first live (layer, KV head).
+  const bool charge_gpu_here = layer == 0 && kv_head == shard(request_id, shard_id)->kv_head_begin;
+  for (size_t i = first; i < out.size(); ++i) {
+    const device_work& w = out[i];
+    const double kv = costs_.kv_bytes(double(w.n_tokens));
     op_cost c = rebuild_write_cost(costs_, kv * scale, cfg_.mode == run_mode::baseline);
     if (charge_gpu_here) {
-      c += recompute_chunk_cost(costs_, n, from);
-      recovery_.recomputed_tokens += n;
+      c += recompute_chunk_cost(costs_, w.n_tokens, w.position);
+      recovery_.recomputed_tokens += w.n_tokens;
     }
     charge_recovery(c);
     recovery_.recomputed_bytes += uint64_t(kv);
-    out.push_back(std::move(w));
-    from = end;
   }
   return stop;
 }

@@ -460,6 +460,11 @@ class host_engine {
   // it held waits on it for a recompute (listed in `needs`) instead of an error.
   status move_off(request_placement& pl, uint32_t dead, bool recompute, std::vector<rebuild_need>* needs);
   void charge_recovery(const op_cost& c);
+  // Bulk writes of tokens [from, to) of (layer, KV head) of the shard, regenerated from the
+  // workload, to `device`, within rebuild_chunk_tokens; not charged. Returns where it
+  // stopped; adds the tokens written to *tokens when given.
+  uint64_t shard_writes(uint64_t request_id, uint32_t shard_id, uint32_t device, uint32_t layer, uint32_t kv_head,
+                        uint64_t from, uint64_t to, std::vector<device_work>& out, uint64_t* tokens) const;
   // Removes a request whose KV is lost, between or during steps: its outstanding work, its
   // heads, its place in the step and in the prefill.
   void drop_request(uint64_t request_id);

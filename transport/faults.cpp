@@ -227,7 +227,7 @@ std::string fault_event::to_json() const {
                   std::to_string(msg.to) + ",\"seq\":" + std::to_string(msg.seq) +
                   ",\"step\":" + std::to_string(msg.step) + ",\"vt_ns\":" +
                   std::to_string(msg.vtime_ns) + ",\"rule\":" + std::to_string(rule) +
-                  ",\"t_ns\":" + std::to_string(t_ns) + "}";
+                  ",\"unix_ms\":" + std::to_string(unix_ms) + ",\"t_ns\":" + std::to_string(t_ns) + "}";
   return s;
 }
 
@@ -266,6 +266,9 @@ void fault_injector::record(fault_point point, fault_kind kind, const fault_mess
   e.msg = m;
   e.rule = rule;
   e.t_ns = static_cast<uint64_t>(now_ns() - t0_ns_);
+  e.unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                  std::chrono::system_clock::now().time_since_epoch())
+                  .count();
   if (fd_ >= 0) {
     std::string line = e.to_json() + "\n";
     ssize_t n = ::write(fd_, line.data(), line.size());

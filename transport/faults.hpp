@@ -12,9 +12,10 @@
 //
 // Every injected fault is appended to a JSONL event log, one object per line:
 //   {"node":2,"point":"send","fault":"drop","msg":"partial","from":2,"to":0,"seq":17,
-//    "step":40,"vt_ns":123456,"rule":3,"t_ns":5120334}
-// `t_ns` (wall ns since the injector started) is the only field that differs between
-// replays; it is always last.
+//    "step":40,"vt_ns":123456,"rule":3,"unix_ms":1796290000000,"t_ns":5120334}
+// `unix_ms` (wall clock, ms since 1970 UTC: what an outside observer, e.g. `pnmkv chaos`,
+// subtracts from a detection time) and `t_ns` (wall ns since the injector started) are the
+// only fields that differ between replays; they are always last.
 //
 // Script grammar: rules separated by ';' or newlines; each rule is a fault kind followed by
 // key=value settings:
@@ -126,6 +127,7 @@ struct fault_event {
   fault_kind kind = fault_kind::drop;
   fault_message msg;
   size_t rule = 0;
+  int64_t unix_ms = 0;
   uint64_t t_ns = 0;
   std::string to_json() const;
 };

@@ -168,7 +168,7 @@ std::vector<std::string> read_log(const std::string& path) {
   std::ifstream in(path);
   std::vector<std::string> lines;
   std::string l;
-  static const std::regex wall(",\"t_ns\":[0-9]+");
+  static const std::regex wall(",\"unix_ms\":[0-9]+,\"t_ns\":[0-9]+");
   while (std::getline(in, l)) lines.push_back(std::regex_replace(l, wall, ""));
   std::sort(lines.begin(), lines.end());
   return lines;
