@@ -37,6 +37,7 @@ caf::behavior gpu_host_actor(gpu_host_state::actor_type* self, std::shared_ptr<c
       [self](peer_down_atom, uint32_t peer) { self->state.on_peer_down(peer); },
       [self](retry_atom, uint64_t epoch) { self->state.on_retry(epoch); },
       [self](silence_atom) { self->state.on_silence(); },
+      [self](backlog_atom) { self->state.on_backlog(); },
   };
 }
 
@@ -157,11 +158,42 @@ void gpu_host_state::send_all(std::vector<device_work>& work) {
     }
     auto s = send_work(w);
     if (!s) {
+      // This node's own endpoint is down: no device is to blame.
+      if (fab_->self_down()) return fail_run("the GPU host's fabric endpoint is down (" + s.to_string() + ")");
+      // Back-pressure (the device's inbox or this link's send queue is full): not a loss;
+      // sent again shortly, in order.
+      if (s.code() == errc::capacity) {
+        hold_back(std::move(w), s);
+        if (finished_) return;
+        continue;
+      }
       device_lost(w.device_id, "send failed: " + s.to_string());
       if (finished_) return;
       continue;
     }
   }
+}
+
+void gpu_host_state::hold_back(device_work&& w, const status& why) {
+  if (backlog_.empty() && backlog_logged_++ < 8)
+    cluster_log().info("event=backpressure device={} reason=\"{}\"", w.device_id, why.to_string());
+  if (backlog_.size() >= backlog_max)
+    return fail_run("back-pressure: " + std::to_string(backlog_max) + " messages held for full inboxes or send " +
+                    "queues (fabric.inbox_depth, fabric.send_queue_depth): " + why.to_string());
+  backlog_.push_back(std::move(w));
+  if (!backlog_tick_) {
+    backlog_tick_ = true;
+    self_->delayed_send(self_, std::chrono::milliseconds(1), backlog_atom::value);
+  }
+}
+
+void gpu_host_state::on_backlog() {
+  backlog_tick_ = false;
+  if (finished_) return;
+  std::vector<device_work> again;
+  again.swap(backlog_);
+  ++backpressure_retries_;
+  send_all(again);  // what still finds no room is held again
 }
 
 // ---------------------------------------------------------------------------------------

@@ -63,6 +63,8 @@ class gpu_host_state {
   void on_retry(uint64_t epoch);
   // cluster.device_timeout_ms: a device owing work that has been silent that long is lost.
   void on_silence();
+  // Sends held back by back-pressure, again (hold_back).
+  void on_backlog();
 
  private:
   using steady = std::chrono::steady_clock;
@@ -92,6 +94,13 @@ class gpu_host_state {
   void put_recall(const device_work& w, transport::wire::Envelope::Body::Builder body);
   void put_query(const device_work& w, transport::wire::Envelope::Body::Builder body);
   void send_all(std::vector<device_work>& work);
+  // Back-pressure: a send refused for a full inbox or send queue (errc::capacity) is held
+  // and sent again 1 ms later, in order; past backlog_max held messages the run fails.
+  void hold_back(device_work&& w, const status& why);
+  std::vector<device_work> backlog_;
+  bool backlog_tick_ = false;
+  uint64_t backlog_logged_ = 0, backpressure_retries_ = 0;
+  static constexpr size_t backlog_max = 1 << 16;
 
   // The run's course.
   void fail_run(const std::string& reason);

@@ -26,6 +26,7 @@ caf::behavior pnm_device_actor(pnm_device_state::actor_type* self,
       [self](wire_atom, std::vector<uint8_t>& bytes) { self->state.on_wire(bytes); },
       [self](peer_down_atom, uint32_t peer) { self->state.on_peer_down(peer); },
       [self](ctl_atom, const std::string& bytes) { self->state.on_control(bytes); },
+      [self](backlog_atom) { self->state.on_backlog(); },
   };
 }
 
@@ -51,9 +52,47 @@ transport::outbound pnm_device_state::message(double vt_ns, size_t payload_bytes
   return transport::outbound(env, payload_bytes);
 }
 
-void pnm_device_state::send(uint32_t dest, transport::outbound& m) {
-  auto s = fab_->send(dest, m.finish());
-  if (!s) cluster_log().warn("node={} event=send_failed dest={} reason=\"{}\"", node_, dest, s.to_string());
+void pnm_device_state::send(uint32_t dest, transport::outbound& m) { send_bytes(dest, m.finish()); }
+
+void pnm_device_state::send_bytes(uint32_t dest, std::vector<uint8_t> bytes) {
+  // Behind messages held back already: in order.
+  if (!held_.empty()) return hold(dest, std::move(bytes));
+  std::vector<uint8_t> copy = bytes;  // the fabric takes the bytes; back-pressure needs them again
+  auto s = fab_->send(dest, std::move(bytes));
+  if (s) return;
+  // Back-pressure (the receiver's inbox or this link's queue is full) is not a loss: the
+  // reply is sent again shortly, in order.
+  if (s.code() == errc::capacity) return hold(dest, std::move(copy));
+  cluster_log().warn("node={} event=send_failed dest={} reason=\"{}\"", node_, dest, s.to_string());
+}
+
+void pnm_device_state::hold(uint32_t dest, std::vector<uint8_t> bytes) {
+  if (held_.size() >= held_max) {
+    cluster_log().warn("node={} event=send_dropped dest={} reason=\"{} replies held back by back-pressure\"", node_,
+                       dest, held_max);
+    return;
+  }
+  held_.emplace_back(dest, std::move(bytes));
+  if (!held_tick_) {
+    held_tick_ = true;
+    self_->delayed_send(self_, std::chrono::milliseconds(1), backlog_atom::value);
+  }
+}
+
+void pnm_device_state::on_backlog() {
+  held_tick_ = false;
+  while (!held_.empty()) {
+    auto& [dest, bytes] = held_.front();
+    std::vector<uint8_t> copy = bytes;
+    auto s = fab_->send(dest, std::move(copy));
+    if (!s && s.code() == errc::capacity) break;  // still full: later
+    if (!s) cluster_log().warn("node={} event=send_failed dest={} reason=\"{}\"", node_, dest, s.to_string());
+    held_.pop_front();
+  }
+  if (!held_.empty() && !held_tick_) {
+    held_tick_ = true;
+    self_->delayed_send(self_, std::chrono::milliseconds(1), backlog_atom::value);
+  }
 }
 
 void pnm_device_state::send_error(const transport::envelope& env, const status& s) {

@@ -120,6 +120,9 @@ class fabric {
   virtual ~fabric() = default;
 
   virtual node_id self() const = 0;
+  // Whether this node's own endpoint is down (a crash fault fired here): every send fails
+  // then, and no peer is to blame.
+  virtual bool self_down() const { return false; }
   // Bytes a peer passes to connect() to reach this endpoint (exchange them out of band).
   virtual std::vector<uint8_t> address() const = 0;
   // Creates the endpoint to `peer`. Blocks at most connect_timeout.

@@ -164,6 +164,8 @@ class inproc_endpoint final : public detail::fabric_base {
     remove_peer(peer);
   }
 
+  bool self_down() const override { return dead_; }
+
   status peer_status(node_id dest) const override {
     if (dead_) return {errc::peer_down, "this node (" + std::to_string(self()) + ") is down"};
     {

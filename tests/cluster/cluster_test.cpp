@@ -254,6 +254,24 @@ TEST(cluster, a_device_killed_with_replicas_is_failed_over_and_changes_no_output
   }
 }
 
+// Back-pressure is not a loss: with inboxes of 8 messages a device refuses sends while it
+// is busy; the GPU host holds them and sends them again (before, it failed such a device
+// over and, without replicas, lost every request; found by detsim). And a GPU host whose
+// own endpoint went down blames no device: the run fails naming the GPU host.
+TEST(cluster, back_pressure_is_waited_out_and_a_gpu_host_crash_blames_no_device) {
+  auto clean = run_embedded(small_config({"run.steps=12"}), {});
+  ASSERT_TRUE(clean) << clean.error().to_string();
+  auto pressed = run_embedded(small_config({"run.steps=12", "fabric.inbox_depth=8"}), {});
+  ASSERT_TRUE(pressed) << pressed.error().to_string();
+  EXPECT_EQ(pressed->completed, 2u);
+  EXPECT_TRUE(pressed->devices_lost.empty());
+  EXPECT_EQ(pressed->output_digest, clean->output_digest);
+  auto crashed = run_embedded(small_config({"run.steps=12", "faults.script=crash node=1 step=4 at=send"}), {});
+  std::string why = crashed ? (crashed->failures.empty() ? "" : crashed->failures.front()) : crashed.error().message();
+  EXPECT_NE(why.find("GPU host"), std::string::npos) << why;
+  if (crashed) EXPECT_TRUE(crashed->devices_lost.empty()) << "a device was blamed for the GPU host's crash";
+}
+
 // Without replicas, recompute (the default): a device process killed while decoding costs a
 // rebuild of the shards it held, from their prompts, on the survivors (one pool of four
 // devices: each holds another shard of the same request too), not a request: every request
