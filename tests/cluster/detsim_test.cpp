@@ -165,8 +165,9 @@ TEST(detsim, a_hang_is_found_on_the_virtual_clock) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Open bugs, found by the sweep with `pnmkv detsim --explore --strict`. Each fix belongs in
-// actors/gpu_host.cpp or actors/host_engine.cpp (README, "Deterministic fault simulation").
+// Bugs found by the sweep with `pnmkv detsim --explore --strict` (README, "Deterministic
+// fault simulation"). Fixed on main (db836e8, e8c1e72): bugs 1, 2, 3 and 7, kept as
+// regression tests. Open: DISABLED_.
 
 std::vector<std::string> scripted(const std::vector<std::string>& extra, uint64_t seed = 1) {
   std::vector<std::string> sets = {"run.mode=pnm-kv", "cluster.sequence_split=contiguous"};
@@ -188,7 +189,7 @@ std::vector<std::string> scripted(const std::vector<std::string>& extra, uint64_
 // replica of device 100's shards) is never sent again once its step is over; when 100
 // dies, 102 is promoted but lacks that row, holds every query back waiting for it, goes
 // silent and is declared lost: both requests fail with one device struck and replication 2.
-TEST(detsim, DISABLED_bug1_a_replica_that_missed_an_append_takes_over) {
+TEST(detsim, bug1_a_replica_that_missed_an_append_takes_over) {
   const auto v = scripted({"faults.script=drop to=102 msg=token_append count=1; crash node=100 step=3"});
   EXPECT_TRUE(v.empty()) << joined(v);
 }
@@ -196,7 +197,7 @@ TEST(detsim, DISABLED_bug1_a_replica_that_missed_an_append_takes_over) {
 // Bug 2: a full receiver inbox (fabric.inbox_depth=8: back-pressure, errc::capacity) is
 // taken for a lost device by the GPU host's send_all: no fault at all, devices failed
 // over and both requests lost.
-TEST(detsim, DISABLED_bug2_a_full_inbox_is_not_a_lost_device) {
+TEST(detsim, bug2_a_full_inbox_is_not_a_lost_device) {
   const auto v = scripted({"fabric.inbox_depth=8"});
   EXPECT_TRUE(v.empty()) << joined(v);
 }
@@ -204,7 +205,7 @@ TEST(detsim, DISABLED_bug2_a_full_inbox_is_not_a_lost_device) {
 // Bug 3: the GPU host's own endpoint dies (crash node=1); its sends fail with "peer_down:
 // this node is down" and send_all blames each destination device in turn. The requests
 // must fail naming the GPU host; no device may be reported lost.
-TEST(detsim, DISABLED_bug3_the_gpu_hosts_crash_is_not_a_devices_fault) {
+TEST(detsim, bug3_the_gpu_hosts_crash_is_not_a_devices_fault) {
   const auto v = scripted({"faults.script=crash node=1 step=2"});
   std::vector<std::string> misattributed;
   for (const auto& x : v)
@@ -252,7 +253,7 @@ TEST(detsim, DISABLED_sweep_with_rebuilds_holds_every_invariant) {
 // fails every device over, one of them "node 0", the coordinator), with full inboxes
 // (bug 2) and re-replication and recompute on; a rebuild then targets node 0. Run in a
 // child process, as it takes the process down.
-TEST(detsim, DISABLED_bug7_no_crash_rebuilding_after_the_hosts_own_crash) {
+TEST(detsim, bug7_no_crash_rebuilding_after_the_hosts_own_crash) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_EXIT(
       {
@@ -266,6 +267,19 @@ TEST(detsim, DISABLED_bug7_no_crash_rebuilding_after_the_hosts_own_crash) {
         std::exit(run ? 0 : 3);
       },
       ::testing::ExitedWithCode(0), "");
+}
+
+// Bug 8 (open; appeared with db836e8, where a replica promoted at a failover gets its
+// request's decoded tokens again, acknowledged): when write acks are late (300 ms) after
+// device 100 dies, decode step 3 never ends and the run fails at run.step_timeout_ms;
+// when some are lost, the promoted replica (102) is declared silent and failed over. 22 of
+// the sweep's 1000 seeds fail on it after merging main at e8c1e72 (each a device fault with
+// lost or late write acks or prefill writes: the promoted replica's catch-up).
+TEST(detsim, DISABLED_bug8_late_or_lost_write_acks_after_a_failover) {
+  const auto late = scripted({"faults.script=crash node=100 step=3; delay p=1 msg=write_ack ms=300"});
+  EXPECT_TRUE(late.empty()) << joined(late);
+  const auto lost = scripted({"faults.script=crash node=100 step=3; drop p=1 msg=write_ack from=102"});
+  EXPECT_TRUE(lost.empty()) << joined(lost);
 }
 
 }  // namespace
