@@ -501,7 +501,7 @@ void gpu_host_state::on_silence() {
   self_->delayed_send(self_, std::max<std::chrono::milliseconds>(timeout / 2, std::chrono::milliseconds(1)),
                       silence_atom::value);
   if (!engine_) return;
-  const auto now = steady::now();
+  const auto now = self_->clock().now();  // the actor clock: virtual under detsim
   std::set<uint32_t> owing = engine_->devices_owing();
   for (const auto& [key, w] : writes_out_) owing.insert(std::get<0>(key));
   for (auto it = owing_since_.begin(); it != owing_since_.end();)
@@ -675,7 +675,7 @@ void gpu_host_state::on_wire(std::vector<uint8_t>& bytes) {
   auto m = transport::decode(std::move(bytes), setup_->limits);
   if (!m) return;
   if (fenced(m->env())) return;
-  if (setup_->device_timeout_ms) heard_[m->env().sender] = steady::now();
+  if (setup_->device_timeout_ms) heard_[m->env().sender] = self_->clock().now();
   switch (m->kind()) {
     case transport::msg_kind::write_ack: return on_write_ack(m->env(), m->write_ack());
     case transport::msg_kind::partial:

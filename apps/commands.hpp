@@ -49,5 +49,6 @@ void register_config(CLI::App& app);
 void register_chaos(CLI::App& app);
 void register_node(CLI::App& app);
 void register_sim(CLI::App& app);
+void register_detsim(CLI::App& app);
 
 }  // namespace pnmkv::apps

@@ -88,6 +88,9 @@ struct fabric_options {
   double pacing_scale = 1.0;
   link_params link;
   fault_plan faults;  // no rules: no fault points
+  // The clock of deadlines, delays and stalls; empty: fabric_clock::now(). The deterministic
+  // simulator (actors/detsim) passes its virtual clock.
+  std::function<fabric_clock::time_point()> clock;
 };
 
 // Counters of one endpoint. Received-side counters see what the faults did: gaps (lost
