@@ -422,7 +422,7 @@ void gpu_host_state::device_lost(uint32_t dev, const std::string& why) {
   // copy with it get one (docs/DESIGN.md §7).
   for (auto& [key, job] : rebuilds_) {
     if (job.target != dev) continue;
-    for (auto c = copy_tags_.begin(); c != copy_tags_.end();) c = c->second == key ? copy_tags_.erase(c) : std::next(c);
+    forget_copy_recalls(key);
     job.target = 0;
     job.recalls_out = 0;
     job.chunk_running = false;
@@ -697,8 +697,10 @@ void gpu_host_state::on_write_ack(const transport::envelope& env, transport::wir
                               ack.getPosition0()});
   if (!rebuilds_.empty()) pump_rebuilds();
   if (finished_) return;
-  if (open_) return after_progress();
-  pump_prefill();
+  if (!open_) pump_prefill();
+  // A step waits for its bulk writes too (prompt chunks, and after a failover the
+  // promoted replica's catch-up, closed batches included): this ack may have been the last.
+  after_progress();
 }
 
 void gpu_host_state::on_reply(const transport::received& m) {
@@ -728,6 +730,7 @@ void gpu_host_state::on_reply(const transport::received& m) {
   if (it == tags_.end() || step != step_) return;  // stale or duplicate
   r.tag = it->second;
   tags_.erase(it);
+  if (!engine_->awaits(r.tag)) return;  // answered already (a repeat that found its key mapped again)
   auto next = engine_->on_reply(r);
   if (!next) return fail_run(next.error().to_string());
   send_all(*next);
@@ -798,9 +801,19 @@ void gpu_host_state::on_deadline(uint64_t epoch) {
                " ms (run.prefill_timeout_ms)");
     return;
   }
-  if (epoch == step_epoch_ && !finished_ && step_running_)
+  if (epoch == step_epoch_ && !finished_ && step_running_) {
+    // What it still waited for, in the reason: devices owing replies, writes not acknowledged.
+    std::string owed;
+    for (uint32_t d : engine_->devices_owing()) owed += " " + std::to_string(d);
+    std::map<uint32_t, uint64_t> unacked;
+    for (const auto& [k, w] : writes_out_) ++unacked[std::get<0>(k)];
+    std::string writes;
+    for (const auto& [d, n] : unacked) writes += " " + std::to_string(d) + ":" + std::to_string(n);
     fail_run("decode step " + std::to_string(step_) + " missed its deadline of " +
-             std::to_string(setup_->step_timeout_ms) + " ms (run.step_timeout_ms)");
+             std::to_string(setup_->step_timeout_ms) + " ms (run.step_timeout_ms); replies owed by devices" +
+             (owed.empty() ? " none" : owed) + ", writes unacknowledged (device:count)" +
+             (writes.empty() ? " none" : writes));
+  }
 }
 
 void gpu_host_state::on_peer_down(uint32_t peer) { device_lost(peer, "the fabric lost it"); }
@@ -809,15 +822,19 @@ void gpu_host_state::on_retry(uint64_t epoch) {
   // No reply or ack since the last look: something was lost on the way. Send the
   // unanswered work again (writes are idempotent on the devices; a late original
   // reply and its repeat are told apart by tag, the first one counts).
+  // A step's timer goes on through the boundary after it while that boundary waits for
+  // rebuilds (their recalls and writes can be lost too).
   const bool prefill = epoch == 0 && !open_;
-  if (finished_ || (prefill ? prefill_done_ : (epoch != step_epoch_ || !step_running_))) return;
+  if (finished_ || (prefill ? prefill_done_ : (epoch != step_epoch_ || (!step_running_ && !boundary_waiting_))))
+    return;
   if (replies_seen_ == replies_at_last_retry_) {
     std::vector<device_work> again;
-    if (prefill) {
-      for (const auto& [key, w] : writes_out_) again.push_back(w);
-    } else {
-      again = engine_->retry_work();
-    }
+    if (!prefill && step_running_) again = engine_->retry_work();
+    // Bulk writes not acknowledged: the prefill's, a step's prompt chunks, rebuilds' and
+    // catch-ups'; and copy recalls not answered.
+    for (const auto& [key, w] : writes_out_)
+      if (w.what == device_work::kind::write && !w.k.empty()) again.push_back(w);
+    for (const auto& [key, w] : copy_sent_) again.push_back(w);
     ++retries_;
     cluster_log().warn("event=retry step={} items={} prefill={}", step_, again.size(), prefill);
     send_all(again);

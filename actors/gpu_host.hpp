@@ -188,6 +188,8 @@ class gpu_host_state {
   void check_copies(uint64_t request_id, uint32_t shard_id);
   std::map<job_key, rebuild_job> rebuilds_;
   std::map<reply_key, job_key> copy_tags_;   // copy recalls out -> their job
+  std::map<reply_key, device_work> copy_sent_;  // and the recalls themselves (retries)
+  void forget_copy_recalls(const job_key& key);
   bool boundary_waiting_ = false;            // a step boundary waits for rebuilds
   // Marks a deadline tick as a waiting boundary's (the rest is the step epoch).
   static constexpr uint64_t boundary_deadline_bit = 1ull << 62;

@@ -23,6 +23,17 @@ uint64_t kv_bytes_of(const std::vector<device_work>& writes) {
 }
 }  // namespace
 
+void gpu_host_state::forget_copy_recalls(const job_key& key) {
+  for (auto c = copy_tags_.begin(); c != copy_tags_.end();) {
+    if (c->second != key) {
+      ++c;
+      continue;
+    }
+    copy_sent_.erase(c->first);
+    c = copy_tags_.erase(c);
+  }
+}
+
 void gpu_host_state::plan_rebuild(const rebuild_need& need, const std::string& cause) {
   if (finished_ || failed_.count(need.request_id)) return;
   const job_key key{need.request_id, need.shard_id};
@@ -36,8 +47,7 @@ void gpu_host_state::plan_rebuild(const rebuild_need& need, const std::string& c
       if (!job.need.recompute && job.need.source != need.source) {
         job.need.source = need.source;
         if (job.chunk_running && lost_.count(job.chunk_source)) {
-          for (auto c = copy_tags_.begin(); c != copy_tags_.end();)
-            c = c->second == key ? copy_tags_.erase(c) : std::next(c);
+          forget_copy_recalls(key);
           job.recalls_out = 0;
           job.chunk_running = false;
           job.chunk_epoch = UINT64_MAX;  // this boundary may run it again
@@ -50,8 +60,7 @@ void gpu_host_state::plan_rebuild(const rebuild_need& need, const std::string& c
     // device that took the copy when there is one (rows it holds already are acknowledged
     // unchanged: the same bytes).
     rebuild_job& job = it->second;
-    for (auto c = copy_tags_.begin(); c != copy_tags_.end();)
-      c = c->second == key ? copy_tags_.erase(c) : std::next(c);
+    forget_copy_recalls(key);
     job.need = need;
     job.cause = cause;
     job.recalls_out = 0;
@@ -101,9 +110,14 @@ void gpu_host_state::on_copy_grant(control::wire::CopyGrant::Reader g) {
   const bool recompute = job.need.recompute;
   const std::string cause = job.cause;
   rebuild_done(it, why);
-  if (recompute)
+  if (recompute) {
     fail_request(rid, cause + ": shard " + std::to_string(key.second) + " of request " + std::to_string(rid) +
                           " lost its last copy and cannot be recomputed: " + why);
+    auto more = engine_->abandon(rid);  // its work waited for the shard: the step goes on without it
+    if (!more) return fail_run(more.error().to_string());
+    send_all(*more);
+    if (finished_) return;
+  }
   pump_rebuilds();
 }
 
@@ -125,7 +139,7 @@ void gpu_host_state::rebuild_done(std::map<job_key, rebuild_job>::iterator it, c
                      r.wall_ms, r.stall_ms, outcome == "done" ? "" : " reason=\"" + outcome + "\"");
   rebuilt_.push_back(std::move(r));
   const job_key key = it->first;
-  for (auto c = copy_tags_.begin(); c != copy_tags_.end();) c = c->second == key ? copy_tags_.erase(c) : std::next(c);
+  forget_copy_recalls(key);
   rebuilds_.erase(it);
 }
 
@@ -255,9 +269,13 @@ bool gpu_host_state::rebuild_at_boundary() {
   }
   // A boundary waits for rebuilds at most run.step_timeout_ms (a lost reply must not hang
   // the run: on_deadline).
-  if (wait && !boundary_waiting_)
+  if (wait && !boundary_waiting_) {
     self_->delayed_send(self_, std::chrono::milliseconds(setup_->step_timeout_ms), tick_atom::value,
                         boundary_deadline_bit | step_epoch_);
+    // Its recalls and writes can be lost too: retried as a step's are (on_retry).
+    if (setup_->retry_after_ms)
+      self_->delayed_send(self_, std::chrono::milliseconds(setup_->retry_after_ms), retry_atom::value, step_epoch_);
+  }
   boundary_waiting_ = wait;
   return !wait;
 }
@@ -287,6 +305,7 @@ void gpu_host_state::start_copy_chunk(rebuild_job& job) {
                                              std::vector<uint64_t>(mine.begin() + ptrdiff_t(from),
                                                                    mine.begin() + ptrdiff_t(to))));
       copy_tags_[reply_key{rid, l, h, sid, reply_kind::recall}] = {rid, sid};
+      if (setup_->retry_after_ms) copy_sent_[reply_key{rid, l, h, sid, reply_kind::recall}] = recalls.back();
       ++job.recalls_out;
     }
   send_all(recalls);
@@ -301,6 +320,7 @@ bool gpu_host_state::on_copy_reply(const transport::received& m) {
   if (c == copy_tags_.end()) return false;
   auto it = rebuilds_.find(c->second);
   if (it == rebuilds_.end() || it->second.need.source != m.env().sender) return true;  // stale
+  copy_sent_.erase(c->first);
   copy_tags_.erase(c);
   rebuild_job& job = it->second;
   --job.recalls_out;

@@ -1558,6 +1558,18 @@ std::vector<device_work> host_engine::copy_writes(uint64_t request_id, uint32_t 
   return out;
 }
 
+result<std::vector<device_work>> host_engine::abandon(uint64_t request_id) {
+  drop_request(request_id);
+  std::vector<device_work> out;
+  if (phase_ != phase::done && pending_.empty()) {
+    auto more = advance();
+    if (!more) return more.error();
+    remember(*more);
+    out = std::move(*more);
+  }
+  return out;
+}
+
 status host_engine::replica_added(uint64_t request_id, uint32_t shard_id, uint32_t target) {
   auto pl = placements_.find(request_id);
   if (pl == placements_.end())

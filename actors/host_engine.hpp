@@ -298,6 +298,12 @@ class host_engine {
   // A copy is complete on `target`: one more replica of the shard (the epoch moves on).
   status replica_added(uint64_t request_id, uint32_t shard_id, uint32_t target);
   const recovery_totals& recovery() const { return recovery_; }
+  // A request given up on (its shard can be neither copied nor recomputed): removed as a
+  // request lost in fail_over is, mid-step if need be; the step goes on without it (its
+  // next work is returned).
+  result<std::vector<device_work>> abandon(uint64_t request_id);
+  // Whether a reply with this tag is awaited (a late or repeated one is not).
+  bool awaits(uint64_t tag) const { return pending_.count(tag) > 0; }
   const request_placement* placement_of(uint64_t request_id) const {
     auto it = placements_.find(request_id);
     return it == placements_.end() ? nullptr : &it->second;
