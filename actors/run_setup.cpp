@@ -65,6 +65,7 @@ status set_engines(const run_spec& spec, run_setup& s) {
   s.device.shape.head_dim = s.model.head_dim;
   s.device.shape.page_size_tokens = page;
   s.device.shape.summaries = spec.selection.summary_precision;
+  s.device.shape.search = spec.selection.search;
   s.device.aggregation = spec.selection.gqa_aggregation;
   s.device.live_layers = live;
   s.device.memory_bytes_max = spec.cluster.device_memory_bytes_max;
@@ -178,6 +179,7 @@ void set_cluster(const run_spec& spec, run_setup& s) {
   s.placement.kv_heads = s.model.kv_heads;
   s.placement.head_dim = s.model.head_dim;
   s.placement.summary_elem_bytes = spec.selection.summary_elem_bytes();
+  s.placement.int8_summary_block_pages = spec.selection.int8_summary_block_pages();
   s.placement.head_groups = spec.cluster.head_groups;
   s.placement.split = spec.cluster.sequence_split;
   s.placement.replication = s.replication;

@@ -47,6 +47,7 @@ status read_run_and_selection(const reader& r, run_spec& s) {
   sel.budget_fraction = r.num("selection.budget_fraction");
   sel.gqa_aggregation = r.choice("selection.gqa_aggregation", gqa_aggregation_names);
   sel.summary_precision = r.choice("selection.summary_precision", summary_precision_names);
+  sel.search = r.choice("selection.search", page_search_names);
   sel.cross_shard = r.choice("selection.cross_shard", cross_shard_selection_names);
   if (sel.budget_tokens < 2ull * sel.page_size_tokens)
     return status{errc::invalid_argument,

@@ -33,7 +33,7 @@ int8_summary_index::~int8_summary_index() = default;
 
 uint64_t int8_summary_index::bytes_held(uint32_t pages) const {
   if (empty()) return 0;
-  return uint64_t(pages) * len_ + uint64_t(blocks(pages)) * len_ * 2 * sizeof(float);
+  return bytes_for(len_, pages, block_pages_);
 }
 
 float int8_summary_index::step_of(float lo, float hi) {

@@ -65,6 +65,11 @@ class int8_summary_index {
   // Blocks with a non-finite value among the pages held.
   uint32_t non_finite_blocks() const { return non_finite_blocks_; }
 
+  // Bytes an index of `pages` pages of len elements holds: codes plus the ranges (lo, hi)
+  // of their blocks.
+  static uint64_t bytes_for(uint32_t len, uint64_t pages, uint32_t block_pages) {
+    return pages * len + (pages + block_pages - 1) / block_pages * len * 2 * sizeof(float);
+  }
   // Bytes held for `pages` pages: codes plus the ranges of their blocks.
   uint64_t bytes_held(uint32_t pages) const;
   // Bytes a full scan of `pages` pages reads: codes and the ranges (lo, hi) of the blocks.

@@ -86,6 +86,7 @@ void set_devices_and_selection(const run_spec& spec, sim_setup& s) {
   s.placement.kv_heads = m.kv_heads;
   s.placement.head_dim = m.head_dim;
   s.placement.summary_elem_bytes = s.summary_elem_bytes;
+  s.placement.int8_summary_block_pages = sel.int8_summary_block_pages();
   s.placement.head_groups = c.head_groups;
   s.placement.split = c.sequence_split;
   s.placement.replication = c.replication;
