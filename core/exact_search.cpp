@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <cstring>
 #include <limits>
 
 HWY_BEFORE_NAMESPACE();
@@ -26,7 +27,53 @@ namespace {
 
 namespace hn = hwy::HWY_NAMESPACE;
 
+// The float set-up of one block for one query (exact_search.hpp): per row r the int16
+// weights ŵ_i = ceil(t_i + |t_i|·2^-20), t_i = w_i·step_i / α_r (rounded up so α_r·ŵ_i ≥
+// w_i·step_i despite float rounding: t_i is within 4·2^-24 of its real value), α_r =
+// max_i |w_i·step_i| / wlim, and offset_r = Σ w_i·lo_i + A_r·gamma with A_r = Σ |w_i|·
+// max(|lo_i|, |lo_i + 255·step_i|) (≥ Σ |w_i·x_i| for every x in the block's box). False
+// when a sum is not finite or A_r is past bound_magnitude_limit.
+constexpr float bound_magnitude_limit = 1e37f;
+constexpr float weight_round_up = 0x1p-20f;
+
 #if HWY_TARGET == HWY_SCALAR || HWY_TARGET == HWY_EMU128
+bool prepare_block(const float* natural, const float* /*abs_natural*/, uint32_t rows, size_t len,
+                   const float* lo, const float* step, float wlim, float gamma, int16_t* wq,
+                   float* alpha, float* offset, float* /*maxabs*/) {
+  for (uint32_t r = 0; r < rows; ++r) {
+    const float* w = natural + size_t(r) * len;
+    float maxw = 0, c = 0, a = 0;
+    for (size_t i = 0; i < len; ++i) {
+      maxw = std::max(maxw, std::fabs(w[i] * step[i]));
+      c += w[i] * lo[i];
+      a += std::fabs(w[i]) * std::max(std::fabs(lo[i]), std::fabs(lo[i] + 255.0f * step[i]));
+    }
+    if (!(a < bound_magnitude_limit) || !std::isfinite(c)) return false;
+    const float inv = maxw > 0 ? wlim / maxw : 0.0f;
+    for (size_t i = 0; i < len; ++i) {
+      float t = w[i] * step[i] * inv;
+      t += std::fabs(t) * weight_round_up;
+      wq[size_t(r) * len + i] = static_cast<int16_t>(std::ceil(t));
+    }
+    alpha[r] = maxw / wlim;
+    offset[r] = c + a * gamma;
+  }
+  return true;
+}
+
+void bound_pages(const uint8_t* codes, uint32_t n_pages, size_t len, const int16_t* wq,
+                 uint32_t rows, const float* alpha, const float* offset, float* bounds) {
+  for (uint32_t p = 0; p < n_pages; ++p) {
+    float best = -std::numeric_limits<float>::infinity();
+    for (uint32_t r = 0; r < rows; ++r) {
+      int32_t acc = 0;
+      for (size_t i = 0; i < len; ++i) acc += int32_t(wq[r * len + i]) * codes[p * len + i];
+      best = std::max(best, offset[r] + alpha[r] * float(acc));
+    }
+    bounds[p] = best;
+  }
+}
+
 void dot_rows_impl(const uint8_t* codes, uint32_t n_pages, size_t len, const int16_t* wq,
                    uint32_t rows, int32_t* out) {
   for (uint32_t p = 0; p < n_pages; ++p) {
@@ -38,58 +85,99 @@ void dot_rows_impl(const uint8_t* codes, uint32_t n_pages, size_t len, const int
   }
 }
 #else
+using df_t = hn::ScalableTag<float>;
 using d16_t = hn::ScalableTag<int16_t>;
 using d32_t = hn::Repartition<int32_t, d16_t>;
 using du8_t = hn::Rebind<uint8_t, d16_t>;
 using v32_t = hn::Vec<d32_t>;
+using d4i_t = hn::CappedTag<int32_t, 4>;
+using d4f_t = hn::CappedTag<float, 4>;
 
-// Block shapes: HB weight rows × PB pages of accumulators (each widened code vector feeds
-// HB multiply-adds, each weight vector PB).
-#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
-constexpr size_t rows_per_block = 4;
-constexpr size_t pages_per_block = 4;
-constexpr size_t single_row_pages_per_block = 8;
-#else
-constexpr size_t rows_per_block = 4;
-constexpr size_t pages_per_block = 2;
-constexpr size_t single_row_pages_per_block = 4;
-#endif
-constexpr size_t code_prefetch_bytes = 2048;
-
-// Adds the 128-bit blocks of v together and stores the 4 resulting lanes.
-template <class D>
-HWY_INLINE void fold_store4_i32(D d, hn::Vec<D> v, int32_t* out) {
-  if constexpr (hn::MaxLanes(D()) > 4) {
-    const hn::Half<D> dh;
-    fold_store4_i32(dh, hn::Add(hn::LowerHalf(dh, v), hn::UpperHalf(dh, v)), out);
-  } else {
-    hn::StoreU(v, d, out);
+// C and A are dot products in the canonical arithmetic of core/simd_internal.hpp (as the
+// flat kernel's), and every other step is element-wise or a max, so the bounds, the pages
+// rescored and the work counted are the same bits on every FMA target (AVX2, AVX3).
+bool prepare_block(const float* natural, const float* abs_natural, uint32_t rows, size_t len,
+                   const float* lo, const float* step, float wlim, float gamma, int16_t* wq,
+                   float* alpha, float* offset, float* maxabs) {
+  const df_t df;
+  const hn::RebindToSigned<df_t> di;
+  const hn::Rebind<int16_t, df_t> d16h;
+  const size_t n = hn::Lanes(df);
+  const auto k255 = hn::Set(df, 255.0f);
+  for (size_t i = 0; i < len; i += n) {
+    const auto lv = hn::LoadU(df, lo + i);
+    const auto top = hn::MulAdd(k255, hn::LoadU(df, step + i), lv);
+    hn::StoreU(hn::Max(hn::Abs(lv), hn::Abs(top)), df, maxabs + i);
   }
-}
-
-// Sums of the lanes of n accumulators, four at a time by an interleave tree.
-template <size_t N>
-HWY_INLINE void reduce_lanes(const v32_t (&acc)[N], int32_t* out) {
-  const d32_t d32;
-  size_t k = 0;
-  if constexpr (hn::MaxLanes(d32_t()) >= 4) {
-    for (; k + 4 <= N; k += 4) {
-      fold_store4_i32(d32, simd::tree4_blocks(d32, acc[k], acc[k + 1], acc[k + 2], acc[k + 3]),
-                        out + k);
+  float c[4], a[4];
+  for (uint32_t r0 = 0; r0 < rows; r0 += 4) {
+    const uint32_t nr = std::min<uint32_t>(4, rows - r0);
+    if (nr == 4) {
+      simd::dot_block<4, 1>(natural + size_t(r0) * len, len, lo, len, len, c);
+      simd::dot_block<4, 1>(abs_natural + size_t(r0) * len, len, maxabs, len, len, a);
+    } else {
+      for (uint32_t k = 0; k < nr; ++k) {
+        simd::dot_block<1, 1>(natural + size_t(r0 + k) * len, len, lo, len, len, c + k);
+        simd::dot_block<1, 1>(abs_natural + size_t(r0 + k) * len, len, maxabs, len, len, a + k);
+      }
+    }
+    for (uint32_t k = 0; k < nr; ++k) {
+      const uint32_t r = r0 + k;
+      if (!(a[k] < bound_magnitude_limit) || !std::isfinite(c[k])) return false;
+      const float* w = natural + size_t(r) * len;
+      auto maxw = hn::Zero(df);
+      for (size_t i = 0; i < len; i += n) {
+        maxw = hn::Max(maxw, hn::Abs(hn::Mul(hn::LoadU(df, w + i), hn::LoadU(df, step + i))));
+      }
+      const float maxw_s = hn::GetLane(hn::MaxOfLanes(df, maxw));
+      const auto inv = hn::Set(df, maxw_s > 0 ? wlim / maxw_s : 0.0f);
+      const auto up = hn::Set(df, weight_round_up);
+      for (size_t i = 0; i < len; i += n) {
+        auto t = hn::Mul(hn::Mul(hn::LoadU(df, w + i), hn::LoadU(df, step + i)), inv);
+        t = hn::MulAdd(hn::Abs(t), up, t);
+        const auto qi = hn::ConvertTo(di, hn::Ceil(t));
+        hn::StoreU(hn::DemoteTo(d16h, qi), d16h, wq + size_t(r) * len + i);
+      }
+      alpha[r] = maxw_s / wlim;
+      offset[r] = c[k] + a[k] * gamma;
     }
   }
-  for (; k < N; ++k) out[k] = hn::GetLane(hn::SumOfLanes(d32, acc[k]));
+  return true;
 }
 
-// out[h·PB + p] = Σ_i w[h·len + i] · x[p·len + i].
+// Block shapes: HB weight rows × PB pages of accumulators (each widened code vector feeds
+// HB multiply-adds, each weight vector PB); PB a multiple of 4, so the sums of 4 pages of
+// one row come out of the reduction as one vector and are turned into bounds together.
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+constexpr size_t rows_per_block = 4;
+constexpr size_t single_row_pages_per_block = 8;
+#else
+constexpr size_t rows_per_block = 2;
+constexpr size_t single_row_pages_per_block = 4;
+#endif
+constexpr size_t pages_per_block = 4;
+constexpr size_t code_prefetch_bytes = 2048;
+
+// The four 128-bit blocks' sums of a tree4_blocks result, as one 4-lane vector.
+template <class D>
+HWY_INLINE hn::Vec<d4i_t> fold4(D d, hn::Vec<D> v) {
+  if constexpr (hn::MaxLanes(D()) > 4) {
+    const hn::Half<D> dh;
+    return fold4(dh, hn::Add(hn::LowerHalf(dh, v), hn::UpperHalf(dh, v)));
+  } else {
+    (void)d;
+    return v;
+  }
+}
+
+// acc[h·PB + p] = Σ_i w[h·len + i] · x[p·len + i], int32 lanes to be summed.
 template <size_t HB, size_t PB>
 HWY_INLINE void dot_block_i8(const uint8_t* HWY_RESTRICT x, size_t len,
-                             const int16_t* HWY_RESTRICT w, int32_t* HWY_RESTRICT out) {
+                             const int16_t* HWY_RESTRICT w, v32_t (&acc)[HB * PB]) {
   const d16_t d16;
   const d32_t d32;
   const du8_t du8;
   const size_t n = hn::Lanes(d16);
-  v32_t acc[HB * PB];
   v32_t acc1[HB * PB];
   for (size_t k = 0; k < HB * PB; ++k) {
     acc[k] = hn::Zero(d32);
@@ -108,44 +196,88 @@ HWY_INLINE void dot_block_i8(const uint8_t* HWY_RESTRICT x, size_t len,
     }
   }
   for (size_t k = 0; k < HB * PB; ++k) acc[k] = hn::Add(acc[k], acc1[k]);
-  reduce_lanes(acc, out);
 }
 
+// best[g] (pages 4g..4g+3) = max(best[g], offset_h + α_h · Σ acc) over the block's rows.
 template <size_t HB, size_t PB>
-HWY_INLINE void dot_pages(const uint8_t* codes, size_t len, const int16_t* wq, uint32_t rows,
-                          uint32_t first_page, int32_t* out) {
-  int32_t tmp[HB * PB];
-  uint32_t r = 0;
-  for (; r + HB <= rows; r += HB) {
-    dot_block_i8<HB, PB>(codes, len, wq + size_t(r) * len, tmp);
-    for (size_t h = 0; h < HB; ++h)
-      for (size_t p = 0; p < PB; ++p) out[(first_page + p) * rows + r + h] = tmp[h * PB + p];
-  }
-  for (; r < rows; ++r) {
-    dot_block_i8<1, PB>(codes, len, wq + size_t(r) * len, tmp);
-    for (size_t p = 0; p < PB; ++p) out[(first_page + p) * rows + r] = tmp[p];
+HWY_INLINE void combine(const v32_t (&acc)[HB * PB], const float* alpha, const float* offset,
+                        hn::Vec<d4f_t> (&best)[PB / 4]) {
+  const d32_t d32;
+  const d4f_t d4f;
+  for (size_t h = 0; h < HB; ++h) {
+    const auto al = hn::Set(d4f, alpha[h]);
+    const auto of = hn::Set(d4f, offset[h]);
+    for (size_t g = 0; g < PB / 4; ++g) {
+      const size_t k = h * PB + 4 * g;
+      const auto sums = fold4(d32, simd::tree4_blocks(d32, acc[k], acc[k + 1], acc[k + 2], acc[k + 3]));
+      best[g] = hn::Max(best[g], hn::MulAdd(al, hn::ConvertTo(d4f, sums), of));
+    }
   }
 }
 
 template <size_t PB>
-void dot_rows_blocked(const uint8_t* codes, uint32_t n_pages, size_t len, const int16_t* wq,
-                      uint32_t rows, int32_t* out) {
+HWY_INLINE void bound_page_block(const uint8_t* codes, size_t len, const int16_t* wq,
+                                 uint32_t rows, const float* alpha, const float* offset,
+                                 float* out) {
+  const d4f_t d4f;
+  hn::Vec<d4f_t> best[PB / 4];
+  for (size_t g = 0; g < PB / 4; ++g) best[g] = hn::Set(d4f, -std::numeric_limits<float>::infinity());
+  uint32_t r = 0;
+  for (; r + rows_per_block <= rows; r += rows_per_block) {
+    v32_t acc[rows_per_block * PB];
+    dot_block_i8<rows_per_block, PB>(codes, len, wq + size_t(r) * len, acc);
+    combine<rows_per_block, PB>(acc, alpha + r, offset + r, best);
+  }
+  for (; r < rows; ++r) {
+    v32_t acc[PB];
+    dot_block_i8<1, PB>(codes, len, wq + size_t(r) * len, acc);
+    combine<1, PB>(acc, alpha + r, offset + r, best);
+  }
+  for (size_t g = 0; g < PB / 4; ++g) hn::StoreU(best[g], d4f, out + 4 * g);
+}
+
+// The last pages of a block that fill no whole group of 4: padded with the last page (its
+// bound is computed again and dropped).
+template <size_t PB>
+void bound_pages_blocked(const uint8_t* codes, uint32_t n_pages, size_t len, const int16_t* wq,
+                         uint32_t rows, const float* alpha, const float* offset, float* bounds) {
   uint32_t p = 0;
   const char* end = reinterpret_cast<const char*>(codes + size_t(n_pages) * len);
   for (; p + PB <= n_pages; p += PB) {
     const char* ahead = reinterpret_cast<const char*>(codes + size_t(p) * len) + code_prefetch_bytes;
     for (size_t off = 0; off < PB * len && ahead + off < end; off += 64) hwy::Prefetch(ahead + off);
-    dot_pages<rows_per_block, PB>(codes + size_t(p) * len, len, wq, rows, p, out);
+    bound_page_block<PB>(codes + size_t(p) * len, len, wq, rows, alpha, offset, bounds + p);
   }
-  for (; p < n_pages; ++p) dot_pages<rows_per_block, 1>(codes + size_t(p) * len, len, wq, rows, p, out);
+  for (; p < n_pages; p += 4) {
+    const uint32_t n = std::min<uint32_t>(4, n_pages - p);
+    HWY_ALIGN uint8_t pad[4 * 1024];
+    PNMKV_CHECK_LE(4 * len, sizeof pad);
+    for (uint32_t k = 0; k < 4; ++k)
+      std::memcpy(pad + k * len, codes + size_t(p + std::min(k, n - 1)) * len, len);
+    float out[4];
+    bound_page_block<4>(pad, len, wq, rows, alpha, offset, out);
+    std::memcpy(bounds + p, out, n * sizeof(float));
+  }
+}
+
+void bound_pages(const uint8_t* codes, uint32_t n_pages, size_t len, const int16_t* wq,
+                 uint32_t rows, const float* alpha, const float* offset, float* bounds) {
+  if (rows == 1) {
+    bound_pages_blocked<single_row_pages_per_block>(codes, n_pages, len, wq, rows, alpha, offset, bounds);
+  } else {
+    bound_pages_blocked<pages_per_block>(codes, n_pages, len, wq, rows, alpha, offset, bounds);
+  }
 }
 
 void dot_rows_impl(const uint8_t* codes, uint32_t n_pages, size_t len, const int16_t* wq,
                    uint32_t rows, int32_t* out) {
-  if (rows == 1) {
-    dot_rows_blocked<single_row_pages_per_block>(codes, n_pages, len, wq, rows, out);
-  } else {
-    dot_rows_blocked<pages_per_block>(codes, n_pages, len, wq, rows, out);
+  const d32_t d32;
+  for (uint32_t p = 0; p < n_pages; ++p) {
+    for (uint32_t r = 0; r < rows; ++r) {
+      v32_t acc[1];
+      dot_block_i8<1, 1>(codes + size_t(p) * len, len, wq + size_t(r) * len, acc);
+      out[size_t(p) * rows + r] = hn::GetLane(hn::SumOfLanes(d32, acc[0]));
+    }
   }
 }
 #endif
@@ -155,6 +287,25 @@ void dot_rows_impl(const uint8_t* codes, uint32_t n_pages, size_t len, const int
 void int8_dot_rows_simd(const uint8_t* codes, uint32_t n_pages, size_t len, const int16_t* wq,
                         uint32_t rows, int32_t* out) {
   dot_rows_impl(codes, n_pages, len, wq, rows, out);
+}
+
+// Bounds of pages [0, pages) of the index, block by block; false when a block's set-up
+// fails (the caller scans flat).
+bool int8_bounds_simd(const int8_summary_index& ix, uint32_t pages, const float* natural,
+                      const float* abs_natural, uint32_t rows, float wlim, float gamma,
+                      int16_t* wq, float* alpha, float* offset, float* maxabs, float* bounds) {
+  const size_t len = ix.len();
+  const uint32_t bp = ix.block_pages();
+  for (uint32_t b = 0; b < ix.blocks(pages); ++b) {
+    if (!prepare_block(natural, abs_natural, rows, len, ix.block_lo(b), ix.block_step(b), wlim,
+                       gamma, wq, alpha, offset, maxabs)) {
+      return false;
+    }
+    const uint32_t first = b * bp;
+    bound_pages(ix.codes() + size_t(first) * len, std::min(bp, pages - first), len, wq, rows,
+                alpha, offset, bounds + first);
+  }
+  return true;
 }
 
 }  // namespace HWY_NAMESPACE
@@ -168,6 +319,7 @@ HWY_AFTER_NAMESPACE();
 namespace pnmkv {
 
 HWY_EXPORT(int8_dot_rows_simd);
+HWY_EXPORT(int8_bounds_simd);
 
 void int8_dot_rows(const uint8_t* codes, uint32_t n_pages, size_t len, const int16_t* wq,
                    uint32_t rows, int32_t* out) {
@@ -184,29 +336,26 @@ int32_t int8_weight_limit(size_t len) {
 
 namespace {
 
-// Work counted for the bound's float set-up (docs/DESIGN.md §4): per (block, row, element)
-// the step product, its magnitude, the weight's quantisation and check, and the two sums
-// (C and the margin's A): counted as 8 flops; per (page, row) C + α·I: 2 flops.
+// Work counted for the bound's float set-up: per (block, row, element) 8 flops (the step
+// product, its magnitude, the two sums, the scaled weight and its round-up), per (page,
+// row) 2 (α·I + offset).
 constexpr double setup_flops_per_block_row_elem = 8;
 constexpr double combine_flops_per_page_row = 2;
-// A score range past this falls back to the flat scan (no float score can overflow below).
-constexpr double bound_magnitude_limit = 1e37;
 
 inline uint32_t ordered_of(uint64_t key) { return uint32_t(key >> 32); }
 inline uint32_t page_of(uint64_t key) { return ~uint32_t(key & 0xffffffffu); }
 
-// The least float ≥ x (x finite double); +inf past the float range.
-inline float round_up_to_float(double x) {
-  float f = static_cast<float>(x);
-  if (double(f) < x) f = std::nextafter(f, std::numeric_limits<float>::infinity());
-  return f;
+// The margin, relative to A = Σ|w_i|·max|x_i| (≥ Σ|w_i·x_i|, so ≥ every term's magnitude):
+//  * the flat kernel's float score: 16 chains of ceil(len/32)·2 fused multiply-adds, a tree
+//    of 4 adds, each rounded once (twice without FMA): ≤ 2·(len/16 + 6)·2^-24, taken as
+//    (len/16 + 16)·2^-22;
+//  * the bound's own float set-up and combine: the sums C and A over len terms (≤ len·2^-24
+//    each), α·float(I) + offset (4 roundings of values ≤ 3A): taken as (2·len + 64)·2^-24,
+//    plus 2^-19 for the rest (the weights' round-up keeps α·ŵ ≥ w·step on its own).
+inline float margin_factor(size_t len) {
+  return float((double(len) / 16.0 + 16.0) * 0x1p-22 + (2.0 * double(len) + 64.0) * 0x1p-24 +
+               0x1p-19);
 }
-
-// Relative error bound of the flat kernel's score (and then some): 16 chains of
-// ceil(len/32)·2 fused multiply-adds each, a tree of 4 adds, every step rounded once (twice
-// without FMA), relative to Σ|w_i·x_i|: ≤ 2·(len/16 + 6)·2^-24. Taken as (len/16 + 16)·2^-22,
-// plus 2^-40 for the bound's own double arithmetic.
-inline double margin_factor(size_t len) { return (double(len) / 16.0 + 16.0) * 0x1p-22 + 0x1p-40; }
 
 status flat_search(const kv_head_store& store, const search_query& q,
                    const std::vector<uint32_t>& forced, std::vector<uint32_t>& selected,
@@ -245,68 +394,20 @@ bool int8_bounds(const kv_head_store& store, const score_weights& w, search_work
   const uint32_t pages = store.page_count();
   const size_t len = w.len;
   const uint32_t rows = w.rows;
-  const uint32_t bp = ix.block_pages();
-  const uint32_t n_blocks = ix.blocks(pages);
-  const double wlim = double(int8_weight_limit(len) - 1);
-  const double gamma = margin_factor(len);
   sc.bounds.resize(pages);
-  sc.steps.resize(len);
   sc.wq.resize(size_t(rows) * len);
-  sc.row_c.resize(rows);
-  sc.row_alpha.resize(rows);
-  sc.row_margin.resize(rows);
-  sc.dots.resize(size_t(std::min(bp, pages)) * rows);
-  for (uint32_t b = 0; b < n_blocks; ++b) {
-    const float* lo = ix.block_lo(b);
-    const float* hi = ix.block_hi(b);
-    for (size_t i = 0; i < len; ++i) sc.steps[i] = int8_summary_index::step_of(lo[i], hi[i]);
-    for (uint32_t r = 0; r < rows; ++r) {
-      const float* wr = w.natural.data() + size_t(r) * len;
-      double c = 0, a = 0, wmax = 0;
-      for (size_t i = 0; i < len; ++i) {
-        const double wi = wr[i];
-        const double top = double(lo[i]) + 255.0 * double(sc.steps[i]);
-        c += wi * double(lo[i]);
-        a += std::fabs(wi) * std::max(std::fabs(double(lo[i])), std::fabs(top));
-        wmax = std::max(wmax, std::fabs(wi * double(sc.steps[i])));
-      }
-      if (!(a < bound_magnitude_limit)) return false;
-      const double alpha = wmax > 0 ? wmax / wlim : 0.0;
-      int16_t* wq = sc.wq.data() + size_t(r) * len;
-      for (size_t i = 0; i < len; ++i) {
-        if (alpha == 0) {
-          wq[i] = 0;
-          continue;
-        }
-        // Rounded up, so α·ŵ ≥ w·step: with codes ≥ 0 the integer part bounds from above.
-        const double want = double(wr[i]) * double(sc.steps[i]);
-        double qi = std::ceil(want / alpha);
-        while (alpha * qi < want) qi += 1;
-        PNMKV_CHECK(std::fabs(qi) <= wlim + 1, "qi=", qi, " wlim=", wlim);
-        wq[i] = static_cast<int16_t>(qi);
-      }
-      sc.row_c[r] = c;
-      sc.row_alpha[r] = alpha;
-      sc.row_margin[r] = a * gamma;
-    }
-    const uint32_t first = b * bp;
-    const uint32_t n = std::min(bp, pages - first);
-    int8_dot_rows(ix.codes() + size_t(first) * len, n, len, sc.wq.data(), rows, sc.dots.data());
-    for (uint32_t p = 0; p < n; ++p) {
-      double best = -std::numeric_limits<double>::infinity();
-      for (uint32_t r = 0; r < rows; ++r) {
-        const double bound =
-            sc.row_c[r] + sc.row_alpha[r] * double(sc.dots[size_t(p) * rows + r]) + sc.row_margin[r];
-        best = std::max(best, bound);
-      }
-      sc.bounds[first + p] = round_up_to_float(best);
-    }
-  }
+  sc.steps.resize(2 * size_t(rows) + len);  // α and offset per row, then max |x| per element
+  sc.abs_natural.resize(w.natural.size());
+  for (size_t i = 0; i < w.natural.size(); ++i) sc.abs_natural[i] = std::fabs(w.natural[i]);
+  const bool ok = HWY_DYNAMIC_DISPATCH(int8_bounds_simd)(
+      ix, pages, w.natural.data(), sc.abs_natural.data(), rows,
+      float(int8_weight_limit(len) - 1), margin_factor(len), sc.wq.data(), sc.steps.data(),
+      sc.steps.data() + rows, sc.steps.data() + 2 * rows, sc.bounds.data());
   work.int8_bytes += ix.scan_bytes(pages);
   work.int_ops += 2.0 * double(pages) * rows * double(len);
-  work.flops += double(n_blocks) * rows * double(len) * setup_flops_per_block_row_elem +
+  work.flops += double(ix.blocks(pages)) * rows * double(len) * setup_flops_per_block_row_elem +
                 double(pages) * rows * combine_flops_per_page_row;
-  return true;
+  return ok;
 }
 
 }  // namespace
@@ -362,58 +463,81 @@ status search_top_pages(const kv_head_store& store, page_search search, const se
   }
   const kernel_work one_page = score_work(d, store.shape().summaries, q.group, q.aggregation, 1);
   uint64_t rescored = 0;
-  auto rescore = [&](const uint32_t* list, size_t n, float* out) -> status {
+  sc.scores.resize(pages);
+  auto rescore = [&](const uint32_t* list, size_t n) -> status {
     rescored += n;
-    return score_listed_pages(store, w, list, n, out);
+    sc.listed_scores.resize(n);
+    if (status s = score_listed_pages(store, w, list, n, sc.listed_scores.data()); !s) return s;
+    for (size_t k = 0; k < n; ++k) sc.scores[list[k]] = sc.listed_scores[k];
+    return status::ok();
   };
 
-  // The best `want` pages by bound, rescored exactly: the first `want` of the descending
-  // bound order (a min-heap of their exact keys holds the best so far).
   sc.heap.clear();
   if (want > 0) {
+    // Candidates: neither forced nor excluded.
+    sc.list.assign(pages, 1);
+    for (uint32_t f : forced) sc.list[f] = 0;
+    if (q.excluded != nullptr)
+      for (uint32_t p = 0; p < pages; ++p)
+        if (q.excluded[p]) sc.list[p] = 0;
+    // 1. The best `want` candidates by bound (select.cpp's order on bounds): a min-heap of
+    //    their keys.
     sc.keys.clear();
-    size_t next_forced = 0;
-    for (uint32_t p = 0; p < pages; ++p) {
-      if (next_forced < forced.size() && forced[next_forced] == p) {
-        ++next_forced;
-        continue;
+    for (uint32_t p = 0; p < pages && sc.keys.size() < want; ++p)
+      if (sc.list[p]) sc.keys.push_back(page_rank_key(sc.bounds[p], p));
+    PNMKV_CHECK_EQ(sc.keys.size(), want);
+    std::make_heap(sc.keys.begin(), sc.keys.end(), std::greater<uint64_t>());
+    uint32_t scanned_to = 0;
+    {
+      uint32_t seen = 0;
+      for (uint32_t p = 0; p < pages; ++p) {
+        seen += sc.list[p];
+        if (seen == want) {
+          scanned_to = p + 1;
+          break;
+        }
       }
-      if (q.excluded != nullptr && q.excluded[p]) continue;
-      sc.keys.push_back(page_rank_key(sc.bounds[p], p));
     }
-    PNMKV_CHECK_EQ(sc.keys.size(), n_cand);
-    const auto top_end = sc.keys.begin() + std::ptrdiff_t(want);
-    std::nth_element(sc.keys.begin(), top_end - 1, sc.keys.end(), std::greater<uint64_t>());
-    sc.list.clear();
-    for (auto it = sc.keys.begin(); it != top_end; ++it) sc.list.push_back(page_of(*it));
-    sc.listed_scores.resize(sc.list.size());
-    if (status s = rescore(sc.list.data(), sc.list.size(), sc.listed_scores.data()); !s) return s;
-    sc.scores.resize(pages);
-    for (size_t k = 0; k < sc.list.size(); ++k) {
-      const uint32_t p = sc.list[k];
-      sc.scores[p] = sc.listed_scores[k];
+    uint64_t floor = sc.keys.front();
+    for (uint32_t p = scanned_to; p < pages; ++p) {
+      if (!sc.list[p]) continue;
+      const uint64_t key = page_rank_key(sc.bounds[p], p);
+      if (key <= floor) continue;
+      std::pop_heap(sc.keys.begin(), sc.keys.end(), std::greater<uint64_t>());
+      sc.keys.back() = key;
+      std::push_heap(sc.keys.begin(), sc.keys.end(), std::greater<uint64_t>());
+      floor = sc.keys.front();
+    }
+    // 2. Rescore them exactly: the first `want` of the descending bound order.
+    std::vector<uint32_t> top;
+    top.reserve(want);
+    for (uint64_t key : sc.keys) top.push_back(page_of(key));
+    std::sort(top.begin(), top.end());  // memory order
+    if (status s = rescore(top.data(), top.size()); !s) return s;
+    for (uint32_t p : top) {
       sc.heap.push_back(page_rank_key(sc.scores[p], p));
       PNMKV_CHECK(ordered_of(sc.heap.back()) <= ordered_of(page_rank_key(sc.bounds[p], p)),
                   "bound below the exact score: page ", p, " bound=", sc.bounds[p],
                   " exact=", sc.scores[p]);
     }
     std::make_heap(sc.heap.begin(), sc.heap.end(), std::greater<uint64_t>());
-    // Then the rest in descending bound order while a bound reaches the k-th exact score
-    // (equal: it could tie and win on its index, so it is rescored).
+    // 3. The other candidates in descending bound order while a bound reaches the k-th
+    //    best exact score (an equal bound is rescored: it could tie and win on its index).
+    const uint64_t bound_floor = floor;  // the least bound key of the first `want`
     sc.later.clear();
-    const uint32_t floor_now = ordered_of(sc.heap.front());
-    for (auto it = top_end; it != sc.keys.end(); ++it)
-      if (ordered_of(*it) >= floor_now) sc.later.push_back(*it);
+    for (uint32_t p = 0; p < pages; ++p) {
+      if (!sc.list[p]) continue;
+      const uint64_t key = page_rank_key(sc.bounds[p], p);
+      if (key < bound_floor && ordered_of(key) >= ordered_of(sc.heap.front())) sc.later.push_back(key);
+    }
     std::sort(sc.later.begin(), sc.later.end(), std::greater<uint64_t>());
     for (uint64_t bkey : sc.later) {
       if (ordered_of(bkey) < ordered_of(sc.heap.front())) break;
       const uint32_t p = page_of(bkey);
-      float exact = 0;
-      if (status s = rescore(&p, 1, &exact); !s) return s;
-      sc.scores[p] = exact;
-      const uint64_t ekey = page_rank_key(exact, p);
+      if (status s = rescore(&p, 1); !s) return s;
+      const uint64_t ekey = page_rank_key(sc.scores[p], p);
       PNMKV_CHECK(ordered_of(ekey) <= ordered_of(bkey), "bound below the exact score: page ", p,
-                  " bound=", sc.bounds[p], " exact=", exact);
+                  " bound=", sc.bounds[p], " exact=", sc.scores[p]);
       if (ekey > sc.heap.front()) {
         std::pop_heap(sc.heap.begin(), sc.heap.end(), std::greater<uint64_t>());
         sc.heap.back() = ekey;
@@ -422,19 +546,13 @@ status search_top_pages(const kv_head_store& store, page_search search, const se
     }
   }
   // The forced pages' exact scores (the exact_candidates round sends them).
-  sc.listed_scores.resize(forced.size());
-  if (status s = rescore(forced.data(), forced.size(), sc.listed_scores.data()); !s) return s;
-  std::vector<std::pair<uint32_t, float>> out;
-  out.reserve(forced.size() + sc.heap.size());
-  for (size_t k = 0; k < forced.size(); ++k) out.emplace_back(forced[k], sc.listed_scores[k]);
-  for (uint64_t key : sc.heap) out.emplace_back(page_of(key), sc.scores[page_of(key)]);
-  std::sort(out.begin(), out.end());
+  if (status s = rescore(forced.data(), forced.size()); !s) return s;
   selected.clear();
+  for (uint32_t f : forced) selected.push_back(f);
+  for (uint64_t key : sc.heap) selected.push_back(page_of(key));
+  std::sort(selected.begin(), selected.end());
   selected_scores.clear();
-  for (const auto& [p, s] : out) {
-    selected.push_back(p);
-    selected_scores.push_back(s);
-  }
+  for (uint32_t p : selected) selected_scores.push_back(sc.scores[p]);
   work.pages_rescored += rescored;
   work.summary_bytes += rescored * store.summary_bytes_per_page();
   work.flops += double(rescored) * one_page.flops;

@@ -5,9 +5,9 @@
 //  1. bound every page from its int8 summaries (core/int8_summaries.hpp, outward rounding):
 //     per block of pages and query row, the weights times the quantisation steps are
 //     rounded UP to int16 and dotted with the uint8 codes in integer arithmetic (exact),
-//     then bound = Σ w·lo + α·Σ ŵ·c + margin, in double; the margin covers the float
+//     then bound = Σ w·lo + α·Σ ŵ·c + margin, in float; the margin covers the float
 //     rounding of the flat kernel (16 FMA chains of len/16 steps and a tree of 4 adds, or
-//     twice that on targets without FMA) and of the bound's own set-up, so the bound is at
+//     twice that on targets without FMA) and of the bound's own arithmetic, so the bound is at
 //     least the flat kernel's float score, bit for bit, for every page and query;
 //  2. rescore exactly (score_listed_pages: the flat kernel's arithmetic, page by page) the
 //     pages in descending bound order until the k-th best exact score is strictly above
@@ -63,7 +63,7 @@ struct search_query {
 
 // Scratch a caller keeps between searches (no allocation per query once warm).
 struct search_scratch {
-  std::vector<float> scores, bounds, steps, listed_scores;
+  std::vector<float> scores, bounds, steps, listed_scores, abs_natural;
   std::vector<uint64_t> keys, heap, later;
   std::vector<int32_t> dots;
   std::vector<int16_t> wq;

@@ -80,6 +80,7 @@ void int8_summary_index::requantise_element(uint32_t block, uint32_t i, const vo
   float* lo = lo_.data() + size_t(block) * len_;
   float* hi = hi_.data() + size_t(block) * len_;
   const float step = step_of(lo[i], hi[i]);
+  step_[size_t(block) * len_ + i] = step;
   const bool up = i < len_ / 2;
   const uint32_t first = block * block_pages_;
   const uint32_t end = std::min(pages_, first + block_pages_);
@@ -101,6 +102,7 @@ void int8_summary_index::update_page(uint32_t page, const void* summaries, bool 
       PNMKV_CHECK_EQ(size_t(b) * len_, lo_.size());
       lo_.resize(lo_.size() + len_);
       hi_.resize(hi_.size() + len_);
+      step_.resize(step_.size() + len_, 0.0f);
       non_finite_.push_back(0);
       for (uint32_t i = 0; i < len_; ++i) {
         const float v = summary_value(summaries, bf16_summaries, base + i);
@@ -128,7 +130,7 @@ void int8_summary_index::update_page(uint32_t page, const void* summaries, bool 
       hi[i] = std::max(hi[i], v);
       requantise_element(b, i, summaries, bf16_summaries);
     } else {
-      codes[i] = quantise(v, lo[i], step_of(lo[i], hi[i]), i < len_ / 2);
+      codes[i] = quantise(v, lo[i], step_[size_t(b) * len_ + i], i < len_ / 2);
     }
   }
 }

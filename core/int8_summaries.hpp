@@ -33,8 +33,8 @@ namespace pnmkv {
 
 class int8_summary_index {
  public:
-  // Pages per block: the ranges cost 8 bytes per element per block (lo and hi, float),
-  // 2/256 of the codes at 256 pages per block. Measured on the synthetic workload
+  // Pages per block: a block costs 12 bytes per element (lo, hi and step, float), of which
+  // a query reads 8 (lo, step): 8/256 of the codes at 256 pages per block. Measured on the synthetic workload
   // (tests/core/exact_search_test.cpp prints it): see docs/DESIGN.md §4.
   static constexpr uint32_t default_block_pages = 256;
 
@@ -59,21 +59,24 @@ class int8_summary_index {
 
   // Codes of all pages, contiguous, len bytes per page.
   const uint8_t* codes() const { return codes_.get(); }
-  // Ranges of block b: len floats each.
+  // Ranges of block b: len floats each; step = step_of(lo, hi), kept with them.
   const float* block_lo(uint32_t b) const { return lo_.data() + size_t(b) * len_; }
   const float* block_hi(uint32_t b) const { return hi_.data() + size_t(b) * len_; }
+  const float* block_step(uint32_t b) const { return step_.data() + size_t(b) * len_; }
   // Blocks with a non-finite value among the pages held.
   uint32_t non_finite_blocks() const { return non_finite_blocks_; }
 
-  // Bytes an index of `pages` pages of len elements holds: codes plus the ranges (lo, hi)
+  // Bytes an index of `pages` pages of len elements holds: codes plus the lo, hi and step
   // of their blocks.
   static uint64_t bytes_for(uint32_t len, uint64_t pages, uint32_t block_pages) {
-    return pages * len + (pages + block_pages - 1) / block_pages * len * 2 * sizeof(float);
+    return pages * len + (pages + block_pages - 1) / block_pages * len * 3 * sizeof(float);
   }
   // Bytes held for `pages` pages: codes plus the ranges of their blocks.
   uint64_t bytes_held(uint32_t pages) const;
-  // Bytes a full scan of `pages` pages reads: codes and the ranges (lo, hi) of the blocks.
-  uint64_t scan_bytes(uint32_t pages) const { return bytes_held(pages); }
+  // Bytes a full bound pass over `pages` pages reads: codes, and lo and step of the blocks.
+  uint64_t scan_bytes(uint32_t pages) const {
+    return empty() ? 0 : uint64_t(pages) * len_ + uint64_t(blocks(pages)) * len_ * 2 * sizeof(float);
+  }
 
   // step = (hi − lo) / 255 rounded up to a float, so lo + 255·step ≥ hi (0 when hi == lo).
   static float step_of(float lo, float hi);
@@ -93,7 +96,7 @@ class int8_summary_index {
   uint32_t pages_ = 0;  // pages seen so far
   uint32_t non_finite_blocks_ = 0;
   std::unique_ptr<uint8_t[], free_deleter> codes_;  // capacity_pages × len, 64-byte aligned
-  std::vector<float> lo_, hi_;                      // per block × len (grown as blocks start)
+  std::vector<float> lo_, hi_, step_;               // per block × len (grown as blocks start)
   std::vector<uint8_t> non_finite_;                 // per block
 };
 
