@@ -15,6 +15,7 @@
 #include "core/simd_internal.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <functional>
 #include <cstring>
@@ -62,7 +63,8 @@ bool prepare_block(const float* natural, const float* /*abs_natural*/, uint32_t 
 }
 
 void bound_pages(const uint8_t* codes, uint32_t n_pages, size_t len, const int16_t* wq,
-                 uint32_t rows, const float* alpha, const float* offset, float* bounds) {
+                 uint32_t rows, const float* alpha, const float* offset, float* bounds,
+                 bool /*vnni*/) {
   for (uint32_t p = 0; p < n_pages; ++p) {
     float best = -std::numeric_limits<float>::infinity();
     for (uint32_t r = 0; r < rows; ++r) {
@@ -170,8 +172,17 @@ HWY_INLINE hn::Vec<d4i_t> fold4(D d, hn::Vec<D> v) {
   }
 }
 
+// Whether this target can use AVX512-VNNI's vpdpwssd (the multiply-add and the add in one
+// instruction): compiled for AVX3 only (Highway 1.0.3 builds no AVX3_DL target), chosen at
+// run time from the CPU (int8_kernel_vnni). Integer arithmetic: the same sums either way.
+#if HWY_TARGET == HWY_AVX3 && (HWY_COMPILER_GCC || HWY_COMPILER_CLANG)
+constexpr bool vnni_compiled = true;
+#else
+constexpr bool vnni_compiled = false;
+#endif
+
 // acc[h·PB + p] = Σ_i w[h·len + i] · x[p·len + i], int32 lanes to be summed.
-template <size_t HB, size_t PB>
+template <size_t HB, size_t PB, bool Vnni = false>
 HWY_INLINE void dot_block_i8(const uint8_t* HWY_RESTRICT x, size_t len,
                              const int16_t* HWY_RESTRICT w, v32_t (&acc)[HB * PB]) {
   const d16_t d16;
@@ -190,8 +201,18 @@ HWY_INLINE void dot_block_i8(const uint8_t* HWY_RESTRICT x, size_t len,
       auto wv = hn::LoadU(d16, w + h * len + i);
       if constexpr (PB > 1) PNMKV_KEEP_IN_REGISTER(wv);
       for (size_t p = 0; p < PB; ++p) {
-        acc[h * PB + p] = hn::ReorderWidenMulAccumulate(d32, wv, c[p], acc[h * PB + p],
-                                                        acc1[h * PB + p]);
+        if constexpr (Vnni && vnni_compiled) {
+          // acc += pairwise sums of wv·c (signed 16-bit), by the assembler: the target
+          // attributes of this function do not include avx512vnni.
+          // (on a local copy: an array element as an asm operand kept the accumulators
+          // in memory).
+          auto a = acc[h * PB + p].raw;
+          asm("vpdpwssd %2, %1, %0" : "+v"(a) : "v"(wv.raw), "v"(c[p].raw));
+          acc[h * PB + p].raw = a;
+        } else {
+          acc[h * PB + p] = hn::ReorderWidenMulAccumulate(d32, wv, c[p], acc[h * PB + p],
+                                                          acc1[h * PB + p]);
+        }
       }
     }
   }
@@ -215,7 +236,7 @@ HWY_INLINE void combine(const v32_t (&acc)[HB * PB], const float* alpha, const f
   }
 }
 
-template <size_t PB>
+template <size_t PB, bool Vnni>
 HWY_INLINE void bound_page_block(const uint8_t* codes, size_t len, const int16_t* wq,
                                  uint32_t rows, const float* alpha, const float* offset,
                                  float* out) {
@@ -225,12 +246,12 @@ HWY_INLINE void bound_page_block(const uint8_t* codes, size_t len, const int16_t
   uint32_t r = 0;
   for (; r + rows_per_block <= rows; r += rows_per_block) {
     v32_t acc[rows_per_block * PB];
-    dot_block_i8<rows_per_block, PB>(codes, len, wq + size_t(r) * len, acc);
+    dot_block_i8<rows_per_block, PB, Vnni>(codes, len, wq + size_t(r) * len, acc);
     combine<rows_per_block, PB>(acc, alpha + r, offset + r, best);
   }
   for (; r < rows; ++r) {
     v32_t acc[PB];
-    dot_block_i8<1, PB>(codes, len, wq + size_t(r) * len, acc);
+    dot_block_i8<1, PB, Vnni>(codes, len, wq + size_t(r) * len, acc);
     combine<1, PB>(acc, alpha + r, offset + r, best);
   }
   for (size_t g = 0; g < PB / 4; ++g) hn::StoreU(best[g], d4f, out + 4 * g);
@@ -238,7 +259,7 @@ HWY_INLINE void bound_page_block(const uint8_t* codes, size_t len, const int16_t
 
 // The last pages of a block that fill no whole group of 4: padded with the last page (its
 // bound is computed again and dropped).
-template <size_t PB>
+template <size_t PB, bool Vnni>
 void bound_pages_blocked(const uint8_t* codes, uint32_t n_pages, size_t len, const int16_t* wq,
                          uint32_t rows, const float* alpha, const float* offset, float* bounds) {
   uint32_t p = 0;
@@ -246,7 +267,7 @@ void bound_pages_blocked(const uint8_t* codes, uint32_t n_pages, size_t len, con
   for (; p + PB <= n_pages; p += PB) {
     const char* ahead = reinterpret_cast<const char*>(codes + size_t(p) * len) + code_prefetch_bytes;
     for (size_t off = 0; off < PB * len && ahead + off < end; off += 64) hwy::Prefetch(ahead + off);
-    bound_page_block<PB>(codes + size_t(p) * len, len, wq, rows, alpha, offset, bounds + p);
+    bound_page_block<PB, Vnni>(codes + size_t(p) * len, len, wq, rows, alpha, offset, bounds + p);
   }
   for (; p < n_pages; p += 4) {
     const uint32_t n = std::min<uint32_t>(4, n_pages - p);
@@ -255,17 +276,26 @@ void bound_pages_blocked(const uint8_t* codes, uint32_t n_pages, size_t len, con
     for (uint32_t k = 0; k < 4; ++k)
       std::memcpy(pad + k * len, codes + size_t(p + std::min(k, n - 1)) * len, len);
     float out[4];
-    bound_page_block<4>(pad, len, wq, rows, alpha, offset, out);
+    bound_page_block<4, Vnni>(pad, len, wq, rows, alpha, offset, out);
     std::memcpy(bounds + p, out, n * sizeof(float));
   }
 }
 
 void bound_pages(const uint8_t* codes, uint32_t n_pages, size_t len, const int16_t* wq,
-                 uint32_t rows, const float* alpha, const float* offset, float* bounds) {
-  if (rows == 1) {
-    bound_pages_blocked<single_row_pages_per_block>(codes, n_pages, len, wq, rows, alpha, offset, bounds);
+                 uint32_t rows, const float* alpha, const float* offset, float* bounds,
+                 bool vnni) {
+  if (vnni && vnni_compiled) {
+    if (rows == 1) {
+      bound_pages_blocked<single_row_pages_per_block, true>(codes, n_pages, len, wq, rows, alpha,
+                                                            offset, bounds);
+    } else {
+      bound_pages_blocked<pages_per_block, true>(codes, n_pages, len, wq, rows, alpha, offset, bounds);
+    }
+  } else if (rows == 1) {
+    bound_pages_blocked<single_row_pages_per_block, false>(codes, n_pages, len, wq, rows, alpha,
+                                                           offset, bounds);
   } else {
-    bound_pages_blocked<pages_per_block>(codes, n_pages, len, wq, rows, alpha, offset, bounds);
+    bound_pages_blocked<pages_per_block, false>(codes, n_pages, len, wq, rows, alpha, offset, bounds);
   }
 }
 
@@ -293,7 +323,8 @@ void int8_dot_rows_simd(const uint8_t* codes, uint32_t n_pages, size_t len, cons
 // fails (the caller scans flat).
 bool int8_bounds_simd(const int8_summary_index& ix, uint32_t pages, const float* natural,
                       const float* abs_natural, uint32_t rows, float wlim, float gamma,
-                      int16_t* wq, float* alpha, float* offset, float* maxabs, float* bounds) {
+                      int16_t* wq, float* alpha, float* offset, float* maxabs, float* bounds,
+                      bool vnni) {
   const size_t len = ix.len();
   const uint32_t bp = ix.block_pages();
   for (uint32_t b = 0; b < ix.blocks(pages); ++b) {
@@ -303,7 +334,7 @@ bool int8_bounds_simd(const int8_summary_index& ix, uint32_t pages, const float*
     }
     const uint32_t first = b * bp;
     bound_pages(ix.codes() + size_t(first) * len, std::min(bp, pages - first), len, wq, rows,
-                alpha, offset, bounds + first);
+                alpha, offset, bounds + first, vnni);
   }
   return true;
 }
@@ -326,6 +357,23 @@ void int8_dot_rows(const uint8_t* codes, uint32_t n_pages, size_t len, const int
   PNMKV_CHECK(len % 32 == 0 && len > 0, "len=", len);
   if (n_pages == 0 || rows == 0) return;
   HWY_DYNAMIC_DISPATCH(int8_dot_rows_simd)(codes, n_pages, len, wq, rows, out);
+}
+
+namespace {
+bool cpu_has_vnni() {
+#if HWY_ARCH_X86 && (HWY_COMPILER_GCC || HWY_COMPILER_CLANG)
+  return __builtin_cpu_supports("avx512vnni");
+#else
+  return false;
+#endif
+}
+std::atomic<bool> use_vnni{cpu_has_vnni()};
+}  // namespace
+
+bool int8_kernel_vnni() { return use_vnni.load(std::memory_order_relaxed); }
+
+bool set_int8_kernel_vnni(bool on) {
+  return use_vnni.exchange(on && cpu_has_vnni(), std::memory_order_relaxed);
 }
 
 int32_t int8_weight_limit(size_t len) {
@@ -402,7 +450,8 @@ bool int8_bounds(const kv_head_store& store, const score_weights& w, search_work
   const bool ok = HWY_DYNAMIC_DISPATCH(int8_bounds_simd)(
       ix, pages, w.natural.data(), sc.abs_natural.data(), rows,
       float(int8_weight_limit(len) - 1), margin_factor(len), sc.wq.data(), sc.steps.data(),
-      sc.steps.data() + rows, sc.steps.data() + 2 * rows, sc.bounds.data());
+      sc.steps.data() + rows, sc.steps.data() + 2 * rows, sc.bounds.data(),
+      int8_kernel_vnni());
   work.int8_bytes += ix.scan_bytes(pages);
   work.int_ops += 2.0 * double(pages) * rows * double(len);
   work.flops += double(ix.blocks(pages)) * rows * double(len) * setup_flops_per_block_row_elem +

@@ -85,6 +85,12 @@ status search_top_pages(const kv_head_store& store, page_search search, const se
 void int8_dot_rows(const uint8_t* codes, uint32_t n_pages, size_t len, const int16_t* wq,
                    uint32_t rows, int32_t* out);
 
+// Whether the bound kernel uses AVX512-VNNI (vpdpwssd) under the AVX3 target: by default
+// when the CPU has it. set_int8_kernel_vnni(false) forces the plain multiply-add path
+// (tests run both; the sums are the same integers); returns the previous setting.
+bool int8_kernel_vnni();
+bool set_int8_kernel_vnni(bool on);
+
 // Largest |int16 weight| for rows of len elements, so Σ over len of |ŵ|·255 fits int32.
 int32_t int8_weight_limit(size_t len);
 

@@ -329,6 +329,36 @@ TEST_P(exact_search, non_finite_input_falls_back_to_flat) {
   EXPECT_EQ(work.fallbacks, 1u);
 }
 
+// The VNNI path (vpdpwssd, AVX3 on CPUs that have it) and the plain multiply-add path give
+// the same integer sums, hence the same bounds: the same pages rescored, the same result.
+TEST_P(exact_search, vnni_and_multiply_add_paths_agree) {
+  std::mt19937_64 gen(base_seed());
+  for (uint32_t group : {1u, 4u, 16u}) {
+    kv_head_store s = test::make_store(shape_of(128, 16), 20000 + 13 * group, gen);
+    std::vector<float> qv = test::normal_floats(gen, size_t(group) * 128);
+    for (gqa_aggregation agg : {gqa_aggregation::max, gqa_aggregation::sum}) {
+      search_query q;
+      q.q_group = qv.data();
+      q.group = group;
+      q.aggregation = agg;
+      q.forced = forced_of(s);
+      q.budget_pages = 100;
+      std::vector<uint32_t> sel[2];
+      std::vector<float> sc[2];
+      search_work work[2];
+      search_scratch scratch;
+      const bool before = set_int8_kernel_vnni(false);
+      ASSERT_TRUE(search_top_pages(s, page_search::exact_int8, q, sel[0], sc[0], work[0], scratch).is_ok());
+      set_int8_kernel_vnni(true);  // stays off on a CPU without VNNI
+      ASSERT_TRUE(search_top_pages(s, page_search::exact_int8, q, sel[1], sc[1], work[1], scratch).is_ok());
+      set_int8_kernel_vnni(before);
+      EXPECT_EQ(sel[0], sel[1]);
+      EXPECT_EQ(work[0].pages_rescored, work[1].pages_rescored);
+      EXPECT_EQ(work[0].bytes(), work[1].bytes());
+    }
+  }
+}
+
 TEST(exact_search_index, bad_input_is_an_error) {
   std::mt19937_64 gen(base_seed());
   kv_head_shape flat_shape = shape_of(64, 16);
