@@ -676,6 +676,9 @@ gpu_host_state::reply_key gpu_host_state::read_partial(const transport::envelope
   r.answer.part.lse = transport::view_as<float>(p.getLse()).vec();
   r.answer.bytes_scanned = p.getBytesScanned();
   r.answer.flops = p.getFlops();
+  r.answer.search.int_ops = p.getIntOps();
+  r.answer.search.pages = p.getSearchPages();
+  r.answer.search.pages_rescored = p.getSearchRescored();
   auto ids = transport::view_as<uint32_t>(p.getPageIds());
   r.answer.pages.assign(ids.begin(), ids.end());
   device_bytes_held_[env.sender] = p.getDeviceBytesHeld();
@@ -697,6 +700,9 @@ gpu_host_state::reply_key gpu_host_state::read_candidates(transport::wire::Candi
   // Bytes scanned and FLOPs of the scoring: the summaries of the shard's pages.
   r.answer.bytes_scanned = c.getBytesScanned();
   r.answer.flops = c.getFlops();
+  r.answer.search.int_ops = c.getIntOps();
+  r.answer.search.pages = c.getSearchPages();
+  r.answer.search.pages_rescored = c.getSearchRescored();
   return {c.getRequestId(), c.getLayer(), c.getKvHead(), c.getShardId(), reply_kind::candidates};
 }
 
@@ -833,6 +839,7 @@ void gpu_host_state::report_steps(run_report& rep) const {
   uint64_t link = 0, dev = 0;
   double dense = 0, lnk = 0, devns = 0, merge = 0, lm = 0, live_bytes = 0, gattn = 0, copy = 0;
   double live_flops = 0;
+  double live_int_ops = 0;
   uint64_t copy_bytes = 0, steady_hits = 0, selected = 0;
   // Per-step figures are over decode steps (open workloads also run prefill-only steps);
   // tokens, energy and time over every step.
@@ -855,6 +862,7 @@ void gpu_host_state::report_steps(run_report& rep) const {
     copy_bytes += s.copy_bytes, steady_hits += s.steady_hits, selected += s.selected_pages;
     live_bytes += double(s.emulated_bytes_read);
     live_flops += s.emulated_flops;
+    live_int_ops += s.emulated_int_ops;
   }
   const double n = std::max<size_t>(1, decode_steps);
   rep.virtual_step_ms_mean = vt / n / 1e6;
@@ -899,6 +907,7 @@ void gpu_host_state::report_steps(run_report& rep) const {
     // The live bytes the devices scanned per step: what the wall-time bound is made of.
     rep.live_device_bytes_per_step = uint64_t(live_bytes / n);
     rep.live_device_flops_per_step = live_flops / n;
+    rep.live_device_int_ops_per_step = live_int_ops / n;
   }
   if (engine_ && open_ && sched_) rep.tokens_out = uint64_t(tokens);
 }

@@ -146,6 +146,7 @@ std::string run_report::to_json() const {
                {"kernel_threads", kernel_threads},
                {"live_device_bytes_per_step", live_device_bytes_per_step},
                {"live_device_flops_per_step", num(live_device_flops_per_step)},
+               {"live_device_int_ops_per_step", num(live_device_int_ops_per_step)},
                {"step_bound_ms", num(step_bound_ms)},
                {"step_overhead_ratio", num(step_overhead_ratio)}};
   j["virtual"] = {{"step_ms_mean", num(virtual_step_ms_mean)},
@@ -285,6 +286,7 @@ void read_accuracy_and_wall(const nlohmann::json& j, run_report& r) {
   r.read_gbps_measured = get_num(j, "wall", "read_gbps_measured");
   r.peak_gflops_measured = get_num(j, "wall", "peak_gflops_measured");
   r.live_device_flops_per_step = get_num(j, "wall", "live_device_flops_per_step");
+  r.live_device_int_ops_per_step = get_num(j, "wall", "live_device_int_ops_per_step");
   r.step_bound_ms = get_num(j, "wall", "step_bound_ms");
   r.step_overhead_ratio = get_num(j, "wall", "step_overhead_ratio");
   if (j.contains("wall")) {
@@ -526,7 +528,10 @@ void run_report::table_accuracy_wall(table& t) const {
                                           f("%.2f", step_wall_ms_mean) + " / " +
                                           f("%.2f ms", step_wall_ms_max));
   row("device work per step", f("%.1f MB", double(live_device_bytes_per_step) / 1e6) + ", " +
-                                  f("%.2f Gflop", live_device_flops_per_step / 1e9));
+                                  f("%.2f Gflop", live_device_flops_per_step / 1e9) +
+                                  (live_device_int_ops_per_step > 0
+                                       ? f(", %.2f G integer ops", live_device_int_ops_per_step / 1e9)
+                                       : std::string()));
   row("read bw / compute peak measured",
       f("%.1f GB/s", read_gbps_measured) + " / " + f("%.1f Gflop/s", peak_gflops_measured) +
           " (" + std::to_string(kernel_threads) + " kernel threads)");

@@ -42,6 +42,9 @@ void expect_same_outputs(const std::vector<std::string>& sets, bool fewer_bytes)
   EXPECT_EQ(a.output_rel_err_mean, b.output_rel_err_mean);
   EXPECT_EQ(a.attention_mass_recall_mean, b.attention_mass_recall_mean);
   if (!std::isnan(a.needle_hit_rate)) EXPECT_EQ(a.needle_hit_rate, b.needle_hit_rate);
+  // Integer ops are exact-int8's only (its bounds), counted and reported.
+  EXPECT_EQ(a.live_device_int_ops_per_step, 0.0);
+  EXPECT_GT(b.live_device_int_ops_per_step, 0.0);
   if (fewer_bytes) {
     EXPECT_LT(b.live_device_bytes_per_step, a.live_device_bytes_per_step);
     EXPECT_LT(b.virtual_device_bytes_per_step, a.virtual_device_bytes_per_step);
