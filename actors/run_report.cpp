@@ -228,6 +228,14 @@ std::string run_report::calibration_json() const {
                  {"selection_overlap", v(cal_selection_overlap, cal_samples)},
                  {"recall_hit_fraction", v(cal_recall_hit_fraction, cal_recall_samples)},
                  {"selection_spread", v(std::max(1.0, cal_selection_spread), cal_samples)}};
+  // Only a run that searched with exact-int8 measures its rescoring (flat rescores all).
+  if (cal_search == "exact-int8" && cal_search_samples > 0) {
+    j["values"]["search_rescored_per_selected"] =
+        v(std::max(1.0, cal_search_rescored_per_selected), cal_search_samples);
+    j["measured"]["search"] = {{"search", cal_search},
+                               {"pages_per_search_min", cal_search_pages_min},
+                               {"pages_per_search_max", cal_search_pages_max}};
+  }
   return j.dump(2);
 }
 

@@ -135,7 +135,7 @@ struct run_report {
   // exact-int8 page search (core/exact_search.hpp): integer ops per step of the live
   // layers' device work, and the calibration of the pages it rescored.
   double live_device_int_ops_per_step = 0;
-  double cal_search_rescored_per_chosen = 0;  // pages rescored / pages chosen (besides forced)
+  double cal_search_rescored_per_selected = 0;  // pages rescored / pages selected
   double cal_search_pages_min = 0, cal_search_pages_max = 0;  // pages per search measured
   uint64_t cal_search_samples = 0;
   std::string cal_search;  // the selection.search measured ("" when no search ran)

@@ -147,6 +147,10 @@ status set_step(const run_spec& spec, run_setup& s) {
   st->summary_elem_bytes = s.gpu_query.summary_elem_bytes;
   st->heads_scored = spec.selection.gqa_aggregation == gqa_aggregation::max ? s.model.gqa_group() : 1;
   st->exact_cross_shard = s.host.cross_shard == cross_shard_selection::exact;
+  st->search = {spec.selection.search == page_search::exact_int8, st->cal.search_rescored_per_selected.value,
+                int8_summary_index::default_block_pages};
+  st->search_calibrated_pages_min = st->cal.measured_search_pages_min;
+  st->search_calibrated_pages_max = st->cal.measured_search_pages_max;
   st->steady_budget_pages = s.host.steady.budget_pages;
   st->summaries = s.host.summaries_resident ? summary_residence::hbm : summary_residence::link;
   // The recall cache the host engine runs (set_engines); TPOT predictions take its hit

@@ -139,6 +139,7 @@ void read_sim(const reader& r, sim_section& m) {
   m.calibration.selection_overlap = r.num("sim.selection_overlap");
   m.calibration.recall_hit_fraction = r.num("sim.recall_hit_fraction");
   m.calibration.selection_spread = r.num("sim.selection_spread");
+  m.calibration.search_rescored_per_selected = r.num("sim.search_rescored_per_selected");
   m.price_scale_gpu = r.num("sim.price_scale_gpu");
   m.price_scale_pnm = r.num("sim.price_scale_pnm");
   m.price_scale_expander = r.num("sim.price_scale_expander");

@@ -116,6 +116,7 @@ struct calibration_keys {
   double selection_overlap = 0.8;
   double recall_hit_fraction = 0.8;
   double selection_spread = 1;
+  double search_rescored_per_selected = 1;
 };
 
 struct sim_section {
