@@ -438,6 +438,16 @@ void read_faults_devices_calibration(const nlohmann::json& j, run_report& r) {
     if (c.contains("steady_hit_fraction")) r.cal_samples = c["steady_hit_fraction"].value("samples", uint64_t(0));
     if (c.contains("steady_churn_fraction")) r.cal_churn_samples = c["steady_churn_fraction"].value("samples", uint64_t(0));
     r.budget_tokens = j["calibration"]["measured"].value("budget_tokens", uint64_t(0));
+    if (c.contains("search_rescored_per_selected")) {
+      r.cal_search_rescored_per_selected = val("search_rescored_per_selected");
+      r.cal_search_samples = c["search_rescored_per_selected"].value("samples", uint64_t(0));
+    }
+    if (j["calibration"]["measured"].contains("search")) {
+      const auto& s = j["calibration"]["measured"]["search"];
+      r.cal_search = s.value("search", std::string());
+      r.cal_search_pages_min = s.value("pages_per_search_min", 0.0);
+      r.cal_search_pages_max = s.value("pages_per_search_max", 0.0);
+    }
   }
 }
 
