@@ -75,62 +75,74 @@ inline float summary_value(const void* summaries, bool bf16_summaries, size_t in
 }
 }  // namespace
 
-void int8_summary_index::requantise_element(uint32_t block, uint32_t i, const void* summaries,
+// Re-quantises element i of the block's pages outside [skip_first, skip_last] (those are
+// quantised by the caller).
+void int8_summary_index::requantise_element(uint32_t block, uint32_t i, uint32_t skip_first,
+                                            uint32_t skip_last, const void* summaries,
                                             bool bf16_summaries) {
-  float* lo = lo_.data() + size_t(block) * len_;
-  float* hi = hi_.data() + size_t(block) * len_;
-  const float step = step_of(lo[i], hi[i]);
-  step_[size_t(block) * len_ + i] = step;
+  const size_t at = size_t(block) * len_ + i;
+  const float lo = lo_[at], step = step_[at];
   const bool up = i < len_ / 2;
   const uint32_t first = block * block_pages_;
   const uint32_t end = std::min(pages_, first + block_pages_);
   for (uint32_t p = first; p < end; ++p) {
+    if (p >= skip_first && p <= skip_last) continue;
     const float v = summary_value(summaries, bf16_summaries, size_t(p) * len_ + i);
-    page_codes(p)[i] = std::isfinite(v) ? quantise(v, lo[i], step, up) : 0;
+    page_codes(p)[i] = std::isfinite(v) ? quantise(v, lo, step, up) : 0;
   }
 }
 
-void int8_summary_index::update_page(uint32_t page, const void* summaries, bool bf16_summaries) {
+void int8_summary_index::update_pages(uint32_t first, uint32_t last, const void* summaries,
+                                      bool bf16_summaries) {
   PNMKV_CHECK(!empty(), "update of an empty int8 summary index");
-  PNMKV_CHECK(page <= pages_ && page < capacity_pages_, "page=", page, " pages=", pages_,
-              " capacity=", capacity_pages_);
-  const uint32_t b = page / block_pages_;
-  const size_t base = size_t(page) * len_;
-  if (page == pages_) {
-    ++pages_;
-    if (page % block_pages_ == 0) {  // a new block: its range starts at this page's values
-      PNMKV_CHECK_EQ(size_t(b) * len_, lo_.size());
-      lo_.resize(lo_.size() + len_);
-      hi_.resize(hi_.size() + len_);
-      step_.resize(step_.size() + len_, 0.0f);
-      non_finite_.push_back(0);
-      for (uint32_t i = 0; i < len_; ++i) {
-        const float v = summary_value(summaries, bf16_summaries, base + i);
-        lo_[size_t(b) * len_ + i] = std::isfinite(v) ? v : 0.0f;
-        hi_[size_t(b) * len_ + i] = std::isfinite(v) ? v : 0.0f;
-      }
+  PNMKV_CHECK(first <= last && first <= pages_ && last < capacity_pages_, "first=", first,
+              " last=", last, " pages=", pages_, " capacity=", capacity_pages_);
+  constexpr float inf = std::numeric_limits<float>::infinity();
+  if (last + 1 > pages_) {  // new pages, and the blocks they start (empty ranges)
+    pages_ = last + 1;
+    const uint32_t blocks_now = blocks(pages_);
+    if (size_t(blocks_now) * len_ > lo_.size()) {
+      lo_.resize(size_t(blocks_now) * len_, inf);
+      hi_.resize(size_t(blocks_now) * len_, -inf);
+      step_.resize(size_t(blocks_now) * len_, 0.0f);
+      non_finite_.resize(blocks_now, 0);
     }
   }
-  float* lo = lo_.data() + size_t(b) * len_;
-  float* hi = hi_.data() + size_t(b) * len_;
-  uint8_t* codes = page_codes(page);
-  for (uint32_t i = 0; i < len_; ++i) {
-    const float v = summary_value(summaries, bf16_summaries, base + i);
-    if (!std::isfinite(v)) {
-      // Sticky: the search scans this store flat from now on (always exact).
-      if (!non_finite_[b]) {
-        non_finite_[b] = 1;
-        ++non_finite_blocks_;
+  for (uint32_t b = first / block_pages_; b <= last / block_pages_; ++b) {
+    const uint32_t p0 = std::max(first, b * block_pages_);
+    const uint32_t p1 = std::min(last, (b + 1) * block_pages_ - 1);
+    float* lo = lo_.data() + size_t(b) * len_;
+    float* hi = hi_.data() + size_t(b) * len_;
+    float* step = step_.data() + size_t(b) * len_;
+    for (uint32_t i = 0; i < len_; ++i) {
+      float mn = lo[i], mx = hi[i];
+      for (uint32_t p = p0; p <= p1; ++p) {
+        const float v = summary_value(summaries, bf16_summaries, size_t(p) * len_ + i);
+        if (!std::isfinite(v)) {
+          // Sticky: the search scans this store flat from now on (always exact).
+          if (!non_finite_[b]) {
+            non_finite_[b] = 1;
+            ++non_finite_blocks_;
+          }
+          continue;
+        }
+        mn = std::min(mn, v);
+        mx = std::max(mx, v);
       }
-      codes[i] = 0;
-      continue;
+      if (mn > mx) mn = mx = 0.0f;  // no finite value yet
+      if (mn < lo[i] || mx > hi[i]) {
+        lo[i] = std::min(lo[i], mn);
+        hi[i] = std::max(hi[i], mx);
+        step[i] = step_of(lo[i], hi[i]);
+        requantise_element(b, i, p0, p1, summaries, bf16_summaries);
+      }
     }
-    if (v < lo[i] || v > hi[i]) {
-      lo[i] = std::min(lo[i], v);
-      hi[i] = std::max(hi[i], v);
-      requantise_element(b, i, summaries, bf16_summaries);
-    } else {
-      codes[i] = quantise(v, lo[i], step_[size_t(b) * len_ + i], i < len_ / 2);
+    for (uint32_t p = p0; p <= p1; ++p) {
+      uint8_t* codes = page_codes(p);
+      for (uint32_t i = 0; i < len_; ++i) {
+        const float v = summary_value(summaries, bf16_summaries, size_t(p) * len_ + i);
+        codes[i] = std::isfinite(v) ? quantise(v, lo[i], step[i], i < len_ / 2) : 0;
+      }
     }
   }
 }

@@ -55,7 +55,12 @@ class int8_summary_index {
   // block range re-quantises that element of the block's other pages from it. Pages are
   // updated in order (a page's first update is for page == pages held so far, or a later
   // update of an already held page).
-  void update_page(uint32_t page, const void* summaries, bool bf16);
+  void update_page(uint32_t page, const void* summaries, bool bf16) {
+    update_pages(page, page, summaries, bf16);
+  }
+  // The same for pages [first, last] at once (one append): each block's ranges widen once
+  // for all of them, so a prefill chunk quantises each page about once.
+  void update_pages(uint32_t first, uint32_t last, const void* summaries, bool bf16);
 
   // Codes of all pages, contiguous, len bytes per page.
   const uint8_t* codes() const { return codes_.get(); }
@@ -84,7 +89,8 @@ class int8_summary_index {
   static uint8_t quantise(float v, float lo, float step, bool round_up);
 
  private:
-  void requantise_element(uint32_t block, uint32_t i, const void* summaries, bool bf16);
+  void requantise_element(uint32_t block, uint32_t i, uint32_t skip_first, uint32_t skip_last,
+                          const void* summaries, bool bf16);
   uint8_t* page_codes(uint32_t page) { return codes_.get() + size_t(page) * len_; }
 
   struct free_deleter {

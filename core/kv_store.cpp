@@ -205,7 +205,6 @@ void kv_head_store::update_summary(uint32_t local_page, uint32_t first_row, uint
     std::memcpy(sum_bytes, mx, d * sizeof(float));
     std::memcpy(sum_bytes + d * sizeof(float), mn, d * sizeof(float));
   }
-  if (!int8_.empty()) int8_.update_page(local_page, summaries_.get(), bf);
 }
 
 template <class Src>
@@ -266,6 +265,7 @@ status kv_head_store::append_rows(uint64_t position, const Src* k, const Src* v,
 
   uint64_t done = 0;
   uint64_t pos = position;
+  const uint32_t first_touched = continues ? page_count() - 1 : page_count();
   while (done < n_tokens) {
     uint32_t local;
     uint32_t first_row;
@@ -299,6 +299,11 @@ status kv_head_store::append_rows(uint64_t position, const Src* k, const Src* v,
     pos += rows;
   }
   tokens_ += n_tokens;
+  // The int8 summaries of every page this append touched, at once (int8_summaries.hpp).
+  if (!int8_.empty()) {
+    int8_.update_pages(first_touched, page_count() - 1, summaries_.get(),
+                       shape_.summaries == summary_precision::bf16);
+  }
   return status::ok();
 }
 
