@@ -72,6 +72,21 @@ struct Stop {            # driver -> coordinator -> gpu host: end the run now (S
   reason @0 :Text;       # SIGTERM to the launcher) and report what finished
 }
 
+struct CopyAsk {         # gpu host -> coordinator: a shard fell below cluster.replication copies
+  requestId @0 :UInt64;  # (re-replication) or lost its last one (recompute): place a new copy
+  shardId @1 :UInt32;
+  recompute @2 :Bool;    # no live copy: the new one is rebuilt from the prompt
+}
+
+struct CopyGrant {       # coordinator -> gpu host: the device that took the new copy (it holds
+  requestId @0 :UInt64;  # the shard's stores now), or why no device can
+  shardId @1 :UInt32;
+  deviceId @2 :UInt32;   # not ok: the device that failed to take it (ask again: it is not
+                         # chosen twice), or 0 when no device can
+  ok @3 :Bool;
+  reason @4 :Text;
+}
+
 struct Control {
   version @0 :UInt16;
   sender @1 :UInt32;
@@ -88,5 +103,7 @@ struct Control {
     admit @11 :Admit;
     release @12 :Release;
     stop @13 :Stop;
+    copyAsk @14 :CopyAsk;
+    copyGrant @15 :CopyGrant;
   }
 }

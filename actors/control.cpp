@@ -11,9 +11,9 @@
 namespace pnmkv::control {
 
 using W = wire::Control::Body::Which;
-static_assert(static_cast<int>(W::HELLO) == 0 && static_cast<int>(W::STOP) == 11,
+static_assert(static_cast<int>(W::HELLO) == 0 && static_cast<int>(W::COPY_GRANT) == 13,
               "the union's alternatives in their schema order");
-inline constexpr unsigned msg_kind_count = 12;
+inline constexpr unsigned msg_kind_count = 14;
 
 const char* to_string(msg_kind kind) {
   auto fields = capnp::Schema::from<wire::Control::Body>().getUnionFields();
@@ -122,6 +122,10 @@ void check(wire::Control::Body::Reader body) {
     case W::ADMIT: return request_id("admit.request_id", body.getAdmit().getRequestId());
     case W::RELEASE: return request_id("release.request_id", body.getRelease().getRequestId());
     case W::STOP: return text("stop.reason", body.getStop().getReason());
+    case W::COPY_ASK: return request_id("copy_ask.request_id", body.getCopyAsk().getRequestId());
+    case W::COPY_GRANT:
+      request_id("copy_grant.request_id", body.getCopyGrant().getRequestId());
+      return text("copy_grant.reason", body.getCopyGrant().getReason());
   }
   reject(errc::unsupported, "message kind {} unknown (a newer sender?)",
          static_cast<unsigned>(body.which()));
@@ -179,6 +183,8 @@ PNMKV_BODY_READER(MemberDown, member_down, MEMBER_DOWN, getMemberDown)
 PNMKV_BODY_READER(Admit, admit, ADMIT, getAdmit)
 PNMKV_BODY_READER(Release, release, RELEASE, getRelease)
 PNMKV_BODY_READER(Stop, stop, STOP, getStop)
+PNMKV_BODY_READER(CopyAsk, copy_ask, COPY_ASK, getCopyAsk)
+PNMKV_BODY_READER(CopyGrant, copy_grant, COPY_GRANT, getCopyGrant)
 #undef PNMKV_BODY_READER
 
 result<received> decode(const std::string& bytes) {

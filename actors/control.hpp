@@ -95,6 +95,8 @@ class received : public transport::validated_bytes {
   wire::Admit::Reader admit() const;
   wire::Release::Reader release() const;
   wire::Stop::Reader stop() const;
+  wire::CopyAsk::Reader copy_ask() const;
+  wire::CopyGrant::Reader copy_grant() const;
 
  private:
   friend struct received_access;

@@ -243,6 +243,16 @@ void coordinator_state::fence(uint32_t id, const std::string& reason) {
     decide(rid, false, "device " + std::to_string(id) + " went down while request " +
                            std::to_string(rid) + " was being placed");
   }
+  for (auto c = copy_acks_.begin(); c != copy_acks_.end();) {
+    if (c->first.second != id) {
+      ++c;
+      continue;
+    }
+    const auto [rid, dev] = c->first;
+    const uint32_t shard = c->second;
+    c = copy_acks_.erase(c);
+    send_copy_grant(rid, shard, dev, "device " + std::to_string(dev) + " went down while taking the copy");
+  }
 }
 
 void coordinator_state::on_stop(const std::string& bytes, const std::string& reason) {
@@ -303,6 +313,7 @@ void coordinator_state::on_control(const std::string& bytes) {
     case control::msg_kind::ADMIT: return on_admit(m->admit());
     case control::msg_kind::RELEASE: return release(m->release().getRequestId());
     case control::msg_kind::PLACEMENT_ACK: return on_placement_ack(m->placement_ack());
+    case control::msg_kind::COPY_ASK: return on_copy_ask(m->copy_ask());
     default: return;  // the coordinator's own kinds, addressed to others
   }
 }
@@ -352,8 +363,43 @@ void coordinator_state::on_admit(control::wire::Admit::Reader ad) {
   if (!why.empty()) decide(id, false, why);
 }
 
+void coordinator_state::on_copy_ask(control::wire::CopyAsk::Reader a) {
+  const uint64_t id = a.getRequestId();
+  const uint32_t shard = a.getShardId();
+  auto dev = admission_.add_copy(id, shard);
+  if (!dev) return send_copy_grant(id, shard, 0, dev.error().message());
+  const member* m = find_member(*dev);
+  if (!m) return send_copy_grant(id, shard, 0, "device " + std::to_string(*dev) + " is not a member");
+  cluster_log().info("event=copy_placed request={} shard={} device={} recompute={}", id, shard, *dev,
+                     a.getRecompute());
+  copy_acks_[{id, *dev}] = shard;
+  // It learns its shard as every holder does: from the request's placement, which lists it.
+  self_->send(m->hdl, member_atom::value, membership_bytes({id}));
+}
+
+void coordinator_state::send_copy_grant(uint64_t request_id, uint32_t shard_id, uint32_t device,
+                                        const std::string& why) {
+  const member* host = find_member(gpu_host_node);
+  if (!host) return;
+  if (!why.empty())
+    cluster_log().warn("event=copy_refused request={} shard={} reason=\"{}\"", request_id, shard_id, why);
+  control::outbound out(self_id_, why.size());
+  auto g = out.body().initCopyGrant();
+  g.setRequestId(request_id);
+  g.setShardId(shard_id);
+  g.setDeviceId(device);
+  g.setOk(why.empty());
+  g.setReason(control::bounded_text(why));
+  self_->send(host->hdl, ctl_atom::value, wire_string(out));
+}
+
 void coordinator_state::on_placement_ack(control::wire::PlacementAck::Reader a) {
   const uint64_t id = a.getRequestId();
+  if (auto c = copy_acks_.find({id, a.getNodeId()}); c != copy_acks_.end()) {
+    const uint32_t shard = c->second;
+    copy_acks_.erase(c);
+    return send_copy_grant(id, shard, a.getNodeId(), a.getOk() ? "" : a.getReason().cStr());
+  }
   auto it = awaiting_acks_.find(id);
   if (it == awaiting_acks_.end()) return;
   if (!a.getOk()) {

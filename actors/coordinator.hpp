@@ -49,6 +49,11 @@ class coordinator_state {
   void on_submit(const control::request_spec& spec, const caf::actor& sender);
   void on_admit(control::wire::Admit::Reader ad);
   void on_placement_ack(control::wire::PlacementAck::Reader a);
+  // The GPU host asks for a new copy of a shard after a loss (docs/DESIGN.md §7): admission
+  // picks the device (admission::add_copy), which learns the shard from the placement and
+  // acknowledges; then the GPU host gets the device (CopyGrant), or why there is none.
+  void on_copy_ask(control::wire::CopyAsk::Reader a);
+  void send_copy_grant(uint64_t request_id, uint32_t shard_id, uint32_t device, const std::string& why);
   // The driver asks to end the run now: the GPU host reports what finished.
   void on_stop(const std::string& bytes, const std::string& reason);
   // A device lost (the GPU host failed it over, or its connection went down): nothing new
@@ -106,6 +111,8 @@ class coordinator_state {
   admission admission_;
   std::map<uint64_t, control::request_spec> specs_;
   std::map<uint64_t, std::set<uint32_t>> awaiting_acks_;
+  // New copies placed, waiting for their device's ack: (request, device) -> shard.
+  std::map<std::pair<uint64_t, uint32_t>, uint32_t> copy_acks_;
   std::vector<uint64_t> ready_requests_;
   uint32_t decided_ = 0;
   bool started_ = false;

@@ -25,15 +25,26 @@ namespace {
 uint64_t store_bytes(const kv_head_shape& s, uint64_t pages) { return device_store_bytes(s, pages); }
 }  // namespace
 
-const shard_placement* device_engine::shard_of(uint64_t request_id) const {
-  auto it = shards_.find(request_id);
+const shard_placement* device_engine::shard(uint64_t request_id, uint32_t shard_id) const {
+  auto it = shards_.find({request_id, shard_id});
   return it == shards_.end() ? nullptr : &it->second;
 }
 
+bool device_engine::holds(uint64_t request_id) const {
+  auto it = shards_.lower_bound({request_id, 0});
+  return it != shards_.end() && it->first.first == request_id;
+}
+
+const shard_placement* device_engine::holder(uint64_t request_id, uint32_t kv_head, uint64_t page) const {
+  for (auto it = shards_.lower_bound({request_id, 0}); it != shards_.end() && it->first.first == request_id; ++it)
+    if (it->second.holds_head(kv_head) && it->second.holds_page(page)) return &it->second;
+  return nullptr;
+}
+
 status device_engine::add_shard(uint64_t request_id, const shard_placement& shard) {
-  if (shards_.count(request_id))
-    return {errc::invalid_argument, "device " + std::to_string(cfg_.device_id) +
-                                        " already holds a shard of request " +
+  if (shards_.count({request_id, shard.shard_id}))
+    return {errc::invalid_argument, "device " + std::to_string(cfg_.device_id) + " already holds shard " +
+                                        std::to_string(shard.shard_id) + " of request " +
                                         std::to_string(request_id)};
   if (shard.kv_head_end <= shard.kv_head_begin)
     return {errc::invalid_argument, "shard holds no KV head"};
@@ -49,58 +60,59 @@ status device_engine::add_shard(uint64_t request_id, const shard_placement& shar
     for (uint32_t h = shard.kv_head_begin; h < shard.kv_head_end; ++h) {
       auto store = kv_head_store::create(cfg_.shape, capacity_tokens);
       if (!store) {
-        release(request_id);
+        for (auto st = stores_.lower_bound(key{request_id, shard.shard_id, 0, 0});
+             st != stores_.end() && std::get<0>(st->first) == request_id && std::get<1>(st->first) == shard.shard_id;)
+          st = stores_.erase(st);
         return store.error();
       }
-      stores_.emplace(key{request_id, layer, h}, std::move(store).value());
+      stores_.emplace(key{request_id, shard.shard_id, layer, h}, std::move(store).value());
     }
   }
-  shards_.emplace(request_id, shard);
+  shards_.emplace(std::make_pair(request_id, shard.shard_id), shard);
   reserved_bytes_ += need;
   return {};
 }
 
 void device_engine::release(uint64_t request_id) {
-  auto it = shards_.find(request_id);
-  if (it != shards_.end()) {
+  for (auto it = shards_.lower_bound({request_id, 0}); it != shards_.end() && it->first.first == request_id;) {
     const auto& s = it->second;
     reserved_bytes_ -= store_bytes(cfg_.shape, s.pages_held) * (s.kv_head_end - s.kv_head_begin) *
                        cfg_.live_layers;
-    shards_.erase(it);
+    it = shards_.erase(it);
   }
-  for (auto st = stores_.lower_bound(key{request_id, 0, 0});
+  for (auto st = stores_.lower_bound(key{request_id, 0, 0, 0});
        st != stores_.end() && std::get<0>(st->first) == request_id;)
     st = stores_.erase(st);
 }
 
-kv_head_store* device_engine::find_mut(uint64_t request_id, uint32_t layer, uint32_t kv_head) {
-  auto it = stores_.find(key{request_id, layer, kv_head});
+kv_head_store* device_engine::find_mut(uint64_t request_id, uint32_t shard_id, uint32_t layer, uint32_t kv_head) {
+  auto it = stores_.find(key{request_id, shard_id, layer, kv_head});
   return it == stores_.end() ? nullptr : &it->second;
 }
 
-const kv_head_store* device_engine::find(uint64_t request_id, uint32_t layer,
+const kv_head_store* device_engine::find(uint64_t request_id, uint32_t shard_id, uint32_t layer,
                                          uint32_t kv_head) const {
-  auto it = stores_.find(key{request_id, layer, kv_head});
+  auto it = stores_.find(key{request_id, shard_id, layer, kv_head});
   return it == stores_.end() ? nullptr : &it->second;
 }
 
 status device_engine::write(uint64_t request_id, uint32_t layer, uint32_t kv_head,
                             uint64_t position, const bf16* k, const bf16* v, uint64_t n_tokens) {
-  kv_head_store* s = find_mut(request_id, layer, kv_head);
+  const uint32_t ps = cfg_.shape.page_size_tokens;
+  const shard_placement* sh = holder(request_id, kv_head, position / ps);
+  kv_head_store* s = sh ? find_mut(request_id, sh->shard_id, layer, kv_head) : nullptr;
   if (!s)
     return {errc::out_of_range, "device " + std::to_string(cfg_.device_id) +
                                     " holds no shard of (request " + std::to_string(request_id) +
                                     ", layer " + std::to_string(layer) + ", KV head " +
-                                    std::to_string(kv_head) + ")"};
+                                    std::to_string(kv_head) + ", position " + std::to_string(position) + ")"};
   // Repeated and early writes (retries over a lossy fabric): rows the store holds already
   // are acknowledged without a change; a write that leaves a gap before it is refused
   // with errc::not_ready so the caller holds it until the gap is filled. A write's rows
   // are all in this shard (the host cuts writes where pages change shard).
-  auto sh = shards_.find(request_id);
-  if (sh != shards_.end() && n_tokens > 0) {
-    const uint32_t ps = cfg_.shape.page_size_tokens;
-    const uint64_t before = sh->second.tokens_held_at(position, ps);
-    const uint64_t after = sh->second.tokens_held_at(position + n_tokens, ps);
+  if (n_tokens > 0) {
+    const uint64_t before = sh->tokens_held_at(position, ps);
+    const uint64_t after = sh->tokens_held_at(position + n_tokens, ps);
     const uint64_t held = s->token_count();
     if (after <= held) return status::ok();  // every row is here already
     if (before > held)
@@ -129,7 +141,8 @@ status device_engine::read_pages(uint64_t request_id, uint32_t layer, uint32_t k
                                  const std::vector<uint64_t>& pages,
                                  std::vector<uint32_t>& rows_per_page, std::vector<bf16>& k,
                                  std::vector<bf16>& v) const {
-  const kv_head_store* s = find(request_id, layer, kv_head);
+  const shard_placement* sh = pages.empty() ? nullptr : holder(request_id, kv_head, pages.front());
+  const kv_head_store* s = sh ? find(request_id, sh->shard_id, layer, kv_head) : nullptr;
   if (!s)
     return {errc::out_of_range, "device " + std::to_string(cfg_.device_id) +
                                     " holds no shard of (request " + std::to_string(request_id) +
@@ -165,10 +178,10 @@ status device_engine::query(const device_query& q, device_answer& out) {
   out.bytes_scanned = 0;
   out.flops = 0;
   out.search = {};
-  const kv_head_store* s = find(q.request_id, q.layer, q.kv_head);
+  const kv_head_store* s = find(q.request_id, q.shard_id, q.layer, q.kv_head);
   if (!s)
-    return {errc::out_of_range, "device " + std::to_string(cfg_.device_id) +
-                                    " holds no shard of (request " + std::to_string(q.request_id) +
+    return {errc::out_of_range, "device " + std::to_string(cfg_.device_id) + " holds no shard " +
+                                    std::to_string(q.shard_id) + " of (request " + std::to_string(q.request_id) +
                                     ", layer " + std::to_string(q.layer) + ", KV head " +
                                     std::to_string(q.kv_head) + ")"};
   if (q.group == 0 || q.group > 256 || !q.q)

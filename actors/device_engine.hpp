@@ -1,5 +1,6 @@
 // What a PNM device does, free of CAF and of the wire: holds the shards placed on it (one
-// kv_head_store per (request, layer, KV head) it holds), takes page writes and token
+// kv_head_store per (request, shard, layer, KV head) it holds: a device may hold several
+// shards of one request, e.g. a new copy placed after a loss), takes page writes and token
 // appends, and answers queries — score its pages, select, attend, return a partial — while
 // counting the bytes it scans and the FLOPs it does so the cost model can price the work.
 // The pnm_device actor decodes messages and calls this; tests call it directly.
@@ -30,6 +31,7 @@ struct device_engine_config {
 
 struct device_query {
   uint64_t request_id = 0;
+  uint32_t shard_id = 0;          // which of the request's shards here (placement order)
   uint32_t step = 0;
   uint32_t layer = 0;
   uint32_t kv_head = 0;
@@ -62,20 +64,22 @@ class device_engine {
   const device_engine_config& config() const { return cfg_; }
 
   // Creates the stores of a shard placed here: for each live layer and each held KV head.
-  // capacity is the shard's pages at the request's final length.
+  // capacity is the shard's pages at the request's final length. A shard held already is
+  // an error.
   status add_shard(uint64_t request_id, const shard_placement& shard);
-  // Drops every store of a request.
+  // Drops every store of a request (all its shards here).
   void release(uint64_t request_id);
 
-  // Writes n_tokens K/V rows of (request, layer, kv_head) at global token `position`.
+  // Writes n_tokens K/V rows of (request, layer, kv_head) at global token `position`, to
+  // the shard here that holds that head and page (a write never spans shards).
   // Idempotent: rows already held (a write repeated by a retry) are not written again.
   status write(uint64_t request_id, uint32_t layer, uint32_t kv_head, uint64_t position,
                const bf16* k, const bf16* v, uint64_t n_tokens);
 
   status query(const device_query& q, device_answer& out);
 
-  // Copies the K and V rows of the listed global pages (ascending) of (request, layer,
-  // kv_head): what a passive expander serves to a recall. rows_per_page receives each
+  // Copies the K and V rows of the listed global pages (ascending, of one shard) of
+  // (request, layer, kv_head): what a passive expander serves to a recall. rows_per_page receives each
   // page's token count; k and v receive the rows back to back. Counts the bytes read.
   status read_pages(uint64_t request_id, uint32_t layer, uint32_t kv_head,
                     const std::vector<uint64_t>& pages, std::vector<uint32_t>& rows_per_page,
@@ -90,17 +94,21 @@ class device_engine {
   // device_service_done). Returns the time the work is done. Monotone.
   double charge(double arrival_ns, double cost_ns);
   double clock_ns() const { return clock_ns_; }
-  const kv_head_store* find(uint64_t request_id, uint32_t layer, uint32_t kv_head) const;
-  // The shard of `request_id` placed here, or null.
-  const shard_placement* shard_of(uint64_t request_id) const;
+  const kv_head_store* find(uint64_t request_id, uint32_t shard_id, uint32_t layer, uint32_t kv_head) const;
+  // Shard `shard_id` of `request_id` placed here, or null.
+  const shard_placement* shard(uint64_t request_id, uint32_t shard_id) const;
+  // Whether any shard of the request is here.
+  bool holds(uint64_t request_id) const;
 
  private:
-  using key = std::tuple<uint64_t, uint32_t, uint32_t>;
-  kv_head_store* find_mut(uint64_t request_id, uint32_t layer, uint32_t kv_head);
+  using key = std::tuple<uint64_t, uint32_t, uint32_t, uint32_t>;  // (request, shard, layer, head)
+  kv_head_store* find_mut(uint64_t request_id, uint32_t shard_id, uint32_t layer, uint32_t kv_head);
+  // The shard here holding (kv_head, global page) of the request, or null.
+  const shard_placement* holder(uint64_t request_id, uint32_t kv_head, uint64_t page) const;
 
   device_engine_config cfg_;
   std::map<key, kv_head_store> stores_;
-  std::map<uint64_t, shard_placement> shards_;  // by request
+  std::map<std::pair<uint64_t, uint32_t>, shard_placement> shards_;  // by (request, shard)
   uint64_t reserved_bytes_ = 0;
   double clock_ns_ = 0;
   std::vector<float> scores_;  // scratch

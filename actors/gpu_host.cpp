@@ -37,6 +37,7 @@ caf::behavior gpu_host_actor(gpu_host_state::actor_type* self, std::shared_ptr<c
       [self](peer_down_atom, uint32_t peer) { self->state.on_peer_down(peer); },
       [self](retry_atom, uint64_t epoch) { self->state.on_retry(epoch); },
       [self](silence_atom) { self->state.on_silence(); },
+      [self](backlog_atom) { self->state.on_backlog(); },
   };
 }
 
@@ -91,6 +92,7 @@ void gpu_host_state::put_write(const device_work& w, transport::wire::Envelope::
     pw.setK(transport::as_data(w.k));
     pw.setV(transport::as_data(w.v));
     pw.setCrc32c(crc);
+    pw.setStep(prefill_done_ || open_ ? step_ : 0);
     return;
   }
   auto ta = body.initTokenAppend();
@@ -103,6 +105,7 @@ void gpu_host_state::put_write(const device_work& w, transport::wire::Envelope::
   ta.setK(transport::as_data(w.k));
   ta.setV(transport::as_data(w.v));
   ta.setCrc32c(crc);
+  ta.setStep(step_);
 }
 
 namespace {
@@ -122,7 +125,7 @@ void gpu_host_state::put_recall(const device_work& w, transport::wire::Envelope:
   rr.setKvHead(w.kv_head);
   rr.setNPages(static_cast<uint32_t>(w.pages.size()));
   put_ids(w.pages, rr.initPageIds(id_bytes(w.pages)));
-  tags_[reply_key{w.request_id, w.layer, w.kv_head, w.shard_id, reply_kind::recall}] = w.tag;
+  if (!w.rebuild) tags_[reply_key{w.request_id, w.layer, w.kv_head, w.shard_id, reply_kind::recall}] = w.tag;
 }
 
 void gpu_host_state::put_query(const device_work& w, transport::wire::Envelope::Body::Builder body) {
@@ -155,11 +158,42 @@ void gpu_host_state::send_all(std::vector<device_work>& work) {
     }
     auto s = send_work(w);
     if (!s) {
+      // This node's own endpoint is down: no device is to blame.
+      if (fab_->self_down()) return fail_run("the GPU host's fabric endpoint is down (" + s.to_string() + ")");
+      // Back-pressure (the device's inbox or this link's send queue is full): not a loss;
+      // sent again shortly, in order.
+      if (s.code() == errc::capacity) {
+        hold_back(std::move(w), s);
+        if (finished_) return;
+        continue;
+      }
       device_lost(w.device_id, "send failed: " + s.to_string());
       if (finished_) return;
       continue;
     }
   }
+}
+
+void gpu_host_state::hold_back(device_work&& w, const status& why) {
+  if (backlog_.empty() && backlog_logged_++ < 8)
+    cluster_log().info("event=backpressure device={} reason=\"{}\"", w.device_id, why.to_string());
+  if (backlog_.size() >= backlog_max)
+    return fail_run("back-pressure: " + std::to_string(backlog_max) + " messages held for full inboxes or send " +
+                    "queues (fabric.inbox_depth, fabric.send_queue_depth): " + why.to_string());
+  backlog_.push_back(std::move(w));
+  if (!backlog_tick_) {
+    backlog_tick_ = true;
+    self_->delayed_send(self_, std::chrono::milliseconds(1), backlog_atom::value);
+  }
+}
+
+void gpu_host_state::on_backlog() {
+  backlog_tick_ = false;
+  if (finished_) return;
+  std::vector<device_work> again;
+  again.swap(backlog_);
+  ++backpressure_retries_;
+  send_all(again);  // what still finds no room is held again
 }
 
 // ---------------------------------------------------------------------------------------
@@ -304,6 +338,9 @@ void gpu_host_state::after_progress() {
 void gpu_host_state::boundary() {
   if (finished_) return;
   serving_scheduler& sc = *sched_;
+  // Rebuilds after a loss: a recompute finishes first, a copy moves one chunk (pump_rebuilds
+  // comes back here).
+  if (!sc.done() && !rebuild_at_boundary()) return;
   if (admitting_) {
     if (auto c = sc.next_candidate()) {
       awaiting_admission_ = *c;
@@ -332,6 +369,8 @@ void gpu_host_state::pump_prefill() {
   while (!prefill_exhausted_ && writes_out_.size() < setup_->prefill_window_chunks) {
     if (!engine_->next_prefill_chunk(work)) {
       prefill_exhausted_ = true;
+      if (!rebuilds_.empty()) pump_rebuilds();  // recomputes waited for the whole prompt
+      if (finished_) return;
       break;
     }
     prefill_chunks_sent_ += work.size();
@@ -379,7 +418,26 @@ void gpu_host_state::device_lost(uint32_t dev, const std::string& why) {
     it = std::get<0>(it->first) == dev ? writes_out_.erase(it) : std::next(it);
   send_all(fo->resend);
   if (finished_) return;
+  // Rebuilds that were putting their copy on it start again elsewhere; shards that lost a
+  // copy with it get one (docs/DESIGN.md §7).
+  for (auto& [key, job] : rebuilds_) {
+    if (job.target != dev) continue;
+    for (auto c = copy_tags_.begin(); c != copy_tags_.end();) c = c->second == key ? copy_tags_.erase(c) : std::next(c);
+    job.target = 0;
+    job.recalls_out = 0;
+    job.chunk_running = false;
+    job.chunk_epoch = UINT64_MAX;
+    job.next_page = 0;
+    job.layer = job.head_index = 0;
+    job.position = 0;
+    job.pass_done = false;
+    job.done_to.clear();
+    ask_copy(job);
+  }
+  for (const rebuild_need& n : fo->rebuild) plan_rebuild(n, what);
   if (!open_ && !prefill_done_) pump_prefill();
+  pump_rebuilds();
+  if (finished_) return;
   after_progress();
 }
 
@@ -391,6 +449,8 @@ void gpu_host_state::record_loss(uint32_t dev, const std::string& why) {
 
 void gpu_host_state::fail_request(uint64_t request_id, const std::string& reason) {
   if (!failed_.emplace(request_id, reason).second) return;
+  for (auto it = rebuilds_.lower_bound({request_id, 0}); it != rebuilds_.end() && it->first.first == request_id;)
+    rebuild_done(it++, "its request failed");
   cluster_log().error("event=request_failed request={} reason=\"{}\"", request_id, reason);
   placements_.erase(request_id);
   for (auto it = tags_.begin(); it != tags_.end();)
@@ -441,7 +501,7 @@ void gpu_host_state::on_silence() {
   self_->delayed_send(self_, std::max<std::chrono::milliseconds>(timeout / 2, std::chrono::milliseconds(1)),
                       silence_atom::value);
   if (!engine_) return;
-  const auto now = steady::now();
+  const auto now = self_->clock().now();  // the actor clock: virtual under detsim
   std::set<uint32_t> owing = engine_->devices_owing();
   for (const auto& [key, w] : writes_out_) owing.insert(std::get<0>(key));
   for (auto it = owing_since_.begin(); it != owing_since_.end();)
@@ -486,6 +546,7 @@ void gpu_host_state::on_control(const std::string& bytes) {
     }
     case control::msg_kind::ADMISSION: return on_admission(m->admission());
     case control::msg_kind::STOP: return stop_run(m->stop().getReason().cStr());
+    case control::msg_kind::COPY_GRANT: return on_copy_grant(m->copy_grant());
     case control::msg_kind::RUN_START: {
       std::vector<control::request_spec> requests;
       for (auto r : m->run_start().getRequests()) requests.push_back(control::from_wire(r));
@@ -614,7 +675,7 @@ void gpu_host_state::on_wire(std::vector<uint8_t>& bytes) {
   auto m = transport::decode(std::move(bytes), setup_->limits);
   if (!m) return;
   if (fenced(m->env())) return;
-  if (setup_->device_timeout_ms) heard_[m->env().sender] = steady::now();
+  if (setup_->device_timeout_ms) heard_[m->env().sender] = self_->clock().now();
   switch (m->kind()) {
     case transport::msg_kind::write_ack: return on_write_ack(m->env(), m->write_ack());
     case transport::msg_kind::partial:
@@ -634,12 +695,18 @@ void gpu_host_state::on_write_ack(const transport::envelope& env, transport::wir
   device_bytes_held_[env.sender] = ack.getDeviceBytesHeld();
   writes_out_.erase(write_key{env.sender, ack.getRequestId(), ack.getLayer(), ack.getKvHead(),
                               ack.getPosition0()});
+  if (!rebuilds_.empty()) pump_rebuilds();
+  if (finished_) return;
   if (open_) return after_progress();
   pump_prefill();
 }
 
 void gpu_host_state::on_reply(const transport::received& m) {
   if (!engine_ || finished_) return;
+  if (m.kind() == transport::msg_kind::recall_reply && on_copy_reply(m)) {
+    ++replies_seen_;
+    return;
+  }
   device_reply r;
   r.device_id = m.env().sender;
   r.vt_done_ns = m.env().vtime_ns;
@@ -725,6 +792,12 @@ gpu_host_state::reply_key gpu_host_state::read_recall(const transport::envelope&
 }
 
 void gpu_host_state::on_deadline(uint64_t epoch) {
+  if (epoch & boundary_deadline_bit) {
+    if (!finished_ && boundary_waiting_ && (epoch & ~boundary_deadline_bit) == step_epoch_)
+      fail_run("the boundary after decode step " + std::to_string(step_) + " waited for rebuilds after a device " +
+               "loss longer than run.step_timeout_ms = " + std::to_string(setup_->step_timeout_ms) + " ms");
+    return;
+  }
   if (epoch == 0) {
     if (!finished_ && !prefill_done_)
       fail_run("prefill missed its deadline of " + std::to_string(setup_->prefill_timeout_ms) +
@@ -779,6 +852,22 @@ void gpu_host_state::report_recovery(run_report& rep) const {
   for (const auto& [rid, why] : failed_) rep.failures.push_back("request " + std::to_string(rid) + ": " + why);
   rep.fenced_messages = fenced_messages_;
   rep.steps_done = steps_.size();
+  rep.rebuilds = rebuilt_;
+  for (const auto& [key, job] : rebuilds_) {  // still under way when the run ended
+    shard_rebuild r;
+    r.request_id = key.first;
+    r.shard_id = key.second;
+    r.kind = job.need.recompute ? "recompute" : "re-replicate";
+    r.source = job.need.recompute ? 0 : job.need.source;
+    r.target = job.target;
+    r.outcome = "unfinished when the run ended";
+    r.bytes = job.bytes;
+    r.tokens = job.tokens;
+    r.wall_ms = std::chrono::duration<double, std::milli>(steady::now() - job.detected).count();
+    r.stall_ms = job.stall_ns * 1e-6;
+    rep.rebuilds.push_back(std::move(r));
+  }
+  if (engine_) rep.recovery_stall_ms = engine_->recovery().stall_ns * 1e-6;
 }
 
 // What was run: the configuration, and what the engine measured for the simulator.

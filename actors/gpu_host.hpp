@@ -63,6 +63,8 @@ class gpu_host_state {
   void on_retry(uint64_t epoch);
   // cluster.device_timeout_ms: a device owing work that has been silent that long is lost.
   void on_silence();
+  // Sends held back by back-pressure, again (hold_back).
+  void on_backlog();
 
  private:
   using steady = std::chrono::steady_clock;
@@ -92,6 +94,13 @@ class gpu_host_state {
   void put_recall(const device_work& w, transport::wire::Envelope::Body::Builder body);
   void put_query(const device_work& w, transport::wire::Envelope::Body::Builder body);
   void send_all(std::vector<device_work>& work);
+  // Back-pressure: a send refused for a full inbox or send queue (errc::capacity) is held
+  // and sent again 1 ms later, in order; past backlog_max held messages the run fails.
+  void hold_back(device_work&& w, const status& why);
+  std::vector<device_work> backlog_;
+  bool backlog_tick_ = false;
+  uint64_t backlog_logged_ = 0, backpressure_retries_ = 0;
+  static constexpr size_t backlog_max = 1 << 16;
 
   // The run's course.
   void fail_run(const std::string& reason);
@@ -130,6 +139,59 @@ class gpu_host_state {
   // The run ends now at the driver's request (SIGINT / SIGTERM to the launcher): the
   // report of what finished goes to the driver.
   void stop_run(const std::string& reason);
+
+  // --- Rebuilding copies after a loss (docs/DESIGN.md §7; gpu_host_rebuild.cpp). One job
+  // per shard that needs a copy: asked of the coordinator (CopyAsk), which picks the device
+  // and has it take the shard (CopyGrant). A recompute starts at once (after the closed
+  // batch's prefill is out), its writes under the prefill window; no step starts while one
+  // runs, and a step waiting for the shard goes on when it is done. A re-replication copies
+  // one chunk per step boundary (recalls from the live copy, writes to the new one, all
+  // acknowledged before the step starts), the last one up to the shard's end, and then the
+  // new device is a replica. Their virtual time is charged by the engine as a stall.
+  struct rebuild_job {
+    rebuild_need need;
+    uint32_t target = 0;          // 0 until the coordinator grants one
+    uint32_t asks = 0;            // CopyAsk sent (a failed device is not chosen again)
+    steady::time_point detected;  // the loss that started it
+    std::string cause;            // that loss ("device 101 went down (...)")
+    double stall_ns = 0;          // virtual time its writes added to steps
+    uint64_t bytes = 0, tokens = 0;
+    // recompute: the cursor over the shard's live (layer, KV head) and tokens; what each
+    // (layer, KV head) was rebuilt up to (a pass that ends behind what was written since
+    // goes round again)
+    uint32_t layer = 0, head_index = 0;
+    uint64_t position = 0;
+    bool pass_done = false;
+    std::map<std::pair<uint32_t, uint32_t>, uint64_t> done_to;
+    // re-replication: the next page (index into the shard's pages written), the chunk in
+    // flight (recalls out, the boundary it ran at) and whether it reaches the shard's end
+    uint64_t next_page = 0, chunk_pages = 0;
+    uint32_t recalls_out = 0;
+    uint64_t chunk_epoch = UINT64_MAX;
+    uint32_t chunk_source = 0;
+    bool chunk_running = false, last_chunk = false;
+  };
+  using job_key = std::pair<uint64_t, uint32_t>;  // (request, shard)
+  void plan_rebuild(const rebuild_need& need, const std::string& cause);
+  void ask_copy(rebuild_job& job);
+  void on_copy_grant(control::wire::CopyGrant::Reader g);
+  // Moves the rebuilds on (recompute writes under the window, finished copies); resumes a
+  // step boundary that waited for them.
+  void pump_rebuilds();
+  // At a step boundary: true when the next step may start (no recompute running, this
+  // boundary's copy chunks done); else the chunks are started and pump_rebuilds resumes.
+  bool rebuild_at_boundary();
+  void start_copy_chunk(rebuild_job& job);
+  bool on_copy_reply(const transport::received& m);
+  void rebuild_done(std::map<job_key, rebuild_job>::iterator it, const std::string& outcome);
+  // After a rebuild (or a failed one): a shard still below cluster.replication gets another.
+  void check_copies(uint64_t request_id, uint32_t shard_id);
+  std::map<job_key, rebuild_job> rebuilds_;
+  std::map<reply_key, job_key> copy_tags_;   // copy recalls out -> their job
+  bool boundary_waiting_ = false;            // a step boundary waits for rebuilds
+  // Marks a deadline tick as a waiting boundary's (the rest is the step epoch).
+  static constexpr uint64_t boundary_deadline_bit = 1ull << 62;
+  std::vector<shard_rebuild> rebuilt_;       // finished (or given up), for the report
 
   // The report, in parts.
   run_report build_report() const;

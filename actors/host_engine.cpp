@@ -2,6 +2,7 @@
 
 #include "core/check.hpp"
 #include "model/work_sizes.hpp"
+#include "schedulers/recovery_cost.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -62,7 +63,7 @@ status host_engine::add_request(const request_spec& r, const request_placement& 
   // A placement made before a device was lost may still name it: its replicas serve.
   request_placement pl = placement;
   for (uint32_t dead : dead_) {
-    auto st = move_off(pl, dead);
+    auto st = move_off(pl, dead, /*recompute=*/false, nullptr);  // not placed yet: placed again
     if (!st) return st;
   }
   requests_.push_back(r);
@@ -92,6 +93,9 @@ status host_engine::remove_request(uint64_t request_id) {
   drop(previous_selection_);
   drop(cache_);
   drop(heads_);
+  drop(written_);
+  for (auto r = recovering_.begin(); r != recovering_.end();)
+    r = r->first.first == request_id ? recovering_.erase(r) : std::next(r);
   return {};
 }
 
@@ -164,6 +168,8 @@ void host_engine::prefill_writes(const request_spec& r, uint32_t layer, uint32_t
     }
     from = end;
   }
+  uint64_t& written = written_[head_key{layer, r.request_id, kv_head}];
+  written = std::max(written, to);
 }
 
 bool host_engine::next_prefill_chunk(std::vector<device_work>& out) {
@@ -277,6 +283,7 @@ device_work host_engine::make_query(uint64_t request_id, uint32_t layer, uint32_
   w.tag = next_tag_++;
   w.q_storage = q;
   w.query.request_id = request_id;
+  w.query.shard_id = sh.shard_id;
   w.query.step = step_;
   w.query.layer = layer;
   w.query.kv_head = kv_head;
@@ -589,6 +596,8 @@ void host_engine::append_token(const request_spec& r, uint32_t layer, uint32_t h
   std::vector<uint32_t> holders{holder.device_id};
   holders.insert(holders.end(), holder.replica_device_ids.begin(),
                  holder.replica_device_ids.end());
+  uint64_t& written = written_[head_key{layer, r.request_id, h}];
+  written = std::max(written, position + 1);
   const uint32_t append_link = link_of(pl, h, uint32_t(holder_index));
   for (uint32_t dev : holders) {
     device_work a = app;
@@ -1199,23 +1208,37 @@ std::vector<device_work> host_engine::retry_work() const {
 
 // Takes `dead` out of a placement: its replica slots are dropped and each shard it served
 // as primary is served by its first replica from now on; the epoch moves on when anything
-// changed. An error (and the placement half moved) when a shard had no other copy.
-status host_engine::move_off(request_placement& pl, uint32_t dead) {
+// changed. A shard whose last copy it held keeps it as primary, waiting for a recompute,
+// when `recompute`; else an error (and the placement half moved).
+status host_engine::move_off(request_placement& pl, uint32_t dead, bool recompute,
+                             std::vector<rebuild_need>* needs) {
   bool changed = false;
   for (auto& sh : pl.shards) {
     auto& reps = sh.replica_device_ids;
     const size_t before = reps.size();
     reps.erase(std::remove(reps.begin(), reps.end(), dead), reps.end());
-    changed = changed || reps.size() != before;
-    if (sh.device_id != dead) continue;
-    if (reps.empty())
-      return {errc::peer_down,
-              "device " + std::to_string(dead) + " held the last copy of shard " + std::to_string(sh.shard_id) +
-                  " of request " + std::to_string(pl.request_id) +
-                  " (re-prefill is not implemented; cluster.replication >= 2 survives a device)"};
+    const bool lost_replica = reps.size() != before;
+    changed = changed || lost_replica;
+    if (sh.device_id != dead) {
+      // One copy fewer; a shard waiting for a recompute gets its copies after it.
+      if (lost_replica && needs && !recovering_.count({pl.request_id, sh.shard_id}))
+        needs->push_back({pl.request_id, sh.shard_id, false, sh.device_id});
+      continue;
+    }
+    if (reps.empty()) {
+      if (!recompute)
+        return {errc::peer_down,
+                "device " + std::to_string(dead) + " held the last copy of shard " + std::to_string(sh.shard_id) +
+                    " of request " + std::to_string(pl.request_id) +
+                    (cfg_.recompute ? "" : " (cluster.recompute is off; cluster.replication >= 2 survives a device)")};
+      if (recovering_.emplace(std::make_pair(pl.request_id, sh.shard_id), dead).second && needs)
+        needs->push_back({pl.request_id, sh.shard_id, true, 0});
+      continue;
+    }
     sh.device_id = reps.front();
     reps.erase(reps.begin());
     changed = true;
+    if (needs) needs->push_back({pl.request_id, sh.shard_id, false, sh.device_id});
   }
   if (changed) ++pl.epoch;
   return {};
@@ -1249,6 +1272,9 @@ void host_engine::drop_request(uint64_t request_id) {
   drop(shadow_);
   drop(previous_selection_);
   drop(cache_);
+  drop(written_);
+  for (auto it = recovering_.begin(); it != recovering_.end();)
+    it = of(it->first.first) ? recovering_.erase(it) : std::next(it);
   // The closed batch's prefill cursor walks requests_ by index.
   const auto r = std::find_if(requests_.begin(), requests_.end(), [&](const request_spec& x) { return of(x.request_id); });
   if (r != requests_.end()) {
@@ -1276,12 +1302,39 @@ std::set<uint32_t> host_engine::devices_owing() const {
 result<failover_result> host_engine::fail_over(uint32_t dead) {
   failover_result fr;
   if (!dead_.insert(dead).second) return fr;
+  std::map<std::pair<uint64_t, uint32_t>, uint32_t> primary_before;
+  for (const auto& [rid, pl] : placements_)
+    for (const auto& sh : pl.shards) primary_before[{rid, sh.shard_id}] = sh.device_id;
   for (auto& [rid, pl] : placements_) {
-    auto st = move_off(pl, dead);
+    auto st = move_off(pl, dead, cfg_.recompute, &fr.rebuild);
     if (!st) fr.lost.push_back({rid, st.message()});
   }
+  // A request lost is not rebuilt.
+  fr.rebuild.erase(std::remove_if(fr.rebuild.begin(), fr.rebuild.end(),
+                                  [&](const rebuild_need& n) {
+                                    return std::any_of(fr.lost.begin(), fr.lost.end(), [&](const lost_request& l) {
+                                      return l.request_id == n.request_id;
+                                    });
+                                  }),
+                   fr.rebuild.end());
   for (const lost_request& l : fr.lost) drop_request(l.request_id);
   std::vector<device_work>& out = fr.resend;
+  // A replica promoted to primary gets the request's decoded tokens again, ahead of the
+  // work resent to it: decode appends are not acknowledged, so one lost on the way to it
+  // (a dropped message) would leave it a row short for good, and the queries it now
+  // serves would wait for that row forever. Rows it holds are acknowledged unchanged.
+  for (const auto& [key, before] : primary_before) {
+    const auto pl = placements_.find(key.first);
+    if (before != dead || pl == placements_.end()) continue;
+    const shard_placement* sh = shard(key.first, key.second);
+    if (!sh || sh->device_id == dead) continue;  // lost, or waiting for a recompute
+    const uint64_t from = spec(key.first).context_tokens;
+    for (uint32_t l = 0; l < cfg_.live_layers; ++l)
+      for (uint32_t h = sh->kv_head_begin; h < sh->kv_head_end; ++h) {
+        const uint64_t to = tokens_written(key.first, l, h);
+        for (uint64_t at = from; at < to;) at = shard_writes(key.first, key.second, sh->device_id, l, h, at, to, out, nullptr);
+      }
+  }
   if (!cfg_.keep_for_retry) {
     for (const auto& [tag, pi] : pending_)
       if (pi.device == dead)
@@ -1296,6 +1349,7 @@ result<failover_result> host_engine::fail_over(uint32_t dead) {
       if (s.shard_id == w.shard_id) sh = &s;
     PNMKV_CHECK(sh != nullptr, "shard_id=", w.shard_id, " not in the placement of request ",
                 pl.request_id);
+    if (sh->device_id == dead) continue;  // no copy left: it waits for the recompute
     device_work c = w;
     c.device_id = sh->device_id;
     c.bind_query();
@@ -1314,6 +1368,212 @@ result<failover_result> host_engine::fail_over(uint32_t dead) {
     for (auto& w : *more) out.push_back(std::move(w));
   }
   return fr;
+}
+
+// ---------------------------------------------------------------------------------------
+// Rebuilding copies after a loss
+
+uint64_t host_engine::tokens_written(uint64_t request_id, uint32_t layer, uint32_t kv_head) const {
+  auto it = written_.find(head_key{layer, request_id, kv_head});
+  return it == written_.end() ? 0 : it->second;
+}
+
+const shard_placement* host_engine::shard(uint64_t request_id, uint32_t shard_id) const {
+  auto pl = placements_.find(request_id);
+  if (pl == placements_.end()) return nullptr;
+  for (const auto& sh : pl->second.shards)
+    if (sh.shard_id == shard_id) return &sh;
+  return nullptr;
+}
+
+bool host_engine::recovering(uint64_t request_id) const {
+  auto it = recovering_.lower_bound({request_id, 0});
+  return it != recovering_.end() && it->first.first == request_id;
+}
+
+void host_engine::charge_recovery(const op_cost& c) {
+  recovery_pending_ns_ += c.time_ns;
+  recovery_pending_j_ += c.energy_j;
+  recovery_.stall_ns += c.time_ns;
+  recovery_.energy_j += c.energy_j;
+}
+
+device_work host_engine::rebuild_write(uint64_t request_id, uint32_t shard_id, uint32_t device, uint32_t layer,
+                                       uint32_t kv_head, uint64_t position, uint64_t n_tokens) const {
+  const auto& m = costs_.model();
+  device_work w;
+  w.what = device_work::kind::write;
+  w.bulk = true;
+  w.rebuild = true;
+  w.request_id = request_id;
+  w.layer = layer;
+  w.kv_head = kv_head;
+  w.position = position;
+  w.n_tokens = n_tokens;
+  w.k.resize(n_tokens * m.head_dim);
+  w.v.resize(n_tokens * m.head_dim);
+  w.wire_bytes = work::prefill_wire_bytes(m, n_tokens);
+  w.device_id = device;
+  w.shard_id = shard_id;
+  return w;
+}
+
+uint64_t host_engine::shard_writes(uint64_t request_id, uint32_t shard_id, uint32_t device, uint32_t layer,
+                                   uint32_t kv_head, uint64_t from, uint64_t to, std::vector<device_work>& out,
+                                   uint64_t* tokens) const {
+  const shard_placement* sh = shard(request_id, shard_id);
+  PNMKV_CHECK(sh != nullptr && sh->holds_head(kv_head), "request ", request_id, " shard ", shard_id, " head ", kv_head);
+  const auto& m = costs_.model();
+  const uint32_t d = m.head_dim, ps = cfg_.page_size_tokens;
+  const request_placement& pl = placements_.at(request_id);
+  const int index = int(sh - pl.shards.data());
+  const uint64_t stop = std::min(to, from + std::max<uint64_t>(1, cfg_.rebuild_chunk_tokens));
+  while (from < stop) {
+    const uint64_t end = chunk_end(pl, kv_head, from, stop);
+    if (pl.shard_of(kv_head, from / ps) != index) {
+      from = end;  // another shard's pages
+      continue;
+    }
+    const uint64_t n = end - from;
+    device_work w = rebuild_write(request_id, shard_id, device, layer, kv_head, from, n);
+    wl_.keys(request_id, layer, kv_head, from, n, w.k.data());
+    wl_.values(request_id, layer, kv_head, from, n, w.v.data());
+    if (tokens) *tokens += n;
+    out.push_back(std::move(w));
+    from = end;
+  }
+  return stop;
+}
+
+uint64_t host_engine::recompute_writes(uint64_t request_id, uint32_t shard_id, uint32_t target, uint32_t layer,
+                                       uint32_t kv_head, uint64_t from, uint64_t to, std::vector<device_work>& out) {
+  PNMKV_CHECK(recovering_.count({request_id, shard_id}), "shard ", shard_id, " of request ", request_id,
+              " is not waiting for a recompute");
+  const auto& m = costs_.model();
+  const size_t first = out.size();
+  const uint64_t stop = shard_writes(request_id, shard_id, target, layer, kv_head, from, to, out, nullptr);
+  const double scale = double(m.layers) / double(cfg_.live_layers);
+  // The GPU re-prefills each token once, for every layer and head: charged with the
+  // shard's first live (layer, KV head).
+  const bool charge_gpu_here = layer == 0 && kv_head == shard(request_id, shard_id)->kv_head_begin;
+  for (size_t i = first; i < out.size(); ++i) {
+    const device_work& w = out[i];
+    const double kv = costs_.kv_bytes(double(w.n_tokens));
+    op_cost c = rebuild_write_cost(costs_, kv * scale, cfg_.mode == run_mode::baseline);
+    if (charge_gpu_here) {
+      c += recompute_chunk_cost(costs_, w.n_tokens, w.position);
+      recovery_.recomputed_tokens += w.n_tokens;
+    }
+    charge_recovery(c);
+    recovery_.recomputed_bytes += uint64_t(kv);
+  }
+  return stop;
+}
+
+result<std::vector<device_work>> host_engine::shard_recomputed(uint64_t request_id, uint32_t shard_id,
+                                                               uint32_t target) {
+  auto rec = recovering_.find({request_id, shard_id});
+  if (rec == recovering_.end())
+    return status{errc::invalid_argument, "shard " + std::to_string(shard_id) + " of request " +
+                                              std::to_string(request_id) + " is not waiting for a recompute"};
+  const uint32_t dead = rec->second;
+  recovering_.erase(rec);
+  request_placement& pl = placements_.at(request_id);
+  for (auto& sh : pl.shards)
+    if (sh.shard_id == shard_id) sh.device_id = target;
+  ++pl.epoch;
+  // The running step's work that waited for the shard: to its new primary, charged as a
+  // retry is (the stall itself is the recompute's charge).
+  std::vector<device_work> out;
+  for (auto& [tag, w] : sent_) {
+    if (w.device_id != dead || !pending_.count(tag)) continue;
+    if ((w.request_id ? w.request_id : w.query.request_id) != request_id || w.shard_id != shard_id) continue;
+    device_work c = w;
+    c.device_id = target;
+    c.bind_query();
+    if (!c.verification)
+      dispatch(c, c.what == device_work::kind::recall || c.charge_device, clock_ns_, pending_.at(tag).link);
+    w.device_id = target;
+    pending_.at(tag).device = target;
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+std::vector<uint64_t> host_engine::shard_pages_written(uint64_t request_id, uint32_t shard_id, uint32_t layer,
+                                                       uint32_t kv_head) const {
+  std::vector<uint64_t> pages;
+  const shard_placement* sh = shard(request_id, shard_id);
+  if (!sh || !sh->holds_head(kv_head)) return pages;
+  const uint32_t ps = cfg_.page_size_tokens;
+  const uint64_t n = (tokens_written(request_id, layer, kv_head) + ps - 1) / ps;
+  for (uint64_t p = 0; p < n; ++p)
+    if (sh->holds_page(p)) pages.push_back(p);
+  return pages;
+}
+
+device_work host_engine::copy_recall(uint64_t request_id, uint32_t shard_id, uint32_t source, uint32_t layer,
+                                     uint32_t kv_head, std::vector<uint64_t> pages) const {
+  device_work w;
+  w.what = device_work::kind::recall;
+  w.rebuild = true;
+  w.device_id = source;
+  w.shard_id = shard_id;
+  w.request_id = request_id;
+  w.layer = layer;
+  w.kv_head = kv_head;
+  w.pages = std::move(pages);
+  w.charge_device = false;  // charged by copy_writes, as the whole copy
+  w.wire_bytes = work::query_wire_bytes(costs_.model());
+  return w;
+}
+
+std::vector<device_work> host_engine::copy_writes(uint64_t request_id, uint32_t shard_id, uint32_t target,
+                                                  uint32_t layer, uint32_t kv_head, const device_reply& r) {
+  std::vector<device_work> out;
+  const auto& m = costs_.model();
+  const uint32_t d = m.head_dim, ps = cfg_.page_size_tokens;
+  PNMKV_CHECK_EQ(r.answer.pages.size(), r.rows_per_page.size());
+  size_t off = 0, i = 0;
+  double kv = 0;
+  while (i < r.answer.pages.size()) {
+    // A run of consecutive pages, every one full but the last: one write.
+    size_t j = i;
+    uint64_t rows = r.rows_per_page[i];
+    while (j + 1 < r.answer.pages.size() && r.rows_per_page[j] == ps && r.answer.pages[j + 1] == r.answer.pages[j] + 1) {
+      ++j;
+      rows += r.rows_per_page[j];
+    }
+    PNMKV_CHECK_LE((off + rows) * d, r.k.size());
+    device_work w = rebuild_write(request_id, shard_id, target, layer, kv_head, r.answer.pages[i] * ps, rows);
+    std::copy(r.k.begin() + ptrdiff_t(off * d), r.k.begin() + ptrdiff_t((off + rows) * d), w.k.begin());
+    std::copy(r.v.begin() + ptrdiff_t(off * d), r.v.begin() + ptrdiff_t((off + rows) * d), w.v.begin());
+    kv += costs_.kv_bytes(double(rows));
+    off += rows;
+    out.push_back(std::move(w));
+    i = j + 1;
+  }
+  const double scale = double(m.layers) / double(cfg_.live_layers);
+  charge_recovery(copy_chunk_cost(costs_, kv * scale, cfg_.mode == run_mode::baseline));
+  recovery_.copied_bytes += uint64_t(kv);
+  return out;
+}
+
+status host_engine::replica_added(uint64_t request_id, uint32_t shard_id, uint32_t target) {
+  auto pl = placements_.find(request_id);
+  if (pl == placements_.end())
+    return {errc::invalid_argument, "request " + std::to_string(request_id) + " is not here"};
+  for (auto& sh : pl->second.shards) {
+    if (sh.shard_id != shard_id) continue;
+    if (dead_.count(target) || sh.device_id == target ||
+        std::count(sh.replica_device_ids.begin(), sh.replica_device_ids.end(), target))
+      return {errc::invalid_argument, "device " + std::to_string(target) + " cannot be a new copy of shard " +
+                                          std::to_string(shard_id) + " of request " + std::to_string(request_id)};
+    sh.replica_device_ids.push_back(target);
+    ++pl->second.epoch;
+    return {};
+  }
+  return {errc::invalid_argument, "request " + std::to_string(request_id) + " has no shard " + std::to_string(shard_id)};
 }
 
 result<std::vector<device_work>> host_engine::on_reply_impl(const device_reply& r) {
@@ -1607,6 +1867,12 @@ void host_engine::finish_timed_phase() {
   cur_.lm_head_ns = lm.time_ns;
   charge_gpu(lm);
   cur_.virtual_ns = live_ns * scale + lm.time_ns;
+  // Rebuilds since the last step held this one up: nothing of the step overlaps them.
+  cur_.recovery_ns = recovery_pending_ns_;
+  cur_.virtual_ns += recovery_pending_ns_;
+  cur_.energy_j += recovery_pending_j_;
+  clock_ns_ += recovery_pending_ns_;
+  recovery_pending_ns_ = recovery_pending_j_ = 0;
   cur_.tokens = tokens;
   cur_.decode_batch = static_cast<uint32_t>(step_decoding_.size());
   clock_ns_ += lm.time_ns;

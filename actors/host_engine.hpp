@@ -96,6 +96,11 @@ struct host_engine_config {
   // Also keep the step's writes (appends, prompt chunks), so retry_work can repeat them
   // (run.retry_after_ms > 0: messages lost without losing a device).
   bool keep_writes_for_retry = false;
+  // cluster.recompute: a shard whose every copy was lost waits for a rebuild from the prompt
+  // (recompute_writes, shard_recomputed) instead of failing its request; its work waits too.
+  bool recompute = false;
+  // cluster.rebuild_chunk_tokens: tokens of one (layer, KV head) per rebuild message.
+  uint64_t rebuild_chunk_tokens = 4096;
 };
 
 struct request_spec {
@@ -131,6 +136,9 @@ struct device_work {
   std::vector<uint64_t> excluded_storage;
   // recall
   std::vector<uint64_t> pages;
+  // A rebuild's copy recall or write (re-replication, recompute): the GPU host tracks it,
+  // not the running step.
+  bool rebuild = false;
 
   // Points the query at this item's own q, listed and excluded storage: after it is
   // built, copied or moved (query holds raw pointers).
@@ -159,10 +167,30 @@ struct lost_request {
   std::string reason;  // "device 101 held the last copy of shard 0 of request 1 ..."
 };
 
+// A shard that needs a new copy after a loss (docs/DESIGN.md §7): one more copy from a live
+// one (re-replication), or, with no live copy left, the shard rebuilt from the prompt
+// (recompute; its request's work on it waits meanwhile).
+struct rebuild_need {
+  uint64_t request_id = 0;
+  uint32_t shard_id = 0;
+  bool recompute = false;
+  uint32_t source = 0;  // re-replication: the live copy to copy (the shard's primary)
+};
+
 // What a device lost changes (host_engine::fail_over).
 struct failover_result {
   std::vector<device_work> resend;  // the running step's unanswered work, to the new primaries
   std::vector<lost_request> lost;   // requests removed: no copy of a shard of theirs is left
+  std::vector<rebuild_need> rebuild;  // shards below their copies, or with none (recompute)
+};
+
+// What rebuilding copies cost and moved, over the run (host_engine::recovery_totals).
+struct recovery_totals {
+  uint64_t copied_bytes = 0;       // re-replication: K/V bytes written to new copies (live layers)
+  uint64_t recomputed_bytes = 0;   // recompute: K/V bytes regenerated and written (live layers)
+  uint64_t recomputed_tokens = 0;  // tokens re-prefilled on the GPU (once per shard and token)
+  double stall_ns = 0;             // virtual time the rebuilds added to steps
+  double energy_j = 0;
 };
 
 struct step_report {
@@ -172,6 +200,8 @@ struct step_report {
   double dense_ns = 0, link_ns = 0, device_ns = 0, gpu_attention_ns = 0, merge_ns = 0,
          lm_head_ns = 0, copy_ns = 0;  // copy_ns: steady copies the windows did not hide
   double copy_hidden_ns = 0;       // png-kv: steady-copy time hidden in the dense-layer windows
+  double recovery_ns = 0;          // rebuilds after a device loss (copies, recompute) that held
+                                   // this step up (in virtual_ns)
   double energy_j = 0;             // dynamic energy of the whole step (all layers)
   double gpu_energy_j = 0;         // the GPU's share of energy_j
   double gpu_hbm_bytes = 0;        // HBM bytes behind it (the all-in figure's)
@@ -237,6 +267,42 @@ class host_engine {
   // left to wait for the step moves on (its next work is in resend too). Idempotent per
   // device.
   result<failover_result> fail_over(uint32_t device_id);
+
+  // --- Rebuilding copies after a loss (docs/DESIGN.md §7). The GPU host runs the rebuild;
+  // the engine knows what a shard holds and writes, and charges the rebuild's virtual time
+  // as a stall of the step it delays (schedulers/recovery_cost.hpp).
+  // Tokens of (request, layer, KV head) written to the devices so far (prefill, prompt
+  // chunks, appends), whichever shard holds them.
+  uint64_t tokens_written(uint64_t request_id, uint32_t layer, uint32_t kv_head) const;
+  // The shard's id -> its placement entry (null when the request or shard is unknown).
+  const shard_placement* shard(uint64_t request_id, uint32_t shard_id) const;
+  // Whether any shard of the request waits for a recompute.
+  bool recovering(uint64_t request_id) const;
+  bool recovering() const { return !recovering_.empty(); }
+  // Recompute: the writes that rebuild tokens [from, to) of (layer, KV head) of the shard
+  // on `target` from the prompt and the tokens decoded (the workload regenerates any page),
+  // one per run of the shard's pages within rebuild_chunk_tokens; charged (the GPU's
+  // re-prefill once per token, at the shard's first live (layer, KV head); the link and
+  // the device for every write). Returns the end of what it covered (<= to).
+  uint64_t recompute_writes(uint64_t request_id, uint32_t shard_id, uint32_t target, uint32_t layer,
+                            uint32_t kv_head, uint64_t from, uint64_t to, std::vector<device_work>& out);
+  // Every recompute write is acknowledged by `target`: it serves the shard from now on
+  // (the epoch moves on) and the work that waited for the shard goes there (returned).
+  result<std::vector<device_work>> shard_recomputed(uint64_t request_id, uint32_t shard_id, uint32_t target);
+  // Re-replication: pages written so far of (request, layer, KV head) that the shard holds,
+  // ascending; the same for every (layer, KV head) of the shard between steps.
+  std::vector<uint64_t> shard_pages_written(uint64_t request_id, uint32_t shard_id, uint32_t layer,
+                                            uint32_t kv_head) const;
+  // A recall of `pages` of (layer, KV head) from the live copy `source`, to copy them.
+  device_work copy_recall(uint64_t request_id, uint32_t shard_id, uint32_t source, uint32_t layer,
+                          uint32_t kv_head, std::vector<uint64_t> pages) const;
+  // The writes that put a copy recall's reply (its pages, rows, K and V) on `target`, one per
+  // run of consecutive pages; charged as copy_chunk_cost.
+  std::vector<device_work> copy_writes(uint64_t request_id, uint32_t shard_id, uint32_t target, uint32_t layer,
+                                       uint32_t kv_head, const device_reply& r);
+  // A copy is complete on `target`: one more replica of the shard (the epoch moves on).
+  status replica_added(uint64_t request_id, uint32_t shard_id, uint32_t target);
+  const recovery_totals& recovery() const { return recovery_; }
   const request_placement* placement_of(uint64_t request_id) const {
     auto it = placements_.find(request_id);
     return it == placements_.end() ? nullptr : &it->second;
@@ -395,7 +461,18 @@ class host_engine {
   bool layer_has_two_rounds(uint32_t layer) const;
   result<std::vector<device_work>> on_reply_impl(const device_reply& r);
   void remember(const std::vector<device_work>& work);
-  static status move_off(request_placement& pl, uint32_t dead);
+  // Takes `dead` out of a placement (see fail_over); `recompute`: a shard whose last copy
+  // it held waits on it for a recompute (listed in `needs`) instead of an error.
+  status move_off(request_placement& pl, uint32_t dead, bool recompute, std::vector<rebuild_need>* needs);
+  void charge_recovery(const op_cost& c);
+  // Bulk writes of tokens [from, to) of (layer, KV head) of the shard, regenerated from the
+  // workload, to `device`, within rebuild_chunk_tokens; not charged. Returns where it
+  // stopped; adds the tokens written to *tokens when given.
+  uint64_t shard_writes(uint64_t request_id, uint32_t shard_id, uint32_t device, uint32_t layer, uint32_t kv_head,
+                        uint64_t from, uint64_t to, std::vector<device_work>& out, uint64_t* tokens) const;
+  // A rebuild's bulk write of n_tokens rows at `position` to `device`, K and V sized, unfilled.
+  device_work rebuild_write(uint64_t request_id, uint32_t shard_id, uint32_t device, uint32_t layer,
+                            uint32_t kv_head, uint64_t position, uint64_t n_tokens) const;
   // Removes a request whose KV is lost, between or during steps: its outstanding work, its
   // heads, its place in the step and in the prefill.
   void drop_request(uint64_t request_id);
@@ -469,6 +546,12 @@ class host_engine {
   std::map<uint64_t, device_work> sent_;  // keep_for_retry: pending work by tag
   std::vector<device_work> step_writes_;  // keep_writes_for_retry: this step's writes
   std::set<uint32_t> dead_;               // devices failed over
+  // Tokens written per (layer, request, KV head); shards waiting for a recompute ->
+  // the dead device whose id they keep until then; rebuild charges not yet in a step.
+  std::map<head_key, uint64_t> written_;
+  std::map<std::pair<uint64_t, uint32_t>, uint32_t> recovering_;
+  double recovery_pending_ns_ = 0, recovery_pending_j_ = 0;
+  recovery_totals recovery_;
   std::map<head_key, head_state> heads_;
   double clock_ns_ = 0;          // GPU virtual clock
   double step_start_ns_ = 0;

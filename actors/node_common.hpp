@@ -33,6 +33,7 @@ using tick_atom = caf::atom_constant<caf::atom("tick")>;
 using retry_atom = caf::atom_constant<caf::atom("retry")>;  // run.retry_after_ms
 using silence_atom = caf::atom_constant<caf::atom("silence")>;  // cluster.device_timeout_ms
 using done_atom = caf::atom_constant<caf::atom("done")>;
+using backlog_atom = caf::atom_constant<caf::atom("backlog")>;  // sends held by back-pressure
 
 // Fabric options for `node` from the configuration (fabric.*, faults.*), with the link
 // model from the hardware file.

@@ -26,6 +26,7 @@ caf::behavior pnm_device_actor(pnm_device_state::actor_type* self,
       [self](wire_atom, std::vector<uint8_t>& bytes) { self->state.on_wire(bytes); },
       [self](peer_down_atom, uint32_t peer) { self->state.on_peer_down(peer); },
       [self](ctl_atom, const std::string& bytes) { self->state.on_control(bytes); },
+      [self](backlog_atom) { self->state.on_backlog(); },
   };
 }
 
@@ -51,9 +52,47 @@ transport::outbound pnm_device_state::message(double vt_ns, size_t payload_bytes
   return transport::outbound(env, payload_bytes);
 }
 
-void pnm_device_state::send(uint32_t dest, transport::outbound& m) {
-  auto s = fab_->send(dest, m.finish());
-  if (!s) cluster_log().warn("node={} event=send_failed dest={} reason=\"{}\"", node_, dest, s.to_string());
+void pnm_device_state::send(uint32_t dest, transport::outbound& m) { send_bytes(dest, m.finish()); }
+
+void pnm_device_state::send_bytes(uint32_t dest, std::vector<uint8_t> bytes) {
+  // Behind messages held back already: in order.
+  if (!held_.empty()) return hold(dest, std::move(bytes));
+  std::vector<uint8_t> copy = bytes;  // the fabric takes the bytes; back-pressure needs them again
+  auto s = fab_->send(dest, std::move(bytes));
+  if (s) return;
+  // Back-pressure (the receiver's inbox or this link's queue is full) is not a loss: the
+  // reply is sent again shortly, in order.
+  if (s.code() == errc::capacity) return hold(dest, std::move(copy));
+  cluster_log().warn("node={} event=send_failed dest={} reason=\"{}\"", node_, dest, s.to_string());
+}
+
+void pnm_device_state::hold(uint32_t dest, std::vector<uint8_t> bytes) {
+  if (held_.size() >= held_max) {
+    cluster_log().warn("node={} event=send_dropped dest={} reason=\"{} replies held back by back-pressure\"", node_,
+                       dest, held_max);
+    return;
+  }
+  held_.emplace_back(dest, std::move(bytes));
+  if (!held_tick_) {
+    held_tick_ = true;
+    self_->delayed_send(self_, std::chrono::milliseconds(1), backlog_atom::value);
+  }
+}
+
+void pnm_device_state::on_backlog() {
+  held_tick_ = false;
+  while (!held_.empty()) {
+    auto& [dest, bytes] = held_.front();
+    std::vector<uint8_t> copy = bytes;
+    auto s = fab_->send(dest, std::move(copy));
+    if (!s && s.code() == errc::capacity) break;  // still full: later
+    if (!s) cluster_log().warn("node={} event=send_failed dest={} reason=\"{}\"", node_, dest, s.to_string());
+    held_.pop_front();
+  }
+  if (!held_.empty() && !held_tick_) {
+    held_tick_ = true;
+    self_->delayed_send(self_, std::chrono::milliseconds(1), backlog_atom::value);
+  }
 }
 
 void pnm_device_state::send_error(const transport::envelope& env, const status& s) {
@@ -66,12 +105,12 @@ void pnm_device_state::send_error(const transport::envelope& env, const status& 
 }
 
 bool pnm_device_state::ready(transport::wire::Query::Reader q) const {
-  const shard_placement* shard = engine_->shard_of(q.getRequestId());
+  const shard_placement* shard = engine_->shard(q.getRequestId(), q.getShardId());
   if (!shard) return true;  // the engine will refuse it with a clear error
   const uint32_t ps = setup_->device.shape.page_size_tokens;
   const uint64_t want = shard->tokens_held_at(q.getSequenceTokens(), ps);
   for (uint32_t h = q.getKvHead0(); h < q.getKvHead1(); ++h) {
-    const kv_head_store* s = engine_->find(q.getRequestId(), q.getLayer(), h);
+    const kv_head_store* s = engine_->find(q.getRequestId(), q.getShardId(), q.getLayer(), h);
     if (s && s->token_count() < want) return false;
   }
   return true;
@@ -93,6 +132,7 @@ void pnm_device_state::serve_head(const transport::envelope& env, transport::wir
   const selection_round round = transport::from_wire(q.getRound());
   device_query dq;
   dq.request_id = q.getRequestId();
+  dq.shard_id = q.getShardId();
   dq.step = q.getStep();
   dq.layer = q.getLayer();
   dq.kv_head = h;
@@ -344,7 +384,9 @@ void pnm_device_state::on_membership(const std::string& bytes) {
     for (const auto& s : rp.shards) {
       bool mine = s.device_id == node_;
       for (uint32_t r : s.replica_device_ids) mine = mine || r == node_;
-      if (!mine) continue;
+      // A shard held already: the placement of a new copy elsewhere (or of this one) lists
+      // it again; acknowledged when it was added.
+      if (!mine || engine_->shard(rp.request_id, s.shard_id)) continue;
       released_.erase(rp.request_id);  // placed again (it waited out a TPOT check)
       const status added = engine_->add_shard(rp.request_id, s);
       self_->send(coordinator_, ctl_atom::value, placement_ack_bytes(node_, rp.request_id, added));

@@ -39,11 +39,21 @@ class pnm_device_state {
   void on_wire(std::vector<uint8_t>& bytes);
   void on_peer_down(uint32_t peer);
   void on_control(const std::string& bytes);
+  // Replies held back by back-pressure, again (hold).
+  void on_backlog();
 
  private:
   // A message from this device stamped with its virtual clock `vt_ns`, to fill and send().
   transport::outbound message(double vt_ns, size_t payload_bytes = 0);
   void send(uint32_t dest, transport::outbound& m);
+  void send_bytes(uint32_t dest, std::vector<uint8_t> bytes);
+  // Back-pressure: a reply refused for a full inbox or queue (errc::capacity) is held and
+  // sent again 1 ms later, in order (past held_max held replies, dropped and logged: the
+  // GPU host's retries or deadline take over).
+  void hold(uint32_t dest, std::vector<uint8_t> bytes);
+  std::deque<std::pair<uint32_t, std::vector<uint8_t>>> held_;
+  bool held_tick_ = false;
+  static constexpr size_t held_max = 1 << 14;
   void send_error(const transport::envelope& env, const status& s);
 
   // A query is ready when this device holds every token of the sequence that falls in its

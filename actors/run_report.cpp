@@ -91,6 +91,20 @@ namespace {
 void recovery_json(const run_report& r, nlohmann::ordered_json& j) {
   j["faults"]["fenced_messages"] = r.fenced_messages;
   j["faults"]["shutdown_events"] = r.shutdown_events;
+  nlohmann::ordered_json rebuilds = nlohmann::ordered_json::array();
+  for (const auto& b : r.rebuilds)
+    rebuilds.push_back({{"request", b.request_id},
+                        {"shard", b.shard_id},
+                        {"kind", b.kind},
+                        {"source", b.source},
+                        {"target", b.target},
+                        {"outcome", b.outcome},
+                        {"bytes", b.bytes},
+                        {"tokens", b.tokens},
+                        {"wall_ms", b.wall_ms},
+                        {"stall_ms", b.stall_ms}});
+  j["faults"]["rebuilds"] = rebuilds;
+  j["faults"]["recovery_stall_ms"] = r.recovery_stall_ms;
   j["requests"]["steps_done"] = r.steps_done;
   if (!r.stopped.empty()) j["requests"]["stopped"] = r.stopped;
   nlohmann::ordered_json digests = nlohmann::ordered_json::array();
@@ -103,6 +117,13 @@ void read_recovery(const nlohmann::json& j, run_report& r) {
     const auto& f = j["faults"];
     r.fenced_messages = f.value("fenced_messages", uint64_t(0));
     if (f.contains("shutdown_events")) r.shutdown_events = f["shutdown_events"].get<std::vector<std::string>>();
+    if (f.contains("rebuilds"))
+      for (const auto& b : f["rebuilds"])
+        r.rebuilds.push_back({b.value("request", uint64_t(0)), b.value("shard", 0u), b.value("kind", std::string()),
+                              b.value("source", 0u), b.value("target", 0u), b.value("outcome", std::string()),
+                              b.value("bytes", uint64_t(0)), b.value("tokens", uint64_t(0)), b.value("wall_ms", 0.0),
+                              b.value("stall_ms", 0.0)});
+    r.recovery_stall_ms = f.value("recovery_stall_ms", 0.0);
   }
   if (!j.contains("requests")) return;
   const auto& q = j["requests"];
@@ -656,7 +677,16 @@ void run_report::table_requests_and_devices(table& t) const {
   if (!devices_lost.empty()) {
     std::string ids;
     for (uint32_t d : devices_lost) ids += (ids.empty() ? "" : ", ") + std::to_string(d);
-    row("devices lost, failed over", ids + " (fenced; their shards served by replicas from then on)");
+    row("devices lost, failed over", ids + " (fenced; their shards served by replicas, new copies or recomputed)");
+  }
+  for (const auto& b : rebuilds) {
+    char line[320];
+    std::snprintf(line, sizeof line, "%s -> device %u: %s, %s%s, %.1f ms wall, %.3f ms virtual stall",
+                  b.kind == "recompute" ? "recomputed" : ("copied from device " + std::to_string(b.source)).c_str(),
+                  b.target, b.outcome.c_str(), bytes_h(double(b.bytes)).c_str(),
+                  b.tokens ? (", " + std::to_string(b.tokens) + " tokens re-prefilled").c_str() : "", b.wall_ms,
+                  b.stall_ms);
+    row(("  shard " + std::to_string(b.shard_id) + " of request " + std::to_string(b.request_id)).c_str(), line);
   }
   for (const auto& l : device_losses)
     row(("  device " + std::to_string(l.device) + " detected").c_str(),

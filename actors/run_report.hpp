@@ -22,6 +22,21 @@ struct device_loss {
   int64_t detected_unix_ms = 0;   // wall clock, milliseconds since 1970-01-01 UTC
 };
 
+// A shard rebuilt after a loss (docs/DESIGN.md §7): a new copy from a live one
+// (re-replication) or, with none left, recomputed from the prompt.
+struct shard_rebuild {
+  uint64_t request_id = 0;
+  uint32_t shard_id = 0;
+  std::string kind;             // "re-replicate" | "recompute"
+  uint32_t source = 0;          // re-replicate: the live copy (0: none)
+  uint32_t target = 0;          // the device that holds the new copy (0: none)
+  std::string outcome;          // "done", or why not ("no device can take ...", "unfinished at the run's end")
+  uint64_t bytes = 0;           // K/V bytes written to the new copy (live layers)
+  uint64_t tokens = 0;          // recompute: tokens re-prefilled
+  double wall_ms = 0;           // from the loss's detection to the copy serving, wall clock
+  double stall_ms = 0;          // virtual time it added to decode steps
+};
+
 struct run_report {
   std::string mode;
   std::string simd_target;     // Highway target the device kernels ran (e.g. "AVX3")
@@ -115,6 +130,8 @@ struct run_report {
   // Recovery and stopping (actors/gpu_host.hpp, actors/node_main.hpp).
   uint64_t fenced_messages = 0;              // late messages from failed-over devices, dropped
   std::vector<std::string> shutdown_events;  // node processes not stopping cleanly (not requests)
+  std::vector<shard_rebuild> rebuilds;       // copies rebuilt after losses, in the order finished
+  double recovery_stall_ms = 0;              // virtual time every rebuild added to steps
   std::string stopped;                       // why the run was stopped early; "" when it ran out
   uint64_t steps_done = 0;                   // steps the GPU host ran
   // Each completed request's output digest (host_engine::request_digests): equal to the

@@ -173,8 +173,12 @@ void set_cluster(const run_spec& spec, run_setup& s) {
   s.replication = spec.cluster.replication;
   s.retry_after_ms = spec.run.retry_after_ms;
   s.device_timeout_ms = spec.cluster.device_timeout_ms;
-  // A lost device's work is sent to a replica; lost messages are sent again.
-  s.host.keep_for_retry = s.replication > 1 || s.retry_after_ms > 0;
+  s.rereplicate = spec.cluster.rereplicate;
+  s.host.recompute = spec.cluster.recompute;
+  s.host.rebuild_chunk_tokens = spec.cluster.rebuild_chunk_tokens;
+  // A lost device's work is sent to a replica (or, recomputed, to the shard's new device);
+  // lost messages are sent again.
+  s.host.keep_for_retry = s.replication > 1 || s.retry_after_ms > 0 || s.host.recompute;
   s.host.keep_writes_for_retry = s.retry_after_ms > 0;
   s.pool_devices = spec.cluster.pool_devices;  // divides the devices (resolve_run_spec)
   s.placement.decode_tokens = s.steps;

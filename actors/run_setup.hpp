@@ -68,6 +68,7 @@ struct run_setup {
   placement_request placement;   // request_id / context filled per request
   gpu_memory_query gpu_query;    // batch filled per admission check
   uint32_t replication = 1;
+  bool rereplicate = true;       // cluster.rereplicate (recompute: host.recompute)
   uint32_t pool_devices = 0;     // devices per pool (0: one pool of every device)
   // This machine's memory when the setup was made (actors/memory_guard.hpp), and whether
   // device.memory_bytes_max was derived from it (cluster.device_memory_bytes_max = 0).

@@ -46,7 +46,9 @@ void register_bench_kernels(CLI::App& bench);
 void register_bench_fabric(CLI::App& bench);
 void register_bench_gpu_model(CLI::App& bench);
 void register_config(CLI::App& app);
+void register_chaos(CLI::App& app);
 void register_node(CLI::App& app);
 void register_sim(CLI::App& app);
+void register_detsim(CLI::App& app);
 
 }  // namespace pnmkv::apps

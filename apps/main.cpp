@@ -40,6 +40,8 @@ int main(int argc, char** argv) {
   pnmkv::apps::register_config(app);
   pnmkv::apps::register_node(app);
   pnmkv::apps::register_sim(app);
+  pnmkv::apps::register_chaos(app);
+  pnmkv::apps::register_detsim(app);
   auto* bench = app.add_subcommand("bench", "Benchmarks, each reported against a reference "
                                             "measured in the same run");
   bench->require_subcommand(1);

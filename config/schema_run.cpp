@@ -83,6 +83,21 @@ std::vector<config_key> schema_keys_run() {
       {"cluster.sequence_split", t::choice, "contiguous", 0, 0, names_of(sequence_split_names),
        "How sequence shards cut the pages"},
       {"cluster.replication", t::integer, "1", 1, 8, {}, "Copies of each shard (r)"},
+      {"cluster.rereplicate", t::boolean, "true", 0, 0, {},
+       "After a device loss, each shard left with fewer than cluster.replication copies (but "
+       "one at least) gets a new copy on a surviving device the coordinator picks (the most "
+       "room, holding nothing of that request), copied from a live copy in chunks of "
+       "cluster.rebuild_chunk_tokens at step boundaries while decoding goes on; false: the "
+       "run goes on with fewer copies"},
+      {"cluster.recompute", t::boolean, "true", 0, 0, {},
+       "A shard whose every copy was lost is rebuilt on a surviving device by re-prefilling "
+       "its tokens from the request's prompt (and the tokens decoded so far); decoding waits "
+       "for it and the outputs stay bit-identical. false: the request fails with the reason "
+       "(the others go on)"},
+      {"cluster.rebuild_chunk_tokens", t::integer, "4096", 1, 1ll << 24, {},
+       "Tokens of each (layer, KV head) a re-replication copies per step boundary (rounded "
+       "to whole pages) and a recompute writes per message: bounds the stall a rebuild adds "
+       "to one step and the bytes in flight"},
       {"cluster.pool_devices", t::integer, "0", 0, 4096, {},
        "Devices per pool; pools serve different requests (0: one pool of every device)"},
       {"cluster.device_memory_bytes_max", t::integer, "0", 0, 1.0e15, {},

@@ -77,6 +77,9 @@ status read_cluster(const reader& r, cluster_section& c) {
   c.head_groups = r.u32("cluster.head_groups");
   c.sequence_split = r.choice("cluster.sequence_split", sequence_split_names);
   c.replication = r.u32("cluster.replication");
+  c.rereplicate = r.flag("cluster.rereplicate");
+  c.recompute = r.flag("cluster.recompute");
+  c.rebuild_chunk_tokens = r.u64("cluster.rebuild_chunk_tokens");
   c.pool_devices = r.u32("cluster.pool_devices");
   if (c.pool_devices != 0 && c.pnm_devices % c.pool_devices != 0)
     return status{errc::invalid_argument, "cluster.pool_devices = " + std::to_string(c.pool_devices) +

@@ -70,6 +70,9 @@ struct cluster_section {
   uint32_t head_groups = 0;
   pnmkv::sequence_split sequence_split = pnmkv::sequence_split::contiguous;
   uint32_t replication = 1;
+  bool rereplicate = true;             // a shard below r copies gets a new one after a loss
+  bool recompute = true;               // a shard with no copy left is rebuilt from its prompt
+  uint64_t rebuild_chunk_tokens = 4096;
   uint32_t pool_devices = 0;  // 0: one pool of every device; else divides pnm_devices
   uint64_t device_memory_bytes_max = 0;
   std::string coordinator_host = "127.0.0.1";

@@ -187,6 +187,32 @@ void placement_constraint::add(const admission_grant& g, bool take) {
 void placement_constraint::commit(const admission_grant& g) { add(g, true); }
 void placement_constraint::release(const admission_grant& g) { add(g, false); }
 
+result<std::optional<uint64_t>> placement_constraint::copy_room(uint32_t device, const shard_placement& shard,
+                                                                const admission_grant&) const {
+  const auto it = where_.find(device);
+  if (it == where_.end()) return std::optional<uint64_t>{};
+  const uint64_t free = p_.pools[it->second.first].free_bytes[it->second.second];
+  if (lost_.count(device) || free < shard.bytes_modelled)
+    return status{errc::capacity, "device " + std::to_string(device) + " has " + std::to_string(free) +
+                                      " bytes of modelled capacity free, the copy needs " +
+                                      std::to_string(shard.bytes_modelled)};
+  return std::optional<uint64_t>{free - shard.bytes_modelled};
+}
+
+void placement_constraint::take_copy(uint32_t device, const shard_placement& shard, const admission_grant&) {
+  const auto it = where_.find(device);
+  if (it == where_.end()) return;
+  uint64_t& free = p_.pools[it->second.first].free_bytes[it->second.second];
+  PNMKV_CHECK_GE(free, shard.bytes_modelled);
+  free -= shard.bytes_modelled;
+}
+
+std::vector<uint32_t> placement_constraint::devices() const {
+  std::vector<uint32_t> out;
+  for (const auto& [d, where] : where_) out.push_back(d);
+  return out;
+}
+
 void placement_constraint::device_lost(uint32_t device_id) {
   lost_.insert(device_id);
   const auto it = where_.find(device_id);
@@ -229,6 +255,24 @@ void emulator_memory_constraint::commit(const admission_grant& g) {
 void emulator_memory_constraint::release(const admission_grant& g) {
   for (const auto& [dev, need] : live_bytes_by_device(g.placement, layers_, live_layers_))
     if (!lost_.count(dev)) free_[dev] += need;  // a lost device stays empty
+}
+
+result<std::optional<uint64_t>> emulator_memory_constraint::copy_room(uint32_t device,
+                                                                      const shard_placement& shard,
+                                                                      const admission_grant&) const {
+  const uint64_t need = live_bytes(shard, layers_, live_layers_);
+  const uint64_t free = free_bytes(device);
+  if (lost_.count(device) || free < need)
+    return status{errc::capacity, "device " + std::to_string(device) + " has " + std::to_string(free) +
+                                      " bytes of cluster.device_memory_bytes_max left, the copy's live layers need " +
+                                      std::to_string(need)};
+  return std::optional<uint64_t>{};
+}
+
+void emulator_memory_constraint::take_copy(uint32_t device, const shard_placement& shard, const admission_grant&) {
+  const uint64_t need = live_bytes(shard, layers_, live_layers_);
+  PNMKV_CHECK_GE(free_[device], need);
+  free_[device] -= need;
 }
 
 void emulator_memory_constraint::device_lost(uint32_t device_id) {
@@ -286,7 +330,65 @@ void admission::release(uint64_t request_id) {
 }
 
 void admission::device_lost(uint32_t device_id) {
+  lost_.insert(device_id);
   for (const auto& k : constraints_) k->device_lost(device_id);
+}
+
+result<uint32_t> admission::add_copy(uint64_t request_id, uint32_t shard_id) {
+  const auto it = grants_.find(request_id);
+  if (it == grants_.end())
+    return status{errc::invalid_argument, "request " + std::to_string(request_id) + " is not admitted"};
+  admission_grant& g = it->second;
+  shard_placement* shard = nullptr;
+  std::set<uint32_t> of_request;  // devices holding any shard of the request
+  for (auto& sh : g.placement.shards) {
+    if (sh.shard_id == shard_id) shard = &sh;
+    of_request.insert(sh.device_id);
+    of_request.insert(sh.replica_device_ids.begin(), sh.replica_device_ids.end());
+  }
+  if (!shard)
+    return status{errc::invalid_argument, "request " + std::to_string(request_id) + " has no shard " +
+                                              std::to_string(shard_id)};
+  std::set<uint32_t> of_shard{shard->device_id};
+  of_shard.insert(shard->replica_device_ids.begin(), shard->replica_device_ids.end());
+  std::set<uint32_t> candidates;
+  for (const auto& k : constraints_)
+    for (uint32_t d : k->devices()) candidates.insert(d);
+  std::string passed_over;  // why, for the error (bounded: the first few)
+  unsigned reasons = 0, eligible = 0;
+  // Best: a device holding nothing of the request (its load spreads), then the most room.
+  std::optional<uint32_t> best;
+  std::pair<bool, uint64_t> best_rank{false, 0};
+  for (uint32_t d : candidates) {
+    if (of_shard.count(d) || lost_.count(d)) continue;
+    ++eligible;
+    std::optional<uint64_t> room;  // the placement's (modelled) room ranks the devices
+    status why = status::ok();
+    for (const auto& k : constraints_) {
+      auto r = k->copy_room(d, *shard, g);
+      if (!r) {
+        why = r.error();
+        break;
+      }
+      if (r->has_value() && !room) room = **r;
+    }
+    if (!why) {
+      if (reasons++ < 4) passed_over += "; " + why.message();
+      continue;
+    }
+    const std::pair<bool, uint64_t> rank{!of_request.count(d), room.value_or(0)};
+    if (!best || rank > best_rank) best = d, best_rank = rank;
+  }
+  if (!best) {
+    std::string what = "no device can take a new copy of shard " + std::to_string(shard_id) + " of request " +
+                       std::to_string(request_id) + ": ";
+    what += eligible == 0 ? "every live device holds that shard already"
+                          : "every live device without that shard is full" + passed_over;
+    return status{errc::capacity, what};
+  }
+  for (const auto& k : constraints_) k->take_copy(*best, *shard, g);
+  shard->replica_device_ids.push_back(*best);
+  return *best;
 }
 
 const admission_grant* admission::grant_of(uint64_t request_id) const {

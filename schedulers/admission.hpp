@@ -77,6 +77,16 @@ class admission_constraint {
   virtual void commit(const admission_grant&) {}   // every constraint passed: take the room
   virtual void release(const admission_grant&) {}  // the request left: give it back
   virtual void device_lost(uint32_t) {}            // nothing new goes to this device
+  // A new copy of `shard` of an admitted request on `device` (re-replication, recompute):
+  // the bytes `device` would have left under this constraint after taking it, or an error
+  // naming why it cannot (nullopt: not this constraint's concern). Takes nothing.
+  virtual result<std::optional<uint64_t>> copy_room(uint32_t /*device*/, const shard_placement& /*shard*/,
+                                                    const admission_grant& /*g*/) const {
+    return std::optional<uint64_t>{};
+  }
+  virtual void take_copy(uint32_t /*device*/, const shard_placement& /*shard*/, const admission_grant& /*g*/) {}
+  // The devices this constraint knows (the placement's pools); empty: none of its concern.
+  virtual std::vector<uint32_t> devices() const { return {}; }
 };
 
 // --- The constraints ----------------------------------------------------------------------
@@ -159,6 +169,10 @@ class placement_constraint final : public admission_constraint {
   void commit(const admission_grant& g) override;
   void release(const admission_grant& g) override;
   void device_lost(uint32_t device_id) override;
+  result<std::optional<uint64_t>> copy_room(uint32_t device, const shard_placement& shard,
+                                            const admission_grant& g) const override;
+  void take_copy(uint32_t device, const shard_placement& shard, const admission_grant& g) override;
+  std::vector<uint32_t> devices() const override;
   const std::vector<pool_state>& pools() const { return p_.pools; }
 
  private:
@@ -177,6 +191,9 @@ class emulator_memory_constraint final : public admission_constraint {
   void commit(const admission_grant& g) override;
   void release(const admission_grant& g) override;
   void device_lost(uint32_t device_id) override;
+  result<std::optional<uint64_t>> copy_room(uint32_t device, const shard_placement& shard,
+                                            const admission_grant& g) const override;
+  void take_copy(uint32_t device, const shard_placement& shard, const admission_grant& g) override;
   uint64_t free_bytes(uint32_t device_id) const;
 
  private:
@@ -210,6 +227,13 @@ class admission {
   admission_verdict try_admit(const admission_candidate& c);
   void release(uint64_t request_id);  // no-op for a request not held
   void device_lost(uint32_t device_id);
+  // A new copy of shard `shard_id` of an admitted request, after a loss (docs/DESIGN.md §7):
+  // on a device, not lost and not holding that shard, that every constraint lets take it;
+  // one holding nothing of the request first (the load spreads), then the most modelled
+  // room left (ties: the lower id). The room is taken and the grant's placement lists the
+  // device as one more replica of the shard (a release gives it back). An error naming the
+  // shard and why devices were passed over when none can.
+  result<uint32_t> add_copy(uint64_t request_id, uint32_t shard_id);
 
   const admission_grant* grant_of(uint64_t request_id) const;  // null when not held
   uint32_t in_system() const { return uint32_t(grants_.size()); }
@@ -217,6 +241,7 @@ class admission {
  private:
   std::vector<std::unique_ptr<admission_constraint>> constraints_;
   std::map<uint64_t, admission_grant> grants_;  // node-based: grants never move
+  std::set<uint32_t> lost_;                     // devices lost: no new copy goes there
 };
 
 // Everything make_admission may build; a constraint is left out when its part is off.

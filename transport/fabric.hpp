@@ -88,6 +88,9 @@ struct fabric_options {
   double pacing_scale = 1.0;
   link_params link;
   fault_plan faults;  // no rules: no fault points
+  // The clock of deadlines, delays and stalls; empty: fabric_clock::now(). The deterministic
+  // simulator (actors/detsim) passes its virtual clock.
+  std::function<fabric_clock::time_point()> clock;
 };
 
 // Counters of one endpoint. Received-side counters see what the faults did: gaps (lost
@@ -117,6 +120,9 @@ class fabric {
   virtual ~fabric() = default;
 
   virtual node_id self() const = 0;
+  // Whether this node's own endpoint is down (a crash fault fired here): every send fails
+  // then, and no peer is to blame.
+  virtual bool self_down() const { return false; }
   // Bytes a peer passes to connect() to reach this endpoint (exchange them out of band).
   virtual std::vector<uint8_t> address() const = 0;
   // Creates the endpoint to `peer`. Blocks at most connect_timeout.

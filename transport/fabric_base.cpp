@@ -152,7 +152,7 @@ int64_t to_ns(fabric_clock::time_point t) {
 }  // namespace
 
 fabric_base::fabric_base(const fabric_options& opts, std::shared_ptr<fault_injector> faults)
-    : opts_(opts), faults_(std::move(faults)), pacing_origin_(fabric_clock::now()) {
+    : opts_(opts), faults_(std::move(faults)), pacing_origin_(opts.clock ? opts.clock() : fabric_clock::now()) {
   bool can_corrupt = false;
   if (faults_)
     for (const auto& r : faults_->plan().rules) can_corrupt |= r.kind == fault_kind::corrupt;
@@ -165,7 +165,7 @@ fabric_base::~fabric_base() = default;
 fabric_clock::time_point fabric_base::deadline_of(const op_options& o) const {
   auto t = o.timeout.count() > 0 ? o.timeout
                                  : std::chrono::nanoseconds(opts_.op_timeout);
-  return fabric_clock::now() + t;
+  return now() + t;
 }
 
 void fabric_base::add_peer(node_id peer) {
@@ -244,7 +244,7 @@ fault_message fabric_base::describe(const std::vector<uint8_t>& bytes, node_id f
 }
 
 void fabric_base::start_stall(uint32_t ms) {
-  int64_t until = to_ns(fabric_clock::now()) + int64_t{ms} * 1000000;
+  int64_t until = to_ns(now()) + int64_t{ms} * 1000000;
   int64_t cur = stall_until_ns_.load();
   while (cur < until && !stall_until_ns_.compare_exchange_weak(cur, until)) {
   }
@@ -256,7 +256,7 @@ fabric_clock::time_point fabric_base::stalled_until() const {
 }
 
 fabric_clock::time_point fabric_base::pacing_due(node_id dest, size_t bytes) {
-  auto now = fabric_clock::now();
+  auto now = this->now();
   uint64_t now_v = static_cast<uint64_t>(
       static_cast<double>((now - pacing_origin_).count()) / opts_.pacing_scale);
   uint64_t arrive;
@@ -319,7 +319,7 @@ status fabric_base::send(node_id dest, std::vector<uint8_t> bytes, op_options op
   if (d.corrupt_bits) fault_injector::corrupt(bytes, d.corrupt_bits, d.corrupt_salt);
 
   // Only fault points and pacing hold frames: without them, no clock is read here.
-  const auto now = (faults_ || opts_.pacing) ? fabric_clock::now() : fabric_clock::time_point{};
+  const auto now = (faults_ || opts_.pacing) ? this->now() : fabric_clock::time_point{};
   auto due = now;
   if (faults_ || opts_.pacing) {
     if (d.delay_ms) due += std::chrono::milliseconds(d.delay_ms);
@@ -391,7 +391,7 @@ status fabric_base::on_frame(const frame_header& h, std::vector<uint8_t>&& bytes
 status fabric_base::on_frame_held(const frame_header& h, std::vector<uint8_t>&& bytes,
                                   const fault_decision& d) {
   if (!faults_) return deliver(h, std::move(bytes));  // no fault point can hold it
-  auto now = fabric_clock::now();
+  auto now = this->now();
   auto due = now;
   if (d.delay_ms) due += std::chrono::milliseconds(d.delay_ms);
   auto stall = stalled_until();
@@ -519,11 +519,11 @@ void fabric_base::set_handler(std::function<void(fabric_event&&)> handler) {
   if (has_handler()) wake();
 }
 
-size_t fabric_base::drain_to_handler() {
+size_t fabric_base::drain_to_handler(size_t max_events) {
   if (!has_handler()) return 0;
   std::lock_guard<std::mutex> run(handler_run_mu_);
   size_t n = 0;
-  for (;;) {
+  while (n < max_events) {
     fabric_event e;
     std::function<void(fabric_event&&)> h;
     {

@@ -81,12 +81,14 @@ class fabric_base : public fabric {
   // The same as a std::function (for paths that need one; allocates).
   completion wrap(node_id peer, completion user);
   fabric_clock::time_point deadline_of(const op_options& o) const;
+  // fabric_options::clock, else fabric_clock::now().
+  fabric_clock::time_point now() const { return opts_.clock ? opts_.clock() : fabric_clock::now(); }
 
   void schedule(fabric_clock::time_point due, std::function<void()> fn);
   fabric_clock::time_point next_timer() const;  // max() when none
   void run_timers(fabric_clock::time_point now);
-  // Hands queued events to the handler if one is set; returns how many.
-  size_t drain_to_handler();
+  // Hands queued events (at most max_events) to the handler if one is set; returns how many.
+  size_t drain_to_handler(size_t max_events = SIZE_MAX);
   bool has_handler() const { return has_handler_.load(std::memory_order_acquire); }
   bool inbox_empty() const { return inbox_size_.load(std::memory_order_acquire) == 0; }
   // Waits on the inbox until non-empty or `until`.

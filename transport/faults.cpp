@@ -227,7 +227,7 @@ std::string fault_event::to_json() const {
                   std::to_string(msg.to) + ",\"seq\":" + std::to_string(msg.seq) +
                   ",\"step\":" + std::to_string(msg.step) + ",\"vt_ns\":" +
                   std::to_string(msg.vtime_ns) + ",\"rule\":" + std::to_string(rule) +
-                  ",\"t_ns\":" + std::to_string(t_ns) + "}";
+                  ",\"unix_ms\":" + std::to_string(unix_ms) + ",\"t_ns\":" + std::to_string(t_ns) + "}";
   return s;
 }
 
@@ -245,7 +245,11 @@ result<std::shared_ptr<fault_injector>> fault_injector::make(fault_plan plan, no
 fault_injector::fault_injector(fault_plan plan, node_id self, int fd)
     : plan_(std::move(plan)), self_(self), fd_(fd), t0_ns_(now_ns()) {
   fired_.reset(new std::atomic<uint64_t>[plan_.rules.size() + 1]);
-  for (size_t i = 0; i <= plan_.rules.size(); ++i) fired_[i] = 0;
+  open_.reset(new std::atomic<bool>[plan_.rules.size() + 1]);
+  for (size_t i = 0; i <= plan_.rules.size(); ++i) {
+    fired_[i] = 0;
+    open_[i] = false;
+  }
 }
 
 fault_injector::~fault_injector() {
@@ -262,6 +266,9 @@ void fault_injector::record(fault_point point, fault_kind kind, const fault_mess
   e.msg = m;
   e.rule = rule;
   e.t_ns = static_cast<uint64_t>(now_ns() - t0_ns_);
+  e.unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                  std::chrono::system_clock::now().time_since_epoch())
+                  .count();
   if (fd_ >= 0) {
     std::string line = e.to_json() + "\n";
     ssize_t n = ::write(fd_, line.data(), line.size());
@@ -287,8 +294,18 @@ fault_decision fault_injector::decide(fault_point point, const fault_message& m)
     if (r.to >= 0 && static_cast<node_id>(r.to) != m.to) continue;
     if (m.kind_known ? !(r.msg_kinds & (1u << static_cast<unsigned>(m.kind))) : !r.any_kind)
       continue;
-    if (r.step_lo >= 0 && (m.step < r.step_lo || (r.step_hi >= 0 && m.step > r.step_hi)))
-      continue;
+    if (r.step_lo >= 0) {
+      if (m.step >= 0 || r.kind != fault_kind::partition) {
+        const bool in = m.step >= r.step_lo && (r.step_hi < 0 || m.step <= r.step_hi);
+        if (r.kind == fault_kind::partition) open_[i].store(in, std::memory_order_relaxed);
+        if (!in) continue;
+      } else if (!open_[i].load(std::memory_order_relaxed)) {
+        // A message that names no step (a decode append, a write ack, a prefill write)
+        // is cut while the partition's steps last: from the first message of its range
+        // this node sees to the first past it.
+        continue;
+      }
+    }
     if (m.seq < r.seq_lo || m.seq > r.seq_hi) continue;
     if (r.kind == fault_kind::partition) {
       auto in = [&](node_id n) {

@@ -5,13 +5,17 @@
 // Replay: whether a rule fires on a message is a pure function of (seed, rule, point,
 // node, message sender, message sequence number) -- never of thread timing -- so the same
 // seed and script inject the same faults on the same messages. The only state is a rule's
-// trigger count (`count=`), used by one-shot faults such as a stall.
+// trigger count (`count=`), used by one-shot faults such as a stall, and whether a partition
+// with step= is under way at this node: messages that name no decode step (appends, write
+// acks, prefill writes) are cut from the first message of its steps this node sees to the
+// first past them (a partition cuts a link, not some kinds of message).
 //
 // Every injected fault is appended to a JSONL event log, one object per line:
 //   {"node":2,"point":"send","fault":"drop","msg":"partial","from":2,"to":0,"seq":17,
-//    "step":40,"vt_ns":123456,"rule":3,"t_ns":5120334}
-// `t_ns` (wall ns since the injector started) is the only field that differs between
-// replays; it is always last.
+//    "step":40,"vt_ns":123456,"rule":3,"unix_ms":1796290000000,"t_ns":5120334}
+// `unix_ms` (wall clock, ms since 1970 UTC: what an outside observer, e.g. `pnmkv chaos`,
+// subtracts from a detection time) and `t_ns` (wall ns since the injector started) are the
+// only fields that differ between replays; they are always last.
 //
 // Script grammar: rules separated by ';' or newlines; each rule is a fault kind followed by
 // key=value settings:
@@ -20,7 +24,8 @@
 //   node=3            only at this node's fault points
 //   from=2 to=0       only messages from / to these nodes
 //   msg=partial,query only these message kinds (transport/messages.hpp names)
-//   step=40 | step=40..60 | step=40..   only messages of these decode steps
+//   step=40 | step=40..60 | step=40..   only messages of these decode steps (partition:
+//                     and, while those steps last, every message that names no step)
 //   seq=100..200      only these sender sequence numbers
 //   ms=500            delay / stall duration (defaults: delay 10, stall 1000)
 //   bits=3            corrupt: bits flipped per message (default 1)
@@ -122,6 +127,7 @@ struct fault_event {
   fault_kind kind = fault_kind::drop;
   fault_message msg;
   size_t rule = 0;
+  int64_t unix_ms = 0;
   uint64_t t_ns = 0;
   std::string to_json() const;
 };
@@ -155,6 +161,9 @@ class fault_injector {
   node_id self_;
   int fd_;
   std::unique_ptr<std::atomic<uint64_t>[]> fired_;  // per rule
+  // Per rule: a partition with step= is under way at this node (its steps have begun and
+  // not passed), so messages that name no step are cut too.
+  std::unique_ptr<std::atomic<bool>[]> open_;
   std::array<std::atomic<uint64_t>, 2 * fault_kind_count> injected_{};
   mutable std::mutex events_mu_;
   std::vector<fault_event> events_;

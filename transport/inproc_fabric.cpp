@@ -1,7 +1,7 @@
 // The in-process fabric. A frame is delivered by calling the receiver's on_frame() from the
 // sender's thread (fault points, CRC, duplicate suppression, bounded inbox), so a full inbox
 // is reported to the sender at once. A per-endpoint progress thread, started on first need,
-// runs delayed deliveries and the handler.
+// runs delayed deliveries and the handler; a caller-driven hub (actors/detsim) has none.
 #include "transport/inproc_fabric.hpp"
 
 #include <condition_variable>
@@ -14,6 +14,7 @@
 #include <shared_mutex>
 #include <thread>
 
+#include "core/check.hpp"
 #include "transport/fabric_base.hpp"
 #include "transport/log.hpp"
 
@@ -41,11 +42,12 @@ class inproc_endpoint;
 
 class inproc_hub {
  public:
-  inproc_hub() {
+  explicit inproc_hub(inproc_progress progress) : progress(progress) {
     std::random_device rd;
     id_ = (uint64_t{rd()} << 32) ^ rd() ^ reinterpret_cast<uintptr_t>(this);
   }
   uint64_t id() const { return id_; }
+  const inproc_progress progress;
 
   struct region {
     node_id owner;
@@ -68,7 +70,9 @@ class inproc_hub {
   uint64_t id_;
 };
 
-std::shared_ptr<inproc_hub> make_inproc_hub() { return std::make_shared<inproc_hub>(); }
+std::shared_ptr<inproc_hub> make_inproc_hub(inproc_progress progress) {
+  return std::make_shared<inproc_hub>(progress);
+}
 
 class inproc_endpoint final : public detail::fabric_base {
  public:
@@ -159,6 +163,8 @@ class inproc_endpoint final : public detail::fabric_base {
     }
     remove_peer(peer);
   }
+
+  bool self_down() const override { return dead_; }
 
   status peer_status(node_id dest) const override {
     if (dead_) return {errc::peer_down, "this node (" + std::to_string(self()) + ") is down"};
@@ -271,6 +277,7 @@ class inproc_endpoint final : public detail::fabric_base {
   void progress_for(std::chrono::nanoseconds) override {}
 
   void wake() override {
+    if (hub_->progress == inproc_progress::caller) return;  // the caller moves events and timers
     std::lock_guard<std::mutex> lock(thr_mu_);
     if (thr_stop_) return;
     if (!thr_.joinable()) thr_ = std::thread([this] { loop(); });
@@ -280,6 +287,12 @@ class inproc_endpoint final : public detail::fabric_base {
 
   std::shared_mutex alive_mu_;
   std::atomic<bool> dead_{false};
+
+  // Caller-driven progress (inproc_progress::caller).
+  bool has_events() const { return has_handler() && !inbox_empty(); }
+  bool deliver_one() { return drain_to_handler(1) == 1; }
+  fabric_clock::time_point timer_due() const { return next_timer(); }
+  void timers_until(fabric_clock::time_point t) { run_timers(t); }
 
  private:
   struct import_entry {
@@ -386,6 +399,51 @@ void inproc_kill(inproc_hub& hub, node_id node) {
     ep = it->second;
   }
   ep->die(status{errc::peer_down, "node " + std::to_string(node) + " crashed"});
+}
+
+}  // namespace pnmkv::transport
+
+namespace pnmkv::transport {
+
+namespace {
+// The endpoints of a caller-driven hub, by node id (the caller's thread is the only one).
+std::vector<inproc_endpoint*> driven(inproc_hub& hub) {
+  PNMKV_CHECK(hub.progress == inproc_progress::caller, "a hub with progress threads is not driven by its caller");
+  std::lock_guard<std::mutex> lock(hub.mu);
+  std::vector<inproc_endpoint*> out;
+  for (auto& [id, ep] : hub.endpoints) out.push_back(ep);
+  return out;
+}
+}  // namespace
+
+std::vector<node_id> inproc_ready(inproc_hub& hub) {
+  std::vector<node_id> out;
+  for (inproc_endpoint* ep : driven(hub))
+    if (ep->has_events()) out.push_back(ep->self());
+  return out;
+}
+
+bool inproc_deliver_one(inproc_hub& hub, node_id node) {
+  for (inproc_endpoint* ep : driven(hub))
+    if (ep->self() == node) return ep->deliver_one();
+  return false;
+}
+
+fabric_clock::time_point inproc_next_timer(inproc_hub& hub) {
+  auto t = fabric_clock::time_point::max();
+  for (inproc_endpoint* ep : driven(hub)) t = std::min(t, ep->timer_due());
+  return t;
+}
+
+void inproc_run_timers(inproc_hub& hub, fabric_clock::time_point now) {
+  for (inproc_endpoint* ep : driven(hub)) ep->timers_until(now);
+}
+
+std::vector<node_id> inproc_endpoints(inproc_hub& hub) {
+  std::lock_guard<std::mutex> lock(hub.mu);
+  std::vector<node_id> out;
+  for (const auto& [id, ep] : hub.endpoints) out.push_back(id);
+  return out;
 }
 
 }  // namespace pnmkv::transport

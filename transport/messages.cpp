@@ -828,6 +828,8 @@ result<envelope_peek> peek_envelope(const void* data, size_t size) {
       case W::CANDIDATES: p.step = body.getCandidates().getStep(); break;
       case W::RECALL_REQUEST: p.step = body.getRecallRequest().getStep(); break;
       case W::RECALL_REPLY: p.step = body.getRecallReply().getStep(); break;
+      case W::TOKEN_APPEND: p.step = body.getTokenAppend().getStep(); break;
+      case W::PREFILL_WRITE: p.step = body.getPrefillWrite().getStep(); break;
       default: break;
     }
     return p;

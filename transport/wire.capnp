@@ -100,6 +100,7 @@ struct PrefillWrite {
   k @6 :Data;
   v @7 :Data;
   crc32c @8 :UInt32;
+  step @9 :UInt32;        # the decode step it is written in (0: before the first; fault rules' step=)
 }
 
 # Decode: the new token's K and V for KV heads [kvHead0, kvHead0 + nHeads), bf16
@@ -114,6 +115,7 @@ struct TokenAppend {
   k @6 :Data;
   v @7 :Data;
   crc32c @8 :UInt32;
+  step @9 :UInt32;        # the decode step it belongs to (fault rules' step=)
 }
 
 # q is fp32 [kvHead1 - kvHead0][group][headDim].

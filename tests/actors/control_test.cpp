@@ -17,7 +17,7 @@
 namespace pnmkv::control {
 namespace {
 
-constexpr unsigned kind_count = 12;  // the Control.body union's alternatives
+constexpr unsigned kind_count = 14;  // the Control.body union's alternatives
 
 std::vector<msg_kind> all_kinds() {
   std::vector<msg_kind> k;
@@ -92,6 +92,22 @@ outbound sample(msg_kind k, uint64_t seed) {
     }
     case msg_kind::RELEASE: b.initRelease().setRequestId(seed); break;
     case msg_kind::STOP: b.initStop().setReason(why); break;
+    case msg_kind::COPY_ASK: {
+      auto a = b.initCopyAsk();
+      a.setRequestId(seed);
+      a.setShardId(uint32_t(seed * 5));
+      a.setRecompute(seed % 2);
+      break;
+    }
+    case msg_kind::COPY_GRANT: {
+      auto g = b.initCopyGrant();
+      g.setRequestId(seed);
+      g.setShardId(uint32_t(seed * 5));
+      g.setDeviceId(uint32_t(100 + seed));
+      g.setOk(seed % 2);
+      g.setReason(why);
+      break;
+    }
   }
   return out;
 }
@@ -132,6 +148,9 @@ uint64_t read_all(const received& m) {
     case msg_kind::ADMIT: return sum + m.admit().getInSystem();
     case msg_kind::RELEASE: return sum + m.release().getRequestId();
     case msg_kind::STOP: return sum + m.stop().getReason().size();
+    case msg_kind::COPY_ASK: return sum + m.copy_ask().getShardId() + m.copy_ask().getRecompute();
+    case msg_kind::COPY_GRANT:
+      return sum + m.copy_grant().getDeviceId() + m.copy_grant().getOk() + m.copy_grant().getReason().size();
   }
   ADD_FAILURE() << "an accepted message of unknown kind " << unsigned(m.kind());
   return sum;

@@ -71,21 +71,28 @@ TEST(failover, a_device_lost_mid_step_changes_no_output_in_any_mode_or_round) {
 // steps; before round `round` of step 2 device `first` dies, and before the same round of
 // step 3 device `second`. Returns request 2's output digest and the requests lost.
 struct two_pools {
-  uint64_t digest_2 = 0;
+  uint64_t digest_1 = 0, digest_2 = 0;
+  std::vector<rebuild_need> rebuilt;
+  recovery_totals recovery;
   std::vector<lost_request> lost;
   std::vector<uint64_t> held;  // requests the engine still holds at the end
 };
 
-two_pools run_two_pools(run_mode mode, uint32_t replication, int round, int first, int second) {
+two_pools run_two_pools(run_mode mode, uint32_t replication, int round, int first, int second,
+                        bool recompute = false, bool rebuild = false, bool copies = true) {
   const model_shape m = tiny_model(4, 4, 4, 64);
   host_engine_config hc;
   hc.mode = mode;
   hc.live_layers = 2;
   hc.budget_tokens = 256;
-  hc.keep_for_retry = replication > 1;
+  hc.keep_for_retry = replication > 1 || recompute;
+  hc.recompute = recompute;
+  hc.rebuild_chunk_tokens = 512;  // several writes per (layer, KV head)
   hc.steady.warmup_steps = 1;
   hc.steady.reevaluate_every_steps = 1;
-  harness h(m, hc, 4, 21);
+  harness h(m, hc, 6, 21);  // 14 and 15 hold nothing: room for new copies
+  h.rebuild = rebuild;
+  h.rebuild_copies = copies;
   h.replication = replication;
   h.head_groups = replication == 1 ? 1 : 0;  // r = 1: two sequence shards (two rounds)
   h.pool_devices = {10, 11};
@@ -103,6 +110,9 @@ two_pools run_two_pools(run_mode mode, uint32_t replication, int round, int firs
   for (const auto& r : h.host.requests()) out.held.push_back(r.request_id);
   const auto& d = h.host.request_digests();
   if (d.count(2)) out.digest_2 = d.at(2);
+  if (d.count(1)) out.digest_1 = d.at(1);
+  out.rebuilt = h.rebuilt;
+  out.recovery = h.host.recovery();
   return out;
 }
 
@@ -131,6 +141,106 @@ TEST(failover, only_the_request_that_lost_every_copy_of_a_shard_is_lost) {
         EXPECT_EQ(f.digest_2, clean.digest_2);
       }
     }
+  }
+}
+
+// The same failures with recompute on (cluster.recompute): the shard with no copy left is
+// rebuilt from the prompt on a device holding nothing of its request, the work that waited
+// for it goes there, and neither request loses an output: both digests equal the run
+// without failures, whichever round it happens in, in every mode, r = 1 and r = 2. Its
+// virtual time is charged (a stall), never free.
+TEST(failover, a_shard_with_no_copy_left_is_recomputed_and_changes_no_output) {
+  for (run_mode mode : {run_mode::pnm_kv, run_mode::png_kv, run_mode::baseline}) {
+    SCOPED_TRACE(to_string(mode));
+    for (uint32_t r : {1u, 2u}) {
+      SCOPED_TRACE("replication " + std::to_string(r));
+      const two_pools clean = run_two_pools(mode, r, -1, -1, -1, true, true);
+      ASSERT_FALSE(::testing::Test::HasFatalFailure());
+      ASSERT_NE(clean.digest_1, 0u);
+      ASSERT_NE(clean.digest_2, 0u);
+      for (int round : {0, 1, 2}) {
+        SCOPED_TRACE("round " + std::to_string(round));
+        // Copies are not rebuilt here, so r = 2 loses 10, then its replica 11 (the shard's
+        // last copy); r = 1 loses 11.
+        const two_pools f = r == 2 ? run_two_pools(mode, r, round, 10, 11, true, true, false)
+                                   : run_two_pools(mode, r, round, -1, 11, true, true, false);
+        ASSERT_FALSE(::testing::Test::HasFatalFailure());
+        EXPECT_TRUE(f.lost.empty()) << f.lost.front().reason;
+        EXPECT_EQ(f.held, (std::vector<uint64_t>{1, 2}));
+        EXPECT_EQ(f.digest_1, clean.digest_1) << "request 1's outputs changed";
+        EXPECT_EQ(f.digest_2, clean.digest_2);
+        bool recomputed = false;
+        for (const auto& n : f.rebuilt) recomputed = recomputed || (n.recompute && n.request_id == 1);
+        EXPECT_TRUE(recomputed);
+        EXPECT_GT(f.recovery.recomputed_tokens, 0u);
+        EXPECT_GT(f.recovery.recomputed_bytes, 0u);
+        EXPECT_GT(f.recovery.stall_ns, 0.0);
+      }
+    }
+  }
+}
+
+// Re-replication without recompute: r = 2, device 10 dies in step 2 and its shard gets a new
+// copy (from its replica 11, on 14); then 11 dies in step 3, taking the first failure's
+// replica: the shard fails over to the new copy, and nothing is lost or changed.
+TEST(failover, a_second_failure_after_rereplication_is_survived_by_the_new_copy) {
+  for (run_mode mode : {run_mode::pnm_kv, run_mode::png_kv, run_mode::baseline}) {
+    SCOPED_TRACE(to_string(mode));
+    const two_pools clean = run_two_pools(mode, 2, -1, -1, -1, false, true);
+    ASSERT_FALSE(::testing::Test::HasFatalFailure());
+    for (int round : {0, 1, 2}) {
+      SCOPED_TRACE("round " + std::to_string(round));
+      const two_pools f = run_two_pools(mode, 2, round, 10, 11, false, true);
+      ASSERT_FALSE(::testing::Test::HasFatalFailure());
+      EXPECT_TRUE(f.lost.empty()) << f.lost.front().reason;
+      EXPECT_EQ(f.digest_1, clean.digest_1);
+      EXPECT_EQ(f.digest_2, clean.digest_2);
+      ASSERT_FALSE(f.rebuilt.empty());
+      for (const auto& n : f.rebuilt) EXPECT_FALSE(n.recompute);
+      EXPECT_GT(f.recovery.copied_bytes, 0u);
+      EXPECT_EQ(f.recovery.recomputed_bytes, 0u);
+    }
+  }
+}
+
+// A replica that missed a decode append (lost on the way: appends are not acknowledged)
+// and is then promoted gets the request's decoded tokens again with the failover: its
+// answers are the primary's, bit for bit. Without the catch-up it would attend a row short
+// (found by the deterministic fault simulation).
+TEST(failover, a_promoted_replica_that_missed_an_append_is_caught_up) {
+  for (run_mode mode : {run_mode::pnm_kv, run_mode::png_kv, run_mode::baseline}) {
+    SCOPED_TRACE(to_string(mode));
+    auto run_it = [&](bool drop) {
+      const model_shape m = tiny_model(4, 4, 4, 64);
+      host_engine_config hc;
+      hc.mode = mode;
+      hc.live_layers = 2;
+      hc.budget_tokens = 256;
+      hc.keep_for_retry = true;
+      hc.steady.warmup_steps = 1;
+      hc.steady.reevaluate_every_steps = 1;
+      harness h(m, hc, 4, 21);
+      h.replication = 2;
+      h.head_groups = 2;  // two shards (one per head group), each with a replica
+      h.add(1, 3000, 6);
+      h.prefill();
+      const shard_placement& sh = h.host.placement_of(1)->shards.front();
+      const uint32_t primary = sh.device_id, replica = sh.replica_device_ids.front();
+      if (drop) {
+        h.drop_appends_to = replica;
+        h.drop_appends_step = 1;
+      }
+      for (uint32_t s = 0; s < 5; ++s) {
+        h.step(s, s == 3 ? 0 : -1, primary);
+        if (::testing::Test::HasFatalFailure()) return uint64_t(0);
+      }
+      return h.host.output_digest();
+    };
+    const uint64_t clean = run_it(false);
+    ASSERT_FALSE(::testing::Test::HasFatalFailure());
+    const uint64_t caught_up = run_it(true);
+    ASSERT_FALSE(::testing::Test::HasFatalFailure());
+    EXPECT_EQ(caught_up, clean);
   }
 }
 

@@ -62,6 +62,90 @@ struct harness {
   std::set<uint32_t> dead;
   // Requests the host gave up on when it failed the dead devices over.
   std::vector<lost_request> lost;
+  // Rebuild what a failover asks for at once (as the GPU host does, with the coordinator's
+  // choice made here: the lowest live device holding nothing of the request): recompute a
+  // shard with no copy left, copy a shard below its copies from its primary. A device
+  // holding nothing of the request is preferred, then one without that shard.
+  bool rebuild = false;
+  bool rebuild_copies = true;         // with rebuild: re-replicate too
+  // Decode appends lost on the way to this device in this step (an unacknowledged message
+  // dropped): the device misses those rows.
+  uint32_t drop_appends_to = 0;
+  int drop_appends_step = -1;
+  std::vector<rebuild_need> rebuilt;  // what was rebuilt, in order
+
+  // A write that arrives before an earlier row of its shard is held (as the device actor
+  // holds it) and applied once the gap is filled.
+  std::vector<device_work> held;
+  void write_or_hold(device_engine& d, const device_work& w) {
+    auto st = d.write(w.request_id, w.layer, w.kv_head, w.position, w.k.data(), w.v.data(), w.n_tokens);
+    if (!st && st.code() == errc::not_ready) {
+      held.push_back(w);
+      return;
+    }
+    ASSERT_TRUE(st) << st.to_string();
+    for (bool moved = true; moved;) {
+      moved = false;
+      for (auto it = held.begin(); it != held.end();) {
+        auto r = devices.at(it->device_id)
+                     .write(it->request_id, it->layer, it->kv_head, it->position, it->k.data(), it->v.data(),
+                            it->n_tokens);
+        if (!r && r.code() == errc::not_ready) {
+          ++it;
+          continue;
+        }
+        ASSERT_TRUE(r) << r.to_string();
+        it = held.erase(it);
+        moved = true;
+      }
+    }
+  }
+
+  void rebuild_now(const rebuild_need& n, std::vector<device_work>& next) {
+    const shard_placement* sh = host.shard(n.request_id, n.shard_id);
+    ASSERT_NE(sh, nullptr);
+    const shard_placement shard = *sh;
+    uint32_t target = 0;
+    for (auto& [id, d] : devices)
+      if (!dead.count(id) && !d.holds(n.request_id)) {
+        target = id;
+        break;
+      }
+    for (auto& [id, d] : devices)
+      if (!target && !dead.count(id) && !d.shard(n.request_id, n.shard_id)) target = id;
+    ASSERT_NE(target, 0u) << "no device free for a copy of request " << n.request_id;
+    ASSERT_TRUE(devices.at(target).add_shard(n.request_id, shard));
+    const uint32_t layers = host.config().live_layers;
+    for (uint32_t l = 0; l < layers; ++l)
+      for (uint32_t h = shard.kv_head_begin; h < shard.kv_head_end; ++h) {
+        std::vector<device_work> writes;
+        if (n.recompute) {
+          const uint64_t end = host.tokens_written(n.request_id, l, h);
+          for (uint64_t at = 0; at < end;) at = host.recompute_writes(n.request_id, n.shard_id, target, l, h, at, end, writes);
+        } else {
+          const std::vector<uint64_t> pages = host.shard_pages_written(n.request_id, n.shard_id, l, h);
+          if (pages.empty()) continue;
+          const device_work recall = host.copy_recall(n.request_id, n.shard_id, n.source, l, h, pages);
+          device_reply r;
+          r.answer.pages = recall.pages;
+          ASSERT_TRUE(devices.at(n.source).read_pages(n.request_id, l, h, recall.pages, r.rows_per_page, r.k, r.v));
+          writes = host.copy_writes(n.request_id, n.shard_id, target, l, h, r);
+        }
+        for (const auto& w : writes) {
+          ASSERT_EQ(w.device_id, target);
+          ASSERT_TRUE(devices.at(target).write(w.request_id, w.layer, w.kv_head, w.position, w.k.data(), w.v.data(),
+                                               w.n_tokens));
+        }
+      }
+    if (n.recompute) {
+      auto resend = host.shard_recomputed(n.request_id, n.shard_id, target);
+      ASSERT_TRUE(resend) << resend.error().to_string();
+      for (auto& w : *resend) next.push_back(std::move(w));
+    } else {
+      ASSERT_TRUE(host.replica_added(n.request_id, n.shard_id, target));
+    }
+    rebuilt.push_back(n);
+  }
 
   void add(uint64_t id, uint64_t context, uint32_t steps) {
     placement_request pr;
@@ -118,6 +202,12 @@ struct harness {
           ASSERT_TRUE(resend) << resend.error().to_string();
           for (auto& m : resend->resend) next.push_back(std::move(m));
           for (const auto& l : resend->lost) lost.push_back(l);
+          if (rebuild)
+            for (const auto& n : resend->rebuild) {
+              if (!n.recompute && !rebuild_copies) continue;
+              rebuild_now(n, next);
+              if (::testing::Test::HasFatalFailure()) return;
+            }
         }
         work = std::move(next);
         continue;
@@ -141,8 +231,9 @@ struct harness {
           continue;
         }
         if (w.what == device_work::kind::write) {
-          ASSERT_TRUE(d.write(w.request_id, w.layer, w.kv_head, w.position, w.k.data(),
-                              w.v.data(), w.n_tokens));
+          if (!w.bulk && w.device_id == drop_appends_to && int(s) == drop_appends_step) continue;
+          write_or_hold(d, w);
+          if (::testing::Test::HasFatalFailure()) return;
           continue;
         }
         device_reply r;

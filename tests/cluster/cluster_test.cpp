@@ -165,10 +165,10 @@ TEST(cluster, embedded_and_multiprocess_give_the_same_outputs) {
 
 // Kills device 101 once `phase` has begun (empty: as soon as its process exists) and
 // checks the run ends promptly, names the device, and leaves no process behind. Without
-// replicas every request has a shard on it (one pool of four devices): each fails, naming
-// it; before the cluster is complete the run fails as a whole.
+// replicas or recompute every request has a shard on it (one pool of four devices): each
+// fails, naming it; before the cluster is complete the run fails as a whole.
 void kill_device_during(const std::string& phase) {
-  auto cfg = small_config({"run.steps=2000", "run.verify=false"});
+  auto cfg = small_config({"run.steps=2000", "run.verify=false", "cluster.recompute=false"});
   multiprocess_options mp;
   mp.node_binary = PNMKV_BINARY;
   std::promise<void> begun;
@@ -215,6 +215,32 @@ TEST(cluster, a_device_killed_before_the_cluster_is_complete_fails_the_run_promp
   kill_device_during("");
 }
 
+// Runs `cfg` as one process per node, SIGKILLs device `victim` once 3 decode steps are done,
+// and returns the report (the run must end within 120 s).
+result<run_report> run_killing(const config& cfg, const std::string& victim_id) {
+  multiprocess_options mp;
+  mp.node_binary = PNMKV_BINARY;
+  std::promise<void> begun;
+  std::atomic<bool> signalled{false};
+  cluster_run_options opts;
+  opts.on_progress = [&](const std::string& p, uint64_t done, uint64_t) {
+    if (p == "decode" && done >= 3 && !signalled.exchange(true)) begun.set_value();
+  };
+  auto run = std::async(std::launch::async, [&] { return run_multiprocess(cfg, opts, mp); });
+  if (begun.get_future().wait_for(std::chrono::seconds(120)) != std::future_status::ready) {
+    ADD_FAILURE() << "the run never reached decode step 3";
+    return run.get();
+  }
+  auto victim = children_matching("--id " + victim_id);
+  if (victim.size() != 1) {
+    ADD_FAILURE() << "device " << victim_id << " is not running";
+    return run.get();
+  }
+  kill(victim[0], SIGKILL);
+  if (run.wait_for(std::chrono::seconds(120)) != std::future_status::ready) ADD_FAILURE() << "the run hung";
+  return run.get();
+}
+
 // With cluster.replication = 2 a device killed while decoding costs a failover, not the
 // run: every request completes and the outputs are bit-identical to the same run with no
 // failure (the replica holds the same pages; the lost work is sent to it again).
@@ -226,21 +252,8 @@ TEST(cluster, a_device_killed_with_replicas_is_failed_over_and_changes_no_output
   ASSERT_TRUE(clean->failures.empty());
   for (const char* victim_id : {"100", "101"}) {
     SCOPED_TRACE(std::string("device ") + victim_id);
-    multiprocess_options mp;
-    mp.node_binary = PNMKV_BINARY;
-    std::promise<void> begun;
-    std::atomic<bool> signalled{false};
-    cluster_run_options opts;
-    opts.on_progress = [&](const std::string& p, uint64_t done, uint64_t) {
-      if (p == "decode" && done >= 3 && !signalled.exchange(true)) begun.set_value();
-    };
-    auto run = std::async(std::launch::async, [&] { return run_multiprocess(cfg, opts, mp); });
-    ASSERT_EQ(begun.get_future().wait_for(std::chrono::seconds(120)), std::future_status::ready);
-    auto victim = children_matching(std::string("--id ") + victim_id);
-    ASSERT_EQ(victim.size(), 1u);
-    kill(victim[0], SIGKILL);
-    ASSERT_EQ(run.wait_for(std::chrono::seconds(120)), std::future_status::ready) << "the run hung";
-    auto rep = run.get();
+    auto rep = run_killing(cfg, victim_id);
+    ASSERT_FALSE(::testing::Test::HasFatalFailure());
     ASSERT_TRUE(rep) << rep.error().to_string();
     EXPECT_EQ(rep->completed, 2u);
     EXPECT_TRUE(rep->failures.empty()) << rep->failures.front();
@@ -254,10 +267,53 @@ TEST(cluster, a_device_killed_with_replicas_is_failed_over_and_changes_no_output
   }
 }
 
+// Back-pressure is not a loss: with inboxes of 8 messages a device refuses sends while it
+// is busy; the GPU host holds them and sends them again (before, it failed such a device
+// over and, without replicas, lost every request; found by detsim). And a GPU host whose
+// own endpoint went down blames no device: the run fails naming the GPU host.
+TEST(cluster, back_pressure_is_waited_out_and_a_gpu_host_crash_blames_no_device) {
+  auto clean = run_embedded(small_config({"run.steps=12"}), {});
+  ASSERT_TRUE(clean) << clean.error().to_string();
+  auto pressed = run_embedded(small_config({"run.steps=12", "fabric.inbox_depth=8"}), {});
+  ASSERT_TRUE(pressed) << pressed.error().to_string();
+  EXPECT_EQ(pressed->completed, 2u);
+  EXPECT_TRUE(pressed->devices_lost.empty());
+  EXPECT_EQ(pressed->output_digest, clean->output_digest);
+  auto crashed = run_embedded(small_config({"run.steps=12", "faults.script=crash node=1 step=4 at=send"}), {});
+  std::string why = crashed ? (crashed->failures.empty() ? "" : crashed->failures.front()) : crashed.error().message();
+  EXPECT_NE(why.find("GPU host"), std::string::npos) << why;
+  if (crashed) EXPECT_TRUE(crashed->devices_lost.empty()) << "a device was blamed for the GPU host's crash";
+}
+
+// Without replicas, recompute (the default): a device process killed while decoding costs a
+// rebuild of the shards it held, from their prompts, on the survivors (one pool of four
+// devices: each holds another shard of the same request too), not a request: every request
+// completes with the outputs of a run without the loss, and no process is left.
+TEST(cluster, a_device_killed_without_replicas_is_recomputed_and_changes_no_output) {
+  auto cfg = small_config({"run.steps=3000", "run.verify=false"});
+  auto clean = run_embedded(cfg, {});
+  ASSERT_TRUE(clean) << clean.error().to_string();
+  auto rep = run_killing(cfg, "101");
+  ASSERT_FALSE(::testing::Test::HasFatalFailure());
+  ASSERT_TRUE(rep) << rep.error().to_string();
+  EXPECT_EQ(rep->completed, 2u);
+  EXPECT_TRUE(rep->failures.empty()) << rep->failures.front();
+  EXPECT_EQ(rep->devices_lost, std::vector<uint32_t>{101});
+  EXPECT_EQ(rep->output_digest, clean->output_digest);
+  ASSERT_FALSE(rep->rebuilds.empty());
+  for (const auto& b : rep->rebuilds) {
+    EXPECT_EQ(b.kind, "recompute");
+    EXPECT_EQ(b.outcome, "done");
+    EXPECT_GT(b.tokens, 0u);
+    EXPECT_NE(b.target, 101u);
+  }
+  EXPECT_TRUE(children_matching("pnmkv").empty()) << "node processes left behind";
+}
+
 // A scripted crash (faults.script "crash node=101 step=5") in the embedded cluster: with
-// replicas the run completes with the outputs of a run without it; without, it fails at
-// once naming the device.
-TEST(cluster, a_scripted_device_crash_is_failed_over_with_replicas_and_fails_the_run_without) {
+// replicas, or without them by recompute, the run completes with the outputs of a run
+// without it; with neither, it fails at once naming the device.
+TEST(cluster, a_scripted_device_crash_is_failed_over_with_replicas_recomputed_without_and_fails_with_neither) {
   auto clean = run_embedded(small_config({"run.steps=12", "cluster.replication=2"}), {});
   ASSERT_TRUE(clean) << clean.error().to_string();
   // Devices that hold only replicas answer no query; their write acks still put them in
@@ -272,7 +328,23 @@ TEST(cluster, a_scripted_device_crash_is_failed_over_with_replicas_and_fails_the
   ASSERT_EQ(crashed->devices_lost, std::vector<uint32_t>{101});
   EXPECT_EQ(crashed->output_digest, clean->output_digest);
   EXPECT_EQ(crashed->accuracy_samples, clean->accuracy_samples);
-  auto unreplicated = run_embedded(small_config({"run.steps=12", "faults.script=crash node=101 step=5"}), {});
+  // Without replicas the lost shards are recomputed from their prompts (cluster.recompute,
+  // the default) on the survivors, which hold other shards of the same requests: nothing
+  // changes. With recompute off the run fails at once, naming the device.
+  auto clean1 = run_embedded(small_config({"run.steps=12"}), {});
+  ASSERT_TRUE(clean1) << clean1.error().to_string();
+  auto recomputed = run_embedded(small_config({"run.steps=12", "faults.script=crash node=101 step=5"}), {});
+  ASSERT_TRUE(recomputed) << recomputed.error().to_string();
+  EXPECT_EQ(recomputed->completed, 2u);
+  EXPECT_TRUE(recomputed->failures.empty()) << recomputed->failures.front();
+  EXPECT_EQ(recomputed->output_digest, clean1->output_digest);
+  EXPECT_FALSE(recomputed->rebuilds.empty());
+  for (const auto& b : recomputed->rebuilds) {
+    EXPECT_EQ(b.kind, "recompute");
+    EXPECT_EQ(b.outcome, "done");
+  }
+  auto unreplicated = run_embedded(
+      small_config({"run.steps=12", "cluster.recompute=false", "faults.script=crash node=101 step=5"}), {});
   ASSERT_TRUE(unreplicated) << unreplicated.error().to_string();
   EXPECT_EQ(unreplicated->completed, 0u);
   bool named = false;
@@ -287,21 +359,8 @@ TEST(cluster, gpu_only_survives_a_killed_device_unchanged) {
   auto cfg = small_config({"run.mode=gpu-only", "run.steps=3000", "run.verify=false"});
   auto clean = run_embedded(cfg, {});
   ASSERT_TRUE(clean) << clean.error().to_string();
-  multiprocess_options mp;
-  mp.node_binary = PNMKV_BINARY;
-  std::promise<void> begun;
-  std::atomic<bool> signalled{false};
-  cluster_run_options opts;
-  opts.on_progress = [&](const std::string& p, uint64_t done, uint64_t) {
-    if (p == "decode" && done >= 3 && !signalled.exchange(true)) begun.set_value();
-  };
-  auto run = std::async(std::launch::async, [&] { return run_multiprocess(cfg, opts, mp); });
-  ASSERT_EQ(begun.get_future().wait_for(std::chrono::seconds(120)), std::future_status::ready);
-  auto victim = children_matching("--id 101");
-  ASSERT_EQ(victim.size(), 1u);
-  kill(victim[0], SIGKILL);
-  ASSERT_EQ(run.wait_for(std::chrono::seconds(120)), std::future_status::ready) << "the run hung";
-  auto rep = run.get();
+  auto rep = run_killing(cfg, "101");
+  ASSERT_FALSE(::testing::Test::HasFatalFailure());
   ASSERT_TRUE(rep) << rep.error().to_string();
   EXPECT_EQ(rep->completed, 2u);
   EXPECT_TRUE(rep->failures.empty()) << rep->failures.front();

@@ -1,9 +1,9 @@
-// Recovery without losing more than what was lost (issue 13, items 3 and 4), on the whole
-// cluster:
-//  - when every copy of one of a request's shards is gone, that request alone fails, with
-//    the reason, and every other request completes with the outputs it has in a run
-//    without failures (per-request digests): two failures in sequence with r = 2 where the
-//    second takes the first's replica, and one failure with r = 1;
+// Recovery without losing a request (issue 13), on the whole cluster:
+//  - re-replication and recompute (the defaults): two failures in sequence with r = 2, the
+//    second taking the first's replica, and one failure with r = 1 complete every request
+//    with the outputs of a run without failures (per-request digests and the run's);
+//  - with them off, when every copy of one of a request's shards is gone, that request
+//    alone fails, with the reason, and every other request completes with its outputs;
 //  - a device that was failed over is fenced: its late messages are counted and dropped,
 //    and it is told to leave (a stalled device in one process, a SIGSTOPped and SIGCONTed
 //    device process in a multi-process cluster);
@@ -73,7 +73,8 @@ std::string joined(const std::vector<std::string>& v) {
 // request 2 completes with the outputs of the run without failures.
 TEST(recovery, two_failures_in_sequence_lose_only_the_request_whose_every_copy_went) {
   const std::vector<std::string> shape = {"run.steps=12", "cluster.pnm_devices=8", "cluster.pool_devices=4",
-                                          "cluster.replication=2"};
+                                          "cluster.replication=2", "cluster.rereplicate=false",
+                                          "cluster.recompute=false"};
   auto clean = run_embedded(small_config(shape), {});
   ASSERT_TRUE(clean) << clean.error().to_string();
   ASSERT_EQ(clean->completed, 2u);
@@ -109,7 +110,7 @@ TEST(recovery, one_loss_without_replicas_fails_only_the_requests_on_that_device)
   for (const auto& workload : workloads) {
     SCOPED_TRACE(workload.front());
     auto shape = workload;
-    shape.insert(shape.end(), {"cluster.pool_devices=2", "cluster.replication=1"});
+    shape.insert(shape.end(), {"cluster.pool_devices=2", "cluster.replication=1", "cluster.recompute=false"});
     auto clean = run_embedded(small_config(shape), {});
     ASSERT_TRUE(clean) << clean.error().to_string();
     ASSERT_EQ(clean->completed, clean->submitted);
@@ -129,6 +130,88 @@ TEST(recovery, one_loss_without_replicas_fails_only_the_requests_on_that_device)
     const auto got = digests(*rep);
     EXPECT_EQ(got.size(), rep->completed);
     for (const auto& [id, digest] : got) EXPECT_EQ(digest, want.at(id)) << "request " << id << "'s outputs changed";
+  }
+}
+
+// The same two pools of four devices with r = 2, re-replication on. Without recompute: 100
+// dies at step 3, its shard is copied from 102 to a device of the other pool (which holds
+// nothing of request 1) while decoding goes on; 102 dies at step 9, after the copy: the
+// new copy serves, and every request completes with the clean outputs. With recompute
+// too, the failures of the test above (the second one before the copy may have finished)
+// lose nothing either.
+TEST(recovery, two_failures_in_sequence_with_r2_complete_with_the_clean_digest) {
+  const std::vector<std::string> shape = {"run.steps=12", "cluster.pnm_devices=8", "cluster.pool_devices=4",
+                                          "cluster.replication=2"};
+  auto clean = run_embedded(small_config(shape), {});
+  ASSERT_TRUE(clean) << clean.error().to_string();
+  ASSERT_EQ(clean->completed, 2u);
+  struct scenario {
+    std::string faults;
+    bool recompute;
+  };
+  for (const scenario& sc : {scenario{"crash node=100 step=3; crash node=102 step=9", false},
+                             scenario{"crash node=100 step=3; crash node=104 step=4; crash node=102 step=6", true}}) {
+    SCOPED_TRACE(sc.faults);
+    auto with = shape;
+    with.push_back("faults.script=" + sc.faults);
+    with.push_back(std::string("cluster.recompute=") + (sc.recompute ? "true" : "false"));
+    auto rep = run_embedded(small_config(with), {});
+    ASSERT_TRUE(rep) << rep.error().to_string();
+    EXPECT_EQ(rep->completed, 2u);
+    EXPECT_TRUE(rep->failures.empty()) << joined(rep->failures);
+    EXPECT_EQ(digests(*rep), digests(*clean));
+    EXPECT_EQ(rep->output_digest, clean->output_digest);
+    EXPECT_EQ(rep->steps_done, 12u);
+    // Request 1's shard 0 was copied from 102 (its replica, primary after 100 went) before
+    // 102 went too. A copy started by the last failure may still be under way at the end.
+    bool copied = false;
+    for (const auto& b : rep->rebuilds) {
+      SCOPED_TRACE("shard " + std::to_string(b.shard_id) + " of request " + std::to_string(b.request_id));
+      EXPECT_TRUE(b.outcome == "done" || b.outcome == "unfinished when the run ended") << b.outcome;
+      if (b.outcome != "done") continue;
+      EXPECT_GT(b.bytes, 0u);
+      EXPECT_GT(b.stall_ms, 0.0);
+      EXPECT_NE(b.target, 0u);
+      copied = copied || (b.kind == "re-replicate" && b.request_id == 1 && b.shard_id == 0 && b.source == 102);
+      if (!sc.recompute) EXPECT_EQ(b.kind, "re-replicate");
+    }
+    if (!sc.recompute) EXPECT_TRUE(copied);
+    EXPECT_GT(rep->recovery_stall_ms, 0.0);
+  }
+}
+
+// Replication 1 with recompute (the default): device 101 dies at step 5 and every shard it
+// held is rebuilt from its prompt on a device of the other pool; decoding resumes and every
+// request completes with the clean outputs, in a closed batch and in an open workload.
+TEST(recovery, one_loss_with_r1_is_recomputed_and_every_request_completes) {
+  const std::vector<std::vector<std::string>> workloads = {
+      {"run.steps=12"},
+      {"workload.arrivals=poisson", "workload.requests=4", "workload.arrival_rate_per_s=100",
+       "workload.output_tokens=8", "workload.context_tokens=4096", "workload.prefill_chunk_tokens=2048"}};
+  for (const auto& workload : workloads) {
+    SCOPED_TRACE(workload.front());
+    auto shape = workload;
+    shape.insert(shape.end(), {"cluster.pool_devices=2", "cluster.replication=1"});
+    auto clean = run_embedded(small_config(shape), {});
+    ASSERT_TRUE(clean) << clean.error().to_string();
+    ASSERT_EQ(clean->completed, clean->submitted);
+    shape.push_back("faults.script=crash node=101 step=5");
+    auto rep = run_embedded(small_config(shape), {});
+    ASSERT_TRUE(rep) << rep.error().to_string();
+    EXPECT_EQ(rep->devices_lost, std::vector<uint32_t>{101});
+    EXPECT_EQ(rep->completed, rep->submitted);
+    EXPECT_TRUE(rep->failures.empty()) << joined(rep->failures);
+    EXPECT_EQ(digests(*rep), digests(*clean));
+    uint64_t tokens = 0;
+    for (const auto& b : rep->rebuilds) {
+      EXPECT_EQ(b.kind, "recompute");
+      EXPECT_EQ(b.outcome, "done");
+      EXPECT_NE(b.target, 101u);
+      EXPECT_NE(b.target, 0u);
+      tokens += b.tokens;
+    }
+    EXPECT_GT(tokens, 0u) << "device 101 held a shard of a running request";
+    EXPECT_GT(rep->recovery_stall_ms, 0.0);
   }
 }
 

@@ -429,6 +429,94 @@ TEST(admission, release_after_a_device_loss_frees_the_survivors_and_never_the_lo
       EXPECT_EQ(pc->pools()[i].free_bytes[k], before[i].device_ids[k] == lost ? 0 : before[i].free_bytes[k]);
 }
 
+// A new copy after a loss (re-replication, recompute) goes to a live device holding nothing
+// of the request, the one with the most modelled room; both the pool and the emulator pay
+// for it, the grant lists it, and a release gives it back. With no device left that holds
+// nothing of the request, or none with room, the error says which.
+TEST(admission, a_new_copy_goes_where_there_is_most_room_and_is_given_back_on_release) {
+  const fixture_parts p = load_parts();
+  placement_params pp;
+  pp.pools = make_pools({100, 101, 102, 103}, 2, 1ull << 40);
+  pp.request = shape_of(p.model);
+  pp.request.head_groups = 1;  // s = 2: one shard per device of a pool
+  admission a;
+  auto pc_owned = std::make_unique<placement_constraint>(pp);
+  placement_constraint* pc = pc_owned.get();
+  a.add(std::move(pc_owned));
+  std::map<uint32_t, uint64_t> emu{{100, 1ull << 30}, {101, 1ull << 30}, {102, 1ull << 30}, {103, 1ull << 30}};
+  auto em = std::make_unique<emulator_memory_constraint>(emu, p.model.layers, 1);
+  emulator_memory_constraint* e = em.get();
+  a.add(std::move(em));
+  ASSERT_TRUE(a.try_admit({1, 4096, 16}).admitted());  // the fuller pool is skipped next
+  ASSERT_TRUE(a.try_admit({2, 4096, 16}).admitted());
+  const request_placement pl1 = a.grant_of(1)->placement;
+  ASSERT_EQ(pl1.shards.size(), 2u);
+  const std::vector<pool_state> before = pc->pools();
+  const uint32_t lost = pl1.shards[0].device_id;
+  a.device_lost(lost);
+  // Request 1's pool: one device lost, the other holds shard 1: the copy goes to the
+  // other pool, on its device with the most room (both equal: the lower id).
+  auto d = a.add_copy(1, pl1.shards[0].shard_id);
+  ASSERT_TRUE(d) << d.error().to_string();
+  const uint32_t other_pool_first = lost < 102 ? 102 : 100;
+  EXPECT_EQ(*d, other_pool_first);
+  const shard_placement& now = a.grant_of(1)->placement.shards[0];
+  ASSERT_EQ(now.replica_device_ids.size(), 1u);
+  EXPECT_EQ(now.replica_device_ids[0], *d);
+  EXPECT_EQ(e->free_bytes(*d), (1ull << 30) - live_bytes_by_device(a.grant_of(2)->placement, p.model.layers, 1).at(*d) -
+                                   live_bytes(now, p.model.layers, 1));
+  // A second copy of the same shard: not on *d again, not on the holder of shard 1.
+  auto d2 = a.add_copy(1, pl1.shards[0].shard_id);
+  ASSERT_TRUE(d2) << d2.error().to_string();
+  EXPECT_NE(*d2, *d);
+  EXPECT_EQ(*d2, other_pool_first + 1);
+  // Shard 1: every live device but its holder holds shard 0 now; one of them takes it (a
+  // device may hold several shards of a request), then the last; then none is left.
+  const uint32_t holder1 = pl1.shards[1].device_id;
+  auto d3 = a.add_copy(1, pl1.shards[1].shard_id);
+  ASSERT_TRUE(d3) << d3.error().to_string();
+  EXPECT_TRUE(*d3 == *d || *d3 == *d2);
+  EXPECT_NE(*d3, holder1);
+  auto d4 = a.add_copy(1, pl1.shards[1].shard_id);
+  ASSERT_TRUE(d4) << d4.error().to_string();
+  EXPECT_NE(*d4, *d3);
+  auto none = a.add_copy(1, pl1.shards[1].shard_id);
+  ASSERT_FALSE(none);
+  EXPECT_NE(none.error().message().find("every live device holds that shard already"), std::string::npos)
+      << none.error().to_string();
+  // Released: every survivor gets back exactly what request 1 took, copies included.
+  a.release(1);
+  for (size_t i = 0; i < before.size(); ++i)
+    for (size_t k = 0; k < before[i].device_ids.size(); ++k) {
+      const uint32_t dev = before[i].device_ids[k];
+      if (dev == lost) continue;
+      uint64_t held1 = 0;
+      for (const auto& sh : pl1.shards) held1 += sh.device_id == dev ? sh.bytes_modelled : 0;
+      EXPECT_EQ(pc->pools()[i].free_bytes[k], before[i].free_bytes[k] + held1) << "device " << dev;
+    }
+  // Full devices: the error names the device and the bytes.
+  admission b;
+  placement_params tight = pp;
+  b.add(std::make_unique<placement_constraint>(tight));
+  b.add(std::make_unique<emulator_memory_constraint>(emu, p.model.layers, 1));
+  ASSERT_TRUE(b.try_admit({1, 4096, 16}).admitted());
+  const request_placement& pb = b.grant_of(1)->placement;
+  b.device_lost(pb.shards[0].device_id);
+  admission c;  // same, the emulator memory just what the first placement needs, none elsewhere
+  const auto need_b = live_bytes_by_device(pb, p.model.layers, 1);
+  std::map<uint32_t, uint64_t> small = emu;
+  for (auto& [dev, bytes] : small) bytes = need_b.count(dev) ? need_b.at(dev) : 0;
+  c.add(std::make_unique<placement_constraint>(tight));
+  c.add(std::make_unique<emulator_memory_constraint>(small, p.model.layers, 1));
+  ASSERT_TRUE(c.try_admit({1, 4096, 16}).admitted());
+  c.device_lost(c.grant_of(1)->placement.shards[0].device_id);
+  auto full = c.add_copy(1, c.grant_of(1)->placement.shards[0].shard_id);
+  ASSERT_FALSE(full);
+  EXPECT_NE(full.error().message().find("is full"), std::string::npos) << full.error().to_string();
+  EXPECT_NE(full.error().message().find("cluster.device_memory_bytes_max"), std::string::npos)
+      << full.error().to_string();
+}
+
 TEST(admission, batch_cap_counts_admitted_requests) {
   admission a;
   a.add(std::make_unique<batch_cap_constraint>(2));

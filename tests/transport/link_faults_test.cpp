@@ -168,7 +168,7 @@ std::vector<std::string> read_log(const std::string& path) {
   std::ifstream in(path);
   std::vector<std::string> lines;
   std::string l;
-  static const std::regex wall(",\"t_ns\":[0-9]+");
+  static const std::regex wall(",\"unix_ms\":[0-9]+,\"t_ns\":[0-9]+");
   while (std::getline(in, l)) lines.push_back(std::regex_replace(l, wall, ""));
   std::sort(lines.begin(), lines.end());
   return lines;
@@ -319,6 +319,34 @@ TEST(FaultRates, PartitionCutsWindowsOfTheLink) {
   expect_rate(r.injected, N, P, 10.0);
   EXPECT_EQ(r.receiver.gaps, r.injected);
   EXPECT_EQ(r.injected % 10, 0u);  // whole windows (N is a multiple of the window)
+}
+
+// A partition over a range of decode steps cuts the link, not some kinds of message: while
+// its steps last at this node, messages that name no step (decode appends, write acks) are
+// cut too; before its first step and after its last they pass.
+TEST(FaultDecisions, AStepPartitionAlsoCutsMessagesWithoutAStep) {
+  fault_plan plan;
+  plan.rules = *parse_fault_script("partition node=2 step=3..4");
+  auto inj = fault_injector::make(plan, 2);
+  ASSERT_TRUE(inj);
+  auto at = [&](msg_kind k, int64_t step, uint64_t seq) {
+    return (*inj)->decide(fault_point::recv, {1, 2, true, k, seq, step, 0}).drop;
+  };
+  EXPECT_FALSE(at(msg_kind::query, 2, 1));
+  EXPECT_FALSE(at(msg_kind::token_append, -1, 2));  // before the range
+  EXPECT_TRUE(at(msg_kind::query, 3, 3));
+  EXPECT_TRUE(at(msg_kind::token_append, -1, 4));   // during it
+  EXPECT_TRUE(at(msg_kind::write_ack, -1, 5));
+  EXPECT_TRUE(at(msg_kind::query, 4, 6));
+  EXPECT_FALSE(at(msg_kind::query, 5, 7));
+  EXPECT_FALSE(at(msg_kind::token_append, -1, 8));  // after it
+  // Other kinds of rule keep the plain meaning: a drop with step= never takes a step-less message.
+  fault_plan drops;
+  drops.rules = *parse_fault_script("drop step=0..");
+  auto d = fault_injector::make(drops, 2);
+  ASSERT_TRUE(d);
+  EXPECT_TRUE((*d)->decide(fault_point::send, {2, 1, true, msg_kind::query, 1, 0, 0}).drop);
+  EXPECT_FALSE((*d)->decide(fault_point::send, {2, 1, true, msg_kind::token_append, 2, -1, 0}).drop);
 }
 
 TEST(FaultRates, SameSeedReplaysTheSameLogAndAnotherSeedDoesNot) {
