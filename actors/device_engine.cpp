@@ -12,11 +12,17 @@ namespace pnmkv {
 
 device_engine::device_engine(device_engine_config cfg) : cfg_(cfg) {}
 
-namespace {
-uint64_t store_bytes(const kv_head_shape& s, uint64_t pages) {
+uint64_t device_store_bytes(const kv_head_shape& s, uint64_t pages) {
   const uint64_t elem = s.summaries == summary_precision::bf16 ? 2 : 4;
-  return pages * (uint64_t(s.page_size_tokens) * s.head_dim * 4ull + 2ull * s.head_dim * elem);
+  const uint64_t int8 = s.search == page_search::exact_int8
+                            ? int8_summary_index::bytes_for(2 * s.head_dim, pages,
+                                                            int8_summary_index::default_block_pages)
+                            : 0;
+  return pages * (uint64_t(s.page_size_tokens) * s.head_dim * 4ull + 2ull * s.head_dim * elem) + int8;
 }
+
+namespace {
+uint64_t store_bytes(const kv_head_shape& s, uint64_t pages) { return device_store_bytes(s, pages); }
 }  // namespace
 
 const shard_placement* device_engine::shard(uint64_t request_id, uint32_t shard_id) const {
@@ -171,6 +177,7 @@ status device_engine::query(const device_query& q, device_answer& out) {
   out.candidate_forced.clear();
   out.bytes_scanned = 0;
   out.flops = 0;
+  out.search = {};
   const kv_head_store* s = find(q.request_id, q.shard_id, q.layer, q.kv_head);
   if (!s)
     return {errc::out_of_range, "device " + std::to_string(cfg_.device_id) + " holds no shard " +
@@ -219,15 +226,6 @@ status device_engine::query(const device_query& q, device_answer& out) {
     return attend(local);
   }
 
-  // Score every held page.
-  scores_.resize(pages);
-  auto st = score_pages(*s, q.q, q.group, cfg_.aggregation, scores_.data());
-  if (!st) return st;
-  const kernel_work w = score_work(d, s->shape().summaries, q.group, cfg_.aggregation, pages);
-  PNMKV_CHECK_EQ(uint64_t(w.bytes), uint64_t(pages) * s->summary_bytes_per_page());
-  out.bytes_scanned += uint64_t(pages) * s->summary_bytes_per_page();
-  out.flops += w.flops;
-
   // Pages the GPU already holds (png-kv steady pages) are never selected here.
   std::vector<uint8_t> excluded(q.n_excluded ? pages : 0, 0);
   uint32_t n_excluded_held = 0;
@@ -235,28 +233,45 @@ status device_engine::query(const device_query& q, device_answer& out) {
     int64_t l = s->local_page_of(q.excluded_pages[i]);
     if (l >= 0 && !excluded[l]) {
       excluded[l] = 1;
-      scores_[l] = std::nanf("");  // ranks lowest
       ++n_excluded_held;
     }
   }
   // Always-kept pages this shard holds: the first page (sink) and the sequence's last page.
-  std::vector<uint32_t> forced;
+  search_query sq;
+  sq.q_group = q.q;
+  sq.group = q.group;
+  sq.aggregation = cfg_.aggregation;
   if (pages > 0) {
     if (int64_t l = s->local_page_of(0); l >= 0 && !(q.n_excluded && excluded[l]))
-      forced.push_back(uint32_t(l));
+      sq.forced.push_back(uint32_t(l));
     if (q.sequence_tokens > 0) {
       uint64_t last = (q.sequence_tokens - 1) / s->shape().page_size_tokens;
       if (int64_t l = s->local_page_of(last); l >= 0 && !(q.n_excluded && excluded[l]))
-        forced.push_back(uint32_t(l));
+        sq.forced.push_back(uint32_t(l));
     }
   }
-  const uint64_t budget = std::min<uint64_t>(q.budget_pages, pages - n_excluded_held);
-  auto sel = select_top_pages(scores_.data(), pages, forced, budget);
-  if (!sel) return sel.error();
+  sq.excluded = q.n_excluded ? excluded.data() : nullptr;
+  sq.budget_pages = std::min<uint64_t>(q.budget_pages, pages - n_excluded_held);
+  // Score (flat) or bound and rescore (exact-int8) and select: the same pages either way
+  // (core/exact_search.hpp); the work counted is what the search touched.
+  search_work sw;
+  auto st = search_top_pages(*s, s->shape().search, sq, selected_, selected_scores_, sw,
+                             search_scratch_);
+  if (!st) return st;
+  if (s->shape().search == page_search::flat) {
+    const kernel_work w = score_work(d, s->shape().summaries, q.group, cfg_.aggregation, pages);
+    PNMKV_CHECK_EQ(uint64_t(w.bytes), sw.summary_bytes);
+  }
+  out.bytes_scanned += sw.bytes();
+  out.flops += sw.flops;
+  out.search += sw;
+  const std::vector<uint32_t>& forced = sq.forced;
+  const std::vector<uint32_t>* sel = &selected_;
   if (q.round == selection_round::exact_candidates) {
-    for (uint32_t p : *sel) {
+    for (size_t k = 0; k < sel->size(); ++k) {
+      const uint32_t p = (*sel)[k];
       out.pages.push_back(s->global_page(p));
-      out.candidate_scores.push_back(scores_[p]);
+      out.candidate_scores.push_back(selected_scores_[k]);
       bool f = false;
       for (uint32_t x : forced) f = f || x == p;
       out.candidate_forced.push_back(f ? 1 : 0);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/attention.hpp"
+#include "core/exact_search.hpp"
 #include "core/kv_store.hpp"
 #include "core/score.hpp"
 #include "core/status.hpp"
@@ -51,8 +52,9 @@ struct device_answer {
   std::vector<uint64_t> pages;             // global ids: selected, or candidates
   std::vector<float> candidate_scores;     // exact_candidates round, parallel to pages
   std::vector<uint8_t> candidate_forced;   // exact_candidates round: 1 for always-kept pages
-  uint64_t bytes_scanned = 0;              // summaries + K/V rows read
-  double flops = 0;
+  uint64_t bytes_scanned = 0;              // summaries (int8 ones included) + K/V rows read
+  double flops = 0;                        // float flops
+  search_work search;                      // what the page search touched (selection rounds)
 };
 
 class device_engine {
@@ -110,6 +112,13 @@ class device_engine {
   uint64_t reserved_bytes_ = 0;
   double clock_ns_ = 0;
   std::vector<float> scores_;  // scratch
+  search_scratch search_scratch_;
+  std::vector<uint32_t> selected_;
+  std::vector<float> selected_scores_;
 };
+
+// Bytes a store of `pages` pages holds on a device: K, V, summaries and, for exact-int8,
+// the int8 summaries (what capacity and admission count).
+uint64_t device_store_bytes(const kv_head_shape& shape, uint64_t pages);
 
 }  // namespace pnmkv

@@ -746,6 +746,9 @@ gpu_host_state::reply_key gpu_host_state::read_partial(const transport::envelope
   r.answer.part.lse = transport::view_as<float>(p.getLse()).vec();
   r.answer.bytes_scanned = p.getBytesScanned();
   r.answer.flops = p.getFlops();
+  r.answer.search.int_ops = p.getIntOps();
+  r.answer.search.pages = p.getSearchPages();
+  r.answer.search.pages_rescored = p.getSearchRescored();
   auto ids = transport::view_as<uint32_t>(p.getPageIds());
   r.answer.pages.assign(ids.begin(), ids.end());
   device_bytes_held_[env.sender] = p.getDeviceBytesHeld();
@@ -767,6 +770,9 @@ gpu_host_state::reply_key gpu_host_state::read_candidates(transport::wire::Candi
   // Bytes scanned and FLOPs of the scoring: the summaries of the shard's pages.
   r.answer.bytes_scanned = c.getBytesScanned();
   r.answer.flops = c.getFlops();
+  r.answer.search.int_ops = c.getIntOps();
+  r.answer.search.pages = c.getSearchPages();
+  r.answer.search.pages_rescored = c.getSearchRescored();
   return {c.getRequestId(), c.getLayer(), c.getKvHead(), c.getShardId(), reply_kind::candidates};
 }
 
@@ -917,6 +923,7 @@ void gpu_host_state::report_run(run_report& rep) const {
     rep.cal_churn_samples = c.churn_samples;
   }
   rep.cross_shard = to_string(setup.host.cross_shard);
+  rep.cal_search = to_string(setup.device.shape.search);
   rep.summaries_resident = setup.host.summaries_resident;
 }
 
@@ -939,6 +946,9 @@ void gpu_host_state::report_steps(run_report& rep) const {
   uint64_t link = 0, dev = 0;
   double dense = 0, lnk = 0, devns = 0, merge = 0, lm = 0, live_bytes = 0, gattn = 0, copy = 0;
   double live_flops = 0;
+  double live_int_ops = 0;
+  uint64_t search_rescored = 0, search_selected = 0, search_queries = 0;
+  double search_pages_min = 0, search_pages_max = 0;
   uint64_t copy_bytes = 0, steady_hits = 0, selected = 0;
   // Per-step figures are over decode steps (open workloads also run prefill-only steps);
   // tokens, energy and time over every step.
@@ -961,6 +971,15 @@ void gpu_host_state::report_steps(run_report& rep) const {
     copy_bytes += s.copy_bytes, steady_hits += s.steady_hits, selected += s.selected_pages;
     live_bytes += double(s.emulated_bytes_read);
     live_flops += s.emulated_flops;
+    live_int_ops += s.emulated_int_ops;
+    search_rescored += s.search_rescored;
+    search_selected += s.search_selected;
+    search_queries += s.search_queries;
+    if (s.search_queries > 0) {
+      const double per = double(s.search_pages) / double(s.search_queries);
+      search_pages_min = search_queries == s.search_queries ? per : std::min(search_pages_min, per);
+      search_pages_max = std::max(search_pages_max, per);
+    }
   }
   const double n = std::max<size_t>(1, decode_steps);
   rep.virtual_step_ms_mean = vt / n / 1e6;
@@ -1005,6 +1024,12 @@ void gpu_host_state::report_steps(run_report& rep) const {
     // The live bytes the devices scanned per step: what the wall-time bound is made of.
     rep.live_device_bytes_per_step = uint64_t(live_bytes / n);
     rep.live_device_flops_per_step = live_flops / n;
+    rep.live_device_int_ops_per_step = live_int_ops / n;
+    rep.cal_search_samples = search_queries;
+    rep.cal_search_rescored_per_selected =
+        search_selected > 0 ? double(search_rescored) / double(search_selected) : 0;
+    rep.cal_search_pages_min = search_pages_min;
+    rep.cal_search_pages_max = search_pages_max;
   }
   if (engine_ && open_ && sched_) rep.tokens_out = uint64_t(tokens);
 }

@@ -791,6 +791,7 @@ status host_engine::layer_gpu_only(uint32_t layer) {
       hs.pages = std::move(ans.pages);
       cur_.emulated_bytes_read += ans.bytes_scanned;
       cur_.emulated_flops += ans.flops;
+      cur_.emulated_int_ops += ans.search.int_ops;
       // Scoring every summary and attending the selected rows, from HBM.
       const op_cost ga = costs_.gpu_attention(double(ans.bytes_scanned), ans.flops);
       gpu_.run(0, t0, append.time_ns);
@@ -1601,6 +1602,7 @@ result<std::vector<device_work>> host_engine::on_reply_impl(const device_reply& 
   if (pi.what != purpose::verify) {  // verification is not the step's work
     cur_.emulated_bytes_read += r.answer.bytes_scanned + (r.k.size() + r.v.size()) * sizeof(bf16);
     cur_.emulated_flops += r.answer.flops;  // recalls (K/V copies) do none
+    cur_.emulated_int_ops += r.answer.search.int_ops;
   }
   // The device served the work on its own clock (device_service_done on the same
   // device_service_cost) and says when it was done; the reply goes back over the inbound link.
@@ -1639,9 +1641,10 @@ result<std::vector<device_work>> host_engine::on_reply_impl(const device_reply& 
       hs.parts[pi.shard_index] = r.answer.part;
       hs.pages.insert(hs.pages.end(), r.answer.pages.begin(), r.answer.pages.end());
       const uint64_t bytes = work::partial_wire_bytes(m, r.answer.pages.size());
+      count_search(r.answer);
       cur_.device_bytes_scanned += r.answer.bytes_scanned;
       device_done(bytes, device_service_cost(costs_, device_op::pnm, double(r.answer.bytes_scanned),
-                                             r.answer.flops));
+                                             r.answer.flops, r.answer.search.int_ops));
       break;
     }
     case purpose::candidates: {
@@ -1651,9 +1654,10 @@ result<std::vector<device_work>> host_engine::on_reply_impl(const device_reply& 
                                  r.answer.candidate_forced[i] != 0});
       if (cfg_.mode != run_mode::baseline) {
         const uint64_t bytes = work::candidates_wire_bytes(r.answer.pages.size());
+        count_search(r.answer);
         cur_.device_bytes_scanned += r.answer.bytes_scanned;
         device_done(bytes, device_service_cost(costs_, device_op::pnm, double(r.answer.bytes_scanned),
-                                               r.answer.flops));
+                                               r.answer.flops, r.answer.search.int_ops));
       }
       break;
     }

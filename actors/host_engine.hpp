@@ -219,6 +219,11 @@ struct step_report {
                                    // completed prompt)
   uint32_t decode_batch = 0;       // requests that decoded in the step
   uint64_t prefill_tokens = 0;     // prompt tokens written in the step (open workloads)
+  double emulated_int_ops = 0;     // integer ops of the live device work (exact-int8 bounds)
+  uint64_t search_pages = 0;       // pages the live selection queries searched
+  uint64_t search_rescored = 0;    // of which scored exactly (flat: all)
+  uint64_t search_selected = 0;    // pages the searches selected
+  uint64_t search_queries = 0;     // searches (selection queries answered)
 };
 
 class host_engine {
@@ -523,6 +528,14 @@ class host_engine {
          cal_spread_sum_ = 0, cal_churn_sum_ = 0;
   uint64_t cal_samples_ = 0, cal_overlap_samples_ = 0, cal_churn_samples_ = 0;
   void calibrate(const head_key& key, const head_state& hs);
+  // The page search of one selection reply: pages looked at, rescored, selected.
+  void count_search(const device_answer& a) {
+    if (a.search.pages == 0) return;
+    cur_.search_pages += a.search.pages;
+    cur_.search_rescored += a.search.pages_rescored;
+    cur_.search_selected += a.pages.size();
+    ++cur_.search_queries;
+  }
 
   // prefill cursor
   size_t pf_request_ = 0;

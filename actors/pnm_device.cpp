@@ -157,7 +157,8 @@ void pnm_device_state::serve_head(const transport::envelope& env, transport::wir
   if (round != selection_round::dense && !passive_) {
     const double arrival = env.vtime_ns + costs_->link_latency_ns();
     done = engine_->charge(
-        arrival, device_service_cost(*costs_, device_op::pnm, double(ans.bytes_scanned), ans.flops).time_ns);
+        arrival, device_service_cost(*costs_, device_op::pnm, double(ans.bytes_scanned), ans.flops,
+                                     ans.search.int_ops).time_ns);
   }
   if (round == selection_round::exact_candidates) send_candidates(env, q, h, ans, done);
   else send_partial(env, q, h, ans, done);
@@ -183,6 +184,9 @@ void pnm_device_state::send_candidates(const transport::envelope& env,
   }
   c.setBytesScanned(ans.bytes_scanned);
   c.setFlops(ans.flops);
+  c.setIntOps(ans.search.int_ops);
+  c.setSearchPages(static_cast<uint32_t>(ans.search.pages));
+  c.setSearchRescored(static_cast<uint32_t>(ans.search.pages_rescored));
   send(env.sender, m);
 }
 
@@ -209,6 +213,9 @@ void pnm_device_state::send_partial(const transport::envelope& env, transport::w
   p.setRound(q.getRound());
   p.setFlops(ans.flops);
   p.setDeviceBytesHeld(engine_->bytes_held());
+  p.setIntOps(ans.search.int_ops);
+  p.setSearchPages(static_cast<uint32_t>(ans.search.pages));
+  p.setSearchRescored(static_cast<uint32_t>(ans.search.pages_rescored));
   send(env.sender, m);
 }
 

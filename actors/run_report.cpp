@@ -167,6 +167,7 @@ std::string run_report::to_json() const {
                {"kernel_threads", kernel_threads},
                {"live_device_bytes_per_step", live_device_bytes_per_step},
                {"live_device_flops_per_step", num(live_device_flops_per_step)},
+               {"live_device_int_ops_per_step", num(live_device_int_ops_per_step)},
                {"step_bound_ms", num(step_bound_ms)},
                {"step_overhead_ratio", num(step_overhead_ratio)}};
   j["virtual"] = {{"step_ms_mean", num(virtual_step_ms_mean)},
@@ -248,6 +249,14 @@ std::string run_report::calibration_json() const {
                  {"selection_overlap", v(cal_selection_overlap, cal_samples)},
                  {"recall_hit_fraction", v(cal_recall_hit_fraction, cal_recall_samples)},
                  {"selection_spread", v(std::max(1.0, cal_selection_spread), cal_samples)}};
+  // Only a run that searched with exact-int8 measures its rescoring (flat rescores all).
+  if (cal_search == "exact-int8" && cal_search_samples > 0) {
+    j["values"]["search_rescored_per_selected"] =
+        v(std::max(1.0, cal_search_rescored_per_selected), cal_search_samples);
+    j["measured"]["search"] = {{"search", cal_search},
+                               {"pages_per_search_min", cal_search_pages_min},
+                               {"pages_per_search_max", cal_search_pages_max}};
+  }
   return j.dump(2);
 }
 
@@ -306,6 +315,7 @@ void read_accuracy_and_wall(const nlohmann::json& j, run_report& r) {
   r.read_gbps_measured = get_num(j, "wall", "read_gbps_measured");
   r.peak_gflops_measured = get_num(j, "wall", "peak_gflops_measured");
   r.live_device_flops_per_step = get_num(j, "wall", "live_device_flops_per_step");
+  r.live_device_int_ops_per_step = get_num(j, "wall", "live_device_int_ops_per_step");
   r.step_bound_ms = get_num(j, "wall", "step_bound_ms");
   r.step_overhead_ratio = get_num(j, "wall", "step_overhead_ratio");
   if (j.contains("wall")) {
@@ -449,6 +459,16 @@ void read_faults_devices_calibration(const nlohmann::json& j, run_report& r) {
     if (c.contains("steady_hit_fraction")) r.cal_samples = c["steady_hit_fraction"].value("samples", uint64_t(0));
     if (c.contains("steady_churn_fraction")) r.cal_churn_samples = c["steady_churn_fraction"].value("samples", uint64_t(0));
     r.budget_tokens = j["calibration"]["measured"].value("budget_tokens", uint64_t(0));
+    if (c.contains("search_rescored_per_selected")) {
+      r.cal_search_rescored_per_selected = val("search_rescored_per_selected");
+      r.cal_search_samples = c["search_rescored_per_selected"].value("samples", uint64_t(0));
+    }
+    if (j["calibration"]["measured"].contains("search")) {
+      const auto& s = j["calibration"]["measured"]["search"];
+      r.cal_search = s.value("search", std::string());
+      r.cal_search_pages_min = s.value("pages_per_search_min", 0.0);
+      r.cal_search_pages_max = s.value("pages_per_search_max", 0.0);
+    }
   }
 }
 
@@ -547,7 +567,10 @@ void run_report::table_accuracy_wall(table& t) const {
                                           f("%.2f", step_wall_ms_mean) + " / " +
                                           f("%.2f ms", step_wall_ms_max));
   row("device work per step", f("%.1f MB", double(live_device_bytes_per_step) / 1e6) + ", " +
-                                  f("%.2f Gflop", live_device_flops_per_step / 1e9));
+                                  f("%.2f Gflop", live_device_flops_per_step / 1e9) +
+                                  (live_device_int_ops_per_step > 0
+                                       ? f(", %.2f G integer ops", live_device_int_ops_per_step / 1e9)
+                                       : std::string()));
   row("read bw / compute peak measured",
       f("%.1f GB/s", read_gbps_measured) + " / " + f("%.1f Gflop/s", peak_gflops_measured) +
           " (" + std::to_string(kernel_threads) + " kernel threads)");

@@ -149,6 +149,13 @@ struct run_report {
   uint32_t cal_steady_reeval_steps = 0;
   uint64_t cal_samples = 0, cal_churn_samples = 0, cal_recall_samples = 0;
   uint64_t budget_tokens = 0;
+  // exact-int8 page search (core/exact_search.hpp): integer ops per step of the live
+  // layers' device work, and the calibration of the pages it rescored.
+  double live_device_int_ops_per_step = 0;
+  double cal_search_rescored_per_selected = 0;  // pages rescored / pages selected
+  double cal_search_pages_min = 0, cal_search_pages_max = 0;  // pages per search measured
+  uint64_t cal_search_samples = 0;
+  std::string cal_search;  // the selection.search measured ("" when no search ran)
   // The calibration as a "pnmkv-calibration/1" file.
   std::string calibration_json() const;
 

@@ -65,6 +65,7 @@ status set_engines(const run_spec& spec, run_setup& s) {
   s.device.shape.head_dim = s.model.head_dim;
   s.device.shape.page_size_tokens = page;
   s.device.shape.summaries = spec.selection.summary_precision;
+  s.device.shape.search = spec.selection.search;
   s.device.aggregation = spec.selection.gqa_aggregation;
   s.device.live_layers = live;
   s.device.memory_bytes_max = spec.cluster.device_memory_bytes_max;
@@ -146,6 +147,10 @@ status set_step(const run_spec& spec, run_setup& s) {
   st->summary_elem_bytes = s.gpu_query.summary_elem_bytes;
   st->heads_scored = spec.selection.gqa_aggregation == gqa_aggregation::max ? s.model.gqa_group() : 1;
   st->exact_cross_shard = s.host.cross_shard == cross_shard_selection::exact;
+  st->search = {spec.selection.search == page_search::exact_int8, st->cal.search_rescored_per_selected.value,
+                int8_summary_index::default_block_pages};
+  st->search_calibrated_pages_min = st->cal.measured_search_pages_min;
+  st->search_calibrated_pages_max = st->cal.measured_search_pages_max;
   st->steady_budget_pages = s.host.steady.budget_pages;
   st->summaries = s.host.summaries_resident ? summary_residence::hbm : summary_residence::link;
   // The recall cache the host engine runs (set_engines); TPOT predictions take its hit
@@ -182,6 +187,7 @@ void set_cluster(const run_spec& spec, run_setup& s) {
   s.placement.kv_heads = s.model.kv_heads;
   s.placement.head_dim = s.model.head_dim;
   s.placement.summary_elem_bytes = spec.selection.summary_elem_bytes();
+  s.placement.int8_summary_block_pages = spec.selection.int8_summary_block_pages();
   s.placement.head_groups = spec.cluster.head_groups;
   s.placement.split = spec.cluster.sequence_split;
   s.placement.replication = s.replication;

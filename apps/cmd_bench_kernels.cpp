@@ -45,12 +45,14 @@
 #include "apps/commands.hpp"
 #include "core/attention.hpp"
 #include "core/check.hpp"
+#include "core/exact_search.hpp"
 #include "core/kv_store.hpp"
 #include "core/membw.hpp"
 #include "core/peak.hpp"
 #include "core/roofline.hpp"
 #include "core/score.hpp"
 #include "core/select.hpp"
+#include "core/workload.hpp"
 
 namespace pnmkv::apps {
 
@@ -67,6 +69,8 @@ struct bench_options {
   uint32_t repeats = 5;
   uint64_t seed = 1;
   std::string summaries = "bf16";
+  std::vector<uint64_t> search_contexts = {uint64_t{1} << 17, uint64_t{1} << 20};
+  uint32_t search_queries = 8;
 };
 
 constexpr uint32_t repeats_max = 1000;
@@ -348,6 +352,141 @@ nlohmann::json row_json(const kernel_row& r) {
   return j;
 }
 
+// (7) Page search per selection.search (core/exact_search.hpp): the whole selection of one
+// query (flat: score every summary and select; exact-int8: bound from the int8 summaries,
+// rescore, select), on stores of the synthetic workload (sinks, topics, needles: real
+// attention structure, which the bounds prune on; uniform random keys would be the worst
+// case) at each --search-contexts length, with that workload's queries at successive
+// decode steps. Each query is timed from cold caches (best of --repeats), next to a plain
+// read of the bytes the search touched; the bytes are the ones the search counted.
+struct search_row {
+  std::string name;
+  uint64_t context_tokens = 0;
+  uint32_t group = 0;
+  gqa_aggregation agg = gqa_aggregation::max;
+  page_search search = page_search::flat;
+  double seconds_per_query = 0;
+  double read_seconds_per_query = 0;  // plain read of the same bytes, interleaved
+  double bytes_per_query = 0;
+  double summary_bytes_per_query = 0;
+  double int8_bytes_per_query = 0;
+  double flops_per_query = 0;
+  double int_ops_per_query = 0;
+  double rescored_fraction = 0;
+  double bytes_vs_flat = 0;
+  double time_vs_flat = 0;
+  double vs_read() const { return read_seconds_per_query / seconds_per_query; }
+};
+
+std::vector<search_row> bench_searches(const bench_options& opt, bench_context& ctx,
+                                       const kv_head_shape& base_shape) {
+  std::vector<search_row> rows;
+  for (uint64_t context : opt.search_contexts) {
+    for (uint32_t group : {4u, 16u}) {
+      auto wl = synthetic_workload::create(workload_params{}, opt.seed, base_shape.head_dim, group);
+      if (!wl) fail("workload: " + wl.error().to_string());
+      kv_head_shape shape = base_shape;
+      shape.search = page_search::exact_int8;  // keeps both summaries: flat ignores the int8 ones
+      progress(("search: filling " + std::to_string(context) + " tokens of the synthetic "
+                "workload (GQA " + std::to_string(group) + ")").c_str());
+      auto created = kv_head_store::create(shape, context);
+      if (!created) fail("kv_head_store: " + created.error().to_string());
+      kv_head_store store = std::move(created).value();
+      check(fill_store(*wl, store, 0, 0, 0, 0, context), "fill_store");
+      const uint32_t pages = store.page_count();
+      const uint64_t budget = budget_pages(selection_budget{opt.budget_tokens, shape.page_size_tokens});
+      std::vector<std::vector<float>> qs(opt.search_queries, std::vector<float>(size_t(group) * shape.head_dim));
+      for (uint32_t i = 0; i < opt.search_queries; ++i) wl->queries(0, 0, 0, i, context, qs[i].data());
+      for (gqa_aggregation agg : {gqa_aggregation::max, gqa_aggregation::sum}) {
+        search_row flat_row;
+        for (page_search search : {page_search::flat, page_search::exact_int8}) {
+          progress(("search " + std::string(to_string(search)) + " GQA " + std::to_string(group) +
+                    " " + to_string(agg) + " at " + std::to_string(context) + " tokens").c_str());
+          search_row r;
+          r.context_tokens = context;
+          r.group = group;
+          r.agg = agg;
+          r.search = search;
+          r.name = std::string(to_string(search)) + " GQA " + std::to_string(group) + " " +
+                   to_string(agg) + " " + std::to_string(context / 1024) + "K";
+          search_scratch scratch;
+          std::vector<uint32_t> sel;
+          std::vector<float> sel_scores;
+          search_query q;
+          q.group = group;
+          q.aggregation = agg;
+          q.forced = always_kept_pages(pages);
+          q.budget_pages = std::min<uint64_t>(budget, pages);
+          search_work total;
+          for (uint32_t i = 0; i < opt.search_queries; ++i) {
+            q.q_group = qs[i].data();
+            search_work once;
+            check(search_top_pages(store, search, q, sel, sel_scores, once, scratch), "search");
+            total += once;
+            const timing t = ctx.measure(double(once.bytes()), opt.repeats, [&] {
+              search_work w;
+              check(search_top_pages(store, search, q, sel, sel_scores, w, scratch), "search");
+              sink_u64 = sel.size();
+            });
+            r.seconds_per_query += t.kernel_s / opt.search_queries;
+            r.read_seconds_per_query += t.read_s / opt.search_queries;
+          }
+          const double n = opt.search_queries;
+          r.bytes_per_query = double(total.bytes()) / n;
+          r.summary_bytes_per_query = double(total.summary_bytes) / n;
+          r.int8_bytes_per_query = double(total.int8_bytes) / n;
+          r.flops_per_query = total.flops / n;
+          r.int_ops_per_query = total.int_ops / n;
+          r.rescored_fraction = double(total.pages_rescored) / double(total.pages);
+          if (search == page_search::flat) flat_row = r;
+          r.bytes_vs_flat = r.bytes_per_query / flat_row.bytes_per_query;
+          r.time_vs_flat = r.seconds_per_query / flat_row.seconds_per_query;
+          rows.push_back(r);
+        }
+      }
+    }
+  }
+  return rows;
+}
+
+void print_search_rows(const std::vector<search_row>& rows, uint64_t budget_tokens) {
+  std::printf("\npage search per selection.search (synthetic workload, budget %llu tokens, per "
+              "query, cold caches):\n",
+              static_cast<unsigned long long>(budget_tokens));
+  std::printf("%-32s %10s %10s %9s %9s %7s %7s %9s %7s %7s\n", "search", "bytes", "time", "GB/s",
+              "read", "/read", "rescore", "B vs flat", "t/flat", "int8 B");
+  for (const search_row& r : rows) {
+    std::printf("%-32s %10s %10s %9.2f %9.2f %7.2f %7.3f %9.3f %7.3f %7s\n", r.name.c_str(),
+                fmt_bytes(r.bytes_per_query).c_str(), fmt_time(r.seconds_per_query).c_str(),
+                r.bytes_per_query / r.seconds_per_query / 1e9,
+                r.bytes_per_query / r.read_seconds_per_query / 1e9, r.vs_read(), r.rescored_fraction,
+                r.bytes_vs_flat, r.time_vs_flat, fmt_bytes(r.int8_bytes_per_query).c_str());
+  }
+}
+
+nlohmann::json search_rows_json(const std::vector<search_row>& rows) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const search_row& r : rows) {
+    out.push_back({{"search", to_string(r.search)},
+                   {"context_tokens", r.context_tokens},
+                   {"gqa_group", r.group},
+                   {"gqa_aggregation", to_string(r.agg)},
+                   {"seconds_per_query", r.seconds_per_query},
+                   {"bytes_per_query", r.bytes_per_query},
+                   {"summary_bytes_per_query", r.summary_bytes_per_query},
+                   {"int8_bytes_per_query", r.int8_bytes_per_query},
+                   {"flops_per_query", r.flops_per_query},
+                   {"int_ops_per_query", r.int_ops_per_query},
+                   {"gbps", r.bytes_per_query / r.seconds_per_query / 1e9},
+                   {"read_gbps", r.bytes_per_query / r.read_seconds_per_query / 1e9},
+                   {"vs_read", r.vs_read()},
+                   {"rescored_fraction", r.rescored_fraction},
+                   {"bytes_vs_flat", r.bytes_vs_flat},
+                   {"time_vs_flat", r.time_vs_flat}});
+  }
+  return out;
+}
+
 void run_bench(const bench_options& opt) {
   if (opt.repeats < 1 || opt.repeats > repeats_max) {
     fail("--repeats = " + std::to_string(opt.repeats) + " is not allowed: 1.." +
@@ -356,6 +495,15 @@ void run_bench(const bench_options& opt) {
   if (opt.context_tokens < 1 || opt.context_tokens > context_tokens_max) {
     fail("--context-tokens = " + std::to_string(opt.context_tokens) + " is not allowed: 1.." +
              std::to_string(context_tokens_max), 2);
+  }
+  for (uint64_t c : opt.search_contexts) {
+    if (c < 1 || c > context_tokens_max) {
+      fail("--search-contexts: " + std::to_string(c) + " is not allowed: 1.." +
+               std::to_string(context_tokens_max), 2);
+    }
+  }
+  if (opt.search_queries < 1 || opt.search_queries > 256) {
+    fail("--search-queries = " + std::to_string(opt.search_queries) + " is not allowed: 1..256", 2);
   }
   kv_head_shape shape;
   shape.head_dim = opt.head_dim;
@@ -584,6 +732,8 @@ void run_bench(const bench_options& opt) {
     rows.push_back(r);
   }
 
+  const std::vector<search_row> search_rows = bench_searches(opt, ctx, shape);
+
   // This core's peak: the best burst of the whole run (each row keeps its own for its
   // roofline, measured alongside it).
   double peak_gflops = 0;
@@ -614,6 +764,8 @@ void run_bench(const bench_options& opt) {
   for (const kernel_row& r : rows) print_row(r);
   std::printf("\nroofline ratio min (score max and attend, GQA 4 and 16, both budgets): %.2f\n\n",
               roofline_ratio_min);
+  print_search_rows(search_rows, budget_small * shape.page_size_tokens);
+  std::printf("\n");
   for (const auto& [key, sel] : details["select"].items()) {
     std::printf("select top-k (%s): %s for %u pages = %.1f M pages/s\n", key.c_str(),
                 fmt_time(sel["seconds"].get<double>()).c_str(), pages,
@@ -657,6 +809,7 @@ void run_bench(const bench_options& opt) {
                    {"seed", opt.seed},
                    {"flush_bytes", flush_bytes}};
     j["details"] = details;
+    j["search"] = search_rows_json(search_rows);
     std::ofstream out(opt.json_file);
     out << j.dump(2) << "\n";
     if (!out) fail("cannot write --json " + opt.json_file, 1);
@@ -687,6 +840,12 @@ void register_bench_kernels(CLI::App& bench) {
       ->capture_default_str();
   cmd->add_option("--seed", opt->seed, "Seed of the random K/V and queries")->capture_default_str();
   cmd->add_option("--summaries", opt->summaries, "Summary precision: bf16 or fp32")
+      ->capture_default_str();
+  cmd->add_option("--search-contexts", opt->search_contexts,
+                  "Context lengths of the page-search rows (synthetic workload)")
+      ->capture_default_str();
+  cmd->add_option("--search-queries", opt->search_queries,
+                  "Queries (successive decode steps) per page-search row")
       ->capture_default_str();
   cmd->callback([opt] { run_bench(*opt); });
 }

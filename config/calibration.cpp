@@ -38,6 +38,8 @@ const field fields[] = {
     {"selection_overlap", &calibration::selection_overlap, &calibration_keys::selection_overlap},
     {"recall_hit_fraction", &calibration::recall_hit_fraction, &calibration_keys::recall_hit_fraction},
     {"selection_spread", &calibration::selection_spread, &calibration_keys::selection_spread},
+    {"search_rescored_per_selected", &calibration::search_rescored_per_selected,
+     &calibration_keys::search_rescored_per_selected},
 };
 
 }  // namespace
@@ -124,6 +126,13 @@ result<calibration> load_calibration(const std::string& file, calibration base) 
       base.measured_context_tokens = m["context_tokens"].get<double>();
     if (m.contains("budget_tokens") && m["budget_tokens"].is_number())
       base.measured_budget_tokens = m["budget_tokens"].get<double>();
+    if (m.contains("search") && m["search"].is_object()) {
+      const auto& s = m["search"];
+      if (s.contains("pages_per_search_min") && s["pages_per_search_min"].is_number())
+        base.measured_search_pages_min = s["pages_per_search_min"].get<double>();
+      if (s.contains("pages_per_search_max") && s["pages_per_search_max"].is_number())
+        base.measured_search_pages_max = s["pages_per_search_max"].get<double>();
+    }
   }
   return base;
 }

@@ -36,6 +36,11 @@ struct calibration {
   calibrated_value recall_hit_fraction;
   // Busiest shard's share of a global selection over the even share (1 = even).
   calibrated_value selection_spread;
+  // exact-int8 page search: pages scored exactly per page selected (core/exact_search.hpp).
+  calibrated_value search_rescored_per_selected;
+  // The pages per search the file measured it over (0: unknown); the simulator says when
+  // its own searches fall outside (extrapolation).
+  double measured_search_pages_min = 0, measured_search_pages_max = 0;
 
   std::string file;  // empty when every value comes from config
   // Where the file says it was measured (for the report); empty when unknown.

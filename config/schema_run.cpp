@@ -33,6 +33,10 @@ std::vector<config_key> schema_keys_run() {
        "How the query heads of a GQA group combine page scores"},
       {"selection.summary_precision", t::choice, "bf16", 0, 0, names_of(summary_precision_names),
        "Precision of the per-page min/max key summaries"},
+      {"selection.search", t::choice, "flat", 0, 0, names_of(page_search_names),
+       "How a device finds its top pages: flat (score every page summary) or exact-int8 (bound "
+       "every page from int8 summaries rounded outward, rescore exactly only the pages that may "
+       "make the top-k: the same selection; the int8 summaries take device memory)"},
       {"selection.cross_shard", t::choice, "exact", 0, 0, names_of(cross_shard_selection_names),
        "With s > 1 sequence shards: exact (two rounds, equals one-device selection) or local "
        "(each shard selects budget/s pages, one round)"},

@@ -54,6 +54,9 @@ std::vector<config_key> schema_keys_sim() {
        "measures it)"},
       {"sim.selection_spread", t::number, "1", 1, 1e6, {},
        "Busiest sequence shard's share of a global selection over the even share (1: even)"},
+      {"sim.search_rescored_per_selected", t::number, "1", 1, 1e6, {},
+       "selection.search = exact-int8: pages a device's search scores exactly per page it "
+       "selects (1, the least possible, until calibrated: a live run measures it)"},
       {"sim.price_scale_gpu", t::number, "1", 0, 100, {},
        "Multiplies the GPU price and host share (price sensitivity)"},
       {"sim.price_scale_pnm", t::number, "1", 0, 100, {}, "Multiplies the PNM device price"},

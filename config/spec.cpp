@@ -47,6 +47,7 @@ status read_run_and_selection(const reader& r, run_spec& s) {
   sel.budget_fraction = r.num("selection.budget_fraction");
   sel.gqa_aggregation = r.choice("selection.gqa_aggregation", gqa_aggregation_names);
   sel.summary_precision = r.choice("selection.summary_precision", summary_precision_names);
+  sel.search = r.choice("selection.search", page_search_names);
   sel.cross_shard = r.choice("selection.cross_shard", cross_shard_selection_names);
   if (sel.budget_tokens < 2ull * sel.page_size_tokens)
     return status{errc::invalid_argument,
@@ -141,6 +142,7 @@ void read_sim(const reader& r, sim_section& m) {
   m.calibration.selection_overlap = r.num("sim.selection_overlap");
   m.calibration.recall_hit_fraction = r.num("sim.recall_hit_fraction");
   m.calibration.selection_spread = r.num("sim.selection_spread");
+  m.calibration.search_rescored_per_selected = r.num("sim.search_rescored_per_selected");
   m.price_scale_gpu = r.num("sim.price_scale_gpu");
   m.price_scale_pnm = r.num("sim.price_scale_pnm");
   m.price_scale_expander = r.num("sim.price_scale_expander");

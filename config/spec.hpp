@@ -38,11 +38,16 @@ struct selection_section {
   pnmkv::gqa_aggregation gqa_aggregation = pnmkv::gqa_aggregation::max;
   pnmkv::summary_precision summary_precision = pnmkv::summary_precision::bf16;
   cross_shard_selection cross_shard = cross_shard_selection::exact;
+  pnmkv::page_search search = pnmkv::page_search::flat;  // core/exact_search.hpp
   // Bytes of one summary element (min or max of one dimension).
   // The budget policy both the live cluster and the simulator resolve a request's budget
   // with (model/selection_budget.hpp).
   selection_budget_policy budget_policy() const { return {page_size_tokens, budget_tokens, budget_fraction}; }
   uint32_t summary_elem_bytes() const { return summary_precision == pnmkv::summary_precision::fp32 ? 4 : 2; }
+  // Pages per block of the int8 summaries a device keeps (exact-int8), 0 when it keeps none.
+  uint32_t int8_summary_block_pages() const {
+    return search == pnmkv::page_search::exact_int8 ? pnmkv::int8_summary_index::default_block_pages : 0;
+  }
 };
 
 struct png_section {
@@ -114,6 +119,7 @@ struct calibration_keys {
   double selection_overlap = 0.8;
   double recall_hit_fraction = 0.8;
   double selection_spread = 1;
+  double search_rescored_per_selected = 1;
 };
 
 struct sim_section {

@@ -21,6 +21,7 @@
 namespace pnmkv {
 
 const char* to_string(summary_precision p) { return name_of(summary_precision_names, p); }
+const char* to_string(page_search s) { return name_of(page_search_names, s); }
 
 status validate(const kv_head_shape& shape) {
   if (shape.head_dim < 16 || shape.head_dim > 512 || shape.head_dim % 16 != 0) {
@@ -37,6 +38,11 @@ status validate(const kv_head_shape& shape) {
     return {errc::invalid_argument,
             "kv_head_shape.summaries = " + std::to_string(static_cast<int>(shape.summaries)) +
                 " is not allowed: bf16 or fp32"};
+  }
+  if (shape.search != page_search::flat && shape.search != page_search::exact_int8) {
+    return {errc::invalid_argument,
+            "kv_head_shape.search = " + std::to_string(static_cast<int>(shape.search)) +
+                " is not allowed: flat or exact-int8"};
   }
   return status::ok();
 }
@@ -93,6 +99,10 @@ result<kv_head_store> kv_head_store::create(kv_head_shape shape, uint64_t capaci
                             std::to_string(2 * elems * sizeof(bf16)) + " bytes of K/V for " +
                             std::to_string(capacity_tokens_max) + " tokens"};
   }
+  if (shape.search == page_search::exact_int8) {
+    store.int8_ = int8_summary_index(2 * shape.head_dim, store.capacity_pages_,
+                                     int8_summary_index::default_block_pages);
+  }
   return result<kv_head_store>{std::move(store)};
 }
 
@@ -108,7 +118,8 @@ size_t kv_head_store::summary_bytes_per_page() const {
 uint64_t kv_head_store::bytes_held() const {
   const uint64_t kv_bytes_per_page =
       2ull * shape_.page_size_tokens * shape_.head_dim * sizeof(bf16);
-  return static_cast<uint64_t>(page_count()) * (kv_bytes_per_page + summary_bytes_per_page());
+  return static_cast<uint64_t>(page_count()) * (kv_bytes_per_page + summary_bytes_per_page()) +
+         int8_.bytes_held(page_count());
 }
 
 int64_t kv_head_store::local_page_of(uint64_t global_page) const {
@@ -254,6 +265,7 @@ status kv_head_store::append_rows(uint64_t position, const Src* k, const Src* v,
 
   uint64_t done = 0;
   uint64_t pos = position;
+  const uint32_t first_touched = continues ? page_count() - 1 : page_count();
   while (done < n_tokens) {
     uint32_t local;
     uint32_t first_row;
@@ -287,6 +299,11 @@ status kv_head_store::append_rows(uint64_t position, const Src* k, const Src* v,
     pos += rows;
   }
   tokens_ += n_tokens;
+  // The int8 summaries of every page this append touched, at once (int8_summaries.hpp).
+  if (!int8_.empty()) {
+    int8_.update_pages(first_touched, page_count() - 1, summaries_.get(),
+                       shape_.summaries == summary_precision::bf16);
+  }
   return status::ok();
 }
 

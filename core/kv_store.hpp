@@ -15,6 +15,7 @@
 
 #include "core/bf16.hpp"
 #include "core/enum_names.hpp"
+#include "core/int8_summaries.hpp"
 #include "core/status.hpp"
 
 namespace pnmkv {
@@ -24,10 +25,20 @@ inline constexpr enum_name<summary_precision> summary_precision_names[] = {{"bf1
                                                                            {"fp32", summary_precision::fp32}};
 const char* to_string(summary_precision p);
 
+// How a query finds its top pages (selection.search; core/exact_search.hpp): `flat` scores
+// every page summary; `exact_int8` bounds every page from int8 summaries with outward
+// rounding and rescores exactly only the pages that may make the top-k (the same
+// selection). A store keeps the int8 summaries only for exact_int8.
+enum class page_search { flat, exact_int8 };
+inline constexpr enum_name<page_search> page_search_names[] = {{"flat", page_search::flat},
+                                                               {"exact-int8", page_search::exact_int8}};
+const char* to_string(page_search s);
+
 struct kv_head_shape {
   uint32_t head_dim = 128;         // allowed: 16..512, multiple of 16
   uint32_t page_size_tokens = 16;  // allowed: 1..1024
   summary_precision summaries = summary_precision::bf16;
+  page_search search = page_search::flat;  // exact_int8: the store also keeps int8 summaries
 };
 
 // Validates a shape; the message names the field and the allowed range.
@@ -79,7 +90,12 @@ class kv_head_store {
   const void* summaries() const { return summaries_.get(); }
   size_t summary_bytes_per_page() const;
 
-  // Bytes of K, V and summaries actually held (pages × page size, not capacity).
+  // exact_int8 stores: the int8 summaries (int8_summaries.hpp), kept up to date on every
+  // append like the summaries; empty for flat stores.
+  const int8_summary_index& int8_summaries() const { return int8_; }
+
+  // Bytes of K, V and summaries (int8 summaries included) actually held (pages × page
+  // size, not capacity).
   uint64_t bytes_held() const;
 
  private:
@@ -105,6 +121,7 @@ class kv_head_store {
   // two streams collide in the same DRAM banks (measured here: 17.8 vs 21.5 GB/s).
   std::unique_ptr<bf16[], free_deleter> kv_;
   std::unique_ptr<uint8_t[], free_deleter> summaries_;  // capacity_pages × summary_bytes_per_page
+  int8_summary_index int8_;                             // exact_int8 only
 };
 
 }  // namespace pnmkv

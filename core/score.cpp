@@ -128,6 +128,32 @@ void score_max_rows(const Src* summaries, size_t len, uint32_t n_pages, const fl
 
 }  // namespace
 
+// The weight rows of a query group, natural order ([q⁺, q⁻] per head, or summed for
+// `sum`) and in the layout the summaries' precision pairs with. Shared by the flat scan and
+// the listed-page rescoring, so both compute bit-identical scores.
+void build_weight_rows(const kv_head_store& store, const float* q_group, uint32_t group,
+                       bool aggregate_max, float* natural, float* weights) {
+  const uint32_t d = store.shape().head_dim;
+  const size_t len = 2 * static_cast<size_t>(d);
+  const uint32_t rows = aggregate_max ? group : 1;
+  std::fill(natural, natural + len * rows, 0.0f);
+  for (uint32_t h = 0; h < group; ++h) {
+    float* row = natural + (aggregate_max ? h : 0) * len;
+    const float* q = q_group + static_cast<size_t>(h) * d;
+    for (uint32_t j = 0; j < d; ++j) {
+      row[j] += std::max(q[j], 0.0f);      // pairs with max_j
+      row[d + j] += std::min(q[j], 0.0f);  // pairs with min_j
+    }
+  }
+  if (store.shape().summaries == summary_precision::bf16) {
+    for (uint32_t r = 0; r < rows; ++r) {
+      simd::to_pair_layout(natural + r * len, len, weights + r * len);
+    }
+  } else {
+    std::copy(natural, natural + len * rows, weights);
+  }
+}
+
 // Builds the weight rows in the pair layout and scores every page.
 void score_pages_simd(const kv_head_store& store, const float* q_group, uint32_t group,
                       bool aggregate_max, float* scores_out) {
@@ -140,22 +166,7 @@ void score_pages_simd(const kv_head_store& store, const float* q_group, uint32_t
 
   auto natural = hwy::AllocateAligned<float>(len * rows);
   auto weights = hwy::AllocateAligned<float>(len * rows);
-  std::fill(natural.get(), natural.get() + len * rows, 0.0f);
-  for (uint32_t h = 0; h < group; ++h) {
-    float* row = natural.get() + (aggregate_max ? h : 0) * len;
-    const float* q = q_group + static_cast<size_t>(h) * d;
-    for (uint32_t j = 0; j < d; ++j) {
-      row[j] += std::max(q[j], 0.0f);      // pairs with max_j
-      row[d + j] += std::min(q[j], 0.0f);  // pairs with min_j
-    }
-  }
-  if (bf) {
-    for (uint32_t r = 0; r < rows; ++r) {
-      simd::to_pair_layout(natural.get() + r * len, len, weights.get() + r * len);
-    }
-  } else {
-    std::copy(natural.get(), natural.get() + len * rows, weights.get());
-  }
+  build_weight_rows(store, q_group, group, aggregate_max, natural.get(), weights.get());
 
   if (bf) {
     const bf16* s = static_cast<const bf16*>(store.summaries());
@@ -174,6 +185,39 @@ void score_pages_simd(const kv_head_store& store, const float* q_group, uint32_t
   }
 }
 
+// The listed pages only, one at a time: each page's products are those of the flat scan
+// (the arithmetic of a product does not depend on the block shape), so the scores are
+// bit-identical to score_pages_simd's.
+template <class Src>
+void score_listed(const Src* summaries, size_t len, const uint32_t* pages, size_t n,
+                  const float* w, uint32_t rows, float* out) {
+  for (size_t k = 0; k < n; ++k) {
+    const Src* x = summaries + static_cast<size_t>(pages[k]) * len;
+    if (rows == 1) {
+      simd::dot_block<1, 1>(w, len, x, len, len, out + k);
+    } else {
+      score_max_pages<1>(x, len, w, rows, out + k);
+    }
+  }
+}
+
+void prepare_weights_simd(const kv_head_store& store, const float* q_group, uint32_t group,
+                          bool aggregate_max, float* natural, float* weights) {
+  build_weight_rows(store, q_group, group, aggregate_max, natural, weights);
+}
+
+void score_listed_pages_simd(const kv_head_store& store, const float* weights, uint32_t rows,
+                             const uint32_t* pages, size_t n, float* scores_out) {
+  const size_t len = 2 * static_cast<size_t>(store.shape().head_dim);
+  if (store.shape().summaries == summary_precision::bf16) {
+    score_listed(static_cast<const bf16*>(store.summaries()), len, pages, n, weights, rows,
+                 scores_out);
+  } else {
+    score_listed(static_cast<const float*>(store.summaries()), len, pages, n, weights, rows,
+                 scores_out);
+  }
+}
+
 int64_t dispatched_target() { return HWY_TARGET; }
 
 }  // namespace HWY_NAMESPACE
@@ -184,6 +228,8 @@ HWY_AFTER_NAMESPACE();
 namespace pnmkv {
 
 HWY_EXPORT(score_pages_simd);
+HWY_EXPORT(score_listed_pages_simd);
+HWY_EXPORT(prepare_weights_simd);
 HWY_EXPORT(dispatched_target);
 
 const char* to_string(gqa_aggregation a) { return name_of(gqa_aggregation_names, a); }
@@ -195,7 +241,8 @@ const char* kernel_target_name() {
 namespace {
 
 status check_score_args(const kv_head_store& store, const float* q_group, uint32_t group,
-                        gqa_aggregation aggregation, const float* scores_out) {
+                        gqa_aggregation aggregation, const float* scores_out,
+                        bool weights_only = false) {
   if (group < 1 || group > kernel_group_limit) {
     return {errc::invalid_argument, "score_pages: group = " + std::to_string(group) +
                                         " query heads is not allowed: 1.." +
@@ -205,7 +252,7 @@ status check_score_args(const kv_head_store& store, const float* q_group, uint32
     return {errc::invalid_argument, "score_pages: unknown gqa aggregation " +
                                         std::to_string(static_cast<int>(aggregation))};
   }
-  if (q_group == nullptr || (scores_out == nullptr && store.page_count() > 0)) {
+  if (q_group == nullptr || (scores_out == nullptr && store.page_count() > 0 && !weights_only)) {
     return {errc::invalid_argument, "score_pages: q_group and scores_out must not be null"};
   }
   return status::ok();
@@ -219,6 +266,47 @@ status score_pages(const kv_head_store& store, const float* q_group, uint32_t gr
   if (store.page_count() == 0) return status::ok();
   HWY_DYNAMIC_DISPATCH(score_pages_simd)(store, q_group, group,
                                          aggregation == gqa_aggregation::max, scores_out);
+  return status::ok();
+}
+
+status prepare_score_weights(const kv_head_store& store, const float* q_group, uint32_t group,
+                             gqa_aggregation aggregation, score_weights& out) {
+  if (status s = check_score_args(store, q_group, group, aggregation, nullptr, true); !s) {
+    return s;
+  }
+  const size_t len = 2 * static_cast<size_t>(store.shape().head_dim);
+  out.rows = aggregation == gqa_aggregation::max ? group : 1;
+  out.len = len;
+  out.natural.resize(len * out.rows);
+  out.weights.resize(len * out.rows);
+  out.target = HWY_DYNAMIC_DISPATCH(dispatched_target)();
+  HWY_DYNAMIC_DISPATCH(prepare_weights_simd)(store, q_group, group,
+                                             aggregation == gqa_aggregation::max,
+                                             out.natural.data(), out.weights.data());
+  return status::ok();
+}
+
+status score_listed_pages(const kv_head_store& store, const score_weights& w,
+                          const uint32_t* pages, size_t n, float* scores_out) {
+  if (n == 0) return status::ok();
+  if (pages == nullptr || scores_out == nullptr) {
+    return {errc::invalid_argument, "score_listed_pages: pages and scores_out must not be null"};
+  }
+  if (w.rows == 0 || w.len != 2 * static_cast<size_t>(store.shape().head_dim)) {
+    return {errc::invalid_argument,
+            "score_listed_pages: weights not prepared for this store's head dim"};
+  }
+  // The pair layout of the weights is the target's: prepared and used on the same one.
+  PNMKV_CHECK_EQ(w.target, HWY_DYNAMIC_DISPATCH(dispatched_target)());
+  for (size_t k = 0; k < n; ++k) {
+    if (pages[k] >= store.page_count()) {
+      return {errc::out_of_range, "score_listed_pages: page " + std::to_string(pages[k]) +
+                                      " is past page_count = " +
+                                      std::to_string(store.page_count())};
+    }
+  }
+  HWY_DYNAMIC_DISPATCH(score_listed_pages_simd)(store, w.weights.data(), w.rows, pages, n,
+                                                scores_out);
   return status::ok();
 }
 

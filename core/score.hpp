@@ -5,7 +5,9 @@
 // pass; `max` needs every head's bound.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "core/enum_names.hpp"
 #include "core/kv_store.hpp"
@@ -26,6 +28,26 @@ constexpr uint32_t kernel_group_limit = 64;
 // 1..kernel_group_limit or a null pointer (invalid_argument).
 status score_pages(const kv_head_store& store, const float* q_group, uint32_t group,
                    gqa_aggregation aggregation, float* scores_out);
+
+// The weight rows of one query group, prepared once for scoring listed pages: natural
+// order ([q⁺, q⁻] per row, rows = group for `max`, 1 for `sum`) and in the layout the
+// flat kernel pairs with the store's summaries on the running SIMD target.
+struct score_weights {
+  std::vector<float> natural;
+  std::vector<float> weights;
+  uint32_t rows = 0;
+  size_t len = 0;      // 2 · head_dim
+  int64_t target = 0;  // the Highway target that laid them out
+};
+status prepare_score_weights(const kv_head_store& store, const float* q_group, uint32_t group,
+                             gqa_aggregation aggregation, score_weights& out);
+
+// The scores of the listed local pages only (out[k] for pages[k]), bit-identical to what
+// score_pages gives those pages: the exact rescoring of core/exact_search. Weights from
+// prepare_score_weights on the same store shape and target. out_of_range for a page past
+// page_count().
+status score_listed_pages(const kv_head_store& store, const score_weights& weights,
+                          const uint32_t* pages, size_t n, float* scores_out);
 
 // The same bound computed by a plain scalar loop: the reference for tests and benches.
 status score_pages_scalar(const kv_head_store& store, const float* q_group, uint32_t group,

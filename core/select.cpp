@@ -49,6 +49,8 @@ inline uint64_t rank_key(float score, uint32_t index) {
 
 }  // namespace
 
+uint64_t page_rank_key(float score, uint32_t index) { return rank_key(score, index); }
+
 result<std::vector<uint32_t>> select_top_pages(const float* scores, uint32_t page_count,
                                                const std::vector<uint32_t>& forced,
                                                uint64_t budget_pages) {

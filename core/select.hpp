@@ -28,6 +28,12 @@ result<std::vector<uint32_t>> select_top_pages(const float* scores, uint32_t pag
                                                const std::vector<uint32_t>& forced,
                                                uint64_t budget_pages);
 
+// The total order select_top_pages ranks pages by, as one integer per page: a larger key
+// is a better page (score descending, NaN lowest, -0 == +0, ties to the lower index). The
+// high 32 bits depend on the score alone, monotonically (so an upper bound of a score
+// bounds its high bits).
+uint64_t page_rank_key(float score, uint32_t index);
+
 // The always-kept pages of a whole (unsharded) sequence of page_count pages: {0, last}.
 std::vector<uint32_t> always_kept_pages(uint32_t page_count);
 

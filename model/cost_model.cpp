@@ -14,13 +14,17 @@ constexpr double joules_per_pj = 1e-12;
 double bits(double bytes) { return bytes * 8.0; }
 }  // namespace
 
-op_cost cost_model::pnm_compute(double bytes, double flops) const {
-  PNMKV_CHECK(bytes >= 0 && flops >= 0, "bytes=", bytes, ", flops=", flops);
+op_cost cost_model::pnm_compute(double bytes, double flops, double int_ops) const {
+  PNMKV_CHECK(bytes >= 0 && flops >= 0 && int_ops >= 0, "bytes=", bytes, ", flops=", flops,
+              ", int_ops=", int_ops);
   const auto& p = hw_.pnm;
   double mem_ns = bytes / (p.internal_bw_gbps * p.internal_bw_efficiency);
-  double cmp_ns = flops / (p.compute_tflops * 1e3);
+  // Float and integer work one after the other (one compute engine), overlapped with the
+  // memory stream.
+  double cmp_ns = flops / (p.compute_tflops * 1e3) + int_ops / (p.int_tops * 1e3);
   return {std::max(mem_ns, cmp_ns),
-          (bits(bytes) * p.memory_pj_per_bit + flops * p.pj_per_flop) * joules_per_pj};
+          (bits(bytes) * p.memory_pj_per_bit + flops * p.pj_per_flop + int_ops * p.pj_per_int_op) *
+              joules_per_pj};
 }
 
 op_cost cost_model::expander_read(double bytes) const {

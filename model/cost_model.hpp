@@ -52,9 +52,11 @@ class cost_model {
   const model_shape& model() const { return model_; }
 
   // --- PNM device -------------------------------------------------------------------
-  // Streams `bytes` through the device's memory and does `flops`: roofline, the larger
-  // of bytes / (internal bw · efficiency) and flops / compute. Dynamic energy of both.
-  op_cost pnm_compute(double bytes, double flops) const;
+  // Streams `bytes` through the device's memory and does `flops` (float) and `int_ops`
+  // (integer: the exact-int8 page search's bounds): roofline, the larger of bytes /
+  // (internal bw · efficiency) and flops / compute + int_ops / int_tops. Dynamic energy of
+  // all three.
+  op_cost pnm_compute(double bytes, double flops, double int_ops = 0) const;
 
   // --- passive expander (baseline) ---------------------------------------------------
   // Reads `bytes` from the expander's DDR (served to the link). Time is the DDR time; the

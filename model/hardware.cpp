@@ -51,6 +51,8 @@ const std::vector<binding>& bindings() {
       PNMKV_FIG("pnm_device.compute_tflops", pnm.compute_tflops, 0.001, 1e6),
       PNMKV_FIG("pnm_device.memory_pj_per_bit", pnm.memory_pj_per_bit, 0, 1e3),
       PNMKV_FIG("pnm_device.pj_per_flop", pnm.pj_per_flop, 0, 1e3),
+      PNMKV_FIG("pnm_device.int_tops", pnm.int_tops, 0.001, 1e6),
+      PNMKV_FIG("pnm_device.pj_per_int_op", pnm.pj_per_int_op, 0, 1e3),
       PNMKV_FIG("pnm_device.power_w", pnm.power_w, 0, 1e5),
       PNMKV_FIG("pnm_device.idle_power_w", pnm.idle_power_w, 0, 1e5),
       PNMKV_FIG("pnm_device.price_usd", pnm.price_usd, 0, 1e9),
@@ -166,10 +168,14 @@ std::vector<rated_power> rated_power_peaks(const hardware_spec& hw) {
   }
   {
     const double idle = hw.pnm.idle_power_w, m = mem_w(hw.pnm.internal_bw_gbps, hw.pnm.memory_pj_per_bit),
-                 f = hw.pnm.compute_tflops * hw.pnm.pj_per_flop;
-    out.push_back({"pnm_device", "pnm_device.power_w", hw.pnm.power_w, idle + m + f,
+                 f = hw.pnm.compute_tflops * hw.pnm.pj_per_flop,
+                 n = hw.pnm.int_tops * hw.pnm.pj_per_int_op;
+    // Float and integer work take turns on one compute engine (cost_model::pnm_compute):
+    // the larger of the two at full rate.
+    out.push_back({"pnm_device", "pnm_device.power_w", hw.pnm.power_w, idle + m + std::max(f, n),
                    term("idle", idle) + " + " + term("LPDDR5X at pnm_device.internal_bw_gbps", m) + " + " +
-                       term("compute at pnm_device.compute_tflops", f)});
+                       (f >= n ? term("compute at pnm_device.compute_tflops", f)
+                               : term("integer ops at pnm_device.int_tops", n))});
   }
   {
     // A passive expander reads only what it sends: every byte leaves over its own x16

@@ -35,6 +35,9 @@ struct hardware_spec {
   struct pnm_t {
     double capacity_bytes, internal_bw_gbps, internal_bw_efficiency, compute_tflops,
         memory_pj_per_bit, pj_per_flop, power_w, idle_power_w, price_usd;
+    // Integer arithmetic of the page search's bounds (exact-int8: int16 × uint8
+    // multiply-adds into int32, 2 ops each), rate and energy (docs/HARDWARE.md §4, §6).
+    double int_tops, pj_per_int_op;
   } pnm{};
   struct expander_t {
     double capacity_bytes, internal_bw_gbps, memory_pj_per_bit, power_w, idle_power_w,

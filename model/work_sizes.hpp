@@ -6,6 +6,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 #include "model/cost_model.hpp"
@@ -86,14 +87,44 @@ inline uint64_t local_budget_pages(uint64_t budget_pages, uint32_t s, uint32_t j
 struct query_work {
   double bytes = 0;  // memory bytes read
   double flops = 0;
+  double int_ops = 0;  // integer ops (exact-int8's bounds)
 };
-// A PNM device scoring every held page and attending the selected tokens (device_engine).
+
+// The page search a device runs (selection.search, core/exact_search.hpp), as the step
+// model prices it. flat scores every held page's summary. exact-int8 reads every page's
+// int8 summary (2·d bytes) and its block's lo and step (8 bytes per element per block of
+// int8_block_pages), does 2 integer ops per element and scored row, and rescores exactly
+// `rescored_per_selected` pages per selected page (measured by a live run: the
+// calibration's search_rescored_per_selected), never more than it holds; plus the bound's
+// float set-up as the device engine counts it. Selecting every page is a flat scan.
+struct search_model {
+  bool exact_int8 = false;
+  double rescored_per_selected = 1;
+  uint32_t int8_block_pages = 256;
+};
+inline query_work search_query_work(const cost_model& c, double pages_held, double pages_selected,
+                                    uint32_t heads_scored, uint32_t summary_elem_bytes,
+                                    const search_model& m) {
+  if (!m.exact_int8 || pages_selected >= pages_held)
+    return {pages_held * c.summary_bytes_per_page(summary_elem_bytes), c.score_flops(pages_held, heads_scored), 0};
+  const double len = 2.0 * c.model().head_dim;
+  const double blocks = std::ceil(pages_held / m.int8_block_pages);
+  const double rescored = std::min(pages_held, m.rescored_per_selected * pages_selected);
+  return {pages_held * len + blocks * len * 8.0 + rescored * c.summary_bytes_per_page(summary_elem_bytes),
+          c.score_flops(rescored, heads_scored) + blocks * heads_scored * len * 8.0 +
+              pages_held * heads_scored * 2.0,
+          2.0 * pages_held * heads_scored * len};
+}
+
+// A PNM device searching its held pages and attending the selected tokens (device_engine).
 inline query_work pnm_query_work(const cost_model& c, const shard_selection& s,
-                                 uint32_t heads_scored, uint32_t summary_elem_bytes) {
-  return {double(s.pages_held) * c.summary_bytes_per_page(summary_elem_bytes) +
-              c.kv_bytes(double(s.tokens_selected)),
-          c.score_flops(double(s.pages_held), heads_scored) +
-              c.attend_flops(double(s.tokens_selected), c.model().gqa_group())};
+                                 uint32_t heads_scored, uint32_t summary_elem_bytes,
+                                 const search_model& m = {}) {
+  query_work w = search_query_work(c, double(s.pages_held), double(s.pages_selected), heads_scored,
+                                   summary_elem_bytes, m);
+  w.bytes += c.kv_bytes(double(s.tokens_selected));
+  w.flops += c.attend_flops(double(s.tokens_selected), c.model().gqa_group());
+  return w;
 }
 // The GPU scoring `pages` summaries (baseline) — priced as attention over those bytes.
 inline query_work gpu_score_work(const cost_model& c, uint64_t pages, uint32_t heads_scored,

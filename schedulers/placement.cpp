@@ -4,6 +4,7 @@
 #include <numeric>
 
 #include "core/check.hpp"
+#include "core/int8_summaries.hpp"
 
 namespace pnmkv {
 
@@ -37,7 +38,10 @@ int request_placement::shard_of(uint32_t kv_head, uint64_t page) const {
 uint64_t shard_bytes_per_layer_head(const placement_request& r, uint64_t pages) {
   const uint64_t kv = pages * r.page_size_tokens * 2ull * r.head_dim * 2ull;
   const uint64_t summaries = pages * 2ull * r.head_dim * r.summary_elem_bytes;
-  return kv + summaries;
+  const uint64_t int8 = r.int8_summary_block_pages == 0
+                            ? 0
+                            : int8_summary_index::bytes_for(2 * r.head_dim, pages, r.int8_summary_block_pages);
+  return kv + summaries + int8;
 }
 
 result<request_placement> place_request(const placement_request& r, pool_state& pool) {

@@ -62,6 +62,7 @@ struct placement_request {
   uint32_t head_groups = 0;        // 0: the largest h dividing both kv_heads and the pool
   sequence_split split = sequence_split::contiguous;
   uint32_t replication = 1;        // r
+  uint32_t int8_summary_block_pages = 0;  // exact-int8: the int8 summaries' block; 0: none
 };
 
 // Devices of one pool and the bytes each still has free.
@@ -71,7 +72,8 @@ struct pool_state {
   std::vector<uint32_t> failure_domain;  // parallel; replicas go to distinct domains when possible
 };
 
-// Bytes one (layer, KV head) of `pages` pages takes: K, V (bf16) and summaries.
+// Bytes one (layer, KV head) of `pages` pages takes: K, V (bf16), summaries and, with
+// exact-int8, the int8 summaries (core/int8_summaries.hpp).
 uint64_t shard_bytes_per_layer_head(const placement_request& r, uint64_t pages);
 
 // Places one request on a pool and debits the pool's free bytes. Errors (nothing debited):

@@ -176,15 +176,15 @@ void step_model::pnm_round_a(const step_request& r, uint32_t ri, pnm_layer& L, l
       // Exact, round a: score every page, offer the best `device_budget` as candidates.
       const uint64_t bj = two_rounds ? device_budget : work::local_budget_pages(device_budget, s, j);
       const work::shard_selection sel = work::select_on_shard(held, ps, bj, j == j_last);
-      work::query_work w = work::pnm_query_work(c_, sel, S.heads_scored, S.summary_elem_bytes);
+      work::query_work w = work::pnm_query_work(c_, sel, S.heads_scored, S.summary_elem_bytes, S.search);
       uint64_t reply = work::partial_wire_bytes(m, sel.pages_selected);
-      if (two_rounds) {  // scoring only; candidates (page id and score) go back
-        w = {double(sel.pages_held) * c_.summary_bytes_per_page(S.summary_elem_bytes),
-             c_.score_flops(double(sel.pages_held), S.heads_scored)};
+      if (two_rounds) {  // the search only; candidates (page id and score) go back
+        w = work::search_query_work(c_, double(sel.pages_held), double(sel.pages_selected), S.heads_scored,
+                                    S.summary_elem_bytes, S.search);
         reply = work::candidates_wire_bytes(sel.pages_selected);
       }
       const uint64_t excluded = L.png ? work::local_budget_pages(steady_r, s, j) : 0;
-      const op_cost cost = device_service_cost(c_, device_op::pnm, w.bytes, w.flops);
+      const op_cost cost = device_service_cost(c_, device_op::pnm, w.bytes, w.flops, w.int_ops);
       charge_device(sh.device_id, cost.energy_j, lr);
       lr.device_bytes += w.bytes;
       const uint32_t l = link_of(h, j, s);
@@ -517,7 +517,7 @@ step_model::layer_result step_model::layer_gpu_only(const std::vector<const step
   const op_cost append = c_.gpu_hbm_write(c_.kv_bytes(1));
   for (const step_request* r : reqs) {
     const work::shard_selection sel = work::select_on_shard(r->seq_tokens + 1, ps, S.budget_pages(), true);
-    const work::query_work w = work::pnm_query_work(c_, sel, S.heads_scored, S.summary_elem_bytes);
+    const work::query_work w = work::pnm_query_work(c_, sel, S.heads_scored, S.summary_elem_bytes, S.search);
     const op_cost ga = c_.gpu_attention(w.bytes, w.flops);
     for (uint32_t h = 0; h < H; ++h) {
       const uint32_t rank = uint32_t(uint64_t(h) * ranks / H);

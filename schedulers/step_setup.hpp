@@ -18,6 +18,7 @@
 #include "model/model_shape.hpp"
 #include "model/modes.hpp"
 #include "model/selection_budget.hpp"
+#include "model/work_sizes.hpp"
 
 namespace pnmkv {
 
@@ -80,6 +81,11 @@ struct step_setup {
   // baseline: recalls and attention pipelined per head (double buffers), or layer-wide
   // rounds (false: how the live host engine composes a layer).
   bool baseline_overlap = true;
+  // selection.search and, for exact-int8, the calibrated pages rescored per selected page
+  // (model/work_sizes.hpp); search_calibrated_pages: the pages per search the calibration
+  // measured (min, max; 0 when uncalibrated): outside it the simulator extrapolates.
+  work::search_model search;
+  double search_calibrated_pages_min = 0, search_calibrated_pages_max = 0;
 };
 
 }  // namespace pnmkv

@@ -10,8 +10,9 @@
 
 namespace pnmkv {
 
-op_cost device_service_cost(const cost_model& c, device_op op, double bytes, double flops) {
-  return op == device_op::expander ? c.expander_read(bytes) : c.pnm_compute(bytes, flops);
+op_cost device_service_cost(const cost_model& c, device_op op, double bytes, double flops,
+                            double int_ops) {
+  return op == device_op::expander ? c.expander_read(bytes) : c.pnm_compute(bytes, flops, int_ops);
 }
 
 uint32_t host_link_of(uint32_t host_links, uint32_t kv_heads, uint32_t kv_head, uint32_t shard_j,

@@ -32,7 +32,8 @@ namespace pnmkv {
 // doing `flops` (queries, steady copies), or a passive expander reading `bytes` (recalls,
 // summary reads).
 enum class device_op : uint8_t { pnm, expander };
-op_cost device_service_cost(const cost_model& c, device_op op, double bytes, double flops = 0);
+op_cost device_service_cost(const cost_model& c, device_op op, double bytes, double flops = 0,
+                            double int_ops = 0);
 // A device's clock after serving work that arrives at arrival_ns and costs cost_ns.
 inline double device_service_done(double clock_ns, double arrival_ns, double cost_ns) {
   return (clock_ns > arrival_ns ? clock_ns : arrival_ns) + cost_ns;

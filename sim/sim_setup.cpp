@@ -2,6 +2,8 @@
 #include "sim/sim_setup.hpp"
 
 #include <algorithm>
+#include <cstdio>
+#include <numeric>
 
 #include "schedulers/recall_cache.hpp"
 
@@ -56,6 +58,26 @@ status choose_gpus(const sim_section& k, sim_setup& s) {
 }
 
 // Devices, pools, selection and placement.
+// exact-int8: the pages one search looks at here (a KV head's pages over its sequence
+// shards, s = pool / gcd(KV heads, pool) as placement picks by default) next to the range
+// the calibration measured; outside it (or uncalibrated) the rescored fraction is
+// extrapolated, and the value's source says so (printed with the results).
+void note_search_extrapolation(const run_spec& spec, sim_setup& s) {
+  const uint32_t pool = std::max<uint32_t>(1, s.pool_devices);
+  const uint32_t shards = pool / std::gcd(s.model.kv_heads, pool);
+  const double pages = double(spec.workload.context_tokens) / s.page_size_tokens / std::max<uint32_t>(1, shards);
+  calibrated_value& v = s.cal.search_rescored_per_selected;
+  char buf[200];
+  if (s.search_calibrated_pages_max <= 0) {
+    std::snprintf(buf, sizeof buf, "; not measured: searches here look at ~%.0f pages", pages);
+    v.source += buf;
+  } else if (pages < s.search_calibrated_pages_min || pages > s.search_calibrated_pages_max) {
+    std::snprintf(buf, sizeof buf, "; EXTRAPOLATED: searches here look at ~%.0f pages, measured over %.0f-%.0f",
+                  pages, s.search_calibrated_pages_min, s.search_calibrated_pages_max);
+    v.source += buf;
+  }
+}
+
 void set_devices_and_selection(const run_spec& spec, sim_setup& s) {
   const model_shape& m = s.model;
   const cluster_section& c = spec.cluster;
@@ -80,12 +102,18 @@ void set_devices_and_selection(const run_spec& spec, sim_setup& s) {
   s.summary_elem_bytes = sel.summary_elem_bytes();
   s.heads_scored = sel.gqa_aggregation == gqa_aggregation::max ? m.gqa_group() : 1;
   s.exact_cross_shard = sel.cross_shard == cross_shard_selection::exact;
+  s.search = {sel.search == page_search::exact_int8, s.cal.search_rescored_per_selected.value,
+              int8_summary_index::default_block_pages};
+  s.search_calibrated_pages_min = s.cal.measured_search_pages_min;
+  s.search_calibrated_pages_max = s.cal.measured_search_pages_max;
+  if (s.search.exact_int8) note_search_extrapolation(spec, s);
   s.steady_budget_pages = spec.png.steady_budget_tokens / s.page_size_tokens;
   s.placement.page_size_tokens = s.page_size_tokens;
   s.placement.layers = m.layers;
   s.placement.kv_heads = m.kv_heads;
   s.placement.head_dim = m.head_dim;
   s.placement.summary_elem_bytes = s.summary_elem_bytes;
+  s.placement.int8_summary_block_pages = sel.int8_summary_block_pages();
   s.placement.head_groups = c.head_groups;
   s.placement.split = c.sequence_split;
   s.placement.replication = c.replication;

@@ -156,6 +156,9 @@ struct Partial {
   flops @12 :Float64;         # arithmetic done, for the energy model
   round @13 :SelectionRound;  # the round this partial answers
   deviceBytesHeld @14 :UInt64;  # KV bytes the device holds after serving it
+  intOps @15 :Float64;        # integer ops of the page search (exact-int8 bounds), priced apart
+  searchPages @16 :UInt32;    # pages the page search looked at (0: no search, e.g. a listed round)
+  searchRescored @17 :UInt32; # of which it scored exactly (flat: all)
 }
 
 # Round 1 of exact selection: per candidate page its global id (uint32) and score (fp32).
@@ -170,6 +173,9 @@ struct Candidates {
   scores @7 :Data;            # fp32; +inf marks an always-kept page
   bytesScanned @8 :UInt64;    # summaries read to score
   flops @9 :Float64;
+  intOps @10 :Float64;        # integer ops of the page search (exact-int8 bounds)
+  searchPages @11 :UInt32;    # pages the page search looked at
+  searchRescored @12 :UInt32; # of which it scored exactly (flat: all)
 }
 
 # Baseline mode: the GPU recalls pages (uint32 global ids) from a memory expander.

@@ -36,7 +36,7 @@ result<calibration> load_one(const std::string& name, double x) {
 
 TEST(calibration, a_file_admits_each_value_in_its_config_keys_range_only) {
   const auto names = calibration{}.entries();
-  ASSERT_EQ(names.size(), 7u);
+  ASSERT_EQ(names.size(), 8u);
   for (const auto& [name, value] : names) {
     SCOPED_TRACE(name);
     const config_key* k = find_config_key("sim." + name);

@@ -60,6 +60,9 @@ std::map<std::string, choice_case> choice_cases() {
   c["selection.summary_precision"] = {
       {gives("bf16", summary_precision::bf16), gives("fp32", summary_precision::fp32)},
       [](const run_spec& s) { return int(s.selection.summary_precision); }, {}};
+  c["selection.search"] = {
+      {gives("flat", page_search::flat), gives("exact-int8", page_search::exact_int8)},
+      [](const run_spec& s) { return int(s.selection.search); }, {}};
   c["selection.gqa_aggregation"] = {
       {gives("max", gqa_aggregation::max), gives("sum", gqa_aggregation::sum)},
       [](const run_spec& s) { return int(s.selection.gqa_aggregation); }, {}};
