@@ -37,6 +37,10 @@ void register_chaos(CLI::App& app) {
       c.file = (dflt.parent_path() / "chaos.yaml").string();
     }
     config cfg = load_config_or_exit(c);
+    if (auto kinds = transport::parse_chaos_faults(o.faults); !kinds) {  // before any run
+      std::fprintf(stderr, "pnmkv chaos: --faults: %s\n", kinds.error().message().c_str());
+      throw CLI::RuntimeError(2);
+    }
     std::printf("pnmkv chaos: %u trials from seed %llu on %s (%s)\n", o.trials, (unsigned long long)o.seed,
                 c.file.c_str(), o.multiprocess ? "one process per node" : "embedded");
     auto trials = run_chaos(cfg, o, [](const chaos_trial& t) {
