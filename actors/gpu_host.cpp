@@ -423,15 +423,7 @@ void gpu_host_state::device_lost(uint32_t dev, const std::string& why) {
   for (auto& [key, job] : rebuilds_) {
     if (job.target != dev) continue;
     forget_copy_recalls(key);
-    job.target = 0;
-    job.recalls_out = 0;
-    job.chunk_running = false;
-    job.chunk_epoch = UINT64_MAX;
-    job.next_page = 0;
-    job.layer = job.head_index = 0;
-    job.position = 0;
-    job.pass_done = false;
-    job.done_to.clear();
+    job.restart(/*forget_target=*/true);
     ask_copy(job);
   }
   for (const rebuild_need& n : fo->rebuild) plan_rebuild(n, what);
@@ -870,20 +862,8 @@ void gpu_host_state::report_recovery(run_report& rep) const {
   rep.fenced_messages = fenced_messages_;
   rep.steps_done = steps_.size();
   rep.rebuilds = rebuilt_;
-  for (const auto& [key, job] : rebuilds_) {  // still under way when the run ended
-    shard_rebuild r;
-    r.request_id = key.first;
-    r.shard_id = key.second;
-    r.kind = job.need.recompute ? "recompute" : "re-replicate";
-    r.source = job.need.recompute ? 0 : job.need.source;
-    r.target = job.target;
-    r.outcome = "unfinished when the run ended";
-    r.bytes = job.bytes;
-    r.tokens = job.tokens;
-    r.wall_ms = std::chrono::duration<double, std::milli>(steady::now() - job.detected).count();
-    r.stall_ms = job.stall_ns * 1e-6;
-    rep.rebuilds.push_back(std::move(r));
-  }
+  for (const auto& [key, job] : rebuilds_)  // still under way when the run ended
+    rep.rebuilds.push_back(rebuild_record(key, job, "unfinished when the run ended"));
   if (engine_) rep.recovery_stall_ms = engine_->recovery().stall_ns * 1e-6;
 }
 

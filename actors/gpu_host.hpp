@@ -170,7 +170,25 @@ class gpu_host_state {
     uint64_t chunk_epoch = UINT64_MAX;
     uint32_t chunk_source = 0;
     bool chunk_running = false, last_chunk = false;
+    // Back to the start of its copy or recompute (its new device, or its kind, changed);
+    // with the target, the copy is placed anew.
+    void restart(bool forget_target) {
+      if (forget_target) {
+        target = 0;
+        next_page = 0;
+      }
+      recalls_out = 0;
+      chunk_running = false;
+      chunk_epoch = UINT64_MAX;
+      layer = head_index = 0;
+      position = 0;
+      pass_done = false;
+      done_to.clear();
+    }
   };
+  // The report's line of a rebuild, finished or not.
+  shard_rebuild rebuild_record(const std::pair<uint64_t, uint32_t>& key, const rebuild_job& job,
+                               const std::string& outcome) const;
   using job_key = std::pair<uint64_t, uint32_t>;  // (request, shard)
   void plan_rebuild(const rebuild_need& need, const std::string& cause);
   void ask_copy(rebuild_job& job);

@@ -63,12 +63,7 @@ void gpu_host_state::plan_rebuild(const rebuild_need& need, const std::string& c
     forget_copy_recalls(key);
     job.need = need;
     job.cause = cause;
-    job.recalls_out = 0;
-    job.chunk_running = false;
-    job.layer = job.head_index = 0;
-    job.position = 0;
-    job.pass_done = false;
-    job.done_to.clear();
+    job.restart(/*forget_target=*/false);
     return;
   }
   rebuild_job job;
@@ -121,11 +116,11 @@ void gpu_host_state::on_copy_grant(control::wire::CopyGrant::Reader g) {
   pump_rebuilds();
 }
 
-void gpu_host_state::rebuild_done(std::map<job_key, rebuild_job>::iterator it, const std::string& outcome) {
-  const rebuild_job& job = it->second;
+shard_rebuild gpu_host_state::rebuild_record(const job_key& key, const rebuild_job& job,
+                                            const std::string& outcome) const {
   shard_rebuild r;
-  r.request_id = job.need.request_id;
-  r.shard_id = job.need.shard_id;
+  r.request_id = key.first;
+  r.shard_id = key.second;
   r.kind = job.need.recompute ? "recompute" : "re-replicate";
   r.source = job.need.recompute ? 0 : job.need.source;
   r.target = job.target;
@@ -134,6 +129,11 @@ void gpu_host_state::rebuild_done(std::map<job_key, rebuild_job>::iterator it, c
   r.tokens = job.tokens;
   r.wall_ms = std::chrono::duration<double, std::milli>(steady::now() - job.detected).count();
   r.stall_ms = job.stall_ns * 1e-6;
+  return r;
+}
+
+void gpu_host_state::rebuild_done(std::map<job_key, rebuild_job>::iterator it, const std::string& outcome) {
+  shard_rebuild r = rebuild_record(it->first, it->second, outcome);
   cluster_log().warn("event=rebuild_{} request={} shard={} kind={} target={} bytes={} wall_ms={:.1f} stall_ms={:.3f}{}",
                      outcome == "done" ? "done" : "given_up", r.request_id, r.shard_id, r.kind, r.target, r.bytes,
                      r.wall_ms, r.stall_ms, outcome == "done" ? "" : " reason=\"" + outcome + "\"");

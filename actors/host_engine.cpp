@@ -1395,7 +1395,6 @@ void host_engine::charge_recovery(const op_cost& c) {
   recovery_pending_ns_ += c.time_ns;
   recovery_pending_j_ += c.energy_j;
   recovery_.stall_ns += c.time_ns;
-  recovery_.energy_j += c.energy_j;
 }
 
 device_work host_engine::rebuild_write(uint64_t request_id, uint32_t shard_id, uint32_t device, uint32_t layer,

@@ -190,7 +190,6 @@ struct recovery_totals {
   uint64_t recomputed_bytes = 0;   // recompute: K/V bytes regenerated and written (live layers)
   uint64_t recomputed_tokens = 0;  // tokens re-prefilled on the GPU (once per shard and token)
   double stall_ns = 0;             // virtual time the rebuilds added to steps
-  double energy_j = 0;
 };
 
 struct step_report {

@@ -56,7 +56,7 @@ config small(std::vector<std::string> sets) {
   return *c;
 }
 
-void expect_faults_bit(const std::vector<chaos_trial>& trials) {
+void expect_faults_bit(const std::vector<chaos_trial>& trials, uint64_t trial_timeout_ms) {
   uint64_t lost = 0, rebuilt = 0, fired = 0;
   for (const auto& t : trials) {
     EXPECT_TRUE(t.ok()) << "seed " << t.seed << ": " << t.schedule.script() << ": " << t.violations.front();
@@ -64,7 +64,10 @@ void expect_faults_bit(const std::vector<chaos_trial>& trials) {
     lost += t.losses.size();
     for (const auto& b : t.rebuilds) rebuilt += b.outcome == "done";
     for (const auto& [k, n] : t.fired) fired += n;
-    for (double ms : t.detect_ms) EXPECT_GE(ms, -1.0);
+    // Each loss: no fault hit the device first (-1), or detected after it, within the trial.
+    ASSERT_EQ(t.detect_ms.size(), t.losses.size());
+    for (double ms : t.detect_ms)
+      EXPECT_TRUE(ms == -1.0 || (ms >= 0 && ms <= double(trial_timeout_ms))) << "seed " << t.seed << ": " << ms;
   }
   EXPECT_GT(fired, 0u);
   EXPECT_GT(lost, 0u) << "no device was lost in any trial";
@@ -82,7 +85,7 @@ TEST(chaos, seeded_trials_on_the_embedded_cluster_keep_the_invariants) {
   auto trials = run_chaos(small({}), o, {});
   ASSERT_TRUE(trials) << trials.error().to_string();
   ASSERT_EQ(trials->size(), 10u);
-  expect_faults_bit(*trials);
+  expect_faults_bit(*trials, o.trial_timeout_ms);
   // One JSON line per trial; the same seed draws the same schedule again.
   std::ifstream in(dir / "chaos.jsonl");
   size_t lines = 0;
@@ -110,7 +113,7 @@ TEST(chaos, seeded_trials_on_a_multiprocess_cluster_keep_the_invariants_and_leav
   o.trial_timeout_ms = 120000;
   auto trials = run_chaos(small({}), o, {});
   ASSERT_TRUE(trials) << trials.error().to_string();
-  expect_faults_bit(*trials);
+  expect_faults_bit(*trials, o.trial_timeout_ms);
   EXPECT_TRUE(children_matching("pnmkv").empty()) << "node processes left behind";
   fs::remove_all(dir);
 }
