@@ -38,7 +38,7 @@ result<run_report> run_embedded(const config& cfg, const cluster_run_options& op
   caf::scoped_actor self{sys};
   std::vector<caf::actor> actors;
   std::vector<std::shared_ptr<transport::fabric>> fabrics;
-  auto coordinator = sys.spawn(actors::coordinator_actor, su);
+  auto coordinator = sys.spawn(actors::coordinator_actor, su, std::shared_ptr<actors::coordinator_journal>{});
   actors.push_back(coordinator);
   auto driver = sys.spawn(actors::driver_actor, su, coordinator, caf::actor{self});
   actors.push_back(driver);
