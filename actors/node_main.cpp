@@ -23,6 +23,7 @@
 #include "actors/control.hpp"
 #include "actors/memory_guard.hpp"
 #include "actors/nodes.hpp"
+#include "transport/faults.hpp"
 #include "transport/from_config.hpp"
 #include "transport/piped_child.hpp"
 #include "transport/ucx_fabric.hpp"
@@ -174,6 +175,7 @@ status run_node(const config& cfg, const node_options& opts) {
     auto published = sys.middleman().publish(coord, port, host.c_str(), /*reuse_addr=*/true);
     if (!published) {
       caf::anon_send_exit(coord, caf::exit_reason::user_shutdown);
+      if (journal && !journal->replay_error.empty()) return status{errc::invalid_argument, journal->replay_error};
       return status{errc::io, "cannot publish the coordinator on " + host + ":" +
                                   std::to_string(port) + ": " + sys.render(published.error())};
     }
@@ -330,7 +332,8 @@ std::string stop_reason(int sig, const std::string& who) {
 drive_result drive(const std::shared_ptr<const run_setup>& setup, const std::string& host,
                    uint16_t port, const cluster_run_options& opts,
                    const std::function<std::optional<std::string>()>& exited, const std::string& where,
-                   const std::string& who) {
+                   const std::string& who,
+                   const std::function<void(const std::string&, uint64_t)>& on_progress = {}) {
   drive_result r;
   r.out = status{errc::timeout, "the run did not finish within " + std::to_string(opts.run_timeout_ms) + " ms"};
   caf::actor_system_config acfg;
@@ -388,8 +391,10 @@ drive_result drive(const std::shared_ptr<const run_setup>& setup, const std::str
       r.stop_now = true;
       break;
     }
-    if (r.lost.empty() && exited)
-      if (auto gone = exited()) {
+    // Every exit is looked at (a restarted coordinator is not a loss; a second device may
+    // go after a first); the first loss is the one reported.
+    if (exited)
+      if (auto gone = exited(); gone && r.lost.empty()) {
         r.lost = *gone;
         if (gone->rfind("device ", 0) != 0) {
           deadline = std::min(deadline, std::chrono::steady_clock::now() + lost_grace);
@@ -414,9 +419,10 @@ drive_result drive(const std::shared_ptr<const run_setup>& setup, const std::str
         [&](actors::ctl_atom, const std::string& bytes) {
           auto m = control::decode(bytes);
           if (!m) return;
-          if (m->kind() != control::msg_kind::PROGRESS || !opts.on_progress) return;
+          if (m->kind() != control::msg_kind::PROGRESS) return;
           auto p = m->progress();
-          opts.on_progress(p.getPhase().cStr(), p.getDone(), p.getTotal());
+          if (on_progress) on_progress(p.getPhase().cStr(), p.getDone());
+          if (opts.on_progress) opts.on_progress(p.getPhase().cStr(), p.getDone(), p.getTotal());
         },
         [&](const caf::down_msg&) {
           if (r.done) return;
@@ -633,7 +639,26 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
                  gone->c_str(), unsigned(port), coordinator_restarts, restarts_max);
     return std::nullopt;
   };
-  drive_result d = drive(*setup, "127.0.0.1", port, opts, exited, "logs in " + dir, "launcher");
+  // Scripted coordinator crashes ("crash node=0 step=N", transport/faults.hpp): this
+  // launcher kills the coordinator process when the run reports step N.
+  auto rules = transport::fault_plan_from((*setup)->spec.faults);
+  if (!rules) return fail_start(rules.error());
+  auto kill_steps = transport::coordinator_crash_steps(rules->rules);
+  if (!kill_steps) return fail_start(kill_steps.error());
+  size_t next_kill = 0;
+  auto on_step = [&](const std::string& phase, uint64_t done) {
+    if ((phase != "decode" && phase != "serve") || next_kill >= kill_steps->size() || done < (*kill_steps)[next_kill])
+      return;
+    ++next_kill;
+    for (auto it = children.rbegin(); it != children.rend(); ++it)
+      if (it->name == "coordinator" && it->pid > 0) {
+        std::fprintf(stderr, "pnmkv run: faults: killing the coordinator (pid %d) at %s step %llu (crash node=0)\n",
+                     int(it->pid), phase.c_str(), static_cast<unsigned long long>(done));
+        kill(it->pid, SIGKILL);
+        break;
+      }
+  };
+  drive_result d = drive(*setup, "127.0.0.1", port, opts, exited, "logs in " + dir, "launcher", on_step);
   if (d.connect_failed) {
     // pid > 0: exited_child() marks a reaped child -1, and kill(-1) signals every process.
     for (auto& c : children)
