@@ -34,6 +34,7 @@ const char* fires_as(chaos_fault f) {
     case chaos_fault::corrupt: return "corrupt";
     case chaos_fault::delay:
     case chaos_fault::slow_link: return "delay";
+    case chaos_fault::coordinator_kill: return "coordinator-kill";  // the launcher's, not a fault point's
   }
   return "?";
 }
@@ -144,13 +145,16 @@ std::string chaos_trial::to_json() const {
                   {"stall_ms", b.stall_ms}});
   j["rebuilds"] = rb;
   j["recovery_stall_ms"] = recovery_stall_ms;
+  j["coordinator_restarts"] = coordinator_restarts;
+  j["coordinator_detect_ms"] = coordinator_detect_ms;
+  j["coordinator_recover_ms"] = coordinator_recover_ms;
   j["wall_s"] = wall_s;
   return j.dump();
 }
 
 result<std::vector<chaos_trial>> run_chaos(const config& base, const chaos_options& o,
                                            const std::function<void(const chaos_trial&)>& on_trial) {
-  auto kinds = transport::parse_chaos_faults(o.faults);
+  auto kinds = transport::parse_chaos_faults(o.faults, o.multiprocess);
   if (!kinds) return kinds.error();
   if (o.trials == 0 || o.trials > 100000) return status{errc::invalid_argument, "chaos: --trials must be in [1, 100000]"};
   transport::chaos_params p;
@@ -220,6 +224,10 @@ result<std::vector<chaos_trial>> run_chaos(const config& base, const chaos_optio
       tr.losses = got->device_losses;
       tr.rebuilds = got->rebuilds;
       tr.recovery_stall_ms = got->recovery_stall_ms;
+      tr.coordinator_restarts = got->coordinator_restarts;
+      tr.coordinator_detect_ms = got->coordinator_detect_ms;
+      tr.coordinator_recover_ms = got->coordinator_recover_ms;
+      if (tr.coordinator_restarts) tr.fired["coordinator-kill"] += tr.coordinator_restarts;
     }
     // What fired, and when each device was first hit by a fault that can lose it.
     std::map<uint32_t, int64_t> first_hit;
@@ -273,6 +281,12 @@ std::string chaos_summary_table(const std::vector<chaos_trial>& trials) {
         if (k == transport::to_string(e.kind)) kind = e.kind;
       auto f = t.fired.find(fires_as(kind));
       if (f != t.fired.end()) r.fired += f->second;
+      if (kind == chaos_fault::coordinator_kill) {  // lost and back: the restarted coordinator
+        r.lost += t.coordinator_restarts;
+        r.detect.insert(r.detect.end(), t.coordinator_detect_ms.begin(), t.coordinator_detect_ms.end());
+        r.recover.insert(r.recover.end(), t.coordinator_recover_ms.begin(), t.coordinator_recover_ms.end());
+        continue;
+      }
       // Devices this kind hit that were lost, and their detection times.
       for (size_t i = 0; i < t.losses.size(); ++i) {
         bool hit = false;
@@ -291,7 +305,7 @@ std::string chaos_summary_table(const std::vector<chaos_trial>& trials) {
   }
   std::string out;
   char line[256];
-  std::snprintf(line, sizeof line, "%-10s %6s %7s %5s %17s %17s %10s %10s %10s %5s\n", "fault", "trials", "fired",
+  std::snprintf(line, sizeof line, "%-16s %6s %7s %5s %17s %17s %10s %10s %10s %5s\n", "fault", "trials", "fired",
                 "lost", "detect ms med/max", "recover ms med/max", "copied", "recomputed", "stall ms", "bad");
   out += line;
   auto mb = [](uint64_t b) {
@@ -306,7 +320,7 @@ std::string chaos_summary_table(const std::vector<chaos_trial>& trials) {
     return std::string(s);
   };
   for (const auto& [k, r] : rows) {
-    std::snprintf(line, sizeof line, "%-10s %6llu %7llu %5llu %17s %17s %10s %10s %10.1f %5llu\n", k.c_str(),
+    std::snprintf(line, sizeof line, "%-16s %6llu %7llu %5llu %17s %17s %10s %10s %10.1f %5llu\n", k.c_str(),
                   (unsigned long long)r.trials, (unsigned long long)r.fired, (unsigned long long)r.lost,
                   mm(r.detect).c_str(), mm(r.recover).c_str(), mb(r.copied).c_str(), mb(r.recomputed).c_str(),
                   r.stall_ms, (unsigned long long)r.violations);

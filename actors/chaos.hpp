@@ -51,6 +51,9 @@ struct chaos_trial {
   std::vector<double> detect_ms;
   std::vector<shard_rebuild> rebuilds;
   double recovery_stall_ms = 0;
+  // Coordinator kills: restarts, and per kill the driver's detection and return, ms.
+  uint32_t coordinator_restarts = 0;
+  std::vector<double> coordinator_detect_ms, coordinator_recover_ms;
   double wall_s = 0;
   std::string to_json() const;  // one line
 };

@@ -314,6 +314,9 @@ struct drive_result {
   bool connect_failed = false;
   std::string lost;           // a node process seen exiting before the end (launcher only)
   bool stop_now = false;      // a second stop signal: do not wait for the cluster
+  // A lost coordinator (with a journal): when the driver saw it go, and when it had joined
+  // the restarted one.
+  std::vector<std::chrono::steady_clock::time_point> coordinator_down, coordinator_back;
 };
 
 // The run is asked to stop (a stop signal): the driver passes a Stop on; the GPU host
@@ -366,6 +369,7 @@ drive_result drive(const std::shared_ptr<const run_setup>& setup, const std::str
       auto again = sys.middleman().remote_actor(host, port);
       if (again) {
         coordinator_lost.reset();
+        r.coordinator_back.push_back(std::chrono::steady_clock::now());
         self->monitor(*again);
         self->send(driver, actors::coord_atom::value, *again);
       } else if (std::chrono::steady_clock::now() - *coordinator_lost >
@@ -428,6 +432,7 @@ drive_result drive(const std::shared_ptr<const run_setup>& setup, const std::str
           if (r.done) return;
           if (!cluster.journal_file.empty()) {
             coordinator_lost = std::chrono::steady_clock::now();
+            r.coordinator_down.push_back(*coordinator_lost);
             return;
           }
           r.done = true;
@@ -646,6 +651,7 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
   auto kill_steps = transport::coordinator_crash_steps(rules->rules);
   if (!kill_steps) return fail_start(kill_steps.error());
   size_t next_kill = 0;
+  std::vector<std::chrono::steady_clock::time_point> killed_at;
   auto on_step = [&](const std::string& phase, uint64_t done) {
     if ((phase != "decode" && phase != "serve") || next_kill >= kill_steps->size() || done < (*kill_steps)[next_kill])
       return;
@@ -654,6 +660,7 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
       if (it->name == "coordinator" && it->pid > 0) {
         std::fprintf(stderr, "pnmkv run: faults: killing the coordinator (pid %d) at %s step %llu (crash node=0)\n",
                      int(it->pid), phase.c_str(), static_cast<unsigned long long>(done));
+        killed_at.push_back(std::chrono::steady_clock::now());
         kill(it->pid, SIGKILL);
         break;
       }
@@ -682,6 +689,13 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
   if (out) {
     out->shutdown_events = trouble;
     out->coordinator_restarts = coordinator_restarts;
+    // Scripted kills: the driver noticed the loss (detect) and was back with the restarted
+    // coordinator (recover), in ms after the kill.
+    auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
+    for (size_t k = 0; k < killed_at.size(); ++k) {
+      if (k < d.coordinator_down.size()) out->coordinator_detect_ms.push_back(ms(killed_at[k], d.coordinator_down[k]));
+      if (k < d.coordinator_back.size()) out->coordinator_recover_ms.push_back(ms(killed_at[k], d.coordinator_back[k]));
+    }
   }
   if (mp.work_dir.empty() && out) fs::remove_all(dir);
   return out;

@@ -92,6 +92,8 @@ void recovery_json(const run_report& r, nlohmann::ordered_json& j) {
   j["faults"]["fenced_messages"] = r.fenced_messages;
   j["faults"]["shutdown_events"] = r.shutdown_events;
   j["faults"]["coordinator_restarts"] = r.coordinator_restarts;
+  j["faults"]["coordinator_detect_ms"] = r.coordinator_detect_ms;
+  j["faults"]["coordinator_recover_ms"] = r.coordinator_recover_ms;
   nlohmann::ordered_json rebuilds = nlohmann::ordered_json::array();
   for (const auto& b : r.rebuilds)
     rebuilds.push_back({{"request", b.request_id},
@@ -119,6 +121,9 @@ void read_recovery(const nlohmann::json& j, run_report& r) {
     r.fenced_messages = f.value("fenced_messages", uint64_t(0));
     if (f.contains("shutdown_events")) r.shutdown_events = f["shutdown_events"].get<std::vector<std::string>>();
     r.coordinator_restarts = f.value("coordinator_restarts", 0u);
+    if (f.contains("coordinator_detect_ms")) r.coordinator_detect_ms = f["coordinator_detect_ms"].get<std::vector<double>>();
+    if (f.contains("coordinator_recover_ms"))
+      r.coordinator_recover_ms = f["coordinator_recover_ms"].get<std::vector<double>>();
     if (f.contains("rebuilds"))
       for (const auto& b : f["rebuilds"])
         r.rebuilds.push_back({b.value("request", uint64_t(0)), b.value("shard", 0u), b.value("kind", std::string()),

@@ -131,6 +131,10 @@ struct run_report {
   uint64_t fenced_messages = 0;              // late messages from failed-over devices, dropped
   std::vector<std::string> shutdown_events;  // node processes not stopping cleanly (not requests)
   uint32_t coordinator_restarts = 0;         // coordinator processes restarted from the journal
+  // Scripted coordinator kills (crash node=0), ms after each: the driver saw the loss, and
+  // had joined the restarted coordinator (decoding goes on meanwhile: the data plane does
+  // not pass through the coordinator).
+  std::vector<double> coordinator_detect_ms, coordinator_recover_ms;
   std::vector<shard_rebuild> rebuilds;       // copies rebuilt after losses, in the order finished
   double recovery_stall_ms = 0;              // virtual time every rebuild added to steps
   std::string stopped;                       // why the run was stopped early; "" when it ran out

@@ -8,8 +8,9 @@
 namespace pnmkv::transport {
 
 namespace {
-constexpr const char* names[chaos_fault_count] = {"crash",     "hang",    "partition", "drop",
-                                                  "duplicate", "corrupt", "delay",     "slow-link"};
+constexpr const char* names[chaos_fault_count] = {"crash",   "hang",  "partition", "drop",
+                                                  "duplicate", "corrupt", "delay", "slow-link",
+                                                  "coordinator-kill"};
 
 std::string allowed() {
   std::string s;
@@ -23,7 +24,7 @@ const char* to_string(chaos_fault f) {
   return i < chaos_fault_count ? names[i] : "unknown";
 }
 
-result<std::vector<chaos_fault>> parse_chaos_faults(const std::string& csv) {
+result<std::vector<chaos_fault>> parse_chaos_faults(const std::string& csv, bool multiprocess) {
   std::vector<chaos_fault> out;
   size_t at = 0;
   while (at <= csv.size()) {
@@ -35,13 +36,16 @@ result<std::vector<chaos_fault>> parse_chaos_faults(const std::string& csv) {
     at = end + 1;
     if (name.empty()) continue;
     if (name == "all") {
-      for (size_t i = 0; i < chaos_fault_count; ++i) out.push_back(static_cast<chaos_fault>(i));
+      for (size_t i = 0; i < chaos_fault_count; ++i)
+        if (multiprocess || static_cast<chaos_fault>(i) != chaos_fault::coordinator_kill)
+          out.push_back(static_cast<chaos_fault>(i));
       continue;
     }
-    if (name == "coordinator-kill" || name == "coordinator")
-      return status{errc::unsupported, "chaos fault \"" + name +
-                                           "\" cannot be injected yet: the coordinator does not restart from a "
-                                           "journal (issue 13, item 5); allowed: " + allowed()};
+    if (name == "coordinator") name = "coordinator-kill";
+    if (name == "coordinator-kill" && !multiprocess)
+      return status{errc::unsupported, "chaos fault \"coordinator-kill\" needs --multiprocess: the launcher "
+                                       "kills the coordinator process and restarts it from its journal; the "
+                                       "embedded cluster's coordinator shares the process"};
     bool found = false;
     for (size_t i = 0; i < chaos_fault_count && !found; ++i)
       if (name == names[i]) {
@@ -93,6 +97,10 @@ result<chaos_schedule> draw_chaos_schedule(const chaos_params& p, uint64_t seed)
         e.node = dev;
         e.step_end = e.step + uint32_t(below(std::max<uint32_t>(1, p.partition_steps_max)));
         std::snprintf(buf, sizeof buf, "partition group=%u step=%u..%u", dev, e.step, e.step_end);
+        break;
+      case chaos_fault::coordinator_kill:
+        e.node = 0;
+        std::snprintf(buf, sizeof buf, "crash node=0 step=%u", e.step);
         break;
       case chaos_fault::slow_link:
         e.node = dev;

@@ -22,13 +22,17 @@ enum class chaos_fault : uint8_t {
   corrupt,    // messages with bit flips at a rate (refused by validation, then retried)
   delay,      // messages delayed at a rate
   slow_link,  // every message a device sends is delayed by a few ms
+  coordinator_kill,  // the coordinator process is killed at a step and restarted from its
+                     // journal (multi-process clusters only)
 };
-inline constexpr size_t chaos_fault_count = 8;
-const char* to_string(chaos_fault f);  // crash, hang, partition, drop, duplicate, corrupt, delay, slow-link
-// A comma-separated list of the names above ("all": every one). Unknown names and
-// coordinator-kill (not injectable yet: the coordinator does not restart) are errors that
-// say so and list the allowed names.
-result<std::vector<chaos_fault>> parse_chaos_faults(const std::string& csv);
+inline constexpr size_t chaos_fault_count = 9;
+// crash, hang, partition, drop, duplicate, corrupt, delay, slow-link, coordinator-kill
+const char* to_string(chaos_fault f);
+// A comma-separated list of the names above ("all": every one the cluster can take).
+// coordinator-kill needs a coordinator process (`multiprocess`): named without one it is an
+// error saying so, and "all" leaves it out (so an embedded sweep's seeds draw as before).
+// Unknown names are errors listing the allowed ones.
+result<std::vector<chaos_fault>> parse_chaos_faults(const std::string& csv, bool multiprocess = false);
 
 struct chaos_params {
   std::vector<uint32_t> devices;        // node ids a node-level fault may hit

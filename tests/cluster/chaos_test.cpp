@@ -107,13 +107,27 @@ TEST(chaos, seeded_trials_on_a_multiprocess_cluster_keep_the_invariants_and_leav
   o.trials = 3;
   o.multiprocess = true;
   o.node_binary = PNMKV_BINARY;
-  o.faults = "crash,hang";
-  o.faults_per_trial_max = 1;
+  o.faults = "crash,hang,coordinator-kill";
+  o.faults_per_trial_max = 2;
   o.out_dir = dir.string();
   o.trial_timeout_ms = 120000;
   auto trials = run_chaos(small({}), o, {});
   ASSERT_TRUE(trials) << trials.error().to_string();
   expect_faults_bit(*trials, o.trial_timeout_ms);
+  // Every coordinator kill drawn was a restart from the journal, noticed and rejoined within
+  // the trial; at least one of these seeds draws one.
+  uint32_t drawn = 0, restarts = 0;
+  for (const auto& t : *trials) {
+    uint32_t kills = 0;
+    for (const auto& e : t.schedule.events) kills += e.kind == transport::chaos_fault::coordinator_kill;
+    drawn += kills;
+    restarts += t.coordinator_restarts;
+    EXPECT_LE(t.coordinator_restarts, kills) << "seed " << t.seed;
+    EXPECT_EQ(t.coordinator_recover_ms.size(), t.coordinator_restarts) << "seed " << t.seed;
+    for (double ms : t.coordinator_recover_ms) EXPECT_TRUE(ms >= 0 && ms <= double(o.trial_timeout_ms)) << ms;
+  }
+  EXPECT_GT(drawn, 0u) << "these seeds should draw a coordinator kill";
+  EXPECT_GT(restarts, 0u) << "no coordinator kill landed before its run ended";
   EXPECT_TRUE(children_matching("pnmkv").empty()) << "node processes left behind";
   fs::remove_all(dir);
 }

@@ -3,6 +3,8 @@
 // fault script; fault names are checked with a clear error.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <set>
 
 #include "transport/chaos_schedule.hpp"
@@ -66,9 +68,14 @@ TEST(chaos_schedule, draws_only_what_was_asked_inside_the_run_and_always_a_valid
 }
 
 TEST(chaos_schedule, fault_names_are_checked_with_the_allowed_ones) {
+  // "all": every kind the cluster can take; an embedded one has no coordinator process.
   auto all = parse_chaos_faults("all");
   ASSERT_TRUE(all);
-  EXPECT_EQ(all->size(), chaos_fault_count);
+  EXPECT_EQ(all->size(), chaos_fault_count - 1);
+  EXPECT_EQ(std::count(all->begin(), all->end(), chaos_fault::coordinator_kill), 0);
+  auto all_mp = parse_chaos_faults("all", /*multiprocess=*/true);
+  ASSERT_TRUE(all_mp);
+  EXPECT_EQ(all_mp->size(), chaos_fault_count);
   auto two = parse_chaos_faults(" crash , slow-link ");
   ASSERT_TRUE(two);
   EXPECT_EQ(*two, (std::vector<chaos_fault>{chaos_fault::crash, chaos_fault::slow_link}));
@@ -78,7 +85,22 @@ TEST(chaos_schedule, fault_names_are_checked_with_the_allowed_ones) {
   EXPECT_NE(bad.error().message().find("crash|hang|partition"), std::string::npos) << bad.error().message();
   auto coord = parse_chaos_faults("coordinator-kill");
   ASSERT_FALSE(coord);
-  EXPECT_NE(coord.error().message().find("does not restart"), std::string::npos) << coord.error().message();
+  EXPECT_NE(coord.error().message().find("needs --multiprocess"), std::string::npos) << coord.error().message();
+  auto coord_mp = parse_chaos_faults("coordinator-kill", /*multiprocess=*/true);
+  ASSERT_TRUE(coord_mp) << coord_mp.error().message();
+  // Drawn as the launcher's rule: the coordinator (node 0) crashes at a decode step.
+  chaos_params cp = params(*coord_mp);
+  auto drawn = draw_chaos_schedule(cp, 7);
+  ASSERT_TRUE(drawn);
+  for (const auto& e : drawn->events) {
+    EXPECT_EQ(e.node, 0);
+    EXPECT_EQ(e.rule, "crash node=0 step=" + std::to_string(e.step));
+    auto rules = parse_fault_script(e.rule);
+    ASSERT_TRUE(rules);
+    auto steps = coordinator_crash_steps(*rules);
+    ASSERT_TRUE(steps);
+    EXPECT_EQ(*steps, std::vector<uint32_t>{e.step});
+  }
   EXPECT_FALSE(parse_chaos_faults(""));
   chaos_params p = params({chaos_fault::crash});
   p.steps = 1;
