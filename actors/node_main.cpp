@@ -80,8 +80,8 @@ result<caf::actor> connect_coordinator(caf::actor_system& sys, const std::string
 // coordinator shut the cluster down: its Shutdown and its connection's end race); an error
 // past the timeout.
 result<std::optional<caf::actor>> reconnect_coordinator(caf::actor_system& sys, const caf::actor& node,
-                                                        const std::string& host, uint16_t port,
-                                                        uint64_t timeout_ms) {
+                                                        const caf::node_id& lost, const std::string& host,
+                                                        uint16_t port, uint64_t timeout_ms) {
   caf::scoped_actor self{sys};
   self->monitor(node);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
@@ -91,8 +91,9 @@ result<std::optional<caf::actor>> reconnect_coordinator(caf::actor_system& sys, 
     self->receive([&](const caf::down_msg&) { node_gone = true; }, caf::after(std::chrono::milliseconds(50)) >> [] {});
     if (node_gone) return std::optional<caf::actor>{};
     auto a = sys.middleman().remote_actor(host, port);
-    if (a) return std::optional<caf::actor>{*a};
-    last = sys.render(a.error());
+    // The lost process's proxy, still cached for a moment: not back yet.
+    if (a && a->node() != lost) return std::optional<caf::actor>{*a};
+    last = a ? "only the lost coordinator answered" : sys.render(a.error());
   }
   return status{errc::timeout, "the coordinator at " + host + ":" + std::to_string(port) + " did not come back within " +
                                    std::to_string(timeout_ms) + " ms (cluster.coordinator_reconnect_ms): " + last};
@@ -210,7 +211,7 @@ status run_node(const config& cfg, const node_options& opts) {
     if (gone == node.address() || cluster.journal_file.empty()) break;
     std::fprintf(stderr, "pnmkv node: lost the coordinator; reconnecting to %s:%u for up to %u ms\n", host.c_str(),
                  unsigned(port), unsigned(cluster.coordinator_reconnect_ms));
-    auto again = reconnect_coordinator(sys, node, host, port, cluster.coordinator_reconnect_ms);
+    auto again = reconnect_coordinator(sys, node, current.node(), host, port, cluster.coordinator_reconnect_ms);
     if (!again) {
       std::fprintf(stderr, "pnmkv node: %s\n", again.error().message().c_str());
       break;
@@ -364,10 +365,11 @@ drive_result drive(const std::shared_ptr<const run_setup>& setup, const std::str
   // driver joins it again within cluster.coordinator_reconnect_ms, or the run fails.
   const cluster_section& cluster = setup->spec.cluster;
   std::optional<std::chrono::steady_clock::time_point> coordinator_lost;
+  caf::node_id lost_node;  // the lost coordinator's process: its cached proxy is not it back
   while (!r.done) {
     if (coordinator_lost) {
       auto again = sys.middleman().remote_actor(host, port);
-      if (again) {
+      if (again && again->node() != lost_node) {
         coordinator_lost.reset();
         r.coordinator_back.push_back(std::chrono::steady_clock::now());
         self->monitor(*again);
@@ -428,9 +430,10 @@ drive_result drive(const std::shared_ptr<const run_setup>& setup, const std::str
           if (on_progress) on_progress(p.getPhase().cStr(), p.getDone());
           if (opts.on_progress) opts.on_progress(p.getPhase().cStr(), p.getDone(), p.getTotal());
         },
-        [&](const caf::down_msg&) {
+        [&](const caf::down_msg& dm) {
           if (r.done) return;
           if (!cluster.journal_file.empty()) {
+            lost_node = dm.source.node();
             coordinator_lost = std::chrono::steady_clock::now();
             r.coordinator_down.push_back(*coordinator_lost);
             return;

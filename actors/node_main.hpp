@@ -32,7 +32,10 @@ struct node_options {
   uint64_t connect_timeout_ms = 20000;
 };
 
-// Runs the node until the cluster shuts down or the coordinator is lost. Returns ok on a
+// Runs the node until the cluster shuts down or the coordinator is lost (with
+// cluster.journal_file set: and does not come back within cluster.coordinator_reconnect_ms;
+// a coordinator with a journal resumes from it, or refuses one it cannot trust, naming
+// why). Returns ok on a
 // clean shutdown.
 status run_node(const config& cfg, const node_options& opts);
 
@@ -71,9 +74,10 @@ int stop_signal_received();
 
 // Drives a run on a cluster already up (nodes started by hand, by a script or by a container
 // orchestrator): connects to the coordinator at host:port as the driver, submits the
-// config's requests and returns the report. The driver is not authenticated: the
-// coordinator's port must be reachable only from trusted hosts. SIGINT / SIGTERM stop the
-// run as with run_multiprocess.
+// config's requests and returns the report. The driver proves the cluster secret like a
+// node (fabric.cluster_secret_file). With cluster.journal_file set, a lost coordinator is
+// waited for (cluster.coordinator_reconnect_ms) and joined again. SIGINT / SIGTERM stop
+// the run as with run_multiprocess.
 result<run_report> run_attached(const config& cfg, const cluster_run_options& opts, const std::string& host,
                                 uint16_t port);
 

@@ -37,7 +37,7 @@ void register_chaos(CLI::App& app) {
       c.file = (dflt.parent_path() / "chaos.yaml").string();
     }
     config cfg = load_config_or_exit(c);
-    if (auto kinds = transport::parse_chaos_faults(o.faults); !kinds) {  // before any run
+    if (auto kinds = transport::parse_chaos_faults(o.faults, o.multiprocess); !kinds) {  // before any run
       std::fprintf(stderr, "pnmkv chaos: --faults: %s\n", kinds.error().message().c_str());
       throw CLI::RuntimeError(2);
     }
