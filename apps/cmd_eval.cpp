@@ -479,13 +479,19 @@ void run_eval(const eval_options& opt) {
     gen_s += c.generate_s;
     append_s += c.append_s;
     gen_tokens += c.generated_tokens;
-    std::printf("context %llu tokens (+%u decoded): %llu needles in context, %llu of %llu "
-                "(head, step) pairs ask for one; dense mass on the sink page %.1f%%; %.1f s\n",
-                static_cast<unsigned long long>(c.context), s.steps,
-                static_cast<unsigned long long>(c.needles_in_context),
-                static_cast<unsigned long long>(c.needle_asks),
-                static_cast<unsigned long long>(uint64_t{s.kv_heads} * s.steps),
-                100 * c.sink_mass_mean, c.wall_s);
+    if (s.from_trace) {
+      std::printf("context %llu tokens (+%u decoded): a trace has no labelled needles; dense mass "
+                  "on the sink page %.1f%%; %.1f s\n",
+                  static_cast<unsigned long long>(c.context), s.steps, 100 * c.sink_mass_mean, c.wall_s);
+    } else {
+      std::printf("context %llu tokens (+%u decoded): %llu needles in context, %llu of %llu "
+                  "(head, step) pairs ask for one; dense mass on the sink page %.1f%%; %.1f s\n",
+                  static_cast<unsigned long long>(c.context), s.steps,
+                  static_cast<unsigned long long>(c.needles_in_context),
+                  static_cast<unsigned long long>(c.needle_asks),
+                  static_cast<unsigned long long>(uint64_t{s.kv_heads} * s.steps),
+                  100 * c.sink_mass_mean, c.wall_s);
+    }
     std::printf("  %-4s %8s %6s %10s %10s %10s %9s %9s %9s\n", "gqa", "budget", "pages",
                 "err_mean", "err_p99", "err_max", "mass_mean", "mass_min", "needle");
     for (size_t a = 0; a < n_aggregations; ++a) {

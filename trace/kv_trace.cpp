@@ -282,12 +282,18 @@ status kv_trace::index_files() {
                       size - h->data_offset, where);
   };
   if (m_.storage == "npy") {
-    for (const std::string& name : needed) {
-      auto f = map(name + ".npy");
-      if (!f) return f.error();
-      const std::string where = "file '" + dir_ + "/" + name + ".npy'";
-      if (auto st = add_npy(name, (*f)->data(), (*f)->size(), where); !st) return st;
-    }
+    for (uint32_t l : m_.layers)
+      for (uint32_t h : m_.heads)
+        for (char w : {'k', 'v', 'q'}) {
+          const std::string name = tensor_name(l, h, w);
+          auto f = map(name + ".npy");
+          if (!f)
+            return status{f.error().code(), "trace '" + dir_ + "': tensor '" + name + "' (layer " +
+                                                std::to_string(l) + ", KV head " + std::to_string(h) +
+                                                ", listed in the manifest): " + f.error().message()};
+          const std::string where = "file '" + dir_ + "/" + name + ".npy'";
+          if (auto st = add_npy(name, (*f)->data(), (*f)->size(), where); !st) return st;
+        }
     return status::ok();
   }
   for (const std::string& rel : m_.files) {
