@@ -90,10 +90,9 @@ def analyse(q, k, v, C, steps, scale, page, budgets, drift_budget):
                 forced = [0, npg - 1]
                 rest = [x for x in order[: kb + 2] if x not in forced][: kb - 2]
                 chosen = np.array(sorted(forced + rest))
-            mask = np.zeros(npg * page, bool)
-            for c in chosen:
-                mask[c * page:(c + 1) * page] = True
-            mask = mask[:n]
+            pmask = np.zeros(npg, bool)
+            pmask[chosen] = True
+            mask = np.repeat(pmask, page)[:n]
             mass = a[:, mask].sum(1)
             acc[f"quest@{B}"].extend(mass)
             osel = (a[:, mask] @ vv[mask]) / mass[:, None]

@@ -115,6 +115,9 @@ def main():
     ap.add_argument("--decode-steps", type=int, default=128)
     ap.add_argument("--out")
     ap.add_argument("--check", action="store_true")
+    ap.add_argument("--bos", action="store_true",
+                    help="put the document separator (byte 2, what precedes every document in "
+                         "training) at position 0, as a BOS token, and the document after it")
     a = ap.parse_args()
     w = load_weights(a.weights)
     v, st, ln = val_docs(a.val)
@@ -135,7 +138,9 @@ def main():
         sys.exit(f"dump_trace: --doc {a.doc}: val.bin has documents 0..{len(st)-1}")
     if ln[a.doc] < a.positions:
         sys.exit(f"dump_trace: document {a.doc} has {ln[a.doc]} bytes, fewer than --positions {a.positions}")
-    toks = v[st[a.doc]: st[a.doc] + a.positions].astype(np.int64)
+    toks = v[st[a.doc]: st[a.doc] + a.positions - int(a.bos)].astype(np.int64)
+    if a.bos:
+        toks = np.concatenate([[2], toks])
     os.makedirs(a.out, exist_ok=True)
     c = CONFIG
     g = c["n_q_heads"] // c["n_kv_heads"]
@@ -163,7 +168,7 @@ def main():
            "query_begin": 0, "layers": list(range(c["n_layers"])),
            "kv_heads": list(range(c["n_kv_heads"])), "tokens": [int(t) for t in toks],
            "source": (f"experiments/trained_model/dump_trace.py --doc {a.doc} --positions {a.positions} "
-                      f"--decode-steps {a.decode_steps}; val.bin document {a.doc} ({ln[a.doc]} bytes, "
+                      f"--decode-steps {a.decode_steps}{' --bos' if a.bos else ''} --weights {os.path.basename(os.path.normpath(a.weights))}; val.bin document {a.doc} ({ln[a.doc]} bytes, "
                       f"starts {' / '.join(head)!r}), teacher-forced; numpy float32 forward; "
                       f"mean next-byte loss on it {nll:.4f} nats")}
     with open(os.path.join(a.out, "manifest.json"), "w") as f:

@@ -39,6 +39,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=40)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--compile", type=int, default=1)
+    ap.add_argument("--doc_start_fraction", type=float, default=0.0,
+                    help="share of training windows that start at a document separator (byte 2, "
+                         "which then acts as a BOS token at position 0); the rest start anywhere")
     ap.add_argument("--max_seconds", type=float, default=1e9,
                     help="safety stop (the schedule is by step; a stop before --steps is logged)")
     a = ap.parse_args()
@@ -61,9 +64,15 @@ def main():
     fwd = torch.compile(model) if a.compile else model
     gen = torch.Generator(device=dev); gen.manual_seed(a.seed)
     offs = torch.arange(a.seq + 1, device=dev)
+    seps = torch.nonzero(data == 2).flatten()
+    seps = seps[seps < data.numel() - a.seq - 1]
 
-    def batch(src, n, g):
+    def batch(src, n, g, doc_frac=0.0):
         i = torch.randint(0, src.numel() - a.seq - 1, (n,), device=dev, generator=g)
+        if doc_frac > 0:
+            nd = int(round(doc_frac * n))
+            j = torch.randint(0, seps.numel(), (nd,), device=dev, generator=g)
+            i[:nd] = seps[j]
         w = src[i[:, None] + offs[None]].long()
         return w[:, :-1], w[:, 1:]
 
@@ -79,7 +88,7 @@ def main():
     for step in range(a.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        x, y = batch(data, a.batch, gen)
+        x, y = batch(data, a.batch, gen, a.doc_start_fraction)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             logits = fwd(x)
         loss = F.cross_entropy(logits.float().view(-1, 256), y.reshape(-1))
@@ -113,7 +122,7 @@ def main():
     np.save(os.path.join(a.out, "reference_logits.npy"), ref)
     save_sharded(model, a.out)
     summary = {"config": CONFIG, "params": nparams, "steps_done": step + 1, "steps_planned": a.steps,
-               "batch": a.batch, "seq": a.seq, "tokens": tokens, "lr": a.lr, "warmup": a.warmup,
+               "batch": a.batch, "seq": a.seq, "doc_start_fraction": a.doc_start_fraction, "tokens": tokens, "lr": a.lr, "warmup": a.warmup,
                "seed": a.seed, "train_seconds": round(train_s, 1), "final_train_loss": loss.item(),
                "val_loss_nats_per_byte": vloss, "val_bits_per_byte": vloss / math.log(2),
                "torch": torch.__version__, "gpu": torch.cuda.get_device_name()}
