@@ -12,6 +12,8 @@ analyse(). Loss: sum over the two contexts of squared differences of the 5 dista
 the sink share, plus (log10 effective-support ratio / 2)^2, plus (keep1 difference)^2.
 
   python3 fit_generator.py --traces membarriers,perlvms --out results/fit.json
+  python3 fit_generator.py --out results/fit2.json --grid '{"sink_tokens": [0], "query_local_weight": [1.4, 1.7, 2.0], "topic_logit": [1.5, 3.0], "noise_logit_std": [0.5], "topic_segment_tokens_mean": [128], "drift_period_steps": [32, 64]}'
+(the second, a refinement around the first's best, is the one cluster_configs/trained-bytes-22m-fit.yaml takes)
 """
 import argparse, itertools, json, math, os, shutil, subprocess, sys
 import numpy as np
@@ -66,6 +68,7 @@ def main():
     ap.add_argument("--synth", default=os.path.join(HERE, "..", "..", "build", "synth_trace"))
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--out", default=os.path.join(HERE, "results", "fit.json"))
+    ap.add_argument("--grid", default="", help="JSON object replacing GRID (a refinement round)")
     a = ap.parse_args()
     tgt = {C: {} for C in CONTEXTS}
     rows = []
@@ -76,17 +79,18 @@ def main():
         tgt[C] = {f: float(np.mean([r[f] for r in rr])) for f in FEATS}
     print("target", json.dumps(tgt), flush=True)
     results = []
-    keys = list(GRID)
-    for vals in itertools.product(*[GRID[k] for k in keys]):
+    grid = json.loads(a.grid) if a.grid else GRID
+    keys = list(grid)
+    for vals in itertools.product(*[grid[k] for k in keys]):
         p = dict(zip(keys, vals))
-        s = measure(a.synth, p, a.steps, "/tmp/pnmkv_fit_trace")
+        s = measure(a.synth, p, a.steps, f"/tmp/pnmkv_fit_trace.{os.getpid()}")
         l = loss(s, tgt)
         results.append({"params": p, "loss": l, "stats": s})
         print(f"{l:.4f} {p}", flush=True)
     results.sort(key=lambda r: r["loss"])
-    default = measure(a.synth, {}, a.steps, "/tmp/pnmkv_fit_trace")
+    default = measure(a.synth, {}, a.steps, f"/tmp/pnmkv_fit_trace.{os.getpid()}")
     json.dump({"target": tgt, "default": {"stats": default, "loss": loss(default, tgt)},
-               "grid": GRID, "ranked": results}, open(a.out, "w"), indent=1)
+               "grid": grid, "ranked": results}, open(a.out, "w"), indent=1)
     print("default loss", loss(default, tgt))
     print("best", results[0]["loss"], results[0]["params"])
     for C in CONTEXTS:
