@@ -13,7 +13,10 @@ the sink share, plus (log10 effective-support ratio / 2)^2, plus (keep1 differen
 
   python3 fit_generator.py --traces membarriers,perlvms --out results/fit.json
   python3 fit_generator.py --out results/fit2.json --grid '{"sink_tokens": [0], "query_local_weight": [1.4, 1.7, 2.0], "topic_logit": [1.5, 3.0], "noise_logit_std": [0.5], "topic_segment_tokens_mean": [128], "drift_period_steps": [32, 64]}'
-(the second, a refinement around the first's best, is the one cluster_configs/trained-bytes-22m-fit.yaml takes)
+  python3 fit_generator.py --out results/fit3.json --grid '{"sink_tokens": [0], "query_local_weight": [1.55, 1.7, 1.85], "topic_logit": [0.75, 1.5], "segment_logit": [2.0, 4.0], "noise_logit_std": [0.5], "topic_segment_tokens_mean": [128], "drift_period_steps": [64]}'
+  python3 fit_generator.py --out results/fit4.json --grid '{"sink_tokens": [0], "query_local_weight": [1.7], "topic_logit": [0.0, 0.375, 0.75], "segment_logit": [4.0, 6.0], "noise_logit_std": [0.5], "topic_segment_tokens_mean": [128], "drift_period_steps": [64]}'
+(each round refines around the last one's best; cluster_configs/trained-bytes-22m-fit.yaml takes
+the best of all four, which rounds 3 and 4 agree on)
 """
 import argparse, itertools, json, math, os, shutil, subprocess, sys
 import numpy as np

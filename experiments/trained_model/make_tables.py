@@ -45,16 +45,16 @@ def stats_table(sets, feats):
 
 
 if __name__ == "__main__":
-    print("### Quest (gqa max) vs dense: attention mass captured / output rel. error mean / p99\n")
-    accuracy_table(["membarriers", "perlvms", "synthetic"])
-    print("\n### Dense attention statistics (analyze_trace.py; means over heads and 128 steps)\n")
+    what = sys.argv[1] if len(sys.argv) > 1 else "all"
     feats = ["sink4", "0-63", "64-255", "256-1K", "1K-4K", "4K+", "eff_support", "oracle@1024", "quest@1024", "keep1", "keep32"]
-    sets = [("trained: membarriers", ["stats_membarriers.json"]), ("trained: perlvms", ["stats_perlvms.json"]),
-            ("synthetic default", [f"stats_synthetic_c{c}.json" for c in (2048, 4096, 8192, 16256)])]
-    extra = [("synthetic fitted", [f"stats_fitted_c{c}.json" for c in (2048, 4096, 8192, 16256)])]
-    if all(os.path.exists(os.path.join(R, f)) for f in extra[0][1]):
-        sets += extra
-    stats_table(sets, feats)
-    if os.path.exists(os.path.join(R, "eval_fitted.json")):
-        print("\n### Quest on the fitted preset next to the trained model\n")
-        accuracy_table(["membarriers", "perlvms", "fitted", "synthetic"])
+    syn = lambda tag: [f"stats_{tag}_c{c}.json" for c in (2048, 4096, 8192, 16256)]
+    if what in ("all", "accuracy"):
+        accuracy_table(["membarriers", "perlvms", "synthetic"])
+    if what in ("all", "stats"):
+        stats_table([("trained: membarriers", ["stats_membarriers.json"]), ("trained: perlvms", ["stats_perlvms.json"]),
+                     ("synthetic default", syn("synthetic"))], feats)
+    if what in ("all", "fitted"):
+        accuracy_table(["membarriers", "fitted", "synthetic"])
+    if what in ("all", "fitted_stats"):
+        stats_table([("trained: both traces", ["stats_membarriers.json", "stats_perlvms.json"]),
+                     ("synthetic fitted", syn("fitted")), ("synthetic default", syn("synthetic"))], feats)
