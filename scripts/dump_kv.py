@@ -7,7 +7,7 @@ tokens (greedy, or sampled with --temperature and --seed), then runs the whole s
 more with a capturing attention function and writes, for the chosen layers and KV heads,
 the post-RoPE keys and the values of every position and the post-RoPE queries of positions
 --query-begin.. (default: the decode steps only). The capture sits where the model hands
-q/k/v to its attention kernel (transformers' AttentionInterface, 4.48 and later), so q/k
+q/k/v to its attention kernel (transformers' AttentionInterface, 4.51 and later), so q/k
 norms and RoPE are applied exactly as the model applies them, whatever the architecture
 (Llama, Mistral, Qwen2/3, Gemma, ...), and the model's own softmax scale is recorded.
 
@@ -71,7 +71,7 @@ def install_capture(cap):
         from transformers import AttentionInterface
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
     except ImportError:
-        sys.exit("dump_kv: this transformers has no AttentionInterface (needs 4.48 or later)")
+        sys.exit("dump_kv: this transformers has no AttentionInterface (4.51 and later have it)")
     cap.base = sdpa_attention_forward
     AttentionInterface.register(CAPTURE, cap)
     try:  # newer versions build masks per implementation: ours takes sdpa's
@@ -83,20 +83,17 @@ def install_capture(cap):
 
 def load_model(a, torch, transformers):
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[a.torch_dtype]
+    # The dtype argument is `dtype` from transformers 4.56 on, `torch_dtype` before.
+    version = tuple(int(x) for x in transformers.__version__.split(".")[:2] if x.isdigit())
+    dkw = {"dtype": dtype} if version >= (4, 56) else {"torch_dtype": dtype}
     if a.random_config:
         with open(a.random_config) as f:
             cfg = transformers.AutoConfig.for_model(**json.load(f))
         torch.manual_seed(a.seed)
-        try:
-            model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation=CAPTURE,
-                                                                  torch_dtype=dtype)
-        except TypeError:
-            cfg._attn_implementation = CAPTURE
-            model = transformers.AutoModelForCausalLM.from_config(cfg).to(dtype)
+        model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation=CAPTURE, **dkw)
     else:
-        model = transformers.AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=dtype,
-                                                                  attn_implementation=CAPTURE)
-    return model.to(a.device).eval()
+        model = transformers.AutoModelForCausalLM.from_pretrained(a.model, attn_implementation=CAPTURE, **dkw)
+    return model.to(device=a.device, dtype=dtype).eval()
 
 
 def tokenize(a, text, vocab, transformers):
