@@ -214,7 +214,7 @@ TEST(run_spec, rules_across_keys_name_the_keys) {
                {"selection.budget_tokens = 100", "always-kept"});
   expect_error({"workload.arrivals=trace"}, {"workload.arrivals = trace", "workload.trace_file"});
   // A KV trace (workload.trace_dir) is not the arrivals CSV (workload.trace_file).
-  expect_error({"workload.kind=trace"}, {"workload.kind = trace", "workload.trace_dir", "TRACE_FORMAT.md",
+  expect_error({"workload.kind=trace"}, {"workload.kind = trace", "workload.trace_dir", "docs/TRACE_FORMAT.md",
                                          "workload.trace_file is the CSV of request arrivals"});
   expect_error({"workload.topic_segment_tokens_spread=600"}, {"topic_segment_tokens_spread"});
   expect_error({"model.file=" + (fs::temp_directory_path() / "no-such-model.yaml").string()}, {"no-such-model.yaml"});

@@ -43,7 +43,7 @@ ffn: 128
 vocab: 256
 tied_embeddings: false
 Y
-cat "$root/README.md" "$root/docs/DESIGN.md" >"$tmp/text.txt"
+cat "$root"/scripts/*.py "$root"/trace/*.cpp >"$tmp/text.txt"  # any text: bytes are the tokens
 for st in "safetensors bfloat16 bfloat16" "npy float32 float32"; do
   set -- $st
   "$py" "$root/scripts/dump_kv.py" --random-config "$tmp/config.json" --tokenizer bytes \
