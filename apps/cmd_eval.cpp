@@ -107,6 +107,7 @@ struct eval_setup {
   // workload; on a trace, the first eval.kv_heads KV heads of every layer it holds.
   std::vector<std::pair<uint32_t, uint32_t>> units;
   bool from_trace = false;
+  std::string source;  // what the workload is, as the header line says it
 };
 
 // Accumulators of one (KV head, context): [aggregation][budget].
@@ -436,6 +437,7 @@ void run_eval(const eval_options& opt) {
     for (uint32_t h = 0; h < s.kv_heads; ++h) s.units.emplace_back(0, h);
   }
   const kv_workload& w = *workload;
+  s.source = source;
   s.kv_heads = static_cast<uint32_t>(s.units.size());
   const unsigned threads =
       opt.threads ? opt.threads : std::max(1u, std::thread::hardware_concurrency());
@@ -573,6 +575,7 @@ void run_eval(const eval_options& opt) {
     j["config"] = nlohmann::ordered_json::parse(cfg.to_json());
     j["model"] = {{"name", s.model.name}, {"file", s.model.file},
                   {"head_dim", s.model.head_dim}, {"gqa_group", s.model.gqa_group()}};
+    j["workload"] = {{"kind", s.from_trace ? "trace" : "synthetic"}, {"source", s.source}};
     nlohmann::ordered_json rows = nlohmann::ordered_json::array();
     nlohmann::ordered_json contexts = nlohmann::ordered_json::array();
     for (const auto& c : results) {

@@ -7,7 +7,7 @@ tokens (greedy, or sampled with --temperature and --seed), then runs the whole s
 more with a capturing attention function and writes, for the chosen layers and KV heads,
 the post-RoPE keys and the values of every position and the post-RoPE queries of positions
 --query-begin.. (default: the decode steps only). The capture sits where the model hands
-q/k/v to its attention kernel (transformers' AttentionInterface, 4.48 and later), so q/k
+q/k/v to its attention kernel (transformers' AttentionInterface, 4.51 and later), so q/k
 norms and RoPE are applied exactly as the model applies them, whatever the architecture
 (Llama, Mistral, Qwen2/3, Gemma, ...), and the model's own softmax scale is recorded.
 
@@ -17,6 +17,12 @@ norms and RoPE are applied exactly as the model applies them, whatever the archi
     pnmkv eval --set workload.kind=trace --set workload.trace_dir=trace/ \\
         --set model.file=<a model file with the same shape> --set eval.contexts_tokens=8192 \\
         --set eval.steps=64
+
+Limits: layers with sliding-window or chunked attention are dumped whole, and pnmkv attends
+over the whole prefix, so their accuracy is not the model's; encoder-decoder and models that
+bypass the AttentionInterface are refused. Host memory holds one captured layer at a time.
+Not run on this project's machines (no torch there): tests/trace/dump_kv_test.sh runs it on
+a tiny random Llama wherever torch and transformers are installed.
 
 Needs torch, transformers and numpy (safetensors only for the model's own weights).
 --random-config CONFIG.json builds a randomly initialised model from a config instead of
@@ -48,21 +54,23 @@ def parse_list(text, n, what):
 
 
 class Capture:
-    """Receives q/k/v of each attention call; records them while `on`."""
+    """Hands q/k/v of each attention call, while `sink` is set, to sink(layer, q, k, v, scaling),
+    one layer at a time (so host memory holds one layer of the trace, never the model's)."""
 
     def __init__(self):
-        self.on = False
-        self.layers = {}  # layer -> (q, k, v, scaling), torch tensors on the CPU
+        self.sink = None
         self.wanted = set()
+        self.seen = set()
 
     def __call__(self, module, query, key, value, attention_mask, **kwargs):
-        if self.on:
+        if self.sink is not None:
             layer = getattr(module, "layer_idx", None)
             if layer is None:
                 sys.exit("dump_kv: an attention module has no layer_idx; this model is not supported")
-            if layer in self.wanted:
-                self.layers[layer] = (query[0].detach().float().cpu(), key[0].detach().float().cpu(),
-                                      value[0].detach().float().cpu(), kwargs.get("scaling"))
+            if layer in self.wanted and layer not in self.seen:
+                self.seen.add(layer)
+                self.sink(layer, query[0].detach().float().cpu(), key[0].detach().float().cpu(),
+                          value[0].detach().float().cpu(), kwargs.get("scaling"))
         return self.base(module, query, key, value, attention_mask, **kwargs)
 
 
@@ -71,7 +79,7 @@ def install_capture(cap):
         from transformers import AttentionInterface
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
     except ImportError:
-        sys.exit("dump_kv: this transformers has no AttentionInterface (needs 4.48 or later)")
+        sys.exit("dump_kv: this transformers has no AttentionInterface (4.51 and later have it)")
     cap.base = sdpa_attention_forward
     AttentionInterface.register(CAPTURE, cap)
     try:  # newer versions build masks per implementation: ours takes sdpa's
@@ -83,20 +91,17 @@ def install_capture(cap):
 
 def load_model(a, torch, transformers):
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[a.torch_dtype]
+    # The dtype argument is `dtype` from transformers 4.56 on, `torch_dtype` before.
+    version = tuple(int(x) for x in transformers.__version__.split(".")[:2] if x.isdigit())
+    dkw = {"dtype": dtype} if version >= (4, 56) else {"torch_dtype": dtype}
     if a.random_config:
         with open(a.random_config) as f:
             cfg = transformers.AutoConfig.for_model(**json.load(f))
         torch.manual_seed(a.seed)
-        try:
-            model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation=CAPTURE,
-                                                                  torch_dtype=dtype)
-        except TypeError:
-            cfg._attn_implementation = CAPTURE
-            model = transformers.AutoModelForCausalLM.from_config(cfg).to(dtype)
+        model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation=CAPTURE, **dkw)
     else:
-        model = transformers.AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=dtype,
-                                                                  attn_implementation=CAPTURE)
-    return model.to(a.device).eval()
+        model = transformers.AutoModelForCausalLM.from_pretrained(a.model, attn_implementation=CAPTURE, **dkw)
+    return model.to(device=a.device, dtype=dtype).eval()
 
 
 def tokenize(a, text, vocab, transformers):
@@ -193,59 +198,57 @@ def main():
             out = model(input_ids=torch.tensor([[nxt]], device=a.device), past_key_values=past, use_cache=True)
             past = out.past_key_values
             logits = out.logits[0, -1]
-        # The decoding cache holds the post-RoPE K and V the model wrote step by step.
-        cache_kv = {}
-        for l in layers:
-            cache_kv[l] = cache_layer(past, l)
         # The whole sequence in one pass: every position's q, k and v (teacher forcing gives
-        # what incremental decoding computed, up to kernel rounding).
-        cap.on = True
-        model(input_ids=torch.tensor([ids], device=a.device), use_cache=False)
-        cap.on = False
+        # what incremental decoding computed, up to kernel rounding), each layer written as
+        # it is captured and checked against the decoding cache, which holds the post-RoPE K
+        # and V the model wrote step by step.
+        T = len(ids)
+        name = a.model or ("random " + os.path.basename(a.random_config))
+        writer = TraceWriter(
+            a.out, a.storage, a.dtype,
+            model=dict(name=name, layers=n_layers, q_heads=q_heads, kv_heads=kv_heads, head_dim=head_dim),
+            context_tokens=a.context, decode_steps=a.steps, query_begin=qb, layers=layers,
+            kv_heads=heads, tokens=ids,
+            source="scripts/dump_kv.py: %s on %s (%s, %s decoding, transformers %s)" % (
+                name, os.path.basename(a.text), a.torch_dtype,
+                "greedy" if a.temperature <= 0 else "T=%g seed %d" % (a.temperature, a.seed),
+                transformers.__version__))
+        worst_cache = [0.0]
 
-    missing = [l for l in layers if l not in cap.layers]
+        def write_layer(l, q, k, v, scaling):
+            if q.shape != (q_heads, T, head_dim) or k.shape != (kv_heads, T, head_dim) or v.shape != k.shape:
+                sys.exit("dump_kv: layer %d: q %s, k %s, v %s; expected q (%d, %d, %d), k/v (%d, %d, %d)"
+                         % (l, tuple(q.shape), tuple(k.shape), tuple(v.shape), q_heads, T, head_dim,
+                            kv_heads, T, head_dim))
+            cached = cache_layer(past, l)
+            if cached is not None:  # step by step vs one pass: equal up to kernel rounding
+                ck, cv = cached
+                n = min(ck.shape[1], T)
+                err = max(float((ck[:, :n] - k[:, :n]).abs().max()), float((cv[:, :n] - v[:, :n]).abs().max()))
+                ref = max(float(k.abs().max()), float(v.abs().max()), 1e-30)
+                tol = 1e-4 if a.torch_dtype == "float32" else 3e-2
+                worst_cache[0] = max(worst_cache[0], err / ref)
+                if err > tol * ref:
+                    sys.exit("dump_kv: layer %d: captured K/V differ from the decoding cache by %.3g (max |x| %.3g); "
+                             "the capture is not what the model attends with" % (l, err, ref))
+            if scaling is not None:
+                writer.manifest["softmax_scale"] = float(scaling)
+            qg = q.reshape(kv_heads, group, T, head_dim)[heads, :, qb:, :].permute(0, 2, 1, 3)
+            writer.add_layer(l, k[heads].numpy(), v[heads].numpy(), qg.contiguous().numpy())
+
+        cap.sink = write_layer
+        model(input_ids=torch.tensor([ids], device=a.device), use_cache=False)
+        cap.sink = None
+
+    missing = [l for l in layers if l not in cap.seen]
     if missing:
         sys.exit("dump_kv: layers %s never reached the attention interface; this model does not "
                  "use transformers' AttentionInterface" % missing)
-    scale = None
-    writer = None
-    worst_cache = 0.0
-    for l in layers:
-        q, k, v, scaling = cap.layers.pop(l)
-        T = len(ids)
-        if q.shape != (q_heads, T, head_dim) or k.shape != (kv_heads, T, head_dim) or v.shape != k.shape:
-            sys.exit("dump_kv: layer %d: q %s, k %s, v %s; expected q (%d, %d, %d), k/v (%d, %d, %d)"
-                     % (l, tuple(q.shape), tuple(k.shape), tuple(v.shape), q_heads, T, head_dim, kv_heads, T, head_dim))
-        if cache_kv.get(l) is not None:
-            ck, cv = cache_kv[l]
-            # Step by step vs one pass: equal up to kernel rounding.
-            n = min(ck.shape[1], T)
-            err = max(float((ck[:, :n] - k[:, :n]).abs().max()), float((cv[:, :n] - v[:, :n]).abs().max()))
-            ref = max(float(k.abs().max()), float(v.abs().max()), 1e-30)
-            tol = 1e-4 if a.torch_dtype == "float32" else 3e-2
-            worst_cache = max(worst_cache, err / ref)
-            if err > tol * ref:
-                sys.exit("dump_kv: layer %d: captured K/V differ from the decoding cache by %.3g (max |x| %.3g); "
-                         "the capture is not what the model attends with" % (l, err, ref))
-        if scaling is not None:
-            scale = float(scaling)
-        if writer is None:
-            name = a.model or ("random " + os.path.basename(a.random_config))
-            writer = TraceWriter(
-                a.out, a.storage, a.dtype,
-                model=dict(name=name, layers=n_layers, q_heads=q_heads, kv_heads=kv_heads, head_dim=head_dim),
-                context_tokens=a.context, decode_steps=a.steps, query_begin=qb, layers=layers,
-                kv_heads=heads, tokens=ids, softmax_scale=scale,
-                source="scripts/dump_kv.py: %s on %s (%s, %s decoding, transformers %s)" % (
-                    name, os.path.basename(a.text), a.torch_dtype,
-                    "greedy" if a.temperature <= 0 else "T=%g seed %d" % (a.temperature, a.seed),
-                    transformers.__version__))
-        qg = q.reshape(kv_heads, group, T, head_dim)[heads, :, qb:, :].permute(0, 2, 1, 3)
-        writer.add_layer(l, k[heads].numpy(), v[heads].numpy(), qg.contiguous().numpy())
     writer.close()
     print("dump_kv: %d tokens (context %d + %d steps), layers %s, KV heads %s, head_dim %d, group %d -> %s (%s, %s); "
           "K/V vs the decoding cache: max relative difference %.2e"
-          % (len(ids), a.context, a.steps, layers, heads, head_dim, group, a.out, a.storage, a.dtype, worst_cache))
+          % (len(ids), a.context, a.steps, layers, heads, head_dim, group, a.out, a.storage, a.dtype,
+             worst_cache[0]))
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ const std::map<std::string, std::set<std::string>>& allowed_imports() {
       {"sim", {"core", "model", "config", "schedulers"}},
       {"actors", {"core", "trace", "model", "config", "schedulers", "transport"}},
       {"bench", {"core", "trace", "model", "config", "schedulers", "transport"}},
-      {"fuzz", {"core", "model", "config", "transport"}},
+      {"fuzz", {"core", "trace", "model", "config", "transport"}},
       {"apps", {"core", "trace", "model", "config", "schedulers", "transport", "sim", "actors"}},
   };
   return rules;

@@ -3,8 +3,9 @@
 # stories260K (scripts/stories260k.py) samples 512 tokens and dumps a KV trace; `pnmkv eval`
 # imports it and prints the accuracy table (a budget covering every page equals dense
 # attention); the live cluster (`pnmkv run`) decodes on it, also after losing a device
-# whose shard is recomputed from the trace; traces in the other storages and dtypes import;
-# a run longer than the trace is refused naming both.
+# whose shard is recomputed from the trace, and as separate processes with the same outputs;
+# traces in the other storages and dtypes import; a run longer than the trace, a context
+# before its first query and a model that is not the trace's are refused, naming both.
 # Usage: stories260k_pipeline.sh <pnmkv binary>. Exit 77 (skip) without a python3 that has
 # numpy (Debian: python3-numpy; scripts/setup.sh installs it), said in the output.
 set -euo pipefail
@@ -63,7 +64,9 @@ run=("$pnmkv" run --quiet "${common[@]}" --set "workload.trace_dir=$tmp/npy"
 "${run[@]}" --set selection.budget_tokens=64 --json "$tmp/run64.json" >/dev/null
 "${run[@]}" --set selection.budget_tokens=512 --set 'faults.script=crash node=101 step=5' \
   --json "$tmp/crash.json" >/dev/null
-"$py" - "$tmp/run.json" "$tmp/run64.json" "$tmp/crash.json" <<'EOF'
+# ... and the same job as separate processes (each node maps the trace): the same outputs.
+"${run[@]}" --set selection.budget_tokens=64 --multiprocess --json "$tmp/mp64.json" >/dev/null
+"$py" - "$tmp/run.json" "$tmp/run64.json" "$tmp/crash.json" "$tmp/mp64.json" <<'EOF'
 import json, sys
 full, small, crash = (json.load(open(f)) for f in sys.argv[1:4])
 for j in (full, small, crash):
@@ -76,6 +79,8 @@ c = crash["accuracy"]
 assert c["output_rel_err_max"] < 1e-5, c
 losses = crash["faults"]["device_losses"]
 assert losses, "the crash did not happen"
+mp = json.load(open(sys.argv[4]))
+assert mp["requests"]["output_digests"] == small["requests"]["output_digests"], (mp["requests"], small["requests"])
 print("live run checks passed: rel err max %.2e (full), mean %.3g (budget 64); %d device lost, "
       "outputs still dense" % (a["output_rel_err_max"], small["accuracy"]["output_rel_err_mean"], len(losses)))
 EOF
@@ -101,5 +106,10 @@ if "$pnmkv" eval "${common[@]}" --set "workload.trace_dir=$tmp/safetensors-bfloa
 fi
 grep -q "queries from position 64" "$tmp/early.txt" || { cat "$tmp/early.txt"; fail "early context refusal"; }
 if "$pnmkv" eval --set workload.kind=trace >"$tmp/nodir.txt" 2>&1; then fail "kind=trace without a dir"; fi
+if "$pnmkv" run --set workload.kind=trace --set "workload.trace_dir=$tmp/npy" >"$tmp/model.txt" 2>&1; then
+  fail "a trace of another model was accepted"
+fi
+grep -q "manifest model.layers = 5) does not match the model file .*llama-3.1-8b.yaml' (layers = 32)" "$tmp/model.txt" ||
+  { cat "$tmp/model.txt"; fail "model mismatch refusal"; }
 grep -q "needs workload.trace_dir" "$tmp/nodir.txt" || { cat "$tmp/nodir.txt"; fail "no-dir refusal"; }
 echo "stories260K pipeline: dump -> import -> eval -> live run passed"
