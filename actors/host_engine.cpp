@@ -24,7 +24,7 @@ void fnv1a(uint64_t& h, const void* data, size_t n) {
 }  // namespace
 
 host_engine::host_engine(host_engine_config cfg, const cost_model& costs,
-                         const synthetic_workload& wl)
+                         const kv_workload& wl)
     : cfg_(cfg), costs_(costs), wl_(wl), tl_(costs_, std::max<uint32_t>(1, cfg.host_links), 0) {
   if (cfg_.heads_scored == 0) cfg_.heads_scored = costs_.model().gqa_group();
   PNMKV_CHECK(cfg_.page_size_tokens > 0 && cfg_.prefill_chunk_tokens > 0,

@@ -227,7 +227,7 @@ struct step_report {
 
 class host_engine {
  public:
-  host_engine(host_engine_config cfg, const cost_model& costs, const synthetic_workload& wl);
+  host_engine(host_engine_config cfg, const cost_model& costs, const kv_workload& wl);
 
   const host_engine_config& config() const { return cfg_; }
   // decoding = false: the prompt is written by prefill chunks inside steps (plan_prefill);
@@ -503,7 +503,7 @@ class host_engine {
 
   host_engine_config cfg_;
   const cost_model& costs_;
-  const synthetic_workload& wl_;
+  const kv_workload& wl_;
   std::unique_ptr<device_engine> hbm_;  // gpu-only: the KV in GPU memory
   std::vector<request_spec> requests_;
   std::map<uint64_t, request_placement> placements_;

@@ -9,6 +9,7 @@
 #include "transport/auth.hpp"
 #include "transport/hex.hpp"
 #include "transport/from_config.hpp"
+#include "trace/kv_trace.hpp"
 
 namespace pnmkv {
 
@@ -22,14 +23,46 @@ std::string make_cluster_secret() { return transport::to_hex(transport::make_non
 
 namespace {
 
-// The synthetic workload and, for open workloads, the arrivals (a live run takes at most
+// A trace-backed run reads only what the trace holds: layers 0..live_layers-1, every KV
+// head of the model, and each request's context plus its decode steps.
+status check_trace_covers_run(const run_spec& spec, const run_setup& s) {
+  const auto& tr = static_cast<const trace::kv_trace&>(*s.workload);
+  std::vector<uint32_t> layers, heads;
+  for (uint32_t l = 0; l < std::min(spec.cluster.live_layers, s.model.layers); ++l) layers.push_back(l);
+  for (uint32_t h = 0; h < s.model.kv_heads; ++h) heads.push_back(h);
+  if (auto st = tr.check_heads(layers, heads, "cluster.live_layers = " + std::to_string(layers.size()));
+      !st)
+    return st;
+  if (s.arrivals.empty())
+    return tr.check_span(s.context_tokens, s.steps,
+                         "workload.context_tokens = " + std::to_string(s.context_tokens) +
+                             " with run.steps = " + std::to_string(s.steps));
+  for (size_t i = 0; i < s.arrivals.size(); ++i) {
+    const trace_row& r = s.arrivals[i];
+    if (auto st = tr.check_span(r.prompt_tokens, r.output_tokens,
+                                "request " + std::to_string(i) + " (prompt " + std::to_string(r.prompt_tokens) +
+                                    " tokens, " + std::to_string(r.output_tokens) + " output tokens)");
+        !st)
+      return st;
+  }
+  return status::ok();
+}
+
+// The workload (synthetic or a KV trace) and, for open workloads, the arrivals (a live run takes at most
 // control::max_requests_per_run requests).
 status set_workload(const run_spec& spec, run_setup& s) {
-  auto wl = synthetic_workload::create(spec.workload.synthetic, spec.run.seed, s.model.head_dim,
-                                       s.model.gqa_group());
-  if (!wl) return wl.error();
-  s.workload = std::make_unique<synthetic_workload>(std::move(wl).value());
   const workload_section& w = spec.workload;
+  if (w.from_trace) {
+    auto tr = trace::kv_trace::open(
+        w.trace_dir, {s.model.file, s.model.layers, s.model.q_heads, s.model.kv_heads, s.model.head_dim});
+    if (!tr) return tr.error();
+    s.workload = std::move(tr).value();
+  } else {
+    auto wl = synthetic_workload::create(w.synthetic, spec.run.seed, s.model.head_dim,
+                                         s.model.gqa_group());
+    if (!wl) return wl.error();
+    s.workload = std::make_unique<synthetic_workload>(std::move(wl).value());
+  }
   if (w.arrivals == workload_arrivals::poisson) {
     s.arrivals = poisson_arrivals(s.seed, w.requests, w.arrival_rate_per_s, s.context_tokens,
                                   w.prompt_tokens_spread_fraction, w.output_tokens);
@@ -47,6 +80,7 @@ status set_workload(const run_spec& spec, run_setup& s) {
                                                 std::to_string(control::max_requests_per_run)};
     s.arrivals = std::move(rows).value();
   }
+  if (w.from_trace) return check_trace_covers_run(spec, s);
   return status::ok();
 }
 

@@ -35,7 +35,7 @@ struct run_setup {
   model_shape model;
   hardware_spec hw;
   std::unique_ptr<cost_model> costs;
-  std::unique_ptr<synthetic_workload> workload;
+  std::unique_ptr<kv_workload> workload;  // synthetic, or a KV trace (trace/)
 
   std::string mode;
   uint32_t steps = 0;

@@ -1,5 +1,7 @@
 // `pnmkv eval`: the accuracy table of Quest page selection against dense attention on the
-// synthetic workload (docs/DESIGN.md §4). For each context length (as far as memory allows),
+// synthetic workload (docs/DESIGN.md §4), or on a KV trace of a real model
+// (workload.kind = trace, docs/TRACE_FORMAT.md: every layer of the trace, its first
+// eval.kv_heads KV heads). For each context length (as far as memory allows),
 // each of eval.kv_heads KV heads of layer 0 of request 0 and each of eval.steps decode
 // steps it builds the store from the workload, appends the step's token, scores pages
 // under both GQA aggregations (max and sum), selects the top pages for every budget of
@@ -23,6 +25,7 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -40,6 +43,7 @@
 #include "core/select.hpp"
 #include "core/workload.hpp"
 #include "model/model_shape.hpp"
+#include "trace/kv_trace.hpp"
 
 namespace pnmkv::apps {
 namespace {
@@ -97,8 +101,13 @@ struct eval_setup {
   gqa_aggregation configured = gqa_aggregation::max;
   std::vector<uint64_t> budgets;
   std::vector<uint64_t> contexts;
-  uint32_t kv_heads = 0;
+  uint32_t kv_heads = 0;  // (layer, KV head) units evaluated per context
   uint32_t steps = 0;
+  // What each unit evaluates: layer 0 and KV heads 0..eval.kv_heads-1 on the synthetic
+  // workload; on a trace, the first eval.kv_heads KV heads of every layer it holds.
+  std::vector<std::pair<uint32_t, uint32_t>> units;
+  bool from_trace = false;
+  std::string source;  // what the workload is, as the header line says it
 };
 
 // Accumulators of one (KV head, context): [aggregation][budget].
@@ -114,8 +123,9 @@ struct head_result {
   std::string failure;       // non-empty: this head could not be evaluated
 };
 
-head_result eval_head(const eval_setup& s, const synthetic_workload& w, uint64_t context,
-                      uint32_t kv_head, progress_bar& bar) {
+head_result eval_head(const eval_setup& s, const kv_workload& w, uint64_t context,
+                      uint32_t unit, progress_bar& bar) {
+  const uint32_t layer = s.units[unit].first, kv_head = s.units[unit].second;
   head_result r;
   r.acc.assign(n_aggregations, std::vector<accuracy_accumulator>(s.budgets.size()));
   r.errors.assign(n_aggregations, std::vector<std::string>(s.budgets.size()));
@@ -135,8 +145,8 @@ head_result eval_head(const eval_setup& s, const synthetic_workload& w, uint64_t
     for (uint64_t done = 0; done < context;) {
       const uint64_t n = std::min(chunk_tokens, context - done);
       const double t0 = thread_cpu_s();
-      w.keys(0, 0, kv_head, done, n, k.data());
-      w.values(0, 0, kv_head, done, n, v.data());
+      w.keys(0, layer, kv_head, done, n, k.data());
+      w.values(0, layer, kv_head, done, n, v.data());
       const double t1 = thread_cpu_s();
       if (auto st = store.append(done, k.data(), v.data(), n); !st) {
         r.failure = "append: " + st.to_string();
@@ -154,11 +164,11 @@ head_result eval_head(const eval_setup& s, const synthetic_workload& w, uint64_t
   partial dense, sparse;
   for (uint32_t step = 0; step < s.steps; ++step) {
     // The decoded token joins the context before it attends, as in real decoding.
-    if (auto st = fill_store(w, store, 0, 0, kv_head, context + step, 1); !st) {
+    if (auto st = fill_store(w, store, 0, layer, kv_head, context + step, 1); !st) {
       r.failure = "append step token: " + st.to_string();
       return r;
     }
-    w.queries(0, 0, kv_head, step, context, q.data());
+    w.queries(0, layer, kv_head, step, context, q.data());
     if (auto st = dense_attention_reference(store, q.data(), g, scale, dense); !st) {
       r.failure = "dense_attention_reference: " + st.to_string();
       return r;
@@ -171,7 +181,7 @@ head_result eval_head(const eval_setup& s, const synthetic_workload& w, uint64_t
     const uint32_t pages = store.page_count();
     for (uint32_t h = 0; h < g; ++h) r.sink_mass_sum += (*mass)[static_cast<size_t>(h) * pages];
     r.sink_mass_n += g;
-    const auto needle = w.asked_needle_position(0, 0, kv_head, step, context);
+    const auto needle = w.asked_needle_position(0, layer, kv_head, step, context);
     r.needle_asks += needle.has_value();
     const std::vector<uint32_t> forced = always_kept_pages(pages);
     scores.resize(pages);
@@ -205,7 +215,8 @@ head_result eval_head(const eval_setup& s, const synthetic_workload& w, uint64_t
         if (needle) acc.add_needle(needle_hit(store, *sel, *needle));
       }
     }
-    bar.advance("context " + std::to_string(context) + " head " + std::to_string(kv_head) +
+    bar.advance("context " + std::to_string(context) + " layer " + std::to_string(layer) + " head " +
+                std::to_string(kv_head) +
                 " step " + std::to_string(step + 1) + "/" + std::to_string(s.steps));
   }
   return r;
@@ -236,7 +247,7 @@ uint64_t store_bytes_needed(const eval_setup& s, uint64_t tokens) {
   return kv + summaries + dense_scratch;
 }
 
-context_result eval_context(const eval_setup& s, const synthetic_workload& w, uint64_t context,
+context_result eval_context(const eval_setup& s, const kv_workload& w, uint64_t context,
                             uint32_t threads_max, progress_bar& bar) {
   context_result c;
   c.context = context;
@@ -274,8 +285,9 @@ context_result eval_context(const eval_setup& s, const synthetic_workload& w, ui
   uint64_t sink_n = 0;
   for (uint32_t h = 0; h < s.kv_heads; ++h) {  // head order: deterministic aggregates
     const head_result& r = heads[h];
-    if (!r.failure.empty()) fail("context " + std::to_string(context) + ", KV head " +
-                                 std::to_string(h) + ": " + r.failure);
+    if (!r.failure.empty()) fail("context " + std::to_string(context) + ", layer " +
+                                 std::to_string(s.units[h].first) + ", KV head " +
+                                 std::to_string(s.units[h].second) + ": " + r.failure);
     for (size_t a = 0; a < n_aggregations; ++a)
       for (size_t b = 0; b < s.budgets.size(); ++b) {
         c.acc[a][b].merge(r.acc[a][b]);
@@ -386,18 +398,56 @@ void run_eval(const eval_options& opt) {
          s.model.file + "); allowed: [1, " + std::to_string(s.model.kv_heads) + "]");
   if (auto st = validate(kv_head_shape{s.model.head_dim, s.page_size, s.summaries}); !st)
     fail("store shape: " + st.to_string());
-  auto created = synthetic_workload::create(s.params, s.seed, s.model.head_dim, s.model.gqa_group());
-  if (!created) fail("workload: " + created.error().to_string());
-  const synthetic_workload w = std::move(created).value();
+  std::unique_ptr<kv_workload> workload;
+  std::string source = "the synthetic workload";
+  std::string where = "layer 0, request 0, " + std::to_string(s.kv_heads) + " KV heads";
+  if (spec.workload.from_trace) {
+    auto tr = trace::kv_trace::open(spec.workload.trace_dir,
+                                    {s.model.file, s.model.layers, s.model.q_heads,
+                                     s.model.kv_heads, s.model.head_dim});
+    if (!tr) fail("workload: " + tr.error().to_string());
+    const trace::trace_manifest& m = (*tr)->manifest();
+    if (s.kv_heads > m.heads.size())
+      fail("config: eval.kv_heads = " + std::to_string(s.kv_heads) + " exceeds the " +
+           std::to_string(m.heads.size()) + " KV heads of trace '" + spec.workload.trace_dir +
+           "'; allowed: [1, " + std::to_string(m.heads.size()) + "]");
+    for (uint64_t context : s.contexts)
+      if (auto st = (*tr)->check_span(context, s.steps,
+                                      "eval.contexts_tokens entry " + std::to_string(context) +
+                                          " with eval.steps = " + std::to_string(s.steps));
+          !st)
+        fail("config: " + st.message());
+    for (uint32_t l : m.layers)
+      for (uint32_t i = 0; i < s.kv_heads; ++i) s.units.emplace_back(l, m.heads[i]);
+    s.from_trace = true;
+    source = "the KV trace '" + spec.workload.trace_dir + "' (" +
+             (m.model_name.empty() ? std::string("unnamed model") : m.model_name) + ", " +
+             trace::to_string(m.type) + ", " + std::to_string(m.positions) + " positions" +
+             (m.head_dim != s.model.head_dim ? ", head_dim " + std::to_string(m.head_dim) +
+                                                   " zero-padded to " + std::to_string(s.model.head_dim)
+                                             : std::string()) +
+             ")";
+    where = std::to_string(m.layers.size()) + " layer(s) x " + std::to_string(s.kv_heads) +
+            " KV heads, request 0";
+    workload = std::move(tr).value();
+  } else {
+    auto created = synthetic_workload::create(s.params, s.seed, s.model.head_dim, s.model.gqa_group());
+    if (!created) fail("workload: " + created.error().to_string());
+    workload = std::make_unique<synthetic_workload>(std::move(created).value());
+    for (uint32_t h = 0; h < s.kv_heads; ++h) s.units.emplace_back(0, h);
+  }
+  const kv_workload& w = *workload;
+  s.source = source;
+  s.kv_heads = static_cast<uint32_t>(s.units.size());
   const unsigned threads =
       opt.threads ? opt.threads : std::max(1u, std::thread::hardware_concurrency());
 
-  std::printf("pnmkv eval: Quest page selection vs dense attention on the synthetic workload\n");
+  std::printf("pnmkv eval: Quest page selection vs dense attention on %s\n", source.c_str());
   std::printf("model %s (%s): head_dim %u, GQA group %u | page %u tokens, %s summaries | "
-              "seed %llu | layer 0, request 0, %u KV heads x %u steps per context\n",
+              "seed %llu | %s x %u steps per context\n",
               s.model.name.c_str(), s.model.file.c_str(), s.model.head_dim,
               s.model.gqa_group(), s.page_size, to_string(s.summaries),
-              static_cast<unsigned long long>(s.seed), s.kv_heads, s.steps);
+              static_cast<unsigned long long>(s.seed), where.c_str(), s.steps);
   std::printf("config %s | budgets count every selected page x page size, always-kept "
               "pages (first, last) included | each cell aggregates %u query heads x %u steps x "
               "%u KV heads = %u samples%s\n",
@@ -431,13 +481,19 @@ void run_eval(const eval_options& opt) {
     gen_s += c.generate_s;
     append_s += c.append_s;
     gen_tokens += c.generated_tokens;
-    std::printf("context %llu tokens (+%u decoded): %llu needles in context, %llu of %llu "
-                "(head, step) pairs ask for one; dense mass on the sink page %.1f%%; %.1f s\n",
-                static_cast<unsigned long long>(c.context), s.steps,
-                static_cast<unsigned long long>(c.needles_in_context),
-                static_cast<unsigned long long>(c.needle_asks),
-                static_cast<unsigned long long>(uint64_t{s.kv_heads} * s.steps),
-                100 * c.sink_mass_mean, c.wall_s);
+    if (s.from_trace) {
+      std::printf("context %llu tokens (+%u decoded): a trace has no labelled needles; dense mass "
+                  "on the sink page %.1f%%; %.1f s\n",
+                  static_cast<unsigned long long>(c.context), s.steps, 100 * c.sink_mass_mean, c.wall_s);
+    } else {
+      std::printf("context %llu tokens (+%u decoded): %llu needles in context, %llu of %llu "
+                  "(head, step) pairs ask for one; dense mass on the sink page %.1f%%; %.1f s\n",
+                  static_cast<unsigned long long>(c.context), s.steps,
+                  static_cast<unsigned long long>(c.needles_in_context),
+                  static_cast<unsigned long long>(c.needle_asks),
+                  static_cast<unsigned long long>(uint64_t{s.kv_heads} * s.steps),
+                  100 * c.sink_mass_mean, c.wall_s);
+    }
     std::printf("  %-4s %8s %6s %10s %10s %10s %9s %9s %9s\n", "gqa", "budget", "pages",
                 "err_mean", "err_p99", "err_max", "mass_mean", "mass_min", "needle");
     for (size_t a = 0; a < n_aggregations; ++a) {
@@ -519,6 +575,7 @@ void run_eval(const eval_options& opt) {
     j["config"] = nlohmann::ordered_json::parse(cfg.to_json());
     j["model"] = {{"name", s.model.name}, {"file", s.model.file},
                   {"head_dim", s.model.head_dim}, {"gqa_group", s.model.gqa_group()}};
+    j["workload"] = {{"kind", s.from_trace ? "trace" : "synthetic"}, {"source", s.source}};
     nlohmann::ordered_json rows = nlohmann::ordered_json::array();
     nlohmann::ordered_json contexts = nlohmann::ordered_json::array();
     for (const auto& c : results) {
@@ -593,7 +650,8 @@ void run_eval(const eval_options& opt) {
 
 void register_eval(CLI::App& app) {
   auto* cmd = app.add_subcommand(
-      "eval", "Accuracy of Quest page selection vs dense attention on the synthetic workload: "
+      "eval", "Accuracy of Quest page selection vs dense attention on the synthetic workload "
+              "or a KV trace (workload.kind = trace): "
               "output error, attention mass captured and needle hits per context, budget and "
               "GQA aggregation (eval.*, workload.*, selection.* keys)");
   static eval_options opt;

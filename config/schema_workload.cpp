@@ -13,8 +13,13 @@ namespace pnmkv {
 std::vector<config_key> schema_keys_workload() {
   using t = config_type;
   return {
-      {"workload.kind", t::choice, "synthetic", 0, 0, {"synthetic"},
-       "Where KV and queries come from"},
+      {"workload.kind", t::choice, "synthetic", 0, 0, {"synthetic", "trace"},
+       "Where KV and queries come from: synthetic (the generator, workload.* below) or trace "
+       "(a KV trace of a real model in workload.trace_dir, docs/TRACE_FORMAT.md)"},
+      {"workload.trace_dir", t::path, "", 0, 0, {},
+       "kind = trace: folder of a KV trace (manifest.json + .npy/.npz/.safetensors tensors, "
+       "docs/TRACE_FORMAT.md; scripts/dump_kv.py writes one); not workload.trace_file, the "
+       "CSV of arrivals"},
       {"workload.context_tokens", t::integer, "1048576", 1, 1 << 22, {},
        "Prompt (context) tokens per request before decoding"},
       {"workload.batch", t::integer, "2", 1, 4096, {}, "Requests decoded together (closed arrivals)"},
@@ -101,10 +106,11 @@ std::vector<config_key> schema_keys_workload() {
 }
 
 result<workload_params> workload_params_from_config(const config& cfg) {
+  // Read for kind = trace too: the keys keep their checked defaults, unused.
   const std::string& kind = cfg.get_string("workload.kind");
-  if (kind != "synthetic")
+  if (kind != "synthetic" && kind != "trace")
     return status{errc::invalid_argument,
-                  "workload.kind = '" + kind + "' is not supported here; allowed: synthetic"};
+                  "workload.kind = '" + kind + "' is not supported; allowed: synthetic, trace"};
   workload_params p;
   auto u32 = [&](const char* key) { return static_cast<uint32_t>(cfg.get_int(key)); };
   p.sink_tokens = u32("workload.sink_tokens");

@@ -114,6 +114,12 @@ status read_workload_and_eval(const reader& r, run_spec& s) {
     return status{errc::invalid_argument,
                   "workload.arrivals = trace needs workload.trace_file (a CSV of "
                   "arrival_s,prompt_tokens,output_tokens)"};
+  w.from_trace = r.text("workload.kind") == "trace";
+  w.trace_dir = r.text("workload.trace_dir");
+  if (w.from_trace && w.trace_dir.empty())
+    return status{errc::invalid_argument,
+                  "workload.kind = trace needs workload.trace_dir (a folder with manifest.json, "
+                  "docs/TRACE_FORMAT.md; workload.trace_file is the CSV of request arrivals)"};
   w.tpot_ms_max = r.num("workload.tpot_ms_max");
   w.batch_max = r.u32("workload.batch_max");
   w.prefill_chunk_tokens = r.u64("workload.prefill_chunk_tokens");

@@ -89,6 +89,10 @@ struct cluster_section {
 };
 
 struct workload_section {
+  // workload.kind: the synthetic generator, or a KV trace in trace_dir (trace/kv_trace.hpp,
+  // docs/TRACE_FORMAT.md); trace_dir is resolved like every path key, not empty for trace.
+  bool from_trace = false;
+  std::string trace_dir;
   uint64_t context_tokens = 1ull << 20;
   uint32_t batch = 2;
   workload_arrivals arrivals = workload_arrivals::closed;

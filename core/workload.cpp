@@ -412,27 +412,25 @@ void widen_in_chunks(uint64_t position_begin, uint64_t n_tokens, uint32_t head_d
 }
 }  // namespace
 
-void synthetic_workload::keys(uint64_t request, uint32_t layer, uint32_t kv_head,
-                              uint64_t position_begin, uint64_t n_tokens, float* out) const {
-  const head_keys h = head(request, layer, kv_head);
-  widen_in_chunks(position_begin, n_tokens, head_dim_, out,
-                  [&](uint64_t b, uint64_t n, bf16* o) { generate(h, false, b, n, o); });
+void kv_workload::keys(uint64_t request, uint32_t layer, uint32_t kv_head,
+                       uint64_t position_begin, uint64_t n_tokens, float* out) const {
+  widen_in_chunks(position_begin, n_tokens, head_dim(), out, [&](uint64_t b, uint64_t n, bf16* o) {
+    keys(request, layer, kv_head, b, n, o);
+  });
 }
 
-void synthetic_workload::values(uint64_t request, uint32_t layer, uint32_t kv_head,
-                                uint64_t position_begin, uint64_t n_tokens, float* out) const {
-  const head_keys h = head(request, layer, kv_head);
-  widen_in_chunks(position_begin, n_tokens, head_dim_, out,
-                  [&](uint64_t b, uint64_t n, bf16* o) { generate(h, true, b, n, o); });
+void kv_workload::values(uint64_t request, uint32_t layer, uint32_t kv_head,
+                         uint64_t position_begin, uint64_t n_tokens, float* out) const {
+  widen_in_chunks(position_begin, n_tokens, head_dim(), out, [&](uint64_t b, uint64_t n, bf16* o) {
+    values(request, layer, kv_head, b, n, o);
+  });
 }
 
-void synthetic_workload::fill_page(uint64_t request, uint32_t layer, uint32_t kv_head,
-                                   uint64_t page, uint32_t page_size_tokens, bf16* k_out,
-                                   bf16* v_out) const {
+void kv_workload::fill_page(uint64_t request, uint32_t layer, uint32_t kv_head, uint64_t page,
+                            uint32_t page_size_tokens, bf16* k_out, bf16* v_out) const {
   PNMKV_CHECK_GE(page_size_tokens, 1u);
-  const head_keys h = head(request, layer, kv_head);
-  generate(h, false, page * page_size_tokens, page_size_tokens, k_out);
-  generate(h, true, page * page_size_tokens, page_size_tokens, v_out);
+  keys(request, layer, kv_head, page * page_size_tokens, page_size_tokens, k_out);
+  values(request, layer, kv_head, page * page_size_tokens, page_size_tokens, v_out);
 }
 
 std::optional<uint64_t> synthetic_workload::asked_needle_position(
@@ -543,7 +541,7 @@ void synthetic_workload::queries(uint64_t request, uint32_t layer, uint32_t kv_h
   for (size_t i = 0; i < acc.size(); ++i) out[i] = static_cast<float>(acc[i]);
 }
 
-status fill_store(const synthetic_workload& workload, kv_head_store& store, uint64_t request,
+status fill_store(const kv_workload& workload, kv_head_store& store, uint64_t request,
                   uint32_t layer, uint32_t kv_head, uint64_t position_begin,
                   uint64_t n_tokens) {
   const uint32_t d = workload.head_dim();

@@ -124,7 +124,7 @@ struct workload_params {
   status validate() const;
 };
 
-// Reads workload.* (workload.kind must be "synthetic"). Defined in
+// Reads workload.* (workload.kind synthetic or trace; the parameters serve the former). Defined in
 // config/schema_workload.cpp next to the keys, so core/ does not depend on config/.
 result<workload_params> workload_params_from_config(const config& cfg);
 
@@ -136,23 +136,24 @@ struct workload_segment {
   uint32_t topic = 0;
 };
 
-class synthetic_workload {
+// Where K/V and queries come from: the synthetic workload below, or a KV trace of a real
+// model (trace/, docs/TRACE_FORMAT.md). Every method is a pure function of its
+// coordinates, so any page can be regenerated on its own (verification, recompute after
+// loss). Rows are head_dim() wide; queries come as the gqa_group() rows of one KV head's
+// group. Callers keep coordinates inside what the source holds (a trace checks its range
+// when it is opened and asserts on every call).
+class kv_workload {
  public:
-  // head_dim: 16..1024, multiple of 2; gqa_group: 1..256. Validates params.
-  static result<synthetic_workload> create(const workload_params& params, uint64_t seed,
-                                           uint32_t head_dim, uint32_t gqa_group);
-
-  const workload_params& params() const { return params_; }
-  uint64_t seed() const { return seed_; }
-  uint32_t head_dim() const { return head_dim_; }
-  uint32_t gqa_group() const { return group_; }
-
+  virtual ~kv_workload() = default;
+  virtual uint32_t head_dim() const = 0;
+  virtual uint32_t gqa_group() const = 0;
   // Keys / values of positions [position_begin, position_begin + n_tokens): n_tokens ×
-  // head_dim row-major. The float overloads return exactly the bf16 values widened.
-  void keys(uint64_t request, uint32_t layer, uint32_t kv_head, uint64_t position_begin,
-            uint64_t n_tokens, bf16* out) const;
-  void values(uint64_t request, uint32_t layer, uint32_t kv_head, uint64_t position_begin,
-              uint64_t n_tokens, bf16* out) const;
+  // head_dim row-major, bf16 as stored.
+  virtual void keys(uint64_t request, uint32_t layer, uint32_t kv_head, uint64_t position_begin,
+                    uint64_t n_tokens, bf16* out) const = 0;
+  virtual void values(uint64_t request, uint32_t layer, uint32_t kv_head,
+                      uint64_t position_begin, uint64_t n_tokens, bf16* out) const = 0;
+  // The same, widened: exactly the bf16 values as floats.
   void keys(uint64_t request, uint32_t layer, uint32_t kv_head, uint64_t position_begin,
             uint64_t n_tokens, float* out) const;
   void values(uint64_t request, uint32_t layer, uint32_t kv_head, uint64_t position_begin,
@@ -160,12 +161,50 @@ class synthetic_workload {
   // One page: page_size_tokens rows of K and V starting at page · page_size_tokens.
   void fill_page(uint64_t request, uint32_t layer, uint32_t kv_head, uint64_t page,
                  uint32_t page_size_tokens, bf16* k_out, bf16* v_out) const;
+  // Queries of the GQA group at decode step `step` (group × head_dim, row per query
+  // head): the query of position context_tokens + step.
+  virtual void queries(uint64_t request, uint32_t layer, uint32_t kv_head, uint64_t step,
+                       uint64_t context_tokens, float* out) const = 0;
+  // Labelled needles, where the source has them (the synthetic workload); none otherwise.
+  virtual std::optional<uint64_t> asked_needle_position(uint64_t /*request*/, uint32_t /*layer*/,
+                                                        uint32_t /*kv_head*/, uint64_t /*step*/,
+                                                        uint64_t /*context_tokens*/) const {
+    return std::nullopt;
+  }
+  virtual uint64_t needle_heads_mask(uint64_t /*request*/, uint32_t /*layer*/,
+                                     uint32_t /*kv_head*/, uint64_t /*step*/,
+                                     uint64_t /*context_tokens*/) const {
+    return 0;
+  }
+  virtual std::vector<uint64_t> needle_positions(uint64_t /*request*/, uint64_t /*begin*/,
+                                                 uint64_t /*end*/) const {
+    return {};
+  }
+};
+
+class synthetic_workload final : public kv_workload {
+ public:
+  // head_dim: 16..1024, multiple of 2; gqa_group: 1..256. Validates params.
+  static result<synthetic_workload> create(const workload_params& params, uint64_t seed,
+                                           uint32_t head_dim, uint32_t gqa_group);
+
+  const workload_params& params() const { return params_; }
+  uint64_t seed() const { return seed_; }
+  uint32_t head_dim() const override { return head_dim_; }
+  uint32_t gqa_group() const override { return group_; }
+
+  using kv_workload::keys;
+  using kv_workload::values;
+  void keys(uint64_t request, uint32_t layer, uint32_t kv_head, uint64_t position_begin,
+            uint64_t n_tokens, bf16* out) const override;
+  void values(uint64_t request, uint32_t layer, uint32_t kv_head, uint64_t position_begin,
+              uint64_t n_tokens, bf16* out) const override;
 
   // Queries of the GQA group at decode step `step` (group × head_dim, row per query
   // head). The query sits at position context_tokens + step; it refers back only to
   // positions < context_tokens and continues the passage its own position falls in.
   void queries(uint64_t request, uint32_t layer, uint32_t kv_head, uint64_t step,
-               uint64_t context_tokens, float* out) const;
+               uint64_t context_tokens, float* out) const override;
   // Same with params().context_tokens.
   void queries(uint64_t request, uint32_t layer, uint32_t kv_head, uint64_t step,
                float* out) const;
@@ -173,15 +212,15 @@ class synthetic_workload {
   // The needle the query of this step asks for (a position < context_tokens), if any.
   std::optional<uint64_t> asked_needle_position(uint64_t request, uint32_t layer,
                                                 uint32_t kv_head, uint64_t step,
-                                                uint64_t context_tokens) const;
+                                                uint64_t context_tokens) const override;
   // Which heads of the group respond to an asked needle at this step (bit h set for
   // query head h; 0 when no needle is asked).
   uint64_t needle_heads_mask(uint64_t request, uint32_t layer, uint32_t kv_head,
-                             uint64_t step, uint64_t context_tokens) const;
+                             uint64_t step, uint64_t context_tokens) const override;
   // Needle positions in [begin, end), ascending. Needles are a property of the text, so
   // they depend on (seed, request) only.
   std::vector<uint64_t> needle_positions(uint64_t request, uint64_t begin,
-                                         uint64_t end) const;
+                                         uint64_t end) const override;
 
   // The passage holding `position` (O(1)).
   workload_segment segment_of(uint64_t request, uint64_t position) const;
@@ -218,7 +257,7 @@ class synthetic_workload {
 // Appends positions [position_begin, position_begin + n_tokens) of (request, layer,
 // kv_head) to the store, in chunks (bounded scratch memory). Fails like
 // kv_head_store::append (position rules, capacity) or on a head_dim mismatch.
-status fill_store(const synthetic_workload& workload, kv_head_store& store,
+status fill_store(const kv_workload& workload, kv_head_store& store,
                   uint64_t request, uint32_t layer, uint32_t kv_head,
                   uint64_t position_begin, uint64_t n_tokens);
 

@@ -9,10 +9,10 @@ build_packages=(
   build-essential cmake ninja-build pkg-config
   libcaf-dev libucx-dev capnproto libcapnp-dev libspdlog-dev libfmt-dev
   libgtest-dev googletest libgmock-dev libbenchmark-dev libyaml-cpp-dev libcli11-dev
-  nlohmann-json3-dev libhwy-dev libssl-dev
+  nlohmann-json3-dev libhwy-dev libssl-dev zlib1g-dev
 )
 # What the tests, benchmarks and experiments use besides.
-tool_packages=(git ucx-utils iproute2 procps gnuplot-nox python3 python3-matplotlib)
+tool_packages=(git ucx-utils iproute2 procps gnuplot-nox python3 python3-matplotlib python3-numpy)
 
 case "${1:-}" in
   --build-only) packages=("${build_packages[@]}") ;;

@@ -108,8 +108,8 @@ std::map<std::string, choice_case> choice_cases() {
 
 TEST(run_spec, every_choice_key_of_the_schema_has_a_case_here) {
   const auto cases = choice_cases();
-  // workload.kind has one allowed value (synthetic) and no enum: workload_params_from_config
-  // checks it.
+  // workload.kind (synthetic | trace) has no enum: spec.cpp reads it as workload.from_trace
+  // (rules_across_keys covers trace without a folder; tests/trace the rest).
   std::set<std::string> schema_choices;
   for (const auto& k : config_schema())
     if (k.type == config_type::choice && k.key != "workload.kind") schema_choices.insert(k.key);
@@ -213,6 +213,9 @@ TEST(run_spec, rules_across_keys_name_the_keys) {
   expect_error({"selection.page_size_tokens=64", "selection.budget_tokens=100"},
                {"selection.budget_tokens = 100", "always-kept"});
   expect_error({"workload.arrivals=trace"}, {"workload.arrivals = trace", "workload.trace_file"});
+  // A KV trace (workload.trace_dir) is not the arrivals CSV (workload.trace_file).
+  expect_error({"workload.kind=trace"}, {"workload.kind = trace", "workload.trace_dir", "docs/TRACE_FORMAT.md",
+                                         "workload.trace_file is the CSV of request arrivals"});
   expect_error({"workload.topic_segment_tokens_spread=600"}, {"topic_segment_tokens_spread"});
   expect_error({"model.file=" + (fs::temp_directory_path() / "no-such-model.yaml").string()}, {"no-such-model.yaml"});
 }

@@ -1,6 +1,7 @@
 // The layering guard (issue 10's guard rails): the folders form one import order,
 //
 //   core ← model ← config ← schedulers ← sim ─────┐
+//   core ← trace (KV trace readers) ← actors, apps, bench
 //                        ↖ transport            ├── apps
 //             schedulers, transport ← actors ───┘
 //
@@ -31,15 +32,16 @@ namespace fs = std::filesystem;
 const std::map<std::string, std::set<std::string>>& allowed_imports() {
   static const std::map<std::string, std::set<std::string>> rules = {
       {"core", {}},
+      {"trace", {"core"}},
       {"model", {"core"}},
       {"config", {"core", "model"}},
       {"schedulers", {"core", "model", "config"}},
       {"transport", {"core", "model", "config"}},
       {"sim", {"core", "model", "config", "schedulers"}},
-      {"actors", {"core", "model", "config", "schedulers", "transport"}},
-      {"bench", {"core", "model", "config", "schedulers", "transport"}},
-      {"fuzz", {"core", "model", "config", "transport"}},
-      {"apps", {"core", "model", "config", "schedulers", "transport", "sim", "actors"}},
+      {"actors", {"core", "trace", "model", "config", "schedulers", "transport"}},
+      {"bench", {"core", "trace", "model", "config", "schedulers", "transport"}},
+      {"fuzz", {"core", "trace", "model", "config", "transport"}},
+      {"apps", {"core", "trace", "model", "config", "schedulers", "transport", "sim", "actors"}},
   };
   return rules;
 }

@@ -96,7 +96,7 @@ TEST(WorkloadParams, CreateRejectsBadShapes) {
 
 TEST(WorkloadParams, ConfigRejectsBadWorkloadKeys) {
   const char* bad[] = {
-      "workload.kind=trace",  // unknown kind: the schema lists the allowed ones
+      "workload.kind=hdf5",  // unknown kind: the schema lists the allowed ones (synthetic, trace)
       "workload.needle_rate_per_mtokens=-1",
       "workload.topic_segment_tokens_mean=0",
       "workload.topic_count=0",
