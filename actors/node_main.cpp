@@ -532,6 +532,77 @@ status write_secret_file(const std::string& secret_file) {
   return status::ok();
 }
 
+// The launcher's coordinator: restarted on the same port from its journal when it dies (up
+// to cluster.coordinator_restarts_max times), and killed at the steps of the fault script's
+// "crash node=0 step=N" rules.
+// The launcher's work directory (mp.work_dir, or a fresh temporary one): a fresh secret
+// there, and the coordinator's journal (cluster.journal_file, else coordinator.journal
+// there; emptied: a journal is per run), both set in `cfg` and `spec`.
+result<std::string> prepare_work_dir(std::string dir, config& cfg, run_spec& spec) {
+  if (dir.empty()) {
+    char tmpl[] = "/tmp/pnmkv-mp-XXXXXX";
+    if (!mkdtemp(tmpl)) return status{errc::io, "cannot create a temporary directory"};
+    dir = tmpl;
+  }
+  fs::create_directories(dir);
+  const std::string secret_file = dir + "/cluster.secret";
+  if (status st = write_secret_file(secret_file); !st) return st;
+  if (status st = cfg.set("fabric.cluster_secret_file", secret_file); !st) return st;
+  spec.fabric.cluster_secret_file = cfg.get_string("fabric.cluster_secret_file");
+  if (spec.cluster.journal_file.empty()) {
+    const std::string journal = dir + "/coordinator.journal";
+    if (status st = cfg.set("cluster.journal_file", journal); !st) return st;
+    spec.cluster.journal_file = journal;
+  }
+  std::error_code ec;
+  fs::remove(spec.cluster.journal_file, ec);
+  return dir;
+}
+
+struct coordinator_supervisor {
+  std::vector<child>& children;
+  std::string binary, config_file, port_file, dir;
+  uint16_t port = 0;
+  uint32_t restarts_max = 0;
+  std::vector<uint32_t> kill_steps;  // ascending
+  uint32_t restarts = 0;
+  size_t next_kill = 0;
+  std::vector<std::chrono::steady_clock::time_point> killed_at;
+
+  // A node process that exited, described, unless it was the coordinator and is restarted.
+  std::optional<std::string> exited() {
+    auto gone = exited_child(children);
+    if (!gone || gone->rfind("coordinator went down", 0) != 0 || restarts >= restarts_max) return gone;
+    ++restarts;
+    std::error_code ec;
+    fs::remove(port_file, ec);
+    auto again = spawn_child(binary, {"node", "--role", "coordinator", "--config", config_file, "--set",
+                                      "cluster.coordinator_port=" + std::to_string(port), "--port-file", port_file},
+                             dir + "/coordinator.log", "coordinator");
+    if (!again) return *gone + "; restarting it failed: " + again.error().message();
+    children.push_back(*again);
+    std::fprintf(stderr, "pnmkv run: %s\npnmkv run: restarted the coordinator on port %u from its journal (%u of "
+                 "cluster.coordinator_restarts_max = %u)\n",
+                 gone->c_str(), unsigned(port), restarts, restarts_max);
+    return std::nullopt;
+  }
+
+  // The run reported `done` steps of `phase` (decode; serve: requests served).
+  void on_progress(const std::string& phase, uint64_t done) {
+    if ((phase != "decode" && phase != "serve") || next_kill >= kill_steps.size() || done < kill_steps[next_kill])
+      return;
+    ++next_kill;
+    for (auto it = children.rbegin(); it != children.rend(); ++it)
+      if (it->name == "coordinator" && it->pid > 0) {
+        std::fprintf(stderr, "pnmkv run: faults: killing the coordinator (pid %d) at %s step %llu (crash node=0)\n",
+                     int(it->pid), phase.c_str(), static_cast<unsigned long long>(done));
+        killed_at.push_back(std::chrono::steady_clock::now());
+        kill(it->pid, SIGKILL);
+        return;
+      }
+  }
+};
+
 }  // namespace
 
 // The GPU host's engine runs in a node process there: its timeline stays in that process.
@@ -551,27 +622,10 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
   if (!spec) return spec.error();
   config cfg = cfg_in;
   if (status st = fit_this_machine(cfg, *spec, opts); !st) return st;
-  std::string dir = mp.work_dir;
-  if (dir.empty()) {
-    char tmpl[] = "/tmp/pnmkv-mp-XXXXXX";
-    if (!mkdtemp(tmpl)) return status{errc::io, "cannot create a temporary directory"};
-    dir = tmpl;
-  }
-  fs::create_directories(dir);
-  const std::string secret_file = dir + "/cluster.secret";
-  if (status st = write_secret_file(secret_file); !st) return st;
-  auto st = cfg.set("fabric.cluster_secret_file", secret_file);
-  if (!st) return st;
-  spec->fabric.cluster_secret_file = cfg.get_string("fabric.cluster_secret_file");
-  // The coordinator journals its decisions (a fresh journal per run, in the work directory
-  // unless cluster.journal_file names one): a coordinator that dies is restarted from it.
-  if (spec->cluster.journal_file.empty()) {
-    const std::string journal = dir + "/coordinator.journal";
-    if (status js = cfg.set("cluster.journal_file", journal); !js) return js;
-    spec->cluster.journal_file = journal;
-  }
+  auto work = prepare_work_dir(mp.work_dir, cfg, *spec);
+  if (!work) return work.error();
+  const std::string dir = *work;
   std::error_code ec;
-  fs::remove(spec->cluster.journal_file, ec);  // this run's journal starts empty
   const std::string config_file = dir + "/config.yaml";
   std::ofstream(config_file) << cfg.to_yaml();
   auto setup = make_run_setup(*spec, cfg);
@@ -627,47 +681,16 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
       return fail_start(s);
   if (status s = await_nodes_up(starting, startup_timeout); !s) return fail_start(s);
 
-  // This process is the driver. A coordinator that dies is restarted on the same port from
-  // its journal, up to cluster.coordinator_restarts_max times; the others reconnect.
-  uint32_t coordinator_restarts = 0;
-  const uint32_t restarts_max = (*setup)->spec.cluster.coordinator_restarts_max;
-  auto exited = [&]() -> std::optional<std::string> {
-    auto gone = exited_child(children);
-    if (!gone || gone->rfind("coordinator went down", 0) != 0 || coordinator_restarts >= restarts_max) return gone;
-    ++coordinator_restarts;
-    std::error_code rec;
-    fs::remove(port_file, rec);
-    auto again = spawn_child(binary, {"node", "--role", "coordinator", "--config", config_file, "--set",
-                                      "cluster.coordinator_port=" + std::to_string(port), "--port-file", port_file},
-                             dir + "/coordinator.log", "coordinator");
-    if (!again) return *gone + "; restarting it failed: " + again.error().message();
-    children.push_back(*again);
-    std::fprintf(stderr, "pnmkv run: %s\npnmkv run: restarted the coordinator on port %u from its journal (%u of "
-                 "cluster.coordinator_restarts_max = %u)\n",
-                 gone->c_str(), unsigned(port), coordinator_restarts, restarts_max);
-    return std::nullopt;
-  };
-  // Scripted coordinator crashes ("crash node=0 step=N", transport/faults.hpp): this
-  // launcher kills the coordinator process when the run reports step N.
+  // This process is the driver; the coordinator's supervisor restarts it when it dies and
+  // kills it where the fault script says.
   auto rules = transport::fault_plan_from((*setup)->spec.faults);
   if (!rules) return fail_start(rules.error());
   auto kill_steps = transport::coordinator_crash_steps(rules->rules);
   if (!kill_steps) return fail_start(kill_steps.error());
-  size_t next_kill = 0;
-  std::vector<std::chrono::steady_clock::time_point> killed_at;
-  auto on_step = [&](const std::string& phase, uint64_t done) {
-    if ((phase != "decode" && phase != "serve") || next_kill >= kill_steps->size() || done < (*kill_steps)[next_kill])
-      return;
-    ++next_kill;
-    for (auto it = children.rbegin(); it != children.rend(); ++it)
-      if (it->name == "coordinator" && it->pid > 0) {
-        std::fprintf(stderr, "pnmkv run: faults: killing the coordinator (pid %d) at %s step %llu (crash node=0)\n",
-                     int(it->pid), phase.c_str(), static_cast<unsigned long long>(done));
-        killed_at.push_back(std::chrono::steady_clock::now());
-        kill(it->pid, SIGKILL);
-        break;
-      }
-  };
+  coordinator_supervisor sup{children, binary, config_file, port_file, dir, port,
+                             (*setup)->spec.cluster.coordinator_restarts_max, *kill_steps};
+  auto exited = [&] { return sup.exited(); };
+  auto on_step = [&](const std::string& phase, uint64_t done) { sup.on_progress(phase, done); };
   drive_result d = drive(*setup, "127.0.0.1", port, opts, exited, "logs in " + dir, "launcher", on_step);
   if (d.connect_failed) {
     // pid > 0: exited_child() marks a reaped child -1, and kill(-1) signals every process.
@@ -691,13 +714,13 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
   // not failures of a request.
   if (out) {
     out->shutdown_events = trouble;
-    out->coordinator_restarts = coordinator_restarts;
+    out->coordinator_restarts = sup.restarts;
     // Scripted kills: the driver noticed the loss (detect) and was back with the restarted
     // coordinator (recover), in ms after the kill.
     auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
-    for (size_t k = 0; k < killed_at.size(); ++k) {
-      if (k < d.coordinator_down.size()) out->coordinator_detect_ms.push_back(ms(killed_at[k], d.coordinator_down[k]));
-      if (k < d.coordinator_back.size()) out->coordinator_recover_ms.push_back(ms(killed_at[k], d.coordinator_back[k]));
+    for (size_t k = 0; k < sup.killed_at.size(); ++k) {
+      if (k < d.coordinator_down.size()) out->coordinator_detect_ms.push_back(ms(sup.killed_at[k], d.coordinator_down[k]));
+      if (k < d.coordinator_back.size()) out->coordinator_recover_ms.push_back(ms(sup.killed_at[k], d.coordinator_back[k]));
     }
   }
   if (mp.work_dir.empty() && out) fs::remove_all(dir);
