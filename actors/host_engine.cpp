@@ -825,6 +825,7 @@ void host_engine::mb_receive() {
   for (mb_state& mb : mb_) {
     if (mb.items.empty()) continue;
     std::sort(mb.items.begin(), mb.items.end(), [](const mb_item& a, const mb_item& b) { return a.tag < b.tag; });
+    mb.tl->reserve_devices(tl_.devices());  // devices met since the layer began
     for (const mb_item& it : mb.items) mb.tl->expect(it.arrival_ns, it.device, it.link, it.cost_ns, it.reply_bytes);
     mb.tl->serve();
     mb.last_reply_ns = mb.tl->receive();

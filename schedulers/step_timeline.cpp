@@ -254,7 +254,7 @@ micro_batch_schedule schedule_micro_batches(const std::vector<micro_batch_costs>
       ovl_end[k] = gpu;
       const double start = std::max(pool, t0);  // device(l, k)
       if (l == 0 && trace && trace->active() && c.device_ns > 0)
-        trace->span(trace_track::device, uint32_t(k), trace_name::scan, start, c.device_ns);
+        trace->span(trace_track::micro_batch, uint32_t(k), trace_name::device_phase, start, c.device_ns);
       pool = start + c.device_ns;
       dev_end[k] = pool;
     }

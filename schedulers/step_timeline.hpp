@@ -259,8 +259,8 @@ struct micro_batch_schedule {
   double device_idle_ns() const { return time_ns - device_busy_ns; }
 };
 // `mb` is one layer of each micro-batch (the same for every layer); `layers` >= 1. With a
-// trace, the first layer of each micro-batch is drawn (dense, overlap, device phase on the
-// device track 0 .. as one span, merge) at its place in the schedule.
+// trace, the first layer of each micro-batch is drawn at its place in the schedule: dense,
+// overlap (attention) and merge on the GPU, the device phase on its micro-batch track.
 micro_batch_schedule schedule_micro_batches(const std::vector<micro_batch_costs>& mb, uint32_t layers,
                                             timeline_trace* trace = nullptr);
 
