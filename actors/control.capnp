@@ -87,6 +87,54 @@ struct CopyGrant {       # coordinator -> gpu host: the device that took the new
   reason @4 :Text;
 }
 
+struct Resume {           # gpu host -> a restarted coordinator, once it has joined again: what
+  runStarted @0 :Bool;    # it did while the coordinator was away, so that nothing the lost
+  finished @1 :Bool;      # coordinator was told (or was about to be) is lost. Every field is
+  released @2 :List(UInt64);   # state, not a message log: repeating it changes nothing.
+  failedOver @3 :List(MemberDown);  # devices it failed over (fenced), with why
+  awaitingAdmission @4 :UInt64;     # open workloads: the Admit it waits on (0: none)
+  copyAsks @5 :List(CopyAsk);       # rebuilds waiting for their CopyGrant
+}
+
+# The coordinator's journal (cluster.journal_file; transport/journal.hpp frames each record):
+# the decisions it made, in order, so that a restarted coordinator replays them into the
+# same state. Admission calls are journaled with their outcome and re-executed on replay
+# (admission is deterministic); a replay that decides otherwise is refused.
+struct JournalBegin {
+  configHash @0 :UInt64;  # the run's configuration (actors/coordinator_journal.hpp)
+  devices @1 :UInt32;
+}
+struct JournalMember {
+  nodeId @0 :UInt32;
+  role @1 :UInt8;         # transport::node_role
+  address @2 :Data;       # its worker address
+}
+struct JournalAdmitTried {
+  request @0 :RequestSpec;
+  placed @1 :Bool;
+}
+struct JournalCopyPlaced {
+  requestId @0 :UInt64;
+  shardId @1 :UInt32;
+  deviceId @2 :UInt32;
+}
+struct JournalRecord {
+  version @0 :UInt16;
+  unixMs @1 :UInt64;
+  body :union {
+    begin @2 :JournalBegin;
+    member @3 :JournalMember;
+    ready @4 :Void;                 # every configured member had joined
+    fenced @5 :MemberDown;          # a device failed over: never a member again
+    admitTried @6 :JournalAdmitTried;
+    decided @7 :Admission;          # the answer (closed: to the driver; open: to the gpu host)
+    runStarted @8 :Bool;            # RunStart sent (open workload or not)
+    released @9 :UInt64;            # a request's room given back
+    copyPlaced @10 :JournalCopyPlaced;
+    copyGranted @11 :CopyGrant;     # the answer to a CopyAsk
+  }
+}
+
 struct Control {
   version @0 :UInt16;
   sender @1 :UInt32;
@@ -105,5 +153,6 @@ struct Control {
     stop @13 :Stop;
     copyAsk @14 :CopyAsk;
     copyGrant @15 :CopyGrant;
+    resume @16 :Resume;
   }
 }

@@ -6,14 +6,15 @@
 #include <fmt/format.h>
 #include <kj/exception.h>
 
+#include <chrono>
 #include <limits>
 
 namespace pnmkv::control {
 
 using W = wire::Control::Body::Which;
-static_assert(static_cast<int>(W::HELLO) == 0 && static_cast<int>(W::COPY_GRANT) == 13,
+static_assert(static_cast<int>(W::HELLO) == 0 && static_cast<int>(W::RESUME) == 14,
               "the union's alternatives in their schema order");
-inline constexpr unsigned msg_kind_count = 14;
+inline constexpr unsigned msg_kind_count = 15;
 
 const char* to_string(msg_kind kind) {
   auto fields = capnp::Schema::from<wire::Control::Body>().getUnionFields();
@@ -99,6 +100,19 @@ void check(wire::RunStart::Reader rs) {
   for (auto r : requests) request_id("run_start.requests[].request_id", r.getRequestId());
 }
 
+void check(wire::Resume::Reader r) {
+  auto released = r.getReleased();
+  auto down = r.getFailedOver();
+  auto asks = r.getCopyAsks();
+  if (released.size() > max_requests_per_run || down.size() > max_requests_per_run ||
+      asks.size() > max_requests_per_run)
+    reject(errc::capacity, "resume: {} released, {} failed over, {} copy asks; limit {} each "
+           "(control::max_requests_per_run)", released.size(), down.size(), asks.size(), max_requests_per_run);
+  for (uint64_t id : released) request_id("resume.released[]", id);
+  for (auto d : down) text("resume.failed_over[].reason", d.getReason());
+  for (auto a : asks) request_id("resume.copy_asks[].request_id", a.getRequestId());
+}
+
 void check(wire::Control::Body::Reader body) {
   switch (body.which()) {
     case W::HELLO: return check(body.getHello());
@@ -126,6 +140,7 @@ void check(wire::Control::Body::Reader body) {
     case W::COPY_GRANT:
       request_id("copy_grant.request_id", body.getCopyGrant().getRequestId());
       return text("copy_grant.reason", body.getCopyGrant().getReason());
+    case W::RESUME: return check(body.getResume());
   }
   reject(errc::unsupported, "message kind {} unknown (a newer sender?)",
          static_cast<unsigned>(body.which()));
@@ -161,6 +176,7 @@ struct received_access {
   static received make(std::vector<uint8_t>&& bytes, uint32_t sender, msg_kind kind) {
     return received(std::move(bytes), sender, kind);
   }
+  static journal_entry make_entry(std::vector<uint8_t>&& bytes) { return journal_entry(std::move(bytes)); }
 };
 
 void received::expect(msg_kind k) const {
@@ -185,6 +201,7 @@ PNMKV_BODY_READER(Release, release, RELEASE, getRelease)
 PNMKV_BODY_READER(Stop, stop, STOP, getStop)
 PNMKV_BODY_READER(CopyAsk, copy_ask, COPY_ASK, getCopyAsk)
 PNMKV_BODY_READER(CopyGrant, copy_grant, COPY_GRANT, getCopyGrant)
+PNMKV_BODY_READER(Resume, resume, RESUME, getResume)
 #undef PNMKV_BODY_READER
 
 result<received> decode(const std::string& bytes) {
@@ -209,6 +226,78 @@ result<received> decode(const std::string& bytes) {
   } catch (const std::exception& e) {
     return status{errc::parse, std::string("malformed control message: ") + e.what()};
   }
+}
+
+// ---------------------------------------------------------------------------------------
+// Journal records
+
+journal_outbound::journal_outbound(size_t payload_bytes) : basic_outbound(payload_bytes) {
+  root().setVersion(journal_record_version);
+  root().setUnixMs(static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count()));
+}
+
+namespace {
+
+using J = wire::JournalRecord::Body::Which;
+static_assert(static_cast<int>(J::BEGIN) == 0 && static_cast<int>(J::COPY_GRANTED) == 9,
+              "the journal union's alternatives in their schema order");
+inline constexpr unsigned journal_kind_count = 10;
+
+void check(wire::JournalRecord::Body::Reader body) {
+  switch (body.which()) {
+    case J::BEGIN: return;
+    case J::MEMBER: {
+      auto m = body.getMember();
+      if (m.getRole() >= role_count) reject(errc::invalid_argument, "member.role = {} unknown", m.getRole());
+      if (m.getAddress().size() > max_text_bytes)
+        reject(errc::capacity, "member.address: {} bytes, limit {}", m.getAddress().size(), max_text_bytes);
+      return;
+    }
+    case J::READY: return;
+    case J::FENCED: return text("fenced.reason", body.getFenced().getReason());
+    case J::ADMIT_TRIED:
+      return request_id("admit_tried.request.request_id", body.getAdmitTried().getRequest().getRequestId());
+    case J::DECIDED:
+      request_id("decided.request_id", body.getDecided().getRequestId());
+      return text("decided.reason", body.getDecided().getReason());
+    case J::RUN_STARTED: return;
+    case J::RELEASED: return request_id("released", body.getReleased());
+    case J::COPY_PLACED: return request_id("copy_placed.request_id", body.getCopyPlaced().getRequestId());
+    case J::COPY_GRANTED:
+      request_id("copy_granted.request_id", body.getCopyGranted().getRequestId());
+      return text("copy_granted.reason", body.getCopyGranted().getReason());
+  }
+  reject(errc::unsupported, "journal record kind {} unknown (written by a newer pnmkv?)",
+         static_cast<unsigned>(body.which()));
+}
+
+}  // namespace
+
+result<journal_entry> decode_journal_record(std::vector<uint8_t>&& bytes) {
+  if (bytes.empty() || bytes.size() % sizeof(capnp::word) != 0)
+    return status{errc::parse, fmt::format("journal record of {} bytes is not a whole, non-zero number of "
+                                           "8-byte words", bytes.size())};
+  try {
+    capnp::ReaderOptions opts;
+    opts.traversalLimitInWords = 2 * (bytes.size() / 8) + 64;
+    opts.nestingLimit = 16;
+    capnp::FlatArrayMessageReader reader(transport::words_of(bytes), opts);
+    auto root = reader.getRoot<wire::JournalRecord>();
+    if (root.getVersion() != journal_record_version)
+      reject(errc::unsupported, "journal record version {} (this pnmkv writes {})", root.getVersion(),
+             journal_record_version);
+    if (static_cast<unsigned>(root.getBody().which()) >= journal_kind_count)
+      reject(errc::unsupported, "journal record kind {} unknown (written by a newer pnmkv?)",
+             static_cast<unsigned>(root.getBody().which()));
+    check(root.getBody());
+  } catch (const rejection& r) {
+    return status{r.code, r.what};
+  } catch (const kj::Exception& e) {
+    return status{errc::parse, std::string("malformed journal record: ") + e.getDescription().cStr()};
+  }
+  return received_access::make_entry(std::move(bytes));
 }
 
 }  // namespace pnmkv::control

@@ -97,6 +97,7 @@ class received : public transport::validated_bytes {
   wire::Stop::Reader stop() const;
   wire::CopyAsk::Reader copy_ask() const;
   wire::CopyGrant::Reader copy_grant() const;
+  wire::Resume::Reader resume() const;
 
  private:
   friend struct received_access;
@@ -109,5 +110,30 @@ class received : public transport::validated_bytes {
 
 // Validates `bytes` and, on success, keeps a copy; never throws.
 result<received> decode(const std::string& bytes);
+
+// ---------------------------------------------------------------------------------------
+// The coordinator's journal records (JournalRecord; the file's framing is
+// transport/journal.hpp). Validated like a message: version, kind, texts, request ids.
+
+inline constexpr uint16_t journal_record_version = 1;
+using journal_kind = wire::JournalRecord::Body::Which;
+
+class journal_entry : public transport::validated_bytes {
+ public:
+  wire::JournalRecord::Reader record() const { return root<wire::JournalRecord>(); }
+  journal_kind kind() const { return record().getBody().which(); }
+
+ private:
+  friend struct received_access;
+  explicit journal_entry(std::vector<uint8_t>&& bytes) : transport::validated_bytes(std::move(bytes)) {}
+};
+
+result<journal_entry> decode_journal_record(std::vector<uint8_t>&& bytes);
+// A record to fill: version and time set.
+class journal_outbound : public transport::basic_outbound<wire::JournalRecord> {
+ public:
+  explicit journal_outbound(size_t payload_bytes = 0);
+  wire::JournalRecord::Body::Builder body() { return root().getBody(); }
+};
 
 }  // namespace pnmkv::control

@@ -19,23 +19,44 @@
 #include "actors/node_common.hpp"
 #include "actors/run_setup.hpp"
 #include "schedulers/admission.hpp"
+#include "transport/journal.hpp"
 #include "transport/messages.hpp"
 
 namespace pnmkv::actors {
+
+// The coordinator's journal (cluster.journal_file, docs/DESIGN.md §7 "Coordinator
+// restart"): the records a restarted coordinator replays, and the writer it appends to.
+struct coordinator_journal {
+  std::vector<control::journal_entry> entries;
+  std::unique_ptr<transport::journal_writer> writer;
+  uint64_t torn_tail_bytes = 0;
+  std::string replay_error;  // set when the coordinator refused to replay it
+};
+// Opens (or creates) the journal at `path` and decodes its records; errors name the file and
+// the record that is wrong.
+result<std::shared_ptr<coordinator_journal>> open_coordinator_journal(const std::string& path);
+// What a journal belongs to: the configuration, its port and journal path left out (a
+// restarted coordinator is given its port; nodes may name the journal differently).
+uint64_t journal_config_hash(const config& cfg);
 
 class coordinator_state {
  public:
   using actor_type = caf::stateful_actor<coordinator_state>;
   explicit coordinator_state(actor_type* self) : self_(self) {}
 
-  // Pools, the down handler and the join deadline; before the behavior.
-  void init(std::shared_ptr<const run_setup> setup);
+  // Pools, the down handler and the join deadline; before the behavior. With a journal that
+  // holds records, its decisions are replayed first (a restarted coordinator): members are
+  // expected to join again, the driver to submit again and the GPU host to say what it did
+  // meanwhile (Resume). A journal that does not replay is an error (the actor quits).
+  status init(std::shared_ptr<const run_setup> setup, std::shared_ptr<coordinator_journal> journal);
 
   // Handlers.
   void on_join_timeout();
   void on_control(const std::string& bytes);
   void on_join(const std::string& bytes);
   void on_member_down(const caf::down_msg& dm);
+  // A restarted coordinator: members that have not joined again by the deadline are lost.
+  void on_rejoin_timeout();
 
  private:
   struct member {
@@ -43,6 +64,30 @@ class coordinator_state {
     caf::actor hdl;
     std::vector<uint8_t> address;
   };
+
+  // --- The journal (coordinator_journal). Every decision is recorded before anyone is told
+  // of it; decision points sync. Replay re-executes the admission calls in order and checks
+  // each outcome against the record.
+  template <class Fill>
+  void record(bool sync, Fill&& fill);
+  status replay(const std::vector<control::journal_entry>& entries);
+  // A restarted coordinator: what a member that joined again is owed (placements waiting
+  // for its acknowledgement, new copies it was taking).
+  void resume_member(uint32_t id);
+  // The GPU host's account of what it did while the coordinator was away (Resume).
+  void on_resume(control::wire::Resume::Reader r);
+  // Run start again, for a GPU host that never got it (closed: once its requests are known).
+  void maybe_resend_start();
+  // A member's handle, or null while it has not joined again after a restart.
+  caf::actor handle_of(uint32_t id) const;
+  std::shared_ptr<coordinator_journal> journal_;
+  bool resumed_ = false;           // replayed a journal: members rejoin
+  bool host_needs_start_ = false;  // the GPU host said it never got the run start
+  uint64_t host_admit_pending_ = 0;  // open: the Admit it waits on, once the specs are back
+  // Every decision's answer, to repeat to a driver that submits again.
+  std::map<uint64_t, std::pair<bool, std::string>> decisions_;
+  // (request, shard) -> the device of its last granted copy, to repeat a lost grant.
+  std::map<std::pair<uint64_t, uint32_t>, uint32_t> granted_;
 
   // Control messages, one kind each.
   void on_hello(control::wire::Hello::Reader h, const caf::actor& sender);
@@ -121,7 +166,9 @@ class coordinator_state {
   std::vector<control::request_spec> open_specs_;  // open workloads: every submitted request
 };
 
+// journal: null for none (the embedded cluster, cluster.journal_file empty).
 caf::behavior coordinator_actor(coordinator_state::actor_type* self,
-                                std::shared_ptr<const run_setup> setup);
+                                std::shared_ptr<const run_setup> setup,
+                                std::shared_ptr<coordinator_journal> journal);
 
 }  // namespace pnmkv::actors

@@ -399,7 +399,7 @@ result<detsim_run> run_detsim(const config& cfg_in, const detsim_options& opts) 
   } stopper{sched, actors};
   auto report_to = sys.spawn(sink_actor, sink);
   actors.push_back(report_to);
-  auto coordinator = sys.spawn(actors::coordinator_actor, su);
+  auto coordinator = sys.spawn(actors::coordinator_actor, su, std::shared_ptr<actors::coordinator_journal>{});
   actors.push_back(coordinator);
   actors.push_back(sys.spawn(actors::driver_actor, su, coordinator, report_to));
   for (uint32_t id : su->device_ids()) {

@@ -16,6 +16,7 @@ caf::behavior driver_actor(driver_state::actor_type* self, std::shared_ptr<const
       [self](ctl_atom, const std::string& bytes) { self->state.on_control(bytes); },
       [self](join_atom, const std::string& bytes) { self->state.on_join(bytes); },
       [self](stop_atom) { self->state.on_stop(); },
+      [self](coord_atom, const caf::actor& c) { self->state.on_coordinator(c); },
   };
 }
 
@@ -89,7 +90,14 @@ void driver_state::on_control(const std::string& bytes) {
   }
 }
 
+void driver_state::on_coordinator(const caf::actor& coordinator) {
+  cluster_log().warn("node={} event=coordinator_back", driver_node);
+  coordinator_ = coordinator;
+  start_join(self_, coordinator_, driver_node, transport::node_role::driver);
+}
+
 void driver_state::on_admission(control::wire::Admission::Reader a) {
+  if (!answered_.insert(a.getRequestId()).second) return;  // repeated by a restarted coordinator
   if (a.getAccepted()) {
     ++accepted_;
   } else {

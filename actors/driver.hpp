@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,9 @@ class driver_state {
   void on_join(const std::string& bytes);
   // The launcher gives up on the run: the cluster is asked to shut down, the driver quits.
   void on_stop();
+  // A restarted coordinator: join it again and submit every request again (it answers the
+  // ones it had decided again; each request's answer counts once).
+  void on_coordinator(const caf::actor& coordinator);
 
  private:
   void on_admission(control::wire::Admission::Reader a);
@@ -43,6 +47,7 @@ class driver_state {
   caf::actor coordinator_, report_to_;
   std::vector<std::string> failures_;
   uint64_t accepted_ = 0, refused_ = 0;
+  std::set<uint64_t> answered_;  // requests whose admission answer arrived
   std::string stopping_;  // a Stop was passed on (SIGINT / SIGTERM to its process): why
 };
 

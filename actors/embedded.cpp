@@ -9,6 +9,8 @@
 #include "actors/control.hpp"
 #include "actors/memory_guard.hpp"
 #include "actors/nodes.hpp"
+#include "transport/faults.hpp"
+#include "transport/from_config.hpp"
 #include "transport/inproc_fabric.hpp"
 
 namespace pnmkv {
@@ -18,6 +20,17 @@ result<run_report> run_embedded(const config& cfg, const cluster_run_options& op
   auto setup = make_run_setup(cfg, make_cluster_secret());
   if (!setup) return setup.error();
   const auto& su = *setup;
+  // The coordinator shares this process: it cannot be killed and restarted alone.
+  {
+    auto plan = transport::fault_plan_from(su->spec.faults);
+    if (!plan) return plan.error();
+    auto steps = transport::coordinator_crash_steps(plan->rules);
+    if (!steps) return steps.error();
+    if (!steps->empty())
+      return status{errc::unsupported, "faults.script: \"crash node=0\" (the coordinator) needs pnmkv run "
+                                       "--multiprocess, whose launcher kills the coordinator process and restarts "
+                                       "it from its journal; the embedded cluster's coordinator shares this process"};
+  }
   // Before anything is allocated: refuse a run this machine cannot hold.
   if (auto st = check_run_memory(*su, run_processes::embedded, opts.after_run_bytes); !st) return st;
 
@@ -38,7 +51,7 @@ result<run_report> run_embedded(const config& cfg, const cluster_run_options& op
   caf::scoped_actor self{sys};
   std::vector<caf::actor> actors;
   std::vector<std::shared_ptr<transport::fabric>> fabrics;
-  auto coordinator = sys.spawn(actors::coordinator_actor, su);
+  auto coordinator = sys.spawn(actors::coordinator_actor, su, std::shared_ptr<actors::coordinator_journal>{});
   actors.push_back(coordinator);
   auto driver = sys.spawn(actors::driver_actor, su, coordinator, caf::actor{self});
   actors.push_back(driver);

@@ -30,6 +30,7 @@ caf::behavior gpu_host_actor(gpu_host_state::actor_type* self, std::shared_ptr<c
   self->state.init(std::move(setup), std::move(coordinator), std::move(fab), std::move(timeline));
   return {
       [self](join_atom, const std::string& bytes) { self->state.on_join(bytes); },
+      [self](coord_atom, const caf::actor& c) { self->state.on_coordinator(c); },
       [self](member_atom, const std::string& bytes) { self->state.on_membership(bytes); },
       [self](ctl_atom, const std::string& bytes) { self->state.on_control(bytes); },
       [self](wire_atom, std::vector<uint8_t>& bytes) { self->state.on_wire(bytes); },
@@ -253,10 +254,12 @@ void gpu_host_state::send_result(const run_report& rep, bool ok, const std::stri
   r.setReportJson(json);
   r.setOk(ok);
   r.setReason(control::bounded_text(reason));
-  self_->send(driver_, ctl_atom::value, wire_string(out));
+  result_bytes_ = wire_string(out);
+  self_->send(driver_, ctl_atom::value, result_bytes_);
 }
 
 void gpu_host_state::send_release(uint64_t request_id) {
+  released_.insert(request_id);
   control::outbound out(node_);
   out.body().initRelease().setRequestId(request_id);
   self_->send(coordinator_, ctl_atom::value, wire_string(out));
@@ -531,7 +534,50 @@ void gpu_host_state::on_silence() {
 // Handlers
 
 void gpu_host_state::on_join(const std::string& bytes) {
-  on_join_bytes(self_, *setup_, coordinator_, node_, transport::node_role::gpu_host, fab_->address(), bytes);
+  on_join_bytes(self_, *setup_, coordinator_, node_, transport::node_role::gpu_host, fab_->address(), bytes,
+                [this](bool accepted, const std::string& reason) {
+                  if (!accepted) {
+                    cluster_log().error("node={} event=join_refused reason=\"{}\"", node_, reason);
+                    return self_->quit();
+                  }
+                  if (!std::exchange(rejoining_, false)) return;
+                  cluster_log().warn("node={} event=coordinator_rejoined", node_);
+                  send_resume();
+                  if (!result_bytes_.empty()) self_->send(driver_, ctl_atom::value, result_bytes_);
+                });
+}
+
+void gpu_host_state::on_coordinator(const caf::actor& coordinator) {
+  cluster_log().warn("node={} event=coordinator_back", node_);
+  coordinator_ = driver_ = coordinator;
+  rejoining_ = true;
+  start_join(self_, coordinator_, node_, transport::node_role::gpu_host);
+}
+
+void gpu_host_state::send_resume() {
+  std::vector<const rebuild_job*> asking;
+  for (const auto& [key, job] : rebuilds_)
+    if (job.target == 0 && job.asks > 0) asking.push_back(&job);
+  control::outbound out(node_, 64 * (released_.size() + losses_.size() + asking.size()));
+  auto r = out.body().initResume();
+  r.setRunStarted(run_started_);
+  r.setFinished(finished_);
+  auto rel = r.initReleased(static_cast<unsigned>(released_.size()));
+  unsigned i = 0;
+  for (uint64_t id : released_) rel.set(i++, id);
+  auto down = r.initFailedOver(static_cast<unsigned>(losses_.size()));
+  for (size_t k = 0; k < losses_.size(); ++k) {
+    down[static_cast<unsigned>(k)].setNodeId(losses_[k].device);
+    down[static_cast<unsigned>(k)].setReason(control::bounded_text(losses_[k].reason));
+  }
+  r.setAwaitingAdmission(awaiting_admission_);
+  auto asks = r.initCopyAsks(static_cast<unsigned>(asking.size()));
+  for (size_t k = 0; k < asking.size(); ++k) {
+    asks[static_cast<unsigned>(k)].setRequestId(asking[k]->need.request_id);
+    asks[static_cast<unsigned>(k)].setShardId(asking[k]->need.shard_id);
+    asks[static_cast<unsigned>(k)].setRecompute(asking[k]->need.recompute);
+  }
+  self_->send(coordinator_, ctl_atom::value, wire_string(out));
 }
 
 void gpu_host_state::on_membership(const std::string& bytes) {
@@ -611,6 +657,7 @@ void gpu_host_state::on_admission(control::wire::Admission::Reader a) {
 
 void gpu_host_state::on_open_start(const std::vector<control::request_spec>& requests) {
   open_ = true;
+  run_started_ = true;
   engine_ = std::make_unique<host_engine>(setup_->host, *costs_, *setup_->workload);
   engine_->set_trace(timeline_.get());
   for (uint32_t d : lost_) (void)engine_->fail_over(d);  // holds nothing yet: marks it dead
@@ -634,6 +681,7 @@ void gpu_host_state::on_open_start(const std::vector<control::request_spec>& req
 
 void gpu_host_state::on_closed_start(std::vector<control::request_spec> requests) {
   requests_ = std::move(requests);
+  run_started_ = true;
   engine_ = std::make_unique<host_engine>(setup_->host, *costs_, *setup_->workload);
   engine_->set_trace(timeline_.get());
   for (uint32_t d : lost_) (void)engine_->fail_over(d);  // holds nothing yet: marks it dead

@@ -55,6 +55,9 @@ class gpu_host_state {
 
   // Handlers.
   void on_join(const std::string& bytes);
+  // The coordinator came back (restarted from its journal): join it again, then tell it what
+  // happened meanwhile (Resume) and repeat the result if the run is over.
+  void on_coordinator(const caf::actor& coordinator);
   void on_membership(const std::string& bytes);
   void on_control(const std::string& bytes);
   void on_wire(std::vector<uint8_t>& bytes);
@@ -232,6 +235,11 @@ class gpu_host_state {
   const uint32_t node_ = gpu_host_node;
 
   caf::actor coordinator_, driver_;
+  bool rejoining_ = false;        // joining a restarted coordinator
+  bool run_started_ = false;      // the run start arrived
+  std::set<uint64_t> released_;   // requests whose room went back (Release sent)
+  std::string result_bytes_;      // the run's result, once sent (repeated after a restart)
+  void send_resume();
   std::shared_ptr<transport::fabric> fab_;
   std::unique_ptr<host_engine> engine_;
   std::map<uint64_t, request_placement> placements_;

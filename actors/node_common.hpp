@@ -34,6 +34,8 @@ using retry_atom = caf::atom_constant<caf::atom("retry")>;  // run.retry_after_m
 using silence_atom = caf::atom_constant<caf::atom("silence")>;  // cluster.device_timeout_ms
 using done_atom = caf::atom_constant<caf::atom("done")>;
 using backlog_atom = caf::atom_constant<caf::atom("backlog")>;  // sends held by back-pressure
+// A restarted coordinator (its new handle): the node joins it again (docs/DESIGN.md §7).
+using coord_atom = caf::atom_constant<caf::atom("coord")>;
 
 // Fabric options for `node` from the configuration (fabric.*, faults.*), with the link
 // model from the hardware file.

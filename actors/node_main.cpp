@@ -23,6 +23,7 @@
 #include "actors/control.hpp"
 #include "actors/memory_guard.hpp"
 #include "actors/nodes.hpp"
+#include "transport/faults.hpp"
 #include "transport/from_config.hpp"
 #include "transport/piped_child.hpp"
 #include "transport/ucx_fabric.hpp"
@@ -74,6 +75,29 @@ result<caf::actor> connect_coordinator(caf::actor_system& sys, const std::string
                                    " ms: " + last};
 }
 
+// A lost coordinator with a journal: connects again (it is restarted on the same host and
+// port) while `node` lives. The coordinator's handle; nullopt when the node ended first (the
+// coordinator shut the cluster down: its Shutdown and its connection's end race); an error
+// past the timeout.
+result<std::optional<caf::actor>> reconnect_coordinator(caf::actor_system& sys, const caf::actor& node,
+                                                        const std::string& host, uint16_t port,
+                                                        uint64_t timeout_ms) {
+  caf::scoped_actor self{sys};
+  self->monitor(node);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  std::string last;
+  while (std::chrono::steady_clock::now() < deadline) {
+    bool node_gone = false;
+    self->receive([&](const caf::down_msg&) { node_gone = true; }, caf::after(std::chrono::milliseconds(50)) >> [] {});
+    if (node_gone) return std::optional<caf::actor>{};
+    auto a = sys.middleman().remote_actor(host, port);
+    if (a) return std::optional<caf::actor>{*a};
+    last = sys.render(a.error());
+  }
+  return status{errc::timeout, "the coordinator at " + host + ":" + std::to_string(port) + " did not come back within " +
+                                   std::to_string(timeout_ms) + " ms (cluster.coordinator_reconnect_ms): " + last};
+}
+
 // Whoever waits for the file sees all of it or nothing.
 void write_file_atomically(const std::string& path, const std::string& text) {
   const std::string tmp = path + ".tmp";
@@ -116,11 +140,13 @@ class stop_signal_handlers {
   struct sigaction old_int_ {}, old_term_ {};
 };
 
-// Blocks until `a` terminates; the node then exits.
-void await_down(caf::actor_system& sys, const std::vector<caf::actor>& watch) {
+// Blocks until one of `watch` terminates; returns which.
+caf::actor_addr await_down(caf::actor_system& sys, const std::vector<caf::actor>& watch) {
   caf::scoped_actor self{sys};
   for (const auto& a : watch) self->monitor(a);
-  self->receive([](const caf::down_msg&) {});
+  caf::actor_addr gone;
+  self->receive([&](const caf::down_msg& dm) { gone = dm.source; });
+  return gone;
 }
 
 }  // namespace
@@ -137,10 +163,19 @@ status run_node(const config& cfg, const node_options& opts) {
   const uint16_t port = opts.coordinator_port ? opts.coordinator_port : cluster.coordinator_port;
 
   if (opts.role == transport::node_role::coordinator) {
-    auto coord = sys.spawn(actors::coordinator_actor, *setup);
+    // With a journal: a restarted coordinator resumes from it; a journal that cannot be
+    // trusted (corrupt, of another configuration) stops it here, naming why.
+    std::shared_ptr<actors::coordinator_journal> journal;
+    if (!cluster.journal_file.empty()) {
+      auto j = actors::open_coordinator_journal(cluster.journal_file);
+      if (!j) return j.error();
+      journal = *j;
+    }
+    auto coord = sys.spawn(actors::coordinator_actor, *setup, journal);
     auto published = sys.middleman().publish(coord, port, host.c_str(), /*reuse_addr=*/true);
     if (!published) {
       caf::anon_send_exit(coord, caf::exit_reason::user_shutdown);
+      if (journal && !journal->replay_error.empty()) return status{errc::invalid_argument, journal->replay_error};
       return status{errc::io, "cannot publish the coordinator on " + host + ":" +
                                   std::to_string(port) + ": " + sys.render(published.error())};
     }
@@ -148,6 +183,7 @@ status run_node(const config& cfg, const node_options& opts) {
     if (!opts.ready_file.empty()) write_file_atomically(opts.ready_file, "up\n");
     std::fprintf(stderr, "pnmkv node: coordinator listening on %s:%u\n", host.c_str(), unsigned(*published));
     await_down(sys, {coord});
+    if (journal && !journal->replay_error.empty()) return status{errc::invalid_argument, journal->replay_error};
     return {};
   }
 
@@ -166,7 +202,23 @@ status run_node(const config& cfg, const node_options& opts) {
     node = sys.spawn(actors::pnm_device_actor, *setup, id, *coord, shared);
   actors::bridge_fabric(*shared, node);
   if (!opts.ready_file.empty()) write_file_atomically(opts.ready_file, "up\n");
-  await_down(sys, {node, *coord});
+  // A lost coordinator ends the node, unless it keeps a journal: then it is expected back
+  // (restarted on the same host and port) and the node joins it again.
+  caf::actor current = *coord;
+  for (;;) {
+    const caf::actor_addr gone = await_down(sys, {node, current});
+    if (gone == node.address() || cluster.journal_file.empty()) break;
+    std::fprintf(stderr, "pnmkv node: lost the coordinator; reconnecting to %s:%u for up to %u ms\n", host.c_str(),
+                 unsigned(port), unsigned(cluster.coordinator_reconnect_ms));
+    auto again = reconnect_coordinator(sys, node, host, port, cluster.coordinator_reconnect_ms);
+    if (!again) {
+      std::fprintf(stderr, "pnmkv node: %s\n", again.error().message().c_str());
+      break;
+    }
+    if (!*again) break;  // the node ended meanwhile (a shutdown)
+    current = **again;
+    caf::anon_send(node, actors::coord_atom::value, current);
+  }
   caf::anon_send_exit(node, caf::exit_reason::user_shutdown);
   shared->set_handler({});
   return {};
@@ -280,7 +332,8 @@ std::string stop_reason(int sig, const std::string& who) {
 drive_result drive(const std::shared_ptr<const run_setup>& setup, const std::string& host,
                    uint16_t port, const cluster_run_options& opts,
                    const std::function<std::optional<std::string>()>& exited, const std::string& where,
-                   const std::string& who) {
+                   const std::string& who,
+                   const std::function<void(const std::string&, uint64_t)>& on_progress = {}) {
   drive_result r;
   r.out = status{errc::timeout, "the run did not finish within " + std::to_string(opts.run_timeout_ms) + " ms"};
   caf::actor_system_config acfg;
@@ -304,7 +357,26 @@ drive_result drive(const std::shared_ptr<const run_setup>& setup, const std::str
   // the coordinator or the GPU host is not.
   constexpr auto lost_grace = std::chrono::seconds(3);
   bool stop_sent = false;
+  // A lost coordinator that keeps a journal comes back (restarted on the same port): the
+  // driver joins it again within cluster.coordinator_reconnect_ms, or the run fails.
+  const cluster_section& cluster = setup->spec.cluster;
+  std::optional<std::chrono::steady_clock::time_point> coordinator_lost;
   while (!r.done) {
+    if (coordinator_lost) {
+      auto again = sys.middleman().remote_actor(host, port);
+      if (again) {
+        coordinator_lost.reset();
+        self->monitor(*again);
+        self->send(driver, actors::coord_atom::value, *again);
+      } else if (std::chrono::steady_clock::now() - *coordinator_lost >
+                 std::chrono::milliseconds(cluster.coordinator_reconnect_ms)) {
+        r.done = true;
+        r.out = status{errc::peer_down, "lost the coordinator and it did not come back within " +
+                                            std::to_string(cluster.coordinator_reconnect_ms) +
+                                            " ms (cluster.coordinator_reconnect_ms; " + where + ")"};
+        break;
+      }
+    }
     if (const int sig = stop_signal.load(); sig && !stop_sent) {
       stop_sent = true;
       const std::string why = stop_reason(sig, who);
@@ -319,8 +391,10 @@ drive_result drive(const std::shared_ptr<const run_setup>& setup, const std::str
       r.stop_now = true;
       break;
     }
-    if (r.lost.empty() && exited)
-      if (auto gone = exited()) {
+    // Every exit is looked at (a restarted coordinator is not a loss; a second device may
+    // go after a first); the first loss is the one reported.
+    if (exited)
+      if (auto gone = exited(); gone && r.lost.empty()) {
         r.lost = *gone;
         if (gone->rfind("device ", 0) != 0) {
           deadline = std::min(deadline, std::chrono::steady_clock::now() + lost_grace);
@@ -345,17 +419,21 @@ drive_result drive(const std::shared_ptr<const run_setup>& setup, const std::str
         [&](actors::ctl_atom, const std::string& bytes) {
           auto m = control::decode(bytes);
           if (!m) return;
-          if (m->kind() != control::msg_kind::PROGRESS || !opts.on_progress) return;
+          if (m->kind() != control::msg_kind::PROGRESS) return;
           auto p = m->progress();
-          opts.on_progress(p.getPhase().cStr(), p.getDone(), p.getTotal());
+          if (on_progress) on_progress(p.getPhase().cStr(), p.getDone());
+          if (opts.on_progress) opts.on_progress(p.getPhase().cStr(), p.getDone(), p.getTotal());
         },
         [&](const caf::down_msg&) {
-          if (!r.done) {
-            r.done = true;
-            r.out = status{errc::peer_down, "lost the coordinator before the run finished (" + where + ")"};
+          if (r.done) return;
+          if (!cluster.journal_file.empty()) {
+            coordinator_lost = std::chrono::steady_clock::now();
+            return;
           }
+          r.done = true;
+          r.out = status{errc::peer_down, "lost the coordinator before the run finished (" + where + ")"};
         },
-        caf::after(left) >> [&] {});
+        caf::after(coordinator_lost ? std::min(left, std::chrono::milliseconds(50)) : left) >> [&] {});
   }
   // Not done: the driver (the coordinator trusts it: it joined) asks the cluster to shut
   // down, then quits.
@@ -477,6 +555,15 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
   auto st = cfg.set("fabric.cluster_secret_file", secret_file);
   if (!st) return st;
   spec->fabric.cluster_secret_file = cfg.get_string("fabric.cluster_secret_file");
+  // The coordinator journals its decisions (a fresh journal per run, in the work directory
+  // unless cluster.journal_file names one): a coordinator that dies is restarted from it.
+  if (spec->cluster.journal_file.empty()) {
+    const std::string journal = dir + "/coordinator.journal";
+    if (status js = cfg.set("cluster.journal_file", journal); !js) return js;
+    spec->cluster.journal_file = journal;
+  }
+  std::error_code ec;
+  fs::remove(spec->cluster.journal_file, ec);  // this run's journal starts empty
   const std::string config_file = dir + "/config.yaml";
   std::ofstream(config_file) << cfg.to_yaml();
   auto setup = make_run_setup(*spec, cfg);
@@ -486,7 +573,6 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
   std::vector<child> children;
   auto cleanup = [&](std::chrono::milliseconds grace) { return reap(children, grace); };
   const std::string port_file = dir + "/coordinator.port";
-  std::error_code ec;
   fs::remove(port_file, ec);  // a work dir used before: its old start-up signals mean nothing now
   auto coord = spawn_child(binary, {"node", "--role", "coordinator", "--config", config_file,
                                     "--set", "cluster.coordinator_port=0", "--port-file", port_file},
@@ -533,9 +619,46 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
       return fail_start(s);
   if (status s = await_nodes_up(starting, startup_timeout); !s) return fail_start(s);
 
-  // This process is the driver.
-  drive_result d = drive(*setup, "127.0.0.1", port, opts,
-                         [&] { return exited_child(children); }, "logs in " + dir, "launcher");
+  // This process is the driver. A coordinator that dies is restarted on the same port from
+  // its journal, up to cluster.coordinator_restarts_max times; the others reconnect.
+  uint32_t coordinator_restarts = 0;
+  const uint32_t restarts_max = (*setup)->spec.cluster.coordinator_restarts_max;
+  auto exited = [&]() -> std::optional<std::string> {
+    auto gone = exited_child(children);
+    if (!gone || gone->rfind("coordinator went down", 0) != 0 || coordinator_restarts >= restarts_max) return gone;
+    ++coordinator_restarts;
+    std::error_code rec;
+    fs::remove(port_file, rec);
+    auto again = spawn_child(binary, {"node", "--role", "coordinator", "--config", config_file, "--set",
+                                      "cluster.coordinator_port=" + std::to_string(port), "--port-file", port_file},
+                             dir + "/coordinator.log", "coordinator");
+    if (!again) return *gone + "; restarting it failed: " + again.error().message();
+    children.push_back(*again);
+    std::fprintf(stderr, "pnmkv run: %s\npnmkv run: restarted the coordinator on port %u from its journal (%u of "
+                 "cluster.coordinator_restarts_max = %u)\n",
+                 gone->c_str(), unsigned(port), coordinator_restarts, restarts_max);
+    return std::nullopt;
+  };
+  // Scripted coordinator crashes ("crash node=0 step=N", transport/faults.hpp): this
+  // launcher kills the coordinator process when the run reports step N.
+  auto rules = transport::fault_plan_from((*setup)->spec.faults);
+  if (!rules) return fail_start(rules.error());
+  auto kill_steps = transport::coordinator_crash_steps(rules->rules);
+  if (!kill_steps) return fail_start(kill_steps.error());
+  size_t next_kill = 0;
+  auto on_step = [&](const std::string& phase, uint64_t done) {
+    if ((phase != "decode" && phase != "serve") || next_kill >= kill_steps->size() || done < (*kill_steps)[next_kill])
+      return;
+    ++next_kill;
+    for (auto it = children.rbegin(); it != children.rend(); ++it)
+      if (it->name == "coordinator" && it->pid > 0) {
+        std::fprintf(stderr, "pnmkv run: faults: killing the coordinator (pid %d) at %s step %llu (crash node=0)\n",
+                     int(it->pid), phase.c_str(), static_cast<unsigned long long>(done));
+        kill(it->pid, SIGKILL);
+        break;
+      }
+  };
+  drive_result d = drive(*setup, "127.0.0.1", port, opts, exited, "logs in " + dir, "launcher", on_step);
   if (d.connect_failed) {
     // pid > 0: exited_child() marks a reaped child -1, and kill(-1) signals every process.
     for (auto& c : children)
@@ -556,7 +679,10 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
   auto trouble = cleanup(d.stop_now ? 1000ms : 10000ms);
   // Node processes that had to be killed or exited badly: shutdown events of the cluster,
   // not failures of a request.
-  if (out) out->shutdown_events = trouble;
+  if (out) {
+    out->shutdown_events = trouble;
+    out->coordinator_restarts = coordinator_restarts;
+  }
   if (mp.work_dir.empty() && out) fs::remove_all(dir);
   return out;
 }

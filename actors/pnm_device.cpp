@@ -22,6 +22,7 @@ caf::behavior pnm_device_actor(pnm_device_state::actor_type* self,
   self->state.init(std::move(setup), node, std::move(coordinator), std::move(fab));
   return {
       [self](join_atom, const std::string& bytes) { self->state.on_join(bytes); },
+      [self](coord_atom, const caf::actor& c) { self->state.on_coordinator(c); },
       [self](member_atom, const std::string& bytes) { self->state.on_membership(bytes); },
       [self](wire_atom, std::vector<uint8_t>& bytes) { self->state.on_wire(bytes); },
       [self](peer_down_atom, uint32_t peer) { self->state.on_peer_down(peer); },
@@ -351,6 +352,12 @@ void pnm_device_state::on_query(transport::received&& m) {
     cluster_log().warn("node={} event=query_dropped reason=\"deferred queue full\"", node_);
 }
 
+void pnm_device_state::on_coordinator(const caf::actor& coordinator) {
+  cluster_log().warn("node={} event=coordinator_back", node_);
+  coordinator_ = coordinator;
+  start_join(self_, coordinator_, node_, transport::node_role::pnm_device);
+}
+
 void pnm_device_state::on_join(const std::string& bytes) {
   on_join_bytes(self_, *setup_, coordinator_, node_, transport::node_role::pnm_device, fab_->address(),
                 bytes);
@@ -379,18 +386,23 @@ void pnm_device_state::on_membership(const std::string& bytes) {
   }
   auto mm = m->membership();
   connect_members(*fab_, mm, transport::node_role::gpu_host, connected_, node_);
+  // One acknowledgement per placement that names this device: every shard of it here is
+  // held (added now, or already: a placement sent again, by a restarted coordinator or for
+  // a new copy of another shard), or why not.
   for (auto pl : mm.getPlacements()) {
     request_placement rp = placement_from_wire(pl);
+    bool mine_any = false;
+    status verdict = status::ok();
     for (const auto& s : rp.shards) {
       bool mine = s.device_id == node_;
       for (uint32_t r : s.replica_device_ids) mine = mine || r == node_;
-      // A shard held already: the placement of a new copy elsewhere (or of this one) lists
-      // it again; acknowledged when it was added.
-      if (!mine || engine_->shard(rp.request_id, s.shard_id)) continue;
+      if (!mine) continue;
+      mine_any = true;
+      if (engine_->shard(rp.request_id, s.shard_id)) continue;
       released_.erase(rp.request_id);  // placed again (it waited out a TPOT check)
-      const status added = engine_->add_shard(rp.request_id, s);
-      self_->send(coordinator_, ctl_atom::value, placement_ack_bytes(node_, rp.request_id, added));
+      if (status added = engine_->add_shard(rp.request_id, s); !added && verdict) verdict = added;
     }
+    if (mine_any) self_->send(coordinator_, ctl_atom::value, placement_ack_bytes(node_, rp.request_id, verdict));
   }
 }
 

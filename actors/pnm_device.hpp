@@ -34,6 +34,8 @@ class pnm_device_state {
             std::shared_ptr<transport::fabric> fab);
 
   // Handlers.
+  // A restarted coordinator: join it again (it re-sends the placements it awaits acks for).
+  void on_coordinator(const caf::actor& coordinator);
   void on_join(const std::string& bytes);
   void on_membership(const std::string& bytes);
   void on_wire(std::vector<uint8_t>& bytes);

@@ -91,6 +91,7 @@ namespace {
 void recovery_json(const run_report& r, nlohmann::ordered_json& j) {
   j["faults"]["fenced_messages"] = r.fenced_messages;
   j["faults"]["shutdown_events"] = r.shutdown_events;
+  j["faults"]["coordinator_restarts"] = r.coordinator_restarts;
   nlohmann::ordered_json rebuilds = nlohmann::ordered_json::array();
   for (const auto& b : r.rebuilds)
     rebuilds.push_back({{"request", b.request_id},
@@ -117,6 +118,7 @@ void read_recovery(const nlohmann::json& j, run_report& r) {
     const auto& f = j["faults"];
     r.fenced_messages = f.value("fenced_messages", uint64_t(0));
     if (f.contains("shutdown_events")) r.shutdown_events = f["shutdown_events"].get<std::vector<std::string>>();
+    r.coordinator_restarts = f.value("coordinator_restarts", 0u);
     if (f.contains("rebuilds"))
       for (const auto& b : f["rebuilds"])
         r.rebuilds.push_back({b.value("request", uint64_t(0)), b.value("shard", 0u), b.value("kind", std::string()),
@@ -687,6 +689,8 @@ void run_report::table_requests_and_devices(table& t) const {
   if (retries) row("retries (lost messages sent again)", std::to_string(retries));
   if (fenced_messages) row("late messages from fenced devices", std::to_string(fenced_messages) + " dropped");
   for (const auto& ev : shutdown_events) row("  node shutdown", ev);
+  if (coordinator_restarts)
+    row("coordinator restarts", std::to_string(coordinator_restarts) + " (resumed from its journal)");
   if (!devices_lost.empty()) {
     std::string ids;
     for (uint32_t d : devices_lost) ids += (ids.empty() ? "" : ", ") + std::to_string(d);

@@ -135,6 +135,7 @@ struct run_report {
   // Recovery and stopping (actors/gpu_host.hpp, actors/node_main.hpp).
   uint64_t fenced_messages = 0;              // late messages from failed-over devices, dropped
   std::vector<std::string> shutdown_events;  // node processes not stopping cleanly (not requests)
+  uint32_t coordinator_restarts = 0;         // coordinator processes restarted from the journal
   std::vector<shard_rebuild> rebuilds;       // copies rebuilt after losses, in the order finished
   double recovery_stall_ms = 0;              // virtual time every rebuild added to steps
   std::string stopped;                       // why the run was stopped early; "" when it ran out

@@ -132,6 +132,18 @@ std::vector<config_key> schema_keys_run() {
        "Every node process the launcher starts must be up this long after it is started, or the run fails naming it, with the end of its log"},
       {"cluster.join_timeout_ms", t::integer, "120000", 100, 3600000, {},
        "The configured members must have joined this long after the coordinator starts, or the run fails naming the missing ones"},
+      {"cluster.journal_file", t::string, "", 0, 0, {},
+       "The coordinator journals membership, placement and admission here (append-only, a "
+       "CRC32C per record, fsync at each decision) and, restarted with the same file, "
+       "resumes from it: members and the driver reconnect and the run goes on. Empty: no "
+       "journal (a lost coordinator ends the run); pnmkv run --multiprocess uses its work "
+       "directory's coordinator.journal when this is empty"},
+      {"cluster.coordinator_reconnect_ms", t::integer, "20000", 100, 3600000, {},
+       "With a journal: how long members and the driver wait for a lost coordinator to come "
+       "back (restarted on the same host and port) before giving up"},
+      {"cluster.coordinator_restarts_max", t::integer, "3", 0, 100, {},
+       "pnmkv run --multiprocess restarts a coordinator process that died, on the same port "
+       "with the same journal, at most this many times (0: never)"},
       {"eval.budgets_tokens", t::int_list, "256,512,1024,2048,4096,8192", 1, 1 << 26, {},
        "Budgets swept by `pnmkv eval`"},
       {"eval.contexts_tokens", t::int_list, "32768,131072,524288,1048576", 16, 1 << 24, {},

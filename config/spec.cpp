@@ -100,6 +100,9 @@ status read_cluster(const reader& r, cluster_section& c) {
   c.node_scheduler = r.choice("cluster.node_scheduler", node_scheduler_names);
   c.startup_timeout_ms = r.u32("cluster.startup_timeout_ms");
   c.join_timeout_ms = r.u32("cluster.join_timeout_ms");
+  c.journal_file = r.text("cluster.journal_file");
+  c.coordinator_reconnect_ms = r.u32("cluster.coordinator_reconnect_ms");
+  c.coordinator_restarts_max = r.u32("cluster.coordinator_restarts_max");
   return status::ok();
 }
 

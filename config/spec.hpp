@@ -84,6 +84,9 @@ struct cluster_section {
   pnmkv::node_scheduler node_scheduler = pnmkv::node_scheduler::sharing;
   uint32_t startup_timeout_ms = 30000;
   uint32_t join_timeout_ms = 120000;
+  std::string journal_file;                 // "": the coordinator keeps no journal
+  uint32_t coordinator_reconnect_ms = 20000;
+  uint32_t coordinator_restarts_max = 3;    // the multi-process launcher's
 };
 
 struct workload_section {

@@ -1,6 +1,8 @@
 // Fault rules, their parser and the deterministic decision function.
 #include "transport/faults.hpp"
 
+#include <algorithm>
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -202,6 +204,20 @@ result<fault_rule> parse_fault_rule(const std::string& text_in) {
   if ((r.kind == fault_kind::delay || r.kind == fault_kind::stall) && r.duration_ms == 0)
     return bad("ms must be > 0 for " + std::string(to_string(r.kind)));
   return r;
+}
+
+result<std::vector<uint32_t>> coordinator_crash_steps(const std::vector<fault_rule>& rules) {
+  std::vector<uint32_t> steps;
+  for (const auto& r : rules) {
+    if (r.kind != fault_kind::crash || r.node != 0) continue;
+    if (r.step_lo < 0)
+      return status{errc::invalid_argument, "fault rule \"" + r.text +
+                                                "\": a crash of node 0 (the coordinator) needs step=N: the "
+                                                "launcher kills it when the run reports that decode step"};
+    steps.push_back(static_cast<uint32_t>(r.step_lo));
+  }
+  std::sort(steps.begin(), steps.end());
+  return steps;
 }
 
 result<std::vector<fault_rule>> parse_fault_script(const std::string& script) {

@@ -38,6 +38,10 @@
 // crash: the node whose fault point fires dies there (default at=recv, count=1): in one
 // process its fabric endpoint goes down and its peers get peer-down events; a node process
 // exits at once. "crash node=101 step=40" is device 101 dying when step 40 reaches it.
+// "crash node=0 step=N" is the coordinator (node 0), which has no data-plane fault point:
+// the multi-process launcher kills its process when the run reports decode step N (open
+// workloads: N requests served) and restarts it from its journal; embedded runs refuse it
+// (coordinator_crash_steps).
 // Examples: "stall node=3 step=40 ms=2000", "drop p=0.05 msg=partial from=2",
 //           "crash node=101 step=40",
 //           "partition group=1 step=10..20", "corrupt p=0.01 bits=2 at=recv".
@@ -96,6 +100,9 @@ struct fault_plan {
 // setting that is wrong, and what is allowed.
 result<fault_rule> parse_fault_rule(const std::string& text);
 result<std::vector<fault_rule>> parse_fault_script(const std::string& script);
+// The steps of the plan's coordinator crashes ("crash node=0 step=N"), ascending. A crash
+// of node 0 without step= is refused (the launcher acts on reported steps only).
+result<std::vector<uint32_t>> coordinator_crash_steps(const std::vector<fault_rule>& rules);
 
 // What a fault point knows about a message (from the envelope; kind_known false when the
 // bytes could not be read -- such messages only match rules without msg=).

@@ -17,7 +17,7 @@
 namespace pnmkv::control {
 namespace {
 
-constexpr unsigned kind_count = 14;  // the Control.body union's alternatives
+constexpr unsigned kind_count = 15;  // the Control.body union's alternatives
 
 std::vector<msg_kind> all_kinds() {
   std::vector<msg_kind> k;
@@ -108,6 +108,24 @@ outbound sample(msg_kind k, uint64_t seed) {
       g.setReason(why);
       break;
     }
+    case msg_kind::RESUME: {
+      auto r = b.initResume();
+      r.setRunStarted(seed % 2);
+      r.setFinished(seed % 3 == 0);
+      auto rel = r.initReleased(unsigned(seed));
+      for (unsigned i = 0; i < seed; ++i) rel.set(i, seed + i);
+      auto down = r.initFailedOver(1);
+      down[0].setNodeId(uint32_t(100 + seed));
+      down[0].setReason(why);
+      r.setAwaitingAdmission(seed);
+      auto asks = r.initCopyAsks(2);
+      for (unsigned i = 0; i < 2; ++i) {
+        asks[i].setRequestId(seed + i);
+        asks[i].setShardId(i);
+        asks[i].setRecompute(i == 1);
+      }
+      break;
+    }
   }
   return out;
 }
@@ -151,6 +169,13 @@ uint64_t read_all(const received& m) {
     case msg_kind::COPY_ASK: return sum + m.copy_ask().getShardId() + m.copy_ask().getRecompute();
     case msg_kind::COPY_GRANT:
       return sum + m.copy_grant().getDeviceId() + m.copy_grant().getOk() + m.copy_grant().getReason().size();
+    case msg_kind::RESUME: {
+      auto r = m.resume();
+      for (uint64_t id : r.getReleased()) sum += id;
+      for (auto d : r.getFailedOver()) sum += d.getNodeId() + d.getReason().size();
+      for (auto a : r.getCopyAsks()) sum += a.getRequestId() + a.getShardId();
+      return sum + r.getRunStarted() + r.getFinished() + r.getAwaitingAdmission();
+    }
   }
   ADD_FAILURE() << "an accepted message of unknown kind " << unsigned(m.kind());
   return sum;

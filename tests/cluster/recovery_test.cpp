@@ -32,7 +32,10 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/cluster.hpp"
+#include "actors/control.hpp"
+#include "actors/coordinator.hpp"
 #include "actors/node_main.hpp"
+#include "transport/journal.hpp"
 #include "tests/cluster/processes.hpp"
 
 namespace pnmkv {
@@ -367,6 +370,140 @@ TEST(recovery, sigint_or_sigterm_to_the_launcher_stops_the_cluster_and_prints_wh
     EXPECT_TRUE(j["faults"]["shutdown_events"].empty()) << j["faults"]["shutdown_events"].dump();
     fs::remove_all(dir);
   }
+}
+
+}  // namespace
+}  // namespace pnmkv
+
+namespace pnmkv {
+namespace {
+
+// Coordinator restart (issue 13 item 5): `crash node=0 step=N` makes the launcher SIGKILL the
+// coordinator process when the run reports step N; it restarts it on the same port from its
+// journal, the nodes and the driver join it again, and the run completes with the outputs
+// of a run without the kill: a closed batch killed twice (during decode), an open workload
+// (between admissions), and a kill right after a device crash whose shards are being
+// recomputed. The journal reads back whole and starts with the run's identity.
+TEST(recovery, a_coordinator_killed_mid_run_resumes_from_its_journal_and_changes_no_output) {
+  struct scenario {
+    std::vector<std::string> shape;
+    std::string faults;
+    uint32_t restarts;
+    bool device_lost;
+  };
+  const std::vector<scenario> scenarios = {
+      {{"run.steps=16"}, "crash node=0 step=2; crash node=0 step=9", 2, false},
+      {{"workload.arrivals=poisson", "workload.requests=4", "workload.arrival_rate_per_s=100",
+        "workload.output_tokens=8", "workload.context_tokens=4096", "workload.prefill_chunk_tokens=2048"},
+       "crash node=0 step=1",
+       1,
+       false},
+      {{"run.steps=16", "cluster.pool_devices=2"}, "crash node=101 step=5; crash node=0 step=6", 1, true},
+  };
+  for (const auto& sc : scenarios) {
+    SCOPED_TRACE(sc.faults + " on " + sc.shape.front());
+    auto clean = run_embedded(small_config(sc.shape), {});
+    ASSERT_TRUE(clean) << clean.error().to_string();
+    ASSERT_EQ(clean->completed, clean->submitted);
+    auto shape = sc.shape;
+    shape.push_back("faults.script=" + sc.faults);
+    const fs::path dir = fs::temp_directory_path() / ("pnmkv-restart-" + std::to_string(::getpid()));
+    fs::remove_all(dir);
+    multiprocess_options mp;
+    mp.node_binary = PNMKV_BINARY;
+    mp.work_dir = dir.string();
+    auto rep = run_multiprocess(small_config(shape), {}, mp);
+    ASSERT_TRUE(rep) << rep.error().to_string();
+    EXPECT_EQ(rep->coordinator_restarts, sc.restarts);
+    EXPECT_EQ(rep->completed, rep->submitted);
+    EXPECT_TRUE(rep->failures.empty()) << joined(rep->failures);
+    EXPECT_EQ(digests(*rep), digests(*clean));
+    EXPECT_EQ(rep->output_digest, clean->output_digest);
+    if (sc.device_lost) {
+      EXPECT_EQ(rep->devices_lost, std::vector<uint32_t>{101});
+      ASSERT_FALSE(rep->rebuilds.empty());
+      for (const auto& b : rep->rebuilds) EXPECT_EQ(b.outcome, "done");
+    }
+    // The journal: whole records (no torn tail after clean restarts), the first the run's
+    // identity, every member's join and the admissions in it.
+    auto j = transport::read_journal((dir / "coordinator.journal").string());
+    ASSERT_TRUE(j) << j.error().to_string();
+    ASSERT_FALSE(j->records.empty());
+    std::map<control::journal_kind, size_t> kinds;
+    for (auto& r : j->records) {
+      auto e = control::decode_journal_record(std::move(r));
+      ASSERT_TRUE(e) << e.error().to_string();
+      if (kinds.empty()) EXPECT_EQ(e->kind(), control::journal_kind::BEGIN);
+      ++kinds[e->kind()];
+    }
+    EXPECT_EQ(kinds[control::journal_kind::BEGIN], 1u);
+    EXPECT_EQ(kinds[control::journal_kind::MEMBER], 5u);  // the GPU host and 4 devices, once each
+    EXPECT_EQ(kinds[control::journal_kind::READY], 1u);
+    EXPECT_GE(kinds[control::journal_kind::DECIDED], 1u);
+    EXPECT_EQ(kinds[control::journal_kind::RUN_STARTED], 1u);
+    if (sc.device_lost) EXPECT_GE(kinds[control::journal_kind::FENCED], 1u);
+    EXPECT_TRUE(children_matching("pnmkv").empty()) << "node processes left behind";
+    fs::remove_all(dir);
+  }
+}
+
+// A journal a coordinator cannot trust stops it before it serves anything, naming why: not
+// a journal, corrupt before its end, or written for another configuration. A crash of node
+// 0 in the embedded cluster (which has no coordinator process) is refused the same way.
+TEST(recovery, a_journal_that_cannot_be_trusted_stops_the_coordinator_naming_why) {
+  const fs::path dir = fs::temp_directory_path() / ("pnmkv-journal-bad-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string path = (dir / "coordinator.journal").string();
+  const std::string secret = (dir / "cluster.secret").string();
+  std::ofstream(secret) << "0123456789abcdef0123456789abcdef";
+  auto start = [&](std::vector<std::string> extra) {
+    extra.push_back("cluster.journal_file=" + path);
+    extra.push_back("fabric.cluster_secret_file=" + secret);
+    node_options opts;
+    opts.role = transport::node_role::coordinator;
+    return run_node(small_config(extra), opts);
+  };
+  std::ofstream(path) << "this is not a journal at all";
+  auto st = start({});
+  ASSERT_FALSE(st);
+  EXPECT_NE(st.message().find("not a pnmkv journal"), std::string::npos) << st.message();
+  // A journal of another configuration: written by a coordinator of 4 devices, read by one
+  // of 8.
+  fs::remove(path);
+  {
+    auto j = actors::open_coordinator_journal(path);
+    ASSERT_TRUE(j) << j.error().to_string();
+    control::journal_outbound out;
+    auto b = out.body().initBegin();
+    b.setConfigHash(actors::journal_config_hash(
+        small_config({"cluster.journal_file=" + path, "fabric.cluster_secret_file=" + secret})));
+    b.setDevices(4);
+    ASSERT_TRUE((*j)->writer->append(out.finish(), true));
+  }
+  st = start({"cluster.pnm_devices=8"});
+  ASSERT_FALSE(st);
+  EXPECT_NE(st.message().find("another configuration"), std::string::npos) << st.message();
+  // Corrupt before the end: a flipped byte in the first of two records.
+  {
+    auto j = actors::open_coordinator_journal(path);
+    ASSERT_TRUE(j);
+    control::journal_outbound out;
+    out.body().setReady();
+    ASSERT_TRUE((*j)->writer->append(out.finish(), true));
+  }
+  {
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(transport::journal_header_bytes + 12));
+    f.put('\x5a');
+  }
+  st = start({});
+  ASSERT_FALSE(st);
+  EXPECT_NE(st.message().find("CRC32C"), std::string::npos) << st.message();
+  auto embedded = run_embedded(small_config({"run.steps=4", "faults.script=crash node=0 step=2"}), {});
+  ASSERT_FALSE(embedded);
+  EXPECT_NE(embedded.error().message().find("--multiprocess"), std::string::npos) << embedded.error().message();
+  fs::remove_all(dir);
 }
 
 }  // namespace
