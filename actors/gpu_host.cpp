@@ -173,6 +173,21 @@ void gpu_host_state::send_all(std::vector<device_work>& work) {
       continue;
     }
   }
+  issue_micro_batches();
+}
+
+void gpu_host_state::issue_micro_batches() {
+  if (issuing_micro_batches_) return;  // send_all below: this loop issues the rest
+  issuing_micro_batches_ = true;
+  while (!finished_ && engine_ && engine_->micro_batch_pending()) {
+    auto more = engine_->next_micro_batch();
+    if (!more) {
+      issuing_micro_batches_ = false;
+      return fail_run(more.error().to_string());
+    }
+    send_all(*more);
+  }
+  issuing_micro_batches_ = false;
 }
 
 void gpu_host_state::hold_back(device_work&& w, const status& why) {
@@ -973,6 +988,7 @@ void gpu_host_state::report_steps(run_report& rep) const {
   const bool passive = setup_->host.mode == run_mode::baseline;
   uint64_t link = 0, dev = 0;
   double dense = 0, lnk = 0, devns = 0, merge = 0, lm = 0, live_bytes = 0, gattn = 0, copy = 0;
+  double mb_serial = 0, mb_overlap = 0;  // sub-batch overlap
   double live_flops = 0;
   double live_int_ops = 0;
   uint64_t search_rescored = 0, search_selected = 0, search_queries = 0;
@@ -996,6 +1012,8 @@ void gpu_host_state::report_steps(run_report& rep) const {
     dev += s.device_bytes_scanned;
     dense += s.dense_ns, lnk += s.link_ns, devns += s.device_ns, merge += s.merge_ns, lm += s.lm_head_ns;
     gattn += s.gpu_attention_ns, copy += s.copy_ns;
+    mb_serial += s.serial_ns, mb_overlap += s.overlap_ns;
+    rep.micro_batches = std::max(rep.micro_batches, s.micro_batches);
     copy_bytes += s.copy_bytes, steady_hits += s.steady_hits, selected += s.selected_pages;
     live_bytes += double(s.emulated_bytes_read);
     live_flops += s.emulated_flops;
@@ -1046,6 +1064,8 @@ void gpu_host_state::report_steps(run_report& rep) const {
   rep.breakdown_lm_head_ms = lm / n / 1e6;
   rep.breakdown_gpu_attention_ms = gattn / n / 1e6;
   rep.breakdown_copy_ms = copy / n / 1e6;
+  rep.micro_batch_serial_ms = mb_serial / n / 1e6;
+  rep.micro_batch_overlap_ms = mb_overlap / n / 1e6;
   rep.copy_bytes_per_step = uint64_t(double(copy_bytes) / n);
   rep.steady_hit_rate = selected ? double(steady_hits) / double(selected) : 0;
   if (engine_) {

@@ -97,6 +97,11 @@ class gpu_host_state {
   void put_recall(const device_work& w, transport::wire::Envelope::Body::Builder body);
   void put_query(const device_work& w, transport::wire::Envelope::Body::Builder body);
   void send_all(std::vector<device_work>& work);
+  // Sub-batch overlap (run.micro_batches): after a send, the running layer's next
+  // micro-batches are built and sent, one after another, while the devices serve the ones
+  // already out (host_engine::next_micro_batch).
+  void issue_micro_batches();
+  bool issuing_micro_batches_ = false;
   // Back-pressure: a send refused for a full inbox or send queue (errc::capacity) is held
   // and sent again 1 ms later, in order; past backlog_max held messages the run fails.
   void hold_back(device_work&& w, const status& why);

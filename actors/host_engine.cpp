@@ -266,7 +266,7 @@ const partial* host_engine::last_output(uint64_t request_id, uint32_t layer,
 
 void host_engine::dispatch(device_work& w, bool charged, double now_ns, uint32_t link) {
   if (!charged) return;
-  w.vt_arrival_ns = tl_.send(link, now_ns, w.wire_bytes);
+  w.vt_arrival_ns = send_tl().send(link, now_ns, w.wire_bytes);
   cur_.link_bytes += w.wire_bytes;
 }
 
@@ -321,6 +321,27 @@ result<std::vector<device_work>> host_engine::begin_step(uint32_t step) {
   step_decoding_.clear();
   for (const request_spec& r : requests_)
     if (is_decoding(r.request_id)) step_decoding_.push_back(r.request_id);
+  // Sub-batch overlap: the step's decoding requests dealt over its micro-batches by pool.
+  mb_.clear();
+  mb_of_.clear();
+  mb_sum_.clear();
+  mb_split_ = {};
+  active_mb_ = -1;
+  mb_issued_ = 0;
+  const uint32_t n_mb = hbm_ ? 1 : effective_micro_batches(cfg_.micro_batches, step_decoding_.size());
+  if (n_mb > 1) {
+    std::vector<uint32_t> pools;
+    for (uint64_t id : step_decoding_) {
+      const uint32_t dev = placements_.at(id).shards.front().device_id;
+      const uint32_t rel = dev >= cfg_.device_id_base ? dev - cfg_.device_id_base : dev;
+      pools.push_back(cfg_.pool_devices ? rel / cfg_.pool_devices : 0);
+    }
+    const std::vector<uint32_t> of = micro_batch_of(pools, n_mb);
+    for (size_t i = 0; i < step_decoding_.size(); ++i) mb_of_[step_decoding_[i]] = of[i];
+    mb_.resize(n_mb);
+    for (mb_state& mb : mb_) mb.tl = std::make_unique<layer_timeline>(costs_, cfg_.host_links, tl_.devices());
+    mb_sum_.assign(n_mb, micro_batch_costs{});
+  }
   std::vector<device_work> work;
   copy_engine_ns_ = copy_hbm_write_ns_ = 0;
   if (cfg_.mode == run_mode::png_kv) {
@@ -369,7 +390,7 @@ result<std::vector<device_work>> host_engine::advance() {
     for (auto& w : work) out.push_back(std::move(w));
     return {};
   };
-  while (pending_.empty() && phase_ != phase::done) {
+  while (pending_.empty() && phase_ != phase::done && !micro_batch_pending()) {
     switch (phase_) {
       case phase::round_a: {
         if (layer_has_two_rounds(layer_)) {
@@ -629,6 +650,7 @@ uint64_t host_engine::attend_steady(const head_key& key, head_state& hs, uint64_
     const work::query_work gw = work::gpu_attend_work(costs_, tokens);
     op_cost ga = costs_.gpu_attention(gw.bytes, gw.flops);
     overlap_ns_ += ga.time_ns;
+    if (active_mb_ >= 0) mb_[size_t(active_mb_)].overlap_ns += ga.time_ns;
     cur_.gpu_attention_ns += ga.time_ns;
     charge_gpu(ga);
     device_budget = budget_pages > ss.pages.size() ? budget_pages - ss.pages.size() : 0;
@@ -645,13 +667,39 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
     PNMKV_CHECK(st.is_ok(), st.to_string());
     return {};
   }
-  const auto& m = costs_.model();
-  const uint32_t d = m.head_dim, group = m.gqa_group(), ps = cfg_.page_size_tokens;
+  uint64_t prompt_tokens = 0;
+  for (const prefill_chunk& c : step_prefill_) prompt_tokens += c.tokens;
+  if (!mb_.empty()) {
+    // Sub-batch overlap: each micro-batch's dense layer (its decoding tokens; the prompt
+    // tokens with the first), each timed from idle links and devices on its own timeline.
+    mb_origin_ns_ = clock_ns_;
+    std::vector<uint64_t> tokens(mb_.size(), 0);
+    tokens[0] = prompt_tokens;
+    for (const auto& [id, k] : mb_of_)
+      if (rstate_.count(id)) ++tokens[k];
+    for (size_t k = 0; k < mb_.size(); ++k) {
+      mb_state& mb = mb_[k];
+      const op_cost dense = costs_.gpu_dense_layer(static_cast<uint32_t>(std::min<uint64_t>(tokens[k], UINT32_MAX)));
+      cur_.dense_ns += dense.time_ns;
+      charge_gpu(dense);
+      mb.dense_ns = dense.time_ns;
+      mb.t0 = layer_t0(clock_ns_, dense, op_cost{});
+      mb.tl->reserve_devices(tl_.devices());
+      mb.tl->begin(mb.t0);
+      mb.overlap_ns = mb.merge_ns = 0;
+      mb.round_start_ns = mb.last_reply_ns = mb.t0;
+      mb.items.clear();
+    }
+    tl_.begin(clock_ns_);
+    prefill_last_arrival_ns_ = mb_[0].t0;
+    overlap_ns_ = 0;
+    layer_slots_.clear();
+    phase_ = phase::round_a;
+    return issue_micro_batch(0);
+  }
   // The dense layers take the decoding tokens and this step's prompt tokens together.
-  uint64_t tokens = step_decoding_.size();
-  for (const prefill_chunk& c : step_prefill_) tokens += c.tokens;
+  const uint64_t tokens = step_decoding_.size() + prompt_tokens;
   const uint32_t batch = static_cast<uint32_t>(std::min<uint64_t>(tokens, UINT32_MAX));
-  std::vector<device_work> work;
 
   // One GPU: no tensor-parallel all-reduce.
   op_cost dense = costs_.gpu_dense_layer(batch);
@@ -670,10 +718,28 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
   overlap_ns_ = 0;
   layer_slots_.clear();
   phase_ = phase::round_a;
+  return issue_micro_batch(0);
+}
+
+// The running layer's work for the decoding requests of micro-batch k (all of them without
+// sub-batch overlap): appends, queries, png-kv's steady attention; then, in a layer of one
+// round, this step's prompt chunks (with the first micro-batch).
+std::vector<device_work> host_engine::issue_micro_batch(uint32_t k) {
+  const uint32_t layer = layer_;
+  const auto& m = costs_.model();
+  const uint32_t d = m.head_dim, group = m.gqa_group(), ps = cfg_.page_size_tokens;
+  std::vector<device_work> work;
+  if (!mb_.empty()) {
+    PNMKV_CHECK_LT(k, mb_.size());
+    active_mb_ = int(k);
+    clock_ns_ = mb_[k].t0;  // its queries leave after its dense layer
+  }
+  mb_issued_ = k + 1;
 
   const uint64_t budget_pages = cfg_.budget_tokens / ps;
   for (const request_spec& r : requests_) {
     if (!is_decoding(r.request_id)) continue;
+    if (!mb_.empty() && mb_of_.at(r.request_id) != k) continue;
     const uint64_t at = decoded(r.request_id);
     const request_placement& pl = placements_.at(r.request_id);
     const uint64_t position = r.context_tokens + at;
@@ -714,6 +780,7 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
         pending_.emplace(w.tag, pending_item{r.request_id, layer, h, uint32_t(j),
                                              two_rounds ? purpose::candidates : purpose::select, link,
                                              uint32_t(layer_slots_.size()), w.device_id});
+        mb_pending(w.tag, r.request_id, w.vt_arrival_ns);
         work.push_back(std::move(w));
       }
       if (cfg_.mode == run_mode::baseline) {
@@ -728,8 +795,43 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
     if (w.what == device_work::kind::query) w.bind_query();
   // A layer of one round sends this step's prompt chunks now; two-round layers after their
   // second round (round_b_work).
-  if (!layer_has_two_rounds(layer)) prompt_work(layer, work);
+  if (k == 0 && !layer_has_two_rounds(layer)) prompt_work(layer, work);
+  active_mb_ = -1;
   return work;
+}
+
+void host_engine::mb_pending(uint64_t tag, uint64_t request_id, double arrival_ns) {
+  if (mb_.empty()) return;
+  pending_item& pi = pending_.at(tag);
+  pi.mb = mb_of_.at(request_id);
+  pi.arrival_ns = arrival_ns;
+}
+
+result<std::vector<device_work>> host_engine::next_micro_batch() {
+  PNMKV_CHECK(micro_batch_pending(), "no micro-batch to issue: issued=", mb_issued_, " of ", mb_.size());
+  std::vector<device_work> work = issue_micro_batch(mb_issued_);
+  if (pending_.empty()) {  // nothing to wait for (its requests were lost): run the step on
+    auto more = advance();
+    if (!more) return more.error();
+    for (auto& w : *more) work.push_back(std::move(w));
+  }
+  remember(work);
+  return work;
+}
+
+// Each micro-batch's replies of the round, in issue order: served and received on its
+// timeline (device costs as the devices charged them; the host's timeline says when).
+void host_engine::mb_receive() {
+  for (mb_state& mb : mb_) {
+    if (mb.items.empty()) continue;
+    std::sort(mb.items.begin(), mb.items.end(), [](const mb_item& a, const mb_item& b) { return a.tag < b.tag; });
+    mb.tl->reserve_devices(tl_.devices());  // devices met since the layer began
+    for (const mb_item& it : mb.items) mb.tl->expect(it.arrival_ns, it.device, it.link, it.cost_ns, it.reply_bytes);
+    mb.tl->serve();
+    mb.last_reply_ns = mb.tl->receive();
+    mb.tl->clear_items();
+    mb.items.clear();
+  }
 }
 
 // gpu-only: a write lands in the HBM store (the step's clock charges it, not this).
@@ -853,7 +955,7 @@ void host_engine::prompt_work(uint32_t layer, std::vector<device_work>& work) {
       for (size_t i = first; i < work.size(); ++i) {
         const int idx = pl.shard_of(h, work[i].position / cfg_.page_size_tokens);
         const uint32_t link = link_of(pl, h, uint32_t(idx));
-        dispatch(work[i], true, tl_.out_free_ns(link), link);
+        dispatch(work[i], true, send_tl().out_free_ns(link), link);
         prefill_last_arrival_ns_ = std::max(prefill_last_arrival_ns_, work[i].vt_arrival_ns);
         const double kv = costs_.kv_bytes(double(work[i].n_tokens));
         const double kv_j = device_service_cost(costs_, cfg_.mode == run_mode::baseline ? device_op::expander
@@ -901,6 +1003,14 @@ status host_engine::finish_round_a() {
     hs.candidates.clear();
   }
   if (cfg_.mode == run_mode::baseline) return finish_baseline_scoring();
+  if (!mb_.empty()) {  // each micro-batch's round b starts once its round a is in
+    mb_receive();
+    for (mb_state& mb : mb_)
+      mb.round_start_ns = second_round_start(mb.t0, std::max(0.0, mb.last_reply_ns - mb.t0), mb.overlap_ns);
+    round_device_ns_ = 0;
+    device_busy_ns_.clear();
+    return {};
+  }
   // Exact selection: round b starts once round a's replies are in and the GPU's steady
   // attention (png-kv) is done.
   last_reply_ns_ = tl_.receive();
@@ -1002,14 +1112,23 @@ result<std::vector<device_work>> host_engine::round_b_work() {
       w.listed_storage = hs.listed[j];
       w.wire_bytes = work::query_wire_bytes(costs_.model(), w.listed_storage.size());
       const uint32_t link = link_of(pl, h, hs.shards[j]);
-      dispatch(w, true, clock_ns_, link);
+      double now = clock_ns_;
+      if (!mb_.empty()) {
+        active_mb_ = int(mb_of_.at(request_id));
+        now = mb_[size_t(active_mb_)].round_start_ns;
+      }
+      dispatch(w, true, now, link);
+      active_mb_ = -1;
       pending_.emplace(w.tag, pending_item{request_id, layer, h, j, purpose::attend_listed, link, 0, w.device_id});
+      mb_pending(w.tag, request_id, w.vt_arrival_ns);
       work.push_back(std::move(w));
     }
   }
   for (auto& w : work)
     if (w.what == device_work::kind::query) w.bind_query();
+  if (!mb_.empty()) active_mb_ = 0;  // prompt chunks go with the first micro-batch
   prompt_work(layer_, work);
+  active_mb_ = -1;
   return work;
 }
 
@@ -1612,6 +1731,10 @@ result<std::vector<device_work>> host_engine::on_reply_impl(const device_reply& 
     double& busy = device_busy_ns_[r.device_id];
     busy += dc.time_ns;
     round_device_ns_ = std::max(round_device_ns_, busy);
+    if (!mb_.empty()) {  // timed on its micro-batch's timeline at the round's end (mb_receive)
+      mb_[pi.mb].items.push_back({r.tag, pi.arrival_ns, device_slot(r.device_id), pi.link, dc.time_ns, bytes_back});
+      return;
+    }
     tl_.served(r.tag, device_slot(r.device_id), pi.link, dc.time_ns, r.vt_done_ns, bytes_back, pi.slot);
   };
 
@@ -1685,6 +1808,7 @@ result<std::vector<device_work>> host_engine::on_reply_impl(const device_reply& 
 status host_engine::finish_layer() {
   const uint32_t group = costs_.model().gqa_group();
   const double t0 = tl_.t0();
+  if (!mb_.empty()) mb_receive();
   // The last round's replies (none in a two-round layer whose round b sent nothing).
   if (!tl_.items().empty()) last_reply_ns_ = tl_.receive();
   const double round_wait_ns = std::max(0.0, last_reply_ns_ - round_start_ns_);
@@ -1721,6 +1845,7 @@ status host_engine::finish_layer() {
       op_cost mc = costs_.gpu_merge(static_cast<uint32_t>(ptrs.size()), group);
       merge_ns += mc.time_ns;
       charge_gpu(mc);
+      if (!mb_.empty()) mb_[mb_of_.at(std::get<1>(it->first))].merge_ns += mc.time_ns;
     }
     fnv1a(digest_, hs.merged.o.data(), hs.merged.o.size() * sizeof(float));
     fnv1a(digest_, hs.merged.lse.data(), hs.merged.lse.size() * sizeof(float));
@@ -1736,6 +1861,33 @@ status host_engine::finish_layer() {
       ss.policy->record(decoded(std::get<1>(it->first)), hs.pages);
     }
     calibrate(it->first, hs);
+  }
+  if (!mb_.empty()) {
+    // Sub-batch overlap: each micro-batch's layer as the pipeline sees it (dense, the GPU's
+    // own attention, the device phase from its t0 to its last reply, prompt writes with the
+    // first, merges), summed over the live layers; finish_timed_phase schedules them.
+    double serial_max = 0;
+    for (size_t k = 0; k < mb_.size(); ++k) {
+      const mb_state& mb = mb_[k];
+      double dev = std::max(0.0, mb.last_reply_ns - mb.t0);
+      if (k == 0) dev = std::max(dev, prefill_last_arrival_ns_ - mb.t0);
+      const micro_batch_costs c{mb.dense_ns, mb.overlap_ns, dev, mb.merge_ns};
+      mb_sum_[k].dense_ns += c.dense_ns;
+      mb_sum_[k].overlap_ns += c.overlap_ns;
+      mb_sum_[k].device_ns += c.device_ns;
+      mb_sum_[k].merge_ns += c.merge_ns;
+      const layer_timeline::wait_split w = mb.tl->attribute_wait(dev);
+      mb_split_.device_ns += w.device_ns;
+      mb_split_.link_ns += w.link_ns;
+      mb_split_.queueing_ns += w.queueing_ns;
+      serial_max = std::max(serial_max, c.serial_ns());
+    }
+    // The host's clock for the next layer's messages: past every micro-batch's layer.
+    clock_ns_ = mb_origin_ns_ + serial_max;
+    cur_.merge_ns += merge_ns;
+    round_device_ns_ = 0;
+    device_busy_ns_.clear();
+    return {};
   }
   // The step model's end of a layer: prompt chunks still on the link hold it (their wait
   // counts as link time), before the merges, or in baseline after them.
@@ -1845,13 +1997,29 @@ host_engine::calibration_stats host_engine::calibration() const {
 void host_engine::finish_timed_phase() {
   // png-kv: the copy engine against the live layers' dense-layer windows (one GPU: the
   // dense layer, no all-reduce); what does not fit holds the step after its last layer.
-  const steady_copy_charge copies = charge_steady_copies(copy_engine_ns_, cur_.dense_ns, copy_hbm_write_ns_);
+  // Sub-batch overlap: the live layers' mean micro-batch costs scheduled over the live
+  // layers (the copies' windows: the device pool's idle time) and over every layer.
+  const auto& m = costs_.model();
+  std::vector<micro_batch_costs> mean = mb_sum_;
+  for (micro_batch_costs& c : mean) {
+    const double n = double(cfg_.live_layers);
+    c.dense_ns /= n, c.overlap_ns /= n, c.device_ns /= n, c.merge_ns /= n;
+  }
+  micro_batch_schedule sch_live, sch_all;
+  if (!mb_.empty()) {
+    if (trace_) trace_->set_offset(0);
+    sch_live = schedule_micro_batches(mean, cfg_.live_layers, trace_);
+    if (trace_) trace_->set_offset(-step_start_ns_);
+    sch_all = schedule_micro_batches(mean, m.layers);
+    clock_ns_ = step_start_ns_ + sch_live.time_ns;
+  }
+  const double windows_ns = mb_.empty() ? cur_.dense_ns : sch_live.device_idle_ns();
+  const steady_copy_charge copies = charge_steady_copies(copy_engine_ns_, windows_ns, copy_hbm_write_ns_);
   if (trace_) trace_->gpu(trace_name::copy_exposed, clock_ns_, copies.exposed_ns);
   clock_ns_ += copies.exposed_ns;
   cur_.copy_ns = copies.exposed_ns;
   cur_.copy_hidden_ns = copies.hidden_ns;
   // Charge the layers that are not live as copies of the mean live layer.
-  const auto& m = costs_.model();
   const double live_ns = clock_ns_ - step_start_ns_;
   cur_.live_layers_ns = live_ns;
   const double scale = double(m.layers) / double(cfg_.live_layers);
@@ -1878,6 +2046,18 @@ void host_engine::finish_timed_phase() {
   cur_.lm_head_ns = lm.time_ns;
   charge_gpu(lm);
   cur_.virtual_ns = live_ns * scale + lm.time_ns;
+  if (!mb_.empty()) {
+    // Every layer scheduled as a pipeline (not the live layers times the scale); what the
+    // GPU did not spend on its own work it waited for the devices, split as their phases.
+    cur_.virtual_ns = sch_all.time_ns + copies.exposed_ns * scale + lm.time_ns;
+    const double idle = sch_all.gpu_idle_ns();
+    const double sum = mb_split_.device_ns + mb_split_.link_ns + mb_split_.queueing_ns;
+    cur_.device_ns = sum > 0 ? idle * mb_split_.device_ns / sum : 0;
+    cur_.link_ns = idle - cur_.device_ns;
+    cur_.micro_batches = uint32_t(mb_.size());
+    cur_.serial_ns = sch_all.serial_ns;
+    cur_.overlap_ns = sch_all.overlap_ns();
+  }
   // Rebuilds since the last step held this one up: nothing of the step overlaps them.
   cur_.recovery_ns = recovery_pending_ns_;
   cur_.virtual_ns += recovery_pending_ns_;

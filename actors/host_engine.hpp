@@ -101,6 +101,14 @@ struct host_engine_config {
   bool recompute = false;
   // cluster.rebuild_chunk_tokens: tokens of one (layer, KV head) per rebuild message.
   uint64_t rebuild_chunk_tokens = 4096;
+  // run.micro_batches (pnm-kv, png-kv): each live layer's decoding requests are issued in
+  // this many micro-batches, interleaved (next_micro_batch), and the step is charged as the
+  // pipeline schedule_micro_batches allows (schedulers/step_timeline.hpp). 1: off.
+  // Requests go to micro-batches by pool (micro_batch_of): a request's pool is
+  // (its first shard's device id - device_id_base) / pool_devices (0: one pool).
+  uint32_t micro_batches = 1;
+  uint32_t pool_devices = 0;
+  uint32_t device_id_base = 0;
 };
 
 struct request_spec {
@@ -223,6 +231,11 @@ struct step_report {
   uint64_t search_rescored = 0;    // of which scored exactly (flat: all)
   uint64_t search_selected = 0;    // pages the searches selected
   uint64_t search_queries = 0;     // searches (selection queries answered)
+  // Sub-batch overlap (run.micro_batches): micro-batches of the step (1: off), every layer's
+  // micro-batches one after another (serial_ns) and what the interleaving hid (overlap_ns);
+  // 0 with one micro-batch.
+  uint32_t micro_batches = 1;
+  double serial_ns = 0, overlap_ns = 0;
 };
 
 class host_engine {
@@ -256,6 +269,13 @@ class host_engine {
   // step is over (timed_phase_done()); with verification on, the dense queries of every
   // live layer follow (untimed, uncharged), then step_done() is true.
   result<std::vector<device_work>> on_reply(const device_reply& r);
+  // Sub-batch overlap: the running layer has micro-batches not yet issued. The caller sends
+  // what it has (begin_step, on_reply), then takes each next micro-batch's work here while
+  // the devices serve the ones before (the host builds the queries and appends of micro-batch
+  // k + 1 while micro-batch k's are in flight); a layer finishes once every micro-batch is
+  // issued and answered.
+  bool micro_batch_pending() const { return !mb_.empty() && mb_issued_ < mb_.size() && phase_ == phase::round_a; }
+  result<std::vector<device_work>> next_micro_batch();
 
   // A device is gone (docs/DESIGN.md §7): every shard it served as primary is served by its
   // first live replica from now on (the placement's epoch moves on), and the running step's
@@ -389,7 +409,29 @@ class host_engine {
     uint32_t link = 0;  // host link the work went out on and its reply comes back on
     uint32_t slot = 0;  // baseline: the head's index among the layer's heads
     uint32_t device = 0;  // the device it went to (after a failover: the new primary)
+    uint32_t mb = 0;          // sub-batch overlap: the request's micro-batch
+    double arrival_ns = 0;    // sub-batch overlap: when it reached the device (virtual)
   };
+  // Sub-batch overlap: one micro-batch of the running layer, timed on its own timeline from
+  // idle links and devices (as the step model times it); replies are fed in issue order.
+  struct mb_item {
+    uint64_t tag;
+    double arrival_ns;
+    uint32_t device, link;
+    double cost_ns;
+    uint64_t reply_bytes;
+  };
+  struct mb_state {
+    std::unique_ptr<layer_timeline> tl;
+    double dense_ns = 0, t0 = 0, overlap_ns = 0, merge_ns = 0, round_start_ns = 0, last_reply_ns = 0;
+    std::vector<mb_item> items;
+  };
+  // Issues micro-batch k of the running layer (layer_work for k = 0).
+  std::vector<device_work> issue_micro_batch(uint32_t k);
+  // The items of each micro-batch's round: served and received on its timeline.
+  void mb_receive();
+  void mb_pending(uint64_t tag, uint64_t request_id, double arrival_ns);
+  layer_timeline& send_tl() { return active_mb_ >= 0 ? *mb_[size_t(active_mb_)].tl : tl_; }
   using head_key = std::tuple<uint32_t, uint64_t, uint32_t>;  // (layer, request, kv_head)
   struct head_state {
     std::vector<uint32_t> shards;      // indices into the placement, in shard order
@@ -576,6 +618,16 @@ class host_engine {
   std::map<uint32_t, double> device_busy_ns_;
   std::map<uint32_t, double> step_device_energy_j_;  // this step's, per device (power report)
   step_report cur_{}, last_step_{};
+  // Sub-batch overlap, this step: the micro-batches (empty: off), which one each decoding
+  // request is in, how many of the running layer are issued, which one dispatch() sends on
+  // (-1: tl_), and the live layers' per-micro-batch costs summed, with their waits' split.
+  std::vector<mb_state> mb_;
+  std::map<uint64_t, uint32_t> mb_of_;
+  uint32_t mb_issued_ = 0;
+  int active_mb_ = -1;
+  double mb_origin_ns_ = 0;
+  std::vector<micro_batch_costs> mb_sum_;
+  layer_timeline::wait_split mb_split_;
   timeline_trace* trace_ = nullptr;
   accuracy_accumulator accuracy_;
   uint64_t digest_ = 1469598103934665603ull;

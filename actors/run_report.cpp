@@ -209,6 +209,10 @@ std::string run_report::to_json() const {
                   {"max_batch", max_batch},
                   {"max_batch_gpu_memory", max_batch_gpu_memory},
                   {"max_batch_device_capacity", max_batch_device_capacity}};
+  if (micro_batches > 1)
+    j["virtual"]["micro_batches"] = {{"count", micro_batches},
+                                     {"serial_ms", num(micro_batch_serial_ms)},
+                                     {"overlap_ms", num(micro_batch_overlap_ms)}};
   j["selection"] = {{"cross_shard", cross_shard}, {"summaries_resident", summaries_resident}};
   j["recall_cache"] = {{"policy", recall_cache},
                        {"capacity_tokens", recall_cache_tokens},
@@ -361,6 +365,12 @@ void read_virtual(const nlohmann::json& j, run_report& r) {
       r.breakdown_lm_head_ms = b.value("lm_head", 0.0);
       r.breakdown_gpu_attention_ms = b.value("gpu_attention", 0.0);
       r.breakdown_copy_ms = b.value("copy", 0.0);
+    }
+    if (v.contains("micro_batches")) {
+      const auto& b = v["micro_batches"];
+      r.micro_batches = b.value("count", 1u);
+      r.micro_batch_serial_ms = b.value("serial_ms", 0.0);
+      r.micro_batch_overlap_ms = b.value("overlap_ms", 0.0);
     }
     r.steady_hit_rate = v.contains("steady_hit_rate") && !v["steady_hit_rate"].is_null() ? v["steady_hit_rate"].get<double>() : 0;
     r.copy_bytes_per_step = v.value("copy_bytes_per_step", uint64_t(0));
@@ -599,6 +609,9 @@ void run_report::table_virtual_time(table& t) const {
   row("  gpu attention / merge", f("%.3f", breakdown_gpu_attention_ms) + " / " +
                                       f("%.3f ms", breakdown_merge_ms));
   row("  steady copies / lm head", f("%.3f", breakdown_copy_ms) + " / " + f("%.3f ms", breakdown_lm_head_ms));
+  if (micro_batches > 1)
+    row("  micro-batches: overlap", std::to_string(micro_batches) + f(" micro-batches hid %.3f", micro_batch_overlap_ms) +
+                                        f(" of %.3f ms in series", micro_batch_serial_ms));
   row("throughput", f("%.1f tokens/s", virtual_tokens_per_s));
   row("energy: component-level", f("%.4f J/token", virtual_energy_j_per_token) + f(" (%.0f W average)", virtual_power_w));
   row("energy: all-in", f("%.4f J/token", virtual_energy_all_in_j_per_token) +

@@ -85,6 +85,11 @@ struct run_report {
   double breakdown_dense_ms = 0, breakdown_link_ms = 0, breakdown_device_ms = 0,
          breakdown_merge_ms = 0, breakdown_lm_head_ms = 0, breakdown_gpu_attention_ms = 0,
          breakdown_copy_ms = 0;
+  // Sub-batch overlap (run.micro_batches > 1; reported only then): the most micro-batches a
+  // step ran, and per step the layers' micro-batches one after another and the time the
+  // interleaving hid (serial - the layers' time).
+  uint32_t micro_batches = 1;
+  double micro_batch_serial_ms = 0, micro_batch_overlap_ms = 0;
   // mode-specific
   std::string cross_shard;            // exact | local
   bool summaries_resident = false;    // baseline

@@ -161,6 +161,7 @@ status set_engines(const run_spec& spec, run_setup& s) {
 status set_step(const run_spec& spec, run_setup& s) {
   auto st = std::make_shared<step_setup>();
   st->mode = s.host.mode;
+  st->micro_batches = spec.run.micro_batches;
   st->model = s.model;
   st->hw = s.hw;
   // tp = pp = 1: no all-reduce, no stage hand-off, so no NVLink figures are needed.
@@ -196,6 +197,8 @@ status set_step(const run_spec& spec, run_setup& s) {
   st->baseline_overlap = false;
   // The host engine charges with the same figures the step model predicts with.
   s.host.host_links = st->host_links;
+  s.host.pool_devices = st->pool_devices;  // micro-batches take an even share of every pool
+  s.host.device_id_base = device_node_base;
   s.host.heads_scored = st->heads_scored;
   s.host.summary_elem_bytes = st->summary_elem_bytes;
   s.step = std::move(st);
@@ -239,6 +242,7 @@ result<std::shared_ptr<const run_setup>> make_run_setup(const run_spec& spec, co
   s->costs = std::make_unique<cost_model>(s->hw, s->model);
   s->mode = to_string(spec.run.mode);
   s->host.mode = spec.run.mode;
+  s->host.micro_batches = spec.run.micro_batches;
   s->host.cross_shard = spec.selection.cross_shard;
   s->steps = spec.run.steps;
   s->seed = spec.run.seed;

@@ -13,6 +13,11 @@ std::vector<config_key> schema_keys_run() {
        "(KV in GPU HBM, selection and attention on the GPU, admission limited by HBM)"},
       {"run.steps", t::integer, "16", 1, 100000, {}, "Decode steps per request"},
       {"run.seed", t::integer, "1", 0, 9.0e15, {}, "Seed of every random choice in the run"},
+      {"run.micro_batches", t::integer, "1", 1, 16, {},
+       "Sub-batch overlap (docs/DESIGN.md §5): the decoding batch is cut into this many "
+       "micro-batches and the GPU runs the dense layers of one while the devices serve "
+       "another; 1: off (the whole batch per layer). Modes pnm-kv and png-kv only. A step with "
+       "fewer decoding requests uses one micro-batch per request"},
       {"model.file", t::path, "models/llama-3.1-8b.yaml", 0, 0, {},
        "Model shape file (any GQA decoder)"},
       {"hardware.file", t::path, "hardware/h100-cxl-pnm.yaml", 0, 0, {},

@@ -35,6 +35,12 @@ status read_run_and_selection(const reader& r, run_spec& s) {
   s.run.mode = r.choice("run.mode", run_mode_names);
   s.run.steps = r.u32("run.steps");
   s.run.seed = r.u64("run.seed");
+  s.run.micro_batches = r.u32("run.micro_batches");
+  if (s.run.micro_batches > 1 && s.run.mode != run_mode::pnm_kv && s.run.mode != run_mode::png_kv)
+    return status{errc::invalid_argument,
+                  "run.micro_batches = " + std::to_string(s.run.micro_batches) + " needs run.mode pnm-kv or " +
+                      "png-kv (it overlaps the GPU's dense layers with the devices' work); run.mode = " +
+                      std::string(name_of(run_mode_names, s.run.mode)) + " takes run.micro_batches = 1"};
   s.run.verify = r.flag("run.verify");
   s.run.retry_after_ms = r.u32("run.retry_after_ms");
   s.run.step_timeout_ms = r.u32("run.step_timeout_ms");

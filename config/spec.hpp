@@ -24,6 +24,7 @@ struct run_section {
   run_mode mode = run_mode::pnm_kv;
   uint32_t steps = 16;
   uint64_t seed = 1;
+  uint32_t micro_batches = 1;  // sub-batch overlap (schedulers/step_timeline.hpp); 1: off
   bool verify = true;
   uint32_t retry_after_ms = 0;
   uint32_t step_timeout_ms = 60000;

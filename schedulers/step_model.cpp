@@ -79,7 +79,11 @@ step_energy step_energy::scaled(double f) const {
 }
 
 step_model::step_model(std::shared_ptr<const step_setup> setup)
-    : s_(std::move(setup)), c_(*s_->costs), tl_(c_, s_->host_links, s_->devices), device_energy_j_(s_->devices, 0) {}
+    : s_(std::move(setup)), c_(*s_->costs), tl_(c_, s_->host_links, s_->devices), device_energy_j_(s_->devices, 0) {
+  PNMKV_CHECK(s_->micro_batches >= 1, "micro_batches=", s_->micro_batches);
+  PNMKV_CHECK(s_->micro_batches == 1 || s_->mode == run_mode::pnm_kv || s_->mode == run_mode::png_kv,
+              "micro_batches=", s_->micro_batches, " needs pnm-kv or png-kv");
+}
 
 void step_model::set_trace(timeline_trace* trace) {
   tr_ = trace;
@@ -278,6 +282,10 @@ step_model::layer_result step_model::layer_pnm(const std::vector<const step_requ
 
   const layer_end e = end_of_layer(t0, wait, A, prefill_last, M, tr_);
   const double W = std::max(wait, A);
+  lr.gpu_overlap_ns = A;
+  lr.merge_ns = M;
+  lr.device_phase_ns = std::max(wait, prefill_last - t0);
+  lr.device_split = tl_.attribute_wait(lr.device_phase_ns);
   const double prefill_extra = e.prefill_extra_ns;
   lr.time_ns = e.time_ns;
   lr.window_ns = t0;
@@ -596,6 +604,66 @@ step_model::layer_result step_model::steady_copies(const std::vector<step_reques
   return lr;
 }
 
+// Sub-batch overlap: each micro-batch's layer is computed on its own (from idle links and
+// devices, as any layer), then the stage's layers are scheduled as a pipeline over (layer,
+// micro-batch) on the GPU and the device pool (schedule_micro_batches). Returned as the
+// stage's mean layer (time, charges, the dense-layer windows as the pool's idle time), so
+// that run() composes it as it composes one layer; the serial sum and the overlap go to `out`.
+step_model::layer_result step_model::stage_micro_batched(const std::vector<const step_request*>& reqs,
+                                                         const std::vector<const prefill_piece*>& prefill,
+                                                         double layers, step_result& out) {
+  const uint32_t n_layers = uint32_t(std::max<long long>(1, std::llround(layers)));
+  std::vector<uint32_t> pools;
+  for (const step_request* r : reqs) pools.push_back(r->pool);
+  const std::vector<uint32_t> of = micro_batch_of(pools, s_->micro_batches);
+  const uint32_t M = effective_micro_batches(s_->micro_batches, reqs.size());
+  std::vector<std::vector<const step_request*>> sub(M);
+  for (size_t i = 0; i < reqs.size(); ++i) sub[of[i]].push_back(reqs[i]);
+  timeline_trace* const tr = tr_;
+  set_trace(nullptr);  // the schedule is drawn below, not each micro-batch's layer
+  layer_result lr;
+  std::vector<micro_batch_costs> costs(M);
+  layer_timeline::wait_split split;
+  for (uint32_t k = 0; k < M; ++k) {
+    // Prompt chunks go with the first micro-batch (its dense layer takes their tokens).
+    const layer_result x = layer_pnm(sub[k], k == 0 ? prefill : std::vector<const prefill_piece*>{});
+    costs[k] = {x.window_ns, x.gpu_overlap_ns, x.device_phase_ns, x.merge_ns};
+    lr.crit.gpu_dense_ns += x.crit.gpu_dense_ns;
+    lr.crit.allreduce_ns += x.crit.allreduce_ns;
+    lr.crit.gpu_attention_ns += x.gpu_overlap_ns;
+    lr.crit.merge_ns += x.merge_ns;
+    split.device_ns += x.device_split.device_ns;
+    split.link_ns += x.device_split.link_ns;
+    split.queueing_ns += x.device_split.queueing_ns;
+    lr.energy += x.energy;
+    lr.link_bytes += x.link_bytes;
+    lr.device_bytes += x.device_bytes;
+    lr.device_busy_ns_max += x.device_busy_ns_max;
+    lr.link_busy_ns_max += x.link_busy_ns_max;
+    lr.device_energy_j_max += x.device_energy_j_max;
+  }
+  set_trace(tr);
+  const micro_batch_schedule sch = schedule_micro_batches(costs, n_layers, tr_);
+  // Per layer of the stage (run() multiplies by the layers): the schedule's time; what the
+  // GPU did not spend on its own work it waited for the devices, split as their phases were.
+  const double per = 1.0 / double(n_layers);
+  lr.time_ns = sch.time_ns * per;
+  lr.window_ns = sch.device_idle_ns() * per;
+  const double idle = sch.gpu_idle_ns() * per;
+  const double split_sum = split.device_ns + split.link_ns + split.queueing_ns;
+  if (split_sum > 0) {
+    lr.crit.device_scan_ns = idle * split.device_ns / split_sum;
+    lr.crit.link_ns = idle * split.link_ns / split_sum;
+    lr.crit.queueing_ns = idle - lr.crit.device_scan_ns - lr.crit.link_ns;
+  } else {
+    lr.crit.queueing_ns = idle;
+  }
+  out.micro_batches = std::max(out.micro_batches, M);
+  out.serial_ns += sch.serial_ns * per * layers;
+  out.overlap_ns += sch.overlap_ns() * per * layers;
+  return lr;
+}
+
 step_result step_model::run(const std::vector<step_request>& decode,
                             const std::vector<prefill_piece>& prefill) {
   const step_setup& S = *s_;
@@ -625,7 +693,9 @@ step_result step_model::run(const std::vector<step_request>& decode,
     const auto& pk = k == 0 ? pf : std::vector<const prefill_piece*>{};
     if (mbs[k].empty() && pk.empty()) continue;
     if (tr_) tr_->set_offset(round_ns), tr_->set_layer(uint32_t(k * layers_per_stage));
-    const layer_result lr = S.mode == run_mode::baseline   ? layer_baseline(mbs[k], pk)
+    const bool sub = effective_micro_batches(s_->micro_batches, mbs[k].size()) > 1;
+    const layer_result lr = sub                            ? stage_micro_batched(mbs[k], pk, layers_per_stage, out)
+                            : S.mode == run_mode::baseline ? layer_baseline(mbs[k], pk)
                             : S.mode == run_mode::gpu_only ? layer_gpu_only(mbs[k], pk)
                                                            : layer_pnm(mbs[k], pk);
     if (tr_) tr_->gpu(trace_name::other_layers, lr.time_ns, (layers_per_stage - 1) * lr.time_ns);

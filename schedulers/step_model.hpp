@@ -113,6 +113,11 @@ struct step_result {
   // png-kv: steady-page copy time hidden in the dense-layer windows (crit.copy_ns is what
   // the step grew by: step_timeline.hpp, charge_steady_copies).
   double copy_hidden_ns = 0;
+  // Sub-batch overlap (run.micro_batches): the micro-batches the step ran (per pipeline
+  // stage; 1: off), their layers one after another (serial_ns) and the time the interleaving
+  // hid (overlap_ns = serial_ns - the layers' time); 0 with one micro-batch.
+  uint32_t micro_batches = 1;
+  double serial_ns = 0, overlap_ns = 0;
 };
 
 // png-kv: the steady pages per (request, layer, KV head) the GPU holds, as the calibration
@@ -140,6 +145,11 @@ class step_model {
     double link_bytes = 0, device_bytes = 0, device_busy_ns_max = 0, link_busy_ns_max = 0;
     double device_energy_j_max = 0;
     double window_ns = 0;     // a layer: its dense-layer window (start to t0)
+    // Sub-batch overlap (pnm-kv, png-kv): the GPU's attention beside the devices, the device
+    // phase from t0 (last reply or prompt write in), the merges, and the device phase's
+    // split into device, link and queueing (schedule_micro_batches, step_timeline.hpp).
+    double gpu_overlap_ns = 0, device_phase_ns = 0, merge_ns = 0;
+    layer_timeline::wait_split device_split;
     double hbm_write_ns = 0;  // steady copies: their HBM writes (time_ns: the copy engine's)
   };
   // A head that needs exact selection's second round.
@@ -193,6 +203,12 @@ class step_model {
     lr.energy.device_j += energy_j;
     device_energy_j_[device] += energy_j;
   }
+
+  // One pipeline stage's layers for the decoding requests `reqs` (and `prefill`), cut into
+  // micro-batches and interleaved (schedule_micro_batches): the stage's time and charges.
+  layer_result stage_micro_batched(const std::vector<const step_request*>& reqs,
+                                   const std::vector<const prefill_piece*>& prefill, double layers,
+                                   step_result& out);
 
   std::shared_ptr<const step_setup> s_;
   const cost_model& c_;

@@ -69,6 +69,11 @@ struct step_setup {
     return steady_budget_pages < (b > 2 ? b - 2 : 0) ? steady_budget_pages : (b > 2 ? b - 2 : 0);
   }
 
+  // Sub-batch overlap (run.micro_batches; 1: off; pnm-kv and png-kv): each stage's decoding
+  // batch is cut into this many micro-batches, interleaved on the GPU and the device pool
+  // (schedule_micro_batches, schedulers/step_timeline.hpp).
+  uint32_t micro_batches = 1;
+
   // Policies.
   summary_residence summaries = summary_residence::auto_fit;
   // baseline: the GPU's cache of recalled pages (baseline.recall_cache,

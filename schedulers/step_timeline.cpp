@@ -221,4 +221,57 @@ layer_end end_of_layer_after_gpu(double gpu_end_ns, double prefill_last_ns, doub
   return e;
 }
 
+micro_batch_schedule schedule_micro_batches(const std::vector<micro_batch_costs>& mb, uint32_t layers,
+                                            timeline_trace* trace) {
+  PNMKV_CHECK(!mb.empty() && layers >= 1, "micro-batches=", mb.size(), " layers=", layers);
+  micro_batch_schedule out;
+  const size_t M = mb.size();
+  std::vector<double> dev_end(M, 0), ovl_end(M, 0);  // this micro-batch's last layer
+  double gpu = 0, pool = 0;
+  auto draw = [&](trace_name name, double start, double dur) {
+    if (trace && trace->active() && dur > 0) trace->gpu(name, start, dur);
+  };
+  for (const micro_batch_costs& c : mb) {
+    PNMKV_CHECK(c.dense_ns >= 0 && c.overlap_ns >= 0 && c.device_ns >= 0 && c.merge_ns >= 0,
+                "dense=", c.dense_ns, " overlap=", c.overlap_ns, " device=", c.device_ns, " merge=", c.merge_ns);
+    out.serial_ns += double(layers) * c.serial_ns();
+    out.gpu_busy_ns += double(layers) * (c.dense_ns + c.overlap_ns + c.merge_ns);
+    out.device_busy_ns += double(layers) * c.device_ns;
+  }
+  for (uint32_t l = 0; l <= layers; ++l) {
+    for (size_t k = 0; k < M; ++k) {
+      const micro_batch_costs& c = mb[k];
+      if (l > 0) {  // merge(l - 1, k): the replies and the GPU's own attention are in
+        const double start = std::max({gpu, dev_end[k], ovl_end[k]});
+        if (l == 1) draw(trace_name::merge, start, c.merge_ns);
+        gpu = start + c.merge_ns;
+      }
+      if (l == layers) continue;
+      if (l == 0) draw(trace_name::dense, gpu, c.dense_ns);
+      const double t0 = gpu + c.dense_ns;  // dense(l, k): after the micro-batch's last merge
+      gpu = t0 + c.overlap_ns;
+      if (l == 0) draw(trace_name::attention, t0, c.overlap_ns);
+      ovl_end[k] = gpu;
+      const double start = std::max(pool, t0);  // device(l, k)
+      if (l == 0 && trace && trace->active() && c.device_ns > 0)
+        trace->span(trace_track::micro_batch, uint32_t(k), trace_name::device_phase, start, c.device_ns);
+      pool = start + c.device_ns;
+      dev_end[k] = pool;
+    }
+  }
+  out.time_ns = gpu;
+  return out;
+}
+
+std::vector<uint32_t> micro_batch_of(const std::vector<uint32_t>& pools, uint32_t micro_batches) {
+  PNMKV_CHECK(micro_batches >= 1, "micro_batches=", micro_batches);
+  std::vector<size_t> order(pools.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return pools[a] < pools[b]; });
+  const uint32_t m = effective_micro_batches(micro_batches, pools.size());
+  std::vector<uint32_t> out(pools.size(), 0);
+  for (size_t k = 0; k < order.size(); ++k) out[order[k]] = uint32_t(k % m);
+  return out;
+}
+
 }  // namespace pnmkv

@@ -225,4 +225,52 @@ inline steady_copy_charge charge_steady_copies(double copy_ns, double window_ns,
   return c;
 }
 
+// Sub-batch overlap (run.micro_batches, docs/DESIGN.md §5): the batch of a step (of a
+// pipeline stage) is cut into micro-batches and the GPU runs the dense layer of one while
+// the devices serve another (NeuPIMs-style interleaving). The schedule is a pipeline over
+// (layer, micro-batch) on two resources, the GPU and the device pool (its host links and
+// devices, taken as one: a micro-batch's device phase is timed from idle links and devices,
+// as a layer is, and phases do not share the pool). Data dependencies, per micro-batch k:
+//
+//   dense(l, k) -> device(l, k)            a layer's queries need its QKV projection;
+//   device(l, k), overlap(l, k) -> merge(l, k) -> dense(l + 1, k)
+//                                          the next layer's dense needs the attention output.
+//
+// The GPU runs its work in program order, layer by layer and micro-batch by micro-batch:
+// merge(l - 1, k), dense(l, k), overlap(l, k) (png-kv's steady attention, beside the
+// devices); the pool serves device phases in the order the GPU issues them. Each piece
+// starts when its resource is free and its inputs are ready. One micro-batch gives
+// dense + max(device, overlap) + merge per layer: the serial layer.
+struct micro_batch_costs {
+  double dense_ns = 0;    // GPU: dense layer and its all-reduces (to the layer's t0)
+  double overlap_ns = 0;  // GPU: its own attention beside the devices (png-kv), from t0
+  double device_ns = 0;   // pool: from t0 to the last reply (and prompt write) in
+  double merge_ns = 0;    // GPU: the merges, after the replies and the overlap
+  // The micro-batch's layer on its own: dense + max(device, overlap) + merge.
+  double serial_ns() const { return dense_ns + (device_ns > overlap_ns ? device_ns : overlap_ns) + merge_ns; }
+};
+struct micro_batch_schedule {
+  double time_ns = 0;         // the last merge of the last layer
+  double serial_ns = 0;       // every micro-batch's layers one after another
+  double gpu_busy_ns = 0;     // dense, overlap and merges of every (layer, micro-batch)
+  double device_busy_ns = 0;  // device phases of every (layer, micro-batch)
+  double overlap_ns() const { return serial_ns - time_ns; }  // hidden by the interleaving
+  double gpu_idle_ns() const { return time_ns - gpu_busy_ns; }
+  double device_idle_ns() const { return time_ns - device_busy_ns; }
+};
+// `mb` is one layer of each micro-batch (the same for every layer); `layers` >= 1. With a
+// trace, the first layer of each micro-batch is drawn at its place in the schedule: dense,
+// overlap (attention) and merge on the GPU, the device phase on its micro-batch track.
+micro_batch_schedule schedule_micro_batches(const std::vector<micro_batch_costs>& mb, uint32_t layers,
+                                            timeline_trace* trace = nullptr);
+
+// Which micro-batch each request of a batch goes to: requests sorted by pool (stable), then
+// dealt round-robin over `micro_batches`, so each takes an even share of every pool's
+// requests and keeps every device busy. `pools[i]`: request i's pool. The effective count is
+// min(micro_batches, requests) (fewer requests than micro-batches: one request each).
+std::vector<uint32_t> micro_batch_of(const std::vector<uint32_t>& pools, uint32_t micro_batches);
+inline uint32_t effective_micro_batches(uint32_t micro_batches, size_t requests) {
+  return requests == 0 ? 1 : uint32_t(micro_batches < requests ? micro_batches : requests);
+}
+
 }  // namespace pnmkv

@@ -29,6 +29,7 @@ const char* to_string(trace_name n) {
     case trace_name::summary_read: return "summary read";
     case trace_name::recall: return "recall";
     case trace_name::copy: return "copy";
+    case trace_name::device_phase: return "device phase";
   }
   return "?";
 }
@@ -39,6 +40,7 @@ const char* to_string(trace_track t) {
     case trace_track::link_out: return "link out";
     case trace_track::link_in: return "link in";
     case trace_track::device: return "device";
+    case trace_track::micro_batch: return "micro-batch";
   }
   return "?";
 }
@@ -114,6 +116,8 @@ void timeline_trace::repeat_previous_step() {
 }
 
 namespace {
+// Micro-batch tracks sit after every device's (devices are at most 4096).
+constexpr uint32_t micro_batch_tid_base = 100000;
 // Process ids: a kind of track each, live and sim apart so their files can be merged.
 int pid_of(const std::string& source, trace_track t) {
   const int base = source == "sim" ? 10 : source == "live" ? 0 : 20;
@@ -121,7 +125,8 @@ int pid_of(const std::string& source, trace_track t) {
     case trace_track::gpu_rank: return base + 1;
     case trace_track::link_out:
     case trace_track::link_in: return base + 2;
-    case trace_track::device: return base + 3;
+    case trace_track::device:
+    case trace_track::micro_batch: return base + 3;
   }
   return base;
 }
@@ -130,6 +135,7 @@ int tid_of(const trace_span& s) {
   switch (s.track) {
     case trace_track::link_out: return int(2 * s.index);
     case trace_track::link_in: return int(2 * s.index + 1);
+    case trace_track::micro_batch: return int(micro_batch_tid_base + s.index);
     default: return int(s.index);
   }
 }
@@ -139,6 +145,7 @@ std::string thread_name(trace_track t, uint32_t index) {
     case trace_track::link_out: return "link " + std::to_string(index) + " out";
     case trace_track::link_in: return "link " + std::to_string(index) + " in";
     case trace_track::device: return "device " + std::to_string(index);
+    case trace_track::micro_batch: return "device pool: micro-batch " + std::to_string(index);
   }
   return "?";
 }

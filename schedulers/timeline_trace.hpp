@@ -19,7 +19,9 @@
 
 namespace pnmkv {
 
-enum class trace_track : uint8_t { gpu_rank, link_out, link_in, device };
+// micro_batch: sub-batch overlap's device phases (the pool's links and devices as one, per
+// micro-batch; schedule_micro_batches), drawn with the devices.
+enum class trace_track : uint8_t { gpu_rank, link_out, link_in, device, micro_batch };
 enum class trace_name : uint8_t {
   dense,          // GPU: the dense layer of the batch (and prefill chunks)
   allreduce,      // GPU: the tensor-parallel all-reduces around attention
@@ -37,6 +39,7 @@ enum class trace_name : uint8_t {
   summary_read,   // device (expander, baseline): page summaries read for the GPU
   recall,         // device (expander, baseline): selected pages read for the GPU
   copy,           // device (png-kv): pages newly steady read for the GPU
+  device_phase,   // micro-batch: its queries out to its last reply in (sub-batch overlap)
 };
 const char* to_string(trace_name n);
 const char* to_string(trace_track t);

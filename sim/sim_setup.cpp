@@ -153,6 +153,7 @@ result<std::shared_ptr<const sim_setup>> make_sim_setup(const run_spec& spec, co
   auto s = std::make_shared<sim_setup>();
   s->cfg = cfg;
   s->mode = spec.run.mode;
+  s->micro_batches = spec.run.micro_batches;
   s->model = spec.model;
   s->hw = spec.hardware;
   s->hw.gpu.price_usd *= spec.sim.price_scale_gpu;

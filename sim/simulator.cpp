@@ -251,6 +251,7 @@ class sim_driver {
   double busy_s_ = 0, decode_time_s_ = 0, batch_sum_ = 0;
   double link_bytes_sum_ = 0, device_bytes_sum_ = 0, dev_busy_ns_ = 0, link_busy_ns_ = 0;
   step_breakdown crit_sum_;
+  double mb_serial_ns_ = 0, mb_overlap_ns_ = 0;
   step_energy energy_sum_;
   step_power_w power_peak_;
   uint64_t tokens_out_ = 0;
@@ -521,6 +522,9 @@ void sim_driver::step(const step_plan& plan) {
                                                  sr.device_energy_j_max, S_.mode == run_mode::baseline));
   if (!dec.empty()) {
     crit_sum_ += sr.crit;
+    mb_serial_ns_ += sr.serial_ns;
+    mb_overlap_ns_ += sr.overlap_ns;
+    res_.micro_batches = std::max(res_.micro_batches, sr.micro_batches);
     decode_time_s_ += dt;
     ++res_.decode_steps;
     batch_sum_ += double(dec.size());
@@ -576,6 +580,8 @@ void sim_driver::totals() {
   res_.batch_mean = batch_sum_ / n_steps;
   res_.step_ms = decode_time_s_ * 1e3 / n_steps;
   res_.breakdown_ms = crit_sum_.scaled(1e-6 / n_steps);
+  res_.micro_batch_serial_ms = mb_serial_ns_ * 1e-6 / n_steps;
+  res_.micro_batch_overlap_ms = mb_overlap_ns_ * 1e-6 / n_steps;
   res_.link_bytes_per_step = link_bytes_sum_ / n_steps;
   res_.device_bytes_per_step = device_bytes_sum_ / n_steps;
   res_.device_busy_fraction = decode_time_s_ > 0 ? dev_busy_ns_ * 1e-9 / decode_time_s_ : 0;
@@ -831,6 +837,10 @@ std::string sim_result::to_json(bool with_series) const {
                         {"host_switch_power_w", num(host_switch_power_w)}};
   j["power_peak_w"] = power_peak_json(power_peak);
   j["breakdown_ms"] = breakdown_json(breakdown_ms);
+  if (micro_batches > 1)
+    j["micro_batches"] = {{"count", micro_batches},
+                          {"serial_ms", num(micro_batch_serial_ms)},
+                          {"overlap_ms", num(micro_batch_overlap_ms)}};
   j["energy_j_per_token_by"] = energy_json(energy_j_per_token_by, static_j_per_token);
   j["link_bytes_per_step"] = num(link_bytes_per_step);
   j["device_bytes_per_step"] = num(device_bytes_per_step);

@@ -74,6 +74,11 @@ struct sim_result {
   // Each part's highest modelled power over a step next to its rating.
   std::vector<rated_power> power_peak;
   step_breakdown breakdown_ms;   // mean per decode step, in ms
+  // Sub-batch overlap (run.micro_batches; in the JSON only when > 1): the most micro-batches
+  // a step ran, and per decode step the layers' micro-batches one after another and the time
+  // the interleaving hid (serial - the layers' time), in ms.
+  uint32_t micro_batches = 1;
+  double micro_batch_serial_ms = 0, micro_batch_overlap_ms = 0;
   step_energy energy_j_per_token_by;  // dynamic, per output token
   double static_j_per_token = 0;
   double link_bytes_per_step = 0, device_bytes_per_step = 0;

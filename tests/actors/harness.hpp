@@ -189,6 +189,7 @@ struct harness {
     auto first = host.begin_step(s);
     ASSERT_TRUE(first) << first.error().to_string();
     std::vector<device_work> work = std::move(first).value();
+    drain_micro_batches(work);
     int round = 0;
     bool failed_over = false;
     while (!work.empty() || (!dead.empty() && !failed_over && !host.step_done())) {
@@ -252,8 +253,19 @@ struct harness {
         for (auto& m : *more) next.push_back(std::move(m));
       }
       work = std::move(next);
+      drain_micro_batches(work);
     }
     ASSERT_TRUE(host.step_done());
+  }
+
+  // Sub-batch overlap: the running layer's next micro-batches go out behind `work` (as the
+  // GPU host sends them, before any of their replies).
+  void drain_micro_batches(std::vector<device_work>& work) {
+    while (host.micro_batch_pending()) {
+      auto more = host.next_micro_batch();
+      ASSERT_TRUE(more) << more.error().to_string();
+      for (auto& m : *more) work.push_back(std::move(m));
+    }
   }
 };
 
