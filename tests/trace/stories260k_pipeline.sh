@@ -11,17 +11,8 @@
 set -euo pipefail
 pnmkv="$1"
 root="$(cd "$(dirname "$0")/../.." && pwd)"
-py=""
-for c in "${PNMKV_PYTHON:-}" python3 /usr/bin/python3; do
-  [ -n "$c" ] && command -v "$c" >/dev/null 2>&1 && "$c" -c "import numpy" 2>/dev/null && { py="$c"; break; }
-done
-if [ -z "$py" ]; then
-  echo "SKIP: no python3 with numpy (Debian: python3-numpy, installed by scripts/setup.sh)"
-  exit 77
-fi
-tmp="$(mktemp -d)"
-trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+# shellcheck source=../numpy_python.sh
+. "$root/tests/numpy_python.sh"
 model="$root/cluster_configs/models/stories260k.yaml"
 common=(--set "model.file=$model" --set workload.kind=trace)
 
