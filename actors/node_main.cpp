@@ -454,10 +454,12 @@ drive_result drive(const std::shared_ptr<const run_setup>& setup, const std::str
 
 }  // namespace
 
-status await_nodes_up(const std::vector<node_start>& nodes, std::chrono::milliseconds timeout) {
+status await_nodes_up(const std::vector<node_start>& nodes, std::chrono::milliseconds timeout,
+                      const std::function<void()>& tick) {
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<bool> up(nodes.size(), false);
   for (;;) {
+    if (tick) tick();
     size_t waiting = 0;
     for (size_t i = 0; i < nodes.size(); ++i) {
       if (up[i]) continue;
@@ -573,17 +575,38 @@ struct coordinator_supervisor {
   std::optional<std::string> exited() {
     auto gone = exited_child(children);
     if (!gone || gone->rfind("coordinator went down", 0) != 0 || restarts >= restarts_max) return gone;
+    return restart(*gone);
+  }
+
+  // During start-up (the other nodes are still connecting, and retry): a coordinator that
+  // died is restarted; no other child is reaped here (their start-up check does that).
+  void restart_if_dead() {
+    for (auto& c : children) {
+      if (c.name != "coordinator" || c.pid <= 0) continue;
+      int st = 0;
+      if (waitpid(c.pid, &st, WNOHANG) != c.pid) continue;
+      c.pid = -1;
+      if (restarts >= restarts_max) return;
+      (void)restart("coordinator went down during start-up (" +
+                    std::string(WIFSIGNALED(st) ? "killed by signal " + std::to_string(WTERMSIG(st))
+                                                : "exited with status " + std::to_string(WEXITSTATUS(st))) +
+                    ")");
+      return;
+    }
+  }
+
+  std::optional<std::string> restart(const std::string& gone) {
     ++restarts;
     std::error_code ec;
     fs::remove(port_file, ec);
     auto again = spawn_child(binary, {"node", "--role", "coordinator", "--config", config_file, "--set",
                                       "cluster.coordinator_port=" + std::to_string(port), "--port-file", port_file},
                              dir + "/coordinator.log", "coordinator");
-    if (!again) return *gone + "; restarting it failed: " + again.error().message();
+    if (!again) return gone + "; restarting it failed: " + again.error().message();
     children.push_back(*again);
     std::fprintf(stderr, "pnmkv run: %s\npnmkv run: restarted the coordinator on port %u from its journal (%u of "
                  "cluster.coordinator_restarts_max = %u)\n",
-                 gone->c_str(), unsigned(port), restarts, restarts_max);
+                 gone.c_str(), unsigned(port), restarts, restarts_max);
     return std::nullopt;
   }
 
@@ -660,6 +683,15 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
     if (in >> p && p > 0 && p <= 65535) port = static_cast<uint16_t>(p);
   }
   if (port == 0) return fail_start(status{errc::io, "the coordinator's port file " + port_file + " holds no port"});
+  // The coordinator's supervisor restarts it when it dies (from start-up on: the nodes retry
+  // their first connection) and kills it where the fault script says; then this process
+  // drives the run.
+  auto rules = transport::fault_plan_from((*setup)->spec.faults);
+  if (!rules) return fail_start(rules.error());
+  auto kill_steps = transport::coordinator_crash_steps(rules->rules);
+  if (!kill_steps) return fail_start(kill_steps.error());
+  coordinator_supervisor sup{children, binary, config_file, port_file, dir, port,
+                             (*setup)->spec.cluster.coordinator_restarts_max, *kill_steps};
   const std::string coord_arg = "127.0.0.1:" + std::to_string(port);
   std::vector<node_start> starting;
   auto start = [&](std::vector<std::string> args, const std::string& file_stem, const std::string& name) -> status {
@@ -679,16 +711,8 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
                          "device " + std::to_string(id));
         !s)
       return fail_start(s);
-  if (status s = await_nodes_up(starting, startup_timeout); !s) return fail_start(s);
+  if (status s = await_nodes_up(starting, startup_timeout, [&] { sup.restart_if_dead(); }); !s) return fail_start(s);
 
-  // This process is the driver; the coordinator's supervisor restarts it when it dies and
-  // kills it where the fault script says.
-  auto rules = transport::fault_plan_from((*setup)->spec.faults);
-  if (!rules) return fail_start(rules.error());
-  auto kill_steps = transport::coordinator_crash_steps(rules->rules);
-  if (!kill_steps) return fail_start(kill_steps.error());
-  coordinator_supervisor sup{children, binary, config_file, port_file, dir, port,
-                             (*setup)->spec.cluster.coordinator_restarts_max, *kill_steps};
   auto exited = [&] { return sup.exited(); };
   auto on_step = [&](const std::string& phase, uint64_t done) { sup.on_progress(phase, done); };
   drive_result d = drive(*setup, "127.0.0.1", port, opts, exited, "logs in " + dir, "launcher", on_step);

@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <functional>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -51,7 +52,9 @@ struct node_start {
 // A node that exits first or is not up in time fails it with an error that names the node,
 // how long was waited and the end of its log. Reaps and kills nothing: the caller owns the
 // processes.
-status await_nodes_up(const std::vector<node_start>& nodes, std::chrono::milliseconds timeout);
+// `tick`, when given, runs at each look (the launcher restarts a coordinator that died).
+status await_nodes_up(const std::vector<node_start>& nodes, std::chrono::milliseconds timeout,
+                      const std::function<void()>& tick = {});
 
 struct multiprocess_options {
   std::string node_binary;  // the pnmkv executable to spawn (default: this process's)

@@ -447,6 +447,34 @@ TEST(recovery, a_coordinator_killed_mid_run_resumes_from_its_journal_and_changes
   }
 }
 
+// A coordinator killed during start-up (listening, the other nodes still connecting) is
+// restarted as well: the nodes retry their first connection, join the restarted one (which
+// replays whatever joins it had journaled) and the run has the outputs of a run without it.
+TEST(recovery, a_coordinator_killed_during_start_up_is_restarted_and_changes_no_output) {
+  auto clean = run_embedded(small_config({"run.steps=8"}), {});
+  ASSERT_TRUE(clean) << clean.error().to_string();
+  const fs::path dir = fs::temp_directory_path() / ("pnmkv-restart-up-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  multiprocess_options mp;
+  mp.node_binary = PNMKV_BINARY;
+  mp.work_dir = dir.string();
+  auto run = std::async(std::launch::async, [&] { return run_multiprocess(small_config({"run.steps=8"}), {}, mp); });
+  bool killed = false;
+  for (int i = 0; i < 2000 && !killed; ++i) {
+    if (fs::exists(dir / "coordinator.port"))
+      for (pid_t pid : children_matching("--role coordinator")) killed = ::kill(pid, SIGKILL) == 0;
+    if (!killed) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  auto rep = run.get();
+  ASSERT_TRUE(killed) << "the coordinator was never seen";
+  ASSERT_TRUE(rep) << rep.error().to_string();
+  EXPECT_EQ(rep->coordinator_restarts, 1u);
+  EXPECT_EQ(rep->completed, rep->submitted);
+  EXPECT_EQ(digests(*rep), digests(*clean));
+  EXPECT_TRUE(children_matching("pnmkv").empty()) << "node processes left behind";
+  fs::remove_all(dir);
+}
+
 // A journal a coordinator cannot trust stops it before it serves anything, naming why: not
 // a journal, corrupt before its end, or written for another configuration. A crash of node
 // 0 in the embedded cluster (which has no coordinator process) is refused the same way.
