@@ -641,6 +641,9 @@ uint64_t journal_config_hash(const config& cfg) {
   config c = cfg;
   (void)c.set("cluster.coordinator_port", "0");
   (void)c.set("cluster.journal_file", "");
+  // Derived from the machine's free memory when 0 (a restarted process derives anew); a
+  // difference that matters shows as an admission that does not replay.
+  (void)c.set("cluster.device_memory_bytes_max", "0");
   const std::string yaml = c.to_yaml();
   // FNV-1a 64: an identity check, not a security one (the secret guards the cluster).
   uint64_t h = 1469598103934665603ull;

@@ -35,8 +35,9 @@ struct coordinator_journal {
 // Opens (or creates) the journal at `path` and decodes its records; errors name the file and
 // the record that is wrong.
 result<std::shared_ptr<coordinator_journal>> open_coordinator_journal(const std::string& path);
-// What a journal belongs to: the configuration, its port and journal path left out (a
-// restarted coordinator is given its port; nodes may name the journal differently).
+// What a journal belongs to: the configuration, its port, journal path and device memory
+// left out (a restarted coordinator is given its port; nodes may name the journal
+// differently; device memory derived from free memory differs from process to process).
 uint64_t journal_config_hash(const config& cfg);
 
 class coordinator_state {

@@ -75,13 +75,24 @@ result<caf::actor> connect_coordinator(caf::actor_system& sys, const std::string
                                    " ms: " + last};
 }
 
+// A handle remote_actor gave back is the coordinator only if it lives: right after a loss
+// the middleman may hand out the lost process's proxy, which reports down as soon as it is
+// monitored. (Its node id says nothing: a restarted container's process has the same.)
+bool answers(caf::actor_system& sys, const caf::actor& a) {
+  caf::scoped_actor probe{sys};
+  probe->monitor(a);
+  bool down = false;
+  probe->receive([&](const caf::down_msg&) { down = true; }, caf::after(std::chrono::milliseconds(20)) >> [] {});
+  return !down;
+}
+
 // A lost coordinator with a journal: connects again (it is restarted on the same host and
 // port) while `node` lives. The coordinator's handle; nullopt when the node ended first (the
 // coordinator shut the cluster down: its Shutdown and its connection's end race); an error
 // past the timeout.
 result<std::optional<caf::actor>> reconnect_coordinator(caf::actor_system& sys, const caf::actor& node,
-                                                        const caf::node_id& lost, const std::string& host,
-                                                        uint16_t port, uint64_t timeout_ms) {
+                                                        const std::string& host, uint16_t port,
+                                                        uint64_t timeout_ms) {
   caf::scoped_actor self{sys};
   self->monitor(node);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
@@ -92,7 +103,7 @@ result<std::optional<caf::actor>> reconnect_coordinator(caf::actor_system& sys, 
     if (node_gone) return std::optional<caf::actor>{};
     auto a = sys.middleman().remote_actor(host, port);
     // The lost process's proxy, still cached for a moment: not back yet.
-    if (a && a->node() != lost) return std::optional<caf::actor>{*a};
+    if (a && answers(sys, *a)) return std::optional<caf::actor>{*a};
     last = a ? "only the lost coordinator answered" : sys.render(a.error());
   }
   return status{errc::timeout, "the coordinator at " + host + ":" + std::to_string(port) + " did not come back within " +
@@ -211,7 +222,7 @@ status run_node(const config& cfg, const node_options& opts) {
     if (gone == node.address() || cluster.journal_file.empty()) break;
     std::fprintf(stderr, "pnmkv node: lost the coordinator; reconnecting to %s:%u for up to %u ms\n", host.c_str(),
                  unsigned(port), unsigned(cluster.coordinator_reconnect_ms));
-    auto again = reconnect_coordinator(sys, node, current.node(), host, port, cluster.coordinator_reconnect_ms);
+    auto again = reconnect_coordinator(sys, node, host, port, cluster.coordinator_reconnect_ms);
     if (!again) {
       std::fprintf(stderr, "pnmkv node: %s\n", again.error().message().c_str());
       break;
@@ -365,11 +376,10 @@ drive_result drive(const std::shared_ptr<const run_setup>& setup, const std::str
   // driver joins it again within cluster.coordinator_reconnect_ms, or the run fails.
   const cluster_section& cluster = setup->spec.cluster;
   std::optional<std::chrono::steady_clock::time_point> coordinator_lost;
-  caf::node_id lost_node;  // the lost coordinator's process: its cached proxy is not it back
   while (!r.done) {
     if (coordinator_lost) {
       auto again = sys.middleman().remote_actor(host, port);
-      if (again && again->node() != lost_node) {
+      if (again && answers(sys, *again)) {
         coordinator_lost.reset();
         r.coordinator_back.push_back(std::chrono::steady_clock::now());
         self->monitor(*again);
@@ -430,10 +440,9 @@ drive_result drive(const std::shared_ptr<const run_setup>& setup, const std::str
           if (on_progress) on_progress(p.getPhase().cStr(), p.getDone());
           if (opts.on_progress) opts.on_progress(p.getPhase().cStr(), p.getDone(), p.getTotal());
         },
-        [&](const caf::down_msg& dm) {
+        [&](const caf::down_msg&) {
           if (r.done) return;
           if (!cluster.journal_file.empty()) {
-            lost_node = dm.source.node();
             coordinator_lost = std::chrono::steady_clock::now();
             r.coordinator_down.push_back(*coordinator_lost);
             return;
@@ -691,7 +700,7 @@ result<run_report> run_multiprocess(const config& cfg_in, const cluster_run_opti
   auto kill_steps = transport::coordinator_crash_steps(rules->rules);
   if (!kill_steps) return fail_start(kill_steps.error());
   coordinator_supervisor sup{children, binary, config_file, port_file, dir, port,
-                             (*setup)->spec.cluster.coordinator_restarts_max, *kill_steps};
+                             (*setup)->spec.cluster.coordinator_restarts_max, *kill_steps, 0, 0, {}};
   const std::string coord_arg = "127.0.0.1:" + std::to_string(port);
   std::vector<node_start> starting;
   auto start = [&](std::vector<std::string> args, const std::string& file_stem, const std::string& name) -> status {

@@ -35,7 +35,7 @@ base="${PNMKV_BASE_IMAGE:-pnmkv-base:bookworm}"
 port="${PNMKV_PORT:-7000}"
 node_uid=10001  # the image's user (docker/Dockerfile)
 network="${project}_pnmkv"
-export PNMKV_IMAGE="$image" PNMKV_BASE_IMAGE="$base" PNMKV_PORT="$port" PNMKV_ETC="$state/etc"
+export PNMKV_IMAGE="$image" PNMKV_BASE_IMAGE="$base" PNMKV_PORT="$port" PNMKV_ETC="$state/etc" PNMKV_VAR="$state/var"
 
 say() { echo "cluster.sh: $*" >&2; }
 die() { say "$*"; exit 1; }
@@ -216,6 +216,9 @@ write_config() {
     cp "$v" "$etc/data/$name"
     container_sets+=(--set "$k=/etc/pnmkv/data/$name")
   done
+  # The coordinator journals to its writable folder; every node (and the driver) reading a
+  # journal path waits for a restarted coordinator instead of exiting.
+  container_sets+=(--set cluster.journal_file=/var/lib/pnmkv/coordinator.journal)
   container_sets+=(--set cluster.coordinator_host=coordinator --set cluster.coordinator_port=7000
                    --set fabric.ucx_transport=tcp --set fabric.ucx_net_devices=eth0
                    --set fabric.cluster_secret_file=/etc/pnmkv/cluster.secret)
@@ -267,6 +270,10 @@ unpause_all() {
 start_cluster() {
   local t0; t0=$(now_ms)
   unpause_all
+  # A fresh cluster starts with an empty journal (Docker's restarts keep it: they resume).
+  mkdir -p "$state/var"
+  rm -f "$state/var/coordinator.journal"
+  if is_root; then chown "$node_uid:$node_uid" "$state/var"; fi
   compose up -d --force-recreate --remove-orphans >"$state/up.log" 2>&1 || {
     cat "$state/up.log" >&2
     die "docker-compose up failed"
@@ -346,11 +353,18 @@ cmd_up() {
 cmd_fault() {
   local kind="${1:-}" target="${2:-}" rate="${3:-10mbit}"
   load_settings
-  [ -n "$kind" ] && [ -n "$target" ] || die "fault: usage: fault crash|pause|resume|partition|heal|slow|unslow DEVICE [RATE]"
+  [ -n "$kind" ] && [ -n "$target" ] || die "fault: usage: fault crash|pause|resume|partition|heal|slow|unslow DEVICE [RATE] | coordinator 0"
+  [ "$kind" = coordinator ] && target=coordinator
   local id pid how t t_done; id="$(container_of "$target")"
   t="$(now_ms)"  # when the fault was issued; the command returns once it has taken effect
   case "$kind" in
     crash) docker kill --signal KILL "$id" >/dev/null; how="docker kill (SIGKILL)" ;;
+    coordinator)
+      # SIGKILL to the node process inside (not `docker kill`, which Docker counts as a stop
+      # by hand and does not restart): the container exits 137 and restart: on-failure brings
+      # it back, resuming from its journal.
+      docker exec "$id" sh -c 'kill -9 -1' >/dev/null 2>&1 || true
+      how="SIGKILL to the coordinator process (restarted by Docker from its journal)" ;;
     pause) docker pause "$id" >/dev/null; how="docker pause (cgroup freezer)" ;;
     resume) docker unpause "$id" >/dev/null; how="docker unpause" ;;
     partition) docker network disconnect -f "$network" "$id"; how="docker network disconnect" ;;
@@ -368,7 +382,7 @@ cmd_fault() {
           die "fault slow: neither tc netem nor tc tbf works in this kernel"
         how="tc tbf rate $rate (netem unavailable)"
       fi ;;
-    *) die "fault: unknown kind '$kind'; allowed: crash, pause, resume, partition, heal, slow, unslow" ;;
+    *) die "fault: unknown kind '$kind'; allowed: crash, pause, resume, partition, heal, slow, unslow, coordinator" ;;
   esac
   t_done="$(now_ms)"
   printf '{"kind":"%s","target":"%s","how":"%s","injected_unix_ms":%s,"effective_unix_ms":%s}\n' \
@@ -419,8 +433,8 @@ cmd_run() {
   load_settings
   local f
   for f in "${faults[@]}"; do
-    [[ "$f" =~ ^(crash|pause|partition|slow):[0-9]+(:[0-9]+(\.[0-9]+)?)?$ ]] ||
-      die "--fault '$f': use KIND:DEVICE[:DELAY_S], KIND one of crash, pause, partition, slow (e.g. crash:101:1)"
+    [[ "$f" =~ ^(crash|pause|partition|slow|coordinator):[0-9]+(:[0-9]+(\.[0-9]+)?)?$ ]] ||
+      die "--fault '$f': use KIND:DEVICE[:DELAY_S], KIND one of crash, pause, partition, slow, coordinator (e.g. crash:101:1, coordinator:0:1)"
   done
   ensure_daemon
   cluster_healthy || start_cluster

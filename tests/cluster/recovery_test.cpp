@@ -392,7 +392,9 @@ TEST(recovery, a_coordinator_killed_mid_run_resumes_from_its_journal_and_changes
     bool device_lost;
   };
   const std::vector<scenario> scenarios = {
-      {{"run.steps=16"}, "crash node=0 step=2; crash node=0 step=9", 2, false},
+      // Long enough (200 steps of 8K tokens) that the second kill lands after the first
+      // restart has been joined: progress reaches the launcher through the coordinator.
+      {{"run.steps=200", "run.verify=false"}, "crash node=0 step=2; crash node=0 step=120", 2, false},
       {{"workload.arrivals=poisson", "workload.requests=4", "workload.arrival_rate_per_s=100",
         "workload.output_tokens=8", "workload.context_tokens=4096", "workload.prefill_chunk_tokens=2048"},
        "crash node=0 step=1",

@@ -4,7 +4,9 @@
 # output digest against the embedded run of the same config; then, with replicas, a run
 # whose device container is killed, one whose device is frozen (docker pause) and one whose
 # device is cut off its network (docker network disconnect) each complete with that same
-# digest and report the lost device with when it was detected. Tears everything down.
+# digest and report the lost device with when it was detected; and a run whose coordinator
+# process is killed (restarted by Docker from its journal) has that digest too. Tears
+# everything down.
 # Skips (exit 77) only when not root or when no Docker daemon can be started, saying why.
 # Usage: tests/docker/compose_test.sh PNMKV_BINARY
 set -euo pipefail
@@ -89,6 +91,28 @@ PY
 scenario crash "${primaries[0]}"
 scenario pause "${primaries[1]}"
 scenario partition "${primaries[0]}"
+
+# The coordinator's process killed mid-decode: Docker restarts its container (restart:
+# on-failure), which resumes from its journal; the nodes and the driver join it again and
+# the run has the same digest, with no device lost.
+t0="$(date +%s%3N)"
+if ! "$cluster" run --fault coordinator:0:0.5 --expect-digest "$want" --json "$work/coordinator.json" \
+    >"$work/coordinator.log" 2>&1; then
+  tail -n 40 "$work/coordinator.log"
+  echo "FAIL: the run with the coordinator killed"
+  exit 1
+fi
+grep -E "cluster.sh: (fault|output)" "$work/coordinator.log"
+restarts="$(docker inspect -f '{{.RestartCount}}' "$(docker ps -aq --filter "label=com.docker.compose.project=$PNMKV_PROJECT" \
+  --filter label=com.docker.compose.service=coordinator)")"
+[ "$restarts" -ge 1 ] || { echo "FAIL: the coordinator container was not restarted (RestartCount $restarts)"; exit 1; }
+python3 - "$work/coordinator.json" <<'PY'
+import json, sys
+rep = json.load(open(sys.argv[1]))
+assert rep["faults"]["device_losses"] == [], f"coordinator kill: devices lost {rep['faults']['device_losses']}"
+assert rep["requests"]["completed"] == rep["requests"]["submitted"] == 2, rep["requests"]
+PY
+echo "coordinator run: restarted $restarts time(s), $(ms_since "$t0") ms"
 
 t0="$(date +%s%3N)"
 trap - EXIT
