@@ -4,7 +4,7 @@
 #
 #   docker/cluster.sh up [--devices N] [--config F] [--set K=V]... [--from-source | --no-build]
 #   docker/cluster.sh run [--json F] [--fault KIND:DEVICE[:DELAY_S]]... [--expect-digest HEX] [--from-host]
-#   docker/cluster.sh fault crash|pause|resume|partition|heal|slow|unslow DEVICE [RATE]
+#   docker/cluster.sh fault crash|pause|resume|partition|heal|slow|unslow DEVICE [RATE] | coordinator 0
 #   docker/cluster.sh status | logs [SERVICE] | down [--keep-daemon] | clean | daemon
 #
 # `up` does what is missing, idempotently: installs docker.io, docker-compose and debootstrap
