@@ -419,17 +419,7 @@ void coordinator_state::on_submit(const control::request_spec& spec, const caf::
     if (!known) open_specs_.push_back(spec);
     maybe_start_open();
     maybe_resend_start();
-    if (host_admit_pending_ && open_specs_.size() >= setup_->arrivals.size()) {
-      const uint64_t id = std::exchange(host_admit_pending_, 0);
-      if (!admission_.grant_of(id) && !awaiting_acks_.count(id)) {
-        auto why = [&] {
-          for (const auto& r : open_specs_)
-            if (r.request_id == id) return admit_one(r);
-          return "request " + std::to_string(id) + " was never submitted";
-        }();
-        if (!why.empty()) decide(id, false, why);
-      }
-    }
+    admit_pending_open();
     return;
   }
   if (auto d = decisions_.find(spec.request_id); d != decisions_.end()) {
@@ -780,6 +770,16 @@ void coordinator_state::resume_member(uint32_t id) {
   for (uint64_t rid : owed) self_->send(h, member_atom::value, membership_bytes({rid}));
 }
 
+void coordinator_state::admit_pending_open() {
+  if (!host_admit_pending_ || open_specs_.size() < setup_->arrivals.size()) return;
+  const uint64_t id = std::exchange(host_admit_pending_, 0);
+  if (admission_.grant_of(id) || awaiting_acks_.count(id)) return;  // placed: its answer comes
+  std::string why = "request " + std::to_string(id) + " was never submitted";
+  for (const auto& spec : open_specs_)
+    if (spec.request_id == id) why = admit_one(spec);
+  if (!why.empty()) decide(id, false, why);
+}
+
 void coordinator_state::maybe_resend_start() {
   if (!host_needs_start_ || !started_) return;
   const caf::actor host = handle_of(gpu_host_node);
@@ -819,13 +819,7 @@ void coordinator_state::on_resume(control::wire::Resume::Reader r) {
       self_->send(host, ctl_atom::value, admission_bytes(id, true, ""));
     } else {
       host_admit_pending_ = id;  // asked afresh once the driver has submitted the specs again
-      if (open_specs_.size() >= setup_->arrivals.size()) {
-        const uint64_t pending = std::exchange(host_admit_pending_, 0);
-        std::string why = "request " + std::to_string(pending) + " was never submitted";
-        for (const auto& spec : open_specs_)
-          if (spec.request_id == pending) why = admit_one(spec);
-        if (!why.empty()) decide(pending, false, why);
-      }
+      admit_pending_open();
     }
   }
   for (auto a : r.getCopyAsks()) {

@@ -77,6 +77,9 @@ class coordinator_state {
   void resume_member(uint32_t id);
   // The GPU host's account of what it did while the coordinator was away (Resume).
   void on_resume(control::wire::Resume::Reader r);
+  // Open workloads: the Admit a resumed GPU host waits on, asked afresh once the driver has
+  // submitted every spec again.
+  void admit_pending_open();
   // Run start again, for a GPU host that never got it (closed: once its requests are known).
   void maybe_resend_start();
   // A member's handle, or null while it has not joined again after a restart.

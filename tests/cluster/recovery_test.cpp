@@ -435,7 +435,9 @@ TEST(recovery, a_coordinator_killed_mid_run_resumes_from_its_journal_and_changes
     for (auto& r : j->records) {
       auto e = control::decode_journal_record(std::move(r));
       ASSERT_TRUE(e) << e.error().to_string();
-      if (kinds.empty()) EXPECT_EQ(e->kind(), control::journal_kind::BEGIN);
+      if (kinds.empty()) {
+        EXPECT_EQ(e->kind(), control::journal_kind::BEGIN);
+      }
       ++kinds[e->kind()];
     }
     EXPECT_EQ(kinds[control::journal_kind::BEGIN], 1u);
@@ -443,7 +445,9 @@ TEST(recovery, a_coordinator_killed_mid_run_resumes_from_its_journal_and_changes
     EXPECT_EQ(kinds[control::journal_kind::READY], 1u);
     EXPECT_GE(kinds[control::journal_kind::DECIDED], 1u);
     EXPECT_EQ(kinds[control::journal_kind::RUN_STARTED], 1u);
-    if (sc.device_lost) EXPECT_GE(kinds[control::journal_kind::FENCED], 1u);
+    if (sc.device_lost) {
+      EXPECT_GE(kinds[control::journal_kind::FENCED], 1u);
+    }
     EXPECT_TRUE(children_matching("pnmkv").empty()) << "node processes left behind";
     fs::remove_all(dir);
   }
