@@ -918,24 +918,46 @@ gpu_host_state::work_ident gpu_host_state::ident_of(const device_work& w) {
 // the device holds it for data that was (a query waiting for a lost append: the appends go
 // again with it). Work sent after it is still on its way or queued, and is left alone — a
 // slow device is not flooded with copies of what it is working through. A device that said
-// nothing at all since the last look gets everything it owes again (its reply to the last
-// of it may be what was lost) at every look: cluster.device_timeout_ms / run.retry_after_ms
-// tries before a silent device is called lost. (A device busier than run.retry_after_ms with
-// one piece of work is silent too and gets copies of it: the retry period should exceed a
-// device's step time, as it did when one reply from anyone held every retry back.)
+// nothing at all since the last look (everything to it lost, or every reply, or it is busy)
+// gets one probe at each look: the oldest piece of work it owes that has an answer (a query,
+// a recall, a bulk write), sent again with the decode appends it owes (a row each; nothing
+// says whether they arrived, and a query held back for a lost one would stay silent). Its answer
+// carries an ack_seq past everything else it owes, so the next look resends whatever of
+// that was lost; a busy device gets one copy per look, not its whole queue again; and
+// cluster.device_timeout_ms / run.retry_after_ms probes go before a silent device is called
+// lost.
 std::vector<device_work> gpu_host_state::due_for_retry(std::vector<device_work> owed) {
-  std::set<uint32_t> silent;
-  for (const auto& w : owed)
-    if (!heard_since_look_.count(w.device_id)) silent.insert(w.device_id);
+  auto seq_of = [&](const device_work& w) {
+    const auto s = sent_seq_.find(ident_of(w));
+    return s == sent_seq_.end() ? uint64_t(0) : s->second;  // not known: the oldest
+  };
+  // Per silent device, the oldest of its work that is answered (not a decode append): the probe.
+  std::map<uint32_t, std::pair<uint64_t, size_t>> probe;
+  for (size_t i = 0; i < owed.size(); ++i) {
+    const uint32_t d = owed[i].device_id;
+    if (heard_since_look_.count(d)) continue;
+    if (owed[i].what == device_work::kind::write && !owed[i].bulk) continue;
+    const uint64_t s = seq_of(owed[i]);
+    auto [it, fresh] = probe.try_emplace(d, s, i);
+    if (!fresh && s < it->second.first) it->second = {s, i};
+  }
+  std::set<size_t> probes;
+  for (const auto& [d, p] : probe) probes.insert(p.second);
+  // With it, a silent device's decode appends (one row each; no answer tells whether they
+  // arrived, and a query the device holds back for a lost one would keep it silent).
+  for (size_t i = 0; i < owed.size(); ++i)
+    if (owed[i].what == device_work::kind::write && !owed[i].bulk && !heard_since_look_.count(owed[i].device_id))
+      probes.insert(i);
   heard_since_look_.clear();
   std::vector<device_work> again;
   std::map<work_ident, uint64_t> still_out;
-  for (auto& w : owed) {
+  for (size_t i = 0; i < owed.size(); ++i) {
+    device_work& w = owed[i];
     const work_ident id = ident_of(w);
     const auto sent = sent_seq_.find(id);
     const auto acked = acked_seq_.find(w.device_id);
     const bool passed_over = sent != sent_seq_.end() && acked != acked_seq_.end() && acked->second >= sent->second;
-    if (passed_over || silent.count(w.device_id)) {
+    if (passed_over || probes.count(i)) {
       if (w.what == device_work::kind::query) w.bind_query();
       again.push_back(std::move(w));
     } else if (sent != sent_seq_.end()) {

@@ -250,8 +250,8 @@ class gpu_host_state {
   // repeated write or ack is counted once. With retries on, each keeps its copy to send again.
   std::map<write_key, device_work> writes_out_;
   // Retries (run.retry_after_ms), per device: each look resends to a device what it passed
-  // over (sent at or before its ack_seq, unanswered: lost, or its reply was), and all it owes
-  // when it said nothing since the last look. One chain of looks at a time: starting one
+  // over (sent at or before its ack_seq, unanswered: lost, or its reply was), and the oldest
+  // work it owes when it said nothing since the last look (a probe). One chain of looks at a time: starting one
   // (prefill, step, waiting boundary) ends the last.
   using work_ident = std::tuple<uint32_t, uint8_t, uint64_t, uint32_t, uint32_t, uint64_t>;
   static work_ident ident_of(const device_work& w);

@@ -581,9 +581,13 @@ struct coordinator_supervisor {
   std::vector<std::chrono::steady_clock::time_point> killed_at;
 
   // A node process that exited, described, unless it was the coordinator and is restarted.
+  // A coordinator that exited with status 0 ended as it should (the run is over, or was
+  // stopped): not restarted.
   std::optional<std::string> exited() {
     auto gone = exited_child(children);
-    if (!gone || gone->rfind("coordinator went down", 0) != 0 || restarts >= restarts_max) return gone;
+    if (!gone || gone->rfind("coordinator went down", 0) != 0 || restarts >= restarts_max ||
+        gone->rfind("coordinator went down (exited with status 0)", 0) == 0)
+      return gone;
     return restart(*gone);
   }
 
@@ -595,7 +599,7 @@ struct coordinator_supervisor {
       int st = 0;
       if (waitpid(c.pid, &st, WNOHANG) != c.pid) continue;
       c.pid = -1;
-      if (restarts >= restarts_max) return;
+      if (restarts >= restarts_max || (WIFEXITED(st) && WEXITSTATUS(st) == 0)) return;
       (void)restart("coordinator went down during start-up (" +
                     std::string(WIFSIGNALED(st) ? "killed by signal " + std::to_string(WTERMSIG(st))
                                                 : "exited with status " + std::to_string(WEXITSTATUS(st))) +

@@ -45,6 +45,15 @@ TEST(chaos, the_invariants_catch_a_changed_output_a_vanished_request_a_silent_fa
   EXPECT_TRUE(chaos_violations(clean, failed).empty());
   failed.failures = {""};
   EXPECT_FALSE(chaos_violations(clean, failed).empty());
+  // The run's own failure is every request's reason; a request with none is not.
+  run_report run_failed = clean;
+  run_failed.completed = 0;
+  run_failed.failed = 2;
+  run_failed.request_digests.clear();
+  run_failed.failures = {"run: the GPU host went down: the coordinator lost its link"};
+  EXPECT_TRUE(chaos_violations(clean, run_failed).empty());
+  run_failed.failures = {"request 1: device 101 went down (killed): no copy left"};
+  EXPECT_FALSE(chaos_violations(clean, run_failed).empty());
   EXPECT_FALSE(chaos_violations(clean, result<run_report>(status{errc::timeout, "past 300000 ms"})).empty());
   EXPECT_TRUE(chaos_violations(clean, result<run_report>(status{errc::peer_down, "the GPU host went down"})).empty());
 }

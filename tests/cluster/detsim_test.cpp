@@ -288,7 +288,8 @@ TEST(detsim, bug10_a_lost_copy_recall_before_the_first_step_is_sent_again) {
 // work or reply was lost waited behind the others' answers until cluster.device_timeout_ms
 // called it silent, a healthy device failed over; with a second one, requests failed with
 // replication 2. Now each look resends per device what it passed over (its messages say
-// the highest seq it took: ack_seq) and all it owes when it said nothing since the last look.
+// the highest seq it took: ack_seq), and a probe, the oldest work it owes, when it said
+// nothing since the last look.
 // Seed 95's schedule and variant, replayed on its interleaving:
 TEST(detsim, bug11_one_devices_lost_work_is_sent_again_while_others_answer) {
   const auto v = scripted({"cluster.sequence_split=interleave", "cluster.rereplicate=true", "cluster.recompute=true",
