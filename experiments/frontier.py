@@ -2,7 +2,8 @@
 """The search / aggregation frontier (issue 14 items 5 and 6): live runs, then tables and plots.
 
 Usage:
-  frontier.py run PNMKV RESULTS_DIR    one `pnmkv run --json` per point of sweeps/frontier.yaml
+  frontier.py run PNMKV RESULTS_DIR [SWEEP]
+                                       one `pnmkv run --json` per point of sweeps/frontier.yaml
                                        (the live emulator), reduced to RESULTS_DIR/frontier_live.csv
   frontier.py sim PNMKV RESULTS_DIR CALIBRATION
                                        `pnmkv sim --sweep sweeps/frontier_sim.yaml` on the
@@ -39,6 +40,8 @@ def ctx_label(c):
 
 # --- live runs ---------------------------------------------------------------------------
 LIVE_FIELDS = [
+    ("model", "model.name"),
+    ("model_file", "model.file"),
     ("context_tokens", "cluster.context_tokens"),
     ("search", "config.selection.search"),
     ("aggregation", "config.selection.gqa_aggregation"),
@@ -93,9 +96,9 @@ def points(sweep_file):
         yield config, list(spec.get("set", [])) + ["%s=%s" % kv for kv in zip(keys, combo)]
 
 
-def run(pnmkv, out):
+def run(pnmkv, out, sweep=os.path.join(here, "sweeps", "frontier.yaml")):
     rows = []
-    for config, sets in points(os.path.join(here, "sweeps", "frontier.yaml")):
+    for config, sets in points(sweep):
         cmd = [pnmkv, "run", "--quiet", "--config", os.path.relpath(config, root)]
         for s in sets:
             cmd += ["--set", s]
@@ -140,9 +143,8 @@ def sim(pnmkv, out, calibration):
             raise SystemExit("frontier.py: a frontier_sim point failed: %s" % p)
         r = p["result"]
         keys = dict(o.split("=", 1) for o in p["overrides"])
-        cfg = r["config"]
         row = [r["model"]["name"], int(r["context_tokens"])]
-        row += [keys.get(k, str(field(cfg, k))) for k in SIM_KEYS]
+        row += [keys[k] for k in SIM_KEYS]  # every one is an axis of the sweep
         row += [r[k] for k in SIM_FIELDS]
         row += [r["breakdown_ms"][k] for k in BD_KEYS]
         mb = r.get("micro_batches", {})
@@ -191,6 +193,7 @@ def plot(out):
                             xytext=(4, 4), textcoords="offset points")
             ax.set_xlabel(xl, fontsize=8)
             ax.set_ylabel(yl, fontsize=8)
+            ax.margins(x=0.12, y=0.25)
             ax.set_xlim(left=0)
             if row == 0:
                 ax.set_title("Llama-3.1-8B shape, %s tokens, batch 2, 4 devices" % ctx_label(ctx), fontsize=9)
@@ -204,9 +207,37 @@ def plot(out):
     fig.savefig(os.path.join(out, "frontier.png"), dpi=110)
     plt.close(fig)
 
+    # The live points as a table, and pnmkv eval's GQA-16 check (the live cluster's one GPU
+    # cannot hold Llama-3.1-405B's weights, so its attention shape is evaluated offline).
+    lines = ["| context | search | aggregation | attention mass mean / min | output rel. error mean / p99 | "
+             "needle hits | device ms (modelled) | device GB (modelled) | live device MB | vs flat/max | "
+             "step ms (modelled) | tokens/s | wall step p50 ms | digest |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for ctx in contexts:
+        rows = [r for r in live if r["context_tokens"] == ctx]
+        base = [r for r in rows if r["search"] == "flat" and r["aggregation"] == "max"][0]
+        for r in rows:
+            lines.append("| %s | %s | %s | %.4f / %.4f | %.3f / %.3f | %.2f of %d | %.2f | %.2f | %.0f | %.2f | %.2f | "
+                         "%.1f | %.1f | `%s` |" % (
+                             ctx_label(ctx), r["search"], r["aggregation"], r["attention_mass_mean"],
+                             r["attention_mass_min"], r["output_rel_err_mean"], r["output_rel_err_p99"],
+                             r["needle_hit_rate"], r["needles_asked"], r["device_ms"],
+                             r["device_bytes_per_step"] / 1e9, r["live_device_bytes_per_step"] / 1e6,
+                             r["device_bytes_per_step"] / base["device_bytes_per_step"], r["step_ms"],
+                             r["tokens_per_s"], r["wall_step_ms_p50"], r["output_digest"]))
+    open(os.path.join(out, "frontier_live.md"), "w").write("\n".join(lines) + "\n")
+    ev = read_csv(out, "frontier_eval.csv")
+    lines = ["| context | aggregation | attention mass mean / min | output rel. error mean / p99 | needle hits |",
+             "|---|---|---|---|---|"]
+    for r in ev:
+        lines.append("| %s | %s | %.4f / %.4f | %.3f / %.3f | %d of %d |" % (
+            ctx_label(r["context_tokens"]), r["gqa_aggregation"], r["mass_captured_mean"], r["mass_captured_min"],
+            r["rel_err_mean"], r["rel_err_p99"], r["needle_hits"], r["needle_asks"]))
+    open(os.path.join(out, "frontier_eval.md"), "w").write("\n".join(lines) + "\n")
+
     # 2. The modelled choices at scale (frontier_sim.csv) against today's defaults.
-    lines = ["| model | context | search | aggregation | micro-batches | batch | step ms | device ms | "
-             "tokens/s | vs today | J/token | tokens/$ | vs today | dense ms | step bound by |",
+    lines = ["| model | context | search | aggregation | micro-batches | batch | step ms | device ms exposed | "
+             "tokens/s | vs today | J/token | tokens/$ | vs today | dense ms | GPU share of the step |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for model in ["Llama-3.1-405B", "Llama-3.1-70B"]:
         for ctx in sorted({r["context_tokens"] for r in sim}):
@@ -216,7 +247,10 @@ def plot(out):
             for r in sorted(rows, key=lambda r: (SEARCHES.index(r["search"]), AGGS.index(r["gqa_aggregation"]),
                                                  r["micro_batches"])):
                 dev = r["bd_device_scan_ms"]
-                bound = "GPU" if r["bd_gpu_dense_ms"] >= r["device_phase_ms"] else "devices"
+                # The GPU's share of the step's critical path (dense layers, all-reduces, merge,
+                # LM head); the rest is the devices' exposed time and the links.
+                gpu = sum(r["bd_" + k + "_ms"] for k in ["gpu_dense", "allreduce", "gpu_attention", "merge", "lm_head"])
+                bound = "%.0f%%" % (100 * gpu / r["step_ms"])
                 lines.append("| %s | %s | %s | %s | %d | %d | %.1f | %.1f | %.1f | %.2f× | %.2f | %.3g | %.2f× | %.1f | %s |" % (
                     model, ctx_label(ctx), r["search"], r["gqa_aggregation"], r["micro_batches"], r["batch"],
                     r["step_ms"], dev, r["tokens_per_s"], r["tokens_per_s"] / base["tokens_per_s"],
@@ -247,7 +281,7 @@ def plot(out):
         ax.set_xticks(range(len(rows)), labels, fontsize=6)
         ax.set_title("%s, 1M tokens, 64 devices" % model, fontsize=9)
     axes[0].set_ylabel("ms per decode step (critical path)")
-    axes[-1].legend(fontsize=7)
+    axes[-1].legend(fontsize=7, loc="upper right", framealpha=0.9)
     fig.suptitle("Step-time breakdown per page search, GQA aggregation and micro-batches (pnm-kv, max batch)")
     fig.text(0.01, 0.005, "pnmkv sim, sweeps/frontier_sim.yaml on cluster_configs/experiments/sim-base.yaml | "
              "hardware: cluster_configs/hardware/h100-cxl-pnm.yaml | calibration: results/calibration.json",
@@ -269,6 +303,15 @@ def plot(out):
         w.writerow(list(rows[0].keys()))
         for r in rows:
             w.writerow(list(r.values()))
+    lines = ["| context | search | GQA | aggregation | bytes per query | time per query | rescored pages | "
+             "bytes / time vs flat (same aggregation) | bytes / time vs flat max |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append("| %s | %s | %d | %s | %.1f MiB | %.0f us | %.2f%% | %.2f / %.2f | %.2f / %.2f |" % (
+            ctx_label(r["context_tokens"]), r["search"], r["gqa_group"], r["gqa_aggregation"],
+            r["bytes_per_query"] / 2**20, r["us_per_query"], 100 * r["rescored_fraction"], r["bytes_vs_flat"],
+            r["time_vs_flat"], r["bytes_vs_flat_max"], r["time_vs_flat_max"]))
+    open(os.path.join(out, "kernels_search.md"), "w").write("\n".join(lines) + "\n")
 
 
 def search_rows(kj):
@@ -298,8 +341,8 @@ def search_rows(kj):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "run":
-        run(os.path.abspath(sys.argv[2]), os.path.abspath(sys.argv[3]))
+    if len(sys.argv) in (4, 5) and sys.argv[1] == "run":
+        run(os.path.abspath(sys.argv[2]), os.path.abspath(sys.argv[3]), *[os.path.abspath(a) for a in sys.argv[4:]])
     elif len(sys.argv) == 5 and sys.argv[1] == "sim":
         sim(os.path.abspath(sys.argv[2]), os.path.abspath(sys.argv[3]), sys.argv[4])
     elif len(sys.argv) == 3 and sys.argv[1] == "plot":
