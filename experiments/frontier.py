@@ -210,14 +210,14 @@ def plot(out):
     # The live points as a table, and pnmkv eval's GQA-16 check (the live cluster's one GPU
     # cannot hold Llama-3.1-405B's weights, so its attention shape is evaluated offline).
     lines = ["| context | search | aggregation | attention mass mean / min | output rel. error mean / p99 | "
-             "needle hits | device ms (modelled) | device GB (modelled) | live device MB | vs flat/max | "
+             "needle hit rate | device ms (modelled) | device GB (modelled) | live device MB | device bytes vs flat/max | "
              "step ms (modelled) | tokens/s | wall step p50 ms | digest |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for ctx in contexts:
         rows = [r for r in live if r["context_tokens"] == ctx]
         base = [r for r in rows if r["search"] == "flat" and r["aggregation"] == "max"][0]
         for r in rows:
-            lines.append("| %s | %s | %s | %.4f / %.4f | %.3f / %.3f | %.2f of %d | %.2f | %.2f | %.0f | %.2f | %.2f | "
+            lines.append("| %s | %s | %s | %.4f / %.4f | %.3f / %.3f | %.2f (%d asked) | %.2f | %.2f | %.0f | %.2f | %.2f | "
                          "%.1f | %.1f | `%s` |" % (
                              ctx_label(ctx), r["search"], r["aggregation"], r["attention_mass_mean"],
                              r["attention_mass_min"], r["output_rel_err_mean"], r["output_rel_err_p99"],
