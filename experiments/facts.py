@@ -247,7 +247,7 @@ def compute(out, read_csv, read_json, pick, table_of, _fmt):
         f[k + "rescored_pct"] = "%.1f%%" % (100 * r["rescored_fraction"])
     f["frk_simd"] = ks[0]["simd_target"]
     for t in ["frontier_live", "frontier_eval", "frontier_sim", "kernels_search"]:
-        f[t + "_table"] = table_of("results/%s.md" % t)
+        f[t + "_table"] = table_of("results/" + t + ".md")
 
     # Sensitivity and tornado tables.
     f["sensitivity_table"] = table_of("results/sensitivity.md")

@@ -8,7 +8,7 @@ Usage:
   frontier.py sim PNMKV RESULTS_DIR CALIBRATION
                                        `pnmkv sim --sweep sweeps/frontier_sim.yaml` on the
                                        calibration, reduced to RESULTS_DIR/frontier_sim.csv
-  frontier.py plot RESULTS_DIR         frontier.png, frontier_sim.md, kernels_search.csv,
+  frontier.py plot RESULTS_DIR         frontier.png, experiments/results/frontier_sim.md, kernels_search.csv,
                                        step_breakdown_search.png from frontier_live.csv,
                                        frontier_sim.csv (`pnmkv sim --sweep sweeps/frontier_sim.yaml`)
                                        and kernels.json (`pnmkv bench kernels --json`)
@@ -160,6 +160,12 @@ def sim(pnmkv, out, calibration):
 BD_KEYS = ["gpu_dense", "allreduce", "gpu_attention", "link", "device_scan", "queueing", "merge", "lm_head", "copy"]
 
 
+def write_md(out, stem, lines):
+    """A Markdown table into RESULTS_DIR/<stem> plus the Markdown extension."""
+    with open(os.path.join(out, stem + ".md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 # --- tables and plots --------------------------------------------------------------------
 def plot(out):
     from results_io import read_csv
@@ -225,7 +231,7 @@ def plot(out):
                              r["device_bytes_per_step"] / 1e9, r["live_device_bytes_per_step"] / 1e6,
                              r["device_bytes_per_step"] / base["device_bytes_per_step"], r["step_ms"],
                              r["tokens_per_s"], r["wall_step_ms_p50"], r["output_digest"]))
-    open(os.path.join(out, "frontier_live.md"), "w").write("\n".join(lines) + "\n")
+    write_md(out, "frontier_live", lines)
     ev = read_csv(out, "frontier_eval.csv")
     lines = ["| context | aggregation | attention mass mean / min | output rel. error mean / p99 | needle hits |",
              "|---|---|---|---|---|"]
@@ -233,7 +239,7 @@ def plot(out):
         lines.append("| %s | %s | %.4f / %.4f | %.3f / %.3f | %d of %d |" % (
             ctx_label(r["context_tokens"]), r["gqa_aggregation"], r["mass_captured_mean"], r["mass_captured_min"],
             r["rel_err_mean"], r["rel_err_p99"], r["needle_hits"], r["needle_asks"]))
-    open(os.path.join(out, "frontier_eval.md"), "w").write("\n".join(lines) + "\n")
+    write_md(out, "frontier_eval", lines)
 
     # 2. The modelled choices at scale (frontier_sim.csv) against today's defaults.
     lines = ["| model | context | search | aggregation | micro-batches | batch | step ms | device ms exposed | "
@@ -256,7 +262,7 @@ def plot(out):
                     r["step_ms"], dev, r["tokens_per_s"], r["tokens_per_s"] / base["tokens_per_s"],
                     r["energy_j_per_token"], r["tokens_per_dollar"],
                     r["tokens_per_dollar"] / base["tokens_per_dollar"], r["bd_gpu_dense_ms"], bound))
-    open(os.path.join(out, "frontier_sim.md"), "w").write("\n".join(lines) + "\n")
+    write_md(out, "frontier_sim", lines)
 
     # 3. The step-time breakdown per search (and aggregation, micro-batches) at 1M, 64 devices.
     parts = ["bd_gpu_dense_ms", "bd_allreduce_ms", "bd_gpu_attention_ms", "bd_link_ms", "bd_device_scan_ms",
@@ -311,7 +317,7 @@ def plot(out):
             ctx_label(r["context_tokens"]), r["search"], r["gqa_group"], r["gqa_aggregation"],
             r["bytes_per_query"] / 2**20, r["us_per_query"], 100 * r["rescored_fraction"], r["bytes_vs_flat"],
             r["time_vs_flat"], r["bytes_vs_flat_max"], r["time_vs_flat_max"]))
-    open(os.path.join(out, "kernels_search.md"), "w").write("\n".join(lines) + "\n")
+    write_md(out, "kernels_search", lines)
 
 
 def search_rows(kj):
