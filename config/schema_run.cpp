@@ -38,7 +38,7 @@ std::vector<config_key> schema_keys_run() {
        "How the query heads of a GQA group combine page scores"},
       {"selection.summary_precision", t::choice, "bf16", 0, 0, names_of(summary_precision_names),
        "Precision of the per-page min/max key summaries"},
-      {"selection.search", t::choice, "flat", 0, 0, names_of(page_search_names),
+      {"selection.search", t::choice, "exact-int8", 0, 0, names_of(page_search_names),
        "How a device finds its top pages: flat (score every page summary) or exact-int8 (bound "
        "every page from int8 summaries rounded outward, rescore exactly only the pages that may "
        "make the top-k: the same selection; the int8 summaries take device memory)"},

@@ -39,7 +39,7 @@ struct selection_section {
   pnmkv::gqa_aggregation gqa_aggregation = pnmkv::gqa_aggregation::max;
   pnmkv::summary_precision summary_precision = pnmkv::summary_precision::bf16;
   cross_shard_selection cross_shard = cross_shard_selection::exact;
-  pnmkv::page_search search = pnmkv::page_search::flat;  // core/exact_search.hpp
+  pnmkv::page_search search = pnmkv::page_search::exact_int8;  // core/exact_search.hpp
   // Bytes of one summary element (min or max of one dimension).
   // The budget policy both the live cluster and the simulator resolve a request's budget
   // with (model/selection_budget.hpp).

@@ -191,6 +191,64 @@ def compute(out, read_csv, read_json, pick, table_of, _fmt):
             f[k + "_min"], f[k + "_max"] = "%.3f" % min(rs), "%.3f" % max(rs)
         f["png_over_pnm_best"], f["png_over_pnm_best_at"] = "%.3f" % best_pt[0], best_pt[1]
 
+    # The search / aggregation frontier (experiments/frontier.py): fr_<ctx>_<search>_<agg>_<field>
+    # of the live runs (ctx 128k / 1m, search flat / exact_int8), fre_<ctx>_<agg>_<field> of
+    # pnmkv eval on the 405B shape, frs_<model>_<ctx>_<search>_<agg>_mb<n>_<field> of the
+    # modelled sweep, and the tables.
+    lab = lambda c: "1m" if int(c) == 1048576 else "%dk" % (int(c) // 1024)
+    sl = lambda x: x.replace("-", "_")
+    live = read_csv("frontier_live.csv")
+    for r in live:
+        k = "fr_%s_%s_%s_" % (lab(r["context_tokens"]), sl(r["search"]), r["aggregation"])
+        f[k + "mass"] = "%.3f" % r["attention_mass_mean"]
+        f[k + "needles"] = "%.2f" % r["needle_hit_rate"]
+        f[k + "err"] = "%.3f" % r["output_rel_err_mean"]
+        f[k + "device_ms"] = "%.2f" % r["device_ms"]
+        f[k + "device_gb"] = "%.1f" % (r["device_bytes_per_step"] / 1e9)
+        f[k + "live_mb"] = "%.0f" % (r["live_device_bytes_per_step"] / 1e6)
+        f[k + "step_ms"] = "%.2f" % r["step_ms"]
+        f[k + "tokens_per_s"] = "%.0f" % r["tokens_per_s"]
+        f[k + "j_per_token"] = "%.2f" % r["energy_j_per_token"]
+        f[k + "wall_ms"] = "%.1f" % r["wall_step_ms_p50"]
+        f[k + "digest"] = r["output_digest"]
+        base = [b for b in live if b["context_tokens"] == r["context_tokens"] and b["search"] == "flat"
+                and b["aggregation"] == "max"][0]
+        f[k + "bytes_vs_flat"] = "%.2f" % (r["device_bytes_per_step"] / base["device_bytes_per_step"])
+        f[k + "live_bytes_vs_flat"] = "%.2f" % (r["live_device_bytes_per_step"] / base["live_device_bytes_per_step"])
+        f[k + "step_vs_flat"] = "%.2f" % (base["step_ms"] / r["step_ms"])
+        if r["search_rescored_per_selected"] != "":
+            f[k + "rescored"] = "%.2f" % r["search_rescored_per_selected"]
+    f["fr_steps"] = "%d" % live[0]["steps"]
+    f["fr_simd"] = live[0]["simd_target"]
+    for r in read_csv("frontier_eval.csv"):
+        k = "fre_%s_%s_" % (lab(r["context_tokens"]), r["gqa_aggregation"])
+        f[k + "mass"] = "%.3f" % r["mass_captured_mean"]
+        f[k + "needles"] = "%d/%d" % (r["needle_hits"], r["needle_asks"])
+        f[k + "err"] = "%.3f" % r["rel_err_mean"]
+    sim = read_csv("frontier_sim.csv")
+    for r in sim:
+        m = r["model"].replace("Llama-3.1-", "").lower()
+        k = "frs_%s_%s_%s_%s_mb%d_" % (m, lab(r["context_tokens"]), sl(r["search"]), r["gqa_aggregation"],
+                                       r["micro_batches"])
+        base = [b for b in sim if b["model"] == r["model"] and b["context_tokens"] == r["context_tokens"]
+                and b["search"] == "flat" and b["gqa_aggregation"] == "max" and b["micro_batches"] == 1][0]
+        for fld in ["tokens_per_s", "energy_j_per_token", "tokens_per_dollar", "step_ms", "batch",
+                    "bd_gpu_dense_ms", "bd_device_scan_ms"]:
+            f[k + fld] = num(r[fld])
+        for fld in ["tokens_per_s", "energy_j_per_token", "tokens_per_dollar", "device_bytes_per_step"]:
+            f[k + fld + "_vs_today"] = "%.2f×" % (r[fld] / base[fld])
+        f[k + "device_busy_ms"] = num(r["device_busy_fraction"] * r["step_ms"])
+    f["frs_rescored"] = "%.2f" % sim[0]["search_rescored_per_selected"]
+    ks = read_csv("kernels_search.csv")
+    for r in ks:
+        k = "frk_%s_%s_g%d_%s_" % (lab(r["context_tokens"]), sl(r["search"]), r["gqa_group"], r["gqa_aggregation"])
+        f[k + "bytes_vs_flat_max"] = "%.2f" % r["bytes_vs_flat_max"]
+        f[k + "time_vs_flat_max"] = "%.2f" % r["time_vs_flat_max"]
+        f[k + "rescored_pct"] = "%.1f%%" % (100 * r["rescored_fraction"])
+    f["frk_simd"] = ks[0]["simd_target"]
+    for t in ["frontier_live", "frontier_eval", "frontier_sim", "kernels_search"]:
+        f[t + "_table"] = table_of("results/" + t + ".md")
+
     # Sensitivity and tornado tables.
     f["sensitivity_table"] = table_of("results/sensitivity.md")
     f["tornado_table"] = table_of("results/tornado.md")

@@ -16,10 +16,13 @@ cd "$root"  # file names in the results are relative to the repository
 
 # Calibration measured by the live cluster (emulator, real arithmetic on the synthetic
 # workload): png-kv on Llama-3.1-8B at 128K tokens, 64 steps, 16 devices (h = 8 x s = 2,
-# exact selection, so the cross-shard spread is measured too). About 10 s.
+# exact selection, so the cross-shard spread is measured too), searching with exact-int8
+# (the same pages as flat, so the same steady and overlap figures; it also measures the
+# pages exact-int8 rescores per page selected). About 10 s.
 echo "== calibration (pnmkv run --calibration-out)" >&2
 "$bin" run --set run.mode=png-kv --set workload.context_tokens=131072 --set run.steps=64 \
   --set workload.batch=2 --set cluster.pnm_devices=16 --set selection.cross_shard=exact \
+  --set selection.search=exact-int8 \
   --calibration-out "$out/calibration.json" > "$out/calibration_run.txt"
 cal="sim.calibration_file=experiments/results/calibration.json"
 
@@ -62,6 +65,12 @@ done
   --set "$cal" \
   --json "$out/batch_over_time.json" > "$out/batch_over_time.txt"
 
+# The search / aggregation frontier (issue 14): the live runs of sweeps/frontier.yaml, the
+# modelled points of sweeps/frontier_sim.yaml and the kernel bench's page-search rows
+# (experiments/frontier.py; about 10 min, mostly the four 1M-token live runs).
+echo "== frontier (live runs, sim sweep, bench kernels)" >&2
+"$here/frontier.sh" "$bin" "$out"
+
 # A plotting Python with matplotlib (the Debian one if a pyenv shim shadows it).
 py=python3
 for cand in python3 /usr/bin/python3; do
@@ -69,6 +78,7 @@ for cand in python3 /usr/bin/python3; do
 done
 "$py" "$here/plot.py" "$out"
 "$py" "$here/sensitivity.py" "$out" > /dev/null
+"$py" "$here/frontier.py" plot "$out"
 rm "$out/sensitivity.json" "$out/tornado.json"  # ~1 MB each; *_points.csv keep every point's figures
 # Every figure quoted in experiments/README.md and in the README's "What PNM buys" is rendered
 # from the results (experiments/render.py, templates experiments/README.in.md and experiments/what_pnm_buys.in.md), never copied by hand.

@@ -60,8 +60,10 @@ size_t thread_count() {
 TEST(cluster, full_budget_equals_dense_and_bytes_add_up) {
   for (const char* split : {"contiguous", "interleave"}) {
     SCOPED_TRACE(split);
+    // Flat search: the bound below counts K, V and bf16 summaries; exact-int8 (the default)
+    // adds its int8 summaries (tests/cluster/search_test.cpp counts those).
     auto cfg = small_config({"selection.budget_tokens=16384", "cluster.head_groups=2",
-                             std::string("cluster.sequence_split=") + split});
+                             std::string("cluster.sequence_split=") + split, "selection.search=flat"});
     auto rep = run_embedded(cfg, {});
     ASSERT_TRUE(rep) << rep.error().to_string();
     EXPECT_EQ(rep->completed, 2u);

@@ -46,10 +46,13 @@ namespace {
 
 const std::string default_file = std::string(PNMKV_SOURCE_DIR) + "/cluster_configs/default.yaml";
 
+// Flat search: the simulator prices exact-int8 (the default) with the calibrated pages
+// rescored per page selected, a prediction, not the live count (exact_int8_is_a_calibrated_prediction).
 std::vector<std::string> small(std::vector<std::string> extra) {
   std::vector<std::string> sets = {"workload.context_tokens=32768", "run.steps=4",
                                    "selection.budget_tokens=512", "run.step_timeout_ms=60000",
-                                   "sim.step_reuse_steps=1", "sim.baseline_overlap=false"};
+                                   "sim.step_reuse_steps=1", "sim.baseline_overlap=false",
+                                   "selection.search=flat"};
   sets.insert(sets.end(), extra.begin(), extra.end());
   return sets;
 }
@@ -212,6 +215,38 @@ result<std::shared_ptr<const sim_setup>> sim_setup_with_calibration(std::vector<
   auto cfg = load_config(default_file, sets);
   if (!cfg) return cfg.error();
   return make_sim_setup(*cfg);
+}
+
+// exact-int8 (the default search): the live devices count the pages each search rescored;
+// the simulator charges the calibrated pages rescored per page selected. Fed the live run's
+// own calibration, the two agree as a calibrated prediction does (2%), device bytes included.
+TEST(sim_agreement, exact_int8_search_with_the_live_runs_own_calibration) {
+  const std::vector<std::string> live_sets =
+      small({"run.mode=pnm-kv", "cluster.pnm_devices=4", "selection.search=exact-int8"});
+  auto cfg = load_config(default_file, live_sets);
+  ASSERT_TRUE(cfg);
+  auto live = run_embedded(*cfg, {});
+  ASSERT_TRUE(live) << live.error().to_string();
+  ASSERT_EQ(live->cal_search, "exact-int8");
+  ASSERT_GE(live->cal_search_rescored_per_selected, 1.0) << "every selected page is rescored";
+  const std::string file = write_calibration(*live, "pnmkv_sim_agreement_search_calibration.json");
+  auto setup = sim_setup_with_calibration(live_sets, file);
+  std::filesystem::remove(file);
+  ASSERT_TRUE(setup) << setup.error().to_string();
+  EXPECT_NEAR((*setup)->search.rescored_per_selected, live->cal_search_rescored_per_selected, 1e-12);
+  auto sim = simulate(*setup);
+  ASSERT_TRUE(sim) << sim.error().to_string();
+  pair_result r;
+  r.live = *live;
+  r.sim = *sim;
+  expect_agree(r, "exact-int8, rescored pages calibrated by the live run's --calibration-out");
+  EXPECT_LT(rel(double(r.live.virtual_device_bytes_per_step), r.sim.device_bytes_per_step), 0.02)
+      << "live " << r.live.virtual_device_bytes_per_step << ", sim " << r.sim.device_bytes_per_step;
+  EXPECT_EQ(double(r.live.virtual_link_bytes_per_step), r.sim.link_bytes_per_step);
+  // Against flat on the same run: fewer device bytes, the same link bytes.
+  auto flat = run_both(small({"run.mode=pnm-kv", "cluster.pnm_devices=4"}));
+  EXPECT_LT(r.live.virtual_device_bytes_per_step, flat.live.virtual_device_bytes_per_step);
+  EXPECT_EQ(r.live.output_digest, flat.live.output_digest);
 }
 
 // The recall cache on (lru, capacity the budget): the live run measures its hit fraction

@@ -33,10 +33,13 @@ sim_result sim_of(std::vector<std::string> sets) {
 }
 
 // One 8B request of 32K tokens on one device (h = 1, s = 1), budget 32 pages, one step.
+// The hand-computed bytes here are flat's (every summary read, no int8 summaries held):
+// exact-int8's, the default search, are search_sim_test's.
 std::vector<std::string> one_request(const std::string& mode, std::vector<std::string> extra = {}) {
   std::vector<std::string> s = {"run.mode=" + mode, "workload.context_tokens=32768", "workload.batch=1",
                                 "run.steps=1", "selection.budget_tokens=512", "cluster.pnm_devices=1",
-                                "sim.step_reuse_steps=1", "sim.steady_churn_fraction=0"};
+                                "sim.step_reuse_steps=1", "sim.steady_churn_fraction=0",
+                                "selection.search=flat"};
   s.insert(s.end(), extra.begin(), extra.end());
   return s;
 }
@@ -48,8 +51,8 @@ TEST(sim_hand, kv_bytes_per_token) {
   EXPECT_EQ(s8->kv_bytes_per_token(), 128u * 1024);   // 2 × 32 × 8 × 128 × 2
   EXPECT_EQ(s405->kv_bytes_per_token(), 504u * 1024);  // 2 × 126 × 8 × 128 × 2
   // A 405B request of 2^20 + 1 tokens on the devices: pages × (K, V and min/max summary)
-  // per (layer, KV head), over 126 layers × 8 heads.
-  auto s = setup_of({"model.file=" + m405, "sim.tp=0"});
+  // per (layer, KV head), over 126 layers × 8 heads (flat: no int8 summaries held).
+  auto s = setup_of({"model.file=" + m405, "sim.tp=0", "selection.search=flat"});
   ASSERT_TRUE(s);
   const double pages = 65537, per_page = 16 * 128 * 4 + 2 * 128 * 2;
   EXPECT_DOUBLE_EQ(device_bytes_per_request(*s, (1u << 20) + 1), pages * per_page * 126 * 8);
@@ -265,10 +268,10 @@ TEST(sim_hand, baseline_max_batch_from_gpu_memory) {
 TEST(sim_hand, devices_a_405b_1m_batch_needs) {
   // One request of 2^20 + 1 tokens takes 65537 pages × 8704 B × 1008 (layer, head) pairs =
   // 575.0 GB: 8 requests need 4600 GB, i.e. 9 devices of 512 GB (each holds a ninth of
-  // every request, 511.1 GB); 8 devices hold 7.
+  // every request, 511.1 GB); 8 devices hold 7. Flat: exact-int8's int8 summaries add 3%.
   for (auto [devices, admitted] : std::vector<std::pair<int, uint32_t>>{{9, 8}, {8, 7}, {2, 1}, {1, 0}}) {
     SCOPED_TRACE(devices);
-    auto s = setup_of({"model.file=" + m405, "sim.tp=0", "workload.context_tokens=1048576",
+    auto s = setup_of({"model.file=" + m405, "sim.tp=0", "workload.context_tokens=1048576", "selection.search=flat",
                        "run.steps=1", "workload.batch=8", "cluster.pnm_devices=" + std::to_string(devices)});
     ASSERT_TRUE(s);
     auto r = simulate(s);

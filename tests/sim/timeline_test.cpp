@@ -34,12 +34,13 @@ namespace {
 using sim_fixture::setup_of;
 
 // The agreement test's small configuration (live and sim equal up to rounding there; the
-// baseline's recall cache off, since the simulator charges its hits as a calibrated fraction).
+// baseline's recall cache off, since the simulator charges its hits as a calibrated fraction;
+// flat search, since it charges exact-int8's rescored pages as a calibrated ratio too).
 std::vector<std::string> small(std::vector<std::string> extra) {
   std::vector<std::string> sets = {"workload.context_tokens=32768", "run.steps=4",
                                    "selection.budget_tokens=512", "run.step_timeout_ms=60000",
                                    "sim.step_reuse_steps=1", "sim.baseline_overlap=false",
-                                   "baseline.recall_cache=none"};
+                                   "baseline.recall_cache=none", "selection.search=flat"};
   sets.insert(sets.end(), extra.begin(), extra.end());
   return sets;
 }
