@@ -51,7 +51,9 @@ TEST(calibration, a_file_admits_each_value_in_its_config_keys_range_only) {
       EXPECT_EQ(c.is_ok(), config_admits) << (c ? "" : c.error().message());
       if (c) {
         for (const auto& [n, v] : c->entries()) {
-          if (n == name) EXPECT_EQ(v->value, x);
+          if (n == name) {
+            EXPECT_EQ(v->value, x);
+          }
         }
       } else {
         EXPECT_NE(c.error().message().find("values." + name), std::string::npos) << c.error().message();
