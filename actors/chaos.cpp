@@ -13,8 +13,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "actors/chaos_compose.hpp"
 #include "actors/cluster.hpp"
 #include "actors/node_main.hpp"
+#include "transport/chaos_containers.hpp"
 
 namespace pnmkv {
 
@@ -148,13 +150,24 @@ std::string chaos_trial::to_json() const {
   j["coordinator_restarts"] = coordinator_restarts;
   j["coordinator_detect_ms"] = coordinator_detect_ms;
   j["coordinator_recover_ms"] = coordinator_recover_ms;
+  if (!actions.empty()) {
+    nlohmann::ordered_json acts = nlohmann::ordered_json::array();
+    for (const auto& a : actions)
+      acts.push_back({{"op", a.op}, {"node", a.node}, {"at_step", a.at_step}, {"step_issued", a.step_issued},
+                      {"step_done", a.step_done}, {"issued_unix_ms", a.issued_unix_ms},
+                      {"done_unix_ms", a.done_unix_ms}, {"ok", a.ok}, {"error", a.error}});
+    j["container_actions"] = acts;
+  }
   j["wall_s"] = wall_s;
   return j.dump();
 }
 
 result<std::vector<chaos_trial>> run_chaos(const config& base, const chaos_options& o,
                                            const std::function<void(const chaos_trial&)>& on_trial) {
-  auto kinds = transport::parse_chaos_faults(o.faults, o.multiprocess);
+  if (o.compose && o.multiprocess)
+    return status{errc::invalid_argument, "chaos: --compose and --multiprocess name two clusters; pick one"};
+  // Both a launcher's and the container cluster's coordinator is a process of its own.
+  auto kinds = transport::parse_chaos_faults(o.faults, o.multiprocess || o.compose);
   if (!kinds) return kinds.error();
   if (o.trials == 0 || o.trials > 100000) return status{errc::invalid_argument, "chaos: --trials must be in [1, 100000]"};
   transport::chaos_params p;
@@ -175,7 +188,28 @@ result<std::vector<chaos_trial>> run_chaos(const config& base, const chaos_optio
   ro.run_timeout_ms = o.trial_timeout_ms;
   multiprocess_options mp;
   mp.node_binary = o.node_binary;
-  auto run = [&](const config& c, const std::string& work) {
+  std::unique_ptr<compose_chaos> compose;
+  if (o.compose) {
+    auto c = compose_chaos::open(o, dir);
+    if (!c) return c.error();
+    compose = std::move(*c);
+  }
+  // One run; `plan` and `tr` for the container cluster (its actions and what it left).
+  auto run = [&](const config& c, const std::string& work, const transport::container_plan& plan,
+                 const std::string& log, chaos_trial* tr) -> result<run_report> {
+    if (compose) {
+      auto oc = compose->run(c, plan, work, log, o.trial_timeout_ms);
+      if (tr) {
+        tr->actions = std::move(oc.actions);
+        tr->violations.insert(tr->violations.end(), oc.violations.begin(), oc.violations.end());
+        tr->coordinator_restarts = oc.coordinator_restarts;
+        tr->coordinator_detect_ms = std::move(oc.coordinator_detect_ms);
+        tr->coordinator_recover_ms = std::move(oc.coordinator_recover_ms);
+      } else if (!oc.violations.empty()) {
+        return status{errc::internal, oc.violations.front()};
+      }
+      return std::move(oc.report);
+    }
     if (!o.multiprocess) return run_embedded(c, ro);
     multiprocess_options m = mp;
     m.work_dir = work;
@@ -184,7 +218,7 @@ result<std::vector<chaos_trial>> run_chaos(const config& base, const chaos_optio
   // The reference: the same configuration without faults.
   auto clean_cfg = trial_config(base, "", o.seed, "");
   if (!clean_cfg) return clean_cfg.error();
-  auto clean = run(*clean_cfg, dir + "/clean");
+  auto clean = run(*clean_cfg, dir + "/clean", {}, "", nullptr);
   if (!clean) return status{clean.error().code(), "chaos: the run without faults failed: " + clean.error().message()};
   if (clean->completed != clean->submitted)
     return status{errc::internal, "chaos: the run without faults completed " + std::to_string(clean->completed) + " of " +
@@ -200,13 +234,23 @@ result<std::vector<chaos_trial>> run_chaos(const config& base, const chaos_optio
     tr.schedule = *sched;
     const std::string log = dir + "/trial-" + std::to_string(tr.seed) + ".faults.jsonl";
     fs::remove(log, ec);
-    auto cfg = trial_config(base, tr.schedule.script(), tr.seed, log);
+    // The container cluster: device faults become container actions and the rest stays in
+    // the script its nodes run, their fault log in each container (copied to `log` after).
+    transport::container_plan plan;
+    if (compose) {
+      auto p = transport::plan_for_containers(tr.schedule);
+      if (!p) return p.error();
+      plan = std::move(*p);
+    }
+    auto cfg = trial_config(base, compose ? plan.node_script : tr.schedule.script(), tr.seed,
+                            compose ? std::string(compose_fault_log) : log);
     if (!cfg) return cfg.error();
     const auto t0 = std::chrono::steady_clock::now();
-    auto got = run(*cfg, dir + "/trial-" + std::to_string(tr.seed));
+    auto got = run(*cfg, dir + "/trial-" + std::to_string(tr.seed), plan, log, &tr);
     tr.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    tr.violations = chaos_violations(*clean, got);
-    if (o.multiprocess) {
+    auto inv = chaos_violations(*clean, got);
+    tr.violations.insert(tr.violations.begin(), inv.begin(), inv.end());
+    if (o.multiprocess || o.compose) {  // node processes; cluster.sh and its docker commands
       const auto left = own_children();
       if (!left.empty()) {
         std::string pids;
@@ -224,11 +268,13 @@ result<std::vector<chaos_trial>> run_chaos(const config& base, const chaos_optio
       tr.losses = got->device_losses;
       tr.rebuilds = got->rebuilds;
       tr.recovery_stall_ms = got->recovery_stall_ms;
-      tr.coordinator_restarts = got->coordinator_restarts;
-      tr.coordinator_detect_ms = got->coordinator_detect_ms;
-      tr.coordinator_recover_ms = got->coordinator_recover_ms;
-      if (tr.coordinator_restarts) tr.fired["coordinator-kill"] += tr.coordinator_restarts;
+      if (!compose) {  // the container cluster's come from Docker and this driver (above)
+        tr.coordinator_restarts = got->coordinator_restarts;
+        tr.coordinator_detect_ms = got->coordinator_detect_ms;
+        tr.coordinator_recover_ms = got->coordinator_recover_ms;
+      }
     }
+    if (tr.coordinator_restarts) tr.fired["coordinator-kill"] += tr.coordinator_restarts;
     // What fired, and when each device was first hit by a fault that can lose it.
     std::map<uint32_t, int64_t> first_hit;
     std::ifstream in(log);

@@ -6,6 +6,7 @@
 #   docker/cluster.sh run [--json F] [--fault KIND:DEVICE[:DELAY_S]]... [--expect-digest HEX] [--from-host]
 #   docker/cluster.sh fault crash|pause|resume|partition|heal|slow|unslow DEVICE [RATE] | coordinator 0
 #   docker/cluster.sh status | logs [SERVICE] | down [--keep-daemon] | clean | daemon
+#   docker/cluster.sh collect PATH DIR | leftovers       (what `pnmkv chaos --compose` uses)
 #
 # `up` does what is missing, idempotently: installs docker.io, docker-compose and debootstrap
 # (apt, as root), starts a Docker daemon when none answers (and remembers that it did), makes
@@ -480,6 +481,31 @@ cmd_run() {
   fi
 }
 
+# Copies PATH out of every container of the cluster (running or exited) into DIR as
+# SERVICE.BASENAME, where it exists, and writes DIR/containers.tsv: service, state, exit
+# code, restarts (Docker's count: a killed coordinator comes back). For `pnmkv chaos
+# --compose`, which collects the nodes' fault logs with it before `down`.
+cmd_collect() {
+  local path="${1:-}" dir="${2:-}" id svc
+  [ -n "$path" ] && [ -n "$dir" ] || die "collect: usage: collect PATH DIR"
+  load_settings
+  mkdir -p "$dir"
+  : >"$dir/containers.tsv"
+  for id in $(project_containers); do
+    svc="$(docker inspect -f '{{index .Config.Labels "com.docker.compose.service"}}' "$id")"
+    docker cp "$id:$path" "$dir/$svc.$(basename "$path")" 2>/dev/null || true
+    docker inspect -f "$svc	{{.State.Status}}	{{.State.ExitCode}}	{{.RestartCount}}" "$id" >>"$dir/containers.tsv"
+  done
+}
+
+# What of the project is still there: a line per container (driver containers included)
+# and per network; nothing after a clean `down`.
+cmd_leftovers() {
+  docker ps -a --filter "label=com.docker.compose.project=$project" --format 'container {{.Names}} ({{.Status}})'
+  docker ps -a --filter "name=${project}-driver-" --format 'container {{.Names}} ({{.Status}})'
+  docker network ls --filter "name=${network}" --format '{{.Name}}' | { grep -x "$network" || true; } | sed 's/^/network /'
+}
+
 cmd_down() {
   local keep=0
   [ "${1:-}" = --keep-daemon ] && keep=1
@@ -501,6 +527,8 @@ case "${1:-}" in
   status) load_settings; compose ps ;;
   logs) shift; load_settings; compose logs --no-color ${1:+"$1"} ;;
   down) shift; cmd_down "$@" ;;
+  collect) shift; cmd_collect "$@" ;;
+  leftovers) cmd_leftovers ;;
   clean)
     cmd_down --keep-daemon
     if docker info >/dev/null 2>&1; then docker rmi -f "$image" "$base" >/dev/null 2>&1 || true; fi
@@ -509,6 +537,6 @@ case "${1:-}" in
     say "removed the images $image and $base (if the daemon was up) and $state" ;;
   *)
     [ -z "${1:-}" ] || say "unknown command '$1'"
-    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2 ;;
 esac
