@@ -90,7 +90,48 @@ result<config> trial_config(const config& base, const std::string& script, uint6
   return c;
 }
 
+transport::chaos_params params_for(const config& base, const chaos_options& o,
+                                   const std::vector<transport::chaos_fault>& kinds) {
+  transport::chaos_params p;
+  p.kinds = kinds;
+  p.faults_per_trial_max = o.faults_per_trial_max;
+  p.rate_max = o.rate_max;
+  const int64_t devices = base.get_int("cluster.pnm_devices");
+  for (int64_t i = 0; i < devices; ++i) p.devices.push_back(uint32_t(100 + i));
+  const bool open = base.get_string("workload.arrivals") != "closed";
+  p.steps = uint32_t(open ? base.get_int("workload.output_tokens") : base.get_int("run.steps"));
+  return p;
+}
+
 }  // namespace
+
+result<std::vector<std::string>> chaos_plans(const config& base, const chaos_options& o) {
+  if (o.compose && o.multiprocess)
+    return status{errc::invalid_argument, "chaos: --compose and --multiprocess name two clusters; pick one"};
+  auto kinds = transport::parse_chaos_faults(o.faults, o.multiprocess || o.compose);
+  if (!kinds) return kinds.error();
+  if (o.trials == 0 || o.trials > 100000) return status{errc::invalid_argument, "chaos: --trials must be in [1, 100000]"};
+  const transport::chaos_params p = params_for(base, o, *kinds);
+  std::vector<std::string> out;
+  for (uint32_t t = 0; t < o.trials; ++t) {
+    auto s = transport::draw_chaos_schedule(p, o.seed + t);
+    if (!s) return s.error();
+    std::string text = "seed " + std::to_string(o.seed + t) + ": " + s->script();
+    if (o.compose) {
+      auto plan = transport::plan_for_containers(*s);
+      if (!plan) return plan.error();
+      text += "\n    nodes' script: " + (plan->node_script.empty() ? std::string("(none)") : plan->node_script);
+      for (const auto& a : plan->actions) {
+        text += "\n    cluster.sh fault " + std::string(transport::to_string(a.op)) + " " + std::to_string(a.node);
+        if (!a.undo()) text += "  at decode step " + std::to_string(a.at_step);
+        else if (a.at_step) text += "  at decode step " + std::to_string(a.at_step) + " (after its strike)";
+        else text += "  " + std::to_string(a.after_ms) + " ms after its strike";
+      }
+    }
+    out.push_back(std::move(text));
+  }
+  return out;
+}
 
 std::vector<std::string> chaos_violations(const run_report& clean, const result<run_report>& got) {
   std::vector<std::string> v;
@@ -170,14 +211,7 @@ result<std::vector<chaos_trial>> run_chaos(const config& base, const chaos_optio
   auto kinds = transport::parse_chaos_faults(o.faults, o.multiprocess || o.compose);
   if (!kinds) return kinds.error();
   if (o.trials == 0 || o.trials > 100000) return status{errc::invalid_argument, "chaos: --trials must be in [1, 100000]"};
-  transport::chaos_params p;
-  p.kinds = *kinds;
-  p.faults_per_trial_max = o.faults_per_trial_max;
-  p.rate_max = o.rate_max;
-  const int64_t devices = base.get_int("cluster.pnm_devices");
-  for (int64_t i = 0; i < devices; ++i) p.devices.push_back(uint32_t(100 + i));
-  const bool open = base.get_string("workload.arrivals") != "closed";
-  p.steps = uint32_t(open ? base.get_int("workload.output_tokens") : base.get_int("run.steps"));
+  const transport::chaos_params p = params_for(base, o, *kinds);
   const std::string dir = o.out_dir.empty() ? (fs::temp_directory_path() / ("pnmkv-chaos-" + std::to_string(getpid()))).string()
                                             : o.out_dir;
   std::error_code ec;
@@ -308,6 +342,21 @@ result<std::vector<chaos_trial>> run_chaos(const config& base, const chaos_optio
   return out;
 }
 
+namespace {
+// Did a fault of kind `k` (its name) of the trial hit a device that was lost?
+bool lost_by(const chaos_trial& t, const std::string& k) {
+  for (const auto& l : t.losses)
+    for (const auto& e : t.schedule.events)
+      if (transport::to_string(e.kind) == k && e.node == int64_t(l.device)) return true;
+  return false;
+}
+bool any_lost_by(const chaos_trial& t) {
+  for (const auto& e : t.schedule.events)
+    if (lost_by(t, transport::to_string(e.kind))) return true;
+  return false;
+}
+}  // namespace
+
 std::string chaos_summary_table(const std::vector<chaos_trial>& trials) {
   struct row {
     uint64_t trials = 0, fired = 0, lost = 0, violations = 0, copied = 0, recomputed = 0;
@@ -341,6 +390,9 @@ std::string chaos_summary_table(const std::vector<chaos_trial>& trials) {
         ++r.lost;
         if (i < t.detect_ms.size() && t.detect_ms[i] >= 0) r.detect.push_back(t.detect_ms[i]);
       }
+      // The trial's rebuilds go to the kinds that lost a device in it (a hang that lost
+      // nothing beside a crash that did gets none), or to every kind when none did.
+      if (!lost_by(t, k) && any_lost_by(t)) continue;
       for (const auto& b : t.rebuilds) {
         if (b.outcome != "done") continue;
         r.recover.push_back(b.wall_ms);

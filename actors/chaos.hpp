@@ -83,6 +83,10 @@ std::vector<std::string> chaos_violations(const run_report& clean, const result<
 result<std::vector<chaos_trial>> run_chaos(const config& base, const chaos_options& o,
                                            const std::function<void(const chaos_trial&)>& on_trial);
 
+// The trials' schedules without running anything (`pnmkv chaos --plan-only`), a text per
+// trial: its fault script and, with `compose`, the nodes' script and the container actions.
+result<std::vector<std::string>> chaos_plans(const config& base, const chaos_options& o);
+
 // The summary: per fault kind, trials, faults fired, devices lost and detected, detection and
 // recovery times (median / max), bytes copied and recomputed, virtual stall, violations.
 std::string chaos_summary_table(const std::vector<chaos_trial>& trials);

@@ -195,7 +195,10 @@ compose_chaos::outcome compose_chaos::run(const config& cfg, const transport::co
     return oc;
   }
   built_ = true;
-  auto host = load_config(state_ + "/host.yaml", {});
+  // The driver's config (cluster.sh's host.yaml), with the journal's path as the host sees
+  // it: what tells a driver that a lost coordinator comes back (Docker restarts it), so it
+  // waits and joins again instead of failing the run.
+  auto host = load_config(state_ + "/host.yaml", {"cluster.journal_file=" + state_ + "/var/coordinator.journal"});
   if (!host) {
     oc.report = status{host.error().code(), "the driver's config " + state_ + "/host.yaml: " + host.error().message()};
     oc.violations.push_back(oc.report.error().message());
@@ -215,10 +218,42 @@ compose_chaos::outcome compose_chaos::run(const config& cfg, const transport::co
     oc.actions[i].node = plan.actions[i].node;
     oc.actions[i].at_step = plan.actions[i].at_step;
   }
-  const std::string faults_jsonl = state_ + "/faults.jsonl";
+  // Each due action on a thread of its own: a slow docker command (a kill can take a second
+  // on a loaded machine) does not hold back another node's fault. An undo waits for its
+  // strike (due_container_actions).
   std::thread injector([&] {
     std::vector<int64_t> done(plan.actions.size(), -1);
+    std::vector<bool> started(plan.actions.size(), false);
+    std::vector<std::thread> workers;
+    size_t running = 0;
+    auto strike = [&](size_t i, uint64_t s) {
+      chaos_action& a = oc.actions[i];
+      a.step_issued = s;
+      a.issued_unix_ms = unix_ms_now();
+      std::string out;
+      auto frc = tool({"fault", a.op, std::to_string(a.node)}, work + "/faults-" + std::to_string(i) + ".log", 120000,
+                      &out);
+      a.done_unix_ms = unix_ms_now();
+      a.ok = frc && *frc == 0;
+      if (!a.ok)
+        a.error = frc ? "cluster.sh fault exited " + std::to_string(*frc) + " (" + work + "/faults-" +
+                            std::to_string(i) + ".log)"
+                      : frc.error().message();
+      // cluster.sh's times: issued (just before the docker command) and effective (a kill:
+      // the process's exit as Docker recorded it; else the command's return).
+      auto j = nlohmann::json::parse(out, nullptr, false);
+      if (a.ok && !j.is_discarded() && j.is_object()) {
+        a.issued_unix_ms = j.value("injected_unix_ms", a.issued_unix_ms);
+        a.done_unix_ms = j.value("effective_unix_ms", a.done_unix_ms);
+      }
+      std::lock_guard<std::mutex> lk(mu);
+      a.step_done = step;
+      done[i] = steady_ms_now();
+      --running;
+      cv.notify_all();
+    };
     for (;;) {
+      std::vector<size_t> due;
       uint64_t s = 0;
       bool o = false;
       {
@@ -226,38 +261,18 @@ compose_chaos::outcome compose_chaos::run(const config& cfg, const transport::co
         cv.wait_for(lk, std::chrono::milliseconds(20));
         s = step;
         o = over;
-      }
-      auto due = transport::due_container_actions(plan, uint32_t(std::min<uint64_t>(s, UINT32_MAX)), steady_ms_now(),
-                                                  done, o);
-      for (size_t i : due) {
-        chaos_action& a = oc.actions[i];
-        a.step_issued = s;
-        a.issued_unix_ms = unix_ms_now();
-        auto frc = tool({"fault", a.op, std::to_string(a.node)}, work + "/faults.log", 120000);
-        const int64_t t = unix_ms_now();
-        a.done_unix_ms = t;
-        a.ok = frc && *frc == 0;
-        if (!a.ok) a.error = frc ? "cluster.sh fault exited " + std::to_string(*frc) + " (" + work + "/faults.log)"
-                                 : frc.error().message();
-        // cluster.sh's own times: just before the docker command, and once it returned.
-        std::string all = read_file(faults_jsonl);
-        if (!all.empty()) {
-          const size_t nl = all.find_last_of('\n', all.size() - 2);
-          auto j = nlohmann::json::parse(all.substr(nl == std::string::npos ? 0 : nl + 1), nullptr, false);
-          if (a.ok && !j.is_discarded() && j.value("kind", std::string()) == a.op &&
-              j.value("injected_unix_ms", int64_t(0)) >= a.issued_unix_ms) {
-            a.issued_unix_ms = j.value("injected_unix_ms", a.issued_unix_ms);
-            a.done_unix_ms = j.value("effective_unix_ms", a.done_unix_ms);
+        for (size_t i : transport::due_container_actions(plan, uint32_t(std::min<uint64_t>(s, UINT32_MAX)),
+                                                         steady_ms_now(), done, o))
+          if (!started[i]) {
+            started[i] = true;
+            ++running;
+            due.push_back(i);
           }
-        }
-        {
-          std::lock_guard<std::mutex> lk(mu);
-          a.step_done = step;
-        }
-        done[i] = steady_ms_now();
+        if (o && due.empty() && running == 0) break;
       }
-      if (o && due.empty()) break;
+      for (size_t i : due) workers.emplace_back(strike, i, s);
     }
+    for (auto& w : workers) w.join();
     for (size_t i = 0; i < plan.actions.size(); ++i)
       if (done[i] < 0)
         oc.actions[i].error = plan.actions[i].undo() ? "not needed: its strike was not injected"

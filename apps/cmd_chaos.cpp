@@ -20,6 +20,7 @@ void register_chaos(CLI::App& app) {
                "the outputs of a run without faults or fails with a reason, and no process is left");
   static config_options cfg_opts;
   static chaos_options o;
+  static bool plan_only = false;
   add_config_options(cmd, cfg_opts);
   cmd->add_option("--seed", o.seed, "First trial's seed; trial k runs seed + k (default 1)");
   cmd->add_option("--trials", o.trials, "Trials to run (default 8)");
@@ -35,6 +36,9 @@ void register_chaos(CLI::App& app) {
                 "fault script; default config cluster_configs/chaos-compose.yaml");
   cmd->add_option("--cluster-script", o.cluster_script,
                   "--compose: the docker/cluster.sh to use (default: the source tree's)");
+  cmd->add_flag("--plan-only", plan_only,
+                "Print each trial's schedule (with --compose: the nodes' script and the container actions) and "
+                "run nothing");
   cmd->add_option("--out", o.out_dir, "Write chaos.jsonl and each trial's fault log here (default: a temp dir)");
   cmd->add_option("--trial-timeout-ms", o.trial_timeout_ms, "A trial not done by then is a hang (default 300000)");
   cmd->callback([] {
@@ -55,6 +59,15 @@ void register_chaos(CLI::App& app) {
     if (auto kinds = transport::parse_chaos_faults(o.faults, o.multiprocess || o.compose); !kinds) {  // before any run
       std::fprintf(stderr, "pnmkv chaos: --faults: %s\n", kinds.error().message().c_str());
       throw CLI::RuntimeError(2);
+    }
+    if (plan_only) {
+      auto plans = chaos_plans(cfg, o);
+      if (!plans) {
+        std::fprintf(stderr, "pnmkv chaos: %s\n", plans.error().to_string().c_str());
+        throw CLI::RuntimeError(2);
+      }
+      for (const auto& p : *plans) std::printf("%s\n", p.c_str());
+      return;
     }
     std::printf("pnmkv chaos: %u trials from seed %llu on %s (%s)\n", o.trials, (unsigned long long)o.seed,
                 c.file.c_str(),
