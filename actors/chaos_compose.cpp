@@ -282,9 +282,11 @@ compose_chaos::outcome compose_chaos::run(const config& cfg, const transport::co
 
   cluster_run_options ro;
   ro.run_timeout_ms = timeout_ms;
+  std::vector<std::pair<uint64_t, int64_t>> progress;  // (step, UTC ms) as the driver saw them
   ro.on_progress = [&](const std::string& phase, uint64_t done, uint64_t) {
     if (phase != "decode" && phase != "serve") return;
     std::lock_guard<std::mutex> lk(mu);
+    progress.emplace_back(done, unix_ms_now());
     step = std::max(step, done);
     cv.notify_all();
   };
@@ -299,6 +301,11 @@ compose_chaos::outcome compose_chaos::run(const config& cfg, const transport::co
     cv.notify_all();
   }
   injector.join();
+  {
+    std::ofstream pt(work + "/progress.tsv");
+    pt << "step\tunix_ms\n";
+    for (const auto& [st, ms] : progress) pt << st << "\t" << ms << "\n";
+  }
 
   // Coordinator kills: the driver's first loss after each kill, and its rejoin after that.
   for (const auto& a : oc.actions) {

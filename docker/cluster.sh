@@ -385,7 +385,9 @@ cmd_fault() {
       elif [ "$kind" = crash ]; then
         docker kill --signal KILL "$id" >/dev/null; how="docker kill (SIGKILL)"
       else
-        docker exec "$id" sh -c 'kill -9 -1' >/dev/null 2>&1 || true; how="SIGKILL inside (docker exec)"
+        docker exec "$id" sh -c 'kill -9 -1' >/dev/null 2>&1 ||
+          die "fault coordinator: its node process is not running (has the run ended?)"
+        how="SIGKILL inside (docker exec)"
       fi
       [ "$kind" = crash ] || how="$how; restarted by Docker from its journal" ;;
     pause)
