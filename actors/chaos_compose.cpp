@@ -351,7 +351,15 @@ compose_chaos::outcome compose_chaos::run(const config& cfg, const transport::co
       }
     }
   }
-  if (!oc.report || !oc.violations.empty()) (void)tool({"logs"}, work + "/containers.log", 120000, nullptr);
+  // The containers' logs, kept when something needs explaining: a failed run, a violation,
+  // or a device lost that no container action struck.
+  bool unexplained = false;
+  if (oc.report)
+    for (const auto& l : oc.report->device_losses)
+      unexplained = unexplained || std::none_of(plan.actions.begin(), plan.actions.end(),
+                                                [&](const auto& a) { return a.node == l.device; });
+  if (!oc.report || !oc.violations.empty() || unexplained)
+    (void)tool({"logs"}, work + "/containers.log", 120000, nullptr);
   take_down();
   return oc;
 }
