@@ -103,6 +103,57 @@ transport::chaos_params params_for(const config& base, const chaos_options& o,
   return p;
 }
 
+// A trial's report, into the trial (`coordinator`: its coordinator figures too; the
+// container cluster's come from Docker and its driver instead).
+void absorb_report(chaos_trial& tr, const result<run_report>& got, bool coordinator) {
+  if (!got) {
+    tr.run_error = got.error().to_string();
+  } else {
+    tr.submitted = got->submitted;
+    tr.completed = got->completed;
+    tr.failed = got->failed;
+    tr.failures = got->failures;
+    tr.losses = got->device_losses;
+    tr.rebuilds = got->rebuilds;
+    tr.recovery_stall_ms = got->recovery_stall_ms;
+    if (coordinator) {
+      tr.coordinator_restarts = got->coordinator_restarts;
+      tr.coordinator_detect_ms = got->coordinator_detect_ms;
+      tr.coordinator_recover_ms = got->coordinator_recover_ms;
+    }
+  }
+  if (tr.coordinator_restarts) tr.fired["coordinator-kill"] += tr.coordinator_restarts;
+}
+
+// What fired (the trial's fault log), and each lost device's detection after the first
+// fault that could lose it (crash, stall, partition) hit it.
+void tally_fault_log(chaos_trial& tr, const std::string& log) {
+  std::map<uint32_t, int64_t> first_hit;
+  std::ifstream in(log);
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded()) continue;
+    const std::string kind = j.value("fault", std::string());
+    ++tr.fired[kind];
+    if (kind != "crash" && kind != "stall" && kind != "partition") continue;
+    const int64_t ms = j.value("unix_ms", int64_t(0));
+    std::set<uint32_t> hit;
+    if (kind == "partition") {
+      hit = {j.value("from", 0u), j.value("to", 0u)};
+    } else {
+      hit = {j.value("node", 0u)};
+    }
+    for (uint32_t n : hit) {
+      auto [it, added] = first_hit.emplace(n, ms);
+      if (!added) it->second = std::min(it->second, ms);
+    }
+  }
+  for (const auto& l : tr.losses) {
+    auto h = first_hit.find(l.device);
+    tr.detect_ms.push_back(h == first_hit.end() ? -1.0 : double(l.detected_unix_ms - h->second));
+  }
+}
+
 }  // namespace
 
 result<std::vector<std::string>> chaos_plans(const config& base, const chaos_options& o) {
@@ -292,48 +343,8 @@ result<std::vector<chaos_trial>> run_chaos(const config& base, const chaos_optio
         tr.violations.push_back("node processes outlived the run: " + pids);
       }
     }
-    if (!got) {
-      tr.run_error = got.error().to_string();
-    } else {
-      tr.submitted = got->submitted;
-      tr.completed = got->completed;
-      tr.failed = got->failed;
-      tr.failures = got->failures;
-      tr.losses = got->device_losses;
-      tr.rebuilds = got->rebuilds;
-      tr.recovery_stall_ms = got->recovery_stall_ms;
-      if (!compose) {  // the container cluster's come from Docker and this driver (above)
-        tr.coordinator_restarts = got->coordinator_restarts;
-        tr.coordinator_detect_ms = got->coordinator_detect_ms;
-        tr.coordinator_recover_ms = got->coordinator_recover_ms;
-      }
-    }
-    if (tr.coordinator_restarts) tr.fired["coordinator-kill"] += tr.coordinator_restarts;
-    // What fired, and when each device was first hit by a fault that can lose it.
-    std::map<uint32_t, int64_t> first_hit;
-    std::ifstream in(log);
-    for (std::string line; std::getline(in, line);) {
-      auto j = nlohmann::json::parse(line, nullptr, false);
-      if (j.is_discarded()) continue;
-      const std::string kind = j.value("fault", std::string());
-      ++tr.fired[kind];
-      if (kind != "crash" && kind != "stall" && kind != "partition") continue;
-      const int64_t ms = j.value("unix_ms", int64_t(0));
-      std::set<uint32_t> hit;
-      if (kind == "partition") {
-        hit = {j.value("from", 0u), j.value("to", 0u)};
-      } else {
-        hit = {j.value("node", 0u)};
-      }
-      for (uint32_t n : hit) {
-        auto [it, added] = first_hit.emplace(n, ms);
-        if (!added) it->second = std::min(it->second, ms);
-      }
-    }
-    for (const auto& l : tr.losses) {
-      auto h = first_hit.find(l.device);
-      tr.detect_ms.push_back(h == first_hit.end() ? -1.0 : double(l.detected_unix_ms - h->second));
-    }
+    absorb_report(tr, got, !compose);
+    tally_fault_log(tr, log);
     jsonl << tr.to_json() << "\n";
     jsonl.flush();
     if (on_trial) on_trial(tr);

@@ -14,6 +14,7 @@ extern char** environ;
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <mutex>
 #include <sstream>
 #include <thread>
@@ -162,6 +163,170 @@ result<int> compose_chaos::tool(const std::vector<std::string>& args, const std:
   return WEXITSTATUS(st);
 }
 
+namespace {
+
+// Executes a container plan while the run goes on: the driver's progress moves `step`; each
+// due action runs on a thread of its own, so a slow docker command does not hold back
+// another node's fault; an undo waits for its strike (due_container_actions).
+class plan_executor {
+ public:
+  using tool_fn = std::function<result<int>(const std::vector<std::string>&, const std::string&, uint64_t,
+                                            std::string*)>;
+  plan_executor(const transport::container_plan& plan, std::vector<chaos_action>& actions, std::string work,
+                tool_fn tool)
+      : plan_(plan), actions_(actions), work_(std::move(work)), tool_(std::move(tool)),
+        done_(plan.actions.size(), -1), started_(plan.actions.size(), false) {
+    actions_.resize(plan.actions.size());
+    for (size_t i = 0; i < plan.actions.size(); ++i) {
+      actions_[i].op = transport::to_string(plan.actions[i].op);
+      actions_[i].node = plan.actions[i].node;
+      actions_[i].at_step = plan.actions[i].at_step;
+    }
+    loop_ = std::thread([this] { loop(); });
+  }
+  ~plan_executor() { finish(); }
+
+  void on_step(uint64_t done, int64_t unix_ms) {
+    std::lock_guard<std::mutex> lk(mu_);
+    progress_.emplace_back(done, unix_ms);
+    step_ = std::max(step_, done);
+    cv_.notify_all();
+  }
+  // The run is over: pending undos are done now, strikes not yet due never; returns once
+  // every action has finished.
+  void finish() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      over_ = true;
+      cv_.notify_all();
+    }
+    if (loop_.joinable()) loop_.join();
+  }
+  // (step, UTC ms) as the driver saw them.
+  const std::vector<std::pair<uint64_t, int64_t>>& progress() const { return progress_; }
+
+ private:
+  void loop() {
+    std::vector<std::thread> workers;
+    for (;;) {
+      std::vector<size_t> due;
+      uint64_t s = 0;
+      {
+        std::unique_lock<std::mutex> lk(mu_);
+        cv_.wait_for(lk, std::chrono::milliseconds(20));
+        s = step_;
+        for (size_t i : transport::due_container_actions(plan_, uint32_t(std::min<uint64_t>(s, UINT32_MAX)),
+                                                         steady_ms_now(), done_, over_))
+          if (!started_[i]) {
+            started_[i] = true;
+            ++running_;
+            due.push_back(i);
+          }
+        if (over_ && due.empty() && running_ == 0) break;
+      }
+      for (size_t i : due) workers.emplace_back([this, i, s] { strike(i, s); });
+    }
+    for (auto& w : workers) w.join();
+    for (size_t i = 0; i < plan_.actions.size(); ++i)
+      if (done_[i] < 0)
+        actions_[i].error = plan_.actions[i].undo() ? "not needed: its strike was not injected"
+                                                    : "not injected: the run ended before decode step " +
+                                                          std::to_string(plan_.actions[i].at_step);
+  }
+
+  void strike(size_t i, uint64_t s) {
+    chaos_action& a = actions_[i];
+    a.step_issued = s;
+    a.issued_unix_ms = unix_ms_now();
+    const std::string log = work_ + "/faults-" + std::to_string(i) + ".log";
+    std::string out;
+    auto rc = tool_({"fault", a.op, std::to_string(a.node)}, log, 120000, &out);
+    a.done_unix_ms = unix_ms_now();
+    a.ok = rc && *rc == 0;
+    if (!a.ok) a.error = rc ? "cluster.sh fault exited " + std::to_string(*rc) + " (" + log + ")" : rc.error().message();
+    // cluster.sh's times: issued (just before the signal or docker command) and in effect.
+    auto j = nlohmann::json::parse(out, nullptr, false);
+    if (a.ok && !j.is_discarded() && j.is_object()) {
+      a.issued_unix_ms = j.value("injected_unix_ms", a.issued_unix_ms);
+      a.done_unix_ms = j.value("effective_unix_ms", a.done_unix_ms);
+    }
+    std::lock_guard<std::mutex> lk(mu_);
+    a.step_done = step_;
+    done_[i] = steady_ms_now();
+    --running_;
+    cv_.notify_all();
+  }
+
+  const transport::container_plan& plan_;
+  std::vector<chaos_action>& actions_;
+  std::string work_;
+  tool_fn tool_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  uint64_t step_ = 0;
+  bool over_ = false;
+  size_t running_ = 0;
+  std::vector<int64_t> done_;
+  std::vector<bool> started_;
+  std::vector<std::pair<uint64_t, int64_t>> progress_;
+  std::thread loop_;
+};
+
+}  // namespace
+
+void compose_chaos::take_down(const std::string& log, outcome& oc) const {
+  (void)tool({"down", "--keep-daemon"}, log, 300000);
+  std::string left;
+  auto rc = tool({"leftovers"}, log, 60000, &left);
+  if (!rc || *rc != 0) {
+    oc.violations.push_back("could not list what the trial's cluster left (cluster.sh leftovers; " + log + ")");
+    return;
+  }
+  std::istringstream lines(left);
+  for (std::string l; std::getline(lines, l);)
+    if (!l.empty()) oc.violations.push_back("left behind after the trial's cluster was taken down: " + l);
+}
+
+// The containers' fault logs and each container action that struck, into `host_log` (the
+// fault log's grammar: the runner tallies both alike); Docker's restart count of the
+// coordinator.
+void compose_chaos::collect(const transport::container_plan& plan, const std::string& work,
+                            const std::string& host_log, outcome& oc) const {
+  const std::string got = work + "/collected";
+  if (auto c = tool({"collect", compose_fault_log, got}, work + "/cluster.log", 120000); !c || *c != 0) {
+    oc.violations.push_back("could not collect the containers' fault logs (cluster.sh collect; " + work +
+                            "/cluster.log)");
+    return;
+  }
+  std::ifstream tsv(got + "/containers.tsv");
+  for (std::string line; std::getline(tsv, line);) {
+    std::istringstream f(line);
+    std::string svc, state, code;
+    uint32_t restarts = 0;
+    if (f >> svc >> state >> code >> restarts && svc == "coordinator") oc.coordinator_restarts = restarts;
+  }
+  if (host_log.empty()) return;
+  std::ofstream out(host_log, std::ios::app);
+  std::error_code ec;
+  const std::string name = fs::path(compose_fault_log).filename().string();
+  for (const auto& e : fs::directory_iterator(got, ec))
+    if (e.path().filename().string().find(name) != std::string::npos) out << read_file(e.path().string());
+  for (size_t i = 0; i < oc.actions.size(); ++i) {
+    const chaos_action& a = oc.actions[i];
+    if (!a.ok || a.op == "coordinator") continue;  // a coordinator kill counts as a restart
+    nlohmann::ordered_json j;
+    j["node"] = a.node;
+    j["point"] = "container";
+    j["fault"] = logged_as(plan.actions[i].op);
+    j["from"] = a.node;
+    j["to"] = a.node;
+    j["step"] = a.step_issued;
+    j["how"] = "cluster.sh fault " + a.op;
+    j["unix_ms"] = a.done_unix_ms;
+    out << j.dump() << "\n";
+  }
+}
+
 compose_chaos::outcome compose_chaos::run(const config& cfg, const transport::container_plan& plan,
                                           const std::string& work, const std::string& host_log, uint64_t timeout_ms) {
   outcome oc;
@@ -170,19 +335,6 @@ compose_chaos::outcome compose_chaos::run(const config& cfg, const transport::co
   const std::string log = work + "/cluster.log";
   const std::string cfg_file = fs::absolute(work + "/config.yaml").string();
   std::ofstream(cfg_file) << cfg.to_yaml();
-  auto take_down = [&] {
-    (void)tool({"down", "--keep-daemon"}, log, 300000);
-    std::string left;
-    auto rc = tool({"leftovers"}, log, 60000, &left);
-    if (!rc || *rc != 0) {
-      oc.violations.push_back("could not list what the trial's cluster left (cluster.sh leftovers; " + log + ")");
-      return;
-    }
-    std::istringstream lines(left);
-    for (std::string l; std::getline(lines, l);)
-      if (!l.empty()) oc.violations.push_back("left behind after the trial's cluster was taken down: " + l);
-  };
-
   std::vector<std::string> up = {"up", "--config", cfg_file};
   if (built_) up.push_back("--no-build");
   auto rc = tool(up, log, 900000);
@@ -191,7 +343,7 @@ compose_chaos::outcome compose_chaos::run(const config& cfg, const transport::co
                             (rc ? "exit " + std::to_string(*rc) : rc.error().message()) + "; log " + log + ")";
     oc.violations.push_back(why);
     oc.report = status{errc::io, why};
-    take_down();
+    take_down(log, oc);
     return oc;
   }
   built_ = true;
@@ -202,111 +354,32 @@ compose_chaos::outcome compose_chaos::run(const config& cfg, const transport::co
   if (!host) {
     oc.report = status{host.error().code(), "the driver's config " + state_ + "/host.yaml: " + host.error().message()};
     oc.violations.push_back(oc.report.error().message());
-    take_down();
+    take_down(log, oc);
     return oc;
   }
 
-  // The container actions, on their own thread: the driver's progress moves `step`.
-  std::mutex mu;
-  std::condition_variable cv;
-  uint64_t step = 0;
-  bool over = false;
   std::vector<int64_t> coord_lost_ms, coord_back_ms;
-  oc.actions.resize(plan.actions.size());
-  for (size_t i = 0; i < plan.actions.size(); ++i) {
-    oc.actions[i].op = transport::to_string(plan.actions[i].op);
-    oc.actions[i].node = plan.actions[i].node;
-    oc.actions[i].at_step = plan.actions[i].at_step;
-  }
-  // Each due action on a thread of its own: a slow docker command (a kill can take a second
-  // on a loaded machine) does not hold back another node's fault. An undo waits for its
-  // strike (due_container_actions).
-  std::thread injector([&] {
-    std::vector<int64_t> done(plan.actions.size(), -1);
-    std::vector<bool> started(plan.actions.size(), false);
-    std::vector<std::thread> workers;
-    size_t running = 0;
-    auto strike = [&](size_t i, uint64_t s) {
-      chaos_action& a = oc.actions[i];
-      a.step_issued = s;
-      a.issued_unix_ms = unix_ms_now();
-      std::string out;
-      auto frc = tool({"fault", a.op, std::to_string(a.node)}, work + "/faults-" + std::to_string(i) + ".log", 120000,
-                      &out);
-      a.done_unix_ms = unix_ms_now();
-      a.ok = frc && *frc == 0;
-      if (!a.ok)
-        a.error = frc ? "cluster.sh fault exited " + std::to_string(*frc) + " (" + work + "/faults-" +
-                            std::to_string(i) + ".log)"
-                      : frc.error().message();
-      // cluster.sh's times: issued (just before the docker command) and effective (a kill:
-      // the process's exit as Docker recorded it; else the command's return).
-      auto j = nlohmann::json::parse(out, nullptr, false);
-      if (a.ok && !j.is_discarded() && j.is_object()) {
-        a.issued_unix_ms = j.value("injected_unix_ms", a.issued_unix_ms);
-        a.done_unix_ms = j.value("effective_unix_ms", a.done_unix_ms);
-      }
-      std::lock_guard<std::mutex> lk(mu);
-      a.step_done = step;
-      done[i] = steady_ms_now();
-      --running;
-      cv.notify_all();
+  std::mutex mu;
+  {
+    plan_executor exec(plan, oc.actions, work,
+                       [this](const std::vector<std::string>& a, const std::string& l, uint64_t t, std::string* o) {
+                         return tool(a, l, t, o);
+                       });
+    cluster_run_options ro;
+    ro.run_timeout_ms = timeout_ms;
+    ro.on_progress = [&](const std::string& phase, uint64_t done, uint64_t) {
+      if (phase == "decode" || phase == "serve") exec.on_step(done, unix_ms_now());
     };
-    for (;;) {
-      std::vector<size_t> due;
-      uint64_t s = 0;
-      bool o = false;
-      {
-        std::unique_lock<std::mutex> lk(mu);
-        cv.wait_for(lk, std::chrono::milliseconds(20));
-        s = step;
-        o = over;
-        for (size_t i : transport::due_container_actions(plan, uint32_t(std::min<uint64_t>(s, UINT32_MAX)),
-                                                         steady_ms_now(), done, o))
-          if (!started[i]) {
-            started[i] = true;
-            ++running;
-            due.push_back(i);
-          }
-        if (o && due.empty() && running == 0) break;
-      }
-      for (size_t i : due) workers.emplace_back(strike, i, s);
-    }
-    for (auto& w : workers) w.join();
-    for (size_t i = 0; i < plan.actions.size(); ++i)
-      if (done[i] < 0)
-        oc.actions[i].error = plan.actions[i].undo() ? "not needed: its strike was not injected"
-                                                     : "not injected: the run ended before decode step " +
-                                                           std::to_string(plan.actions[i].at_step);
-  });
-
-  cluster_run_options ro;
-  ro.run_timeout_ms = timeout_ms;
-  std::vector<std::pair<uint64_t, int64_t>> progress;  // (step, UTC ms) as the driver saw them
-  ro.on_progress = [&](const std::string& phase, uint64_t done, uint64_t) {
-    if (phase != "decode" && phase != "serve") return;
-    std::lock_guard<std::mutex> lk(mu);
-    progress.emplace_back(done, unix_ms_now());
-    step = std::max(step, done);
-    cv.notify_all();
-  };
-  ro.on_coordinator_link = [&](bool back) {
-    std::lock_guard<std::mutex> lk(mu);
-    (back ? coord_back_ms : coord_lost_ms).push_back(unix_ms_now());
-  };
-  oc.report = run_attached(*host, ro, "127.0.0.1", port_);
-  {
-    std::lock_guard<std::mutex> lk(mu);
-    over = true;
-    cv.notify_all();
-  }
-  injector.join();
-  {
+    ro.on_coordinator_link = [&](bool back) {
+      std::lock_guard<std::mutex> lk(mu);
+      (back ? coord_back_ms : coord_lost_ms).push_back(unix_ms_now());
+    };
+    oc.report = run_attached(*host, ro, "127.0.0.1", port_);
+    exec.finish();
     std::ofstream pt(work + "/progress.tsv");
     pt << "step\tunix_ms\n";
-    for (const auto& [st, ms] : progress) pt << st << "\t" << ms << "\n";
+    for (const auto& [st, ms] : exec.progress()) pt << st << "\t" << ms << "\n";
   }
-
   // Coordinator kills: the driver's first loss after each kill, and its rejoin after that.
   for (const auto& a : oc.actions) {
     if (a.op != "coordinator" || !a.ok) continue;
@@ -317,40 +390,7 @@ compose_chaos::outcome compose_chaos::run(const config& cfg, const transport::co
       break;
     }
   }
-
-  // The containers' fault logs and Docker's view of each container.
-  const std::string got = work + "/collected";
-  if (auto c = tool({"collect", compose_fault_log, got}, log, 120000); !c || *c != 0) {
-    oc.violations.push_back("could not collect the containers' fault logs (cluster.sh collect; " + log + ")");
-  } else {
-    std::ifstream tsv(got + "/containers.tsv");
-    for (std::string line; std::getline(tsv, line);) {
-      std::istringstream f(line);
-      std::string svc, state, code;
-      uint32_t restarts = 0;
-      if (f >> svc >> state >> code >> restarts && svc == "coordinator") oc.coordinator_restarts = restarts;
-    }
-    if (!host_log.empty()) {
-      std::ofstream out(host_log, std::ios::app);
-      for (const auto& e : fs::directory_iterator(got, ec))
-        if (e.path().filename().string().find(fs::path(compose_fault_log).filename().string()) != std::string::npos)
-          out << read_file(e.path().string());
-      for (size_t i = 0; i < oc.actions.size(); ++i) {
-        const chaos_action& a = oc.actions[i];
-        if (!a.ok || a.op == "coordinator") continue;  // a coordinator kill counts as a restart
-        nlohmann::ordered_json j;
-        j["node"] = a.node;
-        j["point"] = "container";
-        j["fault"] = logged_as(plan.actions[i].op);
-        j["from"] = a.node;
-        j["to"] = a.node;
-        j["step"] = a.step_issued;
-        j["how"] = "cluster.sh fault " + a.op;
-        j["unix_ms"] = a.done_unix_ms;
-        out << j.dump() << "\n";
-      }
-    }
-  }
+  collect(plan, work, host_log, oc);
   // The containers' logs, kept when something needs explaining: a failed run, a violation,
   // or a device lost that no container action struck.
   bool unexplained = false;
@@ -360,7 +400,7 @@ compose_chaos::outcome compose_chaos::run(const config& cfg, const transport::co
                                                 [&](const auto& a) { return a.node == l.device; });
   if (!oc.report || !oc.violations.empty() || unexplained)
     (void)tool({"logs"}, work + "/containers.log", 120000, nullptr);
-  take_down();
+  take_down(log, oc);
   return oc;
 }
 

@@ -58,8 +58,13 @@ class compose_chaos {
 
  private:
   compose_chaos() = default;
+  // Runs `cluster.sh ARGS...` (stderr to `log`; stdout there too, or into *out), killed
+  // past the timeout; its exit status.
   result<int> tool(const std::vector<std::string>& args, const std::string& log, uint64_t timeout_ms,
                    std::string* out = nullptr) const;
+  void take_down(const std::string& log, outcome& oc) const;
+  void collect(const transport::container_plan& plan, const std::string& work, const std::string& host_log,
+               outcome& oc) const;
   std::string script_, state_, dir_;
   std::vector<std::pair<std::string, std::string>> env_;
   uint16_t port_ = 0;
