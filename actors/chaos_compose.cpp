@@ -253,6 +253,9 @@ class plan_executor {
     std::lock_guard<std::mutex> lk(mu_);
     a.step_done = step_;
     done_[i] = steady_ms_now();
+    if (!a.ok)  // nothing to undo
+      for (size_t j = 0; j < plan_.actions.size(); ++j)
+        if (plan_.actions[j].strike == int64_t(i)) started_[j] = true;
     --running_;
     cv_.notify_all();
   }
@@ -396,8 +399,17 @@ compose_chaos::outcome compose_chaos::run(const config& cfg, const transport::co
   bool unexplained = false;
   if (oc.report)
     for (const auto& l : oc.report->device_losses)
-      unexplained = unexplained || std::none_of(plan.actions.begin(), plan.actions.end(),
-                                                [&](const auto& a) { return a.node == l.device; });
+      unexplained = unexplained || std::none_of(oc.actions.begin(), oc.actions.end(), [&](const chaos_action& a) {
+                      return a.node == l.device && a.ok && a.issued_unix_ms <= l.detected_unix_ms;
+                    });
+  // A strike on a device that was already lost (fenced, its container gone) could not be
+  // injected: said so, rather than as a failed docker command.
+  if (oc.report)
+    for (auto& a : oc.actions)
+      for (const auto& l : oc.report->device_losses)
+        if (!a.ok && a.node == l.device && l.detected_unix_ms <= a.issued_unix_ms)
+          a.error = "not injected: device " + std::to_string(l.device) + " was already lost (after " +
+                    std::to_string(l.steps_done) + " decode steps: " + l.reason + "; " + a.error + ")";
   if (!oc.report || !oc.violations.empty() || unexplained)
     (void)tool({"logs"}, work + "/containers.log", 120000, nullptr);
   take_down(log, oc);
