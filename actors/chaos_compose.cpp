@@ -252,6 +252,7 @@ class plan_executor {
     }
     std::lock_guard<std::mutex> lk(mu_);
     a.step_done = step_;
+    if (a.ok && over_) a.error = "struck after the run had ended (no fault of this run)";
     done_[i] = steady_ms_now();
     if (!a.ok)  // nothing to undo
       for (size_t j = 0; j < plan_.actions.size(); ++j)

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # `pnmkv chaos --compose`, for real: a seeded sweep of 3 trials over the container cluster
 # (docker/cluster.sh), drawn from crash, hang, partition, coordinator kill and message delay
-# (seeds 114-116 draw each of them: a coordinator kill; delay at a rate and a partition;
-# a hang and a crash). Every strike of these seeds is due by decode step 400 of 600, and the
-# coordinator kill is alone in its trial: the driver is blind to the run's steps while the
-# coordinator is down (progress reaches it through the coordinator), so a strike due then
-# would strike late, or not at all if the run ends first — slack for a loaded machine.
+# (seeds 745-747 draw each of them: delay at a rate and a crash; a hang and a coordinator
+# kill; a partition). Every strike of these seeds is due by decode step 350 of 600 and the
+# coordinator kill by step 104, so each strikes while the run decodes even on a loaded
+# machine (a strike's bash and docker commands take up to ~2 s there); and the kill comes
+# last in its trial: the driver is blind to the run's steps while the coordinator is down
+# (progress reaches it through the coordinator), so a strike due then would strike late.
 # Checks: bad command lines refused with the allowed values; the same seed plans the same
 # schedule and the sweep ran exactly that; every invariant held (the command's exit status);
 # every container action that stands in for a drawn fault struck (or found its device
@@ -33,11 +34,11 @@ expect_refusal "for --compose only" --cluster-script /bin/true --plan-only
 expect_refusal "needs --multiprocess or --compose" --faults coordinator-kill --plan-only
 
 faults=crash,hang,partition,coordinator-kill,delay
-plan() { "$bin" chaos --compose --plan-only --trials 3 --seed 114 --faults "$faults"; }
+plan() { "$bin" chaos --compose --plan-only --trials 3 --seed 745 --faults "$faults"; }
 p1="$(plan)"; p2="$(plan)"
 [ "$p1" = "$p2" ] || fail "the same seed planned two schedules"
 for op in crash pause resume partition heal coordinator; do
-  grep -q "cluster.sh fault $op " <<<"$p1" || fail "seeds 114-116 no longer draw a '$op' action; pick seeds that do:
+  grep -q "cluster.sh fault $op " <<<"$p1" || fail "seeds 745-747 no longer draw a '$op' action; pick seeds that do:
 $p1"
 done
 
@@ -71,7 +72,7 @@ trap cleanup EXIT
 
 t0="$(date +%s%3N)"
 rc=0
-nice -n 5 "$bin" chaos --compose --trials 3 --seed 114 --faults "$faults" --out "$work/out" 2>&1 | tee "$work/chaos.log" ||
+nice -n 5 "$bin" chaos --compose --trials 3 --seed 745 --faults "$faults" --out "$work/out" 2>&1 | tee "$work/chaos.log" ||
   rc=$?
 [ "$rc" -eq 0 ] || fail "pnmkv chaos --compose exited non-zero (an invariant broke, or the sweep could not run)"
 echo "sweep: $(( $(date +%s%3N) - t0 )) ms"
@@ -89,6 +90,7 @@ for t in trials:
         # said so; anything else that did not strike is a failure.
         if a["op"] in ("crash", "pause", "partition", "coordinator"):
             assert a["ok"] or "was already lost" in a["error"], f"seed {t['seed']}: {a['op']} {a['node']} did not strike: {a['error']}"
+            assert "after the run had ended" not in a["error"], f"seed {t['seed']}: {a['op']} {a['node']} struck too late: {a}"
             assert a["step_issued"] >= a["at_step"], f"seed {t['seed']}: {a} struck before its step"
         if a["op"] in ("resume", "heal"):
             assert a["ok"] or a["error"].startswith("not needed"), f"seed {t['seed']}: {a['op']} {a['node']} was not undone: {a['error']}"
