@@ -63,7 +63,7 @@ std::vector<std::string> detsim_base_sets() {
           // png-kv (a variant): steady pages within the small budget, chosen within the run.
           "png.steady_budget_tokens=64",   "png.window_steps=2",        "png.reevaluate_every_steps=2",
           "png.warmup_steps=1",
-          // Recovery after a loss is drawn per seed only with detsim_rebuilds (--explore).
+          // Recovery after a loss is drawn per seed (detsim_rebuilds; not with --basic).
           "cluster.rereplicate=false",     "cluster.recompute=false"};
 }
 

@@ -172,6 +172,7 @@ void gpu_host_state::send_all(std::vector<device_work>& work) {
       if (finished_) return;
       continue;
     }
+    if (setup_->retry_after_ms) sent_seq_[ident_of(w)] = seq_;
   }
   issue_micro_batches();
 }
@@ -320,9 +321,7 @@ void gpu_host_state::start_step(uint32_t step) {
   if (!work) return fail_run(work.error().to_string());
   send_all(*work);
   self_->delayed_send(self_, std::chrono::milliseconds(setup_->step_timeout_ms), tick_atom::value, step_epoch_);
-  if (setup_->retry_after_ms)
-    self_->delayed_send(self_, std::chrono::milliseconds(setup_->retry_after_ms), retry_atom::value,
-                        step_epoch_);
+  start_retries();
   after_progress();  // a step with nothing to wait for is over already
 }
 
@@ -705,9 +704,7 @@ void gpu_host_state::on_closed_start(std::vector<control::request_spec> requests
   // Prefill has a deadline too: a lost write ack must not hang the run.
   self_->delayed_send(self_, std::chrono::milliseconds(setup_->prefill_timeout_ms), tick_atom::value,
                       uint64_t(0));
-  if (setup_->retry_after_ms)
-    self_->delayed_send(self_, std::chrono::milliseconds(setup_->retry_after_ms), retry_atom::value,
-                        uint64_t(0));
+  start_retries();
   pump_prefill();
 }
 
@@ -731,6 +728,11 @@ void gpu_host_state::on_wire(std::vector<uint8_t>& bytes) {
   if (!m) return;
   if (fenced(m->env())) return;
   if (setup_->device_timeout_ms) heard_[m->env().sender] = self_->clock().now();
+  if (setup_->retry_after_ms) {
+    heard_since_look_.insert(m->env().sender);
+    uint64_t& acked = acked_seq_[m->env().sender];
+    acked = std::max(acked, m->env().ack_seq);
+  }
   switch (m->kind()) {
     case transport::msg_kind::write_ack: return on_write_ack(m->env(), m->write_ack());
     case transport::msg_kind::partial:
@@ -744,7 +746,6 @@ void gpu_host_state::on_wire(std::vector<uint8_t>& bytes) {
 }
 
 void gpu_host_state::on_write_ack(const transport::envelope& env, transport::wire::WriteAck::Reader ack) {
-  ++replies_seen_;
   // A device that only holds replicas answers no query: its acks say what it holds (its
   // partials do for a device that answers; a device's messages arrive in order).
   device_bytes_held_[env.sender] = ack.getDeviceBytesHeld();
@@ -760,10 +761,7 @@ void gpu_host_state::on_write_ack(const transport::envelope& env, transport::wir
 
 void gpu_host_state::on_reply(const transport::received& m) {
   if (!engine_ || finished_) return;
-  if (m.kind() == transport::msg_kind::recall_reply && on_copy_reply(m)) {
-    ++replies_seen_;
-    return;
-  }
+  if (m.kind() == transport::msg_kind::recall_reply && on_copy_reply(m)) return;
   device_reply r;
   r.device_id = m.env().sender;
   r.vt_done_ns = m.env().vtime_ns;
@@ -779,7 +777,6 @@ void gpu_host_state::on_reply(const transport::received& m) {
     key = read_recall(m.env(), m.recall_reply(), r);
     step = m.recall_reply().getStep();
   }
-  ++replies_seen_;
   if (failed_.count(std::get<0>(key))) return;  // its request was lost meanwhile
   auto it = tags_.find(key);
   if (it == tags_.end() || step != step_) return;  // stale or duplicate
@@ -879,29 +876,74 @@ void gpu_host_state::on_deadline(uint64_t epoch) {
 
 void gpu_host_state::on_peer_down(uint32_t peer) { device_lost(peer, "the fabric lost it"); }
 
-void gpu_host_state::on_retry(uint64_t epoch) {
-  // No reply or ack since the last look: something was lost on the way. Send the
-  // unanswered work again (writes are idempotent on the devices; a late original
-  // reply and its repeat are told apart by tag, the first one counts).
-  // A step's timer goes on through the boundary after it while that boundary waits for
-  // rebuilds (their recalls and writes can be lost too).
-  const bool prefill = epoch == 0 && !open_;
-  if (finished_ || (prefill ? prefill_done_ : (epoch != step_epoch_ || (!step_running_ && !boundary_waiting_))))
-    return;
-  if (replies_seen_ == replies_at_last_retry_) {
-    std::vector<device_work> again;
-    if (!prefill && step_running_) again = engine_->retry_work();
-    // Bulk writes not acknowledged: the prefill's, a step's prompt chunks, rebuilds' and
-    // catch-ups'; and copy recalls not answered.
-    for (const auto& [key, w] : writes_out_)
-      if (w.what == device_work::kind::write && !w.k.empty()) again.push_back(w);
-    for (const auto& [key, w] : copy_sent_) again.push_back(w);
+void gpu_host_state::start_retries() {
+  if (!setup_->retry_after_ms) return;
+  self_->delayed_send(self_, std::chrono::milliseconds(setup_->retry_after_ms), retry_atom::value, ++retry_chain_);
+}
+
+// Looks for lost work every run.retry_after_ms while the prefill, a step or a boundary that
+// waits for rebuilds has work out, and sends it again (writes are idempotent on the devices;
+// a late original reply and its repeat are told apart by tag, the first one counts).
+void gpu_host_state::on_retry(uint64_t chain) {
+  if (finished_ || chain != retry_chain_) return;  // a later chain took over
+  const bool prefill = !open_ && !prefill_done_;
+  if (!prefill && !step_running_ && !boundary_waiting_) return;
+  std::vector<device_work> owed;
+  if (step_running_) owed = engine_->retry_work();
+  // Bulk writes not acknowledged: the prefill's, a step's prompt chunks, rebuilds' and
+  // catch-ups'; and copy recalls not answered.
+  for (const auto& [key, w] : writes_out_)
+    if (w.what == device_work::kind::write && !w.k.empty()) owed.push_back(w);
+  for (const auto& [key, w] : copy_sent_) owed.push_back(w);
+  std::vector<device_work> again = due_for_retry(std::move(owed));
+  if (!again.empty()) {
     ++retries_;
     cluster_log().warn("event=retry step={} items={} prefill={}", step_, again.size(), prefill);
     send_all(again);
   }
-  replies_at_last_retry_ = replies_seen_;
-  self_->delayed_send(self_, std::chrono::milliseconds(setup_->retry_after_ms), retry_atom::value, epoch);
+  if (!finished_)
+    self_->delayed_send(self_, std::chrono::milliseconds(setup_->retry_after_ms), retry_atom::value, chain);
+}
+
+gpu_host_state::work_ident gpu_host_state::ident_of(const device_work& w) {
+  if (w.what == device_work::kind::write)
+    return {w.device_id, w.bulk ? 0 : 1, w.request_id, w.layer, w.kv_head, w.position};
+  return {w.device_id, w.what == device_work::kind::query ? 2 : 3, w.tag, 0, 0, 0};
+}
+
+// Per device, not for the whole cluster: one device's lost write must not wait behind the
+// others' progress until cluster.device_timeout_ms calls it silent. A device takes the GPU
+// host's messages in order and says in every message the highest seq it took (ack_seq):
+// work sent at or before that and still unanswered was lost on the way, or its reply was, or
+// the device holds it for data that was (a query waiting for a lost append: the appends go
+// again with it). Work sent after it is still on its way or queued, and is left alone — a
+// slow device is not flooded with copies of what it is working through. A device that said
+// nothing at all since the last look gets everything it owes again (its reply to the last
+// of it may be what was lost) at every look: cluster.device_timeout_ms / run.retry_after_ms
+// tries before a silent device is called lost. (A device busier than run.retry_after_ms with
+// one piece of work is silent too and gets copies of it: the retry period should exceed a
+// device's step time, as it did when one reply from anyone held every retry back.)
+std::vector<device_work> gpu_host_state::due_for_retry(std::vector<device_work> owed) {
+  std::set<uint32_t> silent;
+  for (const auto& w : owed)
+    if (!heard_since_look_.count(w.device_id)) silent.insert(w.device_id);
+  heard_since_look_.clear();
+  std::vector<device_work> again;
+  std::map<work_ident, uint64_t> still_out;
+  for (auto& w : owed) {
+    const work_ident id = ident_of(w);
+    const auto sent = sent_seq_.find(id);
+    const auto acked = acked_seq_.find(w.device_id);
+    const bool passed_over = sent != sent_seq_.end() && acked != acked_seq_.end() && acked->second >= sent->second;
+    if (passed_over || silent.count(w.device_id)) {
+      if (w.what == device_work::kind::query) w.bind_query();
+      again.push_back(std::move(w));
+    } else if (sent != sent_seq_.end()) {
+      still_out.emplace(id, sent->second);
+    }
+  }
+  sent_seq_ = std::move(still_out);  // answered work is forgotten; what goes again is recorded anew
+  return again;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -249,7 +249,19 @@ class gpu_host_state {
   // Bulk writes (prefill chunks, prompt chunks of open workloads) not acknowledged yet: a
   // repeated write or ack is counted once. With retries on, each keeps its copy to send again.
   std::map<write_key, device_work> writes_out_;
-  uint64_t replies_seen_ = 0, replies_at_last_retry_ = 0, retries_ = 0;
+  // Retries (run.retry_after_ms), per device: each look resends to a device what it passed
+  // over (sent at or before its ack_seq, unanswered: lost, or its reply was), and all it owes
+  // when it said nothing since the last look. One chain of looks at a time: starting one
+  // (prefill, step, waiting boundary) ends the last.
+  using work_ident = std::tuple<uint32_t, uint8_t, uint64_t, uint32_t, uint32_t, uint64_t>;
+  static work_ident ident_of(const device_work& w);
+  void start_retries();
+  std::vector<device_work> due_for_retry(std::vector<device_work> owed);
+  uint64_t retry_chain_ = 0;
+  std::map<work_ident, uint64_t> sent_seq_;        // the seq each piece of work last left with
+  std::map<uint32_t, uint64_t> acked_seq_;         // each device's highest ack_seq
+  std::set<uint32_t> heard_since_look_;            // devices that sent anything since the last look
+  uint64_t retries_ = 0;
   uint64_t prefill_chunks_sent_ = 0, prefill_chunks_total_ = 0;
   bool prefill_exhausted_ = false;  // every chunk sent
   bool prefill_done_ = false;       // and acknowledged

@@ -273,8 +273,7 @@ bool gpu_host_state::rebuild_at_boundary() {
     self_->delayed_send(self_, std::chrono::milliseconds(setup_->step_timeout_ms), tick_atom::value,
                         boundary_deadline_bit | step_epoch_);
     // Its recalls and writes can be lost too: retried as a step's are (on_retry).
-    if (setup_->retry_after_ms)
-      self_->delayed_send(self_, std::chrono::milliseconds(setup_->retry_after_ms), retry_atom::value, step_epoch_);
+    start_retries();
   }
   boundary_waiting_ = wait;
   return !wait;

@@ -50,6 +50,7 @@ transport::outbound pnm_device_state::message(double vt_ns, size_t payload_bytes
   env.sender = node_;
   env.seq = ++seq_;
   env.vtime_ns = vt_ns;
+  env.ack_seq = host_seq_taken_;  // only the GPU host sends devices work
   return transport::outbound(env, payload_bytes);
 }
 
@@ -419,6 +420,7 @@ uint64_t pnm_device_state::request_of(const transport::received& m) {
 void pnm_device_state::on_wire(std::vector<uint8_t>& bytes) {
   auto m = transport::decode(std::move(bytes), setup_->limits);
   if (!m) return;  // counted and logged once per reason by the decoder (wire_stats)
+  if (m->env().sender == gpu_host_node) host_seq_taken_ = std::max(host_seq_taken_, m->env().seq);
   if (m->kind() == transport::msg_kind::error && m->env().sender == gpu_host_node) {
     // The GPU host failed this device over (it was silent, partitioned or presumed dead):
     // its shards are served by others now. Fenced: it leaves rather than serve as their

@@ -93,6 +93,7 @@ class pnm_device_state {
   caf::actor coordinator_;
   std::shared_ptr<transport::fabric> fab_;
   uint64_t seq_ = 0;
+  uint64_t host_seq_taken_ = 0;  // the GPU host's highest seq taken: every envelope's ack_seq
   // Queries that arrived before the append they must see (a reordering fabric).
   std::deque<transport::received> deferred_;
   // Writes and appends that arrived before an earlier write of their shard (a write lost

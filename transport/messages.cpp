@@ -187,6 +187,7 @@ outbound::outbound(const envelope& env, size_t payload_bytes) : basic_outbound(p
   r.setSender(env.sender);
   r.setSeq(env.seq);
   r.setVtimeNs(env.vtime_ns);
+  r.setAckSeq(env.ack_seq);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -643,6 +644,7 @@ bool validate(const msg_kind* expected, const std::vector<uint8_t>& bytes,
     env.sender = root.getSender();
     env.seq = root.getSeq();
     env.vtime_ns = root.getVtimeNs();
+    env.ack_seq = root.getAckSeq();
     if (!std::isfinite(env.vtime_ns) || env.vtime_ns < 0) {
       out = {reject_reason::bad_value, errc::invalid_argument,
              fmt::format("vtime_ns = {} (must be finite and >= 0)", env.vtime_ns)};
@@ -818,6 +820,7 @@ result<envelope_peek> peek_envelope(const void* data, size_t size) {
     p.env.sender = root.getSender();
     p.env.seq = root.getSeq();
     p.env.vtime_ns = root.getVtimeNs();
+    p.env.ack_seq = root.getAckSeq();
     auto body = root.getBody();
     auto which = static_cast<unsigned>(body.which());
     if (which >= msg_kind_count) return status{errc::unsupported, "unknown message kind"};

@@ -139,6 +139,11 @@ struct envelope {
   // would round every message's time and keep the live run from charging exactly what the
   // step model predicts. Finite and >= 0, or the message is refused.
   double vtime_ns = 0;
+  // The highest seq this sender has taken from the destination so far (0: none): a
+  // cumulative receipt a device puts on what it sends the GPU host, so the host's retries
+  // resend what a device passed over (lost on the way, or its reply was) and nothing it is
+  // still working through (actors/gpu_host.cpp, on_retry).
+  uint64_t ack_seq = 0;
 };
 
 // ---------------------------------------------------------------------------------------

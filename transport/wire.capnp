@@ -258,4 +258,7 @@ struct Envelope {
     regionAdvert @17 :RegionAdvert;
     writeAck @18 :WriteAck;
   }
+  ackSeq @19 :UInt64;   # the highest seq this sender has taken from the destination so far (0: none);
+                        # a device's to the GPU host: what it sent before that and is still
+                        # unanswered was lost or is held (actors/gpu_host.cpp, on_retry)
 }

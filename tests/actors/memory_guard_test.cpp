@@ -121,6 +121,14 @@ const std::vector<std::string> too_large = {"workload.context_tokens=4194304", "
 
 void expect_refusal(const status& st, const std::vector<std::string>& says) {
   EXPECT_EQ(st.code(), errc::capacity);
+  // A machine whose free memory is below even the run's working memory (others' processes
+  // took it: parallel tests, a loaded host) refuses it one check earlier, deriving the
+  // devices' memory, with that check's reason and keys: as right a refusal.
+  if (st.message().find("leaves nothing of the") != std::string::npos) {
+    for (const char* s : {"MemAvailable", "cluster.device_memory_bytes_max", "cluster.pnm_devices"})
+      EXPECT_NE(st.message().find(s), std::string::npos) << s << " in: " << st.message();
+    return;
+  }
   for (const auto& s : says) EXPECT_NE(st.message().find(s), std::string::npos) << s << " in: " << st.message();
 }
 

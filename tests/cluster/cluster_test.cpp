@@ -282,7 +282,9 @@ TEST(cluster, back_pressure_is_waited_out_and_a_gpu_host_crash_blames_no_device)
   auto crashed = run_embedded(small_config({"run.steps=12", "faults.script=crash node=1 step=4 at=send"}), {});
   std::string why = crashed ? (crashed->failures.empty() ? "" : crashed->failures.front()) : crashed.error().message();
   EXPECT_NE(why.find("GPU host"), std::string::npos) << why;
-  if (crashed) EXPECT_TRUE(crashed->devices_lost.empty()) << "a device was blamed for the GPU host's crash";
+  if (crashed) {
+    EXPECT_TRUE(crashed->devices_lost.empty()) << "a device was blamed for the GPU host's crash";
+  }
 }
 
 // Without replicas, recompute (the default): a device process killed while decoding costs a

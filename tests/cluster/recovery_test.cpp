@@ -176,9 +176,13 @@ TEST(recovery, two_failures_in_sequence_with_r2_complete_with_the_clean_digest) 
       EXPECT_GT(b.stall_ms, 0.0);
       EXPECT_NE(b.target, 0u);
       copied = copied || (b.kind == "re-replicate" && b.request_id == 1 && b.shard_id == 0 && b.source == 102);
-      if (!sc.recompute) EXPECT_EQ(b.kind, "re-replicate");
+      if (!sc.recompute) {
+        EXPECT_EQ(b.kind, "re-replicate");
+      }
     }
-    if (!sc.recompute) EXPECT_TRUE(copied);
+    if (!sc.recompute) {
+      EXPECT_TRUE(copied);
+    }
     EXPECT_GT(rep->recovery_stall_ms, 0.0);
   }
 }

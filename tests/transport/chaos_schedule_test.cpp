@@ -56,7 +56,9 @@ TEST(chaos_schedule, draws_only_what_was_asked_inside_the_run_and_always_a_valid
         EXPECT_NE(std::find(ks.begin(), ks.end(), e.kind), ks.end()) << e.rule;
         EXPECT_GE(e.step, 1u);
         EXPECT_LT(e.step, p.steps);
-        if (e.node >= 0) EXPECT_NE(std::find(p.devices.begin(), p.devices.end(), uint32_t(e.node)), p.devices.end());
+        if (e.node >= 0) {
+          EXPECT_NE(std::find(p.devices.begin(), p.devices.end(), uint32_t(e.node)), p.devices.end());
+        }
         if (e.probability < 1) {
           EXPECT_GT(e.probability, 0.0);
           EXPECT_LE(e.probability, p.rate_max);
