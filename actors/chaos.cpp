@@ -13,8 +13,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "actors/chaos_compose.hpp"
 #include "actors/cluster.hpp"
 #include "actors/node_main.hpp"
+#include "transport/chaos_containers.hpp"
 
 namespace pnmkv {
 
@@ -88,7 +90,99 @@ result<config> trial_config(const config& base, const std::string& script, uint6
   return c;
 }
 
+transport::chaos_params params_for(const config& base, const chaos_options& o,
+                                   const std::vector<transport::chaos_fault>& kinds) {
+  transport::chaos_params p;
+  p.kinds = kinds;
+  p.faults_per_trial_max = o.faults_per_trial_max;
+  p.rate_max = o.rate_max;
+  const int64_t devices = base.get_int("cluster.pnm_devices");
+  for (int64_t i = 0; i < devices; ++i) p.devices.push_back(uint32_t(100 + i));
+  const bool open = base.get_string("workload.arrivals") != "closed";
+  p.steps = uint32_t(open ? base.get_int("workload.output_tokens") : base.get_int("run.steps"));
+  return p;
+}
+
+// A trial's report, into the trial (`coordinator`: its coordinator figures too; the
+// container cluster's come from Docker and its driver instead).
+void absorb_report(chaos_trial& tr, const result<run_report>& got, bool coordinator) {
+  if (!got) {
+    tr.run_error = got.error().to_string();
+  } else {
+    tr.submitted = got->submitted;
+    tr.completed = got->completed;
+    tr.failed = got->failed;
+    tr.failures = got->failures;
+    tr.losses = got->device_losses;
+    tr.rebuilds = got->rebuilds;
+    tr.recovery_stall_ms = got->recovery_stall_ms;
+    if (coordinator) {
+      tr.coordinator_restarts = got->coordinator_restarts;
+      tr.coordinator_detect_ms = got->coordinator_detect_ms;
+      tr.coordinator_recover_ms = got->coordinator_recover_ms;
+    }
+  }
+  if (tr.coordinator_restarts) tr.fired["coordinator-kill"] += tr.coordinator_restarts;
+}
+
+// What fired (the trial's fault log), and each lost device's detection after the first
+// fault that could lose it (crash, stall, partition) hit it.
+void tally_fault_log(chaos_trial& tr, const std::string& log) {
+  std::map<uint32_t, int64_t> first_hit;
+  std::ifstream in(log);
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded()) continue;
+    const std::string kind = j.value("fault", std::string());
+    ++tr.fired[kind];
+    if (kind != "crash" && kind != "stall" && kind != "partition") continue;
+    const int64_t ms = j.value("unix_ms", int64_t(0));
+    std::set<uint32_t> hit;
+    if (kind == "partition") {
+      hit = {j.value("from", 0u), j.value("to", 0u)};
+    } else {
+      hit = {j.value("node", 0u)};
+    }
+    for (uint32_t n : hit) {
+      auto [it, added] = first_hit.emplace(n, ms);
+      if (!added) it->second = std::min(it->second, ms);
+    }
+  }
+  for (const auto& l : tr.losses) {
+    auto h = first_hit.find(l.device);
+    tr.detect_ms.push_back(h == first_hit.end() ? -1.0 : double(l.detected_unix_ms - h->second));
+  }
+}
+
 }  // namespace
+
+result<std::vector<std::string>> chaos_plans(const config& base, const chaos_options& o) {
+  if (o.compose && o.multiprocess)
+    return status{errc::invalid_argument, "chaos: --compose and --multiprocess name two clusters; pick one"};
+  auto kinds = transport::parse_chaos_faults(o.faults, o.multiprocess || o.compose);
+  if (!kinds) return kinds.error();
+  if (o.trials == 0 || o.trials > 100000) return status{errc::invalid_argument, "chaos: --trials must be in [1, 100000]"};
+  const transport::chaos_params p = params_for(base, o, *kinds);
+  std::vector<std::string> out;
+  for (uint32_t t = 0; t < o.trials; ++t) {
+    auto s = transport::draw_chaos_schedule(p, o.seed + t);
+    if (!s) return s.error();
+    std::string text = "seed " + std::to_string(o.seed + t) + ": " + s->script();
+    if (o.compose) {
+      auto plan = transport::plan_for_containers(*s);
+      if (!plan) return plan.error();
+      text += "\n    nodes' script: " + (plan->node_script.empty() ? std::string("(none)") : plan->node_script);
+      for (const auto& a : plan->actions) {
+        text += "\n    cluster.sh fault " + std::string(transport::to_string(a.op)) + " " + std::to_string(a.node);
+        if (!a.undo()) text += "  at decode step " + std::to_string(a.at_step);
+        else if (a.at_step) text += "  at decode step " + std::to_string(a.at_step) + " (after its strike)";
+        else text += "  " + std::to_string(a.after_ms) + " ms after its strike";
+      }
+    }
+    out.push_back(std::move(text));
+  }
+  return out;
+}
 
 std::vector<std::string> chaos_violations(const run_report& clean, const result<run_report>& got) {
   std::vector<std::string> v;
@@ -151,23 +245,27 @@ std::string chaos_trial::to_json() const {
   j["coordinator_restarts"] = coordinator_restarts;
   j["coordinator_detect_ms"] = coordinator_detect_ms;
   j["coordinator_recover_ms"] = coordinator_recover_ms;
+  if (!actions.empty()) {
+    nlohmann::ordered_json acts = nlohmann::ordered_json::array();
+    for (const auto& a : actions)
+      acts.push_back({{"op", a.op}, {"node", a.node}, {"at_step", a.at_step}, {"step_issued", a.step_issued},
+                      {"step_done", a.step_done}, {"issued_unix_ms", a.issued_unix_ms},
+                      {"done_unix_ms", a.done_unix_ms}, {"ok", a.ok}, {"error", a.error}});
+    j["container_actions"] = acts;
+  }
   j["wall_s"] = wall_s;
   return j.dump();
 }
 
 result<std::vector<chaos_trial>> run_chaos(const config& base, const chaos_options& o,
                                            const std::function<void(const chaos_trial&)>& on_trial) {
-  auto kinds = transport::parse_chaos_faults(o.faults, o.multiprocess);
+  if (o.compose && o.multiprocess)
+    return status{errc::invalid_argument, "chaos: --compose and --multiprocess name two clusters; pick one"};
+  // Both a launcher's and the container cluster's coordinator is a process of its own.
+  auto kinds = transport::parse_chaos_faults(o.faults, o.multiprocess || o.compose);
   if (!kinds) return kinds.error();
   if (o.trials == 0 || o.trials > 100000) return status{errc::invalid_argument, "chaos: --trials must be in [1, 100000]"};
-  transport::chaos_params p;
-  p.kinds = *kinds;
-  p.faults_per_trial_max = o.faults_per_trial_max;
-  p.rate_max = o.rate_max;
-  const int64_t devices = base.get_int("cluster.pnm_devices");
-  for (int64_t i = 0; i < devices; ++i) p.devices.push_back(uint32_t(100 + i));
-  const bool open = base.get_string("workload.arrivals") != "closed";
-  p.steps = uint32_t(open ? base.get_int("workload.output_tokens") : base.get_int("run.steps"));
+  const transport::chaos_params p = params_for(base, o, *kinds);
   const std::string dir = o.out_dir.empty() ? (fs::temp_directory_path() / ("pnmkv-chaos-" + std::to_string(getpid()))).string()
                                             : o.out_dir;
   std::error_code ec;
@@ -178,7 +276,28 @@ result<std::vector<chaos_trial>> run_chaos(const config& base, const chaos_optio
   ro.run_timeout_ms = o.trial_timeout_ms;
   multiprocess_options mp;
   mp.node_binary = o.node_binary;
-  auto run = [&](const config& c, const std::string& work) {
+  std::unique_ptr<compose_chaos> compose;
+  if (o.compose) {
+    auto c = compose_chaos::open(o, dir);
+    if (!c) return c.error();
+    compose = std::move(*c);
+  }
+  // One run; `plan` and `tr` for the container cluster (its actions and what it left).
+  auto run = [&](const config& c, const std::string& work, const transport::container_plan& plan,
+                 const std::string& log, chaos_trial* tr) -> result<run_report> {
+    if (compose) {
+      auto oc = compose->run(c, plan, work, log, o.trial_timeout_ms);
+      if (tr) {
+        tr->actions = std::move(oc.actions);
+        tr->violations.insert(tr->violations.end(), oc.violations.begin(), oc.violations.end());
+        tr->coordinator_restarts = oc.coordinator_restarts;
+        tr->coordinator_detect_ms = std::move(oc.coordinator_detect_ms);
+        tr->coordinator_recover_ms = std::move(oc.coordinator_recover_ms);
+      } else if (!oc.violations.empty()) {
+        return status{errc::internal, oc.violations.front()};
+      }
+      return std::move(oc.report);
+    }
     if (!o.multiprocess) return run_embedded(c, ro);
     multiprocess_options m = mp;
     m.work_dir = work;
@@ -187,7 +306,7 @@ result<std::vector<chaos_trial>> run_chaos(const config& base, const chaos_optio
   // The reference: the same configuration without faults.
   auto clean_cfg = trial_config(base, "", o.seed, "");
   if (!clean_cfg) return clean_cfg.error();
-  auto clean = run(*clean_cfg, dir + "/clean");
+  auto clean = run(*clean_cfg, dir + "/clean", {}, "", nullptr);
   if (!clean) return status{clean.error().code(), "chaos: the run without faults failed: " + clean.error().message()};
   if (clean->completed != clean->submitted)
     return status{errc::internal, "chaos: the run without faults completed " + std::to_string(clean->completed) + " of " +
@@ -203,13 +322,23 @@ result<std::vector<chaos_trial>> run_chaos(const config& base, const chaos_optio
     tr.schedule = *sched;
     const std::string log = dir + "/trial-" + std::to_string(tr.seed) + ".faults.jsonl";
     fs::remove(log, ec);
-    auto cfg = trial_config(base, tr.schedule.script(), tr.seed, log);
+    // The container cluster: device faults become container actions and the rest stays in
+    // the script its nodes run, their fault log in each container (copied to `log` after).
+    transport::container_plan plan;
+    if (compose) {
+      auto p = transport::plan_for_containers(tr.schedule);
+      if (!p) return p.error();
+      plan = std::move(*p);
+    }
+    auto cfg = trial_config(base, compose ? plan.node_script : tr.schedule.script(), tr.seed,
+                            compose ? std::string(compose_fault_log) : log);
     if (!cfg) return cfg.error();
     const auto t0 = std::chrono::steady_clock::now();
-    auto got = run(*cfg, dir + "/trial-" + std::to_string(tr.seed));
+    auto got = run(*cfg, dir + "/trial-" + std::to_string(tr.seed), plan, log, &tr);
     tr.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    tr.violations = chaos_violations(*clean, got);
-    if (o.multiprocess) {
+    auto inv = chaos_violations(*clean, got);
+    tr.violations.insert(tr.violations.begin(), inv.begin(), inv.end());
+    if (o.multiprocess || o.compose) {  // node processes; cluster.sh and its docker commands
       const auto left = own_children();
       if (!left.empty()) {
         std::string pids;
@@ -217,46 +346,8 @@ result<std::vector<chaos_trial>> run_chaos(const config& base, const chaos_optio
         tr.violations.push_back("node processes outlived the run: " + pids);
       }
     }
-    if (!got) {
-      tr.run_error = got.error().to_string();
-    } else {
-      tr.submitted = got->submitted;
-      tr.completed = got->completed;
-      tr.failed = got->failed;
-      tr.failures = got->failures;
-      tr.losses = got->device_losses;
-      tr.rebuilds = got->rebuilds;
-      tr.recovery_stall_ms = got->recovery_stall_ms;
-      tr.coordinator_restarts = got->coordinator_restarts;
-      tr.coordinator_detect_ms = got->coordinator_detect_ms;
-      tr.coordinator_recover_ms = got->coordinator_recover_ms;
-      if (tr.coordinator_restarts) tr.fired["coordinator-kill"] += tr.coordinator_restarts;
-    }
-    // What fired, and when each device was first hit by a fault that can lose it.
-    std::map<uint32_t, int64_t> first_hit;
-    std::ifstream in(log);
-    for (std::string line; std::getline(in, line);) {
-      auto j = nlohmann::json::parse(line, nullptr, false);
-      if (j.is_discarded()) continue;
-      const std::string kind = j.value("fault", std::string());
-      ++tr.fired[kind];
-      if (kind != "crash" && kind != "stall" && kind != "partition") continue;
-      const int64_t ms = j.value("unix_ms", int64_t(0));
-      std::set<uint32_t> hit;
-      if (kind == "partition") {
-        hit = {j.value("from", 0u), j.value("to", 0u)};
-      } else {
-        hit = {j.value("node", 0u)};
-      }
-      for (uint32_t n : hit) {
-        auto [it, added] = first_hit.emplace(n, ms);
-        if (!added) it->second = std::min(it->second, ms);
-      }
-    }
-    for (const auto& l : tr.losses) {
-      auto h = first_hit.find(l.device);
-      tr.detect_ms.push_back(h == first_hit.end() ? -1.0 : double(l.detected_unix_ms - h->second));
-    }
+    absorb_report(tr, got, !compose);
+    tally_fault_log(tr, log);
     jsonl << tr.to_json() << "\n";
     jsonl.flush();
     if (on_trial) on_trial(tr);
@@ -264,6 +355,21 @@ result<std::vector<chaos_trial>> run_chaos(const config& base, const chaos_optio
   }
   return out;
 }
+
+namespace {
+// Did a fault of kind `k` (its name) of the trial hit a device that was lost?
+bool lost_by(const chaos_trial& t, const std::string& k) {
+  for (const auto& l : t.losses)
+    for (const auto& e : t.schedule.events)
+      if (transport::to_string(e.kind) == k && e.node == int64_t(l.device)) return true;
+  return false;
+}
+bool any_lost_by(const chaos_trial& t) {
+  for (const auto& e : t.schedule.events)
+    if (lost_by(t, transport::to_string(e.kind))) return true;
+  return false;
+}
+}  // namespace
 
 std::string chaos_summary_table(const std::vector<chaos_trial>& trials) {
   struct row {
@@ -298,6 +404,9 @@ std::string chaos_summary_table(const std::vector<chaos_trial>& trials) {
         ++r.lost;
         if (i < t.detect_ms.size() && t.detect_ms[i] >= 0) r.detect.push_back(t.detect_ms[i]);
       }
+      // The trial's rebuilds go to the kinds that lost a device in it (a hang that lost
+      // nothing beside a crash that did gets none), or to every kind when none did.
+      if (!lost_by(t, k) && any_lost_by(t)) continue;
       for (const auto& b : t.rebuilds) {
         if (b.outcome != "done") continue;
         r.recover.push_back(b.wall_ms);

@@ -17,6 +17,10 @@ namespace pnmkv {
 struct cluster_run_options {
   // Called with ("prefill"|"decode", done, total) as the run advances.
   std::function<void(const std::string&, uint64_t, uint64_t)> on_progress;
+  // Multi-process and attached runs with a journal: called when the driver loses the
+  // coordinator (false) and when it has joined the restarted one (true). `pnmkv chaos
+  // --compose` times coordinator kills with it (the launcher times its own kills).
+  std::function<void(bool back)> on_coordinator_link;
   // Wall-clock limit of the whole run (a run past it fails, never hangs).
   uint64_t run_timeout_ms = 30 * 60 * 1000;
   // Bytes this process allocates once the cluster is gone (pnmkv run's read-bandwidth

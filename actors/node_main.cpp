@@ -382,6 +382,7 @@ drive_result drive(const std::shared_ptr<const run_setup>& setup, const std::str
       if (again && answers(sys, *again)) {
         coordinator_lost.reset();
         r.coordinator_back.push_back(std::chrono::steady_clock::now());
+        if (opts.on_coordinator_link) opts.on_coordinator_link(true);
         self->monitor(*again);
         self->send(driver, actors::coord_atom::value, *again);
       } else if (std::chrono::steady_clock::now() - *coordinator_lost >
@@ -445,6 +446,7 @@ drive_result drive(const std::shared_ptr<const run_setup>& setup, const std::str
           if (!cluster.journal_file.empty()) {
             coordinator_lost = std::chrono::steady_clock::now();
             r.coordinator_down.push_back(*coordinator_lost);
+            if (opts.on_coordinator_link) opts.on_coordinator_link(false);
             return;
           }
           r.done = true;

@@ -6,6 +6,7 @@
 #   docker/cluster.sh run [--json F] [--fault KIND:DEVICE[:DELAY_S]]... [--expect-digest HEX] [--from-host]
 #   docker/cluster.sh fault crash|pause|resume|partition|heal|slow|unslow DEVICE [RATE] | coordinator 0
 #   docker/cluster.sh status | logs [SERVICE] | down [--keep-daemon] | clean | daemon
+#   docker/cluster.sh collect PATH DIR | leftovers       (what `pnmkv chaos --compose` uses)
 #
 # `up` does what is missing, idempotently: installs docker.io, docker-compose and debootstrap
 # (apt, as root), starts a Docker daemon when none answers (and remembers that it did), makes
@@ -349,23 +350,55 @@ cmd_up() {
   say "up in $(elapsed "$t0") ms (state: $state)"
 }
 
-# One fault, now. Logged with its wall-clock time to $state/faults.jsonl.
+# The host pid of a container's node process: the child of its init (`init: true`: Docker's
+# tini is the container's first process and the node its only child).
+node_pid() {
+  local init kids
+  init="$(docker inspect -f '{{.State.Pid}}' "$1" 2>/dev/null || echo 0)"
+  [ "$init" -gt 0 ] || return 0
+  kids="$(cat "/proc/$init/task/$init/children" 2>/dev/null || pgrep -P "$init" || true)"
+  echo "${kids%% *}" | tr -d ' \n'
+}
+
+# One fault, now. Logged to $state/faults.jsonl (and printed on stdout) with when it was
+# issued (just before the signal or docker command) and when it had taken effect (a SIGKILL
+# from the host: as it is sent; a docker command: when it returned, the container frozen
+# or cut off by then).
 cmd_fault() {
   local kind="${1:-}" target="${2:-}" rate="${3:-10mbit}"
   load_settings
   [ -n "$kind" ] && [ -n "$target" ] || die "fault: usage: fault crash|pause|resume|partition|heal|slow|unslow DEVICE [RATE] | coordinator 0"
   [ "$kind" = coordinator ] && target=coordinator
-  local id pid how t t_done; id="$(container_of "$target")"
-  t="$(now_ms)"  # when the fault was issued; the command returns once it has taken effect
+  local id pid how t t_done tries; id="$(container_of "$target")"
+  t="$(now_ms)"  # when the fault was issued
   case "$kind" in
-    crash) docker kill --signal KILL "$id" >/dev/null; how="docker kill (SIGKILL)" ;;
-    coordinator)
-      # SIGKILL to the node process inside (not `docker kill`, which Docker counts as a stop
-      # by hand and does not restart): the container exits 137 and restart: on-failure brings
-      # it back, resuming from its journal.
-      docker exec "$id" sh -c 'kill -9 -1' >/dev/null 2>&1 || true
-      how="SIGKILL to the coordinator process (restarted by Docker from its journal)" ;;
-    pause) docker pause "$id" >/dev/null; how="docker pause (cgroup freezer)" ;;
+    crash | coordinator)
+      # SIGKILL to the node's process from the host, at once (a `docker kill` or `docker
+      # exec` takes 0.1-1 s on a loaded machine before it strikes): its init exits 137 with
+      # it, so the container exits. A device stays down; the coordinator's container is
+      # restarted by Docker (restart: on-failure, which `docker kill` would not trigger: a
+      # stop by hand) and resumes from its journal.
+      pid="$(node_pid "$id")"
+      t="$(now_ms)"
+      if [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null; then
+        how="SIGKILL to the node process (host pid $pid)"
+      elif [ "$kind" = crash ]; then
+        docker kill --signal KILL "$id" >/dev/null; how="docker kill (SIGKILL)"
+      else
+        docker exec "$id" sh -c 'kill -9 -1' >/dev/null 2>&1 ||
+          die "fault coordinator: its node process is not running (has the run ended?)"
+        how="SIGKILL inside (docker exec)"
+      fi
+      [ "$kind" = crash ] || how="$how; restarted by Docker from its journal" ;;
+    pause)
+      # The cgroup (v1) freezer gives up when a busy container does not freeze in time
+      # ("unable to freeze"), leaving it running: tried again, a few times.
+      for tries in 1 2 3 4 5; do
+        docker pause "$id" >/dev/null 2>"$state/pause.err" && break
+        [ "$tries" -lt 5 ] || { cat "$state/pause.err" >&2; die "fault pause $target: docker pause failed 5 times"; }
+        sleep 0.05
+      done
+      how="docker pause (cgroup freezer)"; [ "$tries" -eq 1 ] || how="$how, attempt $tries" ;;
     resume) docker unpause "$id" >/dev/null; how="docker unpause" ;;
     partition) docker network disconnect -f "$network" "$id"; how="docker network disconnect" ;;
     heal) docker network connect "$network" "$id"; how="docker network connect" ;;
@@ -385,8 +418,14 @@ cmd_fault() {
     *) die "fault: unknown kind '$kind'; allowed: crash, pause, resume, partition, heal, slow, unslow, coordinator" ;;
   esac
   t_done="$(now_ms)"
-  printf '{"kind":"%s","target":"%s","how":"%s","injected_unix_ms":%s,"effective_unix_ms":%s}\n' \
-    "$kind" "$target" "$how" "$t" "$t_done" >>"$state/faults.jsonl"
+  # A SIGKILL sent from here strikes as it is sent (the process never runs again): its
+  # issue time is when it took effect, not when `date` came back after it.
+  case "$how" in "SIGKILL to the node process"*) t_done="$t" ;; esac
+  local line
+  line="$(printf '{"kind":"%s","target":"%s","how":"%s","injected_unix_ms":%s,"effective_unix_ms":%s}' \
+    "$kind" "$target" "$how" "$t" "$t_done")"
+  echo "$line" >>"$state/faults.jsonl"
+  echo "$line"  # on stdout too: `pnmkv chaos --compose` reads its times from it
   say "fault $kind $target ($how) issued at $(date -u -d "@${t:0:10}" +%H:%M:%S).${t:10}Z, done $((t_done - t)) ms later"
 }
 
@@ -460,7 +499,10 @@ cmd_run() {
   if [ "$from_host" = 1 ]; then
     local bin="${BUILD_DIR:-$root/build}/pnmkv"
     [ -x "$bin" ] || die "--from-host needs the host's build ($bin): run ./pnmkv --help once"
-    "$bin" run --config "$state/host.yaml" --attach "127.0.0.1:$port" --json "$out" 2>&1 | tee "$log" || rc=$?
+    # The journal's path (the host's view of it) tells the driver that a lost coordinator
+    # comes back (Docker restarts it), so it waits and joins again, as the containers do.
+    "$bin" run --config "$state/host.yaml" --set "cluster.journal_file=$state/var/coordinator.journal" \
+      --attach "127.0.0.1:$port" --json "$out" 2>&1 | tee "$log" || rc=$?
   else
     docker run --rm --name "${project}-driver-$$" --network "$network" -v "$state/etc:/etc/pnmkv:ro" \
       -v "$state/runs:/runs" --entrypoint pnmkv "$image" \
@@ -478,6 +520,31 @@ cmd_run() {
     [ "$got" = "$expect" ] || die "output digest $got, expected $expect"
     say "output digest $got as expected"
   fi
+}
+
+# Copies PATH out of every container of the cluster (running or exited) into DIR as
+# SERVICE.BASENAME, where it exists, and writes DIR/containers.tsv: service, state, exit
+# code, restarts (Docker's count: a killed coordinator comes back). For `pnmkv chaos
+# --compose`, which collects the nodes' fault logs with it before `down`.
+cmd_collect() {
+  local path="${1:-}" dir="${2:-}" id svc
+  [ -n "$path" ] && [ -n "$dir" ] || die "collect: usage: collect PATH DIR"
+  load_settings
+  mkdir -p "$dir"
+  : >"$dir/containers.tsv"
+  for id in $(project_containers); do
+    svc="$(docker inspect -f '{{index .Config.Labels "com.docker.compose.service"}}' "$id")"
+    docker cp "$id:$path" "$dir/$svc.$(basename "$path")" 2>/dev/null || true
+    docker inspect -f "$svc	{{.State.Status}}	{{.State.ExitCode}}	{{.RestartCount}}" "$id" >>"$dir/containers.tsv"
+  done
+}
+
+# What of the project is still there: a line per container (driver containers included)
+# and per network; nothing after a clean `down`.
+cmd_leftovers() {
+  docker ps -a --filter "label=com.docker.compose.project=$project" --format 'container {{.Names}} ({{.Status}})'
+  docker ps -a --filter "name=${project}-driver-" --format 'container {{.Names}} ({{.Status}})'
+  docker network ls --filter "name=${network}" --format '{{.Name}}' | { grep -x "$network" || true; } | sed 's/^/network /'
 }
 
 cmd_down() {
@@ -501,6 +568,8 @@ case "${1:-}" in
   status) load_settings; compose ps ;;
   logs) shift; load_settings; compose logs --no-color ${1:+"$1"} ;;
   down) shift; cmd_down "$@" ;;
+  collect) shift; cmd_collect "$@" ;;
+  leftovers) cmd_leftovers ;;
   clean)
     cmd_down --keep-daemon
     if docker info >/dev/null 2>&1; then docker rmi -f "$image" "$base" >/dev/null 2>&1 || true; fi
@@ -509,6 +578,6 @@ case "${1:-}" in
     say "removed the images $image and $base (if the daemon was up) and $state" ;;
   *)
     [ -z "${1:-}" ] || say "unknown command '$1'"
-    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2 ;;
 esac

@@ -43,8 +43,8 @@ result<std::vector<chaos_fault>> parse_chaos_faults(const std::string& csv, bool
     }
     if (name == "coordinator") name = "coordinator-kill";
     if (name == "coordinator-kill" && !multiprocess)
-      return status{errc::unsupported, "chaos fault \"coordinator-kill\" needs --multiprocess: the launcher "
-                                       "kills the coordinator process and restarts it from its journal; the "
+      return status{errc::unsupported, "chaos fault \"coordinator-kill\" needs --multiprocess or --compose: the "
+                                       "coordinator process is killed and restarted from its journal; the "
                                        "embedded cluster's coordinator shares the process"};
     bool found = false;
     for (size_t i = 0; i < chaos_fault_count && !found; ++i)

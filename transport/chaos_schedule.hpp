@@ -23,13 +23,14 @@ enum class chaos_fault : uint8_t {
   delay,      // messages delayed at a rate
   slow_link,  // every message a device sends is delayed by a few ms
   coordinator_kill,  // the coordinator process is killed at a step and restarted from its
-                     // journal (multi-process clusters only)
+                     // journal (multi-process and container clusters only)
 };
 inline constexpr size_t chaos_fault_count = 9;
 // crash, hang, partition, drop, duplicate, corrupt, delay, slow-link, coordinator-kill
 const char* to_string(chaos_fault f);
 // A comma-separated list of the names above ("all": every one the cluster can take).
-// coordinator-kill needs a coordinator process (`multiprocess`): named without one it is an
+// coordinator-kill needs a coordinator process (`multiprocess`: a launcher's, or the container
+// cluster's): named without one it is an
 // error saying so, and "all" leaves it out (so an embedded sweep's seeds draw as before).
 // Unknown names are errors listing the allowed ones.
 result<std::vector<chaos_fault>> parse_chaos_faults(const std::string& csv, bool multiprocess = false);
