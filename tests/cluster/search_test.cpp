@@ -41,7 +41,9 @@ void expect_same_outputs(const std::vector<std::string>& sets, bool fewer_bytes)
   EXPECT_EQ(a.output_digest_hex(), b.output_digest_hex());
   EXPECT_EQ(a.output_rel_err_mean, b.output_rel_err_mean);
   EXPECT_EQ(a.attention_mass_recall_mean, b.attention_mass_recall_mean);
-  if (!std::isnan(a.needle_hit_rate)) EXPECT_EQ(a.needle_hit_rate, b.needle_hit_rate);
+  if (!std::isnan(a.needle_hit_rate)) {
+    EXPECT_EQ(a.needle_hit_rate, b.needle_hit_rate);
+  }
   // The calibration of the rescored pages: measured by exact-int8 runs only (on devices:
   // gpu-only searches in its own engine, whose work the GPU is charged).
   if (b.mode != "gpu-only") {
@@ -52,7 +54,9 @@ void expect_same_outputs(const std::vector<std::string>& sets, bool fewer_bytes)
   EXPECT_EQ(a.calibration_json().find("search_rescored_per_selected"), std::string::npos);
   // Integer ops are exact-int8's only (its bounds), counted and reported.
   EXPECT_EQ(a.live_device_int_ops_per_step, 0.0);
-  if (b.mode != "gpu-only") EXPECT_GT(b.live_device_int_ops_per_step, 0.0);
+  if (b.mode != "gpu-only") {
+    EXPECT_GT(b.live_device_int_ops_per_step, 0.0);
+  }
   if (fewer_bytes) {
     EXPECT_LT(b.live_device_bytes_per_step, a.live_device_bytes_per_step);
     EXPECT_LT(b.virtual_device_bytes_per_step, a.virtual_device_bytes_per_step);
@@ -61,7 +65,9 @@ void expect_same_outputs(const std::vector<std::string>& sets, bool fewer_bytes)
   uint64_t held_a = 0, held_b = 0;
   for (uint64_t x : a.device_bytes_held) held_a += x;
   for (uint64_t x : b.device_bytes_held) held_b += x;
-  if (held_a > 0) EXPECT_GT(held_b, held_a);  // gpu-only: the devices hold nothing
+  if (held_a > 0) {  // gpu-only: the devices hold nothing
+    EXPECT_GT(held_b, held_a);
+  }
 }
 
 TEST(search, exact_int8_gives_flats_digest_pnm_kv) {
