@@ -90,10 +90,17 @@ result<config> trial_config(const config& base, const std::string& script, uint6
   return c;
 }
 
-transport::chaos_params params_for(const config& base, const chaos_options& o,
-                                   const std::vector<transport::chaos_fault>& kinds) {
+// The options checked and the schedules' parameters: one place for `chaos_plans` and
+// `run_chaos`.
+result<transport::chaos_params> params_for(const config& base, const chaos_options& o) {
+  if (o.compose && o.multiprocess)
+    return status{errc::invalid_argument, "chaos: --compose and --multiprocess name two clusters; pick one"};
+  // Both a launcher's and the container cluster's coordinator is a process of its own.
+  auto kinds = transport::parse_chaos_faults(o.faults, o.multiprocess || o.compose);
+  if (!kinds) return kinds.error();
+  if (o.trials == 0 || o.trials > 100000) return status{errc::invalid_argument, "chaos: --trials must be in [1, 100000]"};
   transport::chaos_params p;
-  p.kinds = kinds;
+  p.kinds = *kinds;
   p.faults_per_trial_max = o.faults_per_trial_max;
   p.rate_max = o.rate_max;
   const int64_t devices = base.get_int("cluster.pnm_devices");
@@ -157,12 +164,9 @@ void tally_fault_log(chaos_trial& tr, const std::string& log) {
 }  // namespace
 
 result<std::vector<std::string>> chaos_plans(const config& base, const chaos_options& o) {
-  if (o.compose && o.multiprocess)
-    return status{errc::invalid_argument, "chaos: --compose and --multiprocess name two clusters; pick one"};
-  auto kinds = transport::parse_chaos_faults(o.faults, o.multiprocess || o.compose);
-  if (!kinds) return kinds.error();
-  if (o.trials == 0 || o.trials > 100000) return status{errc::invalid_argument, "chaos: --trials must be in [1, 100000]"};
-  const transport::chaos_params p = params_for(base, o, *kinds);
+  auto params = params_for(base, o);
+  if (!params) return params.error();
+  const transport::chaos_params& p = *params;
   std::vector<std::string> out;
   for (uint32_t t = 0; t < o.trials; ++t) {
     auto s = transport::draw_chaos_schedule(p, o.seed + t);
@@ -259,13 +263,9 @@ std::string chaos_trial::to_json() const {
 
 result<std::vector<chaos_trial>> run_chaos(const config& base, const chaos_options& o,
                                            const std::function<void(const chaos_trial&)>& on_trial) {
-  if (o.compose && o.multiprocess)
-    return status{errc::invalid_argument, "chaos: --compose and --multiprocess name two clusters; pick one"};
-  // Both a launcher's and the container cluster's coordinator is a process of its own.
-  auto kinds = transport::parse_chaos_faults(o.faults, o.multiprocess || o.compose);
-  if (!kinds) return kinds.error();
-  if (o.trials == 0 || o.trials > 100000) return status{errc::invalid_argument, "chaos: --trials must be in [1, 100000]"};
-  const transport::chaos_params p = params_for(base, o, *kinds);
+  auto params = params_for(base, o);
+  if (!params) return params.error();
+  const transport::chaos_params& p = *params;
   const std::string dir = o.out_dir.empty() ? (fs::temp_directory_path() / ("pnmkv-chaos-" + std::to_string(getpid()))).string()
                                             : o.out_dir;
   std::error_code ec;
