@@ -42,32 +42,10 @@ for op in crash pause resume partition heal coordinator; do
 $p1"
 done
 
-if [ "$(id -u)" -ne 0 ]; then
-  echo "SKIP: not root; a Docker daemon, images and containers need root here"
-  exit 77
-fi
 # The compose test's image (rebuilt from this build, layers cached), a project, state
 # folder and port of its own.
-export PNMKV_PROJECT=pnmkvchaostest PNMKV_IMAGE=pnmkvtest:local
-PNMKV_DOCKER_STATE="$(mktemp -d /var/tmp/pnmkv-chaos-test-XXXXXX)"
-export PNMKV_DOCKER_STATE
-export PNMKV_PORT=$((28000 + $$ % 1000))
-export BUILD_DIR="$(dirname "$bin")"
-cluster="$root/docker/cluster.sh"
-work="$PNMKV_DOCKER_STATE/test"
-mkdir -p "$work"
-rc=0
-"$cluster" daemon || rc=$?
-if [ "$rc" -eq 3 ]; then
-  echo "SKIP: no Docker daemon answers and none could be started here (see above)"
-  rm -rf "$PNMKV_DOCKER_STATE"
-  exit 77
-fi
-[ "$rc" -eq 0 ] || { rm -rf "$PNMKV_DOCKER_STATE"; fail "docker/cluster.sh daemon exited $rc"; }
-cleanup() {
-  "$cluster" down >"$work/down.log" 2>&1 || cat "$work/down.log"
-  rm -rf "$PNMKV_DOCKER_STATE"
-}
+. "$root/tests/docker/docker_prologue.sh"
+docker_prologue pnmkvchaostest 28000 pnmkv-chaos-test
 trap cleanup EXIT
 
 t0="$(date +%s%3N)"

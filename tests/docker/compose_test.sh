@@ -12,35 +12,13 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 bin="${1:?usage: compose_test.sh PNMKV_BINARY}"
-if [ "$(id -u)" -ne 0 ]; then
-  echo "SKIP: not root; a Docker daemon, images and containers need root here"
-  exit 77
-fi
 # A project, image, state folder and coordinator port of its own: a user's cluster and image
 # are left alone. The images (pnmkvtest:local and the base, pnmkv-base:bookworm) stay as a
 # cache for the next run; `PNMKV_PROJECT=pnmkvtest PNMKV_IMAGE=pnmkvtest:local
 # docker/cluster.sh clean` removes them.
-export PNMKV_PROJECT=pnmkvtest PNMKV_IMAGE=pnmkvtest:local
-PNMKV_DOCKER_STATE="$(mktemp -d /var/tmp/pnmkv-compose-test-XXXXXX)"
-export PNMKV_DOCKER_STATE
-export PNMKV_PORT=$((27000 + $$ % 1000))
-export BUILD_DIR="$(dirname "$bin")"
-cluster="$root/docker/cluster.sh"
-work="$PNMKV_DOCKER_STATE/test"
-mkdir -p "$work"
-cleanup() {
-  "$cluster" down >"$work/down.log" 2>&1 || cat "$work/down.log"
-  rm -rf "$PNMKV_DOCKER_STATE"
-}
 t_all="$(date +%s%3N)"
-rc=0
-"$cluster" daemon || rc=$?
-if [ "$rc" -eq 3 ]; then
-  echo "SKIP: no Docker daemon answers and none could be started here (see above)"
-  rm -rf "$PNMKV_DOCKER_STATE"
-  exit 77
-fi
-[ "$rc" -eq 0 ] || { echo "FAIL: docker/cluster.sh daemon exited $rc"; rm -rf "$PNMKV_DOCKER_STATE"; exit 1; }
+. "$root/tests/docker/docker_prologue.sh"
+docker_prologue pnmkvtest 27000 pnmkv-compose-test
 trap cleanup EXIT
 
 # Small, and long enough to decode through a fault: 1000 steps of 2 requests at 8K tokens.
