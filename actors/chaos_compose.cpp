@@ -109,6 +109,9 @@ compose_chaos::~compose_chaos() { (void)tool({"down"}, dir_ + "/cluster.log", 30
 
 result<int> compose_chaos::tool(const std::vector<std::string>& args, const std::string& log, uint64_t timeout_ms,
                                 std::string* out) const {
+  // Its own fork/exec rather than transport::piped_child or the launcher's spawn_child:
+  // it needs the test's environment for this call only (setenv is not safe with CAF's
+  // threads running), stderr appended to a log the user is pointed to, and stdout apart.
   const std::string out_file = log + ".stdout";
   // Everything the child needs is made before fork(): this process has threads (CAF's), and
   // between fork and exec only async-signal-safe calls are made.

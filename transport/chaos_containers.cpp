@@ -1,6 +1,6 @@
 #include "transport/chaos_containers.hpp"
 
-#include <cassert>
+#include "core/check.hpp"
 
 namespace pnmkv::transport {
 
@@ -92,7 +92,7 @@ result<container_plan> plan_for_containers(const chaos_schedule& s) {
 
 std::vector<size_t> due_container_actions(const container_plan& p, uint32_t step, int64_t now_ms,
                                           const std::vector<int64_t>& done_ms, bool run_over) {
-  assert(done_ms.size() == p.actions.size());
+  PNMKV_CHECK(done_ms.size() == p.actions.size(), "one done time per action");
   std::vector<size_t> due;
   for (size_t i = 0; i < p.actions.size(); ++i) {
     const container_action& a = p.actions[i];
@@ -101,7 +101,7 @@ std::vector<size_t> due_container_actions(const container_plan& p, uint32_t step
       if (!run_over && step >= a.at_step) due.push_back(i);
       continue;
     }
-    assert(size_t(a.strike) < i);
+    PNMKV_CHECK(a.strike >= 0 && size_t(a.strike) < i, "an undo follows the action it undoes");
     const int64_t struck = done_ms[size_t(a.strike)];
     if (struck < 0) continue;  // never undo what was not done
     const bool time_up = a.at_step > 0 ? step >= a.at_step : now_ms - struck >= int64_t(a.after_ms);
