@@ -35,7 +35,7 @@ inline constexpr enum_name<crc_mode> crc_mode_names[] = {
 // parses the command line's aliases).
 enum class ucx_transport : uint8_t {
   any,  // UCX picks (shared memory on one host, tcp across hosts)
-  tcp,  // UCX_TLS=tcp on ucx_options::net_devices
+  tcp,  // UCX_TLS=tcp on ucx_options::net_devices (the default: a killed peer wedges nothing)
   shm,  // UCX_TLS=sm,self with peer error handling on the mm transports
 };
 inline constexpr enum_name<ucx_transport> ucx_transport_names[] = {

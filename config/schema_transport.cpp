@@ -8,8 +8,11 @@ std::vector<config_key> schema_keys_transport() {
   using t = config_type;
   return {
       // Fabric behaviour.
-      {"fabric.ucx_transport", t::choice, "any", 0, 0, names_of(ucx_transport_names),
-       "UCX transports in cluster mode: any (UCX picks), tcp (UCX_TLS=tcp), shm (shared memory)"},
+      {"fabric.ucx_transport", t::choice, "tcp", 0, 0, names_of(ucx_transport_names),
+       "UCX transports in cluster mode: tcp (UCX_TLS=tcp; survives a peer killed mid-message), "
+       "shm (shared memory) or any (UCX picks: shared memory on one host). A peer killed while "
+       "writing into a receiver's shared-memory FIFO leaves a slot the receiver waits on "
+       "forever: every later message to that node stalls (transport/README.md, \"Peer failure\")"},
       {"fabric.ucx_net_devices", t::string, "lo", 0, 0, {},
        "UCX_NET_DEVICES for tcp (empty: UCX default; `lo` keeps traffic on loopback)"},
       {"fabric.ucx_rma", t::choice, "auto", 0, 0, names_of(ucx_rma_mode_names),

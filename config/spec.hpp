@@ -150,7 +150,7 @@ struct sim_section {
 };
 
 struct fabric_section {
-  pnmkv::ucx_transport ucx_transport = pnmkv::ucx_transport::any;
+  pnmkv::ucx_transport ucx_transport = pnmkv::ucx_transport::tcp;
   std::string ucx_net_devices = "lo";
   ucx_rma_mode ucx_rma = ucx_rma_mode::automatic;
   pnmkv::ucx_progress ucx_progress = pnmkv::ucx_progress::thread;

@@ -218,6 +218,11 @@ class ucx_endpoint final : public detail::fabric_base {
     log().info("ucx fabric up node={} transport={} rma={} progress={} address_bytes={}",
                opts_.self, to_string(u_.transport), rma_am_ ? "am" : "native",
                u_.progress_thread ? "thread" : "caller", address_.size());
+    if (u_.transport != ucx_transport::tcp)
+      log().warn("node={} fabric.ucx_transport={}: a peer killed while sending to this node over shared "
+                 "memory can stall its receive path for good (UCX's mm FIFO; transport/README.md, "
+                 "\"Peer failure\"); use tcp for fault experiments",
+                 opts_.self, to_string(u_.transport));
     return status::ok();
   }
 

@@ -6,6 +6,8 @@
 //     so the parent can check its puts landed;
 //   - "stats" is answered with this endpoint's fabric_stats as JSON;
 //   - "stop" makes it stop progressing (SIGSTOP itself) -- the parent then kills it;
+//   - "flood" makes it send messages to the parent without end, as fast as the fabric takes
+//     them -- the parent kills it mid-stream;
 //   - anything else is echoed back byte for byte.
 // Usage: transport_ucx_peer tcp|shm NODE REGION_BYTES
 #include <signal.h>
@@ -123,6 +125,15 @@ int main(int argc, char** argv) {
           if (text == "stop") {
             raise(SIGSTOP);
             continue;
+          }
+          if (text == "flood") {
+            const std::vector<uint8_t> junk(2000, 0x5a);
+            for (;;) {
+              if (fab.send(parent, junk).code() == errc::capacity) {
+                std::vector<fabric_event> ignored;
+                fab.poll(ignored, std::chrono::milliseconds(1));
+              }
+            }
           }
           size_t off = 0, len = 0;
           unsigned which = 0;
