@@ -1031,6 +1031,9 @@ void gpu_host_state::report_run(run_report& rep) const {
   }
   rep.cross_shard = to_string(setup.host.cross_shard);
   rep.cal_search = to_string(setup.device.shape.search);
+  rep.cal_search_heads_scored = setup.host.heads_scored;
+  rep.cal_search_aggregation = to_string(setup.spec.selection.gqa_aggregation);
+  rep.cal_search_workload = setup.spec.workload.from_trace ? "trace" : "synthetic";
   rep.summaries_resident = setup.host.summaries_resident;
 }
 
@@ -1055,7 +1058,7 @@ void gpu_host_state::report_steps(run_report& rep) const {
   double mb_serial = 0, mb_overlap = 0;  // sub-batch overlap
   double live_flops = 0;
   double live_int_ops = 0;
-  uint64_t search_rescored = 0, search_selected = 0, search_queries = 0;
+  uint64_t search_rescored = 0, search_selected = 0, search_queries = 0, search_pages = 0;
   double search_pages_min = 0, search_pages_max = 0;
   uint64_t copy_bytes = 0, steady_hits = 0, selected = 0;
   // Per-step figures are over decode steps (open workloads also run prefill-only steps);
@@ -1085,6 +1088,7 @@ void gpu_host_state::report_steps(run_report& rep) const {
     search_rescored += s.search_rescored;
     search_selected += s.search_selected;
     search_queries += s.search_queries;
+    search_pages += s.search_pages;
     if (s.search_queries > 0) {
       const double per = double(s.search_pages) / double(s.search_queries);
       search_pages_min = search_queries == s.search_queries ? per : std::min(search_pages_min, per);
@@ -1142,6 +1146,11 @@ void gpu_host_state::report_steps(run_report& rep) const {
         search_selected > 0 ? double(search_rescored) / double(search_selected) : 0;
     rep.cal_search_pages_min = search_pages_min;
     rep.cal_search_pages_max = search_pages_max;
+    // The run's point of the touched-fraction model (model/search_touch.hpp).
+    if (search_queries > 0 && search_pages > 0) {
+      rep.cal_search_pages_mean = double(search_pages) / double(search_queries);
+      rep.cal_search_selected_fraction = std::min(1.0, double(search_selected) / double(search_pages));
+    }
   }
   if (engine_ && open_ && sched_) rep.tokens_out = uint64_t(tokens);
 }

@@ -267,6 +267,17 @@ std::string run_report::calibration_json() const {
     j["measured"]["search"] = {{"search", cal_search},
                                {"pages_per_search_min", cal_search_pages_min},
                                {"pages_per_search_max", cal_search_pages_max}};
+    // This run's point of the touched-fraction model (model/search_touch.hpp); the points of
+    // several runs concatenate into one file's list (experiments/search_touch.sh).
+    if (cal_search_pages_mean >= 1 && cal_search_selected_fraction > 0)
+      j["search_points"] = nlohmann::ordered_json::array(
+          {{{"pages", cal_search_pages_mean},
+            {"selected_fraction", cal_search_selected_fraction},
+            {"heads_scored", cal_search_heads_scored},
+            {"aggregation", cal_search_aggregation},
+            {"workload", cal_search_workload},
+            {"rescored_per_selected", std::max(1.0, cal_search_rescored_per_selected)},
+            {"samples", cal_search_samples}}});
   }
   return j.dump(2);
 }
@@ -485,6 +496,15 @@ void read_faults_devices_calibration(const nlohmann::json& j, run_report& r) {
       r.cal_search = s.value("search", std::string());
       r.cal_search_pages_min = s.value("pages_per_search_min", 0.0);
       r.cal_search_pages_max = s.value("pages_per_search_max", 0.0);
+    }
+    const auto& cal = j["calibration"];
+    if (cal.contains("search_points") && cal["search_points"].is_array() && !cal["search_points"].empty()) {
+      const auto& p = cal["search_points"][0];
+      r.cal_search_pages_mean = p.value("pages", 0.0);
+      r.cal_search_selected_fraction = p.value("selected_fraction", 0.0);
+      r.cal_search_heads_scored = p.value("heads_scored", 0u);
+      r.cal_search_aggregation = p.value("aggregation", std::string());
+      r.cal_search_workload = p.value("workload", std::string());
     }
   }
 }

@@ -166,6 +166,11 @@ struct run_report {
   double cal_search_pages_min = 0, cal_search_pages_max = 0;  // pages per search measured
   uint64_t cal_search_samples = 0;
   std::string cal_search;  // the selection.search measured ("" when no search ran)
+  // The run's point of the touched-fraction model (model/search_touch.hpp): the mean pages
+  // per search, the fraction of them selected, and the search's shape.
+  double cal_search_pages_mean = 0, cal_search_selected_fraction = 0;
+  uint32_t cal_search_heads_scored = 0;
+  std::string cal_search_aggregation, cal_search_workload;
   // The calibration as a "pnmkv-calibration/1" file.
   std::string calibration_json() const;
 

@@ -186,6 +186,7 @@ status set_step(const run_spec& spec, run_setup& s) {
                 int8_summary_index::default_block_pages};
   st->search_calibrated_pages_min = st->cal.measured_search_pages_min;
   st->search_calibrated_pages_max = st->cal.measured_search_pages_max;
+  resolve_search_touch(*st, s.context_tokens, spec.selection.gqa_aggregation, spec.workload.from_trace);
   st->steady_budget_pages = s.host.steady.budget_pages;
   st->summaries = s.host.summaries_resident ? summary_residence::hbm : summary_residence::link;
   // The recall cache the host engine runs (set_engines); TPOT predictions take its hit

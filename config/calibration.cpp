@@ -118,6 +118,33 @@ result<calibration> load_calibration(const std::string& file, calibration base) 
     dst.value = x;
     dst.source = "calibration " + file + (samples ? " (" + std::to_string(samples) + " samples)" : "");
   }
+  if (j.contains("search_points")) {
+    const auto& sp = j["search_points"];
+    if (!sp.is_array() || sp.size() > 100000)
+      return status{errc::parse, where + ": \"search_points\" must be a list of at most 100000 points"};
+    base.search_points.clear();
+    for (size_t i = 0; i < sp.size(); ++i) {
+      const auto& o = sp[i];
+      const std::string at = where + ": search_points[" + std::to_string(i) + "]";
+      if (!o.is_object()) return status{errc::parse, at + " must be an object"};
+      search_point p;
+      try {
+        p.pages = o.at("pages").get<double>();
+        p.selected_fraction = o.at("selected_fraction").get<double>();
+        p.heads_scored = o.at("heads_scored").get<uint32_t>();
+        p.aggregation = o.at("aggregation").get<std::string>();
+        p.workload = o.at("workload").get<std::string>();
+        p.rescored_per_selected = o.at("rescored_per_selected").get<double>();
+        p.samples = o.value("samples", uint64_t(0));
+      } catch (const std::exception&) {
+        return status{errc::parse, at + " needs pages, selected_fraction, heads_scored (numbers), aggregation "
+                                        "(max|sum), workload (synthetic|trace) and rescored_per_selected"};
+      }
+      if (std::string why = search_point_error(p); !why.empty())
+        return status{errc::invalid_argument, at + ": " + why};
+      base.search_points.push_back(std::move(p));
+    }
+  }
   base.file = file;
   if (j.contains("measured") && j["measured"].is_object()) {
     const auto& m = j["measured"];

@@ -11,6 +11,7 @@
 
 #include "config/spec.hpp"
 #include "core/status.hpp"
+#include "model/search_touch.hpp"
 
 namespace pnmkv {
 
@@ -41,6 +42,10 @@ struct calibration {
   // The pages per search the file measured it over (0: unknown); the simulator says when
   // its own searches fall outside (extrapolation).
   double measured_search_pages_min = 0, measured_search_pages_max = 0;
+  // The touched-fraction model's points (the file's "search_points": one per live run that
+  // searched with exact-int8, concatenated); when there are any, the simulator asks
+  // estimate_search_touch for its own searches instead of the one value above.
+  std::vector<search_point> search_points;
 
   std::string file;  // empty when every value comes from config
   // Where the file says it was measured (for the report); empty when unknown.

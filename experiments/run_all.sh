@@ -24,6 +24,10 @@ echo "== calibration (pnmkv run --calibration-out)" >&2
   --set workload.batch=2 --set cluster.pnm_devices=16 --set selection.cross_shard=exact \
   --set selection.search=exact-int8 \
   --calibration-out "$out/calibration.json" > "$out/calibration_run.txt"
+# The touched-fraction model's points (what exact-int8 rescores by search size, budget, GQA
+# group and aggregation): 18 live runs, about 4 min; into calibration.json's search_points.
+echo "== search points (experiments/search_touch.py)" >&2
+python3 "$here/search_touch.py" "$bin" "$out"
 cal="sim.calibration_file=experiments/results/calibration.json"
 
 for sweep in default price serving budget png gpu_only; do

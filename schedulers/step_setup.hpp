@@ -93,4 +93,13 @@ struct step_setup {
   double search_calibrated_pages_min = 0, search_calibrated_pages_max = 0;
 };
 
+// exact-int8: the pages rescored per selected page for the searches `s` makes (a KV head's
+// pages over its sequence shards, s = pool / gcd(KV heads, pool) as placement picks by
+// default, selecting budget / context of them), into s.search and s.cal: from the
+// calibration's touched-fraction model when it has points (model/search_touch.hpp), else
+// its one value. The value's source says which, the points it came from, and when it
+// extrapolates (printed with the results). Needs model, pool_devices, page_size_tokens,
+// budget_tokens and heads_scored set; a no-op unless s.search.exact_int8.
+void resolve_search_touch(step_setup& s, uint64_t context_tokens, gqa_aggregation aggregation, bool from_trace);
+
 }  // namespace pnmkv

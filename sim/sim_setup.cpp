@@ -58,26 +58,6 @@ status choose_gpus(const sim_section& k, sim_setup& s) {
 }
 
 // Devices, pools, selection and placement.
-// exact-int8: the pages one search looks at here (a KV head's pages over its sequence
-// shards, s = pool / gcd(KV heads, pool) as placement picks by default) next to the range
-// the calibration measured; outside it (or uncalibrated) the rescored fraction is
-// extrapolated, and the value's source says so (printed with the results).
-void note_search_extrapolation(const run_spec& spec, sim_setup& s) {
-  const uint32_t pool = std::max<uint32_t>(1, s.pool_devices);
-  const uint32_t shards = pool / std::gcd(s.model.kv_heads, pool);
-  const double pages = double(spec.workload.context_tokens) / s.page_size_tokens / std::max<uint32_t>(1, shards);
-  calibrated_value& v = s.cal.search_rescored_per_selected;
-  char buf[200];
-  if (s.search_calibrated_pages_max <= 0) {
-    std::snprintf(buf, sizeof buf, "; not measured: searches here look at ~%.0f pages", pages);
-    v.source += buf;
-  } else if (pages < s.search_calibrated_pages_min || pages > s.search_calibrated_pages_max) {
-    std::snprintf(buf, sizeof buf, "; EXTRAPOLATED: searches here look at ~%.0f pages, measured over %.0f-%.0f",
-                  pages, s.search_calibrated_pages_min, s.search_calibrated_pages_max);
-    v.source += buf;
-  }
-}
-
 void set_devices_and_selection(const run_spec& spec, sim_setup& s) {
   const model_shape& m = s.model;
   const cluster_section& c = spec.cluster;
@@ -106,7 +86,7 @@ void set_devices_and_selection(const run_spec& spec, sim_setup& s) {
               int8_summary_index::default_block_pages};
   s.search_calibrated_pages_min = s.cal.measured_search_pages_min;
   s.search_calibrated_pages_max = s.cal.measured_search_pages_max;
-  if (s.search.exact_int8) note_search_extrapolation(spec, s);
+  resolve_search_touch(s, spec.workload.context_tokens, sel.gqa_aggregation, spec.workload.from_trace);
   s.steady_budget_pages = spec.png.steady_budget_tokens / s.page_size_tokens;
   s.placement.page_size_tokens = s.page_size_tokens;
   s.placement.layers = m.layers;

@@ -53,5 +53,55 @@ TEST(search_sim, a_calibration_outside_its_range_is_marked_extrapolated) {
       << s->cal.search_rescored_per_selected.source;
 }
 
+
+// A calibration with several runs' points: the simulator asks the touched-fraction model
+// (model/search_touch.hpp) for its own searches, says so, and marks what it extrapolates;
+// a malformed point is refused naming it.
+TEST(search_sim, search_points_drive_the_rescored_fraction_by_context_and_budget) {
+  const auto file = std::filesystem::temp_directory_path() / "pnmkv_search_points.json";
+  // Llama-3.1-8B on the default 4 devices: one search looks at context / 16 / 1 pages
+  // (8 KV heads over a pool of 4: no sequence shards), selecting budget / context.
+  std::ofstream(file) << R"({"format": "pnmkv-calibration/1", "values": {},
+    "search_points": [
+      {"pages": 8192, "selected_fraction": 0.015625, "heads_scored": 4, "aggregation": "max",
+       "workload": "synthetic", "rescored_per_selected": 1.2, "samples": 100},
+      {"pages": 65536, "selected_fraction": 0.001953125, "heads_scored": 4, "aggregation": "max",
+       "workload": "synthetic", "rescored_per_selected": 1.02, "samples": 100}]})";
+  auto at = [&](uint64_t context, std::vector<std::string> more = {}) {
+    std::vector<std::string> sets = {"workload.context_tokens=" + std::to_string(context),
+                                     "selection.search=exact-int8", "selection.budget_tokens=2048",
+                                     "sim.calibration_file=" + file.string()};
+    sets.insert(sets.end(), more.begin(), more.end());
+    return setup_of(sets);
+  };
+  auto small = at(131072), large = at(1048576), mid = at(262144), huge = at(4194304);
+  auto sum = at(131072, {"selection.gqa_aggregation=sum"});
+  std::ofstream(file) << R"({"format": "pnmkv-calibration/1", "values": {},
+    "search_points": [{"pages": 8192, "selected_fraction": 2, "heads_scored": 4, "aggregation": "max",
+       "workload": "synthetic", "rescored_per_selected": 1.2}]})";
+  auto bad_cfg = load_config(sim_fixture::default_file, {"selection.search=exact-int8",
+                                                         "sim.calibration_file=" + file.string()});
+  ASSERT_TRUE(bad_cfg) << bad_cfg.error().to_string();
+  auto bad = make_sim_setup(*bad_cfg);
+  std::filesystem::remove(file);
+  ASSERT_TRUE(small && large && mid && huge && sum);
+  EXPECT_DOUBLE_EQ(small->search.rescored_per_selected, 1.2);
+  EXPECT_DOUBLE_EQ(large->search.rescored_per_selected, 1.02);
+  EXPECT_GT(mid->search.rescored_per_selected, 1.02);
+  EXPECT_LT(mid->search.rescored_per_selected, 1.2);
+  for (const auto* s : {&small, &large, &mid}) {
+    const std::string& src = (**s).cal.search_rescored_per_selected.source;
+    EXPECT_NE(src.find("touched-fraction model"), std::string::npos) << src;
+    EXPECT_EQ(src.find("EXTRAPOLATED"), std::string::npos) << src;
+  }
+  EXPECT_NE(huge->cal.search_rescored_per_selected.source.find("EXTRAPOLATED"), std::string::npos)
+      << huge->cal.search_rescored_per_selected.source;
+  EXPECT_NE(sum->cal.search_rescored_per_selected.source.find("sum aggregation"), std::string::npos)
+      << sum->cal.search_rescored_per_selected.source;
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message().find("search_points[0]: selected_fraction"), std::string::npos)
+      << bad.error().message();
+}
+
 }  // namespace
 }  // namespace pnmkv
