@@ -548,14 +548,18 @@ status search_top_pages(const kv_head_store& store, page_search search, const se
       }
     }
     uint64_t floor = sc.keys.front();
+    // A bound below the floor's (a float compare: the key's high bits are monotone in it;
+    // bounds are finite here) cannot enter; only the rest build a key. Most pages stop here.
+    float floor_bound = sc.bounds[page_of(floor)];
     for (uint32_t p = scanned_to; p < pages; ++p) {
-      if (!sc.list[p]) continue;
+      if (sc.bounds[p] < floor_bound || !sc.list[p]) continue;
       const uint64_t key = page_rank_key(sc.bounds[p], p);
       if (key <= floor) continue;
       std::pop_heap(sc.keys.begin(), sc.keys.end(), std::greater<uint64_t>());
       sc.keys.back() = key;
       std::push_heap(sc.keys.begin(), sc.keys.end(), std::greater<uint64_t>());
       floor = sc.keys.front();
+      floor_bound = sc.bounds[page_of(floor)];
     }
     // 2. Rescore them exactly: the first `want` of the descending bound order.
     std::vector<uint32_t> top;
@@ -574,8 +578,10 @@ status search_top_pages(const kv_head_store& store, page_search search, const se
     //    best exact score (an equal bound is rescored: it could tie and win on its index).
     const uint64_t bound_floor = floor;  // the least bound key of the first `want`
     sc.later.clear();
+    // A bound below the k-th best exact score (a float compare, as above) is never rescored.
+    const float kth_exact = sc.scores[page_of(sc.heap.front())];
     for (uint32_t p = 0; p < pages; ++p) {
-      if (!sc.list[p]) continue;
+      if (sc.bounds[p] < kth_exact || !sc.list[p]) continue;
       const uint64_t key = page_rank_key(sc.bounds[p], p);
       if (key < bound_floor && ordered_of(key) >= ordered_of(sc.heap.front())) sc.later.push_back(key);
     }

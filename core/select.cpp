@@ -33,23 +33,13 @@ namespace {
 // 65536 3.5x faster than nth_element; 4096 of 65536 2x slower).
 constexpr size_t heap_select_ratio_min = 64;
 
-// Larger key = better page. High 32 bits: the score mapped monotonically onto unsigned
-// integers (NaN -> 0, below -inf); low 32 bits: ~index, so the lower index wins a tie.
-inline uint64_t rank_key(float score, uint32_t index) {
-  uint32_t ordered = 0;
-  if (!std::isnan(score)) {
-    if (score == 0.0f) score = 0.0f;  // -0 ties with +0
-    uint32_t bits;
-    std::memcpy(&bits, &score, sizeof bits);
-    ordered = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
-    PNMKV_DCHECK(ordered != 0);  // only NaN bit patterns (excluded above) would map to 0
-  }
-  return (static_cast<uint64_t>(ordered) << 32) | static_cast<uint64_t>(~index);
-}
+// Larger key = better page: page_rank_key (select.hpp). High 32 bits: the score mapped
+// monotonically onto unsigned integers (NaN -> 0, below -inf); low 32 bits: ~index, so the
+// lower index wins a tie.
+inline uint64_t rank_key(float score, uint32_t index) { return page_rank_key(score, index); }
 
 }  // namespace
 
-uint64_t page_rank_key(float score, uint32_t index) { return rank_key(score, index); }
 
 result<std::vector<uint32_t>> select_top_pages(const float* scores, uint32_t page_count,
                                                const std::vector<uint32_t>& forced,
