@@ -25,9 +25,13 @@ echo "== calibration (pnmkv run --calibration-out)" >&2
   --set selection.search=exact-int8 \
   --calibration-out "$out/calibration.json" > "$out/calibration_run.txt"
 # The touched-fraction model's points (what exact-int8 rescores by search size, budget, GQA
-# group and aggregation): 18 live runs, about 4 min; into calibration.json's search_points.
+# group and aggregation): 18 live runs, about 2 min; into calibration.json's search_points.
+# With a trace of the trained model (experiments/trained_model/README.md makes one), 4 more
+# runs put its real keys next to the synthetic workload's.
 echo "== search points (experiments/search_touch.py)" >&2
-python3 "$here/search_touch.py" "$bin" "$out"
+trace="$here/trained_model/traces/membarriers"
+if [ -d "$trace" ]; then python3 "$here/search_touch.py" "$bin" "$out" "$trace"
+else python3 "$here/search_touch.py" "$bin" "$out"; fi
 cal="sim.calibration_file=experiments/results/calibration.json"
 
 for sweep in default price serving budget png gpu_only; do

@@ -81,6 +81,16 @@ TEST(search_touch, a_shape_no_point_measured_is_an_extrapolation_and_its_own_poi
   EXPECT_NE(trace.note.find("max aggregation on the trace workload not measured"), std::string::npos) << trace.note;
 }
 
+TEST(search_touch, a_trace_search_takes_the_trace_points_and_a_synthetic_one_the_synthetic) {
+  const std::vector<search_point> pts = {pt(512, 0.03, 1.09, 4, "max", "trace"),
+                                         pt(512, 0.03, 1.12, 4, "max", "synthetic")};
+  const auto tr = estimate_search_touch(pts, q(512, 0.03, 4, "max", "trace"));
+  EXPECT_DOUBLE_EQ(tr.rescored_per_selected, 1.09);
+  EXPECT_FALSE(tr.extrapolated) << tr.note;
+  EXPECT_EQ(tr.points_used, 1u);
+  EXPECT_DOUBLE_EQ(estimate_search_touch(pts, q(512, 0.03, 4)).rescored_per_selected, 1.12);
+}
+
 TEST(search_touch, the_estimate_is_never_below_one) {
   const std::vector<search_point> pts = {pt(1024, 0.01, 1.0), pt(2048, 0.01, 1.0)};
   EXPECT_GE(estimate_search_touch(pts, q(1500, 0.01)).rescored_per_selected, 1.0);
