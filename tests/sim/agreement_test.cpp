@@ -234,6 +234,11 @@ TEST(sim_agreement, exact_int8_search_with_the_live_runs_own_calibration) {
   std::filesystem::remove(file);
   ASSERT_TRUE(setup) << setup.error().to_string();
   EXPECT_NEAR((*setup)->search.rescored_per_selected, live->cal_search_rescored_per_selected, 1e-12);
+  // It came through the run's own point of the touched-fraction model, measured at these
+  // very searches (not an extrapolation).
+  const std::string& source = (*setup)->cal.search_rescored_per_selected.source;
+  EXPECT_NE(source.find("touched-fraction model"), std::string::npos) << source;
+  EXPECT_EQ(source.find("EXTRAPOLATED"), std::string::npos) << source;
   auto sim = simulate(*setup);
   ASSERT_TRUE(sim) << sim.error().to_string();
   pair_result r;
