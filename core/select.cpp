@@ -40,7 +40,6 @@ inline uint64_t rank_key(float score, uint32_t index) { return page_rank_key(sco
 
 }  // namespace
 
-
 result<std::vector<uint32_t>> select_top_pages(const float* scores, uint32_t page_count,
                                                const std::vector<uint32_t>& forced,
                                                uint64_t budget_pages) {
