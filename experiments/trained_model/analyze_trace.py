@@ -12,6 +12,10 @@ step s < --steps (query position p = C + s, keys 0..p), per query head of the GQ
                    q_d max_d), GQA group aggregated by max, first and last page always kept, budget
                    B tokens including them): mass captured and output relative error |o_sel - o|/|o|
   keep1 / keep32   Jaccard overlap of the Quest page set (at --drift-budget) between steps s, s+1 / s+32
+  stale@B          lookahead selection: the Quest page set step s-1 chose (its query, its pages)
+                   attended by step s's query, with step s's last page kept too (one page over the
+                   budget when a page began): mass captured, from step 1 on; what a device that
+                   searched with the previous step's query while the GPU ran the step would give
 Writes a JSON with every (layer, head, context) row and prints the means.
 
   python3 analyze_trace.py traces/membarriers --contexts 2048,4096,8192,16256 --steps 128 --json out.json
@@ -48,8 +52,9 @@ def analyse(q, k, v, C, steps, scale, page, budgets, drift_budget):
     kmin, kmax = np.nanmin(kp, 1), np.nanmax(kp, 1)
     acc = {key: [] for key in ["sink4", "page0", "eff_support"] + BNAMES}
     for B in budgets:
-        acc[f"oracle@{B}"] = []; acc[f"quest@{B}"] = []; acc[f"err@{B}"] = []
+        acc[f"oracle@{B}"] = []; acc[f"quest@{B}"] = []; acc[f"err@{B}"] = []; acc[f"stale@{B}"] = []
     sel_sets = []
+    prev_chosen = {}  # budget -> the page set the previous step chose
     for s in range(steps):
         p = C + s
         n = p + 1
@@ -95,11 +100,19 @@ def analyse(q, k, v, C, steps, scale, page, budgets, drift_budget):
             mask = np.repeat(pmask, page)[:n]
             mass = a[:, mask].sum(1)
             acc[f"quest@{B}"].extend(mass)
+            if B in prev_chosen:
+                smask = np.zeros(npg, bool)
+                smask[prev_chosen[B]] = True
+                smask[[0, npg - 1]] = True
+                acc[f"stale@{B}"].extend(a[:, np.repeat(smask, page)[:n]].sum(1))
+            prev_chosen[B] = chosen
             osel = (a[:, mask] @ vv[mask]) / mass[:, None]
             acc[f"err@{B}"].extend(np.linalg.norm(osel - o, axis=1) / np.linalg.norm(o, axis=1))
             if B == drift_budget:
                 sel_sets.append(set(chosen.tolist()))
     for key, val in acc.items():
+        if not val:
+            continue
         r[key] = float(np.mean(val))
         if key.startswith("quest@") or key.startswith("err@"):
             r[key.replace("@", "_p01@" if key.startswith("quest") else "_p99@")] = float(
