@@ -132,7 +132,14 @@ result<calibration> load_calibration(const std::string& file, calibration base) 
         p.pages = o.at("pages").get<double>();
         p.selected_fraction = o.at("selected_fraction").get<double>();
         p.heads_scored = o.at("heads_scored").get<uint32_t>();
-        p.aggregation = o.at("aggregation").get<std::string>();
+        const std::string aggregation = o.at("aggregation").get<std::string>();
+        const auto agg = value_of(gqa_aggregation_names, aggregation);
+        if (!agg) {
+          std::string allowed;
+          for (const auto& n : names_of(gqa_aggregation_names)) allowed += (allowed.empty() ? "" : ", ") + n;
+          return status{errc::invalid_argument, at + ": aggregation '" + aggregation + "' is unknown; allowed: " + allowed};
+        }
+        p.aggregation = *agg;
         p.workload = o.at("workload").get<std::string>();
         p.rescored_per_selected = o.at("rescored_per_selected").get<double>();
         p.samples = o.value("samples", uint64_t(0));

@@ -14,7 +14,6 @@ std::string search_point_error(const search_point& p) {
   if (!(std::isfinite(p.selected_fraction) && p.selected_fraction > 0 && p.selected_fraction <= 1))
     return "selected_fraction must be in (0, 1]";
   if (p.heads_scored < 1 || p.heads_scored > 64) return "heads_scored must be in [1, 64]";
-  if (p.aggregation != "max" && p.aggregation != "sum") return "aggregation must be max or sum";
   if (p.workload != "synthetic" && p.workload != "trace") return "workload must be synthetic or trace";
   if (!(std::isfinite(p.rescored_per_selected) && p.rescored_per_selected >= 1 && p.rescored_per_selected <= 1e6))
     return "rescored_per_selected must be in [1, 1e6]";
@@ -44,7 +43,7 @@ search_touch_estimate estimate_search_touch(const std::vector<search_point>& poi
                    " heads scored per KV head not measured, using other GQA groups";
     } else {
       pick([](const search_point&) { return true; });
-      shape_note = "; EXTRAPOLATED: " + q.aggregation + " aggregation on the " + q.workload +
+      shape_note = "; EXTRAPOLATED: " + std::string(to_string(q.aggregation)) + " aggregation on the " + q.workload +
                    " workload not measured, using every point";
     }
   }

@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include "core/score.hpp"  // gqa_aggregation
+
 namespace pnmkv {
 
 // One live run's measurement.
@@ -25,7 +27,7 @@ struct search_point {
   double pages = 0;              // pages one search looked at (the run's mean), > 0
   double selected_fraction = 0;  // pages selected / pages looked at, in (0, 1]
   uint32_t heads_scored = 1;     // query heads scored per KV head (GQA group for max)
-  std::string aggregation;       // "max" | "sum"
+  gqa_aggregation aggregation = gqa_aggregation::max;
   std::string workload;          // "synthetic" | "trace"
   double rescored_per_selected = 1;  // >= 1
   uint64_t samples = 0;              // searches it was measured over
@@ -35,7 +37,7 @@ struct search_touch_query {
   double pages = 0;
   double selected_fraction = 0;
   uint32_t heads_scored = 1;
-  std::string aggregation;
+  gqa_aggregation aggregation = gqa_aggregation::max;
   std::string workload;
 };
 

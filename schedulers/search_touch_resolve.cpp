@@ -2,7 +2,6 @@
 #include <cstdio>
 #include <numeric>
 
-#include "core/score.hpp"
 #include "schedulers/step_setup.hpp"
 
 namespace pnmkv {
@@ -18,7 +17,7 @@ void resolve_search_touch(step_setup& s, uint64_t context_tokens, gqa_aggregatio
   char buf[200];
   if (!s.cal.search_points.empty()) {
     const search_touch_estimate e = estimate_search_touch(
-        s.cal.search_points, {pages, fraction, s.heads_scored, to_string(aggregation), from_trace ? "trace" : "synthetic"});
+        s.cal.search_points, {pages, fraction, s.heads_scored, aggregation, from_trace ? "trace" : "synthetic"});
     v.value = e.rescored_per_selected;
     std::snprintf(buf, sizeof buf, "touched-fraction model of calibration %s for searches of ~%.0f pages selecting %.3g%%",
                   s.cal.file.c_str(), pages, 100 * fraction);

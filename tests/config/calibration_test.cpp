@@ -75,5 +75,44 @@ TEST(calibration, a_refusal_names_the_value_and_the_schema_range) {
       << c.error().message();
 }
 
+// A search point (model/search_touch.hpp) is refused naming its index, the field and the
+// allowed values: an unknown aggregation, a missing field, a value out of range.
+TEST(calibration, a_bad_search_point_is_refused_naming_it) {
+  const fs::path file =
+      fs::temp_directory_path() / ("pnmkv_calibration_points_" + std::to_string(::getpid()) + ".json");
+  auto load_points = [&](const std::string& second) {
+    std::ofstream(file) << R"({"format": "pnmkv-calibration/1", "values": {}, "search_points": [
+      {"pages": 1024, "selected_fraction": 0.1, "heads_scored": 4, "aggregation": "max",
+       "workload": "synthetic", "rescored_per_selected": 1.1},)" << second << "]}";
+    auto c = load_calibration(file.string(), calibration{});
+    fs::remove(file);
+    return c;
+  };
+  const std::string good = R"({"pages": 64, "selected_fraction": 0.5, "heads_scored": 1, "aggregation": "sum",
+    "workload": "trace", "rescored_per_selected": 1.0, "samples": 7})";
+  auto ok = load_points(good);
+  ASSERT_TRUE(ok) << ok.error().to_string();
+  ASSERT_EQ(ok->search_points.size(), 2u);
+  EXPECT_EQ(ok->search_points[1].aggregation, gqa_aggregation::sum);
+  EXPECT_EQ(ok->search_points[1].workload, "trace");
+  EXPECT_EQ(ok->search_points[1].samples, 7u);
+  const std::pair<std::string, std::string> bad[] = {
+      {R"({"pages": 64, "selected_fraction": 0.5, "heads_scored": 1, "aggregation": "mean",
+          "workload": "trace", "rescored_per_selected": 1.0})",
+       "search_points[1]: aggregation 'mean' is unknown; allowed: max, sum"},
+      {R"({"pages": 64, "selected_fraction": 0.5, "aggregation": "sum", "workload": "trace",
+          "rescored_per_selected": 1.0})",
+       "search_points[1] needs pages"},
+      {R"({"pages": 64, "selected_fraction": 0.5, "heads_scored": 1, "aggregation": "sum",
+          "workload": "trace", "rescored_per_selected": 0.9})",
+       "search_points[1]: rescored_per_selected must be in [1, 1e6]"},
+  };
+  for (const auto& [point, why] : bad) {
+    auto c = load_points(point);
+    ASSERT_FALSE(c) << point;
+    EXPECT_NE(c.error().message().find(why), std::string::npos) << c.error().message();
+  }
+}
+
 }  // namespace
 }  // namespace pnmkv
