@@ -142,6 +142,7 @@ void gpu_host_state::put_query(const device_work& w, transport::wire::Envelope::
   qm.setQ(transport::as_data(w.q_storage));
   qm.setBudgetPages(static_cast<uint32_t>(q.budget_pages));
   qm.setRound(transport::to_wire(q.round));
+  qm.setBackground(q.background);
   qm.setSequenceTokens(q.sequence_tokens);
   qm.setShardId(w.shard_id);
   put_ids(w.excluded_storage, qm.initExcludedPages(id_bytes(w.excluded_storage)));

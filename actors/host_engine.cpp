@@ -23,10 +23,21 @@ void fnv1a(uint64_t& h, const void* data, size_t n) {
 }
 }  // namespace
 
+bool host_engine::candidate_before(const head_state::candidate& a, const head_state::candidate& b) {
+  if (a.forced != b.forced) return a.forced;
+  const bool an = std::isnan(a.score), bn = std::isnan(b.score);
+  if (an != bn) return bn;
+  if (!an && a.score != b.score) return a.score > b.score;
+  return a.page < b.page;
+}
+
 host_engine::host_engine(host_engine_config cfg, const cost_model& costs,
                          const kv_workload& wl)
     : cfg_(cfg), costs_(costs), wl_(wl), tl_(costs_, std::max<uint32_t>(1, cfg.host_links), 0) {
   if (cfg_.heads_scored == 0) cfg_.heads_scored = costs_.model().gqa_group();
+  PNMKV_CHECK(!cfg_.lookahead || (cfg_.mode == run_mode::pnm_kv && cfg_.micro_batches == 1),
+              "lookahead selection needs pnm-kv and one micro-batch; mode=", int(cfg_.mode),
+              " micro_batches=", cfg_.micro_batches);
   PNMKV_CHECK(cfg_.page_size_tokens > 0 && cfg_.prefill_chunk_tokens > 0,
               "page_size_tokens=", cfg_.page_size_tokens,
               ", prefill_chunk_tokens=", cfg_.prefill_chunk_tokens);
@@ -91,6 +102,7 @@ status host_engine::remove_request(uint64_t request_id) {
   drop(steady_);
   drop(shadow_);
   drop(previous_selection_);
+  drop(lookahead_);
   drop(cache_);
   drop(heads_);
   drop(written_);
@@ -294,6 +306,11 @@ device_work host_engine::make_query(uint64_t request_id, uint32_t layer, uint32_
     case purpose::select: w.query.round = selection_round::local; break;
     case purpose::candidates: w.query.round = selection_round::exact_candidates; break;
     case purpose::attend_listed: w.query.round = selection_round::exact_attend; break;
+    case purpose::lookahead:  // the next step's search, in the device's idle time
+      w.query.round = selection_round::exact_candidates;
+      w.query.background = true;
+      w.charge_device = false;
+      break;
     case purpose::verify:
       w.query.round = selection_round::dense;
       w.verification = true;
@@ -314,6 +331,8 @@ result<std::vector<device_work>> host_engine::begin_step(uint32_t step) {
   step_writes_.clear();
   cur_ = step_report{};
   step_device_energy_j_.clear();
+  step_busy_ns_.clear();
+  step_background_ns_.clear();
   cur_.step = step;
   step_start_ns_ = clock_ns_;
   if (trace_) trace_->set_offset(-step_start_ns_);
@@ -364,7 +383,7 @@ result<std::vector<device_work>> host_engine::begin_step(uint32_t step) {
 bool host_engine::layer_has_two_rounds(uint32_t layer) const {
   if (cfg_.mode == run_mode::baseline) return true;
   return std::any_of(heads_.begin(), heads_.end(), [&](const auto& kv) {
-    return std::get<0>(kv.first) == layer &&
+    return std::get<0>(kv.first) == layer && !kv.second.ahead &&
            two_round_selection(cfg_.mode, cfg_.cross_shard, uint32_t(kv.second.shards.size()));
   });
 }
@@ -761,6 +780,10 @@ std::vector<device_work> host_engine::issue_micro_batch(uint32_t k) {
       const std::vector<uint64_t>* excluded = nullptr;
       if (cfg_.mode == run_mode::png_kv) device_budget = attend_steady(key, hs, budget_pages, excluded);
 
+      if (cfg_.lookahead && lookahead_.count(key)) {  // the last step selected this step's pages
+        lookahead_work(r, key, hs, budget_pages, work);
+        continue;
+      }
       const bool two_rounds = two_round_selection(cfg_.mode, cfg_.cross_shard, uint32_t(s));
       for (uint64_t j = 0; j < s; ++j) {
         device_work w = make_query(r.request_id, layer, h, hs.shards[j], hs.q,
@@ -798,6 +821,71 @@ std::vector<device_work> host_engine::issue_micro_batch(uint32_t k) {
   if (k == 0 && !layer_has_two_rounds(layer)) prompt_work(layer, work);
   active_mb_ = -1;
   return work;
+}
+
+void host_engine::lookahead_work(const request_spec& r, const head_key& key, head_state& hs,
+                                 uint64_t budget_pages, std::vector<device_work>& work) {
+  const auto& m = costs_.model();
+  const uint32_t ps = cfg_.page_size_tokens;
+  const auto [layer, request_id, h] = key;
+  const request_placement& pl = placements_.at(request_id);
+  const uint64_t position = r.context_tokens + decoded(request_id);
+  hs.ahead = true;
+  // The last step's selection and this step's always-kept pages: the first, and the page
+  // the new token is in (a page the last step's search could not know).
+  std::vector<uint64_t> pages = lookahead_.at(key);
+  pages.push_back(0);
+  pages.push_back(position / ps);
+  std::sort(pages.begin(), pages.end());
+  pages.erase(std::unique(pages.begin(), pages.end()), pages.end());
+  const uint32_t s = uint32_t(hs.shards.size());
+  std::vector<std::vector<uint64_t>> listed(s);
+  for (uint64_t p : pages) {
+    const int idx = pl.shard_of(h, p);
+    PNMKV_CHECK(idx >= 0, "no shard holds kv_head=", h, " page=", p);
+    for (uint32_t j = 0; j < s; ++j)
+      if (hs.shards[j] == uint32_t(idx)) listed[j].push_back(p);
+  }
+  const bool exact = two_round_selection(cfg_.mode, cfg_.cross_shard, s);
+  for (uint32_t j = 0; j < s; ++j) {
+    const uint32_t link = link_of(pl, h, hs.shards[j]);
+    if (!listed[j].empty()) {  // the step's path: attend the pages selected before
+      device_work w = make_query(request_id, layer, h, hs.shards[j], hs.q, purpose::attend_listed);
+      w.listed_storage = std::move(listed[j]);
+      w.wire_bytes = work::query_wire_bytes(m, w.listed_storage.size());
+      dispatch(w, true, clock_ns_, link);
+      pending_.emplace(w.tag, pending_item{request_id, layer, h, j, purpose::attend_listed, link, 0, w.device_id});
+      work.push_back(std::move(w));
+    } else {
+      hs.parts[j].reset(m.gqa_group(), m.head_dim);
+    }
+    // Off the path: the search for the next step (exact: the shard's best `budget` pages as
+    // candidates; local: its share), on neither the link's nor the device's timeline.
+    device_work b = make_query(request_id, layer, h, hs.shards[j], hs.q, purpose::lookahead);
+    b.query.budget_pages = exact ? budget_pages : work::local_budget_pages(budget_pages, s, j);
+    b.vt_arrival_ns = clock_ns_;
+    cur_.link_bytes += b.wire_bytes;
+    pending_.emplace(b.tag, pending_item{request_id, layer, h, j, purpose::lookahead, link, 0, b.device_id});
+    work.push_back(std::move(b));
+  }
+}
+
+void host_engine::keep_lookahead(const head_key& key, head_state& hs, uint64_t budget_pages) {
+  std::vector<uint64_t> next;
+  if (!hs.ahead) {  // a first decode step: its own selection is the next step's
+    next = hs.pages;
+  } else {
+    auto& c = hs.next_candidates;
+    if (two_round_selection(cfg_.mode, cfg_.cross_shard, uint32_t(hs.shards.size()))) {
+      std::sort(c.begin(), c.end(), candidate_before);
+      if (c.size() > budget_pages) c.resize(budget_pages);
+    }
+    for (const auto& cand : c) next.push_back(cand.page);
+    c.clear();
+  }
+  std::sort(next.begin(), next.end());
+  next.erase(std::unique(next.begin(), next.end()), next.end());
+  lookahead_[key] = std::move(next);
 }
 
 void host_engine::mb_pending(uint64_t tag, uint64_t request_id, double arrival_ns) {
@@ -976,7 +1064,7 @@ void host_engine::prompt_work(uint32_t layer, std::vector<device_work>& work) {
 status host_engine::finish_round_a() {
   const uint64_t budget_pages = cfg_.budget_tokens / cfg_.page_size_tokens;
   for (auto& [key, hs] : heads_) {
-    if (std::get<0>(key) != layer_) continue;
+    if (std::get<0>(key) != layer_ || hs.ahead) continue;
     const auto [layer, request_id, h] = key;
     const request_placement& pl = placements_.at(request_id);
     uint64_t take = budget_pages;
@@ -985,13 +1073,7 @@ status host_engine::finish_round_a() {
       take = budget_pages > ss.pages.size() ? budget_pages - ss.pages.size() : 0;
     }
     auto& c = hs.candidates;
-    std::sort(c.begin(), c.end(), [](const head_state::candidate& a, const head_state::candidate& b) {
-      if (a.forced != b.forced) return a.forced;
-      const bool an = std::isnan(a.score), bn = std::isnan(b.score);
-      if (an != bn) return bn;
-      if (!an && a.score != b.score) return a.score > b.score;
-      return a.page < b.page;
-    });
+    std::sort(c.begin(), c.end(), candidate_before);
     if (c.size() > take) c.resize(take);
     for (const auto& cand : c) {
       int idx = pl.shard_of(h, cand.page);
@@ -1103,6 +1185,7 @@ result<std::vector<device_work>> host_engine::round_b_work() {
       if (!st) return st;
       continue;
     }
+    if (hs.ahead) continue;  // attended in round a (lookahead selection)
     for (uint32_t j = 0; j < hs.shards.size(); ++j) {
       if (hs.listed[j].empty()) {
         hs.parts[j].reset(costs_.model().gqa_group(), costs_.model().head_dim);
@@ -1390,6 +1473,7 @@ void host_engine::drop_request(uint64_t request_id) {
   drop(steady_);
   drop(shadow_);
   drop(previous_selection_);
+  drop(lookahead_);
   drop(cache_);
   drop(written_);
   for (auto it = recovering_.begin(); it != recovering_.end();)
@@ -1473,7 +1557,8 @@ result<failover_result> host_engine::fail_over(uint32_t dead) {
     c.device_id = sh->device_id;
     c.bind_query();
     // Sent again over the link; verification stays uncharged.
-    if (!c.verification)
+    if (c.query.background) cur_.link_bytes += c.wire_bytes;  // a lookahead search: off the timeline
+    else if (!c.verification)
       dispatch(c, c.what == device_work::kind::recall || c.charge_device, clock_ns_, pending_.at(tag).link);
     w.device_id = c.device_id;
     pending_.at(tag).device = c.device_id;
@@ -1730,6 +1815,7 @@ result<std::vector<device_work>> host_engine::on_reply_impl(const device_reply& 
     step_device_energy_j_[r.device_id] += dc.energy_j;
     double& busy = device_busy_ns_[r.device_id];
     busy += dc.time_ns;
+    step_busy_ns_[r.device_id] += dc.time_ns;
     round_device_ns_ = std::max(round_device_ns_, busy);
     if (!mb_.empty()) {  // timed on its micro-batch's timeline at the round's end (mb_receive)
       mb_[pi.mb].items.push_back({r.tag, pi.arrival_ns, device_slot(r.device_id), pi.link, dc.time_ns, bytes_back});
@@ -1781,6 +1867,22 @@ result<std::vector<device_work>> host_engine::on_reply_impl(const device_reply& 
         device_done(bytes, device_service_cost(costs_, device_op::pnm, double(r.answer.bytes_scanned),
                                                r.answer.flops, r.answer.search.int_ops));
       }
+      break;
+    }
+    case purpose::lookahead: {
+      // The next step's search: served in the device's idle time (not on the step's path).
+      head_state& hs = heads_.at(key);
+      for (size_t i = 0; i < r.answer.pages.size(); ++i)
+        hs.next_candidates.push_back({r.answer.candidate_scores[i], r.answer.pages[i],
+                                      r.answer.candidate_forced[i] != 0});
+      count_search(r.answer);
+      cur_.device_bytes_scanned += r.answer.bytes_scanned;
+      cur_.link_bytes += work::candidates_wire_bytes(r.answer.pages.size());
+      const op_cost dc = device_service_cost(costs_, device_op::pnm, double(r.answer.bytes_scanned),
+                                             r.answer.flops, r.answer.search.int_ops);
+      cur_.energy_j += dc.energy_j;
+      step_device_energy_j_[r.device_id] += dc.energy_j;
+      step_background_ns_[r.device_id] += dc.time_ns;
       break;
     }
     case purpose::recall: {
@@ -1861,6 +1963,7 @@ status host_engine::finish_layer() {
       ss.policy->record(decoded(std::get<1>(it->first)), hs.pages);
     }
     calibrate(it->first, hs);
+    if (cfg_.lookahead) keep_lookahead(it->first, hs, cfg_.budget_tokens / cfg_.page_size_tokens);
   }
   if (!mb_.empty()) {
     // Sub-batch overlap: each micro-batch's layer as the pipeline sees it (dense, the GPU's
@@ -2015,6 +2118,19 @@ void host_engine::finish_timed_phase() {
   }
   const double windows_ns = mb_.empty() ? cur_.dense_ns : sch_live.device_idle_ns();
   const steady_copy_charge copies = charge_steady_copies(copy_engine_ns_, windows_ns, copy_hbm_write_ns_);
+  if (cfg_.lookahead) {
+    // The searches ran in the devices' idle time: the step lasts at least as long as its
+    // busiest device's work, searches included (what that adds is device time).
+    double busiest = 0;
+    for (const auto& [d, ns] : step_background_ns_) {
+      const auto b = step_busy_ns_.find(d);
+      busiest = std::max(busiest, ns + (b == step_busy_ns_.end() ? 0.0 : b->second));
+    }
+    for (const auto& [d, ns] : step_busy_ns_) busiest = std::max(busiest, ns);
+    const double excess = lookahead_excess_ns(clock_ns_ - step_start_ns_, busiest);
+    clock_ns_ += excess;
+    cur_.device_ns += excess;
+  }
   if (trace_) trace_->gpu(trace_name::copy_exposed, clock_ns_, copies.exposed_ns);
   clock_ns_ += copies.exposed_ns;
   cur_.copy_ns = copies.exposed_ns;

@@ -35,6 +35,18 @@
 //            page, when it holds that page (it computed those K/V): the growing last page
 //            stays a hit; a page newly started is a miss the first time it is selected.
 //
+// Lookahead selection (selection.lookahead; pnm-kv, one micro-batch): from a request's second
+// decode step on, each (layer, KV head) attends the pages selected with the previous step's
+// query (the first and the new last page added): one attend_listed query per shard holding
+// any, the step's path. Beside it each shard searches its pages with this step's query
+// (a `lookahead` query: the candidates round, marked background): the host keeps their
+// result, merged as the cross-shard rule says (exact: the global top pages of the candidates;
+// local: each shard's own), for the next step. A device serves a background query in its idle
+// time, off its clock (pnm_device); the host charges its energy, bytes and link bytes, and a
+// step is never shorter than its busiest device's work, searches included
+// (lookahead_excess_ns, schedulers/step_timeline.hpp). The first decode step selects as
+// without lookahead, and its selection is the next step's.
+//
 // Virtual time of one layer is charged by the step model's arithmetic
 // (schedulers/step_timeline.hpp), fed with what actually happened: the messages this engine
 // sent (bytes, order), the done times the devices report (their clocks run
@@ -69,6 +81,8 @@ namespace pnmkv {
 struct host_engine_config {
   run_mode mode = run_mode::pnm_kv;
   cross_shard_selection cross_shard = cross_shard_selection::exact;
+  // selection.lookahead (pnm-kv, one micro-batch): see "Lookahead selection" above.
+  bool lookahead = false;
   uint32_t live_layers = 1;
   uint32_t page_size_tokens = 16;
   uint64_t budget_tokens = 2048;
@@ -401,7 +415,7 @@ class host_engine {
   // What an outstanding reply is for: the engine's own bookkeeping, not a message field.
   // The four query purposes become a selection_round on the wire (make_query maps them);
   // recall and steady_copy are page reads, which no selection round names.
-  enum class purpose : uint8_t { select, candidates, attend_listed, recall, steady_copy, verify };
+  enum class purpose : uint8_t { select, candidates, attend_listed, recall, steady_copy, verify, lookahead };
   struct pending_item {
     uint64_t request_id;
     uint32_t layer, kv_head, shard_index;
@@ -445,6 +459,10 @@ class host_engine {
       bool forced;
     };
     std::vector<candidate> candidates;
+    // Lookahead selection: this step attends the last step's selection (one round), and
+    // next_candidates gathers the search for the next step.
+    bool ahead = false;
+    std::vector<candidate> next_candidates;
     std::vector<uint64_t> pages;       // selected global pages (device side + steady)
     partial steady_part;               // png-kv: GPU attention over steady pages
     partial merged;
@@ -562,6 +580,20 @@ class host_engine {
   // Calibration: shadow steady sets (modes without steady pages) and running sums.
   std::map<head_key, std::pair<std::unique_ptr<steady_policy>, std::vector<uint64_t>>> shadow_;
   std::map<head_key, std::vector<uint64_t>> previous_selection_;
+  // Lookahead selection: the pages the next step attends, per (layer, request, KV head)
+  // (ascending global ids), and this step's busy time per device: its queries on the step's
+  // path and its background searches.
+  std::map<head_key, std::vector<uint64_t>> lookahead_;
+  std::map<uint32_t, double> step_busy_ns_, step_background_ns_;
+  // Lookahead selection: the attend queries (the last step's selection) and the background
+  // searches of one (request, KV head) in the running layer.
+  void lookahead_work(const request_spec& r, const head_key& key, head_state& hs, uint64_t budget_pages,
+                      std::vector<device_work>& work);
+  // Candidates in the order the global top takes them: always-kept first, then by score
+  // (NaN last), then by page.
+  static bool candidate_before(const head_state::candidate& a, const head_state::candidate& b);
+  // The next step's selection from this step's searches (or, at a first step, its selection).
+  void keep_lookahead(const head_key& key, head_state& hs, uint64_t budget_pages);
   std::map<head_key, cache_state> cache_;  // recall caches (baseline) or their shadows
   uint64_t recall_hits_ = 0, recall_misses_ = 0, cal_recall_hits_ = 0, cal_recall_selected_ = 0,
            cal_recall_samples_ = 0;

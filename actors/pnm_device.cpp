@@ -147,6 +147,7 @@ void pnm_device_state::serve_head(const transport::envelope& env, transport::wir
   dq.excluded_pages = excluded.data();
   dq.n_excluded = excluded.size();
   dq.round = round;
+  dq.background = q.getBackground();
   device_answer ans;
   auto s = engine_->query(dq, ans);
   if (!s) {
@@ -156,7 +157,9 @@ void pnm_device_state::serve_head(const transport::envelope& env, transport::wir
     return;
   }
   double done = engine_->clock_ns();
-  if (round != selection_round::dense && !passive_) {
+  // A lookahead search runs in the device's idle time: not on its clock (the GPU host charges
+  // it against the step's length, actors/host_engine.hpp).
+  if (round != selection_round::dense && !passive_ && !dq.background) {
     const double arrival = env.vtime_ns + costs_->link_latency_ns();
     done = engine_->charge(
         arrival, device_service_cost(*costs_, device_op::pnm, double(ans.bytes_scanned), ans.flops,

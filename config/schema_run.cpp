@@ -42,6 +42,13 @@ std::vector<config_key> schema_keys_run() {
        "How a device finds its top pages: flat (score every page summary) or exact-int8 (bound "
        "every page from int8 summaries rounded outward, rescore exactly only the pages that may "
        "make the top-k: the same selection; the int8 summaries take device memory)"},
+      {"selection.lookahead", t::boolean, "false", 0, 0, {},
+       "Lookahead selection (pnm-kv, run.micro_batches = 1): the pages a step attends are those "
+       "the devices selected with the previous step's query, searched while the devices are "
+       "otherwise idle (the GPU's dense layers), so only the attention stays on the step's "
+       "path; a request's first decode step selects with its own query. Not exact: a stale "
+       "selection may miss what the new query asks for (a larger selection.budget_tokens "
+       "makes up for it; docs/DESIGN.md, \"Lookahead selection\")"},
       {"selection.cross_shard", t::choice, "exact", 0, 0, names_of(cross_shard_selection_names),
        "With s > 1 sequence shards: exact (two rounds, equals one-device selection) or local "
        "(each shard selects budget/s pages, one round)"},

@@ -55,6 +55,16 @@ status read_run_and_selection(const reader& r, run_spec& s) {
   sel.summary_precision = r.choice("selection.summary_precision", summary_precision_names);
   sel.search = r.choice("selection.search", page_search_names);
   sel.cross_shard = r.choice("selection.cross_shard", cross_shard_selection_names);
+  sel.lookahead = r.flag("selection.lookahead");
+  if (sel.lookahead && s.run.mode != run_mode::pnm_kv)
+    return status{errc::invalid_argument,
+                  "selection.lookahead = true needs run.mode pnm-kv (the devices search for the next step "
+                  "in their idle time); run.mode = " + std::string(name_of(run_mode_names, s.run.mode)) +
+                      " takes selection.lookahead = false"};
+  if (sel.lookahead && s.run.micro_batches != 1)
+    return status{errc::invalid_argument,
+                  "selection.lookahead = true needs run.micro_batches = 1 (not combined with sub-batch "
+                  "overlap); run.micro_batches = " + std::to_string(s.run.micro_batches)};
   if (sel.budget_tokens < 2ull * sel.page_size_tokens)
     return status{errc::invalid_argument,
                   "selection.budget_tokens = " + std::to_string(sel.budget_tokens) +

@@ -40,6 +40,10 @@ struct selection_section {
   pnmkv::summary_precision summary_precision = pnmkv::summary_precision::bf16;
   cross_shard_selection cross_shard = cross_shard_selection::exact;
   pnmkv::page_search search = pnmkv::page_search::exact_int8;  // core/exact_search.hpp
+  // Lookahead selection (pnm-kv, one micro-batch): step t attends the pages selected with
+  // step t-1's query; the devices search for step t+1 in their idle time
+  // (schedulers/step_setup.hpp, actors/host_engine.hpp).
+  bool lookahead = false;
   // Bytes of one summary element (min or max of one dimension).
   // The budget policy both the live cluster and the simulator resolve a request's budget
   // with (model/selection_budget.hpp).

@@ -83,6 +83,8 @@ step_model::step_model(std::shared_ptr<const step_setup> setup)
   PNMKV_CHECK(s_->micro_batches >= 1, "micro_batches=", s_->micro_batches);
   PNMKV_CHECK(s_->micro_batches == 1 || s_->mode == run_mode::pnm_kv || s_->mode == run_mode::png_kv,
               "micro_batches=", s_->micro_batches, " needs pnm-kv or png-kv");
+  PNMKV_CHECK(!s_->lookahead || (s_->mode == run_mode::pnm_kv && s_->micro_batches == 1),
+              "lookahead needs pnm-kv and one micro-batch");
 }
 
 void step_model::set_trace(timeline_trace* trace) {
@@ -168,11 +170,18 @@ void step_model::pnm_round_a(const step_request& r, uint32_t ri, pnm_layer& L, l
   const uint64_t device_budget = L.budget_pages - gpu_pages_r;
   const bool two_rounds =
       two_round_selection(S.mode, S.exact_cross_shard ? cross_shard_selection::exact : cross_shard_selection::local, s);
+  // Lookahead selection: the pages selected with the last step's query (its first decode
+  // step has none: it selects as without lookahead).
+  const bool ahead = S.lookahead && !r.first_decode_step;
   for (uint32_t h = 0; h < H; ++h) {
     const uint32_t g = h / heads_per_group;
     const shard_placement& holder = pl.shards[size_t(g) * s + j_last];
     const uint32_t l_app = link_of(h, j_last, s);
     for (size_t k = 0; k < 1 + holder.replica_device_ids.size(); ++k) tl_.send(l_app, L.t0, append_bytes);
+    if (ahead) {
+      pnm_lookahead_head(r, ri, h, device_budget, two_rounds, L, lr);
+      continue;
+    }
     for (uint32_t j = 0; j < s; ++j) {
       const shard_placement& sh = pl.shards[size_t(g) * s + j];
       const uint64_t held = sh.tokens_held_at(seq_after, ps);
@@ -206,6 +215,61 @@ void step_model::pnm_round_a(const step_request& r, uint32_t ri, pnm_layer& L, l
     L.merge_ns += mc.time_ns;
     lr.energy.add_gpu(&step_energy::merge_j, mc);
   }
+}
+
+// Lookahead selection, one (request, KV head), as the host engine issues it: each shard
+// attends its pages of the selection the last step's query made, plus the page the new token
+// started, if it started one (the step's path): local, its share of the budget of the pages
+// it held then; exact, the global top pages, spread over the shards as in round two. Beside
+// it each shard searches its pages with this step's query for the next step (exact: offering
+// its best `device_budget` pages as candidates; local: its share), in its idle time: the
+// search's bytes, energy and link bytes (its query and candidates) are charged, its time
+// goes to the device's background (layer_pnm's floor), not to its clock.
+void step_model::pnm_lookahead_head(const step_request& r, uint32_t ri, uint32_t h, uint64_t device_budget,
+                                    bool two_rounds, pnm_layer& L, layer_result& lr) {
+  const step_setup& S = *s_;
+  const model_shape& m = S.model;
+  const uint32_t ps = S.page_size_tokens, group = m.gqa_group();
+  const request_placement& pl = *r.placement;
+  const uint32_t s = pl.sequence_shards, g = h / (m.kv_heads / pl.head_groups);
+  const uint64_t seq_before = r.seq_tokens, seq_after = r.seq_tokens + 1;
+  const uint64_t last_page = (seq_after - 1) / ps, rest = seq_after % ps;
+  const bool new_page = seq_before % ps == 0;  // the new token starts a page
+  std::vector<uint64_t> pages_on(s, 0);
+  if (two_rounds)
+    spread_over_shards(std::min(device_budget, (seq_before + ps - 1) / ps), s, ri, h, S.cal.selection_spread.value,
+                       pages_on);
+  for (uint32_t j = 0; j < s; ++j) {
+    const shard_placement& sh = pl.shards[size_t(g) * s + j];
+    const uint64_t held = sh.tokens_held_at(seq_after, ps);
+    const uint64_t pages_before = (sh.tokens_held_at(seq_before, ps) + ps - 1) / ps;
+    const uint32_t l = link_of(h, j, s);
+    const uint64_t bj = two_rounds ? device_budget : work::local_budget_pages(device_budget, s, j);
+    const bool holds_last = sh.holds_page(last_page);
+    // The step's path: attend the listed pages (the last page holds `rest` tokens).
+    const uint64_t listed = (two_rounds ? pages_on[j] : std::min(bj, pages_before)) + (new_page && holds_last ? 1 : 0);
+    if (listed > 0) {
+      const double tokens = double(listed * ps - (holds_last && rest != 0 ? ps - rest : 0));
+      const double bytes = c_.kv_bytes(tokens);
+      const op_cost cost = device_service_cost(c_, device_op::pnm, bytes, c_.attend_flops(tokens, group));
+      charge_device(sh.device_id, cost.energy_j, lr);
+      lr.device_bytes += bytes;
+      const double arrival = tl_.send(l, L.t0, work::query_wire_bytes(m, listed));
+      tl_.expect(arrival, sh.device_id, l, cost.time_ns, work::partial_wire_bytes(m, listed));
+    }
+    // Off the path: the search for the next step.
+    const work::shard_selection sel = work::select_on_shard(held, ps, bj, holds_last);
+    const work::query_work w = work::search_query_work(c_, double(sel.pages_held), double(sel.pages_selected),
+                                                       S.heads_scored, S.summary_elem_bytes, S.search);
+    const op_cost cost = device_service_cost(c_, device_op::pnm, w.bytes, w.flops, w.int_ops);
+    charge_device(sh.device_id, cost.energy_j, lr);
+    lr.device_bytes += w.bytes;
+    background_ns_[sh.device_id] += cost.time_ns;
+    L.background_link_bytes += double(work::query_wire_bytes(m) + work::candidates_wire_bytes(sel.pages_selected));
+  }
+  const op_cost mc = c_.gpu_merge(s, group);
+  L.merge_ns += mc.time_ns;
+  lr.energy.add_gpu(&step_energy::merge_j, mc);
 }
 
 // Exact selection, round two: the GPU has the global top pages; each shard attends those it
@@ -259,6 +323,7 @@ step_model::layer_result step_model::layer_pnm(const std::vector<const step_requ
             : work::pngkv_split{0, L.budget_pages};
   L.split_gpu_pages = L.png ? std::min<uint64_t>(split.gpu_pages, S.steady_cap_pages()) : 0;
   L.steady_pages = steady_set_pages(S);
+  if (S.lookahead) background_ns_.assign(S.devices, 0);
   for (uint32_t ri = 0; ri < reqs.size(); ++ri) pnm_round_a(*reqs[ri], ri, L, lr);
   tl_.serve();
   double last_reply = tl_.receive();
@@ -302,6 +367,17 @@ step_model::layer_result step_model::layer_pnm(const std::vector<const step_requ
   lr.energy.add_gpu(&step_energy::gpu_dense_j, dense);
   lr.energy.allreduce_j = 2.0 * ar.energy_j;
   close_layer(lr);
+  if (S.lookahead) {
+    // The searches ran in the devices' idle time; the busiest device's total work bounds the
+    // layer from below (what it adds is the devices' time on the step's path).
+    double busiest = 0;
+    for (uint32_t d = 0; d < S.devices; ++d) busiest = std::max(busiest, tl_.device_busy_ns(d) + background_ns_[d]);
+    const double excess = lookahead_excess_ns(lr.time_ns, busiest);
+    lr.time_ns += excess;
+    lr.crit.device_scan_ns += excess;
+    lr.link_bytes += L.background_link_bytes;
+    if (s_->charge_link_energy) lr.energy.link_j = c_.link_transfer(lr.link_bytes).energy_j;
+  }
   return lr;
 }
 

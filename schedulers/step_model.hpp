@@ -167,6 +167,7 @@ class step_model {
     uint64_t budget_pages = 0, split_gpu_pages = 0, steady_pages = 0;
     std::vector<round_b_head> round_b;
     double gpu_attn_ns = 0, merge_ns = 0;
+    double background_link_bytes = 0;  // lookahead: the searches' queries and candidates
   };
   // Baseline: one (request, KV head) through the layer's phases.
   struct baseline_slot {
@@ -183,6 +184,8 @@ class step_model {
                         std::vector<baseline_slot>& slots, layer_result& lr);
   void pnm_round_a(const step_request& r, uint32_t ri, pnm_layer& L, layer_result& lr);
   void pnm_round_b(const pnm_layer& L, double tb, layer_result& lr);
+  void pnm_lookahead_head(const step_request& r, uint32_t ri, uint32_t h, uint64_t device_budget,
+                          bool two_rounds, pnm_layer& L, layer_result& lr);
   layer_result layer_pnm(const std::vector<const step_request*>& reqs,
                          const std::vector<const prefill_piece*>& prefill);
   layer_result layer_baseline(const std::vector<const step_request*>& reqs,
@@ -215,6 +218,7 @@ class step_model {
   layer_timeline tl_;
   timeline_trace* tr_ = nullptr;
   std::vector<double> device_energy_j_;  // per device, this layer
+  std::vector<double> background_ns_;    // lookahead: per device, this layer's searches
 };
 
 }  // namespace pnmkv

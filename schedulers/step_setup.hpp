@@ -61,6 +61,12 @@ struct step_setup {
   // Across s > 1 sequence shards: exact (two rounds: candidates, then the global top pages
   // attended where they live) or local (each shard takes budget/s pages, one round).
   bool exact_cross_shard = false;
+  // Lookahead selection (selection.lookahead; pnm-kv only): a request's pages at step t are
+  // those its shards selected with step t-1's query; the search for step t+1 runs in the
+  // devices' idle time. On the step's path only the attention of the pages selected before;
+  // a step is never shorter than its busiest device's work, searches included
+  // (lookahead_step_floor). A request's first decode step selects with its own query.
+  bool lookahead = false;
   // png-kv: png.steady_budget_tokens in pages, the most steady pages per (request, layer,
   // KV head) the GPU keeps (the live policy caps its set there, and at budget − 2 pages).
   uint64_t steady_budget_pages = UINT64_MAX;

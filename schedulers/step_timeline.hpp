@@ -105,6 +105,10 @@ class layer_timeline {
 
   // Busiest device's service time since begin(), and every link byte since begin().
   double device_busy_max_ns() const { return device_busy_max_ns_; }
+  // One device's service time since begin() (0 for a device it never served).
+  double device_busy_ns(uint32_t device) const {
+    return device < device_busy_ns_.size() ? device_busy_ns_[device] : 0;
+  }
   double link_bytes() const { return link_bytes_; }
   // Busiest link direction's serialisation time since begin().
   double link_busy_max_ns() const;
@@ -193,6 +197,16 @@ layer_end end_of_layer_after_gpu(double gpu_end_ns, double prefill_last_ns, doub
 // attention is done.
 inline double second_round_start(double t0_ns, double wait_ns, double overlap_ns) {
   return t0_ns + (wait_ns > overlap_ns ? wait_ns : overlap_ns);
+}
+
+// Lookahead selection (selection.lookahead): a device searches for the next step while it is
+// otherwise idle (the GPU's dense layers, the gaps between its queries), so its searches add
+// nothing to a step's path; but no device does more work in a step than the step lasts. A
+// step (or a layer, in the step model, whose layers are alike) takes at least its busiest
+// device's total work, its queries and its searches: what that adds to `time_ns`, 0 when the
+// devices keep up.
+inline double lookahead_excess_ns(double time_ns, double busiest_device_total_ns) {
+  return busiest_device_total_ns > time_ns ? busiest_device_total_ns - time_ns : 0;
 }
 
 // png-kv's copy engine (docs/DESIGN.md §5). A step's steady-page copies run beside the GPU's

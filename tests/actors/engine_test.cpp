@@ -100,21 +100,6 @@ TEST(engines, virtual_time_is_the_hand_composed_critical_path) {
 // layers), so 1e-9 relative is rounding, not tolerance. Exact selection over s > 1 shards
 // and png-kv with steady pages are not here: which shard holds the selected pages and
 // which pages are steady come from the numerics, which the model takes from calibration.
-std::shared_ptr<step_setup> step_setup_of(const cost_model& c, const host_engine_config& hc,
-                                          uint32_t devices) {
-  auto s = std::make_shared<step_setup>();
-  s->mode = hc.mode;
-  s->model = c.model();
-  s->costs = std::make_shared<cost_model>(c);
-  s->devices = devices;
-  s->pool_devices = devices;
-  s->page_size_tokens = hc.page_size_tokens;
-  s->budget_tokens = hc.budget_tokens;
-  s->heads_scored = c.model().gqa_group();
-  s->exact_cross_shard = hc.cross_shard == cross_shard_selection::exact;
-  s->baseline_overlap = false;
-  return s;
-}
 
 TEST(engines, charge_what_the_step_model_predicts) {
   struct point {
@@ -122,9 +107,12 @@ TEST(engines, charge_what_the_step_model_predicts) {
     run_mode mode;
     uint32_t devices;
     bool resident;
+    bool lookahead = false;
   };
   for (const point& p : {point{"pnm-kv, one shard per head", run_mode::pnm_kv, 2, true},
                          point{"pnm-kv, local selection over 2 shards", run_mode::pnm_kv, 8, true},
+                         point{"pnm-kv lookahead, one shard per head", run_mode::pnm_kv, 2, true, true},
+                         point{"pnm-kv lookahead, local selection over 2 shards", run_mode::pnm_kv, 8, true, true},
                          point{"png-kv, no steady pages", run_mode::png_kv, 2, true},
                          point{"baseline, summaries resident", run_mode::baseline, 2, true},
                          point{"baseline, summaries over the link", run_mode::baseline, 4, false}}) {
@@ -132,6 +120,7 @@ TEST(engines, charge_what_the_step_model_predicts) {
     auto m = tiny_model(3, 4, 4, 64);
     host_engine_config hc;
     hc.mode = p.mode;
+    hc.lookahead = p.lookahead;
     hc.live_layers = m.layers;  // every layer live: no scaling
     hc.budget_tokens = 256;
     hc.cross_shard = cross_shard_selection::local;
@@ -157,6 +146,7 @@ TEST(engines, charge_what_the_step_model_predicts) {
         dec[i].placement = &pls[i];
         dec[i].seq_tokens = (i == 0 ? 3000 : 1234) + s;
         dec[i].summaries_resident = p.resident;
+        dec[i].first_decode_step = p.lookahead && s == 0;  // lookahead: nothing selected before
       }
       const step_result pred = sm.run(dec, {});
       const step_report& live = h.host.last_step();

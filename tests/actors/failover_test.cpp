@@ -16,10 +16,11 @@ struct outcome {
 };
 
 outcome run(run_mode mode, uint32_t head_groups, int kill_step, int kill_round, uint32_t kill_device,
-            uint32_t replication = 2) {
+            uint32_t replication = 2, bool lookahead = false) {
   const model_shape m = tiny_model(4, 4, 4, 64);
   host_engine_config hc;
   hc.mode = mode;
+  hc.lookahead = lookahead;
   hc.live_layers = 2;
   hc.budget_tokens = 256;
   hc.cross_shard = cross_shard_selection::exact;
@@ -120,6 +121,26 @@ two_pools run_two_pools(run_mode mode, uint32_t replication, int round, int firs
 // die (with r = 2 the second failure takes the first's replica; with r = 1 one failure is
 // enough). Only that request is lost, mid-step, whichever round it happens in; the other
 // runs on to the end with outputs bit-identical to a run without failures.
+// Lookahead selection: a device lost with attend queries and background searches in flight;
+// both are sent again to the new primaries (the searches off the timeline again).
+TEST(failover, a_device_lost_mid_step_changes_no_output_with_lookahead_selection) {
+  for (uint32_t h : {1u, 2u}) {
+    SCOPED_TRACE("head groups " + std::to_string(h));
+    const outcome clean = run(run_mode::pnm_kv, h, -1, -1, 0, 2, true);
+    ASSERT_FALSE(::testing::Test::HasFatalFailure());
+    ASSERT_NE(clean.digest, run(run_mode::pnm_kv, h, -1, -1, 0, 2, false).digest);
+    for (int round : {0, 1, 2}) {
+      for (uint32_t dev : {10u, 11u}) {
+        SCOPED_TRACE("device " + std::to_string(dev) + " dies before round " + std::to_string(round));
+        const outcome f = run(run_mode::pnm_kv, h, 2, round, dev, 2, true);
+        ASSERT_FALSE(::testing::Test::HasFatalFailure());
+        EXPECT_EQ(f.digest, clean.digest);
+        EXPECT_DOUBLE_EQ(f.mass, clean.mass);
+      }
+    }
+  }
+}
+
 TEST(failover, only_the_request_that_lost_every_copy_of_a_shard_is_lost) {
   for (run_mode mode : {run_mode::pnm_kv, run_mode::png_kv, run_mode::baseline}) {
     SCOPED_TRACE(to_string(mode));

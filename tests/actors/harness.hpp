@@ -12,6 +12,7 @@
 
 #include "actors/device_engine.hpp"
 #include "actors/host_engine.hpp"
+#include "schedulers/step_model.hpp"
 #include "schedulers/step_timeline.hpp"
 #include "core/workload.hpp"
 
@@ -30,6 +31,24 @@ inline model_shape tiny_model(uint32_t layers, uint32_t kv_heads, uint32_t group
   m.ffn = 4 * m.hidden;
   m.vocab = 1000;
   return m;
+}
+
+// The step model's setup for what a harness runs (one GPU, layer-wide baseline rounds).
+inline std::shared_ptr<step_setup> step_setup_of(const cost_model& c, const host_engine_config& hc,
+                                          uint32_t devices) {
+  auto s = std::make_shared<step_setup>();
+  s->mode = hc.mode;
+  s->model = c.model();
+  s->costs = std::make_shared<cost_model>(c);
+  s->devices = devices;
+  s->pool_devices = devices;
+  s->page_size_tokens = hc.page_size_tokens;
+  s->budget_tokens = hc.budget_tokens;
+  s->heads_scored = c.model().gqa_group();
+  s->exact_cross_shard = hc.cross_shard == cross_shard_selection::exact;
+  s->lookahead = hc.lookahead;
+  s->baseline_overlap = false;
+  return s;
 }
 
 struct harness {
@@ -185,7 +204,12 @@ struct harness {
 
   // kill_after_round: before serving the step's round k (0 = its first work), device
   // `kill` dies; once the round's other work is served, the host fails over.
+  // Per device, the service time of the step's queries it served (on its clock or, lookahead
+  // searches, in its idle time), priced as the devices price them.
+  std::map<uint32_t, double> step_served_ns;
+
   void step(uint32_t s, int kill_after_round = -1, uint32_t kill = 0) {
+    step_served_ns.clear();
     auto first = host.begin_step(s);
     ASSERT_TRUE(first) << first.error().to_string();
     std::vector<device_work> work = std::move(first).value();
@@ -241,11 +265,12 @@ struct harness {
         r.tag = w.tag;
         r.device_id = w.device_id;
         ASSERT_TRUE(d.query(w.query, r.answer));
-        if (w.charge_device) {
+        const double cost_ns = device_service_cost(costs, device_op::pnm, double(r.answer.bytes_scanned),
+                                                   r.answer.flops, r.answer.search.int_ops).time_ns;
+        if (w.charge_device || w.query.background) step_served_ns[w.device_id] += cost_ns;
+        if (w.charge_device) {  // a lookahead search (background) is served off the clock
           double before = d.clock_ns();
-          r.vt_done_ns = d.charge(w.vt_arrival_ns,
-                                  device_service_cost(costs, device_op::pnm, double(r.answer.bytes_scanned),
-                                                      r.answer.flops).time_ns);
+          r.vt_done_ns = d.charge(w.vt_arrival_ns, cost_ns);
           EXPECT_GE(r.vt_done_ns, before);
         }
         auto more = host.on_reply(r);

@@ -75,6 +75,31 @@ TEST(search, exact_int8_gives_flats_digest_pnm_kv) {
   expect_same_outputs({"selection.gqa_aggregation=sum"}, true);
 }
 
+// Lookahead selection (selection.lookahead) over the wire: the searches the devices run in the
+// background for the next step are flat's or exact-int8's, which select the same pages, so
+// either gives the same outputs; a step attends the last step's selection (other outputs than
+// without lookahead) and is modelled shorter, the searches off its path; the same searches
+// are counted. One device per head, and 2 sequence shards with either cross-shard rule.
+TEST(search, lookahead_gives_the_same_outputs_with_either_search_and_a_shorter_step) {
+  for (const std::vector<std::string>& sets :
+       {std::vector<std::string>{}, std::vector<std::string>{"cluster.head_groups=2", "selection.cross_shard=exact"},
+        std::vector<std::string>{"cluster.head_groups=2", "selection.cross_shard=local"}}) {
+    SCOPED_TRACE(sets.empty() ? "one shard per head" : sets.back());
+    std::vector<std::string> ahead = sets;
+    ahead.push_back("selection.lookahead=true");
+    expect_same_outputs(ahead, true);
+    std::vector<std::string> fresh = sets;
+    fresh.push_back("selection.search=exact-int8");
+    ahead.push_back("selection.search=exact-int8");
+    const run_report a = run_with(ahead);
+    const run_report b = run_with(fresh);
+    EXPECT_NE(a.output_digest_hex(), b.output_digest_hex());
+    EXPECT_LT(a.virtual_step_ms_mean, b.virtual_step_ms_mean);
+    EXPECT_EQ(a.cal_search_samples, b.cal_search_samples);
+    EXPECT_EQ(a.cal_search_pages_mean, b.cal_search_pages_mean);
+  }
+}
+
 TEST(search, exact_int8_gives_flats_digest_sequence_shards) {
   // 8 KV heads on 4 devices with 2 head groups: 2 sequence shards per request.
   expect_same_outputs({"cluster.head_groups=2", "selection.cross_shard=exact"}, true);

@@ -213,6 +213,12 @@ TEST(run_spec, rules_across_keys_name_the_keys) {
   expect_error({"selection.page_size_tokens=64", "selection.budget_tokens=100"},
                {"selection.budget_tokens = 100", "always-kept"});
   expect_error({"workload.arrivals=trace"}, {"workload.arrivals = trace", "workload.trace_file"});
+  expect_error({"selection.lookahead=true", "run.mode=png-kv"},
+               {"selection.lookahead = true", "run.mode pnm-kv", "run.mode = png-kv"});
+  expect_error({"selection.lookahead=true", "run.micro_batches=2"},
+               {"selection.lookahead = true", "run.micro_batches = 1", "run.micro_batches = 2"});
+  ASSERT_TRUE(resolve_with({"selection.lookahead=true"}));
+  EXPECT_TRUE(resolve_with({"selection.lookahead=true"})->selection.lookahead);
   // A KV trace (workload.trace_dir) is not the arrivals CSV (workload.trace_file).
   expect_error({"workload.kind=trace"}, {"workload.kind = trace", "workload.trace_dir", "docs/TRACE_FORMAT.md",
                                          "workload.trace_file is the CSV of request arrivals"});

@@ -550,6 +550,19 @@ TEST(Validation, RefusesBadValues) {
   q.body().getQuery().setScoreThreshold(std::numeric_limits<float>::quiet_NaN());
   expect_rejected(q.finish(), reject_reason::bad_value);
 
+  // Only a candidates round (a lookahead search) runs in a device's background.
+  for (auto round : {wire::SelectionRound::LOCAL, wire::SelectionRound::EXACT_ATTEND, wire::SelectionRound::DENSE}) {
+    outbound b = sample_message(msg_kind::query, 1);
+    b.body().getQuery().setRound(round);
+    b.body().getQuery().setBackground(true);
+    expect_rejected(b.finish(), reject_reason::bad_value);
+  }
+  outbound c = sample_message(msg_kind::query, 1);
+  c.body().getQuery().setRound(wire::SelectionRound::EXACT_CANDIDATES);
+  c.body().getQuery().setBackground(true);
+  auto bytes = c.finish();
+  EXPECT_TRUE(decode(bytes, limits, nullptr).is_ok());
+
   outbound j = sample_message(msg_kind::join, 1);
   j.body().getJoin().setRole(static_cast<wire::Role>(9));
   expect_rejected(j.finish(), reject_reason::bad_value);
