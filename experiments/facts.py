@@ -249,6 +249,38 @@ def compute(out, read_csv, read_json, pick, table_of, _fmt):
     for t in ["frontier_live", "frontier_eval", "frontier_sim", "kernels_search"]:
         f[t + "_table"] = table_of("results/" + t + ".md")
 
+    # Lookahead selection (experiments/lookahead.py): la_<ctx>_<ahead|fresh>_<budget>_<field> of
+    # the live runs, las_<model>_<ctx>_<search>_<ahead|fresh>_<budget>_<field> of the modelled
+    # sweep (vs_today: over flat / fresh / 2048 of the same model and context), and the tables.
+    ahead = lambda v: "ahead" if str(v).lower() in ("true", "1", "1.0") else "fresh"
+    for r in read_csv("lookahead_live.csv"):
+        k = "la_%s_%s_%d_" % (lab(r["context_tokens"]), ahead(r["lookahead"]), r["budget_tokens"])
+        f[k + "mass"] = "%.3f" % r["attention_mass_mean"]
+        f[k + "mass_min"] = "%.4f" % r["attention_mass_min"]
+        f[k + "needles"] = "%.2f" % r["needle_hit_rate"]
+        f[k + "err"] = "%.3f" % r["output_rel_err_mean"]
+        f[k + "step_ms"] = "%.2f" % r["step_ms"]
+        f[k + "device_ms"] = "%.2f" % r["device_ms"]
+    las = read_csv("lookahead_sim.csv")
+    for r in las:
+        m = r["model"].replace("Llama-3.1-", "").lower()
+        k = "las_%s_%s_%s_%s_%d_" % (m, lab(r["context_tokens"]), sl(r["search"]), ahead(r["lookahead"]),
+                                     r["budget_tokens"])
+        base = [b for b in las if b["model"] == r["model"] and b["context_tokens"] == r["context_tokens"] and
+                b["search"] == "flat" and ahead(b["lookahead"]) == "fresh" and b["budget_tokens"] == 2048][0]
+        for fld in ["tokens_per_s", "step_ms", "bd_device_scan_ms", "bd_link_ms", "energy_j_per_token", "batch"]:
+            f[k + fld] = num(r[fld])
+        f[k + "vs_today"] = "%.2f×" % (r["tokens_per_s"] / base["tokens_per_s"])
+        f[k + "vs_today3"] = "%.3f×" % (r["tokens_per_s"] / base["tokens_per_s"])
+        f[k + "device_busy"] = "%.2f" % r["device_busy_fraction"]
+    for r in read_csv("lookahead_trace.csv"):
+        k = "lat_%s_%d_" % (ahead(r["lookahead"]), r["budget_tokens"])
+        f[k + "mass"] = "%.3f" % r["attention_mass_mean"]
+        f[k + "mass_min"] = "%.4f" % r["attention_mass_min"]
+        f[k + "err"] = "%.3f" % r["output_rel_err_mean"]
+    for t in ["lookahead_live", "lookahead_sim", "lookahead_trace"]:
+        f[t + "_table"] = table_of("results/" + t + ".md")
+
     # Sensitivity and tornado tables.
     f["sensitivity_table"] = table_of("results/sensitivity.md")
     f["tornado_table"] = table_of("results/tornado.md")

@@ -79,6 +79,21 @@ done
 echo "== frontier (live runs, sim sweep, bench kernels)" >&2
 "$here/frontier.sh" "$bin" "$out"
 
+# Lookahead selection (issue 14 goal (b)): live accuracy of sweeps/lookahead.yaml and the modelled
+# points of sweeps/lookahead_sim.yaml (experiments/lookahead.py; about 5 min, mostly the six
+# 1M-token live runs). Needs PyYAML (the Debian python3 has it).
+echo "== lookahead selection (live runs, sim sweep)" >&2
+ypy=python3
+for cand in python3 /usr/bin/python3; do
+  if "$cand" -c "import yaml" 2>/dev/null; then ypy="$cand"; break; fi
+done
+# With the trained model's trace (as search_touch.py above), the live cluster on real keys too.
+if [ -d "$trace" ]; then
+  "$ypy" "$here/lookahead.py" run "$bin" "$out" "$(realpath --relative-to="$root" "$out/calibration.json")" "$trace"
+else
+  "$ypy" "$here/lookahead.py" run "$bin" "$out" "$(realpath --relative-to="$root" "$out/calibration.json")"
+fi
+
 # A plotting Python with matplotlib (the Debian one if a pyenv shim shadows it).
 py=python3
 for cand in python3 /usr/bin/python3; do

@@ -372,6 +372,7 @@ step_model::layer_result step_model::layer_pnm(const std::vector<const step_requ
     // layer from below (what it adds is the devices' time on the step's path).
     double busiest = 0;
     for (uint32_t d = 0; d < S.devices; ++d) busiest = std::max(busiest, tl_.device_busy_ns(d) + background_ns_[d]);
+    lr.device_busy_ns_max = busiest;  // the device's whole work, its searches included
     const double excess = lookahead_excess_ns(lr.time_ns, busiest);
     lr.time_ns += excess;
     lr.crit.device_scan_ns += excess;
@@ -826,8 +827,9 @@ step_result step_model::run(const std::vector<step_request>& decode,
     round_ns = decode_latency_ns;
   }
   // Stages share the devices: a round lasts at least the busiest device's work of all.
+  // With lookahead selection that work is mostly their searches for the next step: device time.
   if (pp > 1 && device_all_stages_ns > round_ns) {
-    out.crit.queueing_ns += device_all_stages_ns - round_ns;
+    (S.lookahead ? out.crit.device_scan_ns : out.crit.queueing_ns) += device_all_stages_ns - round_ns;
     round_ns = device_all_stages_ns;
   }
   out.time_ns = round_ns;

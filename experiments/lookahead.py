@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""Lookahead selection (issue 14 goal (b)): live accuracy and modelled throughput.
+
+Usage:
+  lookahead.py run PNMKV RESULTS_DIR CALIBRATION [TRACE_DIR]
+      the live runs of sweeps/lookahead.yaml (`pnmkv run --json` each: the main job with and
+      without selection.lookahead at three budgets, 128K and 1M) into lookahead_live.csv, the
+      modelled sweep sweeps/lookahead_sim.yaml on CALIBRATION into lookahead_sim.csv, then
+      the tables (RESULTS_DIR/lookahead_live.md, lookahead_sim.md). With TRACE_DIR (a KV trace
+      of the model trained in experiments/trained_model, e.g. its traces/membarriers: not in
+      the repository, its README says how to make one in ~2 min) also the live cluster on real
+      keys and queries: the trace's context, all 8 layers, 120 steps, budgets 512-4096 with and
+      without lookahead, into lookahead_trace.csv and .md (kept from an earlier run otherwise)
+  lookahead.py sim PNMKV RESULTS_DIR CALIBRATION
+      the modelled sweep only (lookahead_sim.csv), then the tables (lookahead_live.csv must exist)
+  lookahead.py table RESULTS_DIR
+      RESULTS_DIR/lookahead_live.md and lookahead_sim.md from the two CSVs
+
+Only runs pnmkv and reshapes what it reports (ratios of two reported figures at most).
+"""
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+
+here = os.path.dirname(os.path.abspath(__file__))
+root = os.path.dirname(here)
+sys.path.insert(0, here)
+
+import frontier  # noqa: E402  (its sweep expansion and report fields)
+
+LIVE_FIELDS = [("lookahead", "config.selection.lookahead"),
+               ("budget_tokens", "config.selection.budget_tokens")] + frontier.LIVE_FIELDS
+SIM_KEYS = ["selection.search", "selection.lookahead", "selection.budget_tokens"]
+SIM_FIELDS = ["batch", "batch_limited_by", "tokens_per_s", "step_ms", "energy_j_per_token", "tokens_per_dollar",
+              "device_bytes_per_step", "device_busy_fraction", "link_bytes_per_step", "pools"]
+
+
+def run_live(pnmkv, out):
+    rows = []
+    for config, sets in frontier.points(os.path.join(here, "sweeps", "lookahead.yaml")):
+        report_file = os.path.join(out, "lookahead_run.json")
+        cmd = [pnmkv, "run", "--quiet", "--config", os.path.relpath(config, root), "--json", report_file]
+        for s in sets:
+            cmd += ["--set", s]
+        start = time.time()
+        print("== live: " + " ".join(sets[-3:]), file=sys.stderr, flush=True)
+        subprocess.run(cmd, cwd=root, check=True, stdout=subprocess.DEVNULL)
+        report = json.load(open(report_file))
+        os.remove(report_file)
+        rows.append([frontier.field(report, k) for _, k in LIVE_FIELDS])
+        print("   %.0f s" % (time.time() - start), file=sys.stderr, flush=True)
+    with open(os.path.join(out, "lookahead_live.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([name for name, _ in LIVE_FIELDS])
+        w.writerows(rows)
+
+
+TRAINED = "cluster_configs/models/trained-bytes-22m.yaml"
+TRACE_FIELDS = [("lookahead", "config.selection.lookahead"), ("budget_tokens", "config.selection.budget_tokens"),
+                ("context_tokens", "cluster.context_tokens"), ("steps", "cluster.steps"),
+                ("attention_mass_mean", "accuracy.attention_mass_recall_mean"),
+                ("attention_mass_min", "accuracy.attention_mass_recall_min"),
+                ("output_rel_err_mean", "accuracy.output_rel_err_mean"),
+                ("output_rel_err_p99", "accuracy.output_rel_err_p99"),
+                ("accuracy_samples", "accuracy.samples"), ("output_digest", "output_digest")]
+
+
+def run_trace(pnmkv, out, trace_dir):
+    rows = []
+    for budget in (512, 1024, 2048, 4096):
+        for ahead in ("false", "true"):
+            report_file = os.path.join(out, "lookahead_run.json")
+            cmd = [pnmkv, "run", "--quiet", "--json", report_file]
+            for s in ["model.file=" + TRAINED, "workload.kind=trace", "workload.trace_dir=" + trace_dir,
+                      "cluster.live_layers=8", "workload.context_tokens=16256", "run.steps=120",
+                      "run.verify=true", "selection.search=exact-int8", "selection.gqa_aggregation=max",
+                      "selection.budget_tokens=%d" % budget, "selection.lookahead=" + ahead]:
+                cmd += ["--set", s]
+            print("== trace: budget %d lookahead %s" % (budget, ahead), file=sys.stderr, flush=True)
+            subprocess.run(cmd, cwd=root, check=True, stdout=subprocess.DEVNULL)
+            report = json.load(open(report_file))
+            os.remove(report_file)
+            rows.append([frontier.field(report, k) for _, k in TRACE_FIELDS])
+    with open(os.path.join(out, "lookahead_trace.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([name for name, _ in TRACE_FIELDS])
+        w.writerows(rows)
+
+
+def trace_table(out):
+    from results_io import read_csv
+
+    rows = read_csv(out, "lookahead_trace.csv")
+    fresh = {int(r["budget_tokens"]): r for r in rows if not truthy(r["lookahead"])}
+    lines = ["| budget | fresh: mass mean / min | lookahead: mass mean / min | lookahead at twice the budget: mass "
+             "mean / min | fresh: output rel. error | lookahead at twice the budget: output rel. error |",
+             "|---|---|---|---|---|---|"]
+    for b in sorted(fresh):
+        ahead = {int(r["budget_tokens"]): r for r in rows if truthy(r["lookahead"])}
+        two = ahead.get(2 * b)
+        lines.append("| %d | %.4f / %.4f | %.4f / %.4f | %s | %.3f | %s |" % (
+            b, fresh[b]["attention_mass_mean"], fresh[b]["attention_mass_min"], ahead[b]["attention_mass_mean"],
+            ahead[b]["attention_mass_min"],
+            "%.4f / %.4f" % (two["attention_mass_mean"], two["attention_mass_min"]) if two else "",
+            fresh[b]["output_rel_err_mean"], "%.3f" % two["output_rel_err_mean"] if two else ""))
+    frontier.write_md(out, "lookahead_trace", lines)
+
+
+def run_sim(pnmkv, out, calibration):
+    tmp = os.path.join(out, "lookahead_sim.json")
+    subprocess.run([pnmkv, "sim", "--quiet", "--sweep", "experiments/sweeps/lookahead_sim.yaml", "--set",
+                    "sim.calibration_file=" + calibration, "--json", tmp], cwd=root, check=True,
+                   stdout=subprocess.DEVNULL)
+    pts = json.load(open(tmp))["points"]
+    os.remove(tmp)
+    rows = []
+    for p in pts:
+        if not p["ok"]:
+            raise SystemExit("lookahead.py: a lookahead_sim point failed: %s" % p)
+        r = p["result"]
+        keys = dict(o.split("=", 1) for o in p["overrides"])
+        row = [r["model"]["name"], int(r["context_tokens"])] + [keys[k] for k in SIM_KEYS]
+        row += [r[k] for k in SIM_FIELDS]
+        row += [r["breakdown_ms"][k] for k in frontier.BD_KEYS]
+        rows.append(row)
+    with open(os.path.join(out, "lookahead_sim.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "context_tokens", "search", "lookahead", "budget_tokens"] + SIM_FIELDS +
+                   ["bd_" + k + "_ms" for k in frontier.BD_KEYS])
+        w.writerows(rows)
+
+
+def truthy(v):
+    return str(v).lower() in ("true", "1")
+
+
+def table(out):
+    from results_io import read_csv
+
+    if os.path.exists(os.path.join(out, "lookahead_trace.csv")):
+        trace_table(out)
+    live = read_csv(out, "lookahead_live.csv")
+    sim = read_csv(out, "lookahead_sim.csv")
+    lines = ["## Live: the main job (%s shape, batch %d, %d PNM devices, exact-int8, max, 16 steps)" %
+             (live[0]["model"], live[0]["batch"], live[0]["pnm_devices"]), "",
+             "Accuracy from every step checked against dense attention; times are the cost model's charges of "
+             "the work the live devices counted. *today*: no lookahead at 2048 tokens (exact-int8 selects flat's "
+             "pages, so this is today's accuracy).", "",
+             "| context | lookahead | budget | attention mass mean / min | output rel. error mean | needle hits "
+             "| modelled step ms | device ms | step vs today | digest |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for ctx in sorted({r["context_tokens"] for r in live}):
+        rows = [r for r in live if r["context_tokens"] == ctx]
+        today = [r for r in rows if not truthy(r["lookahead"]) and int(r["budget_tokens"]) == 2048][0]
+        for r in sorted(rows, key=lambda r: (truthy(r["lookahead"]), int(r["budget_tokens"]))):
+            lines.append("| %s | %s | %d | %.4f / %.4f | %.3f | %.3f (%d asked) | %.3f | %.3f | %.2fx | `%s` |" % (
+                frontier.ctx_label(ctx), "yes" if truthy(r["lookahead"]) else "no", int(r["budget_tokens"]),
+                r["attention_mass_mean"], r["attention_mass_min"], r["output_rel_err_mean"], r["needle_hit_rate"],
+                int(r["needles_asked"]), r["step_ms"], r["device_ms"], today["step_ms"] / r["step_ms"],
+                r["output_digest"]))
+    frontier.write_md(out, "lookahead_live", lines)
+    lines = ["## Modelled: 64 devices (sim-base.yaml), max, one micro-batch", "",
+             "*vs today*: tokens/s over flat / no lookahead / 2048 tokens of the same model and context. "
+             "*device ms exposed*: the step's device time on its path (lookahead: the attention, and what the "
+             "devices' total work adds when they cannot keep up).", "",
+             "| model | context | search | lookahead | budget | batch | pools | step ms | device ms exposed | "
+              "tokens/s | vs today | J/token | tokens/$ | device busy |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sim:
+        today = [t for t in sim if t["model"] == r["model"] and t["context_tokens"] == r["context_tokens"] and
+                 t["search"] == "flat" and not truthy(t["lookahead"]) and int(t["budget_tokens"]) == 2048][0]
+        lines.append("| %s | %s | %s | %s | %d | %d | %d | %.1f | %.2f | %.1f | %.3fx | %.2f | %.3g | %.2f |" % (
+            r["model"], frontier.ctx_label(r["context_tokens"]), r["search"],
+            "yes" if truthy(r["lookahead"]) else "no", int(r["budget_tokens"]), r["batch"], r["pools"],
+            r["step_ms"], r["bd_device_scan_ms"], r["tokens_per_s"], r["tokens_per_s"] / today["tokens_per_s"],
+            r["energy_j_per_token"], r["tokens_per_dollar"], r["device_busy_fraction"]))
+    frontier.write_md(out, "lookahead_sim", lines)
+
+
+def main():
+    if len(sys.argv) in (5, 6) and sys.argv[1] == "run":
+        pnmkv, out = os.path.realpath(sys.argv[2]), os.path.realpath(sys.argv[3])
+        run_sim(pnmkv, out, sys.argv[4])
+        run_live(pnmkv, out)
+        if len(sys.argv) == 6:
+            run_trace(pnmkv, out, os.path.realpath(sys.argv[5]))
+        else:
+            print("   no TRACE_DIR: lookahead_trace.csv kept as it is", file=sys.stderr)
+        table(out)
+    elif len(sys.argv) == 5 and sys.argv[1] == "sim":
+        out = os.path.realpath(sys.argv[3])
+        run_sim(os.path.realpath(sys.argv[2]), out, sys.argv[4])
+        table(out)
+    elif len(sys.argv) == 3 and sys.argv[1] == "table":
+        table(os.path.realpath(sys.argv[2]))
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main()
