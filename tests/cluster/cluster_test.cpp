@@ -148,8 +148,7 @@ TEST(cluster, runs_are_reproducible_and_leave_no_threads) {
   EXPECT_NE(a->output_digest, c->output_digest);
 }
 
-TEST(cluster, embedded_and_multiprocess_give_the_same_outputs) {
-  auto cfg = small_config();
+void expect_embedded_equals_multiprocess(const config& cfg) {
   auto embedded = run_embedded(cfg, {});
   ASSERT_TRUE(embedded) << embedded.error().to_string();
   multiprocess_options mp;
@@ -163,6 +162,14 @@ TEST(cluster, embedded_and_multiprocess_give_the_same_outputs) {
   EXPECT_EQ(embedded->output_digest, multi->output_digest);
   EXPECT_DOUBLE_EQ(embedded->virtual_step_ms_mean, multi->virtual_step_ms_mean);
   EXPECT_EQ(embedded->virtual_link_bytes_per_step, multi->virtual_link_bytes_per_step);
+}
+
+// Also with lookahead selection: its background searches cross the wire (Cap'n Proto over UCX)
+// and are served off the devices' clocks in every process alike.
+TEST(cluster, embedded_and_multiprocess_give_the_same_outputs) {
+  expect_embedded_equals_multiprocess(small_config());
+  SCOPED_TRACE("lookahead selection");
+  expect_embedded_equals_multiprocess(small_config({"selection.lookahead=true"}));
 }
 
 // Kills device 101 once `phase` has begun (empty: as soon as its process exists) and

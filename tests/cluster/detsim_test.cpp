@@ -86,6 +86,25 @@ TEST(detsim, sweep_of_1000_seeds_holds_every_invariant) {
 }
 
 // The same seed is the same run: every pick, every timer jump, every fault, the same report.
+// Lookahead selection under the same fault schedules (pnm-kv: its background searches are lost,
+// duplicated, delayed and sent again to new primaries like any query): every invariant holds,
+// its outputs equal its own clean run's. 200 seeds (~8 s).
+TEST(detsim, lookahead_selection_holds_every_invariant_under_faults) {
+  detsim_sweep_options so;
+  so.first_seed = 1;
+  so.last_seed = 200;
+  so.strict = true;
+  so.fixed_keys = {"run.mode"};  // the variants draw the mode otherwise
+  so.replay_hint = "build/pnmkv detsim --seed {} --strict --set selection.lookahead=true --set run.mode=pnm-kv";
+  std::vector<std::string> failures;
+  so.log = [&](const std::string& s) { failures.push_back(s); };
+  auto res = detsim_sweep(detsim_config({"run.mode=pnm-kv", "selection.lookahead=true"}), so);
+  ASSERT_TRUE(res) << res.error().to_string();
+  EXPECT_EQ(res->seeds, 200u);
+  EXPECT_TRUE(res->failed.empty()) << res->failed.size() << " of " << res->seeds << " seeds failed:\n" << joined(failures);
+  EXPECT_GT(res->devices_lost, res->seeds / 10);  // not vacuous
+}
+
 TEST(detsim, a_seed_replays_event_for_event) {
   const config cfg = detsim_config();
   // A seed with a device lost, so the replay covers a failover.
