@@ -45,8 +45,10 @@ struct device_query {
   const uint64_t* excluded_pages = nullptr;  // never selected (png-kv: steady on the GPU)
   size_t n_excluded = 0;
   float scale = 0;                // softmax scale; 0 means 1/sqrt(head_dim)
-  // A lookahead search (selection.lookahead): the engine answers it as any exact_candidates
-  // round; the device serves it in its idle time, off its clock (pnm_device).
+  // Lookahead selection: on exact_candidates, a search for the next step; on exact_attend, one
+  // to run after the attend (budget_pages its budget). The engine answers one round per call
+  // (the device actor calls it again for the search); the device serves the search in its
+  // idle time, off its clock (pnm_device).
   bool background = false;
 };
 

@@ -148,6 +148,8 @@ void gpu_host_state::put_query(const device_work& w, transport::wire::Envelope::
   put_ids(w.excluded_storage, qm.initExcludedPages(id_bytes(w.excluded_storage)));
   put_ids(w.listed_storage, qm.initListedPages(id_bytes(w.listed_storage)));
   tags_[reply_key{q.request_id, q.layer, q.kv_head, w.shard_id, reply_kind_of(q.round)}] = w.tag;
+  // Lookahead: an attend that also searches answers twice, the candidates under their own tag.
+  if (w.search_tag) tags_[reply_key{q.request_id, q.layer, q.kv_head, w.shard_id, reply_kind::candidates}] = w.search_tag;
 }
 
 void gpu_host_state::send_all(std::vector<device_work>& work) {

@@ -849,25 +849,53 @@ void host_engine::lookahead_work(const request_spec& r, const head_key& key, hea
   const bool exact = two_round_selection(cfg_.mode, cfg_.cross_shard, s);
   for (uint32_t j = 0; j < s; ++j) {
     const uint32_t link = link_of(pl, h, hs.shards[j]);
-    if (!listed[j].empty()) {  // the step's path: attend the pages selected before
+    // The search for the next step (exact: the shard's best `budget` pages as candidates;
+    // local: its share), off the path: on neither the link's nor the device's timeline.
+    const uint64_t search_budget = exact ? budget_pages : work::local_budget_pages(budget_pages, s, j);
+    if (!listed[j].empty()) {  // the step's path: attend the pages selected before, and search
       device_work w = make_query(request_id, layer, h, hs.shards[j], hs.q, purpose::attend_listed);
       w.listed_storage = std::move(listed[j]);
       w.wire_bytes = work::query_wire_bytes(m, w.listed_storage.size());
+      w.query.background = true;
+      w.query.budget_pages = search_budget;
+      w.search_tag = next_tag_++;
       dispatch(w, true, clock_ns_, link);
       pending_.emplace(w.tag, pending_item{request_id, layer, h, j, purpose::attend_listed, link, 0, w.device_id});
+      pending_.emplace(w.search_tag, pending_item{request_id, layer, h, j, purpose::lookahead, link, 0, w.device_id});
       work.push_back(std::move(w));
-    } else {
-      hs.parts[j].reset(m.gqa_group(), m.head_dim);
+      continue;
     }
-    // Off the path: the search for the next step (exact: the shard's best `budget` pages as
-    // candidates; local: its share), on neither the link's nor the device's timeline.
+    hs.parts[j].reset(m.gqa_group(), m.head_dim);
     device_work b = make_query(request_id, layer, h, hs.shards[j], hs.q, purpose::lookahead);
-    b.query.budget_pages = exact ? budget_pages : work::local_budget_pages(budget_pages, s, j);
+    b.query.budget_pages = search_budget;
     b.vt_arrival_ns = clock_ns_;
     cur_.link_bytes += b.wire_bytes;
     pending_.emplace(b.tag, pending_item{request_id, layer, h, j, purpose::lookahead, link, 0, b.device_id});
     work.push_back(std::move(b));
   }
+}
+
+// A lookahead attend query that also searches, as the two messages a retry sends apart: the
+// attend (the step's path) and the search (the background). Each is kept for a retry under
+// its own tag, so either part may be answered, lost or resent alone.
+device_work host_engine::attend_part(const device_work& w) {
+  device_work a = w;
+  a.search_tag = 0;
+  a.query.background = false;
+  a.bind_query();
+  return a;
+}
+
+device_work host_engine::search_part(const device_work& w) const {
+  device_work b = w;
+  b.tag = w.search_tag;
+  b.search_tag = 0;
+  b.query.round = selection_round::exact_candidates;
+  b.listed_storage.clear();
+  b.wire_bytes = work::query_wire_bytes(costs_.model());
+  b.charge_device = false;
+  b.bind_query();
+  return b;
 }
 
 void host_engine::keep_lookahead(const head_key& key, head_state& hs, uint64_t budget_pages) {
@@ -1388,7 +1416,12 @@ void host_engine::remember(const std::vector<device_work>& work) {
   if (!cfg_.keep_for_retry) return;
   for (const auto& w : work) {
     if (w.what != device_work::kind::write) {
-      if (pending_.count(w.tag)) sent_[w.tag] = w;
+      if (w.search_tag) {  // two replies: kept as two messages
+        if (pending_.count(w.tag)) sent_[w.tag] = attend_part(w);
+        if (pending_.count(w.search_tag)) sent_[w.search_tag] = search_part(w);
+      } else if (pending_.count(w.tag)) {
+        sent_[w.tag] = w;
+      }
     } else if (cfg_.keep_writes_for_retry) {
       step_writes_.push_back(w);
     }
@@ -1626,8 +1659,7 @@ uint64_t host_engine::shard_writes(uint64_t request_id, uint32_t shard_id, uint3
                                    uint64_t* tokens) const {
   const shard_placement* sh = shard(request_id, shard_id);
   PNMKV_CHECK(sh != nullptr && sh->holds_head(kv_head), "request ", request_id, " shard ", shard_id, " head ", kv_head);
-  const auto& m = costs_.model();
-  const uint32_t d = m.head_dim, ps = cfg_.page_size_tokens;
+  const uint32_t ps = cfg_.page_size_tokens;
   const request_placement& pl = placements_.at(request_id);
   const int index = int(sh - pl.shards.data());
   const uint64_t stop = std::min(to, from + std::max<uint64_t>(1, cfg_.rebuild_chunk_tokens));
@@ -1694,7 +1726,8 @@ result<std::vector<device_work>> host_engine::shard_recomputed(uint64_t request_
     device_work c = w;
     c.device_id = target;
     c.bind_query();
-    if (!c.verification)
+    if (c.query.background) cur_.link_bytes += c.wire_bytes;  // a lookahead search: off the timeline
+    else if (!c.verification)
       dispatch(c, c.what == device_work::kind::recall || c.charge_device, clock_ns_, pending_.at(tag).link);
     w.device_id = target;
     pending_.at(tag).device = target;

@@ -38,9 +38,10 @@
 // Lookahead selection (selection.lookahead; pnm-kv, one micro-batch): from a request's second
 // decode step on, each (layer, KV head) attends the pages selected with the previous step's
 // query (the first and the new last page added): one attend_listed query per shard holding
-// any, the step's path. Beside it each shard searches its pages with this step's query
-// (a `lookahead` query: the candidates round, marked background): the host keeps their
-// result, merged as the cross-shard rule says (exact: the global top pages of the candidates;
+// any, the step's path. The same message asks the shard to search its pages with this step's
+// query for the next step (query.background: its candidates come back as a second reply,
+// device_work::search_tag; a shard with nothing to attend gets a search-only `lookahead`
+// query, the candidates round marked background). The host keeps their result, merged as the cross-shard rule says (exact: the global top pages of the candidates;
 // local: each shard's own), for the next step. A device serves a background query in its idle
 // time, off its clock (pnm_device); the host charges its energy, bytes and link bytes, and a
 // step is never shorter than its busiest device's work, searches included
@@ -138,6 +139,10 @@ struct device_work {
   uint32_t device_id = 0;
   uint32_t shard_id = 0;
   uint64_t tag = 0;                // identifies the reply (queries, recalls)
+  // Lookahead selection: an attend query that also carries the shard's search for the next
+  // step (query.background on an exact_attend round) has a second reply, the candidates,
+  // under this tag; 0 otherwise.
+  uint64_t search_tag = 0;
   double vt_arrival_ns = 0;        // when it reaches the device, virtual
   uint64_t wire_bytes = 0;         // payload bytes on the link
   bool verification = false;       // dense check: not charged, not timed
@@ -592,6 +597,8 @@ class host_engine {
   // Candidates in the order the global top takes them: always-kept first, then by score
   // (NaN last), then by page.
   static bool candidate_before(const head_state::candidate& a, const head_state::candidate& b);
+  static device_work attend_part(const device_work& w);
+  device_work search_part(const device_work& w) const;
   // The next step's selection from this step's searches (or, at a first step, its selection).
   void keep_lookahead(const head_key& key, head_state& hs, uint64_t budget_pages);
   std::map<head_key, cache_state> cache_;  // recall caches (baseline) or their shadows

@@ -156,10 +156,14 @@ void pnm_device_state::serve_head(const transport::envelope& env, transport::wir
     send_error(env, s);
     return;
   }
+  // Lookahead selection: an attend marked background also asks for the next step's search;
+  // the query itself, or an exactCandidates query marked background, is that search.
+  const bool search_after = dq.background && round == selection_round::exact_attend;
+  const bool in_background = dq.background && round == selection_round::exact_candidates;
   double done = engine_->clock_ns();
   // A lookahead search runs in the device's idle time: not on its clock (the GPU host charges
   // it against the step's length, actors/host_engine.hpp).
-  if (round != selection_round::dense && !passive_ && !dq.background) {
+  if (round != selection_round::dense && !passive_ && !in_background) {
     const double arrival = env.vtime_ns + costs_->link_latency_ns();
     done = engine_->charge(
         arrival, device_service_cost(*costs_, device_op::pnm, double(ans.bytes_scanned), ans.flops,
@@ -167,6 +171,17 @@ void pnm_device_state::serve_head(const transport::envelope& env, transport::wir
   }
   if (round == selection_round::exact_candidates) send_candidates(env, q, h, ans, done);
   else send_partial(env, q, h, ans, done);
+  if (!search_after) return;
+  dq.round = selection_round::exact_candidates;
+  dq.listed_pages = nullptr;
+  dq.n_listed = 0;
+  device_answer found;
+  if (auto st = engine_->query(dq, found); !st) {
+    cluster_log().warn("node={} event=query_failed request={} reason=\"{}\"", node_, dq.request_id, st.to_string());
+    send_error(env, st);
+    return;
+  }
+  send_candidates(env, q, h, found, engine_->clock_ns());
 }
 
 void pnm_device_state::send_candidates(const transport::envelope& env,

@@ -249,12 +249,13 @@ def compute(out, read_csv, read_json, pick, table_of, _fmt):
     for t in ["frontier_live", "frontier_eval", "frontier_sim", "kernels_search"]:
         f[t + "_table"] = table_of("results/" + t + ".md")
 
-    # Lookahead selection (experiments/lookahead.py): la_<ctx>_<ahead|fresh>_<budget>_<field> of
-    # the live runs, las_<model>_<ctx>_<search>_<ahead|fresh>_<budget>_<field> of the modelled
+    # Lookahead selection (experiments/lookahead.py): la_<model>_<ctx>_<ahead|fresh>_<budget>_<field>
+    # of the live runs (model 8b or gqa16), las_<model>_<ctx>_<search>_<ahead|fresh>_<budget>_<field> of the modelled
     # sweep (vs_today: over flat / fresh / 2048 of the same model and context), and the tables.
     ahead = lambda v: "ahead" if str(v).lower() in ("true", "1", "1.0") else "fresh"
     for r in read_csv("lookahead_live.csv"):
-        k = "la_%s_%s_%d_" % (lab(r["context_tokens"]), ahead(r["lookahead"]), r["budget_tokens"])
+        mlab = "gqa16" if "GQA16" in r["model"] else r["model"].replace("Llama-3.1-", "").lower()
+        k = "la_%s_%s_%s_%d_" % (mlab, lab(r["context_tokens"]), ahead(r["lookahead"]), r["budget_tokens"])
         f[k + "mass"] = "%.3f" % r["attention_mass_mean"]
         f[k + "mass_min"] = "%.4f" % r["attention_mass_min"]
         f[k + "needles"] = "%.2f" % r["needle_hit_rate"]

@@ -4,7 +4,8 @@
 Usage:
   lookahead.py run PNMKV RESULTS_DIR CALIBRATION [TRACE_DIR]
       the live runs of sweeps/lookahead.yaml (`pnmkv run --json` each: the main job with and
-      without selection.lookahead at three budgets, 128K and 1M) into lookahead_live.csv, the
+      without selection.lookahead at three budgets, 128K and 1M, the main job's model and
+      405B's attention shape) into lookahead_live.csv, the
       modelled sweep sweeps/lookahead_sim.yaml on CALIBRATION into lookahead_sim.csv, then
       the tables (RESULTS_DIR/lookahead_live.md, lookahead_sim.md). With TRACE_DIR (a KV trace
       of the model trained in experiments/trained_model, e.g. its traces/membarriers: not in
@@ -144,20 +145,24 @@ def table(out):
         trace_table(out)
     live = read_csv(out, "lookahead_live.csv")
     sim = read_csv(out, "lookahead_sim.csv")
-    lines = ["## Live: the main job (%s shape, batch %d, %d PNM devices, exact-int8, max, 16 steps)" %
-             (live[0]["model"], live[0]["batch"], live[0]["pnm_devices"]), "",
+    lines = ["## Live: the main job (batch %d, %d PNM devices, exact-int8, max, 16 steps)" %
+             (live[0]["batch"], live[0]["pnm_devices"]), "",
              "Accuracy from every step checked against dense attention; times are the cost model's charges of "
              "the work the live devices counted. *today*: no lookahead at 2048 tokens (exact-int8 selects flat's "
              "pages, so this is today's accuracy).", "",
-             "| context | lookahead | budget | attention mass mean / min | output rel. error mean | needle hits "
+             "| model | context | lookahead | budget | attention mass mean / min | output rel. error mean | needle hits "
              "| modelled step ms | device ms | step vs today | digest |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for ctx in sorted({r["context_tokens"] for r in live}):
-        rows = [r for r in live if r["context_tokens"] == ctx]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    groups = []
+    for r in live:
+        if (r["model"], r["context_tokens"]) not in groups:
+            groups.append((r["model"], r["context_tokens"]))
+    for model, ctx in groups:
+        rows = [r for r in live if r["context_tokens"] == ctx and r["model"] == model]
         today = [r for r in rows if not truthy(r["lookahead"]) and int(r["budget_tokens"]) == 2048][0]
         for r in sorted(rows, key=lambda r: (truthy(r["lookahead"]), int(r["budget_tokens"]))):
-            lines.append("| %s | %s | %d | %.4f / %.4f | %.3f | %.3f (%d asked) | %.3f | %.3f | %.2fx | `%s` |" % (
-                frontier.ctx_label(ctx), "yes" if truthy(r["lookahead"]) else "no", int(r["budget_tokens"]),
+            lines.append("| %s | %s | %s | %d | %.4f / %.4f | %.3f | %.3f (%d asked) | %.3f | %.3f | %.2fx | `%s` |" % (
+                model, frontier.ctx_label(ctx), "yes" if truthy(r["lookahead"]) else "no", int(r["budget_tokens"]),
                 r["attention_mass_mean"], r["attention_mass_min"], r["output_rel_err_mean"], r["needle_hit_rate"],
                 int(r["needles_asked"]), r["step_ms"], r["device_ms"], today["step_ms"] / r["step_ms"],
                 r["output_digest"]))

@@ -223,8 +223,9 @@ void step_model::pnm_round_a(const step_request& r, uint32_t ri, pnm_layer& L, l
 // it held then; exact, the global top pages, spread over the shards as in round two. Beside
 // it each shard searches its pages with this step's query for the next step (exact: offering
 // its best `device_budget` pages as candidates; local: its share), in its idle time: the
-// search's bytes, energy and link bytes (its query and candidates) are charged, its time
-// goes to the device's background (layer_pnm's floor), not to its clock.
+// search's bytes, energy and link bytes (its candidates, and its own query where the shard
+// attends nothing) are charged, its time goes to the device's background (layer_pnm's floor),
+// not to its clock.
 void step_model::pnm_lookahead_head(const step_request& r, uint32_t ri, uint32_t h, uint64_t device_budget,
                                     bool two_rounds, pnm_layer& L, layer_result& lr) {
   const step_setup& S = *s_;
@@ -257,7 +258,8 @@ void step_model::pnm_lookahead_head(const step_request& r, uint32_t ri, uint32_t
       const double arrival = tl_.send(l, L.t0, work::query_wire_bytes(m, listed));
       tl_.expect(arrival, sh.device_id, l, cost.time_ns, work::partial_wire_bytes(m, listed));
     }
-    // Off the path: the search for the next step.
+    // Off the path: the search for the next step, asked by the attend query (a query of its
+    // own where the shard attends nothing); its candidates come back in a reply of their own.
     const work::shard_selection sel = work::select_on_shard(held, ps, bj, holds_last);
     const work::query_work w = work::search_query_work(c_, double(sel.pages_held), double(sel.pages_selected),
                                                        S.heads_scored, S.summary_elem_bytes, S.search);
@@ -265,7 +267,8 @@ void step_model::pnm_lookahead_head(const step_request& r, uint32_t ri, uint32_t
     charge_device(sh.device_id, cost.energy_j, lr);
     lr.device_bytes += w.bytes;
     background_ns_[sh.device_id] += cost.time_ns;
-    L.background_link_bytes += double(work::query_wire_bytes(m) + work::candidates_wire_bytes(sel.pages_selected));
+    L.background_link_bytes += double((listed > 0 ? 0 : work::query_wire_bytes(m)) +
+                                      work::candidates_wire_bytes(sel.pages_selected));
   }
   const op_cost mc = c_.gpu_merge(s, group);
   L.merge_ns += mc.time_ns;

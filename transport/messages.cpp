@@ -399,10 +399,12 @@ struct validator {
     head_dim(r.getHeadDim());
     count_limit("budget_pages", r.getBudgetPages(), 0, L.max_context_tokens);
     round(r.getRound());
-    if (r.getBackground() && r.getRound() != wire::SelectionRound::EXACT_CANDIDATES)
+    if (r.getBackground() && r.getRound() != wire::SelectionRound::EXACT_CANDIDATES &&
+        r.getRound() != wire::SelectionRound::EXACT_ATTEND)
       reject(reject_reason::bad_value, errc::invalid_argument,
-             "query.background is set on a {} round; only exactCandidates (a lookahead search) runs in "
-             "the background", static_cast<int>(r.getRound()));
+             "query.background is set on a {} round; only exactCandidates (a lookahead search) or "
+             "exactAttend (an attend followed by one) asks for a search in the background",
+             static_cast<int>(r.getRound()));
     count_limit("query.sequence_tokens", r.getSequenceTokens(), 0, L.max_context_tokens);
     if (std::isnan(r.getScoreThreshold()))
       reject(reject_reason::bad_value, errc::invalid_argument, "score_threshold is NaN");

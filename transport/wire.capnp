@@ -137,8 +137,10 @@ struct Query {
   excludedPages @14 :Data;     # uint32 global page ids the device must not select (png-kv:
                                # the GPU holds them as steady pages)
   listedPages @15 :Data;       # uint32 global page ids to attend (exactAttend), ascending
-  background @16 :Bool;        # a lookahead search for the next step (exactCandidates): served
-                               # in the device's idle time, off its virtual clock
+  background @16 :Bool;        # lookahead selection: on exactCandidates, the query is a search
+                               # for the next step; on exactAttend, one follows the attend (its
+                               # candidates a second reply). Served in the device's idle time,
+                               # off its virtual clock
 }
 
 # o is fp32 [group][headDim], lse fp32 [group] (-inf for an empty subset).

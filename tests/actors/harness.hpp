@@ -276,6 +276,22 @@ struct harness {
         auto more = host.on_reply(r);
         ASSERT_TRUE(more) << more.error().to_string();
         for (auto& m : *more) next.push_back(std::move(m));
+        if (w.search_tag) {  // lookahead: the search after the attend, off the device's clock
+          device_reply sr;
+          sr.tag = w.search_tag;
+          sr.device_id = w.device_id;
+          device_query sq = w.query;
+          sq.round = selection_round::exact_candidates;
+          sq.listed_pages = nullptr;
+          sq.n_listed = 0;
+          ASSERT_TRUE(d.query(sq, sr.answer));
+          step_served_ns[w.device_id] += device_service_cost(costs, device_op::pnm, double(sr.answer.bytes_scanned),
+                                                             sr.answer.flops, sr.answer.search.int_ops).time_ns;
+          sr.vt_done_ns = d.clock_ns();
+          auto after = host.on_reply(sr);
+          ASSERT_TRUE(after) << after.error().to_string();
+          for (auto& m : *after) next.push_back(std::move(m));
+        }
       }
       work = std::move(next);
       drain_micro_batches(work);

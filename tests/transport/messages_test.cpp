@@ -550,8 +550,9 @@ TEST(Validation, RefusesBadValues) {
   q.body().getQuery().setScoreThreshold(std::numeric_limits<float>::quiet_NaN());
   expect_rejected(q.finish(), reject_reason::bad_value);
 
-  // Only a candidates round (a lookahead search) runs in a device's background.
-  for (auto round : {wire::SelectionRound::LOCAL, wire::SelectionRound::EXACT_ATTEND, wire::SelectionRound::DENSE}) {
+  // Only a candidates round (a lookahead search) or an attend followed by one asks for a
+  // search in a device's background.
+  for (auto round : {wire::SelectionRound::LOCAL, wire::SelectionRound::DENSE}) {
     outbound b = sample_message(msg_kind::query, 1);
     b.body().getQuery().setRound(round);
     b.body().getQuery().setBackground(true);
@@ -562,6 +563,11 @@ TEST(Validation, RefusesBadValues) {
   c.body().getQuery().setBackground(true);
   auto bytes = c.finish();
   EXPECT_TRUE(decode(bytes, limits, nullptr).is_ok());
+  outbound a = sample_message(msg_kind::query, 1);
+  a.body().getQuery().setRound(wire::SelectionRound::EXACT_ATTEND);
+  a.body().getQuery().setBackground(true);
+  auto attend = a.finish();
+  EXPECT_TRUE(decode(attend, limits, nullptr).is_ok());
 
   outbound j = sample_message(msg_kind::join, 1);
   j.body().getJoin().setRole(static_cast<wire::Role>(9));
