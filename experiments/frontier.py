@@ -96,25 +96,37 @@ def points(sweep_file):
         yield config, list(spec.get("set", [])) + ["%s=%s" % kv for kv in zip(keys, combo)]
 
 
-def run(pnmkv, out, sweep=os.path.join(here, "sweeps", "frontier.yaml")):
-    rows = []
-    for config, sets in points(sweep):
-        cmd = [pnmkv, "run", "--quiet", "--config", os.path.relpath(config, root)]
-        for s in sets:
-            cmd += ["--set", s]
-        report_file = os.path.join(out, "frontier_run.json")
-        cmd += ["--json", report_file]
-        start = time.time()
-        print("== live: " + " ".join(sets[-3:]), file=sys.stderr, flush=True)
-        subprocess.run(cmd, cwd=root, check=True, stdout=subprocess.DEVNULL)
-        report = json.load(open(report_file))
-        os.remove(report_file)
-        rows.append([field(report, k) for _, k in LIVE_FIELDS])
-        print("   %.0f s" % (time.time() - start), file=sys.stderr, flush=True)
-    with open(os.path.join(out, "frontier_live.csv"), "w", newline="") as f:
+def run_point(pnmkv, out, args, sets, fields):
+    """One `pnmkv run --json` with `args` and `sets` (--set each); its report's `fields`."""
+    report_file = os.path.join(out, "point_run.json")
+    cmd = [pnmkv, "run", "--quiet"] + args + ["--json", report_file]
+    for s in sets:
+        cmd += ["--set", s]
+    start = time.time()
+    print("== live: " + " ".join(sets[-3:]), file=sys.stderr, flush=True)
+    subprocess.run(cmd, cwd=root, check=True, stdout=subprocess.DEVNULL)
+    report = json.load(open(report_file))
+    os.remove(report_file)
+    print("   %.0f s" % (time.time() - start), file=sys.stderr, flush=True)
+    return [field(report, k) for _, k in fields]
+
+
+def write_rows(out, csv_name, fields, rows):
+    with open(os.path.join(out, csv_name), "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow([name for name, _ in LIVE_FIELDS])
+        w.writerow([name for name, _ in fields])
         w.writerows(rows)
+
+
+def run_sweep(pnmkv, out, sweep, fields, csv_name):
+    """Every point of a sweep file (`points`), one run each, into RESULTS_DIR/csv_name."""
+    rows = [run_point(pnmkv, out, ["--config", os.path.relpath(config, root)], sets, fields)
+            for config, sets in points(sweep)]
+    write_rows(out, csv_name, fields, rows)
+
+
+def run(pnmkv, out, sweep=os.path.join(here, "sweeps", "frontier.yaml")):
+    run_sweep(pnmkv, out, sweep, LIVE_FIELDS, "frontier_live.csv")
 
 
 # --- the modelled points (pnmkv sim --sweep sweeps/frontier_sim.yaml) -------------------
@@ -125,24 +137,27 @@ SIM_FIELDS = ["batch", "batch_limited_by", "tokens_per_s", "step_ms", "energy_j_
               "link_bytes_per_step"]
 
 
-def sim(pnmkv, out, calibration):
-    """Runs the sweep with --json (its points name their overrides, which the CSV does not) and
-    keeps the figures the tables and plots use in frontier_sim.csv."""
-    tmp = os.path.join(out, "frontier_sim.json")
-    subprocess.run([pnmkv, "sim", "--quiet", "--sweep", "experiments/sweeps/frontier_sim.yaml", "--set",
-                    "sim.calibration_file=" + calibration, "--json", tmp], cwd=root, check=True,
-                   stdout=subprocess.DEVNULL)
+def sim_points(pnmkv, out, sweep, calibration):
+    """`pnmkv sim --sweep SWEEP` on the calibration with --json (its points name their overrides,
+    which the CSV does not): each point's result and its overrides by key."""
+    tmp = os.path.join(out, "sweep_sim.json")
+    subprocess.run([pnmkv, "sim", "--quiet", "--sweep", sweep, "--set", "sim.calibration_file=" + calibration,
+                    "--json", tmp], cwd=root, check=True, stdout=subprocess.DEVNULL)
     pts = json.load(open(tmp))["points"]
     os.remove(tmp)
+    for p in pts:
+        if not p["ok"]:
+            raise SystemExit("a point of %s failed: %s" % (sweep, p))
+    return [(p["result"], dict(o.split("=", 1) for o in p["overrides"])) for p in pts]
+
+
+def sim(pnmkv, out, calibration):
+    """The figures the tables and plots use, in frontier_sim.csv."""
     header = ["model", "context_tokens"] + list(SIM_KEYS.values()) + SIM_FIELDS + \
         ["bd_" + k + "_ms" for k in BD_KEYS] + ["mb_serial_ms", "mb_overlap_ms", "search_rescored_per_selected",
                                                  "search_rescored_source"]
     rows = []
-    for p in pts:
-        if not p["ok"]:
-            raise SystemExit("frontier.py: a frontier_sim point failed: %s" % p)
-        r = p["result"]
-        keys = dict(o.split("=", 1) for o in p["overrides"])
+    for r, keys in sim_points(pnmkv, out, "experiments/sweeps/frontier_sim.yaml", calibration):
         row = [r["model"]["name"], int(r["context_tokens"])]
         row += [keys[k] for k in SIM_KEYS]  # every one is an axis of the sweep
         row += [r[k] for k in SIM_FIELDS]

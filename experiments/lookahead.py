@@ -20,11 +20,8 @@ Usage:
 Only runs pnmkv and reshapes what it reports (ratios of two reported figures at most).
 """
 import csv
-import json
 import os
-import subprocess
 import sys
-import time
 
 here = os.path.dirname(os.path.abspath(__file__))
 root = os.path.dirname(here)
@@ -40,23 +37,7 @@ SIM_FIELDS = ["batch", "batch_limited_by", "tokens_per_s", "step_ms", "energy_j_
 
 
 def run_live(pnmkv, out):
-    rows = []
-    for config, sets in frontier.points(os.path.join(here, "sweeps", "lookahead.yaml")):
-        report_file = os.path.join(out, "lookahead_run.json")
-        cmd = [pnmkv, "run", "--quiet", "--config", os.path.relpath(config, root), "--json", report_file]
-        for s in sets:
-            cmd += ["--set", s]
-        start = time.time()
-        print("== live: " + " ".join(sets[-3:]), file=sys.stderr, flush=True)
-        subprocess.run(cmd, cwd=root, check=True, stdout=subprocess.DEVNULL)
-        report = json.load(open(report_file))
-        os.remove(report_file)
-        rows.append([frontier.field(report, k) for _, k in LIVE_FIELDS])
-        print("   %.0f s" % (time.time() - start), file=sys.stderr, flush=True)
-    with open(os.path.join(out, "lookahead_live.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow([name for name, _ in LIVE_FIELDS])
-        w.writerows(rows)
+    frontier.run_sweep(pnmkv, out, os.path.join(here, "sweeps", "lookahead.yaml"), LIVE_FIELDS, "lookahead_live.csv")
 
 
 TRAINED = "cluster_configs/models/trained-bytes-22m.yaml"
@@ -73,22 +54,12 @@ def run_trace(pnmkv, out, trace_dir):
     rows = []
     for budget in (512, 1024, 2048, 4096):
         for ahead in ("false", "true"):
-            report_file = os.path.join(out, "lookahead_run.json")
-            cmd = [pnmkv, "run", "--quiet", "--json", report_file]
-            for s in ["model.file=" + TRAINED, "workload.kind=trace", "workload.trace_dir=" + trace_dir,
-                      "cluster.live_layers=8", "workload.context_tokens=16256", "run.steps=120",
-                      "run.verify=true", "selection.search=exact-int8", "selection.gqa_aggregation=max",
-                      "selection.budget_tokens=%d" % budget, "selection.lookahead=" + ahead]:
-                cmd += ["--set", s]
-            print("== trace: budget %d lookahead %s" % (budget, ahead), file=sys.stderr, flush=True)
-            subprocess.run(cmd, cwd=root, check=True, stdout=subprocess.DEVNULL)
-            report = json.load(open(report_file))
-            os.remove(report_file)
-            rows.append([frontier.field(report, k) for _, k in TRACE_FIELDS])
-    with open(os.path.join(out, "lookahead_trace.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow([name for name, _ in TRACE_FIELDS])
-        w.writerows(rows)
+            sets = ["model.file=" + TRAINED, "workload.kind=trace", "workload.trace_dir=" + trace_dir,
+                    "cluster.live_layers=8", "workload.context_tokens=16256", "run.steps=120", "run.verify=true",
+                    "selection.search=exact-int8", "selection.gqa_aggregation=max",
+                    "selection.budget_tokens=%d" % budget, "selection.lookahead=" + ahead]
+            rows.append(frontier.run_point(pnmkv, out, [], sets, TRACE_FIELDS))
+    frontier.write_rows(out, "lookahead_trace.csv", TRACE_FIELDS, rows)
 
 
 def trace_table(out):
@@ -111,18 +82,8 @@ def trace_table(out):
 
 
 def run_sim(pnmkv, out, calibration):
-    tmp = os.path.join(out, "lookahead_sim.json")
-    subprocess.run([pnmkv, "sim", "--quiet", "--sweep", "experiments/sweeps/lookahead_sim.yaml", "--set",
-                    "sim.calibration_file=" + calibration, "--json", tmp], cwd=root, check=True,
-                   stdout=subprocess.DEVNULL)
-    pts = json.load(open(tmp))["points"]
-    os.remove(tmp)
     rows = []
-    for p in pts:
-        if not p["ok"]:
-            raise SystemExit("lookahead.py: a lookahead_sim point failed: %s" % p)
-        r = p["result"]
-        keys = dict(o.split("=", 1) for o in p["overrides"])
+    for r, keys in frontier.sim_points(pnmkv, out, "experiments/sweeps/lookahead_sim.yaml", calibration):
         row = [r["model"]["name"], int(r["context_tokens"])] + [keys[k] for k in SIM_KEYS]
         row += [r[k] for k in SIM_FIELDS]
         row += [r["breakdown_ms"][k] for k in frontier.BD_KEYS]
