@@ -7,7 +7,8 @@ Usage:
       without selection.lookahead at three budgets, 128K and 1M, the main job's model and
       405B's attention shape) into lookahead_live.csv, the
       modelled sweep sweeps/lookahead_sim.yaml on CALIBRATION into lookahead_sim.csv, then
-      the tables (RESULTS_DIR/lookahead_live.md, lookahead_sim.md). With TRACE_DIR (a KV trace
+      the tables (experiments/results/lookahead_live.md and experiments/results/lookahead_sim.md
+      when RESULTS_DIR is experiments/results). With TRACE_DIR (a KV trace
       of the model trained in experiments/trained_model, e.g. its traces/membarriers: not in
       the repository, its README says how to make one in ~2 min) also the live cluster on real
       keys and queries: the trace's context, all 8 layers, 120 steps, budgets 512-4096 with and
@@ -15,7 +16,7 @@ Usage:
   lookahead.py sim PNMKV RESULTS_DIR CALIBRATION
       the modelled sweep only (lookahead_sim.csv), then the tables (lookahead_live.csv must exist)
   lookahead.py table RESULTS_DIR
-      RESULTS_DIR/lookahead_live.md and lookahead_sim.md from the two CSVs
+      the tables from the CSVs in RESULTS_DIR
 
 Only runs pnmkv and reshapes what it reports (ratios of two reported figures at most).
 """
