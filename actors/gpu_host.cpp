@@ -1013,6 +1013,7 @@ void gpu_host_state::report_run(run_report& rep) const {
   rep.batch = setup.batch;
   rep.context_tokens = setup.context_tokens;
   rep.budget_tokens = setup.host.budget_tokens;
+  rep.selection = setup.spec.selection.describe();
   rep.cal_steady_reeval_steps = setup.host.steady.reevaluate_every_steps;
   if (engine_) {
     auto c = engine_->calibration();

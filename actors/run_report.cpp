@@ -213,7 +213,8 @@ std::string run_report::to_json() const {
     j["virtual"]["micro_batches"] = {{"count", micro_batches},
                                      {"serial_ms", num(micro_batch_serial_ms)},
                                      {"overlap_ms", num(micro_batch_overlap_ms)}};
-  j["selection"] = {{"cross_shard", cross_shard}, {"summaries_resident", summaries_resident}};
+  j["selection"] = {{"budget_tokens", budget_tokens}, {"rule", selection}, {"cross_shard", cross_shard},
+                    {"summaries_resident", summaries_resident}};
   j["recall_cache"] = {{"policy", recall_cache},
                        {"capacity_tokens", recall_cache_tokens},
                        {"hits", recall_hits},
@@ -394,6 +395,8 @@ void read_virtual(const nlohmann::json& j, run_report& r) {
   if (j.contains("selection")) {
     r.cross_shard = j["selection"].value("cross_shard", "");
     r.summaries_resident = j["selection"].value("summaries_resident", false);
+    r.selection = j["selection"].value("rule", "");
+    r.budget_tokens = j["selection"].value("budget_tokens", r.budget_tokens);
   }
   if (j.contains("recall_cache")) {
     const auto& c = j["recall_cache"];
@@ -578,6 +581,7 @@ void run_report::table_setup(table& t) const {
                                 std::to_string(head_groups) + " head groups x s=" +
                                 std::to_string(sequence_shards) + " sequence shards" +
                                 (sequence_shards > 1 ? ", " + cross_shard + " selection" : ""));
+  if (!selection.empty()) row("selection", std::to_string(budget_tokens) + "-token budget, " + selection);
   row("live layers", std::to_string(live_layers) + " of " + std::to_string(layers) +
                          " computed; the other " + std::to_string(layers - live_layers) +
                          " are charged by the cost model only");

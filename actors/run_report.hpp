@@ -159,6 +159,7 @@ struct run_report {
   uint32_t cal_steady_reeval_steps = 0;
   uint64_t cal_samples = 0, cal_churn_samples = 0, cal_recall_samples = 0;
   uint64_t budget_tokens = 0;
+  std::string selection;  // search, aggregation, cross-shard rule, lookahead (config/spec.hpp)
   // exact-int8 page search (core/exact_search.hpp): integer ops per step of the live
   // layers' device work, and the calibration of the pages it rescored.
   double live_device_int_ops_per_step = 0;

@@ -227,6 +227,14 @@ void read_faults(const reader& r, faults_section& f) {
 
 }  // namespace
 
+std::string selection_section::describe() const {
+  std::string d = std::string(name_of(page_search_names, search)) + " search, " +
+                  name_of(gqa_aggregation_names, gqa_aggregation) + " aggregation, " + to_string(cross_shard) +
+                  " across shards";
+  if (lookahead) d += ", lookahead (a step attends the pages its previous step's query selected)";
+  return d;
+}
+
 result<run_spec> resolve_run_spec(const config& cfg) {
   run_spec s;
   const reader r{cfg};

@@ -53,6 +53,9 @@ struct selection_section {
   uint32_t int8_summary_block_pages() const {
     return search == pnmkv::page_search::exact_int8 ? pnmkv::int8_summary_index::default_block_pages : 0;
   }
+  // The selection in a report's words: "exact-int8 search, max aggregation, exact across
+  // shards" and, with lookahead, what it attends.
+  std::string describe() const;
 };
 
 struct png_section {

@@ -22,6 +22,7 @@ namespace pnmkv {
 // and the simulator's own: the config, pool choice, capacity, placement and workload.
 struct sim_setup : step_setup {
   config cfg;
+  std::string selection;  // selection_section::describe(), for the report
 
   bool pool_auto = false;
   double device_capacity_bytes = 0;

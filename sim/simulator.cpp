@@ -307,6 +307,7 @@ void sim_driver::describe() {
   res_.workload = to_string(S_.workload);
   res_.context_tokens = S_.context_tokens;
   res_.budget_tokens = S_.budget_tokens;
+  res_.selection = S_.selection;
   res_.budget_fraction = S_.budget_policy.budget_fraction;
   res_.gpus = S_.gpus();
   res_.tp = S_.tp;
@@ -797,6 +798,7 @@ std::string sim_result::to_json(bool with_series) const {
   j["workload"] = workload;
   j["context_tokens"] = context_tokens;
   j["budget_tokens"] = budget_tokens;
+  j["selection"] = selection;
   // Only under the fraction policy, so the default report is unchanged.
   if (budget_fraction > 0) j["budget_policy"] = {{"name", "budget_fraction"}, {"fraction", budget_fraction}};
   j["gpus"] = gpus;
@@ -929,6 +931,7 @@ std::string sim_result::to_table() const {
   for (const auto& [name, v] : calibration) row(("  " + name).c_str(), f("%.4g", v.value) + " (" + v.source + ")");
   row("context / budget", std::to_string(context_tokens) + " / " + std::to_string(budget_tokens) + " tokens" +
                               (budget_fraction > 0 ? " (selection.budget_fraction = " + f("%g", budget_fraction) + ")" : ""));
+  row("selection", selection);
   row("GPUs (tp x pp)", std::to_string(gpus) + " (" + std::to_string(tp) + " x " + std::to_string(pp) + ")");
   if (mode == to_string(run_mode::gpu_only))
     row("memory devices", "none (the KV is in GPU HBM)");

@@ -44,6 +44,7 @@ struct sim_result {
   std::vector<std::pair<std::string, calibrated_value>> calibration;
   std::string config_json;
   uint64_t context_tokens = 0, budget_tokens = 0;
+  std::string selection;  // search, aggregation, cross-shard rule, lookahead (config/spec.hpp)
   double budget_fraction = 0;  // > 0: budget_tokens came from selection.budget_fraction
   uint32_t gpus = 0, tp = 0, pp = 0, pnm_devices = 0, expanders = 0, pool_devices = 0, pools = 0,
            head_groups = 0, sequence_shards = 0;
