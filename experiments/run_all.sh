@@ -80,7 +80,7 @@ echo "== frontier (live runs, sim sweep, bench kernels)" >&2
 "$here/frontier.sh" "$bin" "$out"
 
 # Lookahead selection (issue 14 goal (b)): live accuracy of sweeps/lookahead.yaml and the modelled
-# points of sweeps/lookahead_sim.yaml (experiments/lookahead.py; about 5 min, mostly the six
+# points of sweeps/lookahead_sim.yaml (experiments/lookahead.py; about 10 min, mostly the twelve
 # 1M-token live runs). Needs PyYAML (the Debian python3 has it).
 echo "== lookahead selection (live runs, sim sweep)" >&2
 ypy=python3
