@@ -17,6 +17,8 @@ Usage:
       the modelled sweep only (lookahead_sim.csv), then the tables (lookahead_live.csv must exist)
   lookahead.py table RESULTS_DIR
       the tables from the CSVs in RESULTS_DIR
+Each command also draws experiments/results/lookahead_breakdown.png (in RESULTS_DIR) from
+lookahead_sim.csv: the step's critical path at 1M per configuration (needs matplotlib).
 
 Only runs pnmkv and reshapes what it reports (ratios of two reported figures at most).
 """
@@ -147,6 +149,46 @@ def table(out):
     frontier.write_md(out, "lookahead_sim", lines)
 
 
+def plot(out):
+    """lookahead_breakdown.png: the step's critical path at 1M on 64 devices, today's, exact-int8's
+    and lookahead's at each budget, from lookahead_sim.csv's breakdown columns."""
+    from results_io import read_csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sim = read_csv(out, "lookahead_sim.csv")
+    parts = ["gpu_dense", "allreduce", "gpu_attention", "link", "device_scan", "queueing", "merge", "lm_head", "copy"]
+    cmap = plt.get_cmap("tab10")
+    models = ["Llama-3.1-405B", "Llama-3.1-70B"]
+    fig, axes = plt.subplots(1, len(models), figsize=(13, 4.8))
+    for ax, model in zip(axes, models):
+        rows = [r for r in sim if r["model"] == model and r["context_tokens"] == 1048576 and
+                (not truthy(r["lookahead"]) and int(r["budget_tokens"]) == 2048 or
+                 truthy(r["lookahead"]) and (r["search"] == "exact-int8" or int(r["budget_tokens"]) == 4096))]
+        rows.sort(key=lambda r: (truthy(r["lookahead"]), r["search"] != "flat", int(r["budget_tokens"])))
+        labels = ["%s\n%s\n%d" % (r["search"], "lookahead" if truthy(r["lookahead"]) else "fresh",
+                                   int(r["budget_tokens"])) for r in rows]
+        bottom = [0.0] * len(rows)
+        for i, p in enumerate(parts):
+            vals = [max(0.0, r["bd_" + p + "_ms"]) for r in rows]
+            ax.bar(range(len(rows)), vals, bottom=bottom, color=cmap(i), label=p)
+            bottom = [b + v for b, v in zip(bottom, vals)]
+        for j, r in enumerate(rows):
+            ax.text(j, bottom[j], "%.0f tok/s" % r["tokens_per_s"], ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(rows)), labels, fontsize=7)
+        ax.set_title("%s, 1M tokens, 64 devices, max, 1 micro-batch" % model, fontsize=9)
+    axes[0].set_ylabel("ms per decode step (critical path)")
+    axes[-1].legend(fontsize=7, loc="upper right")
+    fig.text(0.01, 0.005, "pnmkv sim, experiments/sweeps/lookahead_sim.yaml (experiments/lookahead.py); "
+             "budget in tokens; lookahead: the devices' searches off the path, their total within the step",
+             fontsize=7)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(os.path.join(out, "lookahead_breakdown.png"), dpi=110)
+
+
 def main():
     if len(sys.argv) in (5, 6) and sys.argv[1] == "run":
         pnmkv, out = os.path.realpath(sys.argv[2]), os.path.realpath(sys.argv[3])
@@ -157,12 +199,15 @@ def main():
         else:
             print("   no TRACE_DIR: lookahead_trace.csv kept as it is", file=sys.stderr)
         table(out)
+        plot(out)
     elif len(sys.argv) == 5 and sys.argv[1] == "sim":
         out = os.path.realpath(sys.argv[3])
         run_sim(os.path.realpath(sys.argv[2]), out, sys.argv[4])
         table(out)
+        plot(out)
     elif len(sys.argv) == 3 and sys.argv[1] == "table":
         table(os.path.realpath(sys.argv[2]))
+        plot(os.path.realpath(sys.argv[2]))
     else:
         sys.exit(__doc__)
 
