@@ -331,8 +331,7 @@ result<std::vector<device_work>> host_engine::begin_step(uint32_t step) {
   step_writes_.clear();
   cur_ = step_report{};
   step_device_energy_j_.clear();
-  step_busy_ns_.clear();
-  step_background_ns_.clear();
+  step_device_work_ns_.clear();
   cur_.step = step;
   step_start_ns_ = clock_ns_;
   if (trace_) trace_->set_offset(-step_start_ns_);
@@ -1848,7 +1847,7 @@ result<std::vector<device_work>> host_engine::on_reply_impl(const device_reply& 
     step_device_energy_j_[r.device_id] += dc.energy_j;
     double& busy = device_busy_ns_[r.device_id];
     busy += dc.time_ns;
-    step_busy_ns_[r.device_id] += dc.time_ns;
+    if (cfg_.lookahead) step_device_work_ns_[r.device_id] += dc.time_ns;
     round_device_ns_ = std::max(round_device_ns_, busy);
     if (!mb_.empty()) {  // timed on its micro-batch's timeline at the round's end (mb_receive)
       mb_[pi.mb].items.push_back({r.tag, pi.arrival_ns, device_slot(r.device_id), pi.link, dc.time_ns, bytes_back});
@@ -1915,7 +1914,7 @@ result<std::vector<device_work>> host_engine::on_reply_impl(const device_reply& 
                                              r.answer.flops, r.answer.search.int_ops);
       cur_.energy_j += dc.energy_j;
       step_device_energy_j_[r.device_id] += dc.energy_j;
-      step_background_ns_[r.device_id] += dc.time_ns;
+      step_device_work_ns_[r.device_id] += dc.time_ns;
       break;
     }
     case purpose::recall: {
@@ -2155,11 +2154,7 @@ void host_engine::finish_timed_phase() {
     // The searches ran in the devices' idle time: the step lasts at least as long as its
     // busiest device's work, searches included (what that adds is device time).
     double busiest = 0;
-    for (const auto& [d, ns] : step_background_ns_) {
-      const auto b = step_busy_ns_.find(d);
-      busiest = std::max(busiest, ns + (b == step_busy_ns_.end() ? 0.0 : b->second));
-    }
-    for (const auto& [d, ns] : step_busy_ns_) busiest = std::max(busiest, ns);
+    for (const auto& [d, ns] : step_device_work_ns_) busiest = std::max(busiest, ns);
     const double excess = lookahead_excess_ns(clock_ns_ - step_start_ns_, busiest);
     clock_ns_ += excess;
     cur_.device_ns += excess;

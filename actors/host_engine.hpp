@@ -586,10 +586,10 @@ class host_engine {
   std::map<head_key, std::pair<std::unique_ptr<steady_policy>, std::vector<uint64_t>>> shadow_;
   std::map<head_key, std::vector<uint64_t>> previous_selection_;
   // Lookahead selection: the pages the next step attends, per (layer, request, KV head)
-  // (ascending global ids), and this step's busy time per device: its queries on the step's
-  // path and its background searches.
+  // (ascending global ids), and this step's work per device: its queries on the step's path
+  // and its background searches, summed.
   std::map<head_key, std::vector<uint64_t>> lookahead_;
-  std::map<uint32_t, double> step_busy_ns_, step_background_ns_;
+  std::map<uint32_t, double> step_device_work_ns_;
   // Lookahead selection: the attend queries (the last step's selection) and the background
   // searches of one (request, KV head) in the running layer.
   void lookahead_work(const request_spec& r, const head_key& key, head_state& hs, uint64_t budget_pages,

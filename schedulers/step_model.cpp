@@ -105,12 +105,12 @@ uint32_t step_model::link_of(uint32_t kv_head, uint32_t shard_j, uint32_t shards
   return host_link_of(s_->host_links, s_->model.kv_heads, kv_head, shard_j, shards);
 }
 
-void step_model::close_layer(layer_result& lr) {
+void step_model::close_layer(layer_result& lr, double off_timeline_link_bytes) {
   for (double& e : device_energy_j_) {
     lr.device_energy_j_max = std::max(lr.device_energy_j_max, e);
     e = 0;
   }
-  lr.link_bytes = tl_.link_bytes();
+  lr.link_bytes = tl_.link_bytes() + off_timeline_link_bytes;
   lr.device_busy_ns_max = tl_.device_busy_max_ns();
   if (s_->charge_link_energy) lr.energy.link_j = c_.link_transfer(lr.link_bytes).energy_j;
   lr.link_busy_ns_max = tl_.link_busy_max_ns();
@@ -369,7 +369,7 @@ step_model::layer_result step_model::layer_pnm(const std::vector<const step_requ
   lr.crit.merge_ns = M;
   lr.energy.add_gpu(&step_energy::gpu_dense_j, dense);
   lr.energy.allreduce_j = 2.0 * ar.energy_j;
-  close_layer(lr);
+  close_layer(lr, L.background_link_bytes);
   if (S.lookahead) {
     // The searches ran in the devices' idle time; the busiest device's total work bounds the
     // layer from below (what it adds is the devices' time on the step's path).
@@ -379,8 +379,6 @@ step_model::layer_result step_model::layer_pnm(const std::vector<const step_requ
     const double excess = lookahead_excess_ns(lr.time_ns, busiest);
     lr.time_ns += excess;
     lr.crit.device_scan_ns += excess;
-    lr.link_bytes += L.background_link_bytes;
-    if (s_->charge_link_energy) lr.energy.link_j = c_.link_transfer(lr.link_bytes).energy_j;
   }
   return lr;
 }

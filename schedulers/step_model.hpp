@@ -198,9 +198,9 @@ class step_model {
   void send_prefill(const std::vector<const prefill_piece*>& prefill, layer_result& lr,
                     double& last_arrival_ns);
   uint32_t link_of(uint32_t kv_head, uint32_t shard_j, uint32_t shards) const;
-  // The layer's bytes, device and link busy times and link energy, from the timeline; the
-  // most any device spent.
-  void close_layer(layer_result& lr);
+  // The layer's bytes, device and link busy times and link energy, from the timeline (plus
+  // bytes sent off it: lookahead's searches); the most any device spent.
+  void close_layer(layer_result& lr, double off_timeline_link_bytes = 0);
   // A device's dynamic energy: to the layer's and to the device's own.
   void charge_device(uint32_t device, double energy_j, layer_result& lr) {
     lr.energy.device_j += energy_j;
