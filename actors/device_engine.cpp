@@ -195,6 +195,8 @@ status device_engine::query(const device_query& q, device_answer& out) {
   auto attend = [&](const std::vector<uint32_t>& list) -> status {
     auto st = attend_pages(*s, q.q, q.group, list.data(), list.size(), scale, out.part);
     if (!st) return st;
+    if (q.wire_bf16 && q.round != selection_round::dense)
+      for (float& x : out.part.o) x = to_float(to_bf16(x));
     uint64_t tokens = 0;
     for (uint32_t p : list) tokens += s->page_tokens(p);
     const kernel_work w = attend_work(d, q.group, tokens);  // what the run's bound counts

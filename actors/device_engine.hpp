@@ -50,6 +50,10 @@ struct device_query {
   // (the device actor calls it again for the search); the device serves the search in its
   // idle time, off its clock (pnm_device).
   bool background = false;
+  // run.wire_precision bf16 (model/work_sizes.hpp): q holds bf16 values, and the partial's
+  // output is rounded to bf16 after its fp32 accumulation, as it travels; its lse stays fp32.
+  // Never on a dense round (the verification reference stays fp32).
+  bool wire_bf16 = false;
 };
 
 struct device_answer {

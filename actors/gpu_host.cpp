@@ -139,7 +139,13 @@ void gpu_host_state::put_query(const device_work& w, transport::wire::Envelope::
   qm.setKvHead1(q.kv_head + 1);
   qm.setGroup(q.group);
   qm.setHeadDim(setup_->model.head_dim);
-  qm.setQ(transport::as_data(w.q_storage));
+  if (q.wire_bf16) {  // the values are bf16 already (host_engine rounds them): exact
+    bf16* out = transport::fill_as<bf16>(qm.initQ(static_cast<unsigned>(sizeof(bf16) * w.q_storage.size())));
+    for (size_t i = 0; i < w.q_storage.size(); ++i) out[i] = to_bf16(w.q_storage[i]);
+    qm.setBf16(true);
+  } else {
+    qm.setQ(transport::as_data(w.q_storage));
+  }
   qm.setBudgetPages(static_cast<uint32_t>(q.budget_pages));
   qm.setRound(transport::to_wire(q.round));
   qm.setBackground(q.background);
@@ -797,7 +803,13 @@ gpu_host_state::reply_key gpu_host_state::read_partial(const transport::envelope
                                                        device_reply& r) {
   r.answer.part.group = p.getGroup();
   r.answer.part.head_dim = p.getHeadDim();
-  r.answer.part.o = transport::view_as<float>(p.getO()).vec();
+  if (p.getOBf16()) {
+    auto o = transport::view_as<bf16>(p.getO());
+    r.answer.part.o.resize(o.size());
+    for (size_t i = 0; i < o.size(); ++i) r.answer.part.o[i] = to_float(o[i]);
+  } else {
+    r.answer.part.o = transport::view_as<float>(p.getO()).vec();
+  }
   r.answer.part.lse = transport::view_as<float>(p.getLse()).vec();
   r.answer.bytes_scanned = p.getBytesScanned();
   r.answer.flops = p.getFlops();
@@ -1013,7 +1025,7 @@ void gpu_host_state::report_run(run_report& rep) const {
   rep.batch = setup.batch;
   rep.context_tokens = setup.context_tokens;
   rep.budget_tokens = setup.host.budget_tokens;
-  rep.selection = setup.spec.selection.describe();
+  rep.selection = setup.spec.selection.describe(setup.spec.run.wire_precision);
   rep.cal_steady_reeval_steps = setup.host.steady.reevaluate_every_steps;
   if (engine_) {
     auto c = engine_->calibration();

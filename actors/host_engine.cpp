@@ -300,8 +300,9 @@ device_work host_engine::make_query(uint64_t request_id, uint32_t layer, uint32_
   w.query.layer = layer;
   w.query.kv_head = kv_head;
   w.query.group = m.gqa_group();
+  w.query.wire_bf16 = cfg_.wire == wire_precision::bf16 && what != purpose::verify;
   w.query.sequence_tokens = spec(request_id).context_tokens + decoded(request_id) + 1;
-  w.wire_bytes = work::query_wire_bytes(m);
+  w.wire_bytes = work::query_wire_bytes(m, cfg_.wire);
   switch (what) {
     case purpose::select: w.query.round = selection_round::local; break;
     case purpose::candidates: w.query.round = selection_round::exact_candidates; break;
@@ -768,6 +769,7 @@ std::vector<device_work> host_engine::issue_micro_batch(uint32_t k) {
       head_state& hs = heads_[key];
       hs.q.resize(size_t(group) * d);
       wl_.queries(r.request_id, layer, h, at, r.context_tokens, hs.q.data());
+      if (cfg_.wire == wire_precision::bf16) round_to_bf16(hs.q.data(), hs.q.size());  // the GPU's q
       for (uint32_t i = 0; i < pl.shards.size(); ++i)
         if (pl.shards[i].holds_head(h)) hs.shards.push_back(i);
       const uint64_t s = hs.shards.size();
@@ -793,7 +795,7 @@ std::vector<device_work> host_engine::issue_micro_batch(uint32_t k) {
             two_rounds ? device_budget : work::local_budget_pages(device_budget, uint32_t(s), uint32_t(j));
         if (excluded) {
           w.excluded_storage = *excluded;
-          w.wire_bytes = work::query_wire_bytes(m, excluded->size());
+          w.wire_bytes = work::query_wire_bytes(m, cfg_.wire, excluded->size());
         }
         // baseline: the scoring runs on the device actor for the GPU (see the header).
         w.charge_device = cfg_.mode != run_mode::baseline;
@@ -854,7 +856,7 @@ void host_engine::lookahead_work(const request_spec& r, const head_key& key, hea
     if (!listed[j].empty()) {  // the step's path: attend the pages selected before, and search
       device_work w = make_query(request_id, layer, h, hs.shards[j], hs.q, purpose::attend_listed);
       w.listed_storage = std::move(listed[j]);
-      w.wire_bytes = work::query_wire_bytes(m, w.listed_storage.size());
+      w.wire_bytes = work::query_wire_bytes(m, cfg_.wire, w.listed_storage.size());
       w.query.background = true;
       w.query.budget_pages = search_budget;
       w.search_tag = next_tag_++;
@@ -891,7 +893,7 @@ device_work host_engine::search_part(const device_work& w) const {
   b.search_tag = 0;
   b.query.round = selection_round::exact_candidates;
   b.listed_storage.clear();
-  b.wire_bytes = work::query_wire_bytes(costs_.model());
+  b.wire_bytes = work::query_wire_bytes(costs_.model(), cfg_.wire);
   b.charge_device = false;
   b.bind_query();
   return b;
@@ -989,6 +991,7 @@ status host_engine::layer_gpu_only(uint32_t layer) {
       head_state& hs = heads_[{layer, r.request_id, h}];
       hs.q.resize(size_t(group) * d);
       wl_.queries(r.request_id, layer, h, at, r.context_tokens, hs.q.data());
+      if (cfg_.wire == wire_precision::bf16) round_to_bf16(hs.q.data(), hs.q.size());  // the GPU's q
       hs.shards = {0};
       hs.parts.assign(1, partial{});
       hs.listed.assign(1, {});
@@ -1220,7 +1223,7 @@ result<std::vector<device_work>> host_engine::round_b_work() {
       }
       device_work w = make_query(request_id, layer, h, hs.shards[j], hs.q, purpose::attend_listed);
       w.listed_storage = hs.listed[j];
-      w.wire_bytes = work::query_wire_bytes(costs_.model(), w.listed_storage.size());
+      w.wire_bytes = work::query_wire_bytes(costs_.model(), cfg_.wire, w.listed_storage.size());
       const uint32_t link = link_of(pl, h, hs.shards[j]);
       double now = clock_ns_;
       if (!mb_.empty()) {
@@ -1759,7 +1762,7 @@ device_work host_engine::copy_recall(uint64_t request_id, uint32_t shard_id, uin
   w.kv_head = kv_head;
   w.pages = std::move(pages);
   w.charge_device = false;  // charged by copy_writes, as the whole copy
-  w.wire_bytes = work::query_wire_bytes(costs_.model());
+  w.wire_bytes = work::query_wire_bytes(costs_.model(), cfg_.wire);
   return w;
 }
 
@@ -1880,7 +1883,7 @@ result<std::vector<device_work>> host_engine::on_reply_impl(const device_reply& 
       head_state& hs = heads_.at(key);
       hs.parts[pi.shard_index] = r.answer.part;
       hs.pages.insert(hs.pages.end(), r.answer.pages.begin(), r.answer.pages.end());
-      const uint64_t bytes = work::partial_wire_bytes(m, r.answer.pages.size());
+      const uint64_t bytes = work::partial_wire_bytes(m, cfg_.wire, r.answer.pages.size());
       count_search(r.answer);
       cur_.device_bytes_scanned += r.answer.bytes_scanned;
       device_done(bytes, device_service_cost(costs_, device_op::pnm, double(r.answer.bytes_scanned),

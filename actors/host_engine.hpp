@@ -70,6 +70,7 @@
 #include "core/workload.hpp"
 #include "model/cost_model.hpp"
 #include "model/modes.hpp"
+#include "model/work_sizes.hpp"
 #include "schedulers/placement.hpp"
 #include "schedulers/recall_cache.hpp"
 #include "schedulers/serving.hpp"
@@ -84,6 +85,9 @@ struct host_engine_config {
   cross_shard_selection cross_shard = cross_shard_selection::exact;
   // selection.lookahead (pnm-kv, one micro-batch): see "Lookahead selection" above.
   bool lookahead = false;
+  // run.wire_precision (model/work_sizes.hpp): bf16 rounds every query to bf16 where the
+  // workload makes it and asks the devices for bf16 partial outputs.
+  wire_precision wire = wire_precision::fp32;
   uint32_t live_layers = 1;
   uint32_t page_size_tokens = 16;
   uint64_t budget_tokens = 2048;

@@ -139,7 +139,17 @@ void pnm_device_state::serve_head(const transport::envelope& env, transport::wir
   dq.layer = q.getLayer();
   dq.kv_head = h;
   dq.group = q.getGroup();
-  dq.q = transport::view_as<float>(q.getQ()).data() + size_t(h - q.getKvHead0()) * q.getGroup() * d;
+  const size_t q_offset = size_t(h - q.getKvHead0()) * q.getGroup() * d;
+  std::vector<float> q_bf16;  // run.wire_precision bf16: the query widened for the fp32 kernels
+  if (q.getBf16()) {
+    auto in = transport::view_as<bf16>(q.getQ());
+    q_bf16.resize(size_t(q.getGroup()) * d);
+    for (size_t i = 0; i < q_bf16.size(); ++i) q_bf16[i] = to_float(in[q_offset + i]);
+    dq.q = q_bf16.data();
+  } else {
+    dq.q = transport::view_as<float>(q.getQ()).data() + q_offset;
+  }
+  dq.wire_bf16 = q.getBf16();
   dq.sequence_tokens = q.getSequenceTokens();
   dq.budget_pages = q.getBudgetPages();
   dq.listed_pages = listed.data();
@@ -224,7 +234,13 @@ void pnm_device_state::send_partial(const transport::envelope& env, transport::w
   p.setShardId(q.getShardId());
   p.setGroup(q.getGroup());
   p.setHeadDim(setup_->model.head_dim);
-  p.setO(transport::as_data(ans.part.o));
+  if (q.getBf16() && round != selection_round::dense) {  // the engine rounded o: exact
+    bf16* o = transport::fill_as<bf16>(p.initO(static_cast<unsigned>(sizeof(bf16) * ans.part.o.size())));
+    for (size_t i = 0; i < ans.part.o.size(); ++i) o[i] = to_bf16(ans.part.o[i]);
+    p.setOBf16(true);
+  } else {
+    p.setO(transport::as_data(ans.part.o));
+  }
   p.setLse(transport::as_data(ans.part.lse));
   p.setPagesSelected(static_cast<uint32_t>(listed));
   uint32_t* ids = transport::fill_as<uint32_t>(p.initPageIds(static_cast<unsigned>(4 * listed)));

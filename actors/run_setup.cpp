@@ -183,6 +183,7 @@ status set_step(const run_spec& spec, run_setup& s) {
   st->heads_scored = spec.selection.gqa_aggregation == gqa_aggregation::max ? s.model.gqa_group() : 1;
   st->exact_cross_shard = s.host.cross_shard == cross_shard_selection::exact;
   st->lookahead = s.host.lookahead;
+  st->wire = s.host.wire;
   st->search = {spec.selection.search == page_search::exact_int8, st->cal.search_rescored_per_selected.value,
                 int8_summary_index::default_block_pages};
   st->search_calibrated_pages_min = st->cal.measured_search_pages_min;
@@ -247,6 +248,7 @@ result<std::shared_ptr<const run_setup>> make_run_setup(const run_spec& spec, co
   s->host.micro_batches = spec.run.micro_batches;
   s->host.cross_shard = spec.selection.cross_shard;
   s->host.lookahead = spec.selection.lookahead;
+  s->host.wire = spec.run.wire_precision;
   s->steps = spec.run.steps;
   s->seed = spec.run.seed;
   s->context_tokens = spec.workload.context_tokens;

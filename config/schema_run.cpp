@@ -2,6 +2,7 @@
 // values are its enum's name table (config/enums.hpp).
 #include "config/enums.hpp"
 #include "config/schema_parts.hpp"
+#include "model/work_sizes.hpp"
 
 namespace pnmkv {
 
@@ -18,6 +19,12 @@ std::vector<config_key> schema_keys_run() {
        "micro-batches and the GPU runs the dense layers of one while the devices serve "
        "another; 1: off (the whole batch per layer). Modes pnm-kv and png-kv only. A step with "
        "fewer decoding requests uses one micro-batch per request"},
+      {"run.wire_precision", t::choice, "fp32", 0, 0, names_of(wire_precision_names),
+       "Element type of the query vectors and the partial outputs on the host links: fp32, or "
+       "bf16 (the query as the GPU makes it, rounded by the host before any use, in every "
+       "mode; the devices round each partial output after accumulating in fp32; "
+       "log-sum-exps and dense verification partials stay fp32). Halves those bytes; changes "
+       "the outputs (model/work_sizes.hpp)"},
       {"model.file", t::path, "models/llama-3.1-8b.yaml", 0, 0, {},
        "Model shape file (any GQA decoder)"},
       {"hardware.file", t::path, "hardware/h100-cxl-pnm.yaml", 0, 0, {},

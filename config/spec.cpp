@@ -36,6 +36,7 @@ status read_run_and_selection(const reader& r, run_spec& s) {
   s.run.steps = r.u32("run.steps");
   s.run.seed = r.u64("run.seed");
   s.run.micro_batches = r.u32("run.micro_batches");
+  s.run.wire_precision = r.choice("run.wire_precision", wire_precision_names);
   if (s.run.micro_batches > 1 && s.run.mode != run_mode::pnm_kv && s.run.mode != run_mode::png_kv)
     return status{errc::invalid_argument,
                   "run.micro_batches = " + std::to_string(s.run.micro_batches) + " needs run.mode pnm-kv or " +
@@ -227,11 +228,12 @@ void read_faults(const reader& r, faults_section& f) {
 
 }  // namespace
 
-std::string selection_section::describe() const {
+std::string selection_section::describe(wire_precision wire) const {
   std::string d = std::string(name_of(page_search_names, search)) + " search, " +
                   name_of(gqa_aggregation_names, gqa_aggregation) + " aggregation, " + to_string(cross_shard) +
                   " across shards";
   if (lookahead) d += ", lookahead (a step attends the pages its previous step's query selected)";
+  if (wire == wire_precision::bf16) d += ", bf16 queries and partial outputs on the links";
   return d;
 }
 

@@ -17,6 +17,7 @@
 #include "model/hardware.hpp"
 #include "model/model_shape.hpp"
 #include "model/selection_budget.hpp"
+#include "model/work_sizes.hpp"
 
 namespace pnmkv {
 
@@ -25,6 +26,8 @@ struct run_section {
   uint32_t steps = 16;
   uint64_t seed = 1;
   uint32_t micro_batches = 1;  // sub-batch overlap (schedulers/step_timeline.hpp); 1: off
+  // Queries' and partial outputs' element type on the host links (model/work_sizes.hpp).
+  pnmkv::wire_precision wire_precision = pnmkv::wire_precision::fp32;
   bool verify = true;
   uint32_t retry_after_ms = 0;
   uint32_t step_timeout_ms = 60000;
@@ -54,8 +57,9 @@ struct selection_section {
     return search == pnmkv::page_search::exact_int8 ? pnmkv::int8_summary_index::default_block_pages : 0;
   }
   // The selection in a report's words: "exact-int8 search, max aggregation, exact across
-  // shards" and, with lookahead, what it attends.
-  std::string describe() const;
+  // shards" and, with lookahead, what it attends; with wire bf16, that queries and partial
+  // outputs travel as bf16.
+  std::string describe(pnmkv::wire_precision wire) const;
 };
 
 struct png_section {

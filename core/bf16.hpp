@@ -3,6 +3,7 @@
 // written on one node and regenerated on another gives identical bits.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 
@@ -28,6 +29,12 @@ inline bf16 to_bf16(float f) {
   }
   const uint32_t rounding_bias = 0x7fffu + ((u >> 16) & 1u);
   return bf16{static_cast<uint16_t>((u + rounding_bias) >> 16)};
+}
+
+// Rounds n values in place to the nearest bf16 (kept as fp32): what a value is worth after a
+// trip through bf16 storage.
+inline void round_to_bf16(float* x, size_t n) {
+  for (size_t i = 0; i < n; ++i) x[i] = to_float(to_bf16(x[i]));
 }
 
 }  // namespace pnmkv

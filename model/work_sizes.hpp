@@ -9,7 +9,25 @@
 #include <cmath>
 #include <cstdint>
 
+#include "core/enum_names.hpp"
 #include "model/cost_model.hpp"
+
+namespace pnmkv {
+
+// run.wire_precision: the element type of the query vectors and of the partial outputs on
+// the host links (pnm-kv, png-kv). fp32: as the emulator computes them. bf16: the query as
+// the GPU produces it (its activations are bf16; the host rounds it before anything uses
+// it) and each partial's output rounded to bf16 by the device after its fp32 accumulation,
+// its log-sum-exp kept fp32, as split-sequence decoding kernels keep their partials (vLLM's
+// paged attention v2: partial outputs in the activation dtype, exp sums and max logits in
+// fp32). Dense verification partials stay fp32: they are the reference.
+enum class wire_precision : uint8_t { fp32, bf16 };
+inline constexpr enum_name<wire_precision> wire_precision_names[] = {{"fp32", wire_precision::fp32},
+                                                                     {"bf16", wire_precision::bf16}};
+inline const char* to_string(wire_precision p) { return name_of(wire_precision_names, p); }
+inline uint64_t wire_elem_bytes(wire_precision p) { return p == wire_precision::bf16 ? 2 : 4; }
+
+}  // namespace pnmkv
 
 namespace pnmkv::work {
 
@@ -20,14 +38,16 @@ inline constexpr uint64_t header_bytes = 96;
 // --- pnm-kv / png-kv wire ---------------------------------------------------------------
 // The new token's K and V of one (layer, KV head): bf16 each.
 inline uint64_t append_wire_bytes(const model_shape& m) { return header_bytes + 4ull * m.head_dim; }
-// The query of one (layer, KV head, shard): group × head_dim fp32, plus the page ids the
-// shard must not select (png-kv: steady pages held on the GPU; 0 in pnm-kv).
-inline uint64_t query_wire_bytes(const model_shape& m, uint64_t excluded_pages = 0) {
-  return header_bytes + 4ull * m.gqa_group() * m.head_dim + 4ull * excluded_pages;
+// The query of one (layer, KV head, shard): group × head_dim elements of `p`, plus the page
+// ids (uint32) the shard must not select (png-kv: steady pages held on the GPU) or must
+// attend (exact selection's second round, lookahead).
+inline uint64_t query_wire_bytes(const model_shape& m, wire_precision p, uint64_t listed_pages = 0) {
+  return header_bytes + wire_elem_bytes(p) * m.gqa_group() * m.head_dim + 4ull * listed_pages;
 }
-// One partial: o (group × head_dim fp32), lse (group fp32), and the selected page ids.
-inline uint64_t partial_wire_bytes(const model_shape& m, uint64_t pages_selected) {
-  return header_bytes + 4ull * m.gqa_group() * m.head_dim + 4ull * m.gqa_group() +
+// One partial: o (group × head_dim elements of `p`), lse (group fp32), and the selected page
+// ids. A dense verification partial is fp32 whatever `p` is.
+inline uint64_t partial_wire_bytes(const model_shape& m, wire_precision p, uint64_t pages_selected) {
+  return header_bytes + wire_elem_bytes(p) * m.gqa_group() * m.head_dim + 4ull * m.gqa_group() +
          4ull * pages_selected;
 }
 // Round 1 of exact selection: a shard's candidate page ids (uint32) and scores (fp32).

@@ -190,7 +190,7 @@ void step_model::pnm_round_a(const step_request& r, uint32_t ri, pnm_layer& L, l
       const uint64_t bj = two_rounds ? device_budget : work::local_budget_pages(device_budget, s, j);
       const work::shard_selection sel = work::select_on_shard(held, ps, bj, j == j_last);
       work::query_work w = work::pnm_query_work(c_, sel, S.heads_scored, S.summary_elem_bytes, S.search);
-      uint64_t reply = work::partial_wire_bytes(m, sel.pages_selected);
+      uint64_t reply = work::partial_wire_bytes(m, S.wire, sel.pages_selected);
       if (two_rounds) {  // the search only; candidates (page id and score) go back
         w = work::search_query_work(c_, double(sel.pages_held), double(sel.pages_selected), S.heads_scored,
                                     S.summary_elem_bytes, S.search);
@@ -201,7 +201,7 @@ void step_model::pnm_round_a(const step_request& r, uint32_t ri, pnm_layer& L, l
       charge_device(sh.device_id, cost.energy_j, lr);
       lr.device_bytes += w.bytes;
       const uint32_t l = link_of(h, j, s);
-      const double arrival = tl_.send(l, L.t0, work::query_wire_bytes(m, excluded));
+      const double arrival = tl_.send(l, L.t0, work::query_wire_bytes(m, S.wire, excluded));
       tl_.expect(arrival, sh.device_id, l, cost.time_ns, reply);
     }
     if (two_rounds) L.round_b.push_back({&r, h, device_budget, steady_r, ri});
@@ -255,8 +255,8 @@ void step_model::pnm_lookahead_head(const step_request& r, uint32_t ri, uint32_t
       const op_cost cost = device_service_cost(c_, device_op::pnm, bytes, c_.attend_flops(tokens, group));
       charge_device(sh.device_id, cost.energy_j, lr);
       lr.device_bytes += bytes;
-      const double arrival = tl_.send(l, L.t0, work::query_wire_bytes(m, listed));
-      tl_.expect(arrival, sh.device_id, l, cost.time_ns, work::partial_wire_bytes(m, listed));
+      const double arrival = tl_.send(l, L.t0, work::query_wire_bytes(m, S.wire, listed));
+      tl_.expect(arrival, sh.device_id, l, cost.time_ns, work::partial_wire_bytes(m, S.wire, listed));
     }
     // Off the path: the search for the next step, asked by the attend query (a query of its
     // own where the shard attends nothing); its candidates come back in a reply of their own.
@@ -267,7 +267,7 @@ void step_model::pnm_lookahead_head(const step_request& r, uint32_t ri, uint32_t
     charge_device(sh.device_id, cost.energy_j, lr);
     lr.device_bytes += w.bytes;
     background_ns_[sh.device_id] += cost.time_ns;
-    L.background_link_bytes += double((listed > 0 ? 0 : work::query_wire_bytes(m)) +
+    L.background_link_bytes += double((listed > 0 ? 0 : work::query_wire_bytes(m, S.wire)) +
                                       work::candidates_wire_bytes(sel.pages_selected));
   }
   const op_cost mc = c_.gpu_merge(s, group);
@@ -301,8 +301,8 @@ void step_model::pnm_round_b(const pnm_layer& L, double tb, layer_result& lr) {
       charge_device(sh.device_id, cost.energy_j, lr);
       lr.device_bytes += bytes;
       const uint32_t l = link_of(rb.kv_head, j, s);
-      const double arrival = tl_.send(l, tb, work::query_wire_bytes(m, 0) + 4ull * pages_on[j]);
-      tl_.expect(arrival, sh.device_id, l, cost.time_ns, work::partial_wire_bytes(m, pages_on[j]));
+      const double arrival = tl_.send(l, tb, work::query_wire_bytes(m, S.wire, pages_on[j]));
+      tl_.expect(arrival, sh.device_id, l, cost.time_ns, work::partial_wire_bytes(m, S.wire, pages_on[j]));
     }
   }
 }

@@ -57,6 +57,8 @@ struct step_setup {
   uint64_t budget_tokens = 2048;
   uint64_t budget_pages() const { return budget_tokens / page_size_tokens; }
   uint32_t summary_elem_bytes = 2;
+  // run.wire_precision: the queries' and partial outputs' element type on the host links.
+  wire_precision wire = wire_precision::fp32;
   uint32_t heads_scored = 1;  // per group: all query heads (max) or one (sum)
   // Across s > 1 sequence shards: exact (two rounds: candidates, then the global top pages
   // attended where they live) or local (each shard takes budget/s pages, one round).

@@ -83,7 +83,8 @@ void set_devices_and_selection(const run_spec& spec, sim_setup& s) {
   s.heads_scored = sel.gqa_aggregation == gqa_aggregation::max ? m.gqa_group() : 1;
   s.exact_cross_shard = sel.cross_shard == cross_shard_selection::exact;
   s.lookahead = sel.lookahead;
-  s.selection = sel.describe();
+  s.wire = spec.run.wire_precision;
+  s.selection = sel.describe(spec.run.wire_precision);
   s.search = {sel.search == page_search::exact_int8, s.cal.search_rescored_per_selected.value,
               int8_summary_index::default_block_pages};
   s.search_calibrated_pages_min = s.cal.measured_search_pages_min;

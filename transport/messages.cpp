@@ -410,7 +410,11 @@ struct validator {
       reject(reject_reason::bad_value, errc::invalid_argument, "score_threshold is NaN");
     const uint64_t elems =
         uint64_t{r.getKvHead1() - r.getKvHead0()} * r.getGroup() * r.getHeadDim();
-    shape("query.q", r.getQ(), elems, sizeof(float));
+    if (r.getBf16() && r.getRound() == wire::SelectionRound::DENSE)
+      reject(reject_reason::bad_value, errc::invalid_argument,
+             "query.bf16 is set on a dense round; a dense verification query is fp32 (its partial is "
+             "the reference)");
+    shape("query.q", r.getQ(), elems, r.getBf16() ? sizeof(bf16) : sizeof(float));
     for (auto [name, blob] : {std::pair{"query.excluded_pages", r.getExcludedPages()},
                               std::pair{"query.listed_pages", r.getListedPages()}}) {
       if (blob.size() % 4 != 0)
@@ -426,7 +430,10 @@ struct validator {
     group(r.getGroup());
     head_dim(r.getHeadDim());
     count_limit("pages_selected", r.getPagesSelected(), 0, L.max_context_tokens);
-    shape("partial.o", r.getO(), uint64_t{r.getGroup()} * r.getHeadDim(), sizeof(float));
+    if (r.getOBf16() && r.getRound() == wire::SelectionRound::DENSE)
+      reject(reject_reason::bad_value, errc::invalid_argument,
+             "partial.o_bf16 is set on a dense round; a dense verification partial is fp32");
+    shape("partial.o", r.getO(), uint64_t{r.getGroup()} * r.getHeadDim(), r.getOBf16() ? sizeof(bf16) : sizeof(float));
     shape("partial.lse", r.getLse(), r.getGroup(), sizeof(float));
     count_limit("partial.pages_selected", r.getPagesSelected(), 0, L.max_pages_per_message);
     page_ids("partial.page_ids", r.getPageIds(), r.getPagesSelected());

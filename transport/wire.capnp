@@ -118,7 +118,7 @@ struct TokenAppend {
   step @9 :UInt32;        # the decode step it belongs to (fault rules' step=)
 }
 
-# q is fp32 [kvHead1 - kvHead0][group][headDim].
+# q is fp32 (bf16 when `bf16` is set) [kvHead1 - kvHead0][group][headDim].
 struct Query {
   requestId @0 :UInt64;
   step @1 :UInt32;
@@ -141,9 +141,13 @@ struct Query {
                                # for the next step; on exactAttend, one follows the attend (its
                                # candidates a second reply). Served in the device's idle time,
                                # off its virtual clock
+  bf16 @17 :Bool;              # run.wire_precision bf16: q is bf16, not fp32, and the partial's
+                               # o comes back bf16 too. Never on a dense round (the verification
+                               # reference stays fp32)
 }
 
-# o is fp32 [group][headDim], lse fp32 [group] (-inf for an empty subset).
+# o is fp32 (bf16 when oBf16 is set) [group][headDim], lse fp32 [group] (-inf for an empty
+# subset).
 struct Partial {
   requestId @0 :UInt64;
   step @1 :UInt32;
@@ -163,6 +167,7 @@ struct Partial {
   intOps @15 :Float64;        # integer ops of the page search (exact-int8 bounds), priced apart
   searchPages @16 :UInt32;    # pages the page search looked at (0: no search, e.g. a listed round)
   searchRescored @17 :UInt32; # of which it scored exactly (flat: all)
+  oBf16 @18 :Bool;            # o is bf16 (the query was bf16); never on a dense round
 }
 
 # Round 1 of exact selection: per candidate page its global id (uint32) and score (fp32).

@@ -108,11 +108,17 @@ TEST(engines, charge_what_the_step_model_predicts) {
     uint32_t devices;
     bool resident;
     bool lookahead = false;
+    wire_precision wire = wire_precision::fp32;
   };
   for (const point& p : {point{"pnm-kv, one shard per head", run_mode::pnm_kv, 2, true},
                          point{"pnm-kv, local selection over 2 shards", run_mode::pnm_kv, 8, true},
                          point{"pnm-kv lookahead, one shard per head", run_mode::pnm_kv, 2, true, true},
                          point{"pnm-kv lookahead, local selection over 2 shards", run_mode::pnm_kv, 8, true, true},
+                         point{"pnm-kv, bf16 wire, local selection over 2 shards", run_mode::pnm_kv, 8, true, false,
+                               wire_precision::bf16},
+                         point{"pnm-kv lookahead, bf16 wire, one shard per head", run_mode::pnm_kv, 2, true, true,
+                               wire_precision::bf16},
+                         point{"png-kv, bf16 wire", run_mode::png_kv, 2, true, false, wire_precision::bf16},
                          point{"png-kv, no steady pages", run_mode::png_kv, 2, true},
                          point{"baseline, summaries resident", run_mode::baseline, 2, true},
                          point{"baseline, summaries over the link", run_mode::baseline, 4, false}}) {
@@ -121,6 +127,7 @@ TEST(engines, charge_what_the_step_model_predicts) {
     host_engine_config hc;
     hc.mode = p.mode;
     hc.lookahead = p.lookahead;
+    hc.wire = p.wire;
     hc.live_layers = m.layers;  // every layer live: no scaling
     hc.budget_tokens = 256;
     hc.cross_shard = cross_shard_selection::local;
@@ -155,6 +162,73 @@ TEST(engines, charge_what_the_step_model_predicts) {
       EXPECT_EQ(double(live.device_bytes_scanned), pred.device_bytes) << "step " << s;
     }
   }
+}
+
+// run.wire_precision bf16 (model/work_sizes.hpp) changes two things and nothing else: every
+// query a device gets holds bf16 values (the host rounded it, the dense verification
+// query's too), and every partial output but a dense one is the fp32 answer rounded to
+// bf16. Checked on every answer of 4 steps: the device answers each query again without
+// the flag, and the pages, bytes, flops and log-sum-exps must be identical, the outputs
+// equal once rounded (dense: equal). Shapes: GQA 1, 4 and 8, head dims 64 and 128, one
+// shard per head and 2 sequence shards with either cross-shard rule, lookahead, 2 seeds.
+TEST(engines, bf16_wire_rounds_the_query_and_each_partial_output_and_nothing_else) {
+  struct shape {
+    uint32_t kv_heads, group, head_dim, devices;
+    cross_shard_selection cross;
+    bool lookahead;
+  };
+  for (const shape& sh : {shape{4, 1, 64, 2, cross_shard_selection::exact, false},
+                          shape{2, 4, 128, 4, cross_shard_selection::exact, false},
+                          shape{2, 8, 64, 4, cross_shard_selection::local, false},
+                          shape{2, 4, 64, 4, cross_shard_selection::exact, true}})
+    for (uint64_t seed : {3u, 17u}) {
+      SCOPED_TRACE("GQA " + std::to_string(sh.group) + ", d " + std::to_string(sh.head_dim) + ", " +
+                   std::to_string(sh.devices) + " devices, seed " + std::to_string(seed));
+      auto m = tiny_model(2, sh.kv_heads, sh.group, sh.head_dim);
+      host_engine_config hc;
+      hc.live_layers = m.layers;
+      hc.budget_tokens = 128;
+      hc.cross_shard = sh.cross;
+      hc.lookahead = sh.lookahead;
+      hc.wire = wire_precision::bf16;
+      harness h(m, hc, sh.devices, seed);
+      uint64_t answers = 0, rounded = 0, dense = 0;
+      h.on_answer = [&](device_engine& d, const device_query& q, const device_answer& a) {
+        ++answers;
+        const size_t n = size_t(q.group) * sh.head_dim;
+        for (size_t i = 0; i < n; ++i) ASSERT_EQ(q.q[i], to_float(to_bf16(q.q[i]))) << "q[" << i << "] is not bf16";
+        const bool is_dense = q.round == selection_round::dense;
+        EXPECT_EQ(q.wire_bf16, !is_dense);
+        device_query f = q;
+        f.wire_bf16 = false;
+        device_answer b;
+        ASSERT_TRUE(d.query(f, b));
+        EXPECT_EQ(a.pages, b.pages);
+        EXPECT_EQ(a.bytes_scanned, b.bytes_scanned);
+        EXPECT_EQ(a.flops, b.flops);
+        EXPECT_EQ(a.candidate_scores, b.candidate_scores);
+        EXPECT_EQ(a.part.lse, b.part.lse);
+        ASSERT_EQ(a.part.o.size(), b.part.o.size());
+        bool differs = false;
+        for (size_t i = 0; i < b.part.o.size(); ++i) {
+          const float want = is_dense ? b.part.o[i] : to_float(to_bf16(b.part.o[i]));
+          ASSERT_EQ(a.part.o[i], want) << "o[" << i << "]";
+          differs |= a.part.o[i] != b.part.o[i];
+        }
+        rounded += differs;
+        dense += is_dense;
+      };
+      h.add(1, 1500, 4);
+      h.add(2, 777, 4);
+      h.prefill();
+      for (uint32_t s = 0; s < 4; ++s) {
+        h.step(s);
+        if (::testing::Test::HasFatalFailure()) return;
+      }
+      EXPECT_GT(answers, 0u);
+      EXPECT_GT(dense, 0u);    // the verification queries were seen
+      EXPECT_GT(rounded, 0u);  // and rounding changed some outputs: the check can fail
+    }
 }
 
 // baseline with the recall cache (schedulers/recall_cache.hpp) against without: the GPU

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <functional>
 #include <map>
 #include <set>
 #include <string>
@@ -47,6 +48,7 @@ inline std::shared_ptr<step_setup> step_setup_of(const cost_model& c, const host
   s->heads_scored = c.model().gqa_group();
   s->exact_cross_shard = hc.cross_shard == cross_shard_selection::exact;
   s->lookahead = hc.lookahead;
+  s->wire = hc.wire;
   s->baseline_overlap = false;
   return s;
 }
@@ -92,6 +94,9 @@ struct harness {
   uint32_t drop_appends_to = 0;
   int drop_appends_step = -1;
   std::vector<rebuild_need> rebuilt;  // what was rebuilt, in order
+  // Called with every query a device answered (not the lookahead searches that follow an
+  // attend) and its answer; the device may be queried again.
+  std::function<void(device_engine&, const device_query&, const device_answer&)> on_answer;
 
   // A write that arrives before an earlier row of its shard is held (as the device actor
   // holds it) and applied once the gap is filled.
@@ -265,6 +270,7 @@ struct harness {
         r.tag = w.tag;
         r.device_id = w.device_id;
         ASSERT_TRUE(d.query(w.query, r.answer));
+        if (on_answer) on_answer(d, w.query, r.answer);
         const double cost_ns = device_service_cost(costs, device_op::pnm, double(r.answer.bytes_scanned),
                                                    r.answer.flops, r.answer.search.int_ops).time_ns;
         if (w.charge_device || w.query.background) step_served_ns[w.device_id] += cost_ns;

@@ -170,6 +170,8 @@ TEST(cluster, embedded_and_multiprocess_give_the_same_outputs) {
   expect_embedded_equals_multiprocess(small_config());
   SCOPED_TRACE("lookahead selection");
   expect_embedded_equals_multiprocess(small_config({"selection.lookahead=true"}));
+  SCOPED_TRACE("lookahead selection, bf16 queries and partial outputs (run.wire_precision)");
+  expect_embedded_equals_multiprocess(small_config({"selection.lookahead=true", "run.wire_precision=bf16"}));
 }
 
 // Kills device 101 once `phase` has begun (empty: as soon as its process exists) and

@@ -100,6 +100,26 @@ TEST(search, lookahead_gives_the_same_outputs_with_either_search_and_a_shorter_s
   }
 }
 
+// run.wire_precision bf16 over the wire: both searches see the same bf16 queries, so they
+// still select the same pages. Against fp32 on the wire: other outputs (the query and the
+// partial outputs are rounded), the same selection rule's accuracy within rounding (mass
+// within 0.005, the output error within 0.01), and between half and three quarters of the
+// link bytes per step (queries and partial outputs are most of them; appends, candidates,
+// page ids and headers keep their size; exact sizes: engine_test's model = live check).
+TEST(search, a_bf16_wire_keeps_exact_int8_equal_to_flat_and_halves_the_vectors_on_the_link) {
+  expect_same_outputs({"run.wire_precision=bf16"}, true);
+  expect_same_outputs({"run.wire_precision=bf16", "cluster.head_groups=2", "selection.cross_shard=exact"}, true);
+  const run_report fp32 = run_with({"run.wire_precision=fp32"});
+  const run_report bf16 = run_with({"run.wire_precision=bf16"});
+  EXPECT_NE(fp32.output_digest_hex(), bf16.output_digest_hex());
+  EXPECT_NEAR(fp32.attention_mass_recall_mean, bf16.attention_mass_recall_mean, 0.005);
+  EXPECT_NEAR(fp32.output_rel_err_mean, bf16.output_rel_err_mean, 0.01);
+  EXPECT_LT(bf16.virtual_link_bytes_per_step, 0.75 * fp32.virtual_link_bytes_per_step);
+  EXPECT_GT(bf16.virtual_link_bytes_per_step, 0.5 * fp32.virtual_link_bytes_per_step);
+  EXPECT_NE(bf16.selection.find("bf16 queries and partial outputs"), std::string::npos) << bf16.selection;
+  EXPECT_EQ(fp32.selection.find("bf16"), std::string::npos) << fp32.selection;
+}
+
 TEST(search, exact_int8_gives_flats_digest_sequence_shards) {
   // 8 KV heads on 4 devices with 2 head groups: 2 sequence shards per request.
   expect_same_outputs({"cluster.head_groups=2", "selection.cross_shard=exact"}, true);

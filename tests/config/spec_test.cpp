@@ -60,6 +60,9 @@ std::map<std::string, choice_case> choice_cases() {
   c["selection.summary_precision"] = {
       {gives("bf16", summary_precision::bf16), gives("fp32", summary_precision::fp32)},
       [](const run_spec& s) { return int(s.selection.summary_precision); }, {}};
+  c["run.wire_precision"] = {
+      {gives("fp32", wire_precision::fp32), gives("bf16", wire_precision::bf16)},
+      [](const run_spec& s) { return int(s.run.wire_precision); }, {}};
   c["selection.search"] = {
       {gives("flat", page_search::flat), gives("exact-int8", page_search::exact_int8)},
       [](const run_spec& s) { return int(s.selection.search); }, {}};
@@ -155,6 +158,7 @@ TEST(run_spec, choice_names_are_the_key_texts) {
   EXPECT_STREQ(to_string(sequence_split::interleave), "interleave");
   EXPECT_STREQ(to_string(gqa_aggregation::sum), "sum");
   EXPECT_STREQ(to_string(summary_precision::fp32), "fp32");
+  EXPECT_STREQ(to_string(wire_precision::bf16), "bf16");
   EXPECT_STREQ(to_string(workload_arrivals::closed), "closed");
   EXPECT_STREQ(to_string(workload_arrivals::poisson), "poisson");
   EXPECT_STREQ(to_string(workload_arrivals::trace), "trace");
@@ -213,6 +217,9 @@ TEST(run_spec, rules_across_keys_name_the_keys) {
   expect_error({"selection.page_size_tokens=64", "selection.budget_tokens=100"},
                {"selection.budget_tokens = 100", "always-kept"});
   expect_error({"workload.arrivals=trace"}, {"workload.arrivals = trace", "workload.trace_file"});
+  expect_error({"run.wire_precision=fp16"}, {"run.wire_precision", "fp32", "bf16"});
+  ASSERT_TRUE(resolve_with({"run.wire_precision=bf16"}));
+  EXPECT_EQ(resolve_with({"run.wire_precision=bf16"})->run.wire_precision, wire_precision::bf16);
   expect_error({"selection.lookahead=true", "run.mode=png-kv"},
                {"selection.lookahead = true", "run.mode pnm-kv", "run.mode = png-kv"});
   expect_error({"selection.lookahead=true", "run.micro_batches=2"},

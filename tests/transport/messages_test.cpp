@@ -578,6 +578,50 @@ TEST(Validation, RefusesBadValues) {
   expect_rejected(e.finish(), reject_reason::bad_value);
 }
 
+// run.wire_precision bf16 (model/work_sizes.hpp): a query's q and a partial's o may be bf16,
+// flagged, half the bytes of fp32; the blob must then have the bf16 size (an fp32-sized one
+// is refused, and an fp32 query's bf16-sized one too); a dense verification query or
+// partial is never bf16.
+TEST(Validation, Bf16QueriesAndPartialsHaveTheirOwnShape) {
+  auto query_with = [](bool flag, size_t elem_bytes, wire::SelectionRound round) {
+    outbound m = sample_message(msg_kind::query, 1);
+    auto q = m.body().getQuery();
+    const size_t elems = size_t(q.getKvHead1() - q.getKvHead0()) * q.getGroup() * q.getHeadDim();
+    q.setRound(round);
+    bf16* out = fill_as<bf16>(q.initQ(static_cast<unsigned>(elems * elem_bytes)));
+    for (size_t i = 0; i < elems * elem_bytes / sizeof(bf16); ++i) out[i] = to_bf16(0.25f * float(i % 7));
+    q.setBf16(flag);
+    return m.finish();
+  };
+  const auto attend = wire::SelectionRound::EXACT_ATTEND;
+  auto ok = query_with(true, 2, attend);
+  auto decoded = decode(ok, limits, nullptr);
+  ASSERT_TRUE(decoded.is_ok()) << decoded.error().to_string();
+  EXPECT_TRUE(decoded->query().getBf16());
+  EXPECT_LT(ok.size(), query_with(false, 4, attend).size());
+  expect_rejected(query_with(true, 4, attend), reject_reason::shape);
+  expect_rejected(query_with(false, 2, attend), reject_reason::shape);
+  expect_rejected(query_with(true, 2, wire::SelectionRound::DENSE), reject_reason::bad_value);
+
+  auto partial_with = [](bool flag, size_t elem_bytes, wire::SelectionRound round) {
+    outbound m = sample_message(msg_kind::partial, 1);
+    auto p = m.body().getPartial();
+    p.setRound(round);
+    const size_t elems = size_t(p.getGroup()) * p.getHeadDim();
+    bf16* out = fill_as<bf16>(p.initO(static_cast<unsigned>(elems * elem_bytes)));
+    for (size_t i = 0; i < elems * elem_bytes / sizeof(bf16); ++i) out[i] = to_bf16(-0.5f * float(i % 5));
+    p.setOBf16(flag);
+    return m.finish();
+  };
+  auto pok = partial_with(true, 2, attend);
+  auto pdec = decode(pok, limits, nullptr);
+  ASSERT_TRUE(pdec.is_ok()) << pdec.error().to_string();
+  EXPECT_TRUE(pdec->partial().getOBf16());
+  expect_rejected(partial_with(true, 4, attend), reject_reason::shape);
+  expect_rejected(partial_with(false, 2, attend), reject_reason::shape);
+  expect_rejected(partial_with(true, 2, wire::SelectionRound::DENSE), reject_reason::bad_value);
+}
+
 TEST(Validation, EachReasonIsLoggedOnceAndCountedEveryTime) {
   wire_stats st;
   auto bytes = sample_message(msg_kind::heartbeat, 1).finish();
