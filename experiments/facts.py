@@ -249,13 +249,16 @@ def compute(out, read_csv, read_json, pick, table_of, _fmt):
     for t in ["frontier_live", "frontier_eval", "frontier_sim", "kernels_search"]:
         f[t + "_table"] = table_of("results/" + t + ".md")
 
-    # Lookahead selection (experiments/lookahead.py): la_<model>_<ctx>_<ahead|fresh>_<budget>_<field>
-    # of the live runs (model 8b or gqa16), las_<model>_<ctx>_<search>_<ahead|fresh>_<budget>_<field> of the modelled
+    # Lookahead selection (experiments/lookahead.py): la_<model>_<ctx>_<ahead|fresh>_<budget>[_bf16]_<field>
+    # of the live runs (model 8b or gqa16; _bf16: run.wire_precision bf16),
+    # las_<model>_<ctx>_<search>_<ahead|fresh>_<budget>[_bf16]_<field> of the modelled
     # sweep (vs_today: over flat / fresh / 2048 of the same model and context), and the tables.
     ahead = lambda v: "ahead" if str(v).lower() in ("true", "1", "1.0") else "fresh"
+    wire = lambda r: "" if r.get("wire", "fp32") == "fp32" else "_" + r["wire"]  # run.wire_precision
     for r in read_csv("lookahead_live.csv"):
         mlab = "gqa16" if "GQA16" in r["model"] else r["model"].replace("Llama-3.1-", "").lower()
-        k = "la_%s_%s_%s_%d_" % (mlab, lab(r["context_tokens"]), ahead(r["lookahead"]), r["budget_tokens"])
+        k = "la_%s_%s_%s_%d%s_" % (mlab, lab(r["context_tokens"]), ahead(r["lookahead"]), r["budget_tokens"],
+                                  wire(r))
         f[k + "mass"] = "%.3f" % r["attention_mass_mean"]
         f[k + "mass_min"] = "%.4f" % r["attention_mass_min"]
         f[k + "needles"] = "%.2f" % r["needle_hit_rate"]
@@ -265,10 +268,11 @@ def compute(out, read_csv, read_json, pick, table_of, _fmt):
     las = read_csv("lookahead_sim.csv")
     for r in las:
         m = r["model"].replace("Llama-3.1-", "").lower()
-        k = "las_%s_%s_%s_%s_%d_" % (m, lab(r["context_tokens"]), sl(r["search"]), ahead(r["lookahead"]),
-                                     r["budget_tokens"])
+        k = "las_%s_%s_%s_%s_%d%s_" % (m, lab(r["context_tokens"]), sl(r["search"]), ahead(r["lookahead"]),
+                                       r["budget_tokens"], wire(r))
         base = [b for b in las if b["model"] == r["model"] and b["context_tokens"] == r["context_tokens"] and
-                b["search"] == "flat" and ahead(b["lookahead"]) == "fresh" and b["budget_tokens"] == 2048][0]
+                b["search"] == "flat" and ahead(b["lookahead"]) == "fresh" and b["budget_tokens"] == 2048 and
+                wire(b) == ""][0]
         for fld in ["tokens_per_s", "step_ms", "bd_device_scan_ms", "bd_link_ms", "energy_j_per_token", "batch"]:
             f[k + fld] = num(r[fld])
         f[k + "vs_today"] = "%.2f×" % (r["tokens_per_s"] / base["tokens_per_s"])

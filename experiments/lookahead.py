@@ -33,8 +33,9 @@ sys.path.insert(0, here)
 import frontier  # noqa: E402  (its sweep expansion and report fields)
 
 LIVE_FIELDS = [("lookahead", "config.selection.lookahead"),
-               ("budget_tokens", "config.selection.budget_tokens")] + frontier.LIVE_FIELDS
-SIM_KEYS = ["selection.search", "selection.lookahead", "selection.budget_tokens"]
+               ("budget_tokens", "config.selection.budget_tokens"),
+               ("wire", "config.run.wire_precision")] + frontier.LIVE_FIELDS
+SIM_KEYS = ["selection.search", "selection.lookahead", "selection.budget_tokens", "run.wire_precision"]
 SIM_FIELDS = ["batch", "batch_limited_by", "tokens_per_s", "step_ms", "energy_j_per_token", "tokens_per_dollar",
               "device_bytes_per_step", "device_busy_fraction", "link_bytes_per_step", "pools"]
 
@@ -93,13 +94,18 @@ def run_sim(pnmkv, out, calibration):
         rows.append(row)
     with open(os.path.join(out, "lookahead_sim.csv"), "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["model", "context_tokens", "search", "lookahead", "budget_tokens"] + SIM_FIELDS +
+        w.writerow(["model", "context_tokens", "search", "lookahead", "budget_tokens", "wire"] + SIM_FIELDS +
                    ["bd_" + k + "_ms" for k in frontier.BD_KEYS])
         w.writerows(rows)
 
 
 def truthy(v):
     return str(v).lower() in ("true", "1")
+
+
+def is_today(r):
+    """Today's configuration: no lookahead, 2048 tokens, fp32 on the wire (and flat, modelled)."""
+    return not truthy(r["lookahead"]) and int(r["budget_tokens"]) == 2048 and r.get("wire", "fp32") == "fp32"
 
 
 def table(out):
@@ -112,39 +118,39 @@ def table(out):
     lines = ["## Live: the main job (batch %d, %d PNM devices, exact-int8, max, 16 steps)" %
              (live[0]["batch"], live[0]["pnm_devices"]), "",
              "Accuracy from every step checked against dense attention; times are the cost model's charges of "
-             "the work the live devices counted. *today*: no lookahead at 2048 tokens (exact-int8 selects flat's "
-             "pages, so this is today's accuracy).", "",
-             "| model | context | lookahead | budget | attention mass mean / min | output rel. error mean | needle hits "
-             "| modelled step ms | device ms | step vs today | digest |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "the work the live devices counted. *today*: no lookahead at 2048 tokens, fp32 on the wire (exact-int8 "
+             "selects flat's pages, so this is today's accuracy). *wire*: run.wire_precision.", "",
+             "| model | context | lookahead | budget | wire | attention mass mean / min | output rel. error mean | "
+             "needle hits | modelled step ms | device ms | step vs today | digest |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     groups = []
     for r in live:
         if (r["model"], r["context_tokens"]) not in groups:
             groups.append((r["model"], r["context_tokens"]))
     for model, ctx in groups:
         rows = [r for r in live if r["context_tokens"] == ctx and r["model"] == model]
-        today = [r for r in rows if not truthy(r["lookahead"]) and int(r["budget_tokens"]) == 2048][0]
-        for r in sorted(rows, key=lambda r: (truthy(r["lookahead"]), int(r["budget_tokens"]))):
-            lines.append("| %s | %s | %s | %d | %.4f / %.4f | %.3f | %.3f (%d asked) | %.3f | %.3f | %.2fx | `%s` |" % (
+        today = [r for r in rows if is_today(r)][0]
+        for r in sorted(rows, key=lambda r: (truthy(r["lookahead"]), int(r["budget_tokens"]), r["wire"])):
+            lines.append("| %s | %s | %s | %d | %s | %.4f / %.4f | %.3f | %.3f (%d asked) | %.3f | %.3f | %.2fx | `%s` |" % (
                 model, frontier.ctx_label(ctx), "yes" if truthy(r["lookahead"]) else "no", int(r["budget_tokens"]),
-                r["attention_mass_mean"], r["attention_mass_min"], r["output_rel_err_mean"], r["needle_hit_rate"],
+                r["wire"], r["attention_mass_mean"], r["attention_mass_min"], r["output_rel_err_mean"], r["needle_hit_rate"],
                 int(r["needles_asked"]), r["step_ms"], r["device_ms"], today["step_ms"] / r["step_ms"],
                 r["output_digest"]))
     frontier.write_md(out, "lookahead_live", lines)
     lines = ["## Modelled: 64 devices (sim-base.yaml), max, one micro-batch", "",
-             "*vs today*: tokens/s over flat / no lookahead / 2048 tokens of the same model and context. "
+             "*vs today*: tokens/s over flat / no lookahead / 2048 tokens / fp32 of the same model and context. "
              "*device ms exposed*: the step's device time on its path (lookahead: the attention, and what the "
              "devices' total work adds when they cannot keep up).", "",
-             "| model | context | search | lookahead | budget | batch | pools | step ms | device ms exposed | "
-              "tokens/s | vs today | J/token | tokens/$ | device busy |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | context | search | lookahead | budget | wire | batch | pools | step ms | device ms exposed | "
+             "link ms | tokens/s | vs today | J/token | tokens/$ | device busy |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sim:
         today = [t for t in sim if t["model"] == r["model"] and t["context_tokens"] == r["context_tokens"] and
-                 t["search"] == "flat" and not truthy(t["lookahead"]) and int(t["budget_tokens"]) == 2048][0]
-        lines.append("| %s | %s | %s | %s | %d | %d | %d | %.1f | %.2f | %.1f | %.3fx | %.2f | %.3g | %.2f |" % (
+                 t["search"] == "flat" and is_today(t)][0]
+        lines.append("| %s | %s | %s | %s | %d | %s | %d | %d | %.1f | %.2f | %.2f | %.1f | %.3fx | %.2f | %.3g | %.2f |" % (
             r["model"], frontier.ctx_label(r["context_tokens"]), r["search"],
-            "yes" if truthy(r["lookahead"]) else "no", int(r["budget_tokens"]), r["batch"], r["pools"],
-            r["step_ms"], r["bd_device_scan_ms"], r["tokens_per_s"], r["tokens_per_s"] / today["tokens_per_s"],
+            "yes" if truthy(r["lookahead"]) else "no", int(r["budget_tokens"]), r["wire"], r["batch"], r["pools"],
+            r["step_ms"], r["bd_device_scan_ms"], r["bd_link_ms"], r["tokens_per_s"], r["tokens_per_s"] / today["tokens_per_s"],
             r["energy_j_per_token"], r["tokens_per_dollar"], r["device_busy_fraction"]))
     frontier.write_md(out, "lookahead_sim", lines)
 
@@ -166,11 +172,13 @@ def plot(out):
     fig, axes = plt.subplots(1, len(models), figsize=(13, 4.8))
     for ax, model in zip(axes, models):
         rows = [r for r in sim if r["model"] == model and r["context_tokens"] == 1048576 and
-                (not truthy(r["lookahead"]) and int(r["budget_tokens"]) == 2048 or
-                 truthy(r["lookahead"]) and (r["search"] == "exact-int8" or int(r["budget_tokens"]) == 4096))]
-        rows.sort(key=lambda r: (truthy(r["lookahead"]), r["search"] != "flat", int(r["budget_tokens"])))
-        labels = ["%s\n%s\n%d" % (r["search"], "lookahead" if truthy(r["lookahead"]) else "fresh",
-                                   int(r["budget_tokens"])) for r in rows]
+                (is_today(r) or
+                 truthy(r["lookahead"]) and r["search"] == "exact-int8" and int(r["budget_tokens"]) > 2048 or
+                 truthy(r["lookahead"]) and r["search"] == "flat" and int(r["budget_tokens"]) == 4096 and
+                 r["wire"] == "fp32")]
+        rows.sort(key=lambda r: (truthy(r["lookahead"]), r["search"] != "flat", r["wire"] != "fp32", int(r["budget_tokens"])))
+        labels = ["%s\n%s\n%d %s" % (r["search"], "lookahead" if truthy(r["lookahead"]) else "fresh",
+                                      int(r["budget_tokens"]), r["wire"]) for r in rows]
         bottom = [0.0] * len(rows)
         for i, p in enumerate(parts):
             vals = [max(0.0, r["bd_" + p + "_ms"]) for r in rows]
@@ -183,7 +191,8 @@ def plot(out):
     axes[0].set_ylabel("ms per decode step (critical path)")
     axes[-1].legend(fontsize=7, loc="upper right")
     fig.text(0.01, 0.005, "pnmkv sim, experiments/sweeps/lookahead_sim.yaml (experiments/lookahead.py); "
-             "budget in tokens; lookahead: the devices' searches off the path, their total within the step",
+             "budget in tokens and the queries' and partial outputs' type on the links; lookahead: the devices' "
+             "searches off the path, their total within the step",
              fontsize=7)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(os.path.join(out, "lookahead_breakdown.png"), dpi=110)
