@@ -151,9 +151,11 @@ std::vector<std::string> detsim_draw_variant(uint64_t seed, uint32_t classes,
   const std::string mode = modes[rng.below(3)];
   const std::string split = rng.chance(0.5) ? "interleave" : "contiguous";
   const bool rereplicate = rng.chance(0.5), recompute = rng.chance(0.5);
+  const bool wire_bf16 = rng.chance(0.5);  // drawn last: the draws before keep their values
   if (classes & detsim_variants) {
     add("run.mode", mode);
     add("cluster.sequence_split", split);
+    add("run.wire_precision", wire_bf16 ? "bf16" : "fp32");
   }
   add("cluster.rereplicate", (classes & detsim_rebuilds) && rereplicate ? "true" : "false");
   add("cluster.recompute", (classes & detsim_rebuilds) && recompute ? "true" : "false");

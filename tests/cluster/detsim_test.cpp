@@ -3,7 +3,7 @@
 // fault.
 //  - The sweep: 1000 seeds of random fault schedules (crash, hang, partition, message loss,
 //    duplication, delay, corruption; pnm-kv, png-kv and baseline; contiguous and
-//    interleaved shards) on a small config, every invariant checked with --strict. A
+//    interleaved shards; fp32 and bf16 queries and partial outputs) on a small config, every invariant checked with --strict. A
 //    failing seed is printed with its schedule and replays alone:
 //      PNMKV_DETSIM_SEED=N ctest -R detsim.sweep --output-on-failure
 //      build/pnmkv detsim --seed N --strict
