@@ -283,7 +283,7 @@ def compute(out, read_csv, read_json, pick, table_of, _fmt):
         f[k + "mass"] = "%.3f" % r["attention_mass_mean"]
         f[k + "mass_min"] = "%.4f" % r["attention_mass_min"]
         f[k + "err"] = "%.3f" % r["output_rel_err_mean"]
-    for t in ["lookahead_live", "lookahead_sim", "lookahead_trace"]:
+    for t in ["lookahead_live", "lookahead_sim", "lookahead_trace", "lookahead_sensitivity"]:
         f[t + "_table"] = table_of("results/" + t + ".md")
 
     # Sensitivity and tornado tables.

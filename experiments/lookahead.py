@@ -14,7 +14,9 @@ Usage:
       keys and queries: the trace's context, all 8 layers, 120 steps, budgets 512-4096 with and
       without lookahead, into lookahead_trace.csv and .md (kept from an earlier run otherwise)
   lookahead.py sim PNMKV RESULTS_DIR CALIBRATION
-      the modelled sweep only (lookahead_sim.csv), then the tables (lookahead_live.csv must exist)
+      the modelled sweep only (lookahead_sim.csv) and the sensitivity of goal (b)'s configuration
+      (lookahead_sensitivity.csv: 405B/1M, one hardware figure scaled at a time), then the tables
+      (lookahead_live.csv must exist)
   lookahead.py table RESULTS_DIR
       the tables from the CSVs in RESULTS_DIR
 Each command also draws experiments/results/lookahead_breakdown.png (in RESULTS_DIR) from
@@ -23,7 +25,9 @@ lookahead_sim.csv: the step's critical path at 1M per configuration (needs matpl
 Only runs pnmkv and reshapes what it reports (ratios of two reported figures at most).
 """
 import csv
+import json
 import os
+import subprocess
 import sys
 
 here = os.path.dirname(os.path.abspath(__file__))
@@ -99,6 +103,61 @@ def run_sim(pnmkv, out, calibration):
         w.writerows(rows)
 
 
+# How the configuration that reaches issue 14's goal (b) (lookahead, exact-int8, 3072 tokens,
+# bf16 on the links) stands against today's (flat, no lookahead, 2048, fp32) when one hardware
+# figure moves: 405B/1M on 64 devices (sim-base.yaml), each figure of the hardware file scaled
+# by hardware.scale, both configurations on the same scaled hardware.
+SENS_BASE = ["cluster.pnm_devices=64", "run.mode=pnm-kv", "selection.gqa_aggregation=max", "run.micro_batches=1",
+             "model.file=cluster_configs/models/llama-3.1-405b.yaml", "workload.context_tokens=1048576"]
+SENS_TODAY = ["selection.search=flat", "selection.lookahead=false", "selection.budget_tokens=2048",
+              "run.wire_precision=fp32"]
+SENS_AHEAD = ["selection.search=exact-int8", "selection.lookahead=true", "selection.budget_tokens=3072",
+              "run.wire_precision=bf16"]
+SENS_SCALES = ["", "pnm_device.compute_tflops=0.5", "pnm_device.compute_tflops=2", "pnm_device.int_tops=0.5",
+               "pnm_device.int_tops=2", "pnm_device.internal_bw_gbps=0.5", "cxl.link_bw_gbps_per_direction=0.5",
+               "cxl.link_bw_gbps_per_direction=2", "cxl.memory_latency_ns=2", "gpu.weight_stream_efficiency=1.1"]
+
+
+def sim_one(pnmkv, out, calibration, sets):
+    tmp = os.path.join(out, "point_sim.json")
+    cmd = [pnmkv, "sim", "--quiet", "--config", "cluster_configs/experiments/sim-base.yaml",
+           "--set", "sim.calibration_file=" + calibration, "--json", tmp]
+    for s in sets:
+        cmd += ["--set", s]
+    subprocess.run(cmd, cwd=root, check=True, stdout=subprocess.DEVNULL)
+    r = json.load(open(tmp))
+    os.remove(tmp)
+    return r
+
+
+def run_sensitivity(pnmkv, out, calibration):
+    rows = []
+    for scale in SENS_SCALES:
+        extra = ["hardware.scale=" + scale] if scale else []
+        t = sim_one(pnmkv, out, calibration, SENS_BASE + SENS_TODAY + extra)
+        a = sim_one(pnmkv, out, calibration, SENS_BASE + SENS_AHEAD + extra)
+        rows.append([scale or "none", t["tokens_per_s"], int(t["batch"]), a["tokens_per_s"], int(a["batch"]),
+                     a["device_busy_fraction"], a["breakdown_ms"]["device_scan"], a["breakdown_ms"]["link"],
+                     a["tokens_per_s"] / t["tokens_per_s"]])
+    frontier.write_rows(out, "lookahead_sensitivity.csv",
+                        [(n, None) for n in ["scale", "today_tokens_per_s", "today_batch", "ahead_tokens_per_s",
+                                             "ahead_batch", "ahead_device_busy", "ahead_device_ms_exposed",
+                                             "ahead_link_ms", "ratio"]], rows)
+
+
+def sensitivity_table(out):
+    from results_io import read_csv
+
+    lines = ["| hardware figure scaled | today: tokens/s (batch) | lookahead 3072 bf16: tokens/s (batch) | its device "
+             "busy | its device ms exposed | its link ms | ratio |", "|---|---|---|---|---|---|---|"]
+    for r in read_csv(out, "lookahead_sensitivity.csv"):
+        lines.append("| %s | %.1f (%d) | %.1f (%d) | %.2f | %.2f | %.2f | %.3fx |" % (
+            "`%s`" % r["scale"] if r["scale"] != "none" else "none (the hardware file)", r["today_tokens_per_s"],
+            r["today_batch"], r["ahead_tokens_per_s"], r["ahead_batch"], r["ahead_device_busy"],
+            r["ahead_device_ms_exposed"], r["ahead_link_ms"], r["ratio"]))
+    frontier.write_md(out, "lookahead_sensitivity", lines)
+
+
 def truthy(v):
     return str(v).lower() in ("true", "1")
 
@@ -113,6 +172,8 @@ def table(out):
 
     if os.path.exists(os.path.join(out, "lookahead_trace.csv")):
         trace_table(out)
+    if os.path.exists(os.path.join(out, "lookahead_sensitivity.csv")):
+        sensitivity_table(out)
     live = read_csv(out, "lookahead_live.csv")
     sim = read_csv(out, "lookahead_sim.csv")
     lines = ["## Live: the main job (batch %d, %d PNM devices, exact-int8, max, 16 steps)" %
@@ -202,6 +263,7 @@ def main():
     if len(sys.argv) in (5, 6) and sys.argv[1] == "run":
         pnmkv, out = os.path.realpath(sys.argv[2]), os.path.realpath(sys.argv[3])
         run_sim(pnmkv, out, sys.argv[4])
+        run_sensitivity(pnmkv, out, sys.argv[4])
         run_live(pnmkv, out)
         if len(sys.argv) == 6:
             run_trace(pnmkv, out, os.path.realpath(sys.argv[5]))
@@ -212,6 +274,7 @@ def main():
     elif len(sys.argv) == 5 and sys.argv[1] == "sim":
         out = os.path.realpath(sys.argv[3])
         run_sim(os.path.realpath(sys.argv[2]), out, sys.argv[4])
+        run_sensitivity(os.path.realpath(sys.argv[2]), out, sys.argv[4])
         table(out)
         plot(out)
     elif len(sys.argv) == 3 and sys.argv[1] == "table":

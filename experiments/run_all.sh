@@ -80,12 +80,13 @@ echo "== frontier (live runs, sim sweep, bench kernels)" >&2
 "$here/frontier.sh" "$bin" "$out"
 
 # Lookahead selection (issue 14 goal (b)): live accuracy of sweeps/lookahead.yaml and the modelled
-# points of sweeps/lookahead_sim.yaml (experiments/lookahead.py; about 10 min, mostly the twelve
-# 1M-token live runs). Needs PyYAML (the Debian python3 has it).
+# points of sweeps/lookahead_sim.yaml (experiments/lookahead.py; about 20 min, mostly the
+# twenty-four 1M-token live runs). Needs PyYAML and, for its plot, matplotlib (the Debian python3 has both;
+# a pyenv shim may have only the first).
 echo "== lookahead selection (live runs, sim sweep)" >&2
 ypy=python3
 for cand in python3 /usr/bin/python3; do
-  if "$cand" -c "import yaml" 2>/dev/null; then ypy="$cand"; break; fi
+  if "$cand" -c "import yaml, matplotlib" 2>/dev/null; then ypy="$cand"; break; fi
 done
 # With the trained model's trace (as search_touch.py above), the live cluster on real keys too.
 if [ -d "$trace" ]; then
