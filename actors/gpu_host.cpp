@@ -1204,6 +1204,8 @@ void gpu_host_state::report_engine(run_report& rep) const {
   rep.output_rel_err_max = acc.rel_err_max;
   rep.attention_mass_recall_mean = acc.mass_mean;
   rep.attention_mass_recall_min = acc.mass_min;
+  rep.attention_mass_recall_p01 = acc.mass_p01;
+  rep.attention_mass_recall_p10 = acc.mass_p10;
   rep.needle_hit_rate = acc.needle_hit_rate;
   rep.needles_asked = acc.needle_asks;
   rep.output_digest = engine_->output_digest();

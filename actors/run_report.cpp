@@ -162,6 +162,8 @@ std::string run_report::to_json() const {
                    {"output_rel_err_max", num(output_rel_err_max)},
                    {"attention_mass_recall_mean", num(attention_mass_recall_mean)},
                    {"attention_mass_recall_min", num(attention_mass_recall_min)},
+                   {"attention_mass_recall_p01", num(attention_mass_recall_p01)},
+                   {"attention_mass_recall_p10", num(attention_mass_recall_p10)},
                    {"needle_hit_rate", num(needle_hit_rate)},
                    {"needles_asked", needles_asked},
                    {"samples", accuracy_samples}};
@@ -326,6 +328,8 @@ void read_accuracy_and_wall(const nlohmann::json& j, run_report& r) {
   r.output_rel_err_max = get_num(j, "accuracy", "output_rel_err_max");
   r.attention_mass_recall_mean = get_num(j, "accuracy", "attention_mass_recall_mean");
   r.attention_mass_recall_min = get_num(j, "accuracy", "attention_mass_recall_min");
+  r.attention_mass_recall_p01 = get_num(j, "accuracy", "attention_mass_recall_p01");
+  r.attention_mass_recall_p10 = get_num(j, "accuracy", "attention_mass_recall_p10");
   r.needle_hit_rate = get_num(j, "accuracy", "needle_hit_rate");
   if (j.contains("accuracy")) {
     r.needles_asked = j["accuracy"].value("needles_asked", uint64_t(0));
@@ -596,8 +600,9 @@ void run_report::table_accuracy_wall(table& t) const {
   row("output rel. error mean / p99 / max",
       f("%.2e", output_rel_err_mean) + " / " + f("%.2e", output_rel_err_p99) + " / " +
           f("%.2e", output_rel_err_max));
-  row("attention mass captured mean / min",
-      f("%.4f", attention_mass_recall_mean) + " / " + f("%.4f", attention_mass_recall_min));
+  row("attention mass captured mean / p10 / p01 / min",
+      f("%.4f", attention_mass_recall_mean) + " / " + f("%.4f", attention_mass_recall_p10) + " / " +
+          f("%.4f", attention_mass_recall_p01) + " / " + f("%.4f", attention_mass_recall_min));
   row("needle hit rate", needles_asked ? f("%.3f", needle_hit_rate) + " (" +
                                              std::to_string(needles_asked) + " asked)"
                                        : std::string("no needle asked"));

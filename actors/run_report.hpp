@@ -50,6 +50,8 @@ struct run_report {
   // accuracy vs dense (verification queries)
   double output_rel_err_mean = 0, output_rel_err_p99 = 0, output_rel_err_max = 0;
   double attention_mass_recall_mean = 0, attention_mass_recall_min = 0;
+  // The lower tail of the head-steps' mass: at most 1 % / 10 % captured less.
+  double attention_mass_recall_p01 = 0, attention_mass_recall_p10 = 0;
   double needle_hit_rate = 0;  // NaN when no needle was asked
   uint64_t needles_asked = 0;
   uint64_t accuracy_samples = 0;

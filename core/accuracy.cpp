@@ -133,11 +133,8 @@ void accuracy_accumulator::add_rel_errors(const std::vector<double>& per_head) {
 }
 
 void accuracy_accumulator::add_mass(const std::vector<double>& per_head) {
-  for (double m : per_head) {
-    mass_min_ = mass_n_ == 0 ? m : std::min(mass_min_, m);
-    mass_sum_ += m;
-    ++mass_n_;
-  }
+  mass_.insert(mass_.end(), per_head.begin(), per_head.end());
+  for (double m : per_head) mass_sum_ += m;
 }
 
 void accuracy_accumulator::add_needle(bool hit) {
@@ -152,11 +149,8 @@ void accuracy_accumulator::add_pages_selected(uint64_t pages) {
 
 void accuracy_accumulator::merge(const accuracy_accumulator& o) {
   rel_err_.insert(rel_err_.end(), o.rel_err_.begin(), o.rel_err_.end());
-  if (o.mass_n_ > 0) {
-    mass_min_ = mass_n_ == 0 ? o.mass_min_ : std::min(mass_min_, o.mass_min_);
-    mass_sum_ += o.mass_sum_;
-    mass_n_ += o.mass_n_;
-  }
+  mass_.insert(mass_.end(), o.mass_.begin(), o.mass_.end());
+  mass_sum_ += o.mass_sum_;
   needle_asks_ += o.needle_asks_;
   needle_hits_ += o.needle_hits_;
   pages_sum_ += o.pages_sum_;
@@ -180,8 +174,18 @@ accuracy_summary accuracy_accumulator::summary() const {
   } else {
     s.rel_err_mean = s.rel_err_p99 = s.rel_err_max = nan;
   }
-  s.mass_mean = mass_n_ ? mass_sum_ / static_cast<double>(mass_n_) : nan;
-  s.mass_min = mass_n_ ? mass_min_ : nan;
+  if (!mass_.empty()) {
+    std::vector<double> sorted = mass_;
+    std::sort(sorted.begin(), sorted.end());
+    s.mass_mean = mass_sum_ / static_cast<double>(sorted.size());
+    s.mass_min = sorted.front();
+    // Nearest rank from below: the largest value with at most q of the samples under it.
+    auto lower = [&](double q) { return sorted[static_cast<size_t>(std::floor(q * static_cast<double>(sorted.size())))]; };
+    s.mass_p01 = lower(0.01);
+    s.mass_p10 = lower(0.10);
+  } else {
+    s.mass_mean = s.mass_min = s.mass_p01 = s.mass_p10 = nan;
+  }
   s.needle_asks = needle_asks_;
   s.needle_hits = needle_hits_;
   s.needle_hit_rate = needle_asks_ ? static_cast<double>(needle_hits_) / needle_asks_ : nan;

@@ -47,6 +47,9 @@ struct accuracy_summary {
   double rel_err_max = 0;
   double mass_mean = 0;
   double mass_min = 0;
+  // Lower tail (nearest rank): at most 1 % / 10 % of the head-steps captured less.
+  double mass_p01 = 0;
+  double mass_p10 = 0;
   uint64_t needle_asks = 0;
   uint64_t needle_hits = 0;
   double needle_hit_rate = 0;  // NaN when no needle was asked
@@ -64,9 +67,8 @@ class accuracy_accumulator {
 
  private:
   std::vector<double> rel_err_;  // every sample, for the percentile
+  std::vector<double> mass_;  // every sample, for the percentiles
   double mass_sum_ = 0;
-  double mass_min_ = 0;
-  uint64_t mass_n_ = 0;
   uint64_t needle_asks_ = 0;
   uint64_t needle_hits_ = 0;
   double pages_sum_ = 0;

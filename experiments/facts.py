@@ -261,6 +261,8 @@ def compute(out, read_csv, read_json, pick, table_of, _fmt):
                                   wire(r))
         f[k + "mass"] = "%.3f" % r["attention_mass_mean"]
         f[k + "mass_min"] = "%.4f" % r["attention_mass_min"]
+        f[k + "mass_p01"] = "%.4f" % r["attention_mass_p01"]
+        f[k + "mass_p10"] = "%.4f" % r["attention_mass_p10"]
         f[k + "needles"] = "%.2f" % r["needle_hit_rate"]
         f[k + "err"] = "%.3f" % r["output_rel_err_mean"]
         f[k + "step_ms"] = "%.2f" % r["step_ms"]
@@ -282,6 +284,8 @@ def compute(out, read_csv, read_json, pick, table_of, _fmt):
         k = "lat_%s_%d_" % (ahead(r["lookahead"]), r["budget_tokens"])
         f[k + "mass"] = "%.3f" % r["attention_mass_mean"]
         f[k + "mass_min"] = "%.4f" % r["attention_mass_min"]
+        f[k + "mass_p01"] = "%.4f" % r["attention_mass_p01"]
+        f[k + "mass_p10"] = "%.4f" % r["attention_mass_p10"]
         f[k + "err"] = "%.3f" % r["output_rel_err_mean"]
     for t in ["lookahead_live", "lookahead_sim", "lookahead_trace", "lookahead_sensitivity"]:
         f[t + "_table"] = table_of("results/" + t + ".md")

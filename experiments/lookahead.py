@@ -38,7 +38,9 @@ import frontier  # noqa: E402  (its sweep expansion and report fields)
 
 LIVE_FIELDS = [("lookahead", "config.selection.lookahead"),
                ("budget_tokens", "config.selection.budget_tokens"),
-               ("wire", "config.run.wire_precision")] + frontier.LIVE_FIELDS
+               ("wire", "config.run.wire_precision"),
+               ("attention_mass_p01", "accuracy.attention_mass_recall_p01"),
+               ("attention_mass_p10", "accuracy.attention_mass_recall_p10")] + frontier.LIVE_FIELDS
 SIM_KEYS = ["selection.search", "selection.lookahead", "selection.budget_tokens", "run.wire_precision"]
 SIM_FIELDS = ["batch", "batch_limited_by", "tokens_per_s", "step_ms", "energy_j_per_token", "tokens_per_dollar",
               "device_bytes_per_step", "device_busy_fraction", "link_bytes_per_step", "pools"]
@@ -53,6 +55,8 @@ TRACE_FIELDS = [("lookahead", "config.selection.lookahead"), ("budget_tokens", "
                 ("context_tokens", "cluster.context_tokens"), ("steps", "cluster.steps"),
                 ("attention_mass_mean", "accuracy.attention_mass_recall_mean"),
                 ("attention_mass_min", "accuracy.attention_mass_recall_min"),
+                ("attention_mass_p01", "accuracy.attention_mass_recall_p01"),
+                ("attention_mass_p10", "accuracy.attention_mass_recall_p10"),
                 ("output_rel_err_mean", "accuracy.output_rel_err_mean"),
                 ("output_rel_err_p99", "accuracy.output_rel_err_p99"),
                 ("accuracy_samples", "accuracy.samples"), ("output_digest", "output_digest")]
@@ -75,16 +79,17 @@ def trace_table(out):
 
     rows = read_csv(out, "lookahead_trace.csv")
     fresh = {int(r["budget_tokens"]): r for r in rows if not truthy(r["lookahead"])}
-    lines = ["| budget | fresh: mass mean / min | lookahead: mass mean / min | lookahead at twice the budget: mass "
-             "mean / min | fresh: output rel. error | lookahead at twice the budget: output rel. error |",
+    lines = ["| budget | fresh: mass mean / p10 / p01 / min | lookahead: mass mean / p10 / p01 / min | lookahead at "
+             "twice the budget: mass mean / p10 / p01 / min | fresh: output rel. error | lookahead at twice the "
+             "budget: output rel. error |",
              "|---|---|---|---|---|---|"]
+    tail = lambda r: "%.4f / %.4f / %.4f / %.4f" % (r["attention_mass_mean"], r["attention_mass_p10"],
+                                                    r["attention_mass_p01"], r["attention_mass_min"])
     for b in sorted(fresh):
         ahead = {int(r["budget_tokens"]): r for r in rows if truthy(r["lookahead"])}
         two = ahead.get(2 * b)
-        lines.append("| %d | %.4f / %.4f | %.4f / %.4f | %s | %.3f | %s |" % (
-            b, fresh[b]["attention_mass_mean"], fresh[b]["attention_mass_min"], ahead[b]["attention_mass_mean"],
-            ahead[b]["attention_mass_min"],
-            "%.4f / %.4f" % (two["attention_mass_mean"], two["attention_mass_min"]) if two else "",
+        lines.append("| %d | %s | %s | %s | %.3f | %s |" % (
+            b, tail(fresh[b]), tail(ahead[b]), tail(two) if two else "",
             fresh[b]["output_rel_err_mean"], "%.3f" % two["output_rel_err_mean"] if two else ""))
     frontier.write_md(out, "lookahead_trace", lines)
 
@@ -181,7 +186,8 @@ def table(out):
              "Accuracy from every step checked against dense attention; times are the cost model's charges of "
              "the work the live devices counted. *today*: no lookahead at 2048 tokens, fp32 on the wire (exact-int8 "
              "selects flat's pages, so this is today's accuracy). *wire*: run.wire_precision.", "",
-             "| model | context | lookahead | budget | wire | attention mass mean / min | output rel. error mean | "
+             "*p10 / p01*: at most 10 % / 1 % of the head-steps captured less.", "",
+             "| model | context | lookahead | budget | wire | attention mass mean / p10 / p01 / min | output rel. error mean | "
              "needle hits | modelled step ms | device ms | step vs today | digest |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     groups = []
@@ -191,10 +197,12 @@ def table(out):
     for model, ctx in groups:
         rows = [r for r in live if r["context_tokens"] == ctx and r["model"] == model]
         today = [r for r in rows if is_today(r)][0]
-        for r in sorted(rows, key=lambda r: (truthy(r["lookahead"]), int(r["budget_tokens"]), r["wire"])):
-            lines.append("| %s | %s | %s | %d | %s | %.4f / %.4f | %.3f | %.3f (%d asked) | %.3f | %.3f | %.2fx | `%s` |" % (
+        for r in sorted(rows, key=lambda r: (truthy(r["lookahead"]), int(r["budget_tokens"]), r["wire"] != "fp32")):
+            lines.append("| %s | %s | %s | %d | %s | %.4f / %.4f / %.4f / %.4f | %.3f | %.3f (%d asked) | %.3f | %.3f | "
+                         "%.2fx | `%s` |" % (
                 model, frontier.ctx_label(ctx), "yes" if truthy(r["lookahead"]) else "no", int(r["budget_tokens"]),
-                r["wire"], r["attention_mass_mean"], r["attention_mass_min"], r["output_rel_err_mean"], r["needle_hit_rate"],
+                r["wire"], r["attention_mass_mean"], r["attention_mass_p10"], r["attention_mass_p01"],
+                r["attention_mass_min"], r["output_rel_err_mean"], r["needle_hit_rate"],
                 int(r["needles_asked"]), r["step_ms"], r["device_ms"], today["step_ms"] / r["step_ms"],
                 r["output_digest"]))
     frontier.write_md(out, "lookahead_live", lines)

@@ -157,5 +157,29 @@ TEST(Accuracy, AccumulatorAggregates) {
   EXPECT_DOUBLE_EQ(s.pages_selected_mean, 15.0);
 }
 
+// The mass's lower tail: p01 / p10 are the largest sampled values with at most 1 % / 10 % of
+// the samples below them, whatever the order the samples came in and however they were
+// split between accumulators; one sample alone is every percentile.
+TEST(Accuracy, MassLowerTailIsTheNearestRankFromBelow) {
+  std::vector<double> masses;
+  for (int i = 0; i < 200; ++i) masses.push_back(i / 200.0);
+  std::mt19937_64 gen(11);
+  std::shuffle(masses.begin(), masses.end(), gen);
+  accuracy_accumulator a, b;
+  a.add_mass({masses.begin(), masses.begin() + 61});
+  b.add_mass({masses.begin() + 61, masses.end()});
+  a.merge(b);
+  const auto s = a.summary();
+  EXPECT_DOUBLE_EQ(s.mass_min, 0.0);
+  EXPECT_DOUBLE_EQ(s.mass_p01, 2 / 200.0);   // 2 of 200 samples (1 %) below it
+  EXPECT_DOUBLE_EQ(s.mass_p10, 20 / 200.0);  // 20 of 200 (10 %) below it
+  EXPECT_NEAR(s.mass_mean, 199 / 400.0, 1e-12);
+  accuracy_accumulator one;
+  one.add_mass({0.25});
+  EXPECT_DOUBLE_EQ(one.summary().mass_p01, 0.25);
+  EXPECT_DOUBLE_EQ(one.summary().mass_p10, 0.25);
+  EXPECT_TRUE(std::isnan(accuracy_accumulator{}.summary().mass_p01));
+}
+
 }  // namespace
 }  // namespace pnmkv::test
