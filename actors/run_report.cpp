@@ -600,7 +600,7 @@ void run_report::table_accuracy_wall(table& t) const {
   row("output rel. error mean / p99 / max",
       f("%.2e", output_rel_err_mean) + " / " + f("%.2e", output_rel_err_p99) + " / " +
           f("%.2e", output_rel_err_max));
-  row("attention mass captured mean / p10 / p01 / min",
+  row("mass captured mean/p10/p01/min",
       f("%.4f", attention_mass_recall_mean) + " / " + f("%.4f", attention_mass_recall_p10) + " / " +
           f("%.4f", attention_mass_recall_p01) + " / " + f("%.4f", attention_mass_recall_min));
   row("needle hit rate", needles_asked ? f("%.3f", needle_hit_rate) + " (" +
