@@ -140,8 +140,8 @@ void gpu_host_state::put_query(const device_work& w, transport::wire::Envelope::
   qm.setGroup(q.group);
   qm.setHeadDim(setup_->model.head_dim);
   if (q.wire_bf16) {  // the values are bf16 already (host_engine rounds them): exact
-    bf16* out = transport::fill_as<bf16>(qm.initQ(static_cast<unsigned>(sizeof(bf16) * w.q_storage.size())));
-    for (size_t i = 0; i < w.q_storage.size(); ++i) out[i] = to_bf16(w.q_storage[i]);
+    const size_t n = w.q_storage.size();
+    transport::fill_bf16(qm.initQ(static_cast<unsigned>(sizeof(bf16) * n)), w.q_storage.data(), n);
     qm.setBf16(true);
   } else {
     qm.setQ(transport::as_data(w.q_storage));
@@ -803,13 +803,8 @@ gpu_host_state::reply_key gpu_host_state::read_partial(const transport::envelope
                                                        device_reply& r) {
   r.answer.part.group = p.getGroup();
   r.answer.part.head_dim = p.getHeadDim();
-  if (p.getOBf16()) {
-    auto o = transport::view_as<bf16>(p.getO());
-    r.answer.part.o.resize(o.size());
-    for (size_t i = 0; i < o.size(); ++i) r.answer.part.o[i] = to_float(o[i]);
-  } else {
-    r.answer.part.o = transport::view_as<float>(p.getO()).vec();
-  }
+  if (p.getOBf16()) transport::widen_bf16(p.getO(), r.answer.part.o);
+  else r.answer.part.o = transport::view_as<float>(p.getO()).vec();
   r.answer.part.lse = transport::view_as<float>(p.getLse()).vec();
   r.answer.bytes_scanned = p.getBytesScanned();
   r.answer.flops = p.getFlops();

@@ -282,6 +282,14 @@ void host_engine::dispatch(device_work& w, bool charged, double now_ns, uint32_t
   cur_.link_bytes += w.wire_bytes;
 }
 
+void host_engine::gpu_query(const request_spec& r, uint32_t layer, uint32_t kv_head, uint64_t decoded,
+                            std::vector<float>& q) const {
+  const auto& m = costs_.model();
+  q.resize(size_t(m.gqa_group()) * m.head_dim);
+  wl_.queries(r.request_id, layer, kv_head, decoded, r.context_tokens, q.data());
+  if (cfg_.wire == wire_precision::bf16) round_to_bf16(q.data(), q.size());
+}
+
 device_work host_engine::make_query(uint64_t request_id, uint32_t layer, uint32_t kv_head,
                                     uint32_t shard_index, const std::vector<float>& q,
                                     purpose what) {
@@ -746,7 +754,7 @@ std::vector<device_work> host_engine::layer_work(uint32_t layer) {
 std::vector<device_work> host_engine::issue_micro_batch(uint32_t k) {
   const uint32_t layer = layer_;
   const auto& m = costs_.model();
-  const uint32_t d = m.head_dim, group = m.gqa_group(), ps = cfg_.page_size_tokens;
+  const uint32_t ps = cfg_.page_size_tokens;
   std::vector<device_work> work;
   if (!mb_.empty()) {
     PNMKV_CHECK_LT(k, mb_.size());
@@ -767,9 +775,7 @@ std::vector<device_work> host_engine::issue_micro_batch(uint32_t k) {
 
       head_key key{layer, r.request_id, h};
       head_state& hs = heads_[key];
-      hs.q.resize(size_t(group) * d);
-      wl_.queries(r.request_id, layer, h, at, r.context_tokens, hs.q.data());
-      if (cfg_.wire == wire_precision::bf16) round_to_bf16(hs.q.data(), hs.q.size());  // the GPU's q
+      gpu_query(r, layer, h, at, hs.q);
       for (uint32_t i = 0; i < pl.shards.size(); ++i)
         if (pl.shards[i].holds_head(h)) hs.shards.push_back(i);
       const uint64_t s = hs.shards.size();
@@ -964,7 +970,7 @@ status host_engine::write_hbm(const device_work& w) {
 // holding every page, with the whole budget: at a budget covering every page, dense attention.
 status host_engine::layer_gpu_only(uint32_t layer) {
   const auto& m = costs_.model();
-  const uint32_t d = m.head_dim, group = m.gqa_group(), ps = cfg_.page_size_tokens;
+  const uint32_t group = m.gqa_group(), ps = cfg_.page_size_tokens;
   uint64_t tokens = step_decoding_.size();
   for (const prefill_chunk& c : step_prefill_) tokens += c.tokens;
   const op_cost dense = costs_.gpu_dense_layer(static_cast<uint32_t>(std::min<uint64_t>(tokens, UINT32_MAX)));
@@ -989,9 +995,7 @@ status host_engine::layer_gpu_only(uint32_t layer) {
       if (auto st = write_hbm(app); !st) return st;
 
       head_state& hs = heads_[{layer, r.request_id, h}];
-      hs.q.resize(size_t(group) * d);
-      wl_.queries(r.request_id, layer, h, at, r.context_tokens, hs.q.data());
-      if (cfg_.wire == wire_precision::bf16) round_to_bf16(hs.q.data(), hs.q.size());  // the GPU's q
+      gpu_query(r, layer, h, at, hs.q);
       hs.shards = {0};
       hs.parts.assign(1, partial{});
       hs.listed.assign(1, {});

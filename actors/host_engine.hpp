@@ -514,6 +514,10 @@ class host_engine {
   cache_state& cache_of(const head_key& key);
   void calibrate_recall(const head_key& key, const std::vector<uint64_t>& sel, uint64_t hits);
   std::vector<device_work> verify_work();
+  // The query group of (request, layer, KV head) after `decoded` tokens, as the GPU has it:
+  // the workload's, rounded to bf16 under run.wire_precision bf16.
+  void gpu_query(const request_spec& r, uint32_t layer, uint32_t kv_head, uint64_t decoded,
+                 std::vector<float>& q) const;
   device_work make_query(uint64_t request_id, uint32_t layer, uint32_t kv_head, uint32_t shard_index,
                          const std::vector<float>& q, purpose what);
   void dispatch(device_work& w, bool charged, double now_ns, uint32_t link);

@@ -142,9 +142,8 @@ void pnm_device_state::serve_head(const transport::envelope& env, transport::wir
   const size_t q_offset = size_t(h - q.getKvHead0()) * q.getGroup() * d;
   std::vector<float> q_bf16;  // run.wire_precision bf16: the query widened for the fp32 kernels
   if (q.getBf16()) {
-    auto in = transport::view_as<bf16>(q.getQ());
-    q_bf16.resize(size_t(q.getGroup()) * d);
-    for (size_t i = 0; i < q_bf16.size(); ++i) q_bf16[i] = to_float(in[q_offset + i]);
+    const size_t n = size_t(q.getGroup()) * d;  // this head's slice only
+    transport::widen_bf16(q.getQ().slice(sizeof(bf16) * q_offset, sizeof(bf16) * (q_offset + n)), q_bf16);
     dq.q = q_bf16.data();
   } else {
     dq.q = transport::view_as<float>(q.getQ()).data() + q_offset;
@@ -235,8 +234,8 @@ void pnm_device_state::send_partial(const transport::envelope& env, transport::w
   p.setGroup(q.getGroup());
   p.setHeadDim(setup_->model.head_dim);
   if (q.getBf16() && round != selection_round::dense) {  // the engine rounded o: exact
-    bf16* o = transport::fill_as<bf16>(p.initO(static_cast<unsigned>(sizeof(bf16) * ans.part.o.size())));
-    for (size_t i = 0; i < ans.part.o.size(); ++i) o[i] = to_bf16(ans.part.o[i]);
+    const size_t n = ans.part.o.size();
+    transport::fill_bf16(p.initO(static_cast<unsigned>(sizeof(bf16) * n)), ans.part.o.data(), n);
     p.setOBf16(true);
   } else {
     p.setO(transport::as_data(ans.part.o));

@@ -134,7 +134,6 @@ void accuracy_accumulator::add_rel_errors(const std::vector<double>& per_head) {
 
 void accuracy_accumulator::add_mass(const std::vector<double>& per_head) {
   mass_.insert(mass_.end(), per_head.begin(), per_head.end());
-  for (double m : per_head) mass_sum_ += m;
 }
 
 void accuracy_accumulator::add_needle(bool hit) {
@@ -150,7 +149,6 @@ void accuracy_accumulator::add_pages_selected(uint64_t pages) {
 void accuracy_accumulator::merge(const accuracy_accumulator& o) {
   rel_err_.insert(rel_err_.end(), o.rel_err_.begin(), o.rel_err_.end());
   mass_.insert(mass_.end(), o.mass_.begin(), o.mass_.end());
-  mass_sum_ += o.mass_sum_;
   needle_asks_ += o.needle_asks_;
   needle_hits_ += o.needle_hits_;
   pages_sum_ += o.pages_sum_;
@@ -177,7 +175,9 @@ accuracy_summary accuracy_accumulator::summary() const {
   if (!mass_.empty()) {
     std::vector<double> sorted = mass_;
     std::sort(sorted.begin(), sorted.end());
-    s.mass_mean = mass_sum_ / static_cast<double>(sorted.size());
+    double sum = 0;
+    for (double m : mass_) sum += m;  // in arrival order
+    s.mass_mean = sum / static_cast<double>(sorted.size());
     s.mass_min = sorted.front();
     // Nearest rank from below: the largest value with at most q of the samples under it.
     auto lower = [&](double q) { return sorted[static_cast<size_t>(std::floor(q * static_cast<double>(sorted.size())))]; };

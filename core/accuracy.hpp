@@ -68,7 +68,6 @@ class accuracy_accumulator {
  private:
   std::vector<double> rel_err_;  // every sample, for the percentile
   std::vector<double> mass_;  // every sample, for the percentiles
-  double mass_sum_ = 0;
   uint64_t needle_asks_ = 0;
   uint64_t needle_hits_ = 0;
   double pages_sum_ = 0;

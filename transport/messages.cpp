@@ -784,6 +784,18 @@ uint32_t kv_crc32c(capnp::Data::Reader k, capnp::Data::Reader v) {
   return crc32c(v.begin(), v.size(), crc32c(k.begin(), k.size()));
 }
 
+void fill_bf16(capnp::Data::Builder d, const float* x, size_t n) {
+  PNMKV_CHECK_EQ(d.size(), n * sizeof(bf16));
+  bf16* out = fill_as<bf16>(d);
+  for (size_t i = 0; i < n; ++i) out[i] = to_bf16(x[i]);
+}
+
+void widen_bf16(capnp::Data::Reader d, std::vector<float>& out) {
+  const auto in = view_as<bf16>(d);
+  out.resize(in.size());
+  for (size_t i = 0; i < in.size(); ++i) out[i] = to_float(in[i]);
+}
+
 uint32_t kv_crc32c(const bf16* k, const bf16* v, size_t elems) {
   return crc32c(v, elems * sizeof(bf16), crc32c(k, elems * sizeof(bf16)));
 }

@@ -124,6 +124,11 @@ capnp::Data::Reader as_data(const std::vector<T>& v) {
   return as_data(v.data(), v.size());
 }
 
+// fp32 vectors as a bf16 blob (run.wire_precision bf16): a blob made with initX(n * 2) filled
+// with n values rounded to bf16; and a bf16 blob widened to n floats (exact).
+void fill_bf16(capnp::Data::Builder d, const float* x, size_t n);
+void widen_bf16(capnp::Data::Reader d, std::vector<float>& out);
+
 // CRC32C (Castagnoli) over K bytes then V bytes, as carried by KV messages.
 uint32_t kv_crc32c(capnp::Data::Reader k, capnp::Data::Reader v);
 uint32_t kv_crc32c(const bf16* k, const bf16* v, size_t elems);
