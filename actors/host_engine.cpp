@@ -1766,7 +1766,7 @@ device_work host_engine::copy_recall(uint64_t request_id, uint32_t shard_id, uin
   w.kv_head = kv_head;
   w.pages = std::move(pages);
   w.charge_device = false;  // charged by copy_writes, as the whole copy
-  w.wire_bytes = work::query_wire_bytes(costs_.model(), cfg_.wire);
+  w.wire_bytes = work::recall_request_wire_bytes(w.pages.size());  // a RecallRequest: page ids
   return w;
 }
 
