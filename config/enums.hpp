@@ -44,4 +44,10 @@ inline constexpr enum_name<node_scheduler> node_scheduler_names[] = {{"sharing",
                                                                      {"stealing", node_scheduler::stealing}};
 const char* to_string(node_scheduler s);
 
+// selection.lookahead: auto (on where the mode and the schedule allow it: pnm-kv, one
+// micro-batch; off otherwise), true (required: any other mode or schedule is refused), false.
+enum class lookahead_setting { auto_fit, on, off };
+inline constexpr enum_name<lookahead_setting> lookahead_setting_names[] = {
+    {"auto", lookahead_setting::auto_fit}, {"true", lookahead_setting::on}, {"false", lookahead_setting::off}};
+
 }  // namespace pnmkv

@@ -19,7 +19,7 @@ std::vector<config_key> schema_keys_run() {
        "micro-batches and the GPU runs the dense layers of one while the devices serve "
        "another; 1: off (the whole batch per layer). Modes pnm-kv and png-kv only. A step with "
        "fewer decoding requests uses one micro-batch per request"},
-      {"run.wire_precision", t::choice, "fp32", 0, 0, names_of(wire_precision_names),
+      {"run.wire_precision", t::choice, "bf16", 0, 0, names_of(wire_precision_names),
        "Element type of the query vectors and the partial outputs on the host links: fp32, or "
        "bf16 (the query as the GPU makes it, rounded by the host before any use, in every "
        "mode; the devices round each partial output after accumulating in fp32; "
@@ -33,8 +33,10 @@ std::vector<config_key> schema_keys_run() {
        "Sensitivity: multiply hardware-file figures, \"key=factor[,key=factor...]\" (factor in "
        "(0, 100]), e.g. pnm_device.compute_tflops=0.5; results name every scaled figure"},
       {"selection.page_size_tokens", t::integer, "16", 1, 1024, {}, "Tokens per KV page"},
-      {"selection.budget_tokens", t::integer, "2048", 1, 1 << 26, {},
-       "Tokens attended per (request, layer, KV head) per step, always-kept pages included"},
+      {"selection.budget_tokens", t::integer, "3072", 1, 1 << 26, {},
+       "Tokens attended per (request, layer, KV head) per step, always-kept pages included "
+       "(3072 with lookahead on by default: its stale selection needs 1.5x the budget of a fresh "
+       "one to capture as much attention mass; README, \"The defaults\")"},
       {"selection.budget_fraction", t::number, "0", 0, 1, {},
        "0: off (selection.budget_tokens is the budget); in (0, 1]: the budget of a request is "
        "round(fraction x its context) rounded up to whole pages, at least the two always-kept "
@@ -49,8 +51,10 @@ std::vector<config_key> schema_keys_run() {
        "How a device finds its top pages: flat (score every page summary) or exact-int8 (bound "
        "every page from int8 summaries rounded outward, rescore exactly only the pages that may "
        "make the top-k: the same selection; the int8 summaries take device memory)"},
-      {"selection.lookahead", t::boolean, "false", 0, 0, {},
-       "Lookahead selection (pnm-kv, run.micro_batches = 1): the pages a step attends are those "
+      {"selection.lookahead", t::choice, "auto", 0, 0, names_of(lookahead_setting_names),
+       "Lookahead selection: auto (on for run.mode pnm-kv with run.micro_batches = 1, off "
+       "otherwise), true (on; refused with any other mode or schedule) or false (off). On: the "
+       "pages a step attends are those "
        "the devices selected with the previous step's query, searched while the devices are "
        "otherwise idle (the GPU's dense layers), so only the attention stays on the step's "
        "path; a request's first decode step selects with its own query. Not exact: a stale "

@@ -56,7 +56,10 @@ status read_run_and_selection(const reader& r, run_spec& s) {
   sel.summary_precision = r.choice("selection.summary_precision", summary_precision_names);
   sel.search = r.choice("selection.search", page_search_names);
   sel.cross_shard = r.choice("selection.cross_shard", cross_shard_selection_names);
-  sel.lookahead = r.flag("selection.lookahead");
+  sel.lookahead_set = r.choice("selection.lookahead", lookahead_setting_names);
+  sel.lookahead = sel.lookahead_set == lookahead_setting::on ||
+                  (sel.lookahead_set == lookahead_setting::auto_fit && s.run.mode == run_mode::pnm_kv &&
+                   s.run.micro_batches == 1);
   if (sel.lookahead && s.run.mode != run_mode::pnm_kv)
     return status{errc::invalid_argument,
                   "selection.lookahead = true needs run.mode pnm-kv (the devices search for the next step "

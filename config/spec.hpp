@@ -27,7 +27,7 @@ struct run_section {
   uint64_t seed = 1;
   uint32_t micro_batches = 1;  // sub-batch overlap (schedulers/step_timeline.hpp); 1: off
   // Queries' and partial outputs' element type on the host links (model/work_sizes.hpp).
-  pnmkv::wire_precision wire_precision = pnmkv::wire_precision::fp32;
+  pnmkv::wire_precision wire_precision = pnmkv::wire_precision::bf16;
   bool verify = true;
   uint32_t retry_after_ms = 0;
   uint32_t step_timeout_ms = 60000;
@@ -37,7 +37,7 @@ struct run_section {
 
 struct selection_section {
   uint32_t page_size_tokens = 16;
-  uint64_t budget_tokens = 2048;  // at least two pages (first and last are always kept)
+  uint64_t budget_tokens = 3072;  // at least two pages (first and last are always kept)
   double budget_fraction = 0;     // 0: off; in (0, 1]: a fraction of each request's context
   pnmkv::gqa_aggregation gqa_aggregation = pnmkv::gqa_aggregation::max;
   pnmkv::summary_precision summary_precision = pnmkv::summary_precision::bf16;
@@ -45,8 +45,10 @@ struct selection_section {
   pnmkv::page_search search = pnmkv::page_search::exact_int8;  // core/exact_search.hpp
   // Lookahead selection (pnm-kv, one micro-batch): step t attends the pages selected with
   // step t-1's query; the devices search for step t+1 in their idle time
-  // (schedulers/step_setup.hpp, actors/host_engine.hpp).
+  // (schedulers/step_setup.hpp, actors/host_engine.hpp). Resolved from selection.lookahead
+  // as set (auto: on for pnm-kv with one micro-batch).
   bool lookahead = false;
+  lookahead_setting lookahead_set = lookahead_setting::auto_fit;
   // Bytes of one summary element (min or max of one dimension).
   // The budget policy both the live cluster and the simulator resolve a request's budget
   // with (model/selection_budget.hpp).

@@ -64,12 +64,16 @@ def trace_grid(trace_dir):
 
 
 def measure(binary, group, aggregation, context, budget, tmp, extra=None):
+    """One live run's search point. A fresh search with fp32 queries, as the points were
+    measured when the model was built: what a search rescores is a property of the search,
+    not of when its query was made."""
     out = os.path.join(tmp, f"cal_{group}_{aggregation}_{context}_{budget}_{len(extra or [])}.json")
     model = [] if extra else ["--set", f"model.file={MODELS[group]}"]
     cmd = [binary, "run"] + model + (extra or []) + ["--set", f"workload.context_tokens={context}",
            "--set", f"selection.budget_tokens={budget}", "--set", f"selection.gqa_aggregation={aggregation}",
            "--set", "selection.search=exact-int8", "--set", "run.steps=8", "--set", "run.verify=false",
-           "--set", "run.micro_batches=1", "--calibration-out", out]
+           "--set", "run.micro_batches=1", "--set", "selection.lookahead=false",
+           "--set", "run.wire_precision=fp32", "--calibration-out", out]
     t0 = time.time()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     with open(out) as f:

@@ -400,7 +400,9 @@ status sim_driver::load_open_workload() {
 void sim_driver::admitted(uint64_t id, bool prefilled) {
   if (req_.size() < id) req_.resize(id);
   req_[id - 1].grant = adm_.grant_of(id);
-  req_[id - 1].first_decode_pending = !prefilled;
+  // Lookahead: a request's first decode step has no earlier selection to attend and selects
+  // with its own query, also in a closed batch that starts prefilled (as the live cluster).
+  req_[id - 1].first_decode_pending = !prefilled || S_.lookahead;
   req_[id - 1].recall_cache_cold = true;
   if (res_.head_groups == 0) {  // the point's h × s: the first admitted request's
     res_.head_groups = req_[id - 1].grant->placement.head_groups;
@@ -454,8 +456,11 @@ void sim_driver::hold(uint64_t id, const admission_verdict& v) {
 // candidate (one step of the model per admission).
 double sim_driver::predicted_step_ms(const admission_candidate& c, const admission_grant& g) {
   std::vector<step_request> dec;
-  for (uint64_t id : sched_.in_system_ids()) dec.push_back(step_of(id, *req_[id - 1].grant, seq_tokens(id), false));
-  dec.push_back(step_of(c.request_id, g, c.prompt_tokens, false));
+  // Lookahead: a request's first decode step selects with its own query (longer than the
+  // steps after it), so the step the candidate first decodes in is the one predicted.
+  for (uint64_t id : sched_.in_system_ids())
+    dec.push_back(step_of(id, *req_[id - 1].grant, seq_tokens(id), S_.lookahead && req_[id - 1].first_decode_pending));
+  dec.push_back(step_of(c.request_id, g, c.prompt_tokens, S_.lookahead));
   return sm_.run(dec, {}).time_ns * 1e-6;
 }
 

@@ -61,9 +61,11 @@ TEST(cluster, full_budget_equals_dense_and_bytes_add_up) {
   for (const char* split : {"contiguous", "interleave"}) {
     SCOPED_TRACE(split);
     // Flat search: the bound below counts K, V and bf16 summaries; exact-int8 (the default)
-    // adds its int8 summaries (tests/cluster/search_test.cpp counts those).
+    // adds its int8 summaries (tests/cluster/search_test.cpp counts those). fp32 on the
+    // links: the default bf16 partial outputs are dense attention only to ~2e-3.
     auto cfg = small_config({"selection.budget_tokens=16384", "cluster.head_groups=2",
-                             std::string("cluster.sequence_split=") + split, "selection.search=flat"});
+                             std::string("cluster.sequence_split=") + split, "selection.search=flat",
+                             "run.wire_precision=fp32"});
     auto rep = run_embedded(cfg, {});
     ASSERT_TRUE(rep) << rep.error().to_string();
     EXPECT_EQ(rep->completed, 2u);
@@ -99,9 +101,13 @@ TEST(cluster, gpu_only_full_budget_equals_dense_and_devices_hold_nothing) {
   EXPECT_EQ(rep->virtual_link_bytes_per_step, 0u);
   EXPECT_EQ(rep->virtual_device_bytes_per_step, 0u);
   for (uint64_t b : rep->device_bytes_held) EXPECT_EQ(b, 0u);
-  // At the normal budget it is the same run as pnm-kv on one device holding one shard.
-  auto gpu = run_embedded(small_config({"run.mode=gpu-only"}), {});
-  auto one = run_embedded(small_config({"run.mode=pnm-kv", "cluster.pnm_devices=1"}), {});
+  // At the normal budget it is the same run as pnm-kv on one device holding one shard, when
+  // pnm-kv selects fresh (lookahead, on by default there, is pnm-kv's only) and its partial
+  // outputs cross the link in fp32 (gpu-only's never cross one).
+  auto gpu = run_embedded(small_config({"run.mode=gpu-only", "run.wire_precision=fp32"}), {});
+  auto one = run_embedded(small_config({"run.mode=pnm-kv", "cluster.pnm_devices=1", "selection.lookahead=false",
+                                        "run.wire_precision=fp32"}),
+                          {});
   ASSERT_TRUE(gpu && one);
   EXPECT_EQ(gpu->output_digest, one->output_digest);
   EXPECT_GT(gpu->virtual_tokens_per_s, 0.0);

@@ -26,6 +26,13 @@ result<run_spec> resolve_with(const std::vector<std::string>& sets) {
   return resolve_run_spec(*cfg);
 }
 
+// The config is refused with a message holding every word of `words`.
+void expect_error(const std::vector<std::string>& sets, const std::vector<std::string>& words) {
+  auto spec = resolve_with(sets);
+  ASSERT_FALSE(spec) << sets.front();
+  for (const auto& w : words) EXPECT_NE(spec.error().message().find(w), std::string::npos) << spec.error().message();
+}
+
 // One choice key: every allowed text with the enum value it must resolve to, written here
 // (the values the simulator's and the live cluster's string compares gave before the spec),
 // and the value the spec holds.
@@ -66,6 +73,10 @@ std::map<std::string, choice_case> choice_cases() {
   c["selection.search"] = {
       {gives("flat", page_search::flat), gives("exact-int8", page_search::exact_int8)},
       [](const run_spec& s) { return int(s.selection.search); }, {}};
+  // What it resolves to: run_spec.lookahead_auto_is_on_where_the_mode_and_schedule_allow_it.
+  c["selection.lookahead"] = {{gives("auto", lookahead_setting::auto_fit), gives("true", lookahead_setting::on),
+                               gives("false", lookahead_setting::off)},
+                              [](const run_spec& s) { return int(s.selection.lookahead_set); }, {}};
   c["selection.gqa_aggregation"] = {
       {gives("max", gqa_aggregation::max), gives("sum", gqa_aggregation::sum)},
       [](const run_spec& s) { return int(s.selection.gqa_aggregation); }, {}};
@@ -120,6 +131,30 @@ TEST(run_spec, every_choice_key_of_the_schema_has_a_case_here) {
   for (const auto& [key, c] : cases) covered.insert(key);
   EXPECT_EQ(schema_choices, covered) << "a choice key was added or removed: read it in "
                                         "config/spec.cpp with its enum's name table and add its case here";
+}
+
+// selection.lookahead = auto (the default) is on only where lookahead runs (pnm-kv, one
+// micro-batch), so every mode and schedule still resolves at the defaults; true insists
+// and is refused elsewhere, naming the key and what it needs.
+TEST(run_spec, lookahead_auto_is_on_where_the_mode_and_schedule_allow_it) {
+  const auto on = [](const std::vector<std::string>& sets) {
+    auto s = resolve_with(sets);
+    EXPECT_TRUE(s) << s.error().to_string();
+    return s && s->selection.lookahead;
+  };
+  EXPECT_TRUE(on({}));
+  EXPECT_TRUE(on({"run.mode=pnm-kv", "selection.lookahead=auto"}));
+  for (const char* mode : {"png-kv", "baseline", "gpu-only"}) {
+    SCOPED_TRACE(mode);
+    EXPECT_FALSE(on({std::string("run.mode=") + mode}));
+    expect_error({std::string("run.mode=") + mode, "selection.lookahead=true"},
+                 {"selection.lookahead", "pnm-kv"});
+  }
+  EXPECT_FALSE(on({"run.micro_batches=2"}));
+  EXPECT_FALSE(on({"run.mode=png-kv", "run.micro_batches=2"}));
+  expect_error({"run.micro_batches=2", "selection.lookahead=true"}, {"selection.lookahead", "run.micro_batches"});
+  EXPECT_FALSE(on({"selection.lookahead=false"}));
+  expect_error({"selection.lookahead=yes"}, {"selection.lookahead", "auto", "true", "false"});
 }
 
 TEST(run_spec, every_allowed_value_resolves_to_its_written_enum_value) {
@@ -208,11 +243,6 @@ TEST(run_spec, typed_values_follow_the_keys) {
 }
 
 TEST(run_spec, rules_across_keys_name_the_keys) {
-  auto expect_error = [](const std::vector<std::string>& sets, std::vector<std::string> words) {
-    auto spec = resolve_with(sets);
-    ASSERT_FALSE(spec) << sets.front();
-    for (const auto& w : words) EXPECT_NE(spec.error().message().find(w), std::string::npos) << spec.error().message();
-  };
   expect_error({"cluster.pnm_devices=6", "cluster.pool_devices=4"}, {"cluster.pool_devices = 4", "cluster.pnm_devices = 6"});
   expect_error({"selection.page_size_tokens=64", "selection.budget_tokens=100"},
                {"selection.budget_tokens = 100", "always-kept"});

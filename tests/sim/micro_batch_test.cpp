@@ -88,9 +88,12 @@ TEST(micro_batch_schedule, requests_are_dealt_evenly_over_pools) {
 
 // Flat search: live and sim agree to rounding on flat's work (exact-int8's rescored pages are
 // a calibrated ratio in the simulator).
+// Lookahead off: it does not combine with micro-batches (selection.lookahead = auto turns it
+// off at 2 or more), so one micro-batch is compared with several at the same selection.
 std::vector<std::string> small(std::vector<std::string> extra) {
   std::vector<std::string> sets = {"workload.context_tokens=32768", "run.steps=3", "selection.budget_tokens=512",
-                                   "workload.batch=4", "sim.step_reuse_steps=1", "selection.search=flat"};
+                                   "workload.batch=4", "sim.step_reuse_steps=1", "selection.search=flat",
+                                   "selection.lookahead=false"};
   sets.insert(sets.end(), extra.begin(), extra.end());
   return sets;
 }

@@ -33,13 +33,14 @@ sim_result sim_of(std::vector<std::string> sets) {
 }
 
 // One 8B request of 32K tokens on one device (h = 1, s = 1), budget 32 pages, one step.
-// The hand-computed bytes here are flat's (every summary read, no int8 summaries held):
-// exact-int8's, the default search, are search_sim_test's.
+// The hand-computed bytes here are flat's (every summary read, no int8 summaries held),
+// fresh selection's and fp32 vectors' on the links: exact-int8's, the default search, are
+// search_sim_test's; lookahead's are tests/actors/engine_test.cpp's; bf16's work_sizes'.
 std::vector<std::string> one_request(const std::string& mode, std::vector<std::string> extra = {}) {
   std::vector<std::string> s = {"run.mode=" + mode, "workload.context_tokens=32768", "workload.batch=1",
                                 "run.steps=1", "selection.budget_tokens=512", "cluster.pnm_devices=1",
                                 "sim.step_reuse_steps=1", "sim.steady_churn_fraction=0",
-                                "selection.search=flat"};
+                                "selection.search=flat", "selection.lookahead=false", "run.wire_precision=fp32"};
   s.insert(s.end(), extra.begin(), extra.end());
   return s;
 }
