@@ -63,13 +63,16 @@ TRACE_FIELDS = [("lookahead", "config.selection.lookahead"), ("budget_tokens", "
 
 
 def run_trace(pnmkv, out, trace_dir):
+    """fp32 on the links: the trace's own numpy analysis (trained_model/README.md), which
+    these runs reproduce, computes in fp32."""
     rows = []
     for budget in (512, 1024, 2048, 4096):
         for ahead in ("false", "true"):
             sets = ["model.file=" + TRAINED, "workload.kind=trace", "workload.trace_dir=" + trace_dir,
                     "cluster.live_layers=8", "workload.context_tokens=16256", "run.steps=120", "run.verify=true",
                     "selection.search=exact-int8", "selection.gqa_aggregation=max",
-                    "selection.budget_tokens=%d" % budget, "selection.lookahead=" + ahead]
+                    "selection.budget_tokens=%d" % budget, "selection.lookahead=" + ahead,
+                    "run.wire_precision=fp32"]
             rows.append(frontier.run_point(pnmkv, out, [], sets, TRACE_FIELDS))
     frontier.write_rows(out, "lookahead_trace.csv", TRACE_FIELDS, rows)
 

@@ -50,6 +50,10 @@ done
 # h64_baseline_noreuse_* (experiments/facts.py).
 "$bin" sim --quiet --config cluster_configs/experiments/sim-base.yaml --set run.mode=baseline \
   --set baseline.recall_cache=none --set "$cal" --json "$out/headline_baseline_noreuse.json" > /dev/null
+# pnm-kv without lookahead (the fresh selection png-kv and baseline make; lookahead is on by
+# default in pnm-kv only): facts h64_pnm_kv_fresh_*.
+"$bin" sim --quiet --config cluster_configs/experiments/sim-base.yaml --set run.mode=pnm-kv \
+  --set selection.lookahead=false --set "$cal" --json "$out/headline_pnm-kv-fresh.json" > /dev/null
 # gpu-only: on the same 16 GPUs (no 1M-token request fits next to the weights), and on the
 # 64 GPUs (tp 8 x pp 8) that hold some.
 "$bin" sim --quiet --config cluster_configs/experiments/sim-base.yaml --set run.mode=gpu-only --set "$cal" \
