@@ -36,7 +36,7 @@ std::vector<config_key> schema_keys_run() {
       {"selection.budget_tokens", t::integer, "3072", 1, 1 << 26, {},
        "Tokens attended per (request, layer, KV head) per step, always-kept pages included "
        "(3072 with lookahead on by default: its stale selection needs 1.5x the budget of a fresh "
-       "one to capture as much attention mass; README, \"The defaults\")"},
+       "one to capture as much attention mass; README, \"The frontier, and the defaults it chose\")"},
       {"selection.budget_fraction", t::number, "0", 0, 1, {},
        "0: off (selection.budget_tokens is the budget); in (0, 1]: the budget of a request is "
        "round(fraction x its context) rounded up to whole pages, at least the two always-kept "

@@ -64,7 +64,7 @@ status read_run_and_selection(const reader& r, run_spec& s) {
     return status{errc::invalid_argument,
                   "selection.lookahead = true needs run.mode pnm-kv (the devices search for the next step "
                   "in their idle time); run.mode = " + std::string(name_of(run_mode_names, s.run.mode)) +
-                      " takes selection.lookahead = false"};
+                      " takes selection.lookahead = false or auto"};
   if (sel.lookahead && s.run.micro_batches != 1)
     return status{errc::invalid_argument,
                   "selection.lookahead = true needs run.micro_batches = 1 (not combined with sub-batch "

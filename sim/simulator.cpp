@@ -232,7 +232,7 @@ class sim_driver {
 
   struct request_state {
     const admission_grant* grant = nullptr;  // while admitted
-    bool first_decode_pending = true;        // png-kv: its whole steady set is copied then
+    bool first_decode_pending = true;        // png-kv: its whole steady set is copied then; lookahead: it selects fresh
     bool recall_cache_cold = true;           // baseline: no decode step yet, its recall cache empty
   };
 

@@ -47,7 +47,7 @@ print("eval checks passed:", len(rows), "cells")
 EOF
 
 # 3. Live cluster, every layer live, full budget: outputs equal dense attention (fp32 on the
-# links: the default bf16 partial outputs would differ from it by ~1e-3).
+# links: the default bf16 partial outputs differ from it by ~2e-3).
 run=("$pnmkv" run --quiet "${common[@]}" --set "workload.trace_dir=$tmp/npy" --set run.wire_precision=fp32
      --set workload.context_tokens=448 --set run.steps=16 --set workload.batch=2
      --set cluster.live_layers=5 --set cluster.pnm_devices=2 --set run.step_timeout_ms=60000)
